@@ -1,0 +1,1236 @@
+#include "registry_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+
+#include <deque>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "formica/common/clock.h"
+#include "formica/common/config.h"
+#include "formica/common/grpc_status.h"
+#include "formica/registry/v1/registry.grpc.pb.h"
+#include "registry_store.h"
+
+namespace formica::registry {
+namespace {
+
+using Msg = std::shared_ptr<const v1::ServerMessage>;
+
+// Topic keys in a session's outbox: one pending message per service or key.
+std::string ServiceTopic(absl::string_view service) { return absl::StrCat("s", service); }
+std::string ConfigTopic(absl::string_view key) { return absl::StrCat("c", key); }
+
+bool SameInstance(const v1::Instance& a, const v1::Instance& b) {
+  return a.SerializeAsString() == b.SerializeAsString();
+}
+
+}  // namespace
+
+class SessionReactor;
+
+// The registry's state and rules, independent of the transport. Every field
+// is guarded by mu_; reactors call in on gRPC's callback threads.
+class RegistryCore {
+ public:
+  RegistryCore(RegistryServerOptions options, std::unique_ptr<RegistryStore> store, uint64_t epoch)
+      : options_(std::move(options)), store_(std::move(store)), epoch_(epoch) {
+    clock_ = options_.clock != nullptr ? options_.clock : Clock::Real();
+    absl::Duration warmup =
+        options_.warmup < absl::ZeroDuration() ? options_.default_lease : options_.warmup;
+    warmup_end_ = clock_->Now() + warmup;
+    warming_up_ = warmup > absl::ZeroDuration();
+    maintenance_ = std::thread([this] { MaintenanceLoop(); });
+  }
+
+  ~RegistryCore() { StopMaintenance(); }
+
+  void StopMaintenance() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    if (maintenance_.joinable()) {
+      maintenance_.join();
+    }
+  }
+
+  RegistryStore* store() { return store_.get(); }
+  const RegistryServerOptions& options() const { return options_; }
+
+  // ---- called by SessionReactor ----
+  bool Handle(SessionReactor* reactor, const v1::ClientMessage& message);
+  void StreamEnded(SessionReactor* reactor);
+  void WriteDone(SessionReactor* reactor, bool ok);
+  void ReactorDone(SessionReactor* reactor);
+
+  // ---- called by unary handlers ----
+  void ListServices(v1::ListServicesResponse* out);
+  absl::Status GetService(const std::string& service, v1::ServiceSnapshot* out);
+  void ConfigChanged(const StoredConfig& entry);
+  v1::PushSwitchState SetStopPush(std::optional<bool> stop);
+  void ListSessions(v1::ListSessionsResponse* out);
+  absl::Status KillSession(uint64_t id);
+  void CloseAllStreams(absl::string_view why);
+
+ private:
+  struct Subscription {
+    uint64_t acked = 0;
+    uint64_t sent = 0;
+    absl::Time sent_at = absl::InfinitePast();
+  };
+  struct Session {
+    uint64_t id = 0;
+    std::string client_name;
+    std::string peer;
+    absl::Duration lease;
+    absl::Time last_seen;
+    SessionReactor* reactor = nullptr;                           // null while detached
+    std::set<std::pair<std::string, std::string>> publications;  // (service, address)
+    std::map<std::string, Subscription> services;
+    std::map<std::string, Subscription> configs;
+    std::map<std::string, Msg> pending;  // newest snapshot per topic
+  };
+  struct InstanceRecord {
+    v1::Instance instance;
+    uint64_t owner = 0;
+  };
+  struct ServiceState {
+    uint64_t version = 0;
+    Msg snapshot;
+    std::map<std::string, InstanceRecord> instances;  // by address
+    std::set<uint64_t> subscribers;
+  };
+  struct WatchedConfig {
+    uint64_t version = 0;
+    Msg message;
+    std::set<uint64_t> watchers;
+  };
+
+  bool Held() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_push_ || warming_up_; }
+  uint64_t NextVersion() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return (epoch_ << 32) | ++seq_; }
+
+  ServiceState& EnsureService(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<WatchedConfig*> EnsureConfig(const std::string& key)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RebuildSnapshot(const std::string& name, ServiceState& state)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MaybeForgetService(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkDirty(const std::string& service) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Flush() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Release() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EnqueueService(Session& session, const std::string& service)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EnqueueConfig(Session& session, const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Pump(Session& session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Reply(SessionReactor* reactor, Msg message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReplyResult(SessionReactor* reactor, uint64_t request_id, const absl::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RequestFinish(SessionReactor* reactor, const absl::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RemoveSession(uint64_t id, absl::string_view why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool HandleOpen(SessionReactor* reactor, const v1::OpenSession& open)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status HandlePublish(Session& session, const v1::Instance& instance)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status HandleUnpublish(Session& session, const v1::Unpublish& request)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status HandleSubscribe(Session& session, const std::string& service, uint64_t known)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status HandleWatch(Session& session, const std::string& key, uint64_t known)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Sweep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MaintenanceLoop();
+
+  const RegistryServerOptions options_;
+  std::unique_ptr<RegistryStore> store_;
+  const uint64_t epoch_;
+  Clock* clock_ = nullptr;
+  std::thread maintenance_;
+
+  absl::Mutex mu_;
+  uint64_t seq_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t session_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, ServiceState> services_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, WatchedConfig> configs_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> dirty_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> dirty_configs_ ABSL_GUARDED_BY(mu_);
+  bool flush_scheduled_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time flush_at_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_flush_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  bool stop_push_ ABSL_GUARDED_BY(mu_) = false;
+  bool warming_up_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time warmup_end_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// One session stream. Deletes itself when gRPC is done with it. The fields
+// below the reactions are guarded by the core's mutex.
+class SessionReactor : public grpc::ServerBidiReactor<v1::ClientMessage, v1::ServerMessage> {
+ public:
+  SessionReactor(RegistryCore* core, std::string peer) : peer(std::move(peer)), core_(core) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      core_->StreamEnded(this);
+      return;
+    }
+    if (core_->Handle(this, request_)) {
+      StartRead(&request_);
+    }
+  }
+  void OnWriteDone(bool ok) override { core_->WriteDone(this, ok); }
+  void OnCancel() override { core_->StreamEnded(this); }
+  void OnDone() override {
+    core_->ReactorDone(this);
+    delete this;
+  }
+
+  const std::string peer;
+  uint64_t session_id = 0;
+  std::deque<Msg> control;  // replies, in order, ahead of pushes
+  Msg in_flight;
+  std::string in_flight_topic;
+  bool finishing = false;
+  bool finished = false;
+  grpc::Status finish_status;
+
+ private:
+  RegistryCore* const core_;
+  v1::ClientMessage request_;
+};
+
+// ---------------------------------------------------------------------------
+// Session stream handling
+
+bool RegistryCore::Handle(SessionReactor* reactor, const v1::ClientMessage& message) {
+  absl::MutexLock lock(&mu_);
+  if (reactor->finishing) {
+    return false;
+  }
+  if (reactor->session_id == 0) {
+    if (!message.has_open()) {
+      RequestFinish(reactor, absl::InvalidArgumentError(
+                                 "the first message on a session stream must be 'open'"));
+      return false;
+    }
+    return HandleOpen(reactor, message.open());
+  }
+  auto it = sessions_.find(reactor->session_id);
+  if (it == sessions_.end() || it->second.reactor != reactor) {
+    RequestFinish(reactor, absl::UnavailableError(absl::StrCat("session ", reactor->session_id,
+                                                               " is no longer attached")));
+    return false;
+  }
+  Session& session = it->second;
+  session.last_seen = clock_->Now();
+  switch (message.body_case()) {
+    case v1::ClientMessage::kHeartbeat: {
+      auto reply = std::make_shared<v1::ServerMessage>();
+      reply->mutable_heartbeat_ack()->set_seq(message.heartbeat().seq());
+      Reply(reactor, std::move(reply));
+      break;
+    }
+    case v1::ClientMessage::kPublish:
+      ReplyResult(reactor, message.publish().request_id(),
+                  HandlePublish(session, message.publish().instance()));
+      break;
+    case v1::ClientMessage::kUnpublish:
+      ReplyResult(reactor, message.unpublish().request_id(),
+                  HandleUnpublish(session, message.unpublish()));
+      break;
+    case v1::ClientMessage::kSubscribe:
+      ReplyResult(reactor, message.subscribe().request_id(),
+                  HandleSubscribe(session, message.subscribe().service(),
+                                  message.subscribe().known_version()));
+      break;
+    case v1::ClientMessage::kUnsubscribe: {
+      const std::string& name = message.unsubscribe().service();
+      absl::Status st = absl::OkStatus();
+      if (session.services.erase(name) == 0) {
+        st = absl::NotFoundError(absl::StrCat("this session is not subscribed to '", name, "'"));
+      } else {
+        session.pending.erase(ServiceTopic(name));
+        auto s = services_.find(name);
+        if (s != services_.end()) {
+          s->second.subscribers.erase(session.id);
+          MaybeForgetService(name);
+        }
+      }
+      ReplyResult(reactor, message.unsubscribe().request_id(), st);
+      break;
+    }
+    case v1::ClientMessage::kWatchConfig:
+      ReplyResult(reactor, message.watch_config().request_id(),
+                  HandleWatch(session, message.watch_config().key(),
+                              message.watch_config().known_version()));
+      break;
+    case v1::ClientMessage::kUnwatchConfig: {
+      const std::string& key = message.unwatch_config().key();
+      absl::Status st = absl::OkStatus();
+      if (session.configs.erase(key) == 0) {
+        st = absl::NotFoundError(absl::StrCat("this session does not watch '", key, "'"));
+      } else {
+        session.pending.erase(ConfigTopic(key));
+        auto c = configs_.find(key);
+        if (c != configs_.end()) {
+          c->second.watchers.erase(session.id);
+          if (c->second.watchers.empty()) {
+            configs_.erase(c);
+          }
+        }
+      }
+      ReplyResult(reactor, message.unwatch_config().request_id(), st);
+      break;
+    }
+    case v1::ClientMessage::kAck: {
+      const v1::Ack& ack = message.ack();
+      auto& table = ack.has_config_key() ? session.configs : session.services;
+      auto sub = table.find(ack.has_config_key() ? ack.config_key() : ack.service());
+      if (sub != table.end() && ack.version() > sub->second.acked) {
+        sub->second.acked = ack.version();
+      }
+      break;
+    }
+    case v1::ClientMessage::kReconcile:
+      for (const auto& [service, version] : message.reconcile().services()) {
+        if (session.services.count(service) == 0) {
+          // A subscription the registry lost: take it up again.
+          (void)HandleSubscribe(session, service, version);
+          continue;
+        }
+        Subscription& sub = session.services[service];
+        sub.acked = std::max(sub.acked, version);
+        auto s = services_.find(service);
+        if (s != services_.end() && s->second.version != version && !Held()) {
+          EnqueueService(session, service);
+        }
+      }
+      for (const auto& [key, version] : message.reconcile().configs()) {
+        if (session.configs.count(key) == 0) {
+          (void)HandleWatch(session, key, version);
+          continue;
+        }
+        Subscription& sub = session.configs[key];
+        sub.acked = std::max(sub.acked, version);
+        auto c = configs_.find(key);
+        if (c != configs_.end() && c->second.version != version && !Held()) {
+          EnqueueConfig(session, key);
+        }
+      }
+      break;
+    case v1::ClientMessage::kClose:
+      RemoveSession(session.id, "closed by the client");
+      RequestFinish(reactor, absl::OkStatus());
+      return false;
+    case v1::ClientMessage::kOpen:
+      RequestFinish(reactor, absl::InvalidArgumentError("this stream already has a session"));
+      return false;
+    case v1::ClientMessage::BODY_NOT_SET:
+      RequestFinish(reactor, absl::InvalidArgumentError("empty message on a session stream"));
+      return false;
+  }
+  Pump(session);
+  return true;
+}
+
+bool RegistryCore::HandleOpen(SessionReactor* reactor, const v1::OpenSession& open) {
+  absl::Time now = clock_->Now();
+  absl::Duration lease =
+      open.lease_ms() == 0 ? options_.default_lease : absl::Milliseconds(open.lease_ms());
+  lease = std::clamp(lease, options_.min_lease, options_.max_lease);
+  bool resumed = false;
+  Session* session = nullptr;
+  if (open.resume_session_id() != 0) {
+    auto it = sessions_.find(open.resume_session_id());
+    if (it == sessions_.end()) {
+      RequestFinish(reactor,
+                    absl::NotFoundError(absl::StrCat(
+                        "session ", open.resume_session_id(),
+                        " not found: its lease lapsed or it never existed; open a new session")));
+      return false;
+    }
+    session = &it->second;
+    if (session->reactor != nullptr && session->reactor != reactor) {
+      SessionReactor* old = session->reactor;
+      session->reactor = nullptr;
+      RequestFinish(old, absl::AbortedError("session taken over by a newer stream"));
+    }
+    resumed = true;
+    // Whatever was sent on the old stream may be lost: resend what is unacked.
+    for (auto& [name, sub] : session->services) {
+      sub.sent = sub.acked;
+      auto s = services_.find(name);
+      if (s != services_.end() && s->second.version != sub.acked && !Held()) {
+        EnqueueService(*session, name);
+      }
+    }
+    for (auto& [key, sub] : session->configs) {
+      sub.sent = sub.acked;
+      auto c = configs_.find(key);
+      if (c != configs_.end() && c->second.version != sub.acked && !Held()) {
+        EnqueueConfig(*session, key);
+      }
+    }
+  } else {
+    uint64_t id = (epoch_ << 32) | ++session_seq_;
+    session = &sessions_[id];
+    session->id = id;
+  }
+  session->client_name = open.client_name();
+  session->peer = reactor->peer;
+  session->lease = lease;
+  session->last_seen = now;
+  session->reactor = reactor;
+  reactor->session_id = session->id;
+  SPDLOG_DEBUG("session {} {} for '{}' at {}", session->id, resumed ? "resumed" : "opened",
+               session->client_name, session->peer);
+  auto reply = std::make_shared<v1::ServerMessage>();
+  v1::SessionOpened* opened = reply->mutable_opened();
+  opened->set_session_id(session->id);
+  opened->set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(lease)));
+  opened->set_resumed(resumed);
+  opened->set_registry_id(options_.registry_id);
+  Reply(reactor, std::move(reply));
+  Pump(*session);
+  return true;
+}
+
+absl::Status RegistryCore::HandlePublish(Session& session, const v1::Instance& instance) {
+  if (absl::Status st = ValidateInstance(instance, options_.limits); !st.ok()) {
+    return st;
+  }
+  ServiceState& state = EnsureService(instance.service());
+  auto it = state.instances.find(instance.address());
+  if (it != state.instances.end()) {
+    if (it->second.owner == session.id && SameInstance(it->second.instance, instance)) {
+      return absl::OkStatus();  // a replay after reconnect: nothing changed
+    }
+    if (it->second.owner != session.id) {
+      // A restarted provider took its address back before the old lease lapsed.
+      auto old = sessions_.find(it->second.owner);
+      if (old != sessions_.end()) {
+        old->second.publications.erase({instance.service(), instance.address()});
+      }
+    }
+  }
+  state.instances[instance.address()] = InstanceRecord{instance, session.id};
+  session.publications.insert({instance.service(), instance.address()});
+  MarkDirty(instance.service());
+  return absl::OkStatus();
+}
+
+absl::Status RegistryCore::HandleUnpublish(Session& session, const v1::Unpublish& request) {
+  auto not_found =
+      absl::NotFoundError(absl::StrCat("instance ", request.address(), " of service '",
+                                       request.service(), "' is not published by this session"));
+  if (session.publications.erase({request.service(), request.address()}) == 0) {
+    return not_found;
+  }
+  auto s = services_.find(request.service());
+  if (s == services_.end()) {
+    return not_found;
+  }
+  auto it = s->second.instances.find(request.address());
+  if (it != s->second.instances.end() && it->second.owner == session.id) {
+    s->second.instances.erase(it);
+    MarkDirty(request.service());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RegistryCore::HandleSubscribe(Session& session, const std::string& service,
+                                           uint64_t known) {
+  if (absl::Status st = ValidateServiceName(service, options_.limits); !st.ok()) {
+    return st;
+  }
+  Subscription& sub = session.services[service];
+  sub.acked = std::max(sub.acked, known);
+  ServiceState& state = EnsureService(service);
+  state.subscribers.insert(session.id);
+  if (!Held() && state.version != sub.acked) {
+    EnqueueService(session, service);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RegistryCore::HandleWatch(Session& session, const std::string& key, uint64_t known) {
+  if (absl::Status st = ValidateConfigKey(key, options_.limits); !st.ok()) {
+    return st;
+  }
+  absl::StatusOr<WatchedConfig*> watched = EnsureConfig(key);
+  if (!watched.ok()) {
+    return watched.status();
+  }
+  Subscription& sub = session.configs[key];
+  sub.acked = std::max(sub.acked, known);
+  (*watched)->watchers.insert(session.id);
+  if (!Held() && (*watched)->version != sub.acked) {
+    EnqueueConfig(session, key);
+  }
+  return absl::OkStatus();
+}
+
+void RegistryCore::StreamEnded(SessionReactor* reactor) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(reactor->session_id);
+  if (it != sessions_.end() && it->second.reactor == reactor) {
+    // Not a clean close: keep the session for its lease so the client can
+    // resume it without its providers flapping.
+    it->second.reactor = nullptr;
+    SPDLOG_DEBUG("session {} detached; lease keeps running", it->first);
+  }
+  RequestFinish(reactor, absl::OkStatus());
+}
+
+void RegistryCore::WriteDone(SessionReactor* reactor, bool ok) {
+  absl::MutexLock lock(&mu_);
+  reactor->in_flight.reset();
+  if (!ok && !reactor->finishing) {
+    reactor->finishing = true;
+    reactor->finish_status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed");
+  }
+  if (reactor->finishing) {
+    if (!reactor->finished) {
+      reactor->finished = true;
+      reactor->Finish(reactor->finish_status);
+    }
+    auto it = sessions_.find(reactor->session_id);
+    if (it != sessions_.end() && it->second.reactor == reactor) {
+      it->second.reactor = nullptr;
+    }
+    return;
+  }
+  auto it = sessions_.find(reactor->session_id);
+  if (it != sessions_.end() && it->second.reactor == reactor) {
+    Pump(it->second);
+  } else if (!reactor->control.empty()) {
+    // Replies for a stream whose session went away (e.g. a failed open).
+    reactor->in_flight = reactor->control.front();
+    reactor->control.pop_front();
+    reactor->StartWrite(reactor->in_flight.get());
+  }
+}
+
+void RegistryCore::ReactorDone(SessionReactor* reactor) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(reactor->session_id);
+  if (it != sessions_.end() && it->second.reactor == reactor) {
+    it->second.reactor = nullptr;
+  }
+}
+
+void RegistryCore::Reply(SessionReactor* reactor, Msg message) {
+  reactor->control.push_back(std::move(message));
+}
+
+void RegistryCore::ReplyResult(SessionReactor* reactor, uint64_t request_id,
+                               const absl::Status& status) {
+  auto reply = std::make_shared<v1::ServerMessage>();
+  v1::Result* result = reply->mutable_result();
+  result->set_request_id(request_id);
+  result->set_code(static_cast<int>(status.code()));
+  result->set_message(std::string(status.message()));
+  Reply(reactor, std::move(reply));
+}
+
+void RegistryCore::RequestFinish(SessionReactor* reactor, const absl::Status& status) {
+  if (reactor->finishing) {
+    return;
+  }
+  reactor->finishing = true;
+  reactor->finish_status = ToGrpcStatus(status);
+  if (reactor->in_flight == nullptr) {
+    reactor->finished = true;
+    reactor->Finish(reactor->finish_status);
+  }
+}
+
+void RegistryCore::Pump(Session& session) {
+  SessionReactor* reactor = session.reactor;
+  if (reactor == nullptr || reactor->in_flight != nullptr || reactor->finishing) {
+    return;
+  }
+  if (!reactor->control.empty()) {
+    reactor->in_flight = reactor->control.front();
+    reactor->control.pop_front();
+  } else if (!session.pending.empty()) {
+    auto first = session.pending.begin();
+    reactor->in_flight = first->second;
+    const v1::ServerMessage& m = *first->second;
+    absl::Time now = clock_->Now();
+    if (m.has_service()) {
+      auto sub = session.services.find(m.service().service());
+      if (sub != session.services.end()) {
+        sub->second.sent = m.service().version();
+        sub->second.sent_at = now;
+      }
+    } else if (m.has_config()) {
+      auto sub = session.configs.find(m.config().key());
+      if (sub != session.configs.end()) {
+        sub->second.sent = m.config().version();
+        sub->second.sent_at = now;
+      }
+    }
+    session.pending.erase(first);
+  } else {
+    return;
+  }
+  reactor->StartWrite(reactor->in_flight.get());
+}
+
+void RegistryCore::EnqueueService(Session& session, const std::string& service) {
+  auto s = services_.find(service);
+  if (s == services_.end()) {
+    return;
+  }
+  session.pending[ServiceTopic(service)] = s->second.snapshot;
+}
+
+void RegistryCore::EnqueueConfig(Session& session, const std::string& key) {
+  auto c = configs_.find(key);
+  if (c == configs_.end()) {
+    return;
+  }
+  session.pending[ConfigTopic(key)] = c->second.message;
+}
+
+// ---------------------------------------------------------------------------
+// Services, versions and pushes
+
+RegistryCore::ServiceState& RegistryCore::EnsureService(const std::string& name) {
+  auto [it, inserted] = services_.try_emplace(name);
+  if (inserted) {
+    RebuildSnapshot(name, it->second);
+  }
+  return it->second;
+}
+
+void RegistryCore::RebuildSnapshot(const std::string& name, ServiceState& state) {
+  state.version = NextVersion();
+  auto message = std::make_shared<v1::ServerMessage>();
+  v1::ServiceSnapshot* snapshot = message->mutable_service();
+  snapshot->set_service(name);
+  snapshot->set_version(state.version);
+  for (const auto& [address, record] : state.instances) {
+    *snapshot->add_instances() = record.instance;
+  }
+  state.snapshot = std::move(message);
+}
+
+void RegistryCore::MaybeForgetService(const std::string& name) {
+  auto it = services_.find(name);
+  if (it != services_.end() && it->second.instances.empty() && it->second.subscribers.empty() &&
+      dirty_.count(name) == 0) {
+    services_.erase(it);
+  }
+}
+
+absl::StatusOr<RegistryCore::WatchedConfig*> RegistryCore::EnsureConfig(const std::string& key) {
+  auto it = configs_.find(key);
+  if (it != configs_.end()) {
+    return &it->second;
+  }
+  absl::StatusOr<StoredConfig> stored = store_->GetConfig(key);
+  if (!stored.ok()) {
+    return stored.status();
+  }
+  WatchedConfig& watched = configs_[key];
+  auto message = std::make_shared<v1::ServerMessage>();
+  v1::ConfigEntry* entry = message->mutable_config();
+  entry->set_key(key);
+  entry->set_value(stored->value);
+  entry->set_version(stored->version);
+  entry->set_exists(stored->exists);
+  watched.version = stored->version;
+  watched.message = std::move(message);
+  return &watched;
+}
+
+void RegistryCore::ConfigChanged(const StoredConfig& entry) {
+  absl::MutexLock lock(&mu_);
+  auto it = configs_.find(entry.key);
+  if (it == configs_.end() || entry.version <= it->second.version) {
+    return;  // nobody watches it, or a newer change already won
+  }
+  auto message = std::make_shared<v1::ServerMessage>();
+  v1::ConfigEntry* e = message->mutable_config();
+  e->set_key(entry.key);
+  e->set_value(entry.value);
+  e->set_version(entry.version);
+  e->set_exists(entry.exists);
+  it->second.version = entry.version;
+  it->second.message = std::move(message);
+  dirty_configs_.insert(entry.key);
+  if (!flush_scheduled_) {
+    flush_scheduled_ = true;
+    flush_at_ = clock_->Now();
+  }
+}
+
+void RegistryCore::MarkDirty(const std::string& service) {
+  dirty_.insert(service);
+  if (!flush_scheduled_) {
+    flush_scheduled_ = true;
+    flush_at_ = std::max(clock_->Now(), last_flush_ + options_.merge_window);
+  }
+}
+
+void RegistryCore::Flush() {
+  flush_scheduled_ = false;
+  last_flush_ = clock_->Now();
+  std::set<std::string> dirty;
+  dirty.swap(dirty_);
+  for (const std::string& name : dirty) {
+    auto it = services_.find(name);
+    if (it == services_.end()) {
+      continue;
+    }
+    RebuildSnapshot(name, it->second);
+    for (uint64_t id : it->second.subscribers) {
+      auto s = sessions_.find(id);
+      if (s != sessions_.end()) {
+        EnqueueService(s->second, name);
+      }
+    }
+    MaybeForgetService(name);
+  }
+  std::set<std::string> dirty_configs;
+  dirty_configs.swap(dirty_configs_);
+  for (const std::string& key : dirty_configs) {
+    auto it = configs_.find(key);
+    if (it == configs_.end()) {
+      continue;
+    }
+    for (uint64_t id : it->second.watchers) {
+      auto s = sessions_.find(id);
+      if (s != sessions_.end()) {
+        EnqueueConfig(s->second, key);
+      }
+    }
+  }
+  for (auto& [id, session] : sessions_) {
+    Pump(session);
+  }
+}
+
+// After warm-up or stop-push: push what changed meanwhile (newest only) and
+// bring every subscriber to the current version.
+void RegistryCore::Release() {
+  Flush();
+  for (auto& [id, session] : sessions_) {
+    for (auto& [name, sub] : session.services) {
+      auto s = services_.find(name);
+      if (s != services_.end() && s->second.version != sub.acked) {
+        EnqueueService(session, name);
+      }
+    }
+    for (auto& [key, sub] : session.configs) {
+      auto c = configs_.find(key);
+      if (c != configs_.end() && c->second.version != sub.acked) {
+        EnqueueConfig(session, key);
+      }
+    }
+    Pump(session);
+  }
+}
+
+void RegistryCore::RemoveSession(uint64_t id, absl::string_view why) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) {
+    return;
+  }
+  Session& session = it->second;
+  SPDLOG_INFO("session {} of '{}' ended: {}; {} publication(s) removed", id, session.client_name,
+              std::string(why), session.publications.size());
+  for (const auto& [service, address] : session.publications) {
+    auto s = services_.find(service);
+    if (s == services_.end()) {
+      continue;
+    }
+    auto inst = s->second.instances.find(address);
+    if (inst != s->second.instances.end() && inst->second.owner == id) {
+      s->second.instances.erase(inst);
+      MarkDirty(service);
+    }
+  }
+  for (const auto& [service, sub] : session.services) {
+    auto s = services_.find(service);
+    if (s != services_.end()) {
+      s->second.subscribers.erase(id);
+      MaybeForgetService(service);
+    }
+  }
+  for (const auto& [key, sub] : session.configs) {
+    auto c = configs_.find(key);
+    if (c != configs_.end()) {
+      c->second.watchers.erase(id);
+      if (c->second.watchers.empty()) {
+        configs_.erase(c);
+      }
+    }
+  }
+  sessions_.erase(it);
+}
+
+void RegistryCore::Sweep() {
+  absl::Time now = clock_->Now();
+  if (warming_up_ && now >= warmup_end_) {
+    warming_up_ = false;
+    SPDLOG_INFO("warm-up over: pushes enabled");
+    if (!stop_push_) {
+      Release();
+    }
+  }
+  std::vector<uint64_t> expired;
+  for (auto& [id, session] : sessions_) {
+    if (now - session.last_seen > session.lease) {
+      expired.push_back(id);
+    }
+  }
+  for (uint64_t id : expired) {
+    Session& session = sessions_[id];
+    if (session.reactor != nullptr) {
+      RequestFinish(session.reactor,
+                    absl::UnavailableError(absl::StrCat("session ", id, ": lease of ",
+                                                        absl::FormatDuration(session.lease),
+                                                        " lapsed without a heartbeat")));
+    }
+    RemoveSession(id, "lease lapsed");
+  }
+  if (Held()) {
+    return;
+  }
+  for (auto& [id, session] : sessions_) {
+    if (session.reactor == nullptr) {
+      continue;
+    }
+    bool queued = false;
+    for (auto& [name, sub] : session.services) {
+      auto s = services_.find(name);
+      if (sub.sent > sub.acked && now - sub.sent_at >= options_.push_retry &&
+          s != services_.end() && s->second.version != sub.acked &&
+          session.pending.count(ServiceTopic(name)) == 0) {
+        EnqueueService(session, name);
+        queued = true;
+      }
+    }
+    for (auto& [key, sub] : session.configs) {
+      auto c = configs_.find(key);
+      if (sub.sent > sub.acked && now - sub.sent_at >= options_.push_retry && c != configs_.end() &&
+          c->second.version != sub.acked && session.pending.count(ConfigTopic(key)) == 0) {
+        EnqueueConfig(session, key);
+        queued = true;
+      }
+    }
+    if (queued) {
+      Pump(session);
+    }
+  }
+  if (flush_scheduled_ && now >= flush_at_) {
+    Flush();
+  }
+}
+
+void RegistryCore::MaintenanceLoop() {
+  absl::Time next_sweep = absl::Now();
+  absl::MutexLock lock(&mu_);
+  while (!stopping_) {
+    absl::Time wake = next_sweep;
+    if (flush_scheduled_ && !Held()) {
+      // flush_at_ is on the injected clock; convert the remaining wait.
+      wake = std::min(wake, absl::Now() + (flush_at_ - clock_->Now()));
+    }
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stopping_ || (flush_scheduled_ && !Held() && clock_->Now() >= flush_at_);
+    };
+    mu_.AwaitWithDeadline(absl::Condition(&ready), wake);
+    if (stopping_) {
+      break;
+    }
+    absl::Time real_now = absl::Now();
+    if (real_now >= next_sweep) {
+      Sweep();
+      next_sweep = real_now + options_.sweep_interval;
+    } else if (flush_scheduled_ && !Held() && clock_->Now() >= flush_at_) {
+      Flush();
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Unary views and operator controls
+
+void RegistryCore::ListServices(v1::ListServicesResponse* out) {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [name, state] : services_) {
+    v1::ServiceSummary* s = out->add_services();
+    s->set_service(name);
+    s->set_version(state.version);
+    s->set_instances(static_cast<uint32_t>(state.instances.size()));
+    s->set_subscribers(static_cast<uint32_t>(state.subscribers.size()));
+  }
+}
+
+absl::Status RegistryCore::GetService(const std::string& service, v1::ServiceSnapshot* out) {
+  if (absl::Status st = ValidateServiceName(service, options_.limits); !st.ok()) {
+    return st;
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = services_.find(service);
+  if (it == services_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("service '", service, "' is not known to the registry"));
+  }
+  out->set_service(service);
+  out->set_version(it->second.version);
+  for (const auto& [address, record] : it->second.instances) {
+    *out->add_instances() = record.instance;
+  }
+  return absl::OkStatus();
+}
+
+v1::PushSwitchState RegistryCore::SetStopPush(std::optional<bool> stop) {
+  absl::MutexLock lock(&mu_);
+  if (stop.has_value() && *stop != stop_push_) {
+    stop_push_ = *stop;
+    SPDLOG_WARN("stop-push switch turned {}", stop_push_ ? "on: pushes are held" : "off");
+    if (!Held()) {
+      Release();
+    }
+  }
+  v1::PushSwitchState state;
+  state.set_stop_push(stop_push_);
+  state.set_warming_up(warming_up_);
+  return state;
+}
+
+void RegistryCore::ListSessions(v1::ListSessionsResponse* out) {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, session] : sessions_) {
+    v1::SessionInfo* info = out->add_sessions();
+    info->set_session_id(id);
+    info->set_client_name(session.client_name);
+    info->set_peer(session.peer);
+    info->set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(session.lease)));
+    info->set_attached(session.reactor != nullptr);
+    info->set_publications(static_cast<uint32_t>(session.publications.size()));
+    info->set_subscriptions(
+        static_cast<uint32_t>(session.services.size() + session.configs.size()));
+  }
+}
+
+absl::Status RegistryCore::KillSession(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) {
+    return absl::NotFoundError(absl::StrCat("session ", id, " not found"));
+  }
+  if (it->second.reactor != nullptr) {
+    RequestFinish(it->second.reactor,
+                  absl::UnavailableError(absl::StrCat("session ", id, " ended by an operator")));
+  }
+  RemoveSession(id, "ended by an operator");
+  return absl::OkStatus();
+}
+
+void RegistryCore::CloseAllStreams(absl::string_view why) {
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, session] : sessions_) {
+    if (session.reactor != nullptr) {
+      SessionReactor* reactor = session.reactor;
+      session.reactor = nullptr;
+      RequestFinish(reactor, absl::UnavailableError(why));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// gRPC service
+
+namespace {
+
+class RegistryService final : public v1::Registry::CallbackService {
+ public:
+  explicit RegistryService(RegistryCore* core) : core_(core) {}
+
+  grpc::ServerBidiReactor<v1::ClientMessage, v1::ServerMessage>* Session(
+      grpc::CallbackServerContext* context) override {
+    return new SessionReactor(core_, context->peer());
+  }
+
+  grpc::ServerUnaryReactor* ListServices(grpc::CallbackServerContext* context,
+                                         const v1::ListServicesRequest*,
+                                         v1::ListServicesResponse* response) override {
+    core_->ListServices(response);
+    return Done(context, absl::OkStatus());
+  }
+
+  grpc::ServerUnaryReactor* GetService(grpc::CallbackServerContext* context,
+                                       const v1::GetServiceRequest* request,
+                                       v1::ServiceSnapshot* response) override {
+    return Done(context, core_->GetService(request->service(), response));
+  }
+
+  grpc::ServerUnaryReactor* GetConfig(grpc::CallbackServerContext* context,
+                                      const v1::GetConfigRequest* request,
+                                      v1::ConfigEntry* response) override {
+    if (absl::Status st = ValidateConfigKey(request->key(), core_->options().limits); !st.ok()) {
+      return Done(context, st);
+    }
+    absl::StatusOr<StoredConfig> entry = core_->store()->GetConfig(request->key());
+    if (!entry.ok()) {
+      return Done(context, entry.status());
+    }
+    if (!entry->exists) {
+      return Done(context, absl::NotFoundError(
+                               absl::StrCat("config key '", request->key(), "' does not exist")));
+    }
+    Fill(*entry, response);
+    return Done(context, absl::OkStatus());
+  }
+
+  grpc::ServerUnaryReactor* ListConfig(grpc::CallbackServerContext* context,
+                                       const v1::ListConfigRequest* request,
+                                       v1::ListConfigResponse* response) override {
+    absl::StatusOr<std::vector<StoredConfig>> entries =
+        core_->store()->ListConfig(request->prefix());
+    if (!entries.ok()) {
+      return Done(context, entries.status());
+    }
+    for (const StoredConfig& e : *entries) {
+      Fill(e, response->add_entries());
+    }
+    return Done(context, absl::OkStatus());
+  }
+
+  grpc::ServerUnaryReactor* PutConfig(grpc::CallbackServerContext* context,
+                                      const v1::PutConfigRequest* request,
+                                      v1::PutConfigResponse* response) override {
+    const Limits& limits = core_->options().limits;
+    if (absl::Status st = ValidateConfigKey(request->key(), limits); !st.ok()) {
+      return Done(context, st);
+    }
+    if (static_cast<int64_t>(request->value().size()) > limits.max_config_value_bytes) {
+      return Done(context, absl::InvalidArgumentError(absl::StrCat(
+                               "config value is ", request->value().size(), " bytes; the limit is ",
+                               limits.max_config_value_bytes)));
+    }
+    std::optional<uint64_t> expected;
+    if (request->has_expected_version()) {
+      expected = request->expected_version();
+    }
+    absl::StatusOr<StoredConfig> entry =
+        core_->store()->PutConfig(request->key(), request->value(), expected);
+    if (!entry.ok()) {
+      return Done(context, entry.status());
+    }
+    core_->ConfigChanged(*entry);
+    Fill(*entry, response->mutable_entry());
+    return Done(context, absl::OkStatus());
+  }
+
+  grpc::ServerUnaryReactor* DeleteConfig(grpc::CallbackServerContext* context,
+                                         const v1::DeleteConfigRequest* request,
+                                         v1::DeleteConfigResponse* response) override {
+    if (absl::Status st = ValidateConfigKey(request->key(), core_->options().limits); !st.ok()) {
+      return Done(context, st);
+    }
+    std::optional<uint64_t> expected;
+    if (request->has_expected_version()) {
+      expected = request->expected_version();
+    }
+    absl::StatusOr<StoredConfig> entry = core_->store()->DeleteConfig(request->key(), expected);
+    if (!entry.ok()) {
+      return Done(context, entry.status());
+    }
+    core_->ConfigChanged(*entry);
+    Fill(*entry, response->mutable_entry());
+    return Done(context, absl::OkStatus());
+  }
+
+  grpc::ServerUnaryReactor* SetPushSwitch(grpc::CallbackServerContext* context,
+                                          const v1::SetPushSwitchRequest* request,
+                                          v1::PushSwitchState* response) override {
+    *response = core_->SetStopPush(request->stop_push());
+    return Done(context, absl::OkStatus());
+  }
+
+  grpc::ServerUnaryReactor* GetPushSwitch(grpc::CallbackServerContext* context,
+                                          const v1::GetPushSwitchRequest*,
+                                          v1::PushSwitchState* response) override {
+    *response = core_->SetStopPush(std::nullopt);
+    return Done(context, absl::OkStatus());
+  }
+
+  grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* context,
+                                         const v1::ListSessionsRequest*,
+                                         v1::ListSessionsResponse* response) override {
+    core_->ListSessions(response);
+    return Done(context, absl::OkStatus());
+  }
+
+  grpc::ServerUnaryReactor* KillSession(grpc::CallbackServerContext* context,
+                                        const v1::KillSessionRequest* request,
+                                        v1::KillSessionResponse*) override {
+    return Done(context, core_->KillSession(request->session_id()));
+  }
+
+ private:
+  static grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context,
+                                        const absl::Status& status) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(status));
+    return reactor;
+  }
+
+  static void Fill(const StoredConfig& e, v1::ConfigEntry* out) {
+    out->set_key(e.key);
+    out->set_value(e.value);
+    out->set_version(e.version);
+    out->set_exists(e.exists);
+  }
+
+  RegistryCore* const core_;
+};
+
+}  // namespace
+
+class RegistryServer::Impl {
+ public:
+  std::unique_ptr<RegistryCore> core;
+  std::unique_ptr<RegistryService> service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  bool shut_down = false;
+};
+
+absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
+    RegistryServerOptions options) {
+  if (options.registry_id.empty()) {
+    options.registry_id = options.listen;
+  }
+  absl::StatusOr<std::unique_ptr<RegistryStore>> store = OpenRocksDbRegistryStore(options.data_dir);
+  if (!store.ok()) {
+    return store.status();
+  }
+  absl::StatusOr<uint64_t> epoch = (*store)->NextBootEpoch();
+  if (!epoch.ok()) {
+    return epoch.status();
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->core = std::make_unique<RegistryCore>(options, std::move(*store), *epoch);
+  impl->service = std::make_unique<RegistryService>(impl->core.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl->port);
+  builder.RegisterService(impl->service.get());
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_time)));
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_timeout)));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  impl->server = builder.BuildAndStart();
+  if (impl->server == nullptr || impl->port == 0) {
+    impl->core->StopMaintenance();
+    return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen,
+                                               "': the address is malformed or in use"));
+  }
+  SPDLOG_INFO("dsrd listening on {} (port {}), boot epoch {}, data in {}", options.listen,
+              impl->port, *epoch, options.data_dir);
+  return std::unique_ptr<RegistryServer>(new RegistryServer(std::move(impl)));
+}
+
+RegistryServer::RegistryServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+RegistryServer::~RegistryServer() { Shutdown(); }
+
+int RegistryServer::port() const { return impl_->port; }
+
+void RegistryServer::Shutdown() {
+  if (impl_->shut_down) {
+    return;
+  }
+  impl_->shut_down = true;
+  SPDLOG_INFO("dsrd shutting down");
+  impl_->server->GetHealthCheckService()->SetServingStatus(false);
+  impl_->core->CloseAllStreams("the registry is shutting down");
+  impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + impl_->core->options().shutdown_grace));
+  impl_->server->Wait();
+  impl_->core->StopMaintenance();
+  impl_->core.reset();
+  SPDLOG_INFO("dsrd stopped");
+}
+
+// ---------------------------------------------------------------------------
+// Options from YAML
+
+absl::StatusOr<RegistryServerOptions> LoadRegistryServerOptions(const Config& config) {
+  RegistryServerOptions o;
+  ConfigReader r(config);
+  o.listen = r.String("server.listen", o.listen);
+  o.registry_id = r.String("server.id", o.registry_id);
+  o.data_dir = r.String("storage.data_dir", o.data_dir);
+  o.default_lease =
+      r.Duration("session.lease", o.default_lease, absl::Milliseconds(200), absl::Hours(1));
+  o.min_lease =
+      r.Duration("session.min_lease", o.min_lease, absl::Milliseconds(100), absl::Hours(1));
+  o.max_lease =
+      r.Duration("session.max_lease", o.max_lease, absl::Milliseconds(200), absl::Hours(24));
+  o.merge_window =
+      r.Duration("push.merge_window", o.merge_window, absl::ZeroDuration(), absl::Seconds(10));
+  o.push_retry =
+      r.Duration("push.retry_interval", o.push_retry, absl::Milliseconds(10), absl::Minutes(10));
+  if (r.Has("push.warmup")) {
+    o.warmup = r.Duration("push.warmup", o.warmup, absl::ZeroDuration(), absl::Hours(1));
+  }
+  o.sweep_interval = r.Duration("session.sweep_interval", o.sweep_interval, absl::Milliseconds(5),
+                                absl::Seconds(10));
+  o.keepalive_time =
+      r.Duration("server.keepalive_time", o.keepalive_time, absl::Seconds(1), absl::Hours(2));
+  o.keepalive_timeout = r.Duration("server.keepalive_timeout", o.keepalive_timeout,
+                                   absl::Milliseconds(100), absl::Minutes(10));
+  o.shutdown_grace = r.Duration("server.shutdown_grace", o.shutdown_grace, absl::ZeroDuration(),
+                                absl::Minutes(10));
+  Limits& l = o.limits;
+  l.max_name_length = static_cast<int>(r.Int("limits.max_name_length", l.max_name_length, 1, 4096));
+  l.max_weight = static_cast<int>(r.Int("limits.max_weight", l.max_weight, 1, 1000000));
+  l.max_tags = static_cast<int>(r.Int("limits.max_tags", l.max_tags, 0, 1024));
+  l.max_metadata_bytes =
+      r.Bytes("limits.max_metadata_bytes", l.max_metadata_bytes, 0, int64_t{1} << 24);
+  l.max_config_value_bytes =
+      r.Bytes("limits.max_config_value_bytes", l.max_config_value_bytes, 0, int64_t{64} << 20);
+  if (o.listen.empty()) {
+    r.Fail("server.listen", "must be host:port");
+  }
+  if (o.data_dir.empty()) {
+    r.Fail("storage.data_dir", "must name a directory");
+  }
+  if (o.min_lease > o.max_lease) {
+    r.Fail("session.min_lease", "must not exceed session.max_lease");
+  }
+  if (o.default_lease < o.min_lease || o.default_lease > o.max_lease) {
+    r.Fail("session.lease", "must lie between session.min_lease and session.max_lease");
+  }
+  if (absl::Status st = r.Finish(); !st.ok()) {
+    return st;
+  }
+  return o;
+}
+
+}  // namespace formica::registry
