@@ -159,6 +159,7 @@ class Client::Impl {
   struct PendingRequest {
     bool done = false;
     absl::Status status;
+    bool unpublish = false;
   };
   // One queued callback run; merged per callback id to the newest.
   struct Delivery {
@@ -166,7 +167,8 @@ class Client::Impl {
   };
 
   void SessionLoop();
-  bool RunSession(const std::string& address);
+  enum class SessionEnd { kNeverOpened, kClosed, kRetryNow };
+  SessionEnd RunSession(const std::string& address);
   void TimerLoop();
   void DispatchLoop();
   bool Send(const v1::ClientMessage& message);
@@ -226,12 +228,15 @@ void Client::Impl::SessionLoop() {
       }
       address = options_.registries[address_index_ % options_.registries.size()];
     }
-    bool opened = RunSession(address);
+    SessionEnd end = RunSession(address);
     absl::MutexLock lock(&mu_);
     if (stopping_) {
       return;
     }
-    if (opened) {
+    if (end == SessionEnd::kRetryNow) {
+      continue;  // the registry forgot our session: open a new one at once
+    }
+    if (end == SessionEnd::kClosed) {
       backoff = options_.backoff_initial;  // it worked for a while: retry soon
     } else {
       ++address_index_;  // this node failed us: try the next
@@ -245,8 +250,8 @@ void Client::Impl::SessionLoop() {
   }
 }
 
-// Runs one stream to its end. Returns true if a session was opened on it.
-bool Client::Impl::RunSession(const std::string& address) {
+// Runs one stream to its end.
+Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
   grpc::ChannelArguments args;
   int64_t lease_ms = absl::ToInt64Milliseconds(options_.lease);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(std::max<int64_t>(1000, lease_ms / 2)));
@@ -254,6 +259,8 @@ bool Client::Impl::RunSession(const std::string& address) {
               static_cast<int>(std::max<int64_t>(500, lease_ms / 3)));
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // One connection per client, as a separate process would have.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   absl::Time give_up = absl::Now() + options_.request_timeout;
@@ -261,7 +268,7 @@ bool Client::Impl::RunSession(const std::string& address) {
     absl::MutexLock lock(&mu_);
     if (stopping_ || absl::Now() >= give_up) {
       SPDLOG_DEBUG("registry {} unreachable", address);
-      return false;
+      return SessionEnd::kNeverOpened;
     }
   }
   auto stub = v1::Registry::NewStub(channel);
@@ -270,7 +277,7 @@ bool Client::Impl::RunSession(const std::string& address) {
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) {
-      return false;
+      return SessionEnd::kNeverOpened;
     }
     context_ = &context;
     resume = session_id_;
@@ -352,25 +359,28 @@ bool Client::Impl::RunSession(const std::string& address) {
   absl::MutexLock lock(&mu_);
   context_ = nullptr;
   connected_ = false;
+  SessionEnd end = opened ? SessionEnd::kClosed : SessionEnd::kNeverOpened;
   if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
     session_id_ = 0;  // the registry forgot our session: open a new one next time
+    end = SessionEnd::kRetryNow;
   } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
              status.error_message().find("lease") != std::string::npos) {
     session_id_ = 0;
   }
-  // Callers waiting on this stream will not hear back; replays carry on.
+  // A pending Publish is replayed with its request id on reconnect and
+  // completes then. A pending Unpublish is already out of the replay, so the
+  // next session will not have the instance: it is done.
   for (auto& [id, request] : requests_) {
-    if (!request.done) {
+    if (!request.done && request.unpublish) {
       request.done = true;
-      request.status = absl::UnavailableError(
-          "the connection to the registry was lost; the request is replayed on reconnect");
+      request.status = absl::OkStatus();
     }
   }
   if (!stopping_) {
     SPDLOG_WARN("registry stream to {} ended: {} {}", address,
                 static_cast<int>(status.error_code()), status.error_message());
   }
-  return opened;
+  return end;
 }
 
 bool Client::Impl::Send(const v1::ClientMessage& message) {
@@ -406,6 +416,7 @@ void Client::Impl::TimerLoop() {
       if (absl::Now() >= next_reconcile) {
         next_reconcile = absl::Now() + options_.reconcile_interval;
         reconcile.emplace();
+        reconcile->mutable_reconcile();  // an empty view is still a reconcile
         for (const auto& [name, sub] : services_) {
           (*reconcile->mutable_reconcile()->mutable_services())[name] = sub.version;
         }
@@ -530,7 +541,7 @@ absl::Status Client::Impl::Unpublish(absl::string_view service, absl::string_vie
         return absl::OkStatus();  // not connected: the replay no longer carries it
       }
       id = next_id_++;
-      requests_[id];
+      requests_[id].unpublish = true;
     }
     v1::ClientMessage message;
     message.mutable_unpublish()->set_request_id(id);
@@ -539,9 +550,7 @@ absl::Status Client::Impl::Unpublish(absl::string_view service, absl::string_vie
     WriteLocked(message);
   }
   absl::MutexLock lock(&mu_);
-  absl::Status status = WaitForRequest(id);
-  // Lost connection: the replay no longer contains it, so it is gone anyway.
-  return absl::IsUnavailable(status) ? absl::OkStatus() : status;
+  return WaitForRequest(id);
 }
 
 // ---------------------------------------------------------------------------

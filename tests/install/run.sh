@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# usage: run.sh BUILD_DIR CONSUMER_SOURCE_DIR
+set -euo pipefail
+build="$1"; src="$2"
+work="$(mktemp -d)"
+dsrd_pid=""
+cleanup() { [ -n "$dsrd_pid" ] && kill -9 "$dsrd_pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+cmake --install "$build" --prefix "$work/prefix" >/dev/null
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+cmake -S "$src" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" "${launcher[@]}" >/dev/null
+cmake --build "$work/build" -j2 >/dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$work/prefix/bin/dsrd" --listen "127.0.0.1:$port" --data-dir "$work/data" --set push.warmup=0s \
+  >"$work/dsrd.log" 2>&1 &
+dsrd_pid=$!
+for _ in $(seq 1 100); do grep -q "dsrd ready" "$work/dsrd.log" && break; sleep 0.1; done
+LD_LIBRARY_PATH="$work/prefix/lib:$work/prefix/lib64:${LD_LIBRARY_PATH:-}" \
+  "$work/build/consumer" "127.0.0.1:$port"

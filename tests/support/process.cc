@@ -1,0 +1,243 @@
+#include "process.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+
+namespace formica::testing {
+
+int PickFreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  int port = ntohs(addr.sin_port);
+  close(fd);
+  return port;
+}
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string templ = absl::StrCat(base != nullptr ? base : "/tmp", "/formica-test-XXXXXX");
+  char* made = mkdtemp(templ.data());
+  path_ = made != nullptr ? made : templ;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(const std::vector<std::string>& argv,
+                                                              const std::string& log_path) {
+  if (argv.empty()) {
+    return absl::InvalidArgumentError("empty argv");
+  }
+  int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log_fd < 0) {
+    return absl::InternalError(absl::StrCat("cannot open log file ", log_path));
+  }
+  std::vector<char*> args;
+  for (const std::string& a : argv) {
+    args.push_back(const_cast<char*>(a.c_str()));
+  }
+  args.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid < 0) {
+    close(log_fd);
+    return absl::InternalError("fork failed");
+  }
+  if (pid == 0) {
+    // Die with the test: no orphan daemons even if the test crashes.
+    setpgid(0, 0);
+    dup2(log_fd, STDOUT_FILENO);
+    dup2(log_fd, STDERR_FILENO);
+    int devnull = open("/dev/null", O_RDONLY);
+    dup2(devnull, STDIN_FILENO);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(log_fd);
+  return std::unique_ptr<Subprocess>(new Subprocess(pid, log_path));
+}
+
+Subprocess::~Subprocess() {
+  if (!reaped_) {
+    Kill();
+  }
+}
+
+bool Subprocess::running() {
+  if (reaped_) {
+    return false;
+  }
+  int status = 0;
+  pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r == pid_) {
+    reaped_ = true;
+    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return false;
+  }
+  return true;
+}
+
+void Subprocess::Signal(int sig) {
+  if (!reaped_) {
+    kill(pid_, sig);
+  }
+}
+
+void Subprocess::Kill() {
+  if (reaped_) {
+    return;
+  }
+  kill(pid_, SIGKILL);
+  Wait(absl::Seconds(30));
+}
+
+int Subprocess::Wait(absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  while (running()) {
+    if (absl::Now() >= deadline) {
+      return -1;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return exit_code_;
+}
+
+int Subprocess::Terminate(absl::Duration grace) {
+  Signal(SIGTERM);
+  int code = Wait(grace);
+  if (code == -1) {
+    Kill();
+    code = exit_code_;
+  }
+  return code;
+}
+
+std::string Subprocess::Output() const {
+  std::ifstream in(log_path_);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+bool Subprocess::WaitForOutput(const std::string& text, absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (Output().find(text) != std::string::npos) {
+      return true;
+    }
+    if (!running()) {
+      return Output().find(text) != std::string::npos;
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return false;
+}
+
+std::string BinaryPath(const std::string& name) {
+  return absl::StrCat(FORMICA_BINARY_DIR, "/", name);
+}
+
+absl::StatusOr<std::unique_ptr<DsrdProcess>> DsrdProcess::Start(Options options) {
+  if (options.data_dir.empty()) {
+    return absl::InvalidArgumentError("DsrdProcess needs a data_dir");
+  }
+  if (options.port == 0) {
+    options.port = PickFreePort();
+  }
+  std::unique_ptr<DsrdProcess> d(new DsrdProcess(std::move(options)));
+  if (absl::Status st = d->Launch(); !st.ok()) {
+    return st;
+  }
+  return d;
+}
+
+DsrdProcess::~DsrdProcess() {
+  if (process_ != nullptr) {
+    process_->Kill();
+  }
+}
+
+std::string DsrdProcess::address() const { return absl::StrCat("127.0.0.1:", options_.port); }
+
+absl::Status DsrdProcess::Launch() {
+  std::filesystem::create_directories(options_.data_dir);
+  // Nested YAML from dotted keys: server.listen -> server:\n  listen: ...
+  std::map<std::string, std::map<std::string, std::string>> sections;
+  sections["server"]["listen"] = address();
+  sections["storage"]["data_dir"] = absl::StrCat(options_.data_dir, "/store");
+  for (const auto& [key, value] : options_.config) {
+    std::vector<std::string> parts = absl::StrSplit(key, absl::MaxSplits('.', 1));
+    if (parts.size() != 2) {
+      return absl::InvalidArgumentError(absl::StrCat("config key '", key, "' needs section.name"));
+    }
+    sections[parts[0]][parts[1]] = value;
+  }
+  std::string config_path = absl::StrCat(options_.data_dir, "/dsrd.yaml");
+  {
+    std::ofstream out(config_path, std::ios::trunc);
+    for (const auto& [section, values] : sections) {
+      out << section << ":\n";
+      for (const auto& [k, v] : values) {
+        out << "  " << k << ": \"" << v << "\"\n";
+      }
+    }
+  }
+  std::string log = absl::StrCat(options_.data_dir, "/dsrd.", ++launches_, ".log");
+  auto process = Subprocess::Start({BinaryPath("registry/dsrd"), "--config", config_path}, log);
+  if (!process.ok()) {
+    return process.status();
+  }
+  process_ = std::move(*process);
+  if (!process_->WaitForOutput("dsrd ready on port", absl::Seconds(20))) {
+    return absl::UnavailableError(absl::StrCat("dsrd did not start: ", process_->Output()));
+  }
+  return absl::OkStatus();
+}
+
+int DsrdProcess::Stop() {
+  if (process_ == nullptr) {
+    return -1;
+  }
+  int code = process_->Terminate();
+  return code;
+}
+
+void DsrdProcess::Kill9() {
+  if (process_ != nullptr) {
+    process_->Kill();
+  }
+}
+
+absl::Status DsrdProcess::Restart() {
+  if (process_ != nullptr && process_->running()) {
+    process_->Terminate();
+  }
+  return Launch();
+}
+
+}  // namespace formica::testing
