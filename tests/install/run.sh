@@ -16,5 +16,8 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
   >"$work/dsrd.log" 2>&1 &
 dsrd_pid=$!
 for _ in $(seq 1 100); do grep -q "dsrd ready" "$work/dsrd.log" && break; sleep 0.1; done
+if ! grep -q "dsrd ready" "$work/dsrd.log"; then
+  echo "installed dsrd did not start:"; cat "$work/dsrd.log"; exit 1
+fi
 LD_LIBRARY_PATH="$work/prefix/lib:$work/prefix/lib64:${LD_LIBRARY_PATH:-}" \
   "$work/build/consumer" "127.0.0.1:$port"
