@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "formica/registry/client.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
