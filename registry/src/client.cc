@@ -3,6 +3,8 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <deque>
 #include <filesystem>
@@ -117,7 +119,7 @@ class Client::Impl {
   absl::StatusOr<uint64_t> WatchConfig(absl::string_view key, ConfigCallback callback);
   void Unwatch(uint64_t id);
   template <typename Call>
-  absl::Status Unary(Call call);
+  absl::Status Unary(bool is_read, Call call);
   absl::StatusOr<ConfigValue> GetConfig(absl::string_view key);
   absl::StatusOr<ConfigValue> PutConfig(absl::string_view key, absl::string_view value,
                                         std::optional<uint64_t> expected);
@@ -135,6 +137,16 @@ class Client::Impl {
     absl::MutexLock lock(&mu_);
     return connected_ ? options_.registries[address_index_ % options_.registries.size()] : "";
   }
+  // Returns once callback `id` is not running, unless called from a callback.
+  void AwaitCallbackDone(uint64_t id) {
+    if (std::this_thread::get_id() == dispatch_thread_.get_id()) {
+      return;
+    }
+    absl::MutexLock lock(&mu_);
+    auto done = [this, id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return running_callback_ != id; };
+    mu_.Await(absl::Condition(&done));
+  }
+
   void DropConnection() {
     absl::MutexLock lock(&mu_);
     if (context_ != nullptr) {
@@ -150,16 +162,22 @@ class Client::Impl {
   struct ServiceSub {
     std::optional<ServiceSnapshot> snapshot;  // what callbacks see
     uint64_t version = 0;                     // newest version accepted
+    // The next push is the registry's current state whatever its version:
+    // set for a new subscription (a cached version must not block live
+    // data) and on every new session (another node or a wiped store may
+    // number differently). Within a session, only newer versions apply.
+    bool accept_next = true;
     std::map<uint64_t, SnapshotCallback> callbacks;
   };
   struct ConfigWatch {
     std::optional<ConfigValue> value;
+    bool accept_next = true;  // as ServiceSub::accept_next
     std::map<uint64_t, ConfigCallback> callbacks;
   };
   struct PendingRequest {
     bool done = false;
     absl::Status status;
-    bool unpublish = false;
+    std::optional<std::pair<std::string, std::string>> unpublish;  // (service, address)
   };
   // One queued callback run; merged per callback id to the newest.
   struct Delivery {
@@ -194,6 +212,13 @@ class Client::Impl {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool connected_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t session_id_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string session_address_ ABSL_GUARDED_BY(mu_);  // where session_id_ lives
+  absl::Duration granted_lease_ ABSL_GUARDED_BY(mu_);
+  absl::Time stream_started_ ABSL_GUARDED_BY(mu_);
+  // Withdrawn while the stream was down; sent again if the session resumes.
+  std::set<std::pair<std::string, std::string>> withdrawn_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> dropped_services_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> dropped_configs_ ABSL_GUARDED_BY(mu_);
   size_t address_index_ ABSL_GUARDED_BY(mu_) = 0;
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
   absl::Time last_heard_ ABSL_GUARDED_BY(mu_);
@@ -207,6 +232,7 @@ class Client::Impl {
   std::deque<uint64_t> delivery_order_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, Delivery> deliveries_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<grpc::Channel> channel_ ABSL_GUARDED_BY(mu_);
+  uint64_t running_callback_ ABSL_GUARDED_BY(mu_) = 0;  // id of the callback running now
 
   std::thread session_thread_;
   std::thread timer_thread_;
@@ -280,7 +306,9 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
       return SessionEnd::kNeverOpened;
     }
     context_ = &context;
-    resume = session_id_;
+    stream_started_ = absl::Now();
+    // A session lives on one registry node: resume it only there.
+    resume = session_address_ == address ? session_id_ : 0;
   }
   std::unique_ptr<Stream> stream = stub->Session(&context);
   v1::ClientMessage open;
@@ -297,9 +325,38 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
     {
       absl::MutexLock lock(&mu_);
       session_id_ = reply.opened().session_id();
+      session_address_ = address;
+      granted_lease_ = reply.opened().lease_ms() > 0 ? absl::Milliseconds(reply.opened().lease_ms())
+                                                     : options_.lease;
       connected_ = true;
       channel_ = channel;
       last_heard_ = absl::Now();
+      if (reply.opened().resumed()) {
+        // The registry still holds what this session had: take back what
+        // was withdrawn while the stream was down.
+        for (const auto& [service, addr] : withdrawn_) {
+          v1::ClientMessage m;
+          m.mutable_unpublish()->set_service(service);
+          m.mutable_unpublish()->set_address(addr);
+          replay.push_back(std::move(m));
+        }
+        for (const std::string& service : dropped_services_) {
+          v1::ClientMessage m;
+          m.mutable_unsubscribe()->set_service(service);
+          replay.push_back(std::move(m));
+        }
+        for (const std::string& key : dropped_configs_) {
+          v1::ClientMessage m;
+          m.mutable_unwatch_config()->set_key(key);
+          replay.push_back(std::move(m));
+        }
+      } else {
+        for (auto& [name, sub] : services_) sub.accept_next = true;
+        for (auto& [key, watch] : configs_) watch.accept_next = true;
+      }
+      withdrawn_.clear();
+      dropped_services_.clear();
+      dropped_configs_.clear();
       for (const auto& [key, pub] : publications_) {
         v1::ClientMessage m;
         m.mutable_publish()->set_request_id(pub.waiting_request);
@@ -372,6 +429,7 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
   // next session will not have the instance: it is done.
   for (auto& [id, request] : requests_) {
     if (!request.done && request.unpublish) {
+      withdrawn_.insert(*request.unpublish);
       request.done = true;
       request.status = absl::OkStatus();
     }
@@ -393,25 +451,42 @@ bool Client::Impl::WriteLocked(const v1::ClientMessage& message) {
 }
 
 void Client::Impl::TimerLoop() {
-  absl::Duration heartbeat = std::max(options_.lease / 3, absl::Milliseconds(50));
   absl::Time next_reconcile = absl::Now() + options_.reconcile_interval;
   while (true) {
-    v1::ClientMessage beat;
-    std::optional<v1::ClientMessage> reconcile;
     {
       absl::MutexLock lock(&mu_);
+      // Heartbeats follow the lease the registry granted, which may be
+      // shorter than the one asked for.
+      absl::Duration lease = connected_ ? std::min(granted_lease_, options_.lease) : options_.lease;
+      absl::Duration heartbeat = std::max(lease / 3, absl::Milliseconds(50));
       mu_.AwaitWithTimeout(absl::Condition(&stopping_), heartbeat);
       if (stopping_) {
         return;
       }
+      absl::Time now = absl::Now();
       if (!connected_) {
+        // A registry that accepts the connection but never answers the
+        // open must not hold the client: give up and try the next one.
+        if (context_ != nullptr && now - stream_started_ > options_.request_timeout) {
+          SPDLOG_WARN("registry did not open a session within {}: trying again",
+                      absl::FormatDuration(options_.request_timeout));
+          context_->TryCancel();
+        }
         continue;
       }
-      if (absl::Now() - last_heard_ > options_.lease && context_ != nullptr) {
+      if (now - last_heard_ > granted_lease_ && context_ != nullptr) {
         SPDLOG_WARN("registry silent for longer than the lease: reconnecting");
         context_->TryCancel();
         continue;
       }
+    }
+    // Built and sent under the write lock, so no Unsubscribe can slip in
+    // between and be undone by a stale view.
+    absl::MutexLock write_lock(&write_mu_);
+    v1::ClientMessage beat;
+    std::optional<v1::ClientMessage> reconcile;
+    {
+      absl::MutexLock lock(&mu_);
       beat.mutable_heartbeat()->set_seq(++heartbeat_seq_);
       if (absl::Now() >= next_reconcile) {
         next_reconcile = absl::Now() + options_.reconcile_interval;
@@ -426,9 +501,9 @@ void Client::Impl::TimerLoop() {
         }
       }
     }
-    Send(beat);
+    WriteLocked(beat);
     if (reconcile) {
-      Send(*reconcile);
+      WriteLocked(*reconcile);
     }
   }
 }
@@ -449,6 +524,7 @@ void Client::Impl::Stop() {
     if (stream_ != nullptr) {
       sent = stream_->Write(close);
       stream_->WritesDone();
+      stream_ = nullptr;  // nothing may be written after WritesDone
     }
   }
   {
@@ -481,14 +557,14 @@ void Client::Impl::CompleteRequest(uint64_t id, absl::Status status) {
 absl::Status Client::Impl::WaitForRequest(uint64_t id) {
   auto done = [this, id]()
                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return requests_[id].done || stopping_; };
-  bool finished = mu_.AwaitWithTimeout(absl::Condition(&done), options_.request_timeout);
+  mu_.AwaitWithTimeout(absl::Condition(&done), options_.request_timeout);
   absl::Status status = requests_[id].done
                             ? requests_[id].status
                             : absl::DeadlineExceededError(absl::StrCat(
                                   "the registry did not answer within ",
                                   absl::FormatDuration(options_.request_timeout),
                                   "; the request stays queued and is sent on reconnect"));
-  if (!finished && stopping_) {
+  if (!requests_[id].done && stopping_) {
     status = absl::CancelledError("the client is shutting down");
   }
   requests_.erase(id);
@@ -510,6 +586,7 @@ absl::Status Client::Impl::Publish(const Instance& instance) {
       id = next_id_++;
       requests_[id];
       publications_[key] = Publication{proto, id};
+      withdrawn_.erase(key);
     }
     message.mutable_publish()->set_request_id(id);
     *message.mutable_publish()->mutable_instance() = proto;
@@ -538,10 +615,13 @@ absl::Status Client::Impl::Unpublish(absl::string_view service, absl::string_vie
                                                 "' was not published by this client"));
       }
       if (stream_ == nullptr) {
-        return absl::OkStatus();  // not connected: the replay no longer carries it
+        // Not connected: a new session will not have it; a resumed one is
+        // told on reconnect.
+        withdrawn_.insert({std::string(service), std::string(address)});
+        return absl::OkStatus();
       }
       id = next_id_++;
-      requests_[id].unpublish = true;
+      requests_[id].unpublish = std::make_pair(std::string(service), std::string(address));
     }
     v1::ClientMessage message;
     message.mutable_unpublish()->set_request_id(id);
@@ -578,6 +658,7 @@ absl::StatusOr<uint64_t> Client::Impl::Subscribe(absl::string_view service,
     absl::MutexLock lock(&mu_);
     auto [it, inserted] = services_.try_emplace(std::string(service));
     ServiceSub& sub = it->second;
+    dropped_services_.erase(std::string(service));
     if (inserted && cached && cached->version > sub.version) {
       sub.version = cached->version;
       sub.snapshot = std::move(cached);
@@ -621,6 +702,9 @@ void Client::Impl::Unsubscribe(uint64_t id) {
       return;
     }
     services_.erase(it);
+    if (stream_ == nullptr) {
+      dropped_services_.insert(service);
+    }
     message.mutable_unsubscribe()->set_service(service);
   }
   WriteLocked(message);
@@ -634,9 +718,11 @@ void Client::Impl::HandleService(const v1::ServiceSnapshot& snapshot) {
   {
     absl::MutexLock lock(&mu_);
     auto it = services_.find(snapshot.service());
-    if (it != services_.end() && snapshot.version() > it->second.version) {
+    if (it != services_.end() &&
+        (snapshot.version() > it->second.version || it->second.accept_next)) {
       ServiceSub& sub = it->second;
       sub.version = snapshot.version();
+      sub.accept_next = false;
       bool had_instances = sub.snapshot && !sub.snapshot->instances.empty();
       if (snapshot.instances_size() == 0 && had_instances && !options_.accept_empty_push) {
         SPDLOG_WARN("ignoring an empty push for '{}' (version {}); keeping {} instance(s)",
@@ -670,6 +756,7 @@ absl::StatusOr<uint64_t> Client::Impl::WatchConfig(absl::string_view key, Config
   {
     absl::MutexLock lock(&mu_);
     auto [it, inserted] = configs_.try_emplace(std::string(key));
+    dropped_configs_.erase(std::string(key));
     id = next_id_++;
     it->second.callbacks[id] = std::move(callback);
     callback_owner_[id] = absl::StrCat("\x01", key);
@@ -709,6 +796,9 @@ void Client::Impl::Unwatch(uint64_t id) {
       return;
     }
     configs_.erase(it);
+    if (stream_ == nullptr) {
+      dropped_configs_.insert(key);
+    }
     message.mutable_unwatch_config()->set_key(key);
   }
   WriteLocked(message);
@@ -722,7 +812,8 @@ void Client::Impl::HandleConfig(const v1::ConfigEntry& entry) {
     absl::MutexLock lock(&mu_);
     auto it = configs_.find(entry.key());
     uint64_t have = (it != configs_.end() && it->second.value) ? it->second.value->version : 0;
-    if (it != configs_.end() && (entry.version() > have || !it->second.value)) {
+    if (it != configs_.end() && (entry.version() > have || it->second.accept_next)) {
+      it->second.accept_next = false;
       it->second.value = FromProto(entry);
       for (auto& [id, cb] : it->second.callbacks) {
         ConfigValue copy = *it->second.value;
@@ -795,6 +886,7 @@ void Client::Impl::DispatchLoop() {
       }
       run = std::move(it->second.run);
       deliveries_.erase(it);
+      running_callback_ = id;
     }
     try {
       run();
@@ -803,6 +895,8 @@ void Client::Impl::DispatchLoop() {
     } catch (...) {
       SPDLOG_ERROR("a registry callback threw a non-standard exception");
     }
+    absl::MutexLock lock(&mu_);
+    running_callback_ = 0;
   }
 }
 
@@ -817,8 +911,10 @@ void Client::Impl::WriteCache(const v1::ServiceSnapshot& snapshot) {
   std::filesystem::create_directories(options_.cache_dir, ec);
   std::filesystem::path path =
       std::filesystem::path(options_.cache_dir) / CacheFileName(snapshot.service());
+  // A name of its own, so processes sharing the directory never mix writes.
   std::filesystem::path tmp = path;
-  tmp += ".tmp";
+  tmp += absl::StrCat(".", getpid(), ".", std::hash<std::thread::id>()(std::this_thread::get_id()),
+                      ".tmp");
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out || !snapshot.SerializeToOstream(&out)) {
@@ -850,8 +946,10 @@ std::optional<ServiceSnapshot> Client::Impl::ReadCache(absl::string_view service
 // ---------------------------------------------------------------------------
 // Unary config calls
 
+// Tries each registry in turn. A write moves on only when the call surely
+// never reached the registry (UNAVAILABLE); a read also on a timeout.
 template <typename Call>
-absl::Status Client::Impl::Unary(Call call) {
+absl::Status Client::Impl::Unary(bool is_read, Call call) {
   std::vector<std::string> order;
   {
     absl::MutexLock lock(&mu_);
@@ -865,11 +963,11 @@ absl::Status Client::Impl::Unary(Call call) {
     auto stub = StubFor(address);
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + options_.request_timeout));
-    context.set_wait_for_ready(true);
     grpc::Status status = call(stub.get(), &context);
     last = FromGrpcStatus(status);
-    if (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
-        status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+    bool retry = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                 (is_read && status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED);
+    if (!retry) {
       return last;
     }
   }
@@ -889,7 +987,7 @@ absl::StatusOr<ConfigValue> Client::Impl::GetConfig(absl::string_view key) {
   v1::GetConfigRequest request;
   request.set_key(std::string(key));
   v1::ConfigEntry response;
-  absl::Status st = Unary([&](v1::Registry::Stub* stub, grpc::ClientContext* ctx) {
+  absl::Status st = Unary(true, [&](v1::Registry::Stub* stub, grpc::ClientContext* ctx) {
     return stub->GetConfig(ctx, request, &response);
   });
   if (!st.ok()) {
@@ -907,7 +1005,7 @@ absl::StatusOr<ConfigValue> Client::Impl::PutConfig(absl::string_view key, absl:
     request.set_expected_version(*expected);
   }
   v1::PutConfigResponse response;
-  absl::Status st = Unary([&](v1::Registry::Stub* stub, grpc::ClientContext* ctx) {
+  absl::Status st = Unary(false, [&](v1::Registry::Stub* stub, grpc::ClientContext* ctx) {
     return stub->PutConfig(ctx, request, &response);
   });
   if (!st.ok()) {
@@ -923,7 +1021,7 @@ absl::Status Client::Impl::DeleteConfig(absl::string_view key, std::optional<uin
     request.set_expected_version(*expected);
   }
   v1::DeleteConfigResponse response;
-  return Unary([&](v1::Registry::Stub* stub, grpc::ClientContext* ctx) {
+  return Unary(false, [&](v1::Registry::Stub* stub, grpc::ClientContext* ctx) {
     return stub->DeleteConfig(ctx, request, &response);
   });
 }
@@ -967,7 +1065,10 @@ absl::Status Client::Unpublish(absl::string_view service, absl::string_view addr
 absl::StatusOr<uint64_t> Client::Subscribe(absl::string_view service, SnapshotCallback callback) {
   return impl_->Subscribe(service, std::move(callback));
 }
-void Client::Unsubscribe(uint64_t id) { impl_->Unsubscribe(id); }
+void Client::Unsubscribe(uint64_t id) {
+  impl_->Unsubscribe(id);
+  impl_->AwaitCallbackDone(id);
+}
 std::optional<ServiceSnapshot> Client::GetSnapshot(absl::string_view service) const {
   return impl_->GetSnapshot(service);
 }
@@ -989,7 +1090,10 @@ absl::Status Client::DeleteConfig(absl::string_view key, std::optional<uint64_t>
 absl::StatusOr<uint64_t> Client::WatchConfig(absl::string_view key, ConfigCallback callback) {
   return impl_->WatchConfig(key, std::move(callback));
 }
-void Client::Unwatch(uint64_t id) { impl_->Unwatch(id); }
+void Client::Unwatch(uint64_t id) {
+  impl_->Unwatch(id);
+  impl_->AwaitCallbackDone(id);
+}
 bool Client::connected() const { return impl_->connected(); }
 uint64_t Client::session_id() const { return impl_->session_id(); }
 std::string Client::connected_registry() const { return impl_->connected_registry(); }

@@ -1,5 +1,6 @@
 #include "registry_server.h"
 
+#include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -7,6 +8,7 @@
 
 #include <deque>
 #include <map>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -29,7 +31,7 @@ std::string ServiceTopic(absl::string_view service) { return absl::StrCat("s", s
 std::string ConfigTopic(absl::string_view key) { return absl::StrCat("c", key); }
 
 bool SameInstance(const v1::Instance& a, const v1::Instance& b) {
-  return a.SerializeAsString() == b.SerializeAsString();
+  return google::protobuf::util::MessageDifferencer::Equals(a, b);
 }
 
 }  // namespace
@@ -115,7 +117,23 @@ class RegistryCore {
   };
 
   bool Held() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_push_ || warming_up_; }
-  uint64_t NextVersion() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return (epoch_ << 32) | ++seq_; }
+  // (epoch << 32) + sequence. Before the sequence would overflow into the
+  // epoch, a new epoch is taken from the store, so versions keep growing.
+  uint64_t NextVersion() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (++seq_ >= (uint64_t{1} << 32)) {
+      absl::StatusOr<uint64_t> next = store_->NextBootEpoch();
+      epoch_ = next.ok() ? *next : epoch_ + 1;
+      seq_ = 1;
+    }
+    return (epoch_ << 32) | seq_;
+  }
+  uint64_t NewSessionId() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    uint64_t id = 0;
+    while (id == 0 || sessions_.count(id) > 0) {
+      id = session_ids_() >> 1;  // random, so ids from other nodes or boots never match
+    }
+    return id;
+  }
 
   ServiceState& EnsureService(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<WatchedConfig*> EnsureConfig(const std::string& key)
@@ -151,13 +169,13 @@ class RegistryCore {
 
   const RegistryServerOptions options_;
   std::unique_ptr<RegistryStore> store_;
-  const uint64_t epoch_;
+  uint64_t epoch_ ABSL_GUARDED_BY(mu_);
   Clock* clock_ = nullptr;
   std::thread maintenance_;
 
   absl::Mutex mu_;
   uint64_t seq_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t session_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  std::mt19937_64 session_ids_ ABSL_GUARDED_BY(mu_){std::random_device{}()};
   std::map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, ServiceState> services_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, WatchedConfig> configs_ ABSL_GUARDED_BY(mu_);
@@ -185,10 +203,10 @@ class SessionReactor : public grpc::ServerBidiReactor<v1::ClientMessage, v1::Ser
       core_->StreamEnded(this);
       return;
     }
-    if (core_->Handle(this, request_)) {
-      StartRead(&request_);
-    }
+    core_->Handle(this, request_);
   }
+  // Called by the core, under its mutex, once the last message is handled.
+  void ReadNext() { StartRead(&request_); }
   void OnWriteDone(bool ok) override { core_->WriteDone(this, ok); }
   void OnCancel() override { core_->StreamEnded(this); }
   void OnDone() override {
@@ -341,6 +359,9 @@ bool RegistryCore::Handle(SessionReactor* reactor, const v1::ClientMessage& mess
       return false;
   }
   Pump(session);
+  if (!reactor->finishing) {
+    reactor->ReadNext();
+  }
   return true;
 }
 
@@ -383,7 +404,7 @@ bool RegistryCore::HandleOpen(SessionReactor* reactor, const v1::OpenSession& op
       }
     }
   } else {
-    uint64_t id = (epoch_ << 32) | ++session_seq_;
+    uint64_t id = NewSessionId();
     session = &sessions_[id];
     session->id = id;
   }
@@ -403,6 +424,9 @@ bool RegistryCore::HandleOpen(SessionReactor* reactor, const v1::OpenSession& op
   opened->set_registry_id(options_.registry_id);
   Reply(reactor, std::move(reply));
   Pump(*session);
+  if (!reactor->finishing) {
+    reactor->ReadNext();
+  }
   return true;
 }
 
@@ -531,6 +555,14 @@ void RegistryCore::ReactorDone(SessionReactor* reactor) {
 }
 
 void RegistryCore::Reply(SessionReactor* reactor, Msg message) {
+  constexpr size_t kMaxUnreadReplies = 1024;
+  if (reactor->control.size() >= kMaxUnreadReplies) {
+    // A client that sends without reading would grow this without bound.
+    RequestFinish(reactor, absl::ResourceExhaustedError(absl::StrCat(
+                               "more than ", kMaxUnreadReplies,
+                               " replies unread on this session stream; read your stream")));
+    return;
+  }
   reactor->control.push_back(std::move(message));
 }
 
@@ -564,7 +596,7 @@ void RegistryCore::Pump(Session& session) {
   if (!reactor->control.empty()) {
     reactor->in_flight = reactor->control.front();
     reactor->control.pop_front();
-  } else if (!session.pending.empty()) {
+  } else if (!session.pending.empty() && !Held()) {
     auto first = session.pending.begin();
     reactor->in_flight = first->second;
     const v1::ServerMessage& m = *first->second;

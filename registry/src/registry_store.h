@@ -30,7 +30,8 @@ class RegistryStore {
  public:
   virtual ~RegistryStore() = default;
 
-  // Durably increments and returns the boot epoch (1 on the first start).
+  // Durably advances and returns the boot epoch: above every earlier one and
+  // at least the current Unix time in seconds.
   virtual absl::StatusOr<uint64_t> NextBootEpoch() = 0;
 
   // The entry, or exists=false with the revision of its deletion (0 if never

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "registry_store.h"
 
 namespace formica::registry {
@@ -89,7 +90,10 @@ class RocksDbRegistryStore : public RegistryStore {
     if (!s.ok() && !s.IsNotFound()) {
       return FromRocks(s, "reading the boot epoch");
     }
-    uint64_t epoch = (s.ok() ? DecodeU64(raw) : 0) + 1;
+    // At least the wall-clock second, so a store wiped and started afresh
+    // still counts up from where the old one was.
+    uint64_t epoch = std::max<uint64_t>((s.ok() ? DecodeU64(raw) : 0) + 1,
+                                        static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now())));
     absl::Status st = FromRocks(db_->Put(sync_, std::string(kEpochKey), EncodeU64(epoch)),
                                 "writing the boot epoch");
     if (!st.ok()) {

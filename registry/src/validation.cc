@@ -1,5 +1,7 @@
 #include "validation.h"
 
+#include <algorithm>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
@@ -81,8 +83,11 @@ absl::Status ValidateAddress(absl::string_view address) {
     return bad("no host");
   }
   int port_number = 0;
-  if (port.empty() || !absl::SimpleAtoi(port, &port_number) || port_number < 1 ||
-      port_number > 65535) {
+  bool digits =
+      !port.empty() && port.size() <= 5 && std::all_of(port.begin(), port.end(), [](char c) {
+        return absl::ascii_isdigit(static_cast<unsigned char>(c));
+      });
+  if (!digits || !absl::SimpleAtoi(port, &port_number) || port_number < 1 || port_number > 65535) {
     return bad("the port must be a number from 1 to 65535");
   }
   return absl::OkStatus();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# usage: run.sh BUILD_DIR CONSUMER_SOURCE_DIR
+# usage: run.sh BUILD_DIR CONSUMER_SOURCE_DIR [EXTRA_CXX_FLAGS]
 set -euo pipefail
-build="$1"; src="$2"
+build="$1"; src="$2"; flags="${3:-}"
 work="$(mktemp -d)"
 dsrd_pid=""
 cleanup() { [ -n "$dsrd_pid" ] && kill -9 "$dsrd_pid" 2>/dev/null; rm -rf "$work"; }
@@ -9,7 +9,8 @@ trap cleanup EXIT
 cmake --install "$build" --prefix "$work/prefix" >/dev/null
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-cmake -S "$src" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" "${launcher[@]}" >/dev/null
+cmake -S "$src" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" "${launcher[@]}" \
+  -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" >/dev/null
 cmake --build "$work/build" -j2 >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$work/prefix/bin/dsrd" --listen "127.0.0.1:$port" --data-dir "$work/data" --set push.warmup=0s \

@@ -32,6 +32,8 @@ TEST_F(RegistryTest, BadPublicationsAreRefusedNamingTheFieldAndStoreNothing) {
        "address '127.0.0.1' is malformed: no port"},
       {"address port range", [](v1::Instance* i) { i->set_address("host:99999"); },
        "the port must be a number from 1 to 65535"},
+      {"address signed port", [](v1::Instance* i) { i->set_address("host:+80"); },
+       "the port must be a number from 1 to 65535"},
       {"address host chars", [](v1::Instance* i) { i->set_address("a b:80"); },
        "address 'a b:80' is malformed"},
       {"empty address", [](v1::Instance* i) { i->set_address(""); }, "address is empty"},

@@ -20,9 +20,34 @@ TEST_F(RegistryTest, FailsOverToTheNextListedRegistry) {
   EXPECT_TRUE(client->Publish(MakeInstance("svc", "127.0.0.1:8600")).ok());
 }
 
+TEST_F(RegistryTest, UnpublishWhileDisconnectedReachesTheResumedSession) {
+  ClientOptions sub_options = Options("subscriber");
+  sub_options.accept_empty_push = true;
+  auto subscriber = NewClient(sub_options);
+  Recorder& seen = NewRecorder();
+  ASSERT_TRUE(subscriber->Subscribe("svc", seen.Callback()).ok());
+  ClientOptions options = Options("provider");
+  options.backoff_initial = absl::Milliseconds(600);  // stay down long enough to act
+  options.backoff_max = absl::Milliseconds(600);
+  auto provider = NewClient(options);
+  ASSERT_TRUE(provider->Publish(MakeInstance("svc", "127.0.0.1:8650")).ok());
+  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return s.instances.size() == 1; },
+                           absl::Seconds(5)));
+  uint64_t session = provider->session_id();
+  provider->DropConnectionForTesting();
+  for (int i = 0; i < 100 && provider->connected(); ++i) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_FALSE(provider->connected());
+  ASSERT_TRUE(provider->Unpublish("svc", "127.0.0.1:8650").ok());
+  // The session is resumed (the registry still holds the instance) and the
+  // withdrawal is sent then: the instance goes long before any lease.
+  ASSERT_TRUE(
+      seen.WaitFor([](const ServiceSnapshot& s) { return s.instances.empty(); }, absl::Seconds(3)));
+  EXPECT_EQ(provider->session_id(), session);
+}
+
 TEST_F(RegistryTest, AnEmptyPushIsIgnoredByDefault) {
   auto subscriber = NewClient("subscriber");  // accept_empty_push = false
-  Recorder seen;
+  Recorder& seen = NewRecorder();
   ASSERT_TRUE(subscriber->Subscribe("svc", seen.Callback()).ok());
   auto provider = NewClient("provider");
   ASSERT_TRUE(provider->Publish(MakeInstance("svc", "127.0.0.1:8700")).ok());
@@ -37,9 +62,9 @@ TEST_F(RegistryTest, AnEmptyPushIsIgnoredByDefault) {
 }
 
 TEST_F(RegistryTest, CallbacksThatThrowOrBlockDoNotBreakTheClient) {
-  auto subscriber = NewClient("subscriber");
-  absl::Notification release;
+  absl::Notification release;  // declared before the client: its callbacks use them
   std::atomic<int> blocked_calls{0};
+  auto subscriber = NewClient("subscriber");
   ASSERT_TRUE(
       subscriber->Subscribe("svc", [](const ServiceSnapshot&) { throw std::runtime_error("boom"); })
           .ok());
@@ -108,11 +133,11 @@ TEST(ClientVersionGate, NeverAppliesAnOlderVersion) {
   builder.RegisterService(&service);
   auto server = builder.BuildAndStart();
   ASSERT_NE(port, 0);
+  Recorder seen;  // declared before the client: its callbacks use it
   ClientOptions options;
   options.registries = {"127.0.0.1:" + std::to_string(port)};
   auto client = Client::Create(options);
   ASSERT_TRUE(client.ok());
-  Recorder seen;
   ASSERT_TRUE((*client)->Subscribe("svc", seen.Callback()).ok());
   ASSERT_TRUE(
       seen.WaitFor([](const ServiceSnapshot& s) { return s.version == 7; }, absl::Seconds(5)));

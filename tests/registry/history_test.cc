@@ -34,8 +34,8 @@ TEST_F(HistoryTest, RandomizedRunKeepsEverySubscriberConsistent) {
   ASSERT_NE(stable, nullptr);
 
   constexpr int kSubscribers = 4;
+  std::vector<std::unique_ptr<Recorder>> recorders;  // outlive the clients that call them
   std::vector<std::unique_ptr<Client>> subscribers;
-  std::vector<std::unique_ptr<Recorder>> recorders;
   for (int i = 0; i < kSubscribers; ++i) {
     subscribers.push_back(NewClient(client_options("sub" + std::to_string(i))));
     recorders.push_back(std::make_unique<Recorder>());

@@ -134,8 +134,16 @@ class RegistryTest : public ::testing::Test {
     return i;
   }
 
+  // A recorder that outlives every client of the test (clients are test-body
+  // locals, destroyed first), so no callback can reach a destroyed one.
+  Recorder& NewRecorder() {
+    recorders_.push_back(std::make_unique<Recorder>());
+    return *recorders_.back();
+  }
+
   TempDir dir_;
   std::unique_ptr<DsrdProcess> dsrd_;
+  std::vector<std::unique_ptr<Recorder>> recorders_;
   int agents_ = 0;
 };
 

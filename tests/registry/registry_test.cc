@@ -14,7 +14,7 @@ using ::testing::ElementsAre;
 TEST_F(RegistryTest, PublishSubscribeUnpublish) {
   auto provider = NewClient("provider");
   auto subscriber = NewClient("subscriber");
-  Recorder seen;
+  Recorder& seen = NewRecorder();
   ASSERT_TRUE(subscriber->Subscribe("fund.Trade", seen.Callback()).ok());
 
   Instance a = MakeInstance("fund.Trade", "127.0.0.1:9001");
@@ -44,7 +44,7 @@ TEST_F(RegistryTest, CrashedProviderLeavesWhenItsLeaseLapses) {
   ClientOptions options = Options("subscriber");
   options.accept_empty_push = true;
   auto subscriber = NewClient(options);
-  Recorder seen;
+  Recorder& seen = NewRecorder();
   ASSERT_TRUE(subscriber->Subscribe("acct.Balance", seen.Callback()).ok());
   auto agent = StartAgent({"acct.Balance=127.0.0.1:7001"}, /*lease_ms=*/2000);
   ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return s.instances.size() == 1; },
@@ -66,7 +66,7 @@ TEST_F(RegistryTest, CleanCloseRemovesPublicationsAtOnce) {
   ClientOptions options = Options("subscriber");
   options.accept_empty_push = true;
   auto subscriber = NewClient(options);
-  Recorder seen;
+  Recorder& seen = NewRecorder();
   ASSERT_TRUE(subscriber->Subscribe("acct.Balance", seen.Callback()).ok());
   auto provider = NewClient("provider");
   ASSERT_TRUE(provider->Publish(MakeInstance("acct.Balance", "127.0.0.1:7002")).ok());
@@ -82,7 +82,7 @@ TEST_F(RegistryTest, CleanCloseRemovesPublicationsAtOnce) {
 TEST_F(RegistryTest, VersionsOnlyGrowAcrossChangesAndRestarts) {
   auto provider = NewClient("provider");
   auto subscriber = NewClient("subscriber");
-  Recorder seen;
+  Recorder& seen = NewRecorder();
   ASSERT_TRUE(subscriber->Subscribe("svc", seen.Callback()).ok());
   for (int i = 0; i < 20; ++i) {
     ASSERT_TRUE(
@@ -113,7 +113,7 @@ class MergeWindowTest : public RegistryTest {
 TEST_F(MergeWindowTest, ChangesWithinTheWindowAreMergedIntoOnePush) {
   auto provider = NewClient("provider");
   auto subscriber = NewClient("subscriber");
-  Recorder seen;
+  Recorder& seen = NewRecorder();
   ASSERT_TRUE(subscriber->Subscribe("svc", seen.Callback()).ok());
   ASSERT_TRUE(provider->Publish(MakeInstance("svc", "127.0.0.1:8000")).ok());
   ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return s.instances.size() == 1; },
@@ -153,7 +153,7 @@ TEST_F(SlowSubscriberTest, SlowSubscriberKeepsOnlyTheNewestAndDelaysNobody) {
   ASSERT_TRUE(slow.Write(sub));
 
   auto fast = NewClient("fast");
-  Recorder seen;
+  Recorder& seen = NewRecorder();
   ASSERT_TRUE(fast->Subscribe("big", seen.Callback()).ok());
   auto provider = NewClient("provider");
   constexpr int kChanges = 40;
@@ -196,7 +196,7 @@ class RestartTest : public RegistryTest {
 
 TEST_F(RestartTest, RestartPushesNoEmptyOrPartialList) {
   auto subscriber = NewClient("subscriber");
-  Recorder seen;
+  Recorder& seen = NewRecorder();
   ASSERT_TRUE(subscriber->Subscribe("fund.Trade", seen.Callback()).ok());
   std::vector<std::unique_ptr<Client>> providers;
   for (int i = 0; i < 3; ++i) {
@@ -233,7 +233,7 @@ TEST_F(RegistryTest, CacheServesAColdStartWhileTheRegistryIsDown) {
   }
   dsrd_->Kill9();
   auto cold = NewClient(options);
-  Recorder seen;
+  Recorder& seen = NewRecorder();
   ASSERT_TRUE(cold->Subscribe("acct.Balance", seen.Callback()).ok());
   auto snapshot = cold->AwaitSnapshot("acct.Balance", absl::Seconds(2));
   ASSERT_TRUE(snapshot.ok()) << snapshot.status();
@@ -244,11 +244,11 @@ TEST_F(RegistryTest, CacheServesAColdStartWhileTheRegistryIsDown) {
 }
 
 TEST_F(RegistryTest, ConfigEntriesSurviveRestartAndAreWatched) {
+  absl::Mutex mu;  // declared before the client: its callbacks use them
+  std::vector<ConfigValue> pushes;
   auto client = NewClient("config");
   auto put = client->PutConfig("ldc/rules", "zone-a: 00-49");
   ASSERT_TRUE(put.ok()) << put.status();
-  absl::Mutex mu;
-  std::vector<ConfigValue> pushes;
   ASSERT_TRUE(client
                   ->WatchConfig("ldc/rules",
                                 [&](const ConfigValue& v) {
@@ -322,7 +322,7 @@ class StopPushTest : public RegistryTest {};
 TEST_F(StopPushTest, StopPushHoldsAndReleasesOnlyTheNewest) {
   auto provider = NewClient("provider");
   auto subscriber = NewClient("subscriber");
-  Recorder seen;
+  Recorder& seen = NewRecorder();
   ASSERT_TRUE(subscriber->Subscribe("svc", seen.Callback()).ok());
   ASSERT_TRUE(provider->Publish(MakeInstance("svc", "127.0.0.1:8200")).ok());
   ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return s.instances.size() == 1; },
@@ -415,7 +415,7 @@ TEST_F(RegistryTest, ReconciliationRepairsAMissedVersion) {
 TEST_F(RegistryTest, SessionResumesAfterANetworkBlipWithoutFlapping) {
   auto provider = NewClient("provider");
   auto subscriber = NewClient("subscriber");
-  Recorder seen;
+  Recorder& seen = NewRecorder();
   ASSERT_TRUE(subscriber->Subscribe("svc", seen.Callback()).ok());
   ASSERT_TRUE(provider->Publish(MakeInstance("svc", "127.0.0.1:8500")).ok());
   ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return s.instances.size() == 1; },

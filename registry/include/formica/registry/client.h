@@ -20,7 +20,8 @@
 // the network thread: a callback that blocks delays only later callbacks
 // (which are merged to the newest snapshot meanwhile), and one that throws
 // is logged and ignored. Destroying the Client closes the session cleanly,
-// which withdraws its publications at once.
+// which withdraws its publications at once, and waits for a running
+// callback: what callbacks use must outlive the Client (declare it first).
 #pragma once
 
 #include <cstdint>
@@ -112,6 +113,8 @@ class Client {
   // Calls `callback` with every newer snapshot of `service` (and at once
   // with the cached one, if any). Returns an id for Unsubscribe.
   absl::StatusOr<uint64_t> Subscribe(absl::string_view service, SnapshotCallback callback);
+  // After it returns, the callback is not running and never runs again
+  // (when called from a callback, only the latter holds).
   void Unsubscribe(uint64_t subscription_id);
 
   // The newest snapshot known for a subscribed service, if any.
