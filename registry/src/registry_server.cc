@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <deque>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -992,9 +993,60 @@ void RegistryCore::CloseAllStreams(absl::string_view why) {
 
 namespace {
 
+// Runs durable store writes (each an fsync) off gRPC's callback threads,
+// which must not block, one at a time.
+class StoreWorker {
+ public:
+  StoreWorker() : thread_([this] { Loop(); }) {}
+  ~StoreWorker() { Stop(); }
+
+  void Run(std::function<void()> job) {
+    absl::MutexLock lock(&mu_);
+    jobs_.push_back(std::move(job));
+  }
+
+  // Finishes the queued jobs, then stops. Idempotent.
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    if (thread_.joinable()) {
+      thread_.join();
+    }
+  }
+
+ private:
+  void Loop() {
+    while (true) {
+      std::function<void()> job;
+      {
+        absl::MutexLock lock(&mu_);
+        auto ready = [this]()
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !jobs_.empty(); };
+        mu_.Await(absl::Condition(&ready));
+        if (jobs_.empty()) {
+          return;
+        }
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
 class RegistryService final : public v1::Registry::CallbackService {
  public:
   explicit RegistryService(RegistryCore* core) : core_(core) {}
+
+  // Lets queued store writes finish; call once the server has stopped.
+  void StopWorker() { writer_.Stop(); }
 
   grpc::ServerBidiReactor<v1::ClientMessage, v1::ServerMessage>* Session(
       grpc::CallbackServerContext* context) override {
@@ -1062,14 +1114,17 @@ class RegistryService final : public v1::Registry::CallbackService {
     if (request->has_expected_version()) {
       expected = request->expected_version();
     }
-    absl::StatusOr<StoredConfig> entry =
-        core_->store()->PutConfig(request->key(), request->value(), expected);
-    if (!entry.ok()) {
-      return Done(context, entry.status());
-    }
-    core_->ConfigChanged(*entry);
-    Fill(*entry, response->mutable_entry());
-    return Done(context, absl::OkStatus());
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    writer_.Run([this, reactor, request, response, expected] {
+      absl::StatusOr<StoredConfig> entry =
+          core_->store()->PutConfig(request->key(), request->value(), expected);
+      if (entry.ok()) {
+        core_->ConfigChanged(*entry);
+        Fill(*entry, response->mutable_entry());
+      }
+      reactor->Finish(ToGrpcStatus(entry.status()));
+    });
+    return reactor;
   }
 
   grpc::ServerUnaryReactor* DeleteConfig(grpc::CallbackServerContext* context,
@@ -1082,13 +1137,16 @@ class RegistryService final : public v1::Registry::CallbackService {
     if (request->has_expected_version()) {
       expected = request->expected_version();
     }
-    absl::StatusOr<StoredConfig> entry = core_->store()->DeleteConfig(request->key(), expected);
-    if (!entry.ok()) {
-      return Done(context, entry.status());
-    }
-    core_->ConfigChanged(*entry);
-    Fill(*entry, response->mutable_entry());
-    return Done(context, absl::OkStatus());
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    writer_.Run([this, reactor, request, response, expected] {
+      absl::StatusOr<StoredConfig> entry = core_->store()->DeleteConfig(request->key(), expected);
+      if (entry.ok()) {
+        core_->ConfigChanged(*entry);
+        Fill(*entry, response->mutable_entry());
+      }
+      reactor->Finish(ToGrpcStatus(entry.status()));
+    });
+    return reactor;
   }
 
   grpc::ServerUnaryReactor* SetPushSwitch(grpc::CallbackServerContext* context,
@@ -1134,6 +1192,7 @@ class RegistryService final : public v1::Registry::CallbackService {
   }
 
   RegistryCore* const core_;
+  StoreWorker writer_;
 };
 
 }  // namespace
@@ -1204,6 +1263,7 @@ void RegistryServer::Shutdown() {
   impl_->core->CloseAllStreams("the registry is shutting down");
   impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + impl_->core->options().shutdown_grace));
   impl_->server->Wait();
+  impl_->service->StopWorker();
   impl_->core->StopMaintenance();
   impl_->core.reset();
   SPDLOG_INFO("dsrd stopped");
