@@ -8,7 +8,7 @@
 #include "registry_server.h"
 
 int main(int argc, char** argv) {
-  formica::BlockTerminationSignals();
+  formica::InstallTerminationHandler();
   absl::StatusOr<formica::DaemonArgs> args = formica::ParseDaemonArgs(
       argc, argv, "dsrd",
       {{"listen", "server.listen"}, {"data-dir", "storage.data_dir"}, {"lease", "session.lease"}});

@@ -1,5 +1,9 @@
 #include "formica/common/daemon.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
 
 #include "absl/strings/match.h"
@@ -72,22 +76,47 @@ absl::StatusOr<DaemonArgs> ParseDaemonArgs(int argc, char** argv, absl::string_v
   return out;
 }
 
-void BlockTerminationSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+namespace {
+
+// Self-pipe: the handler only writes the signal number; the main thread reads
+// it. Works whichever thread the kernel picks to deliver the signal.
+int g_signal_pipe[2] = {-1, -1};
+
+void OnTerminationSignal(int sig) {
+  unsigned char byte = static_cast<unsigned char>(sig);
+  ssize_t ignored = write(g_signal_pipe[1], &byte, 1);
+  (void)ignored;
+}
+
+}  // namespace
+
+void InstallTerminationHandler() {
+  if (g_signal_pipe[0] >= 0) {
+    return;
+  }
+  if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) {
+    return;
+  }
+  struct sigaction action {};
+  action.sa_handler = OnTerminationSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
 }
 
 int WaitForTerminationSignal() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  int sig = 0;
-  sigwait(&set, &sig);
-  return sig;
+  unsigned char byte = 0;
+  while (true) {
+    ssize_t n = read(g_signal_pipe[0], &byte, 1);
+    if (n == 1) {
+      return byte;
+    }
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    return 0;
+  }
 }
 
 }  // namespace formica

@@ -163,6 +163,15 @@ TEST_F(RegistryTest, BadConfigRequestsNameTheProblem) {
   EXPECT_NE(unknown.error_message().find("'nobody.Home'"), std::string::npos);
 }
 
+TEST_F(RegistryTest, SigtermShutsDownGracefully) {
+  auto client = NewClient("c");
+  ASSERT_TRUE(client->Publish(MakeInstance("svc", "127.0.0.1:8900")).ok());
+  EXPECT_EQ(dsrd_->Stop(), 0);
+  std::string out = dsrd_->process()->Output();
+  EXPECT_NE(out.find("shutting down"), std::string::npos) << out;
+  EXPECT_NE(out.find("dsrd stopped"), std::string::npos) << out;
+}
+
 TEST(DsrdStartup, InvalidConfigFileStopsStartupNamingTheKey) {
   TempDir dir;
   std::string path = dir.File("dsrd.yaml");

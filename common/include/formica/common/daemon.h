@@ -24,9 +24,9 @@ struct DaemonArgs {
 absl::StatusOr<DaemonArgs> ParseDaemonArgs(int argc, char** argv, absl::string_view program,
                                            const std::map<std::string, std::string>& flag_to_key);
 
-// Blocks SIGTERM and SIGINT in the calling thread and those it starts later.
-// Call first in main(), before any thread exists.
-void BlockTerminationSignals();
+// Catches SIGTERM and SIGINT so that WaitForTerminationSignal() returns
+// instead of the process dying. Call first in main().
+void InstallTerminationHandler();
 
 // Waits until SIGTERM or SIGINT arrives; returns the signal number.
 int WaitForTerminationSignal();
