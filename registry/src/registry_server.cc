@@ -139,7 +139,13 @@ class RegistryCore {
   ServiceState& EnsureService(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<WatchedConfig*> EnsureConfig(const std::string& key)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RebuildSnapshot(const std::string& name, ServiceState& state)
+  // A change: a new version; the snapshot is built when first needed, so a
+  // service nobody subscribes to costs no copies.
+  void NewVersion(ServiceState& state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    state.version = NextVersion();
+    state.snapshot.reset();
+  }
+  const Msg& CurrentSnapshot(const std::string& name, ServiceState& state)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MaybeForgetService(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkDirty(const std::string& service) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -627,7 +633,7 @@ void RegistryCore::EnqueueService(Session& session, const std::string& service) 
   if (s == services_.end()) {
     return;
   }
-  session.pending[ServiceTopic(service)] = s->second.snapshot;
+  session.pending[ServiceTopic(service)] = CurrentSnapshot(service, s->second);
 }
 
 void RegistryCore::EnqueueConfig(Session& session, const std::string& key) {
@@ -644,13 +650,15 @@ void RegistryCore::EnqueueConfig(Session& session, const std::string& key) {
 RegistryCore::ServiceState& RegistryCore::EnsureService(const std::string& name) {
   auto [it, inserted] = services_.try_emplace(name);
   if (inserted) {
-    RebuildSnapshot(name, it->second);
+    NewVersion(it->second);
   }
   return it->second;
 }
 
-void RegistryCore::RebuildSnapshot(const std::string& name, ServiceState& state) {
-  state.version = NextVersion();
+const Msg& RegistryCore::CurrentSnapshot(const std::string& name, ServiceState& state) {
+  if (state.snapshot != nullptr) {
+    return state.snapshot;
+  }
   auto message = std::make_shared<v1::ServerMessage>();
   v1::ServiceSnapshot* snapshot = message->mutable_service();
   snapshot->set_service(name);
@@ -659,6 +667,7 @@ void RegistryCore::RebuildSnapshot(const std::string& name, ServiceState& state)
     *snapshot->add_instances() = record.instance;
   }
   state.snapshot = std::move(message);
+  return state.snapshot;
 }
 
 void RegistryCore::MaybeForgetService(const std::string& name) {
@@ -729,7 +738,7 @@ void RegistryCore::Flush() {
     if (it == services_.end()) {
       continue;
     }
-    RebuildSnapshot(name, it->second);
+    NewVersion(it->second);
     for (uint64_t id : it->second.subscribers) {
       auto s = sessions_.find(id);
       if (s != sessions_.end()) {
