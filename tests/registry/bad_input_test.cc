@@ -172,6 +172,29 @@ TEST_F(RegistryTest, SigtermShutsDownGracefully) {
   EXPECT_NE(out.find("dsrd stopped"), std::string::npos) << out;
 }
 
+TEST_F(RegistryTest, ASecondDsrdOnTheSamePortRefusesToStart) {
+  TempDir other;
+  auto p = Subprocess::Start({formica::testing::BinaryPath("registry/dsrd"), "--listen",
+                              dsrd_->address(), "--data-dir", other.File("data")},
+                             other.File("out.log"));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 1);
+  EXPECT_NE((*p)->Output().find("cannot listen on '" + dsrd_->address() + "'"), std::string::npos)
+      << (*p)->Output();
+}
+
+TEST_F(RegistryTest, ASecondDsrdOnTheSameDataDirRefusesToStart) {
+  TempDir other;
+  auto p = Subprocess::Start({formica::testing::BinaryPath("registry/dsrd"), "--listen",
+                              "127.0.0.1:" + std::to_string(formica::testing::PickFreePort()),
+                              "--data-dir", dir_.File("dsrd") + "/store"},
+                             other.File("out.log"));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 1);
+  EXPECT_NE((*p)->Output().find("cannot open the registry store"), std::string::npos)
+      << (*p)->Output();
+}
+
 TEST(DsrdStartup, InvalidConfigFileStopsStartupNamingTheKey) {
   TempDir dir;
   std::string path = dir.File("dsrd.yaml");
