@@ -1,8 +1,10 @@
 // formicactl: the operator's tool. See docs/formicactl.md.
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <future>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -26,6 +28,9 @@ registry commands:
   registry sessions                client sessions: id, client, peer, lease, publications
   registry kill-session ID         end a session as if its lease lapsed
   registry stop-push on|off|status hold pushes (e.g. during an upgrade) and release them
+
+health:
+  health [SERVICE]                 the daemon's gRPC health status (grpc.health.v1)
 
 config commands:
   config get KEY
@@ -57,6 +62,35 @@ std::string JoinMap(const google::protobuf::Map<std::string, std::string>& map) 
   }
   std::sort(parts.begin(), parts.end());
   return parts.empty() ? "-" : absl::StrJoin(parts, ",");
+}
+
+// grpc.health.v1.Health/Check without its generated stubs: the request is
+// {1: service}, the response {1: status}, both tiny protobuf messages.
+int Health(const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx,
+           const std::string& service) {
+  std::string request;
+  if (!service.empty()) {
+    request.push_back(0x0a);
+    request.push_back(static_cast<char>(service.size()));
+    request += service;
+  }
+  grpc::Slice slice(request);
+  grpc::ByteBuffer request_buffer(&slice, 1);
+  grpc::ByteBuffer response_buffer;
+  grpc::GenericStub stub(channel);
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer,
+                 &response_buffer, [&done](grpc::Status st) { done.set_value(st); });
+  grpc::Status status = done.get_future().get();
+  if (!status.ok()) return Fail(status);
+  std::vector<grpc::Slice> slices;
+  (void)response_buffer.Dump(&slices);
+  std::string response;
+  for (const auto& s : slices) response.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  int code = response.size() >= 2 && response[0] == 0x08 ? response[1] : 0;
+  static const char* kNames[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+  std::printf("%s\n", kNames[code >= 0 && code <= 3 ? code : 0]);
+  return code == 1 ? 0 : 1;
 }
 
 void PrintEntry(const v1::ConfigEntry& e) {
@@ -104,15 +138,18 @@ int main(int argc, char** argv) {
       args.push_back(a);
     }
   }
-  if (args.size() < 2) {
+  if (args.empty() || (args.size() < 2 && args[0] != "health")) {
     return Usage("");
   }
-  auto stub =
-      v1::Registry::NewStub(grpc::CreateChannel(registry, grpc::InsecureChannelCredentials()));
+  auto channel = grpc::CreateChannel(registry, grpc::InsecureChannelCredentials());
+  auto stub = v1::Registry::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
+  if (args[0] == "health" && args.size() <= 2) {
+    return Health(channel, &ctx, args.size() == 2 ? args[1] : "");
+  }
   const std::string& group = args[0];
-  const std::string& cmd = args[1];
+  const std::string& cmd = args.size() > 1 ? args[1] : group;
 
   if (group == "registry" && cmd == "ls" && args.size() == 2) {
     v1::ListServicesResponse r;

@@ -1254,6 +1254,7 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen,
                                                "': the address is malformed or in use"));
   }
+  impl->server->GetHealthCheckService()->SetServingStatus(v1::Registry::service_full_name(), true);
   SPDLOG_INFO("dsrd listening on {} (port {}), boot epoch {}, data in {}", options.listen,
               impl->port, *epoch, options.data_dir);
   return std::unique_ptr<RegistryServer>(new RegistryServer(std::move(impl)));

@@ -191,6 +191,11 @@ TEST_F(RegistryTest, FormicactlShowsProvidersAndEditsConfig) {
   std::tie(code, out) = run({"config", "get", "demo/key"});
   EXPECT_EQ(code, 1);
   EXPECT_NE(out.find("NOT_FOUND"), std::string::npos) << out;
+  std::tie(code, out) = run({"health"});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(out, "SERVING\n");
+  std::tie(code, out) = run({"health", "formica.registry.v1.Registry"});
+  EXPECT_EQ(code, 0) << out;
   std::tie(code, out) = run({"registry", "bogus"});
   EXPECT_EQ(code, 2);
 }
