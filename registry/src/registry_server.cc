@@ -150,6 +150,8 @@ class RegistryCore {
   void MaybeForgetService(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkDirty(const std::string& service) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Flush() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A new version of one service, queued for its subscribers.
+  void FlushService(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Release() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EnqueueService(Session& session, const std::string& service)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -629,11 +631,35 @@ void RegistryCore::Pump(Session& session) {
 }
 
 void RegistryCore::EnqueueService(Session& session, const std::string& service) {
+  if (dirty_.erase(service) > 0) {
+    // A change is waiting for the merge window: publish it now rather than
+    // show this subscriber new content under the old version (and everyone
+    // the same content again under a new one).
+    FlushService(service);
+    if (services_.count(service) > 0 && services_[service].subscribers.count(session.id) > 0) {
+      return;  // FlushService queued it for this session too
+    }
+  }
   auto s = services_.find(service);
   if (s == services_.end()) {
     return;
   }
   session.pending[ServiceTopic(service)] = CurrentSnapshot(service, s->second);
+}
+
+void RegistryCore::FlushService(const std::string& name) {
+  auto it = services_.find(name);
+  if (it == services_.end()) {
+    return;
+  }
+  NewVersion(it->second);
+  for (uint64_t id : it->second.subscribers) {
+    auto s = sessions_.find(id);
+    if (s != sessions_.end()) {
+      EnqueueService(s->second, name);
+    }
+  }
+  MaybeForgetService(name);
 }
 
 void RegistryCore::EnqueueConfig(Session& session, const std::string& key) {
@@ -734,18 +760,7 @@ void RegistryCore::Flush() {
   std::set<std::string> dirty;
   dirty.swap(dirty_);
   for (const std::string& name : dirty) {
-    auto it = services_.find(name);
-    if (it == services_.end()) {
-      continue;
-    }
-    NewVersion(it->second);
-    for (uint64_t id : it->second.subscribers) {
-      auto s = sessions_.find(id);
-      if (s != sessions_.end()) {
-        EnqueueService(s->second, name);
-      }
-    }
-    MaybeForgetService(name);
+    FlushService(name);
   }
   std::set<std::string> dirty_configs;
   dirty_configs.swap(dirty_configs_);

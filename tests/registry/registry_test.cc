@@ -429,7 +429,12 @@ TEST_F(RegistryTest, SessionResumesAfterANetworkBlipWithoutFlapping) {
   EXPECT_TRUE(provider->connected());
   EXPECT_EQ(provider->session_id(), session) << "the session should have been resumed";
   absl::SleepFor(absl::Milliseconds(500));
-  EXPECT_EQ(seen.Count(), before) << "a resumed session must not make its providers flap";
+  std::string history;
+  for (const auto& snap : seen.Seen()) {
+    history += " v" + std::to_string(snap.version) + ":" + std::to_string(snap.instances.size());
+  }
+  EXPECT_EQ(seen.Count(), before) << "a resumed session must not make its providers flap;"
+                                  << history;
 }
 
 }  // namespace
