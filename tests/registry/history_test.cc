@@ -2,7 +2,8 @@
 // reconnect, the registry restarts (cleanly and with kill -9). For every
 // subscriber: versions never go backwards, it ends at the registry's latest
 // version with the live provider set, and it never saw a list without the
-// provider that stayed alive the whole time.
+// provider that stayed alive the whole time. And one version always names
+// one provider set, whoever received it.
 #include <random>
 
 #include "registry_fixture.h"
@@ -129,8 +130,14 @@ TEST_F(HistoryTest, RandomizedRunKeepsEverySubscriberConsistent) {
   }
   ASSERT_TRUE(converged) << "subscribers did not converge on the live set";
 
+  std::map<uint64_t, std::set<std::string>> content_of;  // a version names one provider set
   for (int i = 0; i < kSubscribers; ++i) {
     std::vector<ServiceSnapshot> seen = recorders[i]->Seen();
+    for (const ServiceSnapshot& snap : seen) {
+      auto [it, first] = content_of.emplace(snap.version, Addresses(snap));
+      EXPECT_TRUE(first || it->second == Addresses(snap))
+          << "version " << snap.version << " carried two different provider sets";
+    }
     SCOPED_TRACE("subscriber " + std::to_string(i));
     for (size_t k = 0; k < seen.size(); ++k) {
       if (k > 0) {
