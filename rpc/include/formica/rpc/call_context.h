@@ -1,0 +1,42 @@
+// The context a call carries across services, in gRPC metadata: W3C trace
+// context, the calling application, the user the call is for (LDC routes
+// by it), the caller's zone, and the business activity's transaction id
+// (DTS). rpc::Client writes it; rpc::Server reads it and hands it to
+// handlers.
+#pragma once
+
+#include <string>
+
+namespace grpc {
+class ClientContext;
+class ServerContextBase;
+}  // namespace grpc
+
+namespace formica::rpc {
+
+struct CallContext {
+  std::string traceparent;  // "00-<trace id>-<parent id>-<flags>"
+  std::string caller_app;
+  std::string user_id;
+  std::string zone;
+  std::string txn_id;
+};
+
+// Metadata keys (lower case, as gRPC requires).
+inline constexpr char kTraceparentKey[] = "traceparent";
+inline constexpr char kCallerAppKey[] = "x-formica-caller";
+inline constexpr char kUserIdKey[] = "x-formica-user";
+inline constexpr char kZoneKey[] = "x-formica-zone";
+inline constexpr char kTxnIdKey[] = "x-formica-txn";
+
+// Reads the context a caller sent.
+CallContext ReadCallContext(const grpc::ServerContextBase& server_context);
+
+// Writes `context` onto an outgoing call; empty fields are left out.
+void WriteCallContext(const CallContext& context, grpc::ClientContext* client_context);
+
+// A traceparent for a call made under `parent` (a new span id, the same
+// trace), or a new trace when `parent` is empty or malformed.
+std::string ChildTraceparent(const std::string& parent);
+
+}  // namespace formica::rpc

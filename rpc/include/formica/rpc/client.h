@@ -1,0 +1,103 @@
+// formica::rpc::Client — calls a service's providers, found through DSR,
+// with client-side load balancing, routing, retries and outlier ejection.
+//
+//   rpc::ClientOptions options;
+//   options.app_name = "fund-trade";
+//   options.zone = "gz00a";
+//   options.policies["account.Balance"] = "p2c_ewma";
+//   auto client = rpc::Client::Create(options, registry_client).value();
+//
+//   rpc::CallOptions call;
+//   call.timeout = absl::Milliseconds(300);
+//   call.idempotent = true;
+//   call.context.user_id = "20881234";
+//   absl::Status st = client->Call("account.Balance", call,
+//       [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+//         return account::Balance::NewStub(channel)->Get(ctx, request, &response);
+//       });
+//
+// For each call: the providers of the service (the registry's latest
+// snapshot) are narrowed by the tag route (a registry config entry
+// "rpc/routes/<service>", e.g. "color=blue:90,color=green:10"), then to the
+// caller's zone when a provider there is healthy, then one is picked by the
+// service's balancing policy. Providers whose connection failed or that
+// failed too often in a row are out of rotation until a probe succeeds.
+// A call is retried on another provider when it is marked idempotent, or
+// when it never reached a provider, within the deadline, `max_attempts`
+// and a retry budget. Thread-safe.
+#pragma once
+
+#include <grpcpp/support/status.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "formica/rpc/call_context.h"
+
+namespace grpc {
+class Channel;
+class ClientContext;
+class ServerContextBase;
+}  // namespace grpc
+
+namespace formica::registry {
+class Client;
+}
+
+namespace formica::rpc {
+
+struct ClientOptions {
+  std::string app_name;  // sent as the caller app
+  std::string zone;      // the caller's zone: providers there are preferred
+  absl::Duration default_timeout = absl::Seconds(2);
+  int max_attempts = 3;                              // first try included
+  double retry_budget_ratio = 0.2;                   // retries per call, over the last second...
+  int min_retries_per_second = 10;                   // ...but always at least this many
+  int eject_after_failures = 5;                      // consecutive failures that eject a provider
+  absl::Duration ejection_time = absl::Seconds(10);  // then one probe call re-admits it
+  // Balancing policy per service: weighted_random (default), round_robin,
+  // least_active, consistent_hash, p2c_ewma.
+  std::map<std::string, std::string> policies;
+};
+
+struct CallOptions {
+  absl::Duration timeout = absl::ZeroDuration();  // zero: ClientOptions::default_timeout
+  bool idempotent = false;  // may be retried on another provider after any failure
+  std::string hash_key;     // for consistent_hash (e.g. the user id)
+  CallContext context;      // user id, transaction id...; caller app and zone are filled in
+  // When called while handling a call: its deadline bounds this one, and its
+  // context (trace, user, transaction) is carried on.
+  const grpc::ServerContextBase* parent = nullptr;
+};
+
+class Client {
+ public:
+  // Makes one attempt on `channel`; `context` carries the deadline and the
+  // call context. Typically: return Stub(channel)->Method(context, req, &resp).
+  using Attempt = std::function<grpc::Status(const std::shared_ptr<grpc::Channel>& channel,
+                                             grpc::ClientContext* context)>;
+
+  // `registry` is borrowed and must outlive the Client. INVALID_ARGUMENT
+  // names a bad option (e.g. an unknown policy).
+  static absl::StatusOr<std::unique_ptr<Client>> Create(ClientOptions options,
+                                                        registry::Client* registry);
+  ~Client();
+
+  // Calls a provider of `service`. The first call waits, up to its
+  // deadline, for the registry's first snapshot. UNAVAILABLE when no
+  // provider could be reached in time, naming the service.
+  absl::Status Call(absl::string_view service, const CallOptions& options, const Attempt& attempt);
+
+  class Impl;
+
+ private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace formica::rpc

@@ -1,0 +1,82 @@
+// formica::rpc::Server — hosts gRPC services and publishes them to DSR.
+//
+//   rpc::ServerOptions options;
+//   options.listen = "0.0.0.0:9000";
+//   options.advertise_host = "10.0.0.5";
+//   options.zone = "gz00a";
+//   options.tags = {{"version", "1.4.2"}, {"color", "blue"}};
+//   options.warmup = absl::Seconds(60);
+//   MyServiceImpl impl;
+//   auto server = rpc::Server::Start(options, {{MyService::service_full_name(), &impl}},
+//                                    registry_client).value();
+//   ...
+//   server->Shutdown();  // unpublish, let callers notice, drain, stop
+//
+// Each hosted service is published as one instance (advertise_host:port,
+// zone, weight, tags). During warm-up the published weight ramps from 1 to
+// `weight`. The gRPC health service and server reflection are served.
+// Handlers read the caller's context with ReadCallContext(*server_context).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace grpc {
+class Service;
+}
+
+namespace formica::registry {
+class Client;
+}
+
+namespace formica::rpc {
+
+struct ServerOptions {
+  std::string listen = "127.0.0.1:0";        // host:port; port 0 picks a free one
+  std::string advertise_host = "127.0.0.1";  // the host callers reach this server at
+  std::string zone;
+  int32_t weight = 100;
+  std::map<std::string, std::string> tags;
+  absl::Duration warmup = absl::ZeroDuration();   // weight ramp after start
+  absl::Duration warmup_step = absl::Seconds(1);  // how often the ramp is republished
+  // Shutdown: after unpublishing, keep serving this long so callers drop
+  // this provider before it stops taking calls.
+  absl::Duration unpublish_grace = absl::Seconds(2);
+  // Then in-flight calls get this long to finish.
+  absl::Duration drain_timeout = absl::Seconds(10);
+};
+
+struct HostedService {
+  std::string name;                  // the name callers use, normally Service::service_full_name()
+  grpc::Service* service = nullptr;  // borrowed; must outlive the Server
+};
+
+class Server {
+ public:
+  // Starts serving and publishes every service. `registry` is borrowed.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options,
+                                                       std::vector<HostedService> services,
+                                                       registry::Client* registry);
+  ~Server();
+
+  int port() const;
+  // advertise_host:port, as published.
+  std::string address() const;
+
+  // Unpublishes, waits `unpublish_grace`, drains in-flight calls for up to
+  // `drain_timeout`, then stops. Idempotent.
+  void Shutdown();
+
+  class Impl;
+
+ private:
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace formica::rpc

@@ -1,0 +1,73 @@
+#include "formica/rpc/call_context.h"
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/server_context.h>
+
+#include <cstdio>
+#include <random>
+
+namespace formica::rpc {
+namespace {
+
+std::string Metadata(const grpc::ServerContextBase& ctx, const char* key) {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find(key);
+  return it == md.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
+std::string RandomHex(int bytes) {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  while (static_cast<int>(out.size()) < bytes * 2) {
+    uint64_t r = rng();
+    for (int i = 0; i < 16 && static_cast<int>(out.size()) < bytes * 2; ++i) {
+      out.push_back(kHex[(r >> (4 * i)) & 0xf]);
+    }
+  }
+  return out;
+}
+
+bool IsHex(const std::string& s, size_t from, size_t n) {
+  if (from + n > s.size()) return false;
+  for (size_t i = from; i < from + n; ++i) {
+    char c = s[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+CallContext ReadCallContext(const grpc::ServerContextBase& ctx) {
+  CallContext c;
+  c.traceparent = Metadata(ctx, kTraceparentKey);
+  c.caller_app = Metadata(ctx, kCallerAppKey);
+  c.user_id = Metadata(ctx, kUserIdKey);
+  c.zone = Metadata(ctx, kZoneKey);
+  c.txn_id = Metadata(ctx, kTxnIdKey);
+  return c;
+}
+
+void WriteCallContext(const CallContext& c, grpc::ClientContext* ctx) {
+  auto add = [ctx](const char* key, const std::string& value) {
+    if (!value.empty()) ctx->AddMetadata(key, value);
+  };
+  add(kTraceparentKey, c.traceparent);
+  add(kCallerAppKey, c.caller_app);
+  add(kUserIdKey, c.user_id);
+  add(kZoneKey, c.zone);
+  add(kTxnIdKey, c.txn_id);
+}
+
+std::string ChildTraceparent(const std::string& parent) {
+  // version(2)-trace id(32)-parent id(16)-flags(2)
+  if (parent.size() == 55 && parent[2] == '-' && parent[35] == '-' && parent[52] == '-' &&
+      IsHex(parent, 0, 2) && IsHex(parent, 3, 32) && IsHex(parent, 36, 16) &&
+      IsHex(parent, 53, 2)) {
+    return parent.substr(0, 36) + RandomHex(8) + parent.substr(52);
+  }
+  return "00-" + RandomHex(16) + "-" + RandomHex(8) + "-01";
+}
+
+}  // namespace formica::rpc

@@ -1,0 +1,122 @@
+// A provider process for RPC tests: hosts formica.test.Echo with
+// rpc::Server and publishes it to dsrd. Prints "serving on HOST:PORT".
+//   echo_server --registry H:P [--zone Z] [--weight W] [--tag k=v]... [--warmup-ms N]
+//               [--grace-ms N]
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "formica/common/daemon.h"
+#include "formica/registry/client.h"
+#include "formica/rpc/call_context.h"
+#include "formica/rpc/client.h"
+#include "formica/rpc/server.h"
+#include "formica/test/echo.grpc.pb.h"
+
+namespace {
+
+class EchoImpl final : public formica::test::Echo::Service {
+ public:
+  EchoImpl(std::string zone, formica::rpc::Client* downstream)
+      : zone_(std::move(zone)), downstream_(downstream) {}
+  std::string address;
+
+  grpc::Status Echo(grpc::ServerContext* context, const formica::test::EchoRequest* request,
+                    formica::test::EchoResponse* response) override {
+    if (request->sleep_ms() > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(request->sleep_ms()));
+    }
+    formica::rpc::CallContext c = formica::rpc::ReadCallContext(*context);
+    response->set_message(request->message());
+    response->set_served_by(address);
+    response->set_zone(zone_);
+    response->set_caller_app(c.caller_app);
+    response->set_user_id(c.user_id);
+    response->set_txn_id(c.txn_id);
+    response->set_traceparent(c.traceparent);
+    response->set_deadline_left_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       context->deadline() - std::chrono::system_clock::now())
+                                       .count());
+    if (request->fail()) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, "asked to fail");
+    }
+    if (!request->forward_to().empty()) {
+      formica::test::EchoRequest next;
+      next.set_message(request->message());
+      formica::rpc::CallOptions options;
+      options.parent = context;
+      absl::Status st = downstream_->Call(
+          request->forward_to(), options,
+          [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+            return formica::test::Echo::NewStub(channel)->Echo(ctx, next,
+                                                               response->mutable_downstream());
+          });
+      if (!st.ok()) {
+        return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
+      }
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::string zone_;
+  formica::rpc::Client* downstream_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  formica::InstallTerminationHandler();
+  formica::registry::ClientOptions registry_options;
+  registry_options.client_name = "echo_server";
+  formica::rpc::ServerOptions options;
+  options.unpublish_grace = absl::Milliseconds(500);
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    std::string value = argv[i + 1];
+    if (flag == "--registry") {
+      registry_options.registries.push_back(value);
+    } else if (flag == "--zone") {
+      options.zone = value;
+    } else if (flag == "--weight") {
+      options.weight = std::atoi(value.c_str());
+    } else if (flag == "--tag") {
+      options.tags[value.substr(0, value.find('='))] = value.substr(value.find('=') + 1);
+    } else if (flag == "--warmup-ms") {
+      options.warmup = absl::Milliseconds(std::atoi(value.c_str()));
+      options.warmup_step = absl::Milliseconds(100);
+    } else if (flag == "--grace-ms") {
+      options.unpublish_grace = absl::Milliseconds(std::atoi(value.c_str()));
+    } else if (flag == "--listen") {
+      options.listen = value;
+    } else {
+      std::fprintf(stderr, "echo_server: unknown flag %s\n", flag.c_str());
+      return 2;
+    }
+  }
+  auto registry = formica::registry::Client::Create(registry_options);
+  if (!registry.ok()) {
+    std::fprintf(stderr, "echo_server: %s\n", registry.status().ToString().c_str());
+    return 2;
+  }
+  formica::rpc::ClientOptions client_options;
+  client_options.app_name = "echo_server";
+  client_options.zone = options.zone;
+  auto downstream = formica::rpc::Client::Create(client_options, registry->get());
+  EchoImpl impl(options.zone, downstream->get());
+  auto server = formica::rpc::Server::Start(
+      options, {{formica::test::Echo::service_full_name(), &impl}}, registry->get());
+  if (!server.ok()) {
+    std::fprintf(stderr, "echo_server: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  impl.address = (*server)->address();
+  std::printf("serving on %s\n", impl.address.c_str());
+  std::fflush(stdout);
+  formica::WaitForTerminationSignal();
+  (*server)->Shutdown();
+  std::printf("stopped\n");
+  return 0;
+}

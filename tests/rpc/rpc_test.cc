@@ -1,0 +1,280 @@
+// rpc::Server and rpc::Client end to end: a real dsrd, echo providers as
+// separate processes, calls over loopback.
+#include <signal.h>
+
+#include <atomic>
+#include <thread>
+
+#include "formica/rpc/client.h"
+#include "formica/test/echo.grpc.pb.h"
+#include "registry_fixture.h"
+
+namespace formica::rpc {
+namespace {
+
+using formica::registry::testing::RegistryTest;
+using formica::testing::Subprocess;
+constexpr char kEcho[] = "formica.test.Echo";
+
+class RpcTest : public RegistryTest {
+ protected:
+  void SetUp() override {
+    RegistryTest::SetUp();
+    registry_ = NewClient("rpc-test");
+  }
+
+  std::unique_ptr<Client> NewRpcClient(const std::string& zone = "",
+                                       const std::string& policy = "weighted_random") {
+    ClientOptions options;
+    options.app_name = "rpc-test";
+    options.zone = zone;
+    options.policies[kEcho] = policy;
+    auto c = Client::Create(options, registry_.get());
+    EXPECT_TRUE(c.ok()) << c.status();
+    return std::move(*c);
+  }
+
+  std::unique_ptr<Subprocess> StartEcho(std::vector<std::string> flags) {
+    std::vector<std::string> argv = {formica::testing::BinaryPath("tests/rpc/echo_server"),
+                                     "--registry", dsrd_->address()};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    auto p = Subprocess::Start(argv, dir_.File("echo" + std::to_string(++echoes_) + ".log"));
+    EXPECT_TRUE(p.ok());
+    EXPECT_TRUE((*p)->WaitForOutput("serving on", absl::Seconds(20))) << (*p)->Output();
+    return std::move(*p);
+  }
+
+  static std::string AddressOf(Subprocess& p) {
+    std::string out = p.Output();
+    size_t at = out.find("serving on ");
+    return out.substr(at + 11, out.find('\n', at) - at - 11);
+  }
+
+  // Waits until the registry lists `n` providers of the echo service.
+  void AwaitProviders(size_t n) {
+    if (subscription_ == 0) {
+      subscription_ = *registry_->Subscribe(kEcho, nullptr);
+    }
+    for (int i = 0; i < 500; ++i) {
+      auto s = registry_->GetSnapshot(kEcho);
+      if (s && s->instances.size() == n) return;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    FAIL() << "the registry never listed " << n << " providers";
+  }
+
+  absl::StatusOr<test::EchoResponse> Echo(Client& client, CallOptions options,
+                                          test::EchoRequest request = {}) {
+    test::EchoResponse response;
+    absl::Status st = client.Call(
+        kEcho, options, [&](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext* ctx) {
+          return test::Echo::NewStub(ch)->Echo(ctx, request, &response);
+        });
+    if (!st.ok()) return st;
+    return response;
+  }
+
+  std::unique_ptr<registry::Client> registry_;
+  uint64_t subscription_ = 0;
+  int echoes_ = 0;
+};
+
+TEST_F(RpcTest, WeightsDecideEachProvidersShare) {
+  auto light = StartEcho({"--weight", "100"});
+  auto heavy = StartEcho({"--weight", "300"});
+  AwaitProviders(2);
+  auto client = NewRpcClient();
+  constexpr int kCalls = 4000;  // sd of the share: 0.007
+  int to_heavy = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    auto r = Echo(*client, {});
+    ASSERT_TRUE(r.ok()) << r.status();
+    to_heavy += r->served_by() == AddressOf(*heavy);
+  }
+  EXPECT_NEAR(to_heavy / static_cast<double>(kCalls), 0.75, 0.04);
+}
+
+TEST_F(RpcTest, ContextAndDeadlineTravelDownstream) {
+  auto echo = StartEcho({});
+  AwaitProviders(1);
+  auto client = NewRpcClient();
+  CallOptions options;
+  options.timeout = absl::Milliseconds(1500);
+  options.context.user_id = "2088000042";
+  options.context.txn_id = "txn-7";
+  test::EchoRequest request;
+  request.set_forward_to(kEcho);  // the handler calls Echo again
+  auto r = Echo(*client, options, request);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->caller_app(), "rpc-test");
+  EXPECT_EQ(r->user_id(), "2088000042");
+  EXPECT_EQ(r->txn_id(), "txn-7");
+  ASSERT_EQ(r->traceparent().size(), 55u) << r->traceparent();
+  EXPECT_LE(r->deadline_left_ms(), 1500);
+  EXPECT_GT(r->deadline_left_ms(), 500);
+  const test::EchoResponse& down = r->downstream();
+  EXPECT_EQ(down.user_id(), "2088000042");
+  EXPECT_EQ(down.txn_id(), "txn-7");
+  EXPECT_EQ(down.caller_app(), "echo_server");
+  // Same trace, new span.
+  EXPECT_EQ(down.traceparent().substr(0, 35), r->traceparent().substr(0, 35));
+  EXPECT_NE(down.traceparent(), r->traceparent());
+  // The downstream call is bound by its parent's deadline (1500ms), not by
+  // its own default timeout (2s). gRPC sends timeouts rounded up to its wire
+  // unit, so allow the parent's figure plus 1ms.
+  EXPECT_LE(down.deadline_left_ms(), r->deadline_left_ms() + 1);
+  EXPECT_LE(down.deadline_left_ms(), 1500);
+}
+
+TEST_F(RpcTest, UnknownServiceFailsClearlyAfterTheDeadline) {
+  auto client = NewRpcClient();
+  CallOptions options;
+  options.timeout = absl::Milliseconds(300);
+  absl::Time start = absl::Now();
+  absl::Status st = client->Call(
+      "nobody.Home", options,
+      [](const std::shared_ptr<grpc::Channel>&, grpc::ClientContext*) { return grpc::Status::OK; });
+  absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(st.message().find("no provider of 'nobody.Home'"), absl::string_view::npos) << st;
+  EXPECT_GE(took, absl::Milliseconds(280));
+  EXPECT_LT(took, absl::Seconds(2));
+}
+
+TEST_F(RpcTest, ACrashedProviderLeavesRotationAndIdempotentCallsSurvive) {
+  auto a = StartEcho({});
+  auto b = StartEcho({});
+  AwaitProviders(2);
+  std::string dead = AddressOf(*a);
+  auto client = NewRpcClient();
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::atomic<int> to_dead_after{0};
+  std::atomic<int64_t> killed_at_ns{0};
+  std::thread caller([&] {
+    CallOptions options;
+    options.idempotent = true;
+    options.timeout = absl::Seconds(2);
+    for (int i = 0; i < 100000 && !stop; ++i) {
+      auto r = Echo(*client, options);
+      if (!r.ok()) {
+        ++failures;
+        continue;
+      }
+      int64_t k = killed_at_ns.load();
+      if (k != 0 && r->served_by() == dead &&
+          absl::Now() - absl::FromUnixNanos(k) > absl::Seconds(1)) {
+        ++to_dead_after;
+      }
+    }
+  });
+  absl::SleepFor(absl::Milliseconds(700));
+  killed_at_ns = absl::ToUnixNanos(absl::Now());
+  a->Kill();
+  absl::SleepFor(absl::Milliseconds(2000));
+  stop = true;
+  caller.join();
+  EXPECT_EQ(failures.load(), 0) << "idempotent calls must be retried on the live provider";
+  EXPECT_EQ(to_dead_after.load(), 0);
+}
+
+TEST_F(RpcTest, ZoneAffinityPrefersTheCallersZoneAndFallsBack) {
+  auto near = StartEcho({"--zone", "gz00a"});
+  auto far = StartEcho({"--zone", "sh00b"});
+  AwaitProviders(2);
+  auto client = NewRpcClient("gz00a");
+  CallOptions options;
+  options.idempotent = true;
+  for (int i = 0; i < 200; ++i) {
+    auto r = Echo(*client, options);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->zone(), "gz00a");
+  }
+  near->Kill();
+  for (int i = 0; i < 200; ++i) {
+    auto r = Echo(*client, options);
+    ASSERT_TRUE(r.ok()) << r.status();  // the other zone takes over, no call lost
+    EXPECT_EQ(r->zone(), "sh00b");
+  }
+}
+
+TEST_F(RpcTest, TagRoutesFromTheRegistryShiftTraffic) {
+  auto blue = StartEcho({"--tag", "color=blue"});
+  auto green = StartEcho({"--tag", "color=green"});
+  AwaitProviders(2);
+  auto client = NewRpcClient();
+  auto share_blue = [&](int calls) {
+    int n = 0;
+    for (int i = 0; i < calls; ++i) {
+      auto r = Echo(*client, {});
+      EXPECT_TRUE(r.ok()) << r.status();
+      n += r.ok() && r->served_by() == AddressOf(*blue);
+    }
+    return n / static_cast<double>(calls);
+  };
+  auto route = [&](const std::string& rule, std::function<bool(double)> applied) {
+    ASSERT_TRUE(registry_->PutConfig(std::string("rpc/routes/") + kEcho, rule).ok());
+    for (int i = 0; i < 100; ++i) {
+      if (applied(share_blue(50))) return;
+    }
+    FAIL() << "route " << rule << " never took effect";
+  };
+  route("color=blue:100", [](double s) { return s == 1.0; });
+  route("color=green:100", [](double s) { return s == 0.0; });
+  route("color=blue:30,color=green:70", [](double s) { return s > 0 && s < 1; });
+  EXPECT_NEAR(share_blue(3000), 0.3, 0.05);  // sd 0.008
+  // No provider carries the tag: fall back to everyone rather than fail.
+  route("color=red:100", [](double s) { return s > 0 && s < 1; });
+}
+
+TEST_F(RpcTest, RollingRestartFailsNoCall) {
+  std::vector<std::unique_ptr<Subprocess>> providers;
+  for (int i = 0; i < 3; ++i) providers.push_back(StartEcho({"--grace-ms", "500"}));
+  AwaitProviders(3);
+  auto client = NewRpcClient();
+  std::atomic<bool> stop{false};
+  std::atomic<int> calls{0};
+  std::atomic<int> failures{0};
+  std::string first_error;
+  absl::Mutex mu;
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 4; ++t) {
+    callers.emplace_back([&] {
+      CallOptions options;  // not idempotent: only never-sent calls may be retried
+      options.timeout = absl::Seconds(2);
+      while (!stop && calls < 200000) {
+        auto r = Echo(*client, options);
+        ++calls;
+        if (!r.ok()) {
+          absl::MutexLock lock(&mu);
+          if (failures++ == 0) first_error = r.status().ToString();
+        }
+      }
+    });
+  }
+  for (int i = 0; i < 3; ++i) {
+    absl::SleepFor(absl::Milliseconds(300));
+    EXPECT_EQ(providers[i]->Terminate(absl::Seconds(20)), 0) << providers[i]->Output();
+    providers[i] = StartEcho({"--grace-ms", "500"});
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  stop = true;
+  for (auto& t : callers) t.join();
+  EXPECT_GT(calls.load(), 100);
+  EXPECT_EQ(failures.load(), 0) << first_error;
+}
+
+TEST_F(RpcTest, BadOptionsAreRefusedNamingTheField) {
+  ClientOptions options;
+  options.policies[kEcho] = "fastest";
+  auto c = Client::Create(options, registry_.get());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("ClientOptions.policies[formica.test.Echo]"),
+            absl::string_view::npos)
+      << c.status();
+  EXPECT_EQ(Client::Create(ClientOptions{}, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace formica::rpc
