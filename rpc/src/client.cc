@@ -92,7 +92,7 @@ class Client::Impl {
       : options_(std::move(options)), registry_(registry) {}
 
   ~Impl() {
-    std::map<std::string, std::shared_ptr<Service>> services;
+    std::map<std::string, std::shared_ptr<Service>, std::less<>> services;
     {
       absl::MutexLock lock(&mu_);
       services.swap(services_);
@@ -124,20 +124,20 @@ class Client::Impl {
   Group MakeGroup(Service& s, const std::vector<std::shared_ptr<Endpoint>>& members)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
   std::shared_ptr<Endpoint> Pick(const ServiceView& view, const PickContext& pick,
-                                 const std::set<Endpoint*>& tried);
+                                 const std::vector<Endpoint*>& tried);
   bool TakeRetryToken();
   void Record(Endpoint& e, const grpc::Status& status, absl::Duration latency);
 
   const ClientOptions options_;
   registry::Client* const registry_;
   absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<Service>> services_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<Service>, std::less<>> services_ ABSL_GUARDED_BY(mu_);
 
-  // Retry budget over one-second windows.
-  absl::Mutex budget_mu_;
-  int64_t budget_window_ ABSL_GUARDED_BY(budget_mu_) = 0;
-  int calls_ ABSL_GUARDED_BY(budget_mu_) = 0;
-  int retries_ ABSL_GUARDED_BY(budget_mu_) = 0;
+  // Retry budget over one-second windows; lock-free on the call path.
+  std::atomic<int64_t> budget_window_{0};
+  std::atomic<int> calls_{0};
+  std::atomic<int> retries_{0};
+  void CountCall();
 };
 
 absl::StatusOr<std::shared_ptr<Client::Impl::Service>> Client::Impl::ServiceFor(
@@ -145,7 +145,7 @@ absl::StatusOr<std::shared_ptr<Client::Impl::Service>> Client::Impl::ServiceFor(
   std::shared_ptr<Service> s;
   {
     absl::MutexLock lock(&mu_);
-    auto it = services_.find(std::string(name));
+    auto it = services_.find(name);
     if (it != services_.end()) return it->second;
     s = std::make_shared<Service>();
     s->name = std::string(name);
@@ -242,7 +242,10 @@ void Client::Impl::Rebuild(Service& s) {
 }
 
 std::shared_ptr<Endpoint> Client::Impl::Pick(const ServiceView& view, const PickContext& pick,
-                                             const std::set<Endpoint*>& tried) {
+                                             const std::vector<Endpoint*>& tried) {
+  auto was_tried = [&tried](Endpoint* e) {
+    return std::find(tried.begin(), tried.end(), e) != tried.end();
+  };
   thread_local std::mt19937 rng(std::random_device{}());
   const Group* group = &view.everyone;
   if (!view.routes.empty()) {
@@ -266,10 +269,10 @@ std::shared_ptr<Endpoint> Client::Impl::Pick(const ServiceView& view, const Pick
       EndpointState* s = b->Pick(pick);
       if (s == nullptr) return nullptr;
       const auto& e = group->by_state.at(s);
-      if (tried.count(e.get()) == 0 && e->Healthy(now)) return e;
+      if (!was_tried(e.get()) && e->Healthy(now)) return e;
     }
     for (const auto& e : members) {
-      if (tried.count(e.get()) == 0 && e->Healthy(now)) return e;
+      if (!was_tried(e.get()) && e->Healthy(now)) return e;
     }
     return nullptr;
   };
@@ -277,23 +280,28 @@ std::shared_ptr<Endpoint> Client::Impl::Pick(const ServiceView& view, const Pick
   if (auto e = try_balancer(group->all_balancer.get(), group->all)) return e;
   // Nobody healthy: probe one not tried yet rather than fail without trying.
   for (const auto& e : group->all) {
-    if (tried.count(e.get()) == 0) return e;
+    if (!was_tried(e.get())) return e;
   }
   return nullptr;
 }
 
-bool Client::Impl::TakeRetryToken() {
-  absl::MutexLock lock(&budget_mu_);
+void Client::Impl::CountCall() {
   int64_t window = absl::ToUnixSeconds(absl::Now());
-  if (window != budget_window_) {
-    budget_window_ = window;
-    calls_ = 0;
-    retries_ = 0;
+  int64_t seen = budget_window_.load(std::memory_order_relaxed);
+  if (seen != window && budget_window_.compare_exchange_strong(seen, window)) {
+    calls_.store(0, std::memory_order_relaxed);
+    retries_.store(0, std::memory_order_relaxed);
   }
+  calls_.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool Client::Impl::TakeRetryToken() {
   int allowed = std::max(options_.min_retries_per_second,
-                         static_cast<int>(calls_ * options_.retry_budget_ratio));
-  if (retries_ >= allowed) return false;
-  ++retries_;
+                         static_cast<int>(calls_.load() * options_.retry_budget_ratio));
+  if (retries_.fetch_add(1) >= allowed) {
+    retries_.fetch_sub(1);
+    return false;
+  }
   return true;
 }
 
@@ -333,13 +341,15 @@ absl::Status Client::Impl::Call(absl::string_view name, const CallOptions& optio
 
   absl::StatusOr<std::shared_ptr<Service>> service = ServiceFor(name);
   if (!service.ok()) return service.status();
-  {
-    absl::MutexLock budget(&budget_mu_);
-    ++calls_;
-  }
+  CountCall();
   // The first call waits for the registry's first snapshot.
   std::shared_ptr<const ServiceView> view;
   {
+    Service& s = **service;
+    absl::ReaderMutexLock read(&s.mu);
+    if (s.has_snapshot && !s.instances.empty()) view = s.view;
+  }
+  if (view == nullptr) {
     Service& s = **service;
     absl::MutexLock lock(&s.mu);
     auto ready = [&s]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
@@ -351,14 +361,14 @@ absl::Status Client::Impl::Call(absl::string_view name, const CallOptions& optio
   PickContext pick;
   if (!options.hash_key.empty()) pick.hash_key = HashKey(options.hash_key);
 
-  std::set<Endpoint*> tried;
+  std::vector<Endpoint*> tried;
   absl::Status last = absl::UnavailableError(
       absl::StrCat("no provider of '", name, "' is known after ", absl::FormatDuration(timeout)));
   for (int attempt_no = 0; attempt_no < std::max(1, options_.max_attempts); ++attempt_no) {
     if (view == nullptr || absl::Now() >= deadline) break;
     std::shared_ptr<Endpoint> e = Pick(*view, pick, tried);
     if (e == nullptr) break;
-    tried.insert(e.get());
+    tried.push_back(e.get());
     bool connected = e->channel->GetState(false) == GRPC_CHANNEL_READY;
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(deadline));
