@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -117,6 +118,7 @@ const std::string& Config::source() const { return data_->source; }
 struct ConfigReader::State {
   std::shared_ptr<const Config::Data> data;
   std::set<std::string, std::less<>> read;
+  std::string scope;  // "" or "section." : what Finish() checks
   absl::Status first_error;
 
   const Config::Data::Leaf* Find(absl::string_view path) {
@@ -155,6 +157,10 @@ struct ConfigReader::State {
 
 ConfigReader::ConfigReader(const Config& config) : state_(std::make_unique<State>()) {
   state_->data = config.data_;
+}
+
+ConfigReader::ConfigReader(const Config& config, absl::string_view scope) : ConfigReader(config) {
+  state_->scope = absl::StrCat(scope, ".");
 }
 
 ConfigReader::~ConfigReader() = default;
@@ -268,6 +274,23 @@ std::vector<std::string> ConfigReader::StringList(absl::string_view path,
   return out;
 }
 
+std::map<std::string, std::string> ConfigReader::StringMap(absl::string_view path) {
+  std::map<std::string, std::string> out;
+  std::string prefix = absl::StrCat(path, ".");
+  for (auto it = state_->data->leaves.lower_bound(prefix);
+       it != state_->data->leaves.end() && absl::StartsWith(it->first, prefix); ++it) {
+    std::string key = it->first.substr(prefix.size());
+    if (key.find('.') != std::string::npos) {
+      continue;  // deeper levels are not part of this map
+    }
+    const std::string* value = state_->Scalar(it->first);
+    if (value != nullptr) {
+      out[key] = *value;
+    }
+  }
+  return out;
+}
+
 void ConfigReader::Fail(absl::string_view path, absl::string_view reason) {
   state_->Error(path, reason);
 }
@@ -277,6 +300,9 @@ absl::Status ConfigReader::Finish() {
     return state_->first_error;
   }
   for (const auto& [path, leaf] : state_->data->leaves) {
+    if (!absl::StartsWith(path, state_->scope)) {
+      continue;
+    }
     if (state_->read.count(path) == 0) {
       std::string where = leaf.line > 0 ? absl::StrCat(state_->data->source, ":", leaf.line)
                                         : std::string("command line");

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "formica/common/config.h"
 #include "formica/common/daemon.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/call_context.h"
@@ -91,6 +92,20 @@ int main(int argc, char** argv) {
       options.unpublish_grace = absl::Milliseconds(std::atoi(value.c_str()));
     } else if (flag == "--listen") {
       options.listen = value;
+    } else if (flag == "--config") {
+      // rpc.server and rpc.client sections, as a service's own file has them.
+      auto config = formica::Config::LoadFile(value);
+      if (!config.ok()) {
+        std::fprintf(stderr, "echo_server: %s\n", config.status().ToString().c_str());
+        return 2;
+      }
+      auto loaded = formica::rpc::LoadServerOptions(*config);
+      if (!loaded.ok()) {
+        std::fprintf(stderr, "echo_server: invalid configuration: %s\n",
+                     std::string(loaded.status().message()).c_str());
+        return 2;
+      }
+      options = *loaded;
     } else {
       std::fprintf(stderr, "echo_server: unknown flag %s\n", flag.c_str());
       return 2;

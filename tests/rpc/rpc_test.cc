@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <fstream>
 #include <thread>
 
 #include "formica/rpc/client.h"
@@ -262,6 +263,22 @@ TEST_F(RpcTest, RollingRestartFailsNoCall) {
   for (auto& t : callers) t.join();
   EXPECT_GT(calls.load(), 100);
   EXPECT_EQ(failures.load(), 0) << first_error;
+}
+
+TEST_F(RpcTest, AMalformedConfigStopsAProviderNamingTheKey) {
+  std::string path = dir_.File("echo.yaml");
+  {
+    std::ofstream out(path);
+    out << "rpc:\n  server:\n    zone: gz00a\n    warmup: soon\n";
+  }
+  auto p = Subprocess::Start({formica::testing::BinaryPath("tests/rpc/echo_server"), "--registry",
+                              dsrd_->address(), "--config", path},
+                             dir_.File("bad-echo.log"));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 2);
+  EXPECT_NE((*p)->Output().find(path + ":4: rpc.server.warmup: expected a duration"),
+            std::string::npos)
+      << (*p)->Output();
 }
 
 TEST_F(RpcTest, BadOptionsAreRefusedNamingTheField) {

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -55,6 +56,9 @@ class Config {
 class ConfigReader {
  public:
   explicit ConfigReader(const Config& config);
+  // Finish() then checks only keys under `scope` ("rpc.client"), so one file
+  // can hold several components' sections, each read by its own reader.
+  ConfigReader(const Config& config, absl::string_view scope);
   ~ConfigReader();
 
   bool Has(absl::string_view path) const;
@@ -68,6 +72,8 @@ class ConfigReader {
   int64_t Bytes(absl::string_view path, int64_t def, int64_t min, int64_t max);
   // A YAML sequence of scalars, or one comma-separated scalar.
   std::vector<std::string> StringList(absl::string_view path, std::vector<std::string> def);
+  // Every scalar directly under `path` (a YAML map of plain values), by key.
+  std::map<std::string, std::string> StringMap(absl::string_view path);
 
   // Records a validation error for `path` found by the caller.
   void Fail(absl::string_view path, absl::string_view reason);

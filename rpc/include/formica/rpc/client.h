@@ -45,6 +45,10 @@ class ClientContext;
 class ServerContextBase;
 }  // namespace grpc
 
+namespace formica {
+class Config;
+}
+
 namespace formica::registry {
 class Client;
 }
@@ -74,6 +78,10 @@ struct CallOptions {
   // context (trace, user, transaction) is carried on.
   const grpc::ServerContextBase* parent = nullptr;
 };
+
+// Reads ClientOptions from the `rpc.client` section of a config file (see
+// docs/rpc.md). INVALID_ARGUMENT names the file, line, key and reason.
+absl::StatusOr<ClientOptions> LoadClientOptions(const Config& config);
 
 class Client {
  public:

@@ -30,6 +30,10 @@ namespace grpc {
 class Service;
 }
 
+namespace formica {
+class Config;
+}
+
 namespace formica::registry {
 class Client;
 }
@@ -50,6 +54,10 @@ struct ServerOptions {
   // Then in-flight calls get this long to finish.
   absl::Duration drain_timeout = absl::Seconds(10);
 };
+
+// Reads ServerOptions from the `rpc.server` section of a config file (see
+// docs/rpc.md). INVALID_ARGUMENT names the file, line, key and reason.
+absl::StatusOr<ServerOptions> LoadServerOptions(const Config& config);
 
 struct HostedService {
   std::string name;                  // the name callers use, normally Service::service_full_name()
