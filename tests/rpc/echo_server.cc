@@ -1,7 +1,7 @@
 // A provider process for RPC tests: hosts formica.test.Echo with
 // rpc::Server and publishes it to dsrd. Prints "serving on HOST:PORT".
 //   echo_server --registry H:P [--zone Z] [--weight W] [--tag k=v]... [--warmup-ms N]
-//               [--grace-ms N]
+//               [--grace-ms N] [--delay-ms N] [--config FILE]
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -18,6 +18,8 @@
 
 namespace {
 
+int g_delay_ms = 0;  // every call sleeps this long: a slow provider
+
 class EchoImpl final : public formica::test::Echo::Service {
  public:
   EchoImpl(std::string zone, formica::rpc::Client* downstream)
@@ -26,8 +28,8 @@ class EchoImpl final : public formica::test::Echo::Service {
 
   grpc::Status Echo(grpc::ServerContext* context, const formica::test::EchoRequest* request,
                     formica::test::EchoResponse* response) override {
-    if (request->sleep_ms() > 0) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(request->sleep_ms()));
+    if (request->sleep_ms() + g_delay_ms > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(request->sleep_ms() + g_delay_ms));
     }
     formica::rpc::CallContext c = formica::rpc::ReadCallContext(*context);
     response->set_message(request->message());
@@ -88,6 +90,8 @@ int main(int argc, char** argv) {
     } else if (flag == "--warmup-ms") {
       options.warmup = absl::Milliseconds(std::atoi(value.c_str()));
       options.warmup_step = absl::Milliseconds(100);
+    } else if (flag == "--delay-ms") {
+      g_delay_ms = std::atoi(value.c_str());
     } else if (flag == "--grace-ms") {
       options.unpublish_grace = absl::Milliseconds(std::atoi(value.c_str()));
     } else if (flag == "--listen") {

@@ -127,6 +127,56 @@ TEST_F(RpcTest, ContextAndDeadlineTravelDownstream) {
   EXPECT_LE(down.deadline_left_ms(), 1500);
 }
 
+// Four callers at once, so in-flight counts and latencies differ.
+double ShareOfFast(Client& client, const std::string& fast, int per_thread) {
+  std::atomic<int> to_fast{0};
+  std::atomic<int> total{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&] {
+      for (int k = 0; k < per_thread; ++k) {
+        test::EchoResponse response;
+        absl::Status st = client.Call(
+            kEcho, {}, [&](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext* ctx) {
+              return test::Echo::NewStub(ch)->Echo(ctx, test::EchoRequest(), &response);
+            });
+        if (st.ok()) {
+          ++total;
+          to_fast += response.served_by() == fast;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  return total == 0 ? 0 : to_fast / static_cast<double>(total);
+}
+
+TEST_F(RpcTest, LeastActiveAndP2cMoveTrafficAwayFromASlowProvider) {
+  auto fast = StartEcho({});
+  auto slow = StartEcho({"--delay-ms", "20"});
+  AwaitProviders(2);
+  for (const char* policy : {"least_active", "p2c_ewma"}) {
+    auto client = NewRpcClient("", policy);
+    // Equal weights: weighted random would give the fast one half.
+    EXPECT_GT(ShareOfFast(*client, AddressOf(*fast), 150), 0.8) << policy;
+  }
+}
+
+TEST_F(RpcTest, ANewProviderRampsItsWeightDuringWarmUp) {
+  auto warm = StartEcho({"--weight", "100", "--warmup-ms", "3000"});
+  AwaitProviders(1);
+  std::vector<int32_t> weights;
+  for (int i = 0; i < 60 && (weights.empty() || weights.back() < 100); ++i) {
+    auto s = registry_->GetSnapshot(kEcho);
+    if (s && !s->instances.empty()) weights.push_back(s->instances[0].weight);
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_FALSE(weights.empty());
+  EXPECT_LT(weights.front(), 50) << "a cold provider starts low";
+  EXPECT_EQ(weights.back(), 100) << "and reaches its full weight";
+  for (size_t i = 1; i < weights.size(); ++i) EXPECT_GE(weights[i], weights[i - 1]);
+}
+
 TEST_F(RpcTest, UnknownServiceFailsClearlyAfterTheDeadline) {
   auto client = NewRpcClient();
   CallOptions options;
