@@ -6,6 +6,7 @@
 #include <atomic>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -104,8 +105,25 @@ class Client::Impl {
   }
 
   absl::Status Call(absl::string_view service, const CallOptions& options, const Attempt& attempt);
+  void CallAsync(absl::string_view service, const CallOptions& options, AsyncAttempt attempt,
+                 std::function<void(absl::Status)> done);
 
  private:
+  struct Service;
+  // One call's settled inputs and progress, shared by Call and CallAsync.
+  struct Prepared {
+    std::string name;
+    std::shared_ptr<Service> service;
+    absl::Duration timeout;
+    absl::Time deadline;
+    CallContext context;
+    PickContext pick;
+    bool idempotent = false;
+    int attempts = 0;
+    std::vector<Endpoint*> tried;
+    absl::Status last;  // the outcome so far
+  };
+  class AsyncCall;
   struct Service {
     std::string name;
     Policy policy = Policy::kWeightedRandom;
@@ -120,6 +138,15 @@ class Client::Impl {
   };
 
   absl::StatusOr<std::shared_ptr<Service>> ServiceFor(absl::string_view name);
+  absl::StatusOr<Prepared> Prepare(absl::string_view name, const CallOptions& options);
+  // The service's current view; with `wait_until`, waits for the first one.
+  std::shared_ptr<const ServiceView> View(Service& s, std::optional<absl::Time> wait_until);
+  // Picks a provider and readies `ctx`; null when no attempt is left.
+  std::shared_ptr<Endpoint> StartAttempt(Prepared& p, const ServiceView& view,
+                                         grpc::ClientContext* ctx, bool* connected);
+  // Records the outcome; true when another attempt should follow.
+  bool FinishAttempt(Prepared& p, Endpoint& e, bool connected, absl::Duration latency,
+                     const grpc::Status& status);
   void Rebuild(Service& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
   Group MakeGroup(Service& s, const std::vector<std::shared_ptr<Endpoint>>& members)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
@@ -321,78 +348,173 @@ void Client::Impl::Record(Endpoint& e, const grpc::Status& status, absl::Duratio
   }
 }
 
-absl::Status Client::Impl::Call(absl::string_view name, const CallOptions& options,
-                                const Attempt& attempt) {
-  absl::Time start = absl::Now();
-  absl::Duration timeout =
-      options.timeout > absl::ZeroDuration() ? options.timeout : options_.default_timeout;
-  absl::Time deadline = start + timeout;
-  CallContext context = options.context;
+absl::StatusOr<Client::Impl::Prepared> Client::Impl::Prepare(absl::string_view name,
+                                                             const CallOptions& options) {
+  Prepared p;
+  p.name = std::string(name);
+  p.idempotent = options.idempotent;
+  p.timeout = options.timeout > absl::ZeroDuration() ? options.timeout : options_.default_timeout;
+  p.deadline = absl::Now() + p.timeout;
+  p.context = options.context;
   if (options.parent != nullptr) {
-    deadline = std::min(deadline, absl::FromChrono(options.parent->deadline()));
+    p.deadline = std::min(p.deadline, absl::FromChrono(options.parent->deadline()));
     CallContext inherited = ReadCallContext(*options.parent);
-    if (context.user_id.empty()) context.user_id = inherited.user_id;
-    if (context.txn_id.empty()) context.txn_id = inherited.txn_id;
-    if (context.traceparent.empty()) context.traceparent = inherited.traceparent;
+    if (p.context.user_id.empty()) p.context.user_id = inherited.user_id;
+    if (p.context.txn_id.empty()) p.context.txn_id = inherited.txn_id;
+    if (p.context.traceparent.empty()) p.context.traceparent = inherited.traceparent;
   }
-  context.traceparent = ChildTraceparent(context.traceparent);
-  if (context.caller_app.empty()) context.caller_app = options_.app_name;
-  if (context.zone.empty()) context.zone = options_.zone;
-
+  p.context.traceparent = ChildTraceparent(p.context.traceparent);
+  if (p.context.caller_app.empty()) p.context.caller_app = options_.app_name;
+  if (p.context.zone.empty()) p.context.zone = options_.zone;
+  if (!options.hash_key.empty()) p.pick.hash_key = HashKey(options.hash_key);
   absl::StatusOr<std::shared_ptr<Service>> service = ServiceFor(name);
   if (!service.ok()) return service.status();
+  p.service = *std::move(service);
+  p.last = absl::UnavailableError(
+      absl::StrCat("no provider of '", name, "' is known after ", absl::FormatDuration(p.timeout)));
   CountCall();
-  // The first call waits for the registry's first snapshot.
-  std::shared_ptr<const ServiceView> view;
-  {
-    Service& s = **service;
-    absl::ReaderMutexLock read(&s.mu);
-    if (s.has_snapshot && !s.instances.empty()) view = s.view;
-  }
-  if (view == nullptr) {
-    Service& s = **service;
-    absl::MutexLock lock(&s.mu);
-    auto ready = [&s]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
-      return s.has_snapshot && !s.instances.empty();
-    };
-    s.mu.AwaitWithDeadline(absl::Condition(&ready), deadline);
-    view = s.view;
-  }
-  PickContext pick;
-  if (!options.hash_key.empty()) pick.hash_key = HashKey(options.hash_key);
+  return p;
+}
 
-  std::vector<Endpoint*> tried;
-  absl::Status last = absl::UnavailableError(
-      absl::StrCat("no provider of '", name, "' is known after ", absl::FormatDuration(timeout)));
-  for (int attempt_no = 0; attempt_no < std::max(1, options_.max_attempts); ++attempt_no) {
-    if (view == nullptr || absl::Now() >= deadline) break;
-    std::shared_ptr<Endpoint> e = Pick(*view, pick, tried);
-    if (e == nullptr) break;
-    tried.push_back(e.get());
-    bool connected = e->channel->GetState(false) == GRPC_CHANNEL_READY;
+std::shared_ptr<const ServiceView> Client::Impl::View(Service& s,
+                                                      std::optional<absl::Time> wait_until) {
+  {
+    absl::ReaderMutexLock read(&s.mu);
+    if (s.has_snapshot && !s.instances.empty()) return s.view;
+  }
+  if (!wait_until.has_value()) return nullptr;
+  // The first call waits for the registry's first snapshot.
+  absl::MutexLock lock(&s.mu);
+  auto ready = [&s]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
+    return s.has_snapshot && !s.instances.empty();
+  };
+  s.mu.AwaitWithDeadline(absl::Condition(&ready), *wait_until);
+  return s.view;
+}
+
+std::shared_ptr<Endpoint> Client::Impl::StartAttempt(Prepared& p, const ServiceView& view,
+                                                     grpc::ClientContext* ctx, bool* connected) {
+  if (absl::Now() >= p.deadline || p.attempts >= std::max(1, options_.max_attempts)) {
+    return nullptr;
+  }
+  std::shared_ptr<Endpoint> e = Pick(view, p.pick, p.tried);
+  if (e == nullptr) return nullptr;
+  ++p.attempts;
+  p.tried.push_back(e.get());
+  *connected = e->channel->GetState(false) == GRPC_CHANNEL_READY;
+  ctx->set_deadline(absl::ToChronoTime(p.deadline));
+  WriteCallContext(p.context, ctx);
+  e->state->CallStarted();
+  return e;
+}
+
+bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected, absl::Duration latency,
+                                 const grpc::Status& status) {
+  Record(e, status, latency);
+  if (status.ok()) {
+    p.last = absl::OkStatus();
+    return false;
+  }
+  p.last =
+      absl::Status(FromGrpcStatus(status).code(),
+                   absl::StrCat(p.name, " at ", e.instance.address, ": ", status.error_message()));
+  bool unavailable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                     status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+  // Retry when the request surely never reached the provider (no
+  // connection), or when the call is idempotent and the provider failed.
+  bool never_left = status.error_code() == grpc::StatusCode::UNAVAILABLE && !connected;
+  if (!(never_left || (p.idempotent && unavailable))) return false;
+  if (p.attempts >= options_.max_attempts || absl::Now() >= p.deadline) return false;
+  if (!TakeRetryToken()) {
+    p.last =
+        absl::Status(p.last.code(), absl::StrCat(p.last.message(), " (retry budget exhausted)"));
+    return false;
+  }
+  return true;
+}
+
+absl::Status Client::Impl::Call(absl::string_view name, const CallOptions& options,
+                                const Attempt& attempt) {
+  absl::StatusOr<Prepared> prepared = Prepare(name, options);
+  if (!prepared.ok()) return prepared.status();
+  Prepared& p = *prepared;
+  std::shared_ptr<const ServiceView> view = View(*p.service, p.deadline);
+  if (view == nullptr) return p.last;
+  while (true) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(deadline));
-    WriteCallContext(context, &ctx);
-    e->state->CallStarted();
+    bool connected = false;
+    std::shared_ptr<Endpoint> e = StartAttempt(p, *view, &ctx, &connected);
+    if (e == nullptr) return p.last;
     absl::Time t0 = absl::Now();
     grpc::Status status = attempt(e->channel, &ctx);
-    Record(*e, status, absl::Now() - t0);
-    if (status.ok()) return absl::OkStatus();
-    last =
-        absl::Status(FromGrpcStatus(status).code(),
-                     absl::StrCat(name, " at ", e->instance.address, ": ", status.error_message()));
-    bool unavailable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                       status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
-    // Retry when the request surely never reached the provider (no
-    // connection), or when the call is idempotent and the provider failed.
-    bool never_left = status.error_code() == grpc::StatusCode::UNAVAILABLE && !connected;
-    if (!(never_left || (options.idempotent && unavailable))) break;
-    if (attempt_no + 1 < options_.max_attempts && !TakeRetryToken()) {
-      last = absl::Status(last.code(), absl::StrCat(last.message(), " (retry budget exhausted)"));
-      break;
-    }
+    if (!FinishAttempt(p, *e, connected, absl::Now() - t0, status)) return p.last;
   }
-  return last;
+}
+
+// One asynchronous call: attempts chain from gRPC's completion callbacks.
+class Client::Impl::AsyncCall : public std::enable_shared_from_this<AsyncCall> {
+ public:
+  AsyncCall(Impl* impl, Prepared p, AsyncAttempt attempt, std::function<void(absl::Status)> done)
+      : impl_(impl), p_(std::move(p)), attempt_(std::move(attempt)), done_(std::move(done)) {}
+
+  void Start() {
+    view_ = impl_->View(*p_.service, std::nullopt);
+    if (view_ != nullptr) {
+      Next();
+      return;
+    }
+    // Only a service's first calls get here: wait for the first snapshot
+    // off the caller's thread.
+    auto self = shared_from_this();
+    std::thread([self] {
+      self->view_ = self->impl_->View(*self->p_.service, self->p_.deadline);
+      if (self->view_ == nullptr) {
+        self->done_(self->p_.last);
+        return;
+      }
+      self->Next();
+    }).detach();
+  }
+
+ private:
+  void Next() {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    bool connected = false;
+    std::shared_ptr<Endpoint> e = impl_->StartAttempt(p_, *view_, ctx.get(), &connected);
+    if (e == nullptr) {
+      done_(p_.last);
+      return;
+    }
+    grpc::ClientContext* raw = ctx.get();
+    contexts_.push_back(std::move(ctx));  // alive until the whole call ends
+    absl::Time t0 = absl::Now();
+    auto self = shared_from_this();
+    attempt_(e->channel, raw, [self, e, connected, t0](grpc::Status status) {
+      if (self->impl_->FinishAttempt(self->p_, *e, connected, absl::Now() - t0, status)) {
+        self->Next();
+      } else {
+        self->done_(self->p_.last);
+      }
+    });
+  }
+
+  Impl* const impl_;
+  Prepared p_;
+  AsyncAttempt attempt_;
+  std::function<void(absl::Status)> done_;
+  std::shared_ptr<const ServiceView> view_;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts_;
+};
+
+void Client::Impl::CallAsync(absl::string_view name, const CallOptions& options,
+                             AsyncAttempt attempt, std::function<void(absl::Status)> done) {
+  absl::StatusOr<Prepared> prepared = Prepare(name, options);
+  if (!prepared.ok()) {
+    done(prepared.status());
+    return;
+  }
+  std::make_shared<AsyncCall>(this, *std::move(prepared), std::move(attempt), std::move(done))
+      ->Start();
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options,
@@ -422,6 +544,11 @@ Client::~Client() = default;
 absl::Status Client::Call(absl::string_view service, const CallOptions& options,
                           const Attempt& attempt) {
   return impl_->Call(service, options, attempt);
+}
+
+void Client::CallAsync(absl::string_view service, const CallOptions& options, AsyncAttempt attempt,
+                       std::function<void(absl::Status)> done) {
+  impl_->CallAsync(service, options, std::move(attempt), std::move(done));
 }
 
 }  // namespace formica::rpc

@@ -177,6 +177,68 @@ TEST_F(RpcTest, ANewProviderRampsItsWeightDuringWarmUp) {
   for (size_t i = 1; i < weights.size(); ++i) EXPECT_GE(weights[i], weights[i - 1]);
 }
 
+TEST_F(RpcTest, AsyncCallsRunConcurrentlyAndAllComplete) {
+  auto a = StartEcho({});
+  auto b = StartEcho({});
+  AwaitProviders(2);
+  auto client = NewRpcClient();
+  constexpr int kCalls = 200;
+  struct Exchange {
+    test::EchoRequest request;
+    test::EchoResponse response;
+  };
+  absl::Mutex mu;
+  int done = 0;
+  int ok = 0;
+  std::map<std::string, int> served;
+  std::vector<std::unique_ptr<Exchange>> exchanges;
+  for (int i = 0; i < kCalls; ++i) {
+    exchanges.push_back(std::make_unique<Exchange>());
+    Exchange* x = exchanges.back().get();
+    x->request.set_message("m" + std::to_string(i));
+    x->request.set_sleep_ms(20);  // all in flight together
+    client->CallAsync(
+        kEcho, {},
+        [x](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext* ctx,
+            std::function<void(grpc::Status)> finish) {
+          test::Echo::NewStub(ch)->async()->Echo(ctx, &x->request, &x->response, std::move(finish));
+        },
+        [&, x](absl::Status st) {
+          absl::MutexLock lock(&mu);
+          ++done;
+          if (st.ok() && x->response.message() == x->request.message()) {
+            ++ok;
+            served[x->response.served_by()]++;
+          }
+        });
+  }
+  absl::MutexLock lock(&mu);
+  auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return done == kCalls; };
+  ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all), absl::Seconds(30)));
+  EXPECT_EQ(ok, kCalls);
+  EXPECT_EQ(served.size(), 2u);
+}
+
+TEST_F(RpcTest, AsyncCallToAnUnknownServiceFailsAfterTheDeadline) {
+  auto client = NewRpcClient();
+  CallOptions options;
+  options.timeout = absl::Milliseconds(300);
+  absl::Notification finished;
+  absl::Status outcome;
+  absl::Time start = absl::Now();
+  client->CallAsync(
+      "nobody.Home", options,
+      [](const std::shared_ptr<grpc::Channel>&, grpc::ClientContext*,
+         std::function<void(grpc::Status)> finish) { finish(grpc::Status::OK); },
+      [&](absl::Status st) {
+        outcome = st;
+        finished.Notify();
+      });
+  ASSERT_TRUE(finished.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(outcome.code(), absl::StatusCode::kUnavailable);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(280));
+}
+
 TEST_F(RpcTest, UnknownServiceFailsClearlyAfterTheDeadline) {
   auto client = NewRpcClient();
   CallOptions options;

@@ -90,6 +90,12 @@ class Client {
   using Attempt = std::function<grpc::Status(const std::shared_ptr<grpc::Channel>& channel,
                                              grpc::ClientContext* context)>;
 
+  // Starts one attempt with gRPC's callback API and calls `done` when it
+  // ends, e.g. stub->async()->Method(context, &req, &resp, std::move(done)).
+  using AsyncAttempt =
+      std::function<void(const std::shared_ptr<grpc::Channel>& channel,
+                         grpc::ClientContext* context, std::function<void(grpc::Status)> done)>;
+
   // `registry` is borrowed and must outlive the Client. INVALID_ARGUMENT
   // names a bad option (e.g. an unknown policy).
   static absl::StatusOr<std::unique_ptr<Client>> Create(ClientOptions options,
@@ -100,6 +106,13 @@ class Client {
   // deadline, for the registry's first snapshot. UNAVAILABLE when no
   // provider could be reached in time, naming the service.
   absl::Status Call(absl::string_view service, const CallOptions& options, const Attempt& attempt);
+
+  // As Call, without blocking: `done` runs exactly once with the outcome, on
+  // a gRPC thread (or the caller's, for an immediate error). Routing,
+  // balancing, retries and deadlines are those of Call. The Client must
+  // outlive the call; `options.parent` is read before CallAsync returns.
+  void CallAsync(absl::string_view service, const CallOptions& options, AsyncAttempt attempt,
+                 std::function<void(absl::Status)> done);
 
   class Impl;
 
