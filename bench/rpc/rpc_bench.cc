@@ -64,11 +64,7 @@ Result Drive(int concurrency, absl::Duration duration, const std::function<bool(
   return r;
 }
 
-std::string AddressOf(Subprocess& p) {
-  std::string out = p.Output();
-  size_t at = out.find("serving on ");
-  return out.substr(at + 11, out.find('\n', at) - at - 11);
-}
+std::string Address(Subprocess& p) { return p.LineAfter("serving on "); }
 
 int Run(int argc, char** argv) {
   bool quick = false;
@@ -109,7 +105,7 @@ int Run(int argc, char** argv) {
   auto client = *rpc::Client::Create(rpc_options, registry.get());
 
   auto raw_channel =
-      grpc::CreateChannel(AddressOf(*providers[0]), grpc::InsecureChannelCredentials());
+      grpc::CreateChannel(Address(*providers[0]), grpc::InsecureChannelCredentials());
   auto raw_stub = test::Echo::NewStub(raw_channel);
 
   BenchReport report;

@@ -17,6 +17,8 @@ using formica::registry::testing::RegistryTest;
 using formica::testing::Subprocess;
 constexpr char kEcho[] = "formica.test.Echo";
 
+std::string Address(Subprocess& p) { return p.LineAfter("serving on "); }
+
 class RpcTest : public RegistryTest {
  protected:
   void SetUp() override {
@@ -43,12 +45,6 @@ class RpcTest : public RegistryTest {
     EXPECT_TRUE(p.ok());
     EXPECT_TRUE((*p)->WaitForOutput("serving on", absl::Seconds(20))) << (*p)->Output();
     return std::move(*p);
-  }
-
-  static std::string AddressOf(Subprocess& p) {
-    std::string out = p.Output();
-    size_t at = out.find("serving on ");
-    return out.substr(at + 11, out.find('\n', at) - at - 11);
   }
 
   // Waits until the registry lists `n` providers of the echo service.
@@ -90,7 +86,7 @@ TEST_F(RpcTest, WeightsDecideEachProvidersShare) {
   for (int i = 0; i < kCalls; ++i) {
     auto r = Echo(*client, {});
     ASSERT_TRUE(r.ok()) << r.status();
-    to_heavy += r->served_by() == AddressOf(*heavy);
+    to_heavy += r->served_by() == Address(*heavy);
   }
   EXPECT_NEAR(to_heavy / static_cast<double>(kCalls), 0.75, 0.04);
 }
@@ -158,7 +154,7 @@ TEST_F(RpcTest, LeastActiveAndP2cMoveTrafficAwayFromASlowProvider) {
   for (const char* policy : {"least_active", "p2c_ewma"}) {
     auto client = NewRpcClient("", policy);
     // Equal weights: weighted random would give the fast one half.
-    EXPECT_GT(ShareOfFast(*client, AddressOf(*fast), 150), 0.8) << policy;
+    EXPECT_GT(ShareOfFast(*client, Address(*fast), 150), 0.8) << policy;
   }
 }
 
@@ -258,7 +254,7 @@ TEST_F(RpcTest, ACrashedProviderLeavesRotationAndIdempotentCallsSurvive) {
   auto a = StartEcho({});
   auto b = StartEcho({});
   AwaitProviders(2);
-  std::string dead = AddressOf(*a);
+  std::string dead = Address(*a);
   auto client = NewRpcClient();
   std::atomic<bool> stop{false};
   std::atomic<int> failures{0};
@@ -321,7 +317,7 @@ TEST_F(RpcTest, TagRoutesFromTheRegistryShiftTraffic) {
     for (int i = 0; i < calls; ++i) {
       auto r = Echo(*client, {});
       EXPECT_TRUE(r.ok()) << r.status();
-      n += r.ok() && r->served_by() == AddressOf(*blue);
+      n += r.ok() && r->served_by() == Address(*blue);
     }
     return n / static_cast<double>(calls);
   };

@@ -160,6 +160,15 @@ bool Subprocess::WaitForOutput(const std::string& text, absl::Duration timeout) 
   return false;
 }
 
+std::string Subprocess::LineAfter(const std::string& marker) const {
+  std::string out = Output();
+  size_t at = out.find(marker);
+  if (at == std::string::npos) return "";
+  size_t end = out.find('\n', at);
+  return out.substr(at + marker.size(),
+                    end == std::string::npos ? std::string::npos : end - at - marker.size());
+}
+
 std::string BinaryPath(const std::string& name) {
   return absl::StrCat(FORMICA_BINARY_DIR, "/", name);
 }

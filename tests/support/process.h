@@ -54,6 +54,9 @@ class Subprocess {
   std::string Output() const;
   // Waits until its output contains `text`; false on timeout or exit.
   bool WaitForOutput(const std::string& text, absl::Duration timeout);
+  // The rest of the first output line that starts with `marker` (e.g. the
+  // address after "serving on "), or empty.
+  std::string LineAfter(const std::string& marker) const;
 
  private:
   Subprocess(pid_t pid, std::string log_path) : pid_(pid), log_path_(std::move(log_path)) {}
