@@ -287,6 +287,93 @@ TEST_F(RpcTest, ACrashedProviderLeavesRotationAndIdempotentCallsSurvive) {
   EXPECT_EQ(to_dead_after.load(), 0);
 }
 
+TEST_F(RpcTest, KillingAProviderFailsAtMostItsInFlightCalls) {
+  auto a = StartEcho({});
+  auto b = StartEcho({});
+  AwaitProviders(2);
+  std::string dead = Address(*a);
+  auto client = NewRpcClient();
+  constexpr int kCallers = 4;  // so at most 4 calls can be in flight anywhere
+  std::atomic<bool> stop{false};
+  std::atomic<int> to_dead_late{0};
+  std::atomic<int64_t> killed_at_ns{0};
+  absl::Mutex mu;
+  std::vector<std::pair<absl::Time, std::string>> failures;  // when, and what it said
+  std::vector<std::thread> callers;
+  for (int t = 0; t < kCallers; ++t) {
+    callers.emplace_back([&] {
+      test::EchoRequest request;
+      request.set_sleep_ms(30);  // calls are in flight when the kill lands
+      CallOptions options;       // not idempotent: a call that reached the provider is not retried
+      for (int i = 0; i < 10000 && !stop; ++i) {
+        auto r = Echo(*client, options, request);
+        int64_t k = killed_at_ns.load();
+        if (!r.ok()) {
+          absl::MutexLock lock(&mu);
+          failures.emplace_back(absl::Now(), std::string(r.status().message()));
+        } else if (k != 0 && r->served_by() == dead &&
+                   absl::Now() - absl::FromUnixNanos(k) > absl::Seconds(1)) {
+          ++to_dead_late;
+        }
+      }
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  killed_at_ns = absl::ToUnixNanos(absl::Now());
+  a->Kill();
+  absl::SleepFor(absl::Milliseconds(1500));
+  stop = true;
+  for (auto& t : callers) t.join();
+  // Only calls already on their way to the killed provider may fail: each
+  // failure names it, and none comes later than the kill plus one call's time
+  // and the client's notice of the broken connection.
+  absl::Time killed = absl::FromUnixNanos(killed_at_ns.load());
+  absl::MutexLock lock(&mu);
+  EXPECT_LE(failures.size(), 2u * kCallers);
+  for (const auto& [when, message] : failures) {
+    EXPECT_NE(message.find(dead), std::string::npos) << message;
+    EXPECT_LT(when - killed, absl::Milliseconds(500)) << message;
+  }
+  EXPECT_EQ(to_dead_late.load(), 0) << "out of rotation within a second";
+}
+
+TEST_F(RpcTest, ConsistentHashKeepsKeysWhenAProviderJoins) {
+  auto a = StartEcho({});
+  auto b = StartEcho({});
+  AwaitProviders(2);
+  auto client = NewRpcClient("", "consistent_hash");
+  constexpr int kKeys = 300;
+  auto route = [&] {
+    std::map<std::string, std::string> owner;
+    for (int k = 0; k < kKeys; ++k) {
+      CallOptions options;
+      options.hash_key = "user-" + std::to_string(k);
+      auto r = Echo(*client, options);
+      EXPECT_TRUE(r.ok()) << r.status();
+      if (r.ok()) owner[options.hash_key] = r->served_by();
+    }
+    return owner;
+  };
+  auto before = route();
+  EXPECT_EQ(before, route()) << "the same key must reach the same provider";
+  auto c = StartEcho({});
+  AwaitProviders(3);
+  absl::SleepFor(absl::Milliseconds(200));  // the client has applied the push
+  auto after = route();
+  int moved = 0;
+  int moved_elsewhere = 0;
+  for (const auto& [key, address] : before) {
+    if (after[key] != address) {
+      ++moved;
+      moved_elsewhere += after[key] != Address(*c);
+    }
+  }
+  // About a third of the keys move, to the newcomer (Maglev may reshuffle ~1%).
+  EXPECT_GT(moved, kKeys / 3 - 40);
+  EXPECT_LT(moved, kKeys / 3 + 40);
+  EXPECT_LE(moved_elsewhere, 6);
+}
+
 TEST_F(RpcTest, ZoneAffinityPrefersTheCallersZoneAndFallsBack) {
   auto near = StartEcho({"--zone", "gz00a"});
   auto far = StartEcho({"--zone", "sh00b"});
