@@ -6,8 +6,12 @@
 #include <cstdio>
 #include <random>
 
+#include "serving.h"
+
 namespace formica::rpc {
 namespace {
+
+thread_local const ServingCall* current_call = nullptr;
 
 std::string Metadata(const grpc::ServerContextBase& ctx, const char* key) {
   const auto& md = ctx.client_metadata();
@@ -38,6 +42,17 @@ bool IsHex(const std::string& s, size_t from, size_t n) {
 }
 
 }  // namespace
+
+const ServingCall* CurrentServingCall() { return current_call; }
+
+ServingScope::ServingScope(const ServingCall* call) : previous_(current_call) {
+  current_call = call;
+}
+ServingScope::~ServingScope() { current_call = previous_; }
+
+const CallContext* CurrentCallContext() {
+  return current_call == nullptr ? nullptr : &current_call->context;
+}
 
 CallContext ReadCallContext(const grpc::ServerContextBase& ctx) {
   CallContext c;

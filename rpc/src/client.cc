@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -17,6 +18,7 @@
 #include "balancer.h"
 #include "formica/common/grpc_status.h"
 #include "formica/registry/client.h"
+#include "serving.h"
 
 namespace formica::rpc {
 namespace {
@@ -145,8 +147,8 @@ class Client::Impl {
   std::shared_ptr<Endpoint> StartAttempt(Prepared& p, const ServiceView& view,
                                          grpc::ClientContext* ctx, bool* connected);
   // Records the outcome; true when another attempt should follow.
-  bool FinishAttempt(Prepared& p, Endpoint& e, bool connected, absl::Duration latency,
-                     const grpc::Status& status);
+  bool FinishAttempt(Prepared& p, Endpoint& e, bool connected, const grpc::ClientContext& ctx,
+                     absl::Duration latency, const grpc::Status& status);
   void Rebuild(Service& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
   Group MakeGroup(Service& s, const std::vector<std::shared_ptr<Endpoint>>& members)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
@@ -356,12 +358,19 @@ absl::StatusOr<Client::Impl::Prepared> Client::Impl::Prepare(absl::string_view n
   p.timeout = options.timeout > absl::ZeroDuration() ? options.timeout : options_.default_timeout;
   p.deadline = absl::Now() + p.timeout;
   p.context = options.context;
+  // The parent call: named, or else the one this thread is serving.
+  std::optional<CallContext> inherited;
   if (options.parent != nullptr) {
     p.deadline = std::min(p.deadline, absl::FromChrono(options.parent->deadline()));
-    CallContext inherited = ReadCallContext(*options.parent);
-    if (p.context.user_id.empty()) p.context.user_id = inherited.user_id;
-    if (p.context.txn_id.empty()) p.context.txn_id = inherited.txn_id;
-    if (p.context.traceparent.empty()) p.context.traceparent = inherited.traceparent;
+    inherited = ReadCallContext(*options.parent);
+  } else if (const ServingCall* serving = CurrentServingCall(); serving != nullptr) {
+    p.deadline = std::min(p.deadline, serving->deadline);
+    inherited = serving->context;
+  }
+  if (inherited.has_value()) {
+    if (p.context.user_id.empty()) p.context.user_id = inherited->user_id;
+    if (p.context.txn_id.empty()) p.context.txn_id = inherited->txn_id;
+    if (p.context.traceparent.empty()) p.context.traceparent = inherited->traceparent;
   }
   p.context.traceparent = ChildTraceparent(p.context.traceparent);
   if (p.context.caller_app.empty()) p.context.caller_app = options_.app_name;
@@ -408,7 +417,8 @@ std::shared_ptr<Endpoint> Client::Impl::StartAttempt(Prepared& p, const ServiceV
   return e;
 }
 
-bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected, absl::Duration latency,
+bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected,
+                                 const grpc::ClientContext& ctx, absl::Duration latency,
                                  const grpc::Status& status) {
   Record(e, status, latency);
   if (status.ok()) {
@@ -422,7 +432,10 @@ bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected, absl:
                      status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
   // Retry when the request surely never reached the provider (no
   // connection), or when the call is idempotent and the provider failed.
-  bool never_left = status.error_code() == grpc::StatusCode::UNAVAILABLE && !connected;
+  // A provider over its concurrency limit refused the call before running it.
+  bool never_left = (status.error_code() == grpc::StatusCode::UNAVAILABLE && !connected) ||
+                    (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
+                     ctx.GetServerTrailingMetadata().count(kRejectedKey) > 0);
   if (!(never_left || (p.idempotent && unavailable))) return false;
   if (p.attempts >= options_.max_attempts || absl::Now() >= p.deadline) return false;
   if (!TakeRetryToken()) {
@@ -447,7 +460,7 @@ absl::Status Client::Impl::Call(absl::string_view name, const CallOptions& optio
     if (e == nullptr) return p.last;
     absl::Time t0 = absl::Now();
     grpc::Status status = attempt(e->channel, &ctx);
-    if (!FinishAttempt(p, *e, connected, absl::Now() - t0, status)) return p.last;
+    if (!FinishAttempt(p, *e, connected, ctx, absl::Now() - t0, status)) return p.last;
   }
 }
 
@@ -489,8 +502,8 @@ class Client::Impl::AsyncCall : public std::enable_shared_from_this<AsyncCall> {
     contexts_.push_back(std::move(ctx));  // alive until the whole call ends
     absl::Time t0 = absl::Now();
     auto self = shared_from_this();
-    attempt_(e->channel, raw, [self, e, connected, t0](grpc::Status status) {
-      if (self->impl_->FinishAttempt(self->p_, *e, connected, absl::Now() - t0, status)) {
+    attempt_(e->channel, raw, [self, e, raw, connected, t0](grpc::Status status) {
+      if (self->impl_->FinishAttempt(self->p_, *e, connected, *raw, absl::Now() - t0, status)) {
         self->Next();
       } else {
         self->done_(self->p_.last);

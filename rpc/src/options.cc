@@ -1,4 +1,5 @@
 // rpc.client and rpc.server sections of a service's YAML config.
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "balancer.h"
 #include "formica/common/config.h"
@@ -61,6 +62,21 @@ absl::StatusOr<ServerOptions> LoadServerOptions(const Config& config) {
                                  absl::ZeroDuration(), absl::Minutes(10));
   o.drain_timeout = r.Duration("rpc.server.drain_timeout", o.drain_timeout, absl::ZeroDuration(),
                                absl::Minutes(10));
+  o.max_concurrent_calls = static_cast<int>(
+      r.Int("rpc.server.max_concurrent_calls", o.max_concurrent_calls, 0, 1000000));
+  // "pkg.Service/Method=limit" entries.
+  for (const std::string& entry : r.StringList("rpc.server.method_limits", {})) {
+    size_t eq = entry.rfind('=');
+    int64_t limit = -1;
+    if (eq == std::string::npos || eq == 0 || entry.find('/') > eq ||
+        !absl::SimpleAtoi(entry.substr(eq + 1), &limit) || limit < 0 || limit > 1000000) {
+      r.Fail("rpc.server.method_limits",
+             absl::StrCat("entry '", entry,
+                          "' is not pkg.Service/Method=limit (e.g. fund.Trade/Buy=200)"));
+      break;
+    }
+    o.method_limits[entry.substr(0, eq)] = static_cast<int>(limit);
+  }
   // Port 0 asks the system for a free port.
   std::string listen = o.listen;
   if (listen.size() > 2 && listen.compare(listen.size() - 2, 2, ":0") == 0) {

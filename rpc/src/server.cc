@@ -1,19 +1,180 @@
 #include "formica/rpc/server.h"
 
+#include <google/protobuf/descriptor.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/server_interceptor.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <thread>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "balancer.h"
 #include "formica/registry/client.h"
+#include "formica/rpc/call_context.h"
+#include "serving.h"
 
 namespace formica::rpc {
+namespace {
+
+// One method's concurrency limit on one Server.
+struct MethodSlot {
+  MethodSlot(std::string m, int l) : method(std::move(m)), limit(l) {}
+  const std::string method;  // "/pkg.Service/Method"
+  const int limit;
+  std::atomic<int> in_flight{0};
+};
+
+// The limited calls being served in this process, by their server context:
+// rpc::Serve finds its call's slot here. A call is in the table from the
+// moment gRPC creates its interceptors until the call is destroyed.
+class CallTable {
+ public:
+  void Add(const grpc::ServerContextBase* ctx, MethodSlot* slot) {
+    absl::MutexLock lock(&mu_);
+    calls_[ctx] = slot;
+  }
+  void Remove(const grpc::ServerContextBase* ctx) {
+    absl::MutexLock lock(&mu_);
+    calls_.erase(ctx);
+  }
+  MethodSlot* Find(const grpc::ServerContextBase* ctx) {
+    absl::MutexLock lock(&mu_);
+    auto it = calls_.find(ctx);
+    return it == calls_.end() ? nullptr : it->second;
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::flat_hash_map<const grpc::ServerContextBase*, MethodSlot*> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+CallTable& Calls() {
+  static CallTable* table = new CallTable();
+  return *table;
+}
+
+// A server's limits, one slot per limited method, made on first use.
+class Limits {
+ public:
+  Limits(int default_limit, std::map<std::string, int> per_method)
+      : default_limit_(default_limit), per_method_(std::move(per_method)) {}
+
+  bool any() const {
+    if (default_limit_ > 0) return true;
+    for (const auto& [method, limit] : per_method_) {
+      if (limit > 0) return true;
+    }
+    return false;
+  }
+
+  // nullptr when `method` ("/pkg.Service/Method") has no limit.
+  MethodSlot* For(const char* method) {
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      auto it = slots_.find(method);
+      if (it != slots_.end()) return it->second.get();
+    }
+    absl::string_view name = absl::StripPrefix(method, "/");
+    auto configured = per_method_.find(std::string(name));
+    int limit = configured != per_method_.end() ? configured->second : default_limit_;
+    absl::MutexLock lock(&mu_);
+    auto& slot = slots_[method];
+    if (slot == nullptr && limit > 0) slot = std::make_unique<MethodSlot>(method, limit);
+    return slot.get();
+  }
+
+ private:
+  const int default_limit_;
+  const std::map<std::string, int> per_method_;  // "pkg.Service/Method" -> limit
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<MethodSlot>> slots_ ABSL_GUARDED_BY(mu_);
+};
+
+// Puts each call of a limited method in the call table for its lifetime.
+class LimitInterceptor : public grpc::experimental::Interceptor {
+ public:
+  LimitInterceptor(const grpc::ServerContextBase* ctx, MethodSlot* slot) : ctx_(ctx) {
+    Calls().Add(ctx_, slot);
+  }
+  ~LimitInterceptor() override { Calls().Remove(ctx_); }
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    methods->Proceed();
+  }
+
+ private:
+  const grpc::ServerContextBase* ctx_;
+};
+
+class LimitInterceptorFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit LimitInterceptorFactory(std::shared_ptr<Limits> limits) : limits_(std::move(limits)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    MethodSlot* slot = info->method() == nullptr ? nullptr : limits_->For(info->method());
+    if (slot == nullptr) return nullptr;  // gRPC skips a null interceptor
+    return new LimitInterceptor(info->server_context(), slot);
+  }
+
+ private:
+  std::shared_ptr<Limits> limits_;
+};
+
+// Checks a "pkg.Service/Method" limit key against the hosted services.
+absl::Status CheckLimitedMethod(const std::string& key,
+                                const std::vector<HostedService>& services) {
+  size_t slash = key.find('/');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == key.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("method_limits key '", key, "' is not pkg.Service/Method"));
+  }
+  std::string service = key.substr(0, slash);
+  bool hosted = false;
+  for (const HostedService& h : services) hosted = hosted || h.name == service;
+  if (!hosted) {
+    return absl::InvalidArgumentError(absl::StrCat("method_limits key '", key, "': service '",
+                                                   service, "' is not hosted by this server"));
+  }
+  const google::protobuf::ServiceDescriptor* descriptor =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(service);
+  if (descriptor != nullptr && descriptor->FindMethodByName(key.substr(slash + 1)) == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("method_limits key '", key, "': service '", service, "' has no such method"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+grpc::Status Serve(grpc::ServerContextBase* context, absl::FunctionRef<grpc::Status()> body) {
+  MethodSlot* slot = context == nullptr ? nullptr : Calls().Find(context);
+  if (slot != nullptr && slot->in_flight.fetch_add(1) >= slot->limit) {
+    slot->in_flight.fetch_sub(1);
+    context->AddTrailingMetadata(kRejectedKey, "concurrency-limit");
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat(slot->method, " has ", slot->limit,
+                                     " calls in flight on this provider, its limit; not run"));
+  }
+  struct Release {
+    MethodSlot* slot;
+    ~Release() {
+      if (slot != nullptr) slot->in_flight.fetch_sub(1);
+    }
+  } release{slot};
+  ServingCall call;
+  if (context != nullptr) {
+    call.context = ReadCallContext(*context);
+    call.deadline = absl::FromChrono(context->deadline());
+  }
+  ServingScope scope(&call);
+  return body();
+}
 
 class Server::Impl {
  public:
@@ -75,6 +236,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
       return absl::InvalidArgumentError("every HostedService needs a name and a service");
     }
   }
+  if (options.max_concurrent_calls < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("ServerOptions.max_concurrent_calls ",
+                                                   options.max_concurrent_calls, " is negative"));
+  }
+  for (const auto& [method, limit] : options.method_limits) {
+    if (limit < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ServerOptions.method_limits[", method, "] ", limit, " is negative"));
+    }
+    if (absl::Status st = CheckLimitedMethod(method, services); !st.ok()) return st;
+  }
   if (options.weight < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("ServerOptions.weight ", options.weight, " is negative"));
@@ -89,6 +261,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   grpc::ServerBuilder builder;
   builder.AddListeningPort(impl->options.listen, grpc::InsecureServerCredentials(), &impl->port);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  auto limits =
+      std::make_shared<Limits>(impl->options.max_concurrent_calls, impl->options.method_limits);
+  if (limits->any()) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(std::make_unique<LimitInterceptorFactory>(limits));
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+  }
   for (const HostedService& h : impl->services) {
     builder.RegisterService(h.service);
   }

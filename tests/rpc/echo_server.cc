@@ -1,7 +1,9 @@
 // A provider process for RPC tests: hosts formica.test.Echo with
 // rpc::Server and publishes it to dsrd. Prints "serving on HOST:PORT".
 //   echo_server --registry H:P [--zone Z] [--weight W] [--tag k=v]... [--warmup-ms N]
-//               [--grace-ms N] [--delay-ms N] [--config FILE]
+//               [--grace-ms N] [--delay-ms N] [--max-concurrent N] [--config FILE]
+// The handler runs inside rpc::Serve: it reads the caller's context from
+// CurrentCallContext() and forwards with that context implied.
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -28,10 +30,17 @@ class EchoImpl final : public formica::test::Echo::Service {
 
   grpc::Status Echo(grpc::ServerContext* context, const formica::test::EchoRequest* request,
                     formica::test::EchoResponse* response) override {
+    return formica::rpc::Serve(context, [&] { return Handle(*context, *request, response); });
+  }
+
+ private:
+  grpc::Status Handle(const grpc::ServerContext& context, const formica::test::EchoRequest& req,
+                      formica::test::EchoResponse* response) {
+    const formica::test::EchoRequest* request = &req;
     if (request->sleep_ms() + g_delay_ms > 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(request->sleep_ms() + g_delay_ms));
     }
-    formica::rpc::CallContext c = formica::rpc::ReadCallContext(*context);
+    const formica::rpc::CallContext& c = *formica::rpc::CurrentCallContext();
     response->set_message(request->message());
     response->set_served_by(address);
     response->set_zone(zone_);
@@ -40,7 +49,7 @@ class EchoImpl final : public formica::test::Echo::Service {
     response->set_txn_id(c.txn_id);
     response->set_traceparent(c.traceparent);
     response->set_deadline_left_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                       context->deadline() - std::chrono::system_clock::now())
+                                       context.deadline() - std::chrono::system_clock::now())
                                        .count());
     if (request->fail()) {
       return grpc::Status(grpc::StatusCode::INTERNAL, "asked to fail");
@@ -48,8 +57,7 @@ class EchoImpl final : public formica::test::Echo::Service {
     if (!request->forward_to().empty()) {
       formica::test::EchoRequest next;
       next.set_message(request->message());
-      formica::rpc::CallOptions options;
-      options.parent = context;
+      formica::rpc::CallOptions options;  // the served call's context and deadline are implied
       absl::Status st = downstream_->Call(
           request->forward_to(), options,
           [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
@@ -63,7 +71,6 @@ class EchoImpl final : public formica::test::Echo::Service {
     return grpc::Status::OK;
   }
 
- private:
   std::string zone_;
   formica::rpc::Client* downstream_;
 };
@@ -92,6 +99,8 @@ int main(int argc, char** argv) {
       options.warmup_step = absl::Milliseconds(100);
     } else if (flag == "--delay-ms") {
       g_delay_ms = std::atoi(value.c_str());
+    } else if (flag == "--max-concurrent") {
+      options.max_concurrent_calls = std::atoi(value.c_str());
     } else if (flag == "--grace-ms") {
       options.unpublish_grace = absl::Milliseconds(std::atoi(value.c_str()));
     } else if (flag == "--listen") {

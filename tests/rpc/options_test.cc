@@ -18,6 +18,8 @@ rpc:
     weight: 250
     tags: {color: blue, version: 1.4.2}
     warmup: 60s
+    max_concurrent_calls: 500
+    method_limits: [fund.Trade/Buy=200, fund.Trade/Redeem=0]
   client:
     app_name: fund-trade
     zone: gz00a
@@ -37,6 +39,9 @@ other_component:
   EXPECT_EQ(server->tags,
             (std::map<std::string, std::string>{{"color", "blue"}, {"version", "1.4.2"}}));
   EXPECT_EQ(server->warmup, absl::Seconds(60));
+  EXPECT_EQ(server->max_concurrent_calls, 500);
+  EXPECT_EQ(server->method_limits,
+            (std::map<std::string, int>{{"fund.Trade/Buy", 200}, {"fund.Trade/Redeem", 0}}));
   auto client = LoadClientOptions(*config);
   ASSERT_TRUE(client.ok()) << client.status();
   EXPECT_EQ(client->app_name, "fund-trade");
@@ -60,6 +65,11 @@ TEST(RpcOptions, ErrorsNameFileLineKeyAndReason) {
   ASSERT_TRUE(weight.ok());
   EXPECT_EQ(LoadServerOptions(*weight).status().message(),
             "svc.yaml:3: rpc.server.weight: must be between 0 and 10000, got -3");
+  auto limit = Config::Parse("rpc:\n  server:\n    method_limits: [fund.Trade=5]\n", "svc.yaml");
+  ASSERT_TRUE(limit.ok());
+  EXPECT_EQ(LoadServerOptions(*limit).status().message(),
+            "svc.yaml:3: rpc.server.method_limits: entry 'fund.Trade=5' is not "
+            "pkg.Service/Method=limit (e.g. fund.Trade/Buy=200)");
   auto listen = Config::Parse("rpc:\n  server:\n    listen: nowhere\n", "svc.yaml");
   ASSERT_TRUE(listen.ok());
   EXPECT_NE(LoadServerOptions(*listen).status().message().find(

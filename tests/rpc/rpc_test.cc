@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "formica/rpc/client.h"
+#include "formica/rpc/server.h"
 #include "formica/test/echo.grpc.pb.h"
 #include "registry_fixture.h"
 
@@ -171,6 +172,81 @@ TEST_F(RpcTest, ANewProviderRampsItsWeightDuringWarmUp) {
   EXPECT_LT(weights.front(), 50) << "a cold provider starts low";
   EXPECT_EQ(weights.back(), 100) << "and reaches its full weight";
   for (size_t i = 1; i < weights.size(); ++i) EXPECT_GE(weights[i], weights[i - 1]);
+}
+
+TEST_F(RpcTest, AMethodOverItsConcurrencyLimitRefusesCallsWithoutRunningThem) {
+  auto only = StartEcho({"--max-concurrent", "2"});
+  AwaitProviders(1);
+  auto client = NewRpcClient();
+  absl::Mutex mu;
+  std::vector<std::pair<absl::Status, absl::Duration>> outcomes;
+  std::vector<std::thread> callers;
+  for (int i = 0; i < 6; ++i) {
+    callers.emplace_back([&, i] {
+      // Staggered so the first two are surely running when the rest arrive.
+      absl::SleepFor(absl::Milliseconds(i < 2 ? 0 : 150));
+      test::EchoRequest request;
+      request.set_sleep_ms(600);
+      CallOptions options;  // not idempotent
+      absl::Time t0 = absl::Now();
+      auto r = Echo(*client, options, request);
+      absl::MutexLock lock(&mu);
+      outcomes.emplace_back(r.status(), absl::Now() - t0);
+    });
+  }
+  for (auto& c : callers) c.join();
+  int ok = 0;
+  int refused = 0;
+  for (const auto& [status, took] : outcomes) {
+    if (status.ok()) {
+      ++ok;
+      EXPECT_GE(took, absl::Milliseconds(590));
+    } else {
+      ++refused;
+      EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+      EXPECT_NE(status.message().find("/formica.test.Echo/Echo has 2 calls in flight"),
+                absl::string_view::npos)
+          << status;
+      // Refused before the handler's body ran (it sleeps 600 ms).
+      EXPECT_LT(took, absl::Milliseconds(300)) << status;
+    }
+  }
+  EXPECT_EQ(ok, 2);
+  EXPECT_EQ(refused, 4);
+  // Slots are given back: the method serves again at full width.
+  for (int round = 0; round < 2; ++round) {
+    std::vector<std::thread> again;
+    std::atomic<int> fine{0};
+    for (int i = 0; i < 2; ++i) {
+      again.emplace_back([&] { fine += Echo(*client, {}).ok(); });
+    }
+    for (auto& c : again) c.join();
+    EXPECT_EQ(fine.load(), 2);
+  }
+}
+
+TEST_F(RpcTest, ACallRefusedOverTheLimitIsRetriedOnAnotherProviderEvenIfNotIdempotent) {
+  // Nearly all first picks go to `busy`; its limit of one sends the second
+  // concurrent call to `spare`.
+  auto busy = StartEcho({"--max-concurrent", "1", "--weight", "1000"});
+  auto spare = StartEcho({"--max-concurrent", "1", "--weight", "1"});
+  AwaitProviders(2);
+  auto client = NewRpcClient();
+  for (int round = 0; round < 5; ++round) {
+    std::vector<std::thread> callers;
+    std::vector<absl::StatusOr<test::EchoResponse>> results(2, absl::UnknownError("not run"));
+    for (int i = 0; i < 2; ++i) {
+      callers.emplace_back([&, i] {
+        test::EchoRequest request;
+        request.set_sleep_ms(300);
+        results[i] = Echo(*client, {}, request);
+      });
+    }
+    for (auto& c : callers) c.join();
+    ASSERT_TRUE(results[0].ok()) << results[0].status();
+    ASSERT_TRUE(results[1].ok()) << results[1].status();
+    EXPECT_NE(results[0]->served_by(), results[1]->served_by()) << "round " << round;
+  }
 }
 
 TEST_F(RpcTest, AsyncCallsRunConcurrentlyAndAllComplete) {
@@ -486,6 +562,18 @@ TEST_F(RpcTest, BadOptionsAreRefusedNamingTheField) {
       << c.status();
   EXPECT_EQ(Client::Create(ClientOptions{}, nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
+
+  test::Echo::Service echo;
+  for (const auto& [key, reason] : std::vector<std::pair<std::string, std::string>>{
+           {"formica.test.Echo/Shout", "service 'formica.test.Echo' has no such method"},
+           {"fund.Trade/Buy", "service 'fund.Trade' is not hosted by this server"},
+           {"formica.test.Echo", "is not pkg.Service/Method"}}) {
+    ServerOptions server_options;
+    server_options.method_limits[key] = 3;
+    auto server = Server::Start(server_options, {{kEcho, &echo}}, registry_.get());
+    EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument) << key;
+    EXPECT_NE(server.status().message().find(reason), absl::string_view::npos) << server.status();
+  }
 }
 
 }  // namespace

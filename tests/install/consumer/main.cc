@@ -1,7 +1,12 @@
 // A user's program: links only the installed Formica::client package.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
 #include <cstdio>
+#include <future>
 
 #include "formica/registry/client.h"
+#include "formica/rpc/client.h"
 
 int main(int argc, char** argv) {
   if (argc != 2) {
@@ -34,5 +39,35 @@ int main(int argc, char** argv) {
   }
   std::printf("consumer saw %s at version %llu\n", snapshot->instances[0].address.c_str(),
               static_cast<unsigned long long>(snapshot->version));
+
+  // rpc::Client over the published gRPC health service of dsrd itself.
+  formica::registry::Instance health;
+  health.service = "grpc.health.v1.Health";
+  health.address = argv[1];
+  if (!(*client)->Publish(health).ok()) return 1;
+  formica::rpc::ClientOptions rpc_options;
+  rpc_options.app_name = "consumer";
+  auto rpc = formica::rpc::Client::Create(rpc_options, client->get());
+  if (!rpc.ok()) return 1;
+  formica::rpc::CallOptions call;
+  call.timeout = absl::Seconds(10);
+  grpc::ByteBuffer response;
+  absl::Status st = (*rpc)->Call(
+      "grpc.health.v1.Health", call,
+      [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+        grpc::GenericStub stub(channel);
+        grpc::Slice empty("");  // an empty HealthCheckRequest: the server as a whole
+        grpc::ByteBuffer request(&empty, 1);
+        std::promise<grpc::Status> done;
+        stub.UnaryCall(ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                       &response, [&done](grpc::Status s) { done.set_value(s); });
+        return done.get_future().get();
+      });
+  if (!st.ok()) {
+    std::fprintf(stderr, "rpc call: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  std::printf("consumer called grpc.health.v1.Health through rpc::Client (%zu bytes back)\n",
+              response.Length());
   return 0;
 }

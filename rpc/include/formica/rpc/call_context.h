@@ -2,7 +2,7 @@
 // context, the calling application, the user the call is for (LDC routes
 // by it), the caller's zone, and the business activity's transaction id
 // (DTS). rpc::Client writes it; rpc::Server reads it and hands it to
-// handlers.
+// handlers running inside rpc::Serve.
 #pragma once
 
 #include <string>
@@ -28,6 +28,11 @@ inline constexpr char kCallerAppKey[] = "x-formica-caller";
 inline constexpr char kUserIdKey[] = "x-formica-user";
 inline constexpr char kZoneKey[] = "x-formica-zone";
 inline constexpr char kTxnIdKey[] = "x-formica-txn";
+
+// The context of the call a handler is serving on this thread, while it
+// runs inside rpc::Serve (see server.h); nullptr elsewhere. rpc::Client
+// calls made there inherit it (trace, user, transaction) and the deadline.
+const CallContext* CurrentCallContext();
 
 // Reads the context a caller sent.
 CallContext ReadCallContext(const grpc::ServerContextBase& server_context);

@@ -15,20 +15,35 @@
 // Each hosted service is published as one instance (advertise_host:port,
 // zone, weight, tags). During warm-up the published weight ramps from 1 to
 // `weight`. The gRPC health service and server reflection are served.
-// Handlers read the caller's context with ReadCallContext(*server_context).
+//
+// Handlers that run their body inside rpc::Serve get the per-method
+// concurrency limit and the caller's context without further ado:
+//
+//   grpc::Status Buy(grpc::ServerContext* ctx, const BuyRequest* req,
+//                    BuyReply* reply) override {
+//     return rpc::Serve(ctx, [&] {
+//       const rpc::CallContext& caller = *rpc::CurrentCallContext();
+//       ...  // rpc::Client calls made here carry the caller's context on
+//       return grpc::Status::OK;
+//     });
+//   }
 #pragma once
+
+#include <grpcpp/support/status.h>
 
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
 namespace grpc {
 class Service;
-}
+class ServerContextBase;
+}  // namespace grpc
 
 namespace formica {
 class Config;
@@ -53,6 +68,13 @@ struct ServerOptions {
   absl::Duration unpublish_grace = absl::Seconds(2);
   // Then in-flight calls get this long to finish.
   absl::Duration drain_timeout = absl::Seconds(10);
+  // Calls of one method running at once inside rpc::Serve beyond which a new
+  // one is refused with RESOURCE_EXHAUSTED before its body runs (callers'
+  // rpc::Client then tries another provider). 0: no limit.
+  int max_concurrent_calls = 0;
+  // Per-method limits, overriding the above: "pkg.Service/Method" -> limit
+  // (0: no limit).
+  std::map<std::string, int> method_limits;
 };
 
 // Reads ServerOptions from the `rpc.server` section of a config file (see
@@ -63,6 +85,14 @@ struct HostedService {
   std::string name;                  // the name callers use, normally Service::service_full_name()
   grpc::Service* service = nullptr;  // borrowed; must outlive the Server
 };
+
+// Runs a handler's body as the call `context` is served: counts it against
+// its method's concurrency limit (RESOURCE_EXHAUSTED, naming the method and
+// the limit, without running `body` when over it) and makes the caller's
+// context current on this thread while `body` runs (CurrentCallContext()).
+// Outside an rpc::Server (a plain grpc::Server) `body` runs with the context
+// and no limit.
+grpc::Status Serve(grpc::ServerContextBase* context, absl::FunctionRef<grpc::Status()> body);
 
 class Server {
  public:

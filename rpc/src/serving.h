@@ -1,0 +1,36 @@
+// The call being served on this thread, while a handler runs inside
+// rpc::Serve. rpc::Client reads it so that calls made by a handler carry the
+// caller's context and stay within its deadline without being told.
+#pragma once
+
+#include "absl/time/time.h"
+#include "formica/rpc/call_context.h"
+
+namespace formica::rpc {
+
+struct ServingCall {
+  CallContext context;
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+// nullptr outside rpc::Serve.
+const ServingCall* CurrentServingCall();
+
+// Makes `call` the current one on this thread for the scope's lifetime.
+class ServingScope {
+ public:
+  explicit ServingScope(const ServingCall* call);
+  ~ServingScope();
+  ServingScope(const ServingScope&) = delete;
+  ServingScope& operator=(const ServingScope&) = delete;
+
+ private:
+  const ServingCall* previous_;
+};
+
+// Trailing metadata a server adds to a call it refused before running it
+// (over a concurrency limit): the caller may retry it anywhere, even when
+// it is not idempotent.
+inline constexpr char kRejectedKey[] = "x-formica-rejected";
+
+}  // namespace formica::rpc
