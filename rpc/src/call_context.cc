@@ -3,6 +3,7 @@
 #include <grpcpp/client_context.h>
 #include <grpcpp/server_context.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
 
@@ -45,10 +46,32 @@ bool IsHex(const std::string& s, size_t from, size_t n) {
 
 const ServingCall* CurrentServingCall() { return current_call; }
 
-ServingScope::ServingScope(const ServingCall* call) : previous_(current_call) {
-  current_call = call;
+struct CallContextScope::State {
+  ServingCall call;
+  const ServingCall* previous;
+};
+
+CallContextScope::CallContextScope(CallContext c, absl::Time deadline)
+    : state_(new State{ServingCall{std::move(c), deadline}, current_call}) {
+  if (const ServingCall* outer = state_->previous; outer != nullptr) {
+    CallContext& mine = state_->call.context;
+    const CallContext& theirs = outer->context;
+    for (auto [field, from] : {std::pair{&mine.traceparent, &theirs.traceparent},
+                               {&mine.caller_app, &theirs.caller_app},
+                               {&mine.user_id, &theirs.user_id},
+                               {&mine.zone, &theirs.zone},
+                               {&mine.txn_id, &theirs.txn_id}}) {
+      if (field->empty()) *field = *from;
+    }
+    state_->call.deadline = std::min(state_->call.deadline, outer->deadline);
+  }
+  current_call = &state_->call;
 }
-ServingScope::~ServingScope() { current_call = previous_; }
+
+CallContextScope::~CallContextScope() {
+  current_call = state_->previous;
+  delete state_;
+}
 
 const CallContext* CurrentCallContext() {
   return current_call == nullptr ? nullptr : &current_call->context;

@@ -167,12 +167,8 @@ grpc::Status Serve(grpc::ServerContextBase* context, absl::FunctionRef<grpc::Sta
       if (slot != nullptr) slot->in_flight.fetch_sub(1);
     }
   } release{slot};
-  ServingCall call;
-  if (context != nullptr) {
-    call.context = ReadCallContext(*context);
-    call.deadline = absl::FromChrono(context->deadline());
-  }
-  ServingScope scope(&call);
+  if (context == nullptr) return body();
+  CallContextScope scope(ReadCallContext(*context), absl::FromChrono(context->deadline()));
   return body();
 }
 

@@ -13,20 +13,8 @@ struct ServingCall {
   absl::Time deadline = absl::InfiniteFuture();
 };
 
-// nullptr outside rpc::Serve.
+// nullptr outside rpc::Serve and rpc::CallContextScope.
 const ServingCall* CurrentServingCall();
-
-// Makes `call` the current one on this thread for the scope's lifetime.
-class ServingScope {
- public:
-  explicit ServingScope(const ServingCall* call);
-  ~ServingScope();
-  ServingScope(const ServingScope&) = delete;
-  ServingScope& operator=(const ServingScope&) = delete;
-
- private:
-  const ServingCall* previous_;
-};
 
 // Trailing metadata a server adds to a call it refused before running it
 // (over a concurrency limit): the caller may retry it anywhere, even when

@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "absl/time/time.h"
+
 namespace grpc {
 class ClientContext;
 class ServerContextBase;
@@ -33,6 +35,23 @@ inline constexpr char kTxnIdKey[] = "x-formica-txn";
 // runs inside rpc::Serve (see server.h); nullptr elsewhere. rpc::Client
 // calls made there inherit it (trace, user, transaction) and the deadline.
 const CallContext* CurrentCallContext();
+
+// Makes `context` current on this thread for the scope's lifetime: calls
+// made by rpc::Client on this thread inherit it and stay within `deadline`.
+// Fields left empty are taken from the scope it is nested in (a handler's
+// call, say), and the earlier deadline wins. dts::Activity uses this to carry
+// its transaction id.
+class CallContextScope {
+ public:
+  explicit CallContextScope(CallContext context, absl::Time deadline = absl::InfiniteFuture());
+  ~CallContextScope();
+  CallContextScope(const CallContextScope&) = delete;
+  CallContextScope& operator=(const CallContextScope&) = delete;
+
+ private:
+  struct State;
+  State* state_;
+};
 
 // Reads the context a caller sent.
 CallContext ReadCallContext(const grpc::ServerContextBase& server_context);

@@ -1,0 +1,100 @@
+// formica::dts::Participant — a service's side of business activities:
+// TCC actions (try, confirm, cancel) over the service's own SQLite database,
+// guarded by a barrier table written in the same local transaction as the
+// business change, so that
+//   - confirm and cancel are idempotent (a repeat is a no-op success);
+//   - a cancel with no try before it succeeds as an empty rollback;
+//   - a try that arrives after its cancel is refused (no hanging resources).
+//
+//   auto p = dts::Participant::Open({.name = "bank.account-a",
+//                                    .database = "/var/lib/account/a.db"}, rpc_client).value();
+//   p->Declare("debit",
+//       /*confirm=*/[](sqlite3* db, const dts::ActionCall& a) { ...; return absl::OkStatus(); },
+//       /*cancel=*/ [](sqlite3* db, const dts::ActionCall& a) { ...; return absl::OkStatus(); });
+//   // Host p->service() under p->name() with rpc::Server, next to the
+//   // business service. In a business handler (inside rpc::Serve):
+//   absl::Status st = p->Try("debit", payload, [&](sqlite3* db) { ...freeze...; });
+//
+// Try enlists the action with the coordinator (durably) before running its
+// local transaction; dtsd later calls Confirm or Cancel with the same payload.
+// Thread-safe; local transactions on the database are serialized.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+struct sqlite3;
+
+namespace grpc {
+class Service;
+}
+
+namespace formica::rpc {
+class Client;
+}
+
+namespace formica::dts {
+
+struct ParticipantOptions {
+  // The registry name this participant's Participant service is published
+  // under; dtsd calls confirm and cancel there (required).
+  std::string name;
+  std::string database;  // SQLite file, created if missing (required)
+  // Each local transaction is on disk when it commits (SQLite WAL,
+  // synchronous=FULL). Off: synchronous=NORMAL, which may lose the last
+  // transactions on power loss (never corrupts).
+  bool durable = true;
+  absl::Duration enlist_timeout = absl::Seconds(3);
+};
+
+// What confirm and cancel steps are handed.
+struct ActionCall {
+  std::string activity_id;
+  std::string action;
+  std::string payload;  // as given to Try
+};
+
+class Participant {
+ public:
+  // A step's local work, run inside the barrier's transaction: an error
+  // rolls back the whole local transaction.
+  using Step = std::function<absl::Status(sqlite3* db, const ActionCall& call)>;
+  using Body = std::function<absl::Status(sqlite3* db)>;
+
+  static absl::StatusOr<std::unique_ptr<Participant>> Open(ParticipantOptions options,
+                                                           rpc::Client* rpc);
+  ~Participant();
+
+  const std::string& name() const;
+  // The formica.dts.v1.Participant service; host it under name().
+  grpc::Service* service();
+
+  // Declares an action's confirm and cancel steps. Before serving.
+  void Declare(const std::string& action, Step confirm, Step cancel);
+
+  // The try step of `action` in the activity of the call being served (the
+  // txn id in rpc::CurrentCallContext()), or in `activity_id` given
+  // explicitly. Enlists, then in one local transaction writes the barrier
+  // and runs `body`. A repeated try is a no-op success; a try after the
+  // action's cancel is ABORTED; an undeclared action is INVALID_ARGUMENT.
+  absl::Status Try(absl::string_view action, absl::string_view payload, const Body& body);
+  absl::Status Try(absl::string_view activity_id, absl::string_view action,
+                   absl::string_view payload, const Body& body);
+
+  // Runs `body` in a local transaction of its own (not part of an
+  // activity), serialized with the participant's.
+  absl::Status Transaction(const Body& body);
+
+  class Impl;
+
+ private:
+  explicit Participant(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace formica::dts

@@ -1,0 +1,99 @@
+#include "formica/dts/activity.h"
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+#include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/rpc/call_context.h"
+#include "formica/rpc/client.h"
+
+namespace formica::dts {
+
+absl::StatusOr<std::unique_ptr<Activity>> Activity::Begin(rpc::Client* rpc,
+                                                          ActivityOptions options) {
+  if (rpc == nullptr) return absl::InvalidArgumentError("dts::Activity needs an rpc::Client");
+  if (options.name.empty()) return absl::InvalidArgumentError("ActivityOptions.name is required");
+  if (options.timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ActivityOptions.timeout is negative");
+  }
+  v1::BeginRequest request;
+  request.set_name(options.name);
+  request.set_initiator(options.initiator);
+  request.set_timeout_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options.timeout)));
+  v1::BeginResponse response;
+  rpc::CallOptions call;
+  call.timeout = options.call_timeout;
+  call.idempotent = true;  // a repeat only leaves an empty activity to time out
+  absl::Status st =
+      rpc->Call(kCoordinatorService, call,
+                [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                  return v1::Coordinator::NewStub(channel)->Begin(ctx, request, &response);
+                });
+  if (!st.ok()) return st;
+  return std::unique_ptr<Activity>(new Activity(rpc, std::move(options), response.activity_id()));
+}
+
+Activity::Activity(rpc::Client* rpc, ActivityOptions options, std::string id)
+    : rpc_(rpc), options_(std::move(options)), id_(std::move(id)) {}
+
+absl::Status Activity::Run(const std::function<absl::Status()>& body) const {
+  rpc::CallContext context;
+  context.txn_id = id_;
+  rpc::CallContextScope scope(context);
+  return body();
+}
+
+absl::Status RunActivity(rpc::Client* rpc, ActivityOptions options,
+                         const std::function<absl::Status()>& body) {
+  absl::StatusOr<std::unique_ptr<Activity>> activity = Activity::Begin(rpc, std::move(options));
+  if (!activity.ok()) return activity.status();
+  absl::Status st = (*activity)->Run(body);
+  if (!st.ok()) {
+    (*activity)->Rollback(st.ToString()).IgnoreError();  // else its timeout does it
+    return st;
+  }
+  return (*activity)->Commit();
+}
+
+Activity::~Activity() {
+  if (!decided_) {
+    absl::Status st = Rollback("the initiator left without deciding");
+    if (!st.ok()) {
+      SPDLOG_WARN("rollback of abandoned activity {} failed ({}); its timeout will roll it back",
+                  id_, st.ToString());
+    }
+  }
+}
+
+absl::Status Activity::Commit() { return Decide(true, ""); }
+absl::Status Activity::Rollback(absl::string_view reason) { return Decide(false, reason); }
+
+absl::Status Activity::Decide(bool commit, absl::string_view reason) {
+  v1::ActivityRef request;
+  request.set_activity_id(id_);
+  request.set_reason(std::string(reason));
+  v1::DecisionResponse response;
+  rpc::CallOptions call;
+  call.timeout = options_.call_timeout;
+  call.idempotent = true;  // deciding again the same way is a success
+  absl::Status st =
+      rpc_->Call(kCoordinatorService, call,
+                 [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                   auto stub = v1::Coordinator::NewStub(channel);
+                   return commit ? stub->Commit(ctx, request, &response)
+                                 : stub->Rollback(ctx, request, &response);
+                 });
+  if (st.ok() || absl::IsFailedPrecondition(st) || absl::IsNotFound(st)) {
+    decided_ = true;  // decided here, or by the coordinator already
+  }
+  if (!st.ok() && !absl::IsFailedPrecondition(st) && !absl::IsNotFound(st) &&
+      !absl::IsInvalidArgument(st)) {
+    return absl::Status(st.code(),
+                        absl::StrCat("the outcome of activity ", id_, " is unknown (", st.message(),
+                                     "); see `formicactl dts show ", id_, "`"));
+  }
+  return st;
+}
+
+}  // namespace formica::dts

@@ -1,0 +1,751 @@
+#include "coordinator.h"
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <deque>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "activity_store.h"
+#include "formica/common/config.h"
+#include "formica/common/grpc_status.h"
+#include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/registry/client.h"
+#include "formica/rpc/client.h"
+#include "formica/rpc/server.h"
+#include "validation.h"
+
+namespace formica::dts {
+namespace {
+
+using v1::ActionState;
+using v1::ActivityState;
+
+constexpr int kMaxNameLength = 256;
+constexpr size_t kMaxPayloadBytes = 1 << 20;
+
+bool IsFinished(ActivityState s) { return s == v1::COMMITTED || s == v1::ROLLED_BACK; }
+bool IsDecided(ActivityState s) { return s == v1::COMMITTING || s == v1::ROLLING_BACK; }
+bool IsDone(ActionState s) { return s == v1::CONFIRMED || s == v1::CANCELLED || s == v1::SETTLED; }
+int64_t UnixMs(absl::Time t) { return absl::ToUnixMillis(t); }
+
+std::string Describe(const v1::Activity& a) {
+  std::string out = absl::StrCat("activity ", a.id(), " is ", v1::ActivityState_Name(a.state()));
+  if (!a.reason().empty()) absl::StrAppend(&out, " (", a.reason(), ")");
+  return out;
+}
+
+absl::Status CheckName(absl::string_view field, const std::string& value, bool required) {
+  if (value.empty() && required) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
+  }
+  if (value.size() > kMaxNameLength) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " is ", value.size(), " bytes long; at most ", kMaxNameLength));
+  }
+  for (char c : value) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(absl::StrCat(field, " contains a control character"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+class Coordinator::Impl final : public v1::Coordinator::Service {
+ public:
+  // One unfinished activity. Lock order: an Entry's mu before Impl::mu_.
+  struct Entry {
+    absl::Mutex mu;
+    v1::Activity record ABSL_GUARDED_BY(mu);
+    // Per action: the token of its one live phase-two task, and whether a
+    // call is out now. Stale tasks (older tokens) are dropped.
+    std::vector<uint64_t> token ABSL_GUARDED_BY(mu);
+    std::vector<bool> calling ABSL_GUARDED_BY(mu);
+  };
+
+  struct Task {
+    std::string id;
+    int action;  // -1: the activity's timeout
+    uint64_t token;
+  };
+
+  CoordinatorOptions options;
+  std::unique_ptr<ActivityStore> store;
+  std::unique_ptr<registry::Client> registry;
+  std::unique_ptr<rpc::Client> rpc;
+  std::unique_ptr<rpc::Server> server;
+  uint64_t epoch = 0;
+  std::atomic<uint64_t> seq{0};
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
+  std::multimap<absl::Time, Task> tasks_ ABSL_GUARDED_BY(mu_);
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool wake_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_){std::random_device{}()};
+  std::thread dispatcher_;
+  bool shut_down_ = false;
+
+  // ---- gRPC API ----
+
+  grpc::Status Begin(grpc::ServerContext*, const v1::BeginRequest* req,
+                     v1::BeginResponse* resp) override {
+    return ToGrpcStatus(DoBegin(*req, resp));
+  }
+  grpc::Status Enlist(grpc::ServerContext*, const v1::EnlistRequest* req,
+                      v1::EnlistResponse*) override {
+    return ToGrpcStatus(DoEnlist(*req));
+  }
+  grpc::Status Commit(grpc::ServerContext*, const v1::ActivityRef* req,
+                      v1::DecisionResponse* resp) override {
+    return ToGrpcStatus(DoDecide(*req, true, resp));
+  }
+  grpc::Status Rollback(grpc::ServerContext*, const v1::ActivityRef* req,
+                        v1::DecisionResponse* resp) override {
+    return ToGrpcStatus(DoDecide(*req, false, resp));
+  }
+  grpc::Status Get(grpc::ServerContext*, const v1::ActivityRef* req, v1::Activity* resp) override {
+    absl::StatusOr<v1::Activity> a = Load(req->activity_id());
+    if (!a.ok()) return ToGrpcStatus(a.status());
+    *resp = *std::move(a);
+    return grpc::Status::OK;
+  }
+  grpc::Status List(grpc::ServerContext*, const v1::ListRequest* req,
+                    v1::ListResponse* resp) override {
+    return ToGrpcStatus(DoList(*req, resp));
+  }
+  grpc::Status Retry(grpc::ServerContext*, const v1::ActivityRef* req,
+                     v1::DecisionResponse* resp) override {
+    return ToGrpcStatus(DoRetry(*req, resp));
+  }
+  grpc::Status Settle(grpc::ServerContext*, const v1::ActivityRef* req,
+                      v1::DecisionResponse* resp) override {
+    return ToGrpcStatus(DoSettle(*req, resp));
+  }
+
+  // ---- operations ----
+
+  absl::Status DoBegin(const v1::BeginRequest& req, v1::BeginResponse* resp) {
+    if (absl::Status st = CheckName("name", req.name(), true); !st.ok()) return st;
+    if (absl::Status st = CheckName("initiator", req.initiator(), false); !st.ok()) return st;
+    absl::Duration timeout =
+        req.timeout_ms() == 0 ? options.default_timeout : absl::Milliseconds(req.timeout_ms());
+    if (timeout > options.max_timeout) {
+      return absl::InvalidArgumentError(absl::StrCat("timeout_ms ", req.timeout_ms(),
+                                                     " exceeds the coordinator's maximum of ",
+                                                     absl::FormatDuration(options.max_timeout)));
+    }
+    auto e = std::make_shared<Entry>();
+    absl::Time now = absl::Now();
+    std::string id = absl::StrFormat("%08x-%012x", epoch, seq.fetch_add(1) + 1);
+    {
+      absl::MutexLock lock(&e->mu);
+      v1::Activity& a = e->record;
+      a.set_id(id);
+      a.set_name(req.name());
+      a.set_initiator(req.initiator());
+      a.set_state(v1::ACTIVE);
+      a.set_begun_unix_ms(UnixMs(now));
+      a.set_deadline_unix_ms(UnixMs(now + timeout));
+      // Not synced: the first enlisted action's synced write carries it to
+      // disk. An activity lost before that had nothing to undo, and its
+      // initiator learns it at its first enlist (NOT_FOUND).
+      if (absl::Status st = store->Put(a, false); !st.ok()) return st;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      entries_[id] = e;
+      AddTaskLocked(now + timeout, Task{id, -1, 0});
+    }
+    resp->set_activity_id(id);
+    return absl::OkStatus();
+  }
+
+  absl::Status DoEnlist(const v1::EnlistRequest& req) {
+    if (absl::Status st = CheckName("participant", req.participant(), true); !st.ok()) return st;
+    if (absl::Status st = CheckName("action", req.action(), true); !st.ok()) return st;
+    if (req.payload().size() > kMaxPayloadBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("payload is ", req.payload().size(), " bytes; at most ", kMaxPayloadBytes));
+    }
+    std::shared_ptr<Entry> e = FindLive(req.activity_id());
+    if (e == nullptr) return Missing(req.activity_id());
+    absl::MutexLock lock(&e->mu);
+    v1::Activity& a = e->record;
+    if (a.state() == v1::ACTIVE && absl::Now() >= absl::FromUnixMillis(a.deadline_unix_ms())) {
+      DecideLocked(*e, false, TimeoutReason(a)).IgnoreError();
+    }
+    if (a.state() != v1::ACTIVE) {
+      return absl::FailedPreconditionError(absl::StrCat(Describe(a), "; cannot enlist"));
+    }
+    for (const v1::Action& x : a.actions()) {
+      if (x.participant() == req.participant() && x.name() == req.action()) {
+        return absl::OkStatus();  // a repeated try
+      }
+    }
+    if (a.actions_size() >= options.max_actions) {
+      return absl::ResourceExhaustedError(absl::StrCat("activity ", a.id(), " already has ",
+                                                       a.actions_size(),
+                                                       " actions, the coordinator's limit"));
+    }
+    v1::Action* x = a.add_actions();
+    x->set_participant(req.participant());
+    x->set_name(req.action());
+    x->set_payload(req.payload());
+    x->set_state(v1::ENLISTED);
+    x->set_enlisted_unix_ms(UnixMs(absl::Now()));
+    e->token.push_back(0);
+    e->calling.push_back(false);
+    if (absl::Status st = store->Put(a, true); !st.ok()) {
+      a.mutable_actions()->RemoveLast();
+      e->token.pop_back();
+      e->calling.pop_back();
+      return st;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status DoDecide(const v1::ActivityRef& req, bool commit, v1::DecisionResponse* resp) {
+    std::shared_ptr<Entry> e = FindLive(req.activity_id());
+    if (e == nullptr) {
+      // Finished already: a repeat of the same decision is a success.
+      absl::StatusOr<v1::Activity> a = Load(req.activity_id());
+      if (!a.ok()) return a.status();
+      if (a->state() == (commit ? v1::COMMITTED : v1::ROLLED_BACK)) {
+        resp->set_state(a->state());
+        return absl::OkStatus();
+      }
+      return absl::FailedPreconditionError(
+          absl::StrCat(Describe(*a), "; cannot ", commit ? "commit" : "roll back"));
+    }
+    absl::MutexLock lock(&e->mu);
+    v1::Activity& a = e->record;
+    if (commit && a.state() == v1::ACTIVE &&
+        absl::Now() >= absl::FromUnixMillis(a.deadline_unix_ms())) {
+      DecideLocked(*e, false, TimeoutReason(a)).IgnoreError();
+    }
+    ActivityState same = commit ? v1::COMMITTING : v1::ROLLING_BACK;
+    ActivityState done = commit ? v1::COMMITTED : v1::ROLLED_BACK;
+    if (a.state() == same || a.state() == done) {
+      resp->set_state(a.state());
+      return absl::OkStatus();
+    }
+    if (a.state() != v1::ACTIVE) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(Describe(a), "; cannot ", commit ? "commit" : "roll back"));
+    }
+    std::string reason =
+        commit ? "" : (req.reason().empty() ? "rolled back by the initiator" : req.reason());
+    if (absl::Status st = DecideLocked(*e, commit, reason); !st.ok()) return st;
+    resp->set_state(a.state());
+    return absl::OkStatus();
+  }
+
+  absl::Status DoRetry(const v1::ActivityRef& req, v1::DecisionResponse* resp) {
+    std::shared_ptr<Entry> e = FindLive(req.activity_id());
+    if (e == nullptr) {
+      absl::StatusOr<v1::Activity> a = Load(req.activity_id());
+      if (!a.ok()) return a.status();
+      return absl::FailedPreconditionError(absl::StrCat(Describe(*a), "; nothing to retry"));
+    }
+    absl::MutexLock lock(&e->mu);
+    if (!IsDecided(e->record.state())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(Describe(e->record), "; only a decided activity's phase two is retried"));
+    }
+    SPDLOG_INFO("operator retries phase two of {}", e->record.id());
+    ScheduleActionsLocked(*e, absl::Now(), /*reset=*/true);
+    resp->set_state(e->record.state());
+    return absl::OkStatus();
+  }
+
+  absl::Status DoSettle(const v1::ActivityRef& req, v1::DecisionResponse* resp) {
+    if (req.reason().empty()) {
+      return absl::InvalidArgumentError("settling needs a reason, for the record");
+    }
+    std::shared_ptr<Entry> e = FindLive(req.activity_id());
+    if (e == nullptr) {
+      absl::StatusOr<v1::Activity> a = Load(req.activity_id());
+      if (!a.ok()) return a.status();
+      return absl::FailedPreconditionError(absl::StrCat(Describe(*a), "; nothing to settle"));
+    }
+    absl::MutexLock lock(&e->mu);
+    v1::Activity& a = e->record;
+    if (!IsDecided(a.state())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(Describe(a), "; commit or roll it back before settling"));
+    }
+    v1::Activity before = a;
+    for (v1::Action& x : *a.mutable_actions()) {
+      if (!IsDone(x.state())) x.set_state(v1::SETTLED);
+    }
+    a.set_reason(absl::StrCat(a.reason().empty() ? "" : a.reason() + "; ",
+                              "settled by an operator: ", req.reason()));
+    if (absl::Status st = FinishLocked(*e, /*sync=*/true); !st.ok()) {
+      a = before;
+      return st;
+    }
+    SPDLOG_WARN("{} settled by an operator: {}", a.id(), req.reason());
+    resp->set_state(a.state());
+    return absl::OkStatus();
+  }
+
+  absl::Status DoList(const v1::ListRequest& req, v1::ListResponse* resp) {
+    size_t limit = req.limit() == 0 ? 100 : req.limit();
+    std::vector<ActivityState> states;
+    for (int s : req.states()) {
+      if (!v1::ActivityState_IsValid(s) || s == v1::ACTIVITY_STATE_UNSPECIFIED) {
+        return absl::InvalidArgumentError(absl::StrCat("unknown activity state ", s));
+      }
+      states.push_back(static_cast<ActivityState>(s));
+    }
+    bool finished_too = false;
+    if (states.empty()) states = {v1::ACTIVE, v1::COMMITTING, v1::ROLLING_BACK};
+    for (auto s : states) finished_too = finished_too || IsFinished(s);
+    auto wanted = [&states](ActivityState s) {
+      return std::find(states.begin(), states.end(), s) != states.end();
+    };
+    std::deque<v1::Activity> newest;  // the last `limit` matches in id order
+    auto keep = [&](const v1::Activity& a) {
+      if (!wanted(a.state())) return;
+      newest.push_back(a);
+      if (newest.size() > limit) newest.pop_front();
+    };
+    if (finished_too) {
+      // The store holds every activity; live ones are read from memory,
+      // where they may be newer than on disk.
+      std::map<std::string, v1::Activity> live = SnapshotLive();
+      absl::Status st = store->Scan([&](const v1::Activity& stored) {
+        auto it = live.find(stored.id());
+        keep(it != live.end() ? it->second : stored);
+        return true;
+      });
+      if (!st.ok()) return st;
+    } else {
+      for (const auto& [id, a] : SnapshotLive()) keep(a);
+    }
+    for (auto it = newest.rbegin(); it != newest.rend(); ++it) *resp->add_activities() = *it;
+    return absl::OkStatus();
+  }
+
+  // ---- decisions and phase two ----
+
+  static std::string TimeoutReason(const v1::Activity& a) {
+    return absl::StrCat(
+        "timed out after ",
+        absl::FormatDuration(absl::Milliseconds(a.deadline_unix_ms() - a.begun_unix_ms())));
+  }
+
+  // Records the decision durably, then starts phase two.
+  absl::Status DecideLocked(Entry& e, bool commit, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu) {
+    v1::Activity& a = e.record;
+    v1::Activity before = a;
+    a.set_state(commit ? v1::COMMITTING : v1::ROLLING_BACK);
+    a.set_decided_unix_ms(UnixMs(absl::Now()));
+    a.set_reason(reason);
+    if (absl::Status st = store->Put(a, true); !st.ok()) {
+      a = before;
+      return st;
+    }
+    if (!commit) SPDLOG_DEBUG("{} rolling back: {}", a.id(), reason);
+    if (a.actions_size() == 0) return FinishLocked(e, false);
+    ScheduleActionsLocked(e, absl::Now(), false);
+    return absl::OkStatus();
+  }
+
+  // Every action done: the activity ends. Not synced unless asked: losing
+  // it only repeats phase two, which participants take as a no-op.
+  absl::Status FinishLocked(Entry& e, bool sync) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu) {
+    v1::Activity& a = e.record;
+    a.set_state(a.state() == v1::COMMITTING ? v1::COMMITTED : v1::ROLLED_BACK);
+    a.set_finished_unix_ms(UnixMs(absl::Now()));
+    if (absl::Status st = store->Put(a, sync); !st.ok()) {
+      a.set_state(a.state() == v1::COMMITTED ? v1::COMMITTING : v1::ROLLING_BACK);
+      return st;
+    }
+    absl::MutexLock lock(&mu_);
+    entries_.erase(a.id());
+    return absl::OkStatus();
+  }
+
+  void ScheduleActionsLocked(Entry& e, absl::Time when, bool reset)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu) {
+    absl::MutexLock lock(&mu_);
+    for (int i = 0; i < e.record.actions_size(); ++i) {
+      v1::Action* x = e.record.mutable_actions(i);
+      if (IsDone(x->state()) || e.calling[i]) continue;
+      if (reset) x->set_attempts(0);
+      AddTaskLocked(when, Task{e.record.id(), i, ++e.token[i]});
+    }
+  }
+
+  void AddTaskLocked(absl::Time when, Task task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    tasks_.emplace(when, std::move(task));
+    wake_ = true;
+  }
+
+  absl::Duration BackoffLocked(uint32_t attempts) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    absl::Duration d = options.retry_initial;
+    for (uint32_t i = 1; i < attempts && d < options.retry_max; ++i) d *= 2;
+    d = std::min(d, options.retry_max);
+    // Full jitter over the upper half, so retries of many actions spread out.
+    double f = 0.5 + 0.5 * std::uniform_real_distribution<double>(0, 1)(rng_);
+    return d * f;
+  }
+
+  void Dispatch() {
+    while (true) {
+      std::vector<Task> due;
+      {
+        absl::MutexLock lock(&mu_);
+        absl::Time now = absl::Now();
+        absl::Time next = now + absl::Seconds(1);
+        if (!tasks_.empty()) next = std::min(next, tasks_.begin()->first);
+        if (!stopping_ && (tasks_.empty() || next > now || in_flight_ >= options.max_in_flight)) {
+          mu_.AwaitWithDeadline(absl::Condition(&wake_), next);
+        }
+        wake_ = false;
+        if (stopping_) return;
+        now = absl::Now();
+        while (!tasks_.empty() && tasks_.begin()->first <= now) {
+          Task& t = tasks_.begin()->second;
+          if (t.action >= 0) {
+            if (in_flight_ >= options.max_in_flight) break;
+            ++in_flight_;
+          }
+          due.push_back(std::move(t));
+          tasks_.erase(tasks_.begin());
+        }
+      }
+      for (Task& t : due) {
+        if (t.action < 0) {
+          Expire(t.id);
+        } else {
+          Launch(t);
+        }
+      }
+    }
+  }
+
+  void Expire(const std::string& id) {
+    std::shared_ptr<Entry> e = FindLive(id);
+    if (e == nullptr) return;
+    absl::MutexLock lock(&e->mu);
+    v1::Activity& a = e->record;
+    if (a.state() != v1::ACTIVE) return;
+    absl::Time deadline = absl::FromUnixMillis(a.deadline_unix_ms());
+    if (absl::Now() < deadline) {
+      absl::MutexLock l(&mu_);
+      AddTaskLocked(deadline, Task{id, -1, 0});
+      return;
+    }
+    if (absl::Status st = DecideLocked(*e, false, TimeoutReason(a)); !st.ok()) {
+      SPDLOG_ERROR("cannot roll back expired {}: {}; trying again in 1s", id, st.ToString());
+      absl::MutexLock l(&mu_);
+      AddTaskLocked(absl::Now() + absl::Seconds(1), Task{id, -1, 0});
+    }
+  }
+
+  struct PhaseTwoCall {
+    v1::PhaseTwoRequest request;
+    v1::PhaseTwoResponse response;
+  };
+
+  void SlotFreed() {
+    absl::MutexLock lock(&mu_);
+    --in_flight_;
+    wake_ = true;
+  }
+
+  void Launch(const Task& t) {
+    std::shared_ptr<Entry> e = FindLive(t.id);
+    if (e == nullptr) {
+      SlotFreed();
+      return;
+    }
+    auto call = std::make_shared<PhaseTwoCall>();
+    std::string participant;
+    bool commit = false;
+    {
+      absl::MutexLock lock(&e->mu);
+      const v1::Activity& a = e->record;
+      if (t.action >= a.actions_size() || e->token[t.action] != t.token || e->calling[t.action] ||
+          IsDone(a.actions(t.action).state()) || !IsDecided(a.state())) {
+        SlotFreed();
+        return;
+      }
+      e->calling[t.action] = true;
+      const v1::Action& x = a.actions(t.action);
+      call->request.set_activity_id(a.id());
+      call->request.set_action(x.name());
+      call->request.set_payload(x.payload());
+      participant = x.participant();
+      commit = a.state() == v1::COMMITTING;
+    }
+    rpc::CallOptions opts;
+    opts.timeout = options.call_timeout;
+    opts.idempotent = true;
+    opts.context.txn_id = t.id;
+    int index = t.action;
+    rpc->CallAsync(
+        participant, opts,
+        [call, commit](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx,
+                       std::function<void(grpc::Status)> finish) {
+          auto stub = v1::Participant::NewStub(channel);
+          if (commit) {
+            stub->async()->Confirm(ctx, &call->request, &call->response, std::move(finish));
+          } else {
+            stub->async()->Cancel(ctx, &call->request, &call->response, std::move(finish));
+          }
+        },
+        [this, e, index, call](absl::Status status) { Completed(e, index, status); });
+  }
+
+  void Completed(const std::shared_ptr<Entry>& e, int index, const absl::Status& status) {
+    {
+      absl::MutexLock lock(&e->mu);
+      e->calling[index] = false;
+      v1::Activity& a = e->record;
+      v1::Action* x = a.mutable_actions(index);
+      if (status.ok()) {
+        x->set_state(a.state() == v1::COMMITTING ? v1::CONFIRMED : v1::CANCELLED);
+        x->clear_last_error();
+        bool all = true;
+        for (const v1::Action& y : a.actions()) all = all && IsDone(y.state());
+        if (all && IsDecided(a.state())) {
+          if (absl::Status st = FinishLocked(*e, false); !st.ok()) {
+            SPDLOG_ERROR("cannot record the end of {}: {}", a.id(), st.ToString());
+          }
+        }
+      } else if (IsDecided(a.state()) && !IsDone(x->state())) {
+        x->set_attempts(x->attempts() + 1);
+        x->set_last_error(status.ToString());
+        uint32_t n = x->attempts();
+        if ((n & (n - 1)) == 0) {  // 1, 2, 4, 8...: a log line per doubling
+          SPDLOG_WARN("{} of {} action {}/{} failed (attempt {}): {}",
+                      a.state() == v1::COMMITTING ? "confirm" : "cancel", a.id(), x->participant(),
+                      x->name(), n, status.ToString());
+        }
+        absl::MutexLock l(&mu_);
+        AddTaskLocked(absl::Now() + BackoffLocked(n), Task{a.id(), index, ++e->token[index]});
+      }
+    }
+    SlotFreed();
+  }
+
+  // ---- lookups ----
+
+  std::shared_ptr<Entry> FindLive(const std::string& id) {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(id);
+    return it == entries_.end() ? nullptr : it->second;
+  }
+
+  absl::Status Missing(const std::string& id) {
+    if (id.empty()) return absl::InvalidArgumentError("activity_id is required");
+    absl::StatusOr<std::optional<v1::Activity>> stored = store->Get(id);
+    if (!stored.ok()) return stored.status();
+    if (!stored->has_value()) {
+      return absl::NotFoundError(absl::StrCat("no activity ", id));
+    }
+    return absl::FailedPreconditionError(absl::StrCat(Describe(**stored), "; cannot enlist"));
+  }
+
+  absl::StatusOr<v1::Activity> Load(const std::string& id) {
+    if (id.empty()) return absl::InvalidArgumentError("activity_id is required");
+    if (std::shared_ptr<Entry> e = FindLive(id); e != nullptr) {
+      absl::MutexLock lock(&e->mu);
+      return e->record;
+    }
+    absl::StatusOr<std::optional<v1::Activity>> stored = store->Get(id);
+    if (!stored.ok()) return stored.status();
+    if (!stored->has_value()) return absl::NotFoundError(absl::StrCat("no activity ", id));
+    return **stored;
+  }
+
+  std::map<std::string, v1::Activity> SnapshotLive() {
+    std::vector<std::shared_ptr<Entry>> all;
+    {
+      absl::MutexLock lock(&mu_);
+      for (auto& [id, e] : entries_) all.push_back(e);
+    }
+    std::map<std::string, v1::Activity> out;
+    for (auto& e : all) {
+      absl::MutexLock lock(&e->mu);
+      out[e->record.id()] = e->record;
+    }
+    return out;
+  }
+
+  // ---- start and stop ----
+
+  // Reloads every unfinished activity: ACTIVE ones wait for their deadline,
+  // decided ones resume phase two at once.
+  absl::Status Recover() {
+    std::vector<v1::Activity> unfinished;
+    absl::Status st = store->Scan([&](const v1::Activity& a) {
+      if (!IsFinished(a.state())) unfinished.push_back(a);
+      return true;
+    });
+    if (!st.ok()) return st;
+    int decided = 0;
+    for (v1::Activity& a : unfinished) {
+      auto e = std::make_shared<Entry>();
+      absl::MutexLock lock(&e->mu);
+      e->record = std::move(a);
+      e->token.assign(e->record.actions_size(), 0);
+      e->calling.assign(e->record.actions_size(), false);
+      for (v1::Action& x : *e->record.mutable_actions()) x.set_attempts(0);
+      {
+        absl::MutexLock l(&mu_);
+        entries_[e->record.id()] = e;
+        if (e->record.state() == v1::ACTIVE) {
+          AddTaskLocked(absl::FromUnixMillis(e->record.deadline_unix_ms()),
+                        Task{e->record.id(), -1, 0});
+        }
+      }
+      if (IsDecided(e->record.state())) {
+        ++decided;
+        bool all = true;
+        for (const v1::Action& x : e->record.actions()) all = all && IsDone(x.state());
+        if (all) {
+          FinishLocked(*e, false).IgnoreError();
+        } else {
+          ScheduleActionsLocked(*e, absl::Now(), false);
+        }
+      }
+    }
+    SPDLOG_INFO("recovered {} unfinished activities ({} decided, phase two resumes)",
+                unfinished.size(), decided);
+    return absl::OkStatus();
+  }
+
+  void Shutdown() {
+    if (shut_down_) return;
+    shut_down_ = true;
+    if (server != nullptr) server->Shutdown();  // unpublish, drain API calls
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+      wake_ = true;
+    }
+    if (dispatcher_.joinable()) dispatcher_.join();
+    // Phase-two calls out now finish (or time out) before the client goes.
+    absl::MutexLock lock(&mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; };
+    mu_.AwaitWithTimeout(absl::Condition(&idle), options.call_timeout + absl::Seconds(1));
+    SPDLOG_INFO("dtsd stopped with {} unfinished activities on disk", entries_.size());
+  }
+};
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptions options) {
+  if (options.registries.empty()) {
+    return absl::InvalidArgumentError("dtsd needs at least one registry (dsrd) address");
+  }
+  if (options.retry_initial <= absl::ZeroDuration() || options.retry_max < options.retry_initial) {
+    return absl::InvalidArgumentError(
+        "phase_two.retry_initial must be positive and at most retry_max");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = std::move(options);
+  const CoordinatorOptions& o = impl->options;
+  absl::StatusOr<std::unique_ptr<ActivityStore>> store = OpenRocksDbActivityStore(o.data_dir);
+  if (!store.ok()) return store.status();
+  impl->store = *std::move(store);
+  absl::StatusOr<uint64_t> epoch = impl->store->NextBootEpoch();
+  if (!epoch.ok()) return epoch.status();
+  impl->epoch = *epoch;
+
+  registry::ClientOptions ro;
+  ro.registries = o.registries;
+  ro.client_name = "dtsd";
+  absl::StatusOr<std::unique_ptr<registry::Client>> registry = registry::Client::Create(ro);
+  if (!registry.ok()) return registry.status();
+  impl->registry = *std::move(registry);
+  rpc::ClientOptions co;
+  co.app_name = "dtsd";
+  co.zone = o.zone;
+  co.default_timeout = o.call_timeout;
+  absl::StatusOr<std::unique_ptr<rpc::Client>> rpc = rpc::Client::Create(co, impl->registry.get());
+  if (!rpc.ok()) return rpc.status();
+  impl->rpc = *std::move(rpc);
+
+  if (absl::Status st = impl->Recover(); !st.ok()) return st;
+  Impl* raw = impl.get();
+  impl->dispatcher_ = std::thread([raw] { raw->Dispatch(); });
+
+  rpc::ServerOptions so;
+  so.listen = o.listen;
+  so.advertise_host = o.advertise_host;
+  so.zone = o.zone;
+  so.unpublish_grace = o.unpublish_grace;
+  so.drain_timeout = o.drain_timeout;
+  absl::StatusOr<std::unique_ptr<rpc::Server>> server = rpc::Server::Start(
+      so, {{v1::Coordinator::service_full_name(), impl.get()}}, impl->registry.get());
+  if (!server.ok()) {
+    impl->Shutdown();
+    return server.status();
+  }
+  impl->server = *std::move(server);
+  SPDLOG_INFO("dtsd serving on {} (boot epoch {:x})", impl->server->address(), impl->epoch);
+  return std::unique_ptr<Coordinator>(new Coordinator(std::move(impl)));
+}
+
+Coordinator::Coordinator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Coordinator::~Coordinator() { Shutdown(); }
+int Coordinator::port() const { return impl_->server->port(); }
+void Coordinator::Shutdown() { impl_->Shutdown(); }
+
+absl::StatusOr<CoordinatorOptions> LoadCoordinatorOptions(const Config& config) {
+  CoordinatorOptions o;
+  ConfigReader r(config);
+  o.listen = r.String("server.listen", o.listen);
+  o.advertise_host = r.String("server.advertise_host", o.advertise_host);
+  o.zone = r.String("server.zone", o.zone);
+  o.unpublish_grace = r.Duration("server.unpublish_grace", o.unpublish_grace, absl::ZeroDuration(),
+                                 absl::Minutes(10));
+  o.drain_timeout =
+      r.Duration("server.drain_timeout", o.drain_timeout, absl::ZeroDuration(), absl::Minutes(10));
+  o.data_dir = r.String("storage.data_dir", o.data_dir);
+  o.registries = r.StringList("registry.addresses", o.registries);
+  o.default_timeout = r.Duration("activity.default_timeout", o.default_timeout,
+                                 absl::Milliseconds(10), absl::Hours(24 * 7));
+  o.max_timeout = r.Duration("activity.max_timeout", o.max_timeout, absl::Milliseconds(10),
+                             absl::Hours(24 * 30));
+  o.max_actions = static_cast<int>(r.Int("activity.max_actions", o.max_actions, 1, 100000));
+  o.call_timeout = r.Duration("phase_two.call_timeout", o.call_timeout, absl::Milliseconds(10),
+                              absl::Minutes(10));
+  o.retry_initial =
+      r.Duration("phase_two.retry_initial", o.retry_initial, absl::Milliseconds(1), absl::Hours(1));
+  o.retry_max =
+      r.Duration("phase_two.retry_max", o.retry_max, absl::Milliseconds(1), absl::Hours(24));
+  o.max_in_flight = static_cast<int>(r.Int("phase_two.max_in_flight", o.max_in_flight, 1, 100000));
+  for (const std::string& a : o.registries) {
+    if (absl::Status st = registry::ValidateAddress(a); !st.ok()) {
+      r.Fail("registry.addresses", st.message());
+      break;
+    }
+  }
+  if (o.retry_max < o.retry_initial) {
+    r.Fail("phase_two.retry_max", "must be at least phase_two.retry_initial");
+  }
+  if (o.default_timeout > o.max_timeout) {
+    r.Fail("activity.default_timeout", "must be at most activity.max_timeout");
+  }
+  if (absl::Status st = r.Finish(); !st.ok()) return st;
+  return o;
+}
+
+}  // namespace formica::dts

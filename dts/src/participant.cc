@@ -1,0 +1,297 @@
+#include "formica/dts/participant.h"
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+#include <sqlite3.h>
+
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "formica/common/grpc_status.h"
+#include "formica/dts/activity.h"
+#include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/rpc/call_context.h"
+#include "formica/rpc/client.h"
+#include "formica/rpc/server.h"
+
+namespace formica::dts {
+namespace {
+
+constexpr char kSchema[] =
+    "CREATE TABLE IF NOT EXISTS formica_dts_barrier ("
+    " activity_id TEXT NOT NULL,"
+    " action TEXT NOT NULL,"
+    " phase TEXT NOT NULL,"  // try, confirm or cancel
+    " at_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (activity_id, action, phase)) WITHOUT ROWID";
+
+// One prepared statement, reset after each use.
+class Statement {
+ public:
+  Statement() = default;
+  ~Statement() { Finalize(); }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+  void Finalize() {
+    sqlite3_finalize(stmt_);
+    stmt_ = nullptr;
+  }
+  absl::Status Prepare(sqlite3* db, const char* sql) {
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) != SQLITE_OK) {
+      return absl::InternalError(absl::StrCat("barrier table: ", sqlite3_errmsg(db)));
+    }
+    return absl::OkStatus();
+  }
+  sqlite3_stmt* get() { return stmt_; }
+
+ private:
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+}  // namespace
+
+class Participant::Impl final : public v1::Participant::Service {
+ public:
+  ParticipantOptions options;
+  rpc::Client* rpc = nullptr;
+  absl::Mutex db_mu;  // one local transaction at a time on the connection
+  sqlite3* db ABSL_GUARDED_BY(db_mu) = nullptr;
+  Statement insert ABSL_GUARDED_BY(db_mu);
+  Statement exists ABSL_GUARDED_BY(db_mu);
+  struct Steps {
+    Step confirm;
+    Step cancel;
+  };
+  absl::Mutex steps_mu;
+  std::map<std::string, Steps, std::less<>> steps ABSL_GUARDED_BY(steps_mu);
+
+  ~Impl() override {
+    absl::MutexLock lock(&db_mu);
+    insert.Finalize();
+    exists.Finalize();
+    if (db != nullptr) sqlite3_close(db);
+  }
+
+  absl::Status SqlError(absl::string_view what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu) {
+    return absl::InternalError(
+        absl::StrCat(options.database, ": ", what, ": ", sqlite3_errmsg(db)));
+  }
+
+  absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu) {
+    if (sqlite3_exec(db, sql, nullptr, nullptr, nullptr) != SQLITE_OK) return SqlError(sql);
+    return absl::OkStatus();
+  }
+
+  // Inserts a barrier row; false when it was there already.
+  absl::StatusOr<bool> Mark(absl::string_view id, absl::string_view action, const char* phase)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu) {
+    sqlite3_stmt* s = insert.get();
+    sqlite3_reset(s);
+    sqlite3_bind_text(s, 1, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 2, action.data(), static_cast<int>(action.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 3, phase, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 4, absl::ToUnixMillis(absl::Now()));
+    if (sqlite3_step(s) != SQLITE_DONE) return SqlError("writing the barrier");
+    return sqlite3_changes(db) > 0;
+  }
+
+  absl::StatusOr<bool> Has(absl::string_view id, absl::string_view action, const char* phase)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu) {
+    sqlite3_stmt* s = exists.get();
+    sqlite3_reset(s);
+    sqlite3_bind_text(s, 1, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 2, action.data(), static_cast<int>(action.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 3, phase, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return SqlError("reading the barrier");
+  }
+
+  // Runs `work` in one local transaction: COMMIT when it returns OK,
+  // ROLLBACK otherwise. `work` may ask to commit nothing yet succeed.
+  absl::Status InTransaction(const std::function<absl::Status(bool* keep)>& work) {
+    absl::MutexLock lock(&db_mu);
+    if (absl::Status st = Exec("BEGIN IMMEDIATE"); !st.ok()) return st;
+    bool keep = true;
+    absl::Status st = work(&keep);
+    if (st.ok() && keep) {
+      st = Exec("COMMIT");
+      if (st.ok()) return st;
+    }
+    Exec("ROLLBACK").IgnoreError();
+    return st;
+  }
+
+  absl::Status Enlist(absl::string_view id, absl::string_view action, absl::string_view payload) {
+    v1::EnlistRequest request;
+    request.set_activity_id(std::string(id));
+    request.set_participant(options.name);
+    request.set_action(std::string(action));
+    request.set_payload(std::string(payload));
+    v1::EnlistResponse response;
+    rpc::CallOptions call;
+    call.timeout = options.enlist_timeout;
+    call.idempotent = true;  // enlisting again is a no-op
+    call.context.txn_id = std::string(id);
+    return rpc->Call(kCoordinatorService, call,
+                     [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                       return v1::Coordinator::NewStub(channel)->Enlist(ctx, request, &response);
+                     });
+  }
+
+  bool Declared(absl::string_view action) {
+    absl::MutexLock lock(&steps_mu);
+    return steps.find(action) != steps.end();
+  }
+
+  absl::Status Try(absl::string_view id, absl::string_view action, absl::string_view payload,
+                   const Body& body) {
+    if (id.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "try of '", action, "' outside a business activity (no txn id in the call context)"));
+    }
+    if (!Declared(action)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("action '", action, "' is not declared by participant ", options.name));
+    }
+    // Enlisted first, durably: whatever the local transaction then does,
+    // dtsd will come back with confirm or cancel.
+    if (absl::Status st = Enlist(id, action, payload); !st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("enlisting ", action, " in activity ",
+                                                  std::string(id), ": ", st.message()));
+    }
+    return InTransaction([&](bool* keep) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+      absl::StatusOr<bool> cancelled = Has(id, action, "cancel");
+      if (!cancelled.ok()) return cancelled.status();
+      if (*cancelled) {
+        return absl::AbortedError(absl::StrCat("action ", action, " of activity ", std::string(id),
+                                               " was cancelled before its try arrived; refused"));
+      }
+      absl::StatusOr<bool> fresh = Mark(id, action, "try");
+      if (!fresh.ok()) return fresh.status();
+      if (!*fresh) {
+        *keep = false;  // a repeated try: done before
+        return absl::OkStatus();
+      }
+      return body(db);
+    });
+  }
+
+  absl::Status PhaseTwo(bool confirm, const v1::PhaseTwoRequest& req) {
+    if (req.activity_id().empty() || req.action().empty()) {
+      return absl::InvalidArgumentError("activity_id and action are required");
+    }
+    Step step;
+    {
+      absl::MutexLock lock(&steps_mu);
+      auto it = steps.find(req.action());
+      if (it == steps.end()) {
+        return absl::UnimplementedError(absl::StrCat(
+            "action '", req.action(), "' is not declared by participant ", options.name));
+      }
+      step = confirm ? it->second.confirm : it->second.cancel;
+    }
+    ActionCall call{req.activity_id(), req.action(), req.payload()};
+    return InTransaction([&](bool* keep) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+      absl::StatusOr<bool> fresh =
+          Mark(call.activity_id, call.action, confirm ? "confirm" : "cancel");
+      if (!fresh.ok()) return fresh.status();
+      if (!*fresh) {
+        *keep = false;  // a repeat: done before
+        return absl::OkStatus();
+      }
+      absl::StatusOr<bool> tried = Has(call.activity_id, call.action, "try");
+      if (!tried.ok()) return tried.status();
+      if (!*tried) {
+        if (confirm) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("no try of action ", call.action, " in activity ", call.activity_id,
+                           " was recorded by participant ", options.name, "; nothing to confirm"));
+        }
+        return absl::OkStatus();  // empty rollback; the cancel row bars a late try
+      }
+      return step ? step(db, call) : absl::OkStatus();
+    });
+  }
+
+  grpc::Status Confirm(grpc::ServerContext* ctx, const v1::PhaseTwoRequest* req,
+                       v1::PhaseTwoResponse*) override {
+    return rpc::Serve(ctx, [&] { return ToGrpcStatus(PhaseTwo(true, *req)); });
+  }
+  grpc::Status Cancel(grpc::ServerContext* ctx, const v1::PhaseTwoRequest* req,
+                      v1::PhaseTwoResponse*) override {
+    return rpc::Serve(ctx, [&] { return ToGrpcStatus(PhaseTwo(false, *req)); });
+  }
+};
+
+absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOptions options,
+                                                               rpc::Client* rpc) {
+  if (rpc == nullptr) return absl::InvalidArgumentError("dts::Participant needs an rpc::Client");
+  if (options.name.empty())
+    return absl::InvalidArgumentError("ParticipantOptions.name is required");
+  if (options.database.empty()) {
+    return absl::InvalidArgumentError("ParticipantOptions.database is required");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = std::move(options);
+  impl->rpc = rpc;
+  absl::MutexLock lock(&impl->db_mu);
+  if (sqlite3_open_v2(impl->options.database.c_str(), &impl->db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                      nullptr) != SQLITE_OK) {
+    std::string why = impl->db != nullptr ? sqlite3_errmsg(impl->db) : "out of memory";
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open database '", impl->options.database, "': ", why));
+  }
+  sqlite3_busy_timeout(impl->db, 5000);
+  for (const char* sql :
+       {"PRAGMA journal_mode=WAL",
+        impl->options.durable ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", kSchema}) {
+    if (absl::Status st = impl->Exec(sql); !st.ok()) return st;
+  }
+  if (absl::Status st = impl->insert.Prepare(
+          impl->db, "INSERT OR IGNORE INTO formica_dts_barrier VALUES (?1, ?2, ?3, ?4)");
+      !st.ok()) {
+    return st;
+  }
+  if (absl::Status st = impl->exists.Prepare(
+          impl->db,
+          "SELECT 1 FROM formica_dts_barrier WHERE activity_id=?1 AND action=?2 AND phase=?3");
+      !st.ok()) {
+    return st;
+  }
+  return std::unique_ptr<Participant>(new Participant(std::move(impl)));
+}
+
+Participant::Participant(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Participant::~Participant() = default;
+
+const std::string& Participant::name() const { return impl_->options.name; }
+grpc::Service* Participant::service() { return impl_.get(); }
+
+void Participant::Declare(const std::string& action, Step confirm, Step cancel) {
+  absl::MutexLock lock(&impl_->steps_mu);
+  impl_->steps[action] = Impl::Steps{std::move(confirm), std::move(cancel)};
+}
+
+absl::Status Participant::Try(absl::string_view action, absl::string_view payload,
+                              const Body& body) {
+  const rpc::CallContext* current = rpc::CurrentCallContext();
+  return impl_->Try(current == nullptr ? absl::string_view() : current->txn_id, action, payload,
+                    body);
+}
+
+absl::Status Participant::Try(absl::string_view activity_id, absl::string_view action,
+                              absl::string_view payload, const Body& body) {
+  return impl_->Try(activity_id, action, payload, body);
+}
+
+absl::Status Participant::Transaction(const Body& body) {
+  return impl_->InTransaction([&](bool*)
+                                  ABSL_NO_THREAD_SAFETY_ANALYSIS { return body(impl_->db); });
+}
+
+}  // namespace formica::dts
