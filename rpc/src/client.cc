@@ -249,6 +249,11 @@ void Client::Impl::Rebuild(Service& s) {
       grpc::ChannelArguments args;
       args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
       args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+      // A restarted provider is back in rotation within a second, not after
+      // gRPC's default backoff of up to two minutes.
+      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+      args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
       e->channel =
           grpc::CreateCustomChannel(inst.address, grpc::InsecureChannelCredentials(), args);
       e->channel->GetState(true);  // connect now, not on the first call

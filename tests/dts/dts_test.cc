@@ -1,0 +1,559 @@
+// DTS end to end: a real dsrd, a real dtsd and two bank participant
+// processes (account_server), each with its own SQLite database; this test
+// process is the initiator. The invariant: money is neither made nor lost.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <sqlite3.h>
+
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "formica/common/grpc_status.h"
+#include "formica/dts/activity.h"
+#include "formica/dts/participant.h"
+#include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/rpc/client.h"
+#include "formica/rpc/server.h"
+#include "formica/test/account.grpc.pb.h"
+#include "registry_fixture.h"
+
+namespace formica::dts {
+namespace {
+
+using formica::registry::testing::RegistryTest;
+using formica::testing::Subprocess;
+
+constexpr int kAccounts = 10;
+constexpr int64_t kInitial = 1000;
+
+// What one bank's database says.
+struct Books {
+  int64_t balance = 0;
+  int64_t frozen = 0;
+  int64_t incoming = 0;
+  // activity id -> phases recorded for it ("try", "confirm", "cancel")
+  std::map<std::string, std::set<std::string>> barrier;
+};
+
+Books ReadBooks(const std::string& path) {
+  Books b;
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK) << path;
+  sqlite3_busy_timeout(db, 5000);
+  sqlite3_stmt* s = nullptr;
+  EXPECT_EQ(sqlite3_prepare_v2(db, "SELECT SUM(balance), SUM(frozen), SUM(incoming) FROM accounts",
+                               -1, &s, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  if (sqlite3_step(s) == SQLITE_ROW) {
+    b.balance = sqlite3_column_int64(s, 0);
+    b.frozen = sqlite3_column_int64(s, 1);
+    b.incoming = sqlite3_column_int64(s, 2);
+  }
+  sqlite3_finalize(s);
+  EXPECT_EQ(
+      sqlite3_prepare_v2(db, "SELECT activity_id, phase FROM formica_dts_barrier", -1, &s, nullptr),
+      SQLITE_OK);
+  while (sqlite3_step(s) == SQLITE_ROW) {
+    b.barrier[reinterpret_cast<const char*>(sqlite3_column_text(s, 0))].insert(
+        reinterpret_cast<const char*>(sqlite3_column_text(s, 1)));
+  }
+  sqlite3_finalize(s);
+  sqlite3_close(db);
+  return b;
+}
+
+ActivityOptions Named(const std::string& name, absl::Duration timeout = absl::ZeroDuration()) {
+  ActivityOptions o;
+  o.name = name;
+  o.timeout = timeout;
+  return o;
+}
+
+class DtsTest : public RegistryTest {
+ protected:
+  void SetUp() override {
+    RegistryTest::SetUp();
+    dtsd_port_ = formica::testing::PickFreePort();
+    StartDtsd();
+    a_ = StartBank("bank.a");
+    b_ = StartBank("bank.b");
+    registry_ = NewClient("initiator");
+    rpc::ClientOptions options;
+    options.app_name = "initiator";
+    options.default_timeout = absl::Seconds(3);
+    rpc_ = std::move(*rpc::Client::Create(options, registry_.get()));
+  }
+
+  void TearDown() override {
+    rpc_.reset();
+    registry_.reset();
+  }
+
+  void StartDtsd(std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {formica::testing::BinaryPath("dts/dtsd"),
+                                     "--listen",
+                                     absl::StrCat("127.0.0.1:", dtsd_port_),
+                                     "--data-dir",
+                                     dir_.File("dtsd"),
+                                     "--registry",
+                                     dsrd_->address(),
+                                     "--set",
+                                     "phase_two.retry_initial=50ms",
+                                     "--set",
+                                     "phase_two.retry_max=400ms",
+                                     "--set",
+                                     "phase_two.call_timeout=2s",
+                                     "--set",
+                                     "activity.default_timeout=3s",
+                                     "--set",
+                                     "server.unpublish_grace=0s"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto p = Subprocess::Start(argv, dir_.File(absl::StrCat("dtsd.", ++dtsd_runs_, ".log")));
+    ASSERT_TRUE(p.ok()) << p.status();
+    dtsd_ = std::move(*p);
+    ASSERT_TRUE(dtsd_->WaitForOutput("dtsd ready on port", absl::Seconds(20))) << dtsd_->Output();
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", dtsd_port_),
+                                   grpc::InsecureChannelCredentials());
+    coordinator_ = v1::Coordinator::NewStub(channel_);
+  }
+
+  std::string BankDb(const std::string& name) { return dir_.File(name + ".db"); }
+
+  std::unique_ptr<Subprocess> StartBank(const std::string& name) {
+    auto p =
+        Subprocess::Start({formica::testing::BinaryPath("tests/dts/account_server"), "--registry",
+                           dsrd_->address(), "--name", name, "--db", BankDb(name), "--accounts",
+                           std::to_string(kAccounts), "--initial", std::to_string(kInitial)},
+                          dir_.File(absl::StrCat(name, ".", ++bank_runs_, ".log")));
+    EXPECT_TRUE(p.ok());
+    EXPECT_TRUE((*p)->WaitForOutput("serving on", absl::Seconds(20))) << (*p)->Output();
+    return std::move(*p);
+  }
+
+  // One account call (a try step) on `bank`, inside the current activity.
+  absl::Status Move(const std::string& bank, bool debit, int account, int64_t amount) {
+    test::Move m;
+    m.set_account(std::to_string(account));
+    m.set_amount(amount);
+    test::Moved out;
+    return rpc_->Call(bank + "", {},
+                      [&](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext* ctx) {
+                        auto stub = test::Account::NewStub(ch);
+                        return debit ? stub->Debit(ctx, m, &out) : stub->Credit(ctx, m, &out);
+                      });
+  }
+
+  absl::StatusOr<v1::Activity> Get(const std::string& id) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ActivityRef ref;
+    ref.set_activity_id(id);
+    v1::Activity a;
+    grpc::Status st = coordinator_->Get(&ctx, ref, &a);
+    if (!st.ok()) return FromGrpcStatus(st);
+    return a;
+  }
+
+  absl::StatusOr<std::vector<v1::Activity>> Unfinished() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ListRequest req;
+    req.set_limit(100000);
+    v1::ListResponse resp;
+    grpc::Status st = coordinator_->List(&ctx, req, &resp);
+    if (!st.ok()) return FromGrpcStatus(st);
+    return std::vector<v1::Activity>(resp.activities().begin(), resp.activities().end());
+  }
+
+  // Waits until dtsd has no unfinished activity.
+  void AwaitQuiet(absl::Duration timeout) {
+    absl::Time until = absl::Now() + timeout;
+    std::string last;
+    while (absl::Now() < until) {
+      auto u = Unfinished();
+      if (u.ok() && u->empty()) return;
+      last = u.ok() ? absl::StrCat(u->size(), " unfinished, first: ", (*u)[0].DebugString())
+                    : u.status().ToString();
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    FAIL() << "dtsd still busy after " << timeout << ": " << last;
+  }
+
+  // Money adds up, nothing is left frozen or in transit, and every try in
+  // either bank ended in exactly one of confirm or cancel, as dtsd decided.
+  void ExpectBooksBalance() {
+    Books a = ReadBooks(BankDb("bank.a"));
+    Books b = ReadBooks(BankDb("bank.b"));
+    EXPECT_EQ(a.balance + b.balance, 2 * kAccounts * kInitial);
+    EXPECT_EQ(a.frozen, 0);
+    EXPECT_EQ(a.incoming, 0);
+    EXPECT_EQ(b.frozen, 0);
+    EXPECT_EQ(b.incoming, 0);
+    for (const Books* books : {&a, &b}) {
+      for (const auto& [id, phases] : books->barrier) {
+        bool confirmed = phases.count("confirm") > 0;
+        bool cancelled = phases.count("cancel") > 0;
+        if (phases.count("try") > 0) {
+          EXPECT_NE(confirmed, cancelled) << id << ": a try must end in one outcome";
+        }
+        auto act = Get(id);
+        ASSERT_TRUE(act.ok()) << id << ": " << act.status();
+        if (confirmed) {
+          EXPECT_EQ(act->state(), v1::COMMITTED) << id;
+        }
+        if (cancelled) {
+          EXPECT_EQ(act->state(), v1::ROLLED_BACK) << id;
+        }
+      }
+    }
+  }
+
+  int dtsd_port_ = 0;
+  int dtsd_runs_ = 0;
+  int bank_runs_ = 0;
+  std::unique_ptr<Subprocess> dtsd_;
+  std::unique_ptr<Subprocess> a_;
+  std::unique_ptr<Subprocess> b_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Coordinator::Stub> coordinator_;
+  std::unique_ptr<registry::Client> registry_;
+  std::unique_ptr<rpc::Client> rpc_;
+};
+
+TEST_F(DtsTest, TransfersCommitOrRollBackEverywhereAndMoneyAddsUp) {
+  std::atomic<int> committed{0};
+  std::atomic<int> refused{0};
+  std::vector<std::thread> threads;
+  std::vector<std::string> committed_ids[8];
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int i = 0; i < 25; ++i) {
+        int from = rng() % kAccounts;
+        int to = rng() % kAccounts;
+        int64_t amount = 1 + rng() % 400;  // sometimes more than an account holds
+        bool change_of_mind = rng() % 5 == 0;
+        auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer"));
+        ASSERT_TRUE(activity.ok()) << activity.status();
+        absl::Status st = (*activity)->Run([&] {
+          absl::Status s = Move("bank.a", true, from, amount);
+          if (s.ok()) s = Move("bank.b", false, to, amount);
+          return s;
+        });
+        if (st.ok() && !change_of_mind) {
+          ASSERT_TRUE((*activity)->Commit().ok());
+          committed_ids[t].push_back((*activity)->id());
+          ++committed;
+        } else {
+          refused += !st.ok();
+          ASSERT_TRUE(
+              (*activity)->Rollback(change_of_mind ? "changed my mind" : st.ToString()).ok());
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_GT(committed.load(), 50);
+  EXPECT_GT(refused.load(), 0) << "some transfers were short of money";
+  AwaitQuiet(absl::Seconds(30));
+  ExpectBooksBalance();
+  Books a = ReadBooks(BankDb("bank.a"));
+  Books b = ReadBooks(BankDb("bank.b"));
+  EXPECT_LT(a.balance, kAccounts * kInitial);
+  EXPECT_EQ(b.balance - kAccounts * kInitial, kAccounts * kInitial - a.balance);
+  for (auto& ids : committed_ids) {
+    for (const std::string& id : ids) {
+      EXPECT_TRUE(a.barrier[id].count("confirm")) << id;
+      EXPECT_TRUE(b.barrier[id].count("confirm")) << id;
+    }
+  }
+}
+
+TEST_F(DtsTest, KillingDtsdDuringAThousandActivitiesLosesNothing) {
+  constexpr int kThreads = 32;
+  constexpr int kPerThread = 32;  // 1,024 activities
+  std::atomic<int> done{0};
+  std::atomic<int> committed{0};
+  absl::Mutex mu;
+  std::vector<std::string> committed_ids;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(1000 + t);
+      absl::Time give_up = absl::Now() + absl::Seconds(90);
+      for (int i = 0; i < kPerThread && absl::Now() < give_up; ++i, ++done) {
+        int from = rng() % kAccounts;
+        int to = rng() % kAccounts;
+        int64_t amount = 1 + rng() % 50;
+        auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Seconds(2)));
+        if (!activity.ok()) {  // dtsd is down: nothing began; try this one again
+          --i;
+          --done;
+          absl::SleepFor(absl::Milliseconds(50));
+          continue;
+        }
+        // Both ways, so that money keeps circulating.
+        bool a_to_b = rng() % 2 == 0;
+        absl::Status st = (*activity)->Run([&] {
+          absl::Status s = Move(a_to_b ? "bank.a" : "bank.b", true, from, amount);
+          if (s.ok()) s = Move(a_to_b ? "bank.b" : "bank.a", false, to, amount);
+          return s;
+        });
+        absl::Status decided = st.ok() ? (*activity)->Commit() : st;
+        if (getenv("DTS_DEBUG") && !decided.ok()) {
+          std::fprintf(stderr, "FAILEDACT %s\n", decided.ToString().c_str());
+        }
+        if (decided.ok()) {
+          absl::MutexLock lock(&mu);
+          committed_ids.push_back((*activity)->id());
+          ++committed;
+        } else {
+          (*activity)->Rollback("a step failed").IgnoreError();
+        }
+      }
+    });
+  }
+  std::mt19937 rng(7);
+  int kills = 0;
+  while (done.load() < kThreads * kPerThread && kills < 4) {
+    absl::SleepFor(absl::Milliseconds(300 + rng() % 700));
+    dtsd_->Kill();  // SIGKILL: no goodbye
+    ++kills;
+    absl::SleepFor(absl::Milliseconds(rng() % 300));
+    StartDtsd();
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_GE(kills, 2) << "the load finished before dtsd was killed twice";
+  EXPECT_GT(committed.load(), 500) << "most activities commit; only those caught by a kill fail";
+  AwaitQuiet(absl::Seconds(60));
+  ExpectBooksBalance();
+  Books a = ReadBooks(BankDb("bank.a"));
+  Books b = ReadBooks(BankDb("bank.b"));
+  for (const std::string& id : committed_ids) {
+    EXPECT_TRUE(a.barrier[id].count("confirm")) << id << " was committed";
+    EXPECT_TRUE(b.barrier[id].count("confirm")) << id << " was committed";
+  }
+  std::printf("%d activities committed across %d kill -9 of dtsd\n", committed.load(), kills);
+}
+
+TEST_F(DtsTest, ConfirmsReachAParticipantThatWasDownWhenItReturns) {
+  auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer"));
+  ASSERT_TRUE(activity.ok());
+  ASSERT_TRUE((*activity)
+                  ->Run([&] {
+                    absl::Status s = Move("bank.a", true, 1, 100);
+                    return s.ok() ? Move("bank.b", false, 2, 100) : s;
+                  })
+                  .ok());
+  b_->Kill();
+  ASSERT_TRUE((*activity)->Commit().ok());
+  absl::SleepFor(absl::Milliseconds(1500));
+  auto seen = Get((*activity)->id());
+  ASSERT_TRUE(seen.ok());
+  EXPECT_EQ(seen->state(), v1::COMMITTING) << seen->DebugString();
+  const v1::Action& credit = seen->actions(1);
+  EXPECT_EQ(credit.participant(), "bank.b.dts");
+  EXPECT_EQ(credit.state(), v1::ENLISTED);
+  EXPECT_GE(credit.attempts(), 1u);
+  EXPECT_FALSE(credit.last_error().empty());
+  b_ = StartBank("bank.b");
+  AwaitQuiet(absl::Seconds(20));
+  auto done = Get((*activity)->id());
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::COMMITTED);
+  ExpectBooksBalance();
+  EXPECT_EQ(ReadBooks(BankDb("bank.b")).balance, kAccounts * kInitial + 100);
+}
+
+TEST_F(DtsTest, AnUndecidedActivityTimesOutAndRollsBack) {
+  auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Milliseconds(500)));
+  ASSERT_TRUE(activity.ok());
+  ASSERT_TRUE((*activity)->Run([&] { return Move("bank.a", true, 3, 70); }).ok());
+  EXPECT_EQ(ReadBooks(BankDb("bank.a")).frozen, 70);
+  AwaitQuiet(absl::Seconds(10));
+  auto seen = Get((*activity)->id());
+  ASSERT_TRUE(seen.ok());
+  EXPECT_EQ(seen->state(), v1::ROLLED_BACK);
+  EXPECT_EQ(seen->reason(), "timed out after 500ms");
+  EXPECT_EQ(ReadBooks(BankDb("bank.a")).frozen, 0) << "the cancel released the frozen money";
+  absl::Status late = (*activity)->Commit();
+  EXPECT_EQ(late.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(late.message().find("is ROLLED_BACK (timed out after 500ms); cannot commit"),
+            absl::string_view::npos)
+      << late;
+  // A try for it now is refused: it cannot enlist.
+  absl::Status again = (*activity)->Run([&] { return Move("bank.a", true, 3, 70); });
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition) << again;
+  ExpectBooksBalance();
+}
+
+TEST_F(DtsTest, BadRequestsGetClearErrorsAndChangeNothing) {
+  auto unknown = Get("ffffffff-000000000001");
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(unknown.status().message(), "no activity ffffffff-000000000001");
+
+  auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer"));
+  ASSERT_TRUE(activity.ok());
+  ASSERT_TRUE((*activity)->Rollback("testing").ok());
+  ASSERT_TRUE((*activity)->Rollback("testing").ok()) << "a repeat is a success";
+  absl::Status commit = (*activity)->Commit();
+  EXPECT_EQ(commit.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(commit.message().find(absl::StrCat("activity ", (*activity)->id(),
+                                               " is ROLLED_BACK (testing); cannot commit")),
+            absl::string_view::npos)
+      << commit;
+
+  auto nameless = Activity::Begin(rpc_.get(), {});
+  EXPECT_EQ(nameless.status().code(), absl::StatusCode::kInvalidArgument);
+  grpc::ClientContext ctx;
+  v1::BeginRequest too_long;
+  too_long.set_name("x");
+  too_long.set_timeout_ms(48u * 3600 * 1000);
+  v1::BeginResponse resp;
+  grpc::Status st = coordinator_->Begin(&ctx, too_long, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("exceeds the coordinator's maximum"), std::string::npos);
+
+  // A try outside any activity is refused before it touches the database.
+  absl::Status outside = Move("bank.a", true, 1, 10);
+  EXPECT_EQ(outside.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(outside.message().find("outside a business activity"), absl::string_view::npos)
+      << outside;
+  ExpectBooksBalance();
+  EXPECT_EQ(ReadBooks(BankDb("bank.a")).balance, kAccounts * kInitial);
+}
+
+TEST_F(DtsTest, AMalformedConfigStopsDtsdNamingTheKey) {
+  std::string path = dir_.File("bad-dtsd.yaml");
+  {
+    std::ofstream out(path);
+    out << "phase_two:\n  retry_max: forever\n";
+  }
+  auto p = Subprocess::Start({formica::testing::BinaryPath("dts/dtsd"), "--config", path},
+                             dir_.File("bad-dtsd.log"));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 2);
+  EXPECT_NE((*p)->Output().find(path + ":2: phase_two.retry_max: expected a duration"),
+            std::string::npos)
+      << (*p)->Output();
+}
+
+// The barrier, driven directly: a participant in this process, its
+// Participant service called as dtsd would call it.
+class BarrierTest : public DtsTest {
+ protected:
+  void SetUp() override {
+    DtsTest::SetUp();
+    ParticipantOptions po;
+    po.name = "ledger.dts";
+    po.database = dir_.File("ledger.db");
+    auto p = Participant::Open(po, rpc_.get());
+    ASSERT_TRUE(p.ok()) << p.status();
+    participant_ = std::move(*p);
+    participant_->Declare(
+        "book",
+        [this](sqlite3*, const ActionCall& c) {
+          absl::MutexLock lock(&mu_);
+          confirms_[c.activity_id]++;
+          return absl::OkStatus();
+        },
+        [this](sqlite3*, const ActionCall& c) {
+          absl::MutexLock lock(&mu_);
+          cancels_[c.activity_id]++;
+          return absl::OkStatus();
+        });
+    rpc::ServerOptions so;
+    so.unpublish_grace = absl::ZeroDuration();
+    auto server =
+        rpc::Server::Start(so, {{participant_->name(), participant_->service()}}, registry_.get());
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    stub_ = v1::Participant::NewStub(
+        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+  }
+  void TearDown() override {
+    server_.reset();
+    participant_.reset();
+    DtsTest::TearDown();
+  }
+
+  grpc::Status PhaseTwo(bool confirm, const std::string& id) {
+    grpc::ClientContext ctx;
+    v1::PhaseTwoRequest req;
+    req.set_activity_id(id);
+    req.set_action("book");
+    v1::PhaseTwoResponse resp;
+    return confirm ? stub_->Confirm(&ctx, req, &resp) : stub_->Cancel(&ctx, req, &resp);
+  }
+
+  int Tried(const std::string& id) {
+    absl::MutexLock lock(&mu_);
+    return tries_[id];
+  }
+
+  absl::Status TryBook(const std::string& id) {
+    return participant_->Try(id, "book", "", [&](sqlite3*) {
+      absl::MutexLock lock(&mu_);
+      tries_[id]++;
+      return absl::OkStatus();
+    });
+  }
+
+  std::unique_ptr<Participant> participant_;
+  std::unique_ptr<rpc::Server> server_;
+  std::unique_ptr<v1::Participant::Stub> stub_;
+  absl::Mutex mu_;
+  std::map<std::string, int> tries_, confirms_, cancels_;
+};
+
+TEST_F(BarrierTest, ConfirmAndCancelAreIdempotent) {
+  auto one = Activity::Begin(rpc_.get(), Named("ledger.Book"));
+  auto two = Activity::Begin(rpc_.get(), Named("ledger.Book"));
+  ASSERT_TRUE(one.ok() && two.ok());
+  ASSERT_TRUE(TryBook((*one)->id()).ok());
+  ASSERT_TRUE(TryBook((*one)->id()).ok()) << "a repeated try is a no-op success";
+  EXPECT_EQ(Tried((*one)->id()), 1);
+  ASSERT_TRUE(TryBook((*two)->id()).ok());
+  ASSERT_TRUE((*one)->Commit().ok());
+  ASSERT_TRUE((*two)->Rollback("no").ok());
+  AwaitQuiet(absl::Seconds(10));
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(PhaseTwo(true, (*one)->id()).ok());
+    EXPECT_TRUE(PhaseTwo(false, (*two)->id()).ok());
+  }
+  absl::MutexLock lock(&mu_);
+  EXPECT_EQ(confirms_[(*one)->id()], 1);
+  EXPECT_EQ(cancels_[(*two)->id()], 1);
+  EXPECT_EQ(cancels_[(*one)->id()], 0);
+  EXPECT_EQ(confirms_[(*two)->id()], 0);
+}
+
+TEST_F(BarrierTest, CancelBeforeTryIsAnEmptyRollbackAndBarsTheLateTry) {
+  auto activity = Activity::Begin(rpc_.get(), Named("ledger.Book"));
+  ASSERT_TRUE(activity.ok());
+  std::string id = (*activity)->id();
+  // The initiator gave up (say its try call timed out) before the try ran.
+  ASSERT_TRUE(PhaseTwo(false, id).ok()) << "a cancel with no try succeeds";
+  {
+    absl::MutexLock lock(&mu_);
+    EXPECT_EQ(cancels_[id], 0) << "an empty rollback runs no cancel step";
+  }
+  absl::Status late = TryBook(id);
+  EXPECT_EQ(late.code(), absl::StatusCode::kAborted) << late;
+  EXPECT_NE(late.message().find("was cancelled before its try arrived"), absl::string_view::npos);
+  EXPECT_EQ(Tried(id), 0) << "the late try's body never ran";
+  // A confirm with no try is an inconsistency for an operator, not a no-op.
+  auto other = Activity::Begin(rpc_.get(), Named("ledger.Book"));
+  ASSERT_TRUE(other.ok());
+  grpc::Status confirm = PhaseTwo(true, (*other)->id());
+  EXPECT_EQ(confirm.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(confirm.error_message().find("nothing to confirm"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace formica::dts
