@@ -96,6 +96,8 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_){std::random_device{}()};
   std::thread dispatcher_;
   bool shut_down_ = false;
+  std::atomic<uint64_t> begun_{0}, committed_{0}, rolled_back_{0}, timed_out_{0};
+  std::atomic<uint64_t> phase_two_calls_{0}, phase_two_failures_{0};
 
   // ---- gRPC API ----
 
@@ -133,6 +135,21 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
                       v1::DecisionResponse* resp) override {
     return ToGrpcStatus(DoSettle(*req, resp));
   }
+  grpc::Status GetStats(grpc::ServerContext*, const v1::StatsRequest*, v1::Stats* s) override {
+    s->set_begun(begun_.load());
+    s->set_committed(committed_.load());
+    s->set_rolled_back(rolled_back_.load());
+    s->set_timed_out(timed_out_.load());
+    {
+      absl::MutexLock lock(&mu_);
+      s->set_unfinished(entries_.size());
+    }
+    s->set_phase_two_calls(phase_two_calls_.load());
+    s->set_phase_two_failures(phase_two_failures_.load());
+    s->set_synced_writes(store->synced_writes());
+    s->set_wal_syncs(store->wal_syncs());
+    return grpc::Status::OK;
+  }
 
   // ---- operations ----
 
@@ -168,6 +185,7 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
       entries_[id] = e;
       AddTaskLocked(now + timeout, Task{id, -1, 0});
     }
+    begun_.fetch_add(1, std::memory_order_relaxed);
     resp->set_activity_id(id);
     return absl::OkStatus();
   }
@@ -184,6 +202,7 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
     absl::MutexLock lock(&e->mu);
     v1::Activity& a = e->record;
     if (a.state() == v1::ACTIVE && absl::Now() >= absl::FromUnixMillis(a.deadline_unix_ms())) {
+      timed_out_.fetch_add(1, std::memory_order_relaxed);
       DecideLocked(*e, false, TimeoutReason(a)).IgnoreError();
     }
     if (a.state() != v1::ACTIVE) {
@@ -233,6 +252,7 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
     v1::Activity& a = e->record;
     if (commit && a.state() == v1::ACTIVE &&
         absl::Now() >= absl::FromUnixMillis(a.deadline_unix_ms())) {
+      timed_out_.fetch_add(1, std::memory_order_relaxed);
       DecideLocked(*e, false, TimeoutReason(a)).IgnoreError();
     }
     ActivityState same = commit ? v1::COMMITTING : v1::ROLLING_BACK;
@@ -375,6 +395,7 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
       a.set_state(a.state() == v1::COMMITTED ? v1::COMMITTING : v1::ROLLING_BACK);
       return st;
     }
+    (a.state() == v1::COMMITTED ? committed_ : rolled_back_).fetch_add(1);
     absl::MutexLock lock(&mu_);
     entries_.erase(a.id());
     return absl::OkStatus();
@@ -451,6 +472,7 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
       AddTaskLocked(deadline, Task{id, -1, 0});
       return;
     }
+    timed_out_.fetch_add(1, std::memory_order_relaxed);
     if (absl::Status st = DecideLocked(*e, false, TimeoutReason(a)); !st.ok()) {
       SPDLOG_ERROR("cannot roll back expired {}: {}; trying again in 1s", id, st.ToString());
       absl::MutexLock l(&mu_);
@@ -499,6 +521,7 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
     opts.idempotent = true;
     opts.context.txn_id = t.id;
     int index = t.action;
+    phase_two_calls_.fetch_add(1, std::memory_order_relaxed);
     rpc->CallAsync(
         participant, opts,
         [call, commit](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx,
@@ -530,6 +553,7 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
           }
         }
       } else if (IsDecided(a.state()) && !IsDone(x->state())) {
+        phase_two_failures_.fetch_add(1, std::memory_order_relaxed);
         x->set_attempts(x->attempts() + 1);
         x->set_last_error(status.ToString());
         uint32_t n = x->attempts();

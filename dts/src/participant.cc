@@ -110,19 +110,71 @@ class Participant::Impl final : public v1::Participant::Service {
     return SqlError("reading the barrier");
   }
 
-  // Runs `work` in one local transaction: COMMIT when it returns OK,
-  // ROLLBACK otherwise. `work` may ask to commit nothing yet succeed.
-  absl::Status InTransaction(const std::function<absl::Status(bool* keep)>& work) {
-    absl::MutexLock lock(&db_mu);
-    if (absl::Status st = Exec("BEGIN IMMEDIATE"); !st.ok()) return st;
-    bool keep = true;
-    absl::Status st = work(&keep);
-    if (st.ok() && keep) {
-      st = Exec("COMMIT");
-      if (st.ok()) return st;
+  // Runs `work` in a local transaction: its changes are committed when it
+  // returns OK (and asks to keep them), undone otherwise. Concurrent callers
+  // share one SQLite transaction and so one sync (group commit): the first
+  // becomes the leader and runs every waiting `work` inside its own
+  // savepoint, on the leader's thread, then commits once.
+  using Work = std::function<absl::Status(bool* keep)>;
+  struct Pending {
+    const Work* work;
+    absl::Status result;
+    bool done = false;
+  };
+  absl::Mutex queue_mu;
+  std::vector<Pending*> queue ABSL_GUARDED_BY(queue_mu);
+  bool leading ABSL_GUARDED_BY(queue_mu) = false;
+
+  absl::Status InTransaction(const Work& work) {
+    Pending mine{&work, absl::OkStatus(), false};
+    absl::MutexLock lock(&queue_mu);
+    queue.push_back(&mine);
+    if (leading) {
+      queue_mu.Await(absl::Condition(
+          +[](Pending* p) { return p->done; }, &mine));
+      return mine.result;
     }
-    Exec("ROLLBACK").IgnoreError();
-    return st;
+    leading = true;
+    while (!queue.empty()) {
+      std::vector<Pending*> batch;
+      batch.swap(queue);
+      queue_mu.Unlock();
+      RunBatch(batch);
+      queue_mu.Lock();
+      for (Pending* p : batch) p->done = true;
+    }
+    leading = false;
+    return mine.result;
+  }
+
+  void RunBatch(const std::vector<Pending*>& batch) {
+    absl::MutexLock lock(&db_mu);
+    if (absl::Status st = Exec("BEGIN IMMEDIATE"); !st.ok()) {
+      for (Pending* p : batch) p->result = st;
+      return;
+    }
+    bool any = false;
+    for (Pending* p : batch) {
+      if (absl::Status st = Exec("SAVEPOINT formica_step"); !st.ok()) {
+        p->result = st;
+        continue;
+      }
+      bool keep = true;
+      p->result = (*p->work)(&keep);
+      if (!p->result.ok() || !keep) {
+        Exec("ROLLBACK TO formica_step").IgnoreError();
+      } else {
+        any = true;
+      }
+      Exec("RELEASE formica_step").IgnoreError();
+    }
+    absl::Status commit = Exec(any ? "COMMIT" : "ROLLBACK");
+    if (!commit.ok()) {
+      Exec("ROLLBACK").IgnoreError();
+      for (Pending* p : batch) {
+        if (p->result.ok()) p->result = commit;  // nothing of it is kept
+      }
+    }
   }
 
   absl::Status Enlist(absl::string_view id, absl::string_view action, absl::string_view payload) {

@@ -257,6 +257,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   grpc::ServerBuilder builder;
   builder.AddListeningPort(impl->options.listen, grpc::InsecureServerCredentials(), &impl->port);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // gRPC's sync server lets at most 2 idle threads poll and ends the others,
+  // so under concurrent blocking handlers it creates and ends a thread for
+  // nearly every call. Keep more of them.
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
+                              impl->options.max_idle_threads);
   auto limits =
       std::make_shared<Limits>(impl->options.max_concurrent_calls, impl->options.method_limits);
   if (limits->any()) {

@@ -17,7 +17,10 @@
 //
 // Try enlists the action with the coordinator (durably) before running its
 // local transaction; dtsd later calls Confirm or Cancel with the same payload.
-// Thread-safe; local transactions on the database are serialized.
+// Thread-safe. Local transactions that arrive together are committed
+// together, each in its own savepoint, with one sync (group commit): a
+// body or step may therefore run on another thread of this participant,
+// and must only use the `sqlite3*` it is given.
 #pragma once
 
 #include <functional>

@@ -1,0 +1,243 @@
+// Business activities per second through dtsd: each activity begins, runs
+// two try steps (a debit in bank A and a credit in bank B, each one SQLite
+// write in the participant's own database, enlisted durably with dtsd),
+// and commits (a durable decision); dtsd then confirms both. Measured at
+// concurrency 1 and 64, beside the machine's raw fdatasync rate on the same
+// disk: the physical limit dtsd's group commit works against.
+//   ./formica bench dts [--quick] [--fast-sync]
+// --fast-sync runs the participants' SQLite with synchronous=NORMAL (dtsd
+// still syncs every enlist and decision).
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "bench_report.h"
+#include "formica/dts/activity.h"
+#include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/registry/client.h"
+#include "formica/rpc/client.h"
+#include "formica/test/account.grpc.pb.h"
+#include "process.h"
+
+namespace formica::bench {
+namespace {
+
+using formica::testing::Subprocess;
+
+// Appends 512 bytes and fdatasyncs, for `d`, in `dir`.
+double FdatasyncPerSecond(const std::string& dir, absl::Duration d) {
+  std::string path = dir + "/fdatasync.probe";
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return 0;
+  char block[512];
+  std::memset(block, 'x', sizeof(block));
+  int64_t n = 0;
+  absl::Time start = absl::Now();
+  absl::Time end = start + d;
+  while (absl::Now() < end) {
+    if (::write(fd, block, sizeof(block)) != sizeof(block) || ::fdatasync(fd) != 0) break;
+    ++n;
+  }
+  double secs = absl::ToDoubleSeconds(absl::Now() - start);
+  ::close(fd);
+  ::unlink(path.c_str());
+  return n / secs;
+}
+
+struct Result {
+  double per_s = 0;
+  double p50_ms = 0;
+  double p99_ms = 0;
+  int64_t failures = 0;
+};
+
+absl::Status Move(rpc::Client& client, const std::string& bank, bool debit, int account) {
+  test::Move m;
+  m.set_account(std::to_string(account));
+  m.set_amount(1);
+  test::Moved out;
+  return client.Call(bank, {},
+                     [&](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext* ctx) {
+                       auto stub = test::Account::NewStub(ch);
+                       return debit ? stub->Debit(ctx, m, &out) : stub->Credit(ctx, m, &out);
+                     });
+}
+
+Result Drive(rpc::Client& client, int concurrency, absl::Duration duration, int accounts) {
+  std::vector<std::vector<double>> latencies(concurrency);
+  std::atomic<int64_t> failures{0};
+  std::atomic<int64_t> committed{0};
+  absl::Time start = absl::Now();
+  absl::Time end = start + duration;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < concurrency; ++t) {
+    threads.emplace_back([&, t] {
+      uint64_t i = t;
+      while (absl::Now() < end) {
+        absl::Time t0 = absl::Now();
+        dts::ActivityOptions options;
+        options.name = "bench.Transfer";
+        int from = static_cast<int>((i * 7919) % accounts);
+        int to = static_cast<int>((i * 104729 + 1) % accounts);
+        i += concurrency;
+        absl::Status st = dts::RunActivity(&client, options, [&] {
+          absl::Status s = Move(client, "bank.a", true, from);
+          return s.ok() ? Move(client, "bank.b", false, to) : s;
+        });
+        if (st.ok()) {
+          ++committed;
+          latencies[t].push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+        } else {
+          if (failures.fetch_add(1) < 3)
+            std::fprintf(stderr, "failed: %s\n", st.ToString().c_str());
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  double secs = absl::ToDoubleSeconds(absl::Now() - start);
+  std::vector<double> all;
+  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  Result r;
+  r.per_s = committed.load() / secs;
+  r.p50_ms = Percentile(all, 50);
+  r.p99_ms = Percentile(all, 99);
+  r.failures = failures.load();
+  return r;
+}
+
+int Run(int argc, char** argv) {
+  bool quick = false;
+  bool fast_sync = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) {
+      quick = true;
+    } else if (std::strcmp(argv[i], "--fast-sync") == 0) {
+      fast_sync = true;
+    } else {
+      std::fprintf(stderr, "usage: bench_dts [--quick] [--fast-sync]\n");
+      return 2;
+    }
+  }
+  const absl::Duration duration = quick ? absl::Seconds(2) : absl::Seconds(8);
+  constexpr int kAccounts = 10000;
+  formica::testing::TempDir dir;
+  formica::testing::DsrdProcess::Options dsrd_options;
+  dsrd_options.data_dir = dir.File("dsrd");
+  dsrd_options.config = {{"push.warmup", "0s"}};
+  auto dsrd = formica::testing::DsrdProcess::Start(dsrd_options);
+  if (!dsrd.ok()) {
+    std::fprintf(stderr, "bench_dts: %s\n", dsrd.status().ToString().c_str());
+    return 1;
+  }
+  int dtsd_port = formica::testing::PickFreePort();
+  auto dtsd = Subprocess::Start(
+      {formica::testing::BinaryPath("dts/dtsd"), "--listen", absl::StrCat("127.0.0.1:", dtsd_port),
+       "--data-dir", dir.File("dtsd"), "--registry", (*dsrd)->address(), "--log-level", "warn"},
+      dir.File("dtsd.log"));
+  if (!dtsd.ok() || !(*dtsd)->WaitForOutput("dtsd ready", absl::Seconds(20))) {
+    std::fprintf(stderr, "bench_dts: dtsd did not start\n");
+    return 1;
+  }
+  std::vector<std::unique_ptr<Subprocess>> banks;
+  for (const char* name : {"bank.a", "bank.b"}) {
+    std::vector<std::string> argv = {formica::testing::BinaryPath("tests/dts/account_server"),
+                                     "--registry",
+                                     (*dsrd)->address(),
+                                     "--name",
+                                     name,
+                                     "--db",
+                                     dir.File(absl::StrCat(name, ".db")),
+                                     "--accounts",
+                                     std::to_string(kAccounts),
+                                     "--initial",
+                                     "1000000000"};
+    if (fast_sync) argv.push_back("--fast-sync");
+    auto p = Subprocess::Start(argv, dir.File(absl::StrCat(name, ".log")));
+    if (!p.ok() || !(*p)->WaitForOutput("serving on", absl::Seconds(30))) {
+      std::fprintf(stderr, "bench_dts: %s did not start\n", name);
+      return 1;
+    }
+    banks.push_back(std::move(*p));
+  }
+  registry::ClientOptions registry_options;
+  registry_options.registries = {(*dsrd)->address()};
+  auto registry = *registry::Client::Create(registry_options);
+  rpc::ClientOptions rpc_options;
+  rpc_options.app_name = "bench";
+  auto client = *rpc::Client::Create(rpc_options, registry.get());
+  auto coordinator = dts::v1::Coordinator::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", dtsd_port), grpc::InsecureChannelCredentials()));
+  auto stats = [&] {
+    grpc::ClientContext ctx;
+    dts::v1::Stats s;
+    coordinator->GetStats(&ctx, dts::v1::StatsRequest(), &s);
+    return s;
+  };
+  auto drain = [&] {  // waits for phase two to finish; returns how long it took
+    absl::Time t0 = absl::Now();
+    while (stats().unfinished() > 0 && absl::Now() - t0 < absl::Seconds(60)) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return absl::ToDoubleMilliseconds(absl::Now() - t0);
+  };
+
+  double fsync_rate =
+      FdatasyncPerSecond(dir.path(), quick ? absl::Milliseconds(500) : absl::Seconds(2));
+  std::printf("raw fdatasync on this disk: %.0f/s\n", fsync_rate);
+
+  Drive(*client, 8, absl::Milliseconds(500), kAccounts);  // warm channels and caches
+  drain();
+  BenchReport report;
+  for (int concurrency : {1, 64}) {
+    dts::v1::Stats before = stats();
+    Result r = Drive(*client, concurrency, duration, kAccounts);
+    double drain_ms = drain();
+    dts::v1::Stats after = stats();
+    double synced = after.synced_writes() - before.synced_writes();
+    double syncs = after.wal_syncs() - before.wal_syncs();
+    std::printf(
+        "c%-3d %7.0f committed/s  p50 %.2f ms  p99 %.2f ms  failures %lld  phase two drained in "
+        "%.0f ms  %.0f synced writes in %.0f WAL syncs (%.1f per sync)\n",
+        concurrency, r.per_s, r.p50_ms, r.p99_ms, static_cast<long long>(r.failures), drain_ms,
+        synced, syncs, syncs > 0 ? synced / syncs : 0);
+    std::string c = absl::StrCat("c", concurrency);
+    report.Set("committed_per_s_" + c, std::round(r.per_s));
+    report.Set("p50_ms_" + c, r.p50_ms);
+    report.Set("p99_ms_" + c, r.p99_ms);
+    report.Set("failures_" + c, static_cast<double>(r.failures));
+    report.Set("writes_per_wal_sync_" + c, syncs > 0 ? synced / syncs : 0);
+    report.Set("phase_two_drain_ms_" + c, drain_ms);
+  }
+  report.Set("fdatasync_per_s", std::round(fsync_rate));
+  report.SetSetup("cores", Cores());
+  report.SetSetup("seconds_per_setup", absl::ToDoubleSeconds(duration));
+  report.SetSetup("activity",
+                  "begin, debit try in bank A, credit try in bank B, commit; "
+                  "dtsd confirms both");
+  report.SetSetup("durability", fast_sync ? "dtsd fsyncs enlists and decisions; participants "
+                                            "SQLite WAL synchronous=NORMAL"
+                                          : "dtsd fsyncs enlists and decisions; participants "
+                                            "SQLite WAL synchronous=FULL");
+  report.SetSetup("processes", "dsrd, dtsd, 2 participants and the initiator on one machine");
+  report.Print();
+  client.reset();
+  registry.reset();
+  for (auto& b : banks) b->Terminate();
+  (*dtsd)->Terminate();
+  (*dsrd)->Stop();
+  return 0;
+}
+
+}  // namespace
+}  // namespace formica::bench
+
+int main(int argc, char** argv) { return formica::bench::Run(argc, argv); }
