@@ -13,14 +13,20 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "formica/common/grpc_status.h"
+#include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
 
 namespace v1 = formica::registry::v1;
+namespace dts = formica::dts::v1;
 
 namespace {
 
-constexpr char kUsage[] = R"(usage: formicactl [--registry HOST:PORT] [--timeout SECONDS] COMMAND
+constexpr char kUsage[] =
+    R"(usage: formicactl [--registry HOST:PORT] [--dts HOST:PORT] [--timeout SECONDS] COMMAND
 
 registry commands:
   registry ls                      services: version, instances, subscribers
@@ -38,7 +44,17 @@ config commands:
   config delete KEY [--expect-version N]
   config ls [PREFIX]
 
---registry defaults to $FORMICA_REGISTRY or 127.0.0.1:7370.
+dts commands (business activities at dtsd):
+  dts ls [--state S,...] [--limit N]   newest first; default: unfinished ones
+                                       S: ACTIVE COMMITTING ROLLING_BACK COMMITTED ROLLED_BACK
+  dts show ID                          the activity and each action: state, attempts, last error
+  dts stats                            counters since dtsd started
+  dts retry ID [--yes]                 retry phase two of a decided activity now
+  dts settle ID --reason TEXT [--yes]  mark its unfinished actions done by hand and finish it
+
+--registry defaults to $FORMICA_REGISTRY or 127.0.0.1:7370;
+--dts to $FORMICA_DTS or 127.0.0.1:7380. retry and settle ask for
+confirmation unless --yes is given.
 )";
 
 int Usage(const std::string& why) {
@@ -93,6 +109,133 @@ int Health(const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* c
   return code == 1 ? 0 : 1;
 }
 
+std::string Ago(int64_t unix_ms) {
+  if (unix_ms == 0) return "-";
+  return absl::FormatDuration(
+      absl::Trunc(absl::Now() - absl::FromUnixMillis(unix_ms), absl::Milliseconds(100)));
+}
+
+void PrintActivity(const dts::Activity& a) {
+  std::printf("activity   %s\nname       %s\ninitiator  %s\nstate      %s\n", a.id().c_str(),
+              a.name().c_str(), a.initiator().empty() ? "-" : a.initiator().c_str(),
+              dts::ActivityState_Name(a.state()).c_str());
+  if (!a.reason().empty()) std::printf("reason     %s\n", a.reason().c_str());
+  std::printf("begun      %s ago\n", Ago(a.begun_unix_ms()).c_str());
+  std::printf(
+      "deadline   %s\n",
+      absl::FormatTime(absl::FromUnixMillis(a.deadline_unix_ms()), absl::UTCTimeZone()).c_str());
+  if (a.decided_unix_ms() != 0)
+    std::printf("decided    %s ago\n", Ago(a.decided_unix_ms()).c_str());
+  if (a.finished_unix_ms() != 0) {
+    std::printf("finished   %s ago\n", Ago(a.finished_unix_ms()).c_str());
+  }
+  std::printf("\n%-3s %-32s %-20s %-10s %8s  %s\n", "#", "PARTICIPANT", "ACTION", "STATE",
+              "ATTEMPTS", "LAST ERROR");
+  for (int i = 0; i < a.actions_size(); ++i) {
+    const dts::Action& x = a.actions(i);
+    std::printf("%-3d %-32s %-20s %-10s %8u  %s\n", i, x.participant().c_str(), x.name().c_str(),
+                dts::ActionState_Name(x.state()).c_str(), x.attempts(),
+                x.last_error().empty() ? "-" : x.last_error().c_str());
+  }
+}
+
+// Asks on the terminal; true only for "y" or "yes".
+bool Confirm(const std::string& question) {
+  std::printf("%s [y/N] ", question.c_str());
+  std::fflush(stdout);
+  std::string answer;
+  if (!std::getline(std::cin, answer)) return false;
+  return answer == "y" || answer == "Y" || answer == "yes";
+}
+
+int Dts(const std::string& address, int timeout_s, const std::vector<std::string>& args,
+        const std::string& states, int limit, const std::string& reason, bool yes) {
+  auto stub =
+      dts::Coordinator::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto context = [timeout_s] {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
+    return ctx;
+  };
+  const std::string& cmd = args[1];
+  if (cmd == "ls" && args.size() == 2) {
+    dts::ListRequest req;
+    for (absl::string_view name : absl::StrSplit(states, ',', absl::SkipEmpty())) {
+      dts::ActivityState state;
+      if (!dts::ActivityState_Parse(std::string(name), &state) ||
+          state == dts::ACTIVITY_STATE_UNSPECIFIED) {
+        return Usage(absl::StrCat("unknown state '", name, "'"));
+      }
+      req.add_states(state);
+    }
+    req.set_limit(limit);
+    dts::ListResponse resp;
+    grpc::Status st = stub->List(context().get(), req, &resp);
+    if (!st.ok()) return Fail(st);
+    std::printf("%-21s %-24s %-12s %7s %10s  %s\n", "ID", "NAME", "STATE", "ACTIONS", "AGE",
+                "REASON");
+    for (const dts::Activity& a : resp.activities()) {
+      int done = 0;
+      for (const dts::Action& x : a.actions()) done += x.state() != dts::ENLISTED;
+      std::printf("%-21s %-24s %-12s %7s %10s  %s\n", a.id().c_str(), a.name().c_str(),
+                  dts::ActivityState_Name(a.state()).c_str(),
+                  absl::StrCat(done, "/", a.actions_size()).c_str(), Ago(a.begun_unix_ms()).c_str(),
+                  a.reason().empty() ? "-" : a.reason().c_str());
+    }
+    return 0;
+  }
+  if (cmd == "stats" && args.size() == 2) {
+    dts::Stats s;
+    grpc::Status st = stub->GetStats(context().get(), dts::StatsRequest(), &s);
+    if (!st.ok()) return Fail(st);
+    std::printf(
+        "begun %llu\ncommitted %llu\nrolled_back %llu\ntimed_out %llu\nunfinished %llu\n"
+        "phase_two_calls %llu\nphase_two_failures %llu\nsynced_writes %llu\nwal_syncs %llu\n",
+        static_cast<unsigned long long>(s.begun()), static_cast<unsigned long long>(s.committed()),
+        static_cast<unsigned long long>(s.rolled_back()),
+        static_cast<unsigned long long>(s.timed_out()),
+        static_cast<unsigned long long>(s.unfinished()),
+        static_cast<unsigned long long>(s.phase_two_calls()),
+        static_cast<unsigned long long>(s.phase_two_failures()),
+        static_cast<unsigned long long>(s.synced_writes()),
+        static_cast<unsigned long long>(s.wal_syncs()));
+    return 0;
+  }
+  if ((cmd == "show" || cmd == "retry" || cmd == "settle") && args.size() == 3) {
+    dts::ActivityRef ref;
+    ref.set_activity_id(args[2]);
+    dts::Activity a;
+    grpc::Status st = stub->Get(context().get(), ref, &a);
+    if (!st.ok()) return Fail(st);
+    if (cmd == "show") {
+      PrintActivity(a);
+      return 0;
+    }
+    if (cmd == "settle" && reason.empty()) {
+      return Usage("settle needs --reason TEXT: what was done by hand, for the record");
+    }
+    PrintActivity(a);
+    std::printf("\n");
+    std::string question =
+        cmd == "retry"
+            ? absl::StrCat("Retry phase two of ", a.id(), " now?")
+            : absl::StrCat("Mark every unfinished action of ", a.id(),
+                           " SETTLED without calling its participant, and finish the activity?");
+    if (!yes && !Confirm(question)) {
+      std::fprintf(stderr, "formicactl: nothing done\n");
+      return 1;
+    }
+    ref.set_reason(reason);
+    dts::DecisionResponse resp;
+    st = cmd == "retry" ? stub->Retry(context().get(), ref, &resp)
+                        : stub->Settle(context().get(), ref, &resp);
+    if (!st.ok()) return Fail(st);
+    std::printf("%s: %s\n", a.id().c_str(), dts::ActivityState_Name(resp.state()).c_str());
+    return 0;
+  }
+  return Usage(absl::StrCat("unknown command '", absl::StrJoin(args, " "), "'"));
+}
+
 void PrintEntry(const v1::ConfigEntry& e) {
   std::printf("%s\tversion=%llu\n%s\n", e.key().c_str(),
               static_cast<unsigned long long>(e.version()), e.value().c_str());
@@ -103,8 +246,14 @@ void PrintEntry(const v1::ConfigEntry& e) {
 int main(int argc, char** argv) {
   std::string registry =
       std::getenv("FORMICA_REGISTRY") ? std::getenv("FORMICA_REGISTRY") : "127.0.0.1:7370";
+  std::string dts_address =
+      std::getenv("FORMICA_DTS") ? std::getenv("FORMICA_DTS") : "127.0.0.1:7380";
   int timeout_s = 5;
   std::optional<uint64_t> expect_version;
+  std::string states;
+  std::string reason;
+  int limit = 0;
+  bool yes = false;
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -127,6 +276,25 @@ int main(int argc, char** argv) {
       if (!v || !absl::SimpleAtoi(*v, &timeout_s) || timeout_s <= 0) {
         return Usage("--timeout wants a positive number of seconds");
       }
+    } else if (a == "--dts") {
+      auto v = value("--dts");
+      if (!v) return 2;
+      dts_address = *v;
+    } else if (a == "--state") {
+      auto v = value("--state");
+      if (!v) return 2;
+      states = *v;
+    } else if (a == "--reason") {
+      auto v = value("--reason");
+      if (!v) return 2;
+      reason = *v;
+    } else if (a == "--limit") {
+      auto v = value("--limit");
+      if (!v || !absl::SimpleAtoi(*v, &limit) || limit <= 0) {
+        return Usage("--limit wants a positive number");
+      }
+    } else if (a == "--yes") {
+      yes = true;
     } else if (a == "--expect-version") {
       auto v = value("--expect-version");
       uint64_t n = 0;
@@ -140,6 +308,9 @@ int main(int argc, char** argv) {
   }
   if (args.empty() || (args.size() < 2 && args[0] != "health")) {
     return Usage("");
+  }
+  if (args[0] == "dts") {
+    return Dts(dts_address, timeout_s, args, states, limit, reason, yes);
   }
   auto channel = grpc::CreateChannel(registry, grpc::InsecureChannelCredentials());
   auto stub = v1::Registry::NewStub(channel);

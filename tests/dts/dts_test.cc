@@ -443,6 +443,69 @@ TEST_F(DtsTest, AMalformedConfigStopsDtsdNamingTheKey) {
       << (*p)->Output();
 }
 
+TEST_F(DtsTest, FormicactlListsShowsRetriesAndSettlesAStuckActivity) {
+  auto run = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv = {formica::testing::BinaryPath("tools/formicactl"), "--dts",
+                                     absl::StrCat("127.0.0.1:", dtsd_port_)};
+    argv.insert(argv.end(), args.begin(), args.end());
+    static int n = 0;
+    auto p = Subprocess::Start(argv, dir_.File("ctl" + std::to_string(++n) + ".log"));
+    EXPECT_TRUE(p.ok());
+    int code = (*p)->Wait(absl::Seconds(20));
+    return std::make_pair(code, (*p)->Output());
+  };
+  auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer"));
+  ASSERT_TRUE(activity.ok());
+  std::string id = (*activity)->id();
+  ASSERT_TRUE((*activity)
+                  ->Run([&] {
+                    absl::Status s = Move("bank.a", true, 1, 5);
+                    return s.ok() ? Move("bank.b", false, 2, 5) : s;
+                  })
+                  .ok());
+  b_->Kill();  // bank B is gone for good: the confirm of its credit cannot land
+  ASSERT_TRUE((*activity)->Commit().ok());
+  absl::SleepFor(absl::Milliseconds(800));
+
+  auto [code, out] = run({"dts", "ls"});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find(id), std::string::npos) << out;
+  EXPECT_NE(out.find("COMMITTING"), std::string::npos) << out;
+  EXPECT_NE(out.find("1/2"), std::string::npos) << "bank A confirmed, bank B not: " << out;
+  std::tie(code, out) = run({"dts", "show", id});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("bank.b.dts"), std::string::npos) << out;
+  EXPECT_NE(out.find("UNAVAILABLE"), std::string::npos) << "the last error is shown: " << out;
+  std::tie(code, out) = run({"dts", "retry", id, "--yes"});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find(id + ": COMMITTING"), std::string::npos) << out;
+  // Without a reason, or without a yes on the terminal, settle does nothing.
+  std::tie(code, out) = run({"dts", "settle", id});
+  EXPECT_EQ(code, 2) << out;
+  std::tie(code, out) = run({"dts", "settle", id, "--reason", "credited by hand, ticket 42"});
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("nothing done"), std::string::npos) << out;
+  EXPECT_EQ(Get(id)->state(), v1::COMMITTING);
+  std::tie(code, out) =
+      run({"dts", "settle", id, "--reason", "credited by hand, ticket 42", "--yes"});
+  EXPECT_EQ(code, 0) << out;
+  auto settled = Get(id);
+  ASSERT_TRUE(settled.ok());
+  EXPECT_EQ(settled->state(), v1::COMMITTED);
+  EXPECT_EQ(settled->actions(0).state(), v1::CONFIRMED);
+  EXPECT_EQ(settled->actions(1).state(), v1::SETTLED);
+  EXPECT_NE(settled->reason().find("settled by an operator: credited by hand, ticket 42"),
+            std::string::npos);
+  std::tie(code, out) = run({"dts", "ls", "--state", "COMMITTED"});
+  EXPECT_NE(out.find(id), std::string::npos) << out;
+  std::tie(code, out) = run({"dts", "ls", "--state", "DONE"});
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(out.find("unknown state 'DONE'"), std::string::npos) << out;
+  std::tie(code, out) = run({"dts", "stats"});
+  EXPECT_EQ(code, 0);
+  EXPECT_NE(out.find("committed 1"), std::string::npos) << out;
+}
+
 // The barrier, driven directly: a participant in this process, its
 // Participant service called as dtsd would call it.
 class BarrierTest : public DtsTest {
