@@ -74,7 +74,7 @@ struct ServerOptions {
   int max_concurrent_calls = 0;
   // Idle handler threads kept for the next calls (gRPC's own default is 2,
   // which makes a busy server start and end a thread per call).
-  int max_idle_threads = 16;
+  int max_idle_threads = 32;
   // Per-method limits, overriding the above: "pkg.Service/Method" -> limit
   // (0: no limit).
   std::map<std::string, int> method_limits;
