@@ -23,6 +23,9 @@ class ActivityStore {
   // sync (group commit).
   virtual absl::Status Put(const v1::Activity& activity, bool sync) = 0;
 
+  // Makes every write that returned before this call durable.
+  virtual absl::Status Sync() = 0;
+
   virtual absl::StatusOr<std::optional<v1::Activity>> Get(const std::string& id) = 0;
 
   // Calls `visit` for every activity in id order (which is creation order);
@@ -34,10 +37,8 @@ class ActivityStore {
   // A number greater than every earlier boot's, durable when returned.
   virtual absl::StatusOr<uint64_t> NextBootEpoch() = 0;
 
-  // Synced writes asked for, and WAL syncs done, since the store opened: how
-  // well group commit works.
-  virtual uint64_t synced_writes() const = 0;
-  virtual uint64_t wal_syncs() const = 0;
+  // Syncs done since the store opened (synced Puts and Sync calls).
+  virtual uint64_t syncs() const = 0;
 };
 
 // Opens (creating if needed) a RocksDB store in `directory`. FAILED_PRECONDITION

@@ -61,7 +61,11 @@ absl::Status CheckName(absl::string_view field, const std::string& value, bool r
 
 }  // namespace
 
-class Coordinator::Impl final : public v1::Coordinator::Service {
+// The API runs on gRPC's callback threads. Enlists and decisions are written
+// without a sync and answered from the syncer thread once a sync that
+// covers them is done: one sync for every write that arrived meanwhile
+// (group commit), and no thread parked per call.
+class Coordinator::Impl final : public v1::Coordinator::CallbackService {
  public:
   // One unfinished activity. Lock order: an Entry's mu before Impl::mu_.
   struct Entry {
@@ -98,44 +102,80 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
   bool shut_down_ = false;
   std::atomic<uint64_t> begun_{0}, committed_{0}, rolled_back_{0}, timed_out_{0};
   std::atomic<uint64_t> phase_two_calls_{0}, phase_two_failures_{0};
+  std::atomic<uint64_t> durable_writes_{0};
+
+  // Group commit: callbacks to run once a sync covers every write before them.
+  absl::Mutex sync_mu_;
+  std::vector<std::function<void()>> sync_waiters_ ABSL_GUARDED_BY(sync_mu_);
+  bool sync_stopping_ ABSL_GUARDED_BY(sync_mu_) = false;
+  std::thread syncer_;
 
   // ---- gRPC API ----
 
-  grpc::Status Begin(grpc::ServerContext*, const v1::BeginRequest* req,
-                     v1::BeginResponse* resp) override {
-    return ToGrpcStatus(DoBegin(*req, resp));
+  using Reactor = grpc::ServerUnaryReactor;
+
+  static Reactor* Answer(grpc::CallbackServerContext* ctx, const absl::Status& st) {
+    Reactor* r = ctx->DefaultReactor();
+    r->Finish(ToGrpcStatus(st));
+    return r;
   }
-  grpc::Status Enlist(grpc::ServerContext*, const v1::EnlistRequest* req,
-                      v1::EnlistResponse*) override {
-    return ToGrpcStatus(DoEnlist(*req));
+
+  // Answers once the writes made so far are durable; runs `then` first
+  // (e.g. starts phase two of a decision now on disk).
+  Reactor* AnswerDurable(grpc::CallbackServerContext* ctx, const absl::Status& st,
+                         std::function<void()> then = nullptr) {
+    Reactor* r = ctx->DefaultReactor();
+    if (!st.ok()) {
+      r->Finish(ToGrpcStatus(st));
+      return r;
+    }
+    AfterSync([r, then = std::move(then)] {
+      if (then) then();
+      r->Finish(grpc::Status::OK);
+    });
+    return r;
   }
-  grpc::Status Commit(grpc::ServerContext*, const v1::ActivityRef* req,
-                      v1::DecisionResponse* resp) override {
-    return ToGrpcStatus(DoDecide(*req, true, resp));
+
+  Reactor* Begin(grpc::CallbackServerContext* ctx, const v1::BeginRequest* req,
+                 v1::BeginResponse* resp) override {
+    return Answer(ctx, DoBegin(*req, resp));
   }
-  grpc::Status Rollback(grpc::ServerContext*, const v1::ActivityRef* req,
-                        v1::DecisionResponse* resp) override {
-    return ToGrpcStatus(DoDecide(*req, false, resp));
+  Reactor* Enlist(grpc::CallbackServerContext* ctx, const v1::EnlistRequest* req,
+                  v1::EnlistResponse*) override {
+    return AnswerDurable(ctx, DoEnlist(*req));
   }
-  grpc::Status Get(grpc::ServerContext*, const v1::ActivityRef* req, v1::Activity* resp) override {
+  Reactor* Commit(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
+                  v1::DecisionResponse* resp) override {
+    std::shared_ptr<Entry> decided;
+    absl::Status st = DoDecide(*req, true, resp, &decided);
+    return AnswerDurable(ctx, st, StarterFor(decided));
+  }
+  Reactor* Rollback(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
+                    v1::DecisionResponse* resp) override {
+    std::shared_ptr<Entry> decided;
+    absl::Status st = DoDecide(*req, false, resp, &decided);
+    return AnswerDurable(ctx, st, StarterFor(decided));
+  }
+  Reactor* Get(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
+               v1::Activity* resp) override {
     absl::StatusOr<v1::Activity> a = Load(req->activity_id());
-    if (!a.ok()) return ToGrpcStatus(a.status());
-    *resp = *std::move(a);
-    return grpc::Status::OK;
+    if (a.ok()) *resp = *std::move(a);
+    return Answer(ctx, a.status());
   }
-  grpc::Status List(grpc::ServerContext*, const v1::ListRequest* req,
-                    v1::ListResponse* resp) override {
-    return ToGrpcStatus(DoList(*req, resp));
+  Reactor* List(grpc::CallbackServerContext* ctx, const v1::ListRequest* req,
+                v1::ListResponse* resp) override {
+    return Answer(ctx, DoList(*req, resp));
   }
-  grpc::Status Retry(grpc::ServerContext*, const v1::ActivityRef* req,
-                     v1::DecisionResponse* resp) override {
-    return ToGrpcStatus(DoRetry(*req, resp));
+  Reactor* Retry(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
+                 v1::DecisionResponse* resp) override {
+    return Answer(ctx, DoRetry(*req, resp));
   }
-  grpc::Status Settle(grpc::ServerContext*, const v1::ActivityRef* req,
-                      v1::DecisionResponse* resp) override {
-    return ToGrpcStatus(DoSettle(*req, resp));
+  Reactor* Settle(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
+                  v1::DecisionResponse* resp) override {
+    return Answer(ctx, DoSettle(*req, resp));
   }
-  grpc::Status GetStats(grpc::ServerContext*, const v1::StatsRequest*, v1::Stats* s) override {
+  Reactor* GetStats(grpc::CallbackServerContext* ctx, const v1::StatsRequest*,
+                    v1::Stats* s) override {
     s->set_begun(begun_.load());
     s->set_committed(committed_.load());
     s->set_rolled_back(rolled_back_.load());
@@ -146,9 +186,49 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
     }
     s->set_phase_two_calls(phase_two_calls_.load());
     s->set_phase_two_failures(phase_two_failures_.load());
-    s->set_synced_writes(store->synced_writes());
-    s->set_wal_syncs(store->wal_syncs());
-    return grpc::Status::OK;
+    s->set_synced_writes(durable_writes_.load());
+    s->set_wal_syncs(store->syncs());
+    return Answer(ctx, absl::OkStatus());
+  }
+
+  // ---- group commit ----
+
+  void AfterSync(std::function<void()> done) {
+    absl::MutexLock lock(&sync_mu_);
+    sync_waiters_.push_back(std::move(done));
+  }
+
+  void SyncLoop() {
+    absl::MutexLock lock(&sync_mu_);
+    while (true) {
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) {
+        return !sync_waiters_.empty() || sync_stopping_;
+      };
+      sync_mu_.Await(absl::Condition(&ready));
+      if (sync_waiters_.empty()) return;  // stopping, nothing owed
+      std::vector<std::function<void()>> batch;
+      batch.swap(sync_waiters_);
+      sync_mu_.Unlock();
+      // Every write these waiters made returned before they queued.
+      absl::Status st = store->Sync();
+      if (!st.ok()) {
+        // Answering from a state that may not be on disk would break every
+        // promise above; a restart recovers from what is.
+        SPDLOG_CRITICAL("cannot sync the activity log ({}); stopping", st.ToString());
+        std::abort();
+      }
+      for (auto& done : batch) done();
+      sync_mu_.Lock();
+    }
+  }
+
+  // After a decision is durable: start its phase two.
+  std::function<void()> StarterFor(const std::shared_ptr<Entry>& e) {
+    if (e == nullptr) return nullptr;
+    return [this, e] {
+      absl::MutexLock lock(&e->mu);
+      if (IsDecided(e->record.state())) StartPhaseTwoLocked(*e);
+    };
   }
 
   // ---- operations ----
@@ -203,7 +283,7 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
     v1::Activity& a = e->record;
     if (a.state() == v1::ACTIVE && absl::Now() >= absl::FromUnixMillis(a.deadline_unix_ms())) {
       timed_out_.fetch_add(1, std::memory_order_relaxed);
-      DecideLocked(*e, false, TimeoutReason(a)).IgnoreError();
+      DecideLocked(*e, false, TimeoutReason(a), /*durable=*/true).IgnoreError();
     }
     if (a.state() != v1::ACTIVE) {
       return absl::FailedPreconditionError(absl::StrCat(Describe(a), "; cannot enlist"));
@@ -226,7 +306,8 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
     x->set_enlisted_unix_ms(UnixMs(absl::Now()));
     e->token.push_back(0);
     e->calling.push_back(false);
-    if (absl::Status st = store->Put(a, true); !st.ok()) {
+    durable_writes_.fetch_add(1, std::memory_order_relaxed);
+    if (absl::Status st = store->Put(a, false); !st.ok()) {  // synced before the answer
       a.mutable_actions()->RemoveLast();
       e->token.pop_back();
       e->calling.pop_back();
@@ -235,7 +316,10 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
     return absl::OkStatus();
   }
 
-  absl::Status DoDecide(const v1::ActivityRef& req, bool commit, v1::DecisionResponse* resp) {
+  // Records the decision (not yet synced: the caller answers after a sync,
+  // then starts phase two of *decided).
+  absl::Status DoDecide(const v1::ActivityRef& req, bool commit, v1::DecisionResponse* resp,
+                        std::shared_ptr<Entry>* decided) {
     std::shared_ptr<Entry> e = FindLive(req.activity_id());
     if (e == nullptr) {
       // Finished already: a repeat of the same decision is a success.
@@ -253,7 +337,7 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
     if (commit && a.state() == v1::ACTIVE &&
         absl::Now() >= absl::FromUnixMillis(a.deadline_unix_ms())) {
       timed_out_.fetch_add(1, std::memory_order_relaxed);
-      DecideLocked(*e, false, TimeoutReason(a)).IgnoreError();
+      DecideLocked(*e, false, TimeoutReason(a), /*durable=*/true).IgnoreError();
     }
     ActivityState same = commit ? v1::COMMITTING : v1::ROLLING_BACK;
     ActivityState done = commit ? v1::COMMITTED : v1::ROLLED_BACK;
@@ -267,7 +351,8 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
     }
     std::string reason =
         commit ? "" : (req.reason().empty() ? "rolled back by the initiator" : req.reason());
-    if (absl::Status st = DecideLocked(*e, commit, reason); !st.ok()) return st;
+    if (absl::Status st = DecideLocked(*e, commit, reason, /*durable=*/false); !st.ok()) return st;
+    *decided = e;
     resp->set_state(a.state());
     return absl::OkStatus();
   }
@@ -367,22 +452,33 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
         absl::FormatDuration(absl::Milliseconds(a.deadline_unix_ms() - a.begun_unix_ms())));
   }
 
-  // Records the decision durably, then starts phase two.
-  absl::Status DecideLocked(Entry& e, bool commit, const std::string& reason)
+  // Records the decision. `durable`: synced now, and phase two starts;
+  // otherwise the caller syncs and then calls StartPhaseTwoLocked.
+  absl::Status DecideLocked(Entry& e, bool commit, const std::string& reason, bool durable)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu) {
     v1::Activity& a = e.record;
     v1::Activity before = a;
     a.set_state(commit ? v1::COMMITTING : v1::ROLLING_BACK);
     a.set_decided_unix_ms(UnixMs(absl::Now()));
     a.set_reason(reason);
-    if (absl::Status st = store->Put(a, true); !st.ok()) {
+    durable_writes_.fetch_add(1, std::memory_order_relaxed);
+    if (absl::Status st = store->Put(a, durable); !st.ok()) {
       a = before;
       return st;
     }
     if (!commit) SPDLOG_DEBUG("{} rolling back: {}", a.id(), reason);
-    if (a.actions_size() == 0) return FinishLocked(e, false);
-    ScheduleActionsLocked(e, absl::Now(), false);
+    if (durable) StartPhaseTwoLocked(e);
     return absl::OkStatus();
+  }
+
+  void StartPhaseTwoLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu) {
+    if (e.record.actions_size() == 0) {
+      if (absl::Status st = FinishLocked(e, false); !st.ok()) {
+        SPDLOG_ERROR("cannot record the end of {}: {}", e.record.id(), st.ToString());
+      }
+      return;
+    }
+    ScheduleActionsLocked(e, absl::Now(), false);
   }
 
   // Every action done: the activity ends. Not synced unless asked: losing
@@ -473,7 +569,7 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
       return;
     }
     timed_out_.fetch_add(1, std::memory_order_relaxed);
-    if (absl::Status st = DecideLocked(*e, false, TimeoutReason(a)); !st.ok()) {
+    if (absl::Status st = DecideLocked(*e, false, TimeoutReason(a), /*durable=*/true); !st.ok()) {
       SPDLOG_ERROR("cannot roll back expired {}: {}; trying again in 1s", id, st.ToString());
       absl::MutexLock l(&mu_);
       AddTaskLocked(absl::Now() + absl::Seconds(1), Task{id, -1, 0});
@@ -661,6 +757,11 @@ class Coordinator::Impl final : public v1::Coordinator::Service {
     shut_down_ = true;
     if (server != nullptr) server->Shutdown();  // unpublish, drain API calls
     {
+      absl::MutexLock lock(&sync_mu_);
+      sync_stopping_ = true;
+    }
+    if (syncer_.joinable()) syncer_.join();  // answers every call still owed a sync
+    {
       absl::MutexLock lock(&mu_);
       stopping_ = true;
       wake_ = true;
@@ -709,6 +810,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   if (absl::Status st = impl->Recover(); !st.ok()) return st;
   Impl* raw = impl.get();
   impl->dispatcher_ = std::thread([raw] { raw->Dispatch(); });
+  impl->syncer_ = std::thread([raw] { raw->SyncLoop(); });
 
   rpc::ServerOptions so;
   so.listen = o.listen;

@@ -1,5 +1,4 @@
 #include <rocksdb/db.h>
-#include <rocksdb/statistics.h>
 #include <rocksdb/write_batch.h>
 
 #include <atomic>
@@ -23,8 +22,7 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
 
 class RocksDbActivityStore : public ActivityStore {
  public:
-  RocksDbActivityStore(std::unique_ptr<rocksdb::DB> db, std::shared_ptr<rocksdb::Statistics> stats)
-      : db_(std::move(db)), stats_(std::move(stats)) {
+  explicit RocksDbActivityStore(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {
     sync_.sync = true;
   }
 
@@ -33,9 +31,14 @@ class RocksDbActivityStore : public ActivityStore {
     if (!activity.SerializeToString(&value)) {
       return absl::InternalError("activity store: cannot serialize activity " + activity.id());
     }
-    if (sync) synced_writes_.fetch_add(1, std::memory_order_relaxed);
+    if (sync) syncs_.fetch_add(1, std::memory_order_relaxed);
     return FromRocks(db_->Put(sync ? sync_ : async_, Key(activity.id()), value),
                      "writing activity " + activity.id());
+  }
+
+  absl::Status Sync() override {
+    syncs_.fetch_add(1, std::memory_order_relaxed);
+    return FromRocks(db_->SyncWAL(), "syncing the log");
   }
 
   absl::StatusOr<std::optional<v1::Activity>> Get(const std::string& id) override {
@@ -90,20 +93,16 @@ class RocksDbActivityStore : public ActivityStore {
     return epoch;
   }
 
-  uint64_t synced_writes() const override { return synced_writes_.load(); }
-  uint64_t wal_syncs() const override {
-    return stats_ == nullptr ? 0 : stats_->getTickerCount(rocksdb::WAL_FILE_SYNCED);
-  }
+  uint64_t syncs() const override { return syncs_.load(); }
 
  private:
   static std::string Key(const std::string& id) { return absl::StrCat(kActivityPrefix, id); }
 
   std::unique_ptr<rocksdb::DB> db_;
-  std::shared_ptr<rocksdb::Statistics> stats_;
   rocksdb::WriteOptions sync_;
   rocksdb::WriteOptions async_;
   absl::Mutex mu_;
-  std::atomic<uint64_t> synced_writes_{0};
+  std::atomic<uint64_t> syncs_{0};
 };
 
 }  // namespace
@@ -114,8 +113,6 @@ absl::StatusOr<std::unique_ptr<ActivityStore>> OpenRocksDbActivityStore(
   options.create_if_missing = true;
   options.max_open_files = 64;
   options.keep_log_file_num = 4;
-  options.statistics = rocksdb::CreateDBStatistics();
-  options.statistics->set_stats_level(rocksdb::StatsLevel::kExceptTimers);
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(options, directory, &raw);
   if (!s.ok()) {
@@ -123,7 +120,7 @@ absl::StatusOr<std::unique_ptr<ActivityStore>> OpenRocksDbActivityStore(
         absl::StrCat("cannot open the activity store in '", directory, "': ", s.ToString()));
   }
   return std::unique_ptr<ActivityStore>(
-      new RocksDbActivityStore(std::unique_ptr<rocksdb::DB>(raw), options.statistics));
+      new RocksDbActivityStore(std::unique_ptr<rocksdb::DB>(raw)));
 }
 
 }  // namespace formica::dts
