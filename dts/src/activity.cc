@@ -4,7 +4,8 @@
 #include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
-#include "formica/dts/v1/dts.grpc.pb.h"
+#include "coordinator_calls.h"
+#include "formica/dts/v1/dts.pb.h"
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/client.h"
 
@@ -17,21 +18,14 @@ absl::StatusOr<std::unique_ptr<Activity>> Activity::Begin(rpc::Client* rpc,
   if (options.timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ActivityOptions.timeout is negative");
   }
-  v1::BeginRequest request;
-  request.set_name(options.name);
-  request.set_initiator(options.initiator);
-  request.set_timeout_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options.timeout)));
-  v1::BeginResponse response;
-  rpc::CallOptions call;
-  call.timeout = options.call_timeout;
-  call.idempotent = true;  // a repeat only leaves an empty activity to time out
-  absl::Status st =
-      rpc->Call(kCoordinatorService, call,
-                [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
-                  return v1::Coordinator::NewStub(channel)->Begin(ctx, request, &response);
-                });
-  if (!st.ok()) return st;
-  return std::unique_ptr<Activity>(new Activity(rpc, std::move(options), response.activity_id()));
+  v1::CoordinatorOp op;
+  v1::BeginRequest* request = op.mutable_begin();
+  request->set_name(options.name);
+  request->set_initiator(options.initiator);
+  request->set_timeout_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options.timeout)));
+  absl::StatusOr<v1::OpResult> begun = CoordinatorCalls::For(rpc).Run(op, options.call_timeout);
+  if (!begun.ok()) return begun.status();
+  return std::unique_ptr<Activity>(new Activity(rpc, std::move(options), begun->activity_id()));
 }
 
 Activity::Activity(rpc::Client* rpc, ActivityOptions options, std::string id)
@@ -70,20 +64,11 @@ absl::Status Activity::Commit() { return Decide(true, ""); }
 absl::Status Activity::Rollback(absl::string_view reason) { return Decide(false, reason); }
 
 absl::Status Activity::Decide(bool commit, absl::string_view reason) {
-  v1::ActivityRef request;
-  request.set_activity_id(id_);
-  request.set_reason(std::string(reason));
-  v1::DecisionResponse response;
-  rpc::CallOptions call;
-  call.timeout = options_.call_timeout;
-  call.idempotent = true;  // deciding again the same way is a success
-  absl::Status st =
-      rpc_->Call(kCoordinatorService, call,
-                 [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
-                   auto stub = v1::Coordinator::NewStub(channel);
-                   return commit ? stub->Commit(ctx, request, &response)
-                                 : stub->Rollback(ctx, request, &response);
-                 });
+  v1::CoordinatorOp op;
+  v1::ActivityRef* ref = commit ? op.mutable_commit() : op.mutable_rollback();
+  ref->set_activity_id(id_);
+  ref->set_reason(std::string(reason));
+  absl::Status st = CoordinatorCalls::For(rpc_).Run(op, options_.call_timeout).status();
   if (st.ok() || absl::IsFailedPrecondition(st) || absl::IsNotFound(st)) {
     decided_ = true;  // decided here, or by the coordinator already
   }

@@ -31,6 +31,7 @@ using v1::ActivityState;
 
 constexpr int kMaxNameLength = 256;
 constexpr size_t kMaxPayloadBytes = 1 << 20;
+constexpr int kMaxBatch = 1000;
 
 bool IsFinished(ActivityState s) { return s == v1::COMMITTED || s == v1::ROLLED_BACK; }
 bool IsDecided(ActivityState s) { return s == v1::COMMITTING || s == v1::ROLLING_BACK; }
@@ -155,6 +156,50 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     std::shared_ptr<Entry> decided;
     absl::Status st = DoDecide(*req, false, resp, &decided);
     return AnswerDurable(ctx, st, StarterFor(decided));
+  }
+  Reactor* Batch(grpc::CallbackServerContext* ctx, const v1::BatchRequest* req,
+                 v1::BatchResponse* resp) override {
+    if (req->ops_size() > kMaxBatch) {
+      return Answer(ctx, absl::InvalidArgumentError(absl::StrCat(
+                             "a batch holds at most ", kMaxBatch, " ops, got ", req->ops_size())));
+    }
+    std::vector<std::function<void()>> starters;
+    bool durable = false;
+    for (const v1::CoordinatorOp& op : req->ops()) {
+      v1::OpResult* result = resp->add_results();
+      absl::Status st;
+      switch (op.op_case()) {
+        case v1::CoordinatorOp::kBegin: {
+          v1::BeginResponse begun;
+          st = DoBegin(op.begin(), &begun);
+          result->set_activity_id(begun.activity_id());
+          break;
+        }
+        case v1::CoordinatorOp::kEnlist:
+          st = DoEnlist(op.enlist());
+          durable = true;
+          break;
+        case v1::CoordinatorOp::kCommit:
+        case v1::CoordinatorOp::kRollback: {
+          bool commit = op.op_case() == v1::CoordinatorOp::kCommit;
+          std::shared_ptr<Entry> decided;
+          v1::DecisionResponse decision;
+          st = DoDecide(commit ? op.commit() : op.rollback(), commit, &decision, &decided);
+          result->set_state(decision.state());
+          if (auto start = StarterFor(decided)) starters.push_back(std::move(start));
+          durable = true;
+          break;
+        }
+        default:
+          st = absl::InvalidArgumentError("a batch op must be begin, enlist, commit or rollback");
+      }
+      result->set_code(static_cast<int>(st.code()));
+      result->set_message(std::string(st.message()));
+    }
+    if (!durable) return Answer(ctx, absl::OkStatus());
+    return AnswerDurable(ctx, absl::OkStatus(), [starters = std::move(starters)] {
+      for (const auto& start : starters) start();
+    });
   }
   Reactor* Get(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                v1::Activity* resp) override {

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "coordinator_calls.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/activity.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
@@ -178,20 +179,13 @@ class Participant::Impl final : public v1::Participant::Service {
   }
 
   absl::Status Enlist(absl::string_view id, absl::string_view action, absl::string_view payload) {
-    v1::EnlistRequest request;
-    request.set_activity_id(std::string(id));
-    request.set_participant(options.name);
-    request.set_action(std::string(action));
-    request.set_payload(std::string(payload));
-    v1::EnlistResponse response;
-    rpc::CallOptions call;
-    call.timeout = options.enlist_timeout;
-    call.idempotent = true;  // enlisting again is a no-op
-    call.context.txn_id = std::string(id);
-    return rpc->Call(kCoordinatorService, call,
-                     [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
-                       return v1::Coordinator::NewStub(channel)->Enlist(ctx, request, &response);
-                     });
+    v1::CoordinatorOp op;
+    v1::EnlistRequest* request = op.mutable_enlist();
+    request->set_activity_id(std::string(id));
+    request->set_participant(options.name);
+    request->set_action(std::string(action));
+    request->set_payload(std::string(payload));
+    return CoordinatorCalls::For(rpc).Run(op, options.enlist_timeout).status();
   }
 
   bool Declared(absl::string_view action) {

@@ -1,0 +1,121 @@
+#include "coordinator_calls.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <map>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "formica/common/grpc_status.h"
+#include "formica/dts/activity.h"
+#include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/rpc/client.h"
+
+namespace formica::dts {
+namespace {
+
+constexpr int kMaxOps = 256;
+constexpr size_t kMaxBytes = 2 << 20;  // well under gRPC's 4 MiB message limit
+
+}  // namespace
+
+class CoordinatorCalls::Impl {
+ public:
+  explicit Impl(rpc::Client* rpc) : rpc_(rpc) {}
+
+  struct Pending {
+    const v1::CoordinatorOp* op;
+    absl::Time deadline;
+    absl::StatusOr<v1::OpResult> result = absl::UnknownError("not sent");
+    bool done = false;
+  };
+
+  absl::StatusOr<v1::OpResult> Run(const v1::CoordinatorOp& op, absl::Duration timeout) {
+    Pending mine{&op, absl::Now() + timeout};
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(&mine);
+    if (sending_) {
+      mu_.Await(absl::Condition(
+          +[](Pending* p) { return p->done; }, &mine));
+      return std::move(mine.result);
+    }
+    sending_ = true;
+    while (!queue_.empty()) {
+      std::vector<Pending*> batch;
+      size_t bytes = 0;
+      size_t taken = 0;
+      for (; taken < queue_.size() && static_cast<int>(taken) < kMaxOps; ++taken) {
+        bytes += queue_[taken]->op->ByteSizeLong();
+        if (taken > 0 && bytes > kMaxBytes) break;
+        batch.push_back(queue_[taken]);
+      }
+      queue_.erase(queue_.begin(), queue_.begin() + batch.size());
+      mu_.Unlock();
+      Send(batch);
+      mu_.Lock();
+      for (Pending* p : batch) p->done = true;
+    }
+    sending_ = false;
+    return std::move(mine.result);
+  }
+
+ private:
+  void Send(const std::vector<Pending*>& batch) {
+    v1::BatchRequest request;
+    absl::Time deadline = absl::InfiniteFuture();
+    for (Pending* p : batch) {
+      *request.add_ops() = *p->op;
+      deadline = std::min(deadline, p->deadline);  // never longer than any caller asked
+    }
+    v1::BatchResponse response;
+    rpc::CallOptions call;
+    call.timeout = std::max(absl::Milliseconds(1), deadline - absl::Now());
+    call.idempotent = true;  // each op is: begin leaves at most an empty activity behind
+    absl::Status st =
+        rpc_->Call(kCoordinatorService, call,
+                   [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                     return v1::Coordinator::NewStub(channel)->Batch(ctx, request, &response);
+                   });
+    if (st.ok() && response.results_size() != static_cast<int>(batch.size())) {
+      st = absl::InternalError(absl::StrCat("the coordinator answered ", response.results_size(),
+                                            " of ", batch.size(), " ops"));
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (!st.ok()) {
+        batch[i]->result = st;
+        continue;
+      }
+      const v1::OpResult& r = response.results(static_cast<int>(i));
+      if (r.code() != 0) {
+        batch[i]->result = StatusFromCode(r.code(), r.message());
+      } else {
+        batch[i]->result = r;
+      }
+    }
+  }
+
+  rpc::Client* const rpc_;
+  absl::Mutex mu_;
+  std::vector<Pending*> queue_ ABSL_GUARDED_BY(mu_);
+  bool sending_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+CoordinatorCalls& CoordinatorCalls::For(rpc::Client* rpc) {
+  static absl::Mutex* mu = new absl::Mutex();
+  static auto* all = new std::map<rpc::Client*, CoordinatorCalls*>();
+  absl::MutexLock lock(mu);
+  CoordinatorCalls*& calls = (*all)[rpc];
+  if (calls == nullptr) calls = new CoordinatorCalls(rpc);
+  return *calls;
+}
+
+CoordinatorCalls::CoordinatorCalls(rpc::Client* rpc) : impl_(new Impl(rpc)) {}
+
+absl::StatusOr<v1::OpResult> CoordinatorCalls::Run(const v1::CoordinatorOp& op,
+                                                   absl::Duration timeout) {
+  return impl_->Run(op, timeout);
+}
+
+}  // namespace formica::dts
