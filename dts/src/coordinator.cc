@@ -6,6 +6,7 @@
 #include <atomic>
 #include <deque>
 #include <map>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -32,6 +33,7 @@ using v1::ActivityState;
 constexpr int kMaxNameLength = 256;
 constexpr size_t kMaxPayloadBytes = 1 << 20;
 constexpr int kMaxBatch = 1000;
+constexpr size_t kMaxPhaseTwoBatch = 256;
 
 bool IsFinished(ActivityState s) { return s == v1::COMMITTED || s == v1::ROLLED_BACK; }
 bool IsDecided(ActivityState s) { return s == v1::COMMITTING || s == v1::ROLLING_BACK; }
@@ -591,11 +593,19 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
           tasks_.erase(tasks_.begin());
         }
       }
+      std::map<std::string, std::vector<Prepared>> by_participant;
       for (Task& t : due) {
         if (t.action < 0) {
           Expire(t.id);
-        } else {
-          Launch(t);
+        } else if (std::optional<Prepared> p = Prepare(t); p.has_value()) {
+          by_participant[p->participant].push_back(std::move(*p));
+        }
+      }
+      for (auto& [participant, items] : by_participant) {
+        for (size_t from = 0; from < items.size(); from += kMaxPhaseTwoBatch) {
+          size_t to = std::min(items.size(), from + kMaxPhaseTwoBatch);
+          Launch(participant, std::vector<Prepared>(std::make_move_iterator(items.begin() + from),
+                                                    std::make_move_iterator(items.begin() + to)));
         }
       }
     }
@@ -621,9 +631,12 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     }
   }
 
-  struct PhaseTwoCall {
-    v1::PhaseTwoRequest request;
-    v1::PhaseTwoResponse response;
+  // One confirm or cancel, ready to go: its action is marked as being called.
+  struct Prepared {
+    std::shared_ptr<Entry> entry;
+    int index;
+    std::string participant;
+    v1::PhaseTwoItem item;
   };
 
   void SlotFreed() {
@@ -632,49 +645,67 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     wake_ = true;
   }
 
-  void Launch(const Task& t) {
+  std::optional<Prepared> Prepare(const Task& t) {
     std::shared_ptr<Entry> e = FindLive(t.id);
     if (e == nullptr) {
       SlotFreed();
-      return;
+      return std::nullopt;
     }
-    auto call = std::make_shared<PhaseTwoCall>();
-    std::string participant;
-    bool commit = false;
-    {
-      absl::MutexLock lock(&e->mu);
-      const v1::Activity& a = e->record;
-      if (t.action >= a.actions_size() || e->token[t.action] != t.token || e->calling[t.action] ||
-          IsDone(a.actions(t.action).state()) || !IsDecided(a.state())) {
-        SlotFreed();
-        return;
-      }
-      e->calling[t.action] = true;
-      const v1::Action& x = a.actions(t.action);
-      call->request.set_activity_id(a.id());
-      call->request.set_action(x.name());
-      call->request.set_payload(x.payload());
-      participant = x.participant();
-      commit = a.state() == v1::COMMITTING;
+    absl::MutexLock lock(&e->mu);
+    const v1::Activity& a = e->record;
+    if (t.action >= a.actions_size() || e->token[t.action] != t.token || e->calling[t.action] ||
+        IsDone(a.actions(t.action).state()) || !IsDecided(a.state())) {
+      SlotFreed();
+      return std::nullopt;
     }
+    e->calling[t.action] = true;
+    const v1::Action& x = a.actions(t.action);
+    Prepared p{e, t.action, x.participant(), {}};
+    p.item.set_activity_id(a.id());
+    p.item.set_action(x.name());
+    p.item.set_payload(x.payload());
+    p.item.set_confirm(a.state() == v1::COMMITTING);
+    return p;
+  }
+
+  // Confirms and cancels for one participant travel in one round trip.
+  void Launch(const std::string& participant, std::vector<Prepared> items) {
+    struct Call {
+      std::vector<Prepared> items;
+      v1::PhaseTwoBatchRequest request;
+      v1::PhaseTwoBatchResponse response;
+    };
+    auto call = std::make_shared<Call>();
+    call->items = std::move(items);
+    for (const Prepared& p : call->items) *call->request.add_items() = p.item;
     rpc::CallOptions opts;
     opts.timeout = options.call_timeout;
     opts.idempotent = true;
-    opts.context.txn_id = t.id;
-    int index = t.action;
-    phase_two_calls_.fetch_add(1, std::memory_order_relaxed);
+    if (call->items.size() == 1) opts.context.txn_id = call->items[0].item.activity_id();
+    phase_two_calls_.fetch_add(call->items.size(), std::memory_order_relaxed);
     rpc->CallAsync(
         participant, opts,
-        [call, commit](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx,
-                       std::function<void(grpc::Status)> finish) {
-          auto stub = v1::Participant::NewStub(channel);
-          if (commit) {
-            stub->async()->Confirm(ctx, &call->request, &call->response, std::move(finish));
-          } else {
-            stub->async()->Cancel(ctx, &call->request, &call->response, std::move(finish));
-          }
+        [call](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx,
+               std::function<void(grpc::Status)> finish) {
+          v1::Participant::NewStub(channel)->async()->PhaseTwoBatch(
+              ctx, &call->request, &call->response, std::move(finish));
         },
-        [this, e, index, call](absl::Status status) { Completed(e, index, status); });
+        [this, call](absl::Status status) {
+          if (status.ok() &&
+              call->response.results_size() != static_cast<int>(call->items.size())) {
+            status = absl::InternalError(absl::StrCat("the participant answered ",
+                                                      call->response.results_size(), " of ",
+                                                      call->items.size(), " items"));
+          }
+          for (size_t i = 0; i < call->items.size(); ++i) {
+            absl::Status item = status;
+            if (status.ok()) {
+              const v1::PhaseTwoResult& r = call->response.results(static_cast<int>(i));
+              item = r.code() == 0 ? absl::OkStatus() : StatusFromCode(r.code(), r.message());
+            }
+            Completed(call->items[i].entry, call->items[i].index, item);
+          }
+        });
   }
 
   void Completed(const std::shared_ptr<Entry>& e, int index, const absl::Status& status) {

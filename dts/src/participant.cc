@@ -127,25 +127,40 @@ class Participant::Impl final : public v1::Participant::Service {
   bool leading ABSL_GUARDED_BY(queue_mu) = false;
 
   absl::Status InTransaction(const Work& work) {
-    Pending mine{&work, absl::OkStatus(), false};
+    std::vector<absl::Status> results = InTransactions({&work});
+    return results[0];
+  }
+
+  // As InTransaction, for several independent works at once.
+  std::vector<absl::Status> InTransactions(const std::vector<const Work*>& works) {
+    std::vector<Pending> mine;
+    mine.reserve(works.size());
+    for (const Work* w : works) mine.push_back(Pending{w, absl::OkStatus(), false});
+    auto all_done = [&mine]() {
+      for (const Pending& p : mine) {
+        if (!p.done) return false;
+      }
+      return true;
+    };
     absl::MutexLock lock(&queue_mu);
-    queue.push_back(&mine);
+    for (Pending& p : mine) queue.push_back(&p);
     if (leading) {
-      queue_mu.Await(absl::Condition(
-          +[](Pending* p) { return p->done; }, &mine));
-      return mine.result;
+      queue_mu.Await(absl::Condition(&all_done));
+    } else {
+      leading = true;
+      while (!queue.empty()) {
+        std::vector<Pending*> batch;
+        batch.swap(queue);
+        queue_mu.Unlock();
+        RunBatch(batch);
+        queue_mu.Lock();
+        for (Pending* p : batch) p->done = true;
+      }
+      leading = false;
     }
-    leading = true;
-    while (!queue.empty()) {
-      std::vector<Pending*> batch;
-      batch.swap(queue);
-      queue_mu.Unlock();
-      RunBatch(batch);
-      queue_mu.Lock();
-      for (Pending* p : batch) p->done = true;
-    }
-    leading = false;
-    return mine.result;
+    std::vector<absl::Status> results;
+    for (Pending& p : mine) results.push_back(std::move(p.result));
+    return results;
   }
 
   void RunBatch(const std::vector<Pending*>& batch) {
@@ -226,22 +241,23 @@ class Participant::Impl final : public v1::Participant::Service {
     });
   }
 
-  absl::Status PhaseTwo(bool confirm, const v1::PhaseTwoRequest& req) {
-    if (req.activity_id().empty() || req.action().empty()) {
+  // The local work of one confirm or cancel, or the error that stops it.
+  absl::StatusOr<Work> PhaseTwoWork(bool confirm, ActionCall call) {
+    if (call.activity_id.empty() || call.action.empty()) {
       return absl::InvalidArgumentError("activity_id and action are required");
     }
     Step step;
     {
       absl::MutexLock lock(&steps_mu);
-      auto it = steps.find(req.action());
+      auto it = steps.find(call.action);
       if (it == steps.end()) {
         return absl::UnimplementedError(absl::StrCat(
-            "action '", req.action(), "' is not declared by participant ", options.name));
+            "action '", call.action, "' is not declared by participant ", options.name));
       }
       step = confirm ? it->second.confirm : it->second.cancel;
     }
-    ActionCall call{req.activity_id(), req.action(), req.payload()};
-    return InTransaction([&](bool* keep) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+    return Work([this, confirm, call = std::move(call), step = std::move(step)](
+                    bool* keep) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
       absl::StatusOr<bool> fresh =
           Mark(call.activity_id, call.action, confirm ? "confirm" : "cancel");
       if (!fresh.ok()) return fresh.status();
@@ -260,6 +276,37 @@ class Participant::Impl final : public v1::Participant::Service {
         return absl::OkStatus();  // empty rollback; the cancel row bars a late try
       }
       return step ? step(db, call) : absl::OkStatus();
+    });
+  }
+
+  absl::Status PhaseTwo(bool confirm, const v1::PhaseTwoRequest& req) {
+    absl::StatusOr<Work> work =
+        PhaseTwoWork(confirm, ActionCall{req.activity_id(), req.action(), req.payload()});
+    if (!work.ok()) return work.status();
+    return InTransaction(*work);
+  }
+
+  grpc::Status PhaseTwoBatch(grpc::ServerContext* ctx, const v1::PhaseTwoBatchRequest* req,
+                             v1::PhaseTwoBatchResponse* resp) override {
+    return rpc::Serve(ctx, [&] {
+      std::vector<absl::StatusOr<Work>> works;
+      std::vector<const Work*> runnable;
+      for (const v1::PhaseTwoItem& item : req->items()) {
+        works.push_back(PhaseTwoWork(
+            item.confirm(), ActionCall{item.activity_id(), item.action(), item.payload()}));
+      }
+      for (auto& w : works) {
+        if (w.ok()) runnable.push_back(&*w);
+      }
+      std::vector<absl::Status> ran = InTransactions(runnable);
+      size_t next = 0;
+      for (auto& w : works) {
+        absl::Status st = w.ok() ? ran[next++] : w.status();
+        v1::PhaseTwoResult* r = resp->add_results();
+        r->set_code(static_cast<int>(st.code()));
+        r->set_message(std::string(st.message()));
+      }
+      return grpc::Status::OK;
     });
   }
 
