@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
@@ -34,6 +35,7 @@ constexpr int kMaxNameLength = 256;
 constexpr size_t kMaxPayloadBytes = 1 << 20;
 constexpr int kMaxBatch = 1000;
 constexpr size_t kMaxPhaseTwoBatch = 256;
+constexpr size_t kMaxPhaseTwoBytes = 2 << 20;  // under gRPC's 4 MiB message limit
 
 bool IsFinished(ActivityState s) { return s == v1::COMMITTED || s == v1::ROLLED_BACK; }
 bool IsDecided(ActivityState s) { return s == v1::COMMITTING || s == v1::ROLLING_BACK; }
@@ -78,6 +80,8 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     // call is out now. Stale tasks (older tokens) are dropped.
     std::vector<uint64_t> token ABSL_GUARDED_BY(mu);
     std::vector<bool> calling ABSL_GUARDED_BY(mu);
+    // The decision is on disk: only then may confirms or cancels go out.
+    bool decision_durable ABSL_GUARDED_BY(mu) = false;
   };
 
   struct Task {
@@ -100,6 +104,7 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::set<std::string> no_batch_ ABSL_GUARDED_BY(mu_);  // participants without PhaseTwoBatch
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_){std::random_device{}()};
   std::thread dispatcher_;
   bool shut_down_ = false;
@@ -127,14 +132,12 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
   // (e.g. starts phase two of a decision now on disk).
   Reactor* AnswerDurable(grpc::CallbackServerContext* ctx, const absl::Status& st,
                          std::function<void()> then = nullptr) {
+    // Errors wait for the sync too: a refusal may name a concurrent
+    // decision that is not on disk yet.
     Reactor* r = ctx->DefaultReactor();
-    if (!st.ok()) {
-      r->Finish(ToGrpcStatus(st));
-      return r;
-    }
-    AfterSync([r, then = std::move(then)] {
+    AfterSync([r, st, then = std::move(then)] {
       if (then) then();
-      r->Finish(grpc::Status::OK);
+      r->Finish(ToGrpcStatus(st));
     });
     return r;
   }
@@ -274,7 +277,10 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     if (e == nullptr) return nullptr;
     return [this, e] {
       absl::MutexLock lock(&e->mu);
-      if (IsDecided(e->record.state())) StartPhaseTwoLocked(*e);
+      if (IsDecided(e->record.state())) {
+        e->decision_durable = true;
+        StartPhaseTwoLocked(*e);
+      }
     };
   }
 
@@ -337,7 +343,10 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     }
     for (const v1::Action& x : a.actions()) {
       if (x.participant() == req.participant() && x.name() == req.action()) {
-        return absl::OkStatus();  // a repeated try
+        if (x.payload() == req.payload()) return absl::OkStatus();  // a repeated try
+        return absl::FailedPreconditionError(absl::StrCat(
+            "action ", req.action(), " of ", req.participant(), " is already enlisted in activity ",
+            a.id(), " with another payload; give each action of an activity its own name"));
       }
     }
     if (a.actions_size() >= options.max_actions) {
@@ -412,9 +421,11 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
       return absl::FailedPreconditionError(absl::StrCat(Describe(*a), "; nothing to retry"));
     }
     absl::MutexLock lock(&e->mu);
-    if (!IsDecided(e->record.state())) {
+    if (!IsDecided(e->record.state()) || !e->decision_durable) {
       return absl::FailedPreconditionError(
-          absl::StrCat(Describe(e->record), "; only a decided activity's phase two is retried"));
+          absl::StrCat(Describe(e->record),
+                       "; only a decided activity's phase two is retried, once the "
+                       "decision is on disk"));
     }
     SPDLOG_INFO("operator retries phase two of {}", e->record.id());
     ScheduleActionsLocked(*e, absl::Now(), /*reset=*/true);
@@ -514,6 +525,7 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
       return st;
     }
     if (!commit) SPDLOG_DEBUG("{} rolling back: {}", a.id(), reason);
+    e.decision_durable = durable;
     if (durable) StartPhaseTwoLocked(e);
     return absl::OkStatus();
   }
@@ -577,20 +589,26 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
         absl::Time now = absl::Now();
         absl::Time next = now + absl::Seconds(1);
         if (!tasks_.empty()) next = std::min(next, tasks_.begin()->first);
-        if (!stopping_ && (tasks_.empty() || next > now || in_flight_ >= options.max_in_flight)) {
+        // At the in-flight cap, due calls wait for a freed slot (wake_), not
+        // in a spin; timeouts still run within 50 ms.
+        if (in_flight_ >= options.max_in_flight) next = now + absl::Milliseconds(50);
+        if (!stopping_ && (tasks_.empty() || next > now)) {
           mu_.AwaitWithDeadline(absl::Condition(&wake_), next);
         }
         wake_ = false;
         if (stopping_) return;
         now = absl::Now();
-        while (!tasks_.empty() && tasks_.begin()->first <= now) {
-          Task& t = tasks_.begin()->second;
+        for (auto it = tasks_.begin(); it != tasks_.end() && it->first <= now;) {
+          Task& t = it->second;
           if (t.action >= 0) {
-            if (in_flight_ >= options.max_in_flight) break;
+            if (in_flight_ >= options.max_in_flight) {
+              ++it;  // stays queued; timeouts behind it still run
+              continue;
+            }
             ++in_flight_;
           }
           due.push_back(std::move(t));
-          tasks_.erase(tasks_.begin());
+          it = tasks_.erase(it);
         }
       }
       std::map<std::string, std::vector<Prepared>> by_participant;
@@ -602,11 +620,21 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
         }
       }
       for (auto& [participant, items] : by_participant) {
-        for (size_t from = 0; from < items.size(); from += kMaxPhaseTwoBatch) {
-          size_t to = std::min(items.size(), from + kMaxPhaseTwoBatch);
-          Launch(participant, std::vector<Prepared>(std::make_move_iterator(items.begin() + from),
-                                                    std::make_move_iterator(items.begin() + to)));
+        // Chunks of at most kMaxPhaseTwoBatch items and kMaxPhaseTwoBytes.
+        std::vector<Prepared> chunk;
+        size_t bytes = 0;
+        for (Prepared& p : items) {
+          size_t size = p.item.ByteSizeLong();
+          if (!chunk.empty() &&
+              (chunk.size() >= kMaxPhaseTwoBatch || bytes + size > kMaxPhaseTwoBytes)) {
+            Launch(participant, std::move(chunk));
+            chunk.clear();
+            bytes = 0;
+          }
+          bytes += size;
+          chunk.push_back(std::move(p));
         }
+        if (!chunk.empty()) Launch(participant, std::move(chunk));
       }
     }
   }
@@ -654,7 +682,7 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     absl::MutexLock lock(&e->mu);
     const v1::Activity& a = e->record;
     if (t.action >= a.actions_size() || e->token[t.action] != t.token || e->calling[t.action] ||
-        IsDone(a.actions(t.action).state()) || !IsDecided(a.state())) {
+        IsDone(a.actions(t.action).state()) || !IsDecided(a.state()) || !e->decision_durable) {
       SlotFreed();
       return std::nullopt;
     }
@@ -668,8 +696,49 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     return p;
   }
 
+  // One confirm or cancel on its own: for participants whose library
+  // predates PhaseTwoBatch.
+  void LaunchSingle(const std::string& participant, Prepared p) {
+    struct Call {
+      Prepared p;
+      v1::PhaseTwoRequest request;
+      v1::PhaseTwoResponse response;
+    };
+    auto call = std::make_shared<Call>();
+    call->request.set_activity_id(p.item.activity_id());
+    call->request.set_action(p.item.action());
+    call->request.set_payload(p.item.payload());
+    call->p = std::move(p);
+    rpc::CallOptions opts;
+    opts.timeout = options.call_timeout;
+    opts.idempotent = true;
+    opts.context.txn_id = call->request.activity_id();
+    phase_two_calls_.fetch_add(1, std::memory_order_relaxed);
+    rpc->CallAsync(
+        participant, opts,
+        [call](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx,
+               std::function<void(grpc::Status)> finish) {
+          auto stub = v1::Participant::NewStub(channel);
+          if (call->p.item.confirm()) {
+            stub->async()->Confirm(ctx, &call->request, &call->response, std::move(finish));
+          } else {
+            stub->async()->Cancel(ctx, &call->request, &call->response, std::move(finish));
+          }
+        },
+        [this, call](absl::Status status) { Completed(call->p.entry, call->p.index, status); });
+  }
+
   // Confirms and cancels for one participant travel in one round trip.
   void Launch(const std::string& participant, std::vector<Prepared> items) {
+    bool batches;
+    {
+      absl::MutexLock lock(&mu_);
+      batches = no_batch_.count(participant) == 0;
+    }
+    if (!batches) {
+      for (Prepared& p : items) LaunchSingle(participant, std::move(p));
+      return;
+    }
     struct Call {
       std::vector<Prepared> items;
       v1::PhaseTwoBatchRequest request;
@@ -690,7 +759,19 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
           v1::Participant::NewStub(channel)->async()->PhaseTwoBatch(
               ctx, &call->request, &call->response, std::move(finish));
         },
-        [this, call](absl::Status status) {
+        [this, call, participant](absl::Status status) {
+          // The whole call unimplemented (an undeclared action fails only
+          // its item): the participant's library predates PhaseTwoBatch.
+          if (absl::IsUnimplemented(status)) {
+            SPDLOG_WARN("{} has no PhaseTwoBatch (an older library); calling it per action",
+                        participant);
+            {
+              absl::MutexLock lock(&mu_);
+              no_batch_.insert(participant);
+            }
+            for (Prepared& p : call->items) LaunchSingle(participant, std::move(p));
+            return;
+          }
           if (status.ok() &&
               call->response.results_size() != static_cast<int>(call->items.size())) {
             status = absl::InternalError(absl::StrCat("the participant answered ",
@@ -721,7 +802,13 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
         for (const v1::Action& y : a.actions()) all = all && IsDone(y.state());
         if (all && IsDecided(a.state())) {
           if (absl::Status st = FinishLocked(*e, false); !st.ok()) {
-            SPDLOG_ERROR("cannot record the end of {}: {}", a.id(), st.ToString());
+            // Do this action again later (a no-op at the participant), and
+            // with it the end of the activity.
+            SPDLOG_ERROR("cannot record the end of {}: {}; trying again", a.id(), st.ToString());
+            x->set_state(v1::ENLISTED);
+            absl::MutexLock l(&mu_);
+            AddTaskLocked(absl::Now() + options.retry_initial,
+                          Task{a.id(), index, ++e->token[index]});
           }
         }
       } else if (IsDecided(a.state()) && !IsDone(x->state())) {
@@ -803,6 +890,7 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
       e->record = std::move(a);
       e->token.assign(e->record.actions_size(), 0);
       e->calling.assign(e->record.actions_size(), false);
+      e->decision_durable = IsDecided(e->record.state());  // read back from disk
       for (v1::Action& x : *e->record.mutable_actions()) x.set_attempts(0);
       {
         absl::MutexLock l(&mu_);
@@ -844,10 +932,15 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     }
     if (dispatcher_.joinable()) dispatcher_.join();
     // Phase-two calls out now finish (or time out) before the client goes.
-    absl::MutexLock lock(&mu_);
-    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; };
-    mu_.AwaitWithTimeout(absl::Condition(&idle), options.call_timeout + absl::Seconds(1));
-    SPDLOG_INFO("dtsd stopped with {} unfinished activities on disk", entries_.size());
+    // Phase-two calls out now end by their deadline (call_timeout): wait for
+    // every one, since their completions use this object.
+    {
+      absl::MutexLock lock(&mu_);
+      auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; };
+      mu_.Await(absl::Condition(&idle));
+      SPDLOG_INFO("dtsd stopped with {} unfinished activities on disk", entries_.size());
+    }
+    rpc.reset();
   }
 };
 

@@ -34,64 +34,78 @@ class CoordinatorCalls::Impl {
 
   absl::StatusOr<v1::OpResult> Run(const v1::CoordinatorOp& op, absl::Duration timeout) {
     Pending mine{&op, absl::Now() + timeout};
+    auto done_or_free = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return mine.done || !sending_; };
     absl::MutexLock lock(&mu_);
     queue_.push_back(&mine);
-    if (sending_) {
-      mu_.Await(absl::Condition(
-          +[](Pending* p) { return p->done; }, &mine));
-      return std::move(mine.result);
-    }
-    sending_ = true;
-    while (!queue_.empty()) {
-      std::vector<Pending*> batch;
-      size_t bytes = 0;
-      size_t taken = 0;
-      for (; taken < queue_.size() && static_cast<int>(taken) < kMaxOps; ++taken) {
-        bytes += queue_[taken]->op->ByteSizeLong();
-        if (taken > 0 && bytes > kMaxBytes) break;
-        batch.push_back(queue_[taken]);
+    while (!mine.done) {
+      if (sending_) {
+        mu_.Await(absl::Condition(&done_or_free));
+        continue;
       }
-      queue_.erase(queue_.begin(), queue_.begin() + batch.size());
-      mu_.Unlock();
-      Send(batch);
-      mu_.Lock();
-      for (Pending* p : batch) p->done = true;
+      // Send until our own op is answered, then let a waiter take over.
+      sending_ = true;
+      while (!mine.done && !queue_.empty()) {
+        std::vector<Pending*> batch;
+        size_t bytes = 0;
+        size_t taken = 0;
+        for (; taken < queue_.size() && static_cast<int>(taken) < kMaxOps; ++taken) {
+          bytes += queue_[taken]->op->ByteSizeLong();
+          if (taken > 0 && bytes > kMaxBytes) break;
+          batch.push_back(queue_[taken]);
+        }
+        queue_.erase(queue_.begin(), queue_.begin() + batch.size());
+        mu_.Unlock();
+        Send(batch);
+        mu_.Lock();
+        for (Pending* p : batch) p->done = true;
+      }
+      sending_ = false;
     }
-    sending_ = false;
     return std::move(mine.result);
   }
 
  private:
   void Send(const std::vector<Pending*>& batch) {
+    // Ops whose caller has stopped waiting are not sent; the batch lives as
+    // long as the most patient caller still waiting.
     v1::BatchRequest request;
-    absl::Time deadline = absl::InfiniteFuture();
+    std::vector<Pending*> sent;
+    absl::Time now = absl::Now();
+    absl::Time deadline = now;
     for (Pending* p : batch) {
+      if (p->deadline <= now) {
+        p->result = absl::DeadlineExceededError("no answer from the coordinator in time");
+        continue;
+      }
       *request.add_ops() = *p->op;
-      deadline = std::min(deadline, p->deadline);  // never longer than any caller asked
+      sent.push_back(p);
+      deadline = std::max(deadline, p->deadline);
     }
+    if (sent.empty()) return;
     v1::BatchResponse response;
     rpc::CallOptions call;
     call.timeout = std::max(absl::Milliseconds(1), deadline - absl::Now());
-    call.idempotent = true;  // each op is: begin leaves at most an empty activity behind
+    call.idempotent = true;        // each op is: begin leaves at most an empty activity behind
+    call.inherit_current = false;  // this thread's own call must not bound the others' ops
     absl::Status st =
         rpc_->Call(kCoordinatorService, call,
                    [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
                      return v1::Coordinator::NewStub(channel)->Batch(ctx, request, &response);
                    });
-    if (st.ok() && response.results_size() != static_cast<int>(batch.size())) {
+    if (st.ok() && response.results_size() != static_cast<int>(sent.size())) {
       st = absl::InternalError(absl::StrCat("the coordinator answered ", response.results_size(),
-                                            " of ", batch.size(), " ops"));
+                                            " of ", sent.size(), " ops"));
     }
-    for (size_t i = 0; i < batch.size(); ++i) {
+    for (size_t i = 0; i < sent.size(); ++i) {
       if (!st.ok()) {
-        batch[i]->result = st;
+        sent[i]->result = st;
         continue;
       }
       const v1::OpResult& r = response.results(static_cast<int>(i));
       if (r.code() != 0) {
-        batch[i]->result = StatusFromCode(r.code(), r.message());
+        sent[i]->result = StatusFromCode(r.code(), r.message());
       } else {
-        batch[i]->result = r;
+        sent[i]->result = r;
       }
     }
   }

@@ -20,6 +20,10 @@
 namespace formica::dts {
 namespace {
 
+// Set while this thread runs a body or step inside a local transaction.
+thread_local bool in_local_transaction = false;
+thread_local bool in_body = false;
+
 constexpr char kSchema[] =
     "CREATE TABLE IF NOT EXISTS formica_dts_barrier ("
     " activity_id TEXT NOT NULL,"
@@ -133,6 +137,14 @@ class Participant::Impl final : public v1::Participant::Service {
 
   // As InTransaction, for several independent works at once.
   std::vector<absl::Status> InTransactions(const std::vector<const Work*>& works) {
+    if (in_local_transaction) {
+      // A body or step starting another local transaction would wait for
+      // the one it runs in.
+      return std::vector<absl::Status>(
+          works.size(), absl::FailedPreconditionError(
+                            "a body or step cannot start another local transaction; use the "
+                            "sqlite3* it is given"));
+    }
     std::vector<Pending> mine;
     mine.reserve(works.size());
     for (const Work* w : works) mine.push_back(Pending{w, absl::OkStatus(), false});
@@ -142,13 +154,17 @@ class Participant::Impl final : public v1::Participant::Service {
       }
       return true;
     };
+    auto done_or_free = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return all_done() || !leading; };
     absl::MutexLock lock(&queue_mu);
     for (Pending& p : mine) queue.push_back(&p);
-    if (leading) {
-      queue_mu.Await(absl::Condition(&all_done));
-    } else {
+    while (!all_done()) {
+      if (leading) {
+        queue_mu.Await(absl::Condition(&done_or_free));
+        continue;
+      }
+      // Lead until our own works are done, then let a waiter take over.
       leading = true;
-      while (!queue.empty()) {
+      while (!all_done() && !queue.empty()) {
         std::vector<Pending*> batch;
         batch.swap(queue);
         queue_mu.Unlock();
@@ -163,34 +179,76 @@ class Participant::Impl final : public v1::Participant::Service {
     return results;
   }
 
+  // Runs a batch in as few SQLite transactions as it can: each work in a
+  // savepoint of the open one. Bodies may not run transaction statements
+  // (the authorizer refuses them), so the transaction only ends early when
+  // SQLite rolls it back on an error; then the works kept in it so far are
+  // reported ABORTED (nothing of them stays) and a new one begins.
   void RunBatch(const std::vector<Pending*>& batch) {
     absl::MutexLock lock(&db_mu);
-    if (absl::Status st = Exec("BEGIN IMMEDIATE"); !st.ok()) {
-      for (Pending* p : batch) p->result = st;
-      return;
-    }
-    bool any = false;
+    std::vector<Pending*> kept;
+    bool open = false;
+    auto lost = [&](const absl::Status& why) {
+      for (Pending* k : kept) {
+        k->result = absl::AbortedError(absl::StrCat(
+            "the local transaction was rolled back with another step of its group commit (",
+            why.message(), "); nothing of this step was kept, try again"));
+      }
+      kept.clear();
+      open = false;
+    };
     for (Pending* p : batch) {
+      if (!open) {
+        if (absl::Status st = Exec("BEGIN IMMEDIATE"); !st.ok()) {
+          p->result = st;
+          continue;
+        }
+        open = true;
+      }
       if (absl::Status st = Exec("SAVEPOINT formica_step"); !st.ok()) {
         p->result = st;
+        if (sqlite3_get_autocommit(db)) lost(st);
         continue;
       }
       bool keep = true;
+      in_local_transaction = true;
+      in_body = true;
       p->result = (*p->work)(&keep);
-      if (!p->result.ok() || !keep) {
-        Exec("ROLLBACK TO formica_step").IgnoreError();
-      } else {
-        any = true;
+      in_body = false;
+      in_local_transaction = false;
+      if (sqlite3_get_autocommit(db)) {  // SQLite rolled the transaction back
+        absl::Status why = p->result.ok() ? SqlError("the transaction ended") : p->result;
+        if (p->result.ok()) p->result = why;
+        lost(why);
+        continue;
       }
-      Exec("RELEASE formica_step").IgnoreError();
+      absl::Status undo = absl::OkStatus();
+      if (!p->result.ok() || !keep) undo = Exec("ROLLBACK TO formica_step");
+      absl::Status release = Exec("RELEASE formica_step");
+      if (!undo.ok() || !release.ok()) {
+        absl::Status why = !undo.ok() ? undo : release;
+        if (p->result.ok()) p->result = why;
+        // Cannot tell what of this step stays: give up the transaction.
+        Exec("ROLLBACK").IgnoreError();
+        lost(why);
+        continue;
+      }
+      if (p->result.ok() && keep) kept.push_back(p);
     }
-    absl::Status commit = Exec(any ? "COMMIT" : "ROLLBACK");
-    if (!commit.ok()) {
+    if (!open) return;
+    absl::Status end = Exec(kept.empty() ? "ROLLBACK" : "COMMIT");
+    if (!end.ok()) {
       Exec("ROLLBACK").IgnoreError();
-      for (Pending* p : batch) {
-        if (p->result.ok()) p->result = commit;  // nothing of it is kept
-      }
+      for (Pending* k : kept) k->result = end;  // nothing of it is kept
     }
+  }
+
+  // Refuses transaction statements from a body or step.
+  static int Authorize(void*, int action, const char*, const char*, const char*, const char*) {
+    if (in_body && (action == SQLITE_TRANSACTION || action == SQLITE_SAVEPOINT)) {
+      return SQLITE_DENY;
+    }
+    return SQLITE_OK;
   }
 
   absl::Status Enlist(absl::string_view id, absl::string_view action, absl::string_view payload) {
@@ -264,6 +322,17 @@ class Participant::Impl final : public v1::Participant::Service {
       if (!*fresh) {
         *keep = false;  // a repeat: done before
         return absl::OkStatus();
+      }
+      // Defense in depth: dtsd decides once, so the opposite outcome can
+      // only be here after a fault; refuse rather than undo money twice.
+      absl::StatusOr<bool> opposite =
+          Has(call.activity_id, call.action, confirm ? "cancel" : "confirm");
+      if (!opposite.ok()) return opposite.status();
+      if (*opposite) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("action ", call.action, " of activity ", call.activity_id, " was already ",
+                         confirm ? "cancelled" : "confirmed", " by participant ", options.name,
+                         "; refusing to ", confirm ? "confirm" : "cancel", " it"));
       }
       absl::StatusOr<bool> tried = Has(call.activity_id, call.action, "try");
       if (!tried.ok()) return tried.status();
@@ -345,6 +414,7 @@ absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOption
         impl->options.durable ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", kSchema}) {
     if (absl::Status st = impl->Exec(sql); !st.ok()) return st;
   }
+  sqlite3_set_authorizer(impl->db, &Impl::Authorize, nullptr);
   if (absl::Status st = impl->insert.Prepare(
           impl->db, "INSERT OR IGNORE INTO formica_dts_barrier VALUES (?1, ?2, ?3, ?4)");
       !st.ok()) {

@@ -368,7 +368,8 @@ absl::StatusOr<Client::Impl::Prepared> Client::Impl::Prepare(absl::string_view n
   if (options.parent != nullptr) {
     p.deadline = std::min(p.deadline, absl::FromChrono(options.parent->deadline()));
     inherited = ReadCallContext(*options.parent);
-  } else if (const ServingCall* serving = CurrentServingCall(); serving != nullptr) {
+  } else if (const ServingCall* serving = options.inherit_current ? CurrentServingCall() : nullptr;
+             serving != nullptr) {
     p.deadline = std::min(p.deadline, serving->deadline);
     inherited = serving->context;
   }

@@ -618,5 +618,52 @@ TEST_F(BarrierTest, CancelBeforeTryIsAnEmptyRollbackAndBarsTheLateTry) {
   EXPECT_NE(confirm.error_message().find("nothing to confirm"), std::string::npos);
 }
 
+TEST_F(BarrierTest, AnActionEnlistedTwiceWithAnotherPayloadIsRefused) {
+  auto activity = Activity::Begin(rpc_.get(), Named("ledger.Book"));
+  ASSERT_TRUE(activity.ok());
+  std::string id = (*activity)->id();
+  ASSERT_TRUE(participant_->Try(id, "book", "100", [](sqlite3*) { return absl::OkStatus(); }).ok());
+  absl::Status other =
+      participant_->Try(id, "book", "250", [](sqlite3*) { return absl::OkStatus(); });
+  EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition) << other;
+  EXPECT_NE(other.message().find("already enlisted"), absl::string_view::npos) << other;
+  EXPECT_TRUE(participant_->Try(id, "book", "100", [](sqlite3*) { return absl::OkStatus(); }).ok())
+      << "the same payload again is a repeat";
+}
+
+TEST_F(BarrierTest, ConfirmAfterCancelIsRefusedNotApplied) {
+  auto activity = Activity::Begin(rpc_.get(), Named("ledger.Book"));
+  ASSERT_TRUE(activity.ok());
+  std::string id = (*activity)->id();
+  ASSERT_TRUE(TryBook(id).ok());
+  ASSERT_TRUE(PhaseTwo(false, id).ok());
+  grpc::Status confirm = PhaseTwo(true, id);
+  EXPECT_EQ(confirm.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(confirm.error_message().find("was already cancelled"), std::string::npos);
+  absl::MutexLock lock(&mu_);
+  EXPECT_EQ(confirms_[id], 0);
+  EXPECT_EQ(cancels_[id], 1);
+}
+
+TEST_F(BarrierTest, BodiesCannotEndOrNestTheirTransaction) {
+  auto activity = Activity::Begin(rpc_.get(), Named("ledger.Book"));
+  ASSERT_TRUE(activity.ok());
+  std::string id = (*activity)->id();
+  absl::Status nested = participant_->Try(id, "book", "", [&](sqlite3*) {
+    return participant_->Transaction([](sqlite3*) { return absl::OkStatus(); });
+  });
+  EXPECT_EQ(nested.code(), absl::StatusCode::kFailedPrecondition) << nested;
+  absl::Status commit_inside = participant_->Transaction([](sqlite3* db) {
+    return sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK
+               ? absl::OkStatus()
+               : absl::PermissionDeniedError(sqlite3_errmsg(db));
+  });
+  EXPECT_EQ(commit_inside.code(), absl::StatusCode::kPermissionDenied) << commit_inside;
+  EXPECT_NE(commit_inside.message().find("not authorized"), absl::string_view::npos);
+  // The participant still works.
+  EXPECT_TRUE(TryBook(id).ok());
+  EXPECT_EQ(Tried(id), 1);
+}
+
 }  // namespace
 }  // namespace formica::dts

@@ -77,6 +77,10 @@ struct CallOptions {
   // When called while handling a call: its deadline bounds this one, and its
   // context (trace, user, transaction) is carried on.
   const grpc::ServerContextBase* parent = nullptr;
+  // Without a parent, the call inherits the context and deadline current on
+  // this thread (a handler's call inside rpc::Serve, an activity's Run);
+  // false: it does not.
+  bool inherit_current = true;
 };
 
 // Reads ClientOptions from the `rpc.client` section of a config file (see
