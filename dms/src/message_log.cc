@@ -1,0 +1,399 @@
+#include "message_log.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+
+namespace formica::dms {
+namespace {
+
+constexpr size_t kHeader = 16;  // length, crc, offset
+
+uint32_t Table(int i) {
+  static const auto* table = [] {
+    auto* t = new uint32_t[256];
+    for (uint32_t n = 0; n < 256; ++n) {
+      uint32_t c = n;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0x82F63B78u ^ (c >> 1) : c >> 1;
+      t[n] = c;
+    }
+    return t;
+  }();
+  return table[i];
+}
+
+void PutU32(char* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>(v >> (8 * i));
+}
+void PutU64(char* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
+}
+uint32_t GetU32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+uint64_t GetU64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
+uint32_t RecordCrc(uint64_t offset, absl::string_view payload) {
+  char off[8];
+  PutU64(off, offset);
+  return Crc32c(payload, Crc32c(absl::string_view(off, 8)));
+}
+
+absl::Status Errno(absl::string_view what, const std::string& path) {
+  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+std::string SegmentName(uint64_t base) { return absl::StrFormat("%020u.log", base); }
+
+absl::Status SyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return Errno("cannot open directory", dir);
+  int rc = ::fsync(fd);
+  ::close(fd);
+  return rc == 0 ? absl::OkStatus() : Errno("cannot sync directory", dir);
+}
+
+}  // namespace
+
+uint32_t Crc32c(absl::string_view data, uint32_t crc) {
+  crc = ~crc;
+  for (unsigned char c : data) crc = Table((crc ^ c) & 0xff) ^ (crc >> 8);
+  return ~crc;
+}
+
+class MessageLog::Impl {
+ public:
+  struct Segment {
+    uint64_t base = 0;
+    std::string path;
+    int fd = -1;
+    uint64_t size = 0;
+    std::vector<uint64_t> positions;  // byte position of each record
+    uint64_t end() const { return base + positions.size(); }
+  };
+
+  LogOptions options;
+  mutable absl::Mutex mu;
+  std::vector<Segment> segments ABSL_GUARDED_BY(mu);
+  uint64_t written_end ABSL_GUARDED_BY(mu) = 0;
+  uint64_t synced ABSL_GUARDED_BY(mu) = 0;
+  bool syncing ABSL_GUARDED_BY(mu) = false;
+  uint64_t sync_count ABSL_GUARDED_BY(mu) = 0;
+  absl::Status broken ABSL_GUARDED_BY(mu);  // a failed write or sync: no more appends
+
+  ~Impl() {
+    absl::MutexLock lock(&mu);
+    for (Segment& s : segments) {
+      if (s.fd >= 0) ::close(s.fd);
+    }
+  }
+
+  absl::StatusOr<Segment> Create(uint64_t base) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Segment s;
+    s.base = base;
+    s.path = absl::StrCat(options.dir, "/", SegmentName(base));
+    s.fd = ::open(s.path.c_str(), O_RDWR | O_CREAT | O_APPEND, 0644);
+    if (s.fd < 0) return Errno("cannot create segment", s.path);
+    if (absl::Status st = SyncDir(options.dir); !st.ok()) {
+      ::close(s.fd);
+      return st;
+    }
+    return s;
+  }
+
+  // Reads a segment file, checking each record; `cut` tells where the
+  // valid part ends when it does not reach the end of the file.
+  absl::Status Load(Segment& s, std::string* why, uint64_t* valid) {
+    struct stat st;
+    if (::fstat(s.fd, &st) != 0) return Errno("cannot stat", s.path);
+    std::string data(static_cast<size_t>(st.st_size), '\0');
+    size_t got = 0;
+    while (got < data.size()) {
+      ssize_t n = ::pread(s.fd, data.data() + got, data.size() - got, static_cast<off_t>(got));
+      if (n < 0) return Errno("cannot read", s.path);
+      if (n == 0) break;
+      got += static_cast<size_t>(n);
+    }
+    data.resize(got);
+    uint64_t pos = 0;
+    why->clear();
+    while (pos < data.size()) {
+      uint64_t expected = s.base + s.positions.size();
+      if (data.size() - pos < kHeader) {
+        *why = absl::StrCat("a torn record header at offset ", expected);
+        break;
+      }
+      uint32_t length = GetU32(&data[pos]);
+      uint32_t crc = GetU32(&data[pos + 4]);
+      uint64_t offset = GetU64(&data[pos + 8]);
+      if (length > options.max_record_bytes) {
+        *why = absl::StrCat("an impossible record length ", length, " at offset ", expected);
+        break;
+      }
+      if (data.size() - pos - kHeader < length) {
+        *why = absl::StrCat("a torn record at offset ", expected);
+        break;
+      }
+      absl::string_view payload(&data[pos + kHeader], length);
+      if (offset != expected || RecordCrc(offset, payload) != crc) {
+        *why = absl::StrCat("a checksum mismatch at offset ", expected);
+        break;
+      }
+      s.positions.push_back(pos);
+      pos += kHeader + length;
+    }
+    *valid = pos;
+    s.size = pos;
+    return absl::OkStatus();
+  }
+
+  absl::Status Open(RecoveryReport* report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    std::error_code ec;
+    std::filesystem::create_directories(options.dir, ec);
+    if (ec) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot create log directory ", options.dir, ": ", ec.message()));
+    }
+    std::vector<uint64_t> bases;
+    for (const auto& entry : std::filesystem::directory_iterator(options.dir, ec)) {
+      std::string name = entry.path().filename().string();
+      uint64_t base = 0;
+      if (name.size() == 24 && name.substr(20) == ".log" &&
+          absl::SimpleAtoi(name.substr(0, 20), &base)) {
+        bases.push_back(base);
+      }
+    }
+    std::sort(bases.begin(), bases.end());
+    for (size_t i = 0; i < bases.size(); ++i) {
+      Segment s;
+      s.base = bases[i];
+      s.path = absl::StrCat(options.dir, "/", SegmentName(s.base));
+      s.fd = ::open(s.path.c_str(), O_RDWR | O_APPEND);
+      if (s.fd < 0) return Errno("cannot open segment", s.path);
+      if (!segments.empty() && segments.back().end() != s.base) {
+        std::string gap =
+            absl::StrCat("log ", options.dir, ": ", s.path, " starts at offset ", s.base,
+                         " but the segment before it ends at ", segments.back().end());
+        ::close(s.fd);
+        return absl::DataLossError(gap);
+      }
+      std::string why;
+      uint64_t valid = 0;
+      if (absl::Status st = Load(s, &why, &valid); !st.ok()) {
+        ::close(s.fd);
+        return st;
+      }
+      struct stat fs;
+      ::fstat(s.fd, &fs);
+      uint64_t file_size = static_cast<uint64_t>(fs.st_size);
+      if (valid < file_size) {
+        if (i + 1 < bases.size()) {
+          ::close(s.fd);
+          return absl::DataLossError(absl::StrCat(s.path, " is damaged at byte ", valid, " (", why,
+                                                  ") and newer segments follow it"));
+        }
+        // The newest segment's tail: what a crash in the middle of a write
+        // leaves. Cut it, durably, and say so.
+        if (::ftruncate(s.fd, static_cast<off_t>(valid)) != 0 || ::fdatasync(s.fd) != 0) {
+          absl::Status st = Errno("cannot cut the damaged tail of", s.path);
+          ::close(s.fd);
+          return st;
+        }
+        report->cut_file = s.path;
+        report->cut_at = valid;
+        report->cut_bytes = file_size - valid;
+        report->cut_reason = why;
+      }
+      report->records += s.positions.size();
+      segments.push_back(std::move(s));
+    }
+    if (segments.empty()) {
+      absl::StatusOr<Segment> first = Create(0);
+      if (!first.ok()) return first.status();
+      segments.push_back(*std::move(first));
+    }
+    written_end = synced = segments.back().end();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<uint64_t> Append(absl::string_view payload) {
+    if (payload.size() > options.max_record_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("a record of ", payload.size(),
+                                                     " bytes is over the limit of ",
+                                                     options.max_record_bytes));
+    }
+    absl::MutexLock lock(&mu);
+    if (!broken.ok()) return broken;
+    if (segments.back().size >= options.segment_bytes) {
+      // Roll: the old segment is synced whole before the new one is used.
+      Segment& old = segments.back();
+      if (options.sync && ::fdatasync(old.fd) != 0) return Break(Errno("cannot sync", old.path));
+      synced = std::max(synced, old.end());
+      absl::StatusOr<Segment> next = Create(old.end());
+      if (!next.ok()) return next.status();
+      segments.push_back(*std::move(next));
+    }
+    Segment& s = segments.back();
+    uint64_t offset = s.end();
+    std::string frame(kHeader + payload.size(), '\0');
+    PutU32(&frame[0], static_cast<uint32_t>(payload.size()));
+    PutU32(&frame[4], RecordCrc(offset, payload));
+    PutU64(&frame[8], offset);
+    std::memcpy(&frame[kHeader], payload.data(), payload.size());
+    size_t done = 0;
+    while (done < frame.size()) {
+      ssize_t n = ::write(s.fd, frame.data() + done, frame.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        absl::Status st = Errno("cannot append to", s.path);
+        // Take a partial record back; if even that fails, stop appending.
+        if (::ftruncate(s.fd, static_cast<off_t>(s.size)) != 0) return Break(st);
+        return st;
+      }
+      done += static_cast<size_t>(n);
+    }
+    s.positions.push_back(s.size);
+    s.size += frame.size();
+    written_end = offset + 1;
+    // Group commit: one appender syncs for everyone written so far.
+    while (synced <= offset) {
+      if (!broken.ok()) return broken;
+      if (syncing) {
+        auto moved = [this, offset]()
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return !syncing || synced > offset; };
+        mu.Await(absl::Condition(&moved));
+        continue;
+      }
+      syncing = true;
+      uint64_t target = written_end;
+      int fd = segments.back().fd;
+      mu.Unlock();
+      int rc = options.sync ? ::fdatasync(fd) : 0;
+      mu.Lock();
+      syncing = false;
+      ++sync_count;
+      if (rc != 0) return Break(Errno("cannot sync", segments.back().path));
+      synced = std::max(synced, target);
+    }
+    return offset;
+  }
+
+  // A write or sync failed: what was acknowledged stays, nothing more is
+  // taken until a restart checks the files again.
+  absl::Status Break(absl::Status why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    broken =
+        absl::UnavailableError(absl::StrCat("the log stopped taking appends: ", why.message()));
+    return broken;
+  }
+
+  absl::Status Read(uint64_t from, size_t max, std::vector<LogRecord>* out) {
+    absl::MutexLock lock(&mu);
+    uint64_t first = segments.front().base;
+    if (from < first) {
+      return absl::OutOfRangeError(
+          absl::StrCat("offset ", from, " was removed; the log starts at ", first));
+    }
+    auto seg = std::upper_bound(segments.begin(), segments.end(), from,
+                                [](uint64_t o, const Segment& s) { return o < s.base; });
+    if (seg == segments.begin()) return absl::OkStatus();
+    --seg;
+    for (uint64_t off = from; off < synced && out->size() < max;) {
+      while (seg != segments.end() && off >= seg->end()) ++seg;
+      if (seg == segments.end()) break;
+      uint64_t pos = seg->positions[off - seg->base];
+      char header[kHeader];
+      if (::pread(seg->fd, header, kHeader, static_cast<off_t>(pos)) != kHeader) {
+        return Errno("cannot read", seg->path);
+      }
+      uint32_t length = GetU32(header);
+      LogRecord r;
+      r.offset = off;
+      r.payload.resize(length);
+      if (length > 0 &&
+          ::pread(seg->fd, r.payload.data(), length, static_cast<off_t>(pos + kHeader)) !=
+              static_cast<ssize_t>(length)) {
+        return Errno("cannot read", seg->path);
+      }
+      if (GetU64(header + 8) != off || RecordCrc(off, r.payload) != GetU32(header + 4)) {
+        return absl::DataLossError(
+            absl::StrCat(seg->path, ": the record at offset ", off, " fails its checksum"));
+      }
+      out->push_back(std::move(r));
+      ++off;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RemoveBefore(uint64_t offset) {
+    absl::MutexLock lock(&mu);
+    while (segments.size() > 1 && segments.front().end() <= offset) {
+      Segment& s = segments.front();
+      ::close(s.fd);
+      if (::unlink(s.path.c_str()) != 0) return Errno("cannot remove", s.path);
+      segments.erase(segments.begin());
+    }
+    return SyncDir(options.dir);
+  }
+};
+
+absl::StatusOr<std::unique_ptr<MessageLog>> MessageLog::Open(LogOptions options,
+                                                             RecoveryReport* report) {
+  if (options.dir.empty()) return absl::InvalidArgumentError("LogOptions.dir is required");
+  RecoveryReport ignored;
+  if (report == nullptr) report = &ignored;
+  *report = RecoveryReport();
+  auto impl = std::make_unique<Impl>();
+  impl->options = std::move(options);
+  {
+    absl::MutexLock lock(&impl->mu);
+    if (absl::Status st = impl->Open(report); !st.ok()) return st;
+  }
+  return std::unique_ptr<MessageLog>(new MessageLog(std::move(impl)));
+}
+
+MessageLog::MessageLog(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+MessageLog::~MessageLog() = default;
+
+absl::StatusOr<uint64_t> MessageLog::Append(absl::string_view payload) {
+  return impl_->Append(payload);
+}
+
+absl::Status MessageLog::Read(uint64_t from, size_t max, std::vector<LogRecord>* out) {
+  return impl_->Read(from, max, out);
+}
+
+uint64_t MessageLog::first_offset() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->segments.front().base;
+}
+
+uint64_t MessageLog::synced_end() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->synced;
+}
+
+uint64_t MessageLog::syncs() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->sync_count;
+}
+
+absl::Status MessageLog::RemoveBefore(uint64_t offset) { return impl_->RemoveBefore(offset); }
+
+}  // namespace formica::dms
