@@ -1,0 +1,86 @@
+// GroupCursor: where one consumer group stands in one queue. It decides
+// which messages go out next (new ones, and unacknowledged ones whose ack
+// timed out or whose retry is due), keeps at most `max_in_flight` out at
+// once (flow control; 1 with `ordered` gives one-at-a-time delivery in
+// queue order), counts attempts, and sends a message that failed
+// `max_attempts` times to the dead-letter queue. Pure logic over offsets
+// and times supplied by the caller, so tests control time. Not thread-safe:
+// the broker guards each cursor.
+//
+//   GroupCursor cursor(options, /*committed=*/stored_offset);
+//   auto next = cursor.Next(/*end=*/log->synced_end(), now, 32);
+//   ... deliver next.deliveries, park next.dead_letters in the DLQ ...
+//   cursor.Ack(offset);                  // consumer said done
+//   cursor.RetryLater(offset, now);      // consumer said not now
+//   persist(cursor.committed());         // everything below is acked
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace formica::dms {
+
+struct CursorOptions {
+  absl::Duration ack_timeout = absl::Seconds(30);  // unacked this long: out again
+  int max_in_flight = 64;                          // out at once, in this queue
+  bool ordered = false;   // only the oldest unacked message may be out (per-key order)
+  int max_attempts = 16;  // deliveries before the dead-letter queue
+  absl::Duration retry_initial = absl::Seconds(1);  // first retry-later delay...
+  absl::Duration retry_max = absl::Hours(2);        // ...doubling up to this
+};
+
+struct Delivery {
+  uint64_t offset = 0;
+  int attempt = 0;  // 1 for the first delivery
+};
+
+struct NextBatch {
+  std::vector<Delivery> deliveries;
+  std::vector<uint64_t> dead_letters;  // failed max_attempts times: now counted as acked
+};
+
+class GroupCursor {
+ public:
+  GroupCursor(CursorOptions options, uint64_t committed);
+
+  // What to deliver at `now` from a queue whose durable records end at
+  // `end`: redeliveries that are due first (oldest first), then new
+  // messages; at most `max` deliveries, never more than max_in_flight out.
+  NextBatch Next(uint64_t end, absl::Time now, size_t max);
+
+  // The consumer is done with `offset`. A repeat, or an ack for a message
+  // already redelivered, is fine; NOT_FOUND for one never delivered.
+  absl::Status Ack(uint64_t offset);
+
+  // The consumer asks for `offset` again later. false: it has used its
+  // attempts and is dead-lettered (counted as acked); the caller parks it.
+  // NOT_FOUND for one not out.
+  absl::StatusOr<bool> RetryLater(uint64_t offset, absl::Time now);
+
+  uint64_t committed() const { return committed_; }  // every offset below it is acked
+  size_t in_flight() const { return in_flight_; }
+  // Messages below `end` not acked yet.
+  uint64_t Lag(uint64_t end) const;
+
+ private:
+  struct State {
+    int attempts = 0;
+    bool out = false;
+    absl::Time deadline;  // out: ack timeout; else: when it is due again
+  };
+  void Forget(uint64_t offset);  // acked or dead-lettered
+  absl::Duration Backoff(int attempts) const;
+
+  CursorOptions options_;
+  uint64_t committed_;
+  uint64_t next_new_;                 // first offset never delivered
+  std::map<uint64_t, State> states_;  // delivered, not acked, in [committed_, next_new_)
+  size_t in_flight_ = 0;
+};
+
+}  // namespace formica::dms
