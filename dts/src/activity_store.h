@@ -31,6 +31,8 @@ class ActivityStore {
   // Calls `visit` for every activity in id order (which is creation order);
   // stops when it returns false.
   virtual absl::Status Scan(const std::function<bool(const v1::Activity&)>& visit) = 0;
+  // The same, newest first.
+  virtual absl::Status ScanNewestFirst(const std::function<bool(const v1::Activity&)>& visit) = 0;
 
   virtual absl::Status Delete(const std::string& id) = 0;
 

@@ -117,6 +117,7 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
   std::vector<std::function<void()>> sync_waiters_ ABSL_GUARDED_BY(sync_mu_);
   bool sync_stopping_ ABSL_GUARDED_BY(sync_mu_) = false;
   std::thread syncer_;
+  std::thread sweeper_;  // removes finished activities past their retention
 
   // ---- gRPC API ----
 
@@ -479,26 +480,24 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     auto wanted = [&states](ActivityState s) {
       return std::find(states.begin(), states.end(), s) != states.end();
     };
-    std::deque<v1::Activity> newest;  // the last `limit` matches in id order
-    auto keep = [&](const v1::Activity& a) {
-      if (!wanted(a.state())) return;
-      newest.push_back(a);
-      if (newest.size() > limit) newest.pop_front();
-    };
     if (finished_too) {
-      // The store holds every activity; live ones are read from memory,
-      // where they may be newer than on disk.
+      // The store holds every activity, newest first; live ones are read
+      // from memory, where they may be newer than on disk.
       std::map<std::string, v1::Activity> live = SnapshotLive();
-      absl::Status st = store->Scan([&](const v1::Activity& stored) {
+      absl::Status st = store->ScanNewestFirst([&](const v1::Activity& stored) {
         auto it = live.find(stored.id());
-        keep(it != live.end() ? it->second : stored);
-        return true;
+        const v1::Activity& a = it != live.end() ? it->second : stored;
+        if (wanted(a.state())) *resp->add_activities() = a;
+        return static_cast<size_t>(resp->activities_size()) < limit;
       });
       if (!st.ok()) return st;
     } else {
-      for (const auto& [id, a] : SnapshotLive()) keep(a);
+      std::map<std::string, v1::Activity> live = SnapshotLive();
+      for (auto it = live.rbegin(); it != live.rend(); ++it) {
+        if (static_cast<size_t>(resp->activities_size()) >= limit) break;
+        if (wanted(it->second.state())) *resp->add_activities() = it->second;
+      }
     }
-    for (auto it = newest.rbegin(); it != newest.rend(); ++it) *resp->add_activities() = *it;
     return absl::OkStatus();
   }
 
@@ -579,6 +578,37 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     // Full jitter over the upper half, so retries of many actions spread out.
     double f = 0.5 + 0.5 * std::uniform_real_distribution<double>(0, 1)(rng_);
     return d * f;
+  }
+
+  // Removes finished activities older than the retention. Ids grow with
+  // begin time, so the oldest come first and the sweep stops at the first
+  // one begun after the cutoff.
+  // Returns true when it stopped at its limit with more to remove.
+  bool SweepFinished(absl::Time now) {
+    constexpr size_t kPerSweep = 20000;
+    int64_t cutoff = UnixMs(now - options.finished_retention);
+    std::vector<std::string> old;
+    absl::Status st = store->Scan([&](const v1::Activity& a) {
+      if (a.begun_unix_ms() >= cutoff || old.size() >= kPerSweep) return false;
+      if (IsFinished(a.state()) && a.finished_unix_ms() < cutoff) old.push_back(a.id());
+      return true;
+    });
+    for (const std::string& id : old) {
+      if (st.ok()) st = store->Delete(id);
+    }
+    if (!st.ok()) SPDLOG_WARN("retention sweep: {}", st.ToString());
+    if (!old.empty()) SPDLOG_INFO("retention: removed {} finished activities", old.size());
+    return st.ok() && old.size() >= kPerSweep;
+  }
+
+  void SweepLoop() {
+    absl::MutexLock lock(&mu_);
+    while (!stopping_) {
+      mu_.Unlock();
+      bool more = SweepFinished(absl::Now());
+      mu_.Lock();
+      if (!more) mu_.AwaitWithTimeout(absl::Condition(&stopping_), options.sweep_interval);
+    }
   }
 
   void Dispatch() {
@@ -931,6 +961,7 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
       wake_ = true;
     }
     if (dispatcher_.joinable()) dispatcher_.join();
+    if (sweeper_.joinable()) sweeper_.join();
     // Phase-two calls out now finish (or time out) before the client goes.
     // Phase-two calls out now end by their deadline (call_timeout): wait for
     // every one, since their completions use this object.
@@ -980,6 +1011,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   Impl* raw = impl.get();
   impl->dispatcher_ = std::thread([raw] { raw->Dispatch(); });
   impl->syncer_ = std::thread([raw] { raw->SyncLoop(); });
+  impl->sweeper_ = std::thread([raw] { raw->SweepLoop(); });
 
   rpc::ServerOptions so;
   so.listen = o.listen;
@@ -1020,6 +1052,10 @@ absl::StatusOr<CoordinatorOptions> LoadCoordinatorOptions(const Config& config) 
   o.max_timeout = r.Duration("activity.max_timeout", o.max_timeout, absl::Milliseconds(10),
                              absl::Hours(24 * 30));
   o.max_actions = static_cast<int>(r.Int("activity.max_actions", o.max_actions, 1, 100000));
+  o.finished_retention = r.Duration("activity.finished_retention", o.finished_retention,
+                                    absl::Seconds(1), absl::Hours(24 * 366));
+  o.sweep_interval = r.Duration("activity.sweep_interval", o.sweep_interval,
+                                absl::Milliseconds(100), absl::Hours(24));
   o.call_timeout = r.Duration("phase_two.call_timeout", o.call_timeout, absl::Milliseconds(10),
                               absl::Minutes(10));
   o.retry_initial =

@@ -30,7 +30,11 @@ struct CoordinatorOptions {
   std::string zone;
   absl::Duration default_timeout = absl::Seconds(30);  // an activity's, when Begin names none
   absl::Duration max_timeout = absl::Hours(24);
-  int max_actions = 1000;                          // per activity
+  int max_actions = 1000;  // per activity
+  // Finished activities are kept this long for `formicactl dts show`, then
+  // removed by a sweep every `sweep_interval`.
+  absl::Duration finished_retention = absl::Hours(72);
+  absl::Duration sweep_interval = absl::Minutes(1);
   absl::Duration call_timeout = absl::Seconds(5);  // one confirm or cancel call
   absl::Duration retry_initial = absl::Milliseconds(200);
   absl::Duration retry_max = absl::Seconds(30);  // backoff cap, with jitter

@@ -67,6 +67,21 @@ class RocksDbActivityStore : public ActivityStore {
     return FromRocks(it->status(), "scanning activities");
   }
 
+  absl::Status ScanNewestFirst(const std::function<bool(const v1::Activity&)>& visit) override {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+    // Keys are "a/<id>"; "a0" is the first key past that prefix.
+    it->SeekForPrev("a0");
+    for (; it->Valid() && it->key().starts_with(kActivityPrefix); it->Prev()) {
+      v1::Activity a;
+      if (!a.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return absl::DataLossError(
+            absl::StrCat("activity store: record ", it->key().ToString(), " is corrupt"));
+      }
+      if (!visit(a)) break;
+    }
+    return FromRocks(it->status(), "scanning activities");
+  }
+
   absl::Status Delete(const std::string& id) override {
     return FromRocks(db_->Delete(async_, Key(id)), "deleting activity " + id);
   }

@@ -429,6 +429,36 @@ TEST_F(DtsTest, BadRequestsGetClearErrorsAndChangeNothing) {
   EXPECT_EQ(ReadBooks(BankDb("bank.a")).balance, kAccounts * kInitial);
 }
 
+TEST_F(DtsTest, FinishedActivitiesAreListedNewestFirstAndRemovedAfterTheirRetention) {
+  dtsd_->Kill();
+  StartDtsd({"--set", "activity.finished_retention=2s", "--set", "activity.sweep_interval=100ms"});
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer"));
+    ASSERT_TRUE(activity.ok()) << activity.status();
+    ASSERT_TRUE((*activity)->Commit().ok());
+    ids.push_back((*activity)->id());
+  }
+  auto open = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Seconds(60)));
+  ASSERT_TRUE(open.ok());
+  grpc::ClientContext ctx;
+  v1::ListRequest req;
+  req.add_states(v1::COMMITTED);
+  req.set_limit(2);
+  v1::ListResponse resp;
+  ASSERT_TRUE(coordinator_->List(&ctx, req, &resp).ok());
+  ASSERT_EQ(resp.activities_size(), 2);
+  EXPECT_EQ(resp.activities(0).id(), ids[2]) << "newest first";
+  EXPECT_EQ(resp.activities(1).id(), ids[1]);
+  absl::SleepFor(absl::Seconds(3));
+  for (const std::string& id : ids) {
+    EXPECT_EQ(Get(id).status().code(), absl::StatusCode::kNotFound) << id << " outlived retention";
+  }
+  auto still = Get((*open)->id());
+  ASSERT_TRUE(still.ok()) << "an unfinished activity is never swept";
+  EXPECT_EQ(still->state(), v1::ACTIVE);
+}
+
 TEST_F(DtsTest, AMalformedConfigStopsDtsdNamingTheKey) {
   std::string path = dir_.File("bad-dtsd.yaml");
   {
