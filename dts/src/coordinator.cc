@@ -4,7 +4,6 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
-#include <deque>
 #include <map>
 #include <optional>
 #include <random>
