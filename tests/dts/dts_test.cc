@@ -305,9 +305,6 @@ TEST_F(DtsTest, KillingDtsdDuringThousandsOfActivitiesLosesNothing) {
           return s;
         });
         absl::Status decided = st.ok() ? (*activity)->Commit() : st;
-        if (getenv("DTS_DEBUG") && !decided.ok()) {
-          std::fprintf(stderr, "FAILEDACT %s\n", decided.ToString().c_str());
-        }
         if (decided.ok()) {
           absl::MutexLock lock(&mu);
           committed_ids.push_back((*activity)->id());
