@@ -54,32 +54,11 @@ class RocksDbActivityStore : public ActivityStore {
   }
 
   absl::Status Scan(const std::function<bool(const v1::Activity&)>& visit) override {
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-    for (it->Seek(kActivityPrefix); it->Valid() && it->key().starts_with(kActivityPrefix);
-         it->Next()) {
-      v1::Activity a;
-      if (!a.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-        return absl::DataLossError(
-            absl::StrCat("activity store: record ", it->key().ToString(), " is corrupt"));
-      }
-      if (!visit(a)) break;
-    }
-    return FromRocks(it->status(), "scanning activities");
+    return Walk(false, visit);
   }
 
   absl::Status ScanNewestFirst(const std::function<bool(const v1::Activity&)>& visit) override {
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-    // Keys are "a/<id>"; "a0" is the first key past that prefix.
-    it->SeekForPrev("a0");
-    for (; it->Valid() && it->key().starts_with(kActivityPrefix); it->Prev()) {
-      v1::Activity a;
-      if (!a.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-        return absl::DataLossError(
-            absl::StrCat("activity store: record ", it->key().ToString(), " is corrupt"));
-      }
-      if (!visit(a)) break;
-    }
-    return FromRocks(it->status(), "scanning activities");
+    return Walk(true, visit);
   }
 
   absl::Status Delete(const std::string& id) override {
@@ -112,6 +91,27 @@ class RocksDbActivityStore : public ActivityStore {
 
  private:
   static std::string Key(const std::string& id) { return absl::StrCat(kActivityPrefix, id); }
+
+  // Every activity record in key order (id order, which is creation order),
+  // or backwards.
+  absl::Status Walk(bool backwards, const std::function<bool(const v1::Activity&)>& visit) {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+    if (backwards) {
+      it->SeekForPrev("a0");  // keys are "a/<id>"; "a0" is the first key past them
+    } else {
+      it->Seek(kActivityPrefix);
+    }
+    for (; it->Valid() && it->key().starts_with(kActivityPrefix);
+         backwards ? it->Prev() : it->Next()) {
+      v1::Activity a;
+      if (!a.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return absl::DataLossError(
+            absl::StrCat("activity store: record ", it->key().ToString(), " is corrupt"));
+      }
+      if (!visit(a)) break;
+    }
+    return FromRocks(it->status(), "scanning activities");
+  }
 
   std::unique_ptr<rocksdb::DB> db_;
   rocksdb::WriteOptions sync_;
