@@ -1,0 +1,113 @@
+#include "topic.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+
+namespace formica::dms {
+
+absl::StatusOr<std::unique_ptr<Topic>> Topic::Open(TopicOptions options,
+                                                   std::vector<RecoveryReport>* reports) {
+  if (options.dir.empty()) return absl::InvalidArgumentError("TopicOptions.dir is required");
+  if (options.queues < 1 || options.queues > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a topic has 1 to 1024 queues, not ", options.queues));
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(options.dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create topic directory ", options.dir, ": ", ec.message()));
+  }
+  std::string meta = options.dir + "/QUEUES";
+  if (std::filesystem::exists(meta)) {
+    std::ifstream in(meta);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    int stored = 0;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &stored) || stored < 1) {
+      return absl::DataLossError(absl::StrCat(meta, " does not hold a queue count"));
+    }
+    if (stored != options.queues) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "topic in ", options.dir, " has ", stored, " queues, not ", options.queues,
+          "; changing the count would move keys between queues and break their order"));
+    }
+  } else {
+    // Written whole and synced, then renamed: a crash leaves either no
+    // file or this one.
+    std::string tmp = meta + ".tmp";
+    std::string text = absl::StrCat(options.queues, "\n");
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    bool ok = fd >= 0 &&
+              ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
+              ::fsync(fd) == 0;
+    if (fd >= 0) ::close(fd);
+    if (!ok || ::rename(tmp.c_str(), meta.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat("cannot write ", meta, ": ", std::strerror(errno)));
+    }
+    int dir = ::open(options.dir.c_str(), O_RDONLY | O_DIRECTORY);
+    if (dir >= 0) {
+      ::fsync(dir);
+      ::close(dir);
+    }
+  }
+  std::unique_ptr<Topic> topic(new Topic());
+  if (reports != nullptr) reports->clear();
+  for (int q = 0; q < options.queues; ++q) {
+    LogOptions lo = options.log;
+    lo.dir = absl::StrCat(options.dir, "/", q);
+    RecoveryReport report;
+    absl::StatusOr<std::unique_ptr<MessageLog>> log = MessageLog::Open(lo, &report);
+    if (!log.ok()) return log.status();
+    topic->logs_.push_back(*std::move(log));
+    if (reports != nullptr) reports->push_back(report);
+  }
+  return topic;
+}
+
+int Topic::QueueFor(absl::string_view key) {
+  if (key.empty()) {
+    return static_cast<int>(round_robin_.fetch_add(1, std::memory_order_relaxed) % logs_.size());
+  }
+  return static_cast<int>(Crc32c(key) % logs_.size());
+}
+
+absl::StatusOr<Produced> Topic::Produce(const v1::StoredMessage& message) {
+  Produced p;
+  p.queue = QueueFor(message.key());
+  std::string bytes;
+  if (!message.SerializeToString(&bytes)) return absl::InternalError("cannot encode the message");
+  absl::StatusOr<uint64_t> offset = logs_[p.queue]->Append(bytes);
+  if (!offset.ok()) return offset.status();
+  p.offset = *offset;
+  return p;
+}
+
+absl::Status Topic::Read(int queue, uint64_t from, size_t max,
+                         std::vector<std::pair<uint64_t, v1::StoredMessage>>* out) {
+  if (queue < 0 || queue >= queues()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("queue ", queue, " does not exist; the topic has ", queues()));
+  }
+  std::vector<LogRecord> records;
+  if (absl::Status st = logs_[queue]->Read(from, max, &records); !st.ok()) return st;
+  for (LogRecord& r : records) {
+    v1::StoredMessage m;
+    if (!m.ParseFromString(r.payload)) {
+      return absl::DataLossError(
+          absl::StrCat("queue ", queue, " offset ", r.offset, " is not a message"));
+    }
+    out->emplace_back(r.offset, std::move(m));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace formica::dms

@@ -1,0 +1,56 @@
+// Topic: a named stream of messages split into queues, each queue one
+// MessageLog under <dir>/<queue number>. A message's key picks its queue
+// (CRC-32C of the key, modulo the queue count), so messages with one key
+// stay in one queue in the order they were produced; keyless messages are
+// spread round-robin. The queue count is fixed when the topic is created
+// (kept in <dir>/QUEUES): reopening with another count is refused, since
+// it would move keys between queues and break their order. Thread-safe.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "formica/dms/v1/dms.pb.h"
+#include "message_log.h"
+
+namespace formica::dms {
+
+struct TopicOptions {
+  std::string dir;  // required
+  int queues = 8;   // at creation; 1..1024
+  LogOptions log;   // dir is set per queue
+};
+
+struct Produced {
+  int queue = 0;
+  uint64_t offset = 0;
+};
+
+class Topic {
+ public:
+  // `reports` gets each queue's recovery report (cut tails), in queue order.
+  static absl::StatusOr<std::unique_ptr<Topic>> Open(TopicOptions options,
+                                                     std::vector<RecoveryReport>* reports);
+
+  int queues() const { return static_cast<int>(logs_.size()); }
+  int QueueFor(absl::string_view key);
+
+  // Stores `message` in its key's queue; durable when this returns.
+  absl::StatusOr<Produced> Produce(const v1::StoredMessage& message);
+
+  // Up to `max` durable messages of `queue` from `from` on, with offsets.
+  absl::Status Read(int queue, uint64_t from, size_t max,
+                    std::vector<std::pair<uint64_t, v1::StoredMessage>>* out);
+
+  MessageLog& log(int queue) { return *logs_[queue]; }
+
+ private:
+  Topic() = default;
+  std::vector<std::unique_ptr<MessageLog>> logs_;
+  std::atomic<uint64_t> round_robin_{0};
+};
+
+}  // namespace formica::dms
