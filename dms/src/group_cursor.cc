@@ -13,6 +13,16 @@ GroupCursor::GroupCursor(CursorOptions options, uint64_t committed)
   options_.max_attempts = std::max(1, options_.max_attempts);
 }
 
+GroupCursor::GroupCursor(CursorOptions options, uint64_t committed, const std::set<uint64_t>& acked)
+    : GroupCursor(options, committed) {
+  if (acked.empty() || *acked.rbegin() < committed) return;
+  next_new_ = *acked.rbegin() + 1;
+  for (uint64_t o = committed; o < next_new_; ++o) {
+    if (acked.count(o) == 0) states_[o] = State{0, false, absl::InfinitePast()};
+  }
+  committed_ = states_.empty() ? next_new_ : states_.begin()->first;
+}
+
 absl::Duration GroupCursor::Backoff(int attempts) const {
   absl::Duration d = options_.retry_initial;
   for (int i = 1; i < attempts && d < options_.retry_max; ++i) d *= 2;

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -47,6 +48,10 @@ struct NextBatch {
 class GroupCursor {
  public:
   GroupCursor(CursorOptions options, uint64_t committed);
+  // After a restart: `acked` holds the offsets above `committed` acked
+  // before it; every other offset below the highest of them is delivered
+  // again (it may have been out when the broker stopped).
+  GroupCursor(CursorOptions options, uint64_t committed, const std::set<uint64_t>& acked);
 
   // What to deliver at `now` from a queue whose durable records end at
   // `end`: redeliveries that are due first (oldest first), then new

@@ -1,0 +1,113 @@
+#include "group_progress.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
+
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace formica::dms {
+namespace {
+
+// "c/<group>\0<topic>\0<queue>" -> committed offset (decimal);
+// "a/<group>\0<topic>\0<queue>\0<offset, 20 digits>" -> "" for an ack above it.
+std::string QueueKey(const std::string& group, const std::string& topic, int queue) {
+  return absl::StrCat(group, std::string(1, '\0'), topic, std::string(1, '\0'), queue);
+}
+std::string CommittedKey(const std::string& q) { return "c/" + q; }
+std::string AckPrefix(const std::string& q) { return "a/" + q + std::string(1, '\0'); }
+std::string AckKey(const std::string& q, uint64_t offset) {
+  return AckPrefix(q) + absl::StrFormat("%020u", offset);
+}
+
+absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::InternalError(
+      absl::StrCat("group progress: ", std::string(what), ": ", s.ToString()));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<GroupProgress>> GroupProgress::Open(const std::string& dir) {
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  options.max_open_files = 64;
+  options.keep_log_file_num = 4;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(options, dir, &raw);
+  if (!s.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open the group progress store in '", dir, "': ", s.ToString()));
+  }
+  return std::unique_ptr<GroupProgress>(new GroupProgress(std::unique_ptr<rocksdb::DB>(raw)));
+}
+
+GroupProgress::GroupProgress(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
+GroupProgress::~GroupProgress() = default;
+
+absl::StatusOr<QueueProgress> GroupProgress::Load(const std::string& group,
+                                                  const std::string& topic, int queue) {
+  QueueProgress p;
+  std::string q = QueueKey(group, topic, queue);
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), CommittedKey(q), &value);
+  if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "reading a committed offset");
+  if (s.ok() && !absl::SimpleAtoi(value, &p.committed)) {
+    return absl::DataLossError(absl::StrCat("group progress: committed offset of ", group, "/",
+                                            topic, "/", queue, " is corrupt"));
+  }
+  std::string prefix = AckPrefix(q);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    uint64_t offset = 0;
+    if (!absl::SimpleAtoi(it->key().ToString().substr(prefix.size()), &offset)) {
+      return absl::DataLossError("group progress: an ack key is corrupt");
+    }
+    if (offset >= p.committed) p.acked.insert(offset);
+  }
+  if (absl::Status st = FromRocks(it->status(), "reading acks"); !st.ok()) return st;
+  return p;
+}
+
+absl::Status GroupProgress::Ack(const std::string& group, const std::string& topic, int queue,
+                                uint64_t offset, uint64_t committed) {
+  std::string q = QueueKey(group, topic, queue);
+  QueueState& state = StateFor(q);
+  {
+    // One queue's writes apply in order, and its committed offset never
+    // goes back (acks computed earlier may arrive later); the sync that
+    // makes them durable is shared outside the lock.
+    absl::MutexLock lock(&state.mu);
+    if (!state.loaded) {
+      std::string value;
+      rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), CommittedKey(q), &value);
+      if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "reading a committed offset");
+      if (s.ok()) absl::SimpleAtoi(value, &state.committed);
+      state.loaded = true;
+    }
+    committed = std::max(committed, state.committed);
+    rocksdb::WriteBatch batch;
+    if (offset >= committed) batch.Put(AckKey(q, offset), "");
+    batch.Put(CommittedKey(q), absl::StrCat(committed));
+    // Acks now below the committed offset are folded into it.
+    batch.DeleteRange(AckPrefix(q), AckKey(q, committed));
+    if (absl::Status st =
+            FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "recording an ack");
+        !st.ok()) {
+      return st;
+    }
+    state.committed = committed;
+  }
+  return FromRocks(db_->SyncWAL(), "syncing acks");
+}
+
+GroupProgress::QueueState& GroupProgress::StateFor(const std::string& queue_key) {
+  absl::MutexLock lock(&states_mu_);
+  std::unique_ptr<QueueState>& state = states_[queue_key];
+  if (state == nullptr) state = std::make_unique<QueueState>();
+  return *state;
+}
+}  // namespace formica::dms

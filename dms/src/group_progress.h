@@ -1,0 +1,57 @@
+// GroupProgress: what each consumer group has acknowledged in each queue,
+// on disk (RocksDB, synced; concurrent acks share a sync). The broker
+// confirms an ack only after Ack returns, so an acknowledged message is
+// never delivered again after a crash. A queue's committed offset never
+// goes back, whatever order its acks arrive in; syncs are shared. Kept per (group, topic, queue):
+// the committed offset (everything below is acked) and the acks above it, which fold into the
+// committed offset as the gaps fill. Thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+
+namespace rocksdb {
+class DB;
+}
+
+namespace formica::dms {
+
+struct QueueProgress {
+  uint64_t committed = 0;
+  std::set<uint64_t> acked;  // above committed
+};
+
+class GroupProgress {
+ public:
+  // FAILED_PRECONDITION when the store cannot be opened (e.g. in use).
+  static absl::StatusOr<std::unique_ptr<GroupProgress>> Open(const std::string& dir);
+  ~GroupProgress();
+
+  absl::StatusOr<QueueProgress> Load(const std::string& group, const std::string& topic, int queue);
+
+  // Records the ack of `offset`, and `committed` (the cursor's committed
+  // offset after it): acks below it are folded away. Durable on return.
+  absl::Status Ack(const std::string& group, const std::string& topic, int queue, uint64_t offset,
+                   uint64_t committed);
+
+ private:
+  struct QueueState {
+    absl::Mutex mu;
+    bool loaded ABSL_GUARDED_BY(mu) = false;
+    uint64_t committed ABSL_GUARDED_BY(mu) = 0;  // the highest written
+  };
+  explicit GroupProgress(std::unique_ptr<rocksdb::DB> db);
+  QueueState& StateFor(const std::string& queue_key);
+
+  std::unique_ptr<rocksdb::DB> db_;
+  absl::Mutex states_mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<QueueState>> states_ ABSL_GUARDED_BY(states_mu_);
+};
+
+}  // namespace formica::dms
