@@ -115,6 +115,29 @@ absl::StatusOr<bool> GroupCursor::RetryLater(uint64_t offset, absl::Time now) {
   return true;
 }
 
+absl::Status GroupCursor::Defer(uint64_t offset, absl::Time until) {
+  auto it = states_.find(offset);
+  if (it == states_.end() || !it->second.out) {
+    return absl::NotFoundError(absl::StrCat("offset ", offset, " is not out for delivery"));
+  }
+  State& s = it->second;
+  s.out = false;
+  --in_flight_;
+  s.attempts = std::max(0, s.attempts - 1);
+  s.deadline = until;
+  return absl::OkStatus();
+}
+
+void GroupCursor::Release(uint64_t offset, absl::Time now) {
+  auto it = states_.find(offset);
+  if (it == states_.end() || !it->second.out) return;
+  State& s = it->second;
+  s.out = false;
+  --in_flight_;
+  s.attempts = std::max(0, s.attempts - 1);
+  s.deadline = now;
+}
+
 uint64_t GroupCursor::Lag(uint64_t end) const {
   uint64_t never = end > next_new_ ? end - next_new_ : 0;
   return never + states_.size();

@@ -67,7 +67,20 @@ class GroupCursor {
   // NOT_FOUND for one not out.
   absl::StatusOr<bool> RetryLater(uint64_t offset, absl::Time now);
 
-  uint64_t committed() const { return committed_; }  // every offset below it is acked
+  // A message out for delivery is not due before `until` (a delayed
+  // message); the delivery does not count as an attempt. NOT_FOUND if it
+  // is not out.
+  absl::Status Defer(uint64_t offset, absl::Time until);
+
+  // The consumer holding `offset` went away: it is due again at once and
+  // the delivery does not count as an attempt. No-op if it is not out.
+  void Release(uint64_t offset, absl::Time now);
+
+  uint64_t committed() const { return committed_; }
+  // Whether `offset` has been handed out (or acked) by this cursor.
+  bool WasDelivered(uint64_t offset) const {
+    return offset < next_new_;
+  }  // every offset below it is acked
   size_t in_flight() const { return in_flight_; }
   // Messages below `end` not acked yet.
   uint64_t Lag(uint64_t end) const;

@@ -55,6 +55,7 @@ absl::StatusOr<QueueProgress> GroupProgress::Load(const std::string& group,
   std::string value;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), CommittedKey(q), &value);
   if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "reading a committed offset");
+  p.known = s.ok();
   if (s.ok() && !absl::SimpleAtoi(value, &p.committed)) {
     return absl::DataLossError(absl::StrCat("group progress: committed offset of ", group, "/",
                                             topic, "/", queue, " is corrupt"));
@@ -74,6 +75,11 @@ absl::StatusOr<QueueProgress> GroupProgress::Load(const std::string& group,
 
 absl::Status GroupProgress::Ack(const std::string& group, const std::string& topic, int queue,
                                 uint64_t offset, uint64_t committed) {
+  return Ack(group, topic, queue, std::vector<uint64_t>{offset}, committed);
+}
+
+absl::Status GroupProgress::Ack(const std::string& group, const std::string& topic, int queue,
+                                const std::vector<uint64_t>& offsets, uint64_t committed) {
   std::string q = QueueKey(group, topic, queue);
   QueueState& state = StateFor(q);
   {
@@ -90,10 +96,12 @@ absl::Status GroupProgress::Ack(const std::string& group, const std::string& top
     }
     committed = std::max(committed, state.committed);
     rocksdb::WriteBatch batch;
-    if (offset >= committed) batch.Put(AckKey(q, offset), "");
+    for (uint64_t offset : offsets) {
+      if (offset >= committed) batch.Put(AckKey(q, offset), "");
+    }
     batch.Put(CommittedKey(q), absl::StrCat(committed));
     // Acks now below the committed offset are folded into it.
-    batch.DeleteRange(AckPrefix(q), AckKey(q, committed));
+    if (committed > state.committed) batch.DeleteRange(AckPrefix(q), AckKey(q, committed));
     if (absl::Status st =
             FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "recording an ack");
         !st.ok()) {

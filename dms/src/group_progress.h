@@ -11,6 +11,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
@@ -25,6 +26,7 @@ namespace formica::dms {
 struct QueueProgress {
   uint64_t committed = 0;
   std::set<uint64_t> acked;  // above committed
+  bool known = false;        // the group has acked something in this queue
 };
 
 class GroupProgress {
@@ -39,6 +41,9 @@ class GroupProgress {
   // offset after it): acks below it are folded away. Durable on return.
   absl::Status Ack(const std::string& group, const std::string& topic, int queue, uint64_t offset,
                    uint64_t committed);
+  // The same for several offsets of one queue, in one write and one sync.
+  absl::Status Ack(const std::string& group, const std::string& topic, int queue,
+                   const std::vector<uint64_t>& offsets, uint64_t committed);
 
  private:
   struct QueueState {

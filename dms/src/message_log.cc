@@ -86,6 +86,7 @@ class MessageLog::Impl {
     int fd = -1;
     uint64_t size = 0;
     std::vector<uint64_t> positions;  // byte position of each record
+    absl::Time last_write;            // its newest record's write (at open: the file's mtime)
     uint64_t end() const { return base + positions.size(); }
   };
 
@@ -108,6 +109,7 @@ class MessageLog::Impl {
   absl::StatusOr<Segment> Create(uint64_t base) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     Segment s;
     s.base = base;
+    s.last_write = absl::Now();
     s.path = absl::StrCat(options.dir, "/", SegmentName(base));
     s.fd = ::open(s.path.c_str(), O_RDWR | O_CREAT | O_APPEND, 0644);
     if (s.fd < 0) return Errno("cannot create segment", s.path);
@@ -203,6 +205,7 @@ class MessageLog::Impl {
       struct stat fs;
       ::fstat(s.fd, &fs);
       uint64_t file_size = static_cast<uint64_t>(fs.st_size);
+      s.last_write = absl::FromTimeT(fs.st_mtime);
       if (valid < file_size) {
         if (i + 1 < bases.size()) {
           ::close(s.fd);
@@ -234,6 +237,13 @@ class MessageLog::Impl {
   }
 
   absl::StatusOr<uint64_t> Append(absl::string_view payload) {
+    absl::StatusOr<uint64_t> offset = Write(payload);
+    if (!offset.ok()) return offset;
+    if (absl::Status st = WaitDurable(*offset); !st.ok()) return st;
+    return offset;
+  }
+
+  absl::StatusOr<uint64_t> Write(absl::string_view payload) {
     if (payload.size() > options.max_record_bytes) {
       return absl::InvalidArgumentError(absl::StrCat("a record of ", payload.size(),
                                                      " bytes is over the limit of ",
@@ -272,7 +282,13 @@ class MessageLog::Impl {
     s.positions.push_back(s.size);
     s.size += frame.size();
     written_end = offset + 1;
-    // Group commit: one appender syncs for everyone written so far.
+    s.last_write = absl::Now();
+    return offset;
+  }
+
+  absl::Status WaitDurable(uint64_t offset) {
+    absl::MutexLock lock(&mu);
+    // Group commit: one waiter syncs for everyone written so far.
     while (synced <= offset) {
       if (!broken.ok()) return broken;
       if (syncing) {
@@ -292,7 +308,7 @@ class MessageLog::Impl {
       if (rc != 0) return Break(Errno("cannot sync", segments.back().path));
       synced = std::max(synced, target);
     }
-    return offset;
+    return absl::OkStatus();
   }
 
   // A write or sync failed: what was acknowledged stays, nothing more is
@@ -395,5 +411,20 @@ uint64_t MessageLog::syncs() const {
 }
 
 absl::Status MessageLog::RemoveBefore(uint64_t offset) { return impl_->RemoveBefore(offset); }
+
+absl::StatusOr<uint64_t> MessageLog::Write(absl::string_view payload) {
+  return impl_->Write(payload);
+}
+
+absl::Status MessageLog::WaitDurable(uint64_t offset) { return impl_->WaitDurable(offset); }
+
+std::vector<SegmentInfo> MessageLog::Segments() const {
+  absl::MutexLock lock(&impl_->mu);
+  std::vector<SegmentInfo> out;
+  for (const Impl::Segment& s : impl_->segments) {
+    out.push_back(SegmentInfo{s.base, s.end(), s.size, s.last_write});
+  }
+  return out;
+}
 
 }  // namespace formica::dms

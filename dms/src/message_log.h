@@ -22,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace formica::dms {
 
@@ -39,6 +40,13 @@ struct RecoveryReport {
   uint64_t cut_at = 0;     // byte position it was cut at
   uint64_t cut_bytes = 0;  // bytes removed
   std::string cut_reason;  // e.g. "checksum mismatch at offset 41"
+};
+
+struct SegmentInfo {
+  uint64_t base = 0;  // its first offset
+  uint64_t end = 0;   // one past its last
+  uint64_t bytes = 0;
+  absl::Time last_write;
 };
 
 struct LogRecord {
@@ -61,6 +69,12 @@ class MessageLog {
   // Appends one record and returns its offset once it is durable.
   absl::StatusOr<uint64_t> Append(absl::string_view payload);
 
+  // Append in two steps, so one caller can write to several logs and then
+  // wait for all: Write returns the offset (not durable yet), WaitDurable
+  // returns once every record up to `offset` is on disk.
+  absl::StatusOr<uint64_t> Write(absl::string_view payload);
+  absl::Status WaitDurable(uint64_t offset);
+
   // Up to `max` records from `from` on, only below the synced point.
   // OUT_OF_RANGE if `from` was removed by retention.
   absl::Status Read(uint64_t from, size_t max, std::vector<LogRecord>* out);
@@ -68,6 +82,8 @@ class MessageLog {
   uint64_t first_offset() const;  // the oldest record kept
   uint64_t synced_end() const;    // one past the last durable record
   uint64_t syncs() const;         // fdatasync calls so far
+
+  std::vector<SegmentInfo> Segments() const;
 
   // Retention: removes whole segments that end at or before `offset`.
   absl::Status RemoveBefore(uint64_t offset);

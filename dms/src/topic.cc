@@ -17,6 +17,14 @@ namespace formica::dms {
 absl::StatusOr<std::unique_ptr<Topic>> Topic::Open(TopicOptions options,
                                                    std::vector<RecoveryReport>* reports) {
   if (options.dir.empty()) return absl::InvalidArgumentError("TopicOptions.dir is required");
+  std::string meta = options.dir + "/QUEUES";
+  if (options.queues == 0 && std::filesystem::exists(meta)) {
+    std::ifstream in(meta);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &options.queues)) {
+      return absl::DataLossError(absl::StrCat(meta, " does not hold a queue count"));
+    }
+  }
   if (options.queues < 1 || options.queues > 1024) {
     return absl::InvalidArgumentError(
         absl::StrCat("a topic has 1 to 1024 queues, not ", options.queues));
@@ -27,7 +35,6 @@ absl::StatusOr<std::unique_ptr<Topic>> Topic::Open(TopicOptions options,
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create topic directory ", options.dir, ": ", ec.message()));
   }
-  std::string meta = options.dir + "/QUEUES";
   if (std::filesystem::exists(meta)) {
     std::ifstream in(meta);
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -89,6 +96,31 @@ absl::StatusOr<Produced> Topic::Produce(const v1::StoredMessage& message) {
   if (!offset.ok()) return offset.status();
   p.offset = *offset;
   return p;
+}
+
+absl::Status Topic::ProduceBatch(const std::vector<const v1::StoredMessage*>& messages,
+                                 std::vector<Produced>* out) {
+  out->clear();
+  std::vector<int64_t> last(logs_.size(), -1);
+  std::string bytes;
+  for (const v1::StoredMessage* m : messages) {
+    Produced p;
+    p.queue = QueueFor(m->key());
+    bytes.clear();
+    if (!m->SerializeToString(&bytes)) return absl::InternalError("cannot encode the message");
+    absl::StatusOr<uint64_t> offset = logs_[p.queue]->Write(bytes);
+    if (!offset.ok()) return offset.status();
+    p.offset = *offset;
+    last[p.queue] = static_cast<int64_t>(p.offset);
+    out->push_back(p);
+  }
+  for (size_t q = 0; q < last.size(); ++q) {
+    if (last[q] < 0) continue;
+    if (absl::Status st = logs_[q]->WaitDurable(static_cast<uint64_t>(last[q])); !st.ok()) {
+      return st;
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Topic::Read(int queue, uint64_t from, size_t max,

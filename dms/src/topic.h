@@ -20,7 +20,7 @@ namespace formica::dms {
 
 struct TopicOptions {
   std::string dir;  // required
-  int queues = 8;   // at creation; 1..1024
+  int queues = 8;   // at creation; 1..1024 (0: the count the topic was created with)
   LogOptions log;   // dir is set per queue
 };
 
@@ -40,6 +40,12 @@ class Topic {
 
   // Stores `message` in its key's queue; durable when this returns.
   absl::StatusOr<Produced> Produce(const v1::StoredMessage& message);
+
+  // Stores several messages (each in its key's queue) and returns once all
+  // are durable, sharing each queue's sync. `out` gets their places, in
+  // order. On an error, the messages before the failing one may be stored.
+  absl::Status ProduceBatch(const std::vector<const v1::StoredMessage*>& messages,
+                            std::vector<Produced>* out);
 
   // Up to `max` durable messages of `queue` from `from` on, with offsets.
   absl::Status Read(int queue, uint64_t from, size_t max,

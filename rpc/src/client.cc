@@ -254,6 +254,8 @@ void Client::Impl::Rebuild(Service& s) {
       args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
       args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
       args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+      // Replies are sized by the providers (gRPC's default cap is 4 MiB).
+      args.SetMaxReceiveMessageSize(-1);
       e->channel =
           grpc::CreateCustomChannel(inst.address, grpc::InsecureChannelCredentials(), args);
       e->channel->GetState(true);  // connect now, not on the first call

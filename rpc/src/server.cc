@@ -257,6 +257,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   grpc::ServerBuilder builder;
   builder.AddListeningPort(impl->options.listen, grpc::InsecureServerCredentials(), &impl->port);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  if (impl->options.max_receive_message_bytes > 0) {
+    builder.SetMaxReceiveMessageSize(impl->options.max_receive_message_bytes);
+  }
   // gRPC's sync server lets at most 2 idle threads poll and ends the others,
   // so under concurrent blocking handlers it creates and ends a thread for
   // nearly every call. Keep more of them.

@@ -75,6 +75,8 @@ struct ServerOptions {
   // Idle handler threads kept for the next calls (gRPC's own default is 2,
   // which makes a busy server start and end a thread per call).
   int max_idle_threads = 32;
+  // The largest request message taken (gRPC's default: 4 MiB); 0 keeps it.
+  int max_receive_message_bytes = 0;
   // Per-method limits, overriding the above: "pkg.Service/Method" -> limit
   // (0: no limit).
   std::map<std::string, int> method_limits;

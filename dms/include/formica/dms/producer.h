@@ -1,0 +1,81 @@
+// formica::dms::Producer — sends messages to dmsd, found through DSR.
+//
+//   auto producer = dms::Producer::Create({.producer_group = "fund-trade"}, rpc_client).value();
+//   dms::OutgoingMessage m;
+//   m.key = user_id;                  // one user's messages stay in order
+//   m.tags = {"purchase"};
+//   m.body = order.SerializeAsString();
+//   m.dedup_key = order_id;           // a retried send is stored once
+//   absl::StatusOr<dms::SendReceipt> r = producer->Send("fund.orders", m);
+//
+// Send returns once the broker has the message on disk. SendAsync returns
+// at once and calls `done` later; concurrent sends to one topic travel
+// together in one call (at most `max_batch` messages, `max_outstanding`
+// calls per topic at once), so throughput grows with concurrency. A send
+// whose messages all carry dedup keys is retried on failure; others are
+// not (a lost answer could mean the message was stored). Thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace formica::rpc {
+class Client;
+}
+
+namespace formica::dms {
+
+// The broker's service name in the registry.
+inline constexpr char kBrokerService[] = "formica.dms.v1.Broker";
+
+struct OutgoingMessage {
+  std::string key;  // optional: same key, same queue, delivered in order
+  std::vector<std::string> tags;
+  std::map<std::string, std::string> properties;
+  std::string body;
+  std::string dedup_key;  // optional: a resend with it within the broker's window is not stored
+  absl::Duration delay = absl::ZeroDuration();  // not delivered before now + delay
+};
+
+struct SendReceipt {
+  int queue = 0;
+  uint64_t offset = 0;
+  bool duplicate = false;  // the dedup key was seen: this is the first send's receipt
+};
+
+struct ProducerOptions {
+  std::string producer_group;
+  absl::Duration timeout = absl::Seconds(5);  // one call to the broker
+  int max_batch = 256;                        // messages per call
+  int max_outstanding = 4;                    // calls per topic at once
+};
+
+class Producer {
+ public:
+  // `rpc` is borrowed and must outlive the Producer.
+  static absl::StatusOr<std::unique_ptr<Producer>> Create(ProducerOptions options,
+                                                          rpc::Client* rpc);
+  // Waits for every send still out.
+  ~Producer();
+
+  absl::StatusOr<SendReceipt> Send(const std::string& topic, OutgoingMessage message);
+  void SendAsync(const std::string& topic, OutgoingMessage message,
+                 std::function<void(absl::StatusOr<SendReceipt>)> done);
+  // Returns once every send made so far is answered.
+  void Flush();
+
+  class Impl;
+
+ private:
+  explicit Producer(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace formica::dms

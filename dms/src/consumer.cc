@@ -1,0 +1,305 @@
+#include "formica/dms/consumer.h"
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <deque>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "formica/common/grpc_status.h"
+#include "formica/dms/producer.h"
+#include "formica/dms/v1/dms.grpc.pb.h"
+#include "formica/rpc/client.h"
+
+namespace formica::dms {
+namespace {
+
+ReceivedMessage FromDelivered(const std::string& topic, const v1::Delivered& d) {
+  ReceivedMessage m;
+  const v1::StoredMessage& s = d.message();
+  m.topic = topic;
+  m.queue = d.ref().queue();
+  m.offset = d.ref().offset();
+  m.replay = d.ref().replay();
+  m.attempt = d.attempt();
+  m.key = s.key();
+  m.tags.assign(s.tags().begin(), s.tags().end());
+  m.properties.insert(s.properties().begin(), s.properties().end());
+  m.body = s.body();
+  m.dedup_key = s.dedup_key();
+  m.producer_group = s.producer_group();
+  m.born = absl::FromUnixMillis(s.born_unix_ms());
+  m.deliver_at = s.deliver_at_unix_ms() > 0 ? absl::FromUnixMillis(s.deliver_at_unix_ms()) : m.born;
+  return m;
+}
+
+}  // namespace
+
+class Consumer::Impl : public std::enable_shared_from_this<Consumer::Impl> {
+ public:
+  using Stream = grpc::ClientReaderWriter<v1::ConsumeRequest, v1::ConsumeReply>;
+
+  ConsumerOptions options;
+  MessageHandler handler;
+  rpc::Client* rpc = nullptr;
+
+  absl::Mutex mu;
+  bool stopping ABSL_GUARDED_BY(mu) = false;
+  bool draining ABSL_GUARDED_BY(mu) = false;  // no new handler runs
+  uint64_t session ABSL_GUARDED_BY(mu) = 0;   // the stream now open (0: none)
+  bool session_ended ABSL_GUARDED_BY(mu) = false;
+  grpc::ClientContext* context ABSL_GUARDED_BY(mu) = nullptr;
+  std::deque<std::pair<uint64_t, ReceivedMessage>> work ABSL_GUARDED_BY(mu);
+  int running ABSL_GUARDED_BY(mu) = 0;
+  v1::ConsumeRequest outgoing ABSL_GUARDED_BY(mu);  // acks and retries to send
+  // Acks sent and not confirmed yet, to tell on_acked which message it was.
+  std::map<std::pair<int, uint64_t>, ReceivedMessage> unconfirmed ABSL_GUARDED_BY(mu);
+  // The first session's outcome, for Start.
+  bool first_known ABSL_GUARDED_BY(mu) = false;
+  absl::Status first_status ABSL_GUARDED_BY(mu);
+
+  std::thread runner;
+  std::vector<std::thread> workers;
+
+  static std::pair<int, uint64_t> Key(const ReceivedMessage& m) {
+    return {m.replay ? -1 - m.queue : m.queue, m.offset};
+  }
+
+  void Run() {
+    while (true) {
+      uint64_t id;
+      {
+        absl::MutexLock lock(&mu);
+        if (stopping) return;
+        id = ++session;
+        session_ended = false;
+      }
+      absl::Status st = Session(id);
+      {
+        absl::MutexLock lock(&mu);
+        session_ended = true;
+        // Messages of the ended stream will be delivered again.
+        work.erase(
+            std::remove_if(work.begin(), work.end(), [id](const auto& w) { return w.first == id; }),
+            work.end());
+        outgoing.Clear();
+        unconfirmed.clear();
+        if (!first_known) {
+          first_known = true;
+          first_status = st.ok() ? absl::UnavailableError("the broker ended the stream") : st;
+        }
+        if (stopping) return;
+      }
+      if (!st.ok()) {
+        SPDLOG_WARN("consumer {}/{}: {}; reconnecting", options.group, options.topic,
+                    std::string(st.message()));
+      }
+      absl::MutexLock lock(&mu);
+      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return stopping; };
+      mu.AwaitWithTimeout(absl::Condition(&stop), options.reconnect_delay);
+    }
+  }
+
+  absl::Status Session(uint64_t id) {
+    // A short call first: with no broker in the registry it fails in a
+    // second (the stream's long deadline would make it wait for one).
+    rpc::CallOptions probe;
+    probe.timeout = absl::Seconds(1);
+    probe.idempotent = true;
+    probe.inherit_current = false;
+    absl::Status reachable =
+        rpc->Call(kBrokerService, probe,
+                  [](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                    v1::ListTopicsRequest req;
+                    v1::ListTopicsReply reply;
+                    return v1::Broker::NewStub(channel)->ListTopics(ctx, req, &reply);
+                  });
+    if (!reachable.ok()) return reachable;
+    rpc::CallOptions co;
+    co.timeout = absl::Hours(24 * 365);
+    co.inherit_current = false;
+    return rpc->Call(kBrokerService, co,
+                     [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                       return OpenStream(id, channel, ctx);
+                     });
+  }
+
+  grpc::Status OpenStream(uint64_t id, const std::shared_ptr<grpc::Channel>& channel,
+                          grpc::ClientContext* ctx) {
+    {
+      absl::MutexLock lock(&mu);
+      if (stopping) return grpc::Status(grpc::StatusCode::CANCELLED, "consumer stopping");
+      context = ctx;
+    }
+    auto stub = v1::Broker::NewStub(channel);
+    std::unique_ptr<Stream> stream = stub->Consume(ctx);
+    v1::ConsumeRequest sub;
+    v1::Subscribe* s = sub.mutable_subscribe();
+    s->set_group(options.group);
+    s->set_topic(options.topic);
+    for (const std::string& t : options.tags) s->add_tags(t);
+    s->set_broadcast(options.broadcast);
+    s->set_consumer_id(options.consumer_id);
+    s->set_max_in_flight(options.max_in_flight);
+    s->set_ordered(options.ordered);
+    s->set_max_attempts(options.max_attempts);
+    s->set_ack_timeout_ms(absl::ToInt64Milliseconds(options.ack_timeout));
+    bool ok = stream->Write(sub);
+    std::thread writer;
+    if (ok) writer = std::thread([this, id, &stream] { WriteLoop(id, stream.get()); });
+    v1::ConsumeReply reply;
+    bool first = true;
+    while (ok && stream->Read(&reply)) {
+      absl::MutexLock lock(&mu);
+      if (first) {
+        first = false;
+        if (!first_known) {
+          first_known = true;
+          first_status = absl::OkStatus();
+        }
+      }
+      for (const v1::Delivered& d : reply.messages()) {
+        work.emplace_back(id, FromDelivered(options.topic, d));
+      }
+      for (const v1::MessageRef& r : reply.acked()) {
+        auto it = unconfirmed.find({r.replay() ? -1 - r.queue() : r.queue(), r.offset()});
+        if (it == unconfirmed.end()) continue;
+        ReceivedMessage m = std::move(it->second);
+        unconfirmed.erase(it);
+        if (options.on_acked) {
+          mu.Unlock();
+          options.on_acked(m);
+          mu.Lock();
+        }
+      }
+    }
+    {
+      absl::MutexLock lock(&mu);
+      session_ended = true;
+      context = nullptr;
+    }
+    // The broker ended the stream (its status comes from Finish), or Stop
+    // cancelled it; the writer sees the session end.
+    if (writer.joinable()) writer.join();
+    return stream->Finish();
+  }
+
+  // Sends acks and retries for session `id` as they come.
+  void WriteLoop(uint64_t id, Stream* stream) {
+    while (true) {
+      v1::ConsumeRequest req;
+      {
+        absl::MutexLock lock(&mu);
+        auto ready = [this, id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+          return session != id || session_ended || outgoing.acks_size() > 0 ||
+                 outgoing.retries_size() > 0;
+        };
+        mu.Await(absl::Condition(&ready));
+        if (session != id || session_ended) return;
+        req.Swap(&outgoing);
+      }
+      if (!stream->Write(req)) return;
+    }
+  }
+
+  void Work() {
+    while (true) {
+      std::pair<uint64_t, ReceivedMessage> item;
+      {
+        absl::MutexLock lock(&mu);
+        auto ready = [this]()
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return draining || !work.empty(); };
+        mu.Await(absl::Condition(&ready));
+        if (draining) return;
+        item = std::move(work.front());
+        work.pop_front();
+        ++running;
+      }
+      ConsumeResult result = ConsumeResult::kRetryLater;
+      result = handler(item.second);
+      absl::MutexLock lock(&mu);
+      --running;
+      if (item.first != session || session_ended) continue;  // its stream is gone
+      v1::MessageRef* ref =
+          result == ConsumeResult::kSuccess ? outgoing.add_acks() : outgoing.add_retries();
+      ref->set_queue(item.second.queue);
+      ref->set_offset(item.second.offset);
+      ref->set_replay(item.second.replay);
+      if (result == ConsumeResult::kSuccess) {
+        unconfirmed[Key(item.second)] = std::move(item.second);
+      }
+    }
+  }
+
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu);
+      if (draining) return;
+      draining = true;
+      auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return running == 0; };
+      mu.Await(absl::Condition(&idle));
+    }
+    for (std::thread& t : workers) t.join();
+    {
+      // The last acks go out; wait briefly for the broker to confirm them.
+      absl::MutexLock lock(&mu);
+      auto flushed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+        return session_ended || (outgoing.acks_size() == 0 && unconfirmed.empty());
+      };
+      mu.AwaitWithTimeout(absl::Condition(&flushed), absl::Seconds(2));
+      stopping = true;
+      if (context != nullptr) context->TryCancel();
+    }
+    if (runner.joinable()) runner.join();
+  }
+};
+
+absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Start(ConsumerOptions options,
+                                                          MessageHandler handler,
+                                                          rpc::Client* rpc) {
+  if (rpc == nullptr) return absl::InvalidArgumentError("dms::Consumer needs an rpc::Client");
+  if (options.group.empty()) return absl::InvalidArgumentError("dms::Consumer: group is required");
+  if (options.topic.empty()) return absl::InvalidArgumentError("dms::Consumer: topic is required");
+  if (options.broadcast && options.consumer_id.empty()) {
+    return absl::InvalidArgumentError("dms::Consumer: broadcast needs a consumer_id");
+  }
+  if (!handler) return absl::InvalidArgumentError("dms::Consumer: a handler is required");
+  if (options.threads < 1 || options.max_in_flight < 1) {
+    return absl::InvalidArgumentError("dms::Consumer: threads and max_in_flight must be >= 1");
+  }
+  auto impl = std::make_shared<Impl>();
+  impl->options = std::move(options);
+  impl->handler = std::move(handler);
+  impl->rpc = rpc;
+  Impl* raw = impl.get();
+  for (int i = 0; i < impl->options.threads; ++i) {
+    impl->workers.emplace_back([raw] { raw->Work(); });
+  }
+  impl->runner = std::thread([raw] { raw->Run(); });
+  absl::Status first;
+  {
+    absl::MutexLock lock(&impl->mu);
+    auto known = [raw]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(raw->mu) { return raw->first_known; };
+    if (!impl->mu.AwaitWithTimeout(absl::Condition(&known), impl->options.start_timeout)) {
+      first = absl::DeadlineExceededError(absl::StrCat(
+          "dms::Consumer: no broker answered the subscription to '", impl->options.topic,
+          "' within ", absl::FormatDuration(impl->options.start_timeout)));
+    } else {
+      first = impl->first_status;
+    }
+  }
+  if (!first.ok()) {
+    impl->Stop();
+    return first;
+  }
+  return std::unique_ptr<Consumer>(new Consumer(std::move(impl)));
+}
+
+Consumer::Consumer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Consumer::~Consumer() { Stop(); }
+void Consumer::Stop() { impl_->Stop(); }
+
+}  // namespace formica::dms

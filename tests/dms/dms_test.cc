@@ -1,0 +1,624 @@
+// DMS end to end: a real dsrd and a real dmsd (started, killed -9 and
+// restarted as a user would), this process producing and consuming through
+// dms::Producer and dms::Consumer. What matters: no acknowledged message is
+// lost, an acked one never comes again, order per key, retries and dead
+// letters, delays, filters, groups, and clear errors on bad input.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_split.h"
+#include "formica/common/grpc_status.h"
+#include "formica/dms/consumer.h"
+#include "formica/dms/producer.h"
+#include "formica/dms/v1/dms.grpc.pb.h"
+#include "formica/rpc/client.h"
+#include "registry_fixture.h"
+
+namespace formica::dms {
+namespace {
+
+using formica::registry::testing::RegistryTest;
+using formica::testing::Subprocess;
+
+// Everything a consumer saw, by message body (each test's bodies are unique).
+struct Seen {
+  absl::Mutex mu;
+  std::vector<std::string> handled ABSL_GUARDED_BY(mu);   // in handling order
+  std::set<std::string> confirmed ABSL_GUARDED_BY(mu);    // acks the broker made durable
+  int redelivered_after_confirm ABSL_GUARDED_BY(mu) = 0;  // must stay 0
+  std::map<std::string, absl::Time> at ABSL_GUARDED_BY(mu);
+
+  void Handle(const ReceivedMessage& m) {
+    absl::MutexLock lock(&mu);
+    if (confirmed.count(m.body) > 0) ++redelivered_after_confirm;
+    handled.push_back(m.body);
+    at.emplace(m.body, absl::Now());
+  }
+  void Confirm(const ReceivedMessage& m) {
+    absl::MutexLock lock(&mu);
+    confirmed.insert(m.body);
+  }
+  std::set<std::string> Distinct() {
+    absl::MutexLock lock(&mu);
+    return std::set<std::string>(handled.begin(), handled.end());
+  }
+  bool WaitDistinct(size_t n, absl::Duration timeout) {
+    absl::Time end = absl::Now() + timeout;
+    while (absl::Now() < end) {
+      if (Distinct().size() >= n) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  }
+  bool WaitConfirmed(size_t n, absl::Duration timeout) {
+    absl::MutexLock lock(&mu);
+    auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return confirmed.size() >= n; };
+    return mu.AwaitWithTimeout(absl::Condition(&ready), timeout);
+  }
+};
+
+class DmsTest : public RegistryTest {
+ protected:
+  void SetUp() override {
+    RegistryTest::SetUp();
+    port_ = formica::testing::PickFreePort();
+    StartDmsd();
+    registry_ = NewClient("dms-test");
+    rpc::ClientOptions options;
+    options.app_name = "dms-test";
+    options.default_timeout = absl::Seconds(5);
+    rpc_ = std::move(*rpc::Client::Create(options, registry_.get()));
+    channel_ =
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials());
+    broker_ = v1::Broker::NewStub(channel_);
+  }
+
+  void TearDown() override {
+    rpc_.reset();
+    registry_.reset();
+  }
+
+  void StartDmsd(std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {formica::testing::BinaryPath("dms/dmsd"),
+                                     "--listen",
+                                     absl::StrCat("127.0.0.1:", port_),
+                                     "--data-dir",
+                                     dir_.File("dmsd"),
+                                     "--registry",
+                                     dsrd_->address(),
+                                     "--set",
+                                     "consume.retry_initial=50ms",
+                                     "--set",
+                                     "consume.retry_max=200ms",
+                                     "--set",
+                                     "server.unpublish_grace=0s"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto p = Subprocess::Start(argv, dir_.File(absl::StrCat("dmsd.", ++runs_, ".log")));
+    ASSERT_TRUE(p.ok()) << p.status();
+    dmsd_ = std::move(*p);
+    ASSERT_TRUE(dmsd_->WaitForOutput("dmsd ready on port", absl::Seconds(20))) << dmsd_->Output();
+  }
+
+  void CreateTopic(const std::string& name, int queues) {
+    grpc::ClientContext ctx;
+    v1::CreateTopicRequest req;
+    req.set_name(name);
+    req.set_queues(queues);
+    v1::TopicInfo info;
+    grpc::Status st = broker_->CreateTopic(&ctx, req, &info);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(info.queues_size(), queues);
+  }
+
+  std::unique_ptr<Producer> NewProducer() {
+    ProducerOptions o;
+    o.producer_group = "test-producer";
+    o.timeout = absl::Seconds(3);
+    return std::move(*Producer::Create(o, rpc_.get()));
+  }
+
+  ConsumerOptions Options(const std::string& group, const std::string& topic, Seen* seen) {
+    ConsumerOptions o;
+    o.group = group;
+    o.topic = topic;
+    o.on_acked = [seen](const ReceivedMessage& m) { seen->Confirm(m); };
+    return o;
+  }
+
+  std::unique_ptr<Consumer> Consume(ConsumerOptions o, Seen* seen,
+                                    ConsumeResult result = ConsumeResult::kSuccess) {
+    auto c = Consumer::Start(
+        std::move(o),
+        [seen, result](const ReceivedMessage& m) {
+          seen->Handle(m);
+          return result;
+        },
+        rpc_.get());
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  // The newest log file of a queue.
+  std::string NewestSegment(const std::string& topic, int queue) {
+    std::string newest;
+    for (const auto& e : std::filesystem::directory_iterator(
+             dir_.File(absl::StrCat("dmsd/topics/", topic, "/", queue)))) {
+      if (e.path().extension() == ".log" && e.path().string() > newest) newest = e.path().string();
+    }
+    return newest;
+  }
+
+  int port_ = 0;
+  int runs_ = 0;
+  std::unique_ptr<Subprocess> dmsd_;
+  std::unique_ptr<registry::Client> registry_;
+  std::unique_ptr<rpc::Client> rpc_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Broker::Stub> broker_;
+};
+
+OutgoingMessage Msg(const std::string& body, const std::string& key = "") {
+  OutgoingMessage m;
+  m.body = body;
+  m.key = key;
+  return m;
+}
+
+TEST_F(DmsTest, ProducedMessagesAreConsumedOnceAndLagDrains) {
+  CreateTopic("orders", 4);
+  auto producer = NewProducer();
+  for (int i = 0; i < 200; ++i) {
+    auto r = producer->Send("orders", Msg(absl::StrCat("m", i)));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_FALSE(r->duplicate);
+  }
+  Seen seen;
+  auto consumer = Consume(Options("g1", "orders", &seen), &seen);
+  ASSERT_TRUE(seen.WaitConfirmed(200, absl::Seconds(20)));
+  EXPECT_EQ(seen.Distinct().size(), 200u);
+  {
+    absl::MutexLock lock(&seen.mu);
+    EXPECT_EQ(seen.handled.size(), 200u);  // nothing failed: nothing twice
+  }
+  grpc::ClientContext ctx;
+  v1::GetLagRequest req;
+  req.set_group("g1");
+  v1::GetLagReply lag;
+  ASSERT_TRUE(broker_->GetLag(&ctx, req, &lag).ok());
+  EXPECT_EQ(lag.total(), 0u);
+  EXPECT_EQ(lag.queues_size(), 4);
+}
+
+TEST_F(DmsTest, MessagesWithOneKeyAreHandledInOrderUnderConcurrency) {
+  CreateTopic("ledger", 4);
+  constexpr int kProducers = 8, kKeys = 16, kPerProducer = 60;
+  // Each key's messages come from one producer thread, numbered in order.
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  auto producer = NewProducer();
+  for (int p = 0; p < kProducers; ++p) {
+    threads.emplace_back([&, p] {
+      for (int i = 0; i < kPerProducer; ++i) {
+        std::string key = absl::StrCat("user", (p * kKeys / kProducers) + i % (kKeys / kProducers));
+        if (!producer->Send("ledger", Msg(absl::StrCat(key, ":", i), key)).ok()) ++failures;
+      }
+    });
+  }
+  Seen seen;
+  ConsumerOptions o = Options("ledger-apply", "ledger", &seen);
+  o.ordered = true;
+  o.threads = 8;
+  auto consumer = Consume(o, &seen);
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(failures.load(), 0);
+  ASSERT_TRUE(seen.WaitConfirmed(kProducers * kPerProducer, absl::Seconds(30)));
+  std::map<std::string, int> last;
+  absl::MutexLock lock(&seen.mu);
+  for (const std::string& body : seen.handled) {
+    std::vector<std::string> parts = absl::StrSplit(body, ':');
+    int n = std::stoi(parts[1]);
+    auto it = last.find(parts[0]);
+    if (it != last.end()) {
+      EXPECT_GT(n, it->second) << body << " handled after " << it->second;
+    }
+    last[parts[0]] = n;
+  }
+  EXPECT_EQ(last.size(), static_cast<size_t>(kKeys));
+}
+
+// The broker is killed -9 while producers and a consumer run, and restarted:
+// every message whose send was acknowledged is handled, and no message whose
+// ack the broker confirmed is ever delivered again.
+TEST_F(DmsTest, KillDuringProduceAndConsumeLosesNothingAcknowledged) {
+  CreateTopic("payments", 4);
+  Seen seen;
+  ConsumerOptions o = Options("settle", "payments", &seen);
+  o.ack_timeout = absl::Seconds(3);
+  auto consumer = Consume(o, &seen);
+  auto producer = NewProducer();
+  absl::Mutex mu;
+  std::set<std::string> acked;
+  std::atomic<bool> stop{false};
+  std::atomic<int> next{0};
+  std::vector<std::thread> threads;
+  for (int p = 0; p < 4; ++p) {
+    threads.emplace_back([&] {
+      while (!stop.load()) {
+        std::string body = absl::StrCat("pay", next.fetch_add(1));
+        if (producer->Send("payments", Msg(body)).ok()) {
+          absl::MutexLock lock(&mu);
+          acked.insert(body);
+        } else {
+          absl::SleepFor(absl::Milliseconds(20));
+        }
+      }
+    });
+  }
+  for (int round = 0; round < 2; ++round) {
+    absl::SleepFor(absl::Milliseconds(700));
+    dmsd_->Kill();
+    absl::SleepFor(absl::Milliseconds(200));
+    StartDmsd();
+  }
+  absl::SleepFor(absl::Milliseconds(700));
+  stop = true;
+  for (auto& t : threads) t.join();
+  std::set<std::string> must;
+  {
+    absl::MutexLock lock(&mu);
+    must = acked;
+  }
+  ASSERT_GT(must.size(), 100u);
+  ASSERT_TRUE(seen.WaitDistinct(must.size(), absl::Seconds(30)));
+  absl::SleepFor(absl::Milliseconds(500));
+  std::set<std::string> got = seen.Distinct();
+  for (const std::string& body : must) EXPECT_TRUE(got.count(body) > 0) << body << " was lost";
+  absl::MutexLock lock(&seen.mu);
+  EXPECT_EQ(seen.redelivered_after_confirm, 0);
+}
+
+TEST_F(DmsTest, TornOrCorruptTailIsCutAndEveryWholeMessageBeforeItKept) {
+  CreateTopic("journal", 1);
+  auto producer = NewProducer();
+  for (int i = 0; i < 100; ++i)
+    ASSERT_TRUE(producer->Send("journal", Msg(absl::StrCat("j", i))).ok());
+  dmsd_->Kill();
+  // A crash in the middle of a write: the last record is torn.
+  std::string seg = NewestSegment("journal", 0);
+  std::filesystem::resize_file(seg, std::filesystem::file_size(seg) - 7);
+  StartDmsd();
+  EXPECT_TRUE(dmsd_->WaitForOutput("cut a damaged tail", absl::Seconds(5))) << dmsd_->Output();
+  Seen seen;
+  auto consumer = Consume(Options("reader", "journal", &seen), &seen);
+  ASSERT_TRUE(seen.WaitConfirmed(99, absl::Seconds(20)));
+  absl::SleepFor(absl::Milliseconds(300));
+  {
+    std::set<std::string> got = seen.Distinct();
+    EXPECT_EQ(got.size(), 99u);
+    for (int i = 0; i < 99; ++i) EXPECT_TRUE(got.count(absl::StrCat("j", i))) << i;
+  }
+  consumer->Stop();
+  // Garbage after the last whole record (a write that never finished) is
+  // cut too, and nothing is delivered from it.
+  ASSERT_TRUE(producer->Send("journal", Msg("j-after")).ok());
+  dmsd_->Kill();
+  seg = NewestSegment("journal", 0);
+  {
+    std::ofstream out(seg, std::ios::app | std::ios::binary);
+    out << std::string("\x10\x00\x00\x00garbage-garbage-garbage", 27);
+  }
+  StartDmsd();
+  EXPECT_TRUE(dmsd_->WaitForOutput("cut a damaged tail", absl::Seconds(5))) << dmsd_->Output();
+  Seen again;
+  auto second = Consume(Options("reader2", "journal", &again), &again);
+  ASSERT_TRUE(again.WaitConfirmed(100, absl::Seconds(20)));
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(again.Distinct().size(), 100u);
+  EXPECT_TRUE(again.Distinct().count("j-after"));
+}
+
+TEST_F(DmsTest, ARetriedSendWithTheSameDedupKeyIsStoredOnce) {
+  CreateTopic("transfers", 2);
+  auto producer = NewProducer();
+  OutgoingMessage m = Msg("t1", "acct-1");
+  m.dedup_key = "order-1";
+  auto first = producer->Send("transfers", m);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = producer->Send("transfers", m);
+  ASSERT_TRUE(second.ok());
+  EXPECT_TRUE(second->duplicate);
+  EXPECT_EQ(second->queue, first->queue);
+  EXPECT_EQ(second->offset, first->offset);
+  // Concurrent sends of one key: one stored, all answered with its receipt.
+  std::vector<std::thread> threads;
+  std::atomic<int> stored{0};
+  OutgoingMessage m2 = Msg("t2");
+  m2.dedup_key = "order-2";
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&] {
+      auto r = producer->Send("transfers", m2);
+      if (r.ok() && !r->duplicate) ++stored;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(stored.load(), 1);
+  // The index survives a kill -9: a resend after restart is still a duplicate.
+  dmsd_->Kill();
+  StartDmsd();
+  auto third = producer->Send("transfers", m);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_TRUE(third->duplicate);
+  Seen seen;
+  auto consumer = Consume(Options("g", "transfers", &seen), &seen);
+  ASSERT_TRUE(seen.WaitConfirmed(2, absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(500));
+  absl::MutexLock lock(&seen.mu);
+  EXPECT_EQ(seen.handled.size(), 2u);
+}
+
+TEST_F(DmsTest, RetriedThenDeadLetteredThenReplayed) {
+  CreateTopic("jobs", 1);
+  auto producer = NewProducer();
+  ASSERT_TRUE(producer->Send("jobs", Msg("poison")).ok());
+  Seen seen;
+  ConsumerOptions o = Options("workers", "jobs", &seen);
+  o.max_attempts = 3;
+  std::atomic<bool> heal{false};
+  std::vector<int> attempts;
+  absl::Mutex mu;
+  auto consumer = Consumer::Start(
+      o,
+      [&](const ReceivedMessage& m) {
+        seen.Handle(m);
+        absl::MutexLock lock(&mu);
+        attempts.push_back(m.attempt);
+        return heal.load() ? ConsumeResult::kSuccess : ConsumeResult::kRetryLater;
+      },
+      rpc_.get());
+  ASSERT_TRUE(consumer.ok()) << consumer.status();
+  v1::ListDeadLettersReply letters;
+  absl::Time end = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < end) {
+    grpc::ClientContext ctx;
+    v1::ListDeadLettersRequest req;
+    req.set_group("workers");
+    letters.Clear();
+    ASSERT_TRUE(broker_->ListDeadLetters(&ctx, req, &letters).ok());
+    if (letters.letters_size() > 0) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_EQ(letters.letters_size(), 1);
+  EXPECT_EQ(letters.letters(0).message().body(), "poison");
+  EXPECT_THAT(letters.letters(0).reason(), ::testing::HasSubstr("retried 3 times"));
+  absl::SleepFor(absl::Milliseconds(500));
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(attempts, (std::vector<int>{1, 2, 3}));  // not delivered again once dead
+  }
+  heal = true;
+  grpc::ClientContext ctx;
+  v1::ReplayDeadLettersRequest req;
+  req.set_group("workers");
+  v1::ReplayDeadLettersReply replayed;
+  ASSERT_TRUE(broker_->ReplayDeadLetters(&ctx, req, &replayed).ok());
+  EXPECT_EQ(replayed.replayed(), 1u);
+  ASSERT_TRUE(seen.WaitConfirmed(1, absl::Seconds(10)));
+  grpc::ClientContext ctx2;
+  v1::ListDeadLettersRequest lreq;
+  lreq.set_group("workers");
+  letters.Clear();
+  ASSERT_TRUE(broker_->ListDeadLetters(&ctx2, lreq, &letters).ok());
+  EXPECT_EQ(letters.letters_size(), 0);
+}
+
+TEST_F(DmsTest, DelayedMessagesAreNeverEarlyAndThenPrompt) {
+  CreateTopic("reminders", 2);
+  Seen seen;
+  auto consumer = Consume(Options("notify", "reminders", &seen), &seen);
+  auto producer = NewProducer();
+  std::map<std::string, absl::Time> due;
+  for (int i = 0; i < 6; ++i) {
+    OutgoingMessage m = Msg(absl::StrCat("r", i));
+    m.delay = absl::Milliseconds(300 * (i + 1));
+    absl::Time sent = absl::Now();
+    ASSERT_TRUE(producer->Send("reminders", m).ok());
+    due[m.body] = sent + m.delay;
+  }
+  ASSERT_TRUE(producer->Send("reminders", Msg("now")).ok());
+  ASSERT_TRUE(seen.WaitConfirmed(7, absl::Seconds(10)));
+  absl::MutexLock lock(&seen.mu);
+  EXPECT_EQ(seen.handled.front(), "now");
+  for (const auto& [body, when] : due) {
+    absl::Time at = seen.at[body];
+    EXPECT_GE(at, when - absl::Milliseconds(5)) << body << " came early";  // clock rounding
+    EXPECT_LT(at, when + absl::Milliseconds(500)) << body << " came late";
+  }
+}
+
+TEST_F(DmsTest, ClusteringSplitsMessagesAndBroadcastGivesEveryMemberAll) {
+  CreateTopic("events", 4);
+  Seen a, b, x, y;
+  auto ca = Consume(Options("cluster", "events", &a), &a);
+  auto cb = Consume(Options("cluster", "events", &b), &b);
+  ConsumerOptions bx = Options("fanout", "events", &x);
+  bx.broadcast = true;
+  bx.consumer_id = "node-x";
+  ConsumerOptions by = Options("fanout", "events", &y);
+  by.broadcast = true;
+  by.consumer_id = "node-y";
+  auto cx = Consume(bx, &x);
+  auto cy = Consume(by, &y);
+  auto producer = NewProducer();
+  for (int i = 0; i < 200; ++i)
+    ASSERT_TRUE(producer->Send("events", Msg(absl::StrCat("e", i))).ok());
+  ASSERT_TRUE(x.WaitConfirmed(200, absl::Seconds(20)));
+  ASSERT_TRUE(y.WaitConfirmed(200, absl::Seconds(20)));
+  ASSERT_TRUE(a.WaitDistinct(1, absl::Seconds(5)));
+  absl::Time end = absl::Now() + absl::Seconds(20);
+  while (a.Distinct().size() + b.Distinct().size() < 200 && absl::Now() < end) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  std::set<std::string> sa = a.Distinct(), sb = b.Distinct();
+  EXPECT_EQ(sa.size() + sb.size(), 200u);
+  EXPECT_GT(sa.size(), 0u);
+  EXPECT_GT(sb.size(), 0u);
+  for (const std::string& s : sa) EXPECT_EQ(sb.count(s), 0u) << s << " went to both members";
+  EXPECT_EQ(x.Distinct().size(), 200u);
+  EXPECT_EQ(y.Distinct().size(), 200u);
+}
+
+TEST_F(DmsTest, TagFilterDeliversOnlyMatchingMessages) {
+  CreateTopic("trades", 2);
+  auto producer = NewProducer();
+  for (int i = 0; i < 60; ++i) {
+    OutgoingMessage m = Msg(absl::StrCat("t", i));
+    m.tags = {i % 3 == 0 ? "purchase" : "redeem"};
+    ASSERT_TRUE(producer->Send("trades", m).ok());
+  }
+  Seen seen;
+  ConsumerOptions o = Options("purchases", "trades", &seen);
+  o.tags = {"purchase"};
+  auto consumer = Consume(o, &seen);
+  ASSERT_TRUE(seen.WaitConfirmed(20, absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(300));
+  std::set<std::string> got = seen.Distinct();
+  EXPECT_EQ(got.size(), 20u);
+  for (const std::string& s : got) EXPECT_EQ(std::stoi(s.substr(1)) % 3, 0) << s;
+  // A member subscribing the same group otherwise is refused.
+  ConsumerOptions other = Options("purchases", "trades", &seen);
+  other.tags = {"redeem"};
+  auto refused = Consumer::Start(
+      other, [](const ReceivedMessage&) { return ConsumeResult::kSuccess; }, rpc_.get());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), ::testing::HasSubstr("subscribe alike"));
+}
+
+TEST_F(DmsTest, BadInputGetsClearErrorsAndChangesNothing) {
+  CreateTopic("orders", 2);
+  auto producer = NewProducer();
+  auto unknown = producer->Send("no-such-topic", Msg("x"));
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(unknown.status().message(), ::testing::HasSubstr("no-such-topic"));
+  auto big = producer->Send("orders", Msg(std::string(5 << 20, 'x')));
+  ASSERT_FALSE(big.ok());
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(big.status().message(), ::testing::HasSubstr("max_body_bytes"));
+  ConsumerOptions nameless;
+  nameless.topic = "orders";
+  auto no_group = Consumer::Start(
+      nameless, [](const ReceivedMessage&) { return ConsumeResult::kSuccess; }, rpc_.get());
+  ASSERT_FALSE(no_group.ok());
+  EXPECT_THAT(no_group.status().message(), ::testing::HasSubstr("group is required"));
+  ConsumerOptions o;
+  o.group = "g";
+  o.topic = "missing";
+  auto no_topic = Consumer::Start(
+      o, [](const ReceivedMessage&) { return ConsumeResult::kSuccess; }, rpc_.get());
+  ASSERT_FALSE(no_topic.ok());
+  EXPECT_EQ(no_topic.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(no_topic.status().message(), ::testing::HasSubstr("missing"));
+  {
+    grpc::ClientContext ctx;
+    v1::CreateTopicRequest req;
+    req.set_name("bad/name");
+    v1::TopicInfo info;
+    grpc::Status st = broker_->CreateTopic(&ctx, req, &info);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(st.error_message(), ::testing::HasSubstr("bad/name"));
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::CreateTopicRequest req;
+    req.set_name("orders");
+    req.set_queues(3);
+    v1::TopicInfo info;
+    grpc::Status st = broker_->CreateTopic(&ctx, req, &info);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  }
+  {
+    // One bad message in a batch stores none of it.
+    grpc::ClientContext ctx;
+    v1::ProduceRequest req;
+    req.set_topic("orders");
+    req.add_messages()->set_body("fine");
+    req.add_messages()->set_delay_ms(-5);
+    v1::ProduceReply reply;
+    grpc::Status st = broker_->Produce(&ctx, req, &reply);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(st.error_message(), ::testing::HasSubstr("message 1"));
+    grpc::ClientContext lctx;
+    v1::ListTopicsReply topics;
+    ASSERT_TRUE(broker_->ListTopics(&lctx, v1::ListTopicsRequest(), &topics).ok());
+    for (const auto& t : topics.topics()) {
+      for (const auto& q : t.queues()) EXPECT_EQ(q.end_offset(), 0u) << t.name();
+    }
+  }
+  // A malformed config stops dmsd at start with the key named.
+  std::string path = dir_.File("bad.yaml");
+  std::ofstream(path) << "storage:\n  flush: sometimes\n";
+  auto p = Subprocess::Start({formica::testing::BinaryPath("dms/dmsd"), "--config", path},
+                             dir_.File("bad.log"));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ((*p)->Wait(absl::Seconds(10)), 2);
+  EXPECT_THAT((*p)->Output(), ::testing::HasSubstr("storage.flush"));
+}
+
+TEST_F(DmsTest, DiskOverWatermarkRefusesProduceKeepsConsumersAndRecovers) {
+  std::string fake = dir_.File("disk-used");
+  std::ofstream(fake) << "0.10\n";
+  setenv("FORMICA_FAULT_DISK_USED_FILE", fake.c_str(), 1);
+  dmsd_->Kill();
+  StartDmsd({"--set", "storage.disk_full_ratio=0.9"});
+  unsetenv("FORMICA_FAULT_DISK_USED_FILE");
+  CreateTopic("fills", 1);
+  auto producer = NewProducer();
+  ASSERT_TRUE(producer->Send("fills", Msg("before")).ok());
+  std::ofstream(fake) << "0.97\n";
+  absl::SleepFor(absl::Milliseconds(1500));
+  auto refused = producer->Send("fills", Msg("during"));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(refused.status().message(), ::testing::HasSubstr("watermark"));
+  Seen seen;
+  auto consumer = Consume(Options("g", "fills", &seen), &seen);
+  ASSERT_TRUE(seen.WaitConfirmed(1, absl::Seconds(10)));  // consumers keep working
+  std::ofstream(fake) << "0.50\n";
+  absl::Time end = absl::Now() + absl::Seconds(5);
+  absl::StatusOr<SendReceipt> r = absl::UnknownError("not tried");
+  while (absl::Now() < end && !(r = producer->Send("fills", Msg("after"))).ok()) {
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(seen.WaitConfirmed(2, absl::Seconds(10)));
+  EXPECT_EQ(seen.Distinct(), (std::set<std::string>{"before", "after"}));
+}
+
+TEST_F(DmsTest, SigtermEndsCleanlyAndConsumersResumeAfterRestart) {
+  CreateTopic("audit", 2);
+  Seen seen;
+  auto consumer = Consume(Options("auditors", "audit", &seen), &seen);
+  auto producer = NewProducer();
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(producer->Send("audit", Msg(absl::StrCat("a", i))).ok());
+  ASSERT_TRUE(seen.WaitConfirmed(20, absl::Seconds(10)));
+  EXPECT_EQ(dmsd_->Terminate(absl::Seconds(10)), 0) << dmsd_->Output();
+  StartDmsd();
+  for (int i = 20; i < 40; ++i) {
+    ASSERT_TRUE(producer->Send("audit", Msg(absl::StrCat("a", i))).ok());
+  }
+  ASSERT_TRUE(seen.WaitConfirmed(40, absl::Seconds(15)));
+  absl::MutexLock lock(&seen.mu);
+  EXPECT_EQ(seen.redelivered_after_confirm, 0);
+}
+
+}  // namespace
+}  // namespace formica::dms
