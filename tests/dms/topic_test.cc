@@ -89,7 +89,13 @@ TEST(Topic, TheQueueCountCannotChangeAndBadInputIsRefused) {
   EXPECT_EQ(changed.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(changed.status().message().find("has 4 queues, not 8"), absl::string_view::npos)
       << changed.status();
-  o.queues = 0;
+  o.queues = 0;  // reopen with the count it was created with
+  auto stored = Topic::Open(o, nullptr);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ((*stored)->queues(), 4);
+  stored->reset();
+  TempDir fresh;
+  o.dir = fresh.path();  // a new topic needs a count
   EXPECT_EQ(Topic::Open(o, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
   auto topic = OpenTopic(dir.path(), 4);
   std::vector<std::pair<uint64_t, v1::StoredMessage>> out;
