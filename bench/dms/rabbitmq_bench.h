@@ -1,0 +1,39 @@
+// RabbitMQ half of the message-broker benchmark: runs a fixed workload against a private
+// rabbitmq-server started for the run, through librabbitmq (rabbitmq-c).
+#pragma once
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace formica::bench {
+
+struct BrokerWorkload {
+  int messages = 20000;  // messages per phase
+  int body_bytes = 1024;
+  int producers = 4;                // producer threads, one connection each
+  int in_flight_per_producer = 64;  // unconfirmed messages a producer keeps out at once
+  int consumer_prefetch = 256;      // unacked deliveries the consumer may hold
+};
+
+struct BrokerFigures {
+  double produce_per_s = 0;   // phase 1: messages / seconds from first publish to last confirm
+  double produce_p50_ms = 0;  // publish -> publisher confirm latency, per message
+  double produce_p99_ms = 0;
+  double e2e_per_s = 0;  // phase 2: producers and one consumer at once; messages / seconds
+                         // from first publish to last consumer ack
+};
+
+// Starts a private rabbitmq-server (the Debian package) on 127.0.0.1 with free ports and a
+// temporary data directory, runs the workload against a durable queue with persistent
+// messages (delivery_mode 2) and publisher confirms through librabbitmq (rabbitmq-c 0.11),
+// stops the server and removes the directory (also on failure). `log` gets human-readable
+// progress lines (may be nullptr).
+//
+// Errors: FAILED_PRECONDITION when rabbitmq-server is not installed, INVALID_ARGUMENT for a
+// workload it cannot run, DEADLINE_EXCEEDED when the server does not come up within 60 s or a
+// phase makes no progress for 60 s, and other codes for broker or protocol failures.
+absl::StatusOr<BrokerFigures> RunRabbitMq(const BrokerWorkload& workload,
+                                          void (*log)(const std::string&));
+
+}  // namespace formica::bench
