@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -90,21 +91,27 @@ absl::Status ProducePhase(formica::rpc::Client* rpc, const std::string& topic,
   return failure;
 }
 
+int g_queues = 8;
+
 absl::Status CreateTopic(int port, const std::string& name) {
   auto channel =
       grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
   grpc::ClientContext ctx;
   formica::dms::v1::CreateTopicRequest req;
   req.set_name(name);
-  req.set_queues(8);
+  req.set_queues(g_queues);
   formica::dms::v1::TopicInfo info;
   grpc::Status st = formica::dms::v1::Broker::NewStub(channel)->CreateTopic(&ctx, req, &info);
   if (!st.ok()) return absl::InternalError(st.error_message());
   return absl::OkStatus();
 }
 
-absl::StatusOr<BrokerFigures> RunFormica(const BrokerWorkload& w,
-                                         const formica::testing::TempDir& dir) {
+struct FormicaFigures : BrokerFigures {
+  double backlog_per_s = 0;  // one consumer draining phase 1's messages
+};
+
+absl::StatusOr<FormicaFigures> RunFormica(const BrokerWorkload& w,
+                                          const formica::testing::TempDir& dir) {
   formica::testing::DsrdProcess::Options dsrd_options;
   dsrd_options.data_dir = dir.File("dsrd");
   dsrd_options.config = {{"push.warmup", "0s"}};
@@ -132,7 +139,7 @@ absl::StatusOr<BrokerFigures> RunFormica(const BrokerWorkload& w,
     if (absl::Status st = CreateTopic(port, t); !st.ok()) return st;
   }
 
-  BrokerFigures f;
+  FormicaFigures f;
   std::vector<double> latencies;
   absl::Duration elapsed;
   if (absl::Status st = ProducePhase(rpc->get(), "bench.produce", w, &latencies, &elapsed);
@@ -145,10 +152,38 @@ absl::StatusOr<BrokerFigures> RunFormica(const BrokerWorkload& w,
   Log(absl::StrCat("formica produce: ", static_cast<int>(f.produce_per_s), " msg/s, p50 ",
                    f.produce_p50_ms, " ms, p99 ", f.produce_p99_ms, " ms"));
 
-  // End to end: the consumer counts what the broker confirmed as acked.
+  // Draining the backlog phase 1 left: consumption alone.
   absl::Mutex mu;
   int acked = 0;
   absl::Time last_ack;
+  {
+    formica::dms::ConsumerOptions o;
+    o.group = "backlog";
+    o.topic = "bench.produce";
+    o.max_in_flight = w.consumer_prefetch;
+    o.on_acked = [&](const formica::dms::ReceivedMessage&) {
+      absl::MutexLock lock(&mu);
+      ++acked;
+      last_ack = absl::Now();
+    };
+    absl::Time start = absl::Now();
+    auto consumer = formica::dms::Consumer::Start(
+        o,
+        [](const formica::dms::ReceivedMessage&) { return formica::dms::ConsumeResult::kSuccess; },
+        rpc->get());
+    if (!consumer.ok()) return consumer.status();
+    absl::MutexLock lock(&mu);
+    auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return acked >= w.messages; };
+    if (!mu.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(120))) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("only ", acked, " of ", w.messages, " backlog messages consumed in time"));
+    }
+    f.backlog_per_s = w.messages / absl::ToDoubleSeconds(last_ack - start);
+    acked = 0;
+  }
+  Log(absl::StrCat("formica backlog drain: ", static_cast<int>(f.backlog_per_s), " msg/s"));
+
+  // End to end: the consumer counts what the broker confirmed as acked.
   formica::dms::ConsumerOptions o;
   o.group = "bench";
   o.topic = "bench.e2e";
@@ -189,22 +224,28 @@ absl::StatusOr<BrokerFigures> RunFormica(const BrokerWorkload& w,
 
 int Run(int argc, char** argv) {
   bool quick = false;
+  int messages = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
+    } else if (std::strcmp(argv[i], "--queues") == 0 && i + 1 < argc) {
+      g_queues = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--messages") == 0 && i + 1 < argc) {
+      messages = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: bench_dms [--quick]\n");
+      std::fprintf(stderr, "usage: bench_dms [--quick] [--messages N] [--queues N]\n");
       return 2;
     }
   }
   BrokerWorkload w;
-  w.messages = quick ? 5000 : 40000;
+  w.messages = messages > 0 ? messages : quick ? 5000 : 40000;
   formica::testing::TempDir dir;
-  absl::StatusOr<BrokerFigures> formica = RunFormica(w, dir);
+  absl::StatusOr<FormicaFigures> formica = RunFormica(w, dir);
   if (!formica.ok()) {
     std::fprintf(stderr, "bench_dms: formica: %s\n", formica.status().ToString().c_str());
     return 1;
   }
+  if (std::getenv("FORMICA_BENCH_DMS_ONLY") != nullptr) return 0;  // for profiling dmsd alone
   absl::StatusOr<BrokerFigures> rabbit = formica::bench::RunRabbitMq(w, &Log);
   if (!rabbit.ok()) {
     std::fprintf(stderr, "bench_dms: rabbitmq: %s\n", rabbit.status().ToString().c_str());
@@ -217,6 +258,7 @@ int Run(int argc, char** argv) {
   report.Set("e2e_per_s", formica->e2e_per_s);
   report.Set("produce_p50_ms", formica->produce_p50_ms);
   report.Set("produce_p99_ms", formica->produce_p99_ms);
+  report.Set("backlog_drain_per_s", formica->backlog_per_s);
   report.Set("rabbitmq_produce_per_s", rabbit->produce_per_s);
   report.Set("rabbitmq_e2e_per_s", rabbit->e2e_per_s);
   report.Set("rabbitmq_produce_p50_ms", rabbit->produce_p50_ms);
@@ -230,8 +272,9 @@ int Run(int argc, char** argv) {
   report.SetSetup("in_flight_per_producer", w.in_flight_per_producer);
   report.SetSetup("consumer_max_in_flight", w.consumer_prefetch);
   report.SetSetup("formica",
-                  "dmsd storage.flush=sync (fdatasync before each produce ack, group commit), "
-                  "topic of 8 queues, consumer acks made durable before confirmed");
+                  absl::StrCat("dmsd storage.flush=sync (fdatasync before each produce ack, group "
+                               "commit), topics of ",
+                               g_queues, " queues, consumer acks made durable before confirmed"));
   report.SetSetup("rabbitmq",
                   "rabbitmq-server (Debian), durable classic queue, persistent messages, "
                   "publisher confirms, manual acks, librabbitmq");

@@ -946,12 +946,13 @@ class Broker::Impl final : public v1::Broker::Service {
                       offsets.end());
       }
     }
+    std::map<int, GroupProgress::QueueAcks> durable;
     for (const auto& [q, offsets] : acks) {
       if (offsets.empty()) continue;
-      if (absl::Status st = progress->Ack(g.name, g.topic->name, q, offsets, committed[q]);
-          !st.ok()) {
-        return st;
-      }
+      durable[q] = GroupProgress::QueueAcks{offsets, committed[q]};
+    }
+    if (absl::Status st = progress->AckQueues(g.name, g.topic->name, durable); !st.ok()) {
+      return st;
     }
     if (!replay_acks.empty()) {
       rocksdb::WriteBatch batch;

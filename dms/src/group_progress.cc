@@ -80,36 +80,77 @@ absl::Status GroupProgress::Ack(const std::string& group, const std::string& top
 
 absl::Status GroupProgress::Ack(const std::string& group, const std::string& topic, int queue,
                                 const std::vector<uint64_t>& offsets, uint64_t committed) {
+  absl::StatusOr<uint64_t> written = Write(group, topic, queue, offsets, committed);
+  if (!written.ok()) return written.status();
+  return SyncThrough(*written);
+}
+
+absl::Status GroupProgress::AckQueues(const std::string& group, const std::string& topic,
+                                      const std::map<int, QueueAcks>& acks) {
+  uint64_t last = 0;
+  for (const auto& [queue, a] : acks) {
+    absl::StatusOr<uint64_t> written = Write(group, topic, queue, a.offsets, a.committed);
+    if (!written.ok()) return written.status();
+    last = std::max(last, *written);
+  }
+  return acks.empty() ? absl::OkStatus() : SyncThrough(last);
+}
+
+absl::StatusOr<uint64_t> GroupProgress::Write(const std::string& group, const std::string& topic,
+                                              int queue, const std::vector<uint64_t>& offsets,
+                                              uint64_t committed) {
   std::string q = QueueKey(group, topic, queue);
   QueueState& state = StateFor(q);
-  {
-    // One queue's writes apply in order, and its committed offset never
-    // goes back (acks computed earlier may arrive later); the sync that
-    // makes them durable is shared outside the lock.
-    absl::MutexLock lock(&state.mu);
-    if (!state.loaded) {
-      std::string value;
-      rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), CommittedKey(q), &value);
-      if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "reading a committed offset");
-      if (s.ok()) absl::SimpleAtoi(value, &state.committed);
-      state.loaded = true;
-    }
-    committed = std::max(committed, state.committed);
-    rocksdb::WriteBatch batch;
-    for (uint64_t offset : offsets) {
-      if (offset >= committed) batch.Put(AckKey(q, offset), "");
-    }
-    batch.Put(CommittedKey(q), absl::StrCat(committed));
-    // Acks now below the committed offset are folded into it.
-    if (committed > state.committed) batch.DeleteRange(AckPrefix(q), AckKey(q, committed));
-    if (absl::Status st =
-            FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "recording an ack");
-        !st.ok()) {
-      return st;
-    }
-    state.committed = committed;
+  // One queue's writes apply in order, and its committed offset never goes
+  // back (acks computed earlier may arrive later); the sync that makes them
+  // durable is shared outside the lock.
+  absl::MutexLock lock(&state.mu);
+  if (!state.loaded) {
+    std::string value;
+    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), CommittedKey(q), &value);
+    if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "reading a committed offset");
+    if (s.ok()) absl::SimpleAtoi(value, &state.committed);
+    state.loaded = true;
   }
-  return FromRocks(db_->SyncWAL(), "syncing acks");
+  committed = std::max(committed, state.committed);
+  rocksdb::WriteBatch batch;
+  for (uint64_t offset : offsets) {
+    if (offset >= committed) batch.Put(AckKey(q, offset), "");
+  }
+  batch.Put(CommittedKey(q), absl::StrCat(committed));
+  // Acks now below the committed offset are folded into it.
+  if (committed > state.committed) batch.DeleteRange(AckPrefix(q), AckKey(q, committed));
+  if (absl::Status st = FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "recording an ack");
+      !st.ok()) {
+    return st;
+  }
+  state.committed = committed;
+  absl::MutexLock sync_lock(&sync_mu_);
+  return ++written_;
+}
+
+// Group commit of the WAL: one caller syncs for every write made before it
+// started; the others wait for that sync.
+absl::Status GroupProgress::SyncThrough(uint64_t write) {
+  absl::MutexLock lock(&sync_mu_);
+  while (synced_ < write) {
+    if (syncing_) {
+      auto moved = [this, write]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) {
+        return !syncing_ || synced_ >= write;
+      };
+      sync_mu_.Await(absl::Condition(&moved));
+      continue;
+    }
+    syncing_ = true;
+    uint64_t target = written_;
+    sync_mu_.Unlock();
+    rocksdb::Status s = db_->SyncWAL();
+    sync_mu_.Lock();
+    syncing_ = false;
+    if (!s.ok()) return FromRocks(s, "syncing acks");
+    synced_ = std::max(synced_, target);
+  }
+  return absl::OkStatus();
 }
 
 GroupProgress::QueueState& GroupProgress::StateFor(const std::string& queue_key) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -44,6 +45,13 @@ class GroupProgress {
   // The same for several offsets of one queue, in one write and one sync.
   absl::Status Ack(const std::string& group, const std::string& topic, int queue,
                    const std::vector<uint64_t>& offsets, uint64_t committed);
+  // The same for several queues of one topic, with one sync for all.
+  struct QueueAcks {
+    std::vector<uint64_t> offsets;
+    uint64_t committed = 0;
+  };
+  absl::Status AckQueues(const std::string& group, const std::string& topic,
+                         const std::map<int, QueueAcks>& acks);
 
  private:
   struct QueueState {
@@ -52,11 +60,19 @@ class GroupProgress {
     uint64_t committed ABSL_GUARDED_BY(mu) = 0;  // the highest written
   };
   explicit GroupProgress(std::unique_ptr<rocksdb::DB> db);
+  // Writes one queue's acks (not synced); returns the write's number.
+  absl::StatusOr<uint64_t> Write(const std::string& group, const std::string& topic, int queue,
+                                 const std::vector<uint64_t>& offsets, uint64_t committed);
+  absl::Status SyncThrough(uint64_t write);
   QueueState& StateFor(const std::string& queue_key);
 
   std::unique_ptr<rocksdb::DB> db_;
   absl::Mutex states_mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<QueueState>> states_ ABSL_GUARDED_BY(states_mu_);
+  absl::Mutex sync_mu_;
+  uint64_t written_ ABSL_GUARDED_BY(sync_mu_) = 0;  // writes made
+  uint64_t synced_ ABSL_GUARDED_BY(sync_mu_) = 0;   // writes covered by a WAL sync
+  bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
 };
 
 }  // namespace formica::dms

@@ -23,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 
 namespace formica::dms {
 
@@ -73,6 +74,9 @@ class MessageLog {
   // wait for all: Write returns the offset (not durable yet), WaitDurable
   // returns once every record up to `offset` is on disk.
   absl::StatusOr<uint64_t> Write(absl::string_view payload);
+  // Several records in one write; returns the first one's offset (the
+  // others follow it).
+  absl::StatusOr<uint64_t> WriteMany(absl::Span<const absl::string_view> payloads);
   absl::Status WaitDurable(uint64_t offset);
 
   // Up to `max` records from `from` on, only below the synced point.

@@ -100,19 +100,29 @@ absl::StatusOr<Produced> Topic::Produce(const v1::StoredMessage& message) {
 
 absl::Status Topic::ProduceBatch(const std::vector<const v1::StoredMessage*>& messages,
                                  std::vector<Produced>* out) {
-  out->clear();
+  out->assign(messages.size(), Produced());
+  // Each queue's messages in one write, in request order.
+  std::vector<std::vector<size_t>> by_queue(logs_.size());
+  for (size_t i = 0; i < messages.size(); ++i) {
+    int q = QueueFor(messages[i]->key());
+    (*out)[i].queue = q;
+    by_queue[q].push_back(i);
+  }
+  std::vector<std::string> bytes(messages.size());
   std::vector<int64_t> last(logs_.size(), -1);
-  std::string bytes;
-  for (const v1::StoredMessage* m : messages) {
-    Produced p;
-    p.queue = QueueFor(m->key());
-    bytes.clear();
-    if (!m->SerializeToString(&bytes)) return absl::InternalError("cannot encode the message");
-    absl::StatusOr<uint64_t> offset = logs_[p.queue]->Write(bytes);
-    if (!offset.ok()) return offset.status();
-    p.offset = *offset;
-    last[p.queue] = static_cast<int64_t>(p.offset);
-    out->push_back(p);
+  for (size_t q = 0; q < by_queue.size(); ++q) {
+    if (by_queue[q].empty()) continue;
+    std::vector<absl::string_view> payloads;
+    for (size_t i : by_queue[q]) {
+      if (!messages[i]->SerializeToString(&bytes[i])) {
+        return absl::InternalError("cannot encode the message");
+      }
+      payloads.push_back(bytes[i]);
+    }
+    absl::StatusOr<uint64_t> first = logs_[q]->WriteMany(payloads);
+    if (!first.ok()) return first.status();
+    for (size_t j = 0; j < by_queue[q].size(); ++j) (*out)[by_queue[q][j]].offset = *first + j;
+    last[q] = static_cast<int64_t>(*first + by_queue[q].size() - 1);
   }
   for (size_t q = 0; q < last.size(); ++q) {
     if (last[q] < 0) continue;
