@@ -26,10 +26,12 @@
 #include "formica/common/grpc_status.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/registry/client.h"
+#include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
 #include "group_cursor.h"
 #include "group_progress.h"
 #include "topic.h"
+#include "transactions.h"
 #include "validation.h"
 
 namespace formica::dms {
@@ -161,6 +163,8 @@ class Broker::Impl final : public v1::Broker::Service {
   std::unique_ptr<GroupProgress> progress;
   std::unique_ptr<rocksdb::DB> meta;
   std::unique_ptr<registry::Client> registry;
+  std::unique_ptr<rpc::Client> rpc;  // to dtsd, for messages joined to activities
+  std::unique_ptr<Transactions> txns;
   std::unique_ptr<rpc::Server> server;
 
   absl::Mutex topics_mu;
@@ -413,6 +417,100 @@ class Broker::Impl final : public v1::Broker::Service {
     return absl::OkStatus();
   }
 
+  static v1::StoredMessage Stored(const v1::Message& m, const std::string& producer_group,
+                                  int64_t now) {
+    v1::StoredMessage s;
+    s.set_key(m.key());
+    *s.mutable_tags() = m.tags();
+    *s.mutable_properties() = m.properties();
+    s.set_body(m.body());
+    s.set_born_unix_ms(now);
+    int64_t at = std::max(m.deliver_at_unix_ms(), m.delay_ms() > 0 ? now + m.delay_ms() : 0);
+    if (at > now) s.set_deliver_at_unix_ms(at);
+    s.set_producer_group(producer_group);
+    s.set_dedup_key(m.dedup_key());
+    return s;
+  }
+
+  // ---- transactional messages -----------------------------------------
+
+  // A committed half message goes into its topic once (its dedup key).
+  absl::StatusOr<v1::Receipt> ProduceOne(const std::string& topic, v1::StoredMessage m) {
+    TopicState* t = FindTopic(topic);
+    if (t == nullptr) return absl::NotFoundError(absl::StrCat("topic '", topic, "' is gone"));
+    v1::ProduceReply reply;
+    reply.add_receipts();
+    std::vector<v1::StoredMessage> one;
+    one.push_back(std::move(m));
+    if (absl::Status st = ProduceDedup(*t, one, &reply); !st.ok()) return st;
+    Kick();
+    return reply.receipts(0);
+  }
+
+  grpc::Status Prepare(grpc::ServerContext* ctx, const v1::PrepareRequest* req,
+                       v1::PrepareReply* reply) override {
+    return rpc::Serve(ctx, [&] {
+      if (FindTopic(req->topic()) == nullptr) {
+        return ToGrpcStatus(absl::NotFoundError(
+            absl::StrCat("topic '", req->topic(), "' does not exist; create it first")));
+      }
+      if (absl::Status st = ValidName("producer_group", req->producer_group()); !st.ok()) {
+        return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+            "a transactional message needs its producer group (asked when it is undecided): ",
+            st.message())));
+      }
+      int64_t now = NowMs();
+      if (absl::Status st = CheckMessage(0, req->message(), now); !st.ok()) {
+        return ToGrpcStatus(st);
+      }
+      {
+        absl::MutexLock lock(&disk_mu);
+        if (!disk_full.empty()) return ToGrpcStatus(absl::ResourceExhaustedError(disk_full));
+      }
+      absl::StatusOr<std::string> id = txns->Prepare(
+          req->topic(), Stored(req->message(), req->producer_group(), now), req->activity_id());
+      if (!id.ok()) return ToGrpcStatus(id.status());
+      reply->set_transaction_id(*id);
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::Status EndTransaction(grpc::ServerContext* ctx, const v1::EndTransactionRequest* req,
+                              v1::EndTransactionReply* reply) override {
+    return rpc::Serve(ctx, [&] {
+      absl::StatusOr<v1::Receipt> r = txns->End(req->transaction_id(), req->commit());
+      if (!r.ok()) return ToGrpcStatus(r.status());
+      *reply->mutable_receipt() = *r;
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::Status CheckBack(
+      grpc::ServerContext* ctx,
+      grpc::ServerReaderWriter<v1::CheckRequest, v1::CheckAnswer>* stream) override {
+    return rpc::Serve(ctx, [&] { return txns->CheckBack(ctx, stream); });
+  }
+
+  grpc::Status ListHalfMessages(grpc::ServerContext* ctx, const v1::ListHalfMessagesRequest* req,
+                                v1::ListHalfMessagesReply* reply) override {
+    return rpc::Serve(ctx, [&] {
+      txns->List(req->parked_only(), req->limit() > 0 ? static_cast<size_t>(req->limit()) : 100,
+                 reply);
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::Status ResumeHalfMessages(grpc::ServerContext* ctx,
+                                  const v1::ResumeHalfMessagesRequest* req,
+                                  v1::ResumeHalfMessagesReply* reply) override {
+    return rpc::Serve(ctx, [&] {
+      absl::StatusOr<uint64_t> n = txns->Resume(req->transaction_id());
+      if (!n.ok()) return ToGrpcStatus(n.status());
+      reply->set_resumed(*n);
+      return grpc::Status::OK;
+    });
+  }
+
   grpc::Status Produce(grpc::ServerContext* ctx, const v1::ProduceRequest* req,
                        v1::ProduceReply* reply) override {
     return rpc::Serve(ctx, [&] { return ToGrpcStatus(DoProduce(*req, reply)); });
@@ -440,16 +538,7 @@ class Broker::Impl final : public v1::Broker::Service {
     for (int i = 0; i < n; ++i) {
       const v1::Message& m = req.messages(i);
       if (absl::Status st = CheckMessage(i, m, now); !st.ok()) return st;
-      v1::StoredMessage& s = stored[i];
-      s.set_key(m.key());
-      *s.mutable_tags() = m.tags();
-      *s.mutable_properties() = m.properties();
-      s.set_body(m.body());
-      s.set_born_unix_ms(now);
-      int64_t at = std::max(m.deliver_at_unix_ms(), m.delay_ms() > 0 ? now + m.delay_ms() : 0);
-      if (at > now) s.set_deliver_at_unix_ms(at);
-      s.set_producer_group(req.producer_group());
-      s.set_dedup_key(m.dedup_key());
+      stored[i] = Stored(m, req.producer_group(), now);
     }
     reply->mutable_receipts()->Reserve(n);
     for (int i = 0; i < n; ++i) reply->add_receipts();
@@ -1419,6 +1508,7 @@ class Broker::Impl final : public v1::Broker::Service {
     if (shut_down) return;
     shut_down = true;
     streams_stop = true;  // consumers move on at once
+    if (txns != nullptr) txns->Stop();
     {
       absl::MutexLock lock(&kick_mu);
       stopping = true;
@@ -1445,6 +1535,20 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(BrokerOptions options) {
   absl::StatusOr<std::unique_ptr<registry::Client>> registry = registry::Client::Create(ro);
   if (!registry.ok()) return registry.status();
   impl->registry = *std::move(registry);
+  rpc::ClientOptions co;
+  co.app_name = "dmsd";
+  co.zone = o.zone;
+  absl::StatusOr<std::unique_ptr<rpc::Client>> rpc_client =
+      rpc::Client::Create(co, impl->registry.get());
+  if (!rpc_client.ok()) return rpc_client.status();
+  impl->rpc = *std::move(rpc_client);
+  absl::StatusOr<std::unique_ptr<Transactions>> txns =
+      Transactions::Open(o.transactions, impl->meta.get(), impl->rpc.get(),
+                         [raw = impl.get()](const std::string& topic, v1::StoredMessage m) {
+                           return raw->ProduceOne(topic, std::move(m));
+                         });
+  if (!txns.ok()) return txns.status();
+  impl->txns = *std::move(txns);
   Impl* raw = impl.get();
   impl->dispatcher = std::thread([raw] { raw->DispatchLoop(); });
   impl->housekeeper = std::thread([raw] { raw->HousekeepingLoop(); });
@@ -1461,7 +1565,10 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(BrokerOptions options) {
   so.max_receive_message_bytes = static_cast<int>(
       std::min<int64_t>(INT32_MAX, std::max<int64_t>(64 << 20, 2 * o.max_body_bytes + (1 << 20))));
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
-      rpc::Server::Start(so, {{v1::Broker::service_full_name(), impl.get()}}, impl->registry.get());
+      rpc::Server::Start(so,
+                         {{v1::Broker::service_full_name(), impl.get()},
+                          {kTransactionParticipant, impl->txns->participant()}},
+                         impl->registry.get());
   if (!server.ok()) {
     impl->Shutdown();
     return server.status();
@@ -1531,6 +1638,16 @@ absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
   o.max_attempts = static_cast<int>(r.Int("consume.max_attempts", o.max_attempts, 1, 1000));
   o.retry_initial =
       r.Duration("consume.retry_initial", o.retry_initial, absl::Milliseconds(1), absl::Hours(24));
+  TransactionOptions& t = o.transactions;
+  t.check_after = r.Duration("transactions.check_after", t.check_after, absl::Milliseconds(10),
+                             absl::Hours(24));
+  t.check_interval = r.Duration("transactions.check_interval", t.check_interval,
+                                absl::Milliseconds(10), absl::Hours(24));
+  t.check_interval_max = r.Duration("transactions.check_interval_max", t.check_interval_max,
+                                    absl::Milliseconds(10), absl::Hours(24 * 7));
+  t.max_checks = static_cast<int>(r.Int("transactions.max_checks", t.max_checks, 1, 10000));
+  t.checks_per_second =
+      static_cast<int>(r.Int("transactions.checks_per_second", t.checks_per_second, 1, 100000));
   o.retry_max =
       r.Duration("consume.retry_max", o.retry_max, absl::Milliseconds(1), absl::Hours(24 * 7));
   for (const std::string& a : o.registries) {

@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "transactions.h"
 
 namespace formica {
 class Config;
@@ -54,6 +55,8 @@ struct BrokerOptions {
   absl::Duration retention_age = absl::Hours(72);  // whole segments older than this go
   int64_t retention_bytes = 0;                     // per queue; 0: no size limit
   absl::Duration housekeeping_interval = absl::Seconds(10);
+
+  TransactionOptions transactions;
 };
 
 // Reads BrokerOptions from a config (see deploy/dmsd.yaml). INVALID_ARGUMENT

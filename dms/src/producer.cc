@@ -3,12 +3,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include <deque>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
+#include "formica/rpc/call_context.h"
 #include "formica/rpc/client.h"
 
 namespace formica::dms {
@@ -75,15 +77,7 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
     state->request.set_producer_group(options.producer_group);
     bool all_dedup = true;
     for (Pending& p : batch) {
-      v1::Message* m = state->request.add_messages();
-      m->set_key(p.message.key);
-      for (const std::string& t : p.message.tags) m->add_tags(t);
-      for (const auto& [k, v] : p.message.properties) (*m->mutable_properties())[k] = v;
-      m->set_body(std::move(p.message.body));
-      m->set_dedup_key(p.message.dedup_key);
-      if (p.message.delay > absl::ZeroDuration()) {
-        m->set_delay_ms(std::max<int64_t>(1, absl::ToInt64Milliseconds(p.message.delay)));
-      }
+      *state->request.add_messages() = ToMessage(p.message);
       all_dedup = all_dedup && !p.message.dedup_key.empty();
     }
     state->batch = std::move(batch);
@@ -128,6 +122,144 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
     auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return unanswered == 0; };
     mu.Await(absl::Condition(&idle));
   }
+
+  static v1::Message ToMessage(OutgoingMessage& m) {
+    v1::Message out;
+    out.set_key(m.key);
+    for (const std::string& t : m.tags) out.add_tags(t);
+    for (const auto& [k, v] : m.properties) (*out.mutable_properties())[k] = v;
+    out.set_body(std::move(m.body));
+    out.set_dedup_key(m.dedup_key);
+    if (m.delay > absl::ZeroDuration()) {
+      out.set_delay_ms(std::max<int64_t>(1, absl::ToInt64Milliseconds(m.delay)));
+    }
+    return out;
+  }
+
+  absl::StatusOr<std::string> Prepare(const std::string& topic, OutgoingMessage& message,
+                                      const std::string& activity_id) {
+    v1::PrepareRequest req;
+    req.set_topic(topic);
+    *req.mutable_message() = ToMessage(message);
+    req.set_producer_group(options.producer_group);
+    req.set_activity_id(activity_id);
+    v1::PrepareReply reply;
+    rpc::CallOptions co;
+    co.timeout = options.timeout;
+    co.inherit_current = false;
+    absl::Status st =
+        rpc->Call(kBrokerService, co,
+                  [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                    return v1::Broker::NewStub(channel)->Prepare(ctx, req, &reply);
+                  });
+    if (!st.ok()) return st;
+    return reply.transaction_id();
+  }
+
+  absl::StatusOr<SendReceipt> End(const std::string& id, bool commit) {
+    v1::EndTransactionRequest req;
+    req.set_transaction_id(id);
+    req.set_commit(commit);
+    v1::EndTransactionReply reply;
+    rpc::CallOptions co;
+    co.timeout = options.timeout;
+    co.idempotent = true;  // a repeated end of one outcome is a success
+    co.inherit_current = false;
+    absl::Status st =
+        rpc->Call(kBrokerService, co,
+                  [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                    return v1::Broker::NewStub(channel)->EndTransaction(ctx, req, &reply);
+                  });
+    if (!st.ok()) return st;
+    return SendReceipt{reply.receipt().queue(), reply.receipt().offset(), false};
+  }
+
+  // ---- check-back: this producer answers for its group ----------------
+
+  absl::Mutex check_mu;
+  bool check_stopping ABSL_GUARDED_BY(check_mu) = false;
+  grpc::ClientContext* check_ctx ABSL_GUARDED_BY(check_mu) = nullptr;
+  std::thread check_thread;
+
+  void CheckLoop() {
+    while (true) {
+      {
+        absl::MutexLock lock(&check_mu);
+        if (check_stopping) return;
+      }
+      absl::Status st = CheckSession();
+      absl::MutexLock lock(&check_mu);
+      if (check_stopping) return;
+      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(check_mu) { return check_stopping; };
+      check_mu.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(200));
+    }
+  }
+
+  absl::Status CheckSession() {
+    rpc::CallOptions probe;  // fails fast while no broker is registered
+    probe.timeout = absl::Seconds(1);
+    probe.idempotent = true;
+    probe.inherit_current = false;
+    absl::Status reachable =
+        rpc->Call(kBrokerService, probe,
+                  [](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                    v1::ListTopicsRequest req;
+                    v1::ListTopicsReply reply;
+                    return v1::Broker::NewStub(channel)->ListTopics(ctx, req, &reply);
+                  });
+    if (!reachable.ok()) return reachable;
+    rpc::CallOptions co;
+    co.timeout = absl::Hours(24 * 365);
+    co.inherit_current = false;
+    return rpc->Call(kBrokerService, co,
+                     [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                       {
+                         absl::MutexLock lock(&check_mu);
+                         if (check_stopping)
+                           return grpc::Status(grpc::StatusCode::CANCELLED, "stopping");
+                         check_ctx = ctx;
+                       }
+                       auto stub = v1::Broker::NewStub(channel);
+                       auto stream = stub->CheckBack(ctx);
+                       v1::CheckAnswer hello;
+                       hello.set_producer_group(options.producer_group);
+                       if (stream->Write(hello)) {
+                         v1::CheckRequest req;
+                         while (stream->Read(&req)) {
+                           CheckedMessage m;
+                           m.transaction_id = req.transaction_id();
+                           m.topic = req.topic();
+                           m.key = req.message().key();
+                           m.tags.assign(req.message().tags().begin(), req.message().tags().end());
+                           m.properties.insert(req.message().properties().begin(),
+                                               req.message().properties().end());
+                           m.body = req.message().body();
+                           m.check = req.check();
+                           v1::CheckAnswer answer;
+                           answer.set_transaction_id(req.transaction_id());
+                           TransactionState state = options.checker(m);
+                           answer.set_state(state == TransactionState::kCommit     ? v1::COMMIT
+                                            : state == TransactionState::kRollback ? v1::ROLLBACK
+                                                                                   : v1::UNKNOWN);
+                           if (!stream->Write(answer)) break;
+                         }
+                       }
+                       {
+                         absl::MutexLock lock(&check_mu);
+                         check_ctx = nullptr;
+                       }
+                       return stream->Finish();
+                     });
+  }
+
+  void StopChecks() {
+    {
+      absl::MutexLock lock(&check_mu);
+      check_stopping = true;
+      if (check_ctx != nullptr) check_ctx->TryCancel();
+    }
+    if (check_thread.joinable()) check_thread.join();
+  }
 };
 
 absl::StatusOr<std::unique_ptr<Producer>> Producer::Create(ProducerOptions options,
@@ -136,14 +268,66 @@ absl::StatusOr<std::unique_ptr<Producer>> Producer::Create(ProducerOptions optio
   if (options.max_batch < 1 || options.max_outstanding < 1) {
     return absl::InvalidArgumentError("dms::Producer: max_batch and max_outstanding must be >= 1");
   }
+  if (options.checker && options.producer_group.empty()) {
+    return absl::InvalidArgumentError("dms::Producer: a checker needs a producer_group");
+  }
   auto impl = std::make_shared<Impl>();
   impl->options = std::move(options);
   impl->rpc = rpc;
+  if (impl->options.checker) {
+    Impl* raw = impl.get();
+    impl->check_thread = std::thread([raw] { raw->CheckLoop(); });
+  }
   return std::unique_ptr<Producer>(new Producer(std::move(impl)));
 }
 
 Producer::Producer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Producer::~Producer() { impl_->Flush(); }
+Producer::~Producer() {
+  impl_->Flush();
+  impl_->StopChecks();
+}
+
+absl::StatusOr<TransactionOutcome> Producer::SendInTransaction(
+    const std::string& topic, OutgoingMessage message,
+    const std::function<TransactionState()>& local) {
+  if (impl_->options.producer_group.empty()) {
+    return absl::InvalidArgumentError(
+        "dms::Producer: transactional sends need ProducerOptions::producer_group");
+  }
+  absl::StatusOr<std::string> id = impl_->Prepare(topic, message, "");
+  if (!id.ok()) return id.status();
+  TransactionOutcome outcome;
+  outcome.transaction_id = *id;
+  outcome.state = local();
+  if (outcome.state == TransactionState::kUnknown) return outcome;  // the check-back decides
+  absl::StatusOr<SendReceipt> r = impl_->End(*id, outcome.state == TransactionState::kCommit);
+  if (!r.ok()) {
+    return absl::Status(r.status().code(),
+                        absl::StrCat("transaction ", *id, ": the local transaction ended but ",
+                                     "telling the broker failed (its check-back will settle it): ",
+                                     r.status().message()));
+  }
+  outcome.receipt = *r;
+  return outcome;
+}
+
+absl::StatusOr<std::string> Producer::SendInActivity(const std::string& topic,
+                                                     OutgoingMessage message,
+                                                     std::string activity_id) {
+  if (activity_id.empty()) {
+    const rpc::CallContext* current = rpc::CurrentCallContext();
+    if (current != nullptr) activity_id = current->txn_id;
+  }
+  if (activity_id.empty()) {
+    return absl::FailedPreconditionError(
+        "dms::Producer::SendInActivity: no activity id given and none current on this thread");
+  }
+  if (impl_->options.producer_group.empty()) {
+    return absl::InvalidArgumentError(
+        "dms::Producer: transactional sends need ProducerOptions::producer_group");
+  }
+  return impl_->Prepare(topic, message, activity_id);
+}
 
 absl::StatusOr<SendReceipt> Producer::Send(const std::string& topic, OutgoingMessage message) {
   absl::Notification done;

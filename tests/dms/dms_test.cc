@@ -19,6 +19,7 @@
 #include "formica/dms/consumer.h"
 #include "formica/dms/producer.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
+#include "formica/dts/activity.h"
 #include "formica/rpc/client.h"
 #include "registry_fixture.h"
 
@@ -164,6 +165,12 @@ class DmsTest : public RegistryTest {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Broker::Stub> broker_;
 };
+
+dts::ActivityOptions Purchase() {
+  dts::ActivityOptions o;
+  o.name = "fund.Purchase";
+  return o;
+}
 
 OutgoingMessage Msg(const std::string& body, const std::string& key = "") {
   OutgoingMessage m;
@@ -618,6 +625,165 @@ TEST_F(DmsTest, SigtermEndsCleanlyAndConsumersResumeAfterRestart) {
   ASSERT_TRUE(seen.WaitConfirmed(40, absl::Seconds(15)));
   absl::MutexLock lock(&seen.mu);
   EXPECT_EQ(seen.redelivered_after_confirm, 0);
+}
+
+// Transactional messages: the broker checks undecided ones back quickly here.
+class DmsTransactionTest : public DmsTest {
+ protected:
+  void SetUp() override {
+    RegistryTest::SetUp();
+    port_ = formica::testing::PickFreePort();
+    StartDmsd(TxnFlags());
+    registry_ = NewClient("dms-test");
+    rpc::ClientOptions options;
+    options.app_name = "dms-test";
+    options.default_timeout = absl::Seconds(5);
+    rpc_ = std::move(*rpc::Client::Create(options, registry_.get()));
+    channel_ =
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials());
+    broker_ = v1::Broker::NewStub(channel_);
+    CreateTopic("orders", 2);
+  }
+
+  static std::vector<std::string> TxnFlags() {
+    return {"--set", "transactions.check_after=300ms",
+            "--set", "transactions.check_interval=100ms",
+            "--set", "transactions.check_interval_max=200ms",
+            "--set", "transactions.max_checks=4"};
+  }
+
+  std::unique_ptr<Producer> TxnProducer(TransactionChecker checker = nullptr) {
+    ProducerOptions o;
+    o.producer_group = "order-service";
+    o.checker = std::move(checker);
+    return std::move(*Producer::Create(o, rpc_.get()));
+  }
+
+  std::vector<v1::HalfMessage> Halves(bool parked_only) {
+    grpc::ClientContext ctx;
+    v1::ListHalfMessagesRequest req;
+    req.set_parked_only(parked_only);
+    v1::ListHalfMessagesReply reply;
+    EXPECT_TRUE(broker_->ListHalfMessages(&ctx, req, &reply).ok());
+    return {reply.messages().begin(), reply.messages().end()};
+  }
+};
+
+TEST_F(DmsTransactionTest, HalfMessageIsInvisibleUntilCommitAndARolledBackOneNeverComes) {
+  Seen seen;
+  auto consumer = Consume(Options("shipping", "orders", &seen), &seen);
+  auto producer = TxnProducer();
+  auto committed = producer->SendInTransaction("orders", Msg("order-1"), [&] {
+    absl::SleepFor(absl::Milliseconds(600));  // the local transaction takes its time
+    EXPECT_TRUE(seen.Distinct().empty()) << "a half message was delivered";
+    return TransactionState::kCommit;
+  });
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  auto rolled = producer->SendInTransaction("orders", Msg("order-2"),
+                                            [] { return TransactionState::kRollback; });
+  ASSERT_TRUE(rolled.ok()) << rolled.status();
+  ASSERT_TRUE(seen.WaitConfirmed(1, absl::Seconds(10)));
+  absl::SleepFor(absl::Seconds(1));  // past several check-back rounds
+  EXPECT_EQ(seen.Distinct(), (std::set<std::string>{"order-1"}));
+  EXPECT_TRUE(Halves(false).empty());
+  // Ending again: the same outcome is fine, the opposite is refused.
+  grpc::ClientContext ctx;
+  v1::EndTransactionRequest req;
+  req.set_transaction_id(rolled->transaction_id);
+  req.set_commit(true);
+  v1::EndTransactionReply reply;
+  EXPECT_EQ(broker_->EndTransaction(&ctx, req, &reply).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(DmsTransactionTest, UndecidedHalfMessagesAreResolvedByCheckBackEvenAcrossAKill) {
+  Seen seen;
+  auto consumer = Consume(Options("shipping", "orders", &seen), &seen);
+  std::atomic<int> checks{0};
+  // The producer's local store: what it committed.
+  auto producer = TxnProducer([&](const CheckedMessage& m) {
+    ++checks;
+    if (m.body == "stuck") return TransactionState::kUnknown;  // never knows: parked
+    return m.body == "ghost" ? TransactionState::kRollback : TransactionState::kCommit;
+  });
+  for (const char* body : {"paid", "ghost", "stuck"}) {
+    auto r =
+        producer->SendInTransaction("orders", Msg(body), [] { return TransactionState::kUnknown; });
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  dmsd_->Kill();  // the half messages are on disk; checks resume after restart
+  StartDmsd(TxnFlags());
+  ASSERT_TRUE(seen.WaitConfirmed(1, absl::Seconds(15)));
+  absl::Time end = absl::Now() + absl::Seconds(10);
+  std::vector<v1::HalfMessage> parked;
+  while (absl::Now() < end && (parked = Halves(true)).empty()) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ(parked.size(), 1u);  // the one its producer never decides
+  EXPECT_EQ(parked[0].message().body(), "stuck");
+  EXPECT_EQ(parked[0].checks(), 4);
+  EXPECT_EQ(seen.Distinct(), (std::set<std::string>{"paid"}));
+  int before = checks.load();
+  absl::SleepFor(absl::Milliseconds(600));
+  EXPECT_EQ(checks.load(), before) << "a parked message is not checked";
+  // An operator resumes it once the producer knows.
+  producer.reset();
+  auto fixed = TxnProducer([](const CheckedMessage&) { return TransactionState::kCommit; });
+  grpc::ClientContext ctx;
+  v1::ResumeHalfMessagesRequest req;
+  v1::ResumeHalfMessagesReply reply;
+  ASSERT_TRUE(broker_->ResumeHalfMessages(&ctx, req, &reply).ok());
+  EXPECT_EQ(reply.resumed(), 1u);
+  ASSERT_TRUE(seen.WaitConfirmed(2, absl::Seconds(10)));
+  EXPECT_EQ(seen.Distinct(), (std::set<std::string>{"paid", "stuck"}));
+}
+
+TEST_F(DmsTransactionTest, AMessageJoinedToAnActivityFollowsItsOutcome) {
+  int dtsd_port = formica::testing::PickFreePort();
+  auto dtsd = Subprocess::Start(
+      {formica::testing::BinaryPath("dts/dtsd"), "--listen", absl::StrCat("127.0.0.1:", dtsd_port),
+       "--data-dir", dir_.File("dtsd"), "--registry", dsrd_->address(), "--set",
+       "phase_two.retry_initial=50ms", "--set", "phase_two.retry_max=300ms", "--set",
+       "server.unpublish_grace=0s"},
+      dir_.File("dtsd.log"));
+  ASSERT_TRUE(dtsd.ok());
+  ASSERT_TRUE((*dtsd)->WaitForOutput("dtsd ready on port", absl::Seconds(20)));
+  Seen seen;
+  auto consumer = Consume(Options("shipping", "orders", &seen), &seen);
+  auto producer = TxnProducer();
+  // Committed activity: the message is delivered (dtsd confirms the action).
+  absl::Status st = dts::RunActivity(rpc_.get(), Purchase(), [&] {
+    absl::StatusOr<std::string> id = producer->SendInActivity("orders", Msg("purchase-1"));
+    return id.status();
+  });
+  ASSERT_TRUE(st.ok()) << st;
+  // Rolled back activity: discarded.
+  auto activity = dts::Activity::Begin(rpc_.get(), Purchase());
+  ASSERT_TRUE(activity.ok());
+  ASSERT_TRUE(
+      (*activity)
+          ->Run([&] { return producer->SendInActivity("orders", Msg("purchase-2")).status(); })
+          .ok());
+  ASSERT_TRUE((*activity)->Rollback("the debit failed").ok());
+  // Decided while dmsd was down: dtsd's phase two (or dmsd's check with
+  // dtsd) settles it after the restart.
+  auto third = dts::Activity::Begin(rpc_.get(), Purchase());
+  ASSERT_TRUE(third.ok());
+  ASSERT_TRUE(
+      (*third)
+          ->Run([&] { return producer->SendInActivity("orders", Msg("purchase-3")).status(); })
+          .ok());
+  dmsd_->Kill();
+  ASSERT_TRUE((*third)->Commit().ok());
+  StartDmsd(TxnFlags());
+  ASSERT_TRUE(seen.WaitConfirmed(2, absl::Seconds(20)));
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_EQ(seen.Distinct(), (std::set<std::string>{"purchase-1", "purchase-3"}));
+  EXPECT_TRUE(Halves(false).empty());
+  // Joining a decided activity is refused, and nothing is stored.
+  auto late = producer->SendInActivity("orders", Msg("late"), (*activity)->id());
+  ASSERT_FALSE(late.ok());
+  EXPECT_THAT(late.status().message(), ::testing::HasSubstr("cannot join activity"));
 }
 
 }  // namespace

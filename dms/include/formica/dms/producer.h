@@ -13,7 +13,26 @@
 // together in one call (at most `max_batch` messages, `max_outstanding`
 // calls per topic at once), so throughput grows with concurrency. A send
 // whose messages all carry dedup keys is retried on failure; others are
-// not (a lost answer could mean the message was stored). Thread-safe.
+// not (a lost answer could mean the message was stored).
+//
+// Transactional messages: a half message is stored but delivered to no one
+// until committed.
+//
+//   options.checker = [&](const dms::CheckedMessage& m) {  // the broker asks
+//     return OrderExists(m.key) ? dms::TransactionState::kCommit
+//                               : dms::TransactionState::kRollback;
+//   };
+//   auto outcome = producer->SendInTransaction("fund.orders", m, [&] {
+//     return db.Commit(order) ? dms::TransactionState::kCommit
+//                             : dms::TransactionState::kRollback;
+//   });
+//
+// A half message left undecided (the producer died between its local
+// transaction and the end) is checked back with a producer of the same
+// group that registered a checker. Inside a DTS activity,
+// SendInActivity(topic, m) joins the activity as one of its actions: the
+// message is delivered if the activity commits and discarded if it rolls
+// back, and dmsd asks dtsd (not the producer) when in doubt. Thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -50,11 +69,34 @@ struct SendReceipt {
   bool duplicate = false;  // the dedup key was seen: this is the first send's receipt
 };
 
+enum class TransactionState { kCommit, kRollback, kUnknown };
+
+// A half message the broker asks about.
+struct CheckedMessage {
+  std::string transaction_id;
+  std::string topic;
+  std::string key;
+  std::vector<std::string> tags;
+  std::map<std::string, std::string> properties;
+  std::string body;
+  int check = 1;  // 1 for the first check
+};
+using TransactionChecker = std::function<TransactionState(const CheckedMessage&)>;
+
+struct TransactionOutcome {
+  std::string transaction_id;
+  TransactionState state = TransactionState::kUnknown;  // what the local transaction said
+  SendReceipt receipt;                                  // where the message is, when committed
+};
+
 struct ProducerOptions {
   std::string producer_group;
   absl::Duration timeout = absl::Seconds(5);  // one call to the broker
   int max_batch = 256;                        // messages per call
   int max_outstanding = 4;                    // calls per topic at once
+  // Answers the broker's checks of this group's undecided half messages
+  // (needed for SendInTransaction to recover from a producer crash).
+  TransactionChecker checker;
 };
 
 class Producer {
@@ -70,6 +112,21 @@ class Producer {
                  std::function<void(absl::StatusOr<SendReceipt>)> done);
   // Returns once every send made so far is answered.
   void Flush();
+
+  // Stores `message` as a half message, runs `local` (the local
+  // transaction), then commits or rolls the message back as it says;
+  // kUnknown leaves it to the broker's check-back. An error before `local`
+  // runs means nothing was stored and `local` did not run.
+  absl::StatusOr<TransactionOutcome> SendInTransaction(
+      const std::string& topic, OutgoingMessage message,
+      const std::function<TransactionState()>& local);
+
+  // Joins DTS activity `activity_id` (empty: the activity current on this
+  // thread, as inside dts::Activity::Run) with `message` as an action:
+  // delivered if the activity commits, discarded if it rolls back. Returns
+  // the transaction id. Must be called before the activity is decided.
+  absl::StatusOr<std::string> SendInActivity(const std::string& topic, OutgoingMessage message,
+                                             std::string activity_id = "");
 
   class Impl;
 

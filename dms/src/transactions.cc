@@ -1,0 +1,476 @@
+#include "transactions.h"
+
+#include <grpcpp/grpcpp.h>
+#include <rocksdb/db.h>
+#include <spdlog/spdlog.h>
+
+#include <deque>
+#include <set>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "formica/common/grpc_status.h"
+#include "formica/rpc/client.h"
+#include "formica/rpc/server.h"
+
+namespace formica::dms {
+namespace {
+
+constexpr char kHalfPrefix[] = "h/";
+constexpr size_t kRememberFinished = 100000;  // outcomes kept so a repeated End succeeds
+constexpr char kCoordinator[] = "formica.dts.v1.Coordinator";
+
+int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
+
+}  // namespace
+
+class Transactions::Impl final : public dts::v1::Participant::Service {
+ public:
+  struct Checker {
+    uint64_t id = 0;
+    std::string group;
+    std::deque<v1::CheckRequest> outbox;
+    bool closed = false;
+  };
+
+  TransactionOptions options;
+  rocksdb::DB* meta = nullptr;
+  rpc::Client* rpc = nullptr;
+  ProduceFn produce;
+  std::string boot;  // makes transaction ids unique across restarts
+  std::atomic<uint64_t> seq{0};
+
+  absl::Mutex mu;
+  std::map<std::string, v1::HalfMessage> halves ABSL_GUARDED_BY(mu);
+  std::set<std::string> resolving ABSL_GUARDED_BY(mu);       // being committed or rolled back
+  std::map<std::string, bool> finished ABSL_GUARDED_BY(mu);  // recent outcomes: id -> committed
+  std::deque<std::string> finished_order ABSL_GUARDED_BY(mu);
+  std::map<std::string, v1::Receipt> receipts ABSL_GUARDED_BY(mu);
+  std::map<uint64_t, std::shared_ptr<Checker>> checkers ABSL_GUARDED_BY(mu);
+  uint64_t next_checker ABSL_GUARDED_BY(mu) = 1;
+  size_t round_robin ABSL_GUARDED_BY(mu) = 0;
+  bool stopping ABSL_GUARDED_BY(mu) = false;
+  std::thread loop;
+
+  static std::string Key(const std::string& id) { return kHalfPrefix + id; }
+
+  absl::Status Persist(const v1::HalfMessage& h, bool sync) {
+    std::string bytes;
+    h.SerializeToString(&bytes);
+    rocksdb::WriteOptions wo;
+    wo.sync = sync;
+    rocksdb::Status s = meta->Put(wo, Key(h.transaction_id()), bytes);
+    if (!s.ok())
+      return absl::InternalError(absl::StrCat("cannot store a half message: ", s.ToString()));
+    return absl::OkStatus();
+  }
+
+  absl::Status Load() {
+    std::unique_ptr<rocksdb::Iterator> it(meta->NewIterator(rocksdb::ReadOptions()));
+    absl::MutexLock lock(&mu);
+    for (it->Seek(kHalfPrefix); it->Valid() && it->key().starts_with(kHalfPrefix); it->Next()) {
+      v1::HalfMessage h;
+      if (!h.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return absl::DataLossError(
+            absl::StrCat("half message ", it->key().ToString(), " is corrupt"));
+      }
+      halves[h.transaction_id()] = std::move(h);
+    }
+    if (!it->status().ok()) return absl::InternalError(it->status().ToString());
+    if (!halves.empty()) SPDLOG_INFO("{} undecided half messages reloaded", halves.size());
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::string> Prepare(const std::string& topic, v1::StoredMessage message,
+                                      const std::string& activity_id) {
+    std::string id = absl::StrCat(boot, "-", seq.fetch_add(1) + 1);
+    if (!activity_id.empty()) {
+      // Enlisted first: once the activity knows the action, its outcome
+      // decides the message, whatever happens next.
+      rpc::CallOptions co;
+      co.timeout = absl::Seconds(5);
+      co.inherit_current = false;
+      dts::v1::EnlistRequest req;
+      req.set_activity_id(activity_id);
+      req.set_participant(kTransactionParticipant);
+      req.set_action(id);
+      req.set_payload(id);
+      absl::Status st =
+          rpc->Call(kCoordinator, co,
+                    [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                      dts::v1::EnlistResponse resp;
+                      return dts::v1::Coordinator::NewStub(channel)->Enlist(ctx, req, &resp);
+                    });
+      if (!st.ok()) {
+        return absl::Status(st.code(),
+                            absl::StrCat("cannot join activity ", activity_id, ": ", st.message()));
+      }
+    }
+    v1::HalfMessage h;
+    h.set_transaction_id(id);
+    h.set_topic(topic);
+    *h.mutable_message() = std::move(message);
+    h.set_activity_id(activity_id);
+    h.set_prepared_unix_ms(NowMs());
+    h.set_next_check_unix_ms(NowMs() + absl::ToInt64Milliseconds(options.check_after));
+    if (absl::Status st = Persist(h, /*sync=*/true); !st.ok()) return st;
+    absl::MutexLock lock(&mu);
+    halves[id] = std::move(h);
+    return id;
+  }
+
+  // Commits or rolls back `id`, once; a repeat of the same outcome is fine.
+  absl::StatusOr<v1::Receipt> End(const std::string& id, bool commit, absl::string_view why) {
+    v1::HalfMessage h;
+    {
+      absl::MutexLock lock(&mu);
+      auto idle = [this, &id]()
+                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return resolving.count(id) == 0; };
+      mu.Await(absl::Condition(&idle));
+      auto it = halves.find(id);
+      if (it == halves.end()) {
+        if (auto f = finished.find(id); f != finished.end()) {
+          if (f->second != commit) {
+            return absl::FailedPreconditionError(absl::StrCat(
+                "transaction ", id, " was already ", f->second ? "committed" : "rolled back"));
+          }
+          return receipts.count(id) ? receipts[id] : v1::Receipt();
+        }
+        return absl::NotFoundError(
+            absl::StrCat("transaction ", id, " is unknown (or finished before dmsd restarted)"));
+      }
+      h = it->second;
+      resolving.insert(id);
+    }
+    v1::Receipt receipt;
+    absl::Status st;
+    if (commit) {
+      v1::StoredMessage m = h.message();
+      if (m.dedup_key().empty()) m.set_dedup_key(absl::StrCat("txn:", id));
+      absl::StatusOr<v1::Receipt> r = produce(h.topic(), std::move(m));
+      if (r.ok()) {
+        receipt = *r;
+      } else {
+        st = r.status();
+      }
+    }
+    if (st.ok()) {
+      rocksdb::WriteOptions sync;
+      sync.sync = true;
+      rocksdb::Status s = meta->Delete(sync, Key(id));
+      if (!s.ok()) st = absl::InternalError(s.ToString());
+    }
+    absl::MutexLock lock(&mu);
+    resolving.erase(id);
+    if (!st.ok()) return st;
+    halves.erase(id);
+    finished[id] = commit;
+    if (commit) receipts[id] = receipt;
+    finished_order.push_back(id);
+    if (finished_order.size() > kRememberFinished) {
+      finished.erase(finished_order.front());
+      receipts.erase(finished_order.front());
+      finished_order.pop_front();
+    }
+    (void)why;  // for the debug log only
+    SPDLOG_DEBUG("transaction {} {} ({})", id, commit ? "committed" : "rolled back",
+                 std::string(why));
+    return receipt;
+  }
+
+  absl::Duration Backoff(int checks) const {
+    absl::Duration d = options.check_interval;
+    for (int i = 1; i < checks && d < options.check_interval_max; ++i) d *= 2;
+    return std::min(d, options.check_interval_max);
+  }
+
+  // One pass over the half messages that are due, within the rate limit.
+  void CheckDue(int budget) {
+    int64_t now = NowMs();
+    std::vector<v1::HalfMessage> due;
+    {
+      absl::MutexLock lock(&mu);
+      for (auto& [id, h] : halves) {
+        if (!h.parked() && resolving.count(id) == 0 && h.next_check_unix_ms() <= now) {
+          due.push_back(h);
+        }
+      }
+    }
+    // The longest waiting first; a failing one moves back behind the others.
+    std::sort(due.begin(), due.end(), [](const v1::HalfMessage& a, const v1::HalfMessage& b) {
+      return a.next_check_unix_ms() < b.next_check_unix_ms();
+    });
+    if (due.size() > static_cast<size_t>(budget)) due.resize(static_cast<size_t>(budget));
+    for (v1::HalfMessage& h : due) {
+      if (!h.activity_id().empty()) {
+        CheckActivity(h);
+      } else {
+        AskProducer(h);
+      }
+    }
+  }
+
+  // Records a check's outcome; parks the message once its checks are used.
+  void Checked(const std::string& id, bool counted, const std::string& outcome) {
+    absl::MutexLock lock(&mu);
+    auto it = halves.find(id);
+    if (it == halves.end()) return;
+    v1::HalfMessage& h = it->second;
+    if (counted) h.set_checks(h.checks() + 1);
+    h.set_last_check(outcome);
+    h.set_next_check_unix_ms(NowMs() + absl::ToInt64Milliseconds(Backoff(std::max(1, h.checks()))));
+    if (h.checks() >= options.max_checks && !h.parked()) {
+      h.set_parked(true);
+      SPDLOG_WARN(
+          "half message {} (topic {}) parked after {} checks, last: {}; `formicactl dms half` "
+          "lists it, `formicactl dms half --resume` checks it again",
+          id, h.topic(), h.checks(), outcome);
+    }
+    if (absl::Status st = Persist(h, /*sync=*/false); !st.ok()) {
+      SPDLOG_ERROR("{}", std::string(st.message()));
+    }
+  }
+
+  void CheckActivity(const v1::HalfMessage& h) {
+    rpc::CallOptions co;
+    co.timeout = absl::Seconds(2);
+    co.idempotent = true;
+    co.inherit_current = false;
+    dts::v1::ActivityRef ref;
+    ref.set_activity_id(h.activity_id());
+    dts::v1::Activity activity;
+    absl::Status st =
+        rpc->Call(kCoordinator, co,
+                  [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                    return dts::v1::Coordinator::NewStub(channel)->Get(ctx, ref, &activity);
+                  });
+    if (!st.ok()) {
+      Checked(h.transaction_id(), true,
+              absl::StrCat("asking dtsd about activity ", h.activity_id(), ": ", st.message()));
+      return;
+    }
+    switch (activity.state()) {
+      case dts::v1::COMMITTING:
+      case dts::v1::COMMITTED:
+        Resolve(h.transaction_id(), true, "its activity committed");
+        return;
+      case dts::v1::ROLLING_BACK:
+      case dts::v1::ROLLED_BACK:
+        Resolve(h.transaction_id(), false, "its activity rolled back");
+        return;
+      default:
+        // Still running: its own deadline will decide it; not a failed check.
+        Checked(h.transaction_id(), false, "its activity is still active");
+    }
+  }
+
+  void Resolve(const std::string& id, bool commit, absl::string_view why) {
+    absl::StatusOr<v1::Receipt> r = End(id, commit, why);
+    if (!r.ok() && !absl::IsNotFound(r.status())) {
+      Checked(id, true,
+              absl::StrCat(commit ? "commit" : "rollback", " failed: ", r.status().message()));
+    }
+  }
+
+  void AskProducer(const v1::HalfMessage& h) {
+    const std::string& group = h.message().producer_group();
+    std::shared_ptr<Checker> chosen;
+    {
+      absl::MutexLock lock(&mu);
+      std::vector<std::shared_ptr<Checker>> of_group;
+      for (auto& [cid, c] : checkers) {
+        if (c->group == group && !c->closed) of_group.push_back(c);
+      }
+      if (!of_group.empty()) {
+        chosen = of_group[round_robin++ % of_group.size()];
+        v1::CheckRequest& req = chosen->outbox.emplace_back();
+        req.set_transaction_id(h.transaction_id());
+        req.set_topic(h.topic());
+        *req.mutable_message() = h.message();
+        req.set_check(h.checks() + 1);
+      }
+    }
+    Checked(h.transaction_id(), true,
+            chosen == nullptr ? absl::StrCat("no producer of group '", group, "' is connected")
+                              : absl::StrCat("asked a producer of group '", group, "'"));
+  }
+
+  void Loop() {
+    absl::Time last = absl::Now();
+    while (true) {
+      {
+        absl::MutexLock lock(&mu);
+        auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return stopping; };
+        if (mu.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(100))) return;
+      }
+      absl::Time now = absl::Now();
+      int budget = std::max(
+          1, static_cast<int>(options.checks_per_second * absl::ToDoubleSeconds(now - last)));
+      last = now;
+      CheckDue(budget);
+    }
+  }
+
+  grpc::Status CheckBack(grpc::ServerContext* ctx,
+                         grpc::ServerReaderWriter<v1::CheckRequest, v1::CheckAnswer>* stream) {
+    v1::CheckAnswer first;
+    if (!stream->Read(&first)) return grpc::Status::OK;
+    if (first.producer_group().empty()) {
+      return ToGrpcStatus(absl::InvalidArgumentError(
+          "the first message on a CheckBack stream names the producer group"));
+    }
+    auto checker = std::make_shared<Checker>();
+    checker->group = first.producer_group();
+    {
+      absl::MutexLock lock(&mu);
+      checker->id = next_checker++;
+      checkers[checker->id] = checker;
+    }
+    std::thread reader([&] {
+      v1::CheckAnswer answer;
+      while (stream->Read(&answer)) {
+        const std::string& id = answer.transaction_id();
+        if (!answer.error().empty()) {
+          Checked(id, false, absl::StrCat("the producer's checker failed: ", answer.error()));
+        } else if (answer.state() == v1::COMMIT) {
+          Resolve(id, true, "its producer said commit");
+        } else if (answer.state() == v1::ROLLBACK) {
+          Resolve(id, false, "its producer said roll back");
+        } else {
+          Checked(id, false, "its producer does not know yet");
+        }
+      }
+      absl::MutexLock lock(&mu);
+      checker->closed = true;
+    });
+    while (true) {
+      std::vector<v1::CheckRequest> out;
+      {
+        absl::MutexLock lock(&mu);
+        auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+          return stopping || checker->closed || !checker->outbox.empty();
+        };
+        mu.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
+        if (stopping || checker->closed) break;
+        out.assign(checker->outbox.begin(), checker->outbox.end());
+        checker->outbox.clear();
+      }
+      if (ctx->IsCancelled()) break;
+      bool ok = true;
+      for (const v1::CheckRequest& req : out) ok = ok && stream->Write(req);
+      if (!ok) break;
+    }
+    ctx->TryCancel();
+    reader.join();
+    absl::MutexLock lock(&mu);
+    checkers.erase(checker->id);
+    return grpc::Status::OK;
+  }
+
+  // formica.dts.v1.Participant
+  grpc::Status Confirm(grpc::ServerContext* ctx, const dts::v1::PhaseTwoRequest* req,
+                       dts::v1::PhaseTwoResponse*) override {
+    return rpc::Serve(ctx, [&] { return ToGrpcStatus(PhaseTwo(req->action(), true)); });
+  }
+  grpc::Status Cancel(grpc::ServerContext* ctx, const dts::v1::PhaseTwoRequest* req,
+                      dts::v1::PhaseTwoResponse*) override {
+    return rpc::Serve(ctx, [&] { return ToGrpcStatus(PhaseTwo(req->action(), false)); });
+  }
+  grpc::Status PhaseTwoBatch(grpc::ServerContext* ctx, const dts::v1::PhaseTwoBatchRequest* req,
+                             dts::v1::PhaseTwoBatchResponse* resp) override {
+    return rpc::Serve(ctx, [&] {
+      for (const dts::v1::PhaseTwoItem& item : req->items()) {
+        absl::Status st = PhaseTwo(item.action(), item.confirm());
+        dts::v1::PhaseTwoResult* r = resp->add_results();
+        r->set_code(static_cast<int>(st.code()));
+        r->set_message(std::string(st.message()));
+      }
+      return grpc::Status::OK;
+    });
+  }
+
+  // Confirm or cancel of an action (a transaction id). One never prepared
+  // (its enlist won but the half message was never stored) is a no-op.
+  absl::Status PhaseTwo(const std::string& id, bool commit) {
+    absl::StatusOr<v1::Receipt> r =
+        End(id, commit, commit ? "its activity confirmed it" : "its activity cancelled it");
+    if (r.ok() || absl::IsNotFound(r.status())) return absl::OkStatus();
+    return r.status();
+  }
+};
+
+absl::StatusOr<std::unique_ptr<Transactions>> Transactions::Open(TransactionOptions options,
+                                                                 rocksdb::DB* meta,
+                                                                 rpc::Client* rpc,
+                                                                 ProduceFn produce) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->meta = meta;
+  impl->rpc = rpc;
+  impl->produce = std::move(produce);
+  impl->boot = absl::StrFormat("%x", NowMs());
+  if (absl::Status st = impl->Load(); !st.ok()) return st;
+  Impl* raw = impl.get();
+  impl->loop = std::thread([raw] { raw->Loop(); });
+  return std::unique_ptr<Transactions>(new Transactions(std::move(impl)));
+}
+
+Transactions::Transactions(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Transactions::~Transactions() { Stop(); }
+
+void Transactions::Stop() {
+  {
+    absl::MutexLock lock(&impl_->mu);
+    impl_->stopping = true;
+  }
+  if (impl_->loop.joinable()) impl_->loop.join();
+}
+
+absl::StatusOr<std::string> Transactions::Prepare(const std::string& topic,
+                                                  v1::StoredMessage message,
+                                                  const std::string& activity_id) {
+  return impl_->Prepare(topic, std::move(message), activity_id);
+}
+
+absl::StatusOr<v1::Receipt> Transactions::End(const std::string& id, bool commit) {
+  return impl_->End(id, commit, commit ? "its producer committed" : "its producer rolled back");
+}
+
+grpc::Status Transactions::CheckBack(
+    grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::CheckRequest, v1::CheckAnswer>* stream) {
+  return impl_->CheckBack(ctx, stream);
+}
+
+void Transactions::List(bool parked_only, size_t limit, v1::ListHalfMessagesReply* out) {
+  absl::MutexLock lock(&impl_->mu);
+  for (const auto& [id, h] : impl_->halves) {
+    if (out->messages_size() >= static_cast<int>(limit)) break;
+    if (parked_only && !h.parked()) continue;
+    *out->add_messages() = h;
+  }
+}
+
+absl::StatusOr<uint64_t> Transactions::Resume(const std::string& id) {
+  absl::MutexLock lock(&impl_->mu);
+  if (!id.empty() && impl_->halves.count(id) == 0) {
+    return absl::NotFoundError(absl::StrCat("no undecided half message ", id));
+  }
+  uint64_t n = 0;
+  for (auto& [hid, h] : impl_->halves) {
+    if (!id.empty() && hid != id) continue;
+    if (!h.parked()) continue;
+    h.set_parked(false);
+    h.set_checks(0);
+    h.set_next_check_unix_ms(NowMs());
+    impl_->Persist(h, /*sync=*/true).IgnoreError();
+    ++n;
+  }
+  return n;
+}
+
+grpc::Service* Transactions::participant() { return impl_.get(); }
+
+}  // namespace formica::dms
