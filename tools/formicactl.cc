@@ -17,16 +17,19 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "formica/common/grpc_status.h"
+#include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
 
 namespace v1 = formica::registry::v1;
 namespace dts = formica::dts::v1;
+namespace dms = formica::dms::v1;
 
 namespace {
 
 constexpr char kUsage[] =
-    R"(usage: formicactl [--registry HOST:PORT] [--dts HOST:PORT] [--timeout SECONDS] COMMAND
+    R"(usage: formicactl [--registry HOST:PORT] [--dts HOST:PORT] [--dms HOST:PORT]
+                  [--timeout SECONDS] COMMAND
 
 registry commands:
   registry ls                      services: version, instances, subscribers
@@ -52,9 +55,19 @@ dts commands (business activities at dtsd):
   dts retry ID [--yes]                 retry phase two of a decided activity now
   dts settle ID --reason TEXT [--yes]  mark its unfinished actions done by hand and finish it
 
+dms commands (messages at dmsd):
+  dms topics                           each topic's queues: first and end offset, bytes
+  dms create-topic NAME [--queues N]   N: the broker's default when left out
+  dms lag GROUP [--topic T]            per queue: committed offset, end, messages not acked
+  dms dlq GROUP [--topic T] [--limit N] [--replay [--yes]]
+                                       dead letters; --replay delivers them to GROUP again
+  dms half [--parked] [--limit N]      undecided transactional messages and their checks
+  dms resume [ID] [--yes]              check parked half messages again (all, or ID)
+
 --registry defaults to $FORMICA_REGISTRY or 127.0.0.1:7370;
---dts to $FORMICA_DTS or 127.0.0.1:7380. retry and settle ask for
-confirmation unless --yes is given.
+--dts to $FORMICA_DTS or 127.0.0.1:7380; --dms to $FORMICA_DMS or
+127.0.0.1:7390. retry, settle, replay and resume ask for confirmation
+unless --yes is given.
 )";
 
 int Usage(const std::string& why) {
@@ -236,6 +249,148 @@ int Dts(const std::string& address, int timeout_s, const std::vector<std::string
   return Usage(absl::StrCat("unknown command '", absl::StrJoin(args, " "), "'"));
 }
 
+struct DmsFlags {
+  std::string topic;
+  int queues = 0;
+  int limit = 0;
+  bool replay = false;
+  bool parked = false;
+  bool yes = false;
+};
+
+int Dms(const std::string& address, int timeout_s, const std::vector<std::string>& args,
+        const DmsFlags& f) {
+  auto stub =
+      dms::Broker::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto context = [timeout_s] {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
+    return ctx;
+  };
+  const std::string& cmd = args[1];
+  if (cmd == "topics" && args.size() == 2) {
+    dms::ListTopicsReply reply;
+    grpc::Status st = stub->ListTopics(context().get(), dms::ListTopicsRequest(), &reply);
+    if (!st.ok()) return Fail(st);
+    std::printf("%-32s %5s %14s %14s %12s\n", "TOPIC", "QUEUE", "FIRST", "END", "BYTES");
+    for (const dms::TopicInfo& t : reply.topics()) {
+      for (const dms::QueueInfo& q : t.queues()) {
+        std::printf("%-32s %5d %14llu %14llu %12llu\n", t.name().c_str(), q.queue(),
+                    static_cast<unsigned long long>(q.first_offset()),
+                    static_cast<unsigned long long>(q.end_offset()),
+                    static_cast<unsigned long long>(q.bytes()));
+      }
+    }
+    return 0;
+  }
+  if (cmd == "create-topic" && args.size() == 3) {
+    dms::CreateTopicRequest req;
+    req.set_name(args[2]);
+    req.set_queues(f.queues);
+    dms::TopicInfo info;
+    grpc::Status st = stub->CreateTopic(context().get(), req, &info);
+    if (!st.ok()) return Fail(st);
+    std::printf("topic %s: %d queues\n", info.name().c_str(), info.queues_size());
+    return 0;
+  }
+  if (cmd == "lag" && args.size() == 3) {
+    dms::GetLagRequest req;
+    req.set_group(args[2]);
+    req.set_topic(f.topic);
+    dms::GetLagReply reply;
+    grpc::Status st = stub->GetLag(context().get(), req, &reply);
+    if (!st.ok()) return Fail(st);
+    std::printf("%-32s %5s %-16s %14s %14s %10s\n", "TOPIC", "QUEUE", "MEMBER", "COMMITTED", "END",
+                "LAG");
+    for (const dms::QueueLag& l : reply.queues()) {
+      std::printf("%-32s %5d %-16s %14llu %14llu %10llu\n", l.topic().c_str(), l.queue(),
+                  l.member().empty() ? "-" : l.member().c_str(),
+                  static_cast<unsigned long long>(l.committed()),
+                  static_cast<unsigned long long>(l.end_offset()),
+                  static_cast<unsigned long long>(l.lag()));
+    }
+    std::printf("total lag %llu, dead letters %llu\n",
+                static_cast<unsigned long long>(reply.total()),
+                static_cast<unsigned long long>(reply.dead_letters()));
+    return 0;
+  }
+  if (cmd == "dlq" && args.size() == 3) {
+    if (f.replay) {
+      if (!f.yes && !Confirm(absl::StrCat("Deliver the dead letters of group ", args[2],
+                                          f.topic.empty() ? "" : " in topic " + f.topic,
+                                          " to the group again?"))) {
+        std::fprintf(stderr, "formicactl: nothing replayed\n");
+        return 1;
+      }
+      dms::ReplayDeadLettersRequest req;
+      req.set_group(args[2]);
+      req.set_topic(f.topic);
+      dms::ReplayDeadLettersReply reply;
+      grpc::Status st = stub->ReplayDeadLetters(context().get(), req, &reply);
+      if (!st.ok()) return Fail(st);
+      std::printf("%llu dead letters replayed to group %s\n",
+                  static_cast<unsigned long long>(reply.replayed()), args[2].c_str());
+      return 0;
+    }
+    dms::ListDeadLettersRequest req;
+    req.set_group(args[2]);
+    req.set_topic(f.topic);
+    req.set_limit(f.limit);
+    dms::ListDeadLettersReply reply;
+    grpc::Status st = stub->ListDeadLetters(context().get(), req, &reply);
+    if (!st.ok()) return Fail(st);
+    std::printf("%-24s %5s %12s %8s %-10s %-12s %s\n", "TOPIC", "QUEUE", "OFFSET", "ATTEMPTS",
+                "STATE", "DEAD", "REASON / KEY / BODY");
+    for (const dms::DeadLetter& d : reply.letters()) {
+      std::string body = d.message().body().substr(0, 40);
+      for (char& c : body) {
+        if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '.';
+      }
+      std::printf("%-24s %5d %12llu %8d %-10s %-12s %s / %s / %s\n", d.topic().c_str(),
+                  d.ref().queue(), static_cast<unsigned long long>(d.ref().offset()), d.attempts(),
+                  d.replaying() ? "replaying" : "dead", (Ago(d.dead_unix_ms()) + " ago").c_str(),
+                  d.reason().c_str(), d.message().key().empty() ? "-" : d.message().key().c_str(),
+                  body.c_str());
+    }
+    return 0;
+  }
+  if (cmd == "half" && args.size() == 2) {
+    dms::ListHalfMessagesRequest req;
+    req.set_parked_only(f.parked);
+    req.set_limit(f.limit);
+    dms::ListHalfMessagesReply reply;
+    grpc::Status st = stub->ListHalfMessages(context().get(), req, &reply);
+    if (!st.ok()) return Fail(st);
+    std::printf("%-24s %-20s %-20s %-10s %6s %-12s %s\n", "TRANSACTION", "TOPIC", "GROUP", "STATE",
+                "CHECKS", "PREPARED", "ACTIVITY / LAST CHECK");
+    for (const dms::HalfMessage& h : reply.messages()) {
+      std::printf("%-24s %-20s %-20s %-10s %6d %-12s %s / %s\n", h.transaction_id().c_str(),
+                  h.topic().c_str(), h.message().producer_group().c_str(),
+                  h.parked() ? "parked" : "checking", h.checks(),
+                  (Ago(h.prepared_unix_ms()) + " ago").c_str(),
+                  h.activity_id().empty() ? "-" : h.activity_id().c_str(),
+                  h.last_check().empty() ? "-" : h.last_check().c_str());
+    }
+    return 0;
+  }
+  if (cmd == "resume" && args.size() <= 3) {
+    std::string id = args.size() == 3 ? args[2] : "";
+    if (!f.yes && !Confirm(id.empty() ? "Check every parked half message again?"
+                                      : "Check half message " + id + " again?")) {
+      std::fprintf(stderr, "formicactl: nothing resumed\n");
+      return 1;
+    }
+    dms::ResumeHalfMessagesRequest req;
+    req.set_transaction_id(id);
+    dms::ResumeHalfMessagesReply reply;
+    grpc::Status st = stub->ResumeHalfMessages(context().get(), req, &reply);
+    if (!st.ok()) return Fail(st);
+    std::printf("%llu half messages resumed\n", static_cast<unsigned long long>(reply.resumed()));
+    return 0;
+  }
+  return Usage(absl::StrCat("unknown command '", absl::StrJoin(args, " "), "'"));
+}
+
 void PrintEntry(const v1::ConfigEntry& e) {
   std::printf("%s\tversion=%llu\n%s\n", e.key().c_str(),
               static_cast<unsigned long long>(e.version()), e.value().c_str());
@@ -248,6 +403,9 @@ int main(int argc, char** argv) {
       std::getenv("FORMICA_REGISTRY") ? std::getenv("FORMICA_REGISTRY") : "127.0.0.1:7370";
   std::string dts_address =
       std::getenv("FORMICA_DTS") ? std::getenv("FORMICA_DTS") : "127.0.0.1:7380";
+  std::string dms_address =
+      std::getenv("FORMICA_DMS") ? std::getenv("FORMICA_DMS") : "127.0.0.1:7390";
+  DmsFlags dms_flags;
   int timeout_s = 5;
   std::optional<uint64_t> expect_version;
   std::string states;
@@ -280,6 +438,23 @@ int main(int argc, char** argv) {
       auto v = value("--dts");
       if (!v) return 2;
       dts_address = *v;
+    } else if (a == "--dms") {
+      auto v = value("--dms");
+      if (!v) return 2;
+      dms_address = *v;
+    } else if (a == "--topic") {
+      auto v = value("--topic");
+      if (!v) return 2;
+      dms_flags.topic = *v;
+    } else if (a == "--queues") {
+      auto v = value("--queues");
+      if (!v || !absl::SimpleAtoi(*v, &dms_flags.queues) || dms_flags.queues <= 0) {
+        return Usage("--queues wants a positive number");
+      }
+    } else if (a == "--replay") {
+      dms_flags.replay = true;
+    } else if (a == "--parked") {
+      dms_flags.parked = true;
     } else if (a == "--state") {
       auto v = value("--state");
       if (!v) return 2;
@@ -311,6 +486,11 @@ int main(int argc, char** argv) {
   }
   if (args[0] == "dts") {
     return Dts(dts_address, timeout_s, args, states, limit, reason, yes);
+  }
+  if (args[0] == "dms") {
+    dms_flags.limit = limit;
+    dms_flags.yes = yes;
+    return Dms(dms_address, timeout_s, args, dms_flags);
   }
   auto channel = grpc::CreateChannel(registry, grpc::InsecureChannelCredentials());
   auto stub = v1::Registry::NewStub(channel);

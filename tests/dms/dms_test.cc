@@ -147,6 +147,17 @@ class DmsTest : public RegistryTest {
     return c.ok() ? std::move(*c) : nullptr;
   }
 
+  // formicactl against this dmsd: (exit code, output).
+  std::pair<int, std::string> Ctl(std::vector<std::string> args) {
+    std::vector<std::string> argv = {formica::testing::BinaryPath("tools/formicactl"), "--dms",
+                                     absl::StrCat("127.0.0.1:", port_)};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto p = Subprocess::Start(argv, dir_.File(absl::StrCat("ctl", ++ctl_runs_, ".log")));
+    EXPECT_TRUE(p.ok());
+    int code = (*p)->Wait(absl::Seconds(20));
+    return {code, (*p)->Output()};
+  }
+
   // The newest log file of a queue.
   std::string NewestSegment(const std::string& topic, int queue) {
     std::string newest;
@@ -159,6 +170,7 @@ class DmsTest : public RegistryTest {
 
   int port_ = 0;
   int runs_ = 0;
+  int ctl_runs_ = 0;
   std::unique_ptr<Subprocess> dmsd_;
   std::unique_ptr<registry::Client> registry_;
   std::unique_ptr<rpc::Client> rpc_;
@@ -202,6 +214,12 @@ TEST_F(DmsTest, ProducedMessagesAreConsumedOnceAndLagDrains) {
   ASSERT_TRUE(broker_->GetLag(&ctx, req, &lag).ok());
   EXPECT_EQ(lag.total(), 0u);
   EXPECT_EQ(lag.queues_size(), 4);
+  auto [code, topics] = Ctl({"dms", "topics"});
+  EXPECT_EQ(code, 0) << topics;
+  EXPECT_THAT(topics, ::testing::HasSubstr("orders"));
+  auto [bad_code, bad] = Ctl({"dms", "lag", "nobody"});
+  EXPECT_EQ(bad_code, 1);
+  EXPECT_THAT(bad, ::testing::HasSubstr("group 'nobody' has not consumed any topic"));
 }
 
 TEST_F(DmsTest, MessagesWithOneKeyAreHandledInOrderUnderConcurrency) {
@@ -410,13 +428,17 @@ TEST_F(DmsTest, RetriedThenDeadLetteredThenReplayed) {
     absl::MutexLock lock(&mu);
     EXPECT_EQ(attempts, (std::vector<int>{1, 2, 3}));  // not delivered again once dead
   }
+  auto [code, listed] = Ctl({"dms", "dlq", "workers"});
+  EXPECT_EQ(code, 0) << listed;
+  EXPECT_THAT(listed, ::testing::HasSubstr("poison"));
+  EXPECT_THAT(listed, ::testing::HasSubstr("retried 3 times"));
+  auto [lag_code, lag] = Ctl({"dms", "lag", "workers"});
+  EXPECT_EQ(lag_code, 0) << lag;
+  EXPECT_THAT(lag, ::testing::HasSubstr("total lag 0, dead letters 1"));
   heal = true;
-  grpc::ClientContext ctx;
-  v1::ReplayDeadLettersRequest req;
-  req.set_group("workers");
-  v1::ReplayDeadLettersReply replayed;
-  ASSERT_TRUE(broker_->ReplayDeadLetters(&ctx, req, &replayed).ok());
-  EXPECT_EQ(replayed.replayed(), 1u);
+  auto [replay_code, replayed] = Ctl({"dms", "dlq", "workers", "--replay", "--yes"});
+  EXPECT_EQ(replay_code, 0) << replayed;
+  EXPECT_THAT(replayed, ::testing::HasSubstr("1 dead letters replayed to group workers"));
   ASSERT_TRUE(seen.WaitConfirmed(1, absl::Seconds(10)));
   grpc::ClientContext ctx2;
   v1::ListDeadLettersRequest lreq;
@@ -726,14 +748,16 @@ TEST_F(DmsTransactionTest, UndecidedHalfMessagesAreResolvedByCheckBackEvenAcross
   int before = checks.load();
   absl::SleepFor(absl::Milliseconds(600));
   EXPECT_EQ(checks.load(), before) << "a parked message is not checked";
+  auto [code, listed] = Ctl({"dms", "half", "--parked"});
+  EXPECT_EQ(code, 0) << listed;
+  EXPECT_THAT(listed, ::testing::HasSubstr("parked"));
+  EXPECT_THAT(listed, ::testing::HasSubstr("order-service"));
   // An operator resumes it once the producer knows.
   producer.reset();
   auto fixed = TxnProducer([](const CheckedMessage&) { return TransactionState::kCommit; });
-  grpc::ClientContext ctx;
-  v1::ResumeHalfMessagesRequest req;
-  v1::ResumeHalfMessagesReply reply;
-  ASSERT_TRUE(broker_->ResumeHalfMessages(&ctx, req, &reply).ok());
-  EXPECT_EQ(reply.resumed(), 1u);
+  auto [resume_code, resumed] = Ctl({"dms", "resume", "--yes"});
+  EXPECT_EQ(resume_code, 0) << resumed;
+  EXPECT_THAT(resumed, ::testing::HasSubstr("1 half messages resumed"));
   ASSERT_TRUE(seen.WaitConfirmed(2, absl::Seconds(10)));
   EXPECT_EQ(seen.Distinct(), (std::set<std::string>{"paid", "stuck"}));
 }
