@@ -1616,16 +1616,18 @@ absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
   o.housekeeping_interval = r.Duration("retention.check_interval", o.housekeeping_interval,
                                        absl::Milliseconds(100), absl::Hours(24));
   o.default_queues = static_cast<int>(r.Int("topics.default_queues", o.default_queues, 1, 1024));
-  for (const auto& [name, value] : r.StringMap("topics.create")) {
+  for (const std::string& entry : r.StringList("topics.create", {})) {
+    std::vector<std::string> parts = absl::StrSplit(entry, ':');
     int queues = 0;
-    if (!ValidName("topic name", name).ok()) {
-      r.Fail("topics.create." + name, "a topic name may hold only letters, digits, '.', '_', '-'");
-    } else if (!absl::SimpleAtoi(value, &queues) || queues < 1 || queues > 1024) {
-      r.Fail("topics.create." + name,
-             absl::StrCat("expected a queue count 1..1024, got '", value, "'"));
-    } else {
-      o.topics[name] = queues;
+    if (parts.size() != 2 || !ValidName("topic name", parts[0]).ok() ||
+        !absl::SimpleAtoi(parts[1], &queues) || queues < 1 || queues > 1024) {
+      r.Fail("topics.create",
+             absl::StrCat("expected entries NAME:QUEUES (a name of letters, digits, '.', '_', "
+                          "'-' and 1..1024 queues), got '",
+                          entry, "'"));
+      break;
     }
+    o.topics[parts[0]] = queues;
   }
   o.max_body_bytes = r.Bytes("limits.max_body_bytes", o.max_body_bytes, 1, 64 << 20);
   o.max_batch = static_cast<int>(r.Int("limits.max_batch", o.max_batch, 1, 100000));
