@@ -649,6 +649,41 @@ TEST_F(DmsTest, SigtermEndsCleanlyAndConsumersResumeAfterRestart) {
   EXPECT_EQ(seen.redelivered_after_confirm, 0);
 }
 
+TEST_F(DmsTest, RetentionRemovesOldFilesAndGroupsMovePastThem) {
+  dmsd_->Kill();
+  StartDmsd({"--set", "storage.segment_bytes=4096", "--set", "retention.max_bytes_per_queue=8192",
+             "--set", "retention.check_interval=100ms"});
+  CreateTopic("ticks", 1);
+  auto producer = NewProducer();
+  for (int i = 0; i < 60; ++i) {
+    ASSERT_TRUE(producer->Send("ticks", Msg(absl::StrCat(i, ":", std::string(1000, 'x')))).ok());
+  }
+  v1::TopicInfo info;
+  absl::Time end = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < end) {
+    grpc::ClientContext ctx;
+    v1::ListTopicsReply topics;
+    ASSERT_TRUE(broker_->ListTopics(&ctx, v1::ListTopicsRequest(), &topics).ok());
+    info = topics.topics(0);
+    if (info.queues(0).first_offset() > 0) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  const v1::QueueInfo& q = info.queues(0);
+  ASSERT_GT(q.first_offset(), 0u) << "nothing was removed";
+  EXPECT_EQ(q.end_offset(), 60u);
+  EXPECT_LE(q.bytes(), 8192u + 4096u + 1100u);  // the limit, plus the file being written
+  // A new group starts at the oldest message kept and gets every one after it.
+  Seen seen;
+  auto consumer = Consume(Options("late", "ticks", &seen), &seen);
+  size_t kept = 60 - q.first_offset();
+  ASSERT_TRUE(seen.WaitConfirmed(kept, absl::Seconds(10)));
+  std::set<std::string> got = seen.Distinct();
+  EXPECT_EQ(got.size(), kept);
+  for (uint64_t i = q.first_offset(); i < 60; ++i) {
+    EXPECT_EQ(got.count(absl::StrCat(i, ":", std::string(1000, 'x'))), 1u) << i;
+  }
+}
+
 // Transactional messages: the broker checks undecided ones back quickly here.
 class DmsTransactionTest : public DmsTest {
  protected:
