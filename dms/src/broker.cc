@@ -210,7 +210,14 @@ class Broker::Impl final : public v1::Broker::Service {
     meta.reset(raw);
     std::vector<std::string> names;
     for (const auto& entry : std::filesystem::directory_iterator(options.data_dir + "/topics")) {
-      if (entry.is_directory()) names.push_back(entry.path().filename().string());
+      if (!entry.is_directory()) continue;
+      if (!std::filesystem::exists(entry.path() / "QUEUES")) {
+        // A creation cut short before its queue count was written.
+        SPDLOG_WARN("{} holds no QUEUES file (a topic creation cut short?); skipped",
+                    entry.path().string());
+        continue;
+      }
+      names.push_back(entry.path().filename().string());
     }
     std::sort(names.begin(), names.end());
     for (const std::string& name : names) {
@@ -523,6 +530,9 @@ class Broker::Impl final : public v1::Broker::Service {
           absl::StrCat("topic '", req.topic(), "' does not exist; create it first"));
     }
     if (req.messages_size() == 0) return absl::InvalidArgumentError("no messages to produce");
+    if (!req.producer_group().empty()) {
+      if (absl::Status st = ValidName("producer_group", req.producer_group()); !st.ok()) return st;
+    }
     if (req.messages_size() > options.max_batch) {
       return absl::InvalidArgumentError(absl::StrCat(req.messages_size(),
                                                      " messages in one produce; the limit is ",
@@ -592,7 +602,10 @@ class Broker::Impl final : public v1::Broker::Service {
           }
           std::string value;
           rocksdb::Status s = meta->Get(rocksdb::ReadOptions(), DedupKey(t.name, key), &value);
-          if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "dedup lookup");
+          if (!s.ok() && !s.IsNotFound()) {
+            for (const std::string& k : claimed) t.pending.erase(k);
+            return FromRocks(s, "dedup lookup");
+          }
           int queue = 0;
           uint64_t offset = 0;
           int64_t born = 0;
@@ -622,10 +635,9 @@ class Broker::Impl final : public v1::Broker::Service {
         stored[i].SerializeToString(&bytes);
         absl::StatusOr<uint64_t> offset = t.topic->log(p.queue).Write(bytes);
         if (!offset.ok()) {
+          // Records written before stay unindexed, pinning their queues'
+          // marks: a restart indexes them from the log.
           for (const std::string& k : claimed) t.pending.erase(k);
-          for (const Produced& done : placed) {
-            t.unindexed[done.queue].erase(t.unindexed[done.queue].find(done.offset));
-          }
           return offset.status();
         }
         p.offset = *offset;
@@ -643,24 +655,38 @@ class Broker::Impl final : public v1::Broker::Service {
     absl::Status indexed;
     {
       absl::MutexLock lock(&t.dedup_mu);
-      rocksdb::WriteBatch batch;
-      for (size_t j = 0; j < placed.size(); ++j) {
-        const Produced& p = placed[j];
-        const v1::StoredMessage& s = stored[to_store[j]];
-        t.unindexed[p.queue].erase(t.unindexed[p.queue].find(p.offset));
-        if (synced.ok() && !s.dedup_key().empty()) {
-          batch.Put(DedupKey(t.name, s.dedup_key()),
-                    absl::StrCat(p.queue, " ", p.offset, " ", s.born_unix_ms()));
+      if (synced.ok()) {
+        rocksdb::WriteBatch batch;
+        for (size_t j = 0; j < placed.size(); ++j) {
+          const Produced& p = placed[j];
+          const v1::StoredMessage& s = stored[to_store[j]];
+          if (!s.dedup_key().empty()) {
+            batch.Put(DedupKey(t.name, s.dedup_key()),
+                      absl::StrCat(p.queue, " ", p.offset, " ", s.born_unix_ms()));
+          }
+        }
+        // The marks as they are once these are indexed.
+        std::map<int, uint64_t> marks;
+        for (const Produced& p : placed) {
+          t.unindexed[p.queue].erase(t.unindexed[p.queue].find(p.offset));
+        }
+        for (const auto& [q, offset] : last) {
+          uint64_t mark = t.unindexed[q].empty() ? offset + 1 : *t.unindexed[q].begin();
+          if (mark > t.marks[q]) {
+            marks[q] = mark;
+            batch.Put(MarkKey(t.name, q), absl::StrCat(mark));
+          }
+        }
+        indexed = FromRocks(meta->Write(rocksdb::WriteOptions(), &batch), "dedup");
+        if (indexed.ok()) {
+          for (const auto& [q, mark] : marks) t.marks[q] = mark;
+        } else {
+          // Not indexed: their offsets pin the marks until a restart
+          // indexes them from the log.
+          for (const Produced& p : placed) t.unindexed[p.queue].insert(p.offset);
         }
       }
-      for (const auto& [q, offset] : last) {
-        uint64_t mark = t.unindexed[q].empty() ? offset + 1 : *t.unindexed[q].begin();
-        if (mark > t.marks[q]) {
-          t.marks[q] = mark;
-          batch.Put(MarkKey(t.name, q), absl::StrCat(mark));
-        }
-      }
-      if (synced.ok()) indexed = FromRocks(meta->Write(rocksdb::WriteOptions(), &batch), "dedup");
+      // After a failed sync the offsets stay unindexed as well.
       for (const std::string& k : claimed) t.pending.erase(k);
     }
     if (!synced.ok()) return synced;
@@ -741,7 +767,7 @@ class Broker::Impl final : public v1::Broker::Service {
     if (g->cursors.empty() || !(g->spec == spec)) {
       // First member (or a new subscription once all left): the cursors
       // start from what is durable.
-      g->spec = spec;
+      // Built aside and swapped in whole, so a failure leaves the group as it was.
       CursorOptions co;
       co.ack_timeout = spec.ack_timeout;
       co.max_attempts = spec.max_attempts;
@@ -749,17 +775,22 @@ class Broker::Impl final : public v1::Broker::Service {
       co.max_in_flight = spec.ordered ? 1 : 1 << 20;
       co.retry_initial = options.retry_initial;
       co.retry_max = options.retry_max;
-      g->cursors.clear();
-      g->owners.clear();
-      g->persisted.assign(t->topic->queues(), 0);
+      std::vector<std::unique_ptr<GroupCursor>> cursors;
+      std::vector<uint64_t> persisted;
       for (int q = 0; q < t->topic->queues(); ++q) {
         absl::StatusOr<QueueProgress> p = progress->Load(name, t->name, q);
         if (!p.ok()) return p.status();
         uint64_t committed = p->known ? p->committed : t->topic->log(q).first_offset();
-        g->cursors.push_back(std::make_unique<GroupCursor>(co, committed, p->acked));
-        g->persisted[q] = committed;
+        cursors.push_back(std::make_unique<GroupCursor>(co, committed, p->acked));
+        persisted.push_back(committed);
       }
-      if (absl::Status st = LoadReplays(*g); !st.ok()) return st;
+      std::map<std::pair<int, uint64_t>, Replay> replays;
+      if (absl::Status st = LoadReplays(*g, &replays); !st.ok()) return st;
+      g->spec = spec;
+      g->cursors = std::move(cursors);
+      g->persisted = std::move(persisted);
+      g->replays = std::move(replays);
+      g->owners.clear();
     }
     g->members[member->id] = member;
     SPDLOG_INFO("group {} topic {}: member {} joined ({} members)", name, t->name,
@@ -768,8 +799,10 @@ class Broker::Impl final : public v1::Broker::Service {
     return g;
   }
 
-  absl::Status LoadReplays(GroupState& g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(g.mu) {
-    g.replays.clear();
+  // The group's dead letters marked for replay.
+  absl::Status LoadReplays(GroupState& g, std::map<std::pair<int, uint64_t>, Replay>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(g.mu) {
+    out->clear();
     std::string prefix = absl::StrCat(LetterPrefix(g.name), g.topic->name, Sep());
     std::unique_ptr<rocksdb::Iterator> it(meta->NewIterator(rocksdb::ReadOptions()));
     for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
@@ -778,7 +811,7 @@ class Broker::Impl final : public v1::Broker::Service {
         return absl::DataLossError("a dead letter record is corrupt");
       }
       if (!letter.replaying()) continue;
-      Replay& r = g.replays[{letter.ref().queue(), letter.ref().offset()}];
+      Replay& r = (*out)[{letter.ref().queue(), letter.ref().offset()}];
       r.letter = std::move(letter);
       r.due = absl::InfinitePast();
     }
@@ -903,15 +936,23 @@ class Broker::Impl final : public v1::Broker::Service {
         std::vector<std::pair<uint64_t, v1::StoredMessage>> got;
         absl::Status st = g.topic->topic->Read(q, ds[k].offset, run, &got);
         if (absl::IsOutOfRange(st)) {
-          // Removed by retention before this group took it.
+          // Removed by retention before this group took them; the rest of
+          // the run is still kept and goes out on the next pump.
+          uint64_t first = log.first_offset();
+          size_t lost = 0;
           for (size_t j = 0; j < run; ++j) {
-            cursor.Ack(ds[k + j].offset).IgnoreError();
-            ++g.lost_to_retention;
+            if (ds[k + j].offset < first) {
+              cursor.Ack(ds[k + j].offset).IgnoreError();
+              ++lost;
+            } else {
+              cursor.Release(ds[k + j].offset, now);
+            }
           }
+          g.lost_to_retention += lost;
           SPDLOG_WARN(
               "group {} topic {} queue {}: {} messages were removed by retention before "
               "they were consumed",
-              g.name, g.topic->name, q, run);
+              g.name, g.topic->name, q, lost);
           k += run;
           continue;
         }
@@ -973,10 +1014,15 @@ class Broker::Impl final : public v1::Broker::Service {
         meta->Put(sync, LetterKey(g.name, g.topic->name, queue, offset), bytes), "dead letter");
     if (st.ok()) st = progress->Ack(g.name, g.topic->name, queue, offset, cursor.committed());
     if (!st.ok()) {
-      // Not parked: it will be delivered again after a restart.
-      SPDLOG_ERROR("group {} topic {} queue {} offset {}: cannot park the dead letter: {}", g.name,
-                   g.topic->name, queue, offset, std::string(st.message()));
-      return;
+      // The cursor has let it go; stopping now (before any checkpoint) is
+      // what gets it delivered again: a restart rebuilds from the acks on
+      // disk, where it is not acked.
+      SPDLOG_CRITICAL(
+          "group {} topic {} queue {} offset {}: cannot park the dead letter: {}; dmsd stops so "
+          "that the message is not lost (it is delivered again after the restart)",
+          g.name, g.topic->name, queue, offset, std::string(st.message()));
+      spdlog::shutdown();
+      std::abort();
     }
     if (auto it = g.owners.find({queue, offset}); it != g.owners.end()) {
       if (auto m = g.members.find(it->second); m != g.members.end()) --m->second->out;
@@ -1031,9 +1077,17 @@ class Broker::Impl final : public v1::Broker::Service {
       for (auto& [q, offsets] : acks) {
         committed[q] = g.cursors[q]->committed();
         offsets.erase(std::remove_if(offsets.begin(), offsets.end(),
-                                     [&](uint64_t o) { return !g.cursors[q]->WasDelivered(o); }),
+                                     [&](uint64_t o) {
+                                       return g.owners.count({q, o}) == 0;
+                                     }),
                       offsets.end());
       }
+      replay_acks.erase(std::remove_if(replay_acks.begin(), replay_acks.end(),
+                                       [&](const std::pair<int, uint64_t>& r) {
+                                         auto it = g.replays.find(r);
+                                         return it == g.replays.end() || !it->second.out;
+                                       }),
+                        replay_acks.end());
     }
     std::map<int, GroupProgress::QueueAcks> durable;
     for (const auto& [q, offsets] : acks) {
@@ -1368,7 +1422,9 @@ class Broker::Impl final : public v1::Broker::Service {
         for (auto& [ref, r] : g->replays) {
           if (r.out) keep[ref] = r;  // already out: keep its attempt
         }
-        if (absl::Status st = LoadReplays(*g); !st.ok()) return ToGrpcStatus(st);
+        std::map<std::pair<int, uint64_t>, Replay> loaded;
+        if (absl::Status st = LoadReplays(*g, &loaded); !st.ok()) return ToGrpcStatus(st);
+        g->replays = std::move(loaded);
         for (auto& [ref, r] : keep) g->replays[ref] = r;
       }
       reply->set_replayed(n);

@@ -313,6 +313,13 @@ class MessageLog::Impl {
       if (!first.ok()) return first.status();
       segments.push_back(*std::move(first));
     }
+    // What a killed process left may still be only in the page cache: it is
+    // made durable before anything is read from it (older segments were
+    // synced whole when the log rolled past them).
+    if (options.sync) {
+      if (::fdatasync(segments.back().fd) != 0) return Errno("cannot sync", segments.back().path);
+      if (absl::Status st = SyncDir(options.dir); !st.ok()) return st;
+    }
     written_end = synced = segments.back().end();
     return absl::OkStatus();
   }
@@ -496,8 +503,8 @@ class MessageLog::Impl {
     mu.Await(absl::Condition(&idle));
     while (segments.size() > 1 && segments.front().end() <= offset) {
       Segment& s = segments.front();
-      ::close(s.fd);
       if (::unlink(s.path.c_str()) != 0) return Errno("cannot remove", s.path);
+      ::close(s.fd);
       segments.erase(segments.begin());
     }
     return SyncDir(options.dir);

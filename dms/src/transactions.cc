@@ -150,6 +150,8 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     if (commit) {
       v1::StoredMessage m = h.message();
       if (m.dedup_key().empty()) m.set_dedup_key(absl::StrCat("txn:", id));
+      // It enters its topic now: its dedup window starts here.
+      m.set_born_unix_ms(NowMs());
       absl::StatusOr<v1::Receipt> r = produce(h.topic(), std::move(m));
       if (r.ok()) {
         receipt = *r;
@@ -205,6 +207,10 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     });
     if (due.size() > static_cast<size_t>(budget)) due.resize(static_cast<size_t>(budget));
     for (v1::HalfMessage& h : due) {
+      {
+        absl::MutexLock lock(&mu);
+        if (stopping) return;
+      }
       if (!h.activity_id().empty()) {
         CheckActivity(h);
       } else {
@@ -217,7 +223,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
   void Checked(const std::string& id, bool counted, const std::string& outcome) {
     absl::MutexLock lock(&mu);
     auto it = halves.find(id);
-    if (it == halves.end()) return;
+    if (it == halves.end() || resolving.count(id) > 0) return;  // being ended: not written back
     v1::HalfMessage& h = it->second;
     if (counted) h.set_checks(h.checks() + 1);
     h.set_last_check(outcome);
@@ -461,7 +467,7 @@ absl::StatusOr<uint64_t> Transactions::Resume(const std::string& id) {
   uint64_t n = 0;
   for (auto& [hid, h] : impl_->halves) {
     if (!id.empty() && hid != id) continue;
-    if (!h.parked()) continue;
+    if (!h.parked() || impl_->resolving.count(hid) > 0) continue;
     h.set_parked(false);
     h.set_checks(0);
     h.set_next_check_unix_ms(NowMs());

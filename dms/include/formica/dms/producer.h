@@ -11,7 +11,10 @@
 // Send returns once the broker has the message on disk. SendAsync returns
 // at once and calls `done` later; concurrent sends to one topic travel
 // together in one call (at most `max_batch` messages, `max_outstanding`
-// calls per topic at once), so throughput grows with concurrency. A send
+// calls per topic at once), so throughput grows with concurrency. Messages
+// of one key sent one after another (each Send returning first) keep their
+// order; async sends of one key in flight together may be reordered unless
+// max_outstanding is 1. A send
 // whose messages all carry dedup keys is retried on failure; others are
 // not (a lost answer could mean the message was stored).
 //
