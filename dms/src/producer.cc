@@ -91,6 +91,8 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
         [state](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx,
                 std::function<void(grpc::Status)> done) {
           state->reply.Clear();
+          ctx->set_wait_for_ready(
+              true);  // a restarting broker is waited for (nothing sent till then)
           v1::Broker::NewStub(channel)->async()->Produce(ctx, &state->request, &state->reply,
                                                          std::move(done));
         },
@@ -150,6 +152,8 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
     absl::Status st =
         rpc->Call(kBrokerService, co,
                   [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                    ctx->set_wait_for_ready(
+                        true);  // a restarting broker is waited for (nothing sent till then)
                     return v1::Broker::NewStub(channel)->Prepare(ctx, req, &reply);
                   });
     if (!st.ok()) return st;
@@ -168,6 +172,8 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
     absl::Status st =
         rpc->Call(kBrokerService, co,
                   [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+                    ctx->set_wait_for_ready(
+                        true);  // a restarting broker is waited for (nothing sent till then)
                     return v1::Broker::NewStub(channel)->EndTransaction(ctx, req, &reply);
                   });
     if (!st.ok()) return st;

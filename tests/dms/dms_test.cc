@@ -642,7 +642,8 @@ TEST_F(DmsTest, SigtermEndsCleanlyAndConsumersResumeAfterRestart) {
   EXPECT_EQ(dmsd_->Terminate(absl::Seconds(10)), 0) << dmsd_->Output();
   StartDmsd();
   for (int i = 20; i < 40; ++i) {
-    ASSERT_TRUE(producer->Send("audit", Msg(absl::StrCat("a", i))).ok());
+    auto r = producer->Send("audit", Msg(absl::StrCat("a", i)));
+    ASSERT_TRUE(r.ok()) << r.status();
   }
   ASSERT_TRUE(seen.WaitConfirmed(40, absl::Seconds(15)));
   absl::MutexLock lock(&seen.mu);
