@@ -734,7 +734,7 @@ class Broker::Impl final : public v1::Broker::Service {
     }
     Spec spec;
     for (const std::string& tag : sub.tags()) spec.tags.insert(tag);
-    spec.ordered = sub.ordered();
+    spec.ordered = !sub.concurrent();
     spec.max_attempts = sub.max_attempts() > 0 ? sub.max_attempts() : options.max_attempts;
     spec.ack_timeout =
         sub.ack_timeout_ms() > 0 ? absl::Milliseconds(sub.ack_timeout_ms()) : options.ack_timeout;

@@ -144,7 +144,7 @@ class Consumer::Impl : public std::enable_shared_from_this<Consumer::Impl> {
     s->set_broadcast(options.broadcast);
     s->set_consumer_id(options.consumer_id);
     s->set_max_in_flight(options.max_in_flight);
-    s->set_ordered(options.ordered);
+    s->set_concurrent(!options.ordered);
     s->set_max_attempts(options.max_attempts);
     s->set_ack_timeout_ms(absl::ToInt64Milliseconds(options.ack_timeout));
     bool ok = stream->Write(sub);

@@ -61,15 +61,18 @@ NextBatch GroupCursor::Next(uint64_t end, absl::Time now, size_t max) {
   };
   auto send = [&](uint64_t offset, State& s) {
     s.out = true;
+    s.delayed = false;
     ++s.attempts;
     s.deadline = now + options_.ack_timeout;
     ++in_flight_;
     batch.deliveries.push_back(Delivery{offset, s.attempts});
   };
   if (options_.ordered) {
-    // Only the oldest unacked message, and nothing newer while it waits.
-    if (!states_.empty()) {
-      auto& [offset, s] = *states_.begin();
+    // Only the oldest unacked message, and nothing newer while it waits
+    // (a delayed message waiting for its time holds no one up: it takes
+    // its place in the order when it is due).
+    for (auto& [offset, s] : states_) {
+      if (s.delayed && !s.out && s.deadline > now) continue;
       if (!s.out && s.deadline <= now && room()) send(offset, s);
       return batch;
     }
@@ -125,6 +128,7 @@ absl::Status GroupCursor::Defer(uint64_t offset, absl::Time until) {
   --in_flight_;
   s.attempts = std::max(0, s.attempts - 1);
   s.deadline = until;
+  s.delayed = true;
   return absl::OkStatus();
 }
 

@@ -89,7 +89,8 @@ class GroupCursor {
   struct State {
     int attempts = 0;
     bool out = false;
-    absl::Time deadline;  // out: ack timeout; else: when it is due again
+    absl::Time deadline;   // out: ack timeout; else: when it is due again
+    bool delayed = false;  // waiting for its delivery time (see Defer), not a retry
   };
   void Forget(uint64_t offset);  // acked or dead-lettered
   absl::Duration Backoff(int attempts) const;

@@ -105,5 +105,39 @@ TEST(GroupCursor, OrderedDeliveryHoldsNewerMessagesWhileTheOldestWaits) {
   EXPECT_EQ(Offsets(c.Next(5, kT0 + absl::Seconds(1), 10)), (std::vector<uint64_t>{1}));
 }
 
+TEST(GroupCursor, ADelayedMessageHoldsNoOneUpInOrderedModeAndComesWhenDue) {
+  CursorOptions o = Options();
+  o.ordered = true;
+  o.max_in_flight = 1;
+  GroupCursor c(o, 0);
+  EXPECT_EQ(Offsets(c.Next(3, kT0, 10)), (std::vector<uint64_t>{0}));
+  ASSERT_TRUE(c.Defer(0, kT0 + absl::Seconds(30)).ok());  // not due for 30 s
+  EXPECT_EQ(c.in_flight(), 0u);
+  EXPECT_EQ(Offsets(c.Next(3, kT0, 10)), (std::vector<uint64_t>{1}));
+  ASSERT_TRUE(c.Ack(1).ok());
+  EXPECT_EQ(Offsets(c.Next(3, kT0, 10)), (std::vector<uint64_t>{2}));
+  ASSERT_TRUE(c.Ack(2).ok());
+  EXPECT_EQ(c.committed(), 0u) << "0 is not acked yet";
+  EXPECT_TRUE(c.Next(3, kT0 + absl::Seconds(29), 10).deliveries.empty()) << "not before its time";
+  NextBatch due = c.Next(3, kT0 + absl::Seconds(30), 10);
+  ASSERT_EQ(Offsets(due), (std::vector<uint64_t>{0}));
+  EXPECT_EQ(due.deliveries[0].attempt, 1) << "waiting for its time is not an attempt";
+  // Once delivered it is an ordinary message: a retry holds newer ones up.
+  EXPECT_TRUE(*c.RetryLater(0, kT0 + absl::Seconds(30)));
+  EXPECT_TRUE(c.Next(4, kT0 + absl::Seconds(30), 10).deliveries.empty());
+  EXPECT_EQ(Offsets(c.Next(4, kT0 + absl::Seconds(32), 10)), (std::vector<uint64_t>{0}));
+}
+
+TEST(GroupCursor, AReleasedMessageIsDueAtOnceWithoutUsingAnAttempt) {
+  GroupCursor c(Options(), 0);
+  EXPECT_EQ(Offsets(c.Next(2, kT0, 10)), (std::vector<uint64_t>{0, 1}));
+  c.Release(1, kT0);  // its consumer went away
+  NextBatch again = c.Next(2, kT0, 10);
+  ASSERT_EQ(Offsets(again), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(again.deliveries[0].attempt, 1);
+  EXPECT_TRUE(c.WasDelivered(1));
+  EXPECT_FALSE(c.WasDelivered(2));
+}
+
 }  // namespace
 }  // namespace formica::dms

@@ -18,10 +18,12 @@
 // (a handler that hangs, a consumer that died) is delivered again, so a
 // handler must tolerate seeing a message twice. In a clustering group each
 // message goes to one member; with `broadcast` every member (named by a
-// stable consumer_id) gets every message. With `ordered`, a queue's
+// stable consumer_id) gets every message. By default (`ordered`) a queue's
 // messages go one at a time, so messages with one key are handled in the
-// order they were produced. The consumer reconnects by itself (to another
-// broker if its own went away). Thread-safe.
+// order they were produced; with `ordered = false` they go out up to
+// max_in_flight at once, in no particular order, for throughput. The
+// consumer reconnects by itself (to another broker if its own went away).
+// Thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -66,8 +68,8 @@ struct ConsumerOptions {
   bool broadcast = false;
   std::string consumer_id;  // required with broadcast: the member's stable name
   int max_in_flight = 64;   // unacked messages held at once (flow control)
-  bool ordered = false;
-  int max_attempts = 0;                               // 0: the broker's default
+  bool ordered = true;      // false: concurrent, no per-key order
+  int max_attempts = 0;     // 0: the broker's default
   absl::Duration ack_timeout = absl::ZeroDuration();  // 0: the broker's default
   int threads = 4;                                    // handler threads
   absl::Duration reconnect_delay = absl::Milliseconds(200);
