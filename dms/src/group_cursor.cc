@@ -18,7 +18,11 @@ GroupCursor::GroupCursor(CursorOptions options, uint64_t committed, const std::s
   if (acked.empty() || *acked.rbegin() < committed) return;
   next_new_ = *acked.rbegin() + 1;
   for (uint64_t o = committed; o < next_new_; ++o) {
-    if (acked.count(o) == 0) states_[o] = State{0, false, absl::InfinitePast()};
+    if (acked.count(o) == 0) {
+      State& s = states_[o];
+      SetDeadline(o, s, absl::InfinitePast());
+      blocking_.insert(o);
+    }
   }
   committed_ = states_.empty() ? next_new_ : states_.begin()->first;
 }
@@ -29,30 +33,50 @@ absl::Duration GroupCursor::Backoff(int attempts) const {
   return std::min(d, options_.retry_max);
 }
 
+void GroupCursor::SetDeadline(uint64_t offset, State& s, absl::Time deadline) {
+  if (s.indexed) by_deadline_.erase({s.deadline, offset});
+  s.deadline = deadline;
+  by_deadline_.insert({deadline, offset});
+  s.indexed = true;
+}
+
+void GroupCursor::SetDelayed(uint64_t offset, State& s, bool delayed) {
+  s.delayed = delayed;
+  if (delayed) {
+    blocking_.erase(offset);
+  } else {
+    blocking_.insert(offset);
+  }
+}
+
 void GroupCursor::Forget(uint64_t offset) {
   auto it = states_.find(offset);
   if (it == states_.end()) return;
   if (it->second.out) --in_flight_;
+  if (it->second.indexed) by_deadline_.erase({it->second.deadline, offset});
+  blocking_.erase(offset);
   states_.erase(it);
   committed_ = states_.empty() ? next_new_ : states_.begin()->first;
 }
 
 NextBatch GroupCursor::Next(uint64_t end, absl::Time now, size_t max) {
   NextBatch batch;
-  // Ack timeouts: the message is out no more; with attempts left it is due
-  // at once, else it is dead.
-  for (auto it = states_.begin(); it != states_.end();) {
-    State& s = it->second;
-    uint64_t offset = it->first;
-    ++it;
-    if (s.out && s.deadline <= now) {
-      s.out = false;
-      --in_flight_;
-      s.deadline = now;
-      if (s.attempts >= options_.max_attempts) {
-        batch.dead_letters.push_back(offset);
-        Forget(offset);
-      }
+  // Ack timeouts (the earliest deadlines come first in the index): the
+  // message is out no more; with attempts left it is due at once, else it
+  // is dead.
+  std::vector<uint64_t> expired;
+  for (auto it = by_deadline_.begin(); it != by_deadline_.end() && it->first <= now; ++it) {
+    if (states_[it->second].out) expired.push_back(it->second);
+  }
+  for (uint64_t offset : expired) {
+    State& s = states_[offset];
+    s.out = false;
+    --in_flight_;
+    if (s.attempts >= options_.max_attempts) {
+      batch.dead_letters.push_back(offset);
+      Forget(offset);
+    } else {
+      SetDeadline(offset, s, now);
     }
   }
   auto room = [&] {
@@ -61,34 +85,53 @@ NextBatch GroupCursor::Next(uint64_t end, absl::Time now, size_t max) {
   };
   auto send = [&](uint64_t offset, State& s) {
     s.out = true;
-    s.delayed = false;
+    if (s.delayed) SetDelayed(offset, s, false);
     ++s.attempts;
-    s.deadline = now + options_.ack_timeout;
+    SetDeadline(offset, s, now + options_.ack_timeout);
     ++in_flight_;
     batch.deliveries.push_back(Delivery{offset, s.attempts});
   };
+  auto fresh = [&]() -> State& {
+    State& s = states_[next_new_];
+    blocking_.insert(next_new_);
+    return s;
+  };
   if (options_.ordered) {
-    // Only the oldest unacked message, and nothing newer while it waits
-    // (a delayed message waiting for its time holds no one up: it takes
-    // its place in the order when it is due).
-    for (auto& [offset, s] : states_) {
-      if (s.delayed && !s.out && s.deadline > now) continue;
-      if (!s.out && s.deadline <= now && room()) send(offset, s);
+    // Only the oldest unacked message, and nothing newer while it waits.
+    // A delayed message waiting for its time holds no one up: it takes its
+    // place in the order when it is due.
+    uint64_t first = blocking_.empty() ? UINT64_MAX : *blocking_.begin();
+    for (auto it = by_deadline_.begin(); it != by_deadline_.end() && it->first <= now; ++it) {
+      if (states_[it->second].delayed) first = std::min(first, it->second);
+    }
+    if (first != UINT64_MAX) {
+      State& s = states_[first];
+      if (!s.out && s.deadline <= now && room()) send(first, s);
       return batch;
     }
     if (next_new_ < end && room()) {
-      State& s = states_[next_new_];
-      send(next_new_++, s);
+      uint64_t offset = next_new_;
+      State& s = fresh();
+      ++next_new_;
+      send(offset, s);
     }
     return batch;
   }
-  for (auto& [offset, s] : states_) {
-    if (!room()) break;
-    if (!s.out && s.deadline <= now) send(offset, s);
+  // Due redeliveries first, the longest due first.
+  std::vector<uint64_t> due;
+  for (auto it = by_deadline_.begin(); it != by_deadline_.end() && it->first <= now; ++it) {
+    if (batch.deliveries.size() + due.size() >= max ||
+        in_flight_ + due.size() >= static_cast<size_t>(options_.max_in_flight)) {
+      break;
+    }
+    if (!states_[it->second].out) due.push_back(it->second);
   }
+  for (uint64_t offset : due) send(offset, states_[offset]);
   while (next_new_ < end && room()) {
-    State& s = states_[next_new_];
-    send(next_new_++, s);
+    uint64_t offset = next_new_;
+    State& s = fresh();
+    ++next_new_;
+    send(offset, s);
   }
   return batch;
 }
@@ -114,7 +157,7 @@ absl::StatusOr<bool> GroupCursor::RetryLater(uint64_t offset, absl::Time now) {
   }
   s.out = false;
   --in_flight_;
-  s.deadline = now + Backoff(s.attempts);
+  SetDeadline(offset, s, now + Backoff(s.attempts));
   return true;
 }
 
@@ -127,8 +170,8 @@ absl::Status GroupCursor::Defer(uint64_t offset, absl::Time until) {
   s.out = false;
   --in_flight_;
   s.attempts = std::max(0, s.attempts - 1);
-  s.deadline = until;
-  s.delayed = true;
+  SetDeadline(offset, s, until);
+  SetDelayed(offset, s, true);
   return absl::OkStatus();
 }
 
@@ -139,7 +182,7 @@ void GroupCursor::Release(uint64_t offset, absl::Time now) {
   s.out = false;
   --in_flight_;
   s.attempts = std::max(0, s.attempts - 1);
-  s.deadline = now;
+  SetDeadline(offset, s, now);
 }
 
 uint64_t GroupCursor::Lag(uint64_t end) const {

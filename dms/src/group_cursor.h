@@ -54,8 +54,9 @@ class GroupCursor {
   GroupCursor(CursorOptions options, uint64_t committed, const std::set<uint64_t>& acked);
 
   // What to deliver at `now` from a queue whose durable records end at
-  // `end`: redeliveries that are due first (oldest first), then new
-  // messages; at most `max` deliveries, never more than max_in_flight out.
+  // `end`: redeliveries that are due first (the longest due first), then
+  // new messages; at most `max` deliveries, never more than max_in_flight
+  // out. Costs what is due and delivered, not what waits.
   NextBatch Next(uint64_t end, absl::Time now, size_t max);
 
   // The consumer is done with `offset`. A repeat, or an ack for a message
@@ -91,14 +92,23 @@ class GroupCursor {
     bool out = false;
     absl::Time deadline;   // out: ack timeout; else: when it is due again
     bool delayed = false;  // waiting for its delivery time (see Defer), not a retry
+    bool indexed = false;  // in by_deadline_
   };
   void Forget(uint64_t offset);  // acked or dead-lettered
+  void SetDeadline(uint64_t offset, State& s, absl::Time deadline);
+  void SetDelayed(uint64_t offset, State& s, bool delayed);
   absl::Duration Backoff(int attempts) const;
 
   CursorOptions options_;
   uint64_t committed_;
   uint64_t next_new_;                 // first offset never delivered
   std::map<uint64_t, State> states_;  // delivered, not acked, in [committed_, next_new_)
+  // The same by deadline, so a call looks only at what is due (a backlog of
+  // delayed messages costs nothing until their time).
+  std::set<std::pair<absl::Time, uint64_t>> by_deadline_;
+  // Offsets that hold newer ones up in ordered mode: all but delayed
+  // messages waiting for their time.
+  std::set<uint64_t> blocking_;
   size_t in_flight_ = 0;
 };
 
