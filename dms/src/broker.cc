@@ -155,6 +155,7 @@ struct GroupState {
   size_t next_queue ABSL_GUARDED_BY(mu) = 0;
   size_t next_member ABSL_GUARDED_BY(mu) = 0;
   uint64_t lost_to_retention ABSL_GUARDED_BY(mu) = 0;
+  absl::Time last_read_error ABSL_GUARDED_BY(mu) = absl::InfinitePast();
 };
 
 class Broker::Impl final : public v1::Broker::Service {
@@ -957,9 +958,14 @@ class Broker::Impl final : public v1::Broker::Service {
           continue;
         }
         if (!st.ok()) {
-          SPDLOG_ERROR("group {} topic {} queue {}: cannot read: {}", g.name, g.topic->name, q,
-                       std::string(st.message()));
-          for (size_t j = 0; j < run; ++j) cursor.Release(ds[k + j].offset, now);
+          // Tried again in a second (the queue waits for it in order), and
+          // said at most every ten seconds: an operator must look.
+          if (now - g.last_read_error >= absl::Seconds(10)) {
+            g.last_read_error = now;
+            SPDLOG_ERROR("group {} topic {} queue {}: cannot read offset {}: {}; retrying", g.name,
+                         g.topic->name, q, ds[k].offset, std::string(st.message()));
+          }
+          for (size_t j = 0; j < run; ++j) cursor.Release(ds[k + j].offset, now + absl::Seconds(1));
           k += run;
           continue;
         }

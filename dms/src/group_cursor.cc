@@ -175,14 +175,14 @@ absl::Status GroupCursor::Defer(uint64_t offset, absl::Time until) {
   return absl::OkStatus();
 }
 
-void GroupCursor::Release(uint64_t offset, absl::Time now) {
+void GroupCursor::Release(uint64_t offset, absl::Time when) {
   auto it = states_.find(offset);
   if (it == states_.end() || !it->second.out) return;
   State& s = it->second;
   s.out = false;
   --in_flight_;
   s.attempts = std::max(0, s.attempts - 1);
-  SetDeadline(offset, s, now);
+  SetDeadline(offset, s, when);
 }
 
 uint64_t GroupCursor::Lag(uint64_t end) const {

@@ -73,9 +73,10 @@ class GroupCursor {
   // is not out.
   absl::Status Defer(uint64_t offset, absl::Time until);
 
-  // The consumer holding `offset` went away: it is due again at once and
-  // the delivery does not count as an attempt. No-op if it is not out.
-  void Release(uint64_t offset, absl::Time now);
+  // The consumer holding `offset` went away (or it could not be handed
+  // out): it is due again at `when` and the delivery does not count as an
+  // attempt. No-op if it is not out.
+  void Release(uint64_t offset, absl::Time when);
 
   uint64_t committed() const { return committed_; }
   // Whether `offset` has been handed out (or acked) by this cursor.
