@@ -158,7 +158,7 @@ struct GroupState {
   absl::Time last_read_error ABSL_GUARDED_BY(mu) = absl::InfinitePast();
 };
 
-class Broker::Impl final : public v1::Broker::Service {
+class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Broker::Service> {
  public:
   BrokerOptions options;
   std::unique_ptr<GroupProgress> progress;
@@ -519,12 +519,41 @@ class Broker::Impl final : public v1::Broker::Service {
     });
   }
 
-  grpc::Status Produce(grpc::ServerContext* ctx, const v1::ProduceRequest* req,
-                       v1::ProduceReply* reply) override {
-    return rpc::Serve(ctx, [&] { return ToGrpcStatus(DoProduce(*req, reply)); });
+  // Produce runs on gRPC's callback API: the call is answered from the
+  // thread whose fdatasync made its messages durable, and no thread waits
+  // for the disk on its behalf.
+  grpc::ServerUnaryReactor* Produce(grpc::CallbackServerContext* ctx, const v1::ProduceRequest* req,
+                                    v1::ProduceReply* reply) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    StartProduce(*req, reply, [this, reactor](absl::Status st) {
+      if (st.ok()) Kick();
+      reactor->Finish(ToGrpcStatus(st));
+    });
+    return reactor;
   }
 
-  absl::Status DoProduce(const v1::ProduceRequest& req, v1::ProduceReply* reply) {
+  // Validates and stores; `finish` runs exactly once, when the messages are
+  // durable or with the error.
+  void StartProduce(const v1::ProduceRequest& req, v1::ProduceReply* reply,
+                    std::function<void(absl::Status)> finish) {
+    TopicState* t = nullptr;
+    auto stored = std::make_shared<std::vector<v1::StoredMessage>>();
+    absl::Status st = PrepareProduce(req, reply, &t, stored.get());
+    if (!st.ok()) {
+      finish(st);
+      return;
+    }
+    bool any_dedup = std::any_of(stored->begin(), stored->end(),
+                                 [](const v1::StoredMessage& s) { return !s.dedup_key().empty(); });
+    if (any_dedup) {
+      finish(ProduceDedup(*t, *stored, reply));
+      return;
+    }
+    ProducePlain(*t, std::move(stored), reply, std::move(finish));
+  }
+
+  absl::Status PrepareProduce(const v1::ProduceRequest& req, v1::ProduceReply* reply,
+                              TopicState** topic, std::vector<v1::StoredMessage>* stored) {
     TopicState* t = FindTopic(req.topic());
     if (t == nullptr) {
       return absl::NotFoundError(
@@ -545,33 +574,55 @@ class Broker::Impl final : public v1::Broker::Service {
     }
     int64_t now = NowMs();
     int n = req.messages_size();
-    std::vector<v1::StoredMessage> stored(n);
+    stored->resize(n);
     for (int i = 0; i < n; ++i) {
       const v1::Message& m = req.messages(i);
       if (absl::Status st = CheckMessage(i, m, now); !st.ok()) return st;
-      stored[i] = Stored(m, req.producer_group(), now);
+      (*stored)[i] = Stored(m, req.producer_group(), now);
     }
     reply->mutable_receipts()->Reserve(n);
     for (int i = 0; i < n; ++i) reply->add_receipts();
-
-    bool any_dedup = std::any_of(stored.begin(), stored.end(),
-                                 [](const v1::StoredMessage& s) { return !s.dedup_key().empty(); });
-    absl::Status st = any_dedup ? ProduceDedup(*t, stored, reply) : ProducePlain(*t, stored, reply);
-    if (st.ok()) Kick();
-    return st;
+    *topic = t;
+    return absl::OkStatus();
   }
 
-  absl::Status ProducePlain(TopicState& t, const std::vector<v1::StoredMessage>& stored,
-                            v1::ProduceReply* reply) {
+  // Writes each queue's messages, then finishes once every queue touched
+  // has synced past them.
+  void ProducePlain(TopicState& t, std::shared_ptr<std::vector<v1::StoredMessage>> stored,
+                    v1::ProduceReply* reply, std::function<void(absl::Status)> finish) {
     std::vector<const v1::StoredMessage*> ptrs;
-    for (const v1::StoredMessage& s : stored) ptrs.push_back(&s);
+    for (const v1::StoredMessage& s : *stored) ptrs.push_back(&s);
     std::vector<Produced> placed;
-    if (absl::Status st = t.topic->ProduceBatch(ptrs, &placed); !st.ok()) return st;
+    std::map<int, uint64_t> last;
+    if (absl::Status st = t.topic->WriteBatch(ptrs, &placed, &last); !st.ok()) {
+      finish(st);
+      return;
+    }
     for (size_t i = 0; i < placed.size(); ++i) {
       reply->mutable_receipts(static_cast<int>(i))->set_queue(placed[i].queue);
       reply->mutable_receipts(static_cast<int>(i))->set_offset(placed[i].offset);
     }
-    return absl::OkStatus();
+    struct Pending {
+      absl::Mutex mu;
+      size_t left ABSL_GUARDED_BY(mu) = 0;
+      absl::Status error ABSL_GUARDED_BY(mu);
+      std::function<void(absl::Status)> finish;
+    };
+    auto pending = std::make_shared<Pending>();
+    pending->left = last.size();
+    pending->finish = std::move(finish);
+    for (const auto& [q, offset] : last) {
+      t.topic->log(q).WhenDurable(offset, [pending](absl::Status st) {
+        absl::Status outcome;
+        {
+          absl::MutexLock lock(&pending->mu);
+          if (!st.ok() && pending->error.ok()) pending->error = st;
+          if (--pending->left > 0) return;
+          outcome = pending->error;
+        }
+        pending->finish(outcome);
+      });
+    }
   }
 
   // With dedup keys: a key seen within the window answers with the first

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -175,6 +177,8 @@ class MessageLog::Impl {
   bool syncing ABSL_GUARDED_BY(mu) = false;
   bool sync_queued ABSL_GUARDED_BY(mu) = false;  // waiting for a pool thread
   uint64_t sync_target ABSL_GUARDED_BY(mu) = 0;  // what the sync in progress covers
+  // WhenDurable callers, by the offset they wait for.
+  std::multimap<uint64_t, std::function<void(absl::Status)>> async_waiters ABSL_GUARDED_BY(mu);
   uint64_t sync_count ABSL_GUARDED_BY(mu) = 0;
   absl::Status broken ABSL_GUARDED_BY(mu);  // a failed write or sync: no more appends
 
@@ -429,25 +433,60 @@ class MessageLog::Impl {
 
   // Run by a pool thread: one fdatasync covering everything written now.
   void SyncOnce() {
-    absl::MutexLock lock(&mu);
-    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return !syncing; };
-    mu.Await(absl::Condition(&idle));
-    sync_queued = false;
-    if (written_end <= synced || !broken.ok()) return;
-    syncing = true;
-    sync_target = written_end;
-    int fd = segments.back().fd;
-    std::string path = segments.back().path;
-    mu.Unlock();
-    int rc = ::fdatasync(fd);
-    mu.Lock();
-    syncing = false;
-    ++sync_count;
-    if (rc != 0) {
-      Break(Errno("cannot sync", path)).IgnoreError();
-      return;
+    std::vector<std::function<void(absl::Status)>> done;
+    absl::Status outcome;
+    {
+      absl::MutexLock lock(&mu);
+      auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return !syncing; };
+      mu.Await(absl::Condition(&idle));
+      sync_queued = false;
+      if (written_end > synced && broken.ok()) {
+        syncing = true;
+        sync_target = written_end;
+        int fd = segments.back().fd;
+        std::string path = segments.back().path;
+        mu.Unlock();
+        int rc = ::fdatasync(fd);
+        mu.Lock();
+        syncing = false;
+        ++sync_count;
+        if (rc != 0) {
+          Break(Errno("cannot sync", path)).IgnoreError();
+        } else {
+          synced = std::max(synced, sync_target);
+        }
+      }
+      outcome = broken;
+      // Callers waiting asynchronously: those now durable (all, on failure).
+      auto end = outcome.ok() ? async_waiters.lower_bound(synced) : async_waiters.end();
+      for (auto it = async_waiters.begin(); it != end; ++it) done.push_back(std::move(it->second));
+      async_waiters.erase(async_waiters.begin(), end);
+      if (!async_waiters.empty() && !sync_queued) {
+        sync_queued = true;  // written after this sync began
+        RequestSync(this);
+      }
     }
-    synced = std::max(synced, sync_target);
+    for (auto& f : done) f(outcome);
+  }
+
+  void WhenDurable(uint64_t offset, std::function<void(absl::Status)> done) {
+    absl::Status now_known;
+    {
+      absl::MutexLock lock(&mu);
+      if (!options.sync) synced = std::max(synced, written_end);
+      if (!broken.ok() || synced > offset) {
+        now_known = broken;
+      } else {
+        async_waiters.emplace(offset, std::move(done));
+        bool covered = syncing && sync_target > offset;
+        if (!covered && !sync_queued) {
+          sync_queued = true;
+          RequestSync(this);
+        }
+        return;
+      }
+    }
+    done(now_known);
   }
 
   // A write or sync failed: what was acknowledged stays, nothing more is
@@ -587,6 +626,10 @@ absl::StatusOr<uint64_t> MessageLog::Write(absl::string_view payload) {
 }
 
 absl::Status MessageLog::WaitDurable(uint64_t offset) { return impl_->WaitDurable(offset); }
+
+void MessageLog::WhenDurable(uint64_t offset, std::function<void(absl::Status)> done) {
+  impl_->WhenDurable(offset, std::move(done));
+}
 
 std::vector<SegmentInfo> MessageLog::Segments() const {
   absl::MutexLock lock(&impl_->mu);

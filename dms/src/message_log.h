@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -78,6 +79,10 @@ class MessageLog {
   // others follow it).
   absl::StatusOr<uint64_t> WriteMany(absl::Span<const absl::string_view> payloads);
   absl::Status WaitDurable(uint64_t offset);
+  // The same without blocking: `done` runs (on a sync thread, or here if
+  // already known) once `offset` is durable, or with the error that stopped
+  // the log.
+  void WhenDurable(uint64_t offset, std::function<void(absl::Status)> done);
 
   // Up to `max` records from `from` on, only below the synced point.
   // OUT_OF_RANGE if `from` was removed by retention.

@@ -98,9 +98,10 @@ absl::StatusOr<Produced> Topic::Produce(const v1::StoredMessage& message) {
   return p;
 }
 
-absl::Status Topic::ProduceBatch(const std::vector<const v1::StoredMessage*>& messages,
-                                 std::vector<Produced>* out) {
+absl::Status Topic::WriteBatch(const std::vector<const v1::StoredMessage*>& messages,
+                               std::vector<Produced>* out, std::map<int, uint64_t>* last) {
   out->assign(messages.size(), Produced());
+  last->clear();
   // Each queue's messages in one write, in request order.
   std::vector<std::vector<size_t>> by_queue(logs_.size());
   for (size_t i = 0; i < messages.size(); ++i) {
@@ -109,7 +110,6 @@ absl::Status Topic::ProduceBatch(const std::vector<const v1::StoredMessage*>& me
     by_queue[q].push_back(i);
   }
   std::vector<std::string> bytes(messages.size());
-  std::vector<int64_t> last(logs_.size(), -1);
   for (size_t q = 0; q < by_queue.size(); ++q) {
     if (by_queue[q].empty()) continue;
     std::vector<absl::string_view> payloads;
@@ -122,13 +122,17 @@ absl::Status Topic::ProduceBatch(const std::vector<const v1::StoredMessage*>& me
     absl::StatusOr<uint64_t> first = logs_[q]->WriteMany(payloads);
     if (!first.ok()) return first.status();
     for (size_t j = 0; j < by_queue[q].size(); ++j) (*out)[by_queue[q][j]].offset = *first + j;
-    last[q] = static_cast<int64_t>(*first + by_queue[q].size() - 1);
+    (*last)[static_cast<int>(q)] = *first + by_queue[q].size() - 1;
   }
-  for (size_t q = 0; q < last.size(); ++q) {
-    if (last[q] < 0) continue;
-    if (absl::Status st = logs_[q]->WaitDurable(static_cast<uint64_t>(last[q])); !st.ok()) {
-      return st;
-    }
+  return absl::OkStatus();
+}
+
+absl::Status Topic::ProduceBatch(const std::vector<const v1::StoredMessage*>& messages,
+                                 std::vector<Produced>* out) {
+  std::map<int, uint64_t> last;
+  if (absl::Status st = WriteBatch(messages, out, &last); !st.ok()) return st;
+  for (const auto& [q, offset] : last) {
+    if (absl::Status st = logs_[q]->WaitDurable(offset); !st.ok()) return st;
   }
   return absl::OkStatus();
 }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,6 +47,11 @@ class Topic {
   // order. On an error, the messages before the failing one may be stored.
   absl::Status ProduceBatch(const std::vector<const v1::StoredMessage*>& messages,
                             std::vector<Produced>* out);
+
+  // The writing half of ProduceBatch: `last` gets, per queue written, the
+  // offset to wait for (MessageLog::WaitDurable or WhenDurable).
+  absl::Status WriteBatch(const std::vector<const v1::StoredMessage*>& messages,
+                          std::vector<Produced>* out, std::map<int, uint64_t>* last);
 
   // Up to `max` durable messages of `queue` from `from` on, with offsets.
   absl::Status Read(int queue, uint64_t from, size_t max,
