@@ -1,6 +1,6 @@
 // bench_dms: dmsd against RabbitMQ on the same workload, in one run.
 //
-//   ./formica bench dms [--quick]
+//   ./formica bench dms [--quick] [--messages N] [--queues N] [--no-rabbitmq]
 //
 // 1 KiB messages, acknowledged after fsync. Phase 1 (produce): 4 producer
 // threads, each keeping 64 sends out at once; throughput and send->ack
@@ -226,16 +226,20 @@ absl::StatusOr<FormicaFigures> RunFormica(const BrokerWorkload& w,
 
 int Run(int argc, char** argv) {
   bool quick = false;
+  bool rabbitmq = true;
   int messages = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
+    } else if (std::strcmp(argv[i], "--no-rabbitmq") == 0) {
+      rabbitmq = false;
     } else if (std::strcmp(argv[i], "--queues") == 0 && i + 1 < argc) {
       g_queues = std::atoi(argv[++i]);
     } else if (std::strcmp(argv[i], "--messages") == 0 && i + 1 < argc) {
       messages = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: bench_dms [--quick] [--messages N] [--queues N]\n");
+      std::fprintf(stderr,
+                   "usage: bench_dms [--quick] [--messages N] [--queues N] [--no-rabbitmq]\n");
       return 2;
     }
   }
@@ -247,26 +251,12 @@ int Run(int argc, char** argv) {
     std::fprintf(stderr, "bench_dms: formica: %s\n", formica.status().ToString().c_str());
     return 1;
   }
-  if (std::getenv("FORMICA_BENCH_DMS_ONLY") != nullptr) return 0;  // for profiling dmsd alone
-  absl::StatusOr<BrokerFigures> rabbit = formica::bench::RunRabbitMq(w, &Log);
-  if (!rabbit.ok()) {
-    std::fprintf(stderr, "bench_dms: rabbitmq: %s\n", rabbit.status().ToString().c_str());
-    return 1;
-  }
-  Log(absl::StrCat("rabbitmq produce: ", static_cast<int>(rabbit->produce_per_s),
-                   " msg/s, end to end: ", static_cast<int>(rabbit->e2e_per_s), " msg/s"));
   BenchReport report;
   report.Set("produce_per_s", formica->produce_per_s);
   report.Set("e2e_per_s", formica->e2e_per_s);
   report.Set("produce_p50_ms", formica->produce_p50_ms);
   report.Set("produce_p99_ms", formica->produce_p99_ms);
   report.Set("backlog_drain_per_s", formica->backlog_per_s);
-  report.Set("rabbitmq_produce_per_s", rabbit->produce_per_s);
-  report.Set("rabbitmq_e2e_per_s", rabbit->e2e_per_s);
-  report.Set("rabbitmq_produce_p50_ms", rabbit->produce_p50_ms);
-  report.Set("rabbitmq_produce_p99_ms", rabbit->produce_p99_ms);
-  report.Set("produce_ratio", formica->produce_per_s / rabbit->produce_per_s);
-  report.Set("e2e_ratio", formica->e2e_per_s / rabbit->e2e_per_s);
   report.SetSetup("cores", static_cast<double>(std::thread::hardware_concurrency()));
   report.SetSetup("messages_per_phase", w.messages);
   report.SetSetup("body_bytes", w.body_bytes);
@@ -280,9 +270,24 @@ int Run(int argc, char** argv) {
                    g_queues,
                    " queues, concurrent consumer (ordered=false), acks made durable before "
                    "confirmed"));
-  report.SetSetup("rabbitmq",
-                  "rabbitmq-server (Debian), durable classic queue, persistent messages, "
-                  "publisher confirms, manual acks, librabbitmq");
+  if (rabbitmq) {  // --no-rabbitmq: dmsd alone, e.g. to profile it
+    absl::StatusOr<BrokerFigures> rabbit = formica::bench::RunRabbitMq(w, &Log);
+    if (!rabbit.ok()) {
+      std::fprintf(stderr, "bench_dms: rabbitmq: %s\n", rabbit.status().ToString().c_str());
+      return 1;
+    }
+    Log(absl::StrCat("rabbitmq produce: ", static_cast<int>(rabbit->produce_per_s),
+                     " msg/s, end to end: ", static_cast<int>(rabbit->e2e_per_s), " msg/s"));
+    report.Set("rabbitmq_produce_per_s", rabbit->produce_per_s);
+    report.Set("rabbitmq_e2e_per_s", rabbit->e2e_per_s);
+    report.Set("rabbitmq_produce_p50_ms", rabbit->produce_p50_ms);
+    report.Set("rabbitmq_produce_p99_ms", rabbit->produce_p99_ms);
+    report.Set("produce_ratio", formica->produce_per_s / rabbit->produce_per_s);
+    report.Set("e2e_ratio", formica->e2e_per_s / rabbit->e2e_per_s);
+    report.SetSetup("rabbitmq",
+                    "rabbitmq-server (Debian), durable classic queue, persistent messages, "
+                    "publisher confirms, manual acks, librabbitmq");
+  }
   report.Print();
   return 0;
 }

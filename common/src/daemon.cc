@@ -6,8 +6,13 @@
 #include <cerrno>
 #include <csignal>
 
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "formica/common/logging.h"
 
 namespace formica {
 
@@ -118,5 +123,35 @@ int WaitForTerminationSignal() {
     return 0;
   }
 }
+
+namespace daemon_internal {
+
+int SetUp(absl::string_view program, const absl::StatusOr<DaemonArgs>& args) {
+  if (!args.ok()) {
+    bool help = absl::IsCancelled(args.status());
+    std::fprintf(help ? stdout : stderr, "%s%s\n", help ? "" : absl::StrCat(program, ": ").c_str(),
+                 std::string(args.status().message()).c_str());
+    return help ? 0 : 2;
+  }
+  if (absl::Status st = InitLogging(program, args->log_level); !st.ok()) {
+    return Fail(program, "", st, 2);
+  }
+  return -1;
+}
+
+int Fail(absl::string_view program, absl::string_view what, const absl::Status& status, int code) {
+  std::fprintf(stderr, "%s: %s%s\n", std::string(program).c_str(), std::string(what).c_str(),
+               std::string(status.message()).c_str());
+  return code;
+}
+
+void ServeUntilSignal(absl::string_view program, int port) {
+  std::printf("%s ready on port %d\n", std::string(program).c_str(), port);
+  std::fflush(stdout);
+  int sig = WaitForTerminationSignal();
+  spdlog::info("signal {} received", sig);
+}
+
+}  // namespace daemon_internal
 
 }  // namespace formica

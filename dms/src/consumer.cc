@@ -13,6 +13,7 @@
 #include "formica/dms/producer.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/rpc/client.h"
+#include "stream_call.h"
 
 namespace formica::dms {
 namespace {
@@ -104,27 +105,10 @@ class Consumer::Impl : public std::enable_shared_from_this<Consumer::Impl> {
   }
 
   absl::Status Session(uint64_t id) {
-    // A short call first: with no broker in the registry it fails in a
-    // second (the stream's long deadline would make it wait for one).
-    rpc::CallOptions probe;
-    probe.timeout = absl::Seconds(1);
-    probe.idempotent = true;
-    probe.inherit_current = false;
-    absl::Status reachable =
-        rpc->Call(kBrokerService, probe,
-                  [](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
-                    v1::ListTopicsRequest req;
-                    v1::ListTopicsReply reply;
-                    return v1::Broker::NewStub(channel)->ListTopics(ctx, req, &reply);
-                  });
-    if (!reachable.ok()) return reachable;
-    rpc::CallOptions co;
-    co.timeout = absl::Hours(24 * 365);
-    co.inherit_current = false;
-    return rpc->Call(kBrokerService, co,
-                     [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
-                       return OpenStream(id, channel, ctx);
-                     });
+    return CallBrokerStream(
+        rpc, [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+          return OpenStream(id, channel, ctx);
+        });
   }
 
   grpc::Status OpenStream(uint64_t id, const std::shared_ptr<grpc::Channel>& channel,

@@ -12,6 +12,7 @@
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/client.h"
+#include "stream_call.h"
 
 namespace formica::dms {
 namespace {
@@ -202,60 +203,43 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
   }
 
   absl::Status CheckSession() {
-    rpc::CallOptions probe;  // fails fast while no broker is registered
-    probe.timeout = absl::Seconds(1);
-    probe.idempotent = true;
-    probe.inherit_current = false;
-    absl::Status reachable =
-        rpc->Call(kBrokerService, probe,
-                  [](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
-                    v1::ListTopicsRequest req;
-                    v1::ListTopicsReply reply;
-                    return v1::Broker::NewStub(channel)->ListTopics(ctx, req, &reply);
-                  });
-    if (!reachable.ok()) return reachable;
-    rpc::CallOptions co;
-    co.timeout = absl::Hours(24 * 365);
-    co.inherit_current = false;
-    return rpc->Call(kBrokerService, co,
-                     [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
-                       {
-                         absl::MutexLock lock(&check_mu);
-                         if (check_stopping)
-                           return grpc::Status(grpc::StatusCode::CANCELLED, "stopping");
-                         check_ctx = ctx;
-                       }
-                       auto stub = v1::Broker::NewStub(channel);
-                       auto stream = stub->CheckBack(ctx);
-                       v1::CheckAnswer hello;
-                       hello.set_producer_group(options.producer_group);
-                       if (stream->Write(hello)) {
-                         v1::CheckRequest req;
-                         while (stream->Read(&req)) {
-                           CheckedMessage m;
-                           m.transaction_id = req.transaction_id();
-                           m.topic = req.topic();
-                           m.key = req.message().key();
-                           m.tags.assign(req.message().tags().begin(), req.message().tags().end());
-                           m.properties.insert(req.message().properties().begin(),
-                                               req.message().properties().end());
-                           m.body = req.message().body();
-                           m.check = req.check();
-                           v1::CheckAnswer answer;
-                           answer.set_transaction_id(req.transaction_id());
-                           TransactionState state = options.checker(m);
-                           answer.set_state(state == TransactionState::kCommit     ? v1::COMMIT
-                                            : state == TransactionState::kRollback ? v1::ROLLBACK
-                                                                                   : v1::UNKNOWN);
-                           if (!stream->Write(answer)) break;
-                         }
-                       }
-                       {
-                         absl::MutexLock lock(&check_mu);
-                         check_ctx = nullptr;
-                       }
-                       return stream->Finish();
-                     });
+    return CallBrokerStream(rpc, [&](const std::shared_ptr<grpc::Channel>& channel,
+                                     grpc::ClientContext* ctx) {
+      {
+        absl::MutexLock lock(&check_mu);
+        if (check_stopping) return grpc::Status(grpc::StatusCode::CANCELLED, "stopping");
+        check_ctx = ctx;
+      }
+      auto stub = v1::Broker::NewStub(channel);
+      auto stream = stub->CheckBack(ctx);
+      v1::CheckAnswer hello;
+      hello.set_producer_group(options.producer_group);
+      if (stream->Write(hello)) {
+        v1::CheckRequest req;
+        while (stream->Read(&req)) {
+          CheckedMessage m;
+          m.transaction_id = req.transaction_id();
+          m.topic = req.topic();
+          m.key = req.message().key();
+          m.tags.assign(req.message().tags().begin(), req.message().tags().end());
+          m.properties.insert(req.message().properties().begin(), req.message().properties().end());
+          m.body = req.message().body();
+          m.check = req.check();
+          v1::CheckAnswer answer;
+          answer.set_transaction_id(req.transaction_id());
+          TransactionState state = options.checker(m);
+          answer.set_state(state == TransactionState::kCommit     ? v1::COMMIT
+                           : state == TransactionState::kRollback ? v1::ROLLBACK
+                                                                  : v1::UNKNOWN);
+          if (!stream->Write(answer)) break;
+        }
+      }
+      {
+        absl::MutexLock lock(&check_mu);
+        check_ctx = nullptr;
+      }
+      return stream->Finish();
+    });
   }
 
   void StopChecks() {

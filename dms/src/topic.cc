@@ -127,16 +127,6 @@ absl::Status Topic::WriteBatch(const std::vector<const v1::StoredMessage*>& mess
   return absl::OkStatus();
 }
 
-absl::Status Topic::ProduceBatch(const std::vector<const v1::StoredMessage*>& messages,
-                                 std::vector<Produced>* out) {
-  std::map<int, uint64_t> last;
-  if (absl::Status st = WriteBatch(messages, out, &last); !st.ok()) return st;
-  for (const auto& [q, offset] : last) {
-    if (absl::Status st = logs_[q]->WaitDurable(offset); !st.ok()) return st;
-  }
-  return absl::OkStatus();
-}
-
 absl::Status Topic::Read(int queue, uint64_t from, size_t max,
                          std::vector<std::pair<uint64_t, v1::StoredMessage>>* out) {
   if (queue < 0 || queue >= queues()) {

@@ -42,14 +42,11 @@ class Topic {
   // Stores `message` in its key's queue; durable when this returns.
   absl::StatusOr<Produced> Produce(const v1::StoredMessage& message);
 
-  // Stores several messages (each in its key's queue) and returns once all
-  // are durable, sharing each queue's sync. `out` gets their places, in
-  // order. On an error, the messages before the failing one may be stored.
-  absl::Status ProduceBatch(const std::vector<const v1::StoredMessage*>& messages,
-                            std::vector<Produced>* out);
-
-  // The writing half of ProduceBatch: `last` gets, per queue written, the
-  // offset to wait for (MessageLog::WaitDurable or WhenDurable).
+  // Writes several messages, each in its key's queue and each queue's in
+  // one write, not waiting for them to be durable: `out` gets their places
+  // in order, and `last` per queue written the offset to wait for
+  // (MessageLog::WaitDurable or WhenDurable). On an error, the messages of
+  // queues written before may be stored.
   absl::Status WriteBatch(const std::vector<const v1::StoredMessage*>& messages,
                           std::vector<Produced>* out, std::map<int, uint64_t>* last);
 

@@ -88,6 +88,10 @@ class DmsTest : public RegistryTest {
     registry_.reset();
   }
 
+  // Settings every dmsd of the fixture starts with (on top of the fast
+  // retries below).
+  virtual std::vector<std::string> DmsdFlags() const { return {}; }
+
   void StartDmsd(std::vector<std::string> extra = {}) {
     std::vector<std::string> argv = {formica::testing::BinaryPath("dms/dmsd"),
                                      "--listen",
@@ -102,6 +106,8 @@ class DmsTest : public RegistryTest {
                                      "consume.retry_max=200ms",
                                      "--set",
                                      "server.unpublish_grace=0s"};
+    std::vector<std::string> fixed = DmsdFlags();
+    argv.insert(argv.end(), fixed.begin(), fixed.end());
     argv.insert(argv.end(), extra.begin(), extra.end());
     auto p = Subprocess::Start(argv, dir_.File(absl::StrCat("dmsd.", ++runs_, ".log")));
     ASSERT_TRUE(p.ok()) << p.status();
@@ -691,21 +697,11 @@ TEST_F(DmsTest, RetentionRemovesOldFilesAndGroupsMovePastThem) {
 class DmsTransactionTest : public DmsTest {
  protected:
   void SetUp() override {
-    RegistryTest::SetUp();
-    port_ = formica::testing::PickFreePort();
-    StartDmsd(TxnFlags());
-    registry_ = NewClient("dms-test");
-    rpc::ClientOptions options;
-    options.app_name = "dms-test";
-    options.default_timeout = absl::Seconds(5);
-    rpc_ = std::move(*rpc::Client::Create(options, registry_.get()));
-    channel_ =
-        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials());
-    broker_ = v1::Broker::NewStub(channel_);
+    DmsTest::SetUp();
     CreateTopic("orders", 2);
   }
 
-  static std::vector<std::string> TxnFlags() {
+  std::vector<std::string> DmsdFlags() const override {
     return {"--set", "transactions.check_after=300ms",
             "--set", "transactions.check_interval=100ms",
             "--set", "transactions.check_interval_max=200ms",
@@ -772,7 +768,7 @@ TEST_F(DmsTransactionTest, UndecidedHalfMessagesAreResolvedByCheckBackEvenAcross
     ASSERT_TRUE(r.ok()) << r.status();
   }
   dmsd_->Kill();  // the half messages are on disk; checks resume after restart
-  StartDmsd(TxnFlags());
+  StartDmsd();
   ASSERT_TRUE(seen.WaitConfirmed(1, absl::Seconds(15)));
   absl::Time end = absl::Now() + absl::Seconds(10);
   std::vector<v1::HalfMessage> parked;
@@ -837,7 +833,7 @@ TEST_F(DmsTransactionTest, AMessageJoinedToAnActivityFollowsItsOutcome) {
           .ok());
   dmsd_->Kill();
   ASSERT_TRUE((*third)->Commit().ok());
-  StartDmsd(TxnFlags());
+  StartDmsd();
   // (Handled, not confirmed: the kill may have cut purchase-1's ack
   // confirmation short after the ack was on disk.)
   ASSERT_TRUE(seen.WaitDistinct(2, absl::Seconds(20)))

@@ -31,4 +31,42 @@ void InstallTerminationHandler();
 // Waits until SIGTERM or SIGINT arrives; returns the signal number.
 int WaitForTerminationSignal();
 
+// The steps of RunDaemon that do not depend on the daemon's types.
+namespace daemon_internal {
+// Prints usage or the flag error, sets up logging. -1: go on; else the exit code.
+int SetUp(absl::string_view program, const absl::StatusOr<DaemonArgs>& args);
+// Prints "<program>: <what><status message>" to stderr and returns `code`.
+int Fail(absl::string_view program, absl::string_view what, const absl::Status& status, int code);
+// Prints "<program> ready on port N" (tests and scripts read it) and waits
+// for SIGTERM or SIGINT.
+void ServeUntilSignal(absl::string_view program, int port);
+}  // namespace daemon_internal
+
+// A daemon's whole main(): flags and config (exit 2 on a bad one, naming
+// it), logging, `load` (options from the config; exit 2 when invalid),
+// `start` (exit 1 when it cannot), the ready line, then waiting for SIGTERM
+// and Shutdown(). `start` returns a unique_ptr to something with port() and
+// Shutdown().
+//
+//   int main(int argc, char** argv) {
+//     return formica::RunDaemon(argc, argv, "dtsd", {{"listen", "server.listen"}},
+//                               dts::LoadCoordinatorOptions, dts::Coordinator::Start);
+//   }
+template <typename Load, typename Start>
+int RunDaemon(int argc, char** argv, absl::string_view program,
+              const std::map<std::string, std::string>& flag_to_key, Load load, Start start) {
+  InstallTerminationHandler();
+  absl::StatusOr<DaemonArgs> args = ParseDaemonArgs(argc, argv, program, flag_to_key);
+  if (int code = daemon_internal::SetUp(program, args); code >= 0) return code;
+  auto options = load(args->config);
+  if (!options.ok()) {
+    return daemon_internal::Fail(program, "invalid configuration: ", options.status(), 2);
+  }
+  auto daemon = start(*std::move(options));
+  if (!daemon.ok()) return daemon_internal::Fail(program, "cannot start: ", daemon.status(), 1);
+  daemon_internal::ServeUntilSignal(program, (*daemon)->port());
+  (*daemon)->Shutdown();
+  return 0;
+}
+
 }  // namespace formica
