@@ -291,6 +291,18 @@ std::map<std::string, std::string> ConfigReader::StringMap(absl::string_view pat
   return out;
 }
 
+std::vector<std::string> ConfigReader::Children(absl::string_view path) const {
+  std::vector<std::string> out;
+  std::string prefix = absl::StrCat(path, ".");
+  for (auto it = state_->data->leaves.lower_bound(prefix);
+       it != state_->data->leaves.end() && absl::StartsWith(it->first, prefix); ++it) {
+    std::string key = it->first.substr(prefix.size());
+    key = key.substr(0, key.find('.'));
+    if (out.empty() || out.back() != key) out.push_back(key);
+  }
+  return out;
+}
+
 void ConfigReader::Fail(absl::string_view path, absl::string_view reason) {
   state_->Error(path, reason);
 }

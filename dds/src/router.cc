@@ -5,12 +5,16 @@
 
 #include <algorithm>
 #include <functional>
+#include <numeric>
 #include <optional>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/synchronization/mutex.h"
 #include "sql.h"
 
@@ -22,6 +26,7 @@ using google::protobuf::Message;
 using ShardSet = std::set<int>;
 
 constexpr size_t kMaxCached = 10000;
+constexpr char kHiddenPrefix[] = "__dds_";
 
 // Calls `visit` on every message in `m`'s tree, parents first.
 void Walk(Message* m, const std::function<void(Message*)>& visit) {
@@ -39,17 +44,90 @@ void Walk(Message* m, const std::function<void(Message*)>& visit) {
   }
 }
 
-// The name a column reference ends with ("user_id" of "o.user_id").
-std::optional<std::string> ColumnName(const pg_query::Node& n) {
-  if (!n.has_column_ref() || n.column_ref().fields_size() == 0) return std::nullopt;
-  const pg_query::Node& last = n.column_ref().fields(n.column_ref().fields_size() - 1);
-  if (!last.has_string()) return std::nullopt;
-  return last.string().sval();
+template <typename T>
+void ForEach(const Message& m, const std::function<void(const T&)>& visit) {
+  Walk(const_cast<Message*>(&m), [&](Message* x) {
+    if (x->GetDescriptor() == T::descriptor()) visit(*static_cast<const T*>(x));
+  });
+}
+
+// An expression with its source positions cleared, for comparing two.
+std::string Fingerprint(const pg_query::Node& n) {
+  pg_query::Node copy = n;
+  Walk(&copy, [](Message* m) {
+    const FieldDescriptor* f = m->GetDescriptor()->FindFieldByName("location");
+    if (f != nullptr && !f->is_repeated()) m->GetReflection()->ClearField(m, f);
+  });
+  std::string out;
+  copy.SerializeToString(&out);
+  return out;
+}
+
+// A column reference: its qualifier (may be empty) and its name.
+struct Column {
+  std::string qualifier;
+  std::string name;
+};
+
+std::optional<Column> ColumnOf(const pg_query::Node& n) {
+  if (!n.has_column_ref()) return std::nullopt;
+  const auto& f = n.column_ref().fields();
+  if (f.empty() || !f[f.size() - 1].has_string()) return std::nullopt;
+  Column c;
+  c.name = f[f.size() - 1].string().sval();
+  if (f.size() >= 2 && f[f.size() - 2].has_string()) c.qualifier = f[f.size() - 2].string().sval();
+  return c;
+}
+
+bool IsOperator(const pg_query::A_Expr& e, const char* op) {
+  return e.kind() == pg_query::AEXPR_OP && e.name_size() == 1 && e.name(0).has_string() &&
+         e.name(0).string().sval() == op;
+}
+
+// The conjuncts of a condition (a AND b AND c -> a, b, c).
+void Conjuncts(const pg_query::Node& n, std::vector<const pg_query::Node*>* out) {
+  if (n.has_bool_expr() && n.bool_expr().boolop() == pg_query::AND_EXPR) {
+    for (const pg_query::Node& a : n.bool_expr().args()) Conjuncts(a, out);
+  } else {
+    out->push_back(&n);
+  }
+}
+
+const char* const kAggregates[] = {"count", "sum", "min", "max", "avg"};
+
+std::optional<MergeOp> AggregateOf(const pg_query::Node& n) {
+  if (!n.has_func_call()) return std::nullopt;
+  const pg_query::FuncCall& f = n.func_call();
+  if (f.funcname_size() == 0 || !f.funcname(f.funcname_size() - 1).has_string()) {
+    return std::nullopt;
+  }
+  std::string name = absl::AsciiStrToLower(f.funcname(f.funcname_size() - 1).string().sval());
+  if (name == "count") return MergeOp::kCount;
+  if (name == "sum") return MergeOp::kSum;
+  if (name == "min") return MergeOp::kMin;
+  if (name == "max") return MergeOp::kMax;
+  if (name == "avg") return MergeOp::kAvg;
+  return std::nullopt;
+}
+
+bool IsAggregateName(const pg_query::FuncCall& f) {
+  if (f.funcname_size() == 0 || !f.funcname(f.funcname_size() - 1).has_string()) return false;
+  std::string name = absl::AsciiStrToLower(f.funcname(f.funcname_size() - 1).string().sval());
+  for (const char* a : kAggregates) {
+    if (name == a) return true;
+  }
+  return false;
+}
+
+pg_query::Node IntConst(int64_t v) {
+  pg_query::Node n;
+  n.mutable_a_const()->mutable_ival()->set_ival(static_cast<int32_t>(v));
+  return n;
 }
 
 }  // namespace
 
-absl::StatusOr<int> ShardOf(const std::string& user_id) {
+absl::StatusOr<int> LastTwoDigits(const std::string& user_id) {
   std::string id(absl::StripAsciiWhitespace(user_id));
   if (id.size() < 2 || !absl::ascii_isdigit(static_cast<unsigned char>(id[id.size() - 1])) ||
       !absl::ascii_isdigit(static_cast<unsigned char>(id[id.size() - 2]))) {
@@ -59,35 +137,657 @@ absl::StatusOr<int> ShardOf(const std::string& user_id) {
   return (id[id.size() - 2] - '0') * 10 + (id[id.size() - 1] - '0');
 }
 
+// What a statement text is, worked out once: its tree, what it touches,
+// and for a read that may span tables, how it is merged.
+struct Analysis {
+  absl::Status error;  // the statement is refused whatever its parameters
+  pg_query::ParseResult tree;
+  StatementKind kind = StatementKind::kRead;
+  bool locking = false;
+  bool broadcast_only = false;
+  std::set<std::string> sharded;  // the sharded tables it names
+  // Shard columns a key may be given on: qualifier ("" = any) -> column.
+  std::vector<Column> key_columns;
+  // A read over several tables: why it cannot be, or how it is merged.
+  absl::Status scatter_error;
+  std::shared_ptr<MergePlan> merge;
+  pg_query::ParseResult scatter_tree;
+  bool limit_per_call = false;  // LIMIT/OFFSET given as parameters
+
+  absl::Mutex mu;
+  std::vector<std::string> plain_sql ABSL_GUARDED_BY(mu);    // per target, "" until made
+  std::vector<std::string> scatter_sql ABSL_GUARDED_BY(mu);  // per target
+};
+
 class Router::Impl {
  public:
   RouterConfig config;
-  mutable absl::Mutex mu;
-  mutable std::map<std::string, std::shared_ptr<const Statement>> cache ABSL_GUARDED_BY(mu);
+  std::vector<int> database_of;        // per shard
+  std::vector<std::string> suffix_of;  // per shard
+  std::vector<int> target_of;          // shard -> physical table index
+  std::vector<int> target_shard;       // physical table index -> its first shard
+  int width = 2;                       // digits of a shard number in a suffix
 
-  absl::StatusOr<std::shared_ptr<const Statement>> Parsed(const std::string& sql) const {
+  mutable absl::Mutex mu;
+  mutable absl::flat_hash_map<std::string, std::shared_ptr<Analysis>> cache ABSL_GUARDED_BY(mu);
+
+  absl::Status Init() {
+    const RouterConfig& c = config;
+    if (c.sharded_tables.empty() && c.broadcast_tables.empty()) {
+      return absl::InvalidArgumentError("the DDS config names no tables");
+    }
+    if (c.shards < 1 || c.shards > 100000) {
+      return absl::InvalidArgumentError(absl::StrCat("shards must be 1 to 100000, not ", c.shards));
+    }
+    if (c.function == ShardFunction::kLastTwoDigits && c.shards != 100) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the last-two-digits shard function needs 100 shards, not ", c.shards,
+          "; use the modulo or range function for another count"));
+    }
+    if (c.function == ShardFunction::kRange) {
+      if (static_cast<int>(c.ranges.size()) != c.shards) {
+        return absl::InvalidArgumentError(absl::StrCat("the range shard function needs one range "
+                                                       "per shard: ",
+                                                       c.ranges.size(), " ranges for ", c.shards,
+                                                       " shards"));
+      }
+      std::vector<std::pair<int64_t, int64_t>> sorted = c.ranges;
+      std::sort(sorted.begin(), sorted.end());
+      for (size_t i = 0; i < sorted.size(); ++i) {
+        if (sorted[i].first > sorted[i].second) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "range ", sorted[i].first, "-", sorted[i].second, " ends before it starts"));
+        }
+        if (i > 0 && sorted[i].first <= sorted[i - 1].second) {
+          return absl::InvalidArgumentError(absl::StrCat("ranges ", sorted[i - 1].first, "-",
+                                                         sorted[i - 1].second, " and ",
+                                                         sorted[i].first, "-", sorted[i].second,
+                                                         " overlap"));
+        }
+      }
+    }
+    if (c.databases < 1 || c.databases > c.shards) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("databases must be 1 to ", c.shards, " (the shards), not ", c.databases));
+    }
+    for (const auto& [table, column] : c.sharded_tables) {
+      if (c.broadcast_tables.count(table) > 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("table '", table, "' cannot be both sharded and broadcast"));
+      }
+      if (column.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("table '", table, "' needs a shard column"));
+      }
+    }
+    std::map<std::string, int> group_of;
+    for (size_t g = 0; g < c.binding_groups.size(); ++g) {
+      for (const std::string& t : c.binding_groups[g]) {
+        if (c.sharded_tables.count(t) == 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("binding table '", t, "' is not a sharded table"));
+        }
+        if (!group_of.emplace(t, static_cast<int>(g)).second) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("table '", t, "' is in more than one binding group"));
+        }
+      }
+    }
+    if (c.table_suffix.find_first_of(" \t\"';") != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("table_suffix '", c.table_suffix, "' may not hold spaces or quotes"));
+    }
+    width = std::max<int>(2, static_cast<int>(std::to_string(c.shards - 1).size()));
+    if (!c.shard_database.empty()) {
+      if (static_cast<int>(c.shard_database.size()) != c.shards) {
+        return absl::InternalError("the shard map must cover every shard");
+      }
+      database_of = c.shard_database;
+    } else {
+      for (int s = 0; s < c.shards; ++s) {
+        database_of.push_back(static_cast<int>(int64_t{s} * c.databases / c.shards));
+      }
+    }
+    std::map<std::pair<int, std::string>, int> targets;
+    for (int s = 0; s < c.shards; ++s) {
+      if (database_of[s] < 0 || database_of[s] >= c.databases) {
+        return absl::InternalError("the shard map names a database that does not exist");
+      }
+      suffix_of.push_back(
+          absl::StrReplaceAll(c.table_suffix, {{"{shard}", absl::StrFormat("%0*d", width, s)}}));
+      auto [it, fresh] = targets.emplace(std::make_pair(database_of[s], suffix_of[s]),
+                                         static_cast<int>(target_shard.size()));
+      if (fresh) target_shard.push_back(s);
+      target_of.push_back(it->second);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<int> ShardOf(const Value& key) const {
+    if (std::holds_alternative<std::monostate>(key)) {
+      return absl::InvalidArgumentError("the shard key is NULL");
+    }
+    if (const double* d = std::get_if<double>(&key)) {
+      return absl::InvalidArgumentError(absl::StrCat("shard key ", *d, " is not an integer"));
+    }
+    std::string text = ToString(key);
+    if (config.function == ShardFunction::kLastTwoDigits) return LastTwoDigits(text);
+    int64_t id;
+    if (!absl::SimpleAtoi(text, &id)) {
+      return absl::InvalidArgumentError(absl::StrCat("shard key '", text, "' is not an integer"));
+    }
+    if (config.function == ShardFunction::kModulo) {
+      int64_t m = id % config.shards;
+      return static_cast<int>(m < 0 ? m + config.shards : m);
+    }
+    for (size_t s = 0; s < config.ranges.size(); ++s) {
+      if (id >= config.ranges[s].first && id <= config.ranges[s].second) {
+        return static_cast<int>(s);
+      }
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard key ", id, " is in no shard's range of the config"));
+  }
+
+  bool Binding(const std::string& a, const std::string& b) const {
+    if (a == b) return true;
+    for (const std::set<std::string>& g : config.binding_groups) {
+      if (g.count(a) > 0 && g.count(b) > 0) return true;
+    }
+    return false;
+  }
+
+  // ---- analysis, once per statement text --------------------------------
+
+  absl::StatusOr<std::shared_ptr<Analysis>> Analyzed(const std::string& sql) const {
     {
-      absl::MutexLock lock(&mu);
+      absl::ReaderMutexLock lock(&mu);
       if (auto it = cache.find(sql); it != cache.end()) return it->second;
     }
     absl::StatusOr<Statement> st = Parse(sql);
-    if (!st.ok()) return st.status();
-    auto shared = std::make_shared<const Statement>(*std::move(st));
+    if (!st.ok()) return st.status();  // not cached: cheap to find again, and unbounded
+    auto a = std::make_shared<Analysis>();
+    a->tree = std::move(st->tree);
+    a->error = Analyze(a.get());
+    {
+      absl::MutexLock lock(&a->mu);
+      a->plain_sql.resize(target_shard.size());
+      a->scatter_sql.resize(target_shard.size());
+    }
     absl::MutexLock lock(&mu);
     if (cache.size() >= kMaxCached) cache.clear();
-    cache[sql] = shared;
-    return shared;
+    cache[sql] = a;
+    return a;
   }
 
+  absl::Status Analyze(Analysis* a) const {
+    const pg_query::Node& root = a->tree.stmts(0).stmt();
+    if (root.has_transaction_stmt()) {
+      return absl::InvalidArgumentError(
+          "transaction statements cannot be routed; begin a transaction with the shard key "
+          "(ShardedDataSource::Begin)");
+    }
+    if (root.has_create_stmt() || root.has_index_stmt() || root.has_alter_table_stmt()) {
+      a->kind = StatementKind::kDdl;
+    } else if (root.has_insert_stmt() || root.has_update_stmt() || root.has_delete_stmt()) {
+      a->kind = StatementKind::kWrite;
+    } else if (root.has_select_stmt()) {
+      a->kind = StatementKind::kRead;
+      a->locking = root.select_stmt().locking_clause_size() > 0;
+    } else {
+      return absl::InvalidArgumentError(
+          "only SELECT, INSERT, UPDATE, DELETE, CREATE TABLE, CREATE INDEX and ALTER TABLE can "
+          "be routed by shard");
+    }
+
+    // The tables it names: each must be known.
+    struct Ref {
+      std::string table, qualifier;
+    };
+    std::vector<Ref> refs;
+    absl::Status unknown;
+    ForEach<pg_query::RangeVar>(a->tree, [&](const pg_query::RangeVar& rv) {
+      if (config.sharded_tables.count(rv.relname()) > 0) {
+        refs.push_back(
+            {rv.relname(), rv.has_alias() ? rv.alias().aliasname() : std::string(rv.relname())});
+        a->sharded.insert(rv.relname());
+      } else if (config.broadcast_tables.count(rv.relname()) == 0 && unknown.ok()) {
+        unknown = absl::InvalidArgumentError(
+            absl::StrCat("unknown table '", rv.relname(),
+                         "': it is neither sharded nor broadcast in the config"));
+      }
+    });
+    if (!unknown.ok()) return unknown;
+    // A common table expression is named like a table; refuse rather than guess.
+    if (root.has_select_stmt() && root.select_stmt().has_with_clause()) {
+      return absl::InvalidArgumentError("WITH queries cannot be routed by shard");
+    }
+    a->broadcast_only = refs.empty();
+
+    if (root.has_insert_stmt() &&
+        !(root.insert_stmt().select_stmt().has_select_stmt() &&
+          root.insert_stmt().select_stmt().select_stmt().values_lists_size() > 0)) {
+      return absl::InvalidArgumentError(absl::StrCat("INSERT into ",
+                                                     root.insert_stmt().relation().relname(),
+                                                     " must give its rows as VALUES"));
+    }
+    if (root.has_update_stmt()) {
+      const std::string& table = root.update_stmt().relation().relname();
+      auto it = config.sharded_tables.find(table);
+      for (const pg_query::Node& t : root.update_stmt().target_list()) {
+        if (it != config.sharded_tables.end() && t.has_res_target() &&
+            t.res_target().name() == it->second) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("UPDATE may not change the shard column ", table, ".", it->second,
+                           ": the row would belong to another shard"));
+        }
+      }
+    }
+
+    if (refs.size() > 1) {
+      absl::Status joined = CheckJoins(*a, refs.size(), [&](size_t i) { return refs[i].table; },
+                                       [&](size_t i) { return refs[i].qualifier; });
+      if (!joined.ok()) return joined;
+    }
+    for (const Ref& r : refs) {
+      a->key_columns.push_back({refs.size() > 1 ? r.qualifier : "", config.sharded_tables.at(r.table)});
+    }
+    if (a->kind == StatementKind::kRead && !a->broadcast_only) {
+      a->scatter_error = PlanScatter(a);
+    }
+    return absl::OkStatus();
+  }
+
+  // Several references to sharded tables are right within one shard only if
+  // the tables are sharded alike and joined on their shard columns.
+  absl::Status CheckJoins(const Analysis& a, size_t n,
+                          const std::function<std::string(size_t)>& table,
+                          const std::function<std::string(size_t)>& qualifier) const {
+    std::map<std::string, size_t> by_qualifier;
+    for (size_t i = 0; i < n; ++i) {
+      if (!Binding(table(0), table(i))) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the statement joins sharded tables ", table(0), " and ", table(i),
+            ", which are not binding tables; join sharded tables only if the config binds them, "
+            "and otherwise only with broadcast tables"));
+      }
+      if (!by_qualifier.emplace(qualifier(i), i).second) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sharded table ", table(i), " appears twice as '", qualifier(i), "'; give each an alias"));
+      }
+    }
+    std::vector<size_t> parent(n);
+    std::iota(parent.begin(), parent.end(), 0);
+    std::function<size_t(size_t)> find = [&](size_t x) {
+      return parent[x] == x ? x : parent[x] = find(parent[x]);
+    };
+    auto shard_column_ref = [&](const pg_query::Node& node) -> std::optional<size_t> {
+      std::optional<Column> c = ColumnOf(node);
+      if (!c.has_value() || c->qualifier.empty()) return std::nullopt;
+      auto it = by_qualifier.find(c->qualifier);
+      if (it == by_qualifier.end()) return std::nullopt;
+      if (config.sharded_tables.at(table(it->second)) != c->name) return std::nullopt;
+      return it->second;
+    };
+    auto join_on = [&](const pg_query::Node& cond) {
+      std::vector<const pg_query::Node*> parts;
+      Conjuncts(cond, &parts);
+      for (const pg_query::Node* p : parts) {
+        if (!p->has_a_expr() || !IsOperator(p->a_expr(), "=")) continue;
+        std::optional<size_t> l = shard_column_ref(p->a_expr().lexpr());
+        std::optional<size_t> r = shard_column_ref(p->a_expr().rexpr());
+        if (l.has_value() && r.has_value()) parent[find(*l)] = find(*r);
+      }
+    };
+    ForEach<pg_query::SelectStmt>(a.tree, [&](const pg_query::SelectStmt& s) {
+      if (s.has_where_clause()) join_on(s.where_clause());
+    });
+    const pg_query::Node& root = a.tree.stmts(0).stmt();
+    if (root.has_update_stmt() && root.update_stmt().has_where_clause()) {
+      join_on(root.update_stmt().where_clause());
+    }
+    if (root.has_delete_stmt() && root.delete_stmt().has_where_clause()) {
+      join_on(root.delete_stmt().where_clause());
+    }
+    ForEach<pg_query::JoinExpr>(a.tree, [&](const pg_query::JoinExpr& j) {
+      if (j.has_quals()) join_on(j.quals());
+      if (j.using_clause_size() > 0 && j.larg().has_range_var() && j.rarg().has_range_var()) {
+        auto ref = [&](const pg_query::RangeVar& rv) -> std::optional<size_t> {
+          auto it = by_qualifier.find(rv.has_alias() ? rv.alias().aliasname() : rv.relname());
+          if (it == by_qualifier.end()) return std::nullopt;
+          return it->second;
+        };
+        std::optional<size_t> l = ref(j.larg().range_var()), r = ref(j.rarg().range_var());
+        if (!l || !r) return;
+        const std::string& lc = config.sharded_tables.at(table(*l));
+        if (lc != config.sharded_tables.at(table(*r))) return;
+        for (const pg_query::Node& u : j.using_clause()) {
+          if (u.has_string() && u.string().sval() == lc) parent[find(*l)] = find(*r);
+        }
+      }
+    });
+    for (size_t i = 1; i < n; ++i) {
+      if (find(i) != find(0)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the statement joins sharded tables ", table(0), " and ", table(i),
+            " across shards; join them on their shard columns (", qualifier(0), ".",
+            config.sharded_tables.at(table(0)), " = ", qualifier(i), ".",
+            config.sharded_tables.at(table(i)), ")"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // How a read runs on several tables and is merged; an error if it cannot.
+  absl::Status PlanScatter(Analysis* a) const {
+    const pg_query::SelectStmt& s = a->tree.stmts(0).stmt().select_stmt();
+    if (s.op() != pg_query::SETOP_NONE) {
+      return absl::InvalidArgumentError(
+          "UNION, INTERSECT and EXCEPT over sharded tables need the shard key");
+    }
+    if (s.has_having_clause()) {
+      return absl::InvalidArgumentError(
+          "HAVING over sharded tables needs the shard key (it would filter each shard's part of a "
+          "group)");
+    }
+    bool top_level_sharded = false;
+    std::function<void(const pg_query::Node&)> from = [&](const pg_query::Node& n) {
+      if (n.has_range_var() && config.sharded_tables.count(n.range_var().relname()) > 0) {
+        top_level_sharded = true;
+      }
+      if (n.has_join_expr()) {
+        from(n.join_expr().larg());
+        from(n.join_expr().rarg());
+      }
+    };
+    for (const pg_query::Node& n : s.from_clause()) from(n);
+    if (!top_level_sharded) {
+      return absl::InvalidArgumentError(
+          "a sharded table read only in a subquery cannot be read across shards; read it in the "
+          "outer query's FROM, joined on its shard column");
+    }
+    auto plan = std::make_shared<MergePlan>();
+    if (s.distinct_clause_size() > 0) {
+      if (s.distinct_clause_size() != 1 ||
+          s.distinct_clause(0).node_case() != pg_query::Node::NODE_NOT_SET) {
+        return absl::InvalidArgumentError("DISTINCT ON over sharded tables needs the shard key");
+      }
+      plan->distinct = true;
+    }
+    if (s.limit_option() == pg_query::LIMIT_OPTION_WITH_TIES) {
+      return absl::InvalidArgumentError("FETCH ... WITH TIES over sharded tables needs the shard key");
+    }
+
+    struct Target {
+      pg_query::Node val;
+      std::string name;  // output name ("" when unknown)
+      MergeOp op = MergeOp::kKeep;
+      bool hidden = false;
+    };
+    std::vector<Target> targets;
+    bool star = false;
+    for (const pg_query::Node& t : s.target_list()) {
+      if (!t.has_res_target()) continue;
+      const pg_query::ResTarget& rt = t.res_target();
+      Target x;
+      x.val = rt.val();
+      if (rt.val().has_column_ref()) {
+        const auto& f = rt.val().column_ref().fields();
+        if (!f.empty() && f[f.size() - 1].has_a_star()) star = true;
+      }
+      std::optional<Column> c = ColumnOf(rt.val());
+      x.name = !rt.name().empty() ? rt.name() : (c.has_value() ? c->name : "");
+      std::optional<MergeOp> op = AggregateOf(rt.val());
+      if (op.has_value()) {
+        const pg_query::FuncCall& f = rt.val().func_call();
+        if (f.agg_distinct()) {
+          return absl::InvalidArgumentError(
+              "an aggregate of DISTINCT values over sharded tables needs the shard key");
+        }
+        if (f.has_over()) {
+          return absl::InvalidArgumentError("window functions over sharded tables need the shard key");
+        }
+        x.op = *op;
+      }
+      // An aggregate inside an expression (sum(a) / count(*)) cannot be merged.
+      bool nested = false, window = false;
+      ForEach<pg_query::FuncCall>(rt.val(), [&](const pg_query::FuncCall& f) {
+        if (f.has_over()) window = true;
+        if (IsAggregateName(f) && &f != (rt.val().has_func_call() ? &rt.val().func_call() : nullptr)) {
+          nested = true;
+        }
+      });
+      if (window) {
+        return absl::InvalidArgumentError("window functions over sharded tables need the shard key");
+      }
+      if (nested) {
+        return absl::InvalidArgumentError(
+            "an aggregate inside an expression over sharded tables needs the shard key; select "
+            "the aggregates themselves and compute with them afterwards");
+      }
+      targets.push_back(std::move(x));
+    }
+    const size_t visible = targets.size();
+    bool aggregate = s.group_clause_size() > 0;
+    for (const Target& t : targets) aggregate = aggregate || t.op != MergeOp::kKeep;
+    if (aggregate && star) {
+      return absl::InvalidArgumentError("SELECT * with aggregates over sharded tables is not supported");
+    }
+
+    // Finds or adds the target an ORDER BY / GROUP BY expression names.
+    auto target_for = [&](const pg_query::Node& n, bool order) -> absl::StatusOr<int> {
+      if (n.has_a_const() && n.a_const().has_ival()) {
+        int k = n.a_const().ival().ival();
+        if (star) {
+          return absl::InvalidArgumentError(
+              "ORDER BY or GROUP BY a position after SELECT * over sharded tables is not "
+              "supported; name the column");
+        }
+        if (k < 1 || k > static_cast<int>(visible)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("position ", k, " is not in the select list"));
+        }
+        return k - 1;
+      }
+      std::string fp = Fingerprint(n);
+      for (size_t i = 0; i < targets.size(); ++i) {
+        if (Fingerprint(targets[i].val) == fp) return static_cast<int>(i);
+      }
+      std::optional<Column> c = ColumnOf(n);
+      if (order && c.has_value() && c->qualifier.empty()) {
+        for (size_t i = 0; i < visible; ++i) {
+          if (targets[i].name == c->name) return static_cast<int>(i);
+        }
+      }
+      if (star && c.has_value() && c->qualifier.empty()) return -1;  // by name in the result
+      Target x;
+      x.val = n;
+      x.hidden = true;
+      std::optional<MergeOp> op = AggregateOf(n);
+      if (op.has_value()) x.op = *op;
+      targets.push_back(std::move(x));
+      return static_cast<int>(targets.size() - 1);
+    };
+
+    std::vector<int> group_index;
+    for (const pg_query::Node& g : s.group_clause()) {
+      if (g.has_grouping_set()) {
+        return absl::InvalidArgumentError(
+            "ROLLUP, CUBE and GROUPING SETS over sharded tables need the shard key");
+      }
+      absl::StatusOr<int> i = target_for(g, false);
+      if (!i.ok()) return i.status();
+      group_index.push_back(*i);
+    }
+    if (aggregate) {
+      for (size_t i = 0; i < visible; ++i) {
+        if (targets[i].op == MergeOp::kKeep &&
+            std::find(group_index.begin(), group_index.end(), static_cast<int>(i)) ==
+                group_index.end()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "select list item ", i + 1, (targets[i].name.empty() ? "" : " ("),
+              targets[i].name, (targets[i].name.empty() ? "" : ")"),
+              " is neither an aggregate nor in GROUP BY, so shards' rows cannot be merged"));
+        }
+      }
+    }
+    std::vector<std::pair<int, const pg_query::SortBy*>> order_index;
+    for (const pg_query::Node& o : s.sort_clause()) {
+      if (!o.has_sort_by()) continue;
+      const pg_query::SortBy& sb = o.sort_by();
+      if (sb.sortby_dir() == pg_query::SORTBY_USING) {
+        return absl::InvalidArgumentError("ORDER BY ... USING over sharded tables is not supported");
+      }
+      absl::StatusOr<int> i = target_for(sb.node(), true);
+      if (!i.ok()) return i.status();
+      if (aggregate && *i >= 0 && targets[*i].hidden && targets[*i].op == MergeOp::kKeep &&
+          std::find(group_index.begin(), group_index.end(), *i) == group_index.end()) {
+        return absl::InvalidArgumentError(
+            "ORDER BY over sharded tables with aggregates must name an aggregate or a GROUP BY "
+            "expression");
+      }
+      order_index.emplace_back(*i, &sb);
+    }
+    // AVG is merged from hidden SUM and COUNT of the same argument.
+    std::vector<std::pair<int, int>> avg_parts_index(targets.size(), {-1, -1});
+    const size_t before_avg = targets.size();
+    for (size_t i = 0; i < before_avg; ++i) {
+      if (targets[i].op != MergeOp::kAvg) continue;
+      for (const char* name : {"sum", "count"}) {
+        Target x;
+        x.val = targets[i].val;
+        pg_query::FuncCall* f = x.val.mutable_func_call();
+        f->clear_funcname();
+        f->add_funcname()->mutable_string()->set_sval(name);
+        x.op = name[0] == 's' ? MergeOp::kSum : MergeOp::kCount;
+        x.hidden = true;
+        targets.push_back(std::move(x));
+        (name[0] == 's' ? avg_parts_index[i].first : avg_parts_index[i].second) =
+            static_cast<int>(targets.size() - 1);
+      }
+    }
+    const int total = static_cast<int>(targets.size());
+    plan->aggregate = aggregate;
+    plan->hidden = total - static_cast<int>(visible);
+    if (plan->distinct && plan->hidden > 0) {
+      return absl::InvalidArgumentError(
+          "SELECT DISTINCT over sharded tables must select every ORDER BY and GROUP BY expression");
+    }
+    auto ref = [&](int i, const pg_query::Node& n) {
+      ColumnRef r;
+      if (i < 0) {
+        r.name = ColumnOf(n)->name;
+      } else if (star) {
+        if (i < static_cast<int>(visible)) {
+          r.name = targets[i].name;  // a named item beside the *
+        } else {
+          r.from_end = total - i;
+        }
+      } else {
+        r.index = i;
+      }
+      return r;
+    };
+    if (aggregate) {
+      plan->ops.resize(total);
+      plan->avg_parts.resize(total);
+      for (int i = 0; i < total; ++i) {
+        plan->ops[i] = targets[i].op;
+        if (targets[i].op == MergeOp::kAvg) {
+          plan->avg_parts[i] = {total - avg_parts_index[i].first, total - avg_parts_index[i].second};
+        }
+      }
+      for (size_t g = 0; g < group_index.size(); ++g) {
+        plan->group_by.push_back(ref(group_index[g], s.group_clause(static_cast<int>(g))));
+      }
+    }
+    for (const auto& [i, sb] : order_index) {
+      SortKey k;
+      k.column = ref(i, sb->node());
+      k.descending = sb->sortby_dir() == pg_query::SORTBY_DESC;
+      if (sb->sortby_nulls() == pg_query::SORTBY_NULLS_FIRST) k.nulls_first = true;
+      if (sb->sortby_nulls() == pg_query::SORTBY_NULLS_LAST) k.nulls_first = false;
+      plan->order_by.push_back(k);
+    }
+    auto bound = [&](const pg_query::Node& n, const char* what) -> absl::StatusOr<std::optional<Bound>> {
+      if (n.node_case() == pg_query::Node::NODE_NOT_SET) return std::optional<Bound>();
+      if (n.has_a_const()) {
+        if (n.a_const().isnull()) return std::optional<Bound>();  // LIMIT ALL
+        if (n.a_const().has_ival()) {
+          return std::optional<Bound>(Bound{n.a_const().ival().ival(), 0});
+        }
+      }
+      if (n.has_param_ref()) return std::optional<Bound>(Bound{0, n.param_ref().number()});
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " over sharded tables must be an integer constant or a parameter"));
+    };
+    absl::StatusOr<std::optional<Bound>> limit = bound(s.limit_count(), "LIMIT");
+    if (!limit.ok()) return limit.status();
+    absl::StatusOr<std::optional<Bound>> offset = bound(s.limit_offset(), "OFFSET");
+    if (!offset.ok()) return offset.status();
+    plan->limit = *limit;
+    plan->offset = *offset;
+
+    // The statement each shard runs.
+    a->scatter_tree = a->tree;
+    pg_query::SelectStmt* out =
+        a->scatter_tree.mutable_stmts(0)->mutable_stmt()->mutable_select_stmt();
+    for (int i = static_cast<int>(visible); i < total; ++i) {
+      pg_query::ResTarget* rt = out->add_target_list()->mutable_res_target();
+      rt->set_name(absl::StrCat(kHiddenPrefix, i - visible + 1));
+      *rt->mutable_val() = targets[i].val;
+    }
+    if (aggregate) {
+      out->clear_sort_clause();
+      out->clear_limit_count();
+      out->clear_limit_offset();
+    } else if (plan->limit.has_value() || plan->offset.has_value()) {
+      a->limit_per_call = (plan->limit.has_value() && plan->limit->param != 0) ||
+                          (plan->offset.has_value() && plan->offset->param != 0);
+      if (!a->limit_per_call) {
+        absl::Status st = SetShardLimit(out, *plan, {});
+        if (!st.ok()) return st;
+      }
+    }
+    a->merge = std::move(plan);
+    return absl::OkStatus();
+  }
+
+  // Each shard returns up to offset+limit rows, from its first.
+  static absl::Status SetShardLimit(pg_query::SelectStmt* s, const MergePlan& plan,
+                                    const std::vector<Value>& params) {
+    s->clear_limit_offset();
+    if (!plan.limit.has_value()) {
+      s->clear_limit_count();
+      return absl::OkStatus();
+    }
+    absl::StatusOr<int64_t> l = Resolve(*plan.limit, params);
+    if (!l.ok()) return l.status();
+    int64_t o = 0;
+    if (plan.offset.has_value()) {
+      absl::StatusOr<int64_t> r = Resolve(*plan.offset, params);
+      if (!r.ok()) return r.status();
+      o = *r;
+    }
+    int64_t n = *l + o;
+    if (n > INT32_MAX) {
+      s->clear_limit_count();
+    } else {
+      *s->mutable_limit_count() = IntConst(n);
+    }
+    return absl::OkStatus();
+  }
+
+  // ---- per call ---------------------------------------------------------
+
   // The text of a constant or parameter; nullopt for anything else.
-  absl::StatusOr<std::optional<std::string>> Value(const pg_query::Node& n,
-                                                   const std::vector<std::string>& params) const {
+  absl::StatusOr<std::optional<Value>> ValueOf(const pg_query::Node& n,
+                                               const std::vector<Value>& params) const {
     if (n.has_a_const()) {
       const pg_query::A_Const& c = n.a_const();
-      if (c.has_ival()) return std::optional<std::string>(std::to_string(c.ival().ival()));
-      if (c.has_sval()) return std::optional<std::string>(c.sval().sval());
-      if (c.has_fval()) return std::optional<std::string>(c.fval().fval());
-      return std::optional<std::string>();
+      if (c.has_ival()) return std::optional<Value>(int64_t{c.ival().ival()});
+      if (c.has_sval()) return std::optional<Value>(c.sval().sval());
+      if (c.has_fval()) return std::optional<Value>(c.fval().fval());
+      return std::optional<Value>();
     }
     if (n.has_param_ref()) {
       int k = n.param_ref().number();
@@ -95,22 +795,37 @@ class Router::Impl {
         return absl::InvalidArgumentError(
             absl::StrCat("the statement uses $", k, "; parameters given: ", params.size()));
       }
-      return std::optional<std::string>(params[k - 1]);
+      return std::optional<Value>(params[k - 1]);
     }
-    if (n.has_type_cast()) return Value(n.type_cast().arg(), params);
-    return std::optional<std::string>();
+    if (n.has_type_cast()) return ValueOf(n.type_cast().arg(), params);
+    return std::optional<Value>();
+  }
+
+  bool IsKeyColumn(const Analysis& a, const pg_query::Node& n) const {
+    std::optional<Column> c = ColumnOf(n);
+    if (!c.has_value()) return false;
+    for (const Column& k : a.key_columns) {
+      if (k.name != c->name) continue;
+      if (k.qualifier.empty() || c->qualifier.empty() || k.qualifier == c->qualifier) return true;
+    }
+    return false;
+  }
+
+  absl::StatusOr<std::optional<ShardSet>> Shards(const Value& v) const {
+    absl::StatusOr<int> shard = ShardOf(v);
+    if (!shard.ok()) return shard.status();
+    return std::optional<ShardSet>(ShardSet{*shard});
   }
 
   // The shards a WHERE clause confines the statement to; nullopt: any.
-  absl::StatusOr<std::optional<ShardSet>> Keys(const pg_query::Node& n,
-                                               const std::set<std::string>& columns,
-                                               const std::vector<std::string>& params) const {
+  absl::StatusOr<std::optional<ShardSet>> Keys(const Analysis& a, const pg_query::Node& n,
+                                               const std::vector<Value>& params) const {
     if (n.has_bool_expr()) {
       const pg_query::BoolExpr& b = n.bool_expr();
       if (b.boolop() == pg_query::AND_EXPR) {
         std::optional<ShardSet> out;
         for (const pg_query::Node& arg : b.args()) {
-          absl::StatusOr<std::optional<ShardSet>> k = Keys(arg, columns, params);
+          absl::StatusOr<std::optional<ShardSet>> k = Keys(a, arg, params);
           if (!k.ok()) return k.status();
           if (!k->has_value()) continue;
           if (!out.has_value()) {
@@ -127,7 +842,7 @@ class Router::Impl {
       if (b.boolop() == pg_query::OR_EXPR) {
         ShardSet all;
         for (const pg_query::Node& arg : b.args()) {
-          absl::StatusOr<std::optional<ShardSet>> k = Keys(arg, columns, params);
+          absl::StatusOr<std::optional<ShardSet>> k = Keys(a, arg, params);
           if (!k.ok()) return k.status();
           if (!k->has_value()) return std::optional<ShardSet>();
           all.insert((*k)->begin(), (*k)->end());
@@ -138,34 +853,26 @@ class Router::Impl {
     }
     if (!n.has_a_expr()) return std::optional<ShardSet>();
     const pg_query::A_Expr& e = n.a_expr();
-    bool is_eq = e.kind() == pg_query::AEXPR_OP && e.name_size() == 1 && e.name(0).has_string() &&
-                 e.name(0).string().sval() == "=";
-    if (is_eq) {
+    if (IsOperator(e, "=")) {
       for (int side = 0; side < 2; ++side) {
         const pg_query::Node& col = side == 0 ? e.lexpr() : e.rexpr();
         const pg_query::Node& val = side == 0 ? e.rexpr() : e.lexpr();
-        std::optional<std::string> name = ColumnName(col);
-        if (!name.has_value() || columns.count(*name) == 0) continue;
-        absl::StatusOr<std::optional<std::string>> v = Value(val, params);
+        if (!IsKeyColumn(a, col)) continue;
+        absl::StatusOr<std::optional<Value>> v = ValueOf(val, params);
         if (!v.ok()) return v.status();
         if (!v->has_value()) continue;
-        absl::StatusOr<int> shard = ShardOf(**v);
-        if (!shard.ok()) return shard.status();
-        return std::optional<ShardSet>(ShardSet{*shard});
+        return Shards(**v);
       }
       return std::optional<ShardSet>();
     }
     if (e.kind() == pg_query::AEXPR_IN) {
-      std::optional<std::string> name = ColumnName(e.lexpr());
-      if (!name.has_value() || columns.count(*name) == 0 || !e.rexpr().has_list()) {
-        return std::optional<ShardSet>();
-      }
+      if (!IsKeyColumn(a, e.lexpr()) || !e.rexpr().has_list()) return std::optional<ShardSet>();
       bool negated = e.name_size() == 1 && e.name(0).has_string() &&
                      e.name(0).string().sval() == "<>";  // NOT IN
       if (negated) return std::optional<ShardSet>();
       ShardSet out;
       for (const pg_query::Node& item : e.rexpr().list().items()) {
-        absl::StatusOr<std::optional<std::string>> v = Value(item, params);
+        absl::StatusOr<std::optional<Value>> v = ValueOf(item, params);
         if (!v.ok()) return v.status();
         if (!v->has_value()) return std::optional<ShardSet>();
         absl::StatusOr<int> shard = ShardOf(**v);
@@ -179,117 +886,140 @@ class Router::Impl {
 
   // `tree` with each sharded table renamed to its table in `shard`.
   absl::StatusOr<std::string> Rewrite(pg_query::ParseResult tree, int shard) const {
-    Walk(&tree, [&](Message* m) {
-      if (m->GetDescriptor() != pg_query::RangeVar::descriptor()) return;
-      auto* rv = static_cast<pg_query::RangeVar*>(m);
-      if (config.sharded_tables.count(rv->relname()) > 0) {
-        rv->set_relname(absl::StrFormat("%s_%02d", rv->relname(), shard));
-      }
-    });
+    const std::string& suffix = suffix_of[shard];
+    if (!suffix.empty()) {
+      Walk(&tree, [&](Message* m) {
+        if (m->GetDescriptor() == pg_query::RangeVar::descriptor()) {
+          auto* rv = static_cast<pg_query::RangeVar*>(m);
+          if (config.sharded_tables.count(rv->relname()) > 0) {
+            rv->set_relname(absl::StrCat(rv->relname(), suffix));
+          }
+        } else if (m->GetDescriptor() == pg_query::IndexStmt::descriptor()) {
+          auto* ix = static_cast<pg_query::IndexStmt*>(m);
+          if (!ix->idxname().empty() && config.sharded_tables.count(ix->relation().relname()) > 0) {
+            ix->set_idxname(absl::StrCat(ix->idxname(), suffix));
+          }
+        }
+      });
+    }
     return Deparse(tree);
   }
 
-  absl::StatusOr<std::vector<RoutedStatement>> Route(const std::string& sql,
-                                                     const std::vector<std::string>& params) const {
-    absl::StatusOr<std::shared_ptr<const Statement>> parsed = Parsed(sql);
-    if (!parsed.ok()) return parsed.status();
-    const pg_query::ParseResult& tree = (*parsed)->tree;
-    const pg_query::Node& root = tree.stmts(0).stmt();
-    bool write = root.has_insert_stmt() || root.has_update_stmt() || root.has_delete_stmt();
-    if (!write && !root.has_select_stmt()) {
-      return absl::InvalidArgumentError(
-          "only SELECT, INSERT, UPDATE and DELETE can be routed by shard");
+  // The cached text of the statement (plain or scattered) on a target.
+  absl::StatusOr<std::string> TextFor(Analysis& a, bool scatter, int target) const {
+    {
+      absl::MutexLock lock(&a.mu);
+      const std::string& t = scatter ? a.scatter_sql[target] : a.plain_sql[target];
+      if (!t.empty()) return t;
     }
-    // The tables it names: each must be known.
-    std::set<std::string> sharded;
-    absl::Status unknown;
-    pg_query::ParseResult copy = tree;
-    Walk(&copy, [&](Message* m) {
-      if (m->GetDescriptor() != pg_query::RangeVar::descriptor()) return;
-      const auto* rv = static_cast<const pg_query::RangeVar*>(m);
-      if (config.sharded_tables.count(rv->relname()) > 0) {
-        sharded.insert(rv->relname());
-      } else if (config.broadcast_tables.count(rv->relname()) == 0 && unknown.ok()) {
-        unknown = absl::InvalidArgumentError(
-            absl::StrCat("unknown table '", rv->relname(),
-                         "': it is neither sharded nor broadcast in the config"));
-      }
-    });
-    if (!unknown.ok()) return unknown;
-    if (root.has_insert_stmt() &&
-        !(root.insert_stmt().select_stmt().has_select_stmt() &&
-          root.insert_stmt().select_stmt().select_stmt().values_lists_size() > 0)) {
-      return absl::InvalidArgumentError(absl::StrCat("INSERT into ",
-                                                     root.insert_stmt().relation().relname(),
-                                                     " must give its rows as VALUES"));
-    }
-    std::vector<RoutedStatement> out;
-    if (sharded.empty()) {
-      // Broadcast tables only: a read goes to one database, a write to all.
-      absl::StatusOr<std::string> text = Deparse(tree);
+    absl::StatusOr<std::string> text =
+        Rewrite(scatter ? a.scatter_tree : a.tree, target_shard[target]);
+    if (!text.ok()) return text.status();
+    absl::MutexLock lock(&a.mu);
+    (scatter ? a.scatter_sql[target] : a.plain_sql[target]) = *text;
+    return text;
+  }
+
+  absl::StatusOr<Routing> Route(const std::string& sql, const std::vector<Value>& params) const {
+    absl::StatusOr<std::shared_ptr<Analysis>> analyzed = Analyzed(sql);
+    if (!analyzed.ok()) return analyzed.status();
+    Analysis& a = **analyzed;
+    if (!a.error.ok()) return a.error;
+    Routing out;
+    out.kind = a.kind;
+    out.locking = a.locking;
+    const pg_query::Node& root = a.tree.stmts(0).stmt();
+
+    if (a.broadcast_only) {
+      // A read goes to any one database, a write or DDL to all.
+      absl::StatusOr<std::string> text = Deparse(a.tree);
       if (!text.ok()) return text.status();
-      for (int db = 0; db < (write ? config.databases : 1); ++db) {
-        out.push_back(RoutedStatement{db * kLogicalShards / config.databases, db, *text});
+      out.any_database = a.kind == StatementKind::kRead;
+      for (int db = 0; db < (out.any_database ? 1 : config.databases); ++db) {
+        out.statements.push_back(RoutedStatement{-1, db, *text});
       }
       return out;
     }
-    if (sharded.size() > 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the statement joins sharded tables ", absl::StrJoin(sharded, ", "),
-                       " across shards; join a sharded table only with broadcast tables"));
+
+    std::optional<ShardSet> shards;
+    if (a.kind == StatementKind::kDdl) {
+      // every table
+    } else if (root.has_insert_stmt()) {
+      return RouteInsert(a, params, std::move(out));
+    } else {
+      const pg_query::Node* where = nullptr;
+      if (root.has_update_stmt() && root.update_stmt().has_where_clause()) {
+        where = &root.update_stmt().where_clause();
+      } else if (root.has_delete_stmt() && root.delete_stmt().has_where_clause()) {
+        where = &root.delete_stmt().where_clause();
+      } else if (root.has_select_stmt() && root.select_stmt().has_where_clause()) {
+        where = &root.select_stmt().where_clause();
+      }
+      if (where != nullptr) {
+        absl::StatusOr<std::optional<ShardSet>> k = Keys(a, *where, params);
+        if (!k.ok()) return k.status();
+        shards = *k;
+      }
+      if (!shards.has_value() && a.kind == StatementKind::kWrite && config.writes_need_shard_key) {
+        const std::string& table = *a.sharded.begin();
+        const std::string& column = config.sharded_tables.at(table);
+        return absl::InvalidArgumentError(absl::StrCat(
+            root.has_update_stmt() ? "UPDATE" : "DELETE", " on ", table,
+            " without its shard key (", column, " = ... or ", column,
+            " IN (...)) would touch every shard; the config requires the key for writes"));
+      }
     }
-    const std::string& table = *sharded.begin();
-    const std::string& column = config.sharded_tables.at(table);
-    std::set<std::string> columns = {column};
-
-    if (root.has_insert_stmt()) return RouteInsert(tree, table, column, params);
-
-    const pg_query::Node* where = nullptr;
-    if (root.has_update_stmt()) {
-      for (const pg_query::Node& t : root.update_stmt().target_list()) {
-        if (t.has_res_target() && t.res_target().name() == column) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("UPDATE may not change the shard column ", table, ".", column,
-                           ": the row would belong to another shard"));
+    // Keys that contradict each other (a = 1 AND a = 2) match no row; one
+    // table answers (nothing) so that aggregates still answer.
+    std::vector<int> targets;
+    if (!shards.has_value()) {
+      targets.resize(target_shard.size());
+      std::iota(targets.begin(), targets.end(), 0);
+    } else if (shards->empty()) {
+      targets.push_back(0);
+    } else {
+      for (int s : *shards) {
+        if (targets.empty() || targets.back() != target_of[s]) {
+          if (std::find(targets.begin(), targets.end(), target_of[s]) == targets.end()) {
+            targets.push_back(target_of[s]);
+          }
         }
       }
-      if (root.update_stmt().has_where_clause()) where = &root.update_stmt().where_clause();
-    } else if (root.has_delete_stmt()) {
-      if (root.delete_stmt().has_where_clause()) where = &root.delete_stmt().where_clause();
-    } else if (root.select_stmt().has_where_clause()) {
-      where = &root.select_stmt().where_clause();
+      std::sort(targets.begin(), targets.end());
     }
-    std::optional<ShardSet> shards;
-    if (where != nullptr) {
-      absl::StatusOr<std::optional<ShardSet>> k = Keys(*where, columns, params);
-      if (!k.ok()) return k.status();
-      shards = *k;
+    bool scatter = a.kind == StatementKind::kRead && targets.size() > 1;
+    if (scatter) {
+      if (!a.scatter_error.ok()) return a.scatter_error;
+      out.merge = a.merge;
     }
-    if (!shards.has_value() && !root.has_select_stmt() && config.writes_need_shard_key) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          root.has_update_stmt() ? "UPDATE" : "DELETE", " on ", table, " without its shard key (",
-          column, " = ... or ", column,
-          " IN (...)) would touch every shard; the config requires the key for writes"));
-    }
-    // No key: every shard. Keys that contradict each other: every shard too
-    // (each finds nothing), so that aggregates still answer.
-    if (!shards.has_value() || shards->empty()) {
-      shards = ShardSet();
-      for (int s = 0; s < kLogicalShards; ++s) shards->insert(s);
-    }
-    for (int s : *shards) {
-      absl::StatusOr<std::string> text = Rewrite(tree, s);
+    for (int t : targets) {
+      absl::StatusOr<std::string> text;
+      if (scatter && a.limit_per_call) {
+        pg_query::ParseResult tree = a.scatter_tree;
+        absl::Status st = SetShardLimit(
+            tree.mutable_stmts(0)->mutable_stmt()->mutable_select_stmt(), *a.merge, params);
+        if (!st.ok()) return st;
+        text = Rewrite(std::move(tree), target_shard[t]);
+      } else {
+        text = TextFor(a, scatter, t);
+      }
       if (!text.ok()) return text.status();
-      out.push_back(RoutedStatement{s, DatabaseOf(s), *text});
+      out.statements.push_back(
+          RoutedStatement{target_shard[t], database_of[target_shard[t]], *std::move(text)});
     }
     return out;
   }
 
-  // Each row goes to its user's shard; rows of one shard stay together.
-  absl::StatusOr<std::vector<RoutedStatement>> RouteInsert(
-      const pg_query::ParseResult& tree, const std::string& table, const std::string& column,
-      const std::vector<std::string>& params) const {
-    const pg_query::InsertStmt& ins = tree.stmts(0).stmt().insert_stmt();
+  // Each row goes to its user's shard; rows of one table stay together.
+  absl::StatusOr<Routing> RouteInsert(Analysis& a, const std::vector<Value>& params,
+                                      Routing out) const {
+    const pg_query::InsertStmt& ins = a.tree.stmts(0).stmt().insert_stmt();
+    const std::string& table = ins.relation().relname();
+    if (config.sharded_tables.count(table) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "INSERT into broadcast table ", table, " may not read sharded tables"));
+    }
+    const std::string& column = config.sharded_tables.at(table);
     int index = -1;
     for (int i = 0; i < ins.cols_size(); ++i) {
       if (ins.cols(i).has_res_target() && ins.cols(i).res_target().name() == column) index = i;
@@ -298,12 +1028,7 @@ class Router::Impl {
       return absl::InvalidArgumentError(
           absl::StrCat("INSERT into ", table, " must name its shard column ", column));
     }
-    if (!ins.select_stmt().has_select_stmt() ||
-        ins.select_stmt().select_stmt().values_lists_size() == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("INSERT into ", table, " must give its rows as VALUES"));
-    }
-    std::map<int, std::vector<int>> rows;  // shard -> row indexes
+    std::map<int, std::vector<int>> rows;  // target -> row indexes
     const auto& values = ins.select_stmt().select_stmt().values_lists();
     for (int r = 0; r < values.size(); ++r) {
       const pg_query::List& row = values.Get(r).list();
@@ -311,7 +1036,7 @@ class Router::Impl {
         return absl::InvalidArgumentError(
             absl::StrCat("INSERT row ", r + 1, " has ", row.items_size(), " values"));
       }
-      absl::StatusOr<std::optional<std::string>> v = Value(row.items(index), params);
+      absl::StatusOr<std::optional<Value>> v = ValueOf(row.items(index), params);
       if (!v.ok()) return v.status();
       if (!v->has_value()) {
         return absl::InvalidArgumentError(absl::StrCat("INSERT row ", r + 1, ": the shard column ",
@@ -320,60 +1045,51 @@ class Router::Impl {
       }
       absl::StatusOr<int> shard = ShardOf(**v);
       if (!shard.ok()) return shard.status();
-      rows[*shard].push_back(r);
+      rows[target_of[*shard]].push_back(r);
     }
-    std::vector<RoutedStatement> out;
-    for (const auto& [shard, indexes] : rows) {
-      pg_query::ParseResult part = tree;
-      auto* lists = part.mutable_stmts(0)
-                        ->mutable_stmt()
-                        ->mutable_insert_stmt()
-                        ->mutable_select_stmt()
-                        ->mutable_select_stmt()
-                        ->mutable_values_lists();
-      google::protobuf::RepeatedPtrField<pg_query::Node> kept;
-      for (int r : indexes) *kept.Add() = values.Get(r);
-      lists->Swap(&kept);
-      absl::StatusOr<std::string> text = Rewrite(std::move(part), shard);
+    for (const auto& [target, indexes] : rows) {
+      absl::StatusOr<std::string> text;
+      if (rows.size() == 1) {
+        text = TextFor(a, false, target);
+      } else {
+        pg_query::ParseResult part = a.tree;
+        auto* lists = part.mutable_stmts(0)
+                          ->mutable_stmt()
+                          ->mutable_insert_stmt()
+                          ->mutable_select_stmt()
+                          ->mutable_select_stmt()
+                          ->mutable_values_lists();
+        google::protobuf::RepeatedPtrField<pg_query::Node> kept;
+        for (int r : indexes) *kept.Add() = values.Get(r);
+        lists->Swap(&kept);
+        text = Rewrite(std::move(part), target_shard[target]);
+      }
       if (!text.ok()) return text.status();
-      out.push_back(RoutedStatement{shard, DatabaseOf(shard), *text});
+      int shard = target_shard[target];
+      out.statements.push_back(RoutedStatement{shard, database_of[shard], *std::move(text)});
     }
     return out;
   }
-
-  int DatabaseOf(int shard) const { return shard * config.databases / kLogicalShards; }
 };
 
 absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterConfig config) {
-  if (config.sharded_tables.empty() && config.broadcast_tables.empty()) {
-    return absl::InvalidArgumentError("the DDS config names no tables");
-  }
-  if (config.databases < 1 || config.databases > kLogicalShards) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("databases must be 1 to ", kLogicalShards, ", not ", config.databases));
-  }
-  for (const auto& [table, column] : config.sharded_tables) {
-    if (config.broadcast_tables.count(table) > 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("table '", table, "' cannot be both sharded and broadcast"));
-    }
-    if (column.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("table '", table, "' needs a shard column"));
-    }
-  }
   auto impl = std::make_unique<Impl>();
   impl->config = std::move(config);
+  absl::Status st = impl->Init();
+  if (!st.ok()) return st;
   return std::unique_ptr<Router>(new Router(std::move(impl)));
 }
 
 Router::Router(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Router::~Router() = default;
 
-absl::StatusOr<std::vector<RoutedStatement>> Router::Route(
-    const std::string& sql, const std::vector<std::string>& params) const {
+absl::StatusOr<Routing> Router::Route(const std::string& sql,
+                                      const std::vector<Value>& params) const {
   return impl_->Route(sql, params);
 }
 
-int Router::DatabaseOf(int shard) const { return impl_->DatabaseOf(shard); }
+absl::StatusOr<int> Router::ShardOf(const Value& key) const { return impl_->ShardOf(key); }
+int Router::DatabaseOf(int shard) const { return impl_->database_of[shard]; }
+const RouterConfig& Router::config() const { return impl_->config; }
 
 }  // namespace formica::dds

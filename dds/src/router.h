@@ -1,13 +1,15 @@
 // Router: where a statement on logical tables runs. Users are split into
-// 100 logical shards by the last two digits of their id; each logical shard
-// lives in one physical database, in tables named <logical>_<shard, 2
-// digits>. The router finds the shard key in the statement (WHERE col = v,
-// col IN (...), INSERT values, UPDATE and DELETE), rewrites logical table
-// names to physical ones, and returns one statement per shard it must run
-// on: one for a keyed statement, one per shard touched by a multi-row
-// INSERT, every shard when no key is given. What it cannot route right is
-// refused with a clear error, never run wrong. Thread-safe; each distinct
-// statement text is parsed once.
+// logical shards by a shard function of their id (the last two digits by
+// default); each logical shard lives in one physical database, in tables
+// named <logical><suffix>. The router finds the shard key in the statement
+// (WHERE col = v, col IN (...), INSERT values, UPDATE and DELETE), rewrites
+// logical table names to physical ones, and returns one statement per
+// physical table it must run on: one for a keyed statement, one per shard
+// touched by a multi-row INSERT, every table when no key is given. A read
+// that runs on more than one table comes with its merge plan, and its
+// statements are rewritten so the shards' answers can be merged. What it
+// cannot route right is refused with a clear error, never run wrong.
+// Thread-safe; each distinct statement text is parsed and analysed once.
 #pragma once
 
 #include <map>
@@ -17,44 +19,64 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "formica/dds/data_source.h"
+#include "merge.h"
 
 namespace formica::dds {
-
-inline constexpr int kLogicalShards = 100;
 
 struct RouterConfig {
   // Sharded logical tables: name -> shard column (the user id).
   std::map<std::string, std::string> sharded_tables;
+  // Tables sharded alike, joinable on their shard columns within a shard.
+  std::vector<std::set<std::string>> binding_groups;
   // Copied to every database: never renamed, joinable with anything.
   std::set<std::string> broadcast_tables;
-  int databases = 1;  // logical shard s lives in database s * databases / 100
+  int shards = 100;
+  ShardFunction function = ShardFunction::kLastTwoDigits;
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  int databases = 1;
+  // Logical shard -> database; empty: shard s in database s * databases / shards.
+  std::vector<int> shard_database;
+  std::string table_suffix = "_{shard}";
   // UPDATE and DELETE without the shard key are refused (they would touch
   // every shard); false lets them run everywhere.
   bool writes_need_shard_key = true;
 };
 
+enum class StatementKind { kRead, kWrite, kDdl };
+
 struct RoutedStatement {
-  int shard = 0;     // logical shard 0..99
+  int shard = 0;     // a logical shard the physical table holds
   int database = 0;  // physical database index
   std::string sql;   // with physical table names
 };
 
-// The logical shard of a user id: its last two decimal digits. An id that
+struct Routing {
+  StatementKind kind = StatementKind::kRead;
+  // A read of broadcast tables only: any one database will do.
+  bool any_database = false;
+  bool locking = false;  // SELECT ... FOR UPDATE/SHARE: the primary
+  std::vector<RoutedStatement> statements;  // one per physical table, in shard order
+  // Set for a read that runs on more than one physical table.
+  std::shared_ptr<const MergePlan> merge;
+};
+
+// The logical shard of a user id by the last two decimal digits. An id that
 // does not end in two digits is INVALID_ARGUMENT.
-absl::StatusOr<int> ShardOf(const std::string& user_id);
+absl::StatusOr<int> LastTwoDigits(const std::string& user_id);
 
 class Router {
  public:
-  // INVALID_ARGUMENT for a config that cannot work (no tables, a table both
-  // sharded and broadcast, databases outside 1..100).
+  // INVALID_ARGUMENT for a config that cannot work.
   static absl::StatusOr<std::unique_ptr<Router>> Create(RouterConfig config);
   ~Router();
 
-  // `params` are the values of $1, $2, ... as text. In shard order.
-  absl::StatusOr<std::vector<RoutedStatement>> Route(const std::string& sql,
-                                                     const std::vector<std::string>& params) const;
+  // `params` are the values of $1, $2, ...
+  absl::StatusOr<Routing> Route(const std::string& sql, const std::vector<Value>& params) const;
 
+  absl::StatusOr<int> ShardOf(const Value& key) const;
   int DatabaseOf(int shard) const;
+  const RouterConfig& config() const;
 
   class Impl;
 

@@ -17,7 +17,8 @@ namespace {
 
 std::unique_ptr<Router> FundRouter() {
   RouterConfig c;
-  c.sharded_tables = {{"orders", "user_id"}, {"accounts", "user_id"}};
+  c.sharded_tables = {{"orders", "user_id"}, {"accounts", "user_id"}, {"payments", "payer"}};
+  c.binding_groups = {{"orders", "accounts"}};
   c.broadcast_tables = {"funds"};
   c.databases = 4;
   return std::move(*Router::Create(c));
@@ -76,7 +77,8 @@ TEST(Router, RoutesAndRewritesTheCorpus) {
   ASSERT_GE(cases.size(), 20u);
   for (const Case& c : cases) {
     SCOPED_TRACE(absl::StrCat("routing_cases.txt:", c.line, ": ", c.sql));
-    auto routed = router->Route(c.sql, c.params);
+    std::vector<Value> params(c.params.begin(), c.params.end());
+    auto routed = router->Route(c.sql, params);
     if (!c.error.empty()) {
       ASSERT_FALSE(routed.ok()) << "routed, but should be refused";
       EXPECT_EQ(routed.status().code(), absl::StatusCode::kInvalidArgument);
@@ -85,18 +87,29 @@ TEST(Router, RoutesAndRewritesTheCorpus) {
     }
     ASSERT_TRUE(routed.ok()) << routed.status();
     std::vector<std::string> shards;
-    for (const RoutedStatement& r : *routed) shards.push_back(std::to_string(r.shard));
+    for (const RoutedStatement& r : routed->statements) {
+      shards.push_back(r.shard >= 0 ? std::to_string(r.shard) : absl::StrCat("db", r.database));
+    }
     if (c.route == "all") {
-      EXPECT_EQ(routed->size(), 100u);
+      EXPECT_EQ(routed->statements.size(), 100u);
     } else {
       EXPECT_EQ(absl::StrJoin(shards, ","), c.route);
     }
     for (const std::string& expected : c.rewritten) {
       std::pair<std::string, std::string> kv = absl::StrSplit(expected, absl::MaxSplits(": ", 1));
+      const auto& st = routed->statements;
+      if (absl::StartsWith(kv.first, "db")) {  // a broadcast table's database
+        int db = std::stoi(kv.first.substr(2));
+        auto it = std::find_if(st.begin(), st.end(),
+                               [&](const RoutedStatement& r) { return r.database == db; });
+        ASSERT_NE(it, st.end()) << "no statement for database " << db;
+        EXPECT_EQ(it->sql, kv.second);
+        continue;
+      }
       int shard = std::stoi(kv.first);
-      auto it = std::find_if(routed->begin(), routed->end(),
+      auto it = std::find_if(st.begin(), st.end(),
                              [&](const RoutedStatement& r) { return r.shard == shard; });
-      ASSERT_NE(it, routed->end()) << "no statement for shard " << shard;
+      ASSERT_NE(it, st.end()) << "no statement for shard " << shard;
       EXPECT_EQ(it->sql, kv.second);
       EXPECT_EQ(it->database, shard * 4 / 100);
     }
@@ -104,10 +117,53 @@ TEST(Router, RoutesAndRewritesTheCorpus) {
 }
 
 TEST(Router, ShardOfIsTheLastTwoDigits) {
-  EXPECT_EQ(*ShardOf("20881234"), 34);
-  EXPECT_EQ(*ShardOf("07"), 7);
-  EXPECT_FALSE(ShardOf("7").ok());
-  EXPECT_FALSE(ShardOf("user-ab").ok());
+  auto router = FundRouter();
+  EXPECT_EQ(*router->ShardOf(std::string("20881234")), 34);
+  EXPECT_EQ(*router->ShardOf(int64_t{20881234}), 34);
+  EXPECT_EQ(*router->ShardOf(std::string("07")), 7);
+  EXPECT_FALSE(router->ShardOf(std::string("7")).ok());
+  EXPECT_FALSE(router->ShardOf(std::string("user-ab")).ok());
+  EXPECT_FALSE(router->ShardOf(Value()).ok());
+}
+
+TEST(Router, ModuloAndRangeShardFunctions) {
+  RouterConfig m;
+  m.sharded_tables = {{"t", "id"}};
+  m.shards = 8;
+  m.function = ShardFunction::kModulo;
+  m.databases = 2;
+  auto modulo = std::move(*Router::Create(m));
+  EXPECT_EQ(*modulo->ShardOf(int64_t{13}), 5);
+  EXPECT_EQ(*modulo->ShardOf(int64_t{-3}), 5);
+  EXPECT_EQ(modulo->DatabaseOf(5), 1);
+  auto routed = modulo->Route("SELECT * FROM t WHERE id = 13", {});
+  ASSERT_TRUE(routed.ok()) << routed.status();
+  EXPECT_EQ(routed->statements[0].sql, "SELECT * FROM t_05 WHERE id = 13");
+
+  RouterConfig r = m;
+  r.shards = 2;
+  r.databases = 1;
+  r.function = ShardFunction::kRange;
+  r.ranges = {{0, 999}, {1000, 1999}};
+  auto range = std::move(*Router::Create(r));
+  EXPECT_EQ(*range->ShardOf(int64_t{1500}), 1);
+  EXPECT_THAT(std::string(range->ShardOf(int64_t{2000}).status().message()),
+              ::testing::HasSubstr("in no shard's range"));
+  r.ranges = {{0, 999}, {900, 1999}};
+  EXPECT_THAT(std::string(Router::Create(r).status().message()), ::testing::HasSubstr("overlap"));
+}
+
+TEST(Router, AnEmptySuffixRunsOnceOnEachDatabase) {
+  RouterConfig c;
+  c.sharded_tables = {{"orders", "user_id"}};
+  c.databases = 4;
+  c.table_suffix = "";
+  auto router = std::move(*Router::Create(c));
+  auto routed = router->Route("SELECT count(*) FROM orders", {});
+  ASSERT_TRUE(routed.ok()) << routed.status();
+  ASSERT_EQ(routed->statements.size(), 4u);
+  EXPECT_EQ(routed->statements[1].sql, "SELECT count(*) FROM orders");
+  EXPECT_NE(routed->merge, nullptr);
 }
 
 TEST(Router, BadConfigIsRefused) {
@@ -122,6 +178,11 @@ TEST(Router, BadConfigIsRefused) {
   many.sharded_tables = {{"t", "id"}};
   many.databases = 101;
   EXPECT_FALSE(Router::Create(many).ok());
+  RouterConfig digits;
+  digits.sharded_tables = {{"t", "id"}};
+  digits.shards = 16;
+  EXPECT_THAT(std::string(Router::Create(digits).status().message()),
+              ::testing::HasSubstr("needs 100 shards"));
 }
 
 }  // namespace

@@ -74,6 +74,9 @@ class ConfigReader {
   std::vector<std::string> StringList(absl::string_view path, std::vector<std::string> def);
   // Every scalar directly under `path` (a YAML map of plain values), by key.
   std::map<std::string, std::string> StringMap(absl::string_view path);
+  // The names of the keys directly under `path` (a YAML map of maps or
+  // values), sorted. Reading them marks nothing as read.
+  std::vector<std::string> Children(absl::string_view path) const;
 
   // Records a validation error for `path` found by the caller.
   void Fail(absl::string_view path, absl::string_view reason);

@@ -1,0 +1,96 @@
+// A physical database behind DDS, one interface with an implementation per
+// kind (SQLite, PostgreSQL), and the pool of connections DDS keeps to each.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "formica/dds/data_source.h"
+
+namespace formica::dds {
+
+// One connection; used by one thread at a time.
+class Connection {
+ public:
+  virtual ~Connection() = default;
+  // Runs one statement with $1, $2, ... bound to `params`. Errors name the
+  // database: INVALID_ARGUMENT for SQL the database refuses (syntax, no such
+  // table), FAILED_PRECONDITION for a broken constraint, ABORTED for a
+  // conflict worth retrying, UNAVAILABLE when the database cannot be reached.
+  virtual absl::StatusOr<ResultSet> Execute(const std::string& sql,
+                                            const std::vector<Value>& params) = 0;
+  // BEGIN, COMMIT, ROLLBACK.
+  virtual absl::Status Begin() = 0;
+  virtual absl::Status Commit() = 0;
+  virtual absl::Status Rollback() = 0;
+  // True after a failure that leaves the connection unusable; the pool
+  // drops it instead of handing it out again.
+  virtual bool broken() const = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  // `name` is the database's name in the config, for messages.
+  virtual absl::StatusOr<std::unique_ptr<Connection>> Connect(const std::string& name,
+                                                              const std::string& target,
+                                                              bool read_only) = 0;
+  // Where the database sorts NULLs by default: after every value
+  // (PostgreSQL) or before (SQLite).
+  virtual bool nulls_largest() const = 0;
+};
+
+std::unique_ptr<Backend> NewSqliteBackend();
+std::unique_ptr<Backend> NewPostgresBackend();
+
+// Up to `size` connections to one database, made on demand and reused.
+// Thread-safe.
+class ConnectionPool {
+ public:
+  ConnectionPool(Backend* backend, std::string name, std::string target, bool read_only, int size,
+                 absl::Duration wait);
+  ~ConnectionPool();
+
+  // A connection that goes back to the pool when the lease ends.
+  class Lease {
+   public:
+    Lease() = default;
+    Lease(ConnectionPool* pool, std::unique_ptr<Connection> c) : pool_(pool), c_(std::move(c)) {}
+    Lease(Lease&&) = default;
+    Lease& operator=(Lease&& o) noexcept {
+      Release();
+      pool_ = o.pool_;
+      c_ = std::move(o.c_);
+      return *this;
+    }
+    ~Lease() { Release(); }
+    Connection* operator->() const { return c_.get(); }
+    Connection* get() const { return c_.get(); }
+
+   private:
+    void Release();
+    ConnectionPool* pool_ = nullptr;
+    std::unique_ptr<Connection> c_;
+  };
+
+  // RESOURCE_EXHAUSTED when none is free within the pool's wait.
+  absl::StatusOr<Lease> Acquire();
+  const std::string& name() const { return name_; }
+
+ private:
+  void Return(std::unique_ptr<Connection> c);
+  Backend* const backend_;
+  const std::string name_, target_;
+  const bool read_only_;
+  const int size_;
+  const absl::Duration wait_;
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mu_);
+  int open_ ABSL_GUARDED_BY(mu_) = 0;  // idle + leased + being made
+};
+
+}  // namespace formica::dds

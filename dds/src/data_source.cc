@@ -1,0 +1,375 @@
+// ShardedDataSource: the router's statements run on pooled connections,
+// scatters fanned out on a bounded set of threads and merged.
+#include "formica/dds/data_source.h"
+
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/mutex.h"
+#include "backend.h"
+#include "merge.h"
+#include "router.h"
+
+namespace formica::dds {
+namespace {
+
+// A fixed set of threads that run the statements of scatters; at most
+// `threads` run at once whatever the number of callers.
+class FanOut {
+ public:
+  explicit FanOut(int threads) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+  }
+  ~FanOut() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    for (std::thread& t : threads_) t.join();
+  }
+  // Runs every task and returns when all are done.
+  void Run(std::vector<std::function<void()>> tasks) {
+    absl::BlockingCounter done(static_cast<int>(tasks.size()));
+    {
+      absl::MutexLock lock(&mu_);
+      for (auto& t : tasks) {
+        queue_.push_back([t = std::move(t), &done] {
+          t();
+          done.DecrementCount();
+        });
+      }
+    }
+    done.Wait();
+  }
+
+ private:
+  void Loop() {
+    while (true) {
+      std::function<void()> task;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](FanOut* f) ABSL_EXCLUSIVE_LOCKS_REQUIRED(f->mu_) {
+              return f->stop_ || !f->queue_.empty();
+            },
+            this));
+        if (queue_.empty()) return;
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();
+    }
+  }
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+struct Database {
+  std::string name;
+  std::unique_ptr<ConnectionPool> primary;
+  std::vector<std::unique_ptr<ConnectionPool>> replicas;
+  std::atomic<uint64_t> next_replica{0};
+};
+
+class DataSourceImpl;
+
+class TransactionImpl : public Transaction {
+ public:
+  TransactionImpl(DataSourceImpl* ds, int shard, int database, ConnectionPool::Lease lease)
+      : ds_(ds), shard_(shard), database_(database), lease_(std::move(lease)) {}
+  ~TransactionImpl() override {
+    if (open_) (void)lease_->Rollback();
+  }
+  absl::StatusOr<ResultSet> Execute(const std::string& sql,
+                                    const std::vector<Value>& params) override;
+  absl::Status Commit() override {
+    if (!open_) return absl::FailedPreconditionError("the transaction has already ended");
+    open_ = false;
+    absl::Status st = lease_->Commit();
+    if (!st.ok()) (void)lease_->Rollback();
+    lease_ = ConnectionPool::Lease();
+    return st;
+  }
+  absl::Status Rollback() override {
+    if (!open_) return absl::FailedPreconditionError("the transaction has already ended");
+    open_ = false;
+    absl::Status st = lease_->Rollback();
+    lease_ = ConnectionPool::Lease();
+    return st;
+  }
+  int shard() const override { return shard_; }
+  const std::string& database() const override;
+
+ private:
+  DataSourceImpl* const ds_;
+  const int shard_, database_;
+  ConnectionPool::Lease lease_;
+  bool open_ = true;
+};
+
+class DataSourceImpl : public ShardedDataSource {
+ public:
+  DataSourceImpl(DataSourceConfig config, std::unique_ptr<Router> router,
+                 std::unique_ptr<Backend> backend)
+      : config_(std::move(config)),
+        router_(std::move(router)),
+        backend_(std::move(backend)),
+        fanout_(config_.fanout) {}
+
+  absl::Status Connect() {
+    for (const DatabaseConfig& d : config_.databases) {
+      auto db = std::make_unique<Database>();
+      db->name = d.name;
+      db->primary = std::make_unique<ConnectionPool>(backend_.get(), d.name, d.target, false,
+                                                     d.pool, config_.pool_wait);
+      for (size_t i = 0; i < d.replicas.size(); ++i) {
+        db->replicas.push_back(std::make_unique<ConnectionPool>(
+            backend_.get(), absl::StrCat(d.name, " replica ", i + 1), d.replicas[i], true, d.pool,
+            config_.pool_wait));
+      }
+      // Reach every database (and replica) now, not at the first statement.
+      absl::StatusOr<ConnectionPool::Lease> l = db->primary->Acquire();
+      if (!l.ok()) return l.status();
+      for (auto& r : db->replicas) {
+        absl::StatusOr<ConnectionPool::Lease> rl = r->Acquire();
+        if (!rl.ok()) return rl.status();
+      }
+      databases_.push_back(std::move(db));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<ResultSet> Execute(const std::string& sql, const std::vector<Value>& params,
+                                    const ExecuteOptions& options) override {
+    absl::StatusOr<Routing> routing = router_->Route(sql, params);
+    if (!routing.ok()) return routing.status();
+    bool replica = routing->kind == StatementKind::kRead && !routing->locking && !options.primary;
+    if (routing->any_database) {
+      routing->statements[0].database =
+          static_cast<int>(next_database_.fetch_add(1) % databases_.size());
+    }
+    const std::vector<RoutedStatement>& statements = routing->statements;
+    if (statements.size() == 1) {
+      return RunOne(statements[0], params, replica);
+    }
+    std::vector<absl::StatusOr<ResultSet>> results(statements.size());
+    std::vector<std::function<void()>> tasks;
+    for (size_t i = 0; i < statements.size(); ++i) {
+      tasks.push_back(
+          [&, i] { results[i] = RunOne(statements[i], params, replica); });
+    }
+    fanout_.Run(std::move(tasks));
+    return Combine(*routing, std::move(results), params);
+  }
+
+  absl::StatusOr<ResultSet> Combine(const Routing& routing,
+                                    std::vector<absl::StatusOr<ResultSet>> results,
+                                    const std::vector<Value>& params) {
+    std::vector<ResultSet> parts;
+    std::vector<std::string> written, failed;
+    absl::Status first;
+    for (size_t i = 0; i < results.size(); ++i) {
+      const RoutedStatement& s = routing.statements[i];
+      std::string where = s.shard >= 0 ? absl::StrCat("shard ", s.shard)
+                                       : absl::StrCat("database ", databases_[s.database]->name);
+      if (results[i].ok()) {
+        written.push_back(where);
+        parts.push_back(*std::move(results[i]));
+      } else {
+        failed.push_back(where);
+        if (first.ok()) first = results[i].status();
+      }
+    }
+    if (!first.ok()) {
+      if (routing.kind == StatementKind::kRead || written.empty()) return first;
+      return absl::Status(first.code(),
+                          absl::StrCat("the statement ran on ", absl::StrJoin(written, ", "),
+                                       " but failed on ", absl::StrJoin(failed, ", "), ": ",
+                                       first.message()));
+    }
+    if (routing.merge != nullptr) {
+      return Merge(*routing.merge, std::move(parts), params, backend_->nulls_largest());
+    }
+    ResultSet out;
+    for (ResultSet& p : parts) {
+      if (out.columns.empty()) out.columns = p.columns;
+      out.rows_affected += p.rows_affected;
+      for (auto& row : p.rows) out.rows.push_back(std::move(row));
+    }
+    return out;
+  }
+
+  absl::StatusOr<ResultSet> RunOne(const RoutedStatement& s, const std::vector<Value>& params,
+                                   bool replica) {
+    Database& db = *databases_[s.database];
+    ConnectionPool* pool = db.primary.get();
+    if (replica && !db.replicas.empty()) {
+      pool = db.replicas[db.next_replica.fetch_add(1) % db.replicas.size()].get();
+    }
+    absl::StatusOr<ConnectionPool::Lease> lease = pool->Acquire();
+    if (!lease.ok()) return lease.status();
+    return (*lease)->Execute(s.sql, params);
+  }
+
+  absl::StatusOr<std::unique_ptr<Transaction>> Begin(const Value& shard_key) override {
+    absl::StatusOr<int> shard = router_->ShardOf(shard_key);
+    if (!shard.ok()) return shard.status();
+    int database = router_->DatabaseOf(*shard);
+    absl::StatusOr<ConnectionPool::Lease> lease = databases_[database]->primary->Acquire();
+    if (!lease.ok()) return lease.status();
+    absl::Status st = (*lease)->Begin();
+    if (!st.ok()) return st;
+    return std::unique_ptr<Transaction>(
+        new TransactionImpl(this, *shard, database, *std::move(lease)));
+  }
+
+  absl::StatusOr<int> ShardOf(const Value& shard_key) const override {
+    return router_->ShardOf(shard_key);
+  }
+  const std::string& DatabaseOf(int shard) const override {
+    return databases_[router_->DatabaseOf(shard)]->name;
+  }
+
+  const std::string& NameOf(int database) const { return databases_[database]->name; }
+  Router* router() { return router_.get(); }
+  Backend* backend() { return backend_.get(); }
+
+ private:
+  const DataSourceConfig config_;
+  std::unique_ptr<Router> router_;
+  std::unique_ptr<Backend> backend_;
+  std::vector<std::unique_ptr<Database>> databases_;
+  std::atomic<uint64_t> next_database_{0};
+  FanOut fanout_;
+};
+
+const std::string& TransactionImpl::database() const { return ds_->NameOf(database_); }
+
+absl::StatusOr<ResultSet> TransactionImpl::Execute(const std::string& sql,
+                                                   const std::vector<Value>& params) {
+  if (!open_) return absl::FailedPreconditionError("the transaction has already ended");
+  absl::StatusOr<Routing> routing = ds_->router()->Route(sql, params);
+  if (!routing.ok()) return routing.status();
+  if (routing->any_database) routing->statements[0].database = database_;
+  for (const RoutedStatement& s : routing->statements) {
+    if (s.database != database_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the statement runs on database ", ds_->NameOf(s.database),
+          s.shard >= 0 ? absl::StrCat(" (shard ", s.shard, ")") : std::string(),
+          " but this transaction is on database ", ds_->NameOf(database_), " (shard ", shard_,
+          "); a transaction stays on its shard's database, and writes across databases belong "
+          "to DTS"));
+    }
+  }
+  std::vector<absl::StatusOr<ResultSet>> results;
+  for (const RoutedStatement& s : routing->statements) {
+    results.push_back(lease_->Execute(s.sql, params));
+    if (!results.back().ok()) return results.back().status();
+  }
+  return ds_->Combine(*routing, std::move(results), params);
+}
+
+absl::Status Validate(DataSourceConfig& c, RouterConfig* rc) {
+  if (c.databases.empty()) return absl::InvalidArgumentError("the DDS config names no databases");
+  if (c.fanout < 1 || c.fanout > 256) {
+    return absl::InvalidArgumentError(absl::StrCat("fanout must be 1 to 256, not ", c.fanout));
+  }
+  if (c.shards < 1 || c.shards > 100000) {
+    return absl::InvalidArgumentError(absl::StrCat("shards must be 1 to 100000, not ", c.shards));
+  }
+  std::set<std::string> names;
+  bool any_shards = false, all_shards = true;
+  for (const DatabaseConfig& d : c.databases) {
+    if (d.name.empty()) return absl::InvalidArgumentError("a database has no name");
+    if (!names.insert(d.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat("database '", d.name, "' is listed twice"));
+    }
+    if (d.target.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("database '", d.name, "' gives no SQLite file or PostgreSQL connection"));
+    }
+    if (d.kind != c.databases[0].kind) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("database '", d.name, "' is of another kind than '", c.databases[0].name,
+                       "'; every database of one data source is SQLite or every one PostgreSQL"));
+    }
+    if (d.pool < 1 || d.pool > 1024) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("database '", d.name, "': pool must be 1 to 1024, not ", d.pool));
+    }
+    any_shards = any_shards || !d.shards.empty();
+    all_shards = all_shards && !d.shards.empty();
+  }
+  const int n = static_cast<int>(c.databases.size());
+  if (n > c.shards) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(n, " databases for ", c.shards, " shards: each database needs a shard"));
+  }
+  rc->shard_database.clear();
+  if (any_shards) {
+    if (!all_shards) {
+      return absl::InvalidArgumentError(
+          "give the shards of every database, or of none (then they are split evenly)");
+    }
+    rc->shard_database.assign(c.shards, -1);
+    for (int i = 0; i < n; ++i) {
+      for (int s : c.databases[i].shards) {
+        if (s < 0 || s >= c.shards) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "database '", c.databases[i].name, "' lists shard ", s, ", outside 0..", c.shards - 1));
+        }
+        if (rc->shard_database[s] >= 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("shard ", s, " is listed by databases '",
+                           c.databases[rc->shard_database[s]].name, "' and '", c.databases[i].name,
+                           "'"));
+        }
+        rc->shard_database[s] = i;
+      }
+    }
+    for (int s = 0; s < c.shards; ++s) {
+      if (rc->shard_database[s] < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("shard ", s, " is in no database; every shard needs one"));
+      }
+    }
+  }
+  rc->sharded_tables = c.sharded_tables;
+  rc->binding_groups = c.binding_groups;
+  rc->broadcast_tables = c.broadcast_tables;
+  rc->shards = c.shards;
+  rc->function = c.function;
+  rc->ranges = c.ranges;
+  rc->databases = n;
+  rc->table_suffix = c.table_suffix;
+  rc->writes_need_shard_key = c.writes_need_shard_key;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ShardedDataSource>> ShardedDataSource::Open(
+    DataSourceConfig config) {
+  RouterConfig rc;
+  absl::Status st = Validate(config, &rc);
+  if (!st.ok()) return st;
+  absl::StatusOr<std::unique_ptr<Router>> router = Router::Create(rc);
+  if (!router.ok()) return router.status();
+  std::unique_ptr<Backend> backend = config.databases[0].kind == DatabaseKind::kSqlite
+                                         ? NewSqliteBackend()
+                                         : NewPostgresBackend();
+  auto ds = std::make_unique<DataSourceImpl>(std::move(config), *std::move(router),
+                                             std::move(backend));
+  st = ds->Connect();
+  if (!st.ok()) return st;
+  return std::unique_ptr<ShardedDataSource>(std::move(ds));
+}
+
+}  // namespace formica::dds

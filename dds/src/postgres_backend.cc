@@ -1,0 +1,168 @@
+// PostgreSQL behind DDS, through libpq: text parameters, text results
+// turned into values by the column's type.
+#include <libpq-fe.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "backend.h"
+
+namespace formica::dds {
+namespace {
+
+// Type oids from PostgreSQL's pg_type.
+constexpr Oid kBool = 16, kInt8 = 20, kInt2 = 21, kInt4 = 23, kOid = 26, kFloat4 = 700,
+              kFloat8 = 701, kNumeric = 1700;
+
+Value Convert(Oid type, const char* text, int len) {
+  std::string s(text, len);
+  switch (type) {
+    case kBool:
+      return int64_t{s == "t" ? 1 : 0};
+    case kInt2:
+    case kInt4:
+    case kInt8:
+    case kOid: {
+      int64_t v;
+      if (absl::SimpleAtoi(s, &v)) return v;
+      return s;
+    }
+    case kNumeric: {
+      int64_t v;
+      if (s.find_first_of(".eEN") == std::string::npos && absl::SimpleAtoi(s, &v)) return v;
+      double d;
+      if (absl::SimpleAtod(s, &d)) return d;
+      return s;
+    }
+    case kFloat4:
+    case kFloat8: {
+      double d;
+      if (absl::SimpleAtod(s, &d)) return d;
+      return s;
+    }
+    default:
+      return s;
+  }
+}
+
+class PostgresConnection : public Connection {
+ public:
+  PostgresConnection(std::string name, PGconn* conn) : name_(std::move(name)), conn_(conn) {}
+  ~PostgresConnection() override { PQfinish(conn_); }
+
+  absl::StatusOr<ResultSet> Execute(const std::string& sql,
+                                    const std::vector<Value>& params) override {
+    std::vector<std::string> text(params.size());
+    std::vector<const char*> values(params.size(), nullptr);
+    for (size_t i = 0; i < params.size(); ++i) {
+      const Value& v = params[i];
+      if (v.index() == 0) continue;
+      if (v.index() == 2) {
+        text[i] = absl::StrFormat("%.17g", std::get<double>(v));
+      } else {
+        text[i] = ToString(v);
+      }
+      values[i] = text[i].c_str();
+    }
+    PGresult* r = PQexecParams(conn_, sql.c_str(), static_cast<int>(params.size()), nullptr,
+                               values.data(), nullptr, nullptr, 0);
+    absl::StatusOr<ResultSet> out = Read(r);
+    PQclear(r);
+    return out;
+  }
+
+  absl::Status Begin() override { return Simple("BEGIN"); }
+  absl::Status Commit() override { return Simple("COMMIT"); }
+  absl::Status Rollback() override { return Simple("ROLLBACK"); }
+  bool broken() const override {
+    return PQstatus(conn_) != CONNECTION_OK || PQtransactionStatus(conn_) != PQTRANS_IDLE;
+  }
+
+ private:
+  absl::Status Simple(const char* sql) {
+    PGresult* r = PQexec(conn_, sql);
+    absl::Status st = Read(r).status();
+    PQclear(r);
+    return st;
+  }
+
+  absl::StatusOr<ResultSet> Read(PGresult* r) {
+    ExecStatusType status = r != nullptr ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (status == PGRES_COMMAND_OK) {
+      ResultSet out;
+      absl::SimpleAtoi(PQcmdTuples(r), &out.rows_affected);
+      return out;
+    }
+    if (status == PGRES_TUPLES_OK) {
+      ResultSet out;
+      int n = PQnfields(r), rows = PQntuples(r);
+      for (int c = 0; c < n; ++c) out.columns.emplace_back(PQfname(r, c));
+      out.rows.reserve(rows);
+      for (int i = 0; i < rows; ++i) {
+        std::vector<Value>& row = out.rows.emplace_back();
+        row.reserve(n);
+        for (int c = 0; c < n; ++c) {
+          if (PQgetisnull(r, i, c)) {
+            row.emplace_back();
+          } else {
+            row.push_back(Convert(PQftype(r, c), PQgetvalue(r, i, c), PQgetlength(r, i, c)));
+          }
+        }
+      }
+      absl::SimpleAtoi(PQcmdTuples(r), &out.rows_affected);  // INSERT ... RETURNING
+      return out;
+    }
+    std::string msg(absl::StripTrailingAsciiWhitespace(
+        r != nullptr ? PQresultErrorMessage(r) : PQerrorMessage(conn_)));
+    const char* state = r != nullptr ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+    std::string sqlstate = state != nullptr ? state : "";
+    std::string text = absl::StrCat("database ", name_, ": ", msg);
+    if (PQstatus(conn_) != CONNECTION_OK || sqlstate.rfind("08", 0) == 0) {
+      return absl::UnavailableError(text);
+    }
+    if (sqlstate.rfind("23", 0) == 0) return absl::FailedPreconditionError(text);
+    if (sqlstate == "40001" || sqlstate == "40P01") return absl::AbortedError(text);
+    if (sqlstate.rfind("42", 0) == 0 || sqlstate.rfind("22", 0) == 0) {
+      return absl::InvalidArgumentError(text);
+    }
+    return absl::InternalError(text);
+  }
+
+  const std::string name_;
+  PGconn* const conn_;
+};
+
+class PostgresBackend : public Backend {
+ public:
+  absl::StatusOr<std::unique_ptr<Connection>> Connect(const std::string& name,
+                                                      const std::string& target,
+                                                      bool read_only) override {
+    PGconn* conn = PQconnectdb(target.c_str());
+    if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) {
+      std::string msg(absl::StripTrailingAsciiWhitespace(
+          conn != nullptr ? PQerrorMessage(conn) : "out of memory"));
+      PQfinish(conn);
+      return absl::UnavailableError(
+          absl::StrCat("database ", name, ": cannot connect to PostgreSQL: ", msg));
+    }
+    auto c = std::make_unique<PostgresConnection>(name, conn);
+    if (read_only) {
+      PGresult* r = PQexec(conn, "SET default_transaction_read_only = on");
+      bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+      PQclear(r);
+      if (!ok) {
+        return absl::UnavailableError(
+            absl::StrCat("database ", name, ": cannot make a read-only session"));
+      }
+    }
+    return std::unique_ptr<Connection>(std::move(c));
+  }
+  bool nulls_largest() const override { return true; }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> NewPostgresBackend() { return std::make_unique<PostgresBackend>(); }
+
+}  // namespace formica::dds

@@ -1,0 +1,211 @@
+// SQLite behind DDS: one file per database, WAL, every commit synced.
+#include <sqlite3.h>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "backend.h"
+
+namespace formica::dds {
+namespace {
+
+constexpr size_t kMaxStatements = 256;
+
+class SqliteConnection : public Connection {
+ public:
+  SqliteConnection(std::string name, sqlite3* db) : name_(std::move(name)), db_(db) {}
+  ~SqliteConnection() override {
+    for (auto& [sql, p] : cache_) sqlite3_finalize(p.stmt);
+    sqlite3_close_v2(db_);
+  }
+
+  absl::StatusOr<ResultSet> Execute(const std::string& sql,
+                                    const std::vector<Value>& params) override {
+    absl::StatusOr<Prepared*> p = Prepare(sql);
+    if (!p.ok()) return p.status();
+    sqlite3_stmt* stmt = (*p)->stmt;
+    const std::vector<int>& slots = (*p)->param_of_slot;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      int slot = static_cast<int>(i) + 1;
+      int k = slots[i];
+      if (k < 1 || k > static_cast<int>(params.size())) {
+        sqlite3_reset(stmt);
+        sqlite3_clear_bindings(stmt);
+        return absl::InvalidArgumentError(absl::StrCat(
+            "database ", name_, ": the statement uses ", sqlite3_bind_parameter_name(stmt, slot),
+            "; parameters given: ", params.size()));
+      }
+      const Value& v = params[k - 1];
+      switch (v.index()) {
+        case 0:
+          sqlite3_bind_null(stmt, slot);
+          break;
+        case 1:
+          sqlite3_bind_int64(stmt, slot, std::get<int64_t>(v));
+          break;
+        case 2:
+          sqlite3_bind_double(stmt, slot, std::get<double>(v));
+          break;
+        default: {
+          const std::string& s = std::get<std::string>(v);
+          sqlite3_bind_text(stmt, slot, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
+        }
+      }
+    }
+    ResultSet out;
+    int n = sqlite3_column_count(stmt);
+    out.columns.reserve(n);
+    for (int c = 0; c < n; ++c) out.columns.emplace_back(sqlite3_column_name(stmt, c));
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+      std::vector<Value>& row = out.rows.emplace_back();
+      row.reserve(n);
+      for (int c = 0; c < n; ++c) {
+        switch (sqlite3_column_type(stmt, c)) {
+          case SQLITE_NULL:
+            row.emplace_back();
+            break;
+          case SQLITE_INTEGER:
+            row.emplace_back(static_cast<int64_t>(sqlite3_column_int64(stmt, c)));
+            break;
+          case SQLITE_FLOAT:
+            row.emplace_back(sqlite3_column_double(stmt, c));
+            break;
+          default: {
+            const void* data = sqlite3_column_blob(stmt, c);
+            int len = sqlite3_column_bytes(stmt, c);
+            row.emplace_back(std::string(static_cast<const char*>(data), data ? len : 0));
+          }
+        }
+      }
+    }
+    absl::Status st;
+    if (rc != SQLITE_DONE) st = Error(rc);
+    if (st.ok() && !sqlite3_stmt_readonly(stmt)) out.rows_affected = sqlite3_changes(db_);
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    if (!st.ok()) return st;
+    return out;
+  }
+
+  absl::Status Begin() override { return Exec("BEGIN IMMEDIATE"); }
+  absl::Status Commit() override { return Exec("COMMIT"); }
+  absl::Status Rollback() override {
+    if (sqlite3_get_autocommit(db_)) return absl::OkStatus();  // already rolled back
+    return Exec("ROLLBACK");
+  }
+  bool broken() const override { return broken_; }
+
+ private:
+  struct Prepared {
+    sqlite3_stmt* stmt = nullptr;
+    std::vector<int> param_of_slot;  // slot i+1 binds $param_of_slot[i]
+  };
+
+  absl::Status Exec(const char* sql) {
+    char* err = nullptr;
+    int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &err);
+    if (rc == SQLITE_OK) return absl::OkStatus();
+    std::string msg = err != nullptr ? err : sqlite3_errstr(rc);
+    sqlite3_free(err);
+    if (std::string(sql) == "ROLLBACK" || std::string(sql) == "COMMIT") {
+      broken_ = !sqlite3_get_autocommit(db_);
+    }
+    return Classify(rc, msg);
+  }
+
+  absl::StatusOr<Prepared*> Prepare(const std::string& sql) {
+    auto it = cache_.find(sql);
+    if (it != cache_.end()) return &it->second;
+    Prepared p;
+    const char* tail = nullptr;
+    int rc = sqlite3_prepare_v3(db_, sql.c_str(), static_cast<int>(sql.size()),
+                                SQLITE_PREPARE_PERSISTENT, &p.stmt, &tail);
+    if (rc != SQLITE_OK) return Classify(rc, sqlite3_errmsg(db_));
+    if (p.stmt == nullptr) return absl::InvalidArgumentError("the statement is empty");
+    int slots = sqlite3_bind_parameter_count(p.stmt);
+    for (int i = 1; i <= slots; ++i) {
+      const char* name = sqlite3_bind_parameter_name(p.stmt, i);
+      int k = 0;
+      if (name == nullptr || name[0] != '$' || !absl::SimpleAtoi(name + 1, &k)) {
+        sqlite3_finalize(p.stmt);
+        return absl::InvalidArgumentError(absl::StrCat(
+            "database ", name_, ": parameters are written $1, $2, ...; got ",
+            name == nullptr ? "?" : name));
+      }
+      p.param_of_slot.push_back(k);
+    }
+    if (cache_.size() >= kMaxStatements) {
+      for (auto& [s, q] : cache_) sqlite3_finalize(q.stmt);
+      cache_.clear();
+    }
+    return &cache_.emplace(sql, std::move(p)).first->second;
+  }
+
+  absl::Status Error(int rc) { return Classify(rc, sqlite3_errmsg(db_)); }
+
+  absl::Status Classify(int rc, const std::string& msg) {
+    std::string text = absl::StrCat("database ", name_, ": ", msg);
+    switch (rc & 0xff) {
+      case SQLITE_CONSTRAINT:
+        return absl::FailedPreconditionError(text);
+      case SQLITE_BUSY:
+      case SQLITE_LOCKED:
+        return absl::AbortedError(text);
+      case SQLITE_ERROR:
+      case SQLITE_RANGE:
+      case SQLITE_MISMATCH:
+      case SQLITE_READONLY:
+        return absl::InvalidArgumentError(text);
+      case SQLITE_CANTOPEN:
+        return absl::UnavailableError(text);
+      case SQLITE_FULL:
+        return absl::ResourceExhaustedError(text);
+      default:
+        broken_ = true;
+        return absl::InternalError(text);
+    }
+  }
+
+  const std::string name_;
+  sqlite3* const db_;
+  absl::flat_hash_map<std::string, Prepared> cache_;
+  bool broken_ = false;
+};
+
+class SqliteBackend : public Backend {
+ public:
+  absl::StatusOr<std::unique_ptr<Connection>> Connect(const std::string& name,
+                                                      const std::string& target,
+                                                      bool read_only) override {
+    sqlite3* db = nullptr;
+    int flags = SQLITE_OPEN_NOMUTEX |
+                (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    int rc = sqlite3_open_v2(target.c_str(), &db, flags, nullptr);
+    if (rc != SQLITE_OK) {
+      std::string msg = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+      sqlite3_close_v2(db);
+      return absl::UnavailableError(
+          absl::StrCat("database ", name, ": cannot open SQLite file ", target, ": ", msg));
+    }
+    sqlite3_busy_timeout(db, 5000);
+    const char* setup = read_only ? "PRAGMA query_only = ON"
+                                  : "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL";
+    char* err = nullptr;
+    if (sqlite3_exec(db, setup, nullptr, nullptr, &err) != SQLITE_OK) {
+      std::string msg = err != nullptr ? err : "unknown error";
+      sqlite3_free(err);
+      sqlite3_close_v2(db);
+      return absl::UnavailableError(
+          absl::StrCat("database ", name, ": cannot set up SQLite file ", target, ": ", msg));
+    }
+    return std::unique_ptr<Connection>(new SqliteConnection(name, db));
+  }
+  bool nulls_largest() const override { return false; }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> NewSqliteBackend() { return std::make_unique<SqliteBackend>(); }
+
+}  // namespace formica::dds
