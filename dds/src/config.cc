@@ -1,9 +1,9 @@
 // The `dds:` section of a YAML file -> DataSourceConfig.
+#include "formica/common/config.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "formica/common/config.h"
 #include "formica/dds/data_source.h"
 
 namespace formica::dds {
@@ -68,15 +68,16 @@ absl::StatusOr<DataSourceConfig> Read(const Config& config) {
     for (const std::string& text : r.StringList(key + ".shards", {})) {
       int64_t from, to;
       if (!ParseRange(text, &from, &to) || from < 0 || to >= c.shards) {
-        r.Fail(key + ".shards", absl::StrCat("'", text, "' is not a shard range within 0-",
-                                             c.shards - 1));
+        r.Fail(key + ".shards",
+               absl::StrCat("'", text, "' is not a shard range within 0-", c.shards - 1));
         break;
       }
       for (int64_t s = from; s <= to; ++s) d.shards.push_back(static_cast<int>(s));
     }
     if (names.size() > 1 && d.shards.empty()) {
-      r.Fail(key, "name the shards this database holds (shards: 0-49); with several databases "
-                  "the split is never guessed");
+      r.Fail(key,
+             "name the shards this database holds (shards: 0-49); with several databases "
+             "the split is never guessed");
     }
     c.databases.push_back(std::move(d));
   }

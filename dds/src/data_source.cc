@@ -54,9 +54,8 @@ class FanOut {
       {
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(
-            +[](FanOut* f) ABSL_EXCLUSIVE_LOCKS_REQUIRED(f->mu_) {
-              return f->stop_ || !f->queue_.empty();
-            },
+            +[](FanOut* f)
+                 ABSL_EXCLUSIVE_LOCKS_REQUIRED(f->mu_) { return f->stop_ || !f->queue_.empty(); },
             this));
         if (queue_.empty()) return;
         task = std::move(queue_.front());
@@ -162,8 +161,7 @@ class DataSourceImpl : public ShardedDataSource {
     std::vector<absl::StatusOr<ResultSet>> results(statements.size());
     std::vector<std::function<void()>> tasks;
     for (size_t i = 0; i < statements.size(); ++i) {
-      tasks.push_back(
-          [&, i] { results[i] = RunOne(statements[i], params, replica); });
+      tasks.push_back([&, i] { results[i] = RunOne(statements[i], params, replica); });
     }
     fanout_.Run(std::move(tasks));
     return Combine(*routing, std::move(results), params);
@@ -189,15 +187,19 @@ class DataSourceImpl : public ShardedDataSource {
     }
     if (!first.ok()) {
       if (routing.kind == StatementKind::kRead || written.empty()) return first;
-      return absl::Status(first.code(),
-                          absl::StrCat("the statement ran on ", absl::StrJoin(written, ", "),
-                                       " but failed on ", absl::StrJoin(failed, ", "), ": ",
-                                       first.message()));
+      return absl::Status(
+          first.code(),
+          absl::StrCat("the statement ran on ", absl::StrJoin(written, ", "), " but failed on ",
+                       absl::StrJoin(failed, ", "), ": ", first.message()));
     }
     if (routing.merge != nullptr) {
       return Merge(*routing.merge, std::move(parts), params, backend_->nulls_largest());
     }
     ResultSet out;
+    if (routing.statements[0].shard < 0) {
+      // A broadcast table's copies: each database changed the same rows.
+      return std::move(parts[0]);
+    }
     for (ResultSet& p : parts) {
       if (out.columns.empty()) out.columns = p.columns;
       out.rows_affected += p.rows_affected;
@@ -322,14 +324,14 @@ absl::Status Validate(DataSourceConfig& c, RouterConfig* rc) {
     for (int i = 0; i < n; ++i) {
       for (int s : c.databases[i].shards) {
         if (s < 0 || s >= c.shards) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "database '", c.databases[i].name, "' lists shard ", s, ", outside 0..", c.shards - 1));
+          return absl::InvalidArgumentError(absl::StrCat("database '", c.databases[i].name,
+                                                         "' lists shard ", s, ", outside 0..",
+                                                         c.shards - 1));
         }
         if (rc->shard_database[s] >= 0) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("shard ", s, " is listed by databases '",
-                           c.databases[rc->shard_database[s]].name, "' and '", c.databases[i].name,
-                           "'"));
+          return absl::InvalidArgumentError(absl::StrCat("shard ", s, " is listed by databases '",
+                                                         c.databases[rc->shard_database[s]].name,
+                                                         "' and '", c.databases[i].name, "'"));
         }
         rc->shard_database[s] = i;
       }
@@ -350,6 +352,7 @@ absl::Status Validate(DataSourceConfig& c, RouterConfig* rc) {
   rc->databases = n;
   rc->table_suffix = c.table_suffix;
   rc->writes_need_shard_key = c.writes_need_shard_key;
+  rc->sqlite = c.databases[0].kind == DatabaseKind::kSqlite;
   return absl::OkStatus();
 }
 
@@ -362,11 +365,10 @@ absl::StatusOr<std::unique_ptr<ShardedDataSource>> ShardedDataSource::Open(
   if (!st.ok()) return st;
   absl::StatusOr<std::unique_ptr<Router>> router = Router::Create(rc);
   if (!router.ok()) return router.status();
-  std::unique_ptr<Backend> backend = config.databases[0].kind == DatabaseKind::kSqlite
-                                         ? NewSqliteBackend()
-                                         : NewPostgresBackend();
-  auto ds = std::make_unique<DataSourceImpl>(std::move(config), *std::move(router),
-                                             std::move(backend));
+  std::unique_ptr<Backend> backend =
+      config.databases[0].kind == DatabaseKind::kSqlite ? NewSqliteBackend() : NewPostgresBackend();
+  auto ds =
+      std::make_unique<DataSourceImpl>(std::move(config), *std::move(router), std::move(backend));
   st = ds->Connect();
   if (!st.ok()) return st;
   return std::unique_ptr<ShardedDataSource>(std::move(ds));

@@ -1,4 +1,4 @@
-#include "ids.h"
+#include "formica/dds/ids.h"
 
 #include <memory>
 

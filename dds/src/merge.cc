@@ -29,8 +29,8 @@ absl::StatusOr<int> Locate(const ColumnRef& ref, const std::vector<std::string>&
     for (int i = 0; i < n; ++i) {
       if (columns[i] != ref.name) continue;
       if (found >= 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "the sort or group column '", ref.name, "' is ambiguous in the merged result"));
+        return absl::InvalidArgumentError(absl::StrCat("the sort or group column '", ref.name,
+                                                       "' is ambiguous in the merged result"));
       }
       found = i;
     }
@@ -66,7 +66,8 @@ struct RowsLess {
       bool xn = Rank(x) == 0, yn = Rank(y) == 0;
       if (xn || yn) {
         if (xn && yn) continue;
-        bool nulls_first = key.nulls_first.value_or(key.descending ? nulls_largest : !nulls_largest);
+        bool nulls_first =
+            key.nulls_first.value_or(key.descending ? nulls_largest : !nulls_largest);
         return xn ? nulls_first : !nulls_first;
       }
       int c = Compare(x, y);
@@ -130,8 +131,10 @@ absl::StatusOr<int64_t> Resolve(const Bound& b, const std::vector<Value>& params
     if (!absl::SimpleAtoi(*s, &out)) out = -1;
   }
   if (out < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("LIMIT and OFFSET must be integers of 0 or more, "
-                                                   "got $", b.param, " = ", ToString(v)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("LIMIT and OFFSET must be integers of 0 or more, "
+                     "got $",
+                     b.param, " = ", ToString(v)));
   }
   return out;
 }

@@ -22,9 +22,8 @@ void ConnectionPool::Lease::Release() {
 absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Acquire() {
   {
     absl::MutexLock lock(&mu_);
-    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return !idle_.empty() || open_ < size_;
-    };
+    auto ready = [this]()
+                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !idle_.empty() || open_ < size_; };
     if (!mu_.AwaitWithTimeout(absl::Condition(&ready), wait_)) {
       return absl::ResourceExhaustedError(absl::StrCat("database ", name_, ": all ", size_,
                                                        " connections stayed busy for ",

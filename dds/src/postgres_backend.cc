@@ -46,6 +46,25 @@ Value Convert(Oid type, const char* text, int len) {
   }
 }
 
+constexpr Oid kText = 25;
+
+// Which of $1..$n the statement uses. A statement rewritten for a shard may
+// no longer use some (a LIMIT $1 made a constant); PostgreSQL is told those
+// are text so that it need not infer a type for them.
+std::vector<bool> UsedParams(const std::string& sql, size_t n) {
+  std::vector<bool> used(n, false);
+  bool quoted = false;
+  for (size_t i = 0; i < sql.size(); ++i) {
+    char c = sql[i];
+    if (c == '\'') quoted = !quoted;
+    if (quoted || c != '$') continue;
+    size_t k = 0, j = i + 1;
+    while (j < sql.size() && sql[j] >= '0' && sql[j] <= '9') k = k * 10 + (sql[j++] - '0');
+    if (j > i + 1 && k >= 1 && k <= n) used[k - 1] = true;
+  }
+  return used;
+}
+
 class PostgresConnection : public Connection {
  public:
   PostgresConnection(std::string name, PGconn* conn) : name_(std::move(name)), conn_(conn) {}
@@ -65,7 +84,12 @@ class PostgresConnection : public Connection {
       }
       values[i] = text[i].c_str();
     }
-    PGresult* r = PQexecParams(conn_, sql.c_str(), static_cast<int>(params.size()), nullptr,
+    std::vector<bool> used = UsedParams(sql, params.size());
+    std::vector<Oid> types(params.size(), 0);
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!used[i]) types[i] = kText;
+    }
+    PGresult* r = PQexecParams(conn_, sql.c_str(), static_cast<int>(params.size()), types.data(),
                                values.data(), nullptr, nullptr, 0);
     absl::StatusOr<ResultSet> out = Read(r);
     PQclear(r);
@@ -113,8 +137,8 @@ class PostgresConnection : public Connection {
       absl::SimpleAtoi(PQcmdTuples(r), &out.rows_affected);  // INSERT ... RETURNING
       return out;
     }
-    std::string msg(absl::StripTrailingAsciiWhitespace(
-        r != nullptr ? PQresultErrorMessage(r) : PQerrorMessage(conn_)));
+    std::string msg(absl::StripTrailingAsciiWhitespace(r != nullptr ? PQresultErrorMessage(r)
+                                                                    : PQerrorMessage(conn_)));
     const char* state = r != nullptr ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
     std::string sqlstate = state != nullptr ? state : "";
     std::string text = absl::StrCat("database ", name_, ": ", msg);
@@ -140,8 +164,8 @@ class PostgresBackend : public Backend {
                                                       bool read_only) override {
     PGconn* conn = PQconnectdb(target.c_str());
     if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) {
-      std::string msg(absl::StripTrailingAsciiWhitespace(
-          conn != nullptr ? PQerrorMessage(conn) : "out of memory"));
+      std::string msg(absl::StripTrailingAsciiWhitespace(conn != nullptr ? PQerrorMessage(conn)
+                                                                         : "out of memory"));
       PQfinish(conn);
       return absl::UnavailableError(
           absl::StrCat("database ", name, ": cannot connect to PostgreSQL: ", msg));

@@ -180,16 +180,16 @@ class Router::Impl {
       return absl::InvalidArgumentError(absl::StrCat("shards must be 1 to 100000, not ", c.shards));
     }
     if (c.function == ShardFunction::kLastTwoDigits && c.shards != 100) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the last-two-digits shard function needs 100 shards, not ", c.shards,
-          "; use the modulo or range function for another count"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the last-two-digits shard function needs 100 shards, not ", c.shards,
+                       "; use the modulo or range function for another count"));
     }
     if (c.function == ShardFunction::kRange) {
       if (static_cast<int>(c.ranges.size()) != c.shards) {
-        return absl::InvalidArgumentError(absl::StrCat("the range shard function needs one range "
-                                                       "per shard: ",
-                                                       c.ranges.size(), " ranges for ", c.shards,
-                                                       " shards"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("the range shard function needs one range "
+                         "per shard: ",
+                         c.ranges.size(), " ranges for ", c.shards, " shards"));
       }
       std::vector<std::pair<int64_t, int64_t>> sorted = c.ranges;
       std::sort(sorted.begin(), sorted.end());
@@ -199,10 +199,9 @@ class Router::Impl {
               "range ", sorted[i].first, "-", sorted[i].second, " ends before it starts"));
         }
         if (i > 0 && sorted[i].first <= sorted[i - 1].second) {
-          return absl::InvalidArgumentError(absl::StrCat("ranges ", sorted[i - 1].first, "-",
-                                                         sorted[i - 1].second, " and ",
-                                                         sorted[i].first, "-", sorted[i].second,
-                                                         " overlap"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("ranges ", sorted[i - 1].first, "-", sorted[i - 1].second, " and ",
+                           sorted[i].first, "-", sorted[i].second, " overlap"));
         }
       }
     }
@@ -270,7 +269,12 @@ class Router::Impl {
       return absl::InvalidArgumentError(absl::StrCat("shard key ", *d, " is not an integer"));
     }
     std::string text = ToString(key);
-    if (config.function == ShardFunction::kLastTwoDigits) return LastTwoDigits(text);
+    if (config.function == ShardFunction::kLastTwoDigits) {
+      if (const int64_t* i = std::get_if<int64_t>(&key)) {
+        return static_cast<int>(*i < 0 ? -(*i % 100) : *i % 100);  // 5 is 05
+      }
+      return LastTwoDigits(text);
+    }
     int64_t id;
     if (!absl::SimpleAtoi(text, &id)) {
       return absl::InvalidArgumentError(absl::StrCat("shard key '", text, "' is not an integer"));
@@ -384,12 +388,14 @@ class Router::Impl {
     }
 
     if (refs.size() > 1) {
-      absl::Status joined = CheckJoins(*a, refs.size(), [&](size_t i) { return refs[i].table; },
-                                       [&](size_t i) { return refs[i].qualifier; });
+      absl::Status joined = CheckJoins(
+          *a, refs.size(), [&](size_t i) { return refs[i].table; },
+          [&](size_t i) { return refs[i].qualifier; });
       if (!joined.ok()) return joined;
     }
     for (const Ref& r : refs) {
-      a->key_columns.push_back({refs.size() > 1 ? r.qualifier : "", config.sharded_tables.at(r.table)});
+      a->key_columns.push_back(
+          {refs.size() > 1 ? r.qualifier : "", config.sharded_tables.at(r.table)});
     }
     if (a->kind == StatementKind::kRead && !a->broadcast_only) {
       a->scatter_error = PlanScatter(a);
@@ -411,8 +417,9 @@ class Router::Impl {
             "and otherwise only with broadcast tables"));
       }
       if (!by_qualifier.emplace(qualifier(i), i).second) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "sharded table ", table(i), " appears twice as '", qualifier(i), "'; give each an alias"));
+        return absl::InvalidArgumentError(absl::StrCat("sharded table ", table(i),
+                                                       " appears twice as '", qualifier(i),
+                                                       "'; give each an alias"));
       }
     }
     std::vector<size_t> parent(n);
@@ -467,11 +474,11 @@ class Router::Impl {
     });
     for (size_t i = 1; i < n; ++i) {
       if (find(i) != find(0)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "the statement joins sharded tables ", table(0), " and ", table(i),
-            " across shards; join them on their shard columns (", qualifier(0), ".",
-            config.sharded_tables.at(table(0)), " = ", qualifier(i), ".",
-            config.sharded_tables.at(table(i)), ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("the statement joins sharded tables ", table(0), " and ", table(i),
+                         " across shards; join them on their shard columns (", qualifier(0), ".",
+                         config.sharded_tables.at(table(0)), " = ", qualifier(i), ".",
+                         config.sharded_tables.at(table(i)), ")"));
       }
     }
     return absl::OkStatus();
@@ -514,7 +521,8 @@ class Router::Impl {
       plan->distinct = true;
     }
     if (s.limit_option() == pg_query::LIMIT_OPTION_WITH_TIES) {
-      return absl::InvalidArgumentError("FETCH ... WITH TIES over sharded tables needs the shard key");
+      return absl::InvalidArgumentError(
+          "FETCH ... WITH TIES over sharded tables needs the shard key");
     }
 
     struct Target {
@@ -544,7 +552,8 @@ class Router::Impl {
               "an aggregate of DISTINCT values over sharded tables needs the shard key");
         }
         if (f.has_over()) {
-          return absl::InvalidArgumentError("window functions over sharded tables need the shard key");
+          return absl::InvalidArgumentError(
+              "window functions over sharded tables need the shard key");
         }
         x.op = *op;
       }
@@ -552,12 +561,14 @@ class Router::Impl {
       bool nested = false, window = false;
       ForEach<pg_query::FuncCall>(rt.val(), [&](const pg_query::FuncCall& f) {
         if (f.has_over()) window = true;
-        if (IsAggregateName(f) && &f != (rt.val().has_func_call() ? &rt.val().func_call() : nullptr)) {
+        if (IsAggregateName(f) &&
+            &f != (rt.val().has_func_call() ? &rt.val().func_call() : nullptr)) {
           nested = true;
         }
       });
       if (window) {
-        return absl::InvalidArgumentError("window functions over sharded tables need the shard key");
+        return absl::InvalidArgumentError(
+            "window functions over sharded tables need the shard key");
       }
       if (nested) {
         return absl::InvalidArgumentError(
@@ -570,7 +581,8 @@ class Router::Impl {
     bool aggregate = s.group_clause_size() > 0;
     for (const Target& t : targets) aggregate = aggregate || t.op != MergeOp::kKeep;
     if (aggregate && star) {
-      return absl::InvalidArgumentError("SELECT * with aggregates over sharded tables is not supported");
+      return absl::InvalidArgumentError(
+          "SELECT * with aggregates over sharded tables is not supported");
     }
 
     // Finds or adds the target an ORDER BY / GROUP BY expression names.
@@ -624,8 +636,8 @@ class Router::Impl {
             std::find(group_index.begin(), group_index.end(), static_cast<int>(i)) ==
                 group_index.end()) {
           return absl::InvalidArgumentError(absl::StrCat(
-              "select list item ", i + 1, (targets[i].name.empty() ? "" : " ("),
-              targets[i].name, (targets[i].name.empty() ? "" : ")"),
+              "select list item ", i + 1, (targets[i].name.empty() ? "" : " ("), targets[i].name,
+              (targets[i].name.empty() ? "" : ")"),
               " is neither an aggregate nor in GROUP BY, so shards' rows cannot be merged"));
         }
       }
@@ -635,7 +647,8 @@ class Router::Impl {
       if (!o.has_sort_by()) continue;
       const pg_query::SortBy& sb = o.sort_by();
       if (sb.sortby_dir() == pg_query::SORTBY_USING) {
-        return absl::InvalidArgumentError("ORDER BY ... USING over sharded tables is not supported");
+        return absl::InvalidArgumentError(
+            "ORDER BY ... USING over sharded tables is not supported");
       }
       absl::StatusOr<int> i = target_for(sb.node(), true);
       if (!i.ok()) return i.status();
@@ -693,7 +706,8 @@ class Router::Impl {
       for (int i = 0; i < total; ++i) {
         plan->ops[i] = targets[i].op;
         if (targets[i].op == MergeOp::kAvg) {
-          plan->avg_parts[i] = {total - avg_parts_index[i].first, total - avg_parts_index[i].second};
+          plan->avg_parts[i] = {total - avg_parts_index[i].first,
+                                total - avg_parts_index[i].second};
         }
       }
       for (size_t g = 0; g < group_index.size(); ++g) {
@@ -708,7 +722,8 @@ class Router::Impl {
       if (sb->sortby_nulls() == pg_query::SORTBY_NULLS_LAST) k.nulls_first = false;
       plan->order_by.push_back(k);
     }
-    auto bound = [&](const pg_query::Node& n, const char* what) -> absl::StatusOr<std::optional<Bound>> {
+    auto bound = [&](const pg_query::Node& n,
+                     const char* what) -> absl::StatusOr<std::optional<Bound>> {
       if (n.node_case() == pg_query::Node::NODE_NOT_SET) return std::optional<Bound>();
       if (n.has_a_const()) {
         if (n.a_const().isnull()) return std::optional<Bound>();  // LIMIT ALL
@@ -717,8 +732,8 @@ class Router::Impl {
         }
       }
       if (n.has_param_ref()) return std::optional<Bound>(Bound{0, n.param_ref().number()});
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, " over sharded tables must be an integer constant or a parameter"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " over sharded tables must be an integer constant or a parameter"));
     };
     absl::StatusOr<std::optional<Bound>> limit = bound(s.limit_count(), "LIMIT");
     if (!limit.ok()) return limit.status();
@@ -887,6 +902,7 @@ class Router::Impl {
   // `tree` with each sharded table renamed to its table in `shard`.
   absl::StatusOr<std::string> Rewrite(pg_query::ParseResult tree, int shard) const {
     const std::string& suffix = suffix_of[shard];
+    Portable(&tree);
     if (!suffix.empty()) {
       Walk(&tree, [&](Message* m) {
         if (m->GetDescriptor() == pg_query::RangeVar::descriptor()) {
@@ -903,6 +919,19 @@ class Router::Impl {
       });
     }
     return Deparse(tree);
+  }
+
+  // What PostgreSQL's deparser writes out but SQLite does not read: the
+  // default index method (USING btree), row locks (SQLite locks the whole
+  // database for a transaction's writes).
+  void Portable(pg_query::ParseResult* tree) const {
+    pg_query::Node* root = tree->mutable_stmts(0)->mutable_stmt();
+    if (root->has_index_stmt() && root->index_stmt().access_method() == "btree") {
+      root->mutable_index_stmt()->clear_access_method();
+    }
+    if (config.sqlite && root->has_select_stmt()) {
+      root->mutable_select_stmt()->clear_locking_clause();
+    }
   }
 
   // The cached text of the statement (plain or scattered) on a target.
@@ -932,7 +961,9 @@ class Router::Impl {
 
     if (a.broadcast_only) {
       // A read goes to any one database, a write or DDL to all.
-      absl::StatusOr<std::string> text = Deparse(a.tree);
+      pg_query::ParseResult tree = a.tree;
+      Portable(&tree);
+      absl::StatusOr<std::string> text = Deparse(tree);
       if (!text.ok()) return text.status();
       out.any_database = a.kind == StatementKind::kRead;
       for (int db = 0; db < (out.any_database ? 1 : config.databases); ++db) {
@@ -964,8 +995,8 @@ class Router::Impl {
         const std::string& table = *a.sharded.begin();
         const std::string& column = config.sharded_tables.at(table);
         return absl::InvalidArgumentError(absl::StrCat(
-            root.has_update_stmt() ? "UPDATE" : "DELETE", " on ", table,
-            " without its shard key (", column, " = ... or ", column,
+            root.has_update_stmt() ? "UPDATE" : "DELETE", " on ", table, " without its shard key (",
+            column, " = ... or ", column,
             " IN (...)) would touch every shard; the config requires the key for writes"));
       }
     }
@@ -1016,8 +1047,8 @@ class Router::Impl {
     const pg_query::InsertStmt& ins = a.tree.stmts(0).stmt().insert_stmt();
     const std::string& table = ins.relation().relname();
     if (config.sharded_tables.count(table) == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "INSERT into broadcast table ", table, " may not read sharded tables"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("INSERT into broadcast table ", table, " may not read sharded tables"));
     }
     const std::string& column = config.sharded_tables.at(table);
     int index = -1;

@@ -41,6 +41,7 @@ struct RouterConfig {
   // UPDATE and DELETE without the shard key are refused (they would touch
   // every shard); false lets them run everywhere.
   bool writes_need_shard_key = true;
+  bool sqlite = false;  // statements are written for SQLite (no FOR UPDATE)
 };
 
 enum class StatementKind { kRead, kWrite, kDdl };
@@ -55,7 +56,7 @@ struct Routing {
   StatementKind kind = StatementKind::kRead;
   // A read of broadcast tables only: any one database will do.
   bool any_database = false;
-  bool locking = false;  // SELECT ... FOR UPDATE/SHARE: the primary
+  bool locking = false;                     // SELECT ... FOR UPDATE/SHARE: the primary
   std::vector<RoutedStatement> statements;  // one per physical table, in shard order
   // Set for a read that runs on more than one physical table.
   std::shared_ptr<const MergePlan> merge;

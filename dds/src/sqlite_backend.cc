@@ -31,9 +31,9 @@ class SqliteConnection : public Connection {
       if (k < 1 || k > static_cast<int>(params.size())) {
         sqlite3_reset(stmt);
         sqlite3_clear_bindings(stmt);
-        return absl::InvalidArgumentError(absl::StrCat(
-            "database ", name_, ": the statement uses ", sqlite3_bind_parameter_name(stmt, slot),
-            "; parameters given: ", params.size()));
+        return absl::InvalidArgumentError(absl::StrCat("database ", name_, ": the statement uses ",
+                                                       sqlite3_bind_parameter_name(stmt, slot),
+                                                       "; parameters given: ", params.size()));
       }
       const Value& v = params[k - 1];
       switch (v.index()) {
@@ -129,9 +129,9 @@ class SqliteConnection : public Connection {
       int k = 0;
       if (name == nullptr || name[0] != '$' || !absl::SimpleAtoi(name + 1, &k)) {
         sqlite3_finalize(p.stmt);
-        return absl::InvalidArgumentError(absl::StrCat(
-            "database ", name_, ": parameters are written $1, $2, ...; got ",
-            name == nullptr ? "?" : name));
+        return absl::InvalidArgumentError(absl::StrCat("database ", name_,
+                                                       ": parameters are written $1, $2, ...; got ",
+                                                       name == nullptr ? "?" : name));
       }
       p.param_of_slot.push_back(k);
     }

@@ -1,6 +1,6 @@
 // Distributed ids: unique across threads and workers, growing, routed to
 // their user's shard, and still growing when the clock steps back.
-#include "ids.h"
+#include "formica/dds/ids.h"
 
 #include <gtest/gtest.h>
 

@@ -2,7 +2,9 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -48,9 +50,18 @@ TempDir::~TempDir() {
 }
 
 absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(const std::vector<std::string>& argv,
-                                                              const std::string& log_path) {
+                                                              const std::string& log_path,
+                                                              const std::string& run_as) {
   if (argv.empty()) {
     return absl::InvalidArgumentError("empty argv");
+  }
+  uid_t uid = 0;
+  gid_t gid = 0;
+  if (!run_as.empty()) {
+    struct passwd* pw = getpwnam(run_as.c_str());
+    if (pw == nullptr) return absl::NotFoundError(absl::StrCat("no user ", run_as));
+    uid = pw->pw_uid;
+    gid = pw->pw_gid;
   }
   int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd < 0) {
@@ -67,7 +78,11 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(const std::vector<
     return absl::InternalError("fork failed");
   }
   if (pid == 0) {
-    // Die with the test: no orphan daemons even if the test crashes.
+    if (!run_as.empty() && (setgroups(0, nullptr) != 0 || setgid(gid) != 0 || setuid(uid) != 0)) {
+      _exit(126);
+    }
+    // Die with the test: no orphan daemons even if the test crashes (set
+    // after the user change, which would clear it).
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     setpgid(0, 0);
     dup2(log_fd, STDOUT_FILENO);

@@ -36,8 +36,10 @@ class TempDir {
 // kills it (SIGKILL) if it still runs.
 class Subprocess {
  public:
+  // `run_as`: a user to run it as (the caller must be root), or "".
   static absl::StatusOr<std::unique_ptr<Subprocess>> Start(const std::vector<std::string>& argv,
-                                                           const std::string& log_path);
+                                                           const std::string& log_path,
+                                                           const std::string& run_as = "");
   ~Subprocess();
 
   pid_t pid() const { return pid_; }

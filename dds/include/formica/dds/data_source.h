@@ -9,7 +9,8 @@
 //                             "ORDER BY 2 DESC LIMIT 10");       // every shard, merged
 //
 //   auto tx = (*ds)->Begin(user_id);                 // one shard's database
-//   (*tx)->Execute("UPDATE accounts SET balance = balance - $2 WHERE user_id = $1", {user_id, 500});
+//   (*tx)->Execute("UPDATE accounts SET balance = balance - $2 WHERE user_id = $1", {user_id,
+//   500});
 //   (*tx)->Execute("INSERT INTO orders (...) VALUES (...)", {...});
 //   (*tx)->Commit();
 //
@@ -86,9 +87,9 @@ struct DataSourceConfig {
   // Groups of sharded tables sharded alike (by the same user id), which may
   // be joined on their shard columns within a shard.
   std::vector<std::set<std::string>> binding_groups;
-  std::set<std::string> broadcast_tables;  // the same rows in every database
-  bool writes_need_shard_key = true;       // UPDATE/DELETE without the key refused
-  int fanout = 8;                          // statements of one scatter run at once
+  std::set<std::string> broadcast_tables;       // the same rows in every database
+  bool writes_need_shard_key = true;            // UPDATE/DELETE without the key refused
+  int fanout = 8;                               // statements of one scatter run at once
   absl::Duration pool_wait = absl::Seconds(5);  // longest wait for a free connection
 };
 

@@ -1,0 +1,270 @@
+#include "differential.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "merge.h"
+
+namespace formica::dds::testing {
+namespace {
+
+bool SameValue(const Value& a, const Value& b) {
+  bool an = a.index() == 0, bn = b.index() == 0;
+  if (an || bn) return an && bn;
+  bool as = a.index() == 3, bs = b.index() == 3;
+  if (as || bs) return as && bs && std::get<std::string>(a) == std::get<std::string>(b);
+  double x = a.index() == 1 ? static_cast<double>(std::get<int64_t>(a)) : std::get<double>(a);
+  double y = b.index() == 1 ? static_cast<double>(std::get<int64_t>(b)) : std::get<double>(b);
+  return std::fabs(x - y) <= 1e-9 * std::max(1.0, std::fabs(x));
+}
+
+std::string RowText(const std::vector<Value>& row) {
+  std::vector<std::string> parts;
+  for (const Value& v : row) parts.push_back(ToString(v));
+  return absl::StrCat("(", absl::StrJoin(parts, ", "), ")");
+}
+
+struct Step {
+  std::string sql;
+  std::vector<Value> params;
+  bool ordered = false;
+  bool write = false;
+};
+
+class Workload {
+ public:
+  // Ids of different seeds never meet, so seeds can run one after another.
+  explicit Workload(uint32_t seed)
+      : rng_(seed), base_(int64_t{seed} * 1000000), next_order_(int64_t{seed} * 1000000) {}
+
+  Step Next() {
+    int pick = Uniform(0, 99);
+    if (users_.size() < 12 || pick < 10) return NewAccount();
+    if (pick < 28) return NewOrders();
+    if (pick < 34) return {"SELECT * FROM accounts WHERE user_id = $1", {User()}, true};
+    if (pick < 40) {
+      return {"SELECT id, fund, amount, status FROM orders WHERE user_id = $1 ORDER BY id",
+              {User()},
+              true};
+    }
+    if (pick < 46) {
+      return {"UPDATE accounts SET balance = balance + $2 WHERE user_id = $1",
+              {User(), int64_t{Uniform(-500, 500)}},
+              false,
+              true};
+    }
+    if (pick < 51) return orders_.empty() ? NewOrders() : OrderWrite();
+    if (pick < 55) {
+      return {"SELECT count(*), sum(amount) FROM orders WHERE user_id IN ($1, $2, $3)",
+              {User(), User(), User()},
+              true};
+    }
+    switch (pick % 14) {
+      case 0:
+        return {
+            "SELECT id, user_id, amount FROM orders ORDER BY amount DESC, id LIMIT $1 OFFSET $2",
+            {int64_t{Uniform(1, 12)}, int64_t{Uniform(0, 8)}},
+            true};
+      case 1:
+        return {
+            "SELECT count(*), sum(amount), min(amount), max(amount), avg(amount) FROM orders "
+            "WHERE status = $1",
+            {Status()},
+            true};
+      case 2:
+        return {
+            "SELECT fund, count(*), sum(amount), avg(amount) FROM orders GROUP BY fund "
+            "ORDER BY fund",
+            {},
+            true};
+      case 3:
+        return {
+            "SELECT status, sum(amount) FROM orders GROUP BY status ORDER BY sum(amount) DESC, "
+            "status LIMIT 2",
+            {},
+            true};
+      case 4:
+        return {"SELECT sum(amount) FROM orders GROUP BY fund ORDER BY fund", {}, true};
+      case 5:
+        return {
+            "SELECT o.id, f.name FROM orders o JOIN funds f ON f.code = o.fund "
+            "WHERE o.amount > $1 ORDER BY o.id LIMIT 20",
+            {int64_t{Uniform(0, 900)}},
+            true};
+      case 6:
+        return {
+            "SELECT a.name, sum(o.amount), count(*) FROM accounts a JOIN orders o "
+            "ON o.user_id = a.user_id GROUP BY a.name ORDER BY a.name",
+            {},
+            true};
+      case 7:
+        return {"SELECT DISTINCT fund FROM orders ORDER BY fund", {}, true};
+      case 8:
+        return {"SELECT * FROM orders ORDER BY created DESC, id LIMIT 5", {}, true};
+      case 9:
+        return {"SELECT id, status FROM orders ORDER BY status, id LIMIT 10", {}, true};
+      case 10:
+        return {"SELECT user_id, name FROM accounts WHERE balance > $1",
+                {int64_t{Uniform(0, 2000)}},
+                false};
+      case 11:
+        return {"SELECT code, name, rate FROM funds ORDER BY code", {}, true};
+      case 12:
+        return {"UPDATE funds SET rate = $1 WHERE code = $2",
+                {Uniform(1, 400) / 100.0, Fund()},
+                false,
+                true};
+      default:
+        return {"SELECT max(balance), min(name), count(*) FROM accounts", {}, true};
+    }
+  }
+
+ private:
+  int Uniform(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
+  Value User() { return users_[Uniform(0, static_cast<int>(users_.size()) - 1)]; }
+  Value Fund() { return std::string(1, static_cast<char>('A' + Uniform(0, 3))); }
+  Value Status() {
+    static const char* kStatus[] = {"paid", "pending", "refunded"};
+    return std::string(kStatus[Uniform(0, 2)]);
+  }
+
+  Step NewAccount() {
+    int64_t id = (base_ + Uniform(1000, 99999)) * 100 + Uniform(0, 99);
+    while (std::find(users_.begin(), users_.end(), Value(id)) != users_.end()) ++id;
+    users_.push_back(id);
+    return {"INSERT INTO accounts (user_id, name, balance) VALUES ($1, $2, $3)",
+            {id, absl::StrCat("user", Uniform(0, 30)), int64_t{Uniform(0, 3000)}},
+            false,
+            true};
+  }
+
+  Step NewOrders() {
+    int rows = Uniform(1, 4);
+    Step s;
+    s.write = true;
+    std::vector<std::string> values;
+    for (int r = 0; r < rows; ++r) {
+      int64_t id = next_order_++;
+      orders_.push_back(id);
+      int b = static_cast<int>(s.params.size());
+      values.push_back(absl::StrCat("($", b + 1, ", $", b + 2, ", $", b + 3, ", $", b + 4, ", $",
+                                    b + 5, ", $", b + 6, ")"));
+      Value user = User();
+      order_user_[id] = user;
+      s.params.push_back(id);
+      s.params.push_back(user);
+      s.params.push_back(Fund());
+      s.params.push_back(int64_t{Uniform(1, 1000)});
+      s.params.push_back(Uniform(0, 4) == 0 ? Value() : Status());
+      s.params.push_back(int64_t{Uniform(0, 50)});
+    }
+    s.sql = absl::StrCat("INSERT INTO orders (id, user_id, fund, amount, status, created) VALUES ",
+                         absl::StrJoin(values, ", "));
+    return s;
+  }
+
+  Step OrderWrite() {
+    int64_t id = orders_[Uniform(0, static_cast<int>(orders_.size()) - 1)];
+    Value user = order_user_[id];
+    if (Uniform(0, 3) == 0) {
+      return {"DELETE FROM orders WHERE user_id = $1 AND id = $2", {user, id}, false, true};
+    }
+    return {"UPDATE orders SET status = $3 WHERE user_id = $1 AND id = $2",
+            {user, id, Status()},
+            false,
+            true};
+  }
+
+  std::mt19937 rng_;
+  std::vector<Value> users_;
+  std::vector<int64_t> orders_{};
+  std::map<int64_t, Value> order_user_;
+  const int64_t base_;
+  int64_t next_order_;
+};
+
+}  // namespace
+
+std::vector<std::string> FundSchema() {
+  return {
+      "CREATE TABLE accounts (user_id bigint PRIMARY KEY, name text NOT NULL, balance bigint "
+      "NOT NULL)",
+      "CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint NOT NULL, fund text NOT NULL, "
+      "amount bigint NOT NULL, status text, created bigint NOT NULL)",
+      "CREATE INDEX orders_by_user ON orders (user_id)",
+      "CREATE TABLE funds (code text PRIMARY KEY, name text NOT NULL, rate double precision NOT "
+      "NULL)",
+      "INSERT INTO funds (code, name, rate) VALUES ('A', 'Money Market A', 2.1), "
+      "('B', 'Bond B', 3.4), ('C', 'Cash C', 1.2), ('D', 'Deposit D', 1.9)",
+  };
+}
+
+absl::Status SameResult(const ResultSet& want, const ResultSet& got, bool ordered) {
+  if (want.columns != got.columns) {
+    return absl::InternalError(absl::StrCat("columns differ: want ",
+                                            absl::StrJoin(want.columns, ","), " got ",
+                                            absl::StrJoin(got.columns, ",")));
+  }
+  if (want.rows.size() != got.rows.size()) {
+    return absl::InternalError(
+        absl::StrCat("want ", want.rows.size(), " rows, got ", got.rows.size()));
+  }
+  std::vector<std::vector<Value>> a = want.rows, b = got.rows;
+  if (!ordered) {
+    auto less = [](const std::vector<Value>& x, const std::vector<Value>& y) {
+      for (size_t i = 0; i < x.size(); ++i) {
+        int c = Compare(x[i], y[i]);
+        if (c != 0) return c < 0;
+      }
+      return false;
+    };
+    std::sort(a.begin(), a.end(), less);
+    std::sort(b.begin(), b.end(), less);
+  }
+  for (size_t r = 0; r < a.size(); ++r) {
+    for (size_t c = 0; c < a[r].size(); ++c) {
+      if (!SameValue(a[r][c], b[r][c])) {
+        return absl::InternalError(
+            absl::StrCat("row ", r + 1, " differs: want ", RowText(a[r]), " got ", RowText(b[r])));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DifferentialStats> RunDifferential(Connection* plain, ShardedDataSource* sharded,
+                                                  int steps, uint32_t seed) {
+  DifferentialStats stats;
+  Workload w(seed);
+  for (int i = 0; i < steps; ++i) {
+    Step s = w.Next();
+    absl::StatusOr<ResultSet> want = plain->Execute(s.sql, s.params);
+    absl::StatusOr<ResultSet> got = sharded->Execute(s.sql, s.params);
+    std::string where = absl::StrCat("step ", i + 1, ": ", s.sql);
+    if (!want.ok())
+      return absl::InternalError(absl::StrCat(where, ": plain: ", want.status().message()));
+    if (!got.ok())
+      return absl::InternalError(absl::StrCat(where, ": sharded: ", got.status().message()));
+    if (s.write) {
+      if (want->rows_affected != got->rows_affected) {
+        return absl::InternalError(absl::StrCat(where, ": plain changed ", want->rows_affected,
+                                                " rows, sharded ", got->rows_affected));
+      }
+    } else {
+      absl::Status same = SameResult(*want, *got, s.ordered);
+      if (!same.ok()) return absl::InternalError(absl::StrCat(where, ": ", same.message()));
+      stats.rows_compared += static_cast<int>(want->rows.size());
+      if (s.sql.find("user_id = $1") == std::string::npos &&
+          s.sql.find("funds ORDER") == std::string::npos) {
+        ++stats.scatters;
+      }
+    }
+    ++stats.statements;
+  }
+  return stats;
+}
+
+}  // namespace formica::dds::testing
