@@ -2,12 +2,13 @@
 // kind (SQLite, PostgreSQL), and the pool of connections DDS keeps to each.
 #pragma once
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "formica/dds/data_source.h"
 
@@ -21,8 +22,10 @@ class Connection {
   // database: INVALID_ARGUMENT for SQL the database refuses (syntax, no such
   // table), FAILED_PRECONDITION for a broken constraint, ABORTED for a
   // conflict worth retrying, UNAVAILABLE when the database cannot be reached.
+  // `id`, when not 0, names `sql` for the connection's statement cache (the
+  // router's RoutedStatement::id): the same id always comes with the same text.
   virtual absl::StatusOr<ResultSet> Execute(const std::string& sql,
-                                            const std::vector<Value>& params) = 0;
+                                            const std::vector<Value>& params, uint64_t id = 0) = 0;
   // BEGIN, COMMIT, ROLLBACK.
   virtual absl::Status Begin() = 0;
   virtual absl::Status Commit() = 0;
@@ -88,9 +91,12 @@ class ConnectionPool {
   const bool read_only_;
   const int size_;
   const absl::Duration wait_;
-  absl::Mutex mu_;
-  std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mu_);
-  int open_ ABSL_GUARDED_BY(mu_) = 0;  // idle + leased + being made
+  // std::mutex, not absl::Mutex: on every statement's path (see router.cc).
+  std::mutex mu_;
+  std::condition_variable freed_;
+  std::vector<std::unique_ptr<Connection>> idle_;  // guarded by mu_
+  int open_ = 0;                                   // idle + leased + being made; guarded by mu_
+  int waiting_ = 0;  // callers in Acquire waiting for one; guarded by mu_
 };
 
 }  // namespace formica::dds

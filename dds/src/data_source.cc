@@ -154,7 +154,7 @@ class DataSourceImpl : public ShardedDataSource {
       routing->statements[0].database =
           static_cast<int>(next_database_.fetch_add(1) % databases_.size());
     }
-    const std::vector<RoutedStatement>& statements = routing->statements;
+    const auto& statements = routing->statements;
     if (statements.size() == 1) {
       return RunOne(statements[0], params, replica);
     }
@@ -217,7 +217,7 @@ class DataSourceImpl : public ShardedDataSource {
     }
     absl::StatusOr<ConnectionPool::Lease> lease = pool->Acquire();
     if (!lease.ok()) return lease.status();
-    return (*lease)->Execute(s.sql, params);
+    return (*lease)->Execute(*s.sql, params, s.id);
   }
 
   absl::StatusOr<std::unique_ptr<Transaction>> Begin(const Value& shard_key) override {
@@ -272,7 +272,7 @@ absl::StatusOr<ResultSet> TransactionImpl::Execute(const std::string& sql,
   }
   std::vector<absl::StatusOr<ResultSet>> results;
   for (const RoutedStatement& s : routing->statements) {
-    results.push_back(lease_->Execute(s.sql, params));
+    results.push_back(lease_->Execute(*s.sql, params, s.id));
     if (!results.back().ok()) return results.back().status();
   }
   return ds_->Combine(*routing, std::move(results), params);

@@ -21,13 +21,17 @@ void ConnectionPool::Lease::Release() {
 
 absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Acquire() {
   {
-    absl::MutexLock lock(&mu_);
-    auto ready = [this]()
-                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !idle_.empty() || open_ < size_; };
-    if (!mu_.AwaitWithTimeout(absl::Condition(&ready), wait_)) {
-      return absl::ResourceExhaustedError(absl::StrCat("database ", name_, ": all ", size_,
-                                                       " connections stayed busy for ",
-                                                       absl::FormatDuration(wait_)));
+    std::unique_lock<std::mutex> lock(mu_);
+    auto ready = [this] { return !idle_.empty() || open_ < size_; };
+    if (!ready()) {
+      ++waiting_;
+      bool got = freed_.wait_for(lock, absl::ToChronoNanoseconds(wait_), ready);
+      --waiting_;
+      if (!got) {
+        return absl::ResourceExhaustedError(absl::StrCat("database ", name_, ": all ", size_,
+                                                         " connections stayed busy for ",
+                                                         absl::FormatDuration(wait_)));
+      }
     }
     if (!idle_.empty()) {
       std::unique_ptr<Connection> c = std::move(idle_.back());
@@ -38,20 +42,22 @@ absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Acquire() {
   }
   absl::StatusOr<std::unique_ptr<Connection>> c = backend_->Connect(name_, target_, read_only_);
   if (!c.ok()) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     --open_;
+    if (waiting_ > 0) freed_.notify_one();
     return c.status();
   }
   return Lease(this, *std::move(c));
 }
 
 void ConnectionPool::Return(std::unique_ptr<Connection> c) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (c->broken()) {
     --open_;
-    return;
+  } else {
+    idle_.push_back(std::move(c));
   }
-  idle_.push_back(std::move(c));
+  if (waiting_ > 0) freed_.notify_one();
 }
 
 }  // namespace formica::dds

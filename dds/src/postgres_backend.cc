@@ -70,8 +70,8 @@ class PostgresConnection : public Connection {
   PostgresConnection(std::string name, PGconn* conn) : name_(std::move(name)), conn_(conn) {}
   ~PostgresConnection() override { PQfinish(conn_); }
 
-  absl::StatusOr<ResultSet> Execute(const std::string& sql,
-                                    const std::vector<Value>& params) override {
+  absl::StatusOr<ResultSet> Execute(const std::string& sql, const std::vector<Value>& params,
+                                    uint64_t /*id*/) override {
     std::vector<std::string> text(params.size());
     std::vector<const char*> values(params.size(), nullptr);
     for (size_t i = 0; i < params.size(); ++i) {
@@ -104,7 +104,7 @@ class PostgresConnection : public Connection {
   }
 
  private:
-  absl::Status Simple(const char* sql) {
+  absl::Status Simple(const char* sql) {  // BEGIN, COMMIT, ROLLBACK
     PGresult* r = PQexec(conn_, sql);
     absl::Status st = Read(r).status();
     PQclear(r);

@@ -4,11 +4,16 @@
 #include <google/protobuf/reflection.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <functional>
+#include <mutex>
 #include <numeric>
 #include <optional>
+#include <shared_mutex>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -23,7 +28,21 @@ namespace {
 
 using google::protobuf::FieldDescriptor;
 using google::protobuf::Message;
-using ShardSet = std::set<int>;
+// Shards, sorted, each once. Inline: a keyed statement allocates nothing.
+using ShardSet = absl::InlinedVector<int, 4>;
+
+ShardSet Intersect(const ShardSet& a, const ShardSet& b) {
+  ShardSet out;
+  std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(out));
+  return out;
+}
+
+void Normalize(ShardSet* s) {
+  std::sort(s->begin(), s->end());
+  s->erase(std::unique(s->begin(), s->end()), s->end());
+}
+
+std::atomic<uint64_t> next_serial{1};
 
 constexpr size_t kMaxCached = 10000;
 constexpr char kHiddenPrefix[] = "__dds_";
@@ -141,6 +160,7 @@ absl::StatusOr<int> LastTwoDigits(const std::string& user_id) {
 // and for a read that may span tables, how it is merged.
 struct Analysis {
   absl::Status error;  // the statement is refused whatever its parameters
+  std::string sql;
   pg_query::ParseResult tree;
   StatementKind kind = StatementKind::kRead;
   bool locking = false;
@@ -153,23 +173,32 @@ struct Analysis {
   std::shared_ptr<MergePlan> merge;
   pg_query::ParseResult scatter_tree;
   bool limit_per_call = false;  // LIMIT/OFFSET given as parameters
+  // The common shape "... WHERE key = $n [AND other conditions]": the key
+  // is parameter n, found without reading the tree again (0: not this shape).
+  int key_param = 0;
 
-  absl::Mutex mu;
-  std::vector<std::string> plain_sql ABSL_GUARDED_BY(mu);    // per target, "" until made
-  std::vector<std::string> scatter_sql ABSL_GUARDED_BY(mu);  // per target
+  // Each analysis names its texts apart from every other one's (ids).
+  const uint64_t serial = next_serial.fetch_add(1);
+
+  // std::mutex, not absl::Mutex: this is on every statement's path, and
+  // the distribution's abseil checks lock order on each absl::Mutex lock.
+  std::mutex mu;
+  std::vector<std::shared_ptr<const std::string>> plain_sql;    // per target, null until made
+  std::vector<std::shared_ptr<const std::string>> scatter_sql;  // per target
 };
 
 class Router::Impl {
  public:
   RouterConfig config;
-  std::vector<int> database_of;        // per shard
-  std::vector<std::string> suffix_of;  // per shard
-  std::vector<int> target_of;          // shard -> physical table index
-  std::vector<int> target_shard;       // physical table index -> its first shard
-  int width = 2;                       // digits of a shard number in a suffix
+  std::vector<int> database_of;                  // per shard
+  std::vector<std::string> suffix_of;            // per shard
+  std::vector<int> target_of;                    // shard -> physical table index
+  std::vector<int> target_shard;                 // physical table index -> its first shard
+  int width = 2;                                 // digits of a shard number in a suffix
+  const uint64_t id = next_serial.fetch_add(1);  // tells routers apart in per-thread caches
 
-  mutable absl::Mutex mu;
-  mutable absl::flat_hash_map<std::string, std::shared_ptr<Analysis>> cache ABSL_GUARDED_BY(mu);
+  mutable std::shared_mutex mu;  // see Analysis::mu
+  mutable absl::flat_hash_map<std::string, std::shared_ptr<Analysis>> cache;
 
   absl::Status Init() {
     const RouterConfig& c = config;
@@ -268,13 +297,13 @@ class Router::Impl {
     if (const double* d = std::get_if<double>(&key)) {
       return absl::InvalidArgumentError(absl::StrCat("shard key ", *d, " is not an integer"));
     }
-    std::string text = ToString(key);
     if (config.function == ShardFunction::kLastTwoDigits) {
       if (const int64_t* i = std::get_if<int64_t>(&key)) {
         return static_cast<int>(*i < 0 ? -(*i % 100) : *i % 100);  // 5 is 05
       }
-      return LastTwoDigits(text);
+      return LastTwoDigits(std::get<std::string>(key));
     }
+    std::string text = ToString(key);
     int64_t id;
     if (!absl::SimpleAtoi(text, &id)) {
       return absl::InvalidArgumentError(absl::StrCat("shard key '", text, "' is not an integer"));
@@ -302,22 +331,37 @@ class Router::Impl {
 
   // ---- analysis, once per statement text --------------------------------
 
-  absl::StatusOr<std::shared_ptr<Analysis>> Analyzed(const std::string& sql) const {
+  // The analysis of `sql`, valid until this thread's next call. A few
+  // recent ones are kept per thread, which spares the shared cache's lock.
+  absl::StatusOr<Analysis*> Analyzed(const std::string& sql) const {
+    struct Recent {
+      uint64_t router = 0;
+      std::shared_ptr<Analysis> analysis;
+    };
+    thread_local std::array<Recent, 8> recent;
+    Recent& slot = recent[(sql.size() * 31 + static_cast<unsigned char>(sql[sql.size() / 2])) % 8];
+    if (slot.router == id && slot.analysis->sql == sql) return slot.analysis.get();
+    absl::StatusOr<std::shared_ptr<Analysis>> a = Shared(sql);
+    if (!a.ok()) return a.status();
+    slot.router = id;
+    slot.analysis = *std::move(a);
+    return slot.analysis.get();
+  }
+
+  absl::StatusOr<std::shared_ptr<Analysis>> Shared(const std::string& sql) const {
     {
-      absl::ReaderMutexLock lock(&mu);
+      std::shared_lock<std::shared_mutex> lock(mu);
       if (auto it = cache.find(sql); it != cache.end()) return it->second;
     }
     absl::StatusOr<Statement> st = Parse(sql);
     if (!st.ok()) return st.status();  // not cached: cheap to find again, and unbounded
     auto a = std::make_shared<Analysis>();
+    a->sql = sql;
     a->tree = std::move(st->tree);
     a->error = Analyze(a.get());
-    {
-      absl::MutexLock lock(&a->mu);
-      a->plain_sql.resize(target_shard.size());
-      a->scatter_sql.resize(target_shard.size());
-    }
-    absl::MutexLock lock(&mu);
+    a->plain_sql.resize(target_shard.size());
+    a->scatter_sql.resize(target_shard.size());
+    std::unique_lock<std::shared_mutex> lock(mu);
     if (cache.size() >= kMaxCached) cache.clear();
     cache[sql] = a;
     return a;
@@ -396,6 +440,9 @@ class Router::Impl {
     for (const Ref& r : refs) {
       a->key_columns.push_back(
           {refs.size() > 1 ? r.qualifier : "", config.sharded_tables.at(r.table)});
+    }
+    if (const pg_query::Node* where = WhereOf(root); where != nullptr && !a->broadcast_only) {
+      a->key_param = KeyParam(*a, *where);
     }
     if (a->kind == StatementKind::kRead && !a->broadcast_only) {
       a->scatter_error = PlanScatter(a);
@@ -816,12 +863,55 @@ class Router::Impl {
     return std::optional<Value>();
   }
 
+  static const pg_query::Node* WhereOf(const pg_query::Node& root) {
+    if (root.has_update_stmt() && root.update_stmt().has_where_clause()) {
+      return &root.update_stmt().where_clause();
+    }
+    if (root.has_delete_stmt() && root.delete_stmt().has_where_clause()) {
+      return &root.delete_stmt().where_clause();
+    }
+    if (root.has_select_stmt() && root.select_stmt().has_where_clause()) {
+      return &root.select_stmt().where_clause();
+    }
+    return nullptr;
+  }
+
+  // n when the WHERE's conjuncts name a shard column in exactly one place,
+  // "key = $n"; else 0 (the tree is read for keys on each call).
+  int KeyParam(const Analysis& a, const pg_query::Node& where) const {
+    std::vector<const pg_query::Node*> parts;
+    Conjuncts(where, &parts);
+    int found = 0, mentions = 0;
+    for (const pg_query::Node* p : parts) {
+      bool mentioned = false;
+      ForEach<pg_query::ColumnRef>(*p, [&](const pg_query::ColumnRef& c) {
+        pg_query::Node n;
+        *n.mutable_column_ref() = c;
+        mentioned = mentioned || IsKeyColumn(a, n);
+      });
+      if (!mentioned) continue;
+      ++mentions;
+      if (!p->has_a_expr() || !IsOperator(p->a_expr(), "=")) continue;
+      const pg_query::A_Expr& e = p->a_expr();
+      if (IsKeyColumn(a, e.lexpr()) && e.rexpr().has_param_ref()) {
+        found = e.rexpr().param_ref().number();
+      } else if (IsKeyColumn(a, e.rexpr()) && e.lexpr().has_param_ref()) {
+        found = e.lexpr().param_ref().number();
+      }
+    }
+    return mentions == 1 ? found : 0;
+  }
+
   bool IsKeyColumn(const Analysis& a, const pg_query::Node& n) const {
-    std::optional<Column> c = ColumnOf(n);
-    if (!c.has_value()) return false;
+    if (!n.has_column_ref()) return false;
+    const auto& f = n.column_ref().fields();
+    if (f.empty() || !f[f.size() - 1].has_string()) return false;
+    const std::string& name = f[f.size() - 1].string().sval();
+    const std::string* qualifier =
+        f.size() >= 2 && f[f.size() - 2].has_string() ? &f[f.size() - 2].string().sval() : nullptr;
     for (const Column& k : a.key_columns) {
-      if (k.name != c->name) continue;
-      if (k.qualifier.empty() || c->qualifier.empty() || k.qualifier == c->qualifier) return true;
+      if (k.name != name) continue;
+      if (k.qualifier.empty() || qualifier == nullptr || k.qualifier == *qualifier) return true;
     }
     return false;
   }
@@ -843,14 +933,7 @@ class Router::Impl {
           absl::StatusOr<std::optional<ShardSet>> k = Keys(a, arg, params);
           if (!k.ok()) return k.status();
           if (!k->has_value()) continue;
-          if (!out.has_value()) {
-            out = **k;
-          } else {
-            ShardSet both;
-            std::set_intersection(out->begin(), out->end(), (*k)->begin(), (*k)->end(),
-                                  std::inserter(both, both.begin()));
-            out = both;
-          }
+          out = out.has_value() ? Intersect(*out, **k) : **k;
         }
         return out;
       }
@@ -860,9 +943,10 @@ class Router::Impl {
           absl::StatusOr<std::optional<ShardSet>> k = Keys(a, arg, params);
           if (!k.ok()) return k.status();
           if (!k->has_value()) return std::optional<ShardSet>();
-          all.insert((*k)->begin(), (*k)->end());
+          all.insert(all.end(), (*k)->begin(), (*k)->end());
         }
-        return std::optional<ShardSet>(all);
+        Normalize(&all);
+        return std::optional<ShardSet>(std::move(all));
       }
       return std::optional<ShardSet>();
     }
@@ -892,9 +976,10 @@ class Router::Impl {
         if (!v->has_value()) return std::optional<ShardSet>();
         absl::StatusOr<int> shard = ShardOf(**v);
         if (!shard.ok()) return shard.status();
-        out.insert(*shard);
+        out.push_back(*shard);
       }
-      return std::optional<ShardSet>(out);
+      Normalize(&out);
+      return std::optional<ShardSet>(std::move(out));
     }
     return std::optional<ShardSet>();
   }
@@ -935,22 +1020,29 @@ class Router::Impl {
   }
 
   // The cached text of the statement (plain or scattered) on a target.
-  absl::StatusOr<std::string> TextFor(Analysis& a, bool scatter, int target) const {
+  absl::StatusOr<RoutedStatement> Cached(Analysis& a, bool scatter, int target) const {
+    int shard = target_shard[target];
+    uint64_t id = (a.serial * 2 + (scatter ? 1 : 0)) * target_shard.size() + target + 1;
     {
-      absl::MutexLock lock(&a.mu);
-      const std::string& t = scatter ? a.scatter_sql[target] : a.plain_sql[target];
-      if (!t.empty()) return t;
+      std::lock_guard<std::mutex> lock(a.mu);
+      const auto& t = scatter ? a.scatter_sql[target] : a.plain_sql[target];
+      if (t != nullptr) return RoutedStatement{shard, database_of[shard], t, id};
     }
-    absl::StatusOr<std::string> text =
-        Rewrite(scatter ? a.scatter_tree : a.tree, target_shard[target]);
+    absl::StatusOr<std::string> text = Rewrite(scatter ? a.scatter_tree : a.tree, shard);
     if (!text.ok()) return text.status();
-    absl::MutexLock lock(&a.mu);
-    (scatter ? a.scatter_sql[target] : a.plain_sql[target]) = *text;
-    return text;
+    auto shared = std::make_shared<const std::string>(*std::move(text));
+    std::lock_guard<std::mutex> lock(a.mu);
+    (scatter ? a.scatter_sql[target] : a.plain_sql[target]) = shared;
+    return RoutedStatement{shard, database_of[shard], shared, id};
+  }
+
+  RoutedStatement Once(int shard, std::string text) const {
+    return RoutedStatement{shard, database_of[shard],
+                           std::make_shared<const std::string>(std::move(text)), 0};
   }
 
   absl::StatusOr<Routing> Route(const std::string& sql, const std::vector<Value>& params) const {
-    absl::StatusOr<std::shared_ptr<Analysis>> analyzed = Analyzed(sql);
+    absl::StatusOr<Analysis*> analyzed = Analyzed(sql);
     if (!analyzed.ok()) return analyzed.status();
     Analysis& a = **analyzed;
     if (!a.error.ok()) return a.error;
@@ -966,8 +1058,9 @@ class Router::Impl {
       absl::StatusOr<std::string> text = Deparse(tree);
       if (!text.ok()) return text.status();
       out.any_database = a.kind == StatementKind::kRead;
+      auto shared = std::make_shared<const std::string>(*std::move(text));
       for (int db = 0; db < (out.any_database ? 1 : config.databases); ++db) {
-        out.statements.push_back(RoutedStatement{-1, db, *text});
+        out.statements.push_back(RoutedStatement{-1, db, shared, 0});
       }
       return out;
     }
@@ -978,15 +1071,12 @@ class Router::Impl {
     } else if (root.has_insert_stmt()) {
       return RouteInsert(a, params, std::move(out));
     } else {
-      const pg_query::Node* where = nullptr;
-      if (root.has_update_stmt() && root.update_stmt().has_where_clause()) {
-        where = &root.update_stmt().where_clause();
-      } else if (root.has_delete_stmt() && root.delete_stmt().has_where_clause()) {
-        where = &root.delete_stmt().where_clause();
-      } else if (root.has_select_stmt() && root.select_stmt().has_where_clause()) {
-        where = &root.select_stmt().where_clause();
-      }
-      if (where != nullptr) {
+      const pg_query::Node* where = WhereOf(root);
+      if (a.key_param > 0 && a.key_param <= static_cast<int>(params.size())) {
+        absl::StatusOr<int> shard = ShardOf(params[a.key_param - 1]);
+        if (!shard.ok()) return shard.status();
+        shards = ShardSet{*shard};
+      } else if (where != nullptr) {
         absl::StatusOr<std::optional<ShardSet>> k = Keys(a, *where, params);
         if (!k.ok()) return k.status();
         shards = *k;
@@ -1002,41 +1092,37 @@ class Router::Impl {
     }
     // Keys that contradict each other (a = 1 AND a = 2) match no row; one
     // table answers (nothing) so that aggregates still answer.
-    std::vector<int> targets;
+    absl::InlinedVector<int, 4> targets;
     if (!shards.has_value()) {
       targets.resize(target_shard.size());
       std::iota(targets.begin(), targets.end(), 0);
     } else if (shards->empty()) {
       targets.push_back(0);
     } else {
-      for (int s : *shards) {
-        if (targets.empty() || targets.back() != target_of[s]) {
-          if (std::find(targets.begin(), targets.end(), target_of[s]) == targets.end()) {
-            targets.push_back(target_of[s]);
-          }
-        }
-      }
+      for (int s : *shards) targets.push_back(target_of[s]);
       std::sort(targets.begin(), targets.end());
+      targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
     }
     bool scatter = a.kind == StatementKind::kRead && targets.size() > 1;
     if (scatter) {
       if (!a.scatter_error.ok()) return a.scatter_error;
       out.merge = a.merge;
     }
+    out.statements.reserve(targets.size());
     for (int t : targets) {
-      absl::StatusOr<std::string> text;
       if (scatter && a.limit_per_call) {
         pg_query::ParseResult tree = a.scatter_tree;
         absl::Status st = SetShardLimit(
             tree.mutable_stmts(0)->mutable_stmt()->mutable_select_stmt(), *a.merge, params);
         if (!st.ok()) return st;
-        text = Rewrite(std::move(tree), target_shard[t]);
+        absl::StatusOr<std::string> text = Rewrite(std::move(tree), target_shard[t]);
+        if (!text.ok()) return text.status();
+        out.statements.push_back(Once(target_shard[t], *std::move(text)));
       } else {
-        text = TextFor(a, scatter, t);
+        absl::StatusOr<RoutedStatement> r = Cached(a, scatter, t);
+        if (!r.ok()) return r.status();
+        out.statements.push_back(*std::move(r));
       }
-      if (!text.ok()) return text.status();
-      out.statements.push_back(
-          RoutedStatement{target_shard[t], database_of[target_shard[t]], *std::move(text)});
     }
     return out;
   }
@@ -1079,9 +1165,10 @@ class Router::Impl {
       rows[target_of[*shard]].push_back(r);
     }
     for (const auto& [target, indexes] : rows) {
-      absl::StatusOr<std::string> text;
       if (rows.size() == 1) {
-        text = TextFor(a, false, target);
+        absl::StatusOr<RoutedStatement> r = Cached(a, false, target);
+        if (!r.ok()) return r.status();
+        out.statements.push_back(*std::move(r));
       } else {
         pg_query::ParseResult part = a.tree;
         auto* lists = part.mutable_stmts(0)
@@ -1093,11 +1180,10 @@ class Router::Impl {
         google::protobuf::RepeatedPtrField<pg_query::Node> kept;
         for (int r : indexes) *kept.Add() = values.Get(r);
         lists->Swap(&kept);
-        text = Rewrite(std::move(part), target_shard[target]);
+        absl::StatusOr<std::string> text = Rewrite(std::move(part), target_shard[target]);
+        if (!text.ok()) return text.status();
+        out.statements.push_back(Once(target_shard[target], *std::move(text)));
       }
-      if (!text.ok()) return text.status();
-      int shard = target_shard[target];
-      out.statements.push_back(RoutedStatement{shard, database_of[shard], *std::move(text)});
     }
     return out;
   }

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
 #include "formica/dds/data_source.h"
 #include "merge.h"
@@ -47,17 +48,21 @@ struct RouterConfig {
 enum class StatementKind { kRead, kWrite, kDdl };
 
 struct RoutedStatement {
-  int shard = 0;     // a logical shard the physical table holds
+  int shard = 0;     // a logical shard the physical table holds; -1: a broadcast table
   int database = 0;  // physical database index
-  std::string sql;   // with physical table names
+  std::shared_ptr<const std::string> sql;  // with physical table names
+  // Names this text for connections' prepared-statement caches: the same id
+  // is always the same text; 0 for a text made for this call only.
+  uint64_t id = 0;
 };
 
 struct Routing {
   StatementKind kind = StatementKind::kRead;
   // A read of broadcast tables only: any one database will do.
   bool any_database = false;
-  bool locking = false;                     // SELECT ... FOR UPDATE/SHARE: the primary
-  std::vector<RoutedStatement> statements;  // one per physical table, in shard order
+  bool locking = false;  // SELECT ... FOR UPDATE/SHARE: the primary
+  // One per physical table, in shard order (inline: a keyed statement allocates nothing).
+  absl::InlinedVector<RoutedStatement, 1> statements;
   // Set for a read that runs on more than one physical table.
   std::shared_ptr<const MergePlan> merge;
 };

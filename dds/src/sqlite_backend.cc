@@ -9,19 +9,22 @@
 namespace formica::dds {
 namespace {
 
-constexpr size_t kMaxStatements = 256;
+// Prepared statements kept per connection: a service's statements times
+// the tables they run on. Past it, one is dropped for each one added.
+constexpr size_t kMaxStatements = 2048;
 
 class SqliteConnection : public Connection {
  public:
   SqliteConnection(std::string name, sqlite3* db) : name_(std::move(name)), db_(db) {}
   ~SqliteConnection() override {
-    for (auto& [sql, p] : cache_) sqlite3_finalize(p.stmt);
+    for (auto& [id, p] : by_id_) sqlite3_finalize(p.stmt);
+    for (auto& [sql, p] : by_text_) sqlite3_finalize(p.stmt);
     sqlite3_close_v2(db_);
   }
 
-  absl::StatusOr<ResultSet> Execute(const std::string& sql,
-                                    const std::vector<Value>& params) override {
-    absl::StatusOr<Prepared*> p = Prepare(sql);
+  absl::StatusOr<ResultSet> Execute(const std::string& sql, const std::vector<Value>& params,
+                                    uint64_t id) override {
+    absl::StatusOr<Prepared*> p = Prepare(sql, id);
     if (!p.ok()) return p.status();
     sqlite3_stmt* stmt = (*p)->stmt;
     const std::vector<int>& slots = (*p)->param_of_slot;
@@ -53,27 +56,30 @@ class SqliteConnection : public Connection {
       }
     }
     ResultSet out;
-    int n = sqlite3_column_count(stmt);
-    out.columns.reserve(n);
-    for (int c = 0; c < n; ++c) out.columns.emplace_back(sqlite3_column_name(stmt, c));
+    const int n = static_cast<int>((*p)->columns.size());
+    out.columns = (*p)->columns;
     int rc;
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
       std::vector<Value>& row = out.rows.emplace_back();
       row.reserve(n);
       for (int c = 0; c < n; ++c) {
-        switch (sqlite3_column_type(stmt, c)) {
+        // The column's value as SQLite holds it: one lookup instead of one
+        // per sqlite3_column_* call. Safe unprotected: this connection is
+        // used by one thread at a time.
+        sqlite3_value* v = sqlite3_column_value(stmt, c);
+        switch (sqlite3_value_type(v)) {
           case SQLITE_NULL:
             row.emplace_back();
             break;
           case SQLITE_INTEGER:
-            row.emplace_back(static_cast<int64_t>(sqlite3_column_int64(stmt, c)));
+            row.emplace_back(static_cast<int64_t>(sqlite3_value_int64(v)));
             break;
           case SQLITE_FLOAT:
-            row.emplace_back(sqlite3_column_double(stmt, c));
+            row.emplace_back(sqlite3_value_double(v));
             break;
           default: {
-            const void* data = sqlite3_column_blob(stmt, c);
-            int len = sqlite3_column_bytes(stmt, c);
+            const void* data = sqlite3_value_blob(v);
+            int len = sqlite3_value_bytes(v);
             row.emplace_back(std::string(static_cast<const char*>(data), data ? len : 0));
           }
         }
@@ -82,8 +88,7 @@ class SqliteConnection : public Connection {
     absl::Status st;
     if (rc != SQLITE_DONE) st = Error(rc);
     if (st.ok() && !sqlite3_stmt_readonly(stmt)) out.rows_affected = sqlite3_changes(db_);
-    sqlite3_reset(stmt);
-    sqlite3_clear_bindings(stmt);
+    sqlite3_reset(stmt);  // every slot is bound again before the next step
     if (!st.ok()) return st;
     return out;
   }
@@ -100,6 +105,7 @@ class SqliteConnection : public Connection {
   struct Prepared {
     sqlite3_stmt* stmt = nullptr;
     std::vector<int> param_of_slot;  // slot i+1 binds $param_of_slot[i]
+    std::vector<std::string> columns;
   };
 
   absl::Status Exec(const char* sql) {
@@ -114,9 +120,14 @@ class SqliteConnection : public Connection {
     return Classify(rc, msg);
   }
 
-  absl::StatusOr<Prepared*> Prepare(const std::string& sql) {
-    auto it = cache_.find(sql);
-    if (it != cache_.end()) return &it->second;
+  absl::StatusOr<Prepared*> Prepare(const std::string& sql, uint64_t id) {
+    if (id != 0) {
+      auto it = by_id_.find(id);
+      if (it != by_id_.end()) return &it->second;
+    } else {
+      auto it = by_text_.find(sql);
+      if (it != by_text_.end()) return &it->second;
+    }
     Prepared p;
     const char* tail = nullptr;
     int rc = sqlite3_prepare_v3(db_, sql.c_str(), static_cast<int>(sql.size()),
@@ -135,11 +146,20 @@ class SqliteConnection : public Connection {
       }
       p.param_of_slot.push_back(k);
     }
-    if (cache_.size() >= kMaxStatements) {
-      for (auto& [s, q] : cache_) sqlite3_finalize(q.stmt);
-      cache_.clear();
+    for (int c = 0; c < sqlite3_column_count(p.stmt); ++c) {
+      p.columns.emplace_back(sqlite3_column_name(p.stmt, c));
     }
-    return &cache_.emplace(sql, std::move(p)).first->second;
+    // Statements made for one call only (id 0) are few; keep a handful.
+    if (id == 0 && by_text_.size() >= 64) {
+      sqlite3_finalize(by_text_.begin()->second.stmt);
+      by_text_.erase(by_text_.begin());
+    }
+    if (id != 0 && by_id_.size() >= kMaxStatements) {
+      sqlite3_finalize(by_id_.begin()->second.stmt);
+      by_id_.erase(by_id_.begin());
+    }
+    if (id != 0) return &by_id_.emplace(id, std::move(p)).first->second;
+    return &by_text_.emplace(sql, std::move(p)).first->second;
   }
 
   absl::Status Error(int rc) { return Classify(rc, sqlite3_errmsg(db_)); }
@@ -169,7 +189,8 @@ class SqliteConnection : public Connection {
 
   const std::string name_;
   sqlite3* const db_;
-  absl::flat_hash_map<std::string, Prepared> cache_;
+  absl::flat_hash_map<uint64_t, Prepared> by_id_;
+  absl::flat_hash_map<std::string, Prepared> by_text_;
   bool broken_ = false;
 };
 

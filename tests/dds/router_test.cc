@@ -103,14 +103,14 @@ TEST(Router, RoutesAndRewritesTheCorpus) {
         auto it = std::find_if(st.begin(), st.end(),
                                [&](const RoutedStatement& r) { return r.database == db; });
         ASSERT_NE(it, st.end()) << "no statement for database " << db;
-        EXPECT_EQ(it->sql, kv.second);
+        EXPECT_EQ(*it->sql, kv.second);
         continue;
       }
       int shard = std::stoi(kv.first);
       auto it = std::find_if(st.begin(), st.end(),
                              [&](const RoutedStatement& r) { return r.shard == shard; });
       ASSERT_NE(it, st.end()) << "no statement for shard " << shard;
-      EXPECT_EQ(it->sql, kv.second);
+      EXPECT_EQ(*it->sql, kv.second);
       EXPECT_EQ(it->database, shard * 4 / 100);
     }
   }
@@ -138,7 +138,7 @@ TEST(Router, ModuloAndRangeShardFunctions) {
   EXPECT_EQ(modulo->DatabaseOf(5), 1);
   auto routed = modulo->Route("SELECT * FROM t WHERE id = 13", {});
   ASSERT_TRUE(routed.ok()) << routed.status();
-  EXPECT_EQ(routed->statements[0].sql, "SELECT * FROM t_05 WHERE id = 13");
+  EXPECT_EQ(*routed->statements[0].sql, "SELECT * FROM t_05 WHERE id = 13");
 
   RouterConfig r = m;
   r.shards = 2;
@@ -162,7 +162,7 @@ TEST(Router, AnEmptySuffixRunsOnceOnEachDatabase) {
   auto routed = router->Route("SELECT count(*) FROM orders", {});
   ASSERT_TRUE(routed.ok()) << routed.status();
   ASSERT_EQ(routed->statements.size(), 4u);
-  EXPECT_EQ(routed->statements[1].sql, "SELECT count(*) FROM orders");
+  EXPECT_EQ(*routed->statements[1].sql, "SELECT count(*) FROM orders");
   EXPECT_NE(routed->merge, nullptr);
 }
 
