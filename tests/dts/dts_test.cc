@@ -15,10 +15,12 @@
 #include "formica/common/grpc_status.h"
 #include "formica/dts/activity.h"
 #include "formica/dts/participant.h"
+#include "formica/dts/sharded_participant.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
 #include "formica/test/account.grpc.pb.h"
+#include "postgres.h"
 #include "registry_fixture.h"
 
 namespace formica::dts {
@@ -691,6 +693,293 @@ TEST_F(BarrierTest, BodiesCannotEndOrNestTheirTransaction) {
   // The participant still works.
   EXPECT_TRUE(TryBook(id).ok());
   EXPECT_EQ(Tried(id), 1);
+}
+
+// The barrier through DDS: a ShardedParticipant whose accounts are split
+// over two SQLite databases by user id; each action runs, with its barrier
+// row, on its user's shard. dtsd drives phase two as for any participant.
+class ShardedBarrierTest : public DtsTest {
+ protected:
+  static constexpr int64_t kAlice = 101;  // shard 1, database east
+  static constexpr int64_t kBob = 299;    // shard 99, database west
+
+  // Two databases, east (shards 0-49) and west (50-99).
+  virtual dds::DataSourceConfig Databases() {
+    dds::DataSourceConfig c;
+    c.databases = {{"east", dds::DatabaseKind::kSqlite, dir_.File("east.db"), {}, 4, {}},
+                   {"west", dds::DatabaseKind::kSqlite, dir_.File("west.db"), {}, 4, {}}};
+    return c;
+  }
+
+  void SetUp() override {
+    DtsTest::SetUp();
+    dds::DataSourceConfig c = Databases();
+    if (HasFatalFailure()) return;
+    c.sharded_tables = {{"accounts", "user_id"}, {"formica_dts_barrier", "shard_key"}};
+    auto ds = dds::ShardedDataSource::Open(c);
+    ASSERT_TRUE(ds.ok()) << ds.status();
+    ds_ = std::move(*ds);
+    ASSERT_TRUE(ds_->Execute("CREATE TABLE accounts (user_id bigint PRIMARY KEY, balance bigint "
+                             "NOT NULL, frozen bigint NOT NULL, incoming bigint NOT NULL)")
+                    .ok());
+    auto inserted = ds_->Execute(
+        "INSERT INTO accounts (user_id, balance, frozen, incoming) VALUES ($1, 1000, 0, 0), "
+        "($2, 1000, 0, 0)",
+        {kAlice, kBob});
+    ASSERT_TRUE(inserted.ok()) << inserted.status();
+    auto p = ShardedParticipant::Open({"fund.ledger"}, rpc_.get(), ds_.get());
+    ASSERT_TRUE(p.ok()) << p.status();
+    participant_ = std::move(*p);
+    auto amount = [](const ActionCall& c) { return dds::Value(std::stoll(c.payload)); };
+    auto run = [](dds::Transaction* tx, const char* sql, const dds::Value& user,
+                  const dds::Value& amount) -> absl::Status {
+      auto r = tx->Execute(sql, {user, amount});
+      if (!r.ok()) return r.status();
+      return r->rows_affected == 1 ? absl::OkStatus()
+                                   : absl::FailedPreconditionError("no such account");
+    };
+    participant_->Declare(
+        "debit",
+        [=](dds::Transaction* tx, const ActionCall& c) {
+          return run(tx, "UPDATE accounts SET frozen = frozen - $2 WHERE user_id = $1", kAlice,
+                     amount(c));
+        },
+        [=](dds::Transaction* tx, const ActionCall& c) {
+          return run(tx,
+                     "UPDATE accounts SET balance = balance + $2, frozen = frozen - $2 WHERE "
+                     "user_id = $1",
+                     kAlice, amount(c));
+        });
+    participant_->Declare(
+        "credit",
+        [=](dds::Transaction* tx, const ActionCall& c) {
+          return run(tx,
+                     "UPDATE accounts SET balance = balance + $2, incoming = incoming - $2 WHERE "
+                     "user_id = $1",
+                     kBob, amount(c));
+        },
+        [=](dds::Transaction* tx, const ActionCall& c) {
+          return run(tx, "UPDATE accounts SET incoming = incoming - $2 WHERE user_id = $1", kBob,
+                     amount(c));
+        });
+    rpc::ServerOptions so;
+    so.unpublish_grace = absl::ZeroDuration();
+    auto server =
+        rpc::Server::Start(so, {{participant_->name(), participant_->service()}}, registry_.get());
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    stub_ = v1::Participant::NewStub(
+        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+  }
+  void TearDown() override {
+    server_.reset();
+    participant_.reset();
+    ds_.reset();
+    DtsTest::TearDown();
+  }
+
+  absl::Status Debit(const std::string& id, int64_t amount) {
+    return participant_->Try(
+        id, kAlice, "debit", std::to_string(amount), [&](dds::Transaction* tx) -> absl::Status {
+          auto r = tx->Execute(
+              "UPDATE accounts SET balance = balance - $2, frozen = frozen + "
+              "$2 WHERE user_id = $1 AND balance >= $2",
+              {kAlice, amount});
+          if (!r.ok()) return r.status();
+          return r->rows_affected == 1 ? absl::OkStatus()
+                                       : absl::FailedPreconditionError("insufficient funds");
+        });
+  }
+  absl::Status Credit(const std::string& id, int64_t amount) {
+    return participant_->Try(id, kBob, "credit", std::to_string(amount), [&](dds::Transaction* tx) {
+      return tx
+          ->Execute(
+              "UPDATE accounts SET incoming = incoming + $2 WHERE "
+              "user_id = $1",
+              {kBob, amount})
+          .status();
+    });
+  }
+  std::vector<int64_t> Account(int64_t user) {
+    auto r =
+        ds_->Execute("SELECT balance, frozen, incoming FROM accounts WHERE user_id = $1", {user});
+    EXPECT_TRUE(r.ok() && r->rows.size() == 1) << r.status();
+    if (!r.ok() || r->rows.size() != 1) return {};
+    std::vector<int64_t> out;
+    for (const dds::Value& v : r->rows[0]) out.push_back(std::get<int64_t>(v));
+    return out;
+  }
+  grpc::Status PhaseTwo(bool confirm, const std::string& id, const std::string& action,
+                        int64_t user, int64_t amount) {
+    grpc::ClientContext ctx;
+    v1::PhaseTwoRequest req;
+    req.set_activity_id(id);
+    req.set_action(action);
+    // As the try enlisted it: the shard key travels with the payload.
+    req.set_payload(absl::StrCat("formica.dds:i:", user, "\n", amount));
+    v1::PhaseTwoResponse resp;
+    return confirm ? stub_->Confirm(&ctx, req, &resp) : stub_->Cancel(&ctx, req, &resp);
+  }
+
+  // 4 threads each run activities moving 10.. from Alice to Bob, one in
+  // three rolled back; returns what the committed ones moved. Then checks
+  // the accounts once dtsd has finished every activity.
+  int64_t Transfers() {
+    std::atomic<int64_t> moved{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 10; ++i) {
+          auto activity = Activity::Begin(rpc_.get(), Named("fund.Transfer"));
+          ASSERT_TRUE(activity.ok()) << activity.status();
+          const std::string id = (*activity)->id();
+          const int64_t amount = 10 + t * 10 + i;
+          ASSERT_TRUE(Debit(id, amount).ok());
+          ASSERT_TRUE(Credit(id, amount).ok());
+          if (i % 3 == 2) {
+            ASSERT_TRUE((*activity)->Rollback("changed my mind").ok());
+          } else {
+            ASSERT_TRUE((*activity)->Commit().ok());
+            moved += amount;
+          }
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    AwaitQuiet(absl::Seconds(30));
+    EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{1000 - moved, 0, 0}));
+    EXPECT_EQ(Account(kBob), (std::vector<int64_t>{1000 + moved, 0, 0}));
+    return moved;
+  }
+
+  std::unique_ptr<dds::ShardedDataSource> ds_;
+  std::unique_ptr<ShardedParticipant> participant_;
+  std::unique_ptr<rpc::Server> server_;
+  std::unique_ptr<v1::Participant::Stub> stub_;
+};
+
+TEST_F(ShardedBarrierTest, TransfersAcrossShardsFinishEverywhereOrNowhere) {
+  int64_t moved = Transfers();
+  EXPECT_GT(moved, 0);
+  // Each barrier row is on its user's shard, in that shard's database.
+  auto rows = [&](const std::string& db, const std::string& table) {
+    sqlite3* h = nullptr;
+    EXPECT_EQ(sqlite3_open(dir_.File(db).c_str(), &h), SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    EXPECT_EQ(sqlite3_prepare_v2(h, ("SELECT count(*) FROM " + table).c_str(), -1, &s, nullptr),
+              SQLITE_OK);
+    int64_t n = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : -1;
+    sqlite3_finalize(s);
+    sqlite3_close(h);
+    return n;
+  };
+  EXPECT_EQ(rows("east.db", "formica_dts_barrier_01"), 80);  // 40 tries, 40 confirms or cancels
+  EXPECT_EQ(rows("west.db", "formica_dts_barrier_99"), 80);
+}
+
+// The same on PostgreSQL, where the transactions of one action really run
+// at once: the barrier's unique keys and row locks decide.
+class ShardedBarrierPostgresTest : public ShardedBarrierTest {
+ protected:
+  dds::DataSourceConfig Databases() override {
+    auto pg = formica::testing::PostgresServer::Start();
+    EXPECT_TRUE(pg.ok()) << pg.status();
+    if (!pg.ok()) return {};
+    pg_ = std::move(*pg);
+    dds::DataSourceConfig c;
+    for (const char* name : {"east", "west"}) {
+      EXPECT_TRUE(pg_->CreateDatabase(name).ok());
+      c.databases.push_back({name, dds::DatabaseKind::kPostgres, pg_->Dsn(name), {}, 4, {}});
+    }
+    return c;
+  }
+  void TearDown() override {
+    ShardedBarrierTest::TearDown();
+    pg_.reset();
+  }
+  std::unique_ptr<formica::testing::PostgresServer> pg_;
+};
+
+TEST_F(ShardedBarrierPostgresTest, TransfersAcrossShardsFinishEverywhereOrNowhere) {
+  EXPECT_GT(Transfers(), 0);
+  auto rows = ds_->Execute("SELECT count(*) FROM formica_dts_barrier");
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(std::get<int64_t>(rows->rows[0][0]), 160);
+}
+
+TEST_F(ShardedBarrierPostgresTest, ACancelRacingItsTryLeavesNoHangingFreeze) {
+  // Cancels sent while the try may be running: either the try ran (and the
+  // cancel undid it) or it was refused; nothing stays frozen.
+  for (int i = 0; i < 20; ++i) {
+    auto activity = Activity::Begin(rpc_.get(), Named("fund.Transfer"));
+    ASSERT_TRUE(activity.ok());
+    const std::string id = (*activity)->id();
+    std::thread canceller([&] {
+      for (int k = 0; k < 50; ++k) {
+        if (PhaseTwo(false, id, "debit", kAlice, 3).ok()) return;
+      }
+    });
+    absl::Status tried = Debit(id, 3);
+    canceller.join();
+    EXPECT_TRUE(tried.ok() || tried.code() == absl::StatusCode::kAborted) << tried;
+    (*activity)->Rollback("raced").IgnoreError();
+  }
+  AwaitQuiet(absl::Seconds(30));
+  EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{1000, 0, 0}));
+}
+
+TEST_F(ShardedBarrierTest, TheBarrierHoldsOnTheUsersShard) {
+  auto one = Activity::Begin(rpc_.get(), Named("fund.Transfer"));
+  ASSERT_TRUE(one.ok());
+  std::string id = (*one)->id();
+  // A cancel with no try: an empty rollback that bars the late try.
+  ASSERT_TRUE(PhaseTwo(false, id, "debit", kAlice, 5).ok());
+  absl::Status late = Debit(id, 5);
+  EXPECT_EQ(late.code(), absl::StatusCode::kAborted) << late;
+  EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{1000, 0, 0})) << "the late try did nothing";
+  // Confirm and cancel are idempotent; the opposite outcome is refused.
+  auto two = Activity::Begin(rpc_.get(), Named("fund.Transfer"));
+  ASSERT_TRUE(two.ok());
+  id = (*two)->id();
+  ASSERT_TRUE(Debit(id, 7).ok());
+  ASSERT_TRUE(Debit(id, 7).ok()) << "a repeated try is a no-op success";
+  EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{993, 7, 0}));
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(PhaseTwo(true, id, "debit", kAlice, 7).ok());
+  EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{993, 0, 0}));
+  grpc::Status cancel = PhaseTwo(false, id, "debit", kAlice, 7);
+  EXPECT_EQ(cancel.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(cancel.error_message().find("was already confirmed"), std::string::npos);
+  EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{993, 0, 0}));
+  // A confirm with nothing tried is an inconsistency, not a no-op.
+  auto three = Activity::Begin(rpc_.get(), Named("fund.Transfer"));
+  ASSERT_TRUE(three.ok());
+  grpc::Status confirm = PhaseTwo(true, (*three)->id(), "credit", kBob, 1);
+  EXPECT_EQ(confirm.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(confirm.error_message().find("nothing to confirm"), std::string::npos);
+  // A payload without the shard key is refused, naming why.
+  grpc::ClientContext ctx;
+  v1::PhaseTwoRequest req;
+  req.set_activity_id((*three)->id());
+  req.set_action("credit");
+  req.set_payload("1");
+  v1::PhaseTwoResponse resp;
+  grpc::Status bare = stub_->Cancel(&ctx, req, &resp);
+  EXPECT_EQ(bare.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(bare.error_message().find("carries no shard key"), std::string::npos);
+  (*one)->Rollback("done").IgnoreError();
+  (*two)->Rollback("done").IgnoreError();
+  (*three)->Rollback("done").IgnoreError();
+}
+
+TEST_F(ShardedBarrierTest, OpenNeedsTheBarrierTableSharded) {
+  dds::DataSourceConfig c;
+  c.databases = {{"only", dds::DatabaseKind::kSqlite, dir_.File("only.db"), {}, 1, {}}};
+  c.sharded_tables = {{"accounts", "user_id"}};
+  auto ds = dds::ShardedDataSource::Open(c);
+  ASSERT_TRUE(ds.ok());
+  auto p = ShardedParticipant::Open({"x"}, rpc_.get(), ds->get());
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(p.status().message().find("formica_dts_barrier: shard_key"), absl::string_view::npos);
 }
 
 }  // namespace

@@ -61,6 +61,8 @@ struct ActionCall {
   std::string action;
   std::string payload;  // as given to Try
 };
+// (dts::ShardedParticipant, the same over a DDS data source, is in
+// sharded_participant.h.)
 
 class Participant {
  public:

@@ -1,0 +1,300 @@
+#include "formica/dts/sharded_participant.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <map>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "coordinator_calls.h"
+#include "formica/common/grpc_status.h"
+#include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/rpc/call_context.h"
+#include "formica/rpc/client.h"
+#include "formica/rpc/server.h"
+
+namespace formica::dts {
+namespace {
+
+constexpr char kTable[] = "formica_dts_barrier";
+
+constexpr char kSchema[] =
+    "CREATE TABLE IF NOT EXISTS formica_dts_barrier ("
+    " shard_key text NOT NULL,"
+    " activity_id text NOT NULL,"
+    " action text NOT NULL,"
+    " phase text NOT NULL,"   // try, confirm or cancel
+    " origin text NOT NULL,"  // the phase that wrote the row (a cancel writes 'try' rows too)
+    " at_ms bigint NOT NULL,"
+    " PRIMARY KEY (activity_id, action, phase))";
+
+constexpr char kMark[] =
+    "INSERT INTO formica_dts_barrier (shard_key, activity_id, action, phase, origin, at_ms) "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+
+// FOR UPDATE: on PostgreSQL, confirm and cancel of one action wait for each
+// other on its try row (SQLite serializes writers anyway).
+constexpr char kOrigin[] =
+    "SELECT origin FROM formica_dts_barrier WHERE shard_key = $1 AND activity_id = $2 AND "
+    "action = $3 AND phase = $4 FOR UPDATE";
+
+// The enlisted payload carries the shard key, typed, so phase two routes
+// exactly as the try did: "formica.dds:i:<int>\n<payload>" or ":s:<text>".
+constexpr char kEnvelope[] = "formica.dds:";
+
+std::string Wrap(const dds::Value& key, absl::string_view payload) {
+  const char* type = std::holds_alternative<int64_t>(key) ? "i:" : "s:";
+  return absl::StrCat(kEnvelope, type, dds::ToString(key), "\n", payload);
+}
+
+absl::Status Unwrap(absl::string_view enlisted, dds::Value* key, std::string* payload) {
+  absl::string_view rest = enlisted;
+  size_t nl = rest.find('\n');
+  if (!absl::ConsumePrefix(&rest, kEnvelope) || rest.size() < 2 || nl == absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        "the action's payload carries no shard key; it was not enlisted by a ShardedParticipant");
+  }
+  char type = rest[0];
+  absl::string_view text = rest.substr(2, rest.find('\n') - 2);
+  *payload = std::string(enlisted.substr(nl + 1));
+  if (type == 'i') {
+    int64_t v;
+    if (!absl::SimpleAtoi(text, &v)) return absl::InvalidArgumentError("a bad shard key");
+    *key = v;
+  } else {
+    *key = std::string(text);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+class ShardedParticipant::Impl final : public v1::Participant::Service {
+ public:
+  ShardedParticipantOptions options;
+  rpc::Client* rpc = nullptr;
+  dds::ShardedDataSource* ds = nullptr;
+  struct Steps {
+    Step confirm;
+    Step cancel;
+  };
+  absl::Mutex steps_mu;
+  std::map<std::string, Steps, std::less<>> steps ABSL_GUARDED_BY(steps_mu);
+
+  // Writes a barrier row; false when it was there already.
+  absl::StatusOr<bool> Mark(dds::Transaction* tx, const dds::Value& key, absl::string_view id,
+                            absl::string_view action, const char* phase, const char* origin) {
+    absl::StatusOr<dds::ResultSet> r =
+        tx->Execute(kMark, {key, std::string(id), std::string(action), std::string(phase),
+                            std::string(origin), absl::ToUnixMillis(absl::Now())});
+    if (!r.ok()) return r.status();
+    return r->rows_affected > 0;
+  }
+
+  // Who wrote the row of `phase` ("" when there is none).
+  absl::StatusOr<std::string> Origin(dds::Transaction* tx, const dds::Value& key,
+                                     absl::string_view id, absl::string_view action,
+                                     const char* phase) {
+    absl::StatusOr<dds::ResultSet> r =
+        tx->Execute(kOrigin, {key, std::string(id), std::string(action), std::string(phase)});
+    if (!r.ok()) return r.status();
+    if (r->rows.empty()) return std::string();
+    return dds::ToString(r->rows[0][0]);
+  }
+
+  // Runs `work` in a local transaction on `key`'s shard; commits when it
+  // returns OK and asks to keep its changes.
+  absl::Status InTransaction(const dds::Value& key,
+                             const std::function<absl::Status(dds::Transaction*, bool*)>& work) {
+    absl::StatusOr<std::unique_ptr<dds::Transaction>> tx = ds->Begin(key);
+    if (!tx.ok()) return tx.status();
+    bool keep = true;
+    absl::Status st = work(tx->get(), &keep);
+    if (!st.ok() || !keep) {
+      absl::Status undo = (*tx)->Rollback();
+      return st.ok() ? undo : st;
+    }
+    return (*tx)->Commit();
+  }
+
+  absl::Status Try(absl::string_view id, const dds::Value& key, absl::string_view action,
+                   absl::string_view payload, const Body& body) {
+    if (id.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "try of '", action, "' outside a business activity (no txn id in the call context)"));
+    }
+    {
+      absl::MutexLock lock(&steps_mu);
+      if (steps.find(action) == steps.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("action '", action, "' is not declared by participant ", options.name));
+      }
+    }
+    if (absl::StatusOr<int> shard = ds->ShardOf(key); !shard.ok()) return shard.status();
+    if (dds::ToString(key).find('\n') != std::string::npos) {
+      return absl::InvalidArgumentError("a shard key may not hold a line break");
+    }
+    // Enlisted first, durably: whatever the local transaction then does,
+    // dtsd will come back with confirm or cancel.
+    v1::CoordinatorOp op;
+    v1::EnlistRequest* request = op.mutable_enlist();
+    request->set_activity_id(std::string(id));
+    request->set_participant(options.name);
+    request->set_action(std::string(action));
+    request->set_payload(Wrap(key, payload));
+    if (absl::Status st = CoordinatorCalls::For(rpc).Run(op, options.enlist_timeout).status();
+        !st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("enlisting ", action, " in activity ",
+                                                  std::string(id), ": ", st.message()));
+    }
+    return InTransaction(key, [&](dds::Transaction* tx, bool* keep) -> absl::Status {
+      // The try row's key decides a race with this action's cancel: whoever
+      // writes it first wins, the other finds it.
+      absl::StatusOr<bool> fresh = Mark(tx, key, id, action, "try", "try");
+      if (!fresh.ok()) return fresh.status();
+      if (!*fresh) {
+        *keep = false;
+        absl::StatusOr<std::string> origin = Origin(tx, key, id, action, "try");
+        if (!origin.ok()) return origin.status();
+        if (*origin == "cancel") {
+          return absl::AbortedError(absl::StrCat("action ", action, " of activity ",
+                                                 std::string(id),
+                                                 " was cancelled before its try arrived; refused"));
+        }
+        return absl::OkStatus();  // a repeated try: done before
+      }
+      return body(tx);
+    });
+  }
+
+  absl::Status PhaseTwo(bool confirm, const std::string& id, const std::string& action,
+                        const std::string& enlisted) {
+    if (id.empty() || action.empty()) {
+      return absl::InvalidArgumentError("activity_id and action are required");
+    }
+    Step step;
+    {
+      absl::MutexLock lock(&steps_mu);
+      auto it = steps.find(action);
+      if (it == steps.end()) {
+        return absl::UnimplementedError(
+            absl::StrCat("action '", action, "' is not declared by participant ", options.name));
+      }
+      step = confirm ? it->second.confirm : it->second.cancel;
+    }
+    ActionCall call{id, action, ""};
+    dds::Value key;
+    if (absl::Status st = Unwrap(enlisted, &key, &call.payload); !st.ok()) return st;
+    const char* phase = confirm ? "confirm" : "cancel";
+    return InTransaction(key, [&](dds::Transaction* tx, bool* keep) -> absl::Status {
+      absl::StatusOr<std::string> tried = Origin(tx, key, id, action, "try");  // locks it
+      if (!tried.ok()) return tried.status();
+      absl::StatusOr<bool> fresh = Mark(tx, key, id, action, phase, phase);
+      if (!fresh.ok()) return fresh.status();
+      if (!*fresh) {
+        *keep = false;  // a repeat: done before
+        return absl::OkStatus();
+      }
+      absl::StatusOr<std::string> opposite =
+          Origin(tx, key, id, action, confirm ? "cancel" : "confirm");
+      if (!opposite.ok()) return opposite.status();
+      if (!opposite->empty()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("action ", action, " of activity ", id, " was already ",
+                         confirm ? "cancelled" : "confirmed", " by participant ", options.name,
+                         "; refusing to ", confirm ? "confirm" : "cancel", " it"));
+      }
+      if (tried->empty()) {
+        if (confirm) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("no try of action ", action, " in activity ", id,
+                           " was recorded by participant ", options.name, "; nothing to confirm"));
+        }
+        // An empty rollback. The try row written here bars a late try; if
+        // the try is writing it now, one of the two waits and finds it.
+        absl::StatusOr<bool> barred = Mark(tx, key, id, action, "try", "cancel");
+        if (!barred.ok()) return barred.status();
+        if (*barred) return absl::OkStatus();
+        return absl::AbortedError("the action's try arrived while it was cancelled; retry");
+      }
+      return step ? step(tx, call) : absl::OkStatus();
+    });
+  }
+
+  grpc::Status Confirm(grpc::ServerContext* ctx, const v1::PhaseTwoRequest* req,
+                       v1::PhaseTwoResponse*) override {
+    return rpc::Serve(ctx, [&] {
+      return ToGrpcStatus(PhaseTwo(true, req->activity_id(), req->action(), req->payload()));
+    });
+  }
+  grpc::Status Cancel(grpc::ServerContext* ctx, const v1::PhaseTwoRequest* req,
+                      v1::PhaseTwoResponse*) override {
+    return rpc::Serve(ctx, [&] {
+      return ToGrpcStatus(PhaseTwo(false, req->activity_id(), req->action(), req->payload()));
+    });
+  }
+  grpc::Status PhaseTwoBatch(grpc::ServerContext* ctx, const v1::PhaseTwoBatchRequest* req,
+                             v1::PhaseTwoBatchResponse* resp) override {
+    return rpc::Serve(ctx, [&] {
+      for (const v1::PhaseTwoItem& item : req->items()) {
+        absl::Status st =
+            PhaseTwo(item.confirm(), item.activity_id(), item.action(), item.payload());
+        v1::PhaseTwoResult* r = resp->add_results();
+        r->set_code(static_cast<int>(st.code()));
+        r->set_message(std::string(st.message()));
+      }
+      return grpc::Status::OK;
+    });
+  }
+};
+
+absl::StatusOr<std::unique_ptr<ShardedParticipant>> ShardedParticipant::Open(
+    ShardedParticipantOptions options, rpc::Client* rpc, dds::ShardedDataSource* ds) {
+  if (rpc == nullptr || ds == nullptr) {
+    return absl::InvalidArgumentError(
+        "dts::ShardedParticipant needs an rpc::Client and a data source");
+  }
+  if (options.name.empty()) {
+    return absl::InvalidArgumentError("ShardedParticipantOptions.name is required");
+  }
+  absl::StatusOr<dds::ResultSet> made = ds->Execute(kSchema);
+  if (!made.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot create the barrier table ", kTable, " (add `", kTable,
+        ": shard_key` to the data source's sharded_tables): ", made.status().message()));
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = std::move(options);
+  impl->rpc = rpc;
+  impl->ds = ds;
+  return std::unique_ptr<ShardedParticipant>(new ShardedParticipant(std::move(impl)));
+}
+
+ShardedParticipant::ShardedParticipant(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ShardedParticipant::~ShardedParticipant() = default;
+
+const std::string& ShardedParticipant::name() const { return impl_->options.name; }
+grpc::Service* ShardedParticipant::service() { return impl_.get(); }
+
+void ShardedParticipant::Declare(const std::string& action, Step confirm, Step cancel) {
+  absl::MutexLock lock(&impl_->steps_mu);
+  impl_->steps[action] = Impl::Steps{std::move(confirm), std::move(cancel)};
+}
+
+absl::Status ShardedParticipant::Try(const dds::Value& shard_key, absl::string_view action,
+                                     absl::string_view payload, const Body& body) {
+  const rpc::CallContext* current = rpc::CurrentCallContext();
+  return impl_->Try(current == nullptr ? absl::string_view() : current->txn_id, shard_key, action,
+                    payload, body);
+}
+
+absl::Status ShardedParticipant::Try(absl::string_view activity_id, const dds::Value& shard_key,
+                                     absl::string_view action, absl::string_view payload,
+                                     const Body& body) {
+  return impl_->Try(activity_id, shard_key, action, payload, body);
+}
+
+}  // namespace formica::dts
