@@ -17,8 +17,11 @@ int Rank(const Value& v) {
 
 double AsDouble(const Value& v) {
   if (const int64_t* i = std::get_if<int64_t>(&v)) return static_cast<double>(*i);
-  return std::get<double>(v);
+  if (const double* d = std::get_if<double>(&v)) return *d;
+  return 0;  // callers check Numeric() first
 }
+
+bool Numeric(const Value& v) { return Rank(v) != 2; }  // NULL, integer or real
 
 absl::StatusOr<int> Locate(const ColumnRef& ref, const std::vector<std::string>& columns) {
   int n = static_cast<int>(columns.size());
@@ -163,6 +166,18 @@ absl::StatusOr<ResultSet> Merge(const MergePlan& plan, std::vector<ResultSet> pa
       absl::StatusOr<int> i = Locate(g, out.columns);
       if (!i.ok()) return i.status();
       group.push_back(*i);
+    }
+    for (ResultSet& p : parts) {
+      for (const std::vector<Value>& row : p.rows) {
+        for (int c = 0; c < width; ++c) {
+          MergeOp op = plan.ops[c];
+          if ((op == MergeOp::kCount || op == MergeOp::kSum) && !Numeric(row[c])) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "column ", out.columns[c],
+                " is not a number in every shard's answer, so it cannot be added across shards"));
+          }
+        }
+      }
     }
     std::map<std::vector<Value>, std::vector<Value>, KeyLess> groups;
     std::vector<std::vector<Value>> order;  // first-seen order of group keys

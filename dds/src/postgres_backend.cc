@@ -97,7 +97,18 @@ class PostgresConnection : public Connection {
   }
 
   absl::Status Begin() override { return Simple("BEGIN"); }
-  absl::Status Commit() override { return Simple("COMMIT"); }
+  absl::Status Commit() override {
+    // After an error PostgreSQL answers COMMIT with ROLLBACK: not a success.
+    PGresult* r = PQexec(conn_, "COMMIT");
+    absl::Status st = Read(r).status();
+    if (st.ok() && std::string(PQcmdStatus(r)) != "COMMIT") {
+      st = absl::AbortedError(absl::StrCat("database ", name_,
+                                           ": the transaction was rolled back after an error in "
+                                           "it; nothing of it was kept"));
+    }
+    PQclear(r);
+    return st;
+  }
   absl::Status Rollback() override { return Simple("ROLLBACK"); }
   bool broken() const override {
     return PQstatus(conn_) != CONNECTION_OK || PQtransactionStatus(conn_) != PQTRANS_IDLE;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cmath>
 #include <functional>
 #include <mutex>
 #include <numeric>
@@ -134,6 +135,57 @@ bool IsAggregateName(const pg_query::FuncCall& f) {
   std::string name = absl::AsciiStrToLower(f.funcname(f.funcname_size() - 1).string().sval());
   for (const char* a : kAggregates) {
     if (name == a) return true;
+  }
+  return false;
+}
+
+// Aggregates whose per-shard results cannot be combined (or that the
+// merge does not know): refused over several shards.
+bool IsUnmergeableAggregate(const pg_query::FuncCall& f) {
+  if (f.agg_within_group() || f.agg_order_size() > 0) return true;
+  if (f.funcname_size() == 0 || !f.funcname(f.funcname_size() - 1).has_string()) return false;
+  std::string name = absl::AsciiStrToLower(f.funcname(f.funcname_size() - 1).string().sval());
+  if (f.agg_star() && name != "count") return true;
+  static const char* const kOthers[] = {"string_agg",
+                                        "array_agg",
+                                        "group_concat",
+                                        "total",
+                                        "bool_and",
+                                        "bool_or",
+                                        "every",
+                                        "stddev",
+                                        "stddev_pop",
+                                        "stddev_samp",
+                                        "variance",
+                                        "var_pop",
+                                        "var_samp",
+                                        "json_agg",
+                                        "jsonb_agg",
+                                        "json_object_agg",
+                                        "jsonb_object_agg",
+                                        "xmlagg",
+                                        "bit_and",
+                                        "bit_or",
+                                        "bit_xor",
+                                        "percentile_cont",
+                                        "percentile_disc",
+                                        "mode",
+                                        "corr",
+                                        "covar_pop",
+                                        "covar_samp",
+                                        "regr_avgx",
+                                        "regr_avgy",
+                                        "regr_count",
+                                        "regr_intercept",
+                                        "regr_r2",
+                                        "regr_slope",
+                                        "regr_sxx",
+                                        "regr_sxy",
+                                        "regr_syy",
+                                        "range_agg",
+                                        "range_intersect_agg"};
+  for (const char* o : kOthers) {
+    if (name == o) return true;
   }
   return false;
 }
@@ -295,7 +347,10 @@ class Router::Impl {
       return absl::InvalidArgumentError("the shard key is NULL");
     }
     if (const double* d = std::get_if<double>(&key)) {
-      return absl::InvalidArgumentError(absl::StrCat("shard key ", *d, " is not an integer"));
+      if (*d != static_cast<double>(static_cast<int64_t>(*d)) || std::abs(*d) > 9e15) {
+        return absl::InvalidArgumentError(absl::StrCat("shard key ", *d, " is not an integer"));
+      }
+      return ShardOf(Value(static_cast<int64_t>(*d)));
     }
     if (config.function == ShardFunction::kLastTwoDigits) {
       if (const int64_t* i = std::get_if<int64_t>(&key)) {
@@ -406,8 +461,33 @@ class Router::Impl {
     });
     if (!unknown.ok()) return unknown;
     // A common table expression is named like a table; refuse rather than guess.
-    if (root.has_select_stmt() && root.select_stmt().has_with_clause()) {
+    if ((root.has_select_stmt() && root.select_stmt().has_with_clause()) ||
+        (root.has_insert_stmt() && root.insert_stmt().has_with_clause()) ||
+        (root.has_update_stmt() && root.update_stmt().has_with_clause()) ||
+        (root.has_delete_stmt() && root.delete_stmt().has_with_clause())) {
       return absl::InvalidArgumentError("WITH queries cannot be routed by shard");
+    }
+    // A broadcast table's copies must change alike: a write to one that
+    // also reads sharded tables would differ database by database.
+    if (!refs.empty() && (root.has_update_stmt() || root.has_delete_stmt())) {
+      const std::string& target = root.has_update_stmt() ? root.update_stmt().relation().relname()
+                                                         : root.delete_stmt().relation().relname();
+      if (config.sharded_tables.count(target) == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "a write to broadcast table ", target,
+            " may not read sharded tables: its copies in every database must change alike"));
+      }
+    }
+    if (root.has_insert_stmt() && root.insert_stmt().has_on_conflict_clause()) {
+      auto it = config.sharded_tables.find(root.insert_stmt().relation().relname());
+      for (const pg_query::Node& t : root.insert_stmt().on_conflict_clause().target_list()) {
+        if (it != config.sharded_tables.end() && t.has_res_target() &&
+            t.res_target().name() == it->second) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("ON CONFLICT DO UPDATE may not change the shard column ", it->first, ".",
+                           it->second, ": the row would belong to another shard"));
+        }
+      }
     }
     a->broadcast_only = refs.empty();
 
@@ -438,8 +518,9 @@ class Router::Impl {
       if (!joined.ok()) return joined;
     }
     for (const Ref& r : refs) {
-      a->key_columns.push_back(
-          {refs.size() > 1 ? r.qualifier : "", config.sharded_tables.at(r.table)});
+      // A qualified key must name this table (or its alias): a broadcast
+      // table's column of the same name is no shard key.
+      a->key_columns.push_back({r.qualifier, config.sharded_tables.at(r.table)});
     }
     if (const pg_query::Node* where = WhereOf(root); where != nullptr && !a->broadcast_only) {
       a->key_param = KeyParam(*a, *where);
@@ -605,9 +686,10 @@ class Router::Impl {
         x.op = *op;
       }
       // An aggregate inside an expression (sum(a) / count(*)) cannot be merged.
-      bool nested = false, window = false;
+      bool nested = false, window = false, unmergeable = false;
       ForEach<pg_query::FuncCall>(rt.val(), [&](const pg_query::FuncCall& f) {
         if (f.has_over()) window = true;
+        if (IsUnmergeableAggregate(f)) unmergeable = true;
         if (IsAggregateName(f) &&
             &f != (rt.val().has_func_call() ? &rt.val().func_call() : nullptr)) {
           nested = true;
@@ -616,6 +698,11 @@ class Router::Impl {
       if (window) {
         return absl::InvalidArgumentError(
             "window functions over sharded tables need the shard key");
+      }
+      if (unmergeable) {
+        return absl::InvalidArgumentError(
+            "over sharded tables only count, sum, min, max and avg can be merged; other "
+            "aggregates need the shard key");
       }
       if (nested) {
         return absl::InvalidArgumentError(
@@ -848,7 +935,11 @@ class Router::Impl {
       const pg_query::A_Const& c = n.a_const();
       if (c.has_ival()) return std::optional<Value>(int64_t{c.ival().ival()});
       if (c.has_sval()) return std::optional<Value>(c.sval().sval());
-      if (c.has_fval()) return std::optional<Value>(c.fval().fval());
+      if (c.has_fval()) {  // 112.00: a number, never its text's last digits
+        double d;
+        if (absl::SimpleAtod(c.fval().fval(), &d)) return std::optional<Value>(d);
+        return std::optional<Value>(c.fval().fval());
+      }
       return std::optional<Value>();
     }
     if (n.has_param_ref()) {
