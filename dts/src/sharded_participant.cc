@@ -24,22 +24,23 @@ constexpr char kTable[] = "formica_dts_barrier";
 constexpr char kSchema[] =
     "CREATE TABLE IF NOT EXISTS formica_dts_barrier ("
     " shard_key text NOT NULL,"
+    " participant text NOT NULL,"  // participants may share a data source
     " activity_id text NOT NULL,"
     " action text NOT NULL,"
     " phase text NOT NULL,"   // try, confirm or cancel
     " origin text NOT NULL,"  // the phase that wrote the row (a cancel writes 'try' rows too)
     " at_ms bigint NOT NULL,"
-    " PRIMARY KEY (activity_id, action, phase))";
+    " PRIMARY KEY (participant, activity_id, action, phase))";
 
 constexpr char kMark[] =
-    "INSERT INTO formica_dts_barrier (shard_key, activity_id, action, phase, origin, at_ms) "
-    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+    "INSERT INTO formica_dts_barrier (shard_key, activity_id, action, phase, origin, at_ms, "
+    "participant) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
 
 // FOR UPDATE: on PostgreSQL, confirm and cancel of one action wait for each
 // other on its try row (SQLite serializes writers anyway).
 constexpr char kOrigin[] =
     "SELECT origin FROM formica_dts_barrier WHERE shard_key = $1 AND activity_id = $2 AND "
-    "action = $3 AND phase = $4 FOR UPDATE";
+    "action = $3 AND phase = $4 AND participant = $5 FOR UPDATE";
 
 // The enlisted payload carries the shard key, typed, so phase two routes
 // exactly as the try did: "formica.dds:i:<int>\n<payload>" or ":s:<text>".
@@ -89,7 +90,7 @@ class ShardedParticipant::Impl final : public v1::Participant::Service {
                             absl::string_view action, const char* phase, const char* origin) {
     absl::StatusOr<dds::ResultSet> r =
         tx->Execute(kMark, {key, std::string(id), std::string(action), std::string(phase),
-                            std::string(origin), absl::ToUnixMillis(absl::Now())});
+                            std::string(origin), absl::ToUnixMillis(absl::Now()), options.name});
     if (!r.ok()) return r.status();
     return r->rows_affected > 0;
   }
@@ -98,8 +99,8 @@ class ShardedParticipant::Impl final : public v1::Participant::Service {
   absl::StatusOr<std::string> Origin(dds::Transaction* tx, const dds::Value& key,
                                      absl::string_view id, absl::string_view action,
                                      const char* phase) {
-    absl::StatusOr<dds::ResultSet> r =
-        tx->Execute(kOrigin, {key, std::string(id), std::string(action), std::string(phase)});
+    absl::StatusOr<dds::ResultSet> r = tx->Execute(
+        kOrigin, {key, std::string(id), std::string(action), std::string(phase), options.name});
     if (!r.ok()) return r.status();
     if (r->rows.empty()) return std::string();
     return dds::ToString(r->rows[0][0]);
