@@ -1298,6 +1298,5 @@ absl::StatusOr<Routing> Router::Route(const std::string& sql,
 
 absl::StatusOr<int> Router::ShardOf(const Value& key) const { return impl_->ShardOf(key); }
 int Router::DatabaseOf(int shard) const { return impl_->database_of[shard]; }
-const RouterConfig& Router::config() const { return impl_->config; }
 
 }  // namespace formica::dds

@@ -82,7 +82,6 @@ class Router {
 
   absl::StatusOr<int> ShardOf(const Value& key) const;
   int DatabaseOf(int shard) const;
-  const RouterConfig& config() const;
 
   class Impl;
 

@@ -124,6 +124,18 @@ class DtsTest : public RegistryTest {
     coordinator_ = v1::Coordinator::NewStub(channel_);
   }
 
+  // Serves a participant of this process under `name` (server_), and a
+  // stub to call it as dtsd does (stub_). Reset server_ before the participant.
+  void HostParticipant(const std::string& name, grpc::Service* service) {
+    rpc::ServerOptions so;
+    so.unpublish_grace = absl::ZeroDuration();
+    auto server = rpc::Server::Start(so, {{name, service}}, registry_.get());
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    stub_ = v1::Participant::NewStub(
+        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+  }
+
   std::string BankDb(const std::string& name) { return dir_.File(name + ".db"); }
 
   std::unique_ptr<Subprocess> StartBank(const std::string& name) {
@@ -223,6 +235,8 @@ class DtsTest : public RegistryTest {
   std::unique_ptr<Subprocess> b_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Coordinator::Stub> coordinator_;
+  std::unique_ptr<rpc::Server> server_;  // HostParticipant
+  std::unique_ptr<v1::Participant::Stub> stub_;
   std::unique_ptr<registry::Client> registry_;
   std::unique_ptr<rpc::Client> rpc_;
 };
@@ -560,14 +574,7 @@ class BarrierTest : public DtsTest {
           cancels_[c.activity_id]++;
           return absl::OkStatus();
         });
-    rpc::ServerOptions so;
-    so.unpublish_grace = absl::ZeroDuration();
-    auto server =
-        rpc::Server::Start(so, {{participant_->name(), participant_->service()}}, registry_.get());
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = std::move(*server);
-    stub_ = v1::Participant::NewStub(
-        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+    HostParticipant(participant_->name(), participant_->service());
   }
   void TearDown() override {
     server_.reset();
@@ -598,8 +605,6 @@ class BarrierTest : public DtsTest {
   }
 
   std::unique_ptr<Participant> participant_;
-  std::unique_ptr<rpc::Server> server_;
-  std::unique_ptr<v1::Participant::Stub> stub_;
   absl::Mutex mu_;
   std::map<std::string, int> tries_, confirms_, cancels_;
 };
@@ -762,14 +767,7 @@ class ShardedBarrierTest : public DtsTest {
           return run(tx, "UPDATE accounts SET incoming = incoming - $2 WHERE user_id = $1", kBob,
                      amount(c));
         });
-    rpc::ServerOptions so;
-    so.unpublish_grace = absl::ZeroDuration();
-    auto server =
-        rpc::Server::Start(so, {{participant_->name(), participant_->service()}}, registry_.get());
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = std::move(*server);
-    stub_ = v1::Participant::NewStub(
-        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+    HostParticipant(participant_->name(), participant_->service());
   }
   void TearDown() override {
     server_.reset();
@@ -854,8 +852,6 @@ class ShardedBarrierTest : public DtsTest {
 
   std::unique_ptr<dds::ShardedDataSource> ds_;
   std::unique_ptr<ShardedParticipant> participant_;
-  std::unique_ptr<rpc::Server> server_;
-  std::unique_ptr<v1::Participant::Stub> stub_;
 };
 
 TEST_F(ShardedBarrierTest, TransfersAcrossShardsFinishEverywhereOrNowhere) {
