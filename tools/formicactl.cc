@@ -37,6 +37,7 @@ registry commands:
   registry sessions                client sessions: id, client, peer, lease, publications
   registry kill-session ID         end a session as if its lease lapsed
   registry stop-push on|off|status hold pushes (e.g. during an upgrade) and release them
+  cluster members                  the registry's nodes and (cluster mode) etcd's members
 
 health:
   health [SERVICE]                 the daemon's gRPC health status (grpc.health.v1)
@@ -570,6 +571,36 @@ int main(int argc, char** argv) {
     if (!s.ok()) return Fail(s);
     std::printf("stop-push: %s%s\n", r.stop_push() ? "on (pushes held)" : "off",
                 r.warming_up() ? "; warming up after start (pushes held)" : "");
+    return 0;
+  }
+  if (group == "cluster" && cmd == "members" && args.size() == 2) {
+    v1::ClusterInfo r;
+    grpc::Status s = stub->GetCluster(&ctx, {}, &r);
+    if (!s.ok()) return Fail(s);
+    if (r.mode() == "cluster") {
+      std::printf("cluster %s (etcd revision %lld)\n", r.cluster().c_str(),
+                  static_cast<long long>(r.etcd_revision()));
+    } else {
+      std::printf("embedded registry (one node, RocksDB)\n");
+    }
+    std::printf("%-24s %-28s %-26s %s\n", "DSRD NODE", "ADDRESS", "STARTED", "");
+    for (const auto& n : r.nodes()) {
+      std::string started =
+          n.started_unix_ms() == 0
+              ? "-"
+              : absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(n.started_unix_ms()),
+                                 absl::UTCTimeZone());
+      std::printf("%-24s %-28s %-26s %s\n", n.id().c_str(), n.address().c_str(), started.c_str(),
+                  n.self() ? "(answered)" : "");
+    }
+    if (r.etcd_members_size() > 0) {
+      std::printf("%-24s %-18s %-40s %s\n", "ETCD MEMBER", "ID", "CLIENT URLS", "");
+      for (const auto& m : r.etcd_members()) {
+        std::printf("%-24s %-18llx %-40s %s\n", m.name().c_str(),
+                    static_cast<unsigned long long>(m.id()),
+                    absl::StrJoin(m.client_urls(), ",").c_str(), m.leader() ? "leader" : "");
+      }
+    }
     return 0;
   }
   if (group == "config" && cmd == "get" && args.size() == 3) {

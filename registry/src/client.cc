@@ -213,6 +213,9 @@ class Client::Impl {
   bool connected_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t session_id_ ABSL_GUARDED_BY(mu_) = 0;
   std::string session_address_ ABSL_GUARDED_BY(mu_);  // where session_id_ lives
+  // The cluster session_id_ belongs to (empty: an embedded node). Any node
+  // of that cluster can resume the session, and its versions compare.
+  std::string session_cluster_ ABSL_GUARDED_BY(mu_);
   absl::Duration granted_lease_ ABSL_GUARDED_BY(mu_);
   absl::Time stream_started_ ABSL_GUARDED_BY(mu_);
   // Withdrawn while the stream was down; sent again if the session resumes.
@@ -290,9 +293,15 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   absl::Time give_up = absl::Now() + options_.request_timeout;
+  bool tried = false;
   while (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)))) {
+    // With other nodes to go to, a node that refuses the connection (a dead
+    // process) is left at once rather than after request_timeout.
+    bool refused = tried && options_.registries.size() > 1 &&
+                   channel->GetState(false) == GRPC_CHANNEL_TRANSIENT_FAILURE;
+    tried = true;
     absl::MutexLock lock(&mu_);
-    if (stopping_ || absl::Now() >= give_up) {
+    if (stopping_ || refused || absl::Now() >= give_up) {
       SPDLOG_DEBUG("registry {} unreachable", address);
       return SessionEnd::kNeverOpened;
     }
@@ -307,8 +316,9 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
     }
     context_ = &context;
     stream_started_ = absl::Now();
-    // A session lives on one registry node: resume it only there.
-    resume = session_address_ == address ? session_id_ : 0;
+    // An embedded node's session lives on that node only; a cluster's
+    // session can be resumed on any node (another cluster answers NOT_FOUND).
+    resume = (session_address_ == address || !session_cluster_.empty()) ? session_id_ : 0;
   }
   std::unique_ptr<Stream> stream = stub->Session(&context);
   v1::ClientMessage open;
@@ -326,6 +336,11 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
       absl::MutexLock lock(&mu_);
       session_id_ = reply.opened().session_id();
       session_address_ = address;
+      // Versions of one cluster compare across its nodes: keep refusing
+      // older ones even on a new session there.
+      bool same_cluster =
+          !reply.opened().cluster().empty() && reply.opened().cluster() == session_cluster_;
+      session_cluster_ = reply.opened().cluster();
       granted_lease_ = reply.opened().lease_ms() > 0 ? absl::Milliseconds(reply.opened().lease_ms())
                                                      : options_.lease;
       connected_ = true;
@@ -350,7 +365,7 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
           m.mutable_unwatch_config()->set_key(key);
           replay.push_back(std::move(m));
         }
-      } else {
+      } else if (!same_cluster) {
         for (auto& [name, sub] : services_) sub.accept_next = true;
         for (auto& [key, watch] : configs_) watch.accept_next = true;
       }

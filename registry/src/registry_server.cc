@@ -6,6 +6,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <map>
@@ -15,6 +16,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "formica/common/clock.h"
 #include "formica/common/config.h"
@@ -41,7 +43,7 @@ class SessionReactor;
 
 // The registry's state and rules, independent of the transport. Every field
 // is guarded by mu_; reactors call in on gRPC's callback threads.
-class RegistryCore {
+class RegistryCore : public ClusterLink::Listener {
  public:
   RegistryCore(RegistryServerOptions options, std::unique_ptr<RegistryStore> store, uint64_t epoch)
       : options_(std::move(options)), store_(std::move(store)), epoch_(epoch) {
@@ -68,6 +70,19 @@ class RegistryCore {
   RegistryStore* store() { return store_.get(); }
   const RegistryServerOptions& options() const { return options_; }
 
+  // Cluster mode: set once, before serving.
+  void AttachCluster(ClusterLink* cluster, std::unique_ptr<RegistryStore> store) {
+    cluster_ = cluster;
+    store_ = std::move(store);
+  }
+  ClusterLink* cluster() const { return cluster_; }
+
+  // ---- ClusterLink::Listener ----
+  void OnServiceUpdate(const std::string& service, uint64_t revision, bool reset,
+                       std::vector<InstanceChange> changes) override;
+  void OnConfigUpdate(const StoredConfig& entry) override;
+  void OnLeaseLost(uint64_t session_id) override;
+
   // ---- called by SessionReactor ----
   bool Handle(SessionReactor* reactor, const v1::ClientMessage& message);
   void StreamEnded(SessionReactor* reactor);
@@ -75,7 +90,8 @@ class RegistryCore {
   void ReactorDone(SessionReactor* reactor);
 
   // ---- called by unary handlers ----
-  void ListServices(v1::ListServicesResponse* out);
+  absl::Status ListServices(v1::ListServicesResponse* out);
+  absl::Status Describe(v1::ClusterInfo* out);
   absl::Status GetService(const std::string& service, v1::ServiceSnapshot* out);
   void ConfigChanged(const StoredConfig& entry);
   v1::PushSwitchState SetStopPush(std::optional<bool> stop);
@@ -95,6 +111,7 @@ class RegistryCore {
     std::string peer;
     absl::Duration lease;
     absl::Time last_seen;
+    absl::Time last_keepalive = absl::InfinitePast();            // cluster mode: last etcd renewal
     SessionReactor* reactor = nullptr;                           // null while detached
     std::set<std::pair<std::string, std::string>> publications;  // (service, address)
     std::map<std::string, Subscription> services;
@@ -106,18 +123,30 @@ class RegistryCore {
     uint64_t owner = 0;
   };
   struct ServiceState {
+    // Cluster mode: false until etcd's instance set has been read; no push
+    // before. `seen` is the newest etcd revision applied.
+    bool loaded = true;
+    uint64_t seen = 0;
     uint64_t version = 0;
     Msg snapshot;
     std::map<std::string, InstanceRecord> instances;  // by address
     std::set<uint64_t> subscribers;
   };
   struct WatchedConfig {
+    bool loaded = true;  // as ServiceState::loaded
     uint64_t version = 0;
     Msg message;
     std::set<uint64_t> watchers;
   };
 
   bool Held() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_push_ || warming_up_; }
+  // Whether a subscriber that acknowledged `acked` needs the version `have`.
+  // Cluster versions are etcd revisions, the same on every node: a client
+  // that saw a newer one elsewhere is not behind. Embedded versions come
+  // from one node: any difference means another node or a wiped store.
+  bool Stale(uint64_t have, uint64_t acked) const {
+    return cluster_ != nullptr ? acked < have : acked != have;
+  }
   // (epoch << 32) + sequence. Before the sequence would overflow into the
   // epoch, a new epoch is taken from the store, so versions keep growing.
   uint64_t NextVersion() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -162,9 +191,28 @@ class RegistryCore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RequestFinish(SessionReactor* reactor, const absl::Status& status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RemoveSession(uint64_t id, absl::string_view why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `revoke`: the session ends for good (closed, killed); otherwise, in
+  // cluster mode, etcd decides (another node may have resumed it).
+  void RemoveSession(uint64_t id, absl::string_view why, bool revoke = true)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HandleOpen(SessionReactor* reactor, const v1::OpenSession& open)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool HandleOpenCluster(SessionReactor* reactor, const v1::OpenSession& open, absl::Duration lease)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishOpen(SessionReactor* reactor, Session& session, const v1::OpenSession& open,
+                  absl::Duration lease, bool resumed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The reactor waiting for `serial`'s open, if it still waits.
+  SessionReactor* TakeOpening(uint64_t serial) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ClusterPublish(Session& session, const v1::Publish& publish)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ClusterUnpublish(Session& session, const v1::Unpublish& request)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An etcd write for a session finished: answer it, or end the session's
+  // stream if its lease is gone or etcd is out of reach.
+  void ClusterResult(uint64_t session_id, uint64_t request_id, const absl::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ForgetConfigIfUnwatched(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ApplyConfig(const StoredConfig& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status HandlePublish(Session& session, const v1::Instance& instance)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status HandleUnpublish(Session& session, const v1::Unpublish& request)
@@ -178,6 +226,7 @@ class RegistryCore {
 
   const RegistryServerOptions options_;
   std::unique_ptr<RegistryStore> store_;
+  ClusterLink* cluster_ = nullptr;  // null in embedded mode
   uint64_t epoch_ ABSL_GUARDED_BY(mu_);
   Clock* clock_ = nullptr;
   std::thread maintenance_;
@@ -197,13 +246,16 @@ class RegistryCore {
   bool warming_up_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time warmup_end_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Cluster mode: streams whose open waits for etcd, by reactor serial.
+  std::map<uint64_t, SessionReactor*> opening_ ABSL_GUARDED_BY(mu_);
 };
 
 // One session stream. Deletes itself when gRPC is done with it. The fields
 // below the reactions are guarded by the core's mutex.
 class SessionReactor : public grpc::ServerBidiReactor<v1::ClientMessage, v1::ServerMessage> {
  public:
-  SessionReactor(RegistryCore* core, std::string peer) : peer(std::move(peer)), core_(core) {
+  SessionReactor(RegistryCore* core, std::string peer)
+      : peer(std::move(peer)), serial(NextSerial()), core_(core) {
     StartRead(&request_);
   }
 
@@ -224,6 +276,7 @@ class SessionReactor : public grpc::ServerBidiReactor<v1::ClientMessage, v1::Ser
   }
 
   const std::string peer;
+  const uint64_t serial;  // unique for the process's life
   uint64_t session_id = 0;
   std::deque<Msg> control;  // replies, in order, ahead of pushes
   Msg in_flight;
@@ -233,6 +286,10 @@ class SessionReactor : public grpc::ServerBidiReactor<v1::ClientMessage, v1::Ser
   grpc::Status finish_status;
 
  private:
+  static uint64_t NextSerial() {
+    static std::atomic<uint64_t> next{0};
+    return ++next;
+  }
   RegistryCore* const core_;
   v1::ClientMessage request_;
 };
@@ -261,6 +318,11 @@ bool RegistryCore::Handle(SessionReactor* reactor, const v1::ClientMessage& mess
   }
   Session& session = it->second;
   session.last_seen = clock_->Now();
+  if (cluster_ != nullptr && session.last_seen - session.last_keepalive >= session.lease / 4) {
+    // Any message shows the client alive: renew its lease in etcd.
+    cluster_->KeepAlive(session.id);
+    session.last_keepalive = session.last_seen;
+  }
   switch (message.body_case()) {
     case v1::ClientMessage::kHeartbeat: {
       auto reply = std::make_shared<v1::ServerMessage>();
@@ -269,10 +331,18 @@ bool RegistryCore::Handle(SessionReactor* reactor, const v1::ClientMessage& mess
       break;
     }
     case v1::ClientMessage::kPublish:
+      if (cluster_ != nullptr) {
+        ClusterPublish(session, message.publish());
+        break;
+      }
       ReplyResult(reactor, message.publish().request_id(),
                   HandlePublish(session, message.publish().instance()));
       break;
     case v1::ClientMessage::kUnpublish:
+      if (cluster_ != nullptr) {
+        ClusterUnpublish(session, message.unpublish());
+        break;
+      }
       ReplyResult(reactor, message.unpublish().request_id(),
                   HandleUnpublish(session, message.unpublish()));
       break;
@@ -312,9 +382,7 @@ bool RegistryCore::Handle(SessionReactor* reactor, const v1::ClientMessage& mess
         auto c = configs_.find(key);
         if (c != configs_.end()) {
           c->second.watchers.erase(session.id);
-          if (c->second.watchers.empty()) {
-            configs_.erase(c);
-          }
+          ForgetConfigIfUnwatched(key);
         }
       }
       ReplyResult(reactor, message.unwatch_config().request_id(), st);
@@ -339,7 +407,7 @@ bool RegistryCore::Handle(SessionReactor* reactor, const v1::ClientMessage& mess
         Subscription& sub = session.services[service];
         sub.acked = std::max(sub.acked, version);
         auto s = services_.find(service);
-        if (s != services_.end() && s->second.version != version && !Held()) {
+        if (s != services_.end() && Stale(s->second.version, version) && !Held()) {
           EnqueueService(session, service);
         }
       }
@@ -351,7 +419,7 @@ bool RegistryCore::Handle(SessionReactor* reactor, const v1::ClientMessage& mess
         Subscription& sub = session.configs[key];
         sub.acked = std::max(sub.acked, version);
         auto c = configs_.find(key);
-        if (c != configs_.end() && c->second.version != version && !Held()) {
+        if (c != configs_.end() && Stale(c->second.version, version) && !Held()) {
           EnqueueConfig(session, key);
         }
       }
@@ -375,15 +443,16 @@ bool RegistryCore::Handle(SessionReactor* reactor, const v1::ClientMessage& mess
 }
 
 bool RegistryCore::HandleOpen(SessionReactor* reactor, const v1::OpenSession& open) {
-  absl::Time now = clock_->Now();
   absl::Duration lease =
       open.lease_ms() == 0 ? options_.default_lease : absl::Milliseconds(open.lease_ms());
   lease = std::clamp(lease, options_.min_lease, options_.max_lease);
-  bool resumed = false;
   Session* session = nullptr;
   if (open.resume_session_id() != 0) {
     auto it = sessions_.find(open.resume_session_id());
     if (it == sessions_.end()) {
+      if (cluster_ != nullptr) {
+        return HandleOpenCluster(reactor, open, lease);  // maybe held by another node
+      }
       RequestFinish(reactor,
                     absl::NotFoundError(absl::StrCat(
                         "session ", open.resume_session_id(),
@@ -396,47 +465,206 @@ bool RegistryCore::HandleOpen(SessionReactor* reactor, const v1::OpenSession& op
       session->reactor = nullptr;
       RequestFinish(old, absl::AbortedError("session taken over by a newer stream"));
     }
-    resumed = true;
+    if (cluster_ == nullptr) {
+      session->lease = lease;
+    }
     // Whatever was sent on the old stream may be lost: resend what is unacked.
     for (auto& [name, sub] : session->services) {
       sub.sent = sub.acked;
       auto s = services_.find(name);
-      if (s != services_.end() && s->second.version != sub.acked && !Held()) {
+      if (s != services_.end() && s->second.loaded && Stale(s->second.version, sub.acked) &&
+          !Held()) {
         EnqueueService(*session, name);
       }
     }
     for (auto& [key, sub] : session->configs) {
       sub.sent = sub.acked;
       auto c = configs_.find(key);
-      if (c != configs_.end() && c->second.version != sub.acked && !Held()) {
+      if (c != configs_.end() && c->second.loaded && Stale(c->second.version, sub.acked) &&
+          !Held()) {
         EnqueueConfig(*session, key);
       }
     }
-  } else {
-    uint64_t id = NewSessionId();
-    session = &sessions_[id];
-    session->id = id;
+    FinishOpen(reactor, *session, open, session->lease, true);
+    return true;
   }
-  session->client_name = open.client_name();
-  session->peer = reactor->peer;
-  session->lease = lease;
-  session->last_seen = now;
-  session->reactor = reactor;
-  reactor->session_id = session->id;
-  SPDLOG_DEBUG("session {} {} for '{}' at {}", session->id, resumed ? "resumed" : "opened",
-               session->client_name, session->peer);
+  if (cluster_ != nullptr) {
+    return HandleOpenCluster(reactor, open, lease);
+  }
+  uint64_t id = NewSessionId();
+  session = &sessions_[id];
+  session->id = id;
+  FinishOpen(reactor, *session, open, lease, false);
+  return true;
+}
+
+void RegistryCore::FinishOpen(SessionReactor* reactor, Session& session,
+                              const v1::OpenSession& open, absl::Duration lease, bool resumed) {
+  session.client_name = open.client_name();
+  session.peer = reactor->peer;
+  session.lease = lease;
+  session.last_seen = clock_->Now();
+  session.reactor = reactor;
+  reactor->session_id = session.id;
+  SPDLOG_DEBUG("session {} {} for '{}' at {}", session.id, resumed ? "resumed" : "opened",
+               session.client_name, session.peer);
   auto reply = std::make_shared<v1::ServerMessage>();
   v1::SessionOpened* opened = reply->mutable_opened();
-  opened->set_session_id(session->id);
+  opened->set_session_id(session.id);
   opened->set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(lease)));
   opened->set_resumed(resumed);
   opened->set_registry_id(options_.registry_id);
+  if (cluster_ != nullptr) {
+    opened->set_cluster(cluster_->options().cluster_name);
+  }
   Reply(reactor, std::move(reply));
-  Pump(*session);
+  Pump(session);
   if (!reactor->finishing) {
     reactor->ReadNext();
   }
+}
+
+// Cluster mode: a session is an etcd lease (whole seconds, at least etcd's
+// minimum of 2 s). A new one is granted; a resumed one is taken over from
+// whichever node held it, with the publications still under its lease. The
+// stream reads nothing more until etcd has answered.
+bool RegistryCore::HandleOpenCluster(SessionReactor* reactor, const v1::OpenSession& open,
+                                     absl::Duration lease) {
+  int64_t ttl = std::max<int64_t>(2, absl::ToInt64Seconds(absl::Ceil(lease, absl::Seconds(1))));
+  lease = absl::Seconds(ttl);
+  v1::SessionRecord record;
+  record.set_client_name(open.client_name());
+  record.set_peer(reactor->peer);
+  record.set_node(options_.registry_id);
+  record.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(lease)));
+  uint64_t serial = reactor->serial;
+  opening_[serial] = reactor;
+  if (open.resume_session_id() != 0) {
+    uint64_t id = open.resume_session_id();
+    cluster_->ResumeSession(
+        id, record, [this, serial, open, id](absl::StatusOr<ClusterLink::Resumed> resumed) {
+          absl::MutexLock lock(&mu_);
+          SessionReactor* reactor = TakeOpening(serial);
+          if (reactor == nullptr) {
+            return;  // the stream went away; the lease lives on for another try
+          }
+          if (!resumed.ok()) {
+            RequestFinish(reactor, resumed.status());
+            return;
+          }
+          if (sessions_.count(id) > 0) {
+            // Taken up locally meanwhile by another stream of the client.
+            RequestFinish(reactor, absl::AbortedError("session resumed by another stream"));
+            return;
+          }
+          Session& session = sessions_[id];
+          session.id = id;
+          session.last_keepalive = clock_->Now();
+          for (auto& publication : resumed->publications) {
+            session.publications.insert(std::move(publication));
+          }
+          SPDLOG_INFO("session {} of '{}' taken over from etcd with {} publication(s)", id,
+                      open.client_name(), session.publications.size());
+          FinishOpen(reactor, session, open, absl::Seconds(resumed->ttl_seconds), true);
+        });
+    return true;
+  }
+  cluster_->OpenSession(ttl, record, [this, serial, open, lease](absl::StatusOr<uint64_t> id) {
+    absl::MutexLock lock(&mu_);
+    SessionReactor* reactor = TakeOpening(serial);
+    if (reactor == nullptr) {
+      if (id.ok()) {
+        cluster_->CloseSession(*id);  // nobody will use it
+      }
+      return;
+    }
+    if (!id.ok()) {
+      RequestFinish(reactor, absl::UnavailableError(
+                                 absl::StrCat("cannot open a session: ", id.status().message())));
+      return;
+    }
+    Session& session = sessions_[*id];
+    session.id = *id;
+    session.last_keepalive = clock_->Now();
+    FinishOpen(reactor, session, open, lease, false);
+  });
   return true;
+}
+
+SessionReactor* RegistryCore::TakeOpening(uint64_t serial) {
+  auto it = opening_.find(serial);
+  if (it == opening_.end()) {
+    return nullptr;
+  }
+  SessionReactor* reactor = it->second;
+  opening_.erase(it);
+  return reactor->finishing ? nullptr : reactor;
+}
+
+void RegistryCore::ClusterPublish(Session& session, const v1::Publish& publish) {
+  const v1::Instance& instance = publish.instance();
+  if (absl::Status st = ValidateInstance(instance, options_.limits); !st.ok()) {
+    ReplyResult(session.reactor, publish.request_id(), st);
+    return;
+  }
+  session.publications.insert({instance.service(), instance.address()});
+  uint64_t id = session.id;
+  uint64_t request_id = publish.request_id();
+  cluster_->Publish(id, instance, [this, id, request_id](absl::Status status) {
+    absl::MutexLock lock(&mu_);
+    ClusterResult(id, request_id, status);
+  });
+}
+
+void RegistryCore::ClusterUnpublish(Session& session, const v1::Unpublish& request) {
+  if (session.publications.erase({request.service(), request.address()}) == 0) {
+    ReplyResult(
+        session.reactor, request.request_id(),
+        absl::NotFoundError(absl::StrCat("instance ", request.address(), " of service '",
+                                         request.service(), "' is not published by this session")));
+    return;
+  }
+  uint64_t id = session.id;
+  uint64_t request_id = request.request_id();
+  cluster_->Unpublish(id, request.service(), request.address(),
+                      [this, id, request_id](absl::Status status) {
+                        absl::MutexLock lock(&mu_);
+                        ClusterResult(id, request_id, status);
+                      });
+}
+
+void RegistryCore::ClusterResult(uint64_t session_id, uint64_t request_id,
+                                 const absl::Status& status) {
+  auto it = sessions_.find(session_id);
+  if (it == sessions_.end()) {
+    return;
+  }
+  Session& session = it->second;
+  if (absl::IsNotFound(status)) {
+    // etcd no longer has the lease: the session is over everywhere.
+    if (session.reactor != nullptr) {
+      RequestFinish(session.reactor,
+                    absl::NotFoundError(absl::StrCat(
+                        "session ", session_id, " lapsed in the cluster; open a new session")));
+    }
+    RemoveSession(session_id, "its etcd lease is gone", false);
+    return;
+  }
+  if (!status.ok()) {
+    // This node cannot reach etcd: send the client to another node, where
+    // it resumes the same session.
+    if (session.reactor != nullptr) {
+      SessionReactor* reactor = session.reactor;
+      session.reactor = nullptr;
+      RequestFinish(reactor, absl::UnavailableError(absl::StrCat(
+                                 "this registry node cannot reach etcd: ", status.message())));
+    }
+    return;
+  }
+  if (session.reactor != nullptr) {
+    ReplyResult(session.reactor, request_id, status);
+    Pump(session);
+  }
 }
 
 absl::Status RegistryCore::HandlePublish(Session& session, const v1::Instance& instance) {
@@ -491,7 +719,7 @@ absl::Status RegistryCore::HandleSubscribe(Session& session, const std::string& 
   sub.acked = std::max(sub.acked, known);
   ServiceState& state = EnsureService(service);
   state.subscribers.insert(session.id);
-  if (!Held() && state.version != sub.acked) {
+  if (!Held() && state.loaded && Stale(state.version, sub.acked)) {
     EnqueueService(session, service);
   }
   return absl::OkStatus();
@@ -508,7 +736,7 @@ absl::Status RegistryCore::HandleWatch(Session& session, const std::string& key,
   Subscription& sub = session.configs[key];
   sub.acked = std::max(sub.acked, known);
   (*watched)->watchers.insert(session.id);
-  if (!Held() && (*watched)->version != sub.acked) {
+  if (!Held() && (*watched)->loaded && Stale((*watched)->version, sub.acked)) {
     EnqueueConfig(session, key);
   }
   return absl::OkStatus();
@@ -557,6 +785,7 @@ void RegistryCore::WriteDone(SessionReactor* reactor, bool ok) {
 
 void RegistryCore::ReactorDone(SessionReactor* reactor) {
   absl::MutexLock lock(&mu_);
+  opening_.erase(reactor->serial);
   auto it = sessions_.find(reactor->session_id);
   if (it != sessions_.end() && it->second.reactor == reactor) {
     it->second.reactor = nullptr;
@@ -641,7 +870,7 @@ void RegistryCore::EnqueueService(Session& session, const std::string& service) 
     }
   }
   auto s = services_.find(service);
-  if (s == services_.end()) {
+  if (s == services_.end() || !s->second.loaded) {
     return;
   }
   session.pending[ServiceTopic(service)] = CurrentSnapshot(service, s->second);
@@ -652,7 +881,9 @@ void RegistryCore::FlushService(const std::string& name) {
   if (it == services_.end()) {
     return;
   }
-  NewVersion(it->second);
+  if (cluster_ == nullptr) {
+    NewVersion(it->second);  // cluster versions are the etcd revisions of the changes
+  }
   for (uint64_t id : it->second.subscribers) {
     auto s = sessions_.find(id);
     if (s != sessions_.end()) {
@@ -664,7 +895,7 @@ void RegistryCore::FlushService(const std::string& name) {
 
 void RegistryCore::EnqueueConfig(Session& session, const std::string& key) {
   auto c = configs_.find(key);
-  if (c == configs_.end()) {
+  if (c == configs_.end() || !c->second.loaded) {
     return;
   }
   session.pending[ConfigTopic(key)] = c->second.message;
@@ -676,7 +907,12 @@ void RegistryCore::EnqueueConfig(Session& session, const std::string& key) {
 RegistryCore::ServiceState& RegistryCore::EnsureService(const std::string& name) {
   auto [it, inserted] = services_.try_emplace(name);
   if (inserted) {
-    NewVersion(it->second);
+    if (cluster_ != nullptr) {
+      it->second.loaded = false;
+      cluster_->WatchService(name);
+    } else {
+      NewVersion(it->second);
+    }
   }
   return it->second;
 }
@@ -698,9 +934,25 @@ const Msg& RegistryCore::CurrentSnapshot(const std::string& name, ServiceState& 
 
 void RegistryCore::MaybeForgetService(const std::string& name) {
   auto it = services_.find(name);
-  if (it != services_.end() && it->second.instances.empty() && it->second.subscribers.empty() &&
-      dirty_.count(name) == 0) {
+  if (it == services_.end() || !it->second.subscribers.empty() || dirty_.count(name) > 0) {
+    return;
+  }
+  if (cluster_ != nullptr) {
+    // Instances here only mirror etcd for local subscribers.
+    cluster_->UnwatchService(name);
     services_.erase(it);
+  } else if (it->second.instances.empty()) {
+    services_.erase(it);
+  }
+}
+
+void RegistryCore::ForgetConfigIfUnwatched(const std::string& key) {
+  auto it = configs_.find(key);
+  if (it != configs_.end() && it->second.watchers.empty()) {
+    configs_.erase(it);
+    if (cluster_ != nullptr) {
+      cluster_->UnwatchConfig(key);
+    }
   }
 }
 
@@ -708,6 +960,12 @@ absl::StatusOr<RegistryCore::WatchedConfig*> RegistryCore::EnsureConfig(const st
   auto it = configs_.find(key);
   if (it != configs_.end()) {
     return &it->second;
+  }
+  if (cluster_ != nullptr) {
+    WatchedConfig& watched = configs_[key];
+    watched.loaded = false;  // etcd's value arrives through OnConfigUpdate
+    cluster_->WatchConfig(key);
+    return &watched;
   }
   absl::StatusOr<StoredConfig> stored = store_->GetConfig(key);
   if (!stored.ok()) {
@@ -727,9 +985,13 @@ absl::StatusOr<RegistryCore::WatchedConfig*> RegistryCore::EnsureConfig(const st
 
 void RegistryCore::ConfigChanged(const StoredConfig& entry) {
   absl::MutexLock lock(&mu_);
+  ApplyConfig(entry);
+}
+
+void RegistryCore::ApplyConfig(const StoredConfig& entry) {
   auto it = configs_.find(entry.key);
-  if (it == configs_.end() || entry.version <= it->second.version) {
-    return;  // nobody watches it, or a newer change already won
+  if (it == configs_.end() || !it->second.loaded || entry.version <= it->second.version) {
+    return;  // nobody watches it, its first read is due, or a newer change already won
   }
   auto message = std::make_shared<v1::ServerMessage>();
   v1::ConfigEntry* e = message->mutable_config();
@@ -788,13 +1050,13 @@ void RegistryCore::Release() {
   for (auto& [id, session] : sessions_) {
     for (auto& [name, sub] : session.services) {
       auto s = services_.find(name);
-      if (s != services_.end() && s->second.version != sub.acked) {
+      if (s != services_.end() && Stale(s->second.version, sub.acked)) {
         EnqueueService(session, name);
       }
     }
     for (auto& [key, sub] : session.configs) {
       auto c = configs_.find(key);
-      if (c != configs_.end() && c->second.version != sub.acked) {
+      if (c != configs_.end() && Stale(c->second.version, sub.acked)) {
         EnqueueConfig(session, key);
       }
     }
@@ -802,15 +1064,27 @@ void RegistryCore::Release() {
   }
 }
 
-void RegistryCore::RemoveSession(uint64_t id, absl::string_view why) {
+void RegistryCore::RemoveSession(uint64_t id, absl::string_view why, bool revoke) {
   auto it = sessions_.find(id);
   if (it == sessions_.end()) {
     return;
   }
   Session& session = it->second;
-  SPDLOG_INFO("session {} of '{}' ended: {}; {} publication(s) removed", id, session.client_name,
-              std::string(why), session.publications.size());
+  if (cluster_ != nullptr) {
+    // etcd removes the publications with the lease; the watches bring it here.
+    if (revoke) {
+      cluster_->CloseSession(id);
+    }
+    SPDLOG_INFO("session {} of '{}' left this node: {}{}", id, session.client_name,
+                std::string(why), revoke ? "; its lease is revoked" : "");
+  } else {
+    SPDLOG_INFO("session {} of '{}' ended: {}; {} publication(s) removed", id, session.client_name,
+                std::string(why), session.publications.size());
+  }
   for (const auto& [service, address] : session.publications) {
+    if (cluster_ != nullptr) {
+      break;
+    }
     auto s = services_.find(service);
     if (s == services_.end()) {
       continue;
@@ -832,9 +1106,7 @@ void RegistryCore::RemoveSession(uint64_t id, absl::string_view why) {
     auto c = configs_.find(key);
     if (c != configs_.end()) {
       c->second.watchers.erase(id);
-      if (c->second.watchers.empty()) {
-        configs_.erase(c);
-      }
+      ForgetConfigIfUnwatched(key);
     }
   }
   sessions_.erase(it);
@@ -863,7 +1135,9 @@ void RegistryCore::Sweep() {
                                                         absl::FormatDuration(session.lease),
                                                         " lapsed without a heartbeat")));
     }
-    RemoveSession(id, "lease lapsed");
+    // In cluster mode the client may have resumed on another node: etcd
+    // ends the lease if nobody renews it.
+    RemoveSession(id, "lease lapsed", false);
   }
   if (Held()) {
     return;
@@ -876,7 +1150,7 @@ void RegistryCore::Sweep() {
     for (auto& [name, sub] : session.services) {
       auto s = services_.find(name);
       if (sub.sent > sub.acked && now - sub.sent_at >= options_.push_retry &&
-          s != services_.end() && s->second.version != sub.acked &&
+          s != services_.end() && Stale(s->second.version, sub.acked) &&
           session.pending.count(ServiceTopic(name)) == 0) {
         EnqueueService(session, name);
         queued = true;
@@ -885,7 +1159,7 @@ void RegistryCore::Sweep() {
     for (auto& [key, sub] : session.configs) {
       auto c = configs_.find(key);
       if (sub.sent > sub.acked && now - sub.sent_at >= options_.push_retry && c != configs_.end() &&
-          c->second.version != sub.acked && session.pending.count(ConfigTopic(key)) == 0) {
+          Stale(c->second.version, sub.acked) && session.pending.count(ConfigTopic(key)) == 0) {
         EnqueueConfig(session, key);
         queued = true;
       }
@@ -926,9 +1200,160 @@ void RegistryCore::MaintenanceLoop() {
 }
 
 // ---------------------------------------------------------------------------
+// Cluster mode: etcd's changes
+
+void RegistryCore::OnServiceUpdate(const std::string& service, uint64_t revision, bool reset,
+                                   std::vector<InstanceChange> changes) {
+  absl::MutexLock lock(&mu_);
+  auto it = services_.find(service);
+  if (it == services_.end() || revision < it->second.seen) {
+    return;  // nobody here subscribes any more, or an older read
+  }
+  ServiceState& state = it->second;
+  bool first = !state.loaded;
+  bool changed = first;
+  if (reset) {
+    std::map<std::string, InstanceRecord> fresh;
+    for (InstanceChange& change : changes) {
+      fresh[change.address] = InstanceRecord{*change.instance, change.owner};
+    }
+    if (!changed) {
+      changed = fresh.size() != state.instances.size();
+      for (auto a = fresh.begin(), b = state.instances.begin(); !changed && a != fresh.end();
+           ++a, ++b) {
+        changed = a->first != b->first || !SameInstance(a->second.instance, b->second.instance);
+      }
+    }
+    state.instances = std::move(fresh);
+  } else {
+    for (InstanceChange& change : changes) {
+      auto inst = state.instances.find(change.address);
+      if (change.instance == nullptr) {
+        if (inst != state.instances.end()) {
+          state.instances.erase(inst);
+          changed = true;
+        }
+      } else if (inst == state.instances.end()) {
+        state.instances[change.address] = InstanceRecord{*change.instance, change.owner};
+        changed = true;
+      } else {
+        // A replay on reconnect or a move to another session writes the
+        // same instance again: no new version for the subscribers.
+        if (!SameInstance(inst->second.instance, *change.instance)) {
+          inst->second.instance = *change.instance;
+          changed = true;
+        }
+        inst->second.owner = change.owner;
+      }
+    }
+  }
+  state.loaded = true;
+  state.seen = revision;
+  if (!changed) {
+    return;
+  }
+  state.version = revision;
+  state.snapshot.reset();
+  if (!first) {
+    MarkDirty(service);
+    return;
+  }
+  if (Held()) {
+    return;
+  }
+  for (uint64_t id : state.subscribers) {
+    auto s = sessions_.find(id);
+    if (s == sessions_.end()) {
+      continue;
+    }
+    auto sub = s->second.services.find(service);
+    if (sub != s->second.services.end() && Stale(state.version, sub->second.acked)) {
+      EnqueueService(s->second, service);
+      Pump(s->second);
+    }
+  }
+}
+
+void RegistryCore::OnConfigUpdate(const StoredConfig& entry) {
+  absl::MutexLock lock(&mu_);
+  auto it = configs_.find(entry.key);
+  if (it == configs_.end()) {
+    return;
+  }
+  if (it->second.loaded) {
+    ApplyConfig(entry);
+    return;
+  }
+  WatchedConfig& watched = it->second;
+  auto message = std::make_shared<v1::ServerMessage>();
+  v1::ConfigEntry* e = message->mutable_config();
+  e->set_key(entry.key);
+  e->set_value(entry.value);
+  e->set_version(entry.version);
+  e->set_exists(entry.exists);
+  watched.loaded = true;
+  watched.version = entry.version;
+  watched.message = std::move(message);
+  if (Held()) {
+    return;
+  }
+  for (uint64_t id : watched.watchers) {
+    auto s = sessions_.find(id);
+    if (s == sessions_.end()) {
+      continue;
+    }
+    auto sub = s->second.configs.find(entry.key);
+    if (sub != s->second.configs.end() && Stale(watched.version, sub->second.acked)) {
+      EnqueueConfig(s->second, entry.key);
+      Pump(s->second);
+    }
+  }
+}
+
+void RegistryCore::OnLeaseLost(uint64_t session_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(session_id);
+  if (it == sessions_.end()) {
+    return;
+  }
+  if (it->second.reactor != nullptr) {
+    RequestFinish(it->second.reactor,
+                  absl::NotFoundError(absl::StrCat("session ", session_id,
+                                                   " lapsed in the cluster; open a new session")));
+  }
+  RemoveSession(session_id, "its etcd lease lapsed", false);
+}
+
+absl::Status RegistryCore::Describe(v1::ClusterInfo* out) {
+  if (cluster_ != nullptr) {
+    return cluster_->Describe(out);
+  }
+  out->set_mode("embedded");
+  v1::ClusterNode* node = out->add_nodes();
+  node->set_id(options_.registry_id);
+  node->set_address(options_.listen);
+  node->set_self(true);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
 // Unary views and operator controls
 
-void RegistryCore::ListServices(v1::ListServicesResponse* out) {
+absl::Status RegistryCore::ListServices(v1::ListServicesResponse* out) {
+  if (cluster_ != nullptr) {
+    // The cluster's services from etcd; subscribers are this node's.
+    if (absl::Status st = cluster_->ListServices(out); !st.ok()) {
+      return st;
+    }
+    absl::MutexLock lock(&mu_);
+    for (v1::ServiceSummary& summary : *out->mutable_services()) {
+      auto it = services_.find(summary.service());
+      if (it != services_.end()) {
+        summary.set_subscribers(static_cast<uint32_t>(it->second.subscribers.size()));
+      }
+    }
+    return absl::OkStatus();
+  }
   absl::MutexLock lock(&mu_);
   for (const auto& [name, state] : services_) {
     v1::ServiceSummary* s = out->add_services();
@@ -937,11 +1362,27 @@ void RegistryCore::ListServices(v1::ListServicesResponse* out) {
     s->set_instances(static_cast<uint32_t>(state.instances.size()));
     s->set_subscribers(static_cast<uint32_t>(state.subscribers.size()));
   }
+  return absl::OkStatus();
 }
 
 absl::Status RegistryCore::GetService(const std::string& service, v1::ServiceSnapshot* out) {
   if (absl::Status st = ValidateServiceName(service, options_.limits); !st.ok()) {
     return st;
+  }
+  if (cluster_ != nullptr) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = services_.find(service);
+      if (it != services_.end() && it->second.loaded) {
+        out->set_service(service);
+        out->set_version(it->second.version);
+        for (const auto& [address, record] : it->second.instances) {
+          *out->add_instances() = record.instance;
+        }
+        return absl::OkStatus();
+      }
+    }
+    return cluster_->GetService(service, out);
   }
   absl::MutexLock lock(&mu_);
   auto it = services_.find(service);
@@ -990,6 +1431,11 @@ void RegistryCore::ListSessions(v1::ListSessionsResponse* out) {
 absl::Status RegistryCore::KillSession(uint64_t id) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
+  if (it == sessions_.end() && cluster_ != nullptr) {
+    // Held by another node, or detached: revoking the lease ends it there.
+    cluster_->CloseSession(id);
+    return absl::OkStatus();
+  }
   if (it == sessions_.end()) {
     return absl::NotFoundError(absl::StrCat("session ", id, " not found"));
   }
@@ -1080,8 +1526,13 @@ class RegistryService final : public v1::Registry::CallbackService {
   grpc::ServerUnaryReactor* ListServices(grpc::CallbackServerContext* context,
                                          const v1::ListServicesRequest*,
                                          v1::ListServicesResponse* response) override {
-    core_->ListServices(response);
-    return Done(context, absl::OkStatus());
+    return Done(context, core_->ListServices(response));
+  }
+
+  grpc::ServerUnaryReactor* GetCluster(grpc::CallbackServerContext* context,
+                                       const v1::GetClusterRequest*,
+                                       v1::ClusterInfo* response) override {
+    return Done(context, core_->Describe(response));
   }
 
   grpc::ServerUnaryReactor* GetService(grpc::CallbackServerContext* context,
@@ -1224,6 +1675,7 @@ class RegistryService final : public v1::Registry::CallbackService {
 class RegistryServer::Impl {
  public:
   std::unique_ptr<RegistryCore> core;
+  std::unique_ptr<ClusterLink> cluster;  // cluster mode only
   std::unique_ptr<RegistryService> service;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
@@ -1235,16 +1687,40 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
   if (options.registry_id.empty()) {
     options.registry_id = options.listen;
   }
-  absl::StatusOr<std::unique_ptr<RegistryStore>> store = OpenRocksDbRegistryStore(options.data_dir);
-  if (!store.ok()) {
-    return store.status();
-  }
-  absl::StatusOr<uint64_t> epoch = (*store)->NextBootEpoch();
-  if (!epoch.ok()) {
-    return epoch.status();
-  }
+  const bool cluster = options.engine == "etcd";
   auto impl = std::make_unique<Impl>();
-  impl->core = std::make_unique<RegistryCore>(options, std::move(*store), *epoch);
+  uint64_t epoch = 0;
+  if (cluster) {
+    if (options.warmup < absl::ZeroDuration()) {
+      options.warmup = absl::ZeroDuration();  // etcd kept the publications
+    }
+    impl->core = std::make_unique<RegistryCore>(options, nullptr, 0);
+    ClusterOptions cluster_options = options.cluster;
+    cluster_options.node_id = options.registry_id;
+    if (cluster_options.node_address.empty()) {
+      cluster_options.node_address = options.listen;
+    }
+    absl::StatusOr<std::unique_ptr<ClusterLink>> link =
+        ClusterLink::Start(cluster_options, impl->core.get());
+    if (!link.ok()) {
+      impl->core->StopMaintenance();
+      return link.status();
+    }
+    impl->cluster = std::move(*link);
+    impl->core->AttachCluster(impl->cluster.get(), impl->cluster->NewConfigStore());
+  } else {
+    absl::StatusOr<std::unique_ptr<RegistryStore>> store =
+        OpenRocksDbRegistryStore(options.data_dir);
+    if (!store.ok()) {
+      return store.status();
+    }
+    absl::StatusOr<uint64_t> next = (*store)->NextBootEpoch();
+    if (!next.ok()) {
+      return next.status();
+    }
+    epoch = *next;
+    impl->core = std::make_unique<RegistryCore>(options, std::move(*store), epoch);
+  }
   impl->service = std::make_unique<RegistryService>(impl->core.get());
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -1265,13 +1741,24 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {
+    if (impl->cluster != nullptr) {
+      impl->cluster->Shutdown();
+    }
     impl->core->StopMaintenance();
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen,
                                                "': the address is malformed or in use"));
   }
   impl->server->GetHealthCheckService()->SetServingStatus(v1::Registry::service_full_name(), true);
-  SPDLOG_INFO("dsrd listening on {} (port {}), boot epoch {}, data in {}", options.listen,
-              impl->port, *epoch, options.data_dir);
+  if (cluster) {
+    SPDLOG_INFO(
+        "dsrd listening on {} (port {}), node '{}' of cluster '{}', data in etcd at {} "
+        "under {}",
+        options.listen, impl->port, options.registry_id, options.cluster.cluster_name,
+        absl::StrJoin(options.cluster.endpoints, ","), options.cluster.prefix);
+  } else {
+    SPDLOG_INFO("dsrd listening on {} (port {}), boot epoch {}, data in {}", options.listen,
+                impl->port, epoch, options.data_dir);
+  }
   return std::unique_ptr<RegistryServer>(new RegistryServer(std::move(impl)));
 }
 
@@ -1292,6 +1779,9 @@ void RegistryServer::Shutdown() {
   impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + impl_->core->options().shutdown_grace));
   impl_->server->Wait();
   impl_->service->StopWorker();
+  if (impl_->cluster != nullptr) {
+    impl_->cluster->Shutdown();  // its threads call into the core
+  }
   impl_->core->StopMaintenance();
   impl_->core.reset();
   SPDLOG_INFO("dsrd stopped");
@@ -1306,6 +1796,18 @@ absl::StatusOr<RegistryServerOptions> LoadRegistryServerOptions(const Config& co
   o.listen = r.String("server.listen", o.listen);
   o.registry_id = r.String("server.id", o.registry_id);
   o.data_dir = r.String("storage.data_dir", o.data_dir);
+  o.engine = r.String("storage.engine", o.engine);
+  ClusterOptions& c = o.cluster;
+  c.endpoints = r.StringList("storage.etcd.endpoints", c.endpoints);
+  c.prefix = r.String("storage.etcd.prefix", c.prefix);
+  c.request_timeout = r.Duration("storage.etcd.request_timeout", c.request_timeout,
+                                 absl::Milliseconds(100), absl::Minutes(5));
+  c.dial_timeout = r.Duration("storage.etcd.dial_timeout", c.dial_timeout, absl::Milliseconds(100),
+                              absl::Minutes(10));
+  c.cluster_name = r.String("cluster.name", c.cluster_name);
+  c.node_address = r.String("cluster.advertise", c.node_address);
+  c.node_lease =
+      r.Duration("cluster.node_lease", c.node_lease, absl::Seconds(2), absl::Minutes(10));
   o.default_lease =
       r.Duration("session.lease", o.default_lease, absl::Milliseconds(200), absl::Hours(1));
   o.min_lease =
@@ -1338,8 +1840,22 @@ absl::StatusOr<RegistryServerOptions> LoadRegistryServerOptions(const Config& co
   if (o.listen.empty()) {
     r.Fail("server.listen", "must be host:port");
   }
-  if (o.data_dir.empty()) {
+  if (o.engine != "rocksdb" && o.engine != "etcd") {
+    r.Fail("storage.engine", "must be 'rocksdb' (one node) or 'etcd' (cluster mode)");
+  }
+  if (o.engine == "rocksdb" && o.data_dir.empty()) {
     r.Fail("storage.data_dir", "must name a directory");
+  }
+  if (o.engine == "etcd") {
+    if (c.endpoints.empty()) {
+      r.Fail("storage.etcd.endpoints", "must list the etcd members (host:port) in cluster mode");
+    }
+    if (c.prefix.empty() || c.prefix.back() != '/') {
+      r.Fail("storage.etcd.prefix", "must end with '/'");
+    }
+    if (c.cluster_name.empty()) {
+      r.Fail("cluster.name", "must not be empty");
+    }
   }
   if (o.min_lease > o.max_lease) {
     r.Fail("session.min_lease", "must not exceed session.max_lease");

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cluster_link.h"
 #include "validation.h"
 
 namespace formica {
@@ -23,6 +24,11 @@ struct RegistryServerOptions {
   std::string data_dir = "./data/dsrd";
   std::string registry_id;  // shown to clients; defaults to `listen`
 
+  // "rocksdb": embedded, one node. "etcd": cluster mode, the data in etcd
+  // (cluster.endpoints etc.); registry_id is the node's id in the cluster.
+  std::string engine = "rocksdb";
+  ClusterOptions cluster;
+
   absl::Duration default_lease = absl::Seconds(10);
   absl::Duration min_lease = absl::Milliseconds(500);
   absl::Duration max_lease = absl::Minutes(5);
@@ -33,7 +39,8 @@ struct RegistryServerOptions {
   // An unacknowledged push is sent again (newest snapshot) after this.
   absl::Duration push_retry = absl::Seconds(1);
   // After start, no push at all for this long, so clients can republish
-  // (no empty or partial list). Negative: one default lease.
+  // (no empty or partial list). Negative: one default lease in embedded
+  // mode, none in cluster mode (etcd kept the publications).
   absl::Duration warmup = absl::Seconds(-1);
   // How often leases and retries are checked.
   absl::Duration sweep_interval = absl::Milliseconds(50);

@@ -212,25 +212,31 @@ std::string DsrdProcess::address() const { return absl::StrCat("127.0.0.1:", opt
 
 absl::Status DsrdProcess::Launch() {
   std::filesystem::create_directories(options_.data_dir);
-  // Nested YAML from dotted keys: server.listen -> server:\n  listen: ...
-  std::map<std::string, std::map<std::string, std::string>> sections;
-  sections["server"]["listen"] = address();
-  sections["storage"]["data_dir"] = absl::StrCat(options_.data_dir, "/store");
-  for (const auto& [key, value] : options_.config) {
-    std::vector<std::string> parts = absl::StrSplit(key, absl::MaxSplits('.', 1));
-    if (parts.size() != 2) {
-      return absl::InvalidArgumentError(absl::StrCat("config key '", key, "' needs section.name"));
-    }
-    sections[parts[0]][parts[1]] = value;
-  }
+  // Nested YAML from dotted keys: storage.etcd.prefix ->
+  // storage:\n  etcd:\n    prefix: ...
+  std::map<std::string, std::string> values = options_.config;
+  values.emplace("server.listen", address());
+  values.emplace("storage.data_dir", absl::StrCat(options_.data_dir, "/store"));
   std::string config_path = absl::StrCat(options_.data_dir, "/dsrd.yaml");
   {
     std::ofstream out(config_path, std::ios::trunc);
-    for (const auto& [section, values] : sections) {
-      out << section << ":\n";
-      for (const auto& [k, v] : values) {
-        out << "  " << k << ": \"" << v << "\"\n";
+    std::vector<std::string> open;  // the sections written so far, outermost first
+    for (const auto& [key, value] : values) {
+      std::vector<std::string> parts = absl::StrSplit(key, '.');
+      if (parts.size() < 2) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("config key '", key, "' needs section.name"));
       }
+      size_t common = 0;
+      while (common < open.size() && common + 1 < parts.size() && open[common] == parts[common]) {
+        ++common;
+      }
+      open.resize(common);
+      for (size_t i = common; i + 1 < parts.size(); ++i) {
+        out << std::string(2 * i, ' ') << parts[i] << ":\n";
+        open.push_back(parts[i]);
+      }
+      out << std::string(2 * (parts.size() - 1), ' ') << parts.back() << ": \"" << value << "\"\n";
     }
   }
   std::string log = absl::StrCat(options_.data_dir, "/dsrd.", ++launches_, ".log");

@@ -1,0 +1,1251 @@
+#include "cluster_link.h"
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <deque>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "etcd/etcdserver/etcdserverpb/rpc.grpc.pb.h"
+#include "formica/common/grpc_status.h"
+#include "formica/registry/v1/registry.pb.h"
+#include "registry_store.h"
+
+namespace formica::registry {
+namespace {
+
+namespace pb = etcdserverpb;
+
+// etcd's default --max-txn-ops.
+constexpr int kMaxTxnOps = 128;
+
+std::string PrefixEnd(std::string prefix) {
+  while (!prefix.empty()) {
+    unsigned char last = static_cast<unsigned char>(prefix.back());
+    if (last < 0xff) {
+      prefix.back() = static_cast<char>(last + 1);
+      return prefix;
+    }
+    prefix.pop_back();
+  }
+  return std::string(1, '\0');  // the whole keyspace
+}
+
+absl::Status EtcdError(absl::string_view what, const grpc::Status& st) {
+  return FromGrpcStatus(
+      grpc::Status(st.error_code(), absl::StrCat("etcd ", what, ": ", st.error_message())));
+}
+
+std::string StripScheme(absl::string_view endpoint) {
+  for (absl::string_view scheme : {"http://", "https://"}) {
+    if (absl::StartsWith(endpoint, scheme)) {
+      endpoint.remove_prefix(scheme.size());
+    }
+  }
+  while (!endpoint.empty() && endpoint.back() == '/') {
+    endpoint.remove_suffix(1);
+  }
+  return std::string(endpoint);
+}
+
+bool IsIpEndpoint(absl::string_view endpoint, bool* v6) {
+  if (!endpoint.empty() && endpoint.front() == '[') {
+    *v6 = true;
+    return true;
+  }
+  size_t colon = endpoint.rfind(':');
+  absl::string_view host = endpoint.substr(0, colon);
+  for (char c : host) {
+    if (!(c == '.' || (c >= '0' && c <= '9'))) {
+      return false;
+    }
+  }
+  *v6 = false;
+  return !host.empty();
+}
+
+// One gRPC target for all endpoints: several IP addresses become an ipv4:
+// (or ipv6:) address list, served round robin; gRPC skips a dead member.
+absl::StatusOr<std::string> ChannelTarget(const std::vector<std::string>& endpoints) {
+  if (endpoints.empty()) {
+    return absl::InvalidArgumentError("storage.etcd.endpoints is empty: list the etcd members");
+  }
+  std::vector<std::string> stripped;
+  for (const std::string& e : endpoints) {
+    stripped.push_back(StripScheme(e));
+    if (stripped.back().empty() || stripped.back().find(':') == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("etcd endpoint '", e, "' is not host:port"));
+    }
+  }
+  if (stripped.size() == 1) {
+    return stripped[0];
+  }
+  bool any_v6 = false;
+  bool any_v4 = false;
+  for (const std::string& e : stripped) {
+    bool v6 = false;
+    if (!IsIpEndpoint(e, &v6)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "etcd endpoint '", e,
+          "' is a host name; several endpoints must be IP addresses (or give one DNS name that "
+          "resolves to every member)"));
+    }
+    (v6 ? any_v6 : any_v4) = true;
+  }
+  if (any_v6 && any_v4) {
+    return absl::InvalidArgumentError("etcd endpoints mix IPv4 and IPv6 addresses");
+  }
+  return absl::StrCat(any_v6 ? "ipv6:" : "ipv4:", absl::StrJoin(stripped, ","));
+}
+
+}  // namespace
+
+class ClusterLink::Impl {
+ public:
+  Impl(ClusterOptions options, Listener* listener)
+      : options_(std::move(options)), listener_(listener) {}
+
+  ~Impl() { Shutdown(); }
+
+  absl::Status Connect() {
+    absl::StatusOr<std::string> target = ChannelTarget(options_.endpoints);
+    if (!target.ok()) {
+      return target.status();
+    }
+    grpc::ChannelArguments args;
+    args.SetLoadBalancingPolicyName("round_robin");
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    // etcd values and ranges can exceed gRPC's 4 MiB default.
+    args.SetMaxReceiveMessageSize(64 << 20);
+    channel_ = grpc::CreateCustomChannel(*target, grpc::InsecureChannelCredentials(), args);
+    kv_ = pb::KV::NewStub(channel_);
+    lease_ = pb::Lease::NewStub(channel_);
+    watch_ = pb::Watch::NewStub(channel_);
+    cluster_ = pb::Cluster::NewStub(channel_);
+    maintenance_ = pb::Maintenance::NewStub(channel_);
+
+    // Wait for etcd to answer a read.
+    absl::Time give_up = absl::Now() + options_.dial_timeout;
+    absl::Status last;
+    while (true) {
+      pb::RangeRequest request;
+      request.set_key(options_.prefix);
+      request.set_count_only(true);
+      pb::RangeResponse response;
+      grpc::ClientContext context;
+      context.set_wait_for_ready(true);
+      context.set_deadline(absl::ToChronoTime(std::min(give_up, absl::Now() + absl::Seconds(1))));
+      grpc::Status st = kv_->Range(&context, request, &response);
+      if (st.ok()) {
+        break;
+      }
+      last = EtcdError("range", st);
+      if (absl::Now() >= give_up) {
+        return absl::UnavailableError(absl::StrCat(
+            "etcd at ", absl::StrJoin(options_.endpoints, ","), " did not answer within ",
+            absl::FormatDuration(options_.dial_timeout), ": ", last.message()));
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    if (absl::Status st = RegisterNode(); !st.ok()) {
+      return st;
+    }
+    writer_ = std::thread([this] { WriterLoop(); });
+    watcher_ = std::thread([this] { WatchLoop(); });
+    keeper_ = std::thread([this] { KeepAliveLoop(); });
+    keep_sender_ = std::thread([this] { KeepAliveSender(); });
+    return absl::OkStatus();
+  }
+
+  void Shutdown() {
+    {
+      absl::MutexLock lock(&queue_mu_);
+      if (stopping_) {
+        return;
+      }
+      stopping_ = true;
+    }
+    if (writer_.joinable()) {
+      writer_.join();
+    }
+    {
+      absl::MutexLock lock(&watch_mu_);
+      watch_stopping_ = true;
+      if (watch_context_ != nullptr) {
+        watch_context_->TryCancel();
+      }
+    }
+    if (watcher_.joinable()) {
+      watcher_.join();
+    }
+    {
+      absl::MutexLock lock(&keep_mu_);
+      keep_stopping_ = true;
+      if (keep_context_ != nullptr) {
+        keep_context_->TryCancel();
+      }
+    }
+    if (keeper_.joinable()) {
+      keeper_.join();
+    }
+    if (keep_sender_.joinable()) {
+      keep_sender_.join();
+    }
+    // Withdraw the node at once rather than after its lease.
+    if (node_lease_ != 0 && channel_ != nullptr) {
+      pb::LeaseRevokeRequest request;
+      request.set_id(node_lease_);
+      pb::LeaseRevokeResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+      (void)lease_->LeaseRevoke(&context, request, &response);
+    }
+  }
+
+  const ClusterOptions& options() const { return options_; }
+
+  // ---- keys ----
+  std::string ServicePrefix(absl::string_view service) const {
+    return absl::StrCat(options_.prefix, "svc/", service, "#");
+  }
+  std::string InstanceKey(absl::string_view service, absl::string_view address) const {
+    return absl::StrCat(ServicePrefix(service), address);
+  }
+  std::string ConfigKey(absl::string_view key) const {
+    return absl::StrCat(options_.prefix, "cfg/", key);
+  }
+  std::string SessionKey(uint64_t id) const {
+    return absl::StrCat(options_.prefix, "session/", id);
+  }
+  std::string MemberKey() const {
+    return absl::StrCat(options_.prefix, "member/", options_.node_id);
+  }
+  // (service, address) from an instance key, if it is one.
+  bool ParseInstanceKey(absl::string_view key, std::string* service, std::string* address) const {
+    std::string svc = absl::StrCat(options_.prefix, "svc/");
+    if (!absl::StartsWith(key, svc)) {
+      return false;
+    }
+    key.remove_prefix(svc.size());
+    size_t hash = key.find('#');
+    if (hash == absl::string_view::npos) {
+      return false;
+    }
+    *service = std::string(key.substr(0, hash));
+    *address = std::string(key.substr(hash + 1));
+    return true;
+  }
+
+  // ---- unary calls, retried through member failures and elections ----
+  template <typename Stub, typename Req, typename Resp>
+  absl::Status Call(absl::string_view what,
+                    grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+                    Stub* stub, const Req& request, Resp* response) {
+    absl::Time give_up = absl::Now() + options_.request_timeout;
+    absl::Duration backoff = absl::Milliseconds(20);
+    while (true) {
+      grpc::ClientContext context;
+      context.set_wait_for_ready(true);
+      context.set_deadline(absl::ToChronoTime(give_up));
+      grpc::Status st = (stub->*method)(&context, request, response);
+      if (st.ok()) {
+        return absl::OkStatus();
+      }
+      // UNAVAILABLE: no connection, no leader, leader changed, or the member
+      // timed out. Each of our writes is safe to repeat.
+      if (st.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() + backoff >= give_up) {
+        return EtcdError(what, st);
+      }
+      absl::SleepFor(backoff);
+      backoff = std::min(backoff * 2, absl::Milliseconds(500));
+    }
+  }
+
+  absl::Status Range(const std::string& key, const std::string& range_end, bool keys_only,
+                     pb::RangeResponse* response) {
+    pb::RangeRequest request;
+    request.set_key(key);
+    request.set_range_end(range_end);
+    request.set_keys_only(keys_only);
+    return Call("range", &pb::KV::Stub::Range, kv_.get(), request, response);
+  }
+
+  absl::Status Txn(const pb::TxnRequest& request, pb::TxnResponse* response) {
+    return Call("txn", &pb::KV::Stub::Txn, kv_.get(), request, response);
+  }
+
+  // ---- node membership ----
+  absl::Status RegisterNode() {
+    pb::LeaseGrantRequest grant;
+    grant.set_ttl(std::max<int64_t>(2, absl::ToInt64Seconds(options_.node_lease)));
+    pb::LeaseGrantResponse granted;
+    if (absl::Status st =
+            Call("lease grant", &pb::Lease::Stub::LeaseGrant, lease_.get(), grant, &granted);
+        !st.ok()) {
+      return st;
+    }
+    v1::ClusterNode node;
+    node.set_id(options_.node_id);
+    node.set_address(options_.node_address);
+    node.set_started_unix_ms(absl::ToUnixMillis(started_));
+    pb::PutRequest put;
+    put.set_key(MemberKey());
+    put.set_value(node.SerializeAsString());
+    put.set_lease(granted.id());
+    pb::PutResponse put_response;
+    if (absl::Status st = Call("put", &pb::KV::Stub::Put, kv_.get(), put, &put_response);
+        !st.ok()) {
+      return st;
+    }
+    node_lease_ = granted.id();
+    node_lost_ = false;
+    return absl::OkStatus();
+  }
+
+  // ---- the writer ----
+  struct Op {
+    enum Kind {
+      kOpen,
+      kResume,
+      kPublish,
+      kUnpublish,
+      kRevoke,
+      kLoadService,
+      kLoadConfig,
+      kCancelWatch
+    } kind;
+    uint64_t lease = 0;
+    int64_t ttl = 0;
+    std::string service;
+    std::string address;
+    std::string key;
+    std::string value;
+    uint64_t serial = 0;
+    std::function<void(absl::Status)> done;
+    SessionDone session_done;
+    std::function<void(absl::StatusOr<Resumed>)> resume_done;
+  };
+
+  void Enqueue(Op op) {
+    absl::MutexLock lock(&queue_mu_);
+    queue_.push_back(std::move(op));
+  }
+
+  void WriterLoop() {
+    absl::Time next_node_tick = absl::Now();
+    absl::Duration node_tick = std::max(absl::Milliseconds(200), options_.node_lease / 3);
+    while (true) {
+      std::deque<Op> ops;
+      {
+        absl::MutexLock lock(&queue_mu_);
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+          return stopping_ || !queue_.empty();
+        };
+        queue_mu_.AwaitWithDeadline(absl::Condition(&ready), next_node_tick);
+        ops.swap(queue_);
+      }
+      bool stopping = Stopping();
+      while (!ops.empty()) {
+        if (stopping) {
+          Fail(ops.front(), absl::UnavailableError("dsrd is shutting down"));
+          ops.pop_front();
+          continue;
+        }
+        if (ops.front().kind == Op::kPublish) {
+          RunPublishes(ops);
+        } else {
+          Run(ops.front());
+          ops.pop_front();
+        }
+      }
+      if (stopping) {
+        return;
+      }
+      if (absl::Now() >= next_node_tick) {
+        next_node_tick = absl::Now() + node_tick;
+        if (node_lost_) {
+          if (absl::Status st = RegisterNode(); !st.ok()) {
+            SPDLOG_WARN("cannot re-register this node in etcd: {}", st.ToString());
+          } else {
+            SPDLOG_INFO("node {} registered again in etcd", options_.node_id);
+          }
+        }
+        KeepAlive(node_lease_);
+      }
+    }
+  }
+
+  bool Stopping() {
+    absl::MutexLock lock(&queue_mu_);
+    return stopping_;
+  }
+
+  static void Fail(Op& op, const absl::Status& status) {
+    if (op.done) op.done(status);
+    if (op.session_done) op.session_done(status);
+    if (op.resume_done) op.resume_done(status);
+  }
+
+  // Consecutive publishes with distinct keys ride in one transaction.
+  void RunPublishes(std::deque<Op>& ops) {
+    std::vector<Op> batch;
+    std::set<std::string> keys;
+    while (!ops.empty() && ops.front().kind == Op::kPublish &&
+           static_cast<int>(batch.size()) < kMaxTxnOps && keys.count(ops.front().key) == 0) {
+      keys.insert(ops.front().key);
+      batch.push_back(std::move(ops.front()));
+      ops.pop_front();
+    }
+    if (batch.size() > 1) {
+      pb::TxnRequest txn;
+      for (const Op& op : batch) {
+        pb::PutRequest* put = txn.add_success()->mutable_request_put();
+        put->set_key(op.key);
+        put->set_value(op.value);
+        put->set_lease(static_cast<int64_t>(op.lease));
+      }
+      pb::TxnResponse response;
+      if (Txn(txn, &response).ok()) {
+        for (Op& op : batch) op.done(absl::OkStatus());
+        return;
+      }
+      // One lapsed lease fails the whole transaction: go one by one.
+    }
+    for (Op& op : batch) {
+      pb::PutRequest put;
+      put.set_key(op.key);
+      put.set_value(op.value);
+      put.set_lease(static_cast<int64_t>(op.lease));
+      pb::PutResponse response;
+      op.done(Call("put", &pb::KV::Stub::Put, kv_.get(), put, &response));
+    }
+  }
+
+  void Run(Op& op) {
+    switch (op.kind) {
+      case Op::kOpen: {
+        pb::LeaseGrantRequest grant;
+        grant.set_ttl(op.ttl);
+        pb::LeaseGrantResponse granted;
+        absl::Status st =
+            Call("lease grant", &pb::Lease::Stub::LeaseGrant, lease_.get(), grant, &granted);
+        if (st.ok() && !granted.error().empty()) {
+          st = absl::UnavailableError(absl::StrCat("etcd lease grant: ", granted.error()));
+        }
+        if (!st.ok()) {
+          op.session_done(st);
+          return;
+        }
+        pb::PutRequest put;
+        put.set_key(SessionKey(static_cast<uint64_t>(granted.id())));
+        put.set_value(op.value);
+        put.set_lease(granted.id());
+        pb::PutResponse put_response;
+        st = Call("put", &pb::KV::Stub::Put, kv_.get(), put, &put_response);
+        if (!st.ok()) {
+          op.session_done(st);
+          return;
+        }
+        op.session_done(static_cast<uint64_t>(granted.id()));
+        return;
+      }
+      case Op::kResume: {
+        pb::LeaseTimeToLiveRequest request;
+        request.set_id(static_cast<int64_t>(op.lease));
+        request.set_keys(true);
+        pb::LeaseTimeToLiveResponse response;
+        absl::Status st = Call("lease time-to-live", &pb::Lease::Stub::LeaseTimeToLive,
+                               lease_.get(), request, &response);
+        if (!st.ok()) {
+          op.resume_done(st);
+          return;
+        }
+        // etcd answers TTL -1 for a lease it does not have.
+        if (response.ttl() <= 0) {
+          op.resume_done(absl::NotFoundError(absl::StrCat(
+              "session ", op.lease,
+              " not found: its lease lapsed or it never existed; open a new session")));
+          return;
+        }
+        // Renew at once, so the lease does not lapse while the client replays.
+        KeepAlive(op.lease);
+        Resumed resumed;
+        resumed.ttl_seconds = response.grantedttl();
+        for (const std::string& key : response.keys()) {
+          std::string service;
+          std::string address;
+          if (ParseInstanceKey(key, &service, &address)) {
+            resumed.publications.emplace_back(std::move(service), std::move(address));
+          }
+        }
+        pb::PutRequest put;
+        put.set_key(SessionKey(op.lease));
+        put.set_value(op.value);
+        put.set_lease(static_cast<int64_t>(op.lease));
+        pb::PutResponse put_response;
+        st = Call("put", &pb::KV::Stub::Put, kv_.get(), put, &put_response);
+        if (!st.ok()) {
+          op.resume_done(absl::IsNotFound(st) ? absl::NotFoundError(absl::StrCat(
+                                                    "session ", op.lease, " lapsed while resuming"))
+                                              : st);
+          return;
+        }
+        op.resume_done(std::move(resumed));
+        return;
+      }
+      case Op::kUnpublish: {
+        // Only if this session still holds it: a provider that restarted
+        // may have taken the address over.
+        pb::TxnRequest txn;
+        pb::Compare* cmp = txn.add_compare();
+        cmp->set_key(op.key);
+        cmp->set_target(pb::Compare::LEASE);
+        cmp->set_result(pb::Compare::EQUAL);
+        cmp->set_lease(static_cast<int64_t>(op.lease));
+        txn.add_success()->mutable_request_delete_range()->set_key(op.key);
+        pb::TxnResponse response;
+        op.done(Txn(txn, &response));
+        return;
+      }
+      case Op::kRevoke: {
+        pb::LeaseRevokeRequest request;
+        request.set_id(static_cast<int64_t>(op.lease));
+        pb::LeaseRevokeResponse response;
+        absl::Status st =
+            Call("lease revoke", &pb::Lease::Stub::LeaseRevoke, lease_.get(), request, &response);
+        if (!st.ok() && !absl::IsNotFound(st)) {
+          SPDLOG_WARN("revoking session {}: {}", op.lease, st.ToString());
+        }
+        return;
+      }
+      case Op::kLoadService:
+      case Op::kLoadConfig:
+        Load(op);
+        return;
+      case Op::kCancelWatch: {
+        absl::MutexLock lock(&watch_mu_);
+        if (watch_stream_ != nullptr) {
+          pb::WatchRequest cancel;
+          cancel.mutable_cancel_request()->set_watch_id(static_cast<int64_t>(op.serial));
+          watch_stream_->Write(cancel);
+        }
+        return;
+      }
+      case Op::kPublish:
+        break;
+    }
+  }
+
+  // ---- watches ----
+  struct WatchEntry {
+    bool config = false;
+    std::string name;  // service or config key
+    std::string key;
+    std::string range_end;
+    bool loaded = false;
+    int64_t next_revision = 0;
+    bool created = false;  // a create request went out on the current stream
+  };
+
+  void AddWatch(bool config, const std::string& name) {
+    Op op;
+    op.kind = config ? Op::kLoadConfig : Op::kLoadService;
+    {
+      absl::MutexLock lock(&watch_mu_);
+      auto& by_name = config ? config_watches_ : service_watches_;
+      if (by_name.count(name) > 0) {
+        return;
+      }
+      uint64_t serial = ++next_watch_serial_;
+      WatchEntry& entry = watches_[serial];
+      entry.config = config;
+      entry.name = name;
+      if (config) {
+        entry.key = ConfigKey(name);
+      } else {
+        entry.key = ServicePrefix(name);
+        entry.range_end = PrefixEnd(entry.key);
+      }
+      by_name[name] = serial;
+      op.serial = serial;
+      op.key = entry.key;
+      op.address = entry.range_end;
+      op.service = name;
+    }
+    Enqueue(std::move(op));
+  }
+
+  // Events for a removed watch are dropped at once; the writer tells etcd.
+  void RemoveWatch(bool config, const std::string& name) {
+    Op op;
+    op.kind = Op::kCancelWatch;
+    {
+      absl::MutexLock lock(&watch_mu_);
+      auto& by_name = config ? config_watches_ : service_watches_;
+      auto it = by_name.find(name);
+      if (it == by_name.end()) {
+        return;
+      }
+      op.serial = it->second;
+      by_name.erase(it);
+      auto w = watches_.find(op.serial);
+      bool created = w != watches_.end() && w->second.created;
+      watches_.erase(op.serial);
+      if (!created) {
+        return;
+      }
+    }
+    Enqueue(std::move(op));
+  }
+
+  // On the writer thread: read the whole range, hand it over, then watch
+  // from the next revision.
+  void Load(const Op& op) {
+    {
+      absl::MutexLock lock(&watch_mu_);
+      if (watches_.count(op.serial) == 0) {
+        return;  // unwatched meanwhile
+      }
+    }
+    pb::RangeResponse response;
+    absl::Status st = Range(op.key, op.address, false, &response);
+    if (!st.ok()) {
+      SPDLOG_WARN("loading '{}' from etcd failed ({}); retrying", op.service, st.ToString());
+      absl::SleepFor(absl::Milliseconds(200));
+      Enqueue(op);
+      return;
+    }
+    uint64_t revision = static_cast<uint64_t>(response.header().revision());
+    if (op.kind == Op::kLoadService) {
+      std::vector<InstanceChange> changes;
+      for (const auto& kv : response.kvs()) {
+        InstanceChange change;
+        std::string service;
+        if (!ParseInstanceKey(kv.key(), &service, &change.address)) {
+          continue;
+        }
+        auto instance = std::make_shared<v1::Instance>();
+        if (!instance->ParseFromString(kv.value())) {
+          SPDLOG_WARN("etcd key {} does not hold an instance; ignored", kv.key());
+          continue;
+        }
+        change.instance = std::move(instance);
+        change.owner = static_cast<uint64_t>(kv.lease());
+        changes.push_back(std::move(change));
+      }
+      listener_->OnServiceUpdate(op.service, revision, true, std::move(changes));
+    } else {
+      StoredConfig entry;
+      entry.key = op.service;
+      if (response.kvs_size() > 0) {
+        entry.value = response.kvs(0).value();
+        entry.version = static_cast<uint64_t>(response.kvs(0).mod_revision());
+        entry.exists = true;
+      }
+      listener_->OnConfigUpdate(entry);
+    }
+    absl::MutexLock lock(&watch_mu_);
+    auto it = watches_.find(op.serial);
+    if (it == watches_.end()) {
+      return;
+    }
+    it->second.loaded = true;
+    it->second.next_revision = response.header().revision() + 1;
+    SendCreate(op.serial, it->second);
+  }
+
+  void SendCreate(uint64_t serial, WatchEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(watch_mu_) {
+    if (watch_stream_ == nullptr || entry.created) {
+      return;
+    }
+    pb::WatchRequest request;
+    pb::WatchCreateRequest* create = request.mutable_create_request();
+    create->set_key(entry.key);
+    create->set_range_end(entry.range_end);
+    create->set_start_revision(entry.next_revision);
+    create->set_watch_id(static_cast<int64_t>(serial));
+    entry.created = watch_stream_->Write(request);
+  }
+
+  void WatchLoop() {
+    absl::Duration backoff = absl::Milliseconds(100);
+    while (true) {
+      auto context = std::make_unique<grpc::ClientContext>();
+      // End the stream if its member loses the leader, rather than go quiet.
+      context->AddMetadata("hasleader", "true");
+      context->set_wait_for_ready(true);
+      std::unique_ptr<grpc::ClientReaderWriter<pb::WatchRequest, pb::WatchResponse>> stream;
+      {
+        absl::MutexLock lock(&watch_mu_);
+        if (watch_stopping_) {
+          return;
+        }
+        watch_context_ = context.get();
+        stream = watch_->Watch(context.get());
+        watch_stream_ = stream.get();
+        for (auto& [serial, entry] : watches_) {
+          entry.created = false;
+          if (entry.loaded) {
+            SendCreate(serial, entry);
+          }
+        }
+      }
+      pb::WatchResponse response;
+      bool heard = false;
+      while (stream->Read(&response)) {
+        heard = true;
+        HandleWatchResponse(response);
+      }
+      {
+        absl::MutexLock lock(&watch_mu_);
+        watch_stream_ = nullptr;
+      }
+      grpc::Status st = stream->Finish();
+      absl::MutexLock lock(&watch_mu_);
+      watch_context_ = nullptr;
+      if (watch_stopping_) {
+        return;
+      }
+      SPDLOG_WARN("etcd watch stream ended ({}); reconnecting", st.error_message());
+      backoff = heard ? absl::Milliseconds(100) : std::min(backoff * 2, absl::Seconds(2));
+      watch_mu_.AwaitWithTimeout(absl::Condition(&watch_stopping_), backoff);
+    }
+  }
+
+  void HandleWatchResponse(const pb::WatchResponse& response) {
+    uint64_t serial = static_cast<uint64_t>(response.watch_id());
+    bool config = false;
+    std::string name;
+    {
+      absl::MutexLock lock(&watch_mu_);
+      auto it = watches_.find(serial);
+      if (it == watches_.end()) {
+        return;  // canceled by us
+      }
+      WatchEntry& entry = it->second;
+      if (response.canceled()) {
+        // Fell behind compaction (or the member refused): load again.
+        SPDLOG_WARN("etcd canceled the watch on '{}' ({}; compacted at {}); reloading", entry.name,
+                    response.cancel_reason(), response.compact_revision());
+        entry.loaded = false;
+        entry.created = false;
+        Op op;
+        op.kind = entry.config ? Op::kLoadConfig : Op::kLoadService;
+        op.serial = serial;
+        op.key = entry.key;
+        op.address = entry.range_end;
+        op.service = entry.name;
+        Enqueue(std::move(op));
+        return;
+      }
+      if (response.events_size() == 0) {
+        return;
+      }
+      config = entry.config;
+      name = entry.name;
+      for (const auto& event : response.events()) {
+        entry.next_revision = std::max(entry.next_revision, event.kv().mod_revision() + 1);
+      }
+    }
+    if (config) {
+      for (const auto& event : response.events()) {
+        StoredConfig entry;
+        entry.key = name;
+        entry.version = static_cast<uint64_t>(event.kv().mod_revision());
+        entry.exists = event.type() == mvccpb::Event::PUT;
+        if (entry.exists) {
+          entry.value = event.kv().value();
+        }
+        listener_->OnConfigUpdate(entry);
+      }
+      return;
+    }
+    // One update per revision, so a version is always a whole revision.
+    std::vector<InstanceChange> changes;
+    int64_t revision = 0;
+    auto flush = [&] {
+      if (!changes.empty()) {
+        listener_->OnServiceUpdate(name, static_cast<uint64_t>(revision), false,
+                                   std::move(changes));
+        changes.clear();
+      }
+    };
+    for (const auto& event : response.events()) {
+      if (event.kv().mod_revision() != revision) {
+        flush();
+        revision = event.kv().mod_revision();
+      }
+      InstanceChange change;
+      std::string service;
+      if (!ParseInstanceKey(event.kv().key(), &service, &change.address)) {
+        continue;
+      }
+      if (event.type() == mvccpb::Event::PUT) {
+        auto instance = std::make_shared<v1::Instance>();
+        if (!instance->ParseFromString(event.kv().value())) {
+          continue;
+        }
+        change.instance = std::move(instance);
+        change.owner = static_cast<uint64_t>(event.kv().lease());
+      }
+      changes.push_back(std::move(change));
+    }
+    flush();
+  }
+
+  // ---- keep-alives ----
+  // Queued, never blocking the caller; the sender thread writes them. A
+  // keep-alive lost with a broken stream is made up by the next heartbeat.
+  void KeepAlive(uint64_t lease) {
+    if (lease == 0) {
+      return;
+    }
+    absl::MutexLock lock(&keep_mu_);
+    keep_pending_.insert(lease);
+  }
+
+  void KeepAliveSender() {
+    while (true) {
+      std::set<uint64_t> leases;
+      {
+        absl::MutexLock lock(&keep_mu_);
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(keep_mu_) {
+          return keep_stopping_ || (!keep_pending_.empty() && keep_stream_ != nullptr);
+        };
+        keep_mu_.Await(absl::Condition(&ready));
+        if (keep_stopping_) {
+          return;
+        }
+        leases.swap(keep_pending_);
+        // The reader thread keeps the stream alive until keep_writing_ drops.
+        ++keep_writers_;
+      }
+      for (uint64_t lease : leases) {
+        pb::LeaseKeepAliveRequest request;
+        request.set_id(static_cast<int64_t>(lease));
+        if (!keep_writer_stream_->Write(request)) {
+          break;
+        }
+      }
+      absl::MutexLock lock(&keep_mu_);
+      --keep_writers_;
+    }
+  }
+
+  void KeepAliveLoop() {
+    absl::Duration backoff = absl::Milliseconds(100);
+    while (true) {
+      auto context = std::make_unique<grpc::ClientContext>();
+      context->AddMetadata("hasleader", "true");
+      context->set_wait_for_ready(true);
+      std::unique_ptr<
+          grpc::ClientReaderWriter<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>>
+          stream;
+      {
+        absl::MutexLock lock(&keep_mu_);
+        if (keep_stopping_) {
+          return;
+        }
+        keep_context_ = context.get();
+        stream = lease_->LeaseKeepAlive(context.get());
+        keep_stream_ = stream.get();
+        keep_writer_stream_ = stream.get();
+      }
+      pb::LeaseKeepAliveResponse response;
+      bool heard = false;
+      while (stream->Read(&response)) {
+        heard = true;
+        if (response.ttl() > 0) {
+          continue;
+        }
+        uint64_t id = static_cast<uint64_t>(response.id());
+        if (response.id() == node_lease_) {
+          node_lost_ = true;
+          SPDLOG_WARN("this node's etcd lease lapsed; registering again");
+        } else {
+          listener_->OnLeaseLost(id);
+        }
+      }
+      {
+        absl::MutexLock lock(&keep_mu_);
+        keep_stream_ = nullptr;
+        auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(keep_mu_) { return keep_writers_ == 0; };
+        keep_mu_.Await(absl::Condition(&idle));
+        keep_writer_stream_ = nullptr;
+      }
+      grpc::Status st = stream->Finish();
+      absl::MutexLock lock(&keep_mu_);
+      keep_context_ = nullptr;
+      if (keep_stopping_) {
+        return;
+      }
+      SPDLOG_WARN("etcd keep-alive stream ended ({}); reconnecting", st.error_message());
+      backoff = heard ? absl::Milliseconds(100) : std::min(backoff * 2, absl::Seconds(2));
+      keep_mu_.AwaitWithTimeout(absl::Condition(&keep_stopping_), backoff);
+    }
+  }
+
+  // ---- views ----
+  absl::Status GetService(const std::string& service, v1::ServiceSnapshot* out) {
+    pb::RangeResponse response;
+    std::string prefix = ServicePrefix(service);
+    if (absl::Status st = Range(prefix, PrefixEnd(prefix), false, &response); !st.ok()) {
+      return st;
+    }
+    if (response.kvs_size() == 0) {
+      return absl::NotFoundError(
+          absl::StrCat("service '", service, "' has no instances in the cluster"));
+    }
+    out->set_service(service);
+    out->set_version(static_cast<uint64_t>(response.header().revision()));
+    for (const auto& kv : response.kvs()) {
+      (void)out->add_instances()->ParseFromString(kv.value());
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ListServices(v1::ListServicesResponse* out) {
+    pb::RangeResponse response;
+    std::string prefix = absl::StrCat(options_.prefix, "svc/");
+    if (absl::Status st = Range(prefix, PrefixEnd(prefix), true, &response); !st.ok()) {
+      return st;
+    }
+    std::map<std::string, std::pair<uint64_t, uint32_t>> services;  // version, instances
+    for (const auto& kv : response.kvs()) {
+      std::string service;
+      std::string address;
+      if (ParseInstanceKey(kv.key(), &service, &address)) {
+        auto& s = services[service];
+        s.first = std::max(s.first, static_cast<uint64_t>(kv.mod_revision()));
+        ++s.second;
+      }
+    }
+    for (const auto& [name, s] : services) {
+      v1::ServiceSummary* summary = out->add_services();
+      summary->set_service(name);
+      summary->set_version(s.first);
+      summary->set_instances(s.second);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Describe(v1::ClusterInfo* out) {
+    out->set_mode("cluster");
+    out->set_cluster(options_.cluster_name);
+    pb::RangeResponse members;
+    std::string prefix = absl::StrCat(options_.prefix, "member/");
+    if (absl::Status st = Range(prefix, PrefixEnd(prefix), false, &members); !st.ok()) {
+      return st;
+    }
+    out->set_etcd_revision(members.header().revision());
+    for (const auto& kv : members.kvs()) {
+      v1::ClusterNode* node = out->add_nodes();
+      if (node->ParseFromString(kv.value())) {
+        node->set_self(node->id() == options_.node_id);
+      }
+    }
+    pb::MemberListRequest list_request;
+    pb::MemberListResponse list;
+    if (absl::Status st = Call("member list", &pb::Cluster::Stub::MemberList, cluster_.get(),
+                               list_request, &list);
+        !st.ok()) {
+      return st;
+    }
+    pb::StatusRequest status_request;
+    pb::StatusResponse status;
+    uint64_t leader = 0;
+    if (Call("status", &pb::Maintenance::Stub::Status, maintenance_.get(), status_request, &status)
+            .ok()) {
+      leader = status.leader();
+    }
+    for (const pb::Member& m : list.members()) {
+      v1::EtcdMember* member = out->add_etcd_members();
+      member->set_id(m.id());
+      member->set_name(m.name());
+      for (const std::string& url : m.clienturls()) {
+        member->add_client_urls(url);
+      }
+      member->set_leader(m.id() == leader);
+    }
+    return absl::OkStatus();
+  }
+
+  // ---- config entries ----
+  class ConfigStore;
+
+  const ClusterOptions options_;
+  Listener* const listener_;
+  const absl::Time started_ = absl::Now();
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::KV::Stub> kv_;
+  std::unique_ptr<pb::Lease::Stub> lease_;
+  std::unique_ptr<pb::Watch::Stub> watch_;
+  std::unique_ptr<pb::Cluster::Stub> cluster_;
+  std::unique_ptr<pb::Maintenance::Stub> maintenance_;
+
+  // The node's lease: written by the writer thread (and Connect before it);
+  // node_lost_ is set by the keep-alive reader.
+  std::atomic<int64_t> node_lease_{0};
+  std::atomic<bool> node_lost_{false};
+
+  absl::Mutex queue_mu_;
+  std::deque<Op> queue_ ABSL_GUARDED_BY(queue_mu_);
+  bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
+  std::thread writer_;
+
+  absl::Mutex watch_mu_;
+  std::map<uint64_t, WatchEntry> watches_ ABSL_GUARDED_BY(watch_mu_);
+  std::map<std::string, uint64_t> service_watches_ ABSL_GUARDED_BY(watch_mu_);
+  std::map<std::string, uint64_t> config_watches_ ABSL_GUARDED_BY(watch_mu_);
+  uint64_t next_watch_serial_ ABSL_GUARDED_BY(watch_mu_) = 0;
+  grpc::ClientContext* watch_context_ ABSL_GUARDED_BY(watch_mu_) = nullptr;
+  grpc::ClientReaderWriter<pb::WatchRequest, pb::WatchResponse>* watch_stream_
+      ABSL_GUARDED_BY(watch_mu_) = nullptr;
+  bool watch_stopping_ ABSL_GUARDED_BY(watch_mu_) = false;
+  std::thread watcher_;
+
+  absl::Mutex keep_mu_;
+  grpc::ClientContext* keep_context_ ABSL_GUARDED_BY(keep_mu_) = nullptr;
+  grpc::ClientReaderWriter<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>* keep_stream_
+      ABSL_GUARDED_BY(keep_mu_) = nullptr;
+  bool keep_stopping_ ABSL_GUARDED_BY(keep_mu_) = false;
+  std::set<uint64_t> keep_pending_ ABSL_GUARDED_BY(keep_mu_);
+  int keep_writers_ ABSL_GUARDED_BY(keep_mu_) = 0;
+  // Set and cleared by the reader under keep_mu_ with no writer active; the
+  // sender uses it outside the lock while it counts as a writer.
+  grpc::ClientReaderWriter<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>*
+      keep_writer_stream_ = nullptr;
+  std::thread keeper_;
+  std::thread keep_sender_;
+};
+
+// Config entries as etcd keys: the version is the key's mod revision;
+// compare-and-set is an etcd transaction comparing it.
+class ClusterLink::Impl::ConfigStore final : public RegistryStore {
+ public:
+  explicit ConfigStore(Impl* link) : link_(link) {}
+
+  absl::StatusOr<uint64_t> NextBootEpoch() override {
+    return static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now()));
+  }
+
+  absl::StatusOr<StoredConfig> GetConfig(absl::string_view key) override {
+    pb::RangeResponse response;
+    if (absl::Status st = link_->Range(link_->ConfigKey(key), "", false, &response); !st.ok()) {
+      return st;
+    }
+    StoredConfig entry;
+    entry.key = std::string(key);
+    if (response.kvs_size() > 0) {
+      entry.value = response.kvs(0).value();
+      entry.version = static_cast<uint64_t>(response.kvs(0).mod_revision());
+      entry.exists = true;
+    }
+    return entry;
+  }
+
+  absl::StatusOr<std::vector<StoredConfig>> ListConfig(absl::string_view prefix) override {
+    std::string from = link_->ConfigKey(prefix);
+    pb::RangeResponse response;
+    if (absl::Status st = link_->Range(from, PrefixEnd(from), false, &response); !st.ok()) {
+      return st;
+    }
+    size_t strip = link_->ConfigKey("").size();
+    std::vector<StoredConfig> out;
+    for (const auto& kv : response.kvs()) {
+      StoredConfig entry;
+      entry.key = kv.key().substr(strip);
+      entry.value = kv.value();
+      entry.version = static_cast<uint64_t>(kv.mod_revision());
+      entry.exists = true;
+      out.push_back(std::move(entry));
+    }
+    return out;
+  }
+
+  absl::StatusOr<StoredConfig> PutConfig(absl::string_view key, absl::string_view value,
+                                         std::optional<uint64_t> expected_version) override {
+    pb::TxnRequest txn;
+    std::string etcd_key = link_->ConfigKey(key);
+    Guard(&txn, etcd_key, expected_version);
+    pb::PutRequest* put = txn.add_success()->mutable_request_put();
+    put->set_key(etcd_key);
+    put->set_value(std::string(value));
+    pb::TxnResponse response;
+    if (absl::Status st = link_->Txn(txn, &response); !st.ok()) {
+      return st;
+    }
+    if (!response.succeeded()) {
+      return Conflict(key, *expected_version, response);
+    }
+    StoredConfig entry;
+    entry.key = std::string(key);
+    entry.value = std::string(value);
+    entry.version = static_cast<uint64_t>(response.header().revision());
+    entry.exists = true;
+    return entry;
+  }
+
+  absl::StatusOr<StoredConfig> DeleteConfig(absl::string_view key,
+                                            std::optional<uint64_t> expected_version) override {
+    pb::TxnRequest txn;
+    std::string etcd_key = link_->ConfigKey(key);
+    Guard(&txn, etcd_key, expected_version);
+    txn.add_success()->mutable_request_delete_range()->set_key(etcd_key);
+    pb::TxnResponse response;
+    if (absl::Status st = link_->Txn(txn, &response); !st.ok()) {
+      return st;
+    }
+    if (!response.succeeded()) {
+      return Conflict(key, *expected_version, response);
+    }
+    if (response.responses_size() == 0 ||
+        response.responses(0).response_delete_range().deleted() == 0) {
+      return absl::NotFoundError(absl::StrCat("config key '", key, "' does not exist"));
+    }
+    StoredConfig entry;
+    entry.key = std::string(key);
+    entry.version = static_cast<uint64_t>(response.header().revision());
+    entry.exists = false;
+    return entry;
+  }
+
+ private:
+  // With an expected version, the write happens only if the key is still at
+  // it; otherwise the transaction reads the key to name its version.
+  static void Guard(pb::TxnRequest* txn, const std::string& etcd_key,
+                    std::optional<uint64_t> expected) {
+    if (!expected.has_value()) {
+      return;
+    }
+    pb::Compare* cmp = txn->add_compare();
+    cmp->set_key(etcd_key);
+    cmp->set_result(pb::Compare::EQUAL);
+    if (*expected == 0) {
+      cmp->set_target(pb::Compare::VERSION);  // a key that does not exist has version 0
+      cmp->set_version(0);
+    } else {
+      cmp->set_target(pb::Compare::MOD);
+      cmp->set_mod_revision(static_cast<int64_t>(*expected));
+    }
+    txn->add_failure()->mutable_request_range()->set_key(etcd_key);
+  }
+
+  static absl::Status Conflict(absl::string_view key, uint64_t expected,
+                               const pb::TxnResponse& response) {
+    uint64_t current = 0;
+    if (response.responses_size() > 0 && response.responses(0).response_range().kvs_size() > 0) {
+      current = static_cast<uint64_t>(response.responses(0).response_range().kvs(0).mod_revision());
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("config key '", key, "' is at version ", current,
+                     current == 0 ? " (it does not exist)" : "", ", not the expected ", expected));
+  }
+
+  Impl* const link_;
+};
+
+// ---------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<ClusterLink>> ClusterLink::Start(ClusterOptions options,
+                                                                Listener* listener) {
+  if (options.node_id.empty()) {
+    return absl::InvalidArgumentError("cluster mode needs a node id (server.id)");
+  }
+  if (options.prefix.empty() || options.prefix.back() != '/') {
+    return absl::InvalidArgumentError(
+        absl::StrCat("storage.etcd.prefix '", options.prefix, "' must end with '/'"));
+  }
+  auto impl = std::make_unique<Impl>(std::move(options), listener);
+  if (absl::Status st = impl->Connect(); !st.ok()) {
+    return st;
+  }
+  return std::unique_ptr<ClusterLink>(new ClusterLink(std::move(impl)));
+}
+
+ClusterLink::ClusterLink(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ClusterLink::~ClusterLink() { impl_->Shutdown(); }
+
+void ClusterLink::Shutdown() { impl_->Shutdown(); }
+const ClusterOptions& ClusterLink::options() const { return impl_->options(); }
+
+std::unique_ptr<RegistryStore> ClusterLink::NewConfigStore() {
+  return std::make_unique<Impl::ConfigStore>(impl_.get());
+}
+
+void ClusterLink::OpenSession(int64_t ttl_seconds, const v1::SessionRecord& record,
+                              SessionDone done) {
+  Impl::Op op;
+  op.kind = Impl::Op::kOpen;
+  op.ttl = ttl_seconds;
+  op.value = record.SerializeAsString();
+  op.session_done = std::move(done);
+  impl_->Enqueue(std::move(op));
+}
+
+void ClusterLink::ResumeSession(uint64_t session_id, const v1::SessionRecord& record,
+                                std::function<void(absl::StatusOr<Resumed>)> done) {
+  Impl::Op op;
+  op.kind = Impl::Op::kResume;
+  op.lease = session_id;
+  op.value = record.SerializeAsString();
+  op.resume_done = std::move(done);
+  impl_->Enqueue(std::move(op));
+}
+
+void ClusterLink::Publish(uint64_t session_id, const v1::Instance& instance,
+                          std::function<void(absl::Status)> done) {
+  Impl::Op op;
+  op.kind = Impl::Op::kPublish;
+  op.lease = session_id;
+  op.key = impl_->InstanceKey(instance.service(), instance.address());
+  op.value = instance.SerializeAsString();
+  op.done = std::move(done);
+  impl_->Enqueue(std::move(op));
+}
+
+void ClusterLink::Unpublish(uint64_t session_id, const std::string& service,
+                            const std::string& address, std::function<void(absl::Status)> done) {
+  Impl::Op op;
+  op.kind = Impl::Op::kUnpublish;
+  op.lease = session_id;
+  op.key = impl_->InstanceKey(service, address);
+  op.done = std::move(done);
+  impl_->Enqueue(std::move(op));
+}
+
+void ClusterLink::CloseSession(uint64_t session_id) {
+  Impl::Op op;
+  op.kind = Impl::Op::kRevoke;
+  op.lease = session_id;
+  impl_->Enqueue(std::move(op));
+}
+
+void ClusterLink::KeepAlive(uint64_t session_id) { impl_->KeepAlive(session_id); }
+void ClusterLink::WatchService(const std::string& service) { impl_->AddWatch(false, service); }
+void ClusterLink::UnwatchService(const std::string& service) { impl_->RemoveWatch(false, service); }
+void ClusterLink::WatchConfig(const std::string& key) { impl_->AddWatch(true, key); }
+void ClusterLink::UnwatchConfig(const std::string& key) { impl_->RemoveWatch(true, key); }
+
+absl::Status ClusterLink::GetService(const std::string& service, v1::ServiceSnapshot* out) {
+  return impl_->GetService(service, out);
+}
+absl::Status ClusterLink::ListServices(v1::ListServicesResponse* out) {
+  return impl_->ListServices(out);
+}
+absl::Status ClusterLink::Describe(v1::ClusterInfo* out) { return impl_->Describe(out); }
+
+}  // namespace formica::registry

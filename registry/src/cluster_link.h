@@ -1,0 +1,133 @@
+// Cluster mode: a dsrd node's link to etcd (v3 gRPC API).
+//
+// etcd holds the truth; each node is a front for its client sessions:
+//   <prefix>svc/<service>#<address>  an Instance, under the publishing
+//                                    session's lease
+//   <prefix>cfg/<key>                a config value; its mod revision is the
+//                                    entry's version
+//   <prefix>session/<id>             a SessionRecord, under the session's lease
+//   <prefix>member/<node id>         a ClusterNode, under the node's own lease
+// A session id is its etcd lease id, so any node of the cluster can resume a
+// session while the lease lives, and a dead node's sessions expire with their
+// leases. Service versions are etcd revisions, the same on every node.
+//
+// Writes run in order on one writer thread (consecutive publishes share one
+// etcd transaction); watches share one Watch stream; keep-alives share one
+// LeaseKeepAlive stream. Results and watch events reach the Listener on the
+// link's threads, never while the link holds a lock of its own, so the
+// listener may call back into the link.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace formica::registry {
+
+class RegistryStore;
+struct StoredConfig;
+namespace v1 {
+class Instance;
+class ClusterInfo;
+class ListServicesResponse;
+class ServiceSnapshot;
+class SessionRecord;
+}  // namespace v1
+
+struct ClusterOptions {
+  // etcd client endpoints, host:port (an http:// prefix is accepted). Several
+  // endpoints must be IP addresses; one DNS name may resolve to all members.
+  std::vector<std::string> endpoints;
+  std::string prefix = "/formica/";
+  std::string cluster_name = "formica";
+  std::string node_id;       // this node's name in <prefix>member/
+  std::string node_address;  // what clients dial for this node
+  // How long one etcd call may keep retrying through a member failure or an
+  // election before it fails.
+  absl::Duration request_timeout = absl::Seconds(5);
+  // How long start-up waits for etcd.
+  absl::Duration dial_timeout = absl::Seconds(10);
+  // The node's own lease in <prefix>member/.
+  absl::Duration node_lease = absl::Seconds(5);
+};
+
+// One change to a watched service's instance set.
+struct InstanceChange {
+  std::string address;
+  std::shared_ptr<const v1::Instance> instance;  // null: the instance left
+  uint64_t owner = 0;                            // the session (lease) holding it
+};
+
+class ClusterLink {
+ public:
+  class Listener {
+   public:
+    virtual ~Listener() = default;
+    // `reset`: `changes` is the whole instance set at `revision` (first load,
+    // or a reload after the watch fell behind etcd's compaction).
+    virtual void OnServiceUpdate(const std::string& service, uint64_t revision, bool reset,
+                                 std::vector<InstanceChange> changes) = 0;
+    virtual void OnConfigUpdate(const StoredConfig& entry) = 0;
+    // A session's lease is gone from etcd (it lapsed or was revoked).
+    virtual void OnLeaseLost(uint64_t session_id) = 0;
+  };
+
+  // Connects (waiting up to dial_timeout for etcd to answer), registers the
+  // node and starts the streams.
+  static absl::StatusOr<std::unique_ptr<ClusterLink>> Start(ClusterOptions options,
+                                                            Listener* listener);
+  ~ClusterLink();
+
+  // Stops the threads and withdraws the node's membership. Sessions'
+  // leases are left to live on, so clients can resume on other nodes.
+  void Shutdown();
+
+  const ClusterOptions& options() const;
+  // Config entries in etcd, for the registry's config calls.
+  std::unique_ptr<RegistryStore> NewConfigStore();
+
+  // ---- asynchronous; run in call order; `done` runs on the writer thread ----
+  using SessionDone = std::function<void(absl::StatusOr<uint64_t> session_id)>;
+  void OpenSession(int64_t ttl_seconds, const v1::SessionRecord& record, SessionDone done);
+  // The publications still under the session's lease; NOT_FOUND if it lapsed.
+  struct Resumed {
+    int64_t ttl_seconds = 0;
+    std::vector<std::pair<std::string, std::string>> publications;  // (service, address)
+  };
+  void ResumeSession(uint64_t session_id, const v1::SessionRecord& record,
+                     std::function<void(absl::StatusOr<Resumed>)> done);
+  void Publish(uint64_t session_id, const v1::Instance& instance,
+               std::function<void(absl::Status)> done);
+  // Deletes the instance if this session still holds it.
+  void Unpublish(uint64_t session_id, const std::string& service, const std::string& address,
+                 std::function<void(absl::Status)> done);
+  // Revokes the lease: its publications go at once.
+  void CloseSession(uint64_t session_id);
+  void KeepAlive(uint64_t session_id);
+
+  void WatchService(const std::string& service);
+  void UnwatchService(const std::string& service);
+  void WatchConfig(const std::string& key);
+  void UnwatchConfig(const std::string& key);
+
+  // ---- synchronous reads, for operator views ----
+  absl::Status GetService(const std::string& service, v1::ServiceSnapshot* out);
+  absl::Status ListServices(v1::ListServicesResponse* out);
+  absl::Status Describe(v1::ClusterInfo* out);
+
+  class Impl;
+
+ private:
+  explicit ClusterLink(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace formica::registry

@@ -1,0 +1,321 @@
+// Cluster mode end to end: three real etcd members and three dsrd nodes on
+// loopback, real clients. Publish on one node, subscribe on another; kill -9
+// a node and an etcd member; compare-and-set from two nodes at once.
+#include <fstream>
+#include <thread>
+
+#include "etcd.h"
+#include "registry_fixture.h"
+
+namespace formica::registry::testing {
+namespace {
+
+using formica::testing::EtcdCluster;
+
+constexpr int kNodes = 3;
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto etcd = EtcdCluster::Start(3);
+    ASSERT_TRUE(etcd.ok()) << etcd.status();
+    etcd_ = std::move(*etcd);
+    for (int i = 0; i < kNodes; ++i) {
+      DsrdProcess::Options options;
+      options.data_dir = dir_.File("dsrd" + std::to_string(i));
+      options.config = {
+          {"storage.engine", "etcd"},        {"storage.etcd.endpoints", etcd_->endpoints()},
+          {"storage.etcd.prefix", "/test/"}, {"server.id", "node" + std::to_string(i)},
+          {"cluster.name", "test-cluster"},  {"session.min_lease", "1s"},
+          {"push.retry_interval", "300ms"}};
+      auto node = DsrdProcess::Start(options);
+      ASSERT_TRUE(node.ok()) << node.status();
+      nodes_.push_back(std::move(*node));
+    }
+  }
+
+  ClientOptions Options(const std::string& name, std::vector<int> nodes) {
+    ClientOptions o;
+    for (int n : nodes) o.registries.push_back(nodes_[n]->address());
+    o.client_name = name;
+    o.lease = absl::Seconds(3);
+    o.backoff_initial = absl::Milliseconds(50);
+    o.backoff_max = absl::Milliseconds(300);
+    o.request_timeout = absl::Seconds(8);
+    o.accept_empty_push = true;  // so a vanished provider would show
+    return o;
+  }
+  std::unique_ptr<Client> NewClient(ClientOptions o) {
+    auto client = Client::Create(std::move(o));
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? std::move(*client) : nullptr;
+  }
+  Recorder& NewRecorder() {
+    recorders_.push_back(std::make_unique<Recorder>());
+    return *recorders_.back();
+  }
+  static Instance MakeInstance(const std::string& service, const std::string& address) {
+    Instance i;
+    i.service = service;
+    i.address = address;
+    i.tags["color"] = "blue";
+    return i;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<EtcdCluster> etcd_;
+  std::vector<std::unique_ptr<DsrdProcess>> nodes_;
+  std::vector<std::unique_ptr<Recorder>> recorders_;
+};
+
+bool Has(const ServiceSnapshot& s, const std::string& address) {
+  return Addresses(s).count(address) > 0;
+}
+
+TEST_F(ClusterTest, PublishOnOneNodeReachesSubscribersOnAnother) {
+  Recorder& seen = NewRecorder();
+  auto subscriber = NewClient(Options("sub", {1}));
+  ASSERT_TRUE(subscriber->Subscribe("fund.Trade", seen.Callback()).ok());
+  auto provider = NewClient(Options("pub", {0}));
+  ASSERT_TRUE(provider->Publish(MakeInstance("fund.Trade", "10.0.0.1:9000")).ok());
+  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return Has(s, "10.0.0.1:9000"); },
+                           absl::Seconds(10)));
+  EXPECT_EQ(seen.Seen().back().instances[0].tags.at("color"), "blue");
+
+  // A change and a withdrawal travel the same way, each under a newer version.
+  Instance changed = MakeInstance("fund.Trade", "10.0.0.1:9000");
+  changed.weight = 7;
+  ASSERT_TRUE(provider->Publish(changed).ok());
+  ASSERT_TRUE(seen.WaitFor(
+      [](const ServiceSnapshot& s) {
+        return s.instances.size() == 1 && s.instances[0].weight == 7;
+      },
+      absl::Seconds(10)));
+  ASSERT_TRUE(provider->Unpublish("fund.Trade", "10.0.0.1:9000").ok());
+  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return s.instances.empty(); },
+                           absl::Seconds(10)));
+  std::vector<ServiceSnapshot> all = seen.Seen();
+  for (size_t i = 1; i < all.size(); ++i) {
+    EXPECT_GT(all[i].version, all[i - 1].version);
+  }
+
+  // Config written through node 2 reaches a watcher on node 1.
+  absl::Mutex mu;
+  std::vector<ConfigValue> values;
+  ASSERT_TRUE(subscriber
+                  ->WatchConfig("fund/switch",
+                                [&](const ConfigValue& v) {
+                                  absl::MutexLock lock(&mu);
+                                  values.push_back(v);
+                                })
+                  .ok());
+  auto writer = NewClient(Options("writer", {2}));
+  absl::StatusOr<ConfigValue> put = writer->PutConfig("fund/switch", "on");
+  ASSERT_TRUE(put.ok()) << put.status();
+  absl::MutexLock lock(&mu);
+  auto arrived = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return !values.empty() && values.back().value == "on";
+  };
+  ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&arrived), absl::Seconds(10)));
+  EXPECT_EQ(values.back().version, put->version);
+}
+
+TEST_F(ClusterTest, KilledNodesClientsMoveAndTheirProvidersNeverVanish) {
+  Recorder& seen = NewRecorder();
+  auto subscriber = NewClient(Options("sub", {2}));
+  ASSERT_TRUE(subscriber->Subscribe("fund.Trade", seen.Callback()).ok());
+  auto provider = NewClient(Options("pub", {0, 1, 2}));
+  ASSERT_TRUE(provider->Publish(MakeInstance("fund.Trade", "10.0.0.1:9000")).ok());
+  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return Has(s, "10.0.0.1:9000"); },
+                           absl::Seconds(10)));
+  ASSERT_EQ(provider->connected_registry(), nodes_[0]->address());
+  uint64_t session = provider->session_id();
+  size_t before = seen.Count();
+
+  nodes_[0]->Kill9();
+  // The provider moves to another node and resumes the same session there.
+  absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < give_up &&
+         (!provider->connected() || provider->connected_registry() == nodes_[0]->address())) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(provider->connected());
+  EXPECT_NE(provider->connected_registry(), nodes_[0]->address());
+  EXPECT_EQ(provider->session_id(), session);
+
+  // Well past the lease (3 s): the session is renewed by its new node.
+  absl::SleepFor(absl::Seconds(6));
+  std::vector<ServiceSnapshot> all = seen.Seen();
+  for (size_t i = before - 1; i < all.size(); ++i) {
+    EXPECT_TRUE(Has(all[i], "10.0.0.1:9000"))
+        << "the provider vanished at version " << all[i].version;
+  }
+  EXPECT_EQ(all.size(), before) << "a node's death must not even cause a push";
+
+  // It still owns its instance: withdrawing it through the new node works.
+  ASSERT_TRUE(provider->Unpublish("fund.Trade", "10.0.0.1:9000").ok());
+  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return s.instances.empty(); },
+                           absl::Seconds(10)));
+}
+
+TEST_F(ClusterTest, ADeadProvidersSessionExpiresWithItsLease) {
+  Recorder& seen = NewRecorder();
+  auto subscriber = NewClient(Options("sub", {1}));
+  ASSERT_TRUE(subscriber->Subscribe("fund.Trade", seen.Callback()).ok());
+  auto keeper = NewClient(Options("keeper", {1}));
+  ASSERT_TRUE(keeper->Publish(MakeInstance("fund.Trade", "10.0.0.2:9000")).ok());
+  // A provider process on node 0; both it and its node die.
+  auto agent = Subprocess::Start(
+      {formica::testing::BinaryPath("tests/registry/registry_agent"), "--registry",
+       nodes_[0]->address(), "--lease-ms", "2000", "fund.Trade=10.0.0.1:9000"},
+      dir_.File("agent.log"));
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  ASSERT_TRUE((*agent)->WaitForOutput("published", absl::Seconds(20))) << (*agent)->Output();
+  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return Has(s, "10.0.0.1:9000"); },
+                           absl::Seconds(10)));
+  absl::Time killed = absl::Now();
+  (*agent)->Kill();
+  nodes_[0]->Kill9();
+  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return !Has(s, "10.0.0.1:9000"); },
+                           absl::Seconds(10)));
+  absl::Duration gone_after = absl::Now() - killed;
+  // Not before the lease (2 s, less the time since the last renewal), not
+  // long after it.
+  EXPECT_GE(gone_after, absl::Milliseconds(900));
+  EXPECT_LE(gone_after, absl::Seconds(5));
+  EXPECT_TRUE(Has(seen.Seen().back(), "10.0.0.2:9000"));
+}
+
+TEST_F(ClusterTest, TheRegistryKeepsServingWhenAnEtcdMemberDies) {
+  Recorder& seen = NewRecorder();
+  auto subscriber = NewClient(Options("sub", {1}));
+  ASSERT_TRUE(subscriber->Subscribe("fund.Trade", seen.Callback()).ok());
+  auto provider = NewClient(Options("pub", {0}));
+  ASSERT_TRUE(provider->Publish(MakeInstance("fund.Trade", "10.0.0.1:9000")).ok());
+  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return Has(s, "10.0.0.1:9000"); },
+                           absl::Seconds(10)));
+  // Kill each member in turn's worth of risk: the first is most often the
+  // leader, and both dsrd nodes may be connected to it.
+  etcd_->Kill9(0);
+  ASSERT_TRUE(provider->Publish(MakeInstance("fund.Trade", "10.0.0.3:9000")).ok());
+  ASSERT_TRUE(seen.WaitFor(
+      [](const ServiceSnapshot& s) { return Has(s, "10.0.0.1:9000") && Has(s, "10.0.0.3:9000"); },
+      absl::Seconds(15)));
+  auto writer = NewClient(Options("writer", {2}));
+  absl::StatusOr<ConfigValue> put = writer->PutConfig("after/failure", "ok");
+  ASSERT_TRUE(put.ok()) << put.status();
+  // Sessions live on past the lease: renewals reach the surviving members.
+  absl::SleepFor(absl::Seconds(5));
+  std::vector<ServiceSnapshot> all = seen.Seen();
+  size_t first = 0;
+  while (first < all.size() && !Has(all[first], "10.0.0.1:9000")) ++first;
+  for (size_t i = first; i < all.size(); ++i) {
+    EXPECT_TRUE(Has(all[i], "10.0.0.1:9000")) << "vanished at version " << all[i].version;
+  }
+  EXPECT_TRUE(provider->connected());
+}
+
+TEST_F(ClusterTest, ConcurrentCompareAndSetFromTwoNodesHasExactlyOneWinner) {
+  auto a = NewClient(Options("a", {0}));
+  auto b = NewClient(Options("b", {1}));
+  absl::StatusOr<ConfigValue> created = a->PutConfig("fund/limit", "0", 0);
+  ASSERT_TRUE(created.ok()) << created.status();
+  // Creating again with "must not exist" loses.
+  absl::StatusOr<ConfigValue> again = b->PutConfig("fund/limit", "x", 0);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition) << again.status();
+  uint64_t version = created->version;
+  for (int round = 0; round < 20; ++round) {
+    absl::StatusOr<ConfigValue> ra;
+    absl::StatusOr<ConfigValue> rb;
+    std::thread ta([&] { ra = a->PutConfig("fund/limit", "a" + std::to_string(round), version); });
+    std::thread tb([&] { rb = b->PutConfig("fund/limit", "b" + std::to_string(round), version); });
+    ta.join();
+    tb.join();
+    ASSERT_NE(ra.ok(), rb.ok()) << "round " << round << ": " << ra.status() << " / " << rb.status();
+    const absl::StatusOr<ConfigValue>& winner = ra.ok() ? ra : rb;
+    const absl::StatusOr<ConfigValue>& loser = ra.ok() ? rb : ra;
+    EXPECT_EQ(loser.status().code(), absl::StatusCode::kFailedPrecondition) << loser.status();
+    EXPECT_GT(winner->version, version);
+    absl::StatusOr<ConfigValue> now = (round % 2 == 0 ? a : b)->GetConfig("fund/limit");
+    ASSERT_TRUE(now.ok()) << now.status();
+    EXPECT_EQ(now->value, winner->value);
+    EXPECT_EQ(now->version, winner->version);
+    version = winner->version;
+  }
+  // A delete guarded by a stale version changes nothing.
+  EXPECT_EQ(a->DeleteConfig("fund/limit", version - 1).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(b->DeleteConfig("fund/limit", version).ok());
+  EXPECT_EQ(a->GetConfig("fund/limit").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ClusterTest, FormicactlShowsTheClusterFromAnyNode) {
+  std::string log = dir_.File("ctl.log");
+  auto ctl = Subprocess::Start({formica::testing::BinaryPath("tools/formicactl"), "--registry",
+                                nodes_[2]->address(), "cluster", "members"},
+                               log);
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  ASSERT_EQ((*ctl)->Wait(absl::Seconds(20)), 0) << (*ctl)->Output();
+  std::string out = (*ctl)->Output();
+  EXPECT_THAT(out, ::testing::HasSubstr("test-cluster"));
+  for (int i = 0; i < kNodes; ++i) {
+    EXPECT_THAT(out, ::testing::HasSubstr("node" + std::to_string(i)));
+    EXPECT_THAT(out, ::testing::HasSubstr(nodes_[i]->address()));
+    EXPECT_THAT(out, ::testing::HasSubstr(etcd_->endpoint(i)));
+  }
+  EXPECT_THAT(out, ::testing::HasSubstr("leader"));
+}
+
+TEST(ClusterConfigTest, BadClusterSettingsStopStartUpWithAClearError) {
+  TempDir dir;
+  struct Case {
+    std::map<std::string, std::string> config;
+    std::string message;
+  };
+  std::vector<Case> cases = {
+      {{{"storage.engine", "etcd"}}, "storage.etcd.endpoints"},
+      {{{"storage.engine", "zookeeper"}}, "storage.engine"},
+      {{{"storage.engine", "etcd"},
+        {"storage.etcd.endpoints", "127.0.0.1:1"},
+        {"storage.etcd.prefix", "no-slash"}},
+       "storage.etcd.prefix"},
+      {{{"storage.engine", "etcd"},
+        {"storage.etcd.endpoints", "127.0.0.1:" + std::to_string(formica::testing::PickFreePort())},
+        {"storage.etcd.dial_timeout", "500ms"}},
+       "did not answer"},
+  };
+  int n = 0;
+  for (const Case& c : cases) {
+    std::string config = dir.File("bad" + std::to_string(++n) + ".yaml");
+    {
+      std::ofstream out(config);
+      out << "storage:\n";
+      for (const auto& [k, v] : c.config) {
+        std::string key = k.substr(std::string("storage.").size());
+        if (key.rfind("etcd.", 0) == 0) {
+          continue;
+        }
+        out << "  " << key << ": \"" << v << "\"\n";
+      }
+      bool section = false;
+      for (const auto& [k, v] : c.config) {
+        std::string key = k.substr(std::string("storage.").size());
+        if (key.rfind("etcd.", 0) == 0) {
+          if (!section) out << "  etcd:\n";
+          section = true;
+          out << "    " << key.substr(5) << ": \"" << v << "\"\n";
+        }
+      }
+    }
+    auto dsrd = Subprocess::Start(
+        {formica::testing::BinaryPath("registry/dsrd"), "--config", config, "--listen",
+         "127.0.0.1:" + std::to_string(formica::testing::PickFreePort())},
+        dir.File("dsrd" + std::to_string(n) + ".log"));
+    ASSERT_TRUE(dsrd.ok());
+    EXPECT_NE((*dsrd)->Wait(absl::Seconds(20)), 0);
+    EXPECT_THAT((*dsrd)->Output(), ::testing::HasSubstr(c.message)) << "case " << n;
+  }
+}
+
+}  // namespace
+}  // namespace formica::registry::testing
