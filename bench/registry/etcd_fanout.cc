@@ -10,12 +10,14 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -411,6 +413,53 @@ absl::StatusOr<FanoutResult> MeasureEtcdFanout(int watchers, int rounds) {
   result.rounds = rounds;
   result.samples = static_cast<int64_t>(samples.size());
   return result;
+}
+
+absl::StatusOr<double> MeasureEtcdPuts(const std::string& endpoints, int clients, int per_client) {
+  std::vector<std::string> list = absl::StrSplit(endpoints, ',');
+  std::atomic<int> failures{0};
+  std::vector<std::unique_ptr<etcdserverpb::KV::Stub>> kvs;
+  std::vector<int64_t> leases;
+  for (int c = 0; c < clients; ++c) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    auto channel =
+        grpc::CreateCustomChannel(list[c % list.size()], grpc::InsecureChannelCredentials(), args);
+    kvs.push_back(etcdserverpb::KV::NewStub(channel));
+    auto lease = etcdserverpb::Lease::NewStub(channel);
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));
+    etcdserverpb::LeaseGrantRequest grant;
+    grant.set_ttl(300);
+    etcdserverpb::LeaseGrantResponse granted;
+    grpc::Status st = lease->LeaseGrant(&context, grant, &granted);
+    if (!st.ok()) {
+      return absl::UnavailableError(absl::StrCat("etcd lease grant: ", Describe(st)));
+    }
+    leases.push_back(granted.id());
+  }
+  absl::Time start = absl::Now();
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      for (int k = 0; k < per_client; ++k) {
+        etcdserverpb::PutRequest put;
+        put.set_key(absl::StrCat("/formica-bench/puts/", c, "/", k));
+        put.set_value(std::string(60, 'x'));  // about an instance's size
+        put.set_lease(leases[c]);
+        etcdserverpb::PutResponse response;
+        grpc::ClientContext context;
+        context.set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));
+        if (!kvs[c]->Put(&context, put, &response).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  if (failures > 0) {
+    return absl::UnavailableError(absl::StrCat(failures.load(), " etcd puts failed"));
+  }
+  return clients * per_client / seconds;
 }
 
 }  // namespace formica::bench

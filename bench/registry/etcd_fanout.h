@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/statusor.h"
 
@@ -36,5 +37,11 @@ struct FanoutResult {
 // `watchers`, it is raised (up to the hard limit) for the whole process.
 // watchers: 1..20000, rounds: 1..100000.
 absl::StatusOr<FanoutResult> MeasureEtcdFanout(int watchers, int rounds);
+
+// Puts per second straight into a running etcd (`endpoints`, comma-separated
+// host:port): `clients` threads, each on its own connection, each doing
+// `per_client` Puts one after another, each under a lease as dsrd's are.
+// What a registry in cluster mode stands on.
+absl::StatusOr<double> MeasureEtcdPuts(const std::string& endpoints, int clients, int per_client);
 
 }  // namespace formica::bench

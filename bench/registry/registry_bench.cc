@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "bench_report.h"
+#include "etcd.h"
 #include "etcd_fanout.h"
 #include "formica/registry/client.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
@@ -51,10 +52,13 @@ ClientOptions Options(const std::string& registry, const std::string& name) {
 
 // Publishers each publish `per_publisher` instances, one after another,
 // each waiting for the registry's confirmation.
-double MeasurePublish(const std::string& registry, int publishers, int per_publisher) {
+// Publisher p talks to registries[p % size].
+double MeasurePublish(const std::vector<std::string>& registries, int publishers,
+                      int per_publisher) {
   std::vector<std::unique_ptr<Client>> clients;
   for (int p = 0; p < publishers; ++p) {
-    clients.push_back(*Client::Create(Options(registry, absl::StrCat("pub", p))));
+    clients.push_back(
+        *Client::Create(Options(registries[p % registries.size()], absl::StrCat("pub", p))));
   }
   // Warm the connections first.
   for (int p = 0; p < publishers; ++p) {
@@ -221,9 +225,11 @@ struct FanoutRun {
 // each round; the time from the change until each subscriber sees it. With
 // `library`, subscribers are full formica::registry::Client objects (their
 // callbacks); otherwise RawSubscriber streams.
-FanoutRun MeasureFanout(const std::string& registry, pid_t dsrd_pid, int subscribers, int rounds,
-                        bool library) {
+// Subscriber s talks to registries[s % size]; the provider to the first.
+FanoutRun MeasureFanout(const std::vector<std::string>& registries, pid_t dsrd_pid, int subscribers,
+                        int rounds, bool library) {
   const std::string service = absl::StrCat("bench.Fanout", subscribers, library ? "lib" : "raw");
+  const std::string& registry = registries[0];
   auto provider = *Client::Create(Options(registry, "fan-provider"));
   Instance inst;
   inst.service = service;
@@ -236,14 +242,15 @@ FanoutRun MeasureFanout(const std::string& registry, pid_t dsrd_pid, int subscri
   std::vector<std::unique_ptr<Client>> clients;
   std::vector<std::unique_ptr<RawSubscriber>> raws;
   for (int s = 0; s < subscribers; ++s) {
+    const std::string& node = registries[s % registries.size()];
     if (library) {
-      clients.push_back(*Client::Create(Options(registry, absl::StrCat("sub", s))));
+      clients.push_back(*Client::Create(Options(node, absl::StrCat("sub", s))));
       (void)clients.back()->Subscribe(service, [&clock](const ServiceSnapshot& snap) {
         absl::Time now = absl::Now();
         if (!snap.instances.empty()) clock.Saw(snap.instances[0].weight, now);
       });
     } else {
-      raws.push_back(std::make_unique<RawSubscriber>(registry, service, &clock));
+      raws.push_back(std::make_unique<RawSubscriber>(node, service, &clock));
     }
   }
   for (auto& c : clients) (void)c->AwaitSnapshot(service, absl::Seconds(60));
@@ -255,19 +262,130 @@ FanoutRun MeasureFanout(const std::string& registry, pid_t dsrd_pid, int subscri
   return run;
 }
 
+// --cluster: three dsrd nodes in cluster mode on three etcd members against
+// one embedded dsrd, in the same run; each measured twice, interleaved.
+int RunCluster(bool quick) {
+  const int rounds = quick ? 5 : 20;
+  const int publishers = 16;
+  const int per_publisher = quick ? 200 : 1000;
+  formica::testing::TempDir dir;
+
+  formica::testing::DsrdProcess::Options embedded_options;
+  embedded_options.data_dir = dir.File("embedded");
+  embedded_options.config = {{"push.warmup", "0s"}};
+  auto embedded = formica::testing::DsrdProcess::Start(embedded_options);
+  if (!embedded.ok()) {
+    std::fprintf(stderr, "bench_registry: %s\n", embedded.status().ToString().c_str());
+    return 1;
+  }
+  auto etcd = formica::testing::EtcdCluster::Start(3);
+  if (!etcd.ok()) {
+    std::fprintf(stderr, "bench_registry: %s\n", etcd.status().ToString().c_str());
+    return 1;
+  }
+  std::vector<std::unique_ptr<formica::testing::DsrdProcess>> nodes;
+  std::vector<std::string> cluster;
+  for (int i = 0; i < 3; ++i) {
+    formica::testing::DsrdProcess::Options o;
+    o.data_dir = dir.File(absl::StrCat("node", i));
+    o.config = {{"storage.engine", "etcd"},
+                {"storage.etcd.endpoints", (*etcd)->endpoints()},
+                {"server.id", absl::StrCat("node", i)}};
+    auto node = formica::testing::DsrdProcess::Start(o);
+    if (!node.ok()) {
+      std::fprintf(stderr, "bench_registry: %s\n", node.status().ToString().c_str());
+      return 1;
+    }
+    cluster.push_back((*node)->address());
+    nodes.push_back(std::move(*node));
+  }
+  const std::vector<std::string> single = {(*embedded)->address()};
+  const pid_t embedded_pid = (*embedded)->process()->pid();
+  const pid_t node0_pid = nodes[0]->process()->pid();
+  std::printf("embedded dsrd on %s; cluster: 3 dsrd nodes on 3 etcd members (%s)\n",
+              single[0].c_str(), (*etcd)->endpoints().c_str());
+
+  std::vector<double> embedded_publish;
+  std::vector<double> cluster_publish;
+  std::vector<double> etcd_puts;
+  std::vector<double> embedded_fanout;
+  std::vector<double> cluster_fanout;
+  for (int pass = 0; pass < 2; ++pass) {
+    embedded_publish.push_back(MeasurePublish(single, publishers, per_publisher));
+    cluster_publish.push_back(MeasurePublish(cluster, publishers, per_publisher));
+    absl::StatusOr<double> puts =
+        MeasureEtcdPuts((*etcd)->endpoints(), publishers, per_publisher / 2);
+    if (!puts.ok()) {
+      std::fprintf(stderr, "bench_registry: %s\n", puts.status().ToString().c_str());
+      return 1;
+    }
+    etcd_puts.push_back(*puts);
+    std::printf(
+        "pass %d publish: embedded %.0f/s, cluster %.0f/s; etcd puts alone %.0f/s (%d "
+        "clients)\n",
+        pass, embedded_publish.back(), cluster_publish.back(), *puts, publishers);
+    FanoutRun e = MeasureFanout(single, embedded_pid, 1000, rounds, /*library=*/false);
+    FanoutRun c = MeasureFanout(cluster, node0_pid, 1000, rounds, /*library=*/false);
+    std::printf(
+        "pass %d fan-out to 1000: embedded p50 %.2f p99 %.2f ms; cluster (subscribers "
+        "over 3 nodes) p50 %.2f p99 %.2f ms\n",
+        pass, Percentile(e.samples_ms, 50), Percentile(e.samples_ms, 99),
+        Percentile(c.samples_ms, 50), Percentile(c.samples_ms, 99));
+    embedded_fanout.insert(embedded_fanout.end(), e.samples_ms.begin(), e.samples_ms.end());
+    cluster_fanout.insert(cluster_fanout.end(), c.samples_ms.begin(), c.samples_ms.end());
+  }
+  auto mean = [](const std::vector<double>& v) {
+    double sum = 0;
+    for (double x : v) sum += x;
+    return v.empty() ? 0 : sum / static_cast<double>(v.size());
+  };
+  BenchReport report;
+  report.Set("cluster_fanout1000_p50_ms", Percentile(cluster_fanout, 50));
+  report.Set("cluster_fanout1000_p99_ms", Percentile(cluster_fanout, 99));
+  report.Set("embedded_fanout1000_p50_ms", Percentile(embedded_fanout, 50));
+  report.Set("embedded_fanout1000_p99_ms", Percentile(embedded_fanout, 99));
+  report.Set("cluster_publish_per_s", std::round(mean(cluster_publish)));
+  report.Set("embedded_publish_per_s", std::round(mean(embedded_publish)));
+  report.Set("cluster_vs_embedded_fanout1000_p99",
+             Percentile(embedded_fanout, 99) > 0
+                 ? Percentile(cluster_fanout, 99) / Percentile(embedded_fanout, 99)
+                 : 0);
+  report.Set("etcd_put_per_s", std::round(mean(etcd_puts)));
+  report.Set("cluster_publish_vs_etcd_put",
+             mean(etcd_puts) > 0 ? mean(cluster_publish) / mean(etcd_puts) : 0);
+  report.Set("cluster_vs_embedded_publish",
+             mean(embedded_publish) > 0 ? mean(cluster_publish) / mean(embedded_publish) : 0);
+  report.SetSetup("cores", Cores());
+  report.SetSetup("rounds", rounds * 2);
+  report.SetSetup("publishers", publishers);
+  report.SetSetup("instances_published_per_pass", publishers * per_publisher);
+  report.SetSetup("network", "loopback, one TCP connection per subscriber");
+  report.SetSetup("cluster",
+                  "3 etcd 3.4 members (fsync per commit, heartbeat 50ms) and 3 dsrd nodes, all on "
+                  "this machine; subscribers spread over the nodes, provider and publishers "
+                  "likewise; publications are etcd puts under session leases");
+  report.SetSetup("embedded", "one dsrd, RocksDB store, publications in memory");
+  report.SetSetup("passes", "2, embedded and cluster interleaved");
+  report.SetSetup("mode", quick ? "quick" : "full");
+  report.Print();
+  return 0;
+}
+
 int Run(int argc, char** argv) {
   bool quick = false;
+  bool cluster = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
     } else if (std::strcmp(argv[i], "--cluster") == 0) {
-      std::fprintf(stderr,
-                   "bench_registry: --cluster needs the etcd-backed registry, not built yet\n");
-      return 2;
+      cluster = true;
     } else {
-      std::fprintf(stderr, "usage: bench_registry [--quick]\n");
+      std::fprintf(stderr, "usage: bench_registry [--quick] [--cluster]\n");
       return 2;
     }
+  }
+  if (cluster) {
+    return RunCluster(quick);
   }
   const int rounds = quick ? 5 : 20;
   const int publishers = 16;
@@ -286,19 +404,19 @@ int Run(int argc, char** argv) {
   const pid_t pid = (*dsrd)->process()->pid();
   std::printf("dsrd on %s (merge window 20ms default, publications in memory)\n", registry.c_str());
 
-  double publish_per_s = MeasurePublish(registry, publishers, per_publisher);
+  double publish_per_s = MeasurePublish({registry}, publishers, per_publisher);
   std::printf("publish: %.0f instances/s (%d publishers x %d)\n", publish_per_s, publishers,
               per_publisher);
 
-  FanoutRun f100 = MeasureFanout(registry, pid, 100, rounds, /*library=*/false);
+  FanoutRun f100 = MeasureFanout({registry}, pid, 100, rounds, /*library=*/false);
   std::printf("dsrd fan-out to 100: p50 %.2f ms, p99 %.2f ms (%zu samples)\n",
               Percentile(f100.samples_ms, 50), Percentile(f100.samples_ms, 99),
               f100.samples_ms.size());
-  FanoutRun f1000 = MeasureFanout(registry, pid, 1000, rounds, /*library=*/false);
+  FanoutRun f1000 = MeasureFanout({registry}, pid, 1000, rounds, /*library=*/false);
   std::printf("dsrd fan-out to 1000: p50 %.2f ms, p99 %.2f ms (%zu samples); %lld bytes/session\n",
               Percentile(f1000.samples_ms, 50), Percentile(f1000.samples_ms, 99),
               f1000.samples_ms.size(), static_cast<long long>(f1000.bytes_per_session));
-  FanoutRun lib1000 = MeasureFanout(registry, pid, 1000, rounds, /*library=*/true);
+  FanoutRun lib1000 = MeasureFanout({registry}, pid, 1000, rounds, /*library=*/true);
   std::printf(
       "dsrd fan-out to 1000 full client libraries in one process: p50 %.2f ms, p99 %.2f ms\n",
       Percentile(lib1000.samples_ms, 50), Percentile(lib1000.samples_ms, 99));
