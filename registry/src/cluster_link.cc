@@ -5,6 +5,7 @@
 
 #include <deque>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -346,7 +347,10 @@ class ClusterLink::Impl {
 
   void WriterLoop() {
     absl::Time next_node_tick = absl::Now();
-    absl::Duration node_tick = std::max(absl::Milliseconds(200), options_.node_lease / 3);
+    // Often enough that the replies tell, within kUnreachableAfter, whether
+    // etcd still answers.
+    absl::Duration node_tick =
+        std::min(kReachabilityProbe, std::max(absl::Milliseconds(200), options_.node_lease / 3));
     while (true) {
       std::deque<Op> ops;
       {
@@ -536,12 +540,9 @@ class ClusterLink::Impl {
         Load(op);
         return;
       case Op::kCancelWatch: {
-        absl::MutexLock lock(&watch_mu_);
-        if (watch_stream_ != nullptr) {
-          pb::WatchRequest cancel;
-          cancel.mutable_cancel_request()->set_watch_id(static_cast<int64_t>(op.serial));
-          watch_stream_->Write(cancel);
-        }
+        pb::WatchRequest cancel;
+        cancel.mutable_cancel_request()->set_watch_id(static_cast<int64_t>(op.serial));
+        WriteWatch(cancel);
         return;
       }
       case Op::kPublish:
@@ -657,19 +658,29 @@ class ClusterLink::Impl {
       }
       listener_->OnConfigUpdate(entry);
     }
-    absl::MutexLock lock(&watch_mu_);
-    auto it = watches_.find(op.serial);
-    if (it == watches_.end()) {
-      return;
+    std::optional<pb::WatchRequest> create;
+    {
+      absl::MutexLock lock(&watch_mu_);
+      auto it = watches_.find(op.serial);
+      if (it == watches_.end()) {
+        return;
+      }
+      it->second.loaded = true;
+      it->second.next_revision = response.header().revision() + 1;
+      create = CreateRequest(op.serial, it->second);
     }
-    it->second.loaded = true;
-    it->second.next_revision = response.header().revision() + 1;
-    SendCreate(op.serial, it->second);
+    if (create.has_value()) {
+      WriteWatch(*create);
+    }
   }
 
-  void SendCreate(uint64_t serial, WatchEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(watch_mu_) {
+  // The create request for `entry` if the stream is up and it has none
+  // yet; the caller writes it after letting go of watch_mu_. A write that
+  // fails means a broken stream, whose successor creates every watch again.
+  std::optional<pb::WatchRequest> CreateRequest(uint64_t serial, WatchEntry& entry)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(watch_mu_) {
     if (watch_stream_ == nullptr || entry.created) {
-      return;
+      return std::nullopt;
     }
     pb::WatchRequest request;
     pb::WatchCreateRequest* create = request.mutable_create_request();
@@ -677,7 +688,17 @@ class ClusterLink::Impl {
     create->set_range_end(entry.range_end);
     create->set_start_revision(entry.next_revision);
     create->set_watch_id(static_cast<int64_t>(serial));
-    entry.created = watch_stream_->Write(request);
+    entry.created = true;
+    return request;
+  }
+
+  // Writes on the watch stream, never under watch_mu_ (the registry's
+  // threads take that one and must not wait for the network).
+  void WriteWatch(const pb::WatchRequest& request) {
+    absl::MutexLock write_lock(&watch_write_mu_);
+    if (watch_writer_ != nullptr) {
+      watch_writer_->Write(request);
+    }
   }
 
   void WatchLoop() {
@@ -693,15 +714,27 @@ class ClusterLink::Impl {
         if (watch_stopping_) {
           return;
         }
-        watch_context_ = context.get();
-        stream = watch_->Watch(context.get());
+        watch_context_ = context.get();  // so Shutdown can cancel the start below
+      }
+      // Starting a stream waits for a connection: never under a lock.
+      stream = watch_->Watch(context.get());
+      {
+        absl::MutexLock write_lock(&watch_write_mu_);
+        watch_writer_ = stream.get();
+      }
+      std::vector<pb::WatchRequest> creates;
+      {
+        absl::MutexLock lock(&watch_mu_);
         watch_stream_ = stream.get();
         for (auto& [serial, entry] : watches_) {
           entry.created = false;
           if (entry.loaded) {
-            SendCreate(serial, entry);
+            if (auto create = CreateRequest(serial, entry)) creates.push_back(std::move(*create));
           }
         }
+      }
+      for (const pb::WatchRequest& create : creates) {
+        WriteWatch(create);
       }
       pb::WatchResponse response;
       bool heard = false;
@@ -712,6 +745,11 @@ class ClusterLink::Impl {
       {
         absl::MutexLock lock(&watch_mu_);
         watch_stream_ = nullptr;
+      }
+      {
+        // Waits for a write in progress; later ones find no stream.
+        absl::MutexLock write_lock(&watch_write_mu_);
+        watch_writer_ = nullptr;
       }
       grpc::Status st = stream->Finish();
       absl::MutexLock lock(&watch_mu_);
@@ -859,8 +897,12 @@ class ClusterLink::Impl {
         if (keep_stopping_) {
           return;
         }
-        keep_context_ = context.get();
-        stream = lease_->LeaseKeepAlive(context.get());
+        keep_context_ = context.get();  // so Shutdown can cancel the start below
+      }
+      // Starting a stream waits for a connection: never under a lock.
+      stream = lease_->LeaseKeepAlive(context.get());
+      {
+        absl::MutexLock lock(&keep_mu_);
         keep_stream_ = stream.get();
         keep_writer_stream_ = stream.get();
       }
@@ -868,6 +910,7 @@ class ClusterLink::Impl {
       bool heard = false;
       while (stream->Read(&response)) {
         heard = true;
+        last_heard_ms_ = absl::ToUnixMillis(absl::Now());
         if (response.ttl() > 0) {
           continue;
         }
@@ -896,6 +939,10 @@ class ClusterLink::Impl {
       backoff = heard ? absl::Milliseconds(100) : std::min(backoff * 2, absl::Seconds(2));
       keep_mu_.AwaitWithTimeout(absl::Condition(&keep_stopping_), backoff);
     }
+  }
+
+  bool Reachable() const {
+    return absl::Now() - absl::FromUnixMillis(last_heard_ms_) < kUnreachableAfter;
   }
 
   // ---- views ----
@@ -986,8 +1033,13 @@ class ClusterLink::Impl {
   // ---- config entries ----
   class ConfigStore;
 
+  static constexpr absl::Duration kReachabilityProbe = absl::Milliseconds(400);
+  static constexpr absl::Duration kUnreachableAfter = absl::Milliseconds(1500);
+
   const ClusterOptions options_;
   Listener* const listener_;
+  // When etcd last answered a keep-alive (Unix ms).
+  std::atomic<int64_t> last_heard_ms_{absl::ToUnixMillis(absl::Now())};
   const absl::Time started_ = absl::Now();
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::KV::Stub> kv_;
@@ -1012,6 +1064,9 @@ class ClusterLink::Impl {
   std::map<std::string, uint64_t> config_watches_ ABSL_GUARDED_BY(watch_mu_);
   uint64_t next_watch_serial_ ABSL_GUARDED_BY(watch_mu_) = 0;
   grpc::ClientContext* watch_context_ ABSL_GUARDED_BY(watch_mu_) = nullptr;
+  absl::Mutex watch_write_mu_;  // never held with watch_mu_
+  grpc::ClientReaderWriter<pb::WatchRequest, pb::WatchResponse>* watch_writer_
+      ABSL_GUARDED_BY(watch_write_mu_) = nullptr;
   grpc::ClientReaderWriter<pb::WatchRequest, pb::WatchResponse>* watch_stream_
       ABSL_GUARDED_BY(watch_mu_) = nullptr;
   bool watch_stopping_ ABSL_GUARDED_BY(watch_mu_) = false;
@@ -1235,6 +1290,7 @@ void ClusterLink::CloseSession(uint64_t session_id) {
 }
 
 void ClusterLink::KeepAlive(uint64_t session_id) { impl_->KeepAlive(session_id); }
+bool ClusterLink::Reachable() const { return impl_->Reachable(); }
 void ClusterLink::WatchService(const std::string& service) { impl_->AddWatch(false, service); }
 void ClusterLink::UnwatchService(const std::string& service) { impl_->RemoveWatch(false, service); }
 void ClusterLink::WatchConfig(const std::string& key) { impl_->AddWatch(true, key); }

@@ -112,6 +112,9 @@ class ClusterLink {
   // Revokes the lease: its publications go at once.
   void CloseSession(uint64_t session_id);
   void KeepAlive(uint64_t session_id);
+  // Whether etcd answered this node's keep-alives within the last 1.5 s
+  // (the node renews its own lease every 400 ms).
+  bool Reachable() const;
 
   void WatchService(const std::string& service);
   void UnwatchService(const std::string& service);

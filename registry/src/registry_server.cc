@@ -201,6 +201,9 @@ class RegistryCore : public ClusterLink::Listener {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishOpen(SessionReactor* reactor, Session& session, const v1::OpenSession& open,
                   absl::Duration lease, bool resumed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A session this node holds, taken over by a new stream.
+  void ResumeLocal(SessionReactor* reactor, Session& session, const v1::OpenSession& open)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The reactor waiting for `serial`'s open, if it still waits.
   SessionReactor* TakeOpening(uint64_t serial) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ClusterPublish(Session& session, const v1::Publish& publish)
@@ -248,6 +251,7 @@ class RegistryCore : public ClusterLink::Listener {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   // Cluster mode: streams whose open waits for etcd, by reactor serial.
   std::map<uint64_t, SessionReactor*> opening_ ABSL_GUARDED_BY(mu_);
+  bool etcd_reachable_ ABSL_GUARDED_BY(mu_) = true;
 };
 
 // One session stream. Deletes itself when gRPC is done with it. The fields
@@ -447,12 +451,14 @@ bool RegistryCore::HandleOpen(SessionReactor* reactor, const v1::OpenSession& op
       open.lease_ms() == 0 ? options_.default_lease : absl::Milliseconds(open.lease_ms());
   lease = std::clamp(lease, options_.min_lease, options_.max_lease);
   Session* session = nullptr;
+  if (cluster_ != nullptr) {
+    // Even a session held here is checked with etcd: its lease may be gone,
+    // and a node that cannot reach etcd must send the client elsewhere.
+    return HandleOpenCluster(reactor, open, lease);
+  }
   if (open.resume_session_id() != 0) {
     auto it = sessions_.find(open.resume_session_id());
     if (it == sessions_.end()) {
-      if (cluster_ != nullptr) {
-        return HandleOpenCluster(reactor, open, lease);  // maybe held by another node
-      }
       RequestFinish(reactor,
                     absl::NotFoundError(absl::StrCat(
                         "session ", open.resume_session_id(),
@@ -460,42 +466,41 @@ bool RegistryCore::HandleOpen(SessionReactor* reactor, const v1::OpenSession& op
       return false;
     }
     session = &it->second;
-    if (session->reactor != nullptr && session->reactor != reactor) {
-      SessionReactor* old = session->reactor;
-      session->reactor = nullptr;
-      RequestFinish(old, absl::AbortedError("session taken over by a newer stream"));
-    }
-    if (cluster_ == nullptr) {
-      session->lease = lease;
-    }
-    // Whatever was sent on the old stream may be lost: resend what is unacked.
-    for (auto& [name, sub] : session->services) {
-      sub.sent = sub.acked;
-      auto s = services_.find(name);
-      if (s != services_.end() && s->second.loaded && Stale(s->second.version, sub.acked) &&
-          !Held()) {
-        EnqueueService(*session, name);
-      }
-    }
-    for (auto& [key, sub] : session->configs) {
-      sub.sent = sub.acked;
-      auto c = configs_.find(key);
-      if (c != configs_.end() && c->second.loaded && Stale(c->second.version, sub.acked) &&
-          !Held()) {
-        EnqueueConfig(*session, key);
-      }
-    }
-    FinishOpen(reactor, *session, open, session->lease, true);
+    session->lease = lease;
+    ResumeLocal(reactor, *session, open);
     return true;
-  }
-  if (cluster_ != nullptr) {
-    return HandleOpenCluster(reactor, open, lease);
   }
   uint64_t id = NewSessionId();
   session = &sessions_[id];
   session->id = id;
   FinishOpen(reactor, *session, open, lease, false);
   return true;
+}
+
+void RegistryCore::ResumeLocal(SessionReactor* reactor, Session& session,
+                               const v1::OpenSession& open) {
+  if (session.reactor != nullptr && session.reactor != reactor) {
+    SessionReactor* old = session.reactor;
+    session.reactor = nullptr;
+    RequestFinish(old, absl::AbortedError("session taken over by a newer stream"));
+  }
+  // Whatever was sent on the old stream may be lost: resend what is unacked.
+  for (auto& [name, sub] : session.services) {
+    sub.sent = sub.acked;
+    auto s = services_.find(name);
+    if (s != services_.end() && s->second.loaded && Stale(s->second.version, sub.acked) &&
+        !Held()) {
+      EnqueueService(session, name);
+    }
+  }
+  for (auto& [key, sub] : session.configs) {
+    sub.sent = sub.acked;
+    auto c = configs_.find(key);
+    if (c != configs_.end() && c->second.loaded && Stale(c->second.version, sub.acked) && !Held()) {
+      EnqueueConfig(session, key);
+    }
+  }
+  FinishOpen(reactor, session, open, session.lease, true);
 }
 
 void RegistryCore::FinishOpen(SessionReactor* reactor, Session& session,
@@ -530,6 +535,11 @@ void RegistryCore::FinishOpen(SessionReactor* reactor, Session& session,
 // stream reads nothing more until etcd has answered.
 bool RegistryCore::HandleOpenCluster(SessionReactor* reactor, const v1::OpenSession& open,
                                      absl::Duration lease) {
+  if (!cluster_->Reachable()) {
+    RequestFinish(reactor,
+                  absl::UnavailableError("this registry node cannot reach etcd; use another node"));
+    return false;
+  }
   int64_t ttl = std::max<int64_t>(2, absl::ToInt64Seconds(absl::Ceil(lease, absl::Seconds(1))));
   lease = absl::Seconds(ttl);
   v1::SessionRecord record;
@@ -549,12 +559,16 @@ bool RegistryCore::HandleOpenCluster(SessionReactor* reactor, const v1::OpenSess
             return;  // the stream went away; the lease lives on for another try
           }
           if (!resumed.ok()) {
+            if (absl::IsNotFound(resumed.status())) {
+              RemoveSession(id, "its etcd lease is gone", false);
+            }
             RequestFinish(reactor, resumed.status());
             return;
           }
-          if (sessions_.count(id) > 0) {
-            // Taken up locally meanwhile by another stream of the client.
-            RequestFinish(reactor, absl::AbortedError("session resumed by another stream"));
+          if (auto local = sessions_.find(id); local != sessions_.end()) {
+            // Held here already (a reconnect to the same node): take it over.
+            local->second.last_keepalive = clock_->Now();
+            ResumeLocal(reactor, local->second, open);
             return;
           }
           Session& session = sessions_[id];
@@ -1114,6 +1128,27 @@ void RegistryCore::RemoveSession(uint64_t id, absl::string_view why, bool revoke
 
 void RegistryCore::Sweep() {
   absl::Time now = clock_->Now();
+  if (cluster_ != nullptr) {
+    // A node cut off from etcd cannot renew its clients' leases: send the
+    // clients to other nodes before the leases lapse. They resume there.
+    bool reachable = cluster_->Reachable();
+    if (!reachable && etcd_reachable_) {
+      SPDLOG_WARN(
+          "etcd does not answer this node; ending every session stream so clients "
+          "resume on other nodes");
+      for (auto& [id, session] : sessions_) {
+        if (session.reactor != nullptr) {
+          SessionReactor* reactor = session.reactor;
+          session.reactor = nullptr;
+          RequestFinish(reactor, absl::UnavailableError(
+                                     "this registry node lost etcd; resume on another node"));
+        }
+      }
+    } else if (reachable && !etcd_reachable_) {
+      SPDLOG_INFO("etcd answers this node again");
+    }
+    etcd_reachable_ = reachable;
+  }
   if (warming_up_ && now >= warmup_end_) {
     warming_up_ = false;
     SPDLOG_INFO("warm-up over: pushes enabled");

@@ -16,6 +16,9 @@ constexpr int kNodes = 3;
 
 class ClusterTest : public ::testing::Test {
  protected:
+  // The etcd endpoints node `i` is given (all members by default).
+  virtual std::string EndpointsFor(int) { return etcd_->endpoints(); }
+
   void SetUp() override {
     auto etcd = EtcdCluster::Start(3);
     ASSERT_TRUE(etcd.ok()) << etcd.status();
@@ -24,7 +27,7 @@ class ClusterTest : public ::testing::Test {
       DsrdProcess::Options options;
       options.data_dir = dir_.File("dsrd" + std::to_string(i));
       options.config = {
-          {"storage.engine", "etcd"},        {"storage.etcd.endpoints", etcd_->endpoints()},
+          {"storage.engine", "etcd"},        {"storage.etcd.endpoints", EndpointsFor(i)},
           {"storage.etcd.prefix", "/test/"}, {"server.id", "node" + std::to_string(i)},
           {"cluster.name", "test-cluster"},  {"session.min_lease", "1s"},
           {"push.retry_interval", "300ms"}};
@@ -213,6 +216,47 @@ TEST_F(ClusterTest, TheRegistryKeepsServingWhenAnEtcdMemberDies) {
     EXPECT_TRUE(Has(all[i], "10.0.0.1:9000")) << "vanished at version " << all[i].version;
   }
   EXPECT_TRUE(provider->connected());
+}
+
+// Node 0 reaches etcd only through member 0: killing that member cuts the
+// node off from etcd while the cluster lives on.
+class PartitionedNodeTest : public ClusterTest {
+ protected:
+  std::string EndpointsFor(int i) override {
+    return i == 0 ? etcd_->endpoint(0) : etcd_->endpoint(1) + "," + etcd_->endpoint(2);
+  }
+};
+
+TEST_F(PartitionedNodeTest, ANodeCutOffFromEtcdSendsItsClientsElsewhereBeforeTheirLeasesLapse) {
+  Recorder& seen = NewRecorder();
+  auto subscriber = NewClient(Options("sub", {2}));
+  ASSERT_TRUE(subscriber->Subscribe("fund.Trade", seen.Callback()).ok());
+  auto provider = NewClient(Options("pub", {0, 1}));
+  ASSERT_TRUE(provider->Publish(MakeInstance("fund.Trade", "10.0.0.1:9000")).ok());
+  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return Has(s, "10.0.0.1:9000"); },
+                           absl::Seconds(10)));
+  ASSERT_EQ(provider->connected_registry(), nodes_[0]->address());
+  uint64_t session = provider->session_id();
+  size_t before = seen.Count();
+
+  etcd_->Kill9(0);
+  absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < give_up &&
+         (!provider->connected() || provider->connected_registry() != nodes_[1]->address())) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_EQ(provider->connected_registry(), nodes_[1]->address());
+  EXPECT_EQ(provider->session_id(), session);
+  // Past the 3 s lease: renewed by node 1, never lapsed.
+  absl::SleepFor(absl::Seconds(5));
+  std::vector<ServiceSnapshot> all = seen.Seen();
+  for (size_t i = before - 1; i < all.size(); ++i) {
+    EXPECT_TRUE(Has(all[i], "10.0.0.1:9000")) << "vanished at version " << all[i].version;
+  }
+  // Node 0 refuses sessions while it cannot reach etcd.
+  auto late = NewClient(Options("late", {0}));
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_FALSE(late->connected());
 }
 
 TEST_F(ClusterTest, ConcurrentCompareAndSetFromTwoNodesHasExactlyOneWinner) {
