@@ -297,10 +297,13 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
   while (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)))) {
     // With other nodes to go to, a node that refuses the connection (a dead
     // process) is left at once rather than after request_timeout.
+    // An embedded node's session lives only there: give it request_timeout
+    // to come back before the session is given up elsewhere.
     bool refused = tried && options_.registries.size() > 1 &&
                    channel->GetState(false) == GRPC_CHANNEL_TRANSIENT_FAILURE;
     tried = true;
     absl::MutexLock lock(&mu_);
+    refused = refused && (!session_cluster_.empty() || session_id_ == 0);
     if (stopping_ || refused || absl::Now() >= give_up) {
       SPDLOG_DEBUG("registry {} unreachable", address);
       return SessionEnd::kNeverOpened;
@@ -369,6 +372,10 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
         for (auto& [name, sub] : services_) sub.accept_next = true;
         for (auto& [key, watch] : configs_) watch.accept_next = true;
       }
+      // A cluster compares versions: tell it only versions it issued (not
+      // ones from the disk cache, an embedded node or another cluster).
+      bool comparable =
+          reply.opened().cluster().empty() || reply.opened().resumed() || same_cluster;
       withdrawn_.clear();
       dropped_services_.clear();
       dropped_configs_.clear();
@@ -381,13 +388,14 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
       for (const auto& [name, sub] : services_) {
         v1::ClientMessage m;
         m.mutable_subscribe()->set_service(name);
-        m.mutable_subscribe()->set_known_version(sub.version);
+        m.mutable_subscribe()->set_known_version(comparable ? sub.version : 0);
         replay.push_back(std::move(m));
       }
       for (const auto& [key, watch] : configs_) {
         v1::ClientMessage m;
         m.mutable_watch_config()->set_key(key);
-        m.mutable_watch_config()->set_known_version(watch.value ? watch.value->version : 0);
+        m.mutable_watch_config()->set_known_version(comparable && watch.value ? watch.value->version
+                                                                              : 0);
         replay.push_back(std::move(m));
       }
     }
@@ -436,7 +444,7 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
     session_id_ = 0;  // the registry forgot our session: open a new one next time
     end = SessionEnd::kRetryNow;
   } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-             status.error_message().find("lease") != std::string::npos) {
+             status.error_message().find("lapsed") != std::string::npos) {
     session_id_ = 0;
   }
   // A pending Publish is replayed with its request id on reconnect and

@@ -151,6 +151,9 @@ class ClusterLink::Impl {
       context.set_deadline(absl::ToChronoTime(std::min(give_up, absl::Now() + absl::Seconds(1))));
       grpc::Status st = kv_->Range(&context, request, &response);
       if (st.ok()) {
+        // Sessions and versions belong to one etcd cluster and prefix.
+        identity_ = absl::StrCat(options_.cluster_name, "@",
+                                 absl::Hex(response.header().cluster_id()), options_.prefix);
         break;
       }
       last = EtcdError("range", st);
@@ -217,6 +220,7 @@ class ClusterLink::Impl {
   }
 
   const ClusterOptions& options() const { return options_; }
+  const std::string& identity() const { return identity_; }
 
   // ---- keys ----
   std::string ServicePrefix(absl::string_view service) const {
@@ -263,6 +267,7 @@ class ClusterLink::Impl {
       context.set_deadline(absl::ToChronoTime(give_up));
       grpc::Status st = (stub->*method)(&context, request, response);
       if (st.ok()) {
+        Heard();
         return absl::OkStatus();
       }
       // UNAVAILABLE: no connection, no leader, leader changed, or the member
@@ -329,6 +334,7 @@ class ClusterLink::Impl {
       kCancelWatch
     } kind;
     uint64_t lease = 0;
+    uint64_t record_revision = 0;  // publish, unpublish: see GuardSession
     int64_t ttl = 0;
     std::string service;
     std::string address;
@@ -347,10 +353,7 @@ class ClusterLink::Impl {
 
   void WriterLoop() {
     absl::Time next_node_tick = absl::Now();
-    // Often enough that the replies tell, within kUnreachableAfter, whether
-    // etcd still answers.
-    absl::Duration node_tick =
-        std::min(kReachabilityProbe, std::max(absl::Milliseconds(200), options_.node_lease / 3));
+    absl::Duration node_tick = std::max(absl::Milliseconds(200), options_.node_lease / 3);
     while (true) {
       std::deque<Op> ops;
       {
@@ -387,7 +390,6 @@ class ClusterLink::Impl {
             SPDLOG_INFO("node {} registered again in etcd", options_.node_id);
           }
         }
-        KeepAlive(node_lease_);
       }
     }
   }
@@ -404,37 +406,70 @@ class ClusterLink::Impl {
   }
 
   // Consecutive publishes with distinct keys ride in one transaction.
+  // Guards a session's write: its record still has the revision this node
+  // wrote when it opened or resumed the session. Once another node resumes
+  // it, this node's queued writes for it change nothing.
+  void GuardSession(pb::TxnRequest* txn, const Op& op) const {
+    pb::Compare* cmp = txn->add_compare();
+    cmp->set_key(SessionKey(op.lease));
+    cmp->set_target(pb::Compare::MOD);
+    cmp->set_result(pb::Compare::EQUAL);
+    cmp->set_mod_revision(static_cast<int64_t>(op.record_revision));
+  }
+
+  static absl::Status Moved(const Op& op) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", op.lease, " moved to another node"));
+  }
+
+  // Consecutive publishes with distinct keys ride in one transaction.
   void RunPublishes(std::deque<Op>& ops) {
     std::vector<Op> batch;
     std::set<std::string> keys;
+    std::set<std::pair<uint64_t, uint64_t>> sessions;
     while (!ops.empty() && ops.front().kind == Op::kPublish &&
-           static_cast<int>(batch.size()) < kMaxTxnOps && keys.count(ops.front().key) == 0) {
+           static_cast<int>(batch.size() + sessions.size()) < kMaxTxnOps - 1 &&
+           keys.count(ops.front().key) == 0) {
       keys.insert(ops.front().key);
+      sessions.insert({ops.front().lease, ops.front().record_revision});
       batch.push_back(std::move(ops.front()));
       ops.pop_front();
     }
     if (batch.size() > 1) {
       pb::TxnRequest txn;
+      std::set<uint64_t> guarded;
       for (const Op& op : batch) {
+        if (guarded.insert(op.lease).second) {
+          GuardSession(&txn, op);
+        }
         pb::PutRequest* put = txn.add_success()->mutable_request_put();
         put->set_key(op.key);
         put->set_value(op.value);
         put->set_lease(static_cast<int64_t>(op.lease));
       }
       pb::TxnResponse response;
-      if (Txn(txn, &response).ok()) {
+      absl::Status st = Txn(txn, &response);
+      if (st.ok() && response.succeeded()) {
         for (Op& op : batch) op.done(absl::OkStatus());
         return;
       }
-      // One lapsed lease fails the whole transaction: go one by one.
+      if (!st.ok() && !absl::IsNotFound(st)) {
+        for (Op& op : batch) op.done(st);  // etcd is out of reach: no use trying each
+        return;
+      }
+      // A moved session or a lapsed lease fails the whole transaction: go
+      // one by one.
     }
     for (Op& op : batch) {
-      pb::PutRequest put;
-      put.set_key(op.key);
-      put.set_value(op.value);
-      put.set_lease(static_cast<int64_t>(op.lease));
-      pb::PutResponse response;
-      op.done(Call("put", &pb::KV::Stub::Put, kv_.get(), put, &response));
+      pb::TxnRequest txn;
+      GuardSession(&txn, op);
+      pb::PutRequest* put = txn.add_success()->mutable_request_put();
+      put->set_key(op.key);
+      put->set_value(op.value);
+      put->set_lease(static_cast<int64_t>(op.lease));
+      pb::TxnResponse response;
+      absl::Status st = Txn(txn, &response);
+      op.done(st.ok() && !response.succeeded() ? Moved(op) : st);
     }
   }
 
@@ -463,7 +498,8 @@ class ClusterLink::Impl {
           op.session_done(st);
           return;
         }
-        op.session_done(static_cast<uint64_t>(granted.id()));
+        op.session_done(Opened{static_cast<uint64_t>(granted.id()),
+                               static_cast<uint64_t>(put_response.header().revision())});
         return;
       }
       case Op::kResume: {
@@ -501,6 +537,7 @@ class ClusterLink::Impl {
         put.set_lease(static_cast<int64_t>(op.lease));
         pb::PutResponse put_response;
         st = Call("put", &pb::KV::Stub::Put, kv_.get(), put, &put_response);
+        resumed.record_revision = static_cast<uint64_t>(put_response.header().revision());
         if (!st.ok()) {
           op.resume_done(absl::IsNotFound(st) ? absl::NotFoundError(absl::StrCat(
                                                     "session ", op.lease, " lapsed while resuming"))
@@ -514,6 +551,7 @@ class ClusterLink::Impl {
         // Only if this session still holds it: a provider that restarted
         // may have taken the address over.
         pb::TxnRequest txn;
+        GuardSession(&txn, op);
         pb::Compare* cmp = txn.add_compare();
         cmp->set_key(op.key);
         cmp->set_target(pb::Compare::LEASE);
@@ -651,6 +689,9 @@ class ClusterLink::Impl {
     } else {
       StoredConfig entry;
       entry.key = op.service;
+      // Absent: as of this read's revision, so a deletion missed while the
+      // watch was behind compaction still reaches the watchers.
+      entry.version = revision;
       if (response.kvs_size() > 0) {
         entry.value = response.kvs(0).value();
         entry.version = static_cast<uint64_t>(response.kvs(0).mod_revision());
@@ -688,6 +729,9 @@ class ClusterLink::Impl {
     create->set_range_end(entry.range_end);
     create->set_start_revision(entry.next_revision);
     create->set_watch_id(static_cast<int64_t>(serial));
+    // Progress reports move next_revision on a quiet range, so a reconnect
+    // does not start below etcd's compaction.
+    create->set_progress_notify(true);
     entry.created = true;
     return request;
   }
@@ -740,6 +784,7 @@ class ClusterLink::Impl {
       bool heard = false;
       while (stream->Read(&response)) {
         heard = true;
+        Heard();
         HandleWatchResponse(response);
       }
       {
@@ -775,21 +820,31 @@ class ClusterLink::Impl {
       }
       WatchEntry& entry = it->second;
       if (response.canceled()) {
-        // Fell behind compaction (or the member refused): load again.
+        // Fell behind compaction (or the member refused): load again under
+        // a new watch id (etcd may still hold the old one on this stream).
         SPDLOG_WARN("etcd canceled the watch on '{}' ({}; compacted at {}); reloading", entry.name,
                     response.cancel_reason(), response.compact_revision());
-        entry.loaded = false;
-        entry.created = false;
+        WatchEntry fresh = entry;
+        fresh.loaded = false;
+        fresh.created = false;
+        watches_.erase(it);
+        uint64_t renewed = ++next_watch_serial_;
+        (fresh.config ? config_watches_ : service_watches_)[fresh.name] = renewed;
         Op op;
-        op.kind = entry.config ? Op::kLoadConfig : Op::kLoadService;
-        op.serial = serial;
-        op.key = entry.key;
-        op.address = entry.range_end;
-        op.service = entry.name;
+        op.kind = fresh.config ? Op::kLoadConfig : Op::kLoadService;
+        op.serial = renewed;
+        op.key = fresh.key;
+        op.address = fresh.range_end;
+        op.service = fresh.name;
+        watches_[renewed] = std::move(fresh);
         Enqueue(std::move(op));
         return;
       }
       if (response.events_size() == 0) {
+        // A progress report: nothing changed in the range up to here.
+        if (!response.created()) {
+          entry.next_revision = std::max(entry.next_revision, response.header().revision() + 1);
+        }
         return;
       }
       config = entry.config;
@@ -856,6 +911,7 @@ class ClusterLink::Impl {
   }
 
   void KeepAliveSender() {
+    absl::Time next_probe = absl::Now();
     while (true) {
       std::set<uint64_t> leases;
       {
@@ -863,7 +919,15 @@ class ClusterLink::Impl {
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(keep_mu_) {
           return keep_stopping_ || (!keep_pending_.empty() && keep_stream_ != nullptr);
         };
-        keep_mu_.Await(absl::Condition(&ready));
+        // The node's own lease goes every kReachabilityProbe, whatever else
+        // is busy: its replies tell Reachable() that etcd still answers.
+        if (!keep_mu_.AwaitWithDeadline(absl::Condition(&ready), next_probe)) {
+          next_probe = absl::Now() + kReachabilityProbe;
+          keep_pending_.insert(static_cast<uint64_t>(node_lease_.load()));
+          if (keep_stream_ == nullptr) {
+            continue;
+          }
+        }
         if (keep_stopping_) {
           return;
         }
@@ -910,7 +974,7 @@ class ClusterLink::Impl {
       bool heard = false;
       while (stream->Read(&response)) {
         heard = true;
-        last_heard_ms_ = absl::ToUnixMillis(absl::Now());
+        Heard();
         if (response.ttl() > 0) {
           continue;
         }
@@ -944,6 +1008,7 @@ class ClusterLink::Impl {
   bool Reachable() const {
     return absl::Now() - absl::FromUnixMillis(last_heard_ms_) < kUnreachableAfter;
   }
+  void Heard() { last_heard_ms_ = absl::ToUnixMillis(absl::Now()); }
 
   // ---- views ----
   absl::Status GetService(const std::string& service, v1::ServiceSnapshot* out) {
@@ -1034,12 +1099,13 @@ class ClusterLink::Impl {
   class ConfigStore;
 
   static constexpr absl::Duration kReachabilityProbe = absl::Milliseconds(400);
-  static constexpr absl::Duration kUnreachableAfter = absl::Milliseconds(1500);
+  static constexpr absl::Duration kUnreachableAfter = absl::Seconds(2);
 
   const ClusterOptions options_;
   Listener* const listener_;
   // When etcd last answered a keep-alive (Unix ms).
   std::atomic<int64_t> last_heard_ms_{absl::ToUnixMillis(absl::Now())};
+  std::string identity_;  // set by Connect
   const absl::Time started_ = absl::Now();
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::KV::Stub> kv_;
@@ -1236,6 +1302,7 @@ ClusterLink::~ClusterLink() { impl_->Shutdown(); }
 
 void ClusterLink::Shutdown() { impl_->Shutdown(); }
 const ClusterOptions& ClusterLink::options() const { return impl_->options(); }
+const std::string& ClusterLink::identity() const { return impl_->identity(); }
 
 std::unique_ptr<RegistryStore> ClusterLink::NewConfigStore() {
   return std::make_unique<Impl::ConfigStore>(impl_.get());
@@ -1261,22 +1328,25 @@ void ClusterLink::ResumeSession(uint64_t session_id, const v1::SessionRecord& re
   impl_->Enqueue(std::move(op));
 }
 
-void ClusterLink::Publish(uint64_t session_id, const v1::Instance& instance,
-                          std::function<void(absl::Status)> done) {
+void ClusterLink::Publish(uint64_t session_id, uint64_t record_revision,
+                          const v1::Instance& instance, std::function<void(absl::Status)> done) {
   Impl::Op op;
   op.kind = Impl::Op::kPublish;
   op.lease = session_id;
+  op.record_revision = record_revision;
   op.key = impl_->InstanceKey(instance.service(), instance.address());
   op.value = instance.SerializeAsString();
   op.done = std::move(done);
   impl_->Enqueue(std::move(op));
 }
 
-void ClusterLink::Unpublish(uint64_t session_id, const std::string& service,
-                            const std::string& address, std::function<void(absl::Status)> done) {
+void ClusterLink::Unpublish(uint64_t session_id, uint64_t record_revision,
+                            const std::string& service, const std::string& address,
+                            std::function<void(absl::Status)> done) {
   Impl::Op op;
   op.kind = Impl::Op::kUnpublish;
   op.lease = session_id;
+  op.record_revision = record_revision;
   op.key = impl_->InstanceKey(service, address);
   op.done = std::move(done);
   impl_->Enqueue(std::move(op));

@@ -91,24 +91,35 @@ class ClusterLink {
   void Shutdown();
 
   const ClusterOptions& options() const;
+  // The cluster's identity for clients: name, etcd cluster id and prefix.
+  const std::string& identity() const;
   // Config entries in etcd, for the registry's config calls.
   std::unique_ptr<RegistryStore> NewConfigStore();
 
   // ---- asynchronous; run in call order; `done` runs on the writer thread ----
-  using SessionDone = std::function<void(absl::StatusOr<uint64_t> session_id)>;
+  struct Opened {
+    uint64_t session_id = 0;
+    uint64_t record_revision = 0;  // of <prefix>session/<id>, for Publish and Unpublish
+  };
+  using SessionDone = std::function<void(absl::StatusOr<Opened>)>;
   void OpenSession(int64_t ttl_seconds, const v1::SessionRecord& record, SessionDone done);
   // The publications still under the session's lease; NOT_FOUND if it lapsed.
   struct Resumed {
     int64_t ttl_seconds = 0;
+    uint64_t record_revision = 0;                                   // as Opened::record_revision
     std::vector<std::pair<std::string, std::string>> publications;  // (service, address)
   };
   void ResumeSession(uint64_t session_id, const v1::SessionRecord& record,
                      std::function<void(absl::StatusOr<Resumed>)> done);
-  void Publish(uint64_t session_id, const v1::Instance& instance,
+  // Publish and Unpublish change nothing, and end FAILED_PRECONDITION, once
+  // the session was resumed since `record_revision` (by another node), so a
+  // node's late writes never undo what the client did elsewhere; NOT_FOUND
+  // once its lease is gone.
+  void Publish(uint64_t session_id, uint64_t record_revision, const v1::Instance& instance,
                std::function<void(absl::Status)> done);
   // Deletes the instance if this session still holds it.
-  void Unpublish(uint64_t session_id, const std::string& service, const std::string& address,
-                 std::function<void(absl::Status)> done);
+  void Unpublish(uint64_t session_id, uint64_t record_revision, const std::string& service,
+                 const std::string& address, std::function<void(absl::Status)> done);
   // Revokes the lease: its publications go at once.
   void CloseSession(uint64_t session_id);
   void KeepAlive(uint64_t session_id);

@@ -72,6 +72,7 @@ class RegistryCore : public ClusterLink::Listener {
 
   // Cluster mode: set once, before serving.
   void AttachCluster(ClusterLink* cluster, std::unique_ptr<RegistryStore> store) {
+    absl::MutexLock lock(&mu_);  // the maintenance thread runs already
     cluster_ = cluster;
     store_ = std::move(store);
   }
@@ -111,8 +112,9 @@ class RegistryCore : public ClusterLink::Listener {
     std::string peer;
     absl::Duration lease;
     absl::Time last_seen;
-    absl::Time last_keepalive = absl::InfinitePast();            // cluster mode: last etcd renewal
-    SessionReactor* reactor = nullptr;                           // null while detached
+    absl::Time last_keepalive = absl::InfinitePast();  // cluster mode: last etcd renewal
+    uint64_t record_revision = 0;       // cluster mode: guards this node's writes (ClusterLink)
+    SessionReactor* reactor = nullptr;  // null while detached
     std::set<std::pair<std::string, std::string>> publications;  // (service, address)
     std::map<std::string, Subscription> services;
     std::map<std::string, Subscription> configs;
@@ -212,8 +214,8 @@ class RegistryCore : public ClusterLink::Listener {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // An etcd write for a session finished: answer it, or end the session's
   // stream if its lease is gone or etcd is out of reach.
-  void ClusterResult(uint64_t session_id, uint64_t request_id, const absl::Status& status)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ClusterResult(uint64_t session_id, uint64_t incarnation, uint64_t request_id,
+                     const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetConfigIfUnwatched(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyConfig(const StoredConfig& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status HandlePublish(Session& session, const v1::Instance& instance)
@@ -520,7 +522,7 @@ void RegistryCore::FinishOpen(SessionReactor* reactor, Session& session,
   opened->set_resumed(resumed);
   opened->set_registry_id(options_.registry_id);
   if (cluster_ != nullptr) {
-    opened->set_cluster(cluster_->options().cluster_name);
+    opened->set_cluster(cluster_->identity());
   }
   Reply(reactor, std::move(reply));
   Pump(session);
@@ -566,13 +568,19 @@ bool RegistryCore::HandleOpenCluster(SessionReactor* reactor, const v1::OpenSess
             return;
           }
           if (auto local = sessions_.find(id); local != sessions_.end()) {
-            // Held here already (a reconnect to the same node): take it over.
-            local->second.last_keepalive = clock_->Now();
-            ResumeLocal(reactor, local->second, open);
-            return;
+            // A copy held here may be stale (the client may have been on
+            // another node since): etcd's publications win, and the client's
+            // replay brings its subscriptions back.
+            if (local->second.reactor != nullptr && local->second.reactor != reactor) {
+              SessionReactor* old = local->second.reactor;
+              local->second.reactor = nullptr;
+              RequestFinish(old, absl::AbortedError("session taken over by a newer stream"));
+            }
+            RemoveSession(id, "resumed by a new stream", false);
           }
           Session& session = sessions_[id];
           session.id = id;
+          session.record_revision = resumed->record_revision;
           session.last_keepalive = clock_->Now();
           for (auto& publication : resumed->publications) {
             session.publications.insert(std::move(publication));
@@ -583,25 +591,27 @@ bool RegistryCore::HandleOpenCluster(SessionReactor* reactor, const v1::OpenSess
         });
     return true;
   }
-  cluster_->OpenSession(ttl, record, [this, serial, open, lease](absl::StatusOr<uint64_t> id) {
-    absl::MutexLock lock(&mu_);
-    SessionReactor* reactor = TakeOpening(serial);
-    if (reactor == nullptr) {
-      if (id.ok()) {
-        cluster_->CloseSession(*id);  // nobody will use it
-      }
-      return;
-    }
-    if (!id.ok()) {
-      RequestFinish(reactor, absl::UnavailableError(
-                                 absl::StrCat("cannot open a session: ", id.status().message())));
-      return;
-    }
-    Session& session = sessions_[*id];
-    session.id = *id;
-    session.last_keepalive = clock_->Now();
-    FinishOpen(reactor, session, open, lease, false);
-  });
+  cluster_->OpenSession(
+      ttl, record, [this, serial, open, lease](absl::StatusOr<ClusterLink::Opened> opened) {
+        absl::MutexLock lock(&mu_);
+        SessionReactor* reactor = TakeOpening(serial);
+        if (reactor == nullptr) {
+          if (opened.ok()) {
+            cluster_->CloseSession(opened->session_id);  // nobody will use it
+          }
+          return;
+        }
+        if (!opened.ok()) {
+          RequestFinish(reactor, absl::UnavailableError(absl::StrCat("cannot open a session: ",
+                                                                     opened.status().message())));
+          return;
+        }
+        Session& session = sessions_[opened->session_id];
+        session.id = opened->session_id;
+        session.record_revision = opened->record_revision;
+        session.last_keepalive = clock_->Now();
+        FinishOpen(reactor, session, open, lease, false);
+      });
   return true;
 }
 
@@ -624,10 +634,12 @@ void RegistryCore::ClusterPublish(Session& session, const v1::Publish& publish) 
   session.publications.insert({instance.service(), instance.address()});
   uint64_t id = session.id;
   uint64_t request_id = publish.request_id();
-  cluster_->Publish(id, instance, [this, id, request_id](absl::Status status) {
-    absl::MutexLock lock(&mu_);
-    ClusterResult(id, request_id, status);
-  });
+  uint64_t incarnation = session.record_revision;
+  cluster_->Publish(id, incarnation, instance,
+                    [this, id, incarnation, request_id](absl::Status status) {
+                      absl::MutexLock lock(&mu_);
+                      ClusterResult(id, incarnation, request_id, status);
+                    });
 }
 
 void RegistryCore::ClusterUnpublish(Session& session, const v1::Unpublish& request) {
@@ -640,20 +652,29 @@ void RegistryCore::ClusterUnpublish(Session& session, const v1::Unpublish& reque
   }
   uint64_t id = session.id;
   uint64_t request_id = request.request_id();
-  cluster_->Unpublish(id, request.service(), request.address(),
-                      [this, id, request_id](absl::Status status) {
+  uint64_t incarnation = session.record_revision;
+  cluster_->Unpublish(id, incarnation, request.service(), request.address(),
+                      [this, id, incarnation, request_id](absl::Status status) {
                         absl::MutexLock lock(&mu_);
-                        ClusterResult(id, request_id, status);
+                        ClusterResult(id, incarnation, request_id, status);
                       });
 }
 
-void RegistryCore::ClusterResult(uint64_t session_id, uint64_t request_id,
+void RegistryCore::ClusterResult(uint64_t session_id, uint64_t incarnation, uint64_t request_id,
                                  const absl::Status& status) {
   auto it = sessions_.find(session_id);
-  if (it == sessions_.end()) {
-    return;
+  if (it == sessions_.end() || it->second.record_revision != incarnation) {
+    return;  // gone, or resumed since: the client replayed what it needs
   }
   Session& session = it->second;
+  if (absl::IsFailedPrecondition(status)) {
+    // Resumed by another node meanwhile: this copy is stale.
+    if (session.reactor != nullptr) {
+      RequestFinish(session.reactor, absl::AbortedError(status.message()));
+    }
+    RemoveSession(session_id, "it was resumed on another node", false);
+    return;
+  }
   if (absl::IsNotFound(status)) {
     // etcd no longer has the lease: the session is over everywhere.
     if (session.reactor != nullptr) {
@@ -1245,6 +1266,9 @@ void RegistryCore::OnServiceUpdate(const std::string& service, uint64_t revision
     return;  // nobody here subscribes any more, or an older read
   }
   ServiceState& state = it->second;
+  if (!reset && !state.loaded) {
+    return;  // a late event of an earlier watch; the fresh read is on its way
+  }
   bool first = !state.loaded;
   bool changed = first;
   if (reset) {

@@ -231,7 +231,11 @@ TEST_F(PartitionedNodeTest, ANodeCutOffFromEtcdSendsItsClientsElsewhereBeforeThe
   Recorder& seen = NewRecorder();
   auto subscriber = NewClient(Options("sub", {2}));
   ASSERT_TRUE(subscriber->Subscribe("fund.Trade", seen.Callback()).ok());
-  auto provider = NewClient(Options("pub", {0, 1}));
+  // The node notices after 2 s without an answer from etcd; the lease must
+  // outlast that and the move (the default lease is 10 s).
+  ClientOptions options = Options("pub", {0, 1});
+  options.lease = absl::Seconds(6);
+  auto provider = NewClient(options);
   ASSERT_TRUE(provider->Publish(MakeInstance("fund.Trade", "10.0.0.1:9000")).ok());
   ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return Has(s, "10.0.0.1:9000"); },
                            absl::Seconds(10)));
@@ -247,8 +251,8 @@ TEST_F(PartitionedNodeTest, ANodeCutOffFromEtcdSendsItsClientsElsewhereBeforeThe
   }
   ASSERT_EQ(provider->connected_registry(), nodes_[1]->address());
   EXPECT_EQ(provider->session_id(), session);
-  // Past the 3 s lease: renewed by node 1, never lapsed.
-  absl::SleepFor(absl::Seconds(5));
+  // Past the 6 s lease: renewed by node 1, never lapsed.
+  absl::SleepFor(absl::Seconds(7));
   std::vector<ServiceSnapshot> all = seen.Seen();
   for (size_t i = before - 1; i < all.size(); ++i) {
     EXPECT_TRUE(Has(all[i], "10.0.0.1:9000")) << "vanished at version " << all[i].version;
