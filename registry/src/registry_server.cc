@@ -37,6 +37,17 @@ bool SameInstance(const v1::Instance& a, const v1::Instance& b) {
   return google::protobuf::util::MessageDifferencer::Equals(a, b);
 }
 
+// The push a config entry's watchers get.
+Msg ConfigMessage(const StoredConfig& stored) {
+  auto message = std::make_shared<v1::ServerMessage>();
+  v1::ConfigEntry* entry = message->mutable_config();
+  entry->set_key(stored.key);
+  entry->set_value(stored.value);
+  entry->set_version(stored.version);
+  entry->set_exists(stored.exists);
+  return message;
+}
+
 }  // namespace
 
 class SessionReactor;
@@ -1006,15 +1017,10 @@ absl::StatusOr<RegistryCore::WatchedConfig*> RegistryCore::EnsureConfig(const st
   if (!stored.ok()) {
     return stored.status();
   }
+  stored->key = key;
   WatchedConfig& watched = configs_[key];
-  auto message = std::make_shared<v1::ServerMessage>();
-  v1::ConfigEntry* entry = message->mutable_config();
-  entry->set_key(key);
-  entry->set_value(stored->value);
-  entry->set_version(stored->version);
-  entry->set_exists(stored->exists);
   watched.version = stored->version;
-  watched.message = std::move(message);
+  watched.message = ConfigMessage(*stored);
   return &watched;
 }
 
@@ -1028,14 +1034,8 @@ void RegistryCore::ApplyConfig(const StoredConfig& entry) {
   if (it == configs_.end() || !it->second.loaded || entry.version <= it->second.version) {
     return;  // nobody watches it, its first read is due, or a newer change already won
   }
-  auto message = std::make_shared<v1::ServerMessage>();
-  v1::ConfigEntry* e = message->mutable_config();
-  e->set_key(entry.key);
-  e->set_value(entry.value);
-  e->set_version(entry.version);
-  e->set_exists(entry.exists);
   it->second.version = entry.version;
-  it->second.message = std::move(message);
+  it->second.message = ConfigMessage(entry);
   dirty_configs_.insert(entry.key);
   if (!flush_scheduled_) {
     flush_scheduled_ = true;
@@ -1344,15 +1344,9 @@ void RegistryCore::OnConfigUpdate(const StoredConfig& entry) {
     return;
   }
   WatchedConfig& watched = it->second;
-  auto message = std::make_shared<v1::ServerMessage>();
-  v1::ConfigEntry* e = message->mutable_config();
-  e->set_key(entry.key);
-  e->set_value(entry.value);
-  e->set_version(entry.version);
-  e->set_exists(entry.exists);
   watched.loaded = true;
   watched.version = entry.version;
-  watched.message = std::move(message);
+  watched.message = ConfigMessage(entry);
   if (Held()) {
     return;
   }
