@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cluster_link.h"
 #include "etcd/etcdserver/etcdserverpb/rpc.grpc.pb.h"
 #include "process.h"
 
@@ -44,19 +45,6 @@ constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
 constexpr absl::Duration kRoundTimeout = absl::Seconds(10);
 constexpr absl::Duration kCancelTimeout = absl::Seconds(10);
 constexpr absl::Duration kEtcdStopGrace = absl::Seconds(10);
-
-// The end of the key range covering every key that starts with `prefix`.
-std::string PrefixEnd(std::string prefix) {
-  while (!prefix.empty()) {
-    unsigned char last = static_cast<unsigned char>(prefix.back());
-    if (last < 0xff) {
-      prefix.back() = static_cast<char>(last + 1);
-      return prefix;
-    }
-    prefix.pop_back();
-  }
-  return std::string(1, '\0');  // etcd: from key to the end of the keyspace
-}
 
 std::string Describe(const grpc::Status& status) {
   return absl::StrCat("gRPC code ", static_cast<int>(status.error_code()), ": ",
@@ -117,7 +105,7 @@ class Watcher : public WatchReactor {
   void Start() {
     etcdserverpb::WatchCreateRequest* create = request_.mutable_create_request();
     create->set_key(kPrefix);
-    create->set_range_end(PrefixEnd(kPrefix));
+    create->set_range_end(registry::EtcdPrefixEnd(kPrefix));
     stub_->async()->Watch(&context_, this);
     StartWrite(&request_);
     StartRead(&response_);
@@ -238,7 +226,7 @@ class Run {
       context.set_wait_for_ready(true);
       etcdserverpb::RangeRequest request;
       request.set_key(kPrefix);
-      request.set_range_end(PrefixEnd(kPrefix));
+      request.set_range_end(registry::EtcdPrefixEnd(kPrefix));
       request.set_count_only(true);
       etcdserverpb::RangeResponse response;
       last = kv_->Range(&context, request, &response);

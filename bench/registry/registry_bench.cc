@@ -262,6 +262,20 @@ FanoutRun MeasureFanout(const std::vector<std::string>& registries, pid_t dsrd_p
   return run;
 }
 
+// One embedded dsrd (RocksDB store, no warm-up) under `dir`.
+absl::StatusOr<std::unique_ptr<formica::testing::DsrdProcess>> StartEmbedded(
+    const formica::testing::TempDir& dir, const std::string& name) {
+  formica::testing::DsrdProcess::Options options;
+  options.data_dir = dir.File(name);
+  options.config = {{"push.warmup", "0s"}};
+  return formica::testing::DsrdProcess::Start(options);
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "bench_registry: %s\n", status.ToString().c_str());
+  return 1;
+}
+
 // --cluster: three dsrd nodes in cluster mode on three etcd members against
 // one embedded dsrd, in the same run; each measured twice, interleaved.
 int RunCluster(bool quick) {
@@ -270,18 +284,13 @@ int RunCluster(bool quick) {
   const int per_publisher = quick ? 200 : 1000;
   formica::testing::TempDir dir;
 
-  formica::testing::DsrdProcess::Options embedded_options;
-  embedded_options.data_dir = dir.File("embedded");
-  embedded_options.config = {{"push.warmup", "0s"}};
-  auto embedded = formica::testing::DsrdProcess::Start(embedded_options);
+  auto embedded = StartEmbedded(dir, "embedded");
   if (!embedded.ok()) {
-    std::fprintf(stderr, "bench_registry: %s\n", embedded.status().ToString().c_str());
-    return 1;
+    return Fail(embedded.status());
   }
   auto etcd = formica::testing::EtcdCluster::Start(3);
   if (!etcd.ok()) {
-    std::fprintf(stderr, "bench_registry: %s\n", etcd.status().ToString().c_str());
-    return 1;
+    return Fail(etcd.status());
   }
   std::vector<std::unique_ptr<formica::testing::DsrdProcess>> nodes;
   std::vector<std::string> cluster;
@@ -293,8 +302,7 @@ int RunCluster(bool quick) {
                 {"server.id", absl::StrCat("node", i)}};
     auto node = formica::testing::DsrdProcess::Start(o);
     if (!node.ok()) {
-      std::fprintf(stderr, "bench_registry: %s\n", node.status().ToString().c_str());
-      return 1;
+      return Fail(node.status());
     }
     cluster.push_back((*node)->address());
     nodes.push_back(std::move(*node));
@@ -316,8 +324,7 @@ int RunCluster(bool quick) {
     absl::StatusOr<double> puts =
         MeasureEtcdPuts((*etcd)->endpoints(), publishers, per_publisher / 2);
     if (!puts.ok()) {
-      std::fprintf(stderr, "bench_registry: %s\n", puts.status().ToString().c_str());
-      return 1;
+      return Fail(puts.status());
     }
     etcd_puts.push_back(*puts);
     std::printf(
@@ -392,13 +399,9 @@ int Run(int argc, char** argv) {
   const int per_publisher = quick ? 200 : 1000;
 
   formica::testing::TempDir dir;
-  formica::testing::DsrdProcess::Options options;
-  options.data_dir = dir.File("dsrd");
-  options.config = {{"push.warmup", "0s"}};
-  auto dsrd = formica::testing::DsrdProcess::Start(options);
+  auto dsrd = StartEmbedded(dir, "dsrd");
   if (!dsrd.ok()) {
-    std::fprintf(stderr, "bench_registry: %s\n", dsrd.status().ToString().c_str());
-    return 1;
+    return Fail(dsrd.status());
   }
   const std::string registry = (*dsrd)->address();
   const pid_t pid = (*dsrd)->process()->pid();

@@ -28,18 +28,6 @@ namespace pb = etcdserverpb;
 // etcd's default --max-txn-ops.
 constexpr int kMaxTxnOps = 128;
 
-std::string PrefixEnd(std::string prefix) {
-  while (!prefix.empty()) {
-    unsigned char last = static_cast<unsigned char>(prefix.back());
-    if (last < 0xff) {
-      prefix.back() = static_cast<char>(last + 1);
-      return prefix;
-    }
-    prefix.pop_back();
-  }
-  return std::string(1, '\0');  // the whole keyspace
-}
-
 absl::Status EtcdError(absl::string_view what, const grpc::Status& st) {
   return FromGrpcStatus(
       grpc::Status(st.error_code(), absl::StrCat("etcd ", what, ": ", st.error_message())));
@@ -616,7 +604,7 @@ class ClusterLink::Impl {
         entry.key = ConfigKey(name);
       } else {
         entry.key = ServicePrefix(name);
-        entry.range_end = PrefixEnd(entry.key);
+        entry.range_end = EtcdPrefixEnd(entry.key);
       }
       by_name[name] = serial;
       op.serial = serial;
@@ -1014,7 +1002,7 @@ class ClusterLink::Impl {
   absl::Status GetService(const std::string& service, v1::ServiceSnapshot* out) {
     pb::RangeResponse response;
     std::string prefix = ServicePrefix(service);
-    if (absl::Status st = Range(prefix, PrefixEnd(prefix), false, &response); !st.ok()) {
+    if (absl::Status st = Range(prefix, EtcdPrefixEnd(prefix), false, &response); !st.ok()) {
       return st;
     }
     if (response.kvs_size() == 0) {
@@ -1032,7 +1020,7 @@ class ClusterLink::Impl {
   absl::Status ListServices(v1::ListServicesResponse* out) {
     pb::RangeResponse response;
     std::string prefix = absl::StrCat(options_.prefix, "svc/");
-    if (absl::Status st = Range(prefix, PrefixEnd(prefix), true, &response); !st.ok()) {
+    if (absl::Status st = Range(prefix, EtcdPrefixEnd(prefix), true, &response); !st.ok()) {
       return st;
     }
     std::map<std::string, std::pair<uint64_t, uint32_t>> services;  // version, instances
@@ -1059,7 +1047,7 @@ class ClusterLink::Impl {
     out->set_cluster(options_.cluster_name);
     pb::RangeResponse members;
     std::string prefix = absl::StrCat(options_.prefix, "member/");
-    if (absl::Status st = Range(prefix, PrefixEnd(prefix), false, &members); !st.ok()) {
+    if (absl::Status st = Range(prefix, EtcdPrefixEnd(prefix), false, &members); !st.ok()) {
       return st;
     }
     out->set_etcd_revision(members.header().revision());
@@ -1181,7 +1169,7 @@ class ClusterLink::Impl::ConfigStore final : public RegistryStore {
   absl::StatusOr<std::vector<StoredConfig>> ListConfig(absl::string_view prefix) override {
     std::string from = link_->ConfigKey(prefix);
     pb::RangeResponse response;
-    if (absl::Status st = link_->Range(from, PrefixEnd(from), false, &response); !st.ok()) {
+    if (absl::Status st = link_->Range(from, EtcdPrefixEnd(from), false, &response); !st.ok()) {
       return st;
     }
     size_t strip = link_->ConfigKey("").size();

@@ -32,6 +32,19 @@
 
 namespace formica::registry {
 
+// The end of etcd's key range covering every key that starts with `prefix`.
+inline std::string EtcdPrefixEnd(std::string prefix) {
+  while (!prefix.empty()) {
+    unsigned char last = static_cast<unsigned char>(prefix.back());
+    if (last < 0xff) {
+      prefix.back() = static_cast<char>(last + 1);
+      return prefix;
+    }
+    prefix.pop_back();
+  }
+  return std::string(1, '\0');  // from the key to the end of the keyspace
+}
+
 class RegistryStore;
 struct StoredConfig;
 namespace v1 {

@@ -87,7 +87,6 @@ class RegistryCore : public ClusterLink::Listener {
     cluster_ = cluster;
     store_ = std::move(store);
   }
-  ClusterLink* cluster() const { return cluster_; }
 
   // ---- ClusterLink::Listener ----
   void OnServiceUpdate(const std::string& service, uint64_t revision, bool reset,

@@ -14,6 +14,10 @@ using formica::testing::EtcdCluster;
 
 constexpr int kNodes = 3;
 
+bool Has(const ServiceSnapshot& s, const std::string& address) {
+  return Addresses(s).count(address) > 0;
+}
+
 class ClusterTest : public ::testing::Test {
  protected:
   // The etcd endpoints node `i` is given (all members by default).
@@ -65,24 +69,38 @@ class ClusterTest : public ::testing::Test {
     return i;
   }
 
+  // A subscriber to fund.Trade on `subscriber_node`, and a provider with
+  // `provider_options` whose instance 10.0.0.1:9000 the subscriber has seen.
+  struct Pair {
+    Recorder* seen = nullptr;
+    std::unique_ptr<Client> subscriber;
+    std::unique_ptr<Client> provider;
+  };
+  void SubscribeAndPublish(int subscriber_node, ClientOptions provider_options, Pair* out) {
+    out->seen = &NewRecorder();
+    out->subscriber = NewClient(Options("sub", {subscriber_node}));
+    ASSERT_TRUE(out->subscriber->Subscribe("fund.Trade", out->seen->Callback()).ok());
+    out->provider = NewClient(std::move(provider_options));
+    ASSERT_TRUE(out->provider->Publish(MakeInstance("fund.Trade", "10.0.0.1:9000")).ok());
+    ASSERT_TRUE(out->seen->WaitFor([](const ServiceSnapshot& s) { return Has(s, "10.0.0.1:9000"); },
+                                   absl::Seconds(10)));
+  }
+
   TempDir dir_;
   std::unique_ptr<EtcdCluster> etcd_;
   std::vector<std::unique_ptr<DsrdProcess>> nodes_;
   std::vector<std::unique_ptr<Recorder>> recorders_;
 };
 
-bool Has(const ServiceSnapshot& s, const std::string& address) {
-  return Addresses(s).count(address) > 0;
-}
-
 TEST_F(ClusterTest, PublishOnOneNodeReachesSubscribersOnAnother) {
-  Recorder& seen = NewRecorder();
-  auto subscriber = NewClient(Options("sub", {1}));
-  ASSERT_TRUE(subscriber->Subscribe("fund.Trade", seen.Callback()).ok());
-  auto provider = NewClient(Options("pub", {0}));
-  ASSERT_TRUE(provider->Publish(MakeInstance("fund.Trade", "10.0.0.1:9000")).ok());
-  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return Has(s, "10.0.0.1:9000"); },
-                           absl::Seconds(10)));
+  // What the config watcher below writes to; declared first, so it outlives
+  // the subscriber whose callback writes it.
+  absl::Mutex mu;
+  std::vector<ConfigValue> values;
+  Pair pair;
+  ASSERT_NO_FATAL_FAILURE(SubscribeAndPublish(1, Options("pub", {0}), &pair));
+  Recorder& seen = *pair.seen;
+  auto& provider = pair.provider;
   EXPECT_EQ(seen.Seen().back().instances[0].tags.at("color"), "blue");
 
   // A change and a withdrawal travel the same way, each under a newer version.
@@ -103,9 +121,7 @@ TEST_F(ClusterTest, PublishOnOneNodeReachesSubscribersOnAnother) {
   }
 
   // Config written through node 2 reaches a watcher on node 1.
-  absl::Mutex mu;
-  std::vector<ConfigValue> values;
-  ASSERT_TRUE(subscriber
+  ASSERT_TRUE(pair.subscriber
                   ->WatchConfig("fund/switch",
                                 [&](const ConfigValue& v) {
                                   absl::MutexLock lock(&mu);
@@ -124,13 +140,10 @@ TEST_F(ClusterTest, PublishOnOneNodeReachesSubscribersOnAnother) {
 }
 
 TEST_F(ClusterTest, KilledNodesClientsMoveAndTheirProvidersNeverVanish) {
-  Recorder& seen = NewRecorder();
-  auto subscriber = NewClient(Options("sub", {2}));
-  ASSERT_TRUE(subscriber->Subscribe("fund.Trade", seen.Callback()).ok());
-  auto provider = NewClient(Options("pub", {0, 1, 2}));
-  ASSERT_TRUE(provider->Publish(MakeInstance("fund.Trade", "10.0.0.1:9000")).ok());
-  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return Has(s, "10.0.0.1:9000"); },
-                           absl::Seconds(10)));
+  Pair pair;
+  ASSERT_NO_FATAL_FAILURE(SubscribeAndPublish(2, Options("pub", {0, 1, 2}), &pair));
+  Recorder& seen = *pair.seen;
+  auto& provider = pair.provider;
   ASSERT_EQ(provider->connected_registry(), nodes_[0]->address());
   uint64_t session = provider->session_id();
   size_t before = seen.Count();
@@ -190,15 +203,11 @@ TEST_F(ClusterTest, ADeadProvidersSessionExpiresWithItsLease) {
 }
 
 TEST_F(ClusterTest, TheRegistryKeepsServingWhenAnEtcdMemberDies) {
-  Recorder& seen = NewRecorder();
-  auto subscriber = NewClient(Options("sub", {1}));
-  ASSERT_TRUE(subscriber->Subscribe("fund.Trade", seen.Callback()).ok());
-  auto provider = NewClient(Options("pub", {0}));
-  ASSERT_TRUE(provider->Publish(MakeInstance("fund.Trade", "10.0.0.1:9000")).ok());
-  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return Has(s, "10.0.0.1:9000"); },
-                           absl::Seconds(10)));
-  // Kill each member in turn's worth of risk: the first is most often the
-  // leader, and both dsrd nodes may be connected to it.
+  Pair pair;
+  ASSERT_NO_FATAL_FAILURE(SubscribeAndPublish(1, Options("pub", {0}), &pair));
+  Recorder& seen = *pair.seen;
+  auto& provider = pair.provider;
+  // Member 0 is often the leader, and both dsrd nodes may be connected to it.
   etcd_->Kill9(0);
   ASSERT_TRUE(provider->Publish(MakeInstance("fund.Trade", "10.0.0.3:9000")).ok());
   ASSERT_TRUE(seen.WaitFor(
@@ -228,17 +237,14 @@ class PartitionedNodeTest : public ClusterTest {
 };
 
 TEST_F(PartitionedNodeTest, ANodeCutOffFromEtcdSendsItsClientsElsewhereBeforeTheirLeasesLapse) {
-  Recorder& seen = NewRecorder();
-  auto subscriber = NewClient(Options("sub", {2}));
-  ASSERT_TRUE(subscriber->Subscribe("fund.Trade", seen.Callback()).ok());
   // The node notices after 2 s without an answer from etcd; the lease must
   // outlast that and the move (the default lease is 10 s).
   ClientOptions options = Options("pub", {0, 1});
   options.lease = absl::Seconds(6);
-  auto provider = NewClient(options);
-  ASSERT_TRUE(provider->Publish(MakeInstance("fund.Trade", "10.0.0.1:9000")).ok());
-  ASSERT_TRUE(seen.WaitFor([](const ServiceSnapshot& s) { return Has(s, "10.0.0.1:9000"); },
-                           absl::Seconds(10)));
+  Pair pair;
+  ASSERT_NO_FATAL_FAILURE(SubscribeAndPublish(2, options, &pair));
+  Recorder& seen = *pair.seen;
+  auto& provider = pair.provider;
   ASSERT_EQ(provider->connected_registry(), nodes_[0]->address());
   uint64_t session = provider->session_id();
   size_t before = seen.Count();
