@@ -20,5 +20,20 @@ for _ in $(seq 1 100); do grep -q "dsrd ready" "$work/dsrd.log" && break; sleep 
 if ! grep -q "dsrd ready" "$work/dsrd.log"; then
   echo "installed dsrd did not start:"; cat "$work/dsrd.log"; exit 1
 fi
+status=0
 LD_LIBRARY_PATH="$work/prefix/lib:$work/prefix/lib64:${LD_LIBRARY_PATH:-}" \
-  "$work/build/consumer" "127.0.0.1:$port"
+  "$work/build/consumer" "127.0.0.1:$port" "$work" >"$work/stdout" 2>"$work/stderr" || status=$?
+echo "--- consumer stdout"; cat "$work/stdout"
+echo "--- consumer stderr"; cat "$work/stderr"
+[ "$status" -eq 0 ] || { echo "consumer failed (exit $status)"; exit 1; }
+# The program never called formica::InitLogging: the library's lines are on
+# stderr, its stdout holds only what the program printed, and the lines sent
+# to the program's log sink are on neither.
+if grep -v '^consumer ' "$work/stdout"; then
+  echo "libformica wrote the lines above to the program's stdout"; exit 1
+fi
+grep -q 'info \[formica\] registry session .* opened' "$work/stderr" ||
+  { echo "libformica's log lines did not reach stderr"; exit 1; }
+if grep 'stopped' "$work/stderr"; then
+  echo "a line meant for the program's log sink reached stderr"; exit 1
+fi

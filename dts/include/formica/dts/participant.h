@@ -23,6 +23,8 @@
 // and must only use the `sqlite3*` it is given.
 #pragma once
 
+#include <sqlite3.h>  // steps and bodies get the participant's sqlite3*
+
 #include <functional>
 #include <memory>
 #include <string>
@@ -30,8 +32,6 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-
-struct sqlite3;
 
 namespace grpc {
 class Service;
