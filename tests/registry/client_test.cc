@@ -3,6 +3,7 @@
 // that misbehaves on purpose).
 #include <stdexcept>
 
+#include "json.h"
 #include "registry_fixture.h"
 
 namespace formica::registry::testing {
@@ -198,6 +199,102 @@ TEST_F(RegistryTest, FormicactlShowsProvidersAndEditsConfig) {
   EXPECT_EQ(code, 0) << out;
   std::tie(code, out) = run({"registry", "bogus"});
   EXPECT_EQ(code, 2);
+}
+
+TEST_F(RegistryTest, FormicactlPrintsEveryReadAsOneJsonDocument) {
+  using formica::testing::ParseJson;
+  auto provider = NewClient("provider");
+  Instance i = MakeInstance("fund.Trade", "127.0.0.1:9300");
+  i.zone = "gz00a";
+  i.weight = 250;
+  i.tags = {{"color", "green"}};
+  ASSERT_TRUE(provider->Publish(i).ok());
+  // As a script runs it: stdout and stderr together must be the document.
+  auto run = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv = {formica::testing::BinaryPath("tools/formicactl"), "--registry",
+                                     dsrd_->address()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    static int n = 0;
+    auto p = Subprocess::Start(argv, dir_.File("json" + std::to_string(++n) + ".log"));
+    EXPECT_TRUE(p.ok());
+    int code = (*p)->Wait(absl::Seconds(20));
+    return std::make_pair(code, (*p)->Output());
+  };
+
+  auto [code, out] = run({"--output", "json", "registry", "get", "fund.Trade"});
+  ASSERT_EQ(code, 0) << out;
+  auto snapshot = ParseJson<v1::ServiceSnapshot>(out);
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  EXPECT_EQ(snapshot->service(), "fund.Trade");
+  ASSERT_EQ(snapshot->instances_size(), 1);
+  EXPECT_EQ(snapshot->instances(0).address(), "127.0.0.1:9300");
+  EXPECT_EQ(snapshot->instances(0).zone(), "gz00a");
+  EXPECT_EQ(snapshot->instances(0).weight(), 250);
+  EXPECT_EQ(snapshot->instances(0).tags().at("color"), "green");
+  // Field names are the .proto's, and zero values are printed, not left out.
+  EXPECT_THAT(out, ::testing::HasSubstr("\"instances\": ["));
+  EXPECT_THAT(out, ::testing::HasSubstr("\"version\": \""));
+
+  std::tie(code, out) = run({"-o", "json", "registry", "ls"});
+  ASSERT_EQ(code, 0) << out;
+  auto services = ParseJson<v1::ListServicesResponse>(out);
+  ASSERT_TRUE(services.ok()) << services.status();
+  ASSERT_EQ(services->services_size(), 1) << out;
+  EXPECT_EQ(services->services(0).service(), "fund.Trade");
+  EXPECT_EQ(services->services(0).instances(), 1u);
+  EXPECT_EQ(services->services(0).version(), snapshot->version());
+
+  std::tie(code, out) = run({"-o", "json", "registry", "sessions"});
+  ASSERT_EQ(code, 0) << out;
+  auto sessions = ParseJson<v1::ListSessionsResponse>(out);
+  ASSERT_TRUE(sessions.ok()) << sessions.status();
+  ASSERT_EQ(sessions->sessions_size(), 1) << out;
+  EXPECT_EQ(sessions->sessions(0).client_name(), "provider");
+  EXPECT_EQ(sessions->sessions(0).publications(), 1u);
+
+  std::tie(code, out) = run({"-o", "json", "registry", "stop-push", "status"});
+  ASSERT_EQ(code, 0) << out;
+  auto push = ParseJson<v1::PushSwitchState>(out);
+  ASSERT_TRUE(push.ok()) << push.status();
+  EXPECT_FALSE(push->stop_push());
+
+  std::tie(code, out) = run({"-o", "json", "cluster", "members"});
+  ASSERT_EQ(code, 0) << out;
+  auto cluster = ParseJson<v1::ClusterInfo>(out);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  EXPECT_EQ(cluster->mode(), "embedded");
+  ASSERT_EQ(cluster->nodes_size(), 1);
+  EXPECT_TRUE(cluster->nodes(0).self());
+
+  std::tie(code, out) = run({"config", "put", "demo/key", "hello", "-o", "json"});
+  ASSERT_EQ(code, 0) << out;
+  auto put = ParseJson<v1::PutConfigResponse>(out);
+  ASSERT_TRUE(put.ok()) << put.status();
+  std::tie(code, out) = run({"-o", "json", "config", "get", "demo/key"});
+  ASSERT_EQ(code, 0) << out;
+  auto entry = ParseJson<v1::ConfigEntry>(out);
+  ASSERT_TRUE(entry.ok()) << entry.status();
+  EXPECT_EQ(entry->value(), "hello");
+  EXPECT_EQ(entry->version(), put->entry().version());
+  std::tie(code, out) = run({"-o", "json", "config", "ls", "demo/"});
+  ASSERT_EQ(code, 0) << out;
+  auto entries = ParseJson<v1::ListConfigResponse>(out);
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ASSERT_EQ(entries->entries_size(), 1);
+  EXPECT_EQ(entries->entries(0).key(), "demo/key");
+
+  std::tie(code, out) = run({"-o", "json", "health"});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(out, "{\n \"status\": \"SERVING\"\n}\n");
+
+  // Errors stay what they were: text on stderr and exit 1; a bad format is a
+  // usage error.
+  std::tie(code, out) = run({"-o", "json", "config", "get", "no/such/key"});
+  EXPECT_EQ(code, 1);
+  EXPECT_THAT(out, ::testing::HasSubstr("formicactl: NOT_FOUND"));
+  std::tie(code, out) = run({"-o", "yaml", "registry", "ls"});
+  EXPECT_EQ(code, 2);
+  EXPECT_THAT(out, ::testing::HasSubstr("--output wants text or json, not 'yaml'"));
 }
 
 }  // namespace
