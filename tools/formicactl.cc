@@ -134,6 +134,7 @@ int PrintJson(const google::protobuf::Message& message) {
 }
 
 // Where previews and questions go: stdout, except when stdout carries JSON.
+// (With --output json and --yes there is neither.)
 FILE* PromptStream(const Flags& flags) { return flags.output == Output::kJson ? stderr : stdout; }
 
 std::string JoinMap(const google::protobuf::Map<std::string, std::string>& map) {
@@ -284,8 +285,10 @@ int Dts(const Flags& flags, const std::vector<std::string>& args) {
       return Usage("settle needs --reason TEXT: what was done by hand, for the record");
     }
     FILE* prompt = PromptStream(flags);
-    PrintActivity(prompt, a);
-    std::fprintf(prompt, "\n");
+    if (flags.output == Output::kText || !flags.yes) {  // a script's JSON answer comes alone
+      PrintActivity(prompt, a);
+      std::fprintf(prompt, "\n");
+    }
     std::string question =
         cmd == "retry"
             ? absl::StrCat("Retry phase two of ", a.id(), " now?")

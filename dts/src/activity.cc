@@ -51,12 +51,16 @@ absl::Status RunActivity(rpc::Client* rpc, ActivityOptions options,
 }
 
 Activity::~Activity() {
-  if (!decided_) {
-    absl::Status st = Rollback("the initiator left without deciding");
-    if (!st.ok()) {
-      SPDLOG_WARN("rollback of abandoned activity {} failed ({}); its timeout will roll it back",
-                  id_, st.ToString());
-    }
+  // After a Commit or Rollback, even a failed one, nothing more is sent: its
+  // caller has the outcome or knows it is unknown, and the coordinator
+  // times out an activity whose decision never reached it.
+  if (decision_tried_) return;
+  absl::Status st = Rollback("the initiator left without deciding");
+  if (!st.ok()) {
+    SPDLOG_WARN(
+        "activity {} was left undecided and its rollback failed ({}); its timeout will roll it "
+        "back",
+        id_, st.ToString());
   }
 }
 
@@ -68,10 +72,8 @@ absl::Status Activity::Decide(bool commit, absl::string_view reason) {
   v1::ActivityRef* ref = commit ? op.mutable_commit() : op.mutable_rollback();
   ref->set_activity_id(id_);
   ref->set_reason(std::string(reason));
+  decision_tried_ = true;
   absl::Status st = CoordinatorCalls::For(rpc_).Run(op, options_.call_timeout).status();
-  if (st.ok() || absl::IsFailedPrecondition(st) || absl::IsNotFound(st)) {
-    decided_ = true;  // decided here, or by the coordinator already
-  }
   if (!st.ok() && !absl::IsFailedPrecondition(st) && !absl::IsNotFound(st) &&
       !absl::IsInvalidArgument(st)) {
     return absl::Status(st.code(),

@@ -22,6 +22,7 @@
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/dts/activity.h"
 #include "formica/rpc/client.h"
+#include "json.h"
 #include "registry_fixture.h"
 
 namespace formica::dms {
@@ -227,6 +228,57 @@ TEST_F(DmsTest, ProducedMessagesAreConsumedOnceAndLagDrains) {
   auto [bad_code, bad] = Ctl({"dms", "lag", "nobody"});
   EXPECT_EQ(bad_code, 1);
   EXPECT_THAT(bad, ::testing::HasSubstr("group 'nobody' has not consumed any topic"));
+}
+
+TEST_F(DmsTest, FormicactlPrintsEveryReadAsOneJsonDocument) {
+  using formica::testing::ParseJson;
+  auto [code, out] = Ctl({"-o", "json", "dms", "create-topic", "invoices", "--queues", "2"});
+  ASSERT_EQ(code, 0) << out;
+  auto created = ParseJson<v1::TopicInfo>(out);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->name(), "invoices");
+  EXPECT_EQ(created->queues_size(), 2);
+  auto producer = NewProducer();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(producer->Send("invoices", Msg(absl::StrCat(i))).ok());
+  Seen seen;
+  auto consumer = Consume(Options("billing", "invoices", &seen), &seen);
+  ASSERT_TRUE(seen.WaitConfirmed(3, absl::Seconds(20)));
+
+  std::tie(code, out) = Ctl({"--output", "json", "dms", "topics"});
+  ASSERT_EQ(code, 0) << out;
+  auto topics = ParseJson<v1::ListTopicsReply>(out);
+  ASSERT_TRUE(topics.ok()) << topics.status();
+  uint64_t produced = 0;
+  for (const v1::TopicInfo& t : topics->topics()) {
+    if (t.name() != "invoices") continue;
+    for (const v1::QueueInfo& q : t.queues()) produced += q.end_offset() - q.first_offset();
+  }
+  EXPECT_EQ(produced, 3u) << out;
+
+  std::tie(code, out) = Ctl({"-o", "json", "dms", "lag", "billing"});
+  ASSERT_EQ(code, 0) << out;
+  auto lag = ParseJson<v1::GetLagReply>(out);
+  ASSERT_TRUE(lag.ok()) << lag.status();
+  EXPECT_EQ(lag->queues_size(), 2) << out;
+  EXPECT_EQ(lag->total(), 0u);
+  EXPECT_THAT(out, ::testing::HasSubstr("\"dead_letters\": \"0\"")) << "zeros are printed";
+
+  std::tie(code, out) = Ctl({"-o", "json", "dms", "dlq", "billing"});
+  ASSERT_EQ(code, 0) << out;
+  auto letters = ParseJson<v1::ListDeadLettersReply>(out);
+  ASSERT_TRUE(letters.ok()) << letters.status();
+  EXPECT_EQ(letters->letters_size(), 0);
+
+  std::tie(code, out) = Ctl({"-o", "json", "dms", "half"});
+  ASSERT_EQ(code, 0) << out;
+  auto halves = ParseJson<v1::ListHalfMessagesReply>(out);
+  ASSERT_TRUE(halves.ok()) << halves.status();
+  EXPECT_EQ(halves->messages_size(), 0);
+
+  // An error is still text on stderr, exit 1.
+  std::tie(code, out) = Ctl({"-o", "json", "dms", "lag", "nobody"});
+  EXPECT_EQ(code, 1);
+  EXPECT_THAT(out, ::testing::HasSubstr("formicactl: NOT_FOUND"));
 }
 
 TEST_F(DmsTest, MessagesWithOneKeyAreHandledInOrderUnderConcurrency) {

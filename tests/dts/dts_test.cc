@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "formica/common/grpc_status.h"
+#include "formica/common/logging.h"
 #include "formica/dts/activity.h"
 #include "formica/dts/participant.h"
 #include "formica/dts/sharded_participant.h"
@@ -20,6 +21,7 @@
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
 #include "formica/test/account.grpc.pb.h"
+#include "json.h"
 #include "postgres.h"
 #include "registry_fixture.h"
 
@@ -520,6 +522,30 @@ TEST_F(DtsTest, FormicactlListsShowsRetriesAndSettlesAStuckActivity) {
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find("bank.b.dts"), std::string::npos) << out;
   EXPECT_NE(out.find("UNAVAILABLE"), std::string::npos) << "the last error is shown: " << out;
+  // The same for scripts: one JSON document each, read back into the proto.
+  std::tie(code, out) = run({"--output", "json", "dts", "show", id});
+  EXPECT_EQ(code, 0) << out;
+  auto shown = formica::testing::ParseJson<v1::Activity>(out);
+  ASSERT_TRUE(shown.ok()) << shown.status();
+  EXPECT_EQ(shown->id(), id);
+  EXPECT_EQ(shown->state(), v1::COMMITTING);
+  ASSERT_EQ(shown->actions_size(), 2);
+  EXPECT_EQ(shown->actions(0).state(), v1::CONFIRMED);
+  EXPECT_EQ(shown->actions(1).participant(), "bank.b.dts");
+  EXPECT_GT(shown->actions(1).attempts(), 0u);
+  EXPECT_NE(shown->actions(1).last_error().find("UNAVAILABLE"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"state\": \"COMMITTING\""), std::string::npos) << "enums by name: " << out;
+  std::tie(code, out) = run({"-o", "json", "dts", "ls"});
+  EXPECT_EQ(code, 0) << out;
+  auto listed = formica::testing::ParseJson<v1::ListResponse>(out);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->activities_size(), 1) << out;
+  EXPECT_EQ(listed->activities(0).id(), id);
+  std::tie(code, out) = run({"dts", "retry", id, "--yes", "-o", "json"});
+  EXPECT_EQ(code, 0) << out;
+  auto retried = formica::testing::ParseJson<v1::DecisionResponse>(out);
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->state(), v1::COMMITTING);
   std::tie(code, out) = run({"dts", "retry", id, "--yes"});
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find(id + ": COMMITTING"), std::string::npos) << out;
@@ -548,6 +574,75 @@ TEST_F(DtsTest, FormicactlListsShowsRetriesAndSettlesAStuckActivity) {
   std::tie(code, out) = run({"dts", "stats"});
   EXPECT_EQ(code, 0);
   EXPECT_NE(out.find("committed 1"), std::string::npos) << out;
+  std::tie(code, out) = run({"-o", "json", "dts", "stats"});
+  EXPECT_EQ(code, 0) << out;
+  auto stats = formica::testing::ParseJson<v1::Stats>(out);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->committed(), 1u);
+  EXPECT_EQ(stats->begun(), 1u);
+}
+
+// What the initiator's library logs, captured through formica::SetLogSink.
+class CapturedLog {
+ public:
+  CapturedLog() {
+    SetLogSink([this](const LogRecord& r) {
+      absl::MutexLock lock(&mu_);
+      lines_.emplace_back(r.level, std::string(r.message));
+    });
+  }
+  ~CapturedLog() { SetLogSink(nullptr); }
+  // The lines at `level` or above that mention `text`.
+  std::vector<std::string> Find(LogLevel level, const std::string& text) {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string> found;
+    for (const auto& [l, line] : lines_) {
+      if (l >= level && line.find(text) != std::string::npos) found.push_back(line);
+    }
+    return found;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::pair<LogLevel, std::string>> lines_;
+};
+
+TEST_F(DtsTest, AFailedCommitIsTheCallersErrorAndTheDestructorAddsNothing) {
+  CapturedLog log;
+  auto committed = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Seconds(2)));
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  std::string committed_id = (*committed)->id();
+  ASSERT_TRUE((*committed)->Run([&] { return Move("bank.a", true, 1, 5); }).ok());
+  auto abandoned = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Seconds(2)));
+  ASSERT_TRUE(abandoned.ok()) << abandoned.status();
+  std::string abandoned_id = (*abandoned)->id();
+  ASSERT_TRUE((*abandoned)->Run([&] { return Move("bank.a", true, 2, 5); }).ok());
+
+  dtsd_->Kill();
+  absl::Status st = (*committed)->Commit();
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_NE(st.message().find("the outcome of activity " + committed_id + " is unknown"),
+            absl::string_view::npos)
+      << st;
+  committed->reset();  // its caller has the error: nothing more is sent or logged
+  EXPECT_THAT(log.Find(LogLevel::kInfo, committed_id), ::testing::IsEmpty());
+  // Left undecided, with the coordinator away: one warning, naming it.
+  abandoned->reset();
+  EXPECT_EQ(log.Find(LogLevel::kWarn, abandoned_id).size(), 1u);
+
+  // Neither decision reached dtsd: their timeouts roll both back.
+  StartDtsd();
+  for (const std::string& id : {committed_id, abandoned_id}) {
+    absl::StatusOr<v1::Activity> a;
+    absl::Time until = absl::Now() + absl::Seconds(20);
+    while (absl::Now() < until && (!(a = Get(id)).ok() || a->state() != v1::ROLLED_BACK)) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_EQ(a->state(), v1::ROLLED_BACK) << a->DebugString();
+  }
+  AwaitQuiet(absl::Seconds(20));
+  ExpectBooksBalance();
 }
 
 // The barrier, driven directly: a participant in this process, its

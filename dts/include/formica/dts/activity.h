@@ -50,7 +50,9 @@ class Activity {
   // Begins an activity at the coordinator. UNAVAILABLE when it cannot be
   // reached; INVALID_ARGUMENT for a bad name or timeout.
   static absl::StatusOr<std::unique_ptr<Activity>> Begin(rpc::Client* rpc, ActivityOptions options);
-  // Rolls back an activity neither committed nor rolled back.
+  // Rolls back an activity on which neither Commit nor Rollback was called;
+  // if that fails, logs one warning (the coordinator's timeout rolls it
+  // back). After a failed Commit or Rollback it sends nothing more.
   ~Activity();
   Activity(const Activity&) = delete;
   Activity& operator=(const Activity&) = delete;
@@ -77,7 +79,7 @@ class Activity {
   rpc::Client* rpc_;
   ActivityOptions options_;
   std::string id_;
-  bool decided_ = false;
+  bool decision_tried_ = false;
 };
 
 // Begins an activity, runs `body` inside it, and commits when `body`
