@@ -153,22 +153,36 @@ TEST(ClientVersionGate, NeverAppliesAnOlderVersion) {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
 }
 
-TEST_F(RegistryTest, FormicactlShowsProvidersAndEditsConfig) {
-  auto provider = NewClient("provider");
-  Instance i = MakeInstance("fund.Trade", "127.0.0.1:9300");
+// formicactl against the registry at `registry`, as an operator runs it:
+// (exit code, what it printed on stdout and stderr).
+std::pair<int, std::string> Formicactl(const std::string& registry, const TempDir& dir,
+                                       const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {formica::testing::BinaryPath("tools/formicactl"), "--registry",
+                                   registry};
+  argv.insert(argv.end(), args.begin(), args.end());
+  static int runs = 0;
+  auto p = Subprocess::Start(argv, dir.File("ctl" + std::to_string(++runs) + ".log"));
+  EXPECT_TRUE(p.ok());
+  int code = (*p)->Wait(absl::Seconds(20));
+  return {code, (*p)->Output()};
+}
+
+// fund.Trade at 127.0.0.1:9300, zone gz00a, weight 250, color=green.
+void PublishFundTrade(Client* provider) {
+  Instance i;
+  i.service = "fund.Trade";
+  i.address = "127.0.0.1:9300";
   i.zone = "gz00a";
   i.weight = 250;
   i.tags = {{"color", "green"}};
   ASSERT_TRUE(provider->Publish(i).ok());
-  auto run = [&](std::vector<std::string> args) {
-    std::vector<std::string> argv = {formica::testing::BinaryPath("tools/formicactl"), "--registry",
-                                     dsrd_->address()};
-    argv.insert(argv.end(), args.begin(), args.end());
-    static int n = 0;
-    auto p = Subprocess::Start(argv, dir_.File("ctl" + std::to_string(++n) + ".log"));
-    EXPECT_TRUE(p.ok());
-    int code = (*p)->Wait(absl::Seconds(20));
-    return std::make_pair(code, (*p)->Output());
+}
+
+TEST_F(RegistryTest, FormicactlShowsProvidersAndEditsConfig) {
+  auto provider = NewClient("provider");
+  PublishFundTrade(provider.get());
+  auto run = [&](const std::vector<std::string>& args) {
+    return Formicactl(dsrd_->address(), dir_, args);
   };
   auto [code, out] = run({"registry", "get", "fund.Trade"});
   EXPECT_EQ(code, 0) << out;
@@ -204,21 +218,10 @@ TEST_F(RegistryTest, FormicactlShowsProvidersAndEditsConfig) {
 TEST_F(RegistryTest, FormicactlPrintsEveryReadAsOneJsonDocument) {
   using formica::testing::ParseJson;
   auto provider = NewClient("provider");
-  Instance i = MakeInstance("fund.Trade", "127.0.0.1:9300");
-  i.zone = "gz00a";
-  i.weight = 250;
-  i.tags = {{"color", "green"}};
-  ASSERT_TRUE(provider->Publish(i).ok());
+  PublishFundTrade(provider.get());
   // As a script runs it: stdout and stderr together must be the document.
-  auto run = [&](std::vector<std::string> args) {
-    std::vector<std::string> argv = {formica::testing::BinaryPath("tools/formicactl"), "--registry",
-                                     dsrd_->address()};
-    argv.insert(argv.end(), args.begin(), args.end());
-    static int n = 0;
-    auto p = Subprocess::Start(argv, dir_.File("json" + std::to_string(++n) + ".log"));
-    EXPECT_TRUE(p.ok());
-    int code = (*p)->Wait(absl::Seconds(20));
-    return std::make_pair(code, (*p)->Output());
+  auto run = [&](const std::vector<std::string>& args) {
+    return Formicactl(dsrd_->address(), dir_, args);
   };
 
   auto [code, out] = run({"--output", "json", "registry", "get", "fund.Trade"});
@@ -282,6 +285,12 @@ TEST_F(RegistryTest, FormicactlPrintsEveryReadAsOneJsonDocument) {
   ASSERT_TRUE(entries.ok()) << entries.status();
   ASSERT_EQ(entries->entries_size(), 1);
   EXPECT_EQ(entries->entries(0).key(), "demo/key");
+
+  std::tie(code, out) = run({"-o", "json", "config", "delete", "demo/key"});
+  ASSERT_EQ(code, 0) << out;
+  auto deleted = ParseJson<v1::DeleteConfigResponse>(out);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(deleted->entry().key(), "demo/key");
 
   std::tie(code, out) = run({"-o", "json", "health"});
   EXPECT_EQ(code, 0) << out;

@@ -4,8 +4,7 @@
 // A program that links libformica gets the library's lines on stderr, at
 // level info, without calling anything here; its stdout is left to it.
 // InitLogging names the lines and sets the level; SetLogSink sends them to
-// the program's own logging instead of stderr. A program that installs its
-// own spdlog default logger receives the library's lines through it.
+// the program's own logging instead of stderr.
 #pragma once
 
 #include <functional>
