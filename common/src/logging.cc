@@ -14,6 +14,11 @@
 namespace formica {
 namespace {
 
+static_assert(static_cast<int>(LogLevel::kTrace) == spdlog::level::trace &&
+                  static_cast<int>(LogLevel::kInfo) == spdlog::level::info &&
+                  static_cast<int>(LogLevel::kCritical) == spdlog::level::critical,
+              "LogLevel mirrors spdlog's levels");
+
 constexpr char kPattern[] = "%Y-%m-%dT%H:%M:%S.%e %^%l%$ [%n] %v";
 
 // The one sink of every logger Formica installs: stderr, or the program's
@@ -36,8 +41,12 @@ class SwitchableSink final : public spdlog::sinks::sink {
     std::lock_guard<std::mutex> lock(mu_);
     stderr_->flush();
   }
-  void set_pattern(const std::string& pattern) override { stderr_->set_pattern(pattern); }
+  void set_pattern(const std::string& pattern) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    stderr_->set_pattern(pattern);
+  }
   void set_formatter(std::unique_ptr<spdlog::formatter> formatter) override {
+    std::lock_guard<std::mutex> lock(mu_);
     stderr_->set_formatter(std::move(formatter));
   }
   void SetProgramSink(LogSink sink) {
