@@ -2,16 +2,19 @@
 // processes (account_server), each with its own SQLite database; this test
 // process is the initiator. The invariant: money is neither made nor lost.
 #include <grpcpp/grpcpp.h>
+#include <rocksdb/db.h>
 #include <signal.h>
 #include <sqlite3.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <random>
 #include <set>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/activity.h"
 #include "formica/dts/participant.h"
@@ -353,6 +356,214 @@ TEST_F(DtsTest, KillingDtsdDuringThousandsOfActivitiesLosesNothing) {
     EXPECT_TRUE(b.barrier[id].count("confirm")) << id << " was committed";
   }
   std::printf("%d activities committed across %d kill -9 of dtsd\n", committed.load(), kills);
+}
+
+// A participant that records every confirm and cancel it is sent, with its
+// payload, and answers OK.
+class RecordingParticipant final : public v1::Participant::Service {
+ public:
+  struct Call {
+    std::string activity_id;
+    std::string action;
+    std::string payload;
+    bool confirm;
+  };
+
+  std::vector<Call> calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+
+ private:
+  grpc::Status Confirm(grpc::ServerContext*, const v1::PhaseTwoRequest* req,
+                       v1::PhaseTwoResponse*) override {
+    Record(req->activity_id(), req->action(), req->payload(), true);
+    return grpc::Status::OK;
+  }
+  grpc::Status Cancel(grpc::ServerContext*, const v1::PhaseTwoRequest* req,
+                      v1::PhaseTwoResponse*) override {
+    Record(req->activity_id(), req->action(), req->payload(), false);
+    return grpc::Status::OK;
+  }
+  grpc::Status PhaseTwoBatch(grpc::ServerContext*, const v1::PhaseTwoBatchRequest* req,
+                             v1::PhaseTwoBatchResponse* resp) override {
+    for (const v1::PhaseTwoItem& item : req->items()) {
+      Record(item.activity_id(), item.action(), item.payload(), item.confirm());
+      resp->add_results();
+    }
+    return grpc::Status::OK;
+  }
+  void Record(const std::string& id, const std::string& action, const std::string& payload,
+              bool confirm) {
+    absl::MutexLock lock(&mu_);
+    calls_.push_back({id, action, payload, confirm});
+  }
+
+  absl::Mutex mu_;
+  std::vector<Call> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+// A payload of `size` bytes that differs per action.
+std::string PayloadFor(int action, size_t size) {
+  std::string payload(size, '\0');
+  std::mt19937 rng(action);
+  for (char& c : payload) c = static_cast<char>(rng());
+  return payload;
+}
+
+TEST_F(DtsTest, AnEnlistWritesOnlyItsOwnActionAndAllSurviveAKill) {
+  RecordingParticipant sink;
+  HostParticipant("sink", &sink);
+  absl::Cleanup stop_serving = [&] { server_.reset(); };
+  constexpr int kActions = 16;
+  constexpr size_t kPayload = 200 << 10;  // all 16 under gRPC's 4 MiB, for Get
+  auto stored_bytes = [&] {
+    grpc::ClientContext ctx;
+    v1::Stats stats;
+    EXPECT_TRUE(coordinator_->GetStats(&ctx, v1::StatsRequest(), &stats).ok());
+    return stats.stored_bytes();
+  };
+  grpc::ClientContext begin_ctx;
+  v1::BeginRequest begin;
+  begin.set_name("sink.Large");
+  begin.set_timeout_ms(60000);
+  v1::BeginResponse begun;
+  ASSERT_TRUE(coordinator_->Begin(&begin_ctx, begin, &begun).ok());
+  const std::string id = begun.activity_id();
+  for (int i = 0; i < kActions; ++i) {
+    v1::EnlistRequest enlist;
+    enlist.set_activity_id(id);
+    enlist.set_participant("sink");
+    enlist.set_action(absl::StrCat("step-", i));
+    enlist.set_payload(PayloadFor(i, kPayload));
+    uint64_t before = stored_bytes();
+    grpc::ClientContext ctx;
+    v1::EnlistResponse out;
+    grpc::Status st = coordinator_->Enlist(&ctx, enlist, &out);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    uint64_t written = stored_bytes() - before;
+    // The action itself, and none of the ones before it.
+    EXPECT_GE(written, kPayload) << "enlist " << i + 1;
+    EXPECT_LT(written, kPayload + 1024) << "enlist " << i + 1 << " of " << kActions;
+  }
+  // Every enlisted action was durable when answered: a kill -9 keeps them all.
+  dtsd_->Kill();
+  StartDtsd();
+  auto kept = Get(id);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(kept->state(), v1::ACTIVE);
+  ASSERT_EQ(kept->actions_size(), kActions);
+  for (int i = 0; i < kActions; ++i) {
+    EXPECT_EQ(kept->actions(i).name(), absl::StrCat("step-", i));
+    EXPECT_EQ(kept->actions(i).state(), v1::ENLISTED);
+    EXPECT_TRUE(kept->actions(i).payload() == PayloadFor(i, kPayload)) << "action " << i;
+  }
+  // The decision writes no payload.
+  uint64_t before = stored_bytes();
+  grpc::ClientContext ctx;
+  v1::ActivityRef ref;
+  ref.set_activity_id(id);
+  v1::DecisionResponse decided;
+  ASSERT_TRUE(coordinator_->Commit(&ctx, ref, &decided).ok());
+  EXPECT_LT(stored_bytes() - before, 4096u);
+  AwaitQuiet(absl::Seconds(20));
+  std::map<std::string, std::string> confirmed;
+  for (const RecordingParticipant::Call& c : sink.calls()) {
+    EXPECT_EQ(c.activity_id, id);
+    EXPECT_TRUE(c.confirm) << c.action;
+    confirmed[c.action] = c.payload;
+  }
+  ASSERT_EQ(confirmed.size(), static_cast<size_t>(kActions));
+  for (int i = 0; i < kActions; ++i) {
+    EXPECT_TRUE(confirmed[absl::StrCat("step-", i)] == PayloadFor(i, kPayload)) << "action " << i;
+  }
+  auto done = Get(id);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state(), v1::COMMITTED);
+  ASSERT_EQ(done->actions_size(), kActions);
+  for (int i = 0; i < kActions; ++i) {
+    EXPECT_EQ(done->actions(i).state(), v1::CONFIRMED);
+    EXPECT_TRUE(done->actions(i).payload() == PayloadFor(i, kPayload)) << "action " << i;
+  }
+}
+
+// Before the store kept a record per action, each activity was one record
+// "a/<id>" holding all its actions. Such a data directory opens: decided
+// activities finish, undecided ones time out, finished ones are shown.
+TEST_F(DtsTest, ADataDirectoryKeepingWholeActivitiesOpensAndFinishesThem) {
+  RecordingParticipant sink;
+  HostParticipant("sink", &sink);
+  absl::Cleanup stop_serving = [&] { server_.reset(); };
+  dtsd_->Kill();
+  std::filesystem::remove_all(dir_.File("dtsd"));
+  int64_t now = absl::ToUnixMillis(absl::Now());
+  auto activity = [&](const std::string& id, v1::ActivityState state, int actions,
+                      v1::ActionState action_state) {
+    v1::Activity a;
+    a.set_id(id);
+    a.set_name("sink.Old");
+    a.set_state(state);
+    a.set_begun_unix_ms(now - 1000);
+    a.set_deadline_unix_ms(now + 1000);
+    if (state != v1::ACTIVE) a.set_decided_unix_ms(now - 500);
+    if (state == v1::COMMITTED) a.set_finished_unix_ms(now - 400);
+    for (int i = 0; i < actions; ++i) {
+      v1::Action* x = a.add_actions();
+      x->set_participant("sink");
+      x->set_name(absl::StrCat(id, "/step-", i));
+      x->set_payload(PayloadFor(i, 1000 + i));
+      x->set_state(action_state);
+      x->set_enlisted_unix_ms(now - 900);
+    }
+    return a;
+  };
+  const std::string committing = "00000001-000000000001";
+  const std::string committed = "00000001-000000000002";
+  const std::string active = "00000001-000000000003";
+  {
+    rocksdb::Options options;
+    options.create_if_missing = true;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(options, dir_.File("dtsd"), &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    for (const v1::Activity& a : {activity(committing, v1::COMMITTING, 3, v1::ENLISTED),
+                                  activity(committed, v1::COMMITTED, 2, v1::CONFIRMED),
+                                  activity(active, v1::ACTIVE, 2, v1::ENLISTED)}) {
+      ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), "a/" + a.id(), a.SerializeAsString()).ok());
+    }
+  }
+  StartDtsd();
+  ASSERT_TRUE(dtsd_->WaitForOutput("converted 3 activities", absl::Seconds(5))) << dtsd_->Output();
+  AwaitQuiet(absl::Seconds(20));
+  std::map<std::string, RecordingParticipant::Call> calls;
+  for (const RecordingParticipant::Call& c : sink.calls()) calls[c.action] = c;
+  ASSERT_EQ(calls.size(), 5u) << "3 confirms and 2 cancels, none for the finished activity";
+  for (auto [id, actions, confirm] :
+       {std::tuple(committing, 3, true), std::tuple(active, 2, false)}) {
+    for (int i = 0; i < actions; ++i) {
+      const RecordingParticipant::Call& c = calls[absl::StrCat(id, "/step-", i)];
+      EXPECT_EQ(c.activity_id, id);
+      EXPECT_EQ(c.confirm, confirm) << c.action;
+      EXPECT_TRUE(c.payload == PayloadFor(i, 1000 + i)) << c.action;
+    }
+  }
+  // The converted records read back the same after another start.
+  dtsd_->Kill();
+  StartDtsd();
+  for (auto [id, state, actions_state] : {std::tuple(committing, v1::COMMITTED, v1::CONFIRMED),
+                                          std::tuple(committed, v1::COMMITTED, v1::CONFIRMED),
+                                          std::tuple(active, v1::ROLLED_BACK, v1::CANCELLED)}) {
+    auto a = Get(id);
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_EQ(a->state(), state) << id;
+    EXPECT_EQ(a->name(), "sink.Old");
+    ASSERT_EQ(a->actions_size(), id == committing ? 3 : 2) << id;
+    for (int i = 0; i < a->actions_size(); ++i) {
+      EXPECT_EQ(a->actions(i).state(), actions_state) << id << " action " << i;
+      EXPECT_TRUE(a->actions(i).payload() == PayloadFor(i, 1000 + i)) << id << " action " << i;
+    }
+  }
+  EXPECT_EQ(Get(active)->reason(), "timed out after 2s");
 }
 
 TEST_F(DtsTest, ConfirmsReachAParticipantThatWasDownWhenItReturns) {
