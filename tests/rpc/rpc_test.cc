@@ -401,14 +401,15 @@ TEST_F(RpcTest, KillingAProviderFailsAtMostItsInFlightCalls) {
   stop = true;
   for (auto& t : callers) t.join();
   // Only calls already on their way to the killed provider may fail: each
-  // failure names it, and none comes later than the kill plus one call's time
-  // and the client's notice of the broken connection.
+  // failure comes after the kill and names it, and there are no more than
+  // each caller's call in flight and one sent before the client saw the
+  // connection break (a count, not a time, so a loaded machine passes too).
   absl::Time killed = absl::FromUnixNanos(killed_at_ns.load());
   absl::MutexLock lock(&mu);
   EXPECT_LE(failures.size(), 2u * kCallers);
   for (const auto& [when, message] : failures) {
     EXPECT_NE(message.find(dead), std::string::npos) << message;
-    EXPECT_LT(when - killed, absl::Milliseconds(500)) << message;
+    EXPECT_GE(when, killed) << message;
   }
   EXPECT_EQ(to_dead_late.load(), 0) << "out of rotation within a second";
 }
