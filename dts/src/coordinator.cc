@@ -761,7 +761,7 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     auto call = std::make_shared<Call>();
     call->request.set_activity_id(p.item.activity_id());
     call->request.set_action(p.item.action());
-    call->request.set_payload(p.item.payload());
+    call->request.set_payload(std::move(*p.item.mutable_payload()));  // one copy in memory
     call->p = std::move(p);
     rpc::CallOptions opts;
     opts.timeout = options.call_timeout;
@@ -800,11 +800,12 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     };
     auto call = std::make_shared<Call>();
     call->items = std::move(items);
-    for (const Prepared& p : call->items) *call->request.add_items() = p.item;
+    // Payloads move into the request: one copy in memory while it is out.
+    for (Prepared& p : call->items) *call->request.add_items() = std::move(p.item);
     rpc::CallOptions opts;
     opts.timeout = options.call_timeout;
     opts.idempotent = true;
-    if (call->items.size() == 1) opts.context.txn_id = call->items[0].item.activity_id();
+    if (call->items.size() == 1) opts.context.txn_id = call->request.items(0).activity_id();
     phase_two_calls_.fetch_add(call->items.size(), std::memory_order_relaxed);
     rpc->CallAsync(
         participant, opts,
@@ -823,7 +824,10 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
               absl::MutexLock lock(&mu_);
               no_batch_.insert(participant);
             }
-            for (Prepared& p : call->items) LaunchSingle(participant, std::move(p));
+            for (size_t i = 0; i < call->items.size(); ++i) {
+              call->items[i].item = std::move(*call->request.mutable_items(static_cast<int>(i)));
+              LaunchSingle(participant, std::move(call->items[i]));
+            }
             return;
           }
           if (status.ok() &&

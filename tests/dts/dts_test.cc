@@ -387,9 +387,12 @@ TEST_F(DtsTest, KillingDtsdDuringThousandsOfActivitiesLosesNothing) {
 }
 
 // A participant that records every confirm and cancel it is sent, with its
-// payload, and answers OK.
+// payload, and answers OK. Without `batches` it has no PhaseTwoBatch, as
+// libraries before it.
 class RecordingParticipant final : public v1::Participant::Service {
  public:
+  explicit RecordingParticipant(bool batches = true) : batches_(batches) {}
+
   struct Call {
     std::string activity_id;
     std::string action;
@@ -415,6 +418,7 @@ class RecordingParticipant final : public v1::Participant::Service {
   }
   grpc::Status PhaseTwoBatch(grpc::ServerContext*, const v1::PhaseTwoBatchRequest* req,
                              v1::PhaseTwoBatchResponse* resp) override {
+    if (!batches_) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "");
     for (const v1::PhaseTwoItem& item : req->items()) {
       Record(item.activity_id(), item.action(), item.payload(), item.confirm());
       resp->add_results();
@@ -427,6 +431,7 @@ class RecordingParticipant final : public v1::Participant::Service {
     calls_.push_back({id, action, payload, confirm});
   }
 
+  const bool batches_;
   absl::Mutex mu_;
   std::vector<Call> calls_ ABSL_GUARDED_BY(mu_);
 };
@@ -512,6 +517,35 @@ TEST_F(DtsTest, AnEnlistWritesOnlyItsOwnActionAndAllSurviveAKill) {
   for (int i = 0; i < kActions; ++i) {
     EXPECT_EQ(done->actions(i).state(), v1::CONFIRMED);
     EXPECT_TRUE(done->actions(i).payload() == PayloadFor(i, kPayload)) << "action " << i;
+  }
+}
+
+TEST_F(DtsTest, AParticipantWithoutPhaseTwoBatchGetsEachConfirmWithItsPayload) {
+  RecordingParticipant sink(/*batches=*/false);
+  HostParticipant("sink", &sink);
+  absl::Cleanup stop_serving = [&] { server_.reset(); };
+  auto activity = Activity::Begin(rpc_.get(), Named("sink.Old"));
+  ASSERT_TRUE(activity.ok()) << activity.status();
+  for (int i = 0; i < 3; ++i) {
+    grpc::ClientContext ctx;
+    v1::EnlistRequest enlist;
+    enlist.set_activity_id((*activity)->id());
+    enlist.set_participant("sink");
+    enlist.set_action(absl::StrCat("step-", i));
+    enlist.set_payload(PayloadFor(i, 5000));
+    v1::EnlistResponse out;
+    ASSERT_TRUE(coordinator_->Enlist(&ctx, enlist, &out).ok());
+  }
+  ASSERT_TRUE((*activity)->Commit().ok());
+  AwaitQuiet(absl::Seconds(20));
+  std::map<std::string, std::string> confirmed;
+  for (const RecordingParticipant::Call& c : sink.calls()) {
+    EXPECT_TRUE(c.confirm) << c.action;
+    confirmed[c.action] = c.payload;
+  }
+  ASSERT_EQ(confirmed.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(confirmed[absl::StrCat("step-", i)] == PayloadFor(i, 5000)) << "action " << i;
   }
 }
 
