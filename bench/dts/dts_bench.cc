@@ -4,9 +4,13 @@
 // and commits (a durable decision); dtsd then confirms both. Measured at
 // concurrency 1 and 64, beside the machine's raw fdatasync rate on the same
 // disk: the physical limit dtsd's group commit works against.
-//   ./formica bench dts [--quick] [--fast-sync]
+//   ./formica bench dts [--quick] [--fast-sync] [--large-actions]
 // --fast-sync runs the participants' SQLite with synchronous=NORMAL (dtsd
 // still syncs every enlist and decision).
+// --large-actions measures instead activities of 16 actions of 1 MiB each,
+// enlisted one after another and committed: the latency of each enlist
+// (the 16th should cost what the 1st does), the bytes each writes to the
+// activity store, and dtsd's resident memory.
 //
 // An activity here makes 8 calls (begin, two tries each with its enlist,
 // commit, two confirms), so the same run also measures raw gRPC round trips
@@ -21,6 +25,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -31,6 +36,7 @@
 #include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
+#include "formica/rpc/server.h"
 #include "formica/test/account.grpc.pb.h"
 #include "process.h"
 
@@ -146,16 +152,122 @@ double RawRoundTripsPerSecond(const std::string& address, int concurrency,
   return calls.load() / absl::ToDoubleSeconds(absl::Now() - start);
 }
 
+// A participant that confirms and cancels at once.
+class Sink final : public dts::v1::Participant::Service {
+  grpc::Status Confirm(grpc::ServerContext*, const dts::v1::PhaseTwoRequest*,
+                       dts::v1::PhaseTwoResponse*) override {
+    return grpc::Status::OK;
+  }
+  grpc::Status Cancel(grpc::ServerContext*, const dts::v1::PhaseTwoRequest*,
+                      dts::v1::PhaseTwoResponse*) override {
+    return grpc::Status::OK;
+  }
+  grpc::Status PhaseTwoBatch(grpc::ServerContext*, const dts::v1::PhaseTwoBatchRequest* req,
+                             dts::v1::PhaseTwoBatchResponse* resp) override {
+    for (int i = 0; i < req->items_size(); ++i) resp->add_results();
+    return grpc::Status::OK;
+  }
+};
+
+// A field of /proc/<pid>/status in MB (VmRSS, VmHWM), 0 if unreadable.
+double ProcessMegabytes(pid_t pid, const std::string& field) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::atof(line.c_str() + field.size() + 1) / 1024;
+  }
+  return 0;
+}
+
+// --large-actions: see the top of this file.
+int LargeActions(dts::v1::Coordinator::Stub& coordinator, pid_t dtsd, int rounds) {
+  constexpr int kActions = 16;
+  constexpr size_t kPayload = 1 << 20;
+  auto stats = [&] {
+    grpc::ClientContext ctx;
+    dts::v1::Stats s;
+    coordinator.GetStats(&ctx, dts::v1::StatsRequest(), &s);
+    return s;
+  };
+  std::vector<std::vector<double>> latency(kActions);
+  std::vector<std::vector<double>> written(kActions);
+  double rss_before = ProcessMegabytes(dtsd, "VmRSS");
+  for (int round = 0; round < rounds; ++round) {
+    grpc::ClientContext begin_ctx;
+    dts::v1::BeginRequest begin;
+    begin.set_name("bench.Large");
+    begin.set_timeout_ms(120000);
+    dts::v1::BeginResponse begun;
+    if (grpc::Status st = coordinator.Begin(&begin_ctx, begin, &begun); !st.ok()) {
+      std::fprintf(stderr, "bench_dts: Begin: %s\n", st.error_message().c_str());
+      return 1;
+    }
+    for (int i = 0; i < kActions; ++i) {
+      dts::v1::EnlistRequest enlist;
+      enlist.set_activity_id(begun.activity_id());
+      enlist.set_participant("bench.sink");
+      enlist.set_action(absl::StrCat("step-", i));
+      enlist.set_payload(std::string(kPayload, static_cast<char>('a' + (round + i) % 26)));
+      uint64_t bytes_before = stats().stored_bytes();
+      grpc::ClientContext ctx;
+      dts::v1::EnlistResponse out;
+      absl::Time t0 = absl::Now();
+      grpc::Status st = coordinator.Enlist(&ctx, enlist, &out);
+      latency[i].push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+      written[i].push_back((stats().stored_bytes() - bytes_before) / 1048576.0);
+      if (!st.ok()) {
+        std::fprintf(stderr, "bench_dts: Enlist: %s\n", st.error_message().c_str());
+        return 1;
+      }
+    }
+    grpc::ClientContext ctx;
+    dts::v1::ActivityRef ref;
+    ref.set_activity_id(begun.activity_id());
+    dts::v1::DecisionResponse decided;
+    if (grpc::Status st = coordinator.Commit(&ctx, ref, &decided); !st.ok()) {
+      std::fprintf(stderr, "bench_dts: Commit: %s\n", st.error_message().c_str());
+      return 1;
+    }
+  }
+  absl::Time t0 = absl::Now();
+  while (stats().unfinished() > 0 && absl::Now() - t0 < absl::Seconds(60)) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  BenchReport report;
+  for (int i : {0, 1, 7, kActions - 1}) {
+    std::printf("enlist #%-2d of %d MiB: p50 %.1f ms  max %.1f ms  %.2f MiB written\n", i + 1,
+                static_cast<int>(kPayload >> 20), Percentile(latency[i], 50),
+                Percentile(latency[i], 100), Percentile(written[i], 50));
+  }
+  double rss = ProcessMegabytes(dtsd, "VmRSS");
+  double peak = ProcessMegabytes(dtsd, "VmHWM");
+  std::printf("dtsd resident: %.0f MB before, %.0f MB after, peak %.0f MB\n", rss_before, rss,
+              peak);
+  report.Set("enlist_1_p50_ms", Percentile(latency[0], 50));
+  report.Set("enlist_16_p50_ms", Percentile(latency[kActions - 1], 50));
+  report.Set("enlist_1_mib_written", Percentile(written[0], 50));
+  report.Set("enlist_16_mib_written", Percentile(written[kActions - 1], 50));
+  report.Set("dtsd_rss_mb", rss);
+  report.Set("dtsd_peak_rss_mb", peak);
+  report.SetSetup("activities", rounds);
+  report.SetSetup("activity", "begin, 16 enlists of 1 MiB one after another, commit");
+  report.Print();
+  return 0;
+}
+
 int Run(int argc, char** argv) {
   bool quick = false;
   bool fast_sync = false;
+  bool large_actions = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
     } else if (std::strcmp(argv[i], "--fast-sync") == 0) {
       fast_sync = true;
+    } else if (std::strcmp(argv[i], "--large-actions") == 0) {
+      large_actions = true;
     } else {
-      std::fprintf(stderr, "usage: bench_dts [--quick] [--fast-sync]\n");
+      std::fprintf(stderr, "usage: bench_dts [--quick] [--fast-sync] [--large-actions]\n");
       return 2;
     }
   }
@@ -178,6 +290,26 @@ int Run(int argc, char** argv) {
   if (!dtsd.ok() || !(*dtsd)->WaitForOutput("dtsd ready", absl::Seconds(20))) {
     std::fprintf(stderr, "bench_dts: dtsd did not start\n");
     return 1;
+  }
+  if (large_actions) {
+    registry::ClientOptions registry_options;
+    registry_options.registries = {(*dsrd)->address()};
+    auto registry = *registry::Client::Create(registry_options);
+    Sink sink;
+    rpc::ServerOptions server_options;
+    server_options.unpublish_grace = absl::ZeroDuration();
+    auto server = rpc::Server::Start(server_options, {{"bench.sink", &sink}}, registry.get());
+    if (!server.ok()) {
+      std::fprintf(stderr, "bench_dts: %s\n", server.status().ToString().c_str());
+      return 1;
+    }
+    auto coordinator = dts::v1::Coordinator::NewStub(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", dtsd_port), grpc::InsecureChannelCredentials()));
+    int rc = LargeActions(*coordinator, (*dtsd)->pid(), quick ? 4 : 16);
+    (*server).reset();
+    (*dtsd)->Terminate();
+    (*dsrd)->Stop();
+    return rc;
   }
   std::vector<std::unique_ptr<Subprocess>> banks;
   for (const char* name : {"bank.a", "bank.b"}) {

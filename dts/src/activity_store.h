@@ -1,6 +1,11 @@
-// ActivityStore: where dtsd keeps its activities. One narrow interface (put,
-// get, scan, boot epoch) so that the embedded engine (RocksDB) can later be
-// joined by a replicated one. Thread-safe.
+// ActivityStore: where dtsd keeps its activities. One narrow interface
+// (activity records, action records, scan, boot epoch) so that the embedded
+// engine (RocksDB) can later be joined by a replicated one. Thread-safe.
+//
+// An activity is stored as its own record (every field but `actions`) and
+// one record per enlisted action, so enlisting writes only the new action
+// however many came before it, and a decision or the end of an activity
+// writes no payload.
 #pragma once
 
 #include <cstdint>
@@ -18,33 +23,48 @@ class ActivityStore {
  public:
   virtual ~ActivityStore() = default;
 
-  // Writes the whole activity. With `sync` the write and every write before
-  // it are on disk when this returns; concurrent synced writes share one
-  // sync (group commit).
+  // Writes the activity's own fields and, for each of its actions (already
+  // written by PutAction), its outcome: state, attempts and last error,
+  // never its payload. One atomic write. With `sync` the write and every
+  // write before it are on disk when this returns.
   virtual absl::Status Put(const v1::Activity& activity, bool sync) = 0;
 
-  // Makes every write that returned before this call durable.
+  // Writes action `index` of activity `id` whole (payload included), and
+  // nothing else. With `sync` as Put.
+  virtual absl::Status PutAction(const std::string& id, int index, const v1::Action& action,
+                                 bool sync) = 0;
+
+  // Makes every write that returned before this call durable; concurrent
+  // callers may share one sync (group commit).
   virtual absl::Status Sync() = 0;
 
+  // The whole activity, actions and payloads included.
   virtual absl::StatusOr<std::optional<v1::Activity>> Get(const std::string& id) = 0;
 
-  // Calls `visit` for every activity in id order (which is creation order);
-  // stops when it returns false.
+  // Calls `visit` with every activity's own fields (no actions; Get reads
+  // them) in id order (which is creation order); stops when it returns false.
   virtual absl::Status Scan(const std::function<bool(const v1::Activity&)>& visit) = 0;
   // The same, newest first.
   virtual absl::Status ScanNewestFirst(const std::function<bool(const v1::Activity&)>& visit) = 0;
 
+  // Removes the activity and its actions.
   virtual absl::Status Delete(const std::string& id) = 0;
 
   // A number greater than every earlier boot's, durable when returned.
   virtual absl::StatusOr<uint64_t> NextBootEpoch() = 0;
 
-  // Syncs done since the store opened (synced Puts and Sync calls).
+  // Syncs done since the store opened (synced writes and Sync calls).
   virtual uint64_t syncs() const = 0;
+  // Bytes of records written since the store opened (keys and values, as
+  // handed to the engine's log).
+  virtual uint64_t written_bytes() const = 0;
 };
 
-// Opens (creating if needed) a RocksDB store in `directory`. FAILED_PRECONDITION
-// when it cannot, e.g. another dtsd holds it.
+// Opens (creating if needed) a RocksDB store in `directory`. A store written
+// by a dtsd that kept each activity whole in one record (actions and
+// payloads included) is converted to the record-per-action layout on open.
+// FAILED_PRECONDITION when it cannot open, e.g. another dtsd holds it;
+// DATA_LOSS when a record cannot be read.
 absl::StatusOr<std::unique_ptr<ActivityStore>> OpenRocksDbActivityStore(
     const std::string& directory);
 

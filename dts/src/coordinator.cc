@@ -238,6 +238,7 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     s->set_phase_two_failures(phase_two_failures_.load());
     s->set_synced_writes(durable_writes_.load());
     s->set_wal_syncs(store->syncs());
+    s->set_stored_bytes(store->written_bytes());
     return Answer(ctx, absl::OkStatus());
   }
 
@@ -363,7 +364,8 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     e->token.push_back(0);
     e->calling.push_back(false);
     durable_writes_.fetch_add(1, std::memory_order_relaxed);
-    if (absl::Status st = store->Put(a, false); !st.ok()) {  // synced before the answer
+    // Only this action is written (synced before the answer).
+    if (absl::Status st = store->PutAction(a.id(), a.actions_size() - 1, *x, false); !st.ok()) {
       a.mutable_actions()->RemoveLast();
       e->token.pop_back();
       e->calling.pop_back();
@@ -449,14 +451,17 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
       return absl::FailedPreconditionError(
           absl::StrCat(Describe(a), "; commit or roll it back before settling"));
     }
-    v1::Activity before = a;
+    std::vector<v1::ActionState> states_before;
     for (v1::Action& x : *a.mutable_actions()) {
+      states_before.push_back(x.state());
       if (!IsDone(x.state())) x.set_state(v1::SETTLED);
     }
+    std::string reason_before = a.reason();
     a.set_reason(absl::StrCat(a.reason().empty() ? "" : a.reason() + "; ",
                               "settled by an operator: ", req.reason()));
     if (absl::Status st = FinishLocked(*e, /*sync=*/true); !st.ok()) {
-      a = before;
+      for (int i = 0; i < a.actions_size(); ++i) a.mutable_actions(i)->set_state(states_before[i]);
+      a.set_reason(reason_before);
       return st;
     }
     SPDLOG_WARN("{} settled by an operator: {}", a.id(), req.reason());
@@ -479,22 +484,39 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     auto wanted = [&states](ActivityState s) {
       return std::find(states.begin(), states.end(), s) != states.end();
     };
+    // Only what is answered is copied (with its actions and payloads).
     if (finished_too) {
       // The store holds every activity, newest first; live ones are read
       // from memory, where they may be newer than on disk.
-      std::map<std::string, v1::Activity> live = SnapshotLive();
-      absl::Status st = store->ScanNewestFirst([&](const v1::Activity& stored) {
-        auto it = live.find(stored.id());
-        const v1::Activity& a = it != live.end() ? it->second : stored;
-        if (wanted(a.state())) *resp->add_activities() = a;
+      absl::Status read;
+      absl::Status st = store->ScanNewestFirst([&](const v1::Activity& own) {
+        if (std::shared_ptr<Entry> e = FindLive(own.id()); e != nullptr) {
+          absl::MutexLock lock(&e->mu);
+          if (wanted(e->record.state())) *resp->add_activities() = e->record;
+        } else if (wanted(own.state()) || !IsFinished(own.state())) {  // it may have ended since
+          absl::StatusOr<std::optional<v1::Activity>> stored = store->Get(own.id());
+          if (!stored.ok()) {
+            read = stored.status();
+            return false;
+          }
+          if (stored->has_value() && wanted((*stored)->state())) {
+            *resp->add_activities() = **std::move(stored);
+          }
+        }
         return static_cast<size_t>(resp->activities_size()) < limit;
       });
       if (!st.ok()) return st;
+      if (!read.ok()) return read;
     } else {
-      std::map<std::string, v1::Activity> live = SnapshotLive();
+      std::map<std::string, std::shared_ptr<Entry>> live;  // by id: creation order
+      {
+        absl::MutexLock lock(&mu_);
+        for (auto& [id, e] : entries_) live.emplace(id, e);
+      }
       for (auto it = live.rbegin(); it != live.rend(); ++it) {
         if (static_cast<size_t>(resp->activities_size()) >= limit) break;
-        if (wanted(it->second.state())) *resp->add_activities() = it->second;
+        absl::MutexLock lock(&it->second->mu);
+        if (wanted(it->second->record.state())) *resp->add_activities() = it->second->record;
       }
     }
     return absl::OkStatus();
@@ -513,13 +535,16 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
   absl::Status DecideLocked(Entry& e, bool commit, const std::string& reason, bool durable)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu) {
     v1::Activity& a = e.record;
-    v1::Activity before = a;
+    int64_t decided_before = a.decided_unix_ms();
+    std::string reason_before = a.reason();
     a.set_state(commit ? v1::COMMITTING : v1::ROLLING_BACK);
     a.set_decided_unix_ms(UnixMs(absl::Now()));
     a.set_reason(reason);
     durable_writes_.fetch_add(1, std::memory_order_relaxed);
     if (absl::Status st = store->Put(a, durable); !st.ok()) {
-      a = before;
+      a.set_state(v1::ACTIVE);
+      a.set_decided_unix_ms(decided_before);
+      a.set_reason(reason_before);
       return st;
     }
     if (!commit) SPDLOG_DEBUG("{} rolling back: {}", a.id(), reason);
@@ -736,7 +761,7 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     auto call = std::make_shared<Call>();
     call->request.set_activity_id(p.item.activity_id());
     call->request.set_action(p.item.action());
-    call->request.set_payload(p.item.payload());
+    call->request.set_payload(std::move(*p.item.mutable_payload()));  // one copy in memory
     call->p = std::move(p);
     rpc::CallOptions opts;
     opts.timeout = options.call_timeout;
@@ -775,11 +800,12 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     };
     auto call = std::make_shared<Call>();
     call->items = std::move(items);
-    for (const Prepared& p : call->items) *call->request.add_items() = p.item;
+    // Payloads move into the request: one copy in memory while it is out.
+    for (Prepared& p : call->items) *call->request.add_items() = std::move(p.item);
     rpc::CallOptions opts;
     opts.timeout = options.call_timeout;
     opts.idempotent = true;
-    if (call->items.size() == 1) opts.context.txn_id = call->items[0].item.activity_id();
+    if (call->items.size() == 1) opts.context.txn_id = call->request.items(0).activity_id();
     phase_two_calls_.fetch_add(call->items.size(), std::memory_order_relaxed);
     rpc->CallAsync(
         participant, opts,
@@ -798,7 +824,10 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
               absl::MutexLock lock(&mu_);
               no_batch_.insert(participant);
             }
-            for (Prepared& p : call->items) LaunchSingle(participant, std::move(p));
+            for (size_t i = 0; i < call->items.size(); ++i) {
+              call->items[i].item = std::move(*call->request.mutable_items(static_cast<int>(i)));
+              LaunchSingle(participant, std::move(call->items[i]));
+            }
             return;
           }
           if (status.ok() &&
@@ -887,36 +916,25 @@ class Coordinator::Impl final : public v1::Coordinator::CallbackService {
     return **stored;
   }
 
-  std::map<std::string, v1::Activity> SnapshotLive() {
-    std::vector<std::shared_ptr<Entry>> all;
-    {
-      absl::MutexLock lock(&mu_);
-      for (auto& [id, e] : entries_) all.push_back(e);
-    }
-    std::map<std::string, v1::Activity> out;
-    for (auto& e : all) {
-      absl::MutexLock lock(&e->mu);
-      out[e->record.id()] = e->record;
-    }
-    return out;
-  }
-
   // ---- start and stop ----
 
   // Reloads every unfinished activity: ACTIVE ones wait for their deadline,
   // decided ones resume phase two at once.
   absl::Status Recover() {
-    std::vector<v1::Activity> unfinished;
+    std::vector<std::string> unfinished;
     absl::Status st = store->Scan([&](const v1::Activity& a) {
-      if (!IsFinished(a.state())) unfinished.push_back(a);
+      if (!IsFinished(a.state())) unfinished.push_back(a.id());
       return true;
     });
     if (!st.ok()) return st;
     int decided = 0;
-    for (v1::Activity& a : unfinished) {
+    for (const std::string& id : unfinished) {
+      absl::StatusOr<std::optional<v1::Activity>> a = store->Get(id);
+      if (!a.ok()) return a.status();
+      if (!a->has_value()) continue;  // removed since the scan: cannot happen before serving
       auto e = std::make_shared<Entry>();
       absl::MutexLock lock(&e->mu);
-      e->record = std::move(a);
+      e->record = **std::move(a);
       e->token.assign(e->record.actions_size(), 0);
       e->calling.assign(e->record.actions_size(), false);
       e->decision_durable = IsDecided(e->record.state());  // read back from disk

@@ -401,14 +401,15 @@ TEST_F(RpcTest, KillingAProviderFailsAtMostItsInFlightCalls) {
   stop = true;
   for (auto& t : callers) t.join();
   // Only calls already on their way to the killed provider may fail: each
-  // failure names it, and none comes later than the kill plus one call's time
-  // and the client's notice of the broken connection.
+  // failure comes after the kill and names it, and there are no more than
+  // each caller's call in flight and one sent before the client saw the
+  // connection break (a count, not a time, so a loaded machine passes too).
   absl::Time killed = absl::FromUnixNanos(killed_at_ns.load());
   absl::MutexLock lock(&mu);
   EXPECT_LE(failures.size(), 2u * kCallers);
   for (const auto& [when, message] : failures) {
     EXPECT_NE(message.find(dead), std::string::npos) << message;
-    EXPECT_LT(when - killed, absl::Milliseconds(500)) << message;
+    EXPECT_GE(when, killed) << message;
   }
   EXPECT_EQ(to_dead_late.load(), 0) << "out of rotation within a second";
 }
@@ -524,15 +525,24 @@ TEST_F(RpcTest, RollingRestartFailsNoCall) {
       }
     });
   }
+  // Calls run through every restart: each step waits for calls made since
+  // the last one (progress, not a rate, so a slow machine passes too).
+  auto await_calls = [&] {
+    int before = calls.load();
+    absl::Time until = absl::Now() + absl::Seconds(20);
+    while (calls.load() < before + 50 && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    EXPECT_GE(calls.load(), before + 50) << "calls stalled during the restarts";
+  };
   for (int i = 0; i < 3; ++i) {
-    absl::SleepFor(absl::Milliseconds(300));
+    await_calls();
     EXPECT_EQ(providers[i]->Terminate(absl::Seconds(20)), 0) << providers[i]->Output();
     providers[i] = StartEcho({"--grace-ms", "500"});
   }
-  absl::SleepFor(absl::Milliseconds(300));
+  await_calls();
   stop = true;
   for (auto& t : callers) t.join();
-  EXPECT_GT(calls.load(), 100);
   EXPECT_EQ(failures.load(), 0) << first_error;
 }
 
