@@ -397,7 +397,7 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     auto state = std::make_unique<TopicState>();
     state->name = name;
     state->topic = *std::move(topic);
-    if (absl::Status st = NeverReuseOffsets(*state); !st.ok()) return st;
+    if (absl::Status st = NeverReuseOffsets(*state, reports); !st.ok()) return st;
     if (absl::Status st = CatchUpDedup(*state); !st.ok()) return st;
     SPDLOG_INFO("topic {}: {} queues, {} messages kept", name, state->topic->queues(), records);
     TopicState* raw = state.get();
@@ -410,7 +410,11 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
   // tail was cut, or lost in a machine crash with storage.flush: async),
   // continues above all of it, the offsets between holding placeholders
   // that are never delivered. Each group is told what it lost.
-  absl::Status NeverReuseOffsets(TopicState& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(topics_mu) {
+  // Dedup keys of messages a cut removed are forgotten too, so a retried
+  // send stores its message again instead of answering with a lost one.
+  absl::Status NeverReuseOffsets(TopicState& t, const std::vector<RecoveryReport>& reports)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(topics_mu) {
+    std::map<int, uint64_t> lost_from;  // queue -> its first lost offset
     std::vector<GroupQueue> known;
     if (auto it = progress_at_start.find(t.name); it != progress_at_start.end()) {
       known = it->second;
@@ -424,29 +428,34 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     for (int q = 0; q < t.topic->queues(); ++q) {
       MessageLog& log = t.topic->log(q);
       uint64_t end = log.synced_end();
-      uint64_t next = end;
-      std::string why;
+      // Who reached how far: the dedup index's mark, then each group.
+      std::vector<std::pair<std::string, uint64_t>> reached;
       std::string value;
       rocksdb::Status s = meta->Get(rocksdb::ReadOptions(), MarkKey(t.name, q), &value);
       if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "reading a dedup mark");
       uint64_t mark = 0;
-      if (s.ok() && absl::SimpleAtoi(value, &mark) && mark > next) {
-        next = mark;
-        why = "the dedup index";
-      }
+      if (s.ok() && absl::SimpleAtoi(value, &mark)) reached.emplace_back("the dedup index", mark);
       std::vector<std::pair<std::string, QueueProgress>> groups;
       for (const GroupQueue& g : known) {
         if (g.queue != q) continue;
         absl::StatusOr<QueueProgress> p = progress->Load(g.group, t.name, q);
         if (!p.ok()) return p.status();
-        uint64_t reached = std::max(p->committed, p->acked.empty() ? 0 : *p->acked.rbegin() + 1);
-        if (reached > next) {
-          next = reached;
-          why = absl::StrCat("group ", g.group);
-        }
+        reached.emplace_back(absl::StrCat("group ", g.group),
+                             std::max(p->committed, p->acked.empty() ? 0 : *p->acked.rbegin() + 1));
         groups.emplace_back(g.group, *std::move(p));
       }
+      uint64_t next = end;
+      for (const auto& [who, offset] : reached) next = std::max(next, offset);
+      std::vector<std::string> furthest;
+      for (const auto& [who, offset] : reached) {
+        if (offset == next) furthest.push_back(who);
+      }
+      std::string why = absl::StrJoin(furthest, ", ");
+      if (static_cast<size_t>(q) < reports.size() && !reports[q].cut_file.empty()) {
+        lost_from[q] = end;
+      }
       if (next == end) continue;
+      lost_from[q] = end;
       if (next - end > kMaxLostOffsets) {
         return absl::DataLossError(
             absl::StrCat("topic ", t.name, " queue ", q, ": the log ends at offset ", end, " but ",
@@ -457,7 +466,7 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
       SPDLOG_ERROR(
           "topic {} queue {}: offsets {} to {} were handed out before but their messages are "
           "not in the log (a damaged tail was cut, or lost in a machine crash); new messages "
-          "start at offset {} ({} reached it), so no offset is used twice",
+          "start at offset {} (reached by {}), so no offset is used twice",
           t.name, q, end, next - 1, next, why);
       for (const auto& [group, p] : groups) {
         // Recorded as acked for the group, so its lag counts only what it
@@ -479,6 +488,41 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
             t.name, q, group, lost.size(), lost.front(), lost.back());
       }
     }
+    return ForgetLostDedupKeys(t, lost_from);
+  }
+
+  absl::Status ForgetLostDedupKeys(const TopicState& t, const std::map<int, uint64_t>& lost_from) {
+    if (lost_from.empty()) return absl::OkStatus();
+    std::string prefix = DedupKey(t.name, "");
+    std::unique_ptr<rocksdb::Iterator> it(meta->NewIterator(rocksdb::ReadOptions()));
+    rocksdb::WriteBatch batch;
+    size_t forgotten = 0;
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      std::vector<std::string> parts = absl::StrSplit(it->value().ToString(), ' ');
+      int queue = 0;
+      uint64_t offset = 0;
+      if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &queue) ||
+          !absl::SimpleAtoi(parts[1], &offset)) {
+        continue;  // unreadable: never matches a send, and the sweep removes it
+      }
+      auto lost = lost_from.find(queue);
+      if (lost != lost_from.end() && offset >= lost->second) {
+        batch.Delete(it->key());
+        ++forgotten;
+      }
+    }
+    if (absl::Status st = FromRocks(it->status(), "reading the dedup index"); !st.ok()) return st;
+    if (forgotten == 0) return absl::OkStatus();
+    rocksdb::WriteOptions sync;
+    sync.sync = true;
+    if (absl::Status st = FromRocks(meta->Write(sync, &batch), "forgetting lost dedup keys");
+        !st.ok()) {
+      return st;
+    }
+    SPDLOG_WARN(
+        "topic {}: forgot the dedup keys of {} lost messages (a retried send stores them "
+        "again)",
+        t.name, forgotten);
     return absl::OkStatus();
   }
 

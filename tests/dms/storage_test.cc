@@ -301,9 +301,17 @@ TEST_F(DmsStorageTest, AfterADamagedTailIsCutNoOffsetIsReusedAndEveryGroupGetsNe
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? r->offset : UINT64_MAX;
   };
-  for (int i = 0; i < 5; ++i) send(absl::StrCat("m", i));
+  // Ten records of one size, each with a dedup key.
+  auto send_m = [&](int i) {
+    OutgoingMessage m = Msg(absl::StrCat("m", i));
+    m.dedup_key = absl::StrCat("d", i);
+    auto r = producer->Send("journal", m);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->offset, static_cast<uint64_t>(i));
+  };
+  for (int i = 0; i < 5; ++i) send_m(i);
   EXPECT_EQ(ConsumeAll("slow", "journal", 5).size(), 5u);  // acks offsets 0..4
-  for (int i = 5; i < 10; ++i) send(absl::StrCat("m", i));
+  for (int i = 5; i < 10; ++i) send_m(i);
   EXPECT_EQ(ConsumeAll("fast", "journal", 10).size(), 10u);  // acks offsets 0..9
   ASSERT_EQ(dmsd_->Terminate(absl::Seconds(20)), 0);
   // Disk damage after the data was synced: a flipped byte in the record at
@@ -323,7 +331,8 @@ TEST_F(DmsStorageTest, AfterADamagedTailIsCutNoOffsetIsReusedAndEveryGroupGetsNe
   EXPECT_TRUE(dmsd_->WaitForOutput("cut a damaged tail", absl::Seconds(5))) << dmsd_->Output();
   std::string out = dmsd_->Output();
   EXPECT_THAT(out, ::testing::HasSubstr("offsets 7 to 9 were handed out before")) << out;
-  EXPECT_THAT(out, ::testing::HasSubstr("new messages start at offset 10 (group fast reached it)"))
+  EXPECT_THAT(out, ::testing::HasSubstr(
+                       "new messages start at offset 10 (reached by the dedup index, group fast)"))
       << out;
   EXPECT_THAT(out, ::testing::HasSubstr(
                        "group slow: lost 3 messages it never acknowledged, offsets 7 to 9"))
@@ -340,13 +349,28 @@ TEST_F(DmsStorageTest, AfterADamagedTailIsCutNoOffsetIsReusedAndEveryGroupGetsNe
             (std::set<std::string>{"m5", "m6", "n0", "n1", "n2", "n3"}));
   EXPECT_EQ(Lag("fast").total(), 0u);
   EXPECT_EQ(Lag("slow").total(), 0u);
+  // A lost message sent again with its dedup key is stored again (its key
+  // was forgotten with it); a kept one is still a duplicate.
+  OutgoingMessage resent = Msg("m8");
+  resent.dedup_key = "d8";
+  auto stored = producer->Send("journal", resent);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_FALSE(stored->duplicate);
+  EXPECT_EQ(stored->offset, 14u);
+  OutgoingMessage kept = Msg("m6");
+  kept.dedup_key = "d6";
+  auto duplicate = producer->Send("journal", kept);
+  ASSERT_TRUE(duplicate.ok()) << duplicate.status();
+  EXPECT_TRUE(duplicate->duplicate);
+  EXPECT_EQ(duplicate->offset, 6u);
+  EXPECT_EQ(ConsumeAll("fast", "journal", 1), (std::set<std::string>{"m8"}));
   // A new group gets what is kept, never a lost offset's placeholder.
-  EXPECT_EQ(
-      ConsumeAll("fresh", "journal", 11),
-      (std::set<std::string>{"m0", "m1", "m2", "m3", "m4", "m5", "m6", "n0", "n1", "n2", "n3"}));
+  EXPECT_EQ(ConsumeAll("fresh", "journal", 12),
+            (std::set<std::string>{"m0", "m1", "m2", "m3", "m4", "m5", "m6", "m8", "n0", "n1", "n2",
+                                   "n3"}));
   // And after another restart nothing moves back.
   Restart();
-  EXPECT_EQ(send("after-restart"), 14u);
+  EXPECT_EQ(send("after-restart"), 15u);
   EXPECT_EQ(ConsumeAll("fast", "journal", 1), (std::set<std::string>{"after-restart"}));
 }
 
