@@ -157,6 +157,25 @@ class DmsTest : public RegistryTest {
     return c.ok() ? std::move(*c) : nullptr;
   }
 
+  // The group's dead letters once there are at least `n` (or what there
+  // is when `timeout` has passed).
+  v1::ListDeadLettersReply WaitForDeadLetters(const std::string& group, int n,
+                                              absl::Duration timeout) {
+    v1::ListDeadLettersReply letters;
+    absl::Time end = absl::Now() + timeout;
+    while (absl::Now() < end) {
+      grpc::ClientContext ctx;
+      v1::ListDeadLettersRequest req;
+      req.set_group(group);
+      letters.Clear();
+      grpc::Status st = broker_->ListDeadLetters(&ctx, req, &letters);
+      EXPECT_TRUE(st.ok()) << st.error_message();
+      if (!st.ok() || letters.letters_size() >= n) break;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return letters;
+  }
+
   // formicactl against this dmsd: (exit code, output).
   std::pair<int, std::string> Ctl(std::vector<std::string> args) {
     std::vector<std::string> argv = {formica::testing::BinaryPath("tools/formicactl"), "--dms",

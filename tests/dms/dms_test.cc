@@ -257,17 +257,7 @@ TEST_F(DmsTest, RetriedThenDeadLetteredThenReplayed) {
       },
       rpc_.get());
   ASSERT_TRUE(consumer.ok()) << consumer.status();
-  v1::ListDeadLettersReply letters;
-  absl::Time end = absl::Now() + absl::Seconds(10);
-  while (absl::Now() < end) {
-    grpc::ClientContext ctx;
-    v1::ListDeadLettersRequest req;
-    req.set_group("workers");
-    letters.Clear();
-    ASSERT_TRUE(broker_->ListDeadLetters(&ctx, req, &letters).ok());
-    if (letters.letters_size() > 0) break;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  v1::ListDeadLettersReply letters = WaitForDeadLetters("workers", 1, absl::Seconds(10));
   ASSERT_EQ(letters.letters_size(), 1);
   EXPECT_EQ(letters.letters(0).message().body(), "poison");
   EXPECT_THAT(letters.letters(0).reason(), ::testing::HasSubstr("retried 3 times"));

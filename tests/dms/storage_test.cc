@@ -296,18 +296,17 @@ TEST_F(DmsStorageTest, ATopicDirectoryThatCannotBeOpenedStopsStartUpUnlessQuaran
 TEST_F(DmsStorageTest, AfterADamagedTailIsCutNoOffsetIsReusedAndEveryGroupGetsNewMessages) {
   CreateTopic("journal", 1);
   auto producer = NewProducer();
-  auto send = [&](const std::string& body) {
-    auto r = producer->Send("journal", Msg(body));
+  // The receipt of one send (with a dedup key if one is given).
+  auto send = [&](const std::string& body, const std::string& dedup_key = "") {
+    OutgoingMessage m = Msg(body);
+    m.dedup_key = dedup_key;
+    absl::StatusOr<SendReceipt> r = producer->Send("journal", m);
     EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->offset : UINT64_MAX;
+    return r.ok() ? *r : SendReceipt{.offset = UINT64_MAX};
   };
   // Ten records of one size, each with a dedup key.
   auto send_m = [&](int i) {
-    OutgoingMessage m = Msg(absl::StrCat("m", i));
-    m.dedup_key = absl::StrCat("d", i);
-    auto r = producer->Send("journal", m);
-    ASSERT_TRUE(r.ok()) << r.status();
-    EXPECT_EQ(r->offset, static_cast<uint64_t>(i));
+    EXPECT_EQ(send(absl::StrCat("m", i), absl::StrCat("d", i)).offset, static_cast<uint64_t>(i));
   };
   for (int i = 0; i < 5; ++i) send_m(i);
   EXPECT_EQ(ConsumeAll("slow", "journal", 5).size(), 5u);  // acks offsets 0..4
@@ -339,7 +338,7 @@ TEST_F(DmsStorageTest, AfterADamagedTailIsCutNoOffsetIsReusedAndEveryGroupGetsNe
       << out;
   EXPECT_THAT(out, ::testing::HasSubstr("group fast: lost nothing")) << out;
   // New messages take new offsets.
-  for (int i = 0; i < 4; ++i) EXPECT_EQ(send(absl::StrCat("n", i)), 10u + i);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(send(absl::StrCat("n", i)).offset, 10u + i);
   // Lag counts what each group will get: fast the 4 new ones; slow 5 and 6
   // (kept) and the 4 new ones, not the lost 7 to 9.
   EXPECT_EQ(Lag("fast").total(), 4u);
@@ -351,18 +350,12 @@ TEST_F(DmsStorageTest, AfterADamagedTailIsCutNoOffsetIsReusedAndEveryGroupGetsNe
   EXPECT_EQ(Lag("slow").total(), 0u);
   // A lost message sent again with its dedup key is stored again (its key
   // was forgotten with it); a kept one is still a duplicate.
-  OutgoingMessage resent = Msg("m8");
-  resent.dedup_key = "d8";
-  auto stored = producer->Send("journal", resent);
-  ASSERT_TRUE(stored.ok()) << stored.status();
-  EXPECT_FALSE(stored->duplicate);
-  EXPECT_EQ(stored->offset, 14u);
-  OutgoingMessage kept = Msg("m6");
-  kept.dedup_key = "d6";
-  auto duplicate = producer->Send("journal", kept);
-  ASSERT_TRUE(duplicate.ok()) << duplicate.status();
-  EXPECT_TRUE(duplicate->duplicate);
-  EXPECT_EQ(duplicate->offset, 6u);
+  SendReceipt stored = send("m8", "d8");
+  EXPECT_FALSE(stored.duplicate);
+  EXPECT_EQ(stored.offset, 14u);
+  SendReceipt duplicate = send("m6", "d6");
+  EXPECT_TRUE(duplicate.duplicate);
+  EXPECT_EQ(duplicate.offset, 6u);
   EXPECT_EQ(ConsumeAll("fast", "journal", 1), (std::set<std::string>{"m8"}));
   // A new group gets what is kept, never a lost offset's placeholder.
   EXPECT_EQ(ConsumeAll("fresh", "journal", 12),
@@ -370,7 +363,7 @@ TEST_F(DmsStorageTest, AfterADamagedTailIsCutNoOffsetIsReusedAndEveryGroupGetsNe
                                    "n3"}));
   // And after another restart nothing moves back.
   Restart();
-  EXPECT_EQ(send("after-restart"), 15u);
+  EXPECT_EQ(send("after-restart").offset, 15u);
   EXPECT_EQ(ConsumeAll("fast", "journal", 1), (std::set<std::string>{"after-restart"}));
 }
 
@@ -398,17 +391,7 @@ TEST_F(DmsStorageTest, AMessageWhoseConsumersKeepDyingReachesTheDeadLetterQueue)
     stream->Finish().IgnoreError();
   }
   // Its attempts used up, it is a dead letter, not delivered again.
-  v1::ListDeadLettersReply letters;
-  absl::Time end = absl::Now() + absl::Seconds(10);
-  while (absl::Now() < end) {
-    grpc::ClientContext ctx;
-    v1::ListDeadLettersRequest req;
-    req.set_group("victims");
-    letters.Clear();
-    ASSERT_TRUE(broker_->ListDeadLetters(&ctx, req, &letters).ok());
-    if (letters.letters_size() > 0) break;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  v1::ListDeadLettersReply letters = WaitForDeadLetters("victims", 1, absl::Seconds(10));
   ASSERT_EQ(letters.letters_size(), 1);
   EXPECT_EQ(letters.letters(0).attempts(), kMaxAttempts);
   EXPECT_EQ(letters.letters(0).message().body(), "kills-its-consumer");
