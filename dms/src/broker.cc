@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
@@ -1109,19 +1110,31 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     return FromRocks(it->status(), "reading dead letters");
   }
 
-  // What a member held goes out again; each counts as an attempt (it was
-  // handed out), so a message that kills its consumers reaches the
-  // dead-letter queue after its attempts like any other.
+  // What a member held goes out again. Each message it was sent counts as
+  // an attempt, so a message that kills its consumers reaches the
+  // dead-letter queue after its attempts like any other; not so what never
+  // left its outbox, nor anything when dmsd itself is stopping (the
+  // consumer could not have acked it).
   void Leave(GroupState& g, const std::shared_ptr<Member>& member) {
     absl::MutexLock lock(&g.mu);
     absl::Time now = absl::Now();
+    bool broker_stopping = streams_stop.load();
+    std::set<std::pair<int, uint64_t>> unsent, unsent_replays;
+    for (const v1::Delivered& d : member->outbox) {
+      (d.ref().replay() ? unsent_replays : unsent).insert({d.ref().queue(), d.ref().offset()});
+    }
     std::vector<std::pair<int, uint64_t>> held;
     for (const auto& [ref, owner] : g.owners) {
       if (owner == member->id) held.push_back(ref);
     }
-    for (const auto& [q, offset] : held) {
-      g.owners.erase({q, offset});
+    for (const auto& ref : held) {
+      const auto& [q, offset] = ref;
+      g.owners.erase(ref);
       GroupCursor& cursor = *g.cursors[q];
+      if (broker_stopping || unsent.count(ref) > 0) {
+        cursor.Release(offset, now);
+        continue;
+      }
       absl::StatusOr<bool> again = cursor.Abandon(offset, now);
       if (again.ok() && !*again) {
         DeadLetter(g, q, offset, cursor,
@@ -1137,7 +1150,9 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
       Replay& r = g.replays[ref];
       r.out = false;
       r.due = now;
-      if (r.attempts >= g.spec.max_attempts) {
+      if (broker_stopping || unsent_replays.count(ref) > 0) {
+        r.attempts = std::max(0, r.attempts - 1);
+      } else if (r.attempts >= g.spec.max_attempts) {
         DeadAgain(g, ref, "its consumer went away without an ack in a replay, attempts used up");
       }
     }

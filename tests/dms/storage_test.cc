@@ -407,6 +407,33 @@ TEST_F(DmsStorageTest, AMessageWhoseConsumersKeepDyingReachesTheDeadLetterQueue)
   EXPECT_EQ(Lag("victims").total(), 0u);
 }
 
+TEST_F(DmsStorageTest, AMessageOutWhenDmsdStopsIsNotDeadLetteredForIt) {
+  CreateTopic("patient", 1);
+  auto producer = NewProducer();
+  ASSERT_TRUE(producer->Send("patient", Msg("on-its-last-attempt")).ok());
+  // Its one attempt is out to a consumer when dmsd is stopped: the consumer
+  // could not ack it, so it is delivered again after the restart.
+  grpc::ClientContext ctx;
+  auto stream = broker_->Consume(&ctx);
+  v1::ConsumeRequest sub;
+  sub.mutable_subscribe()->set_group("patients");
+  sub.mutable_subscribe()->set_topic("patient");
+  sub.mutable_subscribe()->set_max_attempts(1);
+  ASSERT_TRUE(stream->Write(sub));
+  v1::ConsumeReply reply;
+  ASSERT_TRUE(stream->Read(&reply));  // subscribed
+  while (reply.messages_size() == 0) ASSERT_TRUE(stream->Read(&reply));
+  EXPECT_EQ(reply.messages(0).attempt(), 1);
+  Restart();
+  stream->Finish().IgnoreError();
+  EXPECT_EQ(WaitForDeadLetters("patients", 1, absl::Milliseconds(500)).letters_size(), 0);
+  Seen seen;
+  ConsumerOptions o = Options("patients", "patient", &seen);
+  o.max_attempts = 1;
+  auto consumer = Consume(o, &seen);
+  EXPECT_TRUE(seen.WaitConfirmed(1, absl::Seconds(10)));
+}
+
 TEST_F(DmsStorageTest, ARepeatedEndTransactionAfterARestartAnswersTheFirstOutcome) {
   CreateTopic("orders", 2);
   auto prepare = [&](const std::string& body) {
