@@ -218,7 +218,10 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     }
     std::vector<std::string> names;
     std::string topics_dir = options.data_dir + "/topics";
-    for (const auto& entry : std::filesystem::directory_iterator(topics_dir)) {
+    // Listed whole first: some are renamed or moved below.
+    std::vector<std::filesystem::directory_entry> entries{
+        std::filesystem::directory_iterator(topics_dir), std::filesystem::directory_iterator()};
+    for (const auto& entry : entries) {
       std::string file = entry.path().filename().string();
       if (!entry.is_directory()) {
         SPDLOG_WARN("{} is not a topic directory; left alone", entry.path().string());
