@@ -17,6 +17,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "dms_fixture.h"
+#include "group_progress.h"
 #include "topic.h"
 
 namespace formica::dms {
@@ -365,6 +366,24 @@ TEST_F(DmsStorageTest, AfterADamagedTailIsCutNoOffsetIsReusedAndEveryGroupGetsNe
   Restart();
   EXPECT_EQ(send("after-restart").offset, 15u);
   EXPECT_EQ(ConsumeAll("fast", "journal", 1), (std::set<std::string>{"after-restart"}));
+}
+
+TEST_F(DmsStorageTest, AGroupFarPastTheLogIsAWrongDataDirectoryNotADamagedTail) {
+  CreateTopic("far", 1);
+  ASSERT_EQ(dmsd_->Terminate(absl::Seconds(20)), 0);
+  {
+    auto progress = GroupProgress::Open(dir_.File("dmsd/progress"));
+    ASSERT_TRUE(progress.ok()) << progress.status();
+    ASSERT_TRUE((*progress)->Ack("g", "far", 0, 5000000, 0).ok());
+  }
+  auto [code, output] = StartRefused();
+  EXPECT_EQ(code, 1) << output;
+  EXPECT_THAT(output, ::testing::HasSubstr(absl::StrCat(
+                          "topic directory ", dir_.File("dmsd/topics/far"),
+                          " cannot be opened: topic far queue 0: the log ends at offset 0 but "
+                          "group g reached offset 5000001; more than 4194304 offsets lost is not "
+                          "a damaged tail: check the data directory")))
+      << output;
 }
 
 TEST_F(DmsStorageTest, AMessageWhoseConsumersKeepDyingReachesTheDeadLetterQueue) {
