@@ -1,15 +1,19 @@
 #include "broker.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <rocksdb/db.h>
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <set>
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
@@ -24,6 +28,7 @@
 #include "absl/synchronization/mutex.h"
 #include "formica/common/config.h"
 #include "formica/common/grpc_status.h"
+#include "formica/common/names.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
@@ -45,21 +50,15 @@ constexpr int kMaxPropertiesBytes = 64 << 10;
 constexpr int kMaxInFlightPerConsumer = 10000;
 constexpr size_t kMaxMessagesPerReply = 256;
 constexpr size_t kMaxReplyBytes = 4 << 20;  // more only when one message is larger
+// Offsets a queue may skip at start (see NeverReuseOffsets): more is not a
+// damaged tail but a wrong data directory.
+constexpr uint64_t kMaxLostOffsets = 1 << 22;
 
 int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
 
+// Topics, groups, producer groups and consumer ids: the names of docs/dms.md.
 absl::Status ValidName(absl::string_view what, absl::string_view name) {
-  if (name.empty() || name.size() > 128) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " must be 1 to 128 characters"));
-  }
-  for (char c : name) {
-    if (!(absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) {
-      return absl::InvalidArgumentError(absl::StrCat(what, " '", name,
-                                                     "' may hold only letters, digits, '.', "
-                                                     "'_' and '-'"));
-    }
-  }
-  return absl::OkStatus();
+  return CheckName(NameRule{what, 128, IsPlainNameChar, kPlainNameChars}, name);
 }
 
 std::string Sep() { return std::string(1, '\0'); }
@@ -170,6 +169,8 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
 
   absl::Mutex topics_mu;
   std::map<std::string, std::unique_ptr<TopicState>> topics ABSL_GUARDED_BY(topics_mu);
+  // At start: who has progress in which topic (read once for all topics).
+  std::map<std::string, std::vector<GroupQueue>> progress_at_start ABSL_GUARDED_BY(topics_mu);
   absl::Mutex groups_mu;
   std::map<std::pair<std::string, std::string>, std::shared_ptr<GroupState>> groups
       ABSL_GUARDED_BY(groups_mu);  // (progress name, topic)
@@ -209,21 +210,76 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
           "cannot open the meta store in '", options.data_dir, "/meta': ", s.ToString()));
     }
     meta.reset(raw);
+    absl::StatusOr<std::vector<GroupQueue>> known = progress->Queues();
+    if (!known.ok()) return known.status();
+    {
+      absl::MutexLock lock(&topics_mu);
+      for (GroupQueue& q : *known) progress_at_start[q.topic].push_back(std::move(q));
+    }
     std::vector<std::string> names;
-    for (const auto& entry : std::filesystem::directory_iterator(options.data_dir + "/topics")) {
-      if (!entry.is_directory()) continue;
-      if (!std::filesystem::exists(entry.path() / "QUEUES")) {
-        // A creation cut short before its queue count was written.
-        SPDLOG_WARN("{} holds no QUEUES file (a topic creation cut short?); skipped",
-                    entry.path().string());
+    std::string topics_dir = options.data_dir + "/topics";
+    // Listed whole first: some are renamed or moved below.
+    std::vector<std::filesystem::directory_entry> entries{
+        std::filesystem::directory_iterator(topics_dir), std::filesystem::directory_iterator()};
+    for (const auto& entry : entries) {
+      std::string file = entry.path().filename().string();
+      if (!entry.is_directory()) {
+        SPDLOG_WARN("{} is not a topic directory; left alone", entry.path().string());
         continue;
       }
-      names.push_back(entry.path().filename().string());
+      std::optional<std::string> name = TopicOfDirectory(file);
+      if (!name.has_value() && ValidName("topic name", file).ok()) {
+        // Named by an earlier dmsd, with the topic's name as it is.
+        name = file;
+        if (absl::Status st = MoveDirectory(entry.path().string(),
+                                            absl::StrCat(topics_dir, "/", TopicDirectory(file)));
+            !st.ok()) {
+          return st;
+        }
+        SPDLOG_INFO("topic {}: directory {} renamed to {}", file, file, TopicDirectory(file));
+      }
+      std::string dir =
+          absl::StrCat(topics_dir, "/", name.has_value() ? TopicDirectory(*name) : file);
+      if (!name.has_value()) {
+        if (!HoldsRecords(dir)) {
+          SPDLOG_WARN("{} is not a topic directory and holds no messages; left alone", dir);
+        } else if (absl::Status st = Damaged(
+                       dir, "it holds queue logs but its name is not one dmsd gives a topic");
+                   !st.ok()) {
+          return st;
+        }
+        continue;
+      }
+      if (!std::filesystem::exists(dir + "/QUEUES")) {
+        if (HoldsRecords(dir)) {
+          if (absl::Status st = Damaged(dir,
+                                        "it holds queue logs but no QUEUES file (the topic's queue "
+                                        "count), so its messages cannot be placed");
+              !st.ok()) {
+            return st;
+          }
+        } else {
+          // A creation cut short before its queue count was written.
+          SPDLOG_WARN(
+              "{} holds no QUEUES file and no messages (a topic creation cut short); "
+              "skipped",
+              dir);
+        }
+        continue;
+      }
+      names.push_back(*name);
     }
     std::sort(names.begin(), names.end());
     for (const std::string& name : names) {
       absl::StatusOr<TopicState*> t = OpenTopic(name, 0);
-      if (!t.ok()) return t.status();
+      if (t.ok()) continue;
+      if (!absl::IsDataLoss(t.status())) return t.status();
+      std::string dir = absl::StrCat(topics_dir, "/", TopicDirectory(name));
+      if (absl::Status st = Damaged(dir, t.status().message()); !st.ok()) return st;
+    }
+    {
+      absl::MutexLock lock(&topics_mu);
+      progress_at_start.clear();
     }
     for (const auto& [name, queues] : options.topics) {
       absl::StatusOr<TopicState*> t = OpenTopic(name, queues);
@@ -233,6 +289,71 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
             absl::StrCat("topic '", name, "' from the config: ", t.status().message()));
       }
     }
+    return absl::OkStatus();
+  }
+
+  // Whether a directory holds any queue log record (a non-empty .log file).
+  static bool HoldsRecords(const std::string& dir) {
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+         !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+      if (it->is_regular_file(ec) && it->path().extension() == ".log" && it->file_size(ec) > 0) {
+        return true;
+      }
+    }
+    return ec.value() != 0;  // unreadable: it may hold some
+  }
+
+  static absl::Status MoveDirectory(const std::string& from, const std::string& to) {
+    std::error_code ec;
+    if (std::filesystem::exists(to, ec)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot move ", from, " to ", to,
+                       ": it exists; both hold the same topic, an operator "
+                       "must decide which to keep"));
+    }
+    std::filesystem::rename(from, to, ec);
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("cannot move ", from, " to ", to, ": ", ec.message()));
+    }
+    for (const std::string& d : {std::filesystem::path(from).parent_path().string(),
+                                 std::filesystem::path(to).parent_path().string()}) {
+      int fd = ::open(d.c_str(), O_RDONLY | O_DIRECTORY);
+      if (fd >= 0) {
+        ::fsync(fd);
+        ::close(fd);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // A topic directory that may hold acknowledged messages and cannot be
+  // opened: dmsd refuses to start, unless the operator asked to move such
+  // directories aside (storage.quarantine_damaged_topics).
+  absl::Status Damaged(const std::string& dir, absl::string_view why) {
+    if (!options.quarantine_damaged_topics) {
+      return absl::DataLossError(absl::StrCat(
+          "topic directory ", dir, " cannot be opened: ", why,
+          ". dmsd does not start without the messages it may hold: repair or remove it, or start "
+          "with --quarantine-damaged-topics=true (storage.quarantine_damaged_topics) to move it "
+          "to ",
+          options.data_dir, "/quarantine and start without it"));
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(options.data_dir + "/quarantine", ec);
+    if (ec) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot create ", options.data_dir, "/quarantine: ", ec.message()));
+    }
+    std::string to = absl::StrCat(
+        options.data_dir, "/quarantine/", std::filesystem::path(dir).filename().string(), ".",
+        absl::FormatTime("%Y%m%dT%H%M%S", absl::Now(), absl::UTCTimeZone()));
+    if (absl::Status st = MoveDirectory(dir, to); !st.ok()) return st;
+    SPDLOG_ERROR(
+        "topic directory {} cannot be opened: {}; moved to {} "
+        "(storage.quarantine_damaged_topics) and dmsd starts without it",
+        dir, std::string(why), to);
     return absl::OkStatus();
   }
 
@@ -260,7 +381,7 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
       return it->second.get();
     }
     TopicOptions to;
-    to.dir = absl::StrCat(options.data_dir, "/topics/", name);
+    to.dir = absl::StrCat(options.data_dir, "/topics/", TopicDirectory(name));
     to.queues = queues;
     to.log = LogOpts();
     std::vector<RecoveryReport> reports;
@@ -280,11 +401,133 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     auto state = std::make_unique<TopicState>();
     state->name = name;
     state->topic = *std::move(topic);
+    if (absl::Status st = NeverReuseOffsets(*state, reports); !st.ok()) return st;
     if (absl::Status st = CatchUpDedup(*state); !st.ok()) return st;
     SPDLOG_INFO("topic {}: {} queues, {} messages kept", name, state->topic->queues(), records);
     TopicState* raw = state.get();
     topics[name] = std::move(state);
     return raw;
+  }
+
+  // An offset once handed out is never handed out again: a queue whose log
+  // ends below what some group acknowledged, or below its dedup mark (its
+  // tail was cut, or lost in a machine crash with storage.flush: async),
+  // continues above all of it, the offsets between holding placeholders
+  // that are never delivered. Each group is told what it lost.
+  // Dedup keys of messages a cut removed are forgotten too, so a retried
+  // send stores its message again instead of answering with a lost one.
+  absl::Status NeverReuseOffsets(TopicState& t, const std::vector<RecoveryReport>& reports)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(topics_mu) {
+    std::map<int, uint64_t> lost_from;  // queue -> its first lost offset
+    std::vector<GroupQueue> known;
+    if (auto it = progress_at_start.find(t.name); it != progress_at_start.end()) {
+      known = it->second;
+    } else if (progress_at_start.empty()) {
+      absl::StatusOr<std::vector<GroupQueue>> all = progress->Queues();
+      if (!all.ok()) return all.status();
+      for (GroupQueue& q : *all) {
+        if (q.topic == t.name) known.push_back(std::move(q));
+      }
+    }
+    for (int q = 0; q < t.topic->queues(); ++q) {
+      MessageLog& log = t.topic->log(q);
+      uint64_t end = log.synced_end();
+      // Who reached how far: the dedup index's mark, then each group.
+      std::vector<std::pair<std::string, uint64_t>> reached;
+      std::string value;
+      rocksdb::Status s = meta->Get(rocksdb::ReadOptions(), MarkKey(t.name, q), &value);
+      if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "reading a dedup mark");
+      uint64_t mark = 0;
+      if (s.ok() && absl::SimpleAtoi(value, &mark)) reached.emplace_back("the dedup index", mark);
+      std::vector<std::pair<std::string, QueueProgress>> groups;
+      for (const GroupQueue& g : known) {
+        if (g.queue != q) continue;
+        absl::StatusOr<QueueProgress> p = progress->Load(g.group, t.name, q);
+        if (!p.ok()) return p.status();
+        reached.emplace_back(absl::StrCat("group ", g.group),
+                             std::max(p->committed, p->acked.empty() ? 0 : *p->acked.rbegin() + 1));
+        groups.emplace_back(g.group, *std::move(p));
+      }
+      uint64_t next = end;
+      for (const auto& [who, offset] : reached) next = std::max(next, offset);
+      std::vector<std::string> furthest;
+      for (const auto& [who, offset] : reached) {
+        if (offset == next) furthest.push_back(who);
+      }
+      std::string why = absl::StrJoin(furthest, ", ");
+      if (static_cast<size_t>(q) < reports.size() && !reports[q].cut_file.empty()) {
+        lost_from[q] = end;
+      }
+      if (next == end) continue;
+      lost_from[q] = end;
+      if (next - end > kMaxLostOffsets) {
+        return absl::DataLossError(
+            absl::StrCat("topic ", t.name, " queue ", q, ": the log ends at offset ", end, " but ",
+                         why, " reached offset ", next, "; more than ", kMaxLostOffsets,
+                         " offsets lost is not a damaged tail: check the data directory"));
+      }
+      if (absl::Status st = t.topic->SkipTo(q, next); !st.ok()) return st;
+      SPDLOG_ERROR(
+          "topic {} queue {}: offsets {} to {} were handed out before but their messages are "
+          "not in the log (a damaged tail was cut, or lost in a machine crash); new messages "
+          "start at offset {} (reached by {}), so no offset is used twice",
+          t.name, q, end, next - 1, next, why);
+      for (const auto& [group, p] : groups) {
+        // Recorded as acked for the group, so its lag counts only what it
+        // will get.
+        std::vector<uint64_t> lost;
+        for (uint64_t o = std::max(end, p.committed); o < next; ++o) {
+          if (p.acked.count(o) == 0) lost.push_back(o);
+        }
+        if (lost.empty()) {
+          SPDLOG_ERROR("topic {} queue {} group {}: lost nothing (it had acknowledged them all)",
+                       t.name, q, group);
+          continue;
+        }
+        if (absl::Status st = progress->Ack(group, t.name, q, lost, p.committed); !st.ok()) {
+          return st;
+        }
+        SPDLOG_ERROR(
+            "topic {} queue {} group {}: lost {} messages it never acknowledged, offsets {} to {}",
+            t.name, q, group, lost.size(), lost.front(), lost.back());
+      }
+    }
+    return ForgetLostDedupKeys(t, lost_from);
+  }
+
+  absl::Status ForgetLostDedupKeys(const TopicState& t, const std::map<int, uint64_t>& lost_from) {
+    if (lost_from.empty()) return absl::OkStatus();
+    std::string prefix = DedupKey(t.name, "");
+    std::unique_ptr<rocksdb::Iterator> it(meta->NewIterator(rocksdb::ReadOptions()));
+    rocksdb::WriteBatch batch;
+    size_t forgotten = 0;
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      std::vector<std::string> parts = absl::StrSplit(it->value().ToString(), ' ');
+      int queue = 0;
+      uint64_t offset = 0;
+      if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &queue) ||
+          !absl::SimpleAtoi(parts[1], &offset)) {
+        continue;  // unreadable: never matches a send, and the sweep removes it
+      }
+      auto lost = lost_from.find(queue);
+      if (lost != lost_from.end() && offset >= lost->second) {
+        batch.Delete(it->key());
+        ++forgotten;
+      }
+    }
+    if (absl::Status st = FromRocks(it->status(), "reading the dedup index"); !st.ok()) return st;
+    if (forgotten == 0) return absl::OkStatus();
+    rocksdb::WriteOptions sync;
+    sync.sync = true;
+    if (absl::Status st = FromRocks(meta->Write(sync, &batch), "forgetting lost dedup keys");
+        !st.ok()) {
+      return st;
+    }
+    SPDLOG_WARN(
+        "topic {}: forgot the dedup keys of {} lost messages (a retried send stores them "
+        "again)",
+        t.name, forgotten);
+    return absl::OkStatus();
   }
 
   // The dedup index is written after the log, unsynced; on open the
@@ -870,21 +1113,50 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     return FromRocks(it->status(), "reading dead letters");
   }
 
+  // What a member held goes out again. Each message it was sent counts as
+  // an attempt, so a message that kills its consumers reaches the
+  // dead-letter queue after its attempts like any other; not so what never
+  // left its outbox, nor anything when dmsd itself is stopping (the
+  // consumer could not have acked it).
   void Leave(GroupState& g, const std::shared_ptr<Member>& member) {
     absl::MutexLock lock(&g.mu);
     absl::Time now = absl::Now();
-    for (auto it = g.owners.begin(); it != g.owners.end();) {
-      if (it->second == member->id) {
-        g.cursors[it->first.first]->Release(it->first.second, now);
-        it = g.owners.erase(it);
-      } else {
-        ++it;
+    bool broker_stopping = streams_stop.load();
+    std::set<std::pair<int, uint64_t>> unsent, unsent_replays;
+    for (const v1::Delivered& d : member->outbox) {
+      (d.ref().replay() ? unsent_replays : unsent).insert({d.ref().queue(), d.ref().offset()});
+    }
+    std::vector<std::pair<int, uint64_t>> held;
+    for (const auto& [ref, owner] : g.owners) {
+      if (owner == member->id) held.push_back(ref);
+    }
+    for (const auto& ref : held) {
+      const auto& [q, offset] = ref;
+      g.owners.erase(ref);
+      GroupCursor& cursor = *g.cursors[q];
+      if (broker_stopping || unsent.count(ref) > 0) {
+        cursor.Release(offset, now);
+        continue;
+      }
+      absl::StatusOr<bool> again = cursor.Abandon(offset, now);
+      if (again.ok() && !*again) {
+        DeadLetter(g, q, offset, cursor,
+                   absl::StrCat("delivered ", g.spec.max_attempts,
+                                " times, the last to a consumer that went away without an ack"));
       }
     }
+    std::vector<std::pair<int, uint64_t>> replays_held;
     for (auto& [ref, r] : g.replays) {
-      if (r.out && r.owner == member->id) {
-        r.out = false;
-        r.due = now;
+      if (r.out && r.owner == member->id) replays_held.push_back(ref);
+    }
+    for (const auto& ref : replays_held) {
+      Replay& r = g.replays[ref];
+      r.out = false;
+      r.due = now;
+      if (broker_stopping || unsent_replays.count(ref) > 0) {
+        r.attempts = std::max(0, r.attempts - 1);
+      } else if (r.attempts >= g.spec.max_attempts) {
+        DeadAgain(g, ref, "its consumer went away without an ack in a replay, attempts used up");
       }
     }
     g.members.erase(member->id);
@@ -1027,6 +1299,10 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
             continue;
           }
           v1::StoredMessage& m = got[j].second;
+          if (m.lost()) {
+            cursor.Ack(d.offset).IgnoreError();  // a lost offset's placeholder: never delivered
+            continue;
+          }
           if (!TagsMatch(g.spec.tags, m)) {
             cursor.Ack(d.offset).IgnoreError();  // not for this group; made durable lazily
             continue;
@@ -1717,6 +1993,8 @@ absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
     r.Fail("storage.flush", absl::StrCat("expected 'sync' or 'async', got '", flush, "'"));
   }
   o.segment_bytes = r.Bytes("storage.segment_bytes", o.segment_bytes, 4096, 1ll << 34);
+  o.quarantine_damaged_topics =
+      r.Bool("storage.quarantine_damaged_topics", o.quarantine_damaged_topics);
   std::string ratio = r.String("storage.disk_full_ratio", "0.95");
   if (!absl::SimpleAtod(ratio, &o.disk_full_ratio) || o.disk_full_ratio <= 0 ||
       o.disk_full_ratio > 1) {
@@ -1732,12 +2010,13 @@ absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
   for (const std::string& entry : r.StringList("topics.create", {})) {
     std::vector<std::string> parts = absl::StrSplit(entry, ':');
     int queues = 0;
-    if (parts.size() != 2 || !ValidName("topic name", parts[0]).ok() ||
-        !absl::SimpleAtoi(parts[1], &queues) || queues < 1 || queues > 1024) {
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[1], &queues) || queues < 1 || queues > 1024) {
       r.Fail("topics.create",
-             absl::StrCat("expected entries NAME:QUEUES (a name of letters, digits, '.', '_', "
-                          "'-' and 1..1024 queues), got '",
-                          entry, "'"));
+             absl::StrCat("expected entries NAME:QUEUES (1..1024 queues), got '", entry, "'"));
+      break;
+    }
+    if (absl::Status st = ValidName("topic name", parts[0]); !st.ok()) {
+      r.Fail("topics.create", st.message());
       break;
     }
     o.topics[parts[0]] = queues;

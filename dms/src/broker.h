@@ -38,6 +38,10 @@ struct BrokerOptions {
   // Produce answers RESOURCE_EXHAUSTED while the data directory's file
   // system is fuller than this (0..1); consumers keep working.
   double disk_full_ratio = 0.95;
+  // A topic directory that cannot be opened (damaged, or no queue count
+  // beside its logs) stops start-up; with this it is moved to
+  // <data_dir>/quarantine and dmsd starts without it.
+  bool quarantine_damaged_topics = false;
 
   int default_queues = 8;
   std::map<std::string, int> topics;  // created at start if missing: name -> queues

@@ -145,7 +145,7 @@ absl::Status GroupCursor::Ack(uint64_t offset) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<bool> GroupCursor::RetryLater(uint64_t offset, absl::Time now) {
+absl::StatusOr<bool> GroupCursor::TakeBack(uint64_t offset, absl::Time due) {
   auto it = states_.find(offset);
   if (it == states_.end() || !it->second.out) {
     return absl::NotFoundError(absl::StrCat("offset ", offset, " is not out for delivery"));
@@ -157,8 +157,18 @@ absl::StatusOr<bool> GroupCursor::RetryLater(uint64_t offset, absl::Time now) {
   }
   s.out = false;
   --in_flight_;
-  SetDeadline(offset, s, now + Backoff(s.attempts));
+  SetDeadline(offset, s, due);
   return true;
+}
+
+absl::StatusOr<bool> GroupCursor::RetryLater(uint64_t offset, absl::Time now) {
+  auto it = states_.find(offset);
+  if (it == states_.end()) return TakeBack(offset, now);  // NOT_FOUND
+  return TakeBack(offset, now + Backoff(it->second.attempts));
+}
+
+absl::StatusOr<bool> GroupCursor::Abandon(uint64_t offset, absl::Time now) {
+  return TakeBack(offset, now);
 }
 
 absl::Status GroupCursor::Defer(uint64_t offset, absl::Time until) {

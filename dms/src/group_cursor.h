@@ -73,9 +73,16 @@ class GroupCursor {
   // is not out.
   absl::Status Defer(uint64_t offset, absl::Time until);
 
-  // The consumer holding `offset` went away (or it could not be handed
-  // out): it is due again at `when` and the delivery does not count as an
-  // attempt. No-op if it is not out.
+  // The consumer holding `offset` went away without acking it: the
+  // delivery counts as an attempt (so a message cannot go round dying
+  // consumers forever) and it is due again at once. false: it has used its
+  // attempts and is dead-lettered (counted as acked); the caller parks it.
+  // NOT_FOUND for one not out.
+  absl::StatusOr<bool> Abandon(uint64_t offset, absl::Time now);
+
+  // `offset` could not be handed out after all (unreadable now, or no
+  // consumer to take it): it is due again at `when` and the delivery does
+  // not count as an attempt. No-op if it is not out.
   void Release(uint64_t offset, absl::Time when);
 
   uint64_t committed() const { return committed_; }
@@ -96,6 +103,9 @@ class GroupCursor {
     bool indexed = false;  // in by_deadline_
   };
   void Forget(uint64_t offset);  // acked or dead-lettered
+  // Takes `offset` back from its consumer, counting the attempt: due at
+  // `due`, or false (forgotten) when its attempts are used up.
+  absl::StatusOr<bool> TakeBack(uint64_t offset, absl::Time due);
   void SetDeadline(uint64_t offset, State& s, absl::Time deadline);
   void SetDelayed(uint64_t offset, State& s, bool delayed);
   absl::Duration Backoff(int attempts) const;

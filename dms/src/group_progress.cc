@@ -5,9 +5,11 @@
 
 #include <algorithm>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 
 namespace formica::dms {
 namespace {
@@ -71,6 +73,25 @@ absl::StatusOr<QueueProgress> GroupProgress::Load(const std::string& group,
   }
   if (absl::Status st = FromRocks(it->status(), "reading acks"); !st.ok()) return st;
   return p;
+}
+
+absl::StatusOr<std::vector<GroupQueue>> GroupProgress::Queues() {
+  std::vector<GroupQueue> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek("c/"); it->Valid() && it->key().starts_with("c/"); it->Next()) {
+    std::vector<std::string> parts =
+        absl::StrSplit(it->key().ToString().substr(2), std::string(1, '\0'));
+    GroupQueue q;
+    if (parts.size() != 3 || !absl::SimpleAtoi(parts[2], &q.queue)) {
+      return absl::DataLossError(absl::StrCat(
+          "group progress: the key '", absl::CHexEscape(it->key().ToString()), "' is corrupt"));
+    }
+    q.group = std::move(parts[0]);
+    q.topic = std::move(parts[1]);
+    out.push_back(std::move(q));
+  }
+  if (absl::Status st = FromRocks(it->status(), "listing progress"); !st.ok()) return st;
+  return out;
 }
 
 absl::Status GroupProgress::Ack(const std::string& group, const std::string& topic, int queue,

@@ -30,6 +30,13 @@ struct QueueProgress {
   bool known = false;        // the group has acked something in this queue
 };
 
+// A queue some group has progress in.
+struct GroupQueue {
+  std::string group;
+  std::string topic;
+  int queue = 0;
+};
+
 class GroupProgress {
  public:
   // FAILED_PRECONDITION when the store cannot be opened (e.g. in use).
@@ -37,6 +44,9 @@ class GroupProgress {
   ~GroupProgress();
 
   absl::StatusOr<QueueProgress> Load(const std::string& group, const std::string& topic, int queue);
+
+  // Every (group, topic, queue) with progress on disk.
+  absl::StatusOr<std::vector<GroupQueue>> Queues();
 
   // Records the ack of `offset`, and `committed` (the cursor's committed
   // offset after it): acks below it are folded away. Durable on return.

@@ -3,16 +3,80 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 
 namespace formica::dms {
+
+std::string TopicDirectory(absl::string_view name) {
+  if (!std::any_of(name.begin(), name.end(),
+                   [](char c) { return absl::ascii_isupper(static_cast<unsigned char>(c)); })) {
+    return std::string(name);
+  }
+  // "^" name-in-lower-case "^" mask: hex digit j has bit k set when
+  // character 4j+k is upper case.
+  std::string out = absl::StrCat("^", absl::AsciiStrToLower(name), "^");
+  for (size_t j = 0; j < name.size(); j += 4) {
+    int digit = 0;
+    for (size_t k = 0; k < 4 && j + k < name.size(); ++k) {
+      if (absl::ascii_isupper(static_cast<unsigned char>(name[j + k]))) digit |= 1 << k;
+    }
+    out.push_back("0123456789abcdef"[digit]);
+  }
+  return out;
+}
+
+std::optional<std::string> TopicOfDirectory(absl::string_view directory) {
+  auto plain = [](char c) {
+    return absl::ascii_islower(static_cast<unsigned char>(c)) ||
+           absl::ascii_isdigit(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+  };
+  const std::string whole(directory);
+  std::string name;
+  if (absl::ConsumePrefix(&directory, "^")) {
+    size_t sep = directory.find('^');
+    if (sep == absl::string_view::npos) return std::nullopt;
+    name = std::string(directory.substr(0, sep));
+    absl::string_view mask = directory.substr(sep + 1);
+    if (mask.size() != (name.size() + 3) / 4) return std::nullopt;
+    for (size_t j = 0; j < mask.size(); ++j) {
+      int digit = 0;
+      char c = mask[j];
+      if (absl::ascii_isdigit(static_cast<unsigned char>(c))) {
+        digit = c - '0';
+      } else if (c >= 'a' && c <= 'f') {
+        digit = c - 'a' + 10;
+      } else {
+        return std::nullopt;
+      }
+      for (size_t k = 0; k < 4; ++k) {
+        if ((digit & (1 << k)) == 0) continue;
+        if (4 * j + k >= name.size()) return std::nullopt;
+        name[4 * j + k] = absl::ascii_toupper(static_cast<unsigned char>(name[4 * j + k]));
+      }
+    }
+  } else {
+    name = std::string(directory);
+  }
+  if (name.empty() || name.size() > 128 || name == "." || name == ".." ||
+      !std::all_of(name.begin(), name.end(), [&](char c) {
+        return plain(c) || absl::ascii_isupper(static_cast<unsigned char>(c));
+      })) {
+    return std::nullopt;
+  }
+  // Only the one directory name each topic has (no "^a^0" for "a").
+  if (TopicDirectory(name) != whole) return std::nullopt;
+  return name;
+}
 
 absl::StatusOr<std::unique_ptr<Topic>> Topic::Open(TopicOptions options,
                                                    std::vector<RecoveryReport>* reports) {
@@ -125,6 +189,27 @@ absl::Status Topic::WriteBatch(const std::vector<const v1::StoredMessage*>& mess
     (*last)[static_cast<int>(q)] = *first + by_queue[q].size() - 1;
   }
   return absl::OkStatus();
+}
+
+absl::Status Topic::SkipTo(int queue, uint64_t next) {
+  MessageLog& log = *logs_[queue];
+  v1::StoredMessage placeholder;
+  placeholder.set_lost(true);
+  std::string bytes;
+  placeholder.SerializeToString(&bytes);
+  constexpr uint64_t kChunk = 4096;
+  uint64_t last = 0;
+  bool wrote = false;
+  for (uint64_t end = log.synced_end(); end < next;) {
+    size_t n = static_cast<size_t>(std::min(kChunk, next - end));
+    std::vector<absl::string_view> payloads(n, bytes);
+    absl::StatusOr<uint64_t> first = log.WriteMany(payloads);
+    if (!first.ok()) return first.status();
+    last = *first + n - 1;
+    end = *first + n;
+    wrote = true;
+  }
+  return wrote ? log.WaitDurable(last) : absl::OkStatus();
 }
 
 absl::Status Topic::Read(int queue, uint64_t from, size_t max,

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,18 @@
 #include "message_log.h"
 
 namespace formica::dms {
+
+// The directory (under <data_dir>/topics) that holds a topic, named from
+// the topic's name (which must pass the topic name rule, so it is never "."
+// or ".."): a name without upper-case letters stands for itself; any other
+// is "^", the name in lower case, "^" and a hex mask of its upper-case
+// letters ("Fund.Orders" -> "^fund.orders^120"). One directory per name,
+// never one shared by two names, even on a file system that ignores case,
+// and at most 162 characters.
+std::string TopicDirectory(absl::string_view name);
+// The topic a directory named by TopicDirectory holds; nullopt for any
+// other directory name.
+std::optional<std::string> TopicOfDirectory(absl::string_view directory);
 
 struct TopicOptions {
   std::string dir;  // required
@@ -50,7 +63,15 @@ class Topic {
   absl::Status WriteBatch(const std::vector<const v1::StoredMessage*>& messages,
                           std::vector<Produced>* out, std::map<int, uint64_t>* last);
 
-  // Up to `max` durable messages of `queue` from `from` on, with offsets.
+  // Makes `queue`'s next offset `next` (durably), writing a placeholder
+  // (StoredMessage.lost) at each offset up to it, so offsets known to be
+  // handed out before (e.g. acknowledged by a group) are never handed out
+  // again after the records holding them were lost. No-op if the log
+  // already reaches `next`.
+  absl::Status SkipTo(int queue, uint64_t next);
+
+  // Up to `max` durable messages of `queue` from `from` on, with offsets
+  // (placeholders of lost offsets included).
   absl::Status Read(int queue, uint64_t from, size_t max,
                     std::vector<std::pair<uint64_t, v1::StoredMessage>>* out);
 

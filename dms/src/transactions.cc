@@ -2,13 +2,16 @@
 
 #include <grpcpp/grpcpp.h>
 #include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <deque>
 #include <set>
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -20,7 +23,10 @@ namespace formica::dms {
 namespace {
 
 constexpr char kHalfPrefix[] = "h/";
-constexpr size_t kRememberFinished = 100000;  // outcomes kept so a repeated End succeeds
+// Finished transactions' outcomes, kept (across restarts) so a repeated End
+// answers as the first did: "f/<id>" -> "<c|r> <finished unix ms> <receipt>".
+constexpr char kFinishedPrefix[] = "f/";
+constexpr size_t kRememberFinished = 100000;  // the newest outcomes kept
 constexpr char kCoordinator[] = "formica.dts.v1.Coordinator";
 
 int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
@@ -56,6 +62,55 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
   std::thread loop;
 
   static std::string Key(const std::string& id) { return kHalfPrefix + id; }
+  static std::string FinishedKey(const std::string& id) { return kFinishedPrefix + id; }
+
+  // Remembers an outcome in memory, forgetting (also on disk) the oldest
+  // beyond kRememberFinished.
+  void Remember(const std::string& id, bool commit, const v1::Receipt& receipt)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    finished[id] = commit;
+    if (commit) receipts[id] = receipt;
+    finished_order.push_back(id);
+    if (finished_order.size() > kRememberFinished) {
+      const std::string& oldest = finished_order.front();
+      meta->Delete(rocksdb::WriteOptions(), FinishedKey(oldest)).PermitUncheckedError();
+      finished.erase(oldest);
+      receipts.erase(oldest);
+      finished_order.pop_front();
+    }
+  }
+
+  absl::Status LoadFinished() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    struct Outcome {
+      int64_t at = 0;
+      std::string id;
+      bool commit = false;
+      v1::Receipt receipt;
+    };
+    std::vector<Outcome> outcomes;
+    std::unique_ptr<rocksdb::Iterator> it(meta->NewIterator(rocksdb::ReadOptions()));
+    for (it->Seek(kFinishedPrefix); it->Valid() && it->key().starts_with(kFinishedPrefix);
+         it->Next()) {
+      Outcome o;
+      o.id = it->key().ToString().substr(sizeof(kFinishedPrefix) - 1);
+      std::string value = it->value().ToString();
+      size_t space1 = value.find(' ');
+      size_t space2 = space1 == std::string::npos ? space1 : value.find(' ', space1 + 1);
+      if (space2 == std::string::npos || (value[0] != 'c' && value[0] != 'r') ||
+          !absl::SimpleAtoi(value.substr(space1 + 1, space2 - space1 - 1), &o.at) ||
+          !o.receipt.ParseFromString(value.substr(space2 + 1))) {
+        return absl::DataLossError(
+            absl::StrCat("the outcome of transaction ", o.id, " is corrupt"));
+      }
+      o.commit = value[0] == 'c';
+      outcomes.push_back(std::move(o));
+    }
+    if (!it->status().ok()) return absl::InternalError(it->status().ToString());
+    std::sort(outcomes.begin(), outcomes.end(),
+              [](const Outcome& a, const Outcome& b) { return a.at < b.at; });
+    for (const Outcome& o : outcomes) Remember(o.id, o.commit, o.receipt);
+    return absl::OkStatus();
+  }
 
   absl::Status Persist(const v1::HalfMessage& h, bool sync) {
     std::string bytes;
@@ -81,7 +136,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     }
     if (!it->status().ok()) return absl::InternalError(it->status().ToString());
     if (!halves.empty()) SPDLOG_INFO("{} undecided half messages reloaded", halves.size());
-    return absl::OkStatus();
+    return LoadFinished();
   }
 
   absl::StatusOr<std::string> Prepare(const std::string& topic, v1::StoredMessage message,
@@ -140,7 +195,8 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
           return receipts.count(id) ? receipts[id] : v1::Receipt();
         }
         return absl::NotFoundError(
-            absl::StrCat("transaction ", id, " is unknown (or finished before dmsd restarted)"));
+            absl::StrCat("transaction ", id, " is unknown (or finished longer ago than the last ",
+                         kRememberFinished, " transactions)"));
       }
       h = it->second;
       resolving.insert(id);
@@ -160,23 +216,21 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
       }
     }
     if (st.ok()) {
+      // The half message goes and its outcome stays, in one write.
+      rocksdb::WriteBatch batch;
+      batch.Delete(Key(id));
+      batch.Put(FinishedKey(id),
+                absl::StrCat(commit ? "c " : "r ", NowMs(), " ", receipt.SerializeAsString()));
       rocksdb::WriteOptions sync;
       sync.sync = true;
-      rocksdb::Status s = meta->Delete(sync, Key(id));
+      rocksdb::Status s = meta->Write(sync, &batch);
       if (!s.ok()) st = absl::InternalError(s.ToString());
     }
     absl::MutexLock lock(&mu);
     resolving.erase(id);
     if (!st.ok()) return st;
     halves.erase(id);
-    finished[id] = commit;
-    if (commit) receipts[id] = receipt;
-    finished_order.push_back(id);
-    if (finished_order.size() > kRememberFinished) {
-      finished.erase(finished_order.front());
-      receipts.erase(finished_order.front());
-      finished_order.pop_front();
-    }
+    Remember(id, commit, receipt);
     (void)why;  // for the debug log only
     SPDLOG_DEBUG("transaction {} {} ({})", id, commit ? "committed" : "rolled back",
                  std::string(why));

@@ -18,6 +18,7 @@
 #include "activity_store.h"
 #include "formica/common/config.h"
 #include "formica/common/grpc_status.h"
+#include "formica/common/names.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
@@ -30,7 +31,7 @@ namespace {
 using v1::ActionState;
 using v1::ActivityState;
 
-constexpr int kMaxNameLength = 256;
+constexpr size_t kMaxNameLength = 256;
 constexpr size_t kMaxPayloadBytes = 1 << 20;
 constexpr int kMaxBatch = 1000;
 constexpr size_t kMaxPhaseTwoBatch = 256;
@@ -47,20 +48,12 @@ std::string Describe(const v1::Activity& a) {
   return out;
 }
 
+bool PrintableChar(char c) { return static_cast<unsigned char>(c) >= 0x20 && c != 0x7f; }
+
 absl::Status CheckName(absl::string_view field, const std::string& value, bool required) {
-  if (value.empty() && required) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
-  }
-  if (value.size() > kMaxNameLength) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, " is ", value.size(), " bytes long; at most ", kMaxNameLength));
-  }
-  for (char c : value) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-      return absl::InvalidArgumentError(absl::StrCat(field, " contains a control character"));
-    }
-  }
-  return absl::OkStatus();
+  return formica::CheckName(NameRule{field, kMaxNameLength, PrintableChar,
+                                     "any character but control characters", required},
+                            value);
 }
 
 }  // namespace

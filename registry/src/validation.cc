@@ -6,32 +6,18 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "formica/common/names.h"
 #include "formica/registry/v1/registry.pb.h"
 
 namespace formica::registry {
 namespace {
 
-bool NameChar(char c) {
-  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' ||
-         c == ':' || c == '/';
-}
+bool NameChar(char c) { return IsPlainNameChar(c) || c == ':' || c == '/'; }
 
 absl::Status CheckName(absl::string_view field, absl::string_view value, int max_length) {
-  if (value.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " is empty"));
-  }
-  if (static_cast<int>(value.size()) > max_length) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, " is ", value.size(), " characters long; the limit is ", max_length));
-  }
-  for (char c : value) {
-    if (!NameChar(c)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, " '", value, "' has character '", absl::CEscape(std::string(1, c)),
-                       "'; allowed are letters, digits and . _ - : /"));
-    }
-  }
-  return absl::OkStatus();
+  return formica::CheckName(
+      NameRule{field, static_cast<size_t>(max_length), NameChar, "letters, digits and . _ - : /"},
+      value);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "dms_fixture.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dms/consumer.h"
 #include "formica/dms/producer.h"
@@ -23,180 +24,19 @@
 #include "formica/dts/activity.h"
 #include "formica/rpc/client.h"
 #include "json.h"
-#include "registry_fixture.h"
 
 namespace formica::dms {
 namespace {
 
-using formica::registry::testing::RegistryTest;
 using formica::testing::Subprocess;
-
-// Everything a consumer saw, by message body (each test's bodies are unique).
-struct Seen {
-  absl::Mutex mu;
-  std::vector<std::string> handled ABSL_GUARDED_BY(mu);   // in handling order
-  std::set<std::string> confirmed ABSL_GUARDED_BY(mu);    // acks the broker made durable
-  int redelivered_after_confirm ABSL_GUARDED_BY(mu) = 0;  // must stay 0
-  std::map<std::string, absl::Time> at ABSL_GUARDED_BY(mu);
-
-  void Handle(const ReceivedMessage& m) {
-    absl::MutexLock lock(&mu);
-    if (confirmed.count(m.body) > 0) ++redelivered_after_confirm;
-    handled.push_back(m.body);
-    at.emplace(m.body, absl::Now());
-  }
-  void Confirm(const ReceivedMessage& m) {
-    absl::MutexLock lock(&mu);
-    confirmed.insert(m.body);
-  }
-  std::set<std::string> Distinct() {
-    absl::MutexLock lock(&mu);
-    return std::set<std::string>(handled.begin(), handled.end());
-  }
-  bool WaitDistinct(size_t n, absl::Duration timeout) {
-    absl::Time end = absl::Now() + timeout;
-    while (absl::Now() < end) {
-      if (Distinct().size() >= n) return true;
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return false;
-  }
-  bool WaitConfirmed(size_t n, absl::Duration timeout) {
-    absl::MutexLock lock(&mu);
-    auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return confirmed.size() >= n; };
-    return mu.AwaitWithTimeout(absl::Condition(&ready), timeout);
-  }
-};
-
-class DmsTest : public RegistryTest {
- protected:
-  void SetUp() override {
-    RegistryTest::SetUp();
-    port_ = formica::testing::PickFreePort();
-    StartDmsd();
-    registry_ = NewClient("dms-test");
-    rpc::ClientOptions options;
-    options.app_name = "dms-test";
-    options.default_timeout = absl::Seconds(5);
-    rpc_ = std::move(*rpc::Client::Create(options, registry_.get()));
-    channel_ =
-        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials());
-    broker_ = v1::Broker::NewStub(channel_);
-  }
-
-  void TearDown() override {
-    rpc_.reset();
-    registry_.reset();
-  }
-
-  // Settings every dmsd of the fixture starts with (on top of the fast
-  // retries below).
-  virtual std::vector<std::string> DmsdFlags() const { return {}; }
-
-  void StartDmsd(std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {formica::testing::BinaryPath("dms/dmsd"),
-                                     "--listen",
-                                     absl::StrCat("127.0.0.1:", port_),
-                                     "--data-dir",
-                                     dir_.File("dmsd"),
-                                     "--registry",
-                                     dsrd_->address(),
-                                     "--set",
-                                     "consume.retry_initial=50ms",
-                                     "--set",
-                                     "consume.retry_max=200ms",
-                                     "--set",
-                                     "server.unpublish_grace=0s"};
-    std::vector<std::string> fixed = DmsdFlags();
-    argv.insert(argv.end(), fixed.begin(), fixed.end());
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    auto p = Subprocess::Start(argv, dir_.File(absl::StrCat("dmsd.", ++runs_, ".log")));
-    ASSERT_TRUE(p.ok()) << p.status();
-    dmsd_ = std::move(*p);
-    ASSERT_TRUE(dmsd_->WaitForOutput("dmsd ready on port", absl::Seconds(20))) << dmsd_->Output();
-  }
-
-  void CreateTopic(const std::string& name, int queues) {
-    grpc::ClientContext ctx;
-    v1::CreateTopicRequest req;
-    req.set_name(name);
-    req.set_queues(queues);
-    v1::TopicInfo info;
-    grpc::Status st = broker_->CreateTopic(&ctx, req, &info);
-    ASSERT_TRUE(st.ok()) << st.error_message();
-    ASSERT_EQ(info.queues_size(), queues);
-  }
-
-  std::unique_ptr<Producer> NewProducer() {
-    ProducerOptions o;
-    o.producer_group = "test-producer";
-    o.timeout = absl::Seconds(3);
-    return std::move(*Producer::Create(o, rpc_.get()));
-  }
-
-  ConsumerOptions Options(const std::string& group, const std::string& topic, Seen* seen) {
-    ConsumerOptions o;
-    o.group = group;
-    o.topic = topic;
-    o.on_acked = [seen](const ReceivedMessage& m) { seen->Confirm(m); };
-    return o;
-  }
-
-  std::unique_ptr<Consumer> Consume(ConsumerOptions o, Seen* seen,
-                                    ConsumeResult result = ConsumeResult::kSuccess) {
-    auto c = Consumer::Start(
-        std::move(o),
-        [seen, result](const ReceivedMessage& m) {
-          seen->Handle(m);
-          return result;
-        },
-        rpc_.get());
-    EXPECT_TRUE(c.ok()) << c.status();
-    return c.ok() ? std::move(*c) : nullptr;
-  }
-
-  // formicactl against this dmsd: (exit code, output).
-  std::pair<int, std::string> Ctl(std::vector<std::string> args) {
-    std::vector<std::string> argv = {formica::testing::BinaryPath("tools/formicactl"), "--dms",
-                                     absl::StrCat("127.0.0.1:", port_)};
-    argv.insert(argv.end(), args.begin(), args.end());
-    auto p = Subprocess::Start(argv, dir_.File(absl::StrCat("ctl", ++ctl_runs_, ".log")));
-    EXPECT_TRUE(p.ok());
-    int code = (*p)->Wait(absl::Seconds(20));
-    return {code, (*p)->Output()};
-  }
-
-  // The newest log file of a queue.
-  std::string NewestSegment(const std::string& topic, int queue) {
-    std::string newest;
-    for (const auto& e : std::filesystem::directory_iterator(
-             dir_.File(absl::StrCat("dmsd/topics/", topic, "/", queue)))) {
-      if (e.path().extension() == ".log" && e.path().string() > newest) newest = e.path().string();
-    }
-    return newest;
-  }
-
-  int port_ = 0;
-  int runs_ = 0;
-  int ctl_runs_ = 0;
-  std::unique_ptr<Subprocess> dmsd_;
-  std::unique_ptr<registry::Client> registry_;
-  std::unique_ptr<rpc::Client> rpc_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Broker::Stub> broker_;
-};
+using testing::DmsTest;
+using testing::Msg;
+using testing::Seen;
 
 dts::ActivityOptions Purchase() {
   dts::ActivityOptions o;
   o.name = "fund.Purchase";
   return o;
-}
-
-OutgoingMessage Msg(const std::string& body, const std::string& key = "") {
-  OutgoingMessage m;
-  m.body = body;
-  m.key = key;
-  return m;
 }
 
 TEST_F(DmsTest, ProducedMessagesAreConsumedOnceAndLagDrains) {
@@ -488,17 +328,7 @@ TEST_F(DmsTest, RetriedThenDeadLetteredThenReplayed) {
       },
       rpc_.get());
   ASSERT_TRUE(consumer.ok()) << consumer.status();
-  v1::ListDeadLettersReply letters;
-  absl::Time end = absl::Now() + absl::Seconds(10);
-  while (absl::Now() < end) {
-    grpc::ClientContext ctx;
-    v1::ListDeadLettersRequest req;
-    req.set_group("workers");
-    letters.Clear();
-    ASSERT_TRUE(broker_->ListDeadLetters(&ctx, req, &letters).ok());
-    if (letters.letters_size() > 0) break;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  v1::ListDeadLettersReply letters = WaitForDeadLetters("workers", 1, absl::Seconds(10));
   ASSERT_EQ(letters.letters_size(), 1);
   EXPECT_EQ(letters.letters(0).message().body(), "poison");
   EXPECT_THAT(letters.letters(0).reason(), ::testing::HasSubstr("retried 3 times"));

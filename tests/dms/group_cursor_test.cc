@@ -139,5 +139,22 @@ TEST(GroupCursor, AReleasedMessageIsDueAtOnceWithoutUsingAnAttempt) {
   EXPECT_FALSE(c.WasDelivered(2));
 }
 
+TEST(GroupCursor, AnAbandonedMessageUsesAnAttemptAndIsDeadAfterTheLast) {
+  CursorOptions o = Options();
+  o.max_attempts = 3;
+  GroupCursor c(o, 0);
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    NextBatch b = c.Next(1, kT0, 10);
+    ASSERT_EQ(Offsets(b), (std::vector<uint64_t>{0}));
+    EXPECT_EQ(b.deliveries[0].attempt, attempt);
+    absl::StatusOr<bool> again = c.Abandon(0, kT0);  // its consumer died
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(*again, attempt < 3);
+  }
+  EXPECT_TRUE(c.Next(1, kT0, 10).deliveries.empty());
+  EXPECT_EQ(c.committed(), 1u) << "dead-lettered: counted as acked";
+  EXPECT_TRUE(absl::IsNotFound(c.Abandon(0, kT0).status()));
+}
+
 }  // namespace
 }  // namespace formica::dms

@@ -102,5 +102,24 @@ TEST(Topic, TheQueueCountCannotChangeAndBadInputIsRefused) {
   EXPECT_EQ(topic->Read(4, 0, 1, &out).code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(TopicDirectory, EveryNameHasOneDirectoryAndEveryDirectoryOneName) {
+  for (const std::string& name :
+       {std::string("orders"), std::string("..."), std::string("-"), std::string("a."),
+        std::string("Ab"), std::string("aB"), std::string("AB"), std::string(128, 'Q'),
+        std::string("Fund.Orders_2-x")}) {
+    std::string dir = TopicDirectory(name);
+    EXPECT_LE(dir.size(), 162u) << name;
+    EXPECT_EQ(TopicOfDirectory(dir), name) << dir;
+  }
+  EXPECT_EQ(TopicDirectory("orders"), "orders") << "plain names stay as they were";
+  EXPECT_EQ(TopicDirectory("Ab"), "^ab^1");
+  EXPECT_EQ(TopicDirectory("aB"), "^ab^2");
+  // Directory names no topic has.
+  for (const char* dir :
+       {".", "..", "", "Ab", "^ab^0", "^ab^4", "^ab", "^ab^1x", "^a^1^1", "lost+found", "^ab^F"}) {
+    EXPECT_EQ(TopicOfDirectory(dir), std::nullopt) << dir;
+  }
+}
+
 }  // namespace
 }  // namespace formica::dms

@@ -707,6 +707,15 @@ TEST_F(DtsTest, BadRequestsGetClearErrorsAndChangeNothing) {
   grpc::Status st = coordinator_->Begin(&ctx, too_long, &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("exceeds the coordinator's maximum"), std::string::npos);
+  // Names follow the rule every Formica name follows: never "." or "..".
+  grpc::ClientContext dots_ctx;
+  v1::BeginRequest dots;
+  dots.set_name("..");
+  st = coordinator_->Begin(&dots_ctx, dots, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(),
+            "name '..' is not allowed: '..' means the current or parent directory in the paths "
+            "names become");
 
   // A try outside any activity is refused before it touches the database.
   absl::Status outside = Move("bank.a", true, 1, 10);
