@@ -313,6 +313,7 @@ int Run(int argc, char** argv) {
                                      : "dtsd fsyncs enlists and decisions; participants "
                                        "SQLite WAL synchronous=FULL");
   report.SetSetup("peer", "none: the machine's fdatasync rate and raw gRPC round trips instead");
+  report.SetSetup("fsyncs_per_activity", "dtsd's WAL syncs per committed activity");
   report.SetSetup("cpu_s_per_1000", "dtsd's CPU seconds (user + system) per 1000 activities");
   report.SetSetup("processes", "dsrd, dtsd, 2 participants and the initiator on one machine");
   client.reset();

@@ -470,6 +470,7 @@ absl::StatusOr<FanoutResult> MeasureEtcdFanout(const EtcdFanoutOptions& options)
   if (absl::Status st = run.OpenWatchers(watchers); !st.ok()) {
     return st;
   }
+  absl::Time churn_start = absl::Now();
   run.StartChurn(options.churn_per_s);
   std::vector<double> samples;
   samples.reserve(static_cast<size_t>(watchers) * static_cast<size_t>(rounds));
@@ -482,6 +483,7 @@ absl::StatusOr<FanoutResult> MeasureEtcdFanout(const EtcdFanoutOptions& options)
     result.missing += *missing;
   }
   run.StopChurn();
+  double churn_seconds = absl::ToDoubleSeconds(absl::Now() - churn_start);
   std::sort(samples.begin(), samples.end());
   result.p50_ms = samples.empty() ? 0 : Percentile(samples, 0.50);
   result.p99_ms = samples.empty() ? 0 : Percentile(samples, 0.99);
@@ -490,6 +492,7 @@ absl::StatusOr<FanoutResult> MeasureEtcdFanout(const EtcdFanoutOptions& options)
   result.samples = static_cast<int64_t>(samples.size());
   result.churn_puts = run.churn_puts();
   result.churn_failures = run.churn_failures();
+  result.churn_per_s = churn_seconds > 0 ? result.churn_puts / churn_seconds : 0;
   return result;
 }
 

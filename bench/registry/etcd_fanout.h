@@ -34,6 +34,7 @@ struct FanoutResult {
   int64_t samples = 0;  // one per (watcher, round) seen within the round's deadline
   int64_t missing = 0;  // (watcher, round) pairs not seen within it: watchers * rounds - samples
   int64_t churn_puts = 0;
+  double churn_per_s = 0;      // the churn rate reached
   int64_t churn_failures = 0;  // churn Puts etcd did not accept
   std::string version;         // etcd's own answer (Maintenance.Status), e.g. "3.4.23"
 };

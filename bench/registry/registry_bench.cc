@@ -110,8 +110,8 @@ namespace v1 = formica::registry::v1;
 
 // The instance whose weight changes each round.
 constexpr char kRoundAddress[] = "10.3.0.1:9000";
-// The instance the churn publisher keeps changing beside it.
-constexpr char kChurnAddress[] = "10.3.0.2:9000";
+// The churn publishers' instances beside it: kChurnPrefix + k + ":9000".
+constexpr char kChurnPrefix[] = "10.3.1.";
 
 // Counts, per round, when each subscriber first saw the round's change:
 // one sample per (subscriber, round) at most.
@@ -223,6 +223,7 @@ struct FanoutRun {
   int64_t missing = 0;           // (subscriber, round) pairs not seen in time
   int64_t publish_failures = 0;  // round and churn publishes the registry refused
   int64_t churn_publishes = 0;
+  double churn_per_s = 0;  // the churn rate reached
 };
 
 // Runs `rounds` changes of one provider's weight, each after `spacing`, and
@@ -257,39 +258,52 @@ void RunRounds(Client* provider, Instance inst, RoundClock* clock, int subscribe
   run->samples_ms = clock->samples;
 }
 
-// Publishes the churn instance with a new weight `per_s` times a second, on
-// a schedule, while it lives.
+// Changes the watched service `per_s` times a second, on a schedule, while
+// it lives: kChurnPublishers publishers, each with an instance of its own,
+// take the slots in turn (a publish waits for its confirmation, so one
+// publisher alone would fall behind the schedule while the registry pushes).
 class Churn {
  public:
+  static constexpr int kChurnPublishers = 20;
+
   Churn(const std::string& registry, const std::string& service, int per_s) {
     if (per_s <= 0) return;
-    client_ = *Client::Create(Options(registry, "fan-churn"));
-    thread_ = std::thread([this, service, per_s] {
-      Instance inst;
-      inst.service = service;
-      inst.address = kChurnAddress;
-      absl::Duration every = absl::Seconds(1) / per_s;
-      absl::Time next = absl::Now();
-      for (int n = 0; !stop_.load(); ++n) {
-        next += every;
-        absl::SleepFor(next - absl::Now());
-        inst.weight = 1 + n % 10000;
-        ++publishes_;
-        if (!client_->Publish(inst).ok()) ++failures_;
-      }
-    });
+    for (int k = 0; k < kChurnPublishers; ++k) {
+      clients_.push_back(*Client::Create(Options(registry, absl::StrCat("fan-churn", k))));
+    }
+    start_ = absl::Now();
+    const absl::Duration every = absl::Seconds(1) / per_s;
+    for (int k = 0; k < kChurnPublishers; ++k) {
+      threads_.emplace_back([this, service, every, k] {
+        Instance inst;
+        inst.service = service;
+        inst.address = absl::StrCat(kChurnPrefix, k, ":9000");
+        for (int64_t n = 0; !stop_.load(); ++n) {
+          absl::Time slot = start_ + every * static_cast<double>(n * kChurnPublishers + k);
+          absl::SleepFor(slot - absl::Now());
+          if (stop_.load()) break;
+          inst.weight = 1 + static_cast<int>(n % 10000);
+          ++publishes_;
+          if (!clients_[k]->Publish(inst).ok()) ++failures_;
+        }
+      });
+    }
   }
   ~Churn() { Stop(); }
   void Stop() {
-    stop_ = true;
-    if (thread_.joinable()) thread_.join();
+    if (stop_.exchange(true)) return;
+    for (auto& t : threads_) t.join();
+    seconds_ = absl::ToDoubleSeconds(absl::Now() - start_);
   }
   int64_t publishes() const { return publishes_.load(); }
   int64_t failures() const { return failures_.load(); }
+  double per_s() const { return seconds_ > 0 ? publishes_.load() / seconds_ : 0; }
 
  private:
-  std::unique_ptr<Client> client_;
-  std::thread thread_;
+  std::vector<std::unique_ptr<Client>> clients_;
+  std::vector<std::thread> threads_;
+  absl::Time start_;
+  double seconds_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> publishes_{0};
   std::atomic<int64_t> failures_{0};
@@ -346,6 +360,7 @@ FanoutRun MeasureFanout(const std::vector<std::string>& registries, const Fanout
   churn.Stop();
   run.publish_failures += churn.failures();
   run.churn_publishes = churn.publishes();
+  run.churn_per_s = churn.per_s();
   return run;
 }
 
@@ -626,6 +641,8 @@ int Run(int argc, char** argv) {
   report.Set("fanout1000_p99_ms", f1000_p99);
   report.Set("churn_fanout1000_p50_ms", Percentile(churn1000.samples_ms, 50));
   report.Set("churn_fanout1000_p99_ms", Percentile(churn1000.samples_ms, 99));
+  report.Set("churn_publishes_per_s", std::round(churn1000.churn_per_s));
+  report.Set("etcd_churn_puts_per_s", std::round(e1000_churn.churn_per_s));
   report.Set("etcd_fanout100_p99_ms", e100.p99_ms);
   report.Set("etcd_fanout1000_p50_ms", e1000.p50_ms);
   report.Set("etcd_fanout1000_p99_ms", e1000.p99_ms);
@@ -656,7 +673,7 @@ int Run(int argc, char** argv) {
   report.SetMachine(dir.path());
   report.SetSetup("rounds", rounds);
   report.SetSetup("round_spacing_ms", absl::ToDoubleMilliseconds(spacing));
-  report.SetSetup("churn_publishes_per_s", churn_per_s);
+  report.SetSetup("churn_target_per_s", churn_per_s);
   report.SetSetup("publishers", publishers);
   report.SetSetup("instances_published", publishers * per_publisher);
   report.SetSetup("network", "loopback, one TCP connection per subscriber");
