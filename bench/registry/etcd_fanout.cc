@@ -38,7 +38,7 @@ using WatchReactor =
 constexpr char kEtcdBinary[] = "/usr/bin/etcd";
 constexpr char kMemberName[] = "fanout";
 constexpr char kPrefix[] = "/formica-bench/fanout/";
-// Round keys are kPrefix + kRoundKey + n; churn keys kPrefix + "churn".
+// Round keys are kPrefix + kRoundKey + n; churn keys kPrefix + "churn-" + writer.
 constexpr char kRoundKey[] = "key-";
 constexpr int kMaxWatchers = 20000;
 constexpr int kMaxRounds = 100000;
@@ -309,31 +309,38 @@ class Run {
     return response.version();
   }
 
-  // Puts a churn key `per_s` times a second, on a schedule, until Stop().
+  // Puts churn keys `per_s` times a second, on a schedule, until StopChurn():
+  // kChurnWriters writers, each with a key of its own, take the slots in
+  // turn (a Put waits for its answer, so one writer alone would fall behind
+  // while etcd sends events) -- as the registry side's churn publishers do.
+  static constexpr int kChurnWriters = 20;
   void StartChurn(int per_s) {
     if (per_s <= 0) return;
-    churn_ = std::thread([this, per_s] {
-      auto kv = etcdserverpb::KV::NewStub(
-          grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials()));
-      absl::Duration every = absl::Seconds(1) / per_s;
-      absl::Time next = absl::Now();
-      for (int64_t n = 0; !churn_stop_.load(); ++n) {
-        next += every;
-        absl::SleepFor(next - absl::Now());
-        etcdserverpb::PutRequest request;
-        request.set_key(absl::StrCat(kPrefix, "churn"));
-        request.set_value(absl::StrCat("churn ", n));
-        etcdserverpb::PutResponse response;
-        grpc::ClientContext context;
-        context.set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));
-        ++churn_puts_;
-        if (!kv->Put(&context, request, &response).ok()) ++churn_failures_;
-      }
-    });
+    auto channel = grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials());
+    const absl::Duration every = absl::Seconds(1) / per_s;
+    const absl::Time start = absl::Now();
+    for (int k = 0; k < kChurnWriters; ++k) {
+      churn_.emplace_back([this, channel, every, start, k] {
+        auto kv = etcdserverpb::KV::NewStub(channel);
+        for (int64_t n = 0; !churn_stop_.load(); ++n) {
+          absl::SleepFor(start + every * static_cast<double>(n * kChurnWriters + k) - absl::Now());
+          if (churn_stop_.load()) break;
+          etcdserverpb::PutRequest request;
+          request.set_key(absl::StrCat(kPrefix, "churn-", k));
+          request.set_value(absl::StrCat("churn ", n));
+          etcdserverpb::PutResponse response;
+          grpc::ClientContext context;
+          context.set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));
+          ++churn_puts_;
+          if (!kv->Put(&context, request, &response).ok()) ++churn_failures_;
+        }
+      });
+    }
   }
   void StopChurn() {
     churn_stop_ = true;
-    if (churn_.joinable()) churn_.join();
+    for (std::thread& t : churn_) t.join();
+    churn_.clear();
   }
   int64_t churn_puts() const { return churn_puts_.load(); }
   int64_t churn_failures() const { return churn_failures_.load(); }
@@ -428,7 +435,7 @@ class Run {
   std::unique_ptr<etcdserverpb::KV::Stub> kv_;
   std::shared_ptr<Board> board_ = std::make_shared<Board>();
   std::vector<std::unique_ptr<Watcher>> watchers_;
-  std::thread churn_;
+  std::vector<std::thread> churn_;
   std::atomic<bool> churn_stop_{false};
   std::atomic<int64_t> churn_puts_{0};
   std::atomic<int64_t> churn_failures_{0};
