@@ -47,7 +47,8 @@ constexpr absl::Duration kProbeDeadline = absl::Milliseconds(500);
 constexpr absl::Duration kProbeInterval = absl::Milliseconds(50);
 constexpr absl::Duration kCreateTimeout = absl::Seconds(60);
 constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
-constexpr absl::Duration kRoundTimeout = absl::Seconds(10);
+// As long as the registry side waits for a round (registry_bench.cc).
+constexpr absl::Duration kRoundTimeout = absl::Seconds(30);
 constexpr absl::Duration kCancelTimeout = absl::Seconds(10);
 constexpr absl::Duration kEtcdStopGrace = absl::Seconds(10);
 
@@ -295,19 +296,7 @@ class Run {
     return absl::OkStatus();
   }
 
-  // etcd's version, as the server itself reports it.
-  absl::StatusOr<std::string> Version() {
-    auto maintenance = etcdserverpb::Maintenance::NewStub(
-        grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials()));
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));
-    etcdserverpb::StatusResponse response;
-    grpc::Status st = maintenance->Status(&context, etcdserverpb::StatusRequest(), &response);
-    if (!st.ok()) {
-      return absl::UnavailableError(absl::StrCat("etcd Maintenance.Status: ", Describe(st)));
-    }
-    return response.version();
-  }
+  absl::StatusOr<std::string> Version() { return EtcdVersion(endpoint_); }
 
   // Puts churn keys `per_s` times a second, on a schedule, until StopChurn():
   // kChurnWriters writers, each with a key of its own, take the slots in
@@ -449,6 +438,20 @@ double Percentile(const std::vector<double>& sorted, double p) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> EtcdVersion(const std::string& endpoint) {
+  auto maintenance = etcdserverpb::Maintenance::NewStub(
+      grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));
+  etcdserverpb::StatusResponse response;
+  grpc::Status st = maintenance->Status(&context, etcdserverpb::StatusRequest(), &response);
+  if (!st.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("etcd Maintenance.Status at ", endpoint, ": ", Describe(st)));
+  }
+  return response.version();
+}
 
 absl::StatusOr<FanoutResult> MeasureEtcdFanout(const EtcdFanoutOptions& options) {
   const int watchers = options.watchers;

@@ -46,7 +46,7 @@ struct FanoutResult {
 // times: waits options.spacing, takes a steady-clock start, Puts one key
 // under the prefix and records, for every watcher, when its watch event for
 // that revision first arrives. Each round waits for all watchers (up to
-// 10 s) before the next one starts; a watcher that did not see it by then
+// 30 s) before the next one starts; a watcher that did not see it by then
 // counts as missing (it is not dropped silently).
 //
 // p50/p99 (nearest rank) are over all (watcher, round) samples, start of the
@@ -57,6 +57,10 @@ struct FanoutResult {
 // Each watcher holds a socket: if the soft RLIMIT_NOFILE is too low for
 // `watchers`, it is raised (up to the hard limit) for the whole process.
 absl::StatusOr<FanoutResult> MeasureEtcdFanout(const EtcdFanoutOptions& options);
+
+// etcd's version as the member at `endpoint` (host:port) reports it
+// (Maintenance.Status), e.g. "3.4.23".
+absl::StatusOr<std::string> EtcdVersion(const std::string& endpoint);
 
 // Puts per second straight into a running etcd (`endpoints`, comma-separated
 // host:port): `clients` threads, each on its own connection, each doing

@@ -506,6 +506,13 @@ int RunCluster(bool quick) {
       "cluster_publish_per_s", "etcd_put_per_s", "cluster_publish_vs_etcd_put",
       "not like for like: batched transactions against single puts");
   report.SetMachine(dir.path());
+  const std::string first_member = (*etcd)->endpoints().substr(0, (*etcd)->endpoints().find(','));
+  absl::StatusOr<std::string> etcd_version = EtcdVersion(first_member);
+  if (etcd_version.ok()) {
+    report.SetSetup("peer_version", "etcd " + *etcd_version);
+  } else {
+    report.Fail(std::string(etcd_version.status().message()));
+  }
   report.SetSetup("rounds", rounds * 2);
   report.SetSetup("round_spacing_ms", absl::ToDoubleMilliseconds(fanout.spacing));
   report.SetSetup("publishers", publishers);
