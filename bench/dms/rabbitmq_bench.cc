@@ -19,6 +19,8 @@
 
 #include "rabbitmq_bench.h"
 
+#include "bench_report.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -118,14 +120,6 @@ timeval ToTimeval(std::chrono::milliseconds ms) {
   tv.tv_sec = static_cast<time_t>(ms.count() / 1000);
   tv.tv_usec = static_cast<suseconds_t>((ms.count() % 1000) * 1000);
   return tv;
-}
-
-// Percentile (0..100) of `samples` by nearest rank; 0 when empty. Sorts `samples`.
-double Percentile(std::vector<double>* samples, double p) {
-  if (samples->empty()) return 0;
-  std::sort(samples->begin(), samples->end());
-  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * samples->size()));
-  return (*samples)[std::min(samples->size() - 1, rank == 0 ? 0 : rank - 1)];
 }
 
 // Last `max_lines` lines of a text file, or "" when it cannot be read.
@@ -1172,8 +1166,8 @@ absl::StatusOr<RabbitMqRun> RunWorkloads(RabbitServer* server,
     }
     const double produce_s = Seconds(produce->last_confirm - produce->first_publish);
     figures.produce_per_s = produce_s > 0 ? w.messages / produce_s : 0;
-    figures.produce_p50_ms = Percentile(&produce->latencies_ms, 50);
-    figures.produce_p99_ms = Percentile(&produce->latencies_ms, 99);
+    figures.produce_p50_ms = Percentile(produce->latencies_ms, 50);
+    figures.produce_p99_ms = Percentile(produce->latencies_ms, 99);
     Log(log, absl::StrCat("phase 1 (produce): ", Fixed(figures.produce_per_s, 0), " msg/s over ",
                           Fixed(produce_s, 2), " s; confirm latency p50 ",
                           Fixed(figures.produce_p50_ms, 2), " ms, p99 ",
