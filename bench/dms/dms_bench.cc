@@ -1,22 +1,28 @@
 // bench_dms: dmsd against RabbitMQ on the same workload, in one run.
 //
-//   ./formica bench dms [--quick] [--messages N] [--queues N] [--no-rabbitmq]
+//   ./formica bench dms [--quick] [--messages N] [--no-rabbitmq]
 //
 // 1 KiB messages, acknowledged after fsync. Phase 1 (produce): 4 producer
-// threads, each keeping 64 sends out at once; throughput and send->ack
-// latency. Phase 2 (end to end): one consumer group (one consumer, 256
-// unacked at most) running while the producers send; throughput from the
-// first send to the last message acked. The same against a private
-// rabbitmq-server (durable queue, persistent messages, publisher confirms,
-// manual consumer acks) through librabbitmq. The last line is one JSON
-// object.
+// threads, each keeping 64 sends out at once; throughput from the first send
+// to the last acknowledgement, and send->ack latency. Phase 2 (end to end):
+// one consumer group (one consumer, 256 unacked at most) running while the
+// producers send; throughput from the first send to the last message acked;
+// distinct (queue, offset) pairs are counted and repeats reported as
+// duplicates. Both on equal partitioning: a dmsd topic of 8 queues against 8
+// durable RabbitMQ classic queues (producers spreading their messages over
+// them), and 1 against 1; RabbitMQ's quorum queues (8) beside them. RabbitMQ
+// runs privately (persistent messages, publisher confirms, manual consumer
+// acks) through librabbitmq. Any failed send, missing message or broker
+// failure makes the run not ok (exit 1). The last line is one JSON object.
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -34,26 +40,46 @@ namespace {
 using formica::bench::BenchReport;
 using formica::bench::BrokerFigures;
 using formica::bench::BrokerWorkload;
+using formica::bench::Ratio;
 using formica::testing::Subprocess;
 
 void Log(const std::string& line) { std::printf("%s\n", line.c_str()); }
 
+struct ProduceOutcome {
+  std::vector<double> latencies_ms;  // send -> ack, successful sends
+  absl::Time first_send;
+  absl::Time last_ack;
+  int64_t failures = 0;
+  absl::Status first_failure;
+};
+
 // Runs `w.producers` threads, each with `w.in_flight_per_producer` sends
-// out, until `w.messages` are acknowledged. Latencies in ms.
-absl::Status ProducePhase(formica::rpc::Client* rpc, const std::string& topic,
-                          const BrokerWorkload& w, std::vector<double>* latencies,
-                          absl::Duration* elapsed) {
+// out, until `w.messages` are answered. The clock runs from the first send
+// to the last acknowledgement (producer creation and thread start are not
+// timed, as on RabbitMQ's side).
+ProduceOutcome ProducePhase(formica::rpc::Client* rpc, const std::string& topic,
+                            const BrokerWorkload& w) {
   const std::string body(static_cast<size_t>(w.body_bytes), 'x');
+  std::vector<std::unique_ptr<formica::dms::Producer>> producers;
+  formica::dms::ProducerOptions po;
+  po.producer_group = "bench";
+  ProduceOutcome outcome;
+  for (int p = 0; p < w.producers; ++p) {
+    auto producer = formica::dms::Producer::Create(po, rpc);
+    if (!producer.ok()) {
+      outcome.failures = w.messages;
+      outcome.first_failure = producer.status();
+      return outcome;
+    }
+    producers.push_back(std::move(*producer));
+  }
   std::atomic<int> next{0};
+  std::atomic<bool> started{false};
   absl::Mutex mu;
-  absl::Status failure;
-  absl::Time start = absl::Now();
   std::vector<std::thread> threads;
   for (int p = 0; p < w.producers; ++p) {
-    threads.emplace_back([&] {
-      formica::dms::ProducerOptions po;
-      po.producer_group = "bench";
-      auto producer = std::move(*formica::dms::Producer::Create(po, rpc));
+    threads.emplace_back([&, p] {
+      formica::dms::Producer* producer = producers[p].get();
       absl::Mutex window_mu;
       int out = 0;
       std::vector<double> mine;
@@ -69,37 +95,40 @@ absl::Status ProducePhase(formica::rpc::Client* rpc, const std::string& topic,
         formica::dms::OutgoingMessage m;
         m.body = body;
         absl::Time sent = absl::Now();
+        if (!started.exchange(true)) {
+          absl::MutexLock lock(&mu);
+          outcome.first_send = sent;
+        }
         producer->SendAsync(topic, std::move(m),
                             [&, sent](absl::StatusOr<formica::dms::SendReceipt> r) {
-                              double ms = absl::ToDoubleMilliseconds(absl::Now() - sent);
+                              absl::Time now = absl::Now();
                               absl::MutexLock lock(&window_mu);
                               --out;
-                              mine.push_back(ms);
-                              if (!r.ok()) {
-                                absl::MutexLock l2(&mu);
-                                failure = r.status();
+                              absl::MutexLock l2(&mu);
+                              if (r.ok()) {
+                                mine.push_back(absl::ToDoubleMilliseconds(now - sent));
+                                outcome.last_ack = std::max(outcome.last_ack, now);
+                              } else if (outcome.failures++ == 0) {
+                                outcome.first_failure = r.status();
                               }
                             });
       }
       producer->Flush();
       absl::MutexLock lock(&mu);
-      if (latencies != nullptr) latencies->insert(latencies->end(), mine.begin(), mine.end());
+      outcome.latencies_ms.insert(outcome.latencies_ms.end(), mine.begin(), mine.end());
     });
   }
   for (auto& t : threads) t.join();
-  *elapsed = absl::Now() - start;
-  return failure;
+  return outcome;
 }
 
-int g_queues = 8;
-
-absl::Status CreateTopic(int port, const std::string& name) {
+absl::Status CreateTopic(int port, const std::string& name, int queues) {
   auto channel =
       grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
   grpc::ClientContext ctx;
   formica::dms::v1::CreateTopicRequest req;
   req.set_name(name);
-  req.set_queues(g_queues);
+  req.set_queues(queues);
   formica::dms::v1::TopicInfo info;
   grpc::Status st = formica::dms::v1::Broker::NewStub(channel)->CreateTopic(&ctx, req, &info);
   if (!st.ok()) return absl::InternalError(st.error_message());
@@ -108,23 +137,157 @@ absl::Status CreateTopic(int port, const std::string& name) {
 
 struct FormicaFigures : BrokerFigures {
   double backlog_per_s = 0;  // one consumer draining phase 1's messages
+  int64_t failed_sends = 0;  // sends the broker did not acknowledge
+  int64_t missing = 0;       // acknowledged messages never consumed in time
 };
 
-absl::StatusOr<FormicaFigures> RunFormica(const BrokerWorkload& w,
-                                          const formica::testing::TempDir& dir) {
+// Counts what a consumer group had acked, by (queue, offset).
+struct AckCount {
+  absl::Mutex mu;
+  std::set<std::pair<int, uint64_t>> seen ABSL_GUARDED_BY(mu);
+  int64_t duplicates ABSL_GUARDED_BY(mu) = 0;
+  absl::Time last ABSL_GUARDED_BY(mu);
+
+  void Acked(const formica::dms::ReceivedMessage& m) {
+    absl::MutexLock lock(&mu);
+    if (seen.emplace(m.queue, m.offset).second) {
+      last = absl::Now();
+    } else {
+      ++duplicates;
+    }
+  }
+  // Waits until `n` distinct messages were acked or `timeout` passed;
+  // returns how many were.
+  int64_t AwaitDistinct(int64_t n, absl::Duration timeout) {
+    absl::MutexLock lock(&mu);
+    auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      return static_cast<int64_t>(seen.size()) >= n;
+    };
+    mu.AwaitWithTimeout(absl::Condition(&done), timeout);
+    return static_cast<int64_t>(seen.size());
+  }
+};
+
+// One partitioning: phase 1 on `queues` queues (and, with `backlog`, its
+// backlog drained by one consumer), then phase 2.
+FormicaFigures RunFormicaCase(formica::rpc::Client* rpc, int port, const BrokerWorkload& w,
+                              int queues, bool backlog, BenchReport* report) {
+  FormicaFigures f;
+  const std::string produce_topic = absl::StrCat("bench.produce.q", queues);
+  const std::string e2e_topic = absl::StrCat("bench.e2e.q", queues);
+  for (const std::string& t : {produce_topic, e2e_topic}) {
+    if (absl::Status st = CreateTopic(port, t, queues); !st.ok()) {
+      report->Fail(absl::StrCat("create topic ", t, ": ", st.message()));
+      return f;
+    }
+  }
+  ProduceOutcome produce = ProducePhase(rpc, produce_topic, w);
+  const int64_t produced = w.messages - produce.failures;
+  f.failed_sends += produce.failures;
+  if (produce.failures > 0) {
+    std::fprintf(stderr, "formica produce (%d queues): %lld sends failed, first: %s\n", queues,
+                 static_cast<long long>(produce.failures),
+                 produce.first_failure.ToString().c_str());
+  }
+  f.produce_per_s =
+      produced > 0 ? produced / absl::ToDoubleSeconds(produce.last_ack - produce.first_send) : 0;
+  f.produce_p50_ms = formica::bench::Percentile(produce.latencies_ms, 50);
+  f.produce_p99_ms = formica::bench::Percentile(produce.latencies_ms, 99);
+  Log(absl::StrCat("formica produce (", queues, " queues): ", static_cast<int>(f.produce_per_s),
+                   " msg/s, p50 ", f.produce_p50_ms, " ms, p99 ", f.produce_p99_ms, " ms"));
+
+  auto start_consumer = [&](const std::string& group, const std::string& topic, AckCount* count,
+                            std::atomic<int>* bad) {
+    formica::dms::ConsumerOptions o;
+    o.group = group;
+    o.topic = topic;
+    o.ordered = false;  // concurrent, as RabbitMQ's consumer with prefetch
+    o.max_in_flight = w.consumer_prefetch;
+    o.on_acked = [count](const formica::dms::ReceivedMessage& m) { count->Acked(m); };
+    return formica::dms::Consumer::Start(
+        o,
+        [&w, bad](const formica::dms::ReceivedMessage& m) {
+          if (static_cast<int>(m.body.size()) != w.body_bytes) ++*bad;
+          return formica::dms::ConsumeResult::kSuccess;
+        },
+        rpc);
+  };
+  std::atomic<int> bad{0};
+  if (backlog) {  // draining the backlog phase 1 left: consumption alone
+    AckCount count;
+    absl::Time start = absl::Now();
+    auto consumer = start_consumer("backlog", produce_topic, &count, &bad);
+    if (!consumer.ok()) {
+      report->Fail(absl::StrCat("backlog consumer: ", consumer.status().message()));
+      return f;
+    }
+    int64_t got = count.AwaitDistinct(produced, absl::Seconds(120));
+    (*consumer)->Stop();
+    absl::MutexLock lock(&count.mu);
+    f.missing += produced - got;
+    f.backlog_per_s = got > 0 ? got / absl::ToDoubleSeconds(count.last - start) : 0;
+    Log(absl::StrCat("formica backlog drain (", queues,
+                     " queues): ", static_cast<int>(f.backlog_per_s), " msg/s"));
+  }
+
+  // End to end: the consumer counts what the broker confirmed as acked.
+  AckCount count;
+  auto consumer = start_consumer("bench", e2e_topic, &count, &bad);
+  if (!consumer.ok()) {
+    report->Fail(absl::StrCat("end-to-end consumer: ", consumer.status().message()));
+    return f;
+  }
+  ProduceOutcome e2e = ProducePhase(rpc, e2e_topic, w);
+  f.failed_sends += e2e.failures;
+  const int64_t sent = w.messages - e2e.failures;
+  int64_t got = count.AwaitDistinct(sent, absl::Seconds(60));
+  // A redelivery arriving just after the last first delivery still counts.
+  absl::SleepFor(absl::Milliseconds(200));
+  (*consumer)->Stop();
+  {
+    absl::MutexLock lock(&count.mu);
+    f.missing += sent - got;
+    f.duplicates = count.duplicates;
+    f.e2e_per_s = got > 0 ? got / absl::ToDoubleSeconds(count.last - e2e.first_send) : 0;
+  }
+  if (bad.load() > 0) report->AddErrors("formica_wrong_size_messages", bad.load());
+  Log(absl::StrCat("formica end to end (", queues, " queues): ", static_cast<int>(f.e2e_per_s),
+                   " msg/s, ", f.duplicates, " duplicates, ", f.missing, " missing"));
+  return f;
+}
+
+struct FormicaRun {
+  std::string flush;  // as dmsd reports it
+  FormicaFigures q8;
+  FormicaFigures q1;
+};
+
+absl::StatusOr<FormicaRun> RunFormica(const BrokerWorkload& w, const formica::testing::TempDir& dir,
+                                      BenchReport* report) {
   formica::testing::DsrdProcess::Options dsrd_options;
   dsrd_options.data_dir = dir.File("dsrd");
   dsrd_options.config = {{"push.warmup", "0s"}};
   auto dsrd = formica::testing::DsrdProcess::Start(dsrd_options);
   if (!dsrd.ok()) return dsrd.status();
   int port = formica::testing::PickFreePort();
+  // Info level: dmsd says which flush mode it runs with (no log line per message).
   auto dmsd = Subprocess::Start(
       {formica::testing::BinaryPath("dms/dmsd"), "--listen", absl::StrCat("127.0.0.1:", port),
-       "--data-dir", dir.File("dmsd"), "--registry", (*dsrd)->address(), "--log-level", "warn"},
+       "--data-dir", dir.File("dmsd"), "--registry", (*dsrd)->address(), "--log-level", "info"},
       dir.File("dmsd.log"));
   if (!dmsd.ok() || !(*dmsd)->WaitForOutput("dmsd ready", absl::Seconds(20))) {
     return absl::UnavailableError("dmsd did not start");
   }
+  FormicaRun run;
+  // "dmsd serving on 127.0.0.1:port (sync flush)"
+  std::string serving = (*dmsd)->LineAfter("dmsd serving on ");
+  size_t open = serving.rfind('(');
+  size_t close = serving.find(" flush)", open == std::string::npos ? 0 : open);
+  if (open == std::string::npos || close == std::string::npos) {
+    return absl::InternalError(
+        absl::StrCat("dmsd did not say its flush mode (line: '", serving, "')"));
+  }
+  run.flush = serving.substr(open + 1, close - open - 1);
   formica::registry::ClientOptions ro;
   ro.registries = {(*dsrd)->address()};
   ro.client_name = "bench_dms";
@@ -135,93 +298,12 @@ absl::StatusOr<FormicaFigures> RunFormica(const BrokerWorkload& w,
   co.default_timeout = absl::Seconds(10);
   auto rpc = formica::rpc::Client::Create(co, registry->get());
   if (!rpc.ok()) return rpc.status();
-  for (const char* t : {"bench.produce", "bench.e2e"}) {
-    if (absl::Status st = CreateTopic(port, t); !st.ok()) return st;
-  }
-
-  FormicaFigures f;
-  std::vector<double> latencies;
-  absl::Duration elapsed;
-  if (absl::Status st = ProducePhase(rpc->get(), "bench.produce", w, &latencies, &elapsed);
-      !st.ok()) {
-    return st;
-  }
-  f.produce_per_s = w.messages / absl::ToDoubleSeconds(elapsed);
-  f.produce_p50_ms = formica::bench::Percentile(latencies, 50);
-  f.produce_p99_ms = formica::bench::Percentile(latencies, 99);
-  Log(absl::StrCat("formica produce: ", static_cast<int>(f.produce_per_s), " msg/s, p50 ",
-                   f.produce_p50_ms, " ms, p99 ", f.produce_p99_ms, " ms"));
-
-  // Draining the backlog phase 1 left: consumption alone.
-  absl::Mutex mu;
-  int acked = 0;
-  absl::Time last_ack;
-  {
-    formica::dms::ConsumerOptions o;
-    o.group = "backlog";
-    o.topic = "bench.produce";
-    o.ordered = false;  // concurrent, as RabbitMQ's consumer with prefetch
-    o.max_in_flight = w.consumer_prefetch;
-    o.on_acked = [&](const formica::dms::ReceivedMessage&) {
-      absl::MutexLock lock(&mu);
-      ++acked;
-      last_ack = absl::Now();
-    };
-    absl::Time start = absl::Now();
-    auto consumer = formica::dms::Consumer::Start(
-        o,
-        [](const formica::dms::ReceivedMessage&) { return formica::dms::ConsumeResult::kSuccess; },
-        rpc->get());
-    if (!consumer.ok()) return consumer.status();
-    absl::MutexLock lock(&mu);
-    auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return acked >= w.messages; };
-    if (!mu.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(120))) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("only ", acked, " of ", w.messages, " backlog messages consumed in time"));
-    }
-    f.backlog_per_s = w.messages / absl::ToDoubleSeconds(last_ack - start);
-    acked = 0;
-  }
-  Log(absl::StrCat("formica backlog drain: ", static_cast<int>(f.backlog_per_s), " msg/s"));
-
-  // End to end: the consumer counts what the broker confirmed as acked.
-  formica::dms::ConsumerOptions o;
-  o.group = "bench";
-  o.topic = "bench.e2e";
-  o.ordered = false;
-  o.max_in_flight = w.consumer_prefetch;
-  o.on_acked = [&](const formica::dms::ReceivedMessage&) {
-    absl::MutexLock lock(&mu);
-    ++acked;
-    last_ack = absl::Now();
-  };
-  std::atomic<int> bad{0};
-  auto consumer = formica::dms::Consumer::Start(
-      o,
-      [&](const formica::dms::ReceivedMessage& m) {
-        if (static_cast<int>(m.body.size()) != w.body_bytes) ++bad;
-        return formica::dms::ConsumeResult::kSuccess;
-      },
-      rpc->get());
-  if (!consumer.ok()) return consumer.status();
-  absl::Time start = absl::Now();
-  if (absl::Status st = ProducePhase(rpc->get(), "bench.e2e", w, nullptr, &elapsed); !st.ok()) {
-    return st;
-  }
-  {
-    absl::MutexLock lock(&mu);
-    auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return acked >= w.messages; };
-    if (!mu.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(60))) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("only ", acked, " of ", w.messages, " messages consumed in time"));
-    }
-    f.e2e_per_s = w.messages / absl::ToDoubleSeconds(last_ack - start);
-  }
-  (*consumer)->Stop();
-  if (bad.load() > 0) return absl::DataLossError("a consumed message had the wrong size");
-  Log(absl::StrCat("formica end to end: ", static_cast<int>(f.e2e_per_s), " msg/s"));
+  run.q8 = RunFormicaCase(rpc->get(), port, w, 8, /*backlog=*/true, report);
+  run.q1 = RunFormicaCase(rpc->get(), port, w, 1, /*backlog=*/false, report);
+  rpc->reset();
+  registry->reset();
   (*dmsd)->Terminate();
-  return f;
+  return run;
 }
 
 int Run(int argc, char** argv) {
@@ -233,63 +315,103 @@ int Run(int argc, char** argv) {
       quick = true;
     } else if (std::strcmp(argv[i], "--no-rabbitmq") == 0) {
       rabbitmq = false;
-    } else if (std::strcmp(argv[i], "--queues") == 0 && i + 1 < argc) {
-      g_queues = std::atoi(argv[++i]);
     } else if (std::strcmp(argv[i], "--messages") == 0 && i + 1 < argc) {
       messages = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr,
-                   "usage: bench_dms [--quick] [--messages N] [--queues N] [--no-rabbitmq]\n");
+      std::fprintf(stderr, "usage: bench_dms [--quick] [--messages N] [--no-rabbitmq]\n");
       return 2;
     }
   }
   BrokerWorkload w;
   w.messages = messages > 0 ? messages : quick ? 5000 : 40000;
   formica::testing::TempDir dir;
-  absl::StatusOr<FormicaFigures> formica = RunFormica(w, dir);
-  if (!formica.ok()) {
-    std::fprintf(stderr, "bench_dms: formica: %s\n", formica.status().ToString().c_str());
-    return 1;
-  }
   BenchReport report;
-  report.Set("produce_per_s", formica->produce_per_s);
-  report.Set("e2e_per_s", formica->e2e_per_s);
-  report.Set("produce_p50_ms", formica->produce_p50_ms);
-  report.Set("produce_p99_ms", formica->produce_p99_ms);
-  report.Set("backlog_drain_per_s", formica->backlog_per_s);
-  report.SetSetup("cores", static_cast<double>(std::thread::hardware_concurrency()));
+  absl::StatusOr<FormicaRun> formica = RunFormica(w, dir, &report);
+  if (!formica.ok()) {
+    report.Fail("formica: " + std::string(formica.status().message()));
+    formica = FormicaRun();
+  }
+  const FormicaFigures& f8 = formica->q8;
+  const FormicaFigures& f1 = formica->q1;
+  report.AddErrors("formica_failed_sends", f8.failed_sends + f1.failed_sends);
+  report.AddMissing("formica_messages", f8.missing + f1.missing);
+  report.Set("produce_per_s", f8.produce_per_s);
+  report.Set("e2e_per_s", f8.e2e_per_s);
+  report.Set("produce_p50_ms", f8.produce_p50_ms);
+  report.Set("produce_p99_ms", f8.produce_p99_ms);
+  report.Set("backlog_drain_per_s", f8.backlog_per_s);
+  report.Set("produce_per_s_1q", f1.produce_per_s);
+  report.Set("e2e_per_s_1q", f1.e2e_per_s);
+  report.Set("duplicates", static_cast<double>(f8.duplicates + f1.duplicates));
+  report.SetMachine(dir.path());
   report.SetSetup("messages_per_phase", w.messages);
   report.SetSetup("body_bytes", w.body_bytes);
   report.SetSetup("producers", w.producers);
   report.SetSetup("in_flight_per_producer", w.in_flight_per_producer);
   report.SetSetup("consumer_max_in_flight", w.consumer_prefetch);
-  report.SetSetup(
-      "formica",
-      absl::StrCat("dmsd storage.flush=sync (fdatasync before each produce ack, group "
-                   "commit), topics of ",
-                   g_queues,
-                   " queues, concurrent consumer (ordered=false), acks made durable before "
-                   "confirmed"));
+  report.SetSetup("formica_flush", formica->flush);
+  report.SetSetup("formica",
+                  "dmsd, topics of 8 queues (and 1), producers without keys, concurrent consumer "
+                  "(ordered=false), acks made durable before confirmed");
+  report.SetSetup("timing",
+                  "both sides: first send to last publisher confirm (produce) or to "
+                  "last consumer ack (end to end)");
+  report.Headline("dms produce msg/s, 8 queues each side", "produce_per_s",
+                  "rabbitmq_produce_per_s", "produce_ratio", ">= 1.0 of RabbitMQ");
+  report.Headline("dms end to end msg/s, 8 queues each side", "e2e_per_s", "rabbitmq_e2e_per_s",
+                  "e2e_ratio", ">= 1.0 of RabbitMQ");
+  report.Headline("dms end to end msg/s, 1 queue each side", "e2e_per_s_1q",
+                  "rabbitmq_e2e_per_s_1q", "e2e_ratio_1q", ">= 1.0 of RabbitMQ");
+  report.Headline("dms end to end msg/s, 8 queues vs RabbitMQ quorum queues", "e2e_per_s",
+                  "rabbitmq_quorum_e2e_per_s", "e2e_ratio_quorum", ">= 1.0 of RabbitMQ");
   if (rabbitmq) {  // --no-rabbitmq: dmsd alone, e.g. to profile it
-    absl::StatusOr<BrokerFigures> rabbit = formica::bench::RunRabbitMq(w, &Log);
+    BrokerWorkload classic8 = w;
+    classic8.queues = 8;
+    BrokerWorkload classic1 = w;
+    classic1.queues = 1;
+    BrokerWorkload quorum8 = w;
+    quorum8.queues = 8;
+    quorum8.quorum = true;
+    absl::StatusOr<formica::bench::RabbitMqRun> rabbit =
+        formica::bench::RunRabbitMq({classic8, classic1, quorum8}, &Log);
     if (!rabbit.ok()) {
-      std::fprintf(stderr, "bench_dms: rabbitmq: %s\n", rabbit.status().ToString().c_str());
-      return 1;
+      report.Fail("rabbitmq: " + std::string(rabbit.status().message()));
+    } else {
+      const BrokerFigures& r8 = rabbit->figures[0];
+      const BrokerFigures& r1 = rabbit->figures[1];
+      const BrokerFigures& q8 = rabbit->figures[2];
+      Log(absl::StrCat("rabbitmq produce (8 classic queues): ", static_cast<int>(r8.produce_per_s),
+                       " msg/s, end to end: ", static_cast<int>(r8.e2e_per_s),
+                       " msg/s; 1 queue: ", static_cast<int>(r1.e2e_per_s),
+                       " msg/s; 8 quorum queues: ", static_cast<int>(q8.e2e_per_s), " msg/s"));
+      report.Set("rabbitmq_produce_per_s", r8.produce_per_s);
+      report.Set("rabbitmq_e2e_per_s", r8.e2e_per_s);
+      report.Set("rabbitmq_produce_p50_ms", r8.produce_p50_ms);
+      report.Set("rabbitmq_produce_p99_ms", r8.produce_p99_ms);
+      report.Set("rabbitmq_produce_per_s_1q", r1.produce_per_s);
+      report.Set("rabbitmq_e2e_per_s_1q", r1.e2e_per_s);
+      report.Set("rabbitmq_quorum_produce_per_s", q8.produce_per_s);
+      report.Set("rabbitmq_quorum_e2e_per_s", q8.e2e_per_s);
+      report.Set("rabbitmq_duplicates",
+                 static_cast<double>(r8.duplicates + r1.duplicates + q8.duplicates));
+      report.Set("produce_ratio", Ratio(f8.produce_per_s, r8.produce_per_s));
+      report.Set("e2e_ratio", Ratio(f8.e2e_per_s, r8.e2e_per_s));
+      report.Set("produce_ratio_1q", Ratio(f1.produce_per_s, r1.produce_per_s));
+      report.Set("e2e_ratio_1q", Ratio(f1.e2e_per_s, r1.e2e_per_s));
+      report.Set("e2e_ratio_quorum", Ratio(f8.e2e_per_s, q8.e2e_per_s));
+      report.SetSetup("peer_version", "RabbitMQ " + rabbit->version);
+      report.SetSetup("rabbitmq",
+                      "private rabbitmq-server (Debian), durable classic queues (8, and 1) and "
+                      "quorum queues (8), persistent messages, publisher confirms, producers "
+                      "spreading messages round-robin over the queues, one consumer on all of "
+                      "them (prefetch split evenly), manual acks, librabbitmq");
     }
-    Log(absl::StrCat("rabbitmq produce: ", static_cast<int>(rabbit->produce_per_s),
-                     " msg/s, end to end: ", static_cast<int>(rabbit->e2e_per_s), " msg/s"));
-    report.Set("rabbitmq_produce_per_s", rabbit->produce_per_s);
-    report.Set("rabbitmq_e2e_per_s", rabbit->e2e_per_s);
-    report.Set("rabbitmq_produce_p50_ms", rabbit->produce_p50_ms);
-    report.Set("rabbitmq_produce_p99_ms", rabbit->produce_p99_ms);
-    report.Set("produce_ratio", formica->produce_per_s / rabbit->produce_per_s);
-    report.Set("e2e_ratio", formica->e2e_per_s / rabbit->e2e_per_s);
-    report.SetSetup("rabbitmq",
-                    "rabbitmq-server (Debian), durable classic queue, persistent messages, "
-                    "publisher confirms, manual acks, librabbitmq");
   }
-  report.Print();
-  return 0;
+  report.SetSetup("fsync",
+                  absl::StrCat("dmsd: storage.flush=", formica->flush,
+                               "; RabbitMQ: persistent messages confirmed after its own fsync "
+                               "(classic queues batch syncs; quorum queues fsync their log)"));
+  return report.Finish();
 }
 
 }  // namespace

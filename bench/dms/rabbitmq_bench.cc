@@ -19,6 +19,8 @@
 
 #include "rabbitmq_bench.h"
 
+#include "bench_report.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -118,14 +120,6 @@ timeval ToTimeval(std::chrono::milliseconds ms) {
   tv.tv_sec = static_cast<time_t>(ms.count() / 1000);
   tv.tv_usec = static_cast<suseconds_t>((ms.count() % 1000) * 1000);
   return tv;
-}
-
-// Percentile (0..100) of `samples` by nearest rank; 0 when empty. Sorts `samples`.
-double Percentile(std::vector<double>* samples, double p) {
-  if (samples->empty()) return 0;
-  std::sort(samples->begin(), samples->end());
-  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * samples->size()));
-  return (*samples)[std::min(samples->size() - 1, rank == 0 ? 0 : rank - 1)];
 }
 
 // Last `max_lines` lines of a text file, or "" when it cannot be read.
@@ -466,10 +460,33 @@ class AmqpConnection {
     return status;
   }
 
-  absl::Status DeclareQueue(const std::string& queue) {
+  // A durable queue: classic, or quorum (x-queue-type) when `quorum`.
+  absl::Status DeclareQueue(const std::string& queue, bool quorum) {
+    amqp_table_entry_t type;
+    type.key = amqp_cstring_bytes("x-queue-type");
+    type.value.kind = AMQP_FIELD_KIND_UTF8;
+    type.value.value.bytes = amqp_cstring_bytes("quorum");
+    amqp_table_t arguments = amqp_empty_table;
+    if (quorum) {
+      arguments.num_entries = 1;
+      arguments.entries = &type;
+    }
     amqp_queue_declare(state_, kChannel, amqp_cstring_bytes(queue.c_str()), /*passive=*/0,
-                       /*durable=*/1, /*exclusive=*/0, /*auto_delete=*/0, amqp_empty_table);
-    return RpcStatus(absl::StrCat("queue.declare ", queue));
+                       /*durable=*/1, /*exclusive=*/0, /*auto_delete=*/0, arguments);
+    return RpcStatus(absl::StrCat("queue.declare ", queue, quorum ? " (quorum)" : ""));
+  }
+
+  // The broker's "version" server property from connection.start, "" if it sent none.
+  std::string ServerVersion() const {
+    const amqp_table_t* props = amqp_get_server_properties(state_);
+    for (int i = 0; props != nullptr && i < props->num_entries; ++i) {
+      const amqp_table_entry_t& e = props->entries[i];
+      if (BytesToString(e.key) == "version" &&
+          (e.value.kind == AMQP_FIELD_KIND_UTF8 || e.value.kind == AMQP_FIELD_KIND_BYTES)) {
+        return BytesToString(e.value.value.bytes);
+      }
+    }
+    return "";
   }
 
   absl::Status DeleteQueue(const std::string& queue) {
@@ -769,10 +786,15 @@ struct ProducerOutcome {
   Clock::time_point last_confirm{};
 };
 
+// The id a message carries in its first bytes: producer and delivery tag.
+std::string MessageId(int producer, uint64_t tag) { return absl::StrCat(producer, "-", tag, ";"); }
+
 // Publishes `count` persistent messages on a connection already in confirm mode, keeping up
-// to `window` unconfirmed. Delivery tags count publishes on the channel from 1.
-void Produce(AmqpConnection* conn, const std::string& queue, int count, int window,
-             const std::string& body, PhaseControl* control, ProducerOutcome* out) {
+// to `window` unconfirmed, round-robin over `queues` (starting at queue `producer` % size);
+// each body starts with MessageId(producer, tag). Delivery tags count publishes on the
+// channel from 1.
+void Produce(AmqpConnection* conn, const std::vector<std::string>& queues, int producer, int count,
+             int window, const std::string& body, PhaseControl* control, ProducerOutcome* out) {
   amqp_connection_state_t state = conn->get();
   std::vector<Clock::time_point> sent(count + 1);
   std::vector<char> confirmed(count + 1, 0);
@@ -786,10 +808,10 @@ void Produce(AmqpConnection* conn, const std::string& queue, int count, int wind
   props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG;
   props.delivery_mode = 2;  // persistent
   props.content_type = amqp_cstring_bytes("application/octet-stream");
-  const amqp_bytes_t routing_key = amqp_cstring_bytes(queue.c_str());
+  std::string message = body;
   amqp_bytes_t payload;
-  payload.len = body.size();
-  payload.bytes = const_cast<char*>(body.data());
+  payload.len = message.size();
+  payload.bytes = message.data();
 
   auto confirm_one = [&](uint64_t tag, Clock::time_point now) {
     if (tag == 0 || tag > static_cast<uint64_t>(count) || confirmed[tag]) return;
@@ -864,8 +886,12 @@ void Produce(AmqpConnection* conn, const std::string& queue, int count, int wind
       const Clock::time_point now = Clock::now();
       if (next_tag == 1) out->first_publish = now;
       sent[next_tag] = now;
-      int r = amqp_basic_publish(state, kChannel, amqp_empty_bytes, routing_key,
-                                 /*mandatory=*/0, /*immediate=*/0, &props, payload);
+      const std::string id = MessageId(producer, next_tag);
+      message.replace(0, id.size(), id);
+      const std::string& queue = queues[(producer + next_tag) % queues.size()];
+      int r =
+          amqp_basic_publish(state, kChannel, amqp_empty_bytes, amqp_cstring_bytes(queue.c_str()),
+                             /*mandatory=*/0, /*immediate=*/0, &props, payload);
       status = LibraryStatus(r, "basic.publish");
       if (!status.ok()) break;
       ++next_tag;
@@ -888,14 +914,18 @@ void Produce(AmqpConnection* conn, const std::string& queue, int count, int wind
 struct ConsumerOutcome {
   absl::Status status;
   Clock::time_point last_ack{};
+  int64_t duplicates = 0;
 };
 
-// Consumes and acks (one by one) `expected` messages of `body_bytes` each from a connection
-// that already has the consumer registered, then checks that nothing more arrives.
+// Consumes and acks (one by one) deliveries of messages of `body_bytes` each from a connection
+// that already has the consumers registered until `expected` distinct messages (by the id in
+// their first bytes) were acked, counting deliveries of a message already had as duplicates;
+// then checks that no message not published arrives.
 void Consume(AmqpConnection* conn, int expected, int body_bytes, PhaseControl* control,
              ConsumerOutcome* out) {
   amqp_connection_state_t state = conn->get();
   int received = 0;
+  std::set<std::string> seen;
   int wrong_size = 0;
   size_t first_wrong_size = 0;
   absl::Status status;
@@ -942,10 +972,17 @@ void Consume(AmqpConnection* conn, int expected, int body_bytes, PhaseControl* c
     if (envelope.message.body.len != static_cast<size_t>(body_bytes)) {
       if (wrong_size++ == 0) first_wrong_size = envelope.message.body.len;
     }
+    const std::string text = BytesToString(envelope.message.body);
+    const bool fresh = seen.insert(text.substr(0, text.find(';'))).second;
     int r = amqp_basic_ack(state, kChannel, envelope.delivery_tag, /*multiple=*/0);
     amqp_destroy_envelope(&envelope);
     status = LibraryStatus(r, "basic.ack");
     if (!status.ok()) break;
+    if (!fresh) {
+      ++out->duplicates;
+      control->NoteProgress();
+      continue;
+    }
     ++received;
     control->NoteProgress();
     if (received == expected) out->last_ack = Clock::now();
@@ -953,10 +990,16 @@ void Consume(AmqpConnection* conn, int expected, int body_bytes, PhaseControl* c
   if (status.ok()) {
     // Exactly `expected`: a duplicate or stray message would show up within this wait.
     amqp_envelope_t envelope;
-    if (receive(&envelope, std::chrono::milliseconds(200), &status)) {
+    while (status.ok() && receive(&envelope, std::chrono::milliseconds(200), &status)) {
+      const std::string text = BytesToString(envelope.message.body);
+      amqp_basic_ack(state, kChannel, envelope.delivery_tag, /*multiple=*/0);
       amqp_destroy_envelope(&envelope);
-      status = absl::InternalError(
-          absl::StrCat("consumer received more than the ", expected, " messages published"));
+      if (seen.count(text.substr(0, text.find(';'))) > 0) {
+        ++out->duplicates;
+      } else {
+        status = absl::InternalError(
+            absl::StrCat("consumer received a message beyond the ", expected, " published"));
+      }
     }
   }
   if (status.ok() && wrong_size > 0) {
@@ -976,12 +1019,19 @@ struct PhaseResult {
   Clock::time_point first_publish{};
   Clock::time_point last_confirm{};
   Clock::time_point last_ack{};  // with a consumer only
+  int64_t duplicates = 0;        // with a consumer only
 };
 
-// Runs one phase on a fresh durable queue `queue` and deletes the queue afterwards.
-absl::StatusOr<PhaseResult> RunPhase(int port, AmqpConnection* admin, const std::string& queue,
+// Runs one phase on w.queues fresh durable queues named `name`-0, -1... and deletes them
+// afterwards.
+absl::StatusOr<PhaseResult> RunPhase(int port, AmqpConnection* admin, const std::string& name,
                                      const BrokerWorkload& w, bool with_consumer) {
-  absl::Status status = admin->DeclareQueue(queue);
+  std::vector<std::string> queues;
+  absl::Status status;
+  for (int q = 0; q < w.queues && status.ok(); ++q) {
+    queues.push_back(absl::StrCat(name, "-", q));
+    status = admin->DeclareQueue(queues.back(), w.quorum);
+  }
   if (!status.ok()) return status;
 
   PhaseControl control;
@@ -992,15 +1042,20 @@ absl::StatusOr<PhaseResult> RunPhase(int port, AmqpConnection* admin, const std:
     absl::StatusOr<std::unique_ptr<AmqpConnection>> conn = AmqpConnection::Open(port, &control);
     if (!conn.ok()) return conn.status();
     consumer_conn = std::move(*conn);
-    amqp_basic_qos(consumer_conn->get(), kChannel, 0, static_cast<uint16_t>(w.consumer_prefetch),
+    // Per-consumer prefetch (quorum queues refuse a channel-wide one), split so that the
+    // consumer holds at most consumer_prefetch over all queues.
+    const int prefetch = std::max(1, w.consumer_prefetch / w.queues);
+    amqp_basic_qos(consumer_conn->get(), kChannel, 0, static_cast<uint16_t>(prefetch),
                    /*global=*/0);
     status = consumer_conn->RpcStatus("basic.qos");
     if (!status.ok()) return status;
-    amqp_basic_consume(consumer_conn->get(), kChannel, amqp_cstring_bytes(queue.c_str()),
-                       amqp_empty_bytes, /*no_local=*/0, /*no_ack=*/0, /*exclusive=*/0,
-                       amqp_empty_table);
-    status = consumer_conn->RpcStatus("basic.consume");
-    if (!status.ok()) return status;
+    for (const std::string& queue : queues) {
+      amqp_basic_consume(consumer_conn->get(), kChannel, amqp_cstring_bytes(queue.c_str()),
+                         amqp_empty_bytes, /*no_local=*/0, /*no_ack=*/0, /*exclusive=*/0,
+                         amqp_empty_table);
+      status = consumer_conn->RpcStatus("basic.consume");
+      if (!status.ok()) return status;
+    }
   }
   const int producers = std::min(w.producers, w.messages);
   std::vector<std::unique_ptr<AmqpConnection>> producer_conns;
@@ -1031,7 +1086,7 @@ absl::StatusOr<PhaseResult> RunPhase(int port, AmqpConnection* admin, const std:
   for (int i = 0; i < producers; ++i) {
     // The first messages % producers producers take one message more.
     const int count = w.messages / producers + (i < w.messages % producers ? 1 : 0);
-    producer_threads.emplace_back(Produce, producer_conns[i].get(), std::cref(queue), count,
+    producer_threads.emplace_back(Produce, producer_conns[i].get(), std::cref(queues), i, count,
                                   w.in_flight_per_producer, std::cref(body), &control,
                                   &outcomes[i]);
   }
@@ -1054,18 +1109,24 @@ absl::StatusOr<PhaseResult> RunPhase(int port, AmqpConnection* admin, const std:
   if (with_consumer) {
     if (!consumer_outcome.status.ok()) return consumer_outcome.status;
     result.last_ack = consumer_outcome.last_ack;
+    result.duplicates = consumer_outcome.duplicates;
   }
   // Close the phase's connections before the queue goes away.
   consumer_conn.reset();
   producer_conns.clear();
-  status = admin->DeleteQueue(queue);
-  if (!status.ok()) return status;
+  for (const std::string& queue : queues) {
+    status = admin->DeleteQueue(queue);
+    if (!status.ok()) return status;
+  }
   return result;
 }
 
 absl::Status ValidateWorkload(const BrokerWorkload& w) {
   if (w.messages <= 0) return absl::InvalidArgumentError("messages must be positive");
-  if (w.body_bytes < 0) return absl::InvalidArgumentError("body_bytes must not be negative");
+  if (w.body_bytes < 32) {
+    return absl::InvalidArgumentError("body_bytes must be at least 32 (the message id)");
+  }
+  if (w.queues <= 0) return absl::InvalidArgumentError("queues must be positive");
   if (w.producers <= 0) return absl::InvalidArgumentError("producers must be positive");
   if (w.in_flight_per_producer <= 0) {
     return absl::InvalidArgumentError("in_flight_per_producer must be positive");
@@ -1076,54 +1137,68 @@ absl::Status ValidateWorkload(const BrokerWorkload& w) {
   return absl::OkStatus();
 }
 
-// The part of RunRabbitMq that needs the running node.
-absl::StatusOr<BrokerFigures> RunWorkload(RabbitServer* server, const BrokerWorkload& w,
-                                          LogFn log) {
+// The part of RunRabbitMq that needs the running node: every workload in turn, each on
+// queues of its own (named after its index).
+absl::StatusOr<RabbitMqRun> RunWorkloads(RabbitServer* server,
+                                         const std::vector<BrokerWorkload>& workloads, LogFn log) {
   absl::StatusOr<std::unique_ptr<AmqpConnection>> admin =
       AmqpConnection::Open(server->amqp_port(), nullptr);
   if (!admin.ok()) return admin.status();
   AmqpConnection* admin_conn = admin->get();
-  const int producers = std::min(w.producers, w.messages);
-  const std::string shape =
-      absl::StrCat(w.messages, " persistent messages of ", w.body_bytes, " bytes, ", producers,
-                   " producers with ", w.in_flight_per_producer, " in flight each");
-  BrokerFigures figures;
+  RabbitMqRun run;
+  run.version = admin_conn->ServerVersion();
+  Log(log, absl::StrCat("broker version ", run.version.empty() ? "(not sent)" : run.version));
+  for (size_t i = 0; i < workloads.size(); ++i) {
+    const BrokerWorkload& w = workloads[i];
+    const int producers = std::min(w.producers, w.messages);
+    const std::string shape = absl::StrCat(
+        w.messages, " persistent messages of ", w.body_bytes, " bytes, ", producers,
+        " producers with ", w.in_flight_per_producer, " in flight each, over ", w.queues, " ",
+        w.quorum ? "quorum" : "classic", " queue", w.queues == 1 ? "" : "s");
+    BrokerFigures figures;
 
-  Log(log, absl::StrCat("phase 1 (produce): ", shape));
-  absl::StatusOr<PhaseResult> produce =
-      RunPhase(server->amqp_port(), admin_conn, "formica-bench-produce", w, false);
-  if (!produce.ok()) {
-    return absl::Status(produce.status().code(),
-                        absl::StrCat("phase 1 (produce): ", produce.status().message()));
-  }
-  const double produce_s = Seconds(produce->last_confirm - produce->first_publish);
-  figures.produce_per_s = produce_s > 0 ? w.messages / produce_s : 0;
-  figures.produce_p50_ms = Percentile(&produce->latencies_ms, 50);
-  figures.produce_p99_ms = Percentile(&produce->latencies_ms, 99);
-  Log(log, absl::StrCat("phase 1 (produce): ", Fixed(figures.produce_per_s, 0), " msg/s over ",
-                        Fixed(produce_s, 2), " s; confirm latency p50 ",
-                        Fixed(figures.produce_p50_ms, 2), " ms, p99 ",
-                        Fixed(figures.produce_p99_ms, 2), " ms"));
+    Log(log, absl::StrCat("phase 1 (produce): ", shape));
+    absl::StatusOr<PhaseResult> produce = RunPhase(
+        server->amqp_port(), admin_conn, absl::StrCat("formica-bench-produce-", i), w, false);
+    if (!produce.ok()) {
+      return absl::Status(produce.status().code(),
+                          absl::StrCat("phase 1 (produce): ", produce.status().message()));
+    }
+    const double produce_s = Seconds(produce->last_confirm - produce->first_publish);
+    figures.produce_per_s = produce_s > 0 ? w.messages / produce_s : 0;
+    figures.produce_p50_ms = Percentile(produce->latencies_ms, 50);
+    figures.produce_p99_ms = Percentile(produce->latencies_ms, 99);
+    Log(log, absl::StrCat("phase 1 (produce): ", Fixed(figures.produce_per_s, 0), " msg/s over ",
+                          Fixed(produce_s, 2), " s; confirm latency p50 ",
+                          Fixed(figures.produce_p50_ms, 2), " ms, p99 ",
+                          Fixed(figures.produce_p99_ms, 2), " ms"));
 
-  Log(log,
-      absl::StrCat("phase 2 (e2e): ", shape, ", 1 consumer with prefetch ", w.consumer_prefetch));
-  absl::StatusOr<PhaseResult> e2e =
-      RunPhase(server->amqp_port(), admin_conn, "formica-bench-e2e", w, true);
-  if (!e2e.ok()) {
-    return absl::Status(e2e.status().code(),
-                        absl::StrCat("phase 2 (e2e): ", e2e.status().message()));
+    Log(log, absl::StrCat("phase 2 (e2e): ", shape, ", 1 consumer with prefetch ",
+                          w.consumer_prefetch, " in all"));
+    absl::StatusOr<PhaseResult> e2e =
+        RunPhase(server->amqp_port(), admin_conn, absl::StrCat("formica-bench-e2e-", i), w, true);
+    if (!e2e.ok()) {
+      return absl::Status(e2e.status().code(),
+                          absl::StrCat("phase 2 (e2e): ", e2e.status().message()));
+    }
+    const double e2e_s = Seconds(e2e->last_ack - e2e->first_publish);
+    figures.e2e_per_s = e2e_s > 0 ? w.messages / e2e_s : 0;
+    figures.duplicates = e2e->duplicates;
+    Log(log, absl::StrCat("phase 2 (e2e): ", Fixed(figures.e2e_per_s, 0), " msg/s over ",
+                          Fixed(e2e_s, 2), " s (first publish to last consumer ack), ",
+                          figures.duplicates, " duplicates"));
+    run.figures.push_back(figures);
   }
-  const double e2e_s = Seconds(e2e->last_ack - e2e->first_publish);
-  figures.e2e_per_s = e2e_s > 0 ? w.messages / e2e_s : 0;
-  Log(log, absl::StrCat("phase 2 (e2e): ", Fixed(figures.e2e_per_s, 0), " msg/s over ",
-                        Fixed(e2e_s, 2), " s (first publish to last consumer ack)"));
-  return figures;
+  return run;
 }
 
 }  // namespace
 
-absl::StatusOr<BrokerFigures> RunRabbitMq(const BrokerWorkload& workload, LogFn log) {
-  absl::Status status = ValidateWorkload(workload);
+absl::StatusOr<RabbitMqRun> RunRabbitMq(const std::vector<BrokerWorkload>& workloads, LogFn log) {
+  absl::Status status;
+  for (const BrokerWorkload& w : workloads) {
+    if (status.ok()) status = ValidateWorkload(w);
+  }
   if (!status.ok()) return status;
   if (access(kServerScript, X_OK) != 0) {
     return absl::FailedPreconditionError(
@@ -1135,13 +1210,13 @@ absl::StatusOr<BrokerFigures> RunRabbitMq(const BrokerWorkload& workload, LogFn 
   status = dir.Create();
   if (!status.ok()) return status;
 
-  absl::StatusOr<BrokerFigures> figures;
+  absl::StatusOr<RabbitMqRun> figures;
   {
     RabbitServer server(dir.path(), log);
     status = server.Start();
     if (status.ok()) status = server.WaitReady();
     if (status.ok()) {
-      figures = RunWorkload(&server, workload, log);
+      figures = RunWorkloads(&server, workloads, log);
     } else {
       figures = status;
     }

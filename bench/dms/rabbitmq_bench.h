@@ -2,7 +2,9 @@
 // rabbitmq-server started for the run, through librabbitmq (rabbitmq-c).
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -13,27 +15,38 @@ struct BrokerWorkload {
   int body_bytes = 1024;
   int producers = 4;                // producer threads, one connection each
   int in_flight_per_producer = 64;  // unconfirmed messages a producer keeps out at once
-  int consumer_prefetch = 256;      // unacked deliveries the consumer may hold
+  int consumer_prefetch = 256;      // unacked deliveries the consumer may hold, over all queues
+  int queues = 1;                   // messages spread round-robin over this many queues
+  bool quorum = false;              // quorum queues instead of durable classic ones
 };
 
 struct BrokerFigures {
   double produce_per_s = 0;   // phase 1: messages / seconds from first publish to last confirm
   double produce_p50_ms = 0;  // publish -> publisher confirm latency, per message
   double produce_p99_ms = 0;
-  double e2e_per_s = 0;  // phase 2: producers and one consumer at once; messages / seconds
-                         // from first publish to last consumer ack
+  double e2e_per_s = 0;    // phase 2: producers and one consumer at once; messages / seconds
+                           // from first publish to last consumer ack
+  int64_t duplicates = 0;  // phase 2: deliveries of a message the consumer already had
+};
+
+struct RabbitMqRun {
+  std::string version;                 // the broker's own, from its connection.start
+  std::vector<BrokerFigures> figures;  // one per workload, in order
 };
 
 // Starts a private rabbitmq-server (the Debian package) on 127.0.0.1 with free ports and a
-// temporary data directory, runs the workload against a durable queue with persistent
-// messages (delivery_mode 2) and publisher confirms through librabbitmq (rabbitmq-c 0.11),
-// stops the server and removes the directory (also on failure). `log` gets human-readable
-// progress lines (may be nullptr).
+// temporary data directory, runs each workload against fresh durable queues (classic, or
+// quorum when asked) with persistent messages (delivery_mode 2) and publisher confirms through
+// librabbitmq (rabbitmq-c 0.11), stops the server and removes the directory (also on failure).
+// Each producer spreads its messages round-robin over the workload's queues; the one consumer
+// consumes from all of them on one channel, the prefetch split evenly between the queues. Each
+// message carries a unique id, so the consumer counts distinct messages and duplicates. `log`
+// gets human-readable progress lines (may be nullptr).
 //
 // Errors: FAILED_PRECONDITION when rabbitmq-server is not installed, INVALID_ARGUMENT for a
 // workload it cannot run, DEADLINE_EXCEEDED when the server does not come up within 60 s or a
 // phase makes no progress for 60 s, and other codes for broker or protocol failures.
-absl::StatusOr<BrokerFigures> RunRabbitMq(const BrokerWorkload& workload,
-                                          void (*log)(const std::string&));
+absl::StatusOr<RabbitMqRun> RunRabbitMq(const std::vector<BrokerWorkload>& workloads,
+                                        void (*log)(const std::string&));
 
 }  // namespace formica::bench

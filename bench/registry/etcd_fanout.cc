@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <string>
@@ -16,6 +18,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
@@ -35,6 +38,8 @@ using WatchReactor =
 constexpr char kEtcdBinary[] = "/usr/bin/etcd";
 constexpr char kMemberName[] = "fanout";
 constexpr char kPrefix[] = "/formica-bench/fanout/";
+// Round keys are kPrefix + kRoundKey + n; churn keys kPrefix + "churn-" + writer.
+constexpr char kRoundKey[] = "key-";
 constexpr int kMaxWatchers = 20000;
 constexpr int kMaxRounds = 100000;
 constexpr absl::Duration kStartupTimeout = absl::Seconds(20);
@@ -42,7 +47,8 @@ constexpr absl::Duration kProbeDeadline = absl::Milliseconds(500);
 constexpr absl::Duration kProbeInterval = absl::Milliseconds(50);
 constexpr absl::Duration kCreateTimeout = absl::Seconds(60);
 constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
-constexpr absl::Duration kRoundTimeout = absl::Seconds(10);
+// As long as the registry side waits for a round (registry_bench.cc).
+constexpr absl::Duration kRoundTimeout = absl::Seconds(30);
 constexpr absl::Duration kCancelTimeout = absl::Seconds(10);
 constexpr absl::Duration kEtcdStopGrace = absl::Seconds(10);
 
@@ -82,8 +88,10 @@ struct Board {
   int done_count ABSL_GUARDED_BY(mu) = 0;
   bool stopping ABSL_GUARDED_BY(mu) = false;
   std::string failure ABSL_GUARDED_BY(mu);  // first one wins
-  // Revision -> arrival time at each watcher that has seen it.
-  std::map<int64_t, std::vector<Clock::time_point>> arrivals ABSL_GUARDED_BY(mu);
+  // Round revision -> watcher -> when that watcher first saw it.
+  std::map<int64_t, std::map<int, Clock::time_point>> arrivals ABSL_GUARDED_BY(mu);
+  // Rounds up to this revision are over; their late arrivals are not kept.
+  int64_t closed_through ABSL_GUARDED_BY(mu) = 0;
 
   void Fail(std::string why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (failure.empty() && !stopping) {
@@ -128,7 +136,10 @@ class Watcher : public WatchReactor {
         board_->Fail(absl::StrCat("etcd canceled watch ", id_, ": ", response_.cancel_reason()));
       }
       for (const mvccpb::Event& event : response_.events()) {
-        board_->arrivals[event.kv().mod_revision()].push_back(now);
+        if (event.kv().mod_revision() > board_->closed_through &&
+            absl::StartsWith(event.kv().key(), absl::StrCat(kPrefix, kRoundKey))) {
+          board_->arrivals[event.kv().mod_revision()].emplace(id_, now);  // first arrival only
+        }
       }
     }
     StartRead(&response_);
@@ -164,6 +175,7 @@ class Run {
   Run& operator=(const Run&) = delete;
 
   ~Run() {
+    StopChurn();
     StopWatchers();
     if (etcd_ != nullptr) {
       etcd_->Terminate(kEtcdStopGrace);
@@ -171,7 +183,7 @@ class Run {
     // Then etcd_ (already reaped) and dir_ (removed) go, in that order.
   }
 
-  absl::Status StartEtcd() {
+  absl::Status StartEtcd(bool fsync) {
     if (access(kEtcdBinary, X_OK) != 0) {
       return absl::NotFoundError(absl::StrCat(kEtcdBinary, " not found (package etcd-server)"));
     }
@@ -187,14 +199,26 @@ class Run {
     std::string client_url = absl::StrCat("http://", endpoint_);
     std::string peer_url = absl::StrCat("http://127.0.0.1:", peer_port);
     log_path_ = dir_.File("etcd.log");
+    std::vector<std::string> argv = {kEtcdBinary,
+                                     "--name",
+                                     kMemberName,
+                                     "--data-dir",
+                                     dir_.File("etcd-data"),
+                                     "--listen-client-urls",
+                                     client_url,
+                                     "--advertise-client-urls",
+                                     client_url,
+                                     "--listen-peer-urls",
+                                     peer_url,
+                                     "--initial-advertise-peer-urls",
+                                     peer_url,
+                                     "--initial-cluster",
+                                     absl::StrCat(kMemberName, "=", peer_url),
+                                     "--initial-cluster-state",
+                                     "new"};
+    if (!fsync) argv.push_back("--unsafe-no-fsync");
     absl::StatusOr<std::unique_ptr<formica::testing::Subprocess>> etcd =
-        formica::testing::Subprocess::Start(
-            {kEtcdBinary, "--name", kMemberName, "--data-dir", dir_.File("etcd-data"),
-             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
-             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-             "--initial-cluster", absl::StrCat(kMemberName, "=", peer_url),
-             "--initial-cluster-state", "new"},
-            log_path_);
+        formica::testing::Subprocess::Start(argv, log_path_);
     if (!etcd.ok()) {
       return etcd.status();
     }
@@ -272,10 +296,49 @@ class Run {
     return absl::OkStatus();
   }
 
-  // One Put and its fan-out; appends a latency in ms per watcher to `samples`.
-  absl::Status Round(int round, std::vector<double>& samples) {
+  absl::StatusOr<std::string> Version() { return EtcdVersion(endpoint_); }
+
+  // Puts churn keys `per_s` times a second, on a schedule, until StopChurn():
+  // kChurnWriters writers, each with a key of its own, take the slots in
+  // turn (a Put waits for its answer, so one writer alone would fall behind
+  // while etcd sends events) -- as the registry side's churn publishers do.
+  static constexpr int kChurnWriters = 20;
+  void StartChurn(int per_s) {
+    if (per_s <= 0) return;
+    auto channel = grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials());
+    const absl::Duration every = absl::Seconds(1) / per_s;
+    const absl::Time start = absl::Now();
+    for (int k = 0; k < kChurnWriters; ++k) {
+      churn_.emplace_back([this, channel, every, start, k] {
+        auto kv = etcdserverpb::KV::NewStub(channel);
+        for (int64_t n = 0; !churn_stop_.load(); ++n) {
+          absl::SleepFor(start + every * static_cast<double>(n * kChurnWriters + k) - absl::Now());
+          if (churn_stop_.load()) break;
+          etcdserverpb::PutRequest request;
+          request.set_key(absl::StrCat(kPrefix, "churn-", k));
+          request.set_value(absl::StrCat("churn ", n));
+          etcdserverpb::PutResponse response;
+          grpc::ClientContext context;
+          context.set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));
+          ++churn_puts_;
+          if (!kv->Put(&context, request, &response).ok()) ++churn_failures_;
+        }
+      });
+    }
+  }
+  void StopChurn() {
+    churn_stop_ = true;
+    for (std::thread& t : churn_) t.join();
+    churn_.clear();
+  }
+  int64_t churn_puts() const { return churn_puts_.load(); }
+  int64_t churn_failures() const { return churn_failures_.load(); }
+
+  // One Put and its fan-out; appends a latency in ms per watcher that saw it
+  // to `samples` and returns how many watchers did not see it in time.
+  absl::StatusOr<int> Round(int round, std::vector<double>& samples) {
     etcdserverpb::PutRequest request;
-    request.set_key(absl::StrCat(kPrefix, "key-", round));
+    request.set_key(absl::StrCat(kPrefix, kRoundKey, round));
     request.set_value(absl::StrCat("round ", round));
     etcdserverpb::PutResponse response;
     grpc::ClientContext context;
@@ -298,17 +361,22 @@ class Run {
     if (!board_->failure.empty()) {
       return absl::UnavailableError(absl::StrCat("round ", round, ": ", board_->failure));
     }
-    std::vector<Clock::time_point> arrived = std::move(board_->arrivals[revision]);
+    std::map<int, Clock::time_point> arrived = std::move(board_->arrivals[revision]);
+    // Later arrivals of this revision are not kept: the round is over.
     board_->arrivals.erase(revision);
-    if (static_cast<int>(arrived.size()) != count) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "round ", round, " (revision ", revision, "): ", arrived.size(), " of ", count,
-          " watchers got the event within ", absl::FormatDuration(kRoundTimeout)));
-    }
-    for (Clock::time_point at : arrived) {
+    board_->closed_through = revision;
+    for (const auto& [watcher, at] : arrived) {
       samples.push_back(std::chrono::duration<double, std::milli>(at - start).count());
     }
-    return absl::OkStatus();
+    int missing = count - static_cast<int>(arrived.size());
+    if (missing > 0) {
+      std::fprintf(stderr,
+                   "etcd round %d (revision %lld): %d of %d watchers did not get the "
+                   "event within %s\n",
+                   round, static_cast<long long>(revision), missing, count,
+                   absl::FormatDuration(kRoundTimeout).c_str());
+    }
+    return missing;
   }
 
  private:
@@ -356,6 +424,10 @@ class Run {
   std::unique_ptr<etcdserverpb::KV::Stub> kv_;
   std::shared_ptr<Board> board_ = std::make_shared<Board>();
   std::vector<std::unique_ptr<Watcher>> watchers_;
+  std::vector<std::thread> churn_;
+  std::atomic<bool> churn_stop_{false};
+  std::atomic<int64_t> churn_puts_{0};
+  std::atomic<int64_t> churn_failures_{0};
 };
 
 // Nearest rank: the smallest sample with at least p of all samples at or
@@ -367,7 +439,23 @@ double Percentile(const std::vector<double>& sorted, double p) {
 
 }  // namespace
 
-absl::StatusOr<FanoutResult> MeasureEtcdFanout(int watchers, int rounds) {
+absl::StatusOr<std::string> EtcdVersion(const std::string& endpoint) {
+  auto maintenance = etcdserverpb::Maintenance::NewStub(
+      grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + kRpcDeadline));
+  etcdserverpb::StatusResponse response;
+  grpc::Status st = maintenance->Status(&context, etcdserverpb::StatusRequest(), &response);
+  if (!st.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("etcd Maintenance.Status at ", endpoint, ": ", Describe(st)));
+  }
+  return response.version();
+}
+
+absl::StatusOr<FanoutResult> MeasureEtcdFanout(const EtcdFanoutOptions& options) {
+  const int watchers = options.watchers;
+  const int rounds = options.rounds;
   if (watchers < 1 || watchers > kMaxWatchers || rounds < 1 || rounds > kMaxRounds) {
     return absl::InvalidArgumentError(absl::StrCat("watchers must be in 1..", kMaxWatchers,
                                                    " and rounds in 1..", kMaxRounds, ", got ",
@@ -377,29 +465,44 @@ absl::StatusOr<FanoutResult> MeasureEtcdFanout(int watchers, int rounds) {
     return st;
   }
   Run run;
-  if (absl::Status st = run.StartEtcd(); !st.ok()) {
+  if (absl::Status st = run.StartEtcd(options.fsync); !st.ok()) {
     return st;
   }
   if (absl::Status st = run.WaitReady(); !st.ok()) {
     return st;
   }
+  FanoutResult result;
+  absl::StatusOr<std::string> version = run.Version();
+  if (!version.ok()) {
+    return version.status();
+  }
+  result.version = *version;
   if (absl::Status st = run.OpenWatchers(watchers); !st.ok()) {
     return st;
   }
+  absl::Time churn_start = absl::Now();
+  run.StartChurn(options.churn_per_s);
   std::vector<double> samples;
   samples.reserve(static_cast<size_t>(watchers) * static_cast<size_t>(rounds));
   for (int round = 0; round < rounds; ++round) {
-    if (absl::Status st = run.Round(round, samples); !st.ok()) {
-      return st;
+    absl::SleepFor(options.spacing);
+    absl::StatusOr<int> missing = run.Round(round, samples);
+    if (!missing.ok()) {
+      return missing.status();
     }
+    result.missing += *missing;
   }
+  run.StopChurn();
+  double churn_seconds = absl::ToDoubleSeconds(absl::Now() - churn_start);
   std::sort(samples.begin(), samples.end());
-  FanoutResult result;
-  result.p50_ms = Percentile(samples, 0.50);
-  result.p99_ms = Percentile(samples, 0.99);
+  result.p50_ms = samples.empty() ? 0 : Percentile(samples, 0.50);
+  result.p99_ms = samples.empty() ? 0 : Percentile(samples, 0.99);
   result.watchers = watchers;
   result.rounds = rounds;
   result.samples = static_cast<int64_t>(samples.size());
+  result.churn_puts = run.churn_puts();
+  result.churn_failures = run.churn_failures();
+  result.churn_per_s = churn_seconds > 0 ? result.churn_puts / churn_seconds : 0;
   return result;
 }
 

@@ -13,14 +13,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s [watchers] [rounds]\n", argv[0]);
     return 2;
   }
-  absl::StatusOr<formica::bench::FanoutResult> result =
-      formica::bench::MeasureEtcdFanout(watchers, rounds);
+  formica::bench::EtcdFanoutOptions options;
+  options.watchers = watchers;
+  options.rounds = rounds;
+  absl::StatusOr<formica::bench::FanoutResult> result = formica::bench::MeasureEtcdFanout(options);
   if (!result.ok()) {
     std::fprintf(stderr, "etcd fan-out failed: %s\n", result.status().ToString().c_str());
     return 1;
   }
-  std::printf("etcd watch fan-out: watchers=%d rounds=%d samples=%lld p50=%.3f ms p99=%.3f ms\n",
-              result->watchers, result->rounds, static_cast<long long>(result->samples),
-              result->p50_ms, result->p99_ms);
-  return 0;
+  std::printf(
+      "etcd %s watch fan-out: watchers=%d rounds=%d samples=%lld missing=%lld p50=%.3f ms "
+      "p99=%.3f ms\n",
+      result->version.c_str(), result->watchers, result->rounds,
+      static_cast<long long>(result->samples), static_cast<long long>(result->missing),
+      result->p50_ms, result->p99_ms);
+  return result->missing == 0 ? 0 : 1;
 }

@@ -1,7 +1,9 @@
-// bench/rpc: the same echo providers called by raw gRPC stubs on one channel
-// and through rpc::Client (registry, routing, balancing, context) over two
-// providers, in one run: QPS, p50, p99 at concurrency 1 and 64, payloads
-// 100 B and 4 KiB. Last line: one JSON object.
+// bench/rpc: the same two echo providers called by raw gRPC stubs (one
+// channel per provider, calls taken round-robin) and through rpc::Client
+// (registry, routing, balancing, context), in one run: QPS, p50, p99 at
+// concurrency 1 and 64, payloads 100 B and 4 KiB. Only successful calls
+// count; any failed call makes the run not ok (exit 1). Last line: one JSON
+// object.
 //
 //   ./formica bench rpc [--quick]
 #include <grpcpp/grpcpp.h>
@@ -26,13 +28,14 @@ namespace {
 using formica::testing::Subprocess;
 
 struct Result {
-  double qps = 0;
+  double qps = 0;  // successful calls per second
   double p50_ms = 0;
   double p99_ms = 0;
   int64_t failures = 0;
 };
 
-// Runs `call` from `concurrency` threads for `duration`.
+// Runs `call` from `concurrency` threads for `duration`; QPS and latencies
+// are of the calls that succeeded.
 Result Drive(int concurrency, absl::Duration duration, const std::function<bool()>& call) {
   std::vector<std::vector<double>> latencies(concurrency);
   std::atomic<int64_t> failures{0};
@@ -45,8 +48,11 @@ Result Drive(int concurrency, absl::Duration duration, const std::function<bool(
       while (!stop.load(std::memory_order_relaxed)) {
         absl::Time t0 = absl::Now();
         bool ok = call();
-        latencies[t].push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
-        if (!ok) ++failures;
+        if (ok) {
+          latencies[t].push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+        } else {
+          ++failures;
+        }
       }
     });
   }
@@ -104,9 +110,16 @@ int Run(int argc, char** argv) {
   rpc_options.app_name = "bench";
   auto client = *rpc::Client::Create(rpc_options, registry.get());
 
-  auto raw_channel =
-      grpc::CreateChannel(Address(*providers[0]), grpc::InsecureChannelCredentials());
-  auto raw_stub = test::Echo::NewStub(raw_channel);
+  // The raw side reaches the same two providers: a channel (own TCP
+  // connection) to each, calls taken round-robin.
+  std::vector<std::unique_ptr<test::Echo::Stub>> raw_stubs;
+  for (auto& p : providers) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    raw_stubs.push_back(test::Echo::NewStub(
+        grpc::CreateCustomChannel(Address(*p), grpc::InsecureChannelCredentials(), args)));
+  }
+  std::atomic<uint64_t> raw_next{0};
 
   BenchReport report;
   double qps_ratio_min = 1e9;
@@ -120,7 +133,8 @@ int Run(int argc, char** argv) {
         grpc::ClientContext ctx;
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
         test::EchoResponse response;
-        return raw_stub->Echo(&ctx, request, &response).ok();
+        auto& stub = raw_stubs[raw_next.fetch_add(1, std::memory_order_relaxed) % raw_stubs.size()];
+        return stub->Echo(&ctx, request, &response).ok();
       };
       auto formica_call = [&] {
         test::EchoResponse response;
@@ -145,23 +159,44 @@ int Run(int argc, char** argv) {
       report.Set("formica_qps_" + suffix, std::round(formica.qps));
       report.Set("raw_p99_ms_" + suffix, raw.p99_ms);
       report.Set("formica_p99_ms_" + suffix, formica.p99_ms);
-      qps_ratio_min = std::min(qps_ratio_min, formica.qps / raw.qps);
-      p99_ratio_max = std::max(p99_ratio_max, formica.p99_ms / raw.p99_ms);
+      report.Set("raw_failures_" + suffix, static_cast<double>(raw.failures));
+      report.Set("formica_failures_" + suffix, static_cast<double>(formica.failures));
+      report.AddErrors("raw_failed_calls_" + suffix, raw.failures);
+      report.AddErrors("formica_failed_calls_" + suffix, formica.failures);
+      if (raw.qps <= 0) report.AddMissing("raw_calls_" + suffix, 1);
+      if (formica.qps <= 0) report.AddMissing("formica_calls_" + suffix, 1);
+      double qps_ratio = Ratio(formica.qps, raw.qps);
+      double p99_ratio = Ratio(formica.p99_ms, raw.p99_ms);
+      report.Set("qps_ratio_" + suffix, qps_ratio);
+      report.Set("p99_ratio_" + suffix, p99_ratio);
+      qps_ratio_min = std::min(qps_ratio_min, qps_ratio);
+      p99_ratio_max = std::max(p99_ratio_max, p99_ratio);
     }
   }
   report.Set("qps_ratio_min", qps_ratio_min);
   report.Set("p99_ratio_max", p99_ratio_max);
-  report.SetSetup("cores", Cores());
+  report.Headline("rpc QPS, 1 caller, 100 B", "formica_qps_c1_100b", "raw_qps_c1_100b",
+                  "qps_ratio_c1_100b", ">= 0.95 of raw gRPC");
+  report.Headline("rpc QPS, 64 callers, 100 B", "formica_qps_c64_100b", "raw_qps_c64_100b",
+                  "qps_ratio_c64_100b", ">= 0.95 of raw gRPC");
+  report.Headline("rpc QPS, 1 caller, 4 KiB", "formica_qps_c1_4kib", "raw_qps_c1_4kib",
+                  "qps_ratio_c1_4kib", ">= 0.95 of raw gRPC");
+  report.Headline("rpc p99 ms, 64 callers, 4 KiB", "formica_p99_ms_c64_4kib", "raw_p99_ms_c64_4kib",
+                  "p99_ratio_c64_4kib", "<= 1.10x raw gRPC");
+  report.SetMachine(dir.path());
   report.SetSetup("seconds_per_setup", absl::ToDoubleSeconds(duration));
-  report.SetSetup("raw", "generated stub on one channel to one echo provider");
-  report.SetSetup("formica", "rpc::Client, two echo providers via dsrd, weighted_random");
+  report.SetSetup("raw",
+                  "generated stubs, one channel to each of the two echo providers, "
+                  "calls round-robin");
+  report.SetSetup("formica", "rpc::Client, the same two echo providers via dsrd, weighted_random");
+  report.SetSetup("peer_version", "gRPC " + grpc::Version() + " (the library both sides link)");
+  report.SetSetup("fsync", "neither side writes to disk");
   report.SetSetup("network", "loopback; providers, dsrd and the caller share the machine");
-  report.Print();
   client.reset();
   registry.reset();
   for (auto& p : providers) p->Terminate();
   (*dsrd)->Stop();
-  return 0;
+  return report.Finish();
 }
 
 }  // namespace
