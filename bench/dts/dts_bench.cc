@@ -198,7 +198,8 @@ double ProcessMegabytes(pid_t pid, const std::string& field) {
 }
 
 // --large-actions: see the top of this file.
-int LargeActions(dts::v1::Coordinator::Stub& coordinator, pid_t dtsd, int rounds) {
+int LargeActions(dts::v1::Coordinator::Stub& coordinator, pid_t dtsd, int rounds,
+                 const std::string& data_dir) {
   constexpr int kActions = 16;
   constexpr size_t kPayload = 1 << 20;
   auto stats = [&] {
@@ -207,6 +208,8 @@ int LargeActions(dts::v1::Coordinator::Stub& coordinator, pid_t dtsd, int rounds
     coordinator.GetStats(&ctx, dts::v1::StatsRequest(), &s);
     return s;
   };
+  BenchReport report;
+  report.SetMachine(data_dir);
   std::vector<std::vector<double>> latency(kActions);
   std::vector<std::vector<double>> written(kActions);
   double rss_before = ProcessMegabytes(dtsd, "VmRSS");
@@ -217,8 +220,8 @@ int LargeActions(dts::v1::Coordinator::Stub& coordinator, pid_t dtsd, int rounds
     begin.set_timeout_ms(120000);
     dts::v1::BeginResponse begun;
     if (grpc::Status st = coordinator.Begin(&begin_ctx, begin, &begun); !st.ok()) {
-      std::fprintf(stderr, "bench_dts: Begin: %s\n", st.error_message().c_str());
-      return 1;
+      report.Fail(absl::StrCat("Begin: ", st.error_message()));
+      return report.Finish();
     }
     for (int i = 0; i < kActions; ++i) {
       dts::v1::EnlistRequest enlist;
@@ -234,8 +237,8 @@ int LargeActions(dts::v1::Coordinator::Stub& coordinator, pid_t dtsd, int rounds
       latency[i].push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
       written[i].push_back((stats().stored_bytes() - bytes_before) / 1048576.0);
       if (!st.ok()) {
-        std::fprintf(stderr, "bench_dts: Enlist: %s\n", st.error_message().c_str());
-        return 1;
+        report.Fail(absl::StrCat("Enlist: ", st.error_message()));
+        return report.Finish();
       }
     }
     grpc::ClientContext ctx;
@@ -243,15 +246,17 @@ int LargeActions(dts::v1::Coordinator::Stub& coordinator, pid_t dtsd, int rounds
     ref.set_activity_id(begun.activity_id());
     dts::v1::DecisionResponse decided;
     if (grpc::Status st = coordinator.Commit(&ctx, ref, &decided); !st.ok()) {
-      std::fprintf(stderr, "bench_dts: Commit: %s\n", st.error_message().c_str());
-      return 1;
+      report.Fail(absl::StrCat("Commit: ", st.error_message()));
+      return report.Finish();
     }
   }
   absl::Time t0 = absl::Now();
   while (stats().unfinished() > 0 && absl::Now() - t0 < absl::Seconds(60)) {
     absl::SleepFor(absl::Milliseconds(20));
   }
-  BenchReport report;
+  if (uint64_t left = stats().unfinished(); left > 0) {
+    report.AddMissing("activities_not_finished_in_60s", static_cast<int64_t>(left));
+  }
   for (int i : {0, 1, 7, kActions - 1}) {
     std::printf("enlist #%-2d of %d MiB: p50 %.1f ms  max %.1f ms  %.2f MiB written\n", i + 1,
                 static_cast<int>(kPayload >> 20), Percentile(latency[i], 50),
@@ -269,8 +274,7 @@ int LargeActions(dts::v1::Coordinator::Stub& coordinator, pid_t dtsd, int rounds
   report.Set("dtsd_peak_rss_mb", peak);
   report.SetSetup("activities", rounds);
   report.SetSetup("activity", "begin, 16 enlists of 1 MiB one after another, commit");
-  report.Print();
-  return 0;
+  return report.Finish();
 }
 
 int Run(int argc, char** argv) {
@@ -323,7 +327,7 @@ int Run(int argc, char** argv) {
     }
     auto coordinator = dts::v1::Coordinator::NewStub(grpc::CreateChannel(
         absl::StrCat("127.0.0.1:", dtsd_port), grpc::InsecureChannelCredentials()));
-    int rc = LargeActions(*coordinator, (*dtsd)->pid(), quick ? 4 : 16);
+    int rc = LargeActions(*coordinator, (*dtsd)->pid(), quick ? 4 : 16, dir.path());
     (*server).reset();
     (*dtsd)->Terminate();
     (*dsrd)->Stop();
