@@ -38,7 +38,9 @@ ShardSet Intersect(const ShardSet& a, const ShardSet& b) {
   return out;
 }
 
-void Normalize(ShardSet* s) {
+// Sorted, each once.
+template <typename Container>
+void Normalize(Container* s) {
   std::sort(s->begin(), s->end());
   s->erase(std::unique(s->begin(), s->end()), s->end());
 }
@@ -228,6 +230,8 @@ struct Analysis {
   // The common shape "... WHERE key = $n [AND other conditions]": the key
   // is parameter n, found without reading the tree again (0: not this shape).
   int key_param = 0;
+  // The parameters it uses ($n), sorted: all must be given before anything runs.
+  std::vector<int> params_used;
 
   // Each analysis names its texts apart from every other one's (ids).
   const uint64_t serial = next_serial.fetch_add(1);
@@ -490,6 +494,9 @@ class Router::Impl {
       }
     }
     a->broadcast_only = refs.empty();
+    ForEach<pg_query::ParamRef>(
+        a->tree, [&](const pg_query::ParamRef& p) { a->params_used.push_back(p.number()); });
+    Normalize(&a->params_used);
 
     if (root.has_insert_stmt() &&
         !(root.insert_stmt().select_stmt().has_select_stmt() &&
@@ -1137,6 +1144,18 @@ class Router::Impl {
     if (!analyzed.ok()) return analyzed.status();
     Analysis& a = **analyzed;
     if (!a.error.ok()) return a.error;
+    // Every parameter is checked before any shard's statement runs: a
+    // statement split over shards must not run on some and fail on others.
+    if (!a.params_used.empty() && a.params_used.back() > static_cast<int>(params.size())) {
+      int missing = *std::upper_bound(a.params_used.begin(), a.params_used.end(),
+                                      static_cast<int>(params.size()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the statement uses $", missing,
+                       missing == a.params_used.back()
+                           ? ""
+                           : absl::StrCat(" (and up to $", a.params_used.back(), ")"),
+                       "; parameters given: ", params.size()));
+    }
     Routing out;
     out.kind = a.kind;
     out.locking = a.locking;

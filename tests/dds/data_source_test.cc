@@ -236,6 +236,42 @@ TEST_F(SqliteFund, BadStatementsAreRefusedAndChangeNothing) {
       HasSubstr("LIMIT and OFFSET must be integers"));
 }
 
+TEST_F(SqliteFund, AMissingParameterIsRefusedBeforeAnyShardRuns) {
+  // Two rows for shards 5 and 30 (databases db0 and db1), the last value missing.
+  std::vector<Value> params = {int64_t{105}, std::string("a"), int64_t{1}, int64_t{230},
+                               std::string("b")};
+  auto r = ds_->Execute(
+      "INSERT INTO accounts (user_id, name, balance) VALUES ($1, $2, $3), ($4, $5, $6)", params);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message(), "the statement uses $6; parameters given: 5");
+  EXPECT_EQ(Int(ds_->Execute("SELECT count(*) FROM accounts")), 0);
+  // The same for an UPDATE over two shards and a read whose LIMIT is missing.
+  ASSERT_TRUE(ds_->Execute("INSERT INTO accounts (user_id, name, balance) VALUES (105, 'a', 1), "
+                           "(230, 'b', 1)")
+                  .ok());
+  auto update = ds_->Execute("UPDATE accounts SET balance = $3 WHERE user_id IN ($1, $2)",
+                             {int64_t{105}, int64_t{230}});
+  EXPECT_EQ(update.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(update.status().message(), "the statement uses $3; parameters given: 2");
+  EXPECT_EQ(Int(ds_->Execute("SELECT sum(balance) FROM accounts")), 2);
+  auto read = ds_->Execute("SELECT * FROM accounts ORDER BY user_id LIMIT $1 OFFSET $3", {});
+  EXPECT_EQ(read.status().message(), "the statement uses $1 (and up to $3); parameters given: 0");
+}
+
+TEST_F(SqliteFund, SqlTextThatIsNotUtf8IsRefusedNamingTheByte) {
+  auto bad = ds_->Execute("SELECT * FROM accounts WHERE name = 'caf\xe9'");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.status().message(),
+            "the SQL text is not valid UTF-8 at byte offset 40 (from 0): byte 0xe9; send SQL in "
+            "UTF-8");
+  auto nul = ds_->Execute(std::string("SELECT * FROM accounts WHERE user_id = 1\0 OR 1 = 1", 50));
+  EXPECT_EQ(nul.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(nul.status().message(), "the SQL text holds a NUL byte at byte offset 40 (from 0)");
+  // Valid UTF-8 of every length passes.
+  auto good = ds_->Execute("SELECT * FROM accounts WHERE name = 'caf\u00e9 \u4e2d \U0001F600'");
+  EXPECT_TRUE(good.ok()) << good.status();
+}
+
 TEST_F(SqliteFund, AWriteThatFailsOnOneShardNamesTheShardsItChanged) {
   ASSERT_TRUE(
       ds_->Execute("INSERT INTO accounts (user_id, name, balance) VALUES (299, 'z', 1)").ok());
