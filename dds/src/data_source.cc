@@ -217,7 +217,8 @@ class DataSourceImpl : public ShardedDataSource {
     }
     absl::StatusOr<ConnectionPool::Lease> lease = pool->Acquire();
     if (!lease.ok()) return lease.status();
-    return (*lease)->Execute(*s.sql, params, s.id);
+    std::vector<Value> ordered;
+    return (*lease)->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id);
   }
 
   absl::StatusOr<std::unique_ptr<Transaction>> Begin(const Value& shard_key) override {
@@ -271,8 +272,9 @@ absl::StatusOr<ResultSet> TransactionImpl::Execute(const std::string& sql,
     }
   }
   std::vector<absl::StatusOr<ResultSet>> results;
+  std::vector<Value> ordered;
   for (const RoutedStatement& s : routing->statements) {
-    results.push_back(lease_->Execute(*s.sql, params, s.id));
+    results.push_back(lease_->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id));
     if (!results.back().ok()) return results.back().status();
   }
   return ds_->Combine(*routing, std::move(results), params);

@@ -16,6 +16,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -192,6 +193,56 @@ bool IsUnmergeableAggregate(const pg_query::FuncCall& f) {
   return false;
 }
 
+// The last part of a type's name, lower case ("int4" for pg_catalog.int4).
+std::string TypeNameOf(const pg_query::TypeName& t) {
+  if (t.names_size() == 0 || !t.names(t.names_size() - 1).has_string()) return "";
+  return absl::AsciiStrToLower(t.names(t.names_size() - 1).string().sval());
+}
+
+bool IsIntegerType(const std::string& name) {
+  return name == "int2" || name == "int4" || name == "int8" || name == "integer" || name == "int" ||
+         name == "bigint" || name == "smallint";
+}
+
+bool IsTextType(const std::string& name) {
+  return name == "text" || name == "varchar" || name == "bpchar" || name == "char";
+}
+
+// A cast's type as SQLite is to read it in CAST(x AS type). SQLite takes
+// any name and gives it an affinity by the words in it (INT: integer;
+// CHAR, CLOB, TEXT: text; BLOB: none; REAL, FLOA, DOUB: real; else
+// numeric); PostgreSQL's parser renamed the standard types (INTEGER is
+// pg_catalog.int4), which are written back as the words a user writes,
+// so the affinity is the one the statement's own words give on SQLite.
+// Length and precision are dropped: SQLite ignores them.
+absl::StatusOr<std::string> SqliteTypeName(const pg_query::TypeName& t) {
+  std::string name = TypeNameOf(t);
+  if (t.array_bounds_size() > 0 || t.setof() || t.pct_type()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SQLite has no array or set types: cannot cast to ", name, "[]"));
+  }
+  bool catalog =
+      t.names_size() == 2 && t.names(0).has_string() && t.names(0).string().sval() == "pg_catalog";
+  if (catalog) {
+    static const std::map<std::string, std::string> kWords = {
+        {"int2", "SMALLINT"},       {"int4", "INTEGER"},      {"int8", "BIGINT"},
+        {"float4", "REAL"},         {"float8", "REAL"},       {"numeric", "NUMERIC"},
+        {"bool", "BOOLEAN"},        {"bpchar", "CHAR"},       {"varchar", "VARCHAR"},
+        {"timestamp", "TIMESTAMP"}, {"time", "TIME"},         {"timestamptz", "TIMESTAMPTZ"},
+        {"timetz", "TIMETZ"},       {"interval", "INTERVAL"}, {"bit", "BIT"},
+        {"varbit", "VARBIT"}};
+    auto it = kWords.find(name);
+    if (it != kWords.end()) return it->second;
+  } else if (t.names_size() == 1 && !name.empty() &&
+             std::all_of(name.begin(), name.end(), [](char c) {
+               return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_';
+             })) {
+    return absl::AsciiStrToUpper(name);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("SQLite cannot cast to type ", name,
+                                                 "; cast to INTEGER, REAL, TEXT, BLOB or NUMERIC"));
+}
+
 pg_query::Node IntConst(int64_t v) {
   pg_query::Node n;
   n.mutable_a_const()->mutable_ival()->set_ival(static_cast<int32_t>(v));
@@ -209,6 +260,15 @@ absl::StatusOr<int> LastTwoDigits(const std::string& user_id) {
   }
   return (id[id.size() - 2] - '0') * 10 + (id[id.size() - 1] - '0');
 }
+
+// A statement written out for a backend, with a hole wherever a sharded
+// table's (or index's) name goes: pieces[0] holes[0] pieces[1] ... The
+// holes hold the logical names; a physical table's text fills them.
+struct Template {
+  std::vector<std::string> pieces;  // one more than holes
+  std::vector<std::string> holes;
+  std::shared_ptr<const std::vector<int>> order;  // see RoutedStatement::order
+};
 
 // What a statement text is, worked out once: its tree, what it touches,
 // and for a read that may span tables, how it is merged.
@@ -239,8 +299,9 @@ struct Analysis {
   // std::mutex, not absl::Mutex: this is on every statement's path, and
   // the distribution's abseil checks lock order on each absl::Mutex lock.
   std::mutex mu;
-  std::vector<std::shared_ptr<const std::string>> plain_sql;    // per target, null until made
-  std::vector<std::shared_ptr<const std::string>> scatter_sql;  // per target
+  std::shared_ptr<const Template> plain_template, scatter_template;  // null until made
+  std::vector<std::shared_ptr<const std::string>> plain_sql;         // per target, null until made
+  std::vector<std::shared_ptr<const std::string>> scatter_sql;       // per target
 };
 
 class Router::Impl {
@@ -255,6 +316,9 @@ class Router::Impl {
 
   mutable std::shared_mutex mu;  // see Analysis::mu
   mutable absl::flat_hash_map<std::string, std::shared_ptr<Analysis>> cache;
+  // Identifiers that the deparser quotes or might (see Spelled).
+  mutable std::mutex spelled_mu;
+  mutable absl::flat_hash_map<std::string, std::string> spelled;
 
   absl::Status Init() {
     const RouterConfig& c = config;
@@ -494,6 +558,30 @@ class Router::Impl {
       }
     }
     a->broadcast_only = refs.empty();
+    if (config.sqlite) {
+      absl::Status cast;
+      ForEach<pg_query::TypeCast>(a->tree, [&](const pg_query::TypeCast& c) {
+        if (!cast.ok()) return;
+        absl::StatusOr<std::string> type = SqliteTypeName(c.type_name());
+        if (!type.ok()) {
+          cast = type.status();
+          return;
+        }
+        // CAST(x AS T) and x::T (located at CAST and at ::) are written as
+        // CAST for SQLite; a typed literal (DATE '2026-01-01', located
+        // nowhere) SQLite does not have.
+        int at = c.location();
+        absl::string_view from = at >= 0 && at < static_cast<int>(a->sql.size())
+                                     ? absl::string_view(a->sql).substr(at)
+                                     : absl::string_view();
+        if (!absl::StartsWith(from, "::") && !absl::StartsWithIgnoreCase(from, "cast")) {
+          cast = absl::InvalidArgumentError(
+              absl::StrCat("SQLite has no typed literals (", TypeNameOf(c.type_name()),
+                           " '...'); write CAST('...' AS ", *type, ")"));
+        }
+      });
+      if (!cast.ok()) return cast;
+    }
     ForEach<pg_query::ParamRef>(
         a->tree, [&](const pg_query::ParamRef& p) { a->params_used.push_back(p.number()); });
     Normalize(&a->params_used);
@@ -957,7 +1045,35 @@ class Router::Impl {
       }
       return std::optional<Value>(params[k - 1]);
     }
-    if (n.has_type_cast()) return ValueOf(n.type_cast().arg(), params);
+    if (n.has_type_cast()) {
+      // A key cast to an integer or a text type is read as the cast reads it;
+      // what else a cast makes of it is the database's to say (nullopt).
+      absl::StatusOr<std::optional<Value>> v = ValueOf(n.type_cast().arg(), params);
+      if (!v.ok() || !v->has_value()) return v;
+      const std::string type = TypeNameOf(n.type_cast().type_name());
+      if (n.type_cast().type_name().array_bounds_size() > 0) return std::optional<Value>();
+      const Value& x = **v;
+      if (IsIntegerType(type)) {
+        if (std::holds_alternative<int64_t>(x)) return v;
+        if (const double* d = std::get_if<double>(&x)) {
+          if (*d == std::trunc(*d) && std::abs(*d) < 9e15) {
+            return std::optional<Value>(static_cast<int64_t>(*d));
+          }
+          return std::optional<Value>();
+        }
+        int64_t i;
+        if (const std::string* t = std::get_if<std::string>(&x);
+            t != nullptr && absl::SimpleAtoi(*t, &i)) {
+          return std::optional<Value>(i);
+        }
+        return std::optional<Value>();
+      }
+      if (IsTextType(type) &&
+          (std::holds_alternative<int64_t>(x) || std::holds_alternative<std::string>(x))) {
+        return v;
+      }
+      return std::optional<Value>();
+    }
     return std::optional<Value>();
   }
 
@@ -1082,61 +1198,205 @@ class Router::Impl {
     return std::optional<ShardSet>();
   }
 
-  // `tree` with each sharded table renamed to its table in `shard`.
-  absl::StatusOr<std::string> Rewrite(pg_query::ParseResult tree, int shard) const {
-    const std::string& suffix = suffix_of[shard];
-    Portable(&tree);
-    if (!suffix.empty()) {
-      Walk(&tree, [&](Message* m) {
+  // ---- writing statements out ------------------------------------------
+
+  // The text of `tree` for the backend, with a hole for each sharded table's
+  // (and index's) name. Written out once however many tables it runs on.
+  absl::StatusOr<Template> Render(const pg_query::ParseResult& tree) const {
+    // Markers stand for what the deparser cannot write: names filled in per
+    // table, and for SQLite, casts and parameters. A marker the statement
+    // itself happens to hold shows as one too many; another is chosen.
+    for (int nonce = 0; nonce < 8; ++nonce) {
+      pg_query::ParseResult copy = tree;
+      const std::string prefix = absl::StrCat("__dds", nonce, "_");
+      std::vector<std::string> names, types;
+      size_t markers = 0;
+      pg_query::Node* root = copy.mutable_stmts(0)->mutable_stmt();
+      if (root->has_index_stmt() && root->index_stmt().access_method() == "btree") {
+        root->mutable_index_stmt()->clear_access_method();  // the default; SQLite has no USING
+      }
+      if (config.sqlite && root->has_select_stmt()) {
+        // SQLite locks the whole database for a transaction's writes.
+        root->mutable_select_stmt()->clear_locking_clause();
+      }
+      auto marker = [&](char kind, size_t k) {
+        ++markers;
+        return absl::StrCat(prefix, std::string(1, kind), k, "__");
+      };
+      absl::Status bad;
+      Walk(&copy, [&](Message* m) {
         if (m->GetDescriptor() == pg_query::RangeVar::descriptor()) {
           auto* rv = static_cast<pg_query::RangeVar*>(m);
           if (config.sharded_tables.count(rv->relname()) > 0) {
-            rv->set_relname(absl::StrCat(rv->relname(), suffix));
+            names.push_back(rv->relname());
+            rv->set_relname(marker('t', names.size() - 1));
           }
         } else if (m->GetDescriptor() == pg_query::IndexStmt::descriptor()) {
           auto* ix = static_cast<pg_query::IndexStmt*>(m);
           if (!ix->idxname().empty() && config.sharded_tables.count(ix->relation().relname()) > 0) {
-            ix->set_idxname(absl::StrCat(ix->idxname(), suffix));
+            names.push_back(ix->idxname());
+            ix->set_idxname(marker('t', names.size() - 1));
+          }
+        } else if (config.sqlite && m->GetDescriptor() == pg_query::Node::descriptor()) {
+          auto* n = static_cast<pg_query::Node*>(m);
+          if (n->has_param_ref()) {
+            // SQLite reads $n as a name, looked up among all the others (a
+            // statement of many parameters took quadratic time); ?n is
+            // parameter n.
+            int k = n->param_ref().number();
+            n->mutable_column_ref()->add_fields()->mutable_string()->set_sval(marker('p', k));
+          } else if (n->has_type_cast()) {
+            // x::T, which SQLite does not read, as CAST(x AS T): a call
+            // whose name and last argument are markers.
+            absl::StatusOr<std::string> type = SqliteTypeName(n->type_cast().type_name());
+            if (!type.ok()) {
+              if (bad.ok()) bad = type.status();
+              return;
+            }
+            types.push_back(*std::move(type));
+            pg_query::Node arg = n->type_cast().arg();
+            pg_query::FuncCall* call = n->mutable_func_call();
+            call->add_funcname()->mutable_string()->set_sval(marker('c', types.size() - 1));
+            *call->add_args() = std::move(arg);
+            call->add_args()->mutable_column_ref()->add_fields()->mutable_string()->set_sval(
+                marker('a', types.size() - 1));
+            call->set_funcformat(pg_query::COERCE_EXPLICIT_CALL);
           }
         }
       });
+      if (!bad.ok()) return bad;
+      absl::StatusOr<std::string> text = Deparse(copy);
+      if (!text.ok()) return text.status();
+      absl::StatusOr<std::optional<Template>> t = Fill(*text, prefix, markers, names, types);
+      if (!t.ok()) return t.status();
+      if (t->has_value()) return **std::move(t);
     }
-    return Deparse(tree);
+    return absl::InternalError(
+        "cannot write the statement out: its text holds the router's markers");
   }
 
-  // What PostgreSQL's deparser writes out but SQLite does not read: the
-  // default index method (USING btree), row locks (SQLite locks the whole
-  // database for a transaction's writes).
-  void Portable(pg_query::ParseResult* tree) const {
-    pg_query::Node* root = tree->mutable_stmts(0)->mutable_stmt();
-    if (root->has_index_stmt() && root->index_stmt().access_method() == "btree") {
-      root->mutable_index_stmt()->clear_access_method();
+  // The deparsed text cut at its markers; nullopt if it holds other
+  // markers than the `expected` ones made for it.
+  static absl::StatusOr<std::optional<Template>> Fill(const std::string& text,
+                                                      const std::string& prefix, size_t expected,
+                                                      const std::vector<std::string>& names,
+                                                      const std::vector<std::string>& types) {
+    Template t;
+    t.pieces.emplace_back();
+    std::vector<int> order;
+    size_t found = 0, at = 0;
+    while (true) {
+      size_t next = text.find(prefix, at);
+      t.pieces.back().append(text, at, next == std::string::npos ? std::string::npos : next - at);
+      if (next == std::string::npos) break;
+      size_t p = next + prefix.size();
+      size_t end = text.find("__", p + 1);
+      uint64_t k;
+      if (p >= text.size() || end == std::string::npos ||
+          !absl::SimpleAtoi(absl::string_view(text).substr(p + 1, end - p - 1), &k)) {
+        return std::optional<Template>();
+      }
+      ++found;
+      std::string& piece = t.pieces.back();
+      switch (text[p]) {
+        case 't':
+          if (k >= names.size()) return std::optional<Template>();
+          t.holes.push_back(names[k]);
+          t.pieces.emplace_back();
+          break;
+        case 'p':
+          piece += "?";
+          order.push_back(static_cast<int>(k));
+          break;
+        case 'c':
+          if (k >= types.size()) return std::optional<Template>();
+          piece += "CAST";
+          break;
+        case 'a':
+          if (k >= types.size() || !absl::EndsWith(piece, ", ")) return std::optional<Template>();
+          piece.resize(piece.size() - 2);
+          absl::StrAppend(&piece, " AS ", types[k]);
+          break;
+        default:
+          return std::optional<Template>();
+      }
+      at = end + 2;
     }
-    if (config.sqlite && root->has_select_stmt()) {
-      root->mutable_select_stmt()->clear_locking_clause();
+    if (found != expected) return std::optional<Template>();
+    bool as_given = true;
+    for (size_t i = 0; i < order.size(); ++i)
+      as_given = as_given && order[i] == static_cast<int>(i) + 1;
+    if (!as_given) t.order = std::make_shared<const std::vector<int>>(std::move(order));
+    return std::optional<Template>(std::move(t));
+  }
+
+  // The text of a rendered statement for the tables of `shard`.
+  std::string Text(const Template& t, int shard) const {
+    const std::string& suffix = suffix_of[shard];
+    std::string out = t.pieces[0];
+    for (size_t i = 0; i < t.holes.size(); ++i) {
+      out += Spelled(t.holes[i] + suffix);
+      out += t.pieces[i + 1];
     }
+    return out;
+  }
+
+  // `name` as the deparser writes an identifier: as it is, or quoted.
+  std::string Spelled(const std::string& name) const {
+    bool plain = !name.empty() && !absl::ascii_isdigit(static_cast<unsigned char>(name[0]));
+    bool digit = false;
+    for (char c : name) {
+      if (absl::ascii_isdigit(static_cast<unsigned char>(c))) {
+        digit = true;
+      } else if (!absl::ascii_islower(static_cast<unsigned char>(c)) && c != '_') {
+        plain = false;
+      }
+    }
+    if (plain && digit) return name;  // no keyword holds a digit
+    std::lock_guard<std::mutex> lock(spelled_mu);
+    auto it = spelled.find(name);
+    if (it != spelled.end()) return it->second;
+    static const std::string kFrom = "SELECT 1 FROM ";
+    absl::StatusOr<Statement> st = Parse(kFrom + "x");
+    st->tree.mutable_stmts(0)
+        ->mutable_stmt()
+        ->mutable_select_stmt()
+        ->mutable_from_clause(0)
+        ->mutable_range_var()
+        ->set_relname(name);
+    absl::StatusOr<std::string> text = Deparse(st->tree);
+    std::string out = text.ok() && absl::StartsWith(*text, kFrom) ? text->substr(kFrom.size())
+                                                                  : absl::StrCat("\"", name, "\"");
+    spelled.emplace(name, out);
+    return out;
   }
 
   // The cached text of the statement (plain or scattered) on a target.
   absl::StatusOr<RoutedStatement> Cached(Analysis& a, bool scatter, int target) const {
     int shard = target_shard[target];
     uint64_t id = (a.serial * 2 + (scatter ? 1 : 0)) * target_shard.size() + target + 1;
+    std::shared_ptr<const Template> t;
     {
       std::lock_guard<std::mutex> lock(a.mu);
-      const auto& t = scatter ? a.scatter_sql[target] : a.plain_sql[target];
-      if (t != nullptr) return RoutedStatement{shard, database_of[shard], t, id};
+      const auto& text = scatter ? a.scatter_sql[target] : a.plain_sql[target];
+      t = scatter ? a.scatter_template : a.plain_template;
+      if (text != nullptr) return RoutedStatement{shard, database_of[shard], text, id, t->order};
     }
-    absl::StatusOr<std::string> text = Rewrite(scatter ? a.scatter_tree : a.tree, shard);
-    if (!text.ok()) return text.status();
-    auto shared = std::make_shared<const std::string>(*std::move(text));
+    if (t == nullptr) {
+      absl::StatusOr<Template> made = Render(scatter ? a.scatter_tree : a.tree);
+      if (!made.ok()) return made.status();
+      t = std::make_shared<const Template>(*std::move(made));
+    }
+    auto shared = std::make_shared<const std::string>(Text(*t, shard));
     std::lock_guard<std::mutex> lock(a.mu);
+    (scatter ? a.scatter_template : a.plain_template) = t;
     (scatter ? a.scatter_sql[target] : a.plain_sql[target]) = shared;
-    return RoutedStatement{shard, database_of[shard], shared, id};
+    return RoutedStatement{shard, database_of[shard], shared, id, t->order};
   }
 
-  RoutedStatement Once(int shard, std::string text) const {
+  RoutedStatement Once(const Template& t, int shard) const {
     return RoutedStatement{shard, database_of[shard],
-                           std::make_shared<const std::string>(std::move(text)), 0};
+                           std::make_shared<const std::string>(Text(t, shard)), 0, t.order};
   }
 
   absl::StatusOr<Routing> Route(const std::string& sql, const std::vector<Value>& params) const {
@@ -1163,14 +1423,12 @@ class Router::Impl {
 
     if (a.broadcast_only) {
       // A read goes to any one database, a write or DDL to all.
-      pg_query::ParseResult tree = a.tree;
-      Portable(&tree);
-      absl::StatusOr<std::string> text = Deparse(tree);
-      if (!text.ok()) return text.status();
+      absl::StatusOr<Template> t = Render(a.tree);
+      if (!t.ok()) return t.status();
       out.any_database = a.kind == StatementKind::kRead;
-      auto shared = std::make_shared<const std::string>(*std::move(text));
+      auto shared = std::make_shared<const std::string>(Text(*t, 0));
       for (int db = 0; db < (out.any_database ? 1 : config.databases); ++db) {
-        out.statements.push_back(RoutedStatement{-1, db, shared, 0});
+        out.statements.push_back(RoutedStatement{-1, db, shared, 0, t->order});
       }
       return out;
     }
@@ -1219,15 +1477,19 @@ class Router::Impl {
       out.merge = a.merge;
     }
     out.statements.reserve(targets.size());
+    std::optional<Template> per_call;  // a scatter whose LIMIT is a parameter
+    if (scatter && a.limit_per_call) {
+      pg_query::ParseResult tree = a.scatter_tree;
+      absl::Status st = SetShardLimit(tree.mutable_stmts(0)->mutable_stmt()->mutable_select_stmt(),
+                                      *a.merge, params);
+      if (!st.ok()) return st;
+      absl::StatusOr<Template> t = Render(tree);
+      if (!t.ok()) return t.status();
+      per_call = *std::move(t);
+    }
     for (int t : targets) {
-      if (scatter && a.limit_per_call) {
-        pg_query::ParseResult tree = a.scatter_tree;
-        absl::Status st = SetShardLimit(
-            tree.mutable_stmts(0)->mutable_stmt()->mutable_select_stmt(), *a.merge, params);
-        if (!st.ok()) return st;
-        absl::StatusOr<std::string> text = Rewrite(std::move(tree), target_shard[t]);
-        if (!text.ok()) return text.status();
-        out.statements.push_back(Once(target_shard[t], *std::move(text)));
+      if (per_call.has_value()) {
+        out.statements.push_back(Once(*per_call, target_shard[t]));
       } else {
         absl::StatusOr<RoutedStatement> r = Cached(a, scatter, t);
         if (!r.ok()) return r.status();
@@ -1290,14 +1552,23 @@ class Router::Impl {
         google::protobuf::RepeatedPtrField<pg_query::Node> kept;
         for (int r : indexes) *kept.Add() = values.Get(r);
         lists->Swap(&kept);
-        absl::StatusOr<std::string> text = Rewrite(std::move(part), target_shard[target]);
-        if (!text.ok()) return text.status();
-        out.statements.push_back(Once(target_shard[target], *std::move(text)));
+        absl::StatusOr<Template> t = Render(part);
+        if (!t.ok()) return t.status();
+        out.statements.push_back(Once(*t, target_shard[target]));
       }
     }
     return out;
   }
 };
+
+const std::vector<Value>& ParamsOf(const RoutedStatement& s, const std::vector<Value>& params,
+                                   std::vector<Value>* storage) {
+  if (s.order == nullptr) return params;
+  storage->clear();
+  storage->reserve(s.order->size());
+  for (int k : *s.order) storage->push_back(params[k - 1]);  // checked by Route
+  return *storage;
+}
 
 absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterConfig config) {
   auto impl = std::make_unique<Impl>();

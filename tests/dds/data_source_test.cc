@@ -272,6 +272,31 @@ TEST_F(SqliteFund, SqlTextThatIsNotUtf8IsRefusedNamingTheByte) {
   EXPECT_TRUE(good.ok()) << good.status();
 }
 
+TEST_F(SqliteFund, CastsRunOnSqliteAndACastKeyRoutes) {
+  ASSERT_TRUE(ds_->Execute("INSERT INTO accounts (user_id, name, balance) VALUES (105, 'a', 7), "
+                           "(230, 'b', 12)")
+                  .ok());
+  auto one = ds_->Execute(
+      "SELECT CAST(balance AS TEXT), balance::real / 2 FROM accounts WHERE user_id = "
+      "CAST($1 AS INTEGER)",
+      {std::string("105")});
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_EQ(one->rows.size(), 1u);
+  EXPECT_EQ(one->rows[0][0], Value(std::string("7")));
+  EXPECT_EQ(one->rows[0][1], Value(3.5));
+  auto all = ds_->Execute(
+      "SELECT user_id, CAST(balance AS VARCHAR(1)) FROM accounts ORDER BY CAST(balance AS TEXT)");
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->rows.size(), 2u);
+  EXPECT_EQ(all->rows[0][1], Value(std::string("12")));  // SQLite ignores the length
+  auto literal = ds_->Execute("SELECT * FROM accounts WHERE name > DATE '2026-01-01'");
+  EXPECT_EQ(literal.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(literal.status().message(),
+            "SQLite has no typed literals (date '...'); write CAST('...' AS DATE)");
+  auto array = ds_->Execute("SELECT CAST(balance AS INTEGER[]) FROM accounts WHERE user_id = 105");
+  EXPECT_EQ(array.status().message(), "SQLite has no array or set types: cannot cast to int4[]");
+}
+
 TEST_F(SqliteFund, AWriteThatFailsOnOneShardNamesTheShardsItChanged) {
   ASSERT_TRUE(
       ds_->Execute("INSERT INTO accounts (user_id, name, balance) VALUES (299, 'z', 1)").ok());
