@@ -309,6 +309,45 @@ TEST_F(SqliteFund, AWriteThatFailsOnOneShardNamesTheShardsItChanged) {
   EXPECT_EQ(Balance(101), 1);
 }
 
+TEST(ShardedDataSource, AWriteOverSeveralDatabasesTakesItsConnectionsBeforeWriting) {
+  TempDir dir;
+  DataSourceConfig c = FundConfig(DatabaseKind::kSqlite, {dir.File("a.db"), dir.File("b.db")});
+  for (DatabaseConfig& d : c.databases) d.pool = 1;
+  c.pool_wait = absl::Milliseconds(300);
+  auto ds = OpenOrDie(c);
+  ASSERT_NE(ds, nullptr);
+  CreateSchema(ds.get(), nullptr);
+  // Users of shards 5 (database db0) and 99 (db1).
+  ASSERT_TRUE(
+      ds->Execute("INSERT INTO accounts (user_id, name, balance) VALUES (105, 'a', 1), (299, "
+                  "'b', 1)")
+          .ok());
+  const std::string update = "UPDATE accounts SET balance = balance + 1 WHERE user_id IN ($1, $2)";
+  {
+    auto tx = ds->Begin(int64_t{299});  // holds db1's only connection past the wait
+    ASSERT_TRUE(tx.ok()) << tx.status();
+    auto r = ds->Execute(update, {int64_t{105}, int64_t{299}});
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_THAT(std::string(r.status().message()),
+                HasSubstr("database db1: all 1 connections stayed busy for 300ms; nothing was "
+                          "written"));
+    ASSERT_TRUE((*tx)->Rollback().ok());
+  }
+  EXPECT_EQ(Int(ds->Execute("SELECT sum(balance) FROM accounts")), 2);
+  // A connection freed within the wait is waited for, and every shard runs.
+  auto tx = ds->Begin(int64_t{299});
+  ASSERT_TRUE(tx.ok()) << tx.status();
+  std::thread release([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    (void)(*tx)->Commit();
+  });
+  auto r = ds->Execute(update, {int64_t{105}, int64_t{299}});
+  release.join();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->rows_affected, 2);
+  EXPECT_EQ(Int(ds->Execute("SELECT sum(balance) FROM accounts")), 4);
+}
+
 TEST(ShardedDataSource, ReadsGoToReplicasUnlessAskedOrInATransaction) {
   TempDir dir;
   // The "replica" is a copy kept apart so a read shows where it went.
