@@ -261,6 +261,177 @@ absl::StatusOr<int> LastTwoDigits(const std::string& user_id) {
   return (id[id.size() - 2] - '0') * 10 + (id[id.size() - 1] - '0');
 }
 
+// ---- scopes: which sharded tables a statement reads, and where ----------
+//
+// Each SELECT (the statement's, a subquery's, a derived table's) is a scope:
+// the tables of its FROM, its WHERE and its joins' ON conditions. A
+// condition constrains the rows of its own scope's tables only: an equality
+// of shard columns joins two tables of one scope (both then hold one user's
+// rows, so both are in one shard), or ties a table of an inner scope to one
+// of an outer scope (a correlated subquery reads the outer row's shard); an
+// equality between two outer tables inside a subquery constrains neither.
+
+// One sharded table named in a FROM (or written by the statement).
+struct TableRef {
+  std::string table;
+  std::string qualifier;  // its alias, or its name
+  int scope = 0;
+};
+
+struct Scope {
+  int parent = -1;
+  const pg_query::Node* where = nullptr;
+  std::vector<const pg_query::Node*> conditions;  // WHERE and ON, each whole
+  std::vector<const pg_query::JoinExpr*> usings;  // joins with USING (...)
+  std::map<std::string, int> names;               // FROM item -> TableRef, -1 if not sharded
+  std::vector<int> refs;
+};
+
+class ScopeScan {
+ public:
+  explicit ScopeScan(const std::map<std::string, std::string>& sharded) : sharded_(sharded) {}
+
+  // The statement `root`; returns the index of its own scope.
+  int Scan(const pg_query::Node& root) {
+    if (root.has_select_stmt()) {
+      Visit(root.select_stmt(), -1);
+      return 0;
+    }
+    int top = NewScope(-1);
+    if (root.has_update_stmt()) {
+      const pg_query::UpdateStmt& u = root.update_stmt();
+      Register(u.relation(), top);
+      for (const pg_query::Node& f : u.from_clause()) AddFrom(f, top);
+      if (u.has_where_clause()) AddWhere(u.where_clause(), top);
+    } else if (root.has_delete_stmt()) {
+      const pg_query::DeleteStmt& d = root.delete_stmt();
+      Register(d.relation(), top);
+      for (const pg_query::Node& f : d.using_clause()) AddFrom(f, top);
+      if (d.has_where_clause()) AddWhere(d.where_clause(), top);
+    } else if (root.has_insert_stmt()) {
+      Register(root.insert_stmt().relation(), top);
+    }
+    Visit(root, top);
+    return top;
+  }
+
+  // The table a column reference seen in `scope` names, if it is that
+  // table's shard column.
+  std::optional<int> Resolve(const pg_query::Node& n, int scope) const {
+    std::optional<Column> c = ColumnOf(n);
+    if (!c.has_value()) return std::nullopt;
+    for (int s = scope; s >= 0; s = scopes_[s].parent) {
+      if (!c->qualifier.empty()) {
+        auto it = scopes_[s].names.find(c->qualifier);
+        if (it == scopes_[s].names.end()) continue;
+        if (it->second < 0 || sharded_.at(refs_[it->second].table) != c->name) {
+          return std::nullopt;
+        }
+        return it->second;
+      }
+      for (int r : scopes_[s].refs) {
+        if (sharded_.at(refs_[r].table) == c->name) return r;
+      }
+    }
+    return std::nullopt;
+  }
+
+  const std::vector<Scope>& scopes() const { return scopes_; }
+  const std::vector<TableRef>& refs() const { return refs_; }
+  const absl::Status& error() const { return error_; }
+
+ private:
+  int NewScope(int parent) {
+    scopes_.emplace_back();
+    scopes_.back().parent = parent;
+    return static_cast<int>(scopes_.size()) - 1;
+  }
+
+  void AddWhere(const pg_query::Node& where, int scope) {
+    scopes_[scope].where = &where;
+    scopes_[scope].conditions.push_back(&where);
+  }
+
+  void Name(const std::string& name, int ref, int scope) {
+    auto [it, fresh] = scopes_[scope].names.emplace(name, ref);
+    if (!fresh && ref >= 0 && error_.ok()) {
+      error_ = absl::InvalidArgumentError(absl::StrCat("sharded table ", refs_[ref].table,
+                                                       " appears twice as '", name,
+                                                       "'; give each an alias"));
+    }
+  }
+
+  void Register(const pg_query::RangeVar& rv, int scope) {
+    registered_.insert(&rv);
+    std::string name = rv.has_alias() ? rv.alias().aliasname() : rv.relname();
+    if (sharded_.count(rv.relname()) == 0) {
+      Name(name, -1, scope);
+      return;
+    }
+    refs_.push_back({rv.relname(), name, scope});
+    scopes_[scope].refs.push_back(static_cast<int>(refs_.size()) - 1);
+    Name(name, static_cast<int>(refs_.size()) - 1, scope);
+  }
+
+  void AddFrom(const pg_query::Node& n, int scope) {
+    if (n.has_range_var()) {
+      Register(n.range_var(), scope);
+    } else if (n.has_join_expr()) {
+      const pg_query::JoinExpr& j = n.join_expr();
+      AddFrom(j.larg(), scope);
+      AddFrom(j.rarg(), scope);
+      if (j.has_quals()) scopes_[scope].conditions.push_back(&j.quals());
+      if (j.using_clause_size() > 0) scopes_[scope].usings.push_back(&j);
+      if (j.has_alias()) Name(j.alias().aliasname(), -1, scope);
+    } else if (n.has_range_subselect() && n.range_subselect().has_alias()) {
+      Name(n.range_subselect().alias().aliasname(), -1, scope);
+    } else if (n.has_range_function() && n.range_function().has_alias()) {
+      Name(n.range_function().alias().aliasname(), -1, scope);
+    }
+  }
+
+  // Every SELECT below `m` opens a scope inside `scope`.
+  void Visit(const Message& m, int scope) {
+    if (m.GetDescriptor() == pg_query::SelectStmt::descriptor()) {
+      const auto& select = static_cast<const pg_query::SelectStmt&>(m);
+      scope = NewScope(scope);
+      for (const pg_query::Node& f : select.from_clause()) AddFrom(f, scope);
+      if (select.has_where_clause()) AddWhere(select.where_clause(), scope);
+    } else if (m.GetDescriptor() == pg_query::RangeVar::descriptor() && scope >= 0 &&
+               registered_.count(&m) == 0) {
+      Register(static_cast<const pg_query::RangeVar&>(m), scope);  // DDL
+    }
+    const google::protobuf::Reflection* r = m.GetReflection();
+    std::vector<const FieldDescriptor*> fields;
+    r->ListFields(m, &fields);
+    for (const FieldDescriptor* f : fields) {
+      if (f->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE) continue;
+      if (f->is_repeated()) {
+        for (int i = 0; i < r->FieldSize(m, f); ++i) Visit(r->GetRepeatedMessage(m, f, i), scope);
+      } else {
+        Visit(r->GetMessage(m, f), scope);
+      }
+    }
+  }
+
+  const std::map<std::string, std::string>& sharded_;
+  std::vector<Scope> scopes_;
+  std::vector<TableRef> refs_;
+  std::set<const Message*> registered_;
+  absl::Status error_;
+};
+
+// Sharded tables of one scope joined on their shard columns: their rows in
+// a result belong to one user, so to one shard.
+struct TableGroup {
+  const pg_query::Node* where = nullptr;  // its scope's WHERE (keys are read there)
+  std::vector<Column> key_columns;        // its tables' shard columns
+  std::vector<int> follows;               // outer groups it is correlated with
+  bool top = false;                       // in the statement's own scope
+  std::string name;                       // "orders p", for messages
+  Column example;                         // one shard column, for messages
+};
+
 // A statement written out for a backend, with a hole wherever a sharded
 // table's (or index's) name goes: pieces[0] holes[0] pieces[1] ... The
 // holes hold the logical names; a physical table's text fills them.
@@ -280,8 +451,16 @@ struct Analysis {
   bool locking = false;
   bool broadcast_only = false;
   std::set<std::string> sharded;  // the sharded tables it names
-  // Shard columns a key may be given on: qualifier ("" = any) -> column.
+  // Shard columns a key may be given on in the statement's own WHERE:
+  // its own scope's sharded tables (qualifier: alias or name).
   std::vector<Column> key_columns;
+  // The groups of sharded tables it reads, outer scopes first. Unless
+  // `single`, each call checks they all read the shard the statement runs on.
+  std::vector<TableGroup> groups;
+  // One group in the statement's own scope, and every subquery's tables
+  // correlated with it (directly or through other subqueries): right on any
+  // shards.
+  bool single = true;
   // A read over several tables: why it cannot be, or how it is merged.
   absl::Status scatter_error;
   std::shared_ptr<MergePlan> merge;
@@ -511,15 +690,9 @@ class Router::Impl {
     }
 
     // The tables it names: each must be known.
-    struct Ref {
-      std::string table, qualifier;
-    };
-    std::vector<Ref> refs;
     absl::Status unknown;
     ForEach<pg_query::RangeVar>(a->tree, [&](const pg_query::RangeVar& rv) {
       if (config.sharded_tables.count(rv.relname()) > 0) {
-        refs.push_back(
-            {rv.relname(), rv.has_alias() ? rv.alias().aliasname() : std::string(rv.relname())});
         a->sharded.insert(rv.relname());
       } else if (config.broadcast_tables.count(rv.relname()) == 0 && unknown.ok()) {
         unknown = absl::InvalidArgumentError(
@@ -535,6 +708,10 @@ class Router::Impl {
         (root.has_delete_stmt() && root.delete_stmt().has_with_clause())) {
       return absl::InvalidArgumentError("WITH queries cannot be routed by shard");
     }
+    ScopeScan scan(config.sharded_tables);
+    const int top = scan.Scan(root);
+    if (!scan.error().ok()) return scan.error();
+    const std::vector<TableRef>& refs = scan.refs();
     // A broadcast table's copies must change alike: a write to one that
     // also reads sharded tables would differ database by database.
     if (!refs.empty() && (root.has_update_stmt() || root.has_delete_stmt())) {
@@ -606,18 +783,26 @@ class Router::Impl {
       }
     }
 
-    if (refs.size() > 1) {
-      absl::Status joined = CheckJoins(
-          *a, refs.size(), [&](size_t i) { return refs[i].table; },
-          [&](size_t i) { return refs[i].qualifier; });
-      if (!joined.ok()) return joined;
+    if (root.has_insert_stmt() && refs.size() > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "INSERT into ", root.insert_stmt().relation().relname(),
+          " may not read sharded tables: its rows are split by shard; read first, then insert"));
     }
-    for (const Ref& r : refs) {
+    for (const TableRef& r : refs) {
+      if (!Binding(refs[0].table, r.table)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the statement joins sharded tables ", refs[0].table, " and ", r.table,
+            ", which are not binding tables; join sharded tables only if the config binds them, "
+            "and otherwise only with broadcast tables"));
+      }
       // A qualified key must name this table (or its alias): a broadcast
       // table's column of the same name is no shard key.
-      a->key_columns.push_back({r.qualifier, config.sharded_tables.at(r.table)});
+      if (r.scope == top)
+        a->key_columns.push_back({r.qualifier, config.sharded_tables.at(r.table)});
     }
-    if (const pg_query::Node* where = WhereOf(root); where != nullptr && !a->broadcast_only) {
+    Group(scan, top, a);
+    if (const pg_query::Node* where = WhereOf(root);
+        where != nullptr && !a->broadcast_only && a->single) {
       a->key_param = KeyParam(*a, *where);
     }
     if (a->kind == StatementKind::kRead && !a->broadcast_only) {
@@ -626,85 +811,182 @@ class Router::Impl {
     return absl::OkStatus();
   }
 
-  // Several references to sharded tables are right within one shard only if
-  // the tables are sharded alike and joined on their shard columns.
-  absl::Status CheckJoins(const Analysis& a, size_t n,
-                          const std::function<std::string(size_t)>& table,
-                          const std::function<std::string(size_t)>& qualifier) const {
-    std::map<std::string, size_t> by_qualifier;
-    for (size_t i = 0; i < n; ++i) {
-      if (!Binding(table(0), table(i))) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "the statement joins sharded tables ", table(0), " and ", table(i),
-            ", which are not binding tables; join sharded tables only if the config binds them, "
-            "and otherwise only with broadcast tables"));
-      }
-      if (!by_qualifier.emplace(qualifier(i), i).second) {
-        return absl::InvalidArgumentError(absl::StrCat("sharded table ", table(i),
-                                                       " appears twice as '", qualifier(i),
-                                                       "'; give each an alias"));
-      }
-    }
-    std::vector<size_t> parent(n);
+  // The statement's sharded tables in groups (see ScopeScan): tables of one
+  // scope joined on their shard columns, and which outer groups each
+  // subquery's group is correlated with.
+  void Group(const ScopeScan& scan, int top, Analysis* a) const {
+    const std::vector<TableRef>& refs = scan.refs();
+    const std::vector<Scope>& scopes = scan.scopes();
+    std::vector<size_t> parent(refs.size());
     std::iota(parent.begin(), parent.end(), 0);
     std::function<size_t(size_t)> find = [&](size_t x) {
       return parent[x] == x ? x : parent[x] = find(parent[x]);
     };
-    auto shard_column_ref = [&](const pg_query::Node& node) -> std::optional<size_t> {
-      std::optional<Column> c = ColumnOf(node);
-      if (!c.has_value() || c->qualifier.empty()) return std::nullopt;
-      auto it = by_qualifier.find(c->qualifier);
-      if (it == by_qualifier.end()) return std::nullopt;
-      if (config.sharded_tables.at(table(it->second)) != c->name) return std::nullopt;
-      return it->second;
-    };
-    auto join_on = [&](const pg_query::Node& cond) {
-      std::vector<const pg_query::Node*> parts;
-      Conjuncts(cond, &parts);
-      for (const pg_query::Node* p : parts) {
-        if (!p->has_a_expr() || !IsOperator(p->a_expr(), "=")) continue;
-        std::optional<size_t> l = shard_column_ref(p->a_expr().lexpr());
-        std::optional<size_t> r = shard_column_ref(p->a_expr().rexpr());
-        if (l.has_value() && r.has_value()) parent[find(*l)] = find(*r);
-      }
-    };
-    ForEach<pg_query::SelectStmt>(a.tree, [&](const pg_query::SelectStmt& s) {
-      if (s.has_where_clause()) join_on(s.where_clause());
-    });
-    const pg_query::Node& root = a.tree.stmts(0).stmt();
-    if (root.has_update_stmt() && root.update_stmt().has_where_clause()) {
-      join_on(root.update_stmt().where_clause());
-    }
-    if (root.has_delete_stmt() && root.delete_stmt().has_where_clause()) {
-      join_on(root.delete_stmt().where_clause());
-    }
-    ForEach<pg_query::JoinExpr>(a.tree, [&](const pg_query::JoinExpr& j) {
-      if (j.has_quals()) join_on(j.quals());
-      if (j.using_clause_size() > 0 && j.larg().has_range_var() && j.rarg().has_range_var()) {
-        auto ref = [&](const pg_query::RangeVar& rv) -> std::optional<size_t> {
-          auto it = by_qualifier.find(rv.has_alias() ? rv.alias().aliasname() : rv.relname());
-          if (it == by_qualifier.end()) return std::nullopt;
-          return it->second;
-        };
-        std::optional<size_t> l = ref(j.larg().range_var()), r = ref(j.rarg().range_var());
-        if (!l || !r) return;
-        const std::string& lc = config.sharded_tables.at(table(*l));
-        if (lc != config.sharded_tables.at(table(*r))) return;
-        for (const pg_query::Node& u : j.using_clause()) {
-          if (u.has_string() && u.string().sval() == lc) parent[find(*l)] = find(*r);
+    std::vector<std::pair<int, int>> correlated;  // (outer table, inner table)
+    for (size_t s = 0; s < scopes.size(); ++s) {
+      const int scope = static_cast<int>(s);
+      for (const pg_query::Node* condition : scopes[s].conditions) {
+        std::vector<const pg_query::Node*> parts;
+        Conjuncts(*condition, &parts);
+        for (const pg_query::Node* p : parts) {
+          if (!p->has_a_expr() || !IsOperator(p->a_expr(), "=")) continue;
+          std::optional<int> l = scan.Resolve(p->a_expr().lexpr(), scope);
+          std::optional<int> r = scan.Resolve(p->a_expr().rexpr(), scope);
+          if (!l.has_value() || !r.has_value() || *l == *r) continue;
+          bool l_here = refs[*l].scope == scope, r_here = refs[*r].scope == scope;
+          if (l_here && r_here) {
+            parent[find(*l)] = find(*r);
+          } else if (l_here || r_here) {
+            correlated.emplace_back(l_here ? *r : *l, l_here ? *l : *r);
+          }
         }
       }
-    });
-    for (size_t i = 1; i < n; ++i) {
-      if (find(i) != find(0)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("the statement joins sharded tables ", table(0), " and ", table(i),
-                         " across shards; join them on their shard columns (", qualifier(0), ".",
-                         config.sharded_tables.at(table(0)), " = ", qualifier(i), ".",
-                         config.sharded_tables.at(table(i)), ")"));
+      for (const pg_query::JoinExpr* j : scopes[s].usings) {
+        if (!j->larg().has_range_var() || !j->rarg().has_range_var()) continue;
+        auto ref = [&](const pg_query::RangeVar& rv) -> std::optional<int> {
+          auto it = scopes[s].names.find(rv.has_alias() ? rv.alias().aliasname() : rv.relname());
+          if (it == scopes[s].names.end() || it->second < 0) return std::nullopt;
+          return it->second;
+        };
+        std::optional<int> l = ref(j->larg().range_var()), r = ref(j->rarg().range_var());
+        if (!l || !r) continue;
+        const std::string& column = config.sharded_tables.at(refs[*l].table);
+        if (column != config.sharded_tables.at(refs[*r].table)) continue;
+        for (const pg_query::Node& u : j->using_clause()) {
+          if (u.has_string() && u.string().sval() == column) parent[find(*l)] = find(*r);
+        }
       }
     }
-    return absl::OkStatus();
+    // Groups in table order: outer scopes come first.
+    std::map<size_t, int> group_of_root;
+    std::vector<int> group_of(refs.size());
+    for (size_t i = 0; i < refs.size(); ++i) {
+      auto [it, fresh] = group_of_root.emplace(find(i), static_cast<int>(a->groups.size()));
+      if (fresh) {
+        TableGroup g;
+        g.where = scopes[refs[i].scope].where;
+        g.top = refs[i].scope == top;
+        g.name = refs[i].qualifier == refs[i].table
+                     ? refs[i].table
+                     : absl::StrCat(refs[i].table, " ", refs[i].qualifier);
+        g.example = {refs[i].qualifier, config.sharded_tables.at(refs[i].table)};
+        a->groups.push_back(std::move(g));
+      }
+      group_of[i] = it->second;
+      const TableRef& r = refs[i];
+      a->groups[it->second].key_columns.push_back({r.qualifier, config.sharded_tables.at(r.table)});
+    }
+    for (const auto& [outer, inner] : correlated) {
+      std::vector<int>& follows = a->groups[group_of[inner]].follows;
+      if (group_of[outer] != group_of[inner]) follows.push_back(group_of[outer]);
+    }
+    int tops = 0;
+    std::vector<bool> reached(a->groups.size(), false);
+    for (size_t g = 0; g < a->groups.size(); ++g) {
+      TableGroup& group = a->groups[g];
+      Normalize(&group.follows);
+      if (group.top) {
+        ++tops;
+        reached[g] = true;
+      }
+      for (int o : group.follows) reached[g] = reached[g] || reached[o];
+    }
+    a->single = tops == 1 && std::all_of(reached.begin(), reached.end(), [](bool r) { return r; });
+  }
+
+  // For a statement whose groups are not all tied to one (see Analysis::
+  // single): the shard it runs on, if every group reads only that shard;
+  // else why it cannot run. `shards`: what the statement's own WHERE gives.
+  absl::StatusOr<std::optional<ShardSet>> CheckGroups(const Analysis& a,
+                                                      std::optional<ShardSet> shards,
+                                                      const std::vector<Value>& params) const {
+    const std::vector<TableGroup>& groups = a.groups;
+    std::vector<std::optional<ShardSet>> keys(groups.size());
+    for (size_t g = 0; g < groups.size(); ++g) {
+      if (groups[g].where == nullptr) continue;
+      absl::StatusOr<std::optional<ShardSet>> k =
+          Keys(groups[g].key_columns, *groups[g].where, params);
+      if (!k.ok()) return k.status();
+      keys[g] = *std::move(k);
+    }
+    int first_top = -1;
+    for (size_t g = 0; g < groups.size(); ++g) {
+      if (groups[g].top && first_top < 0) first_top = static_cast<int>(g);
+    }
+    if (first_top < 0 && !shards.has_value()) {
+      // Sharded tables only in subqueries (of a read of broadcast tables,
+      // or of UNION's arms): one shard if their keys name one.
+      ShardSet named;
+      bool all = true;
+      for (size_t g = 0; g < groups.size(); ++g) {
+        if (!groups[g].follows.empty()) continue;
+        if (!keys[g].has_value()) {
+          all = false;
+          break;
+        }
+        named.insert(named.end(), keys[g]->begin(), keys[g]->end());
+      }
+      Normalize(&named);
+      if (all && named.size() == 1) shards = named;
+    }
+    if (!shards.has_value() || shards->size() > 1) {
+      if (first_top < 0) {
+        if (!a.scatter_error.ok() && a.kind == StatementKind::kRead) return a.scatter_error;
+        return absl::InvalidArgumentError(
+            "a sharded table read only in a subquery cannot be read across shards; give the "
+            "subqueries one shard key, or read the table in the outer query's FROM, joined on "
+            "its shard column");
+      }
+      for (size_t g = 0; g < groups.size(); ++g) {
+        if (static_cast<int>(g) == first_top) continue;
+        if (groups[g].top) return Unjoined(groups[first_top], groups[g]);
+        return Untied(groups[first_top], groups[g],
+                      shards.has_value() ? "one of the statement's shards"
+                                         : "the shard the outer query's rows are read on");
+      }
+    }
+    const int shard = shards->empty() ? target_shard[0] : (*shards)[0];
+    std::vector<bool> held(groups.size(), false);
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const std::optional<ShardSet>& k = keys[g];
+      held[g] =
+          k.has_value() && std::all_of(k->begin(), k->end(), [&](int s) { return s == shard; });
+      for (int o : groups[g].follows) held[g] = held[g] || held[o];
+      if (held[g]) continue;
+      if (groups[g].top) {
+        return Unjoined(groups[first_top >= 0 && first_top != static_cast<int>(g) ? first_top : 0],
+                        groups[g]);
+      }
+      if (k.has_value() && !k->empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the subquery reading ", groups[g].name, " is bound to shard ", (*k)[0],
+            " but the statement runs on shard ", shard,
+            "; a subquery reads the statement's shard: give it the same shard key, or correlate "
+            "it with the outer query"));
+      }
+      return Untied(groups[first_top >= 0 ? first_top : 0], groups[g],
+                    absl::StrCat("shard ", shard));
+    }
+    return shards;
+  }
+
+  absl::Status Unjoined(const TableGroup& a, const TableGroup& b) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the statement joins sharded tables ", a.name.substr(0, a.name.find(' ')),
+                     " and ", b.name.substr(0, b.name.find(' ')),
+                     " across shards; join them on their shard columns (", a.example.qualifier, ".",
+                     a.example.name, " = ", b.example.qualifier, ".", b.example.name, ")"));
+  }
+
+  absl::Status Untied(const TableGroup& outer, const TableGroup& inner,
+                      const std::string& where) const {
+    bool same = inner.example.qualifier == outer.example.qualifier;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the subquery reading ", inner.name, " is not tied to ", where, ": ",
+        same ? "give it an alias and correlate" : "correlate",
+        " it with the outer query on the shard column (", same ? "x" : inner.example.qualifier, ".",
+        inner.example.name, " = ", outer.example.qualifier, ".", outer.example.name,
+        "), or give the statement and the subquery one shard key"));
   }
 
   // How a read runs on several tables and is merged; an error if it cannot.
@@ -1101,29 +1383,29 @@ class Router::Impl {
       ForEach<pg_query::ColumnRef>(*p, [&](const pg_query::ColumnRef& c) {
         pg_query::Node n;
         *n.mutable_column_ref() = c;
-        mentioned = mentioned || IsKeyColumn(a, n);
+        mentioned = mentioned || IsKeyColumn(a.key_columns, n);
       });
       if (!mentioned) continue;
       ++mentions;
       if (!p->has_a_expr() || !IsOperator(p->a_expr(), "=")) continue;
       const pg_query::A_Expr& e = p->a_expr();
-      if (IsKeyColumn(a, e.lexpr()) && e.rexpr().has_param_ref()) {
+      if (IsKeyColumn(a.key_columns, e.lexpr()) && e.rexpr().has_param_ref()) {
         found = e.rexpr().param_ref().number();
-      } else if (IsKeyColumn(a, e.rexpr()) && e.lexpr().has_param_ref()) {
+      } else if (IsKeyColumn(a.key_columns, e.rexpr()) && e.lexpr().has_param_ref()) {
         found = e.lexpr().param_ref().number();
       }
     }
     return mentions == 1 ? found : 0;
   }
 
-  bool IsKeyColumn(const Analysis& a, const pg_query::Node& n) const {
+  bool IsKeyColumn(const std::vector<Column>& keys, const pg_query::Node& n) const {
     if (!n.has_column_ref()) return false;
     const auto& f = n.column_ref().fields();
     if (f.empty() || !f[f.size() - 1].has_string()) return false;
     const std::string& name = f[f.size() - 1].string().sval();
     const std::string* qualifier =
         f.size() >= 2 && f[f.size() - 2].has_string() ? &f[f.size() - 2].string().sval() : nullptr;
-    for (const Column& k : a.key_columns) {
+    for (const Column& k : keys) {
       if (k.name != name) continue;
       if (k.qualifier.empty() || qualifier == nullptr || k.qualifier == *qualifier) return true;
     }
@@ -1137,14 +1419,15 @@ class Router::Impl {
   }
 
   // The shards a WHERE clause confines the statement to; nullopt: any.
-  absl::StatusOr<std::optional<ShardSet>> Keys(const Analysis& a, const pg_query::Node& n,
+  absl::StatusOr<std::optional<ShardSet>> Keys(const std::vector<Column>& keys,
+                                               const pg_query::Node& n,
                                                const std::vector<Value>& params) const {
     if (n.has_bool_expr()) {
       const pg_query::BoolExpr& b = n.bool_expr();
       if (b.boolop() == pg_query::AND_EXPR) {
         std::optional<ShardSet> out;
         for (const pg_query::Node& arg : b.args()) {
-          absl::StatusOr<std::optional<ShardSet>> k = Keys(a, arg, params);
+          absl::StatusOr<std::optional<ShardSet>> k = Keys(keys, arg, params);
           if (!k.ok()) return k.status();
           if (!k->has_value()) continue;
           out = out.has_value() ? Intersect(*out, **k) : **k;
@@ -1154,7 +1437,7 @@ class Router::Impl {
       if (b.boolop() == pg_query::OR_EXPR) {
         ShardSet all;
         for (const pg_query::Node& arg : b.args()) {
-          absl::StatusOr<std::optional<ShardSet>> k = Keys(a, arg, params);
+          absl::StatusOr<std::optional<ShardSet>> k = Keys(keys, arg, params);
           if (!k.ok()) return k.status();
           if (!k->has_value()) return std::optional<ShardSet>();
           all.insert(all.end(), (*k)->begin(), (*k)->end());
@@ -1170,7 +1453,7 @@ class Router::Impl {
       for (int side = 0; side < 2; ++side) {
         const pg_query::Node& col = side == 0 ? e.lexpr() : e.rexpr();
         const pg_query::Node& val = side == 0 ? e.rexpr() : e.lexpr();
-        if (!IsKeyColumn(a, col)) continue;
+        if (!IsKeyColumn(keys, col)) continue;
         absl::StatusOr<std::optional<Value>> v = ValueOf(val, params);
         if (!v.ok()) return v.status();
         if (!v->has_value()) continue;
@@ -1179,7 +1462,7 @@ class Router::Impl {
       return std::optional<ShardSet>();
     }
     if (e.kind() == pg_query::AEXPR_IN) {
-      if (!IsKeyColumn(a, e.lexpr()) || !e.rexpr().has_list()) return std::optional<ShardSet>();
+      if (!IsKeyColumn(keys, e.lexpr()) || !e.rexpr().has_list()) return std::optional<ShardSet>();
       bool negated = e.name_size() == 1 && e.name(0).has_string() &&
                      e.name(0).string().sval() == "<>";  // NOT IN
       if (negated) return std::optional<ShardSet>();
@@ -1224,10 +1507,23 @@ class Router::Impl {
         return absl::StrCat(prefix, std::string(1, kind), k, "__");
       };
       absl::Status bad;
+      // A table a column names by the table's own name (orders.user_id)
+      // keeps that name as its alias once renamed.
+      std::set<std::string> qualifiers;
+      ForEach<pg_query::ColumnRef>(copy, [&](const pg_query::ColumnRef& c) {
+        if (c.fields_size() >= 2 && c.fields(c.fields_size() - 2).has_string()) {
+          qualifiers.insert(c.fields(c.fields_size() - 2).string().sval());
+        }
+      });
+      const pg_query::RangeVar* inserted =
+          root->has_insert_stmt() ? &root->insert_stmt().relation() : nullptr;
       Walk(&copy, [&](Message* m) {
         if (m->GetDescriptor() == pg_query::RangeVar::descriptor()) {
           auto* rv = static_cast<pg_query::RangeVar*>(m);
           if (config.sharded_tables.count(rv->relname()) > 0) {
+            if (!rv->has_alias() && rv != inserted && qualifiers.count(rv->relname()) > 0) {
+              rv->mutable_alias()->set_aliasname(rv->relname());
+            }
             names.push_back(rv->relname());
             rv->set_relname(marker('t', names.size() - 1));
           }
@@ -1445,9 +1741,14 @@ class Router::Impl {
         if (!shard.ok()) return shard.status();
         shards = ShardSet{*shard};
       } else if (where != nullptr) {
-        absl::StatusOr<std::optional<ShardSet>> k = Keys(a, *where, params);
+        absl::StatusOr<std::optional<ShardSet>> k = Keys(a.key_columns, *where, params);
         if (!k.ok()) return k.status();
         shards = *k;
+      }
+      if (!a.single) {
+        absl::StatusOr<std::optional<ShardSet>> checked = CheckGroups(a, shards, params);
+        if (!checked.ok()) return checked.status();
+        shards = *std::move(checked);
       }
       if (!shards.has_value() && a.kind == StatementKind::kWrite && config.writes_need_shard_key) {
         const std::string& table = *a.sharded.begin();
