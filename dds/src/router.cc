@@ -1038,6 +1038,7 @@ class Router::Impl {
     };
     std::vector<Target> targets;
     bool star = false;
+    int first_star = -1, last_star = -1;  // targets that are a *
     for (const pg_query::Node& t : s.target_list()) {
       if (!t.has_res_target()) continue;
       const pg_query::ResTarget& rt = t.res_target();
@@ -1045,7 +1046,11 @@ class Router::Impl {
       x.val = rt.val();
       if (rt.val().has_column_ref()) {
         const auto& f = rt.val().column_ref().fields();
-        if (!f.empty() && f[f.size() - 1].has_a_star()) star = true;
+        if (!f.empty() && f[f.size() - 1].has_a_star()) {
+          star = true;
+          if (first_star < 0) first_star = static_cast<int>(targets.size());
+          last_star = static_cast<int>(targets.size());
+        }
       }
       std::optional<Column> c = ColumnOf(rt.val());
       x.name = !rt.name().empty() ? rt.name() : (c.has_value() ? c->name : "");
@@ -1196,21 +1201,33 @@ class Router::Impl {
       return absl::InvalidArgumentError(
           "SELECT DISTINCT over sharded tables must select every ORDER BY and GROUP BY expression");
     }
+    // Under SELECT *, an item is found by its place from the start when
+    // before the first *, from the end when after the last (as the hidden
+    // ones are), by name in between.
     auto ref = [&](int i, const pg_query::Node& n) {
       ColumnRef r;
       if (i < 0) {
         r.name = ColumnOf(n)->name;
       } else if (star) {
-        if (i < static_cast<int>(visible)) {
-          r.name = targets[i].name;  // a named item beside the *
-        } else {
+        if (i > last_star) {
           r.from_end = total - i;
+        } else if (i < first_star) {
+          r.index = i;
+        } else {
+          r.name = targets[i].name;
         }
       } else {
         r.index = i;
       }
       return r;
     };
+    for (const auto& [i, sb] : order_index) {
+      if (star && i > first_star && i < last_star && targets[i].name.empty()) {
+        return absl::InvalidArgumentError(
+            "over sharded tables, an expression between two * that ORDER BY names needs a name "
+            "(AS ...)");
+      }
+    }
     if (aggregate) {
       plan->ops.resize(total);
       plan->avg_parts.resize(total);

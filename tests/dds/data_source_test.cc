@@ -297,6 +297,33 @@ TEST_F(SqliteFund, CastsRunOnSqliteAndACastKeyRoutes) {
   EXPECT_EQ(array.status().message(), "SQLite has no array or set types: cannot cast to int4[]");
 }
 
+TEST_F(SqliteFund, StarWithAnExpressionSortsAcrossShards) {
+  ASSERT_TRUE(ds_->Execute("INSERT INTO accounts (user_id, name, balance) VALUES (105, 'a', 7), "
+                           "(230, 'b', 12), (299, 'c', 3), (301, 'd', 9)")
+                  .ok());
+  auto unnamed =
+      ds_->Execute("SELECT *, balance * 2 FROM accounts ORDER BY balance * 2 DESC, user_id");
+  ASSERT_TRUE(unnamed.ok()) << unnamed.status();
+  ASSERT_EQ(unnamed->rows.size(), 4u);
+  ASSERT_EQ(unnamed->columns.size(), 4u);
+  std::vector<Value> order;
+  for (const auto& row : unnamed->rows) order.push_back(row[0]);
+  EXPECT_EQ(order, (std::vector<Value>{int64_t{230}, int64_t{301}, int64_t{105}, int64_t{299}}));
+  EXPECT_EQ(unnamed->rows[0][3], Value(int64_t{24}));
+  auto aliased =
+      ds_->Execute("SELECT *, -balance AS neg FROM accounts ORDER BY neg LIMIT 2 OFFSET 1");
+  ASSERT_TRUE(aliased.ok()) << aliased.status();
+  ASSERT_EQ(aliased->rows.size(), 2u);
+  EXPECT_EQ(aliased->rows[0][0], Value(int64_t{301}));
+  EXPECT_EQ(aliased->rows[1][0], Value(int64_t{105}));
+  auto before = ds_->Execute("SELECT balance % 5, * FROM accounts ORDER BY balance % 5, user_id");
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_EQ(before->rows.size(), 4u);
+  order.clear();
+  for (const auto& row : before->rows) order.push_back(row[1]);
+  EXPECT_EQ(order, (std::vector<Value>{int64_t{105}, int64_t{230}, int64_t{299}, int64_t{301}}));
+}
+
 TEST_F(SqliteFund, AWriteThatFailsOnOneShardNamesTheShardsItChanged) {
   ASSERT_TRUE(
       ds_->Execute("INSERT INTO accounts (user_id, name, balance) VALUES (299, 'z', 1)").ok());
