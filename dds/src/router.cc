@@ -23,6 +23,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/synchronization/mutex.h"
+#include "backend.h"
 #include "sql.h"
 
 namespace formica::dds {
@@ -636,6 +637,14 @@ class Router::Impl {
   // The analysis of `sql`, valid until this thread's next call. A few
   // recent ones are kept per thread, which spares the shared cache's lock.
   absl::StatusOr<Analysis*> Analyzed(const std::string& sql) const {
+    if (sql.size() > kMaxKeptText) {
+      // Not kept (see kMaxKeptText): held by this thread until its next call.
+      thread_local std::shared_ptr<Analysis> large;
+      absl::StatusOr<std::shared_ptr<Analysis>> a = Make(sql);
+      if (!a.ok()) return a.status();
+      large = *std::move(a);
+      return large.get();
+    }
     struct Recent {
       uint64_t router = 0;
       std::shared_ptr<Analysis> analysis;
@@ -655,17 +664,23 @@ class Router::Impl {
       std::shared_lock<std::shared_mutex> lock(mu);
       if (auto it = cache.find(sql); it != cache.end()) return it->second;
     }
+    absl::StatusOr<std::shared_ptr<Analysis>> a = Make(sql);
+    if (!a.ok()) return a.status();  // not cached: cheap to find again, and unbounded
+    std::unique_lock<std::shared_mutex> lock(mu);
+    if (cache.size() >= kMaxCached) cache.clear();
+    cache[sql] = *a;
+    return a;
+  }
+
+  absl::StatusOr<std::shared_ptr<Analysis>> Make(const std::string& sql) const {
     absl::StatusOr<Statement> st = Parse(sql);
-    if (!st.ok()) return st.status();  // not cached: cheap to find again, and unbounded
+    if (!st.ok()) return st.status();
     auto a = std::make_shared<Analysis>();
     a->sql = sql;
     a->tree = std::move(st->tree);
     a->error = Analyze(a.get());
     a->plain_sql.resize(target_shard.size());
     a->scatter_sql.resize(target_shard.size());
-    std::unique_lock<std::shared_mutex> lock(mu);
-    if (cache.size() >= kMaxCached) cache.clear();
-    cache[sql] = a;
     return a;
   }
 
@@ -1699,6 +1714,11 @@ class Router::Impl {
       absl::StatusOr<Template> made = Render(scatter ? a.scatter_tree : a.tree);
       if (!made.ok()) return made.status();
       t = std::make_shared<const Template>(*std::move(made));
+    }
+    if (a.sql.size() > kMaxKeptText) {  // texts for this call only
+      std::lock_guard<std::mutex> lock(a.mu);
+      (scatter ? a.scatter_template : a.plain_template) = t;
+      return Once(*t, shard);
     }
     auto shared = std::make_shared<const std::string>(Text(*t, shard));
     std::lock_guard<std::mutex> lock(a.mu);

@@ -19,6 +19,7 @@ class SqliteConnection : public Connection {
   ~SqliteConnection() override {
     for (auto& [id, p] : by_id_) sqlite3_finalize(p.stmt);
     for (auto& [sql, p] : by_text_) sqlite3_finalize(p.stmt);
+    if (transient_.stmt != nullptr) sqlite3_finalize(transient_.stmt);
     sqlite3_close_v2(db_);
   }
 
@@ -163,6 +164,11 @@ class SqliteConnection : public Connection {
     for (int c = 0; c < sqlite3_column_count(p.stmt); ++c) {
       p.columns.emplace_back(sqlite3_column_name(p.stmt, c));
     }
+    if (id == 0 && sql.size() > kMaxKeptText) {
+      if (transient_.stmt != nullptr) sqlite3_finalize(transient_.stmt);
+      transient_ = std::move(p);
+      return &transient_;
+    }
     // Statements made for one call only (id 0) are few; keep a handful.
     if (id == 0 && by_text_.size() >= 64) {
       sqlite3_finalize(by_text_.begin()->second.stmt);
@@ -205,6 +211,7 @@ class SqliteConnection : public Connection {
   sqlite3* const db_;
   absl::flat_hash_map<uint64_t, Prepared> by_id_;
   absl::flat_hash_map<std::string, Prepared> by_text_;
+  Prepared transient_;  // the last text too long to keep (kMaxKeptText)
   bool broken_ = false;
 };
 
