@@ -109,6 +109,13 @@ TEST(ShardedDataSource, MatchesOnePostgresDatabaseOnARandomWorkload) {
   auto stats = dds::testing::RunDifferential(plain->get(), ds.get(), 800, 7);
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_GT(stats->scatters, 100);
+  // Casts stay PostgreSQL's own; a cast key routes; a same-user subquery runs.
+  auto cast = ds->Execute(
+      "SELECT count(*), max(amount::text) FROM orders o WHERE o.user_id = CAST($1 AS BIGINT) "
+      "AND o.amount >= (SELECT min(p.amount) FROM orders p WHERE p.user_id = CAST($1 AS BIGINT))",
+      {std::string("12")});
+  ASSERT_TRUE(cast.ok()) << cast.status();
+  EXPECT_EQ(cast->rows[0][0], Value(int64_t{0}));
   // A syntax error carries PostgreSQL's parser's message and position.
   auto bad = ds->Execute("SELECT * FORM orders");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
