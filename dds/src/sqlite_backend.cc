@@ -34,12 +34,12 @@ class SqliteConnection : public Connection {
       int k = slots[i];
       if (k > static_cast<int>(params.size())) {
         const char* name = sqlite3_bind_parameter_name(stmt, slot);
-        if (name == nullptr) continue;
         sqlite3_reset(stmt);
         sqlite3_clear_bindings(stmt);
-        return absl::InvalidArgumentError(absl::StrCat("database ", name_, ": the statement uses ",
-                                                       name,
-                                                       "; parameters given: ", params.size()));
+        return absl::InvalidArgumentError(
+            absl::StrCat("database ", name_, ": the statement uses ",
+                         name != nullptr ? std::string(name) : absl::StrCat("parameter ", slot),
+                         "; parameters given: ", params.size()));
       }
       const Value& v = params[k - 1];
       switch (v.index()) {

@@ -413,6 +413,27 @@ TEST(ShardedDataSource, AWriteOverSeveralDatabasesTakesItsConnectionsBeforeWriti
   EXPECT_EQ(Int(ds->Execute("SELECT sum(balance) FROM accounts")), 4);
 }
 
+TEST(SqliteBackend, BindsQuestionMarksInOrderAndDollarsByNumber) {
+  TempDir dir;
+  auto c = NewSqliteBackend()->Connect("t", dir.File("t.db"), false);
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto marks = (*c)->Execute("SELECT ?, ?, ?", {int64_t{1}, std::string("x"), Value()});
+  ASSERT_TRUE(marks.ok()) << marks.status();
+  EXPECT_EQ(ToString(marks->rows[0][0]), "1");
+  EXPECT_EQ(ToString(marks->rows[0][1]), "x");
+  EXPECT_EQ(ToString(marks->rows[0][2]), "NULL");
+  auto dollars = (*c)->Execute("SELECT $2, $1, '$', ?", {int64_t{1}, int64_t{2}, int64_t{3}});
+  ASSERT_TRUE(dollars.ok()) << dollars.status();
+  EXPECT_EQ(ToString(dollars->rows[0][0]), "2");
+  EXPECT_EQ(ToString(dollars->rows[0][1]), "1");
+  EXPECT_EQ(ToString(dollars->rows[0][2]), "$");
+  EXPECT_EQ(ToString(dollars->rows[0][3]), "3");
+  auto missing = (*c)->Execute("SELECT ?, ?", {int64_t{1}});
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(missing.status().message(),
+            "database t: the statement uses parameter 2; parameters given: 1");
+}
+
 TEST(ShardedDataSource, ReadsGoToReplicasUnlessAskedOrInATransaction) {
   TempDir dir;
   // The "replica" is a copy kept apart so a read shows where it went.
