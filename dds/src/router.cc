@@ -429,8 +429,9 @@ struct TableGroup {
   std::vector<Column> key_columns;        // its tables' shard columns
   std::vector<int> follows;               // outer groups it is correlated with
   bool top = false;                       // in the statement's own scope
-  std::string name;                       // "orders p", for messages
-  Column example;                         // one shard column, for messages
+  bool tied = false;  // top, or correlated with a tied group: reads its outer rows' shard
+  std::string name;   // "orders p", for messages
+  Column example;     // one shard column, for messages
 };
 
 // A statement written out for a backend, with a hole wherever a sharded
@@ -905,6 +906,7 @@ class Router::Impl {
         reached[g] = true;
       }
       for (int o : group.follows) reached[g] = reached[g] || reached[o];
+      group.tied = reached[g];
     }
     a->single = tops == 1 && std::all_of(reached.begin(), reached.end(), [](bool r) { return r; });
   }
@@ -955,6 +957,7 @@ class Router::Impl {
       for (size_t g = 0; g < groups.size(); ++g) {
         if (static_cast<int>(g) == first_top) continue;
         if (groups[g].top) return Unjoined(groups[first_top], groups[g]);
+        if (groups[g].tied) continue;
         return Untied(groups[first_top], groups[g],
                       shards.has_value() ? "one of the statement's shards"
                                          : "the shard the outer query's rows are read on");
