@@ -1710,8 +1710,9 @@ class Router::Impl {
     {
       std::lock_guard<std::mutex> lock(a.mu);
       const auto& text = scatter ? a.scatter_sql[target] : a.plain_sql[target];
-      t = scatter ? a.scatter_template : a.plain_template;
-      if (text != nullptr) return RoutedStatement{shard, database_of[shard], text, id, t->order};
+      const auto& made = scatter ? a.scatter_template : a.plain_template;
+      if (text != nullptr) return RoutedStatement{shard, database_of[shard], text, id, made->order};
+      t = made;
     }
     if (t == nullptr) {
       absl::StatusOr<Template> made = Render(scatter ? a.scatter_tree : a.tree);
