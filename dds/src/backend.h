@@ -14,6 +14,11 @@
 
 namespace formica::dds {
 
+// Statement texts longer than this are not kept from one call to the next
+// (analyses, rewritten texts, prepared statements): a key IN list of
+// thousands, different at each call, would otherwise fill memory.
+constexpr size_t kMaxKeptText = 64 * 1024;
+
 // One connection; used by one thread at a time.
 class Connection {
  public:
@@ -24,6 +29,8 @@ class Connection {
   // conflict worth retrying, UNAVAILABLE when the database cannot be reached.
   // `id`, when not 0, names `sql` for the connection's statement cache (the
   // router's RoutedStatement::id): the same id always comes with the same text.
+  // Parameters are $1, $2, ...; for SQLite also ? (the i-th binds params[i-1]),
+  // which the router writes.
   virtual absl::StatusOr<ResultSet> Execute(const std::string& sql,
                                             const std::vector<Value>& params, uint64_t id = 0) = 0;
   // BEGIN, COMMIT, ROLLBACK.

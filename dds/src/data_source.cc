@@ -5,6 +5,7 @@
 #include <atomic>
 #include <deque>
 #include <functional>
+#include <map>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -158,6 +159,7 @@ class DataSourceImpl : public ShardedDataSource {
     if (statements.size() == 1) {
       return RunOne(statements[0], params, replica);
     }
+    if (routing->kind != StatementKind::kRead) return RunWrite(*routing, params);
     std::vector<absl::StatusOr<ResultSet>> results(statements.size());
     std::vector<std::function<void()>> tasks;
     for (size_t i = 0; i < statements.size(); ++i) {
@@ -208,6 +210,45 @@ class DataSourceImpl : public ShardedDataSource {
     return out;
   }
 
+  // A write over several tables outside a transaction takes one connection
+  // to each database it writes before any statement runs (in database
+  // order, so two such writes never wait on each other crosswise; each wait
+  // bounded by pool_wait): none is given up midway for want of a connection.
+  // Then each database's statements run in turn, databases at once.
+  absl::StatusOr<ResultSet> RunWrite(const Routing& routing, const std::vector<Value>& params) {
+    const auto& statements = routing.statements;
+    std::map<int, std::vector<size_t>> by_database;
+    for (size_t i = 0; i < statements.size(); ++i) {
+      by_database[statements[i].database].push_back(i);
+    }
+    std::vector<ConnectionPool::Lease> leases;
+    for (const auto& [database, indexes] : by_database) {
+      absl::StatusOr<ConnectionPool::Lease> lease = databases_[database]->primary->Acquire();
+      if (!lease.ok()) {
+        return absl::Status(
+            lease.status().code(),
+            absl::StrCat(lease.status().message(),
+                         "; nothing was written (a write over several shards takes a connection "
+                         "to each of its databases before it starts)"));
+      }
+      leases.push_back(*std::move(lease));
+    }
+    std::vector<absl::StatusOr<ResultSet>> results(statements.size());
+    std::vector<std::function<void()>> tasks;
+    size_t n = 0;
+    for (const auto& entry : by_database) {
+      tasks.push_back([&, indexes = &entry.second, lease = &leases[n++]] {
+        std::vector<Value> ordered;
+        for (size_t i : *indexes) {
+          const RoutedStatement& s = statements[i];
+          results[i] = (*lease)->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id);
+        }
+      });
+    }
+    fanout_.Run(std::move(tasks));
+    return Combine(routing, std::move(results), params);
+  }
+
   absl::StatusOr<ResultSet> RunOne(const RoutedStatement& s, const std::vector<Value>& params,
                                    bool replica) {
     Database& db = *databases_[s.database];
@@ -217,7 +258,8 @@ class DataSourceImpl : public ShardedDataSource {
     }
     absl::StatusOr<ConnectionPool::Lease> lease = pool->Acquire();
     if (!lease.ok()) return lease.status();
-    return (*lease)->Execute(*s.sql, params, s.id);
+    std::vector<Value> ordered;
+    return (*lease)->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id);
   }
 
   absl::StatusOr<std::unique_ptr<Transaction>> Begin(const Value& shard_key) override {
@@ -271,8 +313,9 @@ absl::StatusOr<ResultSet> TransactionImpl::Execute(const std::string& sql,
     }
   }
   std::vector<absl::StatusOr<ResultSet>> results;
+  std::vector<Value> ordered;
   for (const RoutedStatement& s : routing->statements) {
-    results.push_back(lease_->Execute(*s.sql, params, s.id));
+    results.push_back(lease_->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id));
     if (!results.back().ok()) return results.back().status();
   }
   return ds_->Combine(*routing, std::move(results), params);

@@ -16,12 +16,14 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/synchronization/mutex.h"
+#include "backend.h"
 #include "sql.h"
 
 namespace formica::dds {
@@ -38,7 +40,9 @@ ShardSet Intersect(const ShardSet& a, const ShardSet& b) {
   return out;
 }
 
-void Normalize(ShardSet* s) {
+// Sorted, each once.
+template <typename Container>
+void Normalize(Container* s) {
   std::sort(s->begin(), s->end());
   s->erase(std::unique(s->begin(), s->end()), s->end());
 }
@@ -190,6 +194,56 @@ bool IsUnmergeableAggregate(const pg_query::FuncCall& f) {
   return false;
 }
 
+// The last part of a type's name, lower case ("int4" for pg_catalog.int4).
+std::string TypeNameOf(const pg_query::TypeName& t) {
+  if (t.names_size() == 0 || !t.names(t.names_size() - 1).has_string()) return "";
+  return absl::AsciiStrToLower(t.names(t.names_size() - 1).string().sval());
+}
+
+bool IsIntegerType(const std::string& name) {
+  return name == "int2" || name == "int4" || name == "int8" || name == "integer" || name == "int" ||
+         name == "bigint" || name == "smallint";
+}
+
+bool IsTextType(const std::string& name) {
+  return name == "text" || name == "varchar" || name == "bpchar" || name == "char";
+}
+
+// A cast's type as SQLite is to read it in CAST(x AS type). SQLite takes
+// any name and gives it an affinity by the words in it (INT: integer;
+// CHAR, CLOB, TEXT: text; BLOB: none; REAL, FLOA, DOUB: real; else
+// numeric); PostgreSQL's parser renamed the standard types (INTEGER is
+// pg_catalog.int4), which are written back as the words a user writes,
+// so the affinity is the one the statement's own words give on SQLite.
+// Length and precision are dropped: SQLite ignores them.
+absl::StatusOr<std::string> SqliteTypeName(const pg_query::TypeName& t) {
+  std::string name = TypeNameOf(t);
+  if (t.array_bounds_size() > 0 || t.setof() || t.pct_type()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SQLite has no array or set types: cannot cast to ", name, "[]"));
+  }
+  bool catalog =
+      t.names_size() == 2 && t.names(0).has_string() && t.names(0).string().sval() == "pg_catalog";
+  if (catalog) {
+    static const std::map<std::string, std::string> kWords = {
+        {"int2", "SMALLINT"},       {"int4", "INTEGER"},      {"int8", "BIGINT"},
+        {"float4", "REAL"},         {"float8", "REAL"},       {"numeric", "NUMERIC"},
+        {"bool", "BOOLEAN"},        {"bpchar", "CHAR"},       {"varchar", "VARCHAR"},
+        {"timestamp", "TIMESTAMP"}, {"time", "TIME"},         {"timestamptz", "TIMESTAMPTZ"},
+        {"timetz", "TIMETZ"},       {"interval", "INTERVAL"}, {"bit", "BIT"},
+        {"varbit", "VARBIT"}};
+    auto it = kWords.find(name);
+    if (it != kWords.end()) return it->second;
+  } else if (t.names_size() == 1 && !name.empty() &&
+             std::all_of(name.begin(), name.end(), [](char c) {
+               return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_';
+             })) {
+    return absl::AsciiStrToUpper(name);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("SQLite cannot cast to type ", name,
+                                                 "; cast to INTEGER, REAL, TEXT, BLOB or NUMERIC"));
+}
+
 pg_query::Node IntConst(int64_t v) {
   pg_query::Node n;
   n.mutable_a_const()->mutable_ival()->set_ival(static_cast<int32_t>(v));
@@ -208,6 +262,187 @@ absl::StatusOr<int> LastTwoDigits(const std::string& user_id) {
   return (id[id.size() - 2] - '0') * 10 + (id[id.size() - 1] - '0');
 }
 
+// ---- scopes: which sharded tables a statement reads, and where ----------
+//
+// Each SELECT (the statement's, a subquery's, a derived table's) is a scope:
+// the tables of its FROM, its WHERE and its joins' ON conditions. A
+// condition constrains the rows of its own scope's tables only: an equality
+// of shard columns joins two tables of one scope (both then hold one user's
+// rows, so both are in one shard), or ties a table of an inner scope to one
+// of an outer scope (a correlated subquery reads the outer row's shard); an
+// equality between two outer tables inside a subquery constrains neither.
+
+// One sharded table named in a FROM (or written by the statement).
+struct TableRef {
+  std::string table;
+  std::string qualifier;  // its alias, or its name
+  int scope = 0;
+};
+
+struct Scope {
+  int parent = -1;
+  const pg_query::Node* where = nullptr;
+  std::vector<const pg_query::Node*> conditions;  // WHERE and ON, each whole
+  std::vector<const pg_query::JoinExpr*> usings;  // joins with USING (...)
+  std::map<std::string, int> names;               // FROM item -> TableRef, -1 if not sharded
+  std::vector<int> refs;
+};
+
+class ScopeScan {
+ public:
+  explicit ScopeScan(const std::map<std::string, std::string>& sharded) : sharded_(sharded) {}
+
+  // The statement `root`; returns the index of its own scope.
+  int Scan(const pg_query::Node& root) {
+    if (root.has_select_stmt()) {
+      Visit(root.select_stmt(), -1);
+      return 0;
+    }
+    int top = NewScope(-1);
+    if (root.has_update_stmt()) {
+      const pg_query::UpdateStmt& u = root.update_stmt();
+      Register(u.relation(), top);
+      for (const pg_query::Node& f : u.from_clause()) AddFrom(f, top);
+      if (u.has_where_clause()) AddWhere(u.where_clause(), top);
+    } else if (root.has_delete_stmt()) {
+      const pg_query::DeleteStmt& d = root.delete_stmt();
+      Register(d.relation(), top);
+      for (const pg_query::Node& f : d.using_clause()) AddFrom(f, top);
+      if (d.has_where_clause()) AddWhere(d.where_clause(), top);
+    } else if (root.has_insert_stmt()) {
+      Register(root.insert_stmt().relation(), top);
+    }
+    Visit(root, top);
+    return top;
+  }
+
+  // The table a column reference seen in `scope` names, if it is that
+  // table's shard column.
+  std::optional<int> Resolve(const pg_query::Node& n, int scope) const {
+    std::optional<Column> c = ColumnOf(n);
+    if (!c.has_value()) return std::nullopt;
+    for (int s = scope; s >= 0; s = scopes_[s].parent) {
+      if (!c->qualifier.empty()) {
+        auto it = scopes_[s].names.find(c->qualifier);
+        if (it == scopes_[s].names.end()) continue;
+        if (it->second < 0 || sharded_.at(refs_[it->second].table) != c->name) {
+          return std::nullopt;
+        }
+        return it->second;
+      }
+      for (int r : scopes_[s].refs) {
+        if (sharded_.at(refs_[r].table) == c->name) return r;
+      }
+    }
+    return std::nullopt;
+  }
+
+  const std::vector<Scope>& scopes() const { return scopes_; }
+  const std::vector<TableRef>& refs() const { return refs_; }
+  const absl::Status& error() const { return error_; }
+
+ private:
+  int NewScope(int parent) {
+    scopes_.emplace_back();
+    scopes_.back().parent = parent;
+    return static_cast<int>(scopes_.size()) - 1;
+  }
+
+  void AddWhere(const pg_query::Node& where, int scope) {
+    scopes_[scope].where = &where;
+    scopes_[scope].conditions.push_back(&where);
+  }
+
+  void Name(const std::string& name, int ref, int scope) {
+    auto [it, fresh] = scopes_[scope].names.emplace(name, ref);
+    if (!fresh && ref >= 0 && error_.ok()) {
+      error_ = absl::InvalidArgumentError(absl::StrCat("sharded table ", refs_[ref].table,
+                                                       " appears twice as '", name,
+                                                       "'; give each an alias"));
+    }
+  }
+
+  void Register(const pg_query::RangeVar& rv, int scope) {
+    registered_.insert(&rv);
+    std::string name = rv.has_alias() ? rv.alias().aliasname() : rv.relname();
+    if (sharded_.count(rv.relname()) == 0) {
+      Name(name, -1, scope);
+      return;
+    }
+    refs_.push_back({rv.relname(), name, scope});
+    scopes_[scope].refs.push_back(static_cast<int>(refs_.size()) - 1);
+    Name(name, static_cast<int>(refs_.size()) - 1, scope);
+  }
+
+  void AddFrom(const pg_query::Node& n, int scope) {
+    if (n.has_range_var()) {
+      Register(n.range_var(), scope);
+    } else if (n.has_join_expr()) {
+      const pg_query::JoinExpr& j = n.join_expr();
+      AddFrom(j.larg(), scope);
+      AddFrom(j.rarg(), scope);
+      if (j.has_quals()) scopes_[scope].conditions.push_back(&j.quals());
+      if (j.using_clause_size() > 0) scopes_[scope].usings.push_back(&j);
+      if (j.has_alias()) Name(j.alias().aliasname(), -1, scope);
+    } else if (n.has_range_subselect() && n.range_subselect().has_alias()) {
+      Name(n.range_subselect().alias().aliasname(), -1, scope);
+    } else if (n.has_range_function() && n.range_function().has_alias()) {
+      Name(n.range_function().alias().aliasname(), -1, scope);
+    }
+  }
+
+  // Every SELECT below `m` opens a scope inside `scope`.
+  void Visit(const Message& m, int scope) {
+    if (m.GetDescriptor() == pg_query::SelectStmt::descriptor()) {
+      const auto& select = static_cast<const pg_query::SelectStmt&>(m);
+      scope = NewScope(scope);
+      for (const pg_query::Node& f : select.from_clause()) AddFrom(f, scope);
+      if (select.has_where_clause()) AddWhere(select.where_clause(), scope);
+    } else if (m.GetDescriptor() == pg_query::RangeVar::descriptor() && scope >= 0 &&
+               registered_.count(&m) == 0) {
+      Register(static_cast<const pg_query::RangeVar&>(m), scope);  // DDL
+    }
+    const google::protobuf::Reflection* r = m.GetReflection();
+    std::vector<const FieldDescriptor*> fields;
+    r->ListFields(m, &fields);
+    for (const FieldDescriptor* f : fields) {
+      if (f->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE) continue;
+      if (f->is_repeated()) {
+        for (int i = 0; i < r->FieldSize(m, f); ++i) Visit(r->GetRepeatedMessage(m, f, i), scope);
+      } else {
+        Visit(r->GetMessage(m, f), scope);
+      }
+    }
+  }
+
+  const std::map<std::string, std::string>& sharded_;
+  std::vector<Scope> scopes_;
+  std::vector<TableRef> refs_;
+  std::set<const Message*> registered_;
+  absl::Status error_;
+};
+
+// Sharded tables of one scope joined on their shard columns: their rows in
+// a result belong to one user, so to one shard.
+struct TableGroup {
+  const pg_query::Node* where = nullptr;  // its scope's WHERE (keys are read there)
+  std::vector<Column> key_columns;        // its tables' shard columns
+  std::vector<int> follows;               // outer groups it is correlated with
+  bool top = false;                       // in the statement's own scope
+  bool tied = false;  // top, or correlated with a tied group: reads its outer rows' shard
+  std::string name;   // "orders p", for messages
+  Column example;     // one shard column, for messages
+};
+
+// A statement written out for a backend, with a hole wherever a sharded
+// table's (or index's) name goes: pieces[0] holes[0] pieces[1] ... The
+// holes hold the logical names; a physical table's text fills them.
+struct Template {
+  std::vector<std::string> pieces;  // one more than holes
+  std::vector<std::string> holes;
+  std::shared_ptr<const std::vector<int>> order;  // see RoutedStatement::order
+};
+
 // What a statement text is, worked out once: its tree, what it touches,
 // and for a read that may span tables, how it is merged.
 struct Analysis {
@@ -218,8 +453,16 @@ struct Analysis {
   bool locking = false;
   bool broadcast_only = false;
   std::set<std::string> sharded;  // the sharded tables it names
-  // Shard columns a key may be given on: qualifier ("" = any) -> column.
+  // Shard columns a key may be given on in the statement's own WHERE:
+  // its own scope's sharded tables (qualifier: alias or name).
   std::vector<Column> key_columns;
+  // The groups of sharded tables it reads, outer scopes first. Unless
+  // `single`, each call checks they all read the shard the statement runs on.
+  std::vector<TableGroup> groups;
+  // One group in the statement's own scope, and every subquery's tables
+  // correlated with it (directly or through other subqueries): right on any
+  // shards.
+  bool single = true;
   // A read over several tables: why it cannot be, or how it is merged.
   absl::Status scatter_error;
   std::shared_ptr<MergePlan> merge;
@@ -228,6 +471,8 @@ struct Analysis {
   // The common shape "... WHERE key = $n [AND other conditions]": the key
   // is parameter n, found without reading the tree again (0: not this shape).
   int key_param = 0;
+  // The parameters it uses ($n), sorted: all must be given before anything runs.
+  std::vector<int> params_used;
 
   // Each analysis names its texts apart from every other one's (ids).
   const uint64_t serial = next_serial.fetch_add(1);
@@ -235,8 +480,9 @@ struct Analysis {
   // std::mutex, not absl::Mutex: this is on every statement's path, and
   // the distribution's abseil checks lock order on each absl::Mutex lock.
   std::mutex mu;
-  std::vector<std::shared_ptr<const std::string>> plain_sql;    // per target, null until made
-  std::vector<std::shared_ptr<const std::string>> scatter_sql;  // per target
+  std::shared_ptr<const Template> plain_template, scatter_template;  // null until made
+  std::vector<std::shared_ptr<const std::string>> plain_sql;         // per target, null until made
+  std::vector<std::shared_ptr<const std::string>> scatter_sql;       // per target
 };
 
 class Router::Impl {
@@ -251,6 +497,9 @@ class Router::Impl {
 
   mutable std::shared_mutex mu;  // see Analysis::mu
   mutable absl::flat_hash_map<std::string, std::shared_ptr<Analysis>> cache;
+  // Identifiers that the deparser quotes or might (see Spelled).
+  mutable std::mutex spelled_mu;
+  mutable absl::flat_hash_map<std::string, std::string> spelled;
 
   absl::Status Init() {
     const RouterConfig& c = config;
@@ -389,6 +638,14 @@ class Router::Impl {
   // The analysis of `sql`, valid until this thread's next call. A few
   // recent ones are kept per thread, which spares the shared cache's lock.
   absl::StatusOr<Analysis*> Analyzed(const std::string& sql) const {
+    if (sql.size() > kMaxKeptText) {
+      // Not kept (see kMaxKeptText): held by this thread until its next call.
+      thread_local std::shared_ptr<Analysis> large;
+      absl::StatusOr<std::shared_ptr<Analysis>> a = Make(sql);
+      if (!a.ok()) return a.status();
+      large = *std::move(a);
+      return large.get();
+    }
     struct Recent {
       uint64_t router = 0;
       std::shared_ptr<Analysis> analysis;
@@ -408,17 +665,23 @@ class Router::Impl {
       std::shared_lock<std::shared_mutex> lock(mu);
       if (auto it = cache.find(sql); it != cache.end()) return it->second;
     }
+    absl::StatusOr<std::shared_ptr<Analysis>> a = Make(sql);
+    if (!a.ok()) return a.status();  // not cached: cheap to find again, and unbounded
+    std::unique_lock<std::shared_mutex> lock(mu);
+    if (cache.size() >= kMaxCached) cache.clear();
+    cache[sql] = *a;
+    return a;
+  }
+
+  absl::StatusOr<std::shared_ptr<Analysis>> Make(const std::string& sql) const {
     absl::StatusOr<Statement> st = Parse(sql);
-    if (!st.ok()) return st.status();  // not cached: cheap to find again, and unbounded
+    if (!st.ok()) return st.status();
     auto a = std::make_shared<Analysis>();
     a->sql = sql;
     a->tree = std::move(st->tree);
     a->error = Analyze(a.get());
     a->plain_sql.resize(target_shard.size());
     a->scatter_sql.resize(target_shard.size());
-    std::unique_lock<std::shared_mutex> lock(mu);
-    if (cache.size() >= kMaxCached) cache.clear();
-    cache[sql] = a;
     return a;
   }
 
@@ -443,15 +706,9 @@ class Router::Impl {
     }
 
     // The tables it names: each must be known.
-    struct Ref {
-      std::string table, qualifier;
-    };
-    std::vector<Ref> refs;
     absl::Status unknown;
     ForEach<pg_query::RangeVar>(a->tree, [&](const pg_query::RangeVar& rv) {
       if (config.sharded_tables.count(rv.relname()) > 0) {
-        refs.push_back(
-            {rv.relname(), rv.has_alias() ? rv.alias().aliasname() : std::string(rv.relname())});
         a->sharded.insert(rv.relname());
       } else if (config.broadcast_tables.count(rv.relname()) == 0 && unknown.ok()) {
         unknown = absl::InvalidArgumentError(
@@ -467,6 +724,10 @@ class Router::Impl {
         (root.has_delete_stmt() && root.delete_stmt().has_with_clause())) {
       return absl::InvalidArgumentError("WITH queries cannot be routed by shard");
     }
+    ScopeScan scan(config.sharded_tables);
+    const int top = scan.Scan(root);
+    if (!scan.error().ok()) return scan.error();
+    const std::vector<TableRef>& refs = scan.refs();
     // A broadcast table's copies must change alike: a write to one that
     // also reads sharded tables would differ database by database.
     if (!refs.empty() && (root.has_update_stmt() || root.has_delete_stmt())) {
@@ -490,6 +751,33 @@ class Router::Impl {
       }
     }
     a->broadcast_only = refs.empty();
+    if (config.sqlite) {
+      absl::Status cast;
+      ForEach<pg_query::TypeCast>(a->tree, [&](const pg_query::TypeCast& c) {
+        if (!cast.ok()) return;
+        absl::StatusOr<std::string> type = SqliteTypeName(c.type_name());
+        if (!type.ok()) {
+          cast = type.status();
+          return;
+        }
+        // CAST(x AS T) and x::T (located at CAST and at ::) are written as
+        // CAST for SQLite; a typed literal (DATE '2026-01-01', located
+        // nowhere) SQLite does not have.
+        int at = c.location();
+        absl::string_view from = at >= 0 && at < static_cast<int>(a->sql.size())
+                                     ? absl::string_view(a->sql).substr(at)
+                                     : absl::string_view();
+        if (!absl::StartsWith(from, "::") && !absl::StartsWithIgnoreCase(from, "cast")) {
+          cast = absl::InvalidArgumentError(
+              absl::StrCat("SQLite has no typed literals (", TypeNameOf(c.type_name()),
+                           " '...'); write CAST('...' AS ", *type, ")"));
+        }
+      });
+      if (!cast.ok()) return cast;
+    }
+    ForEach<pg_query::ParamRef>(
+        a->tree, [&](const pg_query::ParamRef& p) { a->params_used.push_back(p.number()); });
+    Normalize(&a->params_used);
 
     if (root.has_insert_stmt() &&
         !(root.insert_stmt().select_stmt().has_select_stmt() &&
@@ -511,18 +799,26 @@ class Router::Impl {
       }
     }
 
-    if (refs.size() > 1) {
-      absl::Status joined = CheckJoins(
-          *a, refs.size(), [&](size_t i) { return refs[i].table; },
-          [&](size_t i) { return refs[i].qualifier; });
-      if (!joined.ok()) return joined;
+    if (root.has_insert_stmt() && refs.size() > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "INSERT into ", root.insert_stmt().relation().relname(),
+          " may not read sharded tables: its rows are split by shard; read first, then insert"));
     }
-    for (const Ref& r : refs) {
+    for (const TableRef& r : refs) {
+      if (!Binding(refs[0].table, r.table)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the statement joins sharded tables ", refs[0].table, " and ", r.table,
+            ", which are not binding tables; join sharded tables only if the config binds them, "
+            "and otherwise only with broadcast tables"));
+      }
       // A qualified key must name this table (or its alias): a broadcast
       // table's column of the same name is no shard key.
-      a->key_columns.push_back({r.qualifier, config.sharded_tables.at(r.table)});
+      if (r.scope == top)
+        a->key_columns.push_back({r.qualifier, config.sharded_tables.at(r.table)});
     }
-    if (const pg_query::Node* where = WhereOf(root); where != nullptr && !a->broadcast_only) {
+    Group(scan, top, a);
+    if (const pg_query::Node* where = WhereOf(root);
+        where != nullptr && !a->broadcast_only && a->single) {
       a->key_param = KeyParam(*a, *where);
     }
     if (a->kind == StatementKind::kRead && !a->broadcast_only) {
@@ -531,85 +827,184 @@ class Router::Impl {
     return absl::OkStatus();
   }
 
-  // Several references to sharded tables are right within one shard only if
-  // the tables are sharded alike and joined on their shard columns.
-  absl::Status CheckJoins(const Analysis& a, size_t n,
-                          const std::function<std::string(size_t)>& table,
-                          const std::function<std::string(size_t)>& qualifier) const {
-    std::map<std::string, size_t> by_qualifier;
-    for (size_t i = 0; i < n; ++i) {
-      if (!Binding(table(0), table(i))) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "the statement joins sharded tables ", table(0), " and ", table(i),
-            ", which are not binding tables; join sharded tables only if the config binds them, "
-            "and otherwise only with broadcast tables"));
-      }
-      if (!by_qualifier.emplace(qualifier(i), i).second) {
-        return absl::InvalidArgumentError(absl::StrCat("sharded table ", table(i),
-                                                       " appears twice as '", qualifier(i),
-                                                       "'; give each an alias"));
-      }
-    }
-    std::vector<size_t> parent(n);
+  // The statement's sharded tables in groups (see ScopeScan): tables of one
+  // scope joined on their shard columns, and which outer groups each
+  // subquery's group is correlated with.
+  void Group(const ScopeScan& scan, int top, Analysis* a) const {
+    const std::vector<TableRef>& refs = scan.refs();
+    const std::vector<Scope>& scopes = scan.scopes();
+    std::vector<size_t> parent(refs.size());
     std::iota(parent.begin(), parent.end(), 0);
     std::function<size_t(size_t)> find = [&](size_t x) {
       return parent[x] == x ? x : parent[x] = find(parent[x]);
     };
-    auto shard_column_ref = [&](const pg_query::Node& node) -> std::optional<size_t> {
-      std::optional<Column> c = ColumnOf(node);
-      if (!c.has_value() || c->qualifier.empty()) return std::nullopt;
-      auto it = by_qualifier.find(c->qualifier);
-      if (it == by_qualifier.end()) return std::nullopt;
-      if (config.sharded_tables.at(table(it->second)) != c->name) return std::nullopt;
-      return it->second;
-    };
-    auto join_on = [&](const pg_query::Node& cond) {
-      std::vector<const pg_query::Node*> parts;
-      Conjuncts(cond, &parts);
-      for (const pg_query::Node* p : parts) {
-        if (!p->has_a_expr() || !IsOperator(p->a_expr(), "=")) continue;
-        std::optional<size_t> l = shard_column_ref(p->a_expr().lexpr());
-        std::optional<size_t> r = shard_column_ref(p->a_expr().rexpr());
-        if (l.has_value() && r.has_value()) parent[find(*l)] = find(*r);
-      }
-    };
-    ForEach<pg_query::SelectStmt>(a.tree, [&](const pg_query::SelectStmt& s) {
-      if (s.has_where_clause()) join_on(s.where_clause());
-    });
-    const pg_query::Node& root = a.tree.stmts(0).stmt();
-    if (root.has_update_stmt() && root.update_stmt().has_where_clause()) {
-      join_on(root.update_stmt().where_clause());
-    }
-    if (root.has_delete_stmt() && root.delete_stmt().has_where_clause()) {
-      join_on(root.delete_stmt().where_clause());
-    }
-    ForEach<pg_query::JoinExpr>(a.tree, [&](const pg_query::JoinExpr& j) {
-      if (j.has_quals()) join_on(j.quals());
-      if (j.using_clause_size() > 0 && j.larg().has_range_var() && j.rarg().has_range_var()) {
-        auto ref = [&](const pg_query::RangeVar& rv) -> std::optional<size_t> {
-          auto it = by_qualifier.find(rv.has_alias() ? rv.alias().aliasname() : rv.relname());
-          if (it == by_qualifier.end()) return std::nullopt;
-          return it->second;
-        };
-        std::optional<size_t> l = ref(j.larg().range_var()), r = ref(j.rarg().range_var());
-        if (!l || !r) return;
-        const std::string& lc = config.sharded_tables.at(table(*l));
-        if (lc != config.sharded_tables.at(table(*r))) return;
-        for (const pg_query::Node& u : j.using_clause()) {
-          if (u.has_string() && u.string().sval() == lc) parent[find(*l)] = find(*r);
+    std::vector<std::pair<int, int>> correlated;  // (outer table, inner table)
+    for (size_t s = 0; s < scopes.size(); ++s) {
+      const int scope = static_cast<int>(s);
+      for (const pg_query::Node* condition : scopes[s].conditions) {
+        std::vector<const pg_query::Node*> parts;
+        Conjuncts(*condition, &parts);
+        for (const pg_query::Node* p : parts) {
+          if (!p->has_a_expr() || !IsOperator(p->a_expr(), "=")) continue;
+          std::optional<int> l = scan.Resolve(p->a_expr().lexpr(), scope);
+          std::optional<int> r = scan.Resolve(p->a_expr().rexpr(), scope);
+          if (!l.has_value() || !r.has_value() || *l == *r) continue;
+          bool l_here = refs[*l].scope == scope, r_here = refs[*r].scope == scope;
+          if (l_here && r_here) {
+            parent[find(*l)] = find(*r);
+          } else if (l_here || r_here) {
+            correlated.emplace_back(l_here ? *r : *l, l_here ? *l : *r);
+          }
         }
       }
-    });
-    for (size_t i = 1; i < n; ++i) {
-      if (find(i) != find(0)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("the statement joins sharded tables ", table(0), " and ", table(i),
-                         " across shards; join them on their shard columns (", qualifier(0), ".",
-                         config.sharded_tables.at(table(0)), " = ", qualifier(i), ".",
-                         config.sharded_tables.at(table(i)), ")"));
+      for (const pg_query::JoinExpr* j : scopes[s].usings) {
+        if (!j->larg().has_range_var() || !j->rarg().has_range_var()) continue;
+        auto ref = [&](const pg_query::RangeVar& rv) -> std::optional<int> {
+          auto it = scopes[s].names.find(rv.has_alias() ? rv.alias().aliasname() : rv.relname());
+          if (it == scopes[s].names.end() || it->second < 0) return std::nullopt;
+          return it->second;
+        };
+        std::optional<int> l = ref(j->larg().range_var()), r = ref(j->rarg().range_var());
+        if (!l || !r) continue;
+        const std::string& column = config.sharded_tables.at(refs[*l].table);
+        if (column != config.sharded_tables.at(refs[*r].table)) continue;
+        for (const pg_query::Node& u : j->using_clause()) {
+          if (u.has_string() && u.string().sval() == column) parent[find(*l)] = find(*r);
+        }
       }
     }
-    return absl::OkStatus();
+    // Groups in table order: outer scopes come first.
+    std::map<size_t, int> group_of_root;
+    std::vector<int> group_of(refs.size());
+    for (size_t i = 0; i < refs.size(); ++i) {
+      auto [it, fresh] = group_of_root.emplace(find(i), static_cast<int>(a->groups.size()));
+      if (fresh) {
+        TableGroup g;
+        g.where = scopes[refs[i].scope].where;
+        g.top = refs[i].scope == top;
+        g.name = refs[i].qualifier == refs[i].table
+                     ? refs[i].table
+                     : absl::StrCat(refs[i].table, " ", refs[i].qualifier);
+        g.example = {refs[i].qualifier, config.sharded_tables.at(refs[i].table)};
+        a->groups.push_back(std::move(g));
+      }
+      group_of[i] = it->second;
+      const TableRef& r = refs[i];
+      a->groups[it->second].key_columns.push_back({r.qualifier, config.sharded_tables.at(r.table)});
+    }
+    for (const auto& [outer, inner] : correlated) {
+      std::vector<int>& follows = a->groups[group_of[inner]].follows;
+      if (group_of[outer] != group_of[inner]) follows.push_back(group_of[outer]);
+    }
+    int tops = 0;
+    std::vector<bool> reached(a->groups.size(), false);
+    for (size_t g = 0; g < a->groups.size(); ++g) {
+      TableGroup& group = a->groups[g];
+      Normalize(&group.follows);
+      if (group.top) {
+        ++tops;
+        reached[g] = true;
+      }
+      for (int o : group.follows) reached[g] = reached[g] || reached[o];
+      group.tied = reached[g];
+    }
+    a->single = tops == 1 && std::all_of(reached.begin(), reached.end(), [](bool r) { return r; });
+  }
+
+  // For a statement whose groups are not all tied to one (see Analysis::
+  // single): the shard it runs on, if every group reads only that shard;
+  // else why it cannot run. `shards`: what the statement's own WHERE gives.
+  absl::StatusOr<std::optional<ShardSet>> CheckGroups(const Analysis& a,
+                                                      std::optional<ShardSet> shards,
+                                                      const std::vector<Value>& params) const {
+    const std::vector<TableGroup>& groups = a.groups;
+    std::vector<std::optional<ShardSet>> keys(groups.size());
+    for (size_t g = 0; g < groups.size(); ++g) {
+      if (groups[g].where == nullptr) continue;
+      absl::StatusOr<std::optional<ShardSet>> k =
+          Keys(groups[g].key_columns, *groups[g].where, params);
+      if (!k.ok()) return k.status();
+      keys[g] = *std::move(k);
+    }
+    int first_top = -1;
+    for (size_t g = 0; g < groups.size(); ++g) {
+      if (groups[g].top && first_top < 0) first_top = static_cast<int>(g);
+    }
+    if (first_top < 0 && !shards.has_value()) {
+      // Sharded tables only in subqueries (of a read of broadcast tables,
+      // or of UNION's arms): one shard if their keys name one.
+      ShardSet named;
+      bool all = true;
+      for (size_t g = 0; g < groups.size(); ++g) {
+        if (!groups[g].follows.empty()) continue;
+        if (!keys[g].has_value()) {
+          all = false;
+          break;
+        }
+        named.insert(named.end(), keys[g]->begin(), keys[g]->end());
+      }
+      Normalize(&named);
+      if (all && named.size() == 1) shards = named;
+    }
+    if (!shards.has_value() || shards->size() > 1) {
+      if (first_top < 0) {
+        if (!a.scatter_error.ok() && a.kind == StatementKind::kRead) return a.scatter_error;
+        return absl::InvalidArgumentError(
+            "a sharded table read only in a subquery cannot be read across shards; give the "
+            "subqueries one shard key, or read the table in the outer query's FROM, joined on "
+            "its shard column");
+      }
+      for (size_t g = 0; g < groups.size(); ++g) {
+        if (static_cast<int>(g) == first_top) continue;
+        if (groups[g].top) return Unjoined(groups[first_top], groups[g]);
+        if (groups[g].tied) continue;
+        return Untied(groups[first_top], groups[g],
+                      shards.has_value() ? "one of the statement's shards"
+                                         : "the shard the outer query's rows are read on");
+      }
+    }
+    const int shard = shards->empty() ? target_shard[0] : (*shards)[0];
+    std::vector<bool> held(groups.size(), false);
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const std::optional<ShardSet>& k = keys[g];
+      held[g] =
+          k.has_value() && std::all_of(k->begin(), k->end(), [&](int s) { return s == shard; });
+      for (int o : groups[g].follows) held[g] = held[g] || held[o];
+      if (held[g]) continue;
+      if (groups[g].top) {
+        return Unjoined(groups[first_top >= 0 && first_top != static_cast<int>(g) ? first_top : 0],
+                        groups[g]);
+      }
+      if (k.has_value() && !k->empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the subquery reading ", groups[g].name, " is bound to shard ", (*k)[0],
+            " but the statement runs on shard ", shard,
+            "; a subquery reads the statement's shard: give it the same shard key, or correlate "
+            "it with the outer query"));
+      }
+      return Untied(groups[first_top >= 0 ? first_top : 0], groups[g],
+                    absl::StrCat("shard ", shard));
+    }
+    return shards;
+  }
+
+  absl::Status Unjoined(const TableGroup& a, const TableGroup& b) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the statement joins sharded tables ", a.name.substr(0, a.name.find(' ')),
+                     " and ", b.name.substr(0, b.name.find(' ')),
+                     " across shards; join them on their shard columns (", a.example.qualifier, ".",
+                     a.example.name, " = ", b.example.qualifier, ".", b.example.name, ")"));
+  }
+
+  absl::Status Untied(const TableGroup& outer, const TableGroup& inner,
+                      const std::string& where) const {
+    bool same = inner.example.qualifier == outer.example.qualifier;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the subquery reading ", inner.name, " is not tied to ", where, ": ",
+        same ? "give it an alias and correlate" : "correlate",
+        " it with the outer query on the shard column (", same ? "x" : inner.example.qualifier, ".",
+        inner.example.name, " = ", outer.example.qualifier, ".", outer.example.name,
+        "), or give the statement and the subquery one shard key"));
   }
 
   // How a read runs on several tables and is merged; an error if it cannot.
@@ -661,6 +1056,7 @@ class Router::Impl {
     };
     std::vector<Target> targets;
     bool star = false;
+    int first_star = -1, last_star = -1;  // targets that are a *
     for (const pg_query::Node& t : s.target_list()) {
       if (!t.has_res_target()) continue;
       const pg_query::ResTarget& rt = t.res_target();
@@ -668,7 +1064,11 @@ class Router::Impl {
       x.val = rt.val();
       if (rt.val().has_column_ref()) {
         const auto& f = rt.val().column_ref().fields();
-        if (!f.empty() && f[f.size() - 1].has_a_star()) star = true;
+        if (!f.empty() && f[f.size() - 1].has_a_star()) {
+          star = true;
+          if (first_star < 0) first_star = static_cast<int>(targets.size());
+          last_star = static_cast<int>(targets.size());
+        }
       }
       std::optional<Column> c = ColumnOf(rt.val());
       x.name = !rt.name().empty() ? rt.name() : (c.has_value() ? c->name : "");
@@ -819,21 +1219,33 @@ class Router::Impl {
       return absl::InvalidArgumentError(
           "SELECT DISTINCT over sharded tables must select every ORDER BY and GROUP BY expression");
     }
+    // Under SELECT *, an item is found by its place from the start when
+    // before the first *, from the end when after the last (as the hidden
+    // ones are), by name in between.
     auto ref = [&](int i, const pg_query::Node& n) {
       ColumnRef r;
       if (i < 0) {
         r.name = ColumnOf(n)->name;
       } else if (star) {
-        if (i < static_cast<int>(visible)) {
-          r.name = targets[i].name;  // a named item beside the *
-        } else {
+        if (i > last_star) {
           r.from_end = total - i;
+        } else if (i < first_star) {
+          r.index = i;
+        } else {
+          r.name = targets[i].name;
         }
       } else {
         r.index = i;
       }
       return r;
     };
+    for (const auto& [i, sb] : order_index) {
+      if (star && i > first_star && i < last_star && targets[i].name.empty()) {
+        return absl::InvalidArgumentError(
+            "over sharded tables, an expression between two * that ORDER BY names needs a name "
+            "(AS ...)");
+      }
+    }
     if (aggregate) {
       plan->ops.resize(total);
       plan->avg_parts.resize(total);
@@ -950,7 +1362,35 @@ class Router::Impl {
       }
       return std::optional<Value>(params[k - 1]);
     }
-    if (n.has_type_cast()) return ValueOf(n.type_cast().arg(), params);
+    if (n.has_type_cast()) {
+      // A key cast to an integer or a text type is read as the cast reads it;
+      // what else a cast makes of it is the database's to say (nullopt).
+      absl::StatusOr<std::optional<Value>> v = ValueOf(n.type_cast().arg(), params);
+      if (!v.ok() || !v->has_value()) return v;
+      const std::string type = TypeNameOf(n.type_cast().type_name());
+      if (n.type_cast().type_name().array_bounds_size() > 0) return std::optional<Value>();
+      const Value& x = **v;
+      if (IsIntegerType(type)) {
+        if (std::holds_alternative<int64_t>(x)) return v;
+        if (const double* d = std::get_if<double>(&x)) {
+          if (*d == std::trunc(*d) && std::abs(*d) < 9e15) {
+            return std::optional<Value>(static_cast<int64_t>(*d));
+          }
+          return std::optional<Value>();
+        }
+        int64_t i;
+        if (const std::string* t = std::get_if<std::string>(&x);
+            t != nullptr && absl::SimpleAtoi(*t, &i)) {
+          return std::optional<Value>(i);
+        }
+        return std::optional<Value>();
+      }
+      if (IsTextType(type) &&
+          (std::holds_alternative<int64_t>(x) || std::holds_alternative<std::string>(x))) {
+        return v;
+      }
+      return std::optional<Value>();
+    }
     return std::optional<Value>();
   }
 
@@ -978,29 +1418,29 @@ class Router::Impl {
       ForEach<pg_query::ColumnRef>(*p, [&](const pg_query::ColumnRef& c) {
         pg_query::Node n;
         *n.mutable_column_ref() = c;
-        mentioned = mentioned || IsKeyColumn(a, n);
+        mentioned = mentioned || IsKeyColumn(a.key_columns, n);
       });
       if (!mentioned) continue;
       ++mentions;
       if (!p->has_a_expr() || !IsOperator(p->a_expr(), "=")) continue;
       const pg_query::A_Expr& e = p->a_expr();
-      if (IsKeyColumn(a, e.lexpr()) && e.rexpr().has_param_ref()) {
+      if (IsKeyColumn(a.key_columns, e.lexpr()) && e.rexpr().has_param_ref()) {
         found = e.rexpr().param_ref().number();
-      } else if (IsKeyColumn(a, e.rexpr()) && e.lexpr().has_param_ref()) {
+      } else if (IsKeyColumn(a.key_columns, e.rexpr()) && e.lexpr().has_param_ref()) {
         found = e.lexpr().param_ref().number();
       }
     }
     return mentions == 1 ? found : 0;
   }
 
-  bool IsKeyColumn(const Analysis& a, const pg_query::Node& n) const {
+  bool IsKeyColumn(const std::vector<Column>& keys, const pg_query::Node& n) const {
     if (!n.has_column_ref()) return false;
     const auto& f = n.column_ref().fields();
     if (f.empty() || !f[f.size() - 1].has_string()) return false;
     const std::string& name = f[f.size() - 1].string().sval();
     const std::string* qualifier =
         f.size() >= 2 && f[f.size() - 2].has_string() ? &f[f.size() - 2].string().sval() : nullptr;
-    for (const Column& k : a.key_columns) {
+    for (const Column& k : keys) {
       if (k.name != name) continue;
       if (k.qualifier.empty() || qualifier == nullptr || k.qualifier == *qualifier) return true;
     }
@@ -1014,14 +1454,15 @@ class Router::Impl {
   }
 
   // The shards a WHERE clause confines the statement to; nullopt: any.
-  absl::StatusOr<std::optional<ShardSet>> Keys(const Analysis& a, const pg_query::Node& n,
+  absl::StatusOr<std::optional<ShardSet>> Keys(const std::vector<Column>& keys,
+                                               const pg_query::Node& n,
                                                const std::vector<Value>& params) const {
     if (n.has_bool_expr()) {
       const pg_query::BoolExpr& b = n.bool_expr();
       if (b.boolop() == pg_query::AND_EXPR) {
         std::optional<ShardSet> out;
         for (const pg_query::Node& arg : b.args()) {
-          absl::StatusOr<std::optional<ShardSet>> k = Keys(a, arg, params);
+          absl::StatusOr<std::optional<ShardSet>> k = Keys(keys, arg, params);
           if (!k.ok()) return k.status();
           if (!k->has_value()) continue;
           out = out.has_value() ? Intersect(*out, **k) : **k;
@@ -1031,7 +1472,7 @@ class Router::Impl {
       if (b.boolop() == pg_query::OR_EXPR) {
         ShardSet all;
         for (const pg_query::Node& arg : b.args()) {
-          absl::StatusOr<std::optional<ShardSet>> k = Keys(a, arg, params);
+          absl::StatusOr<std::optional<ShardSet>> k = Keys(keys, arg, params);
           if (!k.ok()) return k.status();
           if (!k->has_value()) return std::optional<ShardSet>();
           all.insert(all.end(), (*k)->begin(), (*k)->end());
@@ -1047,7 +1488,7 @@ class Router::Impl {
       for (int side = 0; side < 2; ++side) {
         const pg_query::Node& col = side == 0 ? e.lexpr() : e.rexpr();
         const pg_query::Node& val = side == 0 ? e.rexpr() : e.lexpr();
-        if (!IsKeyColumn(a, col)) continue;
+        if (!IsKeyColumn(keys, col)) continue;
         absl::StatusOr<std::optional<Value>> v = ValueOf(val, params);
         if (!v.ok()) return v.status();
         if (!v->has_value()) continue;
@@ -1056,7 +1497,7 @@ class Router::Impl {
       return std::optional<ShardSet>();
     }
     if (e.kind() == pg_query::AEXPR_IN) {
-      if (!IsKeyColumn(a, e.lexpr()) || !e.rexpr().has_list()) return std::optional<ShardSet>();
+      if (!IsKeyColumn(keys, e.lexpr()) || !e.rexpr().has_list()) return std::optional<ShardSet>();
       bool negated = e.name_size() == 1 && e.name(0).has_string() &&
                      e.name(0).string().sval() == "<>";  // NOT IN
       if (negated) return std::optional<ShardSet>();
@@ -1075,61 +1516,224 @@ class Router::Impl {
     return std::optional<ShardSet>();
   }
 
-  // `tree` with each sharded table renamed to its table in `shard`.
-  absl::StatusOr<std::string> Rewrite(pg_query::ParseResult tree, int shard) const {
-    const std::string& suffix = suffix_of[shard];
-    Portable(&tree);
-    if (!suffix.empty()) {
-      Walk(&tree, [&](Message* m) {
+  // ---- writing statements out ------------------------------------------
+
+  // The text of `tree` for the backend, with a hole for each sharded table's
+  // (and index's) name. Written out once however many tables it runs on.
+  absl::StatusOr<Template> Render(const pg_query::ParseResult& tree) const {
+    // Markers stand for what the deparser cannot write: names filled in per
+    // table, and for SQLite, casts and parameters. A marker the statement
+    // itself happens to hold shows as one too many; another is chosen.
+    for (int nonce = 0; nonce < 8; ++nonce) {
+      pg_query::ParseResult copy = tree;
+      const std::string prefix = absl::StrCat("__dds", nonce, "_");
+      std::vector<std::string> names, types;
+      size_t markers = 0;
+      pg_query::Node* root = copy.mutable_stmts(0)->mutable_stmt();
+      if (root->has_index_stmt() && root->index_stmt().access_method() == "btree") {
+        root->mutable_index_stmt()->clear_access_method();  // the default; SQLite has no USING
+      }
+      if (config.sqlite && root->has_select_stmt()) {
+        // SQLite locks the whole database for a transaction's writes.
+        root->mutable_select_stmt()->clear_locking_clause();
+      }
+      auto marker = [&](char kind, size_t k) {
+        ++markers;
+        return absl::StrCat(prefix, std::string(1, kind), k, "__");
+      };
+      absl::Status bad;
+      // A table a column names by the table's own name (orders.user_id)
+      // keeps that name as its alias once renamed.
+      std::set<std::string> qualifiers;
+      ForEach<pg_query::ColumnRef>(copy, [&](const pg_query::ColumnRef& c) {
+        if (c.fields_size() >= 2 && c.fields(c.fields_size() - 2).has_string()) {
+          qualifiers.insert(c.fields(c.fields_size() - 2).string().sval());
+        }
+      });
+      const pg_query::RangeVar* inserted =
+          root->has_insert_stmt() ? &root->insert_stmt().relation() : nullptr;
+      Walk(&copy, [&](Message* m) {
         if (m->GetDescriptor() == pg_query::RangeVar::descriptor()) {
           auto* rv = static_cast<pg_query::RangeVar*>(m);
           if (config.sharded_tables.count(rv->relname()) > 0) {
-            rv->set_relname(absl::StrCat(rv->relname(), suffix));
+            if (!rv->has_alias() && rv != inserted && qualifiers.count(rv->relname()) > 0) {
+              rv->mutable_alias()->set_aliasname(rv->relname());
+            }
+            names.push_back(rv->relname());
+            rv->set_relname(marker('t', names.size() - 1));
           }
         } else if (m->GetDescriptor() == pg_query::IndexStmt::descriptor()) {
           auto* ix = static_cast<pg_query::IndexStmt*>(m);
           if (!ix->idxname().empty() && config.sharded_tables.count(ix->relation().relname()) > 0) {
-            ix->set_idxname(absl::StrCat(ix->idxname(), suffix));
+            names.push_back(ix->idxname());
+            ix->set_idxname(marker('t', names.size() - 1));
+          }
+        } else if (config.sqlite && m->GetDescriptor() == pg_query::Node::descriptor()) {
+          auto* n = static_cast<pg_query::Node*>(m);
+          if (n->has_param_ref()) {
+            // SQLite reads $n as a name, looked up among all the others (a
+            // statement of many parameters took quadratic time); ?n is
+            // parameter n.
+            int k = n->param_ref().number();
+            n->mutable_column_ref()->add_fields()->mutable_string()->set_sval(marker('p', k));
+          } else if (n->has_type_cast()) {
+            // x::T, which SQLite does not read, as CAST(x AS T): a call
+            // whose name and last argument are markers.
+            absl::StatusOr<std::string> type = SqliteTypeName(n->type_cast().type_name());
+            if (!type.ok()) {
+              if (bad.ok()) bad = type.status();
+              return;
+            }
+            types.push_back(*std::move(type));
+            pg_query::Node arg = n->type_cast().arg();
+            pg_query::FuncCall* call = n->mutable_func_call();
+            call->add_funcname()->mutable_string()->set_sval(marker('c', types.size() - 1));
+            *call->add_args() = std::move(arg);
+            call->add_args()->mutable_column_ref()->add_fields()->mutable_string()->set_sval(
+                marker('a', types.size() - 1));
+            call->set_funcformat(pg_query::COERCE_EXPLICIT_CALL);
           }
         }
       });
+      if (!bad.ok()) return bad;
+      absl::StatusOr<std::string> text = Deparse(copy);
+      if (!text.ok()) return text.status();
+      absl::StatusOr<std::optional<Template>> t = Fill(*text, prefix, markers, names, types);
+      if (!t.ok()) return t.status();
+      if (t->has_value()) return **std::move(t);
     }
-    return Deparse(tree);
+    return absl::InternalError(
+        "cannot write the statement out: its text holds the router's markers");
   }
 
-  // What PostgreSQL's deparser writes out but SQLite does not read: the
-  // default index method (USING btree), row locks (SQLite locks the whole
-  // database for a transaction's writes).
-  void Portable(pg_query::ParseResult* tree) const {
-    pg_query::Node* root = tree->mutable_stmts(0)->mutable_stmt();
-    if (root->has_index_stmt() && root->index_stmt().access_method() == "btree") {
-      root->mutable_index_stmt()->clear_access_method();
+  // The deparsed text cut at its markers; nullopt if it holds other
+  // markers than the `expected` ones made for it.
+  static absl::StatusOr<std::optional<Template>> Fill(const std::string& text,
+                                                      const std::string& prefix, size_t expected,
+                                                      const std::vector<std::string>& names,
+                                                      const std::vector<std::string>& types) {
+    Template t;
+    t.pieces.emplace_back();
+    std::vector<int> order;
+    size_t found = 0, at = 0;
+    while (true) {
+      size_t next = text.find(prefix, at);
+      t.pieces.back().append(text, at, next == std::string::npos ? std::string::npos : next - at);
+      if (next == std::string::npos) break;
+      size_t p = next + prefix.size();
+      size_t end = text.find("__", p + 1);
+      uint64_t k;
+      if (p >= text.size() || end == std::string::npos ||
+          !absl::SimpleAtoi(absl::string_view(text).substr(p + 1, end - p - 1), &k)) {
+        return std::optional<Template>();
+      }
+      ++found;
+      std::string& piece = t.pieces.back();
+      switch (text[p]) {
+        case 't':
+          if (k >= names.size()) return std::optional<Template>();
+          t.holes.push_back(names[k]);
+          t.pieces.emplace_back();
+          break;
+        case 'p':
+          piece += "?";
+          order.push_back(static_cast<int>(k));
+          break;
+        case 'c':
+          if (k >= types.size()) return std::optional<Template>();
+          piece += "CAST";
+          break;
+        case 'a':
+          if (k >= types.size() || !absl::EndsWith(piece, ", ")) return std::optional<Template>();
+          piece.resize(piece.size() - 2);
+          absl::StrAppend(&piece, " AS ", types[k]);
+          break;
+        default:
+          return std::optional<Template>();
+      }
+      at = end + 2;
     }
-    if (config.sqlite && root->has_select_stmt()) {
-      root->mutable_select_stmt()->clear_locking_clause();
+    if (found != expected) return std::optional<Template>();
+    bool as_given = true;
+    for (size_t i = 0; i < order.size(); ++i)
+      as_given = as_given && order[i] == static_cast<int>(i) + 1;
+    if (!as_given) t.order = std::make_shared<const std::vector<int>>(std::move(order));
+    return std::optional<Template>(std::move(t));
+  }
+
+  // The text of a rendered statement for the tables of `shard`.
+  std::string Text(const Template& t, int shard) const {
+    const std::string& suffix = suffix_of[shard];
+    std::string out = t.pieces[0];
+    for (size_t i = 0; i < t.holes.size(); ++i) {
+      out += Spelled(t.holes[i] + suffix);
+      out += t.pieces[i + 1];
     }
+    return out;
+  }
+
+  // `name` as the deparser writes an identifier: as it is, or quoted.
+  std::string Spelled(const std::string& name) const {
+    bool plain = !name.empty() && !absl::ascii_isdigit(static_cast<unsigned char>(name[0]));
+    bool digit = false;
+    for (char c : name) {
+      if (absl::ascii_isdigit(static_cast<unsigned char>(c))) {
+        digit = true;
+      } else if (!absl::ascii_islower(static_cast<unsigned char>(c)) && c != '_') {
+        plain = false;
+      }
+    }
+    if (plain && digit) return name;  // no keyword holds a digit
+    std::lock_guard<std::mutex> lock(spelled_mu);
+    auto it = spelled.find(name);
+    if (it != spelled.end()) return it->second;
+    static const std::string kFrom = "SELECT 1 FROM ";
+    absl::StatusOr<Statement> st = Parse(kFrom + "x");
+    st->tree.mutable_stmts(0)
+        ->mutable_stmt()
+        ->mutable_select_stmt()
+        ->mutable_from_clause(0)
+        ->mutable_range_var()
+        ->set_relname(name);
+    absl::StatusOr<std::string> text = Deparse(st->tree);
+    std::string out = text.ok() && absl::StartsWith(*text, kFrom) ? text->substr(kFrom.size())
+                                                                  : absl::StrCat("\"", name, "\"");
+    spelled.emplace(name, out);
+    return out;
   }
 
   // The cached text of the statement (plain or scattered) on a target.
   absl::StatusOr<RoutedStatement> Cached(Analysis& a, bool scatter, int target) const {
     int shard = target_shard[target];
     uint64_t id = (a.serial * 2 + (scatter ? 1 : 0)) * target_shard.size() + target + 1;
+    std::shared_ptr<const Template> t;
     {
       std::lock_guard<std::mutex> lock(a.mu);
-      const auto& t = scatter ? a.scatter_sql[target] : a.plain_sql[target];
-      if (t != nullptr) return RoutedStatement{shard, database_of[shard], t, id};
+      const auto& text = scatter ? a.scatter_sql[target] : a.plain_sql[target];
+      const auto& made = scatter ? a.scatter_template : a.plain_template;
+      if (text != nullptr) return RoutedStatement{shard, database_of[shard], text, id, made->order};
+      t = made;
     }
-    absl::StatusOr<std::string> text = Rewrite(scatter ? a.scatter_tree : a.tree, shard);
-    if (!text.ok()) return text.status();
-    auto shared = std::make_shared<const std::string>(*std::move(text));
+    if (t == nullptr) {
+      absl::StatusOr<Template> made = Render(scatter ? a.scatter_tree : a.tree);
+      if (!made.ok()) return made.status();
+      t = std::make_shared<const Template>(*std::move(made));
+    }
+    if (a.sql.size() > kMaxKeptText) {  // texts for this call only
+      std::lock_guard<std::mutex> lock(a.mu);
+      (scatter ? a.scatter_template : a.plain_template) = t;
+      return Once(*t, shard);
+    }
+    auto shared = std::make_shared<const std::string>(Text(*t, shard));
     std::lock_guard<std::mutex> lock(a.mu);
+    (scatter ? a.scatter_template : a.plain_template) = t;
     (scatter ? a.scatter_sql[target] : a.plain_sql[target]) = shared;
-    return RoutedStatement{shard, database_of[shard], shared, id};
+    return RoutedStatement{shard, database_of[shard], shared, id, t->order};
   }
 
-  RoutedStatement Once(int shard, std::string text) const {
+  RoutedStatement Once(const Template& t, int shard) const {
     return RoutedStatement{shard, database_of[shard],
-                           std::make_shared<const std::string>(std::move(text)), 0};
+                           std::make_shared<const std::string>(Text(t, shard)), 0, t.order};
   }
 
   absl::StatusOr<Routing> Route(const std::string& sql, const std::vector<Value>& params) const {
@@ -1137,6 +1741,18 @@ class Router::Impl {
     if (!analyzed.ok()) return analyzed.status();
     Analysis& a = **analyzed;
     if (!a.error.ok()) return a.error;
+    // Every parameter is checked before any shard's statement runs: a
+    // statement split over shards must not run on some and fail on others.
+    if (!a.params_used.empty() && a.params_used.back() > static_cast<int>(params.size())) {
+      int missing = *std::upper_bound(a.params_used.begin(), a.params_used.end(),
+                                      static_cast<int>(params.size()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the statement uses $", missing,
+                       missing == a.params_used.back()
+                           ? ""
+                           : absl::StrCat(" (and up to $", a.params_used.back(), ")"),
+                       "; parameters given: ", params.size()));
+    }
     Routing out;
     out.kind = a.kind;
     out.locking = a.locking;
@@ -1144,14 +1760,12 @@ class Router::Impl {
 
     if (a.broadcast_only) {
       // A read goes to any one database, a write or DDL to all.
-      pg_query::ParseResult tree = a.tree;
-      Portable(&tree);
-      absl::StatusOr<std::string> text = Deparse(tree);
-      if (!text.ok()) return text.status();
+      absl::StatusOr<Template> t = Render(a.tree);
+      if (!t.ok()) return t.status();
       out.any_database = a.kind == StatementKind::kRead;
-      auto shared = std::make_shared<const std::string>(*std::move(text));
+      auto shared = std::make_shared<const std::string>(Text(*t, 0));
       for (int db = 0; db < (out.any_database ? 1 : config.databases); ++db) {
-        out.statements.push_back(RoutedStatement{-1, db, shared, 0});
+        out.statements.push_back(RoutedStatement{-1, db, shared, 0, t->order});
       }
       return out;
     }
@@ -1168,9 +1782,14 @@ class Router::Impl {
         if (!shard.ok()) return shard.status();
         shards = ShardSet{*shard};
       } else if (where != nullptr) {
-        absl::StatusOr<std::optional<ShardSet>> k = Keys(a, *where, params);
+        absl::StatusOr<std::optional<ShardSet>> k = Keys(a.key_columns, *where, params);
         if (!k.ok()) return k.status();
         shards = *k;
+      }
+      if (!a.single) {
+        absl::StatusOr<std::optional<ShardSet>> checked = CheckGroups(a, shards, params);
+        if (!checked.ok()) return checked.status();
+        shards = *std::move(checked);
       }
       if (!shards.has_value() && a.kind == StatementKind::kWrite && config.writes_need_shard_key) {
         const std::string& table = *a.sharded.begin();
@@ -1200,15 +1819,19 @@ class Router::Impl {
       out.merge = a.merge;
     }
     out.statements.reserve(targets.size());
+    std::optional<Template> per_call;  // a scatter whose LIMIT is a parameter
+    if (scatter && a.limit_per_call) {
+      pg_query::ParseResult tree = a.scatter_tree;
+      absl::Status st = SetShardLimit(tree.mutable_stmts(0)->mutable_stmt()->mutable_select_stmt(),
+                                      *a.merge, params);
+      if (!st.ok()) return st;
+      absl::StatusOr<Template> t = Render(tree);
+      if (!t.ok()) return t.status();
+      per_call = *std::move(t);
+    }
     for (int t : targets) {
-      if (scatter && a.limit_per_call) {
-        pg_query::ParseResult tree = a.scatter_tree;
-        absl::Status st = SetShardLimit(
-            tree.mutable_stmts(0)->mutable_stmt()->mutable_select_stmt(), *a.merge, params);
-        if (!st.ok()) return st;
-        absl::StatusOr<std::string> text = Rewrite(std::move(tree), target_shard[t]);
-        if (!text.ok()) return text.status();
-        out.statements.push_back(Once(target_shard[t], *std::move(text)));
+      if (per_call.has_value()) {
+        out.statements.push_back(Once(*per_call, target_shard[t]));
       } else {
         absl::StatusOr<RoutedStatement> r = Cached(a, scatter, t);
         if (!r.ok()) return r.status();
@@ -1271,14 +1894,23 @@ class Router::Impl {
         google::protobuf::RepeatedPtrField<pg_query::Node> kept;
         for (int r : indexes) *kept.Add() = values.Get(r);
         lists->Swap(&kept);
-        absl::StatusOr<std::string> text = Rewrite(std::move(part), target_shard[target]);
-        if (!text.ok()) return text.status();
-        out.statements.push_back(Once(target_shard[target], *std::move(text)));
+        absl::StatusOr<Template> t = Render(part);
+        if (!t.ok()) return t.status();
+        out.statements.push_back(Once(*t, target_shard[target]));
       }
     }
     return out;
   }
 };
+
+const std::vector<Value>& ParamsOf(const RoutedStatement& s, const std::vector<Value>& params,
+                                   std::vector<Value>* storage) {
+  if (s.order == nullptr) return params;
+  storage->clear();
+  storage->reserve(s.order->size());
+  for (int k : *s.order) storage->push_back(params[k - 1]);  // checked by Route
+  return *storage;
+}
 
 absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterConfig config) {
   auto impl = std::make_unique<Impl>();

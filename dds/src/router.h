@@ -54,7 +54,17 @@ struct RoutedStatement {
   // Names this text for connections' prepared-statement caches: the same id
   // is always the same text; 0 for a text made for this call only.
   uint64_t id = 0;
+  // For SQLite, whose named parameters ($n, ?n) cost a search of all the
+  // others each (quadratic in their number), parameters are written `?`,
+  // numbered by their place in the text: the i-th `?` is $order[i].
+  // Null: the i-th is $(i+1), the parameters as given.
+  std::shared_ptr<const std::vector<int>> order;
 };
+
+// The parameters `s` binds, in its order: `params` itself, or `storage`
+// filled in s.order.
+const std::vector<Value>& ParamsOf(const RoutedStatement& s, const std::vector<Value>& params,
+                                   std::vector<Value>* storage);
 
 struct Routing {
   StatementKind kind = StatementKind::kRead;

@@ -18,7 +18,8 @@ struct Statement {
 };
 
 // INVALID_ARGUMENT with the parser's message and the 1-based character
-// position, e.g. "syntax error at or near \"FORM\" (at character 10)".
+// position, e.g. "syntax error at or near \"FORM\" (at character 10)";
+// for text that is not UTF-8 or holds a NUL, naming the byte offset.
 absl::StatusOr<Statement> Parse(const std::string& sql);
 
 // The statement as SQL text (PostgreSQL's spelling of it).

@@ -19,6 +19,7 @@ class SqliteConnection : public Connection {
   ~SqliteConnection() override {
     for (auto& [id, p] : by_id_) sqlite3_finalize(p.stmt);
     for (auto& [sql, p] : by_text_) sqlite3_finalize(p.stmt);
+    if (transient_.stmt != nullptr) sqlite3_finalize(transient_.stmt);
     sqlite3_close_v2(db_);
   }
 
@@ -31,12 +32,14 @@ class SqliteConnection : public Connection {
     for (size_t i = 0; i < slots.size(); ++i) {
       int slot = static_cast<int>(i) + 1;
       int k = slots[i];
-      if (k < 1 || k > static_cast<int>(params.size())) {
+      if (k > static_cast<int>(params.size())) {
+        const char* name = sqlite3_bind_parameter_name(stmt, slot);
         sqlite3_reset(stmt);
         sqlite3_clear_bindings(stmt);
-        return absl::InvalidArgumentError(absl::StrCat("database ", name_, ": the statement uses ",
-                                                       sqlite3_bind_parameter_name(stmt, slot),
-                                                       "; parameters given: ", params.size()));
+        return absl::InvalidArgumentError(
+            absl::StrCat("database ", name_, ": the statement uses ",
+                         name != nullptr ? std::string(name) : absl::StrCat("parameter ", slot),
+                         "; parameters given: ", params.size()));
       }
       const Value& v = params[k - 1];
       switch (v.index()) {
@@ -134,20 +137,37 @@ class SqliteConnection : public Connection {
                                 SQLITE_PREPARE_PERSISTENT, &p.stmt, &tail);
     if (rc != SQLITE_OK) return Classify(rc, sqlite3_errmsg(db_));
     if (p.stmt == nullptr) return absl::InvalidArgumentError("the statement is empty");
+    // Without a '$' in the text, slot i binds the i-th parameter: the
+    // router writes parameters as ? in the order it binds them (SQLite
+    // looks each named one up among all the others: a statement of many
+    // was quadratic to prepare), and asking each slot's name would be
+    // quadratic too. A text holding a '$' is mapped slot by slot.
     int slots = sqlite3_bind_parameter_count(p.stmt);
+    bool numbered = sql.find('$') == std::string::npos;
     for (int i = 1; i <= slots; ++i) {
+      if (numbered) {
+        p.param_of_slot.push_back(i);
+        continue;
+      }
       const char* name = sqlite3_bind_parameter_name(p.stmt, i);
       int k = 0;
-      if (name == nullptr || name[0] != '$' || !absl::SimpleAtoi(name + 1, &k)) {
+      if (name == nullptr) {
+        k = i;  // ?: the i-th
+      } else if (name[0] == '?' && absl::SimpleAtoi(name + 1, &k) && k == i) {
+      } else if (name[0] != '$' || !absl::SimpleAtoi(name + 1, &k) || k < 1) {
         sqlite3_finalize(p.stmt);
-        return absl::InvalidArgumentError(absl::StrCat("database ", name_,
-                                                       ": parameters are written $1, $2, ...; got ",
-                                                       name == nullptr ? "?" : name));
+        return absl::InvalidArgumentError(
+            absl::StrCat("database ", name_, ": parameters are written $1, $2, ...; got ", name));
       }
       p.param_of_slot.push_back(k);
     }
     for (int c = 0; c < sqlite3_column_count(p.stmt); ++c) {
       p.columns.emplace_back(sqlite3_column_name(p.stmt, c));
+    }
+    if (id == 0 && sql.size() > kMaxKeptText) {
+      if (transient_.stmt != nullptr) sqlite3_finalize(transient_.stmt);
+      transient_ = std::move(p);
+      return &transient_;
     }
     // Statements made for one call only (id 0) are few; keep a handful.
     if (id == 0 && by_text_.size() >= 64) {
@@ -191,6 +211,7 @@ class SqliteConnection : public Connection {
   sqlite3* const db_;
   absl::flat_hash_map<uint64_t, Prepared> by_id_;
   absl::flat_hash_map<std::string, Prepared> by_text_;
+  Prepared transient_;  // the last text too long to keep (kMaxKeptText)
   bool broken_ = false;
 };
 

@@ -43,6 +43,7 @@ class Workload {
   Step Next() {
     int pick = Uniform(0, 99);
     if (users_.size() < 12 || pick < 10) return NewAccount();
+    if (++steps_ % 250 == 0) return HugeInList();
     if (pick < 28) return NewOrders();
     if (pick < 34) return {"SELECT * FROM accounts WHERE user_id = $1", {User()}, true};
     if (pick < 40) {
@@ -62,7 +63,7 @@ class Workload {
               {User(), User(), User()},
               true};
     }
-    switch (pick % 14) {
+    switch (pick % 19) {
       case 0:
         return {
             "SELECT id, user_id, amount FROM orders ORDER BY amount DESC, id LIMIT $1 OFFSET $2",
@@ -117,8 +118,40 @@ class Workload {
                 {Uniform(1, 400) / 100.0, Fund()},
                 false,
                 true};
-      default:
+      case 13:
         return {"SELECT max(balance), min(name), count(*) FROM accounts", {}, true};
+      case 14:  // a cast key, given as text, and casts in the select list
+        return {
+            "SELECT id, CAST(amount AS TEXT) AS a, CAST(amount AS REAL) / 4 AS q FROM orders "
+            "WHERE user_id = CAST($1 AS BIGINT) ORDER BY id",
+            {ToString(User())},
+            true};
+      case 15:
+        return {
+            "SELECT id, CAST(amount AS REAL) / 8 AS e, CAST(created AS TEXT) AS c FROM orders "
+            "WHERE user_id IN ($1, $2) ORDER BY id",
+            {User(), User()},
+            true};
+      case 16:  // a subquery on the same user by the same parameter
+        return {
+            "SELECT o.id, o.amount FROM orders o WHERE o.user_id = $1 AND o.amount > "
+            "(SELECT avg(p.amount) FROM orders p WHERE p.user_id = $1) ORDER BY o.id",
+            {User()},
+            true};
+      case 17:  // correlated, on every shard
+        return {
+            "SELECT o.id, o.user_id FROM orders o WHERE o.amount >= (SELECT max(p.amount) FROM "
+            "orders p WHERE p.user_id = o.user_id) ORDER BY o.id LIMIT 30",
+            {},
+            true};
+      default:  // correlated, in the select list, on one shard
+        return {
+            "SELECT a.user_id, a.balance, (SELECT count(*) FROM orders p WHERE p.user_id = "
+            "a.user_id) AS n, (SELECT sum(q.amount) FROM orders q WHERE q.user_id = $1) AS s FROM "
+            "accounts a "
+            "WHERE a.user_id = $1",
+            {User()},
+            true};
     }
   }
 
@@ -166,6 +199,28 @@ class Workload {
     return s;
   }
 
+  // A key IN list of thousands of parameters (known users and ids that hold
+  // no rows), read and written.
+  Step HugeInList() {
+    const int n = Uniform(2000, 6000);
+    Step s;
+    std::vector<std::string> list;
+    for (int i = 0; i < n; ++i) {
+      list.push_back(absl::StrCat("$", i + 1));
+      s.params.push_back(i % 3 == 0 ? User() : Value(int64_t{base_ + i}));
+    }
+    std::string in = absl::StrCat("(", absl::StrJoin(list, ", "), ")");
+    if (Uniform(0, 1) == 0) {
+      s.sql =
+          absl::StrCat("SELECT count(*), sum(amount), min(id) FROM orders WHERE user_id IN ", in);
+      s.ordered = true;
+    } else {
+      s.sql = absl::StrCat("UPDATE accounts SET balance = balance + 1 WHERE user_id IN ", in);
+      s.write = true;
+    }
+    return s;
+  }
+
   Step OrderWrite() {
     int64_t id = orders_[Uniform(0, static_cast<int>(orders_.size()) - 1)];
     Value user = order_user_[id];
@@ -179,6 +234,7 @@ class Workload {
   }
 
   std::mt19937 rng_;
+  int steps_ = 0;
   std::vector<Value> users_;
   std::vector<int64_t> orders_{};
   std::map<int64_t, Value> order_user_;

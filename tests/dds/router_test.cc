@@ -116,6 +116,63 @@ TEST(Router, RoutesAndRewritesTheCorpus) {
   }
 }
 
+TEST(Router, WritesCastsAndParametersAsSqliteReadsThem) {
+  RouterConfig c;
+  c.sharded_tables = {{"orders", "user_id"}};
+  c.broadcast_tables = {"funds"};
+  c.sqlite = true;
+  auto router = std::move(*Router::Create(c));
+  auto routed = router->Route(
+      "SELECT CAST(amount AS TEXT), amount::bigint FROM orders WHERE user_id = CAST($2 AS "
+      "INTEGER) AND status IN ($1, $2, $1)",
+      {std::string("paid"), std::string("1234")});
+  ASSERT_TRUE(routed.ok()) << routed.status();
+  ASSERT_EQ(routed->statements.size(), 1u);
+  const RoutedStatement& s = routed->statements[0];
+  EXPECT_EQ(s.shard, 34);
+  EXPECT_EQ(*s.sql,
+            "SELECT CAST(amount AS TEXT), CAST(amount AS BIGINT) FROM orders_34 WHERE user_id = "
+            "CAST(? AS INTEGER) AND status IN (?, ?, ?)");
+  ASSERT_NE(s.order, nullptr);
+  EXPECT_EQ(*s.order, (std::vector<int>{2, 1, 2, 1}));
+  std::vector<Value> storage;
+  EXPECT_EQ(ParamsOf(s, {std::string("paid"), std::string("1234")}, &storage),
+            (std::vector<Value>{std::string("1234"), std::string("paid"), std::string("1234"),
+                                std::string("paid")}));
+  // Parameters in their own order need no reordering.
+  auto plain = router->Route("SELECT * FROM orders WHERE user_id = $1 AND id > $2",
+                             {int64_t{7}, int64_t{1}});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(*plain->statements[0].sql, "SELECT * FROM orders_07 WHERE user_id = ? AND id > ?");
+  EXPECT_EQ(plain->statements[0].order, nullptr);
+  // A key cast to an integer routes by the cast's value; a key cast to a
+  // type the router cannot read is the database's to compare: every shard.
+  auto text_key = router->Route("SELECT * FROM orders WHERE user_id = CAST($1 AS INTEGER)",
+                                {std::string("0042")});
+  ASSERT_TRUE(text_key.ok()) << text_key.status();
+  EXPECT_EQ(text_key->statements[0].shard, 42);
+  auto real_key = router->Route("SELECT * FROM orders WHERE user_id = CAST($1 AS INTEGER)",
+                                {std::string("42.5")});
+  ASSERT_TRUE(real_key.ok()) << real_key.status();
+  EXPECT_EQ(real_key->statements.size(), 100u);
+  // What SQLite cannot express is refused.
+  auto literal = router->Route("SELECT * FROM orders WHERE created > DATE '2026-01-01'", {});
+  EXPECT_THAT(std::string(literal.status().message()),
+              ::testing::HasSubstr("SQLite has no typed literals"));
+  auto odd = router->Route("SELECT CAST(amount AS \"my type\") FROM orders WHERE user_id = 1", {});
+  EXPECT_EQ(odd.status().message(),
+            "SQLite cannot cast to type my type; cast to INTEGER, REAL, TEXT, BLOB or NUMERIC");
+  // Table names are filled in per table from one written statement, quoted
+  // as the deparser quotes them.
+  auto index = router->Route("CREATE INDEX \"ByUser\" ON orders (user_id)", {});
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(*index->statements[7].sql, "CREATE INDEX \"ByUser_07\" ON orders_07 (user_id)");
+  // A statement holding the router's own marker text still comes out right.
+  auto marker = router->Route("SELECT '__dds0_t0__' FROM orders WHERE user_id = 1", {});
+  ASSERT_TRUE(marker.ok()) << marker.status();
+  EXPECT_EQ(*marker->statements[0].sql, "SELECT '__dds0_t0__' FROM orders_01 WHERE user_id = 1");
+}
+
 TEST(Router, ShardOfIsTheLastTwoDigits) {
   auto router = FundRouter();
   EXPECT_EQ(*router->ShardOf(std::string("20881234")), 34);
