@@ -30,6 +30,7 @@
 #include "formica/rpc/server.h"
 #include "group_cursor.h"
 #include "group_progress.h"
+#include "threaded_stream.h"
 #include "topic.h"
 #include "transactions.h"
 #include "validation.h"
@@ -158,7 +159,9 @@ struct GroupState {
   absl::Time last_read_error ABSL_GUARDED_BY(mu) = absl::InfinitePast();
 };
 
-class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Broker::Service> {
+class Broker::Impl final
+    : public v1::Broker::WithCallbackMethod_CheckBack<v1::Broker::WithCallbackMethod_Consume<
+          v1::Broker::WithCallbackMethod_Produce<v1::Broker::Service>>> {
  public:
   BrokerOptions options;
   std::unique_ptr<GroupProgress> progress;
@@ -493,10 +496,18 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     });
   }
 
-  grpc::Status CheckBack(
-      grpc::ServerContext* ctx,
-      grpc::ServerReaderWriter<v1::CheckRequest, v1::CheckAnswer>* stream) override {
-    return rpc::Serve(ctx, [&] { return txns->CheckBack(ctx, stream); });
+  grpc::ServerBidiReactor<v1::CheckAnswer, v1::CheckRequest>* CheckBack(
+      grpc::CallbackServerContext* ctx) override {
+    return new CheckBackStream(ctx, [this](CheckBackStream& stream) {
+      return rpc::Serve(stream.context(), [&] {
+        grpc::Status st = txns->CheckBack(stream);
+        if (st.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+          SPDLOG_WARN("CheckBack stream from {} refused: {}", stream.context()->peer(),
+                      st.error_message());
+        }
+        return st;
+      });
+    });
   }
 
   grpc::Status ListHalfMessages(grpc::ServerContext* ctx, const v1::ListHalfMessagesRequest* req,
@@ -1225,16 +1236,32 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     return absl::OkStatus();
   }
 
-  grpc::Status Consume(
-      grpc::ServerContext* ctx,
-      grpc::ServerReaderWriter<v1::ConsumeReply, v1::ConsumeRequest>* stream) override {
-    return rpc::Serve(ctx, [&] { return ToGrpcStatus(DoConsume(ctx, stream)); });
+  using ConsumeStream = ThreadedStream<v1::ConsumeRequest, v1::ConsumeReply>;
+
+  // Consume serves each stream on a thread of its own; whatever ends the
+  // stream, its status reaches the consumer and non-routine ends are logged.
+  grpc::ServerBidiReactor<v1::ConsumeRequest, v1::ConsumeReply>* Consume(
+      grpc::CallbackServerContext* ctx) override {
+    return new ConsumeStream(ctx, [this](ConsumeStream& stream) {
+      return rpc::Serve(stream.context(), [&] {
+        std::string subscription;
+        absl::Status st = DoConsume(stream, &subscription);
+        if (absl::IsInvalidArgument(st)) {
+          SPDLOG_WARN("Consume stream from {}{} refused: {}", stream.context()->peer(),
+                      subscription, st.ToString());
+        } else if (!st.ok() && !streams_stop.load()) {
+          SPDLOG_INFO("Consume stream from {}{} ended: {}", stream.context()->peer(), subscription,
+                      st.ToString());
+        }
+        return ToGrpcStatus(st);
+      });
+    });
   }
 
-  absl::Status DoConsume(grpc::ServerContext* ctx,
-                         grpc::ServerReaderWriter<v1::ConsumeReply, v1::ConsumeRequest>* stream) {
+  // `subscription` gets " (group ..., topic ...)" once the stream subscribed.
+  absl::Status DoConsume(ConsumeStream& stream, std::string* subscription) {
     v1::ConsumeRequest first;
-    if (!stream->Read(&first)) return absl::OkStatus();
+    if (!stream.Read(&first)) return absl::OkStatus();
     if (!first.has_subscribe()) {
       return absl::InvalidArgumentError("the first request on a Consume stream must subscribe");
     }
@@ -1243,9 +1270,11 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     absl::StatusOr<std::shared_ptr<GroupState>> joined = Join(first.subscribe(), member);
     if (!joined.ok()) return joined.status();
     std::shared_ptr<GroupState> g = *joined;
+    *subscription = absl::StrCat(" (group '", first.subscribe().group(), "', topic '",
+                                 first.subscribe().topic(), "')");
     Kick();
     // An empty reply says the subscription is in place.
-    if (!stream->Write(v1::ConsumeReply())) {
+    if (!stream.Write(v1::ConsumeReply())) {
       Leave(*g, member);
       return absl::OkStatus();
     }
@@ -1253,7 +1282,7 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     absl::Status reader_status;
     std::thread reader([&] {
       v1::ConsumeRequest req;
-      while (stream->Read(&req)) {
+      while (stream.Read(&req)) {
         if (req.has_subscribe()) {
           reader_status = absl::InvalidArgumentError("a Consume stream subscribes only once");
           break;
@@ -1288,14 +1317,17 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
         for (v1::MessageRef& r : member->acked) *reply.add_acked() = std::move(r);
         member->acked.clear();
       }
-      if (streams_stop.load() || ctx->IsCancelled()) {
+      if (streams_stop.load()) {
         result = absl::UnavailableError("dmsd is stopping; consume from another broker or later");
         break;
       }
+      if (stream.IsCancelled()) break;
       if (reply.messages_size() == 0 && reply.acked_size() == 0) continue;
-      if (!stream->Write(reply)) break;
+      if (!stream.Write(reply)) break;
     }
-    ctx->TryCancel();
+    // Frees the reader without cancelling the call, so `result` (or the
+    // reader's error) is what the consumer receives.
+    stream.StopReading();
     reader.join();
     Leave(*g, member);
     Kick();

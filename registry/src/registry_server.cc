@@ -95,6 +95,7 @@ class RegistryCore : public ClusterLink::Listener {
   void OnLeaseLost(uint64_t session_id) override;
 
   // ---- called by SessionReactor ----
+  void StreamStarted(SessionReactor* reactor);
   bool Handle(SessionReactor* reactor, const v1::ClientMessage& message);
   void StreamEnded(SessionReactor* reactor);
   void WriteDone(SessionReactor* reactor, bool ok);
@@ -108,6 +109,8 @@ class RegistryCore : public ClusterLink::Listener {
   v1::PushSwitchState SetStopPush(std::optional<bool> stop);
   void ListSessions(v1::ListSessionsResponse* out);
   absl::Status KillSession(uint64_t id);
+  // Ends every stream, opened or not, with UNAVAILABLE `why`, and refuses
+  // new ones the same way (the registry is shutting down).
   void CloseAllStreams(absl::string_view why);
 
  private:
@@ -261,6 +264,10 @@ class RegistryCore : public ClusterLink::Listener {
   bool warming_up_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time warmup_end_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Every stream gRPC has not finished with, so that shutting down ends
+  // each with its reason, opened or not.
+  std::set<SessionReactor*> streams_ ABSL_GUARDED_BY(mu_);
+  std::string closed_why_ ABSL_GUARDED_BY(mu_);  // set: new streams are refused with it
   // Cluster mode: streams whose open waits for etcd, by reactor serial.
   std::map<uint64_t, SessionReactor*> opening_ ABSL_GUARDED_BY(mu_);
   bool etcd_reachable_ ABSL_GUARDED_BY(mu_) = true;
@@ -273,6 +280,7 @@ class SessionReactor : public grpc::ServerBidiReactor<v1::ClientMessage, v1::Ser
   SessionReactor(RegistryCore* core, std::string peer)
       : peer(std::move(peer)), serial(NextSerial()), core_(core) {
     StartRead(&request_);
+    core_->StreamStarted(this);
   }
 
   void OnReadDone(bool ok) override {
@@ -828,8 +836,17 @@ void RegistryCore::WriteDone(SessionReactor* reactor, bool ok) {
   }
 }
 
+void RegistryCore::StreamStarted(SessionReactor* reactor) {
+  absl::MutexLock lock(&mu_);
+  streams_.insert(reactor);
+  if (!closed_why_.empty()) {
+    RequestFinish(reactor, absl::UnavailableError(closed_why_));
+  }
+}
+
 void RegistryCore::ReactorDone(SessionReactor* reactor) {
   absl::MutexLock lock(&mu_);
+  streams_.erase(reactor);
   opening_.erase(reactor->serial);
   auto it = sessions_.find(reactor->session_id);
   if (it != sessions_.end() && it->second.reactor == reactor) {
@@ -865,6 +882,9 @@ void RegistryCore::RequestFinish(SessionReactor* reactor, const absl::Status& st
   }
   reactor->finishing = true;
   reactor->finish_status = ToGrpcStatus(status);
+  if (absl::IsInvalidArgument(status) || absl::IsResourceExhausted(status)) {
+    SPDLOG_WARN("session stream from {} refused: {}", reactor->peer, status.ToString());
+  }
   if (reactor->in_flight == nullptr) {
     reactor->finished = true;
     reactor->Finish(reactor->finish_status);
@@ -1501,12 +1521,12 @@ absl::Status RegistryCore::KillSession(uint64_t id) {
 
 void RegistryCore::CloseAllStreams(absl::string_view why) {
   absl::MutexLock lock(&mu_);
+  closed_why_ = std::string(why);
   for (auto& [id, session] : sessions_) {
-    if (session.reactor != nullptr) {
-      SessionReactor* reactor = session.reactor;
-      session.reactor = nullptr;
-      RequestFinish(reactor, absl::UnavailableError(why));
-    }
+    session.reactor = nullptr;
+  }
+  for (SessionReactor* reactor : streams_) {
+    RequestFinish(reactor, absl::UnavailableError(why));
   }
 }
 
