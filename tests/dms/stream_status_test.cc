@@ -1,14 +1,18 @@
-// dmsd's streams end with the status that explains them, as the client
-// receives it over the wire: a real dsrd and dmsd, and raw gRPC streams of
-// our protos acting as a consumer or producer that misbehaves or outlives
-// its broker.
+// dmsd over the wire, with a real dsrd and dmsd and raw gRPC calls of our
+// protos: its streams end with the status that explains them (a consumer or
+// producer that misbehaves or outlives its broker), and produces with dedup
+// keys, answered when durable without holding a server thread, keep their
+// dedup semantics under concurrency.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "registry_fixture.h"
 
@@ -174,6 +178,97 @@ TEST_F(StreamStatusTest, AProducerThatFinishesWritingEndsItsCheckBackStreamOk) {
   }
   grpc::Status st = stream->Finish();
   EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+}
+
+// Many produces at once, each key sent by many: every call is answered,
+// each key is stored once, and every duplicate is answered with the first
+// send's queue and offset.
+TEST_F(StreamStatusTest, ConcurrentProducesWithDedupKeysAreAllAnsweredAndStoredOnce) {
+  constexpr int kKeys = 8, kSendsPerKey = 24;
+  struct Call {
+    grpc::ClientContext context;
+    v1::ProduceRequest request;
+    v1::ProduceReply reply;
+    grpc::Status status;
+  };
+  std::vector<std::unique_ptr<Call>> calls;
+  absl::Mutex mu;
+  int answered = 0;
+  for (int i = 0; i < kSendsPerKey; ++i) {
+    for (int k = 0; k < kKeys; ++k) {
+      auto call = std::make_unique<Call>();
+      call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+      call->request.set_topic("orders");
+      v1::Message* m = call->request.add_messages();
+      m->set_key(absl::StrCat("account-", k));
+      m->set_body(absl::StrCat("transfer-", k));
+      m->set_dedup_key(absl::StrCat("transfer-", k));
+      if (i % 3 == 0) *call->request.add_messages() = *m;  // twice in one request too
+      calls.push_back(std::move(call));
+    }
+  }
+  for (auto& call : calls) {
+    Call* c = call.get();
+    broker_->async()->Produce(&c->context, &c->request, &c->reply,
+                              [&mu, &answered, c](grpc::Status st) {
+                                absl::MutexLock lock(&mu);
+                                c->status = std::move(st);
+                                ++answered;
+                              });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      return answered == static_cast<int>(calls.size());
+    };
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all), absl::Seconds(60)))
+        << answered << " of " << calls.size() << " produces answered";
+  }
+  std::map<std::string, std::set<std::pair<int, uint64_t>>> placed;  // key -> receipts
+  std::map<std::string, int> stored;                                 // key -> non-duplicates
+  for (const auto& call : calls) {
+    ASSERT_TRUE(call->status.ok()) << call->status.error_message();
+    ASSERT_EQ(call->reply.receipts_size(), call->request.messages_size());
+    for (int j = 0; j < call->reply.receipts_size(); ++j) {
+      const v1::Receipt& r = call->reply.receipts(j);
+      const std::string& key = call->request.messages(j).dedup_key();
+      placed[key].insert({r.queue(), r.offset()});
+      if (!r.duplicate()) ++stored[key];
+    }
+  }
+  ASSERT_EQ(placed.size(), static_cast<size_t>(kKeys));
+  for (const auto& [key, receipts] : placed) {
+    EXPECT_EQ(receipts.size(), 1u) << key << " answered with several places";
+    EXPECT_EQ(stored[key], 1) << key;
+  }
+  // The topic holds each key once.
+  Subscribed s(broker_.get(), Subscribe("audit"));
+  std::map<std::string, int> seen;
+  int messages = 0;
+  absl::Time until = absl::Now() + absl::Seconds(20);
+  while (messages < kKeys && absl::Now() < until) {
+    v1::ConsumeReply reply;
+    ASSERT_TRUE(s.stream->Read(&reply));
+    v1::ConsumeRequest acks;
+    for (const v1::Delivered& d : reply.messages()) {
+      ++seen[d.message().body()];
+      ++messages;
+      *acks.add_acks() = d.ref();
+    }
+    if (acks.acks_size() > 0) {
+      ASSERT_TRUE(s.stream->Write(acks));
+    }
+  }
+  EXPECT_EQ(messages, kKeys);
+  for (int k = 0; k < kKeys; ++k) EXPECT_EQ(seen[absl::StrCat("transfer-", k)], 1) << k;
+  grpc::ClientContext ctx;
+  v1::GetLagRequest req;
+  req.set_group("audit");
+  v1::GetLagReply lag;
+  ASSERT_TRUE(broker_->GetLag(&ctx, req, &lag).ok());
+  uint64_t end = 0;
+  for (const v1::QueueLag& q : lag.queues()) end += q.end_offset();
+  EXPECT_EQ(end, static_cast<uint64_t>(kKeys)) << "messages in the topic";
 }
 
 }  // namespace
