@@ -79,6 +79,17 @@ class RegistryCore : public ClusterLink::Listener {
   }
 
   RegistryStore* store() { return store_.get(); }
+  // Cluster mode (set before serving).
+  bool clustered() const { return cluster_ != nullptr; }
+  // UNAVAILABLE, naming etcd, while this node cannot reach it.
+  absl::Status EtcdReachable() const {
+    if (cluster_ != nullptr && !cluster_->Reachable()) {
+      return absl::UnavailableError(absl::StrCat("this registry node cannot reach etcd at ",
+                                                 absl::StrJoin(cluster_->options().endpoints, ","),
+                                                 "; ask another node"));
+    }
+    return absl::OkStatus();
+  }
   const RegistryServerOptions& options() const { return options_; }
 
   // Cluster mode: set once, before serving.
@@ -1535,12 +1546,17 @@ void RegistryCore::CloseAllStreams(absl::string_view why) {
 
 namespace {
 
-// Runs durable store writes (each an fsync) off gRPC's callback threads,
-// which must not block, one at a time.
-class StoreWorker {
+// Runs jobs that may block (durable store writes, each an fsync; reads of
+// etcd) off gRPC's callback threads, which must not block: `threads` jobs
+// at a time, taken in order.
+class Worker {
  public:
-  StoreWorker() : thread_([this] { Loop(); }) {}
-  ~StoreWorker() { Stop(); }
+  explicit Worker(int threads) {
+    for (int i = 0; i < threads; ++i) {
+      threads_.emplace_back([this] { Loop(); });
+    }
+  }
+  ~Worker() { Stop(); }
 
   void Run(std::function<void()> job) {
     absl::MutexLock lock(&mu_);
@@ -1553,8 +1569,10 @@ class StoreWorker {
       absl::MutexLock lock(&mu_);
       stopping_ = true;
     }
-    if (thread_.joinable()) {
-      thread_.join();
+    for (std::thread& thread : threads_) {
+      if (thread.joinable()) {
+        thread.join();
+      }
     }
   }
 
@@ -1580,15 +1598,19 @@ class StoreWorker {
   absl::Mutex mu_;
   std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
+  std::vector<std::thread> threads_;
 };
 
 class RegistryService final : public v1::Registry::CallbackService {
  public:
   explicit RegistryService(RegistryCore* core) : core_(core) {}
 
-  // Lets queued store writes finish; call once the server has stopped.
-  void StopWorker() { writer_.Stop(); }
+  // Lets queued store writes and views finish; call once the server has
+  // stopped.
+  void StopWorker() {
+    writer_.Stop();
+    views_.Stop();
+  }
 
   grpc::ServerBidiReactor<v1::ClientMessage, v1::ServerMessage>* Session(
       grpc::CallbackServerContext* context) override {
@@ -1598,19 +1620,21 @@ class RegistryService final : public v1::Registry::CallbackService {
   grpc::ServerUnaryReactor* ListServices(grpc::CallbackServerContext* context,
                                          const v1::ListServicesRequest*,
                                          v1::ListServicesResponse* response) override {
-    return Done(context, core_->ListServices(response));
+    return View(context, [this, response] { return core_->ListServices(response); });
   }
 
   grpc::ServerUnaryReactor* GetCluster(grpc::CallbackServerContext* context,
                                        const v1::GetClusterRequest*,
                                        v1::ClusterInfo* response) override {
-    return Done(context, core_->Describe(response));
+    return View(context, [this, response] { return core_->Describe(response); });
   }
 
   grpc::ServerUnaryReactor* GetService(grpc::CallbackServerContext* context,
                                        const v1::GetServiceRequest* request,
                                        v1::ServiceSnapshot* response) override {
-    return Done(context, core_->GetService(request->service(), response));
+    return View(context, [this, request, response] {
+      return core_->GetService(request->service(), response);
+    });
   }
 
   grpc::ServerUnaryReactor* GetConfig(grpc::CallbackServerContext* context,
@@ -1619,30 +1643,34 @@ class RegistryService final : public v1::Registry::CallbackService {
     if (absl::Status st = ValidateConfigKey(request->key(), core_->options().limits); !st.ok()) {
       return Done(context, st);
     }
-    absl::StatusOr<StoredConfig> entry = core_->store()->GetConfig(request->key());
-    if (!entry.ok()) {
-      return Done(context, entry.status());
-    }
-    if (!entry->exists) {
-      return Done(context, absl::NotFoundError(
-                               absl::StrCat("config key '", request->key(), "' does not exist")));
-    }
-    Fill(*entry, response);
-    return Done(context, absl::OkStatus());
+    return View(context, [this, request, response] {
+      absl::StatusOr<StoredConfig> entry = core_->store()->GetConfig(request->key());
+      if (!entry.ok()) {
+        return entry.status();
+      }
+      if (!entry->exists) {
+        return absl::NotFoundError(
+            absl::StrCat("config key '", request->key(), "' does not exist"));
+      }
+      Fill(*entry, response);
+      return absl::OkStatus();
+    });
   }
 
   grpc::ServerUnaryReactor* ListConfig(grpc::CallbackServerContext* context,
                                        const v1::ListConfigRequest* request,
                                        v1::ListConfigResponse* response) override {
-    absl::StatusOr<std::vector<StoredConfig>> entries =
-        core_->store()->ListConfig(request->prefix());
-    if (!entries.ok()) {
-      return Done(context, entries.status());
-    }
-    for (const StoredConfig& e : *entries) {
-      Fill(e, response->add_entries());
-    }
-    return Done(context, absl::OkStatus());
+    return View(context, [this, request, response] {
+      absl::StatusOr<std::vector<StoredConfig>> entries =
+          core_->store()->ListConfig(request->prefix());
+      if (!entries.ok()) {
+        return entries.status();
+      }
+      for (const StoredConfig& e : *entries) {
+        Fill(e, response->add_entries());
+      }
+      return absl::OkStatus();
+    });
   }
 
   grpc::ServerUnaryReactor* PutConfig(grpc::CallbackServerContext* context,
@@ -1724,6 +1752,34 @@ class RegistryService final : public v1::Registry::CallbackService {
   }
 
  private:
+  // An operator view. Embedded, it reads memory and the local store and
+  // answers at once. In cluster mode it may read etcd, for up to
+  // storage.etcd.request_timeout: it runs on the view threads, never on a
+  // callback thread, and fails at once while this node cannot reach etcd
+  // (checked again when it leaves the queue).
+  grpc::ServerUnaryReactor* View(grpc::CallbackServerContext* context,
+                                 std::function<absl::Status()> view) {
+    if (!core_->clustered()) {
+      return Done(context, view());
+    }
+    if (absl::Status st = core_->EtcdReachable(); !st.ok()) {
+      return Done(context, st);
+    }
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    views_.Run([this, reactor, view = std::move(view)] {
+      absl::Status st = core_->EtcdReachable();  // it may have gone while this view queued
+      if (st.ok()) {
+        st = view();
+      }
+      if (absl::IsDeadlineExceeded(st)) {
+        // etcd did not answer in time: as unavailable as a refused call.
+        st = absl::UnavailableError(st.message());
+      }
+      reactor->Finish(ToGrpcStatus(st));
+    });
+    return reactor;
+  }
+
   static grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context,
                                         const absl::Status& status) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -1738,8 +1794,12 @@ class RegistryService final : public v1::Registry::CallbackService {
     out->set_exists(e.exists);
   }
 
+  // Views wait for etcd at most request_timeout each; a few run at once.
+  static constexpr int kViewThreads = 4;
+
   RegistryCore* const core_;
-  StoreWorker writer_;
+  Worker writer_{1};
+  Worker views_{kViewThreads};
 };
 
 }  // namespace
