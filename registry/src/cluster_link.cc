@@ -8,6 +8,7 @@
 #include <optional>
 #include <set>
 #include <thread>
+#include <type_traits>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
@@ -243,10 +244,13 @@ class ClusterLink::Impl {
   }
 
   // ---- unary calls, retried through member failures and elections ----
+  // `repeated`, if given, is set when an attempt failed after it may have
+  // reached etcd and the call was sent again: etcd may have applied it
+  // twice, or applied the first and answered the second.
   template <typename Stub, typename Req, typename Resp>
   absl::Status Call(absl::string_view what,
                     grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
-                    Stub* stub, const Req& request, Resp* response) {
+                    Stub* stub, const Req& request, Resp* response, bool* repeated = nullptr) {
     absl::Time give_up = absl::Now() + options_.request_timeout;
     absl::Duration backoff = absl::Milliseconds(20);
     while (true) {
@@ -254,14 +258,21 @@ class ClusterLink::Impl {
       context.set_wait_for_ready(true);
       context.set_deadline(absl::ToChronoTime(give_up));
       grpc::Status st = (stub->*method)(&context, request, response);
+      if (st.ok() && std::is_same_v<Req, pb::TxnRequest> && DropReply()) {
+        st = grpc::Status(grpc::StatusCode::UNAVAILABLE, "reply dropped (a fault made by a test)");
+      }
       if (st.ok()) {
         Heard();
         return absl::OkStatus();
       }
       // UNAVAILABLE: no connection, no leader, leader changed, or the member
-      // timed out. Each of our writes is safe to repeat.
+      // timed out. Each of our writes is safe to repeat; a compare-and-set
+      // repeated after it applied is recognised by its caller.
       if (st.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() + backoff >= give_up) {
         return EtcdError(what, st);
+      }
+      if (repeated != nullptr) {
+        *repeated = true;
       }
       absl::SleepFor(backoff);
       backoff = std::min(backoff * 2, absl::Milliseconds(500));
@@ -277,8 +288,50 @@ class ClusterLink::Impl {
     return Call("range", &pb::KV::Stub::Range, kv_.get(), request, response);
   }
 
-  absl::Status Txn(const pb::TxnRequest& request, pb::TxnResponse* response) {
-    return Call("txn", &pb::KV::Stub::Txn, kv_.get(), request, response);
+  absl::Status Txn(const pb::TxnRequest& request, pb::TxnResponse* response,
+                   bool* repeated = nullptr) {
+    return Call("txn", &pb::KV::Stub::Txn, kv_.get(), request, response, repeated);
+  }
+
+  // Tests only: the next `n` transaction replies are lost after etcd
+  // applied them, as when a connection breaks at the wrong moment.
+  void DropTxnReplies(int n) { dropped_replies_ = n; }
+  bool DropReply() {
+    int left = dropped_replies_.load();
+    while (left > 0 && !dropped_replies_.compare_exchange_weak(left, left - 1)) {
+    }
+    return left > 0;
+  }
+
+  // The first change to `key` at or after `revision`: a one-shot watch.
+  // FAILED_PRECONDITION if etcd compacted that history away.
+  absl::StatusOr<mvccpb::Event> FirstChange(const std::string& key, int64_t revision) {
+    grpc::ClientContext context;
+    context.AddMetadata("hasleader", "true");
+    context.set_wait_for_ready(true);
+    context.set_deadline(absl::ToChronoTime(absl::Now() + options_.request_timeout));
+    auto stream = watch_->Watch(&context);
+    pb::WatchRequest request;
+    request.mutable_create_request()->set_key(key);
+    request.mutable_create_request()->set_start_revision(revision);
+    pb::WatchResponse response;
+    if (stream->Write(request)) {
+      while (stream->Read(&response)) {
+        if (response.canceled()) {
+          context.TryCancel();
+          (void)stream->Finish();
+          return absl::FailedPreconditionError(
+              absl::StrCat("etcd no longer has the history of '", key, "' from revision ", revision,
+                           " (compacted at ", response.compact_revision(), ")"));
+        }
+        if (response.events_size() > 0) {
+          context.TryCancel();
+          (void)stream->Finish();
+          return response.events(0);
+        }
+      }
+    }
+    return EtcdError("watch", stream->Finish());
   }
 
   // ---- node membership ----
@@ -1093,7 +1146,8 @@ class ClusterLink::Impl {
   Listener* const listener_;
   // When etcd last answered a keep-alive (Unix ms).
   std::atomic<int64_t> last_heard_ms_{absl::ToUnixMillis(absl::Now())};
-  std::string identity_;  // set by Connect
+  std::atomic<int> dropped_replies_{0};  // DropTxnReplies
+  std::string identity_;                 // set by Connect
   const absl::Time started_ = absl::Now();
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::KV::Stub> kv_;
@@ -1194,17 +1248,24 @@ class ClusterLink::Impl::ConfigStore final : public RegistryStore {
     put->set_key(etcd_key);
     put->set_value(std::string(value));
     pb::TxnResponse response;
-    if (absl::Status st = link_->Txn(txn, &response); !st.ok()) {
+    bool repeated = false;
+    if (absl::Status st = link_->Txn(txn, &response, &repeated); !st.ok()) {
       return st;
-    }
-    if (!response.succeeded()) {
-      return Conflict(key, *expected_version, response);
     }
     StoredConfig entry;
     entry.key = std::string(key);
     entry.value = std::string(value);
-    entry.version = static_cast<uint64_t>(response.header().revision());
     entry.exists = true;
+    if (!response.succeeded()) {
+      absl::StatusOr<uint64_t> own =
+          AppliedBefore(etcd_key, entry, *expected_version, repeated, response);
+      if (!own.ok()) {
+        return Conflict(key, *expected_version, response);
+      }
+      entry.version = *own;
+      return entry;
+    }
+    entry.version = static_cast<uint64_t>(response.header().revision());
     return entry;
   }
 
@@ -1215,11 +1276,21 @@ class ClusterLink::Impl::ConfigStore final : public RegistryStore {
     Guard(&txn, etcd_key, expected_version);
     txn.add_success()->mutable_request_delete_range()->set_key(etcd_key);
     pb::TxnResponse response;
-    if (absl::Status st = link_->Txn(txn, &response); !st.ok()) {
+    bool repeated = false;
+    if (absl::Status st = link_->Txn(txn, &response, &repeated); !st.ok()) {
       return st;
     }
     if (!response.succeeded()) {
-      return Conflict(key, *expected_version, response);
+      StoredConfig entry;
+      entry.key = std::string(key);
+      entry.exists = false;
+      absl::StatusOr<uint64_t> own =
+          AppliedBefore(etcd_key, entry, *expected_version, repeated, response);
+      if (!own.ok()) {
+        return Conflict(key, *expected_version, response);
+      }
+      entry.version = *own;
+      return entry;
     }
     if (response.responses_size() == 0 ||
         response.responses(0).response_delete_range().deleted() == 0) {
@@ -1233,6 +1304,42 @@ class ClusterLink::Impl::ConfigStore final : public RegistryStore {
   }
 
  private:
+  // A compare-and-set whose transaction was sent again after an attempt
+  // that may have reached etcd, and whose last attempt found the key moved
+  // on: if the first change to the key after the expected version is
+  // exactly this write (`wanted`: its value, or its deletion), an earlier
+  // attempt applied it and lost its reply. Returns that change's version;
+  // NOT_FOUND if the key was changed by someone else.
+  absl::StatusOr<uint64_t> AppliedBefore(const std::string& etcd_key, const StoredConfig& wanted,
+                                         uint64_t expected, bool repeated,
+                                         const pb::TxnResponse& conflict) {
+    if (!repeated) {
+      return absl::NotFoundError("sent once: the conflict is real");
+    }
+    int64_t from = static_cast<int64_t>(expected) + 1;
+    if (expected == 0) {
+      // Created by this write? Then the key's current life began with it.
+      if (conflict.responses_size() == 0 ||
+          conflict.responses(0).response_range().kvs_size() == 0) {
+        return absl::NotFoundError("the key does not exist");
+      }
+      from = conflict.responses(0).response_range().kvs(0).create_revision();
+    }
+    absl::StatusOr<mvccpb::Event> change = link_->FirstChange(etcd_key, from);
+    if (!change.ok()) {
+      SPDLOG_WARN("config key '{}': cannot tell whether a repeated write had applied: {}",
+                  wanted.key, change.status().ToString());
+      return change.status();
+    }
+    bool same = wanted.exists
+                    ? change->type() == mvccpb::Event::PUT && change->kv().value() == wanted.value
+                    : change->type() == mvccpb::Event::DELETE;
+    if (!same) {
+      return absl::NotFoundError("changed by someone else");
+    }
+    return static_cast<uint64_t>(change->kv().mod_revision());
+  }
+
   // With an expected version, the write happens only if the key is still at
   // it; otherwise the transaction reads the key to name its version.
   static void Guard(pb::TxnRequest* txn, const std::string& etcd_key,
@@ -1361,5 +1468,6 @@ absl::Status ClusterLink::ListServices(v1::ListServicesResponse* out) {
   return impl_->ListServices(out);
 }
 absl::Status ClusterLink::Describe(v1::ClusterInfo* out) { return impl_->Describe(out); }
+void ClusterLink::DropTxnRepliesForTesting(int n) { impl_->DropTxnReplies(n); }
 
 }  // namespace formica::registry

@@ -150,6 +150,10 @@ class ClusterLink {
   absl::Status ListServices(v1::ListServicesResponse* out);
   absl::Status Describe(v1::ClusterInfo* out);
 
+  // Tests only: the next `n` etcd transaction replies are lost after etcd
+  // applied them (the call then retries, as after a broken connection).
+  void DropTxnRepliesForTesting(int n);
+
   class Impl;
 
  private:
