@@ -296,6 +296,16 @@ class ClusterLink::Impl {
   // Tests only: the next `n` transaction replies are lost after etcd
   // applied them, as when a connection breaks at the wrong moment.
   void DropTxnReplies(int n) { dropped_replies_ = n; }
+
+  // Tests only: ends the watch stream; its successor runs `hold` before it
+  // creates the watches again.
+  void BreakWatchStream(std::function<void()> hold) {
+    absl::MutexLock lock(&watch_mu_);
+    hold_creates_ = std::move(hold);
+    if (watch_context_ != nullptr) {
+      watch_context_->TryCancel();
+    }
+  }
   bool DropReply() {
     int left = dropped_replies_.load();
     while (left > 0 && !dropped_replies_.compare_exchange_weak(left, left - 1)) {
@@ -637,7 +647,12 @@ class ClusterLink::Impl {
     std::string range_end;
     bool loaded = false;
     int64_t next_revision = 0;
-    bool created = false;  // a create request went out on the current stream
+    bool created = false;       // a create request went out on the current stream
+    bool acknowledged = false;  // and etcd answered it
+    // Unwatched while its create was unanswered: etcd learns of the cancel
+    // once it has answered the create (a cancel that overtook the create
+    // would leave etcd a watcher nobody cancels).
+    bool cancelled = false;
   };
 
   void AddWatch(bool config, const std::string& name) {
@@ -668,26 +683,36 @@ class ClusterLink::Impl {
     Enqueue(std::move(op));
   }
 
-  // Events for a removed watch are dropped at once; the writer tells etcd.
+  // Events for a removed watch are dropped at once; the writer tells etcd,
+  // after etcd has answered the watch's create.
   void RemoveWatch(bool config, const std::string& name) {
+    absl::MutexLock lock(&watch_mu_);
+    auto& by_name = config ? config_watches_ : service_watches_;
+    auto it = by_name.find(name);
+    if (it == by_name.end()) {
+      return;
+    }
+    uint64_t serial = it->second;
+    by_name.erase(it);
+    auto w = watches_.find(serial);
+    if (w == watches_.end()) {
+      return;
+    }
+    if (w->second.created && !w->second.acknowledged) {
+      w->second.cancelled = true;  // HandleWatchResponse cancels it
+      return;
+    }
+    bool created = w->second.created;
+    watches_.erase(w);
+    if (created) {
+      CancelWatch(serial);
+    }
+  }
+
+  void CancelWatch(uint64_t serial) ABSL_EXCLUSIVE_LOCKS_REQUIRED(watch_mu_) {
     Op op;
     op.kind = Op::kCancelWatch;
-    {
-      absl::MutexLock lock(&watch_mu_);
-      auto& by_name = config ? config_watches_ : service_watches_;
-      auto it = by_name.find(name);
-      if (it == by_name.end()) {
-        return;
-      }
-      op.serial = it->second;
-      by_name.erase(it);
-      auto w = watches_.find(op.serial);
-      bool created = w != watches_.end() && w->second.created;
-      watches_.erase(op.serial);
-      if (!created) {
-        return;
-      }
-    }
+    op.serial = serial;
     Enqueue(std::move(op));
   }
 
@@ -696,7 +721,8 @@ class ClusterLink::Impl {
   void Load(const Op& op) {
     {
       absl::MutexLock lock(&watch_mu_);
-      if (watches_.count(op.serial) == 0) {
+      auto it = watches_.find(op.serial);
+      if (it == watches_.end() || it->second.cancelled) {
         return;  // unwatched meanwhile
       }
     }
@@ -744,7 +770,7 @@ class ClusterLink::Impl {
     {
       absl::MutexLock lock(&watch_mu_);
       auto it = watches_.find(op.serial);
-      if (it == watches_.end()) {
+      if (it == watches_.end() || it->second.cancelled) {
         return;
       }
       it->second.loaded = true;
@@ -774,6 +800,7 @@ class ClusterLink::Impl {
     // does not start below etcd's compaction.
     create->set_progress_notify(true);
     entry.created = true;
+    entry.acknowledged = false;
     return request;
   }
 
@@ -808,15 +835,29 @@ class ClusterLink::Impl {
         watch_writer_ = stream.get();
       }
       std::vector<pb::WatchRequest> creates;
+      std::function<void()> hold;
       {
         absl::MutexLock lock(&watch_mu_);
+        hold = std::move(hold_creates_);
+        hold_creates_ = nullptr;
         watch_stream_ = stream.get();
-        for (auto& [serial, entry] : watches_) {
+        for (auto it = watches_.begin(); it != watches_.end();) {
+          WatchEntry& entry = it->second;
+          if (entry.cancelled) {
+            it = watches_.erase(it);  // gone with the old stream
+            continue;
+          }
           entry.created = false;
           if (entry.loaded) {
-            if (auto create = CreateRequest(serial, entry)) creates.push_back(std::move(*create));
+            if (auto create = CreateRequest(it->first, entry)) {
+              creates.push_back(std::move(*create));
+            }
           }
+          ++it;
         }
+      }
+      if (hold) {
+        hold();
       }
       for (const pb::WatchRequest& create : creates) {
         WriteWatch(create);
@@ -860,6 +901,19 @@ class ClusterLink::Impl {
         return;  // canceled by us
       }
       WatchEntry& entry = it->second;
+      if (entry.cancelled) {
+        // Unwatched before etcd answered its create: now etcd knows it.
+        if (response.created() || response.canceled()) {
+          watches_.erase(it);
+          if (!response.canceled()) {
+            CancelWatch(serial);
+          }
+        }
+        return;
+      }
+      if (response.created()) {
+        entry.acknowledged = true;
+      }
       if (response.canceled()) {
         // Fell behind compaction (or the member refused): load again under
         // a new watch id (etcd may still hold the old one on this stream).
@@ -1178,6 +1232,7 @@ class ClusterLink::Impl {
   grpc::ClientReaderWriter<pb::WatchRequest, pb::WatchResponse>* watch_stream_
       ABSL_GUARDED_BY(watch_mu_) = nullptr;
   bool watch_stopping_ ABSL_GUARDED_BY(watch_mu_) = false;
+  std::function<void()> hold_creates_ ABSL_GUARDED_BY(watch_mu_);  // BreakWatchStream
   std::thread watcher_;
 
   absl::Mutex keep_mu_;
@@ -1469,5 +1524,8 @@ absl::Status ClusterLink::ListServices(v1::ListServicesResponse* out) {
 }
 absl::Status ClusterLink::Describe(v1::ClusterInfo* out) { return impl_->Describe(out); }
 void ClusterLink::DropTxnRepliesForTesting(int n) { impl_->DropTxnReplies(n); }
+void ClusterLink::BreakWatchStreamForTesting(std::function<void()> hold) {
+  impl_->BreakWatchStream(std::move(hold));
+}
 
 }  // namespace formica::registry

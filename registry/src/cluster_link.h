@@ -153,6 +153,9 @@ class ClusterLink {
   // Tests only: the next `n` etcd transaction replies are lost after etcd
   // applied them (the call then retries, as after a broken connection).
   void DropTxnRepliesForTesting(int n);
+  // Tests only: ends the etcd watch stream; the next one runs `hold` (on
+  // the watch thread) after it is up and before it creates the watches.
+  void BreakWatchStreamForTesting(std::function<void()> hold);
 
   class Impl;
 

@@ -6,6 +6,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
 #include "etcd.h"
 #include "formica/registry/v1/registry.pb.h"
 #include "registry_store.h"
@@ -44,6 +47,34 @@ class ClusterLinkTest : public ::testing::Test {
     link_.reset();
   }
 
+  // Watchers etcd has, from its metrics.
+  int Watchers() {
+    auto curl = formica::testing::Subprocess::Start(
+        {"/usr/bin/curl", "-s", absl::StrCat("http://", etcd_->endpoint(0), "/metrics")},
+        dir_.File(absl::StrCat("metrics.", ++fetches_)));
+    if (!curl.ok() || (*curl)->Wait(absl::Seconds(10)) != 0) return -1;
+    for (absl::string_view line : absl::StrSplit((*curl)->Output(), '\n')) {
+      int n = 0;
+      if (absl::ConsumePrefix(&line, "etcd_debugging_mvcc_watcher_total ") &&
+          absl::SimpleAtoi(line, &n)) {
+        return n;
+      }
+    }
+    return -1;
+  }
+  // Waits until etcd has `n` watchers; the last count seen.
+  int WaitWatchers(int n, absl::Duration timeout) {
+    absl::Time end = absl::Now() + timeout;
+    int seen = Watchers();
+    while (seen != n && absl::Now() < end) {
+      absl::SleepFor(absl::Milliseconds(100));
+      seen = Watchers();
+    }
+    return seen;
+  }
+
+  formica::testing::TempDir dir_;
+  int fetches_ = 0;
   std::unique_ptr<EtcdCluster> etcd_;
   Ignore listener_;
   std::unique_ptr<ClusterLink> link_;
@@ -112,6 +143,33 @@ TEST_F(ClusterLinkTest, ARepeatedCompareAndSetStillSeesARealConflict) {
   absl::StatusOr<StoredConfig> read = store_->GetConfig("app.limit");
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_EQ(read->value, "2");
+}
+
+// A watch dropped while its create, sent again on a fresh watch stream, is
+// not answered yet: the cancel waits for etcd's answer, so etcd is left no
+// watcher that nobody cancels.
+TEST_F(ClusterLinkTest, AnUnwatchDuringAWatchStreamReconnectLeavesEtcdNoWatcher) {
+  int base = Watchers();
+  ASSERT_GE(base, 0) << "etcd's metrics name no watcher count";
+  link_->WatchService("svc.a");
+  ASSERT_EQ(WaitWatchers(base + 1, absl::Seconds(10)), base + 1);
+
+  absl::Notification reconnected, release;
+  link_->BreakWatchStreamForTesting([&] {
+    reconnected.Notify();
+    release.WaitForNotification();
+  });
+  ASSERT_TRUE(reconnected.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  link_->UnwatchService("svc.a");
+  absl::SleepFor(absl::Milliseconds(300));  // a cancel sent now would overtake the create
+  release.Notify();
+  EXPECT_EQ(WaitWatchers(base, absl::Seconds(10)), base);
+
+  // Watching again works as before.
+  link_->WatchService("svc.a");
+  EXPECT_EQ(WaitWatchers(base + 1, absl::Seconds(10)), base + 1);
+  link_->UnwatchService("svc.a");
+  EXPECT_EQ(WaitWatchers(base, absl::Seconds(10)), base);
 }
 
 }  // namespace
