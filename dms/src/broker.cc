@@ -12,6 +12,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <optional>
 #include <set>
 #include <thread>
@@ -26,6 +28,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "formica/common/config.h"
 #include "formica/common/grpc_status.h"
 #include "formica/common/names.h"
@@ -35,6 +38,7 @@
 #include "formica/rpc/server.h"
 #include "group_cursor.h"
 #include "group_progress.h"
+#include "threaded_stream.h"
 #include "topic.h"
 #include "transactions.h"
 #include "validation.h"
@@ -95,6 +99,8 @@ bool TagsMatch(const absl::flat_hash_set<std::string>& wanted, const v1::StoredM
 
 }  // namespace
 
+struct DedupCall;
+
 // A topic and the bookkeeping of producer dedup keys in it.
 struct TopicState {
   std::string name;
@@ -105,6 +111,21 @@ struct TopicState {
   absl::flat_hash_set<std::string> pending ABSL_GUARDED_BY(dedup_mu);
   std::vector<std::multiset<uint64_t>> unindexed ABSL_GUARDED_BY(dedup_mu);
   std::vector<uint64_t> marks ABSL_GUARDED_BY(dedup_mu);
+  // Calls waiting for a key in `pending`; started again when a call ends.
+  std::vector<std::shared_ptr<DedupCall>> parked ABSL_GUARDED_BY(dedup_mu);
+};
+
+// A produce with dedup keys, from its start to its answer.
+struct DedupCall {
+  TopicState* topic = nullptr;
+  std::shared_ptr<const std::vector<v1::StoredMessage>> stored;
+  v1::ProduceReply* reply = nullptr;
+  std::function<void(absl::Status)> finish;
+  std::vector<int> to_store;              // indexes of the messages written
+  std::vector<std::pair<int, int>> same;  // (i, earlier index in this request)
+  std::vector<std::string> claimed;       // keys this call put in `pending`
+  std::vector<Produced> placed;           // where to_store[j] went
+  std::map<int, uint64_t> last;           // per queue written: the last offset
 };
 
 // One consumer stream.
@@ -157,7 +178,9 @@ struct GroupState {
   absl::Time last_read_error ABSL_GUARDED_BY(mu) = absl::InfinitePast();
 };
 
-class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Broker::Service> {
+class Broker::Impl final
+    : public v1::Broker::WithCallbackMethod_CheckBack<v1::Broker::WithCallbackMethod_Consume<
+          v1::Broker::WithCallbackMethod_Produce<v1::Broker::Service>>> {
  public:
   BrokerOptions options;
   std::unique_ptr<GroupProgress> progress;
@@ -691,9 +714,16 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     if (t == nullptr) return absl::NotFoundError(absl::StrCat("topic '", topic, "' is gone"));
     v1::ProduceReply reply;
     reply.add_receipts();
-    std::vector<v1::StoredMessage> one;
-    one.push_back(std::move(m));
-    if (absl::Status st = ProduceDedup(*t, one, &reply); !st.ok()) return st;
+    auto one = std::make_shared<std::vector<v1::StoredMessage>>();
+    one->push_back(std::move(m));
+    absl::Notification done;
+    absl::Status result;
+    ProduceDedup(*t, std::move(one), &reply, [&](absl::Status st) {
+      result = st;
+      done.Notify();
+    });
+    done.WaitForNotification();
+    if (!result.ok()) return result;
     Kick();
     return reply.receipts(0);
   }
@@ -736,10 +766,18 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     });
   }
 
-  grpc::Status CheckBack(
-      grpc::ServerContext* ctx,
-      grpc::ServerReaderWriter<v1::CheckRequest, v1::CheckAnswer>* stream) override {
-    return rpc::Serve(ctx, [&] { return txns->CheckBack(ctx, stream); });
+  grpc::ServerBidiReactor<v1::CheckAnswer, v1::CheckRequest>* CheckBack(
+      grpc::CallbackServerContext* ctx) override {
+    return new CheckBackStream(ctx, [this](CheckBackStream& stream) {
+      return rpc::Serve(stream.context(), [&] {
+        grpc::Status st = txns->CheckBack(stream);
+        if (st.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+          SPDLOG_WARN("CheckBack stream from {} refused: {}", stream.context()->peer(),
+                      st.error_message());
+        }
+        return st;
+      });
+    });
   }
 
   grpc::Status ListHalfMessages(grpc::ServerContext* ctx, const v1::ListHalfMessagesRequest* req,
@@ -789,7 +827,7 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     bool any_dedup = std::any_of(stored->begin(), stored->end(),
                                  [](const v1::StoredMessage& s) { return !s.dedup_key().empty(); });
     if (any_dedup) {
-      finish(ProduceDedup(*t, *stored, reply));
+      ProduceDedup(*t, std::move(stored), reply, std::move(finish));
       return;
     }
     ProducePlain(*t, std::move(stored), reply, std::move(finish));
@@ -869,92 +907,144 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
   }
 
   // With dedup keys: a key seen within the window answers with the first
-  // send's receipt; a key being stored by another call now waits for it.
-  absl::Status ProduceDedup(TopicState& t, const std::vector<v1::StoredMessage>& stored,
-                            v1::ProduceReply* reply) {
-    int n = static_cast<int>(stored.size());
-    int64_t oldest = NowMs() - absl::ToInt64Milliseconds(options.dedup_window);
-    std::vector<int> to_store;
-    std::vector<std::pair<int, int>> same;  // (i, earlier index in this request)
-    std::vector<std::string> claimed;
-    std::vector<Produced> placed;
+  // send's receipt; a key being stored by another call now parks this call
+  // until that one ends. `finish` runs once, when the new messages are
+  // durable and indexed or with the error; no thread waits for the disk.
+  void ProduceDedup(TopicState& t, std::shared_ptr<const std::vector<v1::StoredMessage>> stored,
+                    v1::ProduceReply* reply, std::function<void(absl::Status)> finish) {
+    auto call = std::make_shared<DedupCall>();
+    call->topic = &t;
+    call->stored = std::move(stored);
+    call->reply = reply;
+    call->finish = std::move(finish);
+    StartDedup(std::move(call));
+  }
+
+  void StartDedup(std::shared_ptr<DedupCall> call) {
+    TopicState& t = *call->topic;
+    absl::Status placed;
     {
       absl::MutexLock lock(&t.dedup_mu);
-      auto free = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(t.dedup_mu) {
-        for (const v1::StoredMessage& s : stored) {
-          if (!s.dedup_key().empty() && t.pending.contains(s.dedup_key())) return false;
+      for (const v1::StoredMessage& s : *call->stored) {
+        if (!s.dedup_key().empty() && t.pending.contains(s.dedup_key())) {
+          t.parked.push_back(std::move(call));
+          return;
         }
-        return true;
-      };
-      t.dedup_mu.Await(absl::Condition(&free));
-      absl::flat_hash_map<std::string, int> first;
-      for (int i = 0; i < n; ++i) {
-        const std::string& key = stored[i].dedup_key();
-        if (!key.empty()) {
-          if (auto it = first.find(key); it != first.end()) {
-            same.emplace_back(i, it->second);
-            continue;
-          }
-          std::string value;
-          rocksdb::Status s = meta->Get(rocksdb::ReadOptions(), DedupKey(t.name, key), &value);
-          if (!s.ok() && !s.IsNotFound()) {
-            for (const std::string& k : claimed) t.pending.erase(k);
-            return FromRocks(s, "dedup lookup");
-          }
-          int queue = 0;
-          uint64_t offset = 0;
-          int64_t born = 0;
-          std::vector<std::string> parts = absl::StrSplit(value, ' ');
-          if (s.ok() && parts.size() == 3 && absl::SimpleAtoi(parts[0], &queue) &&
-              absl::SimpleAtoi(parts[1], &offset) && absl::SimpleAtoi(parts[2], &born) &&
-              born >= oldest) {
-            v1::Receipt* r = reply->mutable_receipts(i);
-            r->set_queue(queue);
-            r->set_offset(offset);
-            r->set_duplicate(true);
-            continue;
-          }
-          first[key] = i;
-          t.pending.insert(key);
-          claimed.push_back(key);
-        }
-        to_store.push_back(i);
       }
-      // Written under the lock so every offset is registered before any
-      // later mark could pass it; the syncs happen outside.
-      std::string bytes;
-      for (int i : to_store) {
-        Produced p;
-        p.queue = t.topic->QueueFor(stored[i].key());
-        bytes.clear();
-        stored[i].SerializeToString(&bytes);
-        absl::StatusOr<uint64_t> offset = t.topic->log(p.queue).Write(bytes);
-        if (!offset.ok()) {
-          // Records written before stay unindexed, pinning their queues'
-          // marks: a restart indexes them from the log.
-          for (const std::string& k : claimed) t.pending.erase(k);
-          return offset.status();
-        }
-        p.offset = *offset;
-        t.unindexed[p.queue].insert(p.offset);
-        placed.push_back(p);
-      }
+      placed = PlaceDedup(*call);
     }
-    absl::Status synced;
-    std::map<int, uint64_t> last;
-    for (const Produced& p : placed) last[p.queue] = std::max(last[p.queue], p.offset);
+    if (!placed.ok()) {
+      RestartParked(t);
+      call->finish(placed);
+      return;
+    }
+    struct Syncs {
+      absl::Mutex mu;
+      size_t left ABSL_GUARDED_BY(mu) = 0;
+      absl::Status error ABSL_GUARDED_BY(mu);
+    };
+    if (call->last.empty()) {
+      EndDedup(std::move(call), absl::OkStatus());
+      return;
+    }
+    auto syncs = std::make_shared<Syncs>();
+    {
+      absl::MutexLock lock(&syncs->mu);
+      syncs->left = call->last.size();
+    }
+    std::map<int, uint64_t> last = call->last;
     for (const auto& [q, offset] : last) {
-      synced = t.topic->log(q).WaitDurable(offset);
-      if (!synced.ok()) break;
+      t.topic->log(q).WhenDurable(offset, [this, call, syncs](absl::Status st) {
+        absl::Status outcome;
+        {
+          absl::MutexLock lock(&syncs->mu);
+          if (!st.ok() && syncs->error.ok()) syncs->error = st;
+          if (--syncs->left > 0) return;
+          outcome = syncs->error;
+        }
+        EndDedup(call, outcome);
+      });
     }
+  }
+
+  // Looks the keys up and writes the new messages, registering each offset
+  // before any later mark could pass it; the syncs come after.
+  absl::Status PlaceDedup(DedupCall& call) ABSL_EXCLUSIVE_LOCKS_REQUIRED(call.topic->dedup_mu) {
+    TopicState& t = *call.topic;
+    const std::vector<v1::StoredMessage>& stored = *call.stored;
+    int n = static_cast<int>(stored.size());
+    int64_t oldest = NowMs() - absl::ToInt64Milliseconds(options.dedup_window);
+    absl::flat_hash_map<std::string, int> first;
+    auto release = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(t.dedup_mu) {
+      for (const std::string& k : call.claimed) t.pending.erase(k);
+      call.claimed.clear();
+    };
+    for (int i = 0; i < n; ++i) {
+      const std::string& key = stored[i].dedup_key();
+      if (!key.empty()) {
+        if (auto it = first.find(key); it != first.end()) {
+          call.same.emplace_back(i, it->second);
+          continue;
+        }
+        std::string value;
+        rocksdb::Status s = meta->Get(rocksdb::ReadOptions(), DedupKey(t.name, key), &value);
+        if (!s.ok() && !s.IsNotFound()) {
+          release();
+          return FromRocks(s, "dedup lookup");
+        }
+        int queue = 0;
+        uint64_t offset = 0;
+        int64_t born = 0;
+        std::vector<std::string> parts = absl::StrSplit(value, ' ');
+        if (s.ok() && parts.size() == 3 && absl::SimpleAtoi(parts[0], &queue) &&
+            absl::SimpleAtoi(parts[1], &offset) && absl::SimpleAtoi(parts[2], &born) &&
+            born >= oldest) {
+          v1::Receipt* r = call.reply->mutable_receipts(i);
+          r->set_queue(queue);
+          r->set_offset(offset);
+          r->set_duplicate(true);
+          continue;
+        }
+        first[key] = i;
+        t.pending.insert(key);
+        call.claimed.push_back(key);
+      }
+      call.to_store.push_back(i);
+    }
+    std::string bytes;
+    for (int i : call.to_store) {
+      Produced p;
+      p.queue = t.topic->QueueFor(stored[i].key());
+      bytes.clear();
+      stored[i].SerializeToString(&bytes);
+      absl::StatusOr<uint64_t> offset = t.topic->log(p.queue).Write(bytes);
+      if (!offset.ok()) {
+        // Records written before stay unindexed, pinning their queues'
+        // marks: a restart indexes them from the log.
+        release();
+        return offset.status();
+      }
+      p.offset = *offset;
+      t.unindexed[p.queue].insert(p.offset);
+      call.placed.push_back(p);
+      call.last[p.queue] = std::max(call.last[p.queue], p.offset);
+    }
+    return absl::OkStatus();
+  }
+
+  // The writes of `call` are durable (or `synced` says why not): index
+  // them, free their keys for parked calls, and answer.
+  void EndDedup(std::shared_ptr<DedupCall> call, absl::Status synced) {
+    TopicState& t = *call->topic;
+    const std::vector<v1::StoredMessage>& stored = *call->stored;
     absl::Status indexed;
     {
       absl::MutexLock lock(&t.dedup_mu);
       if (synced.ok()) {
         rocksdb::WriteBatch batch;
-        for (size_t j = 0; j < placed.size(); ++j) {
-          const Produced& p = placed[j];
-          const v1::StoredMessage& s = stored[to_store[j]];
+        for (size_t j = 0; j < call->placed.size(); ++j) {
+          const Produced& p = call->placed[j];
+          const v1::StoredMessage& s = stored[call->to_store[j]];
           if (!s.dedup_key().empty()) {
             batch.Put(DedupKey(t.name, s.dedup_key()),
                       absl::StrCat(p.queue, " ", p.offset, " ", s.born_unix_ms()));
@@ -962,10 +1052,10 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
         }
         // The marks as they are once these are indexed.
         std::map<int, uint64_t> marks;
-        for (const Produced& p : placed) {
+        for (const Produced& p : call->placed) {
           t.unindexed[p.queue].erase(t.unindexed[p.queue].find(p.offset));
         }
-        for (const auto& [q, offset] : last) {
+        for (const auto& [q, offset] : call->last) {
           uint64_t mark = t.unindexed[q].empty() ? offset + 1 : *t.unindexed[q].begin();
           if (mark > t.marks[q]) {
             marks[q] = mark;
@@ -978,24 +1068,42 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
         } else {
           // Not indexed: their offsets pin the marks until a restart
           // indexes them from the log.
-          for (const Produced& p : placed) t.unindexed[p.queue].insert(p.offset);
+          for (const Produced& p : call->placed) t.unindexed[p.queue].insert(p.offset);
         }
       }
       // After a failed sync the offsets stay unindexed as well.
-      for (const std::string& k : claimed) t.pending.erase(k);
+      for (const std::string& k : call->claimed) t.pending.erase(k);
     }
-    if (!synced.ok()) return synced;
-    if (!indexed.ok()) return indexed;
-    for (size_t j = 0; j < placed.size(); ++j) {
-      v1::Receipt* r = reply->mutable_receipts(to_store[j]);
-      r->set_queue(placed[j].queue);
-      r->set_offset(placed[j].offset);
+    RestartParked(t);
+    if (!synced.ok()) {
+      call->finish(synced);
+      return;
     }
-    for (const auto& [i, earlier] : same) {
+    if (!indexed.ok()) {
+      call->finish(indexed);
+      return;
+    }
+    v1::ProduceReply* reply = call->reply;
+    for (size_t j = 0; j < call->placed.size(); ++j) {
+      v1::Receipt* r = reply->mutable_receipts(call->to_store[j]);
+      r->set_queue(call->placed[j].queue);
+      r->set_offset(call->placed[j].offset);
+    }
+    for (const auto& [i, earlier] : call->same) {
       *reply->mutable_receipts(i) = reply->receipts(earlier);
       reply->mutable_receipts(i)->set_duplicate(true);
     }
-    return absl::OkStatus();
+    call->finish(absl::OkStatus());
+  }
+
+  // Calls parked on keys that may be free now try again.
+  void RestartParked(TopicState& t) {
+    std::vector<std::shared_ptr<DedupCall>> parked;
+    {
+      absl::MutexLock lock(&t.dedup_mu);
+      parked.swap(t.parked);
+    }
+    for (std::shared_ptr<DedupCall>& call : parked) StartDedup(std::move(call));
   }
 
   // ---- consume --------------------------------------------------------
@@ -1501,16 +1609,32 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     return absl::OkStatus();
   }
 
-  grpc::Status Consume(
-      grpc::ServerContext* ctx,
-      grpc::ServerReaderWriter<v1::ConsumeReply, v1::ConsumeRequest>* stream) override {
-    return rpc::Serve(ctx, [&] { return ToGrpcStatus(DoConsume(ctx, stream)); });
+  using ConsumeStream = ThreadedStream<v1::ConsumeRequest, v1::ConsumeReply>;
+
+  // Consume serves each stream on a thread of its own; whatever ends the
+  // stream, its status reaches the consumer and non-routine ends are logged.
+  grpc::ServerBidiReactor<v1::ConsumeRequest, v1::ConsumeReply>* Consume(
+      grpc::CallbackServerContext* ctx) override {
+    return new ConsumeStream(ctx, [this](ConsumeStream& stream) {
+      return rpc::Serve(stream.context(), [&] {
+        std::string subscription;
+        absl::Status st = DoConsume(stream, &subscription);
+        if (absl::IsInvalidArgument(st)) {
+          SPDLOG_WARN("Consume stream from {}{} refused: {}", stream.context()->peer(),
+                      subscription, st.ToString());
+        } else if (!st.ok() && !streams_stop.load()) {
+          SPDLOG_INFO("Consume stream from {}{} ended: {}", stream.context()->peer(), subscription,
+                      st.ToString());
+        }
+        return ToGrpcStatus(st);
+      });
+    });
   }
 
-  absl::Status DoConsume(grpc::ServerContext* ctx,
-                         grpc::ServerReaderWriter<v1::ConsumeReply, v1::ConsumeRequest>* stream) {
+  // `subscription` gets " (group ..., topic ...)" once the stream subscribed.
+  absl::Status DoConsume(ConsumeStream& stream, std::string* subscription) {
     v1::ConsumeRequest first;
-    if (!stream->Read(&first)) return absl::OkStatus();
+    if (!stream.Read(&first)) return absl::OkStatus();
     if (!first.has_subscribe()) {
       return absl::InvalidArgumentError("the first request on a Consume stream must subscribe");
     }
@@ -1519,9 +1643,11 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     absl::StatusOr<std::shared_ptr<GroupState>> joined = Join(first.subscribe(), member);
     if (!joined.ok()) return joined.status();
     std::shared_ptr<GroupState> g = *joined;
+    *subscription = absl::StrCat(" (group '", first.subscribe().group(), "', topic '",
+                                 first.subscribe().topic(), "')");
     Kick();
     // An empty reply says the subscription is in place.
-    if (!stream->Write(v1::ConsumeReply())) {
+    if (!stream.Write(v1::ConsumeReply())) {
       Leave(*g, member);
       return absl::OkStatus();
     }
@@ -1529,7 +1655,7 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
     absl::Status reader_status;
     std::thread reader([&] {
       v1::ConsumeRequest req;
-      while (stream->Read(&req)) {
+      while (stream.Read(&req)) {
         if (req.has_subscribe()) {
           reader_status = absl::InvalidArgumentError("a Consume stream subscribes only once");
           break;
@@ -1564,14 +1690,17 @@ class Broker::Impl final : public v1::Broker::WithCallbackMethod_Produce<v1::Bro
         for (v1::MessageRef& r : member->acked) *reply.add_acked() = std::move(r);
         member->acked.clear();
       }
-      if (streams_stop.load() || ctx->IsCancelled()) {
+      if (streams_stop.load()) {
         result = absl::UnavailableError("dmsd is stopping; consume from another broker or later");
         break;
       }
+      if (stream.IsCancelled()) break;
       if (reply.messages_size() == 0 && reply.acked_size() == 0) continue;
-      if (!stream->Write(reply)) break;
+      if (!stream.Write(reply)) break;
     }
-    ctx->TryCancel();
+    // Frees the reader without cancelling the call, so `result` (or the
+    // reader's error) is what the consumer receives.
+    stream.StopReading();
     reader.join();
     Leave(*g, member);
     Kick();

@@ -374,10 +374,9 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     }
   }
 
-  grpc::Status CheckBack(grpc::ServerContext* ctx,
-                         grpc::ServerReaderWriter<v1::CheckRequest, v1::CheckAnswer>* stream) {
+  grpc::Status CheckBack(CheckBackStream& stream) {
     v1::CheckAnswer first;
-    if (!stream->Read(&first)) return grpc::Status::OK;
+    if (!stream.Read(&first)) return grpc::Status::OK;
     if (first.producer_group().empty()) {
       return ToGrpcStatus(absl::InvalidArgumentError(
           "the first message on a CheckBack stream names the producer group"));
@@ -391,7 +390,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     }
     std::thread reader([&] {
       v1::CheckAnswer answer;
-      while (stream->Read(&answer)) {
+      while (stream.Read(&answer)) {
         const std::string& id = answer.transaction_id();
         if (!answer.error().empty()) {
           Checked(id, false, absl::StrCat("the producer's checker failed: ", answer.error()));
@@ -406,6 +405,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
       absl::MutexLock lock(&mu);
       checker->closed = true;
     });
+    grpc::Status result = grpc::Status::OK;
     while (true) {
       std::vector<v1::CheckRequest> out;
       {
@@ -414,20 +414,27 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
           return stopping || checker->closed || !checker->outbox.empty();
         };
         mu.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
-        if (stopping || checker->closed) break;
+        if (stopping) {
+          result = ToGrpcStatus(absl::UnavailableError(
+              "dmsd is stopping; connect the checker to another broker or later"));
+          break;
+        }
+        if (checker->closed) break;
         out.assign(checker->outbox.begin(), checker->outbox.end());
         checker->outbox.clear();
       }
-      if (ctx->IsCancelled()) break;
+      if (stream.IsCancelled()) break;
       bool ok = true;
-      for (const v1::CheckRequest& req : out) ok = ok && stream->Write(req);
+      for (const v1::CheckRequest& req : out) ok = ok && stream.Write(req);
       if (!ok) break;
     }
-    ctx->TryCancel();
+    // Frees the reader without cancelling the call, so `result` reaches the
+    // producer.
+    stream.StopReading();
     reader.join();
     absl::MutexLock lock(&mu);
     checkers.erase(checker->id);
-    return grpc::Status::OK;
+    return result;
   }
 
   // formica.dts.v1.Participant
@@ -499,10 +506,7 @@ absl::StatusOr<v1::Receipt> Transactions::End(const std::string& id, bool commit
   return impl_->End(id, commit, commit ? "its producer committed" : "its producer rolled back");
 }
 
-grpc::Status Transactions::CheckBack(
-    grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::CheckRequest, v1::CheckAnswer>* stream) {
-  return impl_->CheckBack(ctx, stream);
-}
+grpc::Status Transactions::CheckBack(CheckBackStream& stream) { return impl_->CheckBack(stream); }
 
 void Transactions::List(bool parked_only, size_t limit, v1::ListHalfMessagesReply* out) {
   absl::MutexLock lock(&impl_->mu);

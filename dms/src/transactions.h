@@ -21,6 +21,7 @@
 #include "absl/time/time.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
+#include "threaded_stream.h"
 
 namespace rocksdb {
 class DB;
@@ -31,6 +32,8 @@ class Client;
 }
 
 namespace formica::dms {
+
+using CheckBackStream = ThreadedStream<v1::CheckAnswer, v1::CheckRequest>;
 
 // The registry name dmsd's DTS participant service is published under.
 inline constexpr char kTransactionParticipant[] = "formica.dms.Transactions";
@@ -59,8 +62,9 @@ class Transactions {
   absl::StatusOr<std::string> Prepare(const std::string& topic, v1::StoredMessage message,
                                       const std::string& activity_id);
   absl::StatusOr<v1::Receipt> End(const std::string& id, bool commit);
-  grpc::Status CheckBack(grpc::ServerContext* ctx,
-                         grpc::ServerReaderWriter<v1::CheckRequest, v1::CheckAnswer>* stream);
+  // Serves one CheckBack stream until the producer ends it or Stop();
+  // UNAVAILABLE when dmsd stops.
+  grpc::Status CheckBack(CheckBackStream& stream);
   void List(bool parked_only, size_t limit, v1::ListHalfMessagesReply* out);
   absl::StatusOr<uint64_t> Resume(const std::string& id);
 

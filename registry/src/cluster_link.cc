@@ -8,6 +8,7 @@
 #include <optional>
 #include <set>
 #include <thread>
+#include <type_traits>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
@@ -243,10 +244,13 @@ class ClusterLink::Impl {
   }
 
   // ---- unary calls, retried through member failures and elections ----
+  // `repeated`, if given, is set when an attempt failed after it may have
+  // reached etcd and the call was sent again: etcd may have applied it
+  // twice, or applied the first and answered the second.
   template <typename Stub, typename Req, typename Resp>
   absl::Status Call(absl::string_view what,
                     grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
-                    Stub* stub, const Req& request, Resp* response) {
+                    Stub* stub, const Req& request, Resp* response, bool* repeated = nullptr) {
     absl::Time give_up = absl::Now() + options_.request_timeout;
     absl::Duration backoff = absl::Milliseconds(20);
     while (true) {
@@ -254,14 +258,21 @@ class ClusterLink::Impl {
       context.set_wait_for_ready(true);
       context.set_deadline(absl::ToChronoTime(give_up));
       grpc::Status st = (stub->*method)(&context, request, response);
+      if (st.ok() && std::is_same_v<Req, pb::TxnRequest> && DropReply()) {
+        st = grpc::Status(grpc::StatusCode::UNAVAILABLE, "reply dropped (a fault made by a test)");
+      }
       if (st.ok()) {
         Heard();
         return absl::OkStatus();
       }
       // UNAVAILABLE: no connection, no leader, leader changed, or the member
-      // timed out. Each of our writes is safe to repeat.
+      // timed out. Each of our writes is safe to repeat; a compare-and-set
+      // repeated after it applied is recognised by its caller.
       if (st.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() + backoff >= give_up) {
         return EtcdError(what, st);
+      }
+      if (repeated != nullptr) {
+        *repeated = true;
       }
       absl::SleepFor(backoff);
       backoff = std::min(backoff * 2, absl::Milliseconds(500));
@@ -277,8 +288,60 @@ class ClusterLink::Impl {
     return Call("range", &pb::KV::Stub::Range, kv_.get(), request, response);
   }
 
-  absl::Status Txn(const pb::TxnRequest& request, pb::TxnResponse* response) {
-    return Call("txn", &pb::KV::Stub::Txn, kv_.get(), request, response);
+  absl::Status Txn(const pb::TxnRequest& request, pb::TxnResponse* response,
+                   bool* repeated = nullptr) {
+    return Call("txn", &pb::KV::Stub::Txn, kv_.get(), request, response, repeated);
+  }
+
+  // Tests only: the next `n` transaction replies are lost after etcd
+  // applied them, as when a connection breaks at the wrong moment.
+  void DropTxnReplies(int n) { dropped_replies_ = n; }
+
+  // Tests only: ends the watch stream; its successor runs `hold` before it
+  // creates the watches again.
+  void BreakWatchStream(std::function<void()> hold) {
+    absl::MutexLock lock(&watch_mu_);
+    hold_creates_ = std::move(hold);
+    if (watch_context_ != nullptr) {
+      watch_context_->TryCancel();
+    }
+  }
+  bool DropReply() {
+    int left = dropped_replies_.load();
+    while (left > 0 && !dropped_replies_.compare_exchange_weak(left, left - 1)) {
+    }
+    return left > 0;
+  }
+
+  // The first change to `key` at or after `revision`: a one-shot watch.
+  // FAILED_PRECONDITION if etcd compacted that history away.
+  absl::StatusOr<mvccpb::Event> FirstChange(const std::string& key, int64_t revision) {
+    grpc::ClientContext context;
+    context.AddMetadata("hasleader", "true");
+    context.set_wait_for_ready(true);
+    context.set_deadline(absl::ToChronoTime(absl::Now() + options_.request_timeout));
+    auto stream = watch_->Watch(&context);
+    pb::WatchRequest request;
+    request.mutable_create_request()->set_key(key);
+    request.mutable_create_request()->set_start_revision(revision);
+    pb::WatchResponse response;
+    if (stream->Write(request)) {
+      while (stream->Read(&response)) {
+        if (response.canceled()) {
+          context.TryCancel();
+          (void)stream->Finish();
+          return absl::FailedPreconditionError(
+              absl::StrCat("etcd no longer has the history of '", key, "' from revision ", revision,
+                           " (compacted at ", response.compact_revision(), ")"));
+        }
+        if (response.events_size() > 0) {
+          context.TryCancel();
+          (void)stream->Finish();
+          return response.events(0);
+        }
+      }
+    }
+    return EtcdError("watch", stream->Finish());
   }
 
   // ---- node membership ----
@@ -584,7 +647,12 @@ class ClusterLink::Impl {
     std::string range_end;
     bool loaded = false;
     int64_t next_revision = 0;
-    bool created = false;  // a create request went out on the current stream
+    bool created = false;       // a create request went out on the current stream
+    bool acknowledged = false;  // and etcd answered it
+    // Unwatched while its create was unanswered: etcd learns of the cancel
+    // once it has answered the create (a cancel that overtook the create
+    // would leave etcd a watcher nobody cancels).
+    bool cancelled = false;
   };
 
   void AddWatch(bool config, const std::string& name) {
@@ -615,26 +683,36 @@ class ClusterLink::Impl {
     Enqueue(std::move(op));
   }
 
-  // Events for a removed watch are dropped at once; the writer tells etcd.
+  // Events for a removed watch are dropped at once; the writer tells etcd,
+  // after etcd has answered the watch's create.
   void RemoveWatch(bool config, const std::string& name) {
+    absl::MutexLock lock(&watch_mu_);
+    auto& by_name = config ? config_watches_ : service_watches_;
+    auto it = by_name.find(name);
+    if (it == by_name.end()) {
+      return;
+    }
+    uint64_t serial = it->second;
+    by_name.erase(it);
+    auto w = watches_.find(serial);
+    if (w == watches_.end()) {
+      return;
+    }
+    if (w->second.created && !w->second.acknowledged) {
+      w->second.cancelled = true;  // HandleWatchResponse cancels it
+      return;
+    }
+    bool created = w->second.created;
+    watches_.erase(w);
+    if (created) {
+      CancelWatch(serial);
+    }
+  }
+
+  void CancelWatch(uint64_t serial) ABSL_EXCLUSIVE_LOCKS_REQUIRED(watch_mu_) {
     Op op;
     op.kind = Op::kCancelWatch;
-    {
-      absl::MutexLock lock(&watch_mu_);
-      auto& by_name = config ? config_watches_ : service_watches_;
-      auto it = by_name.find(name);
-      if (it == by_name.end()) {
-        return;
-      }
-      op.serial = it->second;
-      by_name.erase(it);
-      auto w = watches_.find(op.serial);
-      bool created = w != watches_.end() && w->second.created;
-      watches_.erase(op.serial);
-      if (!created) {
-        return;
-      }
-    }
+    op.serial = serial;
     Enqueue(std::move(op));
   }
 
@@ -643,7 +721,8 @@ class ClusterLink::Impl {
   void Load(const Op& op) {
     {
       absl::MutexLock lock(&watch_mu_);
-      if (watches_.count(op.serial) == 0) {
+      auto it = watches_.find(op.serial);
+      if (it == watches_.end() || it->second.cancelled) {
         return;  // unwatched meanwhile
       }
     }
@@ -691,7 +770,7 @@ class ClusterLink::Impl {
     {
       absl::MutexLock lock(&watch_mu_);
       auto it = watches_.find(op.serial);
-      if (it == watches_.end()) {
+      if (it == watches_.end() || it->second.cancelled) {
         return;
       }
       it->second.loaded = true;
@@ -721,6 +800,7 @@ class ClusterLink::Impl {
     // does not start below etcd's compaction.
     create->set_progress_notify(true);
     entry.created = true;
+    entry.acknowledged = false;
     return request;
   }
 
@@ -755,15 +835,29 @@ class ClusterLink::Impl {
         watch_writer_ = stream.get();
       }
       std::vector<pb::WatchRequest> creates;
+      std::function<void()> hold;
       {
         absl::MutexLock lock(&watch_mu_);
+        hold = std::move(hold_creates_);
+        hold_creates_ = nullptr;
         watch_stream_ = stream.get();
-        for (auto& [serial, entry] : watches_) {
+        for (auto it = watches_.begin(); it != watches_.end();) {
+          WatchEntry& entry = it->second;
+          if (entry.cancelled) {
+            it = watches_.erase(it);  // gone with the old stream
+            continue;
+          }
           entry.created = false;
           if (entry.loaded) {
-            if (auto create = CreateRequest(serial, entry)) creates.push_back(std::move(*create));
+            if (auto create = CreateRequest(it->first, entry)) {
+              creates.push_back(std::move(*create));
+            }
           }
+          ++it;
         }
+      }
+      if (hold) {
+        hold();
       }
       for (const pb::WatchRequest& create : creates) {
         WriteWatch(create);
@@ -807,6 +901,19 @@ class ClusterLink::Impl {
         return;  // canceled by us
       }
       WatchEntry& entry = it->second;
+      if (entry.cancelled) {
+        // Unwatched before etcd answered its create: now etcd knows it.
+        if (response.created() || response.canceled()) {
+          watches_.erase(it);
+          if (!response.canceled()) {
+            CancelWatch(serial);
+          }
+        }
+        return;
+      }
+      if (response.created()) {
+        entry.acknowledged = true;
+      }
       if (response.canceled()) {
         // Fell behind compaction (or the member refused): load again under
         // a new watch id (etcd may still hold the old one on this stream).
@@ -1093,7 +1200,8 @@ class ClusterLink::Impl {
   Listener* const listener_;
   // When etcd last answered a keep-alive (Unix ms).
   std::atomic<int64_t> last_heard_ms_{absl::ToUnixMillis(absl::Now())};
-  std::string identity_;  // set by Connect
+  std::atomic<int> dropped_replies_{0};  // DropTxnReplies
+  std::string identity_;                 // set by Connect
   const absl::Time started_ = absl::Now();
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::KV::Stub> kv_;
@@ -1124,6 +1232,7 @@ class ClusterLink::Impl {
   grpc::ClientReaderWriter<pb::WatchRequest, pb::WatchResponse>* watch_stream_
       ABSL_GUARDED_BY(watch_mu_) = nullptr;
   bool watch_stopping_ ABSL_GUARDED_BY(watch_mu_) = false;
+  std::function<void()> hold_creates_ ABSL_GUARDED_BY(watch_mu_);  // BreakWatchStream
   std::thread watcher_;
 
   absl::Mutex keep_mu_;
@@ -1194,17 +1303,24 @@ class ClusterLink::Impl::ConfigStore final : public RegistryStore {
     put->set_key(etcd_key);
     put->set_value(std::string(value));
     pb::TxnResponse response;
-    if (absl::Status st = link_->Txn(txn, &response); !st.ok()) {
+    bool repeated = false;
+    if (absl::Status st = link_->Txn(txn, &response, &repeated); !st.ok()) {
       return st;
-    }
-    if (!response.succeeded()) {
-      return Conflict(key, *expected_version, response);
     }
     StoredConfig entry;
     entry.key = std::string(key);
     entry.value = std::string(value);
-    entry.version = static_cast<uint64_t>(response.header().revision());
     entry.exists = true;
+    if (!response.succeeded()) {
+      absl::StatusOr<uint64_t> own =
+          AppliedBefore(etcd_key, entry, *expected_version, repeated, response);
+      if (!own.ok()) {
+        return Conflict(key, *expected_version, response);
+      }
+      entry.version = *own;
+      return entry;
+    }
+    entry.version = static_cast<uint64_t>(response.header().revision());
     return entry;
   }
 
@@ -1215,11 +1331,21 @@ class ClusterLink::Impl::ConfigStore final : public RegistryStore {
     Guard(&txn, etcd_key, expected_version);
     txn.add_success()->mutable_request_delete_range()->set_key(etcd_key);
     pb::TxnResponse response;
-    if (absl::Status st = link_->Txn(txn, &response); !st.ok()) {
+    bool repeated = false;
+    if (absl::Status st = link_->Txn(txn, &response, &repeated); !st.ok()) {
       return st;
     }
     if (!response.succeeded()) {
-      return Conflict(key, *expected_version, response);
+      StoredConfig entry;
+      entry.key = std::string(key);
+      entry.exists = false;
+      absl::StatusOr<uint64_t> own =
+          AppliedBefore(etcd_key, entry, *expected_version, repeated, response);
+      if (!own.ok()) {
+        return Conflict(key, *expected_version, response);
+      }
+      entry.version = *own;
+      return entry;
     }
     if (response.responses_size() == 0 ||
         response.responses(0).response_delete_range().deleted() == 0) {
@@ -1233,6 +1359,42 @@ class ClusterLink::Impl::ConfigStore final : public RegistryStore {
   }
 
  private:
+  // A compare-and-set whose transaction was sent again after an attempt
+  // that may have reached etcd, and whose last attempt found the key moved
+  // on: if the first change to the key after the expected version is
+  // exactly this write (`wanted`: its value, or its deletion), an earlier
+  // attempt applied it and lost its reply. Returns that change's version;
+  // NOT_FOUND if the key was changed by someone else.
+  absl::StatusOr<uint64_t> AppliedBefore(const std::string& etcd_key, const StoredConfig& wanted,
+                                         uint64_t expected, bool repeated,
+                                         const pb::TxnResponse& conflict) {
+    if (!repeated) {
+      return absl::NotFoundError("sent once: the conflict is real");
+    }
+    int64_t from = static_cast<int64_t>(expected) + 1;
+    if (expected == 0) {
+      // Created by this write? Then the key's current life began with it.
+      if (conflict.responses_size() == 0 ||
+          conflict.responses(0).response_range().kvs_size() == 0) {
+        return absl::NotFoundError("the key does not exist");
+      }
+      from = conflict.responses(0).response_range().kvs(0).create_revision();
+    }
+    absl::StatusOr<mvccpb::Event> change = link_->FirstChange(etcd_key, from);
+    if (!change.ok()) {
+      SPDLOG_WARN("config key '{}': cannot tell whether a repeated write had applied: {}",
+                  wanted.key, change.status().ToString());
+      return change.status();
+    }
+    bool same = wanted.exists
+                    ? change->type() == mvccpb::Event::PUT && change->kv().value() == wanted.value
+                    : change->type() == mvccpb::Event::DELETE;
+    if (!same) {
+      return absl::NotFoundError("changed by someone else");
+    }
+    return static_cast<uint64_t>(change->kv().mod_revision());
+  }
+
   // With an expected version, the write happens only if the key is still at
   // it; otherwise the transaction reads the key to name its version.
   static void Guard(pb::TxnRequest* txn, const std::string& etcd_key,
@@ -1361,5 +1523,9 @@ absl::Status ClusterLink::ListServices(v1::ListServicesResponse* out) {
   return impl_->ListServices(out);
 }
 absl::Status ClusterLink::Describe(v1::ClusterInfo* out) { return impl_->Describe(out); }
+void ClusterLink::DropTxnRepliesForTesting(int n) { impl_->DropTxnReplies(n); }
+void ClusterLink::BreakWatchStreamForTesting(std::function<void()> hold) {
+  impl_->BreakWatchStream(std::move(hold));
+}
 
 }  // namespace formica::registry

@@ -150,6 +150,13 @@ class ClusterLink {
   absl::Status ListServices(v1::ListServicesResponse* out);
   absl::Status Describe(v1::ClusterInfo* out);
 
+  // Tests only: the next `n` etcd transaction replies are lost after etcd
+  // applied them (the call then retries, as after a broken connection).
+  void DropTxnRepliesForTesting(int n);
+  // Tests only: ends the etcd watch stream; the next one runs `hold` (on
+  // the watch thread) after it is up and before it creates the watches.
+  void BreakWatchStreamForTesting(std::function<void()> hold);
+
   class Impl;
 
  private:

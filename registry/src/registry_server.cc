@@ -79,6 +79,17 @@ class RegistryCore : public ClusterLink::Listener {
   }
 
   RegistryStore* store() { return store_.get(); }
+  // Cluster mode (set before serving).
+  bool clustered() const { return cluster_ != nullptr; }
+  // UNAVAILABLE, naming etcd, while this node cannot reach it.
+  absl::Status EtcdReachable() const {
+    if (cluster_ != nullptr && !cluster_->Reachable()) {
+      return absl::UnavailableError(absl::StrCat("this registry node cannot reach etcd at ",
+                                                 absl::StrJoin(cluster_->options().endpoints, ","),
+                                                 "; ask another node"));
+    }
+    return absl::OkStatus();
+  }
   const RegistryServerOptions& options() const { return options_; }
 
   // Cluster mode: set once, before serving.
@@ -95,6 +106,7 @@ class RegistryCore : public ClusterLink::Listener {
   void OnLeaseLost(uint64_t session_id) override;
 
   // ---- called by SessionReactor ----
+  void StreamStarted(SessionReactor* reactor);
   bool Handle(SessionReactor* reactor, const v1::ClientMessage& message);
   void StreamEnded(SessionReactor* reactor);
   void WriteDone(SessionReactor* reactor, bool ok);
@@ -108,6 +120,8 @@ class RegistryCore : public ClusterLink::Listener {
   v1::PushSwitchState SetStopPush(std::optional<bool> stop);
   void ListSessions(v1::ListSessionsResponse* out);
   absl::Status KillSession(uint64_t id);
+  // Ends every stream, opened or not, with UNAVAILABLE `why`, and refuses
+  // new ones the same way (the registry is shutting down).
   void CloseAllStreams(absl::string_view why);
 
  private:
@@ -261,6 +275,10 @@ class RegistryCore : public ClusterLink::Listener {
   bool warming_up_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time warmup_end_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Every stream gRPC has not finished with, so that shutting down ends
+  // each with its reason, opened or not.
+  std::set<SessionReactor*> streams_ ABSL_GUARDED_BY(mu_);
+  std::string closed_why_ ABSL_GUARDED_BY(mu_);  // set: new streams are refused with it
   // Cluster mode: streams whose open waits for etcd, by reactor serial.
   std::map<uint64_t, SessionReactor*> opening_ ABSL_GUARDED_BY(mu_);
   bool etcd_reachable_ ABSL_GUARDED_BY(mu_) = true;
@@ -273,6 +291,7 @@ class SessionReactor : public grpc::ServerBidiReactor<v1::ClientMessage, v1::Ser
   SessionReactor(RegistryCore* core, std::string peer)
       : peer(std::move(peer)), serial(NextSerial()), core_(core) {
     StartRead(&request_);
+    core_->StreamStarted(this);
   }
 
   void OnReadDone(bool ok) override {
@@ -828,8 +847,17 @@ void RegistryCore::WriteDone(SessionReactor* reactor, bool ok) {
   }
 }
 
+void RegistryCore::StreamStarted(SessionReactor* reactor) {
+  absl::MutexLock lock(&mu_);
+  streams_.insert(reactor);
+  if (!closed_why_.empty()) {
+    RequestFinish(reactor, absl::UnavailableError(closed_why_));
+  }
+}
+
 void RegistryCore::ReactorDone(SessionReactor* reactor) {
   absl::MutexLock lock(&mu_);
+  streams_.erase(reactor);
   opening_.erase(reactor->serial);
   auto it = sessions_.find(reactor->session_id);
   if (it != sessions_.end() && it->second.reactor == reactor) {
@@ -865,6 +893,9 @@ void RegistryCore::RequestFinish(SessionReactor* reactor, const absl::Status& st
   }
   reactor->finishing = true;
   reactor->finish_status = ToGrpcStatus(status);
+  if (absl::IsInvalidArgument(status) || absl::IsResourceExhausted(status)) {
+    SPDLOG_WARN("session stream from {} refused: {}", reactor->peer, status.ToString());
+  }
   if (reactor->in_flight == nullptr) {
     reactor->finished = true;
     reactor->Finish(reactor->finish_status);
@@ -1501,12 +1532,12 @@ absl::Status RegistryCore::KillSession(uint64_t id) {
 
 void RegistryCore::CloseAllStreams(absl::string_view why) {
   absl::MutexLock lock(&mu_);
+  closed_why_ = std::string(why);
   for (auto& [id, session] : sessions_) {
-    if (session.reactor != nullptr) {
-      SessionReactor* reactor = session.reactor;
-      session.reactor = nullptr;
-      RequestFinish(reactor, absl::UnavailableError(why));
-    }
+    session.reactor = nullptr;
+  }
+  for (SessionReactor* reactor : streams_) {
+    RequestFinish(reactor, absl::UnavailableError(why));
   }
 }
 
@@ -1515,12 +1546,17 @@ void RegistryCore::CloseAllStreams(absl::string_view why) {
 
 namespace {
 
-// Runs durable store writes (each an fsync) off gRPC's callback threads,
-// which must not block, one at a time.
-class StoreWorker {
+// Runs jobs that may block (durable store writes, each an fsync; reads of
+// etcd) off gRPC's callback threads, which must not block: `threads` jobs
+// at a time, taken in order.
+class Worker {
  public:
-  StoreWorker() : thread_([this] { Loop(); }) {}
-  ~StoreWorker() { Stop(); }
+  explicit Worker(int threads) {
+    for (int i = 0; i < threads; ++i) {
+      threads_.emplace_back([this] { Loop(); });
+    }
+  }
+  ~Worker() { Stop(); }
 
   void Run(std::function<void()> job) {
     absl::MutexLock lock(&mu_);
@@ -1533,8 +1569,10 @@ class StoreWorker {
       absl::MutexLock lock(&mu_);
       stopping_ = true;
     }
-    if (thread_.joinable()) {
-      thread_.join();
+    for (std::thread& thread : threads_) {
+      if (thread.joinable()) {
+        thread.join();
+      }
     }
   }
 
@@ -1560,15 +1598,19 @@ class StoreWorker {
   absl::Mutex mu_;
   std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
+  std::vector<std::thread> threads_;
 };
 
 class RegistryService final : public v1::Registry::CallbackService {
  public:
   explicit RegistryService(RegistryCore* core) : core_(core) {}
 
-  // Lets queued store writes finish; call once the server has stopped.
-  void StopWorker() { writer_.Stop(); }
+  // Lets queued store writes and views finish; call once the server has
+  // stopped.
+  void StopWorker() {
+    writer_.Stop();
+    views_.Stop();
+  }
 
   grpc::ServerBidiReactor<v1::ClientMessage, v1::ServerMessage>* Session(
       grpc::CallbackServerContext* context) override {
@@ -1578,19 +1620,21 @@ class RegistryService final : public v1::Registry::CallbackService {
   grpc::ServerUnaryReactor* ListServices(grpc::CallbackServerContext* context,
                                          const v1::ListServicesRequest*,
                                          v1::ListServicesResponse* response) override {
-    return Done(context, core_->ListServices(response));
+    return View(context, [this, response] { return core_->ListServices(response); });
   }
 
   grpc::ServerUnaryReactor* GetCluster(grpc::CallbackServerContext* context,
                                        const v1::GetClusterRequest*,
                                        v1::ClusterInfo* response) override {
-    return Done(context, core_->Describe(response));
+    return View(context, [this, response] { return core_->Describe(response); });
   }
 
   grpc::ServerUnaryReactor* GetService(grpc::CallbackServerContext* context,
                                        const v1::GetServiceRequest* request,
                                        v1::ServiceSnapshot* response) override {
-    return Done(context, core_->GetService(request->service(), response));
+    return View(context, [this, request, response] {
+      return core_->GetService(request->service(), response);
+    });
   }
 
   grpc::ServerUnaryReactor* GetConfig(grpc::CallbackServerContext* context,
@@ -1599,30 +1643,34 @@ class RegistryService final : public v1::Registry::CallbackService {
     if (absl::Status st = ValidateConfigKey(request->key(), core_->options().limits); !st.ok()) {
       return Done(context, st);
     }
-    absl::StatusOr<StoredConfig> entry = core_->store()->GetConfig(request->key());
-    if (!entry.ok()) {
-      return Done(context, entry.status());
-    }
-    if (!entry->exists) {
-      return Done(context, absl::NotFoundError(
-                               absl::StrCat("config key '", request->key(), "' does not exist")));
-    }
-    Fill(*entry, response);
-    return Done(context, absl::OkStatus());
+    return View(context, [this, request, response] {
+      absl::StatusOr<StoredConfig> entry = core_->store()->GetConfig(request->key());
+      if (!entry.ok()) {
+        return entry.status();
+      }
+      if (!entry->exists) {
+        return absl::NotFoundError(
+            absl::StrCat("config key '", request->key(), "' does not exist"));
+      }
+      Fill(*entry, response);
+      return absl::OkStatus();
+    });
   }
 
   grpc::ServerUnaryReactor* ListConfig(grpc::CallbackServerContext* context,
                                        const v1::ListConfigRequest* request,
                                        v1::ListConfigResponse* response) override {
-    absl::StatusOr<std::vector<StoredConfig>> entries =
-        core_->store()->ListConfig(request->prefix());
-    if (!entries.ok()) {
-      return Done(context, entries.status());
-    }
-    for (const StoredConfig& e : *entries) {
-      Fill(e, response->add_entries());
-    }
-    return Done(context, absl::OkStatus());
+    return View(context, [this, request, response] {
+      absl::StatusOr<std::vector<StoredConfig>> entries =
+          core_->store()->ListConfig(request->prefix());
+      if (!entries.ok()) {
+        return entries.status();
+      }
+      for (const StoredConfig& e : *entries) {
+        Fill(e, response->add_entries());
+      }
+      return absl::OkStatus();
+    });
   }
 
   grpc::ServerUnaryReactor* PutConfig(grpc::CallbackServerContext* context,
@@ -1704,6 +1752,34 @@ class RegistryService final : public v1::Registry::CallbackService {
   }
 
  private:
+  // An operator view. Embedded, it reads memory and the local store and
+  // answers at once. In cluster mode it may read etcd, for up to
+  // storage.etcd.request_timeout: it runs on the view threads, never on a
+  // callback thread, and fails at once while this node cannot reach etcd
+  // (checked again when it leaves the queue).
+  grpc::ServerUnaryReactor* View(grpc::CallbackServerContext* context,
+                                 std::function<absl::Status()> view) {
+    if (!core_->clustered()) {
+      return Done(context, view());
+    }
+    if (absl::Status st = core_->EtcdReachable(); !st.ok()) {
+      return Done(context, st);
+    }
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    views_.Run([this, reactor, view = std::move(view)] {
+      absl::Status st = core_->EtcdReachable();  // it may have gone while this view queued
+      if (st.ok()) {
+        st = view();
+      }
+      if (absl::IsDeadlineExceeded(st)) {
+        // etcd did not answer in time: as unavailable as a refused call.
+        st = absl::UnavailableError(st.message());
+      }
+      reactor->Finish(ToGrpcStatus(st));
+    });
+    return reactor;
+  }
+
   static grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context,
                                         const absl::Status& status) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -1718,8 +1794,12 @@ class RegistryService final : public v1::Registry::CallbackService {
     out->set_exists(e.exists);
   }
 
+  // Views wait for etcd at most request_timeout each; a few run at once.
+  static constexpr int kViewThreads = 4;
+
   RegistryCore* const core_;
-  StoreWorker writer_;
+  Worker writer_{1};
+  Worker views_{kViewThreads};
 };
 
 }  // namespace

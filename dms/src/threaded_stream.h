@@ -1,0 +1,143 @@
+// A bidirectional server stream served by one thread of its own, with
+// blocking reads and writes, on gRPC's callback API.
+//
+// gRPC's synchronous API can end a stream only from the handler's return,
+// and a thread blocked reading it can be freed only by cancelling the call,
+// which replaces the status the handler returns with CANCELLED. Here the
+// body's status always reaches the client: StopReading() frees a blocked
+// Read() without cancelling, and the status is sent with the stream's
+// reads still pending (gRPC ends them).
+//
+//   grpc::ServerBidiReactor<Req, Resp>* Chat(grpc::CallbackServerContext* ctx) override {
+//     return new ThreadedStream<Req, Resp>(ctx, [this](ThreadedStream<Req, Resp>& stream) {
+//       ...  // stream.Read(), stream.Write(), from any threads the body joins
+//       return grpc::Status(...);
+//     });
+//   }
+//
+// The stream deletes itself once gRPC is done with it.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <functional>
+#include <thread>
+#include <utility>
+
+#include "absl/synchronization/mutex.h"
+
+namespace formica::dms {
+
+template <typename Request, typename Response>
+class ThreadedStream final : public grpc::ServerBidiReactor<Request, Response> {
+ public:
+  using Body = std::function<grpc::Status(ThreadedStream&)>;
+
+  ThreadedStream(grpc::CallbackServerContext* context, Body body)
+      : context_(context), body_(std::move(body)) {
+    thread_ = std::thread([this] {
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(&started_));  // thread_ is set: OnDone may join it
+      }
+      grpc::Status status = body_(*this);
+      {
+        absl::MutexLock lock(&mu_);
+        stop_reading_ = true;  // a read still pending ends with the call
+      }
+      this->Finish(status);
+    });
+    absl::MutexLock lock(&mu_);
+    started_ = true;
+  }
+
+  grpc::CallbackServerContext* context() const { return context_; }
+
+  // The next request; false once the client has finished writing, the call
+  // is cancelled, or StopReading() was called. One reader at a time.
+  bool Read(Request* request) {
+    absl::MutexLock lock(&mu_);
+    if (stop_reading_ || read_failed_) return false;
+    if (!read_pending_) {
+      read_pending_ = true;
+      read_done_ = false;
+      this->StartRead(&incoming_);
+    }
+    auto ready = [this]()
+                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return read_done_ || stop_reading_; };
+    mu_.Await(absl::Condition(&ready));
+    if (!read_done_) return false;  // stopped; the read stays pending
+    read_pending_ = false;
+    if (read_failed_) return false;
+    *request = std::move(incoming_);
+    return true;
+  }
+
+  // Makes every Read(), now or later, return false; the stream stays open.
+  void StopReading() {
+    absl::MutexLock lock(&mu_);
+    stop_reading_ = true;
+  }
+
+  // Blocks until the response is written; false if the call is broken or
+  // cancelled. One writer at a time.
+  bool Write(const Response& response) {
+    absl::MutexLock lock(&mu_);
+    if (write_failed_) return false;
+    outgoing_ = response;
+    write_done_ = false;
+    this->StartWrite(&outgoing_);
+    mu_.Await(absl::Condition(&write_done_));
+    return !write_failed_;
+  }
+
+  bool IsCancelled() {
+    absl::MutexLock lock(&mu_);
+    return cancelled_;
+  }
+
+  void OnReadDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    read_done_ = true;
+    if (!ok) read_failed_ = true;
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    write_done_ = true;
+    if (!ok) write_failed_ = true;
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+  }
+
+  void OnDone() override {
+    // The body's thread has called Finish; it ends right after.
+    if (thread_.get_id() == std::this_thread::get_id()) {
+      thread_.detach();
+    } else {
+      thread_.join();
+    }
+    delete this;
+  }
+
+ private:
+  grpc::CallbackServerContext* const context_;
+  Body body_;
+  absl::Mutex mu_;
+  Request incoming_;   // gRPC writes it until OnReadDone
+  Response outgoing_;  // gRPC reads it until OnWriteDone
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_failed_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_failed_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace formica::dms
