@@ -23,9 +23,10 @@ class SqliteConnection : public Connection {
   }
 
   absl::StatusOr<ResultSet> Execute(const std::string& sql, const std::vector<Value>& params,
-                                    uint64_t id) override {
+                                    uint64_t id, std::vector<std::string>* collations) override {
     absl::StatusOr<Prepared*> p = Prepare(sql, id);
     if (!p.ok()) return p.status();
+    if (collations != nullptr) *collations = (*p)->collations;
     sqlite3_stmt* stmt = (*p)->stmt;
     const std::vector<int>& slots = (*p)->param_of_slot;
     for (size_t i = 0; i < slots.size(); ++i) {
@@ -100,13 +101,34 @@ class SqliteConnection : public Connection {
     return Exec("ROLLBACK");
   }
   bool broken() const override { return broken_; }
+  const std::string& default_collation() const override {
+    static const std::string binary = "BINARY";
+    return binary;
+  }
 
  private:
   struct Prepared {
     sqlite3_stmt* stmt = nullptr;
     std::vector<int> param_of_slot;  // slot i+1 binds $param_of_slot[i]
     std::vector<std::string> columns;
+    std::vector<std::string> collations;  // declared by the column's table; "": an expression
   };
+
+  // The collation the table declares for result column c when the column is
+  // a table's column (SQLite resolves it through aliases and subqueries).
+  std::string DeclaredCollation(sqlite3_stmt* stmt, int c) {
+    const char* database = sqlite3_column_database_name(stmt, c);
+    const char* table = sqlite3_column_table_name(stmt, c);
+    const char* column = sqlite3_column_origin_name(stmt, c);
+    if (database == nullptr || table == nullptr || column == nullptr) return "";
+    const char* collation = nullptr;
+    if (sqlite3_table_column_metadata(db_, database, table, column, nullptr, &collation, nullptr,
+                                      nullptr, nullptr) != SQLITE_OK ||
+        collation == nullptr) {
+      return "";
+    }
+    return collation;
+  }
 
   absl::Status Exec(const char* sql) {
     char* err = nullptr;
@@ -148,6 +170,7 @@ class SqliteConnection : public Connection {
     }
     for (int c = 0; c < sqlite3_column_count(p.stmt); ++c) {
       p.columns.emplace_back(sqlite3_column_name(p.stmt, c));
+      p.collations.push_back(DeclaredCollation(p.stmt, c));
     }
     // Statements made for one call only (id 0) are few; keep a handful.
     if (id == 0 && by_text_.size() >= 64) {
