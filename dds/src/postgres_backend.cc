@@ -130,17 +130,29 @@ class PostgresConnection : public Connection {
 
   // Asks the database for its default collation: the libc locale, or the
   // provider's name when another provider (ICU, builtin) is the default.
+  // Left "" when it cannot be told: text is then merged by no default.
   void LearnDefaultCollation() {
     PGresult* r = PQexec(conn_,
-                         "SELECT CASE datlocprovider WHEN 'c' THEN datcollate WHEN 'i' THEN 'icu' "
-                         "WHEN 'b' THEN 'builtin' ELSE 'provider ' || datlocprovider END "
-                         "FROM pg_database WHERE datname = current_database()");
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {  // before PostgreSQL 15: libc only
+                         "SELECT datlocprovider::text, datcollate::text FROM pg_database "
+                         "WHERE datname = current_database()");
+    const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    if (state != nullptr && std::string(state) == "42703") {  // before PostgreSQL 15: libc only
       PQclear(r);
-      r = PQexec(conn_, "SELECT datcollate FROM pg_database WHERE datname = current_database()");
+      r = PQexec(conn_,
+                 "SELECT 'c', datcollate::text FROM pg_database WHERE datname = "
+                 "current_database()");
     }
     if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
-      default_collation_ = PQgetvalue(r, 0, 0);
+      std::string provider = PQgetvalue(r, 0, 0);
+      if (provider == "c") {
+        default_collation_ = PQgetvalue(r, 0, 1);
+      } else if (provider == "i") {
+        default_collation_ = "icu";
+      } else if (provider == "b") {
+        default_collation_ = "builtin";
+      } else {
+        default_collation_ = absl::StrCat("provider ", provider);
+      }
     }
     PQclear(r);
   }
