@@ -63,8 +63,11 @@ int CompareText(absl::string_view a, absl::string_view b, Collation collation) {
     case Collation::kNoCase: {
       size_t n = std::min(a.size(), b.size());
       for (size_t i = 0; i < n; ++i) {
-        int x = absl::ascii_tolower(static_cast<unsigned char>(a[i]));
-        int y = absl::ascii_tolower(static_cast<unsigned char>(b[i]));
+        // Bytes as unsigned, as SQLite compares them.
+        unsigned char x =
+            static_cast<unsigned char>(absl::ascii_tolower(static_cast<unsigned char>(a[i])));
+        unsigned char y =
+            static_cast<unsigned char>(absl::ascii_tolower(static_cast<unsigned char>(b[i])));
         if (x != y) return x < y ? -1 : 1;
       }
       return a.size() < b.size() ? -1 : (a.size() > b.size() ? 1 : 0);
