@@ -26,7 +26,6 @@ class SqliteConnection : public Connection {
                                     uint64_t id, std::vector<std::string>* collations) override {
     absl::StatusOr<Prepared*> p = Prepare(sql, id);
     if (!p.ok()) return p.status();
-    if (collations != nullptr) *collations = (*p)->collations;
     sqlite3_stmt* stmt = (*p)->stmt;
     const std::vector<int>& slots = (*p)->param_of_slot;
     for (size_t i = 0; i < slots.size(); ++i) {
@@ -88,6 +87,14 @@ class SqliteConnection : public Connection {
     }
     absl::Status st;
     if (rc != SQLITE_DONE) st = Error(rc);
+    if (st.ok() && collations != nullptr) {
+      // Read after the steps: a schema changed since the statement was
+      // prepared has prepared it again.
+      collations->clear();
+      for (int c = 0; c < sqlite3_column_count(stmt); ++c) {
+        collations->push_back(DeclaredCollation(stmt, c));
+      }
+    }
     if (st.ok() && !sqlite3_stmt_readonly(stmt)) out.rows_affected = sqlite3_changes(db_);
     sqlite3_reset(stmt);  // every slot is bound again before the next step
     if (!st.ok()) return st;
@@ -111,7 +118,6 @@ class SqliteConnection : public Connection {
     sqlite3_stmt* stmt = nullptr;
     std::vector<int> param_of_slot;  // slot i+1 binds $param_of_slot[i]
     std::vector<std::string> columns;
-    std::vector<std::string> collations;  // declared by the column's table; "": an expression
   };
 
   // The collation the table declares for result column c when the column is
@@ -170,7 +176,6 @@ class SqliteConnection : public Connection {
     }
     for (int c = 0; c < sqlite3_column_count(p.stmt); ++c) {
       p.columns.emplace_back(sqlite3_column_name(p.stmt, c));
-      p.collations.push_back(DeclaredCollation(p.stmt, c));
     }
     // Statements made for one call only (id 0) are few; keep a handful.
     if (id == 0 && by_text_.size() >= 64) {
