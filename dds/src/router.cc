@@ -892,18 +892,21 @@ class Router::Impl {
       return "an ORDER BY or GROUP BY expression";
     };
     // Where the merge finds the collation target i (or, under SELECT *,
-    // the column `by_name`) compares by. SQLite: COLLATE at the top of the
-    // expression (under CASTs and unary pluses), else the collation the
-    // table declares for the column there, else BINARY; an expression
-    // with COLLATE or a subquery inside is refused. PostgreSQL: the
-    // database tells, pg_collation_for the expression. Column references
-    // are made once `targets` is complete.
+    // the column `by_name`) compares by: as a key (sorted, grouped,
+    // DISTINCT) or, `folding`, as min/max compare their argument. SQLite:
+    // COLLATE at the top of the expression (under CASTs and unary pluses),
+    // else the collation the table declares for the column there, else
+    // BINARY (an aggregate's result too); an expression with COLLATE or a
+    // subquery inside is refused. PostgreSQL: the database tells,
+    // pg_collation_for the expression. Column references are made once
+    // `targets` is complete.
     struct Pending {
       CollationSource source;
       int declared = -2, reported = -2;  // target indexes; -1: by_name
       const pg_query::Node* by_name = nullptr;
     };
-    auto collation_of = [&](int i, const pg_query::Node* by_name) -> absl::StatusOr<Pending> {
+    auto collation_of = [&](int i, const pg_query::Node* by_name,
+                            bool folding) -> absl::StatusOr<Pending> {
       Pending p;
       const pg_query::Node& expr = i >= 0 ? targets[i].val : *by_name;
       p.source.what = describe(i, expr);
@@ -917,6 +920,7 @@ class Router::Impl {
         return p;
       }
       const bool minmax = op == MergeOp::kMin || op == MergeOp::kMax;
+      if (minmax != folding) return p;  // SQLite compares an aggregate's result by BINARY
       if (minmax && expr.func_call().args_size() != 1) return p;
       const pg_query::Node& compared = minmax ? expr.func_call().args(0) : expr;
       const pg_query::Node& peeled = Peeled(compared);
@@ -942,13 +946,13 @@ class Router::Impl {
     std::vector<Pending> order_collations, group_collations, distinct_collations;
     std::vector<std::pair<int, Pending>> op_collations;
     for (const auto& [i, sb] : order_index) {
-      absl::StatusOr<Pending> p = collation_of(i, &sb->node());
+      absl::StatusOr<Pending> p = collation_of(i, &sb->node(), false);
       if (!p.ok()) return p.status();
       order_collations.push_back(*std::move(p));
     }
     for (size_t g = 0; g < group_index.size(); ++g) {
       absl::StatusOr<Pending> p =
-          collation_of(group_index[g], &s.group_clause(static_cast<int>(g)));
+          collation_of(group_index[g], &s.group_clause(static_cast<int>(g)), false);
       if (!p.ok()) return p.status();
       group_collations.push_back(*std::move(p));
     }
@@ -960,7 +964,7 @@ class Router::Impl {
       }
       for (size_t i = 0; i < visible; ++i) {
         if (star && targets[i].val.has_column_ref()) continue;  // the *, or a column beside it
-        absl::StatusOr<Pending> p = collation_of(static_cast<int>(i), nullptr);
+        absl::StatusOr<Pending> p = collation_of(static_cast<int>(i), nullptr, false);
         if (!p.ok()) return p.status();
         if (star && (!p->source.named.empty() || p->declared >= 0)) {
           return absl::InvalidArgumentError(
@@ -973,7 +977,7 @@ class Router::Impl {
     const size_t before_meta = targets.size();
     for (size_t i = 0; i < before_meta; ++i) {
       if (targets[i].op != MergeOp::kMin && targets[i].op != MergeOp::kMax) continue;
-      absl::StatusOr<Pending> p = collation_of(static_cast<int>(i), nullptr);
+      absl::StatusOr<Pending> p = collation_of(static_cast<int>(i), nullptr, true);
       if (!p.ok()) return p.status();
       op_collations.emplace_back(static_cast<int>(i), *std::move(p));
     }
