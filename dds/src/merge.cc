@@ -404,9 +404,11 @@ absl::StatusOr<RowWindow> RowsWanted(const MergePlan& plan, const std::vector<Va
     } else if (!sqlite) {
       return std::optional<int64_t>();  // PostgreSQL: LIMIT NULL is none, OFFSET NULL is 0
     }
-    if (!integer) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, " must be an integer, got $", b.param, " = ", ToString(v)));
+    if (!integer) {  // in the backend's words, then ours
+      return absl::InvalidArgumentError(absl::StrCat(
+          sqlite ? "datatype mismatch"
+                 : absl::StrCat("invalid input syntax for type bigint: \"", ToString(v), "\""),
+          ": ", what, " must be an integer, got $", b.param, " = ", ToString(v)));
     }
     return std::optional<int64_t>(out);
   };

@@ -224,10 +224,14 @@ class Workload {
         return s;
       }
       case 8: {
-        static const int64_t kLimits[] = {std::numeric_limits<int64_t>::max(),
-                                          std::numeric_limits<int64_t>::max() - 2, -1, 3};
+        const Value limits[] = {std::numeric_limits<int64_t>::max(),
+                                std::numeric_limits<int64_t>::max() - 2,
+                                int64_t{-1},
+                                int64_t{3},
+                                Value(),
+                                std::string("7")};
         return {"SELECT id FROM orders ORDER BY id LIMIT $1 OFFSET $2",
-                {kLimits[Uniform(0, 3)], int64_t{Uniform(-1, 10)}},
+                {limits[Uniform(0, 5)], int64_t{Uniform(-1, 10)}},
                 true};
       }
       case 9: {
