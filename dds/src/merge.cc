@@ -1,6 +1,7 @@
 #include "merge.h"
 
 #include <algorithm>
+#include <charconv>
 #include <map>
 
 #include "absl/strings/ascii.h"
@@ -285,6 +286,20 @@ absl::StatusOr<Value> AddPostgres(const Value& a, const Value& b, const std::str
     }
     return d;
   };
+  if (type == "real") {
+    // float4 adds in float4 and is written in its shortest exact form,
+    // which the backend reads as a double.
+    float x = 0, y = 0;
+    const std::string* sa = std::get_if<std::string>(&a);
+    const std::string* sb = std::get_if<std::string>(&b);
+    if (sa == nullptr || sb == nullptr || !absl::SimpleAtof(*sa, &x) ||
+        !absl::SimpleAtof(*sb, &y)) {
+      return UnmergeableSum(column, type);
+    }
+    char text[64];
+    std::to_chars_result r = std::to_chars(text, text + sizeof(text), x + y);
+    return std::string(text, r.ptr);
+  }
   if (FloatType(type)) return real(a) + real(b);
   if (!IntegerType(type) && type != "numeric") return UnmergeableSum(column, type);
   Decimal x, y;
@@ -492,7 +507,6 @@ absl::StatusOr<ResultSet> Merge(const MergePlan& plan, std::vector<ShardAnswer> 
       group_less.collations.push_back(*c);
     }
     std::vector<Collation> op_collation(width, Collation::kBinary);
-    std::vector<std::string> sum_type(width);
     for (int c = 0; c < width; ++c) {
       MergeOp op = plan.ops[c];
       if (op == MergeOp::kMin || op == MergeOp::kMax) {

@@ -601,6 +601,7 @@ TEST_F(PostgresItems, SumsAreExactAndTextMergesOnlyByBytewiseCollations) {
   for (const char* sql : {"SELECT sum(amount) FROM items", "SELECT sum(price) FROM items",
                           "SELECT sum(price), sum(amount), count(*) FROM items WHERE id < 4",
                           "SELECT note, sum(price) FROM items GROUP BY note ORDER BY note",
+                          "SELECT sum(CAST(price AS real)), sum(CAST(price AS float8)) FROM items",
                           "SELECT avg(price), avg(amount) FROM items"}) {
     SCOPED_TRACE(sql);
     auto want = plain_->Execute(sql, {});
