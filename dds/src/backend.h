@@ -31,8 +31,16 @@ class Connection {
   // router's RoutedStatement::id): the same id always comes with the same text.
   // Parameters are $1, $2, ...; for SQLite also ? (the i-th binds params[i-1]),
   // which the router writes.
+  // `collations`, when given, receives what the database tells of how each
+  // result column compares. SQLite: the collation its table declares for a
+  // table's column ("BINARY", "NOCASE"), "" for an expression. PostgreSQL:
+  // "" for a type compared without a collation (numbers, dates), "text" for
+  // text, varchar, char and name (compared by the collation the statement
+  // derives, which pg_collation_for tells), "type <name>" for another
+  // collatable type (its comparison has rules of its own: citext, arrays).
   virtual absl::StatusOr<ResultSet> Execute(const std::string& sql,
-                                            const std::vector<Value>& params, uint64_t id = 0) = 0;
+                                            const std::vector<Value>& params, uint64_t id = 0,
+                                            std::vector<std::string>* collations = nullptr) = 0;
   // BEGIN, COMMIT, ROLLBACK.
   virtual absl::Status Begin() = 0;
   virtual absl::Status Commit() = 0;
@@ -40,7 +48,16 @@ class Connection {
   // True after a failure that leaves the connection unusable; the pool
   // drops it instead of handing it out again.
   virtual bool broken() const = 0;
+  // The collation text compares by where neither the statement nor the
+  // column names one: SQLite "BINARY"; PostgreSQL the database's default,
+  // "C" or a locale ("en_US.UTF-8"), or "icu" / "builtin" for a default of
+  // those providers; "" if the database did not say.
+  virtual const std::string& default_collation() const = 0;
 };
+
+// A PostgreSQL numeric's text as DDS reads it: an integer when it has no
+// fraction and fits in 64 bits, else a real (NaN and infinities too).
+Value NumericValue(const std::string& text);
 
 class Backend {
  public:

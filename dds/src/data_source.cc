@@ -121,7 +121,9 @@ class DataSourceImpl : public ShardedDataSource {
       : config_(std::move(config)),
         router_(std::move(router)),
         backend_(std::move(backend)),
-        fanout_(config_.fanout) {}
+        fanout_(config_.fanout) {
+    merge_context_.nulls_largest = backend_->nulls_largest();
+  }
 
   absl::Status Connect() {
     for (const DatabaseConfig& d : config_.databases) {
@@ -137,6 +139,14 @@ class DataSourceImpl : public ShardedDataSource {
       // Reach every database (and replica) now, not at the first statement.
       absl::StatusOr<ConnectionPool::Lease> l = db->primary->Acquire();
       if (!l.ok()) return l.status();
+      // Text merged across shards compares by the databases' default
+      // collation only when they share one.
+      const std::string& collation = (*l)->default_collation();
+      if (databases_.empty()) {
+        merge_context_.default_collation = collation;
+      } else if (merge_context_.default_collation != collation) {
+        merge_context_.default_collation.clear();
+      }
       for (auto& r : db->replicas) {
         absl::StatusOr<ConnectionPool::Lease> rl = r->Acquire();
         if (!rl.ok()) return rl.status();
@@ -161,18 +171,22 @@ class DataSourceImpl : public ShardedDataSource {
     }
     if (routing->kind != StatementKind::kRead) return RunWrite(*routing, params);
     std::vector<absl::StatusOr<ResultSet>> results(statements.size());
+    std::vector<std::vector<std::string>> collations(statements.size());
     std::vector<std::function<void()>> tasks;
     for (size_t i = 0; i < statements.size(); ++i) {
-      tasks.push_back([&, i] { results[i] = RunOne(statements[i], params, replica); });
+      tasks.push_back(
+          [&, i] { results[i] = RunOne(statements[i], params, replica, &collations[i]); });
     }
     fanout_.Run(std::move(tasks));
-    return Combine(*routing, std::move(results), params);
+    return Combine(*routing, std::move(results), std::move(collations), params);
   }
 
+  // `collations`: how each result's columns compare (Connection::Execute).
   absl::StatusOr<ResultSet> Combine(const Routing& routing,
                                     std::vector<absl::StatusOr<ResultSet>> results,
+                                    std::vector<std::vector<std::string>> collations,
                                     const std::vector<Value>& params) {
-    std::vector<ResultSet> parts;
+    std::vector<ShardAnswer> parts;
     std::vector<std::string> written, failed;
     absl::Status first;
     for (size_t i = 0; i < results.size(); ++i) {
@@ -181,7 +195,7 @@ class DataSourceImpl : public ShardedDataSource {
                                        : absl::StrCat("database ", databases_[s.database]->name);
       if (results[i].ok()) {
         written.push_back(where);
-        parts.push_back(*std::move(results[i]));
+        parts.push_back(ShardAnswer{*std::move(results[i]), std::move(collations[i])});
       } else {
         failed.push_back(where);
         if (first.ok()) first = results[i].status();
@@ -195,14 +209,15 @@ class DataSourceImpl : public ShardedDataSource {
                        absl::StrJoin(failed, ", "), ": ", first.message()));
     }
     if (routing.merge != nullptr) {
-      return Merge(*routing.merge, std::move(parts), params, backend_->nulls_largest());
+      return Merge(*routing.merge, std::move(parts), params, merge_context_);
     }
     ResultSet out;
     if (routing.statements[0].shard < 0) {
       // A broadcast table's copies: each database changed the same rows.
-      return std::move(parts[0]);
+      return std::move(parts[0].result);
     }
-    for (ResultSet& p : parts) {
+    for (ShardAnswer& answer : parts) {
+      ResultSet& p = answer.result;
       if (out.columns.empty()) out.columns = p.columns;
       out.rows_affected += p.rows_affected;
       for (auto& row : p.rows) out.rows.push_back(std::move(row));
@@ -234,6 +249,7 @@ class DataSourceImpl : public ShardedDataSource {
       leases.push_back(*std::move(lease));
     }
     std::vector<absl::StatusOr<ResultSet>> results(statements.size());
+    std::vector<std::vector<std::string>> collations(statements.size());
     std::vector<std::function<void()>> tasks;
     size_t n = 0;
     for (const auto& entry : by_database) {
@@ -241,16 +257,17 @@ class DataSourceImpl : public ShardedDataSource {
         std::vector<Value> ordered;
         for (size_t i : *indexes) {
           const RoutedStatement& s = statements[i];
-          results[i] = (*lease)->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id);
+          results[i] =
+              (*lease)->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id, &collations[i]);
         }
       });
     }
     fanout_.Run(std::move(tasks));
-    return Combine(routing, std::move(results), params);
+    return Combine(routing, std::move(results), std::move(collations), params);
   }
 
   absl::StatusOr<ResultSet> RunOne(const RoutedStatement& s, const std::vector<Value>& params,
-                                   bool replica) {
+                                   bool replica, std::vector<std::string>* collations = nullptr) {
     Database& db = *databases_[s.database];
     ConnectionPool* pool = db.primary.get();
     if (replica && !db.replicas.empty()) {
@@ -259,7 +276,7 @@ class DataSourceImpl : public ShardedDataSource {
     absl::StatusOr<ConnectionPool::Lease> lease = pool->Acquire();
     if (!lease.ok()) return lease.status();
     std::vector<Value> ordered;
-    return (*lease)->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id);
+    return (*lease)->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id, collations);
   }
 
   absl::StatusOr<std::unique_ptr<Transaction>> Begin(const Value& shard_key) override {
@@ -291,6 +308,7 @@ class DataSourceImpl : public ShardedDataSource {
   std::unique_ptr<Backend> backend_;
   std::vector<std::unique_ptr<Database>> databases_;
   std::atomic<uint64_t> next_database_{0};
+  MergeContext merge_context_;  // set by Connect
   FanOut fanout_;
 };
 
@@ -314,11 +332,13 @@ absl::StatusOr<ResultSet> TransactionImpl::Execute(const std::string& sql,
   }
   std::vector<absl::StatusOr<ResultSet>> results;
   std::vector<Value> ordered;
-  for (const RoutedStatement& s : routing->statements) {
-    results.push_back(lease_->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id));
+  std::vector<std::vector<std::string>> collations(routing->statements.size());
+  for (size_t i = 0; i < routing->statements.size(); ++i) {
+    const RoutedStatement& s = routing->statements[i];
+    results.push_back(lease_->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id, &collations[i]));
     if (!results.back().ok()) return results.back().status();
   }
-  return ds_->Combine(*routing, std::move(results), params);
+  return ds_->Combine(*routing, std::move(results), std::move(collations), params);
 }
 
 absl::Status Validate(DataSourceConfig& c, RouterConfig* rc) {

@@ -2,6 +2,7 @@
 // turned into values by the column's type.
 #include <libpq-fe.h>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -28,13 +29,8 @@ Value Convert(Oid type, const char* text, int len) {
       if (absl::SimpleAtoi(s, &v)) return v;
       return s;
     }
-    case kNumeric: {
-      int64_t v;
-      if (s.find_first_of(".eEN") == std::string::npos && absl::SimpleAtoi(s, &v)) return v;
-      double d;
-      if (absl::SimpleAtod(s, &d)) return d;
-      return s;
-    }
+    case kNumeric:
+      return NumericValue(s);
     case kFloat4:
     case kFloat8: {
       double d;
@@ -46,7 +42,19 @@ Value Convert(Oid type, const char* text, int len) {
   }
 }
 
-constexpr Oid kText = 25;
+}  // namespace
+
+Value NumericValue(const std::string& s) {
+  int64_t v;
+  if (s.find_first_of(".eEN") == std::string::npos && absl::SimpleAtoi(s, &v)) return v;
+  double d;
+  if (absl::SimpleAtod(s, &d)) return d;
+  return s;
+}
+
+namespace {
+
+constexpr Oid kText = 25, kName = 19, kBpchar = 1042, kVarchar = 1043;
 
 // Which of $1..$n the statement uses. A statement rewritten for a shard may
 // no longer use some (a LIMIT $1 made a constant); PostgreSQL is told those
@@ -71,7 +79,8 @@ class PostgresConnection : public Connection {
   ~PostgresConnection() override { PQfinish(conn_); }
 
   absl::StatusOr<ResultSet> Execute(const std::string& sql, const std::vector<Value>& params,
-                                    uint64_t /*id*/) override {
+                                    uint64_t /*id*/,
+                                    std::vector<std::string>* collations) override {
     std::vector<std::string> text(params.size());
     std::vector<const char*> values(params.size(), nullptr);
     for (size_t i = 0; i < params.size(); ++i) {
@@ -92,6 +101,10 @@ class PostgresConnection : public Connection {
     PGresult* r = PQexecParams(conn_, sql.c_str(), static_cast<int>(params.size()), types.data(),
                                values.data(), nullptr, nullptr, 0);
     absl::StatusOr<ResultSet> out = Read(r);
+    if (out.ok() && collations != nullptr) {
+      collations->clear();
+      for (int c = 0; c < PQnfields(r); ++c) collations->push_back(HowTypeCompares(PQftype(r, c)));
+    }
     PQclear(r);
     return out;
   }
@@ -112,6 +125,36 @@ class PostgresConnection : public Connection {
   absl::Status Rollback() override { return Simple("ROLLBACK"); }
   bool broken() const override {
     return PQstatus(conn_) != CONNECTION_OK || PQtransactionStatus(conn_) != PQTRANS_IDLE;
+  }
+  const std::string& default_collation() const override { return default_collation_; }
+
+  // Asks the database for its default collation: the libc locale, or the
+  // provider's name when another provider (ICU, builtin) is the default.
+  // Left "" when it cannot be told: text is then merged by no default.
+  void LearnDefaultCollation() {
+    PGresult* r = PQexec(conn_,
+                         "SELECT datlocprovider::text, datcollate::text FROM pg_database "
+                         "WHERE datname = current_database()");
+    const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    if (state != nullptr && std::string(state) == "42703") {  // before PostgreSQL 15: libc only
+      PQclear(r);
+      r = PQexec(conn_,
+                 "SELECT 'c', datcollate::text FROM pg_database WHERE datname = "
+                 "current_database()");
+    }
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+      std::string provider = PQgetvalue(r, 0, 0);
+      if (provider == "c") {
+        default_collation_ = PQgetvalue(r, 0, 1);
+      } else if (provider == "i") {
+        default_collation_ = "icu";
+      } else if (provider == "b") {
+        default_collation_ = "builtin";
+      } else {
+        default_collation_ = absl::StrCat("provider ", provider);
+      }
+    }
+    PQclear(r);
   }
 
  private:
@@ -164,8 +207,31 @@ class PostgresConnection : public Connection {
     return absl::InternalError(text);
   }
 
+  // See Connection::Execute; asked of the catalog once per type.
+  const std::string& HowTypeCompares(Oid type) {
+    auto it = type_compares_.find(type);
+    if (it != type_compares_.end()) return it->second;
+    std::string how;
+    if (type == kText || type == kVarchar || type == kBpchar || type == kName) {
+      how = "text";
+    } else {
+      std::string query = absl::StrCat(
+          "SELECT typcollation <> 0, format_type(oid, NULL) FROM pg_type WHERE oid = ", type);
+      PGresult* r = PQexec(conn_, query.c_str());
+      if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        how = absl::StrCat("type ", type, " (unknown)");
+      } else if (std::string(PQgetvalue(r, 0, 0)) == "t") {
+        how = absl::StrCat("type ", PQgetvalue(r, 0, 1));
+      }
+      PQclear(r);
+    }
+    return type_compares_.emplace(type, std::move(how)).first->second;
+  }
+
   const std::string name_;
   PGconn* const conn_;
+  std::string default_collation_;
+  absl::flat_hash_map<Oid, std::string> type_compares_;
 };
 
 class PostgresBackend : public Backend {
@@ -182,6 +248,7 @@ class PostgresBackend : public Backend {
           absl::StrCat("database ", name, ": cannot connect to PostgreSQL: ", msg));
     }
     auto c = std::make_unique<PostgresConnection>(name, conn);
+    c->LearnDefaultCollation();
     if (read_only) {
       PGresult* r = PQexec(conn, "SET default_transaction_read_only = on");
       bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;

@@ -250,6 +250,51 @@ pg_query::Node IntConst(int64_t v) {
   return n;
 }
 
+// The expression under CASTs and unary pluses, which SQLite looks through
+// for a column's collation.
+const pg_query::Node& Peeled(const pg_query::Node& n) {
+  if (n.has_type_cast()) return Peeled(n.type_cast().arg());
+  if (n.has_a_expr() && IsOperator(n.a_expr(), "+") && !n.a_expr().has_lexpr()) {
+    return Peeled(n.a_expr().rexpr());
+  }
+  return n;
+}
+
+// The collation a COLLATE names, "" for none.
+std::string CollationName(const pg_query::CollateClause& c) {
+  if (c.collname_size() == 0 || !c.collname(c.collname_size() - 1).has_string()) return "";
+  return c.collname(c.collname_size() - 1).string().sval();
+}
+
+bool IsPlainColumn(const pg_query::Node& n) {
+  if (!n.has_column_ref()) return false;
+  const auto& f = n.column_ref().fields();
+  return !f.empty() && f[f.size() - 1].has_string();
+}
+
+// function(arg), as the parser would have read it.
+pg_query::Node Call(const char* function, const pg_query::Node& arg) {
+  pg_query::Node n;
+  pg_query::FuncCall* f = n.mutable_func_call();
+  f->add_funcname()->mutable_string()->set_sval(function);
+  *f->add_args() = arg;
+  f->set_funcformat(pg_query::COERCE_EXPLICIT_CALL);
+  f->set_location(-1);
+  return n;
+}
+
+// arg::text.
+pg_query::Node AsText(const pg_query::Node& arg) {
+  pg_query::Node n;
+  pg_query::TypeCast* c = n.mutable_type_cast();
+  *c->mutable_arg() = arg;
+  c->mutable_type_name()->add_names()->mutable_string()->set_sval("text");
+  c->mutable_type_name()->set_typemod(-1);
+  c->mutable_type_name()->set_location(-1);
+  c->set_location(-1);
+  return n;
+}
+
 }  // namespace
 
 absl::StatusOr<int> LastTwoDigits(const std::string& user_id) {
@@ -1053,6 +1098,10 @@ class Router::Impl {
       std::string name;  // output name ("" when unknown)
       MergeOp op = MergeOp::kKeep;
       bool hidden = false;
+      // A hidden column telling the merge what the database compares or
+      // adds by (pg_collation_for, pg_typeof, a column for its declared
+      // collation), not a sort or group key of the statement.
+      bool meta = false;
     };
     std::vector<Target> targets;
     bool star = false;
@@ -1194,30 +1243,164 @@ class Router::Impl {
       }
       order_index.emplace_back(*i, &sb);
     }
-    // AVG is merged from hidden SUM and COUNT of the same argument.
+    const bool sqlite = config.sqlite;
+    plan->dialect = sqlite ? Dialect::kSqlite : Dialect::kPostgres;
+    // AVG is merged from hidden SUM and COUNT of the same argument (on
+    // SQLite total(), which like avg() never fails on integer overflow).
     std::vector<std::pair<int, int>> avg_parts_index(targets.size(), {-1, -1});
     const size_t before_avg = targets.size();
     for (size_t i = 0; i < before_avg; ++i) {
       if (targets[i].op != MergeOp::kAvg) continue;
       for (const char* name : {"sum", "count"}) {
+        const bool sum = name[0] == 's';
         Target x;
         x.val = targets[i].val;
         pg_query::FuncCall* f = x.val.mutable_func_call();
         f->clear_funcname();
-        f->add_funcname()->mutable_string()->set_sval(name);
-        x.op = name[0] == 's' ? MergeOp::kSum : MergeOp::kCount;
+        f->add_funcname()->mutable_string()->set_sval(sum && sqlite ? "total" : name);
+        x.op = sum ? MergeOp::kSum : MergeOp::kCount;
         x.hidden = true;
         targets.push_back(std::move(x));
-        (name[0] == 's' ? avg_parts_index[i].first : avg_parts_index[i].second) =
+        (sum ? avg_parts_index[i].first : avg_parts_index[i].second) =
             static_cast<int>(targets.size() - 1);
       }
     }
+
+    // A hidden column the merge reads, added once per expression.
+    std::map<std::string, int> meta_index;
+    auto meta = [&](pg_query::Node val) {
+      std::string fp = Fingerprint(val);
+      auto it = meta_index.find(fp);
+      if (it != meta_index.end()) return it->second;
+      Target x;
+      x.val = std::move(val);
+      x.hidden = true;
+      x.meta = true;
+      targets.push_back(std::move(x));
+      int i = static_cast<int>(targets.size() - 1);
+      meta_index.emplace(fp, i);
+      return i;
+    };
+    auto describe = [&](int i, const pg_query::Node& n) -> std::string {
+      if (i >= 0 && i < static_cast<int>(visible) && !targets[i].name.empty()) {
+        return absl::StrCat("column ", targets[i].name);
+      }
+      if (std::optional<Column> c = ColumnOf(Peeled(n)); c.has_value()) {
+        return absl::StrCat("column ", c->qualifier.empty() ? "" : c->qualifier + ".", c->name);
+      }
+      if (i >= 0 && i < static_cast<int>(visible)) return absl::StrCat("select list item ", i + 1);
+      return "an ORDER BY or GROUP BY expression";
+    };
+    // Where the merge finds the collation target i (or, under SELECT *,
+    // the column `by_name`) compares by: as a key (sorted, grouped,
+    // DISTINCT) or, `folding`, as min/max compare their argument. SQLite:
+    // COLLATE at the top of the expression (under CASTs and unary pluses),
+    // else the collation the table declares for the column there, else
+    // BINARY (an aggregate's result too); an expression with COLLATE or a
+    // subquery inside is refused. PostgreSQL: the database tells,
+    // pg_collation_for the expression. Column references are made once
+    // `targets` is complete.
+    struct Pending {
+      CollationSource source;
+      int declared = -2, reported = -2;  // target indexes; -1: by_name
+      const pg_query::Node* by_name = nullptr;
+    };
+    auto collation_of = [&](int i, const pg_query::Node* by_name,
+                            bool folding) -> absl::StatusOr<Pending> {
+      Pending p;
+      const pg_query::Node& expr = i >= 0 ? targets[i].val : *by_name;
+      p.source.what = describe(i, expr);
+      p.by_name = by_name;
+      MergeOp op = i >= 0 ? targets[i].op : MergeOp::kKeep;
+      if (op == MergeOp::kCount || op == MergeOp::kSum || op == MergeOp::kAvg) return p;  // numbers
+      if (!sqlite) {
+        // As text, so that it answers for every type; the merge heeds it
+        // only for the text types (Connection::Execute tells which).
+        p.reported = meta(Call("pg_collation_for", AsText(expr)));
+        return p;
+      }
+      const bool minmax = op == MergeOp::kMin || op == MergeOp::kMax;
+      if (minmax != folding) return p;  // SQLite compares an aggregate's result by BINARY
+      if (minmax && expr.func_call().args_size() != 1) return p;
+      const pg_query::Node& compared = minmax ? expr.func_call().args(0) : expr;
+      const pg_query::Node& peeled = Peeled(compared);
+      if (peeled.has_collate_clause()) {
+        p.source.named = CollationName(peeled.collate_clause());
+      } else if (IsPlainColumn(peeled)) {
+        // The backend tells what the table declares for a column selected as is.
+        p.declared = &peeled == &expr ? i : meta(peeled);
+      } else {
+        bool unknown = false;
+        ForEach<pg_query::CollateClause>(compared,
+                                         [&](const pg_query::CollateClause&) { unknown = true; });
+        ForEach<pg_query::SubLink>(compared, [&](const pg_query::SubLink&) { unknown = true; });
+        if (unknown) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "the collation SQLite compares ", p.source.what,
+              " by cannot be told across shards (a COLLATE or a subquery inside the expression); "
+              "put COLLATE at the top of it, or give the shard key"));
+        }
+      }
+      return p;
+    };
+    std::vector<Pending> order_collations, group_collations, distinct_collations;
+    std::vector<std::pair<int, Pending>> op_collations;
+    for (const auto& [i, sb] : order_index) {
+      absl::StatusOr<Pending> p = collation_of(i, &sb->node(), false);
+      if (!p.ok()) return p.status();
+      order_collations.push_back(*std::move(p));
+    }
+    for (size_t g = 0; g < group_index.size(); ++g) {
+      absl::StatusOr<Pending> p =
+          collation_of(group_index[g], &s.group_clause(static_cast<int>(g)), false);
+      if (!p.ok()) return p.status();
+      group_collations.push_back(*std::move(p));
+    }
+    if (plan->distinct) {
+      if (star && !sqlite) {
+        return absl::InvalidArgumentError(
+            "SELECT DISTINCT * over sharded PostgreSQL tables is not merged (each column's "
+            "collation must be asked for); name the columns");
+      }
+      for (size_t i = 0; i < visible; ++i) {
+        if (star && targets[i].val.has_column_ref()) continue;  // the *, or a column beside it
+        absl::StatusOr<Pending> p = collation_of(static_cast<int>(i), nullptr, false);
+        if (!p.ok()) return p.status();
+        if (star && (!p->source.named.empty() || p->declared >= 0)) {
+          return absl::InvalidArgumentError(
+              "SELECT DISTINCT * with COLLATE or CAST beside the * over sharded tables is not "
+              "merged; name the columns");
+        }
+        if (!star) distinct_collations.push_back(*std::move(p));
+      }
+    }
+    const size_t before_meta = targets.size();
+    for (size_t i = 0; i < before_meta; ++i) {
+      if (targets[i].op != MergeOp::kMin && targets[i].op != MergeOp::kMax) continue;
+      absl::StatusOr<Pending> p = collation_of(static_cast<int>(i), nullptr, true);
+      if (!p.ok()) return p.status();
+      op_collations.emplace_back(static_cast<int>(i), *std::move(p));
+    }
+    // PostgreSQL sums are read as exact text, with their type beside them.
+    std::vector<int> sum_type_index(targets.size(), -1);
+    if (!sqlite) {
+      for (size_t i = 0; i < before_meta; ++i) {
+        if (targets[i].op == MergeOp::kSum)
+          sum_type_index[i] = meta(Call("pg_typeof", targets[i].val));
+      }
+    }
+
     const int total = static_cast<int>(targets.size());
     plan->aggregate = aggregate;
     plan->hidden = total - static_cast<int>(visible);
-    if (plan->distinct && plan->hidden > 0) {
-      return absl::InvalidArgumentError(
-          "SELECT DISTINCT over sharded tables must select every ORDER BY and GROUP BY expression");
+    if (plan->distinct) {
+      for (int i = static_cast<int>(visible); i < total; ++i) {
+        if (!targets[i].meta) {
+          return absl::InvalidArgumentError(
+              "SELECT DISTINCT over sharded tables must select every ORDER BY and GROUP BY "
+              "expression");
+        }
+      }
     }
     // Under SELECT *, an item is found by its place from the start when
     // before the first *, from the end when after the last (as the hidden
@@ -1246,27 +1429,45 @@ class Router::Impl {
             "(AS ...)");
       }
     }
+    auto resolved = [&](const Pending& p) {
+      static const pg_query::Node kNone;
+      const pg_query::Node& by_name = p.by_name != nullptr ? *p.by_name : kNone;
+      CollationSource out = p.source;
+      if (p.declared >= -1) out.declared = ref(p.declared, by_name);
+      if (p.reported >= 0) out.reported = ref(p.reported, by_name);
+      return out;
+    };
     if (aggregate) {
       plan->ops.resize(total);
       plan->avg_parts.resize(total);
+      plan->sum_types.resize(total);
+      plan->op_collations.resize(total);
       for (int i = 0; i < total; ++i) {
         plan->ops[i] = targets[i].op;
         if (targets[i].op == MergeOp::kAvg) {
           plan->avg_parts[i] = {total - avg_parts_index[i].first,
                                 total - avg_parts_index[i].second};
         }
+        if (i < static_cast<int>(sum_type_index.size()) && sum_type_index[i] >= 0) {
+          plan->sum_types[i] = total - sum_type_index[i];
+        }
       }
+      for (const auto& [i, p] : op_collations) plan->op_collations[i] = resolved(p);
       for (size_t g = 0; g < group_index.size(); ++g) {
         plan->group_by.push_back(ref(group_index[g], s.group_clause(static_cast<int>(g))));
+        plan->group_collations.push_back(resolved(group_collations[g]));
       }
     }
-    for (const auto& [i, sb] : order_index) {
-      SortKey k;
-      k.column = ref(i, sb->node());
-      k.descending = sb->sortby_dir() == pg_query::SORTBY_DESC;
-      if (sb->sortby_nulls() == pg_query::SORTBY_NULLS_FIRST) k.nulls_first = true;
-      if (sb->sortby_nulls() == pg_query::SORTBY_NULLS_LAST) k.nulls_first = false;
-      plan->order_by.push_back(k);
+    for (const Pending& p : distinct_collations) plan->distinct_collations.push_back(resolved(p));
+    for (size_t k = 0; k < order_index.size(); ++k) {
+      const auto& [i, sb] = order_index[k];
+      SortKey key;
+      key.column = ref(i, sb->node());
+      key.descending = sb->sortby_dir() == pg_query::SORTBY_DESC;
+      if (sb->sortby_nulls() == pg_query::SORTBY_NULLS_FIRST) key.nulls_first = true;
+      if (sb->sortby_nulls() == pg_query::SORTBY_NULLS_LAST) key.nulls_first = false;
+      key.collation = resolved(order_collations[k]);
+      plan->order_by.push_back(key);
     }
     auto bound = [&](const pg_query::Node& n,
                      const char* what) -> absl::StatusOr<std::optional<Bound>> {
@@ -1292,10 +1493,20 @@ class Router::Impl {
     a->scatter_tree = a->tree;
     pg_query::SelectStmt* out =
         a->scatter_tree.mutable_stmts(0)->mutable_stmt()->mutable_select_stmt();
+    auto shard_val = [&](int i) {
+      return sum_type_index.size() > static_cast<size_t>(i) && sum_type_index[i] >= 0
+                 ? AsText(targets[i].val)
+                 : targets[i].val;
+    };
+    int item = 0;
+    for (pg_query::Node& t : *out->mutable_target_list()) {
+      if (!t.has_res_target()) continue;
+      *t.mutable_res_target()->mutable_val() = shard_val(item++);
+    }
     for (int i = static_cast<int>(visible); i < total; ++i) {
       pg_query::ResTarget* rt = out->add_target_list()->mutable_res_target();
       rt->set_name(absl::StrCat(kHiddenPrefix, i - visible + 1));
-      *rt->mutable_val() = targets[i].val;
+      *rt->mutable_val() = shard_val(i);
     }
     if (aggregate) {
       out->clear_sort_clause();
@@ -1313,27 +1524,16 @@ class Router::Impl {
     return absl::OkStatus();
   }
 
-  // Each shard returns up to offset+limit rows, from its first.
+  // Each shard returns up to offset+limit rows, from its first (all of
+  // them when that passes what a LIMIT constant holds, or with no LIMIT).
   static absl::Status SetShardLimit(pg_query::SelectStmt* s, const MergePlan& plan,
                                     const std::vector<Value>& params) {
     s->clear_limit_offset();
-    if (!plan.limit.has_value()) {
-      s->clear_limit_count();
-      return absl::OkStatus();
-    }
-    absl::StatusOr<int64_t> l = Resolve(*plan.limit, params);
-    if (!l.ok()) return l.status();
-    int64_t o = 0;
-    if (plan.offset.has_value()) {
-      absl::StatusOr<int64_t> r = Resolve(*plan.offset, params);
-      if (!r.ok()) return r.status();
-      o = *r;
-    }
-    int64_t n = *l + o;
-    if (n > INT32_MAX) {
-      s->clear_limit_count();
-    } else {
-      *s->mutable_limit_count() = IntConst(n);
+    s->clear_limit_count();
+    absl::StatusOr<RowWindow> window = RowsWanted(plan, params);
+    if (!window.ok()) return window.status();
+    if (window->count.has_value() && *window->count <= INT32_MAX - window->offset) {
+      *s->mutable_limit_count() = IntConst(*window->count + window->offset);
     }
     return absl::OkStatus();
   }

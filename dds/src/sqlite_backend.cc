@@ -24,7 +24,7 @@ class SqliteConnection : public Connection {
   }
 
   absl::StatusOr<ResultSet> Execute(const std::string& sql, const std::vector<Value>& params,
-                                    uint64_t id) override {
+                                    uint64_t id, std::vector<std::string>* collations) override {
     absl::StatusOr<Prepared*> p = Prepare(sql, id);
     if (!p.ok()) return p.status();
     sqlite3_stmt* stmt = (*p)->stmt;
@@ -90,6 +90,14 @@ class SqliteConnection : public Connection {
     }
     absl::Status st;
     if (rc != SQLITE_DONE) st = Error(rc);
+    if (st.ok() && collations != nullptr) {
+      // Read after the steps: a schema changed since the statement was
+      // prepared has prepared it again.
+      collations->clear();
+      for (int c = 0; c < sqlite3_column_count(stmt); ++c) {
+        collations->push_back(DeclaredCollation(stmt, c));
+      }
+    }
     if (st.ok() && !sqlite3_stmt_readonly(stmt)) out.rows_affected = sqlite3_changes(db_);
     sqlite3_reset(stmt);  // every slot is bound again before the next step
     if (!st.ok()) return st;
@@ -103,6 +111,10 @@ class SqliteConnection : public Connection {
     return Exec("ROLLBACK");
   }
   bool broken() const override { return broken_; }
+  const std::string& default_collation() const override {
+    static const std::string binary = "BINARY";
+    return binary;
+  }
 
  private:
   struct Prepared {
@@ -110,6 +122,22 @@ class SqliteConnection : public Connection {
     std::vector<int> param_of_slot;  // slot i+1 binds $param_of_slot[i]
     std::vector<std::string> columns;
   };
+
+  // The collation the table declares for result column c when the column is
+  // a table's column (SQLite resolves it through aliases and subqueries).
+  std::string DeclaredCollation(sqlite3_stmt* stmt, int c) {
+    const char* database = sqlite3_column_database_name(stmt, c);
+    const char* table = sqlite3_column_table_name(stmt, c);
+    const char* column = sqlite3_column_origin_name(stmt, c);
+    if (database == nullptr || table == nullptr || column == nullptr) return "";
+    const char* collation = nullptr;
+    if (sqlite3_table_column_metadata(db_, database, table, column, nullptr, &collation, nullptr,
+                                      nullptr, nullptr) != SQLITE_OK ||
+        collation == nullptr) {
+      return "";
+    }
+    return collation;
+  }
 
   absl::Status Exec(const char* sql) {
     char* err = nullptr;

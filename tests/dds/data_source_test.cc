@@ -8,8 +8,10 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <limits>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -47,8 +49,9 @@ std::unique_ptr<ShardedDataSource> OpenOrDie(DataSourceConfig c) {
   return ds.ok() ? *std::move(ds) : nullptr;
 }
 
-void CreateSchema(ShardedDataSource* ds, Connection* plain) {
-  for (const std::string& sql : dds::testing::FundSchema()) {
+void CreateSchema(ShardedDataSource* ds, Connection* plain,
+                  DatabaseKind kind = DatabaseKind::kSqlite) {
+  for (const std::string& sql : dds::testing::FundSchema(kind)) {
     auto r = ds->Execute(sql);
     ASSERT_TRUE(r.ok()) << sql << ": " << r.status();
     if (plain != nullptr) {
@@ -80,6 +83,7 @@ TEST(ShardedDataSource, MatchesOneSqliteDatabaseOnARandomWorkload) {
     ASSERT_TRUE(stats.ok()) << "seed " << seed << ": " << stats.status();
     EXPECT_GT(stats->scatters, 200);
     EXPECT_GT(stats->rows_compared, 5000);
+    EXPECT_GT(stats->refused, 0);  // sums past 64 bits fail as SQLite's do
   }
   // The rows really are spread: every database holds some orders.
   for (int db = 0; db < 4; ++db) {
@@ -105,8 +109,9 @@ TEST(ShardedDataSource, MatchesOnePostgresDatabaseOnARandomWorkload) {
       OpenOrDie(FundConfig(DatabaseKind::kPostgres, {(*pg)->Dsn("shard0"), (*pg)->Dsn("shard1"),
                                                      (*pg)->Dsn("shard2"), (*pg)->Dsn("shard3")}));
   ASSERT_NE(ds, nullptr);
-  CreateSchema(ds.get(), plain->get());
-  auto stats = dds::testing::RunDifferential(plain->get(), ds.get(), 800, 7);
+  CreateSchema(ds.get(), plain->get(), DatabaseKind::kPostgres);
+  auto stats =
+      dds::testing::RunDifferential(plain->get(), ds.get(), 800, 7, DatabaseKind::kPostgres);
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_GT(stats->scatters, 100);
   // Casts stay PostgreSQL's own; a cast key routes; a same-user subquery runs.
@@ -116,6 +121,7 @@ TEST(ShardedDataSource, MatchesOnePostgresDatabaseOnARandomWorkload) {
       {std::string("12")});
   ASSERT_TRUE(cast.ok()) << cast.status();
   EXPECT_EQ(cast->rows[0][0], Value(int64_t{0}));
+  EXPECT_GT(stats->refused, 0);  // negative LIMIT and OFFSET, as PostgreSQL refuses them
   // A syntax error carries PostgreSQL's parser's message and position.
   auto bad = ds->Execute("SELECT * FORM orders");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
@@ -238,10 +244,10 @@ TEST_F(SqliteFund, BadStatementsAreRefusedAndChangeNothing) {
       std::string(
           ds_->Execute("UPDATE accounts SET user_id = 5 WHERE user_id = 4").status().message()),
       HasSubstr("may not change the shard column"));
-  EXPECT_THAT(
-      std::string(
-          ds_->Execute("SELECT * FROM accounts LIMIT $1", {int64_t{-1}}).status().message()),
-      HasSubstr("LIMIT and OFFSET must be integers"));
+  EXPECT_THAT(std::string(ds_->Execute("SELECT * FROM accounts LIMIT $1", {std::string("many")})
+                              .status()
+                              .message()),
+              HasSubstr("LIMIT must be an integer, got $1 = many"));
 }
 
 TEST_F(SqliteFund, AMissingParameterIsRefusedBeforeAnyShardRuns) {
@@ -529,6 +535,342 @@ TEST(ShardedDataSource, AnUnreachableDatabaseIsUnavailableAtOpen) {
       DatabaseKind::kPostgres, {absl::StrCat("host=127.0.0.1 port=", port, " connect_timeout=2")}));
   EXPECT_EQ(ds.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(ds.status().message()), HasSubstr("database db0: cannot connect"));
+}
+
+// ---- merging exactly: collations, sums, LIMIT and OFFSET -----------------
+
+// One plain database and a data source over `databases` sharded ones, both
+// holding the same `items` (sharded by user_id), to compare answers.
+DataSourceConfig ItemsConfig(DatabaseKind kind, const std::vector<std::string>& targets) {
+  DataSourceConfig c = FundConfig(kind, targets);
+  c.sharded_tables = {{"items", "user_id"}};
+  c.binding_groups.clear();
+  c.broadcast_tables.clear();
+  return c;
+}
+
+// Runs `sql` on both; both must answer alike (rows in order).
+void ExpectSameAnswer(Connection* plain, ShardedDataSource* ds, const std::string& sql,
+                      const std::vector<Value>& params = {}) {
+  SCOPED_TRACE(sql);
+  auto want = plain->Execute(sql, params);
+  ASSERT_TRUE(want.ok()) << want.status();
+  auto got = ds->Execute(sql, params);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(dds::testing::SameResult(*want, *got, true).ok())
+      << dds::testing::SameResult(*want, *got, true);
+}
+
+// Each row's text folded to lower case: answers whose representative of
+// equal-by-NOCASE values is any of them.
+std::vector<std::string> Folded(const ResultSet& r) {
+  std::vector<std::string> out;
+  for (const auto& row : r.rows) {
+    std::string line;
+    for (const Value& v : row) absl::StrAppend(&line, absl::AsciiStrToLower(ToString(v)), "|");
+    out.push_back(line);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+class SqliteItems : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto plain = NewSqliteBackend()->Connect("plain", dir_.File("plain.db"), false);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    plain_ = *std::move(plain);
+    ds_ = OpenOrDie(ItemsConfig(DatabaseKind::kSqlite, {dir_.File("s0.db"), dir_.File("s1.db"),
+                                                        dir_.File("s2.db"), dir_.File("s3.db")}));
+    ASSERT_NE(ds_, nullptr);
+    Both(
+        "CREATE TABLE items (id bigint PRIMARY KEY, user_id bigint NOT NULL, note text, "
+        "code text COLLATE NOCASE, amount bigint NOT NULL)");
+  }
+  void Both(const std::string& sql, const std::vector<Value>& params = {}) {
+    auto p = plain_->Execute(sql, params);
+    ASSERT_TRUE(p.ok()) << sql << ": " << p.status();
+    auto d = ds_->Execute(sql, params);
+    ASSERT_TRUE(d.ok()) << sql << ": " << d.status();
+  }
+  // `n` items over every shard: codes of 5 letters in mixed case, notes in
+  // mixed case with trailing spaces, amounts 1..1000.
+  void Fill(int n) {
+    static const char* kCodes[] = {"alpha", "Alpha", "ALPHA", "beta",    "Beta",   "gamma",
+                                   "GAMMA", "delta", "Delta", "epsilon", "EPSILON"};
+    static const char* kNotes[] = {"apple",  "Apple ", "banana", "BANANA", "cherry  ",
+                                   "Cherry", "_under", "zebra",  "Zebra",  "apple"};
+    for (int start = 0; start < n; start += 100) {
+      std::string sql = "INSERT INTO items (id, user_id, note, code, amount) VALUES ";
+      std::vector<Value> params;
+      for (int i = start; i < std::min(n, start + 100); ++i) {
+        int b = static_cast<int>(params.size());
+        absl::StrAppend(&sql, i == start ? "" : ", ", "($", b + 1, ", $", b + 2, ", $", b + 3,
+                        ", $", b + 4, ", $", b + 5, ")");
+        params.push_back(int64_t{i});
+        params.push_back(int64_t{1000 + i * 7});
+        params.push_back(std::string(kNotes[(i * 7) % 10]));
+        params.push_back(std::string(kCodes[(i * 3) % 11]));
+        params.push_back(int64_t{1 + (i * 37) % 1000});
+      }
+      Both(sql, params);
+    }
+  }
+  TempDir dir_;
+  std::unique_ptr<Connection> plain_;
+  std::unique_ptr<ShardedDataSource> ds_;
+};
+
+TEST_F(SqliteItems, TextMergesByTheCollationOfTheStatementOrTheColumn) {
+  Fill(300);
+  for (int64_t offset : {0, 7, 20, 140, 290}) {
+    ExpectSameAnswer(
+        plain_.get(), ds_.get(),
+        "SELECT id, note FROM items ORDER BY note COLLATE NOCASE, id LIMIT 20 OFFSET $1", {offset});
+    ExpectSameAnswer(plain_.get(), ds_.get(),
+                     "SELECT id, note FROM items ORDER BY note COLLATE RTRIM DESC, id LIMIT 20 "
+                     "OFFSET $1",
+                     {offset});
+  }
+  // A column declared COLLATE NOCASE sorts, groups and is DISTINCT by it,
+  // selected, hidden, aliased or under SELECT *.
+  ExpectSameAnswer(plain_.get(), ds_.get(), "SELECT id, code FROM items ORDER BY code, id");
+  ExpectSameAnswer(plain_.get(), ds_.get(), "SELECT id FROM items ORDER BY code DESC, id LIMIT 30");
+  ExpectSameAnswer(plain_.get(), ds_.get(), "SELECT id, code AS c FROM items ORDER BY c, id");
+  ExpectSameAnswer(plain_.get(), ds_.get(),
+                   "SELECT id, +code AS c FROM items ORDER BY c, id LIMIT 40");
+  ExpectSameAnswer(plain_.get(), ds_.get(), "SELECT * FROM items ORDER BY code, id LIMIT 25");
+  ExpectSameAnswer(plain_.get(), ds_.get(),
+                   "SELECT id, code FROM items ORDER BY code COLLATE \"BINARY\", id LIMIT 50");
+  for (const char* sql : {"SELECT DISTINCT code FROM items", "SELECT DISTINCT * FROM items",
+                          "SELECT code, count(*), sum(amount) FROM items GROUP BY code",
+                          "SELECT min(code), max(code), min(note), max(note) FROM items",
+                          "SELECT DISTINCT note COLLATE NOCASE AS n FROM items"}) {
+    SCOPED_TRACE(sql);
+    auto want = plain_->Execute(sql, {});
+    auto got = ds_->Execute(sql);
+    ASSERT_TRUE(want.ok()) << want.status();
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(Folded(*got), Folded(*want));
+  }
+  EXPECT_EQ(ds_->Execute("SELECT DISTINCT code FROM items")->rows.size(), 5u);
+  // Shards whose tables declare different collations are not merged by either.
+  {
+    auto shard = NewSqliteBackend()->Connect("s0", dir_.File("s0.db"), false);
+    ASSERT_TRUE(shard.ok()) << shard.status();
+    ASSERT_TRUE((*shard)->Execute("DROP TABLE items_00", {}).ok());
+    ASSERT_TRUE((*shard)
+                    ->Execute("CREATE TABLE items_00 (id bigint PRIMARY KEY, user_id bigint NOT "
+                              "NULL, note text, code text, amount bigint NOT NULL)",
+                              {})
+                    .ok());
+  }
+  auto drifted = ds_->Execute("SELECT id, code FROM items ORDER BY code, id");
+  EXPECT_EQ(drifted.status().code(), absl::StatusCode::kFailedPrecondition) << drifted.status();
+  EXPECT_THAT(std::string(drifted.status().message()),
+              HasSubstr("the shards' tables differ in how column code compares"));
+  // What SQLite would compare by a collation it cannot be asked for is refused.
+  auto inner = ds_->Execute("SELECT id FROM items ORDER BY lower(note COLLATE NOCASE), id");
+  EXPECT_EQ(inner.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(inner.status().message()),
+              HasSubstr("the collation SQLite compares an ORDER BY or GROUP BY expression by"));
+}
+
+TEST_F(SqliteItems, SumsFailOnIntegerOverflowAsSqliteDoes) {
+  Fill(300);
+  for (const char* sql : {"SELECT sum(amount * 300000000000000) FROM items",
+                          "SELECT code, sum(amount * 300000000000000) FROM items GROUP BY code"}) {
+    SCOPED_TRACE(sql);
+    auto want = plain_->Execute(sql, {});
+    ASSERT_FALSE(want.ok());
+    EXPECT_THAT(std::string(want.status().message()), HasSubstr("integer overflow"));
+    auto got = ds_->Execute(sql);
+    EXPECT_EQ(got.status().code(), want.status().code()) << got.status();
+    EXPECT_THAT(std::string(got.status().message()), HasSubstr("integer overflow"));
+  }
+  // Below the overflow sums stay integers; avg, like SQLite's, never overflows.
+  auto big = ds_->Execute("SELECT sum(amount * 30000000000000) FROM items WHERE amount < 10");
+  ASSERT_TRUE(big.ok()) << big.status();
+  EXPECT_TRUE(std::holds_alternative<int64_t>(big->rows[0][0])) << ToString(big->rows[0][0]);
+  ExpectSameAnswer(plain_.get(), ds_.get(),
+                   "SELECT sum(amount * 30000000000000) FROM items WHERE amount < 10");
+  ExpectSameAnswer(plain_.get(), ds_.get(),
+                   "SELECT note, sum(amount), count(*) FROM items GROUP BY note ORDER BY note");
+  ExpectSameAnswer(plain_.get(), ds_.get(),
+                   "SELECT avg(amount * 300000000000000), sum(amount * 1.5) FROM items");
+}
+
+TEST_F(SqliteItems, LimitAndOffsetNeverWrapAndFollowSqlite) {
+  Fill(2006);
+  auto all = ds_->Execute("SELECT id FROM items ORDER BY id LIMIT $1 OFFSET 5",
+                          {std::numeric_limits<int64_t>::max()});
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->rows.size(), 2001u);
+  for (size_t r = 0; r < all->rows.size(); ++r) {
+    ASSERT_EQ(std::get<int64_t>(all->rows[r][0]), static_cast<int64_t>(r + 5));
+  }
+  for (std::vector<Value> bounds :
+       {std::vector<Value>{std::numeric_limits<int64_t>::max(), int64_t{5}},
+        {std::numeric_limits<int64_t>::max() - 3, std::numeric_limits<int64_t>::max() - 3},
+        {int64_t{-1}, int64_t{10}},  // no limit
+        {int64_t{3}, int64_t{-4}},   // offset 0
+        {int64_t{2147483647}, int64_t{1}}}) {
+    ExpectSameAnswer(plain_.get(), ds_.get(), "SELECT id FROM items ORDER BY id LIMIT $1 OFFSET $2",
+                     bounds);
+  }
+  ExpectSameAnswer(plain_.get(), ds_.get(),
+                   "SELECT id FROM items ORDER BY id LIMIT -1 OFFSET 2000");
+}
+
+// PostgreSQL: sums are exact (numeric), text is merged only by bytewise
+// collations and refused by others.
+class PostgresItems : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto pg = PostgresServer::Start();
+    ASSERT_TRUE(pg.ok()) << pg.status();
+    pg_ = *std::move(pg);
+    auto admin = NewPostgresBackend()->Connect("admin", pg_->Dsn("postgres"), false);
+    ASSERT_TRUE(admin.ok()) << admin.status();
+    for (const char* name : {"plain", "c0", "c1", "icu0", "icu1"}) {
+      bool icu = std::string(name).rfind("icu", 0) == 0;
+      auto r = (*admin)->Execute(
+          absl::StrCat("CREATE DATABASE ", name,
+                       icu ? " TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'und'" : ""),
+          {});
+      ASSERT_TRUE(r.ok()) << r.status();
+    }
+    auto plain = NewPostgresBackend()->Connect("plain", pg_->Dsn("plain"), false);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    plain_ = *std::move(plain);
+  }
+  std::unique_ptr<ShardedDataSource> Open(const std::vector<std::string>& names) {
+    std::vector<std::string> dsns;
+    for (const std::string& n : names) dsns.push_back(pg_->Dsn(n));
+    return OpenOrDie(ItemsConfig(DatabaseKind::kPostgres, dsns));
+  }
+  static constexpr char kSchema[] =
+      "CREATE TABLE items (id bigint PRIMARY KEY, user_id bigint NOT NULL, note text, "
+      "code text COLLATE \"und-x-icu\", amount bigint NOT NULL, price numeric(14, 2) NOT NULL)";
+  // Rows whose per-shard sums, read as reals and added, are not the sum.
+  void Fill(ShardedDataSource* ds, bool plain) {
+    std::vector<std::string> rows = {
+        "(1, 101, 'apple', 'b', 9000000000000000000, 0.10)",
+        "(2, 202, 'Apple', 'B', 9000000000000000000, 0.20)",
+        "(3, 303, 'banana', 'a', 9000000000000000001, 0.10)",
+        "(4, 404, '_under', 'A', 4611686018427389952, 1.10)",
+        "(5, 505, 'Zebra', 'c', 1, 2.20)",
+        "(6, 606, 'zebra', 'C', 7, 3.30)",
+    };
+    for (const std::string& row : rows) {
+      std::string sql =
+          absl::StrCat("INSERT INTO items (id, user_id, note, code, amount, price) VALUES ", row);
+      auto r = ds->Execute(sql);
+      ASSERT_TRUE(r.ok()) << r.status();
+      if (plain) {
+        ASSERT_TRUE(plain_->Execute(sql, {}).ok());
+      }
+    }
+  }
+  std::unique_ptr<PostgresServer> pg_;
+  std::unique_ptr<Connection> plain_;
+};
+
+TEST_F(PostgresItems, SumsAreExactAndTextMergesOnlyByBytewiseCollations) {
+  auto ds = Open({"c0", "c1"});
+  ASSERT_NE(ds, nullptr);
+  ASSERT_TRUE(ds->Execute(kSchema).ok());
+  ASSERT_TRUE(plain_->Execute(kSchema, {}).ok());
+  Fill(ds.get(), true);
+  // sum(bigint) is numeric: past 64 bits, read as the real nearest the
+  // exact sum; sum(numeric) to the cent. Shard by shard as reals, neither is.
+  for (const char* sql : {"SELECT sum(amount) FROM items", "SELECT sum(price) FROM items",
+                          "SELECT sum(price), sum(amount), count(*) FROM items WHERE id < 4",
+                          "SELECT note, sum(price) FROM items GROUP BY note ORDER BY note",
+                          "SELECT sum(CAST(price AS real)), sum(CAST(price AS float8)) FROM items",
+                          "SELECT avg(price), avg(amount) FROM items"}) {
+    SCOPED_TRACE(sql);
+    auto want = plain_->Execute(sql, {});
+    auto got = ds->Execute(sql);
+    ASSERT_TRUE(want.ok()) << want.status();
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->rows.size(), want->rows.size());
+    for (size_t r = 0; r < want->rows.size(); ++r) {
+      for (size_t c = 0; c < want->rows[r].size(); ++c) {
+        if (std::string(sql).find("avg") != std::string::npos) continue;  // a quotient
+        EXPECT_EQ(got->rows[r][c], want->rows[r][c])
+            << "row " << r << " column " << c << ": want " << ToString(want->rows[r][c]) << " got "
+            << ToString(got->rows[r][c]);
+      }
+    }
+  }
+  auto cents = ds->Execute("SELECT sum(price) FROM items WHERE id < 3");
+  ASSERT_TRUE(cents.ok()) << cents.status();
+  EXPECT_EQ(cents->rows[0][0], Value(0.3));
+  // The databases' default collation is C: bytewise, merged.
+  ExpectSameAnswer(plain_.get(), ds.get(), "SELECT id, note FROM items ORDER BY note, id");
+  ExpectSameAnswer(plain_.get(), ds.get(), "SELECT DISTINCT note FROM items ORDER BY note");
+  ExpectSameAnswer(plain_.get(), ds.get(), "SELECT max(note), min(note) FROM items");
+  // A column declared with an ICU collation is refused, naming both.
+  for (const char* sql :
+       {"SELECT id, code FROM items ORDER BY code, id", "SELECT DISTINCT code FROM items",
+        "SELECT min(code) FROM items", "SELECT code, count(*) FROM items GROUP BY code",
+        "SELECT id, CAST(code AS varchar(10)) AS v FROM items ORDER BY v, id",
+        "SELECT lower(code) AS l FROM items ORDER BY l"}) {
+    SCOPED_TRACE(sql);
+    auto r = ds->Execute(sql);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnimplemented) << r.status();
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("by collation \"und-x-icu\""));
+  }
+  ExpectSameAnswer(plain_.get(), ds.get(),
+                   "SELECT id, code FROM items ORDER BY code COLLATE \"C\", id");
+  // Types with comparisons of their own, and sums DDS cannot add, are refused.
+  auto array = ds->Execute("SELECT id, ARRAY[note] AS notes FROM items ORDER BY notes, id");
+  EXPECT_EQ(array.status().code(), absl::StatusCode::kUnimplemented) << array.status();
+  EXPECT_THAT(std::string(array.status().message()), HasSubstr("its type text[] compares"));
+  auto money = ds->Execute("SELECT sum(price::money) FROM items");
+  EXPECT_EQ(money.status().code(), absl::StatusCode::kUnimplemented) << money.status();
+  EXPECT_THAT(std::string(money.status().message()), HasSubstr("it is of type money"));
+  // LIMIT and OFFSET as PostgreSQL takes them.
+  ExpectSameAnswer(plain_.get(), ds.get(), "SELECT id FROM items ORDER BY id LIMIT $1 OFFSET 1",
+                   {std::numeric_limits<int64_t>::max()});
+  ExpectSameAnswer(plain_.get(), ds.get(), "SELECT id FROM items ORDER BY id LIMIT $1 OFFSET $2",
+                   {Value(), Value()});
+  for (const char* sql : {"SELECT id FROM items ORDER BY id LIMIT $1",
+                          "SELECT id FROM items ORDER BY id OFFSET $1"}) {
+    auto want = plain_->Execute(sql, {int64_t{-1}});
+    auto got = ds->Execute(sql, {int64_t{-1}});
+    ASSERT_FALSE(want.ok());
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(want.status().message()), HasSubstr(got.status().message()));
+  }
+}
+
+TEST_F(PostgresItems, ANonBytewiseDefaultCollationIsRefusedNotMergedBytewise) {
+  auto ds = Open({"icu0", "icu1"});
+  ASSERT_NE(ds, nullptr);
+  ASSERT_TRUE(ds->Execute(kSchema).ok());
+  Fill(ds.get(), false);
+  auto text = ds->Execute("SELECT id, note FROM items ORDER BY note, id");
+  EXPECT_EQ(text.status().code(), absl::StatusCode::kUnimplemented) << text.status();
+  EXPECT_THAT(std::string(text.status().message()),
+              HasSubstr("cannot merge column note across shards by collation \"icu\" (the "
+                        "databases' default)"));
+  // Numbers need no collation; COLLATE "C" is bytewise.
+  auto numbers = ds->Execute("SELECT id FROM items ORDER BY amount, id");
+  ASSERT_TRUE(numbers.ok()) << numbers.status();
+  EXPECT_EQ(numbers->rows.size(), 6u);
+  for (const char* bytewise : {"\"C\"", "\"POSIX\"", "ucs_basic"}) {
+    auto r = ds->Execute(
+        absl::StrCat("SELECT note FROM items ORDER BY note COLLATE ", bytewise, " LIMIT 3"));
+    ASSERT_TRUE(r.ok()) << bytewise << ": " << r.status();
+  }
+  auto c = ds->Execute("SELECT note FROM items ORDER BY note COLLATE \"C\" LIMIT 3");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->rows.size(), 3u);
+  EXPECT_EQ(c->rows[0][0], Value(std::string("Apple")));
+  EXPECT_EQ(c->rows[1][0], Value(std::string("Zebra")));
+  EXPECT_EQ(c->rows[2][0], Value(std::string("_under")));
 }
 
 }  // namespace

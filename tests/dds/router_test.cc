@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <limits>
 
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -240,6 +241,49 @@ TEST(Router, BadConfigIsRefused) {
   digits.shards = 16;
   EXPECT_THAT(std::string(Router::Create(digits).status().message()),
               ::testing::HasSubstr("needs 100 shards"));
+}
+
+// On SQLite the merge reads collations SQLite declares for result columns:
+// a column under a cast is selected bare beside it; avg's hidden sum is
+// total(), which never fails on integer overflow; LIMIT+OFFSET saturates.
+TEST(Router, SqliteScatterPlansAskSqliteForCollations) {
+  RouterConfig c;
+  c.sharded_tables = {{"orders", "user_id"}};
+  c.databases = 4;
+  c.sqlite = true;
+  auto router = std::move(*Router::Create(c));
+  struct Want {
+    const char* sql;
+    const char* on_shard_7;
+  };
+  for (const Want& w : std::vector<Want>{
+           {"SELECT id, +code AS c FROM orders ORDER BY c, id",
+            "SELECT id, + code AS c, code AS __dds_1 FROM orders_07 ORDER BY c, id"},
+           {"SELECT id FROM orders ORDER BY note COLLATE nocase, id LIMIT 5",
+            "SELECT id, note COLLATE nocase AS __dds_1 FROM orders_07 ORDER BY note COLLATE "
+            "nocase, "
+            "id LIMIT 5"},
+           {"SELECT fund, avg(amount) FROM orders GROUP BY fund",
+            "SELECT fund, avg(amount), total(amount) AS __dds_1, count(amount) AS __dds_2 FROM "
+            "orders_07 GROUP BY fund"},
+           {"SELECT min(code) FROM orders", "SELECT min(code), code AS __dds_1 FROM orders_07"},
+       }) {
+    SCOPED_TRACE(w.sql);
+    auto routed = router->Route(w.sql, {});
+    ASSERT_TRUE(routed.ok()) << routed.status();
+    ASSERT_EQ(routed->statements.size(), 100u);
+    EXPECT_EQ(*routed->statements[7].sql, w.on_shard_7);
+  }
+  auto huge = router->Route("SELECT id FROM orders ORDER BY id LIMIT $1 OFFSET $2",
+                            {std::numeric_limits<int64_t>::max(), int64_t{5}});
+  ASSERT_TRUE(huge.ok()) << huge.status();
+  EXPECT_EQ(*huge->statements[7].sql, "SELECT id FROM orders_07 ORDER BY id");
+  auto negative = router->Route("SELECT id FROM orders ORDER BY id LIMIT $1 OFFSET $2",
+                                {int64_t{-1}, int64_t{-3}});
+  ASSERT_TRUE(negative.ok()) << negative.status();
+  EXPECT_EQ(*negative->statements[7].sql, "SELECT id FROM orders_07 ORDER BY id");
+  auto inner = router->Route("SELECT id FROM orders ORDER BY lower(note COLLATE nocase)", {});
+  EXPECT_EQ(inner.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -17,8 +17,11 @@
 // A statement with the shard key (WHERE col = $n, col IN (...), INSERT
 // values) runs on its shard's table; one without it runs on every shard in
 // parallel and the results are merged (ORDER BY, LIMIT/OFFSET, COUNT, SUM,
-// MIN, MAX, AVG, GROUP BY, DISTINCT). What cannot be run right is refused
-// with INVALID_ARGUMENT naming why, and nothing runs. A write that spans
+// MIN, MAX, AVG, GROUP BY, DISTINCT), text compared by the collation the
+// database compares it by and sums added in its arithmetic. What cannot be
+// run right is refused with INVALID_ARGUMENT naming why, and nothing runs;
+// text whose collation DDS cannot compare by exactly (a locale's, ICU's) is
+// refused with UNIMPLEMENTED naming the column and the collation. A write that spans
 // shards outside a transaction commits shard by shard (its error names the
 // shards already written); atomic cross-shard writes are DTS's business.
 // Reads outside a transaction go to a replica when the database has any,
