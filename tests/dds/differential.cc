@@ -245,12 +245,12 @@ class Workload {
                 {},
                 true};
       case 6: {
-        Step s{"SELECT sum(amount * $1), count(*) FROM orders", {multiplier}, true};
+        Step s{"SELECT sum(amount * $1) AS total, count(*) AS n FROM orders", {multiplier}, true};
         s.exact = true;
         return s;
       }
       case 7: {
-        Step s{"SELECT fund, sum(amount * $1) FROM orders GROUP BY fund ORDER BY fund",
+        Step s{"SELECT fund, sum(amount * $1) AS total FROM orders GROUP BY fund ORDER BY fund",
                {multiplier},
                true};
         s.exact = true;
