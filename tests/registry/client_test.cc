@@ -65,19 +65,28 @@ TEST_F(RegistryTest, AnEmptyPushIsIgnoredByDefault) {
 TEST_F(RegistryTest, CallbacksThatThrowOrBlockDoNotBreakTheClient) {
   absl::Notification release;  // declared before the client: its callbacks use them
   std::atomic<int> blocked_calls{0};
+  std::atomic<size_t> blocked_saw{0};  // instances in the blocking callback's last snapshot
   auto subscriber = NewClient("subscriber");
   ASSERT_TRUE(
       subscriber->Subscribe("svc", [](const ServiceSnapshot&) { throw std::runtime_error("boom"); })
           .ok());
   ASSERT_TRUE(subscriber
                   ->Subscribe("svc",
-                              [&](const ServiceSnapshot&) {
+                              [&](const ServiceSnapshot& snapshot) {
+                                blocked_saw = snapshot.instances.size();
                                 ++blocked_calls;
                                 release.WaitForNotificationWithTimeout(absl::Seconds(10));
                               })
                   .ok());
   auto provider = NewClient("provider");
-  for (int i = 0; i < 5; ++i) {
+  ASSERT_TRUE(provider->Publish(MakeInstance("svc", "127.0.0.1:8800")).ok());
+  // The blocking callback is running before the other publishes arrive:
+  // deliveries merge to the newest, so a callback that starts late would see
+  // only the last version, and there would be nothing newer to deliver after
+  // the block.
+  for (int i = 0; i < 500 && blocked_calls.load() == 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_EQ(blocked_calls.load(), 1);
+  for (int i = 1; i < 5; ++i) {
     ASSERT_TRUE(
         provider->Publish(MakeInstance("svc", "127.0.0.1:" + std::to_string(8800 + i))).ok());
   }
@@ -95,6 +104,7 @@ TEST_F(RegistryTest, CallbacksThatThrowOrBlockDoNotBreakTheClient) {
   for (int i = 0; i < 100 && blocked_calls.load() < 2; ++i) absl::SleepFor(absl::Milliseconds(20));
   absl::SleepFor(absl::Milliseconds(200));
   EXPECT_EQ(blocked_calls.load(), 2);
+  EXPECT_EQ(blocked_saw.load(), 5u);
 }
 
 // A registry that pushes versions out of order, as a buggy or lagging
