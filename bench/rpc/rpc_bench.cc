@@ -6,6 +6,12 @@
 // object.
 //
 //   ./formica bench rpc [--quick]
+//
+// --profile raw|formica [--calls N] [--payload BYTES] makes N calls from one
+// thread on one side only, for an instruction count of the client process:
+//   valgrind --tool=callgrind build/bench/rpc/bench_rpc --profile formica
+// (only the timed calls are counted: the statistics are zeroed before them
+// and dumped after, over every thread of the caller).
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
@@ -21,6 +27,13 @@
 #include "formica/rpc/client.h"
 #include "formica/test/echo.grpc.pb.h"
 #include "process.h"
+
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#else
+#define CALLGRIND_ZERO_STATS
+#define CALLGRIND_DUMP_STATS_AT(name)
+#endif
 
 namespace formica::bench {
 namespace {
@@ -74,13 +87,28 @@ std::string Address(Subprocess& p) { return p.LineAfter("serving on "); }
 
 int Run(int argc, char** argv) {
   bool quick = false;
+  std::string profile;  // "raw" or "formica": fixed calls on one side, no report
+  int profile_calls = 2000;
+  int profile_payload = 100;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
+    } else if (std::strcmp(argv[i], "--profile") == 0 && i + 1 < argc) {
+      profile = argv[++i];
+    } else if (std::strcmp(argv[i], "--calls") == 0 && i + 1 < argc) {
+      profile_calls = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--payload") == 0 && i + 1 < argc) {
+      profile_payload = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: bench_rpc [--quick]\n");
+      std::fprintf(stderr,
+                   "usage: bench_rpc [--quick] | --profile raw|formica [--calls N] "
+                   "[--payload BYTES]\n");
       return 2;
     }
+  }
+  if (!profile.empty() && profile != "raw" && profile != "formica") {
+    std::fprintf(stderr, "bench_rpc: --profile takes raw or formica, not '%s'\n", profile.c_str());
+    return 2;
   }
   const absl::Duration duration = quick ? absl::Seconds(1) : absl::Seconds(4);
   formica::testing::TempDir dir;
@@ -120,6 +148,42 @@ int Run(int argc, char** argv) {
         grpc::CreateCustomChannel(Address(*p), grpc::InsecureChannelCredentials(), args)));
   }
   std::atomic<uint64_t> raw_next{0};
+  auto raw_echo = [&](const test::EchoRequest& request) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    test::EchoResponse response;
+    auto& stub = raw_stubs[raw_next.fetch_add(1, std::memory_order_relaxed) % raw_stubs.size()];
+    return stub->Echo(&ctx, request, &response).ok();
+  };
+  auto formica_echo = [&](const test::EchoRequest& request) {
+    test::EchoResponse response;
+    return client
+        ->Call("formica.test.Echo", {},
+               [&](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext* ctx) {
+                 return test::Echo::NewStub(ch)->Echo(ctx, request, &response);
+               })
+        .ok();
+  };
+  if (!profile.empty()) {
+    test::EchoRequest request;
+    request.set_message(std::string(profile_payload, 'x'));
+    auto call = [&] { return profile == "raw" ? raw_echo(request) : formica_echo(request); };
+    int failures = 0;
+    for (int i = 0; i < 200; ++i) failures += call() ? 0 : 1;  // warm up, connect both
+    CALLGRIND_ZERO_STATS;
+    absl::Time start = absl::Now();
+    for (int i = 0; i < profile_calls; ++i) failures += call() ? 0 : 1;
+    absl::Duration took = absl::Now() - start;
+    CALLGRIND_DUMP_STATS_AT("profiled calls");
+    std::printf("%s: %d calls of %d B, %d failed, %.1f us per call\n", profile.c_str(),
+                profile_calls, profile_payload, failures,
+                absl::ToDoubleMicroseconds(took) / std::max(1, profile_calls));
+    client.reset();
+    registry.reset();
+    for (auto& p : providers) p->Terminate();
+    (*dsrd)->Stop();
+    return failures == 0 ? 0 : 1;
+  }
 
   BenchReport report;
   double qps_ratio_min = 1e9;
@@ -129,22 +193,8 @@ int Run(int argc, char** argv) {
     request.set_message(std::string(payload, 'x'));
     for (int concurrency : {1, 64}) {
       std::string suffix = absl::StrCat("c", concurrency, "_", payload == 100 ? "100b" : "4kib");
-      auto raw_call = [&] {
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-        test::EchoResponse response;
-        auto& stub = raw_stubs[raw_next.fetch_add(1, std::memory_order_relaxed) % raw_stubs.size()];
-        return stub->Echo(&ctx, request, &response).ok();
-      };
-      auto formica_call = [&] {
-        test::EchoResponse response;
-        return client
-            ->Call("formica.test.Echo", {},
-                   [&](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext* ctx) {
-                     return test::Echo::NewStub(ch)->Echo(ctx, request, &response);
-                   })
-            .ok();
-      };
+      auto raw_call = [&] { return raw_echo(request); };
+      auto formica_call = [&] { return formica_echo(request); };
       Drive(concurrency, absl::Milliseconds(300), formica_call);  // warm both paths
       Drive(concurrency, absl::Milliseconds(300), raw_call);
       Result raw = Drive(concurrency, duration, raw_call);
