@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstring>
 #include <random>
 
 #include "serving.h"
@@ -21,13 +22,21 @@ std::string Metadata(const grpc::ServerContextBase& ctx, const char* key) {
   return it == md.end() ? std::string() : std::string(it->second.data(), it->second.size());
 }
 
-// Writes `digits` random lower-case hex digits at `out`.
+// Writes `digits` (even) random lower-case hex digits at `out`, two per
+// random byte.
 void FillRandomHex(char* out, int digits) {
   thread_local std::mt19937_64 rng(std::random_device{}());
   static constexpr char kHex[] = "0123456789abcdef";
+  static const std::array<std::array<char, 2>, 256> kPairs = [] {
+    std::array<std::array<char, 2>, 256> pairs{};
+    for (int b = 0; b < 256; ++b) pairs[b] = {kHex[b >> 4], kHex[b & 0xf]};
+    return pairs;
+  }();
   for (int i = 0; i < digits; i += 16) {
     uint64_t r = rng();
-    for (int j = i; j < std::min(digits, i + 16); ++j, r >>= 4) out[j] = kHex[r & 0xf];
+    for (int j = i; j < std::min(digits, i + 16); j += 2, r >>= 8) {
+      std::memcpy(out + j, kPairs[r & 0xff].data(), 2);
+    }
   }
 }
 
