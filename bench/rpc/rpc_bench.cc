@@ -13,6 +13,7 @@
 // (only the timed calls are counted: the statistics are zeroed before them
 // and dumped after, over every thread of the caller).
 #include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <cstdio>
@@ -85,6 +86,13 @@ Result Drive(int concurrency, absl::Duration duration, const std::function<bool(
 }
 
 std::string Address(Subprocess& p) { return p.LineAfter("serving on "); }
+
+// User plus system CPU time of this process so far, over all its threads.
+absl::Duration ProcessCpuTime() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return absl::DurationFromTimeval(usage.ru_utime) + absl::DurationFromTimeval(usage.ru_stime);
+}
 
 int Run(int argc, char** argv) {
   bool quick = false;
@@ -180,12 +188,17 @@ int Run(int argc, char** argv) {
     for (int i = 0; i < 200; ++i) call();  // warm up, connect
     CALLGRIND_ZERO_STATS;
     absl::Time start = absl::Now();
+    absl::Duration cpu_start = ProcessCpuTime();
     for (int i = 0; i < profile_calls; ++i) call();
+    absl::Duration cpu = ProcessCpuTime() - cpu_start;
     absl::Duration took = absl::Now() - start;
     CALLGRIND_DUMP_STATS_AT("profiled calls");
-    std::printf("%s: %d calls of %d B, %d failed, %.1f us per call\n", profile.c_str(),
-                profile_calls, profile_payload, failures,
-                absl::ToDoubleMicroseconds(took) / std::max(1, profile_calls));
+    std::printf(
+        "%s: %d calls of %d B, %d failed, %.1f us per call, %.1f us of CPU (user + "
+        "system, every thread of this process) per call\n",
+        profile.c_str(), profile_calls, profile_payload, failures,
+        absl::ToDoubleMicroseconds(took) / std::max(1, profile_calls),
+        absl::ToDoubleMicroseconds(cpu) / std::max(1, profile_calls));
     client.reset();
     registry.reset();
     for (auto& p : providers) p->Terminate();
