@@ -8,8 +8,10 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include "absl/container/inlined_vector.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -31,6 +33,35 @@ struct Endpoint {
   std::shared_ptr<grpc::Channel> channel;
   std::atomic<int> consecutive_failures{0};
   std::atomic<int64_t> ejected_until_ns{0};
+
+  ~Endpoint() {
+    for (CachedStub* s = stubs.load(); s != nullptr;) delete std::exchange(s, s->next);
+  }
+
+  // The stub `make` makes for this provider's channel, made on first use.
+  // Reads take no lock: the list only grows, while the endpoint lives.
+  void* Stub(std::shared_ptr<void> (*make)(const std::shared_ptr<grpc::Channel>&)) {
+    auto find = [this, make]() -> void* {
+      for (CachedStub* s = stubs.load(std::memory_order_acquire); s != nullptr; s = s->next) {
+        if (s->make == make) return s->stub.get();
+      }
+      return nullptr;
+    };
+    if (void* stub = find()) return stub;
+    absl::MutexLock lock(&stubs_mu);
+    if (void* stub = find()) return stub;
+    auto* made = new CachedStub{make, make(channel), stubs.load(std::memory_order_relaxed)};
+    stubs.store(made, std::memory_order_release);
+    return made->stub.get();
+  }
+
+  struct CachedStub {
+    std::shared_ptr<void> (*make)(const std::shared_ptr<grpc::Channel>&);
+    std::shared_ptr<void> stub;
+    CachedStub* next;
+  };
+  std::atomic<CachedStub*> stubs{nullptr};
+  absl::Mutex stubs_mu;
 
   // `state` is the channel's state as read for this check (left alone
   // when the provider is ejected).
@@ -120,7 +151,10 @@ class Client::Impl {
     }
   }
 
-  absl::Status Call(absl::string_view service, const CallOptions& options, const Attempt& attempt);
+  // Calls `attempt` for each attempt with the picked provider.
+  absl::Status Call(
+      absl::string_view service, const CallOptions& options,
+      absl::FunctionRef<grpc::Status(Endpoint& endpoint, grpc::ClientContext* context)> attempt);
   void CallAsync(absl::string_view service, const CallOptions& options, AsyncAttempt attempt,
                  std::function<void(absl::Status)> done);
 
@@ -511,8 +545,9 @@ bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected,
   return true;
 }
 
-absl::Status Client::Impl::Call(absl::string_view name, const CallOptions& options,
-                                const Attempt& attempt) {
+absl::Status Client::Impl::Call(
+    absl::string_view name, const CallOptions& options,
+    absl::FunctionRef<grpc::Status(Endpoint& endpoint, grpc::ClientContext* context)> attempt) {
   absl::StatusOr<Prepared> prepared = Prepare(name, options);
   if (!prepared.ok()) return prepared.status();
   Prepared& p = *prepared;
@@ -524,7 +559,7 @@ absl::Status Client::Impl::Call(absl::string_view name, const CallOptions& optio
     Endpoint* e = StartAttempt(p, *view, &ctx, &connected);
     if (e == nullptr) return p.Outcome();
     absl::Time t0 = absl::Now();
-    grpc::Status status = attempt(e->channel, &ctx);
+    grpc::Status status = attempt(*e, &ctx);
     if (!FinishAttempt(p, *e, connected, ctx, absl::Now() - t0, status)) return p.Outcome();
   }
 }
@@ -622,7 +657,17 @@ Client::~Client() = default;
 
 absl::Status Client::Call(absl::string_view service, const CallOptions& options,
                           const Attempt& attempt) {
-  return impl_->Call(service, options, attempt);
+  return impl_->Call(service, options, [&attempt](Endpoint& e, grpc::ClientContext* context) {
+    return attempt(e.channel, context);
+  });
+}
+
+absl::Status Client::CallOnStub(
+    absl::string_view service, const CallOptions& options, StubMaker make,
+    const std::function<grpc::Status(void* stub, grpc::ClientContext* context)>& attempt) {
+  return impl_->Call(service, options, [&](Endpoint& e, grpc::ClientContext* context) {
+    return attempt(e.Stub(make), context);
+  });
 }
 
 void Client::CallAsync(absl::string_view service, const CallOptions& options, AsyncAttempt attempt,

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "formica/rpc/client.h"
@@ -292,6 +293,72 @@ TEST_F(RpcTest, AsyncCallsRunConcurrentlyAndAllComplete) {
   ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all), absl::Seconds(30)));
   EXPECT_EQ(ok, kCalls);
   EXPECT_EQ(served.size(), 2u);
+}
+
+// A generated service as CallWithStub sees it, counting its stubs.
+struct CountedEcho {
+  class Stub {
+   public:
+    explicit Stub(const std::shared_ptr<grpc::ChannelInterface>& channel)
+        : stub_(test::Echo::NewStub(channel)) {}
+    ~Stub() { ++destroyed; }
+    grpc::Status Echo(grpc::ClientContext* ctx, const test::EchoRequest& request,
+                      test::EchoResponse* response) {
+      return stub_->Echo(ctx, request, response);
+    }
+
+   private:
+    std::unique_ptr<test::Echo::Stub> stub_;
+  };
+  static std::unique_ptr<Stub> NewStub(const std::shared_ptr<grpc::ChannelInterface>& channel) {
+    ++made;
+    return std::make_unique<Stub>(channel);
+  }
+  static inline std::atomic<int> made{0};
+  static inline std::atomic<int> destroyed{0};
+};
+
+TEST_F(RpcTest, CallWithStubMakesOneStubPerProviderAndDropsItWithTheProvider) {
+  auto a = StartEcho({});
+  auto b = StartEcho({});
+  AwaitProviders(2);
+  auto client = NewRpcClient();
+  CountedEcho::made = 0;
+  CountedEcho::destroyed = 0;
+  auto call = [&]() -> absl::StatusOr<std::string> {
+    test::EchoRequest request;
+    request.set_message("hello");
+    test::EchoResponse response;
+    absl::Status st = client->CallWithStub<CountedEcho>(
+        kEcho, {}, [&](CountedEcho::Stub& stub, grpc::ClientContext* ctx) {
+          return stub.Echo(ctx, request, &response);
+        });
+    if (!st.ok()) return st;
+    EXPECT_EQ(response.message(), "hello");
+    return response.served_by();
+  };
+  std::set<std::string> served;
+  for (int i = 0; i < 100; ++i) {
+    absl::StatusOr<std::string> by = call();
+    ASSERT_TRUE(by.ok()) << by.status();
+    served.insert(*by);
+  }
+  EXPECT_EQ(served, (std::set<std::string>{Address(*a), Address(*b)}));
+  EXPECT_EQ(CountedEcho::made, 2) << "one stub per provider, reused by every call";
+
+  // A provider that leaves takes its stub (and the channel it holds) along;
+  // one that joins gets its own.
+  a->Terminate();
+  auto c = StartEcho({});
+  AwaitProviders(2);
+  bool reached_c = false;
+  for (int i = 0; i < 500 && !reached_c; ++i) {
+    absl::StatusOr<std::string> by = call();
+    reached_c = by.ok() && *by == Address(*c);
+  }
+  EXPECT_TRUE(reached_c);
+  EXPECT_EQ(CountedEcho::made, 3);
+  EXPECT_EQ(CountedEcho::destroyed, 1);
 }
 
 TEST_F(RpcTest, AsyncCallToAnUnknownServiceFailsAfterTheDeadline) {
