@@ -6,7 +6,14 @@
 // object.
 //
 //   ./formica bench rpc [--quick]
+//
+// --profile raw|formica [--calls N] [--payload BYTES] makes N calls from one
+// thread on one side only, for an instruction count of the client process:
+//   valgrind --tool=callgrind build/bench/rpc/bench_rpc --profile formica
+// (only the timed calls are counted: the statistics are zeroed before them
+// and dumped after, over every thread of the caller).
 #include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <cstdio>
@@ -17,10 +24,18 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "bench_report.h"
+#include "formica/common/grpc_status.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "formica/test/echo.grpc.pb.h"
 #include "process.h"
+
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#else
+#define CALLGRIND_ZERO_STATS
+#define CALLGRIND_DUMP_STATS_AT(name)
+#endif
 
 namespace formica::bench {
 namespace {
@@ -72,15 +87,37 @@ Result Drive(int concurrency, absl::Duration duration, const std::function<bool(
 
 std::string Address(Subprocess& p) { return p.LineAfter("serving on "); }
 
+// User plus system CPU time of this process so far, over all its threads.
+absl::Duration ProcessCpuTime() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return absl::DurationFromTimeval(usage.ru_utime) + absl::DurationFromTimeval(usage.ru_stime);
+}
+
 int Run(int argc, char** argv) {
   bool quick = false;
+  std::string profile;  // "raw" or "formica": fixed calls on one side, no report
+  int profile_calls = 2000;
+  int profile_payload = 100;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
+    } else if (std::strcmp(argv[i], "--profile") == 0 && i + 1 < argc) {
+      profile = argv[++i];
+    } else if (std::strcmp(argv[i], "--calls") == 0 && i + 1 < argc) {
+      profile_calls = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--payload") == 0 && i + 1 < argc) {
+      profile_payload = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: bench_rpc [--quick]\n");
+      std::fprintf(stderr,
+                   "usage: bench_rpc [--quick] | --profile raw|formica [--calls N] "
+                   "[--payload BYTES]\n");
       return 2;
     }
+  }
+  if (!profile.empty() && profile != "raw" && profile != "formica") {
+    std::fprintf(stderr, "bench_rpc: --profile takes raw or formica, not '%s'\n", profile.c_str());
+    return 2;
   }
   const absl::Duration duration = quick ? absl::Seconds(1) : absl::Seconds(4);
   formica::testing::TempDir dir;
@@ -95,7 +132,10 @@ int Run(int argc, char** argv) {
   std::vector<std::unique_ptr<Subprocess>> providers;
   for (int i = 0; i < 2; ++i) {
     auto p = Subprocess::Start(
-        {formica::testing::BinaryPath("tests/rpc/echo_server"), "--registry", (*dsrd)->address()},
+        // Replies carry the same fields whoever calls: the caller's context
+        // is not echoed back (only rpc::Client sends one).
+        {formica::testing::BinaryPath("tests/rpc/echo_server"), "--registry", (*dsrd)->address(),
+         "--echo-context", "no"},
         dir.File(absl::StrCat("echo", i, ".log")));
     if (!p.ok() || !(*p)->WaitForOutput("serving on", absl::Seconds(20))) {
       std::fprintf(stderr, "bench_rpc: echo provider did not start\n");
@@ -120,6 +160,52 @@ int Run(int argc, char** argv) {
         grpc::CreateCustomChannel(Address(*p), grpc::InsecureChannelCredentials(), args)));
   }
   std::atomic<uint64_t> raw_next{0};
+  auto raw_echo = [&](const test::EchoRequest& request) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    test::EchoResponse response;
+    auto& stub = raw_stubs[raw_next.fetch_add(1, std::memory_order_relaxed) % raw_stubs.size()];
+    grpc::Status status = stub->Echo(&ctx, request, &response);
+    return status.ok() ? absl::OkStatus() : FromGrpcStatus(status);
+  };
+  auto formica_echo = [&](const test::EchoRequest& request) {
+    test::EchoResponse response;
+    // Each provider's stub is made once, as raw gRPC's are.
+    return client->CallWithStub<test::Echo>("formica.test.Echo", {},
+                                            [&](test::Echo::Stub& stub, grpc::ClientContext* ctx) {
+                                              return stub.Echo(ctx, request, &response);
+                                            });
+  };
+  if (!profile.empty()) {
+    test::EchoRequest request;
+    request.set_message(std::string(profile_payload, 'x'));
+    int failures = 0;
+    auto call = [&] {
+      absl::Status status = profile == "raw" ? raw_echo(request) : formica_echo(request);
+      if (!status.ok() && ++failures <= 3) {
+        std::fprintf(stderr, "bench_rpc: call failed: %s\n", status.ToString().c_str());
+      }
+    };
+    for (int i = 0; i < 200; ++i) call();  // warm up, connect
+    CALLGRIND_ZERO_STATS;
+    absl::Time start = absl::Now();
+    absl::Duration cpu_start = ProcessCpuTime();
+    for (int i = 0; i < profile_calls; ++i) call();
+    absl::Duration cpu = ProcessCpuTime() - cpu_start;
+    absl::Duration took = absl::Now() - start;
+    CALLGRIND_DUMP_STATS_AT("profiled calls");
+    std::printf(
+        "%s: %d calls of %d B, %d failed, %.1f us per call, %.1f us of CPU (user + "
+        "system, every thread of this process) per call\n",
+        profile.c_str(), profile_calls, profile_payload, failures,
+        absl::ToDoubleMicroseconds(took) / std::max(1, profile_calls),
+        absl::ToDoubleMicroseconds(cpu) / std::max(1, profile_calls));
+    client.reset();
+    registry.reset();
+    for (auto& p : providers) p->Terminate();
+    (*dsrd)->Stop();
+    return failures == 0 ? 0 : 1;
+  }
 
   BenchReport report;
   double qps_ratio_min = 1e9;
@@ -129,22 +215,8 @@ int Run(int argc, char** argv) {
     request.set_message(std::string(payload, 'x'));
     for (int concurrency : {1, 64}) {
       std::string suffix = absl::StrCat("c", concurrency, "_", payload == 100 ? "100b" : "4kib");
-      auto raw_call = [&] {
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-        test::EchoResponse response;
-        auto& stub = raw_stubs[raw_next.fetch_add(1, std::memory_order_relaxed) % raw_stubs.size()];
-        return stub->Echo(&ctx, request, &response).ok();
-      };
-      auto formica_call = [&] {
-        test::EchoResponse response;
-        return client
-            ->Call("formica.test.Echo", {},
-                   [&](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext* ctx) {
-                     return test::Echo::NewStub(ch)->Echo(ctx, request, &response);
-                   })
-            .ok();
-      };
+      auto raw_call = [&] { return raw_echo(request).ok(); };
+      auto formica_call = [&] { return formica_echo(request).ok(); };
       Drive(concurrency, absl::Milliseconds(300), formica_call);  // warm both paths
       Drive(concurrency, absl::Milliseconds(300), raw_call);
       Result raw = Drive(concurrency, duration, raw_call);
@@ -188,8 +260,13 @@ int Run(int argc, char** argv) {
   report.SetSetup("raw",
                   "generated stubs, one channel to each of the two echo providers, "
                   "calls round-robin");
-  report.SetSetup("formica", "rpc::Client, the same two echo providers via dsrd, weighted_random");
+  report.SetSetup("formica",
+                  "rpc::Client::CallWithStub (a stub per provider, made once), the same two echo "
+                  "providers via dsrd, weighted_random");
   report.SetSetup("peer_version", "gRPC " + grpc::Version() + " (the library both sides link)");
+  report.SetSetup("providers",
+                  "two echo_server processes (rpc::Server, handler inside rpc::Serve), replying "
+                  "with the same fields to both sides (the caller's context is not echoed)");
   report.SetSetup("fsync", "neither side writes to disk");
   report.SetSetup("network", "loopback; providers, dsrd and the caller share the machine");
   client.reset();

@@ -4,7 +4,9 @@
 #include <grpcpp/server_context.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
+#include <cstring>
 #include <random>
 
 #include "serving.h"
@@ -20,17 +22,22 @@ std::string Metadata(const grpc::ServerContextBase& ctx, const char* key) {
   return it == md.end() ? std::string() : std::string(it->second.data(), it->second.size());
 }
 
-std::string RandomHex(int bytes) {
+// Writes `digits` (even) random lower-case hex digits at `out`, two per
+// random byte.
+void FillRandomHex(char* out, int digits) {
   thread_local std::mt19937_64 rng(std::random_device{}());
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  while (static_cast<int>(out.size()) < bytes * 2) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  static const std::array<std::array<char, 2>, 256> kPairs = [] {
+    std::array<std::array<char, 2>, 256> pairs{};
+    for (int b = 0; b < 256; ++b) pairs[b] = {kHex[b >> 4], kHex[b & 0xf]};
+    return pairs;
+  }();
+  for (int i = 0; i < digits; i += 16) {
     uint64_t r = rng();
-    for (int i = 0; i < 16 && static_cast<int>(out.size()) < bytes * 2; ++i) {
-      out.push_back(kHex[(r >> (4 * i)) & 0xf]);
+    for (int j = i; j < std::min(digits, i + 16); j += 2, r >>= 8) {
+      std::memcpy(out + j, kPairs[r & 0xff].data(), 2);
     }
   }
-  return out;
 }
 
 bool IsHex(const std::string& s, size_t from, size_t n) {
@@ -88,14 +95,13 @@ CallContext ReadCallContext(const grpc::ServerContextBase& ctx) {
 }
 
 void WriteCallContext(const CallContext& c, grpc::ClientContext* ctx) {
-  auto add = [ctx](const char* key, const std::string& value) {
-    if (!value.empty()) ctx->AddMetadata(key, value);
-  };
-  add(kTraceparentKey, c.traceparent);
-  add(kCallerAppKey, c.caller_app);
-  add(kUserIdKey, c.user_id);
-  add(kZoneKey, c.zone);
-  add(kTxnIdKey, c.txn_id);
+  // gRPC takes keys as std::string: made once, not on every call.
+  static const auto* const keys = new std::array<std::string, 5>{kTraceparentKey, kCallerAppKey,
+                                                                 kUserIdKey, kZoneKey, kTxnIdKey};
+  const std::string* values[] = {&c.traceparent, &c.caller_app, &c.user_id, &c.zone, &c.txn_id};
+  for (size_t i = 0; i < keys->size(); ++i) {
+    if (!values[i]->empty()) ctx->AddMetadata((*keys)[i], *values[i]);
+  }
 }
 
 std::string ChildTraceparent(const std::string& parent) {
@@ -103,9 +109,14 @@ std::string ChildTraceparent(const std::string& parent) {
   if (parent.size() == 55 && parent[2] == '-' && parent[35] == '-' && parent[52] == '-' &&
       IsHex(parent, 0, 2) && IsHex(parent, 3, 32) && IsHex(parent, 36, 16) &&
       IsHex(parent, 53, 2)) {
-    return parent.substr(0, 36) + RandomHex(8) + parent.substr(52);
+    std::string child = parent;
+    FillRandomHex(&child[36], 16);  // a new span id
+    return child;
   }
-  return "00-" + RandomHex(16) + "-" + RandomHex(8) + "-01";
+  std::string trace = "00-00000000000000000000000000000000-0000000000000000-01";
+  FillRandomHex(&trace[3], 32);
+  FillRandomHex(&trace[36], 16);
+  return trace;
 }
 
 }  // namespace formica::rpc

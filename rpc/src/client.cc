@@ -8,7 +8,10 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <utility>
 
+#include "absl/container/inlined_vector.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -31,11 +34,53 @@ struct Endpoint {
   std::atomic<int> consecutive_failures{0};
   std::atomic<int64_t> ejected_until_ns{0};
 
-  bool Healthy(absl::Time now) const {
+  ~Endpoint() {
+    for (CachedStub* s = stubs.load(); s != nullptr;) delete std::exchange(s, s->next);
+  }
+
+  // The stub `make` makes for this provider's channel, made on first use.
+  // Reads take no lock: the list only grows, while the endpoint lives.
+  void* Stub(std::shared_ptr<void> (*make)(const std::shared_ptr<grpc::Channel>&)) {
+    auto find = [this, make]() -> void* {
+      for (CachedStub* s = stubs.load(std::memory_order_acquire); s != nullptr; s = s->next) {
+        if (s->make == make) return s->stub.get();
+      }
+      return nullptr;
+    };
+    if (void* stub = find()) return stub;
+    absl::MutexLock lock(&stubs_mu);
+    if (void* stub = find()) return stub;
+    auto* made = new CachedStub{make, make(channel), stubs.load(std::memory_order_relaxed)};
+    stubs.store(made, std::memory_order_release);
+    return made->stub.get();
+  }
+
+  struct CachedStub {
+    std::shared_ptr<void> (*make)(const std::shared_ptr<grpc::Channel>&);
+    std::shared_ptr<void> stub;
+    CachedStub* next;
+  };
+  std::atomic<CachedStub*> stubs{nullptr};
+  absl::Mutex stubs_mu;
+
+  // `state` is the channel's state as read for this check (left alone
+  // when the provider is ejected).
+  bool Healthy(absl::Time now, grpc_connectivity_state* state) const {
     if (absl::FromUnixNanos(ejected_until_ns.load()) > now) return false;
     // A connection that failed is out of rotation at once, before its lease.
-    return channel->GetState(false) != GRPC_CHANNEL_TRANSIENT_FAILURE;
+    *state = channel->GetState(false);
+    return *state != GRPC_CHANNEL_TRANSIENT_FAILURE;
   }
+};
+
+// The providers one call has tried so far (at most max_attempts).
+using Tried = absl::InlinedVector<const Endpoint*, 4>;
+
+// A provider picked for an attempt, with its channel's state at the pick.
+// The view it came from keeps it alive.
+struct Picked {
+  Endpoint* endpoint = nullptr;
+  grpc_connectivity_state state = GRPC_CHANNEL_IDLE;
 };
 
 // A tag route: a share of the calls goes to providers with tag key=value.
@@ -106,7 +151,10 @@ class Client::Impl {
     }
   }
 
-  absl::Status Call(absl::string_view service, const CallOptions& options, const Attempt& attempt);
+  // Calls `attempt` for each attempt with the picked provider.
+  absl::Status Call(
+      absl::string_view service, const CallOptions& options,
+      absl::FunctionRef<grpc::Status(Endpoint& endpoint, grpc::ClientContext* context)> attempt);
   void CallAsync(absl::string_view service, const CallOptions& options, AsyncAttempt attempt,
                  std::function<void(absl::Status)> done);
 
@@ -114,7 +162,6 @@ class Client::Impl {
   struct Service;
   // One call's settled inputs and progress, shared by Call and CallAsync.
   struct Prepared {
-    std::string name;
     std::shared_ptr<Service> service;
     absl::Duration timeout;
     absl::Time deadline;
@@ -122,8 +169,12 @@ class Client::Impl {
     PickContext pick;
     bool idempotent = false;
     int attempts = 0;
-    std::vector<Endpoint*> tried;
-    absl::Status last;  // the outcome so far
+    Tried tried;
+    absl::Status last;  // the last attempt's outcome, once one was made
+
+    // The call's outcome so far: the last attempt's, or UNAVAILABLE naming
+    // the service when no attempt could be made.
+    absl::Status Outcome() const;
   };
   class AsyncCall;
   struct Service {
@@ -133,6 +184,10 @@ class Client::Impl {
     uint64_t watch = 0;
     absl::Mutex mu;
     std::shared_ptr<const ServiceView> view ABSL_GUARDED_BY(mu);
+    // `view` once a snapshot with providers arrived, else null: what calls
+    // read, without taking `mu` (std::atomic_load/atomic_store; stored
+    // under `mu`).
+    std::shared_ptr<const ServiceView> ready_view;
     std::map<std::string, std::shared_ptr<Endpoint>> endpoints ABSL_GUARDED_BY(mu);
     std::vector<Route> routes ABSL_GUARDED_BY(mu);
     std::vector<registry::Instance> instances ABSL_GUARDED_BY(mu);
@@ -140,20 +195,22 @@ class Client::Impl {
   };
 
   absl::StatusOr<std::shared_ptr<Service>> ServiceFor(absl::string_view name);
+  // The known service named `name`, or null; takes no lock.
+  std::shared_ptr<Service> KnownService(absl::string_view name) const;
   absl::StatusOr<Prepared> Prepare(absl::string_view name, const CallOptions& options);
   // The service's current view; with `wait_until`, waits for the first one.
   std::shared_ptr<const ServiceView> View(Service& s, std::optional<absl::Time> wait_until);
-  // Picks a provider and readies `ctx`; null when no attempt is left.
-  std::shared_ptr<Endpoint> StartAttempt(Prepared& p, const ServiceView& view,
-                                         grpc::ClientContext* ctx, bool* connected);
+  // Picks a provider and readies `ctx`; null when no attempt is left. The
+  // provider lives as long as `view`.
+  Endpoint* StartAttempt(Prepared& p, const ServiceView& view, grpc::ClientContext* ctx,
+                         bool* connected);
   // Records the outcome; true when another attempt should follow.
   bool FinishAttempt(Prepared& p, Endpoint& e, bool connected, const grpc::ClientContext& ctx,
                      absl::Duration latency, const grpc::Status& status);
   void Rebuild(Service& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
   Group MakeGroup(Service& s, const std::vector<std::shared_ptr<Endpoint>>& members)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
-  std::shared_ptr<Endpoint> Pick(const ServiceView& view, const PickContext& pick,
-                                 const std::vector<Endpoint*>& tried);
+  Picked Pick(const ServiceView& view, const PickContext& pick, const Tried& tried, absl::Time now);
   bool TakeRetryToken();
   void Record(Endpoint& e, const grpc::Status& status, absl::Duration latency);
 
@@ -161,16 +218,33 @@ class Client::Impl {
   registry::Client* const registry_;
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Service>, std::less<>> services_ ABSL_GUARDED_BY(mu_);
+  // A copy of `services_` that calls read without taking `mu_`
+  // (std::atomic_load; replaced whole under `mu_` when a service is added
+  // or dropped, which is rare).
+  using ServiceIndex = std::map<std::string, std::shared_ptr<Service>, std::less<>>;
+  std::shared_ptr<const ServiceIndex> known_services_ = std::make_shared<const ServiceIndex>();
+  void PublishServices() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Retry budget over one-second windows; lock-free on the call path.
   std::atomic<int64_t> budget_window_{0};
   std::atomic<int> calls_{0};
   std::atomic<int> retries_{0};
-  void CountCall();
+  void CountCall(absl::Time now);
 };
+
+std::shared_ptr<Client::Impl::Service> Client::Impl::KnownService(absl::string_view name) const {
+  std::shared_ptr<const ServiceIndex> known = std::atomic_load(&known_services_);
+  auto it = known->find(name);
+  return it == known->end() ? nullptr : it->second;
+}
+
+void Client::Impl::PublishServices() {
+  std::atomic_store(&known_services_, std::make_shared<const ServiceIndex>(services_));
+}
 
 absl::StatusOr<std::shared_ptr<Client::Impl::Service>> Client::Impl::ServiceFor(
     absl::string_view name) {
+  if (std::shared_ptr<Service> known = KnownService(name)) return known;
   std::shared_ptr<Service> s;
   {
     absl::MutexLock lock(&mu_);
@@ -183,6 +257,7 @@ absl::StatusOr<std::shared_ptr<Client::Impl::Service>> Client::Impl::ServiceFor(
       s->policy = *ParsePolicy(policy->second);  // checked in Create
     }
     services_[s->name] = s;
+    PublishServices();
   }
   Service* raw = s.get();
   absl::StatusOr<uint64_t> sub =
@@ -195,6 +270,7 @@ absl::StatusOr<std::shared_ptr<Client::Impl::Service>> Client::Impl::ServiceFor(
   if (!sub.ok()) {
     absl::MutexLock lock(&mu_);
     services_.erase(std::string(name));
+    PublishServices();
     return sub.status();
   }
   s->subscription = *sub;
@@ -275,11 +351,14 @@ void Client::Impl::Rebuild(Service& s) {
     view->routes.emplace_back(r, MakeGroup(s, tagged));
   }
   s.view = std::move(view);
+  std::atomic_store(&s.ready_view, s.has_snapshot && !s.instances.empty()
+                                       ? s.view
+                                       : std::shared_ptr<const ServiceView>());
 }
 
-std::shared_ptr<Endpoint> Client::Impl::Pick(const ServiceView& view, const PickContext& pick,
-                                             const std::vector<Endpoint*>& tried) {
-  auto was_tried = [&tried](Endpoint* e) {
+Picked Client::Impl::Pick(const ServiceView& view, const PickContext& pick, const Tried& tried,
+                          absl::Time now) {
+  auto was_tried = [&tried](const Endpoint* e) {
     return std::find(tried.begin(), tried.end(), e) != tried.end();
   };
   thread_local std::mt19937 rng(std::random_device{}());
@@ -295,34 +374,43 @@ std::shared_ptr<Endpoint> Client::Impl::Pick(const ServiceView& view, const Pick
       }
     }
   }
-  absl::Time now = absl::Now();
-  auto try_balancer =
-      [&](Balancer* b,
-          const std::vector<std::shared_ptr<Endpoint>>& members) -> std::shared_ptr<Endpoint> {
-    if (members.empty()) return nullptr;
+  auto try_balancer = [&](Balancer* b,
+                          const std::vector<std::shared_ptr<Endpoint>>& members) -> Picked {
+    Picked picked;
+    if (members.empty()) return picked;
     // A few picks to step over unhealthy or already-tried providers.
     for (size_t i = 0; i < std::min<size_t>(members.size() * 2, 8); ++i) {
       EndpointState* s = b->Pick(pick);
-      if (s == nullptr) return nullptr;
-      const auto& e = group->by_state.at(s);
-      if (!was_tried(e.get()) && e->Healthy(now)) return e;
+      if (s == nullptr) return picked;
+      Endpoint* e = group->by_state.at(s).get();
+      if (!was_tried(e) && e->Healthy(now, &picked.state)) {
+        picked.endpoint = e;
+        return picked;
+      }
     }
     for (const auto& e : members) {
-      if (!was_tried(e.get()) && e->Healthy(now)) return e;
+      if (!was_tried(e.get()) && e->Healthy(now, &picked.state)) {
+        picked.endpoint = e.get();
+        return picked;
+      }
     }
-    return nullptr;
+    return picked;
   };
-  if (auto e = try_balancer(group->local_balancer.get(), group->local)) return e;
-  if (auto e = try_balancer(group->all_balancer.get(), group->all)) return e;
+  if (Picked p = try_balancer(group->local_balancer.get(), group->local); p.endpoint != nullptr) {
+    return p;
+  }
+  if (Picked p = try_balancer(group->all_balancer.get(), group->all); p.endpoint != nullptr) {
+    return p;
+  }
   // Nobody healthy: probe one not tried yet rather than fail without trying.
   for (const auto& e : group->all) {
-    if (!was_tried(e.get())) return e;
+    if (!was_tried(e.get())) return Picked{e.get(), e->channel->GetState(false)};
   }
-  return nullptr;
+  return Picked{};
 }
 
-void Client::Impl::CountCall() {
-  int64_t window = absl::ToUnixSeconds(absl::Now());
+void Client::Impl::CountCall(absl::Time now) {
+  int64_t window = absl::ToUnixSeconds(now);
   int64_t seen = budget_window_.load(std::memory_order_relaxed);
   if (seen != window && budget_window_.compare_exchange_strong(seen, window)) {
     calls_.store(0, std::memory_order_relaxed);
@@ -357,13 +445,19 @@ void Client::Impl::Record(Endpoint& e, const grpc::Status& status, absl::Duratio
   }
 }
 
+absl::Status Client::Impl::Prepared::Outcome() const {
+  if (attempts > 0) return last;
+  return absl::UnavailableError(absl::StrCat("no provider of '", service->name, "' is known after ",
+                                             absl::FormatDuration(timeout)));
+}
+
 absl::StatusOr<Client::Impl::Prepared> Client::Impl::Prepare(absl::string_view name,
                                                              const CallOptions& options) {
   Prepared p;
-  p.name = std::string(name);
+  absl::Time now = absl::Now();
   p.idempotent = options.idempotent;
   p.timeout = options.timeout > absl::ZeroDuration() ? options.timeout : options_.default_timeout;
-  p.deadline = absl::Now() + p.timeout;
+  p.deadline = now + p.timeout;
   p.context = options.context;
   // The parent call: named, or else the one this thread is serving.
   std::optional<CallContext> inherited;
@@ -387,18 +481,13 @@ absl::StatusOr<Client::Impl::Prepared> Client::Impl::Prepare(absl::string_view n
   absl::StatusOr<std::shared_ptr<Service>> service = ServiceFor(name);
   if (!service.ok()) return service.status();
   p.service = *std::move(service);
-  p.last = absl::UnavailableError(
-      absl::StrCat("no provider of '", name, "' is known after ", absl::FormatDuration(p.timeout)));
-  CountCall();
+  CountCall(now);
   return p;
 }
 
 std::shared_ptr<const ServiceView> Client::Impl::View(Service& s,
                                                       std::optional<absl::Time> wait_until) {
-  {
-    absl::ReaderMutexLock read(&s.mu);
-    if (s.has_snapshot && !s.instances.empty()) return s.view;
-  }
+  if (std::shared_ptr<const ServiceView> ready = std::atomic_load(&s.ready_view)) return ready;
   if (!wait_until.has_value()) return nullptr;
   // The first call waits for the registry's first snapshot.
   absl::MutexLock lock(&s.mu);
@@ -409,16 +498,18 @@ std::shared_ptr<const ServiceView> Client::Impl::View(Service& s,
   return s.view;
 }
 
-std::shared_ptr<Endpoint> Client::Impl::StartAttempt(Prepared& p, const ServiceView& view,
-                                                     grpc::ClientContext* ctx, bool* connected) {
-  if (absl::Now() >= p.deadline || p.attempts >= std::max(1, options_.max_attempts)) {
+Endpoint* Client::Impl::StartAttempt(Prepared& p, const ServiceView& view, grpc::ClientContext* ctx,
+                                     bool* connected) {
+  absl::Time now = absl::Now();
+  if (now >= p.deadline || p.attempts >= std::max(1, options_.max_attempts)) {
     return nullptr;
   }
-  std::shared_ptr<Endpoint> e = Pick(view, p.pick, p.tried);
+  Picked picked = Pick(view, p.pick, p.tried, now);
+  Endpoint* e = picked.endpoint;
   if (e == nullptr) return nullptr;
   ++p.attempts;
-  p.tried.push_back(e.get());
-  *connected = e->channel->GetState(false) == GRPC_CHANNEL_READY;
+  p.tried.push_back(e);
+  *connected = picked.state == GRPC_CHANNEL_READY;
   ctx->set_deadline(absl::ToChronoTime(p.deadline));
   WriteCallContext(p.context, ctx);
   e->state->CallStarted();
@@ -433,9 +524,9 @@ bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected,
     p.last = absl::OkStatus();
     return false;
   }
-  p.last =
-      absl::Status(FromGrpcStatus(status).code(),
-                   absl::StrCat(p.name, " at ", e.instance.address, ": ", status.error_message()));
+  p.last = absl::Status(
+      FromGrpcStatus(status).code(),
+      absl::StrCat(p.service->name, " at ", e.instance.address, ": ", status.error_message()));
   bool unavailable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                      status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
   // Retry when the request surely never reached the provider (no
@@ -454,21 +545,22 @@ bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected,
   return true;
 }
 
-absl::Status Client::Impl::Call(absl::string_view name, const CallOptions& options,
-                                const Attempt& attempt) {
+absl::Status Client::Impl::Call(
+    absl::string_view name, const CallOptions& options,
+    absl::FunctionRef<grpc::Status(Endpoint& endpoint, grpc::ClientContext* context)> attempt) {
   absl::StatusOr<Prepared> prepared = Prepare(name, options);
   if (!prepared.ok()) return prepared.status();
   Prepared& p = *prepared;
   std::shared_ptr<const ServiceView> view = View(*p.service, p.deadline);
-  if (view == nullptr) return p.last;
+  if (view == nullptr) return p.Outcome();
   while (true) {
     grpc::ClientContext ctx;
     bool connected = false;
-    std::shared_ptr<Endpoint> e = StartAttempt(p, *view, &ctx, &connected);
-    if (e == nullptr) return p.last;
+    Endpoint* e = StartAttempt(p, *view, &ctx, &connected);
+    if (e == nullptr) return p.Outcome();
     absl::Time t0 = absl::Now();
-    grpc::Status status = attempt(e->channel, &ctx);
-    if (!FinishAttempt(p, *e, connected, ctx, absl::Now() - t0, status)) return p.last;
+    grpc::Status status = attempt(*e, &ctx);
+    if (!FinishAttempt(p, *e, connected, ctx, absl::Now() - t0, status)) return p.Outcome();
   }
 }
 
@@ -490,7 +582,7 @@ class Client::Impl::AsyncCall : public std::enable_shared_from_this<AsyncCall> {
     std::thread([self] {
       self->view_ = self->impl_->View(*self->p_.service, self->p_.deadline);
       if (self->view_ == nullptr) {
-        self->done_(self->p_.last);
+        self->done_(self->p_.Outcome());
         return;
       }
       self->Next();
@@ -501,9 +593,10 @@ class Client::Impl::AsyncCall : public std::enable_shared_from_this<AsyncCall> {
   void Next() {
     auto ctx = std::make_unique<grpc::ClientContext>();
     bool connected = false;
-    std::shared_ptr<Endpoint> e = impl_->StartAttempt(p_, *view_, ctx.get(), &connected);
+    // view_ keeps the provider alive for the whole call.
+    Endpoint* e = impl_->StartAttempt(p_, *view_, ctx.get(), &connected);
     if (e == nullptr) {
-      done_(p_.last);
+      done_(p_.Outcome());
       return;
     }
     grpc::ClientContext* raw = ctx.get();
@@ -514,7 +607,7 @@ class Client::Impl::AsyncCall : public std::enable_shared_from_this<AsyncCall> {
       if (self->impl_->FinishAttempt(self->p_, *e, connected, *raw, absl::Now() - t0, status)) {
         self->Next();
       } else {
-        self->done_(self->p_.last);
+        self->done_(self->p_.Outcome());
       }
     });
   }
@@ -564,7 +657,17 @@ Client::~Client() = default;
 
 absl::Status Client::Call(absl::string_view service, const CallOptions& options,
                           const Attempt& attempt) {
-  return impl_->Call(service, options, attempt);
+  return impl_->Call(service, options, [&attempt](Endpoint& e, grpc::ClientContext* context) {
+    return attempt(e.channel, context);
+  });
+}
+
+absl::Status Client::CallOnStub(
+    absl::string_view service, const CallOptions& options, StubMaker make,
+    const std::function<grpc::Status(void* stub, grpc::ClientContext* context)>& attempt) {
+  return impl_->Call(service, options, [&](Endpoint& e, grpc::ClientContext* context) {
+    return attempt(e.Stub(make), context);
+  });
 }
 
 void Client::CallAsync(absl::string_view service, const CallOptions& options, AsyncAttempt attempt,

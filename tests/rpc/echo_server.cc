@@ -2,8 +2,11 @@
 // rpc::Server and publishes it to dsrd. Prints "serving on HOST:PORT".
 //   echo_server --registry H:P [--zone Z] [--weight W] [--tag k=v]... [--warmup-ms N]
 //               [--grace-ms N] [--delay-ms N] [--max-concurrent N] [--config FILE]
+//               [--echo-context no]
 // The handler runs inside rpc::Serve: it reads the caller's context from
-// CurrentCallContext() and forwards with that context implied.
+// CurrentCallContext(), echoes it in the reply (not with --echo-context no:
+// replies then carry the same fields whoever calls, as benchmarks need) and
+// forwards with that context implied.
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -20,7 +23,8 @@
 
 namespace {
 
-int g_delay_ms = 0;  // every call sleeps this long: a slow provider
+int g_delay_ms = 0;          // every call sleeps this long: a slow provider
+bool g_echo_context = true;  // the reply carries the caller's context
 
 class EchoImpl final : public formica::test::Echo::Service {
  public:
@@ -44,10 +48,12 @@ class EchoImpl final : public formica::test::Echo::Service {
     response->set_message(request->message());
     response->set_served_by(address);
     response->set_zone(zone_);
-    response->set_caller_app(c.caller_app);
-    response->set_user_id(c.user_id);
-    response->set_txn_id(c.txn_id);
-    response->set_traceparent(c.traceparent);
+    if (g_echo_context) {
+      response->set_caller_app(c.caller_app);
+      response->set_user_id(c.user_id);
+      response->set_txn_id(c.txn_id);
+      response->set_traceparent(c.traceparent);
+    }
     response->set_deadline_left_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
                                        context.deadline() - std::chrono::system_clock::now())
                                        .count());
@@ -103,6 +109,8 @@ int main(int argc, char** argv) {
       options.max_concurrent_calls = std::atoi(value.c_str());
     } else if (flag == "--grace-ms") {
       options.unpublish_grace = absl::Milliseconds(std::atoi(value.c_str()));
+    } else if (flag == "--echo-context") {
+      g_echo_context = value != "no";
     } else if (flag == "--listen") {
       options.listen = value;
     } else if (flag == "--config") {

@@ -11,9 +11,9 @@
 //   call.timeout = absl::Milliseconds(300);
 //   call.idempotent = true;
 //   call.context.user_id = "20881234";
-//   absl::Status st = client->Call("account.Balance", call,
-//       [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
-//         return account::Balance::NewStub(channel)->Get(ctx, request, &response);
+//   absl::Status st = client->CallWithStub<account::Balance>("account.Balance", call,
+//       [&](account::Balance::Stub& stub, grpc::ClientContext* ctx) {
+//         return stub.Get(ctx, request, &response);
 //       });
 //
 // For each call: the providers of the service (the registry's latest
@@ -111,6 +111,26 @@ class Client {
   // provider could be reached in time, naming the service.
   absl::Status Call(absl::string_view service, const CallOptions& options, const Attempt& attempt);
 
+  // As Call, handing each attempt the generated stub of `Service` (e.g.
+  // account::Balance) for the picked provider. The stub is made once per
+  // provider and kept as long as the provider is: Service::NewStub(channel)
+  // in every attempt costs gRPC a method registration (a lock and a map
+  // lookup) for each method of the service.
+  //   client->CallWithStub<account::Balance>("account.Balance", call,
+  //       [&](account::Balance::Stub& stub, grpc::ClientContext* ctx) {
+  //         return stub.Get(ctx, request, &response);
+  //       });
+  template <typename Service>
+  absl::Status CallWithStub(
+      absl::string_view service, const CallOptions& options,
+      const std::function<grpc::Status(typename Service::Stub& stub, grpc::ClientContext* context)>&
+          attempt) {
+    return CallOnStub(service, options, &MakeStub<Service>,
+                      [&attempt](void* stub, grpc::ClientContext* context) {
+                        return attempt(*static_cast<typename Service::Stub*>(stub), context);
+                      });
+  }
+
   // As Call, without blocking: `done` runs exactly once with the outcome, on
   // a gRPC thread (or the caller's, for an immediate error). Routing,
   // balancing, retries and deadlines are those of Call. The Client must
@@ -121,6 +141,16 @@ class Client {
   class Impl;
 
  private:
+  // Makes a provider's stub; its address also tells one stub type from another.
+  using StubMaker = std::shared_ptr<void> (*)(const std::shared_ptr<grpc::Channel>& channel);
+  template <typename Service>
+  static std::shared_ptr<void> MakeStub(const std::shared_ptr<grpc::Channel>& channel) {
+    return std::shared_ptr<typename Service::Stub>(Service::NewStub(channel));
+  }
+  absl::Status CallOnStub(
+      absl::string_view service, const CallOptions& options, StubMaker make,
+      const std::function<grpc::Status(void* stub, grpc::ClientContext* context)>& attempt);
+
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
