@@ -526,8 +526,10 @@ struct Analysis {
   // the distribution's abseil checks lock order on each absl::Mutex lock.
   std::mutex mu;
   std::shared_ptr<const Template> plain_template, scatter_template;  // null until made
-  std::vector<std::shared_ptr<const std::string>> plain_sql;         // per target, null until made
-  std::vector<std::shared_ptr<const std::string>> scatter_sql;       // per target
+  // The statement (plain or scattered) on each target, null until made;
+  // once set never changed, so read without the lock. Owned by `made`.
+  std::unique_ptr<std::atomic<const RoutedStatement*>[]> plain_statement, scatter_statement;
+  std::vector<std::unique_ptr<const RoutedStatement>> made;  // guarded by mu
 };
 
 class Router::Impl {
@@ -725,8 +727,8 @@ class Router::Impl {
     a->sql = sql;
     a->tree = std::move(st->tree);
     a->error = Analyze(a.get());
-    a->plain_sql.resize(target_shard.size());
-    a->scatter_sql.resize(target_shard.size());
+    a->plain_statement.reset(new std::atomic<const RoutedStatement*>[target_shard.size()]());
+    a->scatter_statement.reset(new std::atomic<const RoutedStatement*>[target_shard.size()]());
     return a;
   }
 
@@ -1904,15 +1906,15 @@ class Router::Impl {
 
   // The cached text of the statement (plain or scattered) on a target.
   absl::StatusOr<RoutedStatement> Cached(Analysis& a, bool scatter, int target) const {
+    std::atomic<const RoutedStatement*>& slot =
+        (scatter ? a.scatter_statement : a.plain_statement)[target];
+    if (const RoutedStatement* made = slot.load(std::memory_order_acquire)) return *made;
     int shard = target_shard[target];
     uint64_t id = (a.serial * 2 + (scatter ? 1 : 0)) * target_shard.size() + target + 1;
     std::shared_ptr<const Template> t;
     {
       std::lock_guard<std::mutex> lock(a.mu);
-      const auto& text = scatter ? a.scatter_sql[target] : a.plain_sql[target];
-      const auto& made = scatter ? a.scatter_template : a.plain_template;
-      if (text != nullptr) return RoutedStatement{shard, database_of[shard], text, id, made->order};
-      t = made;
+      t = scatter ? a.scatter_template : a.plain_template;
     }
     if (t == nullptr) {
       absl::StatusOr<Template> made = Render(scatter ? a.scatter_tree : a.tree);
@@ -1924,11 +1926,15 @@ class Router::Impl {
       (scatter ? a.scatter_template : a.plain_template) = t;
       return Once(*t, shard);
     }
-    auto shared = std::make_shared<const std::string>(Text(*t, shard));
+    auto statement = std::make_unique<const RoutedStatement>(
+        RoutedStatement{shard, database_of[shard],
+                        std::make_shared<const std::string>(Text(*t, shard)), id, t->order});
     std::lock_guard<std::mutex> lock(a.mu);
     (scatter ? a.scatter_template : a.plain_template) = t;
-    (scatter ? a.scatter_sql[target] : a.plain_sql[target]) = shared;
-    return RoutedStatement{shard, database_of[shard], shared, id, t->order};
+    if (const RoutedStatement* made = slot.load(std::memory_order_acquire)) return *made;
+    slot.store(statement.get(), std::memory_order_release);
+    a.made.push_back(std::move(statement));
+    return *a.made.back();
   }
 
   RoutedStatement Once(const Template& t, int shard) const {
@@ -1957,6 +1963,17 @@ class Router::Impl {
     out.kind = a.kind;
     out.locking = a.locking;
     const pg_query::Node& root = a.tree.stmts(0).stmt();
+    if (a.key_param > 0 && a.key_param <= static_cast<int>(params.size()) && a.single &&
+        !a.broadcast_only && a.kind != StatementKind::kDdl && !root.has_insert_stmt()) {
+      // The common keyed statement: one shard's table, as the path below
+      // would find it without the sets of shards and targets.
+      absl::StatusOr<int> shard = ShardOf(params[a.key_param - 1]);
+      if (!shard.ok()) return shard.status();
+      absl::StatusOr<RoutedStatement> r = Cached(a, false, target_of[*shard]);
+      if (!r.ok()) return r.status();
+      out.statements.push_back(*std::move(r));
+      return out;
+    }
 
     if (a.broadcast_only) {
       // A read goes to any one database, a write or DDL to all.
