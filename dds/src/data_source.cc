@@ -87,7 +87,7 @@ class TransactionImpl : public Transaction {
   ~TransactionImpl() override {
     if (open_) (void)lease_->Rollback();
   }
-  absl::StatusOr<ResultSet> Execute(const std::string& sql,
+  absl::StatusOr<ResultSet> Execute(absl::string_view sql,
                                     const std::vector<Value>& params) override;
   absl::Status Commit() override {
     if (!open_) return absl::FailedPreconditionError("the transaction has already ended");
@@ -156,7 +156,7 @@ class DataSourceImpl : public ShardedDataSource {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<ResultSet> Execute(const std::string& sql, const std::vector<Value>& params,
+  absl::StatusOr<ResultSet> Execute(absl::string_view sql, const std::vector<Value>& params,
                                     const ExecuteOptions& options) override {
     absl::StatusOr<Routing> routing = router_->Route(sql, params);
     if (!routing.ok()) return routing.status();
@@ -314,7 +314,7 @@ class DataSourceImpl : public ShardedDataSource {
 
 const std::string& TransactionImpl::database() const { return ds_->NameOf(database_); }
 
-absl::StatusOr<ResultSet> TransactionImpl::Execute(const std::string& sql,
+absl::StatusOr<ResultSet> TransactionImpl::Execute(absl::string_view sql,
                                                    const std::vector<Value>& params) {
   if (!open_) return absl::FailedPreconditionError("the transaction has already ended");
   absl::StatusOr<Routing> routing = ds_->router()->Route(sql, params);

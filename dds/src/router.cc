@@ -684,7 +684,7 @@ class Router::Impl {
 
   // The analysis of `sql`, valid until this thread's next call. A few
   // recent ones are kept per thread, which spares the shared cache's lock.
-  absl::StatusOr<Analysis*> Analyzed(const std::string& sql) const {
+  absl::StatusOr<Analysis*> Analyzed(absl::string_view sql) const {
     if (sql.size() > kMaxKeptText) {
       // Not kept (see kMaxKeptText): held by this thread until its next call.
       thread_local std::shared_ptr<Analysis> large;
@@ -707,7 +707,7 @@ class Router::Impl {
     return slot.analysis.get();
   }
 
-  absl::StatusOr<std::shared_ptr<Analysis>> Shared(const std::string& sql) const {
+  absl::StatusOr<std::shared_ptr<Analysis>> Shared(absl::string_view sql) const {
     {
       std::shared_lock<std::shared_mutex> lock(mu);
       if (auto it = cache.find(sql); it != cache.end()) return it->second;
@@ -716,15 +716,15 @@ class Router::Impl {
     if (!a.ok()) return a.status();  // not cached: cheap to find again, and unbounded
     std::unique_lock<std::shared_mutex> lock(mu);
     if (cache.size() >= kMaxCached) cache.clear();
-    cache[sql] = *a;
+    cache[std::string(sql)] = *a;
     return a;
   }
 
-  absl::StatusOr<std::shared_ptr<Analysis>> Make(const std::string& sql) const {
-    absl::StatusOr<Statement> st = Parse(sql);
+  absl::StatusOr<std::shared_ptr<Analysis>> Make(absl::string_view sql) const {
+    absl::StatusOr<Statement> st = Parse(std::string(sql));
     if (!st.ok()) return st.status();
     auto a = std::make_shared<Analysis>();
-    a->sql = sql;
+    a->sql = std::string(sql);
     a->tree = std::move(st->tree);
     a->error = Analyze(a.get());
     a->plain_statement.reset(new std::atomic<const RoutedStatement*>[target_shard.size()]());
@@ -1942,7 +1942,7 @@ class Router::Impl {
                            std::make_shared<const std::string>(Text(t, shard)), 0, t.order};
   }
 
-  absl::StatusOr<Routing> Route(const std::string& sql, const std::vector<Value>& params) const {
+  absl::StatusOr<Routing> Route(absl::string_view sql, const std::vector<Value>& params) const {
     absl::StatusOr<Analysis*> analyzed = Analyzed(sql);
     if (!analyzed.ok()) return analyzed.status();
     Analysis& a = **analyzed;
@@ -2140,7 +2140,7 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterConfig config) {
 Router::Router(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Router::~Router() = default;
 
-absl::StatusOr<Routing> Router::Route(const std::string& sql,
+absl::StatusOr<Routing> Router::Route(absl::string_view sql,
                                       const std::vector<Value>& params) const {
   return impl_->Route(sql, params);
 }

@@ -88,7 +88,7 @@ class Router {
   ~Router();
 
   // `params` are the values of $1, $2, ...
-  absl::StatusOr<Routing> Route(const std::string& sql, const std::vector<Value>& params) const;
+  absl::StatusOr<Routing> Route(absl::string_view sql, const std::vector<Value>& params) const;
 
   absl::StatusOr<int> ShardOf(const Value& key) const;
   int DatabaseOf(int shard) const;

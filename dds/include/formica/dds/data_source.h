@@ -39,6 +39,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace formica::dds {
@@ -111,7 +112,7 @@ class Transaction {
   virtual ~Transaction() = default;  // rolls back if neither committed nor rolled back
   // Runs on this transaction's database; a statement that routes to
   // another database is refused (FAILED_PRECONDITION) and changes nothing.
-  virtual absl::StatusOr<ResultSet> Execute(const std::string& sql,
+  virtual absl::StatusOr<ResultSet> Execute(absl::string_view sql,
                                             const std::vector<Value>& params = {}) = 0;
   virtual absl::Status Commit() = 0;
   virtual absl::Status Rollback() = 0;
@@ -129,7 +130,7 @@ class ShardedDataSource {
   // Runs one statement. DDL (CREATE TABLE, CREATE INDEX, ALTER TABLE) on a
   // sharded table runs once per physical table, on a broadcast table once
   // per database.
-  virtual absl::StatusOr<ResultSet> Execute(const std::string& sql,
+  virtual absl::StatusOr<ResultSet> Execute(absl::string_view sql,
                                             const std::vector<Value>& params = {},
                                             const ExecuteOptions& options = {}) = 0;
   // A local transaction on the database of `shard_key`'s shard.
