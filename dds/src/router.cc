@@ -963,7 +963,7 @@ class Router::Impl {
   // else why it cannot run. `shards`: what the statement's own WHERE gives.
   absl::StatusOr<std::optional<ShardSet>> CheckGroups(const Analysis& a,
                                                       std::optional<ShardSet> shards,
-                                                      const std::vector<Value>& params) const {
+                                                      absl::Span<const Value> params) const {
     const std::vector<TableGroup>& groups = a.groups;
     std::vector<std::optional<ShardSet>> keys(groups.size());
     for (size_t g = 0; g < groups.size(); ++g) {
@@ -1529,7 +1529,7 @@ class Router::Impl {
   // Each shard returns up to offset+limit rows, from its first (all of
   // them when that passes what a LIMIT constant holds, or with no LIMIT).
   static absl::Status SetShardLimit(pg_query::SelectStmt* s, const MergePlan& plan,
-                                    const std::vector<Value>& params) {
+                                    absl::Span<const Value> params) {
     s->clear_limit_offset();
     s->clear_limit_count();
     absl::StatusOr<RowWindow> window = RowsWanted(plan, params);
@@ -1544,7 +1544,7 @@ class Router::Impl {
 
   // The text of a constant or parameter; nullopt for anything else.
   absl::StatusOr<std::optional<Value>> ValueOf(const pg_query::Node& n,
-                                               const std::vector<Value>& params) const {
+                                               absl::Span<const Value> params) const {
     if (n.has_a_const()) {
       const pg_query::A_Const& c = n.a_const();
       if (c.has_ival()) return std::optional<Value>(int64_t{c.ival().ival()});
@@ -1658,7 +1658,7 @@ class Router::Impl {
   // The shards a WHERE clause confines the statement to; nullopt: any.
   absl::StatusOr<std::optional<ShardSet>> Keys(const std::vector<Column>& keys,
                                                const pg_query::Node& n,
-                                               const std::vector<Value>& params) const {
+                                               absl::Span<const Value> params) const {
     if (n.has_bool_expr()) {
       const pg_query::BoolExpr& b = n.bool_expr();
       if (b.boolop() == pg_query::AND_EXPR) {
@@ -1942,7 +1942,7 @@ class Router::Impl {
                            std::make_shared<const std::string>(Text(t, shard)), 0, t.order};
   }
 
-  absl::StatusOr<Routing> Route(absl::string_view sql, const std::vector<Value>& params) const {
+  absl::StatusOr<Routing> Route(absl::string_view sql, absl::Span<const Value> params) const {
     absl::StatusOr<Analysis*> analyzed = Analyzed(sql);
     if (!analyzed.ok()) return analyzed.status();
     Analysis& a = **analyzed;
@@ -2059,7 +2059,7 @@ class Router::Impl {
   }
 
   // Each row goes to its user's shard; rows of one table stay together.
-  absl::StatusOr<Routing> RouteInsert(Analysis& a, const std::vector<Value>& params,
+  absl::StatusOr<Routing> RouteInsert(Analysis& a, absl::Span<const Value> params,
                                       Routing out) const {
     const pg_query::InsertStmt& ins = a.tree.stmts(0).stmt().insert_stmt();
     const std::string& table = ins.relation().relname();
@@ -2120,8 +2120,8 @@ class Router::Impl {
   }
 };
 
-const std::vector<Value>& ParamsOf(const RoutedStatement& s, const std::vector<Value>& params,
-                                   std::vector<Value>* storage) {
+absl::Span<const Value> ParamsOf(const RoutedStatement& s, absl::Span<const Value> params,
+                                 std::vector<Value>* storage) {
   if (s.order == nullptr) return params;
   storage->clear();
   storage->reserve(s.order->size());
@@ -2140,8 +2140,7 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterConfig config) {
 Router::Router(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Router::~Router() = default;
 
-absl::StatusOr<Routing> Router::Route(absl::string_view sql,
-                                      const std::vector<Value>& params) const {
+absl::StatusOr<Routing> Router::Route(absl::string_view sql, absl::Span<const Value> params) const {
   return impl_->Route(sql, params);
 }
 
