@@ -698,7 +698,8 @@ class Router::Impl {
       std::shared_ptr<Analysis> analysis;
     };
     thread_local std::array<Recent, 8> recent;
-    Recent& slot = recent[(sql.size() * 31 + static_cast<unsigned char>(sql[sql.size() / 2])) % 8];
+    unsigned char middle = sql.empty() ? 0 : static_cast<unsigned char>(sql[sql.size() / 2]);
+    Recent& slot = recent[(sql.size() * 31 + middle) % 8];
     if (slot.router == id && slot.analysis->sql == sql) return slot.analysis.get();
     absl::StatusOr<std::shared_ptr<Analysis>> a = Shared(sql);
     if (!a.ok()) return a.status();
