@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "formica/dds/data_source.h"
 
 namespace formica::dds {
@@ -38,8 +39,8 @@ class Connection {
   // text, varchar, char and name (compared by the collation the statement
   // derives, which pg_collation_for tells), "type <name>" for another
   // collatable type (its comparison has rules of its own: citext, arrays).
-  virtual absl::StatusOr<ResultSet> Execute(const std::string& sql,
-                                            const std::vector<Value>& params, uint64_t id = 0,
+  virtual absl::StatusOr<ResultSet> Execute(const std::string& sql, absl::Span<const Value> params,
+                                            uint64_t id = 0,
                                             std::vector<std::string>* collations = nullptr) = 0;
   // BEGIN, COMMIT, ROLLBACK.
   virtual absl::Status Begin() = 0;

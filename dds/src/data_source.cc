@@ -87,8 +87,7 @@ class TransactionImpl : public Transaction {
   ~TransactionImpl() override {
     if (open_) (void)lease_->Rollback();
   }
-  absl::StatusOr<ResultSet> Execute(const std::string& sql,
-                                    const std::vector<Value>& params) override;
+  absl::StatusOr<ResultSet> Execute(absl::string_view sql, absl::Span<const Value> params) override;
   absl::Status Commit() override {
     if (!open_) return absl::FailedPreconditionError("the transaction has already ended");
     open_ = false;
@@ -156,7 +155,7 @@ class DataSourceImpl : public ShardedDataSource {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<ResultSet> Execute(const std::string& sql, const std::vector<Value>& params,
+  absl::StatusOr<ResultSet> Execute(absl::string_view sql, absl::Span<const Value> params,
                                     const ExecuteOptions& options) override {
     absl::StatusOr<Routing> routing = router_->Route(sql, params);
     if (!routing.ok()) return routing.status();
@@ -185,7 +184,7 @@ class DataSourceImpl : public ShardedDataSource {
   absl::StatusOr<ResultSet> Combine(const Routing& routing,
                                     std::vector<absl::StatusOr<ResultSet>> results,
                                     std::vector<std::vector<std::string>> collations,
-                                    const std::vector<Value>& params) {
+                                    absl::Span<const Value> params) {
     std::vector<ShardAnswer> parts;
     std::vector<std::string> written, failed;
     absl::Status first;
@@ -230,7 +229,7 @@ class DataSourceImpl : public ShardedDataSource {
   // order, so two such writes never wait on each other crosswise; each wait
   // bounded by pool_wait): none is given up midway for want of a connection.
   // Then each database's statements run in turn, databases at once.
-  absl::StatusOr<ResultSet> RunWrite(const Routing& routing, const std::vector<Value>& params) {
+  absl::StatusOr<ResultSet> RunWrite(const Routing& routing, absl::Span<const Value> params) {
     const auto& statements = routing.statements;
     std::map<int, std::vector<size_t>> by_database;
     for (size_t i = 0; i < statements.size(); ++i) {
@@ -266,7 +265,7 @@ class DataSourceImpl : public ShardedDataSource {
     return Combine(routing, std::move(results), std::move(collations), params);
   }
 
-  absl::StatusOr<ResultSet> RunOne(const RoutedStatement& s, const std::vector<Value>& params,
+  absl::StatusOr<ResultSet> RunOne(const RoutedStatement& s, absl::Span<const Value> params,
                                    bool replica, std::vector<std::string>* collations = nullptr) {
     Database& db = *databases_[s.database];
     ConnectionPool* pool = db.primary.get();
@@ -314,8 +313,8 @@ class DataSourceImpl : public ShardedDataSource {
 
 const std::string& TransactionImpl::database() const { return ds_->NameOf(database_); }
 
-absl::StatusOr<ResultSet> TransactionImpl::Execute(const std::string& sql,
-                                                   const std::vector<Value>& params) {
+absl::StatusOr<ResultSet> TransactionImpl::Execute(absl::string_view sql,
+                                                   absl::Span<const Value> params) {
   if (!open_) return absl::FailedPreconditionError("the transaction has already ended");
   absl::StatusOr<Routing> routing = ds_->router()->Route(sql, params);
   if (!routing.ok()) return routing.status();

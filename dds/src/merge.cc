@@ -395,7 +395,7 @@ int Compare(const Value& a, const Value& b, Collation collation) {
   return dx < dy ? -1 : (dx > dy ? 1 : 0);
 }
 
-absl::StatusOr<RowWindow> RowsWanted(const MergePlan& plan, const std::vector<Value>& params) {
+absl::StatusOr<RowWindow> RowsWanted(const MergePlan& plan, absl::Span<const Value> params) {
   const bool sqlite = plan.dialect == Dialect::kSqlite;
   // The bound's integer; nullopt for NULL.
   auto value = [&](const Bound& b, const char* what) -> absl::StatusOr<std::optional<int64_t>> {
@@ -450,7 +450,7 @@ absl::StatusOr<RowWindow> RowsWanted(const MergePlan& plan, const std::vector<Va
 }
 
 absl::StatusOr<ResultSet> Merge(const MergePlan& plan, std::vector<ShardAnswer> parts,
-                                const std::vector<Value>& params, const MergeContext& context) {
+                                absl::Span<const Value> params, const MergeContext& context) {
   ResultSet out;
   if (parts.empty()) return out;
   out.columns = parts.front().result.columns;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "formica/dds/data_source.h"
 
 namespace formica::dds {
@@ -103,7 +104,7 @@ struct MergeContext {
 };
 
 absl::StatusOr<ResultSet> Merge(const MergePlan& plan, std::vector<ShardAnswer> parts,
-                                const std::vector<Value>& params, const MergeContext& context);
+                                absl::Span<const Value> params, const MergeContext& context);
 
 // Total order used for sorting and grouping: NULL, then numbers (integers
 // and reals compared by value), then text (by `collation`). NULL placement
@@ -118,6 +119,6 @@ struct RowWindow {
   int64_t offset = 0;
   std::optional<int64_t> count;  // unset: every row from the offset on
 };
-absl::StatusOr<RowWindow> RowsWanted(const MergePlan& plan, const std::vector<Value>& params);
+absl::StatusOr<RowWindow> RowsWanted(const MergePlan& plan, absl::Span<const Value> params);
 
 }  // namespace formica::dds

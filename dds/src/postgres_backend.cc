@@ -78,7 +78,7 @@ class PostgresConnection : public Connection {
   PostgresConnection(std::string name, PGconn* conn) : name_(std::move(name)), conn_(conn) {}
   ~PostgresConnection() override { PQfinish(conn_); }
 
-  absl::StatusOr<ResultSet> Execute(const std::string& sql, const std::vector<Value>& params,
+  absl::StatusOr<ResultSet> Execute(const std::string& sql, absl::Span<const Value> params,
                                     uint64_t /*id*/,
                                     std::vector<std::string>* collations) override {
     std::vector<std::string> text(params.size());

@@ -526,8 +526,10 @@ struct Analysis {
   // the distribution's abseil checks lock order on each absl::Mutex lock.
   std::mutex mu;
   std::shared_ptr<const Template> plain_template, scatter_template;  // null until made
-  std::vector<std::shared_ptr<const std::string>> plain_sql;         // per target, null until made
-  std::vector<std::shared_ptr<const std::string>> scatter_sql;       // per target
+  // The statement (plain or scattered) on each target, null until made;
+  // once set never changed, so read without the lock. Owned by `made`.
+  std::unique_ptr<std::atomic<const RoutedStatement*>[]> plain_statement, scatter_statement;
+  std::vector<std::unique_ptr<const RoutedStatement>> made;  // guarded by mu
 };
 
 class Router::Impl {
@@ -682,7 +684,7 @@ class Router::Impl {
 
   // The analysis of `sql`, valid until this thread's next call. A few
   // recent ones are kept per thread, which spares the shared cache's lock.
-  absl::StatusOr<Analysis*> Analyzed(const std::string& sql) const {
+  absl::StatusOr<Analysis*> Analyzed(absl::string_view sql) const {
     if (sql.size() > kMaxKeptText) {
       // Not kept (see kMaxKeptText): held by this thread until its next call.
       thread_local std::shared_ptr<Analysis> large;
@@ -696,7 +698,8 @@ class Router::Impl {
       std::shared_ptr<Analysis> analysis;
     };
     thread_local std::array<Recent, 8> recent;
-    Recent& slot = recent[(sql.size() * 31 + static_cast<unsigned char>(sql[sql.size() / 2])) % 8];
+    unsigned char middle = sql.empty() ? 0 : static_cast<unsigned char>(sql[sql.size() / 2]);
+    Recent& slot = recent[(sql.size() * 31 + middle) % 8];
     if (slot.router == id && slot.analysis->sql == sql) return slot.analysis.get();
     absl::StatusOr<std::shared_ptr<Analysis>> a = Shared(sql);
     if (!a.ok()) return a.status();
@@ -705,7 +708,7 @@ class Router::Impl {
     return slot.analysis.get();
   }
 
-  absl::StatusOr<std::shared_ptr<Analysis>> Shared(const std::string& sql) const {
+  absl::StatusOr<std::shared_ptr<Analysis>> Shared(absl::string_view sql) const {
     {
       std::shared_lock<std::shared_mutex> lock(mu);
       if (auto it = cache.find(sql); it != cache.end()) return it->second;
@@ -714,19 +717,19 @@ class Router::Impl {
     if (!a.ok()) return a.status();  // not cached: cheap to find again, and unbounded
     std::unique_lock<std::shared_mutex> lock(mu);
     if (cache.size() >= kMaxCached) cache.clear();
-    cache[sql] = *a;
+    cache[std::string(sql)] = *a;
     return a;
   }
 
-  absl::StatusOr<std::shared_ptr<Analysis>> Make(const std::string& sql) const {
-    absl::StatusOr<Statement> st = Parse(sql);
+  absl::StatusOr<std::shared_ptr<Analysis>> Make(absl::string_view sql) const {
+    absl::StatusOr<Statement> st = Parse(std::string(sql));
     if (!st.ok()) return st.status();
     auto a = std::make_shared<Analysis>();
-    a->sql = sql;
+    a->sql = std::string(sql);
     a->tree = std::move(st->tree);
     a->error = Analyze(a.get());
-    a->plain_sql.resize(target_shard.size());
-    a->scatter_sql.resize(target_shard.size());
+    a->plain_statement.reset(new std::atomic<const RoutedStatement*>[target_shard.size()]());
+    a->scatter_statement.reset(new std::atomic<const RoutedStatement*>[target_shard.size()]());
     return a;
   }
 
@@ -961,7 +964,7 @@ class Router::Impl {
   // else why it cannot run. `shards`: what the statement's own WHERE gives.
   absl::StatusOr<std::optional<ShardSet>> CheckGroups(const Analysis& a,
                                                       std::optional<ShardSet> shards,
-                                                      const std::vector<Value>& params) const {
+                                                      absl::Span<const Value> params) const {
     const std::vector<TableGroup>& groups = a.groups;
     std::vector<std::optional<ShardSet>> keys(groups.size());
     for (size_t g = 0; g < groups.size(); ++g) {
@@ -1527,7 +1530,7 @@ class Router::Impl {
   // Each shard returns up to offset+limit rows, from its first (all of
   // them when that passes what a LIMIT constant holds, or with no LIMIT).
   static absl::Status SetShardLimit(pg_query::SelectStmt* s, const MergePlan& plan,
-                                    const std::vector<Value>& params) {
+                                    absl::Span<const Value> params) {
     s->clear_limit_offset();
     s->clear_limit_count();
     absl::StatusOr<RowWindow> window = RowsWanted(plan, params);
@@ -1542,7 +1545,7 @@ class Router::Impl {
 
   // The text of a constant or parameter; nullopt for anything else.
   absl::StatusOr<std::optional<Value>> ValueOf(const pg_query::Node& n,
-                                               const std::vector<Value>& params) const {
+                                               absl::Span<const Value> params) const {
     if (n.has_a_const()) {
       const pg_query::A_Const& c = n.a_const();
       if (c.has_ival()) return std::optional<Value>(int64_t{c.ival().ival()});
@@ -1656,7 +1659,7 @@ class Router::Impl {
   // The shards a WHERE clause confines the statement to; nullopt: any.
   absl::StatusOr<std::optional<ShardSet>> Keys(const std::vector<Column>& keys,
                                                const pg_query::Node& n,
-                                               const std::vector<Value>& params) const {
+                                               absl::Span<const Value> params) const {
     if (n.has_bool_expr()) {
       const pg_query::BoolExpr& b = n.bool_expr();
       if (b.boolop() == pg_query::AND_EXPR) {
@@ -1904,15 +1907,15 @@ class Router::Impl {
 
   // The cached text of the statement (plain or scattered) on a target.
   absl::StatusOr<RoutedStatement> Cached(Analysis& a, bool scatter, int target) const {
+    std::atomic<const RoutedStatement*>& slot =
+        (scatter ? a.scatter_statement : a.plain_statement)[target];
+    if (const RoutedStatement* made = slot.load(std::memory_order_acquire)) return *made;
     int shard = target_shard[target];
     uint64_t id = (a.serial * 2 + (scatter ? 1 : 0)) * target_shard.size() + target + 1;
     std::shared_ptr<const Template> t;
     {
       std::lock_guard<std::mutex> lock(a.mu);
-      const auto& text = scatter ? a.scatter_sql[target] : a.plain_sql[target];
-      const auto& made = scatter ? a.scatter_template : a.plain_template;
-      if (text != nullptr) return RoutedStatement{shard, database_of[shard], text, id, made->order};
-      t = made;
+      t = scatter ? a.scatter_template : a.plain_template;
     }
     if (t == nullptr) {
       absl::StatusOr<Template> made = Render(scatter ? a.scatter_tree : a.tree);
@@ -1924,11 +1927,15 @@ class Router::Impl {
       (scatter ? a.scatter_template : a.plain_template) = t;
       return Once(*t, shard);
     }
-    auto shared = std::make_shared<const std::string>(Text(*t, shard));
+    auto statement = std::make_unique<const RoutedStatement>(
+        RoutedStatement{shard, database_of[shard],
+                        std::make_shared<const std::string>(Text(*t, shard)), id, t->order});
     std::lock_guard<std::mutex> lock(a.mu);
     (scatter ? a.scatter_template : a.plain_template) = t;
-    (scatter ? a.scatter_sql[target] : a.plain_sql[target]) = shared;
-    return RoutedStatement{shard, database_of[shard], shared, id, t->order};
+    if (const RoutedStatement* made = slot.load(std::memory_order_acquire)) return *made;
+    slot.store(statement.get(), std::memory_order_release);
+    a.made.push_back(std::move(statement));
+    return *a.made.back();
   }
 
   RoutedStatement Once(const Template& t, int shard) const {
@@ -1936,7 +1943,7 @@ class Router::Impl {
                            std::make_shared<const std::string>(Text(t, shard)), 0, t.order};
   }
 
-  absl::StatusOr<Routing> Route(const std::string& sql, const std::vector<Value>& params) const {
+  absl::StatusOr<Routing> Route(absl::string_view sql, absl::Span<const Value> params) const {
     absl::StatusOr<Analysis*> analyzed = Analyzed(sql);
     if (!analyzed.ok()) return analyzed.status();
     Analysis& a = **analyzed;
@@ -1957,6 +1964,17 @@ class Router::Impl {
     out.kind = a.kind;
     out.locking = a.locking;
     const pg_query::Node& root = a.tree.stmts(0).stmt();
+    if (a.key_param > 0 && a.key_param <= static_cast<int>(params.size()) && a.single &&
+        !a.broadcast_only && a.kind != StatementKind::kDdl && !root.has_insert_stmt()) {
+      // The common keyed statement: one shard's table, as the path below
+      // would find it without the sets of shards and targets.
+      absl::StatusOr<int> shard = ShardOf(params[a.key_param - 1]);
+      if (!shard.ok()) return shard.status();
+      absl::StatusOr<RoutedStatement> r = Cached(a, false, target_of[*shard]);
+      if (!r.ok()) return r.status();
+      out.statements.push_back(*std::move(r));
+      return out;
+    }
 
     if (a.broadcast_only) {
       // A read goes to any one database, a write or DDL to all.
@@ -2042,7 +2060,7 @@ class Router::Impl {
   }
 
   // Each row goes to its user's shard; rows of one table stay together.
-  absl::StatusOr<Routing> RouteInsert(Analysis& a, const std::vector<Value>& params,
+  absl::StatusOr<Routing> RouteInsert(Analysis& a, absl::Span<const Value> params,
                                       Routing out) const {
     const pg_query::InsertStmt& ins = a.tree.stmts(0).stmt().insert_stmt();
     const std::string& table = ins.relation().relname();
@@ -2103,8 +2121,8 @@ class Router::Impl {
   }
 };
 
-const std::vector<Value>& ParamsOf(const RoutedStatement& s, const std::vector<Value>& params,
-                                   std::vector<Value>* storage) {
+absl::Span<const Value> ParamsOf(const RoutedStatement& s, absl::Span<const Value> params,
+                                 std::vector<Value>* storage) {
   if (s.order == nullptr) return params;
   storage->clear();
   storage->reserve(s.order->size());
@@ -2123,8 +2141,7 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterConfig config) {
 Router::Router(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Router::~Router() = default;
 
-absl::StatusOr<Routing> Router::Route(const std::string& sql,
-                                      const std::vector<Value>& params) const {
+absl::StatusOr<Routing> Router::Route(absl::string_view sql, absl::Span<const Value> params) const {
   return impl_->Route(sql, params);
 }
 

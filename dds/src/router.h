@@ -20,6 +20,7 @@
 
 #include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "formica/dds/data_source.h"
 #include "merge.h"
 
@@ -63,8 +64,8 @@ struct RoutedStatement {
 
 // The parameters `s` binds, in its order: `params` itself, or `storage`
 // filled in s.order.
-const std::vector<Value>& ParamsOf(const RoutedStatement& s, const std::vector<Value>& params,
-                                   std::vector<Value>* storage);
+absl::Span<const Value> ParamsOf(const RoutedStatement& s, absl::Span<const Value> params,
+                                 std::vector<Value>* storage);
 
 struct Routing {
   StatementKind kind = StatementKind::kRead;
@@ -88,7 +89,7 @@ class Router {
   ~Router();
 
   // `params` are the values of $1, $2, ...
-  absl::StatusOr<Routing> Route(const std::string& sql, const std::vector<Value>& params) const;
+  absl::StatusOr<Routing> Route(absl::string_view sql, absl::Span<const Value> params) const;
 
   absl::StatusOr<int> ShardOf(const Value& key) const;
   int DatabaseOf(int shard) const;

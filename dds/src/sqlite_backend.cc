@@ -23,7 +23,7 @@ class SqliteConnection : public Connection {
     sqlite3_close_v2(db_);
   }
 
-  absl::StatusOr<ResultSet> Execute(const std::string& sql, const std::vector<Value>& params,
+  absl::StatusOr<ResultSet> Execute(const std::string& sql, absl::Span<const Value> params,
                                     uint64_t id, std::vector<std::string>* collations) override {
     absl::StatusOr<Prepared*> p = Prepare(sql, id);
     if (!p.ok()) return p.status();

@@ -250,6 +250,15 @@ TEST_F(SqliteFund, BadStatementsAreRefusedAndChangeNothing) {
               HasSubstr("LIMIT must be an integer, got $1 = many"));
 }
 
+TEST_F(SqliteFund, AnEmptyStatementIsRefused) {
+  // The text is a view: an empty one may point at nothing at all.
+  for (absl::string_view sql : {absl::string_view(), absl::string_view("")}) {
+    auto r = ds_->Execute(sql);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(r.status().message(), "expected one SQL statement, got 0");
+  }
+}
+
 TEST_F(SqliteFund, AMissingParameterIsRefusedBeforeAnyShardRuns) {
   // Two rows for shards 5 and 30 (databases db0 and db1), the last value missing.
   std::vector<Value> params = {int64_t{105}, std::string("a"), int64_t{1}, int64_t{230},

@@ -39,7 +39,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 
 namespace formica::dds {
 
@@ -111,8 +113,8 @@ class Transaction {
   virtual ~Transaction() = default;  // rolls back if neither committed nor rolled back
   // Runs on this transaction's database; a statement that routes to
   // another database is refused (FAILED_PRECONDITION) and changes nothing.
-  virtual absl::StatusOr<ResultSet> Execute(const std::string& sql,
-                                            const std::vector<Value>& params = {}) = 0;
+  virtual absl::StatusOr<ResultSet> Execute(absl::string_view sql,
+                                            absl::Span<const Value> params = {}) = 0;
   virtual absl::Status Commit() = 0;
   virtual absl::Status Rollback() = 0;
   virtual int shard() const = 0;
@@ -128,9 +130,10 @@ class ShardedDataSource {
 
   // Runs one statement. DDL (CREATE TABLE, CREATE INDEX, ALTER TABLE) on a
   // sharded table runs once per physical table, on a broadcast table once
-  // per database.
-  virtual absl::StatusOr<ResultSet> Execute(const std::string& sql,
-                                            const std::vector<Value>& params = {},
+  // per database. `params` are the values of $1, $2, ...: a braced list
+  // ({user_id, amount}) or a std::vector<Value>, read during the call only.
+  virtual absl::StatusOr<ResultSet> Execute(absl::string_view sql,
+                                            absl::Span<const Value> params = {},
                                             const ExecuteOptions& options = {}) = 0;
   // A local transaction on the database of `shard_key`'s shard.
   virtual absl::StatusOr<std::unique_ptr<Transaction>> Begin(const Value& shard_key) = 0;
