@@ -1679,7 +1679,7 @@ class Broker::Impl final
           return member->closed || !member->outbox.empty() || !member->acked.empty();
         };
         g->mu.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
-        if (member->closed) break;
+        if (member->closed || stream.IsCancelled()) break;
         size_t n = 0, bytes = 0;
         while (n < member->outbox.size() && n < kMaxMessagesPerReply &&
                (n == 0 || bytes < kMaxReplyBytes)) {
@@ -1692,11 +1692,16 @@ class Broker::Impl final
       }
       if (streams_stop.load()) {
         result = absl::UnavailableError("dmsd is stopping; consume from another broker or later");
+        Unsend(*g, *member, &reply);
         break;
       }
-      if (stream.IsCancelled()) break;
       if (reply.messages_size() == 0 && reply.acked_size() == 0) continue;
-      if (!stream.Write(reply)) break;
+      if (!stream.Write(reply)) {
+        // The consumer cannot ack what a failed write carried (its acks
+        // come over this stream): not a delivery, no attempt used.
+        Unsend(*g, *member, &reply);
+        break;
+      }
     }
     // Frees the reader without cancelling the call, so `result` (or the
     // reader's error) is what the consumer receives.
@@ -1706,6 +1711,15 @@ class Broker::Impl final
     Kick();
     if (!reader_status.ok()) return reader_status;
     return result;
+  }
+
+  // Puts the messages of a reply that was never written back at the front
+  // of the member's outbox, so Leave counts them as unsent.
+  void Unsend(GroupState& g, Member& member, v1::ConsumeReply* reply) {
+    absl::MutexLock lock(&g.mu);
+    member.outbox.insert(member.outbox.begin(),
+                         std::make_move_iterator(reply->mutable_messages()->begin()),
+                         std::make_move_iterator(reply->mutable_messages()->end()));
   }
 
   void DispatchLoop() {
