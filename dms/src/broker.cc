@@ -442,6 +442,14 @@ class Broker::Impl final
   absl::Status NeverReuseOffsets(TopicState& t, const std::vector<RecoveryReport>& reports)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(topics_mu) {
     std::map<int, uint64_t> lost_from;  // queue -> its first lost offset
+    // A queue to continue above its log's end.
+    struct Skip {
+      int queue;
+      uint64_t end, next;
+      std::string why;
+      std::vector<std::pair<std::string, QueueProgress>> groups;
+    };
+    std::vector<Skip> skips;
     std::vector<GroupQueue> known;
     if (auto it = progress_at_start.find(t.name); it != progress_at_start.end()) {
       known = it->second;
@@ -489,6 +497,12 @@ class Broker::Impl final
                          why, " reached offset ", next, "; more than ", kMaxLostOffsets,
                          " offsets lost is not a damaged tail: check the data directory"));
       }
+      skips.push_back(Skip{q, end, next, why, std::move(groups)});
+    }
+    // Keys first: a start-up cut short after the placeholders are durable
+    // finds no cut next time, so nothing would forget them after.
+    if (absl::Status st = ForgetLostDedupKeys(t, lost_from); !st.ok()) return st;
+    for (const auto& [q, end, next, why, groups] : skips) {
       if (absl::Status st = t.topic->SkipTo(q, next); !st.ok()) return st;
       SPDLOG_ERROR(
           "topic {} queue {}: offsets {} to {} were handed out before but their messages are "
@@ -515,7 +529,7 @@ class Broker::Impl final
             t.name, q, group, lost.size(), lost.front(), lost.back());
       }
     }
-    return ForgetLostDedupKeys(t, lost_from);
+    return absl::OkStatus();
   }
 
   absl::Status ForgetLostDedupKeys(const TopicState& t, const std::map<int, uint64_t>& lost_from) {
@@ -967,6 +981,24 @@ class Broker::Impl final
     }
   }
 
+  // Whether the record a dedup key points at is the message sent with
+  // that key. A key can outlive its message (a damaged tail was cut, or a
+  // machine crash lost an unsynced tail, and start-up did not get to forget
+  // the key) and point at a lost offset's placeholder or at another
+  // message: then the send is not a duplicate. A record retention removed
+  // was stored, so its key still holds.
+  absl::StatusOr<bool> HoldsDedupKey(TopicState& t, int queue, uint64_t offset,
+                                     const std::string& key) {
+    if (queue < 0 || queue >= t.topic->queues()) return false;
+    if (offset < t.topic->log(queue).first_offset()) return true;
+    std::vector<std::pair<uint64_t, v1::StoredMessage>> got;
+    absl::Status st = t.topic->Read(queue, offset, 1, &got);
+    if (absl::IsOutOfRange(st)) return true;  // removed by retention just now
+    if (!st.ok()) return st;
+    return !got.empty() && got[0].first == offset && !got[0].second.lost() &&
+           got[0].second.dedup_key() == key;
+  }
+
   // Looks the keys up and writes the new messages, registering each offset
   // before any later mark could pass it; the syncs come after.
   absl::Status PlaceDedup(DedupCall& call) ABSL_EXCLUSIVE_LOCKS_REQUIRED(call.topic->dedup_mu) {
@@ -996,9 +1028,18 @@ class Broker::Impl final
         uint64_t offset = 0;
         int64_t born = 0;
         std::vector<std::string> parts = absl::StrSplit(value, ' ');
-        if (s.ok() && parts.size() == 3 && absl::SimpleAtoi(parts[0], &queue) &&
-            absl::SimpleAtoi(parts[1], &offset) && absl::SimpleAtoi(parts[2], &born) &&
-            born >= oldest) {
+        bool seen = s.ok() && parts.size() == 3 && absl::SimpleAtoi(parts[0], &queue) &&
+                    absl::SimpleAtoi(parts[1], &offset) && absl::SimpleAtoi(parts[2], &born) &&
+                    born >= oldest;
+        if (seen) {
+          absl::StatusOr<bool> holds = HoldsDedupKey(t, queue, offset, key);
+          if (!holds.ok()) {
+            release();
+            return holds.status();
+          }
+          seen = *holds;
+        }
+        if (seen) {
           v1::Receipt* r = call.reply->mutable_receipts(i);
           r->set_queue(queue);
           r->set_offset(offset);
