@@ -203,6 +203,7 @@ class Broker::Impl final
   bool kicked ABSL_GUARDED_BY(kick_mu) = false;
   bool stopping ABSL_GUARDED_BY(kick_mu) = false;
   std::atomic<bool> streams_stop{false};
+  LiveStreams live_streams;  // Consume and CheckBack
   std::thread dispatcher, housekeeper;
 
   absl::Mutex disk_mu;
@@ -782,16 +783,19 @@ class Broker::Impl final
 
   grpc::ServerBidiReactor<v1::CheckAnswer, v1::CheckRequest>* CheckBack(
       grpc::CallbackServerContext* ctx) override {
-    return new CheckBackStream(ctx, [this](CheckBackStream& stream) {
-      return rpc::Serve(stream.context(), [&] {
-        grpc::Status st = txns->CheckBack(stream);
-        if (st.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
-          SPDLOG_WARN("CheckBack stream from {} refused: {}", stream.context()->peer(),
-                      st.error_message());
-        }
-        return st;
-      });
-    });
+    return new CheckBackStream(
+        ctx,
+        [this](CheckBackStream& stream) {
+          return rpc::Serve(stream.context(), [&] {
+            grpc::Status st = txns->CheckBack(stream);
+            if (st.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+              SPDLOG_WARN("CheckBack stream from {} refused: {}", stream.context()->peer(),
+                          st.error_message());
+            }
+            return st;
+          });
+        },
+        &live_streams);
   }
 
   grpc::Status ListHalfMessages(grpc::ServerContext* ctx, const v1::ListHalfMessagesRequest* req,
@@ -1656,26 +1660,31 @@ class Broker::Impl final
   // stream, its status reaches the consumer and non-routine ends are logged.
   grpc::ServerBidiReactor<v1::ConsumeRequest, v1::ConsumeReply>* Consume(
       grpc::CallbackServerContext* ctx) override {
-    return new ConsumeStream(ctx, [this](ConsumeStream& stream) {
-      return rpc::Serve(stream.context(), [&] {
-        std::string subscription;
-        absl::Status st = DoConsume(stream, &subscription);
-        if (absl::IsInvalidArgument(st)) {
-          SPDLOG_WARN("Consume stream from {}{} refused: {}", stream.context()->peer(),
-                      subscription, st.ToString());
-        } else if (!st.ok() && !streams_stop.load()) {
-          SPDLOG_INFO("Consume stream from {}{} ended: {}", stream.context()->peer(), subscription,
-                      st.ToString());
-        }
-        return ToGrpcStatus(st);
-      });
-    });
+    return new ConsumeStream(
+        ctx,
+        [this](ConsumeStream& stream) {
+          return rpc::Serve(stream.context(), [&] {
+            std::string subscription;
+            absl::Status st = DoConsume(stream, &subscription);
+            if (absl::IsInvalidArgument(st)) {
+              SPDLOG_WARN("Consume stream from {}{} refused: {}", stream.context()->peer(),
+                          subscription, st.ToString());
+            } else if (!st.ok() && !streams_stop.load()) {
+              SPDLOG_INFO("Consume stream from {}{} ended: {}", stream.context()->peer(),
+                          subscription, st.ToString());
+            }
+            return ToGrpcStatus(st);
+          });
+        },
+        &live_streams);
   }
 
   // `subscription` gets " (group ..., topic ...)" once the stream subscribed.
   absl::Status DoConsume(ConsumeStream& stream, std::string* subscription) {
     v1::ConsumeRequest first;
-    if (!stream.Read(&first)) return absl::OkStatus();
+    if (!stream.Read(&first)) {
+      return streams_stop.load() ? StoppingError() : absl::OkStatus();
+    }
     if (!first.has_subscribe()) {
       return absl::InvalidArgumentError("the first request on a Consume stream must subscribe");
     }
@@ -1720,6 +1729,10 @@ class Broker::Impl final
           return member->closed || !member->outbox.empty() || !member->acked.empty();
         };
         g->mu.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
+        if (streams_stop.load()) {
+          result = StoppingError();
+          break;
+        }
         if (member->closed || stream.IsCancelled()) break;
         size_t n = 0, bytes = 0;
         while (n < member->outbox.size() && n < kMaxMessagesPerReply &&
@@ -1730,11 +1743,6 @@ class Broker::Impl final
         member->outbox.erase(member->outbox.begin(), member->outbox.begin() + n);
         for (v1::MessageRef& r : member->acked) *reply.add_acked() = std::move(r);
         member->acked.clear();
-      }
-      if (streams_stop.load()) {
-        result = absl::UnavailableError("dmsd is stopping; consume from another broker or later");
-        Unsend(*g, *member, &reply);
-        break;
       }
       if (reply.messages_size() == 0 && reply.acked_size() == 0) continue;
       if (!stream.Write(reply)) {
@@ -1752,6 +1760,10 @@ class Broker::Impl final
     Kick();
     if (!reader_status.ok()) return reader_status;
     return result;
+  }
+
+  static absl::Status StoppingError() {
+    return absl::UnavailableError("dmsd is stopping; consume from another broker or later");
   }
 
   // Puts the messages of a reply that was never written back at the front
@@ -2082,6 +2094,7 @@ class Broker::Impl final
     shut_down = true;
     streams_stop = true;  // consumers move on at once
     if (txns != nullptr) txns->Stop();
+    live_streams.StopReading();  // streams still waiting for their first request
     {
       absl::MutexLock lock(&kick_mu);
       stopping = true;
