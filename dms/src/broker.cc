@@ -203,6 +203,7 @@ class Broker::Impl final
   bool kicked ABSL_GUARDED_BY(kick_mu) = false;
   bool stopping ABSL_GUARDED_BY(kick_mu) = false;
   std::atomic<bool> streams_stop{false};
+  LiveStreams live_streams;  // Consume and CheckBack
   std::thread dispatcher, housekeeper;
 
   absl::Mutex disk_mu;
@@ -442,6 +443,14 @@ class Broker::Impl final
   absl::Status NeverReuseOffsets(TopicState& t, const std::vector<RecoveryReport>& reports)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(topics_mu) {
     std::map<int, uint64_t> lost_from;  // queue -> its first lost offset
+    // A queue to continue above its log's end.
+    struct Skip {
+      int queue;
+      uint64_t end, next;
+      std::string why;
+      std::vector<std::pair<std::string, QueueProgress>> groups;
+    };
+    std::vector<Skip> skips;
     std::vector<GroupQueue> known;
     if (auto it = progress_at_start.find(t.name); it != progress_at_start.end()) {
       known = it->second;
@@ -489,6 +498,12 @@ class Broker::Impl final
                          why, " reached offset ", next, "; more than ", kMaxLostOffsets,
                          " offsets lost is not a damaged tail: check the data directory"));
       }
+      skips.push_back(Skip{q, end, next, why, std::move(groups)});
+    }
+    // Keys first: a start-up cut short after the placeholders are durable
+    // finds no cut next time, so nothing would forget them after.
+    if (absl::Status st = ForgetLostDedupKeys(t, lost_from); !st.ok()) return st;
+    for (const auto& [q, end, next, why, groups] : skips) {
       if (absl::Status st = t.topic->SkipTo(q, next); !st.ok()) return st;
       SPDLOG_ERROR(
           "topic {} queue {}: offsets {} to {} were handed out before but their messages are "
@@ -515,7 +530,7 @@ class Broker::Impl final
             t.name, q, group, lost.size(), lost.front(), lost.back());
       }
     }
-    return ForgetLostDedupKeys(t, lost_from);
+    return absl::OkStatus();
   }
 
   absl::Status ForgetLostDedupKeys(const TopicState& t, const std::map<int, uint64_t>& lost_from) {
@@ -768,16 +783,19 @@ class Broker::Impl final
 
   grpc::ServerBidiReactor<v1::CheckAnswer, v1::CheckRequest>* CheckBack(
       grpc::CallbackServerContext* ctx) override {
-    return new CheckBackStream(ctx, [this](CheckBackStream& stream) {
-      return rpc::Serve(stream.context(), [&] {
-        grpc::Status st = txns->CheckBack(stream);
-        if (st.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
-          SPDLOG_WARN("CheckBack stream from {} refused: {}", stream.context()->peer(),
-                      st.error_message());
-        }
-        return st;
-      });
-    });
+    return new CheckBackStream(
+        ctx,
+        [this](CheckBackStream& stream) {
+          return rpc::Serve(stream.context(), [&] {
+            grpc::Status st = txns->CheckBack(stream);
+            if (st.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+              SPDLOG_WARN("CheckBack stream from {} refused: {}", stream.context()->peer(),
+                          st.error_message());
+            }
+            return st;
+          });
+        },
+        &live_streams);
   }
 
   grpc::Status ListHalfMessages(grpc::ServerContext* ctx, const v1::ListHalfMessagesRequest* req,
@@ -967,6 +985,24 @@ class Broker::Impl final
     }
   }
 
+  // Whether the record a dedup key points at is the message sent with
+  // that key. A key can outlive its message (a damaged tail was cut, or a
+  // machine crash lost an unsynced tail, and start-up did not get to forget
+  // the key) and point at a lost offset's placeholder or at another
+  // message: then the send is not a duplicate. A record retention removed
+  // was stored, so its key still holds.
+  absl::StatusOr<bool> HoldsDedupKey(TopicState& t, int queue, uint64_t offset,
+                                     const std::string& key) {
+    if (queue < 0 || queue >= t.topic->queues()) return false;
+    if (offset < t.topic->log(queue).first_offset()) return true;
+    std::vector<std::pair<uint64_t, v1::StoredMessage>> got;
+    absl::Status st = t.topic->Read(queue, offset, 1, &got);
+    if (absl::IsOutOfRange(st)) return true;  // removed by retention just now
+    if (!st.ok()) return st;
+    return !got.empty() && got[0].first == offset && !got[0].second.lost() &&
+           got[0].second.dedup_key() == key;
+  }
+
   // Looks the keys up and writes the new messages, registering each offset
   // before any later mark could pass it; the syncs come after.
   absl::Status PlaceDedup(DedupCall& call) ABSL_EXCLUSIVE_LOCKS_REQUIRED(call.topic->dedup_mu) {
@@ -996,9 +1032,18 @@ class Broker::Impl final
         uint64_t offset = 0;
         int64_t born = 0;
         std::vector<std::string> parts = absl::StrSplit(value, ' ');
-        if (s.ok() && parts.size() == 3 && absl::SimpleAtoi(parts[0], &queue) &&
-            absl::SimpleAtoi(parts[1], &offset) && absl::SimpleAtoi(parts[2], &born) &&
-            born >= oldest) {
+        bool seen = s.ok() && parts.size() == 3 && absl::SimpleAtoi(parts[0], &queue) &&
+                    absl::SimpleAtoi(parts[1], &offset) && absl::SimpleAtoi(parts[2], &born) &&
+                    born >= oldest;
+        if (seen) {
+          absl::StatusOr<bool> holds = HoldsDedupKey(t, queue, offset, key);
+          if (!holds.ok()) {
+            release();
+            return holds.status();
+          }
+          seen = *holds;
+        }
+        if (seen) {
           v1::Receipt* r = call.reply->mutable_receipts(i);
           r->set_queue(queue);
           r->set_offset(offset);
@@ -1615,26 +1660,31 @@ class Broker::Impl final
   // stream, its status reaches the consumer and non-routine ends are logged.
   grpc::ServerBidiReactor<v1::ConsumeRequest, v1::ConsumeReply>* Consume(
       grpc::CallbackServerContext* ctx) override {
-    return new ConsumeStream(ctx, [this](ConsumeStream& stream) {
-      return rpc::Serve(stream.context(), [&] {
-        std::string subscription;
-        absl::Status st = DoConsume(stream, &subscription);
-        if (absl::IsInvalidArgument(st)) {
-          SPDLOG_WARN("Consume stream from {}{} refused: {}", stream.context()->peer(),
-                      subscription, st.ToString());
-        } else if (!st.ok() && !streams_stop.load()) {
-          SPDLOG_INFO("Consume stream from {}{} ended: {}", stream.context()->peer(), subscription,
-                      st.ToString());
-        }
-        return ToGrpcStatus(st);
-      });
-    });
+    return new ConsumeStream(
+        ctx,
+        [this](ConsumeStream& stream) {
+          return rpc::Serve(stream.context(), [&] {
+            std::string subscription;
+            absl::Status st = DoConsume(stream, &subscription);
+            if (absl::IsInvalidArgument(st)) {
+              SPDLOG_WARN("Consume stream from {}{} refused: {}", stream.context()->peer(),
+                          subscription, st.ToString());
+            } else if (!st.ok() && !streams_stop.load()) {
+              SPDLOG_INFO("Consume stream from {}{} ended: {}", stream.context()->peer(),
+                          subscription, st.ToString());
+            }
+            return ToGrpcStatus(st);
+          });
+        },
+        &live_streams);
   }
 
   // `subscription` gets " (group ..., topic ...)" once the stream subscribed.
   absl::Status DoConsume(ConsumeStream& stream, std::string* subscription) {
     v1::ConsumeRequest first;
-    if (!stream.Read(&first)) return absl::OkStatus();
+    if (!stream.Read(&first)) {
+      return streams_stop.load() ? StoppingError() : absl::OkStatus();
+    }
     if (!first.has_subscribe()) {
       return absl::InvalidArgumentError("the first request on a Consume stream must subscribe");
     }
@@ -1679,7 +1729,11 @@ class Broker::Impl final
           return member->closed || !member->outbox.empty() || !member->acked.empty();
         };
         g->mu.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
-        if (member->closed) break;
+        if (streams_stop.load()) {
+          result = StoppingError();
+          break;
+        }
+        if (member->closed || stream.IsCancelled()) break;
         size_t n = 0, bytes = 0;
         while (n < member->outbox.size() && n < kMaxMessagesPerReply &&
                (n == 0 || bytes < kMaxReplyBytes)) {
@@ -1690,13 +1744,13 @@ class Broker::Impl final
         for (v1::MessageRef& r : member->acked) *reply.add_acked() = std::move(r);
         member->acked.clear();
       }
-      if (streams_stop.load()) {
-        result = absl::UnavailableError("dmsd is stopping; consume from another broker or later");
+      if (reply.messages_size() == 0 && reply.acked_size() == 0) continue;
+      if (!stream.Write(reply)) {
+        // The consumer cannot ack what a failed write carried (its acks
+        // come over this stream): not a delivery, no attempt used.
+        Unsend(*g, *member, &reply);
         break;
       }
-      if (stream.IsCancelled()) break;
-      if (reply.messages_size() == 0 && reply.acked_size() == 0) continue;
-      if (!stream.Write(reply)) break;
     }
     // Frees the reader without cancelling the call, so `result` (or the
     // reader's error) is what the consumer receives.
@@ -1706,6 +1760,19 @@ class Broker::Impl final
     Kick();
     if (!reader_status.ok()) return reader_status;
     return result;
+  }
+
+  static absl::Status StoppingError() {
+    return absl::UnavailableError("dmsd is stopping; consume from another broker or later");
+  }
+
+  // Puts the messages of a reply that was never written back at the front
+  // of the member's outbox, so Leave counts them as unsent.
+  void Unsend(GroupState& g, Member& member, v1::ConsumeReply* reply) {
+    absl::MutexLock lock(&g.mu);
+    member.outbox.insert(member.outbox.begin(),
+                         std::make_move_iterator(reply->mutable_messages()->begin()),
+                         std::make_move_iterator(reply->mutable_messages()->end()));
   }
 
   void DispatchLoop() {
@@ -2027,6 +2094,7 @@ class Broker::Impl final
     shut_down = true;
     streams_stop = true;  // consumers move on at once
     if (txns != nullptr) txns->Stop();
+    live_streams.StopReading();  // streams still waiting for their first request
     {
       absl::MutexLock lock(&kick_mu);
       stopping = true;

@@ -21,6 +21,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <functional>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -28,19 +29,58 @@
 
 namespace formica::dms {
 
+// What a stream offers to a server that stops.
+class StoppableReads {
+ public:
+  virtual ~StoppableReads() = default;
+  virtual void StopReading() = 0;
+};
+
+// A server's live streams: stopping it frees every blocked Read at once (a
+// stream still waiting for its first request too), and each stream that
+// starts after reads nothing.
+class LiveStreams {
+ public:
+  // False once stopped.
+  bool Add(StoppableReads* stream) {
+    absl::MutexLock lock(&mu_);
+    if (stopped_) return false;
+    streams_.insert(stream);
+    return true;
+  }
+  void Remove(StoppableReads* stream) {
+    absl::MutexLock lock(&mu_);
+    streams_.erase(stream);
+  }
+  void StopReading() {
+    absl::MutexLock lock(&mu_);
+    stopped_ = true;
+    for (StoppableReads* stream : streams_) stream->StopReading();
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  std::set<StoppableReads*> streams_ ABSL_GUARDED_BY(mu_);
+};
+
 template <typename Request, typename Response>
-class ThreadedStream final : public grpc::ServerBidiReactor<Request, Response> {
+class ThreadedStream final : public grpc::ServerBidiReactor<Request, Response>,
+                             public StoppableReads {
  public:
   using Body = std::function<grpc::Status(ThreadedStream&)>;
 
-  ThreadedStream(grpc::CallbackServerContext* context, Body body)
-      : context_(context), body_(std::move(body)) {
+  // With `live`, the stream is one of them while its body runs.
+  ThreadedStream(grpc::CallbackServerContext* context, Body body, LiveStreams* live = nullptr)
+      : context_(context), body_(std::move(body)), live_(live) {
+    bool reading = live_ == nullptr || live_->Add(this);
     thread_ = std::thread([this] {
       {
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(&started_));  // thread_ is set: OnDone may join it
       }
       grpc::Status status = body_(*this);
+      if (live_ != nullptr) live_->Remove(this);
       {
         absl::MutexLock lock(&mu_);
         stop_reading_ = true;  // a read still pending ends with the call
@@ -48,6 +88,7 @@ class ThreadedStream final : public grpc::ServerBidiReactor<Request, Response> {
       this->Finish(status);
     });
     absl::MutexLock lock(&mu_);
+    if (!reading) stop_reading_ = true;
     started_ = true;
   }
 
@@ -74,7 +115,7 @@ class ThreadedStream final : public grpc::ServerBidiReactor<Request, Response> {
   }
 
   // Makes every Read(), now or later, return false; the stream stays open.
-  void StopReading() {
+  void StopReading() override {
     absl::MutexLock lock(&mu_);
     stop_reading_ = true;
   }
@@ -126,6 +167,7 @@ class ThreadedStream final : public grpc::ServerBidiReactor<Request, Response> {
  private:
   grpc::CallbackServerContext* const context_;
   Body body_;
+  LiveStreams* const live_;
   absl::Mutex mu_;
   Request incoming_;   // gRPC writes it until OnReadDone
   Response outgoing_;  // gRPC reads it until OnWriteDone

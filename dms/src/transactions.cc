@@ -374,9 +374,17 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     }
   }
 
+  static grpc::Status StoppingStatus() {
+    return ToGrpcStatus(
+        absl::UnavailableError("dmsd is stopping; connect the checker to another broker or later"));
+  }
+
   grpc::Status CheckBack(CheckBackStream& stream) {
     v1::CheckAnswer first;
-    if (!stream.Read(&first)) return grpc::Status::OK;
+    if (!stream.Read(&first)) {
+      absl::MutexLock lock(&mu);
+      return stopping ? StoppingStatus() : grpc::Status::OK;
+    }
     if (first.producer_group().empty()) {
       return ToGrpcStatus(absl::InvalidArgumentError(
           "the first message on a CheckBack stream names the producer group"));
@@ -415,8 +423,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
         };
         mu.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
         if (stopping) {
-          result = ToGrpcStatus(absl::UnavailableError(
-              "dmsd is stopping; connect the checker to another broker or later"));
+          result = StoppingStatus();
           break;
         }
         if (checker->closed) break;

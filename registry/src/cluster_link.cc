@@ -1371,6 +1371,10 @@ class ClusterLink::Impl::ConfigStore final : public RegistryStore {
     if (!repeated) {
       return absl::NotFoundError("sent once: the conflict is real");
     }
+    if (expected != 0 && expected >= static_cast<uint64_t>(conflict.header().revision())) {
+      // No change after it exists yet: waiting for one would stall the write.
+      return absl::NotFoundError("the expected version is not one the store has reached");
+    }
     int64_t from = static_cast<int64_t>(expected) + 1;
     if (expected == 0) {
       // Created by this write? Then the key's current life began with it.

@@ -16,8 +16,10 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "dms_fixture.h"
 #include "group_progress.h"
+#include "rocksdb/db.h"
 #include "topic.h"
 
 namespace formica::dms {
@@ -366,6 +368,64 @@ TEST_F(DmsStorageTest, AfterADamagedTailIsCutNoOffsetIsReusedAndEveryGroupGetsNe
   Restart();
   EXPECT_EQ(send("after-restart").offset, 15u);
   EXPECT_EQ(ConsumeAll("fast", "journal", 1), (std::set<std::string>{"after-restart"}));
+}
+
+TEST_F(DmsStorageTest, ADedupKeyLeftPointingAtALostOrOtherMessageIsNoDuplicate) {
+  CreateTopic("ledger", 1);
+  auto producer = NewProducer();
+  auto send = [&](const std::string& body, const std::string& dedup_key) {
+    OutgoingMessage m = Msg(body);
+    m.dedup_key = dedup_key;
+    absl::StatusOr<SendReceipt> r = producer->Send("ledger", m);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : SendReceipt{.offset = UINT64_MAX};
+  };
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(send(absl::StrCat("m", i), absl::StrCat("d", i)).offset, static_cast<uint64_t>(i));
+  }
+  ASSERT_EQ(dmsd_->Terminate(absl::Seconds(20)), 0);
+  // A damaged tail from offset 7 on: placeholders take offsets 7 to 9.
+  std::string seg = dir_.File("dmsd/topics/ledger/0/00000000000000000000.log");
+  uint64_t record = fs::file_size(seg) / 10;
+  ASSERT_EQ(record * 10, fs::file_size(seg));
+  {
+    std::fstream f(seg, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(7 * record + record - 2));
+    char c = 0;
+    f.get(c);
+    f.seekp(static_cast<std::streamoff>(7 * record + record - 2));
+    f.put(static_cast<char>(c ^ 0x5a));
+  }
+  StartDmsd();
+  EXPECT_TRUE(dmsd_->WaitForOutput("offsets 7 to 9 were handed out before", absl::Seconds(5)))
+      << dmsd_->Output();
+  ASSERT_EQ(dmsd_->Terminate(absl::Seconds(20)), 0);
+  // The dedup index as a start-up stopped after writing the placeholders
+  // (before it forgot the lost keys) leaves it: d8 names the placeholder at
+  // offset 8, and d9 names offset 5, which holds another message.
+  {
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::Options(), dir_.File("dmsd/meta"), &raw).ok());
+    std::unique_ptr<rocksdb::DB> meta(raw);
+    std::string now = absl::StrCat(absl::ToUnixMillis(absl::Now()));
+    std::string prefix = absl::StrCat("d/ledger", std::string(1, '\0'));
+    ASSERT_TRUE(meta->Put(rocksdb::WriteOptions(), prefix + "d8", "0 8 " + now).ok());
+    ASSERT_TRUE(meta->Put(rocksdb::WriteOptions(), prefix + "d9", "0 5 " + now).ok());
+  }
+  StartDmsd();
+  // Sent again, both are stored (not answered with what the keys name);
+  // a kept message is still a duplicate.
+  SendReceipt m8 = send("m8", "d8");
+  EXPECT_FALSE(m8.duplicate);
+  EXPECT_EQ(m8.offset, 10u);
+  SendReceipt m9 = send("m9", "d9");
+  EXPECT_FALSE(m9.duplicate);
+  EXPECT_EQ(m9.offset, 11u);
+  SendReceipt m6 = send("m6", "d6");
+  EXPECT_TRUE(m6.duplicate);
+  EXPECT_EQ(m6.offset, 6u);
+  EXPECT_EQ(ConsumeAll("readers", "ledger", 9),
+            (std::set<std::string>{"m0", "m1", "m2", "m3", "m4", "m5", "m6", "m8", "m9"}));
 }
 
 TEST_F(DmsStorageTest, AGroupFarPastTheLogIsAWrongDataDirectoryNotADamagedTail) {

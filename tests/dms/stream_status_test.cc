@@ -132,6 +132,33 @@ TEST_F(StreamStatusTest, AStoppingBrokerEndsConsumeStreamsWithUnavailable) {
   EXPECT_EQ(dmsd_->Wait(absl::Seconds(30)), 0) << dmsd_->Output();
 }
 
+// Streams still waiting for their first request when dmsd stops end at
+// once, with the status that says why, not after the drain timeout.
+TEST_F(StreamStatusTest, AStoppingBrokerEndsStreamsThatSentNothingYetWithUnavailable) {
+  grpc::ClientContext consume_context;
+  consume_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  auto consume = broker_->Consume(&consume_context);
+  grpc::ClientContext check_context;
+  check_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  auto check = broker_->CheckBack(&check_context);
+  absl::SleepFor(absl::Milliseconds(300));  // both calls reach dmsd
+  absl::Time start = absl::Now();
+  dmsd_->Signal(SIGTERM);
+  v1::ConsumeReply reply;
+  EXPECT_FALSE(consume->Read(&reply));
+  grpc::Status st = consume->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+  EXPECT_EQ(st.error_message(), "dmsd is stopping; consume from another broker or later");
+  v1::CheckRequest req;
+  EXPECT_FALSE(check->Read(&req));
+  st = check->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+  EXPECT_EQ(st.error_message(), "dmsd is stopping; connect the checker to another broker or later");
+  // Before the drain timeout (5 s), which ended them with CANCELLED.
+  EXPECT_LT(absl::Now() - start, absl::Seconds(4));
+  EXPECT_EQ(dmsd_->Wait(absl::Seconds(30)), 0) << dmsd_->Output();
+}
+
 TEST_F(StreamStatusTest, ACheckBackStreamWithoutItsProducerGroupIsRefused) {
   grpc::ClientContext context;
   auto stream = broker_->CheckBack(&context);

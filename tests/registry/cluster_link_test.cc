@@ -145,6 +145,31 @@ TEST_F(ClusterLinkTest, ARepeatedCompareAndSetStillSeesARealConflict) {
   EXPECT_EQ(read->value, "2");
 }
 
+TEST_F(ClusterLinkTest, ARepeatedCompareAndSetExpectingAFutureVersionIsRefusedAtOnce) {
+  absl::StatusOr<StoredConfig> first = store_->PutConfig("app.limit", "1", std::nullopt);
+  ASSERT_TRUE(first.ok()) << first.status();
+  // A version the store has not reached: no change after it exists to wait
+  // for, so the repeat is a plain conflict, answered without waiting.
+  uint64_t future = first->version + 1000;
+  link_->DropTxnRepliesForTesting(1);
+  absl::Time start = absl::Now();
+  absl::StatusOr<StoredConfig> mine = store_->PutConfig("app.limit", "2", future);
+  absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(mine.status().code(), absl::StatusCode::kFailedPrecondition) << mine.status();
+  EXPECT_THAT(mine.status().message(), HasSubstr(absl::StrCat("is at version ", first->version,
+                                                              ", not the expected ", future)));
+  EXPECT_LT(took, absl::Seconds(2));
+  link_->DropTxnRepliesForTesting(1);
+  start = absl::Now();
+  absl::StatusOr<StoredConfig> gone = store_->DeleteConfig("app.limit", future);
+  took = absl::Now() - start;
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kFailedPrecondition) << gone.status();
+  EXPECT_LT(took, absl::Seconds(2));
+  absl::StatusOr<StoredConfig> read = store_->GetConfig("app.limit");
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->value, "1");
+}
+
 // A watch dropped while its create, sent again on a fresh watch stream, is
 // not answered yet: the cancel waits for etcd's answer, so etcd is left no
 // watcher that nobody cancels.
