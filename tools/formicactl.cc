@@ -259,7 +259,8 @@ int Dts(const Flags& flags, const std::vector<std::string>& args) {
     if (flags.output == Output::kJson) return PrintJson(s);
     std::printf(
         "begun %llu\ncommitted %llu\nrolled_back %llu\ntimed_out %llu\nunfinished %llu\n"
-        "phase_two_calls %llu\nphase_two_failures %llu\nsynced_writes %llu\nwal_syncs %llu\n",
+        "phase_two_calls %llu\nphase_two_failures %llu\nsynced_writes %llu\nwal_syncs %llu\n"
+        "stored_bytes %llu\n",
         static_cast<unsigned long long>(s.begun()), static_cast<unsigned long long>(s.committed()),
         static_cast<unsigned long long>(s.rolled_back()),
         static_cast<unsigned long long>(s.timed_out()),
@@ -267,7 +268,8 @@ int Dts(const Flags& flags, const std::vector<std::string>& args) {
         static_cast<unsigned long long>(s.phase_two_calls()),
         static_cast<unsigned long long>(s.phase_two_failures()),
         static_cast<unsigned long long>(s.synced_writes()),
-        static_cast<unsigned long long>(s.wal_syncs()));
+        static_cast<unsigned long long>(s.wal_syncs()),
+        static_cast<unsigned long long>(s.stored_bytes()));
     return 0;
   }
   if ((cmd == "show" || cmd == "retry" || cmd == "settle") && args.size() == 3) {

@@ -856,6 +856,8 @@ TEST_F(DtsTest, FormicactlListsShowsRetriesAndSettlesAStuckActivity) {
   std::tie(code, out) = run({"dts", "stats"});
   EXPECT_EQ(code, 0);
   EXPECT_NE(out.find("committed 1"), std::string::npos) << out;
+  EXPECT_NE(out.find("stored_bytes "), std::string::npos) << out;
+  EXPECT_EQ(out.find("stored_bytes 0\n"), std::string::npos) << out;  // the activity was stored
   std::tie(code, out) = run({"-o", "json", "dts", "stats"});
   EXPECT_EQ(code, 0) << out;
   auto stats = formica::testing::ParseJson<v1::Stats>(out);
