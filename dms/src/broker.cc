@@ -53,7 +53,10 @@ constexpr int kMaxDedupKeyBytes = 256;
 constexpr int kMaxPropertiesBytes = 64 << 10;
 constexpr int kMaxInFlightPerConsumer = 10000;
 constexpr size_t kMaxMessagesPerReply = 256;
-constexpr size_t kMaxReplyBytes = 4 << 20;  // more only when one message is larger
+// A Consume reply's encoded size: gRPC's default limit on a message a client
+// receives, so a client that keeps it gets every reply; larger only when one
+// message alone is.
+constexpr size_t kMaxReplyBytes = 4 << 20;
 // Offsets a queue may skip at start (see NeverReuseOffsets): more is not a
 // damaged tail but a wrong data directory.
 constexpr uint64_t kMaxLostOffsets = 1 << 22;
@@ -1734,15 +1737,17 @@ class Broker::Impl final
           break;
         }
         if (member->closed || stream.IsCancelled()) break;
-        size_t n = 0, bytes = 0;
-        while (n < member->outbox.size() && n < kMaxMessagesPerReply &&
-               (n == 0 || bytes < kMaxReplyBytes)) {
-          bytes += member->outbox[n].message().body().size();
+        for (v1::MessageRef& r : member->acked) *reply.add_acked() = std::move(r);
+        member->acked.clear();
+        size_t n = 0, bytes = reply.ByteSizeLong();
+        while (n < member->outbox.size() && n < kMaxMessagesPerReply) {
+          // The field's tag and length take at most 6 bytes.
+          size_t more = member->outbox[n].ByteSizeLong() + 6;
+          if (n > 0 && bytes + more > kMaxReplyBytes) break;
+          bytes += more;
           *reply.add_messages() = std::move(member->outbox[n++]);
         }
         member->outbox.erase(member->outbox.begin(), member->outbox.begin() + n);
-        for (v1::MessageRef& r : member->acked) *reply.add_acked() = std::move(r);
-        member->acked.clear();
       }
       if (reply.messages_size() == 0 && reply.acked_size() == 0) continue;
       if (!stream.Write(reply)) {

@@ -26,6 +26,7 @@
 #include <utility>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace formica::dms {
 
@@ -68,6 +69,10 @@ template <typename Request, typename Response>
 class ThreadedStream final : public grpc::ServerBidiReactor<Request, Response>,
                              public StoppableReads {
  public:
+  // How long a write pending when the call is cancelled may still report
+  // that it finished.
+  static constexpr absl::Duration kCancelledWriteGrace = absl::Milliseconds(200);
+
   using Body = std::function<grpc::Status(ThreadedStream&)>;
 
   // With `live`, the stream is one of them while its body runs.
@@ -121,14 +126,29 @@ class ThreadedStream final : public grpc::ServerBidiReactor<Request, Response>,
   }
 
   // Blocks until the response is written; false if the call is broken or
-  // cancelled. One writer at a time.
+  // cancelled. A write still waiting for the client to take more when the
+  // call is cancelled (a client that stopped reading may never take it, and
+  // gRPC need not end such a write with the call) is false shortly after
+  // the cancellation: whatever gRPC reports first within that grace, which
+  // lets a write that did finish just before say so. A false write did not
+  // reach the client; later writes are false too. One writer at a time.
   bool Write(const Response& response) {
     absl::MutexLock lock(&mu_);
-    if (write_failed_) return false;
+    if (write_failed_ || write_pending_ || cancelled_) return false;
     outgoing_ = response;
-    write_done_ = false;
+    write_pending_ = true;
     this->StartWrite(&outgoing_);
-    mu_.Await(absl::Condition(&write_done_));
+    auto ended = [this]()
+                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !write_pending_ || cancelled_; };
+    mu_.Await(absl::Condition(&ended));
+    if (write_pending_) {
+      auto written = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !write_pending_; };
+      mu_.AwaitWithTimeout(absl::Condition(&written), kCancelledWriteGrace);
+      if (write_pending_) {
+        write_failed_ = true;  // gRPC ends the write with the call
+        return false;
+      }
+    }
     return !write_failed_;
   }
 
@@ -145,7 +165,7 @@ class ThreadedStream final : public grpc::ServerBidiReactor<Request, Response>,
 
   void OnWriteDone(bool ok) override {
     absl::MutexLock lock(&mu_);
-    write_done_ = true;
+    write_pending_ = false;
     if (!ok) write_failed_ = true;
   }
 
@@ -176,7 +196,7 @@ class ThreadedStream final : public grpc::ServerBidiReactor<Request, Response>,
   bool read_done_ ABSL_GUARDED_BY(mu_) = false;
   bool read_failed_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_reading_ ABSL_GUARDED_BY(mu_) = false;
-  bool write_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_pending_ ABSL_GUARDED_BY(mu_) = false;  // gRPC holds outgoing_
   bool write_failed_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;

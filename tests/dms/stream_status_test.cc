@@ -298,5 +298,111 @@ TEST_F(StreamStatusTest, ConcurrentProducesWithDedupKeysAreAllAnsweredAndStoredO
   EXPECT_EQ(end, static_cast<uint64_t>(kKeys)) << "messages in the topic";
 }
 
+// A consumer that subscribes, stops reading while dmsd is still writing it
+// large messages and cancels its call: what it never received goes to the
+// next member of the group at once, without using an attempt. The next
+// member's replies fit in gRPC's default receive limit.
+TEST_F(StreamStatusTest, MessagesACancelledConsumerNeverReceivedGoToTheNextMemberAtOnce) {
+  constexpr int kMessages = 8;
+  const std::string body(600 << 10, 'x');
+  for (int i = 0; i < kMessages; ++i) {
+    grpc::ClientContext ctx;
+    v1::ProduceRequest req;
+    req.set_topic("orders");
+    v1::Message* m = req.add_messages();
+    m->set_key(absl::StrCat("account-", i));
+    m->set_body(absl::StrCat(i, "-", body));
+    v1::ProduceReply reply;
+    grpc::Status st = broker_->Produce(&ctx, req, &reply);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  v1::ConsumeRequest subscribe = Subscribe("settlement");
+  subscribe.mutable_subscribe()->set_max_attempts(1);
+  subscribe.mutable_subscribe()->set_concurrent(true);
+  {
+    // A client that takes no more than HTTP/2's initial 64 KiB window
+    // unless it reads: none of the messages reaches it whole.
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 10);
+    auto stalled = v1::Broker::NewStub(grpc::CreateCustomChannel(
+        absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials(), args));
+    Subscribed dead(stalled.get(), subscribe);
+    absl::SleepFor(absl::Seconds(1));  // dmsd writes it what it holds
+    dead.context.TryCancel();
+    EXPECT_EQ(dead.stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  EXPECT_TRUE(dmsd_->WaitForOutput("a member left (0 members)", absl::Seconds(1)))
+      << dmsd_->Output();
+
+  Subscribed live(broker_.get(), subscribe);
+  std::set<std::string> got;
+  absl::Time start = absl::Now();
+  while (static_cast<int>(got.size()) < kMessages) {
+    v1::ConsumeReply reply;
+    ASSERT_TRUE(live.stream->Read(&reply)) << live.stream->Finish().error_message();
+    v1::ConsumeRequest acks;
+    for (const v1::Delivered& d : reply.messages()) {
+      EXPECT_EQ(d.attempt(), 1) << d.message().body().substr(0, 2);
+      got.insert(d.message().body().substr(0, d.message().body().find('-')));
+      *acks.add_acks() = d.ref();
+    }
+    if (acks.acks_size() > 0) {
+      ASSERT_TRUE(live.stream->Write(acks));
+    }
+  }
+  // Well before the ack timeout (30 s) would have freed them.
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  grpc::ClientContext ctx;
+  v1::GetLagRequest req;
+  req.set_group("settlement");
+  v1::GetLagReply lag;
+  ASSERT_TRUE(broker_->GetLag(&ctx, req, &lag).ok());
+  EXPECT_EQ(lag.dead_letters(), 0u);
+}
+
+// A reply larger than the client takes (one message at limits.max_body_bytes
+// exceeds gRPC's default receive limit) leaves dmsd's write pending; when the
+// consumer cancels, its stream ends at once and the message goes to the next
+// member without using an attempt.
+TEST_F(StreamStatusTest, AConsumerThatCancelsWhileAReplyIsPendingLeavesAtOnce) {
+  {
+    grpc::ClientContext ctx;
+    v1::ProduceRequest req;
+    req.set_topic("orders");
+    req.add_messages()->set_body(std::string(4 << 20, 'x'));
+    v1::ProduceReply reply;
+    grpc::Status st = broker_->Produce(&ctx, req, &reply);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  v1::ConsumeRequest subscribe = Subscribe("settlement");
+  subscribe.mutable_subscribe()->set_max_attempts(1);
+  {
+    Subscribed dead(broker_.get(), subscribe);
+    absl::SleepFor(absl::Seconds(1));  // dmsd starts writing it the message
+    dead.context.TryCancel();
+    EXPECT_EQ(dead.stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  EXPECT_TRUE(dmsd_->WaitForOutput("a member left (0 members)", absl::Seconds(1)))
+      << dmsd_->Output();
+
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  auto roomy = v1::Broker::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials(), args));
+  Subscribed live(roomy.get(), subscribe);
+  v1::ConsumeReply reply;
+  ASSERT_TRUE(live.stream->Read(&reply)) << live.stream->Finish().error_message();
+  ASSERT_EQ(reply.messages_size(), 1);
+  EXPECT_EQ(reply.messages(0).attempt(), 1);
+  EXPECT_EQ(reply.messages(0).message().body().size(), size_t{4 << 20});
+  grpc::ClientContext ctx;
+  v1::GetLagRequest req;
+  req.set_group("settlement");
+  v1::GetLagReply lag;
+  ASSERT_TRUE(broker_->GetLag(&ctx, req, &lag).ok());
+  EXPECT_EQ(lag.dead_letters(), 0u);
+}
+
 }  // namespace
 }  // namespace formica::dms
