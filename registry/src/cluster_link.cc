@@ -1312,13 +1312,7 @@ class ClusterLink::Impl::ConfigStore final : public RegistryStore {
     entry.value = std::string(value);
     entry.exists = true;
     if (!response.succeeded()) {
-      absl::StatusOr<uint64_t> own =
-          AppliedBefore(etcd_key, entry, *expected_version, repeated, response);
-      if (!own.ok()) {
-        return Conflict(key, *expected_version, response);
-      }
-      entry.version = *own;
-      return entry;
+      return RefusedOrOwn(key, etcd_key, std::move(entry), *expected_version, repeated, response);
     }
     entry.version = static_cast<uint64_t>(response.header().revision());
     return entry;
@@ -1339,13 +1333,7 @@ class ClusterLink::Impl::ConfigStore final : public RegistryStore {
       StoredConfig entry;
       entry.key = std::string(key);
       entry.exists = false;
-      absl::StatusOr<uint64_t> own =
-          AppliedBefore(etcd_key, entry, *expected_version, repeated, response);
-      if (!own.ok()) {
-        return Conflict(key, *expected_version, response);
-      }
-      entry.version = *own;
-      return entry;
+      return RefusedOrOwn(key, etcd_key, std::move(entry), *expected_version, repeated, response);
     }
     if (response.responses_size() == 0 ||
         response.responses(0).response_delete_range().deleted() == 0) {
@@ -1359,6 +1347,20 @@ class ClusterLink::Impl::ConfigStore final : public RegistryStore {
   }
 
  private:
+  // A compare-and-set refused by its guard: `wanted` with the version of
+  // the change that applied it, when that change was this very write
+  // (AppliedBefore); otherwise the conflict.
+  absl::StatusOr<StoredConfig> RefusedOrOwn(absl::string_view key, const std::string& etcd_key,
+                                            StoredConfig wanted, uint64_t expected, bool repeated,
+                                            const pb::TxnResponse& response) {
+    absl::StatusOr<uint64_t> own = AppliedBefore(etcd_key, wanted, expected, repeated, response);
+    if (!own.ok()) {
+      return Conflict(key, expected, response);
+    }
+    wanted.version = *own;
+    return wanted;
+  }
+
   // A compare-and-set whose transaction was sent again after an attempt
   // that may have reached etcd, and whose last attempt found the key moved
   // on: if the first change to the key after the expected version is
