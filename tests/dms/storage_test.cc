@@ -33,6 +33,19 @@ namespace fs = std::filesystem;
 
 class DmsStorageTest : public DmsTest {
  protected:
+  // Disk damage after the data was synced: flips a byte near the end of the
+  // record at offset 7 of a segment holding ten records of one size.
+  static void FlipAByteOfTheEighthOfTenRecords(const std::string& segment) {
+    uint64_t record = fs::file_size(segment) / 10;
+    ASSERT_EQ(record * 10, fs::file_size(segment));
+    std::fstream f(segment, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(7 * record + record - 2));
+    char c = 0;
+    f.get(c);
+    f.seekp(static_cast<std::streamoff>(7 * record + record - 2));
+    f.put(static_cast<char>(c ^ 0x5a));
+  }
+
   // SIGTERM, then the same data dir again.
   void Restart(const std::vector<std::string>& extra = {}) {
     ASSERT_EQ(dmsd_->Terminate(absl::Seconds(20)), 0) << dmsd_->Output();
@@ -319,16 +332,7 @@ TEST_F(DmsStorageTest, AfterADamagedTailIsCutNoOffsetIsReusedAndEveryGroupGetsNe
   // Disk damage after the data was synced: a flipped byte in the record at
   // offset 7 (the ten records are of one size).
   std::string seg = dir_.File("dmsd/topics/journal/0/00000000000000000000.log");
-  uint64_t record = fs::file_size(seg) / 10;
-  ASSERT_EQ(record * 10, fs::file_size(seg));
-  {
-    std::fstream f(seg, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(static_cast<std::streamoff>(7 * record + record - 2));
-    char c = 0;
-    f.get(c);
-    f.seekp(static_cast<std::streamoff>(7 * record + record - 2));
-    f.put(static_cast<char>(c ^ 0x5a));
-  }
+  ASSERT_NO_FATAL_FAILURE(FlipAByteOfTheEighthOfTenRecords(seg));
   StartDmsd();
   EXPECT_TRUE(dmsd_->WaitForOutput("cut a damaged tail", absl::Seconds(5))) << dmsd_->Output();
   std::string out = dmsd_->Output();
@@ -386,16 +390,7 @@ TEST_F(DmsStorageTest, ADedupKeyLeftPointingAtALostOrOtherMessageIsNoDuplicate) 
   ASSERT_EQ(dmsd_->Terminate(absl::Seconds(20)), 0);
   // A damaged tail from offset 7 on: placeholders take offsets 7 to 9.
   std::string seg = dir_.File("dmsd/topics/ledger/0/00000000000000000000.log");
-  uint64_t record = fs::file_size(seg) / 10;
-  ASSERT_EQ(record * 10, fs::file_size(seg));
-  {
-    std::fstream f(seg, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(static_cast<std::streamoff>(7 * record + record - 2));
-    char c = 0;
-    f.get(c);
-    f.seekp(static_cast<std::streamoff>(7 * record + record - 2));
-    f.put(static_cast<char>(c ^ 0x5a));
-  }
+  ASSERT_NO_FATAL_FAILURE(FlipAByteOfTheEighthOfTenRecords(seg));
   StartDmsd();
   EXPECT_TRUE(dmsd_->WaitForOutput("offsets 7 to 9 were handed out before", absl::Seconds(5)))
       << dmsd_->Output();
