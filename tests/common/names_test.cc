@@ -1,6 +1,6 @@
 // The name rule every module shares: its own alphabet and limit, never "."
 // or ".." (whole, or as a '/'-separated part), errors naming what is wrong.
-#include "formica/common/names.h"
+#include "formica/internal/names.h"
 
 #include <gtest/gtest.h>
 

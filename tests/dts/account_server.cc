@@ -12,7 +12,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "formica/common/daemon.h"
+#include "formica/internal/daemon.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/participant.h"
 #include "formica/registry/client.h"

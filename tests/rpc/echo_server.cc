@@ -14,7 +14,7 @@
 #include <thread>
 
 #include "formica/common/config.h"
-#include "formica/common/daemon.h"
+#include "formica/internal/daemon.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/client.h"

@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "formica/common/grpc_status.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
+#include "formica/internal/address.h"
 #include "validation.h"
 
 namespace formica::registry {

@@ -5,7 +5,7 @@
 #include "formica/common/config.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
-#include "validation.h"
+#include "formica/internal/address.h"
 
 namespace formica::rpc {
 
@@ -82,10 +82,10 @@ absl::StatusOr<ServerOptions> LoadServerOptions(const Config& config) {
   if (listen.size() > 2 && listen.compare(listen.size() - 2, 2, ":0") == 0) {
     listen.back() = '1';
   }
-  if (absl::Status st = registry::ValidateAddress(listen); !st.ok()) {
+  if (absl::Status st = ValidateAddress(listen); !st.ok()) {
     r.Fail("rpc.server.listen", st.message());
   }
-  if (absl::Status st = registry::ValidateAddress(absl::StrCat(o.advertise_host, ":1")); !st.ok()) {
+  if (absl::Status st = ValidateAddress(absl::StrCat(o.advertise_host, ":1")); !st.ok()) {
     r.Fail("rpc.server.advertise_host", absl::StrCat("'", o.advertise_host, "' is not a host"));
   }
   if (absl::Status st = r.Finish(); !st.ok()) return st;

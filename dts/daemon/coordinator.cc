@@ -18,12 +18,12 @@
 #include "activity_store.h"
 #include "formica/common/config.h"
 #include "formica/common/grpc_status.h"
-#include "formica/common/names.h"
+#include "formica/internal/names.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
-#include "validation.h"
+#include "formica/internal/address.h"
 
 namespace formica::dts {
 namespace {
@@ -1074,7 +1074,7 @@ absl::StatusOr<CoordinatorOptions> LoadCoordinatorOptions(const Config& config) 
       r.Duration("phase_two.retry_max", o.retry_max, absl::Milliseconds(1), absl::Hours(24));
   o.max_in_flight = static_cast<int>(r.Int("phase_two.max_in_flight", o.max_in_flight, 1, 100000));
   for (const std::string& a : o.registries) {
-    if (absl::Status st = registry::ValidateAddress(a); !st.ok()) {
+    if (absl::Status st = ValidateAddress(a); !st.ok()) {
       r.Fail("registry.addresses", st.message());
       break;
     }

@@ -1,6 +1,6 @@
 // dmsd: the Formica message broker. See docs/dms.md.
 #include "broker.h"
-#include "formica/common/daemon.h"
+#include "formica/internal/daemon.h"
 
 int main(int argc, char** argv) {
   return formica::RunDaemon(argc, argv, "dmsd",

@@ -1,4 +1,4 @@
-#include "formica/common/daemon.h"
+#include "formica/internal/daemon.h"
 
 #include <fcntl.h>
 #include <unistd.h>

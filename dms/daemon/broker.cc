@@ -31,7 +31,7 @@
 #include "absl/synchronization/notification.h"
 #include "formica/common/config.h"
 #include "formica/common/grpc_status.h"
-#include "formica/common/names.h"
+#include "formica/internal/names.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
@@ -41,7 +41,7 @@
 #include "threaded_stream.h"
 #include "topic.h"
 #include "transactions.h"
-#include "validation.h"
+#include "formica/internal/address.h"
 
 namespace formica::dms {
 namespace {
@@ -2247,7 +2247,7 @@ absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
   o.retry_max =
       r.Duration("consume.retry_max", o.retry_max, absl::Milliseconds(1), absl::Hours(24 * 7));
   for (const std::string& a : o.registries) {
-    if (absl::Status st = registry::ValidateAddress(a); !st.ok()) {
+    if (absl::Status st = ValidateAddress(a); !st.ok()) {
       r.Fail("registry.addresses", st.message());
       break;
     }

@@ -1,5 +1,5 @@
 // dsrd: the Formica service registry daemon. See docs/registry.md.
-#include "formica/common/daemon.h"
+#include "formica/internal/daemon.h"
 #include "registry_server.h"
 
 int main(int argc, char** argv) {

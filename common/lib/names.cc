@@ -1,4 +1,4 @@
-#include "formica/common/names.h"
+#include "formica/internal/names.h"
 
 #include <string>
 

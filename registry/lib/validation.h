@@ -1,4 +1,5 @@
-// Validation of what clients send the registry. The client library runs the
+// Validation of what clients send the registry (addresses follow
+// formica/internal/address.h). The client library runs the
 // same checks before sending, so a bad instance fails fast and identically
 // on both sides. Every error is INVALID_ARGUMENT naming the field.
 #pragma once
@@ -27,8 +28,6 @@ struct Limits {
 };
 
 absl::Status ValidateServiceName(absl::string_view name, const Limits& limits);
-// "host:port" (host a name or IPv4) or "[IPv6]:port", port 1..65535.
-absl::Status ValidateAddress(absl::string_view address);
 absl::Status ValidateInstance(const v1::Instance& instance, const Limits& limits);
 absl::Status ValidateConfigKey(absl::string_view key, const Limits& limits);
 

@@ -1,6 +1,6 @@
 // dtsd: the Formica transaction coordinator. See docs/dts.md.
 #include "coordinator.h"
-#include "formica/common/daemon.h"
+#include "formica/internal/daemon.h"
 
 int main(int argc, char** argv) {
   return formica::RunDaemon(argc, argv, "dtsd",
