@@ -7,6 +7,21 @@ dsrd_pid=""
 cleanup() { [ -n "$dsrd_pid" ] && kill -9 "$dsrd_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 cmake --install "$build" --prefix "$work/prefix" >/dev/null
+# Only the public doors (<module>/include/formica/<module>/) and the generated
+# protos are installed: no internal or private header.
+root="$(cd "$src/../../.." && pwd)"
+stray=""
+while IFS= read -r header; do
+  module="${header#formica/}"; module="${module%%/*}"
+  [ -f "$root/$module/include/$header" ] || stray="$stray $header"
+done < <(cd "$work/prefix/include" && find formica -name '*.h' ! -name '*.pb.h' | sort)
+if [ -n "$stray" ]; then echo "installed headers that are not public doors:$stray"; exit 1; fi
+for module in common registry rpc dts dms dds; do
+  for header in "$root/$module/include/formica/$module"/*.h; do
+    [ -f "$work/prefix/include/formica/$module/$(basename "$header")" ] ||
+      { echo "public header $header was not installed"; exit 1; }
+  done
+done
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 cmake -S "$src" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" "${launcher[@]}" \
