@@ -156,13 +156,15 @@ class FakeStream final : public SessionStream {
 
 class RegistryEngineTest : public ::testing::Test {
  protected:
+  RegistryEngineTest() {
+    options_.registry_id = "engine-test";
+    options_.min_lease = absl::Milliseconds(100);
+    options_.merge_window = absl::Milliseconds(20);
+    options_.push_retry = absl::Hours(1);  // no resends to confuse the counts
+  }
+
   void SetUp() override {
-    RegistryCoreOptions options;
-    options.registry_id = "engine-test";
-    options.min_lease = absl::Milliseconds(100);
-    options.merge_window = absl::Milliseconds(20);
-    options.push_retry = absl::Hours(1);  // no resends to confuse the counts
-    core_ = std::make_unique<RegistryCore>(options, &clock_);
+    core_ = std::make_unique<RegistryCore>(options_, &clock_);
     auto backend = EmbeddedBackend::Open({}, std::make_unique<MemoryStore>(), core_->tables());
     ASSERT_TRUE(backend.ok()) << backend.status();
     backend_ = std::move(*backend);
@@ -231,6 +233,14 @@ class RegistryEngineTest : public ::testing::Test {
     return st.ok() ? Addresses(snapshot) : std::vector<std::string>{};
   }
 
+  void Ack(FakeStream& stream, uint64_t version) {
+    v1::ClientMessage m;
+    m.mutable_ack()->set_service("orders");
+    m.mutable_ack()->set_version(version);
+    Send(stream, m);
+  }
+
+  RegistryCoreOptions options_;
   FakeClock clock_;
   std::unique_ptr<RegistryCore> core_;
   std::unique_ptr<EmbeddedBackend> backend_;
@@ -321,6 +331,60 @@ TEST_F(RegistryEngineTest, AChangeAfterTheMergeWindowMakesANewPushAtOnce) {
   EXPECT_GT(subscriber.ServicePushes().back().version(), version);
   EXPECT_THAT(Addresses(subscriber.ServicePushes().back()),
               ElementsAre("10.0.0.1:80", "10.0.0.2:80"));
+}
+
+class RegistryRetryTest : public RegistryEngineTest {
+ protected:
+  RegistryRetryTest() { options_.push_retry = absl::Seconds(1); }
+};
+
+TEST_F(RegistryRetryTest, AnUnacknowledgedPushIsSentAgainAfterTheRetryInterval) {
+  FakeStream& subscriber = Open("subscriber", absl::Minutes(1));
+  FakeStream& provider = Open("provider", absl::Minutes(1));
+  Subscribe(subscriber);
+  Publish(provider, "10.0.0.1:80");
+  Tick();
+  size_t before = subscriber.ServicePushes().size();
+  uint64_t version = subscriber.ServicePushes().back().version();
+
+  clock_.Advance(absl::Milliseconds(999));
+  Tick();
+  EXPECT_EQ(subscriber.ServicePushes().size(), before);
+  clock_.Advance(absl::Milliseconds(1));
+  Tick();
+  ASSERT_EQ(subscriber.ServicePushes().size(), before + 1);
+  EXPECT_EQ(subscriber.ServicePushes().back().version(), version);
+
+  Ack(subscriber, version);
+  clock_.Advance(absl::Seconds(5));
+  Tick();
+  EXPECT_EQ(subscriber.ServicePushes().size(), before + 1);  // acknowledged: no more
+}
+
+class RegistryWarmupTest : public RegistryEngineTest {
+ protected:
+  RegistryWarmupTest() { options_.warmup = absl::Seconds(1); }
+};
+
+TEST_F(RegistryWarmupTest, NothingIsPushedBeforeTheWarmupEndsThenOnlyTheWholeList) {
+  FakeStream& subscriber = Open("subscriber", absl::Minutes(1));
+  FakeStream& provider = Open("provider", absl::Minutes(1));
+  Subscribe(subscriber);
+  Publish(provider, "10.0.0.1:80");
+  Tick();
+  clock_.Advance(absl::Milliseconds(500));
+  Publish(provider, "10.0.0.2:80");
+  Tick();
+  EXPECT_THAT(subscriber.ServicePushes(), IsEmpty());
+
+  clock_.Advance(absl::Milliseconds(500));
+  Tick();
+  // No empty or partial list: every push (the release may repeat the same
+  // version until it is acknowledged) carries both instances.
+  ASSERT_THAT(subscriber.ServicePushes(), ::testing::Not(IsEmpty()));
+  for (const v1::ServiceSnapshot& push : subscriber.ServicePushes()) {
+    EXPECT_THAT(Addresses(push), ElementsAre("10.0.0.1:80", "10.0.0.2:80"));
+  }
 }
 
 }  // namespace
