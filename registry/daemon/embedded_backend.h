@@ -35,6 +35,7 @@ class EmbeddedBackend final : public RegistryBackend {
   absl::Status CheckReachable() const override { return absl::OkStatus(); }
   bool views_may_block() const override { return false; }
   std::string identity() const override { return ""; }
+  absl::string_view name() const override { return "the embedded store"; }
 
   // Versions come from one node: any difference means another node or a
   // wiped store.

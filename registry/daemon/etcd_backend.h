@@ -35,6 +35,7 @@ class EtcdBackend final : public RegistryBackend {
   absl::Status CheckReachable() const override;
   bool views_may_block() const override { return true; }
   std::string identity() const override { return link_->identity(); }
+  absl::string_view name() const override { return "etcd"; }
 
   // A client that saw a newer revision elsewhere is not behind.
   bool Stale(uint64_t have, uint64_t acked) const override { return acked < have; }

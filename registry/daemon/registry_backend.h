@@ -85,6 +85,8 @@ class RegistryBackend {
   virtual bool views_may_block() const = 0;
   // The cluster's identity for clients; empty for one embedded node.
   virtual std::string identity() const = 0;
+  // What the data lives in, for messages to clients and the log ("etcd").
+  virtual absl::string_view name() const = 0;
 
   // ---- versions (under the core's lock) ----
   // Whether a subscriber that acknowledged `acked` needs the version `have`.

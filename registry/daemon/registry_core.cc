@@ -230,7 +230,8 @@ void RegistryCore::CompleteOpen(SessionStream* stream, const v1::OpenSession& op
                                 absl::StatusOr<SessionGrant> grant) {
   if (!grant.ok()) {
     if (open.resume_session_id() != 0 && absl::IsNotFound(grant.status())) {
-      RemoveSession(open.resume_session_id(), "its etcd lease is gone", false);
+      RemoveSession(open.resume_session_id(),
+                    absl::StrCat("its ", backend_->name(), " lease is gone"), false);
     }
     RequestFinish(stream, grant.status());
     return;
@@ -262,8 +263,8 @@ void RegistryCore::CompleteOpen(SessionStream* stream, const v1::OpenSession& op
     for (auto& publication : *grant->publications) {
       session.publications.insert(std::move(publication));
     }
-    SPDLOG_INFO("session {} of '{}' taken over from etcd with {} publication(s)", id,
-                open.client_name(), session.publications.size());
+    SPDLOG_INFO("session {} of '{}' taken over from {} with {} publication(s)", id,
+                open.client_name(), std::string(backend_->name()), session.publications.size());
   }
   FinishOpen(stream, session, open, grant->lease, grant->resumed);
 }
@@ -358,7 +359,7 @@ void RegistryCore::WriteResult(uint64_t session_id, uint64_t incarnation, uint64
                     absl::NotFoundError(absl::StrCat(
                         "session ", session_id, " lapsed in the cluster; open a new session")));
     }
-    RemoveSession(session_id, "its etcd lease is gone", false);
+    RemoveSession(session_id, absl::StrCat("its ", backend_->name(), " lease is gone"), false);
     return;
   }
   if (!status.ok()) {
@@ -367,8 +368,9 @@ void RegistryCore::WriteResult(uint64_t session_id, uint64_t incarnation, uint64
     if (session.stream != nullptr) {
       SessionStream* stream = session.stream;
       session.stream = nullptr;
-      RequestFinish(stream, absl::UnavailableError(absl::StrCat(
-                                "this registry node cannot reach etcd: ", status.message())));
+      RequestFinish(stream,
+                    absl::UnavailableError(absl::StrCat("this registry node cannot reach ",
+                                                        backend_->name(), ": ", status.message())));
     }
     return;
   }

@@ -170,18 +170,20 @@ void RegistryCore::CheckBackend() {
   bool reachable = backend_->Reachable();
   if (!reachable && backend_reachable_) {
     SPDLOG_WARN(
-        "etcd does not answer this node; ending every session stream so clients "
-        "resume on other nodes");
+        "{} does not answer this node; ending every session stream so clients "
+        "resume on other nodes",
+        std::string(backend_->name()));
     for (auto& [id, session] : sessions_.all()) {
       if (session.stream != nullptr) {
         SessionStream* stream = session.stream;
         session.stream = nullptr;
         RequestFinish(
-            stream, absl::UnavailableError("this registry node lost etcd; resume on another node"));
+            stream, absl::UnavailableError(absl::StrCat(
+                        "this registry node lost ", backend_->name(), "; resume on another node")));
       }
     }
   } else if (reachable && !backend_reachable_) {
-    SPDLOG_INFO("etcd answers this node again");
+    SPDLOG_INFO("{} answers this node again", std::string(backend_->name()));
   }
   backend_reachable_ = reachable;
 }
@@ -289,7 +291,7 @@ void RegistryCore::MaintenanceLoop() {
 }
 
 // ---------------------------------------------------------------------------
-// The backend's changes (cluster mode: etcd's)
+// The backend's changes
 
 void RegistryCore::OnServiceUpdate(const std::string& service, uint64_t revision, bool reset,
                                    std::vector<InstanceChange> changes) {
@@ -407,7 +409,7 @@ void RegistryCore::OnLeaseLost(uint64_t session_id) {
                   absl::NotFoundError(absl::StrCat("session ", session_id,
                                                    " lapsed in the cluster; open a new session")));
   }
-  RemoveSession(session_id, "its etcd lease lapsed", false);
+  RemoveSession(session_id, absl::StrCat("its ", backend_->name(), " lease lapsed"), false);
 }
 
 }  // namespace formica::registry
