@@ -34,6 +34,7 @@ CoreTables RegistryCore::tables() {
 void RegistryCore::AttachBackend(RegistryBackend* backend) {
   absl::MutexLock lock(&mu_);
   backend_ = backend;
+  configs_.set_backend(backend);
 }
 
 // ---------------------------------------------------------------------------
@@ -159,11 +160,7 @@ void RegistryCore::HandleUnwatch(Session& session, const std::string& key, uint6
     st = absl::NotFoundError(absl::StrCat("this session does not watch '", key, "'"));
   } else {
     session.pending.erase(ConfigTopic(key));
-    auto c = configs_.find(key);
-    if (c != configs_.end()) {
-      c->second.watchers.erase(session.id);
-      ForgetConfigIfUnwatched(key);
-    }
+    configs_.Remove(key, session.id);
   }
   ReplyResult(session.stream, request_id, st);
 }
@@ -189,8 +186,8 @@ void RegistryCore::HandleReconcile(Session& session, const v1::ClientMessage& me
     }
     Subscription& sub = session.configs[key];
     sub.acked = std::max(sub.acked, version);
-    auto c = configs_.find(key);
-    if (c != configs_.end() && Stale(c->second.version, version) && !Held()) {
+    WatchedConfig* c = configs_.Find(key);
+    if (c != nullptr && Stale(c->version, version) && !Held()) {
       EnqueueConfig(session, key);
     }
   }
@@ -287,8 +284,8 @@ void RegistryCore::ResumeLocal(SessionStream* stream, Session& session,
   }
   for (auto& [key, sub] : session.configs) {
     sub.sent = sub.acked;
-    auto c = configs_.find(key);
-    if (c != configs_.end() && c->second.loaded && Stale(c->second.version, sub.acked) && !Held()) {
+    WatchedConfig* c = configs_.Find(key);
+    if (c != nullptr && c->loaded && Stale(c->version, sub.acked) && !Held()) {
       EnqueueConfig(session, key);
     }
   }
@@ -399,13 +396,12 @@ absl::Status RegistryCore::HandleWatch(Session& session, const std::string& key,
   if (absl::Status st = ValidateConfigKey(key, options_.limits); !st.ok()) {
     return st;
   }
-  absl::StatusOr<WatchedConfig*> watched = EnsureConfig(key);
+  absl::StatusOr<WatchedConfig*> watched = configs_.Add(key, session.id);
   if (!watched.ok()) {
     return watched.status();
   }
   Subscription& sub = session.configs[key];
   sub.acked = std::max(sub.acked, known);
-  (*watched)->watchers.insert(session.id);
   if (!Held() && (*watched)->loaded && Stale((*watched)->version, sub.acked)) {
     EnqueueConfig(session, key);
   }
@@ -427,11 +423,7 @@ void RegistryCore::RemoveSession(uint64_t id, absl::string_view why, bool revoke
     }
   }
   for (const auto& [key, sub] : session.configs) {
-    auto c = configs_.find(key);
-    if (c != configs_.end()) {
-      c->second.watchers.erase(id);
-      ForgetConfigIfUnwatched(key);
-    }
+    configs_.Remove(key, id);
   }
   sessions_.Erase(id);
 }

@@ -5,7 +5,7 @@
 // adapter that turns each stream into a SessionStream and calls in here.
 //
 // Thread-safe: one mutex guards the core and its engines (SessionTable,
-// PushScheduler, the service and config tables). Streams call in on the
+// PushScheduler, ConfigWatches, the service table). Streams call in on the
 // transport's threads, the backend on its own, and a maintenance thread
 // (StartMaintenance) sweeps leases and retries and flushes due pushes.
 // Tests drive it without threads through Tick() and a FakeClock.
@@ -26,6 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "backend_events.h"
+#include "config_watches.h"
 #include "push_scheduler.h"
 #include "registry_backend.h"
 #include "service_table.h"
@@ -155,12 +156,9 @@ class RegistryCore : public BackendListener {
 
   // Services, config watches and pushes
   ServiceState& EnsureService(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<WatchedConfig*> EnsureConfig(const std::string& key)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   const Msg& CurrentSnapshot(const std::string& name, ServiceState& state)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MaybeForgetService(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ForgetConfigIfUnwatched(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyConfig(const StoredConfig& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkDirty(const std::string& service) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     pushes_.MarkServiceDirty(service);
@@ -188,7 +186,7 @@ class RegistryCore : public BackendListener {
   SessionTable sessions_ ABSL_GUARDED_BY(mu_);
   PushScheduler pushes_ ABSL_GUARDED_BY(mu_);
   ServiceMap services_ ABSL_GUARDED_BY(mu_);
-  ConfigMap configs_ ABSL_GUARDED_BY(mu_);
+  ConfigWatches configs_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   // Every stream the transport has not finished with, so that shutting
   // down ends each with its reason, opened or not.

@@ -42,11 +42,11 @@ void RegistryCore::FlushService(const std::string& name) {
 }
 
 void RegistryCore::EnqueueConfig(Session& session, const std::string& key) {
-  auto c = configs_.find(key);
-  if (c == configs_.end() || !c->second.loaded) {
+  WatchedConfig* c = configs_.Find(key);
+  if (c == nullptr || !c->loaded) {
     return;
   }
-  session.pending[ConfigTopic(key)] = c->second.message;
+  session.pending[ConfigTopic(key)] = c->message;
 }
 
 ServiceState& RegistryCore::EnsureService(const std::string& name) {
@@ -82,41 +82,15 @@ void RegistryCore::MaybeForgetService(const std::string& name) {
   }
 }
 
-void RegistryCore::ForgetConfigIfUnwatched(const std::string& key) {
-  auto it = configs_.find(key);
-  if (it != configs_.end() && it->second.watchers.empty()) {
-    configs_.erase(it);
-    backend_->ConfigReleased(key);
-  }
-}
-
-absl::StatusOr<WatchedConfig*> RegistryCore::EnsureConfig(const std::string& key) {
-  auto it = configs_.find(key);
-  if (it != configs_.end()) {
-    return &it->second;
-  }
-  absl::StatusOr<WatchedConfig> first = backend_->ConfigAdded(key);
-  if (!first.ok()) {
-    return first.status();
-  }
-  WatchedConfig& watched = configs_[key];
-  watched = std::move(*first);
-  return &watched;
-}
-
 void RegistryCore::ConfigChanged(const StoredConfig& entry) {
   absl::MutexLock lock(&mu_);
   ApplyConfig(entry);
 }
 
 void RegistryCore::ApplyConfig(const StoredConfig& entry) {
-  auto it = configs_.find(entry.key);
-  if (it == configs_.end() || !it->second.loaded || entry.version <= it->second.version) {
-    return;  // nobody watches it, its first read is due, or a newer change already won
+  if (configs_.Apply(entry)) {
+    pushes_.MarkConfigDirty(entry.key);
   }
-  it->second.version = entry.version;
-  it->second.message = ConfigMessage(entry);
-  pushes_.MarkConfigDirty(entry.key);
 }
 
 void RegistryCore::Flush() {
@@ -125,11 +99,11 @@ void RegistryCore::Flush() {
     FlushService(name);
   }
   for (const std::string& key : batch.configs) {
-    auto it = configs_.find(key);
-    if (it == configs_.end()) {
+    WatchedConfig* watched = configs_.Find(key);
+    if (watched == nullptr) {
       continue;
     }
-    for (uint64_t id : it->second.watchers) {
+    for (uint64_t id : watched->watchers) {
       if (Session* session = sessions_.Find(id); session != nullptr) {
         EnqueueConfig(*session, key);
       }
@@ -152,8 +126,8 @@ void RegistryCore::Release() {
       }
     }
     for (auto& [key, sub] : session.configs) {
-      auto c = configs_.find(key);
-      if (c != configs_.end() && Stale(c->second.version, sub.acked)) {
+      WatchedConfig* c = configs_.Find(key);
+      if (c != nullptr && Stale(c->version, sub.acked)) {
         EnqueueConfig(session, key);
       }
     }
@@ -205,9 +179,9 @@ void RegistryCore::RetryUnacked() {
       }
     }
     for (auto& [key, sub] : session.configs) {
-      auto c = configs_.find(key);
-      if (sub.sent > sub.acked && now - sub.sent_at >= options_.push_retry && c != configs_.end() &&
-          Stale(c->second.version, sub.acked) && session.pending.count(ConfigTopic(key)) == 0) {
+      WatchedConfig* c = configs_.Find(key);
+      if (sub.sent > sub.acked && now - sub.sent_at >= options_.push_retry && c != nullptr &&
+          Stale(c->version, sub.acked) && session.pending.count(ConfigTopic(key)) == 0) {
         EnqueueConfig(session, key);
         queued = true;
       }
@@ -370,18 +344,16 @@ void RegistryCore::OnServiceUpdate(const std::string& service, uint64_t revision
 
 void RegistryCore::OnConfigUpdate(const StoredConfig& entry) {
   absl::MutexLock lock(&mu_);
-  auto it = configs_.find(entry.key);
-  if (it == configs_.end()) {
+  WatchedConfig* found = configs_.Find(entry.key);
+  if (found == nullptr) {
     return;
   }
-  if (it->second.loaded) {
+  if (found->loaded) {
     ApplyConfig(entry);
     return;
   }
-  WatchedConfig& watched = it->second;
-  watched.loaded = true;
-  watched.version = entry.version;
-  watched.message = ConfigMessage(entry);
+  WatchedConfig& watched = *found;
+  configs_.Load(watched, entry);
   if (Held()) {
     return;
   }

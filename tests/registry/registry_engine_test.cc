@@ -333,6 +333,31 @@ TEST_F(RegistryEngineTest, AChangeAfterTheMergeWindowMakesANewPushAtOnce) {
               ElementsAre("10.0.0.1:80", "10.0.0.2:80"));
 }
 
+TEST_F(RegistryEngineTest, AConfigChangeReachesItsWatchersAtOnce) {
+  FakeStream& watcher = Open("watcher", absl::Minutes(1));
+  v1::ClientMessage watch;
+  watch.mutable_watch_config()->set_request_id(++request_id_);
+  watch.mutable_watch_config()->set_key("feature/x");
+  Send(watcher, watch);
+  clock_.Advance(absl::Milliseconds(5));  // inside a merge window, were it a service
+
+  absl::StatusOr<StoredConfig> written =
+      backend_->config_store()->PutConfig("feature/x", "on", std::nullopt);
+  ASSERT_TRUE(written.ok()) << written.status();
+  core_->ConfigChanged(*written);
+  Tick();
+
+  std::vector<v1::ConfigEntry> pushes;
+  for (const v1::ServerMessage& m : watcher.sent) {
+    if (m.has_config()) {
+      pushes.push_back(m.config());
+    }
+  }
+  ASSERT_EQ(pushes.size(), 1u);
+  EXPECT_EQ(pushes[0].value(), "on");
+  EXPECT_EQ(pushes[0].version(), written->version);
+}
+
 class RegistryRetryTest : public RegistryEngineTest {
  protected:
   RegistryRetryTest() { options_.push_retry = absl::Seconds(1); }
