@@ -95,8 +95,7 @@ void EmbeddedBackend::SessionEnded(Session& session, absl::string_view why, bool
   }
 }
 
-std::optional<absl::Status> EmbeddedBackend::Publish(Session& session, const v1::Publish& request,
-                                                     WriteDone) {
+std::optional<absl::Status> EmbeddedBackend::Publish(Session& session, const v1::Publish& request) {
   const v1::Instance& instance = request.instance();
   if (absl::Status st = ValidateInstance(instance, options_.limits); !st.ok()) {
     return st;
@@ -125,7 +124,7 @@ std::optional<absl::Status> EmbeddedBackend::Publish(Session& session, const v1:
 }
 
 std::optional<absl::Status> EmbeddedBackend::Unpublish(Session& session,
-                                                       const v1::Unpublish& request, WriteDone) {
+                                                       const v1::Unpublish& request) {
   auto not_found =
       absl::NotFoundError(absl::StrCat("instance ", request.address(), " of service '",
                                        request.service(), "' is not published by this session"));

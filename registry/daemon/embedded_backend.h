@@ -53,10 +53,8 @@ class EmbeddedBackend final : public RegistryBackend {
   void KeepAlive(uint64_t) override {}
   void SessionEnded(Session& session, absl::string_view why, bool revoke) override;
 
-  std::optional<absl::Status> Publish(Session& session, const v1::Publish& request,
-                                      WriteDone later) override;
-  std::optional<absl::Status> Unpublish(Session& session, const v1::Unpublish& request,
-                                        WriteDone later) override;
+  std::optional<absl::Status> Publish(Session& session, const v1::Publish& request) override;
+  std::optional<absl::Status> Unpublish(Session& session, const v1::Unpublish& request) override;
 
   absl::Status ListServices(v1::ListServicesResponse* out) override;
   absl::Status GetService(const std::string& service, v1::ServiceSnapshot* out) override;

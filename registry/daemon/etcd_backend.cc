@@ -110,6 +110,12 @@ std::optional<absl::StatusOr<SessionGrant>> EtcdBackend::OpenSession(const Sessi
   return std::nullopt;
 }
 
+std::function<void(absl::Status)> EtcdBackend::Later(const Session& session,
+                                                     uint64_t request_id) const {
+  return [done = tables_.write_done, id = session.id, incarnation = session.record_revision,
+          request_id](absl::Status status) { done(id, incarnation, request_id, status); };
+}
+
 absl::Status EtcdBackend::KillUnheldSession(uint64_t id) {
   // Held by another node, or detached: revoking the lease ends it there.
   link_->CloseSession(id);
@@ -125,26 +131,25 @@ void EtcdBackend::SessionEnded(Session& session, absl::string_view why, bool rev
               std::string(why), revoke ? "; its lease is revoked" : "");
 }
 
-std::optional<absl::Status> EtcdBackend::Publish(Session& session, const v1::Publish& request,
-                                                 WriteDone later) {
+std::optional<absl::Status> EtcdBackend::Publish(Session& session, const v1::Publish& request) {
   const v1::Instance& instance = request.instance();
   if (absl::Status st = ValidateInstance(instance, options_.limits); !st.ok()) {
     return st;
   }
   session.publications.insert({instance.service(), instance.address()});
-  link_->Publish(session.id, session.record_revision, instance, std::move(later));
+  link_->Publish(session.id, session.record_revision, instance,
+                 Later(session, request.request_id()));
   return std::nullopt;
 }
 
-std::optional<absl::Status> EtcdBackend::Unpublish(Session& session, const v1::Unpublish& request,
-                                                   WriteDone later) {
+std::optional<absl::Status> EtcdBackend::Unpublish(Session& session, const v1::Unpublish& request) {
   if (session.publications.erase({request.service(), request.address()}) == 0) {
     return absl::NotFoundError(absl::StrCat("instance ", request.address(), " of service '",
                                             request.service(),
                                             "' is not published by this session"));
   }
   link_->Unpublish(session.id, session.record_revision, request.service(), request.address(),
-                   std::move(later));
+                   Later(session, request.request_id()));
   return std::nullopt;
 }
 

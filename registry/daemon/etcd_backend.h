@@ -53,10 +53,8 @@ class EtcdBackend final : public RegistryBackend {
   void KeepAlive(uint64_t id) override { link_->KeepAlive(id); }
   void SessionEnded(Session& session, absl::string_view why, bool revoke) override;
 
-  std::optional<absl::Status> Publish(Session& session, const v1::Publish& request,
-                                      WriteDone later) override;
-  std::optional<absl::Status> Unpublish(Session& session, const v1::Unpublish& request,
-                                        WriteDone later) override;
+  std::optional<absl::Status> Publish(Session& session, const v1::Publish& request) override;
+  std::optional<absl::Status> Unpublish(Session& session, const v1::Unpublish& request) override;
 
   absl::Status ListServices(v1::ListServicesResponse* out) override;
   absl::Status GetService(const std::string& service, v1::ServiceSnapshot* out) override;
@@ -64,6 +62,8 @@ class EtcdBackend final : public RegistryBackend {
 
  private:
   EtcdBackend(Options options, std::unique_ptr<ClusterLink> link, CoreTables tables);
+  // Hands a write's result to the core.
+  std::function<void(absl::Status)> Later(const Session& session, uint64_t request_id) const;
 
   const Options options_;
   std::unique_ptr<ClusterLink> link_;

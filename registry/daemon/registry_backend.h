@@ -62,8 +62,13 @@ struct CoreTables {
   absl::Mutex* mu = nullptr;
   SessionTable* sessions = nullptr;
   ServiceMap* services = nullptr;
-  // Marks a service changed (a push is scheduled).
+  // Marks a service changed (a push is scheduled). Under `mu`.
   std::function<void(const std::string&)> mark_dirty;
+  // Answers a publish or unpublish made for the session `session_id` (at
+  // its `record_revision`) later. Not under `mu`: it takes the lock.
+  std::function<void(uint64_t session_id, uint64_t record_revision, uint64_t request_id,
+                     const absl::Status& status)>
+      write_done;
 };
 
 class RegistryBackend {
@@ -119,14 +124,12 @@ class RegistryBackend {
   virtual void SessionEnded(Session& session, absl::string_view why, bool revoke) = 0;
 
   // ---- publications (under the core's lock) ----
-  // The result now, or nullopt and `later`: OK; FAILED_PRECONDITION, the
-  // session was resumed elsewhere since; NOT_FOUND, its lease is gone;
-  // anything else, this node cannot reach the backend.
-  using WriteDone = std::function<void(absl::Status)>;
-  virtual std::optional<absl::Status> Publish(Session& session, const v1::Publish& request,
-                                              WriteDone later) = 0;
-  virtual std::optional<absl::Status> Unpublish(Session& session, const v1::Unpublish& request,
-                                                WriteDone later) = 0;
+  // The result now, or nullopt and later through CoreTables::write_done:
+  // OK; FAILED_PRECONDITION, the session was resumed elsewhere since;
+  // NOT_FOUND, its lease is gone; anything else, this node cannot reach the
+  // backend.
+  virtual std::optional<absl::Status> Publish(Session& session, const v1::Publish& request) = 0;
+  virtual std::optional<absl::Status> Unpublish(Session& session, const v1::Unpublish& request) = 0;
 
   // ---- operator views (not under the core's lock; may block) ----
   virtual absl::Status ListServices(v1::ListServicesResponse* out) = 0;

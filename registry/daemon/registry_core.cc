@@ -28,6 +28,11 @@ CoreTables RegistryCore::tables() {
   tables.services = &services_;
   tables.mark_dirty = [this](const std::string& service)
                           ABSL_NO_THREAD_SAFETY_ANALYSIS { MarkDirty(service); };
+  tables.write_done = [this](uint64_t session_id, uint64_t incarnation, uint64_t request_id,
+                             const absl::Status& status) {
+    absl::MutexLock lock(&mu_);
+    WriteResult(session_id, incarnation, request_id, status);
+  };
   return tables;
 }
 
@@ -76,8 +81,7 @@ void RegistryCore::Handle(SessionStream* stream, const v1::ClientMessage& messag
     }
     case v1::ClientMessage::kPublish: {
       uint64_t request_id = message.publish().request_id();
-      std::optional<absl::Status> done =
-          backend_->Publish(session, message.publish(), LaterResult(session, request_id));
+      std::optional<absl::Status> done = backend_->Publish(session, message.publish());
       if (done.has_value()) {
         ReplyResult(stream, request_id, *done);
       }
@@ -85,8 +89,7 @@ void RegistryCore::Handle(SessionStream* stream, const v1::ClientMessage& messag
     }
     case v1::ClientMessage::kUnpublish: {
       uint64_t request_id = message.unpublish().request_id();
-      std::optional<absl::Status> done =
-          backend_->Unpublish(session, message.unpublish(), LaterResult(session, request_id));
+      std::optional<absl::Status> done = backend_->Unpublish(session, message.unpublish());
       if (done.has_value()) {
         ReplyResult(stream, request_id, *done);
       }
@@ -324,14 +327,6 @@ SessionStream* RegistryCore::TakeOpening(uint64_t serial) {
   SessionStream* stream = it->second;
   opening_.erase(it);
   return stream->finishing ? nullptr : stream;
-}
-
-RegistryBackend::WriteDone RegistryCore::LaterResult(const Session& session, uint64_t request_id) {
-  return [this, id = session.id, incarnation = session.record_revision,
-          request_id](absl::Status status) {
-    absl::MutexLock lock(&mu_);
-    WriteResult(id, incarnation, request_id, status);
-  };
 }
 
 void RegistryCore::WriteResult(uint64_t session_id, uint64_t incarnation, uint64_t request_id,

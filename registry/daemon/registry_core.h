@@ -49,6 +49,7 @@ class PushSwitchState;
 class ServiceSnapshot;
 }  // namespace v1
 
+// As in RegistryServerOptions, which RegistryServer copies them from.
 struct RegistryCoreOptions {
   std::string registry_id;
   absl::Duration default_lease = absl::Seconds(10);
@@ -132,7 +133,6 @@ class RegistryCore : public BackendListener {
   // session's stream if its lease is gone or the backend is out of reach.
   void WriteResult(uint64_t session_id, uint64_t incarnation, uint64_t request_id,
                    const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  RegistryBackend::WriteDone LaterResult(const Session& session, uint64_t request_id);
 
   // Requests on an open session
   void HandleUnsubscribe(Session& session, const std::string& service, uint64_t request_id)

@@ -146,6 +146,7 @@ void RegistryServer::Shutdown() {
   impl_->backend->Shutdown();  // its threads call into the core
   impl_->core->StopMaintenance();
   impl_->core.reset();
+  impl_->backend.reset();  // closes the store
   SPDLOG_INFO("dsrd stopped");
 }
 
