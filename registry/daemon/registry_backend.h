@@ -5,8 +5,9 @@
 // modes is here, never a branch in the core.
 //
 // Calls marked "under the core's lock" are made by RegistryCore holding its
-// mutex; a backend answers them without blocking. Asynchronous answers
-// (`later`) run on the backend's own threads without that lock.
+// mutex; a backend answers them without waiting for the network (embedded,
+// at most a read of the local store). Asynchronous answers (`later`,
+// CoreTables::write_done) come on the backend's own threads, without it.
 #pragma once
 
 #include <cstdint>
