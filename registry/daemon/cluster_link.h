@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "backend_events.h"
 
 namespace formica::registry {
 
@@ -72,26 +73,10 @@ struct ClusterOptions {
   absl::Duration node_lease = absl::Seconds(5);
 };
 
-// One change to a watched service's instance set.
-struct InstanceChange {
-  std::string address;
-  std::shared_ptr<const v1::Instance> instance;  // null: the instance left
-  uint64_t owner = 0;                            // the session (lease) holding it
-};
-
 class ClusterLink {
  public:
-  class Listener {
-   public:
-    virtual ~Listener() = default;
-    // `reset`: `changes` is the whole instance set at `revision` (first load,
-    // or a reload after the watch fell behind etcd's compaction).
-    virtual void OnServiceUpdate(const std::string& service, uint64_t revision, bool reset,
-                                 std::vector<InstanceChange> changes) = 0;
-    virtual void OnConfigUpdate(const StoredConfig& entry) = 0;
-    // A session's lease is gone from etcd (it lapsed or was revoked).
-    virtual void OnLeaseLost(uint64_t session_id) = 0;
-  };
+  // Watch events and lost leases reach the listener on the link's threads.
+  using Listener = BackendListener;
 
   // Connects (waiting up to dial_timeout for etcd to answer), registers the
   // node and starts the streams.

@@ -1,7 +1,8 @@
-// The registry daemon's engine: the gRPC Registry service over a
-// RegistryStore, with sessions, leases, merged and acknowledged pushes,
-// warm-up after restart and the operator's stop-push switch. dsrd's main()
-// is a thin wrapper over RegistryServer; tests may also run it in-process.
+// The registry daemon: the gRPC Registry service (registry_service.h) over
+// RegistryCore (sessions, leases, merged and acknowledged pushes, warm-up
+// after restart, the operator's stop-push switch) and one RegistryBackend
+// (embedded RocksDB or etcd). dsrd's main() is a thin wrapper over
+// RegistryServer; tests may also run it in-process.
 #pragma once
 
 #include <memory>
