@@ -1,6 +1,6 @@
 // rpc::Client's timing on a fake clock: outlier ejection, the retry budget's
 // one-second windows and the call deadline, driven in milliseconds with no
-// real sleep. Providers come from a fixed in-test Discovery; two in-process
+// real sleep. Providers come from a FakeDiscovery; two in-process
 // gRPC servers keep their channels healthy, and every attempt answers from
 // the test without calling them.
 #include <grpcpp/grpcpp.h>
@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "fake_discovery.h"
 #include "formica/common/clock.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/discovery.h"
@@ -22,34 +22,6 @@ namespace formica::rpc {
 namespace {
 
 constexpr char kService[] = "formica.test.Echo";
-
-// A Discovery with a fixed provider set, handed to callbacks at once.
-class FixedDiscovery : public Discovery {
- public:
-  explicit FixedDiscovery(std::vector<std::string> addresses) {
-    set_.service = kService;
-    set_.version = 1;
-    for (const std::string& address : addresses) set_.providers.push_back({address, "", 100, {}});
-  }
-
-  absl::StatusOr<uint64_t> Subscribe(absl::string_view, ProvidersCallback callback) override {
-    callback(set_);
-    return ++next_id_;
-  }
-  void Unsubscribe(uint64_t) override {}
-  std::optional<ProviderSet> Current(absl::string_view) const override { return set_; }
-  absl::StatusOr<uint64_t> WatchRoutes(absl::string_view, RoutesCallback callback) override {
-    callback(std::nullopt);
-    return ++next_id_;
-  }
-  void UnwatchRoutes(uint64_t) override {}
-  absl::Status Publish(absl::string_view, const Provider&) override { return absl::OkStatus(); }
-  absl::Status Unpublish(absl::string_view, absl::string_view) override { return absl::OkStatus(); }
-
- private:
-  ProviderSet set_;
-  uint64_t next_id_ = 0;
-};
 
 class ClientClockTest : public ::testing::Test {
  protected:
@@ -64,7 +36,9 @@ class ClientClockTest : public ::testing::Test {
       ASSERT_NE(port, 0);
       addresses.push_back("127.0.0.1:" + std::to_string(port));
     }
-    discovery_ = std::make_unique<FixedDiscovery>(addresses);
+    ProviderSet set{kService, 1, {}};
+    for (const std::string& address : addresses) set.providers.push_back({address, "", 100, {}});
+    discovery_.Push(set);
   }
 
   void TearDown() override {
@@ -72,7 +46,7 @@ class ClientClockTest : public ::testing::Test {
   }
 
   std::unique_ptr<Client> MakeClient(ClientOptions options) {
-    auto client = Client::Create(std::move(options), discovery_.get(), &clock_);
+    auto client = Client::Create(std::move(options), &discovery_, &clock_);
     EXPECT_TRUE(client.ok()) << client.status();
     return client.ok() ? *std::move(client) : nullptr;
   }
@@ -81,7 +55,7 @@ class ClientClockTest : public ::testing::Test {
   FakeClock clock_{absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now()))};
   test::Echo::Service echo_;
   std::vector<std::unique_ptr<grpc::Server>> servers_;
-  std::unique_ptr<FixedDiscovery> discovery_;
+  testing::FakeDiscovery discovery_;
 };
 
 TEST_F(ClientClockTest, EjectedProviderIsSkippedUntilEjectionTimeThenProbed) {
