@@ -5,10 +5,9 @@
 
 #include <spdlog/spdlog.h>
 
-#include <random>
-
 #include "absl/strings/str_cat.h"
 #include "formica/common/grpc_status.h"
+#include "formica/internal/jittered_backoff.h"
 
 namespace formica::registry {
 
@@ -16,8 +15,7 @@ namespace formica::registry {
 // Session
 
 void Client::Impl::SessionLoop() {
-  std::mt19937_64 rng(std::random_device{}());
-  absl::Duration backoff = options_.backoff_initial;
+  JitteredBackoff backoff(options_.backoff_initial, options_.backoff_max);
   while (true) {
     std::string address;
     {
@@ -36,16 +34,12 @@ void Client::Impl::SessionLoop() {
       continue;  // the registry forgot our session: open a new one at once
     }
     if (end == SessionEnd::kClosed) {
-      backoff = options_.backoff_initial;  // it worked for a while: retry soon
+      backoff.Reset();  // it worked for a while: retry soon
     } else {
       ++address_index_;  // this node failed us: try the next
     }
-    // Full jitter: sleep a random time up to the current backoff.
-    std::uniform_int_distribution<int64_t> dist(absl::ToInt64Microseconds(backoff) / 2,
-                                                absl::ToInt64Microseconds(backoff));
-    absl::Duration sleep = absl::Microseconds(dist(rng));
-    mu_.AwaitWithTimeout(absl::Condition(&stopping_), sleep);
-    backoff = std::min(backoff * 2, options_.backoff_max);
+    // Jitter: sleep a random time between half and all of the backoff.
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_), backoff.Next());
   }
 }
 
