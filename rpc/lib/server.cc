@@ -328,7 +328,8 @@ void Server::Shutdown() {
     impl_->stopping = true;
   }
   if (impl_->warmup_thread.joinable()) impl_->warmup_thread.join();
-  // 1. Leave the registry: callers stop picking this provider.
+  // 1. Withdraw from the discovery (the registry): callers stop picking this
+  // provider.
   for (const HostedService& h : impl_->services) {
     absl::Status st = impl_->discovery->Unpublish(h.name, impl_->Address());
     if (!st.ok() && !absl::IsNotFound(st)) {

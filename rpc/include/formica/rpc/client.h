@@ -118,7 +118,7 @@ class Client {
   ~Client();
 
   // Calls a provider of `service`. The first call waits, up to its
-  // deadline, for the registry's first snapshot. UNAVAILABLE when no
+  // deadline, for the discovery's first provider set. UNAVAILABLE when no
   // provider could be reached in time, naming the service.
   absl::Status Call(absl::string_view service, const CallOptions& options, const Attempt& attempt);
 
