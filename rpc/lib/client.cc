@@ -19,8 +19,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "balancer.h"
+#include "formica/common/clock.h"
 #include "formica/common/grpc_status.h"
-#include "formica/registry/client.h"
+#include "formica/rpc/discovery.h"
 #include "serving.h"
 
 namespace formica::rpc {
@@ -28,7 +29,7 @@ namespace {
 
 // One provider: its balancer state, its channel and its health.
 struct Endpoint {
-  registry::Instance instance;
+  Provider provider;
   std::shared_ptr<EndpointState> state;
   std::shared_ptr<grpc::Channel> channel;
   std::atomic<int> consecutive_failures{0};
@@ -126,7 +127,7 @@ struct Group {
 };
 
 // Everything a call needs about one service, immutable once built and
-// swapped whole when the registry pushes or the routes change.
+// swapped whole when the discovery pushes or the routes change.
 struct ServiceView {
   Group everyone;
   std::vector<std::pair<Route, Group>> routes;
@@ -136,8 +137,12 @@ struct ServiceView {
 
 class Client::Impl {
  public:
-  Impl(ClientOptions options, registry::Client* registry)
-      : options_(std::move(options)), registry_(registry) {}
+  Impl(ClientOptions options, Discovery* discovery, Clock* clock,
+       std::unique_ptr<Discovery> owned_discovery)
+      : options_(std::move(options)),
+        owned_discovery_(std::move(owned_discovery)),
+        discovery_(discovery),
+        clock_(clock) {}
 
   ~Impl() {
     std::map<std::string, std::shared_ptr<Service>, std::less<>> services;
@@ -146,8 +151,8 @@ class Client::Impl {
       services.swap(services_);
     }
     for (auto& [name, s] : services) {
-      registry_->Unsubscribe(s->subscription);
-      if (s->watch != 0) registry_->Unwatch(s->watch);
+      discovery_->Unsubscribe(s->subscription);
+      if (s->watch != 0) discovery_->UnwatchRoutes(s->watch);
     }
   }
 
@@ -190,7 +195,7 @@ class Client::Impl {
     std::shared_ptr<const ServiceView> ready_view;
     std::map<std::string, std::shared_ptr<Endpoint>> endpoints ABSL_GUARDED_BY(mu);
     std::vector<Route> routes ABSL_GUARDED_BY(mu);
-    std::vector<registry::Instance> instances ABSL_GUARDED_BY(mu);
+    std::vector<Provider> providers ABSL_GUARDED_BY(mu);
     bool has_snapshot ABSL_GUARDED_BY(mu) = false;
   };
 
@@ -215,7 +220,10 @@ class Client::Impl {
   void Record(Endpoint& e, const grpc::Status& status, absl::Duration latency);
 
   const ClientOptions options_;
-  registry::Client* const registry_;
+  // Set when the Client made its own (over a registry::Client).
+  const std::unique_ptr<Discovery> owned_discovery_;
+  Discovery* const discovery_;
+  Clock* const clock_;
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Service>, std::less<>> services_ ABSL_GUARDED_BY(mu_);
   // A copy of `services_` that calls read without taking `mu_`
@@ -261,9 +269,9 @@ absl::StatusOr<std::shared_ptr<Client::Impl::Service>> Client::Impl::ServiceFor(
   }
   Service* raw = s.get();
   absl::StatusOr<uint64_t> sub =
-      registry_->Subscribe(name, [raw, this](const registry::ServiceSnapshot& snapshot) {
+      discovery_->Subscribe(name, [raw, this](const ProviderSet& providers) {
         absl::MutexLock lock(&raw->mu);
-        raw->instances = snapshot.instances;
+        raw->providers = providers.providers;
         raw->has_snapshot = true;
         Rebuild(*raw);
       });
@@ -274,10 +282,10 @@ absl::StatusOr<std::shared_ptr<Client::Impl::Service>> Client::Impl::ServiceFor(
     return sub.status();
   }
   s->subscription = *sub;
-  absl::StatusOr<uint64_t> watch = registry_->WatchConfig(
-      absl::StrCat("rpc/routes/", name), [raw, this](const registry::ConfigValue& value) {
+  absl::StatusOr<uint64_t> watch =
+      discovery_->WatchRoutes(name, [raw, this](const std::optional<std::string>& text) {
         absl::StatusOr<std::vector<Route>> routes =
-            value.exists ? ParseRoutes(value.value) : std::vector<Route>{};
+            text.has_value() ? ParseRoutes(*text) : std::vector<Route>{};
         if (!routes.ok()) {
           SPDLOG_ERROR("ignoring routes for '{}': {}", raw->name,
                        std::string(routes.status().message()));
@@ -296,7 +304,7 @@ Group Client::Impl::MakeGroup(Service& s, const std::vector<std::shared_ptr<Endp
   g.all = members;
   for (const auto& e : members) {
     g.by_state[e->state.get()] = e;
-    if (!options_.zone.empty() && e->instance.zone == options_.zone) g.local.push_back(e);
+    if (!options_.zone.empty() && e->provider.zone == options_.zone) g.local.push_back(e);
   }
   auto states = [](const std::vector<std::shared_ptr<Endpoint>>& v) {
     std::vector<std::shared_ptr<EndpointState>> out;
@@ -311,16 +319,16 @@ Group Client::Impl::MakeGroup(Service& s, const std::vector<std::shared_ptr<Endp
 void Client::Impl::Rebuild(Service& s) {
   std::map<std::string, std::shared_ptr<Endpoint>> next;
   std::vector<std::shared_ptr<Endpoint>> members;
-  for (const registry::Instance& inst : s.instances) {
+  for (const Provider& inst : s.providers) {
     auto it = s.endpoints.find(inst.address);
     std::shared_ptr<Endpoint> e;
     if (it != s.endpoints.end()) {
       e = it->second;  // keep its channel, counters and health
-      e->instance = inst;
+      e->provider = inst;
       e->state->set_weight(inst.weight);
     } else {
       e = std::make_shared<Endpoint>();
-      e->instance = inst;
+      e->provider = inst;
       e->state = std::make_shared<EndpointState>(inst.address, inst.weight);
       grpc::ChannelArguments args;
       args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
@@ -345,13 +353,13 @@ void Client::Impl::Rebuild(Service& s) {
   for (const Route& r : s.routes) {
     std::vector<std::shared_ptr<Endpoint>> tagged;
     for (const auto& e : members) {
-      auto tag = e->instance.tags.find(r.key);
-      if (tag != e->instance.tags.end() && tag->second == r.value) tagged.push_back(e);
+      auto tag = e->provider.tags.find(r.key);
+      if (tag != e->provider.tags.end() && tag->second == r.value) tagged.push_back(e);
     }
     view->routes.emplace_back(r, MakeGroup(s, tagged));
   }
   s.view = std::move(view);
-  std::atomic_store(&s.ready_view, s.has_snapshot && !s.instances.empty()
+  std::atomic_store(&s.ready_view, s.has_snapshot && !s.providers.empty()
                                        ? s.view
                                        : std::shared_ptr<const ServiceView>());
 }
@@ -441,7 +449,7 @@ void Client::Impl::Record(Endpoint& e, const grpc::Status& status, absl::Duratio
   if (e.consecutive_failures.fetch_add(1) + 1 >= options_.eject_after_failures) {
     // Ejected; once the time is up, the next call is the probe: a failure
     // ejects it again at once, a success resets the count.
-    e.ejected_until_ns.store(absl::ToUnixNanos(absl::Now() + options_.ejection_time));
+    e.ejected_until_ns.store(absl::ToUnixNanos(clock_->Now() + options_.ejection_time));
   }
 }
 
@@ -454,7 +462,7 @@ absl::Status Client::Impl::Prepared::Outcome() const {
 absl::StatusOr<Client::Impl::Prepared> Client::Impl::Prepare(absl::string_view name,
                                                              const CallOptions& options) {
   Prepared p;
-  absl::Time now = absl::Now();
+  absl::Time now = clock_->Now();
   p.idempotent = options.idempotent;
   p.timeout = options.timeout > absl::ZeroDuration() ? options.timeout : options_.default_timeout;
   p.deadline = now + p.timeout;
@@ -489,10 +497,10 @@ std::shared_ptr<const ServiceView> Client::Impl::View(Service& s,
                                                       std::optional<absl::Time> wait_until) {
   if (std::shared_ptr<const ServiceView> ready = std::atomic_load(&s.ready_view)) return ready;
   if (!wait_until.has_value()) return nullptr;
-  // The first call waits for the registry's first snapshot.
+  // The first call waits for the discovery's first provider set.
   absl::MutexLock lock(&s.mu);
   auto ready = [&s]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
-    return s.has_snapshot && !s.instances.empty();
+    return s.has_snapshot && !s.providers.empty();
   };
   s.mu.AwaitWithDeadline(absl::Condition(&ready), *wait_until);
   return s.view;
@@ -500,7 +508,7 @@ std::shared_ptr<const ServiceView> Client::Impl::View(Service& s,
 
 Endpoint* Client::Impl::StartAttempt(Prepared& p, const ServiceView& view, grpc::ClientContext* ctx,
                                      bool* connected) {
-  absl::Time now = absl::Now();
+  absl::Time now = clock_->Now();
   if (now >= p.deadline || p.attempts >= std::max(1, options_.max_attempts)) {
     return nullptr;
   }
@@ -526,7 +534,7 @@ bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected,
   }
   p.last = absl::Status(
       FromGrpcStatus(status).code(),
-      absl::StrCat(p.service->name, " at ", e.instance.address, ": ", status.error_message()));
+      absl::StrCat(p.service->name, " at ", e.provider.address, ": ", status.error_message()));
   bool unavailable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                      status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
   // Retry when the request surely never reached the provider (no
@@ -536,7 +544,7 @@ bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected,
                     (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
                      ctx.GetServerTrailingMetadata().count(kRejectedKey) > 0);
   if (!(never_left || (p.idempotent && unavailable))) return false;
-  if (p.attempts >= options_.max_attempts || absl::Now() >= p.deadline) return false;
+  if (p.attempts >= options_.max_attempts || clock_->Now() >= p.deadline) return false;
   if (!TakeRetryToken()) {
     p.last =
         absl::Status(p.last.code(), absl::StrCat(p.last.message(), " (retry budget exhausted)"));
@@ -558,9 +566,9 @@ absl::Status Client::Impl::Call(
     bool connected = false;
     Endpoint* e = StartAttempt(p, *view, &ctx, &connected);
     if (e == nullptr) return p.Outcome();
-    absl::Time t0 = absl::Now();
+    absl::Time t0 = clock_->Now();
     grpc::Status status = attempt(*e, &ctx);
-    if (!FinishAttempt(p, *e, connected, ctx, absl::Now() - t0, status)) return p.Outcome();
+    if (!FinishAttempt(p, *e, connected, ctx, clock_->Now() - t0, status)) return p.Outcome();
   }
 }
 
@@ -601,10 +609,11 @@ class Client::Impl::AsyncCall : public std::enable_shared_from_this<AsyncCall> {
     }
     grpc::ClientContext* raw = ctx.get();
     contexts_.push_back(std::move(ctx));  // alive until the whole call ends
-    absl::Time t0 = absl::Now();
+    absl::Time t0 = impl_->clock_->Now();
     auto self = shared_from_this();
     attempt_(e->channel, raw, [self, e, raw, connected, t0](grpc::Status status) {
-      if (self->impl_->FinishAttempt(self->p_, *e, connected, *raw, absl::Now() - t0, status)) {
+      absl::Duration latency = self->impl_->clock_->Now() - t0;
+      if (self->impl_->FinishAttempt(self->p_, *e, connected, *raw, latency, status)) {
         self->Next();
       } else {
         self->done_(self->p_.Outcome());
@@ -631,11 +640,9 @@ void Client::Impl::CallAsync(absl::string_view name, const CallOptions& options,
       ->Start();
 }
 
-absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options,
-                                                       registry::Client* registry) {
-  if (registry == nullptr) {
-    return absl::InvalidArgumentError("rpc::Client needs a registry::Client");
-  }
+namespace {
+
+absl::Status CheckOptions(const ClientOptions& options) {
   for (const auto& [service, policy] : options.policies) {
     absl::StatusOr<Policy> parsed = ParsePolicy(policy);
     if (!parsed.ok()) {
@@ -649,7 +656,31 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options,
   if (options.default_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ClientOptions.default_timeout must be positive");
   }
-  return std::unique_ptr<Client>(new Client(std::make_unique<Impl>(std::move(options), registry)));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options, Discovery* discovery,
+                                                       Clock* clock) {
+  if (discovery == nullptr) {
+    return absl::InvalidArgumentError("rpc::Client needs a Discovery");
+  }
+  if (absl::Status st = CheckOptions(options); !st.ok()) return st;
+  return std::unique_ptr<Client>(new Client(std::make_unique<Impl>(
+      std::move(options), discovery, clock != nullptr ? clock : Clock::Real(), nullptr)));
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options,
+                                                       registry::Client* registry) {
+  if (registry == nullptr) {
+    return absl::InvalidArgumentError("rpc::Client needs a registry::Client");
+  }
+  if (absl::Status st = CheckOptions(options); !st.ok()) return st;
+  auto discovery = std::make_unique<RegistryDiscovery>(registry);
+  Discovery* raw = discovery.get();
+  return std::unique_ptr<Client>(new Client(
+      std::make_unique<Impl>(std::move(options), raw, Clock::Real(), std::move(discovery))));
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

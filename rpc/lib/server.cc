@@ -16,8 +16,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "balancer.h"
-#include "formica/registry/client.h"
 #include "formica/rpc/call_context.h"
+#include "formica/rpc/discovery.h"
 #include "serving.h"
 
 namespace formica::rpc {
@@ -176,7 +176,8 @@ class Server::Impl {
  public:
   ServerOptions options;
   std::vector<HostedService> services;
-  registry::Client* registry = nullptr;
+  std::unique_ptr<Discovery> owned_discovery;  // when made over a registry::Client
+  Discovery* discovery = nullptr;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   absl::Time started;
@@ -189,13 +190,12 @@ class Server::Impl {
 
   absl::Status PublishAll(int32_t weight) {
     for (const HostedService& h : services) {
-      registry::Instance inst;
-      inst.service = h.name;
-      inst.address = Address();
-      inst.zone = options.zone;
-      inst.weight = weight;
-      inst.tags = options.tags;
-      if (absl::Status st = registry->Publish(inst); !st.ok()) {
+      Provider provider;
+      provider.address = Address();
+      provider.zone = options.zone;
+      provider.weight = weight;
+      provider.tags = options.tags;
+      if (absl::Status st = discovery->Publish(h.name, provider); !st.ok()) {
         return st;
       }
     }
@@ -224,6 +224,24 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   if (registry == nullptr) {
     return absl::InvalidArgumentError("rpc::Server needs a registry::Client");
   }
+  auto discovery = std::make_unique<RegistryDiscovery>(registry);
+  Discovery* raw = discovery.get();
+  return Start(std::move(options), std::move(services), raw, std::move(discovery));
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
+                                                      std::vector<HostedService> services,
+                                                      Discovery* discovery) {
+  if (discovery == nullptr) {
+    return absl::InvalidArgumentError("rpc::Server needs a Discovery");
+  }
+  return Start(std::move(options), std::move(services), discovery, nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
+                                                      std::vector<HostedService> services,
+                                                      Discovery* discovery,
+                                                      std::unique_ptr<Discovery> owned_discovery) {
   if (services.empty()) {
     return absl::InvalidArgumentError("rpc::Server needs at least one service to host");
   }
@@ -250,7 +268,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
   impl->services = std::move(services);
-  impl->registry = registry;
+  impl->discovery = discovery;
+  impl->owned_discovery = std::move(owned_discovery);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -309,9 +328,10 @@ void Server::Shutdown() {
     impl_->stopping = true;
   }
   if (impl_->warmup_thread.joinable()) impl_->warmup_thread.join();
-  // 1. Leave the registry: callers stop picking this provider.
+  // 1. Withdraw from the discovery (the registry): callers stop picking this
+  // provider.
   for (const HostedService& h : impl_->services) {
-    absl::Status st = impl_->registry->Unpublish(h.name, impl_->Address());
+    absl::Status st = impl_->discovery->Unpublish(h.name, impl_->Address());
     if (!st.ok() && !absl::IsNotFound(st)) {
       SPDLOG_WARN("unpublish of {} failed: {}", h.name, st.ToString());
     }

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "formica/rpc/client.h"
+#include "formica/rpc/discovery.h"
 #include "formica/rpc/server.h"
 #include "formica/test/echo.grpc.pb.h"
 #include "registry_fixture.h"
@@ -641,7 +642,10 @@ TEST_F(RpcTest, BadOptionsAreRefusedNamingTheField) {
   EXPECT_NE(c.status().message().find("ClientOptions.policies[formica.test.Echo]"),
             absl::string_view::npos)
       << c.status();
-  EXPECT_EQ(Client::Create(ClientOptions{}, nullptr).status().code(),
+  EXPECT_EQ(
+      Client::Create(ClientOptions{}, static_cast<registry::Client*>(nullptr)).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Client::Create(ClientOptions{}, static_cast<Discovery*>(nullptr)).status().code(),
             absl::StatusCode::kInvalidArgument);
 
   test::Echo::Service echo;

@@ -1,5 +1,6 @@
-// formica::rpc::Client — calls a service's providers, found through DSR,
-// with client-side load balancing, routing, retries and outlier ejection.
+// formica::rpc::Client — calls a service's providers, found through a
+// Discovery (DSR's, by default: formica/rpc/discovery.h), with client-side
+// load balancing, routing, retries and outlier ejection.
 //
 //   rpc::ClientOptions options;
 //   options.app_name = "fund-trade";
@@ -16,9 +17,10 @@
 //         return stub.Get(ctx, request, &response);
 //       });
 //
-// For each call: the providers of the service (the registry's latest
-// snapshot) are narrowed by the tag route (a registry config entry
-// "rpc/routes/<service>", e.g. "color=blue:90,color=green:10"), then to the
+// For each call: the providers of the service (the discovery's latest
+// provider set; with DSR, the registry's latest snapshot) are narrowed by the
+// tag route (with DSR, a registry config entry "rpc/routes/<service>", e.g.
+// "color=blue:90,color=green:10"), then to the
 // caller's zone when a provider there is healthy, then one is picked by the
 // service's balancing policy. Providers whose connection failed or that
 // failed too often in a row are out of rotation until a probe succeeds.
@@ -46,14 +48,17 @@ class ServerContextBase;
 }  // namespace grpc
 
 namespace formica {
+class Clock;
 class Config;
-}
+}  // namespace formica
 
 namespace formica::registry {
 class Client;
 }
 
 namespace formica::rpc {
+
+class Discovery;
 
 struct ClientOptions {
   std::string app_name;  // sent as the caller app
@@ -100,14 +105,20 @@ class Client {
       std::function<void(const std::shared_ptr<grpc::Channel>& channel,
                          grpc::ClientContext* context, std::function<void(grpc::Status)> done)>;
 
-  // `registry` is borrowed and must outlive the Client. INVALID_ARGUMENT
-  // names a bad option (e.g. an unknown policy).
+  // Finds providers through `discovery`, which is borrowed and must outlive
+  // the Client. `clock` (borrowed; null: the wall clock) times deadlines,
+  // latencies, outlier ejection and the retry budget's windows.
+  // INVALID_ARGUMENT names a bad option (e.g. an unknown policy).
+  static absl::StatusOr<std::unique_ptr<Client>> Create(ClientOptions options, Discovery* discovery,
+                                                        Clock* clock = nullptr);
+  // As above, finding providers through DSR (a RegistryDiscovery the Client
+  // owns). `registry` is borrowed and must outlive the Client.
   static absl::StatusOr<std::unique_ptr<Client>> Create(ClientOptions options,
                                                         registry::Client* registry);
   ~Client();
 
   // Calls a provider of `service`. The first call waits, up to its
-  // deadline, for the registry's first snapshot. UNAVAILABLE when no
+  // deadline, for the discovery's first provider set. UNAVAILABLE when no
   // provider could be reached in time, naming the service.
   absl::Status Call(absl::string_view service, const CallOptions& options, const Attempt& attempt);
 

@@ -1,4 +1,5 @@
-// formica::rpc::Server — hosts gRPC services and publishes them to DSR.
+// formica::rpc::Server — hosts gRPC services and publishes them through a
+// Discovery (DSR's, by default: formica/rpc/discovery.h).
 //
 //   rpc::ServerOptions options;
 //   options.listen = "0.0.0.0:9000";
@@ -55,6 +56,8 @@ class Client;
 
 namespace formica::rpc {
 
+class Discovery;
+
 struct ServerOptions {
   std::string listen = "127.0.0.1:0";        // host:port; port 0 picks a free one
   std::string advertise_host = "127.0.0.1";  // the host callers reach this server at
@@ -101,7 +104,13 @@ grpc::Status Serve(grpc::ServerContextBase* context, absl::FunctionRef<grpc::Sta
 
 class Server {
  public:
-  // Starts serving and publishes every service. `registry` is borrowed.
+  // Starts serving and publishes every service through `discovery`
+  // (borrowed; must outlive the Server).
+  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options,
+                                                       std::vector<HostedService> services,
+                                                       Discovery* discovery);
+  // As above, publishing to DSR (a RegistryDiscovery the Server owns).
+  // `registry` is borrowed and must outlive the Server.
   static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options,
                                                        std::vector<HostedService> services,
                                                        registry::Client* registry);
@@ -118,6 +127,10 @@ class Server {
   class Impl;
 
  private:
+  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options,
+                                                       std::vector<HostedService> services,
+                                                       Discovery* discovery,
+                                                       std::unique_ptr<Discovery> owned_discovery);
   explicit Server(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -1,0 +1,156 @@
+// formicactl: the usage text, the command line and the deadline every call gets.
+#include "formicactl.h"
+
+#include <chrono>
+#include <cstdlib>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace formica::ctl {
+
+namespace {
+
+constexpr char kUsage[] =
+    R"(usage: formicactl [--registry HOST:PORT] [--dts HOST:PORT] [--dms HOST:PORT]
+                  [--timeout SECONDS] [--output text|json] COMMAND
+
+registry commands:
+  registry ls                      services: version, instances, subscribers
+  registry get SERVICE             each provider: address, zone, weight, tags, metadata
+  registry sessions                client sessions: id, client, peer, lease, publications
+  registry kill-session ID         end a session as if its lease lapsed
+  registry stop-push on|off|status hold pushes (e.g. during an upgrade) and release them
+  cluster members                  the registry's nodes and (cluster mode) etcd's members
+
+health:
+  health [SERVICE]                 the daemon's gRPC health status (grpc.health.v1)
+
+config commands:
+  config get KEY
+  config put KEY VALUE [--expect-version N]    N=0: only if KEY does not exist
+  config delete KEY [--expect-version N]
+  config ls [PREFIX]
+
+dts commands (business activities at dtsd):
+  dts ls [--state S,...] [--limit N]   newest first; default: unfinished ones
+                                       S: ACTIVE COMMITTING ROLLING_BACK COMMITTED ROLLED_BACK
+  dts show ID                          the activity and each action: state, attempts, last error
+  dts stats                            counters since dtsd started
+  dts retry ID [--yes]                 retry phase two of a decided activity now
+  dts settle ID --reason TEXT [--yes]  mark its unfinished actions done by hand and finish it
+
+dms commands (messages at dmsd):
+  dms topics                           each topic's queues: first and end offset, bytes
+  dms create-topic NAME [--queues N]   N: the broker's default when left out
+  dms lag GROUP [--topic T]            per queue: committed offset, end, messages not acked
+  dms dlq GROUP [--topic T] [--limit N] [--replay [--yes]]
+                                       dead letters; --replay delivers them to GROUP again
+  dms half [--parked] [--limit N]      undecided transactional messages and their checks
+  dms resume [ID] [--yes]              check parked half messages again (all, or ID)
+
+--registry defaults to $FORMICA_REGISTRY or 127.0.0.1:7370;
+--dts to $FORMICA_DTS or 127.0.0.1:7380; --dms to $FORMICA_DMS or
+127.0.0.1:7390. retry, settle, replay and resume ask for confirmation
+unless --yes is given. --output json (or -o json) prints each answer as
+one JSON document on stdout (proto3's JSON mapping, field names as in the
+.proto); errors stay text on stderr.
+)";
+
+}  // namespace
+
+int Usage(const std::string& why) {
+  if (!why.empty()) {
+    std::fprintf(stderr, "formicactl: %s\n", why.c_str());
+  }
+  std::fputs(kUsage, stderr);
+  return 2;
+}
+
+// The deadline every call gets.
+std::unique_ptr<grpc::ClientContext> CallContext(const Flags& flags) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(flags.timeout_s));
+  return ctx;
+}
+
+// Parses the command line into `flags` and the words of the command.
+// Returns an exit code when formicactl should stop here (help, a bad flag).
+std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<std::string>* args) {
+  auto env = [](const char* name, const char* fallback) {
+    const char* v = std::getenv(name);
+    return std::string(v != nullptr ? v : fallback);
+  };
+  flags->registry = env("FORMICA_REGISTRY", "127.0.0.1:7370");
+  flags->dts = env("FORMICA_DTS", "127.0.0.1:7380");
+  flags->dms = env("FORMICA_DMS", "127.0.0.1:7390");
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](const char* flag) -> std::optional<std::string> {
+      if (i + 1 >= argc) {
+        Usage(absl::StrCat(flag, " needs a value"));
+        return std::nullopt;
+      }
+      return std::string(argv[++i]);
+    };
+    // Flags whose value is taken as given.
+    std::string* text = a == "--registry" ? &flags->registry
+                        : a == "--dts"    ? &flags->dts
+                        : a == "--dms"    ? &flags->dms
+                        : a == "--topic"  ? &flags->topic
+                        : a == "--state"  ? &flags->states
+                        : a == "--reason" ? &flags->reason
+                                          : nullptr;
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (text != nullptr) {
+      auto v = value(a.c_str());
+      if (!v) return 2;
+      *text = *v;
+    } else if (a == "--output" || a == "-o") {
+      auto v = value(a.c_str());
+      if (!v) return 2;
+      if (*v == "json") {
+        flags->output = Output::kJson;
+      } else if (*v == "text") {
+        flags->output = Output::kText;
+      } else {
+        return Usage(absl::StrCat("--output wants text or json, not '", *v, "'"));
+      }
+    } else if (a == "--timeout") {
+      auto v = value("--timeout");
+      if (!v || !absl::SimpleAtoi(*v, &flags->timeout_s) || flags->timeout_s <= 0) {
+        return Usage("--timeout wants a positive number of seconds");
+      }
+    } else if (a == "--queues") {
+      auto v = value("--queues");
+      if (!v || !absl::SimpleAtoi(*v, &flags->queues) || flags->queues <= 0) {
+        return Usage("--queues wants a positive number");
+      }
+    } else if (a == "--limit") {
+      auto v = value("--limit");
+      if (!v || !absl::SimpleAtoi(*v, &flags->limit) || flags->limit <= 0) {
+        return Usage("--limit wants a positive number");
+      }
+    } else if (a == "--expect-version") {
+      auto v = value("--expect-version");
+      uint64_t n = 0;
+      if (!v || !absl::SimpleAtoi(*v, &n)) {
+        return Usage("--expect-version wants a version number");
+      }
+      flags->expect_version = n;
+    } else if (a == "--replay") {
+      flags->replay = true;
+    } else if (a == "--parked") {
+      flags->parked = true;
+    } else if (a == "--yes") {
+      flags->yes = true;
+    } else {
+      args->push_back(a);
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace formica::ctl

@@ -1,0 +1,79 @@
+// formicactl, the operator's tool (docs/formicactl.md): what its files share.
+// One file per command group, each a function taking the parsed flags and
+// the command's words (args[0] is the group) and returning the exit code:
+//   main.cc      dispatch to a group
+//   flags.cc     the usage text, the command line, the deadline of a call
+//   output.cc    errors, JSON answers, times ago, questions on the terminal
+//   health.cc    health [SERVICE]
+//   registry.cc  registry ..., cluster members
+//   config.cc    config ...
+//   dts.cc       dts ... (business activities at dtsd)
+//   dms.cc       dms ... (messages at dmsd)
+#pragma once
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/support/status.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace google::protobuf {
+class Message;
+}
+
+namespace formica::ctl {
+
+enum class Output { kText, kJson };
+
+// Every flag, whichever command it is for.
+struct Flags {
+  std::string registry;
+  std::string dts;
+  std::string dms;
+  int timeout_s = 5;
+  Output output = Output::kText;
+  std::optional<uint64_t> expect_version;
+  std::string states;
+  std::string reason;
+  std::string topic;
+  int queues = 0;
+  int limit = 0;
+  bool replay = false;
+  bool parked = false;
+  bool yes = false;
+};
+
+// Parses the command line into `flags` and the words of the command.
+// Returns an exit code when formicactl should stop here (help, a bad flag).
+std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<std::string>* args);
+// Prints `why` (if any) and the usage text on stderr; returns 2.
+int Usage(const std::string& why);
+// The deadline every call gets.
+std::unique_ptr<grpc::ClientContext> CallContext(const Flags& flags);
+
+// Prints a failed call on stderr; returns 1.
+int Fail(const grpc::Status& status);
+// Prints `message` as one JSON document: proto3's JSON mapping with the
+// .proto's field names, every field present even when zero or empty.
+int PrintJson(const google::protobuf::Message& message);
+// Where previews and questions go: stdout, except when stdout carries JSON.
+// (With --output json and --yes there is neither.)
+FILE* PromptStream(const Flags& flags);
+// How long ago `unix_ms` was, to a tenth of a second; "-" for 0.
+std::string Ago(int64_t unix_ms);
+// Asks on the terminal; true only for "y" or "yes".
+bool Confirm(FILE* out, const std::string& question);
+
+// The command groups. Each returns formicactl's exit code.
+int Health(const Flags& flags, const std::string& service);
+int Registry(const Flags& flags, const std::vector<std::string>& args);
+int Cluster(const Flags& flags, const std::vector<std::string>& args);
+int Config(const Flags& flags, const std::vector<std::string>& args);
+int Dts(const Flags& flags, const std::vector<std::string>& args);
+int Dms(const Flags& flags, const std::vector<std::string>& args);
+
+}  // namespace formica::ctl
