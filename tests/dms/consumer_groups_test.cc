@@ -192,5 +192,51 @@ TEST_F(DmsConsumerGroups, AnAckWithinTheAckTimeoutStopsRedelivery) {
   EXPECT_EQ(lag.queues(0).committed(), 2u) << "both acked";
 }
 
+TEST_F(DmsConsumerGroups, AReplayedDeadLetterNotAckedGoesBackToTheDeadLettersAfterItsAttempts) {
+  Produce("poison");
+  Subscribe();
+  for (int attempt = 1; attempt <= kMaxAttempts; ++attempt) {
+    ASSERT_EQ(Deliveries().size(), 1u);
+    clock_.Advance(kAckTimeout);
+  }
+  EXPECT_TRUE(Deliveries().empty());
+  ASSERT_EQ(Letters().size(), 1u);
+
+  auto replayed = groups_->ReplayDeadLetters("billing", "");
+  ASSERT_TRUE(replayed.ok()) << replayed.status();
+  EXPECT_EQ(*replayed, 1u);
+  for (int attempt = 1; attempt <= kMaxAttempts; ++attempt) {
+    std::vector<v1::Delivered> out = Deliveries();
+    ASSERT_EQ(out.size(), 1u) << "replay attempt " << attempt;
+    EXPECT_TRUE(out[0].ref().replay());
+    EXPECT_EQ(out[0].attempt(), attempt);
+    EXPECT_EQ(out[0].message().body(), "poison");
+    clock_.Advance(kAckTimeout);
+  }
+  EXPECT_TRUE(Deliveries().empty()) << "no replay attempt past the last";
+  std::vector<v1::DeadLetter> letters = Letters();
+  ASSERT_EQ(letters.size(), 1u);
+  EXPECT_FALSE(letters[0].replaying());
+  EXPECT_EQ(letters[0].attempts(), 2 * kMaxAttempts) << "both rounds counted";
+  EXPECT_EQ(letters[0].dead_unix_ms(), absl::ToUnixMillis(clock_.Now()));
+}
+
+TEST_F(DmsConsumerGroups, AnAckedReplayRemovesTheDeadLetter) {
+  Produce("poison");
+  Subscribe();
+  for (int attempt = 1; attempt <= kMaxAttempts; ++attempt) {
+    ASSERT_EQ(Deliveries().size(), 1u);
+    clock_.Advance(kAckTimeout);
+  }
+  EXPECT_TRUE(Deliveries().empty());
+  ASSERT_TRUE(groups_->ReplayDeadLetters("billing", "orders").ok());
+  std::vector<v1::Delivered> out = Deliveries();
+  ASSERT_EQ(out.size(), 1u);
+  ASSERT_TRUE(Ack(out[0]).ok());
+  EXPECT_TRUE(Letters().empty());
+  clock_.Advance(10 * kAckTimeout);
+  EXPECT_TRUE(Deliveries().empty());
+}
+
 }  // namespace
 }  // namespace formica::dms
