@@ -57,10 +57,13 @@ class DmsConsumerGroups : public ::testing::Test {
     if (group_ != nullptr) groups_->Leave(*group_, member_);
   }
 
-  void Produce(const std::string& body) {
+  void Produce(const std::string& body, absl::Duration delay = absl::ZeroDuration()) {
     v1::StoredMessage m;
     m.set_body(body);
     m.set_born_unix_ms(absl::ToUnixMillis(clock_.Now()));
+    if (delay > absl::ZeroDuration()) {
+      m.set_deliver_at_unix_ms(absl::ToUnixMillis(clock_.Now() + delay));
+    }
     ASSERT_TRUE(topic_->topic->Produce(m).ok());
   }
 
@@ -236,6 +239,18 @@ TEST_F(DmsConsumerGroups, AnAckedReplayRemovesTheDeadLetter) {
   EXPECT_TRUE(Letters().empty());
   clock_.Advance(10 * kAckTimeout);
   EXPECT_TRUE(Deliveries().empty());
+}
+
+TEST_F(DmsConsumerGroups, ADelayedMessageGoesOutAtItsTimeAsAFirstAttempt) {
+  Produce("remind me", absl::Seconds(60));
+  Subscribe();
+  EXPECT_TRUE(Deliveries().empty());
+  clock_.Advance(absl::Seconds(60) - absl::Milliseconds(1));
+  EXPECT_TRUE(Deliveries().empty()) << "not before its time";
+  clock_.Advance(absl::Milliseconds(1));
+  std::vector<v1::Delivered> out = Deliveries();
+  ASSERT_EQ(out.size(), 1u) << "out at its time";
+  EXPECT_EQ(out[0].attempt(), 1) << "waiting is not an attempt";
 }
 
 }  // namespace
