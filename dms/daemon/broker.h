@@ -1,5 +1,6 @@
-// Broker: the heart of dmsd. Serves formica.dms.v1.Broker over the engine
-// (Topic, GroupCursor, GroupProgress): produce answered after fsync,
+// Broker: the heart of dmsd. Serves formica.dms.v1.Broker over the engines
+// (TopicCatalog, ProduceEngine, ConsumerGroups, DeadLetters, Housekeeping,
+// Transactions; see broker.cc): produce answered after fsync,
 // deduplication by producer keys, consumer groups streamed with flow
 // control, delayed messages, retries and dead letters, retention and the
 // disk watermark.
@@ -16,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "formica/common/clock.h"
 #include "transactions.h"
 
 namespace formica {
@@ -61,6 +63,10 @@ struct BrokerOptions {
   absl::Duration housekeeping_interval = absl::Seconds(10);
 
   TransactionOptions transactions;
+
+  // Where the broker's engines take the time from (borrowed; nullptr: the
+  // wall clock).
+  Clock* clock = nullptr;
 };
 
 // Reads BrokerOptions from a config (see deploy/dmsd.yaml). INVALID_ARGUMENT

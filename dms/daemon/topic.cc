@@ -151,15 +151,68 @@ int Topic::QueueFor(absl::string_view key) {
   return static_cast<int>(Crc32c(key) % logs_.size());
 }
 
+namespace {
+
+// The one encoding of a message in a queue log.
+absl::Status Encode(const v1::StoredMessage& message, std::string* bytes) {
+  if (!message.SerializeToString(bytes)) return absl::InternalError("cannot encode the message");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<Produced> Topic::Produce(const v1::StoredMessage& message) {
   Produced p;
   p.queue = QueueFor(message.key());
   std::string bytes;
-  if (!message.SerializeToString(&bytes)) return absl::InternalError("cannot encode the message");
+  if (absl::Status st = Encode(message, &bytes); !st.ok()) return st;
   absl::StatusOr<uint64_t> offset = logs_[p.queue]->Append(bytes);
   if (!offset.ok()) return offset.status();
   p.offset = *offset;
   return p;
+}
+
+absl::StatusOr<Produced> Topic::Write(const v1::StoredMessage& message) {
+  Produced p;
+  p.queue = QueueFor(message.key());
+  std::string bytes;
+  if (absl::Status st = Encode(message, &bytes); !st.ok()) return st;
+  absl::StatusOr<uint64_t> offset = logs_[p.queue]->Write(bytes);
+  if (!offset.ok()) return offset.status();
+  p.offset = *offset;
+  return p;
+}
+
+void Topic::WhenDurable(int queue, uint64_t offset, std::function<void(absl::Status)> done) {
+  logs_[queue]->WhenDurable(offset, std::move(done));
+}
+
+uint64_t Topic::first_offset(int queue) const { return logs_[queue]->first_offset(); }
+uint64_t Topic::end_offset(int queue) const { return logs_[queue]->synced_end(); }
+
+uint64_t Topic::bytes(int queue) const {
+  uint64_t bytes = 0;
+  for (const SegmentInfo& s : logs_[queue]->Segments()) bytes += s.bytes;
+  return bytes;
+}
+
+absl::StatusOr<uint64_t> Topic::RemoveOld(int queue, absl::Time cutoff, uint64_t max_bytes) {
+  MessageLog& log = *logs_[queue];
+  std::vector<SegmentInfo> segs = log.Segments();
+  uint64_t total = 0;
+  for (const SegmentInfo& s : segs) total += s.bytes;
+  uint64_t remove_before = 0;
+  // Never the newest segment: it takes the appends.
+  for (size_t i = 0; i + 1 < segs.size(); ++i) {
+    bool old = segs[i].last_write < cutoff;
+    bool over = max_bytes > 0 && total > max_bytes;
+    if (!old && !over) break;
+    remove_before = segs[i].end;
+    total -= segs[i].bytes;
+  }
+  if (remove_before == 0) return 0;
+  if (absl::Status st = log.RemoveBefore(remove_before); !st.ok()) return st;
+  return remove_before;
 }
 
 absl::Status Topic::WriteBatch(const std::vector<const v1::StoredMessage*>& messages,
@@ -178,9 +231,7 @@ absl::Status Topic::WriteBatch(const std::vector<const v1::StoredMessage*>& mess
     if (by_queue[q].empty()) continue;
     std::vector<absl::string_view> payloads;
     for (size_t i : by_queue[q]) {
-      if (!messages[i]->SerializeToString(&bytes[i])) {
-        return absl::InternalError("cannot encode the message");
-      }
+      if (absl::Status st = Encode(*messages[i], &bytes[i]); !st.ok()) return st;
       payloads.push_back(bytes[i]);
     }
     absl::StatusOr<uint64_t> first = logs_[q]->WriteMany(payloads);
@@ -196,7 +247,7 @@ absl::Status Topic::SkipTo(int queue, uint64_t next) {
   v1::StoredMessage placeholder;
   placeholder.set_lost(true);
   std::string bytes;
-  placeholder.SerializeToString(&bytes);
+  if (absl::Status st = Encode(placeholder, &bytes); !st.ok()) return st;
   constexpr uint64_t kChunk = 4096;
   uint64_t last = 0;
   bool wrote = false;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "formica/dms/v1/dms.pb.h"
 #include "message_log.h"
 
@@ -70,12 +72,31 @@ class Topic {
   // already reaches `next`.
   absl::Status SkipTo(int queue, uint64_t next);
 
+  // Stores `message` in its key's queue without waiting for it to be
+  // durable (WhenDurable tells when it is).
+  absl::StatusOr<Produced> Write(const v1::StoredMessage& message);
+
+  // `done` runs (on a sync thread, or here if already known) once every
+  // message of `queue` up to `offset` is durable, or with the error that
+  // stopped its log.
+  void WhenDurable(int queue, uint64_t offset, std::function<void(absl::Status)> done);
+
   // Up to `max` durable messages of `queue` from `from` on, with offsets
-  // (placeholders of lost offsets included).
+  // (placeholders of lost offsets included). OUT_OF_RANGE if `from` was
+  // removed by retention.
   absl::Status Read(int queue, uint64_t from, size_t max,
                     std::vector<std::pair<uint64_t, v1::StoredMessage>>* out);
 
-  MessageLog& log(int queue) { return *logs_[queue]; }
+  // REQUIRES for these: 0 <= queue < queues().
+  uint64_t first_offset(int queue) const;  // the oldest message kept
+  uint64_t end_offset(int queue) const;    // one past the last durable message
+  uint64_t bytes(int queue) const;         // what its segments hold on disk
+
+  // Retention: removes `queue`'s whole segments (never the newest, which
+  // takes the appends) that were last written before `cutoff`, or, with
+  // `max_bytes` > 0, while the queue holds more than that. Returns the
+  // queue's first offset kept after, or 0 when nothing was removed.
+  absl::StatusOr<uint64_t> RemoveOld(int queue, absl::Time cutoff, uint64_t max_bytes);
 
  private:
   Topic() = default;

@@ -18,6 +18,7 @@
 #include "formica/common/grpc_status.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
+#include "now_ms.h"
 
 namespace formica::dms {
 namespace {
@@ -28,8 +29,6 @@ constexpr char kHalfPrefix[] = "h/";
 constexpr char kFinishedPrefix[] = "f/";
 constexpr size_t kRememberFinished = 100000;  // the newest outcomes kept
 constexpr char kCoordinator[] = "formica.dts.v1.Coordinator";
-
-int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
 
 }  // namespace
 
@@ -45,6 +44,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
   TransactionOptions options;
   rocksdb::DB* meta = nullptr;
   rpc::Client* rpc = nullptr;
+  Clock* clock = nullptr;
   ProduceFn produce;
   std::string boot;  // makes transaction ids unique across restarts
   std::atomic<uint64_t> seq{0};
@@ -169,8 +169,8 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     h.set_topic(topic);
     *h.mutable_message() = std::move(message);
     h.set_activity_id(activity_id);
-    h.set_prepared_unix_ms(NowMs());
-    h.set_next_check_unix_ms(NowMs() + absl::ToInt64Milliseconds(options.check_after));
+    h.set_prepared_unix_ms(NowMs(*clock));
+    h.set_next_check_unix_ms(NowMs(*clock) + absl::ToInt64Milliseconds(options.check_after));
     if (absl::Status st = Persist(h, /*sync=*/true); !st.ok()) return st;
     absl::MutexLock lock(&mu);
     halves[id] = std::move(h);
@@ -207,7 +207,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
       v1::StoredMessage m = h.message();
       if (m.dedup_key().empty()) m.set_dedup_key(absl::StrCat("txn:", id));
       // It enters its topic now: its dedup window starts here.
-      m.set_born_unix_ms(NowMs());
+      m.set_born_unix_ms(NowMs(*clock));
       absl::StatusOr<v1::Receipt> r = produce(h.topic(), std::move(m));
       if (r.ok()) {
         receipt = *r;
@@ -219,8 +219,8 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
       // The half message goes and its outcome stays, in one write.
       rocksdb::WriteBatch batch;
       batch.Delete(Key(id));
-      batch.Put(FinishedKey(id),
-                absl::StrCat(commit ? "c " : "r ", NowMs(), " ", receipt.SerializeAsString()));
+      batch.Put(FinishedKey(id), absl::StrCat(commit ? "c " : "r ", NowMs(*clock), " ",
+                                              receipt.SerializeAsString()));
       rocksdb::WriteOptions sync;
       sync.sync = true;
       rocksdb::Status s = meta->Write(sync, &batch);
@@ -245,7 +245,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
 
   // One pass over the half messages that are due, within the rate limit.
   void CheckDue(int budget) {
-    int64_t now = NowMs();
+    int64_t now = NowMs(*clock);
     std::vector<v1::HalfMessage> due;
     {
       absl::MutexLock lock(&mu);
@@ -281,7 +281,8 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     v1::HalfMessage& h = it->second;
     if (counted) h.set_checks(h.checks() + 1);
     h.set_last_check(outcome);
-    h.set_next_check_unix_ms(NowMs() + absl::ToInt64Milliseconds(Backoff(std::max(1, h.checks()))));
+    h.set_next_check_unix_ms(NowMs(*clock) +
+                             absl::ToInt64Milliseconds(Backoff(std::max(1, h.checks()))));
     if (h.checks() >= options.max_checks && !h.parked()) {
       h.set_parked(true);
       SPDLOG_WARN(
@@ -359,14 +360,14 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
   }
 
   void Loop() {
-    absl::Time last = absl::Now();
+    absl::Time last = clock->Now();
     while (true) {
       {
         absl::MutexLock lock(&mu);
         auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return stopping; };
         if (mu.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(100))) return;
       }
-      absl::Time now = absl::Now();
+      absl::Time now = clock->Now();
       int budget = std::max(
           1, static_cast<int>(options.checks_per_second * absl::ToDoubleSeconds(now - last)));
       last = now;
@@ -478,14 +479,15 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
 
 absl::StatusOr<std::unique_ptr<Transactions>> Transactions::Open(TransactionOptions options,
                                                                  rocksdb::DB* meta,
-                                                                 rpc::Client* rpc,
+                                                                 rpc::Client* rpc, Clock* clock,
                                                                  ProduceFn produce) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->meta = meta;
   impl->rpc = rpc;
+  impl->clock = clock;
   impl->produce = std::move(produce);
-  impl->boot = absl::StrFormat("%x", NowMs());
+  impl->boot = absl::StrFormat("%x", NowMs(*clock));
   if (absl::Status st = impl->Load(); !st.ok()) return st;
   Impl* raw = impl.get();
   impl->loop = std::thread([raw] { raw->Loop(); });
@@ -535,7 +537,7 @@ absl::StatusOr<uint64_t> Transactions::Resume(const std::string& id) {
     if (!h.parked() || impl_->resolving.count(hid) > 0) continue;
     h.set_parked(false);
     h.set_checks(0);
-    h.set_next_check_unix_ms(NowMs());
+    h.set_next_check_unix_ms(NowMs(*impl_->clock));
     impl_->Persist(h, /*sync=*/true).IgnoreError();
     ++n;
   }

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "formica/common/clock.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
 #include "threaded_stream.h"
@@ -52,10 +53,11 @@ class Transactions {
   using ProduceFn =
       std::function<absl::StatusOr<v1::Receipt>(const std::string& topic, v1::StoredMessage)>;
 
-  // `meta` and `rpc` are borrowed. Loads the half messages kept in `meta`.
+  // `meta`, `rpc` and `clock` are borrowed. Loads the half messages kept
+  // in `meta`.
   static absl::StatusOr<std::unique_ptr<Transactions>> Open(TransactionOptions options,
                                                             rocksdb::DB* meta, rpc::Client* rpc,
-                                                            ProduceFn produce);
+                                                            Clock* clock, ProduceFn produce);
   ~Transactions();
 
   // `message` is validated by the caller and ready to store.

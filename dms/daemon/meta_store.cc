@@ -1,0 +1,207 @@
+#include "meta_store.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+
+namespace formica::dms {
+namespace {
+
+std::string Sep() { return std::string(1, '\0'); }
+
+std::string DedupKey(absl::string_view topic, absl::string_view key) {
+  return absl::StrCat("d/", topic, Sep(), key);
+}
+std::string MarkKey(absl::string_view topic, int queue) {
+  return absl::StrCat("m/", topic, Sep(), queue);
+}
+std::string LetterPrefix(absl::string_view owner) { return absl::StrCat("l/", owner, Sep()); }
+std::string LetterKey(absl::string_view owner, absl::string_view topic, int queue,
+                      uint64_t offset) {
+  return absl::StrCat(LetterPrefix(owner), topic, Sep(), absl::StrFormat("%05d", queue), Sep(),
+                      absl::StrFormat("%020u", offset));
+}
+std::string LetterKey(absl::string_view owner, const v1::DeadLetter& letter) {
+  return LetterKey(owner, letter.topic(), letter.ref().queue(), letter.ref().offset());
+}
+
+absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("dmsd meta store: ", what, ": ", s.ToString()));
+}
+
+std::string Encoded(const v1::DeadLetter& letter) {
+  std::string bytes;
+  letter.SerializeToString(&bytes);
+  return bytes;
+}
+
+// A letter record and the owner its key names ("l/<owner>\0...").
+absl::Status ParseLetter(const rocksdb::Iterator& it, LetterEntry* out) {
+  absl::string_view key(it.key().data(), it.key().size());
+  key.remove_prefix(2);
+  out->owner = std::string(key.substr(0, key.find('\0')));
+  if (!out->letter.ParseFromArray(it.value().data(), static_cast<int>(it.value().size()))) {
+    return absl::DataLossError("a dead letter record is corrupt");
+  }
+  return absl::OkStatus();
+}
+
+rocksdb::WriteOptions Synced() {
+  rocksdb::WriteOptions sync;
+  sync.sync = true;
+  return sync;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<MetaStore>> MetaStore::Open(const std::string& directory) {
+  rocksdb::Options ro;
+  ro.create_if_missing = true;
+  ro.max_open_files = 64;
+  ro.keep_log_file_num = 4;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(ro, directory, &raw);
+  if (!s.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open the meta store in '", directory, "': ", s.ToString()));
+  }
+  return std::unique_ptr<MetaStore>(new MetaStore(std::unique_ptr<rocksdb::DB>(raw)));
+}
+
+MetaStore::MetaStore(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
+MetaStore::~MetaStore() = default;
+
+absl::StatusOr<std::optional<DedupEntry>> MetaStore::Find(absl::string_view topic,
+                                                          absl::string_view key) {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), DedupKey(topic, key), &value);
+  if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "dedup lookup");
+  if (!s.ok()) return std::nullopt;
+  DedupEntry e;
+  std::vector<std::string> parts = absl::StrSplit(value, ' ');
+  if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &e.queue) ||
+      !absl::SimpleAtoi(parts[1], &e.offset) || !absl::SimpleAtoi(parts[2], &e.born_unix_ms)) {
+    return std::nullopt;
+  }
+  return e;
+}
+
+absl::StatusOr<std::optional<uint64_t>> MetaStore::Mark(absl::string_view topic, int queue) {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), MarkKey(topic, queue), &value);
+  if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "reading a dedup mark");
+  uint64_t mark = 0;
+  if (!s.ok() || !absl::SimpleAtoi(value, &mark)) return std::nullopt;
+  return mark;
+}
+
+absl::Status MetaStore::Index(absl::string_view topic,
+                              const std::vector<std::pair<std::string, DedupEntry>>& entries,
+                              const std::map<int, uint64_t>& marks) {
+  rocksdb::WriteBatch batch;
+  for (const auto& [key, e] : entries) {
+    batch.Put(DedupKey(topic, key), absl::StrCat(e.queue, " ", e.offset, " ", e.born_unix_ms));
+  }
+  for (const auto& [q, mark] : marks) batch.Put(MarkKey(topic, q), absl::StrCat(mark));
+  return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "dedup index");
+}
+
+absl::StatusOr<size_t> MetaStore::ForgetFrom(absl::string_view topic,
+                                             const std::map<int, uint64_t>& lost_from) {
+  std::string prefix = DedupKey(topic, "");
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  rocksdb::WriteBatch batch;
+  size_t forgotten = 0;
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    std::vector<std::string> parts = absl::StrSplit(it->value().ToString(), ' ');
+    int queue = 0;
+    uint64_t offset = 0;
+    if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &queue) ||
+        !absl::SimpleAtoi(parts[1], &offset)) {
+      continue;  // unreadable: never matches a send, and the sweep removes it
+    }
+    auto lost = lost_from.find(queue);
+    if (lost != lost_from.end() && offset >= lost->second) {
+      batch.Delete(it->key());
+      ++forgotten;
+    }
+  }
+  if (absl::Status st = FromRocks(it->status(), "reading the dedup index"); !st.ok()) return st;
+  if (forgotten == 0) return 0;
+  if (absl::Status st = FromRocks(db_->Write(Synced(), &batch), "forgetting lost dedup keys");
+      !st.ok()) {
+    return st;
+  }
+  return forgotten;
+}
+
+void MetaStore::Sweep(int64_t oldest_unix_ms) {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  rocksdb::WriteBatch batch;
+  size_t removed = 0;
+  for (it->Seek("d/"); it->Valid() && it->key().starts_with("d/"); it->Next()) {
+    absl::string_view v(it->value().data(), it->value().size());
+    size_t space = v.rfind(' ');
+    int64_t born = 0;
+    if (space == absl::string_view::npos || !absl::SimpleAtoi(v.substr(space + 1), &born) ||
+        born < oldest_unix_ms) {
+      batch.Delete(it->key());
+      ++removed;
+    }
+  }
+  if (removed > 0) db_->Write(rocksdb::WriteOptions(), &batch).PermitUncheckedError();
+}
+
+absl::Status MetaStore::Put(absl::string_view owner, const v1::DeadLetter& letter) {
+  return FromRocks(db_->Put(Synced(), LetterKey(owner, letter), Encoded(letter)), "dead letter");
+}
+
+absl::Status MetaStore::PutMany(const std::vector<LetterEntry>& letters) {
+  rocksdb::WriteBatch batch;
+  for (const LetterEntry& e : letters) batch.Put(LetterKey(e.owner, e.letter), Encoded(e.letter));
+  return FromRocks(db_->Write(Synced(), &batch), "marking replays");
+}
+
+absl::Status MetaStore::Remove(absl::string_view owner, absl::string_view topic,
+                               const std::vector<std::pair<int, uint64_t>>& refs) {
+  rocksdb::WriteBatch batch;
+  for (const auto& [q, offset] : refs) batch.Delete(LetterKey(owner, topic, q, offset));
+  return FromRocks(db_->Write(Synced(), &batch), "removing replayed letters");
+}
+
+absl::Status MetaStore::List(absl::string_view group, absl::string_view topic, size_t limit,
+                             std::vector<LetterEntry>* out) {
+  std::string prefix = absl::StrCat("l/", group);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix) && out->size() < limit;
+       it->Next()) {
+    absl::string_view rest(it->key().data() + prefix.size(), it->key().size() - prefix.size());
+    // Exactly the group, or "<group>@<member>".
+    if (!(absl::StartsWith(rest, Sep()) || absl::StartsWith(rest, "@"))) continue;
+    LetterEntry e;
+    if (absl::Status st = ParseLetter(*it, &e); !st.ok()) return st;
+    if (!topic.empty() && e.letter.topic() != topic) continue;
+    out->push_back(std::move(e));
+  }
+  return FromRocks(it->status(), "reading dead letters");
+}
+
+absl::Status MetaStore::ListOwned(absl::string_view owner, absl::string_view topic,
+                                  std::vector<LetterEntry>* out) {
+  std::string prefix = absl::StrCat(LetterPrefix(owner), topic, Sep());
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    LetterEntry e;
+    if (absl::Status st = ParseLetter(*it, &e); !st.ok()) return st;
+    out->push_back(std::move(e));
+  }
+  return FromRocks(it->status(), "reading dead letters");
+}
+
+}  // namespace formica::dms
