@@ -61,8 +61,8 @@ class Statement {
 class Participant::Impl final : public v1::Participant::Service {
  public:
   ParticipantOptions options;
-  rpc::Client* rpc = nullptr;
-  absl::Mutex db_mu;  // one local transaction at a time on the connection
+  std::shared_ptr<CoordinatorCalls> calls;  // shared with the process's other users of rpc
+  absl::Mutex db_mu;                        // one local transaction at a time on the connection
   sqlite3* db ABSL_GUARDED_BY(db_mu) = nullptr;
   Statement insert ABSL_GUARDED_BY(db_mu);
   Statement exists ABSL_GUARDED_BY(db_mu);
@@ -285,7 +285,7 @@ class Participant::Impl final : public v1::Participant::Service {
     request->set_participant(options.name);
     request->set_action(std::string(action));
     request->set_payload(std::string(payload));
-    return CoordinatorCalls::For(rpc).Run(op, options.enlist_timeout).status();
+    return calls->Run(op, options.enlist_timeout).status();
   }
 
   absl::Status Try(absl::string_view id, absl::string_view action, absl::string_view payload,
@@ -371,7 +371,7 @@ absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOption
   }
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
-  impl->rpc = rpc;
+  impl->calls = CoordinatorCalls::Shared(rpc);
   absl::MutexLock lock(&impl->db_mu);
   if (sqlite3_open_v2(impl->options.database.c_str(), &impl->db,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,

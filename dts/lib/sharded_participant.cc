@@ -77,7 +77,7 @@ absl::Status Unwrap(absl::string_view enlisted, dds::Value* key, std::string* pa
 class ShardedParticipant::Impl final : public v1::Participant::Service {
  public:
   ShardedParticipantOptions options;
-  rpc::Client* rpc = nullptr;
+  std::shared_ptr<CoordinatorCalls> calls;  // shared with the process's other users of rpc
   dds::ShardedDataSource* ds = nullptr;
   DeclaredSteps<Step> steps;
 
@@ -176,8 +176,7 @@ class ShardedParticipant::Impl final : public v1::Participant::Service {
     request->set_participant(options.name);
     request->set_action(std::string(action));
     request->set_payload(Wrap(key, payload));
-    if (absl::Status st = CoordinatorCalls::For(rpc).Run(op, options.enlist_timeout).status();
-        !st.ok()) {
+    if (absl::Status st = calls->Run(op, options.enlist_timeout).status(); !st.ok()) {
       return absl::Status(st.code(), absl::StrCat("enlisting ", action, " in activity ",
                                                   std::string(id), ": ", st.message()));
     }
@@ -246,7 +245,7 @@ absl::StatusOr<std::unique_ptr<ShardedParticipant>> ShardedParticipant::Open(
   }
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
-  impl->rpc = rpc;
+  impl->calls = CoordinatorCalls::Shared(rpc);
   impl->ds = ds;
   return std::unique_ptr<ShardedParticipant>(new ShardedParticipant(std::move(impl)));
 }
