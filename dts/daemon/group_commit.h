@@ -6,7 +6,7 @@
 //   GroupCommit commit(store);
 //   commit.Start();
 //   store->Put(activity, /*sync=*/false);
-//   commit.AfterSync([=] { reactor->Finish(grpc::Status::OK); });
+//   commit.AfterSync([=] { answer(absl::OkStatus()); });
 //   commit.Stop();   // one last sync answers whoever still waits
 #pragma once
 
