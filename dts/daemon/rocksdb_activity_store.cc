@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "activity_store.h"
+#include "formica/internal/rocksdb.h"
 
 namespace formica::dts {
 namespace {
@@ -30,9 +31,7 @@ constexpr char kFormatKey[] = "m/format";
 constexpr char kFormat[] = "2";
 
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::InternalError(
-      absl::StrCat("activity store: ", std::string(what), ": ", s.ToString()));
+  return FromRocksDb(s, "activity store", what);
 }
 
 std::string ActivityKey(const std::string& id) { return absl::StrCat(kActivityPrefix, id); }
@@ -284,17 +283,9 @@ class RocksDbActivityStore : public ActivityStore {
 
 absl::StatusOr<std::unique_ptr<ActivityStore>> OpenRocksDbActivityStore(
     const std::string& directory) {
-  rocksdb::Options options;
-  options.create_if_missing = true;
-  options.max_open_files = 64;
-  options.keep_log_file_num = 4;
-  rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(options, directory, &raw);
-  if (!s.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot open the activity store in '", directory, "': ", s.ToString()));
-  }
-  auto store = std::make_unique<RocksDbActivityStore>(std::unique_ptr<rocksdb::DB>(raw));
+  absl::StatusOr<std::unique_ptr<rocksdb::DB>> db = OpenRocksDb(directory, "the activity store");
+  if (!db.ok()) return db.status();
+  auto store = std::make_unique<RocksDbActivityStore>(*std::move(db));
   if (absl::Status st = store->ConvertWholeRecords(directory); !st.ok()) return st;
   return std::unique_ptr<ActivityStore>(std::move(store));
 }

@@ -23,13 +23,15 @@ absl::StatusOr<std::unique_ptr<Activity>> Activity::Begin(rpc::Client* rpc,
   request->set_name(options.name);
   request->set_initiator(options.initiator);
   request->set_timeout_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options.timeout)));
-  absl::StatusOr<v1::OpResult> begun = CoordinatorCalls::For(rpc).Run(op, options.call_timeout);
+  std::shared_ptr<CoordinatorCalls> calls = CoordinatorCalls::Shared(rpc);
+  absl::StatusOr<v1::OpResult> begun = calls->Run(op, options.call_timeout);
   if (!begun.ok()) return begun.status();
-  return std::unique_ptr<Activity>(new Activity(rpc, std::move(options), begun->activity_id()));
+  return std::unique_ptr<Activity>(
+      new Activity(std::move(calls), std::move(options), begun->activity_id()));
 }
 
-Activity::Activity(rpc::Client* rpc, ActivityOptions options, std::string id)
-    : rpc_(rpc), options_(std::move(options)), id_(std::move(id)) {}
+Activity::Activity(std::shared_ptr<CoordinatorCalls> calls, ActivityOptions options, std::string id)
+    : calls_(std::move(calls)), options_(std::move(options)), id_(std::move(id)) {}
 
 absl::Status Activity::Run(const std::function<absl::Status()>& body) const {
   rpc::CallContext context;
@@ -73,7 +75,7 @@ absl::Status Activity::Decide(bool commit, absl::string_view reason) {
   ref->set_activity_id(id_);
   ref->set_reason(std::string(reason));
   decision_tried_ = true;
-  absl::Status st = CoordinatorCalls::For(rpc_).Run(op, options_.call_timeout).status();
+  absl::Status st = calls_->Run(op, options_.call_timeout).status();
   if (!st.ok() && !absl::IsFailedPrecondition(st) && !absl::IsNotFound(st) &&
       !absl::IsInvalidArgument(st)) {
     return absl::Status(st.code(),

@@ -2,9 +2,9 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <map>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -116,16 +116,28 @@ class CoordinatorCalls::Impl {
   bool sending_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-CoordinatorCalls& CoordinatorCalls::For(rpc::Client* rpc) {
+std::shared_ptr<CoordinatorCalls> CoordinatorCalls::Shared(rpc::Client* rpc) {
+  // Which instance each rpc::Client's live users share; an entry goes with
+  // its instance, so a later client at the same address starts afresh.
   static absl::Mutex* mu = new absl::Mutex();
-  static auto* all = new std::map<rpc::Client*, CoordinatorCalls*>();
+  static auto* live = new absl::flat_hash_map<rpc::Client*, std::weak_ptr<CoordinatorCalls>>();
   absl::MutexLock lock(mu);
-  CoordinatorCalls*& calls = (*all)[rpc];
-  if (calls == nullptr) calls = new CoordinatorCalls(rpc);
-  return *calls;
+  std::weak_ptr<CoordinatorCalls>& slot = (*live)[rpc];
+  if (std::shared_ptr<CoordinatorCalls> calls = slot.lock(); calls != nullptr) return calls;
+  std::shared_ptr<CoordinatorCalls> calls(new CoordinatorCalls(rpc), [rpc](CoordinatorCalls* c) {
+    {
+      absl::MutexLock lock(mu);
+      auto it = live->find(rpc);
+      if (it != live->end() && it->second.expired()) live->erase(it);
+    }
+    delete c;
+  });
+  slot = calls;
+  return calls;
 }
 
-CoordinatorCalls::CoordinatorCalls(rpc::Client* rpc) : impl_(new Impl(rpc)) {}
+CoordinatorCalls::CoordinatorCalls(rpc::Client* rpc) : impl_(std::make_unique<Impl>(rpc)) {}
+CoordinatorCalls::~CoordinatorCalls() = default;
 
 absl::StatusOr<v1::OpResult> CoordinatorCalls::Run(const v1::CoordinatorOp& op,
                                                    absl::Duration timeout) {

@@ -2,8 +2,18 @@
 // Commit and Rollback calls that threads of one process make at the same
 // time travel together in one Batch round trip: the first caller sends at
 // once, and whoever arrives while a batch is on its way goes in the next
-// (as group commit does for syncs). One per rpc::Client; thread-safe.
+// (as group commit does for syncs). Thread-safe.
+//
+// Owned by whoever calls the coordinator: each Activity, Participant and
+// ShardedParticipant holds a shared_ptr to the instance of its rpc::Client,
+// so that all of them living at once batch together; it goes with the last
+// of them.
+//
+//   std::shared_ptr<CoordinatorCalls> calls = CoordinatorCalls::Shared(rpc);
+//   absl::StatusOr<v1::OpResult> begun = calls->Run(op, absl::Seconds(5));
 #pragma once
+
+#include <memory>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -17,8 +27,16 @@ namespace formica::dts {
 
 class CoordinatorCalls {
  public:
-  // The instance for `rpc` (made on first use, lives as long as the process).
-  static CoordinatorCalls& For(rpc::Client* rpc);
+  // The instance its live users share for `rpc`: made when there is none,
+  // freed with the last shared_ptr to it. `rpc` is borrowed and must
+  // outlive every holder.
+  static std::shared_ptr<CoordinatorCalls> Shared(rpc::Client* rpc);
+
+  // One that batches only its own holders' ops.
+  explicit CoordinatorCalls(rpc::Client* rpc);
+  ~CoordinatorCalls();
+  CoordinatorCalls(const CoordinatorCalls&) = delete;
+  CoordinatorCalls& operator=(const CoordinatorCalls&) = delete;
 
   // Runs one op; its own outcome is the status (with the result's fields
   // for begin, commit and rollback). UNAVAILABLE or DEADLINE_EXCEEDED when
@@ -28,8 +46,7 @@ class CoordinatorCalls {
   class Impl;
 
  private:
-  explicit CoordinatorCalls(rpc::Client* rpc);
-  Impl* impl_;
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace formica::dts

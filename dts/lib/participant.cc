@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "barrier.h"
 #include "coordinator_calls.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/activity.h"
@@ -60,17 +61,12 @@ class Statement {
 class Participant::Impl final : public v1::Participant::Service {
  public:
   ParticipantOptions options;
-  rpc::Client* rpc = nullptr;
-  absl::Mutex db_mu;  // one local transaction at a time on the connection
+  std::shared_ptr<CoordinatorCalls> calls;  // shared with the process's other users of rpc
+  absl::Mutex db_mu;                        // one local transaction at a time on the connection
   sqlite3* db ABSL_GUARDED_BY(db_mu) = nullptr;
   Statement insert ABSL_GUARDED_BY(db_mu);
   Statement exists ABSL_GUARDED_BY(db_mu);
-  struct Steps {
-    Step confirm;
-    Step cancel;
-  };
-  absl::Mutex steps_mu;
-  std::map<std::string, Steps, std::less<>> steps ABSL_GUARDED_BY(steps_mu);
+  DeclaredSteps<Step> steps;
 
   ~Impl() override {
     absl::MutexLock lock(&db_mu);
@@ -114,6 +110,37 @@ class Participant::Impl final : public v1::Participant::Service {
     if (rc == SQLITE_DONE) return false;
     return SqlError("reading the barrier");
   }
+
+  // The barrier rows of one action in the SQLite table, for the protocol
+  // in barrier.h. Used only inside a local transaction (db_mu held).
+  class Rows final : public BarrierRows {
+   public:
+    Rows(Impl* impl, absl::string_view id, absl::string_view action)
+        : impl_(impl), id_(id), action_(action) {}
+    absl::StatusOr<bool> Mark(BarrierPhase phase) override ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      return impl_->Mark(id_, action_, BarrierPhaseName(phase));
+    }
+    absl::StatusOr<bool> Has(BarrierPhase phase) override ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      return impl_->Has(id_, action_, BarrierPhaseName(phase));
+    }
+    // The cancel's own row tells a late try it came too late.
+    absl::StatusOr<TryClaim> ClaimTry() override {
+      absl::StatusOr<bool> cancelled = Has(BarrierPhase::kCancel);
+      if (!cancelled.ok()) return cancelled.status();
+      if (*cancelled) return TryClaim::kAfterCancel;
+      absl::StatusOr<bool> fresh = Mark(BarrierPhase::kTry);
+      if (!fresh.ok()) return fresh.status();
+      return *fresh ? TryClaim::kFirst : TryClaim::kRepeat;
+    }
+    // SQLite runs one writer at a time, and a try checks for the cancel row
+    // the cancel already wrote: nothing more to bar it.
+    absl::StatusOr<bool> BarLateTry() override { return true; }
+
+   private:
+    Impl* const impl_;
+    const absl::string_view id_;
+    const absl::string_view action_;
+  };
 
   // Runs `work` in a local transaction: its changes are committed when it
   // returns OK (and asks to keep them), undone otherwise. Concurrent callers
@@ -258,24 +285,13 @@ class Participant::Impl final : public v1::Participant::Service {
     request->set_participant(options.name);
     request->set_action(std::string(action));
     request->set_payload(std::string(payload));
-    return CoordinatorCalls::For(rpc).Run(op, options.enlist_timeout).status();
-  }
-
-  bool Declared(absl::string_view action) {
-    absl::MutexLock lock(&steps_mu);
-    return steps.find(action) != steps.end();
+    return calls->Run(op, options.enlist_timeout).status();
   }
 
   absl::Status Try(absl::string_view id, absl::string_view action, absl::string_view payload,
                    const Body& body) {
-    if (id.empty()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "try of '", action, "' outside a business activity (no txn id in the call context)"));
-    }
-    if (!Declared(action)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("action '", action, "' is not declared by participant ", options.name));
-    }
+    BarrierAction what{options.name, id, action};
+    if (absl::Status st = CheckTry(what, steps.Declared(action)); !st.ok()) return st;
     // Enlisted first, durably: whatever the local transaction then does,
     // dtsd will come back with confirm or cancel.
     if (absl::Status st = Enlist(id, action, payload); !st.ok()) {
@@ -283,68 +299,24 @@ class Participant::Impl final : public v1::Participant::Service {
                                                   std::string(id), ": ", st.message()));
     }
     return InTransaction([&](bool* keep) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
-      absl::StatusOr<bool> cancelled = Has(id, action, "cancel");
-      if (!cancelled.ok()) return cancelled.status();
-      if (*cancelled) {
-        return absl::AbortedError(absl::StrCat("action ", action, " of activity ", std::string(id),
-                                               " was cancelled before its try arrived; refused"));
-      }
-      absl::StatusOr<bool> fresh = Mark(id, action, "try");
-      if (!fresh.ok()) return fresh.status();
-      if (!*fresh) {
-        *keep = false;  // a repeated try: done before
-        return absl::OkStatus();
-      }
-      return body(db);
+      Rows rows(this, id, action);
+      return TryUnderBarrier(rows, what, keep,
+                             [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return body(db); });
     });
   }
 
   // The local work of one confirm or cancel, or the error that stops it.
   absl::StatusOr<Work> PhaseTwoWork(bool confirm, ActionCall call) {
-    if (call.activity_id.empty() || call.action.empty()) {
-      return absl::InvalidArgumentError("activity_id and action are required");
-    }
-    Step step;
-    {
-      absl::MutexLock lock(&steps_mu);
-      auto it = steps.find(call.action);
-      if (it == steps.end()) {
-        return absl::UnimplementedError(absl::StrCat(
-            "action '", call.action, "' is not declared by participant ", options.name));
-      }
-      step = confirm ? it->second.confirm : it->second.cancel;
-    }
-    return Work([this, confirm, call = std::move(call), step = std::move(step)](
+    if (absl::Status st = CheckPhaseTwo(call.activity_id, call.action); !st.ok()) return st;
+    absl::StatusOr<Step> step = steps.For(call.action, confirm, options.name);
+    if (!step.ok()) return step.status();
+    return Work([this, confirm, call = std::move(call), step = *std::move(step)](
                     bool* keep) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
-      absl::StatusOr<bool> fresh =
-          Mark(call.activity_id, call.action, confirm ? "confirm" : "cancel");
-      if (!fresh.ok()) return fresh.status();
-      if (!*fresh) {
-        *keep = false;  // a repeat: done before
-        return absl::OkStatus();
-      }
-      // Defense in depth: dtsd decides once, so the opposite outcome can
-      // only be here after a fault; refuse rather than undo money twice.
-      absl::StatusOr<bool> opposite =
-          Has(call.activity_id, call.action, confirm ? "cancel" : "confirm");
-      if (!opposite.ok()) return opposite.status();
-      if (*opposite) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("action ", call.action, " of activity ", call.activity_id, " was already ",
-                         confirm ? "cancelled" : "confirmed", " by participant ", options.name,
-                         "; refusing to ", confirm ? "confirm" : "cancel", " it"));
-      }
-      absl::StatusOr<bool> tried = Has(call.activity_id, call.action, "try");
-      if (!tried.ok()) return tried.status();
-      if (!*tried) {
-        if (confirm) {
-          return absl::FailedPreconditionError(
-              absl::StrCat("no try of action ", call.action, " in activity ", call.activity_id,
-                           " was recorded by participant ", options.name, "; nothing to confirm"));
-        }
-        return absl::OkStatus();  // empty rollback; the cancel row bars a late try
-      }
-      return step ? step(db, call) : absl::OkStatus();
+      Rows rows(this, call.activity_id, call.action);
+      return PhaseTwoUnderBarrier(rows, BarrierAction{options.name, call.activity_id, call.action},
+                                  confirm, keep, [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                    return step ? step(db, call) : absl::OkStatus();
+                                  });
     });
   }
 
@@ -399,7 +371,7 @@ absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOption
   }
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
-  impl->rpc = rpc;
+  impl->calls = CoordinatorCalls::Shared(rpc);
   absl::MutexLock lock(&impl->db_mu);
   if (sqlite3_open_v2(impl->options.database.c_str(), &impl->db,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -436,8 +408,7 @@ const std::string& Participant::name() const { return impl_->options.name; }
 grpc::Service* Participant::service() { return impl_.get(); }
 
 void Participant::Declare(const std::string& action, Step confirm, Step cancel) {
-  absl::MutexLock lock(&impl_->steps_mu);
-  impl_->steps[action] = Impl::Steps{std::move(confirm), std::move(cancel)};
+  impl_->steps.Declare(action, std::move(confirm), std::move(cancel));
 }
 
 absl::Status Participant::Try(absl::string_view action, absl::string_view payload,

@@ -9,6 +9,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "barrier.h"
 #include "coordinator_calls.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
@@ -76,14 +77,9 @@ absl::Status Unwrap(absl::string_view enlisted, dds::Value* key, std::string* pa
 class ShardedParticipant::Impl final : public v1::Participant::Service {
  public:
   ShardedParticipantOptions options;
-  rpc::Client* rpc = nullptr;
+  std::shared_ptr<CoordinatorCalls> calls;  // shared with the process's other users of rpc
   dds::ShardedDataSource* ds = nullptr;
-  struct Steps {
-    Step confirm;
-    Step cancel;
-  };
-  absl::Mutex steps_mu;
-  std::map<std::string, Steps, std::less<>> steps ABSL_GUARDED_BY(steps_mu);
+  DeclaredSteps<Step> steps;
 
   // Writes a barrier row; false when it was there already.
   absl::StatusOr<bool> Mark(dds::Transaction* tx, const dds::Value& key, absl::string_view id,
@@ -106,6 +102,49 @@ class ShardedParticipant::Impl final : public v1::Participant::Service {
     return dds::ToString(r->rows[0][0]);
   }
 
+  // The barrier rows of one action in the sharded table, for the protocol
+  // in barrier.h. Each row records which phase wrote it (its origin): an
+  // empty cancel writes the try row itself, so that the unique key of the
+  // try row decides a race between a late try and its cancel, on
+  // PostgreSQL with concurrent transactions as on SQLite.
+  class Rows final : public BarrierRows {
+   public:
+    Rows(Impl* impl, dds::Transaction* tx, const dds::Value& key, absl::string_view id,
+         absl::string_view action)
+        : impl_(impl), tx_(tx), key_(key), id_(id), action_(action) {}
+    absl::StatusOr<bool> Mark(BarrierPhase phase) override {
+      const char* name = BarrierPhaseName(phase);
+      return impl_->Mark(tx_, key_, id_, action_, name, name);
+    }
+    absl::StatusOr<bool> Has(BarrierPhase phase) override {
+      absl::StatusOr<std::string> origin =
+          impl_->Origin(tx_, key_, id_, action_, BarrierPhaseName(phase));
+      if (!origin.ok()) return origin.status();
+      return !origin->empty();
+    }
+    absl::StatusOr<TryClaim> ClaimTry() override {
+      // Whoever writes the try row first wins; the other finds it.
+      absl::StatusOr<bool> fresh = Mark(BarrierPhase::kTry);
+      if (!fresh.ok()) return fresh.status();
+      if (*fresh) return TryClaim::kFirst;
+      absl::StatusOr<std::string> origin = impl_->Origin(tx_, key_, id_, action_, "try");
+      if (!origin.ok()) return origin.status();
+      return *origin == "cancel" ? TryClaim::kAfterCancel : TryClaim::kRepeat;
+    }
+    // The try row written by the cancel bars a late try; if the try is
+    // writing it now, one of the two waits and finds it.
+    absl::StatusOr<bool> BarLateTry() override {
+      return impl_->Mark(tx_, key_, id_, action_, "try", "cancel");
+    }
+
+   private:
+    Impl* const impl_;
+    dds::Transaction* const tx_;
+    const dds::Value& key_;
+    const absl::string_view id_;
+    const absl::string_view action_;
+  };
+
   // Runs `work` in a local transaction on `key`'s shard; commits when it
   // returns OK and asks to keep its changes.
   absl::Status InTransaction(const dds::Value& key,
@@ -123,17 +162,8 @@ class ShardedParticipant::Impl final : public v1::Participant::Service {
 
   absl::Status Try(absl::string_view id, const dds::Value& key, absl::string_view action,
                    absl::string_view payload, const Body& body) {
-    if (id.empty()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "try of '", action, "' outside a business activity (no txn id in the call context)"));
-    }
-    {
-      absl::MutexLock lock(&steps_mu);
-      if (steps.find(action) == steps.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("action '", action, "' is not declared by participant ", options.name));
-      }
-    }
+    BarrierAction what{options.name, id, action};
+    if (absl::Status st = CheckTry(what, steps.Declared(action)); !st.ok()) return st;
     if (absl::StatusOr<int> shard = ds->ShardOf(key); !shard.ok()) return shard.status();
     if (dds::ToString(key).find('\n') != std::string::npos) {
       return absl::InvalidArgumentError("a shard key may not hold a line break");
@@ -146,82 +176,28 @@ class ShardedParticipant::Impl final : public v1::Participant::Service {
     request->set_participant(options.name);
     request->set_action(std::string(action));
     request->set_payload(Wrap(key, payload));
-    if (absl::Status st = CoordinatorCalls::For(rpc).Run(op, options.enlist_timeout).status();
-        !st.ok()) {
+    if (absl::Status st = calls->Run(op, options.enlist_timeout).status(); !st.ok()) {
       return absl::Status(st.code(), absl::StrCat("enlisting ", action, " in activity ",
                                                   std::string(id), ": ", st.message()));
     }
     return InTransaction(key, [&](dds::Transaction* tx, bool* keep) -> absl::Status {
-      // The try row's key decides a race with this action's cancel: whoever
-      // writes it first wins, the other finds it.
-      absl::StatusOr<bool> fresh = Mark(tx, key, id, action, "try", "try");
-      if (!fresh.ok()) return fresh.status();
-      if (!*fresh) {
-        *keep = false;
-        absl::StatusOr<std::string> origin = Origin(tx, key, id, action, "try");
-        if (!origin.ok()) return origin.status();
-        if (*origin == "cancel") {
-          return absl::AbortedError(absl::StrCat("action ", action, " of activity ",
-                                                 std::string(id),
-                                                 " was cancelled before its try arrived; refused"));
-        }
-        return absl::OkStatus();  // a repeated try: done before
-      }
-      return body(tx);
+      Rows rows(this, tx, key, id, action);
+      return TryUnderBarrier(rows, what, keep, [&] { return body(tx); });
     });
   }
 
   absl::Status PhaseTwo(bool confirm, const std::string& id, const std::string& action,
                         const std::string& enlisted) {
-    if (id.empty() || action.empty()) {
-      return absl::InvalidArgumentError("activity_id and action are required");
-    }
-    Step step;
-    {
-      absl::MutexLock lock(&steps_mu);
-      auto it = steps.find(action);
-      if (it == steps.end()) {
-        return absl::UnimplementedError(
-            absl::StrCat("action '", action, "' is not declared by participant ", options.name));
-      }
-      step = confirm ? it->second.confirm : it->second.cancel;
-    }
+    if (absl::Status st = CheckPhaseTwo(id, action); !st.ok()) return st;
+    absl::StatusOr<Step> step = steps.For(action, confirm, options.name);
+    if (!step.ok()) return step.status();
     ActionCall call{id, action, ""};
     dds::Value key;
     if (absl::Status st = Unwrap(enlisted, &key, &call.payload); !st.ok()) return st;
-    const char* phase = confirm ? "confirm" : "cancel";
     return InTransaction(key, [&](dds::Transaction* tx, bool* keep) -> absl::Status {
-      absl::StatusOr<std::string> tried = Origin(tx, key, id, action, "try");  // locks it
-      if (!tried.ok()) return tried.status();
-      absl::StatusOr<bool> fresh = Mark(tx, key, id, action, phase, phase);
-      if (!fresh.ok()) return fresh.status();
-      if (!*fresh) {
-        *keep = false;  // a repeat: done before
-        return absl::OkStatus();
-      }
-      absl::StatusOr<std::string> opposite =
-          Origin(tx, key, id, action, confirm ? "cancel" : "confirm");
-      if (!opposite.ok()) return opposite.status();
-      if (!opposite->empty()) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("action ", action, " of activity ", id, " was already ",
-                         confirm ? "cancelled" : "confirmed", " by participant ", options.name,
-                         "; refusing to ", confirm ? "confirm" : "cancel", " it"));
-      }
-      if (tried->empty()) {
-        if (confirm) {
-          return absl::FailedPreconditionError(
-              absl::StrCat("no try of action ", action, " in activity ", id,
-                           " was recorded by participant ", options.name, "; nothing to confirm"));
-        }
-        // An empty rollback. The try row written here bars a late try; if
-        // the try is writing it now, one of the two waits and finds it.
-        absl::StatusOr<bool> barred = Mark(tx, key, id, action, "try", "cancel");
-        if (!barred.ok()) return barred.status();
-        if (*barred) return absl::OkStatus();
-        return absl::AbortedError("the action's try arrived while it was cancelled; retry");
-      }
-      return step ? step(tx, call) : absl::OkStatus();
+      Rows rows(this, tx, key, id, action);
+      return PhaseTwoUnderBarrier(rows, BarrierAction{options.name, id, action}, confirm, keep,
+                                  [&] { return *step ? (*step)(tx, call) : absl::OkStatus(); });
     });
   }
 
@@ -269,7 +245,7 @@ absl::StatusOr<std::unique_ptr<ShardedParticipant>> ShardedParticipant::Open(
   }
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
-  impl->rpc = rpc;
+  impl->calls = CoordinatorCalls::Shared(rpc);
   impl->ds = ds;
   return std::unique_ptr<ShardedParticipant>(new ShardedParticipant(std::move(impl)));
 }
@@ -281,8 +257,7 @@ const std::string& ShardedParticipant::name() const { return impl_->options.name
 grpc::Service* ShardedParticipant::service() { return impl_.get(); }
 
 void ShardedParticipant::Declare(const std::string& action, Step confirm, Step cancel) {
-  absl::MutexLock lock(&impl_->steps_mu);
-  impl_->steps[action] = Impl::Steps{std::move(confirm), std::move(cancel)};
+  impl_->steps.Declare(action, std::move(confirm), std::move(cancel));
 }
 
 absl::Status ShardedParticipant::Try(const dds::Value& shard_key, absl::string_view action,

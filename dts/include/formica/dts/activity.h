@@ -34,6 +34,8 @@ class Client;
 
 namespace formica::dts {
 
+class CoordinatorCalls;
+
 // The coordinator's service name in the registry.
 inline constexpr char kCoordinatorService[] = "formica.dts.v1.Coordinator";
 
@@ -73,10 +75,12 @@ class Activity {
   absl::Status Rollback(absl::string_view reason);
 
  private:
-  Activity(rpc::Client* rpc, ActivityOptions options, std::string id);
+  Activity(std::shared_ptr<CoordinatorCalls> calls, ActivityOptions options, std::string id);
   absl::Status Decide(bool commit, absl::string_view reason);
 
-  rpc::Client* rpc_;
+  // How it reaches the coordinator, shared with the other users of its
+  // rpc::Client so that their calls batch together.
+  std::shared_ptr<CoordinatorCalls> calls_;
   ActivityOptions options_;
   std::string id_;
   bool decision_tried_ = false;

@@ -1,0 +1,135 @@
+// ActivityEngine: the state machine of dtsd's business activities. An
+// activity begins ACTIVE, gathers enlisted actions, is decided (COMMITTING
+// or ROLLING_BACK) by its initiator or by its timeout, and ends (COMMITTED
+// or ROLLED_BACK) once every action is confirmed or cancelled. Every change
+// is written to the ActivityStore before it is answered; the caller (the
+// gRPC adapter) makes the answer wait for a sync (GroupCommit). Timeouts
+// and phase-two calls are run by a PhaseTwoScheduler, for which the engine
+// is the PhaseTwoWork. Knows nothing of gRPC; time comes from a Clock.
+// Thread-safe.
+//
+//   ActivityEngine engine(store, clock, &scheduler, limits, epoch);
+//   scheduler.Attach(&engine);
+//   v1::BeginResponse begun;
+//   absl::Status st = engine.Begin(request, &begun);
+//   std::function<void()> start;
+//   st = engine.Decide(ref, /*commit=*/true, &decision, &start);
+//   commit.AfterSync([=] { if (start) start(); answer(st); });
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "activity_store.h"
+#include "formica/common/clock.h"
+#include "formica/dts/v1/dts.pb.h"
+#include "phase_two.h"
+
+namespace formica::dts {
+
+inline bool IsFinished(v1::ActivityState s) { return s == v1::COMMITTED || s == v1::ROLLED_BACK; }
+inline bool IsDecided(v1::ActivityState s) { return s == v1::COMMITTING || s == v1::ROLLING_BACK; }
+inline bool IsDone(v1::ActionState s) {
+  return s == v1::CONFIRMED || s == v1::CANCELLED || s == v1::SETTLED;
+}
+
+// One unfinished activity. Lock order: an entry's mu before the engine's
+// and the scheduler's.
+struct ActivityEntry {
+  absl::Mutex mu;
+  v1::Activity record ABSL_GUARDED_BY(mu);
+  // Per action: the token of its one live phase-two task, and whether a
+  // call is out now. Stale tasks (older tokens) are dropped.
+  std::vector<uint64_t> token ABSL_GUARDED_BY(mu);
+  std::vector<bool> calling ABSL_GUARDED_BY(mu);
+  // The decision is on disk: only then may confirms or cancels go out.
+  bool decision_durable ABSL_GUARDED_BY(mu) = false;
+};
+
+struct ActivityLimits {
+  absl::Duration default_timeout = absl::Seconds(30);  // when Begin names none
+  absl::Duration max_timeout = absl::Hours(24);
+  int max_actions = 1000;  // per activity
+  // After the end of an activity could not be written: when to try again.
+  absl::Duration retry_initial = absl::Milliseconds(200);
+};
+
+struct ActivityStats {
+  uint64_t begun = 0;
+  uint64_t committed = 0;
+  uint64_t rolled_back = 0;
+  uint64_t timed_out = 0;
+  uint64_t unfinished = 0;
+  uint64_t phase_two_failures = 0;
+  uint64_t synced_writes = 0;  // enlists and decisions written to be synced
+};
+
+class ActivityEngine final : public PhaseTwoWork {
+ public:
+  // Every pointer is borrowed and must outlive the engine. `epoch` (the
+  // store's boot epoch) prefixes every activity id this engine makes.
+  ActivityEngine(ActivityStore* store, Clock* clock, PhaseTwoScheduler* scheduler,
+                 ActivityLimits limits, uint64_t epoch);
+
+  // Each answers as the Coordinator RPC of the same name; none syncs.
+  absl::Status Begin(const v1::BeginRequest& req, v1::BeginResponse* resp);
+  // The action is written; answer once a sync covers it.
+  absl::Status Enlist(const v1::EnlistRequest& req);
+  // Records the decision. Answer once a sync covers it; when `*after_sync`
+  // is set, run it first: it starts phase two of the decision now on disk.
+  absl::Status Decide(const v1::ActivityRef& req, bool commit, v1::DecisionResponse* resp,
+                      std::function<void()>* after_sync);
+  absl::Status Retry(const v1::ActivityRef& req, v1::DecisionResponse* resp);
+  absl::Status Settle(const v1::ActivityRef& req, v1::DecisionResponse* resp);
+  absl::Status List(const v1::ListRequest& req, v1::ListResponse* resp);
+  absl::StatusOr<v1::Activity> Get(const std::string& id);
+
+  // Takes back an unfinished activity read from the store at start: an
+  // ACTIVE one waits for its deadline, a decided one resumes phase two at
+  // once (its decision is on disk). Returns whether it was decided.
+  bool Adopt(v1::Activity record);
+
+  ActivityStats stats();
+
+  // PhaseTwoWork: the scheduler's due tasks.
+  void Expire(const std::string& id) override;
+  std::optional<PhaseTwoCall> Prepare(const PhaseTwoTask& task) override;
+  void Completed(const PhaseTwoCall& call, const absl::Status& outcome) override;
+
+ private:
+  using Entry = ActivityEntry;
+
+  std::shared_ptr<Entry> FindLive(const std::string& id);
+  absl::Status Missing(const std::string& id);
+  std::function<void()> StarterFor(const std::shared_ptr<Entry>& e);
+  absl::Status DecideLocked(Entry& e, bool commit, const std::string& reason, bool durable)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
+  void StartPhaseTwoLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
+  absl::Status FinishLocked(Entry& e, bool sync) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
+  void ScheduleActionsLocked(Entry& e, absl::Time when, bool reset)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
+  // An ACTIVE activity past its deadline is rolled back (durably) first.
+  void ExpireIfDueLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
+
+  ActivityStore* const store_;
+  Clock* const clock_;
+  PhaseTwoScheduler* const scheduler_;
+  const ActivityLimits limits_;
+  const uint64_t epoch_;
+  std::atomic<uint64_t> seq_{0};
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> begun_{0}, committed_{0}, rolled_back_{0}, timed_out_{0};
+  std::atomic<uint64_t> phase_two_failures_{0}, synced_writes_{0};
+};
+
+}  // namespace formica::dts

@@ -1,0 +1,47 @@
+#include "group_commit.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cstdlib>
+
+namespace formica::dts {
+
+void GroupCommit::AfterSync(std::function<void()> done) {
+  absl::MutexLock lock(&mu_);
+  waiters_.push_back(std::move(done));
+}
+
+void GroupCommit::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void GroupCommit::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void GroupCommit::Loop() {
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    auto ready = [this]()
+                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !waiters_.empty() || stopping_; };
+    mu_.Await(absl::Condition(&ready));
+    if (waiters_.empty()) return;  // stopping, nothing owed
+    std::vector<std::function<void()>> batch;
+    batch.swap(waiters_);
+    mu_.Unlock();
+    // Every write these waiters made returned before they queued.
+    absl::Status st = store_->Sync();
+    if (!st.ok()) {
+      SPDLOG_CRITICAL("cannot sync the activity log ({}); stopping", st.ToString());
+      std::abort();
+    }
+    for (auto& done : batch) done();
+    mu_.Lock();
+  }
+}
+
+}  // namespace formica::dts

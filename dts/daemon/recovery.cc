@@ -1,0 +1,71 @@
+#include "recovery.h"
+
+#include <spdlog/spdlog.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace formica::dts {
+
+absl::Status RecoverActivities(ActivityStore& store, ActivityEngine& engine) {
+  std::vector<std::string> unfinished;
+  absl::Status st = store.Scan([&](const v1::Activity& a) {
+    if (!IsFinished(a.state())) unfinished.push_back(a.id());
+    return true;
+  });
+  if (!st.ok()) return st;
+  int decided = 0;
+  for (const std::string& id : unfinished) {
+    absl::StatusOr<std::optional<v1::Activity>> a = store.Get(id);
+    if (!a.ok()) return a.status();
+    if (!a->has_value()) continue;  // removed since the scan: cannot happen before serving
+    if (engine.Adopt(**std::move(a))) ++decided;
+  }
+  SPDLOG_INFO("recovered {} unfinished activities ({} decided, phase two resumes)",
+              unfinished.size(), decided);
+  return absl::OkStatus();
+}
+
+void RetentionSweeper::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void RetentionSweeper::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+// Ids grow with begin time, so the oldest come first and the sweep stops at
+// the first one begun after the cutoff.
+bool RetentionSweeper::SweepOnce(absl::Time now) {
+  constexpr size_t kPerSweep = 20000;
+  int64_t cutoff = absl::ToUnixMillis(now - retention_);
+  std::vector<std::string> old;
+  absl::Status st = store_->Scan([&](const v1::Activity& a) {
+    if (a.begun_unix_ms() >= cutoff || old.size() >= kPerSweep) return false;
+    if (IsFinished(a.state()) && a.finished_unix_ms() < cutoff) old.push_back(a.id());
+    return true;
+  });
+  for (const std::string& id : old) {
+    if (st.ok()) st = store_->Delete(id);
+  }
+  if (!st.ok()) SPDLOG_WARN("retention sweep: {}", st.ToString());
+  if (!old.empty()) SPDLOG_INFO("retention: removed {} finished activities", old.size());
+  return st.ok() && old.size() >= kPerSweep;
+}
+
+void RetentionSweeper::Loop() {
+  absl::MutexLock lock(&mu_);
+  while (!stopping_) {
+    mu_.Unlock();
+    bool more = SweepOnce(clock_->Now());
+    mu_.Lock();
+    if (!more) mu_.AwaitWithTimeout(absl::Condition(&stopping_), interval_);
+  }
+}
+
+}  // namespace formica::dts

@@ -1,0 +1,265 @@
+// dtsd's engines driven by a fake clock, without daemons or gRPC: the
+// activity timeout (ActivityEngine) and the backoff of phase-two retries
+// (PhaseTwoScheduler). Time only moves when a test advances it.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "activity_engine.h"
+#include "activity_store.h"
+#include "formica/common/clock.h"
+#include "phase_two.h"
+
+namespace formica::dts {
+namespace {
+
+// Every activity whole, in memory.
+class MemoryActivityStore : public ActivityStore {
+ public:
+  absl::Status Put(const v1::Activity& activity, bool) override {
+    v1::Activity& stored = activities_[activity.id()];
+    google::protobuf::RepeatedPtrField<v1::Action> actions = std::move(*stored.mutable_actions());
+    stored = activity;
+    stored.clear_actions();
+    for (int i = 0; i < activity.actions_size(); ++i) {
+      v1::Action x = i < actions.size() ? actions[i] : activity.actions(i);
+      x.set_state(activity.actions(i).state());
+      x.set_attempts(activity.actions(i).attempts());
+      x.set_last_error(activity.actions(i).last_error());
+      *stored.add_actions() = std::move(x);
+    }
+    return absl::OkStatus();
+  }
+  absl::Status PutAction(const std::string& id, int index, const v1::Action& action,
+                         bool) override {
+    v1::Activity& stored = activities_[id];
+    while (stored.actions_size() <= index) stored.add_actions();
+    *stored.mutable_actions(index) = action;
+    return absl::OkStatus();
+  }
+  absl::Status Sync() override { return absl::OkStatus(); }
+  absl::StatusOr<std::optional<v1::Activity>> Get(const std::string& id) override {
+    auto it = activities_.find(id);
+    if (it == activities_.end()) return std::optional<v1::Activity>();
+    return std::optional<v1::Activity>(it->second);
+  }
+  absl::Status Scan(const std::function<bool(const v1::Activity&)>& visit) override {
+    for (const auto& [id, a] : activities_) {
+      if (!visit(a)) break;
+    }
+    return absl::OkStatus();
+  }
+  absl::Status ScanNewestFirst(const std::function<bool(const v1::Activity&)>& visit) override {
+    for (auto it = activities_.rbegin(); it != activities_.rend(); ++it) {
+      if (!visit(it->second)) break;
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Delete(const std::string& id) override {
+    activities_.erase(id);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<uint64_t> NextBootEpoch() override { return 1; }
+  uint64_t syncs() const override { return 0; }
+  uint64_t written_bytes() const override { return 0; }
+
+ private:
+  std::map<std::string, v1::Activity> activities_;
+};
+
+// Keeps what the scheduler sends; the test answers it.
+class FakeSender : public PhaseTwoSender {
+ public:
+  struct Sent {
+    absl::Time at;
+    std::string participant;
+    v1::PhaseTwoItem item;
+    std::function<void(size_t, absl::Status)> done;
+    size_t index;
+  };
+  explicit FakeSender(Clock* clock) : clock_(clock) {}
+  void Send(const std::string& participant, std::vector<v1::PhaseTwoItem> items,
+            std::function<void(size_t, absl::Status)> done) override {
+    for (size_t i = 0; i < items.size(); ++i) {
+      sent.push_back(Sent{clock_->Now(), participant, std::move(items[i]), done, i});
+    }
+  }
+  // Answers the oldest unanswered call.
+  void Answer(const absl::Status& outcome) {
+    ASSERT_LT(answered, sent.size());
+    Sent& s = sent[answered++];
+    s.done(s.index, outcome);
+  }
+  size_t unanswered() const { return sent.size() - answered; }
+
+  std::vector<Sent> sent;
+  size_t answered = 0;
+
+ private:
+  Clock* clock_;
+};
+
+class DtsEngines : public ::testing::Test {
+ protected:
+  static constexpr absl::Duration kRetryInitial = absl::Milliseconds(100);
+  static constexpr absl::Duration kRetryMax = absl::Seconds(1);
+
+  DtsEngines()
+      : sender_(&clock_),
+        scheduler_(&clock_, PhaseTwoOptions{kRetryInitial, kRetryMax, 512, /*seed=*/42}, &sender_),
+        engine_(&store_, &clock_, &scheduler_,
+                ActivityLimits{absl::Seconds(30), absl::Hours(1), 100, kRetryInitial}, 1) {
+    scheduler_.Attach(&engine_);
+  }
+
+  // Begins an activity with `timeout` and enlists one action of "bank.a".
+  std::string BeginWithOneAction(absl::Duration timeout) {
+    v1::BeginRequest begin;
+    begin.set_name("test.Transfer");
+    begin.set_timeout_ms(absl::ToInt64Milliseconds(timeout));
+    v1::BeginResponse begun;
+    EXPECT_TRUE(engine_.Begin(begin, &begun).ok());
+    v1::EnlistRequest enlist;
+    enlist.set_activity_id(begun.activity_id());
+    enlist.set_participant("bank.a");
+    enlist.set_action("debit");
+    enlist.set_payload("100");
+    EXPECT_TRUE(engine_.Enlist(enlist).ok());
+    return begun.activity_id();
+  }
+
+  // Decides, and then does what the gRPC adapter does once the decision is
+  // synced.
+  absl::Status Decide(const std::string& id, bool commit) {
+    v1::ActivityRef ref;
+    ref.set_activity_id(id);
+    v1::DecisionResponse decision;
+    std::function<void()> start;
+    absl::Status st = engine_.Decide(ref, commit, &decision, &start);
+    if (start) start();
+    return st;
+  }
+
+  v1::ActivityState State(const std::string& id) {
+    absl::StatusOr<v1::Activity> a = engine_.Get(id);
+    EXPECT_TRUE(a.ok()) << a.status();
+    return a.ok() ? a->state() : v1::ACTIVITY_STATE_UNSPECIFIED;
+  }
+
+  // Moves time by `d` and runs what fell due, twice: a decision made by a
+  // due timeout schedules its phase two for now.
+  void Advance(absl::Duration d) {
+    clock_.Advance(d);
+    scheduler_.RunDue();
+    scheduler_.RunDue();
+  }
+
+  FakeClock clock_;
+  MemoryActivityStore store_;
+  FakeSender sender_;
+  PhaseTwoScheduler scheduler_;
+  ActivityEngine engine_;
+};
+
+TEST_F(DtsEngines, AnActivityNotDecidedWithinItsTimeoutIsRolledBackAndItsActionsCancelled) {
+  std::string id = BeginWithOneAction(absl::Seconds(1));
+
+  Advance(absl::Milliseconds(999));
+  EXPECT_EQ(State(id), v1::ACTIVE);
+  EXPECT_TRUE(sender_.sent.empty());
+
+  Advance(absl::Milliseconds(1));
+  absl::StatusOr<v1::Activity> a = engine_.Get(id);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->state(), v1::ROLLING_BACK);
+  EXPECT_TRUE(absl::StrContains(a->reason(), "timed out after 1s")) << a->reason();
+  EXPECT_EQ(engine_.stats().timed_out, 1u);
+  ASSERT_EQ(sender_.sent.size(), 1u);
+  EXPECT_FALSE(sender_.sent[0].item.confirm());  // a cancel
+  EXPECT_EQ(sender_.sent[0].item.action(), "debit");
+
+  sender_.Answer(absl::OkStatus());
+  EXPECT_EQ(State(id), v1::ROLLED_BACK);
+}
+
+TEST_F(DtsEngines, AnActivityCommittedWithinItsTimeoutIsNotRolledBack) {
+  std::string id = BeginWithOneAction(absl::Seconds(1));
+  Advance(absl::Milliseconds(500));
+  ASSERT_TRUE(Decide(id, /*commit=*/true).ok());
+  EXPECT_EQ(State(id), v1::COMMITTING);
+  Advance(absl::ZeroDuration());
+  ASSERT_EQ(sender_.sent.size(), 1u);
+  EXPECT_TRUE(sender_.sent[0].item.confirm());
+
+  Advance(absl::Seconds(2));  // well past the deadline, the confirm still out
+  EXPECT_EQ(State(id), v1::COMMITTING);
+  sender_.Answer(absl::OkStatus());
+  Advance(absl::Seconds(2));
+  EXPECT_EQ(State(id), v1::COMMITTED);
+  EXPECT_EQ(engine_.stats().timed_out, 0u);
+  EXPECT_EQ(sender_.sent.size(), 1u);  // no cancel ever
+}
+
+TEST_F(DtsEngines, ACommitArrivingAfterTheTimeoutIsRefusedAndTheActivityRollsBack) {
+  std::string id = BeginWithOneAction(absl::Seconds(1));
+  clock_.Advance(absl::Seconds(1));  // due, but the scheduler has not run yet
+  absl::Status st = Decide(id, /*commit=*/true);
+  EXPECT_TRUE(absl::IsFailedPrecondition(st)) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "ROLLING_BACK")) << st;
+  EXPECT_EQ(engine_.stats().timed_out, 1u);
+}
+
+// Where the n-th failed attempt's retry may fall: the doubled, capped
+// backoff times a factor in [0.5, 1).
+absl::Duration BackoffCeiling(int attempts, absl::Duration initial, absl::Duration max) {
+  absl::Duration d = initial;
+  for (int i = 1; i < attempts; ++i) d = std::min(d * 2, max);
+  return d;
+}
+
+TEST_F(DtsEngines, AFailingConfirmIsRetriedAtGrowingIntervalsUpToTheCapUntilItIsAnswered) {
+  std::string id = BeginWithOneAction(absl::Seconds(10));
+  ASSERT_TRUE(Decide(id, /*commit=*/true).ok());
+  Advance(absl::ZeroDuration());
+  ASSERT_EQ(sender_.sent.size(), 1u);
+
+  constexpr int kFailures = 9;
+  std::vector<absl::Duration> intervals;
+  for (int attempt = 1; attempt <= kFailures; ++attempt) {
+    ASSERT_EQ(sender_.unanswered(), 1u);
+    absl::Time failed_at = clock_.Now();
+    sender_.Answer(absl::UnavailableError("bank.a is down"));
+    // Step a millisecond at a time until the retry goes out.
+    while (sender_.unanswered() == 0) {
+      ASSERT_LT(clock_.Now() - failed_at, absl::Seconds(5)) << "no retry after attempt " << attempt;
+      Advance(absl::Milliseconds(1));
+    }
+    intervals.push_back(clock_.Now() - failed_at);
+  }
+  for (int n = 1; n <= kFailures; ++n) {
+    absl::Duration ceiling = BackoffCeiling(n, kRetryInitial, kRetryMax);
+    absl::Duration interval = intervals[n - 1];
+    EXPECT_GE(interval, ceiling / 2) << "retry after attempt " << n;
+    EXPECT_LE(interval, ceiling + absl::Milliseconds(1)) << "retry after attempt " << n;
+  }
+  // Growing: the retries after the cap is reached wait longer than the first.
+  EXPECT_GT(intervals.back(), intervals.front() * 4);
+  EXPECT_EQ(engine_.stats().phase_two_failures, static_cast<uint64_t>(kFailures));
+  absl::StatusOr<v1::Activity> a = engine_.Get(id);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->actions(0).attempts(), static_cast<uint32_t>(kFailures));
+  EXPECT_EQ(a->state(), v1::COMMITTING);
+
+  sender_.Answer(absl::OkStatus());
+  EXPECT_EQ(State(id), v1::COMMITTED);
+  Advance(absl::Seconds(5));
+  EXPECT_EQ(sender_.sent.size(), static_cast<size_t>(kFailures + 1));  // nothing after
+  EXPECT_EQ(scheduler_.in_flight(), 0);
+}
+
+}  // namespace
+}  // namespace formica::dts
