@@ -8,7 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "analysis.h"
-#include "formica/dds/data_source.h"
+#include "formica/dds/value.h"
 #include "merge.h"
 #include "pg_query/pg_query.pb.h"
 #include "router.h"

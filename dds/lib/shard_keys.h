@@ -10,7 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "analysis.h"
-#include "formica/dds/data_source.h"
+#include "formica/dds/value.h"
 #include "parse_tree.h"
 #include "pg_query/pg_query.pb.h"
 #include "shard_map.h"

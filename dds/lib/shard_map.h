@@ -13,7 +13,7 @@
 
 #include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
-#include "formica/dds/data_source.h"
+#include "formica/dds/value.h"
 #include "router.h"
 
 namespace formica::dds {
