@@ -30,14 +30,10 @@ absl::StatusOr<int> LastTwoDigits(const std::string& user_id) {
   return (id[id.size() - 2] - '0') * 10 + (id[id.size() - 1] - '0');
 }
 
-absl::StatusOr<ShardMap> ShardMap::Create(const RouterConfig& c) {
-  ShardMap m;
-  m.function_ = c.function;
-  m.shards_ = c.shards;
-  m.ranges_ = c.ranges;
-  if (c.sharded_tables.empty() && c.broadcast_tables.empty()) {
-    return absl::InvalidArgumentError("the DDS config names no tables");
-  }
+namespace {
+
+// The shard count, the shard function and its ranges, the databases.
+absl::Status CheckShards(const RouterConfig& c) {
   if (c.shards < 1 || c.shards > 100000) {
     return absl::InvalidArgumentError(absl::StrCat("shards must be 1 to 100000, not ", c.shards));
   }
@@ -71,6 +67,11 @@ absl::StatusOr<ShardMap> ShardMap::Create(const RouterConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat("databases must be 1 to ", c.shards, " (the shards), not ", c.databases));
   }
+  return absl::OkStatus();
+}
+
+// Sharded tables, binding groups and the table suffix.
+absl::Status CheckTables(const RouterConfig& c) {
   for (const auto& [table, column] : c.sharded_tables) {
     if (c.broadcast_tables.count(table) > 0) {
       return absl::InvalidArgumentError(
@@ -97,6 +98,21 @@ absl::StatusOr<ShardMap> ShardMap::Create(const RouterConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat("table_suffix '", c.table_suffix, "' may not hold spaces or quotes"));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ShardMap> ShardMap::Create(const RouterConfig& c) {
+  if (c.sharded_tables.empty() && c.broadcast_tables.empty()) {
+    return absl::InvalidArgumentError("the DDS config names no tables");
+  }
+  if (absl::Status st = CheckShards(c); !st.ok()) return st;
+  if (absl::Status st = CheckTables(c); !st.ok()) return st;
+  ShardMap m;
+  m.function_ = c.function;
+  m.shards_ = c.shards;
+  m.ranges_ = c.ranges;
   const int width = std::max<int>(2, static_cast<int>(std::to_string(c.shards - 1).size()));
   if (!c.shard_database.empty()) {
     if (static_cast<int>(c.shard_database.size()) != c.shards) {
