@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "formica/dds/data_source.h"
+#include "formica/dds/value.h"
 
 namespace formica::dds {
 

@@ -370,19 +370,6 @@ struct KeyLess {
 
 }  // namespace
 
-std::string ToString(const Value& v) {
-  switch (v.index()) {
-    case 0:
-      return "NULL";
-    case 1:
-      return std::to_string(std::get<int64_t>(v));
-    case 2:
-      return absl::StrCat(std::get<double>(v));
-    default:
-      return std::get<std::string>(v);
-  }
-}
-
 int Compare(const Value& a, const Value& b, Collation collation) {
   int ra = Rank(a), rb = Rank(b);
   if (ra != rb) return ra < rb ? -1 : 1;

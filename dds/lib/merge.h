@@ -14,7 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "formica/dds/data_source.h"
+#include "formica/dds/value.h"
 
 namespace formica::dds {
 

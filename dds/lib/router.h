@@ -21,7 +21,7 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "formica/dds/data_source.h"
+#include "formica/dds/value.h"
 #include "merge.h"
 
 namespace formica::dds {

@@ -34,7 +34,6 @@
 #include <memory>
 #include <set>
 #include <string>
-#include <variant>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -42,21 +41,11 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "formica/dds/value.h"
 
 namespace formica::dds {
 
-// One value: NULL, an integer, a real, or text (also blobs, as bytes).
-// PostgreSQL integers and numerics without a fraction read as integers,
-// other numerics and floats as reals, booleans as 0/1.
-using Value = std::variant<std::monostate, int64_t, double, std::string>;
-
-std::string ToString(const Value& v);  // "NULL", "42", "1.5", "text"
-
-struct ResultSet {
-  std::vector<std::string> columns;
-  std::vector<std::vector<Value>> rows;
-  int64_t rows_affected = 0;  // INSERT, UPDATE, DELETE: summed over shards
-};
+// Value, ResultSet and ShardFunction are in formica/dds/value.h.
 
 enum class DatabaseKind { kSqlite, kPostgres };
 
@@ -71,12 +60,6 @@ struct DatabaseConfig {
   // The logical shards this database holds; when every database leaves it
   // empty, shards are split evenly in the order databases are listed.
   std::vector<int> shards;
-};
-
-enum class ShardFunction {
-  kLastTwoDigits,  // the id's last two decimal digits; needs shards = 100
-  kModulo,         // integer id mod shards
-  kRange,          // integer id in ranges[s] -> shard s
 };
 
 struct DataSourceConfig {
