@@ -632,7 +632,7 @@ TEST_F(DtsTest, ADataDirectoryKeepingWholeActivitiesOpensAndFinishesThem) {
 
 TEST_F(DtsTest, ConfirmsReachAParticipantThatWasDownWhenItReturns) {
   auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer"));
-  ASSERT_TRUE(activity.ok());
+  ASSERT_TRUE(activity.ok()) << activity.status();
   ASSERT_TRUE((*activity)
                   ->Run([&] {
                     absl::Status s = Move("bank.a", true, 1, 100);
@@ -643,7 +643,7 @@ TEST_F(DtsTest, ConfirmsReachAParticipantThatWasDownWhenItReturns) {
   ASSERT_TRUE((*activity)->Commit().ok());
   absl::SleepFor(absl::Milliseconds(1500));
   auto seen = Get((*activity)->id());
-  ASSERT_TRUE(seen.ok());
+  ASSERT_TRUE(seen.ok()) << seen.status();
   EXPECT_EQ(seen->state(), v1::COMMITTING) << seen->DebugString();
   const v1::Action& credit = seen->actions(1);
   EXPECT_EQ(credit.participant(), "bank.b.dts");
@@ -653,7 +653,7 @@ TEST_F(DtsTest, ConfirmsReachAParticipantThatWasDownWhenItReturns) {
   b_ = StartBank("bank.b");
   AwaitQuiet(absl::Seconds(20));
   auto done = Get((*activity)->id());
-  ASSERT_TRUE(done.ok());
+  ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_EQ(done->state(), v1::COMMITTED);
   ExpectBooksBalance();
   EXPECT_EQ(ReadBooks(BankDb("bank.b")).balance, kAccounts * kInitial + 100);
@@ -661,12 +661,12 @@ TEST_F(DtsTest, ConfirmsReachAParticipantThatWasDownWhenItReturns) {
 
 TEST_F(DtsTest, AnUndecidedActivityTimesOutAndRollsBack) {
   auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Milliseconds(500)));
-  ASSERT_TRUE(activity.ok());
+  ASSERT_TRUE(activity.ok()) << activity.status();
   ASSERT_TRUE((*activity)->Run([&] { return Move("bank.a", true, 3, 70); }).ok());
   EXPECT_EQ(ReadBooks(BankDb("bank.a")).frozen, 70);
   AwaitQuiet(absl::Seconds(10));
   auto seen = Get((*activity)->id());
-  ASSERT_TRUE(seen.ok());
+  ASSERT_TRUE(seen.ok()) << seen.status();
   EXPECT_EQ(seen->state(), v1::ROLLED_BACK);
   EXPECT_EQ(seen->reason(), "timed out after 500ms");
   EXPECT_EQ(ReadBooks(BankDb("bank.a")).frozen, 0) << "the cancel released the frozen money";
@@ -687,7 +687,7 @@ TEST_F(DtsTest, BadRequestsGetClearErrorsAndChangeNothing) {
   EXPECT_EQ(unknown.status().message(), "no activity ffffffff-000000000001");
 
   auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer"));
-  ASSERT_TRUE(activity.ok());
+  ASSERT_TRUE(activity.ok()) << activity.status();
   ASSERT_TRUE((*activity)->Rollback("testing").ok());
   ASSERT_TRUE((*activity)->Rollback("testing").ok()) << "a repeat is a success";
   absl::Status commit = (*activity)->Commit();
@@ -737,7 +737,7 @@ TEST_F(DtsTest, FinishedActivitiesAreListedNewestFirstAndRemovedAfterTheirRetent
     ids.push_back((*activity)->id());
   }
   auto open = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Seconds(60)));
-  ASSERT_TRUE(open.ok());
+  ASSERT_TRUE(open.ok()) << open.status();
   grpc::ClientContext ctx;
   v1::ListRequest req;
   req.add_states(v1::COMMITTED);
@@ -764,7 +764,7 @@ TEST_F(DtsTest, AMalformedConfigStopsDtsdNamingTheKey) {
   }
   auto p = Subprocess::Start({formica::testing::BinaryPath("dts/dtsd"), "--config", path},
                              dir_.File("bad-dtsd.log"));
-  ASSERT_TRUE(p.ok());
+  ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 2);
   EXPECT_NE((*p)->Output().find(path + ":2: phase_two.retry_max: expected a duration"),
             std::string::npos)
@@ -783,7 +783,7 @@ TEST_F(DtsTest, FormicactlListsShowsRetriesAndSettlesAStuckActivity) {
     return std::make_pair(code, (*p)->Output());
   };
   auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer"));
-  ASSERT_TRUE(activity.ok());
+  ASSERT_TRUE(activity.ok()) << activity.status();
   std::string id = (*activity)->id();
   ASSERT_TRUE((*activity)
                   ->Run([&] {
@@ -842,7 +842,7 @@ TEST_F(DtsTest, FormicactlListsShowsRetriesAndSettlesAStuckActivity) {
       run({"dts", "settle", id, "--reason", "credited by hand, ticket 42", "--yes"});
   EXPECT_EQ(code, 0) << out;
   auto settled = Get(id);
-  ASSERT_TRUE(settled.ok());
+  ASSERT_TRUE(settled.ok()) << settled.status();
   EXPECT_EQ(settled->state(), v1::COMMITTED);
   EXPECT_EQ(settled->actions(0).state(), v1::CONFIRMED);
   EXPECT_EQ(settled->actions(1).state(), v1::SETTLED);
@@ -1012,7 +1012,7 @@ TEST_F(BarrierTest, ConfirmAndCancelAreIdempotent) {
 
 TEST_F(BarrierTest, CancelBeforeTryIsAnEmptyRollbackAndBarsTheLateTry) {
   auto activity = Activity::Begin(rpc_.get(), Named("ledger.Book"));
-  ASSERT_TRUE(activity.ok());
+  ASSERT_TRUE(activity.ok()) << activity.status();
   std::string id = (*activity)->id();
   // The initiator gave up (say its try call timed out) before the try ran.
   ASSERT_TRUE(PhaseTwo(false, id).ok()) << "a cancel with no try succeeds";
@@ -1026,7 +1026,7 @@ TEST_F(BarrierTest, CancelBeforeTryIsAnEmptyRollbackAndBarsTheLateTry) {
   EXPECT_EQ(Tried(id), 0) << "the late try's body never ran";
   // A confirm with no try is an inconsistency for an operator, not a no-op.
   auto other = Activity::Begin(rpc_.get(), Named("ledger.Book"));
-  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(other.ok()) << other.status();
   grpc::Status confirm = PhaseTwo(true, (*other)->id());
   EXPECT_EQ(confirm.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(confirm.error_message().find("nothing to confirm"), std::string::npos);
@@ -1034,7 +1034,7 @@ TEST_F(BarrierTest, CancelBeforeTryIsAnEmptyRollbackAndBarsTheLateTry) {
 
 TEST_F(BarrierTest, AnActionEnlistedTwiceWithAnotherPayloadIsRefused) {
   auto activity = Activity::Begin(rpc_.get(), Named("ledger.Book"));
-  ASSERT_TRUE(activity.ok());
+  ASSERT_TRUE(activity.ok()) << activity.status();
   std::string id = (*activity)->id();
   ASSERT_TRUE(participant_->Try(id, "book", "100", [](sqlite3*) { return absl::OkStatus(); }).ok());
   absl::Status other =
@@ -1047,7 +1047,7 @@ TEST_F(BarrierTest, AnActionEnlistedTwiceWithAnotherPayloadIsRefused) {
 
 TEST_F(BarrierTest, ConfirmAfterCancelIsRefusedNotApplied) {
   auto activity = Activity::Begin(rpc_.get(), Named("ledger.Book"));
-  ASSERT_TRUE(activity.ok());
+  ASSERT_TRUE(activity.ok()) << activity.status();
   std::string id = (*activity)->id();
   ASSERT_TRUE(TryBook(id).ok());
   ASSERT_TRUE(PhaseTwo(false, id).ok());
@@ -1061,7 +1061,7 @@ TEST_F(BarrierTest, ConfirmAfterCancelIsRefusedNotApplied) {
 
 TEST_F(BarrierTest, BodiesCannotEndOrNestTheirTransaction) {
   auto activity = Activity::Begin(rpc_.get(), Named("ledger.Book"));
-  ASSERT_TRUE(activity.ok());
+  ASSERT_TRUE(activity.ok()) << activity.status();
   std::string id = (*activity)->id();
   absl::Status nested = participant_->Try(id, "book", "", [&](sqlite3*) {
     return participant_->Transaction([](sqlite3*) { return absl::OkStatus(); });
@@ -1287,7 +1287,7 @@ TEST_F(ShardedBarrierPostgresTest, ACancelRacingItsTryLeavesNoHangingFreeze) {
   // cancel undid it) or it was refused; nothing stays frozen.
   for (int i = 0; i < 20; ++i) {
     auto activity = Activity::Begin(rpc_.get(), Named("fund.Transfer"));
-    ASSERT_TRUE(activity.ok());
+    ASSERT_TRUE(activity.ok()) << activity.status();
     const std::string id = (*activity)->id();
     std::thread canceller([&] {
       for (int k = 0; k < 50; ++k) {
@@ -1305,7 +1305,7 @@ TEST_F(ShardedBarrierPostgresTest, ACancelRacingItsTryLeavesNoHangingFreeze) {
 
 TEST_F(ShardedBarrierTest, TheBarrierHoldsOnTheUsersShard) {
   auto one = Activity::Begin(rpc_.get(), Named("fund.Transfer"));
-  ASSERT_TRUE(one.ok());
+  ASSERT_TRUE(one.ok()) << one.status();
   std::string id = (*one)->id();
   // A cancel with no try: an empty rollback that bars the late try.
   ASSERT_TRUE(PhaseTwo(false, id, "debit", kAlice, 5).ok());
@@ -1314,7 +1314,7 @@ TEST_F(ShardedBarrierTest, TheBarrierHoldsOnTheUsersShard) {
   EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{1000, 0, 0})) << "the late try did nothing";
   // Confirm and cancel are idempotent; the opposite outcome is refused.
   auto two = Activity::Begin(rpc_.get(), Named("fund.Transfer"));
-  ASSERT_TRUE(two.ok());
+  ASSERT_TRUE(two.ok()) << two.status();
   id = (*two)->id();
   ASSERT_TRUE(Debit(id, 7).ok());
   ASSERT_TRUE(Debit(id, 7).ok()) << "a repeated try is a no-op success";
@@ -1327,7 +1327,7 @@ TEST_F(ShardedBarrierTest, TheBarrierHoldsOnTheUsersShard) {
   EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{993, 0, 0}));
   // A confirm with nothing tried is an inconsistency, not a no-op.
   auto three = Activity::Begin(rpc_.get(), Named("fund.Transfer"));
-  ASSERT_TRUE(three.ok());
+  ASSERT_TRUE(three.ok()) << three.status();
   grpc::Status confirm = PhaseTwo(true, (*three)->id(), "credit", kBob, 1);
   EXPECT_EQ(confirm.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(confirm.error_message().find("nothing to confirm"), std::string::npos);
@@ -1351,7 +1351,7 @@ TEST_F(ShardedBarrierTest, OpenNeedsTheBarrierTableSharded) {
   c.databases = {{"only", dds::DatabaseKind::kSqlite, dir_.File("only.db"), {}, 1, {}}};
   c.sharded_tables = {{"accounts", "user_id"}};
   auto ds = dds::ShardedDataSource::Open(c);
-  ASSERT_TRUE(ds.ok());
+  ASSERT_TRUE(ds.ok()) << ds.status();
   auto p = ShardedParticipant::Open({"x"}, rpc_.get(), ds->get());
   EXPECT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(p.status().message().find("formica_dts_barrier: shard_key"), absl::string_view::npos);
