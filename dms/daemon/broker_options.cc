@@ -5,21 +5,14 @@
 #include "broker.h"
 #include "dms_names.h"
 #include "formica/common/config.h"
-#include "formica/internal/address.h"
+#include "formica/internal/server_options.h"
 
 namespace formica::dms {
 
 absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
   BrokerOptions o;
   ConfigReader r(config);
-  o.listen = r.String("server.listen", o.listen);
-  o.advertise_host = r.String("server.advertise_host", o.advertise_host);
-  o.zone = r.String("server.zone", o.zone);
-  o.unpublish_grace = r.Duration("server.unpublish_grace", o.unpublish_grace, absl::ZeroDuration(),
-                                 absl::Minutes(10));
-  o.drain_timeout =
-      r.Duration("server.drain_timeout", o.drain_timeout, absl::ZeroDuration(), absl::Minutes(10));
-  o.registries = r.StringList("registry.addresses", o.registries);
+  ServerSection server = ReadServerSectionInto(r, &o);
   o.data_dir = r.String("storage.data_dir", o.data_dir);
   std::string flush = r.String("storage.flush", "sync");
   if (flush == "sync") {
@@ -81,12 +74,7 @@ absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
       static_cast<int>(r.Int("transactions.checks_per_second", t.checks_per_second, 1, 100000));
   o.retry_max =
       r.Duration("consume.retry_max", o.retry_max, absl::Milliseconds(1), absl::Hours(24 * 7));
-  for (const std::string& a : o.registries) {
-    if (absl::Status st = ValidateAddress(a); !st.ok()) {
-      r.Fail("registry.addresses", st.message());
-      break;
-    }
-  }
+  CheckServerSection(r, server);
   if (o.retry_max < o.retry_initial) {
     r.Fail("consume.retry_max", "must be at least consume.retry_initial");
   }

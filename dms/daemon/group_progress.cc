@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "formica/internal/rocksdb.h"
 
 namespace formica::dms {
 namespace {
@@ -26,25 +27,15 @@ std::string AckKey(const std::string& q, uint64_t offset) {
 }
 
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::InternalError(
-      absl::StrCat("group progress: ", std::string(what), ": ", s.ToString()));
+  return FromRocksDb(s, "group progress", what);
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GroupProgress>> GroupProgress::Open(const std::string& dir) {
-  rocksdb::Options options;
-  options.create_if_missing = true;
-  options.max_open_files = 64;
-  options.keep_log_file_num = 4;
-  rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(options, dir, &raw);
-  if (!s.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot open the group progress store in '", dir, "': ", s.ToString()));
-  }
-  return std::unique_ptr<GroupProgress>(new GroupProgress(std::unique_ptr<rocksdb::DB>(raw)));
+  absl::StatusOr<std::unique_ptr<rocksdb::DB>> db = OpenRocksDb(dir, "the group progress store");
+  if (!db.ok()) return db.status();
+  return std::unique_ptr<GroupProgress>(new GroupProgress(*std::move(db)));
 }
 
 GroupProgress::GroupProgress(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}

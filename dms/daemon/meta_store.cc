@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "formica/internal/rocksdb.h"
 
 namespace formica::dms {
 namespace {
@@ -31,8 +32,7 @@ std::string LetterKey(absl::string_view owner, const v1::DeadLetter& letter) {
 }
 
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat("dmsd meta store: ", what, ": ", s.ToString()));
+  return FromRocksDb(s, "dmsd meta store", what);
 }
 
 std::string Encoded(const v1::DeadLetter& letter) {
@@ -61,17 +61,9 @@ rocksdb::WriteOptions Synced() {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetaStore>> MetaStore::Open(const std::string& directory) {
-  rocksdb::Options ro;
-  ro.create_if_missing = true;
-  ro.max_open_files = 64;
-  ro.keep_log_file_num = 4;
-  rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(ro, directory, &raw);
-  if (!s.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot open the meta store in '", directory, "': ", s.ToString()));
-  }
-  return std::unique_ptr<MetaStore>(new MetaStore(std::unique_ptr<rocksdb::DB>(raw)));
+  absl::StatusOr<std::unique_ptr<rocksdb::DB>> db = OpenRocksDb(directory, "the meta store");
+  if (!db.ok()) return db.status();
+  return std::unique_ptr<MetaStore>(new MetaStore(*std::move(db)));
 }
 
 MetaStore::MetaStore(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}

@@ -276,15 +276,7 @@ void Coordinator::Shutdown() { impl_->Shutdown(); }
 absl::StatusOr<CoordinatorOptions> LoadCoordinatorOptions(const Config& config) {
   CoordinatorOptions o;
   ConfigReader r(config);
-  ServerSection server{o.listen,          o.advertise_host, o.zone,
-                       o.unpublish_grace, o.drain_timeout,  o.registries};
-  ReadServerSection(r, &server);
-  o.listen = server.listen;
-  o.advertise_host = server.advertise_host;
-  o.zone = server.zone;
-  o.unpublish_grace = server.unpublish_grace;
-  o.drain_timeout = server.drain_timeout;
-  o.registries = server.registries;
+  ServerSection server = ReadServerSectionInto(r, &o);
   o.data_dir = r.String("storage.data_dir", o.data_dir);
   o.default_timeout = r.Duration("activity.default_timeout", o.default_timeout,
                                  absl::Milliseconds(10), absl::Hours(24 * 7));

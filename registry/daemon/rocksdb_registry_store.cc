@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "formica/internal/rocksdb.h"
 #include "registry_store.h"
 
 namespace formica::registry {
@@ -56,10 +57,7 @@ StoredConfig DecodeEntry(absl::string_view key, absl::string_view raw) {
 }
 
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
-  if (s.ok()) {
-    return absl::OkStatus();
-  }
-  return absl::InternalError(absl::StrCat("registry store: ", what, ": ", s.ToString()));
+  return FromRocksDb(s, "registry store", what);
 }
 
 class RocksDbRegistryStore : public RegistryStore {
@@ -201,17 +199,9 @@ class RocksDbRegistryStore : public RegistryStore {
 
 absl::StatusOr<std::unique_ptr<RegistryStore>> OpenRocksDbRegistryStore(
     const std::string& directory) {
-  rocksdb::Options options;
-  options.create_if_missing = true;
-  options.max_open_files = 64;
-  options.keep_log_file_num = 4;
-  rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(options, directory, &raw);
-  if (!s.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot open the registry store in '", directory, "': ", s.ToString()));
-  }
-  auto store = std::make_unique<RocksDbRegistryStore>(std::unique_ptr<rocksdb::DB>(raw));
+  absl::StatusOr<std::unique_ptr<rocksdb::DB>> db = OpenRocksDb(directory, "the registry store");
+  if (!db.ok()) return db.status();
+  auto store = std::make_unique<RocksDbRegistryStore>(*std::move(db));
   absl::Status st = store->LoadRevision();
   if (!st.ok()) {
     return st;

@@ -34,6 +34,24 @@ struct ServerSection {
 // in `reader` (its Finish() reports it).
 void ReadServerSection(ConfigReader& reader, ServerSection* section);
 
+// The same for a daemon's own options struct that has the section's fields
+// under the same names (dts::CoordinatorOptions, dms::BrokerOptions): its
+// values are the defaults, and the section read is returned for
+// CheckServerSection.
+template <typename Options>
+ServerSection ReadServerSectionInto(ConfigReader& reader, Options* options) {
+  ServerSection s{options->listen,          options->advertise_host, options->zone,
+                  options->unpublish_grace, options->drain_timeout,  options->registries};
+  ReadServerSection(reader, &s);
+  options->listen = s.listen;
+  options->advertise_host = s.advertise_host;
+  options->zone = s.zone;
+  options->unpublish_grace = s.unpublish_grace;
+  options->drain_timeout = s.drain_timeout;
+  options->registries = s.registries;
+  return s;
+}
+
 // Records in `reader` the first registry address that breaks the address
 // rule (formica/internal/address.h), under "registry.addresses".
 void CheckServerSection(ConfigReader& reader, const ServerSection& section);
