@@ -3,9 +3,9 @@
 #include "absl/strings/str_cat.h"
 #include "balancer.h"
 #include "formica/common/config.h"
+#include "formica/internal/address.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
-#include "formica/internal/address.h"
 
 namespace formica::rpc {
 

@@ -12,9 +12,9 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "formica/internal/daemon.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/participant.h"
+#include "formica/internal/daemon.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
