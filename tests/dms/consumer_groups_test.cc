@@ -12,45 +12,23 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "dead_letters.h"
-#include "dedup_index.h"
-#include "formica/common/clock.h"
-#include "group_progress.h"
-#include "meta_store.h"
-#include "process.h"
-#include "topic_catalog.h"
+#include "engine_fixture.h"
 
 namespace formica::dms {
 namespace {
 
-using formica::testing::TempDir;
-
 constexpr absl::Duration kAckTimeout = absl::Seconds(5);
 constexpr int kMaxAttempts = 3;
 
-class DmsConsumerGroups : public ::testing::Test {
+class DmsConsumerGroups : public DmsEngineTest {
  protected:
   void SetUp() override {
-    auto progress = GroupProgress::Open(dir_.File("progress"));
-    ASSERT_TRUE(progress.ok()) << progress.status();
-    progress_ = *std::move(progress);
-    auto meta = MetaStore::Open(dir_.File("meta"));
-    ASSERT_TRUE(meta.ok()) << meta.status();
-    meta_ = *std::move(meta);
-    dedup_ = std::make_unique<DedupIndex>(meta_.get(), &clock_, absl::Minutes(10));
-    CatalogOptions co;
-    co.data_dir = dir_.path();
-    co.sync = false;
-    topics_ = std::make_unique<TopicCatalog>(co, progress_.get(), dedup_.get(), &clock_);
-    auto topic = topics_->Open("orders", 1);
-    ASSERT_TRUE(topic.ok()) << topic.status();
-    topic_ = *topic;
-    letters_ = std::make_unique<DeadLetters>(meta_.get(), &clock_);
     GroupOptions go;
     go.ack_timeout = absl::Seconds(30);  // the subscription's own is used
     go.max_attempts = 16;
-    groups_ = std::make_unique<ConsumerGroups>(go, topics_.get(), progress_.get(), letters_.get(),
-                                               &clock_);
+    OpenEngines(CatalogOptions(), absl::Minutes(10), go);
+    if (HasFatalFailure()) return;
+    topic_ = orders_;
   }
 
   void TearDown() override {
@@ -104,15 +82,7 @@ class DmsConsumerGroups : public ::testing::Test {
     return out;
   }
 
-  TempDir dir_;
-  FakeClock clock_;
-  std::unique_ptr<GroupProgress> progress_;
-  std::unique_ptr<MetaStore> meta_;
-  std::unique_ptr<DedupIndex> dedup_;
-  std::unique_ptr<TopicCatalog> topics_;
   TopicState* topic_ = nullptr;
-  std::unique_ptr<DeadLetters> letters_;
-  std::unique_ptr<ConsumerGroups> groups_;
   std::shared_ptr<Member> member_;
   std::shared_ptr<GroupState> group_;
 };

@@ -8,46 +8,26 @@
 #include <memory>
 #include <string>
 
-#include "consumer_groups.h"
-#include "dead_letters.h"
-#include "dedup_index.h"
 #include "disk_watermark.h"
-#include "formica/common/clock.h"
-#include "group_progress.h"
-#include "meta_store.h"
-#include "process.h"
-#include "topic_catalog.h"
+#include "engine_fixture.h"
 
 namespace formica::dms {
 namespace {
-
-using formica::testing::TempDir;
 
 constexpr absl::Duration kRetention = absl::Hours(72);
 constexpr absl::Duration kInterval = absl::Seconds(10);
 constexpr absl::Duration kWindow = absl::Seconds(5);  // shorter than the interval
 
-class DmsHousekeeping : public ::testing::Test {
+class DmsHousekeeping : public DmsEngineTest {
  protected:
   void SetUp() override {
-    auto progress = GroupProgress::Open(dir_.File("progress"));
-    ASSERT_TRUE(progress.ok()) << progress.status();
-    progress_ = *std::move(progress);
-    auto meta = MetaStore::Open(dir_.File("meta"));
-    ASSERT_TRUE(meta.ok()) << meta.status();
-    meta_ = *std::move(meta);
-    dedup_ = std::make_unique<DedupIndex>(meta_.get(), &clock_, kWindow);
+    // Segments carry the wall clock's write times; the fake one starts there.
+    clock_.Set(absl::Now());
     CatalogOptions co;
-    co.data_dir = dir_.path();
-    co.sync = false;
     co.segment_bytes = 4096;
-    topics_ = std::make_unique<TopicCatalog>(co, progress_.get(), dedup_.get(), &clock_);
-    auto topic = topics_->Open("orders", 1);
-    ASSERT_TRUE(topic.ok()) << topic.status();
-    topic_ = (*topic)->topic.get();
-    letters_ = std::make_unique<DeadLetters>(meta_.get(), &clock_);
-    groups_ = std::make_unique<ConsumerGroups>(GroupOptions(), topics_.get(), progress_.get(),
-                                               letters_.get(), &clock_);
+    OpenEngines(co, kWindow, GroupOptions());
+    if (HasFatalFailure()) return;
+    topic_ = orders_->topic.get();
     HousekeepingOptions ho;
     ho.retention_age = kRetention;
     ho.interval = kInterval;
@@ -78,17 +58,8 @@ class DmsHousekeeping : public ::testing::Test {
     return found.ok() && found->has_value();
   }
 
-  TempDir dir_;
-  // Segments carry the wall clock's write times; the fake one starts there.
-  FakeClock clock_{absl::Now()};
   DiskWatermark disk_{dir_.path(), 1.0};
-  std::unique_ptr<GroupProgress> progress_;
-  std::unique_ptr<MetaStore> meta_;
-  std::unique_ptr<DedupIndex> dedup_;
-  std::unique_ptr<TopicCatalog> topics_;
   Topic* topic_ = nullptr;
-  std::unique_ptr<DeadLetters> letters_;
-  std::unique_ptr<ConsumerGroups> groups_;
   std::unique_ptr<Housekeeping> housekeeping_;
   int produced_ = 0;
 };
