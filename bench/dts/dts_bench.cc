@@ -31,6 +31,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "bench_report.h"
@@ -396,15 +397,26 @@ int Run(int argc, char** argv) {
 
   Drive(*client, 8, absl::Milliseconds(500), kAccounts);  // warm channels and caches
   drain();
-  const int dtsd_pid = (*dtsd)->pid();
+  // Every process of the run, for CPU seconds per 1000 activities.
+  const std::vector<std::pair<std::string, int>> processes = {
+      {"dtsd", (*dtsd)->pid()},
+      {"bank_a", banks[0]->pid()},
+      {"bank_b", banks[1]->pid()},
+      {"initiator", static_cast<int>(getpid())},
+      {"dsrd", (*dsrd)->process()->pid()}};
+  auto cpu_now = [&] {
+    std::vector<double> v;
+    for (const auto& [name, pid] : processes) v.push_back(ProcessCpuSeconds(pid));
+    return v;
+  };
   for (int concurrency : {1, 64}) {
     dts::v1::Stats before = stats();
-    double cpu_before = ProcessCpuSeconds(dtsd_pid);
+    std::vector<double> cpu_before = cpu_now();
     absl::Time t0 = absl::Now();
     Result r = Drive(*client, concurrency, duration, kAccounts);
     double run_s = absl::ToDoubleSeconds(absl::Now() - t0);
     double drain_ms = drain();
-    double cpu_after = ProcessCpuSeconds(dtsd_pid);
+    std::vector<double> cpu_after = cpu_now();
     dts::v1::Stats after = stats();
     double synced = after.synced_writes() - before.synced_writes();
     double syncs = after.wal_syncs() - before.wal_syncs();
@@ -428,8 +440,23 @@ int Run(int argc, char** argv) {
     report.Set("writes_per_wal_sync_" + c, syncs > 0 ? synced / syncs : 0);
     report.Set("phase_two_drain_ms_" + c, drain_ms);
     report.Set("fsyncs_per_activity_" + c, committed > 0 ? syncs / committed : 0);
-    if (cpu_before >= 0 && cpu_after >= 0 && committed > 0) {
-      report.Set("cpu_s_per_1000_" + c, (cpu_after - cpu_before) / committed * 1000);
+    if (committed > 0) {
+      double total = 0;
+      std::string line;
+      for (size_t i = 0; i < processes.size(); ++i) {
+        if (cpu_before[i] < 0 || cpu_after[i] < 0) {
+          report.AddMissing("cpu_of_" + processes[i].first, 1);
+          continue;
+        }
+        double per_1000 = (cpu_after[i] - cpu_before[i]) / committed * 1000;
+        total += per_1000;
+        report.Set("cpu_s_per_1000_" + c + "_" + processes[i].first, per_1000);
+        absl::StrAppend(&line, " ", processes[i].first, " ",
+                        absl::StrFormat("%.0f", per_1000 * 1000));
+      }
+      report.Set("cpu_s_per_1000_" + c, total);
+      std::printf("c%-3d CPU microseconds per activity: %.0f in all;%s\n", concurrency,
+                  total * 1000, line.c_str());
     }
   }
   report.Set("fdatasync_per_s", std::round(fsync_rate));
@@ -450,7 +477,9 @@ int Run(int argc, char** argv) {
                                        "SQLite WAL synchronous=FULL");
   report.SetSetup("peer", "none: the machine's fdatasync rate and raw gRPC round trips instead");
   report.SetSetup("fsyncs_per_activity", "dtsd's WAL syncs per committed activity");
-  report.SetSetup("cpu_s_per_1000", "dtsd's CPU seconds (user + system) per 1000 activities");
+  report.SetSetup("cpu_s_per_1000",
+                  "CPU seconds (user + system, from /proc) per 1000 activities of every process: "
+                  "the sum, and each as cpu_s_per_1000_cN_<process>");
   report.SetSetup("processes", "dsrd, dtsd, 2 participants and the initiator on one machine");
   client.reset();
   registry.reset();

@@ -60,6 +60,9 @@ struct ActivityLimits {
   int max_actions = 1000;  // per activity
   // After the end of an activity could not be written: when to try again.
   absl::Duration retry_initial = absl::Milliseconds(200);
+  // How long finished activities are kept: a check-back for an activity
+  // whose deadline passed longer ago than this cannot be answered.
+  absl::Duration finished_retention = absl::Hours(72);
 };
 
 struct ActivityStats {
@@ -87,6 +90,13 @@ class ActivityEngine final : public PhaseTwoWork {
   // is set, run it first: it starts phase two of the decision now on disk.
   absl::Status Decide(const v1::ActivityRef& req, bool commit, v1::DecisionResponse* resp,
                       std::function<void()>* after_sync);
+  // A participant's check-back: the activity's state in `*state` (ACTIVE:
+  // not decided yet, ask again later). An activity whose id carries its
+  // deadline and that dtsd never saw decided is rolled back once the
+  // deadline has passed (written; answer once a sync covers it, after
+  // running `*after_sync` when set).
+  absl::Status Resolve(const v1::ActivityRef& req, v1::ActivityState* state,
+                       std::function<void()>* after_sync);
   absl::Status Retry(const v1::ActivityRef& req, v1::DecisionResponse* resp);
   absl::Status Settle(const v1::ActivityRef& req, v1::DecisionResponse* resp);
   absl::Status List(const v1::ListRequest& req, v1::ListResponse* resp);
@@ -108,6 +118,16 @@ class ActivityEngine final : public PhaseTwoWork {
   using Entry = ActivityEntry;
 
   std::shared_ptr<Entry> FindLive(const std::string& id);
+  // The live entry of `id`; for an id that carries its deadline and that
+  // dtsd never saw, a new ACTIVE one (its initiator began it without a
+  // round trip). nullptr when it is not live otherwise (finished, or
+  // unknown with an id made by Begin).
+  absl::StatusOr<std::shared_ptr<Entry>> FindOrTakeUp(const std::string& id,
+                                                      const v1::ActivityRef* from);
+  // Adds the actions a commit or rollback reports that are not enlisted yet
+  // (written, not synced).
+  absl::Status AddJoinedLocked(Entry& e, const v1::ActivityRef& req)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
   absl::Status Missing(const std::string& id);
   std::function<void()> StarterFor(const std::shared_ptr<Entry>& e);
   absl::Status DecideLocked(Entry& e, bool commit, const std::string& reason, bool durable)

@@ -111,8 +111,20 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
           durable = true;
           break;
         }
+        case v1::CoordinatorOp::kResolve: {
+          std::function<void()> start;
+          v1::ActivityState state = v1::ACTIVITY_STATE_UNSPECIFIED;
+          st = engine_->Resolve(op.resolve(), &state, &start);
+          result->set_state(state);
+          if (start) {
+            starters.push_back(std::move(start));
+            durable = true;
+          }
+          break;
+        }
         default:
-          st = absl::InvalidArgumentError("a batch op must be begin, enlist, commit or rollback");
+          st = absl::InvalidArgumentError(
+              "a batch op must be begin, enlist, commit, rollback or resolve");
       }
       result->set_code(static_cast<int>(st.code()));
       result->set_message(std::string(st.message()));
@@ -237,7 +249,8 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
       clock, PhaseTwoOptions{o.retry_initial, o.retry_max, o.max_in_flight, 0}, impl->sender.get());
   impl->engine = std::make_unique<ActivityEngine>(
       impl->store.get(), clock, impl->scheduler.get(),
-      ActivityLimits{o.default_timeout, o.max_timeout, o.max_actions, o.retry_initial},
+      ActivityLimits{o.default_timeout, o.max_timeout, o.max_actions, o.retry_initial,
+                     o.finished_retention},
       impl->epoch);
   impl->scheduler->Attach(impl->engine.get());
   impl->commit = std::make_unique<GroupCommit>(impl->store.get());

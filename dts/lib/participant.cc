@@ -5,10 +5,13 @@
 #include <sqlite3.h>
 
 #include <map>
+#include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "activity_id.h"
 #include "barrier.h"
 #include "coordinator_calls.h"
 #include "formica/common/grpc_status.h"
@@ -32,6 +35,19 @@ constexpr char kSchema[] =
     " phase TEXT NOT NULL,"  // try, confirm or cancel
     " at_ms INTEGER NOT NULL,"
     " PRIMARY KEY (activity_id, action, phase)) WITHOUT ROWID";
+
+// Tries of activities whose initiator made their id (they carry their
+// deadline) and that are not confirmed or cancelled yet: the payload phase
+// two hands to the step, and when to ask dtsd for the outcome.
+constexpr char kPendingSchema[] =
+    "CREATE TABLE IF NOT EXISTS formica_dts_pending ("
+    " activity_id TEXT NOT NULL,"
+    " action TEXT NOT NULL,"
+    " payload BLOB NOT NULL,"
+    " deadline_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (activity_id, action)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS formica_dts_pending_by_deadline"
+    " ON formica_dts_pending (deadline_ms)";
 
 // One prepared statement, reset after each use.
 class Statement {
@@ -66,13 +82,73 @@ class Participant::Impl final : public v1::Participant::Service {
   sqlite3* db ABSL_GUARDED_BY(db_mu) = nullptr;
   Statement insert ABSL_GUARDED_BY(db_mu);
   Statement exists ABSL_GUARDED_BY(db_mu);
+  Statement add_pending ABSL_GUARDED_BY(db_mu);
+  Statement read_pending ABSL_GUARDED_BY(db_mu);
+  Statement drop_pending ABSL_GUARDED_BY(db_mu);
   DeclaredSteps<Step> steps;
 
+  // The check-back thread: asks dtsd about tries past their deadline.
+  absl::Mutex stop_mu;
+  bool stopping ABSL_GUARDED_BY(stop_mu) = false;
+  std::thread check_back;
+  absl::flat_hash_set<std::string> reported_lost;  // check-back thread only
+
   ~Impl() override {
+    {
+      absl::MutexLock lock(&stop_mu);
+      stopping = true;
+    }
+    if (check_back.joinable()) check_back.join();
     absl::MutexLock lock(&db_mu);
     insert.Finalize();
     exists.Finalize();
+    add_pending.Finalize();
+    read_pending.Finalize();
+    drop_pending.Finalize();
     if (db != nullptr) sqlite3_close(db);
+  }
+
+  static void BindText(sqlite3_stmt* s, int i, absl::string_view v) {
+    sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+  }
+
+  // Records a first try of an activity whose id carries its deadline.
+  absl::Status AddPending(absl::string_view id, absl::string_view action, absl::string_view payload,
+                          absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu) {
+    sqlite3_stmt* s = add_pending.get();
+    sqlite3_reset(s);
+    BindText(s, 1, id);
+    BindText(s, 2, action);
+    sqlite3_bind_blob(s, 3, payload.data(), static_cast<int>(payload.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 4, absl::ToUnixMillis(deadline));
+    if (sqlite3_step(s) != SQLITE_DONE) return SqlError("recording the try");
+    return absl::OkStatus();
+  }
+
+  // The payload a pending try was given; nullopt when none is pending.
+  absl::StatusOr<std::optional<std::string>> PendingPayload(absl::string_view id,
+                                                            absl::string_view action)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu) {
+    sqlite3_stmt* s = read_pending.get();
+    sqlite3_reset(s);
+    BindText(s, 1, id);
+    BindText(s, 2, action);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) return std::nullopt;
+    if (rc != SQLITE_ROW) return SqlError("reading the try");
+    const void* blob = sqlite3_column_blob(s, 0);
+    int n = sqlite3_column_bytes(s, 0);
+    return std::string(static_cast<const char*>(blob), static_cast<size_t>(n));
+  }
+
+  absl::Status DropPending(absl::string_view id, absl::string_view action)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu) {
+    sqlite3_stmt* s = drop_pending.get();
+    sqlite3_reset(s);
+    BindText(s, 1, id);
+    BindText(s, 2, action);
+    if (sqlite3_step(s) != SQLITE_DONE) return SqlError("clearing the try");
+    return absl::OkStatus();
   }
 
   absl::Status SqlError(absl::string_view what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu) {
@@ -292,6 +368,35 @@ class Participant::Impl final : public v1::Participant::Service {
                    const Body& body) {
     BarrierAction what{options.name, id, action};
     if (absl::Status st = CheckTry(what, steps.Declared(action)); !st.ok()) return st;
+    if (std::optional<absl::Time> deadline = DeadlineOfId(id); deadline.has_value()) {
+      // The initiator made the id: the try is recorded here, in its own
+      // local transaction (durable before the answer), and reported back
+      // to the initiator, who hands it to dtsd with the decision. If the
+      // report is lost, the check-back finds the try past its deadline.
+      absl::Status st =
+          InTransaction([&](bool* keep) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+            absl::StatusOr<std::optional<std::string>> before = PendingPayload(id, action);
+            if (!before.ok()) return before.status();
+            if (before->has_value() && **before != payload) {
+              *keep = false;
+              return absl::FailedPreconditionError(absl::StrCat(
+                  "action ", action, " of ", options.name, " is already enlisted in activity ",
+                  std::string(id),
+                  " with another payload; give each action of an activity its own name"));
+            }
+            Rows rows(this, id, action);
+            return TryUnderBarrier(rows, what, keep, [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+              if (absl::Status p = AddPending(id, action, payload, *deadline); !p.ok()) return p;
+              return body(db);
+            });
+          });
+      if (st.ok()) {
+        rpc::ReportJoined(absl::StrCat("dts ", EscapeJoinedField(id), " ",
+                                       EscapeJoinedField(options.name), " ",
+                                       EscapeJoinedField(action)));
+      }
+      return st;
+    }
     // Enlisted first, durably: whatever the local transaction then does,
     // dtsd will come back with confirm or cancel.
     if (absl::Status st = Enlist(id, action, payload); !st.ok()) {
@@ -310,14 +415,90 @@ class Participant::Impl final : public v1::Participant::Service {
     if (absl::Status st = CheckPhaseTwo(call.activity_id, call.action); !st.ok()) return st;
     absl::StatusOr<Step> step = steps.For(call.action, confirm, options.name);
     if (!step.ok()) return step.status();
-    return Work([this, confirm, call = std::move(call), step = *std::move(step)](
+    bool pending = DeadlineOfId(call.activity_id).has_value();
+    return Work([this, confirm, pending, call = std::move(call), step = *std::move(step)](
                     bool* keep) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
       Rows rows(this, call.activity_id, call.action);
-      return PhaseTwoUnderBarrier(rows, BarrierAction{options.name, call.activity_id, call.action},
-                                  confirm, keep, [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                                    return step ? step(db, call) : absl::OkStatus();
-                                  });
+      absl::Status st =
+          PhaseTwoUnderBarrier(rows, BarrierAction{options.name, call.activity_id, call.action},
+                               confirm, keep, [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+                                 if (!step) return absl::OkStatus();
+                                 if (!pending || !call.payload.empty()) return step(db, call);
+                                 // dtsd sends no payload for a try reported back: it is here.
+                                 absl::StatusOr<std::optional<std::string>> kept =
+                                     PendingPayload(call.activity_id, call.action);
+                                 if (!kept.ok()) return kept.status();
+                                 if (!kept->has_value()) return step(db, call);
+                                 ActionCall with = call;
+                                 with.payload = **std::move(kept);
+                                 return step(db, with);
+                               });
+      if (st.ok() && *keep && pending) return DropPending(call.activity_id, call.action);
+      return st;
     });
+  }
+
+  // Asks dtsd the outcome of tries past their activity's deadline that no
+  // confirm or cancel reached, and runs it here.
+  void CheckBackOnce() {
+    std::vector<std::pair<std::string, std::string>> due;  // (activity, action)
+    {
+      absl::MutexLock lock(&db_mu);
+      sqlite3_stmt* s = nullptr;
+      if (sqlite3_prepare_v2(db,
+                             "SELECT activity_id, action FROM formica_dts_pending WHERE "
+                             "deadline_ms <= ?1 ORDER BY deadline_ms LIMIT 500",
+                             -1, &s, nullptr) != SQLITE_OK) {
+        SPDLOG_WARN("{}: check-back: {}", options.name, sqlite3_errmsg(db));
+        return;
+      }
+      sqlite3_bind_int64(s, 1, absl::ToUnixMillis(absl::Now()));
+      while (sqlite3_step(s) == SQLITE_ROW) {
+        due.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)),
+                         reinterpret_cast<const char*>(sqlite3_column_text(s, 1)));
+      }
+      sqlite3_finalize(s);
+    }
+    std::map<std::string, v1::ActivityState> outcome;
+    for (const auto& [id, action] : due) {
+      if (outcome.count(id) > 0) continue;
+      v1::CoordinatorOp op;
+      op.mutable_resolve()->set_activity_id(id);
+      absl::StatusOr<v1::OpResult> r = calls->Run(op, options.enlist_timeout);
+      if (!r.ok()) {
+        if (absl::IsNotFound(r.status()) && reported_lost.insert(id).second) {
+          SPDLOG_ERROR("{}: the outcome of activity {} is unknown to dtsd: {}", options.name, id,
+                       r.status().ToString());
+        }
+        outcome[id] = v1::ACTIVE;  // asked again next time
+        continue;
+      }
+      outcome[id] = r->state();
+    }
+    std::vector<Work> works;
+    for (const auto& [id, action] : due) {
+      v1::ActivityState state = outcome[id];
+      bool confirm = state == v1::COMMITTING || state == v1::COMMITTED;
+      if (!confirm && state != v1::ROLLING_BACK && state != v1::ROLLED_BACK) continue;
+      absl::StatusOr<Work> w = PhaseTwoWork(confirm, ActionCall{id, action, ""});
+      if (w.ok()) works.push_back(*std::move(w));
+    }
+    std::vector<const Work*> runnable;
+    for (const Work& w : works) runnable.push_back(&w);
+    std::vector<absl::Status> ran = InTransactions(runnable);
+    for (size_t i = 0; i < ran.size(); ++i) {
+      if (!ran[i].ok()) SPDLOG_WARN("{}: check-back: {}", options.name, ran[i].ToString());
+    }
+  }
+
+  void CheckBackLoop() {
+    absl::MutexLock lock(&stop_mu);
+    auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(stop_mu) { return stopping; };
+    while (!stop_mu.AwaitWithTimeout(absl::Condition(&stop), options.check_back_interval)) {
+      stop_mu.Unlock();
+      CheckBackOnce();
+      stop_mu.Lock();
+    }
   }
 
   absl::Status PhaseTwo(bool confirm, const v1::PhaseTwoRequest& req) {
@@ -383,7 +564,8 @@ absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOption
   sqlite3_busy_timeout(impl->db, 5000);
   for (const char* sql :
        {"PRAGMA journal_mode=WAL",
-        impl->options.durable ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", kSchema}) {
+        impl->options.durable ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", kSchema,
+        kPendingSchema}) {
     if (absl::Status st = impl->Exec(sql); !st.ok()) return st;
   }
   sqlite3_set_authorizer(impl->db, &Impl::Authorize, nullptr);
@@ -398,6 +580,17 @@ absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOption
       !st.ok()) {
     return st;
   }
+  for (auto [stmt, sql] :
+       {std::pair{&impl->add_pending,
+                  "INSERT OR IGNORE INTO formica_dts_pending VALUES (?1, ?2, ?3, ?4)"},
+        {&impl->read_pending,
+         "SELECT payload FROM formica_dts_pending WHERE activity_id=?1 AND action=?2"},
+        {&impl->drop_pending,
+         "DELETE FROM formica_dts_pending WHERE activity_id=?1 AND action=?2"}}) {
+    if (absl::Status st = stmt->Prepare(impl->db, sql); !st.ok()) return st;
+  }
+  Impl* raw = impl.get();
+  impl->check_back = std::thread([raw] { raw->CheckBackLoop(); });
   return std::unique_ptr<Participant>(new Participant(std::move(impl)));
 }
 

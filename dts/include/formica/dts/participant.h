@@ -53,6 +53,10 @@ struct ParticipantOptions {
   // transactions on power loss (never corrupts).
   bool durable = true;
   absl::Duration enlist_timeout = absl::Seconds(3);
+  // How often tries of activities past their deadline and still undecided
+  // here are looked for; for each, dtsd is asked the outcome and the
+  // confirm or cancel is run here (see docs/dts.md, "Check-back").
+  absl::Duration check_back_interval = absl::Seconds(1);
 };
 
 // What confirm and cancel steps are handed.
@@ -84,8 +88,10 @@ class Participant {
 
   // The try step of `action` in the activity of the call being served (the
   // txn id in rpc::CurrentCallContext()), or in `activity_id` given
-  // explicitly. Enlists, then in one local transaction writes the barrier
-  // and runs `body`. A repeated try is a no-op success; a try after the
+  // explicitly. In one local transaction writes the barrier and runs
+  // `body`; the action joins the activity through the reply (for an
+  // activity its initiator began without a round trip) or is enlisted
+  // with dtsd first (begun at the coordinator). A repeated try is a no-op success; a try after the
   // action's cancel is ABORTED; an undeclared action is INVALID_ARGUMENT.
   absl::Status Try(absl::string_view action, absl::string_view payload, const Body& body);
   absl::Status Try(absl::string_view activity_id, absl::string_view action,
