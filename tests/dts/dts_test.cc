@@ -15,6 +15,8 @@
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "formica/common/grpc_status.h"
 #include "formica/common/logging.h"
 #include "formica/dts/activity.h"
@@ -172,13 +174,15 @@ class DtsTest : public RegistryTest {
     return std::move(*p);
   }
 
-  // One account call (a try step) on `bank`, inside the current activity.
-  absl::Status Move(const std::string& bank, bool debit, int account, int64_t amount) {
+  // One account call (a try step) on `bank`, inside the current activity
+  // (or the one `options` name).
+  absl::Status Move(const std::string& bank, bool debit, int account, int64_t amount,
+                    const rpc::CallOptions& options = {}) {
     test::Move m;
     m.set_account(std::to_string(account));
     m.set_amount(amount);
     test::Moved out;
-    return rpc_->Call(bank + "", {},
+    return rpc_->Call(bank + "", options,
                       [&](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext* ctx) {
                         auto stub = test::Account::NewStub(ch);
                         return debit ? stub->Debit(ctx, m, &out) : stub->Credit(ctx, m, &out);
@@ -702,6 +706,96 @@ TEST_F(DtsTest, AnUndecidedActivityTimesOutAndRollsBack) {
   absl::Status again = (*activity)->Run([&] { return Move("bank.a", true, 3, 70); });
   EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition) << again;
   ExpectBooksBalance();
+}
+
+TEST_F(DtsTest, AnUndecidedActivityBegunHereIsRolledBackThroughTheParticipantsCheckBack) {
+  auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Milliseconds(500)));
+  ASSERT_TRUE(activity.ok()) << activity.status();
+  const std::string id = (*activity)->id();
+  ASSERT_TRUE((*activity)->Run([&] { return Move("bank.a", true, 3, 70); }).ok());
+  Books a = ReadBooks(BankDb("bank.a"));
+  EXPECT_EQ(a.frozen, 70);
+  EXPECT_EQ(a.pending, 1) << "the try waits for its outcome in the bank";
+  EXPECT_EQ(Get(id).status().code(), absl::StatusCode::kNotFound) << "dtsd has not heard of it";
+  AwaitQuiet(absl::Seconds(10));
+  auto seen = Get(id);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(seen->state(), v1::ROLLED_BACK);
+  EXPECT_EQ(seen->reason(), "not decided by its deadline");
+  EXPECT_EQ(ReadBooks(BankDb("bank.a")).frozen, 0) << "the bank's own cancel released it";
+  absl::Status late = (*activity)->Commit();
+  EXPECT_EQ(late.code(), absl::StatusCode::kFailedPrecondition) << late;
+  EXPECT_NE(late.message().find("is ROLLED_BACK (not decided by its deadline); cannot commit"),
+            absl::string_view::npos)
+      << late;
+  ExpectBooksBalance();
+}
+
+TEST_F(DtsTest, ATryWhoseReportNeverReachedTheInitiatorIsConfirmedThroughItsCheckBack) {
+  auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Seconds(1)));
+  ASSERT_TRUE(activity.ok()) << activity.status();
+  const std::string id = (*activity)->id();
+  ASSERT_TRUE((*activity)->Run([&] { return Move("bank.a", true, 4, 30); }).ok());
+  // Made outside Run with the id given by hand: its report reaches no one.
+  rpc::CallOptions by_hand;
+  by_hand.context.txn_id = id;
+  ASSERT_TRUE(Move("bank.b", false, 5, 30, by_hand).ok());
+  ASSERT_TRUE((*activity)->Commit().ok());
+  auto seen = Get(id);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  ASSERT_EQ(seen->actions_size(), 1) << seen->DebugString();
+  EXPECT_EQ(seen->actions(0).participant(), "bank.a.dts");
+  EXPECT_TRUE(seen->actions(0).payload_at_participant());
+  AwaitQuiet(absl::Seconds(15));
+  Books b = ReadBooks(BankDb("bank.b"));
+  EXPECT_EQ(b.barrier[id].count("confirm"), 1u) << "bank.b asked dtsd and confirmed";
+  EXPECT_EQ(b.balance, kAccounts * kInitial + 30);
+  ExpectBooksBalance();
+}
+
+TEST_F(DtsTest, KillingTheInitiatorMidActivityLeavesEveryActionConfirmedOrCancelled) {
+  std::set<std::string> committed;
+  std::mt19937 rng(11);
+  for (int round = 0; round < 3; ++round) {
+    auto client = Subprocess::Start(
+        {formica::testing::BinaryPath("tests/dts/transfer_client"), "--registry", dsrd_->address(),
+         "--threads", "16", "--accounts", std::to_string(kAccounts), "--timeout-ms", "2000"},
+        dir_.File(absl::StrCat("transfer_client.", round, ".log")));
+    ASSERT_TRUE(client.ok()) << client.status();
+    auto commits = [&] {
+      std::string out = (*client)->Output();
+      size_t n = 0;
+      for (size_t at = out.find("committed "); at != std::string::npos;
+           at = out.find("committed ", at + 1)) {
+        ++n;
+      }
+      return n;
+    };
+    absl::Time until = absl::Now() + absl::Seconds(30);
+    while (commits() < 50 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+    ASSERT_GE(commits(), 50u) << (*client)->Output();
+    absl::SleepFor(absl::Milliseconds(rng() % 200));  // land the kill anywhere in the load
+    (*client)->Kill();                                // SIGKILL: tries out, nothing decided
+    for (absl::string_view line : absl::StrSplit((*client)->Output(), '\n')) {
+      if (absl::ConsumePrefix(&line, "committed ")) committed.insert(std::string(line));
+    }
+  }
+  // Tries the kill caught undecided wait for their deadline (2s), then each
+  // bank asks dtsd, which rolls back what it never saw committed.
+  AwaitQuiet(absl::Seconds(60));
+  ExpectBooksBalance();
+  Books a = ReadBooks(BankDb("bank.a"));
+  Books b = ReadBooks(BankDb("bank.b"));
+  int cancelled = 0;
+  for (const auto& [id, phases] : a.barrier) cancelled += phases.count("cancel") > 0;
+  for (const std::string& id : committed) {
+    EXPECT_EQ(a.barrier[id].count("confirm"), 1u) << id << " was committed";
+    EXPECT_EQ(b.barrier[id].count("confirm"), 1u) << id << " was committed";
+  }
+  std::printf(
+      "%zu activities committed, %d cancelled in bank.a, across 3 kill -9 of the "
+      "initiator\n",
+      committed.size(), cancelled);
 }
 
 TEST_F(DtsTest, BadRequestsGetClearErrorsAndChangeNothing) {
