@@ -59,6 +59,7 @@ ActivityStats ActivityEngine::stats() {
   }
   s.phase_two_failures = phase_two_failures_.load();
   s.synced_writes = synced_writes_.load();
+  s.check_backs = check_backs_.load();
   return s;
 }
 
@@ -245,6 +246,7 @@ absl::Status ActivityEngine::AddJoinedLocked(Entry& e, const v1::ActivityRef& re
 absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivityState* state,
                                      std::function<void()>* after_sync) {
   const std::string& id = req.activity_id();
+  check_backs_.fetch_add(1, std::memory_order_relaxed);
   std::shared_ptr<Entry> e = FindLive(id);
   if (e == nullptr) {
     if (id.empty()) return absl::InvalidArgumentError("activity_id is required");

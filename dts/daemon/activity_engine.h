@@ -73,6 +73,7 @@ struct ActivityStats {
   uint64_t unfinished = 0;
   uint64_t phase_two_failures = 0;
   uint64_t synced_writes = 0;  // enlists and decisions written to be synced
+  uint64_t check_backs = 0;    // Resolve calls
 };
 
 class ActivityEngine final : public PhaseTwoWork {
@@ -149,7 +150,7 @@ class ActivityEngine final : public PhaseTwoWork {
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> begun_{0}, committed_{0}, rolled_back_{0}, timed_out_{0};
-  std::atomic<uint64_t> phase_two_failures_{0}, synced_writes_{0};
+  std::atomic<uint64_t> phase_two_failures_{0}, synced_writes_{0}, check_backs_{0};
 };
 
 }  // namespace formica::dts

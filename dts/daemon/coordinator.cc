@@ -1,6 +1,8 @@
 // dtsd's gRPC side: formica.dts.v1.Coordinator over the engines (the
 // activity state machine, group commit, the phase-two scheduler, recovery
 // and retention), and how they are put together, started and stopped.
+#include <sys/resource.h>
+
 #include "coordinator.h"
 
 #include <grpcpp/grpcpp.h>
@@ -165,6 +167,12 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
     s->set_synced_writes(a.synced_writes);
     s->set_wal_syncs(store_->syncs());
     s->set_stored_bytes(store_->written_bytes());
+    s->set_check_backs(a.check_backs);
+    struct rusage usage {};
+    if (getrusage(RUSAGE_SELF, &usage) == 0) {
+      auto secs = [](const timeval& t) { return t.tv_sec + t.tv_usec / 1e6; };
+      s->set_cpu_seconds(secs(usage.ru_utime) + secs(usage.ru_stime));
+    }
     return Answer(ctx, absl::OkStatus());
   }
 

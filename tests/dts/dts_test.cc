@@ -888,6 +888,52 @@ TEST_F(DtsTest, AMalformedConfigStopsDtsdNamingTheKey) {
       << (*p)->Output();
 }
 
+TEST_F(DtsTest, FormicactlWatchesDtsdsRatesLive) {
+  std::atomic<bool> stop{false};
+  std::atomic<int> committed{0};
+  std::thread load([&] {
+    while (!stop.load()) {
+      absl::Status st = RunActivity(rpc_.get(), Named("bank.Transfer"), [&] {
+        absl::Status s = Move("bank.a", true, 1, 1);
+        return s.ok() ? Move("bank.b", false, 2, 1) : s;
+      });
+      if (st.ok()) ++committed;
+    }
+  });
+  auto run = [&](const std::string& output, const std::string& log) {
+    auto p = Subprocess::Start({formica::testing::BinaryPath("tools/formicactl"), "--dts",
+                                absl::StrCat("127.0.0.1:", dtsd_port_), "-o", output, "dts",
+                                "stats", "--watch", "--limit", "3"},
+                               dir_.File(log));
+    EXPECT_TRUE(p.ok());
+    EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 0) << (*p)->Output();
+    return (*p)->Output();
+  };
+  std::string json = run("json", "watch-json.log");
+  std::string text = run("text", "watch-text.log");
+  stop = true;
+  load.join();
+  ASSERT_GT(committed.load(), 0);
+  // One JSON object a line, a line a second.
+  auto field = [](absl::string_view line, const std::string& key) {
+    size_t at = line.find("\"" + key + "\":");
+    return at == absl::string_view::npos
+               ? -1.0
+               : std::strtod(std::string(line.substr(at + key.size() + 3)).c_str(), nullptr);
+  };
+  std::vector<std::string> lines = absl::StrSplit(json, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u) << json;
+  for (const std::string& line : lines) {
+    EXPECT_GT(field(line, "committed_per_s"), 0) << line;
+    EXPECT_GT(field(line, "cpu_ms_per_activity"), 0) << line;
+    EXPECT_GE(field(line, "writes_per_sync"), 1) << line;
+    EXPECT_GE(field(line, "unfinished"), 0) << line;
+  }
+  EXPECT_EQ(text.rfind("  BEGUN/S COMMITTED/S ROLLED_BACK/S", 0), 0u) << text;
+  EXPECT_EQ(std::vector<std::string>(absl::StrSplit(text, '\n', absl::SkipEmpty())).size(), 4u)
+      << text;
+}
+
 TEST_F(DtsTest, FormicactlListsShowsRetriesAndSettlesAStuckActivity) {
   auto run = [&](std::vector<std::string> args) {
     std::vector<std::string> argv = {formica::testing::BinaryPath("tools/formicactl"), "--dts",

@@ -45,6 +45,7 @@ struct Flags {
   bool replay = false;
   bool parked = false;
   bool yes = false;
+  bool watch = false;
 };
 
 // Parses the command line into `flags` and the words of the command.
