@@ -105,6 +105,7 @@ class Participant::Impl final : public v1::Participant::Service {
     add_pending.Finalize();
     read_pending.Finalize();
     drop_pending.Finalize();
+    for (Statement& c : control) c.Finalize();
     if (db != nullptr) sqlite3_close(db);
   }
 
@@ -159,6 +160,24 @@ class Participant::Impl final : public v1::Participant::Service {
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu) {
     if (sqlite3_exec(db, sql, nullptr, nullptr, nullptr) != SQLITE_OK) return SqlError(sql);
     return absl::OkStatus();
+  }
+
+  // The statements every local transaction runs, prepared once.
+  enum Control { kBegin, kSavepoint, kRollbackTo, kRelease, kCommit, kRollback, kControls };
+  Statement control[kControls] ABSL_GUARDED_BY(db_mu);
+
+  absl::Status Run(Control c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu) {
+    static constexpr const char* kSql[kControls] = {
+        "BEGIN IMMEDIATE", "SAVEPOINT formica_step", "ROLLBACK TO formica_step",
+        "RELEASE formica_step", "COMMIT", "ROLLBACK"};
+    Statement& s = control[c];
+    if (s.get() == nullptr) {
+      if (absl::Status st = s.Prepare(db, kSql[c]); !st.ok()) return st;
+    }
+    absl::Status st =
+        sqlite3_step(s.get()) == SQLITE_DONE ? absl::OkStatus() : SqlError(kSql[c]);
+    sqlite3_reset(s.get());
+    return st;
   }
 
   // Inserts a barrier row; false when it was there already.
@@ -302,13 +321,13 @@ class Participant::Impl final : public v1::Participant::Service {
     };
     for (Pending* p : batch) {
       if (!open) {
-        if (absl::Status st = Exec("BEGIN IMMEDIATE"); !st.ok()) {
+        if (absl::Status st = Run(kBegin); !st.ok()) {
           p->result = st;
           continue;
         }
         open = true;
       }
-      if (absl::Status st = Exec("SAVEPOINT formica_step"); !st.ok()) {
+      if (absl::Status st = Run(kSavepoint); !st.ok()) {
         p->result = st;
         if (sqlite3_get_autocommit(db)) lost(st);
         continue;
@@ -326,22 +345,22 @@ class Participant::Impl final : public v1::Participant::Service {
         continue;
       }
       absl::Status undo = absl::OkStatus();
-      if (!p->result.ok() || !keep) undo = Exec("ROLLBACK TO formica_step");
-      absl::Status release = Exec("RELEASE formica_step");
+      if (!p->result.ok() || !keep) undo = Run(kRollbackTo);
+      absl::Status release = Run(kRelease);
       if (!undo.ok() || !release.ok()) {
         absl::Status why = !undo.ok() ? undo : release;
         if (p->result.ok()) p->result = why;
         // Cannot tell what of this step stays: give up the transaction.
-        Exec("ROLLBACK").IgnoreError();
+        Run(kRollback).IgnoreError();
         lost(why);
         continue;
       }
       if (p->result.ok() && keep) kept.push_back(p);
     }
     if (!open) return;
-    absl::Status end = Exec(kept.empty() ? "ROLLBACK" : "COMMIT");
+    absl::Status end = Run(kept.empty() ? kRollback : kCommit);
     if (!end.ok()) {
-      Exec("ROLLBACK").IgnoreError();
+      Run(kRollback).IgnoreError();
       for (Pending* k : kept) k->result = end;  // nothing of it is kept
     }
   }
