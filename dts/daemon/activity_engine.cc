@@ -194,8 +194,13 @@ absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
   }
   std::string reason =
       commit ? "" : (req.reason().empty() ? "rolled back by the initiator" : req.reason());
+  // The reported actions are written whole with the decision, in one write.
+  const int first_new = a.actions_size();
   if (absl::Status st = AddJoinedLocked(*e, req); !st.ok()) return st;
-  if (absl::Status st = DecideLocked(*e, commit, reason, /*durable=*/false); !st.ok()) return st;
+  if (absl::Status st = DecideLocked(*e, commit, reason, /*durable=*/false, first_new); !st.ok()) {
+    DropActionsLocked(*e, first_new);
+    return st;
+  }
   *after_sync = StarterFor(e);
   resp->set_state(a.state());
   return absl::OkStatus();
@@ -213,6 +218,7 @@ std::function<void()> ActivityEngine::StarterFor(const std::shared_ptr<Entry>& e
 
 absl::Status ActivityEngine::AddJoinedLocked(Entry& e, const v1::ActivityRef& req) {
   v1::Activity& a = e.record;
+  const int before = a.actions_size();
   for (const v1::JoinedAction& j : req.actions()) {
     bool known = false;
     for (const v1::Action& x : a.actions()) {
@@ -220,6 +226,7 @@ absl::Status ActivityEngine::AddJoinedLocked(Entry& e, const v1::ActivityRef& re
     }
     if (known) continue;
     if (a.actions_size() >= limits_.max_actions) {
+      DropActionsLocked(e, before);
       return absl::ResourceExhaustedError(
           absl::StrCat("activity ", a.id(), " would have more than ", limits_.max_actions,
                        " actions, the coordinator's limit"));
@@ -232,15 +239,16 @@ absl::Status ActivityEngine::AddJoinedLocked(Entry& e, const v1::ActivityRef& re
     x->set_enlisted_unix_ms(UnixMs(clock_->Now()));
     e.token.push_back(0);
     e.calling.push_back(false);
-    // Synced with the decision that follows (one WAL, in order).
-    if (absl::Status st = store_->PutAction(a.id(), a.actions_size() - 1, *x, false); !st.ok()) {
-      a.mutable_actions()->RemoveLast();
-      e.token.pop_back();
-      e.calling.pop_back();
-      return st;
-    }
   }
   return absl::OkStatus();
+}
+
+void ActivityEngine::DropActionsLocked(Entry& e, int from) {
+  while (e.record.actions_size() > from) {
+    e.record.mutable_actions()->RemoveLast();
+    e.token.pop_back();
+    e.calling.pop_back();
+  }
 }
 
 absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivityState* state,
@@ -290,6 +298,10 @@ absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivitySta
 
 absl::StatusOr<std::shared_ptr<ActivityEntry>> ActivityEngine::FindOrTakeUp(
     const std::string& id, const v1::ActivityRef* from) {
+  // A decision (commit, rollback, or the rollback of a check-back) comes
+  // right after and writes the record with it; an enlist writes only its
+  // action, so the record is written here.
+  const bool write_now = from == nullptr;
   if (std::shared_ptr<Entry> e = FindLive(id); e != nullptr) return e;
   std::optional<absl::Time> deadline = DeadlineOfId(id);
   if (!deadline.has_value()) return nullptr;
@@ -324,7 +336,7 @@ absl::StatusOr<std::shared_ptr<ActivityEntry>> ActivityEngine::FindOrTakeUp(
     if (!added) return it->second;  // taken up by another call meanwhile
   }
   // Not synced: the write of its first action or decision carries it.
-  if (absl::Status st = store_->Put(a, false); !st.ok()) {
+  if (absl::Status st = write_now ? store_->Put(a, false) : absl::OkStatus(); !st.ok()) {
     absl::MutexLock l(&mu_);
     entries_.erase(id);
     return st;
@@ -446,7 +458,7 @@ absl::Status ActivityEngine::List(const v1::ListRequest& req, v1::ListResponse* 
 // Records the decision. `durable`: synced now, and phase two starts;
 // otherwise the caller syncs and then calls StartPhaseTwoLocked.
 absl::Status ActivityEngine::DecideLocked(Entry& e, bool commit, const std::string& reason,
-                                          bool durable) {
+                                          bool durable, int first_new) {
   v1::Activity& a = e.record;
   int64_t decided_before = a.decided_unix_ms();
   std::string reason_before = a.reason();
@@ -454,7 +466,8 @@ absl::Status ActivityEngine::DecideLocked(Entry& e, bool commit, const std::stri
   a.set_decided_unix_ms(UnixMs(clock_->Now()));
   a.set_reason(reason);
   synced_writes_.fetch_add(1, std::memory_order_relaxed);
-  if (absl::Status st = store_->Put(a, durable); !st.ok()) {
+  int written_whole = first_new < 0 ? a.actions_size() : first_new;
+  if (absl::Status st = store_->PutWithActions(a, written_whole, durable); !st.ok()) {
     a.set_state(v1::ACTIVE);
     a.set_decided_unix_ms(decided_before);
     a.set_reason(reason_before);

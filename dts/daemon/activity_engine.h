@@ -125,14 +125,17 @@ class ActivityEngine final : public PhaseTwoWork {
   // unknown with an id made by Begin).
   absl::StatusOr<std::shared_ptr<Entry>> FindOrTakeUp(const std::string& id,
                                                       const v1::ActivityRef* from);
-  // Adds the actions a commit or rollback reports that are not enlisted yet
-  // (written, not synced).
+  // Adds the actions a commit or rollback reports that are not enlisted yet,
+  // in memory: the decision's write stores them.
   absl::Status AddJoinedLocked(Entry& e, const v1::ActivityRef& req)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
+  void DropActionsLocked(Entry& e, int from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
   absl::Status Missing(const std::string& id);
   std::function<void()> StarterFor(const std::shared_ptr<Entry>& e);
-  absl::Status DecideLocked(Entry& e, bool commit, const std::string& reason, bool durable)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
+  // Records the decision; actions from `first_new` on (-1: none) are new
+  // and written whole in the same write.
+  absl::Status DecideLocked(Entry& e, bool commit, const std::string& reason, bool durable,
+                            int first_new = -1) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
   void StartPhaseTwoLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
   absl::Status FinishLocked(Entry& e, bool sync) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
   void ScheduleActionsLocked(Entry& e, absl::Time when, bool reset)
