@@ -161,6 +161,8 @@ absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req) {
 
 absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
                                     v1::DecisionResponse* resp, std::function<void()>* after_sync) {
+  if (absl::Status st = CheckName("name", req.name(), false); !st.ok()) return st;
+  if (absl::Status st = CheckName("initiator", req.initiator(), false); !st.ok()) return st;
   for (const v1::JoinedAction& j : req.actions()) {
     if (absl::Status st = CheckName("participant", j.participant(), true); !st.ok()) return st;
     if (absl::Status st = CheckName("action", j.action(), true); !st.ok()) return st;
@@ -194,6 +196,10 @@ absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
   }
   std::string reason =
       commit ? "" : (req.reason().empty() ? "rolled back by the initiator" : req.reason());
+  if (a.name().empty()) {  // taken up at an enlist: the decision names it
+    a.set_name(req.name());
+    a.set_initiator(req.initiator());
+  }
   // The reported actions are written whole with the decision, in one write.
   const int first_new = a.actions_size();
   if (absl::Status st = AddJoinedLocked(*e, req); !st.ok()) return st;

@@ -481,6 +481,7 @@ class Participant::Impl final : public v1::Participant::Service {
     std::map<std::string, v1::ActivityState> outcome;
     for (const auto& [id, action] : due) {
       if (outcome.count(id) > 0) continue;
+      if (Stopping()) return;  // the participant is closing: the next start asks again
       v1::CoordinatorOp op;
       op.mutable_resolve()->set_activity_id(id);
       absl::StatusOr<v1::OpResult> r = calls->Run(op, options.enlist_timeout);
@@ -508,6 +509,11 @@ class Participant::Impl final : public v1::Participant::Service {
     for (size_t i = 0; i < ran.size(); ++i) {
       if (!ran[i].ok()) SPDLOG_WARN("{}: check-back: {}", options.name, ran[i].ToString());
     }
+  }
+
+  bool Stopping() {
+    absl::MutexLock lock(&stop_mu);
+    return stopping;
   }
 
   void CheckBackLoop() {
