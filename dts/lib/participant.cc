@@ -167,15 +167,17 @@ class Participant::Impl final : public v1::Participant::Service {
   Statement control[kControls] ABSL_GUARDED_BY(db_mu);
 
   absl::Status Run(Control c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu) {
-    static constexpr const char* kSql[kControls] = {
-        "BEGIN IMMEDIATE", "SAVEPOINT formica_step", "ROLLBACK TO formica_step",
-        "RELEASE formica_step", "COMMIT", "ROLLBACK"};
+    static constexpr const char* kSql[kControls] = {"BEGIN IMMEDIATE",
+                                                    "SAVEPOINT formica_step",
+                                                    "ROLLBACK TO formica_step",
+                                                    "RELEASE formica_step",
+                                                    "COMMIT",
+                                                    "ROLLBACK"};
     Statement& s = control[c];
     if (s.get() == nullptr) {
       if (absl::Status st = s.Prepare(db, kSql[c]); !st.ok()) return st;
     }
-    absl::Status st =
-        sqlite3_step(s.get()) == SQLITE_DONE ? absl::OkStatus() : SqlError(kSql[c]);
+    absl::Status st = sqlite3_step(s.get()) == SQLITE_DONE ? absl::OkStatus() : SqlError(kSql[c]);
     sqlite3_reset(s.get());
     return st;
   }
@@ -243,10 +245,15 @@ class Participant::Impl final : public v1::Participant::Service {
   // becomes the leader and runs every waiting `work` inside its own
   // savepoint, on the leader's thread, then commits once.
   using Work = std::function<absl::Status(bool* keep)>;
+  // One InTransactions call: the leader hands leadership to it by name.
+  struct Caller {
+    bool may_lead = false;
+  };
   struct Pending {
     const Work* work;
     absl::Status result;
     bool done = false;
+    Caller* caller;
   };
   absl::Mutex queue_mu;
   std::vector<Pending*> queue ABSL_GUARDED_BY(queue_mu);
@@ -267,25 +274,32 @@ class Participant::Impl final : public v1::Participant::Service {
                             "a body or step cannot start another local transaction; use the "
                             "sqlite3* it is given"));
     }
+    Caller me;
     std::vector<Pending> mine;
     mine.reserve(works.size());
-    for (const Work* w : works) mine.push_back(Pending{w, absl::OkStatus(), false});
+    for (const Work* w : works) mine.push_back(Pending{w, absl::OkStatus(), false, &me});
     auto all_done = [&mine]() {
       for (const Pending& p : mine) {
         if (!p.done) return false;
       }
       return true;
     };
-    auto done_or_free = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return all_done() || !leading; };
+    // Woken only when its works are done or it is handed the lead: never
+    // all at once.
+    auto wake = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      return all_done() || me.may_lead || !leading;
+    };
     absl::MutexLock lock(&queue_mu);
     for (Pending& p : mine) queue.push_back(&p);
     while (!all_done()) {
-      if (leading) {
-        queue_mu.Await(absl::Condition(&done_or_free));
+      if (leading && !me.may_lead) {
+        queue_mu.Await(absl::Condition(&wake));
         continue;
       }
-      // Lead until our own works are done, then let a waiter take over.
+      // Lead until our own works are done, then hand the lead to the
+      // caller of the oldest work still queued (or give it up).
       leading = true;
+      me.may_lead = false;
       while (!all_done() && !queue.empty()) {
         std::vector<Pending*> batch;
         batch.swap(queue);
@@ -294,7 +308,11 @@ class Participant::Impl final : public v1::Participant::Service {
         queue_mu.Lock();
         for (Pending* p : batch) p->done = true;
       }
-      leading = false;
+      if (queue.empty()) {
+        leading = false;
+      } else {
+        queue.front()->caller->may_lead = true;
+      }
     }
     std::vector<absl::Status> results;
     for (Pending& p : mine) results.push_back(std::move(p.result));

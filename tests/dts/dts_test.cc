@@ -923,12 +923,20 @@ TEST_F(DtsTest, FormicactlWatchesDtsdsRatesLive) {
   };
   std::vector<std::string> lines = absl::StrSplit(json, '\n', absl::SkipEmpty());
   ASSERT_EQ(lines.size(), 3u) << json;
+  // A loaded machine may stall the load for a whole second: each line with
+  // commits must show their cost, and at least one line must have some.
+  double committed_in_all = 0;
   for (const std::string& line : lines) {
-    EXPECT_GT(field(line, "committed_per_s"), 0) << line;
-    EXPECT_GT(field(line, "cpu_ms_per_activity"), 0) << line;
-    EXPECT_GE(field(line, "writes_per_sync"), 1) << line;
+    double per_s = field(line, "committed_per_s");
+    ASSERT_GE(per_s, 0) << line;
+    committed_in_all += per_s;
+    if (per_s > 0) {
+      EXPECT_GT(field(line, "cpu_ms_per_activity"), 0) << line;
+      EXPECT_GE(field(line, "writes_per_sync"), 1) << line;
+    }
     EXPECT_GE(field(line, "unfinished"), 0) << line;
   }
+  EXPECT_GT(committed_in_all, 0) << json;
   EXPECT_EQ(text.rfind("  BEGUN/S COMMITTED/S ROLLED_BACK/S", 0), 0u) << text;
   EXPECT_EQ(std::vector<std::string>(absl::StrSplit(text, '\n', absl::SkipEmpty())).size(), 4u)
       << text;
