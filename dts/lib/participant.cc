@@ -74,7 +74,7 @@ class Statement {
 
 }  // namespace
 
-class Participant::Impl final : public v1::Participant::Service {
+class Participant::Impl final : public v1::Participant::CallbackService {
  public:
   ParticipantOptions options;
   std::shared_ptr<CoordinatorCalls> calls;  // shared with the process's other users of rpc
@@ -99,6 +99,11 @@ class Participant::Impl final : public v1::Participant::Service {
       stopping = true;
     }
     if (check_back.joinable()) check_back.join();
+    {
+      absl::MutexLock lock(&queue_mu);
+      closing = true;
+    }
+    if (committer.joinable()) committer.join();
     absl::MutexLock lock(&db_mu);
     insert.Finalize();
     exists.Finalize();
@@ -253,11 +258,80 @@ class Participant::Impl final : public v1::Participant::Service {
     const Work* work;
     absl::Status result;
     bool done = false;
-    Caller* caller;
+    Caller* caller;  // nullptr: queued by RunAsync, finished through on_done
+    std::function<void(absl::Status)> on_done;
+    Work owned;
   };
   absl::Mutex queue_mu;
   std::vector<Pending*> queue ABSL_GUARDED_BY(queue_mu);
   bool leading ABSL_GUARDED_BY(queue_mu) = false;
+  // The committer thread leads when the oldest queued work has no caller
+  // waiting for it (RunAsync): no gRPC thread waits for a sync.
+  bool committer_leads ABSL_GUARDED_BY(queue_mu) = false;
+  bool closing ABSL_GUARDED_BY(queue_mu) = false;
+  std::thread committer;
+
+  // Runs `work` in the next group commit without waiting; `done` gets its
+  // outcome on the thread that ran it.
+  void RunAsync(Work work, std::function<void(absl::Status)> done) {
+    auto* p =
+        new Pending{nullptr, absl::OkStatus(), false, nullptr, std::move(done), std::move(work)};
+    p->work = &p->owned;
+    absl::MutexLock lock(&queue_mu);
+    queue.push_back(p);
+    if (!leading) {
+      leading = true;
+      committer_leads = true;
+    }
+  }
+
+  // Hands the lead to whoever owns the oldest queued work, or gives it up.
+  void HandOverLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu) {
+    if (queue.empty()) {
+      leading = false;
+    } else if (queue.front()->caller != nullptr) {
+      queue.front()->caller->may_lead = true;
+    } else {
+      committer_leads = true;
+    }
+  }
+
+  // Runs a batch (queue_mu not held) and finishes its RunAsync works; the
+  // others are marked done by the caller once it holds queue_mu again.
+  std::vector<Pending*> RunAndFinish(std::vector<Pending*> batch) {
+    RunBatch(batch);
+    std::vector<Pending*> waited;
+    for (Pending* p : batch) {
+      if (p->caller != nullptr) {
+        waited.push_back(p);
+      } else {
+        p->on_done(std::move(p->result));
+        delete p;
+      }
+    }
+    return waited;
+  }
+
+  void CommitterLoop() {
+    absl::MutexLock lock(&queue_mu);
+    auto wake = [this]()
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu) { return committer_leads || closing; };
+    while (true) {
+      queue_mu.Await(absl::Condition(&wake));
+      if (!committer_leads) return;  // closing, nothing handed over
+      committer_leads = false;
+      // Leads for one batch, then hands over as any leader does.
+      if (!queue.empty()) {
+        std::vector<Pending*> batch;
+        batch.swap(queue);
+        queue_mu.Unlock();
+        std::vector<Pending*> waited = RunAndFinish(std::move(batch));
+        queue_mu.Lock();
+        for (Pending* p : waited) p->done = true;
+      }
+      HandOverLocked();
+    }
+  }
 
   absl::Status InTransaction(const Work& work) {
     std::vector<absl::Status> results = InTransactions({&work});
@@ -277,7 +351,7 @@ class Participant::Impl final : public v1::Participant::Service {
     Caller me;
     std::vector<Pending> mine;
     mine.reserve(works.size());
-    for (const Work* w : works) mine.push_back(Pending{w, absl::OkStatus(), false, &me});
+    for (const Work* w : works) mine.push_back(Pending{w, absl::OkStatus(), false, &me, {}, {}});
     auto all_done = [&mine]() {
       for (const Pending& p : mine) {
         if (!p.done) return false;
@@ -304,15 +378,11 @@ class Participant::Impl final : public v1::Participant::Service {
         std::vector<Pending*> batch;
         batch.swap(queue);
         queue_mu.Unlock();
-        RunBatch(batch);
+        std::vector<Pending*> waited = RunAndFinish(std::move(batch));
         queue_mu.Lock();
-        for (Pending* p : batch) p->done = true;
+        for (Pending* p : waited) p->done = true;
       }
-      if (queue.empty()) {
-        leading = false;
-      } else {
-        queue.front()->caller->may_lead = true;
-      }
+      HandOverLocked();
     }
     std::vector<absl::Status> results;
     for (Pending& p : mine) results.push_back(std::move(p.result));
@@ -401,6 +471,58 @@ class Participant::Impl final : public v1::Participant::Service {
     return calls->Run(op, options.enlist_timeout).status();
   }
 
+  std::string JoinedEntry(absl::string_view id, absl::string_view action) const {
+    return absl::StrCat("dts ", EscapeJoinedField(id), " ", EscapeJoinedField(options.name), " ",
+                        EscapeJoinedField(action));
+  }
+
+  // The local work of a try of an activity whose id carries its deadline:
+  // the barrier, the pending row (payload and deadline), and the body.
+  Work RecordedTryWork(std::string id, std::string action, std::string payload, absl::Time deadline,
+                       Body body) {
+    return [this, id = std::move(id), action = std::move(action), payload = std::move(payload),
+            deadline, body = std::move(body)](bool* keep)
+               ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+                 absl::StatusOr<std::optional<std::string>> before = PendingPayload(id, action);
+                 if (!before.ok()) return before.status();
+                 if (before->has_value() && **before != payload) {
+                   *keep = false;
+                   return absl::FailedPreconditionError(absl::StrCat(
+                       "action ", action, " of ", options.name, " is already enlisted in activity ",
+                       id, " with another payload; give each action of an activity its own name"));
+                 }
+                 Rows rows(this, id, action);
+                 return TryUnderBarrier(
+                     rows, BarrierAction{options.name, id, action}, keep,
+                     [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                       if (absl::Status p = AddPending(id, action, payload, deadline); !p.ok()) {
+                         return p;
+                       }
+                       return body(db);
+                     });
+               };
+  }
+
+  void TryAsync(grpc::CallbackServerContext* ctx, absl::string_view action, std::string payload,
+                Body body, std::function<void(absl::Status)> done) {
+    std::string id = rpc::ReadCallContext(*ctx).txn_id;
+    std::optional<absl::Time> deadline = DeadlineOfId(id);
+    absl::Status checked =
+        CheckTry(BarrierAction{options.name, id, action}, steps.Declared(action));
+    if (!checked.ok() || !deadline.has_value()) {
+      // Refused, or begun at the coordinator: its enlist waits here.
+      done(checked.ok() ? Try(id, action, payload, body) : checked);
+      return;
+    }
+    std::string entry = JoinedEntry(id, action);
+    RunAsync(
+        RecordedTryWork(id, std::string(action), std::move(payload), *deadline, std::move(body)),
+        [ctx, entry = std::move(entry), done = std::move(done)](absl::Status st) {
+          if (st.ok()) ctx->AddTrailingMetadata(rpc::kJoinedKey, entry);
+          done(std::move(st));
+        });
+  }
+
   absl::Status Try(absl::string_view id, absl::string_view action, absl::string_view payload,
                    const Body& body) {
     BarrierAction what{options.name, id, action};
@@ -411,27 +533,9 @@ class Participant::Impl final : public v1::Participant::Service {
       // to the initiator, who hands it to dtsd with the decision. If the
       // report is lost, the check-back finds the try past its deadline.
       absl::Status st =
-          InTransaction([&](bool* keep) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
-            absl::StatusOr<std::optional<std::string>> before = PendingPayload(id, action);
-            if (!before.ok()) return before.status();
-            if (before->has_value() && **before != payload) {
-              *keep = false;
-              return absl::FailedPreconditionError(absl::StrCat(
-                  "action ", action, " of ", options.name, " is already enlisted in activity ",
-                  std::string(id),
-                  " with another payload; give each action of an activity its own name"));
-            }
-            Rows rows(this, id, action);
-            return TryUnderBarrier(rows, what, keep, [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-              if (absl::Status p = AddPending(id, action, payload, *deadline); !p.ok()) return p;
-              return body(db);
-            });
-          });
-      if (st.ok()) {
-        rpc::ReportJoined(absl::StrCat("dts ", EscapeJoinedField(id), " ",
-                                       EscapeJoinedField(options.name), " ",
-                                       EscapeJoinedField(action)));
-      }
+          InTransaction(RecordedTryWork(std::string(id), std::string(action), std::string(payload),
+                                        *deadline, [&body](sqlite3* db) { return body(db); }));
+      if (st.ok()) rpc::ReportJoined(JoinedEntry(id, action));
       return st;
     }
     // Enlisted first, durably: whatever the local transaction then does,
@@ -544,44 +648,77 @@ class Participant::Impl final : public v1::Participant::Service {
     }
   }
 
-  absl::Status PhaseTwo(bool confirm, const v1::PhaseTwoRequest& req) {
-    absl::StatusOr<Work> work =
-        PhaseTwoWork(confirm, ActionCall{req.activity_id(), req.action(), req.payload()});
-    if (!work.ok()) return work.status();
-    return InTransaction(*work);
-  }
-
-  grpc::Status PhaseTwoBatch(grpc::ServerContext* ctx, const v1::PhaseTwoBatchRequest* req,
-                             v1::PhaseTwoBatchResponse* resp) override {
-    return rpc::Serve(ctx, [&] {
-      std::vector<absl::StatusOr<Work>> works;
-      std::vector<const Work*> runnable;
-      for (const v1::PhaseTwoItem& item : req->items()) {
-        works.push_back(PhaseTwoWork(
-            item.confirm(), ActionCall{item.activity_id(), item.action(), item.payload()}));
+  // Phase two on gRPC's callback API: the works go to the group commit and
+  // the answer leaves from the thread that ran them; no gRPC thread waits.
+  grpc::ServerUnaryReactor* RunPhaseTwo(grpc::CallbackServerContext* ctx,
+                                        std::vector<v1::PhaseTwoItem> items,
+                                        v1::PhaseTwoBatchResponse* batch, bool single) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    struct State {
+      std::vector<absl::Status> results;
+      std::atomic<size_t> left{0};
+    };
+    auto state = std::make_shared<State>();
+    state->results.resize(items.size());
+    auto finish = [reactor, batch, single, state] {
+      if (single) {
+        reactor->Finish(ToGrpcStatus(state->results[0]));
+        return;
       }
-      for (auto& w : works) {
-        if (w.ok()) runnable.push_back(&*w);
-      }
-      std::vector<absl::Status> ran = InTransactions(runnable);
-      size_t next = 0;
-      for (auto& w : works) {
-        absl::Status st = w.ok() ? ran[next++] : w.status();
-        v1::PhaseTwoResult* r = resp->add_results();
+      for (const absl::Status& st : state->results) {
+        v1::PhaseTwoResult* r = batch->add_results();
         r->set_code(static_cast<int>(st.code()));
         r->set_message(std::string(st.message()));
       }
-      return grpc::Status::OK;
-    });
+      reactor->Finish(grpc::Status::OK);
+    };
+    std::vector<std::pair<size_t, Work>> runnable;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const v1::PhaseTwoItem& item = items[i];
+      absl::StatusOr<Work> w = PhaseTwoWork(
+          item.confirm(), ActionCall{item.activity_id(), item.action(), item.payload()});
+      if (w.ok()) {
+        runnable.emplace_back(i, *std::move(w));
+      } else {
+        state->results[i] = w.status();
+      }
+    }
+    if (runnable.empty()) {
+      finish();
+      return reactor;
+    }
+    state->left = runnable.size();
+    for (auto& [i, work] : runnable) {
+      RunAsync(std::move(work), [state, finish, i = i](absl::Status st) {
+        state->results[i] = std::move(st);
+        if (state->left.fetch_sub(1) == 1) finish();
+      });
+    }
+    return reactor;
   }
 
-  grpc::Status Confirm(grpc::ServerContext* ctx, const v1::PhaseTwoRequest* req,
-                       v1::PhaseTwoResponse*) override {
-    return rpc::Serve(ctx, [&] { return ToGrpcStatus(PhaseTwo(true, *req)); });
+  static v1::PhaseTwoItem Item(const v1::PhaseTwoRequest& req, bool confirm) {
+    v1::PhaseTwoItem item;
+    item.set_activity_id(req.activity_id());
+    item.set_action(req.action());
+    item.set_payload(req.payload());
+    item.set_confirm(confirm);
+    return item;
   }
-  grpc::Status Cancel(grpc::ServerContext* ctx, const v1::PhaseTwoRequest* req,
-                      v1::PhaseTwoResponse*) override {
-    return rpc::Serve(ctx, [&] { return ToGrpcStatus(PhaseTwo(false, *req)); });
+
+  grpc::ServerUnaryReactor* PhaseTwoBatch(grpc::CallbackServerContext* ctx,
+                                          const v1::PhaseTwoBatchRequest* req,
+                                          v1::PhaseTwoBatchResponse* resp) override {
+    return RunPhaseTwo(ctx, {req->items().begin(), req->items().end()}, resp, false);
+  }
+  grpc::ServerUnaryReactor* Confirm(grpc::CallbackServerContext* ctx,
+                                    const v1::PhaseTwoRequest* req,
+                                    v1::PhaseTwoResponse*) override {
+    return RunPhaseTwo(ctx, {Item(*req, true)}, nullptr, true);
+  }
+  grpc::ServerUnaryReactor* Cancel(grpc::CallbackServerContext* ctx, const v1::PhaseTwoRequest* req,
+                                   v1::PhaseTwoResponse*) override {
+    return RunPhaseTwo(ctx, {Item(*req, false)}, nullptr, true);
   }
 };
 
@@ -634,6 +771,7 @@ absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOption
   }
   Impl* raw = impl.get();
   impl->check_back = std::thread([raw] { raw->CheckBackLoop(); });
+  impl->committer = std::thread([raw] { raw->CommitterLoop(); });
   return std::unique_ptr<Participant>(new Participant(std::move(impl)));
 }
 
@@ -657,6 +795,11 @@ absl::Status Participant::Try(absl::string_view action, absl::string_view payloa
 absl::Status Participant::Try(absl::string_view activity_id, absl::string_view action,
                               absl::string_view payload, const Body& body) {
   return impl_->Try(activity_id, action, payload, body);
+}
+
+void Participant::TryAsync(grpc::CallbackServerContext* ctx, absl::string_view action,
+                           std::string payload, Body body, std::function<void(absl::Status)> done) {
+  impl_->TryAsync(ctx, action, std::move(payload), std::move(body), std::move(done));
 }
 
 absl::Status Participant::Transaction(const Body& body) {

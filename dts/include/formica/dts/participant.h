@@ -34,8 +34,9 @@
 #include "absl/time/time.h"
 
 namespace grpc {
+class CallbackServerContext;
 class Service;
-}
+}  // namespace grpc
 
 namespace formica::rpc {
 class Client;
@@ -96,6 +97,24 @@ class Participant {
   absl::Status Try(absl::string_view action, absl::string_view payload, const Body& body);
   absl::Status Try(absl::string_view activity_id, absl::string_view action,
                    absl::string_view payload, const Body& body);
+
+  // The same try for a handler on gRPC's callback API, serving `ctx`: it
+  // joins the next group commit without waiting, and `done` gets the
+  // outcome on the participant's thread that ran it (the report to the
+  // initiator is already in ctx's trailing metadata then), so no gRPC
+  // thread waits for a sync. `body` runs on that thread too. For an
+  // activity begun at the coordinator the enlist and the transaction run
+  // here, before `done`.
+  //   grpc::ServerUnaryReactor* Debit(grpc::CallbackServerContext* ctx,
+  //                                   const Move* m, Moved*) override {
+  //     auto* reactor = ctx->DefaultReactor();
+  //     participant->TryAsync(ctx, "debit", m->SerializeAsString(),
+  //         [m](sqlite3* db) { return Freeze(db, *m); },
+  //         [reactor](absl::Status st) { reactor->Finish(formica::ToGrpcStatus(st)); });
+  //     return reactor;
+  //   }
+  void TryAsync(grpc::CallbackServerContext* ctx, absl::string_view action, std::string payload,
+                Body body, std::function<void(absl::Status)> done);
 
   // Runs `body` in a local transaction of its own (not part of an
   // activity), serialized with the participant's.
