@@ -117,7 +117,8 @@ absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req) {
     return absl::InvalidArgumentError(
         absl::StrCat("payload is ", req.payload().size(), " bytes; at most ", kMaxPayloadBytes));
   }
-  absl::StatusOr<std::shared_ptr<Entry>> found = FindOrTakeUp(req.activity_id(), nullptr);
+  absl::StatusOr<std::shared_ptr<Entry>> found =
+      FindOrTakeUp(req.activity_id(), nullptr, /*refuse_far=*/true);
   if (!found.ok()) return found.status();
   std::shared_ptr<Entry> e = *std::move(found);
   if (e == nullptr) return Missing(req.activity_id());
@@ -167,7 +168,8 @@ absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
     if (absl::Status st = CheckName("participant", j.participant(), true); !st.ok()) return st;
     if (absl::Status st = CheckName("action", j.action(), true); !st.ok()) return st;
   }
-  absl::StatusOr<std::shared_ptr<Entry>> found = FindOrTakeUp(req.activity_id(), &req);
+  absl::StatusOr<std::shared_ptr<Entry>> found =
+      FindOrTakeUp(req.activity_id(), &req, /*refuse_far=*/commit);
   if (!found.ok()) return found.status();
   std::shared_ptr<Entry> e = *std::move(found);
   if (e == nullptr) {
@@ -258,7 +260,16 @@ void ActivityEngine::DropActionsLocked(Entry& e, int from) {
 }
 
 absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivityState* state,
+                                     v1::ActionState* action_state,
                                      std::function<void()>* after_sync) {
+  auto named = [&req, action_state](const v1::Activity& a) {
+    if (req.actions().empty()) return;
+    for (const v1::Action& x : a.actions()) {
+      if (x.participant() == req.actions(0).participant() && x.name() == req.actions(0).action()) {
+        *action_state = x.state();
+      }
+    }
+  };
   const std::string& id = req.activity_id();
   check_backs_.fetch_add(1, std::memory_order_relaxed);
   std::shared_ptr<Entry> e = FindLive(id);
@@ -268,6 +279,7 @@ absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivitySta
     if (!stored.ok()) return stored.status();
     if (stored->has_value()) {
       *state = (*stored)->state();
+      named(**stored);
       return absl::OkStatus();
     }
     std::optional<absl::Time> deadline = DeadlineOfId(id);
@@ -284,10 +296,10 @@ absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivitySta
           " ago (the retention of finished activities): whether it committed is no longer "
           "recorded; settle the action by hand"));
     }
-    absl::StatusOr<std::shared_ptr<Entry>> found = FindOrTakeUp(id, &req);
+    absl::StatusOr<std::shared_ptr<Entry>> found = FindOrTakeUp(id, &req, /*refuse_far=*/false);
     if (!found.ok()) return found.status();
     e = *std::move(found);
-    if (e == nullptr) return Resolve(req, state, after_sync);  // finished meanwhile
+    if (e == nullptr) return Resolve(req, state, action_state, after_sync);  // finished meanwhile
   }
   absl::MutexLock lock(&e->mu);
   v1::Activity& a = e->record;
@@ -297,13 +309,18 @@ absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivitySta
       return st;
     }
     *after_sync = StarterFor(e);
+  } else if (IsDecided(a.state()) && !e->decision_durable) {
+    // Decided, not on disk yet: the answer waits for the sync, as the
+    // decision's own answer does.
+    *after_sync = [] {};
   }
   *state = a.state();
+  named(a);
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<ActivityEntry>> ActivityEngine::FindOrTakeUp(
-    const std::string& id, const v1::ActivityRef* from) {
+    const std::string& id, const v1::ActivityRef* from, bool refuse_far) {
   // A decision (commit, rollback, or the rollback of a check-back) comes
   // right after and writes the record with it; an enlist writes only its
   // action, so the record is written here.
@@ -312,7 +329,7 @@ absl::StatusOr<std::shared_ptr<ActivityEntry>> ActivityEngine::FindOrTakeUp(
   std::optional<absl::Time> deadline = DeadlineOfId(id);
   if (!deadline.has_value()) return nullptr;
   absl::Time now = clock_->Now();
-  if (*deadline - now > limits_.max_timeout) {
+  if (refuse_far && *deadline - now > limits_.max_timeout) {
     return absl::InvalidArgumentError(absl::StrCat("activity ", id, " has its deadline more than ",
                                                    absl::FormatDuration(limits_.max_timeout),
                                                    " away, the coordinator's maximum"));

@@ -96,8 +96,10 @@ class ActivityEngine final : public PhaseTwoWork {
   // deadline and that dtsd never saw decided is rolled back once the
   // deadline has passed (written; answer once a sync covers it, after
   // running `*after_sync` when set).
+  // The state of the action `req` names (its first `actions` entry) goes
+  // to `*action_state` when the activity has it.
   absl::Status Resolve(const v1::ActivityRef& req, v1::ActivityState* state,
-                       std::function<void()>* after_sync);
+                       v1::ActionState* action_state, std::function<void()>* after_sync);
   absl::Status Retry(const v1::ActivityRef& req, v1::DecisionResponse* resp);
   absl::Status Settle(const v1::ActivityRef& req, v1::DecisionResponse* resp);
   absl::Status List(const v1::ListRequest& req, v1::ListResponse* resp);
@@ -123,8 +125,10 @@ class ActivityEngine final : public PhaseTwoWork {
   // dtsd never saw, a new ACTIVE one (its initiator began it without a
   // round trip). nullptr when it is not live otherwise (finished, or
   // unknown with an id made by Begin).
+  // `refuse_far`: an id whose deadline is further away than max_timeout is
+  // refused (a rollback is never refused for it).
   absl::StatusOr<std::shared_ptr<Entry>> FindOrTakeUp(const std::string& id,
-                                                      const v1::ActivityRef* from);
+                                                      const v1::ActivityRef* from, bool refuse_far);
   // Adds the actions a commit or rollback reports that are not enlisted yet,
   // in memory: the decision's write stores them.
   absl::Status AddJoinedLocked(Entry& e, const v1::ActivityRef& req)

@@ -55,6 +55,11 @@ class ActivityStore {
   // Calls `visit` with every activity's own fields (no actions; Get reads
   // them) in id order (which is creation order); stops when it returns false.
   virtual absl::Status Scan(const std::function<bool(const v1::Activity&)>& visit) = 0;
+  // The same, from the first id at or after `first_id`.
+  virtual absl::Status ScanFrom(const std::string& first_id,
+                                const std::function<bool(const v1::Activity&)>& visit) {
+    return Scan([&](const v1::Activity& a) { return a.id() < first_id || visit(a); });
+  }
   // The same, newest first.
   virtual absl::Status ScanNewestFirst(const std::function<bool(const v1::Activity&)>& visit) = 0;
 

@@ -116,8 +116,10 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
         case v1::CoordinatorOp::kResolve: {
           std::function<void()> start;
           v1::ActivityState state = v1::ACTIVITY_STATE_UNSPECIFIED;
-          st = engine_->Resolve(op.resolve(), &state, &start);
+          v1::ActionState action_state = v1::ACTION_STATE_UNSPECIFIED;
+          st = engine_->Resolve(op.resolve(), &state, &action_state, &start);
           result->set_state(state);
+          result->set_action_state(action_state);
           if (start) {
             starters.push_back(std::move(start));
             durable = true;

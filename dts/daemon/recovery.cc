@@ -1,5 +1,7 @@
 #include "recovery.h"
 
+#include "activity_id.h"
+
 #include <spdlog/spdlog.h>
 
 #include <optional>
@@ -39,17 +41,29 @@ void RetentionSweeper::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-// Ids grow with begin time, so the oldest come first and the sweep stops at
-// the first one begun after the cutoff.
+// Two runs of ids, each in the order activities began: ids made by Begin
+// ("<epoch>-<sequence>", from "0"), then ids made by initiators ("<deadline>-
+// <random>", from "1"). Each scan stops at its first activity too young to
+// go. One made by an initiator also stays until its deadline is past the
+// retention, so that a check-back within the retention always finds it.
 bool RetentionSweeper::SweepOnce(absl::Time now) {
   constexpr size_t kPerSweep = 20000;
   int64_t cutoff = absl::ToUnixMillis(now - retention_);
   std::vector<std::string> old;
   absl::Status st = store_->Scan([&](const v1::Activity& a) {
+    if (DeadlineOfId(a.id()).has_value()) return false;  // the initiators' run begins
     if (a.begun_unix_ms() >= cutoff || old.size() >= kPerSweep) return false;
     if (IsFinished(a.state()) && a.finished_unix_ms() < cutoff) old.push_back(a.id());
     return true;
   });
+  if (st.ok()) {
+    st = store_->ScanFrom(kFirstInitiatorId, [&](const v1::Activity& a) {
+      if (!DeadlineOfId(a.id()).has_value()) return true;
+      if (a.deadline_unix_ms() >= cutoff || old.size() >= kPerSweep) return false;
+      if (IsFinished(a.state()) && a.finished_unix_ms() < cutoff) old.push_back(a.id());
+      return true;
+    });
+  }
   for (const std::string& id : old) {
     if (st.ok()) st = store_->Delete(id);
   }

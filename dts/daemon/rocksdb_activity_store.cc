@@ -152,6 +152,11 @@ class RocksDbActivityStore : public ActivityStore {
     return Walk(false, visit);
   }
 
+  absl::Status ScanFrom(const std::string& first_id,
+                        const std::function<bool(const v1::Activity&)>& visit) override {
+    return Walk(false, visit, first_id);
+  }
+
   absl::Status ScanNewestFirst(const std::function<bool(const v1::Activity&)>& visit) override {
     return Walk(true, visit);
   }
@@ -261,12 +266,13 @@ class RocksDbActivityStore : public ActivityStore {
 
   // Every activity's own record in key order (id order, which is creation
   // order), or backwards.
-  absl::Status Walk(bool backwards, const std::function<bool(const v1::Activity&)>& visit) {
+  absl::Status Walk(bool backwards, const std::function<bool(const v1::Activity&)>& visit,
+                    const std::string& first_id = "") {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
     if (backwards) {
       it->SeekForPrev(kActivityEnd);
     } else {
-      it->Seek(kActivityPrefix);
+      it->Seek(ActivityKey(first_id));
     }
     for (; it->Valid() && it->key().starts_with(kActivityPrefix);
          backwards ? it->Prev() : it->Next()) {

@@ -60,6 +60,12 @@ absl::StatusOr<std::unique_ptr<Activity>> Activity::Begin(rpc::Client* rpc,
   if (!options.begin_at_coordinator) {
     absl::Duration timeout =
         options.timeout == absl::ZeroDuration() ? kDefaultActivityTimeout : options.timeout;
+    if (timeout > kMaxActivityTimeout) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ActivityOptions.timeout ", absl::FormatDuration(timeout), " exceeds ",
+                       absl::FormatDuration(kMaxActivityTimeout),
+                       " (begin_at_coordinator allows up to dtsd's activity.max_timeout)"));
+    }
     absl::StatusOr<std::string> id = NewActivityId(absl::Now() + timeout);
     if (!id.ok()) return id.status();
     return std::unique_ptr<Activity>(

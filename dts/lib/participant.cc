@@ -20,6 +20,7 @@
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
+#include "local_group_commit.h"
 #include "participant_sql.h"
 
 namespace formica::dts {
@@ -56,11 +57,7 @@ class Participant::Impl final : public v1::Participant::CallbackService {
       stopping = true;
     }
     if (check_back.joinable()) check_back.join();
-    {
-      absl::MutexLock lock(&queue_mu);
-      closing = true;
-    }
-    if (committer.joinable()) committer.join();
+    commit.Close();
     absl::MutexLock lock(&db_mu);
     insert.Finalize();
     exists.Finalize();
@@ -201,93 +198,14 @@ class Participant::Impl final : public v1::Participant::CallbackService {
     const absl::string_view action_;
   };
 
-  // Runs `work` in a local transaction: its changes are committed when it
-  // returns OK (and asks to keep them), undone otherwise. Concurrent callers
-  // share one SQLite transaction and so one sync (group commit): the first
-  // becomes the leader and runs every waiting `work` inside its own
-  // savepoint, on the leader's thread, then commits once.
-  using Work = std::function<absl::Status(bool* keep)>;
-  // One InTransactions call: the leader hands leadership to it by name.
-  struct Caller {
-    bool may_lead = false;
-  };
-  struct Pending {
-    const Work* work;
-    absl::Status result;
-    bool done = false;
-    Caller* caller;  // nullptr: queued by RunAsync, finished through on_done
-    std::function<void(absl::Status)> on_done;
-    Work owned;
-  };
-  absl::Mutex queue_mu;
-  std::vector<Pending*> queue ABSL_GUARDED_BY(queue_mu);
-  bool leading ABSL_GUARDED_BY(queue_mu) = false;
-  // The committer thread leads when the oldest queued work has no caller
-  // waiting for it (RunAsync): no gRPC thread waits for a sync.
-  bool committer_leads ABSL_GUARDED_BY(queue_mu) = false;
-  bool closing ABSL_GUARDED_BY(queue_mu) = false;
-  std::thread committer;
+  using Work = LocalGroupCommit::Work;
+  using Pending = LocalGroupCommit::Pending;
+  // Local transactions of concurrent callers share one SQLite transaction
+  // and so one sync; RunBatch below runs each batch.
+  LocalGroupCommit commit{[this](const std::vector<Pending*>& batch) { RunBatch(batch); }};
 
-  // Runs `work` in the next group commit without waiting; `done` gets its
-  // outcome on the thread that ran it.
   void RunAsync(Work work, std::function<void(absl::Status)> done) {
-    auto* p =
-        new Pending{nullptr, absl::OkStatus(), false, nullptr, std::move(done), std::move(work)};
-    p->work = &p->owned;
-    absl::MutexLock lock(&queue_mu);
-    queue.push_back(p);
-    if (!leading) {
-      leading = true;
-      committer_leads = true;
-    }
-  }
-
-  // Hands the lead to whoever owns the oldest queued work, or gives it up.
-  void HandOverLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu) {
-    if (queue.empty()) {
-      leading = false;
-    } else if (queue.front()->caller != nullptr) {
-      queue.front()->caller->may_lead = true;
-    } else {
-      committer_leads = true;
-    }
-  }
-
-  // Runs a batch (queue_mu not held) and finishes its RunAsync works; the
-  // others are marked done by the caller once it holds queue_mu again.
-  std::vector<Pending*> RunAndFinish(std::vector<Pending*> batch) {
-    RunBatch(batch);
-    std::vector<Pending*> waited;
-    for (Pending* p : batch) {
-      if (p->caller != nullptr) {
-        waited.push_back(p);
-      } else {
-        p->on_done(std::move(p->result));
-        delete p;
-      }
-    }
-    return waited;
-  }
-
-  void CommitterLoop() {
-    absl::MutexLock lock(&queue_mu);
-    auto wake = [this]()
-                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu) { return committer_leads || closing; };
-    while (true) {
-      queue_mu.Await(absl::Condition(&wake));
-      if (!committer_leads) return;  // closing, nothing handed over
-      committer_leads = false;
-      // Leads for one batch, then hands over as any leader does.
-      if (!queue.empty()) {
-        std::vector<Pending*> batch;
-        batch.swap(queue);
-        queue_mu.Unlock();
-        std::vector<Pending*> waited = RunAndFinish(std::move(batch));
-        queue_mu.Lock();
-        for (Pending* p : waited) p->done = true;
-      }
-      HandOverLocked();
-    }
+    commit.RunAsync(std::move(work), std::move(done));
   }
 
   absl::Status InTransaction(const Work& work) {
@@ -305,45 +223,7 @@ class Participant::Impl final : public v1::Participant::CallbackService {
                             "a body or step cannot start another local transaction; use the "
                             "sqlite3* it is given"));
     }
-    Caller me;
-    std::vector<Pending> mine;
-    mine.reserve(works.size());
-    for (const Work* w : works) mine.push_back(Pending{w, absl::OkStatus(), false, &me, {}, {}});
-    auto all_done = [&mine]() {
-      for (const Pending& p : mine) {
-        if (!p.done) return false;
-      }
-      return true;
-    };
-    // Woken only when its works are done or it is handed the lead: never
-    // all at once.
-    auto wake = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-      return all_done() || me.may_lead || !leading;
-    };
-    absl::MutexLock lock(&queue_mu);
-    for (Pending& p : mine) queue.push_back(&p);
-    while (!all_done()) {
-      if (leading && !me.may_lead) {
-        queue_mu.Await(absl::Condition(&wake));
-        continue;
-      }
-      // Lead until our own works are done, then hand the lead to the
-      // caller of the oldest work still queued (or give it up).
-      leading = true;
-      me.may_lead = false;
-      while (!all_done() && !queue.empty()) {
-        std::vector<Pending*> batch;
-        batch.swap(queue);
-        queue_mu.Unlock();
-        std::vector<Pending*> waited = RunAndFinish(std::move(batch));
-        queue_mu.Lock();
-        for (Pending* p : waited) p->done = true;
-      }
-      HandOverLocked();
-    }
-    std::vector<absl::Status> results;
-    for (Pending& p : mine) results.push_back(std::move(p.result));
-    return results;
+    return commit.Run(works);
   }
 
   // Runs a batch in as few SQLite transactions as it can: each work in a
@@ -428,6 +308,17 @@ class Participant::Impl final : public v1::Participant::CallbackService {
     return calls->Run(op, options.enlist_timeout).status();
   }
 
+  // A deadline further away than any initiator may set is refused: its try
+  // would stay undecided that long if its report were lost.
+  static absl::Status CheckDeadline(absl::string_view id, absl::Time deadline) {
+    if (deadline - absl::Now() > kMaxActivityTimeout + absl::Minutes(5)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("activity ", id, " has its deadline more than ",
+                       absl::FormatDuration(kMaxActivityTimeout), " away; its try is refused"));
+    }
+    return absl::OkStatus();
+  }
+
   std::string JoinedEntry(absl::string_view id, absl::string_view action) const {
     return absl::StrCat("dts ", EscapeJoinedField(id), " ", EscapeJoinedField(options.name), " ",
                         EscapeJoinedField(action));
@@ -471,6 +362,10 @@ class Participant::Impl final : public v1::Participant::CallbackService {
       done(checked.ok() ? Try(id, action, payload, body) : checked);
       return;
     }
+    if (absl::Status st = CheckDeadline(id, *deadline); !st.ok()) {
+      done(st);
+      return;
+    }
     std::string entry = JoinedEntry(id, action);
     RunAsync(
         RecordedTryWork(id, std::string(action), std::move(payload), *deadline, std::move(body)),
@@ -489,6 +384,7 @@ class Participant::Impl final : public v1::Participant::CallbackService {
       // local transaction (durable before the answer), and reported back
       // to the initiator, who hands it to dtsd with the decision. If the
       // report is lost, the check-back finds the try past its deadline.
+      if (absl::Status st = CheckDeadline(id, *deadline); !st.ok()) return st;
       absl::Status st =
           InTransaction(RecordedTryWork(std::string(id), std::string(action), std::string(payload),
                                         *deadline, [&body](sqlite3* db) { return body(db); }));
@@ -538,56 +434,104 @@ class Participant::Impl final : public v1::Participant::CallbackService {
 
   // Asks dtsd the outcome of tries past their activity's deadline that no
   // confirm or cancel reached, and runs it here.
+  // Asks dtsd the outcome of tries past their activity's deadline that no
+  // confirm or cancel reached, and runs it here. A try it cannot finish
+  // now is asked about again later (the oldest never hold back the rest).
   void CheckBackOnce() {
     std::vector<std::pair<std::string, std::string>> due;  // (activity, action)
+    absl::Time now = absl::Now();
     {
       absl::MutexLock lock(&db_mu);
       sqlite3_stmt* s = nullptr;
       if (sqlite3_prepare_v2(db,
                              "SELECT activity_id, action FROM formica_dts_pending WHERE "
-                             "deadline_ms <= ?1 ORDER BY deadline_ms LIMIT 500",
+                             "check_ms <= ?1 ORDER BY check_ms LIMIT 500",
                              -1, &s, nullptr) != SQLITE_OK) {
         SPDLOG_WARN("{}: check-back: {}", options.name, sqlite3_errmsg(db));
         return;
       }
-      sqlite3_bind_int64(s, 1, absl::ToUnixMillis(absl::Now()));
+      sqlite3_bind_int64(s, 1, absl::ToUnixMillis(now));
       while (sqlite3_step(s) == SQLITE_ROW) {
         due.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)),
                          reinterpret_cast<const char*>(sqlite3_column_text(s, 1)));
       }
       sqlite3_finalize(s);
     }
-    std::map<std::string, v1::ActivityState> outcome;
-    for (const auto& [id, action] : due) {
-      if (outcome.count(id) > 0) continue;
+    std::vector<std::pair<size_t, Work>> works;  // index into `due`
+    for (size_t i = 0; i < due.size(); ++i) {
+      const auto& [id, action] = due[i];
       if (Stopping()) return;  // the participant is closing: the next start asks again
       v1::CoordinatorOp op;
       op.mutable_resolve()->set_activity_id(id);
+      v1::JoinedAction* mine = op.mutable_resolve()->add_actions();
+      mine->set_participant(options.name);
+      mine->set_action(action);
       absl::StatusOr<v1::OpResult> r = calls->Run(op, options.enlist_timeout);
       if (!r.ok()) {
-        if (absl::IsNotFound(r.status()) && reported_lost.insert(id).second) {
+        // Unknown to dtsd past its retention: for an operator, asked about
+        // rarely. Otherwise dtsd could not be asked: soon again.
+        bool lost = absl::IsNotFound(r.status());
+        if (lost && reported_lost.insert(id).second) {
           SPDLOG_ERROR("{}: the outcome of activity {} is unknown to dtsd: {}", options.name, id,
                        r.status().ToString());
         }
-        outcome[id] = v1::ACTIVE;  // asked again next time
+        Postpone(id, action, lost ? absl::Minutes(10) : 5 * options.check_back_interval);
         continue;
       }
-      outcome[id] = r->state();
-    }
-    std::vector<Work> works;
-    for (const auto& [id, action] : due) {
-      v1::ActivityState state = outcome[id];
+      v1::ActivityState state = r->state();
+      if (r->action_state() == v1::SETTLED) {
+        // An operator finished it by hand: its step must not run as well.
+        SPDLOG_WARN("{}: action {} of activity {} was settled by an operator; its {} is not run",
+                    options.name, action, id,
+                    state == v1::COMMITTED || state == v1::COMMITTING ? "confirm" : "cancel");
+        absl::Status dropped = InTransaction(
+            [&](bool*) ABSL_NO_THREAD_SAFETY_ANALYSIS { return DropPending(id, action); });
+        if (!dropped.ok()) SPDLOG_WARN("{}: check-back: {}", options.name, dropped.ToString());
+        continue;
+      }
       bool confirm = state == v1::COMMITTING || state == v1::COMMITTED;
-      if (!confirm && state != v1::ROLLING_BACK && state != v1::ROLLED_BACK) continue;
+      if (!confirm && state != v1::ROLLING_BACK && state != v1::ROLLED_BACK) {
+        Postpone(id, action, options.check_back_interval);  // not decided yet
+        continue;
+      }
       absl::StatusOr<Work> w = PhaseTwoWork(confirm, ActionCall{id, action, ""});
-      if (w.ok()) works.push_back(*std::move(w));
+      if (!w.ok()) {
+        SPDLOG_WARN("{}: check-back of {} in {}: {}", options.name, action, id,
+                    w.status().ToString());
+        Postpone(id, action, 30 * options.check_back_interval);
+        continue;
+      }
+      works.emplace_back(i, *std::move(w));
     }
     std::vector<const Work*> runnable;
-    for (const Work& w : works) runnable.push_back(&w);
+    for (const auto& [i, w] : works) runnable.push_back(&w);
     std::vector<absl::Status> ran = InTransactions(runnable);
-    for (size_t i = 0; i < ran.size(); ++i) {
-      if (!ran[i].ok()) SPDLOG_WARN("{}: check-back: {}", options.name, ran[i].ToString());
+    for (size_t k = 0; k < ran.size(); ++k) {
+      if (ran[k].ok()) continue;
+      const auto& [id, action] = due[works[k].first];
+      SPDLOG_WARN("{}: check-back of {} in {}: {}", options.name, action, id, ran[k].ToString());
+      Postpone(id, action, 30 * options.check_back_interval);
     }
+  }
+
+  // Asks about a pending try again after `after`.
+  void Postpone(const std::string& id, const std::string& action, absl::Duration after) {
+    absl::Status st = InTransaction([&](bool*) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+      sqlite3_stmt* s = nullptr;
+      if (sqlite3_prepare_v2(db,
+                             "UPDATE formica_dts_pending SET check_ms = ?3 WHERE activity_id = ?1 "
+                             "AND action = ?2",
+                             -1, &s, nullptr) != SQLITE_OK) {
+        return SqlError("postponing a check-back");
+      }
+      BindText(s, 1, id);
+      BindText(s, 2, action);
+      sqlite3_bind_int64(s, 3, absl::ToUnixMillis(absl::Now() + after));
+      int rc = sqlite3_step(s);
+      sqlite3_finalize(s);
+      return rc == SQLITE_DONE ? absl::OkStatus() : SqlError("postponing a check-back");
+    });
+    if (!st.ok()) SPDLOG_WARN("{}: check-back: {}", options.name, st.ToString());
   }
 
   bool Stopping() {
@@ -719,7 +663,7 @@ absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOption
   }
   for (auto [stmt, sql] :
        {std::pair{&impl->add_pending,
-                  "INSERT OR IGNORE INTO formica_dts_pending VALUES (?1, ?2, ?3, ?4)"},
+                  "INSERT OR IGNORE INTO formica_dts_pending VALUES (?1, ?2, ?3, ?4, ?4)"},
         {&impl->read_pending,
          "SELECT payload FROM formica_dts_pending WHERE activity_id=?1 AND action=?2"},
         {&impl->drop_pending,
@@ -728,7 +672,7 @@ absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOption
   }
   Impl* raw = impl.get();
   impl->check_back = std::thread([raw] { raw->CheckBackLoop(); });
-  impl->committer = std::thread([raw] { raw->CommitterLoop(); });
+  impl->commit.Start();
   return std::unique_ptr<Participant>(new Participant(std::move(impl)));
 }
 

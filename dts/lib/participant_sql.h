@@ -18,16 +18,18 @@ inline constexpr char kSchema[] =
 
 // Tries of activities whose initiator made their id (they carry their
 // deadline) and that are not confirmed or cancelled yet: the payload phase
-// two hands to the step, and when to ask dtsd for the outcome.
+// two hands to the step, and when to ask dtsd for the outcome (check_ms:
+// the deadline, later after a check-back that could not finish it).
 inline constexpr char kPendingSchema[] =
     "CREATE TABLE IF NOT EXISTS formica_dts_pending ("
     " activity_id TEXT NOT NULL,"
     " action TEXT NOT NULL,"
     " payload BLOB NOT NULL,"
     " deadline_ms INTEGER NOT NULL,"
+    " check_ms INTEGER NOT NULL,"
     " PRIMARY KEY (activity_id, action)) WITHOUT ROWID;"
-    "CREATE INDEX IF NOT EXISTS formica_dts_pending_by_deadline"
-    " ON formica_dts_pending (deadline_ms)";
+    "CREATE INDEX IF NOT EXISTS formica_dts_pending_by_check"
+    " ON formica_dts_pending (check_ms)";
 
 // One prepared statement, reset after each use.
 class Statement {

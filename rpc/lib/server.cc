@@ -170,8 +170,25 @@ grpc::Status Serve(grpc::ServerContextBase* context, absl::FunctionRef<grpc::Sta
   if (context == nullptr) return body();
   CallContextScope scope(ReadCallContext(*context), absl::FromChrono(context->deadline()));
   grpc::Status status = body();
-  // What the handler and the calls it made joined goes back to the caller.
-  for (const std::string& entry : TakeJoined()) context->AddTrailingMetadata(kJoinedKey, entry);
+  // What the handler and the calls it made joined goes back to the caller,
+  // up to kMaxJoinedBytes (gRPC refuses a reply whose metadata passes its
+  // limit, 8 KiB by default); what does not fit is left out, for the joined
+  // party's own recovery (DTS: its check-back).
+  size_t bytes = 0;
+  for (const std::string& entry : TakeJoined()) {
+    bytes += entry.size() + sizeof(kJoinedKey);
+    if (bytes > kMaxJoinedBytes) {
+      static std::atomic<bool> said{false};
+      if (!said.exchange(true)) {
+        SPDLOG_WARN(
+            "a reply carries at most {} bytes of x-formica-joined entries; the rest are "
+            "left out (reported once)",
+            kMaxJoinedBytes);
+      }
+      break;
+    }
+    context->AddTrailingMetadata(kJoinedKey, entry);
+  }
   return status;
 }
 

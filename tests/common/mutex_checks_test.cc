@@ -42,13 +42,16 @@ int LockBothWaysInAChild(bool keep_detection) {
 
 TEST(MutexChecks, LibformicaTurnsOffAbslDeadlockDetection) {
   (void)Clock::Real();  // this test links libformica: its loading set the mode
+  int with_detection = LockBothWaysInAChild(true);
+  if (WIFEXITED(with_detection) && WEXITSTATUS(with_detection) == 0) {
+    GTEST_SKIP() << "this absl was built without deadlock detection: nothing to turn off";
+  }
+  ASSERT_TRUE(WIFSIGNALED(with_detection))
+      << "with detection on, absl aborts on a lock-order inversion (status " << with_detection
+      << ")";
   int status = LockBothWaysInAChild(false);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
       << "the lock-order inversion was reported: detection is still on (status " << status << ")";
-  int with_detection = LockBothWaysInAChild(true);
-  EXPECT_TRUE(WIFSIGNALED(with_detection))
-      << "with detection on, absl aborts on the same inversion (status " << with_detection
-      << "): the first case shows libformica turned it off";
 }
 
 }  // namespace

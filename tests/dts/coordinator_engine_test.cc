@@ -140,8 +140,9 @@ class DtsEngines : public ::testing::Test {
     v1::ActivityRef ref;
     ref.set_activity_id(id);
     v1::ActivityState state = v1::ACTIVITY_STATE_UNSPECIFIED;
+    v1::ActionState action_state = v1::ACTION_STATE_UNSPECIFIED;
     std::function<void()> start;
-    absl::Status st = engine_.Resolve(ref, &state, &start);
+    absl::Status st = engine_.Resolve(ref, &state, &action_state, &start);
     if (start) start();
     if (!st.ok()) return st;
     return state;
@@ -391,6 +392,62 @@ TEST_F(DtsEngines, AnEnlistTakesUpAnActivityBegunWithoutARoundTripAndItsDeadline
   absl::Status st = engine_.Enlist(enlist);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
   EXPECT_TRUE(absl::StrContains(st.message(), "the coordinator's maximum")) << st;
+}
+
+}  // namespace
+}  // namespace formica::dts
+
+namespace formica::dts {
+namespace {
+
+TEST_F(DtsEngines, ACheckBackDuringADecisionNotYetSyncedWaitsForTheSyncAndNamesTheActionsState) {
+  std::string id = IdWithDeadline(clock_.Now() + absl::Seconds(10));
+  v1::ActivityRef commit;
+  commit.set_activity_id(id);
+  v1::JoinedAction* debit = commit.add_actions();
+  debit->set_participant("bank.a");
+  debit->set_action("debit");
+  v1::DecisionResponse decision;
+  std::function<void()> start;
+  ASSERT_TRUE(engine_.Decide(commit, true, &decision, &start).ok());  // not synced yet
+  ASSERT_TRUE(start != nullptr);
+
+  v1::ActivityRef ask;
+  ask.set_activity_id(id);
+  *ask.add_actions() = *debit;
+  v1::ActivityState state = v1::ACTIVITY_STATE_UNSPECIFIED;
+  v1::ActionState action = v1::ACTION_STATE_UNSPECIFIED;
+  std::function<void()> after;
+  ASSERT_TRUE(engine_.Resolve(ask, &state, &action, &after).ok());
+  EXPECT_EQ(state, v1::COMMITTING);
+  EXPECT_EQ(action, v1::ENLISTED);
+  EXPECT_TRUE(after != nullptr) << "the answer must wait for the decision's sync";
+
+  start();  // the sync is done
+  after = nullptr;
+  ASSERT_TRUE(engine_.Resolve(ask, &state, &action, &after).ok());
+  EXPECT_TRUE(after == nullptr) << "on disk: answered at once";
+
+  // An operator settles it: the participant must not run its step then.
+  v1::ActivityRef settle;
+  settle.set_activity_id(id);
+  settle.set_reason("credited by hand");
+  v1::DecisionResponse settled;
+  ASSERT_TRUE(engine_.Settle(settle, &settled).ok());
+  ASSERT_TRUE(engine_.Resolve(ask, &state, &action, &after).ok());
+  EXPECT_EQ(state, v1::COMMITTED);
+  EXPECT_EQ(action, v1::SETTLED);
+}
+
+TEST_F(DtsEngines, ARollbackIsTakenEvenForAnIdWhoseDeadlineIsBeyondTheMaximum) {
+  std::string far = IdWithDeadline(clock_.Now() + absl::Hours(2));
+  absl::Status commit = DecideWith(far, true, {{"bank.a", "debit"}});
+  EXPECT_EQ(commit.code(), absl::StatusCode::kInvalidArgument) << commit;
+  absl::Status rollback = DecideWith(far, false, {{"bank.a", "debit"}});
+  EXPECT_TRUE(rollback.ok()) << rollback;
+  Advance(absl::ZeroDuration());
+  ASSERT_EQ(sender_.sent.size(), 1u);
+  EXPECT_FALSE(sender_.sent[0].item.confirm()) << "its try is cancelled, not left frozen";
 }
 
 }  // namespace

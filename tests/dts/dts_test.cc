@@ -848,26 +848,38 @@ TEST_F(DtsTest, FinishedActivitiesAreListedNewestFirstAndRemovedAfterTheirRetent
   StartDtsd({"--set", "activity.finished_retention=2s", "--set", "activity.sweep_interval=100ms"});
   std::vector<std::string> ids;
   for (int i = 0; i < 3; ++i) {
-    auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer"));
+    auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Milliseconds(500)));
     ASSERT_TRUE(activity.ok()) << activity.status();
     ASSERT_TRUE((*activity)->Commit().ok());
     ids.push_back((*activity)->id());
+    absl::SleepFor(absl::Milliseconds(3));  // ids of initiators sort by deadline, in ms
   }
+  // Begun by its initiator, it stays until its deadline too is past the
+  // retention: a participant's check-back within it must find it.
+  auto far = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Seconds(60)));
+  ASSERT_TRUE(far.ok()) << far.status();
+  ASSERT_TRUE((*far)->Commit().ok());
+  // One begun at dtsd and still open sorts before them all: the sweep of
+  // the initiators' ids does not stop at it.
   auto open = Activity::Begin(rpc_.get(), BegunAtDtsd("bank.Transfer", absl::Seconds(60)));
   ASSERT_TRUE(open.ok()) << open.status();
   grpc::ClientContext ctx;
   v1::ListRequest req;
   req.add_states(v1::COMMITTED);
-  req.set_limit(2);
+  req.set_limit(3);
   v1::ListResponse resp;
   ASSERT_TRUE(coordinator_->List(&ctx, req, &resp).ok());
-  ASSERT_EQ(resp.activities_size(), 2);
-  EXPECT_EQ(resp.activities(0).id(), ids[2]) << "newest first";
-  EXPECT_EQ(resp.activities(1).id(), ids[1]);
+  ASSERT_EQ(resp.activities_size(), 3);
+  EXPECT_EQ(resp.activities(0).id(), (*far)->id()) << "the latest deadline first";
+  EXPECT_EQ(resp.activities(1).id(), ids[2]) << "newest first";
+  EXPECT_EQ(resp.activities(2).id(), ids[1]);
   absl::SleepFor(absl::Seconds(3));
   for (const std::string& id : ids) {
     EXPECT_EQ(Get(id).status().code(), absl::StatusCode::kNotFound) << id << " outlived retention";
   }
+  auto kept = Get((*far)->id());
+  ASSERT_TRUE(kept.ok()) << "finished, but its deadline is not past the retention yet";
+  EXPECT_EQ(kept->state(), v1::COMMITTED);
   auto still = Get((*open)->id());
   ASSERT_TRUE(still.ok()) << "an unfinished activity is never swept";
   EXPECT_EQ(still->state(), v1::ACTIVE);

@@ -59,6 +59,16 @@ int WatchStats(const Flags& flags, dts::Coordinator::Stub* stub,
     dts::Stats now;
     if (grpc::Status st = read(&now); !st.ok()) return Fail(st);
     absl::Time t1 = absl::Now();
+    if (now.begun() < before.begun() || now.wal_syncs() < before.wal_syncs() ||
+        now.cpu_seconds() < before.cpu_seconds()) {
+      // dtsd restarted: its counters began again; rates from the next line.
+      if (flags.output == Output::kText) std::printf("(dtsd restarted)\n");
+      std::fflush(stdout);
+      before = now;
+      t0 = t1;
+      --line;
+      continue;
+    }
     double secs = absl::ToDoubleSeconds(t1 - t0);
     auto rate = [&](uint64_t a, uint64_t b) { return secs > 0 ? (b - a) / secs : 0; };
     double ended = static_cast<double>(now.committed() - before.committed() + now.rolled_back() -

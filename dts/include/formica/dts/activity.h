@@ -43,6 +43,9 @@ inline constexpr char kCoordinatorService[] = "formica.dts.v1.Coordinator";
 // ActivityOptions.timeout is zero (dtsd's activity.default_timeout applies
 // to those begun at the coordinator).
 inline constexpr absl::Duration kDefaultActivityTimeout = absl::Seconds(30);
+// The longest timeout an activity begun without a round trip may have (its
+// participants refuse tries of one whose deadline is further away).
+inline constexpr absl::Duration kMaxActivityTimeout = absl::Hours(24);
 
 struct ActivityOptions {
   std::string name;  // what kind of activity, e.g. "fund.Purchase" (required)

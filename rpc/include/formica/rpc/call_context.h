@@ -33,6 +33,8 @@ inline constexpr char kZoneKey[] = "x-formica-zone";
 inline constexpr char kTxnIdKey[] = "x-formica-txn";
 // Trailing metadata of a reply: what the call joined (see ReportJoined).
 inline constexpr char kJoinedKey[] = "x-formica-joined";
+// At most this many bytes of them in one reply (the rest are left out).
+inline constexpr size_t kMaxJoinedBytes = 4096;
 
 // The context of the call a handler is serving on this thread, while it
 // runs inside rpc::Serve (see server.h); nullptr elsewhere. rpc::Client
