@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "balancer.h"
+#include "call_stats.h"
 #include "formica/common/clock.h"
 #include "formica/common/grpc_status.h"
 #include "formica/rpc/discovery.h"
@@ -32,6 +33,7 @@ struct Endpoint {
   Provider provider;
   std::shared_ptr<EndpointState> state;
   std::shared_ptr<grpc::Channel> channel;
+  std::shared_ptr<CallStats> stats;  // this process's calls to the provider; null: not counted
   std::atomic<int> consecutive_failures{0};
   std::atomic<int64_t> ejected_until_ns{0};
 
@@ -330,6 +332,10 @@ void Client::Impl::Rebuild(Service& s) {
       e = std::make_shared<Endpoint>();
       e->provider = inst;
       e->state = std::make_shared<EndpointState>(inst.address, inst.weight);
+      if (options_.count_calls) {
+        e->stats =
+            CallStatsRegistry::Global().Get(CallSeries::Side::kClient, s.name, "", inst.address);
+      }
       grpc::ChannelArguments args;
       args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
       args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
@@ -439,6 +445,7 @@ bool Client::Impl::TakeRetryToken() {
 
 void Client::Impl::Record(Endpoint& e, const grpc::Status& status, absl::Duration latency) {
   e.state->CallFinished(latency);
+  if (e.stats != nullptr) e.stats->Record(static_cast<int>(status.error_code()), latency);
   bool provider_fault = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                         status.error_code() == grpc::StatusCode::INTERNAL ||
                         status.error_code() == grpc::StatusCode::UNKNOWN;

@@ -2,13 +2,14 @@
 // rpc::Server and publishes it to dsrd. Prints "serving on HOST:PORT".
 //   echo_server --registry H:P [--zone Z] [--weight W] [--tag k=v]... [--warmup-ms N]
 //               [--grace-ms N] [--delay-ms N] [--max-concurrent N] [--config FILE]
-//               [--echo-context no]
+//               [--echo-context no] [--fail-percent N] [--count-calls no]
 // The handler runs inside rpc::Serve: it reads the caller's context from
 // CurrentCallContext(), echoes it in the reply (not with --echo-context no:
 // replies then carry the same fields whoever calls, as benchmarks need) and
 // forwards with that context implied.
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -23,7 +24,9 @@
 
 namespace {
 
-int g_delay_ms = 0;          // every call sleeps this long: a slow provider
+int g_delay_ms = 0;      // every call sleeps this long: a slow provider
+int g_fail_percent = 0;  // this share of calls fails with INTERNAL: a bad version
+std::atomic<uint64_t> g_calls{0};
 bool g_echo_context = true;  // the reply carries the caller's context
 
 class EchoImpl final : public formica::test::Echo::Service {
@@ -57,6 +60,11 @@ class EchoImpl final : public formica::test::Echo::Service {
     response->set_deadline_left_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
                                        context.deadline() - std::chrono::system_clock::now())
                                        .count());
+    // Every (100 / N)th call, spread evenly: a deterministic failure rate.
+    uint64_t n = g_calls.fetch_add(1);
+    if (g_fail_percent > 0 && (n * g_fail_percent) / 100 != ((n + 1) * g_fail_percent) / 100) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, "failing as configured (--fail-percent)");
+    }
     if (request->fail()) {
       return grpc::Status(grpc::StatusCode::INTERNAL, "asked to fail");
     }
@@ -105,6 +113,10 @@ int main(int argc, char** argv) {
       options.warmup_step = absl::Milliseconds(100);
     } else if (flag == "--delay-ms") {
       g_delay_ms = std::atoi(value.c_str());
+    } else if (flag == "--count-calls") {
+      options.count_calls = value != "no";
+    } else if (flag == "--fail-percent") {
+      g_fail_percent = std::atoi(value.c_str());
     } else if (flag == "--max-concurrent") {
       options.max_concurrent_calls = std::atoi(value.c_str());
     } else if (flag == "--grace-ms") {
