@@ -12,9 +12,7 @@
 
 #include "absl/container/inlined_vector.h"
 #include "absl/functional/function_ref.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -23,6 +21,7 @@
 #include "formica/common/clock.h"
 #include "formica/common/grpc_status.h"
 #include "formica/rpc/discovery.h"
+#include "formica/rpc/routes.h"
 #include "serving.h"
 
 namespace formica::rpc {
@@ -87,36 +86,10 @@ struct Picked {
 };
 
 // A tag route: a share of the calls goes to providers with tag key=value.
-struct Route {
-  std::string key;
-  std::string value;
-  int percent = 0;
-};
+using Route = TagRoute;
 
-// Parses "color=blue:90,color=green:10". Percents must add up to 100.
 absl::StatusOr<std::vector<Route>> ParseRoutes(absl::string_view text) {
-  std::vector<Route> routes;
-  int total = 0;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
-    part = absl::StripAsciiWhitespace(part);
-    size_t eq = part.find('=');
-    size_t colon = part.rfind(':');
-    Route r;
-    if (eq == absl::string_view::npos || colon == absl::string_view::npos || colon < eq ||
-        !absl::SimpleAtoi(part.substr(colon + 1), &r.percent) || r.percent < 0 || r.percent > 100) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("route '", part, "' is not key=value:percent (e.g. color=blue:90)"));
-    }
-    r.key = std::string(part.substr(0, eq));
-    r.value = std::string(part.substr(eq + 1, colon - eq - 1));
-    total += r.percent;
-    routes.push_back(std::move(r));
-  }
-  if (!routes.empty() && total != 100) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("route percents add up to ", total, ", not 100: '", text, "'"));
-  }
-  return routes;
+  return ParseTagRoutes(text);
 }
 
 // The candidates for one route: balancers over the local zone and over all.

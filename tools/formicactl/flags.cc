@@ -6,6 +6,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 
 namespace formica::ctl {
 
@@ -48,6 +49,24 @@ dms commands (messages at dmsd):
                                        dead letters; --replay delivers them to GROUP again
   dms half [--parked] [--limit N]      undecided transactional messages and their checks
   dms resume [ID] [--yes]              check parked half messages again (all, or ID)
+
+traffic commands (a service's calls among its providers, through the registry):
+  traffic view [SERVICE] [--by KEY,...] [--watch [--every 2s]]
+                                       per group of providers (by --by, or the route's tag
+                                       keys, or color): share, instances, healthy, calls,
+                                       failed %, p99
+  traffic set SERVICE ROUTE [--expect-version N]
+                                       ROUTE: key=value:percent,... adding up to 100, each
+                                       tag carried by a provider; compare-and-set
+  traffic clear SERVICE [--expect-version N]   remove the route (calls go by weight)
+  traffic stats SERVICE                each provider's served calls, failures, p50, p99
+  traffic shift SERVICE --to KEY=VALUE [--step 10] [--every 30s] [--min-calls 20]
+                [--max-failure-increase 1] [--max-p99-ratio 1.5] [--p99-slack-ms 5]
+                                       move the calls to the target in steps, judging each;
+                                       restores the route when the target does worse
+  traffic shift SERVICE                take over the shift recorded in the registry
+  traffic pause|resume|abort SERVICE   control a shift from any terminal
+  traffic status SERVICE               the shift's record
 
 --registry defaults to $FORMICA_REGISTRY or 127.0.0.1:7370;
 --dts to $FORMICA_DTS or 127.0.0.1:7380; --dms to $FORMICA_DMS or
@@ -140,6 +159,40 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
         return Usage("--expect-version wants a version number");
       }
       flags->expect_version = n;
+    } else if (a == "--to" || a == "--by") {
+      auto v = value(a.c_str());
+      if (!v) return 2;
+      (a == "--to" ? flags->to : flags->by) = *v;
+    } else if (a == "--step") {
+      auto v = value("--step");
+      if (!v || !absl::SimpleAtoi(*v, &flags->step_percent) || flags->step_percent <= 0 ||
+          flags->step_percent > 100) {
+        return Usage("--step wants a percent from 1 to 100");
+      }
+    } else if (a == "--every") {
+      auto v = value("--every");
+      absl::Duration d;
+      if (!v || !absl::ParseDuration(*v, &d) || d < absl::Milliseconds(100)) {
+        return Usage("--every wants a duration of at least 100ms (e.g. 30s)");
+      }
+      flags->every_ms = absl::ToInt64Milliseconds(d);
+      flags->every_given = true;
+    } else if (a == "--max-failure-increase" || a == "--max-p99-ratio" || a == "--p99-slack-ms") {
+      auto v = value(a.c_str());
+      double x = 0;
+      if (!v || !absl::SimpleAtod(*v, &x) || x < 0) {
+        return Usage(absl::StrCat(a, " wants a number of at least 0"));
+      }
+      (a == "--max-failure-increase" ? flags->max_failure_increase
+       : a == "--max-p99-ratio"      ? flags->max_p99_ratio
+                                     : flags->p99_slack_ms) = x;
+    } else if (a == "--min-calls") {
+      auto v = value("--min-calls");
+      if (!v || !absl::SimpleAtoi(*v, &flags->min_calls) || flags->min_calls < 1) {
+        return Usage("--min-calls wants a positive number");
+      }
+    } else if (a == "--watch") {
+      flags->watch = true;
     } else if (a == "--replay") {
       flags->replay = true;
     } else if (a == "--parked") {
