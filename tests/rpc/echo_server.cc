@@ -2,13 +2,14 @@
 // rpc::Server and publishes it to dsrd. Prints "serving on HOST:PORT".
 //   echo_server --registry H:P [--zone Z] [--weight W] [--tag k=v]... [--warmup-ms N]
 //               [--grace-ms N] [--delay-ms N] [--max-concurrent N] [--config FILE]
-//               [--echo-context no] [--fail-percent N] [--count-calls no]
+//               [--echo-context no] [--fail-percent N] [--count-calls no] [--pid-file F]
 // The handler runs inside rpc::Serve: it reads the caller's context from
 // CurrentCallContext(), echoes it in the reply (not with --echo-context no:
 // replies then carry the same fields whoever calls, as benchmarks need) and
 // forwards with that context implied.
 #include <grpcpp/grpcpp.h>
 
+#include <unistd.h>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -96,6 +97,7 @@ int main(int argc, char** argv) {
   formica::registry::ClientOptions registry_options;
   registry_options.client_name = "echo_server";
   formica::rpc::ServerOptions options;
+  std::string pid_file;
   options.unpublish_grace = absl::Milliseconds(500);
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
@@ -113,6 +115,10 @@ int main(int argc, char** argv) {
       options.warmup_step = absl::Milliseconds(100);
     } else if (flag == "--delay-ms") {
       g_delay_ms = std::atoi(value.c_str());
+    } else if (flag == "--pid-file") {
+      // For scripts that stop this provider by its address (deploy commands
+      // in release tests): the file holds the pid.
+      pid_file = value;
     } else if (flag == "--count-calls") {
       options.count_calls = value != "no";
     } else if (flag == "--fail-percent") {
@@ -161,6 +167,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   impl.address = (*server)->address();
+  if (!pid_file.empty()) {
+    if (FILE* f = std::fopen(pid_file.c_str(), "w")) {
+      std::fprintf(f, "%d\n", static_cast<int>(getpid()));
+      std::fclose(f);
+    }
+  }
   std::printf("serving on %s\n", impl.address.c_str());
   std::fflush(stdout);
   formica::WaitForTerminationSignal();
