@@ -2,7 +2,7 @@
 // rpc::Server and publishes it to dsrd. Prints "serving on HOST:PORT".
 //   echo_server --registry H:P [--zone Z] [--weight W] [--tag k=v]... [--warmup-ms N]
 //               [--grace-ms N] [--delay-ms N] [--max-concurrent N] [--config FILE]
-//               [--echo-context no] [--fail-percent N] [--count-calls no] [--pid-file F]
+//               [--echo-context no] [--fail-percent N] [--count-calls no] [--pid-dir DIR]
 // The handler runs inside rpc::Serve: it reads the caller's context from
 // CurrentCallContext(), echoes it in the reply (not with --echo-context no:
 // replies then carry the same fields whoever calls, as benchmarks need) and
@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
   formica::registry::ClientOptions registry_options;
   registry_options.client_name = "echo_server";
   formica::rpc::ServerOptions options;
-  std::string pid_file;
+  std::string pid_dir;
   options.unpublish_grace = absl::Milliseconds(500);
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
@@ -115,10 +115,10 @@ int main(int argc, char** argv) {
       options.warmup_step = absl::Milliseconds(100);
     } else if (flag == "--delay-ms") {
       g_delay_ms = std::atoi(value.c_str());
-    } else if (flag == "--pid-file") {
-      // For scripts that stop this provider by its address (deploy commands
-      // in release tests): the file holds the pid.
-      pid_file = value;
+    } else if (flag == "--pid-dir") {
+      // For scripts that stop a provider by its address (deploy commands in
+      // release tests): DIR/PORT.pid holds its pid.
+      pid_dir = value;
     } else if (flag == "--count-calls") {
       options.count_calls = value != "no";
     } else if (flag == "--fail-percent") {
@@ -167,7 +167,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   impl.address = (*server)->address();
-  if (!pid_file.empty()) {
+  if (!pid_dir.empty()) {
+    std::string pid_file = pid_dir + "/" + std::to_string((*server)->port()) + ".pid";
     if (FILE* f = std::fopen(pid_file.c_str(), "w")) {
       std::fprintf(f, "%d\n", static_cast<int>(getpid()));
       std::fclose(f);

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "formica/common/grpc_status.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
@@ -188,6 +189,65 @@ absl::Status CheckRoutes(const std::string& service, const std::vector<rpc::TagR
   return absl::InvalidArgumentError(
       absl::StrCat("no provider of ", service, " carries ", absl::StrJoin(missing, ", "),
                    "; their tags: ", have.empty() ? "none" : absl::StrJoin(have, ", ")));
+}
+
+// What each provider served so far, by address (providers that do not
+// answer are left out).
+std::map<std::string, rpc::CallSeries> ReadServed(TrafficLink& link, const std::string& service,
+                                                  const std::vector<ProviderInfo>& providers) {
+  std::map<std::string, rpc::CallSeries> out;
+  for (const ProviderInfo& p : providers) {
+    absl::StatusOr<rpc::CallSeries> s = link.Served(p.address, service);
+    if (s.ok()) out[p.address] = *s;
+  }
+  return out;
+}
+
+Analysis Analyse(const Thresholds& limits, const std::string& key, const std::string& value,
+                 const std::vector<ProviderInfo>& providers,
+                 const std::map<std::string, rpc::CallSeries>& before,
+                 const std::map<std::string, rpc::CallSeries>& after) {
+  rpc::CallSeries target, source;
+  for (const ProviderInfo& p : providers) {
+    auto a = after.find(p.address);
+    if (a == after.end()) continue;
+    auto b = before.find(p.address);
+    rpc::CallSeries d = b == before.end() ? a->second : a->second.Minus(b->second);
+    (p.Carries(key, value) ? target : source).Add(d);
+  }
+  auto rate = [](const rpc::CallSeries& s) {
+    return s.calls() == 0 ? 0.0 : 100.0 * s.failures() / s.calls();
+  };
+  double tp99 = rpc::LatencyQuantileMs(target, 0.99);
+  double sp99 = rpc::LatencyQuantileMs(source, 0.99);
+  Analysis a;
+  a.summary = absl::StrFormat(
+      "target %llu calls, %.2f%% failed, p99 %.2f ms; others %llu calls, %.2f%% failed, p99 "
+      "%.2f ms",
+      static_cast<unsigned long long>(target.calls()), rate(target), tp99,
+      static_cast<unsigned long long>(source.calls()), rate(source), sp99);
+  if (target.calls() < static_cast<uint64_t>(limits.min_calls)) {
+    a.verdict = Verdict::kNoData;
+    a.summary =
+        absl::StrCat("not judged, fewer than ", limits.min_calls, " target calls: ", a.summary);
+    return a;
+  }
+  if (rate(target) - rate(source) > limits.max_failure_rate_increase) {
+    a.verdict = Verdict::kFail;
+    a.summary = absl::StrFormat(
+        "target failed %.2f%% of calls, %.2f points over the others (limit %g): %s", rate(target),
+        rate(target) - rate(source), limits.max_failure_rate_increase, a.summary);
+    return a;
+  }
+  if (source.calls() >= static_cast<uint64_t>(limits.min_calls) &&
+      tp99 > sp99 * limits.max_p99_ratio && tp99 - sp99 > limits.p99_slack_ms) {
+    a.verdict = Verdict::kFail;
+    a.summary = absl::StrFormat("target p99 %.2f ms is over %gx the others' %.2f ms: %s", tp99,
+                                limits.max_p99_ratio, sp99, a.summary);
+    return a;
+  }
+  a.verdict = Verdict::kPass;
+  return a;
 }
 
 int FailWith(const absl::Status& status) {

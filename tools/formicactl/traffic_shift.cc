@@ -43,51 +43,11 @@ void Say(const std::string& line) {
   std::fflush(stdout);
 }
 
-// The shift's record in the registry, read and written with compare-and-set.
-class Record {
- public:
-  Record(TrafficLink& link, std::string service) : link_(link), service_(std::move(service)) {}
+using Record = StoredRecord<v1::TrafficShift>;
 
-  // False when there is none.
-  absl::StatusOr<bool> Load() {
-    absl::StatusOr<Entry> e = link_.Get(ShiftKey(service_));
-    if (!e.ok()) return e.status();
-    version_ = e->version;
-    shift = v1::TrafficShift();
-    if (e->version == 0) return false;
-    if (!google::protobuf::util::JsonStringToMessage(e->value, &shift).ok()) {
-      return absl::DataLossError(absl::StrCat("the record ", ShiftKey(service_),
-                                              " is not a traffic shift; delete it with "
-                                              "formicactl config delete"));
-    }
-    return true;
-  }
-
-  // Writes `shift` if the record did not move since it was read;
-  // FAILED_PRECONDITION otherwise (Load again to see what changed).
-  absl::Status Save() {
-    shift.set_updated_unix_ms(absl::ToUnixMillis(absl::Now()));
-    std::string json;
-    google::protobuf::util::JsonPrintOptions options;
-    options.preserve_proto_field_names = true;
-    (void)google::protobuf::util::MessageToJsonString(shift, &json, options);
-    absl::StatusOr<uint64_t> v = link_.Put(ShiftKey(service_), json, version_);
-    if (!v.ok()) return v.status();
-    version_ = *v;
-    return absl::OkStatus();
-  }
-
-  absl::Duration SinceUpdate() const {
-    return absl::Now() - absl::FromUnixMillis(shift.updated_unix_ms());
-  }
-
-  v1::TrafficShift shift;
-
- private:
-  TrafficLink& link_;
-  const std::string service_;
-  uint64_t version_ = 0;
-};
+Thresholds ThresholdsOf(const v1::TrafficShift& s) {
+  return {s.max_failure_rate_increase(), s.max_p99_ratio(), s.p99_slack_ms(), s.min_calls()};
+}
 
 // The route with `percent` of the calls on target (key=value) and the rest
 // on the key's other values, in proportion to their shares under `original`.
@@ -131,74 +91,6 @@ std::string StepRoute(const std::vector<ProviderInfo>& providers,
   return rpc::FormatTagRoutes(routes);
 }
 
-// What each provider served so far, by address (providers that do not
-// answer are left out).
-std::map<std::string, rpc::CallSeries> ReadServed(TrafficLink& link, const std::string& service,
-                                                  const std::vector<ProviderInfo>& providers) {
-  std::map<std::string, rpc::CallSeries> out;
-  for (const ProviderInfo& p : providers) {
-    absl::StatusOr<rpc::CallSeries> s = link.Served(p.address, service);
-    if (s.ok()) out[p.address] = *s;
-  }
-  return out;
-}
-
-enum class Verdict { kPass, kNoData, kFail };
-
-struct Analysis {
-  Verdict verdict = Verdict::kNoData;
-  std::string summary;
-};
-
-// Judges one window: the target's providers against the others.
-Analysis Analyse(const v1::TrafficShift& shift, const std::vector<ProviderInfo>& providers,
-                 const std::map<std::string, rpc::CallSeries>& before,
-                 const std::map<std::string, rpc::CallSeries>& after) {
-  std::string key = shift.target().substr(0, shift.target().find('='));
-  std::string value = shift.target().substr(shift.target().find('=') + 1);
-  rpc::CallSeries target, source;
-  for (const ProviderInfo& p : providers) {
-    auto a = after.find(p.address);
-    if (a == after.end()) continue;
-    auto b = before.find(p.address);
-    rpc::CallSeries d = b == before.end() ? a->second : a->second.Minus(b->second);
-    (p.Carries(key, value) ? target : source).Add(d);
-  }
-  auto rate = [](const rpc::CallSeries& s) {
-    return s.calls() == 0 ? 0.0 : 100.0 * s.failures() / s.calls();
-  };
-  double tp99 = rpc::LatencyQuantileMs(target, 0.99);
-  double sp99 = rpc::LatencyQuantileMs(source, 0.99);
-  Analysis a;
-  a.summary = absl::StrFormat(
-      "target %llu calls, %.2f%% failed, p99 %.2f ms; others %llu calls, %.2f%% failed, p99 "
-      "%.2f ms",
-      static_cast<unsigned long long>(target.calls()), rate(target), tp99,
-      static_cast<unsigned long long>(source.calls()), rate(source), sp99);
-  if (target.calls() < static_cast<uint64_t>(shift.min_calls())) {
-    a.verdict = Verdict::kNoData;
-    a.summary =
-        absl::StrCat("not judged, fewer than ", shift.min_calls(), " target calls: ", a.summary);
-    return a;
-  }
-  if (rate(target) - rate(source) > shift.max_failure_rate_increase()) {
-    a.verdict = Verdict::kFail;
-    a.summary = absl::StrFormat(
-        "target failed %.2f%% of calls, %.2f points over the others (limit %g): %s", rate(target),
-        rate(target) - rate(source), shift.max_failure_rate_increase(), a.summary);
-    return a;
-  }
-  if (source.calls() >= static_cast<uint64_t>(shift.min_calls()) &&
-      tp99 > sp99 * shift.max_p99_ratio() && tp99 - sp99 > shift.p99_slack_ms()) {
-    a.verdict = Verdict::kFail;
-    a.summary = absl::StrFormat("target p99 %.2f ms is over %gx the others' %.2f ms: %s", tp99,
-                                shift.max_p99_ratio(), sp99, a.summary);
-    return a;
-  }
-  a.verdict = Verdict::kPass;
-  return a;
-}
-
 class Controller {
  public:
   Controller(TrafficLink& link, std::string service, Record& record)
@@ -206,7 +98,7 @@ class Controller {
 
   // Runs the shift in the record to its end; the exit code.
   int Run() {
-    v1::TrafficShift& s = record_.shift;
+    v1::TrafficShift& s = record_.value;
     key_ = s.target().substr(0, s.target().find('='));
     value_ = s.target().substr(s.target().find('=') + 1);
     absl::StatusOr<std::vector<rpc::TagRoute>> original = rpc::ParseTagRoutes(s.original_route());
@@ -256,7 +148,8 @@ class Controller {
         judged_at_percent = false;
         continue;
       }
-      Analysis a = Analyse(s, *providers, before, ReadServed(link_, service_, *providers));
+      Analysis a = Analyse(ThresholdsOf(s), key_, value_, *providers, before,
+                           ReadServed(link_, service_, *providers));
       if (a.verdict == Verdict::kFail) return Stop("failed", a.summary, /*restore=*/true);
       judged_at_percent = a.verdict == Verdict::kPass;
       s.set_message(a.summary);
@@ -269,7 +162,7 @@ class Controller {
     for (int attempt = 0; attempt < 5; ++attempt) {
       absl::StatusOr<Entry> now = link_.Get(RouteKey(service_));
       if (!now.ok()) return now.status();
-      const std::string& original = record_.shift.original_route();
+      const std::string& original = record_.value.original_route();
       absl::Status st;
       if (original.empty()) {
         if (now->version == 0) return absl::OkStatus();
@@ -294,13 +187,13 @@ class Controller {
         return st;
       }
       if (!absl::IsFailedPrecondition(st)) return st;
-      v1::TrafficShift mine = record_.shift;
+      v1::TrafficShift mine = record_.value;
       if (absl::StatusOr<bool> loaded = record_.Load(); !loaded.ok() || !*loaded) {
         return absl::AbortedError("the shift's record was removed");
       }
-      std::string theirs = record_.shift.state();
-      record_.shift = mine;
-      record_.shift.set_state(theirs);
+      std::string theirs = record_.value.state();
+      record_.value = mine;
+      record_.value.set_state(theirs);
     }
     return absl::AbortedError("the shift's record kept changing");
   }
@@ -308,7 +201,7 @@ class Controller {
   // Heartbeats and follows the operators' requests. False when the shift
   // ended (`code` set); while paused, waits here.
   bool Checkpoint(int* code) {
-    v1::TrafficShift& s = record_.shift;
+    v1::TrafficShift& s = record_.value;
     while (true) {
       s.set_controller(controller_);
       if (absl::Status st = SaveMerging(); !st.ok()) {
@@ -349,7 +242,7 @@ class Controller {
   }
 
   int Stop(const std::string& state, absl::string_view why, bool restore) {
-    v1::TrafficShift& s = record_.shift;
+    v1::TrafficShift& s = record_.value;
     std::string message(why);
     if (restore) {
       absl::Status st = Restore();
@@ -378,10 +271,10 @@ class Controller {
 
 int Start(const Flags& flags, TrafficLink& link, const std::string& service, Record& record,
           bool exists) {
-  if (exists && Live(record.shift)) {
+  if (exists && Live(record.value)) {
     return FailWith(absl::FailedPreconditionError(absl::StrCat(
-        "a shift of ", service, " to ", record.shift.target(), " is ", record.shift.state(), " at ",
-        record.shift.target_percent(), "%; take it over (formicactl traffic shift ", service,
+        "a shift of ", service, " to ", record.value.target(), " is ", record.value.state(), " at ",
+        record.value.target_percent(), "%; take it over (formicactl traffic shift ", service,
         ") or abort it first")));
   }
   size_t eq = flags.to.find('=');
@@ -409,7 +302,7 @@ int Start(const Flags& flags, TrafficLink& link, const std::string& service, Rec
   absl::StatusOr<Entry> route = link.Get(RouteKey(service));
   if (!route.ok()) return FailWith(route.status());
   absl::StatusOr<std::vector<rpc::TagRoute>> routes = rpc::ParseTagRoutes(route->value);
-  v1::TrafficShift& s = record.shift;
+  v1::TrafficShift& s = record.value;
   s = v1::TrafficShift();
   s.set_service(service);
   s.set_target(flags.to);
@@ -439,17 +332,17 @@ int Start(const Flags& flags, TrafficLink& link, const std::string& service, Rec
 }
 
 int TakeOver(TrafficLink& link, const std::string& service, Record& record, bool exists) {
-  if (!exists || !Live(record.shift)) {
+  if (!exists || !Live(record.value)) {
     return FailWith(absl::NotFoundError(
         absl::StrCat("no shift of ", service, " is under way; start one with --to KEY=VALUE")));
   }
   if (record.SinceUpdate() < kStale) {
     return FailWith(absl::FailedPreconditionError(absl::StrCat(
-        "the shift of ", service, " is run by ", record.shift.controller(), ", heard from ",
+        "the shift of ", service, " is run by ", record.value.controller(), ", heard from ",
         absl::FormatDuration(absl::Trunc(record.SinceUpdate(), absl::Milliseconds(100))), " ago")));
   }
-  Say(absl::StrCat("taking over the shift of ", service, " to ", record.shift.target(), " at ",
-                   record.shift.target_percent(), "% (", record.shift.state(), ")"));
+  Say(absl::StrCat("taking over the shift of ", service, " to ", record.value.target(), " at ",
+                   record.value.target_percent(), "% (", record.value.state(), ")"));
   Controller controller(link, service, record);
   return controller.Run();
 }
@@ -474,16 +367,16 @@ int Control(const Flags& flags, TrafficLink& link, const std::string& cmd,
   for (int attempt = 0; attempt < 5; ++attempt) {
     absl::StatusOr<bool> exists = record.Load();
     if (!exists.ok()) return FailWith(exists.status());
-    if (!*exists || !Live(record.shift)) {
+    if (!*exists || !Live(record.value)) {
       return FailWith(absl::FailedPreconditionError(absl::StrCat(
           "no shift of ", service, " is under way",
-          *exists ? absl::StrCat(" (the last one is ", record.shift.state(), ")") : "")));
+          *exists ? absl::StrCat(" (the last one is ", record.value.state(), ")") : "")));
     }
     std::string want = cmd == "pause" ? "paused" : cmd == "resume" ? "running" : "aborting";
-    if (record.shift.state() == "aborting") {
+    if (record.value.state() == "aborting") {
       return FailWith(absl::FailedPreconditionError("the shift is being aborted"));
     }
-    record.shift.set_state(want);
+    record.value.set_state(want);
     bool stale = record.SinceUpdate() >= kStale;
     absl::Status st = record.Save();
     if (absl::IsFailedPrecondition(st)) continue;
@@ -497,21 +390,21 @@ int Control(const Flags& flags, TrafficLink& link, const std::string& cmd,
     if (stale) {  // nobody to restore the route: do it here
       Controller controller(link, service, record);
       absl::Status restored = controller.Restore();
-      record.shift.set_state("aborted");
-      record.shift.set_message(
+      record.value.set_state("aborted");
+      record.value.set_message(
           restored.ok() ? "aborted by an operator; route restored"
                         : absl::StrCat("restoring the route failed: ", restored.message()));
       (void)record.Save();
-      PrintRecord(record.shift);
+      PrintRecord(record.value);
       return restored.ok() ? 0 : FailWith(restored);
     }
     // The controller restores the route; wait for it to say so.
     absl::Time deadline = absl::Now() + absl::Seconds(flags.timeout_s) + kStale;
     while (absl::Now() < deadline) {
       absl::SleepFor(kPoll);
-      if (absl::StatusOr<bool> l = record.Load(); l.ok() && *l && !Live(record.shift)) {
-        PrintRecord(record.shift);
-        return record.shift.state() == "aborted" ? 0 : 1;
+      if (absl::StatusOr<bool> l = record.Load(); l.ok() && *l && !Live(record.value)) {
+        PrintRecord(record.value);
+        return record.value.state() == "aborted" ? 0 : 1;
       }
     }
     return FailWith(absl::DeadlineExceededError(
@@ -529,7 +422,7 @@ int TrafficShift(const Flags& flags, const std::vector<std::string>& args) {
   const std::string& cmd = args[1];
   const std::string& service = args[2];
   TrafficLink link(flags);
-  Record record(link, service);
+  Record record(link, ShiftKey(service), "traffic shift");
   if (cmd == "pause" || cmd == "resume" || cmd == "abort") {
     return Control(flags, link, cmd, service, record);
   }
@@ -537,8 +430,8 @@ int TrafficShift(const Flags& flags, const std::vector<std::string>& args) {
   if (!exists.ok()) return FailWith(exists.status());
   if (cmd == "status") {
     if (!*exists) return FailWith(absl::NotFoundError(absl::StrCat("no shift of ", service)));
-    if (flags.output == Output::kJson) return PrintJson(record.shift);
-    PrintRecord(record.shift);
+    if (flags.output == Output::kJson) return PrintJson(record.value);
+    PrintRecord(record.value);
     return 0;
   }
   if (flags.to.empty()) return TakeOver(link, service, record, *exists);
