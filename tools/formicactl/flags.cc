@@ -68,6 +68,16 @@ traffic commands (a service's calls among its providers, through the registry):
   traffic pause|resume|abort SERVICE   control a shift from any terminal
   traffic status SERVICE               the shift's record
 
+release commands (a new version rolled out group by group, see docs/release.md):
+  release start [SERVICE] [--plan FILE] [--version V] [--deploy CMD] [--groups G,...]
+                [--bake 30s] [--ready-timeout 2m] [--auto] [analysis flags as for shift]
+                                       G: NAME:COUNT or NAME:KEY=VALUE; CMD gets {service}
+                                       {group} {version} {instances} filled in
+  release status SERVICE               each group: instances, state, start and end
+  release continue SERVICE             go on to the next group
+  release rollback SERVICE             the previous version's traffic at once, then its deploy
+  release resume SERVICE               take over a release whose controller died
+
 --registry defaults to $FORMICA_REGISTRY or 127.0.0.1:7370;
 --dts to $FORMICA_DTS or 127.0.0.1:7380; --dms to $FORMICA_DMS or
 127.0.0.1:7390. retry, settle, replay and resume ask for confirmation
@@ -159,10 +169,25 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
         return Usage("--expect-version wants a version number");
       }
       flags->expect_version = n;
-    } else if (a == "--to" || a == "--by") {
+    } else if (a == "--to" || a == "--by" || a == "--plan" || a == "--version" || a == "--deploy" ||
+               a == "--groups") {
       auto v = value(a.c_str());
       if (!v) return 2;
-      (a == "--to" ? flags->to : flags->by) = *v;
+      (a == "--to"        ? flags->to
+       : a == "--by"      ? flags->by
+       : a == "--plan"    ? flags->plan
+       : a == "--version" ? flags->version
+       : a == "--deploy"  ? flags->deploy
+                          : flags->groups) = *v;
+    } else if (a == "--bake" || a == "--ready-timeout") {
+      auto v = value(a.c_str());
+      absl::Duration d;
+      if (!v || !absl::ParseDuration(*v, &d) || d < absl::ZeroDuration()) {
+        return Usage(absl::StrCat(a, " wants a duration (e.g. 30s)"));
+      }
+      (a == "--bake" ? flags->bake_ms : flags->ready_timeout_ms) = absl::ToInt64Milliseconds(d);
+    } else if (a == "--auto") {
+      flags->auto_continue = true;
     } else if (a == "--step") {
       auto v = value("--step");
       if (!v || !absl::SimpleAtoi(*v, &flags->step_percent) || flags->step_percent <= 0 ||
@@ -183,6 +208,7 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
       if (!v || !absl::SimpleAtod(*v, &x) || x < 0) {
         return Usage(absl::StrCat(a, " wants a number of at least 0"));
       }
+      flags->thresholds_given = true;
       (a == "--max-failure-increase" ? flags->max_failure_increase
        : a == "--max-p99-ratio"      ? flags->max_p99_ratio
                                      : flags->p99_slack_ms) = x;
@@ -191,6 +217,7 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
       if (!v || !absl::SimpleAtoi(*v, &flags->min_calls) || flags->min_calls < 1) {
         return Usage("--min-calls wants a positive number");
       }
+      flags->thresholds_given = true;
     } else if (a == "--watch") {
       flags->watch = true;
     } else if (a == "--replay") {

@@ -10,6 +10,8 @@
 //   dts.cc       dts ... (business activities at dtsd)
 //   dms.cc       dms ... (messages at dmsd)
 //   traffic*.cc  traffic ... (routes, shares and shifts of a service's calls)
+//   release*.cc  release ... (a new version rolled out by groups)
+//   release*.cc  release ... (a new version rolled out by groups)
 #pragma once
 
 #include <grpcpp/client_context.h>
@@ -61,6 +63,15 @@ struct Flags {
   int64_t min_calls = 20;             // --min-calls
   std::string by;                     // --by key,key
   bool watch = false;                 // --watch
+  // release
+  std::string plan;               // --plan FILE
+  std::string version;            // --version
+  std::string deploy;             // --deploy 'CMD {group} {instances}'
+  std::string groups;             // --groups beta:1,1:1,2:2
+  int64_t bake_ms = -1;           // --bake (-1: the plan's, or 30s)
+  int64_t ready_timeout_ms = -1;  // --ready-timeout
+  bool auto_continue = false;     // --auto
+  bool thresholds_given = false;  // any of the analysis flags
 };
 
 // Parses the command line into `flags` and the words of the command.
@@ -97,5 +108,7 @@ int Config(const Flags& flags, const std::vector<std::string>& args);
 int Dts(const Flags& flags, const std::vector<std::string>& args);
 int Dms(const Flags& flags, const std::vector<std::string>& args);
 int Traffic(const Flags& flags, const std::vector<std::string>& args);
+int Release(const Flags& flags, const std::vector<std::string>& args);
+int Release(const Flags& flags, const std::vector<std::string>& args);
 
 }  // namespace formica::ctl
