@@ -62,6 +62,26 @@ TEST_F(TrafficSetTest, SetRouteIsWhatViewShowsAndWhatCallersDo) {
   EXPECT_THAT(out, ::testing::ContainsRegex("color=green +33.3% +1 +1 "));
 }
 
+TEST_F(TrafficSetTest, WatchRefreshesWithWhatEachGroupServedSinceTheLastView) {
+  StartLoad(absl::Milliseconds(5));
+  auto watch = StartCtl({"traffic", "view", kEcho, "--watch", "--every", "700ms"});
+  ASSERT_TRUE(watch->WaitForOutput("calls over the last life of each provider", absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(2500));
+  std::string out = watch->Output();
+  watch->Terminate();
+  StopLoad();
+  // Refreshed views count the calls of their interval: fewer than the load's
+  // total, more than none.
+  size_t at = out.find("calls over the last 700ms");
+  ASSERT_NE(at, std::string::npos) << out;
+  std::smatch m;
+  std::string refreshed = out.substr(at);
+  ASSERT_TRUE(std::regex_search(refreshed, m, std::regex("color=blue +66.7% +2 +2 +(\\d+) ")))
+      << refreshed;
+  EXPECT_GT(std::stoi(m[1]), 0);
+  EXPECT_LT(static_cast<size_t>(std::stoi(m[1])), Load().size());
+}
+
 TEST_F(TrafficSetTest, BadRoutesAreRefusedNamingWhatIsWrongAndChangeNothing) {
   std::string out;
   ASSERT_EQ(Ctl({"traffic", "set", kEcho, "color=blue:100"}, &out), 0) << out;

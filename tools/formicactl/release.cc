@@ -240,16 +240,23 @@ class Controller {
     if (!providers.ok()) return providers.status();
     std::string key = g.selector().substr(0, g.selector().find('='));
     std::string value = g.selector().substr(g.selector().find('=') + 1);
-    std::vector<std::string> chosen;
+    std::map<std::string, std::string> zone_of;  // old instance -> its zone
     for (const ProviderInfo& p : *providers) {
       if (!p.Carries(r.version_key(), r.previous())) continue;
       if (!g.selector().empty() && !p.Carries(key, value)) continue;
-      chosen.push_back(p.address);
+      zone_of[p.address] = p.zone.empty() ? "-" : p.zone;
     }
-    std::sort(chosen.begin(), chosen.end());
+    std::vector<std::string> chosen;
+    for (const auto& [address, zone] : zone_of) chosen.push_back(address);
     if (g.count() > 0 && static_cast<int>(chosen.size()) > g.count()) chosen.resize(g.count());
     g.clear_instances();
-    for (const std::string& a : chosen) g.add_instances(a);
+    g.clear_zones();
+    std::set<std::string> zones;
+    for (const std::string& a : chosen) {
+      g.add_instances(a);
+      zones.insert(zone_of[a]);
+    }
+    for (const std::string& z : zones) g.add_zones(z);
     g.set_state("releasing");
     g.set_started_unix_ms(absl::ToUnixMillis(absl::Now()));
     g.set_message(chosen.empty() ? "no old instance left for it" : "");
@@ -431,8 +438,8 @@ void PrintStatus(const v1::Release& r) {
               r.controller().c_str(), Ago(r.updated_unix_ms()).c_str());
   // Each group's instances by where they stand: waiting (not started),
   // releasing (deploying, baking, awaiting continue), done, failed.
-  std::printf("%-10s %-12s %7s %9s %4s %6s  %-19s %-19s %s\n", "GROUP", "STATE", "WAITING",
-              "RELEASING", "DONE", "FAILED", "STARTED", "ENDED", "NOTE");
+  std::printf("%-10s %-12s %-10s %7s %9s %4s %6s  %-19s %-19s %s\n", "GROUP", "STATE", "ROOMS",
+              "WAITING", "RELEASING", "DONE", "FAILED", "STARTED", "ENDED", "NOTE");
   auto when = [](int64_t ms) {
     return ms == 0 ? std::string("-")
                    : absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(ms),
@@ -442,8 +449,9 @@ void PrintStatus(const v1::Release& r) {
     int n = g.state() == "waiting" ? g.count() : g.instances_size();
     const std::string& st = g.state();
     bool releasing = st == "releasing" || st == "baking" || st == "awaiting";
-    std::printf("%-10s %-12s %7d %9d %4d %6d  %-19s %-19s %s\n", g.name().c_str(), st.c_str(),
-                st == "waiting" ? n : 0, releasing ? n : 0, st == "done" ? n : 0,
+    std::string rooms = g.zones().empty() ? "-" : absl::StrJoin(g.zones(), ",");
+    std::printf("%-10s %-12s %-10s %7d %9d %4d %6d  %-19s %-19s %s\n", g.name().c_str(), st.c_str(),
+                rooms.c_str(), st == "waiting" ? n : 0, releasing ? n : 0, st == "done" ? n : 0,
                 st == "failed" ? n : 0, when(g.started_unix_ms()).c_str(),
                 when(g.ended_unix_ms()).c_str(), g.message().c_str());
   }
