@@ -238,6 +238,38 @@ TEST_F(ReleaseTest, AVersionThatFailsIsRolledBackByItself) {
   EXPECT_EQ(r.groups(1).state(), "waiting");
 }
 
+TEST_F(ReleaseTest, ARollbackWithNoControllerIsRunByTheCommand) {
+  StartLoad();
+  auto controller = StartCtl({"release", "start", kEcho, "--version", "2", "--groups",
+                              "beta:1,rest:3", "--bake", "1s", "--deploy", Deploy()});
+  ASSERT_TRUE(AwaitGroupState("beta", "awaiting")) << controller->Output();
+  controller->Kill();
+  absl::SleepFor(absl::Seconds(5));
+  std::string out;
+  ASSERT_EQ(Ctl({"release", "rollback", kEcho}, &out, absl::Seconds(60)), 0) << out;
+  EXPECT_THAT(out, HasSubstr("group beta: deploying 1 over"));
+  EXPECT_THAT(out, HasSubstr("rolled back: back on version=1"));
+  absl::SleepFor(absl::Milliseconds(300));
+  StopLoad();
+  std::map<std::string, std::string> versions = Versions();
+  EXPECT_EQ(versions.size(), 4u);
+  for (const auto& [address, version] : versions) EXPECT_EQ(version, "1") << address;
+  EXPECT_EQ(Record().state(), "rolled_back");
+  EXPECT_EQ(FailedCalls(), 0);
+}
+
+TEST_F(ReleaseTest, AFailedDeployRollsBack) {
+  std::string out;
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1,rest:3",
+                 "--deploy", "exit 3"},
+                &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("group beta failed: the deploy command 'exit 3' exited with 3"));
+  EXPECT_THAT(out, HasSubstr("rolled back: back on version=1"));
+  EXPECT_EQ(Record().state(), "rolled_back");
+  EXPECT_EQ(Route(), "");
+}
+
 TEST_F(ReleaseTest, BadPlansAreRefusedNamingWhatIsWrong) {
   std::string out;
   std::ofstream(dir_.File("typo.yaml")) << "service: " << kEcho << "\nversion: \"2\"\n"

@@ -208,5 +208,23 @@ TEST_F(ShiftTest, AShiftWhoseControllerDiedIsTakenOverWhereItStood) {
   for (const LoadCall& c : Load()) EXPECT_EQ(c.code, absl::StatusCode::kOk);
 }
 
+TEST_F(ShiftTest, AnAbortWithNoControllerRestoresTheRouteItself) {
+  auto blue = StartEcho({"--tag", "color=blue"});
+  auto green = StartEcho({"--tag", "color=green"});
+  ASSERT_TRUE(AwaitProviders(2));
+  std::string out;
+  ASSERT_EQ(Ctl({"traffic", "set", kEcho, "color=blue:100"}, &out), 0) << out;
+  WatchRoute();
+  StartLoad();
+  auto controller = StartCtl({"traffic", "shift", kEcho, "--to", "color=green", "--step", "30",
+                              "--every", "1s", "--min-calls", "20"});
+  ASSERT_TRUE(log_.WaitFor("color=green:30,color=blue:70", absl::Seconds(10)));
+  controller->Kill();
+  absl::SleepFor(absl::Seconds(5));
+  ASSERT_EQ(Ctl({"traffic", "abort", kEcho}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("aborted at 30%"));
+  EXPECT_EQ(Route(), "color=blue:100");
+}
+
 }  // namespace
 }  // namespace formica::rpc::testing

@@ -52,6 +52,10 @@ TEST_F(TrafficSetTest, SetRouteIsWhatViewShowsAndWhatCallersDo) {
       std::regex_search(out, m, std::regex("\"group\": \"color=green\"[^}]*\"calls\": \"(\\d+)\"")))
       << out;
   EXPECT_EQ(std::stoi(m[1]), green);
+  // stats: per provider, what it served.
+  ASSERT_EQ(Ctl({"traffic", "stats", kEcho}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex(Address(*green_) + " +color=green,version=2 +" +
+                                            std::to_string(green) + " +0 +0.00 "));
   // --by groups by another tag.
   ASSERT_EQ(Ctl({"traffic", "view", kEcho, "--by", "version"}, &out), 0) << out;
   EXPECT_THAT(out, ::testing::ContainsRegex("version=1 +67.0% +2 +2 "));

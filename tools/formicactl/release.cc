@@ -67,7 +67,7 @@ class Controller {
           st = Bake(i);
         } else if (g.state() == "awaiting") {
           if (r.state() == "continuing") {
-            Finish(g, "done", "");
+            Finish(g, "done", g.message());
             r.set_state("running");
             continue;
           }
@@ -453,7 +453,10 @@ void PrintStatus(const v1::Release& r) {
     std::printf("%-10s %-12s %-10s %7d %9d %4d %6d  %-19s %-19s %s\n", g.name().c_str(), st.c_str(),
                 rooms.c_str(), st == "waiting" ? n : 0, releasing ? n : 0, st == "done" ? n : 0,
                 st == "failed" ? n : 0, when(g.started_unix_ms()).c_str(),
-                when(g.ended_unix_ms()).c_str(), g.message().c_str());
+                when(g.ended_unix_ms()).c_str(),
+                st == "waiting" && !g.selector().empty()
+                    ? absl::StrCat("the old instances with ", g.selector()).c_str()
+                    : g.message().c_str());
   }
 }
 
