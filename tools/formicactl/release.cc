@@ -28,6 +28,9 @@ using Record = StoredRecord<v1::Release>;
 constexpr absl::Duration kPoll = absl::Milliseconds(200);
 constexpr absl::Duration kHeartbeat = absl::Seconds(1);
 constexpr absl::Duration kStale = absl::Seconds(5);
+// A new instance whose weight did not change for this long is warmed up
+// (rpc::Server republishes a ramping weight every warmup_step, 1 s by default).
+constexpr absl::Duration kSteady = absl::Seconds(2);
 
 bool Live(const v1::Release& r) {
   return r.state() == "running" || r.state() == "awaiting" || r.state() == "continuing" ||
@@ -371,8 +374,9 @@ class Controller {
   }
 
   // Waits until `gone` are out of the registry and `want` instances of
-  // `version` are up, healthy and done warming up (weight steady for a
-  // second). `up` gets the version's instances.
+  // `version` are up, healthy and done warming up (their published weight
+  // steady for kSteady, longer than rpc::Server's warm-up republish step).
+  // `up` gets the version's instances.
   absl::Status AwaitUp(const std::vector<std::string>& gone, const std::string& version, int want,
                        std::vector<std::string>* up) {
     const v1::Release& r = record_.value;
@@ -389,7 +393,7 @@ class Controller {
           if (!p.Carries(r.version_key(), version)) continue;
           auto& w = weights[p.address];
           if (w.first != p.weight || w.second == absl::Time()) w = {p.weight, absl::Now()};
-          bool steady = absl::Now() - w.second >= absl::Seconds(1);
+          bool steady = absl::Now() - w.second >= kSteady;
           (steady && link_.Healthy(p.address) ? ready : waiting).push_back(p.address);
         }
         if (!old_left && static_cast<int>(ready.size()) >= want) {

@@ -122,14 +122,17 @@ class Controller {
                      : s.target_percent();
       absl::StatusOr<std::vector<ProviderInfo>> providers = link_.Providers(service_);
       if (!providers.ok()) return FailWith(providers.status());
-      if (absl::Status st = ApplyRoute(StepRoute(*providers, original_, key_, value_, next));
-          !st.ok()) {
-        return Stop("failed", st.message(), /*restore=*/false);
-      }
+      // The record first, then the route: a controller that dies between
+      // the two leaves a record ahead of the route, never behind it, so the
+      // one taking over does not move the calls back.
       s.set_target_percent(next);
       s.set_message(absl::StrCat("at ", next, "%, judging for ",
                                  absl::FormatDuration(absl::Milliseconds(s.every_ms()))));
       (void)SaveMerging();
+      if (absl::Status st = ApplyRoute(StepRoute(*providers, original_, key_, value_, next));
+          !st.ok()) {
+        return Stop("failed", st.message(), /*restore=*/false);
+      }
       Say(absl::StrCat(s.target(), " ", next, "%: route ", applied_));
       // One window: read, wait (minding pause and abort), read, judge.
       auto before = ReadServed(link_, service_, *providers);
