@@ -23,6 +23,7 @@ using ::testing::HasSubstr;
 // unpublishes, lets callers notice, drains) and starts a provider of VERSION.
 constexpr char kDeployScript[] = R"(#!/bin/sh
 group=$1; version=$2; shift 2
+if [ -n "$SLOW" ]; then sleep "$SLOW"; fi
 for addr in "$@"; do
   port=${addr##*:}
   pid=$(cat "$DIR/pids/$port.pid") || exit 1
@@ -32,7 +33,8 @@ for addr in "$@"; do
   echo "deploy.sh: group $group: $addr stopped, starting version $version"
   extra=""
   if [ "$version" = "$FAILING_VERSION" ]; then extra="--fail-percent 20"; fi
-  "$ECHO" --registry "$REG" --tag version="$version" --pid-dir "$DIR/pids" --warmup-ms 500 $extra \
+  "$ECHO" --registry "$REG" --tag version="$version" --pid-dir "$DIR/pids" --warmup-ms 500 \
+    --grace-ms 2000 $extra \
     > "$DIR/echo-$version-$port.log" 2>&1 < /dev/null &
 done
 )";
@@ -45,11 +47,13 @@ class ReleaseTest : public TrafficTest {
     ASSERT_EQ(mkdir(pids_.c_str(), 0755), 0);
     std::ofstream(dir_.File("deploy.sh")) << kDeployScript;
     ASSERT_EQ(chmod(dir_.File("deploy.sh").c_str(), 0755), 0);
-    // Two rooms (zones), two providers in each.
+    // Two rooms (zones), two providers in each; each keeps serving for 2 s
+    // after it unpublished (rpc::Server's default), while callers drop it.
     for (int i = 0; i < 4; ++i) {
       const char* room = i < 2 ? "a" : "b";
       providers_.push_back(StartEcho({"--tag", "version=1", "--tag", std::string("room=") + room,
-                                      "--zone", i < 2 ? "gz00a" : "gz01a", "--pid-dir", pids_}));
+                                      "--zone", i < 2 ? "gz00a" : "gz01a", "--grace-ms", "2000",
+                                      "--pid-dir", pids_}));
     }
     ASSERT_TRUE(AwaitProviders(4));
   }
@@ -67,8 +71,8 @@ class ReleaseTest : public TrafficTest {
     TrafficTest::TearDown();
   }
 
-  std::string Deploy(const std::string& failing_version = "") {
-    return "DIR=" + dir_.path() + " REG=" + dsrd_->address() +
+  std::string Deploy(const std::string& failing_version = "", const std::string& slow = "") {
+    return "SLOW=" + slow + " DIR=" + dir_.path() + " REG=" + dsrd_->address() +
            " ECHO=" + formica::testing::BinaryPath("tests/rpc/echo_server") +
            " FAILING_VERSION=" + failing_version + " " + dir_.File("deploy.sh") +
            " {group} {version} {instances}";
@@ -210,6 +214,31 @@ TEST_F(ReleaseTest, AKilledControllersReleaseIsResumedWithoutDeployingTwice) {
   // Groups beta and 1 were deployed by the first controller only.
   EXPECT_THAT(out, ::testing::Not(HasSubstr("group beta: deploying")));
   EXPECT_THAT(out, ::testing::Not(HasSubstr("group 1: deploying")));
+  absl::SleepFor(absl::Milliseconds(300));
+  StopLoad();
+  std::map<std::string, std::string> versions = Versions();
+  EXPECT_EQ(versions.size(), 4u);
+  for (const auto& [address, version] : versions) EXPECT_EQ(version, "2") << address;
+  EXPECT_EQ(FailedCalls(), 0);
+}
+
+// The controller dies while its deploy command runs; the command finishes
+// without it. The one taking over finds the group's new instance up and does
+// not deploy it again.
+TEST_F(ReleaseTest, AControllerKilledDuringADeployIsResumedWithoutDeployingAgain) {
+  StartLoad();
+  auto controller = StartCtl({"release", "start", kEcho, "--version", "2", "--groups",
+                              "beta:1,rest:3", "--bake", "1s", "--auto", "--deploy",
+                              Deploy("", "2")});
+  ASSERT_TRUE(controller->WaitForOutput("group beta: deploying", absl::Seconds(20)));
+  controller->Kill();
+  absl::SleepFor(absl::Seconds(6));  // the deploy finished meanwhile, and the record is stale
+  EXPECT_EQ(Record().groups(0).state(), "releasing");
+  std::string out;
+  ASSERT_EQ(Ctl({"release", "resume", kEcho}, &out, absl::Seconds(120)), 0) << out;
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("group beta: deploying")));
+  EXPECT_THAT(out, HasSubstr("group rest: deploying"));
+  EXPECT_THAT(out, HasSubstr("release of formica.test.Echo 2 done"));
   absl::SleepFor(absl::Milliseconds(300));
   StopLoad();
   std::map<std::string, std::string> versions = Versions();
