@@ -7,17 +7,22 @@
 //
 //   ./formica bench rpc [--quick]
 //
+// Then the cost of counting calls (formica/rpc/metrics.h): CPU per call of a
+// provider and of a caller, counting and not (counting_*_cpu_ratio).
+//
 // --profile raw|formica [--calls N] [--payload BYTES] makes N calls from one
 // thread on one side only, for an instruction count of the client process:
 //   valgrind --tool=callgrind build/bench/rpc/bench_rpc --profile formica
 // (only the timed calls are counted: the statistics are zeroed before them
 // and dumped after, over every thread of the caller).
+#include <dirent.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/resource.h>
 
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -92,6 +97,124 @@ absl::Duration ProcessCpuTime() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return absl::DurationFromTimeval(usage.ru_utime) + absl::DurationFromTimeval(usage.ru_stime);
+}
+
+// CPU time of process `pid` so far, summed over its live threads
+// (/proc/PID/task/*/schedstat, in nanoseconds).
+absl::Duration ProcessCpuTimeOf(pid_t pid) {
+  int64_t ns = 0;
+  std::string dir = absl::StrCat("/proc/", pid, "/task");
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* entry = readdir(d)) {
+      if (entry->d_name[0] == '.') continue;
+      std::ifstream in(absl::StrCat(dir, "/", entry->d_name, "/schedstat"));
+      int64_t task_ns = 0;
+      if (in >> task_ns) ns += task_ns;
+    }
+    closedir(d);
+  }
+  return absl::Nanoseconds(ns);
+}
+
+// What counting calls (formica/rpc/metrics.h) costs: CPU per call with and
+// without it, on the provider (two providers, one started with
+// --count-calls no, called by raw stubs) and on the caller (two
+// rpc::Clients, count_calls true and false). Rounds alternate between the
+// two, so drift in the machine's load falls on both.
+void MeasureCountingCost(bool quick, rpc::Client& counting_client, registry::Client& registry,
+                         Subprocess& counting_provider, Subprocess& plain_provider,
+                         BenchReport& report) {
+  const int rounds = quick ? 5 : 15;
+  const int calls = quick ? 1000 : 2000;
+  test::EchoRequest request;
+  request.set_message(std::string(100, 'x'));
+  auto stub_to = [](Subprocess& p) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    return test::Echo::NewStub(
+        grpc::CreateCustomChannel(Address(p), grpc::InsecureChannelCredentials(), args));
+  };
+  auto counting_stub = stub_to(counting_provider);
+  auto plain_stub = stub_to(plain_provider);
+  int64_t failures = 0;
+  auto raw_calls = [&](test::Echo::Stub& stub) {
+    for (int i = 0; i < calls; ++i) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      test::EchoResponse response;
+      failures += !stub.Echo(&ctx, request, &response).ok();
+    }
+  };
+  rpc::ClientOptions plain_options;
+  plain_options.app_name = "bench";
+  plain_options.count_calls = false;
+  auto plain_client = *rpc::Client::Create(plain_options, &registry);
+  auto client_calls = [&](rpc::Client& client) {
+    for (int i = 0; i < calls; ++i) {
+      test::EchoResponse response;
+      failures +=
+          !client
+               .CallWithStub<test::Echo>("formica.test.Echo", {},
+                                         [&](test::Echo::Stub& stub, grpc::ClientContext* ctx) {
+                                           return stub.Echo(ctx, request, &response);
+                                         })
+               .ok();
+    }
+  };
+  raw_calls(*counting_stub);  // warm up both sides of both
+  raw_calls(*plain_stub);
+  client_calls(counting_client);
+  client_calls(*plain_client);
+  // Per round: CPU of each, and the ratio counting / not; the median ratio
+  // is reported (a burst of load elsewhere spoils a round, not the figure).
+  std::vector<double> server_ratios, client_ratios;
+  absl::Duration server_on, server_off, client_on, client_off;
+  for (int r = 0; r < rounds; ++r) {
+    bool counting_first = r % 2 == 0;
+    absl::Duration on, off;
+    for (int k = 0; k < 2; ++k) {
+      bool counting = (k == 0) == counting_first;
+      Subprocess& provider = counting ? counting_provider : plain_provider;
+      absl::Duration t0 = ProcessCpuTimeOf(provider.pid());
+      raw_calls(counting ? *counting_stub : *plain_stub);
+      (counting ? on : off) = ProcessCpuTimeOf(provider.pid()) - t0;
+    }
+    server_on += on;
+    server_off += off;
+    server_ratios.push_back(absl::FDivDuration(on, off));
+    for (int k = 0; k < 2; ++k) {
+      bool counting = (k == 0) == counting_first;
+      absl::Duration t0 = ProcessCpuTime();
+      client_calls(counting ? counting_client : *plain_client);
+      (counting ? on : off) = ProcessCpuTime() - t0;
+    }
+    client_on += on;
+    client_off += off;
+    client_ratios.push_back(absl::FDivDuration(on, off));
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 == 1 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  };
+  const double n = static_cast<double>(rounds) * calls;
+  auto per_call = [n](absl::Duration d) { return absl::ToDoubleMicroseconds(d) / n; };
+  std::printf(
+      "call counting: provider %.2f us CPU per call counting, %.2f without (median ratio %.3f); "
+      "caller %.2f us counting, %.2f without (median ratio %.3f); %d x %d calls, failures %lld\n",
+      per_call(server_on), per_call(server_off), median(server_ratios), per_call(client_on),
+      per_call(client_off), median(client_ratios), rounds, calls, static_cast<long long>(failures));
+  report.Set("counting_provider_cpu_us", per_call(server_on));
+  report.Set("plain_provider_cpu_us", per_call(server_off));
+  report.Set("counting_provider_cpu_ratio", median(server_ratios));
+  report.Set("counting_caller_cpu_us", per_call(client_on));
+  report.Set("plain_caller_cpu_us", per_call(client_off));
+  report.Set("counting_caller_cpu_ratio", median(client_ratios));
+  report.AddErrors("counting_failed_calls", failures);
+  report.Headline("rpc call counting, provider CPU per call (us)", "counting_provider_cpu_us",
+                  "plain_provider_cpu_us", "counting_provider_cpu_ratio",
+                  "<= 1.02x of not counting");
+  report.Headline("rpc call counting, caller CPU per call (us)", "counting_caller_cpu_us",
+                  "plain_caller_cpu_us", "counting_caller_cpu_ratio", "<= 1.02x of not counting");
 }
 
 int Run(int argc, char** argv) {
@@ -244,6 +367,25 @@ int Run(int argc, char** argv) {
       qps_ratio_min = std::min(qps_ratio_min, qps_ratio);
       p99_ratio_max = std::max(p99_ratio_max, p99_ratio);
     }
+  }
+  {
+    // Two fresh providers, one counting and one not, for the cost of
+    // counting (published only now, so the comparison above had the same
+    // two providers).
+    std::vector<std::unique_ptr<Subprocess>> pair;
+    for (const char* count : {"yes", "no"}) {
+      auto p =
+          Subprocess::Start({formica::testing::BinaryPath("tests/rpc/echo_server"), "--registry",
+                             (*dsrd)->address(), "--echo-context", "no", "--count-calls", count},
+                            dir.File(absl::StrCat("echo-count-", count, ".log")));
+      if (!p.ok() || !(*p)->WaitForOutput("serving on", absl::Seconds(20))) {
+        std::fprintf(stderr, "bench_rpc: echo provider did not start\n");
+        return 1;
+      }
+      pair.push_back(std::move(*p));
+    }
+    MeasureCountingCost(quick, *client, *registry, *pair[0], *pair[1], report);
+    for (auto& p : pair) p->Terminate();
   }
   report.Set("qps_ratio_min", qps_ratio_min);
   report.Set("p99_ratio_max", p99_ratio_max);

@@ -12,16 +12,16 @@
 
 #include "absl/container/inlined_vector.h"
 #include "absl/functional/function_ref.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "balancer.h"
+#include "call_stats.h"
 #include "formica/common/clock.h"
 #include "formica/common/grpc_status.h"
 #include "formica/rpc/discovery.h"
+#include "formica/rpc/routes.h"
 #include "serving.h"
 
 namespace formica::rpc {
@@ -32,6 +32,7 @@ struct Endpoint {
   Provider provider;
   std::shared_ptr<EndpointState> state;
   std::shared_ptr<grpc::Channel> channel;
+  std::shared_ptr<CallStats> stats;  // this process's calls to the provider; null: not counted
   std::atomic<int> consecutive_failures{0};
   std::atomic<int64_t> ejected_until_ns{0};
 
@@ -85,36 +86,10 @@ struct Picked {
 };
 
 // A tag route: a share of the calls goes to providers with tag key=value.
-struct Route {
-  std::string key;
-  std::string value;
-  int percent = 0;
-};
+using Route = TagRoute;
 
-// Parses "color=blue:90,color=green:10". Percents must add up to 100.
 absl::StatusOr<std::vector<Route>> ParseRoutes(absl::string_view text) {
-  std::vector<Route> routes;
-  int total = 0;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
-    part = absl::StripAsciiWhitespace(part);
-    size_t eq = part.find('=');
-    size_t colon = part.rfind(':');
-    Route r;
-    if (eq == absl::string_view::npos || colon == absl::string_view::npos || colon < eq ||
-        !absl::SimpleAtoi(part.substr(colon + 1), &r.percent) || r.percent < 0 || r.percent > 100) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("route '", part, "' is not key=value:percent (e.g. color=blue:90)"));
-    }
-    r.key = std::string(part.substr(0, eq));
-    r.value = std::string(part.substr(eq + 1, colon - eq - 1));
-    total += r.percent;
-    routes.push_back(std::move(r));
-  }
-  if (!routes.empty() && total != 100) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("route percents add up to ", total, ", not 100: '", text, "'"));
-  }
-  return routes;
+  return ParseTagRoutes(text);
 }
 
 // The candidates for one route: balancers over the local zone and over all.
@@ -330,6 +305,10 @@ void Client::Impl::Rebuild(Service& s) {
       e = std::make_shared<Endpoint>();
       e->provider = inst;
       e->state = std::make_shared<EndpointState>(inst.address, inst.weight);
+      if (options_.count_calls) {
+        e->stats =
+            CallStatsRegistry::Global().Get(CallSeries::Side::kClient, s.name, "", inst.address);
+      }
       grpc::ChannelArguments args;
       args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
       args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
@@ -439,6 +418,7 @@ bool Client::Impl::TakeRetryToken() {
 
 void Client::Impl::Record(Endpoint& e, const grpc::Status& status, absl::Duration latency) {
   e.state->CallFinished(latency);
+  if (e.stats != nullptr) e.stats->Record(static_cast<int>(status.error_code()), latency);
   bool provider_fault = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                         status.error_code() == grpc::StatusCode::INTERNAL ||
                         status.error_code() == grpc::StatusCode::UNKNOWN;

@@ -26,6 +26,7 @@ absl::StatusOr<ClientOptions> LoadClientOptions(const Config& config) {
       static_cast<int>(r.Int("rpc.client.eject_after_failures", o.eject_after_failures, 1, 1000));
   o.ejection_time = r.Duration("rpc.client.ejection_time", o.ejection_time, absl::Milliseconds(10),
                                absl::Hours(1));
+  o.count_calls = r.Bool("rpc.client.count_calls", o.count_calls);
   // "service=policy" entries: service names contain dots, so not a map.
   for (const std::string& entry : r.StringList("rpc.client.policies", {})) {
     size_t eq = entry.find('=');
@@ -64,6 +65,7 @@ absl::StatusOr<ServerOptions> LoadServerOptions(const Config& config) {
                                absl::Minutes(10));
   o.max_concurrent_calls = static_cast<int>(
       r.Int("rpc.server.max_concurrent_calls", o.max_concurrent_calls, 0, 1000000));
+  o.count_calls = r.Bool("rpc.server.count_calls", o.count_calls);
   // "pkg.Service/Method=limit" entries.
   for (const std::string& entry : r.StringList("rpc.server.method_limits", {})) {
     size_t eq = entry.rfind('=');

@@ -18,6 +18,7 @@
 #include "balancer.h"
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/discovery.h"
+#include "server_metrics.h"
 #include "serving.h"
 
 namespace formica::rpc {
@@ -152,7 +153,10 @@ absl::Status CheckLimitedMethod(const std::string& key,
 
 }  // namespace
 
-grpc::Status Serve(grpc::ServerContextBase* context, absl::FunctionRef<grpc::Status()> body) {
+namespace {
+
+grpc::Status ServeLimited(grpc::ServerContextBase* context,
+                          absl::FunctionRef<grpc::Status()> body) {
   MethodSlot* slot = context == nullptr ? nullptr : Calls().Find(context);
   if (slot != nullptr && slot->in_flight.fetch_add(1) >= slot->limit) {
     slot->in_flight.fetch_sub(1);
@@ -192,12 +196,21 @@ grpc::Status Serve(grpc::ServerContextBase* context, absl::FunctionRef<grpc::Sta
   return status;
 }
 
+}  // namespace
+
+grpc::Status Serve(grpc::ServerContextBase* context, absl::FunctionRef<grpc::Status()> body) {
+  grpc::Status status = ServeLimited(context, body);
+  ReportServedStatus(status);  // to the method's counters (server_metrics.h)
+  return status;
+}
+
 class Server::Impl {
  public:
   ServerOptions options;
   std::vector<HostedService> services;
   std::unique_ptr<Discovery> owned_discovery;  // when made over a registry::Client
   Discovery* discovery = nullptr;
+  ServerMetrics metrics;  // before `server`: its Stats service outlives it
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   absl::Time started;
@@ -311,15 +324,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
     creators.push_back(std::make_unique<LimitInterceptorFactory>(limits));
     builder.experimental().SetInterceptorCreators(std::move(creators));
   }
+  if (impl->options.count_calls) impl->metrics.CountMethods(impl->services);
   for (const HostedService& h : impl->services) {
     builder.RegisterService(h.service);
   }
+  builder.RegisterService(impl->metrics.stats_service());
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on '", impl->options.listen, "': malformed or in use"));
   }
   impl->started = absl::Now();
+  impl->metrics.Start(impl->Address());
   int32_t first = WarmedWeight(impl->options.weight, absl::ZeroDuration(), impl->options.warmup);
   if (absl::Status st = impl->PublishAll(first); !st.ok()) {
     impl->server->Shutdown();

@@ -2,13 +2,15 @@
 // rpc::Server and publishes it to dsrd. Prints "serving on HOST:PORT".
 //   echo_server --registry H:P [--zone Z] [--weight W] [--tag k=v]... [--warmup-ms N]
 //               [--grace-ms N] [--delay-ms N] [--max-concurrent N] [--config FILE]
-//               [--echo-context no]
+//               [--echo-context no] [--fail-percent N] [--count-calls no] [--pid-dir DIR]
 // The handler runs inside rpc::Serve: it reads the caller's context from
 // CurrentCallContext(), echoes it in the reply (not with --echo-context no:
 // replies then carry the same fields whoever calls, as benchmarks need) and
 // forwards with that context implied.
 #include <grpcpp/grpcpp.h>
 
+#include <unistd.h>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -23,7 +25,9 @@
 
 namespace {
 
-int g_delay_ms = 0;          // every call sleeps this long: a slow provider
+int g_delay_ms = 0;      // every call sleeps this long: a slow provider
+int g_fail_percent = 0;  // this share of calls fails with INTERNAL: a bad version
+std::atomic<uint64_t> g_calls{0};
 bool g_echo_context = true;  // the reply carries the caller's context
 
 class EchoImpl final : public formica::test::Echo::Service {
@@ -58,6 +62,11 @@ class EchoImpl final : public formica::test::Echo::Service {
                                        context.deadline() - std::chrono::system_clock::now())
                                        .count());
     if (!request->report_joined().empty()) formica::rpc::ReportJoined(request->report_joined());
+    // Every (100 / N)th call, spread evenly: a deterministic failure rate.
+    uint64_t n = g_calls.fetch_add(1);
+    if (g_fail_percent > 0 && (n * g_fail_percent) / 100 != ((n + 1) * g_fail_percent) / 100) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, "failing as configured (--fail-percent)");
+    }
     if (request->fail()) {
       return grpc::Status(grpc::StatusCode::INTERNAL, "asked to fail");
     }
@@ -92,6 +101,7 @@ int main(int argc, char** argv) {
   formica::registry::ClientOptions registry_options;
   registry_options.client_name = "echo_server";
   formica::rpc::ServerOptions options;
+  std::string pid_dir;
   options.unpublish_grace = absl::Milliseconds(500);
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
@@ -109,6 +119,14 @@ int main(int argc, char** argv) {
       options.warmup_step = absl::Milliseconds(100);
     } else if (flag == "--delay-ms") {
       g_delay_ms = std::atoi(value.c_str());
+    } else if (flag == "--pid-dir") {
+      // For scripts that stop a provider by its address (deploy commands in
+      // release tests): DIR/PORT.pid holds its pid.
+      pid_dir = value;
+    } else if (flag == "--count-calls") {
+      options.count_calls = value != "no";
+    } else if (flag == "--fail-percent") {
+      g_fail_percent = std::atoi(value.c_str());
     } else if (flag == "--max-concurrent") {
       options.max_concurrent_calls = std::atoi(value.c_str());
     } else if (flag == "--grace-ms") {
@@ -153,6 +171,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   impl.address = (*server)->address();
+  if (!pid_dir.empty()) {
+    std::string pid_file = pid_dir + "/" + std::to_string((*server)->port()) + ".pid";
+    if (FILE* f = std::fopen(pid_file.c_str(), "w")) {
+      std::fprintf(f, "%d\n", static_cast<int>(getpid()));
+      std::fclose(f);
+    }
+  }
   std::printf("serving on %s\n", impl.address.c_str());
   std::fflush(stdout);
   formica::WaitForTerminationSignal();

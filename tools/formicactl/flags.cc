@@ -6,6 +6,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 
 namespace formica::ctl {
 
@@ -49,6 +50,34 @@ dms commands (messages at dmsd):
                                        dead letters; --replay delivers them to GROUP again
   dms half [--parked] [--limit N]      undecided transactional messages and their checks
   dms resume [ID] [--yes]              check parked half messages again (all, or ID)
+
+traffic commands (a service's calls among its providers, through the registry):
+  traffic view [SERVICE] [--by KEY,...] [--watch [--every 2s]]
+                                       per group of providers (by --by, or the route's tag
+                                       keys, or color): share, instances, healthy, calls,
+                                       failed %, p99
+  traffic set SERVICE ROUTE [--expect-version N]
+                                       ROUTE: key=value:percent,... adding up to 100, each
+                                       tag carried by a provider; compare-and-set
+  traffic clear SERVICE [--expect-version N]   remove the route (calls go by weight)
+  traffic stats SERVICE                each provider's served calls, failures, p50, p99
+  traffic shift SERVICE --to KEY=VALUE [--step 10] [--every 30s] [--min-calls 20]
+                [--max-failure-increase 1] [--max-p99-ratio 1.5] [--p99-slack-ms 5]
+                                       move the calls to the target in steps, judging each;
+                                       restores the route when the target does worse
+  traffic shift SERVICE                take over the shift recorded in the registry
+  traffic pause|resume|abort SERVICE   control a shift from any terminal
+  traffic status SERVICE               the shift's record
+
+release commands (a new version rolled out group by group, see docs/release.md):
+  release start [SERVICE] [--plan FILE] [--version V] [--deploy CMD] [--groups G,...]
+                [--bake 30s] [--ready-timeout 2m] [--auto] [analysis flags as for shift]
+                                       G: NAME:COUNT or NAME:KEY=VALUE; CMD gets {service}
+                                       {group} {version} {instances} filled in
+  release status SERVICE               each group: instances, state, start and end
+  release continue SERVICE             go on to the next group
+  release rollback SERVICE             the previous version's traffic at once, then its deploy
+  release resume SERVICE               take over a release whose controller died
 
 --registry defaults to $FORMICA_REGISTRY or 127.0.0.1:7370;
 --dts to $FORMICA_DTS or 127.0.0.1:7380; --dms to $FORMICA_DMS or
@@ -141,12 +170,61 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
         return Usage("--expect-version wants a version number");
       }
       flags->expect_version = n;
+    } else if (a == "--to" || a == "--by" || a == "--plan" || a == "--version" || a == "--deploy" ||
+               a == "--groups") {
+      auto v = value(a.c_str());
+      if (!v) return 2;
+      (a == "--to"        ? flags->to
+       : a == "--by"      ? flags->by
+       : a == "--plan"    ? flags->plan
+       : a == "--version" ? flags->version
+       : a == "--deploy"  ? flags->deploy
+                          : flags->groups) = *v;
+    } else if (a == "--bake" || a == "--ready-timeout") {
+      auto v = value(a.c_str());
+      absl::Duration d;
+      if (!v || !absl::ParseDuration(*v, &d) || d < absl::ZeroDuration()) {
+        return Usage(absl::StrCat(a, " wants a duration (e.g. 30s)"));
+      }
+      (a == "--bake" ? flags->bake_ms : flags->ready_timeout_ms) = absl::ToInt64Milliseconds(d);
+    } else if (a == "--auto") {
+      flags->auto_continue = true;
+    } else if (a == "--step") {
+      auto v = value("--step");
+      if (!v || !absl::SimpleAtoi(*v, &flags->step_percent) || flags->step_percent <= 0 ||
+          flags->step_percent > 100) {
+        return Usage("--step wants a percent from 1 to 100");
+      }
+    } else if (a == "--every") {
+      auto v = value("--every");
+      absl::Duration d;
+      if (!v || !absl::ParseDuration(*v, &d) || d < absl::Milliseconds(100)) {
+        return Usage("--every wants a duration of at least 100ms (e.g. 30s)");
+      }
+      flags->every_ms = absl::ToInt64Milliseconds(d);
+      flags->every_given = true;
+    } else if (a == "--max-failure-increase" || a == "--max-p99-ratio" || a == "--p99-slack-ms") {
+      auto v = value(a.c_str());
+      double x = 0;
+      if (!v || !absl::SimpleAtod(*v, &x) || x < 0) {
+        return Usage(absl::StrCat(a, " wants a number of at least 0"));
+      }
+      flags->thresholds_given = true;
+      (a == "--max-failure-increase" ? flags->max_failure_increase
+       : a == "--max-p99-ratio"      ? flags->max_p99_ratio
+                                     : flags->p99_slack_ms) = x;
+    } else if (a == "--min-calls") {
+      auto v = value("--min-calls");
+      if (!v || !absl::SimpleAtoi(*v, &flags->min_calls) || flags->min_calls < 1) {
+        return Usage("--min-calls wants a positive number");
+      }
+      flags->thresholds_given = true;
+    } else if (a == "--watch") {
+      flags->watch = true;
     } else if (a == "--replay") {
       flags->replay = true;
     } else if (a == "--parked") {
       flags->parked = true;
-    } else if (a == "--watch") {
-      flags->watch = true;
     } else if (a == "--yes") {
       flags->yes = true;
     } else {

@@ -9,6 +9,9 @@
 //   config.cc    config ...
 //   dts.cc       dts ... (business activities at dtsd)
 //   dms.cc       dms ... (messages at dmsd)
+//   traffic*.cc  traffic ... (routes, shares and shifts of a service's calls)
+//   release*.cc  release ... (a new version rolled out by groups)
+//   release*.cc  release ... (a new version rolled out by groups)
 #pragma once
 
 #include <grpcpp/client_context.h>
@@ -20,6 +23,10 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+namespace grpc {
+class Channel;
+}
 
 namespace google::protobuf {
 class Message;
@@ -45,7 +52,26 @@ struct Flags {
   bool replay = false;
   bool parked = false;
   bool yes = false;
-  bool watch = false;
+  // traffic
+  std::string to;            // --to key=value
+  int step_percent = 10;     // --step
+  int64_t every_ms = 30000;  // --every (a duration: 30s, 500ms)
+  bool every_given = false;
+  double max_failure_increase = 1.0;  // --max-failure-increase (percentage points)
+  double max_p99_ratio = 1.5;         // --max-p99-ratio
+  double p99_slack_ms = 5;            // --p99-slack-ms
+  int64_t min_calls = 20;             // --min-calls
+  std::string by;                     // --by key,key
+  bool watch = false;                 // --watch
+  // release
+  std::string plan;               // --plan FILE
+  std::string version;            // --version
+  std::string deploy;             // --deploy 'CMD {group} {instances}'
+  std::string groups;             // --groups beta:1,1:1,2:2
+  int64_t bake_ms = -1;           // --bake (-1: the plan's, or 30s)
+  int64_t ready_timeout_ms = -1;  // --ready-timeout
+  bool auto_continue = false;     // --auto
+  bool thresholds_given = false;  // any of the analysis flags
 };
 
 // Parses the command line into `flags` and the words of the command.
@@ -69,6 +95,11 @@ std::string Ago(int64_t unix_ms);
 // Asks on the terminal; true only for "y" or "yes".
 bool Confirm(FILE* out, const std::string& question);
 
+// grpc.health.v1.Health/Check of `service` ("" for the server) on `channel`;
+// `code` gets the answer's status (1: SERVING).
+grpc::Status CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
+                         grpc::ClientContext* ctx, int* code);
+
 // The command groups. Each returns formicactl's exit code.
 int Health(const Flags& flags, const std::string& service);
 int Registry(const Flags& flags, const std::vector<std::string>& args);
@@ -76,5 +107,8 @@ int Cluster(const Flags& flags, const std::vector<std::string>& args);
 int Config(const Flags& flags, const std::vector<std::string>& args);
 int Dts(const Flags& flags, const std::vector<std::string>& args);
 int Dms(const Flags& flags, const std::vector<std::string>& args);
+int Traffic(const Flags& flags, const std::vector<std::string>& args);
+int Release(const Flags& flags, const std::vector<std::string>& args);
+int Release(const Flags& flags, const std::vector<std::string>& args);
 
 }  // namespace formica::ctl

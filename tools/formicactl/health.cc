@@ -10,9 +10,8 @@ namespace formica::ctl {
 
 // grpc.health.v1.Health/Check without its generated stubs: the request is
 // {1: service}, the response {1: status}, both tiny protobuf messages.
-int Health(const Flags& flags, const std::string& service) {
-  auto channel = grpc::CreateChannel(flags.registry, grpc::InsecureChannelCredentials());
-  auto ctx = CallContext(flags);
+grpc::Status CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
+                         grpc::ClientContext* ctx, int* code) {
   std::string request;
   if (!service.empty()) {
     request.push_back(0x0a);
@@ -24,15 +23,24 @@ int Health(const Flags& flags, const std::string& service) {
   grpc::ByteBuffer response_buffer;
   grpc::GenericStub stub(channel);
   std::promise<grpc::Status> done;
-  stub.UnaryCall(ctx.get(), "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer,
+  stub.UnaryCall(ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer,
                  &response_buffer, [&done](grpc::Status st) { done.set_value(st); });
   grpc::Status status = done.get_future().get();
-  if (!status.ok()) return Fail(status);
+  if (!status.ok()) return status;
   std::vector<grpc::Slice> slices;
   (void)response_buffer.Dump(&slices);
   std::string response;
   for (const auto& s : slices) response.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  int code = response.size() >= 2 && response[0] == 0x08 ? response[1] : 0;
+  *code = response.size() >= 2 && response[0] == 0x08 ? response[1] : 0;
+  return status;
+}
+
+int Health(const Flags& flags, const std::string& service) {
+  auto channel = grpc::CreateChannel(flags.registry, grpc::InsecureChannelCredentials());
+  auto ctx = CallContext(flags);
+  int code = 0;
+  grpc::Status status = CheckHealth(channel, service, ctx.get(), &code);
+  if (!status.ok()) return Fail(status);
   static const char* kNames[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
   const char* name = kNames[code >= 0 && code <= 3 ? code : 0];
   if (flags.output == Output::kJson) {

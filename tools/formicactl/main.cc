@@ -23,5 +23,7 @@ int main(int argc, char** argv) {
   if (group == "registry") return Registry(flags, args);
   if (group == "cluster") return Cluster(flags, args);
   if (group == "config") return Config(flags, args);
+  if (group == "traffic") return Traffic(flags, args);
+  if (group == "release") return Release(flags, args);
   return Usage(absl::StrCat("unknown command '", absl::StrJoin(args, " "), "'"));
 }

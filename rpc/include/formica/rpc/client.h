@@ -69,6 +69,9 @@ struct ClientOptions {
   int min_retries_per_second = 10;                   // ...but always at least this many
   int eject_after_failures = 5;                      // consecutive failures that eject a provider
   absl::Duration ejection_time = absl::Seconds(10);  // then one probe call re-admits it
+  // Count every attempt (status code, latency) per service and provider in
+  // the process's call metrics (formica/rpc/metrics.h).
+  bool count_calls = true;
   // Balancing policy per service: weighted_random (default), round_robin,
   // least_active, consistent_hash, p2c_ewma.
   std::map<std::string, std::string> policies;

@@ -80,6 +80,10 @@ struct ServerOptions {
   int max_idle_threads = 32;
   // The largest request message taken (gRPC's default: 4 MiB); 0 keeps it.
   int max_receive_message_bytes = 0;
+  // Count every call of the hosted services (status code, latency) in the
+  // process's call metrics (formica/rpc/metrics.h), which the Stats service
+  // serves. The counting costs a few atomic additions per call.
+  bool count_calls = true;
   // Per-method limits, overriding the above: "pkg.Service/Method" -> limit
   // (0: no limit).
   std::map<std::string, int> method_limits;

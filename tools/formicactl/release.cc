@@ -1,0 +1,609 @@
+// formicactl: release start, status, continue, rollback and resume. The
+// controller replaces a service's providers group by group: it runs the
+// deploy command for a group's old instances, waits for the new version's
+// instances to come up, lets them serve, judges them against the old ones,
+// and goes on (or waits for `release continue`). Its record lives in the
+// registry ("release/<service>"), so any operator sees it, can continue or
+// roll it back, and a dead controller's release is taken over. See
+// docs/release.md.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "release.h"
+
+namespace formica::ctl {
+namespace {
+
+namespace v1 = formica::rpc::v1;
+using Record = StoredRecord<v1::Release>;
+
+constexpr absl::Duration kPoll = absl::Milliseconds(200);
+constexpr absl::Duration kHeartbeat = absl::Seconds(1);
+constexpr absl::Duration kStale = absl::Seconds(5);
+// A new instance whose weight did not change for this long is warmed up
+// (rpc::Server republishes a ramping weight every warmup_step, 1 s by default).
+constexpr absl::Duration kSteady = absl::Seconds(2);
+
+bool Live(const v1::Release& r) {
+  return r.state() == "running" || r.state() == "awaiting" || r.state() == "continuing" ||
+         r.state() == "rolling_back";
+}
+
+void Say(const std::string& line) {
+  std::printf("%s %s\n", absl::FormatTime("%H:%M:%S", absl::Now(), absl::UTCTimeZone()).c_str(),
+              line.c_str());
+  std::fflush(stdout);
+}
+
+std::string Me() {
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  return absl::StrCat(host, ":", getpid());
+}
+
+class Controller {
+ public:
+  Controller(TrafficLink& link, Record& record) : link_(link), record_(record) {}
+
+  // Runs the release in the record to its end; the exit code.
+  int Run() {
+    v1::Release& r = record_.value;
+    for (int i = 0; i < r.groups_size(); ++i) {
+      while (true) {
+        if (!Checkpoint()) return Ended();
+        v1::ReleaseGroup& g = *r.mutable_groups(i);
+        absl::Status st;
+        if (g.state() == "done") break;
+        if (g.state() == "waiting") {
+          st = Choose(i);
+        } else if (g.state() == "releasing") {
+          st = Deploy(i);
+        } else if (g.state() == "baking") {
+          st = Bake(i);
+        } else if (g.state() == "awaiting") {
+          if (r.state() == "continuing") {
+            Finish(g, "done", g.message());
+            r.set_state("running");
+            continue;
+          }
+          if (r.state() != "awaiting") {
+            r.set_state("awaiting");
+            r.set_message(absl::StrCat("group ", g.name(),
+                                       " released; go on with formicactl release continue ",
+                                       r.service()));
+            Say(r.message());
+          }
+          absl::SleepFor(kHeartbeat);
+          continue;
+        } else {
+          st = absl::FailedPreconditionError(absl::StrCat("group ", g.name(), " is ", g.state()));
+        }
+        if (absl::IsCancelled(st)) return Ended();  // rollback asked meanwhile
+        if (!st.ok()) {
+          Finish(g, "failed", std::string(st.message()));
+          Say(absl::StrCat("group ", g.name(), " failed: ", st.message(), "; rolling back"));
+          r.set_state("rolling_back");
+          r.set_message(absl::StrCat("group ", g.name(), " failed: ", st.message()));
+          return Ended();
+        }
+      }
+    }
+    r.set_state("done");
+    r.set_message(absl::StrCat("every group runs ", r.version_key(), "=", r.version()));
+    (void)SaveMerging();
+    Say(absl::StrCat("release of ", r.service(), " ", r.version(), " done"));
+    return 0;
+  }
+
+  // The previous version's traffic at once, then its deploy for every
+  // group that was touched, newest first; then the route from before.
+  int RollBack() {
+    v1::Release& r = record_.value;
+    if (absl::Status st = RouteToPrevious(); !st.ok()) Say(absl::StrCat("route: ", st.message()));
+    Say(absl::StrCat("rolling back: calls go to ", r.version_key(), "=", r.previous()));
+    std::set<std::string> claimed;
+    for (const auto& g : r.groups())
+      claimed.insert(g.new_instances().begin(), g.new_instances().end());
+    for (int i = r.groups_size() - 1; i >= 0; --i) {
+      v1::ReleaseGroup& g = *r.mutable_groups(i);
+      if (g.state() == "waiting" || g.state() == "rolled_back") continue;
+      absl::StatusOr<std::vector<ProviderInfo>> providers = link_.Providers(r.service());
+      if (!providers.ok()) return Fail(providers.status());
+      // The new version's instances this group brought (or, when it failed
+      // before they were recorded, any the other groups do not claim).
+      std::vector<std::string> replace;
+      for (const ProviderInfo& p : *providers) {
+        if (!p.Carries(r.version_key(), r.version())) continue;
+        bool mine = std::find(g.new_instances().begin(), g.new_instances().end(), p.address) !=
+                    g.new_instances().end();
+        if (mine || (g.new_instances().empty() && claimed.count(p.address) == 0)) {
+          replace.push_back(p.address);
+        }
+      }
+      if (!replace.empty()) {
+        int old_before = Count(*providers, r.previous());
+        Say(absl::StrCat("group ", g.name(), ": deploying ", r.previous(), " over ",
+                         absl::StrJoin(replace, " ")));
+        absl::Status st = RunDeploy(g.name(), r.previous(), replace);
+        if (st.ok()) {
+          st = AwaitUp(replace, r.previous(), old_before + static_cast<int>(replace.size()),
+                       nullptr);
+        }
+        if (!st.ok()) return Fail(st);
+      }
+      Finish(g, "rolled_back", "");
+      (void)SaveMerging();
+    }
+    absl::Status restored = RestoreRoute();
+    r.set_state("rolled_back");
+    r.set_message(absl::StrCat(
+        "back on ", r.version_key(), "=", r.previous(),
+        restored.ok() ? "" : absl::StrCat("; the route was not restored: ", restored.message())));
+    (void)SaveMerging();
+    Say(absl::StrCat("rolled back: ", r.message()));
+    return 0;
+  }
+
+  // Sends every call to the previous version (forcing it over the route).
+  absl::Status RouteToPrevious() {
+    const v1::Release& r = record_.value;
+    std::string route = absl::StrCat(r.version_key(), "=", r.previous(), ":100");
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      absl::StatusOr<Entry> now = link_.Get(RouteKey(r.service()));
+      if (!now.ok()) return now.status();
+      if (now->value == route) return absl::OkStatus();
+      absl::Status st = link_.Put(RouteKey(r.service()), route, now->version).status();
+      if (!absl::IsFailedPrecondition(st)) return st;
+    }
+    return absl::AbortedError("the route kept changing");
+  }
+
+ private:
+  int Ended() {
+    if (record_.value.state() == "rolling_back") {
+      int code = RollBack();
+      return code == 0 ? 1 : code;  // the release did not go through
+    }
+    return 1;
+  }
+
+  int Fail(const absl::Status& st) {
+    record_.value.set_state("failed");
+    record_.value.set_message(std::string(st.message()));
+    (void)SaveMerging();
+    Say(absl::StrCat("failed: ", st.message()));
+    return 1;
+  }
+
+  void Finish(v1::ReleaseGroup& g, const std::string& state, const std::string& message) {
+    g.set_state(state);
+    g.set_message(message);
+    g.set_ended_unix_ms(absl::ToUnixMillis(absl::Now()));
+  }
+
+  int Count(const std::vector<ProviderInfo>& providers, const std::string& version) {
+    int n = 0;
+    for (const ProviderInfo& p : providers) n += p.Carries(record_.value.version_key(), version);
+    return n;
+  }
+
+  // Saves the record; an operator's request (continuing, rolling_back)
+  // made meanwhile is kept.
+  absl::Status SaveMerging() {
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      record_.value.set_controller(controller_);
+      absl::Status st = record_.Save();
+      if (st.ok()) {
+        last_save_ = absl::Now();
+        return st;
+      }
+      if (!absl::IsFailedPrecondition(st)) return st;
+      v1::Release mine = record_.value;
+      if (absl::StatusOr<bool> loaded = record_.Load(); !loaded.ok() || !*loaded) {
+        return absl::AbortedError("the release's record was removed");
+      }
+      std::string theirs = record_.value.state();
+      record_.value = mine;
+      if (theirs == "continuing" || theirs == "rolling_back") record_.value.set_state(theirs);
+    }
+    return absl::AbortedError("the release's record kept changing");
+  }
+
+  // Heartbeat; false when a rollback was asked.
+  bool Checkpoint() {
+    if (absl::Now() - last_save_ >= kHeartbeat || record_.value.updated_unix_ms() == 0) {
+      (void)SaveMerging();
+    }
+    return record_.value.state() != "rolling_back";
+  }
+
+  // Waits `d`, heartbeating; CANCELLED when a rollback was asked.
+  absl::Status Wait(absl::Duration d) {
+    absl::Time end = absl::Now() + d;
+    while (absl::Now() < end) {
+      absl::SleepFor(std::min(kPoll, end - absl::Now()));
+      if (!Checkpoint()) return absl::CancelledError("rollback asked");
+    }
+    return absl::OkStatus();
+  }
+
+  // Picks the group's old instances.
+  absl::Status Choose(int i) {
+    v1::Release& r = record_.value;
+    v1::ReleaseGroup& g = *r.mutable_groups(i);
+    absl::StatusOr<std::vector<ProviderInfo>> providers = link_.Providers(r.service());
+    if (!providers.ok()) return providers.status();
+    std::string key = g.selector().substr(0, g.selector().find('='));
+    std::string value = g.selector().substr(g.selector().find('=') + 1);
+    std::map<std::string, std::string> zone_of;  // old instance -> its zone
+    for (const ProviderInfo& p : *providers) {
+      if (!p.Carries(r.version_key(), r.previous())) continue;
+      if (!g.selector().empty() && !p.Carries(key, value)) continue;
+      zone_of[p.address] = p.zone.empty() ? "-" : p.zone;
+    }
+    std::vector<std::string> chosen;
+    for (const auto& [address, zone] : zone_of) chosen.push_back(address);
+    if (g.count() > 0 && static_cast<int>(chosen.size()) > g.count()) chosen.resize(g.count());
+    g.clear_instances();
+    g.clear_zones();
+    std::set<std::string> zones;
+    for (const std::string& a : chosen) {
+      g.add_instances(a);
+      zones.insert(zone_of[a]);
+    }
+    for (const std::string& z : zones) g.add_zones(z);
+    g.set_state("releasing");
+    g.set_started_unix_ms(absl::ToUnixMillis(absl::Now()));
+    g.set_message(chosen.empty() ? "no old instance left for it" : "");
+    if (r.state() == "awaiting") r.set_state("running");
+    (void)SaveMerging();
+    Say(absl::StrCat("group ", g.name(), ": ", chosen.size(), " instance(s) ",
+                     absl::StrJoin(chosen, " ")));
+    return absl::OkStatus();
+  }
+
+  // Deploys the group (unless its new instances are already up, as after a
+  // controller's restart) and waits for them.
+  absl::Status Deploy(int i) {
+    v1::Release& r = record_.value;
+    v1::ReleaseGroup& g = *r.mutable_groups(i);
+    int expected = 0;  // new instances once this group is up
+    for (int k = 0; k <= i; ++k) expected += r.groups(k).instances_size();
+    std::vector<std::string> old(g.instances().begin(), g.instances().end());
+    absl::StatusOr<std::vector<ProviderInfo>> providers = link_.Providers(r.service());
+    if (!providers.ok()) return providers.status();
+    bool done_before = Count(*providers, r.version()) >= expected;
+    for (const ProviderInfo& p : *providers) {
+      done_before = done_before && std::find(old.begin(), old.end(), p.address) == old.end();
+    }
+    if (!old.empty() && !done_before) {
+      Say(absl::StrCat("group ", g.name(), ": deploying ", r.version(), " over ",
+                       absl::StrJoin(old, " ")));
+      if (absl::Status st = RunDeploy(g.name(), r.version(), old); !st.ok()) return st;
+    }
+    std::vector<std::string> fresh;
+    if (absl::Status st = AwaitUp(old, r.version(), expected, &fresh); !st.ok()) return st;
+    std::set<std::string> earlier;
+    for (int k = 0; k < i; ++k) {
+      earlier.insert(r.groups(k).new_instances().begin(), r.groups(k).new_instances().end());
+    }
+    g.clear_new_instances();
+    for (const std::string& a : fresh) {
+      if (earlier.count(a) == 0) g.add_new_instances(a);
+    }
+    g.set_state("baking");
+    (void)SaveMerging();
+    Say(absl::StrCat("group ", g.name(), ": up ", absl::StrJoin(g.new_instances(), " "),
+                     "; baking ", absl::FormatDuration(absl::Milliseconds(r.bake_ms()))));
+    return absl::OkStatus();
+  }
+
+  // Lets the group serve for the bake time and judges the new version
+  // against the old one; repeats while there are too few calls to judge.
+  absl::Status Bake(int i) {
+    v1::Release& r = record_.value;
+    v1::ReleaseGroup& g = *r.mutable_groups(i);
+    Thresholds limits{r.max_failure_rate_increase(), r.max_p99_ratio(), r.p99_slack_ms(),
+                      r.min_calls()};
+    while (true) {
+      absl::StatusOr<std::vector<ProviderInfo>> providers = link_.Providers(r.service());
+      if (!providers.ok()) return providers.status();
+      auto before = ReadServed(link_, r.service(), *providers);
+      if (absl::Status st = Wait(absl::Milliseconds(r.bake_ms())); !st.ok()) return st;
+      Analysis a = Analyse(limits, r.version_key(), r.version(), *providers, before,
+                           ReadServed(link_, r.service(), *providers));
+      if (a.verdict == Verdict::kFail) return absl::AbortedError(a.summary);
+      g.set_message(a.summary);
+      if (a.verdict == Verdict::kPass) break;
+      Say(absl::StrCat("group ", g.name(), ": ", a.summary));
+      (void)SaveMerging();
+    }
+    Say(absl::StrCat("group ", g.name(), ": passed: ", g.message()));
+    if (r.auto_continue()) {
+      Finish(g, "done", g.message());
+    } else {
+      g.set_state("awaiting");
+    }
+    (void)SaveMerging();
+    return absl::OkStatus();
+  }
+
+  // Runs the deploy command with the group's fields filled in; its output
+  // is formicactl's. Heartbeats while it runs; fails after ready_timeout.
+  absl::Status RunDeploy(const std::string& group, const std::string& version,
+                         const std::vector<std::string>& instances) {
+    const v1::Release& r = record_.value;
+    std::string command =
+        absl::StrReplaceAll(r.deploy(), {{"{service}", r.service()},
+                                         {"{group}", group},
+                                         {"{version}", version},
+                                         {"{instances}", absl::StrJoin(instances, " ")}});
+    std::fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) return absl::InternalError("cannot start the deploy command");
+    if (pid == 0) {
+      execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    absl::Time deadline = absl::Now() + absl::Milliseconds(r.ready_timeout_ms());
+    int status = 0;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+      if (absl::Now() > deadline) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        return absl::DeadlineExceededError(
+            absl::StrCat("the deploy command '", command, "' ran longer than the ready timeout"));
+      }
+      absl::SleepFor(kPoll);
+      if (absl::Now() - last_save_ >= kHeartbeat) (void)SaveMerging();
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      return absl::AbortedError(
+          absl::StrCat("the deploy command '", command, "' exited with ",
+                       WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status)));
+    }
+    return absl::OkStatus();
+  }
+
+  // Waits until `gone` are out of the registry and `want` instances of
+  // `version` are up, healthy and done warming up (their published weight
+  // steady for kSteady, longer than rpc::Server's warm-up republish step).
+  // `up` gets the version's instances.
+  absl::Status AwaitUp(const std::vector<std::string>& gone, const std::string& version, int want,
+                       std::vector<std::string>* up) {
+    const v1::Release& r = record_.value;
+    absl::Time deadline = absl::Now() + absl::Milliseconds(r.ready_timeout_ms());
+    std::map<std::string, std::pair<int32_t, absl::Time>> weights;  // since when at this weight
+    std::string last;
+    while (absl::Now() < deadline) {
+      absl::StatusOr<std::vector<ProviderInfo>> providers = link_.Providers(r.service());
+      if (providers.ok()) {
+        std::vector<std::string> ready, waiting;
+        bool old_left = false;
+        for (const ProviderInfo& p : *providers) {
+          old_left = old_left || std::find(gone.begin(), gone.end(), p.address) != gone.end();
+          if (!p.Carries(r.version_key(), version)) continue;
+          auto& w = weights[p.address];
+          if (w.first != p.weight || w.second == absl::Time()) w = {p.weight, absl::Now()};
+          bool steady = absl::Now() - w.second >= kSteady;
+          (steady && link_.Healthy(p.address) ? ready : waiting).push_back(p.address);
+        }
+        if (!old_left && static_cast<int>(ready.size()) >= want) {
+          if (up != nullptr) *up = ready;
+          return absl::OkStatus();
+        }
+        last = absl::StrCat(ready.size(), " of ", want, " instance(s) of ", version, " ready",
+                            old_left ? ", old ones still registered" : "");
+      }
+      if (absl::Status st = Wait(kPoll); !st.ok() && up != nullptr) return st;
+    }
+    return absl::DeadlineExceededError(absl::StrCat("not up within the ready timeout: ", last));
+  }
+
+  absl::Status RestoreRoute() {
+    const v1::Release& r = record_.value;
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      absl::StatusOr<Entry> now = link_.Get(RouteKey(r.service()));
+      if (!now.ok()) return now.status();
+      absl::Status st;
+      if (r.original_route().empty()) {
+        if (now->version == 0) return absl::OkStatus();
+        st = link_.Delete(RouteKey(r.service()), now->version);
+      } else {
+        if (now->value == r.original_route()) return absl::OkStatus();
+        st = link_.Put(RouteKey(r.service()), r.original_route(), now->version).status();
+      }
+      if (!absl::IsFailedPrecondition(st)) return st;
+    }
+    return absl::AbortedError("the route kept changing");
+  }
+
+  TrafficLink& link_;
+  Record& record_;
+  const std::string controller_ = Me();
+  absl::Time last_save_ = absl::InfinitePast();
+};
+
+void PrintStatus(const v1::Release& r) {
+  std::printf("release of %s: %s=%s -> %s, %s\n", r.service().c_str(), r.version_key().c_str(),
+              r.previous().c_str(), r.version().c_str(), r.state().c_str());
+  if (!r.message().empty()) std::printf("  %s\n", r.message().c_str());
+  std::printf("  bake %s, %s; controller %s, updated %s ago\n",
+              absl::FormatDuration(absl::Milliseconds(r.bake_ms())).c_str(),
+              r.auto_continue() ? "goes on by itself" : "waits for release continue",
+              r.controller().c_str(), Ago(r.updated_unix_ms()).c_str());
+  // Each group's instances by where they stand: waiting (not started),
+  // releasing (deploying, baking, awaiting continue), done, failed.
+  std::printf("%-10s %-12s %-10s %7s %9s %4s %6s  %-19s %-19s %s\n", "GROUP", "STATE", "ROOMS",
+              "WAITING", "RELEASING", "DONE", "FAILED", "STARTED", "ENDED", "NOTE");
+  auto when = [](int64_t ms) {
+    return ms == 0 ? std::string("-")
+                   : absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(ms),
+                                      absl::UTCTimeZone());
+  };
+  for (const v1::ReleaseGroup& g : r.groups()) {
+    int n = g.state() == "waiting" ? g.count() : g.instances_size();
+    const std::string& st = g.state();
+    bool releasing = st == "releasing" || st == "baking" || st == "awaiting";
+    std::string rooms = g.zones().empty() ? "-" : absl::StrJoin(g.zones(), ",");
+    std::printf("%-10s %-12s %-10s %7d %9d %4d %6d  %-19s %-19s %s\n", g.name().c_str(), st.c_str(),
+                rooms.c_str(), st == "waiting" ? n : 0, releasing ? n : 0, st == "done" ? n : 0,
+                st == "failed" ? n : 0, when(g.started_unix_ms()).c_str(),
+                when(g.ended_unix_ms()).c_str(),
+                st == "waiting" && !g.selector().empty()
+                    ? absl::StrCat("the old instances with ", g.selector()).c_str()
+                    : g.message().c_str());
+  }
+}
+
+// FAILED_PRECONDITION when a release of `service` is under way.
+absl::Status CheckNoRelease(Record& record, const std::string& service) {
+  absl::StatusOr<bool> exists = record.Load();
+  if (!exists.ok()) return exists.status();
+  if (*exists && Live(record.value)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "a release of ", service, " to ", record.value.version(), " is ", record.value.state(),
+        "; take it over (formicactl release resume ", service, ") or roll it back first"));
+  }
+  return absl::OkStatus();
+}
+
+int Start(const Flags& flags, TrafficLink& link, const std::string& service) {
+  if (!service.empty()) {  // before the plan, which a release under way may contradict
+    Record under_way(link, ReleaseKey(service), "release");
+    if (absl::Status st = CheckNoRelease(under_way, service); !st.ok()) return FailWith(st);
+  }
+  absl::StatusOr<v1::Release> plan = LoadPlan(flags, service, link);
+  if (!plan.ok()) return FailWith(plan.status());
+  Record record(link, ReleaseKey(plan->service()), "release");
+  if (absl::Status st = CheckNoRelease(record, plan->service()); !st.ok()) return FailWith(st);
+  absl::StatusOr<Entry> route = link.Get(RouteKey(plan->service()));
+  if (!route.ok()) return FailWith(route.status());
+  record.value = *plan;
+  record.value.set_original_route(route->value);
+  record.value.set_state("running");
+  record.value.set_started_unix_ms(absl::ToUnixMillis(absl::Now()));
+  if (absl::Status st = record.Save(); !st.ok()) {
+    return FailWith(absl::IsFailedPrecondition(st)
+                        ? absl::FailedPreconditionError(absl::StrCat(
+                              "another release of ", plan->service(), " started meanwhile"))
+                        : st);
+  }
+  std::vector<std::string> names;
+  for (const auto& g : plan->groups()) names.push_back(g.name());
+  Say(absl::StrCat("release of ", plan->service(), ": ", plan->version_key(), "=", plan->previous(),
+                   " (", plan->old_instances(), " instances) -> ", plan->version(), " in groups ",
+                   absl::StrJoin(names, ", ")));
+  Controller controller(link, record);
+  return controller.Run();
+}
+
+int Resume(TrafficLink& link, const std::string& service) {
+  Record record(link, ReleaseKey(service), "release");
+  absl::StatusOr<bool> exists = record.Load();
+  if (!exists.ok()) return FailWith(exists.status());
+  if (!*exists || !Live(record.value)) {
+    return FailWith(absl::NotFoundError(absl::StrCat("no release of ", service, " is under way")));
+  }
+  if (record.SinceUpdate() < kStale) {
+    return FailWith(absl::FailedPreconditionError(absl::StrCat(
+        "the release of ", service, " is run by ", record.value.controller(), ", heard from ",
+        absl::FormatDuration(absl::Trunc(record.SinceUpdate(), absl::Milliseconds(100))), " ago")));
+  }
+  Say(absl::StrCat("taking over the release of ", service, " to ", record.value.version(), " (",
+                   record.value.state(), ")"));
+  Controller controller(link, record);
+  if (record.value.state() == "rolling_back") return controller.RollBack();
+  return controller.Run();
+}
+
+// continue, rollback: a request in the record; the controller follows.
+int Ask(const Flags& flags, TrafficLink& link, const std::string& cmd, const std::string& service) {
+  Record record(link, ReleaseKey(service), "release");
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    absl::StatusOr<bool> exists = record.Load();
+    if (!exists.ok()) return FailWith(exists.status());
+    const v1::Release& r = record.value;
+    bool failed = *exists && r.state() == "failed";
+    if (!*exists || (!Live(r) && !(cmd == "rollback" && failed))) {
+      return FailWith(absl::FailedPreconditionError(
+          absl::StrCat("no release of ", service, " is under way",
+                       *exists ? absl::StrCat(" (the last one is ", r.state(), ")") : "")));
+    }
+    if (r.state() == "rolling_back") {
+      return FailWith(absl::FailedPreconditionError("the release is being rolled back"));
+    }
+    if (cmd == "continue" && r.state() != "awaiting") {
+      return FailWith(absl::FailedPreconditionError(
+          absl::StrCat("the release is ", r.state(), ", not waiting for continue")));
+    }
+    bool stale = record.SinceUpdate() >= kStale || failed;
+    Controller controller(link, record);
+    if (cmd == "rollback") {
+      // The previous version's traffic at once, whoever runs the rest.
+      if (absl::Status st = controller.RouteToPrevious(); !st.ok()) return FailWith(st);
+    }
+    record.value.set_state(cmd == "continue" ? "continuing" : "rolling_back");
+    absl::Status st = record.Save();
+    if (absl::IsFailedPrecondition(st)) continue;
+    if (!st.ok()) return FailWith(st);
+    if (cmd == "continue") {
+      std::printf("release of %s: continuing%s\n", service.c_str(),
+                  stale ? " (no controller runs it: take it over with release resume)" : "");
+      return 0;
+    }
+    std::printf("release of %s: calls go to %s=%s; rolling back\n", service.c_str(),
+                record.value.version_key().c_str(), record.value.previous().c_str());
+    std::fflush(stdout);
+    if (stale) return controller.RollBack();
+    absl::Time deadline = absl::Now() + absl::Seconds(flags.timeout_s) +
+                          absl::Milliseconds(record.value.ready_timeout_ms()) *
+                              std::max(1, record.value.groups_size());
+    while (absl::Now() < deadline) {
+      absl::SleepFor(kPoll);
+      if (absl::StatusOr<bool> l = record.Load(); l.ok() && *l && !Live(record.value)) {
+        PrintStatus(record.value);
+        return record.value.state() == "rolled_back" ? 0 : 1;
+      }
+    }
+    return FailWith(absl::DeadlineExceededError(
+        "the controller did not finish the rollback; see formicactl release status"));
+  }
+  return FailWith(absl::AbortedError("the release's record kept changing; try again"));
+}
+
+}  // namespace
+
+int Release(const Flags& flags, const std::vector<std::string>& args) {
+  const std::string& cmd = args[1];
+  TrafficLink link(flags);
+  if (cmd == "start" && args.size() <= 3) {
+    return Start(flags, link, args.size() == 3 ? args[2] : "");
+  }
+  if (args.size() != 3) {
+    return Usage(absl::StrCat("unknown command '", absl::StrJoin(args, " "), "'"));
+  }
+  const std::string& service = args[2];
+  if (cmd == "status") {
+    Record record(link, ReleaseKey(service), "release");
+    absl::StatusOr<bool> exists = record.Load();
+    if (!exists.ok()) return FailWith(exists.status());
+    if (!*exists) return FailWith(absl::NotFoundError(absl::StrCat("no release of ", service)));
+    if (flags.output == Output::kJson) return PrintJson(record.value);
+    PrintStatus(record.value);
+    return 0;
+  }
+  if (cmd == "continue" || cmd == "rollback") return Ask(flags, link, cmd, service);
+  if (cmd == "resume") return Resume(link, service);
+  return Usage(absl::StrCat("unknown command '", absl::StrJoin(args, " "), "'"));
+}
+
+}  // namespace formica::ctl
