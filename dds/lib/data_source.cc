@@ -86,6 +86,8 @@ class TransactionImpl : public Transaction {
       : ds_(ds), shard_(shard), database_(database), lease_(std::move(lease)) {}
   ~TransactionImpl() override {
     if (open_) (void)lease_->Rollback();
+    lease_ = ConnectionPool::Lease();
+    passes_.clear();
   }
   absl::StatusOr<ResultSet> Execute(absl::string_view sql, absl::Span<const Value> params) override;
   absl::Status Commit() override {
@@ -94,6 +96,7 @@ class TransactionImpl : public Transaction {
     absl::Status st = lease_->Commit();
     if (!st.ok()) (void)lease_->Rollback();
     lease_ = ConnectionPool::Lease();
+    passes_.clear();
     return st;
   }
   absl::Status Rollback() override {
@@ -101,6 +104,7 @@ class TransactionImpl : public Transaction {
     open_ = false;
     absl::Status st = lease_->Rollback();
     lease_ = ConnectionPool::Lease();
+    passes_.clear();
     return st;
   }
   int shard() const override { return shard_; }
@@ -111,6 +115,7 @@ class TransactionImpl : public Transaction {
   const int shard_, database_;
   ConnectionPool::Lease lease_;
   bool open_ = true;
+  std::map<int, std::unique_ptr<WriteGate::Pass>> passes_;  // by shard, until the end
 };
 
 class DataSourceImpl : public ShardedDataSource {
@@ -159,6 +164,8 @@ class DataSourceImpl : public ShardedDataSource {
                                     const ExecuteOptions& options) override {
     absl::StatusOr<Routing> routing = router_->Route(sql, params);
     if (!routing.ok()) return routing.status();
+    std::map<int, std::unique_ptr<WriteGate::Pass>> passes;  // held while the write runs
+    if (absl::Status st = AdmitWrites(*routing, false, &passes); !st.ok()) return st;
     bool replica = routing->kind == StatementKind::kRead && !routing->locking && !options.primary;
     if (routing->any_database) {
       routing->statements[0].database =
@@ -297,6 +304,28 @@ class DataSourceImpl : public ShardedDataSource {
     return databases_[router_->DatabaseOf(shard)]->name;
   }
 
+  // Asks the write gate for every shard a write statement touches; the
+  // passes go into `passes` (already held ones are kept).
+  // `in_transaction`: the caller holds a connection and maybe locks, so the
+  // gate must not wait (waiting could hold up what the gate waits for).
+  absl::Status AdmitWrites(const Routing& routing, bool in_transaction,
+                           std::map<int, std::unique_ptr<WriteGate::Pass>>* passes) {
+    if (config_.write_gate == nullptr || routing.kind != StatementKind::kWrite) {
+      return absl::OkStatus();
+    }
+    for (const RoutedStatement& s : routing.statements) {
+      if (s.shard < 0 || passes->count(s.shard) > 0) continue;
+      absl::StatusOr<std::unique_ptr<WriteGate::Pass>> pass =
+          config_.write_gate->Admit(s.shard, !in_transaction);
+      if (!pass.ok()) {
+        return absl::Status(pass.status().code(), absl::StrCat("write refused, nothing written: ",
+                                                               pass.status().message()));
+      }
+      (*passes)[s.shard] = *std::move(pass);
+    }
+    return absl::OkStatus();
+  }
+
   const std::string& NameOf(int database) const { return databases_[database]->name; }
   Router* router() { return router_.get(); }
   Backend* backend() { return backend_.get(); }
@@ -329,6 +358,7 @@ absl::StatusOr<ResultSet> TransactionImpl::Execute(absl::string_view sql,
           "to DTS"));
     }
   }
+  if (absl::Status st = ds_->AdmitWrites(*routing, true, &passes_); !st.ok()) return st;
   std::vector<absl::StatusOr<ResultSet>> results;
   std::vector<Value> ordered;
   std::vector<std::vector<std::string>> collations(routing->statements.size());
@@ -425,6 +455,12 @@ absl::StatusOr<std::unique_ptr<ShardedDataSource>> ShardedDataSource::Open(
   RouterConfig rc;
   absl::Status st = Validate(config, &rc);
   if (!st.ok()) return st;
+  if (config.write_gate != nullptr &&
+      (config.function != ShardFunction::kLastTwoDigits || config.shards != 100)) {
+    return absl::InvalidArgumentError(
+        "a write gate (LDC) places users by the last two digits of their id: it needs the "
+        "last_two_digits shard function and 100 shards");
+  }
   absl::StatusOr<std::unique_ptr<Router>> router = Router::Create(rc);
   if (!router.ok()) return router.status();
   std::unique_ptr<Backend> backend =

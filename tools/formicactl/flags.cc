@@ -6,6 +6,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 
 namespace formica::ctl {
 
@@ -31,6 +32,17 @@ config commands:
   config put KEY VALUE [--expect-version N]    N=0: only if KEY does not exist
   config delete KEY [--expect-version N]
   config ls [PREFIX]
+
+ldc commands (zones and who owns each user shard):
+  ldc status                           zones, shard owners as ranges, the rules version,
+                                       every client and the version it applied (laggards marked)
+  ldc apply FILE [--expect-version N]  validate a rules file and publish it (N=0: first rules)
+  ldc route USER                       the user's shard and owner zone
+  ldc switch --shards 00-49 --to ZONE [--fence-timeout 10s] [--force] [--yes]
+  ldc switch --zone ZONE --to ZONE ...
+                                       fence the shards, wait until every client applied the
+                                       fence (or roll back), then move them; --force moves even
+                                       with clients lagging
 
 dts commands (business activities at dtsd):
   dts ls [--state S,...] [--limit N]   newest first; default: unfinished ones
@@ -100,6 +112,9 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
                         : a == "--topic"  ? &flags->topic
                         : a == "--state"  ? &flags->states
                         : a == "--reason" ? &flags->reason
+                        : a == "--shards" ? &flags->shards
+                        : a == "--to"     ? &flags->to
+                        : a == "--zone"   ? &flags->zone
                                           : nullptr;
     if (a == "--help" || a == "-h") {
       std::fputs(kUsage, stdout);
@@ -140,6 +155,14 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
         return Usage("--expect-version wants a version number");
       }
       flags->expect_version = n;
+    } else if (a == "--fence-timeout") {
+      auto v = value("--fence-timeout");
+      if (!v || !absl::ParseDuration(*v, &flags->fence_timeout) ||
+          flags->fence_timeout <= absl::ZeroDuration()) {
+        return Usage("--fence-timeout wants a duration such as 10s or 500ms");
+      }
+    } else if (a == "--force") {
+      flags->force = true;
     } else if (a == "--replay") {
       flags->replay = true;
     } else if (a == "--parked") {

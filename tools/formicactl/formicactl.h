@@ -9,6 +9,7 @@
 //   config.cc    config ...
 //   dts.cc       dts ... (business activities at dtsd)
 //   dms.cc       dms ... (messages at dmsd)
+//   ldc.cc       ldc ... (zones, shard owners, switches)
 #pragma once
 
 #include <grpcpp/client_context.h>
@@ -20,6 +21,8 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "absl/time/time.h"
 
 namespace google::protobuf {
 class Message;
@@ -45,6 +48,11 @@ struct Flags {
   bool replay = false;
   bool parked = false;
   bool yes = false;
+  std::string shards;  // ldc switch
+  std::string to;
+  std::string zone;
+  absl::Duration fence_timeout = absl::Seconds(10);
+  bool force = false;
 };
 
 // Parses the command line into `flags` and the words of the command.
@@ -75,5 +83,6 @@ int Cluster(const Flags& flags, const std::vector<std::string>& args);
 int Config(const Flags& flags, const std::vector<std::string>& args);
 int Dts(const Flags& flags, const std::vector<std::string>& args);
 int Dms(const Flags& flags, const std::vector<std::string>& args);
+int Ldc(const Flags& flags, const std::vector<std::string>& args);
 
 }  // namespace formica::ctl
