@@ -139,6 +139,7 @@ int Switch(const Flags& flags, ldc::RuleAdmin* admin) {
   options.to = flags.to;
   options.force = flags.force;
   options.fence_timeout = flags.fence_timeout;
+  options.converge_timeout = flags.fence_timeout;
   if (!flags.shards.empty()) {
     absl::StatusOr<std::set<int>> shards = ldc::ParseShards(flags.shards);
     if (!shards.ok()) return FailStatus(shards.status());
