@@ -56,7 +56,8 @@ std::set<int> RuleSet::ShardsOf(absl::string_view zone) const {
 }
 
 bool RuleSet::operator==(const RuleSet& other) const {
-  if (zones.size() != other.zones.size() || owner != other.owner || fenced != other.fenced) {
+  if (zones.size() != other.zones.size() || owner != other.owner || fenced != other.fenced ||
+      global_services != other.global_services) {
     return false;
   }
   for (size_t i = 0; i < zones.size(); ++i) {
@@ -105,6 +106,12 @@ absl::Status Validate(const RuleSet& rules) {
       return absl::InvalidArgumentError(
           absl::StrFormat("shard %02d is owned by %s '%s'; only an rzone owns user shards", s,
                           std::string(ZoneKindName(z->kind)), name));
+    }
+  }
+  for (const std::string& service : rules.global_services) {
+    if (service.empty() || service.find_first_of(" ,[]") != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("global service '", service, "' is not a service name"));
     }
   }
   for (int s : rules.fenced) {
@@ -167,6 +174,9 @@ absl::StatusOr<RuleSet> ParseRules(absl::string_view yaml, absl::string_view sou
       rules.fenced = *shards;
     }
   }
+  for (const std::string& service : r.StringList("ldc.global_services", {})) {
+    rules.global_services.insert(service);
+  }
   if (absl::Status st = r.Finish(); !st.ok()) return st;
   if (absl::Status st = Validate(rules); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", st.message()));
@@ -193,6 +203,10 @@ std::string RulesToYaml(const RuleSet& rules) {
   }
   if (!rules.fenced.empty()) {
     absl::StrAppend(&out, "  fenced: \"", FormatShards(rules.fenced), "\"\n");
+  }
+  if (!rules.global_services.empty()) {
+    absl::StrAppend(&out, "  global_services: [", absl::StrJoin(rules.global_services, ", "),
+                    "]\n");
   }
   return out;
 }

@@ -46,6 +46,9 @@ struct RuleSet {
   std::array<std::string, kUserShards> owner;
   // Shards no zone may write now (a switch is moving them).
   std::set<int> fenced;
+  // rpc services of global data: served by the GZone (reads may go to a
+  // CZone in the caller's city), not by users' zones.
+  std::set<std::string> global_services;
 
   // The zone called `name`, or nullptr.
   const Zone* FindZone(absl::string_view name) const;
