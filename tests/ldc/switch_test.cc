@@ -280,5 +280,91 @@ TEST_F(LdcSwitchTest, SwitchUnderLoadNeverAcceptsAShardInTwoZones) {
   EXPECT_GT(not_owner["zone-b"], 0);  // and zone-b's tried them before the switch
 }
 
+// In the fence a plain write waits (here up to 300 ms) and then fails
+// retryably; a transaction's write fails at once.
+TEST_F(LdcSwitchTest, AFencedWriteWaitsAndATransactionsFailsAtOnce) {
+  PublishRules();
+  ZoneClient a = StartZone("zone-a");
+  VersionedRules current = admin_->Get().value();
+  RuleSet fenced = current.rules;
+  fenced.fenced = {42};
+  uint64_t version = admin_->Put(fenced, current.version).value();
+  ASSERT_TRUE(a.router->AwaitVersion(version, absl::Seconds(10)).ok());
+  dds::DataSourceConfig config;
+  dds::DatabaseConfig db;
+  db.name = "zone-a";
+  db.target = dir_.File("fence.db");
+  config.databases = {db};
+  config.sharded_tables = {{"payments", "user_id"}};
+  config.write_gate = std::make_shared<ZoneWriteGate>(a.router.get(), absl::Milliseconds(300));
+  auto ds = dds::ShardedDataSource::Open(config).value();
+  ASSERT_TRUE(ds->Execute("CREATE TABLE payments (id INTEGER, user_id TEXT, amount INTEGER)").ok());
+  const char* insert = "INSERT INTO payments (id, user_id, amount) VALUES ($1, $2, $3)";
+
+  absl::Time start = absl::Now();
+  auto plain = ds->Execute(insert, {int64_t{1}, std::string("2088042"), int64_t{1}});
+  EXPECT_EQ(plain.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(plain.status().message()), HasSubstr("shard 42 is fenced"));
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(300));
+
+  auto tx = ds->Begin(std::string("2088042"));
+  ASSERT_TRUE(tx.ok());
+  start = absl::Now();
+  auto in_tx = (*tx)->Execute(insert, {int64_t{2}, std::string("2088042"), int64_t{1}});
+  EXPECT_EQ(in_tx.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(200));
+  tx->reset();
+  EXPECT_EQ(CountRows(ds.get(), "2088042"), 0);
+  // Shard 41, not fenced, is written at once.
+  EXPECT_TRUE(ds->Execute(insert, {int64_t{3}, std::string("2088041"), int64_t{1}}).ok());
+
+  // A switch while shards are fenced is refused, changing nothing.
+  SwitchOptions options;
+  options.shards = {1};
+  options.to = "zone-b";
+  auto refused = admin_->Switch(options);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("shards 42 are fenced"));
+  EXPECT_EQ(admin_->Get()->version, version);
+}
+
+TEST_F(LdcSwitchTest, AWriteGateNeedsTheLastTwoDigitsShardFunction) {
+  PublishRules();
+  ZoneClient a = StartZone("zone-a");
+  dds::DataSourceConfig config;
+  dds::DatabaseConfig db;
+  db.name = "zone-a";
+  db.target = dir_.File("modulo.db");
+  config.databases = {db};
+  config.function = dds::ShardFunction::kModulo;
+  config.shards = 16;
+  config.write_gate = std::make_shared<ZoneWriteGate>(a.router.get());
+  auto ds = dds::ShardedDataSource::Open(config);
+  EXPECT_EQ(ds.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(ds.status().message()), HasSubstr("last_two_digits"));
+}
+
+// A process whose registry session is lost writes nothing until it has
+// reported its rules on a new session (it dropped out of the count).
+TEST_F(LdcSwitchTest, AClientThatLostItsSessionWritesOnlyAfterReportingAgain) {
+  PublishRules();
+  ZoneClient a = StartZone("zone-a");
+  uint64_t first_session = a.registry->session_id();
+  ASSERT_TRUE(a.router->AdmitWrite(42, absl::Now()).ok());
+  ASSERT_EQ(dsrd_->Stop(), 0);  // sessions are gone with it
+  absl::Time until = absl::Now() + absl::Seconds(10);
+  while (a.registry->connected() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(10));
+  auto refused = a.router->AdmitWrite(42, absl::Now() + absl::Milliseconds(100));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("not yet confirmed"));
+  ASSERT_TRUE(dsrd_->Restart().ok());
+  // Back on a new session, the write is admitted once the report is confirmed.
+  auto admitted = a.router->AdmitWrite(42, absl::Now() + absl::Seconds(20));
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  EXPECT_NE(a.registry->session_id(), first_session);
+  std::map<std::string, uint64_t> applied = Applied();
+  EXPECT_EQ(applied["zone-a"], a.router->version());
+}
+
 }  // namespace
 }  // namespace formica::ldc::testing

@@ -46,6 +46,8 @@ int Status(const Flags& flags, ldc::RuleAdmin* admin) {
     Struct out;
     (*out.mutable_fields())["version"] = Number(static_cast<double>(current->version));
     (*out.mutable_fields())["fenced"] = Text(ldc::FormatShards(rules.fenced));
+    auto* global = (*out.mutable_fields())["global_services"].mutable_list_value();
+    for (const std::string& s : rules.global_services) *global->add_values() = Text(s);
     auto* zones = (*out.mutable_fields())["zones"].mutable_list_value();
     for (const ldc::Zone& z : rules.zones) {
       Value zone;
@@ -81,6 +83,10 @@ int Status(const Flags& flags, ldc::RuleAdmin* admin) {
                 std::string(ldc::ZoneKindName(z.kind)).c_str(),
                 z.data_center.empty() ? "-" : z.data_center.c_str(),
                 z.city.empty() ? "-" : z.city.c_str(), shards.empty() ? "-" : shards.c_str());
+  }
+  if (!rules.global_services.empty()) {
+    std::printf("\nglobal services (GZone; reads may go to a CZone): %s\n",
+                absl::StrJoin(rules.global_services, ", ").c_str());
   }
   std::printf("\n%zu client(s), %zu on an older version\n", clients->size(), lagging.size());
   if (!clients->empty()) {
