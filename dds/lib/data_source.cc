@@ -6,6 +6,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -166,6 +167,16 @@ class DataSourceImpl : public ShardedDataSource {
     if (!routing.ok()) return routing.status();
     std::map<int, std::unique_ptr<WriteGate::Pass>> passes;  // held while the write runs
     if (absl::Status st = AdmitWrites(*routing, false, &passes); !st.ok()) return st;
+    std::map<int, std::string> elsewhere;
+    if (absl::Status st = AdmitReads(*routing, &elsewhere); !st.ok()) return st;
+    absl::StatusOr<ResultSet> result = ExecuteRouted(*std::move(routing), params, options);
+    if (result.ok()) result->read_elsewhere = std::move(elsewhere);
+    return result;
+  }
+
+  absl::StatusOr<ResultSet> ExecuteRouted(Routing routed, absl::Span<const Value> params,
+                                          const ExecuteOptions& options) {
+    std::optional<Routing> routing(std::move(routed));
     bool replica = routing->kind == StatementKind::kRead && !routing->locking && !options.primary;
     if (routing->any_database) {
       routing->statements[0].database =
@@ -326,6 +337,24 @@ class DataSourceImpl : public ShardedDataSource {
     return absl::OkStatus();
   }
 
+  // Asks the gate about every shard a read touches: `elsewhere` gets the
+  // shards another zone owns (a cross-zone read), or the read is refused.
+  absl::Status AdmitReads(const Routing& routing, std::map<int, std::string>* elsewhere) {
+    if (config_.write_gate == nullptr || routing.kind != StatementKind::kRead) {
+      return absl::OkStatus();
+    }
+    for (const RoutedStatement& s : routing.statements) {
+      if (s.shard < 0 || elsewhere->count(s.shard) > 0) continue;
+      absl::StatusOr<std::string> owner = config_.write_gate->AdmitRead(s.shard);
+      if (!owner.ok()) {
+        return absl::Status(owner.status().code(),
+                            absl::StrCat("read refused: ", owner.status().message()));
+      }
+      if (!owner->empty()) (*elsewhere)[s.shard] = *owner;
+    }
+    return absl::OkStatus();
+  }
+
   const std::string& NameOf(int database) const { return databases_[database]->name; }
   Router* router() { return router_.get(); }
   Backend* backend() { return backend_.get(); }
@@ -359,6 +388,8 @@ absl::StatusOr<ResultSet> TransactionImpl::Execute(absl::string_view sql,
     }
   }
   if (absl::Status st = ds_->AdmitWrites(*routing, true, &passes_); !st.ok()) return st;
+  std::map<int, std::string> elsewhere;
+  if (absl::Status st = ds_->AdmitReads(*routing, &elsewhere); !st.ok()) return st;
   std::vector<absl::StatusOr<ResultSet>> results;
   std::vector<Value> ordered;
   std::vector<std::vector<std::string>> collations(routing->statements.size());
@@ -367,7 +398,10 @@ absl::StatusOr<ResultSet> TransactionImpl::Execute(absl::string_view sql,
     results.push_back(lease_->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id, &collations[i]));
     if (!results.back().ok()) return results.back().status();
   }
-  return ds_->Combine(*routing, std::move(results), std::move(collations), params);
+  absl::StatusOr<ResultSet> result =
+      ds_->Combine(*routing, std::move(results), std::move(collations), params);
+  if (result.ok()) result->read_elsewhere = std::move(elsewhere);
+  return result;
 }
 
 absl::Status Validate(DataSourceConfig& c, RouterConfig* rc) {

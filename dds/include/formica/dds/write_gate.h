@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 
@@ -25,6 +26,15 @@ class WriteGate {
   // hold the write back a while; without (a transaction that already holds
   // database locks asks so) it answers at once. Thread-safe.
   virtual absl::StatusOr<std::unique_ptr<Pass>> Admit(int shard, bool may_wait) = 0;
+
+  // Asked before a read of `shard`: "" to read it as this data source's
+  // own, the name of the zone that owns it for a read allowed from this
+  // copy (the result lists it in ResultSet::read_elsewhere), or the status
+  // the read fails with. Never waits. By default every read is allowed.
+  virtual absl::StatusOr<std::string> AdmitRead(int shard) {
+    (void)shard;
+    return std::string();
+  }
 };
 
 }  // namespace formica::dds
