@@ -75,6 +75,9 @@ class Router::Impl {
   }
 
   void ApplyRules(std::shared_ptr<const RuleSet> rules, uint64_t version) {
+    // Pushes (dispatch thread) and re-reads (reporter) may both apply: the
+    // callbacks run one at a time, in version order.
+    absl::MutexLock callbacks_lock(&callback_mu_);
     std::map<uint64_t, ChangeCallback> callbacks;
     {
       absl::MutexLock lock(&mu_);
@@ -208,6 +211,7 @@ class Router::Impl {
   std::thread reporter_;
   bool published_ = false;  // touched by the reporter thread and Stop after its join
 
+  absl::Mutex callback_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // held while callbacks run
   mutable absl::Mutex mu_;
   std::shared_ptr<const RuleSet> rules_ ABSL_GUARDED_BY(mu_);
   uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
@@ -342,6 +346,7 @@ absl::StatusOr<Router::WritePermit> Router::AdmitUserWrite(absl::string_view use
 }
 
 uint64_t Router::OnChange(ChangeCallback callback) {
+  absl::MutexLock callbacks_lock(&impl_->callback_mu_);
   std::shared_ptr<const RuleSet> rules;
   uint64_t version = 0;
   uint64_t id = 0;
@@ -357,6 +362,7 @@ uint64_t Router::OnChange(ChangeCallback callback) {
 }
 
 void Router::RemoveCallback(uint64_t id) {
+  absl::MutexLock callbacks_lock(&impl_->callback_mu_);
   absl::MutexLock lock(&impl_->mu_);
   impl_->callbacks_.erase(id);
 }

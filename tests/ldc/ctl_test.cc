@@ -198,6 +198,14 @@ TEST_F(LdcTest, SwitchAsAnOperatorRunsItInJsonAndItsRefusals) {
   std::tie(code, out) = Ctl({"ldc", "switch", "--to", "zone-b", "--yes"});
   EXPECT_EQ(code, 2);
   EXPECT_THAT(out, HasSubstr("needs --to ZONE and one of --shards RANGES or --zone ZONE"));
+  // Without --yes it asks; anything but yes does nothing.
+  std::tie(code, out) = Ctl({"ldc", "switch", "--shards", "00-09", "--to", "zone-b"});
+  EXPECT_EQ(code, 1);
+  EXPECT_THAT(out, HasSubstr("move shards 00-09 to zone-b? [y/N]"));
+  EXPECT_THAT(out, HasSubstr("nothing done"));
+  std::tie(code, out) = Ctl({"ldc", "frobnicate"});
+  EXPECT_EQ(code, 2);
+  EXPECT_THAT(out, HasSubstr("unknown command 'ldc frobnicate'"));
   EXPECT_EQ(admin_->Get()->version, before);  // refusals changed nothing
 }
 

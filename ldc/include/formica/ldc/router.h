@@ -20,8 +20,9 @@
 // older one has released its permit, so "every client reports version V"
 // means no write under older rules is still running anywhere.
 //
-// Thread-safe. Change callbacks run on the registry client's dispatch
-// thread (or the caller's, for ForRules), one at a time.
+// Thread-safe. Change callbacks run one at a time, in version order, on
+// the thread that applied the version (the registry client's dispatch
+// thread, the Router's reporter, or the caller's for ForRules).
 #pragma once
 
 #include <cstdint>
@@ -123,6 +124,8 @@ class Router {
   // Calls `callback` after every newly applied version (and at once if some
   // rules are applied). Returns an id for RemoveCallback.
   uint64_t OnChange(ChangeCallback callback);
+  // After it returns the callback is not running and never runs again.
+  // REQUIRES: not called from a change callback.
   void RemoveCallback(uint64_t id);
 
   class Impl;
