@@ -7,7 +7,7 @@
 // and, in the same run, the cost of zone routing on an rpc call: calls per
 // second through rpc::Client with ldc::RpcZoneRouting (client picks the
 // user's zone, provider checks again) against the same calls without, on
-// one provider process's two services, windows alternated.
+// one provider process's two services, windows alternated (ABBA).
 //   route_overhead_ratio = routed calls/s / plain calls/s
 // Last line: one JSON object.
 //
@@ -130,15 +130,23 @@ void RouteCost(std::vector<Session>& sessions, bool quick, BenchReport* out) {
     return;
   }
   const int threads = 8;
-  const absl::Duration window = quick ? absl::Milliseconds(700) : absl::Seconds(2);
-  const int rounds = quick ? 2 : 4;
+  const absl::Duration window = quick ? absl::Milliseconds(500) : absl::Seconds(2);
+  const int rounds = quick ? 4 : 6;
   std::atomic<int64_t> failures{0};
   Drive(routed_client->get(), "bench.Routed", threads, absl::Milliseconds(300), &failures);
   Drive(plain_client->get(), "bench.Plain", threads, absl::Milliseconds(300), &failures);
   double routed_qps = 0, plain_qps = 0;
   for (int r = 0; r < rounds; ++r) {
-    double a = Drive(routed_client->get(), "bench.Routed", threads, window, &failures);
-    double b = Drive(plain_client->get(), "bench.Plain", threads, window, &failures);
+    // Alternate which goes first (ABBA), so a drift in the machine's load
+    // favours neither.
+    double a = 0, b = 0;
+    if (r % 2 == 0) {
+      a = Drive(routed_client->get(), "bench.Routed", threads, window, &failures);
+      b = Drive(plain_client->get(), "bench.Plain", threads, window, &failures);
+    } else {
+      b = Drive(plain_client->get(), "bench.Plain", threads, window, &failures);
+      a = Drive(routed_client->get(), "bench.Routed", threads, window, &failures);
+    }
     std::printf("round %d: %.0f calls/s with zone routing, %.0f without\n", r, a, b);
     routed_qps += a / rounds;
     plain_qps += b / rounds;
