@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "formica/internal/address.h"
 #include "formica/internal/names.h"
 #include "formica/registry/client.h"
 
@@ -257,6 +258,11 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Start(registry::Client* registry
   if (absl::Status st = CheckName(kZoneName, options.zone); !st.ok()) return st;
   if (registry == nullptr) return absl::InvalidArgumentError("the registry client is null");
   if (options.instance_id.empty()) options.instance_id = DefaultInstanceId();
+  if (absl::Status st = ValidateAddress(absl::StrCat(options.instance_id, ":1")); !st.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("instance_id '", options.instance_id,
+                     "' is not usable as a registry address: letters, digits, '.', '-' and '_'"));
+  }
   std::unique_ptr<Router> router(new Router(std::make_unique<Impl>(registry, std::move(options))));
   Impl* impl = router->impl_.get();
   impl->reporter_ = std::thread([impl] { impl->Report(); });

@@ -9,6 +9,7 @@
 #include "formica/common/user_shard.h"
 #include "formica/ldc/router.h"
 #include "formica/ldc/rules.h"
+#include "formica/registry/client.h"
 
 namespace formica::ldc {
 namespace {
@@ -139,5 +140,22 @@ TEST(LdcRouter, FencedShardIsRetryableForEveryZone) {
     }
   }
 }
+TEST(LdcRouter, StartRefusesABadZoneOrInstanceId) {
+  registry::ClientOptions options;
+  options.registries = {"127.0.0.1:1"};  // never reached: the checks come first
+  auto registry = registry::Client::Create(options).value();
+  RouterOptions bad_zone;
+  bad_zone.zone = "zone a";
+  auto router = Router::Start(registry.get(), bad_zone);
+  EXPECT_EQ(router.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(router.status()), HasSubstr("zone name 'zone a'"));
+  RouterOptions bad_id;
+  bad_id.zone = "zone-a";
+  bad_id.instance_id = "web 1";
+  router = Router::Start(registry.get(), bad_id);
+  EXPECT_EQ(router.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(router.status()), HasSubstr("instance_id 'web 1'"));
+}
+
 }  // namespace
 }  // namespace formica::ldc
