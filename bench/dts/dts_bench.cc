@@ -16,8 +16,11 @@
 // the machine: its raw fdatasync rate on the data directory's disk and raw
 // gRPC round trips per second (a generated stub, 64 callers, to a
 // participant answering at once; successful calls only). An activity makes
-// 8 calls (begin, two tries each with its enlist, commit, two confirms) and
-// 5 syncs. Committed per second is reported over the run and over the run
+// 5 calls (two tries, the commit, two confirms; the commits and confirms
+// of concurrent activities share batches) and 5 syncs (two tries, the
+// decision, two confirms; shared by group commits); with
+// --begin-at-coordinator, 8 calls (a begin and an enlist per try more) and
+// 7 syncs. Committed per second is reported over the run and over the run
 // plus the phase-two drain that follows it. Any failed activity or probe
 // call makes the run not ok (exit 1).
 #include <fcntl.h>
@@ -31,6 +34,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "bench_report.h"
@@ -87,7 +91,8 @@ absl::Status Move(rpc::Client& client, const std::string& bank, bool debit, int 
                      });
 }
 
-Result Drive(rpc::Client& client, int concurrency, absl::Duration duration, int accounts) {
+Result Drive(rpc::Client& client, int concurrency, absl::Duration duration, int accounts,
+             bool begin_at_coordinator) {
   std::vector<std::vector<double>> latencies(concurrency);
   std::atomic<int64_t> failures{0};
   std::atomic<int64_t> committed{0};
@@ -101,6 +106,7 @@ Result Drive(rpc::Client& client, int concurrency, absl::Duration duration, int 
         absl::Time t0 = absl::Now();
         dts::ActivityOptions options;
         options.name = "bench.Transfer";
+        options.begin_at_coordinator = begin_at_coordinator;
         int from = static_cast<int>((i * 7919) % accounts);
         int to = static_cast<int>((i * 104729 + 1) % accounts);
         i += concurrency;
@@ -281,6 +287,7 @@ int Run(int argc, char** argv) {
   bool quick = false;
   bool fast_sync = false;
   bool large_actions = false;
+  bool begin_at_coordinator = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
@@ -288,8 +295,12 @@ int Run(int argc, char** argv) {
       fast_sync = true;
     } else if (std::strcmp(argv[i], "--large-actions") == 0) {
       large_actions = true;
+    } else if (std::strcmp(argv[i], "--begin-at-coordinator") == 0) {
+      begin_at_coordinator = true;
     } else {
-      std::fprintf(stderr, "usage: bench_dts [--quick] [--fast-sync] [--large-actions]\n");
+      std::fprintf(stderr,
+                   "usage: bench_dts [--quick] [--fast-sync] [--large-actions] "
+                   "[--begin-at-coordinator]\n");
       return 2;
     }
   }
@@ -386,25 +397,37 @@ int Run(int argc, char** argv) {
   };
 
   RoundTrips raw = RawRoundTripsPerSecond(banks[0]->LineAfter("serving on "), 64, duration / 2);
-  std::printf("raw gRPC round trips, 64 callers: %.0f/s (%lld failed; an activity makes 8 calls)\n",
-              raw.per_s, static_cast<long long>(raw.failures));
+  std::printf("raw gRPC round trips, 64 callers: %.0f/s (%lld failed; an activity makes %d calls)\n",
+              raw.per_s, static_cast<long long>(raw.failures), begin_at_coordinator ? 8 : 5);
   report.AddErrors("raw_grpc_calls_failed", raw.failures);
   double fsync_rate =
       FdatasyncPerSecond(dir.path(), quick ? absl::Milliseconds(500) : absl::Seconds(2));
   std::printf("raw fdatasync on this disk: %.0f/s\n", fsync_rate);
   if (fsync_rate <= 0) report.Fail("fdatasync probe could not write in " + dir.path());
 
-  Drive(*client, 8, absl::Milliseconds(500), kAccounts);  // warm channels and caches
+  Drive(*client, 8, absl::Milliseconds(500), kAccounts,
+        begin_at_coordinator);  // warm channels and caches
   drain();
-  const int dtsd_pid = (*dtsd)->pid();
+  // Every process of the run, for CPU seconds per 1000 activities.
+  const std::vector<std::pair<std::string, int>> processes = {
+      {"dtsd", (*dtsd)->pid()},
+      {"bank_a", banks[0]->pid()},
+      {"bank_b", banks[1]->pid()},
+      {"initiator", static_cast<int>(getpid())},
+      {"dsrd", (*dsrd)->process()->pid()}};
+  auto cpu_now = [&] {
+    std::vector<double> v;
+    for (const auto& [name, pid] : processes) v.push_back(ProcessCpuSeconds(pid));
+    return v;
+  };
   for (int concurrency : {1, 64}) {
     dts::v1::Stats before = stats();
-    double cpu_before = ProcessCpuSeconds(dtsd_pid);
+    std::vector<double> cpu_before = cpu_now();
     absl::Time t0 = absl::Now();
-    Result r = Drive(*client, concurrency, duration, kAccounts);
+    Result r = Drive(*client, concurrency, duration, kAccounts, begin_at_coordinator);
     double run_s = absl::ToDoubleSeconds(absl::Now() - t0);
     double drain_ms = drain();
-    double cpu_after = ProcessCpuSeconds(dtsd_pid);
+    std::vector<double> cpu_after = cpu_now();
     dts::v1::Stats after = stats();
     double synced = after.synced_writes() - before.synced_writes();
     double syncs = after.wal_syncs() - before.wal_syncs();
@@ -428,8 +451,24 @@ int Run(int argc, char** argv) {
     report.Set("writes_per_wal_sync_" + c, syncs > 0 ? synced / syncs : 0);
     report.Set("phase_two_drain_ms_" + c, drain_ms);
     report.Set("fsyncs_per_activity_" + c, committed > 0 ? syncs / committed : 0);
-    if (cpu_before >= 0 && cpu_after >= 0 && committed > 0) {
-      report.Set("cpu_s_per_1000_" + c, (cpu_after - cpu_before) / committed * 1000);
+    if (committed > 0) {
+      double total = 0;
+      std::string line;
+      for (size_t i = 0; i < processes.size(); ++i) {
+        if (cpu_before[i] < 0 || cpu_after[i] < 0) {
+          report.AddMissing("cpu_of_" + processes[i].first, 1);
+          continue;
+        }
+        double per_1000 = (cpu_after[i] - cpu_before[i]) / committed * 1000;
+        total += per_1000;
+        report.Set("cpu_s_per_1000_" + c + "_" + processes[i].first, per_1000);
+        absl::StrAppend(&line, " ", processes[i].first, " ",
+                        absl::StrFormat("%.0f", per_1000 * 1000));
+      }
+      report.Set("cpu_s_per_1000_" + c, total);
+      report.Set("cpu_us_per_activity_" + c, std::round(total * 1000));
+      std::printf("c%-3d CPU microseconds per activity: %.0f in all;%s\n", concurrency,
+                  total * 1000, line.c_str());
     }
   }
   report.Set("fdatasync_per_s", std::round(fsync_rate));
@@ -438,19 +477,28 @@ int Run(int argc, char** argv) {
                   "5,000/s (the fund's peak)");
   report.Headline("dts committed/s, 64 callers, with phase-two drain",
                   "committed_per_s_c64_with_drain", "", "", "5,000/s");
+  report.Headline("dts CPU microseconds per activity, all processes, 64 callers",
+                  "cpu_us_per_activity_c64", "", "",
+                  "<= 400 (5,000/s on 2 cores)");
   report.Headline("dts raw fdatasync/s on the data disk (machine)", "fdatasync_per_s", "", "", "");
   report.SetMachine(dir.path());
   report.SetSetup("seconds_per_setup", absl::ToDoubleSeconds(duration));
   report.SetSetup("activity",
-                  "begin, debit try in bank A, credit try in bank B, commit; "
-                  "dtsd confirms both");
+                  begin_at_coordinator
+                      ? "begun at dtsd, debit try in bank A and credit try in bank B each "
+                        "enlisted with dtsd, commit; dtsd confirms both"
+                      : "begun by the initiator (no round trip), debit try in bank A, credit try "
+                        "in bank B (each reported back in its reply), commit with both actions; "
+                        "dtsd confirms both");
   report.SetSetup("fsync", fast_sync ? "dtsd fsyncs enlists and decisions; participants "
                                        "SQLite WAL synchronous=NORMAL"
                                      : "dtsd fsyncs enlists and decisions; participants "
                                        "SQLite WAL synchronous=FULL");
   report.SetSetup("peer", "none: the machine's fdatasync rate and raw gRPC round trips instead");
   report.SetSetup("fsyncs_per_activity", "dtsd's WAL syncs per committed activity");
-  report.SetSetup("cpu_s_per_1000", "dtsd's CPU seconds (user + system) per 1000 activities");
+  report.SetSetup("cpu_s_per_1000",
+                  "CPU seconds (user + system, from /proc) per 1000 activities of every process: "
+                  "the sum, and each as cpu_s_per_1000_cN_<process>");
   report.SetSetup("processes", "dsrd, dtsd, 2 participants and the initiator on one machine");
   client.reset();
   registry.reset();

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "activity_id.h"
 #include "formica/internal/names.h"
 
 namespace formica::dts {
@@ -34,6 +35,7 @@ absl::Status CheckName(absl::string_view field, const std::string& value, bool r
 }
 
 std::string TimeoutReason(const v1::Activity& a) {
+  if (a.begun_unix_ms() >= a.deadline_unix_ms()) return "not decided by its deadline";
   return absl::StrCat(
       "timed out after ",
       absl::FormatDuration(absl::Milliseconds(a.deadline_unix_ms() - a.begun_unix_ms())));
@@ -57,6 +59,7 @@ ActivityStats ActivityEngine::stats() {
   }
   s.phase_two_failures = phase_two_failures_.load();
   s.synced_writes = synced_writes_.load();
+  s.check_backs = check_backs_.load();
   return s;
 }
 
@@ -114,7 +117,9 @@ absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req) {
     return absl::InvalidArgumentError(
         absl::StrCat("payload is ", req.payload().size(), " bytes; at most ", kMaxPayloadBytes));
   }
-  std::shared_ptr<Entry> e = FindLive(req.activity_id());
+  absl::StatusOr<std::shared_ptr<Entry>> found = FindOrTakeUp(req.activity_id(), nullptr);
+  if (!found.ok()) return found.status();
+  std::shared_ptr<Entry> e = *std::move(found);
   if (e == nullptr) return Missing(req.activity_id());
   absl::MutexLock lock(&e->mu);
   v1::Activity& a = e->record;
@@ -156,7 +161,15 @@ absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req) {
 
 absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
                                     v1::DecisionResponse* resp, std::function<void()>* after_sync) {
-  std::shared_ptr<Entry> e = FindLive(req.activity_id());
+  if (absl::Status st = CheckName("name", req.name(), false); !st.ok()) return st;
+  if (absl::Status st = CheckName("initiator", req.initiator(), false); !st.ok()) return st;
+  for (const v1::JoinedAction& j : req.actions()) {
+    if (absl::Status st = CheckName("participant", j.participant(), true); !st.ok()) return st;
+    if (absl::Status st = CheckName("action", j.action(), true); !st.ok()) return st;
+  }
+  absl::StatusOr<std::shared_ptr<Entry>> found = FindOrTakeUp(req.activity_id(), &req);
+  if (!found.ok()) return found.status();
+  std::shared_ptr<Entry> e = *std::move(found);
   if (e == nullptr) {
     // Finished already: a repeat of the same decision is a success.
     absl::StatusOr<v1::Activity> a = Get(req.activity_id());
@@ -183,7 +196,17 @@ absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
   }
   std::string reason =
       commit ? "" : (req.reason().empty() ? "rolled back by the initiator" : req.reason());
-  if (absl::Status st = DecideLocked(*e, commit, reason, /*durable=*/false); !st.ok()) return st;
+  if (a.name().empty()) {  // taken up at an enlist: the decision names it
+    a.set_name(req.name());
+    a.set_initiator(req.initiator());
+  }
+  // The reported actions are written whole with the decision, in one write.
+  const int first_new = a.actions_size();
+  if (absl::Status st = AddJoinedLocked(*e, req); !st.ok()) return st;
+  if (absl::Status st = DecideLocked(*e, commit, reason, /*durable=*/false, first_new); !st.ok()) {
+    DropActionsLocked(*e, first_new);
+    return st;
+  }
   *after_sync = StarterFor(e);
   resp->set_state(a.state());
   return absl::OkStatus();
@@ -197,6 +220,136 @@ std::function<void()> ActivityEngine::StarterFor(const std::shared_ptr<Entry>& e
       StartPhaseTwoLocked(*e);
     }
   };
+}
+
+absl::Status ActivityEngine::AddJoinedLocked(Entry& e, const v1::ActivityRef& req) {
+  v1::Activity& a = e.record;
+  const int before = a.actions_size();
+  for (const v1::JoinedAction& j : req.actions()) {
+    bool known = false;
+    for (const v1::Action& x : a.actions()) {
+      known = known || (x.participant() == j.participant() && x.name() == j.action());
+    }
+    if (known) continue;
+    if (a.actions_size() >= limits_.max_actions) {
+      DropActionsLocked(e, before);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("activity ", a.id(), " would have more than ", limits_.max_actions,
+                       " actions, the coordinator's limit"));
+    }
+    v1::Action* x = a.add_actions();
+    x->set_participant(j.participant());
+    x->set_name(j.action());
+    x->set_state(v1::ENLISTED);
+    x->set_payload_at_participant(true);
+    x->set_enlisted_unix_ms(UnixMs(clock_->Now()));
+    e.token.push_back(0);
+    e.calling.push_back(false);
+  }
+  return absl::OkStatus();
+}
+
+void ActivityEngine::DropActionsLocked(Entry& e, int from) {
+  while (e.record.actions_size() > from) {
+    e.record.mutable_actions()->RemoveLast();
+    e.token.pop_back();
+    e.calling.pop_back();
+  }
+}
+
+absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivityState* state,
+                                     std::function<void()>* after_sync) {
+  const std::string& id = req.activity_id();
+  check_backs_.fetch_add(1, std::memory_order_relaxed);
+  std::shared_ptr<Entry> e = FindLive(id);
+  if (e == nullptr) {
+    if (id.empty()) return absl::InvalidArgumentError("activity_id is required");
+    absl::StatusOr<std::optional<v1::Activity>> stored = store_->Get(id);
+    if (!stored.ok()) return stored.status();
+    if (stored->has_value()) {
+      *state = (*stored)->state();
+      return absl::OkStatus();
+    }
+    std::optional<absl::Time> deadline = DeadlineOfId(id);
+    if (!deadline.has_value()) return absl::NotFoundError(absl::StrCat("no activity ", id));
+    absl::Time now = clock_->Now();
+    if (now < *deadline) {
+      *state = v1::ACTIVE;  // its initiator may still commit it
+      return absl::OkStatus();
+    }
+    if (now - *deadline > limits_.finished_retention) {
+      return absl::NotFoundError(absl::StrCat(
+          "no activity ", id, ", and its deadline passed more than ",
+          absl::FormatDuration(limits_.finished_retention),
+          " ago (the retention of finished activities): whether it committed is no longer "
+          "recorded; settle the action by hand"));
+    }
+    absl::StatusOr<std::shared_ptr<Entry>> found = FindOrTakeUp(id, &req);
+    if (!found.ok()) return found.status();
+    e = *std::move(found);
+    if (e == nullptr) return Resolve(req, state, after_sync);  // finished meanwhile
+  }
+  absl::MutexLock lock(&e->mu);
+  v1::Activity& a = e->record;
+  if (a.state() == v1::ACTIVE && clock_->Now() >= absl::FromUnixMillis(a.deadline_unix_ms())) {
+    timed_out_.fetch_add(1, std::memory_order_relaxed);
+    if (absl::Status st = DecideLocked(*e, false, TimeoutReason(a), /*durable=*/false); !st.ok()) {
+      return st;
+    }
+    *after_sync = StarterFor(e);
+  }
+  *state = a.state();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<ActivityEntry>> ActivityEngine::FindOrTakeUp(
+    const std::string& id, const v1::ActivityRef* from) {
+  // A decision (commit, rollback, or the rollback of a check-back) comes
+  // right after and writes the record with it; an enlist writes only its
+  // action, so the record is written here.
+  const bool write_now = from == nullptr;
+  if (std::shared_ptr<Entry> e = FindLive(id); e != nullptr) return e;
+  std::optional<absl::Time> deadline = DeadlineOfId(id);
+  if (!deadline.has_value()) return nullptr;
+  absl::Time now = clock_->Now();
+  if (*deadline - now > limits_.max_timeout) {
+    return absl::InvalidArgumentError(absl::StrCat("activity ", id, " has its deadline more than ",
+                                                   absl::FormatDuration(limits_.max_timeout),
+                                                   " away, the coordinator's maximum"));
+  }
+  if (from != nullptr) {
+    if (absl::Status st = CheckName("name", from->name(), false); !st.ok()) return st;
+    if (absl::Status st = CheckName("initiator", from->initiator(), false); !st.ok()) return st;
+  }
+  // Finished already (and so not live): not taken up again. An activity is
+  // written to the store as finished before it leaves the live ones, so
+  // either the lookup above or this one sees it.
+  absl::StatusOr<std::optional<v1::Activity>> stored = store_->Get(id);
+  if (!stored.ok()) return stored.status();
+  if (stored->has_value()) return nullptr;
+  auto e = std::make_shared<Entry>();
+  absl::MutexLock lock(&e->mu);
+  v1::Activity& a = e->record;
+  a.set_id(id);
+  a.set_name(from != nullptr ? from->name() : "");
+  a.set_initiator(from != nullptr ? from->initiator() : "");
+  a.set_state(v1::ACTIVE);
+  a.set_begun_unix_ms(std::min(UnixMs(now), UnixMs(*deadline)));
+  a.set_deadline_unix_ms(UnixMs(*deadline));
+  {
+    absl::MutexLock l(&mu_);
+    auto [it, added] = entries_.emplace(id, e);
+    if (!added) return it->second;  // taken up by another call meanwhile
+  }
+  // Not synced: the write of its first action or decision carries it.
+  if (absl::Status st = write_now ? store_->Put(a, false) : absl::OkStatus(); !st.ok()) {
+    absl::MutexLock l(&mu_);
+    entries_.erase(id);
+    return st;
+  }
+  begun_.fetch_add(1, std::memory_order_relaxed);
+  scheduler_->Add(*deadline, PhaseTwoTask{id, PhaseTwoTask::kTimeout, 0});
+  return e;
 }
 
 absl::Status ActivityEngine::Retry(const v1::ActivityRef& req, v1::DecisionResponse* resp) {
@@ -311,7 +464,7 @@ absl::Status ActivityEngine::List(const v1::ListRequest& req, v1::ListResponse* 
 // Records the decision. `durable`: synced now, and phase two starts;
 // otherwise the caller syncs and then calls StartPhaseTwoLocked.
 absl::Status ActivityEngine::DecideLocked(Entry& e, bool commit, const std::string& reason,
-                                          bool durable) {
+                                          bool durable, int first_new) {
   v1::Activity& a = e.record;
   int64_t decided_before = a.decided_unix_ms();
   std::string reason_before = a.reason();
@@ -319,7 +472,8 @@ absl::Status ActivityEngine::DecideLocked(Entry& e, bool commit, const std::stri
   a.set_decided_unix_ms(UnixMs(clock_->Now()));
   a.set_reason(reason);
   synced_writes_.fetch_add(1, std::memory_order_relaxed);
-  if (absl::Status st = store_->Put(a, durable); !st.ok()) {
+  int written_whole = first_new < 0 ? a.actions_size() : first_new;
+  if (absl::Status st = store_->PutWithActions(a, written_whole, durable); !st.ok()) {
     a.set_state(v1::ACTIVE);
     a.set_decided_unix_ms(decided_before);
     a.set_reason(reason_before);

@@ -60,6 +60,9 @@ struct ActivityLimits {
   int max_actions = 1000;  // per activity
   // After the end of an activity could not be written: when to try again.
   absl::Duration retry_initial = absl::Milliseconds(200);
+  // How long finished activities are kept: a check-back for an activity
+  // whose deadline passed longer ago than this cannot be answered.
+  absl::Duration finished_retention = absl::Hours(72);
 };
 
 struct ActivityStats {
@@ -70,6 +73,7 @@ struct ActivityStats {
   uint64_t unfinished = 0;
   uint64_t phase_two_failures = 0;
   uint64_t synced_writes = 0;  // enlists and decisions written to be synced
+  uint64_t check_backs = 0;    // Resolve calls
 };
 
 class ActivityEngine final : public PhaseTwoWork {
@@ -87,6 +91,13 @@ class ActivityEngine final : public PhaseTwoWork {
   // is set, run it first: it starts phase two of the decision now on disk.
   absl::Status Decide(const v1::ActivityRef& req, bool commit, v1::DecisionResponse* resp,
                       std::function<void()>* after_sync);
+  // A participant's check-back: the activity's state in `*state` (ACTIVE:
+  // not decided yet, ask again later). An activity whose id carries its
+  // deadline and that dtsd never saw decided is rolled back once the
+  // deadline has passed (written; answer once a sync covers it, after
+  // running `*after_sync` when set).
+  absl::Status Resolve(const v1::ActivityRef& req, v1::ActivityState* state,
+                       std::function<void()>* after_sync);
   absl::Status Retry(const v1::ActivityRef& req, v1::DecisionResponse* resp);
   absl::Status Settle(const v1::ActivityRef& req, v1::DecisionResponse* resp);
   absl::Status List(const v1::ListRequest& req, v1::ListResponse* resp);
@@ -108,10 +119,23 @@ class ActivityEngine final : public PhaseTwoWork {
   using Entry = ActivityEntry;
 
   std::shared_ptr<Entry> FindLive(const std::string& id);
+  // The live entry of `id`; for an id that carries its deadline and that
+  // dtsd never saw, a new ACTIVE one (its initiator began it without a
+  // round trip). nullptr when it is not live otherwise (finished, or
+  // unknown with an id made by Begin).
+  absl::StatusOr<std::shared_ptr<Entry>> FindOrTakeUp(const std::string& id,
+                                                      const v1::ActivityRef* from);
+  // Adds the actions a commit or rollback reports that are not enlisted yet,
+  // in memory: the decision's write stores them.
+  absl::Status AddJoinedLocked(Entry& e, const v1::ActivityRef& req)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
+  void DropActionsLocked(Entry& e, int from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
   absl::Status Missing(const std::string& id);
   std::function<void()> StarterFor(const std::shared_ptr<Entry>& e);
-  absl::Status DecideLocked(Entry& e, bool commit, const std::string& reason, bool durable)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
+  // Records the decision; actions from `first_new` on (-1: none) are new
+  // and written whole in the same write.
+  absl::Status DecideLocked(Entry& e, bool commit, const std::string& reason, bool durable,
+                            int first_new = -1) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
   void StartPhaseTwoLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
   absl::Status FinishLocked(Entry& e, bool sync) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.mu);
   void ScheduleActionsLocked(Entry& e, absl::Time when, bool reset)
@@ -129,7 +153,7 @@ class ActivityEngine final : public PhaseTwoWork {
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> begun_{0}, committed_{0}, rolled_back_{0}, timed_out_{0};
-  std::atomic<uint64_t> phase_two_failures_{0}, synced_writes_{0};
+  std::atomic<uint64_t> phase_two_failures_{0}, synced_writes_{0}, check_backs_{0};
 };
 
 }  // namespace formica::dts

@@ -34,6 +34,17 @@ class ActivityStore {
   virtual absl::Status PutAction(const std::string& id, int index, const v1::Action& action,
                                  bool sync) = 0;
 
+  // As PutAction for each action from `first_new` on, then Put, in one
+  // atomic write where the store can (a decision that brings actions).
+  virtual absl::Status PutWithActions(const v1::Activity& activity, int first_new, bool sync) {
+    for (int i = first_new; i < activity.actions_size(); ++i) {
+      if (absl::Status st = PutAction(activity.id(), i, activity.actions(i), false); !st.ok()) {
+        return st;
+      }
+    }
+    return Put(activity, sync);
+  }
+
   // Makes every write that returned before this call durable; concurrent
   // callers may share one sync (group commit).
   virtual absl::Status Sync() = 0;

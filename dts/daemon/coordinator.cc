@@ -1,6 +1,8 @@
 // dtsd's gRPC side: formica.dts.v1.Coordinator over the engines (the
 // activity state machine, group commit, the phase-two scheduler, recovery
 // and retention), and how they are put together, started and stopped.
+#include <sys/resource.h>
+
 #include "coordinator.h"
 
 #include <grpcpp/grpcpp.h>
@@ -111,8 +113,20 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
           durable = true;
           break;
         }
+        case v1::CoordinatorOp::kResolve: {
+          std::function<void()> start;
+          v1::ActivityState state = v1::ACTIVITY_STATE_UNSPECIFIED;
+          st = engine_->Resolve(op.resolve(), &state, &start);
+          result->set_state(state);
+          if (start) {
+            starters.push_back(std::move(start));
+            durable = true;
+          }
+          break;
+        }
         default:
-          st = absl::InvalidArgumentError("a batch op must be begin, enlist, commit or rollback");
+          st = absl::InvalidArgumentError(
+              "a batch op must be begin, enlist, commit, rollback or resolve");
       }
       result->set_code(static_cast<int>(st.code()));
       result->set_message(std::string(st.message()));
@@ -153,6 +167,12 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
     s->set_synced_writes(a.synced_writes);
     s->set_wal_syncs(store_->syncs());
     s->set_stored_bytes(store_->written_bytes());
+    s->set_check_backs(a.check_backs);
+    struct rusage usage {};
+    if (getrusage(RUSAGE_SELF, &usage) == 0) {
+      auto secs = [](const timeval& t) { return t.tv_sec + t.tv_usec / 1e6; };
+      s->set_cpu_seconds(secs(usage.ru_utime) + secs(usage.ru_stime));
+    }
     return Answer(ctx, absl::OkStatus());
   }
 
@@ -237,7 +257,8 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
       clock, PhaseTwoOptions{o.retry_initial, o.retry_max, o.max_in_flight, 0}, impl->sender.get());
   impl->engine = std::make_unique<ActivityEngine>(
       impl->store.get(), clock, impl->scheduler.get(),
-      ActivityLimits{o.default_timeout, o.max_timeout, o.max_actions, o.retry_initial},
+      ActivityLimits{o.default_timeout, o.max_timeout, o.max_actions, o.retry_initial,
+                     o.finished_retention},
       impl->epoch);
   impl->scheduler->Attach(impl->engine.get());
   impl->commit = std::make_unique<GroupCommit>(impl->store.get());

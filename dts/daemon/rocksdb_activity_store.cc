@@ -62,7 +62,17 @@ class RocksDbActivityStore : public ActivityStore {
   }
 
   absl::Status Put(const v1::Activity& activity, bool sync) override {
+    return PutWithActions(activity, activity.actions_size(), sync);
+  }
+
+  absl::Status PutWithActions(const v1::Activity& activity, int first_new, bool sync) override {
     rocksdb::WriteBatch batch;
+    for (int i = first_new; i < activity.actions_size(); ++i) {
+      if (absl::Status st = Add(batch, ActionKey(activity.id(), i), activity.actions(i));
+          !st.ok()) {
+        return st;
+      }
+    }
     if (absl::Status st = Add(batch, ActivityKey(activity.id()), OwnFields(activity)); !st.ok()) {
       return st;
     }

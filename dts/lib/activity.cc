@@ -2,14 +2,53 @@
 
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
+#include <sys/random.h>
+
+#include <cstdio>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "activity_id.h"
 #include "coordinator_calls.h"
 #include "formica/dts/v1/dts.pb.h"
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/client.h"
 
 namespace formica::dts {
+namespace {
+
+// "<deadline ms, 11 hex>-<24 random hex>" (see activity_id.h).
+absl::StatusOr<std::string> NewActivityId(absl::Time deadline) {
+  unsigned char random[kRandomDigits / 2];
+  size_t got = 0;
+  while (got < sizeof(random)) {
+    ssize_t n = getrandom(random + got, sizeof(random) - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::InternalError(absl::StrCat("no random bytes for an activity id: errno ", errno));
+    }
+    got += static_cast<size_t>(n);
+  }
+  char id[kDeadlineDigits + 1 + kRandomDigits + 1];
+  std::snprintf(id, sizeof(id), "%011llx-",
+                static_cast<unsigned long long>(absl::ToUnixMillis(deadline) & 0xfffffffffffull));
+  for (size_t i = 0; i < sizeof(random); ++i) {
+    std::snprintf(id + kDeadlineDigits + 1 + 2 * i, 3, "%02x", random[i]);
+  }
+  return std::string(id);
+}
+
+}  // namespace
+
+// The actions the tries of Run's calls reported back.
+struct Activity::Joined {
+  absl::Mutex mu;
+  std::vector<std::pair<std::string, std::string>> actions ABSL_GUARDED_BY(mu);
+};
 
 absl::StatusOr<std::unique_ptr<Activity>> Activity::Begin(rpc::Client* rpc,
                                                           ActivityOptions options) {
@@ -17,6 +56,14 @@ absl::StatusOr<std::unique_ptr<Activity>> Activity::Begin(rpc::Client* rpc,
   if (options.name.empty()) return absl::InvalidArgumentError("ActivityOptions.name is required");
   if (options.timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ActivityOptions.timeout is negative");
+  }
+  if (!options.begin_at_coordinator) {
+    absl::Duration timeout =
+        options.timeout == absl::ZeroDuration() ? kDefaultActivityTimeout : options.timeout;
+    absl::StatusOr<std::string> id = NewActivityId(absl::Now() + timeout);
+    if (!id.ok()) return id.status();
+    return std::unique_ptr<Activity>(
+        new Activity(CoordinatorCalls::Shared(rpc), std::move(options), *std::move(id)));
   }
   v1::CoordinatorOp op;
   v1::BeginRequest* request = op.mutable_begin();
@@ -31,13 +78,38 @@ absl::StatusOr<std::unique_ptr<Activity>> Activity::Begin(rpc::Client* rpc,
 }
 
 Activity::Activity(std::shared_ptr<CoordinatorCalls> calls, ActivityOptions options, std::string id)
-    : calls_(std::move(calls)), options_(std::move(options)), id_(std::move(id)) {}
+    : calls_(std::move(calls)),
+      options_(std::move(options)),
+      id_(std::move(id)),
+      joined_(std::make_shared<Joined>()) {}
 
 absl::Status Activity::Run(const std::function<absl::Status()>& body) const {
   rpc::CallContext context;
   context.txn_id = id_;
   rpc::CallContextScope scope(context);
-  return body();
+  absl::Status st = body();
+  // "dts <id> <participant> <action>": ours are kept; any other goes on to
+  // the scope this one is nested in.
+  std::vector<std::string> others;
+  for (std::string& entry : rpc::TakeJoined()) {
+    std::vector<absl::string_view> f = absl::StrSplit(entry, ' ');
+    std::optional<std::string> participant, action;
+    if (f.size() == 4 && f[0] == "dts" && f[1] == id_) {
+      participant = UnescapeJoinedField(f[2]);
+      action = UnescapeJoinedField(f[3]);
+    }
+    if (participant.has_value() && action.has_value()) {
+      absl::MutexLock lock(&joined_->mu);
+      std::pair<std::string, std::string> a{*std::move(participant), *std::move(action)};
+      bool known = false;
+      for (const auto& k : joined_->actions) known = known || k == a;
+      if (!known) joined_->actions.push_back(std::move(a));
+    } else {
+      others.push_back(std::move(entry));
+    }
+  }
+  for (std::string& entry : others) rpc::ReportJoined(std::move(entry));
+  return st;
 }
 
 absl::Status RunActivity(rpc::Client* rpc, ActivityOptions options,
@@ -74,6 +146,16 @@ absl::Status Activity::Decide(bool commit, absl::string_view reason) {
   v1::ActivityRef* ref = commit ? op.mutable_commit() : op.mutable_rollback();
   ref->set_activity_id(id_);
   ref->set_reason(std::string(reason));
+  ref->set_name(options_.name);
+  ref->set_initiator(options_.initiator);
+  {
+    absl::MutexLock lock(&joined_->mu);
+    for (const auto& [participant, action] : joined_->actions) {
+      v1::JoinedAction* j = ref->add_actions();
+      j->set_participant(participant);
+      j->set_action(action);
+    }
+  }
   decision_tried_ = true;
   absl::Status st = calls_->Run(op, options_.call_timeout).status();
   if (!st.ok() && !absl::IsFailedPrecondition(st) && !absl::IsNotFound(st) &&

@@ -14,7 +14,7 @@
 namespace formica::rpc {
 namespace {
 
-thread_local const ServingCall* current_call = nullptr;
+thread_local ServingCall* current_call = nullptr;
 
 std::string Metadata(const grpc::ServerContextBase& ctx, const char* key) {
   const auto& md = ctx.client_metadata();
@@ -55,11 +55,11 @@ const ServingCall* CurrentServingCall() { return current_call; }
 
 struct CallContextScope::State {
   ServingCall call;
-  const ServingCall* previous;
+  ServingCall* previous;
 };
 
 CallContextScope::CallContextScope(CallContext c, absl::Time deadline)
-    : state_(new State{ServingCall{std::move(c), deadline}, current_call}) {
+    : state_(new State{ServingCall{std::move(c), deadline, {}}, current_call}) {
   if (const ServingCall* outer = state_->previous; outer != nullptr) {
     CallContext& mine = state_->call.context;
     const CallContext& theirs = outer->context;
@@ -77,7 +77,34 @@ CallContextScope::CallContextScope(CallContext c, absl::Time deadline)
 
 CallContextScope::~CallContextScope() {
   current_call = state_->previous;
+  // Entries nobody took in this scope go on to the one it is nested in.
+  if (current_call != nullptr) {
+    for (std::string& e : state_->call.joined) current_call->joined.push_back(std::move(e));
+  }
   delete state_;
+}
+
+bool ReportJoined(std::string entry) {
+  if (current_call == nullptr || entry.empty()) return false;
+  for (char c : entry) {
+    if (c < 0x20 || c > 0x7e) return false;
+  }
+  current_call->joined.push_back(std::move(entry));
+  return true;
+}
+
+std::vector<std::string> TakeJoined() {
+  std::vector<std::string> out;
+  if (current_call != nullptr) out.swap(current_call->joined);
+  return out;
+}
+
+void AddJoined(const std::multimap<grpc::string_ref, grpc::string_ref>& trailers) {
+  if (current_call == nullptr) return;
+  auto [from, to] = trailers.equal_range(kJoinedKey);
+  for (auto it = from; it != to; ++it) {
+    current_call->joined.emplace_back(it->second.data(), it->second.size());
+  }
 }
 
 const CallContext* CurrentCallContext() {

@@ -607,6 +607,7 @@ absl::Status Client::Impl::Call(
     if (e == nullptr) return p.Outcome();
     absl::Time t0 = clock_->Now();
     grpc::Status status = attempt(*e, &ctx);
+    AddJoined(ctx.GetServerTrailingMetadata());  // only calls made on this thread join its scope
     if (!FinishAttempt(p, *e, connected, ctx, clock_->Now() - t0, status)) return p.Outcome();
   }
 }

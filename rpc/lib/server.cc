@@ -197,7 +197,10 @@ grpc::Status Serve(grpc::ServerContextBase* context, absl::FunctionRef<grpc::Sta
   } release{slot};
   if (context == nullptr) return body();
   CallContextScope scope(ReadCallContext(*context), absl::FromChrono(context->deadline()));
-  return body();
+  grpc::Status status = body();
+  // What the handler and the calls it made joined goes back to the caller.
+  for (const std::string& entry : TakeJoined()) context->AddTrailingMetadata(kJoinedKey, entry);
+  return status;
 }
 
 class Server::Impl {

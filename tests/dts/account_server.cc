@@ -50,31 +50,36 @@ formica::test::Move Parse(const ActionCall& call) {
   return m;
 }
 
-class AccountImpl final : public formica::test::Account::Service {
+// On gRPC's callback API: a try joins the participant's next group commit
+// and the answer leaves from the thread that ran it.
+class AccountImpl final : public formica::test::Account::CallbackService {
  public:
   explicit AccountImpl(Participant* p) : p_(p) {}
 
-  grpc::Status Debit(grpc::ServerContext* ctx, const formica::test::Move* m,
-                     formica::test::Moved*) override {
-    return Try(ctx, "debit", *m,
+  grpc::ServerUnaryReactor* Debit(grpc::CallbackServerContext* ctx, const formica::test::Move* m,
+                                  formica::test::Moved*) override {
+    return Try(ctx, "debit", m,
                "UPDATE accounts SET frozen = frozen + ?1 WHERE id = ?2 AND balance - frozen >= ?1");
   }
-  grpc::Status Credit(grpc::ServerContext* ctx, const formica::test::Move* m,
-                      formica::test::Moved*) override {
-    return Try(ctx, "credit", *m, "UPDATE accounts SET incoming = incoming + ?1 WHERE id = ?2");
+  grpc::ServerUnaryReactor* Credit(grpc::CallbackServerContext* ctx, const formica::test::Move* m,
+                                   formica::test::Moved*) override {
+    return Try(ctx, "credit", m, "UPDATE accounts SET incoming = incoming + ?1 WHERE id = ?2");
   }
 
  private:
-  grpc::Status Try(grpc::ServerContext* ctx, const char* action, const formica::test::Move& m,
-                   const char* sql) {
-    if (m.amount() <= 0) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "amount must be positive");
+  grpc::ServerUnaryReactor* Try(grpc::CallbackServerContext* ctx, const char* action,
+                                const formica::test::Move* m, const char* sql) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    if (m->amount() <= 0) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "amount must be positive"));
+      return reactor;
     }
-    return formica::rpc::Serve(ctx, [&] {
-      return formica::ToGrpcStatus(p_->Try(action, m.SerializeAsString(), [&](sqlite3* db) {
-        return Update(db, sql, m.amount(), m.account());
-      }));
-    });
+    // The request lives until Finish: the body may read it.
+    p_->TryAsync(
+        ctx, action, m->SerializeAsString(),
+        [m, sql](sqlite3* db) { return Update(db, sql, m->amount(), m->account()); },
+        [reactor](absl::Status st) { reactor->Finish(formica::ToGrpcStatus(st)); });
+    return reactor;
   }
   Participant* p_;
 };

@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
 #include "activity_engine.h"
+#include "activity_id.h"
 #include "activity_store.h"
 #include "formica/common/clock.h"
 #include "phase_two.h"
@@ -107,12 +109,50 @@ class DtsEngines : public ::testing::Test {
  protected:
   static constexpr absl::Duration kRetryInitial = absl::Milliseconds(100);
   static constexpr absl::Duration kRetryMax = absl::Seconds(1);
+  static constexpr absl::Duration kRetention = absl::Hours(72);
+
+  // An id as an initiator makes it, carrying `deadline`.
+  static std::string IdWithDeadline(absl::Time deadline, int n = 1) {
+    return absl::StrFormat("%011x-%024x", absl::ToUnixMillis(deadline), n);
+  }
+
+  // A commit or rollback as an initiator that began without a round trip
+  // sends it: with the actions its tries reported back.
+  absl::Status DecideWith(const std::string& id, bool commit,
+                          const std::vector<std::pair<std::string, std::string>>& actions) {
+    v1::ActivityRef ref;
+    ref.set_activity_id(id);
+    ref.set_name("test.Transfer");
+    for (const auto& [participant, action] : actions) {
+      v1::JoinedAction* j = ref.add_actions();
+      j->set_participant(participant);
+      j->set_action(action);
+    }
+    v1::DecisionResponse decision;
+    std::function<void()> start;
+    absl::Status st = engine_.Decide(ref, commit, &decision, &start);
+    if (start) start();
+    return st;
+  }
+
+  // A participant's check-back.
+  absl::StatusOr<v1::ActivityState> Resolve(const std::string& id) {
+    v1::ActivityRef ref;
+    ref.set_activity_id(id);
+    v1::ActivityState state = v1::ACTIVITY_STATE_UNSPECIFIED;
+    std::function<void()> start;
+    absl::Status st = engine_.Resolve(ref, &state, &start);
+    if (start) start();
+    if (!st.ok()) return st;
+    return state;
+  }
 
   DtsEngines()
       : sender_(&clock_),
         scheduler_(&clock_, PhaseTwoOptions{kRetryInitial, kRetryMax, 512, /*seed=*/42}, &sender_),
         engine_(&store_, &clock_, &scheduler_,
-                ActivityLimits{absl::Seconds(30), absl::Hours(1), 100, kRetryInitial}, 1) {
+                ActivityLimits{absl::Seconds(30), absl::Hours(1), 100, kRetryInitial, kRetention},
+                1) {
     scheduler_.Attach(&engine_);
   }
 
@@ -259,6 +299,98 @@ TEST_F(DtsEngines, AFailingConfirmIsRetriedAtGrowingIntervalsUpToTheCapUntilItIs
   Advance(absl::Seconds(5));
   EXPECT_EQ(sender_.sent.size(), static_cast<size_t>(kFailures + 1));  // nothing after
   EXPECT_EQ(scheduler_.in_flight(), 0);
+}
+
+}  // namespace
+}  // namespace formica::dts
+
+namespace formica::dts {
+namespace {
+
+TEST_F(DtsEngines, ACommitNamingItsActionsTakesUpAnActivityBegunWithoutARoundTripAndConfirmsThem) {
+  std::string id = IdWithDeadline(clock_.Now() + absl::Seconds(10));
+  ASSERT_EQ(engine_.Get(id).status().code(), absl::StatusCode::kNotFound) << "not begun at dtsd";
+  ASSERT_TRUE(DecideWith(id, true, {{"bank.a", "debit"}, {"bank.b", "credit"}}).ok());
+  absl::StatusOr<v1::Activity> a = engine_.Get(id);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->state(), v1::COMMITTING);
+  EXPECT_EQ(a->name(), "test.Transfer");
+  ASSERT_EQ(a->actions_size(), 2);
+  EXPECT_TRUE(a->actions(0).payload_at_participant());
+  Advance(absl::ZeroDuration());
+  ASSERT_EQ(sender_.sent.size(), 2u);
+  for (const auto& sent : sender_.sent) {
+    EXPECT_TRUE(sent.item.confirm());
+    EXPECT_TRUE(sent.item.payload().empty()) << "the participant keeps the payload";
+  }
+  EXPECT_EQ(sender_.sent[1].participant, "bank.b");
+  sender_.Answer(absl::OkStatus());
+  sender_.Answer(absl::OkStatus());
+  EXPECT_EQ(State(id), v1::COMMITTED);
+  EXPECT_TRUE(DecideWith(id, true, {{"bank.a", "debit"}}).ok()) << "a repeat is a success";
+}
+
+TEST_F(DtsEngines, ACheckBackBeforeTheDeadlineLeavesTheActivityOpenAndAfterItRollsItBackForGood) {
+  std::string id = IdWithDeadline(clock_.Now() + absl::Seconds(10));
+  absl::StatusOr<v1::ActivityState> early = Resolve(id);
+  ASSERT_TRUE(early.ok()) << early.status();
+  EXPECT_EQ(*early, v1::ACTIVE) << "its initiator may still commit it";
+  EXPECT_EQ(engine_.Get(id).status().code(), absl::StatusCode::kNotFound) << "nothing recorded";
+
+  Advance(absl::Seconds(10));
+  absl::StatusOr<v1::ActivityState> late = Resolve(id);
+  ASSERT_TRUE(late.ok()) << late.status();
+  EXPECT_TRUE(*late == v1::ROLLING_BACK || *late == v1::ROLLED_BACK)
+      << v1::ActivityState_Name(*late);
+  EXPECT_EQ(State(id), v1::ROLLED_BACK) << "no action of it is known here: it ends at once";
+
+  absl::Status commit = DecideWith(id, true, {{"bank.a", "debit"}});
+  EXPECT_EQ(commit.code(), absl::StatusCode::kFailedPrecondition) << commit;
+  EXPECT_TRUE(absl::StrContains(commit.message(),
+                                "is ROLLED_BACK (not decided by its deadline); cannot commit"))
+      << commit;
+}
+
+TEST_F(DtsEngines, ACommitArrivingAfterTheDeadlineItsIdCarriesIsRefused) {
+  std::string id = IdWithDeadline(clock_.Now() + absl::Seconds(1));
+  Advance(absl::Seconds(1));
+  absl::Status commit = DecideWith(id, true, {{"bank.a", "debit"}});
+  EXPECT_EQ(commit.code(), absl::StatusCode::kFailedPrecondition) << commit;
+  Advance(absl::ZeroDuration());
+  ASSERT_EQ(sender_.sent.size(), 0u) << "the action was not enlisted: its check-back cancels it";
+  absl::StatusOr<v1::ActivityState> state = Resolve(id);
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(*state, v1::ROLLED_BACK);
+}
+
+TEST_F(DtsEngines, ACheckBackForAnActivityWhoseDeadlinePassedBeyondTheRetentionSaysItCannotTell) {
+  std::string id = IdWithDeadline(clock_.Now() - kRetention - absl::Seconds(1));
+  absl::StatusOr<v1::ActivityState> state = Resolve(id);
+  EXPECT_EQ(state.status().code(), absl::StatusCode::kNotFound) << state.status();
+  EXPECT_TRUE(absl::StrContains(state.status().message(), "no longer recorded")) << state.status();
+  EXPECT_EQ(Resolve("00000001-000000000001").status().code(), absl::StatusCode::kNotFound)
+      << "an id made by Begin carries no deadline";
+}
+
+TEST_F(DtsEngines, AnEnlistTakesUpAnActivityBegunWithoutARoundTripAndItsDeadlineStillHolds) {
+  std::string id = IdWithDeadline(clock_.Now() + absl::Seconds(2));
+  v1::EnlistRequest enlist;
+  enlist.set_activity_id(id);
+  enlist.set_participant("bank.a");
+  enlist.set_action("debit");
+  enlist.set_payload("100");
+  ASSERT_TRUE(engine_.Enlist(enlist).ok());
+  EXPECT_EQ(State(id), v1::ACTIVE);
+  Advance(absl::Seconds(2));
+  EXPECT_EQ(State(id), v1::ROLLING_BACK);
+  ASSERT_EQ(sender_.sent.size(), 1u);
+  EXPECT_FALSE(sender_.sent[0].item.confirm());
+  EXPECT_EQ(sender_.sent[0].item.payload(), "100");
+  std::string far = IdWithDeadline(clock_.Now() + absl::Hours(2), 2);
+  enlist.set_activity_id(far);
+  absl::Status st = engine_.Enlist(enlist);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "the coordinator's maximum")) << st;
 }
 
 }  // namespace

@@ -15,6 +15,8 @@
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "formica/common/grpc_status.h"
 #include "formica/common/logging.h"
 #include "formica/dts/activity.h"
@@ -42,6 +44,7 @@ struct Books {
   int64_t balance = 0;
   int64_t frozen = 0;
   int64_t incoming = 0;
+  int64_t pending = 0;  // tries waiting for their outcome (see ReadBooks)
   // activity id -> phases recorded for it ("try", "confirm", "cancel")
   std::map<std::string, std::set<std::string>> barrier;
 };
@@ -70,6 +73,14 @@ Books ReadBooks(const std::string& path) {
         reinterpret_cast<const char*>(sqlite3_column_text(s, 1)));
   }
   sqlite3_finalize(s);
+  // Tries of activities begun without a round trip that no confirm or
+  // cancel has reached yet (the table is made when the participant opens).
+  if (sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM formica_dts_pending", -1, &s, nullptr) ==
+          SQLITE_OK &&
+      sqlite3_step(s) == SQLITE_ROW) {
+    b.pending = sqlite3_column_int64(s, 0);
+  }
+  sqlite3_finalize(s);
   sqlite3_close(db);
   return b;
 }
@@ -78,6 +89,15 @@ ActivityOptions Named(const std::string& name, absl::Duration timeout = absl::Ze
   ActivityOptions o;
   o.name = name;
   o.timeout = timeout;
+  return o;
+}
+
+// The same, begun at dtsd with a round trip (dtsd lists it while ACTIVE and
+// times it out itself; participants enlist each try).
+ActivityOptions BegunAtDtsd(const std::string& name,
+                            absl::Duration timeout = absl::ZeroDuration()) {
+  ActivityOptions o = Named(name, timeout);
+  o.begin_at_coordinator = true;
   return o;
 }
 
@@ -154,13 +174,15 @@ class DtsTest : public RegistryTest {
     return std::move(*p);
   }
 
-  // One account call (a try step) on `bank`, inside the current activity.
-  absl::Status Move(const std::string& bank, bool debit, int account, int64_t amount) {
+  // One account call (a try step) on `bank`, inside the current activity
+  // (or the one `options` name).
+  absl::Status Move(const std::string& bank, bool debit, int account, int64_t amount,
+                    const rpc::CallOptions& options = {}) {
     test::Move m;
     m.set_account(std::to_string(account));
     m.set_amount(amount);
     test::Moved out;
-    return rpc_->Call(bank + "", {},
+    return rpc_->Call(bank + "", options,
                       [&](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext* ctx) {
                         auto stub = test::Account::NewStub(ch);
                         return debit ? stub->Debit(ctx, m, &out) : stub->Credit(ctx, m, &out);
@@ -189,15 +211,19 @@ class DtsTest : public RegistryTest {
     return std::vector<v1::Activity>(resp.activities().begin(), resp.activities().end());
   }
 
-  // Waits until dtsd has no unfinished activity.
+  // Waits until dtsd has no unfinished activity and neither bank holds a
+  // try waiting for its outcome (one whose report was lost is decided by
+  // the bank's check-back, after its activity's deadline).
   void AwaitQuiet(absl::Duration timeout) {
     absl::Time until = absl::Now() + timeout;
     std::string last;
     while (absl::Now() < until) {
       auto u = Unfinished();
-      if (u.ok() && u->empty()) return;
-      last = u.ok() ? absl::StrCat(u->size(), " unfinished, first: ", (*u)[0].DebugString())
-                    : u.status().ToString();
+      int64_t pending = ReadBooks(BankDb("bank.a")).pending + ReadBooks(BankDb("bank.b")).pending;
+      if (u.ok() && u->empty() && pending == 0) return;
+      last = !u.ok()       ? u.status().ToString()
+             : !u->empty() ? absl::StrCat(u->size(), " unfinished, first: ", (*u)[0].DebugString())
+                           : absl::StrCat(pending, " tries pending in the banks");
       absl::SleepFor(absl::Milliseconds(100));
     }
     FAIL() << "dtsd still busy after " << timeout << ": " << last;
@@ -660,7 +686,8 @@ TEST_F(DtsTest, ConfirmsReachAParticipantThatWasDownWhenItReturns) {
 }
 
 TEST_F(DtsTest, AnUndecidedActivityTimesOutAndRollsBack) {
-  auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Milliseconds(500)));
+  auto activity =
+      Activity::Begin(rpc_.get(), BegunAtDtsd("bank.Transfer", absl::Milliseconds(500)));
   ASSERT_TRUE(activity.ok()) << activity.status();
   ASSERT_TRUE((*activity)->Run([&] { return Move("bank.a", true, 3, 70); }).ok());
   EXPECT_EQ(ReadBooks(BankDb("bank.a")).frozen, 70);
@@ -679,6 +706,96 @@ TEST_F(DtsTest, AnUndecidedActivityTimesOutAndRollsBack) {
   absl::Status again = (*activity)->Run([&] { return Move("bank.a", true, 3, 70); });
   EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition) << again;
   ExpectBooksBalance();
+}
+
+TEST_F(DtsTest, AnUndecidedActivityBegunHereIsRolledBackThroughTheParticipantsCheckBack) {
+  auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Milliseconds(500)));
+  ASSERT_TRUE(activity.ok()) << activity.status();
+  const std::string id = (*activity)->id();
+  ASSERT_TRUE((*activity)->Run([&] { return Move("bank.a", true, 3, 70); }).ok());
+  Books a = ReadBooks(BankDb("bank.a"));
+  EXPECT_EQ(a.frozen, 70);
+  EXPECT_EQ(a.pending, 1) << "the try waits for its outcome in the bank";
+  EXPECT_EQ(Get(id).status().code(), absl::StatusCode::kNotFound) << "dtsd has not heard of it";
+  AwaitQuiet(absl::Seconds(10));
+  auto seen = Get(id);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(seen->state(), v1::ROLLED_BACK);
+  EXPECT_EQ(seen->reason(), "not decided by its deadline");
+  EXPECT_EQ(ReadBooks(BankDb("bank.a")).frozen, 0) << "the bank's own cancel released it";
+  absl::Status late = (*activity)->Commit();
+  EXPECT_EQ(late.code(), absl::StatusCode::kFailedPrecondition) << late;
+  EXPECT_NE(late.message().find("is ROLLED_BACK (not decided by its deadline); cannot commit"),
+            absl::string_view::npos)
+      << late;
+  ExpectBooksBalance();
+}
+
+TEST_F(DtsTest, ATryWhoseReportNeverReachedTheInitiatorIsConfirmedThroughItsCheckBack) {
+  auto activity = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Seconds(1)));
+  ASSERT_TRUE(activity.ok()) << activity.status();
+  const std::string id = (*activity)->id();
+  ASSERT_TRUE((*activity)->Run([&] { return Move("bank.a", true, 4, 30); }).ok());
+  // Made outside Run with the id given by hand: its report reaches no one.
+  rpc::CallOptions by_hand;
+  by_hand.context.txn_id = id;
+  ASSERT_TRUE(Move("bank.b", false, 5, 30, by_hand).ok());
+  ASSERT_TRUE((*activity)->Commit().ok());
+  auto seen = Get(id);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  ASSERT_EQ(seen->actions_size(), 1) << seen->DebugString();
+  EXPECT_EQ(seen->actions(0).participant(), "bank.a.dts");
+  EXPECT_TRUE(seen->actions(0).payload_at_participant());
+  AwaitQuiet(absl::Seconds(15));
+  Books b = ReadBooks(BankDb("bank.b"));
+  EXPECT_EQ(b.barrier[id].count("confirm"), 1u) << "bank.b asked dtsd and confirmed";
+  EXPECT_EQ(b.balance, kAccounts * kInitial + 30);
+  ExpectBooksBalance();
+}
+
+TEST_F(DtsTest, KillingTheInitiatorMidActivityLeavesEveryActionConfirmedOrCancelled) {
+  std::set<std::string> committed;
+  std::mt19937 rng(11);
+  for (int round = 0; round < 3; ++round) {
+    auto client = Subprocess::Start(
+        {formica::testing::BinaryPath("tests/dts/transfer_client"), "--registry", dsrd_->address(),
+         "--threads", "16", "--accounts", std::to_string(kAccounts), "--timeout-ms", "2000"},
+        dir_.File(absl::StrCat("transfer_client.", round, ".log")));
+    ASSERT_TRUE(client.ok()) << client.status();
+    auto commits = [&] {
+      std::string out = (*client)->Output();
+      size_t n = 0;
+      for (size_t at = out.find("committed "); at != std::string::npos;
+           at = out.find("committed ", at + 1)) {
+        ++n;
+      }
+      return n;
+    };
+    absl::Time until = absl::Now() + absl::Seconds(30);
+    while (commits() < 50 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+    ASSERT_GE(commits(), 50u) << (*client)->Output();
+    absl::SleepFor(absl::Milliseconds(rng() % 200));  // land the kill anywhere in the load
+    (*client)->Kill();                                // SIGKILL: tries out, nothing decided
+    for (absl::string_view line : absl::StrSplit((*client)->Output(), '\n')) {
+      if (absl::ConsumePrefix(&line, "committed ")) committed.insert(std::string(line));
+    }
+  }
+  // Tries the kill caught undecided wait for their deadline (2s), then each
+  // bank asks dtsd, which rolls back what it never saw committed.
+  AwaitQuiet(absl::Seconds(60));
+  ExpectBooksBalance();
+  Books a = ReadBooks(BankDb("bank.a"));
+  Books b = ReadBooks(BankDb("bank.b"));
+  int cancelled = 0;
+  for (const auto& [id, phases] : a.barrier) cancelled += phases.count("cancel") > 0;
+  for (const std::string& id : committed) {
+    EXPECT_EQ(a.barrier[id].count("confirm"), 1u) << id << " was committed";
+    EXPECT_EQ(b.barrier[id].count("confirm"), 1u) << id << " was committed";
+  }
+  std::printf(
+      "%zu activities committed, %d cancelled in bank.a, across 3 kill -9 of the "
+      "initiator\n",
+      committed.size(), cancelled);
 }
 
 TEST_F(DtsTest, BadRequestsGetClearErrorsAndChangeNothing) {
@@ -736,7 +853,7 @@ TEST_F(DtsTest, FinishedActivitiesAreListedNewestFirstAndRemovedAfterTheirRetent
     ASSERT_TRUE((*activity)->Commit().ok());
     ids.push_back((*activity)->id());
   }
-  auto open = Activity::Begin(rpc_.get(), Named("bank.Transfer", absl::Seconds(60)));
+  auto open = Activity::Begin(rpc_.get(), BegunAtDtsd("bank.Transfer", absl::Seconds(60)));
   ASSERT_TRUE(open.ok()) << open.status();
   grpc::ClientContext ctx;
   v1::ListRequest req;
@@ -769,6 +886,60 @@ TEST_F(DtsTest, AMalformedConfigStopsDtsdNamingTheKey) {
   EXPECT_NE((*p)->Output().find(path + ":2: phase_two.retry_max: expected a duration"),
             std::string::npos)
       << (*p)->Output();
+}
+
+TEST_F(DtsTest, FormicactlWatchesDtsdsRatesLive) {
+  std::atomic<bool> stop{false};
+  std::atomic<int> committed{0};
+  std::thread load([&] {
+    while (!stop.load()) {
+      absl::Status st = RunActivity(rpc_.get(), Named("bank.Transfer"), [&] {
+        absl::Status s = Move("bank.a", true, 1, 1);
+        return s.ok() ? Move("bank.b", false, 2, 1) : s;
+      });
+      if (st.ok()) ++committed;
+    }
+  });
+  auto run = [&](const std::string& output, const std::string& log) {
+    auto p = Subprocess::Start({formica::testing::BinaryPath("tools/formicactl"), "--dts",
+                                absl::StrCat("127.0.0.1:", dtsd_port_), "-o", output, "dts",
+                                "stats", "--watch", "--limit", "3"},
+                               dir_.File(log));
+    EXPECT_TRUE(p.ok());
+    EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 0) << (*p)->Output();
+    return (*p)->Output();
+  };
+  std::string json = run("json", "watch-json.log");
+  std::string text = run("text", "watch-text.log");
+  stop = true;
+  load.join();
+  ASSERT_GT(committed.load(), 0);
+  // One JSON object a line, a line a second.
+  auto field = [](absl::string_view line, const std::string& key) {
+    size_t at = line.find("\"" + key + "\":");
+    return at == absl::string_view::npos
+               ? -1.0
+               : std::strtod(std::string(line.substr(at + key.size() + 3)).c_str(), nullptr);
+  };
+  std::vector<std::string> lines = absl::StrSplit(json, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u) << json;
+  // A loaded machine may stall the load for a whole second: each line with
+  // commits must show their cost, and at least one line must have some.
+  double committed_in_all = 0;
+  for (const std::string& line : lines) {
+    double per_s = field(line, "committed_per_s");
+    ASSERT_GE(per_s, 0) << line;
+    committed_in_all += per_s;
+    if (per_s > 0) {
+      EXPECT_GT(field(line, "cpu_ms_per_activity"), 0) << line;
+      EXPECT_GE(field(line, "writes_per_sync"), 1) << line;
+    }
+    EXPECT_GE(field(line, "unfinished"), 0) << line;
+  }
+  EXPECT_GT(committed_in_all, 0) << json;
+  EXPECT_EQ(text.rfind("  BEGUN/S COMMITTED/S ROLLED_BACK/S", 0), 0u) << text;
+  EXPECT_EQ(std::vector<std::string>(absl::StrSplit(text, '\n', absl::SkipEmpty())).size(), 4u)
+      << text;
 }
 
 TEST_F(DtsTest, FormicactlListsShowsRetriesAndSettlesAStuckActivity) {

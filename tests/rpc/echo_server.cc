@@ -57,12 +57,16 @@ class EchoImpl final : public formica::test::Echo::Service {
     response->set_deadline_left_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
                                        context.deadline() - std::chrono::system_clock::now())
                                        .count());
+    if (!request->report_joined().empty()) formica::rpc::ReportJoined(request->report_joined());
     if (request->fail()) {
       return grpc::Status(grpc::StatusCode::INTERNAL, "asked to fail");
     }
     if (!request->forward_to().empty()) {
       formica::test::EchoRequest next;
       next.set_message(request->message());
+      if (!request->report_joined().empty()) {
+        next.set_report_joined(request->report_joined() + " downstream");
+      }
       formica::rpc::CallOptions options;  // the served call's context and deadline are implied
       absl::Status st = downstream_->Call(
           request->forward_to(), options,

@@ -129,6 +129,41 @@ TEST_F(RpcTest, ContextAndDeadlineTravelDownstream) {
   EXPECT_LE(down.deadline_left_ms(), 1500);
 }
 
+TEST_F(RpcTest, WhatAHandlerJoinedReachesTheCallersScopeThroughNestedCalls) {
+  auto echo = StartEcho({});
+  AwaitProviders(1);
+  auto client = NewRpcClient();
+  test::EchoRequest request;
+  request.set_report_joined("step");
+  request.set_forward_to(kEcho);  // the handler's own call reports "step downstream"
+  {
+    CallContextScope scope(CallContext{});
+    ASSERT_TRUE(Echo(*client, {}, request).ok());
+    EXPECT_THAT(TakeJoined(), ::testing::UnorderedElementsAre("step", "step downstream"));
+    EXPECT_TRUE(TakeJoined().empty()) << "taken once";
+  }
+  request.clear_forward_to();
+  request.set_fail(true);
+  {
+    CallContextScope scope(CallContext{});
+    EXPECT_FALSE(Echo(*client, {}, request).ok());
+    EXPECT_THAT(TakeJoined(), ::testing::ElementsAre("step")) << "a failed call reports too";
+  }
+  {
+    CallContextScope outer(CallContext{});
+    {
+      CallContextScope inner(CallContext{});
+      EXPECT_TRUE(ReportJoined("left in the inner scope"));
+    }
+    EXPECT_THAT(TakeJoined(), ::testing::ElementsAre("left in the inner scope"))
+        << "what a scope leaves goes on to the one around it";
+    EXPECT_FALSE(ReportJoined("not\nprintable"));
+    EXPECT_TRUE(TakeJoined().empty());
+  }
+  EXPECT_FALSE(ReportJoined("x")) << "outside any scope nothing is kept";
+  EXPECT_TRUE(TakeJoined().empty());
+}
+
 // Four callers at once, so in-flight counts and latencies differ.
 double ShareOfFast(Client& client, const std::string& fast, int per_thread) {
   std::atomic<int> to_fast{0};

@@ -3,9 +3,12 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
 
@@ -36,6 +39,59 @@ void PrintActivity(FILE* out, const dts::Activity& a) {
                  x.name().c_str(), dts::ActionState_Name(x.state()).c_str(), x.attempts(),
                  x.last_error().empty() ? "-" : x.last_error().c_str());
   }
+}
+
+// `dts stats --watch`: a line per second of rates between two readings of
+// dtsd's counters, `--limit N` lines (default: until interrupted).
+int WatchStats(const Flags& flags, dts::Coordinator::Stub* stub,
+               const std::function<std::unique_ptr<grpc::ClientContext>()>& context) {
+  auto read = [&](dts::Stats* s) { return stub->GetStats(context().get(), {}, s); };
+  dts::Stats before;
+  if (grpc::Status st = read(&before); !st.ok()) return Fail(st);
+  absl::Time t0 = absl::Now();
+  if (flags.output == Output::kText) {
+    std::printf("%9s %11s %13s %12s %11s %9s %11s %15s %10s\n", "BEGUN/S", "COMMITTED/S",
+                "ROLLED_BACK/S", "CHECK_BACK/S", "PHASE_TWO/S", "SYNCS/S", "WRITES/SYNC",
+                "CPU_MS/ACTIVITY", "UNFINISHED");
+  }
+  for (int line = 0; flags.limit == 0 || line < flags.limit; ++line) {
+    absl::SleepFor(absl::Seconds(1));
+    dts::Stats now;
+    if (grpc::Status st = read(&now); !st.ok()) return Fail(st);
+    absl::Time t1 = absl::Now();
+    double secs = absl::ToDoubleSeconds(t1 - t0);
+    auto rate = [&](uint64_t a, uint64_t b) { return secs > 0 ? (b - a) / secs : 0; };
+    double ended = static_cast<double>(now.committed() - before.committed() + now.rolled_back() -
+                                       before.rolled_back());
+    double syncs = static_cast<double>(now.wal_syncs() - before.wal_syncs());
+    double writes = static_cast<double>(now.synced_writes() - before.synced_writes());
+    double cpu_ms = ended > 0 ? (now.cpu_seconds() - before.cpu_seconds()) * 1000 / ended : 0;
+    double per_sync = syncs > 0 ? writes / syncs : 0;
+    if (flags.output == Output::kJson) {
+      std::printf(
+          "{\"begun_per_s\":%.1f,\"committed_per_s\":%.1f,\"rolled_back_per_s\":%.1f,"
+          "\"check_backs_per_s\":%.1f,\"phase_two_calls_per_s\":%.1f,\"wal_syncs_per_s\":%.1f,"
+          "\"writes_per_sync\":%.2f,\"cpu_ms_per_activity\":%.3f,\"unfinished\":%llu}\n",
+          rate(before.begun(), now.begun()), rate(before.committed(), now.committed()),
+          rate(before.rolled_back(), now.rolled_back()),
+          rate(before.check_backs(), now.check_backs()),
+          rate(before.phase_two_calls(), now.phase_two_calls()),
+          rate(before.wal_syncs(), now.wal_syncs()), per_sync, cpu_ms,
+          static_cast<unsigned long long>(now.unfinished()));
+    } else {
+      std::printf("%9.0f %11.0f %13.0f %12.0f %11.0f %9.0f %11.1f %15.3f %10llu\n",
+                  rate(before.begun(), now.begun()), rate(before.committed(), now.committed()),
+                  rate(before.rolled_back(), now.rolled_back()),
+                  rate(before.check_backs(), now.check_backs()),
+                  rate(before.phase_two_calls(), now.phase_two_calls()),
+                  rate(before.wal_syncs(), now.wal_syncs()), per_sync, cpu_ms,
+                  static_cast<unsigned long long>(now.unfinished()));
+    }
+    std::fflush(stdout);
+    before = now;
+    t0 = t1;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -72,6 +128,9 @@ int Dts(const Flags& flags, const std::vector<std::string>& args) {
     }
     return 0;
   }
+  if (cmd == "stats" && args.size() == 2 && flags.watch) {
+    return WatchStats(flags, stub.get(), context);
+  }
   if (cmd == "stats" && args.size() == 2) {
     dts::Stats s;
     grpc::Status st = stub->GetStats(context().get(), dts::StatsRequest(), &s);
@@ -80,7 +139,7 @@ int Dts(const Flags& flags, const std::vector<std::string>& args) {
     std::printf(
         "begun %llu\ncommitted %llu\nrolled_back %llu\ntimed_out %llu\nunfinished %llu\n"
         "phase_two_calls %llu\nphase_two_failures %llu\nsynced_writes %llu\nwal_syncs %llu\n"
-        "stored_bytes %llu\n",
+        "stored_bytes %llu\ncheck_backs %llu\ncpu_seconds %.3f\n",
         static_cast<unsigned long long>(s.begun()), static_cast<unsigned long long>(s.committed()),
         static_cast<unsigned long long>(s.rolled_back()),
         static_cast<unsigned long long>(s.timed_out()),
@@ -89,7 +148,8 @@ int Dts(const Flags& flags, const std::vector<std::string>& args) {
         static_cast<unsigned long long>(s.phase_two_failures()),
         static_cast<unsigned long long>(s.synced_writes()),
         static_cast<unsigned long long>(s.wal_syncs()),
-        static_cast<unsigned long long>(s.stored_bytes()));
+        static_cast<unsigned long long>(s.stored_bytes()),
+        static_cast<unsigned long long>(s.check_backs()), s.cpu_seconds());
     return 0;
   }
   if ((cmd == "show" || cmd == "retry" || cmd == "settle") && args.size() == 3) {

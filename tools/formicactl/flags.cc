@@ -48,7 +48,8 @@ dts commands (business activities at dtsd):
   dts ls [--state S,...] [--limit N]   newest first; default: unfinished ones
                                        S: ACTIVE COMMITTING ROLLING_BACK COMMITTED ROLLED_BACK
   dts show ID                          the activity and each action: state, attempts, last error
-  dts stats                            counters since dtsd started
+  dts stats [--watch [--limit N]]      counters since dtsd started; --watch: rates each
+                                       second (N lines; default: until interrupted)
   dts retry ID [--yes]                 retry phase two of a decided activity now
   dts settle ID --reason TEXT [--yes]  mark its unfinished actions done by hand and finish it
 
@@ -167,6 +168,8 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
       flags->replay = true;
     } else if (a == "--parked") {
       flags->parked = true;
+    } else if (a == "--watch") {
+      flags->watch = true;
     } else if (a == "--yes") {
       flags->yes = true;
     } else {

@@ -48,6 +48,7 @@ struct Flags {
   bool replay = false;
   bool parked = false;
   bool yes = false;
+  bool watch = false;
   std::string shards;  // ldc switch
   std::string to;
   std::string zone;

@@ -39,18 +39,32 @@ class CoordinatorCalls;
 // The coordinator's service name in the registry.
 inline constexpr char kCoordinatorService[] = "formica.dts.v1.Coordinator";
 
+// How long an activity begun without a round trip has when
+// ActivityOptions.timeout is zero (dtsd's activity.default_timeout applies
+// to those begun at the coordinator).
+inline constexpr absl::Duration kDefaultActivityTimeout = absl::Seconds(30);
+
 struct ActivityOptions {
   std::string name;  // what kind of activity, e.g. "fund.Purchase" (required)
   std::string initiator;
-  // Not decided by then: rolled back. Zero: the coordinator's default.
+  // Not decided by then: rolled back. Zero: kDefaultActivityTimeout, or
+  // the coordinator's default with begin_at_coordinator.
   absl::Duration timeout = absl::ZeroDuration();
   absl::Duration call_timeout = absl::Seconds(5);  // each call to the coordinator
+  // By default Begin makes the activity's id here, carrying its deadline,
+  // and dtsd first hears of the activity at its commit (with the actions
+  // its tries reported back) or at a participant's enlist. Set this to
+  // begin it at dtsd with a round trip instead: `formicactl dts ls` then
+  // lists it while ACTIVE, and participants enlist each try with dtsd.
+  bool begin_at_coordinator = false;
 };
 
 class Activity {
  public:
   // Begins an activity at the coordinator. UNAVAILABLE when it cannot be
   // reached; INVALID_ARGUMENT for a bad name or timeout.
+  // Without begin_at_coordinator nothing is sent and only INVALID_ARGUMENT
+  // can come back.
   static absl::StatusOr<std::unique_ptr<Activity>> Begin(rpc::Client* rpc, ActivityOptions options);
   // Rolls back an activity on which neither Commit nor Rollback was called;
   // if that fails, logs one warning (the coordinator's timeout rolls it
@@ -63,7 +77,12 @@ class Activity {
 
   // Runs `body` on this thread with the activity's id in the current call
   // context (nested in the one of a call being served, if any): the
-  // rpc::Client calls it makes join the activity. Returns what `body` does.
+  // rpc::Client calls it makes join the activity, and the actions their
+  // tries report back (through the replies' trailing metadata, also from
+  // calls those services made) go to dtsd with the commit or rollback.
+  // A try whose report does not come back (made from a call on another
+  // thread, or an asynchronous one) is still decided: its participant asks
+  // dtsd once the deadline has passed. Returns what `body` does.
   absl::Status Run(const std::function<absl::Status()>& body) const;
 
   // Commits: when this returns OK the decision is durable and every action
@@ -75,6 +94,7 @@ class Activity {
   absl::Status Rollback(absl::string_view reason);
 
  private:
+  struct Joined;
   Activity(std::shared_ptr<CoordinatorCalls> calls, ActivityOptions options, std::string id);
   absl::Status Decide(bool commit, absl::string_view reason);
 
@@ -83,6 +103,7 @@ class Activity {
   std::shared_ptr<CoordinatorCalls> calls_;
   ActivityOptions options_;
   std::string id_;
+  std::shared_ptr<Joined> joined_;  // actions reported back by Run's calls
   bool decision_tried_ = false;
 };
 

@@ -34,8 +34,9 @@
 #include "absl/time/time.h"
 
 namespace grpc {
+class CallbackServerContext;
 class Service;
-}
+}  // namespace grpc
 
 namespace formica::rpc {
 class Client;
@@ -53,6 +54,10 @@ struct ParticipantOptions {
   // transactions on power loss (never corrupts).
   bool durable = true;
   absl::Duration enlist_timeout = absl::Seconds(3);
+  // How often tries of activities past their deadline and still undecided
+  // here are looked for; for each, dtsd is asked the outcome and the
+  // confirm or cancel is run here (see docs/dts.md, "Check-back").
+  absl::Duration check_back_interval = absl::Seconds(1);
 };
 
 // What confirm and cancel steps are handed.
@@ -84,12 +89,32 @@ class Participant {
 
   // The try step of `action` in the activity of the call being served (the
   // txn id in rpc::CurrentCallContext()), or in `activity_id` given
-  // explicitly. Enlists, then in one local transaction writes the barrier
-  // and runs `body`. A repeated try is a no-op success; a try after the
+  // explicitly. In one local transaction writes the barrier and runs
+  // `body`; the action joins the activity through the reply (for an
+  // activity its initiator began without a round trip) or is enlisted
+  // with dtsd first (begun at the coordinator). A repeated try is a no-op success; a try after the
   // action's cancel is ABORTED; an undeclared action is INVALID_ARGUMENT.
   absl::Status Try(absl::string_view action, absl::string_view payload, const Body& body);
   absl::Status Try(absl::string_view activity_id, absl::string_view action,
                    absl::string_view payload, const Body& body);
+
+  // The same try for a handler on gRPC's callback API, serving `ctx`: it
+  // joins the next group commit without waiting, and `done` gets the
+  // outcome on the participant's thread that ran it (the report to the
+  // initiator is already in ctx's trailing metadata then), so no gRPC
+  // thread waits for a sync. `body` runs on that thread too. For an
+  // activity begun at the coordinator the enlist and the transaction run
+  // here, before `done`.
+  //   grpc::ServerUnaryReactor* Debit(grpc::CallbackServerContext* ctx,
+  //                                   const Move* m, Moved*) override {
+  //     auto* reactor = ctx->DefaultReactor();
+  //     participant->TryAsync(ctx, "debit", m->SerializeAsString(),
+  //         [m](sqlite3* db) { return Freeze(db, *m); },
+  //         [reactor](absl::Status st) { reactor->Finish(formica::ToGrpcStatus(st)); });
+  //     return reactor;
+  //   }
+  void TryAsync(grpc::CallbackServerContext* ctx, absl::string_view action, std::string payload,
+                Body body, std::function<void(absl::Status)> done);
 
   // Runs `body` in a local transaction of its own (not part of an
   // activity), serialized with the participant's.

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 
@@ -30,6 +31,8 @@ inline constexpr char kCallerAppKey[] = "x-formica-caller";
 inline constexpr char kUserIdKey[] = "x-formica-user";
 inline constexpr char kZoneKey[] = "x-formica-zone";
 inline constexpr char kTxnIdKey[] = "x-formica-txn";
+// Trailing metadata of a reply: what the call joined (see ReportJoined).
+inline constexpr char kJoinedKey[] = "x-formica-joined";
 
 // The context of the call a handler is serving on this thread, while it
 // runs inside rpc::Serve (see server.h); nullptr elsewhere. rpc::Client
@@ -52,6 +55,21 @@ class CallContextScope {
   struct State;
   State* state_;
 };
+
+// Tells the caller of the call being served on this thread that it joined
+// something (DTS: an action tried in a business activity). `entry` travels
+// back in the reply's trailing metadata (key x-formica-joined; printable
+// ASCII only, space to '~'), whether the call succeeds or fails, and
+// rpc::Client adds the entries of every synchronous call made inside a
+// CallContextScope or rpc::Serve to that scope: a handler's own calls'
+// entries thus reach its caller too. Returns false, reporting nothing,
+// outside rpc::Serve and CallContextScope or for a value that is not
+// printable ASCII.
+bool ReportJoined(std::string entry);
+
+// The entries reported to the innermost scope on this thread, taken out
+// of it (see ReportJoined); empty outside any scope.
+std::vector<std::string> TakeJoined();
 
 // Reads the context a caller sent.
 CallContext ReadCallContext(const grpc::ServerContextBase& server_context);
