@@ -6,6 +6,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -86,6 +87,8 @@ class TransactionImpl : public Transaction {
       : ds_(ds), shard_(shard), database_(database), lease_(std::move(lease)) {}
   ~TransactionImpl() override {
     if (open_) (void)lease_->Rollback();
+    lease_ = ConnectionPool::Lease();
+    passes_.clear();
   }
   absl::StatusOr<ResultSet> Execute(absl::string_view sql, absl::Span<const Value> params) override;
   absl::Status Commit() override {
@@ -94,6 +97,7 @@ class TransactionImpl : public Transaction {
     absl::Status st = lease_->Commit();
     if (!st.ok()) (void)lease_->Rollback();
     lease_ = ConnectionPool::Lease();
+    passes_.clear();
     return st;
   }
   absl::Status Rollback() override {
@@ -101,6 +105,7 @@ class TransactionImpl : public Transaction {
     open_ = false;
     absl::Status st = lease_->Rollback();
     lease_ = ConnectionPool::Lease();
+    passes_.clear();
     return st;
   }
   int shard() const override { return shard_; }
@@ -111,6 +116,7 @@ class TransactionImpl : public Transaction {
   const int shard_, database_;
   ConnectionPool::Lease lease_;
   bool open_ = true;
+  std::map<int, std::unique_ptr<WriteGate::Pass>> passes_;  // by shard, until the end
 };
 
 class DataSourceImpl : public ShardedDataSource {
@@ -159,6 +165,18 @@ class DataSourceImpl : public ShardedDataSource {
                                     const ExecuteOptions& options) override {
     absl::StatusOr<Routing> routing = router_->Route(sql, params);
     if (!routing.ok()) return routing.status();
+    std::map<int, std::unique_ptr<WriteGate::Pass>> passes;  // held while the write runs
+    if (absl::Status st = AdmitWrites(*routing, false, &passes); !st.ok()) return st;
+    std::map<int, std::string> elsewhere;
+    if (absl::Status st = AdmitReads(*routing, &elsewhere); !st.ok()) return st;
+    absl::StatusOr<ResultSet> result = ExecuteRouted(*std::move(routing), params, options);
+    if (result.ok()) result->read_elsewhere = std::move(elsewhere);
+    return result;
+  }
+
+  absl::StatusOr<ResultSet> ExecuteRouted(Routing routed, absl::Span<const Value> params,
+                                          const ExecuteOptions& options) {
+    std::optional<Routing> routing(std::move(routed));
     bool replica = routing->kind == StatementKind::kRead && !routing->locking && !options.primary;
     if (routing->any_database) {
       routing->statements[0].database =
@@ -297,6 +315,46 @@ class DataSourceImpl : public ShardedDataSource {
     return databases_[router_->DatabaseOf(shard)]->name;
   }
 
+  // Asks the write gate for every shard a write statement touches; the
+  // passes go into `passes` (already held ones are kept).
+  // `in_transaction`: the caller holds a connection and maybe locks, so the
+  // gate must not wait (waiting could hold up what the gate waits for).
+  absl::Status AdmitWrites(const Routing& routing, bool in_transaction,
+                           std::map<int, std::unique_ptr<WriteGate::Pass>>* passes) {
+    if (config_.write_gate == nullptr || routing.kind != StatementKind::kWrite) {
+      return absl::OkStatus();
+    }
+    for (const RoutedStatement& s : routing.statements) {
+      if (s.shard < 0 || passes->count(s.shard) > 0) continue;
+      absl::StatusOr<std::unique_ptr<WriteGate::Pass>> pass =
+          config_.write_gate->Admit(s.shard, !in_transaction);
+      if (!pass.ok()) {
+        return absl::Status(pass.status().code(), absl::StrCat("write refused, nothing written: ",
+                                                               pass.status().message()));
+      }
+      (*passes)[s.shard] = *std::move(pass);
+    }
+    return absl::OkStatus();
+  }
+
+  // Asks the gate about every shard a read touches: `elsewhere` gets the
+  // shards another zone owns (a cross-zone read), or the read is refused.
+  absl::Status AdmitReads(const Routing& routing, std::map<int, std::string>* elsewhere) {
+    if (config_.write_gate == nullptr || routing.kind != StatementKind::kRead) {
+      return absl::OkStatus();
+    }
+    for (const RoutedStatement& s : routing.statements) {
+      if (s.shard < 0 || elsewhere->count(s.shard) > 0) continue;
+      absl::StatusOr<std::string> owner = config_.write_gate->AdmitRead(s.shard);
+      if (!owner.ok()) {
+        return absl::Status(owner.status().code(),
+                            absl::StrCat("read refused: ", owner.status().message()));
+      }
+      if (!owner->empty()) (*elsewhere)[s.shard] = *owner;
+    }
+    return absl::OkStatus();
+  }
+
   const std::string& NameOf(int database) const { return databases_[database]->name; }
   Router* router() { return router_.get(); }
   Backend* backend() { return backend_.get(); }
@@ -329,6 +387,9 @@ absl::StatusOr<ResultSet> TransactionImpl::Execute(absl::string_view sql,
           "to DTS"));
     }
   }
+  if (absl::Status st = ds_->AdmitWrites(*routing, true, &passes_); !st.ok()) return st;
+  std::map<int, std::string> elsewhere;
+  if (absl::Status st = ds_->AdmitReads(*routing, &elsewhere); !st.ok()) return st;
   std::vector<absl::StatusOr<ResultSet>> results;
   std::vector<Value> ordered;
   std::vector<std::vector<std::string>> collations(routing->statements.size());
@@ -337,7 +398,10 @@ absl::StatusOr<ResultSet> TransactionImpl::Execute(absl::string_view sql,
     results.push_back(lease_->Execute(*s.sql, ParamsOf(s, params, &ordered), s.id, &collations[i]));
     if (!results.back().ok()) return results.back().status();
   }
-  return ds_->Combine(*routing, std::move(results), std::move(collations), params);
+  absl::StatusOr<ResultSet> result =
+      ds_->Combine(*routing, std::move(results), std::move(collations), params);
+  if (result.ok()) result->read_elsewhere = std::move(elsewhere);
+  return result;
 }
 
 absl::Status Validate(DataSourceConfig& c, RouterConfig* rc) {
@@ -425,6 +489,12 @@ absl::StatusOr<std::unique_ptr<ShardedDataSource>> ShardedDataSource::Open(
   RouterConfig rc;
   absl::Status st = Validate(config, &rc);
   if (!st.ok()) return st;
+  if (config.write_gate != nullptr &&
+      (config.function != ShardFunction::kLastTwoDigits || config.shards != 100)) {
+    return absl::InvalidArgumentError(
+        "a write gate (LDC) places users by the last two digits of their id: it needs the "
+        "last_two_digits shard function and 100 shards");
+  }
   absl::StatusOr<std::unique_ptr<Router>> router = Router::Create(rc);
   if (!router.ok()) return router.status();
   std::unique_ptr<Backend> backend =

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "formica/common/user_shard.h"
 
 namespace formica::dds {
 
@@ -21,13 +22,13 @@ ShardSet Intersect(const ShardSet& a, const ShardSet& b) {
 }
 
 absl::StatusOr<int> LastTwoDigits(const std::string& user_id) {
-  std::string id(absl::StripAsciiWhitespace(user_id));
-  if (id.size() < 2 || !absl::ascii_isdigit(static_cast<unsigned char>(id[id.size() - 1])) ||
-      !absl::ascii_isdigit(static_cast<unsigned char>(id[id.size() - 2]))) {
+  // The same function as LDC's and rpc's (formica/common/user_shard.h).
+  absl::StatusOr<int> shard = UserShard(user_id);
+  if (!shard.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("shard key '", user_id, "' does not end in two digits"));
   }
-  return (id[id.size() - 2] - '0') * 10 + (id[id.size() - 1] - '0');
+  return shard;
 }
 
 namespace {

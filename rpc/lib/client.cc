@@ -22,6 +22,7 @@
 #include "formica/common/grpc_status.h"
 #include "formica/rpc/discovery.h"
 #include "formica/rpc/routes.h"
+#include "formica/rpc/zone_routing.h"
 #include "serving.h"
 
 namespace formica::rpc {
@@ -99,6 +100,9 @@ struct Group {
   std::unique_ptr<Balancer> all_balancer;
   std::unique_ptr<Balancer> local_balancer;
   std::map<EndpointState*, std::shared_ptr<Endpoint>> by_state;
+  // The members of each zone and their balancers (for zone routing).
+  std::map<std::string, std::vector<std::shared_ptr<Endpoint>>> zones;
+  std::map<std::string, std::unique_ptr<Balancer>> zone_balancers;
 };
 
 // Everything a call needs about one service, immutable once built and
@@ -147,6 +151,8 @@ class Client::Impl {
     absl::Time deadline;
     CallContext context;
     PickContext pick;
+    std::string zone;       // with zone routing: only providers of this zone, if set
+    bool rerouted = false;  // sent once to the zone a provider named
     bool idempotent = false;
     int attempts = 0;
     Tried tried;
@@ -190,7 +196,8 @@ class Client::Impl {
   void Rebuild(Service& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
   Group MakeGroup(Service& s, const std::vector<std::shared_ptr<Endpoint>>& members)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
-  Picked Pick(const ServiceView& view, const PickContext& pick, const Tried& tried, absl::Time now);
+  Picked Pick(const ServiceView& view, const PickContext& pick, const std::string& zone,
+              const Tried& tried, absl::Time now);
   bool TakeRetryToken();
   void Record(Endpoint& e, const grpc::Status& status, absl::Duration latency);
 
@@ -280,6 +287,7 @@ Group Client::Impl::MakeGroup(Service& s, const std::vector<std::shared_ptr<Endp
   for (const auto& e : members) {
     g.by_state[e->state.get()] = e;
     if (!options_.zone.empty() && e->provider.zone == options_.zone) g.local.push_back(e);
+    g.zones[e->provider.zone].push_back(e);
   }
   auto states = [](const std::vector<std::shared_ptr<Endpoint>>& v) {
     std::vector<std::shared_ptr<EndpointState>> out;
@@ -288,6 +296,9 @@ Group Client::Impl::MakeGroup(Service& s, const std::vector<std::shared_ptr<Endp
   };
   g.all_balancer = NewBalancer(s.policy, states(g.all));
   g.local_balancer = NewBalancer(s.policy, states(g.local));
+  for (const auto& [zone, members] : g.zones) {
+    g.zone_balancers[zone] = NewBalancer(s.policy, states(members));
+  }
   return g;
 }
 
@@ -343,8 +354,8 @@ void Client::Impl::Rebuild(Service& s) {
                                        : std::shared_ptr<const ServiceView>());
 }
 
-Picked Client::Impl::Pick(const ServiceView& view, const PickContext& pick, const Tried& tried,
-                          absl::Time now) {
+Picked Client::Impl::Pick(const ServiceView& view, const PickContext& pick, const std::string& zone,
+                          const Tried& tried, absl::Time now) {
   auto was_tried = [&tried](const Endpoint* e) {
     return std::find(tried.begin(), tried.end(), e) != tried.end();
   };
@@ -383,6 +394,18 @@ Picked Client::Impl::Pick(const ServiceView& view, const PickContext& pick, cons
     }
     return picked;
   };
+  if (!zone.empty()) {  // zone routing: that zone's providers or none
+    auto members = group->zones.find(zone);
+    if (members == group->zones.end()) return Picked{};
+    if (Picked p = try_balancer(group->zone_balancers.at(zone).get(), members->second);
+        p.endpoint != nullptr) {
+      return p;
+    }
+    for (const auto& e : members->second) {
+      if (!was_tried(e.get())) return Picked{e.get(), e->channel->GetState(false)};
+    }
+    return Picked{};
+  }
   if (Picked p = try_balancer(group->local_balancer.get(), group->local); p.endpoint != nullptr) {
     return p;
   }
@@ -435,8 +458,9 @@ void Client::Impl::Record(Endpoint& e, const grpc::Status& status, absl::Duratio
 
 absl::Status Client::Impl::Prepared::Outcome() const {
   if (attempts > 0) return last;
-  return absl::UnavailableError(absl::StrCat("no provider of '", service->name, "' is known after ",
-                                             absl::FormatDuration(timeout)));
+  return absl::UnavailableError(absl::StrCat("no provider of '", service->name, "'",
+                                             zone.empty() ? "" : absl::StrCat(" in zone ", zone),
+                                             " is known after ", absl::FormatDuration(timeout)));
 }
 
 absl::StatusOr<Client::Impl::Prepared> Client::Impl::Prepare(absl::string_view name,
@@ -466,6 +490,12 @@ absl::StatusOr<Client::Impl::Prepared> Client::Impl::Prepare(absl::string_view n
   if (p.context.caller_app.empty()) p.context.caller_app = options_.app_name;
   if (p.context.zone.empty()) p.context.zone = options_.zone;
   if (!options.hash_key.empty()) p.pick.hash_key = HashKey(options.hash_key);
+  if (options_.zone_routing != nullptr) {
+    absl::StatusOr<std::string> zone =
+        options_.zone_routing->CallZone(name, p.context.user_id, options.read_only);
+    if (!zone.ok()) return zone.status();
+    p.zone = *std::move(zone);
+  }
   absl::StatusOr<std::shared_ptr<Service>> service = ServiceFor(name);
   if (!service.ok()) return service.status();
   p.service = *std::move(service);
@@ -489,10 +519,11 @@ std::shared_ptr<const ServiceView> Client::Impl::View(Service& s,
 Endpoint* Client::Impl::StartAttempt(Prepared& p, const ServiceView& view, grpc::ClientContext* ctx,
                                      bool* connected) {
   absl::Time now = clock_->Now();
-  if (now >= p.deadline || p.attempts >= std::max(1, options_.max_attempts)) {
+  if (now >= p.deadline ||
+      p.attempts >= std::max(1, options_.max_attempts) + (p.rerouted ? 1 : 0)) {
     return nullptr;
   }
-  Picked picked = Pick(view, p.pick, p.tried, now);
+  Picked picked = Pick(view, p.pick, p.zone, p.tried, now);
   Endpoint* e = picked.endpoint;
   if (e == nullptr) return nullptr;
   ++p.attempts;
@@ -515,6 +546,14 @@ bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected,
   p.last = absl::Status(
       FromGrpcStatus(status).code(),
       absl::StrCat(p.service->name, " at ", e.provider.address, ": ", status.error_message()));
+  // A provider's zone check refused it before running it: once, in the zone it names.
+  auto serving = ctx.GetServerTrailingMetadata().find(kServingZoneKey);
+  if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION &&
+      serving != ctx.GetServerTrailingMetadata().end() && !p.rerouted) {
+    p.rerouted = true;
+    p.zone = std::string(serving->second.data(), serving->second.size());
+    return clock_->Now() < p.deadline;
+  }
   bool unavailable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                      status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
   // Retry when the request surely never reached the provider (no

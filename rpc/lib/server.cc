@@ -19,16 +19,19 @@
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/discovery.h"
 #include "server_metrics.h"
+#include "formica/rpc/zone_routing.h"
 #include "serving.h"
 
 namespace formica::rpc {
 namespace {
 
-// One method's concurrency limit on one Server.
+// One method's concurrency limit and zone check on one Server.
 struct MethodSlot {
-  MethodSlot(std::string m, int l) : method(std::move(m)), limit(l) {}
+  MethodSlot(std::string m, int l, const ZoneRouting* r)
+      : method(std::move(m)), limit(l), routing(r) {}
   const std::string method;  // "/pkg.Service/Method"
-  const int limit;
+  const int limit;           // 0: none
+  const ZoneRouting* const routing;
   std::atomic<int> in_flight{0};
 };
 
@@ -61,14 +64,15 @@ CallTable& Calls() {
   return *table;
 }
 
-// A server's limits, one slot per limited method, made on first use.
+// A server's limits and zone check, one slot per method that has either,
+// made on first use.
 class Limits {
  public:
-  Limits(int default_limit, std::map<std::string, int> per_method)
-      : default_limit_(default_limit), per_method_(std::move(per_method)) {}
+  Limits(int default_limit, std::map<std::string, int> per_method, const ZoneRouting* routing)
+      : default_limit_(default_limit), per_method_(std::move(per_method)), routing_(routing) {}
 
   bool any() const {
-    if (default_limit_ > 0) return true;
+    if (default_limit_ > 0 || routing_ != nullptr) return true;
     for (const auto& [method, limit] : per_method_) {
       if (limit > 0) return true;
     }
@@ -87,13 +91,16 @@ class Limits {
     int limit = configured != per_method_.end() ? configured->second : default_limit_;
     absl::MutexLock lock(&mu_);
     auto& slot = slots_[method];
-    if (slot == nullptr && limit > 0) slot = std::make_unique<MethodSlot>(method, limit);
+    if (slot == nullptr && (limit > 0 || routing_ != nullptr)) {
+      slot = std::make_unique<MethodSlot>(method, limit, routing_);
+    }
     return slot.get();
   }
 
  private:
   const int default_limit_;
   const std::map<std::string, int> per_method_;  // "pkg.Service/Method" -> limit
+  const ZoneRouting* const routing_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<MethodSlot>> slots_ ABSL_GUARDED_BY(mu_);
 };
@@ -151,6 +158,24 @@ absl::Status CheckLimitedMethod(const std::string& key,
   return absl::OkStatus();
 }
 
+// The provider's double check: a call for a user this zone does not serve
+// is refused, naming the zone that does (rpc::Client retries it there).
+grpc::Status CheckZone(const MethodSlot& slot, grpc::ServerContextBase* context) {
+  const CallContext caller = ReadCallContext(*context);
+  absl::string_view method = absl::StripPrefix(slot.method, "/");
+  absl::string_view service = method.substr(0, method.find('/'));
+  absl::StatusOr<std::string> zone = slot.routing->ServingZone(service, caller.user_id);
+  if (!zone.ok()) {
+    return grpc::Status(static_cast<grpc::StatusCode>(zone.status().code()),
+                        std::string(zone.status().message()));
+  }
+  if (zone->empty()) return grpc::Status::OK;
+  context->AddTrailingMetadata(kServingZoneKey, *zone);
+  return grpc::Status(
+      grpc::StatusCode::FAILED_PRECONDITION,
+      absl::StrCat("user ", caller.user_id, " is served in zone ", *zone, ", not here; not run"));
+}
+
 }  // namespace
 
 namespace {
@@ -158,7 +183,10 @@ namespace {
 grpc::Status ServeLimited(grpc::ServerContextBase* context,
                           absl::FunctionRef<grpc::Status()> body) {
   MethodSlot* slot = context == nullptr ? nullptr : Calls().Find(context);
-  if (slot != nullptr && slot->in_flight.fetch_add(1) >= slot->limit) {
+  if (slot != nullptr && slot->routing != nullptr) {
+    if (grpc::Status refused = CheckZone(*slot, context); !refused.ok()) return refused;
+  }
+  if (slot != nullptr && slot->in_flight.fetch_add(1) >= slot->limit && slot->limit > 0) {
     slot->in_flight.fetch_sub(1);
     context->AddTrailingMetadata(kRejectedKey, "concurrency-limit");
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -317,8 +345,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   // nearly every call. Keep more of them.
   builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
                               impl->options.max_idle_threads);
-  auto limits =
-      std::make_shared<Limits>(impl->options.max_concurrent_calls, impl->options.method_limits);
+  auto limits = std::make_shared<Limits>(impl->options.max_concurrent_calls,
+                                         impl->options.method_limits, impl->options.zone_routing);
   if (limits->any()) {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
     creators.push_back(std::make_unique<LimitInterceptorFactory>(limits));

@@ -33,6 +33,17 @@ config commands:
   config delete KEY [--expect-version N]
   config ls [PREFIX]
 
+ldc commands (zones and who owns each user shard):
+  ldc status                           zones, shard owners as ranges, the rules version,
+                                       every client and the version it applied (laggards marked)
+  ldc apply FILE [--expect-version N]  validate a rules file and publish it (N=0: first rules)
+  ldc route USER                       the user's shard and owner zone
+  ldc switch --shards 00-49 --to ZONE [--fence-timeout 10s] [--force] [--yes]
+  ldc switch --zone ZONE --to ZONE ...
+                                       fence the shards, wait until every client applied the
+                                       fence (or roll back), then move them; --force moves even
+                                       with clients lagging
+
 dts commands (business activities at dtsd):
   dts ls [--state S,...] [--limit N]   newest first; default: unfinished ones
                                        S: ACTIVE COMMITTING ROLLING_BACK COMMITTED ROLLED_BACK
@@ -130,6 +141,9 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
                         : a == "--topic"  ? &flags->topic
                         : a == "--state"  ? &flags->states
                         : a == "--reason" ? &flags->reason
+                        : a == "--shards" ? &flags->shards
+                        : a == "--to"     ? &flags->to
+                        : a == "--zone"   ? &flags->zone
                                           : nullptr;
     if (a == "--help" || a == "-h") {
       std::fputs(kUsage, stdout);
@@ -221,6 +235,14 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
       flags->thresholds_given = true;
     } else if (a == "--watch") {
       flags->watch = true;
+    } else if (a == "--fence-timeout") {
+      auto v = value("--fence-timeout");
+      if (!v || !absl::ParseDuration(*v, &flags->fence_timeout) ||
+          flags->fence_timeout <= absl::ZeroDuration()) {
+        return Usage("--fence-timeout wants a duration such as 10s or 500ms");
+      }
+    } else if (a == "--force") {
+      flags->force = true;
     } else if (a == "--replay") {
       flags->replay = true;
     } else if (a == "--parked") {

@@ -12,6 +12,7 @@
 //   traffic*.cc  traffic ... (routes, shares and shifts of a service's calls)
 //   release*.cc  release ... (a new version rolled out by groups)
 //   release*.cc  release ... (a new version rolled out by groups)
+//   ldc.cc       ldc ... (zones, shard owners, switches)
 #pragma once
 
 #include <grpcpp/client_context.h>
@@ -27,6 +28,7 @@
 namespace grpc {
 class Channel;
 }
+#include "absl/time/time.h"
 
 namespace google::protobuf {
 class Message;
@@ -72,6 +74,10 @@ struct Flags {
   int64_t ready_timeout_ms = -1;  // --ready-timeout
   bool auto_continue = false;     // --auto
   bool thresholds_given = false;  // any of the analysis flags
+  std::string shards;  // ldc switch
+  std::string zone;
+  absl::Duration fence_timeout = absl::Seconds(10);
+  bool force = false;
 };
 
 // Parses the command line into `flags` and the words of the command.
@@ -110,5 +116,6 @@ int Dms(const Flags& flags, const std::vector<std::string>& args);
 int Traffic(const Flags& flags, const std::vector<std::string>& args);
 int Release(const Flags& flags, const std::vector<std::string>& args);
 int Release(const Flags& flags, const std::vector<std::string>& args);
+int Ldc(const Flags& flags, const std::vector<std::string>& args);
 
 }  // namespace formica::ctl

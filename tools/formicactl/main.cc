@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   if (group == "health" && args.size() <= 2) return Health(flags, args.size() == 2 ? args[1] : "");
   if (group == "dts") return Dts(flags, args);
   if (group == "dms") return Dms(flags, args);
+  if (group == "ldc") return Ldc(flags, args);
   if (group == "registry") return Registry(flags, args);
   if (group == "cluster") return Cluster(flags, args);
   if (group == "config") return Config(flags, args);

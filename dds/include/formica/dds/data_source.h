@@ -42,6 +42,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "formica/dds/value.h"
+#include "formica/dds/write_gate.h"
 
 namespace formica::dds {
 
@@ -79,6 +80,12 @@ struct DataSourceConfig {
   bool writes_need_shard_key = true;            // UPDATE/DELETE without the key refused
   int fanout = 8;                               // statements of one scatter run at once
   absl::Duration pool_wait = absl::Seconds(5);  // longest wait for a free connection
+  // Set in code, not in YAML: asked before every write (INSERT, UPDATE,
+  // DELETE, alone or in a transaction) to a sharded table, once per shard
+  // written; the write runs while its passes live (a transaction's until it
+  // ends). Null: every write runs. Needs the last_two_digits function.
+  // LDC's ldc::ZoneWriteGate is one (docs/ldc.md).
+  std::shared_ptr<WriteGate> write_gate;
 };
 
 // Reads the `dds:` section of a YAML file (see docs/dds.md). INVALID_ARGUMENT

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <variant>
 #include <vector>
@@ -22,6 +23,9 @@ struct ResultSet {
   std::vector<std::string> columns;
   std::vector<std::vector<Value>> rows;
   int64_t rows_affected = 0;  // INSERT, UPDATE, DELETE: summed over shards
+  // Shards a read took from this data source's copy although another zone
+  // owns them now (a cross-zone read, LDC), with that zone. Empty otherwise.
+  std::map<int, std::string> read_elsewhere;
 };
 
 // How a user's id (the shard key) places the user in a logical shard.

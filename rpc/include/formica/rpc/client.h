@@ -59,6 +59,7 @@ class Client;
 namespace formica::rpc {
 
 class Discovery;
+class ZoneRouting;
 
 struct ClientOptions {
   std::string app_name;  // sent as the caller app
@@ -75,12 +76,17 @@ struct ClientOptions {
   // Balancing policy per service: weighted_random (default), round_robin,
   // least_active, consistent_hash, p2c_ewma.
   std::map<std::string, std::string> policies;
+  // Unit routing (formica/rpc/zone_routing.h), borrowed; must outlive the
+  // Client. Set: a call goes only to providers of the zone it names (the
+  // user's owner zone, a global service's zone). Null: as above.
+  const ZoneRouting* zone_routing = nullptr;
 };
 
 struct CallOptions {
   absl::Duration timeout = absl::ZeroDuration();  // zero: ClientOptions::default_timeout
   bool idempotent = false;  // may be retried on another provider after any failure
   std::string hash_key;     // for consistent_hash (e.g. the user id)
+  bool read_only = false;   // the call only reads (zone routing may send it to a read copy)
   CallContext context;      // user id, transaction id...; caller app and zone are filled in
   // When called while handling a call: its deadline bounds this one, and its
   // context (trace, user, transaction) is carried on.

@@ -57,6 +57,7 @@ class Client;
 namespace formica::rpc {
 
 class Discovery;
+class ZoneRouting;
 
 struct ServerOptions {
   std::string listen = "127.0.0.1:0";        // host:port; port 0 picks a free one
@@ -87,6 +88,11 @@ struct ServerOptions {
   // Per-method limits, overriding the above: "pkg.Service/Method" -> limit
   // (0: no limit).
   std::map<std::string, int> method_limits;
+  // Unit routing (formica/rpc/zone_routing.h), borrowed; must outlive the
+  // Server. Set: rpc::Serve refuses a call for a user this zone does not
+  // serve, before the body runs (FAILED_PRECONDITION; rpc::Client retries
+  // it in the zone named). Null: every call is served.
+  const ZoneRouting* zone_routing = nullptr;
 };
 
 // Reads ServerOptions from the `rpc.server` section of a config file (see
