@@ -1,5 +1,6 @@
 // An initiator process for DTS tests: THREADS threads run business
-// activities, each a debit in bank.a and a credit in bank.b of 1..50, and
+// activities, each a debit in one bank and a credit in the other of 1..50
+// (either way), and
 // commit them (as dts::RunActivity does). After each commit it prints
 // "committed <activity id>" (flushed), so a test that kills it with
 // SIGKILL knows which activities it was told were committed.
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "formica/dts/activity.h"
 #include "formica/internal/daemon.h"
 #include "formica/registry/client.h"
@@ -90,12 +92,15 @@ int main(int argc, char** argv) {
         int from = static_cast<int>(rng() % accounts);
         int to = static_cast<int>(rng() % accounts);
         int64_t amount = 1 + static_cast<int64_t>(rng() % 50);
+        // Both ways, so that money keeps circulating.
+        bool a_to_b = rng() % 2 == 0;
         absl::Status st = (*activity)->Run([&] {
-          absl::Status s = Move(**rpc, "bank.a", true, from, amount);
-          return s.ok() ? Move(**rpc, "bank.b", false, to, amount) : s;
+          absl::Status s = Move(**rpc, a_to_b ? "bank.a" : "bank.b", true, from, amount);
+          return s.ok() ? Move(**rpc, a_to_b ? "bank.b" : "bank.a", false, to, amount) : s;
         });
         if (!st.ok()) {
           (*activity)->Rollback(st.ToString()).IgnoreError();
+          absl::SleepFor(absl::Milliseconds(5));  // an account short of money: try another
           continue;
         }
         if ((*activity)->Commit().ok()) {
