@@ -51,9 +51,9 @@ class ReleaseTest : public TrafficTest {
     // after it unpublished (rpc::Server's default), while callers drop it.
     for (int i = 0; i < 4; ++i) {
       const char* room = i < 2 ? "a" : "b";
-      providers_.push_back(StartEcho({"--tag", "version=1", "--tag", std::string("room=") + room,
-                                      "--zone", i < 2 ? "gz00a" : "gz01a", "--grace-ms", "2000",
-                                      "--pid-dir", pids_}));
+      providers_.push_back(
+          StartEcho({"--tag", "version=1", "--tag", std::string("room=") + room, "--zone",
+                     i < 2 ? "gz00a" : "gz01a", "--grace-ms", "2000", "--pid-dir", pids_}));
     }
     ASSERT_TRUE(AwaitProviders(4));
   }
@@ -227,12 +227,26 @@ TEST_F(ReleaseTest, AKilledControllersReleaseIsResumedWithoutDeployingTwice) {
 // not deploy it again.
 TEST_F(ReleaseTest, AControllerKilledDuringADeployIsResumedWithoutDeployingAgain) {
   StartLoad();
-  auto controller = StartCtl({"release", "start", kEcho, "--version", "2", "--groups",
-                              "beta:1,rest:3", "--bake", "1s", "--auto", "--deploy",
-                              Deploy("", "2")});
+  auto controller =
+      StartCtl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1,rest:3", "--bake",
+                "1s", "--auto", "--deploy", Deploy("", "2")});
   ASSERT_TRUE(controller->WaitForOutput("group beta: deploying", absl::Seconds(20)));
   controller->Kill();
-  absl::SleepFor(absl::Seconds(6));  // the deploy finished meanwhile, and the record is stale
+  // The deploy finishes meanwhile (its new instance publishes), and the
+  // record goes stale (no heartbeat for 5 s). How long the deploy takes
+  // depends on the machine: wait for its instance, not for a fixed time.
+  absl::Time started = absl::Now();
+  auto deployed = [&] {
+    for (const auto& [address, version] : Versions()) {
+      if (version == "2") return true;
+    }
+    return false;
+  };
+  while (!deployed() && absl::Now() - started < absl::Seconds(60)) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(deployed()) << "the deploy command never brought up the new instance";
+  absl::SleepFor(std::max(absl::ZeroDuration(), absl::Seconds(6) - (absl::Now() - started)));
   EXPECT_EQ(Record().groups(0).state(), "releasing");
   std::string out;
   ASSERT_EQ(Ctl({"release", "resume", kEcho}, &out, absl::Seconds(120)), 0) << out;
