@@ -36,11 +36,10 @@ void WriteRegistryMetrics(RegistryCore& core, PrometheusText& out) {
       subscribers += s.subscribers();
     }
   }
-  out.Gauge("formica_registry_services", "Services with a publication or a subscriber.",
-            services.services_size());
-  out.Gauge("formica_registry_publications", "Published instances, over every service.",
+  out.Gauge("formica_registry_services", "Services the registry lists.", services.services_size());
+  out.Gauge("formica_registry_publications", "Published instances, over those services.",
             static_cast<double>(instances));
-  out.Gauge("formica_registry_subscriptions", "Subscriptions, over every service.",
+  out.Gauge("formica_registry_subscriptions", "Subscribers, over those services.",
             static_cast<double>(subscribers));
   v1::PushSwitchState push = core.SetStopPush(std::nullopt);
   out.Gauge("formica_registry_push_stopped", "1 while the operator's stop-push switch is on.",

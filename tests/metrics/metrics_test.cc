@@ -56,6 +56,16 @@ std::pair<bool, std::string> Promtool(const TempDir& dir, const std::string& nam
   return {rc == 0, out};
 }
 
+// The value of the unlabelled sample `name` in `page`; -1 when absent.
+double Value(const std::string& page, const std::string& name) {
+  size_t at = page.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  size_t start = at + name.size() + 2;
+  double v = -1;
+  if (!absl::SimpleAtod(page.substr(start, page.find('\n', start) - start), &v)) return -1;
+  return v;
+}
+
 class MetricsExportTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -183,6 +193,12 @@ TEST_F(MetricsExportTest, EveryDaemonAndProviderServesAPagePromtoolAccepts) {
           << page.name << " lacks " << family << ":\n"
           << text;
     }
+    if (page.name == "dsrd") {
+      // dtsd, dmsd and the echo provider each hold a session and publish.
+      EXPECT_GE(Value(text, "formica_registry_sessions"), 3) << text;
+      EXPECT_GE(Value(text, "formica_registry_publications"), 3) << text;
+    }
+    if (page.name == "dmsd") EXPECT_EQ(Value(text, "formica_dms_disk_full"), 0) << text;
     auto [ok, said] = Promtool(dir_, page.name, text);
     EXPECT_TRUE(ok) << page.name << ": promtool check metrics says:\n" << said << "\n" << text;
   }
