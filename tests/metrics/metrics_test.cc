@@ -198,7 +198,9 @@ TEST_F(MetricsExportTest, EveryDaemonAndProviderServesAPagePromtoolAccepts) {
       EXPECT_GE(Value(text, "formica_registry_sessions"), 3) << text;
       EXPECT_GE(Value(text, "formica_registry_publications"), 3) << text;
     }
-    if (page.name == "dmsd") EXPECT_EQ(Value(text, "formica_dms_disk_full"), 0) << text;
+    if (page.name == "dmsd") {
+      EXPECT_EQ(Value(text, "formica_dms_disk_full"), 0) << text;
+    }
     auto [ok, said] = Promtool(dir_, page.name, text);
     EXPECT_TRUE(ok) << page.name << ": promtool check metrics says:\n" << said << "\n" << text;
   }
