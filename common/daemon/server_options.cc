@@ -14,6 +14,7 @@ void ReadServerSection(ConfigReader& r, ServerSection* s) {
   s->drain_timeout =
       r.Duration("server.drain_timeout", s->drain_timeout, absl::ZeroDuration(), absl::Minutes(10));
   s->registries = r.StringList("registry.addresses", s->registries);
+  s->metrics_listen = r.String("metrics.listen", s->metrics_listen);
 }
 
 void CheckServerSection(ConfigReader& r, const ServerSection& s) {

@@ -22,8 +22,10 @@
 #include "dms_names.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
+#include "formica/internal/metrics_endpoint.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
+#include "formica/rpc/metrics.h"
 #include "formica/rpc/server.h"
 #include "group_progress.h"
 #include "housekeeping.h"
@@ -53,6 +55,7 @@ class Broker::Impl final
   std::unique_ptr<rpc::Client> rpc;  // to dtsd, for messages joined to activities
   std::unique_ptr<Transactions> txns;
   std::unique_ptr<rpc::Server> server;
+  std::unique_ptr<MetricsEndpoint> metrics;
   // Last, so the topics' logs close first, while what their pending syncs
   // call back into is still there.
   std::unique_ptr<TopicCatalog> topics;
@@ -407,6 +410,7 @@ class Broker::Impl final
   void Shutdown() {
     if (shut_down) return;
     shut_down = true;
+    if (metrics != nullptr) metrics->Stop();
     streams_stop = true;  // consumers move on at once
     if (groups != nullptr) groups->Stop();
     if (txns != nullptr) txns->Stop();
@@ -477,6 +481,23 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(BrokerOptions options) {
     return server.status();
   }
   impl->server = *std::move(server);
+  if (!o.metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> metrics = MetricsEndpoint::Start(
+        o.metrics_listen,
+        {[raw](PrometheusText& out) {
+           out.Gauge("formica_dms_disk_full",
+                     "1 while produce is refused because the data directory's file system is "
+                     "above storage.disk_full_ratio, else 0.",
+                     raw->disk->refusal().empty() ? 0 : 1);
+         },
+         [](PrometheusText& out) { out.Append(rpc::CallMetricsPrometheusText()); }});
+    if (!metrics.ok()) {
+      impl->Shutdown();
+      return metrics.status();
+    }
+    impl->metrics = *std::move(metrics);
+    SPDLOG_INFO("dmsd metrics on port {} (GET /metrics)", impl->metrics->port());
+  }
   SPDLOG_INFO("dmsd serving on {} ({} flush)", impl->server->address(), o.sync ? "sync" : "async");
   return std::unique_ptr<Broker>(new Broker(std::move(impl)));
 }

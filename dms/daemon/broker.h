@@ -33,6 +33,8 @@ struct BrokerOptions {
   absl::Duration unpublish_grace = absl::Seconds(1);
   absl::Duration drain_timeout = absl::Seconds(5);
   std::vector<std::string> registries = {"127.0.0.1:7370"};
+  // Where to serve metrics (docs/metrics.md); "" (the default): not served.
+  std::string metrics_listen;
 
   std::string data_dir = "./dmsd-data";
   bool sync = true;  // storage.flush: sync (fsync before the ack) or async

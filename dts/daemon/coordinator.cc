@@ -14,9 +14,11 @@
 #include "formica/common/config.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/internal/metrics_endpoint.h"
 #include "formica/internal/server_options.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
+#include "formica/rpc/metrics.h"
 #include "formica/rpc/server.h"
 #include "group_commit.h"
 #include "phase_two.h"
@@ -201,13 +203,42 @@ class Coordinator::Impl {
   std::unique_ptr<RetentionSweeper> sweeper;
   std::unique_ptr<CoordinatorService> service;
   std::unique_ptr<rpc::Server> server;
+  std::unique_ptr<MetricsEndpoint> metrics;
   uint64_t epoch = 0;
   bool shut_down = false;
+
+  // dtsd's own counters, as GetStats answers them (docs/metrics.md).
+  void WriteMetrics(PrometheusText& out) {
+    ActivityStats a = engine->stats();
+    out.Counter("formica_dts_begun_total", "Business activities begun.", a.begun);
+    out.Counter("formica_dts_committed_total", "Activities decided to commit (confirm).",
+                a.committed);
+    out.Counter("formica_dts_rolled_back_total", "Activities decided to roll back (cancel).",
+                a.rolled_back);
+    out.Counter("formica_dts_timed_out_total",
+                "Activities rolled back because their deadline passed undecided.", a.timed_out);
+    out.Gauge("formica_dts_unfinished_activities",
+              "Activities not yet finished (active, or decided with phase two owed).",
+              a.unfinished);
+    out.Counter("formica_dts_check_backs_total", "Participants' check-back (Resolve) calls.",
+                a.check_backs);
+    out.Counter("formica_dts_phase_two_calls_total",
+                "Confirm and cancel calls made to participants.", sender->calls());
+    out.Counter("formica_dts_phase_two_failures_total",
+                "Confirm and cancel calls that failed and are retried.", a.phase_two_failures);
+    out.Counter("formica_dts_wal_syncs_total", "Syncs of the activity log to disk.",
+                store->syncs());
+    out.Counter("formica_dts_synced_writes_total",
+                "Enlists and decisions written and covered by a sync.", a.synced_writes);
+    out.Counter("formica_dts_written_bytes_total", "Bytes written to the activity log.",
+                store->written_bytes());
+  }
 
   void Shutdown() {
     if (shut_down) return;
     shut_down = true;
     if (server != nullptr) server->Shutdown();  // unpublish, drain API calls
+    if (metrics != nullptr) metrics->Stop();    // its scrapes read the engine
     if (commit != nullptr) commit->Stop();      // answers every call still owed a sync
     if (scheduler != nullptr) scheduler->Stop();
     if (sweeper != nullptr) sweeper->Stop();
@@ -287,6 +318,19 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
     return server.status();
   }
   impl->server = *std::move(server);
+  if (!o.metrics_listen.empty()) {
+    Impl* raw = impl.get();
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> metrics = MetricsEndpoint::Start(
+        o.metrics_listen,
+        {[raw](PrometheusText& out) { raw->WriteMetrics(out); },
+         [](PrometheusText& out) { out.Append(rpc::CallMetricsPrometheusText()); }});
+    if (!metrics.ok()) {
+      impl->Shutdown();
+      return metrics.status();
+    }
+    impl->metrics = *std::move(metrics);
+    SPDLOG_INFO("dtsd metrics on port {} (GET /metrics)", impl->metrics->port());
+  }
   SPDLOG_INFO("dtsd serving on {} (boot epoch {:x})", impl->server->address(), impl->epoch);
   return std::unique_ptr<Coordinator>(new Coordinator(std::move(impl)));
 }

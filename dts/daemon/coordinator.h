@@ -41,6 +41,8 @@ struct CoordinatorOptions {
   int max_in_flight = 512;                       // phase-two calls at once
   absl::Duration unpublish_grace = absl::Seconds(1);
   absl::Duration drain_timeout = absl::Seconds(5);
+  // Where to serve metrics (docs/metrics.md); "" (the default): not served.
+  std::string metrics_listen;
 };
 
 // Reads CoordinatorOptions from a config (see deploy/dtsd.yaml).

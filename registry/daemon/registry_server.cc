@@ -5,16 +5,50 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
 
+#include <optional>
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "embedded_backend.h"
 #include "etcd_backend.h"
 #include "formica/common/config.h"
+#include "formica/internal/metrics_endpoint.h"
+#include "formica/registry/v1/registry.pb.h"
 #include "registry_core.h"
 #include "registry_service.h"
 #include "registry_store.h"
 
 namespace formica::registry {
+
+namespace {
+
+// dsrd's headline gauges (docs/metrics.md), read from the core at each scrape.
+void WriteRegistryMetrics(RegistryCore& core, PrometheusText& out) {
+  v1::ListSessionsResponse sessions;
+  core.ListSessions(&sessions);
+  out.Gauge("formica_registry_sessions", "Client sessions open on this node.",
+            sessions.sessions_size());
+  v1::ListServicesResponse services;
+  uint64_t instances = 0;
+  uint64_t subscribers = 0;
+  if (core.ListServices(&services).ok()) {
+    for (const v1::ServiceSummary& s : services.services()) {
+      instances += s.instances();
+      subscribers += s.subscribers();
+    }
+  }
+  out.Gauge("formica_registry_services", "Services the registry lists.", services.services_size());
+  out.Gauge("formica_registry_publications", "Published instances, over those services.",
+            static_cast<double>(instances));
+  out.Gauge("formica_registry_subscriptions", "Subscribers, over those services.",
+            static_cast<double>(subscribers));
+  v1::PushSwitchState push = core.SetStopPush(std::nullopt);
+  out.Gauge("formica_registry_push_stopped", "1 while the operator's stop-push switch is on.",
+            push.stop_push() ? 1 : 0);
+  out.Gauge("formica_registry_warming_up", "1 while pushes wait for the start-up warm-up.",
+            push.warming_up() ? 1 : 0);
+}
+
+}  // namespace
 
 class RegistryServer::Impl {
  public:
@@ -22,6 +56,7 @@ class RegistryServer::Impl {
   std::unique_ptr<RegistryBackend> backend;
   std::unique_ptr<RegistryService> service;
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<MetricsEndpoint> metrics;
   absl::Duration shutdown_grace;
   int port = 0;
   bool shut_down = false;
@@ -113,6 +148,20 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
                                                "': the address is malformed or in use"));
   }
   impl->server->GetHealthCheckService()->SetServingStatus(v1::Registry::service_full_name(), true);
+  if (!options.metrics_listen.empty()) {
+    RegistryCore* core = impl->core.get();
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> metrics =
+        MetricsEndpoint::Start(options.metrics_listen,
+                               {[core](PrometheusText& out) { WriteRegistryMetrics(*core, out); }});
+    if (!metrics.ok()) {
+      impl->server->Shutdown();
+      impl->backend->Shutdown();
+      impl->core->StopMaintenance();
+      return metrics.status();
+    }
+    impl->metrics = *std::move(metrics);
+    SPDLOG_INFO("dsrd metrics on port {} (GET /metrics)", impl->metrics->port());
+  }
   if (cluster) {
     SPDLOG_INFO(
         "dsrd listening on {} (port {}), node '{}' of cluster '{}', data in etcd at {} "
@@ -138,6 +187,7 @@ void RegistryServer::Shutdown() {
   }
   impl_->shut_down = true;
   SPDLOG_INFO("dsrd shutting down");
+  if (impl_->metrics != nullptr) impl_->metrics->Stop();  // its scrapes read the core
   impl_->server->GetHealthCheckService()->SetServingStatus(false);
   impl_->core->CloseAllStreams("the registry is shutting down");
   impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + impl_->shutdown_grace));
@@ -158,6 +208,7 @@ absl::StatusOr<RegistryServerOptions> LoadRegistryServerOptions(const Config& co
   ConfigReader r(config);
   o.listen = r.String("server.listen", o.listen);
   o.registry_id = r.String("server.id", o.registry_id);
+  o.metrics_listen = r.String("metrics.listen", o.metrics_listen);
   o.data_dir = r.String("storage.data_dir", o.data_dir);
   o.engine = r.String("storage.engine", o.engine);
   ClusterOptions& c = o.cluster;

@@ -49,6 +49,8 @@ struct RegistryServerOptions {
   absl::Duration keepalive_time = absl::Seconds(10);
   absl::Duration keepalive_timeout = absl::Seconds(5);
   absl::Duration shutdown_grace = absl::Seconds(2);
+  // Where to serve metrics (docs/metrics.md); "" (the default): not served.
+  std::string metrics_listen;
 
   Limits limits;
   Clock* clock = nullptr;  // borrowed; null = the real clock

@@ -66,6 +66,7 @@ absl::StatusOr<ServerOptions> LoadServerOptions(const Config& config) {
   o.max_concurrent_calls = static_cast<int>(
       r.Int("rpc.server.max_concurrent_calls", o.max_concurrent_calls, 0, 1000000));
   o.count_calls = r.Bool("rpc.server.count_calls", o.count_calls);
+  o.metrics_listen = r.String("metrics.listen", o.metrics_listen);
   // "pkg.Service/Method=limit" entries.
   for (const std::string& entry : r.StringList("rpc.server.method_limits", {})) {
     size_t eq = entry.rfind('=');

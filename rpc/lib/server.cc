@@ -16,10 +16,12 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "balancer.h"
+#include "formica/internal/metrics_endpoint.h"
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/discovery.h"
-#include "server_metrics.h"
+#include "formica/rpc/metrics.h"
 #include "formica/rpc/zone_routing.h"
+#include "server_metrics.h"
 #include "serving.h"
 
 namespace formica::rpc {
@@ -240,6 +242,7 @@ class Server::Impl {
   Discovery* discovery = nullptr;
   ServerMetrics metrics;  // before `server`: its Stats service outlives it
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint;
   int port = 0;
   absl::Time started;
   std::thread warmup_thread;
@@ -364,6 +367,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   }
   impl->started = absl::Now();
   impl->metrics.Start(impl->Address());
+  if (!impl->options.metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint = MetricsEndpoint::Start(
+        impl->options.metrics_listen,
+        {[](PrometheusText& out) { out.Append(CallMetricsPrometheusText()); }});
+    if (!endpoint.ok()) {
+      impl->server->Shutdown();
+      return endpoint.status();
+    }
+    impl->metrics_endpoint = *std::move(endpoint);
+  }
   int32_t first = WarmedWeight(impl->options.weight, absl::ZeroDuration(), impl->options.warmup);
   if (absl::Status st = impl->PublishAll(first); !st.ok()) {
     impl->server->Shutdown();
@@ -382,6 +395,9 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() { Shutdown(); }
 
 int Server::port() const { return impl_->port; }
+int Server::metrics_port() const {
+  return impl_->metrics_endpoint == nullptr ? 0 : impl_->metrics_endpoint->port();
+}
 std::string Server::address() const { return impl_->Address(); }
 
 void Server::Shutdown() {
@@ -406,6 +422,7 @@ void Server::Shutdown() {
   impl_->server->GetHealthCheckService()->SetServingStatus(false);
   impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + impl_->options.drain_timeout));
   impl_->server->Wait();
+  if (impl_->metrics_endpoint != nullptr) impl_->metrics_endpoint->Stop();
   SPDLOG_INFO("rpc server on {} stopped", impl_->Address());
 }
 

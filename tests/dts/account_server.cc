@@ -3,7 +3,7 @@
 // step) and formica.dts.v1.Participant (confirm and cancel), published to
 // dsrd under NAME and NAME.dts. Prints "serving on HOST:PORT".
 //   account_server --registry H:P --name NAME --db FILE [--accounts N]
-//                  [--initial AMOUNT] [--listen H:P] [--fast-sync]
+//                  [--initial AMOUNT] [--listen H:P] [--metrics-listen H:P] [--fast-sync]
 // The accounts table is seeded (ids "0".."N-1", AMOUNT each) when empty.
 #include <grpcpp/grpcpp.h>
 #include <sqlite3.h>
@@ -120,6 +120,8 @@ int main(int argc, char** argv) {
       initial = std::atoll(value.c_str());
     } else if (flag == "--listen") {
       server_options.listen = value;
+    } else if (flag == "--metrics-listen") {
+      server_options.metrics_listen = value;
     } else {
       std::fprintf(stderr, "account_server: unknown flag %s\n", flag.c_str());
       return 2;

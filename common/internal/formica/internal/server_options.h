@@ -1,6 +1,6 @@
 // The section of a daemon's config that says where and how it serves: the
 // `server.*` keys (listen, advertise_host, zone, unpublish_grace,
-// drain_timeout) and `registry.addresses`, read the one way dtsd and dmsd
+// drain_timeout), `registry.addresses` and `metrics.listen`, read the one way dtsd and dmsd
 // share. For daemons only; link formica_daemon_support.
 //
 //   ServerSection s{.listen = "127.0.0.1:7380"};   // the daemon's defaults
@@ -27,6 +27,7 @@ struct ServerSection {
   absl::Duration unpublish_grace = absl::Seconds(1);  // server.unpublish_grace, 0..10m
   absl::Duration drain_timeout = absl::Seconds(5);    // server.drain_timeout, 0..10m
   std::vector<std::string> registries;                // registry.addresses (dsrd nodes)
+  std::string metrics_listen;  // metrics.listen, "" (off) or "host:port" (docs/metrics.md)
 };
 
 // Reads the section's keys into `section`, whose values on entry are the
@@ -41,7 +42,8 @@ void ReadServerSection(ConfigReader& reader, ServerSection* section);
 template <typename Options>
 ServerSection ReadServerSectionInto(ConfigReader& reader, Options* options) {
   ServerSection s{options->listen,          options->advertise_host, options->zone,
-                  options->unpublish_grace, options->drain_timeout,  options->registries};
+                  options->unpublish_grace, options->drain_timeout,  options->registries,
+                  options->metrics_listen};
   ReadServerSection(reader, &s);
   options->listen = s.listen;
   options->advertise_host = s.advertise_host;
@@ -49,6 +51,7 @@ ServerSection ReadServerSectionInto(ConfigReader& reader, Options* options) {
   options->unpublish_grace = s.unpublish_grace;
   options->drain_timeout = s.drain_timeout;
   options->registries = s.registries;
+  options->metrics_listen = s.metrics_listen;
   return s;
 }
 

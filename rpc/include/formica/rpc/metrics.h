@@ -68,4 +68,10 @@ std::vector<CallSeries> CallMetricsSnapshot();
 // in milliseconds, interpolated within its bucket; 0 when it has no calls.
 double LatencyQuantileMs(const CallSeries& series, double q);
 
+// Every series in the Prometheus text format (docs/metrics.md):
+// formica_rpc_calls_total{side,service,method,provider,code} and the
+// histogram formica_rpc_call_duration_seconds{side,service,method,provider}.
+// What an rpc::Server with `metrics_listen` serves at /metrics.
+std::string CallMetricsPrometheusText();
+
 }  // namespace formica::rpc

@@ -85,6 +85,10 @@ struct ServerOptions {
   // process's call metrics (formica/rpc/metrics.h), which the Stats service
   // serves. The counting costs a few atomic additions per call.
   bool count_calls = true;
+  // Where to serve the process's call metrics over HTTP in the Prometheus
+  // text format (GET /metrics, docs/metrics.md): "host:port", port 0 picks a
+  // free one. Empty (the default): not served. Config key `metrics.listen`.
+  std::string metrics_listen;
   // Per-method limits, overriding the above: "pkg.Service/Method" -> limit
   // (0: no limit).
   std::map<std::string, int> method_limits;
@@ -127,6 +131,8 @@ class Server {
   ~Server();
 
   int port() const;
+  // The metrics endpoint's port; 0 when `metrics_listen` is empty.
+  int metrics_port() const;
   // advertise_host:port, as published.
   std::string address() const;
 

@@ -1,0 +1,348 @@
+// Metrics as an operator sees them: each daemon (dsrd, dtsd, dmsd) and an
+// rpc::Server provider started as a user would, with `metrics.listen` set;
+// their pages pass `promtool check metrics`; a real Prometheus on loopback
+// scrapes dtsd and two providers while business activities run, and its
+// HTTP API answers the counts the activities made.
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "formica/registry/client.h"
+#include "formica/rpc/client.h"
+#include "formica/test/echo.grpc.pb.h"
+#include "process.h"
+
+namespace {
+
+using formica::testing::BinaryPath;
+using formica::testing::DsrdProcess;
+using formica::testing::PickFreePort;
+using formica::testing::Subprocess;
+using formica::testing::TempDir;
+
+// GET /metrics on 127.0.0.1:`port`; the body, or "" when it failed.
+std::string Scrape(int port) {
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(5, 0);
+  httplib::Result res = client.Get("/metrics");
+  if (!res || res->status != 200) return "";
+  return res->body;
+}
+
+// What `promtool check metrics` says about `page` and whether it passed.
+std::pair<bool, std::string> Promtool(const TempDir& dir, const std::string& name,
+                                      const std::string& page) {
+  std::string path = dir.File(name + ".prom");
+  std::ofstream(path) << page;
+  std::string cmd = absl::StrCat("promtool check metrics < ", path, " 2>&1");
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return {false, "cannot run promtool"};
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
+  int rc = pclose(p);
+  return {rc == 0, out};
+}
+
+// The value of the unlabelled sample `name` in `page`; -1 when absent.
+double Value(const std::string& page, const std::string& name) {
+  size_t at = page.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  size_t start = at + name.size() + 2;
+  double v = -1;
+  if (!absl::SimpleAtod(page.substr(start, page.find('\n', start) - start), &v)) return -1;
+  return v;
+}
+
+class MetricsExportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    DsrdProcess::Options o;
+    o.data_dir = dir_.File("dsrd");
+    dsrd_metrics_ = PickFreePort();
+    o.config = {{"metrics.listen", absl::StrCat("127.0.0.1:", dsrd_metrics_)}};
+    auto dsrd = DsrdProcess::Start(o);
+    ASSERT_TRUE(dsrd.ok()) << dsrd.status();
+    dsrd_ = std::move(*dsrd);
+  }
+
+  // dtsd or dmsd with its metrics on `metrics_port`.
+  std::unique_ptr<Subprocess> StartDaemon(const std::string& name, int metrics_port) {
+    std::string binary = name == "dtsd" ? "dts/dtsd" : "dms/dmsd";
+    auto p = Subprocess::Start(
+        {BinaryPath(binary), "--listen", absl::StrCat("127.0.0.1:", PickFreePort()), "--data-dir",
+         dir_.File(name), "--registry", dsrd_->address(), "--set",
+         absl::StrCat("metrics.listen=127.0.0.1:", metrics_port)},
+        dir_.File(name + ".log"));
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return nullptr;
+    EXPECT_TRUE((*p)->WaitForOutput(name + " ready on port", absl::Seconds(20))) << (*p)->Output();
+    return std::move(*p);
+  }
+
+  // A bank (an rpc::Server provider, tests/dts/account_server) with its
+  // metrics on `metrics_port`.
+  std::unique_ptr<Subprocess> StartBank(const std::string& name, int metrics_port) {
+    auto p = Subprocess::Start(
+        {BinaryPath("tests/dts/account_server"), "--registry", dsrd_->address(), "--name", name,
+         "--db", dir_.File(name + ".db"), "--accounts", "10", "--initial", "1000000",
+         "--metrics-listen", absl::StrCat("127.0.0.1:", metrics_port)},
+        dir_.File(name + ".log"));
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return nullptr;
+    EXPECT_TRUE((*p)->WaitForOutput("serving on", absl::Seconds(20))) << (*p)->Output();
+    return std::move(*p);
+  }
+
+  // An echo_server (tests/rpc: an rpc::Server provider of
+  // formica.test.Echo) whose config file sets `metrics.listen`.
+  std::unique_ptr<Subprocess> StartEcho(int metrics_port) {
+    std::string config = dir_.File("echo.yaml");
+    std::ofstream(config) << "metrics:\n  listen: 127.0.0.1:" << metrics_port << "\n";
+    auto p = Subprocess::Start(
+        {BinaryPath("tests/rpc/echo_server"), "--registry", dsrd_->address(), "--config", config},
+        dir_.File("echo.log"));
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return nullptr;
+    EXPECT_TRUE((*p)->WaitForOutput("serving on", absl::Seconds(20))) << (*p)->Output();
+    return std::move(*p);
+  }
+
+  // Calls formica.test.Echo through DSR `ok` times successfully and `failed`
+  // times asking it to fail (INTERNAL), as a user's service would.
+  void CallEcho(int ok, int failed) {
+    formica::registry::ClientOptions ro;
+    ro.registries = {dsrd_->address()};
+    ro.client_name = "metrics-test";
+    auto registry = formica::registry::Client::Create(ro);
+    ASSERT_TRUE(registry.ok()) << registry.status();
+    formica::rpc::ClientOptions co;
+    co.app_name = "metrics-test";
+    auto client = formica::rpc::Client::Create(co, registry->get());
+    ASSERT_TRUE(client.ok()) << client.status();
+    auto call = [&](bool fail) {
+      formica::test::EchoRequest request;
+      request.set_fail(fail);
+      formica::test::EchoResponse response;
+      return (*client)->CallWithStub<formica::test::Echo>(
+          "formica.test.Echo", {}, [&](formica::test::Echo::Stub& stub, grpc::ClientContext* ctx) {
+            return stub.Echo(ctx, request, &response);
+          });
+    };
+    // Until the provider is listed: such a call never reaches it.
+    absl::Time until = absl::Now() + absl::Seconds(20);
+    absl::Status first = call(false);
+    while (!first.ok() && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(20));
+      first = call(false);
+    }
+    ASSERT_TRUE(first.ok()) << first;
+    for (int i = 1; i < ok; ++i) ASSERT_TRUE(call(false).ok());
+    for (int i = 0; i < failed; ++i) {
+      absl::Status st = call(true);
+      ASSERT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+    }
+  }
+
+  TempDir dir_;
+  int dsrd_metrics_ = 0;
+  std::unique_ptr<DsrdProcess> dsrd_;
+};
+
+TEST_F(MetricsExportTest, EveryDaemonAndProviderServesAPagePromtoolAccepts) {
+  int dtsd_metrics = PickFreePort();
+  int dmsd_metrics = PickFreePort();
+  int bank_metrics = PickFreePort();
+  auto dtsd = StartDaemon("dtsd", dtsd_metrics);
+  auto dmsd = StartDaemon("dmsd", dmsd_metrics);
+  auto echo = StartEcho(bank_metrics);
+  ASSERT_TRUE(dtsd && dmsd && echo);
+  CallEcho(3, 1);
+  struct Page {
+    std::string name;
+    int port;
+    std::vector<std::string> families;
+  };
+  std::vector<Page> pages = {
+      {"dsrd", dsrd_metrics_, {"formica_registry_sessions", "formica_registry_publications"}},
+      {"dtsd",
+       dtsd_metrics,
+       {"formica_dts_committed_total", "formica_dts_wal_syncs_total", "formica_rpc_calls_total"}},
+      {"dmsd", dmsd_metrics, {"formica_dms_disk_full", "formica_rpc_call_duration_seconds"}},
+      {"echo_server",
+       bank_metrics,
+       {"formica_rpc_calls_total", "formica_rpc_call_duration_seconds"}},
+  };
+  for (const Page& page : pages) {
+    std::string text = Scrape(page.port);
+    ASSERT_FALSE(text.empty()) << page.name << " served no metrics on port " << page.port;
+    for (const std::string& family : page.families) {
+      EXPECT_TRUE(absl::StrContains(text, absl::StrCat("# TYPE ", family, " ")))
+          << page.name << " lacks " << family << ":\n"
+          << text;
+    }
+    if (page.name == "dsrd") {
+      // dtsd, dmsd and the echo provider each hold a session and publish.
+      EXPECT_GE(Value(text, "formica_registry_sessions"), 3) << text;
+      EXPECT_GE(Value(text, "formica_registry_publications"), 3) << text;
+    }
+    if (page.name == "dmsd") {
+      EXPECT_EQ(Value(text, "formica_dms_disk_full"), 0) << text;
+    }
+    auto [ok, said] = Promtool(dir_, page.name, text);
+    EXPECT_TRUE(ok) << page.name << ": promtool check metrics says:\n" << said << "\n" << text;
+  }
+}
+
+TEST_F(MetricsExportTest, ABadMetricsListenStopsTheDaemonNamingIt) {
+  auto p = Subprocess::Start(
+      {BinaryPath("dts/dtsd"), "--listen", absl::StrCat("127.0.0.1:", PickFreePort()), "--data-dir",
+       dir_.File("dtsd"), "--registry", dsrd_->address(), "--set", "metrics.listen=localhost"},
+      dir_.File("bad.log"));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 1) << (*p)->Output();
+  EXPECT_TRUE(absl::StrContains((*p)->Output(), "metrics.listen 'localhost' is not host:port"))
+      << (*p)->Output();
+}
+
+// The value of PromQL `query` at Prometheus on `port` (one-element vector),
+// or -1 when it has none yet.
+double Query(int port, const std::string& query, std::string* raw) {
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(5, 0);
+  httplib::Result res =
+      client.Get("/api/v1/query", httplib::Params{{"query", query}}, httplib::Headers{});
+  if (!res) return -1;
+  *raw = res->body;
+  google::protobuf::Struct reply;
+  if (!google::protobuf::util::JsonStringToMessage(res->body, &reply).ok()) return -1;
+  const auto& result =
+      reply.fields().at("data").struct_value().fields().at("result").list_value().values();
+  if (result.size() != 1) return -1;
+  const auto& value = result[0].struct_value().fields().at("value").list_value().values();
+  double v = -1;
+  if (value.size() != 2 || !absl::SimpleAtod(value[1].string_value(), &v)) return -1;
+  return v;
+}
+
+TEST_F(MetricsExportTest, PrometheusScrapesDtsdAndProvidersWhileActivitiesRun) {
+  int dtsd_metrics = PickFreePort();
+  int a_metrics = PickFreePort();
+  int b_metrics = PickFreePort();
+  int echo_metrics = PickFreePort();
+  auto dtsd = StartDaemon("dtsd", dtsd_metrics);
+  auto a = StartBank("bank.a", a_metrics);
+  auto b = StartBank("bank.b", b_metrics);
+  auto echo = StartEcho(echo_metrics);
+  ASSERT_TRUE(dtsd && a && b && echo);
+
+  int prom_port = PickFreePort();
+  std::string config = dir_.File("prometheus.yml");
+  std::ofstream(config) << "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+                        << "scrape_configs:\n"
+                        << "  - job_name: dtsd\n    static_configs:\n      - targets: ['127.0.0.1:"
+                        << dtsd_metrics << "']\n"
+                        << "  - job_name: banks\n    static_configs:\n      - targets: ['127.0.0.1:"
+                        << a_metrics << "', '127.0.0.1:" << b_metrics << "']\n"
+                        << "  - job_name: echo\n    static_configs:\n      - targets: ['127.0.0.1:"
+                        << echo_metrics << "']\n";
+  auto prometheus =
+      Subprocess::Start({"/usr/bin/prometheus", absl::StrCat("--config.file=", config),
+                         absl::StrCat("--storage.tsdb.path=", dir_.File("prometheus-data")),
+                         absl::StrCat("--web.listen-address=127.0.0.1:", prom_port)},
+                        dir_.File("prometheus.log"));
+  ASSERT_TRUE(prometheus.ok()) << prometheus.status();
+  ASSERT_TRUE(
+      (*prometheus)->WaitForOutput("Server is ready to receive web requests", absl::Seconds(30)))
+      << (*prometheus)->Output();
+
+  // Transfers between the banks, each a business activity with a try call
+  // in each bank, until at least 40 are reported committed.
+  auto client = Subprocess::Start({BinaryPath("tests/dts/transfer_client"), "--registry",
+                                   dsrd_->address(), "--threads", "4", "--accounts", "10"},
+                                  dir_.File("transfer_client.log"));
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto commits = [&] {
+    std::string out = (*client)->Output();
+    size_t n = 0;
+    for (size_t at = out.find("committed "); at != std::string::npos;
+         at = out.find("committed ", at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  absl::Time until = absl::Now() + absl::Seconds(60);
+  while (commits() < 40 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+  (*client)->Terminate();
+  const size_t committed = commits();
+  ASSERT_GE(committed, 40u) << (*client)->Output();
+  CallEcho(30, 5);
+
+  // Prometheus has the counts once it scraped after the client stopped.
+  struct Expect {
+    std::string query;
+    double at_least;
+  };
+  std::vector<Expect> expects = {
+      {"formica_dts_committed_total{job=\"dtsd\"}", static_cast<double>(committed)},
+      {"formica_dts_begun_total{job=\"dtsd\"}", static_cast<double>(committed)},
+      {"formica_dts_wal_syncs_total{job=\"dtsd\"}", 1},
+      // Phase two confirmed every committed transfer in each bank (an
+      // action per bank; several actions may share one batched call).
+      {"formica_dts_phase_two_calls_total{job=\"dtsd\"}", 2.0 * committed},
+      // dtsd's client side counts those calls per participant service and
+      // provider: one series per bank.
+      {"count(formica_rpc_calls_total{job=\"dtsd\",side=\"client\",code=\"OK\"})", 2},
+  };
+  for (const Expect& e : expects) {
+    std::string raw;
+    double v = -1;
+    absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (absl::Now() < deadline) {
+      v = Query(prom_port, e.query, &raw);
+      if (v >= e.at_least) break;
+      absl::SleepFor(absl::Milliseconds(250));
+    }
+    EXPECT_GE(v, e.at_least) << e.query << "\nPrometheus answered: " << raw;
+  }
+  // The provider's counts per method and code are exact.
+  std::vector<std::pair<std::string, double>> exact = {
+      {"formica_rpc_calls_total{job=\"echo\",side=\"server\",service=\"formica.test.Echo\","
+       "method=\"Echo\",code=\"OK\"}",
+       30},
+      {"formica_rpc_calls_total{job=\"echo\",side=\"server\",service=\"formica.test.Echo\","
+       "method=\"Echo\",code=\"INTERNAL\"}",
+       5},
+      {"formica_rpc_call_duration_seconds_count{job=\"echo\",side=\"server\","
+       "method=\"Echo\"}",
+       35},
+      {"formica_rpc_call_duration_seconds_bucket{job=\"echo\",side=\"server\","
+       "method=\"Echo\",le=\"+Inf\"}",
+       35},
+  };
+  for (const auto& [query, want] : exact) {
+    std::string raw;
+    double v = -1;
+    absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (absl::Now() < deadline) {
+      v = Query(prom_port, query, &raw);
+      if (v == want) break;
+      absl::SleepFor(absl::Milliseconds(250));
+    }
+    EXPECT_EQ(v, want) << query << "\nPrometheus answered: " << raw;
+  }
+}
+
+}  // namespace
