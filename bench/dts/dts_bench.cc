@@ -397,8 +397,9 @@ int Run(int argc, char** argv) {
   };
 
   RoundTrips raw = RawRoundTripsPerSecond(banks[0]->LineAfter("serving on "), 64, duration / 2);
-  std::printf("raw gRPC round trips, 64 callers: %.0f/s (%lld failed; an activity makes %d calls)\n",
-              raw.per_s, static_cast<long long>(raw.failures), begin_at_coordinator ? 8 : 5);
+  std::printf(
+      "raw gRPC round trips, 64 callers: %.0f/s (%lld failed; an activity makes %d calls)\n",
+      raw.per_s, static_cast<long long>(raw.failures), begin_at_coordinator ? 8 : 5);
   report.AddErrors("raw_grpc_calls_failed", raw.failures);
   double fsync_rate =
       FdatasyncPerSecond(dir.path(), quick ? absl::Milliseconds(500) : absl::Seconds(2));
@@ -478,8 +479,7 @@ int Run(int argc, char** argv) {
   report.Headline("dts committed/s, 64 callers, with phase-two drain",
                   "committed_per_s_c64_with_drain", "", "", "5,000/s");
   report.Headline("dts CPU microseconds per activity, all processes, 64 callers",
-                  "cpu_us_per_activity_c64", "", "",
-                  "<= 400 (5,000/s on 2 cores)");
+                  "cpu_us_per_activity_c64", "", "", "<= 400 (5,000/s on 2 cores)");
   report.Headline("dts raw fdatasync/s on the data disk (machine)", "fdatasync_per_s", "", "", "");
   report.SetMachine(dir.path());
   report.SetSetup("seconds_per_setup", absl::ToDoubleSeconds(duration));

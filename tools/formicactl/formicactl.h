@@ -74,7 +74,7 @@ struct Flags {
   int64_t ready_timeout_ms = -1;  // --ready-timeout
   bool auto_continue = false;     // --auto
   bool thresholds_given = false;  // any of the analysis flags
-  std::string shards;  // ldc switch
+  std::string shards;             // ldc switch
   std::string zone;
   absl::Duration fence_timeout = absl::Seconds(10);
   bool force = false;
