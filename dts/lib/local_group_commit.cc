@@ -64,6 +64,15 @@ std::vector<LocalGroupCommit::Pending*> LocalGroupCommit::RunAndFinish(
   return waited;
 }
 
+void LocalGroupCommit::RunQueuedLocked() {
+  std::vector<Pending*> batch;
+  batch.swap(queue_);
+  mu_.Unlock();
+  std::vector<Pending*> waited = RunAndFinish(std::move(batch));
+  mu_.Lock();
+  for (Pending* p : waited) p->done = true;
+}
+
 void LocalGroupCommit::CommitterLoop() {
   absl::MutexLock lock(&mu_);
   auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return committer_leads_ || closing_; };
@@ -72,14 +81,7 @@ void LocalGroupCommit::CommitterLoop() {
     if (!committer_leads_) return;  // closing, and nothing handed over
     committer_leads_ = false;
     // Leads for one batch, then hands over as any leader does.
-    if (!queue_.empty()) {
-      std::vector<Pending*> batch;
-      batch.swap(queue_);
-      mu_.Unlock();
-      std::vector<Pending*> waited = RunAndFinish(std::move(batch));
-      mu_.Lock();
-      for (Pending* p : waited) p->done = true;
-    }
+    if (!queue_.empty()) RunQueuedLocked();
     HandOverLocked();
   }
 }
@@ -109,14 +111,7 @@ std::vector<absl::Status> LocalGroupCommit::Run(const std::vector<const Work*>& 
     // of the oldest work still queued (or give it up).
     leading_ = true;
     me.may_lead = false;
-    while (!all_done() && !queue_.empty()) {
-      std::vector<Pending*> batch;
-      batch.swap(queue_);
-      mu_.Unlock();
-      std::vector<Pending*> waited = RunAndFinish(std::move(batch));
-      mu_.Lock();
-      for (Pending* p : waited) p->done = true;
-    }
+    while (!all_done() && !queue_.empty()) RunQueuedLocked();
     HandOverLocked();
   }
   std::vector<absl::Status> results;

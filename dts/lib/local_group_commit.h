@@ -58,6 +58,8 @@ class LocalGroupCommit {
  private:
   void HandOverLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<Pending*> RunAndFinish(std::vector<Pending*> batch);
+  // Runs everything queued now as one batch (mu_ released meanwhile).
+  void RunQueuedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CommitterLoop();
 
   const BatchRunner run_batch_;

@@ -762,15 +762,7 @@ TEST_F(DtsTest, KillingTheInitiatorMidActivityLeavesEveryActionConfirmedOrCancel
          "--threads", "16", "--accounts", std::to_string(kAccounts), "--timeout-ms", "2000"},
         dir_.File(absl::StrCat("transfer_client.", round, ".log")));
     ASSERT_TRUE(client.ok()) << client.status();
-    auto commits = [&] {
-      std::string out = (*client)->Output();
-      size_t n = 0;
-      for (size_t at = out.find("committed "); at != std::string::npos;
-           at = out.find("committed ", at + 1)) {
-        ++n;
-      }
-      return n;
-    };
+    auto commits = [&] { return (*client)->CountInOutput("committed "); };
     absl::Time until = absl::Now() + absl::Seconds(30);
     while (commits() < 50 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
     ASSERT_GE(commits(), 50u) << (*client)->Output();

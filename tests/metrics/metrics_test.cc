@@ -274,15 +274,7 @@ TEST_F(MetricsExportTest, PrometheusScrapesDtsdAndProvidersWhileActivitiesRun) {
                                    dsrd_->address(), "--threads", "4", "--accounts", "10"},
                                   dir_.File("transfer_client.log"));
   ASSERT_TRUE(client.ok()) << client.status();
-  auto commits = [&] {
-    std::string out = (*client)->Output();
-    size_t n = 0;
-    for (size_t at = out.find("committed "); at != std::string::npos;
-         at = out.find("committed ", at + 1)) {
-      ++n;
-    }
-    return n;
-  };
+  auto commits = [&] { return (*client)->CountInOutput("committed "); };
   absl::Time until = absl::Now() + absl::Seconds(60);
   while (commits() < 40 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
   (*client)->Terminate();

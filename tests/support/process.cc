@@ -161,6 +161,13 @@ std::string Subprocess::Output() const {
   return buffer.str();
 }
 
+size_t Subprocess::CountInOutput(const std::string& text) const {
+  std::string out = Output();
+  size_t n = 0;
+  for (size_t at = out.find(text); at != std::string::npos; at = out.find(text, at + 1)) ++n;
+  return n;
+}
+
 bool Subprocess::WaitForOutput(const std::string& text, absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {

@@ -54,6 +54,8 @@ class Subprocess {
   int Wait(absl::Duration timeout);
   // Everything it printed so far.
   std::string Output() const;
+  // How many times `text` occurs in its output so far.
+  size_t CountInOutput(const std::string& text) const;
   // Waits until its output contains `text`; false on timeout or exit.
   bool WaitForOutput(const std::string& text, absl::Duration timeout);
   // The rest of the first output line that starts with `marker` (e.g. the
