@@ -20,81 +20,6 @@ namespace {
 
 namespace v1 = formica::rpc::v1;
 
-// The tag keys providers are grouped by: --by, else the route's, else color.
-std::vector<std::string> GroupKeys(const Flags& flags, const std::vector<rpc::TagRoute>& routes) {
-  std::vector<std::string> keys;
-  for (absl::string_view k : absl::StrSplit(flags.by, ',', absl::SkipWhitespace())) {
-    keys.emplace_back(k);
-  }
-  if (!keys.empty()) return keys;
-  for (const rpc::TagRoute& r : routes) {
-    if (std::find(keys.begin(), keys.end(), r.key) == keys.end()) keys.push_back(r.key);
-  }
-  if (keys.empty()) keys.push_back("color");
-  return keys;
-}
-
-std::string GroupOf(const ProviderInfo& p, const std::vector<std::string>& keys) {
-  std::vector<std::string> parts;
-  for (const std::string& k : keys) {
-    auto it = p.tags.find(k);
-    parts.push_back(absl::StrCat(k, "=", it == p.tags.end() ? "-" : it->second));
-  }
-  return absl::StrJoin(parts, ",");
-}
-
-// What each provider served, kept between refreshes of --watch.
-using Served = std::map<std::string, rpc::CallSeries>;
-
-absl::StatusOr<v1::TrafficView> BuildView(const Flags& flags, TrafficLink& link,
-                                          const std::string& service, Served* before) {
-  absl::StatusOr<std::vector<ProviderInfo>> providers = link.Providers(service);
-  if (!providers.ok()) return providers.status();
-  absl::StatusOr<Entry> route = link.Get(RouteKey(service));
-  if (!route.ok()) return route.status();
-  absl::StatusOr<std::vector<rpc::TagRoute>> routes = rpc::ParseTagRoutes(route->value);
-  if (!routes.ok()) routes = std::vector<rpc::TagRoute>{};  // callers ignore it too
-  v1::TrafficView view;
-  view.set_service(service);
-  view.set_route(route->value);
-  view.set_route_version(route->version);
-  std::vector<std::string> keys = GroupKeys(flags, *routes);
-  std::vector<double> shares = Shares(*providers, *routes);
-  std::map<std::string, v1::TrafficGroup> groups;
-  std::map<std::string, rpc::CallSeries> group_served;
-  for (size_t i = 0; i < providers->size(); ++i) {
-    const ProviderInfo& p = (*providers)[i];
-    std::string name = GroupOf(p, keys);
-    v1::TrafficGroup& g = groups[name];
-    g.set_group(name);
-    g.set_share_percent(g.share_percent() + shares[i]);
-    g.set_instances(g.instances() + 1);
-    g.add_addresses(p.address);
-    if (link.Healthy(p.address)) g.set_healthy(g.healthy() + 1);
-    absl::StatusOr<rpc::CallSeries> served = link.Served(p.address, service);
-    if (!served.ok()) continue;
-    rpc::CallSeries delta = *served;
-    if (before != nullptr) {
-      auto it = before->find(p.address);
-      if (it != before->end()) delta = served->Minus(it->second);
-      (*before)[p.address] = *served;
-    }
-    group_served[name].Add(delta);
-  }
-  for (auto& [name, g] : groups) {
-    const rpc::CallSeries& s = group_served[name];
-    g.set_calls(s.calls());
-    g.set_failures(s.failures());
-    g.set_p99_ms(rpc::LatencyQuantileMs(s, 0.99));
-    *view.add_groups() = g;
-  }
-  absl::StatusOr<Entry> shift = link.Get(ShiftKey(service));
-  if (shift.ok() && shift->version != 0) {
-    (void)google::protobuf::util::JsonStringToMessage(shift->value, view.mutable_shift());
-  }
-  return view;
-}
-
 void PrintView(const v1::TrafficView& view) {
   std::printf("%s  route %s", view.service().c_str(),
               view.route().empty() ? "none (by weight)" : view.route().c_str());
@@ -133,7 +58,7 @@ int View(const Flags& flags, const std::vector<std::string>& args) {
       if (svc.instances() > 0) services.push_back(svc.service());
     }
   }
-  std::map<std::string, Served> served;
+  std::map<std::string, std::map<std::string, rpc::CallSeries>> served;
   const absl::Duration every =
       flags.every_given ? absl::Milliseconds(flags.every_ms) : absl::Seconds(2);
   for (int round = 0;; ++round) {
@@ -164,51 +89,13 @@ int View(const Flags& flags, const std::vector<std::string>& args) {
   }
 }
 
-// A shift under way owns the route: a hand-made change would fight it.
-absl::Status CheckNoShift(TrafficLink& link, const std::string& service) {
-  absl::StatusOr<Entry> shift = link.Get(ShiftKey(service));
-  if (!shift.ok()) return shift.status();
-  if (shift->version == 0) return absl::OkStatus();
-  v1::TrafficShift record;
-  if (!google::protobuf::util::JsonStringToMessage(shift->value, &record).ok()) {
-    return absl::OkStatus();
-  }
-  if (record.state() == "running" || record.state() == "paused" || record.state() == "aborting") {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "a shift of ", service, " to ", record.target(), " is ", record.state(), " at ",
-        record.target_percent(), "%; abort it first (formicactl traffic abort ", service, ")"));
-  }
-  return absl::OkStatus();
-}
-
 int Set(const Flags& flags, const std::string& service, const std::string& text) {
-  absl::StatusOr<std::vector<rpc::TagRoute>> routes = rpc::ParseTagRoutes(text);
-  if (!routes.ok()) return FailWith(routes.status());
-  if (routes->empty()) {
-    return FailWith(absl::InvalidArgumentError(
-        absl::StrCat("the route is empty; to remove it: formicactl traffic clear ", service)));
-  }
   TrafficLink link(flags);
-  absl::StatusOr<std::vector<ProviderInfo>> providers = link.Providers(service);
-  if (!providers.ok()) return FailWith(providers.status());
-  if (absl::Status st = CheckRoutes(service, *routes, *providers); !st.ok()) return FailWith(st);
-  if (absl::Status st = CheckNoShift(link, service); !st.ok()) return FailWith(st);
-  absl::StatusOr<Entry> current = link.Get(RouteKey(service));
-  if (!current.ok()) return FailWith(current.status());
-  uint64_t expected = flags.expect_version.value_or(current->version);
-  std::string next = rpc::FormatTagRoutes(*routes);
-  absl::StatusOr<uint64_t> version = link.Put(RouteKey(service), next, expected);
-  if (absl::IsFailedPrecondition(version.status())) {
-    absl::StatusOr<Entry> now = link.Get(RouteKey(service));
-    return FailWith(absl::FailedPreconditionError(absl::StrCat(
-        "the route of ", service, " is no longer at version ", expected, " (now ",
-        now.ok() ? absl::StrCat("version ", now->version, ": '", now->value, "'") : "unknown",
-        "); nothing changed: look (formicactl traffic view ", service, ") and set it again")));
-  }
-  if (!version.ok()) return FailWith(version.status());
+  absl::StatusOr<RouteChange> change = SetRoute(link, service, text, flags.expect_version);
+  if (!change.ok()) return FailWith(change.status());
   std::printf("%s route: %s -> %s (version %llu)\n", service.c_str(),
-              current->value.empty() ? "none" : current->value.c_str(), next.c_str(),
-              static_cast<unsigned long long>(*version));
+              change->before.empty() ? "none" : change->before.c_str(), change->after.c_str(),
+              static_cast<unsigned long long>(change->version));
   return 0;
 }
 

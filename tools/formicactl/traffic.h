@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "absl/time/time.h"
 #include "formica/rpc/metrics.h"
 #include "formica/rpc/routes.h"
+#include "formica/rpc/v1/rpc.pb.h"
 #include "formicactl.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -159,6 +161,50 @@ class StoredRecord {
   const std::string what_;
   uint64_t version_ = 0;
 };
+
+// The traffic of `service` grouped by the tag keys of --by (else the
+// route's keys, else color): each group's share under the route, instances,
+// healthy ones, and calls, failures and p99 served — over the providers'
+// lives, or since the last view when `before` (what each provider had
+// served, by address) is given and kept between views. With the shift record
+// if there is one. NOT_FOUND when no provider is listed.
+absl::StatusOr<formica::rpc::v1::TrafficView> BuildView(
+    const Flags& flags, TrafficLink& link, const std::string& service,
+    std::map<std::string, rpc::CallSeries>* before);
+
+// A shift under way ("rpc/shifts/<service>" running, paused or aborting)
+// owns the route: FAILED_PRECONDITION naming it, so a hand-made change does
+// not fight it.
+absl::Status CheckNoShift(TrafficLink& link, const std::string& service);
+
+// The route with `percent` of the calls on key=value and the rest on the
+// key's other values, in proportion to their shares under `original`.
+std::string StepRoute(const std::vector<ProviderInfo>& providers,
+                      const std::vector<rpc::TagRoute>& original, const std::string& key,
+                      const std::string& value, int percent);
+
+// A route written: what it was ("" for none), what it is, its new version.
+struct RouteChange {
+  std::string before;
+  std::string after;
+  uint64_t version = 0;
+};
+
+// Sets the route of `service` to `text` ("color=green:80,color=blue:20"),
+// compare-and-set at `expected_version` (none: the version just read).
+// INVALID_ARGUMENT for a malformed or empty route or a tag no provider
+// carries, NOT_FOUND when no provider is listed, FAILED_PRECONDITION when a
+// shift owns the route or it moved; nothing changes then.
+absl::StatusOr<RouteChange> SetRoute(TrafficLink& link, const std::string& service,
+                                     const std::string& text,
+                                     std::optional<uint64_t> expected_version);
+
+// One step of a shift, set at once: `percent` (0..100) of the calls on
+// `target` (key=value) and the rest on the key's other values as they share
+// them now (StepRoute), written with SetRoute. INVALID_ARGUMENT for a target
+// that is not key=value or a percent out of range.
+absl::StatusOr<RouteChange> ShiftRoute(TrafficLink& link, const std::string& service,
+                                       const std::string& target, int percent);
 
 // Prints a failure on stderr as Fail does; returns 1.
 int FailWith(const absl::Status& status);

@@ -49,48 +49,6 @@ Thresholds ThresholdsOf(const v1::TrafficShift& s) {
   return {s.max_failure_rate_increase(), s.max_p99_ratio(), s.p99_slack_ms(), s.min_calls()};
 }
 
-// The route with `percent` of the calls on target (key=value) and the rest
-// on the key's other values, in proportion to their shares under `original`.
-std::string StepRoute(const std::vector<ProviderInfo>& providers,
-                      const std::vector<rpc::TagRoute>& original, const std::string& key,
-                      const std::string& value, int percent) {
-  std::vector<double> shares = Shares(providers, original);
-  std::map<std::string, double> source;  // other value -> share under the original route
-  for (size_t i = 0; i < providers.size(); ++i) {
-    auto it = providers[i].tags.find(key);
-    if (it == providers[i].tags.end() || it->second == value) continue;
-    source[it->second] += shares[i];
-  }
-  double total = 0;
-  for (const auto& [v, s] : source) total += s;
-  std::vector<rpc::TagRoute> routes = {{key, value, percent}};
-  int left = 100 - percent;
-  if (source.empty() || left == 0) {
-    routes[0].percent = 100;
-    return rpc::FormatTagRoutes(routes);
-  }
-  // Largest remainder, so the percents add up to 100.
-  std::vector<std::pair<double, std::string>> remainders;
-  int given = 0;
-  for (const auto& [v, s] : source) {
-    double exact = total > 0 ? left * s / total : static_cast<double>(left) / source.size();
-    int whole = static_cast<int>(std::floor(exact));
-    routes.push_back({key, v, whole});
-    given += whole;
-    remainders.emplace_back(exact - whole, v);
-  }
-  std::sort(remainders.rbegin(), remainders.rend());
-  for (size_t i = 0; given < left; ++i, ++given) {
-    for (auto& r : routes) {
-      if (r.value == remainders[i % remainders.size()].second && &r != &routes[0]) ++r.percent;
-    }
-  }
-  routes.erase(std::remove_if(routes.begin() + 1, routes.end(),
-                              [](const rpc::TagRoute& r) { return r.percent == 0; }),
-               routes.end());
-  return rpc::FormatTagRoutes(routes);
-}
-
 class Controller {
  public:
   Controller(TrafficLink& link, std::string service, Record& record)
