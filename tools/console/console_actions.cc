@@ -4,8 +4,10 @@
 // for — done, failed or refused — is written to the audit trail.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "console_api.h"
@@ -96,15 +98,22 @@ void Post(httplib::Server& http, Backends& b, AuditTrail& audit, const std::stri
     std::string who = req.get_header_value("X-Formica-Operator");
     record.who = absl::StrCat(who.empty() ? "-" : who.substr(0, 64), " from ", req.remote_addr);
     record.action = action;
-    std::string detail;
+    std::vector<std::string> keys;
     for (const auto& [k, v] : body.fields()) {
-      if (k == "confirmed") continue;
-      absl::StrAppend(&detail, detail.empty() ? "" : " ", k, "=", StringField(body, k));
+      if (k != "confirmed") keys.push_back(k);
     }
-    record.detail = detail;
-    absl::StatusOr<std::string> result = Admit(b, req, body);
-    bool refused = !result.ok();
-    if (result.ok()) result = act(body, &record.target);
+    std::sort(keys.begin(), keys.end());
+    for (const std::string& k : keys) {
+      absl::StrAppend(&record.detail, record.detail.empty() ? "" : " ", k, "=",
+                      StringField(body, k));
+    }
+    for (const char* k : {"service", "id", "group", "transaction_id"}) {
+      if (record.target.empty()) record.target = StringField(body, k).substr(0, 256);
+    }
+    absl::Status admitted = Admit(b, req, body);
+    bool refused = !admitted.ok();
+    absl::StatusOr<std::string> result =
+        refused ? absl::StatusOr<std::string>(admitted) : act(body, &record.target);
     record.ok = result.ok();
     record.result = result.ok() ? absl::StrCat("ok: ", *result)
                                 : absl::StrCat(refused ? "refused: " : "failed: ",

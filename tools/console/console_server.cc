@@ -63,27 +63,27 @@ int HttpStatusOf(absl::StatusCode code) {
 absl::StatusOr<ConsoleOptions> LoadConsoleOptions(const Config& config) {
   ConsoleOptions o;
   ConfigReader r(config, "console");
-  o.listen = r.String("listen", o.listen);
-  o.registry = r.String("registry", o.registry);
-  o.dts = r.String("dts", "");
-  o.dms = r.String("dms", "");
-  o.token = r.String("token", "");
-  std::string token_file = r.String("token_file", "");
-  o.assets = r.String("assets", "");
+  o.listen = r.String("console.listen", o.listen);
+  o.registry = r.String("console.registry", o.registry);
+  o.dts = r.String("console.dts", "");
+  o.dms = r.String("console.dms", "");
+  o.token = r.String("console.token", "");
+  std::string token_file = r.String("console.token_file", "");
+  o.assets = r.String("console.assets", "");
   o.call_timeout =
-      r.Duration("call_timeout", o.call_timeout, absl::Milliseconds(100), absl::Minutes(5));
-  if (o.registry.empty()) r.Fail("registry", "is required (dsrd's address, host:port)");
+      r.Duration("console.call_timeout", o.call_timeout, absl::Milliseconds(100), absl::Minutes(5));
+  if (o.registry.empty()) r.Fail("console.registry", "is required (dsrd's address, host:port)");
   if (!token_file.empty()) {
-    if (!o.token.empty()) r.Fail("token_file", "set both token and token_file; keep one");
+    if (!o.token.empty()) r.Fail("console.token_file", "set both token and token_file; keep one");
     std::ifstream in(token_file);
     std::string line;
     if (!in || !std::getline(in, line) || line.empty()) {
-      r.Fail("token_file", absl::StrCat("cannot read a token from '", token_file, "'"));
+      r.Fail("console.token_file", absl::StrCat("cannot read a token from '", token_file, "'"));
     }
     o.token = line;
   }
   if (!o.token.empty() && o.token.size() < 8) {
-    r.Fail("token", "is shorter than 8 characters; choose a longer one");
+    r.Fail("console.token", "is shorter than 8 characters; choose a longer one");
   }
   if (absl::Status st = r.Finish(); !st.ok()) return st;
   if (o.assets.empty()) o.assets = DefaultAssets();

@@ -1,0 +1,226 @@
+// The web console as an operator uses it: formica-console started as a user
+// would, over a real dsrd, dtsd and dmsd and two echo providers (color green
+// and blue), driven in Debian's headless chromium by console_test.mjs
+// (playwright-core). The page must show the published service, the
+// committed activity and the topic's lag; a shift without the token is
+// refused; a shift with it changes the route in the registry and the
+// traffic view; bad input gets a clear message; the audit trail records
+// every change asked for. The browser takes the screenshots in
+// docs/console/ (docs/operations.md).
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "formica/dms/consumer.h"
+#include "formica/dms/v1/dms.grpc.pb.h"
+#include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/ldc/admin.h"
+#include "formica/registry/v1/registry.grpc.pb.h"
+#include "traffic_fixture.h"
+
+namespace formica::rpc::testing {
+namespace {
+
+using formica::testing::BinaryPath;
+using formica::testing::PickFreePort;
+
+constexpr char kToken[] = "console-test-token";
+constexpr char kTopic[] = "console.orders";
+constexpr char kGroup[] = "billing";
+constexpr int kConsumed = 5;
+constexpr int kLag = 7;
+
+class ConsoleTest : public TrafficTest {
+ protected:
+  // dtsd or dmsd, registered at the test's dsrd.
+  std::unique_ptr<Subprocess> StartDaemon(const std::string& name, const std::string& listen,
+                                          std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {BinaryPath(name == "dtsd" ? "dts/dtsd" : "dms/dmsd"),
+                                     "--listen",
+                                     listen,
+                                     "--data-dir",
+                                     dir_.File(name),
+                                     "--registry",
+                                     dsrd_->address()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto p = Subprocess::Start(argv, dir_.File(name + ".log"));
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return nullptr;
+    EXPECT_TRUE((*p)->WaitForOutput(name + " ready on port", absl::Seconds(20))) << (*p)->Output();
+    return std::move(*p);
+  }
+
+  std::unique_ptr<Subprocess> StartConsole(const std::string& dts, const std::string& dms,
+                                           int port) {
+    std::string config = dir_.File("console.yaml");
+    std::ofstream(config) << "console:\n  token: " << kToken << "\n";
+    auto p = Subprocess::Start({BinaryPath("tools/console/formica-console"), "--config", config,
+                                "--listen", absl::StrCat("127.0.0.1:", port), "--registry",
+                                dsrd_->address(), "--dts", dts, "--dms", dms},
+                               dir_.File("console.log"));
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return nullptr;
+    EXPECT_TRUE((*p)->WaitForOutput("formica-console ready on port", absl::Seconds(20)))
+        << (*p)->Output();
+    return std::move(*p);
+  }
+
+  // Begins and commits one activity at dtsd; its id.
+  std::string CommitActivity(const std::string& dts) {
+    auto stub = formica::dts::v1::Coordinator::NewStub(
+        grpc::CreateChannel(dts, grpc::InsecureChannelCredentials()));
+    formica::dts::v1::BeginRequest begin;
+    begin.set_name("console.Purchase");
+    begin.set_initiator("console-test");
+    formica::dts::v1::BeginResponse begun;
+    grpc::ClientContext c1;
+    grpc::Status st = stub->Begin(&c1, begin, &begun);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    formica::dts::v1::ActivityRef ref;
+    ref.set_activity_id(begun.activity_id());
+    formica::dts::v1::DecisionResponse decided;
+    grpc::ClientContext c2;
+    st = stub->Commit(&c2, ref, &decided);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return begun.activity_id();
+  }
+
+  void Produce(formica::dms::v1::Broker::Stub& broker, int n) {
+    formica::dms::v1::ProduceRequest request;
+    request.set_topic(kTopic);
+    for (int i = 0; i < n; ++i) request.add_messages()->set_body(absl::StrCat("order ", i));
+    formica::dms::v1::ProduceReply reply;
+    grpc::ClientContext ctx;
+    grpc::Status st = broker.Produce(&ctx, request, &reply);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+
+  // The group `billing` consumes kConsumed messages and stops; kLag more
+  // are produced after it.
+  void MakeLag(const std::string& dms) {
+    auto broker = formica::dms::v1::Broker::NewStub(
+        grpc::CreateChannel(dms, grpc::InsecureChannelCredentials()));
+    formica::dms::v1::CreateTopicRequest create;
+    create.set_name(kTopic);
+    create.set_queues(2);
+    formica::dms::v1::TopicInfo info;
+    grpc::ClientContext ctx;
+    grpc::Status st = broker->CreateTopic(&ctx, create, &info);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    Produce(*broker, kConsumed);
+    std::unique_ptr<Client> rpc = NewRpcClient();
+    std::atomic<int> acked{0};
+    formica::dms::ConsumerOptions o;
+    o.group = kGroup;
+    o.topic = kTopic;
+    auto consumer = formica::dms::Consumer::Start(
+        o,
+        [&](const formica::dms::ReceivedMessage&) {
+          ++acked;
+          return formica::dms::ConsumeResult::kSuccess;
+        },
+        rpc.get());
+    ASSERT_TRUE(consumer.ok()) << consumer.status();
+    for (int i = 0; i < 1000 && acked < kConsumed; ++i) absl::SleepFor(absl::Milliseconds(20));
+    ASSERT_EQ(acked.load(), kConsumed);
+    (*consumer)->Stop();
+    Produce(*broker, kLag);
+  }
+
+  // Publishes LDC rules: two RZones splitting the shards, a GZone.
+  void PublishRules() {
+    auto rules = ldc::ParseRules(
+        "ldc:\n  zones:\n"
+        "    hz-1: {kind: rzone, data_center: hz-dc1, city: hangzhou, shards: \"00-49\"}\n"
+        "    sh-1: {kind: rzone, data_center: sh-dc1, city: shanghai, shards: \"50-99\"}\n"
+        "    hz-global: {kind: gzone, data_center: hz-dc1, city: hangzhou}\n");
+    ASSERT_TRUE(rules.ok()) << rules.status();
+    auto put = ldc::RuleAdmin::Connect(dsrd_->address())->Put(*rules, std::nullopt);
+    ASSERT_TRUE(put.ok()) << put.status();
+  }
+
+  // Runs the browser script; its exit code. `output` gets what it printed.
+  int RunBrowser(const std::map<std::string, std::string>& env, std::string* output) {
+    std::vector<std::string> argv = {"/usr/bin/env"};
+    for (const auto& [k, v] : env) argv.push_back(absl::StrCat(k, "=", v));
+    argv.push_back(FORMICA_CONSOLE_TEST_RUN);
+    auto p = Subprocess::Start(argv, dir_.File("browser.log"));
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return -1;
+    int code = (*p)->Wait(absl::Seconds(240));
+    *output = (*p)->Output();
+    return code;
+  }
+
+  // The audit records in the registry, as their JSON text.
+  std::vector<std::string> AuditRecords() {
+    auto stub = formica::registry::v1::Registry::NewStub(
+        grpc::CreateChannel(dsrd_->address(), grpc::InsecureChannelCredentials()));
+    formica::registry::v1::ListConfigRequest request;
+    request.set_prefix("console/audit/");
+    formica::registry::v1::ListConfigResponse response;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(stub->ListConfig(&ctx, request, &response).ok());
+    std::vector<std::string> out;
+    for (const auto& e : response.entries()) out.push_back(e.value());
+    return out;
+  }
+};
+
+TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
+  const std::string dts = absl::StrCat("127.0.0.1:", PickFreePort());
+  const std::string dms = absl::StrCat("127.0.0.1:", PickFreePort());
+  auto dtsd = StartDaemon("dtsd", dts);
+  auto dmsd = StartDaemon("dmsd", dms);
+  auto green = StartEcho({"--tag", "color=green"});
+  auto blue = StartEcho({"--tag", "color=blue"});
+  ASSERT_TRUE(dtsd && dmsd && green && blue);
+  ASSERT_TRUE(AwaitProviders(2));
+  std::string activity = CommitActivity(dts);
+  ASSERT_FALSE(activity.empty());
+  ASSERT_NO_FATAL_FAILURE(MakeLag(dms));
+  ASSERT_NO_FATAL_FAILURE(PublishRules());
+  int port = PickFreePort();
+  auto console = StartConsole(dts, dms, port);
+  ASSERT_TRUE(console);
+  ASSERT_EQ(Route(), "");
+
+  std::string output;
+  int code = RunBrowser({{"CONSOLE_URL", absl::StrCat("http://127.0.0.1:", port, "/")},
+                         {"CONSOLE_TOKEN", kToken},
+                         {"CONSOLE_SERVICE", kEcho},
+                         {"CONSOLE_ACTIVITY", activity},
+                         {"CONSOLE_TOPIC", kTopic},
+                         {"CONSOLE_GROUP", kGroup},
+                         {"CONSOLE_LAG", std::to_string(kLag)},
+                         {"CONSOLE_SCREENSHOTS", FORMICA_CONSOLE_SCREENSHOTS}},
+                        &output);
+  ASSERT_EQ(code, 0) << output << "\nconsole:\n" << console->Output();
+
+  // The shift made in the page is the registry's route.
+  EXPECT_EQ(Route(), "color=green:80,color=blue:20");
+  // Every change asked for is in the trail: the refused one, the bad one,
+  // the one made.
+  std::vector<std::string> records = AuditRecords();
+  int refused = 0, failed = 0, made = 0;
+  for (const std::string& r : records) {
+    if (absl::StrContains(r, "refused: UNAUTHENTICATED")) ++refused;
+    if (absl::StrContains(r, "failed: INVALID_ARGUMENT")) ++failed;
+    if (absl::StrContains(r, "\"ok\":true") && absl::StrContains(r, "traffic.shift") &&
+        absl::StrContains(r, "\"who\":\"ann from 127.0.0.1\"")) {
+      ++made;
+    }
+  }
+  EXPECT_EQ(refused, 1) << absl::StrJoin(records, "\n");
+  EXPECT_GE(failed, 1) << absl::StrJoin(records, "\n");
+  EXPECT_EQ(made, 1) << absl::StrJoin(records, "\n");
+}
+
+}  // namespace
+}  // namespace formica::rpc::testing

@@ -1,0 +1,180 @@
+// The console in a real browser (Debian's chromium, headless, driven by
+// playwright-core): run by console_test.cc, which starts the daemons and the
+// console and passes what the page must show in CONSOLE_* variables.
+// Prints one line per check and "N passed, M failed"; exits 1 on a failure.
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set`);
+  return v;
+};
+const URL = env("CONSOLE_URL");
+const TOKEN = env("CONSOLE_TOKEN");
+const SERVICE = env("CONSOLE_SERVICE");
+const ACTIVITY = env("CONSOLE_ACTIVITY");
+const TOPIC = env("CONSOLE_TOPIC");
+const GROUP = env("CONSOLE_GROUP");
+const LAG = env("CONSOLE_LAG");
+const SHOTS = env("CONSOLE_SCREENSHOTS");
+const WAIT = { timeout: 15000 };
+
+let passed = 0;
+let failed = 0;
+async function check(name, fn) {
+  try {
+    await fn();
+    passed++;
+    console.log(`ok      ${name}`);
+  } catch (e) {
+    failed++;
+    console.log(`FAILED  ${name}: ${e.message.split("\n")[0]}`);
+  }
+}
+function expect(cond, why) { if (!cond) throw new Error(why); }
+
+mkdirSync(SHOTS, { recursive: true });
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+});
+const page = await browser.newPage({ viewport: { width: 1200, height: 760 } });
+const shot = (name) => page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
+const row = (table, attr, value) => page.locator(`#${table} tr[${attr}="${value}"]`);
+const message = page.locator("#message");
+// The text of the traffic table's green and blue cells for the service.
+const share = (color) => row("traffic-table", "data-service", SERVICE).locator(`[data-group="${color}"]`);
+// Submits the shift form as an operator would, confirming in the dialog.
+async function shift(percent, confirm = true) {
+  await page.selectOption("#shift-service", SERVICE);
+  await page.fill("#shift-target", "color=green");
+  await page.fill("#shift-percent", String(percent));
+  await page.click("#shift-submit");
+}
+async function confirmDialog() {
+  await page.locator("#confirm-dialog[open]").waitFor(WAIT);
+  await page.click("#confirm-yes");
+}
+
+try {
+  await check("overview shows dsrd, dtsd and dmsd up", async () => {
+    await page.goto(`${URL}#overview`);
+    for (const d of ["dsrd", "dtsd", "dmsd"]) {
+      await page.locator(`[data-daemon="${d}"] .up`).waitFor(WAIT);
+    }
+    await page.waitForTimeout(4500);  // two refreshes: the rate plot has points
+    await shot("overview");
+  });
+
+  await check("services lists the published service and its providers", async () => {
+    await page.goto(`${URL}#services`);
+    await row("services-table", "data-service", SERVICE).locator("a").click(WAIT);
+    await page.locator("#providers-table td", { hasText: "color=green" }).waitFor(WAIT);
+    await page.locator("#providers-table td", { hasText: "color=blue" }).waitFor(WAIT);
+    await shot("services");
+  });
+
+  await check("traffic view shows green 50% and blue 50% by weight", async () => {
+    await page.goto(`${URL}#traffic`);
+    await share("green").filter({ hasText: "50.0" }).waitFor(WAIT);
+    await share("blue").filter({ hasText: "50.0" }).waitFor(WAIT);
+  });
+
+  await check("a shift without the token is refused and changes nothing", async () => {
+    await page.fill("#operator", "ann");
+    await page.fill("#token", "");
+    await shift(80);
+    await confirmDialog();
+    await message.filter({ hasText: "needs the operator token" }).waitFor(WAIT);
+    expect((await message.getAttribute("class")) === "error", "the refusal is not shown as an error");
+    await page.waitForTimeout(2500);  // a refresh
+    expect((await share("green").textContent()) === "50.0", "green moved without the token");
+  });
+
+  await check("bad form input gets a clear message", async () => {
+    await page.fill("#token", TOKEN);
+    await shift(150);
+    await message.filter({ hasText: "The percent '150' is not a whole number from 0 to 100" }).waitFor(WAIT);
+    // The server checks too: a route naming a tag no provider carries.
+    await page.selectOption("#set-service", SERVICE);
+    await page.fill("#set-route", "color=purple:100");
+    await page.click("#set-submit");
+    await confirmDialog();
+    await message.filter({ hasText: "purple" }).waitFor(WAIT);
+    const text = await message.textContent();
+    expect(/carr/.test(text), `the server's message does not say why: ${text}`);
+    // And answers a bad percent sent past the page with 400 and the reason.
+    const answer = await page.evaluate(async ([service, token]) => {
+      const r = await fetch("/api/traffic/shift", { method: "POST",
+        headers: { "X-Formica-Token": token, "X-Formica-Operator": "ann" },
+        body: JSON.stringify({ service, target: "color=green", percent: 150, confirmed: true }) });
+      return { status: r.status, body: await r.json() };
+    }, [SERVICE, TOKEN]);
+    expect(answer.status === 400, `status ${answer.status}`);
+    expect(answer.body.error === "the percent '150' is not a whole number from 0 to 100", answer.body.error);
+  });
+
+  await check("a cancelled confirmation changes nothing", async () => {
+    await shift(80);
+    await page.locator("#confirm-dialog[open]").waitFor(WAIT);
+    await page.click("#confirm-no");
+    await message.filter({ hasText: "Cancelled" }).waitFor(WAIT);
+    expect((await share("green").textContent()) === "50.0", "green moved after cancel");
+  });
+
+  await check("a shift with the token moves green to 80% in the traffic view", async () => {
+    await shift(80);
+    await confirmDialog();
+    await message.filter({ hasText: "color=green:80,color=blue:20" }).waitFor(WAIT);
+    await share("green").filter({ hasText: "80.0" }).waitFor(WAIT);
+    await share("blue").filter({ hasText: "20.0" }).waitFor(WAIT);
+    await shot("traffic");
+  });
+
+  await check("transactions shows the committed activity and its detail", async () => {
+    await page.goto(`${URL}#transactions`);
+    await page.selectOption("#activity-states", "COMMITTED");
+    await row("activities-table", "data-activity", ACTIVITY).locator("a").click(WAIT);
+    await page.locator("#activity-detail h3", { hasText: "committed" }).waitFor(WAIT);
+    await shot("transactions");
+  });
+
+  await check("messaging shows the topic and the group's lag over time", async () => {
+    await page.goto(`${URL}#messaging`);
+    await row("topics-table", "data-topic", TOPIC).waitFor(WAIT);
+    await page.fill("#lag-group", "bad group");
+    await page.click("#lag-submit");
+    await message.filter({ hasText: "may hold only letters" }).waitFor(WAIT);
+    await page.fill("#lag-group", GROUP);
+    await page.fill("#lag-topic", TOPIC);
+    await page.click("#lag-submit");
+    await page.locator("#lag-total", { hasText: `lag ${LAG}` }).waitFor(WAIT);
+    await page.waitForTimeout(4500);  // more points on the plot
+    const points = await page.locator(`#lag-plot path[data-series="${TOPIC}"]`).getAttribute("d");
+    expect(points && points.split("L").length >= 2, `the lag plot has too few points: ${points}`);
+    await shot("messaging");
+  });
+
+  await check("ldc shows the zones and the shard owners", async () => {
+    await page.goto(`${URL}#ldc`);
+    await page.locator("#zones-table td", { hasText: "00-49" }).waitFor(WAIT);
+    const cells = await page.locator(".shardmap div").count();
+    expect(cells === 100, `${cells} shard cells`);
+    await shot("ldc");
+  });
+
+  await check("the audit trail shows the refused, the failed and the made change", async () => {
+    await page.goto(`${URL}#audit`);
+    const table = page.locator("#audit-table");
+    await table.locator("td", { hasText: "refused: UNAUTHENTICATED" }).first().waitFor(WAIT);
+    await table.locator("td", { hasText: "failed: INVALID_ARGUMENT" }).first().waitFor(WAIT);
+    await table.locator("td", { hasText: "ok: route none -> color=green:80,color=blue:20" }).waitFor(WAIT);
+    await table.locator("td", { hasText: "ann from 127.0.0.1" }).first().waitFor(WAIT);
+    await shot("audit");
+  });
+} finally {
+  await browser.close();
+}
+console.log(`console browser test: ${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);
