@@ -9,6 +9,7 @@
 // docs/console/ (docs/operations.md).
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -220,6 +221,47 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
   EXPECT_EQ(refused, 1) << absl::StrJoin(records, "\n");
   EXPECT_GE(failed, 1) << absl::StrJoin(records, "\n");
   EXPECT_EQ(made, 1) << absl::StrJoin(records, "\n");
+}
+
+// A console started by hand with a bad option exits 2 naming it; one
+// without a token serves the pages but refuses every change (and says why).
+TEST_F(ConsoleTest, NamesABadOptionAndIsReadOnlyWithoutAToken) {
+  auto bad = Subprocess::Start({BinaryPath("tools/console/formica-console"), "--registry",
+                                dsrd_->address(), "--set", "console.token=short"},
+                               dir_.File("bad.log"));
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  EXPECT_EQ((*bad)->Wait(absl::Seconds(20)), 2);
+  EXPECT_TRUE(absl::StrContains((*bad)->Output(), "console.token")) << (*bad)->Output();
+  EXPECT_TRUE(absl::StrContains((*bad)->Output(), "shorter than 8 characters")) << (*bad)->Output();
+
+  int port = PickFreePort();
+  auto console =
+      Subprocess::Start({BinaryPath("tools/console/formica-console"), "--listen",
+                         absl::StrCat("127.0.0.1:", port), "--registry", dsrd_->address()},
+                        dir_.File("readonly.log"));
+  ASSERT_TRUE(console.ok()) << console.status();
+  ASSERT_TRUE((*console)->WaitForOutput("formica-console ready on port", absl::Seconds(20)))
+      << (*console)->Output();
+  httplib::Client http("127.0.0.1", port);
+  auto page = http.Get("/");
+  ASSERT_TRUE(page);
+  EXPECT_EQ(page->status, 200);
+  EXPECT_TRUE(absl::StrContains(page->body, "<title>Formica console</title>"));
+  httplib::Headers headers = {{"X-Formica-Token", "anything-at-all"},
+                              {"X-Formica-Operator", "ann"}};
+  auto refused = http.Post("/api/traffic/set", headers,
+                           R"({"service":"formica.test.Echo","route":"color=green:100",)"
+                           R"("confirmed":true})",
+                           "application/json");
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 403);
+  EXPECT_TRUE(absl::StrContains(refused->body, "PERMISSION_DENIED")) << refused->body;
+  EXPECT_TRUE(absl::StrContains(refused->body, "read-only")) << refused->body;
+  EXPECT_EQ(Route(), "");
+  auto bad_body = http.Post("/api/traffic/set", headers, "not json", "application/json");
+  ASSERT_TRUE(bad_body);
+  EXPECT_EQ(bad_body->status, 400);
+  EXPECT_TRUE(absl::StrContains(bad_body->body, "not a JSON object")) << bad_body->body;
 }
 
 }  // namespace
