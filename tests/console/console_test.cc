@@ -264,5 +264,54 @@ TEST_F(ConsoleTest, NamesABadOptionAndIsReadOnlyWithoutAToken) {
   EXPECT_TRUE(absl::StrContains(bad_body->body, "not a JSON object")) << bad_body->body;
 }
 
+// The Releases page's rollback: the release's calls go to the previous
+// version at once and its record asks the controller to roll back, as
+// `formicactl release rollback` does; a release no controller runs says so.
+TEST_F(ConsoleTest, RollsBackAReleaseFromThePage) {
+  auto green = StartEcho({"--tag", "color=green"});
+  auto blue = StartEcho({"--tag", "color=blue"});
+  ASSERT_TRUE(green && blue);
+  ASSERT_TRUE(AwaitProviders(2));
+  // A release of green over blue awaiting continue, as its controller left it
+  // when it stopped (its record is no longer rewritten).
+  auto put = registry_->PutConfig(
+      std::string("release/") + kEcho,
+      absl::StrCat(R"({"service":")", kEcho,
+                   R"(","version_key":"color","version":"green","previous":"blue",)"
+                   R"("state":"awaiting","groups":[{"name":"beta","state":"awaiting"}],)"
+                   R"("updated_unix_ms":"1"})"),
+      std::nullopt);
+  ASSERT_TRUE(put.ok()) << put.status();
+  int port = PickFreePort();
+  auto console = StartConsole("", "", port);
+  ASSERT_TRUE(console);
+  httplib::Client http("127.0.0.1", port);
+  auto list = http.Get("/api/releases");
+  ASSERT_TRUE(list);
+  EXPECT_TRUE(absl::StrContains(list->body, R"("state":"awaiting")")) << list->body;
+  httplib::Headers headers = {{"X-Formica-Token", kToken}, {"X-Formica-Operator", "bob"}};
+  std::string body = absl::StrCat(R"({"service":")", kEcho, R"(","confirmed":true})");
+  auto rolled = http.Post("/api/release/rollback", headers, body, "application/json");
+  ASSERT_TRUE(rolled);
+  EXPECT_EQ(rolled->status, 200) << rolled->body;
+  EXPECT_TRUE(absl::StrContains(rolled->body, "calls go to color=blue; rolling back"))
+      << rolled->body;
+  EXPECT_TRUE(absl::StrContains(rolled->body, "formicactl release resume")) << rolled->body;
+  EXPECT_EQ(Route(), "color=blue:100");
+  auto record = registry_->GetConfig(std::string("release/") + kEcho);
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_TRUE(absl::StrContains(record->value, R"("state":"rolling_back")")) << record->value;
+  // Asked twice: refused, naming why, nothing changed.
+  auto again = http.Post("/api/release/rollback", headers, body, "application/json");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 409);
+  EXPECT_TRUE(absl::StrContains(again->body, "being rolled back")) << again->body;
+  int audited = 0;
+  for (const std::string& r : AuditRecords()) {
+    if (absl::StrContains(r, "release.rollback") && absl::StrContains(r, "bob from")) ++audited;
+  }
+  EXPECT_EQ(audited, 2);
+}
+
 }  // namespace
 }  // namespace formica::rpc::testing

@@ -13,6 +13,7 @@
 #include "console_api.h"
 #include "formica/common/grpc_status.h"
 #include "google/protobuf/util/json_util.h"
+#include "release.h"
 #include "traffic.h"
 
 namespace formica::console {
@@ -191,6 +192,26 @@ void RegisterActions(httplib::Server& http, Backends& b, AuditTrail& audit) {
          ctl::TrafficLink link(b.flags);
          return Described(ctl::ShiftRoute(link, *target, to, static_cast<int>(percent)));
        });
+  for (const char* request : {"continue", "rollback"}) {
+    Post(http, b, audit, absl::StrCat("release.", request),
+         [&b, request](const Struct& body, std::string* target) -> absl::StatusOr<std::string> {
+           *target = StringField(body, "service");
+           if (absl::Status st = CheckName("the service", *target); !st.ok()) return st;
+           ctl::TrafficLink link(b.flags);
+           absl::StatusOr<ctl::ReleaseAsked> asked = ctl::AskRelease(link, *target, request);
+           if (!asked.ok()) return asked.status();
+           const formica::rpc::v1::Release& r = asked->record;
+           std::string what = std::string(request) == "continue"
+                                  ? "release continuing"
+                                  : absl::StrCat("calls go to ", r.version_key(), "=", r.previous(),
+                                                 "; rolling back");
+           return absl::StrCat(what, asked->controller_live
+                                         ? absl::StrCat(" (controller ", r.controller(), ")")
+                                         : absl::StrCat("; no controller runs it: finish with "
+                                                        "formicactl release resume ",
+                                                        *target));
+         });
+  }
   Post(http, b, audit, "dts.retry", [&b](const Struct& body, std::string* target) {
     return DtsDecision(b, body, target, false);
   });

@@ -27,15 +27,12 @@ using Record = StoredRecord<v1::Release>;
 
 constexpr absl::Duration kPoll = absl::Milliseconds(200);
 constexpr absl::Duration kHeartbeat = absl::Seconds(1);
-constexpr absl::Duration kStale = absl::Seconds(5);
+constexpr absl::Duration kStale = kReleaseStale;
 // A new instance whose weight did not change for this long is warmed up
 // (rpc::Server republishes a ramping weight every warmup_step, 1 s by default).
 constexpr absl::Duration kSteady = absl::Seconds(2);
 
-bool Live(const v1::Release& r) {
-  return r.state() == "running" || r.state() == "awaiting" || r.state() == "continuing" ||
-         r.state() == "rolling_back";
-}
+bool Live(const v1::Release& r) { return ReleaseLive(r); }
 
 void Say(const std::string& line) {
   std::printf("%s %s\n", absl::FormatTime("%H:%M:%S", absl::Now(), absl::UTCTimeZone()).c_str(),
@@ -153,18 +150,7 @@ class Controller {
   }
 
   // Sends every call to the previous version (forcing it over the route).
-  absl::Status RouteToPrevious() {
-    const v1::Release& r = record_.value;
-    std::string route = absl::StrCat(r.version_key(), "=", r.previous(), ":100");
-    for (int attempt = 0; attempt < 5; ++attempt) {
-      absl::StatusOr<Entry> now = link_.Get(RouteKey(r.service()));
-      if (!now.ok()) return now.status();
-      if (now->value == route) return absl::OkStatus();
-      absl::Status st = link_.Put(RouteKey(r.service()), route, now->version).status();
-      if (!absl::IsFailedPrecondition(st)) return st;
-    }
-    return absl::AbortedError("the route kept changing");
-  }
+  absl::Status RouteToPrevious() { return ctl::RouteToPrevious(link_, record_.value); }
 
  private:
   int Ended() {
@@ -527,57 +513,36 @@ int Resume(TrafficLink& link, const std::string& service) {
 
 // continue, rollback: a request in the record; the controller follows.
 int Ask(const Flags& flags, TrafficLink& link, const std::string& cmd, const std::string& service) {
+  absl::StatusOr<ReleaseAsked> asked = AskRelease(link, service, cmd);
+  if (!asked.ok()) return FailWith(asked.status());
+  const v1::Release& r = asked->record;
+  if (cmd == "continue") {
+    std::printf(
+        "release of %s: continuing%s\n", service.c_str(),
+        asked->controller_live ? "" : " (no controller runs it: take it over with release resume)");
+    return 0;
+  }
+  std::printf("release of %s: calls go to %s=%s; rolling back\n", service.c_str(),
+              r.version_key().c_str(), r.previous().c_str());
+  std::fflush(stdout);
   Record record(link, ReleaseKey(service), "release");
-  for (int attempt = 0; attempt < 5; ++attempt) {
+  if (!asked->controller_live) {
     absl::StatusOr<bool> exists = record.Load();
     if (!exists.ok()) return FailWith(exists.status());
-    const v1::Release& r = record.value;
-    bool failed = *exists && r.state() == "failed";
-    if (!*exists || (!Live(r) && !(cmd == "rollback" && failed))) {
-      return FailWith(absl::FailedPreconditionError(
-          absl::StrCat("no release of ", service, " is under way",
-                       *exists ? absl::StrCat(" (the last one is ", r.state(), ")") : "")));
-    }
-    if (r.state() == "rolling_back") {
-      return FailWith(absl::FailedPreconditionError("the release is being rolled back"));
-    }
-    if (cmd == "continue" && r.state() != "awaiting") {
-      return FailWith(absl::FailedPreconditionError(
-          absl::StrCat("the release is ", r.state(), ", not waiting for continue")));
-    }
-    bool stale = record.SinceUpdate() >= kStale || failed;
     Controller controller(link, record);
-    if (cmd == "rollback") {
-      // The previous version's traffic at once, whoever runs the rest.
-      if (absl::Status st = controller.RouteToPrevious(); !st.ok()) return FailWith(st);
-    }
-    record.value.set_state(cmd == "continue" ? "continuing" : "rolling_back");
-    absl::Status st = record.Save();
-    if (absl::IsFailedPrecondition(st)) continue;
-    if (!st.ok()) return FailWith(st);
-    if (cmd == "continue") {
-      std::printf("release of %s: continuing%s\n", service.c_str(),
-                  stale ? " (no controller runs it: take it over with release resume)" : "");
-      return 0;
-    }
-    std::printf("release of %s: calls go to %s=%s; rolling back\n", service.c_str(),
-                record.value.version_key().c_str(), record.value.previous().c_str());
-    std::fflush(stdout);
-    if (stale) return controller.RollBack();
-    absl::Time deadline = absl::Now() + absl::Seconds(flags.timeout_s) +
-                          absl::Milliseconds(record.value.ready_timeout_ms()) *
-                              std::max(1, record.value.groups_size());
-    while (absl::Now() < deadline) {
-      absl::SleepFor(kPoll);
-      if (absl::StatusOr<bool> l = record.Load(); l.ok() && *l && !Live(record.value)) {
-        PrintStatus(record.value);
-        return record.value.state() == "rolled_back" ? 0 : 1;
-      }
-    }
-    return FailWith(absl::DeadlineExceededError(
-        "the controller did not finish the rollback; see formicactl release status"));
+    return controller.RollBack();
   }
-  return FailWith(absl::AbortedError("the release's record kept changing; try again"));
+  absl::Time deadline = absl::Now() + absl::Seconds(flags.timeout_s) +
+                        absl::Milliseconds(r.ready_timeout_ms()) * std::max(1, r.groups_size());
+  while (absl::Now() < deadline) {
+    absl::SleepFor(kPoll);
+    if (absl::StatusOr<bool> l = record.Load(); l.ok() && *l && !Live(record.value)) {
+      PrintStatus(record.value);
+      return record.value.state() == "rolled_back" ? 0 : 1;
+    }
+  }
+  return FailWith(absl::DeadlineExceededError(
+      "the controller did not finish the rollback; see formicactl release status"));
 }
 
 }  // namespace

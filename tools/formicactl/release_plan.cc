@@ -12,8 +12,6 @@ namespace formica::ctl {
 
 namespace v1 = formica::rpc::v1;
 
-std::string ReleaseKey(const std::string& service) { return "release/" + service; }
-
 namespace {
 
 // "beta:1" (a count) or "canary:zone=gz01" (the old instances with a tag).

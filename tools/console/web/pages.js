@@ -149,9 +149,15 @@
     async refresh() {
       const r = await get("releases");
       put("releases-list", table("releases-table",
-        [{ title: "Service" }, { title: "Version" }, { title: "Previous" }, { title: "State" }, { title: "Groups" }, { title: "Message" }, { title: "Updated" }],
-        r.map((x) => ({ cells: [x.service, `${x.version_key}=${x.version}`, x.previous, x.state,
-          x.groups.map((g) => `${g.name}:${g.state || "waiting"}`).join(", "), x.message, ago(x.updated_unix_ms)] })),
+        [{ title: "Service" }, { title: "Version" }, { title: "Previous" }, { title: "State" }, { title: "Groups" }, { title: "Message" }, { title: "Updated" }, { title: "" }],
+        r.map((x) => ({ attrs: { "data-service": x.service }, cells: [x.service, `${x.version_key}=${x.version}`, x.previous, x.state,
+          x.groups.map((g) => `${g.name}:${g.state || "waiting"}`).join(", "), x.message, ago(x.updated_unix_ms),
+          el("span", {},
+            x.state === "awaiting" ? el("button", { class: "plain", onclick: () =>
+              change("release/continue", { service: x.service }, `Go on with the release of ${x.service}?`) }, "Continue") : "",
+            ["running", "awaiting", "continuing", "failed"].includes(x.state) ? el("button", { class: "danger", onclick: () =>
+              change("release/rollback", { service: x.service },
+                `Roll back ${x.service} to ${x.version_key}=${x.previous}? Its calls go there at once.`) }, "Roll back") : "")] })),
         "no release recorded (formicactl release start)"));
     },
   });
