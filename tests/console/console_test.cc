@@ -187,6 +187,18 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
   ASSERT_FALSE(activity.empty());
   ASSERT_NO_FATAL_FAILURE(MakeLag(dms));
   ASSERT_NO_FATAL_FAILURE(PublishRules());
+  // A release of fund.trade v2 over v1 that awaits continue, as a
+  // controller that stopped left it.
+  ASSERT_TRUE(
+      registry_
+          ->PutConfig("release/fund.trade",
+                      absl::StrCat(R"({"service":"fund.trade","version_key":"version",)"
+                                   R"("version":"v2","previous":"v1","state":"awaiting",)"
+                                   R"("message":"beta judged ok",)"
+                                   R"("groups":[{"name":"beta","state":"awaiting"},)"
+                                   R"({"name":"rest","state":"waiting"}],"updated_unix_ms":")",
+                                   absl::ToUnixMillis(absl::Now() - absl::Minutes(3)), R"("})"))
+          .ok());
   int port = PickFreePort();
   auto console = StartConsole(dts, dms, port);
   ASSERT_TRUE(console);
@@ -204,8 +216,12 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
                         &output);
   ASSERT_EQ(code, 0) << output << "\nconsole:\n" << console->Output();
 
-  // The shift made in the page is the registry's route.
+  // The shift made in the page is the registry's route; the rollback sent
+  // fund.trade's calls to v1.
   EXPECT_EQ(Route(), "color=green:80,color=blue:20");
+  auto rolled = registry_->GetConfig("rpc/routes/fund.trade");
+  ASSERT_TRUE(rolled.ok()) << rolled.status();
+  EXPECT_EQ(rolled->value, "version=v1:100");
   // Every change asked for is in the trail: the refused one, the bad one,
   // the one made.
   std::vector<std::string> records = AuditRecords();

@@ -132,6 +132,17 @@ try {
     await shot("traffic");
   });
 
+  await check("releases shows the release and rolls it back", async () => {
+    await page.goto(`${URL}#releases`);
+    const release = row("releases-table", "data-service", "fund.trade");
+    await release.locator("td", { hasText: "awaiting" }).first().waitFor(WAIT);
+    await shot("releases");
+    await release.locator("button", { hasText: "Roll back" }).click(WAIT);
+    await confirmDialog();
+    await message.filter({ hasText: "calls go to version=v1; rolling back" }).waitFor(WAIT);
+    await release.locator("td", { hasText: "rolling_back" }).waitFor(WAIT);
+  });
+
   await check("transactions shows the committed activity and its detail", async () => {
     await page.goto(`${URL}#transactions`);
     await page.selectOption("#activity-states", "COMMITTED");

@@ -94,7 +94,10 @@ const Console = (() => {
     const ms = Number(unixMs);
     if (!ms) return "-";
     const s = Math.max(0, (Date.now() - ms) / 1000);
-    return s < 120 ? `${s.toFixed(1)}s ago` : `${Math.round(s / 60)}m ago`;
+    if (s < 120) return `${s.toFixed(1)}s ago`;
+    if (s < 7200) return `${Math.round(s / 60)}m ago`;
+    if (s < 172800) return `${Math.round(s / 3600)}h ago`;
+    return new Date(ms).toISOString().slice(0, 16).replace("T", " ");
   }
 
   function register(name, page) { pages[name] = page; }
