@@ -22,6 +22,7 @@
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/ldc/admin.h"
+#include "formica/ldc/router.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
 #include "traffic_fixture.h"
 
@@ -187,6 +188,13 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
   ASSERT_FALSE(activity.empty());
   ASSERT_NO_FATAL_FAILURE(MakeLag(dms));
   ASSERT_NO_FATAL_FAILURE(PublishRules());
+  // A service's LDC router in zone hz-1, which reports the rules it applied.
+  ldc::RouterOptions ro;
+  ro.zone = "hz-1";
+  ro.client_name = "fund-trade";
+  auto router = ldc::Router::Start(registry_.get(), ro);
+  ASSERT_TRUE(router.ok()) << router.status();
+  ASSERT_TRUE((*router)->AwaitRules(absl::Seconds(10)).ok());
   // A release of fund.trade v2 over v1 that awaits continue, as a
   // controller that stopped left it.
   ASSERT_TRUE(

@@ -167,11 +167,13 @@ try {
     await shot("messaging");
   });
 
-  await check("ldc shows the zones and the shard owners", async () => {
+  await check("ldc shows the zones, the shard owners and a client on the current rules", async () => {
     await page.goto(`${URL}#ldc`);
     await page.locator("#zones-table td", { hasText: "00-49" }).waitFor(WAIT);
     const cells = await page.locator(".shardmap div").count();
     expect(cells === 100, `${cells} shard cells`);
+    const client = page.locator("#clients-table tr", { hasText: "fund-trade" });
+    await client.locator("td", { hasText: "current" }).waitFor(WAIT);
     await shot("ldc");
   });
 

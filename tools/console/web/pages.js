@@ -82,7 +82,7 @@
       const snap = await get(`service?name=${encodeURIComponent(chosenService)}`);
       const kv = (m) => Object.entries(m || {}).map(([k, v]) => `${k}=${v}`).join(", ");
       put("service-detail", el("h3", {}, `Providers of ${chosenService}`), table("providers-table",
-        [{ title: "Address" }, { title: "Zone" }, { title: "Weight", num: true }, { title: "Tags" }, { title: "Metadata (warm-up...)" }],
+        [{ title: "Address" }, { title: "Zone" }, { title: "Weight (ramps up in warm-up)", num: true }, { title: "Tags" }, { title: "Metadata" }],
         snap.instances.map((i) => ({ cells: [i.address, i.zone || "-", i.weight, kv(i.tags), kv(i.metadata)] }))));
     },
   });
