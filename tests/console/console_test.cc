@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -111,10 +112,13 @@ class ConsoleTest : public TrafficTest {
     formica::dms::v1::CreateTopicRequest create;
     create.set_name(kTopic);
     create.set_queues(2);
-    formica::dms::v1::TopicInfo info;
-    grpc::ClientContext ctx;
-    grpc::Status st = broker->CreateTopic(&ctx, create, &info);
-    ASSERT_TRUE(st.ok()) << st.error_message();
+    for (const char* name : {kTopic, "console.load"}) {
+      create.set_name(name);
+      formica::dms::v1::TopicInfo info;
+      grpc::ClientContext ctx;
+      grpc::Status st = broker->CreateTopic(&ctx, create, &info);
+      ASSERT_TRUE(st.ok()) << st.error_message();
+    }
     Produce(*broker, kConsumed);
     std::unique_ptr<Client> rpc = NewRpcClient();
     std::atomic<int> acked{0};
@@ -212,6 +216,23 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
   ASSERT_TRUE(console);
   ASSERT_EQ(Route(), "");
 
+  // Steady work while the pages are watched: an activity committed and a
+  // message produced (to another topic than the group's) every 500 ms.
+  std::atomic<bool> stop{false};
+  std::thread load([&] {
+    auto broker = formica::dms::v1::Broker::NewStub(
+        grpc::CreateChannel(dms, grpc::InsecureChannelCredentials()));
+    while (!stop) {
+      CommitActivity(dts);
+      formica::dms::v1::ProduceRequest request;
+      request.set_topic("console.load");
+      request.add_messages()->set_body("tick");
+      formica::dms::v1::ProduceReply reply;
+      grpc::ClientContext ctx;
+      (void)broker->Produce(&ctx, request, &reply);
+      absl::SleepFor(absl::Milliseconds(500));
+    }
+  });
   std::string output;
   int code = RunBrowser({{"CONSOLE_URL", absl::StrCat("http://127.0.0.1:", port, "/")},
                          {"CONSOLE_TOKEN", kToken},
@@ -222,6 +243,8 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
                          {"CONSOLE_LAG", std::to_string(kLag)},
                          {"CONSOLE_SCREENSHOTS", FORMICA_CONSOLE_SCREENSHOTS}},
                         &output);
+  stop = true;
+  load.join();
   ASSERT_EQ(code, 0) << output << "\nconsole:\n" << console->Output();
 
   // The shift made in the page is the registry's route; the rollback sent

@@ -63,7 +63,12 @@ try {
     for (const d of ["dsrd", "dtsd", "dmsd"]) {
       await page.locator(`[data-daemon="${d}"] .up`).waitFor(WAIT);
     }
-    await page.waitForTimeout(4500);  // two refreshes: the rate plot has points
+    // The test commits an activity and produces a message every 500 ms:
+    // after a few refreshes both rates are plotted above zero.
+    const plot = page.locator("#overview-plot");
+    await plot.locator("text", { hasText: /activities committed: [1-9]/ }).waitFor(WAIT);
+    await plot.locator("text", { hasText: /messages produced: [1-9]/ }).waitFor(WAIT);
+    await page.waitForTimeout(6000);  // a longer line
     await shot("overview");
   });
 

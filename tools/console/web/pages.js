@@ -177,7 +177,7 @@
     },
     async refresh() {
       const states = document.getElementById("activity-states").value;
-      const r = await get(`dts/activities?states=${states}&limit=100`);
+      const r = await get(`dts/activities?states=${states}&limit=200`);
       put("activities-list", table("activities-table",
         [{ title: "Activity" }, { title: "Name" }, { title: "Initiator" }, { title: "State" }, { title: "Actions", num: true }, { title: "Begun" }],
         r.activities.map((a) => ({ attrs: { "data-activity": a.id }, cells: [

@@ -29,7 +29,7 @@ const Plot = (() => {
     }
     const t0 = Math.min(...all.map((p) => p[0]));
     const t1 = Math.max(...all.map((p) => p[0]), t0 + 1000);
-    const vmax = Math.max(1, ...all.map((p) => p[1]));
+    const vmax = Math.max(1, ...all.map((p) => p[1])) * 1.25;  // room for the legend
     const x = (t) => pad.l + ((t - t0) / (t1 - t0)) * (width - pad.l - pad.r);
     const y = (v) => height - pad.b - (v / vmax) * (height - pad.t - pad.b);
     for (let i = 0; i <= 4; i++) {
