@@ -94,6 +94,44 @@ class ConsoleTest : public TrafficTest {
     return begun.activity_id();
   }
 
+  // An activity committed with an action of "fund.ledger", a participant no
+  // one provides: its confirm fails and is retried (COMMITTING). Its id.
+  std::string StuckActivity(const std::string& dts) {
+    auto stub = formica::dts::v1::Coordinator::NewStub(
+        grpc::CreateChannel(dts, grpc::InsecureChannelCredentials()));
+    formica::dts::v1::BeginRequest begin;
+    begin.set_name("console.Transfer");
+    formica::dts::v1::BeginResponse begun;
+    grpc::ClientContext c1;
+    EXPECT_TRUE(stub->Begin(&c1, begin, &begun).ok());
+    formica::dts::v1::EnlistRequest enlist;
+    enlist.set_activity_id(begun.activity_id());
+    enlist.set_participant("fund.ledger");
+    enlist.set_action("credit");
+    formica::dts::v1::EnlistResponse enlisted;
+    grpc::ClientContext c2;
+    grpc::Status st = stub->Enlist(&c2, enlist, &enlisted);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    formica::dts::v1::ActivityRef ref;
+    ref.set_activity_id(begun.activity_id());
+    formica::dts::v1::DecisionResponse decided;
+    grpc::ClientContext c3;
+    st = stub->Commit(&c3, ref, &decided);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return begun.activity_id();
+  }
+
+  formica::dts::v1::Activity GetActivity(const std::string& dts, const std::string& id) {
+    auto stub = formica::dts::v1::Coordinator::NewStub(
+        grpc::CreateChannel(dts, grpc::InsecureChannelCredentials()));
+    formica::dts::v1::ActivityRef ref;
+    ref.set_activity_id(id);
+    formica::dts::v1::Activity activity;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(stub->Get(&ctx, ref, &activity).ok());
+    return activity;
+  }
+
   void Produce(formica::dms::v1::Broker::Stub& broker, int n) {
     formica::dms::v1::ProduceRequest request;
     request.set_topic(kTopic);
@@ -190,6 +228,8 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
   ASSERT_TRUE(AwaitProviders(2));
   std::string activity = CommitActivity(dts);
   ASSERT_FALSE(activity.empty());
+  std::string stuck = StuckActivity(dts);
+  ASSERT_FALSE(stuck.empty());
   ASSERT_NO_FATAL_FAILURE(MakeLag(dms));
   ASSERT_NO_FATAL_FAILURE(PublishRules());
   // A service's LDC router in zone hz-1, which reports the rules it applied.
@@ -238,6 +278,7 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
                          {"CONSOLE_TOKEN", kToken},
                          {"CONSOLE_SERVICE", kEcho},
                          {"CONSOLE_ACTIVITY", activity},
+                         {"CONSOLE_STUCK", stuck},
                          {"CONSOLE_TOPIC", kTopic},
                          {"CONSOLE_GROUP", kGroup},
                          {"CONSOLE_LAG", std::to_string(kLag)},
@@ -250,6 +291,13 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
   // The shift made in the page is the registry's route; the rollback sent
   // fund.trade's calls to v1.
   EXPECT_EQ(Route(), "color=green:80,color=blue:20");
+  // The stuck activity was settled from the page: finished, its action
+  // SETTLED, the reason recorded.
+  formica::dts::v1::Activity settled = GetActivity(dts, stuck);
+  EXPECT_EQ(settled.state(), formica::dts::v1::COMMITTED) << settled.DebugString();
+  ASSERT_EQ(settled.actions_size(), 1);
+  EXPECT_EQ(settled.actions(0).state(), formica::dts::v1::SETTLED);
+  EXPECT_TRUE(absl::StrContains(settled.reason(), "credited by hand")) << settled.reason();
   auto rolled = registry_->GetConfig("rpc/routes/fund.trade");
   ASSERT_TRUE(rolled.ok()) << rolled.status();
   EXPECT_EQ(rolled->value, "version=v1:100");

@@ -14,6 +14,7 @@ const URL = env("CONSOLE_URL");
 const TOKEN = env("CONSOLE_TOKEN");
 const SERVICE = env("CONSOLE_SERVICE");
 const ACTIVITY = env("CONSOLE_ACTIVITY");
+const STUCK = env("CONSOLE_STUCK");
 const TOPIC = env("CONSOLE_TOPIC");
 const GROUP = env("CONSOLE_GROUP");
 const LAG = env("CONSOLE_LAG");
@@ -154,6 +155,30 @@ try {
     await row("activities-table", "data-activity", ACTIVITY).locator("a").click(WAIT);
     await page.locator("#activity-detail h3", { hasText: "committed" }).waitFor(WAIT);
     await shot("transactions");
+  });
+
+  await check("transactions shows a stuck activity's failing action, retries and settles it", async () => {
+    await page.selectOption("#activity-states", "");
+    await row("activities-table", "data-activity", STUCK).locator("a").click(WAIT);
+    await page.locator("#activity-detail h3", { hasText: "committing" }).waitFor(WAIT);
+    const action = page.locator("#actions-table tr", { hasText: "fund.ledger" });
+    await action.waitFor(WAIT);
+    const cells = await action.locator("td").allTextContents();
+    expect(Number(cells[3]) >= 1, `attempts ${cells[3]}`);
+    expect(cells[4] && cells[4] !== "-", "no last error shown");
+    await shot("transactions-stuck");
+    await page.click("#retry-submit");
+    await confirmDialog();
+    await message.filter({ hasText: `activity ${STUCK} is COMMITTING` }).waitFor(WAIT);
+    await page.fill("#settle-reason", "");
+    await page.click("#settle-submit");
+    await message.filter({ hasText: "Give a reason to settle the activity." }).waitFor(WAIT);
+    await page.fill("#settle-reason", "credited by hand, ticket 42");
+    await page.waitForTimeout(2500);  // a refresh: what is typed stays
+    await page.click("#settle-submit");
+    await confirmDialog();
+    await message.filter({ hasText: `activity ${STUCK} is COMMITTED` }).waitFor(WAIT);
+    await page.locator("#activity-detail h3", { hasText: "committed" }).waitFor(WAIT);
   });
 
   await check("messaging shows the topic and the group's lag over time", async () => {

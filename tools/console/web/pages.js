@@ -173,7 +173,18 @@
             el("option", { value: "COMMITTED" }, "committed"),
             el("option", { value: "ROLLED_BACK" }, "rolled back"),
             el("option", { value: "ACTIVE,COMMITTING,ROLLING_BACK,COMMITTED,ROLLED_BACK" }, "all")))),
-        hold("activities-list"), hold("activity-detail"));
+        hold("activities-list"), hold("activity-detail"),
+        // Outside what the refresh redraws, so a reason being typed stays.
+        el("form", { class: "action", id: "activity-actions", hidden: "", onsubmit: (e) => e.preventDefault() },
+          el("button", { id: "retry-submit", onclick: () =>
+            change("dts/retry", { id: chosenActivity }, `Retry phase two of ${chosenActivity} now?`) }, "Retry"),
+          el("label", {}, "Reason", el("input", { id: "settle-reason", size: 30 })),
+          el("button", { class: "danger", id: "settle-submit", onclick: () => {
+            const reason = document.getElementById("settle-reason").value.trim();
+            if (check(reason, "Give a reason to settle the activity.")) {
+              change("dts/settle", { id: chosenActivity, reason }, `Settle ${chosenActivity} without its participants?`);
+            }
+          } }, "Settle")));
     },
     async refresh() {
       const states = document.getElementById("activity-states").value;
@@ -187,16 +198,8 @@
       const a = await get(`dts/activity?id=${encodeURIComponent(chosenActivity)}`);
       put("activity-detail", el("h3", {}, `Activity ${a.id}: ${state(a.state)}`, a.reason ? ` (${a.reason})` : ""),
         table("actions-table", [{ title: "Participant" }, { title: "Action" }, { title: "State" }, { title: "Attempts", num: true }, { title: "Last error" }],
-          a.actions.map((x) => ({ cells: [x.participant, x.name, state(x.state), x.attempts, x.last_error || "-"] }))),
-        el("form", { class: "action", onsubmit: (e) => e.preventDefault() },
-          el("button", { id: "retry-submit", onclick: () => change("dts/retry", { id: a.id }, `Retry phase two of ${a.id} now?`) }, "Retry"),
-          el("label", {}, "Reason", el("input", { id: "settle-reason", size: 30 })),
-          el("button", { class: "danger", id: "settle-submit", onclick: () => {
-            const reason = document.getElementById("settle-reason").value.trim();
-            if (check(reason, "Give a reason to settle the activity.")) {
-              change("dts/settle", { id: a.id, reason }, `Settle ${a.id} without its participants?`);
-            }
-          } }, "Settle")));
+          a.actions.map((x) => ({ cells: [x.participant, x.name, state(x.state), x.attempts, x.last_error || "-"] }))));
+      document.getElementById("activity-actions").hidden = false;
     },
   });
 
