@@ -36,6 +36,7 @@ using formica::testing::PickFreePort;
 constexpr char kToken[] = "console-test-token";
 constexpr char kTopic[] = "console.orders";
 constexpr char kGroup[] = "billing";
+constexpr char kDeadGroup[] = "auditors";
 constexpr int kConsumed = 5;
 constexpr int kLag = 7;
 
@@ -174,7 +175,34 @@ class ConsoleTest : public TrafficTest {
     for (int i = 0; i < 1000 && acked < kConsumed; ++i) absl::SleepFor(absl::Milliseconds(20));
     ASSERT_EQ(acked.load(), kConsumed);
     (*consumer)->Stop();
+    // The group "auditors" gives up on every message at once: kConsumed
+    // dead letters.
+    std::atomic<int> refused{0};
+    o.group = kDeadGroup;
+    o.max_attempts = 1;
+    auto giving_up = formica::dms::Consumer::Start(
+        o,
+        [&](const formica::dms::ReceivedMessage&) {
+          ++refused;
+          return formica::dms::ConsumeResult::kRetryLater;
+        },
+        rpc.get());
+    ASSERT_TRUE(giving_up.ok()) << giving_up.status();
+    for (int i = 0; i < 1000 && refused < kConsumed; ++i) absl::SleepFor(absl::Milliseconds(20));
+    ASSERT_EQ(refused.load(), kConsumed);
+    absl::SleepFor(absl::Milliseconds(300));  // the last answers reach the broker
+    (*giving_up)->Stop();
     Produce(*broker, kLag);
+    // A half message whose producer never decides it.
+    formica::dms::v1::PrepareRequest prepare;
+    prepare.set_topic(kTopic);
+    prepare.set_producer_group("fund-trade");
+    prepare.mutable_message()->set_body("undecided order");
+    formica::dms::v1::PrepareReply prepared;
+    grpc::ClientContext pctx;
+    grpc::Status pst = broker->Prepare(&pctx, prepare, &prepared);
+    ASSERT_TRUE(pst.ok()) << pst.error_message();
+    half_ = prepared.transaction_id();
   }
 
   // Publishes LDC rules: two RZones splitting the shards, a GZone.
@@ -201,6 +229,8 @@ class ConsoleTest : public TrafficTest {
     *output = (*p)->Output();
     return code;
   }
+
+  std::string half_;  // MakeLag's half message
 
   // The audit records in the registry, as their JSON text.
   std::vector<std::string> AuditRecords() {
@@ -281,6 +311,9 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
                          {"CONSOLE_STUCK", stuck},
                          {"CONSOLE_TOPIC", kTopic},
                          {"CONSOLE_GROUP", kGroup},
+                         {"CONSOLE_DEAD_GROUP", kDeadGroup},
+                         {"CONSOLE_DEAD", std::to_string(kConsumed)},
+                         {"CONSOLE_HALF", half_},
                          {"CONSOLE_LAG", std::to_string(kLag)},
                          {"CONSOLE_SCREENSHOTS", FORMICA_CONSOLE_SCREENSHOTS}},
                         &output);

@@ -17,6 +17,9 @@ const ACTIVITY = env("CONSOLE_ACTIVITY");
 const STUCK = env("CONSOLE_STUCK");
 const TOPIC = env("CONSOLE_TOPIC");
 const GROUP = env("CONSOLE_GROUP");
+const DEAD_GROUP = env("CONSOLE_DEAD_GROUP");
+const DEAD = env("CONSOLE_DEAD");
+const HALF = env("CONSOLE_HALF");
 const LAG = env("CONSOLE_LAG");
 const SHOTS = env("CONSOLE_SCREENSHOTS");
 const WAIT = { timeout: 15000 };
@@ -191,10 +194,23 @@ try {
     await page.fill("#lag-topic", TOPIC);
     await page.click("#lag-submit");
     await page.locator("#lag-total", { hasText: `lag ${LAG}` }).waitFor(WAIT);
+    await page.locator("#half-table td", { hasText: HALF }).waitFor(WAIT);
     await page.waitForTimeout(4500);  // more points on the plot
     const points = await page.locator(`#lag-plot path[data-series="${TOPIC}"]`).getAttribute("d");
     expect(points && points.split("L").length >= 2, `the lag plot has too few points: ${points}`);
     await shot("messaging");
+  });
+
+  await check("messaging lists a group's dead letters and replays them", async () => {
+    await page.fill("#lag-group", DEAD_GROUP);
+    await page.fill("#lag-topic", "");
+    await page.click("#lag-submit");
+    await page.locator("#lag-total", { hasText: `dead letters ${DEAD}` }).waitFor(WAIT);
+    const rows = await page.locator("#dlq-table tbody tr").count();
+    expect(rows === Number(DEAD), `${rows} dead letters listed`);
+    await page.click("#replay-submit");
+    await confirmDialog();
+    await message.filter({ hasText: `${DEAD} dead letters of ${DEAD_GROUP} replayed` }).waitFor(WAIT);
   });
 
   await check("ldc shows the zones, the shard owners and a client on the current rules", async () => {

@@ -93,7 +93,8 @@ const Console = (() => {
   function ago(unixMs) {
     const ms = Number(unixMs);
     if (!ms) return "-";
-    const s = Math.max(0, (Date.now() - ms) / 1000);
+    const s = (Date.now() - ms) / 1000;
+    if (s < 0) return `in ${(-s).toFixed(1)}s`;
     if (s < 120) return `${s.toFixed(1)}s ago`;
     if (s < 7200) return `${Math.round(s / 60)}m ago`;
     if (s < 172800) return `${Math.round(s / 3600)}h ago`;
