@@ -319,6 +319,7 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
                         &output);
   stop = true;
   load.join();
+  std::printf("%s\n", output.c_str());
   ASSERT_EQ(code, 0) << output << "\nconsole:\n" << console->Output();
 
   // The shift made in the page is the registry's route; the rollback sent
@@ -349,6 +350,7 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
   EXPECT_EQ(refused, 1) << absl::StrJoin(records, "\n");
   EXPECT_GE(failed, 1) << absl::StrJoin(records, "\n");
   EXPECT_EQ(made, 1) << absl::StrJoin(records, "\n");
+  for (const std::string& r : records) EXPECT_FALSE(absl::StrContains(r, "mallory")) << r;
 }
 
 // A console started by hand with a bad option exits 2 naming it; one

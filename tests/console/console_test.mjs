@@ -206,6 +206,8 @@ try {
     await page.fill("#lag-topic", "");
     await page.click("#lag-submit");
     await page.locator("#lag-total", { hasText: `dead letters ${DEAD}` }).waitFor(WAIT);
+    await page.locator("#dlq-list h3", { hasText: `Dead letters of ${DEAD_GROUP}` }).waitFor(WAIT);
+    await page.locator("#replay-submit").waitFor(WAIT);
     const rows = await page.locator("#dlq-table tbody tr").count();
     expect(rows === Number(DEAD), `${rows} dead letters listed`);
     await page.click("#replay-submit");
@@ -221,6 +223,26 @@ try {
     const client = page.locator("#clients-table tr", { hasText: "fund-trade" });
     await client.locator("td", { hasText: "current" }).waitFor(WAIT);
     await shot("ldc");
+  });
+
+  await check("a page of another origin cannot make a change, even with the token", async () => {
+    const other = await browser.newPage();
+    await other.goto(URL.replace("127.0.0.1", "localhost"));  // another origin, same console
+    const outcome = await other.evaluate(async ([url, service, token]) => {
+      try {
+        const r = await fetch(`${url}api/traffic/shift`, { method: "POST",
+          headers: { "Content-Type": "application/json", "X-Formica-Token": token, "X-Formica-Operator": "mallory" },
+          body: JSON.stringify({ service, target: "color=blue", percent: 100, confirmed: true }) });
+        return `answered ${r.status}`;
+      } catch (e) {
+        return `blocked: ${e.message} (from ${location.origin})`;
+      }
+    }, [URL, SERVICE, TOKEN]);
+    await other.close();
+    console.log(`        cross-origin: ${outcome}`);
+    expect(outcome.startsWith("blocked"), outcome);
+    await page.goto(`${URL}#traffic`);
+    await share("green").filter({ hasText: "80.0" }).waitFor(WAIT);
   });
 
   await check("the audit trail shows the refused, the failed and the made change", async () => {
