@@ -394,6 +394,38 @@ TEST_F(ConsoleTest, NamesABadOptionAndIsReadOnlyWithoutAToken) {
   EXPECT_TRUE(absl::StrContains(bad_body->body, "not a JSON object")) << bad_body->body;
 }
 
+// What the console cannot read it says: a daemon down (503, the gRPC
+// reason), a daemon not configured (409, naming the key), bad parameters
+// (400, naming what is wrong); the overview marks the daemon down.
+TEST_F(ConsoleTest, SaysWhatItCannotRead) {
+  std::string dead = absl::StrCat("127.0.0.1:", PickFreePort());  // nothing listens
+  int port = PickFreePort();
+  auto console = StartConsole(dead, "", port);
+  ASSERT_TRUE(console);
+  httplib::Client http("127.0.0.1", port);
+  auto expect = [&](const std::string& path, int status, const std::string& code,
+                    const std::string& text) {
+    auto r = http.Get(path);
+    ASSERT_TRUE(r) << path;
+    EXPECT_EQ(r->status, status) << path << ": " << r->body;
+    EXPECT_TRUE(absl::StrContains(r->body, absl::StrCat("\"code\":\"", code, "\"")))
+        << path << ": " << r->body;
+    EXPECT_TRUE(absl::StrContains(r->body, text)) << path << ": " << r->body;
+  };
+  expect("/api/dts/activities", 503, "UNAVAILABLE", "failed to connect");
+  expect("/api/dms/topics", 409, "FAILED_PRECONDITION", "no dmsd address (console.dms)");
+  expect("/api/dts/activities?states=DONE", 400, "INVALID_ARGUMENT", "unknown state 'DONE'");
+  expect("/api/dts/activities?limit=0", 400, "INVALID_ARGUMENT",
+         "the limit '0' is not a number from 1 to 1000");
+  expect("/api/service?name=a%20b", 400, "INVALID_ARGUMENT", "the service 'a b' has ' '");
+  expect("/api/dts/activity", 400, "INVALID_ARGUMENT", "the activity id is required");
+  auto overview = http.Get("/api/overview");
+  ASSERT_TRUE(overview);
+  EXPECT_EQ(overview->status, 200);
+  EXPECT_TRUE(absl::StrContains(overview->body, R"("dts":{"ok":false,"error":)")) << overview->body;
+  EXPECT_TRUE(absl::StrContains(overview->body, R"("services":{"ok":true)")) << overview->body;
+}
+
 // The Releases page's rollback: the release's calls go to the previous
 // version at once and its record asks the controller to roll back, as
 // `formicactl release rollback` does; a release no controller runs says so.
