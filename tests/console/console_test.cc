@@ -5,8 +5,9 @@
 // committed activity and the topic's lag; a shift without the token is
 // refused; a shift with it changes the route in the registry and the
 // traffic view; bad input gets a clear message; the audit trail records
-// every change asked for. The browser takes the screenshots in
-// docs/console/ (docs/operations.md).
+// every change asked for. The browser takes the screenshots into the build
+// tree, or into $FORMICA_CONSOLE_SCREENSHOTS_DIR (docs/console/ renews the
+// pictures in docs/operations.md).
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -34,6 +35,13 @@ using formica::testing::BinaryPath;
 using formica::testing::PickFreePort;
 
 constexpr char kToken[] = "console-test-token";
+
+// Where the browser saves its screenshots: the build tree, unless
+// FORMICA_CONSOLE_SCREENSHOTS_DIR names another folder (docs/console).
+std::string ScreenshotDir() {
+  const char* dir = std::getenv("FORMICA_CONSOLE_SCREENSHOTS_DIR");
+  return dir != nullptr && *dir != '\0' ? dir : FORMICA_CONSOLE_SCREENSHOTS;
+}
 constexpr char kTopic[] = "console.orders";
 constexpr char kGroup[] = "billing";
 constexpr char kDeadGroup[] = "auditors";
@@ -315,7 +323,7 @@ TEST_F(ConsoleTest, OperatorSeesTheSuiteAndShiftsTrafficWithTheToken) {
                          {"CONSOLE_DEAD", std::to_string(kConsumed)},
                          {"CONSOLE_HALF", half_},
                          {"CONSOLE_LAG", std::to_string(kLag)},
-                         {"CONSOLE_SCREENSHOTS", FORMICA_CONSOLE_SCREENSHOTS}},
+                         {"CONSOLE_SCREENSHOTS", ScreenshotDir()}},
                         &output);
   stop = true;
   load.join();
