@@ -2,7 +2,7 @@
 // process, each hosted by an rpc::Server published to DSR:
 //   account  fund.v1.Account (+ its dts participant fund.account.dts)
 //   fund     fund.v1.Fund    (+ fund.fund.dts)
-//   gateway  fund.v1.Gateway (business activities through dtsd, messages to dmsd)
+//   gateway  fund.v1.Gateway (+ fund.gateway.dts; activities through dtsd, messages to dmsd)
 //   ledger   fund.v1.Ledger  (consumes fund.orders into statements)
 //
 //   fund-server --registry H:P [--services account,fund,gateway,ledger]
@@ -151,6 +151,8 @@ int main(int argc, char** argv) {
     if (!g.ok()) return Fail("gateway", g.status());
     gateway = std::move(*g);
     hosted["gateway"].push_back({fund::v1::Gateway::service_full_name(), gateway.get()});
+    hosted["gateway"].push_back(
+        {gateway->participant()->name(), gateway->participant()->service()});
   }
   if (wanted.count("ledger") > 0) {
     auto ds = store("ledger");

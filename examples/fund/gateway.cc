@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/activity.h"
@@ -25,6 +26,23 @@ absl::StatusOr<std::unique_ptr<GatewayService>> GatewayService::Open(
     if (!r.ok()) return r.status();
   }
   std::unique_ptr<GatewayService> g(new GatewayService(rpc, ds, producer));
+  auto p = formica::dts::ShardedParticipant::Open({"fund.gateway.dts"}, rpc, ds);
+  if (!p.ok()) return p.status();
+  g->participant_ = std::move(*p);
+  // Payload "<user> <client order id>", as Execute's try writes it.
+  auto step = [ds](const char* sql) {
+    return [ds, sql](dds::Transaction* tx, const formica::dts::ActionCall& a) -> absl::Status {
+      size_t space = a.payload.find(' ');
+      int64_t user = std::atoll(a.payload.substr(0, space).c_str());
+      auto r = tx->Execute(sql, {user, a.payload.substr(space + 1)});
+      return r.status();
+    };
+  };
+  g->participant_->Declare("order",
+                           step("UPDATE orders SET state = 'CONFIRMED' WHERE user_id = $1 AND "
+                                "client_order_id = $2 AND state = 'PENDING'"),
+                           step("DELETE FROM orders WHERE user_id = $1 AND client_order_id = $2 "
+                                "AND state = 'PENDING'"));
   auto day = ds->Execute("SELECT day FROM business_day WHERE id = 1", {}, {.primary = true});
   if (!day.ok()) return day.status();
   absl::MutexLock lock(&g->mu_);
@@ -48,9 +66,15 @@ grpc::Status GatewayService::Place(grpc::ServerContext* ctx, const v1::Order* or
   return formica::rpc::Serve(ctx, [&] {
     auto user = ParseUserId(order->user_id());
     if (!user.ok()) return formica::ToGrpcStatus(user.status());
-    if (order->client_order_id().empty() || order->client_order_id().size() > 64) {
+    bool id_ok = !order->client_order_id().empty() && order->client_order_id().size() <= 64;
+    for (char c : order->client_order_id()) {
+      id_ok = id_ok && (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' ||
+                        c == '_' || c == '.');
+    }
+    if (!id_ok) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "client_order_id must be 1 to 64 characters");
+                          absl::StrCat("client_order_id '", order->client_order_id(),
+                                       "' must be 1 to 64 of A-Z a-z 0-9 - _ ."));
     }
     if (order->kind() != v1::PURCHASE && order->kind() != v1::REDEEM) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "kind must be PURCHASE or REDEEM");
@@ -151,14 +175,26 @@ absl::Status GatewayService::Execute(const v1::Order& order, int64_t user, int64
   auto activity = formica::dts::Activity::Begin(rpc_, options);
   if (!activity.ok()) return activity.status();
   const std::string& id = (*activity)->id();
-  auto inserted = ds_->Execute(
-      "INSERT INTO orders (user_id, client_order_id, kind, amount, state, refusal, activity_id, "
-      "day) VALUES ($1, $2, $3, $4, 'PENDING', '', $5, $6) ON CONFLICT DO NOTHING",
-      {user, order.client_order_id(), int64_t{order.kind()}, order.amount(), id, day});
-  if (!inserted.ok()) return inserted.status();
-  if (inserted->rows_affected == 0) {
-    (*activity)->Rollback("a repeated order").IgnoreError();
-    return Existing(order, user, result);
+  // The order's row is itself an action of the activity: written by this
+  // try, kept by the confirm, removed by the cancel (unless a refusal was
+  // recorded in it), so an order whose outcome this process never learnt
+  // (dtsd killed, the gateway killed) is settled by dtsd's phase two.
+  absl::Status taken = participant_->Try(
+      id, user, "order", absl::StrCat(user, " ", order.client_order_id()),
+      [&](dds::Transaction* tx) -> absl::Status {
+        auto r = tx->Execute(
+            "INSERT INTO orders (user_id, client_order_id, kind, amount, state, refusal, "
+            "activity_id, day) VALUES ($1, $2, $3, $4, 'PENDING', '', $5, $6) ON CONFLICT DO "
+            "NOTHING",
+            {user, order.client_order_id(), int64_t{order.kind()}, order.amount(), id, day});
+        if (!r.ok()) return r.status();
+        if (r->rows_affected == 0) return absl::AlreadyExistsError("a repeated order");
+        return absl::OkStatus();
+      });
+  if (!taken.ok()) {
+    (*activity)->Rollback(taken.ToString()).IgnoreError();
+    if (taken.code() == absl::StatusCode::kAlreadyExists) return Existing(order, user, result);
+    return taken;
   }
   const std::string account = v1::Account::service_full_name();
   const std::string fund = v1::Fund::service_full_name();
@@ -177,7 +213,7 @@ absl::Status GatewayService::Execute(const v1::Order& order, int64_t user, int64
     formica::dms::OutgoingMessage m;
     m.key = order.user_id();
     m.tags = {purchase ? "purchase" : "redeem"};
-    m.dedup_key = body.order_id();
+    m.dedup_key = absl::StrCat(body.order_id(), "@", id);  // a repeat after a rollback is new
     m.body = body.SerializeAsString();
     return producer_->SendInActivity(kOrdersTopic, std::move(m)).status();
   });
@@ -186,40 +222,52 @@ absl::Status GatewayService::Execute(const v1::Order& order, int64_t user, int64
   result->set_day(day);
   const bool refusal = st.code() == absl::StatusCode::kFailedPrecondition ||
                        st.code() == absl::StatusCode::kNotFound;
-  if (st.ok()) {
-    st = (*activity)->Commit();
-    if (!st.ok() && st.code() != absl::StatusCode::kFailedPrecondition) {
-      // The outcome is dtsd's to tell; the order stays PENDING (a repeat
-      // says so) until an operator settles it (formicactl dts show).
-      ++counters_.failed;
-      return absl::UnavailableError(absl::StrCat("order ", order.client_order_id(),
-                                                 ": commit outcome unknown (activity ", id,
-                                                 "): ", st.message()));
-    }
-  } else {
-    (*activity)->Rollback(st.ToString()).IgnoreError();
-  }
-  if (st.ok() || refusal) {
+  if (!st.ok() && refusal) {
+    // Recorded before the rollback, so that the cancel keeps the row: a
+    // repeat gets this refusal back.
     auto r = ds_->Execute(
-        "UPDATE orders SET state = $3, refusal = $4 WHERE user_id = $1 AND client_order_id = $2",
-        {user, order.client_order_id(), std::string(st.ok() ? "CONFIRMED" : "REFUSED"),
-         std::string(st.ok() ? "" : st.message())});
+        "UPDATE orders SET state = 'REFUSED', refusal = $3 WHERE user_id = $1 AND "
+        "client_order_id = $2 AND state = 'PENDING'",
+        {user, order.client_order_id(), std::string(st.message())});
+    (*activity)->Rollback(st.ToString()).IgnoreError();
     if (!r.ok()) return r.status();
-    ++(st.ok() ? counters_.confirmed : counters_.refused);
-    result->set_confirmed(st.ok());
-    if (!st.ok()) result->set_refusal(std::string(st.message()));
+    ++counters_.refused;
+    result->set_confirmed(false);
+    result->set_refusal(std::string(st.message()));
     return absl::OkStatus();
   }
-  // Rolled back for another reason: nothing happened, the order may be repeated.
-  ++counters_.failed;
-  ds_->Execute("DELETE FROM orders WHERE user_id = $1 AND client_order_id = $2",
-               {user, order.client_order_id()})
-      .status()
-      .IgnoreError();
-  return absl::Status(
-      st.code() == absl::StatusCode::kFailedPrecondition ? absl::StatusCode::kAborted : st.code(),
-      absl::StrCat("order ", order.client_order_id(),
-                   " was not executed and may be repeated: ", st.message()));
+  if (!st.ok()) {
+    // Rolled back: the cancel removes the order's row; it may be repeated.
+    (*activity)->Rollback(st.ToString()).IgnoreError();
+    ++counters_.failed;
+    return absl::Status(
+        st.code() == absl::StatusCode::kAlreadyExists ? absl::StatusCode::kAborted : st.code(),
+        absl::StrCat("order ", order.client_order_id(),
+                     " was not executed and may be repeated: ", st.message()));
+  }
+  st = (*activity)->Commit();
+  if (st.code() == absl::StatusCode::kFailedPrecondition) {
+    ++counters_.failed;
+    return absl::AbortedError(absl::StrCat("order ", order.client_order_id(),
+                                           " was rolled back and may be repeated: ", st.message()));
+  }
+  if (!st.ok()) {
+    // dtsd will settle it (the order's own action included); a repeat
+    // meanwhile hears that it is still being executed.
+    ++counters_.failed;
+    return absl::UnavailableError(absl::StrCat("order ", order.client_order_id(),
+                                               ": commit outcome not known yet (activity ", id,
+                                               "): ", st.message()));
+  }
+  // The confirm does this too; doing it now lets a repeat see it at once.
+  auto r = ds_->Execute(
+      "UPDATE orders SET state = 'CONFIRMED' WHERE user_id = $1 AND client_order_id = $2 AND "
+      "state = 'PENDING'",
+      {user, order.client_order_id()});
+  if (!r.ok()) return r.status();
+  ++counters_.confirmed;
+  result->set_confirmed(true);
+  return absl::OkStatus();
 }
 
 grpc::Status GatewayService::CutOff(grpc::ServerContext* ctx, const v1::CutOffRequest*,

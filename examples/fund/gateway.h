@@ -4,13 +4,14 @@
 // shares and the message all happen, or none does.
 //
 // An order is keyed by (user id, client order id) in the gateway's own
-// table `orders` (DDS, on the user's shard), written before the activity
-// begins: a repeat finds the row and gets the first result back
-// (`repeated`), never a second execution. A business refusal (insufficient
-// balance or shares, unknown user) is an answer, `confirmed = false` with
-// the reason; the activity is rolled back so nothing stays frozen. Any
-// other failure rolls the activity back, forgets the order (so that it may
-// be repeated) and is the call's error.
+// table `orders` (DDS, on the user's shard), written by the activity's
+// first action (the gateway's own participant, fund.gateway.dts): a repeat
+// finds the row and gets the first result back (`repeated`), never a
+// second execution; while the first is still running (or its outcome is
+// being settled by dtsd) a repeat is ABORTED "still being executed". A business refusal
+// (insufficient balance or shares, unknown user) is an answer, `confirmed = false` with the reason;
+// the activity is rolled back so nothing stays frozen. Any other failure rolls the activity back
+// (whose cancel removes the order's row, so that it may be repeated) and is the call's error.
 //
 // Business days: an order belongs to the day current when the gateway took
 // it. CutOff starts the next day and returns once every order of the
@@ -25,6 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "formica/dds/data_source.h"
 #include "formica/dms/producer.h"
+#include "formica/dts/sharded_participant.h"
 #include "formica/rpc/client.h"
 #include "fund/v1/fund.grpc.pb.h"
 
@@ -54,6 +56,8 @@ class GatewayService final : public v1::Gateway::Service {
                       grpc::ServerWriter<v1::Trade>* writer) override;
 
   const GatewayCounters& counters() const { return counters_; }
+  // The order rows' participant (fund.gateway.dts): host it beside the gateway.
+  formica::dts::ShardedParticipant* participant() { return participant_.get(); }
 
  private:
   GatewayService(formica::rpc::Client* rpc, formica::dds::ShardedDataSource* ds,
@@ -69,6 +73,7 @@ class GatewayService final : public v1::Gateway::Service {
   formica::rpc::Client* rpc_;
   formica::dds::ShardedDataSource* ds_;
   formica::dms::Producer* producer_;
+  std::unique_ptr<formica::dts::ShardedParticipant> participant_;
   GatewayCounters counters_;
   absl::Mutex mu_;
   int64_t day_ ABSL_GUARDED_BY(mu_) = 1;
