@@ -56,6 +56,7 @@ DriverReport OrderDriver::Run(const DriverOptions& o) {
         absl::SleepFor(absl::Milliseconds(250));
         absl::Time now = absl::Now();
         if (now - last_at < absl::Seconds(1) && !stop.load()) continue;
+        if (stop.load()) break;
         int64_t n = answered.load();
         double rate = (n - last) / absl::ToDoubleSeconds(now - last_at);
         absl::MutexLock lock(&mu);

@@ -104,6 +104,12 @@ int main(int argc, char** argv) {
     absl::SleepFor(absl::Milliseconds(200));
   }
   std::printf("money and shares %s: %s\n", conserved ? "add up" : "DO NOT add up", why.c_str());
+  auto settled = fund::ReadTotals(rpc->get());
+  if (settled.ok()) {
+    std::printf("ledger: %lld order-confirmed messages delivered in all (%lld by this run)\n",
+                static_cast<long long>(settled->ledger.entries()),
+                static_cast<long long>(settled->ledger.entries() - before->ledger.entries()));
+  }
   std::printf(
       "{\"orders\": %lld, \"orders_per_s\": %.1f, \"p50_ms\": %.2f, \"p99_ms\": %.2f, "
       "\"confirmed\": %lld, \"refused\": %lld, \"repeats\": %lld, \"repeats_matching\": %lld, "

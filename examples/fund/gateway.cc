@@ -99,8 +99,9 @@ absl::Status GatewayService::Existing(const v1::Order& order, int64_t user,
       {user, order.client_order_id()}, {.primary = true});
   if (!r.ok()) return r.status();
   if (r->rows.empty()) {
-    return absl::AbortedError(absl::StrCat("order ", order.client_order_id(),
-                                           " was being placed concurrently; repeat it"));
+    // Gone between the insert that found it and this read: its activity
+    // rolled back. NOT_FOUND tells Execute to place it.
+    return absl::NotFoundError(absl::StrCat("order ", order.client_order_id(), " is not known"));
   }
   const auto& row = r->rows[0];
   if (AsInt(row[0]) != order.kind() || AsInt(row[1]) != order.amount()) {
@@ -168,6 +169,9 @@ absl::Status Unprefixed(const absl::Status& st) {
 absl::Status GatewayService::Execute(const v1::Order& order, int64_t user, int64_t day,
                                      v1::OrderResult* result) {
   const bool purchase = order.kind() == v1::PURCHASE;
+  // A repeat of a known order is answered without an activity.
+  absl::Status known = Existing(order, user, result);
+  if (known.code() != absl::StatusCode::kNotFound) return known;
   formica::dts::ActivityOptions options;
   options.name = purchase ? "fund.Purchase" : "fund.Redeem";
   options.initiator = "fund-gateway";
@@ -193,7 +197,14 @@ absl::Status GatewayService::Execute(const v1::Order& order, int64_t user, int64
       });
   if (!taken.ok()) {
     (*activity)->Rollback(taken.ToString()).IgnoreError();
-    if (taken.code() == absl::StatusCode::kAlreadyExists) return Existing(order, user, result);
+    if (taken.code() == absl::StatusCode::kAlreadyExists) {
+      absl::Status again = Existing(order, user, result);
+      if (again.code() == absl::StatusCode::kNotFound) {
+        return absl::AbortedError(absl::StrCat("order ", order.client_order_id(),
+                                               " was being placed concurrently; repeat it"));
+      }
+      return again;
+    }
     return taken;
   }
   const std::string account = v1::Account::service_full_name();
