@@ -1,11 +1,12 @@
 // fund-clear: the fund's daily clearing (docs/fund.md).
-//   fund-clear worker --registry H:P [--fund-data DIR | --fund-dds FILE] [--host H]
-//                     [--delay-ms N]
+//   fund-clear worker --registry H:P [--fund-data DIR [--databases N] | --fund-dds FILE]
+//                     [--host H] [--nice N] [--delay-ms N]
 //       serves fund.v1.ClearingWorker until SIGINT/SIGTERM; --fund-data (the
-//       fund-server's --data) lets it reconcile against the fund's holdings.
+//       fund-server's --data and --databases) lets it reconcile against the
+//       fund's holdings; --nice N lowers its CPU priority (online first).
 //   fund-clear run --registry H:P --trades FILE --work DIR --out DIR
 //                  [--opening FILE] [--income CENTS | --yield-bp BP]
-//                  [--check-online] [--parallel N] [--quiet]
+//                  [--check-online] [--parallel N] [--nice N] [--quiet]
 //       clears one day on the workers found through DSR and writes
 //       DIR/clearing-<day>.csv; exit 0 reconciled, 3 not (the differences
 //       are named), 2 bad input, 1 other failure.
@@ -13,6 +14,10 @@
 //       writes a day's confirmed orders from the gateway as a trade file;
 //       --cut-off first closes the gateway's current day and exports it.
 #include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <cstdio>
 #include <map>
@@ -55,7 +60,9 @@ int Worker(std::map<std::string, std::string>& f) {
   if (registry == nullptr) return 2;
   std::unique_ptr<formica::dds::ShardedDataSource> holdings;
   if (!f["fund-data"].empty() || !f["fund-dds"].empty()) {
-    auto ds = fund::OpenStore("fund", f["fund-data"], f["fund-dds"], {{"holdings", "user_id"}}, {});
+    int databases = f["databases"].empty() ? 2 : std::atoi(f["databases"].c_str());
+    auto ds = fund::OpenStore("fund", f["fund-data"], f["fund-dds"], {{"holdings", "user_id"}}, {},
+                              databases);
     if (!ds.ok()) {
       std::fprintf(stderr, "fund-clear: %s\n", ds.status().ToString().c_str());
       return 1;
@@ -188,12 +195,18 @@ int main(int argc, char** argv) {
   if (argc < 2) return Usage();
   std::string command = argv[1];
   std::map<std::string, std::string> f;
-  if (!fund::ParseFlags(argc, argv, 2,
-                        {"registry", "fund-data", "fund-dds", "host", "delay-ms", "trades",
-                         "opening", "work", "out", "income", "yield-bp", "parallel", "day"},
-                        {"check-online", "quiet", "cut-off"}, &f) ||
+  if (!fund::ParseFlags(
+          argc, argv, 2,
+          {"registry", "fund-data", "fund-dds", "databases", "nice", "host", "delay-ms", "trades",
+           "opening", "work", "out", "income", "yield-bp", "parallel", "day"},
+          {"check-online", "quiet", "cut-off"}, &f) ||
       f["registry"].empty()) {
     return Usage();
+  }
+  // Clearing must not take the CPU from online users: --nice lowers its priority.
+  if (!f["nice"].empty() && ::setpriority(PRIO_PROCESS, 0, std::atoi(f["nice"].c_str())) != 0) {
+    std::fprintf(stderr, "fund-clear: --nice: %s\n", std::strerror(errno));
+    return 2;
   }
   if (command == "worker") return Worker(f);
   if (command == "run") return Run(f);

@@ -6,11 +6,11 @@
 //   ledger   fund.v1.Ledger  (consumes fund.orders into statements)
 //
 //   fund-server --registry H:P [--services account,fund,gateway,ledger]
-//               [--data DIR] [--dds FILE] [--users N] [--initial CENTS]
+//               [--data DIR] [--databases N] [--dds FILE] [--users N] [--initial CENTS]
 //               [--host H] [--zone Z] [--metrics-listen H:P] [--fail-rate P]
 //
-// Data: each service's DDS data source, by default two SQLite files
-// DIR/<service>-0.db and -1.db; --dds FILE (a `dds:` YAML, "{service}" in the
+// Data: each service's DDS data source, by default N (--databases, default
+// 2) SQLite files DIR/<service>-0.db, -1.db, ...; --dds FILE (a `dds:` YAML, "{service}" in the
 // path replaced by the service's name) for anything else. --users N gives
 // users 1..N an account with --initial cents (default 1000000) and an empty
 // holding, keeping existing ones. Each service gets its own rpc::Server on
@@ -52,10 +52,11 @@ int main(int argc, char** argv) {
                                           {"users", "0"},
                                           {"initial", "1000000"},
                                           {"host", "127.0.0.1"},
-                                          {"fail-rate", "0"}};
+                                          {"fail-rate", "0"},
+                                          {"databases", "2"}};
   if (!fund::ParseFlags(argc, argv, 1,
                         {"registry", "services", "data", "dds", "users", "initial", "host", "zone",
-                         "metrics-listen", "fail-rate"},
+                         "metrics-listen", "fail-rate", "databases"},
                         {}, &f) ||
       f["registry"].empty()) {
     std::fprintf(stderr, "usage: fund-server --registry H:P [--services ...] (see docs/fund.md)\n");
@@ -72,6 +73,11 @@ int main(int argc, char** argv) {
   const int64_t users = std::atoll(f["users"].c_str());
   const int64_t initial = std::atoll(f["initial"].c_str());
   const double fail_rate = std::atof(f["fail-rate"].c_str());
+  const int databases = std::atoi(f["databases"].c_str());
+  if (databases < 1 || databases > 100) {
+    std::fprintf(stderr, "fund-server: --databases must be 1 to 100\n");
+    return 2;
+  }
 
   formica::registry::ClientOptions ro;
   ro.client_name = "fund-server";
@@ -93,7 +99,7 @@ int main(int argc, char** argv) {
                                                   {"holdings", "user_id"},
                                                   {"orders", "user_id"},
                                                   {"statements", "user_id"}};
-    auto ds = fund::OpenStore(service, f["data"], dds, sharded, {});
+    auto ds = fund::OpenStore(service, f["data"], dds, sharded, {}, databases);
     if (!ds.ok()) return ds.status();
     return (stores[service] = std::move(*ds)).get();
   };

@@ -13,14 +13,15 @@ namespace dds = formica::dds;
 
 absl::StatusOr<std::unique_ptr<dds::ShardedDataSource>> OpenStore(
     const std::string& service, const std::string& data_dir, const std::string& dds_file,
-    const std::map<std::string, std::string>& sharded, const std::vector<std::string>& schema) {
+    const std::map<std::string, std::string>& sharded, const std::vector<std::string>& schema,
+    int databases) {
   dds::DataSourceConfig config;
   if (!dds_file.empty()) {
     auto loaded = dds::LoadDataSourceConfig(dds_file);
     if (!loaded.ok()) return loaded.status();
     config = *std::move(loaded);
   } else {
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < databases; ++i) {
       dds::DatabaseConfig db;
       db.name = absl::StrCat(service, i);
       db.target = absl::StrCat(data_dir, "/", service, "-", i, ".db");

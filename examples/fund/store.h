@@ -17,13 +17,15 @@
 namespace fund {
 
 // The data source of `service` ("account", "fund", "gateway", "ledger"):
-// `dds_file` when given, else <data_dir>/<service>-0.db and -1.db. Shards
+// `dds_file` when given, else `databases` SQLite files
+// <data_dir>/<service>-0.db, -1.db, ... (the shards split evenly). Shards
 // the tables named in `sharded` (table -> user id column) and
 // formica_dts_barrier (business_day is a broadcast table), then runs `schema` (CREATE TABLE IF NOT
 // EXISTS ...).
 absl::StatusOr<std::unique_ptr<formica::dds::ShardedDataSource>> OpenStore(
     const std::string& service, const std::string& data_dir, const std::string& dds_file,
-    const std::map<std::string, std::string>& sharded, const std::vector<std::string>& schema);
+    const std::map<std::string, std::string>& sharded, const std::vector<std::string>& schema,
+    int databases = 2);
 
 // A user id: 1 to 18 decimal digits, not starting with 0. INVALID_ARGUMENT
 // naming the value otherwise.
