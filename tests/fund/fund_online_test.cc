@@ -9,7 +9,9 @@
 #include <atomic>
 #include <thread>
 
+#include "clearing_master.h"
 #include "fund_fixture.h"
+#include "trade_file.h"
 
 namespace fund::testing {
 namespace {
@@ -172,6 +174,78 @@ TEST_F(FundOnline, RefusalsAndBadOrdersAreAnsweredAsTheClientGetsThem) {
   auto all = ReadTotals(rpc_.get());
   ASSERT_TRUE(all.ok());
   EXPECT_EQ(all->balances.frozen() + all->shares.frozen(), 0);
+}
+
+TEST_F(FundOnline, ACutOffClosesTheDayAndItsClearingReconcilesWithTheOnlineHoldings) {
+  auto books = StartFund("account,fund");
+  auto front = StartFund("gateway,ledger");
+  ASSERT_TRUE(books && front);
+  auto worker =
+      Subprocess::Start({formica::testing::BinaryPath("examples/fund/fund-clear"), "worker",
+                         "--registry", dsrd_->address(), "--fund-data", dir_.path()},
+                        dir_.File("worker.log"));
+  ASSERT_TRUE(worker.ok());
+  ASSERT_TRUE((*worker)->WaitForOutput("serving on", absl::Seconds(20)));
+  DriverOptions o;
+  o.users = kUsers;
+  o.max_orders = 300;
+  o.repeat_ratio = 0;
+  o.duration = absl::Seconds(120);
+  OrderDriver driver(rpc_.get());
+  DriverReport day1 = driver.Run(o);
+  ASSERT_EQ(day1.unanswered, 0);
+  // The cut-off and the export, as an operator runs them.
+  auto exported = Subprocess::Start(
+      {formica::testing::BinaryPath("examples/fund/fund-clear"), "export", "--registry",
+       dsrd_->address(), "--cut-off", "--out", dir_.File("trades-1.csv")},
+      dir_.File("export.log"));
+  ASSERT_TRUE(exported.ok());
+  ASSERT_EQ((*exported)->Wait(absl::Seconds(60)), 0) << (*exported)->Output();
+  EXPECT_THAT((*exported)->Output(), HasSubstr("cut-off: day 1 closed, orders now go to day 2"));
+  auto trades = ReadTradeFile(dir_.File("trades-1.csv"));
+  ASSERT_TRUE(trades.ok()) << trades.status();
+  EXPECT_EQ(trades->day, 1);
+  EXPECT_EQ(static_cast<int64_t>(trades->trades.size()), day1.confirmed);
+  int64_t purchased = 0;
+  for (const TradeRecord& t : trades->trades) purchased += t.purchase ? t.amount : 0;
+  EXPECT_EQ(purchased, day1.purchased);
+  // Cleared against the online holdings: reconciled, each user's closing
+  // is what the fund holds plus the day's income.
+  ClearingMaster master(rpc_.get());
+  ClearingOptions co;
+  co.trades_file = dir_.File("trades-1.csv");
+  co.work_dir = dir_.File("work");
+  co.out_dir = dir_.File("out");
+  co.check_online = true;
+  co.progress = false;
+  co.income = 5000;
+  auto r = master.Run(co);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto cleared = ReadClearedFile(r->output);
+  ASSERT_TRUE(cleared.ok());
+  int64_t income = 0;
+  for (const ClearedRecord& c : cleared->users) {
+    auto held = Of(true, c.user);
+    ASSERT_TRUE(held.ok());
+    EXPECT_EQ(c.closing - c.income, held->available()) << "user " << c.user;
+    income += c.income;
+  }
+  EXPECT_EQ(income, 5000);
+  // An order after the cut-off belongs to day 2...
+  v1::Order late;
+  late.set_client_order_id("late");
+  const int64_t user = trades->trades.front().user;  // one the day-1 clearing knows
+  late.set_user_id(std::to_string(user));
+  late.set_kind(v1::PURCHASE);
+  late.set_amount(100);
+  auto placed = driver.Place(late, absl::Seconds(10));
+  ASSERT_TRUE(placed.ok() && placed->confirmed()) << placed.status();
+  EXPECT_EQ(placed->day(), 2);
+  // ...so day 1 checked against the holdings now names that user.
+  co.out_dir = dir_.File("out-again");
+  auto again = master.Run(co);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(again.status().message(), HasSubstr(absl::StrCat("user ", user, ": the fund holds")));
 }
 
 }  // namespace fund::testing
