@@ -5,12 +5,14 @@
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <thread>
 
 #include "clearing_master.h"
 #include "fund_fixture.h"
+#include "postgres.h"
 #include "trade_file.h"
 
 namespace fund::testing {
@@ -174,6 +176,50 @@ TEST_F(FundOnline, RefusalsAndBadOrdersAreAnsweredAsTheClientGetsThem) {
   auto all = ReadTotals(rpc_.get());
   ASSERT_TRUE(all.ok());
   EXPECT_EQ(all->balances.frozen() + all->shares.frozen(), 0);
+}
+
+TEST_F(FundOnline, RunsOnPostgreSQLThroughADdsFile) {
+  auto pg = formica::testing::PostgresServer::Start();
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  for (const char* service : {"account", "fund", "gateway", "ledger"}) {
+    std::string yaml = "dds:\n  databases:\n";
+    for (int i = 0; i < 2; ++i) {
+      std::string db = absl::StrCat(service, i);
+      ASSERT_TRUE((*pg)->CreateDatabase(db).ok());
+      absl::StrAppend(&yaml, "    ", db, ":\n      postgres: \"", (*pg)->Dsn(db),
+                      "\"\n      shards: ", i == 0 ? "0-49" : "50-99", "\n");
+    }
+    ASSERT_TRUE(WriteFileAtomically(dir_.File(absl::StrCat("dds-", service, ".yaml")), yaml).ok());
+  }
+  const std::string dds = dir_.File("dds-{service}.yaml");
+  auto books = StartFund("account,fund", {"--dds", dds});
+  auto front = StartFund("gateway,ledger", {"--dds", dds});
+  ASSERT_TRUE(books && front);
+  DriverOptions o;
+  o.users = kUsers;
+  o.max_orders = 300;
+  o.duration = absl::Seconds(120);
+  OrderDriver driver(rpc_.get());
+  DriverReport r = driver.Run(o);
+  EXPECT_EQ(r.unanswered, 0);
+  EXPECT_GT(r.confirmed, 100);
+  EXPECT_EQ(r.repeats_matching, r.repeats);
+  absl::StatusOr<FundTotals> t;
+  for (int i = 0; i < 150; ++i) {
+    t = ReadTotals(rpc_.get());
+    if (t.ok() && t->ledger.entries() == r.confirmed && t->shares.incoming() == 0 &&
+        t->balances.frozen() == 0) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->balances.available() + t->shares.available(), kUsers * kInitial);
+  EXPECT_EQ(t->shares.available(), r.purchased - r.redeemed);
+  EXPECT_EQ(t->ledger.entries(), r.confirmed);
+  EXPECT_EQ(t->balances.users(), kUsers);
+  struct stat st;
+  EXPECT_NE(::stat(dir_.File("account-0.db").c_str(), &st), 0) << "no SQLite file was used";
 }
 
 TEST_F(FundOnline, ACutOffClosesTheDayAndItsClearingReconcilesWithTheOnlineHoldings) {
