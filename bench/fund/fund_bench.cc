@@ -113,10 +113,10 @@ int main(int argc, char** argv) {
              "--users", std::to_string(kOnlineUsers), "--initial", "100000000000"},
             dir.File("fund.log"), "fund-server ready");
   auto w1 =
-      Start({BinaryPath("examples/fund/fund-clear"), "worker", "--registry", reg, "--nice", "10"},
+      Start({BinaryPath("examples/fund/fund-clear"), "worker", "--registry", reg, "--nice", "19"},
             dir.File("w1.log"), "serving on");
   auto w2 =
-      Start({BinaryPath("examples/fund/fund-clear"), "worker", "--registry", reg, "--nice", "10"},
+      Start({BinaryPath("examples/fund/fund-clear"), "worker", "--registry", reg, "--nice", "19"},
             dir.File("w2.log"), "serving on");
   if (!dtsd || !dmsd || !fund || !w1 || !w2) {
     report.Fail("a process did not start");
@@ -179,7 +179,7 @@ int main(int argc, char** argv) {
     auto master = Subprocess::Start(
         {BinaryPath("examples/fund/fund-clear"), "run", "--registry", reg, "--trades",
          d + "/trades.csv", "--opening", d + "/opening.csv", "--work", d + "/work", "--out",
-         d + "/out", "--parallel", "4", "--nice", "10", "--quiet"},
+         d + "/out", "--parallel", "4", "--nice", "19", "--quiet"},
         d + "/master.log");
     if (!master.ok()) {
       report.Fail(master.status().ToString());

@@ -161,7 +161,7 @@ grpc::Status ClearingWorker::Distribute(grpc::ServerContext* ctx, const v1::Shar
       closing += r.closing;
     }
     std::string path = absl::StrCat(task->work_dir(), "/result-", task->shard(), ".part");
-    absl::Status st = WriteFileAtomically(path, lines);
+    absl::Status st = WriteFileAtomically(path, lines, /*sync=*/false);  // a work file
     if (!st.ok()) return formica::ToGrpcStatus(st);
     totals->set_income(given);
     totals->set_closing(closing);

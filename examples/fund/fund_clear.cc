@@ -3,7 +3,8 @@
 //                     [--host H] [--nice N] [--delay-ms N]
 //       serves fund.v1.ClearingWorker until SIGINT/SIGTERM; --fund-data (the
 //       fund-server's --data and --databases) lets it reconcile against the
-//       fund's holdings; --nice N lowers its CPU priority (online first).
+//       fund's holdings; --nice N lowers its CPU priority and puts its disk
+//       I/O last among best-effort (online first).
 //   fund-clear run --registry H:P --trades FILE --work DIR --out DIR
 //                  [--opening FILE] [--income CENTS | --yield-bp BP]
 //                  [--check-online] [--parallel N] [--nice N] [--quiet]
@@ -15,6 +16,8 @@
 //       --cut-off first closes the gateway's current day and exports it.
 #include <grpcpp/grpcpp.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -204,9 +207,14 @@ int main(int argc, char** argv) {
     return Usage();
   }
   // Clearing must not take the CPU from online users: --nice lowers its priority.
-  if (!f["nice"].empty() && ::setpriority(PRIO_PROCESS, 0, std::atoi(f["nice"].c_str())) != 0) {
-    std::fprintf(stderr, "fund-clear: --nice: %s\n", std::strerror(errno));
-    return 2;
+  // --nice also puts its disk I/O in the lowest best-effort class.
+  if (!f["nice"].empty()) {
+    constexpr int kWhoProcess = 1, kClassBestEffort = 2, kClassShift = 13;
+    if (::setpriority(PRIO_PROCESS, 0, std::atoi(f["nice"].c_str())) != 0 ||
+        ::syscall(SYS_ioprio_set, kWhoProcess, 0, (kClassBestEffort << kClassShift) | 7) != 0) {
+      std::fprintf(stderr, "fund-clear: --nice: %s\n", std::strerror(errno));
+      return 2;
+    }
   }
   if (command == "worker") return Worker(f);
   if (command == "run") return Run(f);

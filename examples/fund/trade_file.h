@@ -63,7 +63,9 @@ std::string ClearedFileText(int64_t day, const std::string& records, int64_t cou
 
 // Reads a whole file; NOT_FOUND naming it when missing.
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path);
-// Writes `bytes` to path.tmp, syncs it and renames it to `path`.
-absl::Status WriteFileAtomically(const std::string& path, const std::string& bytes);
+// Writes `bytes` to path.tmp, syncs it (unless `sync` is false: a work
+// file that can be made again) and renames it to `path`.
+absl::Status WriteFileAtomically(const std::string& path, const std::string& bytes,
+                                 bool sync = true);
 
 }  // namespace fund
