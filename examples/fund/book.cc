@@ -100,13 +100,14 @@ absl::Status Book::Give(int64_t user, int64_t amount) {
       });
 }
 
-absl::StatusOr<int64_t> Book::Populate(int64_t users, int64_t initial) {
+absl::StatusOr<int64_t> Book::Populate(int64_t users, int64_t initial,
+                                       const std::function<bool(int shard)>& owns) {
   // Users by shard (the last two digits), then one transaction per shard.
   int64_t added = 0;
   constexpr int kRowsPerStatement = 400;
   for (int shard = 0; shard < 100; ++shard) {
     int64_t first = shard == 0 ? 100 : shard;
-    if (first > users) continue;
+    if (first > users || (owns && !owns(shard))) continue;
     auto tx = ds_->Begin(first);
     if (!tx.ok()) return tx.status();
     std::vector<dds::Value> params;

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -62,7 +63,9 @@ class Book {
 
   // Gives users 1..`users` a row with `initial` available, leaving existing
   // rows alone; one local transaction per shard. Returns the rows added.
-  absl::StatusOr<int64_t> Populate(int64_t users, int64_t initial);
+  // `owns` (optional) says which shards are this zone's: others are skipped.
+  absl::StatusOr<int64_t> Populate(int64_t users, int64_t initial,
+                                   const std::function<bool(int shard)>& owns = nullptr);
 
   absl::StatusOr<BookTotals> Totals();
   // available + frozen + incoming of one user (NOT_FOUND if none).

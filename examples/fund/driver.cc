@@ -102,7 +102,8 @@ DriverReport OrderDriver::Run(const DriverOptions& o) {
           continue;
         }
         order.set_client_order_id(absl::StrCat(o.prefix, "-", t, "-", n));
-        order.set_user_id(std::to_string(1 + static_cast<int64_t>(rng() % o.users)));
+        order.set_user_id(std::to_string(
+            o.first_user + static_cast<int64_t>(rng() % (o.users - o.first_user + 1))));
         order.set_kind(unit(rng) < o.redeem_ratio ? v1::REDEEM : v1::PURCHASE);
         order.set_amount(1 + static_cast<int64_t>(rng() % o.max_amount));
         absl::Time began = absl::Now();
@@ -125,6 +126,7 @@ DriverReport OrderDriver::Run(const DriverOptions& o) {
         report.call_errors += errors;
         if (!r.ok()) {
           ++report.unanswered;
+          report.last_error = r.status().ToString();
           continue;
         }
         ++report.orders;
@@ -173,6 +175,24 @@ absl::StatusOr<FundTotals> ReadTotals(formica::rpc::Client* rpc) {
       [&](v1::Ledger::Stub& s, grpc::ClientContext* c) { return s.Totals(c, lr, &t.ledger); });
   if (!st.ok()) return st;
   return t;
+}
+
+absl::StatusOr<FundTotals> ReadTotals(const std::vector<formica::rpc::Client*>& zones) {
+  FundTotals sum;
+  for (formica::rpc::Client* zone : zones) {
+    auto t = ReadTotals(zone);
+    if (!t.ok()) return t.status();
+    for (auto [to, from] : {std::pair{&sum.balances, &t->balances}, {&sum.shares, &t->shares}}) {
+      to->set_users(to->users() + from->users());
+      to->set_available(to->available() + from->available());
+      to->set_frozen(to->frozen() + from->frozen());
+      to->set_incoming(to->incoming() + from->incoming());
+    }
+    sum.ledger.set_entries(sum.ledger.entries() + t->ledger.entries());
+    sum.ledger.set_purchased(sum.ledger.purchased() + t->ledger.purchased());
+    sum.ledger.set_redeemed(sum.ledger.redeemed() + t->ledger.redeemed());
+  }
+  return sum;
 }
 
 }  // namespace fund

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,8 +27,9 @@ class Client;
 namespace fund {
 
 struct DriverOptions {
-  int64_t users = 1000;  // users 1..users
-  int concurrency = 8;   // threads, each one order at a time
+  int64_t users = 1000;    // users first_user..users
+  int64_t first_user = 1;  // 10 with LDC zones (a routed user id has two digits at least)
+  int concurrency = 8;     // threads, each one order at a time
   absl::Duration duration = absl::Seconds(10);
   int64_t max_orders = 0;  // 0: until `duration`
   double redeem_ratio = 0.35;
@@ -47,6 +49,7 @@ struct DriverReport {
   int64_t refused = 0;
   int64_t call_errors = 0;                     // failed calls that were then repeated
   int64_t unanswered = 0;                      // orders given up on (still failing at the end)
+  std::string last_error;                      // the last of those failures
   int64_t repeats = 0;                         // deliberate repeats sent
   int64_t repeats_matching = 0;                // ...answered with the first result, marked repeated
   std::vector<std::string> repeat_mismatches;  // the others, explained
@@ -81,5 +84,8 @@ struct FundTotals {
   v1::LedgerTotals ledger;
 };
 absl::StatusOr<FundTotals> ReadTotals(formica::rpc::Client* rpc);
+// The same summed over zones: one client per zone (each prefers its own
+// zone's providers for calls without a user).
+absl::StatusOr<FundTotals> ReadTotals(const std::vector<formica::rpc::Client*>& zones);
 
 }  // namespace fund

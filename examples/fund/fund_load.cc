@@ -5,7 +5,9 @@
 // once, nothing left frozen or incoming.
 //   fund-load --registry H:P [--users N] [--seconds S] [--concurrency C]
 //             [--orders N] [--redeem-ratio R] [--repeat-ratio R] [--seed N]
-//             [--prefix P] [--quiet]
+//             [--prefix P] [--zones Z1,Z2] [--quiet]
+// --zones: the fund runs in these LDC zones; totals are summed over them
+// and orders go to users 10.. (a routed user id has two digits).
 // The last line is one JSON object: orders, orders_per_s, p50_ms, p99_ms,
 // confirmed, refused, repeats, repeats_matching, money_conserved.
 // Exit code 0 when everything adds up, 1 otherwise.
@@ -26,7 +28,7 @@ int main(int argc, char** argv) {
       {"redeem-ratio", "0.35"}, {"repeat-ratio", "0.05"}, {"seed", "1"},        {"prefix", ""}};
   if (!fund::ParseFlags(argc, argv, 1,
                         {"registry", "users", "seconds", "concurrency", "orders", "redeem-ratio",
-                         "repeat-ratio", "seed", "prefix"},
+                         "repeat-ratio", "seed", "prefix", "zones"},
                         {"quiet"}, &f) ||
       f["registry"].empty()) {
     std::fprintf(stderr, "usage: fund-load --registry H:P [--users N] [--seconds S] ...\n");
@@ -44,13 +46,26 @@ int main(int argc, char** argv) {
   co.app_name = "fund-load";
   auto rpc = formica::rpc::Client::Create(co, registry->get());
   if (!rpc.ok()) return 2;
-  auto before = fund::ReadTotals(rpc->get());
+  // With LDC zones (--zones a,b): totals are read in each zone and summed.
+  std::vector<std::unique_ptr<formica::rpc::Client>> zone_clients;
+  std::vector<formica::rpc::Client*> zones;
+  for (absl::string_view z : absl::StrSplit(f["zones"], ',', absl::SkipEmpty())) {
+    formica::rpc::ClientOptions zo = co;
+    zo.zone = std::string(z);
+    auto c = formica::rpc::Client::Create(zo, registry->get());
+    if (!c.ok()) return 2;
+    zones.push_back(c->get());
+    zone_clients.push_back(std::move(*c));
+  }
+  if (zones.empty()) zones.push_back(rpc->get());
+  auto before = fund::ReadTotals(zones);
   if (!before.ok()) {
     std::fprintf(stderr, "fund-load: reading totals: %s\n", before.status().ToString().c_str());
     return 1;
   }
   fund::DriverOptions o;
   o.users = std::atoll(f["users"].c_str());
+  if (!f["zones"].empty()) o.first_user = 10;
   o.duration = absl::Seconds(std::atof(f["seconds"].c_str()));
   o.concurrency = std::atoi(f["concurrency"].c_str());
   o.max_orders = std::atoll(f["orders"].c_str());
@@ -74,12 +89,16 @@ int main(int argc, char** argv) {
               static_cast<long long>(r.repeats), static_cast<long long>(r.repeats_matching),
               static_cast<long long>(r.call_errors));
   for (const std::string& m : r.repeat_mismatches) std::printf("repeat mismatch: %s\n", m.c_str());
+  if (r.unanswered > 0) {
+    std::printf("%lld orders unanswered, the last: %s\n", static_cast<long long>(r.unanswered),
+                r.last_error.c_str());
+  }
   // Wait for phase two and the ledger to settle, then check.
   bool conserved = false;
   std::string why;
   absl::Time until = absl::Now() + absl::Seconds(60);
   while (true) {
-    auto after = fund::ReadTotals(rpc->get());
+    auto after = fund::ReadTotals(zones);
     if (after.ok()) {
       int64_t money_before = before->balances.available() + before->shares.available();
       int64_t money_after = after->balances.available() + after->shares.available();
@@ -104,7 +123,7 @@ int main(int argc, char** argv) {
     absl::SleepFor(absl::Milliseconds(200));
   }
   std::printf("money and shares %s: %s\n", conserved ? "add up" : "DO NOT add up", why.c_str());
-  auto settled = fund::ReadTotals(rpc->get());
+  auto settled = fund::ReadTotals(zones);
   if (settled.ok()) {
     std::printf("ledger: %lld order-confirmed messages delivered in all (%lld by this run)\n",
                 static_cast<long long>(settled->ledger.entries()),

@@ -28,6 +28,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "book.h"
+#include "formica/ldc/router.h"
+#include "formica/ldc/rpc_routing.h"
+#include "formica/ldc/zone_gate.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
@@ -57,7 +60,7 @@ int main(int argc, char** argv) {
   if (!fund::ParseFlags(argc, argv, 1,
                         {"registry", "services", "data", "dds", "users", "initial", "host", "zone",
                          "metrics-listen", "fail-rate", "databases"},
-                        {}, &f) ||
+                        {"ldc"}, &f) ||
       f["registry"].empty()) {
     std::fprintf(stderr, "usage: fund-server --registry H:P [--services ...] (see docs/fund.md)\n");
     return 2;
@@ -70,6 +73,14 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  const bool zoned = f.count("ldc") > 0;
+  if (zoned && f["zone"].empty()) {
+    std::fprintf(stderr, "fund-server: --ldc needs --zone (this process's LDC zone)\n");
+    return 2;
+  }
+  // With zones, each zone's participants have their own names (dtsd calls
+  // back the zone that holds the action).
+  const std::string suffix = zoned ? "." + f["zone"] : "";
   const int64_t users = std::atoll(f["users"].c_str());
   const int64_t initial = std::atoll(f["initial"].c_str());
   const double fail_rate = std::atof(f["fail-rate"].c_str());
@@ -85,9 +96,32 @@ int main(int argc, char** argv) {
   for (absl::string_view r : absl::StrSplit(f["registry"], ',')) ro.registries.emplace_back(r);
   auto registry = formica::registry::Client::Create(ro);
   if (!registry.ok()) return Fail("registry", registry.status());
+  // LDC (docs/ldc.md): calls go to the user's zone and are checked again
+  // on arrival, writes only touch this zone's shards.
+  std::unique_ptr<formica::ldc::Router> router;
+  std::unique_ptr<formica::ldc::RpcZoneRouting> routing;
+  std::shared_ptr<formica::dds::WriteGate> gate;
+  if (zoned) {
+    formica::ldc::RouterOptions lo;
+    lo.zone = f["zone"];
+    lo.client_name = "fund-server-" + f["zone"];
+    auto r = formica::ldc::Router::Start(registry->get(), lo);
+    if (!r.ok()) return Fail("ldc", r.status());
+    router = std::move(*r);
+    if (absl::Status st = router->AwaitRules(absl::Seconds(30)); !st.ok()) return Fail("ldc", st);
+    routing = std::make_unique<formica::ldc::RpcZoneRouting>(router.get());
+    gate = std::make_shared<formica::ldc::ZoneWriteGate>(
+        router.get(), formica::ldc::ZoneWriteGate::Options{absl::Seconds(5), true});
+  }
+  auto owns_shard = [&](int shard) {
+    if (!zoned) return true;
+    auto route = router->RouteUser(std::to_string(100 + shard));  // a user of that shard
+    return route.ok() && route->local;
+  };
   formica::rpc::ClientOptions co;
   co.app_name = "fund-server";
   co.zone = f["zone"];
+  co.zone_routing = routing.get();
   co.default_timeout = absl::Seconds(5);
   auto rpc = formica::rpc::Client::Create(co, registry->get());
   if (!rpc.ok()) return Fail("rpc client", rpc.status());
@@ -99,7 +133,7 @@ int main(int argc, char** argv) {
                                                   {"holdings", "user_id"},
                                                   {"orders", "user_id"},
                                                   {"statements", "user_id"}};
-    auto ds = fund::OpenStore(service, f["data"], dds, sharded, {}, databases);
+    auto ds = fund::OpenStore(service, f["data"], dds, sharded, {}, databases, gate);
     if (!ds.ok()) return ds.status();
     return (stores[service] = std::move(*ds)).get();
   };
@@ -121,7 +155,7 @@ int main(int argc, char** argv) {
     *out = std::move(*book);
     if (users > 0) {
       absl::Time start = absl::Now();
-      auto added = (*out)->Populate(users, service == "account" ? initial : 0);
+      auto added = (*out)->Populate(users, service == "account" ? initial : 0, owns_shard);
       if (!added.ok()) return added.status();
       std::printf("%s: %lld users added (of %lld) in %.1fs\n", service.c_str(),
                   static_cast<long long>(*added), static_cast<long long>(users),
@@ -132,7 +166,8 @@ int main(int argc, char** argv) {
   };
   if (wanted.count("account") > 0) {
     absl::Status st = open_book(
-        "account", {"accounts", "balance", "balance", "fund.account.dts", "debit", "credit"},
+        "account",
+        {"accounts", "balance", "balance", "fund.account.dts" + suffix, "debit", "credit"},
         &balances);
     if (!st.ok()) return Fail("account", st);
     account = std::make_unique<fund::AccountService>(balances.get(), fail_rate);
@@ -140,7 +175,8 @@ int main(int argc, char** argv) {
   }
   if (wanted.count("fund") > 0) {
     absl::Status st = open_book(
-        "fund", {"holdings", "shares", "shares", "fund.fund.dts", "redeem", "subscribe"}, &shares);
+        "fund", {"holdings", "shares", "shares", "fund.fund.dts" + suffix, "redeem", "subscribe"},
+        &shares);
     if (!st.ok()) return Fail("fund", st);
     fund_service = std::make_unique<fund::FundService>(shares.get(), fail_rate);
     hosted["fund"].push_back({fund::v1::Fund::service_full_name(), fund_service.get()});
@@ -153,7 +189,8 @@ int main(int argc, char** argv) {
     auto p = formica::dms::Producer::Create(po, rpc->get());
     if (!p.ok()) return Fail("producer", p.status());
     producer = std::move(*p);
-    auto g = fund::GatewayService::Open(rpc->get(), *ds, producer.get());
+    auto g =
+        fund::GatewayService::Open(rpc->get(), *ds, producer.get(), "fund.gateway.dts" + suffix);
     if (!g.ok()) return Fail("gateway", g.status());
     gateway = std::move(*g);
     hosted["gateway"].push_back({fund::v1::Gateway::service_full_name(), gateway.get()});
@@ -164,11 +201,20 @@ int main(int argc, char** argv) {
     auto ds = store("ledger");
     if (!ds.ok()) return Fail("ledger", ds.status());
     // dmsd may not be known yet (a registry just started pushes after its warm-up).
-    auto l = fund::LedgerService::Start(rpc->get(), *ds);
+    std::string group = "fund-ledger" + std::string(zoned ? "-" + f["zone"] : "");
+    std::function<bool(const std::string&)> owns;
+    if (zoned) {
+      owns = [&router](const std::string& user) {
+        auto route = router->RouteUser(user);
+        return route.ok() && route->local;
+      };
+    }
+    auto start_ledger = [&] { return fund::LedgerService::Start(rpc->get(), *ds, group, owns); };
+    auto l = start_ledger();
     for (absl::Time until = absl::Now() + absl::Seconds(60);
          !l.ok() && l.status().code() == absl::StatusCode::kUnavailable && absl::Now() < until;) {
       absl::SleepFor(absl::Milliseconds(500));
-      l = fund::LedgerService::Start(rpc->get(), *ds);
+      l = start_ledger();
     }
     if (!l.ok()) return Fail("ledger", l.status());
     ledger = std::move(*l);
@@ -177,6 +223,7 @@ int main(int argc, char** argv) {
   formica::rpc::ServerOptions so;
   so.listen = f["host"] + ":0";
   so.zone = f["zone"];
+  so.zone_routing = routing.get();
   so.metrics_listen = f["metrics-listen"];
   so.unpublish_grace = absl::Milliseconds(300);
   so.drain_timeout = absl::Seconds(5);

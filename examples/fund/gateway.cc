@@ -14,7 +14,8 @@ namespace fund {
 namespace dds = formica::dds;
 
 absl::StatusOr<std::unique_ptr<GatewayService>> GatewayService::Open(
-    formica::rpc::Client* rpc, dds::ShardedDataSource* ds, formica::dms::Producer* producer) {
+    formica::rpc::Client* rpc, dds::ShardedDataSource* ds, formica::dms::Producer* producer,
+    const std::string& participant) {
   for (const char* sql :
        {"CREATE TABLE IF NOT EXISTS orders (user_id bigint NOT NULL, client_order_id text NOT "
         "NULL, kind bigint NOT NULL, amount bigint NOT NULL, state text NOT NULL, refusal text "
@@ -26,7 +27,7 @@ absl::StatusOr<std::unique_ptr<GatewayService>> GatewayService::Open(
     if (!r.ok()) return r.status();
   }
   std::unique_ptr<GatewayService> g(new GatewayService(rpc, ds, producer));
-  auto p = formica::dts::ShardedParticipant::Open({"fund.gateway.dts"}, rpc, ds);
+  auto p = formica::dts::ShardedParticipant::Open({participant}, rpc, ds);
   if (!p.ok()) return p.status();
   g->participant_ = std::move(*p);
   // Payload "<user> <client order id>", as Execute's try writes it.

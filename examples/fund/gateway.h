@@ -44,9 +44,10 @@ struct GatewayCounters {
 class GatewayService final : public v1::Gateway::Service {
  public:
   // Creates its tables when missing. Everything is borrowed.
-  static absl::StatusOr<std::unique_ptr<GatewayService>> Open(formica::rpc::Client* rpc,
-                                                              formica::dds::ShardedDataSource* ds,
-                                                              formica::dms::Producer* producer);
+  // `participant`: the registry name of its order rows' participant.
+  static absl::StatusOr<std::unique_ptr<GatewayService>> Open(
+      formica::rpc::Client* rpc, formica::dds::ShardedDataSource* ds,
+      formica::dms::Producer* producer, const std::string& participant = "fund.gateway.dts");
 
   grpc::Status Place(grpc::ServerContext* ctx, const v1::Order* order,
                      v1::OrderResult* result) override;

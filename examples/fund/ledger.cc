@@ -11,16 +11,17 @@ namespace fund {
 namespace dds = formica::dds;
 namespace dms = formica::dms;
 
-absl::StatusOr<std::unique_ptr<LedgerService>> LedgerService::Start(formica::rpc::Client* rpc,
-                                                                    dds::ShardedDataSource* ds) {
+absl::StatusOr<std::unique_ptr<LedgerService>> LedgerService::Start(
+    formica::rpc::Client* rpc, dds::ShardedDataSource* ds, const std::string& group,
+    std::function<bool(const std::string& user)> owns) {
   auto r = ds->Execute(
       "CREATE TABLE IF NOT EXISTS statements (user_id bigint NOT NULL, order_id text NOT NULL, "
       "kind bigint NOT NULL, amount bigint NOT NULL, day bigint NOT NULL, PRIMARY KEY (user_id, "
       "order_id))");
   if (!r.ok()) return r.status();
-  std::unique_ptr<LedgerService> ledger(new LedgerService(ds));
+  std::unique_ptr<LedgerService> ledger(new LedgerService(ds, std::move(owns)));
   dms::ConsumerOptions o;
-  o.group = "fund-ledger";
+  o.group = group;
   o.topic = kOrdersTopic;
   o.ordered = false;
   o.threads = 4;
@@ -46,6 +47,7 @@ dms::ConsumeResult LedgerService::Apply(const dms::ReceivedMessage& m) {
     // Not a message this ledger can read: retried, then parked as a dead letter.
     return dms::ConsumeResult::kRetryLater;
   }
+  if (owns_ && !owns_(order.user_id())) return dms::ConsumeResult::kSuccess;  // another zone's
   auto r = ds_->Execute(
       "INSERT INTO statements (user_id, order_id, kind, amount, day) VALUES ($1, $2, $3, $4, $5) "
       "ON CONFLICT DO NOTHING",

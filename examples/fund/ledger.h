@@ -6,7 +6,9 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "formica/dds/data_source.h"
 #include "formica/dms/consumer.h"
@@ -18,8 +20,13 @@ namespace fund {
 class LedgerService final : public v1::Ledger::Service {
  public:
   // Creates its table and starts consuming. Borrowed: rpc, ds.
-  static absl::StatusOr<std::unique_ptr<LedgerService>> Start(formica::rpc::Client* rpc,
-                                                              formica::dds::ShardedDataSource* ds);
+  // `group`: its consumer group. `owns` (optional, with zones): whether
+  // this zone owns a user now; a message for another zone's user is left
+  // to that zone's ledger (its own group) and acknowledged here unhandled.
+  static absl::StatusOr<std::unique_ptr<LedgerService>> Start(
+      formica::rpc::Client* rpc, formica::dds::ShardedDataSource* ds,
+      const std::string& group = "fund-ledger",
+      std::function<bool(const std::string& user)> owns = nullptr);
   ~LedgerService() override;
   void Stop();
 
@@ -32,10 +39,13 @@ class LedgerService final : public v1::Ledger::Service {
   int64_t duplicates() const { return duplicates_.load(); }
 
  private:
-  explicit LedgerService(formica::dds::ShardedDataSource* ds) : ds_(ds) {}
+  LedgerService(formica::dds::ShardedDataSource* ds,
+                std::function<bool(const std::string& user)> owns)
+      : ds_(ds), owns_(std::move(owns)) {}
   formica::dms::ConsumeResult Apply(const formica::dms::ReceivedMessage& m);
 
   formica::dds::ShardedDataSource* ds_;
+  std::function<bool(const std::string& user)> owns_;
   std::unique_ptr<formica::dms::Consumer> consumer_;
   std::atomic<int64_t> applied_{0};
   std::atomic<int64_t> duplicates_{0};

@@ -14,7 +14,7 @@ namespace dds = formica::dds;
 absl::StatusOr<std::unique_ptr<dds::ShardedDataSource>> OpenStore(
     const std::string& service, const std::string& data_dir, const std::string& dds_file,
     const std::map<std::string, std::string>& sharded, const std::vector<std::string>& schema,
-    int databases) {
+    int databases, std::shared_ptr<dds::WriteGate> gate) {
   dds::DataSourceConfig config;
   if (!dds_file.empty()) {
     auto loaded = dds::LoadDataSourceConfig(dds_file);
@@ -32,6 +32,7 @@ absl::StatusOr<std::unique_ptr<dds::ShardedDataSource>> OpenStore(
   for (const auto& [table, column] : sharded) config.sharded_tables[table] = column;
   config.sharded_tables["formica_dts_barrier"] = "shard_key";
   config.broadcast_tables.insert("business_day");
+  config.write_gate = std::move(gate);
   auto ds = dds::ShardedDataSource::Open(config);
   if (!ds.ok()) return ds.status();
   for (const std::string& sql : schema) {

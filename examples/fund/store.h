@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "formica/dds/data_source.h"
+#include "formica/dds/write_gate.h"
 
 namespace fund {
 
@@ -25,7 +26,7 @@ namespace fund {
 absl::StatusOr<std::unique_ptr<formica::dds::ShardedDataSource>> OpenStore(
     const std::string& service, const std::string& data_dir, const std::string& dds_file,
     const std::map<std::string, std::string>& sharded, const std::vector<std::string>& schema,
-    int databases = 2);
+    int databases = 2, std::shared_ptr<formica::dds::WriteGate> gate = nullptr);
 
 // A user id: 1 to 18 decimal digits, not starting with 0. INVALID_ARGUMENT
 // naming the value otherwise.

@@ -41,25 +41,47 @@ class FundTest : public formica::registry::testing::RegistryTest {
     registry_.reset();
   }
 
+  // Flags dtsd and dmsd start with besides the fixture's (a zone, say).
+  virtual std::vector<std::string> DaemonFlags() const { return {}; }
+
   void StartDtsd() {
-    auto p = Subprocess::Start(
-        {formica::testing::BinaryPath("dts/dtsd"), "--listen",
-         absl::StrCat("127.0.0.1:", dtsd_port_), "--data-dir", dir_.File("dtsd"), "--registry",
-         dsrd_->address(), "--set", "phase_two.retry_initial=50ms", "--set",
-         "phase_two.retry_max=400ms", "--set", "server.unpublish_grace=0s"},
-        dir_.File(absl::StrCat("dtsd.", ++runs_, ".log")));
+    std::vector<std::string> argv = {formica::testing::BinaryPath("dts/dtsd"),
+                                     "--listen",
+                                     absl::StrCat("127.0.0.1:", dtsd_port_),
+                                     "--data-dir",
+                                     dir_.File("dtsd"),
+                                     "--registry",
+                                     dsrd_->address(),
+                                     "--set",
+                                     "phase_two.retry_initial=50ms",
+                                     "--set",
+                                     "phase_two.retry_max=400ms",
+                                     "--set",
+                                     "server.unpublish_grace=0s"};
+    for (const std::string& flag : DaemonFlags()) argv.push_back(flag);
+    auto p = Subprocess::Start(argv, dir_.File(absl::StrCat("dtsd.", ++runs_, ".log")));
     ASSERT_TRUE(p.ok()) << p.status();
     dtsd_ = std::move(*p);
     ASSERT_TRUE(dtsd_->WaitForOutput("dtsd ready on port", absl::Seconds(20))) << dtsd_->Output();
   }
   void StartDmsd() {
-    auto p =
-        Subprocess::Start({formica::testing::BinaryPath("dms/dmsd"), "--listen",
-                           absl::StrCat("127.0.0.1:", dmsd_port_), "--data-dir", dir_.File("dmsd"),
-                           "--registry", dsrd_->address(), "--set", "topics.create=fund.orders:4",
-                           "--set", "consume.retry_initial=50ms", "--set",
-                           "consume.retry_max=200ms", "--set", "server.unpublish_grace=0s"},
-                          dir_.File(absl::StrCat("dmsd.", ++runs_, ".log")));
+    std::vector<std::string> argv = {formica::testing::BinaryPath("dms/dmsd"),
+                                     "--listen",
+                                     absl::StrCat("127.0.0.1:", dmsd_port_),
+                                     "--data-dir",
+                                     dir_.File("dmsd"),
+                                     "--registry",
+                                     dsrd_->address(),
+                                     "--set",
+                                     "topics.create=fund.orders:4",
+                                     "--set",
+                                     "consume.retry_initial=50ms",
+                                     "--set",
+                                     "consume.retry_max=200ms",
+                                     "--set",
+                                     "server.unpublish_grace=0s"};
+    for (const std::string& flag : DaemonFlags()) argv.push_back(flag);
+    auto p = Subprocess::Start(argv, dir_.File(absl::StrCat("dmsd.", ++runs_, ".log")));
     ASSERT_TRUE(p.ok()) << p.status();
     dmsd_ = std::move(*p);
     ASSERT_TRUE(dmsd_->WaitForOutput("dmsd ready on port", absl::Seconds(20))) << dmsd_->Output();
@@ -93,6 +115,7 @@ class FundTest : public formica::registry::testing::RegistryTest {
     v1::Totals out;
     formica::rpc::CallOptions call;
     call.idempotent = true;
+    if (user > 0) call.context.user_id = std::to_string(user);  // routed to the user's zone
     absl::Status st =
         shares ? rpc_->CallWithStub<v1::Fund>(v1::Fund::service_full_name(), call,
                                               [&](v1::Fund::Stub& s, grpc::ClientContext* c) {
