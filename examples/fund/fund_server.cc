@@ -7,7 +7,11 @@
 //
 //   fund-server --registry H:P [--services account,fund,gateway,ledger]
 //               [--data DIR] [--databases N] [--dds FILE] [--users N] [--initial CENTS]
-//               [--host H] [--zone Z] [--metrics-listen H:P] [--fail-rate P]
+//               [--host H] [--zone Z [--ldc]] [--metrics-listen H:P] [--fail-rate P]
+//
+// --ldc (with --zone): run as zone Z of the LDC rules at dsrd (docs/fund.md,
+// "Two zones"): calls routed to the user's zone, writes gated to the zone's
+// shards, participants named per zone, a ledger consumer group per zone.
 //
 // Data: each service's DDS data source, by default N (--databases, default
 // 2) SQLite files DIR/<service>-0.db, -1.db, ...; --dds FILE (a `dds:` YAML, "{service}" in the
