@@ -96,6 +96,8 @@ class BenchReport {
  public:
   void Set(const std::string& key, double value) { values_[key] = value; }
   void Set(const std::string& key, const std::string& value) { values_[key] = value; }
+  // A JSON true or false (not a string).
+  void SetBool(const std::string& key, bool value) { values_[key] = Flag{value}; }
   void SetSetup(const std::string& key, double value) { setup_[key] = value; }
   void SetSetup(const std::string& key, const std::string& value) { setup_[key] = value; }
 
@@ -183,7 +185,10 @@ class BenchReport {
   }
 
  private:
-  using Value = std::variant<double, std::string>;
+  struct Flag {
+    bool value;
+  };
+  using Value = std::variant<double, std::string, Flag>;
   struct Row {
     std::string figure, formica, peer, ratio, goal;
   };
@@ -223,6 +228,7 @@ class BenchReport {
     return buf;
   }
   static std::string Render(const Value& v) {
+    if (const Flag* f = std::get_if<Flag>(&v)) return f->value ? "true" : "false";
     return std::holds_alternative<double>(v) ? Number(std::get<double>(v))
                                              : Quote(std::get<std::string>(v));
   }

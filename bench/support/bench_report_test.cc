@@ -34,6 +34,15 @@ TEST(BenchReport, CleanRunIsOkAndExitsZero) {
   EXPECT_EQ(json.back(), '\n');
 }
 
+TEST(BenchReport, BooleansAreJsonBooleans) {
+  BenchReport report;
+  report.SetBool("money_conserved", true);
+  report.SetBool("reconciled", false);
+  auto [code, json] = Finish(report);
+  EXPECT_NE(json.find("\"money_conserved\":true"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"reconciled\":false"), std::string::npos) << json;
+}
+
 TEST(BenchReport, ErrorsMakeTheRunNotOk) {
   BenchReport report;
   report.Set("qps", 1000);

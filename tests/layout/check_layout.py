@@ -9,6 +9,8 @@
 2. Public doors include only public doors (never formica/internal/).
 3. No source file outside tests/ and bench/ is over 800 lines, unless its
    opening comment says why ("longer than 800 lines because").
+4. An example (examples/<name>/) is built on the public doors only: it
+   includes public doors, its own headers and its generated protos.
 
 usage: check_layout.py SOURCE_ROOT      prints each breach; exit 1 if any
 """
@@ -16,7 +18,7 @@ import os
 import re
 import sys
 
-MODULES = ["common", "registry", "rpc", "dts", "dms", "dds"]
+MODULES = ["common", "registry", "rpc", "dts", "dms", "dds", "ldc"]
 LIMIT = 800
 EXEMPT_MARK = "longer than 800 lines because"
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
@@ -70,7 +72,19 @@ def main(root):
                     if not allowed(include, path, module, half):
                         breaches.append(f"{rel}: includes \"{include}\", which is not "
                                         f"{'a public door' if half == 'include' else 'its own module' + chr(39) + 's or a public door'}")
-    for top in MODULES + ["tools"]:
+    examples = os.path.join(root, "examples")
+    for name in sorted(os.listdir(examples)) if os.path.isdir(examples) else []:
+        here = os.path.join(examples, name)
+        for path in sources(here):
+            text = open(path, encoding="utf-8").read()
+            for include in INCLUDE.findall(text):
+                own = os.path.exists(os.path.join(here, include)) or \
+                    os.path.exists(os.path.join(here, "proto", include.replace(".grpc.pb.h", ".proto").replace(".pb.h", ".proto")))
+                if include in public or include.startswith(THIRD_PARTY) or own:
+                    continue
+                breaches.append(f"{os.path.relpath(path, root)}: includes \"{include}\", which is "
+                                f"not a public door (examples use the public API only)")
+    for top in MODULES + ["tools", "examples"]:
         for path in sources(os.path.join(root, top)):
             text = open(path, encoding="utf-8").read()
             lines = text.count("\n")
