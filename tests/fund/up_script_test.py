@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 
 def free_port():
@@ -30,7 +31,10 @@ def main(root, build):
     out_path = os.path.join(data, "up.out")
     env = dict(os.environ, FORMICA_NO_BUILD="1", FORMICA_BIN_DIR=build, FORMICA_DATA=data,
                FORMICA_REGISTRY=f"127.0.0.1:{free_port()}", FORMICA_DTS=f"127.0.0.1:{free_port()}",
-               FORMICA_DMS=f"127.0.0.1:{free_port()}")
+               FORMICA_DMS=f"127.0.0.1:{free_port()}", FORMICA_CONSOLE=f"127.0.0.1:{free_port()}",
+               FORMICA_DSRD_METRICS=f"127.0.0.1:{free_port()}",
+               FORMICA_DTS_METRICS=f"127.0.0.1:{free_port()}",
+               FORMICA_DMS_METRICS=f"127.0.0.1:{free_port()}")
     with open(out_path, "w") as out:
         p = subprocess.Popen([os.path.join(root, "formica"), "up", "--users", "3000", "--seconds", "3"],
                              cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -50,6 +54,30 @@ def main(root, build):
             failures.append(f"the output lacks {want!r}")
     if "DO NOT add up" in text or "NOT OK" in text:
         failures.append("the summary reports a problem")
+    # The console and the daemons' metrics pages it prints answer.
+    console = env["FORMICA_CONSOLE"]
+    if f"http://{console}/" not in text:
+        failures.append("the output lacks the console's address")
+    else:
+        try:
+            page = urllib.request.urlopen(f"http://{console}/", timeout=10).read().decode()
+            if "Formica" not in page:
+                failures.append("the console's page does not look like the console")
+        except OSError as e:
+            failures.append(f"the console does not answer: {e}")
+    for key, series in [("FORMICA_DSRD_METRICS", "formica_registry_"),
+                        ("FORMICA_DTS_METRICS", "formica_dts_committed_total"),
+                        ("FORMICA_DMS_METRICS", "formica_dms_")]:
+        url = f"http://{env[key]}/metrics"
+        if url not in text:
+            failures.append(f"the output lacks {url}")
+            continue
+        try:
+            body = urllib.request.urlopen(url, timeout=10).read().decode()
+            if series not in body:
+                failures.append(f"{url} has no {series}")
+        except OSError as e:
+            failures.append(f"{url} does not answer: {e}")
     os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
     try:
         code = p.wait(timeout=60)
