@@ -130,7 +130,9 @@ TEST_F(ReleaseTest, ThreeGroupsFromAPlanFileReleaseWithNoFailedCall) {
                                         << "deploy: " << Deploy() << "\n"
                                         << "groups: [beta:1, \"1:room=a\", \"2:room=b\"]\n"
                                         << "bake: 1s\nauto: true\n"
-                                        << "analysis:\n  min_calls: 20\n";
+                                        << "analysis:\n  min_calls: 20\n"
+                                        << "group:\n  beta:\n    bake: 2s\n"
+                                        << "    analysis:\n      min_calls: 30\n";
   StartLoad();
   absl::SleepFor(absl::Milliseconds(300));
   std::string out;
@@ -156,6 +158,40 @@ TEST_F(ReleaseTest, ThreeGroupsFromAPlanFileReleaseWithNoFailedCall) {
   EXPECT_THAT(out, ::testing::ContainsRegex("beta +done +gz0[01]a +0 +0 +1 +0 "));
   EXPECT_THAT(out, ::testing::ContainsRegex("\n1 +done +gz00a +0 +0 +[12] +0 "));
   EXPECT_THAT(out, ::testing::ContainsRegex("\n2 +done +gz01a +0 +0 +[12] +0 "));
+  // The beta group baked and was judged by its own settings, the others by
+  // the plan's.
+  EXPECT_THAT(out, ::testing::ContainsRegex("\nbeta +done .* 2s +\\+1 1\\.5x n>=30 "));
+  EXPECT_THAT(out, ::testing::ContainsRegex("\n1 +done .* 1s +\\+1 1\\.5x n>=20 "));
+  EXPECT_THAT(out, ::testing::ContainsRegex("\n2 +done .* 1s +\\+1 1\\.5x n>=20 "));
+}
+
+// A lenient release with one strict group: the 20%-failing version passes
+// the beta group on the release's thresholds and is stopped at group rest by
+// its own, after baking each group for its own time.
+TEST_F(ReleaseTest, EachGroupIsBakedAndJudgedByItsOwnSettings) {
+  StartLoad();
+  std::string out;
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1,rest:3", "--bake",
+                 "1s", "--auto", "--min-calls", "20", "--max-failure-increase", "60", "--group",
+                 "rest:bake=2500ms,max-failure-increase=1", "--deploy", Deploy("2")},
+                &out, absl::Seconds(120)),
+            1)
+      << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("group beta: up .*; baking 1s"));
+  EXPECT_THAT(out, HasSubstr("group beta: passed: target"));
+  EXPECT_THAT(out, ::testing::ContainsRegex("group rest: up .*; baking 2.5s"));
+  EXPECT_THAT(out, HasSubstr("group rest failed: target failed"));
+  EXPECT_THAT(out, HasSubstr("(limit 1)"));
+  EXPECT_THAT(out, HasSubstr("rolled back: back on version=1"));
+  StopLoad();
+  for (const auto& [address, version] : Versions()) EXPECT_EQ(version, "1") << address;
+  v1::Release r = Record();
+  ASSERT_EQ(r.groups_size(), 2);
+  EXPECT_EQ(r.groups(0).bake_ms(), 1000);
+  EXPECT_EQ(r.groups(0).max_failure_rate_increase(), 60);
+  EXPECT_EQ(r.groups(1).bake_ms(), 2500);
+  EXPECT_EQ(r.groups(1).max_failure_rate_increase(), 1);
+  EXPECT_EQ(r.groups(1).min_calls(), 20);
 }
 
 TEST_F(ReleaseTest, RollbackMidReleaseSendsCallsBackAtOnceAndRedeploysThePrevious) {
@@ -342,6 +378,40 @@ TEST_F(ReleaseTest, BadPlansAreRefusedNamingWhatIsWrong) {
       1);
   EXPECT_THAT(out, HasSubstr("the providers of formica.test.Echo run 0.9 (1), 1 (4); name the "
                              "version to replace"));
+  // One group's settings: a group of the plan, known keys, valid values.
+  std::ofstream(dir_.File("groups.yaml")) << "version: \"2\"\ndeploy: ./d.sh\n"
+                                          << "groups: [beta:1, rest:3]\n"
+                                          << "group:\n  betta:\n    bake: 1s\n";
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--plan", dir_.File("groups.yaml")}, &out), 1);
+  EXPECT_THAT(out, HasSubstr("INVALID_ARGUMENT: " + dir_.File("groups.yaml") +
+                             ": group.betta: there is no group 'betta' (the groups: beta, rest)"));
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1,rest:3",
+                 "--group", "nope:bake=1s", "--deploy", "true"},
+                &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("INVALID_ARGUMENT: --group nope:bake=1s: there is no group 'nope'"));
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1", "--group",
+                 "beta:bake=soon", "--deploy", "true"},
+                &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("INVALID_ARGUMENT: --group beta: bake wants a duration up to 24h "
+                             "(e.g. 5m), not 'soon'"));
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1", "--group",
+                 "beta:bak=1s", "--deploy", "true"},
+                &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("INVALID_ARGUMENT: --group beta: unknown setting 'bak'"));
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1", "--group",
+                 "beta:min-calls=0", "--deploy", "true"},
+                &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("--group beta: min-calls wants a positive number, not '0'"));
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1", "--analysis",
+                 "prometheus=localhost", "--deploy", "true"},
+                &out),
+            2);
+  EXPECT_THAT(out, HasSubstr("--analysis wants stats or prometheus=http://HOST:PORT, not "
+                             "'prometheus=localhost'"));
   EXPECT_EQ(Record().service(), "");  // nothing was started
 }
 

@@ -14,6 +14,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
@@ -37,6 +38,18 @@ bool Live(const v1::Release& r) {
          r.state() == "rolling_back";
 }
 
+// A group's own bake time and thresholds (records written before groups
+// had them: the release's).
+int64_t BakeMsOf(const v1::Release& r, const v1::ReleaseGroup& g) {
+  return g.min_calls() > 0 ? g.bake_ms() : r.bake_ms();
+}
+Thresholds LimitsOf(const v1::Release& r, const v1::ReleaseGroup& g) {
+  if (g.min_calls() > 0) {
+    return {g.max_failure_rate_increase(), g.max_p99_ratio(), g.p99_slack_ms(), g.min_calls()};
+  }
+  return {r.max_failure_rate_increase(), r.max_p99_ratio(), r.p99_slack_ms(), r.min_calls()};
+}
+
 void Say(const std::string& line) {
   std::printf("%s %s\n", absl::FormatTime("%H:%M:%S", absl::Now(), absl::UTCTimeZone()).c_str(),
               line.c_str());
@@ -51,7 +64,13 @@ std::string Me() {
 
 class Controller {
  public:
-  Controller(TrafficLink& link, Record& record) : link_(link), record_(record) {}
+  Controller(TrafficLink& link, Record& record) : link_(link), record_(record) {
+    // Checked when the release started; a record edited by hand since
+    // falls back on the providers' Stats, and says so.
+    if (absl::Status st = link_.UseAnalysis(record_.value.analysis()); !st.ok()) {
+      Say(absl::StrCat("analysis on the providers' Stats: ", st.message()));
+    }
+  }
 
   // Runs the release in the record to its end; the exit code.
   int Run() {
@@ -302,7 +321,7 @@ class Controller {
     g.set_state("baking");
     (void)SaveMerging();
     Say(absl::StrCat("group ", g.name(), ": up ", absl::StrJoin(g.new_instances(), " "),
-                     "; baking ", absl::FormatDuration(absl::Milliseconds(r.bake_ms()))));
+                     "; baking ", absl::FormatDuration(absl::Milliseconds(BakeMsOf(r, g)))));
     return absl::OkStatus();
   }
 
@@ -311,15 +330,19 @@ class Controller {
   absl::Status Bake(int i) {
     v1::Release& r = record_.value;
     v1::ReleaseGroup& g = *r.mutable_groups(i);
-    Thresholds limits{r.max_failure_rate_increase(), r.max_p99_ratio(), r.p99_slack_ms(),
-                      r.min_calls()};
+    Thresholds limits = LimitsOf(r, g);
+    const int64_t bake_ms = BakeMsOf(r, g);
     while (true) {
       absl::StatusOr<std::vector<ProviderInfo>> providers = link_.Providers(r.service());
       if (!providers.ok()) return providers.status();
       auto before = ReadServed(link_, r.service(), *providers);
-      if (absl::Status st = Wait(absl::Milliseconds(r.bake_ms())); !st.ok()) return st;
+      if (absl::Status st = Wait(absl::Milliseconds(bake_ms)); !st.ok()) return st;
+      absl::Status problem;
       Analysis a = Analyse(limits, r.version_key(), r.version(), *providers, before,
-                           ReadServed(link_, r.service(), *providers));
+                           ReadServed(link_, r.service(), *providers, &problem));
+      if (a.verdict == Verdict::kNoData && !problem.ok()) {
+        a.summary = absl::StrCat(a.summary, " (", problem.message(), ")");
+      }
       if (a.verdict == Verdict::kFail) return absl::AbortedError(a.summary);
       g.set_message(a.summary);
       if (a.verdict == Verdict::kPass) break;
@@ -436,14 +459,15 @@ void PrintStatus(const v1::Release& r) {
   std::printf("release of %s: %s=%s -> %s, %s\n", r.service().c_str(), r.version_key().c_str(),
               r.previous().c_str(), r.version().c_str(), r.state().c_str());
   if (!r.message().empty()) std::printf("  %s\n", r.message().c_str());
-  std::printf("  bake %s, %s; controller %s, updated %s ago\n",
-              absl::FormatDuration(absl::Milliseconds(r.bake_ms())).c_str(),
+  std::printf("  %s; analysis on %s; controller %s, updated %s ago\n",
               r.auto_continue() ? "goes on by itself" : "waits for release continue",
+              r.analysis().empty() ? "the providers' Stats" : r.analysis().c_str(),
               r.controller().c_str(), Ago(r.updated_unix_ms()).c_str());
   // Each group's instances by where they stand: waiting (not started),
   // releasing (deploying, baking, awaiting continue), done, failed.
-  std::printf("%-10s %-12s %-10s %7s %9s %4s %6s  %-19s %-19s %s\n", "GROUP", "STATE", "ROOMS",
-              "WAITING", "RELEASING", "DONE", "FAILED", "STARTED", "ENDED", "NOTE");
+  std::printf("%-10s %-12s %-10s %7s %9s %4s %6s  %-19s %-19s %-6s %-22s %s\n", "GROUP", "STATE",
+              "ROOMS", "WAITING", "RELEASING", "DONE", "FAILED", "STARTED", "ENDED", "BAKE",
+              "THRESHOLDS", "NOTE");
   auto when = [](int64_t ms) {
     return ms == 0 ? std::string("-")
                    : absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(ms),
@@ -454,10 +478,15 @@ void PrintStatus(const v1::Release& r) {
     const std::string& st = g.state();
     bool releasing = st == "releasing" || st == "baking" || st == "awaiting";
     std::string rooms = g.zones().empty() ? "-" : absl::StrJoin(g.zones(), ",");
-    std::printf("%-10s %-12s %-10s %7d %9d %4d %6d  %-19s %-19s %s\n", g.name().c_str(), st.c_str(),
-                rooms.c_str(), st == "waiting" ? n : 0, releasing ? n : 0, st == "done" ? n : 0,
-                st == "failed" ? n : 0, when(g.started_unix_ms()).c_str(),
+    // THRESHOLDS: failure-rate increase (points), p99 ratio, least calls.
+    Thresholds l = LimitsOf(r, g);
+    std::string limits = absl::StrFormat("+%g %gx n>=%d", l.max_failure_rate_increase,
+                                         l.max_p99_ratio, static_cast<int>(l.min_calls));
+    std::printf("%-10s %-12s %-10s %7d %9d %4d %6d  %-19s %-19s %-6s %-22s %s\n", g.name().c_str(),
+                st.c_str(), rooms.c_str(), st == "waiting" ? n : 0, releasing ? n : 0,
+                st == "done" ? n : 0, st == "failed" ? n : 0, when(g.started_unix_ms()).c_str(),
                 when(g.ended_unix_ms()).c_str(),
+                absl::FormatDuration(absl::Milliseconds(BakeMsOf(r, g))).c_str(), limits.c_str(),
                 st == "waiting" && !g.selector().empty()
                     ? absl::StrCat("the old instances with ", g.selector()).c_str()
                     : g.message().c_str());

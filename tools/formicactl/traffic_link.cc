@@ -36,6 +36,7 @@ class TrafficLink::Impl {
   }
 
   const Flags& flags;
+  std::unique_ptr<PrometheusSource> prometheus;  // null: the providers' Stats
   std::unique_ptr<reg::Registry::Stub> registry;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels;
 };
@@ -98,8 +99,17 @@ absl::Status TrafficLink::Delete(const std::string& key, uint64_t expected_versi
   return st.ok() ? absl::OkStatus() : FromGrpcStatus(st);
 }
 
+absl::Status TrafficLink::UseAnalysis(const std::string& source) {
+  if (absl::Status st = CheckAnalysisSource(source); !st.ok()) return st;
+  impl_->prometheus = source.empty() ? nullptr
+                                     : std::make_unique<PrometheusSource>(
+                                           source, absl::Seconds(impl_->flags.timeout_s));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<rpc::CallSeries> TrafficLink::Served(const std::string& address,
                                                     const std::string& service) {
+  if (impl_->prometheus != nullptr) return impl_->prometheus->Served(address, service);
   auto stub = formica::rpc::v1::Stats::NewStub(impl_->ChannelTo(address));
   formica::rpc::v1::GetStatsRequest request;
   request.set_service(service);
@@ -194,11 +204,16 @@ absl::Status CheckRoutes(const std::string& service, const std::vector<rpc::TagR
 // What each provider served so far, by address (providers that do not
 // answer are left out).
 std::map<std::string, rpc::CallSeries> ReadServed(TrafficLink& link, const std::string& service,
-                                                  const std::vector<ProviderInfo>& providers) {
+                                                  const std::vector<ProviderInfo>& providers,
+                                                  absl::Status* problem) {
   std::map<std::string, rpc::CallSeries> out;
   for (const ProviderInfo& p : providers) {
     absl::StatusOr<rpc::CallSeries> s = link.Served(p.address, service);
-    if (s.ok()) out[p.address] = *s;
+    if (s.ok()) {
+      out[p.address] = *s;
+    } else if (problem != nullptr && problem->ok() && !absl::IsNotFound(s.status())) {
+      *problem = s.status();
+    }
   }
   return out;
 }
