@@ -78,7 +78,8 @@ static absl::StatusOr<std::vector<Sample>> Query(const std::string& base, const 
       client.Get(path + "/api/v1/query", httplib::Params{{"query", query}}, httplib::Headers{});
   if (!res) {
     return absl::UnavailableError(
-        absl::StrCat("prometheus at ", base, path, ": ", httplib::to_string(res.error())));
+        absl::StrCat("prometheus at ", base, path,
+                     " does not answer (httplib: ", httplib::to_string(res.error()), ")"));
   }
   google::protobuf::Struct reply;
   if (!google::protobuf::util::JsonStringToMessage(res->body, &reply).ok()) {
