@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "balancer.h"
 #include "call_stats.h"
+#include "client_call_stats.h"
 #include "formica/common/clock.h"
 #include "formica/common/grpc_status.h"
 #include "formica/rpc/discovery.h"
@@ -33,7 +34,8 @@ struct Endpoint {
   Provider provider;
   std::shared_ptr<EndpointState> state;
   std::shared_ptr<grpc::Channel> channel;
-  std::shared_ptr<CallStats> stats;  // this process's calls to the provider; null: not counted
+  // This process's calls to the provider, per method; null: not counted.
+  std::unique_ptr<MethodCallStats> stats;
   std::atomic<int> consecutive_failures{0};
   std::atomic<int64_t> ejected_until_ns{0};
 
@@ -199,7 +201,8 @@ class Client::Impl {
   Picked Pick(const ServiceView& view, const PickContext& pick, const std::string& zone,
               const Tried& tried, absl::Time now);
   bool TakeRetryToken();
-  void Record(Endpoint& e, const grpc::Status& status, absl::Duration latency);
+  void Record(Endpoint& e, const grpc::ClientContext& ctx, const grpc::Status& status,
+              absl::Duration latency);
 
   const ClientOptions options_;
   // Set when the Client made its own (over a registry::Client).
@@ -317,8 +320,7 @@ void Client::Impl::Rebuild(Service& s) {
       e->provider = inst;
       e->state = std::make_shared<EndpointState>(inst.address, inst.weight);
       if (options_.count_calls) {
-        e->stats =
-            CallStatsRegistry::Global().Get(CallSeries::Side::kClient, s.name, "", inst.address);
+        e->stats = std::make_unique<MethodCallStats>(s.name, inst.address);
       }
       grpc::ChannelArguments args;
       args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
@@ -439,9 +441,12 @@ bool Client::Impl::TakeRetryToken() {
   return true;
 }
 
-void Client::Impl::Record(Endpoint& e, const grpc::Status& status, absl::Duration latency) {
+void Client::Impl::Record(Endpoint& e, const grpc::ClientContext& ctx, const grpc::Status& status,
+                          absl::Duration latency) {
   e.state->CallFinished(latency);
-  if (e.stats != nullptr) e.stats->Record(static_cast<int>(status.error_code()), latency);
+  if (e.stats != nullptr) {
+    e.stats->For(CalledMethod(ctx))->Record(static_cast<int>(status.error_code()), latency);
+  }
   bool provider_fault = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                         status.error_code() == grpc::StatusCode::INTERNAL ||
                         status.error_code() == grpc::StatusCode::UNKNOWN;
@@ -538,7 +543,7 @@ Endpoint* Client::Impl::StartAttempt(Prepared& p, const ServiceView& view, grpc:
 bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected,
                                  const grpc::ClientContext& ctx, absl::Duration latency,
                                  const grpc::Status& status) {
-  Record(e, status, latency);
+  Record(e, ctx, status, latency);
   if (status.ok()) {
     p.last = absl::OkStatus();
     return false;

@@ -350,12 +350,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
                               impl->options.max_idle_threads);
   auto limits = std::make_shared<Limits>(impl->options.max_concurrent_calls,
                                          impl->options.method_limits, impl->options.zone_routing);
-  if (limits->any()) {
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
-    creators.push_back(std::make_unique<LimitInterceptorFactory>(limits));
-    builder.experimental().SetInterceptorCreators(std::move(creators));
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  if (limits->any()) creators.push_back(std::make_unique<LimitInterceptorFactory>(limits));
+  if (impl->options.count_calls) {
+    impl->metrics.CountMethods(impl->services);
+    if (auto counting = impl->metrics.CallbackCounting()) creators.push_back(std::move(counting));
   }
-  if (impl->options.count_calls) impl->metrics.CountMethods(impl->services);
+  if (!creators.empty()) builder.experimental().SetInterceptorCreators(std::move(creators));
   for (const HostedService& h : impl->services) {
     builder.RegisterService(h.service);
   }

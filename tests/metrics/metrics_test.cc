@@ -81,10 +81,10 @@ class MetricsExportTest : public ::testing::Test {
   // dtsd or dmsd with its metrics on `metrics_port`.
   std::unique_ptr<Subprocess> StartDaemon(const std::string& name, int metrics_port) {
     std::string binary = name == "dtsd" ? "dts/dtsd" : "dms/dmsd";
+    listen_ = absl::StrCat("127.0.0.1:", PickFreePort());
     auto p = Subprocess::Start(
-        {BinaryPath(binary), "--listen", absl::StrCat("127.0.0.1:", PickFreePort()), "--data-dir",
-         dir_.File(name), "--registry", dsrd_->address(), "--set",
-         absl::StrCat("metrics.listen=127.0.0.1:", metrics_port)},
+        {BinaryPath(binary), "--listen", listen_, "--data-dir", dir_.File(name), "--registry",
+         dsrd_->address(), "--set", absl::StrCat("metrics.listen=127.0.0.1:", metrics_port)},
         dir_.File(name + ".log"));
     EXPECT_TRUE(p.ok()) << p.status();
     if (!p.ok()) return nullptr;
@@ -157,6 +157,7 @@ class MetricsExportTest : public ::testing::Test {
   }
 
   TempDir dir_;
+  std::string listen_;  // the last daemon StartDaemon started
   int dsrd_metrics_ = 0;
   std::unique_ptr<DsrdProcess> dsrd_;
 };
@@ -243,6 +244,7 @@ TEST_F(MetricsExportTest, PrometheusScrapesDtsdAndProvidersWhileActivitiesRun) {
   int b_metrics = PickFreePort();
   int echo_metrics = PickFreePort();
   auto dtsd = StartDaemon("dtsd", dtsd_metrics);
+  const std::string dtsd_address = listen_;
   auto a = StartBank("bank.a", a_metrics);
   auto b = StartBank("bank.b", b_metrics);
   auto echo = StartEcho(echo_metrics);
@@ -281,6 +283,14 @@ TEST_F(MetricsExportTest, PrometheusScrapesDtsdAndProvidersWhileActivitiesRun) {
   const size_t committed = commits();
   ASSERT_GE(committed, 40u) << (*client)->Output();
   CallEcho(30, 5);
+  // Two calls of a callback-API method, made as an operator makes them.
+  for (int i = 0; i < 2; ++i) {
+    auto stats = Subprocess::Start({BinaryPath("tools/formicactl"), "--dts", dtsd_address,
+                                    "--registry", dsrd_->address(), "dts", "stats"},
+                                   dir_.File(absl::StrCat("stats", i, ".log")));
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    ASSERT_EQ((*stats)->Wait(absl::Seconds(20)), 0) << (*stats)->Output();
+  }
 
   // Prometheus has the counts once it scraped after the client stopped.
   struct Expect {
@@ -297,6 +307,19 @@ TEST_F(MetricsExportTest, PrometheusScrapesDtsdAndProvidersWhileActivitiesRun) {
       // dtsd's client side counts those calls per participant service and
       // provider: one series per bank.
       {"count(formica_rpc_calls_total{job=\"dtsd\",side=\"client\",code=\"OK\"})", 2},
+      // The callback-API services count their calls too: dtsd's Coordinator
+      // (batches of begins, enlists and commits) and the banks' participant
+      // services (phase two; hosted under the participant's name).
+      {"sum(formica_rpc_calls_total{job=\"dtsd\",side=\"server\","
+       "service=\"formica.dts.v1.Coordinator\",code=\"OK\"})",
+       1},
+      {"sum(formica_rpc_calls_total{job=\"banks\",side=\"server\","
+       "method=~\"Confirm|Cancel|PhaseTwoBatch\",code=\"OK\"})",
+       1},
+      // ...and per method (the participants' phase-two methods).
+      {"count(formica_rpc_calls_total{job=\"dtsd\",side=\"client\",method!=\"\","
+       "code=\"OK\"})",
+       2},
   };
   for (const Expect& e : expects) {
     std::string raw;
@@ -323,6 +346,13 @@ TEST_F(MetricsExportTest, PrometheusScrapesDtsdAndProvidersWhileActivitiesRun) {
       {"formica_rpc_call_duration_seconds_bucket{job=\"echo\",side=\"server\","
        "method=\"Echo\",le=\"+Inf\"}",
        35},
+      // dtsd's Coordinator is a callback-API service: counted by method.
+      {"formica_rpc_calls_total{job=\"dtsd\",side=\"server\","
+       "service=\"formica.dts.v1.Coordinator\",method=\"GetStats\",code=\"OK\"}",
+       2},
+      {"formica_rpc_call_duration_seconds_count{job=\"dtsd\",side=\"server\","
+       "service=\"formica.dts.v1.Coordinator\",method=\"GetStats\"}",
+       2},
   };
   for (const auto& [query, want] : exact) {
     std::string raw;

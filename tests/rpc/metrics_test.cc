@@ -44,7 +44,7 @@ TEST(CallSeries, MinusGivesWhatHappenedBetweenTwoReads) {
 class MetricsTest : public EchoTest {};
 
 // The provider counts every call of each method with its status code and
-// latency; the caller counts per provider.
+// latency; the caller counts per provider and method.
 TEST_F(MetricsTest, ProvidersAndCallersCountCallsCodesAndLatency) {
   auto good = StartEcho({"--tag", "color=blue"});
   auto bad = StartEcho({"--tag", "color=green", "--fail-percent", "20"});
@@ -98,10 +98,13 @@ TEST_F(MetricsTest, ProvidersAndCallersCountCallsCodesAndLatency) {
   }
   // 20% of the bad provider's calls failed, exactly (its flag is deterministic).
   EXPECT_NEAR(failures_at[Address(*bad)], calls_to[Address(*bad)] / 5, 1);
-  // The caller counted the same calls per provider.
+  // The caller counted the same calls per provider and method (Echo; no
+  // series without a method).
   std::map<std::string, CallSeries> seen;
   for (const CallSeries& s : CallMetricsSnapshot()) {
-    if (s.side == CallSeries::Side::kClient && s.service == kEcho) seen[s.provider] = s;
+    if (s.side != CallSeries::Side::kClient || s.service != kEcho) continue;
+    EXPECT_EQ(s.method, "Echo") << s.provider;
+    seen[s.provider] = s;
   }
   for (auto* p : {good.get(), bad.get()}) {
     std::string address = Address(*p);
