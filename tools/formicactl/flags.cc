@@ -75,10 +75,11 @@ traffic commands (a service's calls among its providers, through the registry):
   traffic stats SERVICE                each provider's served calls, failures, p50, p99
   traffic shift SERVICE --to KEY=VALUE [--step 10] [--every 30s] [--min-calls 20]
                 [--max-failure-increase 1] [--max-p99-ratio 1.5] [--p99-slack-ms 5]
-                [--analysis stats|prometheus=http://HOST:PORT]
+                [--analysis stats|prometheus=http://HOST:PORT] [--per-room KEY]
                                        move the calls to the target in steps, judging each
                                        (on the providers' Stats, or a Prometheus scraping
-                                       them); restores the route when the target does worse
+                                       them; --per-room room: within each room); restores
+                                       the route when the target does worse
   traffic shift SERVICE                take over the shift recorded in the registry
   traffic pause|resume|abort SERVICE   control a shift from any terminal
   traffic status SERVICE               the shift's record
@@ -206,6 +207,14 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
         return Usage(absl::StrCat(a, " wants a duration (e.g. 30s)"));
       }
       (a == "--bake" ? flags->bake_ms : flags->ready_timeout_ms) = absl::ToInt64Milliseconds(d);
+    } else if (a == "--per-room") {
+      auto v = value("--per-room");
+      if (!v) return 2;
+      if (v->empty() || v->find_first_of("=,: ") != std::string::npos) {
+        return Usage(
+            absl::StrCat("--per-room wants a tag key (e.g. room, or zone), not '", *v, "'"));
+      }
+      flags->per_room = *v;
     } else if (a == "--group") {
       auto v = value("--group");
       if (!v) return 2;

@@ -76,7 +76,8 @@ struct Flags {
   bool thresholds_given = false;            // any of the analysis flags
   std::vector<std::string> group_settings;  // --group NAME:KEY=VALUE,... (repeated)
   std::string analysis;                     // --analysis stats|prometheus=URL ("": stats)
-  std::string shards;                       // ldc switch
+  std::string per_room;  // --per-room KEY: judged within each value of the tag KEY
+  std::string shards;    // ldc switch
   std::string zone;
   absl::Duration fence_timeout = absl::Seconds(10);
   bool force = false;

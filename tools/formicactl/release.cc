@@ -338,8 +338,8 @@ class Controller {
       auto before = ReadServed(link_, r.service(), *providers);
       if (absl::Status st = Wait(absl::Milliseconds(bake_ms)); !st.ok()) return st;
       absl::Status problem;
-      Analysis a = Analyse(limits, r.version_key(), r.version(), *providers, before,
-                           ReadServed(link_, r.service(), *providers, &problem));
+      Analysis a = AnalysePerRoom(limits, r.per_room(), r.version_key(), r.version(), *providers,
+                                  before, ReadServed(link_, r.service(), *providers, &problem));
       if (a.verdict == Verdict::kNoData && !problem.ok()) {
         a.summary = absl::StrCat(a.summary, " (", problem.message(), ")");
       }
@@ -459,9 +459,10 @@ void PrintStatus(const v1::Release& r) {
   std::printf("release of %s: %s=%s -> %s, %s\n", r.service().c_str(), r.version_key().c_str(),
               r.previous().c_str(), r.version().c_str(), r.state().c_str());
   if (!r.message().empty()) std::printf("  %s\n", r.message().c_str());
-  std::printf("  %s; analysis on %s; controller %s, updated %s ago\n",
+  std::printf("  %s; analysis on %s%s; controller %s, updated %s ago\n",
               r.auto_continue() ? "goes on by itself" : "waits for release continue",
               r.analysis().empty() ? "the providers' Stats" : r.analysis().c_str(),
+              r.per_room().empty() ? "" : absl::StrCat(", per ", r.per_room()).c_str(),
               r.controller().c_str(), Ago(r.updated_unix_ms()).c_str());
   // Each group's instances by where they stand: waiting (not started),
   // releasing (deploying, baking, awaiting continue), done, failed.

@@ -144,6 +144,7 @@ absl::StatusOr<v1::Release> LoadPlan(const Flags& flags, const std::string& serv
     r.set_previous(c.String("previous", ""));
     r.set_deploy(c.String("deploy", ""));
     r.set_analysis(c.String("analysis_source", ""));
+    r.set_per_room(c.String("analysis.per_room", ""));
     groups = c.StringList("groups", {});
     bake_ms = absl::ToInt64Milliseconds(
         c.Duration("bake", absl::Seconds(30), absl::ZeroDuration(), absl::Hours(24)));
@@ -184,6 +185,7 @@ absl::StatusOr<v1::Release> LoadPlan(const Flags& flags, const std::string& serv
     if (absl::Status st = ParseGroupFlag(text, limits, &settings); !st.ok()) return st;
   }
   if (!flags.analysis.empty()) r.set_analysis(flags.analysis);
+  if (!flags.per_room.empty()) r.set_per_room(flags.per_room);
   if (absl::Status st = CheckAnalysisSource(r.analysis()); !st.ok()) return st;
   if (r.version().empty()) {
     return absl::InvalidArgumentError("the new version is missing (--version or 'version')");

@@ -136,6 +136,18 @@ Analysis Analyse(const Thresholds& limits, const std::string& key, const std::st
                  const std::map<std::string, rpc::CallSeries>& before,
                  const std::map<std::string, rpc::CallSeries>& after);
 
+// Analyse within each room: the providers grouped by `room_key` (a tag;
+// "zone" falls back on their zone), the target judged against the others
+// in each room that has target providers (against every other provider
+// when the room has none). Fails when a room fails, naming it; no verdict
+// while a room has too few calls; passes when every room passes.
+// `room_key` "" is Analyse.
+Analysis AnalysePerRoom(const Thresholds& limits, const std::string& room_key,
+                        const std::string& key, const std::string& value,
+                        const std::vector<ProviderInfo>& providers,
+                        const std::map<std::string, rpc::CallSeries>& before,
+                        const std::map<std::string, rpc::CallSeries>& after);
+
 // A record kept as JSON in a registry config entry (a shift, a release),
 // read and written with compare-and-set.
 template <typename Message>

@@ -265,6 +265,55 @@ Analysis Analyse(const Thresholds& limits, const std::string& key, const std::st
   return a;
 }
 
+Analysis AnalysePerRoom(const Thresholds& limits, const std::string& room_key,
+                        const std::string& key, const std::string& value,
+                        const std::vector<ProviderInfo>& providers,
+                        const std::map<std::string, rpc::CallSeries>& before,
+                        const std::map<std::string, rpc::CallSeries>& after) {
+  if (room_key.empty()) return Analyse(limits, key, value, providers, before, after);
+  auto room_of = [&](const ProviderInfo& p) {
+    auto it = p.tags.find(room_key);
+    if (it != p.tags.end()) return it->second;
+    return room_key == "zone" && !p.zone.empty() ? p.zone : std::string("-");
+  };
+  std::map<std::string, std::vector<ProviderInfo>> rooms;
+  std::map<std::string, bool> has_target;
+  for (const ProviderInfo& p : providers) {
+    rooms[room_of(p)].push_back(p);
+    has_target[room_of(p)] = has_target[room_of(p)] || p.Carries(key, value);
+  }
+  Analysis out;
+  out.verdict = Verdict::kPass;
+  std::vector<std::string> parts;
+  for (auto& [room, members] : rooms) {
+    if (!has_target[room]) continue;
+    bool has_others = false;
+    for (const ProviderInfo& p : members) has_others = has_others || !p.Carries(key, value);
+    if (!has_others) {  // judged against every other provider
+      for (const ProviderInfo& p : providers) {
+        if (room_of(p) != room && !p.Carries(key, value)) members.push_back(p);
+      }
+    }
+    Analysis a = Analyse(limits, key, value, members, before, after);
+    std::string part = absl::StrCat(room_key, "=", room, ": ", a.summary);
+    if (a.verdict == Verdict::kFail && out.verdict != Verdict::kFail) {
+      out.verdict = Verdict::kFail;
+      parts.insert(parts.begin(), part);
+      continue;
+    }
+    if (a.verdict == Verdict::kNoData && out.verdict == Verdict::kPass) {
+      out.verdict = Verdict::kNoData;
+    }
+    parts.push_back(part);
+  }
+  if (parts.empty()) {
+    out.verdict = Verdict::kNoData;
+    parts.push_back(absl::StrCat("no provider carries ", key, "=", value));
+  }
+  out.summary = absl::StrJoin(parts, " | ");
+  return out;
+}
+
 int FailWith(const absl::Status& status) {
   std::fprintf(stderr, "formicactl: %s\n", status.ToString().c_str());
   return 1;

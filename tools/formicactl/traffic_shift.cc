@@ -156,8 +156,8 @@ class Controller {
         continue;
       }
       absl::Status problem;
-      Analysis a = Analyse(ThresholdsOf(s), key_, value_, *providers, before,
-                           ReadServed(link_, service_, *providers, &problem));
+      Analysis a = AnalysePerRoom(ThresholdsOf(s), s.per_room(), key_, value_, *providers, before,
+                                  ReadServed(link_, service_, *providers, &problem));
       if (a.verdict == Verdict::kNoData && !problem.ok()) {
         a.summary = absl::StrCat(a.summary, " (", problem.message(), ")");
       }
@@ -330,6 +330,7 @@ int Start(const Flags& flags, TrafficLink& link, const std::string& service, Rec
   s.set_p99_slack_ms(flags.p99_slack_ms);
   s.set_min_calls(flags.min_calls);
   s.set_analysis(flags.analysis);
+  s.set_per_room(flags.per_room);
   if (absl::Status st = record.Save(); !st.ok()) {
     return FailWith(absl::IsFailedPrecondition(st) ? absl::FailedPreconditionError(absl::StrCat(
                                                          "another shift of ", service,
@@ -369,8 +370,9 @@ void PrintRecord(const v1::TrafficShift& s) {
   std::printf("  thresholds: failures +%g points, p99 %gx (+%g ms), at least %lld calls\n",
               s.max_failure_rate_increase(), s.max_p99_ratio(), s.p99_slack_ms(),
               static_cast<long long>(s.min_calls()));
-  std::printf("  analysis on %s; controller %s, updated %s ago\n",
+  std::printf("  analysis on %s%s; controller %s, updated %s ago\n",
               s.analysis().empty() ? "the providers' Stats" : s.analysis().c_str(),
+              s.per_room().empty() ? "" : absl::StrCat(", per ", s.per_room()).c_str(),
               s.controller().c_str(), Ago(s.updated_unix_ms()).c_str());
   if (!s.message().empty()) std::printf("  %s\n", s.message().c_str());
 }
