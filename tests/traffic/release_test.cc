@@ -337,6 +337,55 @@ TEST_F(ReleaseTest, ARollbackWithNoControllerIsRunByTheCommand) {
   EXPECT_EQ(FailedCalls(), 0);
 }
 
+// The command running a rollback dies while its deploy runs; the deploy
+// finishes without it. The one resuming the release finishes the rollback
+// and does not deploy the previous version over that group again.
+TEST_F(ReleaseTest, AReleaseKilledMidRollbackIsResumedAndRolledBackOnce) {
+  StartLoad();
+  auto controller = StartCtl({"release", "start", kEcho, "--version", "2", "--groups",
+                              "beta:1,rest:3", "--bake", "1s", "--deploy", Deploy("", "2")});
+  ASSERT_TRUE(AwaitGroupState("beta", "awaiting", absl::Seconds(60))) << controller->Output();
+  controller->Kill();
+  absl::SleepFor(absl::Seconds(5));  // stale: the rollback command runs it itself
+  auto rollback = StartCtl({"release", "rollback", kEcho});
+  ASSERT_TRUE(rollback->WaitForOutput("group beta: deploying 1 over", absl::Seconds(20)))
+      << rollback->Output();
+  rollback->Kill();
+  EXPECT_EQ(Record().state(), "rolling_back");
+  // The orphaned deploy brings version 1 back; then the record goes stale.
+  absl::Time killed = absl::Now();
+  auto rolled_back = [&] {
+    std::map<std::string, std::string> versions = Versions();
+    if (versions.size() != 4) return false;
+    for (const auto& [address, version] : versions) {
+      if (version != "1") return false;
+    }
+    return true;
+  };
+  while (!rolled_back() && absl::Now() - killed < absl::Seconds(60)) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(rolled_back()) << "the orphaned deploy never brought version 1 back";
+  absl::SleepFor(std::max(absl::ZeroDuration(), absl::Seconds(6) - (absl::Now() - killed)));
+  std::string out;
+  ASSERT_EQ(Ctl({"release", "resume", kEcho}, &out, absl::Seconds(60)), 0) << out;
+  EXPECT_THAT(out, HasSubstr("taking over the release of formica.test.Echo to 2 (rolling_back)"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("deploying"))) << "deployed the rollback twice";
+  EXPECT_THAT(out, HasSubstr("rolled back: back on version=1"));
+  absl::SleepFor(absl::Milliseconds(300));
+  StopLoad();
+  v1::Release r = Record();
+  EXPECT_EQ(r.state(), "rolled_back");
+  EXPECT_EQ(r.groups(0).state(), "rolled_back");
+  EXPECT_EQ(r.groups(1).state(), "waiting");
+  EXPECT_EQ(Route(), "");
+  for (const auto& [address, version] : Versions()) EXPECT_EQ(version, "1") << address;
+  EXPECT_EQ(FailedCalls(), 0);
+  // Nothing left to take over.
+  EXPECT_EQ(Ctl({"release", "resume", kEcho}, &out), 1);
+  EXPECT_THAT(out, HasSubstr("NOT_FOUND: no release of formica.test.Echo is under way"));
+}
+
 TEST_F(ReleaseTest, AFailedDeployRollsBack) {
   std::string out;
   EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1,rest:3",
