@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "balancer.h"
+#include "call_stats.h"
 #include "formica/internal/metrics_endpoint.h"
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/discovery.h"
@@ -35,6 +36,17 @@ struct MethodSlot {
   const int limit;           // 0: none
   const ZoneRouting* const routing;
   std::atomic<int> in_flight{0};
+
+  // Counts a call refused before it ran (formica_rpc_rejected_total).
+  void CountRejected(absl::string_view reason) {
+    absl::string_view full = absl::StripPrefix(method, "/");
+    size_t slash = full.find('/');
+    EventCounters::Global()
+        .Get("formica_rpc_rejected_total", {{"service", std::string(full.substr(0, slash))},
+                                            {"method", std::string(full.substr(slash + 1))},
+                                            {"reason", std::string(reason)}})
+        ->fetch_add(1, std::memory_order_relaxed);
+  }
 };
 
 // The limited calls being served in this process, by their server context:
@@ -186,10 +198,16 @@ grpc::Status ServeLimited(grpc::ServerContextBase* context,
                           absl::FunctionRef<grpc::Status()> body) {
   MethodSlot* slot = context == nullptr ? nullptr : Calls().Find(context);
   if (slot != nullptr && slot->routing != nullptr) {
-    if (grpc::Status refused = CheckZone(*slot, context); !refused.ok()) return refused;
+    if (grpc::Status refused = CheckZone(*slot, context); !refused.ok()) {
+      if (refused.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+        slot->CountRejected("other_zone");
+      }
+      return refused;
+    }
   }
   if (slot != nullptr && slot->in_flight.fetch_add(1) >= slot->limit && slot->limit > 0) {
     slot->in_flight.fetch_sub(1);
+    slot->CountRejected("concurrency_limit");
     context->AddTrailingMetadata(kRejectedKey, "concurrency-limit");
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         absl::StrCat(slot->method, " has ", slot->limit,
