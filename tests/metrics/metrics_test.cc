@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -19,6 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "etcd.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "formica/test/echo.grpc.pb.h"
@@ -205,6 +207,104 @@ TEST_F(MetricsExportTest, EveryDaemonAndProviderServesAPagePromtoolAccepts) {
     auto [ok, said] = Promtool(dir_, page.name, text);
     EXPECT_TRUE(ok) << page.name << ": promtool check metrics says:\n" << said << "\n" << text;
   }
+}
+
+// The sum of the samples of `series_prefix` ("name{labels" up to a point)
+// in `page`; -1 when none.
+double SumOf(const std::string& page, const std::string& series_prefix) {
+  double sum = -1;
+  for (size_t at = 0; (at = page.find("\n" + series_prefix, at)) != std::string::npos; ++at) {
+    size_t space = page.find(' ', at + 1);
+    double v = 0;
+    if (absl::SimpleAtod(page.substr(space + 1, page.find('\n', space) - space - 1), &v)) {
+      sum = (sum < 0 ? 0 : sum) + v;
+    }
+  }
+  return sum;
+}
+
+// dsrd counts each push to a subscriber or watcher, and times how long the
+// client takes to ack it (pushes sent before the ack of an earlier one are
+// one observation, so there are at most as many as pushes).
+TEST_F(MetricsExportTest, TheRegistryCountsPushesAndTimesTheirAcks) {
+  formica::registry::ClientOptions ro;
+  ro.registries = {dsrd_->address()};
+  ro.client_name = "watcher";
+  auto watcher = formica::registry::Client::Create(ro);
+  ASSERT_TRUE(watcher.ok()) << watcher.status();
+  ro.client_name = "publisher";
+  auto publisher = formica::registry::Client::Create(ro);
+  ASSERT_TRUE(publisher.ok()) << publisher.status();
+  std::atomic<int> snapshots{0}, values{0};
+  ASSERT_TRUE((*watcher)
+                  ->Subscribe("metrics.Pushed",
+                              [&](const formica::registry::ServiceSnapshot&) { ++snapshots; })
+                  .ok());
+  ASSERT_TRUE(
+      (*watcher)
+          ->WatchConfig("metrics.key", [&](const formica::registry::ConfigValue&) { ++values; })
+          .ok());
+  for (int i = 0; i < 3; ++i) {
+    formica::registry::Instance instance;
+    instance.service = "metrics.Pushed";
+    instance.address = absl::StrCat("127.0.0.1:", 9100 + i);
+    ASSERT_TRUE((*publisher)->Publish(instance).ok());
+    ASSERT_TRUE((*publisher)->PutConfig("metrics.key", absl::StrCat(i)).ok());
+  }
+  absl::Time until = absl::Now() + absl::Seconds(20);
+  auto last = [&] {
+    auto s = (*watcher)->GetSnapshot("metrics.Pushed");
+    return s && s->instances.size() == 3;
+  };
+  while (!last() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE(last());
+  std::string page;
+  double sent = -1, acked = -2;
+  while (absl::Now() < until) {
+    page = Scrape(dsrd_metrics_);
+    sent = SumOf(page, "formica_registry_pushes_total{");
+    acked = Value(page, "formica_registry_push_ack_duration_seconds_count");
+    if (acked >= 2) break;  // both the subscription and the watch caught up
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_GE(SumOf(page, "formica_registry_pushes_total{kind=\"service\"}"), 1) << page;
+  EXPECT_GE(SumOf(page, "formica_registry_pushes_total{kind=\"config\"}"), 1) << page;
+  EXPECT_GE(acked, 2) << page;
+  EXPECT_LE(acked, sent) << page;
+  EXPECT_GT(Value(page, "formica_registry_push_ack_duration_seconds_sum"), 0) << page;
+  EXPECT_GE(snapshots.load(), 1);
+  EXPECT_GE(values.load(), 1);
+  EXPECT_EQ(SumOf(page, "formica_registry_store_up{store=\"embedded\"}"), 1) << page;
+  auto [ok, said] = Promtool(dir_, "dsrd-pushes", page);
+  EXPECT_TRUE(ok) << said;
+}
+
+// In cluster mode, store_up follows etcd: 1 while it answers, 0 once it is
+// gone.
+TEST(MetricsEtcdTest, TheRegistrysStoreUpFollowsEtcd) {
+  auto etcd = formica::testing::EtcdCluster::Start(1);
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  TempDir dir;
+  DsrdProcess::Options o;
+  o.data_dir = dir.File("dsrd");
+  int metrics = PickFreePort();
+  o.config = {{"storage.engine", "etcd"},
+              {"storage.etcd.endpoints", (*etcd)->endpoints()},
+              {"storage.etcd.prefix", "/metrics/"},
+              {"storage.etcd.request_timeout", "2s"},
+              {"server.id", "node0"},
+              {"cluster.name", "metrics"},
+              {"metrics.listen", absl::StrCat("127.0.0.1:", metrics)}};
+  auto dsrd = DsrdProcess::Start(o);
+  ASSERT_TRUE(dsrd.ok()) << dsrd.status();
+  const std::string up = "formica_registry_store_up{store=\"etcd\"}";
+  EXPECT_EQ(SumOf(Scrape(metrics), up), 1) << Scrape(metrics);
+  (*etcd)->Kill9(0);
+  absl::Time until = absl::Now() + absl::Seconds(60);
+  while (SumOf(Scrape(metrics), up) != 0 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(SumOf(Scrape(metrics), up), 0) << Scrape(metrics);
 }
 
 TEST_F(MetricsExportTest, ABadMetricsListenStopsTheDaemonNamingIt) {
