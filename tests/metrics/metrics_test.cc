@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "etcd.h"
+#include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "formica/test/echo.grpc.pb.h"
@@ -305,6 +306,64 @@ TEST(MetricsEtcdTest, TheRegistrysStoreUpFollowsEtcd) {
     absl::SleepFor(absl::Milliseconds(100));
   }
   EXPECT_EQ(SumOf(Scrape(metrics), up), 0) << Scrape(metrics);
+}
+
+// dtsd's unfinished activities by state and the oldest one's age, and phase
+// two retried against a participant that is not there, and the log's syncs
+// timed.
+TEST_F(MetricsExportTest, DtsdShowsUnfinishedActivitiesByStateTheirAgeAndRetries) {
+  int port = PickFreePort();
+  auto dtsd = StartDaemon("dtsd", port);
+  ASSERT_TRUE(dtsd);
+  auto stub = formica::dts::v1::Coordinator::NewStub(
+      grpc::CreateChannel(listen_, grpc::InsecureChannelCredentials()));
+  auto begin = [&](formica::dts::v1::BeginResponse* out) {
+    grpc::ClientContext ctx;
+    formica::dts::v1::BeginRequest request;
+    request.set_name("metrics.Test");
+    request.set_timeout_ms(600000);
+    return stub->Begin(&ctx, request, out);
+  };
+  formica::dts::v1::BeginResponse active, committing;
+  ASSERT_TRUE(begin(&active).ok());
+  ASSERT_TRUE(begin(&committing).ok());
+  {
+    grpc::ClientContext ctx;
+    formica::dts::v1::EnlistRequest request;
+    request.set_activity_id(committing.activity_id());
+    request.set_participant("metrics.Nobody");
+    request.set_action("a");
+    formica::dts::v1::EnlistResponse response;
+    ASSERT_TRUE(stub->Enlist(&ctx, request, &response).ok());
+  }
+  {
+    grpc::ClientContext ctx;
+    formica::dts::v1::ActivityRef request;
+    request.set_activity_id(committing.activity_id());
+    formica::dts::v1::DecisionResponse response;
+    ASSERT_TRUE(stub->Commit(&ctx, request, &response).ok());
+  }
+  // Phase two to a participant nobody provides fails and is retried.
+  std::string page;
+  absl::Time until = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < until) {
+    page = Scrape(port);
+    if (Value(page, "formica_dts_phase_two_retries_total") >= 1 &&
+        Value(page, "formica_dts_oldest_unfinished_age_seconds") >= 1) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(SumOf(page, "formica_dts_unfinished_by_state{state=\"ACTIVE\"}"), 1) << page;
+  EXPECT_EQ(SumOf(page, "formica_dts_unfinished_by_state{state=\"COMMITTING\"}"), 1) << page;
+  EXPECT_EQ(SumOf(page, "formica_dts_unfinished_by_state{state=\"ROLLING_BACK\"}"), 0) << page;
+  EXPECT_GE(Value(page, "formica_dts_phase_two_retries_total"), 1) << page;
+  EXPECT_GE(Value(page, "formica_dts_oldest_unfinished_age_seconds"), 1) << page;
+  EXPECT_LT(Value(page, "formica_dts_oldest_unfinished_age_seconds"), 60) << page;
+  // The enlist and the commit each waited for a group-commit sync.
+  EXPECT_GE(Value(page, "formica_dts_wal_sync_duration_seconds_count"), 2) << page;
+  auto [ok, said] = Promtool(dir_, "dtsd-unfinished", page);
+  EXPECT_TRUE(ok) << said;
 }
 
 TEST_F(MetricsExportTest, ABadMetricsListenStopsTheDaemonNamingIt) {
