@@ -21,6 +21,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "etcd.h"
+#include "formica/dms/consumer.h"
+#include "formica/dms/producer.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
@@ -364,6 +366,85 @@ TEST_F(MetricsExportTest, DtsdShowsUnfinishedActivitiesByStateTheirAgeAndRetries
   EXPECT_GE(Value(page, "formica_dts_wal_sync_duration_seconds_count"), 2) << page;
   auto [ok, said] = Promtool(dir_, "dtsd-unfinished", page);
   EXPECT_TRUE(ok) << said;
+}
+
+// dmsd's topics, groups, dead letters, log syncs and disk: 10 messages
+// produced, 3 of them refused until they are dead letters.
+TEST_F(MetricsExportTest, DmsdShowsTopicsLagDeadLettersSyncsAndTheDisk) {
+  int port = PickFreePort();
+  std::string listen = absl::StrCat("127.0.0.1:", PickFreePort());
+  auto dmsd = Subprocess::Start(
+      {BinaryPath("dms/dmsd"), "--listen", listen, "--data-dir", dir_.File("dmsd"), "--registry",
+       dsrd_->address(), "--set", absl::StrCat("metrics.listen=127.0.0.1:", port), "--set",
+       "consume.retry_initial=10ms", "--set", "consume.max_attempts=2"},
+      dir_.File("dmsd.log"));
+  ASSERT_TRUE(dmsd.ok()) << dmsd.status();
+  ASSERT_TRUE((*dmsd)->WaitForOutput("dmsd ready on port", absl::Seconds(20))) << (*dmsd)->Output();
+  auto create =
+      Subprocess::Start({BinaryPath("tools/formicactl"), "--dms", listen, "--registry",
+                         dsrd_->address(), "dms", "create-topic", "metrics.t", "--queues", "1"},
+                        dir_.File("create.log"));
+  ASSERT_TRUE(create.ok());
+  ASSERT_EQ((*create)->Wait(absl::Seconds(20)), 0) << (*create)->Output();
+  formica::registry::ClientOptions ro;
+  ro.registries = {dsrd_->address()};
+  ro.client_name = "dms-metrics";
+  auto registry = formica::registry::Client::Create(ro);
+  ASSERT_TRUE(registry.ok()) << registry.status();
+  formica::rpc::ClientOptions co;
+  co.app_name = "dms-metrics";
+  auto rpc = formica::rpc::Client::Create(co, registry->get());
+  ASSERT_TRUE(rpc.ok()) << rpc.status();
+  formica::dms::ProducerOptions po;
+  po.producer_group = "metrics";
+  auto producer = formica::dms::Producer::Create(po, rpc->get());
+  ASSERT_TRUE(producer.ok()) << producer.status();
+  for (int i = 0; i < 10; ++i) {
+    formica::dms::OutgoingMessage m;
+    m.body = i < 3 ? "bad" : "good";
+    auto sent = (*producer)->Send("metrics.t", m);
+    // The first send waits for the broker to be listed.
+    for (int retry = 0; !sent.ok() && i == 0 && retry < 100; ++retry) {
+      absl::SleepFor(absl::Milliseconds(100));
+      sent = (*producer)->Send("metrics.t", m);
+    }
+    ASSERT_TRUE(sent.ok()) << sent.status();
+  }
+  formica::dms::ConsumerOptions o;
+  o.group = "g";
+  o.topic = "metrics.t";
+  auto consumer = formica::dms::Consumer::Start(
+      o,
+      [](const formica::dms::ReceivedMessage& m) {
+        return m.body == "bad" ? formica::dms::ConsumeResult::kRetryLater
+                               : formica::dms::ConsumeResult::kSuccess;
+      },
+      rpc->get());
+  ASSERT_TRUE(consumer.ok()) << consumer.status();
+  const std::string series = "{group=\"g\",topic=\"metrics.t\",queue=\"0\"}";
+  std::string page;
+  absl::Time until = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < until) {
+    page = Scrape(port);
+    if (SumOf(page, "formica_dms_dead_letters{group=\"g\"}") == 3 &&
+        SumOf(page, "formica_dms_group_committed_offset" + series) == 10) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(SumOf(page, "formica_dms_messages_total{topic=\"metrics.t\"}"), 10) << page;
+  EXPECT_EQ(SumOf(page, "formica_dms_dead_letters{group=\"g\"}"), 3) << page;
+  EXPECT_EQ(SumOf(page, "formica_dms_group_committed_offset" + series), 10) << page;
+  EXPECT_EQ(SumOf(page, "formica_dms_group_lag" + series), 0) << page;
+  EXPECT_GT(SumOf(page, "formica_dms_stored_bytes{topic=\"metrics.t\"}"), 0) << page;
+  EXPECT_GE(Value(page, "formica_dms_log_sync_duration_seconds_count"), 1) << page;
+  EXPECT_EQ(Value(page, "formica_dms_half_messages"), 0) << page;
+  EXPECT_GT(Value(page, "formica_dms_disk_used_ratio"), 0) << page;
+  EXPECT_LE(Value(page, "formica_dms_disk_used_ratio"), 1) << page;
+  EXPECT_EQ(Value(page, "formica_dms_disk_full_ratio"), 0.95) << page;
+  auto [ok, said] = Promtool(dir_, "dmsd-topics", page);
+  EXPECT_TRUE(ok) << said;
+  (*consumer)->Stop();
 }
 
 TEST_F(MetricsExportTest, ABadMetricsListenStopsTheDaemonNamingIt) {
