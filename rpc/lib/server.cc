@@ -18,6 +18,7 @@
 #include "balancer.h"
 #include "call_stats.h"
 #include "formica/internal/metrics_endpoint.h"
+#include "formica/internal/process_metrics.h"
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/discovery.h"
 #include "formica/rpc/metrics.h"
@@ -389,7 +390,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   if (!impl->options.metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint = MetricsEndpoint::Start(
         impl->options.metrics_listen,
-        {[](PrometheusText& out) { out.Append(CallMetricsPrometheusText()); }});
+        {[](PrometheusText& out) { out.Append(CallMetricsPrometheusText()); },
+         [](PrometheusText& out) { WriteProcessMetrics(out); }});
     if (!endpoint.ok()) {
       impl->server->Shutdown();
       return endpoint.status();
