@@ -6,12 +6,15 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/support/server_interceptor.h>
 #include <spdlog/spdlog.h>
+#include <map>
 
 #include <atomic>
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -265,18 +268,76 @@ class Server::Impl {
   int port = 0;
   absl::Time started;
   std::thread warmup_thread;
+  std::thread drain_thread;
+  std::vector<uint64_t> drain_watches;
   absl::Mutex mu;
   bool stopping ABSL_GUARDED_BY(mu) = false;
+  // Listed in a hosted service's drain list (rpc/drain/<service>): published
+  // at weight 0, so callers send no new call; `drain_seen` is what the
+  // drain thread last published.
+  std::map<std::string, bool> drain_asked ABSL_GUARDED_BY(mu);  // by service
+  bool drain_seen ABSL_GUARDED_BY(mu) = false;
+  std::atomic<int32_t> weight_now{0};  // the warm-up's weight
   bool stopped = false;
 
   std::string Address() const { return absl::StrCat(options.advertise_host, ":", port); }
 
+  bool DrainedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (const auto& [service, asked] : drain_asked) {
+      if (asked) return true;
+    }
+    return false;
+  }
+
+  // Watches each hosted service's drain list; republishes on a thread of
+  // its own (a registry callback must not wait for the registry).
+  void WatchDrains() {
+    for (const HostedService& h : services) {
+      std::string service = h.name;
+      absl::StatusOr<uint64_t> id =
+          discovery->WatchDrain(service, [this, service](const std::optional<std::string>& list) {
+            bool listed = false;
+            for (absl::string_view a : absl::StrSplit(list.value_or(""), ',')) {
+              listed = listed || absl::StripAsciiWhitespace(a) == Address();
+            }
+            absl::MutexLock lock(&mu);
+            drain_asked[service] = listed;
+          });
+      if (id.ok()) drain_watches.push_back(*id);
+    }
+    if (drain_watches.empty()) return;
+    drain_thread = std::thread([this] {
+      while (true) {
+        bool drained = false;
+        {
+          absl::MutexLock lock(&mu);
+          auto changed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+            return stopping || DrainedLocked() != drain_seen;
+          };
+          mu.Await(absl::Condition(&changed));
+          if (stopping) return;
+          drained = drain_seen = DrainedLocked();
+        }
+        SPDLOG_INFO("{} rotation at the registry's drain list", drained ? "leaving" : "back in");
+        if (absl::Status st = PublishAll(weight_now.load()); !st.ok()) {
+          SPDLOG_WARN("drain republish failed: {}", st.ToString());
+        }
+      }
+    });
+  }
+
   absl::Status PublishAll(int32_t weight) {
+    weight_now.store(weight);
+    bool drained = false;
+    {
+      absl::MutexLock lock(&mu);
+      drained = DrainedLocked();
+    }
     for (const HostedService& h : services) {
       Provider provider;
       provider.address = Address();
       provider.zone = options.zone;
-      provider.weight = weight;
+      provider.weight = drained ? 0 : weight;
       provider.tags = options.tags;
       if (absl::Status st = discovery->Publish(h.name, provider); !st.ok()) {
         return st;
@@ -407,6 +468,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
     Impl* raw = impl.get();
     impl->warmup_thread = std::thread([raw] { raw->WarmUp(); });
   }
+  impl->WatchDrains();
   SPDLOG_INFO("rpc server on {} ({} service(s), zone '{}', weight {})", impl->Address(),
               impl->services.size(), impl->options.zone, impl->options.weight);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
@@ -429,6 +491,8 @@ void Server::Shutdown() {
     impl_->stopping = true;
   }
   if (impl_->warmup_thread.joinable()) impl_->warmup_thread.join();
+  for (uint64_t id : impl_->drain_watches) impl_->discovery->UnwatchDrain(id);
+  if (impl_->drain_thread.joinable()) impl_->drain_thread.join();
   // 1. Withdraw from the discovery (the registry): callers stop picking this
   // provider.
   for (const HostedService& h : impl_->services) {

@@ -194,6 +194,47 @@ TEST_F(ReleaseTest, EachGroupIsBakedAndJudgedByItsOwnSettings) {
   EXPECT_EQ(r.groups(1).min_calls(), 20);
 }
 
+// Before each group's deploy the controller takes its old instances out of
+// rotation through the registry: each is seen at weight 0 before it leaves,
+// and no call fails.
+TEST_F(ReleaseTest, EachGroupsOldInstancesAreDrainedBeforeItsDeploy) {
+  absl::Mutex mu;
+  std::map<std::string, std::vector<int>> weights;  // each provider's weights, as pushed
+  auto sub = registry_->Subscribe(kEcho, [&](const registry::ServiceSnapshot& s) {
+    absl::MutexLock lock(&mu);
+    for (const auto& i : s.instances) {
+      auto& seen = weights[i.address];
+      if (seen.empty() || seen.back() != i.weight) seen.push_back(i.weight);
+    }
+  });
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  StartLoad();
+  std::string out;
+  ASSERT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1,rest:3", "--bake",
+                 "1s", "--auto", "--deploy", Deploy()},
+                &out, absl::Seconds(120)),
+            0)
+      << out;
+  absl::SleepFor(absl::Milliseconds(300));
+  StopLoad();
+  registry_->Unsubscribe(*sub);
+  EXPECT_THAT(out, ::testing::ContainsRegex("group beta: drained 127.0.0.1:[0-9]+ \\(weight 0"));
+  EXPECT_LT(out.find("group beta: drained"), out.find("group beta: deploying"));
+  EXPECT_THAT(out, HasSubstr("group rest: drained"));
+  {
+    absl::MutexLock lock(&mu);
+    for (auto& p : providers_) {
+      const std::vector<int>& seen = weights[Address(*p)];
+      ASSERT_FALSE(seen.empty()) << Address(*p);
+      EXPECT_EQ(seen.back(), 0) << Address(*p) << " left without being drained";
+    }
+  }
+  EXPECT_EQ(FailedCalls(), 0);
+  // Nothing is left on the drain list.
+  auto drain = registry_->GetConfig(std::string("rpc/drain/") + kEcho);
+  EXPECT_TRUE(absl::IsNotFound(drain.status()) || !drain->exists) << drain->value;
+}
+
 TEST_F(ReleaseTest, RollbackMidReleaseSendsCallsBackAtOnceAndRedeploysThePrevious) {
   uint64_t watch = *registry_->WatchConfig(std::string("rpc/routes/") + kEcho,
                                            [this](const registry::ConfigValue& v) {

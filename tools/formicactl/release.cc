@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "release.h"
 
@@ -32,6 +33,10 @@ constexpr absl::Duration kStale = absl::Seconds(5);
 // A new instance whose weight did not change for this long is warmed up
 // (rpc::Server republishes a ramping weight every warmup_step, 1 s by default).
 constexpr absl::Duration kSteady = absl::Seconds(2);
+// How long the old instances may take to show weight 0 once asked to drain,
+// and the time then left to the calls they already took.
+constexpr absl::Duration kDrainWait = absl::Seconds(10);
+constexpr absl::Duration kDrainGrace = absl::Milliseconds(500);
 
 bool Live(const v1::Release& r) {
   return r.state() == "running" || r.state() == "awaiting" || r.state() == "continuing" ||
@@ -115,6 +120,7 @@ class Controller {
         }
       }
     }
+    (void)ClearDrainList();
     r.set_state("done");
     r.set_message(absl::StrCat("every group runs ", r.version_key(), "=", r.version()));
     (void)SaveMerging();
@@ -149,9 +155,11 @@ class Controller {
       }
       if (!replace.empty()) {
         int old_before = Count(*providers, r.previous());
+        absl::Status st = Drain(g.name(), replace);
+        if (!st.ok()) return Fail(st);
         Say(absl::StrCat("group ", g.name(), ": deploying ", r.previous(), " over ",
                          absl::StrJoin(replace, " ")));
-        absl::Status st = RunDeploy(g.name(), r.previous(), replace);
+        st = RunDeploy(g.name(), r.previous(), replace);
         if (st.ok()) {
           st = AwaitUp(replace, r.previous(), old_before + static_cast<int>(replace.size()),
                        nullptr);
@@ -162,6 +170,7 @@ class Controller {
       (void)SaveMerging();
     }
     absl::Status restored = RestoreRoute();
+    (void)ClearDrainList();  // what a failed deploy left drained comes back
     r.set_state("rolled_back");
     r.set_message(absl::StrCat(
         "back on ", r.version_key(), "=", r.previous(),
@@ -304,12 +313,14 @@ class Controller {
       done_before = done_before && std::find(old.begin(), old.end(), p.address) == old.end();
     }
     if (!old.empty() && !done_before) {
+      if (absl::Status st = Drain(g.name(), old); !st.ok()) return st;
       Say(absl::StrCat("group ", g.name(), ": deploying ", r.version(), " over ",
                        absl::StrJoin(old, " ")));
       if (absl::Status st = RunDeploy(g.name(), r.version(), old); !st.ok()) return st;
     }
     std::vector<std::string> fresh;
     if (absl::Status st = AwaitUp(old, r.version(), expected, &fresh); !st.ok()) return st;
+    (void)EditDrainList(old, /*add=*/false);
     std::set<std::string> earlier;
     for (int k = 0; k < i; ++k) {
       earlier.insert(r.groups(k).new_instances().begin(), r.groups(k).new_instances().end());
@@ -429,6 +440,75 @@ class Controller {
       if (absl::Status st = Wait(kPoll); !st.ok() && up != nullptr) return st;
     }
     return absl::DeadlineExceededError(absl::StrCat("not up within the ready timeout: ", last));
+  }
+
+  // Takes `instances` out of rotation before their deploy: lists them in
+  // the registry's drain list ("rpc/drain/<service>"), which their
+  // rpc::Server follows by publishing weight 0, waits until the registry
+  // shows them at 0 (or gone), then leaves the calls they took a moment to
+  // finish. A provider that does not follow (not an rpc::Server) is
+  // deployed over after kDrainWait, as before: the deploy command's stop
+  // drains it.
+  absl::Status Drain(const std::string& group, const std::vector<std::string>& instances) {
+    const v1::Release& r = record_.value;
+    if (absl::Status st = EditDrainList(instances, /*add=*/true); !st.ok()) return st;
+    absl::Time deadline = absl::Now() + kDrainWait;
+    std::vector<std::string> serving;
+    while (true) {
+      serving.clear();
+      absl::StatusOr<std::vector<ProviderInfo>> providers = link_.Providers(r.service());
+      if (providers.ok()) {
+        for (const ProviderInfo& p : *providers) {
+          bool mine = std::find(instances.begin(), instances.end(), p.address) != instances.end();
+          if (mine && p.weight > 0) serving.push_back(p.address);
+        }
+      }
+      if (providers.ok() && serving.empty()) break;
+      if (absl::Now() > deadline) {
+        Say(absl::StrCat("group ", group, ": ", absl::StrJoin(serving, " "),
+                         " still take calls after ", absl::FormatDuration(kDrainWait),
+                         "; deploying anyway"));
+        return absl::OkStatus();
+      }
+      if (absl::Status st = Wait(kPoll); !st.ok()) return st;
+    }
+    Say(absl::StrCat("group ", group, ": drained ", absl::StrJoin(instances, " "),
+                     " (weight 0 at the registry)"));
+    return Wait(kDrainGrace);
+  }
+
+  // Adds `addresses` to the drain list, or takes them out (compare-and-set).
+  absl::Status EditDrainList(const std::vector<std::string>& addresses, bool add) {
+    std::string key = absl::StrCat("rpc/drain/", record_.value.service());
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      absl::StatusOr<Entry> now = link_.Get(key);
+      if (!now.ok()) return now.status();
+      std::set<std::string> listed;
+      for (absl::string_view a : absl::StrSplit(now->value, ',', absl::SkipWhitespace())) {
+        listed.insert(std::string(a));
+      }
+      for (const std::string& a : addresses) {
+        if (add) {
+          listed.insert(a);
+        } else {
+          listed.erase(a);
+        }
+      }
+      std::string value = absl::StrJoin(listed, ",");
+      if (value == now->value) return absl::OkStatus();
+      absl::Status st = value.empty() ? link_.Delete(key, now->version)
+                                      : link_.Put(key, value, now->version).status();
+      if (!absl::IsFailedPrecondition(st)) return st;
+    }
+    return absl::AbortedError("the drain list kept changing");
+  }
+
+  absl::Status ClearDrainList() {
+    std::string key = absl::StrCat("rpc/drain/", record_.value.service());
+    absl::StatusOr<Entry> now = link_.Get(key);
+    if (!now.ok()) return now.status();
+    if (now->version == 0) return absl::OkStatus();
+    return link_.Delete(key, now->version);
   }
 
   absl::Status RestoreRoute() {
