@@ -155,7 +155,7 @@ class Controller {
       }
       if (!replace.empty()) {
         int old_before = Count(*providers, r.previous());
-        absl::Status st = Drain(g.name(), replace);
+        absl::Status st = Drain(g.name(), replace, /*rolling_back=*/true);
         if (!st.ok()) return Fail(st);
         Say(absl::StrCat("group ", g.name(), ": deploying ", r.previous(), " over ",
                          absl::StrJoin(replace, " ")));
@@ -449,7 +449,18 @@ class Controller {
   // finish. A provider that does not follow (not an rpc::Server) is
   // deployed over after kDrainWait, as before: the deploy command's stop
   // drains it.
-  absl::Status Drain(const std::string& group, const std::vector<std::string>& instances) {
+  // `rolling_back`: run by the rollback itself, which a rollback request
+  // does not interrupt.
+  absl::Status Drain(const std::string& group, const std::vector<std::string>& instances,
+                     bool rolling_back = false) {
+    auto wait = [&](absl::Duration d) {
+      if (!rolling_back) return Wait(d);
+      for (absl::Time end = absl::Now() + d; absl::Now() < end;) {
+        absl::SleepFor(std::min(kPoll, end - absl::Now()));
+        if (absl::Now() - last_save_ >= kHeartbeat) (void)SaveMerging();
+      }
+      return absl::OkStatus();
+    };
     const v1::Release& r = record_.value;
     if (absl::Status st = EditDrainList(instances, /*add=*/true); !st.ok()) return st;
     absl::Time deadline = absl::Now() + kDrainWait;
@@ -470,11 +481,11 @@ class Controller {
                          "; deploying anyway"));
         return absl::OkStatus();
       }
-      if (absl::Status st = Wait(kPoll); !st.ok()) return st;
+      if (absl::Status st = wait(kPoll); !st.ok()) return st;
     }
     Say(absl::StrCat("group ", group, ": drained ", absl::StrJoin(instances, " "),
                      " (weight 0 at the registry)"));
-    return Wait(kDrainGrace);
+    return wait(kDrainGrace);
   }
 
   // Adds `addresses` to the drain list, or takes them out (compare-and-set).
