@@ -43,7 +43,9 @@ TEST(InProcessMetrics, AnRpcServersPageCountsTheDataSourcesStatementsRefusalsAnd
   }
   c.sharded_tables = {{"accounts", "user_id"}};
   c.broadcast_tables = {"funds"};
-  c.pool_wait = absl::Milliseconds(100);
+  // Long enough that only the wait behind the transaction below times out,
+  // however busy the machine.
+  c.pool_wait = absl::Seconds(2);
   auto ds = formica::dds::ShardedDataSource::Open(std::move(c));
   ASSERT_TRUE(ds.ok()) << ds.status();
   auto run = [&](const std::string& sql) { return (*ds)->Execute(sql); };
@@ -86,7 +88,9 @@ TEST(InProcessMetrics, AnRpcServersPageCountsTheDataSourcesStatementsRefusalsAnd
   EXPECT_EQ(statements("read", "scatter"), 1) << page;
   EXPECT_EQ(statements("read", "any"), 1) << page;
   EXPECT_EQ(Sample(page, "formica_dds_refused_total{code=\"INVALID_ARGUMENT\"}"), 1) << page;
-  EXPECT_EQ(Sample(page, "formica_dds_pool_waits_total{database=\"db0\"}"), 1) << page;
+  // Scatters wait for the one connection too, as the threads that run them
+  // happen to meet.
+  EXPECT_GE(Sample(page, "formica_dds_pool_waits_total{database=\"db0\"}"), 1) << page;
   EXPECT_EQ(Sample(page, "formica_dds_pool_wait_timeouts_total{database=\"db0\"}"), 1) << page;
   std::string path = dir.File("page.prom");
   std::ofstream(path) << page;
