@@ -14,6 +14,7 @@
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
 #include "backend.h"
+#include "dds_metrics.h"
 #include "merge.h"
 #include "router.h"
 
@@ -164,6 +165,7 @@ class DataSourceImpl : public ShardedDataSource {
   absl::StatusOr<ResultSet> Execute(absl::string_view sql, absl::Span<const Value> params,
                                     const ExecuteOptions& options) override {
     absl::StatusOr<Routing> routing = router_->Route(sql, params);
+    CountStatement(routing.ok() ? &*routing : nullptr, routing.status());
     if (!routing.ok()) return routing.status();
     std::map<int, std::unique_ptr<WriteGate::Pass>> passes;  // held while the write runs
     if (absl::Status st = AdmitWrites(*routing, false, &passes); !st.ok()) return st;
@@ -375,6 +377,7 @@ absl::StatusOr<ResultSet> TransactionImpl::Execute(absl::string_view sql,
                                                    absl::Span<const Value> params) {
   if (!open_) return absl::FailedPreconditionError("the transaction has already ended");
   absl::StatusOr<Routing> routing = ds_->router()->Route(sql, params);
+  CountStatement(routing.ok() ? &*routing : nullptr, routing.status());
   if (!routing.ok()) return routing.status();
   if (routing->any_database) routing->statements[0].database = database_;
   for (const RoutedStatement& s : routing->statements) {

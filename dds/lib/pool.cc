@@ -1,5 +1,6 @@
 #include "absl/strings/str_cat.h"
 #include "backend.h"
+#include "dds_metrics.h"
 
 namespace formica::dds {
 
@@ -27,6 +28,7 @@ absl::StatusOr<ConnectionPool::Lease> ConnectionPool::Acquire() {
       ++waiting_;
       bool got = freed_.wait_for(lock, absl::ToChronoNanoseconds(wait_), ready);
       --waiting_;
+      CountPoolWait(name_, !got);
       if (!got) {
         return absl::ResourceExhaustedError(absl::StrCat("database ", name_, ": all ", size_,
                                                          " connections stayed busy for ",

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "broker_metrics.h"
 #include "consumer_groups.h"
 #include "dead_letters.h"
 #include "dedup_index.h"
@@ -489,6 +490,10 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(BrokerOptions options) {
                      "1 while produce is refused because the data directory's file system is "
                      "above storage.disk_full_ratio, else 0.",
                      raw->disk->refusal().empty() ? 0 : 1);
+         },
+         [raw](PrometheusText& out) {
+           WriteBrokerMetrics(
+               {raw->topics.get(), raw->groups.get(), raw->txns.get(), raw->disk.get()}, out);
          },
          [](PrometheusText& out) { out.Append(rpc::CallMetricsPrometheusText()); }});
     if (!metrics.ok()) {

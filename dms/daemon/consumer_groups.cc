@@ -51,6 +51,12 @@ std::vector<std::shared_ptr<GroupState>> ConsumerGroups::Groups() {
   return all;
 }
 
+std::vector<std::string> ConsumerGroups::GroupNames() {
+  std::set<std::string> names;
+  for (const std::shared_ptr<GroupState>& g : Groups()) names.insert(g->base);
+  return {names.begin(), names.end()};
+}
+
 absl::StatusOr<std::shared_ptr<GroupState>> ConsumerGroups::Join(
     const v1::Subscribe& sub, const std::shared_ptr<Member>& member) {
   if (sub.group().empty()) return absl::InvalidArgumentError("subscribe: group is required");

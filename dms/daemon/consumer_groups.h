@@ -153,6 +153,10 @@ class ConsumerGroups {
   // counted as an attempt when they leave.
   void Stop() { stopping_ = true; }
 
+  // The groups consumers joined since dmsd started (by their names), for
+  // the metrics.
+  std::vector<std::string> GroupNames();
+
  private:
   std::vector<std::shared_ptr<GroupState>> Groups();
   absl::Status LoadReplays(GroupState& g, std::map<std::pair<int, uint64_t>, Replay>* out)

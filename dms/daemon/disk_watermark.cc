@@ -43,6 +43,12 @@ void DiskWatermark::Check() {
     }
   }
   refusal_ = why;
+  used_ = used;
+}
+
+double DiskWatermark::used_ratio() const {
+  absl::MutexLock lock(&mu_);
+  return used_;
 }
 
 std::string DiskWatermark::refusal() const {

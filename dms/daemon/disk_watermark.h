@@ -24,12 +24,17 @@ class DiskWatermark {
 
   // Why produce is refused now, or empty when it is not.
   std::string refusal() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The used fraction of the data directory's file system at the last
+  // Check (-1 before one, or when it could not be read).
+  double used_ratio() const ABSL_LOCKS_EXCLUDED(mu_);
+  double full_ratio() const { return full_ratio_; }
 
  private:
   const std::string data_dir_;
   const double full_ratio_;
   mutable absl::Mutex mu_;
   std::string refusal_ ABSL_GUARDED_BY(mu_);
+  double used_ ABSL_GUARDED_BY(mu_) = -1;
 };
 
 }  // namespace formica::dms

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 
 namespace formica::dms {
 namespace {
@@ -154,6 +155,11 @@ class SyncPool {
 };
 
 void RequestSync(MessageLog::Impl* log) { SyncPool::Get().Request(log); }
+
+DurationHistogram& SyncLatency() {
+  static DurationHistogram* latency = new DurationHistogram();
+  return *latency;
+}
 
 }  // namespace
 
@@ -446,7 +452,9 @@ class MessageLog::Impl {
         int fd = segments.back().fd;
         std::string path = segments.back().path;
         mu.Unlock();
+        absl::Time started = absl::Now();
         int rc = ::fdatasync(fd);
+        SyncLatency().Observe(absl::Now() - started);
         mu.Lock();
         syncing = false;
         ++sync_count;
@@ -639,5 +647,7 @@ std::vector<SegmentInfo> MessageLog::Segments() const {
   }
   return out;
 }
+
+const DurationHistogram& MessageLogSyncLatency() { return SyncLatency(); }
 
 }  // namespace formica::dms

@@ -15,6 +15,8 @@
 //   log->Read(offset, 100, &out);
 #pragma once
 
+#include "formica/internal/duration_histogram.h"
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -103,5 +105,9 @@ class MessageLog {
   explicit MessageLog(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// How long each of the logs' background fdatasyncs took, in this process
+// (dmsd's metrics).
+const DurationHistogram& MessageLogSyncLatency();
 
 }  // namespace formica::dms

@@ -526,6 +526,13 @@ void Transactions::List(bool parked_only, size_t limit, v1::ListHalfMessagesRepl
   }
 }
 
+void Transactions::Count(uint64_t* undecided, uint64_t* parked) {
+  absl::MutexLock lock(&impl_->mu);
+  *undecided = impl_->halves.size();
+  *parked = 0;
+  for (const auto& [id, h] : impl_->halves) *parked += h.parked() ? 1 : 0;
+}
+
 absl::StatusOr<uint64_t> Transactions::Resume(const std::string& id) {
   absl::MutexLock lock(&impl_->mu);
   if (!id.empty() && impl_->halves.count(id) == 0) {

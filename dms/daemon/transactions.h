@@ -68,6 +68,8 @@ class Transactions {
   // UNAVAILABLE when dmsd stops.
   grpc::Status CheckBack(CheckBackStream& stream);
   void List(bool parked_only, size_t limit, v1::ListHalfMessagesReply* out);
+  // How many half messages are undecided, and how many of them are parked.
+  void Count(uint64_t* undecided, uint64_t* parked);
   absl::StatusOr<uint64_t> Resume(const std::string& id);
 
   // formica.dts.v1.Participant, for messages joined to activities.

@@ -58,9 +58,29 @@ ActivityStats ActivityEngine::stats() {
     s.unfinished = entries_.size();
   }
   s.phase_two_failures = phase_two_failures_.load();
+  s.phase_two_retries = phase_two_retries_.load();
   s.synced_writes = synced_writes_.load();
   s.check_backs = check_backs_.load();
   return s;
+}
+
+UnfinishedView ActivityEngine::Unfinished() {
+  std::vector<std::shared_ptr<Entry>> live;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, e] : entries_) live.push_back(e);
+  }
+  UnfinishedView view;
+  for (const std::shared_ptr<Entry>& e : live) {  // an entry's mu after the engine's is released
+    absl::MutexLock lock(&e->mu);
+    ++view.by_state[v1::ActivityState_Name(e->record.state())];
+    int64_t begun = e->record.begun_unix_ms();
+    if (begun > 0 && (view.oldest_begun_unix_ms == 0 || begun < view.oldest_begun_unix_ms)) {
+      view.oldest_begun_unix_ms = begun;
+    }
+  }
+  view.now_unix_ms = absl::ToUnixMillis(clock_->Now());
+  return view;
 }
 
 // ---- operations ----
@@ -566,6 +586,7 @@ std::optional<PhaseTwoCall> ActivityEngine::Prepare(const PhaseTwoTask& t) {
   }
   e->calling[t.action] = true;
   const v1::Action& x = a.actions(t.action);
+  if (x.attempts() > 0) phase_two_retries_.fetch_add(1, std::memory_order_relaxed);
   PhaseTwoCall call{e, t.action, x.participant(), {}};
   call.item.set_activity_id(a.id());
   call.item.set_action(x.name());

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -72,8 +73,17 @@ struct ActivityStats {
   uint64_t timed_out = 0;
   uint64_t unfinished = 0;
   uint64_t phase_two_failures = 0;
-  uint64_t synced_writes = 0;  // enlists and decisions written to be synced
-  uint64_t check_backs = 0;    // Resolve calls
+  uint64_t phase_two_retries = 0;  // phase-two calls made again after a failed one
+  uint64_t synced_writes = 0;      // enlists and decisions written to be synced
+  uint64_t check_backs = 0;        // Resolve calls
+};
+
+// The unfinished activities now, for the metrics: how many in each state
+// (ActivityState names) and when the oldest began.
+struct UnfinishedView {
+  std::map<std::string, uint64_t> by_state;
+  int64_t oldest_begun_unix_ms = 0;  // 0: none
+  int64_t now_unix_ms = 0;           // the engine's clock when read
 };
 
 class ActivityEngine final : public PhaseTwoWork {
@@ -111,6 +121,8 @@ class ActivityEngine final : public PhaseTwoWork {
   bool Adopt(v1::Activity record);
 
   ActivityStats stats();
+  // Reads every unfinished activity (each under its own lock).
+  UnfinishedView Unfinished();
 
   // PhaseTwoWork: the scheduler's due tasks.
   void Expire(const std::string& id) override;
@@ -158,6 +170,7 @@ class ActivityEngine final : public PhaseTwoWork {
   absl::flat_hash_map<std::string, std::shared_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> begun_{0}, committed_{0}, rolled_back_{0}, timed_out_{0};
   std::atomic<uint64_t> phase_two_failures_{0}, synced_writes_{0}, check_backs_{0};
+  std::atomic<uint64_t> phase_two_retries_{0};
 };
 
 }  // namespace formica::dts

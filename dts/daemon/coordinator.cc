@@ -232,6 +232,21 @@ class Coordinator::Impl {
                 "Enlists and decisions written and covered by a sync.", a.synced_writes);
     out.Counter("formica_dts_written_bytes_total", "Bytes written to the activity log.",
                 store->written_bytes());
+    out.Counter("formica_dts_phase_two_retries_total",
+                "Confirm and cancel calls made again after a failed one.", a.phase_two_retries);
+    UnfinishedView u = engine->Unfinished();
+    out.Family("formica_dts_unfinished_by_state", "gauge",
+               "Unfinished activities by state (ACTIVE, COMMITTING, ROLLING_BACK).");
+    for (const char* state : {"ACTIVE", "COMMITTING", "ROLLING_BACK"}) {
+      auto it = u.by_state.find(state);
+      out.Sample("formica_dts_unfinished_by_state", {{"state", state}},
+                 it == u.by_state.end() ? 0 : static_cast<double>(it->second));
+    }
+    out.Gauge("formica_dts_oldest_unfinished_age_seconds",
+              "Age of the oldest unfinished activity (0 when none).",
+              u.oldest_begun_unix_ms == 0 ? 0 : (u.now_unix_ms - u.oldest_begun_unix_ms) / 1e3);
+    commit->sync_latency().Write(out, "formica_dts_wal_sync_duration_seconds",
+                                 "Time each group-commit sync of the activity log took.");
   }
 
   void Shutdown() {

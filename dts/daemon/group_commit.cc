@@ -4,6 +4,8 @@
 
 #include <cstdlib>
 
+#include "absl/time/clock.h"
+
 namespace formica::dts {
 
 void GroupCommit::AfterSync(std::function<void()> done) {
@@ -34,7 +36,9 @@ void GroupCommit::Loop() {
     batch.swap(waiters_);
     mu_.Unlock();
     // Every write these waiters made returned before they queued.
+    absl::Time started = absl::Now();
     absl::Status st = store_->Sync();
+    sync_latency_.Observe(absl::Now() - started);
     if (!st.ok()) {
       SPDLOG_CRITICAL("cannot sync the activity log ({}); stopping", st.ToString());
       std::abort();

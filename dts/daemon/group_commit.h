@@ -16,6 +16,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "activity_store.h"
+#include "formica/internal/duration_histogram.h"
 
 namespace formica::dts {
 
@@ -37,6 +38,9 @@ class GroupCommit {
   // Runs every callback still queued (after their sync), then stops.
   void Stop();
 
+  // How long each of its syncs took (for the metrics).
+  const DurationHistogram& sync_latency() const { return sync_latency_; }
+
  private:
   void Loop();
 
@@ -45,6 +49,7 @@ class GroupCommit {
   std::vector<std::function<void()>> waiters_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
+  DurationHistogram sync_latency_;
 };
 
 }  // namespace formica::dts

@@ -15,9 +15,28 @@
 #include "absl/synchronization/mutex.h"
 #include "formica/internal/address.h"
 #include "formica/internal/names.h"
+#include "formica/internal/process_metrics.h"
 #include "formica/registry/client.h"
 
 namespace formica::ldc {
+namespace {
+
+// The rules version this process applied and reported last (the newest over
+// its routers), for the metrics (docs/metrics.md).
+std::atomic<uint64_t>& AppliedVersionGauge() {
+  static std::atomic<uint64_t>* version = [] {
+    auto* v = new std::atomic<uint64_t>(0);
+    AddProcessMetricsSource([v](PrometheusText& out) {
+      out.Gauge("formica_ldc_rules_version",
+                "The LDC rules version this process applied and reported (0: none yet).",
+                static_cast<double>(v->load(std::memory_order_relaxed)));
+    });
+    return v;
+  }();
+  return *version;
+}
+
+}  // namespace
 
 namespace {
 
@@ -142,6 +161,7 @@ class Router::Impl {
       if (version_ == target) {
         reported_ = target;
         reported_session_ = session;
+        AppliedVersionGauge().store(target, std::memory_order_relaxed);
       }
     }
   }

@@ -116,9 +116,14 @@ void RegistryCore::Handle(SessionStream* stream, const v1::ClientMessage& messag
       const v1::Ack& ack = message.ack();
       auto& table = ack.has_config_key() ? session.configs : session.services;
       auto sub = table.find(ack.has_config_key() ? ack.config_key() : ack.service());
-      if (sub != table.end() && ack.version() > sub->second.acked) {
-        sub->second.acked = ack.version();
+      if (sub == table.end()) break;
+      // The newest push sent (a key that does not exist is version 0)
+      // reached the subscriber: it is caught up.
+      if (ack.version() >= sub->second.sent && sub->second.unacked_since != absl::InfinitePast()) {
+        push_acks_.Observe(clock_->Now() - sub->second.unacked_since);
+        sub->second.unacked_since = absl::InfinitePast();
       }
+      if (ack.version() > sub->second.acked) sub->second.acked = ack.version();
       break;
     }
     case v1::ClientMessage::kReconcile:
@@ -532,6 +537,19 @@ void RegistryCore::RequestFinish(SessionStream* stream, const absl::Status& stat
   }
 }
 
+void RegistryCore::WritePushMetrics(PrometheusText& out) const {
+  out.Family("formica_registry_pushes_total", "counter",
+             "Pushes sent to subscribers, by kind (service: a provider list; config: a config "
+             "value).");
+  out.Sample("formica_registry_pushes_total", {{"kind", "service"}},
+             static_cast<double>(service_pushes_.load(std::memory_order_relaxed)));
+  out.Sample("formica_registry_pushes_total", {{"kind", "config"}},
+             static_cast<double>(config_pushes_.load(std::memory_order_relaxed)));
+  push_acks_.Write(out, "formica_registry_push_ack_duration_seconds",
+                   "Time a subscriber took to ack the newest push sent to it, from the first "
+                   "one it had not acked (pushes sent meanwhile are one observation).");
+}
+
 void RegistryCore::Pump(Session& session) {
   SessionStream* stream = session.stream;
   if (stream == nullptr || stream->in_flight != nullptr || stream->finishing) {
@@ -550,13 +568,17 @@ void RegistryCore::Pump(Session& session) {
       if (sub != session.services.end()) {
         sub->second.sent = m.service().version();
         sub->second.sent_at = now;
+        if (sub->second.unacked_since == absl::InfinitePast()) sub->second.unacked_since = now;
       }
+      service_pushes_.fetch_add(1, std::memory_order_relaxed);
     } else if (m.has_config()) {
       auto sub = session.configs.find(m.config().key());
       if (sub != session.configs.end()) {
         sub->second.sent = m.config().version();
         sub->second.sent_at = now;
+        if (sub->second.unacked_since == absl::InfinitePast()) sub->second.unacked_since = now;
       }
+      config_pushes_.fetch_add(1, std::memory_order_relaxed);
     }
     session.pending.erase(first);
   } else {

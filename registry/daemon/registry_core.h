@@ -11,6 +11,7 @@
 // Tests drive it without threads through Tick() and a FakeClock.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -27,6 +28,7 @@
 #include "absl/time/time.h"
 #include "backend_events.h"
 #include "config_watches.h"
+#include "formica/internal/duration_histogram.h"
 #include "push_scheduler.h"
 #include "registry_backend.h"
 #include "service_table.h"
@@ -108,6 +110,12 @@ class RegistryCore : public BackendListener {
   v1::PushSwitchState SetStopPush(std::optional<bool> stop);
   void ListSessions(v1::ListSessionsResponse* out);
   absl::Status KillSession(uint64_t id);
+  // Pushes sent (service snapshots, config values) and the time from each
+  // push to the subscriber's ack, for the metrics (docs/metrics.md).
+  void WritePushMetrics(PrometheusText& out) const;
+  // Whether the backend's store answers (etcd in cluster mode).
+  bool BackendReachable() const { return backend_->Reachable(); }
+  absl::string_view BackendName() const { return backend_->name(); }
 
  private:
   bool Held() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pushes_.Held(); }
@@ -185,6 +193,9 @@ class RegistryCore : public BackendListener {
   absl::Mutex mu_;
   SessionTable sessions_ ABSL_GUARDED_BY(mu_);
   PushScheduler pushes_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> service_pushes_{0};
+  std::atomic<uint64_t> config_pushes_{0};
+  DurationHistogram push_acks_;
   ServiceMap services_ ABSL_GUARDED_BY(mu_);
   ConfigWatches configs_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

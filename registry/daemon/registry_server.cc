@@ -46,6 +46,13 @@ void WriteRegistryMetrics(RegistryCore& core, PrometheusText& out) {
             push.stop_push() ? 1 : 0);
   out.Gauge("formica_registry_warming_up", "1 while pushes wait for the start-up warm-up.",
             push.warming_up() ? 1 : 0);
+  core.WritePushMetrics(out);
+  out.Family("formica_registry_store_up", "gauge",
+             "1 while the registry's store answers (store=\"etcd\": the etcd cluster, in "
+             "cluster mode; \"embedded\": the node's own), else 0.");
+  out.Sample("formica_registry_store_up",
+             {{"store", core.BackendName() == "etcd" ? "etcd" : "embedded"}},
+             core.BackendReachable() ? 1 : 0);
 }
 
 }  // namespace

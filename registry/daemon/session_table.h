@@ -65,6 +65,9 @@ struct Subscription {
   uint64_t acked = 0;
   uint64_t sent = 0;
   absl::Time sent_at = absl::InfinitePast();
+  // The first push the subscriber has not acked yet was sent then
+  // (InfinitePast: none outstanding); for the push-latency metric.
+  absl::Time unacked_since = absl::InfinitePast();
 };
 
 struct Session {

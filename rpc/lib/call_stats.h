@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -72,6 +74,36 @@ class CallStatsRegistry {
  private:
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<CallStats>> series_ ABSL_GUARDED_BY(mu_);
+};
+
+// Counters of the call path's rarer events — a provider ejected, an
+// attempt retried, a call refused before it ran — one per family and label
+// values, made once (a lock) and then counted into without one; kept for the
+// process's life. Exported by CallMetricsPrometheusText (docs/metrics.md).
+class EventCounters {
+ public:
+  using Labels = std::vector<std::pair<std::string, std::string>>;
+  struct Series {
+    std::string family;
+    Labels labels;
+    uint64_t value = 0;
+  };
+
+  static EventCounters& Global();
+
+  // The counter of `family` with `labels` (always given in the same order
+  // for a family), made on first use.
+  std::atomic<uint64_t>* Get(absl::string_view family, const Labels& labels);
+  std::vector<Series> Snapshot();
+
+ private:
+  struct Entry {
+    std::string family;
+    Labels labels;
+    std::atomic<uint64_t> value{0};
+  };
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace formica::rpc

@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "balancer.h"
 #include "call_stats.h"
+#include "client_call_stats.h"
 #include "formica/common/clock.h"
 #include "formica/common/grpc_status.h"
 #include "formica/rpc/discovery.h"
@@ -33,7 +34,9 @@ struct Endpoint {
   Provider provider;
   std::shared_ptr<EndpointState> state;
   std::shared_ptr<grpc::Channel> channel;
-  std::shared_ptr<CallStats> stats;  // this process's calls to the provider; null: not counted
+  // This process's calls to the provider, per method; null: not counted.
+  std::unique_ptr<MethodCallStats> stats;
+  std::atomic<uint64_t>* ejections = nullptr;  // formica_rpc_ejections_total; null: not counted
   std::atomic<int> consecutive_failures{0};
   std::atomic<int64_t> ejected_until_ns{0};
 
@@ -165,6 +168,7 @@ class Client::Impl {
   class AsyncCall;
   struct Service {
     std::string name;
+    std::atomic<std::atomic<uint64_t>*> retries{nullptr};  // made on the first retry
     Policy policy = Policy::kWeightedRandom;
     uint64_t subscription = 0;
     uint64_t watch = 0;
@@ -199,7 +203,9 @@ class Client::Impl {
   Picked Pick(const ServiceView& view, const PickContext& pick, const std::string& zone,
               const Tried& tried, absl::Time now);
   bool TakeRetryToken();
-  void Record(Endpoint& e, const grpc::Status& status, absl::Duration latency);
+  void CountRetry(Service& s);
+  void Record(Endpoint& e, const grpc::ClientContext& ctx, const grpc::Status& status,
+              absl::Duration latency);
 
   const ClientOptions options_;
   // Set when the Client made its own (over a registry::Client).
@@ -317,8 +323,9 @@ void Client::Impl::Rebuild(Service& s) {
       e->provider = inst;
       e->state = std::make_shared<EndpointState>(inst.address, inst.weight);
       if (options_.count_calls) {
-        e->stats =
-            CallStatsRegistry::Global().Get(CallSeries::Side::kClient, s.name, "", inst.address);
+        e->stats = std::make_unique<MethodCallStats>(s.name, inst.address);
+        e->ejections = EventCounters::Global().Get(
+            "formica_rpc_ejections_total", {{"service", s.name}, {"provider", inst.address}});
       }
       grpc::ChannelArguments args;
       args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
@@ -439,9 +446,12 @@ bool Client::Impl::TakeRetryToken() {
   return true;
 }
 
-void Client::Impl::Record(Endpoint& e, const grpc::Status& status, absl::Duration latency) {
+void Client::Impl::Record(Endpoint& e, const grpc::ClientContext& ctx, const grpc::Status& status,
+                          absl::Duration latency) {
   e.state->CallFinished(latency);
-  if (e.stats != nullptr) e.stats->Record(static_cast<int>(status.error_code()), latency);
+  if (e.stats != nullptr) {
+    e.stats->For(CalledMethod(ctx))->Record(static_cast<int>(status.error_code()), latency);
+  }
   bool provider_fault = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                         status.error_code() == grpc::StatusCode::INTERNAL ||
                         status.error_code() == grpc::StatusCode::UNKNOWN;
@@ -452,7 +462,14 @@ void Client::Impl::Record(Endpoint& e, const grpc::Status& status, absl::Duratio
   if (e.consecutive_failures.fetch_add(1) + 1 >= options_.eject_after_failures) {
     // Ejected; once the time is up, the next call is the probe: a failure
     // ejects it again at once, a success resets the count.
-    e.ejected_until_ns.store(absl::ToUnixNanos(clock_->Now() + options_.ejection_time));
+    absl::Time now = clock_->Now();
+    // Counted when it leaves the rotation (first, or after a failed probe),
+    // not for each failure of calls already under way.
+    if (e.ejected_until_ns.exchange(absl::ToUnixNanos(now + options_.ejection_time)) <=
+            absl::ToUnixNanos(now) &&
+        e.ejections != nullptr) {
+      e.ejections->fetch_add(1, std::memory_order_relaxed);
+    }
   }
 }
 
@@ -538,7 +555,7 @@ Endpoint* Client::Impl::StartAttempt(Prepared& p, const ServiceView& view, grpc:
 bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected,
                                  const grpc::ClientContext& ctx, absl::Duration latency,
                                  const grpc::Status& status) {
-  Record(e, status, latency);
+  Record(e, ctx, status, latency);
   if (status.ok()) {
     p.last = absl::OkStatus();
     return false;
@@ -552,7 +569,9 @@ bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected,
       serving != ctx.GetServerTrailingMetadata().end() && !p.rerouted) {
     p.rerouted = true;
     p.zone = std::string(serving->second.data(), serving->second.size());
-    return clock_->Now() < p.deadline;
+    if (clock_->Now() >= p.deadline) return false;
+    CountRetry(*p.service);
+    return true;
   }
   bool unavailable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                      status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
@@ -569,7 +588,18 @@ bool Client::Impl::FinishAttempt(Prepared& p, Endpoint& e, bool connected,
         absl::Status(p.last.code(), absl::StrCat(p.last.message(), " (retry budget exhausted)"));
     return false;
   }
+  CountRetry(*p.service);
   return true;
+}
+
+void Client::Impl::CountRetry(Service& s) {
+  if (!options_.count_calls) return;
+  std::atomic<uint64_t>* retries = s.retries.load(std::memory_order_acquire);
+  if (retries == nullptr) {
+    retries = EventCounters::Global().Get("formica_rpc_retries_total", {{"service", s.name}});
+    s.retries.store(retries, std::memory_order_release);
+  }
+  retries->fetch_add(1, std::memory_order_relaxed);
 }
 
 absl::Status Client::Impl::Call(

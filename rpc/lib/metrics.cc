@@ -128,4 +128,34 @@ std::vector<CallSeries> CallStatsRegistry::Snapshot() {
 
 std::vector<CallSeries> CallMetricsSnapshot() { return CallStatsRegistry::Global().Snapshot(); }
 
+EventCounters& EventCounters::Global() {
+  static EventCounters* counters = new EventCounters();
+  return *counters;
+}
+
+std::atomic<uint64_t>* EventCounters::Get(absl::string_view family, const Labels& labels) {
+  std::string key(family);
+  for (const auto& [k, v] : labels) absl::StrAppend(&key, "\n", k, "=", v);
+  absl::MutexLock lock(&mu_);
+  std::unique_ptr<Entry>& e = entries_[key];
+  if (e == nullptr) {
+    e = std::make_unique<Entry>();
+    e->family = std::string(family);
+    e->labels = labels;
+  }
+  return &e->value;
+}
+
+std::vector<EventCounters::Series> EventCounters::Snapshot() {
+  std::vector<Series> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [key, e] : entries_) {
+    out.push_back({e->family, e->labels, e->value.load(std::memory_order_relaxed)});
+  }
+  std::sort(out.begin(), out.end(), [](const Series& a, const Series& b) {
+    return std::tie(a.family, a.labels) < std::tie(b.family, b.labels);
+  });
+  return out;
+}
+
 }  // namespace formica::rpc

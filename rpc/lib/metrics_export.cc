@@ -2,6 +2,7 @@
 #include <grpcpp/support/status_code_enum.h>
 
 #include "absl/strings/str_cat.h"
+#include "call_stats.h"
 #include "formica/internal/metrics_endpoint.h"
 #include "formica/rpc/metrics.h"
 
@@ -67,6 +68,30 @@ std::string CallMetricsPrometheusText() {
     }
     out.Sample("formica_rpc_call_duration_seconds_sum", labels, s.latency_sum_us / 1e6);
     out.Sample("formica_rpc_call_duration_seconds_count", labels, static_cast<double>(s.calls()));
+  }
+  // The rarer events, each family declared even before its first event.
+  struct Family {
+    const char* name;
+    const char* help;
+  };
+  const Family families[] = {
+      {"formica_rpc_retries_total",
+       "Attempts rpc::Client made again after a failed one (another provider, or the zone "
+       "a provider named), by service."},
+      {"formica_rpc_ejections_total",
+       "Providers rpc::Client took out of its balancing after consecutive failures, by "
+       "service and provider."},
+      {"formica_rpc_rejected_total",
+       "Calls an rpc::Server refused before running them, by service, method and reason "
+       "(concurrency_limit: the method's calls in flight were at its limit; other_zone: the "
+       "user is served in another zone)."},
+  };
+  std::vector<EventCounters::Series> events = EventCounters::Global().Snapshot();
+  for (const Family& f : families) {
+    out.Family(f.name, "counter", f.help);
+    for (const EventCounters::Series& e : events) {
+      if (e.family == f.name) out.Sample(f.name, e.labels, static_cast<double>(e.value));
+    }
   }
   return out.text();
 }

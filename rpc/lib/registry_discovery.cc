@@ -54,6 +54,17 @@ absl::StatusOr<uint64_t> RegistryDiscovery::WatchRoutes(absl::string_view servic
 
 void RegistryDiscovery::UnwatchRoutes(uint64_t watch_id) { registry_->Unwatch(watch_id); }
 
+absl::StatusOr<uint64_t> RegistryDiscovery::WatchDrain(absl::string_view service,
+                                                       RoutesCallback callback) {
+  return registry_->WatchConfig(
+      absl::StrCat("rpc/drain/", service),
+      [callback = std::move(callback)](const registry::ConfigValue& value) {
+        callback(value.exists ? std::optional<std::string>(value.value) : std::nullopt);
+      });
+}
+
+void RegistryDiscovery::UnwatchDrain(uint64_t watch_id) { registry_->Unwatch(watch_id); }
+
 absl::Status RegistryDiscovery::Publish(absl::string_view service, const Provider& provider) {
   registry::Instance instance;
   instance.service = std::string(service);

@@ -6,17 +6,22 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/support/server_interceptor.h>
 #include <spdlog/spdlog.h>
+#include <map>
 
 #include <atomic>
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "balancer.h"
+#include "call_stats.h"
 #include "formica/internal/metrics_endpoint.h"
+#include "formica/internal/process_metrics.h"
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/discovery.h"
 #include "formica/rpc/metrics.h"
@@ -35,6 +40,17 @@ struct MethodSlot {
   const int limit;           // 0: none
   const ZoneRouting* const routing;
   std::atomic<int> in_flight{0};
+
+  // Counts a call refused before it ran (formica_rpc_rejected_total).
+  void CountRejected(absl::string_view reason) {
+    absl::string_view full = absl::StripPrefix(method, "/");
+    size_t slash = full.find('/');
+    EventCounters::Global()
+        .Get("formica_rpc_rejected_total", {{"service", std::string(full.substr(0, slash))},
+                                            {"method", std::string(full.substr(slash + 1))},
+                                            {"reason", std::string(reason)}})
+        ->fetch_add(1, std::memory_order_relaxed);
+  }
 };
 
 // The limited calls being served in this process, by their server context:
@@ -186,10 +202,16 @@ grpc::Status ServeLimited(grpc::ServerContextBase* context,
                           absl::FunctionRef<grpc::Status()> body) {
   MethodSlot* slot = context == nullptr ? nullptr : Calls().Find(context);
   if (slot != nullptr && slot->routing != nullptr) {
-    if (grpc::Status refused = CheckZone(*slot, context); !refused.ok()) return refused;
+    if (grpc::Status refused = CheckZone(*slot, context); !refused.ok()) {
+      if (refused.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+        slot->CountRejected("other_zone");
+      }
+      return refused;
+    }
   }
   if (slot != nullptr && slot->in_flight.fetch_add(1) >= slot->limit && slot->limit > 0) {
     slot->in_flight.fetch_sub(1);
+    slot->CountRejected("concurrency_limit");
     context->AddTrailingMetadata(kRejectedKey, "concurrency-limit");
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         absl::StrCat(slot->method, " has ", slot->limit,
@@ -246,18 +268,76 @@ class Server::Impl {
   int port = 0;
   absl::Time started;
   std::thread warmup_thread;
+  std::thread drain_thread;
+  std::vector<uint64_t> drain_watches;
   absl::Mutex mu;
   bool stopping ABSL_GUARDED_BY(mu) = false;
+  // Listed in a hosted service's drain list (rpc/drain/<service>): published
+  // at weight 0, so callers send no new call; `drain_seen` is what the
+  // drain thread last published.
+  std::map<std::string, bool> drain_asked ABSL_GUARDED_BY(mu);  // by service
+  bool drain_seen ABSL_GUARDED_BY(mu) = false;
+  std::atomic<int32_t> weight_now{0};  // the warm-up's weight
   bool stopped = false;
 
   std::string Address() const { return absl::StrCat(options.advertise_host, ":", port); }
 
+  bool DrainedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (const auto& [service, asked] : drain_asked) {
+      if (asked) return true;
+    }
+    return false;
+  }
+
+  // Watches each hosted service's drain list; republishes on a thread of
+  // its own (a registry callback must not wait for the registry).
+  void WatchDrains() {
+    for (const HostedService& h : services) {
+      std::string service = h.name;
+      absl::StatusOr<uint64_t> id =
+          discovery->WatchDrain(service, [this, service](const std::optional<std::string>& list) {
+            bool listed = false;
+            for (absl::string_view a : absl::StrSplit(list.value_or(""), ',')) {
+              listed = listed || absl::StripAsciiWhitespace(a) == Address();
+            }
+            absl::MutexLock lock(&mu);
+            drain_asked[service] = listed;
+          });
+      if (id.ok()) drain_watches.push_back(*id);
+    }
+    if (drain_watches.empty()) return;
+    drain_thread = std::thread([this] {
+      while (true) {
+        bool drained = false;
+        {
+          absl::MutexLock lock(&mu);
+          auto changed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+            return stopping || DrainedLocked() != drain_seen;
+          };
+          mu.Await(absl::Condition(&changed));
+          if (stopping) return;
+          drained = drain_seen = DrainedLocked();
+        }
+        SPDLOG_INFO("{} rotation at the registry's drain list", drained ? "leaving" : "back in");
+        if (absl::Status st = PublishAll(weight_now.load()); !st.ok()) {
+          SPDLOG_WARN("drain republish failed: {}", st.ToString());
+        }
+      }
+    });
+  }
+
   absl::Status PublishAll(int32_t weight) {
+    weight_now.store(weight);
+    bool drained = false;
+    {
+      absl::MutexLock lock(&mu);
+      drained = DrainedLocked();
+    }
     for (const HostedService& h : services) {
       Provider provider;
       provider.address = Address();
       provider.zone = options.zone;
-      provider.weight = weight;
+      provider.weight = drained ? 0 : weight;
       provider.tags = options.tags;
       if (absl::Status st = discovery->Publish(h.name, provider); !st.ok()) {
         return st;
@@ -350,12 +430,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
                               impl->options.max_idle_threads);
   auto limits = std::make_shared<Limits>(impl->options.max_concurrent_calls,
                                          impl->options.method_limits, impl->options.zone_routing);
-  if (limits->any()) {
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
-    creators.push_back(std::make_unique<LimitInterceptorFactory>(limits));
-    builder.experimental().SetInterceptorCreators(std::move(creators));
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  if (limits->any()) creators.push_back(std::make_unique<LimitInterceptorFactory>(limits));
+  if (impl->options.count_calls) {
+    impl->metrics.CountMethods(impl->services);
+    if (auto counting = impl->metrics.CallbackCounting()) creators.push_back(std::move(counting));
   }
-  if (impl->options.count_calls) impl->metrics.CountMethods(impl->services);
+  if (!creators.empty()) builder.experimental().SetInterceptorCreators(std::move(creators));
   for (const HostedService& h : impl->services) {
     builder.RegisterService(h.service);
   }
@@ -370,7 +451,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   if (!impl->options.metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint = MetricsEndpoint::Start(
         impl->options.metrics_listen,
-        {[](PrometheusText& out) { out.Append(CallMetricsPrometheusText()); }});
+        {[](PrometheusText& out) { out.Append(CallMetricsPrometheusText()); },
+         [](PrometheusText& out) { WriteProcessMetrics(out); }});
     if (!endpoint.ok()) {
       impl->server->Shutdown();
       return endpoint.status();
@@ -386,6 +468,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
     Impl* raw = impl.get();
     impl->warmup_thread = std::thread([raw] { raw->WarmUp(); });
   }
+  impl->WatchDrains();
   SPDLOG_INFO("rpc server on {} ({} service(s), zone '{}', weight {})", impl->Address(),
               impl->services.size(), impl->options.zone, impl->options.weight);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
@@ -408,6 +491,8 @@ void Server::Shutdown() {
     impl_->stopping = true;
   }
   if (impl_->warmup_thread.joinable()) impl_->warmup_thread.join();
+  for (uint64_t id : impl_->drain_watches) impl_->discovery->UnwatchDrain(id);
+  if (impl_->drain_thread.joinable()) impl_->drain_thread.join();
   // 1. Withdraw from the discovery (the registry): callers stop picking this
   // provider.
   for (const HostedService& h : impl_->services) {

@@ -6,6 +6,7 @@
 
 #include <atomic>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -112,11 +113,16 @@ class ServerMetrics::State {
   struct Counted {
     std::string service;
     std::string method;
-    CountingHandler* handler;
+    CountingHandler* handler;  // null: a callback-API method
   };
+  using CallbackSeries = absl::flat_hash_map<std::string, std::shared_ptr<CallStats>>;
   absl::Mutex mu;
   std::string provider ABSL_GUARDED_BY(mu);
   std::vector<Counted> counted ABSL_GUARDED_BY(mu);
+  // The callback-API methods' series by "/pkg.Service/Method": made once by
+  // Start, then read by the interceptor factory without a lock.
+  std::unique_ptr<const CallbackSeries> callback_series ABSL_GUARDED_BY(mu);
+  std::atomic<const CallbackSeries*> callback{nullptr};
 };
 
 namespace {
@@ -147,6 +153,56 @@ class StatsService final : public v1::Stats::Service {
 
 }  // namespace
 
+namespace {
+
+// Counts one call of a callback-API method: its status as sent, and the
+// time since the call reached the server.
+class CallbackCounter final : public grpc::experimental::Interceptor {
+ public:
+  explicit CallbackCounter(CallStats* stats) : stats_(stats), start_(absl::Now()) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
+      stats_->Record(static_cast<int>(methods->GetSendStatus().error_code()), absl::Now() - start_);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  CallStats* const stats_;
+  const absl::Time start_;
+};
+
+// Makes a CallbackCounter for each call of a counted callback-API method
+// (none for other methods: gRPC skips a null interceptor).
+class CallbackCounterFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit CallbackCounterFactory(std::shared_ptr<ServerMetrics::State> state)
+      : state_(std::move(state)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    const ServerMetrics::State::CallbackSeries* series =
+        state_->callback.load(std::memory_order_acquire);
+    if (series == nullptr || info->method() == nullptr) return nullptr;
+    auto it = series->find(absl::string_view(info->method()));
+    return it == series->end() ? nullptr : new CallbackCounter(it->second.get());
+  }
+
+ private:
+  const std::shared_ptr<ServerMetrics::State> state_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+ServerMetrics::CallbackCounting() {
+  absl::MutexLock lock(&state_->mu);
+  for (const State::Counted& c : state_->counted) {
+    if (c.handler == nullptr) return std::make_unique<CallbackCounterFactory>(state_);
+  }
+  return nullptr;
+}
+
 ServerMetrics::ServerMetrics()
     : state_(std::make_shared<State>()), stats_service_(std::make_unique<StatsService>(state_)) {}
 ServerMetrics::~ServerMetrics() = default;
@@ -157,10 +213,16 @@ void ServerMetrics::CountMethods(const std::vector<HostedService>& services) {
   absl::MutexLock lock(&state_->mu);
   for (const HostedService& h : services) {
     for (std::unique_ptr<grpc::internal::RpcServiceMethod>& method : MethodsOf(*h.service)) {
-      if (method == nullptr || method->handler() == nullptr ||
-          method->api_type() != grpc::internal::RpcServiceMethod::ApiType::SYNC) {
+      if (method == nullptr || method->handler() == nullptr) continue;
+      // "/pkg.Service/Method" -> "Method"
+      absl::string_view short_name = method->name();
+      short_name = short_name.substr(short_name.rfind('/') + 1);
+      if (method->api_type() == grpc::internal::RpcServiceMethod::ApiType::CALL_BACK) {
+        // Counted by an interceptor (CallbackCounting), by its full name.
+        state_->counted.push_back({h.name, std::string(method->name()), nullptr});
         continue;
       }
+      if (method->api_type() != grpc::internal::RpcServiceMethod::ApiType::SYNC) continue;
       auto* counting = dynamic_cast<CountingHandler*>(method->handler());
       if (counting == nullptr) {  // not wrapped by an earlier Server
         // The wrapper takes the handler over; the method holds the wrapper.
@@ -168,10 +230,7 @@ void ServerMetrics::CountMethods(const std::vector<HostedService>& services) {
         counting = new CountingHandler(handler.release());
         handler.reset(counting);
       }
-      // "/pkg.Service/Method" -> "Method"
-      absl::string_view name = method->name();
-      name = name.substr(name.rfind('/') + 1);
-      state_->counted.push_back({h.name, std::string(name), counting});
+      state_->counted.push_back({h.name, std::string(short_name), counting});
     }
   }
 }
@@ -179,9 +238,20 @@ void ServerMetrics::CountMethods(const std::vector<HostedService>& services) {
 void ServerMetrics::Start(const std::string& provider) {
   absl::MutexLock lock(&state_->mu);
   state_->provider = provider;
+  auto callback = std::make_unique<State::CallbackSeries>();
   for (const State::Counted& c : state_->counted) {
+    if (c.handler == nullptr) {
+      absl::string_view name = c.method;
+      (*callback)[c.method] = CallStatsRegistry::Global().Get(
+          CallSeries::Side::kServer, c.service, name.substr(name.rfind('/') + 1), provider);
+      continue;
+    }
     c.handler->Count(
         CallStatsRegistry::Global().Get(CallSeries::Side::kServer, c.service, c.method, provider));
+  }
+  if (state_->callback_series == nullptr && !callback->empty()) {
+    state_->callback_series = std::move(callback);
+    state_->callback.store(state_->callback_series.get(), std::memory_order_release);
   }
 }
 

@@ -4,8 +4,12 @@
 
 #include <thread>
 
+#include <cstring>
+
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "formica/internal/process_metrics.h"
 #include "ldc_fixture.h"
 
 namespace formica::ldc::testing {
@@ -61,6 +65,26 @@ ldc:
   std::tie(code, out) = Ctl({"ldc", "route", "abc"});
   EXPECT_EQ(code, 1);
   EXPECT_THAT(out, HasSubstr("user id 'abc' does not end in two digits"));
+}
+
+// The process's metrics (every rpc::Server's page) carry the rules version
+// its routers applied and reported.
+TEST_F(LdcTest, TheAppliedRulesVersionIsAMetricOfTheProcess) {
+  uint64_t version = PublishRules();
+  ZoneClient a = StartZone("gz00a");
+  double seen = -1;
+  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
+    PrometheusText out;
+    WriteProcessMetrics(out);
+    size_t at = out.text().find("\nformica_ldc_rules_version ");
+    if (at != std::string::npos) {
+      size_t start = at + std::strlen("\nformica_ldc_rules_version ");
+      (void)absl::SimpleAtod(out.text().substr(start, out.text().find('\n', start) - start), &seen);
+    }
+    if (seen == static_cast<double>(version)) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(seen, static_cast<double>(version));
 }
 
 TEST_F(LdcTest, StatusListsEveryClientAndMarksTheLagging) {

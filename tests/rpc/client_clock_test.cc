@@ -15,6 +15,7 @@
 #include "formica/common/clock.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/discovery.h"
+#include "formica/rpc/metrics.h"
 #include "formica/test/echo.grpc.pb.h"
 #include "gtest/gtest.h"
 
@@ -94,6 +95,19 @@ TEST_F(ClientClockTest, EjectedProviderIsSkippedUntilEjectionTimeThenProbed) {
   EXPECT_EQ(calls(10), 1);
   clock_.Advance(absl::Seconds(10) - absl::Milliseconds(1));
   EXPECT_EQ(calls(10), 0);
+  // Two ejections counted (formica_rpc_ejections_total): the first failure,
+  // and the failed probe; the provider that answered, none.
+  std::string page = CallMetricsPrometheusText();
+  double ejections = 0;
+  int series = 0;
+  for (size_t at = 0; (at = page.find("\nformica_rpc_ejections_total{", at)) != std::string::npos;
+       ++at) {
+    size_t space = page.find(' ', at + 1);
+    ejections += std::stod(page.substr(space + 1, page.find('\n', space) - space - 1));
+    ++series;
+  }
+  EXPECT_EQ(series, 2) << page;
+  EXPECT_EQ(ejections, 2) << page;
 }
 
 TEST_F(ClientClockTest, RetryBudgetRefillsAtTheNextSecond) {

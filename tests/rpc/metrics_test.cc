@@ -44,7 +44,7 @@ TEST(CallSeries, MinusGivesWhatHappenedBetweenTwoReads) {
 class MetricsTest : public EchoTest {};
 
 // The provider counts every call of each method with its status code and
-// latency; the caller counts per provider.
+// latency; the caller counts per provider and method.
 TEST_F(MetricsTest, ProvidersAndCallersCountCallsCodesAndLatency) {
   auto good = StartEcho({"--tag", "color=blue"});
   auto bad = StartEcho({"--tag", "color=green", "--fail-percent", "20"});
@@ -68,13 +68,24 @@ TEST_F(MetricsTest, ProvidersAndCallersCountCallsCodesAndLatency) {
   EXPECT_EQ(failures_at[Address(*good)], 0);
   for (auto* p : {good.get(), bad.get()}) {
     std::string address = Address(*p);
-    auto stats = Stats(address);
-    ASSERT_TRUE(stats.ok()) << stats.status();
-    EXPECT_EQ(stats->provider(), address);
+    // The provider counts a call once its handler returned, which may be
+    // just after the caller has the reply: read until the last one is in.
+    absl::StatusOr<v1::StatsReply> stats;
     const v1::CallSeries* echo = nullptr;
-    for (const auto& s : stats->series()) {
-      if (s.side() == "server" && s.method() == "Echo") echo = &s;
+    for (absl::Time end = absl::Now() + absl::Seconds(2);;) {
+      stats = Stats(address);
+      ASSERT_TRUE(stats.ok()) << stats.status();
+      echo = nullptr;
+      for (const auto& s : stats->series()) {
+        if (s.side() == "server" && s.method() == "Echo") echo = &s;
+      }
+      if ((echo != nullptr && echo->calls() >= static_cast<uint64_t>(calls_to[address])) ||
+          absl::Now() > end) {
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(20));
     }
+    EXPECT_EQ(stats->provider(), address);
     ASSERT_NE(echo, nullptr) << stats->DebugString();
     EXPECT_EQ(echo->service(), kEcho);
     EXPECT_EQ(echo->provider(), address);
@@ -98,10 +109,13 @@ TEST_F(MetricsTest, ProvidersAndCallersCountCallsCodesAndLatency) {
   }
   // 20% of the bad provider's calls failed, exactly (its flag is deterministic).
   EXPECT_NEAR(failures_at[Address(*bad)], calls_to[Address(*bad)] / 5, 1);
-  // The caller counted the same calls per provider.
+  // The caller counted the same calls per provider and method (Echo; no
+  // series without a method).
   std::map<std::string, CallSeries> seen;
   for (const CallSeries& s : CallMetricsSnapshot()) {
-    if (s.side == CallSeries::Side::kClient && s.service == kEcho) seen[s.provider] = s;
+    if (s.side != CallSeries::Side::kClient || s.service != kEcho) continue;
+    EXPECT_EQ(s.method, "Echo") << s.provider;
+    seen[s.provider] = s;
   }
   for (auto* p : {good.get(), bad.get()}) {
     std::string address = Address(*p);

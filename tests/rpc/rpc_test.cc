@@ -1,5 +1,6 @@
 // rpc::Server and rpc::Client end to end: a real dsrd, echo providers as
 // separate processes, calls over loopback.
+#include <httplib.h>
 #include <signal.h>
 
 #include <atomic>
@@ -7,9 +8,12 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/discovery.h"
+#include "formica/rpc/metrics.h"
 #include "formica/rpc/server.h"
+#include "formica/rpc/v1/rpc.grpc.pb.h"
 #include "formica/test/echo.grpc.pb.h"
 #include "registry_fixture.h"
 
@@ -21,6 +25,25 @@ using formica::testing::Subprocess;
 constexpr char kEcho[] = "formica.test.Echo";
 
 std::string Address(Subprocess& p) { return p.LineAfter("serving on "); }
+
+// The value of `series` ("name{labels}" as exported) in a Prometheus text
+// page; -1 when it has no such line.
+double Sample(const std::string& page, const std::string& series) {
+  size_t at = page.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  size_t start = at + series.size() + 2;
+  double v = -1;
+  if (!absl::SimpleAtod(page.substr(start, page.find('\n', start) - start), &v)) return -1;
+  return v;
+}
+
+// GET /metrics of the process whose metrics endpoint is on `port`.
+std::string Scrape(int port) {
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(5, 0);
+  httplib::Result res = client.Get("/metrics");
+  return res && res->status == 200 ? res->body : "";
+}
 
 class RpcTest : public RegistryTest {
  protected:
@@ -215,7 +238,10 @@ TEST_F(RpcTest, ANewProviderRampsItsWeightDuringWarmUp) {
 }
 
 TEST_F(RpcTest, AMethodOverItsConcurrencyLimitRefusesCallsWithoutRunningThem) {
-  auto only = StartEcho({"--max-concurrent", "2"});
+  int metrics_port = formica::testing::PickFreePort();
+  std::ofstream(dir_.File("echo-metrics.yaml"))
+      << "metrics:\n  listen: 127.0.0.1:" << metrics_port << "\n";
+  auto only = StartEcho({"--config", dir_.File("echo-metrics.yaml"), "--max-concurrent", "2"});
   AwaitProviders(1);
   auto client = NewRpcClient();
   absl::Mutex mu;
@@ -253,6 +279,11 @@ TEST_F(RpcTest, AMethodOverItsConcurrencyLimitRefusesCallsWithoutRunningThem) {
   }
   EXPECT_EQ(ok, 2);
   EXPECT_EQ(refused, 4);
+  // The provider counted each refusal, with why.
+  EXPECT_EQ(Sample(Scrape(metrics_port),
+                   "formica_rpc_rejected_total{service=\"formica.test.Echo\",method=\"Echo\","
+                   "reason=\"concurrency_limit\"}"),
+            4);
   // Slots are given back: the method serves again at full width.
   for (int round = 0; round < 2; ++round) {
     std::vector<std::thread> again;
@@ -287,6 +318,26 @@ TEST_F(RpcTest, ACallRefusedOverTheLimitIsRetriedOnAnotherProviderEvenIfNotIdemp
     ASSERT_TRUE(results[1].ok()) << results[1].status();
     EXPECT_NE(results[0]->served_by(), results[1]->served_by()) << "round " << round;
   }
+  // Each refusal at `busy` was retried once, and this process counted it.
+  auto stats = [](Subprocess& p) {
+    auto stub =
+        v1::Stats::NewStub(grpc::CreateChannel(Address(p), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    v1::GetStatsRequest request;
+    v1::StatsReply reply;
+    EXPECT_TRUE(stub->GetStats(&ctx, request, &reply).ok());
+    uint64_t refused = 0;
+    for (const auto& series : reply.series()) {
+      auto it = series.calls_by_code().find(8);  // RESOURCE_EXHAUSTED
+      if (series.side() == "server" && it != series.calls_by_code().end()) refused += it->second;
+    }
+    return refused;
+  };
+  uint64_t refused = stats(*busy) + stats(*spare);
+  EXPECT_GE(refused, 1u);
+  EXPECT_EQ(Sample(CallMetricsPrometheusText(),
+                   "formica_rpc_retries_total{service=\"formica.test.Echo\"}"),
+            static_cast<double>(refused));
 }
 
 TEST_F(RpcTest, AsyncCallsRunConcurrentlyAndAllComplete) {
@@ -468,6 +519,9 @@ TEST_F(RpcTest, ACrashedProviderLeavesRotationAndIdempotentCallsSurvive) {
   caller.join();
   EXPECT_EQ(failures.load(), 0) << "idempotent calls must be retried on the live provider";
   EXPECT_EQ(to_dead_after.load(), 0);
+  // The calls the dead provider failed were retried, and counted.
+  std::string page = CallMetricsPrometheusText();
+  EXPECT_GE(Sample(page, "formica_rpc_retries_total{service=\"formica.test.Echo\"}"), 1) << page;
 }
 
 TEST_F(RpcTest, KillingAProviderFailsAtMostItsInFlightCalls) {

@@ -130,7 +130,9 @@ TEST_F(ReleaseTest, ThreeGroupsFromAPlanFileReleaseWithNoFailedCall) {
                                         << "deploy: " << Deploy() << "\n"
                                         << "groups: [beta:1, \"1:room=a\", \"2:room=b\"]\n"
                                         << "bake: 1s\nauto: true\n"
-                                        << "analysis:\n  min_calls: 20\n";
+                                        << "analysis:\n  min_calls: 20\n"
+                                        << "group:\n  beta:\n    bake: 2s\n"
+                                        << "    analysis:\n      min_calls: 30\n";
   StartLoad();
   absl::SleepFor(absl::Milliseconds(300));
   std::string out;
@@ -156,6 +158,81 @@ TEST_F(ReleaseTest, ThreeGroupsFromAPlanFileReleaseWithNoFailedCall) {
   EXPECT_THAT(out, ::testing::ContainsRegex("beta +done +gz0[01]a +0 +0 +1 +0 "));
   EXPECT_THAT(out, ::testing::ContainsRegex("\n1 +done +gz00a +0 +0 +[12] +0 "));
   EXPECT_THAT(out, ::testing::ContainsRegex("\n2 +done +gz01a +0 +0 +[12] +0 "));
+  // The beta group baked and was judged by its own settings, the others by
+  // the plan's.
+  EXPECT_THAT(out, ::testing::ContainsRegex("\nbeta +done .* 2s +\\+1 1\\.5x n>=30 "));
+  EXPECT_THAT(out, ::testing::ContainsRegex("\n1 +done .* 1s +\\+1 1\\.5x n>=20 "));
+  EXPECT_THAT(out, ::testing::ContainsRegex("\n2 +done .* 1s +\\+1 1\\.5x n>=20 "));
+}
+
+// A lenient release with one strict group: the 20%-failing version passes
+// the beta group on the release's thresholds and is stopped at group rest by
+// its own, after baking each group for its own time.
+TEST_F(ReleaseTest, EachGroupIsBakedAndJudgedByItsOwnSettings) {
+  StartLoad();
+  std::string out;
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1,rest:3", "--bake",
+                 "1s", "--auto", "--min-calls", "20", "--max-failure-increase", "60", "--group",
+                 "rest:bake=2500ms,max-failure-increase=1", "--deploy", Deploy("2")},
+                &out, absl::Seconds(120)),
+            1)
+      << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("group beta: up .*; baking 1s"));
+  EXPECT_THAT(out, HasSubstr("group beta: passed: target"));
+  EXPECT_THAT(out, ::testing::ContainsRegex("group rest: up .*; baking 2.5s"));
+  EXPECT_THAT(out, HasSubstr("group rest failed: target failed"));
+  EXPECT_THAT(out, HasSubstr("(limit 1)"));
+  EXPECT_THAT(out, HasSubstr("rolled back: back on version=1"));
+  StopLoad();
+  for (const auto& [address, version] : Versions()) EXPECT_EQ(version, "1") << address;
+  v1::Release r = Record();
+  ASSERT_EQ(r.groups_size(), 2);
+  EXPECT_EQ(r.groups(0).bake_ms(), 1000);
+  EXPECT_EQ(r.groups(0).max_failure_rate_increase(), 60);
+  EXPECT_EQ(r.groups(1).bake_ms(), 2500);
+  EXPECT_EQ(r.groups(1).max_failure_rate_increase(), 1);
+  EXPECT_EQ(r.groups(1).min_calls(), 20);
+}
+
+// Before each group's deploy the controller takes its old instances out of
+// rotation through the registry: each is seen at weight 0 before it leaves,
+// and no call fails.
+TEST_F(ReleaseTest, EachGroupsOldInstancesAreDrainedBeforeItsDeploy) {
+  absl::Mutex mu;
+  std::map<std::string, std::vector<int>> weights;  // each provider's weights, as pushed
+  auto sub = registry_->Subscribe(kEcho, [&](const registry::ServiceSnapshot& s) {
+    absl::MutexLock lock(&mu);
+    for (const auto& i : s.instances) {
+      auto& seen = weights[i.address];
+      if (seen.empty() || seen.back() != i.weight) seen.push_back(i.weight);
+    }
+  });
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  StartLoad();
+  std::string out;
+  ASSERT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1,rest:3", "--bake",
+                 "1s", "--auto", "--deploy", Deploy()},
+                &out, absl::Seconds(120)),
+            0)
+      << out;
+  absl::SleepFor(absl::Milliseconds(300));
+  StopLoad();
+  registry_->Unsubscribe(*sub);
+  EXPECT_THAT(out, ::testing::ContainsRegex("group beta: drained 127.0.0.1:[0-9]+ \\(weight 0"));
+  EXPECT_LT(out.find("group beta: drained"), out.find("group beta: deploying"));
+  EXPECT_THAT(out, HasSubstr("group rest: drained"));
+  {
+    absl::MutexLock lock(&mu);
+    for (auto& p : providers_) {
+      const std::vector<int>& seen = weights[Address(*p)];
+      ASSERT_FALSE(seen.empty()) << Address(*p);
+      EXPECT_EQ(seen.back(), 0) << Address(*p) << " left without being drained";
+    }
+  }
+  EXPECT_EQ(FailedCalls(), 0);
+  // Nothing is left on the drain list.
+  auto drain = registry_->GetConfig(std::string("rpc/drain/") + kEcho);
+  EXPECT_TRUE(absl::IsNotFound(drain.status()) || !drain->exists) << drain->value;
 }
 
 TEST_F(ReleaseTest, RollbackMidReleaseSendsCallsBackAtOnceAndRedeploysThePrevious) {
@@ -301,6 +378,55 @@ TEST_F(ReleaseTest, ARollbackWithNoControllerIsRunByTheCommand) {
   EXPECT_EQ(FailedCalls(), 0);
 }
 
+// The command running a rollback dies while its deploy runs; the deploy
+// finishes without it. The one resuming the release finishes the rollback
+// and does not deploy the previous version over that group again.
+TEST_F(ReleaseTest, AReleaseKilledMidRollbackIsResumedAndRolledBackOnce) {
+  StartLoad();
+  auto controller = StartCtl({"release", "start", kEcho, "--version", "2", "--groups",
+                              "beta:1,rest:3", "--bake", "1s", "--deploy", Deploy("", "2")});
+  ASSERT_TRUE(AwaitGroupState("beta", "awaiting", absl::Seconds(60))) << controller->Output();
+  controller->Kill();
+  absl::SleepFor(absl::Seconds(5));  // stale: the rollback command runs it itself
+  auto rollback = StartCtl({"release", "rollback", kEcho});
+  ASSERT_TRUE(rollback->WaitForOutput("group beta: deploying 1 over", absl::Seconds(20)))
+      << rollback->Output();
+  rollback->Kill();
+  EXPECT_EQ(Record().state(), "rolling_back");
+  // The orphaned deploy brings version 1 back; then the record goes stale.
+  absl::Time killed = absl::Now();
+  auto rolled_back = [&] {
+    std::map<std::string, std::string> versions = Versions();
+    if (versions.size() != 4) return false;
+    for (const auto& [address, version] : versions) {
+      if (version != "1") return false;
+    }
+    return true;
+  };
+  while (!rolled_back() && absl::Now() - killed < absl::Seconds(60)) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(rolled_back()) << "the orphaned deploy never brought version 1 back";
+  absl::SleepFor(std::max(absl::ZeroDuration(), absl::Seconds(6) - (absl::Now() - killed)));
+  std::string out;
+  ASSERT_EQ(Ctl({"release", "resume", kEcho}, &out, absl::Seconds(60)), 0) << out;
+  EXPECT_THAT(out, HasSubstr("taking over the release of formica.test.Echo to 2 (rolling_back)"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("deploying"))) << "deployed the rollback twice";
+  EXPECT_THAT(out, HasSubstr("rolled back: back on version=1"));
+  absl::SleepFor(absl::Milliseconds(300));
+  StopLoad();
+  v1::Release r = Record();
+  EXPECT_EQ(r.state(), "rolled_back");
+  EXPECT_EQ(r.groups(0).state(), "rolled_back");
+  EXPECT_EQ(r.groups(1).state(), "waiting");
+  EXPECT_EQ(Route(), "");
+  for (const auto& [address, version] : Versions()) EXPECT_EQ(version, "1") << address;
+  EXPECT_EQ(FailedCalls(), 0);
+  // Nothing left to take over.
+  EXPECT_EQ(Ctl({"release", "resume", kEcho}, &out), 1);
+  EXPECT_THAT(out, HasSubstr("NOT_FOUND: no release of formica.test.Echo is under way"));
+}
+
 TEST_F(ReleaseTest, AFailedDeployRollsBack) {
   std::string out;
   EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1,rest:3",
@@ -342,6 +468,40 @@ TEST_F(ReleaseTest, BadPlansAreRefusedNamingWhatIsWrong) {
       1);
   EXPECT_THAT(out, HasSubstr("the providers of formica.test.Echo run 0.9 (1), 1 (4); name the "
                              "version to replace"));
+  // One group's settings: a group of the plan, known keys, valid values.
+  std::ofstream(dir_.File("groups.yaml")) << "version: \"2\"\ndeploy: ./d.sh\n"
+                                          << "groups: [beta:1, rest:3]\n"
+                                          << "group:\n  betta:\n    bake: 1s\n";
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--plan", dir_.File("groups.yaml")}, &out), 1);
+  EXPECT_THAT(out, HasSubstr("INVALID_ARGUMENT: " + dir_.File("groups.yaml") +
+                             ": group.betta: there is no group 'betta' (the groups: beta, rest)"));
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1,rest:3",
+                 "--group", "nope:bake=1s", "--deploy", "true"},
+                &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("INVALID_ARGUMENT: --group nope:bake=1s: there is no group 'nope'"));
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1", "--group",
+                 "beta:bake=soon", "--deploy", "true"},
+                &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("INVALID_ARGUMENT: --group beta: bake wants a duration up to 24h "
+                             "(e.g. 5m), not 'soon'"));
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1", "--group",
+                 "beta:bak=1s", "--deploy", "true"},
+                &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("INVALID_ARGUMENT: --group beta: unknown setting 'bak'"));
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1", "--group",
+                 "beta:min-calls=0", "--deploy", "true"},
+                &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("--group beta: min-calls wants a positive number, not '0'"));
+  EXPECT_EQ(Ctl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1", "--analysis",
+                 "prometheus=localhost", "--deploy", "true"},
+                &out),
+            2);
+  EXPECT_THAT(out, HasSubstr("--analysis wants stats or prometheus=http://HOST:PORT, not "
+                             "'prometheus=localhost'"));
   EXPECT_EQ(Record().service(), "");  // nothing was started
 }
 

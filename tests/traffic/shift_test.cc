@@ -135,6 +135,34 @@ TEST_F(ShiftTest, ATargetThatFailsIsStoppedAndTheSplitRestoredWithNoFailureAfter
   EXPECT_THAT(out, HasSubstr("failed at 20%"));
 }
 
+// Green fails one call in five in room b only: 10% of all its calls, under
+// the 15-point limit as a whole, but judged per room, room b fails.
+TEST_F(ShiftTest, APerRoomVerdictStopsATargetFailingInOneRoom) {
+  auto blue_a = StartEcho({"--tag", "color=blue", "--tag", "room=a"});
+  auto blue_b = StartEcho({"--tag", "color=blue", "--tag", "room=b"});
+  auto green_a = StartEcho({"--tag", "color=green", "--tag", "room=a"});
+  auto green_b = StartEcho({"--tag", "color=green", "--tag", "room=b", "--fail-percent", "20"});
+  ASSERT_TRUE(AwaitProviders(4));
+  std::string out;
+  ASSERT_EQ(Ctl({"traffic", "set", kEcho, "color=blue:100"}, &out), 0) << out;
+  StartLoad();
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(Ctl({"traffic", "shift", kEcho, "--to", "color=green", "--step", "50", "--every", "2s",
+                 "--min-calls", "30", "--max-failure-increase", "15", "--per-room", "room"},
+                &out),
+            1)
+      << out;
+  EXPECT_THAT(out, HasSubstr("failed: room=b: target failed"));
+  EXPECT_THAT(out, HasSubstr("| room=a: target"));
+  EXPECT_THAT(out, HasSubstr("route restored to 'color=blue:100'"));
+  EXPECT_EQ(Route(), "color=blue:100");
+  ASSERT_EQ(Ctl({"traffic", "status", kEcho}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("analysis on the providers' Stats, per room"));
+  EXPECT_EQ(Ctl({"traffic", "shift", kEcho, "--to", "color=green", "--per-room", "room=a"}, &out),
+            2);
+  EXPECT_THAT(out, HasSubstr("--per-room wants a tag key (e.g. room, or zone), not 'room=a'"));
+}
+
 TEST_F(ShiftTest, OperatorsPauseResumeAndAbortFromAnotherTerminal) {
   auto blue = StartEcho({"--tag", "color=blue"});
   auto green = StartEcho({"--tag", "color=green"});

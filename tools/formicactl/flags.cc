@@ -1,5 +1,6 @@
 // formicactl: the usage text, the command line and the deadline every call gets.
 #include "formicactl.h"
+#include "traffic.h"
 
 #include <chrono>
 #include <cstdlib>
@@ -74,8 +75,11 @@ traffic commands (a service's calls among its providers, through the registry):
   traffic stats SERVICE                each provider's served calls, failures, p50, p99
   traffic shift SERVICE --to KEY=VALUE [--step 10] [--every 30s] [--min-calls 20]
                 [--max-failure-increase 1] [--max-p99-ratio 1.5] [--p99-slack-ms 5]
-                                       move the calls to the target in steps, judging each;
-                                       restores the route when the target does worse
+                [--analysis stats|prometheus=http://HOST:PORT] [--per-room KEY]
+                                       move the calls to the target in steps, judging each
+                                       (on the providers' Stats, or a Prometheus scraping
+                                       them; --per-room room: within each room); restores
+                                       the route when the target does worse
   traffic shift SERVICE                take over the shift recorded in the registry
   traffic pause|resume|abort SERVICE   control a shift from any terminal
   traffic status SERVICE               the shift's record
@@ -83,8 +87,10 @@ traffic commands (a service's calls among its providers, through the registry):
 release commands (a new version rolled out group by group, see docs/release.md):
   release start [SERVICE] [--plan FILE] [--version V] [--deploy CMD] [--groups G,...]
                 [--bake 30s] [--ready-timeout 2m] [--auto] [analysis flags as for shift]
+                [--group NAME:bake=5m,min-calls=50,max-failure-increase=0,...]
                                        G: NAME:COUNT or NAME:KEY=VALUE; CMD gets {service}
-                                       {group} {version} {instances} filled in
+                                       {group} {version} {instances} filled in; --group
+                                       sets one group's own bake time and thresholds
   release status SERVICE               each group: instances, state, start and end
   release continue SERVICE             go on to the next group
   release rollback SERVICE             the previous version's traffic at once, then its deploy
@@ -201,6 +207,26 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
         return Usage(absl::StrCat(a, " wants a duration (e.g. 30s)"));
       }
       (a == "--bake" ? flags->bake_ms : flags->ready_timeout_ms) = absl::ToInt64Milliseconds(d);
+    } else if (a == "--per-room") {
+      auto v = value("--per-room");
+      if (!v) return 2;
+      if (v->empty() || v->find_first_of("=,: ") != std::string::npos) {
+        return Usage(
+            absl::StrCat("--per-room wants a tag key (e.g. room, or zone), not '", *v, "'"));
+      }
+      flags->per_room = *v;
+    } else if (a == "--group") {
+      auto v = value("--group");
+      if (!v) return 2;
+      flags->group_settings.push_back(*v);
+    } else if (a == "--analysis") {
+      auto v = value("--analysis");
+      if (!v) return 2;
+      flags->analysis = *v == "stats" ? "" : *v;
+      if (!CheckAnalysisSource(flags->analysis).ok()) {
+        return Usage(
+            absl::StrCat("--analysis wants stats or prometheus=http://HOST:PORT, not '", *v, "'"));
+      }
     } else if (a == "--auto") {
       flags->auto_continue = true;
     } else if (a == "--step") {

@@ -66,15 +66,18 @@ struct Flags {
   std::string by;                     // --by key,key
   bool watch = false;                 // --watch
   // release
-  std::string plan;               // --plan FILE
-  std::string version;            // --version
-  std::string deploy;             // --deploy 'CMD {group} {instances}'
-  std::string groups;             // --groups beta:1,1:1,2:2
-  int64_t bake_ms = -1;           // --bake (-1: the plan's, or 30s)
-  int64_t ready_timeout_ms = -1;  // --ready-timeout
-  bool auto_continue = false;     // --auto
-  bool thresholds_given = false;  // any of the analysis flags
-  std::string shards;             // ldc switch
+  std::string plan;                         // --plan FILE
+  std::string version;                      // --version
+  std::string deploy;                       // --deploy 'CMD {group} {instances}'
+  std::string groups;                       // --groups beta:1,1:1,2:2
+  int64_t bake_ms = -1;                     // --bake (-1: the plan's, or 30s)
+  int64_t ready_timeout_ms = -1;            // --ready-timeout
+  bool auto_continue = false;               // --auto
+  bool thresholds_given = false;            // any of the analysis flags
+  std::vector<std::string> group_settings;  // --group NAME:KEY=VALUE,... (repeated)
+  std::string analysis;                     // --analysis stats|prometheus=URL ("": stats)
+  std::string per_room;  // --per-room KEY: judged within each value of the tag KEY
+  std::string shards;    // ldc switch
   std::string zone;
   absl::Duration fence_timeout = absl::Seconds(10);
   bool force = false;

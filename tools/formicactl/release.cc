@@ -14,8 +14,10 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "release.h"
 
@@ -31,8 +33,24 @@ constexpr absl::Duration kStale = kReleaseStale;
 // A new instance whose weight did not change for this long is warmed up
 // (rpc::Server republishes a ramping weight every warmup_step, 1 s by default).
 constexpr absl::Duration kSteady = absl::Seconds(2);
+// How long the old instances may take to show weight 0 once asked to drain,
+// and the time then left to the calls they already took.
+constexpr absl::Duration kDrainWait = absl::Seconds(10);
+constexpr absl::Duration kDrainGrace = absl::Milliseconds(500);
 
 bool Live(const v1::Release& r) { return ReleaseLive(r); }
+
+// A group's own bake time and thresholds (records written before groups
+// had them: the release's).
+int64_t BakeMsOf(const v1::Release& r, const v1::ReleaseGroup& g) {
+  return g.min_calls() > 0 ? g.bake_ms() : r.bake_ms();
+}
+Thresholds LimitsOf(const v1::Release& r, const v1::ReleaseGroup& g) {
+  if (g.min_calls() > 0) {
+    return {g.max_failure_rate_increase(), g.max_p99_ratio(), g.p99_slack_ms(), g.min_calls()};
+  }
+  return {r.max_failure_rate_increase(), r.max_p99_ratio(), r.p99_slack_ms(), r.min_calls()};
+}
 
 void Say(const std::string& line) {
   std::printf("%s %s\n", absl::FormatTime("%H:%M:%S", absl::Now(), absl::UTCTimeZone()).c_str(),
@@ -48,7 +66,13 @@ std::string Me() {
 
 class Controller {
  public:
-  Controller(TrafficLink& link, Record& record) : link_(link), record_(record) {}
+  Controller(TrafficLink& link, Record& record) : link_(link), record_(record) {
+    // Checked when the release started; a record edited by hand since
+    // falls back on the providers' Stats, and says so.
+    if (absl::Status st = link_.UseAnalysis(record_.value.analysis()); !st.ok()) {
+      Say(absl::StrCat("analysis on the providers' Stats: ", st.message()));
+    }
+  }
 
   // Runs the release in the record to its end; the exit code.
   int Run() {
@@ -93,6 +117,7 @@ class Controller {
         }
       }
     }
+    (void)ClearDrainList();
     r.set_state("done");
     r.set_message(absl::StrCat("every group runs ", r.version_key(), "=", r.version()));
     (void)SaveMerging();
@@ -127,9 +152,11 @@ class Controller {
       }
       if (!replace.empty()) {
         int old_before = Count(*providers, r.previous());
+        absl::Status st = Drain(g.name(), replace, /*rolling_back=*/true);
+        if (!st.ok()) return Fail(st);
         Say(absl::StrCat("group ", g.name(), ": deploying ", r.previous(), " over ",
                          absl::StrJoin(replace, " ")));
-        absl::Status st = RunDeploy(g.name(), r.previous(), replace);
+        st = RunDeploy(g.name(), r.previous(), replace);
         if (st.ok()) {
           st = AwaitUp(replace, r.previous(), old_before + static_cast<int>(replace.size()),
                        nullptr);
@@ -140,6 +167,7 @@ class Controller {
       (void)SaveMerging();
     }
     absl::Status restored = RestoreRoute();
+    (void)ClearDrainList();  // what a failed deploy left drained comes back
     r.set_state("rolled_back");
     r.set_message(absl::StrCat(
         "back on ", r.version_key(), "=", r.previous(),
@@ -271,12 +299,14 @@ class Controller {
       done_before = done_before && std::find(old.begin(), old.end(), p.address) == old.end();
     }
     if (!old.empty() && !done_before) {
+      if (absl::Status st = Drain(g.name(), old); !st.ok()) return st;
       Say(absl::StrCat("group ", g.name(), ": deploying ", r.version(), " over ",
                        absl::StrJoin(old, " ")));
       if (absl::Status st = RunDeploy(g.name(), r.version(), old); !st.ok()) return st;
     }
     std::vector<std::string> fresh;
     if (absl::Status st = AwaitUp(old, r.version(), expected, &fresh); !st.ok()) return st;
+    (void)EditDrainList(old, /*add=*/false);
     std::set<std::string> earlier;
     for (int k = 0; k < i; ++k) {
       earlier.insert(r.groups(k).new_instances().begin(), r.groups(k).new_instances().end());
@@ -288,7 +318,7 @@ class Controller {
     g.set_state("baking");
     (void)SaveMerging();
     Say(absl::StrCat("group ", g.name(), ": up ", absl::StrJoin(g.new_instances(), " "),
-                     "; baking ", absl::FormatDuration(absl::Milliseconds(r.bake_ms()))));
+                     "; baking ", absl::FormatDuration(absl::Milliseconds(BakeMsOf(r, g)))));
     return absl::OkStatus();
   }
 
@@ -297,15 +327,19 @@ class Controller {
   absl::Status Bake(int i) {
     v1::Release& r = record_.value;
     v1::ReleaseGroup& g = *r.mutable_groups(i);
-    Thresholds limits{r.max_failure_rate_increase(), r.max_p99_ratio(), r.p99_slack_ms(),
-                      r.min_calls()};
+    Thresholds limits = LimitsOf(r, g);
+    const int64_t bake_ms = BakeMsOf(r, g);
     while (true) {
       absl::StatusOr<std::vector<ProviderInfo>> providers = link_.Providers(r.service());
       if (!providers.ok()) return providers.status();
       auto before = ReadServed(link_, r.service(), *providers);
-      if (absl::Status st = Wait(absl::Milliseconds(r.bake_ms())); !st.ok()) return st;
-      Analysis a = Analyse(limits, r.version_key(), r.version(), *providers, before,
-                           ReadServed(link_, r.service(), *providers));
+      if (absl::Status st = Wait(absl::Milliseconds(bake_ms)); !st.ok()) return st;
+      absl::Status problem;
+      Analysis a = AnalysePerRoom(limits, r.per_room(), r.version_key(), r.version(), *providers,
+                                  before, ReadServed(link_, r.service(), *providers, &problem));
+      if (a.verdict == Verdict::kNoData && !problem.ok()) {
+        a.summary = absl::StrCat(a.summary, " (", problem.message(), ")");
+      }
       if (a.verdict == Verdict::kFail) return absl::AbortedError(a.summary);
       g.set_message(a.summary);
       if (a.verdict == Verdict::kPass) break;
@@ -394,6 +428,86 @@ class Controller {
     return absl::DeadlineExceededError(absl::StrCat("not up within the ready timeout: ", last));
   }
 
+  // Takes `instances` out of rotation before their deploy: lists them in
+  // the registry's drain list ("rpc/drain/<service>"), which their
+  // rpc::Server follows by publishing weight 0, waits until the registry
+  // shows them at 0 (or gone), then leaves the calls they took a moment to
+  // finish. A provider that does not follow (not an rpc::Server) is
+  // deployed over after kDrainWait, as before: the deploy command's stop
+  // drains it.
+  // `rolling_back`: run by the rollback itself, which a rollback request
+  // does not interrupt.
+  absl::Status Drain(const std::string& group, const std::vector<std::string>& instances,
+                     bool rolling_back = false) {
+    auto wait = [&](absl::Duration d) {
+      if (!rolling_back) return Wait(d);
+      for (absl::Time end = absl::Now() + d; absl::Now() < end;) {
+        absl::SleepFor(std::min(kPoll, end - absl::Now()));
+        if (absl::Now() - last_save_ >= kHeartbeat) (void)SaveMerging();
+      }
+      return absl::OkStatus();
+    };
+    const v1::Release& r = record_.value;
+    if (absl::Status st = EditDrainList(instances, /*add=*/true); !st.ok()) return st;
+    absl::Time deadline = absl::Now() + kDrainWait;
+    std::vector<std::string> serving;
+    while (true) {
+      serving.clear();
+      absl::StatusOr<std::vector<ProviderInfo>> providers = link_.Providers(r.service());
+      if (providers.ok()) {
+        for (const ProviderInfo& p : *providers) {
+          bool mine = std::find(instances.begin(), instances.end(), p.address) != instances.end();
+          if (mine && p.weight > 0) serving.push_back(p.address);
+        }
+      }
+      if (providers.ok() && serving.empty()) break;
+      if (absl::Now() > deadline) {
+        Say(absl::StrCat("group ", group, ": ", absl::StrJoin(serving, " "),
+                         " still take calls after ", absl::FormatDuration(kDrainWait),
+                         "; deploying anyway"));
+        return absl::OkStatus();
+      }
+      if (absl::Status st = wait(kPoll); !st.ok()) return st;
+    }
+    Say(absl::StrCat("group ", group, ": drained ", absl::StrJoin(instances, " "),
+                     " (weight 0 at the registry)"));
+    return wait(kDrainGrace);
+  }
+
+  // Adds `addresses` to the drain list, or takes them out (compare-and-set).
+  absl::Status EditDrainList(const std::vector<std::string>& addresses, bool add) {
+    std::string key = absl::StrCat("rpc/drain/", record_.value.service());
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      absl::StatusOr<Entry> now = link_.Get(key);
+      if (!now.ok()) return now.status();
+      std::set<std::string> listed;
+      for (absl::string_view a : absl::StrSplit(now->value, ',', absl::SkipWhitespace())) {
+        listed.insert(std::string(a));
+      }
+      for (const std::string& a : addresses) {
+        if (add) {
+          listed.insert(a);
+        } else {
+          listed.erase(a);
+        }
+      }
+      std::string value = absl::StrJoin(listed, ",");
+      if (value == now->value) return absl::OkStatus();
+      absl::Status st = value.empty() ? link_.Delete(key, now->version)
+                                      : link_.Put(key, value, now->version).status();
+      if (!absl::IsFailedPrecondition(st)) return st;
+    }
+    return absl::AbortedError("the drain list kept changing");
+  }
+
+  absl::Status ClearDrainList() {
+    std::string key = absl::StrCat("rpc/drain/", record_.value.service());
+    absl::StatusOr<Entry> now = link_.Get(key);
+    if (!now.ok()) return now.status();
+    if (now->version == 0) return absl::OkStatus();
+    return link_.Delete(key, now->version);
+  }
+
   absl::Status RestoreRoute() {
     const v1::Release& r = record_.value;
     for (int attempt = 0; attempt < 5; ++attempt) {
@@ -422,14 +536,16 @@ void PrintStatus(const v1::Release& r) {
   std::printf("release of %s: %s=%s -> %s, %s\n", r.service().c_str(), r.version_key().c_str(),
               r.previous().c_str(), r.version().c_str(), r.state().c_str());
   if (!r.message().empty()) std::printf("  %s\n", r.message().c_str());
-  std::printf("  bake %s, %s; controller %s, updated %s ago\n",
-              absl::FormatDuration(absl::Milliseconds(r.bake_ms())).c_str(),
+  std::printf("  %s; analysis on %s%s; controller %s, updated %s ago\n",
               r.auto_continue() ? "goes on by itself" : "waits for release continue",
+              r.analysis().empty() ? "the providers' Stats" : r.analysis().c_str(),
+              r.per_room().empty() ? "" : absl::StrCat(", per ", r.per_room()).c_str(),
               r.controller().c_str(), Ago(r.updated_unix_ms()).c_str());
   // Each group's instances by where they stand: waiting (not started),
   // releasing (deploying, baking, awaiting continue), done, failed.
-  std::printf("%-10s %-12s %-10s %7s %9s %4s %6s  %-19s %-19s %s\n", "GROUP", "STATE", "ROOMS",
-              "WAITING", "RELEASING", "DONE", "FAILED", "STARTED", "ENDED", "NOTE");
+  std::printf("%-10s %-12s %-10s %7s %9s %4s %6s  %-19s %-19s %-6s %-22s %s\n", "GROUP", "STATE",
+              "ROOMS", "WAITING", "RELEASING", "DONE", "FAILED", "STARTED", "ENDED", "BAKE",
+              "THRESHOLDS", "NOTE");
   auto when = [](int64_t ms) {
     return ms == 0 ? std::string("-")
                    : absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(ms),
@@ -440,10 +556,15 @@ void PrintStatus(const v1::Release& r) {
     const std::string& st = g.state();
     bool releasing = st == "releasing" || st == "baking" || st == "awaiting";
     std::string rooms = g.zones().empty() ? "-" : absl::StrJoin(g.zones(), ",");
-    std::printf("%-10s %-12s %-10s %7d %9d %4d %6d  %-19s %-19s %s\n", g.name().c_str(), st.c_str(),
-                rooms.c_str(), st == "waiting" ? n : 0, releasing ? n : 0, st == "done" ? n : 0,
-                st == "failed" ? n : 0, when(g.started_unix_ms()).c_str(),
+    // THRESHOLDS: failure-rate increase (points), p99 ratio, least calls.
+    Thresholds l = LimitsOf(r, g);
+    std::string limits = absl::StrFormat("+%g %gx n>=%d", l.max_failure_rate_increase,
+                                         l.max_p99_ratio, static_cast<int>(l.min_calls));
+    std::printf("%-10s %-12s %-10s %7d %9d %4d %6d  %-19s %-19s %-6s %-22s %s\n", g.name().c_str(),
+                st.c_str(), rooms.c_str(), st == "waiting" ? n : 0, releasing ? n : 0,
+                st == "done" ? n : 0, st == "failed" ? n : 0, when(g.started_unix_ms()).c_str(),
                 when(g.ended_unix_ms()).c_str(),
+                absl::FormatDuration(absl::Milliseconds(BakeMsOf(r, g))).c_str(), limits.c_str(),
                 st == "waiting" && !g.selector().empty()
                     ? absl::StrCat("the old instances with ", g.selector()).c_str()
                     : g.message().c_str());

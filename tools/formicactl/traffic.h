@@ -40,6 +40,26 @@ struct Entry {
   uint64_t version = 0;  // 0: the key does not exist
 };
 
+// Why `source` is not an analysis source: "" (the providers' Stats
+// services) or "prometheus=http://HOST:PORT[/PATH]".
+absl::Status CheckAnalysisSource(const std::string& source);
+
+// What providers served, as a Prometheus server scraping their metrics
+// endpoints last saw it (the analysis source "prometheus=URL").
+class PrometheusSource {
+ public:
+  // REQUIRES: CheckAnalysisSource(source) is OK and names a Prometheus.
+  PrometheusSource(const std::string& source, absl::Duration timeout);
+  // As TrafficLink::Served; NOT_FOUND when Prometheus has no series of it
+  // (not scraped yet), UNAVAILABLE when Prometheus does not answer.
+  absl::StatusOr<rpc::CallSeries> Served(const std::string& address, const std::string& service);
+
+ private:
+  const absl::Duration timeout_;
+  std::string base_;  // "http://host:port"
+  std::string path_;  // "" or "/prefix"
+};
+
 // The registry (config entries, provider lists) and the providers' Stats and
 // health services, each call bounded by --timeout.
 class TrafficLink {
@@ -57,8 +77,11 @@ class TrafficLink {
   // Deletes `key` if still at `expected_version`.
   absl::Status Delete(const std::string& key, uint64_t expected_version);
   // What a provider served of `service` so far (its server-side series,
-  // every method added up).
+  // every method added up), from the analysis source.
   absl::StatusOr<rpc::CallSeries> Served(const std::string& address, const std::string& service);
+  // Where Served reads from now on: "" (the providers' Stats services) or
+  // "prometheus=URL". INVALID_ARGUMENT as CheckAnalysisSource.
+  absl::Status UseAnalysis(const std::string& source);
   // The provider answers SERVING to the gRPC health check.
   bool Healthy(const std::string& address);
 
@@ -86,9 +109,11 @@ absl::Status CheckRoutes(const std::string& service, const std::vector<rpc::TagR
                          const std::vector<ProviderInfo>& providers);
 
 // What each provider served so far, by address (providers that do not
-// answer are left out).
+// answer are left out; `problem`, if given, gets the first failure other
+// than NOT_FOUND, so that an analysis without data can say why).
 std::map<std::string, rpc::CallSeries> ReadServed(TrafficLink& link, const std::string& service,
-                                                  const std::vector<ProviderInfo>& providers);
+                                                  const std::vector<ProviderInfo>& providers,
+                                                  absl::Status* problem = nullptr);
 
 // When a target group of providers does worse than the others over a window:
 // its failure rate exceeds theirs by more than max_failure_rate_increase
@@ -112,6 +137,18 @@ Analysis Analyse(const Thresholds& limits, const std::string& key, const std::st
                  const std::vector<ProviderInfo>& providers,
                  const std::map<std::string, rpc::CallSeries>& before,
                  const std::map<std::string, rpc::CallSeries>& after);
+
+// Analyse within each room: the providers grouped by `room_key` (a tag;
+// "zone" falls back on their zone), the target judged against the others
+// in each room that has target providers (against every other provider
+// when the room has none). Fails when a room fails, naming it; no verdict
+// while a room has too few calls; passes when every room passes.
+// `room_key` "" is Analyse.
+Analysis AnalysePerRoom(const Thresholds& limits, const std::string& room_key,
+                        const std::string& key, const std::string& value,
+                        const std::vector<ProviderInfo>& providers,
+                        const std::map<std::string, rpc::CallSeries>& before,
+                        const std::map<std::string, rpc::CallSeries>& after);
 
 // A record kept as JSON in a registry config entry (a shift, a release),
 // read and written with compare-and-set.

@@ -36,6 +36,7 @@ class TrafficLink::Impl {
   }
 
   const Flags& flags;
+  std::unique_ptr<PrometheusSource> prometheus;  // null: the providers' Stats
   std::unique_ptr<reg::Registry::Stub> registry;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels;
 };
@@ -98,8 +99,17 @@ absl::Status TrafficLink::Delete(const std::string& key, uint64_t expected_versi
   return st.ok() ? absl::OkStatus() : FromGrpcStatus(st);
 }
 
+absl::Status TrafficLink::UseAnalysis(const std::string& source) {
+  if (absl::Status st = CheckAnalysisSource(source); !st.ok()) return st;
+  impl_->prometheus = source.empty() ? nullptr
+                                     : std::make_unique<PrometheusSource>(
+                                           source, absl::Seconds(impl_->flags.timeout_s));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<rpc::CallSeries> TrafficLink::Served(const std::string& address,
                                                     const std::string& service) {
+  if (impl_->prometheus != nullptr) return impl_->prometheus->Served(address, service);
   auto stub = formica::rpc::v1::Stats::NewStub(impl_->ChannelTo(address));
   formica::rpc::v1::GetStatsRequest request;
   request.set_service(service);
@@ -194,11 +204,16 @@ absl::Status CheckRoutes(const std::string& service, const std::vector<rpc::TagR
 // What each provider served so far, by address (providers that do not
 // answer are left out).
 std::map<std::string, rpc::CallSeries> ReadServed(TrafficLink& link, const std::string& service,
-                                                  const std::vector<ProviderInfo>& providers) {
+                                                  const std::vector<ProviderInfo>& providers,
+                                                  absl::Status* problem) {
   std::map<std::string, rpc::CallSeries> out;
   for (const ProviderInfo& p : providers) {
     absl::StatusOr<rpc::CallSeries> s = link.Served(p.address, service);
-    if (s.ok()) out[p.address] = *s;
+    if (s.ok()) {
+      out[p.address] = *s;
+    } else if (problem != nullptr && problem->ok() && !absl::IsNotFound(s.status())) {
+      *problem = s.status();
+    }
   }
   return out;
 }
@@ -248,6 +263,55 @@ Analysis Analyse(const Thresholds& limits, const std::string& key, const std::st
   }
   a.verdict = Verdict::kPass;
   return a;
+}
+
+Analysis AnalysePerRoom(const Thresholds& limits, const std::string& room_key,
+                        const std::string& key, const std::string& value,
+                        const std::vector<ProviderInfo>& providers,
+                        const std::map<std::string, rpc::CallSeries>& before,
+                        const std::map<std::string, rpc::CallSeries>& after) {
+  if (room_key.empty()) return Analyse(limits, key, value, providers, before, after);
+  auto room_of = [&](const ProviderInfo& p) {
+    auto it = p.tags.find(room_key);
+    if (it != p.tags.end()) return it->second;
+    return room_key == "zone" && !p.zone.empty() ? p.zone : std::string("-");
+  };
+  std::map<std::string, std::vector<ProviderInfo>> rooms;
+  std::map<std::string, bool> has_target;
+  for (const ProviderInfo& p : providers) {
+    rooms[room_of(p)].push_back(p);
+    has_target[room_of(p)] = has_target[room_of(p)] || p.Carries(key, value);
+  }
+  Analysis out;
+  out.verdict = Verdict::kPass;
+  std::vector<std::string> parts;
+  for (auto& [room, members] : rooms) {
+    if (!has_target[room]) continue;
+    bool has_others = false;
+    for (const ProviderInfo& p : members) has_others = has_others || !p.Carries(key, value);
+    if (!has_others) {  // judged against every other provider
+      for (const ProviderInfo& p : providers) {
+        if (room_of(p) != room && !p.Carries(key, value)) members.push_back(p);
+      }
+    }
+    Analysis a = Analyse(limits, key, value, members, before, after);
+    std::string part = absl::StrCat(room_key, "=", room, ": ", a.summary);
+    if (a.verdict == Verdict::kFail && out.verdict != Verdict::kFail) {
+      out.verdict = Verdict::kFail;
+      parts.insert(parts.begin(), part);
+      continue;
+    }
+    if (a.verdict == Verdict::kNoData && out.verdict == Verdict::kPass) {
+      out.verdict = Verdict::kNoData;
+    }
+    parts.push_back(part);
+  }
+  if (parts.empty()) {
+    out.verdict = Verdict::kNoData;
+    parts.push_back(absl::StrCat("no provider carries ", key, "=", value));
+  }
+  out.summary = absl::StrJoin(parts, " | ");
+  return out;
 }
 
 int FailWith(const absl::Status& status) {

@@ -52,7 +52,11 @@ Thresholds ThresholdsOf(const v1::TrafficShift& s) {
 class Controller {
  public:
   Controller(TrafficLink& link, std::string service, Record& record)
-      : link_(link), service_(std::move(service)), record_(record) {}
+      : link_(link), service_(std::move(service)), record_(record) {
+    if (absl::Status st = link_.UseAnalysis(record_.value.analysis()); !st.ok()) {
+      Say(absl::StrCat("analysis on the providers' Stats: ", st.message()));
+    }
+  }
 
   // Runs the shift in the record to its end; the exit code.
   int Run() {
@@ -109,8 +113,12 @@ class Controller {
         judged_at_percent = false;
         continue;
       }
-      Analysis a = Analyse(ThresholdsOf(s), key_, value_, *providers, before,
-                           ReadServed(link_, service_, *providers));
+      absl::Status problem;
+      Analysis a = AnalysePerRoom(ThresholdsOf(s), s.per_room(), key_, value_, *providers, before,
+                                  ReadServed(link_, service_, *providers, &problem));
+      if (a.verdict == Verdict::kNoData && !problem.ok()) {
+        a.summary = absl::StrCat(a.summary, " (", problem.message(), ")");
+      }
       if (a.verdict == Verdict::kFail) return Stop("failed", a.summary, /*restore=*/true);
       judged_at_percent = a.verdict == Verdict::kPass;
       s.set_message(a.summary);
@@ -279,6 +287,8 @@ int Start(const Flags& flags, TrafficLink& link, const std::string& service, Rec
   s.set_max_p99_ratio(flags.max_p99_ratio);
   s.set_p99_slack_ms(flags.p99_slack_ms);
   s.set_min_calls(flags.min_calls);
+  s.set_analysis(flags.analysis);
+  s.set_per_room(flags.per_room);
   if (absl::Status st = record.Save(); !st.ok()) {
     return FailWith(absl::IsFailedPrecondition(st) ? absl::FailedPreconditionError(absl::StrCat(
                                                          "another shift of ", service,
@@ -287,7 +297,8 @@ int Start(const Flags& flags, TrafficLink& link, const std::string& service, Rec
   }
   Say(absl::StrCat("shift of ", service, " to ", flags.to, " from route '",
                    route->value.empty() ? "none" : route->value, "', ", flags.step_percent,
-                   "% every ", absl::FormatDuration(absl::Milliseconds(flags.every_ms))));
+                   "% every ", absl::FormatDuration(absl::Milliseconds(flags.every_ms)),
+                   flags.analysis.empty() ? "" : absl::StrCat(", analysis on ", flags.analysis)));
   Controller controller(link, service, record);
   return controller.Run();
 }
@@ -317,8 +328,10 @@ void PrintRecord(const v1::TrafficShift& s) {
   std::printf("  thresholds: failures +%g points, p99 %gx (+%g ms), at least %lld calls\n",
               s.max_failure_rate_increase(), s.max_p99_ratio(), s.p99_slack_ms(),
               static_cast<long long>(s.min_calls()));
-  std::printf("  controller %s, updated %s ago\n", s.controller().c_str(),
-              Ago(s.updated_unix_ms()).c_str());
+  std::printf("  analysis on %s%s; controller %s, updated %s ago\n",
+              s.analysis().empty() ? "the providers' Stats" : s.analysis().c_str(),
+              s.per_room().empty() ? "" : absl::StrCat(", per ", s.per_room()).c_str(),
+              s.controller().c_str(), Ago(s.updated_unix_ms()).c_str());
   if (!s.message().empty()) std::printf("  %s\n", s.message().c_str());
 }
 

@@ -72,6 +72,18 @@ class Discovery {
   // As Unsubscribe, for a route watch.
   virtual void UnwatchRoutes(uint64_t watch_id) = 0;
 
+  // Calls `callback` with every change of the addresses asked to drain
+  // from `service` (the registry's "rpc/drain/<service>", comma-separated;
+  // nullopt when none), at once with the current ones. rpc::Server takes
+  // itself out of rotation (weight 0) while listed. A discovery without
+  // such a list answers UNIMPLEMENTED (the default).
+  virtual absl::StatusOr<uint64_t> WatchDrain(absl::string_view service, RoutesCallback callback) {
+    (void)service;
+    (void)callback;
+    return absl::UnimplementedError("this discovery has no drain list");
+  }
+  virtual void UnwatchDrain(uint64_t watch_id) { (void)watch_id; }
+
   // Announces (or updates) `provider` as serving `service` until Unpublish
   // or until this process goes away. INVALID_ARGUMENT names a bad field.
   virtual absl::Status Publish(absl::string_view service, const Provider& provider) = 0;
@@ -93,6 +105,8 @@ class RegistryDiscovery : public Discovery {
   std::optional<ProviderSet> Current(absl::string_view service) const override;
   absl::StatusOr<uint64_t> WatchRoutes(absl::string_view service, RoutesCallback callback) override;
   void UnwatchRoutes(uint64_t watch_id) override;
+  absl::StatusOr<uint64_t> WatchDrain(absl::string_view service, RoutesCallback callback) override;
+  void UnwatchDrain(uint64_t watch_id) override;
   absl::Status Publish(absl::string_view service, const Provider& provider) override;
   absl::Status Unpublish(absl::string_view service, absl::string_view address) override;
 
