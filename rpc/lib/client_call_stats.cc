@@ -1,5 +1,7 @@
 #include "client_call_stats.h"
 
+#include <dlfcn.h>
+
 #include <cstring>
 
 #include "absl/strings/string_view.h"
@@ -39,6 +41,13 @@ CallStats* MethodCallStats::For(const char* full_method) {
   for (Node* n = head_.load(std::memory_order_acquire); n != nullptr; n = n->next) {
     if (n->key == full_method) return n->stats.get();
   }
+  // A generated stub names its methods by string literals, which live as
+  // long as the program (or library) that holds them. A generic stub's name
+  // is the caller's string, often gone by the time the call ends: never
+  // read it; such calls are counted under the method "". dladdr looks only
+  // at the address (which loaded object maps it), never at what is there.
+  Dl_info where;
+  if (full_method != nullptr && dladdr(full_method, &where) == 0) full_method = nullptr;
   absl::MutexLock lock(&mu_);
   Node* first = head_.load(std::memory_order_relaxed);
   absl::string_view name = full_method == nullptr ? "" : full_method;
@@ -50,8 +59,7 @@ CallStats* MethodCallStats::For(const char* full_method) {
   auto stats =
       CallStatsRegistry::Global().Get(CallSeries::Side::kClient, service_, name, provider_);
   // Generated stubs name a method by one static string, so the list stays
-  // as short as the service's methods. Names that are not (a generic
-  // stub's, made per call) are counted without growing it past a bound.
+  // as short as the service's methods; it is bounded all the same.
   if (nodes >= kMaxNodes) {
     overflow_ = std::move(stats);
     return overflow_.get();

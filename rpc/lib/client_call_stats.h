@@ -1,8 +1,9 @@
 // rpc::Client's counters for one provider, one series per method called
 // (formica/rpc/metrics.h, side "client"). The method is read from the
-// finished call's grpc::ClientContext, so any stub or generic call is
-// counted under the method it called; made on first use, then found
-// without a lock.
+// finished call's grpc::ClientContext when it is a generated stub's (a
+// string literal); a generic stub's call, whose name gRPC keeps only as the
+// caller's pointer, is counted under the method "". Made on first use, then
+// found without a lock.
 #pragma once
 
 #include <grpcpp/client_context.h>
@@ -27,9 +28,10 @@ class MethodCallStats {
       : service_(std::move(service)), provider_(std::move(provider)) {}
   ~MethodCallStats();
 
-  // The series of `full_method` ("/pkg.Service/Method"; null or "": the
-  // method "" when the call never started). Thread-safe; takes a lock only
-  // the first time a method (by pointer) is seen.
+  // The series of `full_method` ("/pkg.Service/Method"; null, "" or a
+  // name outside any loaded object's static data: the method ""). It is
+  // read only when it is static data. Thread-safe; takes a lock the first
+  // time a static name is seen, and for every non-static one.
   CallStats* For(const char* full_method);
 
  private:
