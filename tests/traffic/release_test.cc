@@ -23,10 +23,11 @@ using ::testing::HasSubstr;
 // unpublishes, lets callers notice, drains) and starts a provider of VERSION.
 constexpr char kDeployScript[] = R"(#!/bin/sh
 group=$1; version=$2; shift 2
+echo "deploy.sh: group $group: started for version $version"
 if [ -n "$SLOW" ]; then sleep "$SLOW"; fi
 for addr in "$@"; do
   port=${addr##*:}
-  pid=$(cat "$DIR/pids/$port.pid") || exit 1
+  pid=$(cat "$DIR/pids/$port.pid") || { echo "deploy.sh: no pid file for $addr"; exit 1; }
   kill -TERM "$pid"
   while kill -0 "$pid" 2>/dev/null && ! grep -q ') Z' "/proc/$pid/stat" 2>/dev/null; do sleep 0.05; done
   rm -f "$DIR/pids/$port.pid"
@@ -148,7 +149,8 @@ TEST_F(ReleaseTest, ThreeGroupsFromAPlanFileReleaseWithNoFailedCall) {
   for (const auto& [address, version] : versions) EXPECT_EQ(version, "2") << address;
   for (auto& p : providers_) EXPECT_EQ(versions.count(Address(*p)), 0u);
   int deploys = 0;
-  for (size_t at = 0; (at = out.find("deploy.sh: group", at)) != std::string::npos; ++at) ++deploys;
+  for (size_t at = 0; (at = out.find(" stopped, starting version ", at)) != std::string::npos; ++at)
+    ++deploys;
   EXPECT_EQ(deploys, 4);
   EXPECT_EQ(FailedCalls(), 0);
   EXPECT_GT(Load().size(), 1000u);
@@ -307,7 +309,10 @@ TEST_F(ReleaseTest, AControllerKilledDuringADeployIsResumedWithoutDeployingAgain
   auto controller =
       StartCtl({"release", "start", kEcho, "--version", "2", "--groups", "beta:1,rest:3", "--bake",
                 "1s", "--auto", "--deploy", Deploy("", "2")});
-  ASSERT_TRUE(controller->WaitForOutput("group beta: deploying", absl::Seconds(20)));
+  // Killed once its deploy command runs (not merely once it said so).
+  ASSERT_TRUE(
+      controller->WaitForOutput("deploy.sh: group beta: started for version 2", absl::Seconds(30)))
+      << controller->Output();
   controller->Kill();
   // The deploy finishes meanwhile (its new instance publishes), and the
   // record goes stale (no heartbeat for 5 s). How long the deploy takes
@@ -389,7 +394,9 @@ TEST_F(ReleaseTest, AReleaseKilledMidRollbackIsResumedAndRolledBackOnce) {
   controller->Kill();
   absl::SleepFor(absl::Seconds(5));  // stale: the rollback command runs it itself
   auto rollback = StartCtl({"release", "rollback", kEcho});
-  ASSERT_TRUE(rollback->WaitForOutput("group beta: deploying 1 over", absl::Seconds(20)))
+  // Killed once its deploy command runs (not merely once it said so).
+  ASSERT_TRUE(
+      rollback->WaitForOutput("deploy.sh: group beta: started for version 1", absl::Seconds(30)))
       << rollback->Output();
   rollback->Kill();
   EXPECT_EQ(Record().state(), "rolling_back");
