@@ -475,7 +475,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(BrokerOptions options) {
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
       rpc::Server::Start(so,
                          {{v1::Broker::service_full_name(), impl.get()},
-                          {kTransactionParticipant, impl->txns->participant()}},
+                          {o.transactions.participant, impl->txns->participant()}},
                          impl->registry.get());
   if (!server.ok()) {
     impl->Shutdown();

@@ -150,7 +150,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
       co.inherit_current = false;
       dts::v1::EnlistRequest req;
       req.set_activity_id(activity_id);
-      req.set_participant(kTransactionParticipant);
+      req.set_participant(options.participant);
       req.set_action(id);
       req.set_payload(id);
       absl::Status st =
