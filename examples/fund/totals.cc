@@ -57,8 +57,8 @@ absl::StatusOr<v1::FundWideTotals> TotalsService::Sum() {
     if (!rpc.ok()) return rpc.status();
     absl::StatusOr<FundTotals> t = ReadTotals(*rpc);
     if (!t.ok()) {
-      return absl::Status(t.status().code(),
-                          absl::StrCat("zone ", zone.name, "'s totals: ", t.status().message()));
+      return absl::UnavailableError(
+          absl::StrCat("zone ", zone.name, "'s totals: ", t.status().ToString()));
     }
     v1::ZoneTotals* z = out.add_zones();
     z->set_zone(zone.name);

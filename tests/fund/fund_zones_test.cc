@@ -326,6 +326,43 @@ TEST_F(FundZones, TheDayClearsOverBothZonesData) {
   int64_t closing = 0;
   for (const ClearedRecord& c : result->users) closing += c.closing;
   EXPECT_GE(closing, r.purchased - r.redeemed);  // the day's shares, plus its income
+  // A worker that finds a user's rows in two zones' data (here: rz-a's
+  // given twice) reports it rather than adding them up.
+  ASSERT_EQ(worker->Terminate(), 0) << worker->Output();
+  auto twice = run("worker-twice", {"worker", "--registry", dsrd_->address(), "--fund-data",
+                                    dir_.File("a") + "," + dir_.File("a")});
+  ASSERT_TRUE(twice->WaitForOutput("serving on", absl::Seconds(20))) << twice->Output();
+  auto doubled =
+      run("doubled", {"run", "--registry", dsrd_->address(), "--trades", dir_.File("trades-1.csv"),
+                      "--work", dir_.File("work2"), "--out", dir_.File("out2"), "--check-online",
+                      "--zones", "rz-a,rz-b", "--quiet"});
+  EXPECT_EQ(doubled->Wait(absl::Seconds(120)), 3) << doubled->Output();
+  EXPECT_THAT(doubled->Output(), ::testing::HasSubstr("zones' data at once"));
+}
+
+TEST_F(FundZones, TheTotalsServiceRunsOnlyInTheGZoneAndNamesAZoneThatDoesNotAnswer) {
+  auto refused = [&](std::vector<std::string> args, const std::string& why) {
+    std::vector<std::string> argv = {formica::testing::BinaryPath("examples/fund/fund-server"),
+                                     "--registry", dsrd_->address()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto p = Subprocess::Start(argv, dir_.File(absl::StrCat("refused.", ++runs_, ".log")));
+    ASSERT_TRUE(p.ok());
+    EXPECT_EQ((*p)->Wait(absl::Seconds(30)), 2) << (*p)->Output();
+    EXPECT_THAT((*p)->Output(), ::testing::HasSubstr(why));
+  };
+  refused({"--services", "totals"}, "--services totals needs --zone <the gzone> --ldc");
+  refused({"--services", "totals", "--zone", "rz-a", "--ldc"},
+          "zone 'rz-a' is not the gzone: it hosts the users' services, not 'totals'");
+  refused({"--services", "account", "--zone", "gz", "--ldc"},
+          "zone 'gz' is the gzone: it hosts the totals service only, not 'account'");
+  refused({"--services", "account", "--zone", "rz-c", "--ldc"}, "zone 'rz-c' is not in the LDC");
+  // Without one zone's answer there is no fund-wide total.
+  ASSERT_TRUE(ReadFundWideTotals(rpc_.get()).ok());
+  zones_[1]->Kill();  // rz-b's fund-server
+  auto t = ReadFundWideTotals(rpc_.get());
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kUnavailable) << t.status();
+  EXPECT_THAT(std::string(t.status().message()), ::testing::HasSubstr("zone rz-b's totals"));
 }
 
 }  // namespace
