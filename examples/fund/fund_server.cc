@@ -174,7 +174,15 @@ int main(int argc, char** argv) {
                                                   {"holdings", "user_id"},
                                                   {"orders", "user_id"},
                                                   {"statements", "user_id"}};
-    auto ds = fund::OpenStore(service, f["data"], dds, sharded, {}, databases, gate);
+    // The ledger writes inside ldc::ZoneHandler's write permit: a shard
+    // fenced meanwhile fails its write at once (the message is retried after
+    // the switch) rather than wait for a fence that waits for the permit.
+    std::shared_ptr<formica::dds::WriteGate> g = gate;
+    if (zoned && service == "ledger") {
+      g = std::make_shared<formica::ldc::ZoneWriteGate>(
+          router.get(), formica::ldc::ZoneWriteGate::Options{absl::ZeroDuration(), true});
+    }
+    auto ds = fund::OpenStore(service, f["data"], dds, sharded, {}, databases, g);
     if (!ds.ok()) return ds.status();
     return (stores[service] = std::move(*ds)).get();
   };

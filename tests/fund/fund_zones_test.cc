@@ -287,6 +287,48 @@ TEST_F(FundZones, AMessageForAUserAnotherZoneOwnsIsForwardedThere) {
   EXPECT_EQ(Query("ledger", dir_.File("a"), rows), std::vector<int64_t>{0});
 }
 
+TEST_F(FundZones, AfterASwitchAMessageLeftInTheOldZoneIsForwardedToTheNewOwner) {
+  // rz-b's fund-server is down (its ledger handles nothing) while a message
+  // for user 150 waits on rz-b's dmsd and shard 50 moves to rz-a (the
+  // switch goes through once the dead process's registry session lapses).
+  zones_[1]->Kill();
+  formica::dms::ProducerOptions po;
+  po.producer_group = "fund-test";
+  auto producer = formica::dms::Producer::Create(po, In("rz-b"));
+  ASSERT_TRUE(producer.ok()) << producer.status();
+  v1::OrderConfirmed order;
+  order.set_order_id("150/queued-1");
+  order.set_user_id("150");
+  order.set_kind(v1::PURCHASE);
+  order.set_amount(900);
+  order.set_day(1);
+  formica::dms::OutgoingMessage m;
+  m.key = "150";
+  m.properties[formica::ldc::kUserProperty] = "150";
+  m.dedup_key = "150/queued-1";
+  m.body = order.SerializeAsString();
+  ASSERT_TRUE((*producer)->Send(kOrdersTopic, m).ok());
+  auto ctl = Subprocess::Start(
+      {formica::testing::BinaryPath("tools/formicactl"), "--registry", dsrd_->address(), "ldc",
+       "switch", "--shards", "50", "--to", "rz-a", "--fence-timeout", "20s", "--yes"},
+      dir_.File("switch.log"));
+  ASSERT_TRUE(ctl.ok());
+  EXPECT_EQ((*ctl)->Wait(absl::Seconds(60)), 0) << (*ctl)->Output();
+  // Back up under the new rules, rz-b's ledger finds the message queued
+  // and forwards it to rz-a, whose ledger writes it there.
+  zones_[1] = StartFund("account,fund,gateway,ledger",
+                        {"--zone", "rz-b", "--ldc", "--data", dir_.File("b")});
+  ASSERT_TRUE(zones_[1] != nullptr);
+  const std::string rows = "SELECT count(*) FROM statements WHERE user_id = 150";
+  std::vector<int64_t> in_a;
+  for (int i = 0; i < 150 && in_a != std::vector<int64_t>{1}; ++i) {
+    absl::SleepFor(absl::Milliseconds(200));
+    in_a = Query("ledger", dir_.File("a"), rows);
+  }
+  EXPECT_EQ(in_a, std::vector<int64_t>{1}) << "the message was not forwarded to rz-a";
+  EXPECT_EQ(Query("ledger", dir_.File("b"), rows), std::vector<int64_t>{0});
+}
+
 TEST_F(FundZones, TheDayClearsOverBothZonesData) {
   DriverReport r = Drive(200);
   EXPECT_EQ(r.unanswered, 0) << r.last_error;
