@@ -11,6 +11,7 @@
 #include "embedded_backend.h"
 #include "etcd_backend.h"
 #include "formica/common/config.h"
+#include "formica/internal/credentials.h"
 #include "formica/internal/metrics_endpoint.h"
 #include "formica/registry/v1/registry.pb.h"
 #include "registry_core.h"
@@ -134,7 +135,7 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(options.listen, formica::ServerCredentials(), &impl->port);
   builder.RegisterService(impl->service.get());
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
                              static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_time)));

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "formica/internal/credentials.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
 
 namespace formica::ctl {
@@ -28,8 +29,8 @@ std::string JoinMap(const google::protobuf::Map<std::string, std::string>& map) 
 }  // namespace
 
 int Registry(const Flags& flags, const std::vector<std::string>& args) {
-  auto stub = v1::Registry::NewStub(
-      grpc::CreateChannel(flags.registry, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::Registry::NewStub(grpc::CreateChannel(flags.registry, formica::ChannelCredentials()));
   const std::string& cmd = args[1];
   auto ctx = CallContext(flags);
   const bool json = flags.output == Output::kJson;
@@ -112,8 +113,8 @@ int Registry(const Flags& flags, const std::vector<std::string>& args) {
 }
 
 int Cluster(const Flags& flags, const std::vector<std::string>& args) {
-  auto stub = v1::Registry::NewStub(
-      grpc::CreateChannel(flags.registry, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::Registry::NewStub(grpc::CreateChannel(flags.registry, formica::ChannelCredentials()));
   if (args[1] != "members" || args.size() != 2) {
     return Usage(absl::StrCat("unknown command '", absl::StrJoin(args, " "), "'"));
   }
