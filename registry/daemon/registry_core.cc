@@ -210,6 +210,7 @@ void RegistryCore::HandleOpen(SessionStream* stream, const v1::OpenSession& open
   request.resume_id = open.resume_session_id();
   request.client_name = open.client_name();
   request.peer = stream->peer;
+  request.identity = stream->identity;
   request.lease = lease;
   uint64_t serial = stream->serial;
   std::optional<absl::StatusOr<SessionGrant>> now =
@@ -304,6 +305,7 @@ void RegistryCore::FinishOpen(SessionStream* stream, Session& session, const v1:
                               absl::Duration lease, bool resumed) {
   session.client_name = open.client_name();
   session.peer = stream->peer;
+  session.identity = stream->identity;
   session.lease = lease;
   sessions_.Touch(session);
   session.stream = stream;

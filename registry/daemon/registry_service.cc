@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "formica/common/grpc_status.h"
+#include "formica/internal/credentials.h"
 #include "registry_store.h"
 
 namespace formica::registry {
@@ -14,8 +15,8 @@ namespace {
 class SessionReactor final : public grpc::ServerBidiReactor<v1::ClientMessage, v1::ServerMessage>,
                              public SessionStream {
  public:
-  SessionReactor(RegistryCore* core, std::string peer)
-      : SessionStream(std::move(peer), NextSerial()), core_(core) {
+  SessionReactor(RegistryCore* core, std::string peer, std::string identity)
+      : SessionStream(std::move(peer), std::move(identity), NextSerial()), core_(core) {
     StartRead(&request_);
     core_->StreamStarted(this);
   }
@@ -112,7 +113,7 @@ void Worker::Loop() {
 
 grpc::ServerBidiReactor<v1::ClientMessage, v1::ServerMessage>* RegistryService::Session(
     grpc::CallbackServerContext* context) {
-  return new SessionReactor(core_, context->peer());
+  return new SessionReactor(core_, context->peer(), PeerIdentity(*context->auth_context()));
 }
 
 grpc::ServerUnaryReactor* RegistryService::ListServices(grpc::CallbackServerContext* context,

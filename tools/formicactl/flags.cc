@@ -22,7 +22,7 @@ constexpr char kUsage[] =
 registry commands:
   registry ls                      services: version, instances, subscribers
   registry get SERVICE             each provider: address, zone, weight, tags, metadata
-  registry sessions                client sessions: id, client, peer, lease, publications
+  registry sessions                client sessions: id, client, peer, lease, publications, identity
   registry kill-session ID         end a session as if its lease lapsed
   registry stop-push on|off|status hold pushes (e.g. during an upgrade) and release them
   cluster members                  the registry's nodes and (cluster mode) etcd's members

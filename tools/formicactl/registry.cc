@@ -69,13 +69,13 @@ int Registry(const Flags& flags, const std::vector<std::string>& args) {
     grpc::Status s = stub->ListSessions(ctx.get(), {}, &r);
     if (!s.ok()) return Fail(s);
     if (json) return PrintJson(r);
-    std::printf("%-20s %-24s %-24s %8s %8s %5s %5s\n", "SESSION", "CLIENT", "PEER", "LEASE_MS",
-                "ATTACHED", "PUBS", "SUBS");
+    std::printf("%-20s %-24s %-24s %8s %8s %5s %5s %s\n", "SESSION", "CLIENT", "PEER", "LEASE_MS",
+                "ATTACHED", "PUBS", "SUBS", "IDENTITY");
     for (const auto& x : r.sessions()) {
-      std::printf("%-20llu %-24s %-24s %8u %8s %5u %5u\n",
+      std::printf("%-20llu %-24s %-24s %8u %8s %5u %5u %s\n",
                   static_cast<unsigned long long>(x.session_id()), x.client_name().c_str(),
                   x.peer().c_str(), x.lease_ms(), x.attached() ? "yes" : "no", x.publications(),
-                  x.subscriptions());
+                  x.subscriptions(), x.identity().empty() ? "-" : x.identity().c_str());
     }
     return 0;
   }
