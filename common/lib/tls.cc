@@ -28,6 +28,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "formica/common/tls.h"
 #include "formica/internal/credentials.h"
@@ -105,21 +106,29 @@ std::string IdentityOf(X509* cert) {
   return "";
 }
 
-// The host part of a dialled target: "127.0.0.1:7370" -> "127.0.0.1",
-// "[::1]:7370" -> "::1", "dns:///a.b:1" -> "a.b".
-std::string HostOf(absl::string_view target) {
+// The hosts of a dialled target: "127.0.0.1:7370" -> {"127.0.0.1"},
+// "[::1]:7370" -> {"::1"}, "dns:///a.b:1" -> {"a.b"}, and for a list of
+// endpoints ("ipv4:10.0.0.1:2379,10.0.0.2:2379") each one's host.
+std::vector<std::string> HostsOf(absl::string_view target) {
   if (size_t scheme = target.find(":///"); scheme != absl::string_view::npos) {
     target.remove_prefix(scheme + 4);
+  } else if (absl::StartsWith(target, "ipv4:") || absl::StartsWith(target, "ipv6:")) {
+    target.remove_prefix(5);
   }
-  if (absl::StartsWith(target, "[")) {
-    size_t end = target.find(']');
-    return std::string(target.substr(1, end == absl::string_view::npos ? end : end - 1));
+  std::vector<std::string> hosts;
+  for (absl::string_view one : absl::StrSplit(target, ',', absl::SkipEmpty())) {
+    if (absl::StartsWith(one, "[")) {
+      size_t end = one.find(']');
+      hosts.emplace_back(one.substr(1, end == absl::string_view::npos ? end : end - 1));
+      continue;
+    }
+    size_t colon = one.find(':');
+    if (colon != absl::string_view::npos && one.find(':', colon + 1) == absl::string_view::npos) {
+      one = one.substr(0, colon);
+    }
+    hosts.emplace_back(one);
   }
-  size_t colon = target.find(':');
-  if (colon != absl::string_view::npos && target.find(':', colon + 1) == absl::string_view::npos) {
-    target = target.substr(0, colon);
-  }
-  return std::string(target);
+  return hosts;
 }
 
 // The CA bundle, read again when its file changes (looked at no more
@@ -133,8 +142,9 @@ class Trust {
   // `leaf_pem` is the peer's certificate; `chain_pem` what it sent with it
   // (in any order, with or without the leaf, maybe its root), from which
   // only intermediates are taken, never trust.
+  // A server's certificate must name one of `hosts` (the endpoints dialled).
   grpc::Status Check(absl::string_view leaf_pem, absl::string_view chain_pem,
-                     const std::string& host, bool peer_is_server) {
+                     const std::vector<std::string>& hosts, bool peer_is_server) {
     const char* peer = peer_is_server ? "server" : "client";
     std::vector<X509Ptr> chain = ParseCertificates(leaf_pem);
     if (chain.empty()) return Refuse(absl::StrCat("the ", peer, " sent no certificate"));
@@ -153,19 +163,26 @@ class Trust {
     X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(ctx);
     X509_VERIFY_PARAM_set_purpose(
         param, peer_is_server ? X509_PURPOSE_SSL_SERVER : X509_PURPOSE_SSL_CLIENT);
-    if (peer_is_server && !host.empty() &&
-        X509_VERIFY_PARAM_set1_ip_asc(param, host.c_str()) != 1) {
-      ERR_clear_error();
-      X509_VERIFY_PARAM_set1_host(param, host.c_str(), host.size());
-    }
     int ok = X509_verify_cert(ctx);
     int error = ok == 1 ? X509_V_OK : X509_STORE_CTX_get_error(ctx);
     std::string reason = ok == 1 ? "" : X509_verify_cert_error_string(error);
     X509_STORE_CTX_free(ctx);
     sk_X509_free(untrusted);
     ERR_clear_error();
-    if (ok == 1) return grpc::Status::OK;
     X509* leaf = chain[0].get();
+    if (ok == 1 && peer_is_server && !hosts.empty()) {
+      bool named = false;
+      for (const std::string& h : hosts) {
+        named = named || X509_check_ip_asc(leaf, h.c_str(), 0) == 1 ||
+                X509_check_host(leaf, h.c_str(), h.size(), 0, nullptr) == 1;
+      }
+      ERR_clear_error();
+      if (!named) {
+        ok = 0;
+        error = X509_V_ERR_HOSTNAME_MISMATCH;
+      }
+    }
+    if (ok == 1) return grpc::Status::OK;
     switch (error) {
       case X509_V_ERR_CERT_HAS_EXPIRED:
         reason = "it has expired";
@@ -182,7 +199,8 @@ class Trust {
         break;
       case X509_V_ERR_HOSTNAME_MISMATCH:
       case X509_V_ERR_IP_ADDRESS_MISMATCH:
-        reason = absl::StrCat("it does not name the host dialled (", host, ")");
+        reason =
+            absl::StrCat("it does not name the host dialled (", absl::StrJoin(hosts, ", "), ")");
         break;
       default:
         break;
@@ -257,7 +275,7 @@ class PeerCheck final : public grpc::experimental::ExternalCertificateVerifier {
     grpc::string_ref target = request->target_name();
     *sync_status = trust_->Check(
         absl::string_view(leaf.data(), leaf.size()), absl::string_view(chain.data(), chain.size()),
-        HostOf(absl::string_view(target.data(), target.size())), peer_is_server_);
+        HostsOf(absl::string_view(target.data(), target.size())), peer_is_server_);
     return true;  // answered synchronously
   }
   void Cancel(grpc::experimental::TlsCustomVerificationCheckRequest* /*request*/) override {}

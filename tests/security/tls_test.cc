@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "etcd.h"
 #include "formica/common/tls.h"
 #include "formica/dms/consumer.h"
 #include "formica/dms/producer.h"
@@ -350,11 +351,46 @@ TEST_F(TlsTest, ABadTlsSectionStopsTheDaemonNamingIt) {
             std::string::npos)
       << mix_out;
 
+  // A service reading FORMICA_TLS_* refuses to run half configured.
+  auto [env_code, env_out] =
+      RunToEnd({"/usr/bin/env", "FORMICA_TLS_CA=" + certs_ + "/ca.pem",
+                BinaryPath("tests/rpc/echo_server"), "--registry", "127.0.0.1:1"},
+               dir_.File("env.log"));
+  EXPECT_EQ(env_code, 2) << env_out;
+  EXPECT_NE(env_out.find("TLS is half configured: FORMICA_TLS_CERT, FORMICA_TLS_KEY not set"),
+            std::string::npos)
+      << env_out;
+
   auto [typo_code, typo_out] = RunToEnd({BinaryPath("registry/dsrd"), "--listen", "127.0.0.1:0",
                                          "--data-dir", dir_.File("d3"), "--set", "tls.cafile=x"},
                                         dir_.File("typo.log"));
   EXPECT_EQ(typo_code, 2) << typo_out;
   EXPECT_NE(typo_out.find("tls.cafile: unknown key"), std::string::npos) << typo_out;
+}
+
+// dsrd in cluster mode reaches etcd over mutual TLS with its own files:
+// etcd asks for a client certificate of the same CA.
+TEST_F(TlsTest, ClusterModeReachesEtcdOverMutualTls) {
+  MakeCerts(certs_, {"etcd"});
+  testing::EtcdCluster::Tls etcd_tls{certs_ + "/ca.pem", certs_ + "/etcd.pem",
+                                     certs_ + "/etcd.key"};
+  auto etcd = testing::EtcdCluster::Start(1, &etcd_tls);
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  DsrdProcess::Options o;
+  o.data_dir = dir_.File("dsrd");
+  o.config = TlsKeys("dsrd");
+  o.config["push.warmup"] = "0s";
+  o.config["storage.engine"] = "etcd";
+  o.config["storage.etcd.endpoints"] = (*etcd)->endpoints();
+  o.config["storage.etcd.prefix"] = "/tls/";
+  o.config["server.id"] = "node0";
+  auto d = DsrdProcess::Start(o);
+  ASSERT_TRUE(d.ok()) << d.status();
+  dsrd_ = std::move(*d);
+  auto [code, out] = Ctl("operator", {"cluster", "members"});
+  EXPECT_EQ(code, 0) << out << dsrd_->process()->Output();
+  EXPECT_NE(out.find("etcd revision"), std::string::npos) << out;
+  EXPECT_NE(out.find("node0"), std::string::npos) << out;
 }
 
 // The serial number of the certificate a TLS server at `address` presents
