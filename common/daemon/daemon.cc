@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "formica/common/logging.h"
 #include "formica/common/tls.h"
+#include "formica/internal/permissions.h"
 
 namespace formica {
 
@@ -181,6 +182,21 @@ absl::StatusOr<Config> UseTlsSection(const Config& config) {
   }
   spdlog::info("tls: mutual TLS with CA {}, certificate {}", tls.ca_file, tls.cert_file);
   return config.Without("tls");
+}
+
+absl::StatusOr<Config> UseSecuritySection(const Config& config) {
+  ConfigReader r(config, "security");
+  std::string file = r.String("security.permissions_file", "");
+  absl::Duration reload = r.Duration("security.permissions_reload", absl::Seconds(5),
+                                     absl::Milliseconds(100), absl::Hours(24));
+  if (absl::Status st = r.Finish(); !st.ok()) return st;
+  if (file.empty()) return config.Without("security");
+  if (absl::Status st = UsePermissions(file, reload); !st.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(config.source(), ": security.permissions_file: ", st.message()));
+  }
+  spdlog::info("permissions: calls are checked against {}", file);
+  return config.Without("security");
 }
 
 }  // namespace daemon_internal

@@ -23,7 +23,9 @@
 #include "dms_names.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
+#include "formica/internal/credentials.h"
 #include "formica/internal/metrics_endpoint.h"
+#include "formica/internal/permissions.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/metrics.h"
@@ -125,9 +127,19 @@ class Broker::Impl final
 
   // ---- topics and produce ---------------------------------------------
 
+  // OK, or PERMISSION_DENIED (logged) when the caller's identity may not
+  // `action` `resource` (formica/internal/permissions.h).
+  static absl::Status Allowed(grpc::ServerContextBase* ctx, absl::string_view action,
+                              absl::string_view resource) {
+    absl::Status st = CheckPermission(PeerIdentity(*ctx->auth_context()), action, resource);
+    if (!st.ok()) SPDLOG_WARN("{}", std::string(st.message()));
+    return st;
+  }
+
   grpc::Status CreateTopic(grpc::ServerContext* ctx, const v1::CreateTopicRequest* req,
                            v1::TopicInfo* reply) override {
     return rpc::Serve(ctx, [&] {
+      if (absl::Status st = Allowed(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
       if (absl::Status st = ValidName("topic name", req->name()); !st.ok()) {
         return ToGrpcStatus(st);
       }
@@ -168,6 +180,10 @@ class Broker::Impl final
   grpc::ServerUnaryReactor* Produce(grpc::CallbackServerContext* ctx, const v1::ProduceRequest* req,
                                     v1::ProduceReply* reply) override {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    if (absl::Status st = Allowed(ctx, "produce", req->topic()); !st.ok()) {
+      reactor->Finish(ToGrpcStatus(st));
+      return reactor;
+    }
     producer->Produce(*req, reply, [this, reactor](absl::Status st) {
       if (st.ok()) Kick();
       reactor->Finish(ToGrpcStatus(st));
@@ -187,6 +203,9 @@ class Broker::Impl final
   grpc::Status Prepare(grpc::ServerContext* ctx, const v1::PrepareRequest* req,
                        v1::PrepareReply* reply) override {
     return rpc::Serve(ctx, [&] {
+      if (absl::Status st = Allowed(ctx, "produce", req->topic()); !st.ok()) {
+        return ToGrpcStatus(st);
+      }
       absl::StatusOr<v1::StoredMessage> half =
           producer->PrepareHalf(req->topic(), req->producer_group(), req->message());
       if (!half.ok()) return ToGrpcStatus(half.status());
@@ -238,6 +257,7 @@ class Broker::Impl final
                                   const v1::ResumeHalfMessagesRequest* req,
                                   v1::ResumeHalfMessagesReply* reply) override {
     return rpc::Serve(ctx, [&] {
+      if (absl::Status st = Allowed(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
       absl::StatusOr<uint64_t> n = txns->Resume(req->transaction_id());
       if (!n.ok()) return ToGrpcStatus(n.status());
       reply->set_resumed(*n);
@@ -280,6 +300,12 @@ class Broker::Impl final
     }
     if (!first.has_subscribe()) {
       return absl::InvalidArgumentError("the first request on a Consume stream must subscribe");
+    }
+    if (absl::Status st =
+            Allowed(stream.context(), "consume",
+                    absl::StrCat(first.subscribe().topic(), "/", first.subscribe().group()));
+        !st.ok()) {
+      return st;
     }
     std::shared_ptr<Member> member = groups->NewMember();
     absl::StatusOr<std::shared_ptr<GroupState>> joined = groups->Join(first.subscribe(), member);
@@ -383,6 +409,7 @@ class Broker::Impl final
   grpc::Status ReplayDeadLetters(grpc::ServerContext* ctx, const v1::ReplayDeadLettersRequest* req,
                                  v1::ReplayDeadLettersReply* reply) override {
     return rpc::Serve(ctx, [&] {
+      if (absl::Status st = Allowed(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
       if (req->group().empty()) {
         return ToGrpcStatus(absl::InvalidArgumentError("replay: group is required"));
       }

@@ -14,7 +14,9 @@
 #include "formica/common/config.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/internal/credentials.h"
 #include "formica/internal/metrics_endpoint.h"
+#include "formica/internal/permissions.h"
 #include "formica/internal/server_options.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
@@ -41,6 +43,14 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
 
  private:
   using Reactor = grpc::ServerUnaryReactor;
+
+  // OK, or PERMISSION_DENIED (logged) when the caller may not operate dtsd
+  // (formica/internal/permissions.h).
+  static absl::Status Operator(grpc::CallbackServerContext* ctx) {
+    absl::Status st = CheckPermission(PeerIdentity(*ctx->auth_context()), "operate", "dts");
+    if (!st.ok()) SPDLOG_WARN("{}", std::string(st.message()));
+    return st;
+  }
 
   static Reactor* Answer(grpc::CallbackServerContext* ctx, const absl::Status& st) {
     Reactor* r = ctx->DefaultReactor();
@@ -152,10 +162,12 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
   }
   Reactor* Retry(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                  v1::DecisionResponse* resp) override {
+    if (absl::Status st = Operator(ctx); !st.ok()) return Answer(ctx, st);
     return Answer(ctx, engine_->Retry(*req, resp));
   }
   Reactor* Settle(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                   v1::DecisionResponse* resp) override {
+    if (absl::Status st = Operator(ctx); !st.ok()) return Answer(ctx, st);
     return Answer(ctx, engine_->Settle(*req, resp));
   }
   Reactor* GetStats(grpc::CallbackServerContext* ctx, const v1::StatsRequest*,

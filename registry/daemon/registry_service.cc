@@ -1,10 +1,13 @@
 #include "registry_service.h"
 
+#include <spdlog/spdlog.h>
+
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
 #include "formica/common/grpc_status.h"
 #include "formica/internal/credentials.h"
+#include "formica/internal/permissions.h"
 #include "registry_store.h"
 
 namespace formica::registry {
@@ -179,6 +182,9 @@ grpc::ServerUnaryReactor* RegistryService::PutConfig(grpc::CallbackServerContext
   if (absl::Status st = ValidateConfigKey(request->key(), limits); !st.ok()) {
     return Done(context, st);
   }
+  if (absl::Status st = Allowed(context, "config.write", request->key()); !st.ok()) {
+    return Done(context, st);
+  }
   if (static_cast<int64_t>(request->value().size()) > limits.max_config_value_bytes) {
     return Done(context, absl::InvalidArgumentError(
                              absl::StrCat("config value is ", request->value().size(),
@@ -203,6 +209,9 @@ grpc::ServerUnaryReactor* RegistryService::DeleteConfig(grpc::CallbackServerCont
   if (absl::Status st = ValidateConfigKey(request->key(), core_->options().limits); !st.ok()) {
     return Done(context, st);
   }
+  if (absl::Status st = Allowed(context, "config.write", request->key()); !st.ok()) {
+    return Done(context, st);
+  }
   std::optional<uint64_t> expected;
   if (request->has_expected_version()) {
     expected = request->expected_version();
@@ -218,6 +227,9 @@ grpc::ServerUnaryReactor* RegistryService::DeleteConfig(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* RegistryService::SetPushSwitch(grpc::CallbackServerContext* context,
                                                          const v1::SetPushSwitchRequest* request,
                                                          v1::PushSwitchState* response) {
+  if (absl::Status st = Allowed(context, "operate", "registry"); !st.ok()) {
+    return Done(context, st);
+  }
   *response = core_->SetStopPush(request->stop_push());
   return Done(context, absl::OkStatus());
 }
@@ -239,7 +251,17 @@ grpc::ServerUnaryReactor* RegistryService::ListSessions(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* RegistryService::KillSession(grpc::CallbackServerContext* context,
                                                        const v1::KillSessionRequest* request,
                                                        v1::KillSessionResponse*) {
+  if (absl::Status st = Allowed(context, "operate", "registry"); !st.ok()) {
+    return Done(context, st);
+  }
   return Done(context, core_->KillSession(request->session_id()));
+}
+
+absl::Status RegistryService::Allowed(grpc::CallbackServerContext* context,
+                                      absl::string_view action, absl::string_view resource) {
+  absl::Status st = CheckPermission(PeerIdentity(*context->auth_context()), action, resource);
+  if (!st.ok()) SPDLOG_WARN("{}", std::string(st.message()));
+  return st;
 }
 
 grpc::ServerUnaryReactor* RegistryService::View(grpc::CallbackServerContext* context,
