@@ -97,8 +97,10 @@ class RegistryService final : public v1::Registry::CallbackService {
                                  std::function<absl::Status()> view);
   // A config write, on the writer thread; watchers here learn of it.
   using ConfigWrite = std::function<absl::StatusOr<StoredConfig>()>;
+  // Runs `write` on the writer thread and answers; the act (`action`,
+  // `act` and the new version) goes to the audit log.
   grpc::ServerUnaryReactor* Write(grpc::CallbackServerContext* context, ConfigWrite write,
-                                  v1::ConfigEntry* out);
+                                  v1::ConfigEntry* out, const char* action, std::string act);
 
   // Views wait for etcd at most request_timeout each; a few run at once.
   static constexpr int kViewThreads = 4;

@@ -8,7 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "formica/dms/consumer.h"
 #include "formica/dms/producer.h"
@@ -235,6 +237,80 @@ TEST_F(PermissionsTest, TopicsAndOperatorCommandsAtTheBrokerAndCoordinator) {
       settle.error_message().find("identity 'spiffe://formica.local/tester' may not operate 'dts'"),
       std::string::npos)
       << settle.error_message();
+}
+
+// Every operator act, allowed or refused, is recorded durably by the
+// daemon that was asked, with the identity, the arguments and the result;
+// `formicactl audit` lists them from all three.
+TEST_F(PermissionsTest, EveryOperatorActIsRecordedWithItsIdentityAndResult) {
+  int dmsd_port = 0, dtsd_port = 0;
+  auto dmsd =
+      StartDaemon("dms/dmsd", "dmsd",
+                  {"--data-dir", dir_.File("dmsd"), "--set", "security.permissions_file=" + rules_},
+                  &dmsd_port);
+  auto dtsd =
+      StartDaemon("dts/dtsd", "dtsd",
+                  {"--data-dir", dir_.File("dtsd"), "--set", "security.permissions_file=" + rules_},
+                  &dtsd_port);
+  ASSERT_TRUE(dmsd && dtsd);
+  std::string dms = absl::StrCat("127.0.0.1:", dmsd_port);
+  std::string dts = absl::StrCat("127.0.0.1:", dtsd_port);
+  EXPECT_EQ(Ctl("operator", {"config", "put", "ldc/rules", "v1"}).first, 0);
+  EXPECT_EQ(Ctl("tester", {"config", "put", "ldc/rules", "v2"}).first, 1);
+  EXPECT_EQ(Ctl("operator", {"registry", "stop-push", "on"}).first, 0);
+  EXPECT_EQ(Ctl("operator", {"registry", "stop-push", "off"}).first, 0);
+  EXPECT_EQ(Ctl("tester", {"registry", "kill-session", "42"}).first, 1);
+  EXPECT_EQ(Ctl("operator", {"--dms", dms, "dms", "create-topic", "payments"}).first, 0);
+  EXPECT_EQ(Ctl("operator", {"--dms", dms, "--yes", "dms", "dlq", "ledger", "--replay"}).first, 0);
+  UseTlsAs("tester");
+  auto coordinator =
+      dts::v1::Coordinator::NewStub(grpc::CreateChannel(dts, formica::ChannelCredentials()));
+  grpc::ClientContext ctx;
+  dts::v1::ActivityRef ref;
+  ref.set_activity_id("a-42");
+  dts::v1::DecisionResponse resp;
+  EXPECT_EQ(coordinator->Settle(&ctx, ref, &resp).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+
+  // Kept across a crash of the registry.
+  dsrd_->Kill9();
+  ASSERT_TRUE(dsrd_->Restart().ok());
+  auto [code, out] = Ctl("operator", {"--dms", dms, "--dts", dts, "audit"});
+  ASSERT_EQ(code, 0) << out;
+  // Each act as a line: time, daemon, identity, action, arguments, result;
+  // in the order they happened.
+  struct Act {
+    const char* daemon;
+    const char* identity;
+    const char* action;
+    const char* arguments_and_result;
+  };
+  std::vector<Act> want = {
+      {"dsrd", "operator", "config.put", "key=ldc/rules bytes=2 -> version"},
+      {"dsrd", "tester", "config.put",
+       "key=ldc/rules bytes=2 PERMISSION_DENIED: identity 'spiffe://formica.local/tester' may "
+       "not config.write 'ldc/rules'"},
+      {"dsrd", "operator", "registry.stop-push", "on OK"},
+      {"dsrd", "operator", "registry.stop-push", "off OK"},
+      {"dsrd", "tester", "registry.kill-session", "session=42 PERMISSION_DENIED"},
+      {"dmsd", "operator", "dms.create-topic", "topic=payments queues=0 OK"},
+      {"dmsd", "operator", "dms.replay", "group=ledger topic= -> 0 replayed OK"},
+      {"dtsd", "tester", "dts.settle", "activity=a-42 PERMISSION_DENIED"}};
+  std::vector<std::string> lines = absl::StrSplit(out, '\n');
+  size_t next = 0;
+  for (const Act& a : want) {
+    std::string prefix = absl::StrCat(a.daemon, " spiffe://formica.local/", a.identity, " ",
+                                      a.action, " ", a.arguments_and_result);
+    bool found = false;
+    for (; next < lines.size() && !found; ++next) {
+      std::vector<std::string> words = absl::StrSplit(lines[next], ' ', absl::SkipEmpty());
+      if (words.size() > 2) {  // words[0] and [1] are the date and time
+        found = absl::StartsWith(
+            absl::StrJoin(std::vector<std::string>(words.begin() + 2, words.end()), " "), prefix);
+      }
+    }
+    EXPECT_TRUE(found) << "missing, or out of order: " << prefix << "\n" << out;
+  }
 }
 
 // A permissions file that cannot be used stops the daemon naming the line.

@@ -98,6 +98,10 @@ release commands (a new version rolled out group by group, see docs/release.md):
   release rollback SERVICE             the previous version's traffic at once, then its deploy
   release resume SERVICE               take over a release whose controller died
 
+audit [dsrd|dtsd|dmsd] [--limit N]   operator acts the daemons recorded (config writes,
+                                     stop-push, session kills, retry, settle, topics,
+                                     replay, resume): time, identity, arguments, result
+
 --registry defaults to $FORMICA_REGISTRY or 127.0.0.1:7370;
 --dts to $FORMICA_DTS or 127.0.0.1:7380; --dms to $FORMICA_DMS or
 127.0.0.1:7390. --tls-ca, --tls-cert and --tls-key (given together; default

@@ -117,6 +117,7 @@ int Cluster(const Flags& flags, const std::vector<std::string>& args);
 int Config(const Flags& flags, const std::vector<std::string>& args);
 int Dts(const Flags& flags, const std::vector<std::string>& args);
 int Dms(const Flags& flags, const std::vector<std::string>& args);
+int Audit(const Flags& flags, const std::vector<std::string>& args);
 int Traffic(const Flags& flags, const std::vector<std::string>& args);
 int Release(const Flags& flags, const std::vector<std::string>& args);
 int Release(const Flags& flags, const std::vector<std::string>& args);
