@@ -563,6 +563,15 @@ class Participant::Impl final : public v1::Participant::CallbackService, public 
   }
 };
 
+bool JoinsThroughReply(absl::string_view activity_id) {
+  return DeadlineOfId(activity_id).has_value();
+}
+
+bool ReportJoinedTry(absl::string_view activity_id, absl::string_view participant,
+                     absl::string_view action, absl::string_view route) {
+  return rpc::ReportJoined(JoinedEntry(activity_id, participant, action, route));
+}
+
 absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOptions options,
                                                                rpc::Client* rpc) {
   if (rpc == nullptr) return absl::InvalidArgumentError("dts::Participant needs an rpc::Client");

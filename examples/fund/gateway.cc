@@ -183,19 +183,23 @@ absl::Status GatewayService::Execute(const v1::Order& order, int64_t user, int64
   // The order's row is itself an action of the activity: written by this
   // try, kept by the confirm, removed by the cancel (unless a refusal was
   // recorded in it), so an order whose outcome this process never learnt
-  // (dtsd killed, the gateway killed) is settled by dtsd's phase two.
-  absl::Status taken = participant_->Try(
-      id, user, "order", absl::StrCat(user, " ", order.client_order_id()),
-      [&](dds::Transaction* tx) -> absl::Status {
-        auto r = tx->Execute(
-            "INSERT INTO orders (user_id, client_order_id, kind, amount, state, refusal, "
-            "activity_id, day) VALUES ($1, $2, $3, $4, 'PENDING', '', $5, $6) ON CONFLICT DO "
-            "NOTHING",
-            {user, order.client_order_id(), int64_t{order.kind()}, order.amount(), id, day});
-        if (!r.ok()) return r.status();
-        if (r->rows_affected == 0) return absl::AlreadyExistsError("a repeated order");
-        return absl::OkStatus();
-      });
+  // (dtsd killed, the gateway killed) is settled by dtsd's phase two. Tried
+  // inside Run, in this process: the try joins the activity directly (its
+  // report goes to the activity, and the commit takes it to dtsd).
+  absl::Status taken = (*activity)->Run([&] {
+    return participant_->Try(
+        id, user, "order", absl::StrCat(user, " ", order.client_order_id()),
+        [&](dds::Transaction* tx) -> absl::Status {
+          auto r = tx->Execute(
+              "INSERT INTO orders (user_id, client_order_id, kind, amount, state, refusal, "
+              "activity_id, day) VALUES ($1, $2, $3, $4, 'PENDING', '', $5, $6) ON CONFLICT DO "
+              "NOTHING",
+              {user, order.client_order_id(), int64_t{order.kind()}, order.amount(), id, day});
+          if (!r.ok()) return r.status();
+          if (r->rows_affected == 0) return absl::AlreadyExistsError("a repeated order");
+          return absl::OkStatus();
+        });
+  });
   if (!taken.ok()) {
     (*activity)->Rollback(taken.ToString()).IgnoreError();
     if (taken.code() == absl::StatusCode::kAlreadyExists) {
