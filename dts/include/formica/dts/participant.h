@@ -15,8 +15,10 @@
 //   // business service. In a business handler (inside rpc::Serve):
 //   absl::Status st = p->Try("debit", payload, [&](sqlite3* db) { ...freeze...; });
 //
-// Try enlists the action with the coordinator (durably) before running its
-// local transaction; dtsd later calls Confirm or Cancel with the same payload.
+// Try records the action in its local transaction and reports it back to
+// the initiator (an activity begun by its initiator), or enlists it with
+// the coordinator (durably) first (one begun at the coordinator); dtsd
+// later calls Confirm or Cancel, and the step gets the same payload.
 // Thread-safe. Local transactions that arrive together are committed
 // together, each in its own savepoint, with one sync (group commit): a
 // body or step may therefore run on another thread of this participant,
