@@ -426,6 +426,18 @@ absl::Status ShardedParticipant::Try(const dds::Value& shard_key, absl::string_v
                     payload, body);
 }
 
+absl::Status ShardedParticipant::ConfirmCommitted(absl::string_view activity_id,
+                                                  const dds::Value& shard_key,
+                                                  absl::string_view action) {
+  if (!DeadlineOfId(activity_id).has_value()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("activity ", activity_id,
+                     " was begun at the coordinator: its confirm comes from dtsd, with the payload "
+                     "kept there"));
+  }
+  return impl_->PhaseTwo(true, std::string(activity_id), std::string(action), Wrap(shard_key, ""));
+}
+
 absl::Status ShardedParticipant::Try(absl::string_view activity_id, const dds::Value& shard_key,
                                      absl::string_view action, absl::string_view payload,
                                      const Body& body) {

@@ -1561,6 +1561,30 @@ TEST_F(ShardedBarrierTest, RepeatedTriesAndTriesAfterTheCancelOnTheJoinedPath) {
   RepeatsAndLateTries();
 }
 
+// The initiator runs its own action's confirm once its commit is durable:
+// the effect shows at once, dtsd's confirm is then a no-op, and the step
+// runs once. Refused for an activity begun at dtsd.
+TEST_F(ShardedBarrierTest, AnInitiatorConfirmsItsOwnCommittedActionAndDtsdsConfirmIsANoOp) {
+  auto activity = Activity::Begin(rpc_.get(), Named("fund.Transfer", absl::Seconds(60)));
+  ASSERT_TRUE(activity.ok()) << activity.status();
+  const std::string id = (*activity)->id();
+  ASSERT_TRUE((*activity)->Run([&] { return Debit(id, 8); }).ok());
+  ASSERT_TRUE((*activity)->Commit().ok());
+  ASSERT_TRUE(participant_->ConfirmCommitted(id, kAlice, "debit").ok());
+  EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{992, 0, 0}));
+  EXPECT_TRUE(participant_->ConfirmCommitted(id, kAlice, "debit").ok()) << "idempotent";
+  AwaitSettled(absl::Seconds(20));
+  auto seen = Get(id);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  ASSERT_EQ(seen->actions_size(), 1);
+  EXPECT_EQ(seen->actions(0).state(), v1::CONFIRMED) << "dtsd's confirm succeeded as a no-op";
+  EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{992, 0, 0})) << "the step ran once";
+  auto at_dtsd = Activity::Begin(rpc_.get(), BegunAtDtsd("fund.Transfer", absl::Seconds(30)));
+  ASSERT_TRUE(at_dtsd.ok()) << at_dtsd.status();
+  EXPECT_EQ(participant_->ConfirmCommitted((*at_dtsd)->id(), kAlice, "debit").code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 // Begun at dtsd: each try is enlisted before its local transaction, and
 // nothing is left pending.
 TEST_F(ShardedBarrierTest, ATryOfAnActivityBegunAtDtsdIsEnlisted) {

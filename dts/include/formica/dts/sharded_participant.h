@@ -99,6 +99,15 @@ class ShardedParticipant {
   absl::Status Try(absl::string_view activity_id, const dds::Value& shard_key,
                    absl::string_view action, absl::string_view payload, const Body& body);
 
+  // Runs the confirm of `action` for the user `shard_key` here, now, with
+  // the payload its try kept: for an initiator whose own action it is, so
+  // that the action's effect shows at once. dtsd's confirm then finds it
+  // done (a no-op that writes nothing). REQUIRES: the activity's Commit
+  // returned OK. FAILED_PRECONDITION for an activity begun at the
+  // coordinator (its payload is kept there, not here).
+  absl::Status ConfirmCommitted(absl::string_view activity_id, const dds::Value& shard_key,
+                                absl::string_view action);
+
   class Impl;
 
  private:
