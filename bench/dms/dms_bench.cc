@@ -13,7 +13,9 @@
 // them), and 1 against 1; RabbitMQ's quorum queues (8) beside them. RabbitMQ
 // runs privately (persistent messages, publisher confirms, manual consumer
 // acks) through librabbitmq. Any failed send, missing message or broker
-// failure makes the run not ok (exit 1). The last line is one JSON object.
+// failure makes the run not ok (exit 1). The 8-queue case runs again with
+// dsrd, dmsd and the bench over mutual TLS (tls_e2e_ratio: what TLS costs).
+// The last line is one JSON object.
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
@@ -27,9 +29,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "bench_report.h"
+#include "formica/common/tls.h"
 #include "formica/dms/consumer.h"
 #include "formica/dms/producer.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
+#include "formica/internal/credentials.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "process.h"
@@ -124,7 +128,7 @@ ProduceOutcome ProducePhase(formica::rpc::Client* rpc, const std::string& topic,
 
 absl::Status CreateTopic(int port, const std::string& name, int queues) {
   auto channel =
-      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), formica::ChannelCredentials());
   grpc::ClientContext ctx;
   formica::dms::v1::CreateTopicRequest req;
   req.set_name(name);
@@ -262,19 +266,42 @@ struct FormicaRun {
   FormicaFigures q1;
 };
 
+// `certs`: "" for plaintext, else a deploy/certs.sh directory holding
+// dsrd, dmsd and bench: everything runs over mutual TLS (this process is
+// switched to TLS), and only the 8-queue case runs.
 absl::StatusOr<FormicaRun> RunFormica(const BrokerWorkload& w, const formica::testing::TempDir& dir,
-                                      BenchReport* report) {
+                                      BenchReport* report, const std::string& certs = "") {
+  const std::string tag = certs.empty() ? "" : "-tls";
+  auto tls_keys = [&](const std::string& name) -> std::map<std::string, std::string> {
+    if (certs.empty()) return {};
+    return {{"tls.ca_file", certs + "/ca.pem"},
+            {"tls.cert_file", certs + "/" + name + ".pem"},
+            {"tls.key_file", certs + "/" + name + ".key"}};
+  };
   formica::testing::DsrdProcess::Options dsrd_options;
-  dsrd_options.data_dir = dir.File("dsrd");
-  dsrd_options.config = {{"push.warmup", "0s"}};
+  dsrd_options.data_dir = dir.File("dsrd" + tag);
+  dsrd_options.config = tls_keys("dsrd");
+  dsrd_options.config["push.warmup"] = "0s";
   auto dsrd = formica::testing::DsrdProcess::Start(dsrd_options);
   if (!dsrd.ok()) return dsrd.status();
   int port = formica::testing::PickFreePort();
   // Info level: dmsd says which flush mode it runs with (no log line per message).
-  auto dmsd = Subprocess::Start(
-      {formica::testing::BinaryPath("dms/dmsd"), "--listen", absl::StrCat("127.0.0.1:", port),
-       "--data-dir", dir.File("dmsd"), "--registry", (*dsrd)->address(), "--log-level", "info"},
-      dir.File("dmsd.log"));
+  std::vector<std::string> argv = {formica::testing::BinaryPath("dms/dmsd"),
+                                   "--listen",
+                                   absl::StrCat("127.0.0.1:", port),
+                                   "--data-dir",
+                                   dir.File("dmsd" + tag),
+                                   "--registry",
+                                   (*dsrd)->address(),
+                                   "--log-level",
+                                   "info"};
+  for (const auto& [k, v] : tls_keys("dmsd")) argv.insert(argv.end(), {"--set", k + "=" + v});
+  if (!certs.empty()) {
+    absl::Status st = formica::UseTls(
+        {certs + "/ca.pem", certs + "/bench.pem", certs + "/bench.key", absl::Seconds(10)});
+    if (!st.ok()) return st;
+  }
+  auto dmsd = Subprocess::Start(argv, dir.File("dmsd" + tag + ".log"));
   if (!dmsd.ok() || !(*dmsd)->WaitForOutput("dmsd ready", absl::Seconds(20))) {
     return absl::UnavailableError("dmsd did not start");
   }
@@ -298,8 +325,8 @@ absl::StatusOr<FormicaRun> RunFormica(const BrokerWorkload& w, const formica::te
   co.default_timeout = absl::Seconds(10);
   auto rpc = formica::rpc::Client::Create(co, registry->get());
   if (!rpc.ok()) return rpc.status();
-  run.q8 = RunFormicaCase(rpc->get(), port, w, 8, /*backlog=*/true, report);
-  run.q1 = RunFormicaCase(rpc->get(), port, w, 1, /*backlog=*/false, report);
+  run.q8 = RunFormicaCase(rpc->get(), port, w, 8, /*backlog=*/certs.empty(), report);
+  if (certs.empty()) run.q1 = RunFormicaCase(rpc->get(), port, w, 1, /*backlog=*/false, report);
   rpc->reset();
   registry->reset();
   (*dmsd)->Terminate();
@@ -333,6 +360,36 @@ int Run(int argc, char** argv) {
   }
   const FormicaFigures& f8 = formica->q8;
   const FormicaFigures& f1 = formica->q1;
+  {
+    // The 8-queue case again with dsrd, dmsd and this process over mutual
+    // TLS (docs/security.md): what TLS costs a message.
+    const std::string certs = dir.File("certs");
+    auto made = Subprocess::Start({std::string(FORMICA_SOURCE_DIR) + "/deploy/certs.sh", "--dir",
+                                   certs, "dsrd", "dmsd", "bench"},
+                                  dir.File("certs.log"));
+    absl::StatusOr<FormicaRun> tls =
+        made.ok() && (*made)->Wait(absl::Seconds(60)) == 0
+            ? RunFormica(w, dir, &report, certs)
+            : absl::StatusOr<FormicaRun>(absl::InternalError("deploy/certs.sh failed"));
+    formica::UsePlaintext();
+    if (!tls.ok()) {
+      report.Fail("formica over TLS: " + std::string(tls.status().message()));
+    } else {
+      report.AddErrors("tls_failed_sends", tls->q8.failed_sends);
+      report.AddMissing("tls_messages", tls->q8.missing);
+      report.Set("tls_produce_per_s", tls->q8.produce_per_s);
+      report.Set("tls_e2e_per_s", tls->q8.e2e_per_s);
+      report.Set("tls_produce_p99_ms", tls->q8.produce_p99_ms);
+      report.Set("tls_produce_ratio", Ratio(tls->q8.produce_per_s, f8.produce_per_s));
+      report.Set("tls_e2e_ratio", Ratio(tls->q8.e2e_per_s, f8.e2e_per_s));
+      report.Headline("dms end to end msg/s over mutual TLS vs plaintext, 8 queues",
+                      "tls_e2e_per_s", "e2e_per_s", "tls_e2e_ratio", "reported");
+      report.SetSetup("tls",
+                      "the 8-queue produce and end-to-end phases again, dsrd, dmsd and the "
+                      "bench over mutual TLS (P-256 certificates from deploy/certs.sh), after "
+                      "the plaintext ones");
+    }
+  }
   report.AddErrors("formica_failed_sends", f8.failed_sends + f1.failed_sends);
   report.AddMissing("formica_messages", f8.missing + f1.missing);
   report.Set("produce_per_s", f8.produce_per_s);

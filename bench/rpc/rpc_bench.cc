@@ -10,6 +10,10 @@
 // Then the cost of counting calls (formica/rpc/metrics.h): CPU per call of a
 // provider and of a caller, counting and not (counting_*_cpu_ratio).
 //
+// Then what mutual TLS costs (docs/security.md): raw stubs to plaintext
+// and to TLS providers in alternating rounds (tls_qps_ratio_*), and
+// rpc::Client over TLS.
+//
 // --profile raw|formica [--calls N] [--payload BYTES] makes N calls from one
 // thread on one side only, for an instruction count of the client process:
 //   valgrind --tool=callgrind build/bench/rpc/bench_rpc --profile formica
@@ -30,6 +34,8 @@
 #include "absl/time/clock.h"
 #include "bench_report.h"
 #include "formica/common/grpc_status.h"
+#include "formica/common/tls.h"
+#include "formica/internal/credentials.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "formica/test/echo.grpc.pb.h"
@@ -217,6 +223,162 @@ void MeasureCountingCost(bool quick, rpc::Client& counting_client, registry::Cli
                   "plain_caller_cpu_us", "counting_caller_cpu_ratio", "<= 1.02x of not counting");
 }
 
+// What mutual TLS costs a call: raw gRPC stubs to two plaintext providers
+// and to two TLS providers (dsrd, providers and this caller all with
+// certificates), in alternating rounds so both see the same machine; then
+// rpc::Client over TLS. Run last: it switches this process to TLS.
+void MeasureTlsCost(absl::Duration duration, const formica::testing::TempDir& dir,
+                    const std::vector<std::unique_ptr<Subprocess>>& plain_providers,
+                    BenchReport& report) {
+  const std::string certs = dir.File("certs");
+  auto made = Subprocess::Start({std::string(FORMICA_SOURCE_DIR) + "/deploy/certs.sh", "--dir",
+                                 certs, "dsrd", "echo", "bench"},
+                                dir.File("certs.log"));
+  if (!made.ok() || (*made)->Wait(absl::Seconds(60)) != 0) {
+    std::fprintf(stderr, "bench_rpc: deploy/certs.sh failed\n");
+    report.AddMissing("tls_certificates", 1);
+    return;
+  }
+  auto files = [&](const std::string& name) {
+    return TlsOptions{certs + "/ca.pem", certs + "/" + name + ".pem", certs + "/" + name + ".key"};
+  };
+  formica::testing::DsrdProcess::Options dsrd_options;
+  dsrd_options.data_dir = dir.File("dsrd-tls");
+  TlsOptions d = files("dsrd");
+  dsrd_options.config = {{"push.warmup", "0s"},
+                         {"tls.ca_file", d.ca_file},
+                         {"tls.cert_file", d.cert_file},
+                         {"tls.key_file", d.key_file}};
+  auto dsrd = formica::testing::DsrdProcess::Start(dsrd_options);
+  if (!dsrd.ok()) {
+    std::fprintf(stderr, "bench_rpc: TLS dsrd: %s\n", dsrd.status().ToString().c_str());
+    report.AddMissing("tls_dsrd", 1);
+    return;
+  }
+  TlsOptions e = files("echo");
+  std::vector<std::unique_ptr<Subprocess>> providers;
+  for (int i = 0; i < 2; ++i) {
+    auto p = Subprocess::Start(
+        {"/usr/bin/env", "FORMICA_TLS_CA=" + e.ca_file, "FORMICA_TLS_CERT=" + e.cert_file,
+         "FORMICA_TLS_KEY=" + e.key_file, formica::testing::BinaryPath("tests/rpc/echo_server"),
+         "--registry", (*dsrd)->address(), "--echo-context", "no"},
+        dir.File(absl::StrCat("echo-tls", i, ".log")));
+    if (!p.ok() || !(*p)->WaitForOutput("serving on", absl::Seconds(20))) {
+      std::fprintf(stderr, "bench_rpc: TLS echo provider did not start\n");
+      report.AddMissing("tls_providers", 1);
+      return;
+    }
+    providers.push_back(std::move(*p));
+  }
+  if (absl::Status st = UseTls(files("bench")); !st.ok()) {
+    std::fprintf(stderr, "bench_rpc: %s\n", st.ToString().c_str());
+    report.AddMissing("tls_caller", 1);
+    return;
+  }
+  // Raw stubs: a channel to each provider, calls round-robin.
+  auto stubs = [](const std::vector<std::unique_ptr<Subprocess>>& to,
+                  const std::shared_ptr<grpc::ChannelCredentials>& credentials) {
+    std::vector<std::unique_ptr<test::Echo::Stub>> out;
+    for (auto& p : to) {
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      out.push_back(test::Echo::NewStub(grpc::CreateCustomChannel(Address(*p), credentials, args)));
+    }
+    return out;
+  };
+  auto plain_stubs = stubs(plain_providers, grpc::InsecureChannelCredentials());
+  auto tls_stubs = stubs(providers, formica::ChannelCredentials());
+  test::EchoRequest request;
+  request.set_message(std::string(100, 'x'));
+  std::atomic<uint64_t> next{0};
+  auto raw = [&](std::vector<std::unique_ptr<test::Echo::Stub>>& to) {
+    return [&] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      test::EchoResponse response;
+      return to[next.fetch_add(1, std::memory_order_relaxed) % to.size()]
+          ->Echo(&ctx, request, &response)
+          .ok();
+    };
+  };
+  constexpr int kRounds = 5;
+  for (int concurrency : {1, 64}) {
+    std::string suffix = absl::StrCat("c", concurrency, "_100b");
+    Drive(concurrency, absl::Milliseconds(300), raw(plain_stubs));  // connect, warm up
+    Drive(concurrency, absl::Milliseconds(300), raw(tls_stubs));
+    std::vector<double> qps_ratios, p99_ratios;
+    Result plain_sum, tls_sum;
+    for (int r = 0; r < kRounds; ++r) {
+      Result plain = Drive(concurrency, duration / kRounds, raw(plain_stubs));
+      Result tls = Drive(concurrency, duration / kRounds, raw(tls_stubs));
+      qps_ratios.push_back(Ratio(tls.qps, plain.qps));
+      p99_ratios.push_back(Ratio(tls.p99_ms, plain.p99_ms));
+      plain_sum.qps += plain.qps / kRounds;
+      plain_sum.p99_ms += plain.p99_ms / kRounds;
+      plain_sum.failures += plain.failures;
+      tls_sum.qps += tls.qps / kRounds;
+      tls_sum.p99_ms += tls.p99_ms / kRounds;
+      tls_sum.failures += tls.failures;
+    }
+    std::sort(qps_ratios.begin(), qps_ratios.end());
+    std::sort(p99_ratios.begin(), p99_ratios.end());
+    std::printf(
+        "%-10s raw gRPC plaintext %8.0f qps p99 %.3f ms | over mutual TLS %8.0f qps p99 "
+        "%.3f ms (median of %d rounds: qps x%.3f, p99 x%.3f; failures %lld/%lld)\n",
+        suffix.c_str(), plain_sum.qps, plain_sum.p99_ms, tls_sum.qps, tls_sum.p99_ms, kRounds,
+        qps_ratios[kRounds / 2], p99_ratios[kRounds / 2],
+        static_cast<long long>(plain_sum.failures), static_cast<long long>(tls_sum.failures));
+    report.Set("tls_raw_qps_" + suffix, std::round(tls_sum.qps));
+    report.Set("plain_raw_qps_" + suffix, std::round(plain_sum.qps));
+    report.Set("tls_raw_p99_ms_" + suffix, tls_sum.p99_ms);
+    report.Set("plain_raw_p99_ms_" + suffix, plain_sum.p99_ms);
+    report.Set("tls_qps_ratio_" + suffix, qps_ratios[kRounds / 2]);
+    report.Set("tls_p99_ratio_" + suffix, p99_ratios[kRounds / 2]);
+    report.AddErrors("tls_failed_calls_" + suffix, tls_sum.failures + plain_sum.failures);
+    if (tls_sum.qps <= 0) report.AddMissing("tls_calls_" + suffix, 1);
+  }
+  {
+    // rpc::Client over TLS, end to end (the plaintext figure is the main
+    // comparison's, measured earlier in the run).
+    registry::ClientOptions registry_options;
+    registry_options.registries = {(*dsrd)->address()};
+    auto registry = *registry::Client::Create(registry_options);
+    rpc::ClientOptions rpc_options;
+    rpc_options.app_name = "bench-tls";
+    auto client = *rpc::Client::Create(rpc_options, registry.get());
+    auto call = [&] {
+      test::EchoResponse response;
+      return client
+          ->CallWithStub<test::Echo>("formica.test.Echo", {},
+                                     [&](test::Echo::Stub& stub, grpc::ClientContext* ctx) {
+                                       return stub.Echo(ctx, request, &response);
+                                     })
+          .ok();
+    };
+    Drive(64, absl::Milliseconds(300), call);
+    Result tls = Drive(64, duration, call);
+    std::printf("c64_100b   formica over mutual TLS %8.0f qps p99 %.3f ms (failures %lld)\n",
+                tls.qps, tls.p99_ms, static_cast<long long>(tls.failures));
+    report.Set("tls_formica_qps_c64_100b", std::round(tls.qps));
+    report.Set("tls_formica_p99_ms_c64_100b", tls.p99_ms);
+    report.AddErrors("tls_formica_failed_calls", tls.failures);
+  }
+  report.Headline("gRPC QPS over mutual TLS vs plaintext, 64 callers, 100 B",
+                  "tls_raw_qps_c64_100b", "plain_raw_qps_c64_100b", "tls_qps_ratio_c64_100b",
+                  "reported (median of alternating rounds)");
+  report.Headline("gRPC QPS over mutual TLS vs plaintext, 1 caller, 100 B", "tls_raw_qps_c1_100b",
+                  "plain_raw_qps_c1_100b", "tls_qps_ratio_c1_100b",
+                  "reported (median of alternating rounds)");
+  report.SetSetup("tls",
+                  "mutual TLS (P-256 certificates from deploy/certs.sh) on dsrd, two echo "
+                  "providers and the caller, vs two plaintext providers: raw stubs in 5 "
+                  "alternating rounds per concurrency; rpc::Client over TLS at 64 callers");
+  tls_stubs.clear();
+  for (auto& p : providers) p->Terminate();
+  (*dsrd)->Stop();
+  UsePlaintext();
+}
+
 int Run(int argc, char** argv) {
   bool quick = false;
   std::string profile;  // "raw" or "formica": fixed calls on one side, no report
@@ -387,6 +549,7 @@ int Run(int argc, char** argv) {
     MeasureCountingCost(quick, *client, *registry, *pair[0], *pair[1], report);
     for (auto& p : pair) p->Terminate();
   }
+  MeasureTlsCost(duration, dir, providers, report);
   report.Set("qps_ratio_min", qps_ratio_min);
   report.Set("p99_ratio_max", p99_ratio_max);
   report.Headline("rpc QPS, 1 caller, 100 B", "formica_qps_c1_100b", "raw_qps_c1_100b",

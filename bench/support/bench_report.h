@@ -96,6 +96,13 @@ class BenchReport {
  public:
   void Set(const std::string& key, double value) { values_[key] = value; }
   void Set(const std::string& key, const std::string& value) { values_[key] = value; }
+  // A number set before, or 0.
+  double Number(const std::string& key) const {
+    auto it = values_.find(key);
+    if (it == values_.end()) return 0;
+    const double* d = std::get_if<double>(&it->second);
+    return d != nullptr ? *d : 0;
+  }
   // A JSON true or false (not a string).
   void SetBool(const std::string& key, bool value) { values_[key] = Flag{value}; }
   void SetSetup(const std::string& key, double value) { setup_[key] = value; }

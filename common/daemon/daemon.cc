@@ -13,6 +13,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "formica/common/logging.h"
+#include "formica/common/tls.h"
+#include "formica/internal/permissions.h"
 
 namespace formica {
 
@@ -150,6 +152,51 @@ void ServeUntilSignal(absl::string_view program, int port) {
   std::fflush(stdout);
   int sig = WaitForTerminationSignal();
   spdlog::info("signal {} received", sig);
+}
+
+}  // namespace daemon_internal
+
+namespace daemon_internal {
+
+absl::StatusOr<Config> UseTlsSection(const Config& config) {
+  ConfigReader r(config, "tls");
+  TlsOptions tls;
+  tls.ca_file = r.String("tls.ca_file", "");
+  tls.cert_file = r.String("tls.cert_file", "");
+  tls.key_file = r.String("tls.key_file", "");
+  tls.reload_interval =
+      r.Duration("tls.reload_interval", tls.reload_interval, absl::Seconds(1), absl::Hours(24));
+  if (absl::Status st = r.Finish(); !st.ok()) return st;
+  std::vector<std::string> missing;
+  if (tls.ca_file.empty()) missing.push_back("tls.ca_file");
+  if (tls.cert_file.empty()) missing.push_back("tls.cert_file");
+  if (tls.key_file.empty()) missing.push_back("tls.key_file");
+  if (missing.size() == 3) return config.Without("tls");
+  if (!missing.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(config.source(), ": ", missing[0],
+                     ": not set; tls.ca_file, tls.cert_file and tls.key_file are given together"));
+  }
+  if (absl::Status st = UseTls(tls); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(config.source(), ": tls: ", st.message()));
+  }
+  spdlog::info("tls: mutual TLS with CA {}, certificate {}", tls.ca_file, tls.cert_file);
+  return config.Without("tls");
+}
+
+absl::StatusOr<Config> UseSecuritySection(const Config& config) {
+  ConfigReader r(config, "security");
+  std::string file = r.String("security.permissions_file", "");
+  absl::Duration reload = r.Duration("security.permissions_reload", absl::Seconds(5),
+                                     absl::Milliseconds(100), absl::Hours(24));
+  if (absl::Status st = r.Finish(); !st.ok()) return st;
+  if (file.empty()) return config.Without("security");
+  if (absl::Status st = UsePermissions(file, reload); !st.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(config.source(), ": security.permissions_file: ", st.message()));
+  }
+  spdlog::info("permissions: calls are checked against {}", file);
+  return config.Without("security");
 }
 
 }  // namespace daemon_internal

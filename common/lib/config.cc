@@ -115,6 +115,17 @@ absl::Status Config::Set(absl::string_view path, absl::string_view value) {
 
 const std::string& Config::source() const { return data_->source; }
 
+Config Config::Without(absl::string_view section) const {
+  auto data = std::make_shared<Data>(*data_);
+  const std::string prefix = absl::StrCat(section, ".");
+  for (auto it = data->leaves.begin(); it != data->leaves.end();) {
+    it = absl::StartsWith(it->first, prefix) ? data->leaves.erase(it) : std::next(it);
+  }
+  Config out;
+  out.data_ = std::move(data);
+  return out;
+}
+
 struct ConfigReader::State {
   std::shared_ptr<const Config::Data> data;
   std::set<std::string, std::less<>> read;

@@ -23,7 +23,10 @@
 #include "dms_names.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
+#include "formica/internal/audit_log.h"
+#include "formica/internal/credentials.h"
 #include "formica/internal/metrics_endpoint.h"
+#include "formica/internal/permissions.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/metrics.h"
@@ -56,6 +59,7 @@ class Broker::Impl final
   std::unique_ptr<rpc::Client> rpc;  // to dtsd, for messages joined to activities
   std::unique_ptr<Transactions> txns;
   std::unique_ptr<rpc::Server> server;
+  std::unique_ptr<AuditLog> audit;  // operator acts (docs/security.md)
   std::unique_ptr<MetricsEndpoint> metrics;
   // Last, so the topics' logs close first, while what their pending syncs
   // call back into is still there.
@@ -85,6 +89,11 @@ class Broker::Impl final
     absl::StatusOr<std::unique_ptr<MetaStore>> m = MetaStore::Open(options.data_dir + "/meta");
     if (!m.ok()) return m.status();
     meta = *std::move(m);
+    absl::StatusOr<std::unique_ptr<AuditLog>> a =
+        AuditLog::Open(options.data_dir + "/formica-audit.log", "dmsd");
+    if (!a.ok()) return a.status();
+    audit = *std::move(a);
+    UseAuditLog(audit.get());
 
     disk = std::make_unique<DiskWatermark>(options.data_dir, options.disk_full_ratio);
     dedup = std::make_unique<DedupIndex>(meta.get(), clock, options.dedup_window);
@@ -125,9 +134,19 @@ class Broker::Impl final
 
   // ---- topics and produce ---------------------------------------------
 
+  // OK, or PERMISSION_DENIED (logged) when the caller's identity may not
+  // `action` `resource` (formica/internal/permissions.h).
+  static absl::Status Allowed(grpc::ServerContextBase* ctx, absl::string_view action,
+                              absl::string_view resource) {
+    absl::Status st = CheckPermission(PeerIdentity(*ctx->auth_context()), action, resource);
+    if (!st.ok()) SPDLOG_WARN("{}", std::string(st.message()));
+    return st;
+  }
+
   grpc::Status CreateTopic(grpc::ServerContext* ctx, const v1::CreateTopicRequest* req,
                            v1::TopicInfo* reply) override {
-    return rpc::Serve(ctx, [&] {
+    grpc::Status st = rpc::Serve(ctx, [&] {
+      if (absl::Status st = Allowed(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
       if (absl::Status st = ValidName("topic name", req->name()); !st.ok()) {
         return ToGrpcStatus(st);
       }
@@ -141,6 +160,9 @@ class Broker::Impl final
       Describe(**t, reply);
       return grpc::Status::OK;
     });
+    RecordAct(ctx, "dms.create-topic",
+              absl::StrCat("topic=", req->name(), " queues=", req->queues()), FromGrpcStatus(st));
+    return st;
   }
 
   static void Describe(TopicState& t, v1::TopicInfo* out) {
@@ -168,6 +190,10 @@ class Broker::Impl final
   grpc::ServerUnaryReactor* Produce(grpc::CallbackServerContext* ctx, const v1::ProduceRequest* req,
                                     v1::ProduceReply* reply) override {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    if (absl::Status st = Allowed(ctx, "produce", req->topic()); !st.ok()) {
+      reactor->Finish(ToGrpcStatus(st));
+      return reactor;
+    }
     producer->Produce(*req, reply, [this, reactor](absl::Status st) {
       if (st.ok()) Kick();
       reactor->Finish(ToGrpcStatus(st));
@@ -187,6 +213,9 @@ class Broker::Impl final
   grpc::Status Prepare(grpc::ServerContext* ctx, const v1::PrepareRequest* req,
                        v1::PrepareReply* reply) override {
     return rpc::Serve(ctx, [&] {
+      if (absl::Status st = Allowed(ctx, "produce", req->topic()); !st.ok()) {
+        return ToGrpcStatus(st);
+      }
       absl::StatusOr<v1::StoredMessage> half =
           producer->PrepareHalf(req->topic(), req->producer_group(), req->message());
       if (!half.ok()) return ToGrpcStatus(half.status());
@@ -237,12 +266,18 @@ class Broker::Impl final
   grpc::Status ResumeHalfMessages(grpc::ServerContext* ctx,
                                   const v1::ResumeHalfMessagesRequest* req,
                                   v1::ResumeHalfMessagesReply* reply) override {
-    return rpc::Serve(ctx, [&] {
+    grpc::Status st = rpc::Serve(ctx, [&] {
+      if (absl::Status st = Allowed(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
       absl::StatusOr<uint64_t> n = txns->Resume(req->transaction_id());
       if (!n.ok()) return ToGrpcStatus(n.status());
       reply->set_resumed(*n);
       return grpc::Status::OK;
     });
+    RecordAct(ctx, "dms.resume",
+              req->transaction_id().empty() ? "all parked"
+                                            : absl::StrCat("transaction=", req->transaction_id()),
+              FromGrpcStatus(st));
+    return st;
   }
 
   // ---- consume --------------------------------------------------------
@@ -280,6 +315,12 @@ class Broker::Impl final
     }
     if (!first.has_subscribe()) {
       return absl::InvalidArgumentError("the first request on a Consume stream must subscribe");
+    }
+    if (absl::Status st =
+            Allowed(stream.context(), "consume",
+                    absl::StrCat(first.subscribe().topic(), "/", first.subscribe().group()));
+        !st.ok()) {
+      return st;
     }
     std::shared_ptr<Member> member = groups->NewMember();
     absl::StatusOr<std::shared_ptr<GroupState>> joined = groups->Join(first.subscribe(), member);
@@ -382,7 +423,8 @@ class Broker::Impl final
 
   grpc::Status ReplayDeadLetters(grpc::ServerContext* ctx, const v1::ReplayDeadLettersRequest* req,
                                  v1::ReplayDeadLettersReply* reply) override {
-    return rpc::Serve(ctx, [&] {
+    grpc::Status st = rpc::Serve(ctx, [&] {
+      if (absl::Status st = Allowed(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
       if (req->group().empty()) {
         return ToGrpcStatus(absl::InvalidArgumentError("replay: group is required"));
       }
@@ -393,6 +435,11 @@ class Broker::Impl final
       Kick();
       return grpc::Status::OK;
     });
+    RecordAct(ctx, "dms.replay",
+              absl::StrCat("group=", req->group(), " topic=", req->topic(),
+                           st.ok() ? absl::StrCat(" -> ", reply->replayed(), " replayed") : ""),
+              FromGrpcStatus(st));
+    return st;
   }
 
   // ---- housekeeping ---------------------------------------------------
@@ -421,6 +468,7 @@ class Broker::Impl final
       stopping = true;
     }
     if (server != nullptr) server->Shutdown();
+    UseAuditLog(nullptr);
     if (dispatcher.joinable()) dispatcher.join();
     if (housekeeper.joinable()) housekeeper.join();
     if (groups != nullptr) groups->Checkpoint();
@@ -475,7 +523,8 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(BrokerOptions options) {
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
       rpc::Server::Start(so,
                          {{v1::Broker::service_full_name(), impl.get()},
-                          {kTransactionParticipant, impl->txns->participant()}},
+                          {o.transactions.participant, impl->txns->participant()},
+                          {"formica.dms.Audit", impl->audit->service()}},
                          impl->registry.get());
   if (!server.ok()) {
     impl->Shutdown();

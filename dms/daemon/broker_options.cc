@@ -72,6 +72,10 @@ absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
   t.max_checks = static_cast<int>(r.Int("transactions.max_checks", t.max_checks, 1, 10000));
   t.checks_per_second =
       static_cast<int>(r.Int("transactions.checks_per_second", t.checks_per_second, 1, 100000));
+  t.participant = r.String("transactions.participant", t.participant);
+  if (absl::Status st = ValidName("participant name", t.participant); !st.ok()) {
+    r.Fail("transactions.participant", st.message());
+  }
   o.retry_max =
       r.Duration("consume.retry_max", o.retry_max, absl::Milliseconds(1), absl::Hours(24 * 7));
   CheckServerSection(r, server);

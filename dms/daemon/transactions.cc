@@ -155,7 +155,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
       co.inherit_current = false;
       dts::v1::EnlistRequest req;
       req.set_activity_id(activity_id);
-      req.set_participant(kTransactionParticipant);
+      req.set_participant(options.participant);
       req.set_action(id);
       req.set_payload(id);
       absl::Status st =
@@ -183,7 +183,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     }
     // The action is named by the transaction id (confirm and cancel take it). A
     // report that reaches no one is settled by the check with dtsd below.
-    if (joined) dts::ReportJoinedTry(activity_id, kTransactionParticipant, id);
+    if (joined) dts::ReportJoinedTry(activity_id, options.participant, id);
     return id;
   }
 
@@ -316,7 +316,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     dts::v1::ActivityRef* ref = req.add_ops()->mutable_resolve();
     ref->set_activity_id(h.activity_id());
     dts::v1::JoinedAction* mine = ref->add_actions();
-    mine->set_participant(kTransactionParticipant);
+    mine->set_participant(options.participant);
     mine->set_action(h.transaction_id());
     dts::v1::BatchResponse resp;
     absl::Status st =

@@ -36,10 +36,16 @@ namespace formica::dms {
 
 using CheckBackStream = ThreadedStream<v1::CheckAnswer, v1::CheckRequest>;
 
-// The registry name dmsd's DTS participant service is published under.
+// The registry name dmsd's DTS participant service is published under by
+// default (transactions.participant). Brokers that do not share their half
+// messages (one dmsd per LDC zone) each need a name of their own, or dtsd's
+// phase two could reach a broker that never saw the action.
 inline constexpr char kTransactionParticipant[] = "formica.dms.Transactions";
 
 struct TransactionOptions {
+  // The participant name this broker enlists its half messages under and
+  // publishes its formica.dts.v1.Participant service as.
+  std::string participant = kTransactionParticipant;
   absl::Duration check_after = absl::Seconds(6);         // undecided this long: checked back
   absl::Duration check_interval = absl::Seconds(5);      // then again after this, doubling...
   absl::Duration check_interval_max = absl::Minutes(5);  // ...up to this

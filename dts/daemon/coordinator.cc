@@ -14,7 +14,10 @@
 #include "formica/common/config.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/internal/audit_log.h"
+#include "formica/internal/credentials.h"
 #include "formica/internal/metrics_endpoint.h"
+#include "formica/internal/permissions.h"
 #include "formica/internal/server_options.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
@@ -41,6 +44,14 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
 
  private:
   using Reactor = grpc::ServerUnaryReactor;
+
+  // OK, or PERMISSION_DENIED (logged) when the caller may not operate dtsd
+  // (formica/internal/permissions.h).
+  static absl::Status Operator(grpc::CallbackServerContext* ctx) {
+    absl::Status st = CheckPermission(PeerIdentity(*ctx->auth_context()), "operate", "dts");
+    if (!st.ok()) SPDLOG_WARN("{}", std::string(st.message()));
+    return st;
+  }
 
   static Reactor* Answer(grpc::CallbackServerContext* ctx, const absl::Status& st) {
     Reactor* r = ctx->DefaultReactor();
@@ -152,11 +163,17 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
   }
   Reactor* Retry(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                  v1::DecisionResponse* resp) override {
-    return Answer(ctx, engine_->Retry(*req, resp));
+    absl::Status st = Operator(ctx);
+    if (st.ok()) st = engine_->Retry(*req, resp);
+    RecordAct(ctx, "dts.retry", absl::StrCat("activity=", req->activity_id()), st);
+    return Answer(ctx, st);
   }
   Reactor* Settle(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                   v1::DecisionResponse* resp) override {
-    return Answer(ctx, engine_->Settle(*req, resp));
+    absl::Status st = Operator(ctx);
+    if (st.ok()) st = engine_->Settle(*req, resp);
+    RecordAct(ctx, "dts.settle", absl::StrCat("activity=", req->activity_id()), st);
+    return Answer(ctx, st);
   }
   Reactor* GetStats(grpc::CallbackServerContext* ctx, const v1::StatsRequest*,
                     v1::Stats* s) override {
@@ -203,6 +220,7 @@ class Coordinator::Impl {
   std::unique_ptr<RetentionSweeper> sweeper;
   std::unique_ptr<CoordinatorService> service;
   std::unique_ptr<rpc::Server> server;
+  std::unique_ptr<AuditLog> audit;  // operator acts (docs/security.md)
   std::unique_ptr<MetricsEndpoint> metrics;
   uint64_t epoch = 0;
   bool shut_down = false;
@@ -253,8 +271,9 @@ class Coordinator::Impl {
     if (shut_down) return;
     shut_down = true;
     if (server != nullptr) server->Shutdown();  // unpublish, drain API calls
-    if (metrics != nullptr) metrics->Stop();    // its scrapes read the engine
-    if (commit != nullptr) commit->Stop();      // answers every call still owed a sync
+    UseAuditLog(nullptr);
+    if (metrics != nullptr) metrics->Stop();  // its scrapes read the engine
+    if (commit != nullptr) commit->Stop();    // answers every call still owed a sync
     if (scheduler != nullptr) scheduler->Stop();
     if (sweeper != nullptr) sweeper->Stop();
     if (scheduler != nullptr) {
@@ -281,6 +300,11 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   absl::StatusOr<std::unique_ptr<ActivityStore>> store = OpenRocksDbActivityStore(o.data_dir);
   if (!store.ok()) return store.status();
   impl->store = *std::move(store);
+  absl::StatusOr<std::unique_ptr<AuditLog>> audit =
+      AuditLog::Open(o.data_dir + "/formica-audit.log", "dtsd");
+  if (!audit.ok()) return audit.status();
+  impl->audit = *std::move(audit);
+  UseAuditLog(impl->audit.get());
   absl::StatusOr<uint64_t> epoch = impl->store->NextBootEpoch();
   if (!epoch.ok()) return epoch.status();
   impl->epoch = *epoch;
@@ -326,8 +350,11 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   so.zone = o.zone;
   so.unpublish_grace = o.unpublish_grace;
   so.drain_timeout = o.drain_timeout;
-  absl::StatusOr<std::unique_ptr<rpc::Server>> server = rpc::Server::Start(
-      so, {{v1::Coordinator::service_full_name(), impl->service.get()}}, impl->registry.get());
+  absl::StatusOr<std::unique_ptr<rpc::Server>> server =
+      rpc::Server::Start(so,
+                         {{v1::Coordinator::service_full_name(), impl->service.get()},
+                          {"formica.dts.Audit", impl->audit->service()}},
+                         impl->registry.get());
   if (!server.ok()) {
     impl->Shutdown();
     return server.status();

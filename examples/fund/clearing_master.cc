@@ -19,6 +19,7 @@
 #include "distribution.h"
 #include "formica/rpc/client.h"
 #include "fund/v1/fund.grpc.pb.h"
+#include "totals.h"
 #include "trade_file.h"
 
 namespace fund {
@@ -184,15 +185,28 @@ absl::StatusOr<ClearingReport> ClearingMaster::Run(const ClearingOptions& o) {
   }
   if (o.check_online) {
     v1::Totals fund_totals;
-    formica::rpc::CallOptions c;
-    c.idempotent = true;
-    c.timeout = o.call_timeout;
-    v1::TotalsRequest all;
-    absl::Status s = rpc_->CallWithStub<v1::Fund>(
-        v1::Fund::service_full_name(), c, [&](v1::Fund::Stub& stub, grpc::ClientContext* ctx) {
-          return stub.Shares(ctx, all, &fund_totals);
-        });
-    if (!s.ok()) return s;
+    if (o.zones.empty()) {
+      formica::rpc::CallOptions c;
+      c.idempotent = true;
+      c.timeout = o.call_timeout;
+      v1::TotalsRequest all;
+      absl::Status s = rpc_->CallWithStub<v1::Fund>(
+          v1::Fund::service_full_name(), c, [&](v1::Fund::Stub& stub, grpc::ClientContext* ctx) {
+            return stub.Shares(ctx, all, &fund_totals);
+          });
+      if (!s.ok()) return s;
+    } else {
+      absl::StatusOr<v1::FundWideTotals> wide = ReadFundWideTotals(rpc_);
+      if (!wide.ok()) return wide.status();
+      std::set<std::string> answered;
+      for (const v1::ZoneTotals& z : wide->zones()) answered.insert(z.zone());
+      if (answered != o.zones) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "zones ", absl::StrJoin(o.zones, ","), ": fund.v1.FundTotals answered for zones ",
+            absl::StrJoin(answered, ","), "; name every zone the fund runs in"));
+      }
+      fund_totals = wide->shares();
+    }
     int64_t held = fund_totals.available() + fund_totals.frozen();
     if (held != total_before) {
       differences.push_back(absl::StrCat("fund: the fund service holds ", held,

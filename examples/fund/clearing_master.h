@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -38,8 +39,12 @@ struct ClearingOptions {
   int64_t income = -1;        // the fund's income of the day in cents; -1: from yield_bp
   int64_t yield_bp = 250;     // annual yield in basis points: income = shares * bp / 10000 / 365
   bool check_online = false;  // reconcile against the fund service's holdings
-  int parallel = 4;           // shards in flight at once
-  bool progress = true;       // a live line on stderr
+  // With LDC zones: the RZones the fund runs in; check_online then takes
+  // the fund's total shares from the GZone's fund.v1.FundTotals, which must
+  // answer for exactly these zones.
+  std::set<std::string> zones;
+  int parallel = 4;      // shards in flight at once
+  bool progress = true;  // a live line on stderr
   absl::Duration call_timeout = absl::Seconds(300);
 };
 

@@ -92,7 +92,7 @@ absl::StatusOr<std::vector<UserDay>> ClearingWorker::Load(const v1::ShardTask& t
 // holding (available + frozen), in batches of one shard's users.
 absl::Status ClearingWorker::CheckOnline(const std::vector<UserDay>& days,
                                          v1::ShardTotals* totals) {
-  if (holdings_ == nullptr) {
+  if (holdings_.empty()) {
     return absl::FailedPreconditionError(
         "check_online needs the worker started with the fund's data (--fund-data or --fund-dds)");
   }
@@ -105,15 +105,25 @@ absl::Status ClearingWorker::CheckOnline(const std::vector<UserDay>& days,
       absl::StrAppend(&in, params.empty() ? "" : ", ", "$", params.size() + 1);
       params.emplace_back(std::in_place_type<int64_t>, days[i].user);
     }
-    auto r = holdings_->Execute(
-        absl::StrCat("SELECT user_id, shares + frozen FROM holdings WHERE user_id IN (", in, ")"),
-        params, {.primary = true});
-    if (!r.ok()) return r.status();
-    absl::flat_hash_map<int64_t, int64_t> online;
-    for (const auto& row : r->rows) online[AsInt(row[0])] = AsInt(row[1]);
+    absl::flat_hash_map<int64_t, int64_t> online, rows;
+    for (dds::ShardedDataSource* holdings : holdings_) {
+      auto r = holdings->Execute(
+          absl::StrCat("SELECT user_id, shares + frozen FROM holdings WHERE user_id IN (", in, ")"),
+          params, {.primary = true});
+      if (!r.ok()) return r.status();
+      for (const auto& row : r->rows) {
+        online[AsInt(row[0])] += AsInt(row[1]);
+        ++rows[AsInt(row[0])];
+      }
+    }
     for (size_t i = first; i < last; ++i) {
       auto it = online.find(days[i].user);
       int64_t held = it == online.end() ? 0 : it->second;
+      if (rows[days[i].user] > 1) {
+        totals->add_differences(absl::StrCat("user ", days[i].user, ": held in ",
+                                             rows[days[i].user], " zones' data at once"));
+        continue;
+      }
       if (held != days[i].Before()) {
         totals->add_differences(absl::StrCat("user ", days[i].user, ": the fund holds ", held,
                                              ", the day's trades give ", days[i].Before()));

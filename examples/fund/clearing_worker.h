@@ -39,10 +39,13 @@ absl::StatusOr<std::vector<UserDay>> LoadShard(const std::string& opening_file,
 
 class ClearingWorker final : public v1::ClearingWorker::Service {
  public:
-  // `holdings` (borrowed, may be null): the fund service's data, for
-  // check_online. `delay` is slept before each shard (tests, demos).
-  ClearingWorker(formica::dds::ShardedDataSource* holdings, absl::Duration delay)
-      : holdings_(holdings), delay_(delay) {}
+  // `holdings` (borrowed, may be empty): the fund service's data, for
+  // check_online; with LDC zones one data source per zone, a user's
+  // holding read from the one zone whose data holds its row (a user with
+  // rows in two zones' data is a difference). `delay` is slept before each
+  // shard (tests, demos).
+  ClearingWorker(std::vector<formica::dds::ShardedDataSource*> holdings, absl::Duration delay)
+      : holdings_(std::move(holdings)), delay_(delay) {}
 
   grpc::Status Prepare(grpc::ServerContext* ctx, const v1::ShardTask* task,
                        v1::ShardTotals* totals) override;
@@ -53,7 +56,7 @@ class ClearingWorker final : public v1::ClearingWorker::Service {
   absl::StatusOr<std::vector<UserDay>> Load(const v1::ShardTask& task, v1::ShardTotals* totals);
   absl::Status CheckOnline(const std::vector<UserDay>& days, v1::ShardTotals* totals);
 
-  formica::dds::ShardedDataSource* holdings_;
+  std::vector<formica::dds::ShardedDataSource*> holdings_;
   absl::Duration delay_;
 };
 

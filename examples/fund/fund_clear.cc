@@ -1,30 +1,36 @@
 // fund-clear: the fund's daily clearing (docs/fund.md).
-//   fund-clear worker --registry H:P [--fund-data DIR [--databases N] | --fund-dds FILE]
-//                     [--host H] [--nice N] [--delay-ms N]
+//   fund-clear worker --registry H:P [--fund-data DIR[,DIR...] [--databases N] |
+//                     --fund-dds FILE[,FILE...]] [--host H] [--nice N] [--delay-ms N]
 //       serves fund.v1.ClearingWorker until SIGINT/SIGTERM; --fund-data (the
-//       fund-server's --data and --databases) lets it reconcile against the
-//       fund's holdings; --nice N lowers its CPU priority and puts its disk
-//       I/O last among best-effort (online first).
+//       fund-server's --data and --databases; with LDC zones each zone's)
+//       lets it reconcile against the fund's holdings; --nice N lowers its
+//       CPU priority and puts its disk I/O last among best-effort (online first).
 //   fund-clear run --registry H:P --trades FILE --work DIR --out DIR
 //                  [--opening FILE] [--income CENTS | --yield-bp BP]
-//                  [--check-online] [--parallel N] [--nice N] [--quiet]
+//                  [--check-online [--zones Z1,Z2]] [--parallel N] [--nice N] [--quiet]
 //       clears one day on the workers found through DSR and writes
 //       DIR/clearing-<day>.csv; exit 0 reconciled, 3 not (the differences
-//       are named), 2 bad input, 1 other failure.
-//   fund-clear export --registry H:P --out FILE [--day D] [--cut-off]
+//       are named), 2 bad input, 1 other failure. --zones: the fund runs in
+//       these LDC zones; its total shares come from the GZone's fund.v1.FundTotals.
+//   fund-clear export --registry H:P --out FILE [--day D] [--cut-off] [--zones Z1,Z2]
 //       writes a day's confirmed orders from the gateway as a trade file;
 //       --cut-off first closes the gateway's current day and exports it.
+//       --zones: every zone's gateway is cut off (they must close the same
+//       day) and their orders go into one file.
 #include <grpcpp/grpcpp.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include <cstdio>
 #include <map>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
@@ -34,6 +40,7 @@
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
 #include "store.h"
+#include "totals.h"
 #include "trade_file.h"
 
 namespace {
@@ -61,18 +68,24 @@ std::unique_ptr<formica::registry::Client> Registry(const std::string& addresses
 int Worker(std::map<std::string, std::string>& f) {
   auto registry = Registry(f["registry"], "fund-clear-worker");
   if (registry == nullptr) return 2;
-  std::unique_ptr<formica::dds::ShardedDataSource> holdings;
-  if (!f["fund-data"].empty() || !f["fund-dds"].empty()) {
+  // One data source per zone's data (--fund-data a,b or --fund-dds a.yaml,b.yaml).
+  std::vector<std::unique_ptr<formica::dds::ShardedDataSource>> holdings;
+  std::vector<formica::dds::ShardedDataSource*> sources;
+  const bool dds = !f["fund-dds"].empty();
+  for (absl::string_view where :
+       absl::StrSplit(dds ? f["fund-dds"] : f["fund-data"], ',', absl::SkipEmpty())) {
     int databases = f["databases"].empty() ? 2 : std::atoi(f["databases"].c_str());
-    auto ds = fund::OpenStore("fund", f["fund-data"], f["fund-dds"], {{"holdings", "user_id"}}, {},
-                              databases);
+    auto ds = fund::OpenStore("fund", dds ? "" : std::string(where), dds ? std::string(where) : "",
+                              {{"holdings", "user_id"}}, {}, databases);
     if (!ds.ok()) {
-      std::fprintf(stderr, "fund-clear: %s\n", ds.status().ToString().c_str());
+      std::fprintf(stderr, "fund-clear: %s: %s\n", std::string(where).c_str(),
+                   ds.status().ToString().c_str());
       return 1;
     }
-    holdings = std::move(*ds);
+    sources.push_back(ds->get());
+    holdings.push_back(std::move(*ds));
   }
-  fund::ClearingWorker worker(holdings.get(), absl::Milliseconds(std::atoi(f["delay-ms"].c_str())));
+  fund::ClearingWorker worker(sources, absl::Milliseconds(std::atoi(f["delay-ms"].c_str())));
   formica::rpc::ServerOptions so;
   so.listen = (f["host"].empty() ? std::string("127.0.0.1") : f["host"]) + ":0";
   so.unpublish_grace = absl::Milliseconds(300);
@@ -108,6 +121,7 @@ int Run(std::map<std::string, std::string>& f) {
   if (!f["yield-bp"].empty()) o.yield_bp = std::atoll(f["yield-bp"].c_str());
   if (!f["parallel"].empty()) o.parallel = std::max(1, std::atoi(f["parallel"].c_str()));
   o.check_online = f.count("check-online") > 0;
+  o.zones = absl::StrSplit(f["zones"], ',', absl::SkipEmpty());
   o.progress = f.count("quiet") == 0;
   fund::ClearingMaster master(rpc->get());
   auto r = master.Run(o);
@@ -140,21 +154,41 @@ int Export(std::map<std::string, std::string>& f) {
   co.app_name = "fund-clear";
   auto rpc = formica::rpc::Client::Create(co, registry.get());
   if (!rpc.ok()) return 1;
+  // One gateway, or with LDC zones each zone's (a client held to the zone).
+  std::vector<std::string> zones = absl::StrSplit(f["zones"], ',', absl::SkipEmpty());
+  fund::ZoneClients zone_clients(registry.get(), "fund-clear");
+  std::vector<std::pair<std::string, formica::rpc::Client*>> gateways;
+  if (zones.empty()) gateways.emplace_back("", rpc->get());
+  for (const std::string& zone : zones) {
+    auto c = zone_clients.For(zone);
+    if (!c.ok()) return 1;
+    gateways.emplace_back(" in zone " + zone, *c);
+  }
   int64_t day = std::atoll(f["day"].c_str());
   formica::rpc::CallOptions call;
   call.timeout = absl::Seconds(120);
   if (f.count("cut-off") > 0) {
-    fund::v1::CutOffReply reply;
-    absl::Status st = (*rpc)->CallWithStub<fund::v1::Gateway>(
-        fund::v1::Gateway::service_full_name(), call,
-        [&](fund::v1::Gateway::Stub& s, grpc::ClientContext* c) {
-          return s.CutOff(c, fund::v1::CutOffRequest(), &reply);
-        });
-    if (!st.ok()) {
-      std::fprintf(stderr, "fund-clear: cut-off: %s\n", st.ToString().c_str());
-      return 1;
+    std::string days;
+    for (const auto& [where, gateway] : gateways) {
+      fund::v1::CutOffReply reply;
+      absl::Status st = gateway->CallWithStub<fund::v1::Gateway>(
+          fund::v1::Gateway::service_full_name(), call,
+          [&](fund::v1::Gateway::Stub& s, grpc::ClientContext* c) {
+            return s.CutOff(c, fund::v1::CutOffRequest(), &reply);
+          });
+      if (!st.ok()) {
+        std::fprintf(stderr, "fund-clear: cut-off%s: %s\n", where.c_str(), st.ToString().c_str());
+        return 1;
+      }
+      absl::StrAppend(&days, days.empty() ? "" : ", ", "day ", reply.closed_day(), where);
+      if (day > 0 && reply.closed_day() != day) {
+        std::fprintf(stderr,
+                     "fund-clear: cut-off: the zones' gateways closed different days (%s)\n",
+                     days.c_str());
+        return 1;
+      }
+      day = reply.closed_day();
     }
-    day = reply.closed_day();
     std::printf("cut-off: day %lld closed, orders now go to day %lld\n",
                 static_cast<long long>(day), static_cast<long long>(day + 1));
   }
@@ -164,23 +198,32 @@ int Export(std::map<std::string, std::string>& f) {
   fund::v1::TradesRequest req;
   req.set_day(day);
   call.idempotent = true;
-  absl::Status st = (*rpc)->CallWithStub<fund::v1::Gateway>(
-      fund::v1::Gateway::service_full_name(), call,
-      [&](fund::v1::Gateway::Stub& s, grpc::ClientContext* c) {
-        file.trades.clear();
-        auto reader = s.Trades(c, req);
-        fund::v1::Trade t;
-        while (reader->Read(&t)) {
-          file.trades.push_back({absl::StrReplaceAll(t.order_id(), {{",", "_"}}),
-                                 std::atoll(t.user_id().c_str()), t.kind() == fund::v1::PURCHASE,
-                                 t.amount()});
-        }
-        return reader->Finish();
-      });
-  if (!st.ok()) {
-    std::fprintf(stderr, "fund-clear: trades: %s\n", st.ToString().c_str());
-    return 1;
+  absl::Status st;
+  for (const auto& [where, gateway] : gateways) {
+    const size_t before = file.trades.size();
+    st = gateway->CallWithStub<fund::v1::Gateway>(
+        fund::v1::Gateway::service_full_name(), call,
+        [&](fund::v1::Gateway::Stub& s, grpc::ClientContext* c) {
+          file.trades.resize(before);
+          auto reader = s.Trades(c, req);
+          fund::v1::Trade t;
+          while (reader->Read(&t)) {
+            file.trades.push_back({absl::StrReplaceAll(t.order_id(), {{",", "_"}}),
+                                   std::atoll(t.user_id().c_str()), t.kind() == fund::v1::PURCHASE,
+                                   t.amount()});
+          }
+          return reader->Finish();
+        });
+    if (!st.ok()) {
+      std::fprintf(stderr, "fund-clear: trades%s: %s\n", where.c_str(), st.ToString().c_str());
+      return 1;
+    }
   }
+  // By user, then order id, as one gateway lists them.
+  std::sort(file.trades.begin(), file.trades.end(),
+            [](const fund::TradeRecord& a, const fund::TradeRecord& b) {
+              return std::tie(a.user, a.order_id) < std::tie(b.user, b.order_id);
+            });
   st = fund::WriteTradeFile(f["out"], file);
   if (!st.ok()) {
     std::fprintf(stderr, "fund-clear: %s\n", st.ToString().c_str());
@@ -201,7 +244,7 @@ int main(int argc, char** argv) {
   if (!fund::ParseFlags(
           argc, argv, 2,
           {"registry", "fund-data", "fund-dds", "databases", "nice", "host", "delay-ms", "trades",
-           "opening", "work", "out", "income", "yield-bp", "parallel", "day"},
+           "opening", "work", "out", "income", "yield-bp", "parallel", "day", "zones"},
           {"check-online", "quiet", "cut-off"}, &f) ||
       f["registry"].empty()) {
     return Usage();

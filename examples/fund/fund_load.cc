@@ -6,21 +6,28 @@
 //   fund-load --registry H:P [--users N] [--seconds S] [--concurrency C]
 //             [--orders N] [--redeem-ratio R] [--repeat-ratio R] [--seed N]
 //             [--prefix P] [--zones Z1,Z2] [--quiet]
-// --zones: the fund runs in these LDC zones; totals are summed over them
-// and orders go to users 10.. (a routed user id has two digits).
+// --zones: the fund runs in these LDC zones (docs/fund.md, "Two zones"):
+// the totals come from the GZone's fund.v1.FundTotals, which must answer for
+// exactly these zones, each zone's figures are printed, and orders go to
+// users 10.. (a routed user id has two digits).
 // The last line is one JSON object: orders, orders_per_s, p50_ms, p99_ms,
 // confirmed, refused, repeats, repeats_matching, money_conserved.
 // Exit code 0 when everything adds up, 1 otherwise.
 #include <cstdio>
 #include <map>
+#include <set>
 #include <string>
 
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "driver.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "store.h"
+#include "totals.h"
+
+namespace v1 = fund::v1;
 
 int main(int argc, char** argv) {
   std::map<std::string, std::string> f = {
@@ -46,19 +53,24 @@ int main(int argc, char** argv) {
   co.app_name = "fund-load";
   auto rpc = formica::rpc::Client::Create(co, registry->get());
   if (!rpc.ok()) return 2;
-  // With LDC zones (--zones a,b): totals are read in each zone and summed.
-  std::vector<std::unique_ptr<formica::rpc::Client>> zone_clients;
-  std::vector<formica::rpc::Client*> zones;
-  for (absl::string_view z : absl::StrSplit(f["zones"], ',', absl::SkipEmpty())) {
-    formica::rpc::ClientOptions zo = co;
-    zo.zone = std::string(z);
-    auto c = formica::rpc::Client::Create(zo, registry->get());
-    if (!c.ok()) return 2;
-    zones.push_back(c->get());
-    zone_clients.push_back(std::move(*c));
-  }
-  if (zones.empty()) zones.push_back(rpc->get());
-  auto before = fund::ReadTotals(zones);
+  // With LDC zones (--zones a,b): the fund-wide totals from the GZone.
+  std::set<std::string> zones = absl::StrSplit(f["zones"], ',', absl::SkipEmpty());
+  v1::FundWideTotals wide;
+  auto read = [&]() -> absl::StatusOr<fund::FundTotals> {
+    if (zones.empty()) return fund::ReadTotals(rpc->get());
+    auto t = fund::ReadFundWideTotals(rpc->get());
+    if (!t.ok()) return t.status();
+    std::set<std::string> answered;
+    for (const v1::ZoneTotals& z : t->zones()) answered.insert(z.zone());
+    if (answered != zones) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("fund.v1.FundTotals answered for zones ", absl::StrJoin(answered, ","),
+                       ", not the --zones given (", f["zones"], ")"));
+    }
+    wide = *t;
+    return fund::FundTotals{t->balances(), t->shares(), t->ledger()};
+  };
+  auto before = read();
   if (!before.ok()) {
     std::fprintf(stderr, "fund-load: reading totals: %s\n", before.status().ToString().c_str());
     return 1;
@@ -98,7 +110,7 @@ int main(int argc, char** argv) {
   std::string why;
   absl::Time until = absl::Now() + absl::Seconds(60);
   while (true) {
-    auto after = fund::ReadTotals(zones);
+    auto after = read();
     if (after.ok()) {
       int64_t money_before = before->balances.available() + before->shares.available();
       int64_t money_after = after->balances.available() + after->shares.available();
@@ -123,8 +135,27 @@ int main(int argc, char** argv) {
     absl::SleepFor(absl::Milliseconds(200));
   }
   std::printf("money and shares %s: %s\n", conserved ? "add up" : "DO NOT add up", why.c_str());
-  auto settled = fund::ReadTotals(zones);
+  auto settled = read();
   if (settled.ok()) {
+    for (const v1::ZoneTotals& z : wide.zones()) {
+      std::printf(
+          "zone %s: %lld users, balances %lld, shares %lld, frozen %lld, ledger %lld entries\n",
+          z.zone().c_str(), static_cast<long long>(z.balances().users()),
+          static_cast<long long>(z.balances().available()),
+          static_cast<long long>(z.shares().available()),
+          static_cast<long long>(z.balances().frozen() + z.shares().frozen()),
+          static_cast<long long>(z.ledger().entries()));
+    }
+    if (!zones.empty()) {
+      std::printf(
+          "fund-wide (fund.v1.FundTotals, GZone): %lld users, balances %lld, shares %lld, frozen "
+          "%lld, incoming %lld\n",
+          static_cast<long long>(wide.balances().users()),
+          static_cast<long long>(wide.balances().available()),
+          static_cast<long long>(wide.shares().available()),
+          static_cast<long long>(wide.balances().frozen() + wide.shares().frozen()),
+          static_cast<long long>(wide.balances().incoming() + wide.shares().incoming()));
+    }
     std::printf("ledger: %lld order-confirmed messages delivered in all (%lld by this run)\n",
                 static_cast<long long>(settled->ledger.entries()),
                 static_cast<long long>(settled->ledger.entries() - before->ledger.entries()));

@@ -4,6 +4,7 @@
 //   fund     fund.v1.Fund    (+ fund.fund.dts)
 //   gateway  fund.v1.Gateway (+ fund.gateway.dts; activities through dtsd, messages to dmsd)
 //   ledger   fund.v1.Ledger  (consumes fund.orders into statements)
+//   totals   fund.v1.FundTotals  (GZone only: the fund-wide totals, summed over the RZones)
 //
 //   fund-server --registry H:P [--services account,fund,gateway,ledger]
 //               [--data DIR] [--databases N] [--dds FILE] [--users N] [--initial CENTS]
@@ -11,7 +12,11 @@
 //
 // --ldc (with --zone): run as zone Z of the LDC rules at dsrd (docs/fund.md,
 // "Two zones"): calls routed to the user's zone, writes gated to the zone's
-// shards, participants named per zone, a ledger consumer group per zone.
+// shards, participants named per zone, the order-confirmed messages on the
+// user's zone's dmsd (ldc::ZoneProducer::SendInActivity), a ledger reading
+// its zone's dmsd in its own group and forwarding messages of users another
+// zone owns now (ldc::ZoneHandler). `--services totals` runs only in the
+// GZone (--zone naming the rules' gzone).
 //
 // Data: each service's DDS data source, by default N (--databases, default
 // 2) SQLite files DIR/<service>-0.db, -1.db, ...; --dds FILE (a `dds:` YAML, "{service}" in the
@@ -32,6 +37,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "book.h"
+#include "formica/ldc/messaging.h"
 #include "formica/ldc/router.h"
 #include "formica/ldc/rpc_routing.h"
 #include "formica/ldc/zone_gate.h"
@@ -42,6 +48,7 @@
 #include "ledger.h"
 #include "services.h"
 #include "store.h"
+#include "totals.h"
 
 namespace {
 
@@ -71,8 +78,9 @@ int main(int argc, char** argv) {
   }
   std::set<std::string> wanted = absl::StrSplit(f["services"], ',');
   for (const std::string& s : wanted) {
-    if (s != "account" && s != "fund" && s != "gateway" && s != "ledger") {
-      std::fprintf(stderr, "fund-server: unknown service '%s' (account, fund, gateway, ledger)\n",
+    if (s != "account" && s != "fund" && s != "gateway" && s != "ledger" && s != "totals") {
+      std::fprintf(stderr,
+                   "fund-server: unknown service '%s' (account, fund, gateway, ledger, totals)\n",
                    s.c_str());
       return 2;
     }
@@ -80,6 +88,12 @@ int main(int argc, char** argv) {
   const bool zoned = f.count("ldc") > 0;
   if (zoned && f["zone"].empty()) {
     std::fprintf(stderr, "fund-server: --ldc needs --zone (this process's LDC zone)\n");
+    return 2;
+  }
+  if (wanted.count("totals") > 0 && !zoned) {
+    std::fprintf(stderr,
+                 "fund-server: the totals service runs in the GZone: --services totals needs "
+                 "--zone <the gzone> --ldc\n");
     return 2;
   }
   // With zones, each zone's participants have their own names (dtsd calls
@@ -113,6 +127,24 @@ int main(int argc, char** argv) {
     if (!r.ok()) return Fail("ldc", r.status());
     router = std::move(*r);
     if (absl::Status st = router->AwaitRules(absl::Seconds(30)); !st.ok()) return Fail("ldc", st);
+    std::shared_ptr<const formica::ldc::RuleSet> rules = router->rules();
+    const formica::ldc::Zone* here = rules->FindZone(f["zone"]);
+    if (here == nullptr) {
+      std::fprintf(stderr, "fund-server: zone '%s' is not in the LDC rules (version %llu)\n",
+                   f["zone"].c_str(), static_cast<unsigned long long>(router->version()));
+      return 2;
+    }
+    const bool global = here->kind == formica::ldc::ZoneKind::kGZone;
+    for (const std::string& s : wanted) {
+      if ((s == "totals") != global) {
+        std::fprintf(stderr,
+                     "fund-server: zone '%s' is %s: it hosts %s, not '%s' (docs/fund.md, \"Two "
+                     "zones\")\n",
+                     f["zone"].c_str(), global ? "the gzone" : "not the gzone",
+                     global ? "the totals service only" : "the users' services", s.c_str());
+        return 2;
+      }
+    }
     routing = std::make_unique<formica::ldc::RpcZoneRouting>(router.get());
     gate = std::make_shared<formica::ldc::ZoneWriteGate>(
         router.get(), formica::ldc::ZoneWriteGate::Options{absl::Seconds(5), true});
@@ -129,6 +161,11 @@ int main(int argc, char** argv) {
   co.default_timeout = absl::Seconds(5);
   auto rpc = formica::rpc::Client::Create(co, registry->get());
   if (!rpc.ok()) return Fail("rpc client", rpc.status());
+  // With zones: clients held to one zone (the ledger's broker, the totals'
+  // RZones) and producers sending to the user's zone's dmsd.
+  std::unique_ptr<fund::ZoneClients> zone_clients;
+  std::unique_ptr<formica::ldc::ZoneProducer> zone_producer, ledger_forward;
+  if (zoned) zone_clients = std::make_unique<fund::ZoneClients>(registry->get(), "fund-server");
 
   std::map<std::string, std::unique_ptr<formica::dds::ShardedDataSource>> stores;
   auto store = [&](const std::string& service) -> absl::StatusOr<formica::dds::ShardedDataSource*> {
@@ -137,7 +174,15 @@ int main(int argc, char** argv) {
                                                   {"holdings", "user_id"},
                                                   {"orders", "user_id"},
                                                   {"statements", "user_id"}};
-    auto ds = fund::OpenStore(service, f["data"], dds, sharded, {}, databases, gate);
+    // The ledger writes inside ldc::ZoneHandler's write permit: a shard
+    // fenced meanwhile fails its write at once (the message is retried after
+    // the switch) rather than wait for a fence that waits for the permit.
+    std::shared_ptr<formica::dds::WriteGate> g = gate;
+    if (zoned && service == "ledger") {
+      g = std::make_shared<formica::ldc::ZoneWriteGate>(
+          router.get(), formica::ldc::ZoneWriteGate::Options{absl::ZeroDuration(), true});
+    }
+    auto ds = fund::OpenStore(service, f["data"], dds, sharded, {}, databases, g);
     if (!ds.ok()) return ds.status();
     return (stores[service] = std::move(*ds)).get();
   };
@@ -197,6 +242,15 @@ int main(int argc, char** argv) {
         fund::GatewayService::Open(rpc->get(), *ds, producer.get(), "fund.gateway.dts" + suffix);
     if (!g.ok()) return Fail("gateway", g.status());
     gateway = std::move(*g);
+    if (zoned) {
+      auto zp = formica::ldc::ZoneProducer::Create(router.get(), registry->get(), po);
+      if (!zp.ok()) return Fail("producer", zp.status());
+      zone_producer = std::move(*zp);
+      gateway->set_message_sender(
+          [zp = zone_producer.get()](const std::string& topic, formica::dms::OutgoingMessage m) {
+            return zp->SendInActivity(topic, std::move(m));
+          });
+    }
     hosted["gateway"].push_back({fund::v1::Gateway::service_full_name(), gateway.get()});
     hosted["gateway"].push_back(
         {gateway->participant()->name(), gateway->participant()->service()});
@@ -206,14 +260,22 @@ int main(int argc, char** argv) {
     if (!ds.ok()) return Fail("ledger", ds.status());
     // dmsd may not be known yet (a registry just started pushes after its warm-up).
     std::string group = "fund-ledger" + std::string(zoned ? "-" + f["zone"] : "");
-    std::function<bool(const std::string&)> owns;
+    formica::rpc::Client* brokers = rpc->get();
+    fund::LedgerService::HandlerWrap wrap;
     if (zoned) {
-      owns = [&router](const std::string& user) {
-        auto route = router->RouteUser(user);
-        return route.ok() && route->local;
+      auto here = zone_clients->For(f["zone"]);  // this zone's dmsd, no other
+      if (!here.ok()) return Fail("ledger", here.status());
+      brokers = *here;
+      formica::dms::ProducerOptions po;
+      po.producer_group = group + "-forward";
+      auto forward = formica::ldc::ZoneProducer::Create(router.get(), registry->get(), po);
+      if (!forward.ok()) return Fail("ledger", forward.status());
+      ledger_forward = std::move(*forward);
+      wrap = [r = router.get(), fw = ledger_forward.get()](formica::dms::MessageHandler h) {
+        return formica::ldc::ZoneHandler(r, fw, std::move(h));
       };
     }
-    auto start_ledger = [&] { return fund::LedgerService::Start(rpc->get(), *ds, group, owns); };
+    auto start_ledger = [&] { return fund::LedgerService::Start(brokers, *ds, group, wrap); };
     auto l = start_ledger();
     for (absl::Time until = absl::Now() + absl::Seconds(60);
          !l.ok() && l.status().code() == absl::StatusCode::kUnavailable && absl::Now() < until;) {
@@ -223,6 +285,11 @@ int main(int argc, char** argv) {
     if (!l.ok()) return Fail("ledger", l.status());
     ledger = std::move(*l);
     hosted["ledger"].push_back({fund::v1::Ledger::service_full_name(), ledger.get()});
+  }
+  std::unique_ptr<fund::TotalsService> totals;
+  if (wanted.count("totals") > 0) {
+    totals = std::make_unique<fund::TotalsService>(router.get(), zone_clients.get());
+    hosted["totals"].push_back({fund::v1::FundTotals::service_full_name(), totals.get()});
   }
   formica::rpc::ServerOptions so;
   so.listen = f["host"] + ":0";

@@ -11,6 +11,7 @@
 #include "absl/synchronization/blocking_counter.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/activity.h"
+#include "formica/ldc/messaging.h"
 #include "formica/rpc/server.h"
 #include "store.h"
 
@@ -298,7 +299,9 @@ absl::Status GatewayService::Execute(const v1::Order& order, int64_t user, int64
     m.key = order.user_id();
     m.tags = {purchase ? "purchase" : "redeem"};
     m.dedup_key = absl::StrCat(body.order_id(), "@", id);  // a repeat after a rollback is new
+    m.properties[formica::ldc::kUserProperty] = order.user_id();  // its zone, with LDC
     m.body = body.SerializeAsString();
+    if (send_) return send_(kOrdersTopic, std::move(m)).status();
     return producer_->SendInActivity(kOrdersTopic, std::move(m)).status();
   });
   result->set_client_order_id(order.client_order_id());

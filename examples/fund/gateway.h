@@ -19,6 +19,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -58,6 +59,14 @@ class GatewayService final : public v1::Gateway::Service {
 
   ~GatewayService() override;
 
+  // Sends an order-confirmed message joined to the activity current on
+  // the calling thread; returns its transaction id.
+  using MessageSender = std::function<absl::StatusOr<std::string>(
+      const std::string& topic, formica::dms::OutgoingMessage message)>;
+  // Replaces the producer's SendInActivity (with zones: the user's zone's
+  // broker, ldc::ZoneProducer::SendInActivity). Call before serving.
+  void set_message_sender(MessageSender send) { send_ = std::move(send); }
+
   const GatewayCounters& counters() const { return counters_; }
   // The order rows' participant (fund.gateway.dts): host it beside the gateway.
   formica::dts::ShardedParticipant* participant() { return participant_.get(); }
@@ -76,6 +85,7 @@ class GatewayService final : public v1::Gateway::Service {
   formica::rpc::Client* rpc_;
   formica::dds::ShardedDataSource* ds_;
   formica::dms::Producer* producer_;
+  MessageSender send_;
   std::unique_ptr<formica::dts::ShardedParticipant> participant_;
   std::unique_ptr<CallPool> calls_;  // the account and fund calls of orders
   GatewayCounters counters_;

@@ -11,15 +11,16 @@ namespace fund {
 namespace dds = formica::dds;
 namespace dms = formica::dms;
 
-absl::StatusOr<std::unique_ptr<LedgerService>> LedgerService::Start(
-    formica::rpc::Client* rpc, dds::ShardedDataSource* ds, const std::string& group,
-    std::function<bool(const std::string& user)> owns) {
+absl::StatusOr<std::unique_ptr<LedgerService>> LedgerService::Start(formica::rpc::Client* rpc,
+                                                                    dds::ShardedDataSource* ds,
+                                                                    const std::string& group,
+                                                                    const HandlerWrap& wrap) {
   auto r = ds->Execute(
       "CREATE TABLE IF NOT EXISTS statements (user_id bigint NOT NULL, order_id text NOT NULL, "
       "kind bigint NOT NULL, amount bigint NOT NULL, day bigint NOT NULL, PRIMARY KEY (user_id, "
       "order_id))");
   if (!r.ok()) return r.status();
-  std::unique_ptr<LedgerService> ledger(new LedgerService(ds, std::move(owns)));
+  std::unique_ptr<LedgerService> ledger(new LedgerService(ds));
   dms::ConsumerOptions o;
   o.group = group;
   o.topic = kOrdersTopic;
@@ -27,8 +28,9 @@ absl::StatusOr<std::unique_ptr<LedgerService>> LedgerService::Start(
   o.threads = 4;
   o.start_timeout = absl::Seconds(20);
   LedgerService* l = ledger.get();
-  auto consumer = dms::Consumer::Start(
-      o, [l](const dms::ReceivedMessage& m) { return l->Apply(m); }, rpc);
+  dms::MessageHandler handler = [l](const dms::ReceivedMessage& m) { return l->Apply(m); };
+  if (wrap) handler = wrap(std::move(handler));
+  auto consumer = dms::Consumer::Start(o, std::move(handler), rpc);
   if (!consumer.ok()) return consumer.status();
   ledger->consumer_ = std::move(*consumer);
   return ledger;
@@ -47,7 +49,6 @@ dms::ConsumeResult LedgerService::Apply(const dms::ReceivedMessage& m) {
     // Not a message this ledger can read: retried, then parked as a dead letter.
     return dms::ConsumeResult::kRetryLater;
   }
-  if (owns_ && !owns_(order.user_id())) return dms::ConsumeResult::kSuccess;  // another zone's
   auto r = ds_->Execute(
       "INSERT INTO statements (user_id, order_id, kind, amount, day) VALUES ($1, $2, $3, $4, $5) "
       "ON CONFLICT DO NOTHING",

@@ -2,7 +2,10 @@
 // group fund-ledger) into each user's statement (table statements, on the
 // user's shard) and serves the statements. A message delivered again (after
 // a redelivery, a dmsd restart) finds its row and changes nothing: the
-// insert is keyed by (user id, order id).
+// insert is keyed by (user id, order id). With LDC zones each zone's ledger
+// reads its own zone's dmsd in its own group, and its handler is wrapped in
+// ldc::ZoneHandler: a message for a user another zone owns now (the user's
+// shard moved while the message waited) is forwarded to that zone's dmsd.
 #pragma once
 
 #include <atomic>
@@ -19,14 +22,15 @@ namespace fund {
 
 class LedgerService final : public v1::Ledger::Service {
  public:
-  // Creates its table and starts consuming. Borrowed: rpc, ds.
-  // `group`: its consumer group. `owns` (optional, with zones): whether
-  // this zone owns a user now; a message for another zone's user is left
-  // to that zone's ledger (its own group) and acknowledged here unhandled.
+  // Wraps the ledger's message handler (ldc::ZoneHandler, with zones).
+  using HandlerWrap = std::function<formica::dms::MessageHandler(formica::dms::MessageHandler)>;
+
+  // Creates its table and starts consuming from the brokers `rpc` reaches.
+  // Borrowed: rpc, ds. `group`: its consumer group. `wrap` (optional):
+  // what the handler is wrapped in.
   static absl::StatusOr<std::unique_ptr<LedgerService>> Start(
       formica::rpc::Client* rpc, formica::dds::ShardedDataSource* ds,
-      const std::string& group = "fund-ledger",
-      std::function<bool(const std::string& user)> owns = nullptr);
+      const std::string& group = "fund-ledger", const HandlerWrap& wrap = nullptr);
   ~LedgerService() override;
   void Stop();
 
@@ -39,13 +43,10 @@ class LedgerService final : public v1::Ledger::Service {
   int64_t duplicates() const { return duplicates_.load(); }
 
  private:
-  LedgerService(formica::dds::ShardedDataSource* ds,
-                std::function<bool(const std::string& user)> owns)
-      : ds_(ds), owns_(std::move(owns)) {}
+  explicit LedgerService(formica::dds::ShardedDataSource* ds) : ds_(ds) {}
   formica::dms::ConsumeResult Apply(const formica::dms::ReceivedMessage& m);
 
   formica::dds::ShardedDataSource* ds_;
-  std::function<bool(const std::string& user)> owns_;
   std::unique_ptr<formica::dms::Consumer> consumer_;
   std::atomic<int64_t> applied_{0};
   std::atomic<int64_t> duplicates_{0};

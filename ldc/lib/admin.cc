@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "formica/common/grpc_status.h"
+#include "formica/internal/credentials.h"
 #include "formica/ldc/router.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
 
@@ -31,8 +32,7 @@ std::string Describe(const std::vector<ClientReport>& clients) {
 class GrpcRuleAdmin : public RuleAdmin {
  public:
   GrpcRuleAdmin(const std::string& registry, absl::Duration call_timeout)
-      : stub_(v1::Registry::NewStub(
-            grpc::CreateChannel(registry, grpc::InsecureChannelCredentials()))),
+      : stub_(v1::Registry::NewStub(grpc::CreateChannel(registry, formica::ChannelCredentials()))),
         call_timeout_(call_timeout) {}
 
   absl::StatusOr<VersionedRules> Get() override {

@@ -100,16 +100,34 @@ absl::StatusOr<std::unique_ptr<ZoneProducer>> ZoneProducer::Create(const Router*
       new ZoneProducer(std::make_unique<Impl>(router, registry, std::move(options))));
 }
 
+namespace {
+
+// The owner zone of the message's user; `here` for a message without one.
+absl::StatusOr<std::string> MessageZone(const Router& router, const dms::OutgoingMessage& message) {
+  auto user = message.properties.find(kUserProperty);
+  if (user == message.properties.end()) return router.zone();
+  return router.ZoneForUser(user->second);
+}
+
+}  // namespace
+
 absl::StatusOr<dms::SendReceipt> ZoneProducer::Send(const std::string& topic,
                                                     dms::OutgoingMessage message) {
-  auto user = message.properties.find(kUserProperty);
-  std::string zone = impl_->router_->zone();
-  if (user != message.properties.end()) {
-    absl::StatusOr<std::string> owner = impl_->router_->ZoneForUser(user->second);
-    if (!owner.ok()) return owner.status();
-    zone = *owner;
-  }
-  return SendToZone(zone, topic, std::move(message));
+  absl::StatusOr<std::string> zone = MessageZone(*impl_->router_, message);
+  if (!zone.ok()) return zone.status();
+  return SendToZone(*zone, topic, std::move(message));
+}
+
+absl::StatusOr<std::string> ZoneProducer::SendInActivity(const std::string& topic,
+                                                         dms::OutgoingMessage message,
+                                                         std::string activity_id) {
+  absl::StatusOr<std::string> zone = MessageZone(*impl_->router_, message);
+  if (!zone.ok()) return zone.status();
+  absl::StatusOr<dms::Producer*> producer = impl_->ProducerFor(*zone);
+  if (!producer.ok()) return producer.status();
+  // The producer's rpc client reaches only that zone's brokers, and the
+  // broker that stores the half message enlists it under its own name.
+  return (*producer)->SendInActivity(topic, std::move(message), std::move(activity_id));
 }
 
 absl::StatusOr<dms::SendReceipt> ZoneProducer::SendToZone(const std::string& zone,

@@ -1,6 +1,7 @@
 // ClusterLink: connecting to etcd, the node's membership, and the public
 // calls, which queue work for the link's threads (see cluster_link_impl.h).
 #include "cluster_link_impl.h"
+#include "formica/internal/credentials.h"
 
 namespace formica::registry {
 
@@ -90,7 +91,7 @@ absl::Status ClusterLink::Impl::Connect() {
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   // etcd values and ranges can exceed gRPC's 4 MiB default.
   args.SetMaxReceiveMessageSize(64 << 20);
-  channel_ = grpc::CreateCustomChannel(*target, grpc::InsecureChannelCredentials(), args);
+  channel_ = grpc::CreateCustomChannel(*target, formica::ChannelCredentials(), args);
   kv_ = pb::KV::NewStub(channel_);
   lease_ = pb::Lease::NewStub(channel_);
   watch_ = pb::Watch::NewStub(channel_);

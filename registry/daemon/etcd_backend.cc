@@ -76,6 +76,7 @@ std::optional<absl::StatusOr<SessionGrant>> EtcdBackend::OpenSession(const Sessi
   v1::SessionRecord record;
   record.set_client_name(request.client_name);
   record.set_peer(request.peer);
+  record.set_identity(request.identity);
   record.set_node(options_.registry_id);
   record.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(lease)));
   if (request.resume_id != 0) {

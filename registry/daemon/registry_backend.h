@@ -43,6 +43,7 @@ struct SessionRequest {
   uint64_t resume_id = 0;  // 0: a new session
   std::string client_name;
   std::string peer;
+  std::string identity;
   absl::Duration lease;  // asked for, within the configured bounds
 };
 

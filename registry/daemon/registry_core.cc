@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "formica/common/clock.h"
+#include "formica/internal/permissions.h"
 #include "formica/registry/v1/registry.pb.h"
 
 namespace formica::registry {
@@ -81,6 +82,13 @@ void RegistryCore::Handle(SessionStream* stream, const v1::ClientMessage& messag
     }
     case v1::ClientMessage::kPublish: {
       uint64_t request_id = message.publish().request_id();
+      if (absl::Status st =
+              CheckPermission(session.identity, "publish", message.publish().instance().service());
+          !st.ok()) {
+        SPDLOG_WARN("session {}: {}", session.id, std::string(st.message()));
+        ReplyResult(stream, request_id, st);
+        break;
+      }
       std::optional<absl::Status> done = backend_->Publish(session, message.publish());
       if (done.has_value()) {
         ReplyResult(stream, request_id, *done);
@@ -210,6 +218,7 @@ void RegistryCore::HandleOpen(SessionStream* stream, const v1::OpenSession& open
   request.resume_id = open.resume_session_id();
   request.client_name = open.client_name();
   request.peer = stream->peer;
+  request.identity = stream->identity;
   request.lease = lease;
   uint64_t serial = stream->serial;
   std::optional<absl::StatusOr<SessionGrant>> now =
@@ -304,6 +313,7 @@ void RegistryCore::FinishOpen(SessionStream* stream, Session& session, const v1:
                               absl::Duration lease, bool resumed) {
   session.client_name = open.client_name();
   session.peer = stream->peer;
+  session.identity = stream->identity;
   session.lease = lease;
   sessions_.Touch(session);
   session.stream = stream;
@@ -380,6 +390,10 @@ void RegistryCore::WriteResult(uint64_t session_id, uint64_t incarnation, uint64
 absl::Status RegistryCore::HandleSubscribe(Session& session, const std::string& service,
                                            uint64_t known) {
   if (absl::Status st = ValidateServiceName(service, options_.limits); !st.ok()) {
+    return st;
+  }
+  if (absl::Status st = CheckPermission(session.identity, "subscribe", service); !st.ok()) {
+    SPDLOG_WARN("session {}: {}", session.id, std::string(st.message()));
     return st;
   }
   Subscription& sub = session.services[service];

@@ -41,6 +41,7 @@ void RegistryCore::ListSessions(v1::ListSessionsResponse* out) {
     info->set_session_id(id);
     info->set_client_name(session.client_name);
     info->set_peer(session.peer);
+    info->set_identity(session.identity);
     info->set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(session.lease)));
     info->set_attached(session.stream != nullptr);
     info->set_publications(static_cast<uint32_t>(session.publications.size()));

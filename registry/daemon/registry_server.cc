@@ -1,9 +1,11 @@
 #include "registry_server.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
+#include <filesystem>
 
 #include <optional>
 #include "absl/strings/str_cat.h"
@@ -11,6 +13,8 @@
 #include "embedded_backend.h"
 #include "etcd_backend.h"
 #include "formica/common/config.h"
+#include "formica/internal/audit_log.h"
+#include "formica/internal/credentials.h"
 #include "formica/internal/metrics_endpoint.h"
 #include "formica/registry/v1/registry.pb.h"
 #include "registry_core.h"
@@ -64,6 +68,7 @@ class RegistryServer::Impl {
   std::unique_ptr<RegistryService> service;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<MetricsEndpoint> metrics;
+  std::unique_ptr<AuditLog> audit;  // operator acts (docs/security.md)
   absl::Duration shutdown_grace;
   int port = 0;
   bool shut_down = false;
@@ -130,12 +135,25 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
   impl->core->AttachBackend(impl->backend.get());
   impl->core->StartMaintenance();
   impl->service = std::make_unique<RegistryService>(impl->core.get());
+  {
+    std::error_code ec;
+    std::filesystem::create_directories(options.data_dir, ec);
+    auto audit = AuditLog::Open(options.data_dir + "/formica-audit.log", "dsrd");
+    if (!audit.ok()) {
+      impl->backend->Shutdown();
+      impl->core->StopMaintenance();
+      return audit.status();
+    }
+    impl->audit = std::move(*audit);
+    UseAuditLog(impl->audit.get());
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(options.listen, formica::ServerCredentials(), &impl->port);
   builder.RegisterService(impl->service.get());
+  builder.RegisterService(impl->audit->service());
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
                              static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_time)));
   builder.AddChannelArgument(
@@ -200,6 +218,7 @@ void RegistryServer::Shutdown() {
   impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + impl_->shutdown_grace));
   impl_->server->Wait();
   impl_->service->StopWorker();
+  UseAuditLog(nullptr);
   impl_->backend->Shutdown();  // its threads call into the core
   impl_->core->StopMaintenance();
   impl_->core.reset();

@@ -1,9 +1,14 @@
 #include "registry_service.h"
 
+#include <spdlog/spdlog.h>
+
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
 #include "formica/common/grpc_status.h"
+#include "formica/internal/audit_log.h"
+#include "formica/internal/credentials.h"
+#include "formica/internal/permissions.h"
 #include "registry_store.h"
 
 namespace formica::registry {
@@ -14,8 +19,8 @@ namespace {
 class SessionReactor final : public grpc::ServerBidiReactor<v1::ClientMessage, v1::ServerMessage>,
                              public SessionStream {
  public:
-  SessionReactor(RegistryCore* core, std::string peer)
-      : SessionStream(std::move(peer), NextSerial()), core_(core) {
+  SessionReactor(RegistryCore* core, std::string peer, std::string identity)
+      : SessionStream(std::move(peer), std::move(identity), NextSerial()), core_(core) {
     StartRead(&request_);
     core_->StreamStarted(this);
   }
@@ -112,7 +117,7 @@ void Worker::Loop() {
 
 grpc::ServerBidiReactor<v1::ClientMessage, v1::ServerMessage>* RegistryService::Session(
     grpc::CallbackServerContext* context) {
-  return new SessionReactor(core_, context->peer());
+  return new SessionReactor(core_, context->peer(), PeerIdentity(*context->auth_context()));
 }
 
 grpc::ServerUnaryReactor* RegistryService::ListServices(grpc::CallbackServerContext* context,
@@ -174,14 +179,21 @@ grpc::ServerUnaryReactor* RegistryService::ListConfig(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* RegistryService::PutConfig(grpc::CallbackServerContext* context,
                                                      const v1::PutConfigRequest* request,
                                                      v1::PutConfigResponse* response) {
-  const Limits& limits = core_->options().limits;
-  if (absl::Status st = ValidateConfigKey(request->key(), limits); !st.ok()) {
-    return Done(context, st);
+  std::string act = absl::StrCat("key=", request->key(), " bytes=", request->value().size());
+  if (request->has_expected_version()) {
+    absl::StrAppend(&act, " expected_version=", request->expected_version());
   }
-  if (static_cast<int64_t>(request->value().size()) > limits.max_config_value_bytes) {
-    return Done(context, absl::InvalidArgumentError(
-                             absl::StrCat("config value is ", request->value().size(),
-                                          " bytes; the limit is ", limits.max_config_value_bytes)));
+  const Limits& limits = core_->options().limits;
+  absl::Status st = ValidateConfigKey(request->key(), limits);
+  if (st.ok() && static_cast<int64_t>(request->value().size()) > limits.max_config_value_bytes) {
+    st = absl::InvalidArgumentError(absl::StrCat("config value is ", request->value().size(),
+                                                 " bytes; the limit is ",
+                                                 limits.max_config_value_bytes));
+  }
+  if (st.ok()) st = Allowed(context, "config.write", request->key());
+  if (!st.ok()) {
+    RecordAct(context, "config.put", act, st);
+    return Done(context, st);
   }
   std::optional<uint64_t> expected;
   if (request->has_expected_version()) {
@@ -193,13 +205,20 @@ grpc::ServerUnaryReactor* RegistryService::PutConfig(grpc::CallbackServerContext
         return core_->backend()->config_store()->PutConfig(request->key(), request->value(),
                                                            expected);
       },
-      response->mutable_entry());
+      response->mutable_entry(), "config.put", act);
 }
 
 grpc::ServerUnaryReactor* RegistryService::DeleteConfig(grpc::CallbackServerContext* context,
                                                         const v1::DeleteConfigRequest* request,
                                                         v1::DeleteConfigResponse* response) {
-  if (absl::Status st = ValidateConfigKey(request->key(), core_->options().limits); !st.ok()) {
+  std::string act = absl::StrCat("key=", request->key());
+  if (request->has_expected_version()) {
+    absl::StrAppend(&act, " expected_version=", request->expected_version());
+  }
+  absl::Status st = ValidateConfigKey(request->key(), core_->options().limits);
+  if (st.ok()) st = Allowed(context, "config.write", request->key());
+  if (!st.ok()) {
+    RecordAct(context, "config.delete", act, st);
     return Done(context, st);
   }
   std::optional<uint64_t> expected;
@@ -211,14 +230,17 @@ grpc::ServerUnaryReactor* RegistryService::DeleteConfig(grpc::CallbackServerCont
       [this, request, expected] {
         return core_->backend()->config_store()->DeleteConfig(request->key(), expected);
       },
-      response->mutable_entry());
+      response->mutable_entry(), "config.delete", act);
 }
 
 grpc::ServerUnaryReactor* RegistryService::SetPushSwitch(grpc::CallbackServerContext* context,
                                                          const v1::SetPushSwitchRequest* request,
                                                          v1::PushSwitchState* response) {
-  *response = core_->SetStopPush(request->stop_push());
-  return Done(context, absl::OkStatus());
+  std::string act = request->stop_push() ? "on" : "off";
+  absl::Status st = Allowed(context, "operate", "registry");
+  if (st.ok()) *response = core_->SetStopPush(request->stop_push());
+  RecordAct(context, "registry.stop-push", act, st);
+  return Done(context, st);
 }
 
 grpc::ServerUnaryReactor* RegistryService::GetPushSwitch(grpc::CallbackServerContext* context,
@@ -238,7 +260,17 @@ grpc::ServerUnaryReactor* RegistryService::ListSessions(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* RegistryService::KillSession(grpc::CallbackServerContext* context,
                                                        const v1::KillSessionRequest* request,
                                                        v1::KillSessionResponse*) {
-  return Done(context, core_->KillSession(request->session_id()));
+  absl::Status st = Allowed(context, "operate", "registry");
+  if (st.ok()) st = core_->KillSession(request->session_id());
+  RecordAct(context, "registry.kill-session", absl::StrCat("session=", request->session_id()), st);
+  return Done(context, st);
+}
+
+absl::Status RegistryService::Allowed(grpc::CallbackServerContext* context,
+                                      absl::string_view action, absl::string_view resource) {
+  absl::Status st = CheckPermission(PeerIdentity(*context->auth_context()), action, resource);
+  if (!st.ok()) SPDLOG_WARN("{}", std::string(st.message()));
+  return st;
 }
 
 grpc::ServerUnaryReactor* RegistryService::View(grpc::CallbackServerContext* context,
@@ -266,14 +298,18 @@ grpc::ServerUnaryReactor* RegistryService::View(grpc::CallbackServerContext* con
 }
 
 grpc::ServerUnaryReactor* RegistryService::Write(grpc::CallbackServerContext* context,
-                                                 ConfigWrite write, v1::ConfigEntry* out) {
+                                                 ConfigWrite write, v1::ConfigEntry* out,
+                                                 const char* action, std::string act) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  writer_.Run([this, reactor, write = std::move(write), out] {
+  writer_.Run([this, context, reactor, write = std::move(write), out, action,
+               act = std::move(act)] {
     absl::StatusOr<StoredConfig> entry = write();
     if (entry.ok()) {
       core_->ConfigChanged(*entry);
       Fill(*entry, out);
     }
+    RecordAct(context, action, entry.ok() ? absl::StrCat(act, " -> version ", entry->version) : act,
+              entry.status());
     reactor->Finish(ToGrpcStatus(entry.status()));
   });
   return reactor;

@@ -41,7 +41,8 @@ std::string ConfigTopic(absl::string_view key);
 // back into the core); the fields are the core's.
 class SessionStream {
  public:
-  SessionStream(std::string peer, uint64_t serial) : peer(std::move(peer)), serial(serial) {}
+  SessionStream(std::string peer, std::string identity, uint64_t serial)
+      : peer(std::move(peer)), identity(std::move(identity)), serial(serial) {}
   virtual ~SessionStream() = default;
 
   // Starts sending `in_flight`; the transport then calls RegistryCore::WriteDone.
@@ -52,7 +53,8 @@ class SessionStream {
   virtual void ReadNext() = 0;
 
   const std::string peer;
-  const uint64_t serial;  // unique for the process's life
+  const std::string identity;  // the client's certificate's (formica/internal/credentials.h)
+  const uint64_t serial;       // unique for the process's life
   uint64_t session_id = 0;
   std::deque<Msg> control;  // replies, in order, ahead of pushes
   Msg in_flight;
@@ -74,6 +76,7 @@ struct Session {
   uint64_t id = 0;
   std::string client_name;
   std::string peer;
+  std::string identity;
   absl::Duration lease;
   absl::Time last_seen;
   absl::Time last_keepalive = absl::InfinitePast();  // last lease renewal in the backend

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "formica/common/grpc_status.h"
+#include "formica/internal/credentials.h"
 
 namespace formica::registry {
 
@@ -134,7 +135,7 @@ std::unique_ptr<v1::Registry::Stub> Client::Impl::StubFor(const std::string& add
       options_.registries[address_index_ % options_.registries.size()] == address) {
     return v1::Registry::NewStub(channel_);
   }
-  return v1::Registry::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  return v1::Registry::NewStub(grpc::CreateChannel(address, formica::ChannelCredentials()));
 }
 
 absl::StatusOr<ConfigValue> Client::Impl::GetConfig(absl::string_view key) {

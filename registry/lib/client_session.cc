@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "formica/common/grpc_status.h"
+#include "formica/internal/credentials.h"
 #include "formica/internal/jittered_backoff.h"
 
 namespace formica::registry {
@@ -55,7 +56,7 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
   // One connection per client, as a separate process would have.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+      grpc::CreateCustomChannel(address, formica::ChannelCredentials(), args);
   absl::Time give_up = absl::Now() + options_.request_timeout;
   bool tried = false;
   while (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Milliseconds(100)))) {

@@ -21,6 +21,7 @@
 #include "client_call_stats.h"
 #include "formica/common/clock.h"
 #include "formica/common/grpc_status.h"
+#include "formica/internal/credentials.h"
 #include "formica/rpc/discovery.h"
 #include "formica/rpc/routes.h"
 #include "formica/rpc/zone_routing.h"
@@ -337,8 +338,7 @@ void Client::Impl::Rebuild(Service& s) {
       args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
       // Replies are sized by the providers (gRPC's default cap is 4 MiB).
       args.SetMaxReceiveMessageSize(-1);
-      e->channel =
-          grpc::CreateCustomChannel(inst.address, grpc::InsecureChannelCredentials(), args);
+      e->channel = grpc::CreateCustomChannel(inst.address, formica::ChannelCredentials(), args);
       e->channel->GetState(true);  // connect now, not on the first call
     }
     next[inst.address] = e;

@@ -20,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "balancer.h"
 #include "call_stats.h"
+#include "formica/internal/credentials.h"
 #include "formica/internal/metrics_endpoint.h"
 #include "formica/internal/process_metrics.h"
 #include "formica/rpc/call_context.h"
@@ -418,7 +419,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(impl->options.listen, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(impl->options.listen, formica::ServerCredentials(), &impl->port);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   if (impl->options.max_receive_message_bytes > 0) {
     builder.SetMaxReceiveMessageSize(impl->options.max_receive_message_bytes);

@@ -801,5 +801,15 @@ TEST_F(DmsTransactionTest, AJoinedMessageWhoseReportWasLostFollowsItsActivity) {
       << "dtsd rolled it back for the check";
 }
 
+TEST_F(DmsTest, ABadTransactionsParticipantNameStopsStartUpNamingTheKey) {
+  // (Each dmsd of an LDC zone takes its own name; tests/ldc/dms_activity_test.cc.)
+  auto p = Subprocess::Start(DmsdCommand({"--set", "transactions.participant=formica dms"}),
+                             dir_.File("bad-participant.log"));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 2) << (*p)->Output();
+  EXPECT_THAT((*p)->Output(), ::testing::HasSubstr("transactions.participant: participant name"))
+      << (*p)->Output();
+}
+
 }  // namespace
 }  // namespace formica::dms

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "formica/common/grpc_status.h"
+#include "formica/common/tls.h"
 #include "formica/dts/participant.h"
 #include "formica/internal/daemon.h"
 #include "formica/registry/client.h"
@@ -88,6 +89,10 @@ class AccountImpl final : public formica::test::Account::CallbackService {
 
 int main(int argc, char** argv) {
   formica::InstallTerminationHandler();
+  if (absl::Status st = formica::UseTlsFromEnvironment(); !st.ok()) {
+    std::fprintf(stderr, "account_server: %s\n", st.ToString().c_str());
+    return 2;
+  }
   formica::registry::ClientOptions registry_options;
   registry_options.client_name = "account_server";
   registry_options.lease = absl::Seconds(2);

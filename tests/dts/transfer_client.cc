@@ -16,6 +16,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "formica/common/tls.h"
 #include "formica/dts/activity.h"
 #include "formica/internal/daemon.h"
 #include "formica/registry/client.h"
@@ -41,6 +42,10 @@ absl::Status Move(formica::rpc::Client& client, const std::string& bank, bool de
 
 int main(int argc, char** argv) {
   formica::InstallTerminationHandler();
+  if (absl::Status st = formica::UseTlsFromEnvironment(); !st.ok()) {
+    std::fprintf(stderr, "transfer_client: %s\n", st.ToString().c_str());
+    return 2;
+  }
   formica::registry::ClientOptions registry_options;
   registry_options.client_name = "transfer_client";
   int threads = 8;

@@ -43,6 +43,8 @@ class FundTest : public formica::registry::testing::RegistryTest {
 
   // Flags dtsd and dmsd start with besides the fixture's (a zone, say).
   virtual std::vector<std::string> DaemonFlags() const { return {}; }
+  // Flags dmsd starts with besides the fixture's (default: DaemonFlags()).
+  virtual std::vector<std::string> DmsdFlags() const { return DaemonFlags(); }
 
   void StartDtsd() {
     std::vector<std::string> argv = {formica::testing::BinaryPath("dts/dtsd"),
@@ -80,7 +82,7 @@ class FundTest : public formica::registry::testing::RegistryTest {
                                      "consume.retry_max=200ms",
                                      "--set",
                                      "server.unpublish_grace=0s"};
-    for (const std::string& flag : DaemonFlags()) argv.push_back(flag);
+    for (const std::string& flag : DmsdFlags()) argv.push_back(flag);
     auto p = Subprocess::Start(argv, dir_.File(absl::StrCat("dmsd.", ++runs_, ".log")));
     ASSERT_TRUE(p.ok()) << p.status();
     dmsd_ = std::move(*p);

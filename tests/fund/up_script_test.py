@@ -31,10 +31,12 @@ def main(root, build):
     out_path = os.path.join(data, "up.out")
     env = dict(os.environ, FORMICA_NO_BUILD="1", FORMICA_BIN_DIR=build, FORMICA_DATA=data,
                FORMICA_REGISTRY=f"127.0.0.1:{free_port()}", FORMICA_DTS=f"127.0.0.1:{free_port()}",
-               FORMICA_DMS=f"127.0.0.1:{free_port()}", FORMICA_CONSOLE=f"127.0.0.1:{free_port()}",
+               FORMICA_DMS=f"127.0.0.1:{free_port()}", FORMICA_DMS_B=f"127.0.0.1:{free_port()}",
+               FORMICA_CONSOLE=f"127.0.0.1:{free_port()}",
                FORMICA_DSRD_METRICS=f"127.0.0.1:{free_port()}",
                FORMICA_DTS_METRICS=f"127.0.0.1:{free_port()}",
-               FORMICA_DMS_METRICS=f"127.0.0.1:{free_port()}")
+               FORMICA_DMS_METRICS=f"127.0.0.1:{free_port()}",
+               FORMICA_DMS_B_METRICS=f"127.0.0.1:{free_port()}")
     with open(out_path, "w") as out:
         p = subprocess.Popen([os.path.join(root, "formica"), "up", "--users", "3000", "--seconds", "3"],
                              cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -49,7 +51,9 @@ def main(root, build):
             break
     for want in ["Formica is up.", "3000 users created", "money and shares add up",
                  "order-confirmed messages delivered", "committed", "reconciled",
-                 "clearing-1.csv written", f"logs                            {data}/logs"]:
+                 "clearing-1.csv written", f"logs                            {data}/logs",
+                 "dmsd of zone rz-a", "dmsd of zone rz-b", "zone rz-a: ", "zone rz-b: ",
+                 "fund-wide (fund.v1.FundTotals, GZone)"]:
         if want not in text:
             failures.append(f"the output lacks {want!r}")
     if "DO NOT add up" in text or "NOT OK" in text:
@@ -67,7 +71,8 @@ def main(root, build):
             failures.append(f"the console does not answer: {e}")
     for key, series in [("FORMICA_DSRD_METRICS", "formica_registry_"),
                         ("FORMICA_DTS_METRICS", "formica_dts_committed_total"),
-                        ("FORMICA_DMS_METRICS", "formica_dms_")]:
+                        ("FORMICA_DMS_METRICS", "formica_dms_"),
+                        ("FORMICA_DMS_B_METRICS", "formica_dms_")]:
         url = f"http://{env[key]}/metrics"
         if url not in text:
             failures.append(f"the output lacks {url}")

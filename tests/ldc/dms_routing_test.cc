@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -56,6 +57,7 @@ class LdcDmsTest : public LdcTest {
   }
 
   void TearDown() override {
+    Release();  // a consumer still held would never stop
     zones_.clear();
     brokers_.clear();
   }
@@ -102,7 +104,9 @@ class LdcDmsTest : public LdcTest {
     std::unique_ptr<dms::Consumer> consumer;
   };
 
-  void StartConsumer(const std::string& zone, absl::Duration per_message) {
+  // `hold_after` > 0: after that many messages this zone's consumer waits
+  // (outside ZoneHandler, holding no write permit) until Release().
+  void StartConsumer(const std::string& zone, absl::Duration per_message, int hold_after = 0) {
     auto z = std::make_unique<Zone>();
     z->client = StartZone(zone, zone + "-billing");
     z->only_here = std::make_unique<OnlyZone>(zone);
@@ -129,10 +133,23 @@ class LdcDmsTest : public LdcTest {
       absl::SleepFor(per_message);
       return dms::ConsumeResult::kSuccess;
     };
-    z->consumer =
-        dms::Consumer::Start(c, ZoneHandler(router, z->forward.get(), handler), z->rpc.get())
-            .value();
+    dms::MessageHandler zoned = ZoneHandler(router, z->forward.get(), handler);
+    auto held = [this, hold_after, zoned,
+                 seen = std::make_shared<std::atomic<int>>(0)](const dms::ReceivedMessage& m) {
+      if (hold_after > 0 && seen->fetch_add(1) >= hold_after) {
+        std::unique_lock<std::mutex> lock(mu_);
+        released_cv_.wait(lock, [this] { return released_; });
+      }
+      return zoned(m);
+    };
+    z->consumer = dms::Consumer::Start(c, held, z->rpc.get()).value();
     zones_.push_back(std::move(z));
+  }
+
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_ = true;
+    released_cv_.notify_all();
   }
 
   size_t HandledKeys() {
@@ -144,6 +161,8 @@ class LdcDmsTest : public LdcTest {
   std::vector<std::unique_ptr<Zone>> zones_;
   std::mutex mu_;
   std::map<std::string, std::vector<Handling>> handled_;
+  bool released_ = false;
+  std::condition_variable released_cv_;
 };
 
 std::string UserOf(int i) { return absl::StrCat(2088000 + i % 100); }
@@ -155,9 +174,10 @@ dms::ProducerOptions Group(const std::string& name) {
 }
 
 TEST_F(LdcDmsTest, EachMessageIsHandledOnceInItsUsersOwnerZoneThroughASwitch) {
-  // zone-a handles slowly, so its queue still holds shards 00-49's
-  // messages when they move to zone-b.
-  StartConsumer("zone-a", absl::Milliseconds(4));
+  // zone-a handles 100 messages, then holds the rest until the switch is
+  // done, so its queue still holds shards 00-49's messages when they move
+  // to zone-b.
+  StartConsumer("zone-a", absl::ZeroDuration(), /*hold_after=*/100);
   StartConsumer("zone-b", absl::ZeroDuration());
   ZoneClient gateway = StartZone("zone-a", "gateway");
   auto producer =
@@ -180,6 +200,7 @@ TEST_F(LdcDmsTest, EachMessageIsHandledOnceInItsUsersOwnerZoneThroughASwitch) {
   options.to = "zone-b";
   auto result = admin_->Switch(options);
   ASSERT_TRUE(result.ok()) << result.status();
+  Release();
   send(400);  // after the switch: 00-49 go to zone-b's broker directly
 
   absl::Time until = absl::Now() + absl::Seconds(60);

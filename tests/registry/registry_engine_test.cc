@@ -129,7 +129,8 @@ class MemoryStore final : public RegistryStore {
 // A stream that keeps what the core sends it.
 class FakeStream final : public SessionStream {
  public:
-  explicit FakeStream(uint64_t serial) : SessionStream("fake:" + std::to_string(serial), serial) {}
+  explicit FakeStream(uint64_t serial)
+      : SessionStream("fake:" + std::to_string(serial), "", serial) {}
 
   void StartSend() override { sent.push_back(*in_flight); }
   void End(const absl::Status& status) override {

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "formica/common/config.h"
+#include "formica/common/tls.h"
 #include "formica/internal/daemon.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/call_context.h"
@@ -98,6 +99,10 @@ class EchoImpl final : public formica::test::Echo::Service {
 
 int main(int argc, char** argv) {
   formica::InstallTerminationHandler();
+  if (absl::Status st = formica::UseTlsFromEnvironment(); !st.ok()) {
+    std::fprintf(stderr, "echo_server: %s\n", st.ToString().c_str());
+    return 2;
+  }
   formica::registry::ClientOptions registry_options;
   registry_options.client_name = "echo_server";
   formica::rpc::ServerOptions options;

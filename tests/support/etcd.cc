@@ -9,7 +9,7 @@
 
 namespace formica::testing {
 
-absl::StatusOr<std::unique_ptr<EtcdCluster>> EtcdCluster::Start(int members) {
+absl::StatusOr<std::unique_ptr<EtcdCluster>> EtcdCluster::Start(int members, const Tls* tls) {
   if (access(kBinary, X_OK) != 0) {
     return absl::NotFoundError(absl::StrCat(kBinary, " not found (package etcd-server)"));
   }
@@ -31,18 +31,22 @@ absl::StatusOr<std::unique_ptr<EtcdCluster>> EtcdCluster::Start(int members) {
     cluster->members_.push_back(std::move(m));
   }
   for (Member& m : cluster->members_) {
-    std::string client = absl::StrCat("http://127.0.0.1:", m.client_port);
+    std::string client =
+        absl::StrCat(tls != nullptr ? "https" : "http", "://127.0.0.1:", m.client_port);
     std::string peer = absl::StrCat("http://127.0.0.1:", m.peer_port);
-    auto process = Subprocess::Start(
-        {kBinary, "--name", m.name, "--data-dir", cluster->dir_.File(m.name),
-         "--listen-client-urls", client, "--advertise-client-urls", client, "--listen-peer-urls",
-         peer, "--initial-advertise-peer-urls", peer, "--initial-cluster",
-         absl::StrJoin(initial, ","), "--initial-cluster-state", "new", "--initial-cluster-token",
-         "formica-test",
-         // A quicker election than the default 1 s, so a killed leader is
-         // replaced within the tests' leases.
-         "--heartbeat-interval", "50", "--election-timeout", "500", "--logger", "zap"},
-        cluster->dir_.File(m.name + ".log"));
+    std::vector<std::string> argv = {
+        kBinary, "--name", m.name, "--data-dir", cluster->dir_.File(m.name), "--listen-client-urls",
+        client, "--advertise-client-urls", client, "--listen-peer-urls", peer,
+        "--initial-advertise-peer-urls", peer, "--initial-cluster", absl::StrJoin(initial, ","),
+        "--initial-cluster-state", "new", "--initial-cluster-token", "formica-test",
+        // A quicker election than the default 1 s, so a killed leader is
+        // replaced within the tests' leases.
+        "--heartbeat-interval", "50", "--election-timeout", "500", "--logger", "zap"};
+    if (tls != nullptr) {
+      argv.insert(argv.end(), {"--trusted-ca-file", tls->ca, "--cert-file", tls->cert, "--key-file",
+                               tls->key, "--client-cert-auth"});
+    }
+    auto process = Subprocess::Start(argv, cluster->dir_.File(m.name + ".log"));
     if (!process.ok()) {
       return process.status();
     }

@@ -15,8 +15,13 @@ class EtcdCluster {
  public:
   static constexpr char kBinary[] = "/usr/bin/etcd";
 
+  // Client TLS: etcd serves clients over https and asks for a client
+  // certificate of `ca` (--client-cert-auth).
+  struct Tls {
+    std::string ca, cert, key;
+  };
   // Starts `members` members and waits until each serves clients.
-  static absl::StatusOr<std::unique_ptr<EtcdCluster>> Start(int members);
+  static absl::StatusOr<std::unique_ptr<EtcdCluster>> Start(int members, const Tls* tls = nullptr);
   ~EtcdCluster();
 
   int size() const { return static_cast<int>(members_.size()); }

@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "console_api.h"
+#include "formica/internal/credentials.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace formica::console {
@@ -92,7 +93,7 @@ absl::StatusOr<ConsoleOptions> LoadConsoleOptions(const Config& config) {
 
 Backends::Backends(const ConsoleOptions& o) : options(o) {
   auto channel = [](const std::string& a) {
-    return grpc::CreateChannel(a, grpc::InsecureChannelCredentials());
+    return grpc::CreateChannel(a, formica::ChannelCredentials());
   };
   flags.registry = o.registry;
   flags.dts = o.dts;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "formica/internal/credentials.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
 
 namespace formica::ctl {
@@ -20,8 +21,8 @@ void PrintEntry(const v1::ConfigEntry& e) {
 }  // namespace
 
 int Config(const Flags& flags, const std::vector<std::string>& args) {
-  auto stub = v1::Registry::NewStub(
-      grpc::CreateChannel(flags.registry, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::Registry::NewStub(grpc::CreateChannel(flags.registry, formica::ChannelCredentials()));
   const std::string& cmd = args[1];
   auto ctx = CallContext(flags);
   const bool json = flags.output == Output::kJson;

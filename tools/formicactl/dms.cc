@@ -6,12 +6,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
+#include "formica/internal/credentials.h"
 
 namespace formica::ctl {
 namespace dms = formica::dms::v1;
 
 int Dms(const Flags& f, const std::vector<std::string>& args) {
-  auto stub = dms::Broker::NewStub(grpc::CreateChannel(f.dms, grpc::InsecureChannelCredentials()));
+  auto stub = dms::Broker::NewStub(grpc::CreateChannel(f.dms, formica::ChannelCredentials()));
   auto context = [&f] { return CallContext(f); };
   const std::string& cmd = args[1];
   if (cmd == "topics" && args.size() == 2) {

@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/internal/credentials.h"
 
 namespace formica::ctl {
 namespace dts = formica::dts::v1;
@@ -108,7 +109,7 @@ int WatchStats(const Flags& flags, dts::Coordinator::Stub* stub,
 
 int Dts(const Flags& flags, const std::vector<std::string>& args) {
   auto stub =
-      dts::Coordinator::NewStub(grpc::CreateChannel(flags.dts, grpc::InsecureChannelCredentials()));
+      dts::Coordinator::NewStub(grpc::CreateChannel(flags.dts, formica::ChannelCredentials()));
   auto context = [&flags] { return CallContext(flags); };
   const std::string& cmd = args[1];
   if (cmd == "ls" && args.size() == 2) {

@@ -1,4 +1,5 @@
 // formicactl: the usage text, the command line and the deadline every call gets.
+#include "formica/common/tls.h"
 #include "formicactl.h"
 #include "traffic.h"
 
@@ -15,12 +16,13 @@ namespace {
 
 constexpr char kUsage[] =
     R"(usage: formicactl [--registry HOST:PORT] [--dts HOST:PORT] [--dms HOST:PORT]
+                  [--tls-ca CA.pem --tls-cert CERT.pem --tls-key KEY.pem]
                   [--timeout SECONDS] [--output text|json] COMMAND
 
 registry commands:
   registry ls                      services: version, instances, subscribers
   registry get SERVICE             each provider: address, zone, weight, tags, metadata
-  registry sessions                client sessions: id, client, peer, lease, publications
+  registry sessions                client sessions: id, client, peer, lease, publications, identity
   registry kill-session ID         end a session as if its lease lapsed
   registry stop-push on|off|status hold pushes (e.g. during an upgrade) and release them
   cluster members                  the registry's nodes and (cluster mode) etcd's members
@@ -96,9 +98,15 @@ release commands (a new version rolled out group by group, see docs/release.md):
   release rollback SERVICE             the previous version's traffic at once, then its deploy
   release resume SERVICE               take over a release whose controller died
 
+audit [dsrd|dtsd|dmsd] [--limit N]   operator acts the daemons recorded (config writes,
+                                     stop-push, session kills, retry, settle, topics,
+                                     replay, resume): time, identity, arguments, result
+
 --registry defaults to $FORMICA_REGISTRY or 127.0.0.1:7370;
 --dts to $FORMICA_DTS or 127.0.0.1:7380; --dms to $FORMICA_DMS or
-127.0.0.1:7390. retry, settle, replay and resume ask for confirmation
+127.0.0.1:7390. --tls-ca, --tls-cert and --tls-key (given together; default
+$FORMICA_TLS_CA, $FORMICA_TLS_CERT, $FORMICA_TLS_KEY) make every call over
+mutual TLS with those files (docs/security.md). retry, settle, replay and resume ask for confirmation
 unless --yes is given. --output json (or -o json) prints each answer as
 one JSON document on stdout (proto3's JSON mapping, field names as in the
 .proto); errors stay text on stderr.
@@ -131,6 +139,9 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
   flags->registry = env("FORMICA_REGISTRY", "127.0.0.1:7370");
   flags->dts = env("FORMICA_DTS", "127.0.0.1:7380");
   flags->dms = env("FORMICA_DMS", "127.0.0.1:7390");
+  flags->tls_ca = env("FORMICA_TLS_CA", "");
+  flags->tls_cert = env("FORMICA_TLS_CERT", "");
+  flags->tls_key = env("FORMICA_TLS_KEY", "");
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](const char* flag) -> std::optional<std::string> {
@@ -141,16 +152,19 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
       return std::string(argv[++i]);
     };
     // Flags whose value is taken as given.
-    std::string* text = a == "--registry" ? &flags->registry
-                        : a == "--dts"    ? &flags->dts
-                        : a == "--dms"    ? &flags->dms
-                        : a == "--topic"  ? &flags->topic
-                        : a == "--state"  ? &flags->states
-                        : a == "--reason" ? &flags->reason
-                        : a == "--shards" ? &flags->shards
-                        : a == "--to"     ? &flags->to
-                        : a == "--zone"   ? &flags->zone
-                                          : nullptr;
+    std::string* text = a == "--registry"   ? &flags->registry
+                        : a == "--dts"      ? &flags->dts
+                        : a == "--dms"      ? &flags->dms
+                        : a == "--topic"    ? &flags->topic
+                        : a == "--state"    ? &flags->states
+                        : a == "--reason"   ? &flags->reason
+                        : a == "--shards"   ? &flags->shards
+                        : a == "--to"       ? &flags->to
+                        : a == "--zone"     ? &flags->zone
+                        : a == "--tls-ca"   ? &flags->tls_ca
+                        : a == "--tls-cert" ? &flags->tls_cert
+                        : a == "--tls-key"  ? &flags->tls_key
+                                            : nullptr;
     if (a == "--help" || a == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
@@ -277,6 +291,16 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
       flags->yes = true;
     } else {
       args->push_back(a);
+    }
+  }
+  if (!flags->tls_ca.empty() || !flags->tls_cert.empty() || !flags->tls_key.empty()) {
+    if (flags->tls_ca.empty() || flags->tls_cert.empty() || flags->tls_key.empty()) {
+      return Usage("--tls-ca, --tls-cert and --tls-key are given together");
+    }
+    absl::Status st = UseTls({flags->tls_ca, flags->tls_cert, flags->tls_key});
+    if (!st.ok()) {
+      std::fprintf(stderr, "formicactl: %s\n", std::string(st.message()).c_str());
+      return 2;
     }
   }
   return std::nullopt;

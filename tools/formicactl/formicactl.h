@@ -43,6 +43,7 @@ struct Flags {
   std::string registry;
   std::string dts;
   std::string dms;
+  std::string tls_ca, tls_cert, tls_key;  // --tls-ca, --tls-cert, --tls-key (formica/common/tls.h)
   int timeout_s = 5;
   Output output = Output::kText;
   std::optional<uint64_t> expect_version;
@@ -116,6 +117,7 @@ int Cluster(const Flags& flags, const std::vector<std::string>& args);
 int Config(const Flags& flags, const std::vector<std::string>& args);
 int Dts(const Flags& flags, const std::vector<std::string>& args);
 int Dms(const Flags& flags, const std::vector<std::string>& args);
+int Audit(const Flags& flags, const std::vector<std::string>& args);
 int Traffic(const Flags& flags, const std::vector<std::string>& args);
 int Release(const Flags& flags, const std::vector<std::string>& args);
 int Release(const Flags& flags, const std::vector<std::string>& args);

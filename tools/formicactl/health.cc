@@ -1,4 +1,5 @@
 // formicactl: health [SERVICE], the daemon's gRPC health status.
+#include "formica/internal/credentials.h"
 #include "formicactl.h"
 
 #include <grpcpp/generic/generic_stub.h>
@@ -36,7 +37,7 @@ grpc::Status CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const st
 }
 
 int Health(const Flags& flags, const std::string& service) {
-  auto channel = grpc::CreateChannel(flags.registry, grpc::InsecureChannelCredentials());
+  auto channel = grpc::CreateChannel(flags.registry, formica::ChannelCredentials());
   auto ctx = CallContext(flags);
   int code = 0;
   grpc::Status status = CheckHealth(channel, service, ctx.get(), &code);

@@ -13,11 +13,12 @@ int main(int argc, char** argv) {
   Flags flags;
   std::vector<std::string> args;
   if (std::optional<int> exit_code = ParseFlags(argc, argv, &flags, &args)) return *exit_code;
-  if (args.empty() || (args.size() < 2 && args[0] != "health")) {
+  if (args.empty() || (args.size() < 2 && args[0] != "health" && args[0] != "audit")) {
     return Usage("");
   }
   const std::string& group = args[0];
   if (group == "health" && args.size() <= 2) return Health(flags, args.size() == 2 ? args[1] : "");
+  if (group == "audit") return Audit(flags, args);
   if (group == "dts") return Dts(flags, args);
   if (group == "dms") return Dms(flags, args);
   if (group == "ldc") return Ldc(flags, args);

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "formica/internal/credentials.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
 
 namespace formica::ctl {
@@ -28,8 +29,8 @@ std::string JoinMap(const google::protobuf::Map<std::string, std::string>& map) 
 }  // namespace
 
 int Registry(const Flags& flags, const std::vector<std::string>& args) {
-  auto stub = v1::Registry::NewStub(
-      grpc::CreateChannel(flags.registry, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::Registry::NewStub(grpc::CreateChannel(flags.registry, formica::ChannelCredentials()));
   const std::string& cmd = args[1];
   auto ctx = CallContext(flags);
   const bool json = flags.output == Output::kJson;
@@ -68,13 +69,13 @@ int Registry(const Flags& flags, const std::vector<std::string>& args) {
     grpc::Status s = stub->ListSessions(ctx.get(), {}, &r);
     if (!s.ok()) return Fail(s);
     if (json) return PrintJson(r);
-    std::printf("%-20s %-24s %-24s %8s %8s %5s %5s\n", "SESSION", "CLIENT", "PEER", "LEASE_MS",
-                "ATTACHED", "PUBS", "SUBS");
+    std::printf("%-20s %-24s %-24s %8s %8s %5s %5s %s\n", "SESSION", "CLIENT", "PEER", "LEASE_MS",
+                "ATTACHED", "PUBS", "SUBS", "IDENTITY");
     for (const auto& x : r.sessions()) {
-      std::printf("%-20llu %-24s %-24s %8u %8s %5u %5u\n",
+      std::printf("%-20llu %-24s %-24s %8u %8s %5u %5u %s\n",
                   static_cast<unsigned long long>(x.session_id()), x.client_name().c_str(),
                   x.peer().c_str(), x.lease_ms(), x.attached() ? "yes" : "no", x.publications(),
-                  x.subscriptions());
+                  x.subscriptions(), x.identity().empty() ? "-" : x.identity().c_str());
     }
     return 0;
   }
@@ -112,8 +113,8 @@ int Registry(const Flags& flags, const std::vector<std::string>& args) {
 }
 
 int Cluster(const Flags& flags, const std::vector<std::string>& args) {
-  auto stub = v1::Registry::NewStub(
-      grpc::CreateChannel(flags.registry, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::Registry::NewStub(grpc::CreateChannel(flags.registry, formica::ChannelCredentials()));
   if (args[1] != "members" || args.size() != 2) {
     return Usage(absl::StrCat("unknown command '", absl::StrJoin(args, " "), "'"));
   }

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "formica/internal/credentials.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
 #include "formica/rpc/v1/rpc.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -50,7 +51,7 @@ int View(const Flags& flags, const std::vector<std::string>& args) {
     services.push_back(args[2]);
   } else {
     auto stub = formica::registry::v1::Registry::NewStub(
-        grpc::CreateChannel(flags.registry, grpc::InsecureChannelCredentials()));
+        grpc::CreateChannel(flags.registry, formica::ChannelCredentials()));
     formica::registry::v1::ListServicesResponse r;
     grpc::Status s = stub->ListServices(CallContext(flags).get(), {}, &r);
     if (!s.ok()) return Fail(s);

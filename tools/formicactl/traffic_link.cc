@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "formica/common/grpc_status.h"
+#include "formica/internal/credentials.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
 #include "formica/rpc/v1/rpc.grpc.pb.h"
 #include "traffic.h"
@@ -25,12 +26,12 @@ class TrafficLink::Impl {
   explicit Impl(const Flags& f)
       : flags(f),
         registry(reg::Registry::NewStub(
-            grpc::CreateChannel(f.registry, grpc::InsecureChannelCredentials()))) {}
+            grpc::CreateChannel(f.registry, formica::ChannelCredentials()))) {}
 
   std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
     auto& channel = channels[address];
     if (channel == nullptr) {
-      channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+      channel = grpc::CreateChannel(address, formica::ChannelCredentials());
     }
     return channel;
   }

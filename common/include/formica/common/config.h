@@ -45,6 +45,10 @@ class Config {
 
   const std::string& source() const;
 
+  // A copy without the keys under `section` ("tls" drops "tls.ca_file"...),
+  // for a section one part reads before handing the rest to another.
+  Config Without(absl::string_view section) const;
+
   struct Data;  // opaque: the flattened keys
 
  private:

@@ -37,13 +37,22 @@ namespace daemon_internal {
 int SetUp(absl::string_view program, const absl::StatusOr<DaemonArgs>& args);
 // Prints "<program>: <what><status message>" to stderr and returns `code`.
 int Fail(absl::string_view program, absl::string_view what, const absl::Status& status, int code);
+// Reads the `tls` section (ca_file, cert_file, key_file, reload_interval:
+// formica/common/tls.h) and puts it in force for the process; returns the
+// config without it for the daemon's own loader. INVALID_ARGUMENT naming
+// the key or file at fault.
+absl::StatusOr<Config> UseTlsSection(const Config& config);
+// The same for the `security` section: permissions_file and
+// permissions_reload (formica/internal/permissions.h).
+absl::StatusOr<Config> UseSecuritySection(const Config& config);
 // Prints "<program> ready on port N" (tests and scripts read it) and waits
 // for SIGTERM or SIGINT.
 void ServeUntilSignal(absl::string_view program, int port);
 }  // namespace daemon_internal
 
 // A daemon's whole main(): flags and config (exit 2 on a bad one, naming
-// it), logging, `load` (options from the config; exit 2 when invalid),
+// it), logging, the transport and permissions (the `tls` and `security`
+// sections), `load` (options from the config; exit 2 when invalid),
 // `start` (exit 1 when it cannot), the ready line, then waiting for SIGTERM
 // and Shutdown(). `start` returns a unique_ptr to something with port() and
 // Shutdown().
@@ -58,7 +67,12 @@ int RunDaemon(int argc, char** argv, absl::string_view program,
   InstallTerminationHandler();
   absl::StatusOr<DaemonArgs> args = ParseDaemonArgs(argc, argv, program, flag_to_key);
   if (int code = daemon_internal::SetUp(program, args); code >= 0) return code;
-  auto options = load(args->config);
+  absl::StatusOr<Config> config = daemon_internal::UseTlsSection(args->config);
+  if (config.ok()) config = daemon_internal::UseSecuritySection(*config);
+  if (!config.ok()) {
+    return daemon_internal::Fail(program, "invalid configuration: ", config.status(), 2);
+  }
+  auto options = load(*config);
   if (!options.ok()) {
     return daemon_internal::Fail(program, "invalid configuration: ", options.status(), 2);
   }

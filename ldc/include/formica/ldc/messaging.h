@@ -18,6 +18,7 @@
 //   m.properties[ldc::kUserProperty] = user_id;
 //   m.dedup_key = order_id;                        // required
 //   producer->Send("fund.orders", m);
+//   producer->SendInActivity("fund.orders", m);   // inside dts::Activity::Run
 //   auto consumer = dms::Consumer::Start(options,
 //       ldc::ZoneHandler(router.get(), producer.get(), handler), rpc_client).value();
 //
@@ -58,6 +59,17 @@ class ZoneProducer {
   // Sends to the brokers of `zone`, none other.
   absl::StatusOr<dms::SendReceipt> SendToZone(const std::string& zone, const std::string& topic,
                                               dms::OutgoingMessage message);
+  // dms::Producer::SendInActivity at the brokers of the owner zone of the
+  // message's user (this process's zone when it names none): the half
+  // message is stored there, that broker joins DTS activity `activity_id`
+  // (empty: the one current on this thread) under its own participant name
+  // (dmsd's transactions.participant), and the message is delivered there
+  // if the activity commits, discarded if it rolls back. Returns the
+  // transaction id. Needs ProducerOptions::producer_group; no dedup key
+  // needed (the committed message is stored under "txn:<id>"). The zone's
+  // broker must run with a participant name no other zone's broker uses.
+  absl::StatusOr<std::string> SendInActivity(const std::string& topic, dms::OutgoingMessage message,
+                                             std::string activity_id = "");
 
   class Impl;
 

@@ -1,0 +1,119 @@
+#include "formica/internal/audit_log.h"
+
+#include <fcntl.h>
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <deque>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "formica/audit/v1/audit.grpc.pb.h"
+#include "formica/internal/credentials.h"
+
+namespace formica {
+
+class AuditLog::Impl final : public audit::v1::Audit::Service {
+ public:
+  Impl(std::string path, std::string daemon, int fd)
+      : path_(std::move(path)), daemon_(std::move(daemon)), fd_(fd) {}
+  ~Impl() override { ::close(fd_); }
+
+  void Record(grpc::ServerContextBase* context, absl::string_view action,
+              absl::string_view arguments, const absl::Status& result) {
+    audit::v1::AuditEntry e;
+    e.set_time_unix_ms(absl::ToUnixMillis(absl::Now()));
+    e.set_daemon(daemon_);
+    if (context != nullptr) {
+      e.set_identity(PeerIdentity(*context->auth_context()));
+      e.set_peer(context->peer());
+    }
+    e.set_action(std::string(action));
+    e.set_arguments(std::string(arguments));
+    e.set_result(result.ok() ? "OK" : result.ToString());
+    std::string line;
+    google::protobuf::util::JsonPrintOptions o;
+    o.preserve_proto_field_names = true;
+    if (!google::protobuf::util::MessageToJsonString(e, &line, o).ok()) return;
+    line.push_back('\n');
+    absl::MutexLock lock(&mu_);
+    if (::write(fd_, line.data(), line.size()) != static_cast<ssize_t>(line.size()) ||
+        ::fdatasync(fd_) != 0) {
+      spdlog::error("audit: cannot append to {}: {}; the act was: {}", path_, std::strerror(errno),
+                    line);
+    }
+  }
+
+  grpc::Status List(grpc::ServerContext*, const audit::v1::ListAuditRequest* req,
+                    audit::v1::ListAuditResponse* resp) override {
+    const size_t limit = req->limit() > 0 ? static_cast<size_t>(req->limit()) : 100;
+    std::deque<audit::v1::AuditEntry> newest;
+    absl::MutexLock lock(&mu_);
+    std::ifstream in(path_);
+    std::string line;
+    while (std::getline(in, line)) {
+      audit::v1::AuditEntry e;
+      if (!google::protobuf::util::JsonStringToMessage(line, &e).ok()) continue;  // torn
+      if (e.time_unix_ms() < req->since_unix_ms()) continue;
+      newest.push_back(std::move(e));
+      if (newest.size() > limit) newest.pop_front();
+    }
+    for (auto& e : newest) *resp->add_entries() = std::move(e);
+    return grpc::Status::OK;
+  }
+
+ private:
+  const std::string path_;
+  const std::string daemon_;
+  absl::Mutex mu_;
+  const int fd_;
+};
+
+absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& path,
+                                                         std::string daemon) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("audit log ", path, " cannot be opened: ", std::strerror(errno)));
+  }
+  // A line torn by a crash is ended, so the next entry starts a line of its own.
+  off_t end = ::lseek(fd, 0, SEEK_END);
+  char last = '\n';
+  if (end > 0 && ::pread(fd, &last, 1, end - 1) == 1 && last != '\n') {
+    if (::write(fd, "\n", 1) != 1 || ::fdatasync(fd) != 0) {
+      ::close(fd);
+      return absl::UnavailableError(absl::StrCat("audit log ", path, " cannot be written"));
+    }
+  }
+  return std::unique_ptr<AuditLog>(
+      new AuditLog(std::make_unique<Impl>(path, std::move(daemon), fd)));
+}
+
+AuditLog::AuditLog(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+AuditLog::~AuditLog() = default;
+
+void AuditLog::Record(grpc::ServerContextBase* context, absl::string_view action,
+                      absl::string_view arguments, const absl::Status& result) {
+  impl_->Record(context, action, arguments, result);
+}
+
+grpc::Service* AuditLog::service() { return impl_.get(); }
+
+namespace {
+std::atomic<AuditLog*> process_log{nullptr};
+}  // namespace
+
+void UseAuditLog(AuditLog* log) { process_log.store(log); }
+
+void RecordAct(grpc::ServerContextBase* context, absl::string_view action,
+               absl::string_view arguments, const absl::Status& result) {
+  if (AuditLog* log = process_log.load()) log->Record(context, action, arguments, result);
+}
+
+}  // namespace formica
