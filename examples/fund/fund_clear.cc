@@ -36,6 +36,7 @@
 #include "absl/strings/str_split.h"
 #include "clearing_master.h"
 #include "clearing_worker.h"
+#include "formica/common/tls.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
@@ -238,6 +239,11 @@ int Export(std::map<std::string, std::string>& f) {
 
 int main(int argc, char** argv) {
   fund::BlockTerminationSignals();
+  // Mutual TLS when FORMICA_TLS_CA, FORMICA_TLS_CERT and FORMICA_TLS_KEY are set.
+  if (absl::Status st = formica::UseTlsFromEnvironment(); !st.ok()) {
+    std::fprintf(stderr, "fund-clear: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
   if (argc < 2) return Usage();
   std::string command = argv[1];
   std::map<std::string, std::string> f;

@@ -22,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "driver.h"
+#include "formica/common/tls.h"
 #include "formica/registry/client.h"
 #include "formica/rpc/client.h"
 #include "store.h"
@@ -30,6 +31,11 @@
 namespace v1 = fund::v1;
 
 int main(int argc, char** argv) {
+  // Mutual TLS when FORMICA_TLS_CA, FORMICA_TLS_CERT and FORMICA_TLS_KEY are set.
+  if (absl::Status st = formica::UseTlsFromEnvironment(); !st.ok()) {
+    std::fprintf(stderr, "fund-load: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
   std::map<std::string, std::string> f = {
       {"users", "1000"},        {"seconds", "10"},        {"concurrency", "8"}, {"orders", "0"},
       {"redeem-ratio", "0.35"}, {"repeat-ratio", "0.05"}, {"seed", "1"},        {"prefix", ""}};

@@ -37,6 +37,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "book.h"
+#include "formica/common/tls.h"
 #include "formica/ldc/messaging.h"
 #include "formica/ldc/router.h"
 #include "formica/ldc/rpc_routing.h"
@@ -61,6 +62,11 @@ int Fail(const std::string& what, const absl::Status& st) {
 
 int main(int argc, char** argv) {
   fund::BlockTerminationSignals();
+  // Mutual TLS when FORMICA_TLS_CA, FORMICA_TLS_CERT and FORMICA_TLS_KEY are set.
+  if (absl::Status st = formica::UseTlsFromEnvironment(); !st.ok()) {
+    std::fprintf(stderr, "fund-server: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
   std::map<std::string, std::string> f = {{"services", "account,fund,gateway,ledger"},
                                           {"data", "."},
                                           {"users", "0"},

@@ -279,6 +279,39 @@ TEST_F(TlsTest, ClusterModeReachesEtcdOverMutualTls) {
   EXPECT_NE(out.find("node0"), std::string::npos) << out;
 }
 
+// The fund (examples/fund) over mutual TLS: its programs read
+// FORMICA_TLS_*, the daemons their tls section; orders are confirmed,
+// their messages reach the ledger, and money and shares add up.
+TEST_F(TlsTest, TheFundRunsOverMutualTls) {
+  StartDsrd();
+  int dtsd_port = 0, dmsd_port = 0;
+  auto dtsd = StartDaemon("dts/dtsd", "dtsd", {"--data-dir", dir_.File("dtsd")}, &dtsd_port);
+  auto dmsd = StartDaemon("dms/dmsd", "dmsd",
+                          {"--data-dir", dir_.File("dmsd"), "--set", "topics.create=fund.orders:4"},
+                          &dmsd_port);
+  ASSERT_TRUE(dtsd && dmsd);
+  MakeCerts(certs_, {"fund"});
+  auto server = Subprocess::Start(
+      WithTls("fund", {BinaryPath("examples/fund/fund-server"), "--registry", dsrd_->address(),
+                       "--data", dir_.path(), "--users", "200", "--initial", "100000"}),
+      dir_.File("fund-server.log"));
+  ASSERT_TRUE(server.ok());
+  ASSERT_TRUE((*server)->WaitForOutput("fund-server ready", absl::Seconds(60)))
+      << (*server)->Output();
+  auto [code, out] = RunToEnd(
+      WithTls("fund", {BinaryPath("examples/fund/fund-load"), "--registry", dsrd_->address(),
+                       "--users", "200", "--seconds", "2", "--concurrency", "4"}),
+      dir_.File("fund-load.log"));
+  EXPECT_EQ(code, 0) << out << (*server)->Output();
+  EXPECT_NE(out.find("money and shares add up"), std::string::npos) << out;
+  EXPECT_EQ(out.find("confirmed 0,"), std::string::npos) << out;
+  // And nothing gets through without a certificate.
+  auto [plain_code, plain_out] = RunToEnd({BinaryPath("examples/fund/fund-load"), "--registry",
+                                           dsrd_->address(), "--users", "200", "--seconds", "1"},
+                                          dir_.File("fund-load-plain.log"));
+  EXPECT_NE(plain_code, 0) << plain_out;
+}
+
 // The serial number of the certificate a TLS server at `address` presents
 // now, read by openssl's client as `name`.
 std::string ServedSerial(const std::string& certs, const std::string& name,
