@@ -1,13 +1,107 @@
 // SQLite behind DDS: one file per database, WAL, every commit synced.
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <map>
+#include <memory>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "backend.h"
 
 namespace formica::dds {
 namespace {
+
+// How long a writer waits for the file's other writers, as SQLite's own
+// busy timeout.
+constexpr absl::Duration kWriterWait = absl::Seconds(5);
+
+// The writers of one SQLite file in this process.
+//
+// Turns: one writer at a time, handed on the moment the last one ends.
+// SQLite lets one connection write at a time and makes the others poll,
+// sleeping 1 to 100 ms between tries (its busy handler): with a pool of
+// connections writing at once, writers slept far longer than their writes
+// took. Writers of other processes still meet the busy handler. Not tied
+// to a thread: a transaction may end on another.
+//
+// Syncs: commits are written without a sync (synchronous=NORMAL) and the
+// turn handed on; then the committer waits for an fdatasync of the WAL
+// file that began after its commit was written, which one of the waiting
+// committers runs for all of them (group commit). A commit is thus on disk
+// before Commit returns, as with synchronous=FULL, at one sync per group
+// instead of one per commit. (Another connection may read a commit during
+// its sync; any commit that follows it in the log is durable only with it.)
+class FileWriters {
+ public:
+  explicit FileWriters(std::string wal) : wal_(std::move(wal)) {}
+
+  // False when the file stayed taken for `wait`.
+  bool Enter(absl::Duration wait) {
+    absl::MutexLock lock(&mu_);
+    auto free = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !held_; };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&free), wait)) return false;
+    held_ = true;
+    return true;
+  }
+  // Ends the turn. `wrote`: a commit was written in it; returns its ticket
+  // for Synced (0 when nothing was written).
+  int64_t Leave(bool wrote) {
+    absl::MutexLock lock(&mu_);
+    held_ = false;
+    return wrote ? ++written_ : 0;
+  }
+
+  // Returns once the commit of `ticket` is on disk.
+  absl::Status Synced(int64_t ticket) {
+    if (ticket == 0) return absl::OkStatus();
+    absl::MutexLock lock(&mu_);
+    while (synced_ < ticket) {
+      if (syncing_) {
+        auto done = [this, ticket]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return !syncing_ || synced_ >= ticket;
+        };
+        mu_.Await(absl::Condition(&done));
+        continue;
+      }
+      syncing_ = true;
+      const int64_t covers = written_;
+      mu_.Unlock();
+      absl::Status st = SyncWal();
+      mu_.Lock();
+      syncing_ = false;
+      if (!st.ok()) return st;
+      synced_ = std::max(synced_, covers);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status SyncWal() {
+    int fd = ::open(wal_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || ::fdatasync(fd) != 0) {
+      int err = errno;
+      if (fd >= 0) ::close(fd);
+      return absl::InternalError(absl::StrCat("cannot sync ", wal_, ": ", std::strerror(err),
+                                              "; the last commits may not be on disk"));
+    }
+    ::close(fd);
+    return absl::OkStatus();
+  }
+
+  const std::string wal_;
+  absl::Mutex mu_;
+  bool held_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t written_ ABSL_GUARDED_BY(mu_) = 0;  // commits written (tickets handed out)
+  int64_t synced_ ABSL_GUARDED_BY(mu_) = 0;   // of them, on disk
+  bool syncing_ ABSL_GUARDED_BY(mu_) = false;
+};
 
 // Prepared statements kept per connection: a service's statements times
 // the tables they run on. Past it, one is dropped for each one added.
@@ -15,8 +109,11 @@ constexpr size_t kMaxStatements = 2048;
 
 class SqliteConnection : public Connection {
  public:
-  SqliteConnection(std::string name, sqlite3* db) : name_(std::move(name)), db_(db) {}
+  // `gate` is shared by the connections of one file; null for read-only ones.
+  SqliteConnection(std::string name, sqlite3* db, std::shared_ptr<FileWriters> gate)
+      : name_(std::move(name)), db_(db), gate_(std::move(gate)) {}
   ~SqliteConnection() override {
+    if (in_gate_) gate_->Leave(false);  // closing rolls the transaction back
     for (auto& [id, p] : by_id_) sqlite3_finalize(p.stmt);
     for (auto& [sql, p] : by_text_) sqlite3_finalize(p.stmt);
     if (transient_.stmt != nullptr) sqlite3_finalize(transient_.stmt);
@@ -57,6 +154,15 @@ class SqliteConnection : public Connection {
           sqlite3_bind_text(stmt, slot, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
         }
       }
+    }
+    // A write of its own (not in a transaction): through the gate.
+    bool entered = false;
+    if (gate_ != nullptr && !in_gate_ && !sqlite3_stmt_readonly(stmt)) {
+      if (!gate_->Enter(kWriterWait)) {
+        sqlite3_clear_bindings(stmt);
+        return Busy();
+      }
+      entered = true;
     }
     ResultSet out;
     const int n = static_cast<int>((*p)->columns.size());
@@ -100,15 +206,34 @@ class SqliteConnection : public Connection {
     }
     if (st.ok() && !sqlite3_stmt_readonly(stmt)) out.rows_affected = sqlite3_changes(db_);
     sqlite3_reset(stmt);  // every slot is bound again before the next step
+    if (entered) {
+      int64_t ticket = gate_->Leave(st.ok());
+      if (st.ok()) st = gate_->Synced(ticket);
+    }
     if (!st.ok()) return st;
     return out;
   }
 
-  absl::Status Begin() override { return Exec("BEGIN IMMEDIATE"); }
-  absl::Status Commit() override { return Exec("COMMIT"); }
+  absl::Status Begin() override {
+    if (gate_ != nullptr && !in_gate_) {
+      if (!gate_->Enter(kWriterWait)) return Busy();
+      in_gate_ = true;
+    }
+    absl::Status st = Exec("BEGIN IMMEDIATE");
+    if (!st.ok()) LeaveGateIfEnded();
+    return st;
+  }
+  absl::Status Commit() override {
+    absl::Status st = Exec("COMMIT");
+    int64_t ticket = LeaveGateIfEnded(st.ok());
+    if (st.ok() && gate_ != nullptr) st = gate_->Synced(ticket);
+    return st;
+  }
   absl::Status Rollback() override {
-    if (sqlite3_get_autocommit(db_)) return absl::OkStatus();  // already rolled back
-    return Exec("ROLLBACK");
+    absl::Status st = sqlite3_get_autocommit(db_) ? absl::OkStatus()  // already rolled back
+                                                  : Exec("ROLLBACK");
+    LeaveGateIfEnded();
+    return st;
   }
   bool broken() const override { return broken_; }
   const std::string& default_collation() const override {
@@ -212,6 +337,23 @@ class SqliteConnection : public Connection {
 
   absl::Status Error(int rc) { return Classify(rc, sqlite3_errmsg(db_)); }
 
+  absl::Status Busy() {
+    return absl::AbortedError(absl::StrCat("database ", name_, ": database is locked (another ",
+                                           "writer held it for ", absl::FormatDuration(kWriterWait),
+                                           ")"));
+  }
+
+  // After the transaction ended (committed, rolled back, or never begun),
+  // the next writer may go.
+  // `committed`: the transaction ended by a commit (the ticket to wait for).
+  int64_t LeaveGateIfEnded(bool committed = false) {
+    if (in_gate_ && sqlite3_get_autocommit(db_)) {
+      in_gate_ = false;
+      return gate_->Leave(committed);
+    }
+    return 0;
+  }
+
   absl::Status Classify(int rc, const std::string& msg) {
     std::string text = absl::StrCat("database ", name_, ": ", msg);
     switch (rc & 0xff) {
@@ -241,6 +383,8 @@ class SqliteConnection : public Connection {
   absl::flat_hash_map<std::string, Prepared> by_text_;
   Prepared transient_;  // the last text too long to keep (kMaxKeptText)
   bool broken_ = false;
+  const std::shared_ptr<FileWriters> gate_;
+  bool in_gate_ = false;  // this connection's transaction holds the gate
 };
 
 class SqliteBackend : public Backend {
@@ -259,7 +403,11 @@ class SqliteBackend : public Backend {
           absl::StrCat("database ", name, ": cannot open SQLite file ", target, ": ", msg));
     }
     sqlite3_busy_timeout(db, 5000);
+    // A file of our own gets its commits synced by FileWriters; any other
+    // target (":memory:", a URI) by SQLite.
+    const bool file = target != ":memory:" && target.rfind("file:", 0) != 0;
     const char* setup = read_only ? "PRAGMA query_only = ON"
+                        : file    ? "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL"
                                   : "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL";
     char* err = nullptr;
     if (sqlite3_exec(db, setup, nullptr, nullptr, &err) != SQLITE_OK) {
@@ -269,9 +417,20 @@ class SqliteBackend : public Backend {
       return absl::UnavailableError(
           absl::StrCat("database ", name, ": cannot set up SQLite file ", target, ": ", msg));
     }
-    return std::unique_ptr<Connection>(new SqliteConnection(name, db));
+    std::shared_ptr<FileWriters> gate;
+    if (!read_only && file) {
+      absl::MutexLock lock(&mu_);
+      std::shared_ptr<FileWriters>& g = gates_[target];
+      if (g == nullptr) g = std::make_shared<FileWriters>(target + "-wal");
+      gate = g;
+    }
+    return std::unique_ptr<Connection>(new SqliteConnection(name, db, std::move(gate)));
   }
   bool nulls_largest() const override { return false; }
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<FileWriters>> gates_ ABSL_GUARDED_BY(mu_);  // by file
 };
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "formica/common/grpc_status.h"
+#include "formica/dts/participant.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
 #include "now_ms.h"
@@ -142,7 +143,11 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
   absl::StatusOr<std::string> Prepare(const std::string& topic, v1::StoredMessage message,
                                       const std::string& activity_id) {
     std::string id = absl::StrCat(boot, "-", seq.fetch_add(1) + 1);
-    if (!activity_id.empty()) {
+    // An activity its initiator began: stored, then reported back through
+    // the reply (the commit carries it to dtsd); one begun at dtsd:
+    // enlisted first.
+    const bool joined = !activity_id.empty() && dts::JoinsThroughReply(activity_id);
+    if (!activity_id.empty() && !joined) {
       // Enlisted first: once the activity knows the action, its outcome
       // decides the message, whatever happens next.
       rpc::CallOptions co;
@@ -172,8 +177,13 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     h.set_prepared_unix_ms(NowMs(*clock));
     h.set_next_check_unix_ms(NowMs(*clock) + absl::ToInt64Milliseconds(options.check_after));
     if (absl::Status st = Persist(h, /*sync=*/true); !st.ok()) return st;
-    absl::MutexLock lock(&mu);
-    halves[id] = std::move(h);
+    {
+      absl::MutexLock lock(&mu);
+      halves[id] = std::move(h);
+    }
+    // The action is named by the transaction id (confirm and cancel take it). A
+    // report that reaches no one is settled by the check with dtsd below.
+    if (joined) dts::ReportJoinedTry(activity_id, options.participant, id);
     return id;
   }
 
@@ -300,14 +310,26 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     co.timeout = absl::Seconds(2);
     co.idempotent = true;
     co.inherit_current = false;
-    dts::v1::ActivityRef ref;
-    ref.set_activity_id(h.activity_id());
-    dts::v1::Activity activity;
+    // resolve: the outcome, and for an activity dtsd never heard decided
+    // (its report lost) once past its deadline, its rollback recorded.
+    dts::v1::BatchRequest req;
+    dts::v1::ActivityRef* ref = req.add_ops()->mutable_resolve();
+    ref->set_activity_id(h.activity_id());
+    dts::v1::JoinedAction* mine = ref->add_actions();
+    mine->set_participant(options.participant);
+    mine->set_action(h.transaction_id());
+    dts::v1::BatchResponse resp;
     absl::Status st =
         rpc->Call(kCoordinator, co,
                   [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
-                    return dts::v1::Coordinator::NewStub(channel)->Get(ctx, ref, &activity);
+                    return dts::v1::Coordinator::NewStub(channel)->Batch(ctx, req, &resp);
                   });
+    if (st.ok() && resp.results_size() != 1) st = absl::InternalError("dtsd answered no result");
+    if (st.ok() && resp.results(0).code() != 0) {
+      st = absl::Status(static_cast<absl::StatusCode>(resp.results(0).code()),
+                        resp.results(0).message());
+    }
+    dts::v1::OpResult activity = st.ok() ? resp.results(0) : dts::v1::OpResult();
     if (!st.ok()) {
       Checked(h.transaction_id(), true,
               absl::StrCat("asking dtsd about activity ", h.activity_id(), ": ", st.message()));

@@ -264,6 +264,7 @@ absl::Status ActivityEngine::AddJoinedLocked(Entry& e, const v1::ActivityRef& re
     x->set_name(j.action());
     x->set_state(v1::ENLISTED);
     x->set_payload_at_participant(true);
+    x->set_payload(j.route());  // handed back in phase two (payload_at_participant tells why)
     x->set_enlisted_unix_ms(UnixMs(clock_->Now()));
     e.token.push_back(0);
     e.calling.push_back(false);

@@ -46,8 +46,13 @@ absl::StatusOr<std::string> NewActivityId(absl::Time deadline) {
 
 // The actions the tries of Run's calls reported back.
 struct Activity::Joined {
+  struct Action {
+    std::string participant;
+    std::string action;
+    std::string route;  // see JoinedAction.route
+  };
   absl::Mutex mu;
-  std::vector<std::pair<std::string, std::string>> actions ABSL_GUARDED_BY(mu);
+  std::vector<Action> actions ABSL_GUARDED_BY(mu);
 };
 
 absl::StatusOr<std::unique_ptr<Activity>> Activity::Begin(rpc::Client* rpc,
@@ -94,22 +99,27 @@ absl::Status Activity::Run(const std::function<absl::Status()>& body) const {
   context.txn_id = id_;
   rpc::CallContextScope scope(context);
   absl::Status st = body();
-  // "dts <id> <participant> <action>": ours are kept; any other goes on to
-  // the scope this one is nested in.
+  // "dts <id> <participant> <action> [<route>]": ours are kept; any other
+  // goes on to the scope this one is nested in.
   std::vector<std::string> others;
   for (std::string& entry : rpc::TakeJoined()) {
     std::vector<absl::string_view> f = absl::StrSplit(entry, ' ');
-    std::optional<std::string> participant, action;
-    if (f.size() == 4 && f[0] == "dts" && f[1] == id_) {
+    std::optional<std::string> participant, action, route = std::string();
+    if ((f.size() == 4 || f.size() == 5) && f[0] == "dts" && f[1] == id_) {
       participant = UnescapeJoinedField(f[2]);
       action = UnescapeJoinedField(f[3]);
+      if (f.size() == 5) route = UnescapeJoinedField(f[4]);
     }
-    if (participant.has_value() && action.has_value()) {
+    if (participant.has_value() && action.has_value() && route.has_value()) {
       absl::MutexLock lock(&joined_->mu);
-      std::pair<std::string, std::string> a{*std::move(participant), *std::move(action)};
       bool known = false;
-      for (const auto& k : joined_->actions) known = known || k == a;
-      if (!known) joined_->actions.push_back(std::move(a));
+      for (const Joined::Action& k : joined_->actions) {
+        known = known || (k.participant == *participant && k.action == *action);
+      }
+      if (!known) {
+        joined_->actions.push_back(
+            Joined::Action{*std::move(participant), *std::move(action), *std::move(route)});
+      }
     } else {
       others.push_back(std::move(entry));
     }
@@ -156,10 +166,11 @@ absl::Status Activity::Decide(bool commit, absl::string_view reason) {
   ref->set_initiator(options_.initiator);
   {
     absl::MutexLock lock(&joined_->mu);
-    for (const auto& [participant, action] : joined_->actions) {
+    for (const Joined::Action& a : joined_->actions) {
       v1::JoinedAction* j = ref->add_actions();
-      j->set_participant(participant);
-      j->set_action(action);
+      j->set_participant(a.participant);
+      j->set_action(a.action);
+      j->set_route(a.route);
     }
   }
   decision_tried_ = true;

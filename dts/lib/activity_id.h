@@ -8,7 +8,9 @@
 //
 // A try of such an activity tells its initiator through the reply's
 // x-formica-joined trailing metadata ("dts <id> <participant> <action>",
-// each escaped by EscapeJoinedField), and the commit carries them to dtsd.
+// and " <route>" when the participant needs one handed back in phase two,
+// each escaped by EscapeJoinedField; see JoinedEntry), and the commit
+// carries them to dtsd.
 #pragma once
 
 #include <cstdint>
@@ -81,6 +83,22 @@ inline std::optional<std::string> UnescapeJoinedField(absl::string_view s) {
     i += 2;
   }
   return out;
+}
+
+// The x-formica-joined entry of a try: what the initiator hands to dtsd.
+inline std::string JoinedEntry(absl::string_view id, absl::string_view participant,
+                               absl::string_view action, absl::string_view route = {}) {
+  std::string entry = "dts ";
+  for (absl::string_view field : {id, participant, action}) {
+    entry += EscapeJoinedField(field);
+    entry += ' ';
+  }
+  entry.pop_back();
+  if (!route.empty()) {
+    entry += ' ';
+    entry += EscapeJoinedField(route);
+  }
+  return entry;
 }
 
 }  // namespace formica::dts

@@ -1,5 +1,8 @@
 #include "barrier.h"
 
+#include "absl/time/clock.h"
+#include "formica/dts/activity.h"
+
 namespace formica::dts {
 
 const char* BarrierPhaseName(BarrierPhase phase) {
@@ -87,6 +90,45 @@ absl::Status PhaseTwoUnderBarrier(BarrierRows& rows, const BarrierAction& a, boo
     return absl::AbortedError("the action's try arrived while it was cancelled; retry");
   }
   return step();
+}
+
+absl::Status RecordedTryUnderBarrier(BarrierRows& rows, PendingRow& pending, const BarrierAction& a,
+                                     absl::string_view payload, absl::Time deadline, bool* keep,
+                                     const std::function<absl::Status()>& body) {
+  absl::StatusOr<std::optional<std::string>> before = pending.Payload();
+  if (!before.ok()) return before.status();
+  if (before->has_value() && **before != payload) {
+    *keep = false;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "action ", a.action, " of ", a.participant, " is already enlisted in activity ",
+        a.activity_id, " with another payload; give each action of an activity its own name"));
+  }
+  return TryUnderBarrier(rows, a, keep, [&]() -> absl::Status {
+    if (absl::Status st = pending.Add(payload, deadline); !st.ok()) return st;
+    return body();
+  });
+}
+
+absl::Status RecordedPhaseTwoUnderBarrier(
+    BarrierRows& rows, PendingRow& pending, const BarrierAction& a, bool confirm, bool* keep,
+    const std::string& given, const std::function<absl::Status(const std::string& payload)>& step) {
+  absl::Status st = PhaseTwoUnderBarrier(rows, a, confirm, keep, [&]() -> absl::Status {
+    if (!given.empty()) return step(given);
+    absl::StatusOr<std::optional<std::string>> kept = pending.Payload();
+    if (!kept.ok()) return kept.status();
+    return step(kept->has_value() ? **kept : given);
+  });
+  if (st.ok() && *keep) return pending.Drop();
+  return st;
+}
+
+absl::Status CheckTryDeadline(absl::string_view activity_id, absl::Time deadline) {
+  if (deadline - absl::Now() > kMaxActivityTimeout + absl::Minutes(5)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("activity ", activity_id, " has its deadline more than ",
+                     absl::FormatDuration(kMaxActivityTimeout), " away; its try is refused"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace formica::dts

@@ -14,12 +14,14 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace formica::dts {
 
@@ -73,6 +75,40 @@ absl::Status TryUnderBarrier(BarrierRows& rows, const BarrierAction& a, bool* ke
 // `step` not run) that bars a late try.
 absl::Status PhaseTwoUnderBarrier(BarrierRows& rows, const BarrierAction& a, bool confirm,
                                   bool* keep, const std::function<absl::Status()>& step);
+
+// The pending row of one action: the try of an activity whose initiator
+// made its id (the id carries the deadline), kept with the try's payload
+// until its confirm or cancel, so that phase two and the check-back (see
+// check_back.h) have it. Implemented by each store's adapter, inside the
+// local transaction that also holds the barrier rows.
+class PendingRow {
+ public:
+  virtual ~PendingRow() = default;
+  // The payload its try was given; nullopt when none is pending.
+  virtual absl::StatusOr<std::optional<std::string>> Payload() = 0;
+  // Records the try; its check-back is due at `deadline`.
+  virtual absl::Status Add(absl::string_view payload, absl::Time deadline) = 0;
+  virtual absl::Status Drop() = 0;
+};
+
+// The try of an activity begun by its initiator: as TryUnderBarrier, with
+// the pending row written before `body` runs. A second try of the action
+// with another payload is FAILED_PRECONDITION.
+absl::Status RecordedTryUnderBarrier(BarrierRows& rows, PendingRow& pending, const BarrierAction& a,
+                                     absl::string_view payload, absl::Time deadline, bool* keep,
+                                     const std::function<absl::Status()>& body);
+
+// Phase two of such a try: as PhaseTwoUnderBarrier; `step` gets `given`
+// when it is not empty, else the payload kept in the pending row (dtsd
+// sends none for a try reported back), and the row goes with a step kept.
+absl::Status RecordedPhaseTwoUnderBarrier(
+    BarrierRows& rows, PendingRow& pending, const BarrierAction& a, bool confirm, bool* keep,
+    const std::string& given, const std::function<absl::Status(const std::string& payload)>& step);
+
+// A try of an activity whose deadline is further away than any initiator
+// may set (kMaxActivityTimeout) is refused: INVALID_ARGUMENT. It would stay
+// undecided that long if its report were lost.
+absl::Status CheckTryDeadline(absl::string_view activity_id, absl::Time deadline);
 
 // The errors a participant gives before any local transaction: a try with
 // no activity, an undeclared action, a phase two without its ids.

@@ -5,14 +5,13 @@
 #include <sqlite3.h>
 
 #include <map>
-#include <thread>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "activity_id.h"
 #include "barrier.h"
+#include "check_back.h"
 #include "coordinator_calls.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/activity.h"
@@ -32,7 +31,7 @@ thread_local bool in_body = false;
 
 }  // namespace
 
-class Participant::Impl final : public v1::Participant::CallbackService {
+class Participant::Impl final : public v1::Participant::CallbackService, public PendingTries {
  public:
   ParticipantOptions options;
   std::shared_ptr<CoordinatorCalls> calls;  // shared with the process's other users of rpc
@@ -45,18 +44,11 @@ class Participant::Impl final : public v1::Participant::CallbackService {
   Statement drop_pending ABSL_GUARDED_BY(db_mu);
   DeclaredSteps<Step> steps;
 
-  // The check-back thread: asks dtsd about tries past their deadline.
-  absl::Mutex stop_mu;
-  bool stopping ABSL_GUARDED_BY(stop_mu) = false;
-  std::thread check_back;
-  absl::flat_hash_set<std::string> reported_lost;  // check-back thread only
+  // Asks dtsd about tries past their deadline (set by Open).
+  std::unique_ptr<CheckBack> check_back;
 
   ~Impl() override {
-    {
-      absl::MutexLock lock(&stop_mu);
-      stopping = true;
-    }
-    if (check_back.joinable()) check_back.join();
+    if (check_back != nullptr) check_back->Stop();
     commit.Close();
     absl::MutexLock lock(&db_mu);
     insert.Finalize();
@@ -198,6 +190,28 @@ class Participant::Impl final : public v1::Participant::CallbackService {
     const absl::string_view action_;
   };
 
+  // The pending row of one action in formica_dts_pending, for barrier.h.
+  class PendingTryRow final : public PendingRow {
+   public:
+    PendingTryRow(Impl* impl, absl::string_view id, absl::string_view action)
+        : impl_(impl), id_(id), action_(action) {}
+    absl::StatusOr<std::optional<std::string>> Payload() override ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      return impl_->PendingPayload(id_, action_);
+    }
+    absl::Status Add(absl::string_view payload,
+                     absl::Time deadline) override ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      return impl_->AddPending(id_, action_, payload, deadline);
+    }
+    absl::Status Drop() override ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      return impl_->DropPending(id_, action_);
+    }
+
+   private:
+    Impl* const impl_;
+    const absl::string_view id_;
+    const absl::string_view action_;
+  };
+
   using Work = LocalGroupCommit::Work;
   using Pending = LocalGroupCommit::Pending;
   // Local transactions of concurrent callers share one SQLite transaction
@@ -308,20 +322,8 @@ class Participant::Impl final : public v1::Participant::CallbackService {
     return calls->Run(op, options.enlist_timeout).status();
   }
 
-  // A deadline further away than any initiator may set is refused: its try
-  // would stay undecided that long if its report were lost.
-  static absl::Status CheckDeadline(absl::string_view id, absl::Time deadline) {
-    if (deadline - absl::Now() > kMaxActivityTimeout + absl::Minutes(5)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("activity ", id, " has its deadline more than ",
-                       absl::FormatDuration(kMaxActivityTimeout), " away; its try is refused"));
-    }
-    return absl::OkStatus();
-  }
-
-  std::string JoinedEntry(absl::string_view id, absl::string_view action) const {
-    return absl::StrCat("dts ", EscapeJoinedField(id), " ", EscapeJoinedField(options.name), " ",
-                        EscapeJoinedField(action));
+  std::string JoinedEntryOf(absl::string_view id, absl::string_view action) const {
+    return JoinedEntry(id, options.name, action);
   }
 
   // The local work of a try of an activity whose id carries its deadline:
@@ -329,26 +331,14 @@ class Participant::Impl final : public v1::Participant::CallbackService {
   Work RecordedTryWork(std::string id, std::string action, std::string payload, absl::Time deadline,
                        Body body) {
     return [this, id = std::move(id), action = std::move(action), payload = std::move(payload),
-            deadline, body = std::move(body)](bool* keep)
-               ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
-                 absl::StatusOr<std::optional<std::string>> before = PendingPayload(id, action);
-                 if (!before.ok()) return before.status();
-                 if (before->has_value() && **before != payload) {
-                   *keep = false;
-                   return absl::FailedPreconditionError(absl::StrCat(
-                       "action ", action, " of ", options.name, " is already enlisted in activity ",
-                       id, " with another payload; give each action of an activity its own name"));
-                 }
-                 Rows rows(this, id, action);
-                 return TryUnderBarrier(
-                     rows, BarrierAction{options.name, id, action}, keep,
-                     [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                       if (absl::Status p = AddPending(id, action, payload, deadline); !p.ok()) {
-                         return p;
-                       }
-                       return body(db);
-                     });
-               };
+            deadline,
+            body = std::move(body)](bool* keep) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+      Rows rows(this, id, action);
+      PendingTryRow pending(this, id, action);
+      return RecordedTryUnderBarrier(rows, pending, BarrierAction{options.name, id, action},
+                                     payload, deadline, keep,
+                                     [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return body(db); });
+    };
   }
 
   void TryAsync(grpc::CallbackServerContext* ctx, absl::string_view action, std::string payload,
@@ -362,11 +352,11 @@ class Participant::Impl final : public v1::Participant::CallbackService {
       done(checked.ok() ? Try(id, action, payload, body) : checked);
       return;
     }
-    if (absl::Status st = CheckDeadline(id, *deadline); !st.ok()) {
+    if (absl::Status st = CheckTryDeadline(id, *deadline); !st.ok()) {
       done(st);
       return;
     }
-    std::string entry = JoinedEntry(id, action);
+    std::string entry = JoinedEntryOf(id, action);
     RunAsync(
         RecordedTryWork(id, std::string(action), std::move(payload), *deadline, std::move(body)),
         [ctx, entry = std::move(entry), done = std::move(done)](absl::Status st) {
@@ -384,11 +374,11 @@ class Participant::Impl final : public v1::Participant::CallbackService {
       // local transaction (durable before the answer), and reported back
       // to the initiator, who hands it to dtsd with the decision. If the
       // report is lost, the check-back finds the try past its deadline.
-      if (absl::Status st = CheckDeadline(id, *deadline); !st.ok()) return st;
+      if (absl::Status st = CheckTryDeadline(id, *deadline); !st.ok()) return st;
       absl::Status st =
           InTransaction(RecordedTryWork(std::string(id), std::string(action), std::string(payload),
                                         *deadline, [&body](sqlite3* db) { return body(db); }));
-      if (st.ok()) rpc::ReportJoined(JoinedEntry(id, action));
+      if (st.ok()) rpc::ReportJoined(JoinedEntryOf(id, action));
       return st;
     }
     // Enlisted first, durably: whatever the local transaction then does,
@@ -413,110 +403,48 @@ class Participant::Impl final : public v1::Participant::CallbackService {
     return Work([this, confirm, pending, call = std::move(call), step = *std::move(step)](
                     bool* keep) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
       Rows rows(this, call.activity_id, call.action);
-      absl::Status st =
-          PhaseTwoUnderBarrier(rows, BarrierAction{options.name, call.activity_id, call.action},
-                               confirm, keep, [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
-                                 if (!step) return absl::OkStatus();
-                                 if (!pending || !call.payload.empty()) return step(db, call);
-                                 // dtsd sends no payload for a try reported back: it is here.
-                                 absl::StatusOr<std::optional<std::string>> kept =
-                                     PendingPayload(call.activity_id, call.action);
-                                 if (!kept.ok()) return kept.status();
-                                 if (!kept->has_value()) return step(db, call);
-                                 ActionCall with = call;
-                                 with.payload = **std::move(kept);
-                                 return step(db, with);
-                               });
-      if (st.ok() && *keep && pending) return DropPending(call.activity_id, call.action);
-      return st;
+      BarrierAction what{options.name, call.activity_id, call.action};
+      if (!pending) {
+        return PhaseTwoUnderBarrier(rows, what, confirm, keep,
+                                    [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+                                      return step ? step(db, call) : absl::OkStatus();
+                                    });
+      }
+      PendingTryRow row(this, call.activity_id, call.action);
+      return RecordedPhaseTwoUnderBarrier(rows, row, what, confirm, keep, call.payload,
+                                          [&](const std::string& payload)
+                                              ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+                                                if (!step) return absl::OkStatus();
+                                                ActionCall with = call;
+                                                with.payload = payload;
+                                                return step(db, with);
+                                              });
     });
   }
 
-  // Asks dtsd the outcome of tries past their activity's deadline that no
-  // confirm or cancel reached, and runs it here.
-  // Asks dtsd the outcome of tries past their activity's deadline that no
-  // confirm or cancel reached, and runs it here. A try it cannot finish
-  // now is asked about again later (the oldest never hold back the rest).
-  void CheckBackOnce() {
-    std::vector<std::pair<std::string, std::string>> due;  // (activity, action)
-    absl::Time now = absl::Now();
-    {
-      absl::MutexLock lock(&db_mu);
-      sqlite3_stmt* s = nullptr;
-      if (sqlite3_prepare_v2(db,
-                             "SELECT activity_id, action FROM formica_dts_pending WHERE "
-                             "check_ms <= ?1 ORDER BY check_ms LIMIT 500",
-                             -1, &s, nullptr) != SQLITE_OK) {
-        SPDLOG_WARN("{}: check-back: {}", options.name, sqlite3_errmsg(db));
-        return;
-      }
-      sqlite3_bind_int64(s, 1, absl::ToUnixMillis(now));
-      while (sqlite3_step(s) == SQLITE_ROW) {
-        due.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)),
-                         reinterpret_cast<const char*>(sqlite3_column_text(s, 1)));
-      }
-      sqlite3_finalize(s);
+  // The check-back's view of formica_dts_pending (check_back.h).
+  absl::StatusOr<std::vector<PendingTry>> Due(absl::Time now, int limit) override {
+    std::vector<PendingTry> due;
+    absl::MutexLock lock(&db_mu);
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT activity_id, action FROM formica_dts_pending WHERE "
+                           "check_ms <= ?1 ORDER BY check_ms LIMIT ?2",
+                           -1, &s, nullptr) != SQLITE_OK) {
+      return SqlError("finding tries past their deadline");
     }
-    std::vector<std::pair<size_t, Work>> works;  // index into `due`
-    for (size_t i = 0; i < due.size(); ++i) {
-      const auto& [id, action] = due[i];
-      if (Stopping()) return;  // the participant is closing: the next start asks again
-      v1::CoordinatorOp op;
-      op.mutable_resolve()->set_activity_id(id);
-      v1::JoinedAction* mine = op.mutable_resolve()->add_actions();
-      mine->set_participant(options.name);
-      mine->set_action(action);
-      absl::StatusOr<v1::OpResult> r = calls->Run(op, options.enlist_timeout);
-      if (!r.ok()) {
-        // Unknown to dtsd past its retention: for an operator, asked about
-        // rarely. Otherwise dtsd could not be asked: soon again.
-        bool lost = absl::IsNotFound(r.status());
-        if (lost && reported_lost.insert(id).second) {
-          SPDLOG_ERROR("{}: the outcome of activity {} is unknown to dtsd: {}", options.name, id,
-                       r.status().ToString());
-        }
-        Postpone(id, action, lost ? absl::Minutes(10) : 5 * options.check_back_interval);
-        continue;
-      }
-      v1::ActivityState state = r->state();
-      if (r->action_state() == v1::SETTLED) {
-        // An operator finished it by hand: its step must not run as well.
-        SPDLOG_WARN("{}: action {} of activity {} was settled by an operator; its {} is not run",
-                    options.name, action, id,
-                    state == v1::COMMITTED || state == v1::COMMITTING ? "confirm" : "cancel");
-        absl::Status dropped = InTransaction(
-            [&](bool*) ABSL_NO_THREAD_SAFETY_ANALYSIS { return DropPending(id, action); });
-        if (!dropped.ok()) SPDLOG_WARN("{}: check-back: {}", options.name, dropped.ToString());
-        continue;
-      }
-      bool confirm = state == v1::COMMITTING || state == v1::COMMITTED;
-      if (!confirm && state != v1::ROLLING_BACK && state != v1::ROLLED_BACK) {
-        Postpone(id, action, options.check_back_interval);  // not decided yet
-        continue;
-      }
-      absl::StatusOr<Work> w = PhaseTwoWork(confirm, ActionCall{id, action, ""});
-      if (!w.ok()) {
-        SPDLOG_WARN("{}: check-back of {} in {}: {}", options.name, action, id,
-                    w.status().ToString());
-        Postpone(id, action, 30 * options.check_back_interval);
-        continue;
-      }
-      works.emplace_back(i, *std::move(w));
+    sqlite3_bind_int64(s, 1, absl::ToUnixMillis(now));
+    sqlite3_bind_int(s, 2, limit);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+      due.push_back(PendingTry{reinterpret_cast<const char*>(sqlite3_column_text(s, 0)),
+                               reinterpret_cast<const char*>(sqlite3_column_text(s, 1)), ""});
     }
-    std::vector<const Work*> runnable;
-    for (const auto& [i, w] : works) runnable.push_back(&w);
-    std::vector<absl::Status> ran = InTransactions(runnable);
-    for (size_t k = 0; k < ran.size(); ++k) {
-      if (ran[k].ok()) continue;
-      const auto& [id, action] = due[works[k].first];
-      SPDLOG_WARN("{}: check-back of {} in {}: {}", options.name, action, id, ran[k].ToString());
-      Postpone(id, action, 30 * options.check_back_interval);
-    }
+    sqlite3_finalize(s);
+    return due;
   }
 
-  // Asks about a pending try again after `after`.
-  void Postpone(const std::string& id, const std::string& action, absl::Duration after) {
-    absl::Status st = InTransaction([&](bool*) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+  absl::Status Postpone(const PendingTry& t, absl::Time when) override {
+    return InTransaction([&](bool*) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
       sqlite3_stmt* s = nullptr;
       if (sqlite3_prepare_v2(db,
                              "UPDATE formica_dts_pending SET check_ms = ?3 WHERE activity_id = ?1 "
@@ -524,29 +452,41 @@ class Participant::Impl final : public v1::Participant::CallbackService {
                              -1, &s, nullptr) != SQLITE_OK) {
         return SqlError("postponing a check-back");
       }
-      BindText(s, 1, id);
-      BindText(s, 2, action);
-      sqlite3_bind_int64(s, 3, absl::ToUnixMillis(absl::Now() + after));
+      BindText(s, 1, t.activity_id);
+      BindText(s, 2, t.action);
+      sqlite3_bind_int64(s, 3, absl::ToUnixMillis(when));
       int rc = sqlite3_step(s);
       sqlite3_finalize(s);
       return rc == SQLITE_DONE ? absl::OkStatus() : SqlError("postponing a check-back");
     });
-    if (!st.ok()) SPDLOG_WARN("{}: check-back: {}", options.name, st.ToString());
   }
 
-  bool Stopping() {
-    absl::MutexLock lock(&stop_mu);
-    return stopping;
+  absl::Status Drop(const PendingTry& t) override {
+    return InTransaction(
+        [&](bool*) ABSL_NO_THREAD_SAFETY_ANALYSIS { return DropPending(t.activity_id, t.action); });
   }
 
-  void CheckBackLoop() {
-    absl::MutexLock lock(&stop_mu);
-    auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(stop_mu) { return stopping; };
-    while (!stop_mu.AwaitWithTimeout(absl::Condition(&stop), options.check_back_interval)) {
-      stop_mu.Unlock();
-      CheckBackOnce();
-      stop_mu.Lock();
+  // The confirms and cancels of one pass, in group commits.
+  std::vector<absl::Status> Finish(
+      const std::vector<std::pair<const PendingTry*, bool>>& outcomes) override {
+    std::vector<absl::Status> results(outcomes.size());
+    std::vector<Work> works;
+    std::vector<size_t> at;  // index into outcomes of each work
+    for (size_t i = 0; i < outcomes.size(); ++i) {
+      const auto& [t, confirm] = outcomes[i];
+      absl::StatusOr<Work> w = PhaseTwoWork(confirm, ActionCall{t->activity_id, t->action, ""});
+      if (!w.ok()) {
+        results[i] = w.status();
+        continue;
+      }
+      works.push_back(*std::move(w));
+      at.push_back(i);
     }
+    std::vector<const Work*> runnable;
+    for (const Work& w : works) runnable.push_back(&w);
+    std::vector<absl::Status> ran = InTransactions(runnable);
+    for (size_t k = 0; k < ran.size(); ++k) results[at[k]] = ran[k];
+    return results;
   }
 
   // Phase two on gRPC's callback API: the works go to the group commit and
@@ -623,6 +563,15 @@ class Participant::Impl final : public v1::Participant::CallbackService {
   }
 };
 
+bool JoinsThroughReply(absl::string_view activity_id) {
+  return DeadlineOfId(activity_id).has_value();
+}
+
+bool ReportJoinedTry(absl::string_view activity_id, absl::string_view participant,
+                     absl::string_view action, absl::string_view route) {
+  return rpc::ReportJoined(JoinedEntry(activity_id, participant, action, route));
+}
+
 absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOptions options,
                                                                rpc::Client* rpc) {
   if (rpc == nullptr) return absl::InvalidArgumentError("dts::Participant needs an rpc::Client");
@@ -670,9 +619,12 @@ absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOption
          "DELETE FROM formica_dts_pending WHERE activity_id=?1 AND action=?2"}}) {
     if (absl::Status st = stmt->Prepare(impl->db, sql); !st.ok()) return st;
   }
-  Impl* raw = impl.get();
-  impl->check_back = std::thread([raw] { raw->CheckBackLoop(); });
+  impl->check_back = std::make_unique<CheckBack>(
+      CheckBack::Options{impl->options.name, impl->options.check_back_interval,
+                         impl->options.enlist_timeout},
+      impl->calls, impl.get());
   impl->commit.Start();
+  impl->check_back->Start();
   return std::unique_ptr<Participant>(new Participant(std::move(impl)));
 }
 

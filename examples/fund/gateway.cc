@@ -2,8 +2,13 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <deque>
+#include <thread>
+#include <vector>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/blocking_counter.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/activity.h"
 #include "formica/ldc/messaging.h"
@@ -13,6 +18,56 @@
 namespace fund {
 
 namespace dds = formica::dds;
+
+// Threads that make an order's calls to the account and fund services at
+// the same time as its own try (each joins the activity from its thread's
+// Activity::Run). A task never waits for another, so a full pool only
+// queues.
+class GatewayService::CallPool {
+ public:
+  explicit CallPool(int threads) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+  }
+  ~CallPool() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    for (std::thread& t : threads_) t.join();
+  }
+  void Submit(std::function<void()> task) {
+    absl::MutexLock lock(&mu_);
+    tasks_.push_back(std::move(task));
+  }
+
+ private:
+  void Loop() {
+    while (true) {
+      std::function<void()> task;
+      {
+        absl::MutexLock lock(&mu_);
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stopping_ || !tasks_.empty();
+        };
+        mu_.Await(absl::Condition(&ready));
+        if (tasks_.empty()) return;
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      task();
+    }
+  }
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_;
+};
+
+GatewayService::GatewayService(formica::rpc::Client* rpc, dds::ShardedDataSource* ds,
+                               formica::dms::Producer* producer)
+    : rpc_(rpc), ds_(ds), producer_(producer), calls_(std::make_unique<CallPool>(32)) {}
+
+GatewayService::~GatewayService() = default;
 
 absl::StatusOr<std::unique_ptr<GatewayService>> GatewayService::Open(
     formica::rpc::Client* rpc, dds::ShardedDataSource* ds, formica::dms::Producer* producer,
@@ -184,19 +239,40 @@ absl::Status GatewayService::Execute(const v1::Order& order, int64_t user, int64
   // The order's row is itself an action of the activity: written by this
   // try, kept by the confirm, removed by the cancel (unless a refusal was
   // recorded in it), so an order whose outcome this process never learnt
-  // (dtsd killed, the gateway killed) is settled by dtsd's phase two.
-  absl::Status taken = participant_->Try(
-      id, user, "order", absl::StrCat(user, " ", order.client_order_id()),
-      [&](dds::Transaction* tx) -> absl::Status {
-        auto r = tx->Execute(
-            "INSERT INTO orders (user_id, client_order_id, kind, amount, state, refusal, "
-            "activity_id, day) VALUES ($1, $2, $3, $4, 'PENDING', '', $5, $6) ON CONFLICT DO "
-            "NOTHING",
-            {user, order.client_order_id(), int64_t{order.kind()}, order.amount(), id, day});
-        if (!r.ok()) return r.status();
-        if (r->rows_affected == 0) return absl::AlreadyExistsError("a repeated order");
-        return absl::OkStatus();
-      });
+  // (dtsd killed, the gateway killed) is settled by dtsd's phase two. Tried
+  // inside Run, in this process: the try joins the activity directly (its
+  // report goes to the activity, and the commit takes it to dtsd).
+  // Meanwhile the money and the shares are tried on the account and fund
+  // services (purchase: money out, shares in; redeem: the reverse), each
+  // call from a thread of its own; whatever fails, the rollback cancels
+  // what the others froze.
+  const std::string account = v1::Account::service_full_name();
+  const std::string fund = v1::Fund::service_full_name();
+  absl::Status moved[2];
+  absl::BlockingCounter calls(2);
+  for (int k = 0; k < 2; ++k) {
+    calls_->Submit([&, k] {
+      const bool take = k == 0;
+      const std::string& service = (take == purchase) ? account : fund;
+      moved[k] = (*activity)->Run([&] { return Try(service, take, order); });
+      calls.DecrementCount();
+    });
+  }
+  absl::Status taken = (*activity)->Run([&] {
+    return participant_->Try(
+        id, user, "order", absl::StrCat(user, " ", order.client_order_id()),
+        [&](dds::Transaction* tx) -> absl::Status {
+          auto r = tx->Execute(
+              "INSERT INTO orders (user_id, client_order_id, kind, amount, state, refusal, "
+              "activity_id, day) VALUES ($1, $2, $3, $4, 'PENDING', '', $5, $6) ON CONFLICT DO "
+              "NOTHING",
+              {user, order.client_order_id(), int64_t{order.kind()}, order.amount(), id, day});
+          if (!r.ok()) return r.status();
+          if (r->rows_affected == 0) return absl::AlreadyExistsError("a repeated order");
+          return absl::OkStatus();
+        });
+  });
+  calls.Wait();
   if (!taken.ok()) {
     (*activity)->Rollback(taken.ToString()).IgnoreError();
     if (taken.code() == absl::StatusCode::kAlreadyExists) {
@@ -209,14 +285,10 @@ absl::Status GatewayService::Execute(const v1::Order& order, int64_t user, int64
     }
     return taken;
   }
-  const std::string account = v1::Account::service_full_name();
-  const std::string fund = v1::Fund::service_full_name();
   absl::Status st = (*activity)->Run([&]() -> absl::Status {
-    // Purchase: money out of the account, shares in. Redeem: the reverse.
-    absl::Status s = purchase ? Try(account, true, order) : Try(fund, true, order);
-    if (!s.ok()) return Unprefixed(s);
-    s = purchase ? Try(fund, false, order) : Try(account, false, order);
-    if (!s.ok()) return Unprefixed(s);
+    for (const absl::Status& s : moved) {
+      if (!s.ok()) return Unprefixed(s);  // the taking side's refusal first
+    }
     v1::OrderConfirmed body;
     body.set_order_id(absl::StrCat(user, "/", order.client_order_id()));
     body.set_user_id(order.user_id());
@@ -274,12 +346,10 @@ absl::Status GatewayService::Execute(const v1::Order& order, int64_t user, int64
                                                ": commit outcome not known yet (activity ", id,
                                                "): ", st.message()));
   }
-  // The confirm does this too; doing it now lets a repeat see it at once.
-  auto r = ds_->Execute(
-      "UPDATE orders SET state = 'CONFIRMED' WHERE user_id = $1 AND client_order_id = $2 AND "
-      "state = 'PENDING'",
-      {user, order.client_order_id()});
-  if (!r.ok()) return r.status();
+  // The order row's confirm, run here now rather than when dtsd's comes
+  // (which then finds it done): a repeat sees the order confirmed at once.
+  // Should it fail, dtsd's confirm does it: the commit is durable.
+  participant_->ConfirmCommitted(id, user, "order").IgnoreError();
   ++counters_.confirmed;
   result->set_confirmed(true);
   return absl::OkStatus();

@@ -57,6 +57,8 @@ class GatewayService final : public v1::Gateway::Service {
   grpc::Status Trades(grpc::ServerContext* ctx, const v1::TradesRequest* req,
                       grpc::ServerWriter<v1::Trade>* writer) override;
 
+  ~GatewayService() override;
+
   // Sends an order-confirmed message joined to the activity current on
   // the calling thread; returns its transaction id.
   using MessageSender = std::function<absl::StatusOr<std::string>(
@@ -70,9 +72,9 @@ class GatewayService final : public v1::Gateway::Service {
   formica::dts::ShardedParticipant* participant() { return participant_.get(); }
 
  private:
+  class CallPool;
   GatewayService(formica::rpc::Client* rpc, formica::dds::ShardedDataSource* ds,
-                 formica::dms::Producer* producer)
-      : rpc_(rpc), ds_(ds), producer_(producer) {}
+                 formica::dms::Producer* producer);
   absl::Status Execute(const v1::Order& order, int64_t user, int64_t day, v1::OrderResult* result);
   absl::Status Existing(const v1::Order& order, int64_t user, v1::OrderResult* result);
   absl::Status Try(const std::string& service, bool take, const v1::Order& order);
@@ -85,6 +87,7 @@ class GatewayService final : public v1::Gateway::Service {
   formica::dms::Producer* producer_;
   MessageSender send_;
   std::unique_ptr<formica::dts::ShardedParticipant> participant_;
+  std::unique_ptr<CallPool> calls_;  // the account and fund calls of orders
   GatewayCounters counters_;
   absl::Mutex mu_;
   int64_t day_ ABSL_GUARDED_BY(mu_) = 1;

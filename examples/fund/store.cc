@@ -31,6 +31,7 @@ absl::StatusOr<std::unique_ptr<dds::ShardedDataSource>> OpenStore(
   }
   for (const auto& [table, column] : sharded) config.sharded_tables[table] = column;
   config.sharded_tables["formica_dts_barrier"] = "shard_key";
+  config.sharded_tables["formica_dts_pending"] = "shard_key";
   config.broadcast_tables.insert("business_day");
   config.write_gate = std::move(gate);
   auto ds = dds::ShardedDataSource::Open(config);

@@ -221,6 +221,68 @@ TEST_F(SqliteFund, ConcurrentTransfersWithinAShardKeepTheMoney) {
   EXPECT_EQ(Int(ds_->Execute("SELECT sum(balance) FROM accounts")), 6000);
 }
 
+// Writers of one SQLite file take turns in this process: each waits for
+// the one before it (not SQLite's sleeping retries), transactions and
+// writes of their own alike, and all of them commit.
+TEST_F(SqliteFund, ConcurrentWritersOfOneFileTakeTurnsAndAllCommit) {
+  std::vector<int64_t> users = {101, 201, 301, 401};  // all shard 1, file a.db
+  for (int64_t u : users) {
+    ASSERT_TRUE(
+        ds_->Execute("INSERT INTO accounts (user_id, name, balance) VALUES ($1, 'u', 1000)", {u})
+            .ok());
+  }
+  std::atomic<int> failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 50; ++i) {
+        int64_t from = users[(t + i) % 4], to = users[(t + i + 1) % 4];
+        if (i % 5 == 4) {  // a write of its own, outside any transaction
+          if (!ds_->Execute("UPDATE accounts SET name = 'v' WHERE user_id = $1", {from}).ok()) {
+            failed++;
+          }
+          continue;
+        }
+        auto tx = ds_->Begin(from);
+        bool ok =
+            tx.ok() &&
+            (*tx)
+                ->Execute("UPDATE accounts SET balance = balance - 1 WHERE user_id = $1", {from})
+                .ok() &&
+            (*tx)
+                ->Execute("UPDATE accounts SET balance = balance + 1 WHERE user_id = $1", {to})
+                .ok() &&
+            (*tx)->Commit().ok();
+        if (!ok) failed++;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(Int(ds_->Execute("SELECT sum(balance) FROM accounts")), 4000);
+}
+
+// A writer that finds the file taken for longer than SQLite's busy timeout
+// (5 s) is refused as SQLite would refuse it, and the file is free again
+// once the transaction holding it ends.
+TEST_F(SqliteFund, AWriterKeptWaitingTooLongIsRefusedAndTheFileIsFreedAfter) {
+  ASSERT_TRUE(ds_->Execute("INSERT INTO accounts (user_id, name, balance) VALUES (101, 'a', 5), "
+                           "(201, 'b', 5)")
+                  .ok());
+  auto tx = ds_->Begin(int64_t{101});
+  ASSERT_TRUE(tx.ok()) << tx.status();
+  ASSERT_TRUE((*tx)->Execute("UPDATE accounts SET balance = 6 WHERE user_id = 101").ok());
+  absl::Time t0 = absl::Now();
+  auto blocked = ds_->Execute("UPDATE accounts SET balance = 7 WHERE user_id = 201");
+  EXPECT_EQ(blocked.status().code(), absl::StatusCode::kAborted) << blocked.status();
+  EXPECT_THAT(std::string(blocked.status().message()), HasSubstr("database is locked"));
+  EXPECT_GE(absl::Now() - t0, absl::Seconds(4));
+  ASSERT_TRUE((*tx)->Commit().ok());
+  EXPECT_TRUE(ds_->Execute("UPDATE accounts SET balance = 7 WHERE user_id = 201").ok());
+  EXPECT_EQ(Balance(101), 6);
+  EXPECT_EQ(Balance(201), 7);
+}
+
 TEST_F(SqliteFund, BadStatementsAreRefusedAndChangeNothing) {
   auto syntax = ds_->Execute("SELECT * FORM orders");
   EXPECT_EQ(syntax.status().code(), absl::StatusCode::kInvalidArgument);

@@ -744,10 +744,61 @@ TEST_F(DmsTransactionTest, AMessageJoinedToAnActivityFollowsItsOutcome) {
   absl::SleepFor(absl::Seconds(1));
   EXPECT_EQ(seen.Distinct(), (std::set<std::string>{"purchase-1", "purchase-3"}));
   EXPECT_TRUE(Halves(false).empty());
-  // Joining a decided activity is refused, and nothing is stored.
-  auto late = producer->SendInActivity("orders", Msg("late"), (*activity)->id());
+  // Joining a decided activity begun at dtsd is refused (its enlist is),
+  // and nothing is stored.
+  dts::ActivityOptions at_dtsd = Purchase();
+  at_dtsd.begin_at_coordinator = true;
+  auto decided = dts::Activity::Begin(rpc_.get(), at_dtsd);
+  ASSERT_TRUE(decided.ok()) << decided.status();
+  ASSERT_TRUE((*decided)->Rollback("changed my mind").ok());
+  auto late = producer->SendInActivity("orders", Msg("late"), (*decided)->id());
   ASSERT_FALSE(late.ok());
   EXPECT_THAT(late.status().message(), ::testing::HasSubstr("cannot join activity"));
+  EXPECT_TRUE(Halves(false).empty());
+  // One begun by its initiator is joined through the reply, without asking
+  // dtsd: sent by hand after its rollback, the message is stored, its
+  // report reaches no one, and dmsd's check with dtsd discards it.
+  auto lost = producer->SendInActivity("orders", Msg("lost"), (*activity)->id());
+  ASSERT_TRUE(lost.ok()) << lost.status();
+  absl::Time until = absl::Now() + absl::Seconds(10);
+  while (!Halves(false).empty() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_TRUE(Halves(false).empty()) << "the check with dtsd settled it";
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(seen.Distinct(), (std::set<std::string>{"purchase-1", "purchase-3"}));
+}
+
+// A message joined to an activity its initiator began, whose report never
+// reached the commit (sent by hand outside Run), follows the activity's
+// outcome through dmsd's check with dtsd: delivered when it committed,
+// discarded when it was never decided by its deadline.
+TEST_F(DmsTransactionTest, AJoinedMessageWhoseReportWasLostFollowsItsActivity) {
+  int dtsd_port = formica::testing::PickFreePort();
+  auto dtsd =
+      Subprocess::Start({formica::testing::BinaryPath("dts/dtsd"), "--listen",
+                         absl::StrCat("127.0.0.1:", dtsd_port), "--data-dir", dir_.File("dtsd"),
+                         "--registry", dsrd_->address(), "--set", "server.unpublish_grace=0s"},
+                        dir_.File("dtsd.log"));
+  ASSERT_TRUE(dtsd.ok());
+  ASSERT_TRUE((*dtsd)->WaitForOutput("dtsd ready on port", absl::Seconds(20)));
+  Seen seen;
+  auto consumer = Consume(Options("shipping", "orders", &seen), &seen);
+  auto producer = TxnProducer();
+  dts::ActivityOptions quick = Purchase();
+  quick.timeout = absl::Seconds(1);
+  auto committed = dts::Activity::Begin(rpc_.get(), quick);
+  auto undecided = dts::Activity::Begin(rpc_.get(), quick);
+  ASSERT_TRUE(committed.ok() && undecided.ok());
+  ASSERT_TRUE(producer->SendInActivity("orders", Msg("kept"), (*committed)->id()).ok());
+  ASSERT_TRUE(producer->SendInActivity("orders", Msg("dropped"), (*undecided)->id()).ok());
+  ASSERT_TRUE((*committed)->Commit().ok());
+  ASSERT_TRUE(seen.WaitDistinct(1, absl::Seconds(20)));
+  absl::Time until = absl::Now() + absl::Seconds(20);
+  while (!Halves(false).empty() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_TRUE(Halves(false).empty());
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(seen.Distinct(), (std::set<std::string>{"kept"}));
+  EXPECT_EQ((*undecided)->Commit().code(), absl::StatusCode::kFailedPrecondition)
+      << "dtsd rolled it back for the check";
 }
 
 TEST_F(DmsTest, ABadTransactionsParticipantNameStopsStartUpNamingTheKey) {

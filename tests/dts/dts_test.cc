@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "formica/common/grpc_status.h"
@@ -1274,7 +1275,9 @@ class ShardedBarrierTest : public DtsTest {
     DtsTest::SetUp();
     dds::DataSourceConfig c = Databases();
     if (HasFatalFailure()) return;
-    c.sharded_tables = {{"accounts", "user_id"}, {"formica_dts_barrier", "shard_key"}};
+    c.sharded_tables = {{"accounts", "user_id"},
+                        {"formica_dts_barrier", "shard_key"},
+                        {"formica_dts_pending", "shard_key"}};
     auto ds = dds::ShardedDataSource::Open(c);
     ASSERT_TRUE(ds.ok()) << ds.status();
     ds_ = std::move(*ds);
@@ -1286,7 +1289,10 @@ class ShardedBarrierTest : public DtsTest {
         "($2, 1000, 0, 0)",
         {kAlice, kBob});
     ASSERT_TRUE(inserted.ok()) << inserted.status();
-    auto p = ShardedParticipant::Open({"fund.ledger"}, rpc_.get(), ds_.get());
+    ShardedParticipantOptions po;
+    po.name = "fund.ledger";
+    po.check_back_interval = absl::Milliseconds(200);
+    auto p = ShardedParticipant::Open(po, rpc_.get(), ds_.get());
     ASSERT_TRUE(p.ok()) << p.status();
     participant_ = std::move(*p);
     auto amount = [](const ActionCall& c) { return dds::Value(std::stoll(c.payload)); };
@@ -1386,8 +1392,9 @@ class ShardedBarrierTest : public DtsTest {
           ASSERT_TRUE(activity.ok()) << activity.status();
           const std::string id = (*activity)->id();
           const int64_t amount = 10 + t * 10 + i;
-          ASSERT_TRUE(Debit(id, amount).ok());
-          ASSERT_TRUE(Credit(id, amount).ok());
+          // Inside Run: each try reports itself back to the activity.
+          ASSERT_TRUE((*activity)->Run([&] { return Debit(id, amount); }).ok());
+          ASSERT_TRUE((*activity)->Run([&] { return Credit(id, amount); }).ok());
           if (i % 3 == 2) {
             ASSERT_TRUE((*activity)->Rollback("changed my mind").ok());
           } else {
@@ -1398,15 +1405,203 @@ class ShardedBarrierTest : public DtsTest {
       });
     }
     for (auto& th : threads) th.join();
-    AwaitQuiet(absl::Seconds(30));
+    AwaitSettled(absl::Seconds(30));
     EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{1000 - moved, 0, 0}));
     EXPECT_EQ(Account(kBob), (std::vector<int64_t>{1000 + moved, 0, 0}));
     return moved;
   }
 
+  // Tries waiting for their outcome, over every shard.
+  int64_t Pending() {
+    auto r = ds_->Execute("SELECT count(*) FROM formica_dts_pending");
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() && !r->rows.empty() ? std::get<int64_t>(r->rows[0][0]) : -1;
+  }
+
+  // Waits until dtsd has finished every activity and no try is pending.
+  void AwaitSettled(absl::Duration timeout) {
+    absl::Time until = absl::Now() + timeout;
+    std::string last;
+    while (absl::Now() < until) {
+      auto u = Unfinished();
+      int64_t pending = Pending();
+      if (u.ok() && u->empty() && pending == 0) return;
+      last = !u.ok()
+                 ? u.status().ToString()
+                 : absl::StrCat(u->size(), " unfinished activities, ", pending, " tries pending");
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    FAIL() << "not settled after " << timeout << ": " << last;
+  }
+
+  // Waits until Alice's account reads `want`; false after `timeout`.
+  bool AwaitAlice(const std::vector<int64_t>& want, absl::Duration timeout) {
+    absl::Time until = absl::Now() + timeout;
+    while (absl::Now() < until) {
+      if (Account(kAlice) == want) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return Account(kAlice) == want;
+  }
+
+  // A try inside Run reaches dtsd with the commit, not by an enlist: the
+  // action is listed as joined, its route (the shard key) is what phase
+  // two gets, and the confirm comes long before the deadline.
+  void ReportReachesTheCommit() {
+    auto activity = Activity::Begin(rpc_.get(), Named("fund.Transfer", absl::Seconds(60)));
+    ASSERT_TRUE(activity.ok()) << activity.status();
+    const std::string id = (*activity)->id();
+    ASSERT_TRUE((*activity)->Run([&] { return Debit(id, 7); }).ok());
+    ASSERT_TRUE((*activity)->Run([&] { return Credit(id, 7); }).ok());
+    EXPECT_EQ(Get(id).status().code(), absl::StatusCode::kNotFound) << "nothing was enlisted";
+    EXPECT_EQ(Pending(), 2);
+    EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{993, 7, 0}));
+    ASSERT_TRUE((*activity)->Commit().ok());
+    auto seen = Get(id);
+    ASSERT_TRUE(seen.ok()) << seen.status();
+    ASSERT_EQ(seen->actions_size(), 2) << seen->DebugString();
+    std::map<std::string, std::string> routes;
+    for (const v1::Action& a : seen->actions()) {
+      EXPECT_EQ(a.participant(), "fund.ledger");
+      EXPECT_TRUE(a.payload_at_participant());
+      routes[a.name()] = a.payload();
+    }
+    EXPECT_EQ(routes["debit"], absl::StrCat("formica.dds:i:", kAlice, "\n"));
+    EXPECT_EQ(routes["credit"], absl::StrCat("formica.dds:i:", kBob, "\n"));
+    AwaitSettled(absl::Seconds(20));
+    EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{993, 0, 0}));
+    EXPECT_EQ(Account(kBob), (std::vector<int64_t>{1007, 0, 0}));
+    EXPECT_LT(absl::Now(), *DeadlineOf(id)) << "confirmed by dtsd, not by the check-back";
+  }
+
+  // A try whose report reached no one (made outside Run) is finished by
+  // the participant's check-back once the deadline has passed: confirmed
+  // when the activity committed, cancelled when it was never decided.
+  void LostReportsAreFinishedByTheCheckBack() {
+    auto committed = Activity::Begin(rpc_.get(), Named("fund.Transfer", absl::Seconds(1)));
+    auto undecided = Activity::Begin(rpc_.get(), Named("fund.Transfer", absl::Seconds(1)));
+    ASSERT_TRUE(committed.ok() && undecided.ok());
+    const std::string yes = (*committed)->id();
+    const std::string no = (*undecided)->id();
+    ASSERT_TRUE(Debit(yes, 30).ok());
+    ASSERT_TRUE(Debit(no, 20).ok());
+    ASSERT_TRUE(Credit(yes, 30).ok());
+    EXPECT_EQ(Pending(), 3);
+    ASSERT_TRUE((*committed)->Commit().ok());
+    auto seen = Get(yes);
+    ASSERT_TRUE(seen.ok()) << seen.status();
+    EXPECT_EQ(seen->actions_size(), 0) << "no report reached the commit";
+    EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{950, 50, 0}));
+    AwaitSettled(absl::Seconds(20));
+    EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{970, 0, 0})) << "30 taken, 20 released";
+    EXPECT_EQ(Account(kBob), (std::vector<int64_t>{1030, 0, 0}));
+    auto rolled = Get(no);
+    ASSERT_TRUE(rolled.ok()) << rolled.status();
+    EXPECT_EQ(rolled->state(), v1::ROLLED_BACK);
+    EXPECT_EQ(rolled->reason(), "not decided by its deadline");
+    absl::Status late = (*undecided)->Commit();
+    EXPECT_EQ(late.code(), absl::StatusCode::kFailedPrecondition) << late;
+    // Its late confirm or a repeated cancel changes nothing.
+    grpc::Status again = PhaseTwo(false, no, "debit", kAlice, 20);
+    EXPECT_TRUE(again.ok()) << again.error_message();
+    EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{970, 0, 0}));
+  }
+
+  // A repeated try is a no-op, a second try with another payload is
+  // refused, and a try after its action's cancel is refused: on the
+  // joined path as on the enlisted one.
+  void RepeatsAndLateTries() {
+    auto activity = Activity::Begin(rpc_.get(), Named("fund.Transfer", absl::Seconds(60)));
+    ASSERT_TRUE(activity.ok()) << activity.status();
+    const std::string id = (*activity)->id();
+    ASSERT_TRUE((*activity)->Run([&] { return Debit(id, 9); }).ok());
+    ASSERT_TRUE((*activity)->Run([&] { return Debit(id, 9); }).ok()) << "a repeat is a no-op";
+    EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{991, 9, 0}));
+    absl::Status other = (*activity)->Run([&] { return Debit(id, 4); });
+    EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition) << other;
+    EXPECT_NE(other.message().find("already enlisted"), absl::string_view::npos) << other;
+    EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{991, 9, 0}));
+    EXPECT_EQ(Pending(), 1);
+    ASSERT_TRUE((*activity)->Commit().ok());
+    AwaitSettled(absl::Seconds(20));
+    EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{991, 0, 0}));
+    // Cancelled (rolled back) before its try arrived: the try is refused.
+    auto gone = Activity::Begin(rpc_.get(), Named("fund.Transfer", absl::Seconds(60)));
+    ASSERT_TRUE(gone.ok()) << gone.status();
+    const std::string late_id = (*gone)->id();
+    ASSERT_TRUE(PhaseTwo(false, late_id, "debit", kAlice, 5).ok());
+    absl::Status late = (*gone)->Run([&] { return Debit(late_id, 5); });
+    EXPECT_EQ(late.code(), absl::StatusCode::kAborted) << late;
+    EXPECT_NE(late.message().find("was cancelled before its try arrived"), absl::string_view::npos);
+    EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{991, 0, 0}));
+    EXPECT_EQ(Pending(), 0) << "a refused try leaves no pending row";
+    ASSERT_TRUE((*gone)->Rollback("late").ok());
+  }
+
+  static std::optional<absl::Time> DeadlineOf(const std::string& id) {
+    // "<deadline in unix ms, 11 hex digits>-...": see docs/dts.md.
+    int64_t ms = 0;
+    if (id.size() < 11 || !absl::SimpleHexAtoi(id.substr(0, 11), &ms)) return std::nullopt;
+    return absl::FromUnixMillis(ms);
+  }
+
   std::unique_ptr<dds::ShardedDataSource> ds_;
   std::unique_ptr<ShardedParticipant> participant_;
 };
+
+TEST_F(ShardedBarrierTest, ATryInsideRunIsReportedToTheCommitNotEnlisted) {
+  ReportReachesTheCommit();
+}
+
+TEST_F(ShardedBarrierTest, ATryWhoseReportWasLostIsFinishedByTheCheckBack) {
+  LostReportsAreFinishedByTheCheckBack();
+}
+
+TEST_F(ShardedBarrierTest, RepeatedTriesAndTriesAfterTheCancelOnTheJoinedPath) {
+  RepeatsAndLateTries();
+}
+
+// The initiator runs its own action's confirm once its commit is durable:
+// the effect shows at once, dtsd's confirm is then a no-op, and the step
+// runs once. Refused for an activity begun at dtsd.
+TEST_F(ShardedBarrierTest, AnInitiatorConfirmsItsOwnCommittedActionAndDtsdsConfirmIsANoOp) {
+  auto activity = Activity::Begin(rpc_.get(), Named("fund.Transfer", absl::Seconds(60)));
+  ASSERT_TRUE(activity.ok()) << activity.status();
+  const std::string id = (*activity)->id();
+  ASSERT_TRUE((*activity)->Run([&] { return Debit(id, 8); }).ok());
+  ASSERT_TRUE((*activity)->Commit().ok());
+  ASSERT_TRUE(participant_->ConfirmCommitted(id, kAlice, "debit").ok());
+  EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{992, 0, 0}));
+  EXPECT_TRUE(participant_->ConfirmCommitted(id, kAlice, "debit").ok()) << "idempotent";
+  AwaitSettled(absl::Seconds(20));
+  auto seen = Get(id);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  ASSERT_EQ(seen->actions_size(), 1);
+  EXPECT_EQ(seen->actions(0).state(), v1::CONFIRMED) << "dtsd's confirm succeeded as a no-op";
+  EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{992, 0, 0})) << "the step ran once";
+  auto at_dtsd = Activity::Begin(rpc_.get(), BegunAtDtsd("fund.Transfer", absl::Seconds(30)));
+  ASSERT_TRUE(at_dtsd.ok()) << at_dtsd.status();
+  EXPECT_EQ(participant_->ConfirmCommitted((*at_dtsd)->id(), kAlice, "debit").code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// Begun at dtsd: each try is enlisted before its local transaction, and
+// nothing is left pending.
+TEST_F(ShardedBarrierTest, ATryOfAnActivityBegunAtDtsdIsEnlisted) {
+  auto activity = Activity::Begin(rpc_.get(), BegunAtDtsd("fund.Transfer", absl::Seconds(30)));
+  ASSERT_TRUE(activity.ok()) << activity.status();
+  const std::string id = (*activity)->id();
+  ASSERT_TRUE(Debit(id, 11).ok());
+  auto seen = Get(id);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  ASSERT_EQ(seen->actions_size(), 1);
+  EXPECT_FALSE(seen->actions(0).payload_at_participant());
+  EXPECT_EQ(seen->actions(0).payload(), absl::StrCat("formica.dds:i:", kAlice, "\n11"));
+  EXPECT_EQ(Pending(), 0);
+  ASSERT_TRUE((*activity)->Commit().ok());
+  AwaitSettled(absl::Seconds(20));
+  EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{989, 0, 0}));
+}
 
 TEST_F(ShardedBarrierTest, TransfersAcrossShardsFinishEverywhereOrNowhere) {
   int64_t moved = Transfers();
@@ -1457,6 +1652,18 @@ TEST_F(ShardedBarrierPostgresTest, TransfersAcrossShardsFinishEverywhereOrNowher
   EXPECT_EQ(std::get<int64_t>(rows->rows[0][0]), 160);
 }
 
+TEST_F(ShardedBarrierPostgresTest, ATryInsideRunIsReportedToTheCommitNotEnlisted) {
+  ReportReachesTheCommit();
+}
+
+TEST_F(ShardedBarrierPostgresTest, ATryWhoseReportWasLostIsFinishedByTheCheckBack) {
+  LostReportsAreFinishedByTheCheckBack();
+}
+
+TEST_F(ShardedBarrierPostgresTest, RepeatedTriesAndTriesAfterTheCancelOnTheJoinedPath) {
+  RepeatsAndLateTries();
+}
+
 TEST_F(ShardedBarrierPostgresTest, ACancelRacingItsTryLeavesNoHangingFreeze) {
   // Cancels sent while the try may be running: either the try ran (and the
   // cancel undid it) or it was refused; nothing stays frozen.
@@ -1474,7 +1681,7 @@ TEST_F(ShardedBarrierPostgresTest, ACancelRacingItsTryLeavesNoHangingFreeze) {
     EXPECT_TRUE(tried.ok() || tried.code() == absl::StatusCode::kAborted) << tried;
     (*activity)->Rollback("raced").IgnoreError();
   }
-  AwaitQuiet(absl::Seconds(30));
+  AwaitSettled(absl::Seconds(30));
   EXPECT_EQ(Account(kAlice), (std::vector<int64_t>{1000, 0, 0}));
 }
 

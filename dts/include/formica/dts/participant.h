@@ -15,8 +15,10 @@
 //   // business service. In a business handler (inside rpc::Serve):
 //   absl::Status st = p->Try("debit", payload, [&](sqlite3* db) { ...freeze...; });
 //
-// Try enlists the action with the coordinator (durably) before running its
-// local transaction; dtsd later calls Confirm or Cancel with the same payload.
+// Try records the action in its local transaction and reports it back to
+// the initiator (an activity begun by its initiator), or enlists it with
+// the coordinator (durably) first (one begun at the coordinator); dtsd
+// later calls Confirm or Cancel, and the step gets the same payload.
 // Thread-safe. Local transactions that arrive together are committed
 // together, each in its own savepoint, with one sync (group commit): a
 // body or step may therefore run on another thread of this participant,
@@ -68,6 +70,21 @@ struct ActionCall {
 };
 // (dts::ShardedParticipant, the same over a DDS data source, is in
 // sharded_participant.h.)
+
+// For a participant of its own making, whose tries run neither through
+// Participant nor ShardedParticipant (dmsd's messages joined to activities):
+// whether a try of `activity_id` joins the activity through its reply (its
+// initiator made the id, which carries the deadline) rather than being
+// enlisted with dtsd before its local work (an activity begun at dtsd).
+bool JoinsThroughReply(absl::string_view activity_id);
+// Reports a try, once it is durable, to the initiator through the reply of
+// the call being served on this thread (inside rpc::Serve): the commit
+// carries it to dtsd, and dtsd's confirm and cancel hand `route` back as
+// their payload. False when there is no call to carry it: then, as for a
+// report lost on its way, the participant must ask dtsd for the outcome
+// once the deadline has passed (the coordinator's `resolve`).
+bool ReportJoinedTry(absl::string_view activity_id, absl::string_view participant,
+                     absl::string_view action, absl::string_view route = {});
 
 class Participant {
  public:

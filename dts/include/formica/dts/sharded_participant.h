@@ -3,8 +3,9 @@
 // one user: its try, confirm and cancel run as local transactions on that
 // user's shard, and the barrier row that makes them safe is written in the
 // same transaction, in the sharded table formica_dts_barrier (add
-// `formica_dts_barrier: shard_key` to the data source's sharded_tables; it
-// is created on Open). The barrier gives what dts::Participant's gives:
+// `formica_dts_barrier: shard_key` and `formica_dts_pending: shard_key` to
+// the data source's sharded_tables; both are created on Open). The barrier
+// gives what dts::Participant's gives:
 //   - confirm and cancel are idempotent (a repeat is a no-op success);
 //   - a cancel with no try before it succeeds as an empty rollback;
 //   - a try that arrives after its cancel is refused (no hanging resources);
@@ -12,6 +13,16 @@
 // The unique key of the try row decides races between a late try and its
 // cancel, so this holds on PostgreSQL with concurrent transactions as on
 // SQLite.
+//
+// A try of an activity its initiator began without a round trip (the
+// default) is recorded in the same local transaction as a pending row
+// (formica_dts_pending, on the user's shard: the payload and the
+// deadline) and reported back to the initiator through the reply (with
+// the shard key, which dtsd hands back in phase two); nothing is sent to
+// dtsd. A try whose report is lost is finished by the check-back: every
+// check_back_interval the pending rows past their deadline, over every
+// shard, are looked up and dtsd asked their outcome. A try of an activity
+// begun at the coordinator is enlisted with dtsd (durably) first.
 //
 //   auto p = dts::ShardedParticipant::Open({.name = "fund.trade"}, rpc_client, ds).value();
 //   p->Declare("buy",
@@ -49,7 +60,10 @@ namespace formica::dts {
 struct ShardedParticipantOptions {
   // The registry name its Participant service is published under (required).
   std::string name;
-  absl::Duration enlist_timeout = absl::Seconds(3);
+  absl::Duration enlist_timeout = absl::Seconds(3);  // and each check-back call to dtsd
+  // How often tries past their activity's deadline and still undecided
+  // here are looked for (see docs/dts.md, "Check-back").
+  absl::Duration check_back_interval = absl::Seconds(1);
 };
 
 class ShardedParticipant {
@@ -71,15 +85,28 @@ class ShardedParticipant {
   void Declare(const std::string& action, Step confirm, Step cancel);
 
   // The try step of `action` for the user `shard_key`, in the activity of
-  // the call being served (or `activity_id`). Enlists (the shard key travels
-  // with the payload, so phase two finds the shard), then in one local
-  // transaction on the user's shard writes the barrier and runs `body`.
-  // A repeated try is a no-op success; a try after the action's cancel is
-  // ABORTED.
+  // the call being served (or `activity_id`). In one local transaction on
+  // the user's shard writes the barrier and the pending row and runs
+  // `body`, then reports the action back to the initiator (rpc::ReportJoined:
+  // inside the initiator's Activity::Run, or a call served for it), for an
+  // activity its initiator began; or enlists with dtsd first (the shard key
+  // travels with the payload, so phase two finds the shard), for one begun
+  // at the coordinator. A repeated try is a no-op success; a try after the
+  // action's cancel is ABORTED; a second try with another payload is
+  // FAILED_PRECONDITION.
   absl::Status Try(const dds::Value& shard_key, absl::string_view action, absl::string_view payload,
                    const Body& body);
   absl::Status Try(absl::string_view activity_id, const dds::Value& shard_key,
                    absl::string_view action, absl::string_view payload, const Body& body);
+
+  // Runs the confirm of `action` for the user `shard_key` here, now, with
+  // the payload its try kept: for an initiator whose own action it is, so
+  // that the action's effect shows at once. dtsd's confirm then finds it
+  // done (a no-op that writes nothing). REQUIRES: the activity's Commit
+  // returned OK. FAILED_PRECONDITION for an activity begun at the
+  // coordinator (its payload is kept there, not here).
+  absl::Status ConfirmCommitted(absl::string_view activity_id, const dds::Value& shard_key,
+                                absl::string_view action);
 
   class Impl;
 
