@@ -298,6 +298,17 @@ TEST(RaftGroup, RestartNamingAPeerTheStoredGroupDoesNotKnowIsRefused) {
                absl::StrCat("\"4@127.0.0.1:", PickFreePort(), "\""));
   ExpectRefused(dir, yaml, 1, "raft.peers", "peer 4@127.0.0.1:");
   ExpectRefused(dir, yaml, 1, "raft.peers", "is unknown to the group stored in");
+  // A member moved to another address, or left out.
+  std::string moved = group.ConfigText(0);
+  moved.replace(moved.find(third), third.size(),
+                absl::StrCat("\"3@127.0.0.1:", PickFreePort(), "\""));
+  ExpectRefused(dir, moved, 1, "raft.peers",
+                absl::StrCat("peer 3 is at 127.0.0.1:", group.member(2).raft_port));
+  std::string alone = group.ConfigText(0);
+  const size_t from = alone.find("peers: [") + 8;
+  alone.replace(from, alone.find(']', from) - from,
+                absl::StrCat("\"1@127.0.0.1:", group.member(0).raft_port, "\""));
+  ExpectRefused(dir, alone, 1, "raft.peers", "lists 1 members but the group stored");
   // Its own config still starts it: the refusal changed nothing on disk.
   ASSERT_TRUE(group.StartMember(0).ok()) << group.Logs();
   EXPECT_TRUE(absl::StartsWith(group.Ask(0, "STATUS"), "STATUS ")) << group.Logs();
