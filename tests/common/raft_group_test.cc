@@ -225,6 +225,16 @@ TEST(RaftGroup, PausedLeaderNeverAcknowledgesOnceDeposed) {
   EXPECT_TRUE(absl::StartsWith(refusal, "NOT_LEADER " + fresh_id + " ")) << refusal;
   EXPECT_TRUE(ConvergesTo(group, old, history)) << group.Ask(old, "LOCAL");
   EXPECT_EQ(Values(group.Ask(fresh, "READ")), history) << "nothing more was appended";
+
+  // Both heard the change through the role callback, with the new term.
+  std::vector<std::string> w = absl::StrSplit(group.Ask(fresh, "STATUS"), ' ');
+  ASSERT_EQ(w.size(), 6u);
+  const std::string term = w[2];
+  EXPECT_TRUE(group.member(fresh).process->WaitForOutput(
+      absl::StrCat("role leader term ", term, " leader ", fresh_id), absl::Seconds(5)));
+  EXPECT_TRUE(group.member(old).process->WaitForOutput(
+      absl::StrCat("role follower term ", term, " leader ", fresh_id), absl::Seconds(5)))
+      << group.member(old).process->Output();
 }
 
 TEST(RaftGroup, RestartingTheWholeGroupAtOnceLosesNothing) {

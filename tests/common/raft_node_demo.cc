@@ -10,13 +10,17 @@
 //   LOCAL            ->  VALUES <n> <v1> ... <vn>       (this member's state, no barrier)
 //   STATUS           ->  STATUS <role> <term> <leader id> <last applied> <ready 0|1>
 //
+// It prints "role <role> term <term> leader <id>" on stdout at every role
+// change RaftNode reports.
 // Values are single words. Exit 2 on a bad config, naming the key.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
@@ -100,7 +104,15 @@ class DemoServer {
     socklen_t len = sizeof(addr);
     ::getsockname(s->listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
     s->port_ = ntohs(addr.sin_port);
-    absl::StatusOr<std::unique_ptr<RaftNode>> node = RaftNode::Start(options.raft, &s->machine_);
+    // Every role change, as the tests read it: "role leader term 3 leader 1".
+    auto on_role = [](const RaftNodeStatus& st) {
+      std::printf("role %s term %llu leader %llu\n", RaftRoleName(st.role),
+                  static_cast<unsigned long long>(st.term),
+                  static_cast<unsigned long long>(st.leader.id));
+      std::fflush(stdout);
+    };
+    absl::StatusOr<std::unique_ptr<RaftNode>> node =
+        RaftNode::Start(options.raft, &s->machine_, on_role);
     if (!node.ok()) return node.status();
     s->node_ = *std::move(node);
     DemoServer* raw = s.get();
@@ -119,8 +131,10 @@ class DemoServer {
       absl::MutexLock l(&mu_);
       for (int fd : connections_) ::shutdown(fd, SHUT_RDWR);
     }
-    for (std::thread& t : workers_) t.join();
+    // First the node: a worker waiting for a commit that cannot come (no
+    // majority) gets UNAVAILABLE and finishes.
     node_->Stop();
+    for (std::thread& t : workers_) t.join();
   }
 
  private:
@@ -153,6 +167,8 @@ class DemoServer {
         if (::send(fd, reply.data(), reply.size(), MSG_NOSIGNAL) < 0) break;
       }
     }
+    absl::MutexLock l(&mu_);  // Shutdown must not shut down a reused number
+    connections_.erase(std::find(connections_.begin(), connections_.end(), fd));
     ::close(fd);
   }
 

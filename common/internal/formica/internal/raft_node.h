@@ -124,8 +124,10 @@ using ProposeCallback = std::function<void(ProposeResult)>;
 using RaftRoleCallback = std::function<void(const RaftNodeStatus&)>;
 
 // Thread-safe: Propose, Barrier and status may be called from any thread.
-// Callbacks run on the node's thread: they must not block and must not call
-// Stop (they may call Propose).
+// Callbacks run on the node's thread (or at once on the caller's, when the
+// node is already stopped): they must not block and must not call Stop
+// (they may call Propose). Snapshot runs on the node's thread too, so a
+// large state pauses the member while it is taken.
 class RaftNode {
  public:
   // Opens `options.data_dir` (created if missing). A fresh directory is
