@@ -265,17 +265,17 @@ void RaftNode::Impl::RaftCloseCb(struct raft* r) {
 // ---- start ----
 
 absl::Status RaftNode::Impl::Init() {
-  std::error_code ec;
-  std::filesystem::create_directories(options.data_dir, ec);
-  if (ec) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("raft.data_dir: cannot create ", options.data_dir, ": ", ec.message()));
-  }
   bool transport_inited = false, io_inited = false, raft_inited = false;
   auto fail = [&](absl::Status st) {
     CloseAll(raft_inited, io_inited, transport_inited);
     return st;
   };
+  std::error_code ec;
+  std::filesystem::create_directories(options.data_dir, ec);
+  if (ec) {
+    return fail(absl::FailedPreconditionError(
+        absl::StrCat("raft.data_dir: cannot create ", options.data_dir, ": ", ec.message())));
+  }
   int rv = raft_uv_tcp_init(&transport, &loop);
   if (rv != 0)
     return fail(absl::InternalError(absl::StrCat("raft transport: ", raft_strerror(rv))));
@@ -335,8 +335,12 @@ absl::Status RaftNode::Impl::Init() {
   }
   rv = raft_start(&raft);
   if (rv != 0) {
-    return fail(absl::FailedPreconditionError(
-        absl::StrCat("raft: cannot start from ", options.data_dir, ": ", raft_errmsg(&raft))));
+    // Most often the address is taken (libraft leaves errmsg empty then).
+    const std::string bind = options.listen.empty() ? self : options.listen;
+    return fail(absl::FailedPreconditionError(absl::StrCat(
+        "raft: member ", options.node_id, " cannot start listening on ", bind, " with data in ",
+        options.data_dir, ": ", raft_strerror(rv), raft_errmsg(&raft)[0] ? " (" : "",
+        raft_errmsg(&raft), raft_errmsg(&raft)[0] ? ")" : "")));
   }
   if (restarted) {
     if (absl::Status st = CheckStoredGroup(); !st.ok()) return fail(st);
@@ -406,12 +410,15 @@ void RaftNode::Impl::Run(std::promise<absl::Status>* started) {
   started->set_value(st);  // `started` is gone after this
   uv_run(&loop, UV_RUN_DEFAULT);
   while (uv_loop_close(&loop) == UV_EBUSY) uv_run(&loop, UV_RUN_DEFAULT);
-  absl::MutexLock l(&mu);
-  loop_done = true;
-  shared_status.role = RaftRole::kStopped;
-  shared_status.leader_ready = false;
-  for (Request& r : queue) r.done(Unavailable("the raft node stopped"));
-  queue.clear();
+  std::deque<Request> left;
+  {
+    absl::MutexLock l(&mu);
+    loop_done = true;
+    shared_status.role = RaftRole::kStopped;
+    shared_status.leader_ready = false;
+    left.swap(queue);
+  }
+  for (Request& r : left) r.done(Unavailable("the raft node stopped"));
 }
 
 // ---- requests ----
