@@ -265,6 +265,30 @@ TEST(RaftGroup, RestartingTheWholeGroupAtOnceLosesNothing) {
   EXPECT_TRUE(absl::StartsWith(group.Ask(leader, "PROPOSE r100"), "OK "));
 }
 
+TEST(RaftGroup, AcknowledgedEntriesAreOnTheDisksOfAMajorityWithoutTheLeader) {
+  TempDir dir;
+  auto g = RaftDemoGroup::Start(dir.path(), SnapshottingGroup());
+  ASSERT_TRUE(g.ok()) << g.status();
+  RaftDemoGroup& group = **g;
+  const int leader = group.WaitForLeader(absl::Seconds(15));
+  ASSERT_GE(leader, 0) << group.Logs();
+  std::vector<std::string> acked;
+  for (int n = 0; n < 60; ++n) {
+    std::string v = absl::StrCat("d", n);
+    ASSERT_TRUE(absl::StartsWith(group.Ask(leader, "PROPOSE " + v), "OK ")) << group.Logs();
+    acked.push_back(v);
+  }
+  // Everyone dies at once; only the two followers come back, from disk.
+  for (int i = 0; i < group.size(); ++i) group.Kill9(i);
+  for (int i = 0; i < group.size(); ++i) {
+    if (i == leader) continue;
+    ASSERT_TRUE(group.StartMember(i).ok()) << group.Logs();
+  }
+  const int next = group.WaitForLeader(absl::Seconds(15), leader);
+  ASSERT_GE(next, 0) << group.Logs();
+  EXPECT_EQ(Values(group.Ask(next, "READ")), acked);
+}
+
 // Runs raft_node_demo on `yaml` and expects it to exit 2 naming `key`.
 void ExpectRefused(const TempDir& dir, const std::string& yaml, int code, const std::string& key,
                    const std::string& why) {
