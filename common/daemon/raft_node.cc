@@ -196,12 +196,13 @@ int RaftNode::Impl::FsmRestore(raft_fsm* fsm, raft_buffer* buf) {
   auto* impl = static_cast<RaftNode::Impl*>(fsm->data);
   absl::Status st =
       impl->machine->Restore(absl::string_view(static_cast<const char*>(buf->base), buf->len));
-  raft_free(buf->base);  // the buffer is ours once restore is called
   if (!st.ok()) {
+    // libraft keeps the buffer (and frees it) when restore fails.
     spdlog::error("raft node {}: restoring a snapshot failed: {}", impl->options.node_id,
                   st.ToString());
     return RAFT_MALFORMED;
   }
+  raft_free(buf->base);  // a successful restore owns the buffer
   return 0;
 }
 
