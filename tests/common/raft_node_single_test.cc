@@ -1,7 +1,11 @@
 // RaftNode's contract in-process, on a group of one (its own majority):
 // proposals answered after apply, in order; barrier; restart from the data
 // dir through a snapshot and the log; stop; the role callback.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <thread>
@@ -205,6 +209,37 @@ TEST(RaftNode, RefusesAnAddressInUse) {
   ASSERT_FALSE(node.ok());
   EXPECT_NE(node.status().message().find(options.peers[0].address), std::string::npos)
       << node.status();
+}
+
+}  // namespace
+}  // namespace formica
+
+namespace formica {
+namespace {
+
+bool Accepts(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  ::close(fd);
+  return ok;
+}
+
+TEST(RaftNode, ListensOnRaftListenWhenItDiffersFromItsPeerAddress) {
+  TempDir dir;
+  RaftNodeOptions options = OneMember(dir.File("raft"));
+  const int advertised = std::stoi(options.peers[0].address.substr(10));
+  const int bound = PickFreePort();
+  options.listen = absl::StrCat("127.0.0.1:", bound);
+  ListMachine machine;
+  auto node = RaftNode::Start(options, &machine);
+  ASSERT_TRUE(node.ok()) << node.status();
+  ASSERT_TRUE(WaitReady(**node));
+  EXPECT_TRUE(Accepts(bound));
+  EXPECT_FALSE(Accepts(advertised));
 }
 
 }  // namespace
