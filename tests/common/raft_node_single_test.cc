@@ -244,3 +244,49 @@ TEST(RaftNode, ListensOnRaftListenWhenItDiffersFromItsPeerAddress) {
 
 }  // namespace
 }  // namespace formica
+
+namespace formica {
+namespace {
+
+TEST(RaftNode, StopFailsAProposalInFlightThatHasNoMajority) {
+  TempDir dir;
+  std::vector<RaftPeer> peers;
+  for (uint64_t id = 1; id <= 3; ++id) {
+    peers.push_back({id, absl::StrCat("127.0.0.1:", PickFreePort())});
+  }
+  ListMachine machines[3];
+  std::vector<std::unique_ptr<RaftNode>> nodes;
+  for (int i = 0; i < 3; ++i) {
+    RaftNodeOptions o;
+    o.node_id = i + 1;
+    o.peers = peers;
+    o.data_dir = dir.File(absl::StrCat("raft", i + 1));
+    // The default 1 s: the leader cut off keeps its role well past the
+    // 100 ms below (it steps down after an election timeout alone).
+    auto node = RaftNode::Start(o, &machines[i]);
+    ASSERT_TRUE(node.ok()) << node.status();
+    nodes.push_back(*std::move(node));
+  }
+  int leader = -1;
+  for (absl::Time limit = absl::Now() + absl::Seconds(10); leader < 0 && absl::Now() < limit;) {
+    for (int i = 0; i < 3; ++i) {
+      if (nodes[i]->status().leader_ready) leader = i;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GE(leader, 0);
+  ASSERT_TRUE(nodes[leader]->Propose("with a majority").get().status.ok());
+  for (int i = 0; i < 3; ++i) {
+    if (i != leader) nodes[i]->Stop();
+  }
+  std::future<ProposeResult> stranded = nodes[leader]->Propose("without a majority");
+  EXPECT_EQ(stranded.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout)
+      << "acknowledged without a majority";
+  nodes[leader]->Stop();
+  ProposeResult r = stranded.get();
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+  EXPECT_EQ(machines[leader].values(), std::vector<std::string>{"with a majority"});
+}
+
+}  // namespace
+}  // namespace formica
