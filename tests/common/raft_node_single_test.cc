@@ -191,12 +191,6 @@ TEST(RaftNode, RefusesADataDirItCannotCreate) {
   EXPECT_NE(node.status().message().find("raft.data_dir"), std::string::npos) << node.status();
 }
 
-}  // namespace
-}  // namespace formica
-
-namespace formica {
-namespace {
-
 TEST(RaftNode, RefusesAnAddressInUse) {
   TempDir dir;
   RaftNodeOptions options = OneMember(dir.File("raft"));
@@ -210,12 +204,6 @@ TEST(RaftNode, RefusesAnAddressInUse) {
   EXPECT_NE(node.status().message().find(options.peers[0].address), std::string::npos)
       << node.status();
 }
-
-}  // namespace
-}  // namespace formica
-
-namespace formica {
-namespace {
 
 bool Accepts(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -241,12 +229,6 @@ TEST(RaftNode, ListensOnRaftListenWhenItDiffersFromItsPeerAddress) {
   EXPECT_TRUE(Accepts(bound));
   EXPECT_FALSE(Accepts(advertised));
 }
-
-}  // namespace
-}  // namespace formica
-
-namespace formica {
-namespace {
 
 TEST(RaftNode, StopFailsAProposalInFlightThatHasNoMajority) {
   TempDir dir;
