@@ -61,7 +61,7 @@ struct RaftNodeOptions {
 // defaults) and records in `reader` the first key that is wrong: a missing
 // node id or data dir, a peer that is not "ID@HOST:PORT", a duplicate id or
 // address, an even-sized group, this node missing from the peers, a
-// heartbeat not under half the election timeout.
+// heartbeat over half the election timeout.
 void ReadRaftSection(ConfigReader& reader, RaftNodeOptions* options);
 
 // What a daemon replicates. Every call comes from the node's own thread, one
