@@ -198,8 +198,8 @@ int Run(int argc, char** argv) {
   report.AddErrors("acknowledged_proposals_lost", lost);
   report.Set("failover_ms", Percentile(failovers, 50));
   report.Set("failover_ms_max", Percentile(failovers, 100));
-  report.Headline("raft committed proposals/s, 3 members, 64 proposers", "committed_per_s", "",
-                  "", "batching: many proposers share writes");
+  report.Headline("raft committed proposals/s, 3 members, 64 proposers", "committed_per_s", "", "",
+                  "batching: many proposers share writes");
   report.Headline("raft failover ms, kill -9 to first ack", "failover_ms", "", "", "<= 3000 ms");
   return report.Finish();
 }
