@@ -21,7 +21,7 @@ absl::StatusOr<formica::rpc::Client*> ZoneClients::For(const std::string& zone) 
   auto it = links_.find(zone);
   if (it != links_.end()) return it->second.rpc.get();
   Link link;
-  link.routing = std::make_unique<PinnedZone>(zone);
+  link.routing = std::make_unique<formica::rpc::PinnedZoneRouting>(zone);
   formica::rpc::ClientOptions o;
   o.app_name = app_name_;
   o.zone = zone;

@@ -31,21 +31,6 @@ class Client;
 
 namespace fund {
 
-// Every call to one zone's providers, none elsewhere.
-class PinnedZone : public formica::rpc::ZoneRouting {
- public:
-  explicit PinnedZone(std::string zone) : zone_(std::move(zone)) {}
-  absl::StatusOr<std::string> CallZone(absl::string_view, absl::string_view, bool) const override {
-    return zone_;
-  }
-  absl::StatusOr<std::string> ServingZone(absl::string_view, absl::string_view) const override {
-    return std::string();
-  }
-
- private:
-  const std::string zone_;
-};
-
 // One rpc client per zone, each held to that zone, made on first use.
 // Thread-safe; `registry` is borrowed.
 class ZoneClients {
@@ -58,7 +43,7 @@ class ZoneClients {
 
  private:
   struct Link {
-    std::unique_ptr<PinnedZone> routing;
+    std::unique_ptr<formica::rpc::PinnedZoneRouting> routing;
     std::unique_ptr<formica::rpc::Client> rpc;
   };
   formica::registry::Client* const registry_;

@@ -14,24 +14,9 @@
 namespace formica::ldc {
 namespace {
 
-// Every call to one zone, none elsewhere.
-class FixedZone : public rpc::ZoneRouting {
- public:
-  explicit FixedZone(std::string zone) : zone_(std::move(zone)) {}
-  absl::StatusOr<std::string> CallZone(absl::string_view, absl::string_view, bool) const override {
-    return zone_;
-  }
-  absl::StatusOr<std::string> ServingZone(absl::string_view, absl::string_view) const override {
-    return std::string();
-  }
-
- private:
-  const std::string zone_;
-};
-
 // One zone's brokers: an rpc client held to that zone and a producer over it.
 struct ZoneLink {
-  std::unique_ptr<FixedZone> routing;
+  std::unique_ptr<rpc::PinnedZoneRouting> routing;
   std::unique_ptr<rpc::Client> rpc;
   std::unique_ptr<dms::Producer> producer;
 };
@@ -56,7 +41,7 @@ class ZoneProducer::Impl {
     std::unique_ptr<ZoneLink>& link = links_[zone];
     if (link == nullptr) {
       auto made = std::make_unique<ZoneLink>();
-      made->routing = std::make_unique<FixedZone>(zone);
+      made->routing = std::make_unique<rpc::PinnedZoneRouting>(zone);
       rpc::ClientOptions options;
       options.app_name = options_.producer_group;
       options.zone = router_->zone();

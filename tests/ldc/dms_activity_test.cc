@@ -22,21 +22,6 @@ namespace {
 
 constexpr char kTopic[] = "fund.orders";
 
-// Every call to one zone (a consumer reads its own zone's broker).
-class PinnedZone : public rpc::ZoneRouting {
- public:
-  explicit PinnedZone(std::string zone) : zone_(std::move(zone)) {}
-  absl::StatusOr<std::string> CallZone(absl::string_view, absl::string_view, bool) const override {
-    return zone_;
-  }
-  absl::StatusOr<std::string> ServingZone(absl::string_view, absl::string_view) const override {
-    return std::string();
-  }
-
- private:
-  std::string zone_;
-};
-
 class LdcActivityMessages : public LdcTest {
  protected:
   void SetUp() override {
@@ -125,7 +110,7 @@ class LdcActivityMessages : public LdcTest {
   void StartConsumer(const std::string& zone) {
     auto c = std::make_unique<ZoneConsumer>();
     c->client = StartZone(zone, zone + "-ledger");
-    c->pinned = std::make_unique<PinnedZone>(zone);
+    c->pinned = std::make_unique<rpc::PinnedZoneRouting>(zone);
     rpc::ClientOptions options;
     options.zone = zone;
     options.zone_routing = c->pinned.get();
@@ -153,7 +138,7 @@ class LdcActivityMessages : public LdcTest {
 
   struct ZoneConsumer {
     ZoneClient client;
-    std::unique_ptr<PinnedZone> pinned;
+    std::unique_ptr<rpc::PinnedZoneRouting> pinned;
     std::unique_ptr<rpc::Client> rpc;
     std::unique_ptr<dms::Consumer> consumer;
   };

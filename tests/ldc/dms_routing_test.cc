@@ -20,21 +20,6 @@ namespace {
 
 constexpr char kTopic[] = "fund.orders";
 
-// Every call to one zone (a consumer reads its own zone's broker).
-class OnlyZone : public rpc::ZoneRouting {
- public:
-  explicit OnlyZone(std::string zone) : zone_(std::move(zone)) {}
-  absl::StatusOr<std::string> CallZone(absl::string_view, absl::string_view, bool) const override {
-    return zone_;
-  }
-  absl::StatusOr<std::string> ServingZone(absl::string_view, absl::string_view) const override {
-    return std::string();
-  }
-
- private:
-  std::string zone_;
-};
-
 dms::ProducerOptions ForwardGroup(const std::string& zone) {
   dms::ProducerOptions o;
   o.producer_group = zone + "-forward";
@@ -98,7 +83,7 @@ class LdcDmsTest : public LdcTest {
   // of its own zone's broker whose handler records each handling.
   struct Zone {
     ZoneClient client;
-    std::unique_ptr<OnlyZone> only_here;
+    std::unique_ptr<rpc::PinnedZoneRouting> only_here;
     std::unique_ptr<rpc::Client> rpc;
     std::unique_ptr<ZoneProducer> forward;
     std::unique_ptr<dms::Consumer> consumer;
@@ -109,7 +94,7 @@ class LdcDmsTest : public LdcTest {
   void StartConsumer(const std::string& zone, absl::Duration per_message, int hold_after = 0) {
     auto z = std::make_unique<Zone>();
     z->client = StartZone(zone, zone + "-billing");
-    z->only_here = std::make_unique<OnlyZone>(zone);
+    z->only_here = std::make_unique<rpc::PinnedZoneRouting>(zone);
     rpc::ClientOptions options;
     options.zone = zone;
     options.zone_routing = z->only_here.get();

@@ -135,6 +135,27 @@ TEST_F(ShiftTest, ATargetThatFailsIsStoppedAndTheSplitRestoredWithNoFailureAfter
   EXPECT_THAT(out, HasSubstr("failed at 20%"));
 }
 
+// Green answers every call, 30 ms late: its p99 is judged against blue's
+// and the shift stops at its first step.
+TEST_F(ShiftTest, ATargetSlowerThanTheOthersIsStoppedOnItsP99) {
+  auto blue = StartEcho({"--tag", "color=blue"});
+  auto green = StartEcho({"--tag", "color=green", "--delay-ms", "30"});
+  ASSERT_TRUE(AwaitProviders(2));
+  std::string out;
+  ASSERT_EQ(Ctl({"traffic", "set", kEcho, "color=blue:100"}, &out), 0) << out;
+  StartLoad();
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(Ctl({"traffic", "shift", kEcho, "--to", "color=green", "--step", "50", "--every", "2s",
+                 "--min-calls", "30"},
+                &out),
+            1)
+      << out;
+  EXPECT_THAT(out, HasSubstr("failed: target p99"));
+  EXPECT_THAT(out, HasSubstr("route restored to 'color=blue:100'"));
+  EXPECT_EQ(Route(), "color=blue:100");
+  StopLoad();
+}
+
 // Green fails one call in five in room b only: 10% of all its calls, under
 // the 15-point limit as a whole, but judged per room, room b fails.
 TEST_F(ShiftTest, APerRoomVerdictStopsATargetFailingInOneRoom) {

@@ -42,4 +42,22 @@ class ZoneRouting {
                                                   absl::string_view user_id) const = 0;
 };
 
+// Every call to the providers of one zone, none elsewhere; a provider with
+// it serves every call. For a client that must reach one zone's services
+// whoever the user: a GZone service asking each RZone in turn, a consumer
+// reading its own zone's broker.
+class PinnedZoneRouting final : public ZoneRouting {
+ public:
+  explicit PinnedZoneRouting(std::string zone) : zone_(std::move(zone)) {}
+  absl::StatusOr<std::string> CallZone(absl::string_view, absl::string_view, bool) const override {
+    return zone_;
+  }
+  absl::StatusOr<std::string> ServingZone(absl::string_view, absl::string_view) const override {
+    return std::string();
+  }
+
+ private:
+  const std::string zone_;
+};
+
 }  // namespace formica::rpc
