@@ -174,7 +174,10 @@ class Router::Impl {
       recheck_ = true;  // a new session: report again before writing
       return false;
     }
-    return true;
+    // Past the session's lease (this process was paused, or the registry
+    // went silent): a switch may have gone on without this process, whose
+    // session it saw lapse. Nothing is admitted until a session is back.
+    return absl::Now() < registry_->lease_valid_until();
   }
 
   absl::StatusOr<Router::WritePermit> Admit(Router* router, int shard, absl::Time deadline) {

@@ -152,6 +152,7 @@ void Client::Unwatch(uint64_t id) {
 }
 bool Client::connected() const { return impl_->connected(); }
 uint64_t Client::session_id() const { return impl_->session_id(); }
+absl::Time Client::lease_valid_until() const { return impl_->lease_valid_until(); }
 std::string Client::connected_registry() const { return impl_->connected_registry(); }
 void Client::DropConnectionForTesting() { impl_->DropConnection(); }
 

@@ -64,6 +64,11 @@ class Client::Impl {
     absl::MutexLock lock(&mu_);
     return session_id_;
   }
+  absl::Time lease_valid_until() const {
+    absl::MutexLock lock(&mu_);
+    if (!connected_) return absl::InfinitePast();
+    return answered_sent_ + granted_lease_ - granted_lease_ / 10;
+  }
   std::string connected_registry() const {
     absl::MutexLock lock(&mu_);
     return connected_ ? options_.registries[address_index_ % options_.registries.size()] : "";
@@ -166,6 +171,10 @@ class Client::Impl {
   absl::Time last_heard_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t heartbeat_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  // When the heartbeats not answered yet were sent, by sequence number.
+  std::map<uint64_t, absl::Time> heartbeats_sent_ ABSL_GUARDED_BY(mu_);
+  // When the newest message the registry answered on this session was sent.
+  absl::Time answered_sent_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, Publication> publications_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, ServiceSub, std::less<>> services_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::string> callback_owner_ ABSL_GUARDED_BY(mu_);  // id -> service/key

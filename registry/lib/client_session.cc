@@ -114,6 +114,8 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
       connected_ = true;
       channel_ = channel;
       last_heard_ = absl::Now();
+      answered_sent_ = stream_started_;  // the open was sent after this
+      heartbeats_sent_.clear();
       if (reply.opened().resumed()) {
         // The registry still holds what this session had: take back what
         // was withdrawn while the stream was down.
@@ -192,6 +194,15 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
       case v1::ServerMessage::kConfig:
         HandleConfig(message.config());
         break;
+      case v1::ServerMessage::kHeartbeatAck: {
+        absl::MutexLock lock(&mu_);
+        auto it = heartbeats_sent_.find(message.heartbeat_ack().seq());
+        if (it != heartbeats_sent_.end()) {
+          answered_sent_ = std::max(answered_sent_, it->second);
+          heartbeats_sent_.erase(heartbeats_sent_.begin(), std::next(it));
+        }
+        break;
+      }
       default:
         break;
     }
@@ -276,6 +287,9 @@ void Client::Impl::TimerLoop() {
     {
       absl::MutexLock lock(&mu_);
       beat.mutable_heartbeat()->set_seq(++heartbeat_seq_);
+      heartbeats_sent_[heartbeat_seq_] = absl::Now();
+      // Unanswered ones of a stream that broke are not kept for ever.
+      while (heartbeats_sent_.size() > 64) heartbeats_sent_.erase(heartbeats_sent_.begin());
       if (absl::Now() >= next_reconcile) {
         next_reconcile = absl::Now() + options_.reconcile_interval;
         reconcile.emplace();

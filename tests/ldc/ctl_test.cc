@@ -189,6 +189,41 @@ TEST_F(LdcTest, AClientRestartedMidSwitchComesBackOnTheFinalVersion) {
   EXPECT_EQ(applied["orders-b"], result->final_version);
 }
 
+// A process paused (SIGSTOP) past its session's lease while its shard is
+// switched away: the switch goes on once the session lapses, and when the
+// process wakes it admits no write to that shard under the rules it held,
+// though its registry client has not yet seen its session end.
+TEST_F(LdcTest, AProcessPausedPastItsLeaseAdmitsNoWriteOnWaking) {
+  uint64_t first = PublishRules();
+  auto a = StartAgent("zone-a", "orders-a", /*lease_ms=*/1000, /*probe_shard=*/5);
+  auto b = StartAgent("zone-b", "orders-b");
+  ASSERT_TRUE(AgentReported(a.get(), first, absl::Seconds(20))) << a->Output();
+  ASSERT_TRUE(AgentReported(b.get(), first, absl::Seconds(20))) << b->Output();
+  ASSERT_TRUE(a->WaitForOutput("admitted 5 under", absl::Seconds(10))) << a->Output();
+  a->Signal(SIGSTOP);
+  auto [code, out] = Ctl(
+      {"ldc", "switch", "--shards", "00-09", "--to", "zone-b", "--fence-timeout", "10s", "--yes"});
+  ASSERT_EQ(code, 0) << out;
+  const int64_t switched_ms = absl::ToUnixMillis(absl::Now());
+  a->Signal(SIGCONT);
+  // The agent's registry client notices its session's end within a lease;
+  // give it that and more, then read what it admitted.
+  absl::SleepFor(absl::Seconds(3));
+  int before = 0;
+  for (absl::string_view line : absl::StrSplit(a->Output(), '\n')) {
+    std::vector<std::string> words = absl::StrSplit(line, ' ');
+    int64_t asked = 0;
+    if (words.size() != 7 || words[0] != "admitted" || !absl::SimpleAtoi(words[6], &asked)) {
+      continue;
+    }
+    EXPECT_LT(asked, switched_ms) << "shard 05 was admitted in zone-a after it moved: " << line;
+    ++before;
+  }
+  EXPECT_GT(before, 0);
+  // And it comes back on the rules that moved the shard.
+  EXPECT_TRUE(AgentReported(a.get(), admin_->Get()->version, absl::Seconds(20))) << a->Output();
+}
+
 TEST_F(LdcTest, SwitchAsAnOperatorRunsItInJsonAndItsRefusals) {
   uint64_t first = PublishRules();
   auto a = StartAgent("zone-a", "orders-a");

@@ -1,12 +1,16 @@
 // A client process for LDC tests: a registry client and an ldc::Router in
 // one zone, up until killed. Prints "applied N" for every rules version it
-// applies and "reported N" once the registry confirmed its report.
-//   ldc_agent --registry H:P --zone Z [--name NAME] [--lease-ms N]
+// applies and "reported N" once the registry confirmed its report. With
+// --probe-shard S it also asks for a write permit on shard S every 5 ms and
+// prints "admitted S under N asked at MS" for each one granted (MS: the
+// Unix time in milliseconds when it was asked for).
+//   ldc_agent --registry H:P --zone Z [--name NAME] [--lease-ms N] [--probe-shard S]
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 #include "formica/ldc/router.h"
 #include "formica/registry/client.h"
@@ -18,6 +22,7 @@ int main(int argc, char** argv) {
   options.backoff_max = absl::Milliseconds(300);
   formica::ldc::RouterOptions router_options;
   router_options.client_name = "ldc_agent";
+  int probe = -1;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--registry") {
@@ -28,6 +33,8 @@ int main(int argc, char** argv) {
       router_options.client_name = argv[i + 1];
     } else if (a == "--lease-ms") {
       options.lease = absl::Milliseconds(std::atoi(argv[i + 1]));
+    } else if (a == "--probe-shard") {
+      probe = std::atoi(argv[i + 1]);
     } else {
       std::fprintf(stderr, "ldc_agent: bad argument %s\n", a.c_str());
       return 2;
@@ -47,6 +54,22 @@ int main(int argc, char** argv) {
     std::printf("applied %llu\n", static_cast<unsigned long long>(version));
     std::fflush(stdout);
   });
+  std::thread prober;
+  if (probe >= 0) {
+    prober = std::thread([&router, probe] {
+      while (true) {
+        absl::Time asked = absl::Now();
+        auto permit = (*router)->AdmitWrite(probe, asked + absl::Milliseconds(50));
+        if (permit.ok()) {
+          std::printf("admitted %d under %llu asked at %lld\n", probe,
+                      static_cast<unsigned long long>(permit->version()),
+                      static_cast<long long>(absl::ToUnixMillis(asked)));
+          std::fflush(stdout);
+        }
+        usleep(5000);
+      }
+    });
+  }
   uint64_t reported = 0;
   while (true) {
     uint64_t now = (*router)->reported_version();

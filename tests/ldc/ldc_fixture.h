@@ -100,7 +100,7 @@ class LdcTest : public ::testing::Test {
 
   // An ldc_agent process in `zone` whose registry lease is `lease_ms`.
   std::unique_ptr<Subprocess> StartAgent(const std::string& zone, const std::string& name,
-                                         int lease_ms = 2000) {
+                                         int lease_ms = 2000, int probe_shard = -1) {
     std::vector<std::string> argv = {formica::testing::BinaryPath("tests/ldc/ldc_agent"),
                                      "--registry",
                                      dsrd_->address(),
@@ -110,6 +110,10 @@ class LdcTest : public ::testing::Test {
                                      name,
                                      "--lease-ms",
                                      std::to_string(lease_ms)};
+    if (probe_shard >= 0) {
+      argv.push_back("--probe-shard");
+      argv.push_back(std::to_string(probe_shard));
+    }
     auto p = Subprocess::Start(argv, dir_.File(absl::StrCat(name, ".", ++runs_, ".log")));
     EXPECT_TRUE(p.ok()) << p.status();
     return p.ok() ? std::move(*p) : nullptr;

@@ -139,6 +139,15 @@ class Client {
 
   bool connected() const;
   uint64_t session_id() const;
+  // Until when this client's session is surely alive at the registry, by
+  // this process's clock: the registry ends a session only after a lease
+  // with nothing from its client, so the session outlives the sending of
+  // the newest message the registry answered (a heartbeat, or the open) by
+  // a lease; a tenth of it is kept as a margin for the clocks' rates.
+  // InfinitePast when not connected. A process that was paused (SIGSTOP, a
+  // long GC-like stall) past it must not act on what the session told it
+  // (LDC rules) until it has a session again.
+  absl::Time lease_valid_until() const;
   // The registry node this client is connected to, or empty.
   std::string connected_registry() const;
 
