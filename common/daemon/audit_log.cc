@@ -43,8 +43,10 @@ class AuditLog::Impl final : public audit::v1::Audit::Service {
     if (!google::protobuf::util::MessageToJsonString(e, &line, o).ok()) return;
     line.push_back('\n');
     absl::MutexLock lock(&mu_);
-    if (::write(fd_, line.data(), line.size()) != static_cast<ssize_t>(line.size()) ||
-        ::fdatasync(fd_) != 0) {
+    // After a failed append the file may end in part of a line: start anew.
+    if (torn_) line.insert(line.begin(), '\n');
+    torn_ = ::write(fd_, line.data(), line.size()) != static_cast<ssize_t>(line.size());
+    if (torn_ || ::fdatasync(fd_) != 0) {
       spdlog::error("audit: cannot append to {}: {}; the act was: {}", path_, std::strerror(errno),
                     line);
     }
@@ -54,7 +56,9 @@ class AuditLog::Impl final : public audit::v1::Audit::Service {
                     audit::v1::ListAuditResponse* resp) override {
     const size_t limit = req->limit() > 0 ? static_cast<size_t>(req->limit()) : 100;
     std::deque<audit::v1::AuditEntry> newest;
-    absl::MutexLock lock(&mu_);
+    // Read without the lock, so a long listing never holds up an act: each
+    // entry is one O_APPEND write, and a line still being written (or torn)
+    // does not parse and is skipped.
     std::ifstream in(path_);
     std::string line;
     while (std::getline(in, line)) {
@@ -73,14 +77,26 @@ class AuditLog::Impl final : public audit::v1::Audit::Service {
   const std::string daemon_;
   absl::Mutex mu_;
   const int fd_;
+  bool torn_ ABSL_GUARDED_BY(mu_) = false;  // the last append failed part-way
 };
 
 absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& path,
                                                          std::string daemon) {
+  bool existed = ::access(path.c_str(), F_OK) == 0;
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (fd < 0) {
     return absl::UnavailableError(
         absl::StrCat("audit log ", path, " cannot be opened: ", std::strerror(errno)));
+  }
+  if (!existed) {
+    // A new file's name is made durable too, or a crash could take it and
+    // its synced entries away.
+    std::string dir = path.substr(0, path.find_last_of('/') + 1);
+    int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
   }
   // A line torn by a crash is ended, so the next entry starts a line of its own.
   off_t end = ::lseek(fd, 0, SEEK_END);

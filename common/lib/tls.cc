@@ -137,6 +137,11 @@ class Trust {
  public:
   Trust(std::string ca_file, absl::Duration reload)
       : ca_file_(std::move(ca_file)), reload_(reload) {}
+  ~Trust() {
+    if (store_ != nullptr) X509_STORE_free(store_);
+  }
+  Trust(const Trust&) = delete;
+  Trust& operator=(const Trust&) = delete;
 
   // OK, or UNAUTHENTICATED naming the certificate and the reason (logged).
   // `leaf_pem` is the peer's certificate; `chain_pem` what it sent with it
@@ -170,11 +175,19 @@ class Trust {
     sk_X509_free(untrusted);
     ERR_clear_error();
     X509* leaf = chain[0].get();
-    if (ok == 1 && peer_is_server && !hosts.empty()) {
+    if (ok == 1 && peer_is_server) {
+      // An IP literal must be an IP SAN; a name a DNS SAN (never the
+      // subject's CN). No host to check against fails closed.
       bool named = false;
       for (const std::string& h : hosts) {
-        named = named || X509_check_ip_asc(leaf, h.c_str(), 0) == 1 ||
-                X509_check_host(leaf, h.c_str(), h.size(), 0, nullptr) == 1;
+        ASN1_OCTET_STRING* ip = a2i_IPADDRESS(h.c_str());
+        if (ip != nullptr) {
+          ASN1_OCTET_STRING_free(ip);
+          named = named || X509_check_ip_asc(leaf, h.c_str(), 0) == 1;
+        } else {
+          named = named || X509_check_host(leaf, h.c_str(), h.size(),
+                                           X509_CHECK_FLAG_NEVER_CHECK_SUBJECT, nullptr) == 1;
+        }
       }
       ERR_clear_error();
       if (!named) {

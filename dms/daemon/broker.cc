@@ -230,6 +230,11 @@ class Broker::Impl final
   grpc::Status EndTransaction(grpc::ServerContext* ctx, const v1::EndTransactionRequest* req,
                               v1::EndTransactionReply* reply) override {
     return rpc::Serve(ctx, [&] {
+      // Ending a half message is producing to its topic (or withdrawing
+      // from it): the same permission as Prepare's.
+      if (absl::StatusOr<std::string> topic = txns->TopicOf(req->transaction_id()); topic.ok()) {
+        if (absl::Status st = Allowed(ctx, "produce", *topic); !st.ok()) return ToGrpcStatus(st);
+      }
       absl::StatusOr<v1::Receipt> r = txns->End(req->transaction_id(), req->commit());
       if (!r.ok()) return ToGrpcStatus(r.status());
       *reply->mutable_receipt() = *r;

@@ -539,6 +539,15 @@ absl::StatusOr<v1::Receipt> Transactions::End(const std::string& id, bool commit
 
 grpc::Status Transactions::CheckBack(CheckBackStream& stream) { return impl_->CheckBack(stream); }
 
+absl::StatusOr<std::string> Transactions::TopicOf(const std::string& id) {
+  absl::MutexLock lock(&impl_->mu);
+  auto it = impl_->halves.find(id);
+  if (it == impl_->halves.end()) {
+    return absl::NotFoundError(absl::StrCat("no undecided half message ", id));
+  }
+  return it->second.topic();
+}
+
 void Transactions::List(bool parked_only, size_t limit, v1::ListHalfMessagesReply* out) {
   absl::MutexLock lock(&impl_->mu);
   for (const auto& [id, h] : impl_->halves) {

@@ -70,6 +70,8 @@ class Transactions {
   absl::StatusOr<std::string> Prepare(const std::string& topic, v1::StoredMessage message,
                                       const std::string& activity_id);
   absl::StatusOr<v1::Receipt> End(const std::string& id, bool commit);
+  // The topic of the undecided half message `id`; NOT_FOUND when none.
+  absl::StatusOr<std::string> TopicOf(const std::string& id);
   // Serves one CheckBack stream until the producer ends it or Stop();
   // UNAVAILABLE when dmsd stops.
   grpc::Status CheckBack(CheckBackStream& stream);

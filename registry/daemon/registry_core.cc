@@ -68,7 +68,11 @@ void RegistryCore::Handle(SessionStream* stream, const v1::ClientMessage& messag
   }
   Session& session = *found;
   sessions_.Touch(session);
-  if (session.last_seen - session.last_keepalive >= session.lease / 4) {
+  // A heartbeat renews the backend's lease each time (its ack tells the
+  // client its session lives a lease past the heartbeat's sending:
+  // registry::Client::lease_valid_until); other messages at most every
+  // quarter lease.
+  if (message.has_heartbeat() || session.last_seen - session.last_keepalive >= session.lease / 4) {
     // Any message shows the client alive: renew its lease in the backend.
     backend_->KeepAlive(session.id);
     session.last_keepalive = session.last_seen;
@@ -220,6 +224,21 @@ void RegistryCore::HandleOpen(SessionStream* stream, const v1::OpenSession& open
   request.peer = stream->peer;
   request.identity = stream->identity;
   request.lease = lease;
+  if (request.resume_id != 0) {
+    // A session is resumed only by the identity that holds it: another
+    // caller would take over its publications and pushes, or keep a dead
+    // client's session (and what it reported) alive.
+    if (const Session* held = sessions_.Find(request.resume_id);
+        held != nullptr && held->identity != stream->identity) {
+      absl::Status refused = absl::PermissionDeniedError(absl::StrCat(
+          "identity ", stream->identity.empty() ? "(no certificate)" : "'" + stream->identity + "'",
+          " may not resume session ", request.resume_id, " of identity ",
+          held->identity.empty() ? "(no certificate)" : "'" + held->identity + "'"));
+      SPDLOG_WARN("{}", std::string(refused.message()));
+      RequestFinish(stream, refused);
+      return;
+    }
+  }
   uint64_t serial = stream->serial;
   std::optional<absl::StatusOr<SessionGrant>> now =
       backend_->OpenSession(request, [this, serial, open](absl::StatusOr<SessionGrant> grant) {

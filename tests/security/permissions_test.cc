@@ -14,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "formica/dms/consumer.h"
 #include "formica/dms/producer.h"
+#include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/internal/credentials.h"
 #include "formica/registry/client.h"
@@ -311,6 +312,72 @@ TEST_F(PermissionsTest, EveryOperatorActIsRecordedWithItsIdentityAndResult) {
     }
     EXPECT_TRUE(found) << "missing, or out of order: " << prefix << "\n" << out;
   }
+}
+
+// A half message is ended only by an identity that may produce to its
+// topic: another cannot roll back (or commit) someone else's.
+TEST_F(PermissionsTest, AHalfMessageIsEndedOnlyByAnIdentityThatMayProduceToItsTopic) {
+  int dmsd_port = 0;
+  auto dmsd =
+      StartDaemon("dms/dmsd", "dmsd",
+                  {"--data-dir", dir_.File("dmsd"), "--set", "security.permissions_file=" + rules_},
+                  &dmsd_port);
+  ASSERT_TRUE(dmsd);
+  std::string dms = absl::StrCat("127.0.0.1:", dmsd_port);
+  ASSERT_EQ(Ctl("operator", {"--dms", dms, "dms", "create-topic", "payments"}).first, 0);
+  UseTlsAs("tester");
+  auto as_tester = dms::v1::Broker::NewStub(grpc::CreateChannel(dms, ChannelCredentials()));
+  dms::v1::PrepareRequest prepare;
+  prepare.set_topic("payments");
+  prepare.set_producer_group("tester");
+  prepare.mutable_message()->set_body("refund 42");
+  dms::v1::PrepareReply prepared;
+  {
+    grpc::ClientContext ctx;
+    grpc::Status st = as_tester->Prepare(&ctx, prepare, &prepared);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  UseTlsAs("operator");  // may operate, not produce to payments
+  auto as_operator = dms::v1::Broker::NewStub(grpc::CreateChannel(dms, ChannelCredentials()));
+  dms::v1::EndTransactionRequest end;
+  end.set_transaction_id(prepared.transaction_id());
+  end.set_commit(false);
+  dms::v1::EndTransactionReply ended;
+  {
+    grpc::ClientContext ctx;
+    grpc::Status st = as_operator->EndTransaction(&ctx, end, &ended);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+    EXPECT_NE(st.error_message().find(
+                  "identity 'spiffe://formica.local/operator' may not produce 'payments'"),
+              std::string::npos)
+        << st.error_message();
+  }
+  // Still undecided, and its producer ends it.
+  UseTlsAs("tester");
+  auto again = dms::v1::Broker::NewStub(grpc::CreateChannel(dms, ChannelCredentials()));
+  end.set_commit(true);
+  grpc::ClientContext ctx;
+  grpc::Status st = again->EndTransaction(&ctx, end, &ended);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+}
+
+// With a permissions file, a caller without a certificate has no identity
+// and matches no rule, not even "*".
+TEST_F(PermissionsTest, ACallerWithoutACertificateMatchesNoRuleNotEvenTheStar) {
+  std::string open_rules = dir_.File("star.yaml");
+  std::ofstream(open_rules) << "rules:\n  - identity: \"*\"\n    allow: [config.write *]\n";
+  DsrdProcess::Options o;
+  o.data_dir = dir_.File("plain-dsrd");
+  o.config = {{"security.permissions_file", open_rules}};
+  auto plain = DsrdProcess::Start(o);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  auto [code, out] = RunToEnd({BinaryPath("tools/formicactl"), "--registry", (*plain)->address(),
+                               "config", "put", "ldc/rules", "x"},
+                              dir_.File("plain-put.log"));
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("identity (no certificate) may not config.write 'ldc/rules'"),
+            std::string::npos)
+      << out;
 }
 
 // A permissions file that cannot be used stops the daemon naming the line.

@@ -20,6 +20,7 @@
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/internal/credentials.h"
 #include "formica/registry/client.h"
+#include "formica/registry/v1/registry.grpc.pb.h"
 #include "formica/rpc/client.h"
 #include "formica/test/echo.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -252,6 +253,43 @@ TEST_F(TlsTest, ABadTlsSectionStopsTheDaemonNamingIt) {
                                         dir_.File("typo.log"));
   EXPECT_EQ(typo_code, 2) << typo_out;
   EXPECT_NE(typo_out.find("tls.cafile: unknown key"), std::string::npos) << typo_out;
+}
+
+// A registry session is resumed only by the identity that holds it: a
+// caller with another valid certificate who learnt the session's id gets
+// PERMISSION_DENIED, and the holder keeps its session.
+TEST_F(TlsTest, ASessionIsResumedOnlyByTheIdentityHoldingIt) {
+  StartDsrd();
+  UseTlsAs("tester");
+  registry::ClientOptions ro;
+  ro.client_name = "holder";
+  ro.registries = {dsrd_->address()};
+  auto holder = registry::Client::Create(ro);
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  for (int i = 0; i < 200 && !(*holder)->connected(); ++i) absl::SleepFor(absl::Milliseconds(10));
+  uint64_t session = (*holder)->session_id();
+  ASSERT_NE(session, 0u);
+
+  UseTlsAs("operator");
+  auto stub =
+      registry::v1::Registry::NewStub(grpc::CreateChannel(dsrd_->address(), ChannelCredentials()));
+  grpc::ClientContext ctx;
+  auto stream = stub->Session(&ctx);
+  registry::v1::ClientMessage open;
+  open.mutable_open()->set_client_name("intruder");
+  open.mutable_open()->set_lease_ms(2000);
+  open.mutable_open()->set_resume_session_id(session);
+  ASSERT_TRUE(stream->Write(open));
+  registry::v1::ServerMessage reply;
+  EXPECT_FALSE(stream->Read(&reply)) << reply.DebugString();
+  grpc::Status st = stream->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  EXPECT_EQ(st.error_message(),
+            absl::StrCat("identity 'spiffe://formica.local/operator' may not resume session ",
+                         session, " of identity 'spiffe://formica.local/tester'"));
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_TRUE((*holder)->connected());
+  EXPECT_EQ((*holder)->session_id(), session);
 }
 
 // dsrd in cluster mode reaches etcd over mutual TLS with its own files:
