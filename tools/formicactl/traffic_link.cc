@@ -2,7 +2,6 @@
 // the providers as they see them, and the arithmetic of routes and shares.
 #include <grpcpp/grpcpp.h>
 
-#include <algorithm>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -256,10 +255,7 @@ Analysis Analyse(const Thresholds& limits, const std::string& key, const std::st
         rate(target) - rate(source), limits.max_failure_rate_increase, a.summary);
     return a;
   }
-  // A p99 of fewer than 100 calls is their slowest one, not a 99th
-  // percentile: both sides need that many (and --min-calls) to be compared.
-  const uint64_t p99_calls = std::max<uint64_t>(100, static_cast<uint64_t>(limits.min_calls));
-  if (target.calls() >= p99_calls && source.calls() >= p99_calls &&
+  if (source.calls() >= static_cast<uint64_t>(limits.min_calls) &&
       tp99 > sp99 * limits.max_p99_ratio && tp99 - sp99 > limits.p99_slack_ms) {
     a.verdict = Verdict::kFail;
     a.summary = absl::StrFormat("target p99 %.2f ms is over %gx the others' %.2f ms: %s", tp99,
