@@ -1,9 +1,11 @@
 #include "formica/internal/permissions.h"
 
+#include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <yaml-cpp/yaml.h>
 
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -13,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
+#include "formica/internal/credentials.h"
 
 namespace formica {
 namespace {
@@ -110,6 +113,7 @@ absl::StatusOr<std::vector<Rule>> Parse(const std::string& path) {
 }
 
 absl::Mutex mu;
+std::atomic<bool> in_force{false};  // a rule set is in force (Current() != nullptr)
 std::shared_ptr<RuleSet>& Current() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
   static auto* set = new std::shared_ptr<RuleSet>();
   return *set;
@@ -157,6 +161,7 @@ absl::Status UsePermissions(const std::string& path, absl::Duration reload) {
   if (path.empty()) {
     absl::MutexLock lock(&mu);
     Current().reset();
+    in_force.store(false);
     return absl::OkStatus();
   }
   struct stat st {};
@@ -174,11 +179,13 @@ absl::Status UsePermissions(const std::string& path, absl::Duration reload) {
   absl::MutexLock lock(&mu);
   Current() = std::move(set);
   LastLook() = absl::Now();
+  in_force.store(true);
   return absl::OkStatus();
 }
 
 absl::Status CheckPermission(absl::string_view identity, absl::string_view action,
                              absl::string_view resource) {
+  if (!in_force.load(std::memory_order_relaxed)) return absl::OkStatus();
   std::shared_ptr<const RuleSet> set = Rules();
   if (set == nullptr) return absl::OkStatus();
   for (const Rule& rule : set->rules) {
@@ -194,6 +201,14 @@ absl::Status CheckPermission(absl::string_view identity, absl::string_view actio
   return absl::PermissionDeniedError(absl::StrCat("identity ", who, " may not ", action, " '",
                                                   resource, "': no rule in ", set->path,
                                                   " allows '", action, " ", resource, "'"));
+}
+
+absl::Status CheckCaller(grpc::ServerContextBase* context, absl::string_view action,
+                         absl::string_view resource) {
+  if (!in_force.load(std::memory_order_relaxed)) return absl::OkStatus();
+  absl::Status st = CheckPermission(PeerIdentity(*context->auth_context()), action, resource);
+  if (!st.ok()) spdlog::warn("{}", std::string(st.message()));
+  return st;
 }
 
 }  // namespace formica

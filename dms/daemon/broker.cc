@@ -24,7 +24,6 @@
 #include "formica/common/grpc_status.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/internal/audit_log.h"
-#include "formica/internal/credentials.h"
 #include "formica/internal/metrics_endpoint.h"
 #include "formica/internal/permissions.h"
 #include "formica/registry/client.h"
@@ -134,19 +133,10 @@ class Broker::Impl final
 
   // ---- topics and produce ---------------------------------------------
 
-  // OK, or PERMISSION_DENIED (logged) when the caller's identity may not
-  // `action` `resource` (formica/internal/permissions.h).
-  static absl::Status Allowed(grpc::ServerContextBase* ctx, absl::string_view action,
-                              absl::string_view resource) {
-    absl::Status st = CheckPermission(PeerIdentity(*ctx->auth_context()), action, resource);
-    if (!st.ok()) SPDLOG_WARN("{}", std::string(st.message()));
-    return st;
-  }
-
   grpc::Status CreateTopic(grpc::ServerContext* ctx, const v1::CreateTopicRequest* req,
                            v1::TopicInfo* reply) override {
     grpc::Status st = rpc::Serve(ctx, [&] {
-      if (absl::Status st = Allowed(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
+      if (absl::Status st = CheckCaller(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
       if (absl::Status st = ValidName("topic name", req->name()); !st.ok()) {
         return ToGrpcStatus(st);
       }
@@ -190,7 +180,7 @@ class Broker::Impl final
   grpc::ServerUnaryReactor* Produce(grpc::CallbackServerContext* ctx, const v1::ProduceRequest* req,
                                     v1::ProduceReply* reply) override {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    if (absl::Status st = Allowed(ctx, "produce", req->topic()); !st.ok()) {
+    if (absl::Status st = CheckCaller(ctx, "produce", req->topic()); !st.ok()) {
       reactor->Finish(ToGrpcStatus(st));
       return reactor;
     }
@@ -213,7 +203,7 @@ class Broker::Impl final
   grpc::Status Prepare(grpc::ServerContext* ctx, const v1::PrepareRequest* req,
                        v1::PrepareReply* reply) override {
     return rpc::Serve(ctx, [&] {
-      if (absl::Status st = Allowed(ctx, "produce", req->topic()); !st.ok()) {
+      if (absl::Status st = CheckCaller(ctx, "produce", req->topic()); !st.ok()) {
         return ToGrpcStatus(st);
       }
       absl::StatusOr<v1::StoredMessage> half =
@@ -233,7 +223,8 @@ class Broker::Impl final
       // Ending a half message is producing to its topic (or withdrawing
       // from it): the same permission as Prepare's.
       if (absl::StatusOr<std::string> topic = txns->TopicOf(req->transaction_id()); topic.ok()) {
-        if (absl::Status st = Allowed(ctx, "produce", *topic); !st.ok()) return ToGrpcStatus(st);
+        if (absl::Status st = CheckCaller(ctx, "produce", *topic); !st.ok())
+          return ToGrpcStatus(st);
       }
       absl::StatusOr<v1::Receipt> r = txns->End(req->transaction_id(), req->commit());
       if (!r.ok()) return ToGrpcStatus(r.status());
@@ -272,7 +263,7 @@ class Broker::Impl final
                                   const v1::ResumeHalfMessagesRequest* req,
                                   v1::ResumeHalfMessagesReply* reply) override {
     grpc::Status st = rpc::Serve(ctx, [&] {
-      if (absl::Status st = Allowed(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
+      if (absl::Status st = CheckCaller(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
       absl::StatusOr<uint64_t> n = txns->Resume(req->transaction_id());
       if (!n.ok()) return ToGrpcStatus(n.status());
       reply->set_resumed(*n);
@@ -322,8 +313,8 @@ class Broker::Impl final
       return absl::InvalidArgumentError("the first request on a Consume stream must subscribe");
     }
     if (absl::Status st =
-            Allowed(stream.context(), "consume",
-                    absl::StrCat(first.subscribe().topic(), "/", first.subscribe().group()));
+            CheckCaller(stream.context(), "consume",
+                        absl::StrCat(first.subscribe().topic(), "/", first.subscribe().group()));
         !st.ok()) {
       return st;
     }
@@ -429,7 +420,7 @@ class Broker::Impl final
   grpc::Status ReplayDeadLetters(grpc::ServerContext* ctx, const v1::ReplayDeadLettersRequest* req,
                                  v1::ReplayDeadLettersReply* reply) override {
     grpc::Status st = rpc::Serve(ctx, [&] {
-      if (absl::Status st = Allowed(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
+      if (absl::Status st = CheckCaller(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
       if (req->group().empty()) {
         return ToGrpcStatus(absl::InvalidArgumentError("replay: group is required"));
       }

@@ -15,7 +15,6 @@
 #include "formica/common/grpc_status.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/internal/audit_log.h"
-#include "formica/internal/credentials.h"
 #include "formica/internal/metrics_endpoint.h"
 #include "formica/internal/permissions.h"
 #include "formica/internal/server_options.h"
@@ -44,14 +43,6 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
 
  private:
   using Reactor = grpc::ServerUnaryReactor;
-
-  // OK, or PERMISSION_DENIED (logged) when the caller may not operate dtsd
-  // (formica/internal/permissions.h).
-  static absl::Status Operator(grpc::CallbackServerContext* ctx) {
-    absl::Status st = CheckPermission(PeerIdentity(*ctx->auth_context()), "operate", "dts");
-    if (!st.ok()) SPDLOG_WARN("{}", std::string(st.message()));
-    return st;
-  }
 
   static Reactor* Answer(grpc::CallbackServerContext* ctx, const absl::Status& st) {
     Reactor* r = ctx->DefaultReactor();
@@ -163,14 +154,14 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
   }
   Reactor* Retry(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                  v1::DecisionResponse* resp) override {
-    absl::Status st = Operator(ctx);
+    absl::Status st = CheckCaller(ctx, "operate", "dts");
     if (st.ok()) st = engine_->Retry(*req, resp);
     RecordAct(ctx, "dts.retry", absl::StrCat("activity=", req->activity_id()), st);
     return Answer(ctx, st);
   }
   Reactor* Settle(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                   v1::DecisionResponse* resp) override {
-    absl::Status st = Operator(ctx);
+    absl::Status st = CheckCaller(ctx, "operate", "dts");
     if (st.ok()) st = engine_->Settle(*req, resp);
     RecordAct(ctx, "dts.settle", absl::StrCat("activity=", req->activity_id()), st);
     return Answer(ctx, st);

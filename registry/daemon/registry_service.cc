@@ -190,7 +190,7 @@ grpc::ServerUnaryReactor* RegistryService::PutConfig(grpc::CallbackServerContext
                                                  " bytes; the limit is ",
                                                  limits.max_config_value_bytes));
   }
-  if (st.ok()) st = Allowed(context, "config.write", request->key());
+  if (st.ok()) st = CheckCaller(context, "config.write", request->key());
   if (!st.ok()) {
     RecordAct(context, "config.put", act, st);
     return Done(context, st);
@@ -216,7 +216,7 @@ grpc::ServerUnaryReactor* RegistryService::DeleteConfig(grpc::CallbackServerCont
     absl::StrAppend(&act, " expected_version=", request->expected_version());
   }
   absl::Status st = ValidateConfigKey(request->key(), core_->options().limits);
-  if (st.ok()) st = Allowed(context, "config.write", request->key());
+  if (st.ok()) st = CheckCaller(context, "config.write", request->key());
   if (!st.ok()) {
     RecordAct(context, "config.delete", act, st);
     return Done(context, st);
@@ -237,7 +237,7 @@ grpc::ServerUnaryReactor* RegistryService::SetPushSwitch(grpc::CallbackServerCon
                                                          const v1::SetPushSwitchRequest* request,
                                                          v1::PushSwitchState* response) {
   std::string act = request->stop_push() ? "on" : "off";
-  absl::Status st = Allowed(context, "operate", "registry");
+  absl::Status st = CheckCaller(context, "operate", "registry");
   if (st.ok()) *response = core_->SetStopPush(request->stop_push());
   RecordAct(context, "registry.stop-push", act, st);
   return Done(context, st);
@@ -260,17 +260,10 @@ grpc::ServerUnaryReactor* RegistryService::ListSessions(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* RegistryService::KillSession(grpc::CallbackServerContext* context,
                                                        const v1::KillSessionRequest* request,
                                                        v1::KillSessionResponse*) {
-  absl::Status st = Allowed(context, "operate", "registry");
+  absl::Status st = CheckCaller(context, "operate", "registry");
   if (st.ok()) st = core_->KillSession(request->session_id());
   RecordAct(context, "registry.kill-session", absl::StrCat("session=", request->session_id()), st);
   return Done(context, st);
-}
-
-absl::Status RegistryService::Allowed(grpc::CallbackServerContext* context,
-                                      absl::string_view action, absl::string_view resource) {
-  absl::Status st = CheckPermission(PeerIdentity(*context->auth_context()), action, resource);
-  if (!st.ok()) SPDLOG_WARN("{}", std::string(st.message()));
-  return st;
 }
 
 grpc::ServerUnaryReactor* RegistryService::View(grpc::CallbackServerContext* context,

@@ -89,10 +89,6 @@ class RegistryService final : public v1::Registry::CallbackService {
   // storage.etcd.request_timeout: it runs on the view threads, never on a
   // callback thread, and fails at once while this node cannot reach etcd
   // (checked again when it leaves the queue).
-  // OK, or PERMISSION_DENIED (logged) when the caller's identity may not
-  // `action` `resource` (formica/internal/permissions.h).
-  static absl::Status Allowed(grpc::CallbackServerContext* context, absl::string_view action,
-                              absl::string_view resource);
   grpc::ServerUnaryReactor* View(grpc::CallbackServerContext* context,
                                  std::function<absl::Status()> view);
   // A config write, on the writer thread; watchers here learn of it.

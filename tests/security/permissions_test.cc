@@ -60,15 +60,6 @@ class PermissionsTest : public TlsTest {
     std::ofstream(tmp) << text;
     std::rename(tmp.c_str(), rules_.c_str());
   }
-  std::unique_ptr<registry::Client> Registry(const std::string& name) {
-    registry::ClientOptions ro;
-    ro.client_name = name;
-    ro.registries = {dsrd_->address()};
-    ro.request_timeout = absl::Seconds(3);
-    auto reg = registry::Client::Create(ro);
-    EXPECT_TRUE(reg.ok()) << reg.status();
-    return reg.ok() ? std::move(*reg) : nullptr;
-  }
   std::string rules_;
 };
 
@@ -77,7 +68,7 @@ class PermissionsTest : public TlsTest {
 // reaches a subscriber; a changed file is read again.
 TEST_F(PermissionsTest, APublicationOutsideTheRulesIsRefusedAndNeverPushed) {
   UseTlsAs("tester");
-  auto reg = Registry("tester");
+  auto reg = NewRegistry("tester");
   ASSERT_NE(reg, nullptr);
   ASSERT_TRUE(reg->Subscribe("formica.test.Echo", nullptr).ok());
 
@@ -89,12 +80,9 @@ TEST_F(PermissionsTest, APublicationOutsideTheRulesIsRefusedAndNeverPushed) {
   EXPECT_TRUE(reg->Publish(Instance("tester.Mine", "127.0.0.1:2")).ok());
 
   // The allowed provider is the only one a subscriber ever sees.
-  auto echo = Subprocess::Start(
-      WithTls("echo", {BinaryPath("tests/rpc/echo_server"), "--registry", dsrd_->address()}),
-      dir_.File("echo.log"));
-  ASSERT_TRUE(echo.ok());
-  ASSERT_TRUE((*echo)->WaitForOutput("serving on ", absl::Seconds(20))) << (*echo)->Output();
-  std::string echo_address = (*echo)->LineAfter("serving on ");
+  std::string echo_address;
+  auto echo = StartEcho(&echo_address);
+  ASSERT_NE(echo, nullptr);
   std::optional<registry::ServiceSnapshot> snap;
   for (int i = 0; i < 200; ++i) {
     snap = reg->GetSnapshot("formica.test.Echo");
@@ -176,7 +164,7 @@ TEST_F(PermissionsTest, TopicsAndOperatorCommandsAtTheBrokerAndCoordinator) {
   }
 
   UseTlsAs("tester");
-  auto reg = Registry("tester");
+  auto reg = NewRegistry("tester");
   ASSERT_NE(reg, nullptr);
   rpc::ClientOptions co;
   co.app_name = "tester";

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "formica/common/tls.h"
+#include "formica/registry/client.h"
 #include "gtest/gtest.h"
 #include "process.h"
 
@@ -129,6 +130,30 @@ class TlsTest : public ::testing::Test {
     EXPECT_TRUE(p.ok()) << p.status();
     if (!p.ok()) return nullptr;
     EXPECT_TRUE((*p)->WaitForOutput("ready on port", absl::Seconds(20))) << (*p)->Output();
+    return std::move(*p);
+  }
+
+  // A registry client of this process (switch identity with UseTlsAs first).
+  std::unique_ptr<registry::Client> NewRegistry(const std::string& name) {
+    registry::ClientOptions ro;
+    ro.client_name = name;
+    ro.registries = {dsrd_->address()};
+    ro.request_timeout = absl::Seconds(3);
+    auto reg = registry::Client::Create(ro);
+    EXPECT_TRUE(reg.ok()) << reg.status();
+    return reg.ok() ? std::move(*reg) : nullptr;
+  }
+
+  // An echo_server as identity "echo", serving once this returns; its
+  // address in `address`.
+  std::unique_ptr<Subprocess> StartEcho(std::string* address) {
+    auto p = Subprocess::Start(
+        WithTls("echo", {BinaryPath("tests/rpc/echo_server"), "--registry", dsrd_->address()}),
+        dir_.File(absl::StrCat("echo", ++runs_, ".log")));
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return nullptr;
+    EXPECT_TRUE((*p)->WaitForOutput("serving on ", absl::Seconds(20))) << (*p)->Output();
+    *address = (*p)->LineAfter("serving on ");
     return std::move(*p);
   }
 

@@ -121,14 +121,11 @@ TEST_F(TlsTest, TheWholeSuiteRunsOverMutualTls) {
 
   // Messages through dmsd, this process as producer and consumer.
   UseTlsAs("tester");
-  registry::ClientOptions ro;
-  ro.client_name = "tls-test";
-  ro.registries = {dsrd_->address()};
-  auto reg = registry::Client::Create(ro);
-  ASSERT_TRUE(reg.ok()) << reg.status();
+  auto reg = NewRegistry("tls-test");
+  ASSERT_NE(reg, nullptr);
   rpc::ClientOptions co_rpc;
   co_rpc.app_name = "tls-test";
-  auto rpc = rpc::Client::Create(co_rpc, reg->get());
+  auto rpc = rpc::Client::Create(co_rpc, reg.get());
   ASSERT_TRUE(rpc.ok()) << rpc.status();
   {
     auto broker = dms::v1::Broker::NewStub(
@@ -261,13 +258,10 @@ TEST_F(TlsTest, ABadTlsSectionStopsTheDaemonNamingIt) {
 TEST_F(TlsTest, ASessionIsResumedOnlyByTheIdentityHoldingIt) {
   StartDsrd();
   UseTlsAs("tester");
-  registry::ClientOptions ro;
-  ro.client_name = "holder";
-  ro.registries = {dsrd_->address()};
-  auto holder = registry::Client::Create(ro);
-  ASSERT_TRUE(holder.ok()) << holder.status();
-  for (int i = 0; i < 200 && !(*holder)->connected(); ++i) absl::SleepFor(absl::Milliseconds(10));
-  uint64_t session = (*holder)->session_id();
+  auto holder = NewRegistry("holder");
+  ASSERT_NE(holder, nullptr);
+  for (int i = 0; i < 200 && !holder->connected(); ++i) absl::SleepFor(absl::Milliseconds(10));
+  uint64_t session = holder->session_id();
   ASSERT_NE(session, 0u);
 
   UseTlsAs("operator");
@@ -288,8 +282,8 @@ TEST_F(TlsTest, ASessionIsResumedOnlyByTheIdentityHoldingIt) {
             absl::StrCat("identity 'spiffe://formica.local/operator' may not resume session ",
                          session, " of identity 'spiffe://formica.local/tester'"));
   absl::SleepFor(absl::Milliseconds(300));
-  EXPECT_TRUE((*holder)->connected());
-  EXPECT_EQ((*holder)->session_id(), session);
+  EXPECT_TRUE(holder->connected());
+  EXPECT_EQ(holder->session_id(), session);
 }
 
 // dsrd in cluster mode reaches etcd over mutual TLS with its own files:
@@ -374,25 +368,19 @@ std::string FileSerial(const std::string& pem) {
 // interval.
 TEST_F(TlsTest, ARotatedCertificateIsServedWithoutFailingACall) {
   StartDsrd();
-  auto echo = Subprocess::Start(
-      WithTls("echo", {BinaryPath("tests/rpc/echo_server"), "--registry", dsrd_->address()}),
-      dir_.File("echo.log"));
-  ASSERT_TRUE(echo.ok());
-  ASSERT_TRUE((*echo)->WaitForOutput("serving on ", absl::Seconds(20))) << (*echo)->Output();
-  std::string echo_address = (*echo)->LineAfter("serving on ");
+  std::string echo_address;
+  auto echo = StartEcho(&echo_address);
+  ASSERT_NE(echo, nullptr);
   std::string before = FileSerial(certs_ + "/echo.pem");
   ASSERT_FALSE(before.empty());
   ASSERT_EQ(ServedSerial(certs_, "tester", echo_address, dir_.File("s1.log")), before);
 
   UseTlsAs("tester");
-  registry::ClientOptions ro;
-  ro.client_name = "tls-test";
-  ro.registries = {dsrd_->address()};
-  auto reg = registry::Client::Create(ro);
-  ASSERT_TRUE(reg.ok()) << reg.status();
+  auto reg = NewRegistry("tls-test");
+  ASSERT_NE(reg, nullptr);
   rpc::ClientOptions co_rpc;
   co_rpc.app_name = "tls-test";
-  auto rpc = rpc::Client::Create(co_rpc, reg->get());
+  auto rpc = rpc::Client::Create(co_rpc, reg.get());
   ASSERT_TRUE(rpc.ok());
   std::atomic<bool> stop{false};
   std::atomic<int> calls{0}, failures{0};

@@ -23,6 +23,10 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
+namespace grpc {
+class ServerContextBase;
+}
+
 namespace formica {
 
 // Reads `path` and puts its rules in force for this process, looked at
@@ -36,5 +40,11 @@ absl::Status UsePermissions(const std::string& path, absl::Duration reload = abs
 // is logged and the rules before it stay in force).
 absl::Status CheckPermission(absl::string_view identity, absl::string_view action,
                              absl::string_view resource);
+
+// CheckPermission for the caller of `context` (the identity of its
+// certificate), a refusal logged. Without a permissions file it returns at
+// once, reading nothing of the call (it sits on the produce path).
+absl::Status CheckCaller(grpc::ServerContextBase* context, absl::string_view action,
+                         absl::string_view resource);
 
 }  // namespace formica
