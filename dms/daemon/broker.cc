@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "broker_group.h"
 #include "broker_metrics.h"
 #include "consumer_groups.h"
 #include "dead_letters.h"
@@ -81,13 +82,18 @@ class Broker::Impl final
       return absl::FailedPreconditionError(
           absl::StrCat("cannot create ", options.data_dir, "/topics: ", ec.message()));
     }
-    absl::StatusOr<std::unique_ptr<GroupProgress>> p =
-        GroupProgress::Open(options.data_dir + "/progress");
-    if (!p.ok()) return p.status();
-    progress = *std::move(p);
-    absl::StatusOr<std::unique_ptr<MetaStore>> m = MetaStore::Open(options.data_dir + "/meta");
-    if (!m.ok()) return m.status();
-    meta = *std::move(m);
+    if (const BrokerStores* s = options.stores; s != nullptr) {
+      progress = GroupProgress::Over(s->progress, s->writes);
+      meta = MetaStore::Over(s->meta, s->writes);
+    } else {
+      absl::StatusOr<std::unique_ptr<GroupProgress>> p =
+          GroupProgress::Open(options.data_dir + "/progress");
+      if (!p.ok()) return p.status();
+      progress = *std::move(p);
+      absl::StatusOr<std::unique_ptr<MetaStore>> m = MetaStore::Open(options.data_dir + "/meta");
+      if (!m.ok()) return m.status();
+      meta = *std::move(m);
+    }
     absl::StatusOr<std::unique_ptr<AuditLog>> a =
         AuditLog::Open(options.data_dir + "/formica-audit.log", "dmsd");
     if (!a.ok()) return a.status();
@@ -103,6 +109,7 @@ class Broker::Impl final
     co.max_record_bytes =
         static_cast<uint32_t>(options.max_body_bytes + kMaxPropertiesBytes + 64 * 1024);
     co.quarantine_damaged_topics = options.quarantine_damaged_topics;
+    if (options.stores != nullptr) co.shared_topics = options.stores->topics;
     topics = std::make_unique<TopicCatalog>(co, progress.get(), dedup.get(), clock);
     ProduceOptions po;
     po.max_body_bytes = options.max_body_bytes;
@@ -206,6 +213,9 @@ class Broker::Impl final
       if (absl::Status st = CheckCaller(ctx, "produce", req->topic()); !st.ok()) {
         return ToGrpcStatus(st);
       }
+      if (absl::Status st = NotReplicatedYet("transactional messages (half messages)"); !st.ok()) {
+        return ToGrpcStatus(st);
+      }
       absl::StatusOr<v1::StoredMessage> half =
           producer->PrepareHalf(req->topic(), req->producer_group(), req->message());
       if (!half.ok()) return ToGrpcStatus(half.status());
@@ -274,6 +284,16 @@ class Broker::Impl final
                                             : absl::StrCat("transaction=", req->transaction_id()),
               FromGrpcStatus(st));
     return st;
+  }
+
+  // What a replicated broker group refuses until it replicates it
+  // (docs/ha.md), rather than keep it on one member.
+  absl::Status NotReplicatedYet(absl::string_view what) const {
+    if (options.stores == nullptr) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat(what,
+                     " are not replicated by a broker group yet (docs/ha.md); use a single dmsd "
+                     "(no raft section) for them"));
   }
 
   // ---- consume --------------------------------------------------------
@@ -476,6 +496,11 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(BrokerOptions options) {
   if (options.registries.empty()) {
     return absl::InvalidArgumentError("dmsd needs at least one registry (dsrd) address");
   }
+  if (options.raft.has_value() && options.stores == nullptr) {
+    absl::StatusOr<std::unique_ptr<BrokerGroup>> group = BrokerGroup::Start(std::move(options));
+    if (!group.ok()) return group.status();
+    return std::unique_ptr<Broker>(new Broker(*std::move(group)));
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
   impl->clock = impl->options.clock != nullptr ? impl->options.clock : Clock::Real();
@@ -553,8 +578,15 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(BrokerOptions options) {
 }
 
 Broker::Broker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Broker::Broker(std::unique_ptr<BrokerGroup> group) : group_(std::move(group)) {}
 Broker::~Broker() { Shutdown(); }
-int Broker::port() const { return impl_->server->port(); }
-void Broker::Shutdown() { impl_->Shutdown(); }
+int Broker::port() const { return group_ != nullptr ? group_->port() : impl_->server->port(); }
+void Broker::Shutdown() {
+  if (group_ != nullptr) {
+    group_->Shutdown();
+  } else {
+    impl_->Shutdown();
+  }
+}
 
 }  // namespace formica::dms

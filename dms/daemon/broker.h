@@ -12,19 +12,38 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "formica/common/clock.h"
+#include "formica/internal/raft_node.h"
 #include "transactions.h"
 
 namespace formica {
 class Config;
 }
 
+namespace rocksdb {
+class DB;
+}
+
 namespace formica::dms {
+
+class BrokerGroup;
+class DbWrites;
+class Topic;
+
+// The stores of a replicated broker group's member (BrokerGroup), which the
+// leader's engines run over; all borrowed.
+struct BrokerStores {
+  rocksdb::DB* progress = nullptr;
+  rocksdb::DB* meta = nullptr;
+  DbWrites* writes = nullptr;  // through the group's Raft log
+  const std::map<std::string, std::shared_ptr<Topic>>* topics = nullptr;
+};
 
 struct BrokerOptions {
   std::string listen = "127.0.0.1:7390";
@@ -69,6 +88,12 @@ struct BrokerOptions {
   // Where the broker's engines take the time from (borrowed; nullptr: the
   // wall clock).
   Clock* clock = nullptr;
+
+  // The `raft` section (docs/ha.md): set, dmsd is a member of a replicated
+  // broker group (BrokerGroup); unset, a single dmsd.
+  std::optional<RaftNodeOptions> raft;
+  // Set by BrokerGroup for the broker its leader starts (borrowed).
+  const BrokerStores* stores = nullptr;
 };
 
 // Reads BrokerOptions from a config (see deploy/dmsd.yaml). INVALID_ARGUMENT
@@ -88,7 +113,9 @@ class Broker {
 
  private:
   explicit Broker(std::unique_ptr<Impl> impl);
+  explicit Broker(std::unique_ptr<BrokerGroup> group);
   std::unique_ptr<Impl> impl_;
+  std::unique_ptr<BrokerGroup> group_;  // replicated mode
 };
 
 }  // namespace formica::dms

@@ -78,6 +78,16 @@ absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
   }
   o.retry_max =
       r.Duration("consume.retry_max", o.retry_max, absl::Milliseconds(1), absl::Hours(24 * 7));
+  if (!r.Children("raft").empty()) {
+    // A replicated broker group (docs/ha.md). A member that falls more
+    // than snapshot_trailing entries behind cannot catch up (dmsd does not
+    // ship its stores yet), so the leader keeps many.
+    RaftNodeOptions raft;
+    raft.snapshot_threshold = 4096;
+    raft.snapshot_trailing = 65536;
+    ReadRaftSection(r, &raft);
+    o.raft = std::move(raft);
+  }
   CheckServerSection(r, server);
   if (o.retry_max < o.retry_initial) {
     r.Fail("consume.retry_max", "must be at least consume.retry_initial");

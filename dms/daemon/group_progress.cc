@@ -35,10 +35,16 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
 absl::StatusOr<std::unique_ptr<GroupProgress>> GroupProgress::Open(const std::string& dir) {
   absl::StatusOr<std::unique_ptr<rocksdb::DB>> db = OpenRocksDb(dir, "the group progress store");
   if (!db.ok()) return db.status();
-  return std::unique_ptr<GroupProgress>(new GroupProgress(*std::move(db)));
+  rocksdb::DB* raw = db->get();
+  return std::unique_ptr<GroupProgress>(new GroupProgress(*std::move(db), raw, DirectDbWrites()));
 }
 
-GroupProgress::GroupProgress(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
+std::unique_ptr<GroupProgress> GroupProgress::Over(rocksdb::DB* db, DbWrites* writes) {
+  return std::unique_ptr<GroupProgress>(new GroupProgress(nullptr, db, writes));
+}
+
+GroupProgress::GroupProgress(std::unique_ptr<rocksdb::DB> owned, rocksdb::DB* db, DbWrites* writes)
+    : owned_(std::move(owned)), db_(db), writes_(writes) {}
 GroupProgress::~GroupProgress() = default;
 
 absl::StatusOr<QueueProgress> GroupProgress::Load(const std::string& group,
@@ -94,7 +100,7 @@ absl::Status GroupProgress::Ack(const std::string& group, const std::string& top
                                 const std::vector<uint64_t>& offsets, uint64_t committed) {
   absl::StatusOr<uint64_t> written = Write(group, topic, queue, offsets, committed);
   if (!written.ok()) return written.status();
-  return SyncThrough(*written);
+  return writes_->durable() ? absl::OkStatus() : SyncThrough(*written);
 }
 
 absl::Status GroupProgress::AckQueues(const std::string& group, const std::string& topic,
@@ -105,7 +111,7 @@ absl::Status GroupProgress::AckQueues(const std::string& group, const std::strin
     if (!written.ok()) return written.status();
     last = std::max(last, *written);
   }
-  return acks.empty() ? absl::OkStatus() : SyncThrough(last);
+  return acks.empty() || writes_->durable() ? absl::OkStatus() : SyncThrough(last);
 }
 
 absl::StatusOr<uint64_t> GroupProgress::Write(const std::string& group, const std::string& topic,
@@ -132,8 +138,7 @@ absl::StatusOr<uint64_t> GroupProgress::Write(const std::string& group, const st
   batch.Put(CommittedKey(q), absl::StrCat(committed));
   // Acks now below the committed offset are folded into it.
   if (committed > state.committed) batch.DeleteRange(AckPrefix(q), AckKey(q, committed));
-  if (absl::Status st = FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "recording an ack");
-      !st.ok()) {
+  if (absl::Status st = writes_->Write(db_, &batch, false); !st.ok()) {
     return st;
   }
   state.committed = committed;

@@ -17,6 +17,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "db_writes.h"
 
 namespace rocksdb {
 class DB;
@@ -41,6 +42,9 @@ class GroupProgress {
  public:
   // FAILED_PRECONDITION when the store cannot be opened (e.g. in use).
   static absl::StatusOr<std::unique_ptr<GroupProgress>> Open(const std::string& dir);
+  // Over a database opened elsewhere, writing through `writes` (both
+  // borrowed): a replicated broker group's store (docs/ha.md).
+  static std::unique_ptr<GroupProgress> Over(rocksdb::DB* db, DbWrites* writes);
   ~GroupProgress();
 
   absl::StatusOr<QueueProgress> Load(const std::string& group, const std::string& topic, int queue);
@@ -69,14 +73,16 @@ class GroupProgress {
     bool loaded ABSL_GUARDED_BY(mu) = false;
     uint64_t committed ABSL_GUARDED_BY(mu) = 0;  // the highest written
   };
-  explicit GroupProgress(std::unique_ptr<rocksdb::DB> db);
+  GroupProgress(std::unique_ptr<rocksdb::DB> owned, rocksdb::DB* db, DbWrites* writes);
   // Writes one queue's acks (not synced); returns the write's number.
   absl::StatusOr<uint64_t> Write(const std::string& group, const std::string& topic, int queue,
                                  const std::vector<uint64_t>& offsets, uint64_t committed);
   absl::Status SyncThrough(uint64_t write);
   QueueState& StateFor(const std::string& queue_key);
 
-  std::unique_ptr<rocksdb::DB> db_;
+  std::unique_ptr<rocksdb::DB> owned_;
+  rocksdb::DB* db_;
+  DbWrites* writes_;
   absl::Mutex states_mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<QueueState>> states_ ABSL_GUARDED_BY(states_mu_);
   absl::Mutex sync_mu_;

@@ -187,6 +187,11 @@ class MessageLog::Impl {
   std::multimap<uint64_t, std::function<void(absl::Status)>> async_waiters ABSL_GUARDED_BY(mu);
   uint64_t sync_count ABSL_GUARDED_BY(mu) = 0;
   absl::Status broken ABSL_GUARDED_BY(mu);  // a failed write or sync: no more appends
+  // Replicated mode: proposals are made in offset order under propose_mu.
+  absl::Mutex propose_mu ABSL_ACQUIRED_BEFORE(mu);
+  bool leading ABSL_GUARDED_BY(mu) = false;
+  uint64_t proposed_end ABSL_GUARDED_BY(mu) = 0;
+  absl::Status fenced ABSL_GUARDED_BY(mu);  // a failed proposal: refuse until Lead(true)
 
   ~Impl();
 
@@ -355,8 +360,89 @@ class MessageLog::Impl {
       }
     }
     if (payloads.empty()) return absl::InvalidArgumentError("no records to write");
+    if (options.replication != nullptr) return Propose(payloads);
     absl::MutexLock lock(&mu);
     if (!broken.ok()) return broken;
+    return AppendLocked(payloads);
+  }
+  // The first record's offset, once proposed (WaitDurable: applied here).
+  absl::StatusOr<uint64_t> Propose(absl::Span<const absl::string_view> payloads) {
+    absl::MutexLock order(&propose_mu);
+    uint64_t first = 0;
+    {
+      absl::MutexLock lock(&mu);
+      if (!broken.ok()) return broken;
+      if (!leading) {
+        return absl::UnavailableError(
+            "this dmsd is not the leader of its broker group; send to the leader");
+      }
+      if (!fenced.ok()) return fenced;
+      first = proposed_end;
+      proposed_end += payloads.size();
+    }
+    options.replication->ProposeAppend(options.replication_id, first, payloads,
+                                       [this](absl::Status st) {
+                                         if (!st.ok()) Fence(st);
+                                       });
+    return first;
+  }
+  void Fence(absl::Status why) {
+    absl::MutexLock lock(&mu);
+    if (fenced.ok()) fenced = why;
+    NotifyLocked();
+  }
+  // Replicated mode: waiters are answered from a pool thread, never from
+  // the Raft thread that applies (their callbacks may propose and wait).
+  void NotifyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (!async_waiters.empty() && !sync_queued) {
+      sync_queued = true;
+      RequestSync(this);
+    }
+  }
+  absl::Status ReplicaError() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (!broken.ok()) return broken;
+    if (!fenced.ok()) return fenced;
+    return absl::UnavailableError(
+        "this dmsd stopped leading its broker group before the append was applied; its outcome "
+        "is unknown: retry with the same dedup key");
+  }
+  void Lead(bool on) {
+    absl::MutexLock order(&propose_mu);
+    absl::MutexLock lock(&mu);
+    leading = on;
+    if (on) {
+      proposed_end = written_end;
+      fenced = absl::OkStatus();
+    }
+    NotifyLocked();
+  }
+  absl::Status ApplyAppend(uint64_t first, absl::Span<const absl::string_view> payloads) {
+    absl::MutexLock lock(&mu);
+    if (!broken.ok()) return broken;
+    uint64_t end = written_end;
+    if (first > end) {
+      return absl::DataLossError(
+          absl::StrCat("log ", options.dir, ": the group's log appends at offset ", first,
+                       " but this member's log ends at ", end, "; records are missing here"));
+    }
+    size_t skip = static_cast<size_t>(std::min<uint64_t>(end - first, payloads.size()));
+    if (skip < payloads.size()) {
+      absl::StatusOr<uint64_t> at = AppendLocked(payloads.subspan(skip));
+      if (!at.ok()) return at.status();
+    }
+    synced = written_end;
+    NotifyLocked();
+    return absl::OkStatus();
+  }
+  absl::Status Flush() {
+    absl::MutexLock lock(&mu);
+    for (const Segment& s : segments) {
+      if (::fdatasync(s.fd) != 0) return Errno("cannot sync", s.path);
+    }
+    return SyncDir(options.dir);
+  }
+  absl::StatusOr<uint64_t> AppendLocked(absl::Span<const absl::string_view> payloads)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     uint64_t first = 0;
     size_t i = 0;
     std::string frames;
@@ -417,6 +503,13 @@ class MessageLog::Impl {
   // fdatasync covers every record written before it started.
   absl::Status WaitDurable(uint64_t offset) {
     absl::MutexLock lock(&mu);
+    if (options.replication != nullptr) {
+      auto moved = [this, offset]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+        return synced > offset || !broken.ok() || !fenced.ok() || !leading;
+      };
+      mu.Await(absl::Condition(&moved));
+      return synced > offset ? absl::OkStatus() : ReplicaError();
+    }
     if (!options.sync) {
       synced = std::max(synced, written_end);
       return broken;
@@ -439,59 +532,93 @@ class MessageLog::Impl {
 
   // Run by a pool thread: one fdatasync covering everything written now.
   void SyncOnce() {
-    std::vector<std::function<void(absl::Status)>> done;
+    std::vector<std::function<void(absl::Status)>> done, ready;
     absl::Status outcome;
     {
       absl::MutexLock lock(&mu);
       auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return !syncing; };
       mu.Await(absl::Condition(&idle));
       sync_queued = false;
-      if (written_end > synced && broken.ok()) {
-        syncing = true;
-        sync_target = written_end;
-        int fd = segments.back().fd;
-        std::string path = segments.back().path;
-        mu.Unlock();
-        absl::Time started = absl::Now();
-        int rc = ::fdatasync(fd);
-        SyncLatency().Observe(absl::Now() - started);
-        mu.Lock();
-        syncing = false;
-        ++sync_count;
-        if (rc != 0) {
-          Break(Errno("cannot sync", path)).IgnoreError();
-        } else {
-          synced = std::max(synced, sync_target);
+      if (options.replication != nullptr) {
+        NotifyReplicated(&ready, &done, &outcome);
+      } else {
+        SyncLocked();
+        outcome = broken;
+        // Callers waiting asynchronously: those now durable (all, on failure).
+        auto end = outcome.ok() ? async_waiters.lower_bound(synced) : async_waiters.end();
+        for (auto it = async_waiters.begin(); it != end; ++it) {
+          done.push_back(std::move(it->second));
+        }
+        async_waiters.erase(async_waiters.begin(), end);
+        if (!async_waiters.empty() && !sync_queued) {
+          sync_queued = true;  // written after this sync began
+          RequestSync(this);
         }
       }
-      outcome = broken;
-      // Callers waiting asynchronously: those now durable (all, on failure).
-      auto end = outcome.ok() ? async_waiters.lower_bound(synced) : async_waiters.end();
-      for (auto it = async_waiters.begin(); it != end; ++it) done.push_back(std::move(it->second));
-      async_waiters.erase(async_waiters.begin(), end);
-      if (!async_waiters.empty() && !sync_queued) {
-        sync_queued = true;  // written after this sync began
-        RequestSync(this);
+    }
+    for (auto& f : ready) f(absl::OkStatus());
+    for (auto& f : done) f(outcome);
+  }
+  // One fdatasync covering everything written now.
+  void SyncLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (written_end > synced && broken.ok()) {
+      syncing = true;
+      sync_target = written_end;
+      int fd = segments.back().fd;
+      std::string path = segments.back().path;
+      mu.Unlock();
+      absl::Time started = absl::Now();
+      int rc = ::fdatasync(fd);
+      SyncLatency().Observe(absl::Now() - started);
+      mu.Lock();
+      syncing = false;
+      ++sync_count;
+      if (rc != 0) {
+        Break(Errno("cannot sync", path)).IgnoreError();
+      } else {
+        synced = std::max(synced, sync_target);
       }
     }
-    for (auto& f : done) f(outcome);
+  }
+  // Replicated mode: the waiters whose records are applied, and all of
+  // them once appends stopped.
+  void NotifyReplicated(std::vector<std::function<void(absl::Status)>>* ready,
+                        std::vector<std::function<void(absl::Status)>>* failed,
+                        absl::Status* outcome) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto ok_end = async_waiters.lower_bound(synced);
+    for (auto it = async_waiters.begin(); it != ok_end; ++it)
+      ready->push_back(std::move(it->second));
+    async_waiters.erase(async_waiters.begin(), ok_end);
+    if (!broken.ok() || !fenced.ok() || !leading) {
+      *outcome = ReplicaError();
+      for (auto& [offset, f] : async_waiters) failed->push_back(std::move(f));
+      async_waiters.clear();
+    }
   }
 
   void WhenDurable(uint64_t offset, std::function<void(absl::Status)> done) {
     absl::Status now_known;
     {
       absl::MutexLock lock(&mu);
-      if (!options.sync) synced = std::max(synced, written_end);
-      if (!broken.ok() || synced > offset) {
-        now_known = broken;
-      } else {
-        async_waiters.emplace(offset, std::move(done));
-        bool covered = syncing && sync_target > offset;
-        if (!covered && !sync_queued) {
-          sync_queued = true;
-          RequestSync(this);
+      if (options.replication != nullptr) {
+        if (synced <= offset && broken.ok() && fenced.ok() && leading) {
+          async_waiters.emplace(offset, std::move(done));
+          return;
         }
-        return;
+        if (synced <= offset) now_known = ReplicaError();
+      } else {
+        if (!options.sync) synced = std::max(synced, written_end);
+        if (!broken.ok() || synced > offset) {
+          now_known = broken;
+        } else {
+          async_waiters.emplace(offset, std::move(done));
+          bool covered = syncing && sync_target > offset;
+          if (!covered && !sync_queued) {
+            sync_queued = true;
+            RequestSync(this);
+          }
+          return;
+        }
       }
     }
     done(now_known);
@@ -544,6 +671,18 @@ class MessageLog::Impl {
   }
 
   absl::Status RemoveBefore(uint64_t offset) {
+    if (options.replication != nullptr) {
+      {
+        absl::MutexLock lock(&mu);
+        if (!leading) {
+          return absl::UnavailableError("this dmsd is not the leader of its broker group");
+        }
+      }
+      return options.replication->ProposeRemoveBefore(options.replication_id, offset);
+    }
+    return ApplyRemoveBefore(offset);
+  }
+  absl::Status ApplyRemoveBefore(uint64_t offset) {
     absl::MutexLock lock(&mu);
     // Not under a sync in progress (it may use an old segment's descriptor).
     auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return !syncing; };
@@ -566,6 +705,8 @@ absl::StatusOr<std::unique_ptr<MessageLog>> MessageLog::Open(LogOptions options,
   *report = RecoveryReport();
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
+  // Durable in the group's Raft log; Flush syncs the files for a snapshot.
+  if (impl->options.replication != nullptr) impl->options.sync = false;
   {
     absl::MutexLock lock(&impl->mu);
     if (absl::Status st = impl->Open(report); !st.ok()) return st;
@@ -599,42 +740,40 @@ void SyncPool::Loop() {
 
 MessageLog::MessageLog(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 MessageLog::~MessageLog() = default;
-
 absl::StatusOr<uint64_t> MessageLog::Append(absl::string_view payload) {
   return impl_->Append(payload);
 }
-
 absl::Status MessageLog::Read(uint64_t from, size_t max, std::vector<LogRecord>* out) {
   return impl_->Read(from, max, out);
 }
-
 uint64_t MessageLog::first_offset() const {
   absl::MutexLock lock(&impl_->mu);
   return impl_->segments.front().base;
 }
-
 uint64_t MessageLog::synced_end() const {
   absl::MutexLock lock(&impl_->mu);
   return impl_->synced;
 }
-
 uint64_t MessageLog::syncs() const {
   absl::MutexLock lock(&impl_->mu);
   return impl_->sync_count;
 }
-
 absl::Status MessageLog::RemoveBefore(uint64_t offset) { return impl_->RemoveBefore(offset); }
-
+void MessageLog::Lead(bool leading) { impl_->Lead(leading); }
+absl::Status MessageLog::ApplyAppend(uint64_t first, absl::Span<const absl::string_view> payloads) {
+  return impl_->ApplyAppend(first, payloads);
+}
+absl::Status MessageLog::ApplyRemoveBefore(uint64_t offset) {
+  return impl_->ApplyRemoveBefore(offset);
+}
+absl::Status MessageLog::Flush() { return impl_->Flush(); }
 absl::StatusOr<uint64_t> MessageLog::WriteMany(absl::Span<const absl::string_view> payloads) {
   return impl_->WriteMany(payloads);
 }
-
 absl::StatusOr<uint64_t> MessageLog::Write(absl::string_view payload) {
   return impl_->Write(payload);
 }
-
 absl::Status MessageLog::WaitDurable(uint64_t offset) { return impl_->WaitDurable(offset); }
-
 void MessageLog::WhenDurable(uint64_t offset, std::function<void(absl::Status)> done) {
   impl_->WhenDurable(offset, std::move(done));
 }

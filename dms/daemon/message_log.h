@@ -30,11 +30,38 @@
 
 namespace formica::dms {
 
+class LogReplication;
+
 struct LogOptions {
   std::string dir;                        // created if missing (required)
   uint64_t segment_bytes = 64ull << 20;   // a new segment begins past this size
   uint32_t max_record_bytes = 16u << 20;  // larger appends are INVALID_ARGUMENT
   bool sync = true;                       // false: no fdatasync (async flush mode)
+  // Replicated mode (docs/ha.md): appends and removals go through
+  // `replication` (borrowed) under the name `replication_id`, and reach the
+  // files only through ApplyAppend / ApplyRemoveBefore on every member. The
+  // records are then durable in the group's Raft log, so the files are not
+  // synced on each append (Flush does it, before a Raft snapshot).
+  LogReplication* replication = nullptr;
+  std::string replication_id;
+};
+
+// Where a replicated log sends its changes: the broker group's Raft log,
+// whose Apply calls the log's ApplyAppend / ApplyRemoveBefore on every
+// member, the proposer's included.
+class LogReplication {
+ public:
+  virtual ~LogReplication() = default;
+  // Proposes appending `payloads` at offset `first` of log `id`; `done` runs
+  // exactly once, with OK once committed and applied here, else the error
+  // (the outcome of an UNAVAILABLE one is unknown). Must not block; `done`
+  // may run before this returns.
+  virtual void ProposeAppend(const std::string& id, uint64_t first,
+                             absl::Span<const absl::string_view> payloads,
+                             std::function<void(absl::Status)> done) = 0;
+  // Removes log `id`'s segments before `offset` on every member; returns
+  // once that is committed and applied here.
+  virtual absl::Status ProposeRemoveBefore(const std::string& id, uint64_t offset) = 0;
 };
 
 // What Open found and did.
@@ -98,6 +125,21 @@ class MessageLog {
 
   // Retention: removes whole segments that end at or before `offset`.
   absl::Status RemoveBefore(uint64_t offset);
+
+  // ---- replicated mode (LogOptions.replication) ----
+  // Appends and removals are taken only while leading: Lead(true), once
+  // every committed change is applied, starts proposing at the log's end;
+  // Lead(false) refuses new ones and fails those waiting (UNAVAILABLE). A
+  // failed proposal fails every later one until Lead(true) again.
+  void Lead(bool leading);
+  // What the group's log committed, applied on this member. An append at
+  // an offset the log already holds (a replay after a restart) is skipped;
+  // one past the end is DATA_LOSS (a gap: this member's files miss
+  // records). Readers see the records at once.
+  absl::Status ApplyAppend(uint64_t first, absl::Span<const absl::string_view> payloads);
+  absl::Status ApplyRemoveBefore(uint64_t offset);
+  // Makes every record written so far durable (fdatasync of the segments).
+  absl::Status Flush();
 
   class Impl;
 

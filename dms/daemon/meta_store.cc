@@ -52,21 +52,36 @@ absl::Status ParseLetter(const rocksdb::Iterator& it, LetterEntry* out) {
   return absl::OkStatus();
 }
 
-rocksdb::WriteOptions Synced() {
-  rocksdb::WriteOptions sync;
-  sync.sync = true;
-  return sync;
-}
+class Direct : public DbWrites {
+ public:
+  absl::Status Write(rocksdb::DB* db, rocksdb::WriteBatch* batch, bool sync) override {
+    rocksdb::WriteOptions options;
+    options.sync = sync;
+    return FromRocksDb(db->Write(options, batch), "dmsd", "writing a batch");
+  }
+  bool durable() const override { return false; }
+};
 
 }  // namespace
+
+DbWrites* DirectDbWrites() {
+  static Direct* direct = new Direct();
+  return direct;
+}
 
 absl::StatusOr<std::unique_ptr<MetaStore>> MetaStore::Open(const std::string& directory) {
   absl::StatusOr<std::unique_ptr<rocksdb::DB>> db = OpenRocksDb(directory, "the meta store");
   if (!db.ok()) return db.status();
-  return std::unique_ptr<MetaStore>(new MetaStore(*std::move(db)));
+  rocksdb::DB* raw = db->get();
+  return std::unique_ptr<MetaStore>(new MetaStore(*std::move(db), raw, DirectDbWrites()));
 }
 
-MetaStore::MetaStore(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
+std::unique_ptr<MetaStore> MetaStore::Over(rocksdb::DB* db, DbWrites* writes) {
+  return std::unique_ptr<MetaStore>(new MetaStore(nullptr, db, writes));
+}
+
+MetaStore::MetaStore(std::unique_ptr<rocksdb::DB> owned, rocksdb::DB* db, DbWrites* writes)
+    : owned_(std::move(owned)), db_(db), writes_(writes) {}
 MetaStore::~MetaStore() = default;
 
 absl::StatusOr<std::optional<DedupEntry>> MetaStore::Find(absl::string_view topic,
@@ -101,7 +116,7 @@ absl::Status MetaStore::Index(absl::string_view topic,
     batch.Put(DedupKey(topic, key), absl::StrCat(e.queue, " ", e.offset, " ", e.born_unix_ms));
   }
   for (const auto& [q, mark] : marks) batch.Put(MarkKey(topic, q), absl::StrCat(mark));
-  return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "dedup index");
+  return writes_->Write(db_, &batch, false);
 }
 
 absl::StatusOr<size_t> MetaStore::ForgetFrom(absl::string_view topic,
@@ -126,8 +141,7 @@ absl::StatusOr<size_t> MetaStore::ForgetFrom(absl::string_view topic,
   }
   if (absl::Status st = FromRocks(it->status(), "reading the dedup index"); !st.ok()) return st;
   if (forgotten == 0) return 0;
-  if (absl::Status st = FromRocks(db_->Write(Synced(), &batch), "forgetting lost dedup keys");
-      !st.ok()) {
+  if (absl::Status st = writes_->Write(db_, &batch, true); !st.ok()) {
     return st;
   }
   return forgotten;
@@ -147,24 +161,26 @@ void MetaStore::Sweep(int64_t oldest_unix_ms) {
       ++removed;
     }
   }
-  if (removed > 0) db_->Write(rocksdb::WriteOptions(), &batch).PermitUncheckedError();
+  if (removed > 0) writes_->Write(db_, &batch, false).IgnoreError();
 }
 
 absl::Status MetaStore::Put(absl::string_view owner, const v1::DeadLetter& letter) {
-  return FromRocks(db_->Put(Synced(), LetterKey(owner, letter), Encoded(letter)), "dead letter");
+  rocksdb::WriteBatch batch;
+  batch.Put(LetterKey(owner, letter), Encoded(letter));
+  return writes_->Write(db_, &batch, true);
 }
 
 absl::Status MetaStore::PutMany(const std::vector<LetterEntry>& letters) {
   rocksdb::WriteBatch batch;
   for (const LetterEntry& e : letters) batch.Put(LetterKey(e.owner, e.letter), Encoded(e.letter));
-  return FromRocks(db_->Write(Synced(), &batch), "marking replays");
+  return writes_->Write(db_, &batch, true);
 }
 
 absl::Status MetaStore::Remove(absl::string_view owner, absl::string_view topic,
                                const std::vector<std::pair<int, uint64_t>>& refs) {
   rocksdb::WriteBatch batch;
   for (const auto& [q, offset] : refs) batch.Delete(LetterKey(owner, topic, q, offset));
-  return FromRocks(db_->Write(Synced(), &batch), "removing replayed letters");
+  return writes_->Write(db_, &batch, true);
 }
 
 absl::Status MetaStore::List(absl::string_view group, absl::string_view topic, size_t limit,

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "db_writes.h"
 #include "dead_letter_store.h"
 #include "dedup_store.h"
 
@@ -26,10 +27,13 @@ class MetaStore : public DedupStore, public DeadLetterStore {
   // Opens (creating if needed) the store in `directory`. FAILED_PRECONDITION
   // when it cannot be opened (e.g. another dmsd holds it).
   static absl::StatusOr<std::unique_ptr<MetaStore>> Open(const std::string& directory);
+  // Over a database opened elsewhere, writing through `writes` (both
+  // borrowed): a replicated broker group's store (docs/ha.md).
+  static std::unique_ptr<MetaStore> Over(rocksdb::DB* db, DbWrites* writes);
   ~MetaStore() override;
 
   // For Transactions, which keeps its records here too. Borrowed.
-  rocksdb::DB* db() { return db_.get(); }
+  rocksdb::DB* db() { return db_; }
 
   absl::StatusOr<std::optional<DedupEntry>> Find(absl::string_view topic,
                                                  absl::string_view key) override;
@@ -51,8 +55,10 @@ class MetaStore : public DedupStore, public DeadLetterStore {
                          std::vector<LetterEntry>* out) override;
 
  private:
-  explicit MetaStore(std::unique_ptr<rocksdb::DB> db);
-  std::unique_ptr<rocksdb::DB> db_;
+  MetaStore(std::unique_ptr<rocksdb::DB> owned, rocksdb::DB* db, DbWrites* writes);
+  std::unique_ptr<rocksdb::DB> owned_;
+  rocksdb::DB* db_;
+  DbWrites* writes_;
 };
 
 }  // namespace formica::dms

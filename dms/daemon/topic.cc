@@ -78,6 +78,10 @@ std::optional<std::string> TopicOfDirectory(absl::string_view directory) {
   return name;
 }
 
+std::string ReplicatedLogId(absl::string_view topic, int queue) {
+  return absl::StrCat(topic, "/", queue);
+}
+
 absl::StatusOr<std::unique_ptr<Topic>> Topic::Open(TopicOptions options,
                                                    std::vector<RecoveryReport>* reports) {
   if (options.dir.empty()) return absl::InvalidArgumentError("TopicOptions.dir is required");
@@ -135,6 +139,7 @@ absl::StatusOr<std::unique_ptr<Topic>> Topic::Open(TopicOptions options,
   for (int q = 0; q < options.queues; ++q) {
     LogOptions lo = options.log;
     lo.dir = absl::StrCat(options.dir, "/", q);
+    if (lo.replication != nullptr) lo.replication_id = ReplicatedLogId(options.name, q);
     RecoveryReport report;
     absl::StatusOr<std::unique_ptr<MessageLog>> log = MessageLog::Open(lo, &report);
     if (!log.ok()) return log.status();

@@ -34,10 +34,15 @@ std::string TopicDirectory(absl::string_view name);
 // other directory name.
 std::optional<std::string> TopicOfDirectory(absl::string_view directory);
 
+// The name a replicated topic's queue log goes by in the group's log
+// ("<topic>/<queue>"; topic names hold no '/').
+std::string ReplicatedLogId(absl::string_view topic, int queue);
+
 struct TopicOptions {
-  std::string dir;  // required
-  int queues = 8;   // at creation; 1..1024 (0: the count the topic was created with)
-  LogOptions log;   // dir is set per queue
+  std::string dir;   // required
+  std::string name;  // the topic's name (for replicated logs' ids)
+  int queues = 8;    // at creation; 1..1024 (0: the count the topic was created with)
+  LogOptions log;    // dir (and replication_id) are set per queue
 };
 
 struct Produced {
@@ -88,6 +93,7 @@ class Topic {
                     std::vector<std::pair<uint64_t, v1::StoredMessage>>* out);
 
   // REQUIRES for these: 0 <= queue < queues().
+  MessageLog* log(int queue) { return logs_[queue].get(); }
   uint64_t first_offset(int queue) const;  // the oldest message kept
   uint64_t end_offset(int queue) const;    // one past the last durable message
   uint64_t bytes(int queue) const;         // what its segments hold on disk

@@ -68,6 +68,7 @@ absl::Status TopicCatalog::OpenAll(const std::map<std::string, int>& create) {
     absl::MutexLock lock(&mu_);
     for (GroupQueue& q : *known) progress_at_start_[q.topic].push_back(std::move(q));
   }
+  if (options_.shared_topics != nullptr) return OpenShared(create);
   std::vector<std::string> names;
   std::string topics_dir = options_.data_dir + "/topics";
   // Listed whole first: some are renamed or moved below.
@@ -144,6 +145,18 @@ absl::Status TopicCatalog::OpenAll(const std::map<std::string, int>& create) {
   return absl::OkStatus();
 }
 
+absl::Status TopicCatalog::OpenShared(const std::map<std::string, int>& create) {
+  for (const auto& [name, topic] : *options_.shared_topics) {
+    absl::StatusOr<TopicState*> t = Open(name, create.count(name) > 0 ? create.at(name) : 0);
+    if (!t.ok()) return t.status();
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    progress_at_start_.clear();
+  }
+  return absl::OkStatus();
+}
+
 // A topic directory that may hold acknowledged messages and cannot be
 // opened: dmsd refuses to start, unless the operator asked to move such
 // directories aside (storage.quarantine_damaged_topics).
@@ -190,7 +203,23 @@ absl::StatusOr<TopicState*> TopicCatalog::Open(const std::string& name, int queu
   to.log.segment_bytes = static_cast<uint64_t>(options_.segment_bytes);
   to.log.max_record_bytes = options_.max_record_bytes;
   std::vector<RecoveryReport> reports;
-  absl::StatusOr<std::unique_ptr<Topic>> topic = Topic::Open(to, &reports);
+  absl::StatusOr<std::shared_ptr<Topic>> topic;
+  if (options_.shared_topics != nullptr) {
+    auto shared = options_.shared_topics->find(name);
+    if (shared == options_.shared_topics->end()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "topic '", name,
+          "' does not exist, and a replicated broker group does not create topics at run time "
+          "yet: list it under topics.create in every member's config"));
+    }
+    if (queues > 0 && shared->second->queues() != queues) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "topic '", name, "' exists with ", shared->second->queues(), " queues, not ", queues));
+    }
+    topic = shared->second;
+  } else {
+    topic = Topic::Open(to, &reports);
+  }
   if (!topic.ok()) return topic.status();
   uint64_t records = 0;
   for (size_t q = 0; q < reports.size(); ++q) {

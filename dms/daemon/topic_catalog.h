@@ -27,7 +27,7 @@ struct DedupCall;
 // A topic and the bookkeeping of producer dedup keys in it.
 struct TopicState {
   std::string name;
-  std::unique_ptr<Topic> topic;
+  std::shared_ptr<Topic> topic;  // shared with a replicated group's store
   // Dedup keys being stored now (a second send with one waits for it), and
   // per queue the offsets of dedup'd messages written but not indexed yet.
   absl::Mutex dedup_mu;
@@ -46,6 +46,10 @@ struct CatalogOptions {
   // Move a topic directory that cannot be opened to <data_dir>/quarantine
   // instead of refusing to start.
   bool quarantine_damaged_topics = false;
+  // A replicated broker group (docs/ha.md): the topics its store opened
+  // (borrowed, fixed while the catalog lives). OpenAll takes these instead
+  // of reading <data_dir>/topics, and Open creates no other topic.
+  const std::map<std::string, std::shared_ptr<Topic>>* shared_topics = nullptr;
 };
 
 class TopicCatalog {
@@ -66,6 +70,7 @@ class TopicCatalog {
   std::vector<TopicState*> All() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  absl::Status OpenShared(const std::map<std::string, int>& create);
   absl::Status NeverReuseOffsets(TopicState& t, const std::vector<RecoveryReport>& reports)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Damaged(const std::string& dir, absl::string_view why);

@@ -1,0 +1,464 @@
+// A replicated broker group's member: the funnel every durable write of the
+// leader's engines goes through (ReplicatedStores: LogReplication for the
+// queue logs, DbWrites for the RocksDBs), its Raft state machine (Apply on
+// every member), and the thread that starts the broker when this member
+// becomes the ready leader and stops it when it no longer is.
+#include "broker_group.h"
+
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/grpcpp.h>
+#include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "db_writes.h"
+#include "formica/internal/credentials.h"
+#include "formica/internal/rocksdb.h"
+#include "produce_engine.h"
+#include "topic.h"
+
+namespace formica::dms {
+namespace {
+
+// Entries of the group's log: a kind byte, then
+//   'A' id, u64 first offset, u32 count, (u32 length, bytes) per record
+//   'R' id, u64 offset                      (remove segments before it)
+//   'B' store ('p' progress, 'm' meta), a RocksDB WriteBatch's bytes
+// where id is a u32 length and the bytes of "<topic>/<queue>".
+constexpr char kAppend = 'A';
+constexpr char kRemove = 'R';
+constexpr char kBatch = 'B';
+constexpr char kSnapshotMarker[] = "dmsd stores v1";
+
+void PutU32(std::string* out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
+}
+void PutU64(std::string* out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
+}
+
+// Reads the parts of an entry; false when it is cut short.
+class EntryReader {
+ public:
+  explicit EntryReader(absl::string_view in) : in_(in) {}
+  bool U32(uint32_t* v) {
+    if (in_.size() < 4) return false;
+    *v = 0;
+    for (int i = 0; i < 4; ++i)
+      *v |= static_cast<uint32_t>(static_cast<uint8_t>(in_[i])) << (8 * i);
+    in_.remove_prefix(4);
+    return true;
+  }
+  bool U64(uint64_t* v) {
+    if (in_.size() < 8) return false;
+    *v = 0;
+    for (int i = 0; i < 8; ++i)
+      *v |= static_cast<uint64_t>(static_cast<uint8_t>(in_[i])) << (8 * i);
+    in_.remove_prefix(8);
+    return true;
+  }
+  bool Bytes(absl::string_view* out) {
+    uint32_t n = 0;
+    if (!U32(&n) || in_.size() < n) return false;
+    *out = in_.substr(0, n);
+    in_.remove_prefix(n);
+    return true;
+  }
+  absl::string_view rest() const { return in_; }
+
+ private:
+  absl::string_view in_;
+};
+
+// A member that cannot apply a committed entry must not go on (its stores
+// would differ from the group's).
+[[noreturn]] void ApplyFailed(uint64_t index, absl::string_view why) {
+  SPDLOG_CRITICAL(
+      "dmsd cannot apply entry {} of its broker group's log: {}. This member stops; fix the "
+      "cause and restart it (it replays the log), or replace its storage.data_dir and "
+      "raft.data_dir with copies from a healthy member taken while that member was stopped",
+      index, std::string(why));
+  spdlog::shutdown();
+  std::_Exit(1);
+}
+
+std::string LeaderText(const RaftNodeStatus& st) {
+  if (st.leader.id == 0) return "no leader is known yet; retry shortly";
+  return absl::StrCat("the leader is node ", st.leader.id, " (raft address ", st.leader.address,
+                      "), published in the registry");
+}
+
+}  // namespace
+
+class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public DbWrites {
+ public:
+  BrokerOptions options;
+  std::unique_ptr<rocksdb::DB> progress, meta;
+  std::map<std::string, std::shared_ptr<Topic>> topics;
+  BrokerStores stores;
+  std::unique_ptr<RaftNode> node;
+  std::atomic<bool> node_started{false};  // Restore after this: a snapshot sent by the leader
+
+  absl::Mutex mu;
+  RaftNodeStatus status ABSL_GUARDED_BY(mu);
+  bool stopping ABSL_GUARDED_BY(mu) = false;
+  std::thread leadership;
+  std::unique_ptr<Broker> broker;  // leading: the engines (leadership thread only)
+  uint64_t leading_term = 0;       // leadership thread only
+  std::unique_ptr<grpc::Server> refusal;
+  std::unique_ptr<grpc::CallbackGenericService> refusal_service;
+  int refusal_port = 0;
+  bool shut_down = false;
+
+  // ---- stores ---------------------------------------------------------
+
+  absl::Status OpenStores() {
+    std::error_code ec;
+    std::filesystem::create_directories(options.data_dir + "/topics", ec);
+    if (ec) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot create ", options.data_dir, "/topics: ", ec.message()));
+    }
+    absl::StatusOr<std::unique_ptr<rocksdb::DB>> p =
+        OpenRocksDb(options.data_dir + "/progress", "the group progress store");
+    if (!p.ok()) return p.status();
+    progress = *std::move(p);
+    absl::StatusOr<std::unique_ptr<rocksdb::DB>> m =
+        OpenRocksDb(options.data_dir + "/meta", "the meta store");
+    if (!m.ok()) return m.status();
+    meta = *std::move(m);
+    for (const auto& [name, queues] : options.topics) {
+      TopicOptions to;
+      to.dir = absl::StrCat(options.data_dir, "/topics/", TopicDirectory(name));
+      to.name = name;
+      to.queues = queues;
+      to.log.segment_bytes = static_cast<uint64_t>(options.segment_bytes);
+      to.log.max_record_bytes =
+          static_cast<uint32_t>(options.max_body_bytes + kMaxPropertiesBytes + 64 * 1024);
+      to.log.replication = this;
+      absl::StatusOr<std::unique_ptr<Topic>> t = Topic::Open(to, nullptr);
+      if (!t.ok()) {
+        return absl::Status(t.status().code(),
+                            absl::StrCat("topic '", name, "': ", t.status().message()));
+      }
+      topics[name] = *std::move(t);
+    }
+    stores.progress = progress.get();
+    stores.meta = meta.get();
+    stores.writes = this;
+    stores.topics = &topics;
+    return absl::OkStatus();
+  }
+
+  MessageLog* FindLog(absl::string_view id) {
+    size_t slash = id.rfind('/');
+    int queue = 0;
+    if (slash == absl::string_view::npos || !absl::SimpleAtoi(id.substr(slash + 1), &queue)) {
+      return nullptr;
+    }
+    auto it = topics.find(std::string(id.substr(0, slash)));
+    if (it == topics.end() || queue < 0 || queue >= it->second->queues()) return nullptr;
+    return it->second->log(queue);
+  }
+
+  // ---- the funnel (leader) --------------------------------------------
+
+  void ProposeAppend(const std::string& id, uint64_t first,
+                     absl::Span<const absl::string_view> payloads,
+                     std::function<void(absl::Status)> done) override {
+    std::string entry(1, kAppend);
+    size_t bytes = 0;
+    for (absl::string_view p : payloads) bytes += p.size() + 4;
+    entry.reserve(32 + id.size() + bytes);
+    PutU32(&entry, static_cast<uint32_t>(id.size()));
+    entry += id;
+    PutU64(&entry, first);
+    PutU32(&entry, static_cast<uint32_t>(payloads.size()));
+    for (absl::string_view p : payloads) {
+      PutU32(&entry, static_cast<uint32_t>(p.size()));
+      entry.append(p.data(), p.size());
+    }
+    node->Propose(std::move(entry),
+                  [done = std::move(done)](ProposeResult r) { done(Outcome(r)); });
+  }
+
+  absl::Status ProposeRemoveBefore(const std::string& id, uint64_t offset) override {
+    std::string entry(1, kRemove);
+    PutU32(&entry, static_cast<uint32_t>(id.size()));
+    entry += id;
+    PutU64(&entry, offset);
+    return Outcome(node->Propose(std::move(entry)).get());
+  }
+
+  absl::Status Write(rocksdb::DB* db, rocksdb::WriteBatch* batch, bool /*sync*/) override {
+    std::string entry(1, kBatch);
+    entry.push_back(db == progress.get() ? 'p' : 'm');
+    entry += batch->Data();
+    return Outcome(node->Propose(std::move(entry)).get());
+  }
+  bool durable() const override { return true; }
+
+  static absl::Status Outcome(const ProposeResult& r) {
+    if (r.status.ok()) return absl::OkStatus();
+    if (r.not_leader) {
+      RaftNodeStatus st;
+      st.leader = r.leader;
+      return absl::UnavailableError(
+          absl::StrCat("this dmsd is not the leader of its broker group; ", LeaderText(st)));
+    }
+    return absl::UnavailableError(
+        absl::StrCat("the broker group did not commit the write (outcome unknown; a retry with "
+                     "the same dedup key is safe): ",
+                     r.status.message()));
+  }
+
+  // ---- the state machine (every member) --------------------------------
+
+  std::string Apply(uint64_t index, absl::string_view entry) override {
+    if (entry.empty()) ApplyFailed(index, "an empty entry");
+    EntryReader in(entry.substr(1));
+    absl::string_view id;
+    switch (entry[0]) {
+      case kAppend: {
+        uint64_t first = 0;
+        uint32_t count = 0;
+        if (!in.Bytes(&id) || !in.U64(&first) || !in.U32(&count)) ApplyFailed(index, "cut short");
+        std::vector<absl::string_view> payloads(count);
+        for (uint32_t i = 0; i < count; ++i) {
+          if (!in.Bytes(&payloads[i])) ApplyFailed(index, "cut short");
+        }
+        MessageLog* log = FindLog(id);
+        if (log == nullptr) ApplyFailed(index, UnknownLog(id));
+        if (absl::Status st = log->ApplyAppend(first, payloads); !st.ok()) {
+          ApplyFailed(index, st.ToString());
+        }
+        break;
+      }
+      case kRemove: {
+        uint64_t offset = 0;
+        if (!in.Bytes(&id) || !in.U64(&offset)) ApplyFailed(index, "cut short");
+        MessageLog* log = FindLog(id);
+        if (log == nullptr) ApplyFailed(index, UnknownLog(id));
+        if (absl::Status st = log->ApplyRemoveBefore(offset); !st.ok()) {
+          ApplyFailed(index, st.ToString());
+        }
+        break;
+      }
+      case kBatch: {
+        absl::string_view rest = in.rest();
+        if (rest.empty()) ApplyFailed(index, "cut short");
+        rocksdb::DB* db = rest[0] == 'p' ? progress.get() : meta.get();
+        rocksdb::WriteBatch batch{std::string(rest.substr(1))};
+        rocksdb::Status s = db->Write(rocksdb::WriteOptions(), &batch);
+        if (!s.ok()) ApplyFailed(index, s.ToString());
+        break;
+      }
+      default:
+        ApplyFailed(index, absl::StrCat("an entry of unknown kind ", static_cast<int>(entry[0])));
+    }
+    return std::string();
+  }
+
+  static std::string UnknownLog(absl::string_view id) {
+    return absl::StrCat("queue log '", id,
+                        "' is not on this member: every member of a broker group must list the "
+                        "same topics (and queue counts) under topics.create");
+  }
+
+  // The stores hold everything applied: make it durable, so the log before
+  // this point may go.
+  absl::StatusOr<std::string> Snapshot() override {
+    for (const auto& [name, topic] : topics) {
+      for (int q = 0; q < topic->queues(); ++q) {
+        if (absl::Status st = topic->log(q)->Flush(); !st.ok()) return st;
+      }
+    }
+    for (rocksdb::DB* db : {progress.get(), meta.get()}) {
+      if (absl::Status st = FromRocksDb(db->FlushWAL(true), "dmsd", "syncing for a snapshot");
+          !st.ok()) {
+        return st;
+      }
+    }
+    return std::string(kSnapshotMarker);
+  }
+
+  absl::Status Restore(absl::string_view snapshot) override {
+    if (snapshot != kSnapshotMarker) {
+      return absl::DataLossError("the raft data dir holds a snapshot dmsd did not take");
+    }
+    if (!node_started) return absl::OkStatus();  // our own: the stores hold it
+    // The leader no longer has the entries this member misses.
+    SPDLOG_CRITICAL(
+        "this dmsd fell further behind its broker group than the leader's log keeps "
+        "(raft.snapshot_trailing entries) and would need the whole stores shipped, which dmsd "
+        "does not do yet. It stops. To bring it back: stop it, replace its storage.data_dir and "
+        "raft.data_dir with copies from a follower stopped for the copy, and start it; or raise "
+        "raft.snapshot_trailing");
+    spdlog::shutdown();
+    std::_Exit(1);
+  }
+
+  // ---- leadership -------------------------------------------------------
+
+  void OnRole(const RaftNodeStatus& st) {
+    absl::MutexLock lock(&mu);
+    status = st;
+  }
+
+  void LeadershipLoop() {
+    while (true) {
+      uint64_t want = 0;
+      RaftNodeStatus seen;
+      {
+        absl::MutexLock lock(&mu);
+        auto changed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+          uint64_t w = status.role == RaftRole::kLeader && status.leader_ready ? status.term : 0;
+          return stopping || w != leading_term;
+        };
+        mu.AwaitWithTimeout(absl::Condition(&changed), absl::Milliseconds(200));
+        if (stopping) break;
+        want = status.role == RaftRole::kLeader && status.leader_ready ? status.term : 0;
+        seen = status;
+      }
+      if (want == leading_term) continue;
+      if (leading_term != 0) StepDown();
+      if (want != 0) Lead(want);
+    }
+    if (leading_term != 0) StepDown();
+  }
+
+  void Lead(uint64_t term) {
+    SPDLOG_INFO("dmsd node {} leads its broker group (term {}): starting the broker",
+                options.raft->node_id, term);
+    StopRefusal();
+    for (auto& [name, topic] : topics) {
+      for (int q = 0; q < topic->queues(); ++q) topic->log(q)->Lead(true);
+    }
+    BrokerOptions o = options;
+    o.stores = &stores;
+    absl::StatusOr<std::unique_ptr<Broker>> b = Broker::Start(std::move(o));
+    if (!b.ok()) {
+      // Most often leadership lost while starting; the loop tries again.
+      SPDLOG_ERROR("dmsd node {}: the broker did not start as leader: {}", options.raft->node_id,
+                   b.status().ToString());
+      for (auto& [name, topic] : topics) {
+        for (int q = 0; q < topic->queues(); ++q) topic->log(q)->Lead(false);
+      }
+      StartRefusal();
+      absl::SleepFor(absl::Milliseconds(200));
+      return;
+    }
+    broker = *std::move(b);
+    leading_term = term;
+  }
+
+  void StepDown() {
+    SPDLOG_INFO("dmsd node {} no longer leads its broker group: stopping the broker",
+                options.raft->node_id);
+    for (auto& [name, topic] : topics) {
+      for (int q = 0; q < topic->queues(); ++q) topic->log(q)->Lead(false);
+    }
+    if (broker != nullptr) broker->Shutdown();
+    broker.reset();
+    leading_term = 0;
+    StartRefusal();
+  }
+
+  // A follower answers every call on server.listen UNAVAILABLE, naming
+  // the leader (clients find the leader in the registry).
+  void StartRefusal() {
+    if (refusal != nullptr) return;
+    class Refuse : public grpc::CallbackGenericService {
+     public:
+      explicit Refuse(Impl* group) : group_(group) {}
+      grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext*) override {
+        class Reactor : public grpc::ServerGenericBidiReactor {
+         public:
+          explicit Reactor(grpc::Status st) { Finish(st); }
+          void OnDone() override { delete this; }
+        };
+        RaftNodeStatus st;
+        {
+          absl::MutexLock lock(&group_->mu);
+          st = group_->status;
+        }
+        return new Reactor(
+            grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                         absl::StrCat("dmsd node ", group_->options.raft->node_id,
+                                      " is a follower of its broker group; ", LeaderText(st))));
+      }
+
+     private:
+      Impl* group_;
+    };
+    refusal_service = std::make_unique<Refuse>(this);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort(options.listen, ServerCredentials(), &port);
+    builder.RegisterCallbackGenericService(refusal_service.get());
+    refusal = builder.BuildAndStart();
+    if (refusal == nullptr || port == 0) {
+      SPDLOG_WARN("dmsd node {}: cannot serve the follower's refusal on {}", options.raft->node_id,
+                  options.listen);
+      refusal.reset();
+      return;
+    }
+    refusal_port = port;
+  }
+
+  void StopRefusal() {
+    if (refusal == nullptr) return;
+    refusal->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
+    refusal->Wait();
+    refusal.reset();
+    refusal_service.reset();
+  }
+
+  void Shutdown() {
+    if (shut_down) return;
+    shut_down = true;
+    {
+      absl::MutexLock lock(&mu);
+      stopping = true;
+    }
+    if (leadership.joinable()) leadership.join();
+    StopRefusal();
+    if (node != nullptr) node->Stop();
+    SPDLOG_INFO("dmsd node {} left its broker group", options.raft->node_id);
+  }
+};
+
+absl::StatusOr<std::unique_ptr<BrokerGroup>> BrokerGroup::Start(BrokerOptions options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = std::move(options);
+  if (absl::Status st = impl->OpenStores(); !st.ok()) return st;
+  impl->StartRefusal();
+  Impl* raw = impl.get();
+  absl::StatusOr<std::unique_ptr<RaftNode>> node = RaftNode::Start(
+      *impl->options.raft, raw, [raw](const RaftNodeStatus& st) { raw->OnRole(st); });
+  if (!node.ok()) {
+    impl->StopRefusal();
+    return node.status();
+  }
+  impl->node = *std::move(node);
+  impl->node_started = true;
+  impl->leadership = std::thread([raw] { raw->LeadershipLoop(); });
+  SPDLOG_INFO("dmsd node {} joined its broker group of {} ({} topics)", impl->options.raft->node_id,
+              impl->options.raft->peers.size(), impl->topics.size());
+  return std::unique_ptr<BrokerGroup>(new BrokerGroup(std::move(impl)));
+}
+
+BrokerGroup::BrokerGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+BrokerGroup::~BrokerGroup() { Shutdown(); }
+int BrokerGroup::port() const { return impl_->refusal_port; }
+void BrokerGroup::Shutdown() { impl_->Shutdown(); }
+
+}  // namespace formica::dms

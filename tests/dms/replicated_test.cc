@@ -1,0 +1,301 @@
+// A replicated dmsd broker group (docs/ha.md) under failures, as real
+// processes: three dmsd members and a dsrd on loopback, a producer sending
+// with dedup keys and a consumer group, both following the leader through
+// the registry. The history check: every acknowledged message is delivered,
+// and each is stored once, retried sends included.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "dms_group_fixture.h"
+#include "formica/dms/consumer.h"
+#include "formica/dms/producer.h"
+#include "formica/rpc/client.h"
+
+namespace formica::dms::testing {
+namespace {
+
+constexpr char kTopic[] = "orders";
+
+// What the producer had acknowledged and what the consumer group saw.
+struct History {
+  absl::Mutex mu;
+  std::set<std::string> acked ABSL_GUARDED_BY(mu);
+  std::set<std::string> retried ABSL_GUARDED_BY(mu);
+  absl::Time first_ack_after ABSL_GUARDED_BY(mu) = absl::InfinitePast();
+  absl::Time killed_at ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
+  // body -> every (queue, offset) it was delivered from
+  std::map<std::string, std::set<std::pair<int, uint64_t>>> delivered ABSL_GUARDED_BY(mu);
+
+  size_t Acked() {
+    absl::MutexLock lock(&mu);
+    return acked.size();
+  }
+  void Killed() {
+    absl::MutexLock lock(&mu);
+    killed_at = absl::Now();
+    first_ack_after = absl::InfinitePast();
+  }
+  // Kill to the first acknowledged send after it; waits up to `timeout`.
+  absl::Duration Failover(absl::Duration timeout) {
+    absl::MutexLock lock(&mu);
+    auto acked_after = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      return first_ack_after > killed_at;
+    };
+    if (!mu.AwaitWithTimeout(absl::Condition(&acked_after), timeout)) {
+      return absl::InfiniteDuration();
+    }
+    return first_ack_after - killed_at;
+  }
+};
+
+class ReplicatedDms : public DmsGroupTest {
+ protected:
+  void SetUp() override {
+    DmsGroupTest::SetUp();
+    registry_ = NewClient("dms-group-test");
+    rpc::ClientOptions options;
+    options.app_name = "dms-group-test";
+    options.default_timeout = absl::Seconds(3);
+    rpc_ = std::move(*rpc::Client::Create(options, registry_.get()));
+  }
+  void TearDown() override {
+    consumer_.reset();
+    producer_.reset();
+    rpc_.reset();
+    registry_.reset();
+  }
+
+  void StartClients(History* h) {
+    ProducerOptions po;
+    po.producer_group = "group-test";
+    po.timeout = absl::Seconds(2);
+    producer_ = std::move(*Producer::Create(po, rpc_.get()));
+    ConsumerOptions co;
+    co.group = "auditors";
+    co.topic = kTopic;
+    co.reconnect_delay = absl::Milliseconds(100);
+    auto c = Consumer::Start(
+        co,
+        [h](const ReceivedMessage& m) {
+          absl::MutexLock lock(&h->mu);
+          h->delivered[m.body].insert({m.queue, m.offset});
+          return ConsumeResult::kSuccess;
+        },
+        rpc_.get());
+    ASSERT_TRUE(c.ok()) << c.status();
+    consumer_ = std::move(*c);
+  }
+
+  // Sends "m<i>" (dedup key the same) one after another until `stop`,
+  // retrying each until acknowledged: at-least-once from the producer's
+  // side, held to one stored copy by the dedup key.
+  void ProduceLoop(History* h, std::atomic<bool>* stop, int limit) {
+    for (int i = 0; i < limit && !stop->load(); ++i) {
+      OutgoingMessage m;
+      m.body = absl::StrCat("m", i);
+      m.dedup_key = m.body;
+      m.key = absl::StrCat("k", i % 7);
+      while (!stop->load()) {
+        absl::StatusOr<SendReceipt> r = producer_->Send(kTopic, m);
+        {
+          absl::MutexLock lock(&h->mu);
+          if (r.ok()) {
+            h->acked.insert(m.body);
+            if (h->first_ack_after < h->killed_at && absl::Now() > h->killed_at) {
+              h->first_ack_after = absl::Now();
+            }
+            break;
+          }
+          h->retried.insert(m.body);
+        }
+        absl::SleepFor(absl::Milliseconds(20));
+      }
+    }
+  }
+
+  void WaitAcked(History* h, size_t n) {
+    absl::Time end = absl::Now() + absl::Seconds(20);
+    while (h->Acked() < n && absl::Now() < end) absl::SleepFor(absl::Milliseconds(10));
+    ASSERT_GE(h->Acked(), n) << Logs();
+  }
+
+  // acked ⊆ delivered, and each body stored at one place only.
+  void CheckHistory(History* h) {
+    absl::Time end = absl::Now() + absl::Seconds(30);
+    std::vector<std::string> missing;
+    while (true) {
+      missing.clear();
+      {
+        absl::MutexLock lock(&h->mu);
+        for (const std::string& id : h->acked) {
+          if (h->delivered.count(id) == 0) missing.push_back(id);
+        }
+      }
+      if (missing.empty() || absl::Now() > end) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    absl::MutexLock lock(&h->mu);
+    EXPECT_TRUE(missing.empty()) << missing.size() << " acknowledged messages never delivered, "
+                                 << "e.g. " << missing.front() << "\n"
+                                 << Logs();
+    for (const auto& [body, places] : h->delivered) {
+      EXPECT_EQ(places.size(), 1u) << body << " is stored " << places.size()
+                                   << " times (retried: " << h->retried.count(body) << ")";
+    }
+    std::printf("history: %zu acknowledged, %zu delivered, %zu sends retried\n", h->acked.size(),
+                h->delivered.size(), h->retried.size());
+  }
+
+  std::unique_ptr<registry::Client> registry_;
+  std::unique_ptr<rpc::Client> rpc_;
+  std::unique_ptr<Producer> producer_;
+  std::unique_ptr<Consumer> consumer_;
+};
+
+TEST_F(ReplicatedDms, KillNineOfTheLeaderThenAFollowerLosesNoAcknowledgedMessage) {
+  WriteConfigs({"orders:4"});
+  StartAll();
+  int leader = WaitForLeader(absl::Seconds(15));
+  ASSERT_GE(leader, 0) << Logs();
+  History h;
+  StartClients(&h);
+  std::atomic<bool> stop{false};
+  std::thread producer([&] { ProduceLoop(&h, &stop, 100000); });
+  struct Join {
+    std::atomic<bool>* stop;
+    std::thread* t;
+    ~Join() {
+      stop->store(true);
+      if (t->joinable()) t->join();
+    }
+  } join{&stop, &producer};
+
+  WaitAcked(&h, 150);
+  h.Killed();
+  Kill9(leader);
+  absl::Duration failover = h.Failover(absl::Seconds(15));
+  std::printf("failover: kill -9 of the leader to the first acknowledged send: %lld ms\n",
+              static_cast<long long>(absl::ToInt64Milliseconds(failover)));
+  EXPECT_LT(failover, absl::Seconds(5)) << Logs();
+  int next = WaitForLeader(absl::Seconds(10), leader);
+  ASSERT_GE(next, 0) << Logs();
+  StartMember(leader);  // back as a follower; catches up from the log
+
+  size_t before = h.Acked();
+  WaitAcked(&h, before + 150);
+  int follower = (next + 1) % 3;
+  Kill9(follower);
+  WaitAcked(&h, h.Acked() + 100);  // two members of three still commit
+  StartMember(follower);
+  WaitAcked(&h, h.Acked() + 100);
+  stop = true;
+  producer.join();
+  CheckHistory(&h);
+}
+
+TEST_F(ReplicatedDms, PausedLeaderAcknowledgesNothingAndCatchesUpAsAFollower) {
+  WriteConfigs({"orders:4"});
+  StartAll();
+  int old_leader = WaitForLeader(absl::Seconds(15));
+  ASSERT_GE(old_leader, 0) << Logs();
+  History h;
+  StartClients(&h);
+  std::atomic<bool> stop{false};
+  ProduceLoop(&h, &stop, 50);
+  ASSERT_EQ(h.Acked(), 50u);
+
+  members_[old_leader].process->Signal(SIGSTOP);
+  // A produce sent straight to the paused leader: answered only after it
+  // resumes, and never acknowledged.
+  grpc::Status paused_answer;
+  std::thread direct([&] {
+    auto stub = v1::Broker::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", members_[old_leader].port),
+                            grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    v1::ProduceRequest req;
+    req.set_topic(kTopic);
+    req.add_messages()->set_body("sent-to-the-paused-leader");
+    v1::ProduceReply reply;
+    paused_answer = stub->Produce(&ctx, req, &reply);
+  });
+  int new_leader = WaitForLeader(absl::Seconds(15), old_leader);
+  ASSERT_GE(new_leader, 0) << Logs();
+  ProduceLoop(&h, &stop, 100);  // m50..m99 through the new leader
+  ASSERT_EQ(h.Acked(), 100u);
+
+  members_[old_leader].process->Signal(SIGCONT);
+  direct.join();
+  EXPECT_FALSE(paused_answer.ok()) << "the deposed leader acknowledged a produce";
+  // It is a follower now, naming the leader.
+  absl::Time end = absl::Now() + absl::Seconds(10);
+  grpc::Status st;
+  while (absl::Now() < end) {
+    st = Answers(old_leader);
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE &&
+        st.error_message().find("follower") != std::string::npos) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_NE(st.error_message().find("follower"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find(absl::StrCat("node ", members_[new_leader].id)),
+            std::string::npos)
+      << st.error_message();
+
+  // The old leader caught up: with the new leader killed, the two others
+  // (the old leader one of them) hold every acknowledged message.
+  Kill9(new_leader);
+  ASSERT_GE(WaitForLeader(absl::Seconds(15), new_leader), 0) << Logs();
+  CheckHistory(&h);
+  absl::MutexLock lock(&h.mu);
+  EXPECT_EQ(h.delivered.count("sent-to-the-paused-leader"), 0u);
+}
+
+TEST_F(ReplicatedDms, BadRaftConfigIsRefusedNamingTheKey) {
+  WriteConfigs({"orders:4"});
+  std::ifstream in(members_[0].config_path);
+  std::string good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string raft = good.substr(good.find("raft:"));
+  std::string base = good.substr(0, good.find("raft:"));
+  struct Case {
+    std::string raft;
+    std::string key;
+  };
+  std::vector<Case> cases = {
+      // a group of two is even
+      {"raft:\n  node_id: 1\n  data_dir: /tmp/x\n  peers: [\"1@127.0.0.1:7001\", "
+       "\"2@127.0.0.1:7002\"]\n",
+       "raft.peers"},
+      // this node is not among the peers
+      {"raft:\n  node_id: 4\n  data_dir: /tmp/x\n  peers: [\"1@127.0.0.1:7001\", "
+       "\"2@127.0.0.1:7002\", \"3@127.0.0.1:7003\"]\n",
+       "raft.node_id"},
+      // the same node id twice
+      {"raft:\n  node_id: 1\n  data_dir: /tmp/x\n  peers: [\"1@127.0.0.1:7001\", "
+       "\"1@127.0.0.1:7002\", \"3@127.0.0.1:7003\"]\n",
+       "raft.peers"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    std::string path = dir_.File(absl::StrCat("bad", i, ".yaml"));
+    std::ofstream(path) << base << cases[i].raft;
+    auto p = Subprocess::Start({formica::testing::BinaryPath("dms/dmsd"), "--config", path},
+                               dir_.File(absl::StrCat("bad", i, ".log")));
+    ASSERT_TRUE(p.ok());
+    EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 2) << (*p)->Output();
+    EXPECT_NE((*p)->Output().find(cases[i].key), std::string::npos) << (*p)->Output();
+    // Refused before anything is created.
+    EXPECT_FALSE(std::filesystem::exists(dir_.File("dmsd1"))) << (*p)->Output();
+  }
+}
+
+}  // namespace
+}  // namespace formica::dms::testing
