@@ -55,17 +55,17 @@ class DmsGroupTest : public formica::registry::testing::RegistryTest {
           "topics:\n  create: [", absl::StrJoin(quoted, ", "), "]\n",
           "consume:\n  retry_initial: 50ms\n  retry_max: 200ms\n  ack_timeout: 3s\n",
           "raft:\n  node_id: ", m.id, "\n  data_dir: ", dir_.File(absl::StrCat("raft", m.id)),
-          "\n  peers: [", absl::StrJoin(peers, ", "), "]\n  snapshot_threshold: ",
-          snapshot_threshold, "\n");
+          "\n  peers: [", absl::StrJoin(peers, ", "),
+          "]\n  snapshot_threshold: ", snapshot_threshold, "\n");
     }
   }
 
   void StartMember(int i) {
     Member& m = members_[i];
     m.process.reset();
-    auto p = Subprocess::Start(
-        {formica::testing::BinaryPath("dms/dmsd"), "--config", m.config_path},
-        dir_.File(absl::StrCat("dmsd", m.id, ".", ++m.runs, ".log")));
+    auto p =
+        Subprocess::Start({formica::testing::BinaryPath("dms/dmsd"), "--config", m.config_path},
+                          dir_.File(absl::StrCat("dmsd", m.id, ".", ++m.runs, ".log")));
     ASSERT_TRUE(p.ok()) << p.status();
     m.process = std::move(*p);
     ASSERT_TRUE(m.process->WaitForOutput("dmsd ready on port", absl::Seconds(20)))

@@ -32,6 +32,10 @@ struct History {
   absl::Time killed_at ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
   // body -> every (queue, offset) it was delivered from
   std::map<std::string, std::set<std::pair<int, uint64_t>>> delivered ABSL_GUARDED_BY(mu);
+  // Consumer acks the broker confirmed durable, and deliveries of those
+  // afterwards (must stay 0: the group's progress is replicated).
+  std::set<std::string> confirmed ABSL_GUARDED_BY(mu);
+  int redelivered_after_confirm ABSL_GUARDED_BY(mu) = 0;
 
   size_t Acked() {
     absl::MutexLock lock(&mu);
@@ -81,10 +85,15 @@ class ReplicatedDms : public DmsGroupTest {
     co.group = "auditors";
     co.topic = kTopic;
     co.reconnect_delay = absl::Milliseconds(100);
+    co.on_acked = [h](const ReceivedMessage& m) {
+      absl::MutexLock lock(&h->mu);
+      h->confirmed.insert(m.body);
+    };
     auto c = Consumer::Start(
         co,
         [h](const ReceivedMessage& m) {
           absl::MutexLock lock(&h->mu);
+          if (h->confirmed.count(m.body) > 0) ++h->redelivered_after_confirm;
           h->delivered[m.body].insert({m.queue, m.offset});
           return ConsumeResult::kSuccess;
         },
@@ -149,10 +158,14 @@ class ReplicatedDms : public DmsGroupTest {
       EXPECT_EQ(places.size(), 1u) << body << " is stored " << places.size()
                                    << " times (retried: " << h->retried.count(body) << ")";
     }
-    std::printf("history: %zu acknowledged, %zu delivered, %zu sends retried\n", h->acked.size(),
-                h->delivered.size(), h->retried.size());
+    EXPECT_EQ(h->redelivered_after_confirm, 0)
+        << "messages whose consumer ack was confirmed were delivered again";
+    EXPECT_GT(h->confirmed.size(), 0u);
+    std::printf("history: %zu acknowledged, %zu delivered, %zu sends retried, %zu acks confirmed\n",
+                h->acked.size(), h->delivered.size(), h->retried.size(), h->confirmed.size());
   }
 
+  History h_;  // outlives the clients that write into it
   std::unique_ptr<registry::Client> registry_;
   std::unique_ptr<rpc::Client> rpc_;
   std::unique_ptr<Producer> producer_;
@@ -164,7 +177,7 @@ TEST_F(ReplicatedDms, KillNineOfTheLeaderThenAFollowerLosesNoAcknowledgedMessage
   StartAll();
   int leader = WaitForLeader(absl::Seconds(15));
   ASSERT_GE(leader, 0) << Logs();
-  History h;
+  History& h = h_;
   StartClients(&h);
   std::atomic<bool> stop{false};
   std::thread producer([&] { ProduceLoop(&h, &stop, 100000); });
@@ -205,7 +218,7 @@ TEST_F(ReplicatedDms, PausedLeaderAcknowledgesNothingAndCatchesUpAsAFollower) {
   StartAll();
   int old_leader = WaitForLeader(absl::Seconds(15));
   ASSERT_GE(old_leader, 0) << Logs();
-  History h;
+  History& h = h_;
   StartClients(&h);
   std::atomic<bool> stop{false};
   ProduceLoop(&h, &stop, 50);
@@ -216,9 +229,8 @@ TEST_F(ReplicatedDms, PausedLeaderAcknowledgesNothingAndCatchesUpAsAFollower) {
   // resumes, and never acknowledged.
   grpc::Status paused_answer;
   std::thread direct([&] {
-    auto stub = v1::Broker::NewStub(
-        grpc::CreateChannel(absl::StrCat("127.0.0.1:", members_[old_leader].port),
-                            grpc::InsecureChannelCredentials()));
+    auto stub = v1::Broker::NewStub(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", members_[old_leader].port), grpc::InsecureChannelCredentials()));
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
     v1::ProduceRequest req;
@@ -258,6 +270,54 @@ TEST_F(ReplicatedDms, PausedLeaderAcknowledgesNothingAndCatchesUpAsAFollower) {
   CheckHistory(&h);
   absl::MutexLock lock(&h.mu);
   EXPECT_EQ(h.delivered.count("sent-to-the-paused-leader"), 0u);
+}
+
+TEST_F(ReplicatedDms, RestartingTheWholeGroupAtOnceLosesNothing) {
+  WriteConfigs({"orders:4"});
+  StartAll();
+  ASSERT_GE(WaitForLeader(absl::Seconds(15)), 0) << Logs();
+  History& h = h_;
+  StartClients(&h);
+  std::atomic<bool> stop{false};
+  ProduceLoop(&h, &stop, 200);
+  ASSERT_EQ(h.Acked(), 200u);
+  // Some consumed and acknowledged before the crash.
+  absl::Time end = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < end) {
+    {
+      absl::MutexLock lock(&h.mu);
+      if (h.confirmed.size() >= 100) break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  consumer_.reset();
+  for (int i = 0; i < 3; ++i) Kill9(i);
+  StartAll();  // each replays its log over its stores
+  ASSERT_GE(WaitForLeader(absl::Seconds(15)), 0) << Logs();
+  {
+    absl::MutexLock lock(&h.mu);
+    h.delivered.clear();  // what the restarted group delivers, from here
+  }
+  ProduceLoop(&h, &stop, 300);  // m200..m299 after the restart
+  StartClients(&h);
+  // Every acknowledged message not confirmed consumed comes, none twice.
+  end = absl::Now() + absl::Seconds(30);
+  std::vector<std::string> missing;
+  while (absl::Now() < end) {
+    missing.clear();
+    absl::MutexLock lock(&h.mu);
+    for (const std::string& id : h.acked) {
+      if (h.confirmed.count(id) == 0 && h.delivered.count(id) == 0) missing.push_back(id);
+    }
+    if (missing.empty()) break;
+    h.mu.Unlock();
+    absl::SleepFor(absl::Milliseconds(100));
+    h.mu.Lock();
+  }
+  EXPECT_TRUE(missing.empty()) << missing.size() << " acknowledged messages lost\n" << Logs();
+  absl::MutexLock lock(&h.mu);
+  EXPECT_EQ(h.redelivered_after_confirm, 0);
+  for (const auto& [body, places] : h.delivered) EXPECT_EQ(places.size(), 1u) << body;
 }
 
 TEST_F(ReplicatedDms, BadRaftConfigIsRefusedNamingTheKey) {
