@@ -18,15 +18,19 @@
 // The last line is one JSON object.
 #include <grpcpp/grpcpp.h>
 
+#include <signal.h>
+
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <set>
 #include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "bench_report.h"
 #include "formica/common/tls.h"
@@ -260,6 +264,221 @@ FormicaFigures RunFormicaCase(formica::rpc::Client* rpc, int port, const BrokerW
   return f;
 }
 
+// ---- replicated dmsd (docs/ha.md) -------------------------------------
+
+struct ReplicatedFigures {
+  double e2e_per_s = 0;
+  double failover_ms = -1;  // kill -9 of the leader to the first acknowledged send
+  int64_t failed_sends = 0;
+  int64_t missing = 0;
+  int64_t duplicates = 0;
+};
+
+// A broker group of three dmsd on this machine (each with its own storage
+// and Raft data dirs), as docs/ha.md configures one.
+struct ReplicatedGroup {
+  std::unique_ptr<formica::testing::DsrdProcess> dsrd;
+  std::vector<int> ports;
+  std::vector<std::unique_ptr<Subprocess>> members;
+
+  // The member whose broker answers (the ready leader); -1 after `timeout`.
+  int Leader(absl::Duration timeout) {
+    absl::Time end = absl::Now() + timeout;
+    while (absl::Now() < end) {
+      for (size_t i = 0; i < members.size(); ++i) {
+        if (members[i] == nullptr) continue;
+        auto stub = formica::dms::v1::Broker::NewStub(grpc::CreateChannel(
+            absl::StrCat("127.0.0.1:", ports[i]), grpc::InsecureChannelCredentials()));
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+        formica::dms::v1::ListTopicsReply reply;
+        if (stub->ListTopics(&ctx, formica::dms::v1::ListTopicsRequest(), &reply).ok()) {
+          return static_cast<int>(i);
+        }
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return -1;
+  }
+};
+
+absl::StatusOr<std::unique_ptr<ReplicatedGroup>> StartReplicatedGroup(
+    const formica::testing::TempDir& dir, const std::string& topic) {
+  auto g = std::make_unique<ReplicatedGroup>();
+  formica::testing::DsrdProcess::Options dsrd_options;
+  dsrd_options.data_dir = dir.File("dsrd-group");
+  dsrd_options.config["push.warmup"] = "0s";
+  dsrd_options.config["session.lease"] = "2s";
+  auto dsrd = formica::testing::DsrdProcess::Start(dsrd_options);
+  if (!dsrd.ok()) return dsrd.status();
+  g->dsrd = *std::move(dsrd);
+  std::vector<std::string> peers;
+  for (int i = 0; i < 3; ++i) {
+    g->ports.push_back(formica::testing::PickFreePort());
+    peers.push_back(
+        absl::StrCat("\"", i + 1, "@127.0.0.1:", formica::testing::PickFreePort(), "\""));
+  }
+  for (int i = 0; i < 3; ++i) {
+    std::string config = dir.File(absl::StrCat("dmsd-group", i + 1, ".yaml"));
+    std::ofstream(config) << absl::StrCat(
+        "server:\n  listen: 127.0.0.1:", g->ports[i], "\n  unpublish_grace: 0s\n",
+        "registry:\n  addresses: [\"", g->dsrd->address(), "\"]\n",
+        "storage:\n  data_dir: ", dir.File(absl::StrCat("dmsd-group", i + 1)), "\n",
+        "topics:\n  create: [\"", topic, ":8\"]\n", "raft:\n  node_id: ", i + 1,
+        "\n  data_dir: ", dir.File(absl::StrCat("raft-group", i + 1)), "\n  peers: [",
+        absl::StrJoin(peers, ", "), "]\n");
+    auto p = Subprocess::Start({formica::testing::BinaryPath("dms/dmsd"), "--config", config},
+                               dir.File(absl::StrCat("dmsd-group", i + 1, ".log")));
+    if (!p.ok()) return p.status();
+    if (!(*p)->WaitForOutput("dmsd ready", absl::Seconds(20))) {
+      return absl::UnavailableError(absl::StrCat("group member ", i + 1, " did not start"));
+    }
+    g->members.push_back(*std::move(p));
+  }
+  return g;
+}
+
+// Kill -9 of the leader while one producer sends with dedup keys, one send
+// after another (each retried until acknowledged): the time from the kill
+// to the first acknowledged send.
+double MeasureFailover(ReplicatedGroup& g, formica::rpc::Client* rpc, const std::string& topic,
+                       BenchReport* report) {
+  int leader = g.Leader(absl::Seconds(15));
+  if (leader < 0) {
+    report->Fail("replicated dmsd: no leader before the failover");
+    return -1;
+  }
+  formica::dms::ProducerOptions po;
+  po.producer_group = "bench-failover";
+  po.timeout = absl::Seconds(2);
+  auto producer = formica::dms::Producer::Create(po, rpc);
+  if (!producer.ok()) return -1;
+  absl::Mutex mu;
+  absl::Time killed = absl::InfiniteFuture(), first_after = absl::InfinitePast();
+  std::atomic<bool> stop{false};
+  std::thread sender([&] {
+    for (int i = 0; !stop.load(); ++i) {
+      formica::dms::OutgoingMessage m;
+      m.body = absl::StrCat("failover-", i);
+      m.dedup_key = m.body;
+      while (!stop.load()) {
+        if ((*producer)->Send(topic, m).ok()) {
+          absl::MutexLock lock(&mu);
+          absl::Time now = absl::Now();
+          if (now > killed && first_after < killed) first_after = now;
+          break;
+        }
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+    }
+  });
+  absl::SleepFor(absl::Milliseconds(500));
+  {
+    absl::MutexLock lock(&mu);
+    killed = absl::Now();
+  }
+  g.members[leader]->Signal(SIGKILL);
+  double ms = -1;
+  {
+    absl::MutexLock lock(&mu);
+    auto acked = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return first_after > killed; };
+    if (mu.AwaitWithTimeout(absl::Condition(&acked), absl::Seconds(30))) {
+      ms = absl::ToDoubleMilliseconds(first_after - killed);
+    }
+  }
+  stop = true;
+  sender.join();
+  g.members[leader]->Wait(absl::Seconds(10));
+  g.members[leader].reset();
+  if (ms < 0) report->Fail("replicated dmsd: no send acknowledged within 30 s of the leader kill");
+  Log(
+      absl::StrCat("replicated dmsd failover (kill -9 of the leader to the first acknowledged "
+                   "send): ",
+                   static_cast<int>(ms), " ms"));
+  return ms;
+}
+
+// End to end through a group of three (the same workload as the single
+// dmsd's 8-queue end-to-end phase), then the failover.
+ReplicatedFigures RunReplicated(const BrokerWorkload& w, const formica::testing::TempDir& dir,
+                                BenchReport* report) {
+  ReplicatedFigures f;
+  const std::string topic = "bench.replicated.q8";
+  absl::StatusOr<std::unique_ptr<ReplicatedGroup>> g = StartReplicatedGroup(dir, topic);
+  if (!g.ok()) {
+    report->Fail(absl::StrCat("replicated dmsd: ", g.status().message()));
+    return f;
+  }
+  if ((*g)->Leader(absl::Seconds(15)) < 0) {
+    report->Fail("replicated dmsd: no leader within 15 s");
+    return f;
+  }
+  formica::registry::ClientOptions ro;
+  ro.registries = {(*g)->dsrd->address()};
+  ro.client_name = "bench_dms_group";
+  auto registry = formica::registry::Client::Create(ro);
+  if (!registry.ok()) return f;
+  formica::rpc::ClientOptions co;
+  co.app_name = "bench_dms_group";
+  co.default_timeout = absl::Seconds(10);
+  auto rpc = formica::rpc::Client::Create(co, registry->get());
+  if (!rpc.ok()) return f;
+  AckCount count;
+  formica::dms::ConsumerOptions o;
+  o.group = "bench";
+  o.topic = topic;
+  o.ordered = false;
+  o.max_in_flight = w.consumer_prefetch;
+  o.on_acked = [&count](const formica::dms::ReceivedMessage& m) { count.Acked(m); };
+  auto consumer = formica::dms::Consumer::Start(
+      o, [](const formica::dms::ReceivedMessage&) { return formica::dms::ConsumeResult::kSuccess; },
+      rpc->get());
+  if (!consumer.ok()) {
+    report->Fail(absl::StrCat("replicated dmsd consumer: ", consumer.status().message()));
+    return f;
+  }
+  ProduceOutcome e2e = ProducePhase(rpc->get(), topic, w);
+  f.failed_sends = e2e.failures;
+  const int64_t sent = w.messages - e2e.failures;
+  int64_t got = count.AwaitDistinct(sent, absl::Seconds(60));
+  absl::SleepFor(absl::Milliseconds(200));
+  (*consumer)->Stop();
+  {
+    absl::MutexLock lock(&count.mu);
+    f.missing = sent - got;
+    f.duplicates = count.duplicates;
+    f.e2e_per_s = got > 0 ? got / absl::ToDoubleSeconds(count.last - e2e.first_send) : 0;
+  }
+  Log(absl::StrCat(
+      "replicated dmsd end to end (3 members, 8 queues): ", static_cast<int>(f.e2e_per_s),
+      " msg/s, ", f.duplicates, " duplicates, ", f.missing, " missing"));
+  f.failover_ms = MeasureFailover(**g, rpc->get(), topic, report);
+  rpc->reset();
+  registry->reset();
+  for (auto& m : (*g)->members) {
+    if (m != nullptr) m->Terminate();
+  }
+  return f;
+}
+
+void ReportReplicated(const ReplicatedFigures& r, double single_e2e_per_s, BenchReport* report) {
+  report->AddErrors("replicated_failed_sends", r.failed_sends);
+  report->AddMissing("replicated_messages", r.missing);
+  report->Set("replicated_e2e_per_s", r.e2e_per_s);
+  report->Set("replicated_vs_single", Ratio(r.e2e_per_s, single_e2e_per_s));
+  report->Set("replicated_duplicates", static_cast<double>(r.duplicates));
+  report->Set("failover_ms", r.failover_ms);
+  report->Headline("replicated dmsd end to end msg/s (3 members) vs a single dmsd, 8 queues",
+                   "replicated_e2e_per_s", "e2e_per_s", "replicated_vs_single", "reported");
+  report->SetSetup("replicated",
+                   "a broker group of three dmsd on this machine (raft section, default election "
+                   "timeout 1 s and heartbeat 100 ms), each with its own storage and Raft data "
+                   "dirs; the 8-queue end-to-end phase through the leader, found in the "
+                   "registry; then kill -9 of the leader while one producer sends with dedup "
+                   "keys, one at a time, each retried until acknowledged (failover_ms: the kill "
+                   "to the first acknowledged send)");
+}
+
 struct FormicaRun {
   std::string flush;  // as dmsd reports it
   FormicaFigures q8;
@@ -390,6 +609,7 @@ int Run(int argc, char** argv) {
                       "the plaintext ones");
     }
   }
+  ReportReplicated(RunReplicated(w, dir, &report), f8.e2e_per_s, &report);
   report.AddErrors("formica_failed_sends", f8.failed_sends + f1.failed_sends);
   report.AddMissing("formica_messages", f8.missing + f1.missing);
   report.Set("produce_per_s", f8.produce_per_s);
