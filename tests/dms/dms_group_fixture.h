@@ -33,7 +33,8 @@ class DmsGroupTest : public formica::registry::testing::RegistryTest {
   };
 
   // Writes the three members' configs with `topics` (NAME:QUEUES each).
-  void WriteConfigs(const std::vector<std::string>& topics, int snapshot_threshold = 64) {
+  void WriteConfigs(const std::vector<std::string>& topics, int snapshot_threshold = 64,
+                    int snapshot_trailing = 4096) {
     members_.resize(3);
     for (int i = 0; i < 3; ++i) {
       members_[i].id = i + 1;
@@ -56,7 +57,8 @@ class DmsGroupTest : public formica::registry::testing::RegistryTest {
           "consume:\n  retry_initial: 50ms\n  retry_max: 200ms\n  ack_timeout: 3s\n",
           "raft:\n  node_id: ", m.id, "\n  data_dir: ", dir_.File(absl::StrCat("raft", m.id)),
           "\n  peers: [", absl::StrJoin(peers, ", "),
-          "]\n  snapshot_threshold: ", snapshot_threshold, "\n");
+          "]\n  snapshot_threshold: ", snapshot_threshold,
+          "\n  snapshot_trailing: ", snapshot_trailing, "\n");
     }
   }
 

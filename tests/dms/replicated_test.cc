@@ -320,6 +320,59 @@ TEST_F(ReplicatedDms, RestartingTheWholeGroupAtOnceLosesNothing) {
   for (const auto& [body, places] : h.delivered) EXPECT_EQ(places.size(), 1u) << body;
 }
 
+TEST_F(ReplicatedDms, WithoutAMajorityNothingIsAcknowledged) {
+  WriteConfigs({"orders:4"});
+  StartAll();
+  int leader = WaitForLeader(absl::Seconds(15));
+  ASSERT_GE(leader, 0) << Logs();
+  History& h = h_;
+  StartClients(&h);
+  std::atomic<bool> stop{false};
+  ProduceLoop(&h, &stop, 20);
+  ASSERT_EQ(h.Acked(), 20u);
+  Kill9((leader + 1) % 3);
+  Kill9((leader + 2) % 3);
+  OutgoingMessage m;
+  m.body = "no-majority";
+  m.dedup_key = m.body;
+  absl::StatusOr<SendReceipt> r = producer_->Send(kTopic, m);
+  EXPECT_FALSE(r.ok()) << "acknowledged by one member of three";
+  // The lone member stops leading (it has no majority) and refuses.
+  absl::Time end = absl::Now() + absl::Seconds(10);
+  grpc::Status st;
+  while (absl::Now() < end) {
+    st = Answers(leader);
+    if (!st.ok()) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+}
+
+TEST_F(ReplicatedDms, AMemberTooFarBehindTheLeadersLogStopsNamingTheCause) {
+  // The leader keeps 16 entries after each snapshot of 16.
+  WriteConfigs({"orders:4"}, /*snapshot_threshold=*/16, /*snapshot_trailing=*/16);
+  StartAll();
+  int leader = WaitForLeader(absl::Seconds(15));
+  ASSERT_GE(leader, 0) << Logs();
+  History& h = h_;
+  StartClients(&h);
+  int behind = (leader + 1) % 3;
+  Kill9(behind);
+  std::atomic<bool> stop{false};
+  ProduceLoop(&h, &stop, 200);
+  ASSERT_EQ(h.Acked(), 200u);
+  Member& m = members_[behind];
+  auto p = Subprocess::Start({formica::testing::BinaryPath("dms/dmsd"), "--config", m.config_path},
+                             dir_.File(absl::StrCat("dmsd", m.id, ".behind.log")));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ((*p)->Wait(absl::Seconds(30)), 1) << (*p)->Output();
+  EXPECT_NE((*p)->Output().find("fell further behind its broker group"), std::string::npos)
+      << (*p)->Output();
+  // The two others go on.
+  ProduceLoop(&h, &stop, 220);
+  EXPECT_EQ(h.Acked(), 220u);
+}
+
 TEST_F(ReplicatedDms, BadRaftConfigIsRefusedNamingTheKey) {
   WriteConfigs({"orders:4"});
   std::ifstream in(members_[0].config_path);
