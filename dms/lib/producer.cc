@@ -67,12 +67,16 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
     }
   }
 
+  struct CallState {
+    v1::ProduceRequest request;
+    v1::ProduceReply reply;
+    std::vector<Pending> batch;
+    bool all_dedup = true;
+    absl::Time give_up;  // for retries while no broker is reachable
+  };
+
   void Call(const std::string& topic, std::vector<Pending> batch) {
-    struct State {
-      v1::ProduceRequest request;
-      v1::ProduceReply reply;
-      std::vector<Pending> batch;
-    };
+    using State = CallState;
     auto state = std::make_shared<State>();
     state->request.set_topic(topic);
     state->request.set_producer_group(options.producer_group);
@@ -82,9 +86,15 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
       all_dedup = all_dedup && !p.message.dedup_key.empty();
     }
     state->batch = std::move(batch);
+    state->all_dedup = all_dedup;
+    state->give_up = absl::Now() + options.unavailable_retry;
+    Attempt(topic, state);
+  }
+
+  void Attempt(const std::string& topic, std::shared_ptr<CallState> state) {
     rpc::CallOptions co;
     co.timeout = options.timeout;
-    co.idempotent = all_dedup;
+    co.idempotent = state->all_dedup;
     co.inherit_current = false;
     std::shared_ptr<Impl> self = shared_from_this();
     rpc->CallAsync(
@@ -98,6 +108,15 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
                                                          std::move(done));
         },
         [self, state, topic](absl::Status st) {
+          if (state->all_dedup && (absl::IsUnavailable(st) || absl::IsDeadlineExceeded(st)) &&
+              absl::Now() + absl::Milliseconds(100) < state->give_up) {
+            // Not on gRPC's thread: a short wait, then the same call again.
+            std::thread([self, state, topic] {
+              absl::SleepFor(absl::Milliseconds(100));
+              self->Attempt(topic, state);
+            }).detach();
+            return;
+          }
           if (st.ok() && state->reply.receipts_size() != state->request.messages_size()) {
             st = absl::InternalError(absl::StrCat("the broker answered ",
                                                   state->reply.receipts_size(), " receipts for ",

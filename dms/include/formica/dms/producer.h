@@ -15,8 +15,10 @@
 // of one key sent one after another (each Send returning first) keep their
 // order; async sends of one key in flight together may be reordered unless
 // max_outstanding is 1. A send
-// whose messages all carry dedup keys is retried on failure; others are
-// not (a lost answer could mean the message was stored).
+// whose messages all carry dedup keys is retried on failure, and while no
+// broker is reachable for up to `unavailable_retry` (a broker group's
+// failover); others are not (a lost answer could mean the message was
+// stored).
 //
 // Transactional messages: a half message is stored but delivered to no one
 // until committed.
@@ -97,6 +99,12 @@ struct ProducerOptions {
   absl::Duration timeout = absl::Seconds(5);  // one call to the broker
   int max_batch = 256;                        // messages per call
   int max_outstanding = 4;                    // calls per topic at once
+  // A call whose messages all carry dedup keys that fails UNAVAILABLE or
+  // DEADLINE_EXCEEDED (no broker reachable, e.g. a replicated broker group
+  // electing a new leader, docs/ha.md) is made again, every 100 ms, for up
+  // to this long after its first attempt; the dedup keys keep a message
+  // stored once. 0: only rpc::Client's own retries.
+  absl::Duration unavailable_retry = absl::Seconds(10);
   // Answers the broker's checks of this group's undecided half messages
   // (needed for SendInTransaction to recover from a producer crash).
   TransactionChecker checker;
