@@ -308,7 +308,6 @@ absl::StatusOr<std::unique_ptr<ReplicatedGroup>> StartReplicatedGroup(
   formica::testing::DsrdProcess::Options dsrd_options;
   dsrd_options.data_dir = dir.File("dsrd-group");
   dsrd_options.config["push.warmup"] = "0s";
-  dsrd_options.config["session.lease"] = "2s";
   auto dsrd = formica::testing::DsrdProcess::Start(dsrd_options);
   if (!dsrd.ok()) return dsrd.status();
   g->dsrd = *std::move(dsrd);
