@@ -213,9 +213,6 @@ class Broker::Impl final
       if (absl::Status st = CheckCaller(ctx, "produce", req->topic()); !st.ok()) {
         return ToGrpcStatus(st);
       }
-      if (absl::Status st = NotReplicatedYet("transactional messages (half messages)"); !st.ok()) {
-        return ToGrpcStatus(st);
-      }
       absl::StatusOr<v1::StoredMessage> half =
           producer->PrepareHalf(req->topic(), req->producer_group(), req->message());
       if (!half.ok()) return ToGrpcStatus(half.status());
@@ -284,16 +281,6 @@ class Broker::Impl final
                                             : absl::StrCat("transaction=", req->transaction_id()),
               FromGrpcStatus(st));
     return st;
-  }
-
-  // What a replicated broker group refuses until it replicates it
-  // (docs/ha.md), rather than keep it on one member.
-  absl::Status NotReplicatedYet(absl::string_view what) const {
-    if (options.stores == nullptr) return absl::OkStatus();
-    return absl::FailedPreconditionError(
-        absl::StrCat(what,
-                     " are not replicated by a broker group yet (docs/ha.md); use a single dmsd "
-                     "(no raft section) for them"));
   }
 
   // ---- consume --------------------------------------------------------
@@ -519,11 +506,12 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(BrokerOptions options) {
       rpc::Client::Create(co, impl->registry.get());
   if (!rpc_client.ok()) return rpc_client.status();
   impl->rpc = *std::move(rpc_client);
-  absl::StatusOr<std::unique_ptr<Transactions>> txns =
-      Transactions::Open(o.transactions, impl->meta->db(), impl->rpc.get(), impl->clock,
-                         [raw = impl.get()](const std::string& topic, v1::StoredMessage m) {
-                           return raw->ProduceOne(topic, std::move(m));
-                         });
+  absl::StatusOr<std::unique_ptr<Transactions>> txns = Transactions::Open(
+      o.transactions, impl->meta->db(), impl->rpc.get(), impl->clock,
+      [raw = impl.get()](const std::string& topic, v1::StoredMessage m) {
+        return raw->ProduceOne(topic, std::move(m));
+      },
+      o.stores != nullptr ? o.stores->writes : nullptr);
   if (!txns.ok()) return txns.status();
   impl->txns = *std::move(txns);
   Impl* raw = impl.get();

@@ -44,6 +44,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
 
   TransactionOptions options;
   rocksdb::DB* meta = nullptr;
+  DbWrites* writes = nullptr;  // every write to `meta`
   rpc::Client* rpc = nullptr;
   Clock* clock = nullptr;
   ProduceFn produce;
@@ -74,7 +75,9 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     finished_order.push_back(id);
     if (finished_order.size() > kRememberFinished) {
       const std::string& oldest = finished_order.front();
-      meta->Delete(rocksdb::WriteOptions(), FinishedKey(oldest)).PermitUncheckedError();
+      rocksdb::WriteBatch forget;
+      forget.Delete(FinishedKey(oldest));
+      writes->Write(meta, &forget, false).IgnoreError();
       finished.erase(oldest);
       receipts.erase(oldest);
       finished_order.pop_front();
@@ -116,11 +119,12 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
   absl::Status Persist(const v1::HalfMessage& h, bool sync) {
     std::string bytes;
     h.SerializeToString(&bytes);
-    rocksdb::WriteOptions wo;
-    wo.sync = sync;
-    rocksdb::Status s = meta->Put(wo, Key(h.transaction_id()), bytes);
-    if (!s.ok())
-      return absl::InternalError(absl::StrCat("cannot store a half message: ", s.ToString()));
+    rocksdb::WriteBatch batch;
+    batch.Put(Key(h.transaction_id()), bytes);
+    absl::Status st = writes->Write(meta, &batch, sync);
+    if (!st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("cannot store a half message: ", st.message()));
+    }
     return absl::OkStatus();
   }
 
@@ -231,10 +235,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
       batch.Delete(Key(id));
       batch.Put(FinishedKey(id), absl::StrCat(commit ? "c " : "r ", NowMs(*clock), " ",
                                               receipt.SerializeAsString()));
-      rocksdb::WriteOptions sync;
-      sync.sync = true;
-      rocksdb::Status s = meta->Write(sync, &batch);
-      if (!s.ok()) st = absl::InternalError(s.ToString());
+      st = writes->Write(meta, &batch, true);
     }
     absl::MutexLock lock(&mu);
     resolving.erase(id);
@@ -502,10 +503,12 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
 absl::StatusOr<std::unique_ptr<Transactions>> Transactions::Open(TransactionOptions options,
                                                                  rocksdb::DB* meta,
                                                                  rpc::Client* rpc, Clock* clock,
-                                                                 ProduceFn produce) {
+                                                                 ProduceFn produce,
+                                                                 DbWrites* writes) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->meta = meta;
+  impl->writes = writes != nullptr ? writes : DirectDbWrites();
   impl->rpc = rpc;
   impl->clock = clock;
   impl->produce = std::move(produce);

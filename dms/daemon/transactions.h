@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "db_writes.h"
 #include "formica/common/clock.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
@@ -59,11 +60,13 @@ class Transactions {
   using ProduceFn =
       std::function<absl::StatusOr<v1::Receipt>(const std::string& topic, v1::StoredMessage)>;
 
-  // `meta`, `rpc` and `clock` are borrowed. Loads the half messages kept
-  // in `meta`.
+  // `meta`, `rpc`, `clock` and `writes` are borrowed. Loads the half
+  // messages kept in `meta`; writes to it go through `writes` (nullptr:
+  // straight into it; a replicated broker group's log, docs/ha.md).
   static absl::StatusOr<std::unique_ptr<Transactions>> Open(TransactionOptions options,
                                                             rocksdb::DB* meta, rpc::Client* rpc,
-                                                            Clock* clock, ProduceFn produce);
+                                                            Clock* clock, ProduceFn produce,
+                                                            DbWrites* writes = nullptr);
   ~Transactions();
 
   // `message` is validated by the caller and ready to store.

@@ -330,6 +330,101 @@ TEST_F(ReplicatedDms, RestartingTheWholeGroupAtOnceLosesNothing) {
   for (const auto& [body, places] : h.delivered) EXPECT_EQ(places.size(), 1u) << body;
 }
 
+// A stub straight to member `i`.
+std::unique_ptr<v1::Broker::Stub> StubOf(int port) {
+  return v1::Broker::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+}
+
+TEST_F(ReplicatedDms, HalfMessagesAndDeadLettersSurviveTheLeadersLoss) {
+  WriteConfigs({"orders:4"});
+  StartAll();
+  int leader = WaitForLeader(absl::Seconds(15));
+  ASSERT_GE(leader, 0) << Logs();
+  // Two half messages prepared on the leader.
+  std::vector<std::string> ids;
+  for (const char* body : {"half-commit", "half-rollback"}) {
+    grpc::ClientContext ctx;
+    v1::PrepareRequest req;
+    req.set_topic(kTopic);
+    req.set_producer_group("group-test");
+    req.mutable_message()->set_body(body);
+    v1::PrepareReply reply;
+    grpc::Status st = StubOf(members_[leader].port)->Prepare(&ctx, req, &reply);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ids.push_back(reply.transaction_id());
+  }
+  // A message that goes to the dead letters of group "strict" (one attempt).
+  History& h = h_;
+  StartClients(&h);
+  {
+    OutgoingMessage m;
+    m.body = "poison";
+    m.dedup_key = "poison";
+    ASSERT_TRUE(producer_->Send(kTopic, m).ok());
+  }
+  ConsumerOptions co;
+  co.group = "strict";
+  co.topic = kTopic;
+  co.max_attempts = 1;
+  std::atomic<int> attempts{0};
+  auto strict = Consumer::Start(
+      co,
+      [&attempts](const ReceivedMessage&) {
+        ++attempts;
+        return ConsumeResult::kRetryLater;
+      },
+      rpc_.get());
+  ASSERT_TRUE(strict.ok()) << strict.status();
+  auto letters = [&](int member) {
+    grpc::ClientContext ctx;
+    v1::ListDeadLettersRequest req;
+    req.set_group("strict");
+    v1::ListDeadLettersReply reply;
+    grpc::Status st = StubOf(members_[member].port)->ListDeadLetters(&ctx, req, &reply);
+    return st.ok() ? reply.letters_size() : -1;
+  };
+  absl::Time end = absl::Now() + absl::Seconds(15);
+  while (letters(leader) < 1 && absl::Now() < end) absl::SleepFor(absl::Milliseconds(50));
+  ASSERT_EQ(letters(leader), 1) << Logs();
+  (*strict)->Stop();
+
+  Kill9(leader);
+  int next = WaitForLeader(absl::Seconds(15), leader);
+  ASSERT_GE(next, 0) << Logs();
+  EXPECT_EQ(letters(next), 1) << "the dead letter is not on the new leader";
+  {
+    grpc::ClientContext ctx;
+    v1::ListHalfMessagesRequest req;
+    v1::ListHalfMessagesReply reply;
+    ASSERT_TRUE(StubOf(members_[next].port)->ListHalfMessages(&ctx, req, &reply).ok());
+    EXPECT_EQ(reply.messages_size(), 2) << "the half messages are not on the new leader";
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    grpc::ClientContext ctx;
+    v1::EndTransactionRequest req;
+    req.set_transaction_id(ids[i]);
+    req.set_commit(i == 0);
+    v1::EndTransactionReply reply;
+    grpc::Status st = StubOf(members_[next].port)->EndTransaction(&ctx, req, &reply);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+  }
+  // The committed one is delivered, the rolled-back one never.
+  end = absl::Now() + absl::Seconds(15);
+  while (absl::Now() < end) {
+    {
+      absl::MutexLock lock(&h.mu);
+      if (h.delivered.count("half-commit") > 0) break;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  absl::MutexLock lock(&h.mu);
+  EXPECT_EQ(h.delivered.count("half-commit"), 1u) << Logs();
+  EXPECT_EQ(h.delivered.count("half-rollback"), 0u);
+  EXPECT_EQ(h.delivered.count("poison"), 1u);
+}
+
 TEST_F(ReplicatedDms, WithoutAMajorityNothingIsAcknowledged) {
   WriteConfigs({"orders:4"});
   StartAll();
