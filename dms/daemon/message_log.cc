@@ -406,15 +406,23 @@ class MessageLog::Impl {
         "this dmsd stopped leading its broker group before the append was applied; its outcome "
         "is unknown: retry with the same dedup key");
   }
+  // Answers an earlier leadership's waiters before new proposals reuse offsets.
   void Lead(bool on) {
-    absl::MutexLock order(&propose_mu);
-    absl::MutexLock lock(&mu);
-    leading = on;
-    if (on) {
-      proposed_end = written_end;
-      fenced = absl::OkStatus();
+    std::vector<std::function<void(absl::Status)>> ready, failed;
+    absl::Status outcome;
+    {
+      absl::MutexLock order(&propose_mu);
+      absl::MutexLock lock(&mu);
+      leading = false;
+      NotifyReplicated(&ready, &failed, &outcome);
+      leading = on;
+      if (on) {
+        proposed_end = written_end;
+        fenced = absl::OkStatus();
+      }
     }
-    NotifyLocked();
+    for (auto& f : ready) f(absl::OkStatus());
+    for (auto& f : failed) f(outcome);
   }
   absl::Status ApplyAppend(uint64_t first, absl::Span<const absl::string_view> payloads) {
     absl::MutexLock lock(&mu);
@@ -580,8 +588,7 @@ class MessageLog::Impl {
       }
     }
   }
-  // Replicated mode: the waiters whose records are applied, and all of
-  // them once appends stopped.
+  // Replicated: the waiters whose records are applied (all, once stopped).
   void NotifyReplicated(std::vector<std::function<void(absl::Status)>>* ready,
                         std::vector<std::function<void(absl::Status)>>* failed,
                         absl::Status* outcome) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
