@@ -34,7 +34,7 @@ namespace formica::dms {
 
 class BrokerGroup;
 class DbWrites;
-class Topic;
+class SharedTopics;
 
 // The stores of a replicated broker group's member (BrokerGroup), which the
 // leader's engines run over; all borrowed.
@@ -42,7 +42,7 @@ struct BrokerStores {
   rocksdb::DB* progress = nullptr;
   rocksdb::DB* meta = nullptr;
   DbWrites* writes = nullptr;  // through the group's Raft log
-  const std::map<std::string, std::shared_ptr<Topic>>* topics = nullptr;
+  SharedTopics* topics = nullptr;
 };
 
 struct BrokerOptions {

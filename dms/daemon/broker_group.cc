@@ -14,16 +14,20 @@
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "db_writes.h"
 #include "formica/internal/credentials.h"
 #include "formica/internal/rocksdb.h"
 #include "produce_engine.h"
 #include "topic.h"
+#include "topic_catalog.h"
 
 namespace formica::dms {
 namespace {
@@ -32,11 +36,22 @@ namespace {
 //   'A' id, u64 first offset, u32 count, (u32 length, bytes) per record
 //   'R' id, u64 offset                      (remove segments before it)
 //   'B' store ('p' progress, 'm' meta), a RocksDB WriteBatch's bytes
-// where id is a u32 length and the bytes of "<topic>/<queue>".
+//   'T' name, u32 queues                    (create a topic)
+// where name is a u32 length and the bytes, and id is a u32 length and the bytes of
+// "<topic>/<queue>".
 constexpr char kAppend = 'A';
 constexpr char kRemove = 'R';
 constexpr char kBatch = 'B';
+constexpr char kCreateTopic = 'T';
+// A snapshot is what the stores held when it was taken, as a check (the
+// stores themselves stay where they are): "dmsd stores v1" then lines
+//   p <index of the last batch applied to the progress store>
+//   m <the same for the meta store>
+//   l <log id> <end offset>        (one per queue log)
 constexpr char kSnapshotMarker[] = "dmsd stores v1";
+// Where Apply records, in each RocksDB, the index of the last batch it
+// applied there (in the batch itself). No store key starts with '~'.
+constexpr char kAppliedKey[] = "~raft/applied";
 
 void PutU32(std::string* out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
@@ -98,11 +113,15 @@ std::string LeaderText(const RaftNodeStatus& st) {
 
 }  // namespace
 
-class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public DbWrites {
+class BrokerGroup::Impl : public RaftStateMachine,
+                          public LogReplication,
+                          public DbWrites,
+                          public SharedTopics {
  public:
   BrokerOptions options;
   std::unique_ptr<rocksdb::DB> progress, meta;
-  std::map<std::string, std::shared_ptr<Topic>> topics;
+  absl::Mutex topics_mu;
+  std::map<std::string, std::shared_ptr<Topic>> topics ABSL_GUARDED_BY(topics_mu);
   BrokerStores stores;
   std::unique_ptr<RaftNode> node;
   std::atomic<bool> node_started{false};  // Restore after this: a snapshot sent by the leader
@@ -135,27 +154,80 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
         OpenRocksDb(options.data_dir + "/meta", "the meta store");
     if (!m.ok()) return m.status();
     meta = *std::move(m);
-    for (const auto& [name, queues] : options.topics) {
-      TopicOptions to;
-      to.dir = absl::StrCat(options.data_dir, "/topics/", TopicDirectory(name));
-      to.name = name;
-      to.queues = queues;
-      to.log.segment_bytes = static_cast<uint64_t>(options.segment_bytes);
-      to.log.max_record_bytes =
-          static_cast<uint32_t>(options.max_body_bytes + kMaxPropertiesBytes + 64 * 1024);
-      to.log.replication = this;
-      absl::StatusOr<std::unique_ptr<Topic>> t = Topic::Open(to, nullptr);
-      if (!t.ok()) {
-        return absl::Status(t.status().code(),
-                            absl::StrCat("topic '", name, "': ", t.status().message()));
+    // The config's topics, and those created at run time before a restart.
+    std::map<std::string, int> open = options.topics;
+    for (const auto& entry :
+         std::filesystem::directory_iterator(options.data_dir + "/topics", ec)) {
+      std::optional<std::string> name = TopicOfDirectory(entry.path().filename().string());
+      if (name.has_value() && std::filesystem::exists(entry.path() / "QUEUES")) {
+        open.emplace(*name, 0);
       }
-      topics[name] = *std::move(t);
+    }
+    for (const auto& [name, queues] : open) {
+      absl::StatusOr<std::shared_ptr<Topic>> t = OpenTopic(name, queues);
+      if (!t.ok()) return t.status();
     }
     stores.progress = progress.get();
     stores.meta = meta.get();
     stores.writes = this;
-    stores.topics = &topics;
+    stores.topics = this;
     return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::shared_ptr<Topic>> OpenTopic(const std::string& name, int queues) {
+    TopicOptions to;
+    to.dir = absl::StrCat(options.data_dir, "/topics/", TopicDirectory(name));
+    to.name = name;
+    to.queues = queues;
+    to.log.segment_bytes = static_cast<uint64_t>(options.segment_bytes);
+    to.log.max_record_bytes =
+        static_cast<uint32_t>(options.max_body_bytes + kMaxPropertiesBytes + 64 * 1024);
+    to.log.replication = this;
+    absl::StatusOr<std::unique_ptr<Topic>> t = Topic::Open(to, nullptr);
+    if (!t.ok()) {
+      return absl::Status(t.status().code(),
+                          absl::StrCat("topic '", name, "': ", t.status().message()));
+    }
+    std::shared_ptr<Topic> shared = *std::move(t);
+    absl::MutexLock lock(&topics_mu);
+    topics[name] = shared;
+    return shared;
+  }
+
+  std::vector<MessageLog*> AllLogs() {
+    absl::MutexLock lock(&topics_mu);
+    std::vector<MessageLog*> out;
+    for (const auto& [name, topic] : topics) {
+      for (int q = 0; q < topic->queues(); ++q) out.push_back(topic->log(q));
+    }
+    return out;
+  }
+
+  // ---- SharedTopics (the leader's catalog) ------------------------------
+
+  std::vector<std::string> Names() override {
+    absl::MutexLock lock(&topics_mu);
+    std::vector<std::string> out;
+    for (const auto& [name, topic] : topics) out.push_back(name);
+    return out;
+  }
+
+  std::shared_ptr<Topic> Find(const std::string& name) override {
+    absl::MutexLock lock(&topics_mu);
+    auto it = topics.find(name);
+    return it == topics.end() ? nullptr : it->second;
+  }
+
+  absl::StatusOr<std::shared_ptr<Topic>> Create(const std::string& name, int queues) override {
+    std::string entry(1, kCreateTopic);
+    PutU32(&entry, static_cast<uint32_t>(name.size()));
+    entry += name;
+    PutU32(&entry, static_cast<uint32_t>(queues));
+    if (absl::Status st = Outcome(node->Propose(std::move(entry)).get()); !st.ok()) return st;
+    std::shared_ptr<Topic> t = Find(name);
+    if (t == nullptr) return absl::InternalError(absl::StrCat("topic '", name, "' not created"));
+    for (int q = 0; q < t->queues(); ++q) t->log(q)->Lead(true);  // appends from the leader
+    return t;
   }
 
   MessageLog* FindLog(absl::string_view id) {
@@ -164,9 +236,9 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
     if (slash == absl::string_view::npos || !absl::SimpleAtoi(id.substr(slash + 1), &queue)) {
       return nullptr;
     }
-    auto it = topics.find(std::string(id.substr(0, slash)));
-    if (it == topics.end() || queue < 0 || queue >= it->second->queues()) return nullptr;
-    return it->second->log(queue);
+    std::shared_ptr<Topic> t = Find(std::string(id.substr(0, slash)));
+    if (t == nullptr || queue < 0 || queue >= t->queues()) return nullptr;
+    return t->log(queue);
   }
 
   // ---- the funnel (leader) --------------------------------------------
@@ -257,8 +329,22 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
         if (rest.empty()) ApplyFailed(index, "cut short");
         rocksdb::DB* db = rest[0] == 'p' ? progress.get() : meta.get();
         rocksdb::WriteBatch batch{std::string(rest.substr(1))};
+        std::string at(8, '\0');
+        for (int i = 0; i < 8; ++i) at[i] = static_cast<char>(index >> (8 * (7 - i)));
+        batch.Put(kAppliedKey, at);
         rocksdb::Status s = db->Write(rocksdb::WriteOptions(), &batch);
         if (!s.ok()) ApplyFailed(index, s.ToString());
+        break;
+      }
+      case kCreateTopic: {
+        absl::string_view name;
+        uint32_t queues = 0;
+        if (!in.Bytes(&name) || !in.U32(&queues)) ApplyFailed(index, "cut short");
+        if (Find(std::string(name)) != nullptr) break;  // the leader checked the queue count
+        absl::StatusOr<std::shared_ptr<Topic>> t =
+            OpenTopic(std::string(name), static_cast<int>(queues));
+        if (!t.ok()) ApplyFailed(index, t.status().ToString());
+        SPDLOG_INFO("topic {}: created with {} queues", std::string(name), queues);
         break;
       }
       default:
@@ -276,10 +362,8 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
   // The stores hold everything applied: make it durable, so the log before
   // this point may go.
   absl::StatusOr<std::string> Snapshot() override {
-    for (const auto& [name, topic] : topics) {
-      for (int q = 0; q < topic->queues(); ++q) {
-        if (absl::Status st = topic->log(q)->Flush(); !st.ok()) return st;
-      }
+    for (MessageLog* log : AllLogs()) {
+      if (absl::Status st = log->Flush(); !st.ok()) return st;
     }
     for (rocksdb::DB* db : {progress.get(), meta.get()}) {
       if (absl::Status st = FromRocksDb(db->FlushWAL(true), "dmsd", "syncing for a snapshot");
@@ -287,21 +371,71 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
         return st;
       }
     }
-    return std::string(kSnapshotMarker);
+    std::string marker = absl::StrCat(kSnapshotMarker, "\np ", AppliedIn(progress.get()), "\nm ",
+                                      AppliedIn(meta.get()), "\n");
+    absl::MutexLock lock(&topics_mu);
+    for (const auto& [name, topic] : topics) {
+      for (int q = 0; q < topic->queues(); ++q) {
+        absl::StrAppend(&marker, "l ", ReplicatedLogId(name, q), " ", topic->log(q)->synced_end(),
+                        "\n");
+      }
+    }
+    return marker;
+  }
+
+  static uint64_t AppliedIn(rocksdb::DB* db) {
+    std::string value;
+    if (!db->Get(rocksdb::ReadOptions(), kAppliedKey, &value).ok() || value.size() != 8) return 0;
+    uint64_t index = 0;
+    for (char c : value) index = (index << 8) | static_cast<uint8_t>(c);
+    return index;
+  }
+
+  // Whether this member's stores hold everything `snapshot` says the
+  // leader's did (they may hold more: the entries after it apply again,
+  // harmlessly); "" when they do, else what is missing.
+  std::string Missing(absl::string_view snapshot) {
+    for (absl::string_view line : absl::StrSplit(snapshot, '\n', absl::SkipEmpty())) {
+      std::vector<absl::string_view> f = absl::StrSplit(line, ' ');
+      uint64_t n = 0;
+      if (f.size() == 2 && (f[0] == "p" || f[0] == "m") && absl::SimpleAtoi(f[1], &n)) {
+        uint64_t here = AppliedIn(f[0] == "p" ? progress.get() : meta.get());
+        if (here < n) {
+          return absl::StrCat(f[0] == "p" ? "the group progress" : "the meta store",
+                              " has entries up to ", here, ", the snapshot up to ", n);
+        }
+      } else if (f.size() == 3 && f[0] == "l" && absl::SimpleAtoi(f[2], &n)) {
+        MessageLog* log = FindLog(f[1]);
+        if (log == nullptr) return absl::StrCat("queue log ", f[1], " is missing");
+        if (log->synced_end() < n) {
+          return absl::StrCat("queue log ", f[1], " ends at ", log->synced_end(),
+                              ", the snapshot's at ", n);
+        }
+      }
+    }
+    return "";
   }
 
   absl::Status Restore(absl::string_view snapshot) override {
-    if (snapshot != kSnapshotMarker) {
+    if (!absl::StartsWith(snapshot, kSnapshotMarker)) {
       return absl::DataLossError("the raft data dir holds a snapshot dmsd did not take");
     }
     if (!node_started) return absl::OkStatus();  // our own: the stores hold it
-    // The leader no longer has the entries this member misses.
+    // Sent by the leader, which no longer has the entries before it. The
+    // stores are not shipped: this member goes on only if its own hold
+    // all the snapshot holds (a member that rejoins with current stores).
+    std::string missing = Missing(snapshot);
+    if (missing.empty()) {
+      SPDLOG_INFO("the leader sent a snapshot; this member's stores already hold it");
+      return absl::OkStatus();
+    }
     SPDLOG_CRITICAL(
         "this dmsd fell further behind its broker group than the leader's log keeps "
-        "(raft.snapshot_trailing entries) and would need the whole stores shipped, which dmsd "
-        "does not do yet. It stops. To bring it back: stop it, replace its storage.data_dir and "
-        "raft.data_dir with copies from a follower stopped for the copy, and start it; or raise "
-        "raft.snapshot_trailing");
+        "(raft.snapshot_trailing entries): {}. It would need the whole stores shipped, which "
+        "dmsd does not do yet. It stops. To bring it back: stop it, replace its storage.data_dir "
+        "and raft.data_dir with copies from a follower stopped for the copy, and start it; or "
+        "raise raft.snapshot_trailing",
+        missing);
     spdlog::shutdown();
     std::_Exit(1);
   }
@@ -339,9 +473,7 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
     SPDLOG_INFO("dmsd node {} leads its broker group (term {}): starting the broker",
                 options.raft->node_id, term);
     StopRefusal();
-    for (auto& [name, topic] : topics) {
-      for (int q = 0; q < topic->queues(); ++q) topic->log(q)->Lead(true);
-    }
+    for (MessageLog* log : AllLogs()) log->Lead(true);
     BrokerOptions o = options;
     o.stores = &stores;
     absl::StatusOr<std::unique_ptr<Broker>> b = Broker::Start(std::move(o));
@@ -349,9 +481,7 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
       // Most often leadership lost while starting; the loop tries again.
       SPDLOG_ERROR("dmsd node {}: the broker did not start as leader: {}", options.raft->node_id,
                    b.status().ToString());
-      for (auto& [name, topic] : topics) {
-        for (int q = 0; q < topic->queues(); ++q) topic->log(q)->Lead(false);
-      }
+      for (MessageLog* log : AllLogs()) log->Lead(false);
       StartRefusal();
       absl::SleepFor(absl::Milliseconds(200));
       return;
@@ -363,9 +493,7 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
   void StepDown() {
     SPDLOG_INFO("dmsd node {} no longer leads its broker group: stopping the broker",
                 options.raft->node_id);
-    for (auto& [name, topic] : topics) {
-      for (int q = 0; q < topic->queues(); ++q) topic->log(q)->Lead(false);
-    }
+    for (MessageLog* log : AllLogs()) log->Lead(false);
     if (broker != nullptr) broker->Shutdown();
     broker.reset();
     leading_term = 0;
@@ -452,7 +580,7 @@ absl::StatusOr<std::unique_ptr<BrokerGroup>> BrokerGroup::Start(BrokerOptions op
   impl->node_started = true;
   impl->leadership = std::thread([raw] { raw->LeadershipLoop(); });
   SPDLOG_INFO("dmsd node {} joined its broker group of {} ({} topics)", impl->options.raft->node_id,
-              impl->options.raft->peers.size(), impl->topics.size());
+              impl->options.raft->peers.size(), impl->Names().size());
   return std::unique_ptr<BrokerGroup>(new BrokerGroup(std::move(impl)));
 }
 

@@ -146,7 +146,7 @@ absl::Status TopicCatalog::OpenAll(const std::map<std::string, int>& create) {
 }
 
 absl::Status TopicCatalog::OpenShared(const std::map<std::string, int>& create) {
-  for (const auto& [name, topic] : *options_.shared_topics) {
+  for (const std::string& name : options_.shared_topics->Names()) {
     absl::StatusOr<TopicState*> t = Open(name, create.count(name) > 0 ? create.at(name) : 0);
     if (!t.ok()) return t.status();
   }
@@ -205,18 +205,18 @@ absl::StatusOr<TopicState*> TopicCatalog::Open(const std::string& name, int queu
   std::vector<RecoveryReport> reports;
   absl::StatusOr<std::shared_ptr<Topic>> topic;
   if (options_.shared_topics != nullptr) {
-    auto shared = options_.shared_topics->find(name);
-    if (shared == options_.shared_topics->end()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "topic '", name,
-          "' does not exist, and a replicated broker group does not create topics at run time "
-          "yet: list it under topics.create in every member's config"));
+    std::shared_ptr<Topic> shared = options_.shared_topics->Find(name);
+    if (shared == nullptr) {
+      if (queues <= 0) return absl::NotFoundError(absl::StrCat("no topic '", name, "'"));
+      absl::StatusOr<std::shared_ptr<Topic>> created = options_.shared_topics->Create(name, queues);
+      if (!created.ok()) return created.status();
+      shared = *std::move(created);
     }
-    if (queues > 0 && shared->second->queues() != queues) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "topic '", name, "' exists with ", shared->second->queues(), " queues, not ", queues));
+    if (queues > 0 && shared->queues() != queues) {
+      return absl::AlreadyExistsError(absl::StrCat("topic '", name, "' exists with ",
+                                                   shared->queues(), " queues, not ", queues));
     }
-    topic = shared->second;
+    topic = std::move(shared);
   } else {
     topic = Topic::Open(to, &reports);
   }

@@ -38,6 +38,19 @@ struct TopicState {
   std::vector<std::shared_ptr<DedupCall>> parked ABSL_GUARDED_BY(dedup_mu);
 };
 
+// The topics of a replicated broker group's member (BrokerGroup, docs/ha.md),
+// which the catalog of the broker its leader runs takes instead of opening
+// <data_dir>/topics. Thread-safe.
+class SharedTopics {
+ public:
+  virtual ~SharedTopics() = default;
+  virtual std::vector<std::string> Names() = 0;
+  virtual std::shared_ptr<Topic> Find(const std::string& name) = 0;
+  // Creates the topic on every member of the group; returns it once it
+  // exists here.
+  virtual absl::StatusOr<std::shared_ptr<Topic>> Create(const std::string& name, int queues) = 0;
+};
+
 struct CatalogOptions {
   std::string data_dir;  // topics live in <data_dir>/topics
   bool sync = true;
@@ -46,10 +59,9 @@ struct CatalogOptions {
   // Move a topic directory that cannot be opened to <data_dir>/quarantine
   // instead of refusing to start.
   bool quarantine_damaged_topics = false;
-  // A replicated broker group (docs/ha.md): the topics its store opened
-  // (borrowed, fixed while the catalog lives). OpenAll takes these instead
-  // of reading <data_dir>/topics, and Open creates no other topic.
-  const std::map<std::string, std::shared_ptr<Topic>>* shared_topics = nullptr;
+  // A replicated broker group's topics (borrowed): OpenAll takes these
+  // instead of reading <data_dir>/topics, and Open creates through them.
+  SharedTopics* shared_topics = nullptr;
 };
 
 class TopicCatalog {

@@ -425,6 +425,63 @@ TEST_F(ReplicatedDms, HalfMessagesAndDeadLettersSurviveTheLeadersLoss) {
   EXPECT_EQ(h.delivered.count("poison"), 1u);
 }
 
+TEST_F(ReplicatedDms, ATopicCreatedAtRunTimeIsOnEveryMember) {
+  WriteConfigs({"orders:4"});
+  StartAll();
+  int leader = WaitForLeader(absl::Seconds(15));
+  ASSERT_GE(leader, 0) << Logs();
+  {
+    grpc::ClientContext ctx;
+    v1::CreateTopicRequest req;
+    req.set_name("payments");
+    req.set_queues(2);
+    v1::TopicInfo info;
+    grpc::Status st = StubOf(members_[leader].port)->CreateTopic(&ctx, req, &info);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(info.queues_size(), 2);
+  }
+  History& h = h_;
+  StartClients(&h);
+  for (int i = 0; i < 20; ++i) {
+    OutgoingMessage m;
+    m.body = absl::StrCat("p", i);
+    m.dedup_key = m.body;
+    ASSERT_TRUE(producer_->Send("payments", m).ok()) << i;
+  }
+  // The old leader restarted (its stores reopen the topic), the next killed.
+  Kill9(leader);
+  int next = WaitForLeader(absl::Seconds(15), leader);
+  ASSERT_GE(next, 0) << Logs();
+  StartMember(leader);
+  Kill9(next);
+  ASSERT_GE(WaitForLeader(absl::Seconds(15), next), 0) << Logs();
+  std::set<std::string> got;
+  ConsumerOptions co;
+  co.group = "payers";
+  co.topic = "payments";
+  absl::Mutex mu;
+  auto c = Consumer::Start(
+      co,
+      [&](const ReceivedMessage& m) {
+        absl::MutexLock lock(&mu);
+        got.insert(m.body);
+        return ConsumeResult::kSuccess;
+      },
+      rpc_.get());
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::Time end = absl::Now() + absl::Seconds(15);
+  while (absl::Now() < end) {
+    {
+      absl::MutexLock lock(&mu);
+      if (got.size() >= 20) break;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  (*c)->Stop();
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(got.size(), 20u) << Logs();
+}
+
 TEST_F(ReplicatedDms, WithoutAMajorityNothingIsAcknowledged) {
   WriteConfigs({"orders:4"});
   StartAll();
