@@ -54,10 +54,9 @@ class DmsGroupTest : public formica::registry::testing::RegistryTest {
           "registry:\n  addresses: [\"", dsrd_->address(), "\"]\n",
           "storage:\n  data_dir: ", dir_.File(absl::StrCat("dmsd", m.id)), "\n",
           "topics:\n  create: [", absl::StrJoin(quoted, ", "), "]\n",
-          "consume:\n  retry_initial: 50ms\n  retry_max: 200ms\n",
-          "raft:\n  node_id: ", m.id, "\n  data_dir: ", dir_.File(absl::StrCat("raft", m.id)),
-          "\n  peers: [", absl::StrJoin(peers, ", "),
-          "]\n  snapshot_threshold: ", snapshot_threshold,
+          "consume:\n  retry_initial: 50ms\n  retry_max: 200ms\n", "raft:\n  node_id: ", m.id,
+          "\n  data_dir: ", dir_.File(absl::StrCat("raft", m.id)), "\n  peers: [",
+          absl::StrJoin(peers, ", "), "]\n  snapshot_threshold: ", snapshot_threshold,
           "\n  snapshot_trailing: ", snapshot_trailing, "\n");
     }
   }
