@@ -33,8 +33,9 @@ class DmsGroupTest : public formica::registry::testing::RegistryTest {
   };
 
   // Writes the three members' configs with `topics` (NAME:QUEUES each).
-  void WriteConfigs(const std::vector<std::string>& topics, int snapshot_threshold = 64,
-                    int snapshot_trailing = 4096) {
+  // Snapshots: dmsd's defaults unless given.
+  void WriteConfigs(const std::vector<std::string>& topics, int snapshot_threshold = 4096,
+                    int snapshot_trailing = 65536) {
     members_.resize(3);
     for (int i = 0; i < 3; ++i) {
       members_[i].id = i + 1;

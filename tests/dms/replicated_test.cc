@@ -283,7 +283,9 @@ TEST_F(ReplicatedDms, PausedLeaderAcknowledgesNothingAndCatchesUpAsAFollower) {
 }
 
 TEST_F(ReplicatedDms, RestartingTheWholeGroupAtOnceLosesNothing) {
-  WriteConfigs({"orders:4"});
+  // A snapshot every 64 entries: each member replays its log over its
+  // stores from the last one.
+  WriteConfigs({"orders:4"}, /*snapshot_threshold=*/64);
   StartAll();
   ASSERT_GE(WaitForLeader(absl::Seconds(15)), 0) << Logs();
   History& h = h_;
