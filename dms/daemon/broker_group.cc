@@ -131,7 +131,8 @@ class BrokerGroup::Impl : public RaftStateMachine,
   bool stopping ABSL_GUARDED_BY(mu) = false;
   std::thread leadership;
   std::unique_ptr<Broker> broker;  // leading: the engines (leadership thread only)
-  uint64_t leading_term = 0;       // leadership thread only
+  // Written by the leadership thread only; read in `mu`'s conditions too.
+  std::atomic<uint64_t> leading_term{0};
   std::unique_ptr<grpc::Server> refusal;
   std::unique_ptr<grpc::CallbackGenericService> refusal_service;
   int refusal_port = 0;
@@ -450,7 +451,6 @@ class BrokerGroup::Impl : public RaftStateMachine,
   void LeadershipLoop() {
     while (true) {
       uint64_t want = 0;
-      RaftNodeStatus seen;
       {
         absl::MutexLock lock(&mu);
         auto changed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
@@ -460,7 +460,6 @@ class BrokerGroup::Impl : public RaftStateMachine,
         mu.AwaitWithTimeout(absl::Condition(&changed), absl::Milliseconds(200));
         if (stopping) break;
         want = status.role == RaftRole::kLeader && status.leader_ready ? status.term : 0;
-        seen = status;
       }
       if (want == leading_term) continue;
       if (leading_term != 0) StepDown();
