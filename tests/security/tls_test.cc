@@ -311,6 +311,73 @@ TEST_F(TlsTest, ClusterModeReachesEtcdOverMutualTls) {
   EXPECT_NE(out.find("node0"), std::string::npos) << out;
 }
 
+// In cluster mode a session can be resumed on any node: there too only by
+// the identity holding it, though the node asked has never held it (the
+// identity is read from the session's record in etcd).
+TEST_F(TlsTest, InClusterModeASessionIsResumedOnAnotherNodeOnlyByItsIdentity) {
+  MakeCerts(certs_, {"etcd"});
+  testing::EtcdCluster::Tls etcd_tls{certs_ + "/ca.pem", certs_ + "/etcd.pem",
+                                     certs_ + "/etcd.key"};
+  auto etcd = testing::EtcdCluster::Start(1, &etcd_tls);
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  std::vector<std::unique_ptr<DsrdProcess>> nodes;
+  for (const char* id : {"node0", "node1"}) {
+    DsrdProcess::Options o;
+    o.data_dir = dir_.File(std::string("dsrd-") + id);
+    o.config = TlsKeys("dsrd");
+    o.config["push.warmup"] = "0s";
+    o.config["storage.engine"] = "etcd";
+    o.config["storage.etcd.endpoints"] = (*etcd)->endpoints();
+    o.config["storage.etcd.prefix"] = "/resume/";
+    o.config["server.id"] = id;
+    auto d = DsrdProcess::Start(o);
+    ASSERT_TRUE(d.ok()) << d.status();
+    nodes.push_back(std::move(*d));
+  }
+  dsrd_ = std::move(nodes[0]);  // the holder's node
+  UseTlsAs("tester");
+  auto holder = NewRegistry("holder");
+  ASSERT_NE(holder, nullptr);
+  for (int i = 0; i < 300 && !holder->connected(); ++i) absl::SleepFor(absl::Milliseconds(10));
+  uint64_t session = holder->session_id();
+  ASSERT_NE(session, 0u);
+
+  // Resumes `session` at node1 as the current identity; the status.
+  auto resume = [&](const std::string& name) {
+    auto stub = registry::v1::Registry::NewStub(
+        grpc::CreateChannel(nodes[1]->address(), ChannelCredentials()));
+    grpc::ClientContext ctx;
+    auto stream = stub->Session(&ctx);
+    registry::v1::ClientMessage open;
+    open.mutable_open()->set_client_name(name);
+    open.mutable_open()->set_lease_ms(2000);
+    open.mutable_open()->set_resume_session_id(session);
+    EXPECT_TRUE(stream->Write(open));
+    registry::v1::ServerMessage reply;
+    if (stream->Read(&reply) && reply.has_opened()) {
+      ctx.TryCancel();
+      (void)stream->Finish();
+      return grpc::Status::OK;
+    }
+    return stream->Finish();
+  };
+  UseTlsAs("operator");
+  grpc::Status st = resume("intruder");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  EXPECT_EQ(st.error_message(),
+            absl::StrCat("identity 'spiffe://formica.local/operator' may not resume session ",
+                         session, " of identity 'spiffe://formica.local/tester'"));
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_TRUE(holder->connected());
+  EXPECT_EQ(holder->session_id(), session);
+
+  // The holder's own identity may take it over there (a client moving to
+  // another node): the refusal above was the identity, not the node.
+  UseTlsAs("tester");
+  st = resume("holder-moved");
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+}
+
 // The fund (examples/fund) over mutual TLS: its programs read
 // FORMICA_TLS_*, the daemons their tls section; orders are confirmed,
 // their messages reach the ledger, and money and shares add up.
