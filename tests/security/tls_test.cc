@@ -422,9 +422,12 @@ std::string ServedSerial(const std::string& certs, const std::string& name,
   return code == 0 ? out : "";
 }
 
+// The serial number of the certificate in `pem`. Each call logs to a file
+// of its own (the output is read back from it).
 std::string FileSerial(const std::string& pem) {
+  static std::atomic<int> reads{0};
   auto p = Subprocess::Start({"/usr/bin/openssl", "x509", "-in", pem, "-noout", "-serial"},
-                             pem + ".serial");
+                             absl::StrCat(pem, ".serial", ++reads));
   if (!p.ok()) return "";
   (*p)->Wait(absl::Seconds(10));
   return (*p)->Output();
@@ -440,7 +443,9 @@ TEST_F(TlsTest, ARotatedCertificateIsServedWithoutFailingACall) {
   ASSERT_NE(echo, nullptr);
   std::string before = FileSerial(certs_ + "/echo.pem");
   ASSERT_FALSE(before.empty());
-  ASSERT_EQ(ServedSerial(certs_, "tester", echo_address, dir_.File("s1.log")), before);
+  // Each read has a log of its own: the output is read back from it, and a
+  // second run into the same log would add its serial to the first.
+  ASSERT_EQ(ServedSerial(certs_, "tester", echo_address, dir_.File("served-before.log")), before);
 
   UseTlsAs("tester");
   auto reg = NewRegistry("tls-test");
@@ -481,7 +486,8 @@ TEST_F(TlsTest, ARotatedCertificateIsServedWithoutFailingACall) {
   std::string served;
   for (int i = 0; i < 40 && served != after; ++i) {
     absl::SleepFor(absl::Milliseconds(250));
-    served = ServedSerial(certs_, "tester", echo_address, dir_.File(absl::StrCat("s", i, ".log")));
+    served = ServedSerial(certs_, "tester", echo_address,
+                          dir_.File(absl::StrCat("served-after-", i, ".log")));
   }
   absl::SleepFor(absl::Milliseconds(500));
   stop = true;
