@@ -7,8 +7,11 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <cstdio>
+#include <fstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -250,6 +253,60 @@ TEST_F(TlsTest, ABadTlsSectionStopsTheDaemonNamingIt) {
                                         dir_.File("typo.log"));
   EXPECT_EQ(typo_code, 2) << typo_out;
   EXPECT_NE(typo_out.find("tls.cafile: unknown key"), std::string::npos) << typo_out;
+}
+
+// Revocation: dsrd checks client certificates against tls.crl_file, read
+// again when it changes. A certificate the CA revoked is refused on its
+// next connection, with a log line naming it; the others go on; a list that
+// turns unreadable keeps the one before; a bad list at start stops the
+// daemon naming it.
+TEST_F(TlsTest, ARevokedCertificateIsRefusedOnItsNextConnection) {
+  MakeCerts(certs_, {"stolen"});
+  MakeCerts(certs_, {"--revoke"});  // the CA's list, nothing revoked yet
+  const std::string crl = certs_ + "/crl.pem";
+  StartDsrd("127.0.0.1", {{"tls.crl_file", crl}});
+  auto [before_code, before_out] = Ctl("stolen", {"registry", "sessions"});
+  EXPECT_EQ(before_code, 0) << before_out;
+
+  MakeCerts(certs_, {"--revoke", "stolen"});
+  int code = 0;
+  std::string out;
+  for (int i = 0; i < 40; ++i) {  // the list is looked at every second
+    std::tie(code, out) = Ctl("stolen", {"registry", "sessions"});
+    if (code != 0) break;
+    absl::SleepFor(absl::Milliseconds(250));
+  }
+  EXPECT_NE(code, 0) << "a revoked certificate still gets through: " << out;
+  EXPECT_TRUE(dsrd_->process()->WaitForOutput(
+      "tls: refused the client certificate of 'spiffe://formica.local/stolen'", absl::Seconds(5)))
+      << dsrd_->process()->Output();
+  EXPECT_NE(dsrd_->process()->Output().find("it is revoked (" + crl + ")"), std::string::npos)
+      << dsrd_->process()->Output();
+  auto [other_code, other_out] = Ctl("tester", {"registry", "sessions"});
+  EXPECT_EQ(other_code, 0) << other_out;
+
+  // A list replaced by something unreadable: the one before stays in force.
+  {
+    std::ofstream bad(crl + ".new");
+    bad << "not a revocation list\n";
+  }
+  ASSERT_EQ(std::rename((crl + ".new").c_str(), crl.c_str()), 0);
+  absl::SleepFor(absl::Milliseconds(1500));
+  auto [kept_code, kept_out] = Ctl("stolen", {"registry", "sessions"});
+  EXPECT_NE(kept_code, 0) << "an unreadable list lifted the revocation: " << kept_out;
+  auto [still_code, still_out] = Ctl("tester", {"registry", "sessions"});
+  EXPECT_EQ(still_code, 0) << still_out;
+
+  // At start an unreadable list stops the daemon, naming it.
+  auto [start_code, start_out] =
+      RunToEnd({BinaryPath("registry/dsrd"), "--listen", "127.0.0.1:0", "--data-dir",
+                dir_.File("d-crl"), "--set", "tls.ca_file=" + certs_ + "/ca.pem", "--set",
+                "tls.cert_file=" + certs_ + "/dsrd.pem", "--set",
+                "tls.key_file=" + certs_ + "/dsrd.key", "--set", "tls.crl_file=" + crl},
+               dir_.File("crl-start.log"));
+  EXPECT_EQ(start_code, 2) << start_out;
+  EXPECT_NE(start_out.find("tls revocation list " + crl + ": holds no PEM CRL"), std::string::npos)
+      << start_out;
 }
 
 // A registry session is resumed only by the identity that holds it: a
