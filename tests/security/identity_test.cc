@@ -261,8 +261,9 @@ TEST_F(IdentityTest, AHalfMessageIsCheckedBackOnlyWithItsTopicsProducers) {
 
   // operator may produce nothing: its stream is refused.
   UseTlsAs("operator");
+  auto as_operator = dms::v1::Broker::NewStub(grpc::CreateChannel(dms, ChannelCredentials()));
   {
-    auto broker = dms::v1::Broker::NewStub(grpc::CreateChannel(dms, ChannelCredentials()));
+    auto& broker = as_operator;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     auto stream = broker->CheckBack(&ctx);
@@ -299,7 +300,7 @@ TEST_F(IdentityTest, AHalfMessageIsCheckedBackOnlyWithItsTopicsProducers) {
     grpc::ClientContext ctx;
     dms::v1::ListHalfMessagesRequest list;
     dms::v1::ListHalfMessagesReply halves;
-    ASSERT_TRUE(as_tester->ListHalfMessages(&ctx, list, &halves).ok());
+    ASSERT_TRUE(as_operator->ListHalfMessages(&ctx, list, &halves).ok());
     ASSERT_EQ(halves.messages_size(), 1) << "the forged answer ended it";
     EXPECT_GT(halves.messages(0).checks(), 2);
     EXPECT_EQ(halves.messages(0).last_check(), "no producer of group 'tester' is connected");
@@ -329,7 +330,8 @@ TEST_F(IdentityTest, AHalfMessageIsCheckedBackOnlyWithItsTopicsProducers) {
       grpc::ClientContext list_ctx;
       halves.Clear();
       ASSERT_TRUE(
-          as_tester->ListHalfMessages(&list_ctx, dms::v1::ListHalfMessagesRequest(), &halves).ok());
+          as_operator->ListHalfMessages(&list_ctx, dms::v1::ListHalfMessagesRequest(), &halves)
+              .ok());
       if (halves.messages_size() == 0) break;
       absl::SleepFor(absl::Milliseconds(50));
     }

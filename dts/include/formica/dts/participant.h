@@ -65,7 +65,7 @@ struct ParticipantOptions {
   // "spiffe://formica.local/dtsd"), others are PERMISSION_DENIED; "" reads
   // FORMICA_DTS_COORDINATOR_IDENTITY, and with neither any caller is taken
   // (docs/security.md).
-  std::string coordinator_identity;
+  std::string coordinator_identity = {};
 };
 
 // What confirm and cancel steps are handed.

@@ -69,7 +69,7 @@ struct ShardedParticipantOptions {
   // "spiffe://formica.local/dtsd"), others are PERMISSION_DENIED; "" reads
   // FORMICA_DTS_COORDINATOR_IDENTITY, and with neither any caller is taken
   // (docs/security.md).
-  std::string coordinator_identity;
+  std::string coordinator_identity = {};
 };
 
 class ShardedParticipant {
