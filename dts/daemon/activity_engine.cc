@@ -256,12 +256,17 @@ absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
   }
   // Begun by its initiator without a round trip: the identity deciding it
   // is recorded with the decision.
-  if (a.initiator_identity().empty()) a.set_initiator_identity(std::string(identity));
+  const bool claimed = a.initiator_identity().empty() && !identity.empty();
+  if (claimed) a.set_initiator_identity(std::string(identity));
   // The reported actions are written whole with the decision, in one write.
   const int first_new = a.actions_size();
-  if (absl::Status st = AddJoinedLocked(*e, req); !st.ok()) return st;
-  if (absl::Status st = DecideLocked(*e, commit, reason, /*durable=*/false, first_new); !st.ok()) {
-    DropActionsLocked(*e, first_new);
+  absl::Status st = AddJoinedLocked(*e, req);
+  if (st.ok()) {
+    st = DecideLocked(*e, commit, reason, /*durable=*/false, first_new);
+    if (!st.ok()) DropActionsLocked(*e, first_new);
+  }
+  if (!st.ok()) {
+    if (claimed) a.clear_initiator_identity();
     return st;
   }
   *after_sync = StarterFor(e);
