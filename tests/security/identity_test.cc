@@ -219,7 +219,8 @@ TEST_F(IdentityTest, AParticipantCannotCancelAnothersAction) {
 // A check-back of half messages goes only to a producer whose identity may
 // produce to the message's topic: an identity that may produce nothing is
 // refused its CheckBack stream; one that may produce elsewhere is never
-// asked, and its answers are ignored; the topic's producer is asked.
+// asked, and its answers are ignored; the topic's producer is asked. Nor
+// does dmsd's DTS participant take a cancel from anyone but dtsd.
 TEST_F(IdentityTest, AHalfMessageIsCheckedBackOnlyWithItsTopicsProducers) {
   std::string rules = dir_.File("permissions.yaml");
   std::ofstream(rules) << R"(rules:
@@ -238,7 +239,8 @@ TEST_F(IdentityTest, AHalfMessageIsCheckedBackOnlyWithItsTopicsProducers) {
       "dms/dmsd", "dmsd",
       {"--data-dir", dir_.File("dmsd"), "--set", "security.permissions_file=" + rules, "--set",
        "transactions.check_after=100ms", "--set", "transactions.check_interval=100ms", "--set",
-       "transactions.check_interval_max=100ms", "--set", "transactions.max_checks=1000"},
+       "transactions.check_interval_max=100ms", "--set", "transactions.max_checks=1000", "--set",
+       absl::StrCat("transactions.coordinator_identity=", kDtsd)},
       &dmsd_port);
   ASSERT_TRUE(dmsd);
   std::string dms = absl::StrCat("127.0.0.1:", dmsd_port);
@@ -255,6 +257,23 @@ TEST_F(IdentityTest, AHalfMessageIsCheckedBackOnlyWithItsTopicsProducers) {
     grpc::ClientContext ctx;
     grpc::Status st = as_tester->Prepare(&ctx, prepare, &prepared);
     ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  // dmsd's DTS participant takes phase two from dtsd only: the half
+  // message's producer cannot cancel it that way either.
+  {
+    auto participant =
+        dts::v1::Participant::NewStub(grpc::CreateChannel(dms, ChannelCredentials()));
+    dts::v1::PhaseTwoRequest cancel;
+    cancel.set_activity_id("any");
+    cancel.set_action(prepared.transaction_id());
+    grpc::ClientContext ctx;
+    dts::v1::PhaseTwoResponse resp;
+    grpc::Status st = participant->Cancel(&ctx, cancel, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+    EXPECT_EQ(st.error_message(),
+              absl::StrCat("identity 'spiffe://formica.local/tester' may not cancel actions of "
+                           "participant 'formica.dms.Transactions': only '",
+                           kDtsd, "' may"));
   }
   dms::v1::CheckAnswer hello;
   hello.set_producer_group("tester");
