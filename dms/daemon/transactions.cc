@@ -363,13 +363,24 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
 
   void AskProducer(const v1::HalfMessage& h) {
     const std::string& group = h.message().producer_group();
+    // Only checkers whose identity may produce to the topic are asked; the
+    // permissions are looked up outside `mu` (they may read their file).
+    std::set<std::string> allowed;
+    {
+      absl::MutexLock lock(&mu);
+      for (auto& [cid, c] : checkers) {
+        if (c->group == group && !c->closed) allowed.insert(c->identity);
+      }
+    }
+    for (auto it = allowed.begin(); it != allowed.end();) {
+      it = CheckPermission(*it, "produce", h.topic()).ok() ? std::next(it) : allowed.erase(it);
+    }
     std::shared_ptr<Checker> chosen;
     {
       absl::MutexLock lock(&mu);
       std::vector<std::shared_ptr<Checker>> of_group;
       for (auto& [cid, c] : checkers) {
-        if (c->group == group && !c->closed &&
-            CheckPermission(c->identity, "produce", h.topic()).ok()) {
+        if (c->group == group && !c->closed && allowed.count(c->identity) > 0) {
           of_group.push_back(c);
         }
       }
