@@ -204,6 +204,9 @@ TEST_F(IdentityTest, AParticipantCannotCancelAnothersAction) {
     EXPECT_EQ(a.actions(0).identity(), "spiffe://formica.local/bank-a");
   }
   EXPECT_TRUE(dtsd->WaitForOutput(absl::StrCat(b, "roll back activity ", id), absl::Seconds(5)));
+  auto [show_code, show] = Ctl("operator", {"--dts", dts, "dts", "show", id});
+  EXPECT_EQ(show_code, 0) << show;
+  EXPECT_NE(show.find("begun by   spiffe://formica.local/transfer\n"), std::string::npos) << show;
 
   // The initiator commits; dtsd's confirm is taken: the debit is made.
   ASSERT_TRUE((*activity)->Commit().ok());
