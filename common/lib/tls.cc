@@ -11,6 +11,7 @@
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_certificate_verifier.h>
 #include <grpcpp/security/tls_credentials_options.h>
+#include <grpcpp/server_context.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -495,6 +496,18 @@ std::string PeerIdentity(const grpc::AuthContext& context) {
   auto cn = context.FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
   if (!cn.empty()) return std::string(cn[0].data(), cn[0].size());
   return "";
+}
+
+absl::Status CheckPeerIs(grpc::ServerContextBase* context, absl::string_view expected,
+                         absl::string_view act) {
+  if (expected.empty() || Snapshot() == nullptr) return absl::OkStatus();
+  std::string identity = PeerIdentity(*context->auth_context());
+  if (identity == expected) return absl::OkStatus();
+  absl::Status st = absl::PermissionDeniedError(
+      absl::StrCat("identity ", identity.empty() ? "(no certificate)" : "'" + identity + "'",
+                   " may not ", act, ": only '", expected, "' may"));
+  spdlog::warn("{}", std::string(st.message()));
+  return st;
 }
 
 }  // namespace formica

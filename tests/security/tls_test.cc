@@ -442,13 +442,18 @@ TEST_F(TlsTest, TheFundRunsOverMutualTls) {
   StartDsrd();
   int dtsd_port = 0, dmsd_port = 0;
   auto dtsd = StartDaemon("dts/dtsd", "dtsd", {"--data-dir", dir_.File("dtsd")}, &dtsd_port);
-  auto dmsd = StartDaemon("dms/dmsd", "dmsd",
-                          {"--data-dir", dir_.File("dmsd"), "--set", "topics.create=fund.orders:4"},
-                          &dmsd_port);
+  // Its participants (sharded ones and dmsd's) take phase two from dtsd's
+  // identity only, and dtsd's confirms get through.
+  auto dmsd =
+      StartDaemon("dms/dmsd", "dmsd",
+                  {"--data-dir", dir_.File("dmsd"), "--set", "topics.create=fund.orders:4", "--set",
+                   "transactions.coordinator_identity=spiffe://formica.local/dtsd"},
+                  &dmsd_port);
   ASSERT_TRUE(dtsd && dmsd);
   MakeCerts(certs_, {"fund"});
   auto server = Subprocess::Start(
-      WithTls("fund", {BinaryPath("examples/fund/fund-server"), "--registry", dsrd_->address(),
+      WithTls("fund", {"FORMICA_DTS_COORDINATOR_IDENTITY=spiffe://formica.local/dtsd",
+                       BinaryPath("examples/fund/fund-server"), "--registry", dsrd_->address(),
                        "--data", dir_.path(), "--users", "200", "--initial", "100000"}),
       dir_.File("fund-server.log"));
   ASSERT_TRUE(server.ok());
@@ -461,6 +466,17 @@ TEST_F(TlsTest, TheFundRunsOverMutualTls) {
   EXPECT_EQ(code, 0) << out << (*server)->Output();
   EXPECT_NE(out.find("money and shares add up"), std::string::npos) << out;
   EXPECT_EQ(out.find("confirmed 0,"), std::string::npos) << out;
+  // dtsd's phase two was taken: every activity finishes.
+  std::string unfinished;
+  for (int i = 0; i < 100; ++i) {
+    auto [ls_code, ls_out] =
+        Ctl("operator", {"--dts", absl::StrCat("127.0.0.1:", dtsd_port), "dts", "ls"});
+    ASSERT_EQ(ls_code, 0) << ls_out;
+    unfinished = ls_out;
+    if (ls_out.find("fund.") == std::string::npos) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(unfinished.find("fund."), std::string::npos) << unfinished;
   // And nothing gets through without a certificate.
   auto [plain_code, plain_out] = RunToEnd({BinaryPath("examples/fund/fund-load"), "--registry",
                                            dsrd_->address(), "--users", "200", "--seconds", "1"},
