@@ -122,6 +122,7 @@ class Broker::Impl final
     go.max_attempts = options.max_attempts;
     go.retry_initial = options.retry_initial;
     go.retry_max = options.retry_max;
+    go.replicated = options.stores != nullptr;
     groups =
         std::make_unique<ConsumerGroups>(go, topics.get(), progress.get(), letters.get(), clock);
     HousekeepingOptions ho;

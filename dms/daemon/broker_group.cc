@@ -105,6 +105,10 @@ class EntryReader {
   std::_Exit(1);
 }
 
+// Broker::Start failures in a row, as leader of one term, before the member
+// exits (docs/ha.md).
+constexpr int kStartAttempts = 10;
+
 std::string LeaderText(const RaftNodeStatus& st) {
   if (st.leader.id == 0) return "no leader is known yet; retry shortly";
   return absl::StrCat("the leader is node ", st.leader.id, " (raft address ", st.leader.address,
@@ -113,11 +117,26 @@ std::string LeaderText(const RaftNodeStatus& st) {
 
 }  // namespace
 
-class BrokerGroup::Impl : public RaftStateMachine,
-                          public LogReplication,
-                          public DbWrites,
-                          public SharedTopics {
+class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public SharedTopics {
  public:
+  // The RocksDB writes of one leadership's engines: proposed for its term
+  // only, so a stale engine's batch is never appended in a later term.
+  class TermWrites : public DbWrites {
+   public:
+    TermWrites(Impl* group, uint64_t term) : group_(group), term_(term) {}
+    absl::Status Write(rocksdb::DB* db, rocksdb::WriteBatch* batch, bool /*sync*/) override {
+      std::string entry(1, kBatch);
+      entry.push_back(db == group_->progress.get() ? 'p' : 'm');
+      entry += batch->Data();
+      return Outcome(group_->node->Propose(std::move(entry), term_).get());
+    }
+    bool durable() const override { return true; }
+
+   private:
+    Impl* group_;
+    uint64_t term_;
+  };
+
   BrokerOptions options;
   std::unique_ptr<rocksdb::DB> progress, meta;
   absl::Mutex topics_mu;
@@ -133,6 +152,14 @@ class BrokerGroup::Impl : public RaftStateMachine,
   std::unique_ptr<Broker> broker;  // leading: the engines (leadership thread only)
   // Written by the leadership thread only; read in `mu`'s conditions too.
   std::atomic<uint64_t> leading_term{0};
+  // The term the logs lead in (0: none); Create leads a new topic's logs
+  // in it, under the same lock StepDown takes.
+  absl::Mutex logs_mu;
+  uint64_t logs_term ABSL_GUARDED_BY(logs_mu) = 0;
+  std::unique_ptr<TermWrites> term_writes;  // leadership thread only
+  BrokerStores term_stores;                 // what the leader's broker gets
+  int start_failures = 0;                   // Broker::Start in a row, as leader of
+  uint64_t start_failures_term = 0;         // this term
   std::unique_ptr<grpc::Server> refusal;
   std::unique_ptr<grpc::CallbackGenericService> refusal_service;
   int refusal_port = 0;
@@ -155,22 +182,11 @@ class BrokerGroup::Impl : public RaftStateMachine,
         OpenRocksDb(options.data_dir + "/meta", "the meta store");
     if (!m.ok()) return m.status();
     meta = *std::move(m);
-    // The config's topics, and those created at run time before a restart.
-    std::map<std::string, int> open = options.topics;
-    for (const auto& entry :
-         std::filesystem::directory_iterator(options.data_dir + "/topics", ec)) {
-      std::optional<std::string> name = TopicOfDirectory(entry.path().filename().string());
-      if (name.has_value() && std::filesystem::exists(entry.path() / "QUEUES")) {
-        open.emplace(*name, 0);
-      }
-    }
-    for (const auto& [name, queues] : open) {
-      absl::StatusOr<std::shared_ptr<Topic>> t = OpenTopic(name, queues);
-      if (!t.ok()) return t.status();
-    }
+    // No topic is opened here: a member's topics are what the group's log
+    // created (its snapshot's, in Restore, and topic entries in Apply), so
+    // every member has the same ones whatever its config or disk holds.
     stores.progress = progress.get();
     stores.meta = meta.get();
-    stores.writes = this;
     stores.topics = this;
     return absl::OkStatus();
   }
@@ -224,10 +240,20 @@ class BrokerGroup::Impl : public RaftStateMachine,
     PutU32(&entry, static_cast<uint32_t>(name.size()));
     entry += name;
     PutU32(&entry, static_cast<uint32_t>(queues));
-    if (absl::Status st = Outcome(node->Propose(std::move(entry)).get()); !st.ok()) return st;
+    uint64_t term = 0;
+    {
+      absl::MutexLock lock(&logs_mu);
+      term = logs_term;
+    }
+    if (term == 0) return Outcome(NotLeaderResult());
+    if (absl::Status st = Outcome(node->Propose(std::move(entry), term).get()); !st.ok()) {
+      return st;
+    }
     std::shared_ptr<Topic> t = Find(name);
     if (t == nullptr) return absl::InternalError(absl::StrCat("topic '", name, "' not created"));
-    for (int q = 0; q < t->queues(); ++q) t->log(q)->Lead(true);  // appends from the leader
+    absl::MutexLock lock(&logs_mu);
+    if (logs_term != term) return Outcome(NotLeaderResult());     // StepDown ran meanwhile
+    for (int q = 0; q < t->queues(); ++q) t->log(q)->Lead(term);  // appends from the leader
     return t;
   }
 
@@ -244,7 +270,7 @@ class BrokerGroup::Impl : public RaftStateMachine,
 
   // ---- the funnel (leader) --------------------------------------------
 
-  void ProposeAppend(const std::string& id, uint64_t first,
+  void ProposeAppend(const std::string& id, uint64_t term, uint64_t first,
                      absl::Span<const absl::string_view> payloads,
                      std::function<void(absl::Status)> done) override {
     std::string entry(1, kAppend);
@@ -259,28 +285,40 @@ class BrokerGroup::Impl : public RaftStateMachine,
       PutU32(&entry, static_cast<uint32_t>(p.size()));
       entry.append(p.data(), p.size());
     }
-    node->Propose(std::move(entry),
-                  [done = std::move(done)](ProposeResult r) { done(Outcome(r)); });
+    // Answered by this entry's own outcome: Apply's output is empty when
+    // the append was taken, else why it was rejected.
+    node->Propose(std::move(entry), term, [done = std::move(done)](ProposeResult r) {
+      if (r.status.ok() && !r.output.empty()) {
+        done(absl::FailedPreconditionError(r.output));
+      } else {
+        done(Outcome(r));
+      }
+    });
   }
 
-  absl::Status ProposeRemoveBefore(const std::string& id, uint64_t offset) override {
+  absl::Status ProposeRemoveBefore(const std::string& id, uint64_t term, uint64_t offset) override {
     std::string entry(1, kRemove);
     PutU32(&entry, static_cast<uint32_t>(id.size()));
     entry += id;
     PutU64(&entry, offset);
-    return Outcome(node->Propose(std::move(entry)).get());
+    return Outcome(node->Propose(std::move(entry), term).get());
   }
 
-  absl::Status Write(rocksdb::DB* db, rocksdb::WriteBatch* batch, bool /*sync*/) override {
-    std::string entry(1, kBatch);
-    entry.push_back(db == progress.get() ? 'p' : 'm');
-    entry += batch->Data();
-    return Outcome(node->Propose(std::move(entry)).get());
+  static ProposeResult NotLeaderResult() {
+    ProposeResult r;
+    r.status = absl::FailedPreconditionError("not leading");
+    r.not_leader = true;
+    return r;
   }
-  bool durable() const override { return true; }
 
   static absl::Status Outcome(const ProposeResult& r) {
     if (r.status.ok()) return absl::OkStatus();
+    if (!r.not_leader && absl::IsFailedPrecondition(r.status)) {
+      return absl::UnavailableError(absl::StrCat(
+          "this dmsd no longer leads its broker group in the term the write was made in; "
+          "nothing was written; retry: ",
+          r.status.message()));
+    }
     if (r.not_leader) {
       RaftNodeStatus st;
       st.leader = r.leader;
@@ -308,18 +346,20 @@ class BrokerGroup::Impl : public RaftStateMachine,
         for (uint32_t i = 0; i < count; ++i) {
           if (!in.Bytes(&payloads[i])) ApplyFailed(index, "cut short");
         }
+        // A rejected append changes nothing, on every member alike: the
+        // proposer hears why (its entry's output), the group goes on.
         MessageLog* log = FindLog(id);
-        if (log == nullptr) ApplyFailed(index, UnknownLog(id));
-        if (absl::Status st = log->ApplyAppend(first, payloads); !st.ok()) {
-          ApplyFailed(index, st.ToString());
-        }
+        if (log == nullptr) return Rejected(index, UnknownLog(id));
+        absl::Status st = log->ApplyAppend(first, payloads);
+        if (absl::IsFailedPrecondition(st)) return Rejected(index, std::string(st.message()));
+        if (!st.ok()) ApplyFailed(index, st.ToString());
         break;
       }
       case kRemove: {
         uint64_t offset = 0;
         if (!in.Bytes(&id) || !in.U64(&offset)) ApplyFailed(index, "cut short");
         MessageLog* log = FindLog(id);
-        if (log == nullptr) ApplyFailed(index, UnknownLog(id));
+        if (log == nullptr) return Rejected(index, UnknownLog(id));
         if (absl::Status st = log->ApplyRemoveBefore(offset); !st.ok()) {
           ApplyFailed(index, st.ToString());
         }
@@ -355,9 +395,11 @@ class BrokerGroup::Impl : public RaftStateMachine,
   }
 
   static std::string UnknownLog(absl::string_view id) {
-    return absl::StrCat("queue log '", id,
-                        "' is not on this member: every member of a broker group must list the "
-                        "same topics (and queue counts) under topics.create");
+    return absl::StrCat("queue log '", id, "' was not created by the group's log; rejected");
+  }
+  static std::string Rejected(uint64_t index, std::string why) {
+    SPDLOG_WARN("entry {} of the broker group's log rejected (nothing changed): {}", index, why);
+    return why.empty() ? std::string("rejected") : why;
   }
 
   // The stores hold everything applied: make it durable, so the log before
@@ -377,7 +419,7 @@ class BrokerGroup::Impl : public RaftStateMachine,
     absl::MutexLock lock(&topics_mu);
     for (const auto& [name, topic] : topics) {
       for (int q = 0; q < topic->queues(); ++q) {
-        absl::StrAppend(&marker, "l ", ReplicatedLogId(name, q), " ", topic->log(q)->synced_end(),
+        absl::StrAppend(&marker, "l ", ReplicatedLogId(name, q), " ", topic->log(q)->applied_end(),
                         "\n");
       }
     }
@@ -392,10 +434,12 @@ class BrokerGroup::Impl : public RaftStateMachine,
     return index;
   }
 
-  // Whether this member's stores hold everything `snapshot` says the
-  // leader's did (they may hold more: the entries after it apply again,
-  // harmlessly); "" when they do, else what is missing.
-  std::string Missing(absl::string_view snapshot) {
+  // Takes the group's state at `snapshot` from this member's stores: its
+  // topics, each log's group end. "" when the stores hold all of it (they
+  // may hold more: the entries after it apply again, harmlessly), else
+  // what is missing.
+  std::string RestoreFrom(absl::string_view snapshot) {
+    std::map<std::string, std::vector<std::pair<int, uint64_t>>> ends;  // topic: queue, end
     for (absl::string_view line : absl::StrSplit(snapshot, '\n', absl::SkipEmpty())) {
       std::vector<absl::string_view> f = absl::StrSplit(line, ' ');
       uint64_t n = 0;
@@ -406,11 +450,31 @@ class BrokerGroup::Impl : public RaftStateMachine,
                               " has entries up to ", here, ", the snapshot up to ", n);
         }
       } else if (f.size() == 3 && f[0] == "l" && absl::SimpleAtoi(f[2], &n)) {
-        MessageLog* log = FindLog(f[1]);
-        if (log == nullptr) return absl::StrCat("queue log ", f[1], " is missing");
-        if (log->synced_end() < n) {
-          return absl::StrCat("queue log ", f[1], " ends at ", log->synced_end(),
-                              ", the snapshot's at ", n);
+        size_t slash = f[1].rfind('/');
+        int queue = 0;
+        if (slash == absl::string_view::npos || !absl::SimpleAtoi(f[1].substr(slash + 1), &queue)) {
+          return absl::StrCat("the snapshot names a queue log '", f[1], "' dmsd cannot read");
+        }
+        ends[std::string(f[1].substr(0, slash))].emplace_back(queue, n);
+      }
+    }
+    for (const auto& [name, queues] : ends) {
+      std::shared_ptr<Topic> t = Find(name);
+      std::string dir = absl::StrCat(options.data_dir, "/topics/", TopicDirectory(name));
+      if (t == nullptr && !std::filesystem::exists(dir + "/QUEUES")) {
+        return absl::StrCat("topic '", name, "' is missing");
+      }
+      if (t == nullptr) {
+        absl::StatusOr<std::shared_ptr<Topic>> opened = OpenTopic(name, 0);
+        if (!opened.ok()) return opened.status().ToString();
+        t = *std::move(opened);
+      }
+      for (const auto& [queue, end] : queues) {
+        if (queue < 0 || queue >= t->queues()) {
+          return absl::StrCat("topic '", name, "' has ", t->queues(), " queues here");
+        }
+        if (absl::Status st = t->log(queue)->RestoreEnd(end); !st.ok()) {
+          return std::string(st.message());
         }
       }
     }
@@ -421,21 +485,21 @@ class BrokerGroup::Impl : public RaftStateMachine,
     if (!absl::StartsWith(snapshot, kSnapshotMarker)) {
       return absl::DataLossError("the raft data dir holds a snapshot dmsd did not take");
     }
-    if (!node_started) return absl::OkStatus();  // our own: the stores hold it
-    // Sent by the leader, which no longer has the entries before it. The
-    // stores are not shipped: this member goes on only if its own hold
-    // all the snapshot holds (a member that rejoins with current stores).
-    std::string missing = Missing(snapshot);
+    // The stores are not shipped with a snapshot (its own at start, or the
+    // leader's to a member behind its log): this member goes on only if its
+    // own hold all the snapshot holds. The same check at every start, so a
+    // member that saved a leader's snapshot it could not use refuses again.
+    std::string missing = RestoreFrom(snapshot);
     if (missing.empty()) {
-      SPDLOG_INFO("the leader sent a snapshot; this member's stores already hold it");
+      if (node_started) SPDLOG_INFO("the leader sent a snapshot; this member's stores hold it");
       return absl::OkStatus();
     }
     SPDLOG_CRITICAL(
-        "this dmsd fell further behind its broker group than the leader's log keeps "
-        "(raft.snapshot_trailing entries): {}. It would need the whole stores shipped, which "
-        "dmsd does not do yet. It stops. To bring it back: stop it, replace its storage.data_dir "
-        "and raft.data_dir with copies from a follower stopped for the copy, and start it; or "
-        "raise raft.snapshot_trailing",
+        "this dmsd's stores do not hold what its broker group's snapshot holds: {}. It fell "
+        "further behind its broker group than the leader's log keeps (raft.snapshot_trailing "
+        "entries), and would need the whole stores shipped, which dmsd does not do yet. It stops. "
+        "To bring it back: stop it, replace its storage.data_dir and raft.data_dir with copies "
+        "from a follower stopped for the copy, and start it; or raise raft.snapshot_trailing",
         missing);
     spdlog::shutdown();
     std::_Exit(1);
@@ -472,29 +536,57 @@ class BrokerGroup::Impl : public RaftStateMachine,
     SPDLOG_INFO("dmsd node {} leads its broker group (term {}): starting the broker",
                 options.raft->node_id, term);
     StopRefusal();
-    for (MessageLog* log : AllLogs()) log->Lead(true);
+    {
+      absl::MutexLock lock(&logs_mu);
+      logs_term = term;
+      for (MessageLog* log : AllLogs()) log->Lead(term);
+    }
+    term_writes = std::make_unique<TermWrites>(this, term);
+    term_stores = stores;
+    term_stores.writes = term_writes.get();
     BrokerOptions o = options;
-    o.stores = &stores;
+    o.stores = &term_stores;
     absl::StatusOr<std::unique_ptr<Broker>> b = Broker::Start(std::move(o));
     if (!b.ok()) {
-      // Most often leadership lost while starting; the loop tries again.
-      SPDLOG_ERROR("dmsd node {}: the broker did not start as leader: {}", options.raft->node_id,
-                   b.status().ToString());
-      for (MessageLog* log : AllLogs()) log->Lead(false);
-      StartRefusal();
+      StepDown();
+      bool still = false;
+      {
+        absl::MutexLock lock(&mu);
+        still = status.role == RaftRole::kLeader && status.term == term;
+      }
+      if (!still) return;  // leadership lost while starting: the loop follows the group
+      // A leader whose broker cannot start must not keep the group without one.
+      if (start_failures_term != term) start_failures = 0;
+      start_failures_term = term;
+      if (++start_failures >= kStartAttempts) {
+        SPDLOG_CRITICAL(
+            "dmsd node {} leads its broker group but its broker failed to start {} times: {}. "
+            "It stops so that another member leads",
+            options.raft->node_id, start_failures, b.status().ToString());
+        spdlog::shutdown();
+        std::_Exit(1);
+      }
+      SPDLOG_ERROR("dmsd node {}: the broker did not start as leader (attempt {} of {}): {}",
+                   options.raft->node_id, start_failures, kStartAttempts, b.status().ToString());
       absl::SleepFor(absl::Milliseconds(200));
       return;
     }
+    start_failures = 0;
     broker = *std::move(b);
     leading_term = term;
   }
 
   void StepDown() {
-    SPDLOG_INFO("dmsd node {} no longer leads its broker group: stopping the broker",
+    SPDLOG_INFO("dmsd node {} does not lead its broker group: stopping the broker",
                 options.raft->node_id);
-    for (MessageLog* log : AllLogs()) log->Lead(false);
+    {
+      absl::MutexLock lock(&logs_mu);
+      logs_term = 0;
+      for (MessageLog* log : AllLogs()) log->Lead(0);
+    }
     if (broker != nullptr) broker->Shutdown();
     broker.reset();
+    term_writes.reset();
     leading_term = 0;
     StartRefusal();
   }

@@ -378,6 +378,16 @@ void ConsumerGroups::DeadLetter(GroupState& g, int queue, uint64_t offset, Group
   absl::Status st = letters_->Park(g.name, g.topic->name, *g.topic->topic, queue, offset,
                                    g.spec.max_attempts, reason);
   if (st.ok()) st = progress_->Ack(g.name, g.topic->name, queue, offset, cursor.committed());
+  if (!st.ok() && options_.replicated && absl::IsUnavailable(st)) {
+    // A broker group's leader stepping down: its engines are discarded and
+    // the next leader rebuilds from the group's stores, where the message
+    // is not acked, so it is delivered again.
+    SPDLOG_WARN(
+        "group {} topic {} queue {} offset {}: dead letter not parked ({}); the next "
+        "leader delivers it again",
+        g.name, g.topic->name, queue, offset, std::string(st.message()));
+    return;
+  }
   if (!st.ok()) {
     // The cursor has let it go; stopping now (before any checkpoint) is
     // what gets it delivered again: a restart rebuilds from the acks on

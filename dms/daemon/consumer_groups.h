@@ -43,6 +43,9 @@ struct GroupOptions {
   int max_attempts = 16;                           // unless the subscription says
   absl::Duration retry_initial = absl::Seconds(1);
   absl::Duration retry_max = absl::Hours(2);
+  // A member of a replicated broker group (docs/ha.md): a write refused
+  // UNAVAILABLE (the leader stepping down) is returned, not fatal.
+  bool replicated = false;
 };
 
 // One consumer stream.

@@ -26,19 +26,6 @@ namespace {
 
 constexpr size_t kHeader = 16;  // length, crc, offset
 
-uint32_t Table(int i) {
-  static const auto* table = [] {
-    auto* t = new uint32_t[256];
-    for (uint32_t n = 0; n < 256; ++n) {
-      uint32_t c = n;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0x82F63B78u ^ (c >> 1) : c >> 1;
-      t[n] = c;
-    }
-    return t;
-  }();
-  return table[i];
-}
-
 void PutU32(char* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<char>(v >> (8 * i));
 }
@@ -75,49 +62,6 @@ absl::Status SyncDir(const std::string& dir) {
   ::close(fd);
   return rc == 0 ? absl::OkStatus() : Errno("cannot sync directory", dir);
 }
-
-}  // namespace
-
-namespace {
-
-uint32_t Crc32cPortable(const unsigned char* p, size_t n, uint32_t crc) {
-  for (size_t i = 0; i < n; ++i) crc = Table((crc ^ p[i]) & 0xff) ^ (crc >> 8);
-  return crc;
-}
-
-#if defined(__x86_64__)
-// The CPU's CRC32 instruction computes CRC-32C (SSE4.2): 8 bytes a step.
-__attribute__((target("sse4.2"))) uint32_t Crc32cHardware(const unsigned char* p, size_t n,
-                                                          uint32_t crc) {
-  uint64_t c = crc;
-  while (n >= 8) {
-    uint64_t v;
-    std::memcpy(&v, p, 8);
-    c = __builtin_ia32_crc32di(c, v);
-    p += 8;
-    n -= 8;
-  }
-  uint32_t c32 = static_cast<uint32_t>(c);
-  while (n > 0) {
-    c32 = __builtin_ia32_crc32qi(c32, *p++);
-    --n;
-  }
-  return c32;
-}
-#endif
-
-}  // namespace
-
-uint32_t Crc32c(absl::string_view data, uint32_t crc) {
-  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
-#if defined(__x86_64__)
-  static const bool hardware = __builtin_cpu_supports("sse4.2");
-  if (hardware) return ~Crc32cHardware(p, data.size(), ~crc);
-#endif
-  return ~Crc32cPortable(p, data.size(), ~crc);
-}
-
-namespace {
 
 // The threads that make the logs' fdatasyncs. Syncs of different files run
 // in parallel (several files' syncs cost little more than one on most
@@ -190,8 +134,15 @@ class MessageLog::Impl {
   // Replicated mode: proposals are made in offset order under propose_mu.
   absl::Mutex propose_mu ABSL_ACQUIRED_BEFORE(mu);
   bool leading ABSL_GUARDED_BY(mu) = false;
+  uint64_t term ABSL_GUARDED_BY(mu) = 0;  // the leading term (0: not leading)
   uint64_t proposed_end ABSL_GUARDED_BY(mu) = 0;
-  absl::Status fenced ABSL_GUARDED_BY(mu);  // a failed proposal: refuse until Lead(true)
+  absl::Status fenced ABSL_GUARDED_BY(mu);  // a failed proposal: refuse until Lead again
+  // The group's end of this log: where its next append must begin.
+  uint64_t applied_end ABSL_GUARDED_BY(mu) = 0;
+  // This leadership's records: from epoch_first on; those below acked_end
+  // were acknowledged by their own entry's outcome.
+  uint64_t epoch_first ABSL_GUARDED_BY(mu) = 0;
+  uint64_t acked_end ABSL_GUARDED_BY(mu) = 0;
 
   ~Impl();
 
@@ -336,6 +287,9 @@ class MessageLog::Impl {
       if (absl::Status st = SyncDir(options.dir); !st.ok()) return st;
     }
     written_end = synced = segments.back().end();
+    // Replicated: the group's end comes from the snapshot (RestoreEnd) and
+    // the entries after it; a log no snapshot names began empty.
+    applied_end = options.replication != nullptr ? 0 : written_end;
     return absl::OkStatus();
   }
 
@@ -368,7 +322,7 @@ class MessageLog::Impl {
   // The first record's offset, once proposed (WaitDurable: applied here).
   absl::StatusOr<uint64_t> Propose(absl::Span<const absl::string_view> payloads) {
     absl::MutexLock order(&propose_mu);
-    uint64_t first = 0;
+    uint64_t first = 0, at_term = 0;
     {
       absl::MutexLock lock(&mu);
       if (!broken.ok()) return broken;
@@ -379,16 +333,23 @@ class MessageLog::Impl {
       if (!fenced.ok()) return fenced;
       first = proposed_end;
       proposed_end += payloads.size();
+      at_term = term;
     }
-    options.replication->ProposeAppend(options.replication_id, first, payloads,
-                                       [this](absl::Status st) {
-                                         if (!st.ok()) Fence(st);
-                                       });
+    const uint64_t end = first + payloads.size();
+    options.replication->ProposeAppend(
+        options.replication_id, at_term, first, payloads,
+        [this, at_term, end](absl::Status st) { Answered(at_term, end, st); });
     return first;
   }
-  void Fence(absl::Status why) {
+  // The outcome of this leadership's own append entry ending at `end`.
+  void Answered(uint64_t at_term, uint64_t end, absl::Status st) {
     absl::MutexLock lock(&mu);
-    if (fenced.ok()) fenced = why;
+    if (at_term != term || !leading) return;  // its waiters were answered at Lead
+    if (st.ok()) {
+      acked_end = std::max(acked_end, end);
+    } else if (fenced.ok()) {
+      fenced = st;
+    }
     NotifyLocked();
   }
   // Replicated mode: waiters are answered from a pool thread, never from
@@ -407,7 +368,7 @@ class MessageLog::Impl {
         "is unknown: retry with the same dedup key");
   }
   // Answers an earlier leadership's waiters before new proposals reuse offsets.
-  void Lead(bool on) {
+  void Lead(uint64_t new_term) {
     std::vector<std::function<void(absl::Status)>> ready, failed;
     absl::Status outcome;
     {
@@ -415,9 +376,10 @@ class MessageLog::Impl {
       absl::MutexLock lock(&mu);
       leading = false;
       NotifyReplicated(&ready, &failed, &outcome);
-      leading = on;
-      if (on) {
-        proposed_end = written_end;
+      leading = new_term != 0;
+      term = new_term;
+      if (leading) {
+        proposed_end = epoch_first = acked_end = applied_end;
         fenced = absl::OkStatus();
       }
     }
@@ -427,19 +389,36 @@ class MessageLog::Impl {
   absl::Status ApplyAppend(uint64_t first, absl::Span<const absl::string_view> payloads) {
     absl::MutexLock lock(&mu);
     if (!broken.ok()) return broken;
-    uint64_t end = written_end;
-    if (first > end) {
-      return absl::DataLossError(
-          absl::StrCat("log ", options.dir, ": the group's log appends at offset ", first,
-                       " but this member's log ends at ", end, "; records are missing here"));
+    if (first != applied_end) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("log ", options.replication_id, ": an append at offset ", first,
+                       " where the group's log of it ends at ", applied_end,
+                       " (proposed by a leader that did not hold the whole log); rejected, "
+                       "nothing written"));
     }
-    size_t skip = static_cast<size_t>(std::min<uint64_t>(end - first, payloads.size()));
+    if (applied_end > written_end) {
+      return absl::DataLossError(absl::StrCat(
+          "log ", options.dir, ": the group's log of it ends at offset ", applied_end,
+          " but this member's files end at ", written_end, "; records are missing here"));
+    }
+    // A replay after a restart: the files may already hold the first records.
+    size_t skip = static_cast<size_t>(std::min<uint64_t>(written_end - first, payloads.size()));
     if (skip < payloads.size()) {
       absl::StatusOr<uint64_t> at = AppendLocked(payloads.subspan(skip));
       if (!at.ok()) return at.status();
     }
+    applied_end = first + payloads.size();
     synced = written_end;
     NotifyLocked();
+    return absl::OkStatus();
+  }
+  absl::Status RestoreEnd(uint64_t end) {
+    absl::MutexLock lock(&mu);
+    if (written_end < end) {
+      return absl::DataLossError(absl::StrCat("queue log ", options.replication_id, " ends at ",
+                                              written_end, ", the snapshot's at ", end));
+    }
+    applied_end = end;
     return absl::OkStatus();
   }
   absl::Status Flush() {
@@ -456,9 +435,11 @@ class MessageLog::Impl {
     std::string frames;
     while (i < payloads.size()) {
       if (segments.back().size >= options.segment_bytes) {
-        // Roll: the old segment is synced whole before the new one is used.
+        // Roll: the old segment is synced whole before the new one is used
+        // (in every mode: a new segment durable in the directory after an
+        // old one's lost tail would be a gap after a power loss).
         Segment& old = segments.back();
-        if (options.sync && ::fdatasync(old.fd) != 0) return Break(Errno("cannot sync", old.path));
+        if (::fdatasync(old.fd) != 0) return Break(Errno("cannot sync", old.path));
         synced = std::max(synced, old.end());
         absl::StatusOr<Segment> next = Create(old.end());
         if (!next.ok()) return next.status();
@@ -513,10 +494,10 @@ class MessageLog::Impl {
     absl::MutexLock lock(&mu);
     if (options.replication != nullptr) {
       auto moved = [this, offset]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-        return synced > offset || !broken.ok() || !fenced.ok() || !leading;
+        return Acked(offset) || offset < epoch_first || !broken.ok() || !fenced.ok() || !leading;
       };
       mu.Await(absl::Condition(&moved));
-      return synced > offset ? absl::OkStatus() : ReplicaError();
+      return Acked(offset) ? absl::OkStatus() : ReplicaError();
     }
     if (!options.sync) {
       synced = std::max(synced, written_end);
@@ -588,18 +569,28 @@ class MessageLog::Impl {
       }
     }
   }
-  // Replicated: the waiters whose records are applied (all, once stopped).
+  // Replicated: whether `offset` is this leadership's and its own entry was
+  // acknowledged (never because some other entry reached that offset).
+  bool Acked(uint64_t offset) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return leading && offset >= epoch_first && offset < acked_end;
+  }
+  // Replicated: the waiters whose records are acknowledged; those of an
+  // earlier leadership, and all once this one failed, get ReplicaError.
   void NotifyReplicated(std::vector<std::function<void(absl::Status)>>* ready,
                         std::vector<std::function<void(absl::Status)>>* failed,
                         absl::Status* outcome) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    auto ok_end = async_waiters.lower_bound(synced);
-    for (auto it = async_waiters.begin(); it != ok_end; ++it)
-      ready->push_back(std::move(it->second));
-    async_waiters.erase(async_waiters.begin(), ok_end);
-    if (!broken.ok() || !fenced.ok() || !leading) {
-      *outcome = ReplicaError();
-      for (auto& [offset, f] : async_waiters) failed->push_back(std::move(f));
-      async_waiters.clear();
+    *outcome = ReplicaError();
+    const bool over = !broken.ok() || !fenced.ok() || !leading;
+    for (auto it = async_waiters.begin(); it != async_waiters.end();) {
+      if (Acked(it->first)) {
+        ready->push_back(std::move(it->second));
+      } else if (over || it->first < epoch_first) {
+        failed->push_back(std::move(it->second));
+      } else {
+        ++it;
+        continue;
+      }
+      it = async_waiters.erase(it);
     }
   }
 
@@ -608,11 +599,11 @@ class MessageLog::Impl {
     {
       absl::MutexLock lock(&mu);
       if (options.replication != nullptr) {
-        if (synced <= offset && broken.ok() && fenced.ok() && leading) {
+        if (!Acked(offset) && offset >= epoch_first && broken.ok() && fenced.ok() && leading) {
           async_waiters.emplace(offset, std::move(done));
           return;
         }
-        if (synced <= offset) now_known = ReplicaError();
+        if (!Acked(offset)) now_known = ReplicaError();
       } else {
         if (!options.sync) synced = std::max(synced, written_end);
         if (!broken.ok() || synced > offset) {
@@ -679,13 +670,15 @@ class MessageLog::Impl {
 
   absl::Status RemoveBefore(uint64_t offset) {
     if (options.replication != nullptr) {
+      uint64_t at_term = 0;
       {
         absl::MutexLock lock(&mu);
         if (!leading) {
           return absl::UnavailableError("this dmsd is not the leader of its broker group");
         }
+        at_term = term;
       }
-      return options.replication->ProposeRemoveBefore(options.replication_id, offset);
+      return options.replication->ProposeRemoveBefore(options.replication_id, at_term, offset);
     }
     return ApplyRemoveBefore(offset);
   }
@@ -766,7 +759,12 @@ uint64_t MessageLog::syncs() const {
   return impl_->sync_count;
 }
 absl::Status MessageLog::RemoveBefore(uint64_t offset) { return impl_->RemoveBefore(offset); }
-void MessageLog::Lead(bool leading) { impl_->Lead(leading); }
+void MessageLog::Lead(uint64_t term) { impl_->Lead(term); }
+absl::Status MessageLog::RestoreEnd(uint64_t end) { return impl_->RestoreEnd(end); }
+uint64_t MessageLog::applied_end() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->applied_end;
+}
 absl::Status MessageLog::ApplyAppend(uint64_t first, absl::Span<const absl::string_view> payloads) {
   return impl_->ApplyAppend(first, payloads);
 }

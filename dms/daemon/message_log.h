@@ -52,16 +52,19 @@ struct LogOptions {
 class LogReplication {
  public:
   virtual ~LogReplication() = default;
-  // Proposes appending `payloads` at offset `first` of log `id`; `done` runs
-  // exactly once, with OK once committed and applied here, else the error
-  // (the outcome of an UNAVAILABLE one is unknown). Must not block; `done`
-  // may run before this returns.
-  virtual void ProposeAppend(const std::string& id, uint64_t first,
+  // Proposes, as leader of `term` (refused in any other), appending
+  // `payloads` at offset `first` of log `id`; `done` runs exactly once with
+  // the outcome of this entry itself: OK once committed and applied here
+  // (ApplyAppend took it), FAILED_PRECONDITION when it was refused or
+  // rejected (nothing written), UNAVAILABLE when its outcome is unknown.
+  // Must not block; `done` may run before this returns.
+  virtual void ProposeAppend(const std::string& id, uint64_t term, uint64_t first,
                              absl::Span<const absl::string_view> payloads,
                              std::function<void(absl::Status)> done) = 0;
-  // Removes log `id`'s segments before `offset` on every member; returns
-  // once that is committed and applied here.
-  virtual absl::Status ProposeRemoveBefore(const std::string& id, uint64_t offset) = 0;
+  // Removes log `id`'s segments before `offset` on every member, as leader
+  // of `term`; returns once that is committed and applied here.
+  virtual absl::Status ProposeRemoveBefore(const std::string& id, uint64_t term,
+                                           uint64_t offset) = 0;
 };
 
 // What Open found and did.
@@ -127,16 +130,26 @@ class MessageLog {
   absl::Status RemoveBefore(uint64_t offset);
 
   // ---- replicated mode (LogOptions.replication) ----
-  // Appends and removals are taken only while leading: Lead(true), once
-  // every committed change is applied, starts proposing at the log's end;
-  // Lead(false) refuses new ones and fails those waiting (UNAVAILABLE). A
-  // failed proposal fails every later one until Lead(true) again.
-  void Lead(bool leading);
-  // What the group's log committed, applied on this member. An append at
-  // an offset the log already holds (a replay after a restart) is skipped;
-  // one past the end is DATA_LOSS (a gap: this member's files miss
-  // records). Readers see the records at once.
+  // Appends and removals are taken only while leading: Lead(term), once
+  // every committed change is applied, starts proposing, as leader of
+  // `term`, at the group's end of the log; Lead(0) refuses new ones and
+  // fails those waiting (UNAVAILABLE). A write is acknowledged only by the
+  // outcome of its own entry, never because the log reached its offset. A
+  // failed proposal fails every later one until Lead again.
+  void Lead(uint64_t term);
+  // What the group's log committed, applied on this member. The group's
+  // end of the log (applied_end) moves only here: an append that does not
+  // begin there is FAILED_PRECONDITION and changes nothing (every member
+  // decides the same). One the files already hold (a replay after a
+  // restart: the group's end is below the files') is skipped. DATA_LOSS
+  // when the files end before the group's end (records are missing here).
+  // Readers see the records at once.
   absl::Status ApplyAppend(uint64_t first, absl::Span<const absl::string_view> payloads);
+  // After a Raft snapshot is restored: the group's end of this log at the
+  // snapshot (the entries after it then apply on top). DATA_LOSS, naming
+  // both, when the files end before it.
+  absl::Status RestoreEnd(uint64_t end);
+  uint64_t applied_end() const;
   absl::Status ApplyRemoveBefore(uint64_t offset);
   // Makes every record written so far durable (fdatasync of the segments).
   absl::Status Flush();

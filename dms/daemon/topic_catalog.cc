@@ -146,8 +146,12 @@ absl::Status TopicCatalog::OpenAll(const std::map<std::string, int>& create) {
 }
 
 absl::Status TopicCatalog::OpenShared(const std::map<std::string, int>& create) {
-  for (const std::string& name : options_.shared_topics->Names()) {
-    absl::StatusOr<TopicState*> t = Open(name, create.count(name) > 0 ? create.at(name) : 0);
+  // The group's topics, then the config's it lacks (created through the
+  // group's log by the leader).
+  std::map<std::string, int> open = create;
+  for (const std::string& name : options_.shared_topics->Names()) open.emplace(name, 0);
+  for (const auto& [name, queues] : open) {
+    absl::StatusOr<TopicState*> t = Open(name, queues);
     if (!t.ok()) return t.status();
   }
   {

@@ -117,6 +117,26 @@ TEST(RaftNode, AnswersProposalsAfterApplyingThemInOrder) {
   EXPECT_EQ((*node)->status().role, RaftRole::kLeader);
 }
 
+TEST(RaftNode, RefusesAProposalForATermItDoesNotLead) {
+  TempDir dir;
+  ListMachine machine;
+  auto node = RaftNode::Start(OneMember(dir.File("raft")), &machine);
+  ASSERT_TRUE(node.ok()) << node.status();
+  ASSERT_TRUE(WaitReady(**node));
+  const uint64_t term = (*node)->status().term;
+  for (uint64_t other : {term + 1, term + 7}) {  // 0 is "any term"
+    ProposeResult r = (*node)->Propose("stale", other).get();
+    EXPECT_TRUE(absl::IsFailedPrecondition(r.status)) << r.status;
+    EXPECT_NE(r.status.message().find("term"), absl::string_view::npos) << r.status;
+  }
+  EXPECT_TRUE(machine.values().empty()) << "a refused entry was appended";
+  ProposeResult r = (*node)->Propose("current", term).get();
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.term, term);
+  ASSERT_EQ(machine.values().size(), 1u);
+  EXPECT_EQ(machine.values()[0], "current");
+}
+
 TEST(RaftNode, RestartsFromItsDataDirThroughASnapshotAndTheLog) {
   TempDir dir;
   RaftNodeOptions options = OneMember(dir.File("raft"));

@@ -147,7 +147,12 @@ class RaftNode {
   // ProposeResult). Proposals made while earlier ones are in flight share
   // disk writes and network messages.
   void Propose(std::string entry, ProposeCallback done);
-  std::future<ProposeResult> Propose(std::string entry);
+  // The same, refused (FAILED_PRECONDITION, nothing appended) unless this
+  // member leads in `expected_term` when the entry is appended: a proposer
+  // that decided what to write as leader of one term never has it appended
+  // in another (0: any term).
+  void Propose(std::string entry, uint64_t expected_term, ProposeCallback done);
+  std::future<ProposeResult> Propose(std::string entry, uint64_t expected_term = 0);
 
   // Completes OK once this member, as leader, has committed an entry after
   // every entry committed before the call and applied them all: a read of
