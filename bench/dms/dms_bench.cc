@@ -609,7 +609,8 @@ int Run(int argc, char** argv) {
                       "the plaintext ones");
     }
   }
-  ReportReplicated(RunReplicated(w, dir, &report), f8.e2e_per_s, &report);
+  const ReplicatedFigures replicated = RunReplicated(w, dir, &report);
+  ReportReplicated(replicated, f8.e2e_per_s, &report);
   report.AddErrors("formica_failed_sends", f8.failed_sends + f1.failed_sends);
   report.AddMissing("formica_messages", f8.missing + f1.missing);
   report.Set("produce_per_s", f8.produce_per_s);
@@ -641,6 +642,10 @@ int Run(int argc, char** argv) {
                   "rabbitmq_e2e_per_s_1q", "e2e_ratio_1q", ">= 1.0 of RabbitMQ");
   report.Headline("dms end to end msg/s, 8 queues vs RabbitMQ quorum queues", "e2e_per_s",
                   "rabbitmq_quorum_e2e_per_s", "e2e_ratio_quorum", ">= 1.0 of RabbitMQ");
+  report.Headline(
+      "replicated dmsd end to end msg/s (3 members) vs RabbitMQ quorum queues (3 nodes), 8 queues",
+      "replicated_e2e_per_s", "rabbitmq_quorum_e2e_per_s", "replicated_vs_quorum",
+      ">= 2.0 of RabbitMQ quorum queues");
   if (rabbitmq) {  // --no-rabbitmq: dmsd alone, e.g. to profile it
     BrokerWorkload classic8 = w;
     classic8.queues = 8;
@@ -700,6 +705,8 @@ int Run(int argc, char** argv) {
       report.Set("produce_ratio_1q", Ratio(f1.produce_per_s, r1.produce_per_s));
       report.Set("e2e_ratio_1q", Ratio(f1.e2e_per_s, r1.e2e_per_s));
       report.Set("e2e_ratio_quorum", Ratio(f8.e2e_per_s, quorum.e2e_per_s));
+      // The replicated group against its peer: quorum queues replicated on 3 nodes.
+      report.Set("replicated_vs_quorum", Ratio(replicated.e2e_per_s, quorum.e2e_per_s));
       report.SetSetup("peer_version", "RabbitMQ " + rabbit->version);
       report.SetSetup(
           "rabbitmq",

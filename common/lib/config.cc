@@ -25,6 +25,7 @@ struct Config::Data {
   };
   std::string source;
   std::map<std::string, Leaf, std::less<>> leaves;
+  std::set<std::string, std::less<>> empty;  // keys written with no value (`raft:`)
 };
 
 namespace {
@@ -32,6 +33,8 @@ absl::Status Flatten(const YAML::Node& node, const std::string& prefix, Config::
   const int line = node.Mark().line + 1;
   switch (node.Type()) {
     case YAML::NodeType::Null:
+      if (!prefix.empty()) data->empty.insert(prefix);
+      return absl::OkStatus();
     case YAML::NodeType::Undefined:
       return absl::OkStatus();
     case YAML::NodeType::Scalar:
@@ -178,6 +181,10 @@ ConfigReader::~ConfigReader() = default;
 
 bool ConfigReader::Has(absl::string_view path) const {
   return state_->data->leaves.count(path) > 0;
+}
+
+bool ConfigReader::Empty(absl::string_view path) const {
+  return state_->data->empty.count(path) > 0;
 }
 
 std::string ConfigReader::String(absl::string_view path, std::string def) {

@@ -670,6 +670,11 @@ absl::StatusOr<std::unique_ptr<BrokerGroup>> BrokerGroup::Start(BrokerOptions op
   impl->node = *std::move(node);
   impl->node_started = true;
   impl->leadership = std::thread([raw] { raw->LeadershipLoop(); });
+  SPDLOG_INFO(
+      "storage.flush ({}) is not used in a broker group: an acknowledged write is durable in the "
+      "group's Raft log on a majority, and the queue logs are synced at each segment roll and "
+      "snapshot (docs/ha.md)",
+      impl->options.sync ? "sync" : "async");
   SPDLOG_INFO("dmsd node {} joined its broker group of {} ({} topics)", impl->options.raft->node_id,
               impl->options.raft->peers.size(), impl->Names().size());
   return std::unique_ptr<BrokerGroup>(new BrokerGroup(std::move(impl)));

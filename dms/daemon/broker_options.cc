@@ -8,6 +8,12 @@
 #include "formica/internal/server_options.h"
 
 namespace formica::dms {
+namespace {
+
+// raft.snapshot_trailing's floor for dmsd (docs/ha.md).
+constexpr int64_t kMinSnapshotTrailing = 256;
+
+}  // namespace
 
 absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
   BrokerOptions o;
@@ -79,14 +85,25 @@ absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
   }
   o.retry_max =
       r.Duration("consume.retry_max", o.retry_max, absl::Milliseconds(1), absl::Hours(24 * 7));
-  if (!r.Children("raft").empty()) {
+  if (r.Empty("raft")) {
+    // Not silently a single dmsd: the operator meant a group.
+    r.Fail("raft.node_id",
+           "the raft section is empty: set raft.node_id, raft.peers and raft.data_dir for a "
+           "member of a broker group, or remove `raft:` for a single dmsd");
+  } else if (!r.Children("raft").empty()) {
     // A replicated broker group (docs/ha.md). A member that falls more
     // than snapshot_trailing entries behind cannot catch up (dmsd does not
-    // ship its stores yet), so the leader keeps many.
+    // ship its stores yet), so the leader keeps many, and never few.
     RaftNodeOptions raft;
     raft.snapshot_threshold = 4096;
     raft.snapshot_trailing = 65536;
     ReadRaftSection(r, &raft);
+    if (raft.snapshot_trailing < kMinSnapshotTrailing) {
+      r.Fail("raft.snapshot_trailing",
+             absl::StrCat("dmsd needs at least ", kMinSnapshotTrailing,
+                          " (a member further behind than this cannot catch up); got ",
+                          raft.snapshot_trailing));
+    }
     o.raft = std::move(raft);
   }
   CheckServerSection(r, server);

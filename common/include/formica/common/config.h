@@ -66,6 +66,9 @@ class ConfigReader {
   ~ConfigReader();
 
   bool Has(absl::string_view path) const;
+  // True when `path` is written with no value ("raft:" and nothing under
+  // it), which Has and Children do not see.
+  bool Empty(absl::string_view path) const;
   std::string String(absl::string_view path, std::string def);
   int64_t Int(absl::string_view path, int64_t def, int64_t min, int64_t max);
   bool Bool(absl::string_view path, bool def);
