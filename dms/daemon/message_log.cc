@@ -347,8 +347,8 @@ class MessageLog::Impl {
     if (at_term != term || !leading) return;  // its waiters were answered at Lead
     if (st.ok()) {
       acked_end = std::max(acked_end, end);
-    } else if (fenced.ok()) {
-      fenced = st;
+    } else if (fenced.ok()) {  // rejected: nothing written, a retry goes to the leader
+      fenced = absl::IsFailedPrecondition(st) ? absl::UnavailableError(st.message()) : st;
     }
     NotifyLocked();
   }
