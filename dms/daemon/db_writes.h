@@ -1,7 +1,10 @@
 // DbWrites: where dmsd's RocksDB writes go (GroupProgress, MetaStore). A
 // single dmsd writes straight into its database; a member of a replicated
 // broker group (docs/ha.md) proposes each batch to the group's Raft log,
-// whose Apply writes it on every member. Implementations are thread-safe.
+// whose Apply writes it on every member. A group leader's engines get one
+// bound to its term: a batch is never appended in another term (refused,
+// UNAVAILABLE), so a stale engine cannot move committed state back.
+// Implementations are thread-safe.
 #pragma once
 
 #include "absl/status/status.h"

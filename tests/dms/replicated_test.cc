@@ -484,6 +484,45 @@ TEST_F(ReplicatedDms, ATopicCreatedAtRunTimeIsOnEveryMember) {
   EXPECT_EQ(got.size(), 20u) << Logs();
 }
 
+TEST_F(ReplicatedDms, MembersWhoseTopicListsDifferAllGoOn) {
+  WriteConfigs({"orders:4"});
+  // Members 2 and 3 list a topic member 1 does not.
+  for (int i : {1, 2}) {
+    std::ifstream in(members_[i].config_path);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string from = "create: [\"orders:4\"]";
+    ASSERT_NE(text.find(from), std::string::npos) << text;
+    text.replace(text.find(from), from.size(), "create: [\"orders:4\", \"extra:2\"]");
+    std::ofstream(members_[i].config_path, std::ios::trunc) << text;
+  }
+  StartAll();
+  int leader = WaitForLeader(absl::Seconds(15));
+  ASSERT_GE(leader, 0) << Logs();
+  if (leader == 0) {  // a leader listing `extra` creates it through the group's log
+    Kill9(0);
+    leader = WaitForLeader(absl::Seconds(15), 0);
+    ASSERT_GT(leader, 0) << Logs();
+    StartMember(0);
+  }
+  History& h = h_;
+  StartClients(&h);
+  for (int i = 0; i < 10; ++i) {
+    OutgoingMessage m;
+    m.body = absl::StrCat("x", i);
+    m.dedup_key = m.body;
+    ASSERT_TRUE(producer_->Send("extra", m).ok()) << i << Logs();
+  }
+  std::atomic<bool> stop{false};
+  ProduceLoop(&h, &stop, 10);
+  EXPECT_EQ(h.Acked(), 10u);
+  // Member 1 created the topic from the group's log, and goes on.
+  ASSERT_TRUE(
+      members_[0].process->WaitForOutput("topic extra: created with 2 queues", absl::Seconds(10)))
+      << members_[0].process->Output();
+  absl::SleepFor(absl::Milliseconds(500));
+  for (Member& m : members_) EXPECT_TRUE(m.process->running()) << Logs();
+}
+
 TEST_F(ReplicatedDms, WithoutAMajorityNothingIsAcknowledged) {
   WriteConfigs({"orders:4"});
   StartAll();

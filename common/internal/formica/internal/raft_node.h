@@ -107,8 +107,9 @@ struct RaftNodeStatus {
 // The outcome of Propose or Barrier.
 struct ProposeResult {
   // OK: committed on a majority and applied here. FAILED_PRECONDITION with
-  // not_leader: refused, nothing appended. UNAVAILABLE: leadership lost in
-  // flight (outcome unknown) or the node is stopping.
+  // not_leader: refused, nothing appended; without it: proposed for a term
+  // this member does not lead, nothing appended. UNAVAILABLE: leadership
+  // lost in flight (outcome unknown) or the node is stopping.
   absl::Status status;
   bool not_leader = false;
   RaftPeer leader;     // with not_leader: the leader this member knows, if any
