@@ -11,8 +11,13 @@
 #include <string>
 #include <vector>
 
+#include <atomic>
+
 #include "absl/strings/str_cat.h"
+#include "db_writes.h"
 #include "engine_fixture.h"
+#include "formica/internal/rocksdb.h"
+#include "rocksdb/db.h"
 
 namespace formica::dms {
 namespace {
@@ -135,6 +140,58 @@ TEST_F(DmsConsumerGroups, AMessageNeverAckedGoesToTheDeadLettersAfterItsLastAtte
   ASSERT_TRUE(groups_->Lag(lag_req, &lag).ok());
   EXPECT_EQ(lag.total(), 0u) << "a dead letter counts as consumed";
   EXPECT_EQ(lag.dead_letters(), 1u);
+}
+
+// A broker group leader's meta store while it steps down: the group's log
+// refuses its engines' writes (UNAVAILABLE) from `refuse` on.
+class SteppingDownWrites : public DbWrites {
+ public:
+  absl::Status Write(rocksdb::DB* db, rocksdb::WriteBatch* batch, bool sync) override {
+    if (refuse) return absl::UnavailableError("this dmsd no longer leads its broker group");
+    return DirectDbWrites()->Write(db, batch, sync);
+  }
+  bool durable() const override { return true; }
+  std::atomic<bool> refuse{false};
+};
+
+TEST_F(DmsConsumerGroups, InABrokerGroupADeadLetterRefusedWhileSteppingDownIsNotFatal) {
+  auto db = OpenRocksDb(dir_.File("group-meta"), "the meta store");
+  ASSERT_TRUE(db.ok()) << db.status();
+  SteppingDownWrites writes;
+  std::unique_ptr<MetaStore> meta = MetaStore::Over(db->get(), &writes);
+  GroupOptions go;
+  go.replicated = true;
+  auto engines = [&] {
+    letters_ = std::make_unique<DeadLetters>(meta.get(), &clock_);
+    groups_ = std::make_unique<ConsumerGroups>(go, topics_.get(), progress_.get(), letters_.get(),
+                                               &clock_);
+  };
+  engines();
+  Produce("poison");
+  Subscribe();
+  for (int attempt = 1; attempt <= kMaxAttempts; ++attempt) {
+    ASSERT_EQ(Deliveries().size(), 1u) << "attempt " << attempt;
+    clock_.Advance(kAckTimeout);
+  }
+  // Its last attempt timed out while the leader steps down: parking it is
+  // refused. The engine goes on (a single dmsd would stop here).
+  writes.refuse = true;
+  EXPECT_TRUE(Deliveries().empty());
+  EXPECT_TRUE(Letters().empty());
+  // The next leader's engines, built from the group's stores, where it is
+  // neither acked nor parked, deliver it again.
+  groups_->Leave(*group_, member_);
+  group_ = nullptr;
+  writes.refuse = false;
+  engines();
+  Subscribe();
+  std::vector<v1::Delivered> again = Deliveries();
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].message().body(), "poison");
+  groups_->Leave(*group_, member_);
+  group_ = nullptr;
+  groups_.reset();
+  letters_.reset();
 }
 
 TEST_F(DmsConsumerGroups, AnAckWithinTheAckTimeoutStopsRedelivery) {
