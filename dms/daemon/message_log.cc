@@ -440,6 +440,7 @@ class MessageLog::Impl {
         // old one's lost tail would be a gap after a power loss).
         Segment& old = segments.back();
         if (::fdatasync(old.fd) != 0) return Break(Errno("cannot sync", old.path));
+        ++sync_count;
         synced = std::max(synced, old.end());
         absl::StatusOr<Segment> next = Create(old.end());
         if (!next.ok()) return next.status();

@@ -122,7 +122,7 @@ class MessageLog {
 
   uint64_t first_offset() const;  // the oldest record kept
   uint64_t synced_end() const;    // one past the last durable record
-  uint64_t syncs() const;         // fdatasync calls so far
+  uint64_t syncs() const;         // fdatasync calls so far (segment rolls included)
 
   std::vector<SegmentInfo> Segments() const;
 
