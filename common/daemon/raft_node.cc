@@ -43,7 +43,7 @@ const char* RaftRoleName(RaftRole role) {
 
 namespace {
 
-enum class RequestKind { kPropose, kBarrier };
+enum class RequestKind { kPropose, kBarrier, kTransfer };
 
 struct Request {
   RequestKind kind;
@@ -120,6 +120,11 @@ struct RaftNode::Impl {
     uint64_t term;
     ProposeCallback done;
   };
+  struct PendingTransfer {
+    struct raft_transfer req;
+    Impl* impl;
+    ProposeCallback done;
+  };
   struct PendingBarrier {
     struct raft_barrier req;
     Impl* impl;
@@ -150,6 +155,7 @@ struct RaftNode::Impl {
   static int FsmRestore(raft_fsm* fsm, raft_buffer* buf);
   static void ApplyCb(struct raft_apply* req, int status, void* result);
   static void BarrierCb(struct raft_barrier* req, int status);
+  static void TransferCb(struct raft_transfer* req);
   static void WakeCb(uv_async_t* handle);
   static void CheckCb(uv_check_t* handle);
   static void RaftCloseCb(struct raft* r);
@@ -247,6 +253,18 @@ void RaftNode::Impl::BarrierCb(struct raft_barrier* req, int status) {
     impl->ready_barrier_term = 0;
     return;
   }
+  done(std::move(r));
+}
+
+void RaftNode::Impl::TransferCb(struct raft_transfer* req) {
+  auto* p = static_cast<RaftNode::Impl::PendingTransfer*>(req->data);
+  ProposeResult r;
+  if (raft_state(&p->impl->raft) == RAFT_LEADER) {
+    r.status = absl::UnavailableError(
+        "leadership was not transferred within an election timeout; this member still leads");
+  }
+  ProposeCallback done = std::move(p->done);
+  delete p;
   done(std::move(r));
 }
 
@@ -483,6 +501,17 @@ void RaftNode::Impl::Submit(Request request) {
     request.done(std::move(r));
     return;
   }
+  if (request.kind == RequestKind::kTransfer) {
+    auto* p = new PendingTransfer{{}, this, std::move(request.done)};
+    p->req.data = p;
+    int rv = raft_transfer(&raft, &p->req, 0, TransferCb);
+    if (rv != 0) {
+      ProposeCallback done = std::move(p->done);
+      delete p;
+      done(Unavailable(absl::StrCat("leadership transfer: ", raft_strerror(rv))));
+    }
+    return;
+  }
   if (request.kind == RequestKind::kBarrier) {
     auto* p = new PendingBarrier{{}, this, term, std::move(request.done)};
     p->req.data = p;
@@ -628,6 +657,18 @@ void RaftNode::Barrier(ProposeCallback done) {
     absl::MutexLock l(&impl_->mu);
     if (!impl_->loop_done && !impl_->stop_requested) {
       impl_->queue.push_back({RequestKind::kBarrier, std::string(), std::move(done), 0});
+      uv_async_send(&impl_->wake);
+      return;
+    }
+  }
+  done(Unavailable("the raft node is stopped"));
+}
+
+void RaftNode::TransferLeadership(ProposeCallback done) {
+  {
+    absl::MutexLock l(&impl_->mu);
+    if (!impl_->loop_done && !impl_->stop_requested) {
+      impl_->queue.push_back({RequestKind::kTransfer, std::string(), std::move(done), 0});
       uv_async_send(&impl_->wake);
       return;
     }

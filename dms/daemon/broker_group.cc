@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
+#include <future>
 #include <optional>
 #include <thread>
 
@@ -105,8 +106,9 @@ class EntryReader {
   std::_Exit(1);
 }
 
-// Broker::Start failures in a row, as leader of one term, before the member
-// exits (docs/ha.md).
+// Broker::Start failures in a row, as leader, before the member hands its
+// leadership to a follower (each time), and before it exits (docs/ha.md).
+constexpr int kTransferAfter = 3;
 constexpr int kStartAttempts = 10;
 
 std::string LeaderText(const RaftNodeStatus& st) {
@@ -158,8 +160,7 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
   uint64_t logs_term ABSL_GUARDED_BY(logs_mu) = 0;
   std::unique_ptr<TermWrites> term_writes;  // leadership thread only
   BrokerStores term_stores;                 // what the leader's broker gets
-  int start_failures = 0;                   // Broker::Start in a row, as leader of
-  uint64_t start_failures_term = 0;         // this term
+  int start_failures = 0;                   // Broker::Start in a row, as leader
   std::unique_ptr<grpc::Server> refusal;
   std::unique_ptr<grpc::CallbackGenericService> refusal_service;
   int refusal_port = 0;
@@ -556,8 +557,6 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
       }
       if (!still) return;  // leadership lost while starting: the loop follows the group
       // A leader whose broker cannot start must not keep the group without one.
-      if (start_failures_term != term) start_failures = 0;
-      start_failures_term = term;
       if (++start_failures >= kStartAttempts) {
         SPDLOG_CRITICAL(
             "dmsd node {} leads its broker group but its broker failed to start {} times: {}. "
@@ -568,6 +567,15 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
       }
       SPDLOG_ERROR("dmsd node {}: the broker did not start as leader (attempt {} of {}): {}",
                    options.raft->node_id, start_failures, kStartAttempts, b.status().ToString());
+      if (start_failures >= kTransferAfter) {
+        auto moved = std::make_shared<std::promise<ProposeResult>>();
+        std::future<ProposeResult> f = moved->get_future();
+        node->TransferLeadership([moved](ProposeResult r) { moved->set_value(std::move(r)); });
+        ProposeResult r = f.get();
+        SPDLOG_WARN("dmsd node {}: handing leadership to a follower: {}", options.raft->node_id,
+                    r.status.ok() ? std::string("done") : r.status.ToString());
+        if (r.status.ok()) return;
+      }
       absl::SleepFor(absl::Milliseconds(200));
       return;
     }

@@ -250,6 +250,51 @@ TEST(RaftNode, ListensOnRaftListenWhenItDiffersFromItsPeerAddress) {
   EXPECT_FALSE(Accepts(advertised));
 }
 
+TEST(RaftNode, TransfersLeadershipToAFollower) {
+  TempDir dir;
+  std::vector<RaftPeer> peers;
+  for (uint64_t id = 1; id <= 3; ++id) {
+    peers.push_back({id, absl::StrCat("127.0.0.1:", PickFreePort())});
+  }
+  ListMachine machines[3];
+  std::vector<std::unique_ptr<RaftNode>> nodes;
+  for (int i = 0; i < 3; ++i) {
+    RaftNodeOptions o;
+    o.node_id = i + 1;
+    o.peers = peers;
+    o.data_dir = dir.File(absl::StrCat("raft", i + 1));
+    auto node = RaftNode::Start(o, &machines[i]);
+    ASSERT_TRUE(node.ok()) << node.status();
+    nodes.push_back(*std::move(node));
+  }
+  auto ready_leader = [&](int other_than) {
+    for (absl::Time limit = absl::Now() + absl::Seconds(10); absl::Now() < limit;) {
+      for (int i = 0; i < 3; ++i) {
+        if (i != other_than && nodes[i]->status().leader_ready) return i;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return -1;
+  };
+  int leader = ready_leader(-1);
+  ASSERT_GE(leader, 0);
+  ASSERT_TRUE(nodes[leader]->Propose("before").get().status.ok());
+  // A follower cannot hand over what it does not have.
+  auto refused = std::make_shared<std::promise<ProposeResult>>();
+  nodes[(leader + 1) % 3]->TransferLeadership(
+      [refused](ProposeResult r) { refused->set_value(std::move(r)); });
+  EXPECT_TRUE(refused->get_future().get().not_leader);
+  auto moved = std::make_shared<std::promise<ProposeResult>>();
+  nodes[leader]->TransferLeadership([moved](ProposeResult r) { moved->set_value(std::move(r)); });
+  ProposeResult r = moved->get_future().get();
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  int next = ready_leader(leader);
+  ASSERT_GE(next, 0);
+  ASSERT_TRUE(nodes[next]->Propose("after").get().status.ok());
+  EXPECT_EQ(machines[next].values(), (std::vector<std::string>{"before", "after"}));
+  EXPECT_NE(nodes[leader]->status().role, RaftRole::kLeader);
+}
+
 TEST(RaftNode, StopFailsAProposalInFlightThatHasNoMajority) {
   TempDir dir;
   std::vector<RaftPeer> peers;

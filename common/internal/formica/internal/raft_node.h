@@ -162,6 +162,12 @@ class RaftNode {
   void Barrier(ProposeCallback done);
   std::future<ProposeResult> Barrier();
 
+  // As leader: hands leadership to the most up-to-date voting follower
+  // (libraft's raft_transfer). OK once this member no longer leads; else
+  // UNAVAILABLE (no follower took it within an election timeout, or none
+  // can). Not on a follower (not_leader).
+  void TransferLeadership(ProposeCallback done);
+
   RaftNodeStatus status() const;
   uint64_t id() const;
 
