@@ -570,10 +570,10 @@ class MessageLog::Impl {
       }
     }
   }
-  // Replicated: whether `offset` is this leadership's and its own entry was
-  // acknowledged (never because some other entry reached that offset).
+  // Replicated: whether `offset` is the latest leadership's and its own
+  // entry was acknowledged (never because another entry reached it).
   bool Acked(uint64_t offset) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    return leading && offset >= epoch_first && offset < acked_end;
+    return offset >= epoch_first && offset < acked_end;
   }
   // Replicated: the waiters whose records are acknowledged; those of an
   // earlier leadership, and all once this one failed, get ReplicaError.

@@ -402,12 +402,18 @@ TEST(ReplicatedMessageLog, WaitersOfALeadershipThatEndedFail) {
   auto log = OpenReplicated(dir.File("q"), &group);
   ASSERT_NE(log, nullptr);
   log->Lead(1);
+  // One acknowledged before the leadership ends stays acknowledged.
+  absl::StatusOr<uint64_t> done = log->Write("w");
+  ASSERT_TRUE(done.ok());
+  HeldReplication::Proposal first = group.Take();
+  ASSERT_TRUE(HeldReplication::Apply(*log, first).ok());
   absl::StatusOr<uint64_t> at = log->Write("x");
   ASSERT_TRUE(at.ok());
   std::thread deposed([&] { log->Lead(0); });
   absl::Status st = log->WaitDurable(*at);
   deposed.join();
   EXPECT_TRUE(absl::IsUnavailable(st)) << st;
+  EXPECT_TRUE(log->WaitDurable(*done).ok());
   // Its entry commits later under the next leadership: the old waiter was
   // answered "unknown", never OK by offsets.
   HeldReplication::Proposal p = group.Take();
