@@ -43,6 +43,56 @@ std::string TimeoutReason(const v1::Activity& a) {
 
 }  // namespace
 
+// Counts a call while the engine serves, so that StopServing can wait for it.
+class ActivityEngine::CallScope {
+ public:
+  explicit CallScope(ActivityEngine* engine, uint64_t generation = 0) : engine_(engine) {
+    absl::MutexLock lock(&engine_->gate_mu_);
+    if (!engine_->serving_ || (generation != 0 && generation != engine_->generation_)) {
+      status_ = absl::UnavailableError(engine_->refusal_);
+      return;
+    }
+    ++engine_->in_calls_;
+  }
+  ~CallScope() {
+    if (!status_.ok()) return;
+    absl::MutexLock lock(&engine_->gate_mu_);
+    --engine_->in_calls_;
+  }
+  bool ok() const { return status_.ok(); }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  ActivityEngine* const engine_;
+  absl::Status status_;
+};
+
+void ActivityEngine::StopServing(const std::string& refusal) {
+  absl::MutexLock lock(&gate_mu_);
+  serving_ = false;
+  refusal_ = refusal;
+  ++generation_;
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_mu_) { return in_calls_ == 0; };
+  gate_mu_.Await(absl::Condition(&idle));
+}
+
+void ActivityEngine::SetRefusal(const std::string& refusal) {
+  absl::MutexLock lock(&gate_mu_);
+  refusal_ = refusal;
+}
+
+void ActivityEngine::Reset(uint64_t epoch) {
+  absl::MutexLock lock(&mu_);
+  entries_.clear();
+  epoch_ = epoch;
+  seq_ = 0;
+}
+
+void ActivityEngine::StartServing() {
+  absl::MutexLock lock(&gate_mu_);
+  serving_ = true;
+}
+
 ActivityEngine::ActivityEngine(ActivityStore* store, Clock* clock, PhaseTwoScheduler* scheduler,
                                ActivityLimits limits, uint64_t epoch)
     : store_(store), clock_(clock), scheduler_(scheduler), limits_(limits), epoch_(epoch) {}
@@ -86,6 +136,8 @@ UnfinishedView ActivityEngine::Unfinished() {
 // ---- operations ----
 
 absl::Status ActivityEngine::Begin(const v1::BeginRequest& req, v1::BeginResponse* resp) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   if (absl::Status st = CheckName("name", req.name(), true); !st.ok()) return st;
   if (absl::Status st = CheckName("initiator", req.initiator(), false); !st.ok()) return st;
   absl::Duration timeout =
@@ -97,7 +149,7 @@ absl::Status ActivityEngine::Begin(const v1::BeginRequest& req, v1::BeginRespons
   }
   auto e = std::make_shared<Entry>();
   absl::Time now = clock_->Now();
-  std::string id = absl::StrFormat("%08x-%012x", epoch_, seq_.fetch_add(1) + 1);
+  std::string id = absl::StrFormat("%08x-%012x", epoch_.load(), seq_.fetch_add(1) + 1);
   {
     absl::MutexLock lock(&e->mu);
     v1::Activity& a = e->record;
@@ -131,6 +183,8 @@ void ActivityEngine::ExpireIfDueLocked(Entry& e) {
 }
 
 absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   if (absl::Status st = CheckName("participant", req.participant(), true); !st.ok()) return st;
   if (absl::Status st = CheckName("action", req.action(), true); !st.ok()) return st;
   if (req.payload().size() > kMaxPayloadBytes) {
@@ -182,6 +236,8 @@ absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req) {
 
 absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
                                     v1::DecisionResponse* resp, std::function<void()>* after_sync) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   if (absl::Status st = CheckName("name", req.name(), false); !st.ok()) return st;
   if (absl::Status st = CheckName("initiator", req.initiator(), false); !st.ok()) return st;
   for (const v1::JoinedAction& j : req.actions()) {
@@ -235,7 +291,14 @@ absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
 }
 
 std::function<void()> ActivityEngine::StarterFor(const std::shared_ptr<Entry>& e) {
-  return [this, e] {
+  uint64_t generation = 0;
+  {
+    absl::MutexLock lock(&gate_mu_);
+    generation = generation_;
+  }
+  return [this, e, generation] {
+    CallScope scope(this, generation);  // not for a later leadership's engine
+    if (!scope.ok()) return;
     absl::MutexLock lock(&e->mu);
     if (IsDecided(e->record.state())) {
       e->decision_durable = true;
@@ -283,6 +346,8 @@ void ActivityEngine::DropActionsLocked(Entry& e, int from) {
 absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivityState* state,
                                      v1::ActionState* action_state,
                                      std::function<void()>* after_sync) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   auto named = [&req, action_state](const v1::Activity& a) {
     if (req.actions().empty()) return;
     for (const v1::Action& x : a.actions()) {
@@ -391,6 +456,8 @@ absl::StatusOr<std::shared_ptr<ActivityEntry>> ActivityEngine::FindOrTakeUp(
 }
 
 absl::Status ActivityEngine::Retry(const v1::ActivityRef& req, v1::DecisionResponse* resp) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   std::shared_ptr<Entry> e = FindLive(req.activity_id());
   if (e == nullptr) {
     absl::StatusOr<v1::Activity> a = Get(req.activity_id());
@@ -411,6 +478,8 @@ absl::Status ActivityEngine::Retry(const v1::ActivityRef& req, v1::DecisionRespo
 }
 
 absl::Status ActivityEngine::Settle(const v1::ActivityRef& req, v1::DecisionResponse* resp) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   if (req.reason().empty()) {
     return absl::InvalidArgumentError("settling needs a reason, for the record");
   }
@@ -445,6 +514,8 @@ absl::Status ActivityEngine::Settle(const v1::ActivityRef& req, v1::DecisionResp
 }
 
 absl::Status ActivityEngine::List(const v1::ListRequest& req, v1::ListResponse* resp) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   size_t limit = req.limit() == 0 ? 100 : req.limit();
   std::vector<ActivityState> states;
   for (int s : req.states()) {
@@ -652,6 +723,8 @@ absl::Status ActivityEngine::Missing(const std::string& id) {
 }
 
 absl::StatusOr<v1::Activity> ActivityEngine::Get(const std::string& id) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   if (id.empty()) return absl::InvalidArgumentError("activity_id is required");
   if (std::shared_ptr<Entry> e = FindLive(id); e != nullptr) {
     absl::MutexLock lock(&e->mu);

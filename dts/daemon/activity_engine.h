@@ -120,6 +120,17 @@ class ActivityEngine final : public PhaseTwoWork {
   // once (its decision is on disk). Returns whether it was decided.
   bool Adopt(v1::Activity record);
 
+  // Leadership (a replicated dtsd, docs/ha.md). The engine serves from
+  // construction. StopServing refuses every later call UNAVAILABLE with
+  // `refusal` and returns once the calls under way have returned; Reset
+  // then forgets every live activity and takes `epoch` for the ids it
+  // makes (REQUIRES: not serving, the scheduler stopped, idle and cleared);
+  // Adopt takes back the unfinished ones and StartServing opens again.
+  void StopServing(const std::string& refusal);
+  void SetRefusal(const std::string& refusal);
+  void Reset(uint64_t epoch);
+  void StartServing();
+
   ActivityStats stats();
   // Reads every unfinished activity (each under its own lock).
   UnfinishedView Unfinished();
@@ -131,6 +142,7 @@ class ActivityEngine final : public PhaseTwoWork {
 
  private:
   using Entry = ActivityEntry;
+  class CallScope;  // one call while serving; `generation` 0: any
 
   std::shared_ptr<Entry> FindLive(const std::string& id);
   // The live entry of `id`; for an id that carries its deadline and that
@@ -163,8 +175,14 @@ class ActivityEngine final : public PhaseTwoWork {
   Clock* const clock_;
   PhaseTwoScheduler* const scheduler_;
   const ActivityLimits limits_;
-  const uint64_t epoch_;
+  std::atomic<uint64_t> epoch_;
   std::atomic<uint64_t> seq_{0};
+
+  absl::Mutex gate_mu_;
+  bool serving_ ABSL_GUARDED_BY(gate_mu_) = true;
+  std::string refusal_ ABSL_GUARDED_BY(gate_mu_);
+  int in_calls_ ABSL_GUARDED_BY(gate_mu_) = 0;
+  uint64_t generation_ ABSL_GUARDED_BY(gate_mu_) = 1;  // one per serving period
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);

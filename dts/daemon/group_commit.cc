@@ -9,6 +9,12 @@
 namespace formica::dts {
 
 void GroupCommit::AfterSync(std::function<void()> done) {
+  AfterSyncOrFailure([done = std::move(done)](const absl::Status& st) {
+    if (st.ok()) done();
+  });
+}
+
+void GroupCommit::AfterSyncOrFailure(std::function<void(const absl::Status&)> done) {
   absl::MutexLock lock(&mu_);
   waiters_.push_back(std::move(done));
 }
@@ -32,18 +38,18 @@ void GroupCommit::Loop() {
                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !waiters_.empty() || stopping_; };
     mu_.Await(absl::Condition(&ready));
     if (waiters_.empty()) return;  // stopping, nothing owed
-    std::vector<std::function<void()>> batch;
+    std::vector<std::function<void(const absl::Status&)>> batch;
     batch.swap(waiters_);
     mu_.Unlock();
     // Every write these waiters made returned before they queued.
     absl::Time started = absl::Now();
     absl::Status st = store_->Sync();
     sync_latency_.Observe(absl::Now() - started);
-    if (!st.ok()) {
+    if (!st.ok() && abort_on_failure_) {
       SPDLOG_CRITICAL("cannot sync the activity log ({}); stopping", st.ToString());
       std::abort();
     }
-    for (auto& done : batch) done();
+    for (auto& done : batch) done(st);
     mu_.Lock();
   }
 }

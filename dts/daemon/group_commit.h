@@ -22,17 +22,25 @@ namespace formica::dts {
 
 class GroupCommit {
  public:
-  // `store` is borrowed and must outlive this.
-  explicit GroupCommit(ActivityStore* store) : store_(store) {}
+  // `store` is borrowed and must outlive this. With `abort_on_failure`
+  // (one dtsd on its own disk) a failed sync aborts the process; without
+  // (a replicated store, whose sync fails when leadership is lost) the
+  // failure is handed to the callbacks of AfterSyncOrFailure.
+  explicit GroupCommit(ActivityStore* store, bool abort_on_failure = true)
+      : store_(store), abort_on_failure_(abort_on_failure) {}
   ~GroupCommit() { Stop(); }
   GroupCommit(const GroupCommit&) = delete;
   GroupCommit& operator=(const GroupCommit&) = delete;
 
   // Runs `done` on the syncer thread once a sync covers every write that
-  // returned before this call. A sync that fails aborts the process:
+  // returned before this call. A sync that fails aborts the process (without
+  // abort_on_failure: `done` is dropped, see AfterSyncOrFailure):
   // answering from a state that may not be on disk would break every
   // promise made; a restart recovers from what is.
   void AfterSync(std::function<void()> done);
+  // Runs `done` with the outcome of the sync that covers every write that
+  // returned before this call (never a failure with abort_on_failure).
+  void AfterSyncOrFailure(std::function<void(const absl::Status&)> done);
 
   void Start();
   // Runs every callback still queued (after their sync), then stops.
@@ -45,8 +53,9 @@ class GroupCommit {
   void Loop();
 
   ActivityStore* const store_;
+  const bool abort_on_failure_;
   absl::Mutex mu_;
-  std::vector<std::function<void()>> waiters_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::function<void(const absl::Status&)>> waiters_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
   DurationHistogram sync_latency_;

@@ -42,7 +42,16 @@ int PhaseTwoScheduler::in_flight() const {
 }
 
 void PhaseTwoScheduler::Start() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = false;  // started again after a Stop
+  }
   thread_ = std::thread([this] { Loop(); });
+}
+
+void PhaseTwoScheduler::Clear() {
+  absl::MutexLock lock(&mu_);
+  tasks_.clear();
 }
 
 void PhaseTwoScheduler::Stop() {

@@ -107,9 +107,12 @@ class PhaseTwoScheduler {
   // allows; timeouts are never held back by the cap.
   void RunDue();
 
-  // A thread that waits for due tasks and runs them, until Stop().
+  // A thread that waits for due tasks and runs them, until Stop(). May be
+  // started again after Stop() (a coordinator that leads again).
   void Start();
   void Stop();
+  // Drops every task not yet due or not yet run. REQUIRES: stopped.
+  void Clear();
   // Waits until every confirm and cancel handed to the sender is answered.
   void WaitIdle();
 

@@ -1,0 +1,409 @@
+// dtsd replicated (docs/ha.md): three dtsd processes started from YAML
+// configs with a `raft` section, a real dsrd, two bank participants
+// (account_server) and this process as the initiator. Kill -9 of the
+// leader and of the whole group under business activities: money adds up,
+// every acknowledged commit is confirmed at both banks, nothing stays
+// unfinished.
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "bank_books.h"
+#include "formica/common/grpc_status.h"
+#include "formica/dts/activity.h"
+#include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/rpc/client.h"
+#include "formica/test/account.grpc.pb.h"
+#include "registry_fixture.h"
+
+namespace formica::dts {
+namespace {
+
+using formica::registry::testing::RegistryTest;
+using formica::testing::Subprocess;
+
+constexpr int kAccounts = 10;
+constexpr int64_t kInitial = 1000;
+constexpr int kMembers = 3;
+
+class DtsHaTest : public RegistryTest {
+ protected:
+  void SetUp() override {
+    RegistryTest::SetUp();
+    for (int i = 0; i < kMembers; ++i) {
+      raft_ports_.push_back(formica::testing::PickFreePort());
+      api_ports_.push_back(formica::testing::PickFreePort());
+    }
+    dtsd_.resize(kMembers);
+    for (int i = 0; i < kMembers; ++i) {
+      WriteConfig(i);
+      StartMember(i);
+    }
+    a_ = StartBank("bank.a");
+    b_ = StartBank("bank.b");
+    registry_ = NewClient("initiator");
+    rpc::ClientOptions options;
+    options.app_name = "initiator";
+    options.default_timeout = absl::Seconds(3);
+    rpc_ = std::move(*rpc::Client::Create(options, registry_.get()));
+  }
+
+  void TearDown() override {
+    rpc_.reset();
+    registry_.reset();
+    for (auto& p : dtsd_) p.reset();  // SIGKILL whatever still runs
+  }
+
+  std::string Peers() const {
+    std::vector<std::string> peers;
+    for (int i = 0; i < kMembers; ++i) {
+      peers.push_back(absl::StrCat("\"", i + 1, "@127.0.0.1:", raft_ports_[i], "\""));
+    }
+    return absl::StrCat("[", absl::StrJoin(peers, ", "), "]");
+  }
+
+  std::string ConfigPath(int i) const { return dir_.File(absl::StrCat("dtsd-", i + 1, ".yaml")); }
+
+  // The config a user writes for member i of the group.
+  void WriteConfig(int i, const std::string& raft_extra = "") {
+    std::ofstream out(ConfigPath(i));
+    out << "server:\n  listen: 127.0.0.1:" << api_ports_[i] << "\n  unpublish_grace: 0s\n"
+        << "storage:\n  data_dir: " << dir_.File(absl::StrCat("dtsd-", i + 1)) << "\n"
+        << "registry:\n  addresses: [" << dsrd_->address() << "]\n"
+        << "activity:\n  default_timeout: 3s\n"
+        << "phase_two:\n  retry_initial: 50ms\n  retry_max: 400ms\n  call_timeout: 2s\n"
+        << "raft:\n  node_id: " << i + 1 << "\n  peers: " << Peers()
+        << "\n  data_dir: " << dir_.File(absl::StrCat("raft-", i + 1))
+        << "\n  snapshot_threshold: 64\n"
+        << "  snapshot_trailing: 16\n"
+        << raft_extra;
+  }
+
+  void StartMember(int i) {
+    auto p =
+        Subprocess::Start({formica::testing::BinaryPath("dts/dtsd"), "--config", ConfigPath(i)},
+                          dir_.File(absl::StrCat("dtsd-", i + 1, ".", ++runs_, ".log")));
+    ASSERT_TRUE(p.ok()) << p.status();
+    dtsd_[i] = std::move(*p);
+    ASSERT_TRUE(dtsd_[i]->WaitForOutput("dtsd ready on port", absl::Seconds(20)))
+        << dtsd_[i]->Output();
+  }
+
+  std::unique_ptr<Subprocess> StartBank(const std::string& name) {
+    auto p =
+        Subprocess::Start({formica::testing::BinaryPath("tests/dts/account_server"), "--registry",
+                           dsrd_->address(), "--name", name, "--db", BankDb(name), "--accounts",
+                           std::to_string(kAccounts), "--initial", std::to_string(kInitial)},
+                          dir_.File(absl::StrCat(name, ".log")));
+    EXPECT_TRUE(p.ok());
+    EXPECT_TRUE((*p)->WaitForOutput("serving on", absl::Seconds(20))) << (*p)->Output();
+    return std::move(*p);
+  }
+
+  std::string BankDb(const std::string& name) { return dir_.File(name + ".db"); }
+
+  std::unique_ptr<v1::Coordinator::Stub> Stub(int i) {
+    return v1::Coordinator::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", api_ports_[i]),
+                                                        grpc::InsecureChannelCredentials()));
+  }
+
+  absl::StatusOr<std::vector<v1::Activity>> Unfinished(int i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ListRequest req;
+    req.set_limit(100000);
+    v1::ListResponse resp;
+    grpc::Status st = Stub(i)->List(&ctx, req, &resp);
+    if (!st.ok()) return FromGrpcStatus(st);
+    return std::vector<v1::Activity>(resp.activities().begin(), resp.activities().end());
+  }
+
+  absl::StatusOr<v1::Activity> Get(int i, const std::string& id) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ActivityRef ref;
+    ref.set_activity_id(id);
+    v1::Activity a;
+    grpc::Status st = Stub(i)->Get(&ctx, ref, &a);
+    if (!st.ok()) return FromGrpcStatus(st);
+    return a;
+  }
+
+  // The member that serves the API (the ready leader), skipping `exclude`;
+  // -1 when none within `timeout`.
+  int WaitForLeader(absl::Duration timeout, int exclude = -1) {
+    absl::Time until = absl::Now() + timeout;
+    while (absl::Now() < until) {
+      for (int i = 0; i < kMembers; ++i) {
+        if (i == exclude || dtsd_[i] == nullptr || !dtsd_[i]->running()) continue;
+        if (Unfinished(i).ok()) return i;
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return -1;
+  }
+
+  absl::Status Move(const std::string& bank, bool debit, int account, int64_t amount) {
+    test::Move m;
+    m.set_account(std::to_string(account));
+    m.set_amount(amount);
+    test::Moved out;
+    return rpc_->Call(bank, {},
+                      [&](const std::shared_ptr<grpc::Channel>& ch, grpc::ClientContext* ctx) {
+                        auto stub = test::Account::NewStub(ch);
+                        return debit ? stub->Debit(ctx, m, &out) : stub->Credit(ctx, m, &out);
+                      });
+  }
+
+  // Transfers both ways on `threads` threads until `stop`; every commit
+  // dtsd acknowledged goes to `committed` (with when it was answered).
+  void RunTransfers(int threads, std::atomic<bool>* stop, absl::Mutex* mu,
+                    std::vector<std::pair<std::string, absl::Time>>* committed,
+                    std::vector<std::thread>* out) {
+    for (int t = 0; t < threads; ++t) {
+      out->emplace_back([=] {
+        std::mt19937 rng(100 + t);
+        while (!stop->load()) {
+          ActivityOptions o;
+          o.name = "bank.Transfer";
+          o.timeout = absl::Seconds(2);
+          auto activity = Activity::Begin(rpc_.get(), o);
+          if (!activity.ok()) {
+            absl::SleepFor(absl::Milliseconds(50));
+            continue;
+          }
+          bool a_to_b = rng() % 2 == 0;
+          int from = rng() % kAccounts;
+          int to = rng() % kAccounts;
+          int64_t amount = 1 + rng() % 50;
+          absl::Status st = (*activity)->Run([&] {
+            absl::Status s = Move(a_to_b ? "bank.a" : "bank.b", true, from, amount);
+            if (s.ok()) s = Move(a_to_b ? "bank.b" : "bank.a", false, to, amount);
+            return s;
+          });
+          absl::Status decided = st.ok() ? (*activity)->Commit() : st;
+          if (decided.ok()) {
+            absl::MutexLock lock(mu);
+            committed->emplace_back((*activity)->id(), absl::Now());
+          } else {
+            (*activity)->Rollback("a step failed").IgnoreError();
+            absl::SleepFor(absl::Milliseconds(20));
+          }
+        }
+      });
+    }
+  }
+
+  size_t Count(absl::Mutex* mu, const std::vector<std::pair<std::string, absl::Time>>& v) {
+    absl::MutexLock lock(mu);
+    return v.size();
+  }
+
+  // Nothing unfinished at the leader, no try pending at the banks.
+  void AwaitQuiet(int leader, absl::Duration timeout) {
+    absl::Time until = absl::Now() + timeout;
+    std::string last;
+    while (absl::Now() < until) {
+      auto u = Unfinished(leader);
+      int64_t pending = ReadBooks(BankDb("bank.a")).pending + ReadBooks(BankDb("bank.b")).pending;
+      if (u.ok() && u->empty() && pending == 0) return;
+      last = !u.ok()       ? u.status().ToString()
+             : !u->empty() ? absl::StrCat(u->size(), " unfinished, first: ", (*u)[0].DebugString())
+                           : absl::StrCat(pending, " tries pending in the banks");
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    FAIL() << "the leader is still busy after " << timeout << ": " << last;
+  }
+
+  // Money adds up, nothing frozen or in transit, every try ended as the
+  // leader says, and every acknowledged commit is confirmed at both banks.
+  void ExpectBooksBalance(int leader,
+                          const std::vector<std::pair<std::string, absl::Time>>& acked) {
+    Books a = ReadBooks(BankDb("bank.a"));
+    Books b = ReadBooks(BankDb("bank.b"));
+    EXPECT_EQ(a.balance + b.balance, 2 * kAccounts * kInitial);
+    EXPECT_EQ(a.frozen + b.frozen, 0);
+    EXPECT_EQ(a.incoming + b.incoming, 0);
+    for (const Books* books : {&a, &b}) {
+      for (const auto& [id, phases] : books->barrier) {
+        bool confirmed = phases.count("confirm") > 0;
+        bool cancelled = phases.count("cancel") > 0;
+        if (phases.count("try") > 0) {
+          EXPECT_NE(confirmed, cancelled) << id << ": a try must end in one outcome";
+        }
+        auto act = Get(leader, id);
+        ASSERT_TRUE(act.ok()) << id << ": " << act.status();
+        if (confirmed) {
+          EXPECT_EQ(act->state(), v1::COMMITTED) << id;
+        }
+        if (cancelled) {
+          EXPECT_EQ(act->state(), v1::ROLLED_BACK) << id;
+        }
+      }
+    }
+    for (const auto& [id, when] : acked) {
+      EXPECT_TRUE(a.barrier[id].count("confirm")) << id << " was acknowledged committed";
+      EXPECT_TRUE(b.barrier[id].count("confirm")) << id << " was acknowledged committed";
+    }
+  }
+
+  std::string Logs() {
+    std::string out;
+    for (int i = 0; i < kMembers; ++i) {
+      if (dtsd_[i] != nullptr) absl::StrAppend(&out, "--- dtsd ", i + 1, ":\n", dtsd_[i]->Output());
+    }
+    return out;
+  }
+
+  std::vector<int> raft_ports_;
+  std::vector<int> api_ports_;
+  int runs_ = 0;
+  std::vector<std::unique_ptr<Subprocess>> dtsd_;
+  std::unique_ptr<Subprocess> a_;
+  std::unique_ptr<Subprocess> b_;
+  std::unique_ptr<registry::Client> registry_;
+  std::unique_ptr<rpc::Client> rpc_;
+};
+
+TEST_F(DtsHaTest, AFollowerRefusesNamingTheLeader) {
+  int leader = WaitForLeader(absl::Seconds(20));
+  ASSERT_GE(leader, 0) << Logs();
+  int follower = (leader + 1) % kMembers;
+  // The follower learns the leader's API address when it applies the
+  // leader's epoch entry, moments after the leader is ready.
+  const std::string leader_api = absl::StrCat("127.0.0.1:", api_ports_[leader]);
+  grpc::Status st;
+  v1::BeginResponse resp;
+  for (absl::Time until = absl::Now() + absl::Seconds(5); absl::Now() < until;) {
+    grpc::ClientContext ctx;
+    v1::BeginRequest req;
+    req.set_name("bank.Transfer");
+    st = Stub(follower)->Begin(&ctx, req, &resp);
+    if (st.error_message().find(leader_api) != std::string::npos) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+  EXPECT_NE(st.error_message().find(leader_api), std::string::npos) << st.error_message();
+  EXPECT_TRUE(resp.activity_id().empty());
+}
+
+TEST_F(DtsHaTest, KillNineOfTheLeaderUnderBusinessActivitiesLosesNothing) {
+  int leader = WaitForLeader(absl::Seconds(20));
+  ASSERT_GE(leader, 0) << Logs();
+  std::atomic<bool> stop{false};
+  absl::Mutex mu;
+  std::vector<std::pair<std::string, absl::Time>> committed;
+  std::vector<std::thread> threads;
+  auto join = absl::MakeCleanup([&] {
+    stop = true;
+    for (auto& th : threads) th.join();
+  });
+  RunTransfers(16, &stop, &mu, &committed, &threads);
+  absl::Time until = absl::Now() + absl::Seconds(20);
+  while (Count(&mu, committed) < 100 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_GE(Count(&mu, committed), 100u) << Logs();
+  size_t before_kill = Count(&mu, committed);
+  absl::Time killed = absl::Now();
+  dtsd_[leader]->Kill();  // SIGKILL
+  int next = WaitForLeader(absl::Seconds(20), leader);
+  ASSERT_GE(next, 0) << Logs();
+  // Failover: from the kill to the first commit acknowledged after it.
+  until = absl::Now() + absl::Seconds(30);
+  absl::Time first_after = absl::InfiniteFuture();
+  while (absl::Now() < until) {
+    {
+      absl::MutexLock lock(&mu);
+      for (const auto& [id, when] : committed) {
+        if (when > killed + absl::Milliseconds(100)) first_after = std::min(first_after, when);
+      }
+      if (committed.size() >= before_kill + 100) break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_NE(first_after, absl::InfiniteFuture()) << "no commit after the kill\n" << Logs();
+  EXPECT_GE(Count(&mu, committed), before_kill + 100) << "the new leader served too little";
+  std::printf(
+      "failover: kill -9 of the dtsd leader to the first acknowledged commit: %s "
+      "(new leader: member %d)\n",
+      absl::FormatDuration(first_after - killed).c_str(), next + 1);
+  EXPECT_LT(first_after - killed, absl::Seconds(15));
+  std::move(join).Invoke();
+  AwaitQuiet(next, absl::Seconds(40));
+  ExpectBooksBalance(next, committed);
+  std::printf("%zu activities acknowledged committed, all confirmed at both banks\n",
+              committed.size());
+}
+
+TEST_F(DtsHaTest, RestartingTheWholeGroupAtOnceLosesNothing) {
+  ASSERT_GE(WaitForLeader(absl::Seconds(20)), 0) << Logs();
+  std::atomic<bool> stop{false};
+  absl::Mutex mu;
+  std::vector<std::pair<std::string, absl::Time>> committed;
+  std::vector<std::thread> threads;
+  auto join = absl::MakeCleanup([&] {
+    stop = true;
+    for (auto& th : threads) th.join();
+  });
+  RunTransfers(16, &stop, &mu, &committed, &threads);
+  absl::Time until = absl::Now() + absl::Seconds(20);
+  while (Count(&mu, committed) < 150 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_GE(Count(&mu, committed), 150u) << Logs();
+  // All three at once, phase two still owed for the latest commits.
+  for (int i = 0; i < kMembers; ++i) dtsd_[i]->Kill();
+  std::move(join).Invoke();
+  for (int i = 0; i < kMembers; ++i) StartMember(i);
+  int leader = WaitForLeader(absl::Seconds(20));
+  ASSERT_GE(leader, 0) << Logs();
+  for (const auto& [id, when] : committed) {
+    auto a = Get(leader, id);
+    ASSERT_TRUE(a.ok()) << id << ": " << a.status();
+    EXPECT_TRUE(a->state() == v1::COMMITTING || a->state() == v1::COMMITTED)
+        << id << " was acknowledged committed, is " << v1::ActivityState_Name(a->state());
+  }
+  AwaitQuiet(leader, absl::Seconds(40));
+  ExpectBooksBalance(leader, committed);
+}
+
+TEST_F(DtsHaTest, BadRaftConfigsAreRefusedNamingTheKey) {
+  struct Case {
+    std::string raft;
+    std::string key;
+    std::string says;
+  };
+  std::vector<Case> cases = {
+      {"  node_id: 1\n  peers: [\"1@127.0.0.1:7001\", \"2@127.0.0.1:7002\"]\n", "raft.peers",
+       "even"},
+      {"  node_id: 1\n  peers: [\"1@127.0.0.1:7001\", \"1@127.0.0.1:7002\", "
+       "\"3@127.0.0.1:7003\"]\n",
+       "raft.peers", "listed twice"},
+      {"  node_id: 4\n  peers: [\"1@127.0.0.1:7001\", \"2@127.0.0.1:7002\", "
+       "\"3@127.0.0.1:7003\"]\n",
+       "raft.node_id", "not in raft.peers"},
+      {"  node_id: 1\n  peers: [\"1@127.0.0.1:7001\"]\n  election: 1s\n", "raft.election", ""},
+  };
+  for (size_t c = 0; c < cases.size(); ++c) {
+    std::string path = dir_.File(absl::StrCat("bad-", c, ".yaml"));
+    std::string data_dir = dir_.File(absl::StrCat("bad-", c));
+    std::ofstream(path) << "registry:\n  addresses: [" << dsrd_->address() << "]\n"
+                        << "storage:\n  data_dir: " << data_dir << "\n"
+                        << "raft:\n  data_dir: " << data_dir << "-raft\n"
+                        << cases[c].raft;
+    auto p = Subprocess::Start({formica::testing::BinaryPath("dts/dtsd"), "--config", path},
+                               dir_.File(absl::StrCat("bad-", c, ".log")));
+    ASSERT_TRUE(p.ok());
+    EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 2) << (*p)->Output();
+    EXPECT_NE((*p)->Output().find(cases[c].key), std::string::npos) << (*p)->Output();
+    EXPECT_NE((*p)->Output().find(cases[c].says), std::string::npos) << (*p)->Output();
+    EXPECT_FALSE(std::filesystem::exists(data_dir)) << "a refused config changed nothing";
+  }
+}
+
+}  // namespace
+}  // namespace formica::dts
