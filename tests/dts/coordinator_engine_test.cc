@@ -13,7 +13,9 @@
 #include "activity_engine.h"
 #include "activity_id.h"
 #include "activity_store.h"
+#include "coordinator.h"
 #include "formica/common/clock.h"
+#include "formica/common/config.h"
 #include "phase_two.h"
 
 namespace formica::dts {
@@ -448,6 +450,57 @@ TEST_F(DtsEngines, ARollbackIsTakenEvenForAnIdWhoseDeadlineIsBeyondTheMaximum) {
   Advance(absl::ZeroDuration());
   ASSERT_EQ(sender_.sent.size(), 1u);
   EXPECT_FALSE(sender_.sent[0].item.confirm()) << "its try is cancelled, not left frozen";
+}
+
+}  // namespace
+}  // namespace formica::dts
+
+namespace formica::dts {
+namespace {
+
+// A replicated dtsd's engine across a loss of leadership (docs/ha.md).
+TEST_F(DtsEngines, AnEngineThatStopsServingRefusesNamingWhyAndStartsNoPhaseTwoOfTheOldLeadership) {
+  std::string id = BeginWithOneAction(absl::Seconds(10));
+  v1::ActivityRef ref;
+  ref.set_activity_id(id);
+  v1::DecisionResponse decision;
+  std::function<void()> start;
+  ASSERT_TRUE(engine_.Decide(ref, true, &decision, &start).ok());
+  ASSERT_TRUE(start);
+  engine_.StopServing("the leader is raft member 2");
+  v1::BeginRequest begin;
+  begin.set_name("test.Transfer");
+  v1::BeginResponse begun;
+  absl::Status st = engine_.Begin(begin, &begun);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(st.message(), "the leader is raft member 2");
+  EXPECT_EQ(engine_.Get(id).status().code(), absl::StatusCode::kUnavailable);
+  // The decision's sync finished after the step-down: its phase two is the
+  // next leader's, not this one's.
+  start();
+  scheduler_.RunDue();
+  EXPECT_EQ(sender_.sent.size(), 0u);
+  // Leading again: what was live is forgotten until reloaded from the store.
+  engine_.Reset(7);
+  engine_.StartServing();
+  EXPECT_EQ(engine_.stats().unfinished, 0u);
+  ASSERT_TRUE(engine_.Begin(begin, &begun).ok());
+  EXPECT_EQ(begun.activity_id().substr(0, 9), "00000007-");
+}
+
+TEST(CoordinatorConfig, TheReplicatedExampleIsMemberOneOfAGroupOfThree) {
+  absl::StatusOr<Config> config = Config::LoadFile(FORMICA_SOURCE_DIR "/deploy/dtsd-raft.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<CoordinatorOptions> o = LoadCoordinatorOptions(*config);
+  ASSERT_TRUE(o.ok()) << o.status();
+  ASSERT_TRUE(o->raft.has_value());
+  EXPECT_EQ(o->raft->node_id, 1u);
+  EXPECT_EQ(o->raft->peers.size(), 3u);
+  absl::StatusOr<Config> single = Config::LoadFile(FORMICA_SOURCE_DIR "/deploy/dtsd.yaml");
+  ASSERT_TRUE(single.ok()) << single.status();
+  o = LoadCoordinatorOptions(*single);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FALSE(o->raft.has_value()) << "without a raft section dtsd runs alone";
 }
 
 }  // namespace
