@@ -5,6 +5,7 @@
 // every acknowledged commit is confirmed at both banks, nothing stays
 // unfinished.
 #include <grpcpp/grpcpp.h>
+#include <signal.h>
 
 #include <atomic>
 #include <filesystem>
@@ -381,6 +382,48 @@ TEST_F(DtsHaTest, RestartingTheWholeGroupAtOnceLosesNothing) {
   }
   AwaitQuiet(leader, absl::Seconds(40));
   ExpectBooksBalance(leader, committed);
+}
+
+TEST_F(DtsHaTest, APausedLeaderStepsDownAndNothingAcknowledgedIsLost) {
+  int leader = WaitForLeader(absl::Seconds(20));
+  ASSERT_GE(leader, 0) << Logs();
+  std::atomic<bool> stop{false};
+  absl::Mutex mu;
+  std::vector<std::pair<std::string, absl::Time>> committed;
+  std::vector<std::thread> threads;
+  auto join = absl::MakeCleanup([&] {
+    stop = true;
+    for (auto& th : threads) th.join();
+  });
+  auto resume = absl::MakeCleanup([&] { dtsd_[leader]->Signal(SIGCONT); });
+  RunTransfers(16, &stop, &mu, &committed, &threads);
+  absl::Time until = absl::Now() + absl::Seconds(20);
+  while (Count(&mu, committed) < 50 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_GE(Count(&mu, committed), 50u) << Logs();
+  // Paused past the election timeout, with decisions in flight.
+  dtsd_[leader]->Signal(SIGSTOP);
+  int next = WaitForLeader(absl::Seconds(20), leader);
+  ASSERT_GE(next, 0) << Logs();
+  size_t at_takeover = Count(&mu, committed);
+  until = absl::Now() + absl::Seconds(20);
+  while (Count(&mu, committed) < at_takeover + 50 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_GE(Count(&mu, committed), at_takeover + 50) << "the new leader served too little";
+  std::move(resume).Invoke();
+  // Resumed, the old leader learns the new term and refuses as a follower.
+  absl::Status refused;
+  for (until = absl::Now() + absl::Seconds(10); absl::Now() < until;) {
+    refused = Unfinished(leader).status();
+    if (absl::IsUnavailable(refused)) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(absl::IsUnavailable(refused)) << refused;
+  EXPECT_TRUE(dtsd_[leader]->WaitForOutput("dtsd steps down", absl::Seconds(10)))
+      << dtsd_[leader]->Output();
+  std::move(join).Invoke();
+  AwaitQuiet(next, absl::Seconds(40));
+  ExpectBooksBalance(next, committed);
 }
 
 TEST_F(DtsHaTest, BadRaftConfigsAreRefusedNamingTheKey) {
