@@ -7,6 +7,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "activity_engine.h"
@@ -339,6 +340,24 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   if (!store.ok()) return store.status();
   impl->store = *std::move(store);
   if (o.raft.has_value()) {
+    // A new group starts from empty stores: activities already here (a
+    // single dtsd's) would be on this member only.
+    std::error_code ec;
+    bool fresh_group = !std::filesystem::exists(o.raft->data_dir, ec) ||
+                       std::filesystem::is_empty(o.raft->data_dir, ec);
+    bool holds_activities = false;
+    absl::Status scanned = impl->store->Scan([&](const v1::Activity&) {
+      holds_activities = true;
+      return false;
+    });
+    if (!scanned.ok()) return scanned;
+    if (fresh_group && holds_activities) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "storage.data_dir ", o.data_dir, " holds activities, but raft.data_dir ",
+          o.raft->data_dir,
+          " is new: a replicated group starts from an empty storage.data_dir on every member "
+          "(finish or move these activities with a single dtsd first)"));
+    }
     auto replicated =
         std::make_unique<ReplicatedActivityStore>(std::move(impl->store), o.raft->node_id);
     impl->replicated = replicated.get();

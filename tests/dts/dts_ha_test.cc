@@ -426,6 +426,43 @@ TEST_F(DtsHaTest, APausedLeaderStepsDownAndNothingAcknowledgedIsLost) {
   ExpectBooksBalance(next, committed);
 }
 
+TEST_F(DtsHaTest, ASingleDtsdsActivitiesAreNotTakenIntoANewGroup) {
+  // A single dtsd leaves an activity in its data dir.
+  int port = formica::testing::PickFreePort();
+  std::string data_dir = dir_.File("single");
+  auto single = Subprocess::Start(
+      {formica::testing::BinaryPath("dts/dtsd"), "--listen", absl::StrCat("127.0.0.1:", port),
+       "--data-dir", data_dir, "--registry", dsrd_->address()},
+      dir_.File("single.log"));
+  ASSERT_TRUE(single.ok());
+  ASSERT_TRUE((*single)->WaitForOutput("dtsd ready on port", absl::Seconds(20)))
+      << (*single)->Output();
+  {
+    auto stub = v1::Coordinator::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    v1::BeginRequest req;
+    req.set_name("bank.Transfer");
+    v1::BeginResponse resp;
+    ASSERT_TRUE(stub->Begin(&ctx, req, &resp).ok());
+  }
+  ASSERT_EQ((*single)->Terminate(), 0);
+  // The same data dir as a member of a new group: refused, naming it.
+  std::string path = dir_.File("joins.yaml");
+  std::ofstream(path) << "registry:\n  addresses: [" << dsrd_->address() << "]\n"
+                      << "storage:\n  data_dir: " << data_dir << "\n"
+                      << "raft:\n  node_id: 1\n  peers: [\"1@127.0.0.1:"
+                      << formica::testing::PickFreePort()
+                      << "\"]\n  data_dir: " << dir_.File("joins-raft") << "\n";
+  auto p = Subprocess::Start({formica::testing::BinaryPath("dts/dtsd"), "--config", path},
+                             dir_.File("joins.log"));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 1) << (*p)->Output();
+  EXPECT_NE((*p)->Output().find("storage.data_dir " + data_dir + " holds activities"),
+            std::string::npos)
+      << (*p)->Output();
+}
+
 TEST_F(DtsHaTest, BadRaftConfigsAreRefusedNamingTheKey) {
   struct Case {
     std::string raft;
