@@ -463,6 +463,35 @@ TEST_F(DtsHaTest, ASingleDtsdsActivitiesAreNotTakenIntoANewGroup) {
       << (*p)->Output();
 }
 
+TEST_F(DtsHaTest, ARestartNamingAPeerTheStoredGroupDoesNotKnowIsRefused) {
+  ASSERT_GE(WaitForLeader(absl::Seconds(20)), 0) << Logs();
+  const int member = 2;
+  ASSERT_EQ(dtsd_[member]->Terminate(), 0) << dtsd_[member]->Output();
+  // The same member, its peers grown by two the group never admitted.
+  WriteConfig(member);
+  std::string config;
+  {
+    std::ifstream in(ConfigPath(member));
+    config.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  std::string peers = Peers();
+  std::string grown = peers.substr(0, peers.size() - 1) +
+                      absl::StrCat(", \"4@127.0.0.1:", formica::testing::PickFreePort(),
+                                   "\", \"5@127.0.0.1:", formica::testing::PickFreePort(), "\"]");
+  config.replace(config.find(peers), peers.size(), grown);
+  std::ofstream(ConfigPath(member)) << config;
+  auto p =
+      Subprocess::Start({formica::testing::BinaryPath("dts/dtsd"), "--config", ConfigPath(member)},
+                        dir_.File("grown.log"));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ((*p)->Wait(absl::Seconds(20)), 1) << (*p)->Output();
+  EXPECT_NE((*p)->Output().find("raft.peers"), std::string::npos) << (*p)->Output();
+  // Its own config again: it rejoins with its log as it was.
+  WriteConfig(member);
+  StartMember(member);
+  EXPECT_TRUE(dtsd_[member]->running()) << dtsd_[member]->Output();
+}
+
 TEST_F(DtsHaTest, BadRaftConfigsAreRefusedNamingTheKey) {
   struct Case {
     std::string raft;
