@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "bank_books.h"
@@ -135,6 +136,18 @@ class DtsHaTest : public RegistryTest {
     grpc::Status st = Stub(i)->Get(&ctx, ref, &a);
     if (!st.ok()) return FromGrpcStatus(st);
     return a;
+  }
+
+  // Begins an activity at member i (an id made by dtsd: "<epoch>-<seq>").
+  absl::StatusOr<std::string> BeginAt(int i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::BeginRequest req;
+    req.set_name("bank.Transfer");
+    v1::BeginResponse resp;
+    grpc::Status st = Stub(i)->Begin(&ctx, req, &resp);
+    if (!st.ok()) return FromGrpcStatus(st);
+    return resp.activity_id();
   }
 
   // The member that serves the API (the ready leader), skipping `exclude`;
@@ -293,9 +306,21 @@ TEST_F(DtsHaTest, AFollowerRefusesNamingTheLeader) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
   EXPECT_NE(st.error_message().find(leader_api), std::string::npos) << st.error_message();
   EXPECT_TRUE(resp.activity_id().empty());
-  // SIGTERM of the leader: it stops cleanly and another member takes over.
+  // SIGTERM of the leader: it stops cleanly and another member takes over,
+  // making ids under a greater epoch than any its predecessor used.
+  absl::StatusOr<std::string> before = BeginAt(leader);
+  ASSERT_TRUE(before.ok()) << before.status();
   EXPECT_EQ(dtsd_[leader]->Terminate(), 0) << dtsd_[leader]->Output();
-  EXPECT_GE(WaitForLeader(absl::Seconds(20), leader), 0) << Logs();
+  int next = WaitForLeader(absl::Seconds(20), leader);
+  ASSERT_GE(next, 0) << Logs();
+  absl::StatusOr<std::string> after = BeginAt(next);
+  ASSERT_TRUE(after.ok()) << after.status();
+  auto epoch = [](const std::string& id) {
+    uint64_t e = 0;
+    EXPECT_TRUE(absl::SimpleHexAtoi(id.substr(0, id.find('-')), &e)) << id;
+    return e;
+  };
+  EXPECT_GT(epoch(*after), epoch(*before)) << *before << " then " << *after;
 }
 
 TEST_F(DtsHaTest, KillNineOfTheLeaderUnderBusinessActivitiesLosesNothing) {
