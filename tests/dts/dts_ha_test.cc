@@ -306,6 +306,15 @@ TEST_F(DtsHaTest, AFollowerRefusesNamingTheLeader) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
   EXPECT_NE(st.error_message().find(leader_api), std::string::npos) << st.error_message();
   EXPECT_TRUE(resp.activity_id().empty());
+  // Only the leader is published: clients never pick a follower.
+  ASSERT_TRUE(
+      registry_
+          ->Subscribe(v1::Coordinator::service_full_name(), [](const registry::ServiceSnapshot&) {})
+          .ok());
+  absl::StatusOr<registry::ServiceSnapshot> published =
+      registry_->AwaitSnapshot(v1::Coordinator::service_full_name(), absl::Seconds(5));
+  ASSERT_TRUE(published.ok()) << published.status();
+  EXPECT_EQ(registry::testing::Addresses(*published), std::set<std::string>{leader_api});
   // SIGTERM of the leader: it stops cleanly and another member takes over,
   // making ids under a greater epoch than any its predecessor used.
   absl::StatusOr<std::string> before = BeginAt(leader);
