@@ -4,7 +4,8 @@
 //   'A' id index action      PutAction
 //   'D' id                   Delete
 //   'E' raft_id api_address  an epoch: Apply answers the entry's index
-// A snapshot is "S1" then every activity, whole, as one field each.
+// A snapshot is "S1", a field of the members' API addresses ("ID@ADDRESS"
+// lines), then every activity, whole, as one field each.
 #include "replicated_activity_store.h"
 
 #include <spdlog/spdlog.h>
@@ -14,6 +15,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace formica::dts {
 namespace {
@@ -303,6 +305,14 @@ absl::StatusOr<std::string> ReplicatedActivityStore::Snapshot() {
   });
   if (!st.ok()) return st;
   std::string out = kSnapshotMagic;
+  std::string addresses;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, address] : api_addresses_) {
+      absl::StrAppend(&addresses, id, "@", address, "\n");
+    }
+  }
+  AppendField(&out, addresses);
   for (const std::string& id : ids) {
     absl::StatusOr<std::optional<v1::Activity>> a = local_->Get(id);
     if (!a.ok()) return a.status();
@@ -317,6 +327,18 @@ absl::Status ReplicatedActivityStore::Restore(absl::string_view snapshot) {
   }
   std::vector<v1::Activity> activities;
   FieldReader in(snapshot.substr(2));
+  absl::string_view addresses;
+  if (!in.Field(&addresses))
+    return absl::DataLossError("a snapshot of the activity store is cut short");
+  std::map<uint64_t, std::string> api_addresses;
+  for (absl::string_view line : absl::StrSplit(addresses, '\n', absl::SkipEmpty())) {
+    size_t at = line.find('@');
+    uint64_t id = 0;
+    if (at == absl::string_view::npos || !absl::SimpleAtoi(line.substr(0, at), &id)) {
+      return absl::DataLossError("a snapshot of the activity store names a member badly");
+    }
+    api_addresses[id] = std::string(line.substr(at + 1));
+  }
   while (!in.done()) {
     absl::string_view f;
     v1::Activity a;
@@ -337,6 +359,10 @@ absl::Status ReplicatedActivityStore::Restore(absl::string_view snapshot) {
     if (st.ok()) st = local_->PutWithActions(a, 0, false);
   }
   if (st.ok()) st = local_->Sync();
+  if (st.ok()) {
+    absl::MutexLock lock(&mu_);
+    api_addresses_ = std::move(api_addresses);
+  }
   return st;
 }
 
