@@ -80,8 +80,6 @@ void ReplicatedActivityStore::SetApiAddress(const std::string& address) {
 void ReplicatedActivityStore::OpenForWrites() {
   absl::MutexLock lock(&mu_);
   writable_ = true;
-  failed_from_ = 0;
-  failure_ = absl::OkStatus();
   open_from_ = proposed_ + 1;
 }
 
@@ -147,6 +145,7 @@ absl::Status ReplicatedActivityStore::Delete(const std::string& id) {
 
 absl::Status ReplicatedActivityStore::Sync() {
   uint64_t target = 0;
+  uint64_t from = 0;  // the first batch of the leadership this call is made in
   {
     absl::MutexLock order(&propose_mu_);
     std::string entry;
@@ -154,6 +153,7 @@ absl::Status ReplicatedActivityStore::Sync() {
     {
       absl::MutexLock lock(&mu_);
       if (!writable_) return absl::UnavailableError(refusal_);
+      from = open_from_;
       target = proposed_;
       if (!buffer_.empty()) {
         entry.swap(buffer_);
@@ -172,7 +172,8 @@ absl::Status ReplicatedActivityStore::Sync() {
   auto answered = [this, target]()
                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_upto_ >= target; };
   mu_.Await(absl::Condition(&answered));
-  if (failed_from_ != 0 && failed_from_ <= target) return failure_;
+  auto failed = failed_.lower_bound(from);
+  if (failed != failed_.end() && failed->first <= target) return failed->second;
   return absl::OkStatus();
 }
 
@@ -182,15 +183,17 @@ void ReplicatedActivityStore::Completed(uint64_t seq, const std::vector<std::str
   for (const std::string& id : ids) {
     if (--unapplied_[id] == 0) unapplied_.erase(id);
   }
-  if (!r.status.ok() && seq >= open_from_ && failed_from_ == 0) {
+  if (!r.status.ok()) {
     // Leadership lost (or never held): what is in flight may or may not
     // commit under the next leader. Nothing more is taken until reopened.
-    failed_from_ = seq;
-    failure_ = absl::UnavailableError(absl::StrCat(
+    absl::Status failure = absl::UnavailableError(absl::StrCat(
         "the activity log did not commit (", r.status.message(),
         "); this dtsd no longer leads its group: the outcome is known to the next leader"));
-    writable_ = false;
-    refusal_ = std::string(failure_.message());
+    failed_.emplace(seq, failure);
+    if (seq >= open_from_ && writable_) {
+      writable_ = false;
+      refusal_ = std::string(failure.message());
+    }
   }
   done_.insert(seq);
   while (!done_.empty() && *done_.begin() == done_upto_ + 1) {

@@ -100,12 +100,13 @@ class ReplicatedActivityStore final : public ActivityStore, public RaftStateMach
   std::vector<std::string> buffer_ids_ ABSL_GUARDED_BY(mu_);
   // Activities with writes buffered or in flight: a read of one waits.
   absl::flat_hash_map<std::string, int> unapplied_ ABSL_GUARDED_BY(mu_);
-  uint64_t proposed_ ABSL_GUARDED_BY(mu_) = 0;     // batches proposed
-  uint64_t open_from_ ABSL_GUARDED_BY(mu_) = 1;    // the first batch of this leadership
-  uint64_t done_upto_ ABSL_GUARDED_BY(mu_) = 0;    // every batch up to it answered
-  std::set<uint64_t> done_ ABSL_GUARDED_BY(mu_);   // answered out of order
-  uint64_t failed_from_ ABSL_GUARDED_BY(mu_) = 0;  // first failed batch (0: none)
-  absl::Status failure_ ABSL_GUARDED_BY(mu_);
+  uint64_t proposed_ ABSL_GUARDED_BY(mu_) = 0;    // batches proposed
+  uint64_t open_from_ ABSL_GUARDED_BY(mu_) = 1;   // the first batch of this leadership
+  uint64_t done_upto_ ABSL_GUARDED_BY(mu_) = 0;   // every batch up to it answered
+  std::set<uint64_t> done_ ABSL_GUARDED_BY(mu_);  // answered out of order
+  // Batches that failed, with the answer for the writes they carried. A
+  // sync reports those proposed since the leadership it was called in began.
+  std::map<uint64_t, absl::Status> failed_ ABSL_GUARDED_BY(mu_);
   uint64_t written_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<uint64_t, std::string> api_addresses_ ABSL_GUARDED_BY(mu_);
   std::string api_address_ ABSL_GUARDED_BY(mu_);

@@ -109,6 +109,18 @@ TEST_F(ReplicatedStoreTest, ASyncCarriesEveryBufferedWriteInOneEntryAndReadsSeeT
   EXPECT_EQ(count, 19);
 }
 
+TEST_F(ReplicatedStoreTest, AWriteWhoseEntryFailsIsNotAcknowledgedAndLaterWritesAreRefused) {
+  store_->OpenForWrites();
+  ASSERT_TRUE(store_->PutWithActions(Decided("a", 1), 0, true).ok());
+  node_->Stop();  // what is proposed from now on fails, as on a lost leadership
+  absl::Status st = store_->PutWithActions(Decided("b", 1), 0, true);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_NE(st.message().find("did not commit"), absl::string_view::npos) << st;
+  st = store_->PutWithActions(Decided("c", 1), 0, false);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_FALSE((*store_->Get("b")).has_value());
+}
+
 TEST_F(ReplicatedStoreTest, EachEpochIsGreaterThanTheLast) {
   store_->SetApiAddress("127.0.0.1:7380");
   store_->OpenForWrites();
