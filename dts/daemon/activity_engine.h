@@ -14,7 +14,11 @@
 //   absl::Status st = engine.Begin(request, &begun);
 //   std::function<void()> start;
 //   st = engine.Decide(ref, /*commit=*/true, &decision, &start);
-//   commit.AfterSync([=] { if (start) start(); answer(st); });
+//   commit.AfterSync([=](const absl::Status& synced) {
+//     if (!synced.ok()) return answer(synced);
+//     if (start) start();
+//     answer(st);
+//   });
 #pragma once
 
 #include <atomic>

@@ -62,7 +62,7 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
     // A replicated dtsd's sync fails when it loses its leadership: the
     // answer is then that failure (the outcome is the next leader's).
     Reactor* r = ctx->DefaultReactor();
-    commit_->AfterSyncOrFailure([r, st, then = std::move(then)](const absl::Status& synced) {
+    commit_->AfterSync([r, st, then = std::move(then)](const absl::Status& synced) {
       if (!synced.ok()) return r->Finish(ToGrpcStatus(synced));
       if (then) then();
       r->Finish(ToGrpcStatus(st));

@@ -8,13 +8,7 @@
 
 namespace formica::dts {
 
-void GroupCommit::AfterSync(std::function<void()> done) {
-  AfterSyncOrFailure([done = std::move(done)](const absl::Status& st) {
-    if (st.ok()) done();
-  });
-}
-
-void GroupCommit::AfterSyncOrFailure(std::function<void(const absl::Status&)> done) {
+void GroupCommit::AfterSync(std::function<void(const absl::Status&)> done) {
   absl::MutexLock lock(&mu_);
   waiters_.push_back(std::move(done));
 }

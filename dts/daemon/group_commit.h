@@ -6,7 +6,7 @@
 //   GroupCommit commit(store);
 //   commit.Start();
 //   store->Put(activity, /*sync=*/false);
-//   commit.AfterSync([=] { answer(absl::OkStatus()); });
+//   commit.AfterSync([=](const absl::Status& synced) { answer(synced); });
 //   commit.Stop();   // one last sync answers whoever still waits
 #pragma once
 
@@ -25,22 +25,19 @@ class GroupCommit {
   // `store` is borrowed and must outlive this. With `abort_on_failure`
   // (one dtsd on its own disk) a failed sync aborts the process; without
   // (a replicated store, whose sync fails when leadership is lost) the
-  // failure is handed to the callbacks of AfterSyncOrFailure.
+  // failure is handed to the callbacks of AfterSync.
   explicit GroupCommit(ActivityStore* store, bool abort_on_failure = true)
       : store_(store), abort_on_failure_(abort_on_failure) {}
   ~GroupCommit() { Stop(); }
   GroupCommit(const GroupCommit&) = delete;
   GroupCommit& operator=(const GroupCommit&) = delete;
 
-  // Runs `done` on the syncer thread once a sync covers every write that
-  // returned before this call. A sync that fails aborts the process (without
-  // abort_on_failure: `done` is dropped, see AfterSyncOrFailure):
-  // answering from a state that may not be on disk would break every
-  // promise made; a restart recovers from what is.
-  void AfterSync(std::function<void()> done);
-  // Runs `done` with the outcome of the sync that covers every write that
-  // returned before this call (never a failure with abort_on_failure).
-  void AfterSyncOrFailure(std::function<void(const absl::Status&)> done);
+  // Runs `done` on the syncer thread with the outcome of a sync that covers
+  // every write that returned before this call. With abort_on_failure a
+  // sync that fails aborts the process instead (answering from a state
+  // that may not be on disk would break every promise made; a restart
+  // recovers from what is), so `done` only ever sees OK.
+  void AfterSync(std::function<void(const absl::Status&)> done);
 
   void Start();
   // Runs every callback still queued (after their sync), then stops.
