@@ -62,7 +62,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 
 // rabbitmq-c 0.11 upstream installs its headers under rabbitmq-c/; Debian's librabbitmq-dev
 // (0.11.0) still ships them flat in /usr/include.
@@ -518,9 +520,20 @@ class RabbitServer {
 
   // Writes the node's configuration into the directory and starts the start script in a new
   // session (and so its own process group) with the directory as working directory.
+  // Makes this node one of a cluster, before Start: `node` is its name, `nodes` every member's
+  // (its own included; the members find each other through the shared epmd at boot, by
+  // classic_config peer discovery) and `cookie` the Erlang cookie they share.
+  void SetCluster(std::string node, std::vector<std::string> nodes, std::string cookie) {
+    node_ = std::move(node);
+    cluster_nodes_ = std::move(nodes);
+    cookie_ = std::move(cookie);
+  }
+
   absl::Status Start() {
     static std::atomic<int> instance{0};
-    node_ = absl::StrCat("formica-bench-", getpid(), "-", instance.fetch_add(1), "@localhost");
+    if (cluster_nodes_.empty()) {
+      node_ = absl::StrCat("formica-bench-", getpid(), "-", instance.fetch_add(1), "@localhost");
+    }
     absl::StatusOr<std::vector<int>> ports = PickFreePorts(2);
     if (!ports.ok()) return ports.status();
     amqp_port_ = (*ports)[0];
@@ -535,9 +548,25 @@ class RabbitServer {
     out_file_ = dir_ + "/server.out";
     // rabbitmq.conf: logs only to the file. No plugins. An empty rabbitmq-env.conf so that
     // /etc/rabbitmq/rabbitmq-env.conf (which may name a node or port) is not read.
-    absl::Status status = WriteFile(dir_ + "/rabbitmq.conf",
-                                    "log.console = false\n"
-                                    "log.file.level = info\n");
+    std::string conf =
+        "log.console = false\n"
+        "log.file.level = info\n";
+    if (!cluster_nodes_.empty()) {
+      absl::StrAppend(&conf, "cluster_formation.peer_discovery_backend = classic_config\n");
+      for (size_t i = 0; i < cluster_nodes_.size(); ++i) {
+        absl::StrAppend(&conf, "cluster_formation.classic_config.nodes.", i + 1, " = ",
+                        cluster_nodes_[i], "\n");
+      }
+    }
+    absl::Status status = WriteFile(dir_ + "/rabbitmq.conf", conf);
+    if (status.ok() && !cluster_nodes_.empty()) {
+      // Erlang refuses a cookie file that others may read.
+      const std::string cookie_file = dir_ + "/.erlang.cookie";
+      status = WriteFile(cookie_file, cookie_);
+      if (status.ok() && chmod(cookie_file.c_str(), 0400) != 0) {
+        status = absl::InternalError(ErrnoText("chmod " + cookie_file));
+      }
+    }
     if (status.ok()) status = WriteFile(dir_ + "/enabled_plugins", "[].\n");
     if (status.ok()) status = WriteFile(dir_ + "/rabbitmq-env.conf", "");
     if (!status.ok()) return status;
@@ -717,6 +746,37 @@ class RabbitServer {
   }
 
   int amqp_port() const { return amqp_port_; }
+  const std::string& node() const { return node_; }
+
+  // The members the cluster this node belongs to runs now (rabbitmqctl cluster_status), sorted.
+  absl::StatusOr<std::vector<std::string>> RunningNodes() const {
+    // The directory is a mkdtemp path and the node name is ours: nothing to quote.
+    const std::string command = absl::StrCat(
+        "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=", dir_, " ERL_EPMD_ADDRESS=", kHost,
+        " /usr/lib/rabbitmq/bin/rabbitmqctl -n ", node_, " cluster_status --formatter json 2>&1");
+    FILE* pipe = popen(command.c_str(), "r");
+    if (pipe == nullptr) return absl::InternalError(ErrnoText("popen rabbitmqctl"));
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
+    const int rc = pclose(pipe);
+    const std::string key = "\"running_nodes\":[";
+    const size_t at = out.find(key);
+    const size_t end = at == std::string::npos ? at : out.find(']', at);
+    if (rc != 0 || end == std::string::npos) {
+      return absl::InternalError(
+          absl::StrCat("rabbitmqctl cluster_status on ", node_, " failed: ", out.substr(0, 400)));
+    }
+    std::vector<std::string> nodes;
+    for (absl::string_view name :
+         absl::StrSplit(absl::string_view(out).substr(at + key.size(), end - at - key.size()), ',',
+                        absl::SkipEmpty())) {
+      nodes.emplace_back(absl::StripSuffix(absl::StripPrefix(name, "\""), "\""));
+    }
+    std::sort(nodes.begin(), nodes.end());
+    return nodes;
+  }
 
   // "" while the start script runs; otherwise a note that it exited, and how (it is reaped).
   std::string ExitNote() {
@@ -769,6 +829,8 @@ class RabbitServer {
   const std::string dir_;
   const LogFn log_;
   std::string node_;
+  std::vector<std::string> cluster_nodes_;  // empty: a node of its own
+  std::string cookie_;
   std::string log_file_;
   std::string out_file_;
   int amqp_port_ = 0;
@@ -1231,6 +1293,97 @@ absl::StatusOr<RabbitMqRun> RunRabbitMq(const std::vector<BrokerWorkload>& workl
     if (!stop.ok()) {
       Log(log, stop.ToString());
       if (figures.ok()) figures = stop;
+    }
+  }
+  const std::string path = dir.path();
+  if (!dir.Remove()) {
+    Log(log, absl::StrCat("could not remove ", path, " completely"));
+    if (figures.ok()) {
+      figures = absl::InternalError(absl::StrCat("could not remove ", path, " completely"));
+    }
+  }
+  return figures;
+}
+
+absl::StatusOr<RabbitMqRun> RunRabbitMqCluster(const std::vector<BrokerWorkload>& workloads,
+                                               int nodes, LogFn log) {
+  absl::Status status;
+  for (const BrokerWorkload& w : workloads) {
+    if (status.ok()) status = ValidateWorkload(w);
+  }
+  if (nodes < 1) status = absl::InvalidArgumentError("a cluster needs at least one node");
+  if (!status.ok()) return status;
+  if (access(kServerScript, X_OK) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("RabbitMQ is not installed (no ", kServerScript, "); install the Debian ",
+                     "package: apt-get install -y --no-install-recommends ", kServerPackage));
+  }
+  TempDir dir;
+  status = dir.Create();
+  if (!status.ok()) return status;
+
+  absl::StatusOr<RabbitMqRun> figures;
+  {
+    static std::atomic<int> cluster{0};
+    const std::string prefix = absl::StrCat("formica-bench-", getpid(), "-c", cluster++, "-");
+    std::vector<std::string> names;
+    for (int i = 1; i <= nodes; ++i) names.push_back(absl::StrCat(prefix, i, "@localhost"));
+    // A cookie of this run's own; only these nodes and rabbitmqctl read it.
+    std::string cookie = absl::StrCat("FORMICABENCH", getpid(), "X",
+                                      std::chrono::steady_clock::now().time_since_epoch().count());
+    std::vector<std::unique_ptr<RabbitServer>> servers;
+    for (int i = 0; i < nodes && status.ok(); ++i) {
+      const std::string node_dir = absl::StrCat(dir.path(), "/node", i + 1);
+      if (mkdir(node_dir.c_str(), 0700) != 0) {
+        status = absl::InternalError(ErrnoText("mkdir " + node_dir));
+        break;
+      }
+      servers.push_back(std::make_unique<RabbitServer>(node_dir, log));
+      servers.back()->SetCluster(names[i], names, cookie);
+    }
+    // The first node forms the cluster alone; the others, started once it runs, join it at
+    // boot (started together, two could each form a cluster of their own).
+    if (status.ok()) status = servers[0]->Start();
+    if (status.ok()) status = servers[0]->WaitReady();
+    for (size_t i = 1; i < servers.size() && status.ok(); ++i) status = servers[i]->Start();
+    for (size_t i = 1; i < servers.size() && status.ok(); ++i) status = servers[i]->WaitReady();
+    if (status.ok()) {
+      absl::StatusOr<std::vector<std::string>> running = servers[0]->RunningNodes();
+      std::vector<std::string> want = names;
+      std::sort(want.begin(), want.end());
+      if (!running.ok()) {
+        status = running.status();
+      } else if (*running != want) {
+        status =
+            absl::InternalError(absl::StrCat("the cluster runs ", absl::StrJoin(*running, ", "),
+                                             ", not ", absl::StrJoin(want, ", ")));
+      } else {
+        Log(log, absl::StrCat("cluster of ", nodes, " formed: ", absl::StrJoin(*running, ", ")));
+      }
+    }
+    if (status.ok()) {
+      figures = RunWorkloads(servers[0].get(), workloads, log);
+      if (figures.ok()) figures->cluster_nodes = nodes;
+    } else {
+      figures = status;
+    }
+    if (!figures.ok()) {
+      std::string tails;
+      for (const auto& s : servers) {
+        std::string exit_note = s->ExitNote();
+        absl::StrAppend(&tails, "\n", s->node(), exit_note.empty() ? "" : ": ", exit_note, "\n",
+                        s->LogTail());
+      }
+      figures =
+          absl::Status(figures.status().code(), absl::StrCat(figures.status().message(), tails));
+    }
+    // The followers first, so the first node does not wait on them leaving.
+    for (auto it = servers.rbegin(); it != servers.rend(); ++it) {
+      absl::Status stop = (*it)->Stop();
+      if (!stop.ok()) {
+        Log(log, stop.ToString());
+        if (figures.ok()) figures = stop;
+      }
     }
   }
   const std::string path = dir.path();

@@ -32,6 +32,7 @@ struct BrokerFigures {
 struct RabbitMqRun {
   std::string version;                 // the broker's own, from its connection.start
   std::vector<BrokerFigures> figures;  // one per workload, in order
+  int cluster_nodes = 1;               // the nodes the queues were spread over
 };
 
 // Starts a private rabbitmq-server (the Debian package) on 127.0.0.1 with free ports and a
@@ -48,5 +49,14 @@ struct RabbitMqRun {
 // phase makes no progress for 60 s, and other codes for broker or protocol failures.
 absl::StatusOr<RabbitMqRun> RunRabbitMq(const std::vector<BrokerWorkload>& workloads,
                                         void (*log)(const std::string&));
+
+// As RunRabbitMq on a private cluster of `nodes` rabbitmq-server nodes on 127.0.0.1 (each its
+// own data directory and ports, one shared Erlang cookie, joined through classic_config peer
+// discovery; checked with rabbitmqctl cluster_status before any workload). The clients connect
+// to the first node; a quorum queue gets a member on every node (its default group size), so a
+// publisher confirm means a majority of the nodes wrote the message. Stops every node and
+// removes the directory, also on failure.
+absl::StatusOr<RabbitMqRun> RunRabbitMqCluster(const std::vector<BrokerWorkload>& workloads,
+                                               int nodes, void (*log)(const std::string&));
 
 }  // namespace formica::bench

@@ -15,7 +15,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "formica/audit/v1/audit.grpc.pb.h"
+#include "formica/common/grpc_status.h"
 #include "formica/internal/credentials.h"
+#include "formica/internal/permissions.h"
 
 namespace formica {
 
@@ -52,8 +54,13 @@ class AuditLog::Impl final : public audit::v1::Audit::Service {
     }
   }
 
-  grpc::Status List(grpc::ServerContext*, const audit::v1::ListAuditRequest* req,
+  grpc::Status List(grpc::ServerContext* context, const audit::v1::ListAuditRequest* req,
                     audit::v1::ListAuditResponse* resp) override {
+    // The trail is an operator's read: `operate` on this daemon's resource.
+    const char* resource = daemon_ == "dsrd" ? "registry" : daemon_ == "dtsd" ? "dts" : "dms";
+    if (absl::Status st = CheckCaller(context, "operate", resource); !st.ok()) {
+      return ToGrpcStatus(st);
+    }
     const size_t limit = req->limit() > 0 ? static_cast<size_t>(req->limit()) : 100;
     std::deque<audit::v1::AuditEntry> newest;
     // Read without the lock, so a long listing never holds up an act: each

@@ -164,6 +164,7 @@ absl::StatusOr<Config> UseTlsSection(const Config& config) {
   tls.ca_file = r.String("tls.ca_file", "");
   tls.cert_file = r.String("tls.cert_file", "");
   tls.key_file = r.String("tls.key_file", "");
+  tls.crl_file = r.String("tls.crl_file", "");
   tls.reload_interval =
       r.Duration("tls.reload_interval", tls.reload_interval, absl::Seconds(1), absl::Hours(24));
   if (absl::Status st = r.Finish(); !st.ok()) return st;

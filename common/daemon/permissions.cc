@@ -203,6 +203,24 @@ absl::Status CheckPermission(absl::string_view identity, absl::string_view actio
                                                   " allows '", action, " ", resource, "'"));
 }
 
+absl::Status CheckPermissionOnAny(absl::string_view identity, absl::string_view action,
+                                  absl::string_view what) {
+  if (!in_force.load(std::memory_order_relaxed)) return absl::OkStatus();
+  std::shared_ptr<const RuleSet> set = Rules();
+  if (set == nullptr) return absl::OkStatus();
+  for (const Rule& rule : set->rules) {
+    if (identity.empty() || !Matches(rule.identity, identity)) continue;
+    for (const Grant& g : rule.grants) {
+      if (g.action == action) return absl::OkStatus();
+    }
+  }
+  std::string who =
+      identity.empty() ? std::string("(no certificate)") : absl::StrCat("'", identity, "'");
+  return absl::PermissionDeniedError(absl::StrCat("identity ", who, " may not ", what,
+                                                  ": no rule in ", set->path, " allows it to ",
+                                                  action, " anything"));
+}
+
 absl::Status CheckCaller(grpc::ServerContextBase* context, absl::string_view action,
                          absl::string_view resource) {
   if (!in_force.load(std::memory_order_relaxed)) return absl::OkStatus();

@@ -11,6 +11,7 @@
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_certificate_verifier.h>
 #include <grpcpp/security/tls_credentials_options.h>
+#include <grpcpp/server_context.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -65,6 +66,19 @@ std::vector<X509Ptr> ParseCertificates(absl::string_view pem) {
     out.emplace_back(x, X509_free);
   BIO_free(bio);
   ERR_clear_error();  // the end of the text reads as an error
+  return out;
+}
+
+using CrlPtr = std::unique_ptr<X509_CRL, decltype(&X509_CRL_free)>;
+
+// Every certificate revocation list of a PEM text, in order.
+std::vector<CrlPtr> ParseCrls(absl::string_view pem) {
+  std::vector<CrlPtr> out;
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  while (X509_CRL* c = PEM_read_bio_X509_CRL(bio, nullptr, nullptr, nullptr))
+    out.emplace_back(c, X509_CRL_free);
+  BIO_free(bio);
+  ERR_clear_error();
   return out;
 }
 
@@ -131,12 +145,13 @@ std::vector<std::string> HostsOf(absl::string_view target) {
   return hosts;
 }
 
-// The CA bundle, read again when its file changes (looked at no more
-// often than `reload`), and the check of a peer's chain against it.
+// The CA bundle and the revocation lists, read again when their files
+// change (looked at no more often than `reload`), and the check of a
+// peer's chain against them.
 class Trust {
  public:
-  Trust(std::string ca_file, absl::Duration reload)
-      : ca_file_(std::move(ca_file)), reload_(reload) {}
+  Trust(std::string ca_file, std::string crl_file, absl::Duration reload)
+      : ca_file_(std::move(ca_file)), crl_file_(std::move(crl_file)), reload_(reload) {}
   ~Trust() {
     if (store_ != nullptr) X509_STORE_free(store_);
   }
@@ -210,6 +225,16 @@ class Trust {
       case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
         reason = absl::StrCat("it is not issued by a CA in ", ca_file_, " (", reason, ")");
         break;
+      case X509_V_ERR_CERT_REVOKED:
+        reason = absl::StrCat("it is revoked (", crl_file_, ")");
+        break;
+      case X509_V_ERR_UNABLE_TO_GET_CRL:
+        reason = absl::StrCat("its issuer has no revocation list in ", crl_file_);
+        break;
+      case X509_V_ERR_CRL_HAS_EXPIRED:
+        reason = absl::StrCat("its issuer's revocation list in ", crl_file_,
+                              " has expired (its next update is past)");
+        break;
       case X509_V_ERR_HOSTNAME_MISMATCH:
       case X509_V_ERR_IP_ADDRESS_MISMATCH:
         reason =
@@ -237,15 +262,13 @@ class Trust {
     absl::Time now = absl::Now();
     if (store_ == nullptr || now - checked_ >= reload_) {
       checked_ = now;
-      struct stat st {};
-      if (::stat(ca_file_.c_str(), &st) == 0 &&
-          (store_ == nullptr || st.st_mtim.tv_sec != mtime_.tv_sec ||
-           st.st_mtim.tv_nsec != mtime_.tv_nsec || st.st_size != size_)) {
+      std::string stamp = Stamp(ca_file_);
+      if (!crl_file_.empty()) stamp += "|" + Stamp(crl_file_);
+      if (store_ == nullptr || stamp != stamp_) {
         if (X509_STORE* fresh = Load()) {
           if (store_ != nullptr) X509_STORE_free(store_);
           store_ = fresh;
-          mtime_ = st.st_mtim;
-          size_ = st.st_size;
+          stamp_ = stamp;
         }
       }
     }
@@ -254,6 +277,14 @@ class Trust {
     return StorePtr(store_, X509_STORE_free);
   }
 
+  // A file's modification time and size, "" when it cannot be read.
+  static std::string Stamp(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return "";
+    return absl::StrCat(st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec, ":", st.st_size);
+  }
+
+  // A new store from the files; nullptr (logged) keeps the one before.
   X509_STORE* Load() {
     auto pem = ReadFile("tls CA bundle", ca_file_);
     if (!pem.ok()) return nullptr;
@@ -262,17 +293,33 @@ class Trust {
       spdlog::error("tls: the CA bundle {} holds no certificate; keeping the one before", ca_file_);
       return nullptr;
     }
+    std::vector<CrlPtr> crls;
+    if (!crl_file_.empty()) {
+      auto crl_pem = ReadFile("tls revocation list", crl_file_);
+      if (crl_pem.ok()) crls = ParseCrls(*crl_pem);
+      if (crls.empty()) {
+        spdlog::error(
+            "tls: the revocation list {} cannot be read or holds no CRL; keeping the "
+            "lists before",
+            crl_file_);
+        return nullptr;
+      }
+    }
     X509_STORE* store = X509_STORE_new();
     for (const X509Ptr& ca : cas) X509_STORE_add_cert(store, ca.get());
+    for (const CrlPtr& crl : crls) X509_STORE_add_crl(store, crl.get());
+    // Each peer certificate is looked up in its issuer's list; an issuer
+    // without one (or with an expired one) fails closed.
+    if (!crls.empty()) X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
     return store;
   }
 
   const std::string ca_file_;
+  const std::string crl_file_;  // "" when revocation is not checked
   const absl::Duration reload_;
   absl::Mutex mu_;
   X509_STORE* store_ ABSL_GUARDED_BY(mu_) = nullptr;
-  timespec mtime_ ABSL_GUARDED_BY(mu_) = {};
-  off_t size_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string stamp_ ABSL_GUARDED_BY(mu_);  // of the files store_ was made from
   absl::Time checked_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -346,6 +393,14 @@ absl::Status CheckFiles(const TlsOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("tls key ", o.key_file, ": does not match the certificate ", o.cert_file));
   }
+  if (!o.crl_file.empty()) {
+    auto crl = ReadFile("tls revocation list", o.crl_file);
+    if (!crl.ok()) return crl.status();
+    if (ParseCrls(*crl).empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tls revocation list ", o.crl_file, ": holds no PEM CRL"));
+    }
+  }
   if (o.reload_interval < absl::Seconds(1)) {
     return absl::InvalidArgumentError("tls reload interval must be 1s at least");
   }
@@ -361,7 +416,7 @@ absl::Status UseTls(const TlsOptions& options) {
   s->provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
       options.key_file, options.cert_file, options.ca_file,
       static_cast<unsigned>(absl::ToInt64Seconds(options.reload_interval)));
-  auto trust = std::make_shared<Trust>(options.ca_file, options.reload_interval);
+  auto trust = std::make_shared<Trust>(options.ca_file, options.crl_file, options.reload_interval);
   s->check_server = grpc::experimental::ExternalCertificateVerifier::Create<PeerCheck>(trust, true);
   s->check_client =
       grpc::experimental::ExternalCertificateVerifier::Create<PeerCheck>(trust, false);
@@ -384,6 +439,7 @@ absl::Status UseTlsFromEnvironment() {
         absl::StrCat("TLS is half configured: ", absl::StrJoin(missing, ", "), " not set"));
   }
   TlsOptions o{values[0], values[1], values[2]};
+  if (const char* crl = std::getenv("FORMICA_TLS_CRL"); crl != nullptr) o.crl_file = crl;
   if (const char* r = std::getenv("FORMICA_TLS_RELOAD"); r != nullptr && *r != '\0') {
     if (!absl::ParseDuration(r, &o.reload_interval)) {
       return absl::InvalidArgumentError(
@@ -440,6 +496,18 @@ std::string PeerIdentity(const grpc::AuthContext& context) {
   auto cn = context.FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
   if (!cn.empty()) return std::string(cn[0].data(), cn[0].size());
   return "";
+}
+
+absl::Status CheckPeerIs(grpc::ServerContextBase* context, absl::string_view expected,
+                         absl::string_view act) {
+  if (expected.empty() || Snapshot() == nullptr) return absl::OkStatus();
+  std::string identity = PeerIdentity(*context->auth_context());
+  if (identity == expected) return absl::OkStatus();
+  absl::Status st = absl::PermissionDeniedError(
+      absl::StrCat("identity ", identity.empty() ? "(no certificate)" : "'" + identity + "'",
+                   " may not ", act, ": only '", expected, "' may"));
+  spdlog::warn("{}", std::string(st.message()));
+  return st;
 }
 
 }  // namespace formica

@@ -253,6 +253,8 @@ class Broker::Impl final
   grpc::Status ListHalfMessages(grpc::ServerContext* ctx, const v1::ListHalfMessagesRequest* req,
                                 v1::ListHalfMessagesReply* reply) override {
     return rpc::Serve(ctx, [&] {
+      // Undecided messages' bodies: an operator's read.
+      if (absl::Status st = CheckCaller(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
       txns->List(req->parked_only(), req->limit() > 0 ? static_cast<size_t>(req->limit()) : 100,
                  reply);
       return grpc::Status::OK;

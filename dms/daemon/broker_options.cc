@@ -73,6 +73,7 @@ absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
   t.checks_per_second =
       static_cast<int>(r.Int("transactions.checks_per_second", t.checks_per_second, 1, 100000));
   t.participant = r.String("transactions.participant", t.participant);
+  t.coordinator_identity = r.String("transactions.coordinator_identity", t.coordinator_identity);
   if (absl::Status st = ValidName("participant name", t.participant); !st.ok()) {
     r.Fail("transactions.participant", st.message());
   }

@@ -17,6 +17,8 @@
 #include "absl/synchronization/mutex.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/participant.h"
+#include "formica/internal/credentials.h"
+#include "formica/internal/permissions.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
 #include "now_ms.h"
@@ -38,6 +40,7 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
   struct Checker {
     uint64_t id = 0;
     std::string group;
+    std::string identity;  // of its certificate; asked only about topics it may produce to
     std::deque<v1::CheckRequest> outbox;
     bool closed = false;
   };
@@ -360,12 +363,26 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
 
   void AskProducer(const v1::HalfMessage& h) {
     const std::string& group = h.message().producer_group();
+    // Only checkers whose identity may produce to the topic are asked; the
+    // permissions are looked up outside `mu` (they may read their file).
+    std::set<std::string> allowed;
+    {
+      absl::MutexLock lock(&mu);
+      for (auto& [cid, c] : checkers) {
+        if (c->group == group && !c->closed) allowed.insert(c->identity);
+      }
+    }
+    for (auto it = allowed.begin(); it != allowed.end();) {
+      it = CheckPermission(*it, "produce", h.topic()).ok() ? std::next(it) : allowed.erase(it);
+    }
     std::shared_ptr<Checker> chosen;
     {
       absl::MutexLock lock(&mu);
       std::vector<std::shared_ptr<Checker>> of_group;
       for (auto& [cid, c] : checkers) {
-        if (c->group == group && !c->closed) of_group.push_back(c);
+        if (c->group == group && !c->closed && allowed.count(c->identity) > 0) {
+          of_group.push_back(c);
+        }
       }
       if (!of_group.empty()) {
         chosen = of_group[round_robin++ % of_group.size()];
@@ -402,6 +419,19 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
         absl::UnavailableError("dmsd is stopping; connect the checker to another broker or later"));
   }
 
+  // A checker answers only about half messages of topics its identity may
+  // produce to (what it could have ended itself).
+  absl::Status MayAnswer(const std::string& identity, const std::string& id) {
+    std::string topic;
+    {
+      absl::MutexLock lock(&mu);
+      auto it = halves.find(id);
+      if (it == halves.end()) return absl::OkStatus();  // ended: the answer changes nothing
+      topic = it->second.topic();
+    }
+    return CheckPermission(identity, "produce", topic);
+  }
+
   grpc::Status CheckBack(CheckBackStream& stream) {
     v1::CheckAnswer first;
     if (!stream.Read(&first)) {
@@ -414,6 +444,16 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
     }
     auto checker = std::make_shared<Checker>();
     checker->group = first.producer_group();
+    checker->identity = PeerIdentity(*stream.context()->auth_context());
+    // With a permissions file: only an identity that may produce checks
+    // back, and only about half messages of topics it may produce to.
+    if (absl::Status st = CheckPermissionOnAny(
+            checker->identity, "produce",
+            absl::StrCat("check back half messages of producer group '", checker->group, "'"));
+        !st.ok()) {
+      SPDLOG_WARN("{}", std::string(st.message()));
+      return ToGrpcStatus(st);
+    }
     {
       absl::MutexLock lock(&mu);
       checker->id = next_checker++;
@@ -423,6 +463,10 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
       v1::CheckAnswer answer;
       while (stream.Read(&answer)) {
         const std::string& id = answer.transaction_id();
+        if (absl::Status st = MayAnswer(checker->identity, id); !st.ok()) {
+          SPDLOG_WARN("a check-back answer is ignored: {}", std::string(st.message()));
+          continue;
+        }
         if (!answer.error().empty()) {
           Checked(id, false, absl::StrCat("the producer's checker failed: ", answer.error()));
         } else if (answer.state() == v1::COMMIT) {
@@ -468,17 +512,32 @@ class Transactions::Impl final : public dts::v1::Participant::Service {
   }
 
   // formica.dts.v1.Participant
+  // Phase two comes only from dtsd's identity, when one is configured.
+  absl::Status CheckCoordinator(grpc::ServerContext* ctx, absl::string_view act) {
+    return CheckPeerIs(ctx, options.coordinator_identity,
+                       absl::StrCat(act, " actions of participant '", options.participant, "'"));
+  }
+
   grpc::Status Confirm(grpc::ServerContext* ctx, const dts::v1::PhaseTwoRequest* req,
                        dts::v1::PhaseTwoResponse*) override {
-    return rpc::Serve(ctx, [&] { return ToGrpcStatus(PhaseTwo(req->action(), true)); });
+    return rpc::Serve(ctx, [&] {
+      if (absl::Status st = CheckCoordinator(ctx, "confirm"); !st.ok()) return ToGrpcStatus(st);
+      return ToGrpcStatus(PhaseTwo(req->action(), true));
+    });
   }
   grpc::Status Cancel(grpc::ServerContext* ctx, const dts::v1::PhaseTwoRequest* req,
                       dts::v1::PhaseTwoResponse*) override {
-    return rpc::Serve(ctx, [&] { return ToGrpcStatus(PhaseTwo(req->action(), false)); });
+    return rpc::Serve(ctx, [&] {
+      if (absl::Status st = CheckCoordinator(ctx, "cancel"); !st.ok()) return ToGrpcStatus(st);
+      return ToGrpcStatus(PhaseTwo(req->action(), false));
+    });
   }
   grpc::Status PhaseTwoBatch(grpc::ServerContext* ctx, const dts::v1::PhaseTwoBatchRequest* req,
                              dts::v1::PhaseTwoBatchResponse* resp) override {
     return rpc::Serve(ctx, [&] {
+      if (absl::Status st = CheckCoordinator(ctx, "confirm or cancel"); !st.ok()) {
+        return ToGrpcStatus(st);
+      }
       for (const dts::v1::PhaseTwoItem& item : req->items()) {
         absl::Status st = PhaseTwo(item.action(), item.confirm());
         dts::v1::PhaseTwoResult* r = resp->add_results();

@@ -51,6 +51,9 @@ struct TransactionOptions {
   absl::Duration check_interval_max = absl::Minutes(5);  // ...up to this
   int max_checks = 15;                                   // then parked
   int checks_per_second = 200;                           // all check-backs together
+  // With TLS, confirm and cancel are taken only from this identity (dtsd's);
+  // "": from any caller.
+  std::string coordinator_identity;
 };
 
 class Transactions {

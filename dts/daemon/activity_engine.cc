@@ -41,57 +41,32 @@ std::string TimeoutReason(const v1::Activity& a) {
       absl::FormatDuration(absl::Milliseconds(a.deadline_unix_ms() - a.begun_unix_ms())));
 }
 
+std::string Who(absl::string_view identity) {
+  return identity.empty() ? std::string("(no certificate)") : absl::StrCat("'", identity, "'");
+}
+
+// Only the identity that began `a` decides it (docs/security.md).
+absl::Status CheckInitiator(const v1::Activity& a, absl::string_view identity, bool commit) {
+  if (a.initiator_identity().empty() || a.initiator_identity() == identity) {
+    return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat("identity ", Who(identity), " may not ", commit ? "commit" : "roll back",
+                   " activity ", a.id(), ": it was begun by '", a.initiator_identity(),
+                   "', and only the identity that began an activity decides it"));
+}
+
+// Only the identity that enlisted `x` enlists it again or checks back about it.
+absl::Status CheckEnlister(const v1::Activity& a, const v1::Action& x, absl::string_view identity,
+                           absl::string_view act) {
+  if (x.identity().empty() || x.identity() == identity) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      "identity ", Who(identity), " may not ", act, " action ", x.name(), " of participant ",
+      x.participant(), " in activity ", a.id(), ": it was enlisted by '", x.identity(),
+      "', and only that identity reports on it"));
+}
+
 }  // namespace
-
-// Counts a call while the engine serves, so that StopServing can wait for it.
-class ActivityEngine::CallScope {
- public:
-  explicit CallScope(ActivityEngine* engine, uint64_t generation = 0) : engine_(engine) {
-    absl::MutexLock lock(&engine_->gate_mu_);
-    if (!engine_->serving_ || (generation != 0 && generation != engine_->generation_)) {
-      status_ = absl::UnavailableError(engine_->refusal_);
-      return;
-    }
-    ++engine_->in_calls_;
-  }
-  ~CallScope() {
-    if (!status_.ok()) return;
-    absl::MutexLock lock(&engine_->gate_mu_);
-    --engine_->in_calls_;
-  }
-  bool ok() const { return status_.ok(); }
-  const absl::Status& status() const { return status_; }
-
- private:
-  ActivityEngine* const engine_;
-  absl::Status status_;
-};
-
-void ActivityEngine::StopServing(const std::string& refusal) {
-  absl::MutexLock lock(&gate_mu_);
-  serving_ = false;
-  refusal_ = refusal;
-  ++generation_;
-  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_mu_) { return in_calls_ == 0; };
-  gate_mu_.Await(absl::Condition(&idle));
-}
-
-void ActivityEngine::SetRefusal(const std::string& refusal) {
-  absl::MutexLock lock(&gate_mu_);
-  refusal_ = refusal;
-}
-
-void ActivityEngine::Reset(uint64_t epoch) {
-  absl::MutexLock lock(&mu_);
-  entries_.clear();
-  epoch_ = epoch;
-  seq_ = 0;
-}
-
-void ActivityEngine::StartServing() {
-  absl::MutexLock lock(&gate_mu_);
-  serving_ = true;
-}
 
 ActivityEngine::ActivityEngine(ActivityStore* store, Clock* clock, PhaseTwoScheduler* scheduler,
                                ActivityLimits limits, uint64_t epoch)
@@ -135,7 +110,8 @@ UnfinishedView ActivityEngine::Unfinished() {
 
 // ---- operations ----
 
-absl::Status ActivityEngine::Begin(const v1::BeginRequest& req, v1::BeginResponse* resp) {
+absl::Status ActivityEngine::Begin(const v1::BeginRequest& req, v1::BeginResponse* resp,
+                                   absl::string_view identity) {
   CallScope scope(this);
   if (!scope.ok()) return scope.status();
   if (absl::Status st = CheckName("name", req.name(), true); !st.ok()) return st;
@@ -156,6 +132,7 @@ absl::Status ActivityEngine::Begin(const v1::BeginRequest& req, v1::BeginRespons
     a.set_id(id);
     a.set_name(req.name());
     a.set_initiator(req.initiator());
+    a.set_initiator_identity(std::string(identity));
     a.set_state(v1::ACTIVE);
     a.set_begun_unix_ms(UnixMs(now));
     a.set_deadline_unix_ms(UnixMs(now + timeout));
@@ -182,7 +159,7 @@ void ActivityEngine::ExpireIfDueLocked(Entry& e) {
   }
 }
 
-absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req) {
+absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req, absl::string_view identity) {
   CallScope scope(this);
   if (!scope.ok()) return scope.status();
   if (absl::Status st = CheckName("participant", req.participant(), true); !st.ok()) return st;
@@ -204,6 +181,7 @@ absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req) {
   }
   for (const v1::Action& x : a.actions()) {
     if (x.participant() == req.participant() && x.name() == req.action()) {
+      if (absl::Status st = CheckEnlister(a, x, identity, "enlist"); !st.ok()) return st;
       if (x.payload() == req.payload()) return absl::OkStatus();  // a repeated try
       return absl::FailedPreconditionError(absl::StrCat(
           "action ", req.action(), " of ", req.participant(), " is already enlisted in activity ",
@@ -221,6 +199,7 @@ absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req) {
   x->set_payload(req.payload());
   x->set_state(v1::ENLISTED);
   x->set_enlisted_unix_ms(UnixMs(clock_->Now()));
+  x->set_identity(std::string(identity));
   e->token.push_back(0);
   e->calling.push_back(false);
   synced_writes_.fetch_add(1, std::memory_order_relaxed);
@@ -235,7 +214,8 @@ absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req) {
 }
 
 absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
-                                    v1::DecisionResponse* resp, std::function<void()>* after_sync) {
+                                    v1::DecisionResponse* resp, std::function<void()>* after_sync,
+                                    absl::string_view identity) {
   CallScope scope(this);
   if (!scope.ok()) return scope.status();
   if (absl::Status st = CheckName("name", req.name(), false); !st.ok()) return st;
@@ -252,6 +232,7 @@ absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
     // Finished already: a repeat of the same decision is a success.
     absl::StatusOr<v1::Activity> a = Get(req.activity_id());
     if (!a.ok()) return a.status();
+    if (absl::Status st = CheckInitiator(*a, identity, commit); !st.ok()) return st;
     if (a->state() == (commit ? v1::COMMITTED : v1::ROLLED_BACK)) {
       resp->set_state(a->state());
       return absl::OkStatus();
@@ -261,6 +242,7 @@ absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
   }
   absl::MutexLock lock(&e->mu);
   v1::Activity& a = e->record;
+  if (absl::Status st = CheckInitiator(a, identity, commit); !st.ok()) return st;
   if (commit) ExpireIfDueLocked(*e);
   ActivityState same = commit ? v1::COMMITTING : v1::ROLLING_BACK;
   ActivityState done = commit ? v1::COMMITTED : v1::ROLLED_BACK;
@@ -278,11 +260,19 @@ absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
     a.set_name(req.name());
     a.set_initiator(req.initiator());
   }
+  // Begun by its initiator without a round trip: the identity deciding it
+  // is recorded with the decision.
+  const bool claimed = a.initiator_identity().empty() && !identity.empty();
+  if (claimed) a.set_initiator_identity(std::string(identity));
   // The reported actions are written whole with the decision, in one write.
   const int first_new = a.actions_size();
-  if (absl::Status st = AddJoinedLocked(*e, req); !st.ok()) return st;
-  if (absl::Status st = DecideLocked(*e, commit, reason, /*durable=*/false, first_new); !st.ok()) {
-    DropActionsLocked(*e, first_new);
+  absl::Status st = AddJoinedLocked(*e, req);
+  if (st.ok()) {
+    st = DecideLocked(*e, commit, reason, /*durable=*/false, first_new);
+    if (!st.ok()) DropActionsLocked(*e, first_new);
+  }
+  if (!st.ok()) {
+    if (claimed) a.clear_initiator_identity();
     return st;
   }
   *after_sync = StarterFor(e);
@@ -345,16 +335,22 @@ void ActivityEngine::DropActionsLocked(Entry& e, int from) {
 
 absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivityState* state,
                                      v1::ActionState* action_state,
-                                     std::function<void()>* after_sync) {
+                                     std::function<void()>* after_sync,
+                                     absl::string_view identity) {
   CallScope scope(this);
   if (!scope.ok()) return scope.status();
-  auto named = [&req, action_state](const v1::Activity& a) {
-    if (req.actions().empty()) return;
+  // The state of the action named; only for the identity that enlisted it.
+  auto named = [&req, action_state, identity](const v1::Activity& a) {
+    if (req.actions().empty()) return absl::OkStatus();
     for (const v1::Action& x : a.actions()) {
       if (x.participant() == req.actions(0).participant() && x.name() == req.actions(0).action()) {
+        if (absl::Status st = CheckEnlister(a, x, identity, "check back about"); !st.ok()) {
+          return st;
+        }
         *action_state = x.state();
       }
     }
+    return absl::OkStatus();
   };
   const std::string& id = req.activity_id();
   check_backs_.fetch_add(1, std::memory_order_relaxed);
@@ -364,8 +360,8 @@ absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivitySta
     absl::StatusOr<std::optional<v1::Activity>> stored = store_->Get(id);
     if (!stored.ok()) return stored.status();
     if (stored->has_value()) {
+      if (absl::Status st = named(**stored); !st.ok()) return st;
       *state = (*stored)->state();
-      named(**stored);
       return absl::OkStatus();
     }
     std::optional<absl::Time> deadline = DeadlineOfId(id);
@@ -385,10 +381,13 @@ absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivitySta
     absl::StatusOr<std::shared_ptr<Entry>> found = FindOrTakeUp(id, &req, /*refuse_far=*/false);
     if (!found.ok()) return found.status();
     e = *std::move(found);
-    if (e == nullptr) return Resolve(req, state, action_state, after_sync);  // finished meanwhile
+    if (e == nullptr) {
+      return Resolve(req, state, action_state, after_sync, identity);  // finished meanwhile
+    }
   }
   absl::MutexLock lock(&e->mu);
   v1::Activity& a = e->record;
+  if (absl::Status st = named(a); !st.ok()) return st;
   if (a.state() == v1::ACTIVE && clock_->Now() >= absl::FromUnixMillis(a.deadline_unix_ms())) {
     timed_out_.fetch_add(1, std::memory_order_relaxed);
     if (absl::Status st = DecideLocked(*e, false, TimeoutReason(a), /*durable=*/false); !st.ok()) {
@@ -401,8 +400,7 @@ absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivitySta
     *after_sync = [] {};
   }
   *state = a.state();
-  named(a);
-  return absl::OkStatus();
+  return named(a);
 }
 
 absl::StatusOr<std::shared_ptr<ActivityEntry>> ActivityEngine::FindOrTakeUp(

@@ -98,13 +98,18 @@ class ActivityEngine final : public PhaseTwoWork {
                  ActivityLimits limits, uint64_t epoch);
 
   // Each answers as the Coordinator RPC of the same name; none syncs.
-  absl::Status Begin(const v1::BeginRequest& req, v1::BeginResponse* resp);
+  // `identity` is the caller's certificate identity ("" without TLS): the
+  // identity that begins an activity is the only one that decides it, the
+  // one that enlists an action the only one that enlists it again or checks
+  // back about it (PERMISSION_DENIED naming both otherwise).
+  absl::Status Begin(const v1::BeginRequest& req, v1::BeginResponse* resp,
+                     absl::string_view identity = {});
   // The action is written; answer once a sync covers it.
-  absl::Status Enlist(const v1::EnlistRequest& req);
+  absl::Status Enlist(const v1::EnlistRequest& req, absl::string_view identity = {});
   // Records the decision. Answer once a sync covers it; when `*after_sync`
   // is set, run it first: it starts phase two of the decision now on disk.
   absl::Status Decide(const v1::ActivityRef& req, bool commit, v1::DecisionResponse* resp,
-                      std::function<void()>* after_sync);
+                      std::function<void()>* after_sync, absl::string_view identity = {});
   // A participant's check-back: the activity's state in `*state` (ACTIVE:
   // not decided yet, ask again later). An activity whose id carries its
   // deadline and that dtsd never saw decided is rolled back once the
@@ -113,7 +118,8 @@ class ActivityEngine final : public PhaseTwoWork {
   // The state of the action `req` names (its first `actions` entry) goes
   // to `*action_state` when the activity has it.
   absl::Status Resolve(const v1::ActivityRef& req, v1::ActivityState* state,
-                       v1::ActionState* action_state, std::function<void()>* after_sync);
+                       v1::ActionState* action_state, std::function<void()>* after_sync,
+                       absl::string_view identity = {});
   absl::Status Retry(const v1::ActivityRef& req, v1::DecisionResponse* resp);
   absl::Status Settle(const v1::ActivityRef& req, v1::DecisionResponse* resp);
   absl::Status List(const v1::ListRequest& req, v1::ListResponse* resp);
@@ -146,7 +152,20 @@ class ActivityEngine final : public PhaseTwoWork {
 
  private:
   using Entry = ActivityEntry;
-  class CallScope;  // one call while serving; `generation` 0: any
+  // Counts one call while the engine serves (StopServing waits for it);
+  // refused when not serving, or serving another period than `generation`
+  // (0: any).
+  class CallScope {
+   public:
+    explicit CallScope(ActivityEngine* engine, uint64_t generation = 0);
+    ~CallScope();
+    bool ok() const { return status_.ok(); }
+    const absl::Status& status() const { return status_; }
+
+   private:
+    ActivityEngine* const engine_;
+    absl::Status status_;
+  };
 
   std::shared_ptr<Entry> FindLive(const std::string& id);
   // The live entry of `id`; for an id that carries its deadline and that

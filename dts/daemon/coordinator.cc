@@ -16,6 +16,7 @@
 #include "formica/common/grpc_status.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/internal/audit_log.h"
+#include "formica/internal/credentials.h"
 #include "formica/internal/metrics_endpoint.h"
 #include "formica/internal/permissions.h"
 #include "formica/internal/server_options.h"
@@ -70,24 +71,35 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
     return r;
   }
 
+  // The caller's certificate identity ("" over plaintext): the engine
+  // lets only an activity's initiator decide it and only an action's
+  // participant report on it (docs/security.md).
+  static std::string Identity(grpc::CallbackServerContext* ctx) {
+    return PeerIdentity(*ctx->auth_context());
+  }
+  static absl::Status Logged(absl::Status st) {
+    if (absl::IsPermissionDenied(st)) SPDLOG_WARN("{}", std::string(st.message()));
+    return st;
+  }
+
   Reactor* Begin(grpc::CallbackServerContext* ctx, const v1::BeginRequest* req,
                  v1::BeginResponse* resp) override {
-    return Answer(ctx, engine_->Begin(*req, resp));
+    return Answer(ctx, engine_->Begin(*req, resp, Identity(ctx)));
   }
   Reactor* Enlist(grpc::CallbackServerContext* ctx, const v1::EnlistRequest* req,
                   v1::EnlistResponse*) override {
-    return AnswerDurable(ctx, engine_->Enlist(*req));
+    return AnswerDurable(ctx, Logged(engine_->Enlist(*req, Identity(ctx))));
   }
   Reactor* Commit(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                   v1::DecisionResponse* resp) override {
     std::function<void()> start;
-    absl::Status st = engine_->Decide(*req, true, resp, &start);
+    absl::Status st = Logged(engine_->Decide(*req, true, resp, &start, Identity(ctx)));
     return AnswerDurable(ctx, st, std::move(start));
   }
   Reactor* Rollback(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                     v1::DecisionResponse* resp) override {
     std::function<void()> start;
-    absl::Status st = engine_->Decide(*req, false, resp, &start);
+    absl::Status st = Logged(engine_->Decide(*req, false, resp, &start, Identity(ctx)));
     return AnswerDurable(ctx, st, std::move(start));
   }
   Reactor* Batch(grpc::CallbackServerContext* ctx, const v1::BatchRequest* req,
@@ -98,18 +110,19 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
     }
     std::vector<std::function<void()>> starters;
     bool durable = false;
+    const std::string identity = Identity(ctx);
     for (const v1::CoordinatorOp& op : req->ops()) {
       v1::OpResult* result = resp->add_results();
       absl::Status st;
       switch (op.op_case()) {
         case v1::CoordinatorOp::kBegin: {
           v1::BeginResponse begun;
-          st = engine_->Begin(op.begin(), &begun);
+          st = engine_->Begin(op.begin(), &begun, identity);
           result->set_activity_id(begun.activity_id());
           break;
         }
         case v1::CoordinatorOp::kEnlist:
-          st = engine_->Enlist(op.enlist());
+          st = Logged(engine_->Enlist(op.enlist(), identity));
           durable = true;
           break;
         case v1::CoordinatorOp::kCommit:
@@ -117,7 +130,8 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
           bool commit = op.op_case() == v1::CoordinatorOp::kCommit;
           std::function<void()> start;
           v1::DecisionResponse decision;
-          st = engine_->Decide(commit ? op.commit() : op.rollback(), commit, &decision, &start);
+          st = Logged(engine_->Decide(commit ? op.commit() : op.rollback(), commit, &decision,
+                                      &start, identity));
           result->set_state(decision.state());
           if (start) starters.push_back(std::move(start));
           durable = true;
@@ -127,7 +141,7 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
           std::function<void()> start;
           v1::ActivityState state = v1::ACTIVITY_STATE_UNSPECIFIED;
           v1::ActionState action_state = v1::ACTION_STATE_UNSPECIFIED;
-          st = engine_->Resolve(op.resolve(), &state, &action_state, &start);
+          st = Logged(engine_->Resolve(op.resolve(), &state, &action_state, &start, identity));
           result->set_state(state);
           result->set_action_state(action_state);
           if (start) {

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <cstdlib>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -142,6 +143,12 @@ CoordinatorCalls::~CoordinatorCalls() = default;
 absl::StatusOr<v1::OpResult> CoordinatorCalls::Run(const v1::CoordinatorOp& op,
                                                    absl::Duration timeout) {
   return impl_->Run(op, timeout);
+}
+
+std::string CoordinatorIdentity(const std::string& configured) {
+  if (!configured.empty()) return configured;
+  const char* env = std::getenv("FORMICA_DTS_COORDINATOR_IDENTITY");
+  return env == nullptr ? "" : env;
 }
 
 }  // namespace formica::dts

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -48,5 +49,9 @@ class CoordinatorCalls {
  private:
   std::unique_ptr<Impl> impl_;
 };
+
+// The identity a participant takes confirm and cancel from: `configured`,
+// else FORMICA_DTS_COORDINATOR_IDENTITY, else "" (any caller).
+std::string CoordinatorIdentity(const std::string& configured);
 
 }  // namespace formica::dts

@@ -16,6 +16,7 @@
 #include "formica/common/grpc_status.h"
 #include "formica/dts/activity.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/internal/credentials.h"
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
@@ -34,6 +35,7 @@ thread_local bool in_body = false;
 class Participant::Impl final : public v1::Participant::CallbackService, public PendingTries {
  public:
   ParticipantOptions options;
+  std::string coordinator;                  // the identity phase two is taken from ("": any)
   std::shared_ptr<CoordinatorCalls> calls;  // shared with the process's other users of rpc
   absl::Mutex db_mu;                        // one local transaction at a time on the connection
   sqlite3* db ABSL_GUARDED_BY(db_mu) = nullptr;
@@ -547,18 +549,31 @@ class Participant::Impl final : public v1::Participant::CallbackService, public 
     return item;
   }
 
+  // Phase two comes only from dtsd's identity, when one is configured.
+  grpc::ServerUnaryReactor* Refused(grpc::CallbackServerContext* ctx, absl::string_view act) {
+    absl::Status st = CheckPeerIs(
+        ctx, coordinator, absl::StrCat(act, " actions of participant '", options.name, "'"));
+    if (st.ok()) return nullptr;
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(st));
+    return reactor;
+  }
+
   grpc::ServerUnaryReactor* PhaseTwoBatch(grpc::CallbackServerContext* ctx,
                                           const v1::PhaseTwoBatchRequest* req,
                                           v1::PhaseTwoBatchResponse* resp) override {
+    if (auto* refused = Refused(ctx, "confirm or cancel")) return refused;
     return RunPhaseTwo(ctx, {req->items().begin(), req->items().end()}, resp, false);
   }
   grpc::ServerUnaryReactor* Confirm(grpc::CallbackServerContext* ctx,
                                     const v1::PhaseTwoRequest* req,
                                     v1::PhaseTwoResponse*) override {
+    if (auto* refused = Refused(ctx, "confirm")) return refused;
     return RunPhaseTwo(ctx, {Item(*req, true)}, nullptr, true);
   }
   grpc::ServerUnaryReactor* Cancel(grpc::CallbackServerContext* ctx, const v1::PhaseTwoRequest* req,
                                    v1::PhaseTwoResponse*) override {
+    if (auto* refused = Refused(ctx, "cancel")) return refused;
     return RunPhaseTwo(ctx, {Item(*req, false)}, nullptr, true);
   }
 };
@@ -582,6 +597,7 @@ absl::StatusOr<std::unique_ptr<Participant>> Participant::Open(ParticipantOption
   }
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
+  impl->coordinator = CoordinatorIdentity(impl->options.coordinator_identity);
   impl->calls = CoordinatorCalls::Shared(rpc);
   absl::MutexLock lock(&impl->db_mu);
   if (sqlite3_open_v2(impl->options.database.c_str(), &impl->db,

@@ -16,6 +16,7 @@
 #include "coordinator_calls.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
+#include "formica/internal/credentials.h"
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/client.h"
 #include "formica/rpc/server.h"
@@ -115,6 +116,7 @@ absl::Status Unwrap(absl::string_view enlisted, dds::Value* key, std::string* pa
 class ShardedParticipant::Impl final : public v1::Participant::Service, public PendingTries {
  public:
   ShardedParticipantOptions options;
+  std::string coordinator;                  // the identity phase two is taken from ("": any)
   std::shared_ptr<CoordinatorCalls> calls;  // shared with the process's other users of rpc
   dds::ShardedDataSource* ds = nullptr;
   DeclaredSteps<Step> steps;
@@ -352,21 +354,32 @@ class ShardedParticipant::Impl final : public v1::Participant::Service, public P
     return results;
   }
 
+  // Phase two comes only from dtsd's identity, when one is configured.
+  absl::Status CheckCoordinator(grpc::ServerContext* ctx, absl::string_view act) {
+    return CheckPeerIs(ctx, coordinator,
+                       absl::StrCat(act, " actions of participant '", options.name, "'"));
+  }
+
   grpc::Status Confirm(grpc::ServerContext* ctx, const v1::PhaseTwoRequest* req,
                        v1::PhaseTwoResponse*) override {
     return rpc::Serve(ctx, [&] {
+      if (absl::Status st = CheckCoordinator(ctx, "confirm"); !st.ok()) return ToGrpcStatus(st);
       return ToGrpcStatus(PhaseTwo(true, req->activity_id(), req->action(), req->payload()));
     });
   }
   grpc::Status Cancel(grpc::ServerContext* ctx, const v1::PhaseTwoRequest* req,
                       v1::PhaseTwoResponse*) override {
     return rpc::Serve(ctx, [&] {
+      if (absl::Status st = CheckCoordinator(ctx, "cancel"); !st.ok()) return ToGrpcStatus(st);
       return ToGrpcStatus(PhaseTwo(false, req->activity_id(), req->action(), req->payload()));
     });
   }
   grpc::Status PhaseTwoBatch(grpc::ServerContext* ctx, const v1::PhaseTwoBatchRequest* req,
                              v1::PhaseTwoBatchResponse* resp) override {
     return rpc::Serve(ctx, [&] {
+      if (absl::Status st = CheckCoordinator(ctx, "confirm or cancel"); !st.ok()) {
+        return ToGrpcStatus(st);
+      }
       for (const v1::PhaseTwoItem& item : req->items()) {
         absl::Status st =
             PhaseTwo(item.confirm(), item.activity_id(), item.action(), item.payload());
@@ -399,6 +412,7 @@ absl::StatusOr<std::unique_ptr<ShardedParticipant>> ShardedParticipant::Open(
   }
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
+  impl->coordinator = CoordinatorIdentity(impl->options.coordinator_identity);
   impl->calls = CoordinatorCalls::Shared(rpc);
   impl->ds = ds;
   impl->check_back = std::make_unique<CheckBack>(

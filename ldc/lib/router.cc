@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <thread>
 
@@ -170,14 +171,17 @@ class Router::Impl {
   bool ConfirmedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (registry_ == nullptr) return version_ != 0;
     if (reported_ != version_ || version_ == 0) return false;
-    if (!registry_->connected() || registry_->session_id() != reported_session_) {
+    // One reading of the session: connected, its id and its lease agree.
+    registry::Client::SessionView session = registry_->session();
+    if (!session.connected || session.id != reported_session_) {
       recheck_ = true;  // a new session: report again before writing
       return false;
     }
     // Past the session's lease (this process was paused, or the registry
     // went silent): a switch may have gone on without this process, whose
     // session it saw lapse. Nothing is admitted until a session is back.
-    return absl::Now() < registry_->lease_valid_until();
+    // The monotonic clock: a step of the wall clock extends no lease.
+    return std::chrono::steady_clock::now() < session.lease_valid_until;
   }
 
   absl::StatusOr<Router::WritePermit> Admit(Router* router, int shard, absl::Time deadline) {

@@ -281,7 +281,9 @@ void ClusterLink::CloseSession(uint64_t session_id) {
   impl_->Enqueue(std::move(op));
 }
 
-void ClusterLink::KeepAlive(uint64_t session_id) { impl_->KeepAlive(session_id); }
+void ClusterLink::KeepAlive(uint64_t session_id, std::function<void()> renewed) {
+  impl_->KeepAlive(session_id, std::move(renewed));
+}
 bool ClusterLink::Reachable() const { return impl_->Reachable(); }
 void ClusterLink::WatchService(const std::string& service) { impl_->AddWatch(false, service); }
 void ClusterLink::UnwatchService(const std::string& service) { impl_->RemoveWatch(false, service); }

@@ -120,7 +120,10 @@ class ClusterLink {
                  const std::string& address, std::function<void(absl::Status)> done);
   // Revokes the lease: its publications go at once.
   void CloseSession(uint64_t session_id);
-  void KeepAlive(uint64_t session_id);
+  // Renews the session's lease; `renewed` (if any) runs on the keep-alive
+  // reader once etcd answered this renewal with the lease alive, and never
+  // when it did not answer (the stream broke) or the lease is gone.
+  void KeepAlive(uint64_t session_id, std::function<void()> renewed = nullptr);
   // Whether etcd answered this node's keep-alives within the last 1.5 s
   // (the node renews its own lease every 400 ms).
   bool Reachable() const;

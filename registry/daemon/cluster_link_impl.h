@@ -253,7 +253,7 @@ class ClusterLink::Impl {
   // ---- keep-alives ----
   // Queued, never blocking the caller; the sender thread writes them. A
   // keep-alive lost with a broken stream is made up by the next heartbeat.
-  void KeepAlive(uint64_t lease);
+  void KeepAlive(uint64_t lease, std::function<void()> renewed = nullptr);
 
   void KeepAliveSender();
 
@@ -322,6 +322,12 @@ class ClusterLink::Impl {
       ABSL_GUARDED_BY(keep_mu_) = nullptr;
   bool keep_stopping_ ABSL_GUARDED_BY(keep_mu_) = false;
   std::set<uint64_t> keep_pending_ ABSL_GUARDED_BY(keep_mu_);
+  // Who waits for a lease's next renewal to be sent, and, per lease, for
+  // each renewal sent and not answered yet, in order (etcd answers a
+  // stream's keep-alives in the order they were sent).
+  using Renewed = std::vector<std::function<void()>>;
+  std::map<uint64_t, Renewed> keep_waiting_ ABSL_GUARDED_BY(keep_mu_);
+  std::map<uint64_t, std::deque<Renewed>> keep_in_flight_ ABSL_GUARDED_BY(keep_mu_);
   int keep_writers_ ABSL_GUARDED_BY(keep_mu_) = 0;
   // Set and cleared by the reader under keep_mu_ with no writer active; the
   // sender uses it outside the lock while it counts as a writer.

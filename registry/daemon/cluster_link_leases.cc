@@ -4,12 +4,13 @@
 
 namespace formica::registry {
 
-void ClusterLink::Impl::KeepAlive(uint64_t lease) {
+void ClusterLink::Impl::KeepAlive(uint64_t lease, std::function<void()> renewed) {
   if (lease == 0) {
     return;
   }
   absl::MutexLock lock(&keep_mu_);
   keep_pending_.insert(lease);
+  if (renewed) keep_waiting_[lease].push_back(std::move(renewed));
 }
 
 void ClusterLink::Impl::KeepAliveSender() {
@@ -34,6 +35,16 @@ void ClusterLink::Impl::KeepAliveSender() {
         return;
       }
       leases.swap(keep_pending_);
+      // Each renewal about to be sent takes its waiters with it; the
+      // reader answers them in order.
+      for (uint64_t lease : leases) {
+        Renewed waiters;
+        if (auto w = keep_waiting_.find(lease); w != keep_waiting_.end()) {
+          waiters.swap(w->second);
+          keep_waiting_.erase(w);
+        }
+        keep_in_flight_[lease].push_back(std::move(waiters));
+      }
       // The reader thread keeps the stream alive until keep_writing_ drops.
       ++keep_writers_;
     }
@@ -76,10 +87,20 @@ void ClusterLink::Impl::KeepAliveLoop() {
     while (stream->Read(&response)) {
       heard = true;
       Heard();
+      uint64_t id = static_cast<uint64_t>(response.id());
+      Renewed answered;
+      {
+        absl::MutexLock lock(&keep_mu_);
+        if (auto f = keep_in_flight_.find(id); f != keep_in_flight_.end()) {
+          answered.swap(f->second.front());
+          f->second.pop_front();
+          if (f->second.empty()) keep_in_flight_.erase(f);
+        }
+      }
       if (response.ttl() > 0) {
+        for (auto& renewed : answered) renewed();
         continue;
       }
-      uint64_t id = static_cast<uint64_t>(response.id());
       if (response.id() == node_lease_) {
         node_lost_ = true;
         SPDLOG_WARN("this node's etcd lease lapsed; registering again");
@@ -93,6 +114,9 @@ void ClusterLink::Impl::KeepAliveLoop() {
       auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(keep_mu_) { return keep_writers_ == 0; };
       keep_mu_.Await(absl::Condition(&idle));
       keep_writer_stream_ = nullptr;
+      // Renewals this stream sent and etcd did not answer: nobody hears of
+      // them (a heartbeat is acknowledged only once its renewal was).
+      keep_in_flight_.clear();
     }
     grpc::Status st = stream->Finish();
     absl::MutexLock lock(&keep_mu_);

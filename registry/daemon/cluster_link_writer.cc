@@ -174,6 +174,32 @@ void ClusterLink::Impl::Run(Op& op) {
                          " not found: its lease lapsed or it never existed; open a new session")));
         return;
       }
+      // A session is resumed only by the identity holding it, whichever
+      // node it was on: its record in etcd names that identity, and it is
+      // replaced below only if nobody replaced it since it was read here.
+      pb::RangeResponse held;
+      st = Range(SessionKey(op.lease), "", false, &held);
+      if (!st.ok()) {
+        op.resume_done(st);
+        return;
+      }
+      v1::SessionRecord mine;
+      v1::SessionRecord theirs;
+      if (held.kvs_size() == 0 || !theirs.ParseFromString(held.kvs(0).value()) ||
+          !mine.ParseFromString(op.value)) {
+        op.resume_done(absl::NotFoundError(absl::StrCat(
+            "session ", op.lease, " has no readable record in etcd; open a new session")));
+        return;
+      }
+      if (theirs.identity() != mine.identity()) {
+        auto name = [](const std::string& identity) {
+          return identity.empty() ? std::string("(no certificate)") : "'" + identity + "'";
+        };
+        op.resume_done(absl::PermissionDeniedError(
+            absl::StrCat("identity ", name(mine.identity()), " may not resume session ", op.lease,
+                         " of identity ", name(theirs.identity()))));
+        return;
+      }
       // Renew at once, so the lease does not lapse while the client replays.
       KeepAlive(op.lease);
       Resumed resumed;
@@ -185,17 +211,39 @@ void ClusterLink::Impl::Run(Op& op) {
           resumed.publications.emplace_back(std::move(service), std::move(address));
         }
       }
-      pb::PutRequest put;
-      put.set_key(SessionKey(op.lease));
-      put.set_value(op.value);
-      put.set_lease(static_cast<int64_t>(op.lease));
-      pb::PutResponse put_response;
-      st = Call("put", &pb::KV::Stub::Put, kv_.get(), put, &put_response);
+      pb::TxnRequest txn;
+      pb::Compare* same = txn.add_compare();
+      same->set_key(SessionKey(op.lease));
+      same->set_target(pb::Compare::MOD);
+      same->set_result(pb::Compare::EQUAL);
+      same->set_mod_revision(held.kvs(0).mod_revision());
+      pb::PutRequest* put = txn.add_success()->mutable_request_put();
+      put->set_key(SessionKey(op.lease));
+      put->set_value(op.value);
+      put->set_lease(static_cast<int64_t>(op.lease));
+      pb::TxnResponse put_response;
+      bool repeated = false;
+      st = Txn(txn, &put_response, &repeated);
       resumed.record_revision = static_cast<uint64_t>(put_response.header().revision());
+      if (st.ok() && !put_response.succeeded() && repeated) {
+        // Sent again after a lost reply: the first may have been applied.
+        pb::RangeResponse now;
+        if (Range(SessionKey(op.lease), "", false, &now).ok() && now.kvs_size() == 1 &&
+            now.kvs(0).value() == op.value) {
+          put_response.set_succeeded(true);
+          resumed.record_revision = static_cast<uint64_t>(now.kvs(0).mod_revision());
+        }
+      }
       if (!st.ok()) {
         op.resume_done(absl::IsNotFound(st) ? absl::NotFoundError(absl::StrCat(
                                                   "session ", op.lease, " lapsed while resuming"))
                                             : st);
+        return;
+      }
+      if (!put_response.succeeded()) {
+        // Another node took it over meanwhile: the client tries again.
+        op.resume_done(absl::AbortedError(
+            absl::StrCat("session ", op.lease, " was taken over while resuming; try again")));
         return;
       }
       op.resume_done(std::move(resumed));

@@ -50,7 +50,7 @@ class EmbeddedBackend final : public RegistryBackend {
                                                           GrantDone later) override;
   void CloseSession(uint64_t) override {}
   absl::Status KillUnheldSession(uint64_t id) override;
-  void KeepAlive(uint64_t) override {}
+  bool KeepAlive(uint64_t, std::function<void()>) override { return true; }
   void SessionEnded(Session& session, absl::string_view why, bool revoke) override;
 
   std::optional<absl::Status> Publish(Session& session, const v1::Publish& request) override;

@@ -50,7 +50,10 @@ class EtcdBackend final : public RegistryBackend {
                                                           GrantDone later) override;
   void CloseSession(uint64_t id) override { link_->CloseSession(id); }
   absl::Status KillUnheldSession(uint64_t id) override;
-  void KeepAlive(uint64_t id) override { link_->KeepAlive(id); }
+  bool KeepAlive(uint64_t id, std::function<void()> renewed) override {
+    link_->KeepAlive(id, std::move(renewed));
+    return false;
+  }
   void SessionEnded(Session& session, absl::string_view why, bool revoke) override;
 
   std::optional<absl::Status> Publish(Session& session, const v1::Publish& request) override;

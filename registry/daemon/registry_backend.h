@@ -119,8 +119,11 @@ class RegistryBackend {
   virtual void CloseSession(uint64_t id) = 0;
   // An operator ends a session this node does not hold.
   virtual absl::Status KillUnheldSession(uint64_t id) = 0;
-  // The client showed itself alive: renew its lease.
-  virtual void KeepAlive(uint64_t id) = 0;
+  // The client showed itself alive: renew its lease. True when it is
+  // renewed already (`renewed` is then not called); false when `renewed`
+  // (if any) is called later, from another thread and without the core's
+  // lock, once the backend renewed it, and never when it could not.
+  virtual bool KeepAlive(uint64_t id, std::function<void()> renewed) = 0;
   // `session` leaves this node (before the core forgets it). `revoke`: it
   // ends for good; otherwise the backend decides (another node may hold it).
   virtual void SessionEnded(Session& session, absl::string_view why, bool revoke) = 0;

@@ -68,22 +68,32 @@ void RegistryCore::Handle(SessionStream* stream, const v1::ClientMessage& messag
   }
   Session& session = *found;
   sessions_.Touch(session);
-  // A heartbeat renews the backend's lease each time (its ack tells the
-  // client its session lives a lease past the heartbeat's sending:
-  // registry::Client::lease_valid_until); other messages at most every
-  // quarter lease.
-  if (message.has_heartbeat() || session.last_seen - session.last_keepalive >= session.lease / 4) {
+  // A heartbeat renews the backend's lease each time, and is acknowledged
+  // only once the backend renewed it: the ack tells the client its session
+  // lives a lease past the heartbeat's sending
+  // (registry::Client::SessionView::lease_valid_until), so a node cut off
+  // from etcd must not send it. Other messages renew at most every quarter
+  // lease, unacknowledged.
+  if (message.has_heartbeat()) {
+    auto ack = std::make_shared<v1::ServerMessage>();
+    ack->mutable_heartbeat_ack()->set_seq(message.heartbeat().seq());
+    auto later = [this, id = session.id, serial = stream->serial, ack] {
+      absl::MutexLock lock(&mu_);
+      Session* s = sessions_.Find(id);
+      if (s != nullptr && s->stream != nullptr && s->stream->serial == serial) {
+        Reply(s->stream, ack);
+      }
+    };
+    if (backend_->KeepAlive(session.id, later)) Reply(stream, ack);
+    session.last_keepalive = session.last_seen;
+  } else if (session.last_seen - session.last_keepalive >= session.lease / 4) {
     // Any message shows the client alive: renew its lease in the backend.
-    backend_->KeepAlive(session.id);
+    backend_->KeepAlive(session.id, nullptr);
     session.last_keepalive = session.last_seen;
   }
   switch (message.body_case()) {
-    case v1::ClientMessage::kHeartbeat: {
-      auto reply = std::make_shared<v1::ServerMessage>();
-      reply->mutable_heartbeat_ack()->set_seq(message.heartbeat().seq());
-      Reply(stream, std::move(reply));
-      break;
-    }
+    case v1::ClientMessage::kHeartbeat:
+      break;  // answered above
     case v1::ClientMessage::kPublish: {
       uint64_t request_id = message.publish().request_id();
       if (absl::Status st =

@@ -253,8 +253,10 @@ grpc::ServerUnaryReactor* RegistryService::GetPushSwitch(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* RegistryService::ListSessions(grpc::CallbackServerContext* context,
                                                         const v1::ListSessionsRequest*,
                                                         v1::ListSessionsResponse* response) {
-  core_->ListSessions(response);
-  return Done(context, absl::OkStatus());
+  // Who is connected from where: an operator's read.
+  absl::Status st = CheckCaller(context, "operate", "registry");
+  if (st.ok()) core_->ListSessions(response);
+  return Done(context, st);
 }
 
 grpc::ServerUnaryReactor* RegistryService::KillSession(grpc::CallbackServerContext* context,

@@ -152,7 +152,12 @@ void Client::Unwatch(uint64_t id) {
 }
 bool Client::connected() const { return impl_->connected(); }
 uint64_t Client::session_id() const { return impl_->session_id(); }
-absl::Time Client::lease_valid_until() const { return impl_->lease_valid_until(); }
+Client::SessionView Client::session() const { return impl_->session(); }
+absl::Time Client::lease_valid_until() const {
+  SessionView view = session();
+  if (!view.connected) return absl::InfinitePast();
+  return absl::Now() + absl::FromChrono(view.lease_valid_until - std::chrono::steady_clock::now());
+}
 std::string Client::connected_registry() const { return impl_->connected_registry(); }
 void Client::DropConnectionForTesting() { impl_->DropConnection(); }
 

@@ -64,10 +64,16 @@ class Client::Impl {
     absl::MutexLock lock(&mu_);
     return session_id_;
   }
-  absl::Time lease_valid_until() const {
+  Client::SessionView session() const {
     absl::MutexLock lock(&mu_);
-    if (!connected_) return absl::InfinitePast();
-    return answered_sent_ + granted_lease_ - granted_lease_ / 10;
+    Client::SessionView view;
+    view.connected = connected_;
+    view.id = session_id_;
+    if (connected_) {
+      view.lease_valid_until =
+          answered_sent_ + absl::ToChronoMilliseconds(granted_lease_ - granted_lease_ / 10);
+    }
+    return view;
   }
   std::string connected_registry() const {
     absl::MutexLock lock(&mu_);
@@ -161,7 +167,9 @@ class Client::Impl {
   // of that cluster can resume the session, and its versions compare.
   std::string session_cluster_ ABSL_GUARDED_BY(mu_);
   absl::Duration granted_lease_ ABSL_GUARDED_BY(mu_);
-  absl::Time stream_started_ ABSL_GUARDED_BY(mu_);
+  // When the newest stream was started, by the monotonic clock (the lease
+  // is counted on it: a change of the wall clock moves no deadline).
+  std::chrono::steady_clock::time_point stream_started_ ABSL_GUARDED_BY(mu_);
   // Withdrawn while the stream was down; sent again if the session resumes.
   std::set<std::pair<std::string, std::string>> withdrawn_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> dropped_services_ ABSL_GUARDED_BY(mu_);
@@ -172,9 +180,9 @@ class Client::Impl {
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t heartbeat_seq_ ABSL_GUARDED_BY(mu_) = 0;
   // When the heartbeats not answered yet were sent, by sequence number.
-  std::map<uint64_t, absl::Time> heartbeats_sent_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, std::chrono::steady_clock::time_point> heartbeats_sent_ ABSL_GUARDED_BY(mu_);
   // When the newest message the registry answered on this session was sent.
-  absl::Time answered_sent_ ABSL_GUARDED_BY(mu_);
+  std::chrono::steady_clock::time_point answered_sent_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, Publication> publications_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, ServiceSub, std::less<>> services_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::string> callback_owner_ ABSL_GUARDED_BY(mu_);  // id -> service/key

@@ -83,7 +83,7 @@ Client::Impl::SessionEnd Client::Impl::RunSession(const std::string& address) {
       return SessionEnd::kNeverOpened;
     }
     context_ = &context;
-    stream_started_ = absl::Now();
+    stream_started_ = std::chrono::steady_clock::now();
     // An embedded node's session lives on that node only; a cluster's
     // session can be resumed on any node (another cluster answers NOT_FOUND).
     resume = (session_address_ == address || !session_cluster_.empty()) ? session_id_ : 0;
@@ -266,7 +266,8 @@ void Client::Impl::TimerLoop() {
       if (!connected_) {
         // A registry that accepts the connection but never answers the
         // open must not hold the client: give up and try the next one.
-        if (context_ != nullptr && now - stream_started_ > options_.request_timeout) {
+        if (context_ != nullptr && std::chrono::steady_clock::now() - stream_started_ >
+                                       absl::ToChronoMilliseconds(options_.request_timeout)) {
           SPDLOG_WARN("registry did not open a session within {}: trying again",
                       absl::FormatDuration(options_.request_timeout));
           context_->TryCancel();
@@ -287,7 +288,7 @@ void Client::Impl::TimerLoop() {
     {
       absl::MutexLock lock(&mu_);
       beat.mutable_heartbeat()->set_seq(++heartbeat_seq_);
-      heartbeats_sent_[heartbeat_seq_] = absl::Now();
+      heartbeats_sent_[heartbeat_seq_] = std::chrono::steady_clock::now();
       // Unanswered ones of a stream that broke are not kept for ever.
       while (heartbeats_sent_.size() > 64) heartbeats_sent_.erase(heartbeats_sent_.begin());
       if (absl::Now() >= next_reconcile) {

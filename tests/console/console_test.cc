@@ -432,6 +432,15 @@ TEST_F(ConsoleTest, SaysWhatItCannotRead) {
   EXPECT_EQ(overview->status, 200);
   EXPECT_TRUE(absl::StrContains(overview->body, R"("dts":{"ok":false,"error":)")) << overview->body;
   EXPECT_TRUE(absl::StrContains(overview->body, R"("services":{"ok":true)")) << overview->body;
+  // The daemons' audit trail names the daemon it could not read and lists
+  // the others'.
+  auto trail = http.Get("/api/audit/daemons");
+  ASSERT_TRUE(trail);
+  EXPECT_EQ(trail->status, 200);
+  EXPECT_TRUE(
+      absl::StrContains(trail->body, R"("unreachable":[{"daemon":"dtsd","error":"UNAVAILABLE)"))
+      << trail->body;
+  EXPECT_TRUE(absl::StrContains(trail->body, R"({"trail":{"entries":[)")) << trail->body;
 }
 
 // The Releases page's rollback: the release's calls go to the previous

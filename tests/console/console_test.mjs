@@ -254,6 +254,24 @@ try {
     await table.locator("td", { hasText: "ann from 127.0.0.1" }).first().waitFor(WAIT);
     await shot("audit");
   });
+
+  await check("the daemons' audit trail shows each act at its daemon, newest first", async () => {
+    await page.goto(`${URL}#audit`);
+    const table = page.locator("#daemon-audit-table");
+    await table.locator("td", { hasText: "dms.replay" }).first().waitFor(WAIT);
+    const rows = await table.locator("tr").evaluateAll((trs) =>
+      trs.slice(1).map((tr) => Array.from(tr.children, (td) => td.textContent)));
+    const at = (action, daemon) => rows.findIndex((r) => r[3] === action && r[1] === daemon);
+    const replay = at("dms.replay", "dmsd"), settle = at("dts.settle", "dtsd"), retry = at("dts.retry", "dtsd");
+    expect(replay >= 0 && settle >= 0 && retry >= 0, `missing acts: ${JSON.stringify(rows.slice(0, 5))}`);
+    expect(replay < settle && settle < retry, `not newest first: replay ${replay}, settle ${settle}, retry ${retry}`);
+    expect(rows[settle][4] === `activity=${STUCK}` && rows[settle][5] === "OK", `settle row: ${rows[settle]}`);
+    expect(rows.some((r) => r[1] === "dsrd" && r[3] === "config.put" && r[4].startsWith("key=console/audit/")),
+      "the console's own records are not among dsrd's config writes");
+    const times = rows.map((r) => r[0]);
+    expect(times.every((t, i) => i === 0 || times[i - 1] >= t), `times not newest first: ${times.slice(0, 5)}`);
+    await shot("daemon-audit");
+  });
 } finally {
   await browser.close();
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "activity_engine.h"
 #include "activity_id.h"
@@ -450,6 +451,73 @@ TEST_F(DtsEngines, ARollbackIsTakenEvenForAnIdWhoseDeadlineIsBeyondTheMaximum) {
   Advance(absl::ZeroDuration());
   ASSERT_EQ(sender_.sent.size(), 1u);
   EXPECT_FALSE(sender_.sent[0].item.confirm()) << "its try is cancelled, not left frozen";
+}
+
+// Identities (docs/security.md): an activity its initiator began itself is
+// decided only by the identity that first decides it, a repeat of the
+// decision included; an action enlisted by one identity is not re-enlisted
+// or checked back about by another.
+TEST_F(DtsEngines, AnActivityBegunWithoutARoundTripIsDecidedOnlyByItsFirstDecidersIdentity) {
+  std::string id = IdWithDeadline(clock_.Now() + absl::Seconds(10));
+  v1::EnlistRequest enlist;
+  enlist.set_activity_id(id);
+  enlist.set_participant("bank.a");
+  enlist.set_action("debit");
+  ASSERT_TRUE(engine_.Enlist(enlist, "bank-a").ok());
+  EXPECT_EQ(engine_.Enlist(enlist, "bank-b").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(engine_.Enlist(enlist, "bank-a").ok()) << "its own repeated try";
+
+  v1::ActivityRef ref;
+  ref.set_activity_id(id);
+  v1::DecisionResponse decision;
+  std::function<void()> start;
+  ASSERT_TRUE(engine_.Decide(ref, true, &decision, &start, "transfer").ok());
+  start();
+  absl::Status other = engine_.Decide(ref, false, &decision, &start, "bank-a");
+  EXPECT_EQ(other.code(), absl::StatusCode::kPermissionDenied) << other;
+  EXPECT_EQ(other.message(), absl::StrCat("identity 'bank-a' may not roll back activity ", id,
+                                          ": it was begun by 'transfer', and only the identity "
+                                          "that began an activity decides it"));
+  ref.add_actions()->set_participant("bank.a");
+  ref.mutable_actions(0)->set_action("debit");
+  v1::ActivityState state = v1::ACTIVITY_STATE_UNSPECIFIED;
+  v1::ActionState action_state = v1::ACTION_STATE_UNSPECIFIED;
+  std::function<void()> after;
+  EXPECT_EQ(engine_.Resolve(ref, &state, &action_state, &after, "bank-b").code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(engine_.Resolve(ref, &state, &action_state, &after, "bank-a").ok());
+  EXPECT_EQ(action_state, v1::ENLISTED);
+
+  Advance(absl::ZeroDuration());
+  sender_.Answer(absl::OkStatus());
+  ASSERT_EQ(State(id), v1::COMMITTED);
+  EXPECT_EQ(engine_.Decide(ref, true, &decision, &start, "bank-b").code(),
+            absl::StatusCode::kPermissionDenied)
+      << "a repeat by another identity";
+  EXPECT_TRUE(engine_.Decide(ref, true, &decision, &start, "transfer").ok());
+}
+
+// Without TLS no caller has an identity: anyone decides and reports, as
+// before identities were recorded.
+TEST_F(DtsEngines, WithoutIdentitiesAnyCallerDecidesAndReports) {
+  std::string id = BeginWithOneAction(absl::Seconds(10));
+  absl::StatusOr<v1::Activity> a = engine_.Get(id);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->initiator_identity(), "");
+  EXPECT_EQ(a->actions(0).identity(), "");
+  v1::EnlistRequest enlist;
+  enlist.set_activity_id(id);
+  enlist.set_participant("bank.a");
+  enlist.set_action("debit");
+  enlist.set_payload("100");
+  EXPECT_TRUE(engine_.Enlist(enlist, "bank-b").ok());
+  v1::ActivityRef ref;
+  ref.set_activity_id(id);
+  v1::DecisionResponse decision;
+  std::function<void()> start;
+  ASSERT_TRUE(engine_.Decide(ref, false, &decision, &start, "bank-b").ok());
+  start();
+  EXPECT_EQ(State(id), v1::ROLLING_BACK);
 }
 
 }  // namespace

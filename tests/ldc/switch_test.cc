@@ -1,8 +1,10 @@
 // LDC switches against a real dsrd, with each zone's DDS data source
 // (SQLite) behind ldc::ZoneWriteGate: every write is checked, none sampled.
 #include <atomic>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "formica/dds/data_source.h"
@@ -246,13 +248,38 @@ TEST_F(LdcSwitchTest, SwitchUnderLoadNeverAcceptsAShardInTwoZones) {
   for (int k = 0; k < 5; ++k) {
     writers.emplace_back(writer, &b, "zone-b", k, 5, 0, absl::ZeroDuration());
   }
+  // The distinct shards of 00-99 a zone's gate admitted writes of so far.
+  auto shards_written = [](Zone& zone, int from, int to) {
+    std::set<int> shards;
+    for (const Admission& w : zone.gate->admissions()) {
+      if (w.shard >= from && w.shard <= to) shards.insert(w.shard);
+    }
+    return static_cast<int>(shards.size());
+  };
+  // The phases last until the writers did what they are there for, not a
+  // fixed time: on a loaded machine a synced write can take tens of ms.
+  auto await = [&](const std::function<bool()>& done, const char* what) {
+    absl::Time give_up = absl::Now() + absl::Seconds(30);
+    while (!done() && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(50));
+    EXPECT_TRUE(done()) << what;
+  };
+  // Before: zone-a writes its moving shards (at least 10 of them) for at
+  // least a second.
   absl::SleepFor(absl::Milliseconds(1000));
+  await([&] { return shards_written(a, 0, 49) >= 10; }, "zone-a wrote too few shards of 00-49");
   SwitchOptions options;
   options.shards = *ParseShards("00-49");
   options.to = "zone-b";
   absl::StatusOr<SwitchResult> result = admin_->Switch(options);
+  if (!result.ok()) {
+    stop = true;
+    for (auto& t : writers) t.join();
+  }
   ASSERT_TRUE(result.ok()) << result.status();
+  // After: zone-b writes every shard, the moved ones included, for at least
+  // 1.5 s, while zone-a's writers keep trying the moved shards.
   absl::SleepFor(absl::Milliseconds(1500));
+  await([&] { return shards_written(b, 0, 99) == 100; }, "zone-b did not write every shard");
   stop = true;
   for (auto& t : writers) t.join();
 

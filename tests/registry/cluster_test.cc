@@ -1,6 +1,7 @@
 // Cluster mode end to end: three real etcd members and three dsrd nodes on
 // loopback, real clients. Publish on one node, subscribe on another; kill -9
 // a node and an etcd member; compare-and-set from two nodes at once.
+#include <chrono>
 #include <fstream>
 #include <thread>
 
@@ -267,6 +268,41 @@ TEST_F(PartitionedNodeTest, ANodeCutOffFromEtcdSendsItsClientsElsewhereBeforeThe
   auto late = NewClient(Options("late", {0}));
   absl::SleepFor(absl::Seconds(1));
   EXPECT_FALSE(late->connected());
+}
+
+// A node cut off from etcd can no longer renew leases, so it must not tell
+// its clients their sessions live on: a heartbeat is acknowledged only once
+// etcd renewed the lease. The client's own lease (what ldc::Router trusts)
+// so never reaches past a lease after the cut, though the node notices the
+// cut only 2 s later.
+TEST_F(PartitionedNodeTest, AHeartbeatIsAcknowledgedOnlyOnceEtcdRenewedTheLease) {
+  ClientOptions options = Options("pinned", {0});
+  options.lease = absl::Seconds(3);
+  auto client = NewClient(options);
+  ASSERT_NE(client, nullptr);
+  for (int i = 0; i < 500 && !client->connected(); ++i) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_TRUE(client->connected());
+  // Heartbeats go every lease/3: wait for acks to be flowing.
+  absl::SleepFor(absl::Seconds(2));
+  const auto lease_at_cut = client->session().lease_valid_until;
+  ASSERT_GT(lease_at_cut, std::chrono::steady_clock::now());
+
+  const auto cut = std::chrono::steady_clock::now();
+  etcd_->Kill9(0);
+  // The client's session lease, as it grows while node 0 still answers.
+  auto latest = lease_at_cut;
+  for (int i = 0; i < 200; ++i) {  // 4 s: past the node's 2 s to notice
+    Client::SessionView view = client->session();
+    if (view.connected) latest = std::max(latest, view.lease_valid_until);
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  // A heartbeat sent after the cut extends nothing: the newest answered one
+  // was sent before it, so the lease ends within 0.9 x 3 s of the cut.
+  const auto bound = cut + std::chrono::milliseconds(2700);
+  EXPECT_LE(latest, bound)
+      << "the lease was extended "
+      << std::chrono::duration_cast<std::chrono::milliseconds>(latest - bound).count()
+      << " ms past a lease after the cut";
 }
 
 TEST_F(ClusterTest, ConcurrentCompareAndSetFromTwoNodesHasExactlyOneWinner) {

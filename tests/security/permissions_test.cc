@@ -349,6 +349,39 @@ TEST_F(PermissionsTest, AHalfMessageIsEndedOnlyByAnIdentityThatMayProduceToItsTo
   EXPECT_TRUE(st.ok()) << st.error_message();
 }
 
+// The listings that show who is connected, undecided messages and the
+// audit trail are an operator's reads; the others (services, config) are not.
+TEST_F(PermissionsTest, SessionsHalfMessagesAndTheAuditTrailAreReadByOperatorsOnly) {
+  int dmsd_port = 0;
+  auto dmsd =
+      StartDaemon("dms/dmsd", "dmsd",
+                  {"--data-dir", dir_.File("dmsd"), "--set", "security.permissions_file=" + rules_},
+                  &dmsd_port);
+  ASSERT_TRUE(dmsd);
+  std::string dms = absl::StrCat("127.0.0.1:", dmsd_port);
+  struct Read {
+    std::vector<std::string> args;
+    const char* resource;
+  };
+  for (const Read& read :
+       {Read{{"registry", "sessions"}, "registry"}, Read{{"--dms", dms, "dms", "half"}, "dms"},
+        Read{{"audit", "dsrd"}, "registry"}, Read{{"--dms", dms, "audit", "dmsd"}, "dms"}}) {
+    auto [code, out] = Ctl("tester", read.args);
+    EXPECT_EQ(code, 1) << out;
+    EXPECT_NE(out.find(absl::StrCat("PERMISSION_DENIED: identity 'spiffe://formica.local/tester' "
+                                    "may not operate '",
+                                    read.resource, "': no rule in ", rules_)),
+              std::string::npos)
+        << absl::StrJoin(read.args, " ") << ": " << out;
+    auto [op_code, op_out] = Ctl("operator", read.args);
+    EXPECT_EQ(op_code, 0) << absl::StrJoin(read.args, " ") << ": " << op_out;
+  }
+  auto [sessions_code, sessions] = Ctl("operator", {"registry", "sessions"});
+  EXPECT_NE(sessions.find("spiffe://formica.local/dmsd"), std::string::npos) << sessions;
+  auto [ls_code, ls_out] = Ctl("tester", {"registry", "ls"});
+  EXPECT_EQ(ls_code, 0) << ls_out;
+}
+
 // With a permissions file, a caller without a certificate has no identity
 // and matches no rule, not even "*".
 TEST_F(PermissionsTest, ACallerWithoutACertificateMatchesNoRuleNotEvenTheStar) {

@@ -7,8 +7,11 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <cstdio>
+#include <fstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -252,6 +255,60 @@ TEST_F(TlsTest, ABadTlsSectionStopsTheDaemonNamingIt) {
   EXPECT_NE(typo_out.find("tls.cafile: unknown key"), std::string::npos) << typo_out;
 }
 
+// Revocation: dsrd checks client certificates against tls.crl_file, read
+// again when it changes. A certificate the CA revoked is refused on its
+// next connection, with a log line naming it; the others go on; a list that
+// turns unreadable keeps the one before; a bad list at start stops the
+// daemon naming it.
+TEST_F(TlsTest, ARevokedCertificateIsRefusedOnItsNextConnection) {
+  MakeCerts(certs_, {"stolen"});
+  MakeCerts(certs_, {"--revoke"});  // the CA's list, nothing revoked yet
+  const std::string crl = certs_ + "/crl.pem";
+  StartDsrd("127.0.0.1", {{"tls.crl_file", crl}});
+  auto [before_code, before_out] = Ctl("stolen", {"registry", "sessions"});
+  EXPECT_EQ(before_code, 0) << before_out;
+
+  MakeCerts(certs_, {"--revoke", "stolen"});
+  int code = 0;
+  std::string out;
+  for (int i = 0; i < 40; ++i) {  // the list is looked at every second
+    std::tie(code, out) = Ctl("stolen", {"registry", "sessions"});
+    if (code != 0) break;
+    absl::SleepFor(absl::Milliseconds(250));
+  }
+  EXPECT_NE(code, 0) << "a revoked certificate still gets through: " << out;
+  EXPECT_TRUE(dsrd_->process()->WaitForOutput(
+      "tls: refused the client certificate of 'spiffe://formica.local/stolen'", absl::Seconds(5)))
+      << dsrd_->process()->Output();
+  EXPECT_NE(dsrd_->process()->Output().find("it is revoked (" + crl + ")"), std::string::npos)
+      << dsrd_->process()->Output();
+  auto [other_code, other_out] = Ctl("tester", {"registry", "sessions"});
+  EXPECT_EQ(other_code, 0) << other_out;
+
+  // A list replaced by something unreadable: the one before stays in force.
+  {
+    std::ofstream bad(crl + ".new");
+    bad << "not a revocation list\n";
+  }
+  ASSERT_EQ(std::rename((crl + ".new").c_str(), crl.c_str()), 0);
+  absl::SleepFor(absl::Milliseconds(1500));
+  auto [kept_code, kept_out] = Ctl("stolen", {"registry", "sessions"});
+  EXPECT_NE(kept_code, 0) << "an unreadable list lifted the revocation: " << kept_out;
+  auto [still_code, still_out] = Ctl("tester", {"registry", "sessions"});
+  EXPECT_EQ(still_code, 0) << still_out;
+
+  // At start an unreadable list stops the daemon, naming it.
+  auto [start_code, start_out] =
+      RunToEnd({BinaryPath("registry/dsrd"), "--listen", "127.0.0.1:0", "--data-dir",
+                dir_.File("d-crl"), "--set", "tls.ca_file=" + certs_ + "/ca.pem", "--set",
+                "tls.cert_file=" + certs_ + "/dsrd.pem", "--set",
+                "tls.key_file=" + certs_ + "/dsrd.key", "--set", "tls.crl_file=" + crl},
+               dir_.File("crl-start.log"));
+  EXPECT_EQ(start_code, 2) << start_out;
+  EXPECT_NE(start_out.find("tls revocation list " + crl + ": holds no PEM CRL"), std::string::npos)
+      << start_out;
+}
+
 // A registry session is resumed only by the identity that holds it: a
 // caller with another valid certificate who learnt the session's id gets
 // PERMISSION_DENIED, and the holder keeps its session.
@@ -311,6 +368,73 @@ TEST_F(TlsTest, ClusterModeReachesEtcdOverMutualTls) {
   EXPECT_NE(out.find("node0"), std::string::npos) << out;
 }
 
+// In cluster mode a session can be resumed on any node: there too only by
+// the identity holding it, though the node asked has never held it (the
+// identity is read from the session's record in etcd).
+TEST_F(TlsTest, InClusterModeASessionIsResumedOnAnotherNodeOnlyByItsIdentity) {
+  MakeCerts(certs_, {"etcd"});
+  testing::EtcdCluster::Tls etcd_tls{certs_ + "/ca.pem", certs_ + "/etcd.pem",
+                                     certs_ + "/etcd.key"};
+  auto etcd = testing::EtcdCluster::Start(1, &etcd_tls);
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  std::vector<std::unique_ptr<DsrdProcess>> nodes;
+  for (const char* id : {"node0", "node1"}) {
+    DsrdProcess::Options o;
+    o.data_dir = dir_.File(std::string("dsrd-") + id);
+    o.config = TlsKeys("dsrd");
+    o.config["push.warmup"] = "0s";
+    o.config["storage.engine"] = "etcd";
+    o.config["storage.etcd.endpoints"] = (*etcd)->endpoints();
+    o.config["storage.etcd.prefix"] = "/resume/";
+    o.config["server.id"] = id;
+    auto d = DsrdProcess::Start(o);
+    ASSERT_TRUE(d.ok()) << d.status();
+    nodes.push_back(std::move(*d));
+  }
+  dsrd_ = std::move(nodes[0]);  // the holder's node
+  UseTlsAs("tester");
+  auto holder = NewRegistry("holder");
+  ASSERT_NE(holder, nullptr);
+  for (int i = 0; i < 300 && !holder->connected(); ++i) absl::SleepFor(absl::Milliseconds(10));
+  uint64_t session = holder->session_id();
+  ASSERT_NE(session, 0u);
+
+  // Resumes `session` at node1 as the current identity; the status.
+  auto resume = [&](const std::string& name) {
+    auto stub = registry::v1::Registry::NewStub(
+        grpc::CreateChannel(nodes[1]->address(), ChannelCredentials()));
+    grpc::ClientContext ctx;
+    auto stream = stub->Session(&ctx);
+    registry::v1::ClientMessage open;
+    open.mutable_open()->set_client_name(name);
+    open.mutable_open()->set_lease_ms(2000);
+    open.mutable_open()->set_resume_session_id(session);
+    EXPECT_TRUE(stream->Write(open));
+    registry::v1::ServerMessage reply;
+    if (stream->Read(&reply) && reply.has_opened()) {
+      ctx.TryCancel();
+      (void)stream->Finish();
+      return grpc::Status::OK;
+    }
+    return stream->Finish();
+  };
+  UseTlsAs("operator");
+  grpc::Status st = resume("intruder");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  EXPECT_EQ(st.error_message(),
+            absl::StrCat("identity 'spiffe://formica.local/operator' may not resume session ",
+                         session, " of identity 'spiffe://formica.local/tester'"));
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_TRUE(holder->connected());
+  EXPECT_EQ(holder->session_id(), session);
+
+  // The holder's own identity may take it over there (a client moving to
+  // another node): the refusal above was the identity, not the node.
+  UseTlsAs("tester");
+  st = resume("holder-moved");
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+}
+
 // The fund (examples/fund) over mutual TLS: its programs read
 // FORMICA_TLS_*, the daemons their tls section; orders are confirmed,
 // their messages reach the ledger, and money and shares add up.
@@ -318,13 +442,18 @@ TEST_F(TlsTest, TheFundRunsOverMutualTls) {
   StartDsrd();
   int dtsd_port = 0, dmsd_port = 0;
   auto dtsd = StartDaemon("dts/dtsd", "dtsd", {"--data-dir", dir_.File("dtsd")}, &dtsd_port);
-  auto dmsd = StartDaemon("dms/dmsd", "dmsd",
-                          {"--data-dir", dir_.File("dmsd"), "--set", "topics.create=fund.orders:4"},
-                          &dmsd_port);
+  // Its participants (sharded ones and dmsd's) take phase two from dtsd's
+  // identity only, and dtsd's confirms get through.
+  auto dmsd =
+      StartDaemon("dms/dmsd", "dmsd",
+                  {"--data-dir", dir_.File("dmsd"), "--set", "topics.create=fund.orders:4", "--set",
+                   "transactions.coordinator_identity=spiffe://formica.local/dtsd"},
+                  &dmsd_port);
   ASSERT_TRUE(dtsd && dmsd);
   MakeCerts(certs_, {"fund"});
   auto server = Subprocess::Start(
-      WithTls("fund", {BinaryPath("examples/fund/fund-server"), "--registry", dsrd_->address(),
+      WithTls("fund", {"FORMICA_DTS_COORDINATOR_IDENTITY=spiffe://formica.local/dtsd",
+                       BinaryPath("examples/fund/fund-server"), "--registry", dsrd_->address(),
                        "--data", dir_.path(), "--users", "200", "--initial", "100000"}),
       dir_.File("fund-server.log"));
   ASSERT_TRUE(server.ok());
@@ -337,6 +466,17 @@ TEST_F(TlsTest, TheFundRunsOverMutualTls) {
   EXPECT_EQ(code, 0) << out << (*server)->Output();
   EXPECT_NE(out.find("money and shares add up"), std::string::npos) << out;
   EXPECT_EQ(out.find("confirmed 0,"), std::string::npos) << out;
+  // dtsd's phase two was taken: every activity finishes.
+  std::string unfinished;
+  for (int i = 0; i < 100; ++i) {
+    auto [ls_code, ls_out] =
+        Ctl("operator", {"--dts", absl::StrCat("127.0.0.1:", dtsd_port), "dts", "ls"});
+    ASSERT_EQ(ls_code, 0) << ls_out;
+    unfinished = ls_out;
+    if (ls_out.find("fund.") == std::string::npos) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(unfinished.find("fund."), std::string::npos) << unfinished;
   // And nothing gets through without a certificate.
   auto [plain_code, plain_out] = RunToEnd({BinaryPath("examples/fund/fund-load"), "--registry",
                                            dsrd_->address(), "--users", "200", "--seconds", "1"},
@@ -355,9 +495,12 @@ std::string ServedSerial(const std::string& certs, const std::string& name,
   return code == 0 ? out : "";
 }
 
+// The serial number of the certificate in `pem`. Each call logs to a file
+// of its own (the output is read back from it).
 std::string FileSerial(const std::string& pem) {
+  static std::atomic<int> reads{0};
   auto p = Subprocess::Start({"/usr/bin/openssl", "x509", "-in", pem, "-noout", "-serial"},
-                             pem + ".serial");
+                             absl::StrCat(pem, ".serial", ++reads));
   if (!p.ok()) return "";
   (*p)->Wait(absl::Seconds(10));
   return (*p)->Output();
@@ -373,7 +516,9 @@ TEST_F(TlsTest, ARotatedCertificateIsServedWithoutFailingACall) {
   ASSERT_NE(echo, nullptr);
   std::string before = FileSerial(certs_ + "/echo.pem");
   ASSERT_FALSE(before.empty());
-  ASSERT_EQ(ServedSerial(certs_, "tester", echo_address, dir_.File("s1.log")), before);
+  // Each read has a log of its own: the output is read back from it, and a
+  // second run into the same log would add its serial to the first.
+  ASSERT_EQ(ServedSerial(certs_, "tester", echo_address, dir_.File("served-before.log")), before);
 
   UseTlsAs("tester");
   auto reg = NewRegistry("tls-test");
@@ -414,7 +559,8 @@ TEST_F(TlsTest, ARotatedCertificateIsServedWithoutFailingACall) {
   std::string served;
   for (int i = 0; i < 40 && served != after; ++i) {
     absl::SleepFor(absl::Milliseconds(250));
-    served = ServedSerial(certs_, "tester", echo_address, dir_.File(absl::StrCat("s", i, ".log")));
+    served = ServedSerial(certs_, "tester", echo_address,
+                          dir_.File(absl::StrCat("served-after-", i, ".log")));
   }
   absl::SleepFor(absl::Milliseconds(500));
   stop = true;

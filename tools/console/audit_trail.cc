@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <atomic>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "console_api.h"
 #include "formica/common/grpc_status.h"
@@ -67,6 +69,33 @@ absl::StatusOr<std::string> AuditTrail::ListJson(int limit) {
     json += ToJson(record);
   }
   return json + "]";
+}
+
+absl::StatusOr<std::string> AuditTrail::DaemonsJson(int limit) {
+  formica::audit::v1::ListAuditResponse all;
+  std::vector<std::string> unreachable;
+  for (const auto& [daemon, stub] : backends_.audits) {
+    formica::audit::v1::ListAuditRequest request;
+    request.set_limit(limit);
+    formica::audit::v1::ListAuditResponse response;
+    grpc::Status st = stub->List(backends_.Context().get(), request, &response);
+    if (!st.ok()) {
+      google::protobuf::Struct error;
+      (*error.mutable_fields())["daemon"].set_string_value(daemon);
+      (*error.mutable_fields())["error"].set_string_value(FromGrpcStatus(st).ToString());
+      unreachable.push_back(ToJson(error));
+      continue;
+    }
+    for (auto& e : *response.mutable_entries()) *all.add_entries() = std::move(e);
+  }
+  std::stable_sort(
+      all.mutable_entries()->begin(), all.mutable_entries()->end(),
+      [](const formica::audit::v1::AuditEntry& a, const formica::audit::v1::AuditEntry& b) {
+        return a.time_unix_ms() > b.time_unix_ms();
+      });
+  while (all.entries_size() > limit) all.mutable_entries()->RemoveLast();
+  return absl::StrCat("{\"trail\":", ToJson(all), ",\"unreachable\":[",
+                      absl::StrJoin(unreachable, ","), "]}");
 }
 
 }  // namespace formica::console

@@ -8,10 +8,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "console.h"
+#include "formica/audit/v1/audit.grpc.pb.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
 #include "formica/registry/v1/registry.grpc.pb.h"
@@ -33,6 +36,9 @@ struct Backends {
   std::unique_ptr<formica::registry::v1::Registry::Stub> registry;
   std::unique_ptr<formica::dts::v1::Coordinator::Stub> dts;
   std::unique_ptr<formica::dms::v1::Broker::Stub> dms;
+  // The daemons' own audit trails (formica.audit.v1.Audit), by daemon name:
+  // dsrd, and dtsd and dmsd when configured.
+  std::vector<std::pair<std::string, std::unique_ptr<formica::audit::v1::Audit::Stub>>> audits;
 };
 
 // `message` in proto3's JSON mapping, field names as in the .proto, every
@@ -70,6 +76,10 @@ class AuditTrail {
   absl::Status Write(const Record& record);
   // The newest `limit` records, newest first, as a JSON array.
   absl::StatusOr<std::string> ListJson(int limit);
+  // The daemons' trails of operator acts (docs/security.md, "Audit"), as
+  // `formicactl audit` reads them: the newest `limit` of all, newest first,
+  // as {"trail": ListAuditResponse, "unreachable": [{"daemon", "error"}]}.
+  absl::StatusOr<std::string> DaemonsJson(int limit);
 
  private:
   Backends& backends_;

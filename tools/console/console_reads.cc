@@ -279,6 +279,7 @@ void RegisterReads(httplib::Server& http, Backends& backends, AuditTrail& audit)
   Get(http, "/api/ldc", [b](const httplib::Request&) { return Ldc(*b); });
   AuditTrail* a = &audit;
   Get(http, "/api/audit", [a](const httplib::Request&) { return a->ListJson(200); });
+  Get(http, "/api/audit/daemons", [a](const httplib::Request&) { return a->DaemonsJson(200); });
 }
 
 }  // namespace formica::console

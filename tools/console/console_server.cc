@@ -99,9 +99,19 @@ Backends::Backends(const ConsoleOptions& o) : options(o) {
   flags.dts = o.dts;
   flags.dms = o.dms;
   flags.timeout_s = std::max<int>(1, static_cast<int>(absl::ToInt64Seconds(o.call_timeout)));
-  registry = formica::registry::v1::Registry::NewStub(channel(o.registry));
-  if (!o.dts.empty()) dts = formica::dts::v1::Coordinator::NewStub(channel(o.dts));
-  if (!o.dms.empty()) dms = formica::dms::v1::Broker::NewStub(channel(o.dms));
+  auto to_registry = channel(o.registry);
+  registry = formica::registry::v1::Registry::NewStub(to_registry);
+  audits.emplace_back("dsrd", formica::audit::v1::Audit::NewStub(to_registry));
+  if (!o.dts.empty()) {
+    auto to_dts = channel(o.dts);
+    dts = formica::dts::v1::Coordinator::NewStub(to_dts);
+    audits.emplace_back("dtsd", formica::audit::v1::Audit::NewStub(to_dts));
+  }
+  if (!o.dms.empty()) {
+    auto to_dms = channel(o.dms);
+    dms = formica::dms::v1::Broker::NewStub(to_dms);
+    audits.emplace_back("dmsd", formica::audit::v1::Audit::NewStub(to_dms));
+  }
 }
 
 std::unique_ptr<grpc::ClientContext> Backends::Context() const {

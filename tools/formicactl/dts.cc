@@ -22,6 +22,9 @@ void PrintActivity(FILE* out, const dts::Activity& a) {
   std::fprintf(out, "activity   %s\nname       %s\ninitiator  %s\nstate      %s\n", a.id().c_str(),
                a.name().c_str(), a.initiator().empty() ? "-" : a.initiator().c_str(),
                dts::ActivityState_Name(a.state()).c_str());
+  if (!a.initiator_identity().empty()) {  // the certificate that decides it (docs/security.md)
+    std::fprintf(out, "begun by   %s\n", a.initiator_identity().c_str());
+  }
   if (!a.reason().empty()) std::fprintf(out, "reason     %s\n", a.reason().c_str());
   std::fprintf(out, "begun      %s ago\n", Ago(a.begun_unix_ms()).c_str());
   std::fprintf(

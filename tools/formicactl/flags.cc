@@ -16,7 +16,7 @@ namespace {
 
 constexpr char kUsage[] =
     R"(usage: formicactl [--registry HOST:PORT] [--dts HOST:PORT] [--dms HOST:PORT]
-                  [--tls-ca CA.pem --tls-cert CERT.pem --tls-key KEY.pem]
+                  [--tls-ca CA.pem --tls-cert CERT.pem --tls-key KEY.pem [--tls-crl CRL.pem]]
                   [--timeout SECONDS] [--output text|json] COMMAND
 
 registry commands:
@@ -106,7 +106,8 @@ audit [dsrd|dtsd|dmsd] [--limit N]   operator acts the daemons recorded (config 
 --dts to $FORMICA_DTS or 127.0.0.1:7380; --dms to $FORMICA_DMS or
 127.0.0.1:7390. --tls-ca, --tls-cert and --tls-key (given together; default
 $FORMICA_TLS_CA, $FORMICA_TLS_CERT, $FORMICA_TLS_KEY) make every call over
-mutual TLS with those files (docs/security.md). retry, settle, replay and resume ask for confirmation
+mutual TLS with those files (docs/security.md); --tls-crl (default
+$FORMICA_TLS_CRL) refuses servers whose certificates it revokes. retry, settle, replay and resume ask for confirmation
 unless --yes is given. --output json (or -o json) prints each answer as
 one JSON document on stdout (proto3's JSON mapping, field names as in the
 .proto); errors stay text on stderr.
@@ -142,6 +143,7 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
   flags->tls_ca = env("FORMICA_TLS_CA", "");
   flags->tls_cert = env("FORMICA_TLS_CERT", "");
   flags->tls_key = env("FORMICA_TLS_KEY", "");
+  flags->tls_crl = env("FORMICA_TLS_CRL", "");
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](const char* flag) -> std::optional<std::string> {
@@ -164,6 +166,7 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
                         : a == "--tls-ca"   ? &flags->tls_ca
                         : a == "--tls-cert" ? &flags->tls_cert
                         : a == "--tls-key"  ? &flags->tls_key
+                        : a == "--tls-crl"  ? &flags->tls_crl
                                             : nullptr;
     if (a == "--help" || a == "-h") {
       std::fputs(kUsage, stdout);
@@ -297,7 +300,9 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags, std::vector<s
     if (flags->tls_ca.empty() || flags->tls_cert.empty() || flags->tls_key.empty()) {
       return Usage("--tls-ca, --tls-cert and --tls-key are given together");
     }
-    absl::Status st = UseTls({flags->tls_ca, flags->tls_cert, flags->tls_key});
+    TlsOptions tls{flags->tls_ca, flags->tls_cert, flags->tls_key};
+    tls.crl_file = flags->tls_crl;
+    absl::Status st = UseTls(tls);
     if (!st.ok()) {
       std::fprintf(stderr, "formicactl: %s\n", std::string(st.message()).c_str());
       return 2;

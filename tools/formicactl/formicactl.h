@@ -44,6 +44,7 @@ struct Flags {
   std::string dts;
   std::string dms;
   std::string tls_ca, tls_cert, tls_key;  // --tls-ca, --tls-cert, --tls-key (formica/common/tls.h)
+  std::string tls_crl;                    // --tls-crl
   int timeout_s = 5;
   Output output = Output::kText;
   std::optional<uint64_t> expect_version;

@@ -329,14 +329,18 @@ class Controller {
     v1::ReleaseGroup& g = *r.mutable_groups(i);
     Thresholds limits = LimitsOf(r, g);
     const int64_t bake_ms = BakeMsOf(r, g);
+    // This group's readings, the window's start last: the old version's
+    // p99 may be widened back over them (Analyse).
+    std::vector<Served> readings;
     while (true) {
       absl::StatusOr<std::vector<ProviderInfo>> providers = link_.Providers(r.service());
       if (!providers.ok()) return providers.status();
-      auto before = ReadServed(link_, r.service(), *providers);
+      if (readings.size() == kMaxReadings) readings.erase(readings.begin());
+      readings.push_back(ReadServed(link_, r.service(), *providers));
       if (absl::Status st = Wait(absl::Milliseconds(bake_ms)); !st.ok()) return st;
       absl::Status problem;
       Analysis a = AnalysePerRoom(limits, r.per_room(), r.version_key(), r.version(), *providers,
-                                  before, ReadServed(link_, r.service(), *providers, &problem));
+                                  readings, ReadServed(link_, r.service(), *providers, &problem));
       if (a.verdict == Verdict::kNoData && !problem.ok()) {
         a.summary = absl::StrCat(a.summary, " (", problem.message(), ")");
       }

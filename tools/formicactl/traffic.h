@@ -108,17 +108,23 @@ std::vector<double> Shares(const std::vector<ProviderInfo>& providers,
 absl::Status CheckRoutes(const std::string& service, const std::vector<rpc::TagRoute>& routes,
                          const std::vector<ProviderInfo>& providers);
 
+// What each provider served so far, by address.
+using Served = std::map<std::string, rpc::CallSeries>;
+// The earlier readings a shift or a bake keeps for Analyse (the oldest go).
+inline constexpr size_t kMaxReadings = 64;
+
 // What each provider served so far, by address (providers that do not
 // answer are left out; `problem`, if given, gets the first failure other
 // than NOT_FOUND, so that an analysis without data can say why).
-std::map<std::string, rpc::CallSeries> ReadServed(TrafficLink& link, const std::string& service,
-                                                  const std::vector<ProviderInfo>& providers,
-                                                  absl::Status* problem = nullptr);
+Served ReadServed(TrafficLink& link, const std::string& service,
+                  const std::vector<ProviderInfo>& providers, absl::Status* problem = nullptr);
 
 // When a target group of providers does worse than the others over a window:
 // its failure rate exceeds theirs by more than max_failure_rate_increase
 // (percentage points), or its p99 exceeds theirs times max_p99_ratio and by
-// more than p99_slack_ms (judged only when the others served min_calls).
+// more than p99_slack_ms. The others' p99 is taken over at least as many
+// calls as the target served in the window: the window, widened back over
+// the earlier readings while it has fewer (judged once it has min_calls).
 // Fewer than min_calls target calls are no verdict: no data never passes.
 struct Thresholds {
   double max_failure_rate_increase = 1.0;
@@ -132,11 +138,12 @@ struct Analysis {
   std::string summary;  // the numbers, and why it failed
 };
 // Judges the providers carrying key=value against the others, over what
-// they served between `before` and `after` (ReadServed).
+// they served between the last of `readings` and `after` (ReadServed);
+// `readings` are the earlier reads of this judgement, oldest first, the
+// window's start last.
 Analysis Analyse(const Thresholds& limits, const std::string& key, const std::string& value,
-                 const std::vector<ProviderInfo>& providers,
-                 const std::map<std::string, rpc::CallSeries>& before,
-                 const std::map<std::string, rpc::CallSeries>& after);
+                 const std::vector<ProviderInfo>& providers, const std::vector<Served>& readings,
+                 const Served& after);
 
 // Analyse within each room: the providers grouped by `room_key` (a tag;
 // "zone" falls back on their zone), the target judged against the others
@@ -147,8 +154,7 @@ Analysis Analyse(const Thresholds& limits, const std::string& key, const std::st
 Analysis AnalysePerRoom(const Thresholds& limits, const std::string& room_key,
                         const std::string& key, const std::string& value,
                         const std::vector<ProviderInfo>& providers,
-                        const std::map<std::string, rpc::CallSeries>& before,
-                        const std::map<std::string, rpc::CallSeries>& after);
+                        const std::vector<Served>& readings, const Served& after);
 
 // A record kept as JSON in a registry config entry (a shift, a release),
 // read and written with compare-and-set.

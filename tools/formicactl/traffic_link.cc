@@ -204,10 +204,9 @@ absl::Status CheckRoutes(const std::string& service, const std::vector<rpc::TagR
 
 // What each provider served so far, by address (providers that do not
 // answer are left out).
-std::map<std::string, rpc::CallSeries> ReadServed(TrafficLink& link, const std::string& service,
-                                                  const std::vector<ProviderInfo>& providers,
-                                                  absl::Status* problem) {
-  std::map<std::string, rpc::CallSeries> out;
+Served ReadServed(TrafficLink& link, const std::string& service,
+                  const std::vector<ProviderInfo>& providers, absl::Status* problem) {
+  Served out;
   for (const ProviderInfo& p : providers) {
     absl::StatusOr<rpc::CallSeries> s = link.Served(p.address, service);
     if (s.ok()) {
@@ -220,28 +219,48 @@ std::map<std::string, rpc::CallSeries> ReadServed(TrafficLink& link, const std::
 }
 
 Analysis Analyse(const Thresholds& limits, const std::string& key, const std::string& value,
-                 const std::vector<ProviderInfo>& providers,
-                 const std::map<std::string, rpc::CallSeries>& before,
-                 const std::map<std::string, rpc::CallSeries>& after) {
-  rpc::CallSeries target, source;
-  for (const ProviderInfo& p : providers) {
-    auto a = after.find(p.address);
-    if (a == after.end()) continue;
-    auto b = before.find(p.address);
-    rpc::CallSeries d = b == before.end() ? a->second : a->second.Minus(b->second);
-    (p.Carries(key, value) ? target : source).Add(d);
+                 const std::vector<ProviderInfo>& providers, const std::vector<Served>& readings,
+                 const Served& after) {
+  static const Served kNone;
+  // What each side served since `reading`.
+  auto since = [&](const Served& reading, bool target_side) {
+    rpc::CallSeries out;
+    for (const ProviderInfo& p : providers) {
+      if (p.Carries(key, value) != target_side) continue;
+      auto a = after.find(p.address);
+      if (a == after.end()) continue;
+      auto b = reading.find(p.address);
+      out.Add(b == reading.end() ? a->second : a->second.Minus(b->second));
+    }
+    return out;
+  };
+  const Served& start = readings.empty() ? kNone : readings.back();
+  rpc::CallSeries target = since(start, true);
+  rpc::CallSeries source = since(start, false);
+  // The others' p99 over at least as many calls as the target's: the
+  // window, widened back over earlier readings while it has fewer. A p99
+  // of a small sample is close to its slowest call, so comparing a thin
+  // baseline with a full window would blame the target for the load the
+  // machine had, not for being slower.
+  rpc::CallSeries baseline = source;
+  for (size_t k = readings.size(); k-- > 1 && baseline.calls() < target.calls();) {
+    baseline = since(readings[k - 1], false);
   }
   auto rate = [](const rpc::CallSeries& s) {
     return s.calls() == 0 ? 0.0 : 100.0 * s.failures() / s.calls();
   };
   double tp99 = rpc::LatencyQuantileMs(target, 0.99);
-  double sp99 = rpc::LatencyQuantileMs(source, 0.99);
+  double sp99 = rpc::LatencyQuantileMs(baseline, 0.99);
   Analysis a;
   a.summary = absl::StrFormat(
       "target %llu calls, %.2f%% failed, p99 %.2f ms; others %llu calls, %.2f%% failed, p99 "
       "%.2f ms",
       static_cast<unsigned long long>(target.calls()), rate(target), tp99,
       static_cast<unsigned long long>(source.calls()), rate(source), sp99);
+  if (baseline.calls() != source.calls()) {
+    a.summary += absl::StrFormat(" (over their last %llu calls)",
+                                 static_cast<unsigned long long>(baseline.calls()));
+  }
   if (target.calls() < static_cast<uint64_t>(limits.min_calls)) {
     a.verdict = Verdict::kNoData;
     a.summary =
@@ -255,7 +274,7 @@ Analysis Analyse(const Thresholds& limits, const std::string& key, const std::st
         rate(target) - rate(source), limits.max_failure_rate_increase, a.summary);
     return a;
   }
-  if (source.calls() >= static_cast<uint64_t>(limits.min_calls) &&
+  if (baseline.calls() >= static_cast<uint64_t>(limits.min_calls) &&
       tp99 > sp99 * limits.max_p99_ratio && tp99 - sp99 > limits.p99_slack_ms) {
     a.verdict = Verdict::kFail;
     a.summary = absl::StrFormat("target p99 %.2f ms is over %gx the others' %.2f ms: %s", tp99,
@@ -269,9 +288,8 @@ Analysis Analyse(const Thresholds& limits, const std::string& key, const std::st
 Analysis AnalysePerRoom(const Thresholds& limits, const std::string& room_key,
                         const std::string& key, const std::string& value,
                         const std::vector<ProviderInfo>& providers,
-                        const std::map<std::string, rpc::CallSeries>& before,
-                        const std::map<std::string, rpc::CallSeries>& after) {
-  if (room_key.empty()) return Analyse(limits, key, value, providers, before, after);
+                        const std::vector<Served>& readings, const Served& after) {
+  if (room_key.empty()) return Analyse(limits, key, value, providers, readings, after);
   auto room_of = [&](const ProviderInfo& p) {
     auto it = p.tags.find(room_key);
     if (it != p.tags.end()) return it->second;
@@ -295,7 +313,7 @@ Analysis AnalysePerRoom(const Thresholds& limits, const std::string& room_key,
         if (room_of(p) != room && !p.Carries(key, value)) members.push_back(p);
       }
     }
-    Analysis a = Analyse(limits, key, value, members, before, after);
+    Analysis a = Analyse(limits, key, value, members, readings, after);
     std::string part = absl::StrCat(room_key, "=", room, ": ", a.summary);
     if (a.verdict == Verdict::kFail && out.verdict != Verdict::kFail) {
       out.verdict = Verdict::kFail;

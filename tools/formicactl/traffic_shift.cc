@@ -97,7 +97,10 @@ class Controller {
       }
       Say(absl::StrCat(s.target(), " ", next, "%: route ", applied_));
       // One window: read, wait (minding pause and abort), read, judge.
-      auto before = ReadServed(link_, service_, *providers);
+      // The readings of the shift so far, the window's start last: the
+      // others' p99 may be widened back over them (Analyse).
+      if (readings_.size() == kMaxReadings) readings_.erase(readings_.begin());
+      readings_.push_back(ReadServed(link_, service_, *providers));
       absl::Time end = absl::Now() + absl::Milliseconds(s.every_ms());
       bool restart = false;
       while (absl::Now() < end) {
@@ -114,8 +117,8 @@ class Controller {
         continue;
       }
       absl::Status problem;
-      Analysis a = AnalysePerRoom(ThresholdsOf(s), s.per_room(), key_, value_, *providers, before,
-                                  ReadServed(link_, service_, *providers, &problem));
+      Analysis a = AnalysePerRoom(ThresholdsOf(s), s.per_room(), key_, value_, *providers,
+                                  readings_, ReadServed(link_, service_, *providers, &problem));
       if (a.verdict == Verdict::kNoData && !problem.ok()) {
         a.summary = absl::StrCat(a.summary, " (", problem.message(), ")");
       }
@@ -233,6 +236,7 @@ class Controller {
   const std::string controller_ = Me();
   std::string key_, value_, applied_;
   std::vector<rpc::TagRoute> original_;
+  std::vector<Served> readings_;  // this run's window starts, oldest first
   uint64_t route_version_ = 0;
   absl::Time last_save_ = absl::InfinitePast();
   bool announced_pause_ = false;

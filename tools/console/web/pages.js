@@ -289,13 +289,26 @@
 
   // ---- Audit ----
   register("audit", {
-    build(root) { root.append(el("h2", {}, "Audit trail"), hold("audit-list")); },
+    build(root) {
+      root.append(el("h2", {}, "Audit trail"), hold("audit-list"),
+        el("h2", {}, "Daemons' audit trail"), hold("daemon-audit-list"));
+    },
     async refresh() {
       const r = await get("audit");
       put("audit-list", table("audit-table",
         [{ title: "When (UTC)" }, { title: "Who" }, { title: "Action" }, { title: "Target" }, { title: "Asked" }, { title: "Result" }],
         r.map((x) => ({ attrs: { class: x.ok ? "" : "refused" }, cells: [x.at, x.who, x.action, x.target, x.detail,
           el("span", { class: x.ok ? "up" : "down" }, x.result)] })), "no change made yet"));
+      // Every operator act the daemons recorded (formicactl audit), newest first.
+      const d = await get("audit/daemons");
+      const when = (ms) => new Date(Number(ms)).toISOString().replace("T", " ").replace("Z", "");
+      put("daemon-audit-list",
+        ...d.unreachable.map((u) => el("p", { class: "down" }, `${u.daemon}: ${u.error}`)),
+        table("daemon-audit-table",
+          [{ title: "When (UTC)" }, { title: "Daemon" }, { title: "Identity" }, { title: "Action" }, { title: "Arguments" }, { title: "Result" }],
+          d.trail.entries.map((x) => ({ attrs: { class: x.result === "OK" ? "" : "refused" },
+            cells: [when(x.time_unix_ms), x.daemon, x.identity || `- (${x.peer})`, x.action, x.arguments,
+              el("span", { class: x.result === "OK" ? "up" : "down" }, x.result)] })), "no operator act recorded yet"));
     },
   });
 

@@ -17,9 +17,9 @@
 //   // or, from FORMICA_TLS_CA, FORMICA_TLS_CERT, FORMICA_TLS_KEY:
 //   if (absl::Status st = formica::UseTlsFromEnvironment(); !st.ok()) { ...; }
 //
-// The files are watched: a certificate, key or CA bundle replaced on disk
-// is used for new connections within `reload_interval`, and established
-// connections carry on. A process's identity is its certificate's first
+// The files are watched: a certificate, key, CA bundle or revocation list
+// replaced on disk is used for new connections within `reload_interval`,
+// and established connections carry on. A process's identity is its certificate's first
 // URI subject alternative name starting with "spiffe://", else its subject
 // common name (docs/security.md).
 #pragma once
@@ -36,8 +36,13 @@ struct TlsOptions {
   std::string ca_file;    // PEM: the CAs whose certificates this process trusts
   std::string cert_file;  // PEM: this process's certificate (then its intermediates)
   std::string key_file;   // PEM: its private key
-  // How often the three files are looked at for a change (1 s at least).
+  // How often the files are looked at for a change (1 s at least).
   absl::Duration reload_interval = absl::Seconds(10);
+  // PEM: certificate revocation lists, one per CA; "" (the default): none
+  // checked. When set, a peer certificate that is listed, or whose issuer
+  // has no list here or an expired one, is refused (checked when a
+  // connection is made; established connections carry on).
+  std::string crl_file = {};
 };
 
 // From now on, Formica's connections in this process use mutual TLS with
@@ -47,7 +52,7 @@ struct TlsOptions {
 absl::Status UseTls(const TlsOptions& options);
 
 // UseTls with FORMICA_TLS_CA, FORMICA_TLS_CERT and FORMICA_TLS_KEY (and
-// FORMICA_TLS_RELOAD, a duration such as "10s"). None set: plaintext, OK.
+// FORMICA_TLS_RELOAD, a duration such as "10s", and FORMICA_TLS_CRL). None set: plaintext, OK.
 // Some but not all set: INVALID_ARGUMENT naming the missing ones.
 absl::Status UseTlsFromEnvironment();
 

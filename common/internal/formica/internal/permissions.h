@@ -41,6 +41,14 @@ absl::Status UsePermissions(const std::string& path, absl::Duration reload = abs
 absl::Status CheckPermission(absl::string_view identity, absl::string_view action,
                              absl::string_view resource);
 
+// OK when `identity` may do `action` on some resource (a rule allows the
+// action at all); else PERMISSION_DENIED "identity 'X' may not WHAT: no rule
+// in FILE allows it to ACTION anything". For a right that follows from
+// another on resources not known yet (checking back a producer group's
+// half messages, whatever their topics).
+absl::Status CheckPermissionOnAny(absl::string_view identity, absl::string_view action,
+                                  absl::string_view what);
+
 // CheckPermission for the caller of `context` (the identity of its
 // certificate), a refusal logged. Without a permissions file it returns at
 // once, reading nothing of the call (it sits on the produce path).

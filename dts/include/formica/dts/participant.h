@@ -60,6 +60,12 @@ struct ParticipantOptions {
   // here are looked for; for each, dtsd is asked the outcome and the
   // confirm or cancel is run here (see docs/dts.md, "Check-back").
   absl::Duration check_back_interval = absl::Seconds(1);
+  // With TLS in force, Confirm and Cancel are taken only from a caller
+  // whose certificate names this identity (dtsd's, e.g.
+  // "spiffe://formica.local/dtsd"), others are PERMISSION_DENIED; "" reads
+  // FORMICA_DTS_COORDINATOR_IDENTITY, and with neither any caller is taken
+  // (docs/security.md).
+  std::string coordinator_identity = {};
 };
 
 // What confirm and cancel steps are handed.

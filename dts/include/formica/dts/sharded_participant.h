@@ -64,6 +64,12 @@ struct ShardedParticipantOptions {
   // How often tries past their activity's deadline and still undecided
   // here are looked for (see docs/dts.md, "Check-back").
   absl::Duration check_back_interval = absl::Seconds(1);
+  // With TLS in force, Confirm and Cancel are taken only from a caller
+  // whose certificate names this identity (dtsd's, e.g.
+  // "spiffe://formica.local/dtsd"), others are PERMISSION_DENIED; "" reads
+  // FORMICA_DTS_COORDINATOR_IDENTITY, and with neither any caller is taken
+  // (docs/security.md).
+  std::string coordinator_identity = {};
 };
 
 class ShardedParticipant {

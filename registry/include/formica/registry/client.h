@@ -24,6 +24,7 @@
 // callback: what callbacks use must outlive the Client (declare it first).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -139,14 +140,24 @@ class Client {
 
   bool connected() const;
   uint64_t session_id() const;
-  // Until when this client's session is surely alive at the registry, by
-  // this process's clock: the registry ends a session only after a lease
-  // with nothing from its client, so the session outlives the sending of
-  // the newest message the registry answered (a heartbeat, or the open) by
-  // a lease; a tenth of it is kept as a margin for the clocks' rates.
-  // InfinitePast when not connected. A process that was paused (SIGSTOP, a
-  // long GC-like stall) past it must not act on what the session told it
-  // (LDC rules) until it has a session again.
+  // The session as one consistent reading.
+  struct SessionView {
+    bool connected = false;
+    uint64_t id = 0;
+    // Until when this client's session is surely alive at the registry, by
+    // this process's monotonic clock: the registry ends a session only
+    // after a lease with nothing from its client, so the session outlives
+    // the sending of the newest message the registry answered (a
+    // heartbeat, or the open) by a lease; a tenth of it is kept as a margin
+    // for the clocks' rates. The epoch (min()) when not connected. A
+    // process that was paused (SIGSTOP, a long GC-like stall) past it must
+    // not act on what the session told it (LDC rules) until it has a
+    // session again.
+    std::chrono::steady_clock::time_point lease_valid_until;
+  };
+  SessionView session() const;
+  // session().lease_valid_until on the wall clock (InfinitePast when not
+  // connected), for display; decisions take session().
   absl::Time lease_valid_until() const;
   // The registry node this client is connected to, or empty.
   std::string connected_registry() const;
