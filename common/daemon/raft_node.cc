@@ -49,6 +49,7 @@ struct Request {
   RequestKind kind;
   std::string entry;
   ProposeCallback done;
+  uint64_t expected_term = 0;  // kPropose: 0 = any term
 };
 
 // libraft's TCP transport pads each entry it receives to 8 bytes but sends
@@ -473,6 +474,13 @@ void RaftNode::Impl::Submit(Request request) {
     return;
   }
   const uint64_t term = raft.current_term;
+  if (request.expected_term != 0 && request.expected_term != term) {
+    // Made for another leadership of this member: appending it now would
+    // commit a write its maker no longer answers for.
+    request.done(Unavailable(absl::StrCat("proposed for term ", request.expected_term,
+                                          " but this leader is in term ", term, "; not appended")));
+    return;
+  }
   if (request.kind == RequestKind::kBarrier) {
     auto* p = new PendingBarrier{{}, this, term, std::move(request.done)};
     p->req.data = p;
@@ -589,10 +597,15 @@ absl::StatusOr<std::unique_ptr<RaftNode>> RaftNode::Start(const RaftNodeOptions&
 }
 
 void RaftNode::Propose(std::string entry, ProposeCallback done) {
+  Propose(std::move(entry), 0, std::move(done));
+}
+
+void RaftNode::Propose(std::string entry, uint64_t expected_term, ProposeCallback done) {
   {
     absl::MutexLock l(&impl_->mu);
     if (!impl_->loop_done && !impl_->stop_requested) {
-      impl_->queue.push_back({RequestKind::kPropose, std::move(entry), std::move(done)});
+      impl_->queue.push_back(
+          {RequestKind::kPropose, std::move(entry), std::move(done), expected_term});
       uv_async_send(&impl_->wake);
       return;
     }
@@ -600,10 +613,11 @@ void RaftNode::Propose(std::string entry, ProposeCallback done) {
   done(Unavailable("the raft node is stopped"));
 }
 
-std::future<ProposeResult> RaftNode::Propose(std::string entry) {
+std::future<ProposeResult> RaftNode::Propose(std::string entry, uint64_t expected_term) {
   auto promise = std::make_shared<std::promise<ProposeResult>>();
   std::future<ProposeResult> f = promise->get_future();
-  Propose(std::move(entry), [promise](ProposeResult r) { promise->set_value(std::move(r)); });
+  Propose(std::move(entry), expected_term,
+          [promise](ProposeResult r) { promise->set_value(std::move(r)); });
   return f;
 }
 

@@ -33,7 +33,10 @@ class GroupCommit {
   GroupCommit& operator=(const GroupCommit&) = delete;
 
   // Runs `done` on the syncer thread with the outcome of a sync that covers
-  // every write that returned before this call. With abort_on_failure a
+  // every write that returned before this call. A waiter queued in another
+  // generation of the store than the sync ends in (a replicated store that
+  // lost and regained leadership meanwhile, dropping what it buffered) is
+  // answered UNAVAILABLE, never OK. With abort_on_failure a
   // sync that fails aborts the process instead (answering from a state
   // that may not be on disk would break every promise made; a restart
   // recovers from what is), so `done` only ever sees OK.
@@ -52,7 +55,11 @@ class GroupCommit {
   ActivityStore* const store_;
   const bool abort_on_failure_;
   absl::Mutex mu_;
-  std::vector<std::function<void(const absl::Status&)>> waiters_ ABSL_GUARDED_BY(mu_);
+  struct Waiter {
+    uint64_t generation;  // the store's when the waiter queued
+    std::function<void(const absl::Status&)> done;
+  };
+  std::vector<Waiter> waiters_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
   DurationHistogram sync_latency_;

@@ -85,11 +85,36 @@ void CoordinatorLeadership::Loop() {
     RaftNodeStatus s = latest_;
     changed_ = false;
     mu_.Unlock();
+    if (leading_) {
+      // The node's own view, not only what the callback said: a term lost
+      // and won again while this thread was busy leaves the role unchanged.
+      RaftNodeStatus now = node_->status();
+      if (now.role != RaftRole::kLeader || now.term != led_term_) s = now;
+    }
     bool lead = s.role == RaftRole::kLeader && s.leader_ready;
+    if (leading_ && s.role == RaftRole::kLeader && s.term != led_term_) {
+      // Another term of this member's: what was loaded in led_term_ misses
+      // what the leaders between did; take over afresh.
+      StepDown(absl::StrCat("this dtsd (raft member ", self_id_, ") led term ", led_term_,
+                            " and now leads term ", s.term, "; taking over afresh"));
+    }
+    if (leading_ && !parts_.store->writable()) {
+      // A proposal failed without a change of role seen here (an apply
+      // error, or a term change not reported yet): what was in flight is
+      // unknown, so take over afresh as a new leader would.
+      StepDown(parts_.store->refusal());
+    }
     if (lead && !leading_) {
       leading_ = Lead(s);
     } else if (!lead && leading_) {
       StepDown(Refusal(s));
+    }
+    if (leading_ && parts_.store->HasBuffered()) {
+      // Writes made without sync (a Begin, an activity's end) reach the
+      // log within a round even when no answer waits for them.
+      if (absl::Status st = parts_.store->Sync(); !st.ok()) {
+        SPDLOG_WARN("syncing the buffered activity writes: {}", st.ToString());
+      }
     }
     if (!leading_) {
       // Poll too: the role callback does not report every leader a follower learns.
@@ -105,7 +130,7 @@ void CoordinatorLeadership::Loop() {
 
 bool CoordinatorLeadership::Lead(const RaftNodeStatus& s) {
   absl::Time started = absl::Now();
-  parts_.store->OpenForWrites();
+  parts_.store->OpenForWrites(s.term);
   absl::StatusOr<uint64_t> epoch = parts_.store->NextBootEpoch();
   if (!epoch.ok()) {
     SPDLOG_WARN("leader of term {} cannot take an epoch: {}", s.term, epoch.status().ToString());
@@ -121,6 +146,17 @@ bool CoordinatorLeadership::Lead(const RaftNodeStatus& s) {
     parts_.engine->Reset(0);
     return false;
   }
+  if (RaftNodeStatus now = node_->status(); now.role != RaftRole::kLeader || now.term != s.term) {
+    // Lost the term while reloading (and maybe won a later one): what was
+    // loaded may miss that term's activities; the next round starts afresh.
+    SPDLOG_WARN("leader of term {} lost it while taking over (now {} in term {})", s.term,
+                RaftRoleName(now.role), now.term);
+    parts_.store->CloseForWrites(Refusal(now));
+    parts_.scheduler->Clear();
+    parts_.engine->Reset(0);
+    return false;
+  }
+  led_term_ = s.term;
   parts_.scheduler->Start();
   sweeper_ = parts_.make_sweeper();
   sweeper_->Start();

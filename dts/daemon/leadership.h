@@ -110,6 +110,7 @@ class CoordinatorLeadership {
   std::thread thread_;
   // Owned by the thread.
   bool leading_ = false;
+  uint64_t led_term_ = 0;  // the term Lead took over in (its epoch entry's)
   std::unique_ptr<RetentionSweeper> sweeper_;
 };
 

@@ -3,24 +3,30 @@
 //   'P' first_new activity   PutWithActions (payloads before first_new left out)
 //   'A' id index action      PutAction
 //   'D' id                   Delete
-//   'E' raft_id api_address  an epoch: Apply answers the entry's index
-// A snapshot is "S1", a field of the members' API addresses ("ID@ADDRESS"
-// lines), then every activity, whole, as one field each.
+//   'E' raft_id api_address second
+//                            an epoch: Apply answers max(last epoch + 1,
+//                            second), the proposer's wall-clock second
+// A snapshot is "S2", a field of the members' API addresses ("ID@ADDRESS"
+// lines), a field of the last epoch, then every activity, whole, as one
+// field each ("S1", without the epoch, is still read).
 #include "replicated_activity_store.h"
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 
 namespace formica::dts {
 namespace {
 
-constexpr char kSnapshotMagic[] = "S1";
+constexpr char kSnapshotMagic[] = "S2";
+constexpr char kSnapshotMagicV1[] = "S1";
 
 void AppendField(std::string* out, absl::string_view field) {
   uint32_t n = static_cast<uint32_t>(field.size());
@@ -77,21 +83,44 @@ void ReplicatedActivityStore::SetApiAddress(const std::string& address) {
   api_address_ = address;
 }
 
-void ReplicatedActivityStore::OpenForWrites() {
+void ReplicatedActivityStore::OpenForWrites(uint64_t term) {
   absl::MutexLock lock(&mu_);
   writable_ = true;
+  term_ = term;
+  ++generation_;
   open_from_ = proposed_ + 1;
 }
 
 void ReplicatedActivityStore::CloseForWrites(const std::string& refusal) {
   absl::MutexLock lock(&mu_);
   writable_ = false;
+  ++generation_;
   refusal_ = refusal;
   buffer_.clear();
   for (const std::string& id : buffer_ids_) {
     if (--unapplied_[id] == 0) unapplied_.erase(id);
   }
   buffer_ids_.clear();
+}
+
+bool ReplicatedActivityStore::writable() const {
+  absl::MutexLock lock(&mu_);
+  return writable_;
+}
+
+std::string ReplicatedActivityStore::refusal() const {
+  absl::MutexLock lock(&mu_);
+  return refusal_;
+}
+
+bool ReplicatedActivityStore::HasBuffered() const {
+  absl::MutexLock lock(&mu_);
+  return !buffer_.empty();
+}
+
+uint64_t ReplicatedActivityStore::generation() const {
+  absl::MutexLock lock(&mu_);
+  return generation_;
 }
 
 std::string ReplicatedActivityStore::ApiAddressOf(uint64_t raft_id) const {
@@ -146,6 +175,7 @@ absl::Status ReplicatedActivityStore::Delete(const std::string& id) {
 absl::Status ReplicatedActivityStore::Sync() {
   uint64_t target = 0;
   uint64_t from = 0;  // the first batch of the leadership this call is made in
+  uint64_t term = 0;  // the term that leadership holds: a batch commits in it or not at all
   {
     absl::MutexLock order(&propose_mu_);
     std::string entry;
@@ -154,6 +184,7 @@ absl::Status ReplicatedActivityStore::Sync() {
       absl::MutexLock lock(&mu_);
       if (!writable_) return absl::UnavailableError(refusal_);
       from = open_from_;
+      term = term_;
       target = proposed_;
       if (!buffer_.empty()) {
         entry.swap(buffer_);
@@ -163,7 +194,7 @@ absl::Status ReplicatedActivityStore::Sync() {
       }
     }
     if (!entry.empty()) {
-      node_->Propose(std::move(entry), [this, target, ids = std::move(ids)](ProposeResult r) {
+      node_->Propose(std::move(entry), term, [this, target, ids = std::move(ids)](ProposeResult r) {
         Completed(target, ids, r);
       });
     }
@@ -206,11 +237,17 @@ absl::StatusOr<uint64_t> ReplicatedActivityStore::NextBootEpoch() {
   if (absl::Status st = Sync(); !st.ok()) return st;
   std::string entry(1, 'E');
   AppendField(&entry, absl::StrCat(self_id_));
+  uint64_t term = 0;
   {
     absl::MutexLock lock(&mu_);
     AppendField(&entry, api_address_);
+    term = term_;
   }
-  ProposeResult r = node_->Propose(std::move(entry)).get();
+  // At least the wall-clock second, as a single dtsd's: a group created
+  // afresh (its log gone) does not issue the ids an earlier one did, which
+  // participants' barrier rows may still hold.
+  AppendField(&entry, absl::StrCat(absl::ToUnixSeconds(absl::Now())));
+  ProposeResult r = node_->Propose(std::move(entry), term).get();
   if (!r.status.ok()) return absl::UnavailableError(r.status.message());
   uint64_t epoch = 0;
   if (!absl::SimpleAtoi(r.output, &epoch)) {
@@ -287,9 +324,12 @@ std::string ReplicatedActivityStore::Apply(uint64_t index, absl::string_view ent
         break;
       case 'E': {
         if (!in.Number(&n) || !in.Field(&b)) CannotApply(index, "a malformed epoch");
+        uint64_t proposed = index;  // an entry written before epochs carried a second
+        if (!in.done() && !in.Number(&proposed)) CannotApply(index, "a malformed epoch second");
         absl::MutexLock lock(&mu_);
         api_addresses_[n] = std::string(b);
-        output = absl::StrCat(index);
+        last_epoch_ = std::max(last_epoch_ + 1, proposed);  // the same on every member
+        output = absl::StrCat(last_epoch_);
         break;
       }
       default:
@@ -309,13 +349,16 @@ absl::StatusOr<std::string> ReplicatedActivityStore::Snapshot() {
   if (!st.ok()) return st;
   std::string out = kSnapshotMagic;
   std::string addresses;
+  uint64_t last_epoch = 0;
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [id, address] : api_addresses_) {
       absl::StrAppend(&addresses, id, "@", address, "\n");
     }
+    last_epoch = last_epoch_;
   }
   AppendField(&out, addresses);
+  AppendField(&out, absl::StrCat(last_epoch));
   for (const std::string& id : ids) {
     absl::StatusOr<std::optional<v1::Activity>> a = local_->Get(id);
     if (!a.ok()) return a.status();
@@ -325,7 +368,8 @@ absl::StatusOr<std::string> ReplicatedActivityStore::Snapshot() {
 }
 
 absl::Status ReplicatedActivityStore::Restore(absl::string_view snapshot) {
-  if (snapshot.substr(0, 2) != kSnapshotMagic) {
+  const bool v1 = snapshot.substr(0, 2) == kSnapshotMagicV1;
+  if (snapshot.substr(0, 2) != kSnapshotMagic && !v1) {
     return absl::DataLossError("not a snapshot of the activity store");
   }
   std::vector<v1::Activity> activities;
@@ -341,6 +385,10 @@ absl::Status ReplicatedActivityStore::Restore(absl::string_view snapshot) {
       return absl::DataLossError("a snapshot of the activity store names a member badly");
     }
     api_addresses[id] = std::string(line.substr(at + 1));
+  }
+  uint64_t last_epoch = 0;
+  if (!v1 && !in.Number(&last_epoch)) {
+    return absl::DataLossError("a snapshot of the activity store has no valid epoch");
   }
   while (!in.done()) {
     absl::string_view f;
@@ -365,6 +413,7 @@ absl::Status ReplicatedActivityStore::Restore(absl::string_view snapshot) {
   if (st.ok()) {
     absl::MutexLock lock(&mu_);
     api_addresses_ = std::move(api_addresses);
+    last_epoch_ = last_epoch;
   }
   return st;
 }

@@ -19,7 +19,7 @@
 //   auto node = RaftNode::Start(options, &store, on_role).value();
 //   store.Attach(node.get());
 //   ...  // once leader_ready:
-//   store.OpenForWrites();
+//   store.OpenForWrites(status.term);
 //   uint64_t epoch = store.NextBootEpoch().value();
 #pragma once
 
@@ -51,8 +51,18 @@ class ReplicatedActivityStore final : public ActivityStore, public RaftStateMach
 
   // Leadership: writes are taken after OpenForWrites and refused (UNAVAILABLE,
   // `refusal`) after CloseForWrites, which also drops what is buffered.
-  void OpenForWrites();
+  // Every entry is proposed for `term` (the raft term this member leads in):
+  // if the node's term has moved on, it is refused, never appended, so
+  // nothing taken in one leadership commits in a later one. Each call
+  // starts a new generation (see ActivityStore::generation).
+  void OpenForWrites(uint64_t term);
   void CloseForWrites(const std::string& refusal);
+  // False once closed or once a proposal failed (the leadership must be
+  // taken afresh before writing again); refusal() says why.
+  bool writable() const;
+  std::string refusal() const;
+  // Whether writes made without sync wait for the next Sync.
+  bool HasBuffered() const;
 
   // The API address the member `raft_id` recorded when it last led, or "".
   std::string ApiAddressOf(uint64_t raft_id) const;
@@ -70,11 +80,14 @@ class ReplicatedActivityStore final : public ActivityStore, public RaftStateMach
   absl::Status ScanNewestFirst(const std::function<bool(const v1::Activity&)>& visit) override;
   // Buffered as a write without sync: the next Sync carries it.
   absl::Status Delete(const std::string& id) override;
-  // The index of a committed log entry proposed now: greater than every
-  // epoch any earlier leader of the group took. REQUIRES: open for writes.
+  // Taken through a committed log entry: greater than every epoch any
+  // earlier leader of the group took, and at least the proposer's
+  // wall-clock second (so a group created afresh does not reuse ids).
+  // REQUIRES: open for writes.
   absl::StatusOr<uint64_t> NextBootEpoch() override;
   uint64_t syncs() const override;  // entries proposed
   uint64_t written_bytes() const override;
+  uint64_t generation() const override;
 
   // RaftStateMachine: blind writes into the local store (replayed entries
   // end in the same state); a snapshot is every activity, whole.
@@ -95,6 +108,9 @@ class ReplicatedActivityStore final : public ActivityStore, public RaftStateMach
   absl::Mutex propose_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   bool writable_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t term_ ABSL_GUARDED_BY(mu_) = 0;        // the term writes are proposed for
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // one per Open and per Close
+  uint64_t last_epoch_ ABSL_GUARDED_BY(mu_) = 0;  // applied state: the last epoch taken
   std::string refusal_ ABSL_GUARDED_BY(mu_) = "this dtsd does not lead its group";
   std::string buffer_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> buffer_ids_ ABSL_GUARDED_BY(mu_);

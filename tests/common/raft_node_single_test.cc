@@ -117,6 +117,25 @@ TEST(RaftNode, AnswersProposalsAfterApplyingThemInOrder) {
   EXPECT_EQ((*node)->status().role, RaftRole::kLeader);
 }
 
+TEST(RaftNode, RefusesAProposalMadeForAnotherTermAppendingNothing) {
+  TempDir dir;
+  ListMachine machine;
+  auto node = RaftNode::Start(OneMember(dir.File("raft")), &machine);
+  ASSERT_TRUE(node.ok()) << node.status();
+  ASSERT_TRUE(WaitReady(**node));
+  const uint64_t term = (*node)->status().term;
+  ProposeResult stale = (*node)->Propose("from an earlier leadership", term + 1).get();
+  EXPECT_EQ(stale.status.code(), absl::StatusCode::kUnavailable) << stale.status;
+  EXPECT_NE(stale.status.message().find(absl::StrCat("proposed for term ", term + 1)),
+            absl::string_view::npos)
+      << stale.status;
+  EXPECT_TRUE(machine.values().empty()) << "a refused proposal was applied";
+  ProposeResult current = (*node)->Propose("this leadership's", term).get();
+  ASSERT_TRUE(current.status.ok()) << current.status;
+  EXPECT_EQ(current.term, term);
+  EXPECT_EQ(machine.values(), std::vector<std::string>{"this leadership's"});
+}
+
 TEST(RaftNode, RestartsFromItsDataDirThroughASnapshotAndTheLog) {
   TempDir dir;
   RaftNodeOptions options = OneMember(dir.File("raft"));

@@ -5,11 +5,15 @@
 // restores the same activities into another member's store.
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "activity_store.h"
 #include "formica/internal/raft_node.h"
+#include "group_commit.h"
 #include "process.h"
 #include "replicated_activity_store.h"
 
@@ -68,7 +72,7 @@ class ReplicatedStoreTest : public ::testing::Test {
 TEST_F(ReplicatedStoreTest, RefusesWritesUntilOpenedAndAfterClosedNamingWhy) {
   absl::Status st = store_->PutWithActions(Decided("a", 1), 0, true);
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
-  store_->OpenForWrites();
+  store_->OpenForWrites(node_->status().term);
   ASSERT_TRUE(store_->PutWithActions(Decided("a", 1), 0, true).ok());
   ASSERT_TRUE(store_->PutWithActions(Decided("b", 1), 0, false).ok());
   store_->CloseForWrites("the leader is raft member 2");
@@ -83,7 +87,7 @@ TEST_F(ReplicatedStoreTest, RefusesWritesUntilOpenedAndAfterClosedNamingWhy) {
 }
 
 TEST_F(ReplicatedStoreTest, ASyncCarriesEveryBufferedWriteInOneEntryAndReadsSeeThem) {
-  store_->OpenForWrites();
+  store_->OpenForWrites(node_->status().term);
   for (int i = 0; i < 20; ++i) {
     v1::Activity a = Decided(absl::StrCat("act-", i), 2);
     ASSERT_TRUE(store_->PutAction(a.id(), 0, a.actions(0), false).ok());
@@ -110,7 +114,7 @@ TEST_F(ReplicatedStoreTest, ASyncCarriesEveryBufferedWriteInOneEntryAndReadsSeeT
 }
 
 TEST_F(ReplicatedStoreTest, AWriteWhoseEntryFailsIsNotAcknowledgedAndLaterWritesAreRefused) {
-  store_->OpenForWrites();
+  store_->OpenForWrites(node_->status().term);
   ASSERT_TRUE(store_->PutWithActions(Decided("a", 1), 0, true).ok());
   node_->Stop();  // what is proposed from now on fails, as on a lost leadership
   absl::Status st = store_->PutWithActions(Decided("b", 1), 0, true);
@@ -123,9 +127,13 @@ TEST_F(ReplicatedStoreTest, AWriteWhoseEntryFailsIsNotAcknowledgedAndLaterWrites
 
 TEST_F(ReplicatedStoreTest, EachEpochIsGreaterThanTheLast) {
   store_->SetApiAddress("127.0.0.1:7380");
-  store_->OpenForWrites();
+  store_->OpenForWrites(node_->status().term);
+  const uint64_t now = static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now()));
   auto first = store_->NextBootEpoch();
   ASSERT_TRUE(first.ok()) << first.status();
+  // At least the wall-clock second, not the entry's index: a group created
+  // afresh does not issue the ids an earlier group did.
+  EXPECT_GE(*first, now);
   ASSERT_TRUE(store_->PutWithActions(Decided("a", 1), 0, true).ok());
   auto second = store_->NextBootEpoch();
   ASSERT_TRUE(second.ok()) << second.status();
@@ -135,7 +143,7 @@ TEST_F(ReplicatedStoreTest, EachEpochIsGreaterThanTheLast) {
 
 TEST_F(ReplicatedStoreTest, ASnapshotRestoresTheSameActivitiesIntoAnotherMembersStore) {
   store_->SetApiAddress("127.0.0.1:7380");
-  store_->OpenForWrites();
+  store_->OpenForWrites(node_->status().term);
   ASSERT_TRUE(store_->NextBootEpoch().ok());
   for (int i = 0; i < 5; ++i)
     ASSERT_TRUE(store_->PutWithActions(Decided(absl::StrCat("s-", i), 3), 0, false).ok());
@@ -156,7 +164,60 @@ TEST_F(ReplicatedStoreTest, ASnapshotRestoresTheSameActivitiesIntoAnotherMembers
     EXPECT_EQ((*a)->actions(2).payload(), std::string(100, 'p'));
   }
   EXPECT_EQ(other.ApiAddressOf(1), "127.0.0.1:7380");
+  // The last epoch travels in the snapshot: an epoch entry applied after it
+  // (its proposer's clock behind) still gives a greater epoch.
+  auto field = [](absl::string_view f) {
+    std::string out;
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((f.size() >> (8 * i)) & 0xff));
+    return out.append(f.data(), f.size());
+  };
+  auto first = store_->NextBootEpoch();
+  ASSERT_TRUE(first.ok()) << first.status();
+  snapshot = store_->Snapshot();
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  ASSERT_TRUE(other.Restore(*snapshot).ok());
+  std::string behind = "E" + field("2") + field("127.0.0.1:7381") + field("1");
+  EXPECT_EQ(other.Apply(1000000, behind), absl::StrCat(*first + 1));
   EXPECT_EQ(other.Restore("not a snapshot").code(), absl::StatusCode::kDataLoss);
+}
+
+TEST_F(ReplicatedStoreTest, WritesOpenedForAnotherTermAreNeverAppended) {
+  const uint64_t term = node_->status().term;
+  store_->OpenForWrites(term + 1);  // a leadership this member no longer holds
+  absl::Status st = store_->PutWithActions(Decided("a", 1), 0, true);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_FALSE(store_->writable()) << "a failed proposal must close the store";
+  store_->OpenForWrites(term);
+  ASSERT_TRUE(store_->Sync().ok());
+  EXPECT_FALSE((*store_->Get("a")).has_value()) << "a write of another term was appended";
+  ASSERT_TRUE(store_->PutWithActions(Decided("b", 1), 0, true).ok());
+  EXPECT_TRUE((*store_->Get("b")).has_value());
+}
+
+TEST_F(ReplicatedStoreTest, AGroupCommitWaiterWhoseWriteWasDroppedIsNeverAnsweredOk) {
+  const uint64_t term = node_->status().term;
+  store_->OpenForWrites(term);
+  GroupCommit commit(store_.get(), /*abort_on_failure=*/false);
+  ASSERT_TRUE(store_->PutWithActions(Decided("dropped", 1), 0, false).ok());
+  absl::Mutex mu;
+  std::optional<absl::Status> answer;
+  commit.AfterSync([&](const absl::Status& synced) {
+    absl::MutexLock l(&mu);
+    answer = synced;
+  });
+  // The leadership ends (its buffer dropped) and is won again before the
+  // syncer thread gets to the waiter.
+  store_->CloseForWrites("stepped down");
+  store_->OpenForWrites(term);
+  commit.Start();
+  {
+    absl::MutexLock l(&mu);
+    mu.Await(absl::Condition(
+        +[](std::optional<absl::Status>* a) { return a->has_value(); }, &answer));
+    EXPECT_EQ(answer->code(), absl::StatusCode::kUnavailable) << *answer;
+  }
+  commit.Stop();
+  EXPECT_FALSE((*store_->Get("dropped")).has_value());
 }
 
 }  // namespace

@@ -147,7 +147,13 @@ class RaftNode {
   // ProposeResult). Proposals made while earlier ones are in flight share
   // disk writes and network messages.
   void Propose(std::string entry, ProposeCallback done);
-  std::future<ProposeResult> Propose(std::string entry);
+  // Appended only if this member still leads in `expected_term` when the
+  // entry reaches the node's thread; else refused UNAVAILABLE naming both
+  // terms, nothing appended (0: any term). A writer that opened for one
+  // leadership proposes with its term, so nothing it buffered then can
+  // commit in a later term of the same member.
+  void Propose(std::string entry, uint64_t expected_term, ProposeCallback done);
+  std::future<ProposeResult> Propose(std::string entry, uint64_t expected_term = 0);
 
   // Completes OK once this member, as leader, has committed an entry after
   // every entry committed before the call and applied them all: a read of
