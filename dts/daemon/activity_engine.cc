@@ -627,23 +627,33 @@ void ActivityEngine::ScheduleActionsLocked(Entry& e, absl::Time when, bool reset
   }
 }
 
-void ActivityEngine::Expire(const std::string& id) {
+std::function<void()> ActivityEngine::Expire(const std::string& id) {
   std::shared_ptr<Entry> e = FindLive(id);
-  if (e == nullptr) return;
+  if (e == nullptr) return nullptr;
   absl::MutexLock lock(&e->mu);
   v1::Activity& a = e->record;
-  if (a.state() != v1::ACTIVE) return;
+  if (a.state() != v1::ACTIVE) {
+    // Decided but not synced yet (an earlier round's sync failed, or an
+    // answer still waits for its own): phase two starts once synced.
+    return IsDecided(a.state()) && !e->decision_durable ? StarterFor(e) : nullptr;
+  }
   absl::Time deadline = absl::FromUnixMillis(a.deadline_unix_ms());
   if (clock_->Now() < deadline) {
     scheduler_->Add(deadline, PhaseTwoTask{id, PhaseTwoTask::kTimeout, 0});
-    return;
+    return nullptr;
   }
   timed_out_.fetch_add(1, std::memory_order_relaxed);
-  if (absl::Status st = DecideLocked(*e, false, TimeoutReason(a), /*durable=*/true); !st.ok()) {
+  // Not synced here, under the activity's lock: the scheduler syncs every
+  // expiry of its round at once (SyncExpired), then starts phase two.
+  if (absl::Status st = DecideLocked(*e, false, TimeoutReason(a), /*durable=*/false); !st.ok()) {
     SPDLOG_ERROR("cannot roll back expired {}: {}; trying again in 1s", id, st.ToString());
     scheduler_->Add(clock_->Now() + absl::Seconds(1), PhaseTwoTask{id, PhaseTwoTask::kTimeout, 0});
+    return nullptr;
   }
+  return StarterFor(e);
 }
+
+absl::Status ActivityEngine::SyncExpired() { return store_->Sync(); }
 
 std::optional<PhaseTwoCall> ActivityEngine::Prepare(const PhaseTwoTask& t) {
   std::shared_ptr<Entry> e = FindLive(t.id);

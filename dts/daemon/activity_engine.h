@@ -146,7 +146,8 @@ class ActivityEngine final : public PhaseTwoWork {
   UnfinishedView Unfinished();
 
   // PhaseTwoWork: the scheduler's due tasks.
-  void Expire(const std::string& id) override;
+  std::function<void()> Expire(const std::string& id) override;
+  absl::Status SyncExpired() override;
   std::optional<PhaseTwoCall> Prepare(const PhaseTwoTask& task) override;
   void Completed(const PhaseTwoCall& call, const absl::Status& outcome) override;
 

@@ -25,7 +25,11 @@ namespace {
 // Every activity whole, in memory.
 class MemoryActivityStore : public ActivityStore {
  public:
-  absl::Status Put(const v1::Activity& activity, bool) override {
+  absl::Status Put(const v1::Activity& activity, bool sync) override {
+    if (sync) {
+      if (fail_syncs) return absl::UnavailableError("the log is unreachable");
+      ++syncs_;
+    }
     v1::Activity& stored = activities_[activity.id()];
     google::protobuf::RepeatedPtrField<v1::Action> actions = std::move(*stored.mutable_actions());
     stored = activity;
@@ -46,7 +50,11 @@ class MemoryActivityStore : public ActivityStore {
     *stored.mutable_actions(index) = action;
     return absl::OkStatus();
   }
-  absl::Status Sync() override { return absl::OkStatus(); }
+  absl::Status Sync() override {
+    if (fail_syncs) return absl::UnavailableError("the log is unreachable");
+    ++syncs_;
+    return absl::OkStatus();
+  }
   absl::StatusOr<std::optional<v1::Activity>> Get(const std::string& id) override {
     auto it = activities_.find(id);
     if (it == activities_.end()) return std::optional<v1::Activity>();
@@ -69,10 +77,13 @@ class MemoryActivityStore : public ActivityStore {
     return absl::OkStatus();
   }
   absl::StatusOr<uint64_t> NextBootEpoch() override { return 1; }
-  uint64_t syncs() const override { return 0; }
+  uint64_t syncs() const override { return syncs_; }
   uint64_t written_bytes() const override { return 0; }
 
+  bool fail_syncs = false;
+
  private:
+  uint64_t syncs_ = 0;
   std::map<std::string, v1::Activity> activities_;
 };
 
@@ -228,6 +239,24 @@ TEST_F(DtsEngines, AnActivityNotDecidedWithinItsTimeoutIsRolledBackAndItsActions
 
   sender_.Answer(absl::OkStatus());
   EXPECT_EQ(State(id), v1::ROLLED_BACK);
+}
+
+TEST_F(DtsEngines, TimeoutsDueTogetherCostOneSyncAndPhaseTwoWaitsForIt) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 20; ++i) ids.push_back(BeginWithOneAction(absl::Seconds(1)));
+  // The sync fails (a replicated store's lost leadership): decided, no
+  // cancel goes out on a decision that may not be in the log.
+  store_.fail_syncs = true;
+  Advance(absl::Seconds(1));
+  EXPECT_TRUE(sender_.sent.empty());
+  for (const std::string& id : ids) EXPECT_EQ(State(id), v1::ROLLING_BACK);
+  store_.fail_syncs = false;
+  uint64_t before = store_.syncs();
+  Advance(absl::Seconds(1));  // tried again
+  EXPECT_EQ(store_.syncs(), before + 1) << "one sync for the round's 20 expiries";
+  EXPECT_EQ(sender_.sent.size(), 20u);
+  EXPECT_EQ(engine_.stats().timed_out, 20u);
+  for (const auto& call : sender_.sent) EXPECT_FALSE(call.item.confirm());
 }
 
 TEST_F(DtsEngines, AnActivityCommittedWithinItsTimeoutIsNotRolledBack) {
