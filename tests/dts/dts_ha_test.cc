@@ -358,9 +358,14 @@ TEST_F(DtsHaTest, AFollowerRefusesNamingTheLeader) {
   // making ids under a greater epoch than any its predecessor used.
   absl::StatusOr<std::string> before = BeginAt(leader);
   ASSERT_TRUE(before.ok()) << before.status();
+  // A Begin nobody syncs for reaches the log within a round (200 ms) of the
+  // leadership thread: the successor knows it.
+  absl::SleepFor(absl::Seconds(1));
   EXPECT_EQ(dtsd_[leader]->Terminate(), 0) << dtsd_[leader]->Output();
   int next = WaitForLeader(absl::Seconds(20), leader);
   ASSERT_GE(next, 0) << Logs();
+  absl::StatusOr<v1::Activity> begun = Get(next, *before);
+  EXPECT_TRUE(begun.ok()) << *before << " begun a second before the handover: " << begun.status();
   absl::StatusOr<std::string> after = BeginAt(next);
   ASSERT_TRUE(after.ok()) << after.status();
   auto epoch = [](const std::string& id) {
