@@ -56,14 +56,15 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
 
   // Answers once the writes made so far are durable; runs `then` first
   // (e.g. starts phase two of a decision now on disk).
-  Reactor* AnswerDurable(grpc::CallbackServerContext* ctx, const absl::Status& st,
-                         std::function<void()> then = nullptr) {
+  // `generation`: the store's, read before the writes were made.
+  Reactor* AnswerDurable(grpc::CallbackServerContext* ctx, uint64_t generation,
+                         const absl::Status& st, std::function<void()> then = nullptr) {
     // Errors wait for the sync too: a refusal may name a concurrent
     // decision that is not on disk yet.
     // A replicated dtsd's sync fails when it loses its leadership: the
     // answer is then that failure (the outcome is the next leader's).
     Reactor* r = ctx->DefaultReactor();
-    commit_->AfterSync([r, st, then = std::move(then)](const absl::Status& synced) {
+    commit_->AfterSync(generation, [r, st, then = std::move(then)](const absl::Status& synced) {
       if (!synced.ok()) return r->Finish(ToGrpcStatus(synced));
       if (then) then();
       r->Finish(ToGrpcStatus(st));
@@ -88,19 +89,22 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
   }
   Reactor* Enlist(grpc::CallbackServerContext* ctx, const v1::EnlistRequest* req,
                   v1::EnlistResponse*) override {
-    return AnswerDurable(ctx, Logged(engine_->Enlist(*req, Identity(ctx))));
+    const uint64_t generation = commit_->generation();
+    return AnswerDurable(ctx, generation, Logged(engine_->Enlist(*req, Identity(ctx))));
   }
   Reactor* Commit(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                   v1::DecisionResponse* resp) override {
+    const uint64_t generation = commit_->generation();
     std::function<void()> start;
     absl::Status st = Logged(engine_->Decide(*req, true, resp, &start, Identity(ctx)));
-    return AnswerDurable(ctx, st, std::move(start));
+    return AnswerDurable(ctx, generation, st, std::move(start));
   }
   Reactor* Rollback(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                     v1::DecisionResponse* resp) override {
+    const uint64_t generation = commit_->generation();
     std::function<void()> start;
     absl::Status st = Logged(engine_->Decide(*req, false, resp, &start, Identity(ctx)));
-    return AnswerDurable(ctx, st, std::move(start));
+    return AnswerDurable(ctx, generation, st, std::move(start));
   }
   Reactor* Batch(grpc::CallbackServerContext* ctx, const v1::BatchRequest* req,
                  v1::BatchResponse* resp) override {
@@ -108,6 +112,7 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
       return Answer(ctx, absl::InvalidArgumentError(absl::StrCat(
                              "a batch holds at most ", kMaxBatch, " ops, got ", req->ops_size())));
     }
+    const uint64_t generation = commit_->generation();
     std::vector<std::function<void()>> starters;
     bool durable = false;
     const std::string identity = Identity(ctx);
@@ -158,7 +163,7 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
       result->set_message(std::string(st.message()));
     }
     if (!durable) return Answer(ctx, absl::OkStatus());
-    return AnswerDurable(ctx, absl::OkStatus(), [starters = std::move(starters)] {
+    return AnswerDurable(ctx, generation, absl::OkStatus(), [starters = std::move(starters)] {
       for (const auto& start : starters) start();
     });
   }

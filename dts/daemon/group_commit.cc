@@ -9,7 +9,10 @@
 namespace formica::dts {
 
 void GroupCommit::AfterSync(std::function<void(const absl::Status&)> done) {
-  uint64_t generation = store_->generation();
+  AfterSync(store_->generation(), std::move(done));
+}
+
+void GroupCommit::AfterSync(uint64_t generation, std::function<void(const absl::Status&)> done) {
   absl::MutexLock lock(&mu_);
   waiters_.push_back({generation, std::move(done)});
 }

@@ -41,6 +41,11 @@ class GroupCommit {
   // that may not be on disk would break every promise made; a restart
   // recovers from what is), so `done` only ever sees OK.
   void AfterSync(std::function<void(const absl::Status&)> done);
+  // The same for writes made since `generation` (the store's generation()
+  // read before making them): closes the gap between the writes and this
+  // call, in which a leadership could end and begin again.
+  void AfterSync(uint64_t generation, std::function<void(const absl::Status&)> done);
+  uint64_t generation() const { return store_->generation(); }
 
   void Start();
   // Runs every callback still queued (after their sync), then stops.
