@@ -105,6 +105,10 @@ void CoordinatorLeadership::Loop() {
       StepDown(parts_.store->refusal());
     }
     if (lead && !leading_) {
+      // Take over for the term the node is in now, not an older report's.
+      if (RaftNodeStatus now = node_->status(); now.role == RaftRole::kLeader && now.leader_ready) {
+        s = now;
+      }
       leading_ = Lead(s);
     } else if (!lead && leading_) {
       StepDown(Refusal(s));
