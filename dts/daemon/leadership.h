@@ -7,6 +7,10 @@
 // crash) and starts serving; on losing leadership it stops serving and
 // driving, unpublishes, and refuses writes, so nothing is acknowledged by a
 // deposed leader. Followers answer every call UNAVAILABLE naming the leader.
+// A leadership is one term: a member found leading a later term than the
+// one it took over in (lost and won again meanwhile), or whose store
+// stopped taking writes after a failed proposal, steps down and takes
+// over afresh. Each round (200 ms) also syncs writes still buffered.
 //
 //   LeaderDiscovery discovery(&registry_discovery);   // handed to rpc::Server
 //   CoordinatorLeadership leadership(parts);
