@@ -35,6 +35,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "bench_report.h"
@@ -283,6 +284,55 @@ int LargeActions(dts::v1::Coordinator::Stub& coordinator, pid_t dtsd, int rounds
   return report.Finish();
 }
 
+// Three replicated dtsd (docs/ha.md) on this machine, started from YAML
+// configs with a `raft` section; returns them once one leads and serves,
+// with its Coordinator stub in `*leader`. Empty when no leader came up.
+std::vector<std::unique_ptr<Subprocess>> StartReplicatedGroup(
+    const formica::testing::TempDir& dir, const std::string& registry,
+    std::unique_ptr<dts::v1::Coordinator::Stub>* leader) {
+  constexpr int kMembers = 3;
+  std::vector<int> raft_ports, api_ports;
+  std::vector<std::string> peers;
+  for (int i = 0; i < kMembers; ++i) {
+    raft_ports.push_back(formica::testing::PickFreePort());
+    api_ports.push_back(formica::testing::PickFreePort());
+    peers.push_back(absl::StrCat("\"", i + 1, "@127.0.0.1:", raft_ports[i], "\""));
+  }
+  std::vector<std::unique_ptr<Subprocess>> group;
+  for (int i = 0; i < kMembers; ++i) {
+    std::string config = dir.File(absl::StrCat("dtsd-r", i + 1, ".yaml"));
+    std::ofstream(config) << "server:\n  listen: 127.0.0.1:" << api_ports[i]
+                          << "\n  unpublish_grace: 0s\nstorage:\n  data_dir: "
+                          << dir.File(absl::StrCat("dtsd-r", i + 1))
+                          << "\nregistry:\n  addresses: [" << registry << "]\n"
+                          << "raft:\n  node_id: " << i + 1 << "\n  peers: ["
+                          << absl::StrJoin(peers, ", ")
+                          << "]\n  data_dir: " << dir.File(absl::StrCat("raft-r", i + 1)) << "\n";
+    auto p = Subprocess::Start(
+        {formica::testing::BinaryPath("dts/dtsd"), "--config", config, "--log-level", "warn"},
+        dir.File(absl::StrCat("dtsd-r", i + 1, ".log")));
+    if (!p.ok() || !(*p)->WaitForOutput("dtsd ready", absl::Seconds(20))) return {};
+    group.push_back(std::move(*p));
+  }
+  for (absl::Time until = absl::Now() + absl::Seconds(20); absl::Now() < until;) {
+    for (int i = 0; i < kMembers; ++i) {
+      auto stub = dts::v1::Coordinator::NewStub(grpc::CreateChannel(
+          absl::StrCat("127.0.0.1:", api_ports[i]), grpc::InsecureChannelCredentials()));
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      dts::v1::ListRequest req;
+      req.set_limit(1);
+      dts::v1::ListResponse resp;
+      if (stub->List(&ctx, req, &resp).ok()) {  // followers refuse
+        *leader = std::move(stub);
+        return group;
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return {};
+}
+
 int Run(int argc, char** argv) {
   bool quick = false;
   bool fast_sync = false;
@@ -421,12 +471,14 @@ int Run(int argc, char** argv) {
     for (const auto& [name, pid] : processes) v.push_back(ProcessCpuSeconds(pid));
     return v;
   };
+  double single_c64 = 0;
   for (int concurrency : {1, 64}) {
     dts::v1::Stats before = stats();
     std::vector<double> cpu_before = cpu_now();
     absl::Time t0 = absl::Now();
     Result r = Drive(*client, concurrency, duration, kAccounts, begin_at_coordinator);
     double run_s = absl::ToDoubleSeconds(absl::Now() - t0);
+    if (concurrency == 64) single_c64 = r.per_s;
     double drain_ms = drain();
     std::vector<double> cpu_after = cpu_now();
     dts::v1::Stats after = stats();
@@ -472,6 +524,43 @@ int Run(int argc, char** argv) {
                   total * 1000, line.c_str());
     }
   }
+  // The same load on a replicated group of three, after the single dtsd
+  // has left the registry: every enlist and decision committed on two of
+  // three members (libraft's O_DSYNC log) before its answer.
+  (*dtsd)->Terminate();
+  std::unique_ptr<dts::v1::Coordinator::Stub> leader;
+  std::vector<std::unique_ptr<Subprocess>> group =
+      StartReplicatedGroup(dir, (*dsrd)->address(), &leader);
+  if (group.empty()) {
+    report.Fail("the replicated dtsd group did not elect a serving leader within 20 s");
+  } else {
+    coordinator = std::move(leader);
+    Drive(*client, 8, absl::Milliseconds(500), kAccounts, begin_at_coordinator);  // warm up
+    drain();
+    dts::v1::Stats before = stats();
+    Result r = Drive(*client, 64, duration, kAccounts, begin_at_coordinator);
+    double drain_ms = drain();
+    dts::v1::Stats after = stats();
+    double entries = after.wal_syncs() - before.wal_syncs();
+    double single = std::round(single_c64);
+    std::printf(
+        "replicated (3 members) c64 %7.0f committed/s  p50 %.2f ms  p99 %.2f ms  failures %lld  "
+        "%.2f log entries per activity; %.2fx the single dtsd\n",
+        r.per_s, r.p50_ms, r.p99_ms, static_cast<long long>(r.failures),
+        r.committed > 0 ? entries / r.committed : 0, single > 0 ? r.per_s / single : 0);
+    report.AddErrors("activities_failed_replicated", r.failures);
+    if (drain_ms < 0) report.Fail("phase two did not drain within 60 s on the replicated group");
+    if (r.committed <= 0) report.AddMissing("committed_activities_replicated", 1);
+    report.Set("dts_replicated_committed_per_s", std::round(r.per_s));
+    report.Set("dts_single_committed_per_s", single);
+    report.Set("dts_replicated_vs_single", single > 0 ? r.per_s / single : 0);
+    report.Set("replicated_p50_ms_c64", r.p50_ms);
+    report.Set("replicated_p99_ms_c64", r.p99_ms);
+    report.Set("replicated_log_entries_per_activity", r.committed > 0 ? entries / r.committed : 0);
+    report.Headline("dts replicated (3 members) committed activities/s, 64 callers",
+                    "dts_replicated_committed_per_s", "", "", ">= 0.5x the single dtsd");
+  }
+  for (auto& member : group) member->Terminate();
   report.Set("fdatasync_per_s", std::round(fsync_rate));
   report.Set("raw_grpc_round_trips_per_s_c64", std::round(raw.per_s));
   report.Headline("dts committed activities/s, 64 callers", "committed_per_s_c64", "", "",
@@ -500,6 +589,10 @@ int Run(int argc, char** argv) {
                   "CPU seconds (user + system, from /proc) per 1000 activities of every process: "
                   "the sum, and each as cpu_s_per_1000_cN_<process>");
   report.SetSetup("processes", "dsrd, dtsd, 2 participants and the initiator on one machine");
+  report.SetSetup("replicated",
+                  "then 3 dtsd members (raft section, default election timeout and heartbeat) "
+                  "on the same machine and disk, 64 callers; dts_replicated_vs_single compares "
+                  "with committed_per_s_c64");
   client.reset();
   registry.reset();
   for (auto& b : banks) b->Terminate();

@@ -112,6 +112,8 @@ UnfinishedView ActivityEngine::Unfinished() {
 
 absl::Status ActivityEngine::Begin(const v1::BeginRequest& req, v1::BeginResponse* resp,
                                    absl::string_view identity) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   if (absl::Status st = CheckName("name", req.name(), true); !st.ok()) return st;
   if (absl::Status st = CheckName("initiator", req.initiator(), false); !st.ok()) return st;
   absl::Duration timeout =
@@ -123,7 +125,7 @@ absl::Status ActivityEngine::Begin(const v1::BeginRequest& req, v1::BeginRespons
   }
   auto e = std::make_shared<Entry>();
   absl::Time now = clock_->Now();
-  std::string id = absl::StrFormat("%08x-%012x", epoch_, seq_.fetch_add(1) + 1);
+  std::string id = absl::StrFormat("%08x-%012x", epoch_.load(), seq_.fetch_add(1) + 1);
   {
     absl::MutexLock lock(&e->mu);
     v1::Activity& a = e->record;
@@ -158,6 +160,8 @@ void ActivityEngine::ExpireIfDueLocked(Entry& e) {
 }
 
 absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req, absl::string_view identity) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   if (absl::Status st = CheckName("participant", req.participant(), true); !st.ok()) return st;
   if (absl::Status st = CheckName("action", req.action(), true); !st.ok()) return st;
   if (req.payload().size() > kMaxPayloadBytes) {
@@ -212,6 +216,8 @@ absl::Status ActivityEngine::Enlist(const v1::EnlistRequest& req, absl::string_v
 absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
                                     v1::DecisionResponse* resp, std::function<void()>* after_sync,
                                     absl::string_view identity) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   if (absl::Status st = CheckName("name", req.name(), false); !st.ok()) return st;
   if (absl::Status st = CheckName("initiator", req.initiator(), false); !st.ok()) return st;
   for (const v1::JoinedAction& j : req.actions()) {
@@ -275,7 +281,14 @@ absl::Status ActivityEngine::Decide(const v1::ActivityRef& req, bool commit,
 }
 
 std::function<void()> ActivityEngine::StarterFor(const std::shared_ptr<Entry>& e) {
-  return [this, e] {
+  uint64_t generation = 0;
+  {
+    absl::MutexLock lock(&gate_mu_);
+    generation = generation_;
+  }
+  return [this, e, generation] {
+    CallScope scope(this, generation);  // not for a later leadership's engine
+    if (!scope.ok()) return;
     absl::MutexLock lock(&e->mu);
     if (IsDecided(e->record.state())) {
       e->decision_durable = true;
@@ -324,6 +337,8 @@ absl::Status ActivityEngine::Resolve(const v1::ActivityRef& req, v1::ActivitySta
                                      v1::ActionState* action_state,
                                      std::function<void()>* after_sync,
                                      absl::string_view identity) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   // The state of the action named; only for the identity that enlisted it.
   auto named = [&req, action_state, identity](const v1::Activity& a) {
     if (req.actions().empty()) return absl::OkStatus();
@@ -439,6 +454,8 @@ absl::StatusOr<std::shared_ptr<ActivityEntry>> ActivityEngine::FindOrTakeUp(
 }
 
 absl::Status ActivityEngine::Retry(const v1::ActivityRef& req, v1::DecisionResponse* resp) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   std::shared_ptr<Entry> e = FindLive(req.activity_id());
   if (e == nullptr) {
     absl::StatusOr<v1::Activity> a = Get(req.activity_id());
@@ -459,6 +476,8 @@ absl::Status ActivityEngine::Retry(const v1::ActivityRef& req, v1::DecisionRespo
 }
 
 absl::Status ActivityEngine::Settle(const v1::ActivityRef& req, v1::DecisionResponse* resp) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   if (req.reason().empty()) {
     return absl::InvalidArgumentError("settling needs a reason, for the record");
   }
@@ -493,6 +512,8 @@ absl::Status ActivityEngine::Settle(const v1::ActivityRef& req, v1::DecisionResp
 }
 
 absl::Status ActivityEngine::List(const v1::ListRequest& req, v1::ListResponse* resp) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   size_t limit = req.limit() == 0 ? 100 : req.limit();
   std::vector<ActivityState> states;
   for (int s : req.states()) {
@@ -606,23 +627,33 @@ void ActivityEngine::ScheduleActionsLocked(Entry& e, absl::Time when, bool reset
   }
 }
 
-void ActivityEngine::Expire(const std::string& id) {
+std::function<void()> ActivityEngine::Expire(const std::string& id) {
   std::shared_ptr<Entry> e = FindLive(id);
-  if (e == nullptr) return;
+  if (e == nullptr) return nullptr;
   absl::MutexLock lock(&e->mu);
   v1::Activity& a = e->record;
-  if (a.state() != v1::ACTIVE) return;
+  if (a.state() != v1::ACTIVE) {
+    // Decided but not synced yet (an earlier round's sync failed, or an
+    // answer still waits for its own): phase two starts once synced.
+    return IsDecided(a.state()) && !e->decision_durable ? StarterFor(e) : nullptr;
+  }
   absl::Time deadline = absl::FromUnixMillis(a.deadline_unix_ms());
   if (clock_->Now() < deadline) {
     scheduler_->Add(deadline, PhaseTwoTask{id, PhaseTwoTask::kTimeout, 0});
-    return;
+    return nullptr;
   }
   timed_out_.fetch_add(1, std::memory_order_relaxed);
-  if (absl::Status st = DecideLocked(*e, false, TimeoutReason(a), /*durable=*/true); !st.ok()) {
+  // Not synced here, under the activity's lock: the scheduler syncs every
+  // expiry of its round at once (SyncExpired), then starts phase two.
+  if (absl::Status st = DecideLocked(*e, false, TimeoutReason(a), /*durable=*/false); !st.ok()) {
     SPDLOG_ERROR("cannot roll back expired {}: {}; trying again in 1s", id, st.ToString());
     scheduler_->Add(clock_->Now() + absl::Seconds(1), PhaseTwoTask{id, PhaseTwoTask::kTimeout, 0});
+    return nullptr;
   }
+  return StarterFor(e);
 }
+
+absl::Status ActivityEngine::SyncExpired() { return store_->Sync(); }
 
 std::optional<PhaseTwoCall> ActivityEngine::Prepare(const PhaseTwoTask& t) {
   std::shared_ptr<Entry> e = FindLive(t.id);
@@ -700,6 +731,8 @@ absl::Status ActivityEngine::Missing(const std::string& id) {
 }
 
 absl::StatusOr<v1::Activity> ActivityEngine::Get(const std::string& id) {
+  CallScope scope(this);
+  if (!scope.ok()) return scope.status();
   if (id.empty()) return absl::InvalidArgumentError("activity_id is required");
   if (std::shared_ptr<Entry> e = FindLive(id); e != nullptr) {
     absl::MutexLock lock(&e->mu);

@@ -14,7 +14,11 @@
 //   absl::Status st = engine.Begin(request, &begun);
 //   std::function<void()> start;
 //   st = engine.Decide(ref, /*commit=*/true, &decision, &start);
-//   commit.AfterSync([=] { if (start) start(); answer(st); });
+//   commit.AfterSync([=](const absl::Status& synced) {
+//     if (!synced.ok()) return answer(synced);
+//     if (start) start();
+//     answer(st);
+//   });
 #pragma once
 
 #include <atomic>
@@ -126,17 +130,43 @@ class ActivityEngine final : public PhaseTwoWork {
   // once (its decision is on disk). Returns whether it was decided.
   bool Adopt(v1::Activity record);
 
+  // Leadership (a replicated dtsd, docs/ha.md). The engine serves from
+  // construction. StopServing refuses every later call UNAVAILABLE with
+  // `refusal` and returns once the calls under way have returned; Reset
+  // then forgets every live activity and takes `epoch` for the ids it
+  // makes (REQUIRES: not serving, the scheduler stopped, idle and cleared);
+  // Adopt takes back the unfinished ones and StartServing opens again.
+  void StopServing(const std::string& refusal);
+  void SetRefusal(const std::string& refusal);
+  void Reset(uint64_t epoch);
+  void StartServing();
+
   ActivityStats stats();
   // Reads every unfinished activity (each under its own lock).
   UnfinishedView Unfinished();
 
   // PhaseTwoWork: the scheduler's due tasks.
-  void Expire(const std::string& id) override;
+  std::function<void()> Expire(const std::string& id) override;
+  absl::Status SyncExpired() override;
   std::optional<PhaseTwoCall> Prepare(const PhaseTwoTask& task) override;
   void Completed(const PhaseTwoCall& call, const absl::Status& outcome) override;
 
  private:
   using Entry = ActivityEntry;
+  // Counts one call while the engine serves (StopServing waits for it);
+  // refused when not serving, or serving another period than `generation`
+  // (0: any).
+  class CallScope {
+   public:
+    explicit CallScope(ActivityEngine* engine, uint64_t generation = 0);
+    ~CallScope();
+    bool ok() const { return status_.ok(); }
+    const absl::Status& status() const { return status_; }
+
+   private:
+    ActivityEngine* const engine_;
+    absl::Status status_;
+  };
 
   std::shared_ptr<Entry> FindLive(const std::string& id);
   // The live entry of `id`; for an id that carries its deadline and that
@@ -169,8 +199,14 @@ class ActivityEngine final : public PhaseTwoWork {
   Clock* const clock_;
   PhaseTwoScheduler* const scheduler_;
   const ActivityLimits limits_;
-  const uint64_t epoch_;
+  std::atomic<uint64_t> epoch_;
   std::atomic<uint64_t> seq_{0};
+
+  absl::Mutex gate_mu_;
+  bool serving_ ABSL_GUARDED_BY(gate_mu_) = true;
+  std::string refusal_ ABSL_GUARDED_BY(gate_mu_);
+  int in_calls_ ABSL_GUARDED_BY(gate_mu_) = 0;
+  uint64_t generation_ ABSL_GUARDED_BY(gate_mu_) = 1;  // one per serving period
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);

@@ -69,6 +69,12 @@ class ActivityStore {
   // A number greater than every earlier boot's, durable when returned.
   virtual absl::StatusOr<uint64_t> NextBootEpoch() = 0;
 
+  // The period writes are taken in (a replicated store's leadership; 0 for
+  // a store on its own disk, which has one). A Sync vouches only for writes
+  // made in the generation it ends in: what an earlier one buffered may have
+  // been dropped.
+  virtual uint64_t generation() const { return 0; }
+
   // Syncs done since the store opened (synced writes and Sync calls).
   virtual uint64_t syncs() const = 0;
   // Bytes of records written since the store opened (keys and values, as

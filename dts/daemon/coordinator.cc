@@ -7,6 +7,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "activity_engine.h"
@@ -24,8 +25,10 @@
 #include "formica/rpc/metrics.h"
 #include "formica/rpc/server.h"
 #include "group_commit.h"
+#include "leadership.h"
 #include "phase_two.h"
 #include "recovery.h"
+#include "replicated_activity_store.h"
 #include "rpc_phase_two_sender.h"
 
 namespace formica::dts {
@@ -53,12 +56,16 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
 
   // Answers once the writes made so far are durable; runs `then` first
   // (e.g. starts phase two of a decision now on disk).
-  Reactor* AnswerDurable(grpc::CallbackServerContext* ctx, const absl::Status& st,
-                         std::function<void()> then = nullptr) {
+  // `generation`: the store's, read before the writes were made.
+  Reactor* AnswerDurable(grpc::CallbackServerContext* ctx, uint64_t generation,
+                         const absl::Status& st, std::function<void()> then = nullptr) {
     // Errors wait for the sync too: a refusal may name a concurrent
     // decision that is not on disk yet.
+    // A replicated dtsd's sync fails when it loses its leadership: the
+    // answer is then that failure (the outcome is the next leader's).
     Reactor* r = ctx->DefaultReactor();
-    commit_->AfterSync([r, st, then = std::move(then)] {
+    commit_->AfterSync(generation, [r, st, then = std::move(then)](const absl::Status& synced) {
+      if (!synced.ok()) return r->Finish(ToGrpcStatus(synced));
       if (then) then();
       r->Finish(ToGrpcStatus(st));
     });
@@ -82,19 +89,22 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
   }
   Reactor* Enlist(grpc::CallbackServerContext* ctx, const v1::EnlistRequest* req,
                   v1::EnlistResponse*) override {
-    return AnswerDurable(ctx, Logged(engine_->Enlist(*req, Identity(ctx))));
+    const uint64_t generation = commit_->generation();
+    return AnswerDurable(ctx, generation, Logged(engine_->Enlist(*req, Identity(ctx))));
   }
   Reactor* Commit(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                   v1::DecisionResponse* resp) override {
+    const uint64_t generation = commit_->generation();
     std::function<void()> start;
     absl::Status st = Logged(engine_->Decide(*req, true, resp, &start, Identity(ctx)));
-    return AnswerDurable(ctx, st, std::move(start));
+    return AnswerDurable(ctx, generation, st, std::move(start));
   }
   Reactor* Rollback(grpc::CallbackServerContext* ctx, const v1::ActivityRef* req,
                     v1::DecisionResponse* resp) override {
+    const uint64_t generation = commit_->generation();
     std::function<void()> start;
     absl::Status st = Logged(engine_->Decide(*req, false, resp, &start, Identity(ctx)));
-    return AnswerDurable(ctx, st, std::move(start));
+    return AnswerDurable(ctx, generation, st, std::move(start));
   }
   Reactor* Batch(grpc::CallbackServerContext* ctx, const v1::BatchRequest* req,
                  v1::BatchResponse* resp) override {
@@ -102,6 +112,7 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
       return Answer(ctx, absl::InvalidArgumentError(absl::StrCat(
                              "a batch holds at most ", kMaxBatch, " ops, got ", req->ops_size())));
     }
+    const uint64_t generation = commit_->generation();
     std::vector<std::function<void()>> starters;
     bool durable = false;
     const std::string identity = Identity(ctx);
@@ -152,7 +163,7 @@ class CoordinatorService final : public v1::Coordinator::CallbackService {
       result->set_message(std::string(st.message()));
     }
     if (!durable) return Answer(ctx, absl::OkStatus());
-    return AnswerDurable(ctx, absl::OkStatus(), [starters = std::move(starters)] {
+    return AnswerDurable(ctx, generation, absl::OkStatus(), [starters = std::move(starters)] {
       for (const auto& start : starters) start();
     });
   }
@@ -224,6 +235,13 @@ class Coordinator::Impl {
   std::unique_ptr<GroupCommit> commit;
   std::unique_ptr<RetentionSweeper> sweeper;
   std::unique_ptr<CoordinatorService> service;
+  // Replicated (options.raft): the store is a ReplicatedActivityStore on
+  // `node`, and `leadership` serves, drives and publishes only while leading.
+  ReplicatedActivityStore* replicated = nullptr;
+  std::unique_ptr<rpc::Discovery> registry_discovery;
+  std::unique_ptr<LeaderDiscovery> discovery;
+  std::unique_ptr<RaftNode> node;
+  std::unique_ptr<CoordinatorLeadership> leadership;
   std::unique_ptr<rpc::Server> server;
   std::unique_ptr<AuditLog> audit;  // operator acts (docs/security.md)
   std::unique_ptr<MetricsEndpoint> metrics;
@@ -277,8 +295,10 @@ class Coordinator::Impl {
     shut_down = true;
     if (server != nullptr) server->Shutdown();  // unpublish, drain API calls
     UseAuditLog(nullptr);
-    if (metrics != nullptr) metrics->Stop();  // its scrapes read the engine
-    if (commit != nullptr) commit->Stop();    // answers every call still owed a sync
+    if (metrics != nullptr) metrics->Stop();        // its scrapes read the engine
+    if (leadership != nullptr) leadership->Stop();  // steps down: nothing more is written
+    if (commit != nullptr) commit->Stop();          // answers every call still owed a sync
+    if (node != nullptr) node->Stop();
     if (scheduler != nullptr) scheduler->Stop();
     if (sweeper != nullptr) sweeper->Stop();
     if (scheduler != nullptr) {
@@ -290,6 +310,39 @@ class Coordinator::Impl {
     rpc.reset();
   }
 };
+
+namespace {
+
+// Joins the group (docs/ha.md) once the server runs: its address goes into
+// the log with each epoch this member takes as leader, for followers to name.
+absl::Status StartReplication(Coordinator::Impl& impl) {
+  const CoordinatorOptions& o = impl.options;
+  impl.replicated->SetApiAddress(impl.server->address());
+  Clock* clock = Clock::Real();
+  LeadershipParts parts;
+  parts.store = impl.replicated;
+  parts.engine = impl.engine.get();
+  parts.scheduler = impl.scheduler.get();
+  parts.discovery = impl.discovery.get();
+  ActivityStore* store = impl.store.get();
+  parts.make_sweeper = [store, clock, retention = o.finished_retention,
+                        interval = o.sweep_interval] {
+    return std::make_unique<RetentionSweeper>(store, clock, retention, interval);
+  };
+  // The node starts before the leadership follows it: roles reported
+  // meanwhile are read back from its status at Start.
+  impl.leadership = std::make_unique<CoordinatorLeadership>(o.raft->node_id, parts);
+  CoordinatorLeadership* leadership = impl.leadership.get();
+  absl::StatusOr<std::unique_ptr<RaftNode>> node = RaftNode::Start(
+      *o.raft, impl.replicated, [leadership](const RaftNodeStatus& s) { leadership->OnRole(s); });
+  if (!node.ok()) return node.status();
+  impl.node = *std::move(node);
+  impl.replicated->Attach(impl.node.get());
+  impl.leadership->Start(impl.node.get());
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptions options) {
   if (options.registries.empty()) {
@@ -305,14 +358,40 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   absl::StatusOr<std::unique_ptr<ActivityStore>> store = OpenRocksDbActivityStore(o.data_dir);
   if (!store.ok()) return store.status();
   impl->store = *std::move(store);
+  if (o.raft.has_value()) {
+    // A new group starts from empty stores: activities already here (a
+    // single dtsd's) would be on this member only.
+    std::error_code ec;
+    bool fresh_group = !std::filesystem::exists(o.raft->data_dir, ec) ||
+                       std::filesystem::is_empty(o.raft->data_dir, ec);
+    bool holds_activities = false;
+    absl::Status scanned = impl->store->Scan([&](const v1::Activity&) {
+      holds_activities = true;
+      return false;
+    });
+    if (!scanned.ok()) return scanned;
+    if (fresh_group && holds_activities) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "storage.data_dir ", o.data_dir, " holds activities, but raft.data_dir ",
+          o.raft->data_dir,
+          " is new: a replicated group starts from an empty storage.data_dir on every member "
+          "(finish or move these activities with a single dtsd first)"));
+    }
+    auto replicated =
+        std::make_unique<ReplicatedActivityStore>(std::move(impl->store), o.raft->node_id);
+    impl->replicated = replicated.get();
+    impl->store = std::move(replicated);
+  }
   absl::StatusOr<std::unique_ptr<AuditLog>> audit =
       AuditLog::Open(o.data_dir + "/formica-audit.log", "dtsd");
   if (!audit.ok()) return audit.status();
   impl->audit = *std::move(audit);
   UseAuditLog(impl->audit.get());
-  absl::StatusOr<uint64_t> epoch = impl->store->NextBootEpoch();
-  if (!epoch.ok()) return epoch.status();
-  impl->epoch = *epoch;
+  if (impl->replicated == nullptr) {  // replicated: each leader takes one through the log
+    absl::StatusOr<uint64_t> epoch = impl->store->NextBootEpoch();
+    if (!epoch.ok()) return epoch.status();
+    impl->epoch = *epoch;
+  }
 
   registry::ClientOptions ro;
   ro.registries = o.registries;
@@ -338,16 +417,24 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
                      o.finished_retention},
       impl->epoch);
   impl->scheduler->Attach(impl->engine.get());
-  impl->commit = std::make_unique<GroupCommit>(impl->store.get());
+  impl->commit = std::make_unique<GroupCommit>(impl->store.get(),
+                                               /*abort_on_failure=*/impl->replicated == nullptr);
   impl->sweeper = std::make_unique<RetentionSweeper>(impl->store.get(), clock, o.finished_retention,
                                                      o.sweep_interval);
   impl->service = std::make_unique<CoordinatorService>(impl->engine.get(), impl->commit.get(),
                                                        impl->store.get(), impl->sender.get());
 
-  if (absl::Status st = RecoverActivities(*impl->store, *impl->engine); !st.ok()) return st;
-  impl->scheduler->Start();
-  impl->commit->Start();
-  impl->sweeper->Start();
+  if (impl->replicated != nullptr) {
+    impl->engine->StopServing("this dtsd is starting; it serves once it leads its group");
+    impl->commit->Start();
+    impl->registry_discovery = std::make_unique<rpc::RegistryDiscovery>(impl->registry.get());
+    impl->discovery = std::make_unique<LeaderDiscovery>(impl->registry_discovery.get());
+  } else {
+    if (absl::Status st = RecoverActivities(*impl->store, *impl->engine); !st.ok()) return st;
+    impl->scheduler->Start();
+    impl->commit->Start();
+    impl->sweeper->Start();
+  }
 
   rpc::ServerOptions so;
   so.listen = o.listen;
@@ -355,16 +442,23 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   so.zone = o.zone;
   so.unpublish_grace = o.unpublish_grace;
   so.drain_timeout = o.drain_timeout;
+  std::vector<rpc::HostedService> hosted = {
+      {v1::Coordinator::service_full_name(), impl->service.get()},
+      {"formica.dts.Audit", impl->audit->service()}};
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
-      rpc::Server::Start(so,
-                         {{v1::Coordinator::service_full_name(), impl->service.get()},
-                          {"formica.dts.Audit", impl->audit->service()}},
-                         impl->registry.get());
+      impl->discovery != nullptr ? rpc::Server::Start(so, hosted, impl->discovery.get())
+                                 : rpc::Server::Start(so, hosted, impl->registry.get());
   if (!server.ok()) {
     impl->Shutdown();
     return server.status();
   }
   impl->server = *std::move(server);
+  if (impl->replicated != nullptr) {
+    if (absl::Status st = StartReplication(*impl); !st.ok()) {
+      impl->Shutdown();
+      return st;
+    }
+  }
   if (!o.metrics_listen.empty()) {
     Impl* raw = impl.get();
     absl::StatusOr<std::unique_ptr<MetricsEndpoint>> metrics = MetricsEndpoint::Start(
@@ -378,7 +472,12 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
     impl->metrics = *std::move(metrics);
     SPDLOG_INFO("dtsd metrics on port {} (GET /metrics)", impl->metrics->port());
   }
-  SPDLOG_INFO("dtsd serving on {} (boot epoch {:x})", impl->server->address(), impl->epoch);
+  if (impl->replicated != nullptr) {
+    SPDLOG_INFO("dtsd on {}: raft member {} of {}, serving while it leads", impl->server->address(),
+                o.raft->node_id, o.raft->peers.size());
+  } else {
+    SPDLOG_INFO("dtsd serving on {} (boot epoch {:x})", impl->server->address(), impl->epoch);
+  }
   return std::unique_ptr<Coordinator>(new Coordinator(std::move(impl)));
 }
 
@@ -408,6 +507,16 @@ absl::StatusOr<CoordinatorOptions> LoadCoordinatorOptions(const Config& config) 
   o.retry_max =
       r.Duration("phase_two.retry_max", o.retry_max, absl::Milliseconds(1), absl::Hours(24));
   o.max_in_flight = static_cast<int>(r.Int("phase_two.max_in_flight", o.max_in_flight, 1, 100000));
+  // Replicated when any raft.* key is given (docs/ha.md).
+  for (const char* key :
+       {"raft.node_id", "raft.peers", "raft.data_dir", "raft.listen", "raft.election_timeout",
+        "raft.heartbeat", "raft.snapshot_threshold", "raft.snapshot_trailing"}) {
+    if (!r.Has(key)) continue;
+    RaftNodeOptions raft;
+    ReadRaftSection(r, &raft);
+    o.raft = std::move(raft);
+    break;
+  }
   CheckServerSection(r, server);
   if (o.retry_max < o.retry_initial) {
     r.Fail("phase_two.retry_max", "must be at least phase_two.retry_initial");

@@ -10,11 +10,13 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "formica/internal/raft_node.h"
 
 namespace formica {
 class Config;
@@ -43,6 +45,9 @@ struct CoordinatorOptions {
   absl::Duration drain_timeout = absl::Seconds(5);
   // Where to serve metrics (docs/metrics.md); "" (the default): not served.
   std::string metrics_listen;
+  // The `raft` section (docs/ha.md): set, dtsd is one member of a replicated
+  // group and serves only while it leads; unset, it runs alone on data_dir.
+  std::optional<RaftNodeOptions> raft;
 };
 
 // Reads CoordinatorOptions from a config (see deploy/dtsd.yaml).

@@ -8,9 +8,13 @@
 
 namespace formica::dts {
 
-void GroupCommit::AfterSync(std::function<void()> done) {
+void GroupCommit::AfterSync(std::function<void(const absl::Status&)> done) {
+  AfterSync(store_->generation(), std::move(done));
+}
+
+void GroupCommit::AfterSync(uint64_t generation, std::function<void(const absl::Status&)> done) {
   absl::MutexLock lock(&mu_);
-  waiters_.push_back(std::move(done));
+  waiters_.push_back({generation, std::move(done)});
 }
 
 void GroupCommit::Start() {
@@ -32,18 +36,27 @@ void GroupCommit::Loop() {
                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !waiters_.empty() || stopping_; };
     mu_.Await(absl::Condition(&ready));
     if (waiters_.empty()) return;  // stopping, nothing owed
-    std::vector<std::function<void()>> batch;
+    std::vector<Waiter> batch;
     batch.swap(waiters_);
     mu_.Unlock();
     // Every write these waiters made returned before they queued.
     absl::Time started = absl::Now();
     absl::Status st = store_->Sync();
     sync_latency_.Observe(absl::Now() - started);
-    if (!st.ok()) {
+    if (!st.ok() && abort_on_failure_) {
       SPDLOG_CRITICAL("cannot sync the activity log ({}); stopping", st.ToString());
       std::abort();
     }
-    for (auto& done : batch) done();
+    const uint64_t generation = store_->generation();
+    for (Waiter& w : batch) {
+      if (st.ok() && w.generation != generation) {
+        w.done(absl::UnavailableError(
+            "the leadership this write was made in ended before it was committed; the next "
+            "leader knows its outcome"));
+      } else {
+        w.done(st);
+      }
+    }
     mu_.Lock();
   }
 }

@@ -1,5 +1,7 @@
 #include "phase_two.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 
 namespace formica::dts {
@@ -42,7 +44,16 @@ int PhaseTwoScheduler::in_flight() const {
 }
 
 void PhaseTwoScheduler::Start() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = false;  // started again after a Stop
+  }
   thread_ = std::thread([this] { Loop(); });
+}
+
+void PhaseTwoScheduler::Clear() {
+  absl::MutexLock lock(&mu_);
+  tasks_.clear();
 }
 
 void PhaseTwoScheduler::Stop() {
@@ -107,13 +118,30 @@ std::vector<PhaseTwoTask> PhaseTwoScheduler::TakeDue() {
 
 void PhaseTwoScheduler::RunDue() {
   std::map<std::string, std::vector<PhaseTwoCall>> by_participant;
+  std::vector<std::string> expired;
+  std::vector<std::function<void()>> starters;
   for (PhaseTwoTask& t : TakeDue()) {
     if (t.action == PhaseTwoTask::kTimeout) {
-      work_->Expire(t.id);
+      if (std::function<void()> start = work_->Expire(t.id)) {
+        expired.push_back(t.id);
+        starters.push_back(std::move(start));
+      }
     } else if (std::optional<PhaseTwoCall> call = work_->Prepare(t); call.has_value()) {
       by_participant[call->participant].push_back(std::move(*call));
     } else {
       SlotFreed();
+    }
+  }
+  if (!starters.empty()) {
+    // One sync for the round's expiries, not one under each activity's lock.
+    if (absl::Status st = work_->SyncExpired(); st.ok()) {
+      for (auto& start : starters) start();
+    } else {
+      SPDLOG_ERROR("cannot sync {} expired activities: {}; trying again in 1s", expired.size(),
+                   st.ToString());
+      absl::Time retry = clock_->Now() + absl::Seconds(1);
+      for (std::string& id : expired)
+        Add(retry, PhaseTwoTask{std::move(id), PhaseTwoTask::kTimeout, 0});
     }
   }
   for (auto& [participant, calls] : by_participant) {

@@ -69,8 +69,13 @@ class PhaseTwoSender {
 class PhaseTwoWork {
  public:
   virtual ~PhaseTwoWork() = default;
-  // The activity's timeout is due.
-  virtual void Expire(const std::string& id) = 0;
+  // The activity's timeout is due: decides it without syncing and returns
+  // what starts its phase two once the decision is synced (empty: nothing
+  // to start, or tried again later).
+  virtual std::function<void()> Expire(const std::string& id) = 0;
+  // One sync for every decision the Expire calls of a round made (on a
+  // replicated store, one log commit instead of one per timeout).
+  virtual absl::Status SyncExpired() = 0;
   // The call a due phase-two task makes, or nothing when the task is stale.
   virtual std::optional<PhaseTwoCall> Prepare(const PhaseTwoTask& task) = 0;
   // The participant's answer to `call`.
@@ -107,9 +112,12 @@ class PhaseTwoScheduler {
   // allows; timeouts are never held back by the cap.
   void RunDue();
 
-  // A thread that waits for due tasks and runs them, until Stop().
+  // A thread that waits for due tasks and runs them, until Stop(). May be
+  // started again after Stop() (a coordinator that leads again).
   void Start();
   void Stop();
+  // Drops every task not yet due or not yet run. REQUIRES: stopped.
+  void Clear();
   // Waits until every confirm and cancel handed to the sender is answered.
   void WaitIdle();
 

@@ -67,6 +67,8 @@ bool RetentionSweeper::SweepOnce(absl::Time now) {
   for (const std::string& id : old) {
     if (st.ok()) st = store_->Delete(id);
   }
+  // A replicated store holds deletes until a sync proposes them.
+  if (st.ok() && !old.empty()) st = store_->Sync();
   if (!st.ok()) SPDLOG_WARN("retention sweep: {}", st.ToString());
   if (!old.empty()) SPDLOG_INFO("retention: removed {} finished activities", old.size());
   return st.ok() && old.size() >= kPerSweep;

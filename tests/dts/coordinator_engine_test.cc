@@ -14,7 +14,9 @@
 #include "activity_engine.h"
 #include "activity_id.h"
 #include "activity_store.h"
+#include "coordinator.h"
 #include "formica/common/clock.h"
+#include "formica/common/config.h"
 #include "phase_two.h"
 
 namespace formica::dts {
@@ -23,7 +25,11 @@ namespace {
 // Every activity whole, in memory.
 class MemoryActivityStore : public ActivityStore {
  public:
-  absl::Status Put(const v1::Activity& activity, bool) override {
+  absl::Status Put(const v1::Activity& activity, bool sync) override {
+    if (sync) {
+      if (fail_syncs) return absl::UnavailableError("the log is unreachable");
+      ++syncs_;
+    }
     v1::Activity& stored = activities_[activity.id()];
     google::protobuf::RepeatedPtrField<v1::Action> actions = std::move(*stored.mutable_actions());
     stored = activity;
@@ -44,7 +50,11 @@ class MemoryActivityStore : public ActivityStore {
     *stored.mutable_actions(index) = action;
     return absl::OkStatus();
   }
-  absl::Status Sync() override { return absl::OkStatus(); }
+  absl::Status Sync() override {
+    if (fail_syncs) return absl::UnavailableError("the log is unreachable");
+    ++syncs_;
+    return absl::OkStatus();
+  }
   absl::StatusOr<std::optional<v1::Activity>> Get(const std::string& id) override {
     auto it = activities_.find(id);
     if (it == activities_.end()) return std::optional<v1::Activity>();
@@ -67,10 +77,13 @@ class MemoryActivityStore : public ActivityStore {
     return absl::OkStatus();
   }
   absl::StatusOr<uint64_t> NextBootEpoch() override { return 1; }
-  uint64_t syncs() const override { return 0; }
+  uint64_t syncs() const override { return syncs_; }
   uint64_t written_bytes() const override { return 0; }
 
+  bool fail_syncs = false;
+
  private:
+  uint64_t syncs_ = 0;
   std::map<std::string, v1::Activity> activities_;
 };
 
@@ -226,6 +239,24 @@ TEST_F(DtsEngines, AnActivityNotDecidedWithinItsTimeoutIsRolledBackAndItsActions
 
   sender_.Answer(absl::OkStatus());
   EXPECT_EQ(State(id), v1::ROLLED_BACK);
+}
+
+TEST_F(DtsEngines, TimeoutsDueTogetherCostOneSyncAndPhaseTwoWaitsForIt) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 20; ++i) ids.push_back(BeginWithOneAction(absl::Seconds(1)));
+  // The sync fails (a replicated store's lost leadership): decided, no
+  // cancel goes out on a decision that may not be in the log.
+  store_.fail_syncs = true;
+  Advance(absl::Seconds(1));
+  EXPECT_TRUE(sender_.sent.empty());
+  for (const std::string& id : ids) EXPECT_EQ(State(id), v1::ROLLING_BACK);
+  store_.fail_syncs = false;
+  uint64_t before = store_.syncs();
+  Advance(absl::Seconds(1));  // tried again
+  EXPECT_EQ(store_.syncs(), before + 1) << "one sync for the round's 20 expiries";
+  EXPECT_EQ(sender_.sent.size(), 20u);
+  EXPECT_EQ(engine_.stats().timed_out, 20u);
+  for (const auto& call : sender_.sent) EXPECT_FALSE(call.item.confirm());
 }
 
 TEST_F(DtsEngines, AnActivityCommittedWithinItsTimeoutIsNotRolledBack) {
@@ -516,6 +547,57 @@ TEST_F(DtsEngines, WithoutIdentitiesAnyCallerDecidesAndReports) {
   ASSERT_TRUE(engine_.Decide(ref, false, &decision, &start, "bank-b").ok());
   start();
   EXPECT_EQ(State(id), v1::ROLLING_BACK);
+}
+
+}  // namespace
+}  // namespace formica::dts
+
+namespace formica::dts {
+namespace {
+
+// A replicated dtsd's engine across a loss of leadership (docs/ha.md).
+TEST_F(DtsEngines, AnEngineThatStopsServingRefusesNamingWhyAndStartsNoPhaseTwoOfTheOldLeadership) {
+  std::string id = BeginWithOneAction(absl::Seconds(10));
+  v1::ActivityRef ref;
+  ref.set_activity_id(id);
+  v1::DecisionResponse decision;
+  std::function<void()> start;
+  ASSERT_TRUE(engine_.Decide(ref, true, &decision, &start).ok());
+  ASSERT_TRUE(start);
+  engine_.StopServing("the leader is raft member 2");
+  v1::BeginRequest begin;
+  begin.set_name("test.Transfer");
+  v1::BeginResponse begun;
+  absl::Status st = engine_.Begin(begin, &begun);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(st.message(), "the leader is raft member 2");
+  EXPECT_EQ(engine_.Get(id).status().code(), absl::StatusCode::kUnavailable);
+  // The decision's sync finished after the step-down: its phase two is the
+  // next leader's, not this one's.
+  start();
+  scheduler_.RunDue();
+  EXPECT_EQ(sender_.sent.size(), 0u);
+  // Leading again: what was live is forgotten until reloaded from the store.
+  engine_.Reset(7);
+  engine_.StartServing();
+  EXPECT_EQ(engine_.stats().unfinished, 0u);
+  ASSERT_TRUE(engine_.Begin(begin, &begun).ok());
+  EXPECT_EQ(begun.activity_id().substr(0, 9), "00000007-");
+}
+
+TEST(CoordinatorConfig, TheReplicatedExampleIsMemberOneOfAGroupOfThree) {
+  absl::StatusOr<Config> config = Config::LoadFile(FORMICA_SOURCE_DIR "/deploy/dtsd-raft.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<CoordinatorOptions> o = LoadCoordinatorOptions(*config);
+  ASSERT_TRUE(o.ok()) << o.status();
+  ASSERT_TRUE(o->raft.has_value());
+  EXPECT_EQ(o->raft->node_id, 1u);
+  EXPECT_EQ(o->raft->peers.size(), 3u);
+  absl::StatusOr<Config> single = Config::LoadFile(FORMICA_SOURCE_DIR "/deploy/dtsd.yaml");
+  ASSERT_TRUE(single.ok()) << single.status();
+  o = LoadCoordinatorOptions(*single);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FALSE(o->raft.has_value()) << "without a raft section dtsd runs alone";
 }
 
 }  // namespace
