@@ -80,10 +80,12 @@ absl::StatusOr<std::string> AuditTrail::DaemonsJson(int limit) {
     formica::audit::v1::ListAuditResponse response;
     grpc::Status st = stub->List(backends_.Context().get(), request, &response);
     if (!st.ok()) {
-      google::protobuf::Struct error;
-      (*error.mutable_fields())["daemon"].set_string_value(daemon);
-      (*error.mutable_fields())["error"].set_string_value(FromGrpcStatus(st).ToString());
-      unreachable.push_back(ToJson(error));
+      // Written in this order (a Struct's fields come out in any order).
+      google::protobuf::Value name, error;
+      name.set_string_value(daemon);
+      error.set_string_value(FromGrpcStatus(st).ToString());
+      unreachable.push_back(
+          absl::StrCat("{\"daemon\":", ToJson(name), ",\"error\":", ToJson(error), "}"));
       continue;
     }
     for (auto& e : *response.mutable_entries()) *all.add_entries() = std::move(e);
