@@ -1254,19 +1254,34 @@ absl::StatusOr<RabbitMqRun> RunWorkloads(RabbitServer* server,
   return run;
 }
 
-}  // namespace
-
-absl::StatusOr<RabbitMqRun> RunRabbitMq(const std::vector<BrokerWorkload>& workloads, LogFn log) {
-  absl::Status status;
+// The workloads are valid and the broker is installed.
+absl::Status Preflight(const std::vector<BrokerWorkload>& workloads) {
   for (const BrokerWorkload& w : workloads) {
-    if (status.ok()) status = ValidateWorkload(w);
+    if (absl::Status st = ValidateWorkload(w); !st.ok()) return st;
   }
-  if (!status.ok()) return status;
   if (access(kServerScript, X_OK) != 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("RabbitMQ is not installed (no ", kServerScript, "); install the Debian ",
                      "package: apt-get install -y --no-install-recommends ", kServerPackage));
   }
+  return absl::OkStatus();
+}
+
+// Removes a run's directory; a run that could not remove it is not ok.
+void RemoveRunDir(TempDir& dir, absl::StatusOr<RabbitMqRun>* figures, LogFn log) {
+  const std::string path = dir.path();
+  if (dir.Remove()) return;
+  Log(log, absl::StrCat("could not remove ", path, " completely"));
+  if (figures->ok()) {
+    *figures = absl::InternalError(absl::StrCat("could not remove ", path, " completely"));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<RabbitMqRun> RunRabbitMq(const std::vector<BrokerWorkload>& workloads, LogFn log) {
+  absl::Status status = Preflight(workloads);
+  if (!status.ok()) return status;
 
   TempDir dir;
   status = dir.Create();
@@ -1295,29 +1310,15 @@ absl::StatusOr<RabbitMqRun> RunRabbitMq(const std::vector<BrokerWorkload>& workl
       if (figures.ok()) figures = stop;
     }
   }
-  const std::string path = dir.path();
-  if (!dir.Remove()) {
-    Log(log, absl::StrCat("could not remove ", path, " completely"));
-    if (figures.ok()) {
-      figures = absl::InternalError(absl::StrCat("could not remove ", path, " completely"));
-    }
-  }
+  RemoveRunDir(dir, &figures, log);
   return figures;
 }
 
 absl::StatusOr<RabbitMqRun> RunRabbitMqCluster(const std::vector<BrokerWorkload>& workloads,
                                                int nodes, LogFn log) {
-  absl::Status status;
-  for (const BrokerWorkload& w : workloads) {
-    if (status.ok()) status = ValidateWorkload(w);
-  }
-  if (nodes < 1) status = absl::InvalidArgumentError("a cluster needs at least one node");
+  if (nodes < 1) return absl::InvalidArgumentError("a cluster needs at least one node");
+  absl::Status status = Preflight(workloads);
   if (!status.ok()) return status;
-  if (access(kServerScript, X_OK) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("RabbitMQ is not installed (no ", kServerScript, "); install the Debian ",
-                     "package: apt-get install -y --no-install-recommends ", kServerPackage));
-  }
   TempDir dir;
   status = dir.Create();
   if (!status.ok()) return status;
@@ -1386,13 +1387,7 @@ absl::StatusOr<RabbitMqRun> RunRabbitMqCluster(const std::vector<BrokerWorkload>
       }
     }
   }
-  const std::string path = dir.path();
-  if (!dir.Remove()) {
-    Log(log, absl::StrCat("could not remove ", path, " completely"));
-    if (figures.ok()) {
-      figures = absl::InternalError(absl::StrCat("could not remove ", path, " completely"));
-    }
-  }
+  RemoveRunDir(dir, &figures, log);
   return figures;
 }
 
