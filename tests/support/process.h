@@ -15,7 +15,8 @@
 
 namespace formica::testing {
 
-// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+// A free TCP port on 127.0.0.1 (bound and released; good enough for tests),
+// never one this process was given before.
 int PickFreePort();
 
 // A fresh directory under $TMPDIR, removed with everything in it on destruction.
