@@ -13,6 +13,7 @@ extern "C" {
 }
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -114,6 +115,13 @@ struct RaftNode::Impl {
   uint64_t ready_barrier_term = 0;  // term whose first barrier is in flight
   bool closing = false;
 
+  // Every disk append of libraft goes through AppendHook, so that a failed
+  // one stops the member (IoFailed) before libraft goes on with a log in
+  // memory that its disk does not hold.
+  int (*uv_append)(raft_io*, raft_io_append*, const raft_entry*, unsigned,
+                   raft_io_append_cb) = nullptr;
+  std::map<raft_io_append*, raft_io_append_cb> appending;
+
   struct PendingApply {
     struct raft_apply req;
     Impl* impl;
@@ -159,7 +167,15 @@ struct RaftNode::Impl {
   static void WakeCb(uv_async_t* handle);
   static void CheckCb(uv_check_t* handle);
   static void RaftCloseCb(struct raft* r);
+  static int AppendHook(raft_io* io, raft_io_append* req, const raft_entry* entries, unsigned n,
+                        raft_io_append_cb cb);
+  static void AppendDone(raft_io_append* req, int status);
+  [[noreturn]] void IoFailed(absl::string_view what);
+  // The node whose loop runs on this thread (AppendDone's way back to it).
+  static thread_local Impl* loop_node;
 };
+
+thread_local RaftNode::Impl* RaftNode::Impl::loop_node = nullptr;
 
 // ---- the state machine adapter ----
 
@@ -282,6 +298,44 @@ void RaftNode::Impl::RaftCloseCb(struct raft* r) {
   raft_uv_tcp_close(&impl->transport);
 }
 
+// ---- disk failures ----
+
+int RaftNode::Impl::AppendHook(raft_io* io, raft_io_append* req, const raft_entry* entries,
+                               unsigned n, raft_io_append_cb cb) {
+  Impl* impl = loop_node;
+  int rv = impl->uv_append(io, req, entries, n, AppendDone);
+  if (rv == 0) impl->appending[req] = cb;
+  return rv;
+}
+
+void RaftNode::Impl::AppendDone(raft_io_append* req, int status) {
+  Impl* impl = loop_node;
+  auto it = impl->appending.find(req);
+  raft_io_append_cb cb = it->second;
+  impl->appending.erase(it);
+  if (status != 0 && status != RAFT_CANCELED) {
+    impl->IoFailed(absl::StrCat("writing its log failed: ", raft_strerror(status), " (",
+                                impl->io.errmsg, ")"));
+  }
+  cb(req, status);
+}
+
+// libraft 0.15 keeps in memory the entries of a write that failed and goes
+// on: later entries would be written after a gap, and a member whose term
+// or vote could not be written stops answering for good. Neither can be
+// undone in this process, so the member stops; restarted (by its
+// supervisor), it reloads what its disk holds and catches up from the
+// leader.
+void RaftNode::Impl::IoFailed(absl::string_view what) {
+  spdlog::critical(
+      "raft node {}: {}; its raft.data_dir is {}. This member stops (exit 1) so that it does not "
+      "go on with a log its disk does not hold; the group goes on without it. Fix the cause (most "
+      "often a full disk: make room on it) and start it again: it catches up from the leader",
+      options.node_id, std::string(what), options.data_dir);
+  spdlog::shutdown();
+  std::_Exit(1);
+}
+
 // ---- start ----
 
 absl::Status RaftNode::Impl::Init() {
@@ -314,6 +368,8 @@ absl::Status RaftNode::Impl::Init() {
         absl::StrCat("raft.data_dir: cannot open ", options.data_dir, ": ", io.errmsg)));
   }
   io_inited = true;
+  uv_append = io.append;
+  io.append = AppendHook;
   fsm.version = 1;
   fsm.data = this;
   fsm.apply = FsmApply;
@@ -426,6 +482,7 @@ void RaftNode::Impl::Run(std::promise<absl::Status>* started) {
   uv_async_init(&loop, &wake, WakeCb);
   uv_check_init(&loop, &check);
   uv_check_start(&check, CheckCb);
+  loop_node = this;
   absl::Status st = Init();
   started->set_value(st);  // `started` is gone after this
   uv_run(&loop, UV_RUN_DEFAULT);
@@ -548,6 +605,9 @@ void RaftNode::Impl::Submit(Request request) {
 // first barrier of a new leader's term; tell on_role what changed.
 void RaftNode::Impl::Refresh() {
   if (closing) return;
+  if (raft_state(&raft) == RAFT_UNAVAILABLE) {
+    IoFailed(absl::StrCat("libraft stopped serving: ", raft_errmsg(&raft)));
+  }
   RaftNodeStatus s;
   switch (raft_state(&raft)) {
     case RAFT_LEADER:

@@ -12,8 +12,11 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <optional>
 #include <thread>
@@ -105,6 +108,18 @@ class EntryReader {
   spdlog::shutdown();
   std::_Exit(1);
 }
+
+// A store write that failed for want of space (not a store that stopped
+// taking writes for good: that is UNAVAILABLE, and needs a restart).
+bool DiskFull(const absl::Status& st) {
+  return !absl::IsUnavailable(st) && (absl::StrContains(st.message(), std::strerror(ENOSPC)) ||
+                                      absl::StrContains(st.message(), std::strerror(EDQUOT)));
+}
+
+// How often Apply tries a write again while the disk is full, and how often
+// it says so again.
+constexpr absl::Duration kDiskFullRetry = absl::Milliseconds(500);
+constexpr absl::Duration kDiskFullRepeat = absl::Seconds(30);
 
 // Broker::Start failures in a row, as leader, before the member hands its
 // leadership to a follower (each time), and before it exits (docs/ha.md).
@@ -334,6 +349,49 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
 
   // ---- the state machine (every member) --------------------------------
 
+  // Runs a store write of Apply until it is done. A member cannot skip a
+  // committed entry, so a full disk is waited out: its Raft loop waits with
+  // Apply (the group commits with the other members meanwhile), and once
+  // the write goes through it catches up from the leader's log. Any other
+  // failure stops the member.
+  void Durably(uint64_t index, const std::function<absl::Status()>& write) {
+    absl::Status st = write();
+    if (st.ok()) return;
+    if (!DiskFull(st)) ApplyFailed(index, st.ToString());
+    SPDLOG_ERROR(
+        "dmsd cannot apply entry {} of its broker group's log: the disk is full: {}. This member "
+        "waits, out of its group's commits (the others go on), and tries again every {}; make room "
+        "on the disk and it catches up by itself",
+        index, st.ToString(), absl::FormatDuration(kDiskFullRetry));
+    const absl::Time since = absl::Now();
+    absl::Time told = since;
+    while (true) {
+      {
+        absl::MutexLock lock(&mu);
+        if (mu.AwaitWithTimeout(absl::Condition(&stopping), kDiskFullRetry)) {
+          SPDLOG_CRITICAL(
+              "dmsd stops with entry {} of its broker group's log not applied (its disk is full: "
+              "{}); at its next start it applies it again from its log",
+              index, st.ToString());
+          spdlog::shutdown();
+          std::_Exit(1);
+        }
+      }
+      st = write();
+      if (st.ok()) break;
+      if (!DiskFull(st)) ApplyFailed(index, st.ToString());
+      if (absl::Now() - told >= kDiskFullRepeat) {
+        told = absl::Now();
+        SPDLOG_ERROR("dmsd still cannot apply entry {} after {}: the disk is full: {}", index,
+                     absl::FormatDuration(told - since), st.ToString());
+      }
+    }
+    SPDLOG_INFO(
+        "dmsd applied entry {} of its broker group's log after its disk was full for {}; it "
+        "catches up with its group",
+        index, absl::FormatDuration(absl::Now() - since));
+  }
+
   std::string Apply(uint64_t index, absl::string_view entry) override {
     if (entry.empty()) ApplyFailed(index, "an empty entry");
     EntryReader in(entry.substr(1));
@@ -351,9 +409,12 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
         // proposer hears why (its entry's output), the group goes on.
         MessageLog* log = FindLog(id);
         if (log == nullptr) return Rejected(index, UnknownLog(id));
-        absl::Status st = log->ApplyAppend(first, payloads);
+        absl::Status st;
+        Durably(index, [&] {
+          st = log->ApplyAppend(first, payloads);
+          return absl::IsFailedPrecondition(st) ? absl::OkStatus() : st;
+        });
         if (absl::IsFailedPrecondition(st)) return Rejected(index, std::string(st.message()));
-        if (!st.ok()) ApplyFailed(index, st.ToString());
         break;
       }
       case kRemove: {
@@ -361,9 +422,7 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
         if (!in.Bytes(&id) || !in.U64(&offset)) ApplyFailed(index, "cut short");
         MessageLog* log = FindLog(id);
         if (log == nullptr) return Rejected(index, UnknownLog(id));
-        if (absl::Status st = log->ApplyRemoveBefore(offset); !st.ok()) {
-          ApplyFailed(index, st.ToString());
-        }
+        Durably(index, [&] { return log->ApplyRemoveBefore(offset); });
         break;
       }
       case kBatch: {
@@ -374,8 +433,14 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
         std::string at(8, '\0');
         for (int i = 0; i < 8; ++i) at[i] = static_cast<char>(index >> (8 * (7 - i)));
         batch.Put(kAppliedKey, at);
-        rocksdb::Status s = db->Write(rocksdb::WriteOptions(), &batch);
-        if (!s.ok()) ApplyFailed(index, s.ToString());
+        Durably(index, [&] {
+          rocksdb::Status s = db->Write(rocksdb::WriteOptions(), &batch);
+          // A store whose write failed takes no more until resumed.
+          if (!s.ok()) db->Resume();
+          return FromRocksDb(s,
+                             db == progress.get() ? "the group progress store" : "the meta store",
+                             "applying a write batch");
+        });
         break;
       }
       case kCreateTopic: {
@@ -383,9 +448,8 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
         uint32_t queues = 0;
         if (!in.Bytes(&name) || !in.U32(&queues)) ApplyFailed(index, "cut short");
         if (Find(std::string(name)) != nullptr) break;  // the leader checked the queue count
-        absl::StatusOr<std::shared_ptr<Topic>> t =
-            OpenTopic(std::string(name), static_cast<int>(queues));
-        if (!t.ok()) ApplyFailed(index, t.status().ToString());
+        Durably(index,
+                [&] { return OpenTopic(std::string(name), static_cast<int>(queues)).status(); });
         SPDLOG_INFO("topic {}: created with {} queues", std::string(name), queues);
         break;
       }

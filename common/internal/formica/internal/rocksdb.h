@@ -22,8 +22,10 @@ class Status;
 namespace formica {
 
 // Opens (creating if needed) the RocksDB database in `directory` with the
-// settings Formica's stores share: at most 64 open files, 4 info logs
-// kept. `what` names the store for errors ("the activity store").
+// settings Formica's stores share: at most 64 open files, RocksDB's info
+// log in LOG (the previous start's in LOG.old), where a line that cannot be
+// written (a full disk) is lost alone. `what` names the store for errors
+// ("the activity store").
 // FAILED_PRECONDITION "cannot open <what> in '<directory>': <reason>" when
 // it cannot, e.g. another process holds its lock. The caller includes
 // <rocksdb/db.h> to use (and destroy) the database.
