@@ -13,6 +13,7 @@ extern "C" {
 }
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -314,8 +315,11 @@ void RaftNode::Impl::AppendDone(raft_io_append* req, int status) {
   raft_io_append_cb cb = it->second;
   impl->appending.erase(it);
   if (status != 0 && status != RAFT_CANCELED) {
-    impl->IoFailed(absl::StrCat("writing its log failed: ", raft_strerror(status), " (",
-                                impl->io.errmsg, ")"));
+    // libraft 0.15's raft_strerror does not know its own RAFT_NOSPACE.
+    impl->IoFailed(
+        absl::StrCat("writing its log failed: ",
+                     status == RAFT_NOSPACE ? std::strerror(ENOSPC) : raft_strerror(status), " (",
+                     impl->io.errmsg, ")"));
   }
   cb(req, status);
 }

@@ -24,19 +24,23 @@ namespace formica::dms::testing {
 namespace {
 
 constexpr char kTmpfsSize[] = "size=256m";
+constexpr char kSmallTmpfsSize[] = "size=6m";
 
 class DiskFullDms : public ReplicatedDms {
  protected:
   void TearDown() override {
+    StopProducing();
     ReplicatedDms::TearDown();
     for (const std::string& m : mounts_) ::umount2(m.c_str(), MNT_DETACH);
   }
 
   // The members' configs with each member's storage.data_dir and
-  // raft.data_dir under disk<N>, a tmpfs of its own. The mounts are this
-  // thread's (and its children's) only: the test process leaves the host's
-  // mount namespace first. Running as root is required, not optional.
-  void WriteConfigsOnTmpfs() {
+  // raft.data_dir under disk<N>, a tmpfs of its own; member `small_raft`'s
+  // raft.data_dir on raft-disk<N> instead, a tmpfs with no room for a log
+  // segment of libraft's (8 MiB). The mounts are this thread's (and its
+  // children's) only: the test process leaves the host's mount namespace
+  // first. Running as root is required, not optional.
+  void WriteConfigsOnTmpfs(int small_raft = -1) {
     WriteConfigs({"orders:4"});
     ASSERT_EQ(::unshare(CLONE_NEWNS), 0)
         << "this test mounts a tmpfs per member and must run as root (CAP_SYS_ADMIN): "
@@ -54,14 +58,61 @@ class DiskFullDms : public ReplicatedDms {
       for (const char* what : {"dmsd", "raft"}) {
         const std::string from = absl::StrCat("data_dir: ", dir_.File(absl::StrCat(what, m.id)));
         ASSERT_NE(text.find(from + "\n"), std::string::npos) << text;
-        text.replace(text.find(from + "\n"), from.size(),
-                     absl::StrCat("data_dir: ", disk, "/", what));
+        std::string to = absl::StrCat(disk, "/", what);
+        if (m.id == small_raft + 1 && std::string(what) == "raft") {
+          to = RaftDisk(small_raft);
+          std::filesystem::create_directories(to);
+          ASSERT_EQ(::mount("tmpfs", to.c_str(), "tmpfs", 0, kSmallTmpfsSize), 0)
+              << "mounting a tmpfs on " << to << ": " << std::strerror(errno);
+          mounts_.push_back(to);
+        }
+        text.replace(text.find(from + "\n"), from.size(), absl::StrCat("data_dir: ", to));
       }
       std::ofstream(m.config_path, std::ios::trunc) << text;
     }
   }
 
   std::string Disk(int i) const { return dir_.File(absl::StrCat("disk", members_[i].id)); }
+  std::string RaftDisk(int i) const { return dir_.File(absl::StrCat("raft-disk", members_[i].id)); }
+
+  // Starts ProduceLoop on a thread (stopped and joined by StopProducing,
+  // or at the end of the test). Paced: a member restarted at the end
+  // replays its stores' write-ahead logs, which takes RocksDB long when
+  // they are large.
+  void StartProducing(History* h) {
+    producer_thread_ = std::thread(
+        [this, h] { ProduceLoop(h, &stop_, 1000000, /*app_retry=*/true, absl::Milliseconds(5)); });
+  }
+  void StopProducing() {
+    stop_ = true;
+    if (producer_thread_.joinable()) producer_thread_.join();
+  }
+
+  // `member` takes part in commits again: with `other` killed, `leader`
+  // commits only with it, so 100 more sends are acknowledged. Then it holds
+  // every acknowledged message: with the leader gone and `other` back, it
+  // is the only member whose log can win an election (`other` missed
+  // entries), and a new consumer group reads everything from it.
+  void CheckCaughtUp(History* h, int member, int leader, int other, absl::Time since) {
+    Kill9(other);
+    WaitAcked(h, h->Acked() + 100);
+    std::printf("100 acknowledged with member %d as the majority, %lld ms after space returned\n",
+                members_[member].id,
+                static_cast<long long>(absl::ToInt64Milliseconds(absl::Now() - since)));
+    StopProducing();
+    Kill9(leader);
+    StartMember(other);
+    int next = WaitForLeader(absl::Seconds(20), leader);
+    ASSERT_EQ(next, member) << Logs();
+    consumer_.reset();
+    {
+      absl::MutexLock lock(&h->mu);
+      h->delivered.clear();
+      h->confirmed.clear();
+    }
+    StartClients(h, "after-the-disk-filled");
+    CheckHistory(h);
+  }
 
   // Writes `disk`/filler until the file system refuses (ENOSPC); returns
   // the bytes written.
@@ -92,6 +143,8 @@ class DiskFullDms : public ReplicatedDms {
   }
 
   std::vector<std::string> mounts_;
+  std::atomic<bool> stop_{false};
+  std::thread producer_thread_;
 };
 
 TEST_F(DiskFullDms, AFollowersFullDiskKeepsTheGroupServingAndItCatchesUpWhenSpaceReturns) {
@@ -102,19 +155,7 @@ TEST_F(DiskFullDms, AFollowersFullDiskKeepsTheGroupServingAndItCatchesUpWhenSpac
   const int full = (leader + 1) % 3, other = (leader + 2) % 3;
   History& h = h_;
   StartClients(&h);
-  std::atomic<bool> stop{false};
-  // Paced: a member restarted at the end replays its stores' write-ahead
-  // logs, which takes RocksDB long when they are large.
-  std::thread producer(
-      [&] { ProduceLoop(&h, &stop, 1000000, /*app_retry=*/true, absl::Milliseconds(5)); });
-  struct Join {
-    std::atomic<bool>* stop;
-    std::thread* t;
-    ~Join() {
-      stop->store(true);
-      if (t->joinable()) t->join();
-    }
-  } join{&stop, &producer};
+  StartProducing(&h);
   WaitAcked(&h, 200);
 
   // The follower's disk fills under steady produce and consume.
@@ -137,35 +178,41 @@ TEST_F(DiskFullDms, AFollowersFullDiskKeepsTheGroupServingAndItCatchesUpWhenSpac
   EXPECT_GE(during_full, 100u) << Logs();
   EXPECT_TRUE(f.process->running()) << f.process->Output();
 
-  // Space returns: the follower catches up by itself. With the other
-  // follower killed, the leader commits only with it.
+  // Space returns: the follower catches up by itself.
   ASSERT_TRUE(std::filesystem::remove(Disk(full) + "/filler"));
   absl::Time freed = absl::Now();
   EXPECT_TRUE(f.process->WaitForOutput("after its disk was full for", absl::Seconds(30)))
       << f.process->Output();
-  Kill9(other);
-  const size_t at_free = h.Acked();
-  WaitAcked(&h, at_free + 100);
-  std::printf("space returned: 100 acknowledged with the follower as the majority in %lld ms\n",
-              static_cast<long long>(absl::ToInt64Milliseconds(absl::Now() - freed)));
-  stop = true;
-  producer.join();
+  CheckCaughtUp(&h, full, leader, other, freed);
+}
 
-  // It holds every acknowledged message: with the leader gone it is the
-  // only member whose log can win an election (the other missed entries),
-  // and a new consumer group reads everything from it.
-  Kill9(leader);
-  StartMember(other);
-  int next = WaitForLeader(absl::Seconds(20), leader);
-  ASSERT_EQ(next, full) << Logs();
-  consumer_.reset();
-  {
-    absl::MutexLock lock(&h.mu);
-    h.delivered.clear();
-    h.confirmed.clear();
-  }
-  StartClients(&h, "after-the-disk-filled");
-  CheckHistory(&h);
+TEST_F(DiskFullDms, AMemberWhoseRaftLogCannotBeWrittenStopsAndCatchesUpWhenRestarted) {
+  const int small = 2;
+  WriteConfigsOnTmpfs(small);
+  StartAll();
+  int leader = WaitForLeader(absl::Seconds(15), small);
+  ASSERT_GE(leader, 0) << Logs();
+  // Its first append fails: it exits (1) naming its raft.data_dir.
+  Member& s = members_[small];
+  EXPECT_EQ(s.process->Wait(absl::Seconds(30)), 1) << s.process->Output();
+  EXPECT_NE(s.process->Output().find("writing its log failed"), std::string::npos)
+      << s.process->Output();
+  EXPECT_NE(s.process->Output().find(RaftDisk(small)), std::string::npos) << s.process->Output();
+  EXPECT_NE(s.process->Output().find("No space left on device"), std::string::npos)
+      << s.process->Output();
+  // The two others go on.
+  History& h = h_;
+  StartClients(&h);
+  StartProducing(&h);
+  WaitAcked(&h, 300);
+
+  // Space returns (the tmpfs grows); started again, as its supervisor
+  // would, it catches up.
+  ASSERT_EQ(::mount("tmpfs", RaftDisk(small).c_str(), "tmpfs", MS_REMOUNT, kTmpfsSize), 0)
+      << std::strerror(errno);
+  absl::Time freed = absl::Now();
+  StartMember(small);
+  CheckCaughtUp(&h, small, leader, 3 - leader - small, freed);
 }
 
 }  // namespace
