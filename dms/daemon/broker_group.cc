@@ -436,7 +436,7 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
         Durably(index, [&] {
           rocksdb::Status s = db->Write(rocksdb::WriteOptions(), &batch);
           // A store whose write failed takes no more until resumed.
-          if (!s.ok()) db->Resume();
+          if (!s.ok()) db->Resume().PermitUncheckedError();
           return FromRocksDb(s,
                              db == progress.get() ? "the group progress store" : "the meta store",
                              "applying a write batch");
