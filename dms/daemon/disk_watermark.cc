@@ -29,9 +29,9 @@ void DiskWatermark::Check() {
   if (used >= 0) {
     if (used > full_ratio_) {
       why = absl::StrFormat(
-          "dmsd's disk is %.1f%% full, over its watermark of %.1f%% "
+          "dmsd's disk (storage.data_dir %s) is %.1f%% full, over its watermark of %.1f%% "
           "(storage.disk_full_ratio); produce resumes when space is freed",
-          used * 100, full_ratio_ * 100);
+          data_dir_, used * 100, full_ratio_ * 100);
     }
   }
   absl::MutexLock lock(&mu_);

@@ -114,16 +114,16 @@ class DiskFullDms : public ReplicatedDms {
     CheckHistory(h);
   }
 
-  // Writes `disk`/filler until the file system refuses (ENOSPC); returns
-  // the bytes written.
-  static uint64_t Fill(const std::string& disk) {
+  // Writes `disk`/filler until the file system refuses (ENOSPC), or until
+  // `leave` bytes are free; returns the bytes written.
+  static uint64_t Fill(const std::string& disk, uint64_t leave = 0) {
     int fd = ::open((disk + "/filler").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     EXPECT_GE(fd, 0) << std::strerror(errno);
     if (fd < 0) return 0;
     uint64_t written = 0;
     for (size_t chunk : {size_t{1} << 20, size_t{4096}, size_t{1}}) {
       std::string bytes(chunk, 'f');
-      while (true) {
+      while (leave == 0 || FreeBytes(disk) >= leave + chunk) {
         ssize_t n = ::write(fd, bytes.data(), bytes.size());
         if (n <= 0) {
           EXPECT_EQ(errno, ENOSPC) << std::strerror(errno);
@@ -213,6 +213,46 @@ TEST_F(DiskFullDms, AMemberWhoseRaftLogCannotBeWrittenStopsAndCatchesUpWhenResta
   absl::Time freed = absl::Now();
   StartMember(small);
   CheckCaughtUp(&h, small, leader, 3 - leader - small, freed);
+}
+
+TEST_F(DiskFullDms, ALeadersFullDiskRefusesProduceAndTheGroupGoesOn) {
+  WriteConfigsOnTmpfs();
+  StartAll();
+  int leader = WaitForLeader(absl::Seconds(15));
+  ASSERT_GE(leader, 0) << Logs();
+  History& h = h_;
+  StartClients(&h);
+  std::atomic<bool> stop{false};
+  ProduceLoop(&h, &stop, 200);
+  ASSERT_EQ(h.Acked(), 200u);
+
+  // Over storage.disk_full_ratio (95%): the leader refuses produce, as a
+  // single dmsd does, before a write of its stores can fail.
+  Fill(Disk(leader), /*leave=*/2 << 20);
+  OutgoingMessage m;
+  m.body = "sent-while-full";
+  m.dedup_key = m.body;
+  absl::StatusOr<SendReceipt> r;
+  absl::Time end = absl::Now() + absl::Seconds(15);
+  while (absl::Now() < end && (r = producer_->Send(kTopic, m)).ok()) {
+    absl::MutexLock lock(&h.mu);
+    h.acked.insert(m.body);
+  }
+  ASSERT_FALSE(r.ok()) << "produce still acknowledged with the leader's disk full";
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  EXPECT_NE(r.status().message().find("storage.disk_full_ratio"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find(Disk(leader)), std::string::npos) << r.status();
+  // It goes on leading (consumers are served), and nothing stops.
+  absl::SleepFor(absl::Seconds(2));
+  EXPECT_TRUE(Answers(leader).ok()) << Logs();
+  for (Member& member : members_) EXPECT_TRUE(member.process->running()) << Logs();
+
+  // Space returns: produce resumes.
+  ASSERT_TRUE(std::filesystem::remove(Disk(leader) + "/filler"));
+  ProduceLoop(&h, &stop, 300);
+  ASSERT_GE(h.Acked(), 300u);
+  EXPECT_EQ(WaitForLeader(absl::Seconds(5)), leader);
+  CheckHistory(&h);
 }
 
 }  // namespace
