@@ -11,7 +11,10 @@
 //
 // A name that does not resolve fails that connect attempt (libraft retries
 // it after its connect retry delay) and is logged, naming the member and
-// its host, once until the outcome changes. For raft_node.cc only.
+// its host, once until the outcome changes. Closing cancels the lookups
+// that have not started; one already running in the thread pool is waited
+// for (at most the resolver's timeout, when DNS does not answer). For
+// raft_node.cc only.
 #pragma once
 
 #include <uv.h>
