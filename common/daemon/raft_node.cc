@@ -338,6 +338,13 @@ absl::Status RaftNode::Impl::Init() {
                              static_cast<unsigned>(absl::ToInt64Milliseconds(options.heartbeat)));
   raft_set_snapshot_threshold(&raft, options.snapshot_threshold);
   raft_set_snapshot_trailing(&raft, options.snapshot_trailing);
+  // libraft drops a snapshot that reaches a member busy taking its own
+  // (recv_install_snapshot.c: "the leader will eventually retry") and the
+  // leader retries only after this timeout, 30 s by default: a member
+  // catching up after a restart would sit that long behind the group.
+  raft_set_install_snapshot_timeout(
+      &raft, static_cast<unsigned>(
+                 std::max<int64_t>(5000, 5 * absl::ToInt64Milliseconds(options.election_timeout))));
   // A member cut off for a while asks before it disrupts a healthy leader.
   raft_set_pre_vote(&raft, true);
   raft_uv_set_connect_retry_delay(&io, static_cast<unsigned>(std::max<int64_t>(

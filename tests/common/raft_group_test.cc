@@ -331,7 +331,7 @@ TEST(RaftGroup, MembersListedByHostNameElectCommitAndSurviveKillNineOfTheLeader)
   acked.insert(acked.end(), more.begin(), more.end());
   // The killed member comes back under its name and catches up.
   ASSERT_TRUE(group.StartMember(leader).ok()) << group.Logs();
-  EXPECT_TRUE(ConvergesTo(group, leader, acked)) << group.Ask(leader, "LOCAL");
+  EXPECT_TRUE(ConvergesTo(group, leader, acked)) << group.Ask(leader, "LOCAL") << group.Logs();
 }
 
 // A member whose name does not resolve is not a reason to refuse the
