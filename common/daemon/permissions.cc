@@ -6,6 +6,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -183,23 +184,41 @@ absl::Status UsePermissions(const std::string& path, absl::Duration reload) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Whether a rule of `set` for `identity` grants `action` on a resource
+// `resource_matches` accepts. A caller without an identity (no
+// certificate) matches no rule, "*"'s neither: with a permissions file, it
+// may do nothing.
+bool Granted(const RuleSet& set, absl::string_view identity, absl::string_view action,
+             const std::function<bool(const std::string& pattern)>& resource_matches) {
+  if (identity.empty()) return false;
+  for (const Rule& rule : set.rules) {
+    if (!Matches(rule.identity, identity)) continue;
+    for (const Grant& g : rule.grants) {
+      if (g.action == action && resource_matches(g.resource)) return true;
+    }
+  }
+  return false;
+}
+
+std::string Who(absl::string_view identity) {
+  return identity.empty() ? std::string("(no certificate)") : absl::StrCat("'", identity, "'");
+}
+
+}  // namespace
+
 absl::Status CheckPermission(absl::string_view identity, absl::string_view action,
                              absl::string_view resource) {
   if (!in_force.load(std::memory_order_relaxed)) return absl::OkStatus();
   std::shared_ptr<const RuleSet> set = Rules();
   if (set == nullptr) return absl::OkStatus();
-  for (const Rule& rule : set->rules) {
-    // A caller without an identity (no certificate) matches no rule, "*"'s
-    // neither: with a permissions file, it may do nothing.
-    if (identity.empty() || !Matches(rule.identity, identity)) continue;
-    for (const Grant& g : rule.grants) {
-      if (g.action == action && Matches(g.resource, resource)) return absl::OkStatus();
-    }
+  if (Granted(*set, identity, action,
+              [&](const std::string& pattern) { return Matches(pattern, resource); })) {
+    return absl::OkStatus();
   }
-  std::string who =
-      identity.empty() ? std::string("(no certificate)") : absl::StrCat("'", identity, "'");
-  return absl::PermissionDeniedError(absl::StrCat("identity ", who, " may not ", action, " '",
-                                                  resource, "': no rule in ", set->path,
+  return absl::PermissionDeniedError(absl::StrCat("identity ", Who(identity), " may not ", action,
+                                                  " '", resource, "': no rule in ", set->path,
                                                   " allows '", action, " ", resource, "'"));
 }
 
@@ -208,15 +227,10 @@ absl::Status CheckPermissionOnAny(absl::string_view identity, absl::string_view 
   if (!in_force.load(std::memory_order_relaxed)) return absl::OkStatus();
   std::shared_ptr<const RuleSet> set = Rules();
   if (set == nullptr) return absl::OkStatus();
-  for (const Rule& rule : set->rules) {
-    if (identity.empty() || !Matches(rule.identity, identity)) continue;
-    for (const Grant& g : rule.grants) {
-      if (g.action == action) return absl::OkStatus();
-    }
+  if (Granted(*set, identity, action, [](const std::string&) { return true; })) {
+    return absl::OkStatus();
   }
-  std::string who =
-      identity.empty() ? std::string("(no certificate)") : absl::StrCat("'", identity, "'");
-  return absl::PermissionDeniedError(absl::StrCat("identity ", who, " may not ", what,
+  return absl::PermissionDeniedError(absl::StrCat("identity ", Who(identity), " may not ", what,
                                                   ": no rule in ", set->path, " allows it to ",
                                                   action, " anything"));
 }

@@ -6,12 +6,6 @@
 #include <signal.h>
 #include <uv.h>
 
-// libraft's headers declare C functions without extern "C".
-extern "C" {
-#include <raft.h>
-#include <raft/uv.h>
-}
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
@@ -25,6 +19,7 @@ extern "C" {
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "raft_named_transport.h"
 #include "spdlog/spdlog.h"
 
 namespace formica {
@@ -296,7 +291,7 @@ void RaftNode::Impl::CheckCb(uv_check_t* handle) {
 void RaftNode::Impl::RaftCloseCb(struct raft* r) {
   auto* impl = static_cast<RaftNode::Impl*>(r->data);
   raft_uv_close(&impl->io);
-  raft_uv_tcp_close(&impl->transport);
+  RaftNamedTransportClose(&impl->transport);
 }
 
 // ---- disk failures ----
@@ -354,16 +349,28 @@ absl::Status RaftNode::Impl::Init() {
     return fail(absl::FailedPreconditionError(
         absl::StrCat("raft.data_dir: cannot create ", options.data_dir, ": ", ec.message())));
   }
-  int rv = raft_uv_tcp_init(&transport, &loop);
+  int rv = RaftNamedTransportInit(&transport, &loop, options.node_id);
   if (rv != 0)
     return fail(absl::InternalError(absl::StrCat("raft transport: ", raft_strerror(rv))));
   transport_inited = true;
   const std::string self = options.SelfAddress();
-  if (!options.listen.empty() && options.listen != self) {
-    rv = raft_uv_tcp_set_bind_address(&transport, options.listen.c_str());
+  const std::string bind = options.listen.empty() ? self : options.listen;
+  // libraft binds an IPv4 address: a member named by host binds what its
+  // name resolves to now (peers resolve it again at every connect).
+  absl::StatusOr<std::string> bind_ip = ResolveIpv4Address(bind);
+  if (!bind_ip.ok()) {
+    return fail(absl::FailedPreconditionError(
+        options.listen.empty()
+            ? absl::StrCat("raft.peers: this member's address ", self, ": ",
+                           bind_ip.status().message(),
+                           "; set raft.listen to the address to bind (e.g. 0.0.0.0:PORT)")
+            : absl::StrCat("raft.listen: ", bind_ip.status().message())));
+  }
+  if (*bind_ip != self) {
+    rv = RaftNamedTransportSetBindAddress(&transport, bind_ip->c_str());
     if (rv != 0) {
       return fail(absl::InvalidArgumentError(
-          absl::StrCat("raft.listen: cannot bind ", options.listen, ": ", transport.errmsg)));
+          absl::StrCat("raft.listen: cannot bind ", bind, ": ", transport.errmsg)));
     }
   }
   rv = raft_uv_init(&io, &loop, options.data_dir.c_str(), &transport);
@@ -391,6 +398,13 @@ absl::Status RaftNode::Impl::Init() {
                              static_cast<unsigned>(absl::ToInt64Milliseconds(options.heartbeat)));
   raft_set_snapshot_threshold(&raft, options.snapshot_threshold);
   raft_set_snapshot_trailing(&raft, options.snapshot_trailing);
+  // libraft drops a snapshot that reaches a member busy taking its own
+  // (recv_install_snapshot.c: "the leader will eventually retry") and the
+  // leader retries only after this timeout, 30 s by default: a member
+  // catching up after a restart would sit that long behind the group.
+  raft_set_install_snapshot_timeout(
+      &raft, static_cast<unsigned>(
+                 std::max<int64_t>(5000, 5 * absl::ToInt64Milliseconds(options.election_timeout))));
   // A member cut off for a while asks before it disrupts a healthy leader.
   raft_set_pre_vote(&raft, true);
   raft_uv_set_connect_retry_delay(&io, static_cast<unsigned>(std::max<int64_t>(
@@ -416,7 +430,6 @@ absl::Status RaftNode::Impl::Init() {
   rv = raft_start(&raft);
   if (rv != 0) {
     // Most often the address is taken (libraft leaves errmsg empty then).
-    const std::string bind = options.listen.empty() ? self : options.listen;
     return fail(absl::FailedPreconditionError(absl::StrCat(
         "raft: member ", options.node_id, " cannot start listening on ", bind, " with data in ",
         options.data_dir, ": ", raft_strerror(rv), raft_errmsg(&raft)[0] ? " (" : "",
@@ -469,7 +482,7 @@ void RaftNode::Impl::CloseAll(bool raft_inited, bool io_inited, bool transport_i
     raft_close(&raft, RaftCloseCb);  // closes io and transport once raft is done
   } else {
     if (io_inited) raft_uv_close(&io);
-    if (transport_inited) raft_uv_tcp_close(&transport);
+    if (transport_inited) RaftNamedTransportClose(&transport);
   }
   uv_close(reinterpret_cast<uv_handle_t*>(&wake), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&check), nullptr);

@@ -6,8 +6,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "formica/common/config.h"
-#include "formica/internal/address.h"
 #include "formica/internal/raft_node.h"
+#include "raft_named_transport.h"
 
 namespace formica {
 
@@ -24,8 +24,8 @@ namespace {
 absl::StatusOr<RaftPeer> ParsePeer(const std::string& text) {
   size_t at = text.find('@');
   if (at == std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", text, "' is not ID@HOST:PORT (e.g. 1@10.0.0.1:7390)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", text, "' is not ID@HOST:PORT (e.g. 1@10.0.0.1:7390 or 1@dmsd-0.dmsd:7390)"));
   }
   RaftPeer peer;
   if (!absl::SimpleAtoi(text.substr(0, at), &peer.id) || peer.id == 0) {
@@ -33,7 +33,7 @@ absl::StatusOr<RaftPeer> ParsePeer(const std::string& text) {
         absl::StrCat("'", text, "': the id before '@' must be a whole number >= 1"));
   }
   peer.address = text.substr(at + 1);
-  if (absl::Status st = ValidateAddress(peer.address); !st.ok()) {
+  if (absl::Status st = ValidateRaftAddress(peer.address); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("'", text, "': ", st.message()));
   }
   return peer;
@@ -98,7 +98,8 @@ void ReadRaftSection(ConfigReader& r, RaftNodeOptions* o) {
                                         absl::StrJoin(listed, ", "), ")"));
   }
   if (!o->listen.empty()) {
-    if (absl::Status st = ValidateAddress(o->listen); !st.ok()) r.Fail("raft.listen", st.message());
+    if (absl::Status st = ValidateRaftAddress(o->listen); !st.ok())
+      r.Fail("raft.listen", st.message());
   }
   if (o->data_dir.empty()) {
     r.Fail("raft.data_dir", "set the directory for this member's log and snapshots");

@@ -98,50 +98,71 @@ absl::Status GroupProgress::Ack(const std::string& group, const std::string& top
 
 absl::Status GroupProgress::Ack(const std::string& group, const std::string& topic, int queue,
                                 const std::vector<uint64_t>& offsets, uint64_t committed) {
-  absl::StatusOr<uint64_t> written = Write(group, topic, queue, offsets, committed);
-  if (!written.ok()) return written.status();
-  return writes_->durable() ? absl::OkStatus() : SyncThrough(*written);
+  return AckQueues(group, topic, {{queue, QueueAcks{offsets, committed}}});
 }
 
 absl::Status GroupProgress::AckQueues(const std::string& group, const std::string& topic,
                                       const std::map<int, QueueAcks>& acks) {
-  uint64_t last = 0;
-  for (const auto& [queue, a] : acks) {
-    absl::StatusOr<uint64_t> written = Write(group, topic, queue, a.offsets, a.committed);
-    if (!written.ok()) return written.status();
-    last = std::max(last, *written);
-  }
-  return acks.empty() || writes_->durable() ? absl::OkStatus() : SyncThrough(last);
+  if (acks.empty()) return absl::OkStatus();
+  absl::StatusOr<uint64_t> written = Write(group, topic, acks);
+  if (!written.ok()) return written.status();
+  return writes_->durable() ? absl::OkStatus() : SyncThrough(*written);
 }
 
+// The queues' acks go out as one batch: in a broker group that is one
+// entry of the group's log (one commit) however many queues an ack names.
 absl::StatusOr<uint64_t> GroupProgress::Write(const std::string& group, const std::string& topic,
-                                              int queue, const std::vector<uint64_t>& offsets,
-                                              uint64_t committed) {
-  std::string q = QueueKey(group, topic, queue);
-  QueueState& state = StateFor(q);
+                                              const std::map<int, QueueAcks>& acks) {
+  struct Locked {
+    std::string key;
+    QueueState* state;
+    uint64_t committed;
+  };
+  std::vector<Locked> queues;
+  queues.reserve(acks.size());
+  for (const auto& [queue, a] : acks) {
+    std::string q = QueueKey(group, topic, queue);
+    QueueState* state = &StateFor(q);
+    queues.push_back(Locked{std::move(q), state, a.committed});
+  }
   // One queue's writes apply in order, and its committed offset never goes
-  // back (acks computed earlier may arrive later); the sync that makes them
-  // durable is shared outside the lock.
-  absl::MutexLock lock(&state.mu);
-  if (!state.loaded) {
-    std::string value;
-    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), CommittedKey(q), &value);
-    if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "reading a committed offset");
-    if (s.ok()) absl::SimpleAtoi(value, &state.committed);
-    state.loaded = true;
-  }
-  committed = std::max(committed, state.committed);
+  // back (acks computed earlier may arrive later). The queues are locked in
+  // the map's (ascending) order, the same in every call; the sync that
+  // makes the write durable is shared outside the locks.
+  for (Locked& l : queues) l.state->mu.Lock();
+  auto unlock = [&queues] {
+    for (auto it = queues.rbegin(); it != queues.rend(); ++it) it->state->mu.Unlock();
+  };
   rocksdb::WriteBatch batch;
-  for (uint64_t offset : offsets) {
-    if (offset >= committed) batch.Put(AckKey(q, offset), "");
+  auto a = acks.begin();
+  for (Locked& l : queues) {
+    QueueState& state = *l.state;
+    if (!state.loaded) {
+      std::string value;
+      rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), CommittedKey(l.key), &value);
+      if (!s.ok() && !s.IsNotFound()) {
+        unlock();
+        return FromRocks(s, "reading a committed offset");
+      }
+      if (s.ok()) absl::SimpleAtoi(value, &state.committed);
+      state.loaded = true;
+    }
+    l.committed = std::max(l.committed, state.committed);
+    for (uint64_t offset : (a++)->second.offsets) {
+      if (offset >= l.committed) batch.Put(AckKey(l.key, offset), "");
+    }
+    batch.Put(CommittedKey(l.key), absl::StrCat(l.committed));
+    // Acks now below the committed offset are folded into it.
+    if (l.committed > state.committed) {
+      batch.DeleteRange(AckPrefix(l.key), AckKey(l.key, l.committed));
+    }
   }
-  batch.Put(CommittedKey(q), absl::StrCat(committed));
-  // Acks now below the committed offset are folded into it.
-  if (committed > state.committed) batch.DeleteRange(AckPrefix(q), AckKey(q, committed));
-  if (absl::Status st = writes_->Write(db_, &batch, false); !st.ok()) {
-    return st;
+  absl::Status st = writes_->Write(db_, &batch, false);
+  if (st.ok()) {
+    for (Locked& l : queues) l.state->committed = l.committed;
   }
-  state.committed = committed;
+  unlock();
+  if (!st.ok()) return st;
   absl::MutexLock sync_lock(&sync_mu_);
   return ++written_;
 }

@@ -59,7 +59,8 @@ class GroupProgress {
   // The same for several offsets of one queue, in one write and one sync.
   absl::Status Ack(const std::string& group, const std::string& topic, int queue,
                    const std::vector<uint64_t>& offsets, uint64_t committed);
-  // The same for several queues of one topic, with one sync for all.
+  // The same for several queues of one topic, in one write (one entry of a
+  // broker group's log) and one sync.
   struct QueueAcks {
     std::vector<uint64_t> offsets;
     uint64_t committed = 0;
@@ -74,9 +75,11 @@ class GroupProgress {
     uint64_t committed ABSL_GUARDED_BY(mu) = 0;  // the highest written
   };
   GroupProgress(std::unique_ptr<rocksdb::DB> owned, rocksdb::DB* db, DbWrites* writes);
-  // Writes one queue's acks (not synced); returns the write's number.
-  absl::StatusOr<uint64_t> Write(const std::string& group, const std::string& topic, int queue,
-                                 const std::vector<uint64_t>& offsets, uint64_t committed);
+  // Writes the queues' acks in one batch (not synced); returns the write's
+  // number.
+  absl::StatusOr<uint64_t> Write(const std::string& group, const std::string& topic,
+                                 const std::map<int, QueueAcks>& acks)
+      ABSL_NO_THREAD_SAFETY_ANALYSIS;  // locks each queue's state in turn
   absl::Status SyncThrough(uint64_t write);
   QueueState& StateFor(const std::string& queue_key);
 

@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -41,28 +42,55 @@ void RetentionSweeper::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-// Two runs of ids, each in the order activities began: ids made by Begin
-// ("<epoch>-<sequence>", from "0"), then ids made by initiators ("<deadline>-
-// <random>", from "1"). Each scan stops at its first activity too young to
-// go. One made by an initiator also stays until its deadline is past the
-// retention, so that a check-back within the retention always finds it.
+namespace {
+
+// The two kinds of ids share the store's key order. Ids made by Begin
+// ("<epoch>-<sequence>") sort among themselves in the order their
+// activities began (the epoch grows with every boot or leadership), ids
+// made by initiators ("<deadline>-<random>") in the order of their
+// deadlines; the kinds interleave by their first digit (Begin's epoch is
+// the wall-clock second, "6..." in the 2020s, or a small boot counter,
+// "0..."; an initiator's deadline is "1..." until 2039). Walks the ids of
+// one kind in that order, stepping over each run of the other kind (a run
+// shares its first character), until `visit` returns false.
+absl::Status WalkKind(ActivityStore& store, bool initiators,
+                      const std::function<bool(const v1::Activity&)>& visit) {
+  std::string from;
+  for (;;) {
+    std::optional<std::string> skip_to;
+    absl::Status st = store.ScanFrom(from, [&](const v1::Activity& a) {
+      if (DeadlineOfId(a.id()).has_value() != initiators) {
+        skip_to = std::string(1, static_cast<char>(a.id()[0] + 1));
+        return false;
+      }
+      return visit(a);
+    });
+    if (!st.ok() || !skip_to.has_value() || skip_to->front() == '\0') return st;
+    from = *std::move(skip_to);
+  }
+}
+
+}  // namespace
+
+// Each kind is swept in the order its activities began (Begin's) or of
+// their deadlines (initiators'), and each walk stops at its first activity
+// too young to go. One made by an initiator also stays until its deadline
+// is past the retention, so that a check-back within the retention always
+// finds it.
 bool RetentionSweeper::SweepOnce(absl::Time now) {
   constexpr size_t kPerSweep = 20000;
   int64_t cutoff = absl::ToUnixMillis(now - retention_);
   std::vector<std::string> old;
-  absl::Status st = store_->Scan([&](const v1::Activity& a) {
-    if (DeadlineOfId(a.id()).has_value()) return false;  // the initiators' run begins
-    if (a.begun_unix_ms() >= cutoff || old.size() >= kPerSweep) return false;
+  auto sweep = [&](int64_t young_from, const v1::Activity& a) {
+    if (young_from >= cutoff || old.size() >= kPerSweep) return false;
     if (IsFinished(a.state()) && a.finished_unix_ms() < cutoff) old.push_back(a.id());
     return true;
-  });
+  };
+  absl::Status st =
+      WalkKind(*store_, false, [&](const v1::Activity& a) { return sweep(a.begun_unix_ms(), a); });
   if (st.ok()) {
-    st = store_->ScanFrom(kFirstInitiatorId, [&](const v1::Activity& a) {
-      if (!DeadlineOfId(a.id()).has_value()) return true;
-      if (a.deadline_unix_ms() >= cutoff || old.size() >= kPerSweep) return false;
-      if (IsFinished(a.state()) && a.finished_unix_ms() < cutoff) old.push_back(a.id());
-      return true;
-    });
+    st = WalkKind(*store_, true,
+                  [&](const v1::Activity& a) { return sweep(a.deadline_unix_ms(), a); });
   }
   for (const std::string& id : old) {
     if (st.ok()) st = store_->Delete(id);

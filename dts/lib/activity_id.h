@@ -23,9 +23,6 @@
 namespace formica::dts {
 
 inline constexpr size_t kDeadlineDigits = 11;
-// Ids made by initiators sort from here on (a deadline after 2004 starts
-// with a digit of at least 1), after every id made by Begin ("0...").
-inline constexpr char kFirstInitiatorId[] = "1";
 inline constexpr size_t kRandomDigits = 24;
 
 // The deadline an id made by an initiator carries; nullopt for any other

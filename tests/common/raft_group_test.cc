@@ -53,6 +53,23 @@ bool ConvergesTo(RaftDemoGroup& g, int i, const std::vector<std::string>& want) 
   return false;
 }
 
+// Proposes PREFIX<from> .. PREFIX<to - 1> to member `i`, one at a time, and
+// returns those acknowledged; the first refusal fails the test and ends it.
+std::vector<std::string> ProposeEach(RaftDemoGroup& group, int i, const std::string& prefix,
+                                     int from, int to) {
+  std::vector<std::string> acked;
+  for (int n = from; n < to; ++n) {
+    std::string v = absl::StrCat(prefix, n);
+    std::string reply = group.Ask(i, "PROPOSE " + v);
+    if (!absl::StartsWith(reply, "OK ")) {
+      ADD_FAILURE() << "PROPOSE " << v << ": " << reply << "\n" << group.Logs();
+      break;
+    }
+    acked.push_back(v);
+  }
+  return acked;
+}
+
 TEST(RaftGroup, ElectsOneLeaderAndEveryMemberAppliesTheSameHistory) {
   TempDir dir;
   auto g = RaftDemoGroup::Start(dir.path(), RaftDemoGroup::Options());
@@ -244,12 +261,8 @@ TEST(RaftGroup, RestartingTheWholeGroupAtOnceLosesNothing) {
   RaftDemoGroup& group = **g;
   int leader = group.WaitForLeader(absl::Seconds(15));
   ASSERT_GE(leader, 0) << group.Logs();
-  std::vector<std::string> acked;
-  for (int n = 0; n < 100; ++n) {
-    std::string v = absl::StrCat("r", n);
-    ASSERT_TRUE(absl::StartsWith(group.Ask(leader, "PROPOSE " + v), "OK ")) << group.Logs();
-    acked.push_back(v);
-  }
+  std::vector<std::string> acked = ProposeEach(group, leader, "r", 0, 100);
+  ASSERT_EQ(acked.size(), 100u);
   for (int i = 0; i < group.size(); ++i) group.Kill9(i);
   for (int i = 0; i < group.size(); ++i) ASSERT_TRUE(group.StartMember(i).ok()) << group.Logs();
 
@@ -272,12 +285,8 @@ TEST(RaftGroup, AcknowledgedEntriesAreOnTheDisksOfAMajorityWithoutTheLeader) {
   RaftDemoGroup& group = **g;
   const int leader = group.WaitForLeader(absl::Seconds(15));
   ASSERT_GE(leader, 0) << group.Logs();
-  std::vector<std::string> acked;
-  for (int n = 0; n < 60; ++n) {
-    std::string v = absl::StrCat("d", n);
-    ASSERT_TRUE(absl::StartsWith(group.Ask(leader, "PROPOSE " + v), "OK ")) << group.Logs();
-    acked.push_back(v);
-  }
+  std::vector<std::string> acked = ProposeEach(group, leader, "d", 0, 60);
+  ASSERT_EQ(acked.size(), 60u);
   // Everyone dies at once; only the two followers come back, from disk.
   for (int i = 0; i < group.size(); ++i) group.Kill9(i);
   for (int i = 0; i < group.size(); ++i) {
@@ -287,6 +296,70 @@ TEST(RaftGroup, AcknowledgedEntriesAreOnTheDisksOfAMajorityWithoutTheLeader) {
   const int next = group.WaitForLeader(absl::Seconds(15), leader);
   ASSERT_GE(next, 0) << group.Logs();
   EXPECT_EQ(Values(group.Ask(next, "READ")), acked);
+}
+
+// Members listed by host name ("localhost:PORT"): each resolves the others'
+// names at every connect, libraft keeps the names (a refusal names the
+// leader by its name), and the group fails over as one listed by IP does.
+TEST(RaftGroup, MembersListedByHostNameElectCommitAndSurviveKillNineOfTheLeader) {
+  TempDir dir;
+  RaftDemoGroup::Options options = SnapshottingGroup();
+  options.hosts = {"localhost", "localhost", "localhost"};
+  auto g = RaftDemoGroup::Start(dir.path(), options);
+  ASSERT_TRUE(g.ok()) << g.status();
+  RaftDemoGroup& group = **g;
+  const int leader = group.WaitForLeader(absl::Seconds(15));
+  ASSERT_GE(leader, 0) << group.Logs();
+  std::vector<std::string> acked = ProposeEach(group, leader, "h", 0, 60);
+  ASSERT_EQ(acked.size(), 60u);
+  const int follower = (leader + 1) % group.size();
+  EXPECT_EQ(group.Ask(follower, "PROPOSE refused"),
+            absl::StrCat("NOT_LEADER ", group.member(leader).id,
+                         " localhost:", group.member(leader).raft_port));
+  EXPECT_TRUE(group.member(leader).process->WaitForOutput(
+      absl::StrCat("member ", group.member(follower).id,
+                   " at localhost:", group.member(follower).raft_port, " resolves to 127.0.0.1"),
+      absl::Seconds(5)))
+      << group.member(leader).process->Output();
+
+  group.Kill9(leader);
+  const int next = group.WaitForLeader(absl::Seconds(15), leader);
+  ASSERT_GE(next, 0) << group.Logs();
+  EXPECT_EQ(Values(group.Ask(next, "READ")), acked) << "an acknowledged entry is lost";
+  std::vector<std::string> more = ProposeEach(group, next, "h", 60, 100);
+  ASSERT_EQ(more.size(), 40u);
+  acked.insert(acked.end(), more.begin(), more.end());
+  // The killed member comes back under its name and catches up.
+  ASSERT_TRUE(group.StartMember(leader).ok()) << group.Logs();
+  EXPECT_TRUE(ConvergesTo(group, leader, acked)) << group.Ask(leader, "LOCAL") << group.Logs();
+}
+
+// A member whose name does not resolve is not a reason to refuse the
+// others' start: they elect, commit, log the name once, and stop cleanly
+// with the lookups still retried.
+TEST(RaftGroup, AMemberWhoseNameDoesNotResolveIsLoggedAndTheOthersCarryOn) {
+  TempDir dir;
+  RaftDemoGroup::Options options;
+  options.hosts = {"localhost", "localhost", "member-3.invalid"};
+  options.listen_on_loopback = true;
+  auto g = RaftDemoGroup::Start(dir.path(), options);
+  ASSERT_TRUE(g.ok()) << g.status();
+  RaftDemoGroup& group = **g;
+  const int leader = group.WaitForLeader(absl::Seconds(15));
+  ASSERT_GE(leader, 0) << group.Logs();
+  ASSERT_LT(leader, 2) << "member 3 cannot be reached, so it cannot lead";
+  const std::vector<std::string> acked = ProposeEach(group, leader, "u", 0, 20);
+  ASSERT_EQ(acked.size(), 20u);
+  EXPECT_EQ(Values(group.Ask(leader, "READ")), acked);
+  const std::string warning =
+      absl::StrCat("cannot reach member 3 at member-3.invalid:", group.member(2).raft_port,
+                   ": host 'member-3.invalid' does not resolve");
+  Subprocess& p = *group.member(leader).process;
+  ASSERT_TRUE(p.WaitForOutput(warning, absl::Seconds(5))) << p.Output();
+  // Retried every heartbeat (100 ms) for 2 s: said once, not at every attempt.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_LE(p.CountInOutput(warning), 2u) << p.Output();
+  EXPECT_EQ(p.Terminate(absl::Seconds(5)), 0) << p.Output();
 }
 
 // Runs raft_node_demo on `yaml` and expects it to exit 2 naming `key`.
@@ -349,6 +422,18 @@ TEST(RaftGroup, RestartNamingAPeerTheStoredGroupDoesNotKnowIsRefused) {
   // Its own config still starts it: the refusal changed nothing on disk.
   ASSERT_TRUE(group.StartMember(0).ok()) << group.Logs();
   EXPECT_TRUE(absl::StartsWith(group.Ask(0, "STATUS"), "STATUS ")) << group.Logs();
+}
+
+TEST(RaftGroup, AMemberNamedByAHostThatDoesNotResolveNeedsRaftListen) {
+  TempDir dir;
+  const std::string yaml =
+      absl::StrCat("raft:\n  data_dir: ", dir.File("data"),
+                   "\n  node_id: 1\n  peers: [\"1@member-1.invalid:", PickFreePort(),
+                   "\", \"2@localhost:7002\", \"3@localhost:7003\"]\ndemo:\n  listen: 127.0.0.1:",
+                   PickFreePort(), "\n");
+  ExpectRefused(dir, yaml, 1, "raft.peers: this member's address member-1.invalid:",
+                "host 'member-1.invalid' does not resolve");
+  ExpectRefused(dir, yaml, 1, "raft.peers", "set raft.listen to the address to bind");
 }
 
 }  // namespace

@@ -104,6 +104,52 @@ TEST(RaftSection, RefusesAPeerThatIsNotIdAtAddress) {
                 "raft.peers", "entry 2");
 }
 
+TEST(RaftSection, AcceptsMembersNamedByHostName) {
+  RaftNodeOptions o;
+  ASSERT_TRUE(Read(R"(raft:
+  node_id: 1
+  data_dir: /tmp/r
+  listen: 0.0.0.0:7391
+  peers: ["1@dmsd-0.dmsd.formica.svc.cluster.local:7391", "2@localhost:7391", "3@10.0.0.3:7391"]
+)",
+                   &o)
+                  .ok());
+  ASSERT_EQ(o.peers.size(), 3u);
+  EXPECT_EQ(o.SelfAddress(), "dmsd-0.dmsd.formica.svc.cluster.local:7391");
+  EXPECT_EQ(o.peers[1].address, "localhost:7391");
+  // A name that resolves nowhere (yet) is no reason to refuse: DNS may come later.
+  ASSERT_TRUE(Read(R"(raft:
+  node_id: 1
+  data_dir: /tmp/r
+  listen: my-host:7001
+  peers: ["1@my-host:7001", "2@no-such-member.invalid:7002", "3@x9:7003"]
+)",
+                   &o)
+                  .ok());
+  EXPECT_EQ(o.listen, "my-host:7001");
+}
+
+TEST(RaftSection, RefusesAHostThatIsNeitherIpv4NorAName) {
+  const std::string head = "raft:\n  node_id: 1\n  data_dir: /tmp/r\n  peers: [\"1@a:7001\", ";
+  const std::string tail = ", \"3@c:7003\"]\n";
+  ExpectRefused(head + "\"2@dmsd_1.dmsd:7002\"" + tail, "raft.peers",
+                "entry 2: '2@dmsd_1.dmsd:7002': 'dmsd_1.dmsd' is not a host name (label 'dmsd_1' "
+                "has '_'");
+  ExpectRefused(head + "\"2@-dmsd.x:7002\"" + tail, "raft.peers",
+                "label '-dmsd' starts or ends with '-'");
+  ExpectRefused(head + "\"2@dmsd..x:7002\"" + tail, "raft.peers", "an empty label");
+  ExpectRefused(head + "\"2@" + std::string(64, 'a') + ":7002\"" + tail, "raft.peers",
+                "is over 63 characters");
+  ExpectRefused(head + "\"2@10.0.0.256:7002\"" + tail, "raft.peers",
+                "'10.0.0.256' is not an IPv4 address");
+  ExpectRefused(head + "\"2@[::1]:7002\"" + tail, "raft.peers", "raft members speak IPv4 only");
+  ExpectRefused(head + "\"2@dmsd-1.dmsd\"" + tail, "raft.peers", "no port");
+  ExpectRefused(std::string(kGood) + "  listen: \"[::]:7002\"\n", "raft.listen",
+                "raft members speak IPv4 only");
+  ExpectRefused(std::string(kGood) + "  listen: bad_host:7002\n", "raft.listen",
+                "'bad_host' is not a host name");
+}
+
 TEST(RaftSection, RefusesANodeMissingFromThePeers) {
   ExpectRefused(R"(raft:
   node_id: 4

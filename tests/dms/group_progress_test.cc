@@ -4,9 +4,12 @@
 #include "group_progress.h"
 
 #include <gtest/gtest.h>
+#include <rocksdb/db.h>
 
+#include <atomic>
 #include <thread>
 
+#include "formica/internal/rocksdb.h"
 #include "group_cursor.h"
 #include "process.h"
 
@@ -97,6 +100,65 @@ TEST(GroupProgress, AnAckComputedEarlierButWrittenLaterDoesNotMoveCommittedBack)
   ASSERT_TRUE(loaded.ok());
   EXPECT_EQ(loaded->committed, 2u) << "offset 1 was acked; it must not come back";
   EXPECT_TRUE(loaded->acked.empty());
+}
+
+// Counts the batches written; each one is an entry of a broker group's log.
+class CountingWrites : public DbWrites {
+ public:
+  absl::Status Write(rocksdb::DB* db, rocksdb::WriteBatch* batch, bool sync) override {
+    ++writes;
+    return DirectDbWrites()->Write(db, batch, sync);
+  }
+  bool durable() const override { return true; }
+  std::atomic<int> writes{0};
+};
+
+TEST(GroupProgress, AcksOfSeveralQueuesGoOutAsOneWrite) {
+  TempDir dir;
+  auto db = OpenRocksDb(dir.File("progress"), "the group progress store");
+  ASSERT_TRUE(db.ok()) << db.status();
+  CountingWrites writes;
+  std::unique_ptr<GroupProgress> progress = GroupProgress::Over(db->get(), &writes);
+  std::map<int, GroupProgress::QueueAcks> acks;
+  acks[0] = {{0, 1, 2}, 3};
+  acks[3] = {{5}, 0};
+  acks[7] = {{}, 4};
+  ASSERT_TRUE(progress->AckQueues("g", "t", acks).ok());
+  EXPECT_EQ(writes.writes.load(), 1) << "one batch (one log entry) for three queues";
+  auto q0 = progress->Load("g", "t", 0);
+  auto q3 = progress->Load("g", "t", 3);
+  auto q7 = progress->Load("g", "t", 7);
+  ASSERT_TRUE(q0.ok() && q3.ok() && q7.ok());
+  EXPECT_EQ(q0->committed, 3u);
+  EXPECT_TRUE(q0->acked.empty());
+  EXPECT_EQ(q3->committed, 0u);
+  EXPECT_EQ(q3->acked, (std::set<uint64_t>{5}));
+  EXPECT_EQ(q7->committed, 4u);
+}
+
+TEST(GroupProgress, ConcurrentAcksOfOverlappingQueuesNeitherDeadlockNorMoveCommittedBack) {
+  TempDir dir;
+  auto progress = GroupProgress::Open(dir.File("progress"));
+  ASSERT_TRUE(progress.ok());
+  constexpr int kRounds = 300;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 1; i <= kRounds; ++i) {
+        // Each thread names a different set of queues, each in its own order
+        // of arrival; committed offsets only grow.
+        std::map<int, GroupProgress::QueueAcks> acks;
+        for (int q = t; q < t + 3; ++q) acks[q % 4] = {{}, static_cast<uint64_t>(i)};
+        ASSERT_TRUE((*progress)->AckQueues("g", "t", acks).ok());
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  for (int q = 0; q < 4; ++q) {
+    auto loaded = (*progress)->Load("g", "t", q);
+    ASSERT_TRUE(loaded.ok());
+    EXPECT_EQ(loaded->committed, static_cast<uint64_t>(kRounds)) << "queue " << q;
+  }
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "formica/common/clock.h"
 #include "formica/common/config.h"
 #include "phase_two.h"
+#include "recovery.h"
 
 namespace formica::dts {
 namespace {
@@ -583,6 +584,61 @@ TEST_F(DtsEngines, AnEngineThatStopsServingRefusesNamingWhyAndStartsNoPhaseTwoOf
   EXPECT_EQ(engine_.stats().unfinished, 0u);
   ASSERT_TRUE(engine_.Begin(begin, &begun).ok());
   EXPECT_EQ(begun.activity_id().substr(0, 9), "00000007-");
+}
+
+// Ids of both kinds in one store: Begin's from a wall-clock epoch ("6...")
+// and from an old boot counter ("0..."), initiators' ("1...") between
+// them. Each kind is swept in its own order, whatever the other holds.
+TEST(RetentionSweeperTest, RemovesFinishedActivitiesOfBothKindsOfIdsWhereverTheySort) {
+  const absl::Time now = absl::FromUnixSeconds(1796000000);  // 2026-11
+  const absl::Duration retention = absl::Hours(1);
+  const absl::Time old = now - retention - absl::Minutes(5);
+  const absl::Time young = now - absl::Minutes(5);
+  MemoryActivityStore store;
+  auto put = [&](const std::string& id, absl::Time begun, bool finished) {
+    v1::Activity a;
+    a.set_id(id);
+    a.set_state(finished ? v1::COMMITTED : v1::ACTIVE);
+    a.set_begun_unix_ms(absl::ToUnixMillis(begun));
+    if (finished) a.set_finished_unix_ms(absl::ToUnixMillis(begun + absl::Seconds(1)));
+    std::optional<absl::Time> deadline = DeadlineOfId(id);
+    a.set_deadline_unix_ms(absl::ToUnixMillis(deadline.value_or(begun + absl::Seconds(30))));
+    ASSERT_TRUE(store.Put(a, false).ok());
+  };
+  auto epoch_id = [](absl::Time epoch, int seq) {
+    return absl::StrFormat("%08x-%012x", absl::ToUnixSeconds(epoch), seq);
+  };
+  auto initiator_id = [](absl::Time deadline, int n) {
+    return absl::StrFormat("%011x-%024x", absl::ToUnixMillis(deadline), n);
+  };
+  const std::string begun_old = epoch_id(old, 1);
+  const std::string begun_old_open = epoch_id(old, 2);
+  const std::string begun_young = epoch_id(young, 1);
+  const std::string counter_old = absl::StrFormat("%08x-%012x", 3, 1);
+  const std::string initiator_old = initiator_id(old + absl::Seconds(30), 1);
+  const std::string initiator_young = initiator_id(young + absl::Seconds(30), 2);
+  ASSERT_EQ(begun_old[0], '6');
+  ASSERT_EQ(initiator_old[0], '1');
+  put(begun_old, old, true);
+  put(begun_old_open, old, false);
+  put(begun_young, young, true);
+  put(counter_old, old - absl::Hours(24), true);
+  put(initiator_old, old, true);
+  put(initiator_young, young, true);
+
+  RetentionSweeper sweeper(&store, Clock::Real(), retention, absl::Hours(1));
+  EXPECT_FALSE(sweeper.SweepOnce(now)) << "nothing is left over the limit";
+  auto held = [&](const std::string& id) {
+    absl::StatusOr<std::optional<v1::Activity>> a = store.Get(id);
+    return a.ok() && a->has_value();
+  };
+  EXPECT_FALSE(held(begun_old)) << "a finished activity begun at dtsd outlived its retention";
+  EXPECT_FALSE(held(counter_old)) << "one from an old boot counter's epoch outlived it";
+  EXPECT_FALSE(held(initiator_old)) << "one begun by its initiator outlived it";
+  EXPECT_TRUE(held(begun_old_open)) << "an unfinished activity is never swept";
+  EXPECT_TRUE(held(begun_young));
+  EXPECT_TRUE(held(initiator_young));
+  EXPECT_EQ(store.syncs(), 1u) << "the removals go out in one sync";
 }
 
 TEST(CoordinatorConfig, TheReplicatedExampleIsMemberOneOfAGroupOfThree) {

@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "activity_store.h"
 #include "bank_books.h"
+#include "bank_fixture.h"
 #include "formica/common/grpc_status.h"
 #include "formica/dts/activity.h"
 #include "formica/dts/v1/dts.grpc.pb.h"
@@ -29,17 +30,14 @@
 namespace formica::dts {
 namespace {
 
-using formica::registry::testing::RegistryTest;
 using formica::testing::Subprocess;
 
-constexpr int kAccounts = 10;
-constexpr int64_t kInitial = 1000;
 constexpr int kMembers = 3;
 
-class DtsHaTest : public RegistryTest {
+class DtsHaTest : public BankTest {
  protected:
   void SetUp() override {
-    RegistryTest::SetUp();
+    BankTest::SetUp();
     for (int i = 0; i < kMembers; ++i) {
       raft_ports_.push_back(formica::testing::PickFreePort());
       api_ports_.push_back(formica::testing::PickFreePort());
@@ -49,18 +47,11 @@ class DtsHaTest : public RegistryTest {
       WriteConfig(i);
       StartMember(i);
     }
-    a_ = StartBank("bank.a");
-    b_ = StartBank("bank.b");
-    registry_ = NewClient("initiator");
-    rpc::ClientOptions options;
-    options.app_name = "initiator";
-    options.default_timeout = absl::Seconds(3);
-    rpc_ = std::move(*rpc::Client::Create(options, registry_.get()));
+    StartBanksAndInitiator();
   }
 
   void TearDown() override {
-    rpc_.reset();
-    registry_.reset();
+    BankTest::TearDown();
     for (auto& p : dtsd_) p.reset();  // SIGKILL whatever still runs
   }
 
@@ -98,19 +89,6 @@ class DtsHaTest : public RegistryTest {
     ASSERT_TRUE(dtsd_[i]->WaitForOutput("dtsd ready on port", absl::Seconds(20)))
         << dtsd_[i]->Output();
   }
-
-  std::unique_ptr<Subprocess> StartBank(const std::string& name) {
-    auto p =
-        Subprocess::Start({formica::testing::BinaryPath("tests/dts/account_server"), "--registry",
-                           dsrd_->address(), "--name", name, "--db", BankDb(name), "--accounts",
-                           std::to_string(kAccounts), "--initial", std::to_string(kInitial)},
-                          dir_.File(absl::StrCat(name, ".log")));
-    EXPECT_TRUE(p.ok());
-    EXPECT_TRUE((*p)->WaitForOutput("serving on", absl::Seconds(20))) << (*p)->Output();
-    return std::move(*p);
-  }
-
-  std::string BankDb(const std::string& name) { return dir_.File(name + ".db"); }
 
   std::unique_ptr<v1::Coordinator::Stub> Stub(int i) {
     return v1::Coordinator::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", api_ports_[i]),
@@ -226,46 +204,15 @@ class DtsHaTest : public RegistryTest {
 
   // Nothing unfinished at the leader, no try pending at the banks.
   void AwaitQuiet(int leader, absl::Duration timeout) {
-    absl::Time until = absl::Now() + timeout;
-    std::string last;
-    while (absl::Now() < until) {
-      auto u = Unfinished(leader);
-      int64_t pending = ReadBooks(BankDb("bank.a")).pending + ReadBooks(BankDb("bank.b")).pending;
-      if (u.ok() && u->empty() && pending == 0) return;
-      last = !u.ok()       ? u.status().ToString()
-             : !u->empty() ? absl::StrCat(u->size(), " unfinished, first: ", (*u)[0].DebugString())
-                           : absl::StrCat(pending, " tries pending in the banks");
-      absl::SleepFor(absl::Milliseconds(100));
-    }
-    FAIL() << "the leader is still busy after " << timeout << ": " << last;
+    AwaitQuietAt([this, leader] { return Unfinished(leader); }, timeout);
   }
 
   // Money adds up, nothing frozen or in transit, every try ended as the
   // leader says, and every acknowledged commit is confirmed at both banks.
   void ExpectBooksBalance(int leader,
                           const std::vector<std::pair<std::string, absl::Time>>& acked) {
-    Books a = ReadBooks(BankDb("bank.a"));
-    Books b = ReadBooks(BankDb("bank.b"));
-    EXPECT_EQ(a.balance + b.balance, 2 * kAccounts * kInitial);
-    EXPECT_EQ(a.frozen + b.frozen, 0);
-    EXPECT_EQ(a.incoming + b.incoming, 0);
-    for (const Books* books : {&a, &b}) {
-      for (const auto& [id, phases] : books->barrier) {
-        bool confirmed = phases.count("confirm") > 0;
-        bool cancelled = phases.count("cancel") > 0;
-        if (phases.count("try") > 0) {
-          EXPECT_NE(confirmed, cancelled) << id << ": a try must end in one outcome";
-        }
-        auto act = Get(leader, id);
-        ASSERT_TRUE(act.ok()) << id << ": " << act.status();
-        if (confirmed) {
-          EXPECT_EQ(act->state(), v1::COMMITTED) << id;
-        }
-        if (cancelled) {
-          EXPECT_EQ(act->state(), v1::ROLLED_BACK) << id;
-        }
-      }
-    }
+    auto [a, b] =
+        ExpectBooksBalanceAt([this, leader](const std::string& id) { return Get(leader, id); });
     for (const auto& [id, when] : acked) {
       EXPECT_TRUE(a.barrier[id].count("confirm")) << id << " was acknowledged committed";
       EXPECT_TRUE(b.barrier[id].count("confirm")) << id << " was acknowledged committed";
@@ -319,10 +266,6 @@ class DtsHaTest : public RegistryTest {
   std::vector<int> api_ports_;
   int runs_ = 0;
   std::vector<std::unique_ptr<Subprocess>> dtsd_;
-  std::unique_ptr<Subprocess> a_;
-  std::unique_ptr<Subprocess> b_;
-  std::unique_ptr<registry::Client> registry_;
-  std::unique_ptr<rpc::Client> rpc_;
 };
 
 TEST_F(DtsHaTest, AFollowerRefusesNamingTheLeader) {

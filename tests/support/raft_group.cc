@@ -90,15 +90,23 @@ absl::StatusOr<std::unique_ptr<RaftDemoGroup>> RaftDemoGroup::Start(const std::s
   return g;
 }
 
+std::string RaftDemoGroup::host(int i) const {
+  return i < static_cast<int>(options_.hosts.size()) ? options_.hosts[i] : "127.0.0.1";
+}
+
 std::string RaftDemoGroup::ConfigText(int i) const {
   std::vector<std::string> peers;
-  for (const Member& m : members_) {
-    peers.push_back(absl::StrCat("\"", m.id, "@127.0.0.1:", m.raft_port, "\""));
+  for (int j = 0; j < size(); ++j) {
+    peers.push_back(
+        absl::StrCat("\"", members_[j].id, "@", host(j), ":", members_[j].raft_port, "\""));
   }
   const Member& m = members_[i];
   return absl::StrCat("raft:\n  node_id: ", m.id, "\n  data_dir: ", m.data_dir, "\n  peers: [",
-                      absl::StrJoin(peers, ", "), "]\n  election_timeout: ",
-                      absl::ToInt64Milliseconds(options_.election_timeout),
+                      absl::StrJoin(peers, ", "), "]\n",
+                      options_.listen_on_loopback
+                          ? absl::StrCat("  listen: 127.0.0.1:", m.raft_port, "\n")
+                          : std::string(),
+                      "  election_timeout: ", absl::ToInt64Milliseconds(options_.election_timeout),
                       "ms\n  heartbeat: ", absl::ToInt64Milliseconds(options_.heartbeat),
                       "ms\n  snapshot_threshold: ", options_.snapshot_threshold,
                       "\n  snapshot_trailing: ", options_.snapshot_trailing,

@@ -42,6 +42,11 @@ class RaftDemoGroup {
     absl::Duration heartbeat = absl::Milliseconds(100);
     int snapshot_threshold = 1024;
     int snapshot_trailing = 128;
+    // The host each member is listed under in raft.peers, by index (none:
+    // 127.0.0.1 for all), e.g. "localhost" to name members by host name.
+    std::vector<std::string> hosts;
+    // Every member binds 127.0.0.1 (raft.listen) whatever it is listed as.
+    bool listen_on_loopback = false;
   };
   struct Member {
     int id = 0;  // raft node id, index + 1
@@ -59,6 +64,8 @@ class RaftDemoGroup {
 
   int size() const { return static_cast<int>(members_.size()); }
   Member& member(int i) { return members_[i]; }
+  // The host member `i` is listed under in raft.peers.
+  std::string host(int i) const;
   // The YAML config of member `i` as the group writes it.
   std::string ConfigText(int i) const;
 

@@ -36,7 +36,9 @@ namespace formica {
 
 class ConfigReader;
 
-// A member of the group: its id (>= 1, unique) and "host:port" address.
+// A member of the group: its id (>= 1, unique) and "host:port" address,
+// the host an IPv4 address or a host name (resolved at every connect, so a
+// member that comes back on another IP is reached; libraft keeps the name).
 struct RaftPeer {
   uint64_t id = 0;
   std::string address;
@@ -59,7 +61,8 @@ struct RaftNodeOptions {
 
 // Reads the `raft.*` keys into `options` (its values on entry are the
 // defaults) and records in `reader` the first key that is wrong: a missing
-// node id or data dir, a peer that is not "ID@HOST:PORT", a duplicate id or
+// node id or data dir, a peer that is not "ID@HOST:PORT" (HOST an IPv4
+// address or an RFC 1123 host name; not checked to resolve), a duplicate id or
 // address, an even-sized group, this node missing from the peers, a
 // heartbeat over half the election timeout.
 void ReadRaftSection(ConfigReader& reader, RaftNodeOptions* options);
