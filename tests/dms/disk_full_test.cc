@@ -186,6 +186,32 @@ TEST_F(DiskFullDms, AFollowersFullDiskKeepsTheGroupServingAndItCatchesUpWhenSpac
   CheckCaughtUp(&h, full, leader, other, freed);
 }
 
+TEST_F(DiskFullDms, AFollowerStoppedWhileItsDiskIsFullAppliesTheEntryAtItsNextStart) {
+  WriteConfigsOnTmpfs();
+  StartAll();
+  int leader = WaitForLeader(absl::Seconds(15));
+  ASSERT_GE(leader, 0) << Logs();
+  const int full = (leader + 1) % 3, other = (leader + 2) % 3;
+  History& h = h_;
+  StartClients(&h);
+  StartProducing(&h);
+  WaitAcked(&h, 200);
+  Fill(Disk(full));
+  Member& f = members_[full];
+  ASSERT_TRUE(f.process->WaitForOutput("No space left on device", absl::Seconds(30)))
+      << f.process->Output();
+  // SIGTERM while it waits: it stops at once, saying what is not applied.
+  f.process->Signal(SIGTERM);
+  EXPECT_EQ(f.process->Wait(absl::Seconds(10)), 1) << f.process->Output();
+  EXPECT_NE(f.process->Output().find("applies it again from its log"), std::string::npos)
+      << f.process->Output();
+  WaitAcked(&h, h.Acked() + 100);  // the two others go on
+  ASSERT_TRUE(std::filesystem::remove(Disk(full) + "/filler"));
+  absl::Time freed = absl::Now();
+  StartMember(full);
+  CheckCaughtUp(&h, full, leader, other, freed);
+}
+
 TEST_F(DiskFullDms, AMemberWhoseRaftLogCannotBeWrittenStopsAndCatchesUpWhenRestarted) {
   const int small = 2;
   WriteConfigsOnTmpfs(small);
