@@ -4,6 +4,8 @@
 
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <cstring>
@@ -47,6 +49,7 @@ struct NamedTransport {
   raft_uv_transport inner{};  // libraft's TCP transport
   uv_loop_t* loop = nullptr;
   uint64_t node_id = 0;
+  unsigned dead_peer_ms = 0;  // TCP_USER_TIMEOUT of connections to named members
   raft_uv_accept_cb accept_cb = nullptr;
   raft_uv_transport_close_cb close_cb = nullptr;
   bool closing = false;
@@ -107,6 +110,17 @@ void InnerConnectCb(raft_uv_connect* inner_req, uv_stream_t* stream, int status)
   NamedTransport* t = c->transport;
   if (status == 0) {
     t->Connected(c->id, c->address);
+    // libraft only writes to this stream and sets no timeout on it: a member
+    // gone without a reset (its machine lost, its pod rescheduled on another
+    // IP) would hold the connection until TCP gives up, about 15 minutes,
+    // and its name would not be looked up again until then. Unacknowledged
+    // data older than this fails the connection, and the next connect
+    // resolves the name afresh.
+    uv_os_fd_t fd = -1;
+    if (stream != nullptr && t->dead_peer_ms > 0 &&
+        uv_fileno(reinterpret_cast<uv_handle_t*>(stream), &fd) == 0) {
+      setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &t->dead_peer_ms, sizeof(t->dead_peer_ms));
+    }
   } else if (status != RAFT_CANCELED) {
     t->Failed(c->id, c->address,
               absl::StrCat("connecting to ", c->resolved, ": ", raft_strerror(status),
@@ -249,7 +263,10 @@ absl::Status ValidateRaftAddress(absl::string_view address) {
                      "; a name is labels of letters, digits and '-' joined by '.')"));
   };
   if (host.size() > 253) return bad_name("longer than 253 characters");
-  for (absl::string_view label : absl::StrSplit(host, '.')) {
+  // One trailing dot makes the name absolute (no search domains tried).
+  absl::string_view labels = host;
+  if (labels.size() > 1 && labels.back() == '.') labels.remove_suffix(1);
+  for (absl::string_view label : absl::StrSplit(labels, '.')) {
     if (label.empty()) return bad_name("an empty label");
     if (label.size() > 63)
       return bad_name(absl::StrCat("label '", label, "' is over 63 characters"));
@@ -289,7 +306,8 @@ absl::StatusOr<std::string> ResolveIpv4Address(absl::string_view address) {
   return absl::StrCat(text, ":", port);
 }
 
-int RaftNamedTransportInit(raft_uv_transport* outer, uv_loop_t* loop, uint64_t node_id) {
+int RaftNamedTransportInit(raft_uv_transport* outer, uv_loop_t* loop, uint64_t node_id,
+                           absl::Duration dead_peer) {
   auto* t = new NamedTransport;
   int rv = raft_uv_tcp_init(&t->inner, loop);
   if (rv != 0) {
@@ -301,6 +319,7 @@ int RaftNamedTransportInit(raft_uv_transport* outer, uv_loop_t* loop, uint64_t n
   t->outer = outer;
   t->loop = loop;
   t->node_id = node_id;
+  t->dead_peer_ms = static_cast<unsigned>(absl::ToInt64Milliseconds(dead_peer));
   void* data = outer->data;
   std::memset(static_cast<void*>(outer), 0, sizeof(*outer));
   outer->data = data;

@@ -30,12 +30,16 @@ extern "C" {
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace formica {
 
 // Sets up `t` on `loop` (the raft node's loop); `node_id` names the member
-// in the log. 0 or a libraft error code.
-int RaftNamedTransportInit(raft_uv_transport* t, uv_loop_t* loop, uint64_t node_id);
+// in the log. A connection to a member named by host fails once data sent
+// on it stays unacknowledged for `dead_peer` (TCP_USER_TIMEOUT), so that
+// the name is looked up again. 0 or a libraft error code.
+int RaftNamedTransportInit(raft_uv_transport* t, uv_loop_t* loop, uint64_t node_id,
+                           absl::Duration dead_peer);
 
 // libraft's raft_uv_tcp_set_bind_address: `address` must be "A.B.C.D:PORT".
 int RaftNamedTransportSetBindAddress(raft_uv_transport* t, const char* address);

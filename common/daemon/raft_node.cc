@@ -349,7 +349,10 @@ absl::Status RaftNode::Impl::Init() {
     return fail(absl::FailedPreconditionError(
         absl::StrCat("raft.data_dir: cannot create ", options.data_dir, ": ", ec.message())));
   }
-  int rv = RaftNamedTransportInit(&transport, &loop, options.node_id);
+  // A named member whose connection takes 5 election timeouts (at least
+  // 10 s) without an acknowledgement is dialled again by name.
+  int rv = RaftNamedTransportInit(&transport, &loop, options.node_id,
+                                  std::max(absl::Seconds(10), 5 * options.election_timeout));
   if (rv != 0)
     return fail(absl::InternalError(absl::StrCat("raft transport: ", raft_strerror(rv))));
   transport_inited = true;
@@ -400,11 +403,11 @@ absl::Status RaftNode::Impl::Init() {
   raft_set_snapshot_trailing(&raft, options.snapshot_trailing);
   // libraft drops a snapshot that reaches a member busy taking its own
   // (recv_install_snapshot.c: "the leader will eventually retry") and the
-  // leader retries only after this timeout, 30 s by default: a member
-  // catching up after a restart would sit that long behind the group.
+  // leader sends it again only after this timeout. Each resend loads
+  // another copy of the snapshot, so it must exceed the time a snapshot
+  // takes to send and install (docs/ha.md).
   raft_set_install_snapshot_timeout(
-      &raft, static_cast<unsigned>(
-                 std::max<int64_t>(5000, 5 * absl::ToInt64Milliseconds(options.election_timeout))));
+      &raft, static_cast<unsigned>(absl::ToInt64Milliseconds(options.snapshot_timeout)));
   // A member cut off for a while asks before it disrupts a healthy leader.
   raft_set_pre_vote(&raft, true);
   raft_uv_set_connect_retry_delay(&io, static_cast<unsigned>(std::max<int64_t>(

@@ -57,6 +57,8 @@ void ReadRaftSection(ConfigReader& r, RaftNodeOptions* o) {
       r.Int("raft.snapshot_threshold", o->snapshot_threshold, 16, int64_t{1} << 30));
   o->snapshot_trailing = static_cast<uint32_t>(
       r.Int("raft.snapshot_trailing", o->snapshot_trailing, 0, int64_t{1} << 30));
+  o->snapshot_timeout =
+      r.Duration("raft.snapshot_timeout", o->snapshot_timeout, absl::Seconds(1), absl::Hours(1));
 
   if (o->node_id == 0) {
     r.Fail("raft.node_id", "set this member's id, a whole number >= 1 listed in raft.peers");

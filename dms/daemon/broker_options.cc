@@ -93,10 +93,14 @@ absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
   } else if (!r.Children("raft").empty()) {
     // A replicated broker group (docs/ha.md). A member that falls more
     // than snapshot_trailing entries behind cannot catch up (dmsd does not
-    // ship its stores yet), so the leader keeps many, and never few.
+    // ship its stores yet), so the leader keeps many, and never few. Its
+    // snapshot is a small record of what the stores hold, so sending one
+    // again is cheap: a member whose snapshot was dropped (libraft drops
+    // one that reaches a member taking its own) gets it again soon.
     RaftNodeOptions raft;
     raft.snapshot_threshold = 4096;
     raft.snapshot_trailing = 65536;
+    raft.snapshot_timeout = absl::Seconds(5);
     ReadRaftSection(r, &raft);
     if (raft.snapshot_trailing < kMinSnapshotTrailing) {
       r.Fail("raft.snapshot_trailing",

@@ -4,13 +4,17 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -333,6 +337,75 @@ TEST(RaftNode, StopFailsAProposalInFlightThatHasNoMajority) {
   ProposeResult r = stranded.get();
   EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
   EXPECT_EQ(machines[leader].values(), std::vector<std::string>{"with a majority"});
+}
+
+// The TCP_USER_TIMEOUT (ms) of every TCP socket this process holds that is
+// connected to one of `ports` on the loopback.
+std::vector<unsigned> UserTimeoutsOfConnectionsTo(const std::vector<int>& ports) {
+  std::vector<unsigned> out;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    int fd = 0;
+    if (!absl::SimpleAtoi(entry.path().filename().string(), &fd)) continue;
+    sockaddr_in peer{};
+    socklen_t len = sizeof(peer);
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0 ||
+        peer.sin_family != AF_INET) {
+      continue;
+    }
+    if (std::find(ports.begin(), ports.end(), ntohs(peer.sin_port)) == ports.end()) continue;
+    unsigned timeout = 0;
+    socklen_t size = sizeof(timeout);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout, &size) == 0) {
+      out.push_back(timeout);
+    }
+  }
+  return out;
+}
+
+// A member named by host is dialled again by name once its connection
+// holds unacknowledged data too long (a pod gone without a reset, back on
+// another IP): its connections carry TCP_USER_TIMEOUT, 5 election timeouts
+// and at least 10 s. Members listed by IP keep libraft's sockets as they are.
+TEST(RaftNode, ConnectionsToMembersNamedByHostGiveUpOnADeadPeer) {
+  for (bool named : {true, false}) {
+    SCOPED_TRACE(named ? "members named localhost" : "members listed by IP");
+    TempDir dir;
+    std::vector<RaftPeer> peers;
+    std::vector<int> ports;
+    for (uint64_t id = 1; id <= 3; ++id) {
+      ports.push_back(PickFreePort());
+      peers.push_back({id, absl::StrCat(named ? "localhost:" : "127.0.0.1:", ports.back())});
+    }
+    ListMachine machines[3];
+    std::vector<std::unique_ptr<RaftNode>> nodes;
+    for (int i = 0; i < 3; ++i) {
+      RaftNodeOptions o;
+      o.node_id = i + 1;
+      o.peers = peers;
+      o.data_dir = dir.File(absl::StrCat("raft", i + 1));
+      o.election_timeout = absl::Seconds(3);
+      o.heartbeat = absl::Milliseconds(100);
+      if (named) o.listen = absl::StrCat("127.0.0.1:", ports[i]);
+      auto node = RaftNode::Start(o, &machines[i]);
+      ASSERT_TRUE(node.ok()) << node.status();
+      nodes.push_back(*std::move(node));
+    }
+    int leader = -1;
+    for (absl::Time limit = absl::Now() + absl::Seconds(20); leader < 0 && absl::Now() < limit;) {
+      for (int i = 0; i < 3; ++i) {
+        if (nodes[i]->status().leader_ready) leader = i;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_GE(leader, 0);
+    ASSERT_TRUE(nodes[leader]->Propose("x").get().status.ok());
+    std::vector<unsigned> timeouts = UserTimeoutsOfConnectionsTo(ports);
+    // The leader's connections to both followers at least, and the
+    // followers' answers to it.
+    ASSERT_GE(timeouts.size(), 2u);
+    for (unsigned t : timeouts) EXPECT_EQ(t, named ? 15000u : 0u);
+    for (auto& node : nodes) node->Stop();
+  }
 }
 
 }  // namespace

@@ -127,6 +127,31 @@ TEST(RaftSection, AcceptsMembersNamedByHostName) {
                    &o)
                   .ok());
   EXPECT_EQ(o.listen, "my-host:7001");
+  // One trailing dot: an absolute name.
+  ASSERT_TRUE(Read(R"(raft:
+  node_id: 1
+  data_dir: /tmp/r
+  listen: 0.0.0.0:7001
+  peers: ["1@dtsd-0.dtsd.formica.svc.cluster.local.:7001", "2@b:7002", "3@c:7003"]
+)",
+                   &o)
+                  .ok());
+  EXPECT_EQ(o.SelfAddress(), "dtsd-0.dtsd.formica.svc.cluster.local.:7001");
+}
+
+TEST(RaftSection, ReadsTheSnapshotTimeoutWithinItsRange) {
+  RaftNodeOptions o;
+  EXPECT_EQ(o.snapshot_timeout, absl::Seconds(30)) << "libraft's own default";
+  const std::string base = R"(raft:
+  node_id: 1
+  data_dir: /tmp/r
+  peers: ["1@127.0.0.1:7001"]
+)";
+  ASSERT_TRUE(Read(base + "  snapshot_timeout: 5s\n", &o).ok());
+  EXPECT_EQ(o.snapshot_timeout, absl::Seconds(5));
+  absl::Status st = Read(base + "  snapshot_timeout: 10ms\n", &o);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("raft.snapshot_timeout"), absl::string_view::npos) << st;
 }
 
 TEST(RaftSection, RefusesAHostThatIsNeitherIpv4NorAName) {

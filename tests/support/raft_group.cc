@@ -101,16 +101,17 @@ std::string RaftDemoGroup::ConfigText(int i) const {
         absl::StrCat("\"", members_[j].id, "@", host(j), ":", members_[j].raft_port, "\""));
   }
   const Member& m = members_[i];
-  return absl::StrCat("raft:\n  node_id: ", m.id, "\n  data_dir: ", m.data_dir, "\n  peers: [",
-                      absl::StrJoin(peers, ", "), "]\n",
-                      options_.listen_on_loopback
-                          ? absl::StrCat("  listen: 127.0.0.1:", m.raft_port, "\n")
-                          : std::string(),
-                      "  election_timeout: ", absl::ToInt64Milliseconds(options_.election_timeout),
-                      "ms\n  heartbeat: ", absl::ToInt64Milliseconds(options_.heartbeat),
-                      "ms\n  snapshot_threshold: ", options_.snapshot_threshold,
-                      "\n  snapshot_trailing: ", options_.snapshot_trailing,
-                      "\ndemo:\n  listen: 127.0.0.1:", m.demo_port, "\n");
+  return absl::StrCat(
+      "raft:\n  node_id: ", m.id, "\n  data_dir: ", m.data_dir, "\n  peers: [",
+      absl::StrJoin(peers, ", "), "]\n",
+      options_.listen_on_loopback ? absl::StrCat("  listen: 127.0.0.1:", m.raft_port, "\n")
+                                  : std::string(),
+      "  election_timeout: ", absl::ToInt64Milliseconds(options_.election_timeout),
+      "ms\n  heartbeat: ", absl::ToInt64Milliseconds(options_.heartbeat),
+      "ms\n  snapshot_threshold: ", options_.snapshot_threshold,
+      "\n  snapshot_trailing: ", options_.snapshot_trailing,
+      "\n  snapshot_timeout: ", absl::ToInt64Milliseconds(options_.snapshot_timeout), "ms",
+      "\ndemo:\n  listen: 127.0.0.1:", m.demo_port, "\n");
 }
 
 absl::Status RaftDemoGroup::StartMember(int i) {

@@ -42,6 +42,8 @@ class RaftDemoGroup {
     absl::Duration heartbeat = absl::Milliseconds(100);
     int snapshot_threshold = 1024;
     int snapshot_trailing = 128;
+    // The demo's snapshots are small: a dropped one is sent again soon.
+    absl::Duration snapshot_timeout = absl::Seconds(5);
     // The host each member is listed under in raft.peers, by index (none:
     // 127.0.0.1 for all), e.g. "localhost" to name members by host name.
     std::vector<std::string> hosts;

@@ -54,6 +54,9 @@ struct RaftNodeOptions {
   absl::Duration heartbeat = absl::Milliseconds(100);  // raft.heartbeat
   uint32_t snapshot_threshold = 1024;  // raft.snapshot_threshold: entries between snapshots
   uint32_t snapshot_trailing = 128;    // raft.snapshot_trailing: entries kept after one
+  // raft.snapshot_timeout: how long the leader waits for a follower to take
+  // a snapshot it sent before sending it again (libraft's default, 30 s).
+  absl::Duration snapshot_timeout = absl::Seconds(30);
 
   // This member's address in `peers`, or "" when it is missing.
   std::string SelfAddress() const;
