@@ -1,0 +1,101 @@
+#include "placement_watch.h"
+
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+#include "formica/registry/client.h"
+
+namespace formica::dms {
+
+PlacementWatch::~PlacementWatch() {
+  if (registry_ == nullptr) return;
+  std::vector<uint64_t> watches;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [topic, k] : known_) {
+      if (k.watch != 0) watches.push_back(k.watch);
+    }
+  }
+  for (uint64_t w : watches) registry_->Unwatch(w);
+}
+
+absl::StatusOr<std::optional<Placement>> PlacementWatch::Get(const std::string& topic) {
+  return Read(topic, false);
+}
+
+absl::StatusOr<std::optional<Placement>> PlacementWatch::Refresh(const std::string& topic) {
+  return Read(topic, true);
+}
+
+absl::StatusOr<std::optional<Placement>> PlacementWatch::Read(const std::string& topic,
+                                                              bool force) {
+  if (registry_ == nullptr) return std::optional<Placement>();
+  bool watching = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = known_.find(topic);
+    if (it != known_.end() && it->second.version > 0 && !force) {
+      if (!it->second.error.ok()) return it->second.error;
+      return it->second.placement;
+    }
+    watching = it != known_.end() && it->second.watch != 0;
+  }
+  absl::StatusOr<registry::ConfigValue> v = registry_->GetConfig(PlacementKey(topic));
+  if (!v.ok()) {
+    return absl::UnavailableError(absl::StrCat("reading the placement of topic '", topic,
+                                               "' from the registry: ", v.status().message()));
+  }
+  // Version 0 stands for "read, no entry".
+  Take(topic, std::max<uint64_t>(v->version, 1), v->exists, v->value);
+  if (!watching) {
+    absl::StatusOr<uint64_t> w =
+        registry_->WatchConfig(PlacementKey(topic), [this, topic](const registry::ConfigValue& c) {
+          Take(topic, std::max<uint64_t>(c.version, 1), c.exists, c.value);
+        });
+    absl::MutexLock lock(&mu_);
+    if (w.ok()) known_[topic].watch = *w;
+  }
+  absl::MutexLock lock(&mu_);
+  const Known& k = known_[topic];
+  if (!k.error.ok()) return k.error;
+  return k.placement;
+}
+
+void PlacementWatch::Take(const std::string& topic, uint64_t version, bool exists,
+                          const std::string& value) {
+  std::vector<std::function<void(const std::optional<Placement>&)>> listeners;
+  std::optional<Placement> placement;
+  {
+    absl::MutexLock lock(&mu_);
+    Known& k = known_[topic];
+    if (version < k.version) return;
+    bool changed = version > k.version || exists != k.exists;
+    k.version = version;
+    k.exists = exists;
+    k.error = absl::OkStatus();
+    k.placement.reset();
+    if (exists) {
+      absl::StatusOr<Placement> p = ParsePlacement(value);
+      if (p.ok()) {
+        k.placement = *std::move(p);
+      } else {
+        k.error = absl::InvalidArgumentError(absl::StrCat("the registry entry ",
+                                                          PlacementKey(topic), ": ",
+                                                          p.status().message()));
+        SPDLOG_WARN("{}", std::string(k.error.message()));
+      }
+    }
+    if (!changed) return;
+    listeners = k.listeners;
+    placement = k.placement;
+  }
+  for (auto& l : listeners) l(placement);
+}
+
+void PlacementWatch::OnChange(const std::string& topic,
+                              std::function<void(const std::optional<Placement>&)> changed) {
+  absl::MutexLock lock(&mu_);
+  known_[topic].listeners.push_back(std::move(changed));
+}
+
+}  // namespace formica::dms
