@@ -18,6 +18,10 @@ bool GroupChar(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
 }  // namespace
 
 absl::Status ValidBrokerGroup(absl::string_view what, absl::string_view name) {
+  if (name == kDefaultGroupWord) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " '", name, "' is reserved: it names the unnamed default broker group"));
+  }
   return CheckName(NameRule{what, 63, GroupChar, "lower-case letters, digits and -"}, name);
 }
 

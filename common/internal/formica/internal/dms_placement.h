@@ -24,8 +24,12 @@ inline int QueueForKey(absl::string_view key, int queues) {
   return static_cast<int>(Crc32c(key) % static_cast<uint32_t>(queues));
 }
 
+// How formicactl names the default group (which has no name); never a
+// group's name.
+inline constexpr char kDefaultGroupWord[] = "default";
+
 // OK, or INVALID_ARGUMENT naming `what` unless `name` is 1 to 63 of
-// [a-z0-9-].
+// [a-z0-9-] and not "default".
 absl::Status ValidBrokerGroup(absl::string_view what, absl::string_view name);
 
 // The service a broker group publishes: "formica.dms.v1.Broker" for the
