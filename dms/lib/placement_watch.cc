@@ -41,6 +41,7 @@ absl::StatusOr<std::optional<Placement>> PlacementWatch::Read(const std::string&
     watching = it != known_.end() && it->second.watch != 0;
   }
   absl::StatusOr<registry::ConfigValue> v = registry_->GetConfig(PlacementKey(topic));
+  if (absl::IsNotFound(v.status())) v = registry::ConfigValue();  // no entry
   if (!v.ok()) {
     return absl::UnavailableError(absl::StrCat("reading the placement of topic '", topic,
                                                "' from the registry: ", v.status().message()));

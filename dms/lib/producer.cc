@@ -203,7 +203,10 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
     absl::Status read = placement->Refresh(route.first).status();
     std::map<Route, std::vector<Pending>> again;
     size_t failed = 0;
-    for (Pending& p : state->batch) {
+    for (size_t i = 0; i < state->batch.size(); ++i) {
+      Pending& p = state->batch[i];
+      // The request took the body (ToMessage); it goes out again.
+      p.message.body = std::move(*state->request.mutable_messages(static_cast<int>(i))->mutable_body());
       if (p.refused_since == absl::InfiniteFuture()) p.refused_since = now;
       std::string group = route.second;
       absl::Status st = now - p.refused_since > options.unavailable_retry ? refusal

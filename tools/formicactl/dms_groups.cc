@@ -89,7 +89,11 @@ class RegistryView {
     req.set_key(formica::dms::PlacementKey(topic));
     reg::ConfigEntry e;
     grpc::Status st = stub_->GetConfig(CallContext(f_).get(), req, &e);
-    if (!st.ok()) return st;
+    if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
+      e.set_exists(false);  // no entry
+    } else if (!st.ok()) {
+      return st;
+    }
     out->reset();
     *version = e.exists() ? e.version() : 0;
     if (!e.exists()) return grpc::Status::OK;
