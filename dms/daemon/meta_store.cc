@@ -22,7 +22,7 @@ std::string MarkKey(absl::string_view topic, int queue) {
   return absl::StrCat("m/", topic, Sep(), queue);
 }
 std::string HoldKey(absl::string_view topic, int queue) {
-  return absl::StrCat("h/", topic, Sep(), queue);
+  return absl::StrCat("q/", topic, Sep(), queue);
 }
 std::string LetterPrefix(absl::string_view owner) { return absl::StrCat("l/", owner, Sep()); }
 std::string LetterKey(absl::string_view owner, absl::string_view topic, int queue,
@@ -228,7 +228,7 @@ absl::Status MetaStore::PutHold(absl::string_view topic, int queue, absl::string
 absl::StatusOr<std::vector<MetaStore::HoldRecord>> MetaStore::Holds() {
   std::vector<HoldRecord> out;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-  for (it->Seek("h/"); it->Valid() && it->key().starts_with("h/"); it->Next()) {
+  for (it->Seek("q/"); it->Valid() && it->key().starts_with("q/"); it->Next()) {
     absl::string_view key(it->key().data() + 2, it->key().size() - 2);
     size_t sep = key.find('\0');
     HoldRecord h;

@@ -2,11 +2,11 @@
 // holds the dedup index and the dead letters (DedupStore, DeadLetterStore)
 // and the half messages of Transactions, which uses the database itself.
 //
-// Keys:
+// Keys (Transactions keeps its own under h/ and f/):
 //   d/<topic>\0<dedup key>                      -> "<queue> <offset> <born ms>"
 //   m/<topic>\0<queue>                          -> the queue's dedup mark
 //   l/<owner>\0<topic>\0<queue:5>\0<offset:20>  -> DeadLetter
-//   h/<topic>\0<queue>                          -> a queue's hold while it moves
+//   q/<topic>\0<queue>                          -> a queue's hold while it moves
 //                                                 between broker groups (QueueHolds)
 #pragma once
 

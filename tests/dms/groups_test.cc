@@ -436,6 +436,31 @@ TEST_F(DmsGroupsTest, RerunningAMoveCutShortAfterTheSealOrAfterTheCopyFinishesIt
   auto all = Consume(Options("archive", "ledger", &fresh), &fresh);
   ASSERT_TRUE(fresh.WaitConfirmed(80, absl::Seconds(20))) << fresh.Distinct().size();
   EXPECT_EQ(ProduceTo(*g2_, "ledger", 1, "open now").error_code(), grpc::StatusCode::OK);
+
+  // Each step is an operator act in its daemon's audit trail.
+  std::tie(code, out) = Ctl2({"audit", "dmsd"});
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr("dms.seal-queue"));
+  std::tie(code, out) = Ctl2({"--dms", absl::StrCat("127.0.0.1:", g2_port_), "audit", "dmsd"});
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr("dms.import-queue"));
+  EXPECT_THAT(out, HasSubstr("dms.open-queue"));
+
+  // Back to the default group, which still holds the queue's records up to
+  // its seal: only what came after is copied.
+  ASSERT_EQ(ProduceTo(*g2_, "ledger", 0, "after the move").error_code(), grpc::StatusCode::OK);
+  std::tie(code, out) = Ctl2({"dms", "move-queue", "ledger", "0", "--to", "default"});
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr(absl::StrCat("2. copied 1 records to broker group default (127.0.0.1:",
+                                          port_, ") (", sent[0].size(), " there already)")));
+  EXPECT_EQ(PlacementOf("ledger")->groups, (std::vector<std::string>{"", "g2"}));
+  EXPECT_EQ(ProduceTo(*broker_, "ledger", 0, "back").error_code(), grpc::StatusCode::OK);
+  EXPECT_EQ(ProduceTo(*g2_, "ledger", 0, "not here").error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  std::set<std::string> back;
+  for (const auto& [offset, m] : Records(*broker_, "ledger", 0)) back.insert(m.body());
+  sent[0].insert({"after the move", "back"});
+  EXPECT_EQ(back, sent[0]);
 }
 
 TEST_F(DmsGroupsTest, BadMovesAreRefusedNamingWhatIsWrongAndChangeNothing) {

@@ -142,7 +142,7 @@ int DmsTopics(const Flags& f) {
   if (!st.ok()) return Fail(st);
   Groups groups;
   RegistryView registry(f);
-  if (grpc::Status rs = registry.Read(&groups); !rs.ok()) {
+  if (grpc::Status rs = registry.Read(&groups); !rs.ok() && f.output != Output::kJson) {
     std::fprintf(stderr, "formicactl: the registry at %s did not answer (%s): groups not shown\n",
                  f.registry.c_str(), rs.error_message().c_str());
   }
