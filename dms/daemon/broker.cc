@@ -228,8 +228,8 @@ class Broker::Impl final
   grpc::Status SealQueue(grpc::ServerContext* ctx, const v1::SealQueueRequest* req,
                          v1::SealQueueReply* reply) override {
     return Operate(ctx, "dms.seal-queue",
-                   absl::StrCat("topic=", req->topic(), " queue=", req->queue(), " to_group=",
-                                req->to_group()),
+                   absl::StrCat("topic=", req->topic(), " queue=", req->queue(),
+                                " to_group=", req->to_group()),
                    [&] { return moves->Seal(*req, reply); });
   }
 
@@ -245,8 +245,8 @@ class Broker::Impl final
     // that found its records already there.
     if (!st.ok() || reply->appended() > 0 || req->progress_size() > 0) {
       RecordAct(ctx, "dms.import-queue",
-                absl::StrCat("topic=", req->topic(), " queue=", req->queue(), " from_group=",
-                             req->from_group(), " records=", reply->appended(),
+                absl::StrCat("topic=", req->topic(), " queue=", req->queue(),
+                             " from_group=", req->from_group(), " records=", reply->appended(),
                              " progress=", req->progress_size()),
                 FromGrpcStatus(st));
     }

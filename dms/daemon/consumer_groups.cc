@@ -270,7 +270,8 @@ absl::Status ConsumerGroups::ReloadQueue(const std::string& topic, int queue) {
     absl::StatusOr<QueueProgress> p = progress_->Load(g->name, topic, queue);
     if (!p.ok()) return p.status();
     uint64_t committed = p->known ? p->committed : g->topic->topic->first_offset(queue);
-    g->cursors[queue] = std::make_unique<GroupCursor>(CursorOptionsFor(g->spec), committed, p->acked);
+    g->cursors[queue] =
+        std::make_unique<GroupCursor>(CursorOptionsFor(g->spec), committed, p->acked);
     g->persisted[queue] = committed;
     // Messages of the queue still out (handed out before it moved away)
     // are not this cursor's: their holders' credit comes back.

@@ -211,7 +211,8 @@ absl::Status ProduceEngine::Prepare(const v1::ProduceRequest& req, v1::ProduceRe
   }
   queues->resize(n);
   for (int i = 0; i < n; ++i) {
-    (*queues)[i] = req.queues_size() > 0 ? req.queues(i) : t->topic->QueueFor(req.messages(i).key());
+    (*queues)[i] =
+        req.queues_size() > 0 ? req.queues(i) : t->topic->QueueFor(req.messages(i).key());
   }
   reply->mutable_receipts()->Reserve(n);
   for (int i = 0; i < n; ++i) reply->add_receipts();

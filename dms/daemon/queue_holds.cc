@@ -25,8 +25,8 @@ absl::Status QueueHolds::Load() {
   for (const MetaStore::HoldRecord& r : *records) {
     size_t space = r.value.find(' ');
     if (space == std::string::npos) {
-      return absl::DataLossError(absl::StrCat("the hold of queue ", r.queue, " of topic '",
-                                              r.topic, "' is corrupt: '", r.value, "'"));
+      return absl::DataLossError(absl::StrCat("the hold of queue ", r.queue, " of topic '", r.topic,
+                                              "' is corrupt: '", r.value, "'"));
     }
     QueueHold h;
     h.sealed = r.value.substr(0, space) == "sealed";
@@ -107,10 +107,9 @@ absl::Status QueueHolds::Seal(const std::string& topic, int queue, const std::st
   auto drained = [this, key = Key{topic, queue}]()
                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_.count(key) == 0; };
   if (!mu_.AwaitWithTimeout(absl::Condition(&drained), drain)) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("queue ", queue, " of topic '", topic, "' is sealed, but produces to it were ",
-                     "still being written after ", absl::FormatDuration(drain),
-                     "; run the move again"));
+    return absl::DeadlineExceededError(absl::StrCat(
+        "queue ", queue, " of topic '", topic, "' is sealed, but produces to it were ",
+        "still being written after ", absl::FormatDuration(drain), "; run the move again"));
   }
   return absl::OkStatus();
 }

@@ -20,8 +20,7 @@ absl::StatusOr<TopicState*> QueueMoves::Find(const std::string& topic, int queue
   }
   if (queue < 0 || queue >= t->topic->queues()) {
     return absl::InvalidArgumentError(absl::StrCat("queue ", queue, " does not exist; topic '",
-                                                   topic, "' has ", t->topic->queues(),
-                                                   " queues"));
+                                                   topic, "' has ", t->topic->queues(), " queues"));
   }
   return t;
 }
@@ -92,8 +91,8 @@ absl::Status QueueMoves::Import(const v1::ImportQueueRequest& req, v1::ImportQue
   }
   if (t->topic->queues() != req.queues()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("topic '", req.topic(), "' has ", t->topic->queues(),
-                     " queues here, not ", req.queues(), " as in the group it moves from"));
+        absl::StrCat("topic '", req.topic(), "' has ", t->topic->queues(), " queues here, not ",
+                     req.queues(), " as in the group it moves from"));
   }
   int q = req.queue();
   if (q < 0 || q >= t->topic->queues()) {
@@ -114,10 +113,10 @@ absl::Status QueueMoves::Import(const v1::ImportQueueRequest& req, v1::ImportQue
   if (!hold.has_value() && t->topic->end_offset(q) > req.first_offset()) {
     // An open queue with records of its own where these would go: not a
     // queue moving in.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "queue ", q, " of topic '", req.topic(), "' is served here and holds records up to ",
-        t->topic->end_offset(q), "; it cannot take another group's records from ",
-        req.first_offset()));
+    return absl::FailedPreconditionError(
+        absl::StrCat("queue ", q, " of topic '", req.topic(),
+                     "' is served here and holds records up to ", t->topic->end_offset(q),
+                     "; it cannot take another group's records from ", req.first_offset()));
   }
   if (absl::Status st = holds_->Arrive(req.topic(), q, req.from_group()); !st.ok()) return st;
   absl::StatusOr<uint64_t> appended = t->topic->Import(q, req.first_offset(), records);
@@ -138,8 +137,8 @@ absl::Status QueueMoves::Import(const v1::ImportQueueRequest& req, v1::ImportQue
 
 // The dedup index learns the keys of the records appended (the last
 // `appended` of the request), and the queue's mark moves past them.
-absl::Status QueueMoves::IndexDedupKeys(TopicState& t, int queue,
-                                        const v1::ImportQueueRequest& req, uint64_t appended) {
+absl::Status QueueMoves::IndexDedupKeys(TopicState& t, int queue, const v1::ImportQueueRequest& req,
+                                        uint64_t appended) {
   int64_t oldest = dedup_->OldestMs();
   std::vector<std::pair<std::string, DedupEntry>> entries;
   for (int i = req.records_size() - static_cast<int>(appended); i < req.records_size(); ++i) {

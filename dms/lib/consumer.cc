@@ -257,9 +257,8 @@ class GroupStream {
       auto known = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return first_known; };
       if (!mu.AwaitWithTimeout(absl::Condition(&known), options.start_timeout)) {
         first = absl::DeadlineExceededError(
-            absl::StrCat("dms::Consumer: no broker of ", service,
-                         " answered the subscription to '", options.topic, "' within ",
-                         absl::FormatDuration(options.start_timeout)));
+            absl::StrCat("dms::Consumer: no broker of ", service, " answered the subscription to '",
+                         options.topic, "' within ", absl::FormatDuration(options.start_timeout)));
       } else {
         first = first_status;
       }

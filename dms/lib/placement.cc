@@ -19,8 +19,8 @@ bool GroupChar(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
 
 absl::Status ValidBrokerGroup(absl::string_view what, absl::string_view name) {
   if (name == kDefaultGroupWord) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " '", name, "' is reserved: it names the unnamed default broker group"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " '", name, "' is reserved: it names the unnamed default broker group"));
   }
   return CheckName(NameRule{what, 63, GroupChar, "lower-case letters, digits and -"}, name);
 }
@@ -46,9 +46,10 @@ absl::StatusOr<Placement> ParsePlacement(absl::string_view json) {
   google::protobuf::util::JsonParseOptions o;
   o.ignore_unknown_fields = false;
   if (auto st = google::protobuf::util::JsonStringToMessage(std::string(json), &p, o); !st.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("placement is not valid JSON of the form "
-                                                   "{\"queues\": N, \"groups\": [...]}: ",
-                                                   st.message().as_string()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("placement is not valid JSON of the form "
+                     "{\"queues\": N, \"groups\": [...]}: ",
+                     st.message().as_string()));
   }
   if (p.queues() < 1 || p.queues() > 1024 || p.groups_size() != p.queues()) {
     return absl::InvalidArgumentError(absl::StrCat("placement names ", p.groups_size(),

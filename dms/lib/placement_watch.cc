@@ -42,20 +42,32 @@ absl::StatusOr<std::optional<Placement>> PlacementWatch::Read(const std::string&
   }
   absl::StatusOr<registry::ConfigValue> v = registry_->GetConfig(PlacementKey(topic));
   if (absl::IsNotFound(v.status())) v = registry::ConfigValue();  // no entry
-  if (!v.ok()) {
-    return absl::UnavailableError(absl::StrCat("reading the placement of topic '", topic,
-                                               "' from the registry: ", v.status().message()));
-  }
-  // Version 0 stands for "read, no entry".
-  Take(topic, std::max<uint64_t>(v->version, 1), v->exists, v->value);
   if (!watching) {
     absl::StatusOr<uint64_t> w =
         registry_->WatchConfig(PlacementKey(topic), [this, topic](const registry::ConfigValue& c) {
           Take(topic, std::max<uint64_t>(c.version, 1), c.exists, c.value);
         });
-    absl::MutexLock lock(&mu_);
-    if (w.ok()) known_[topic].watch = *w;
+    bool extra = false;
+    if (w.ok()) {
+      absl::MutexLock lock(&mu_);
+      uint64_t& watch = known_[topic].watch;
+      extra = watch != 0;  // another caller's watch came first
+      if (!extra) watch = *w;
+    }
+    if (extra) registry_->Unwatch(*w);
   }
+  if (!v.ok()) {
+    absl::Status st = absl::UnavailableError(absl::StrCat(
+        "reading the placement of topic '", topic, "' from the registry: ", v.status().message()));
+    if (force) return st;
+    // Never read yet: the default group, as before placements existed (a
+    // queue moved away from it is refused there, and read again then; the
+    // watch delivers the placement once the registry answers).
+    SPDLOG_WARN("{}; sending to the default broker group meanwhile", std::string(st.message()));
+    return std::optional<Placement>();
+  }
+  // Version 0 stands for "read, no entry".
+  Take(topic, std::max<uint64_t>(v->version, 1), v->exists, v->value);
   absl::MutexLock lock(&mu_);
   const Known& k = known_[topic];
   if (!k.error.ok()) return k.error;
@@ -80,9 +92,8 @@ void PlacementWatch::Take(const std::string& topic, uint64_t version, bool exist
       if (p.ok()) {
         k.placement = *std::move(p);
       } else {
-        k.error = absl::InvalidArgumentError(absl::StrCat("the registry entry ",
-                                                          PlacementKey(topic), ": ",
-                                                          p.status().message()));
+        k.error = absl::InvalidArgumentError(
+            absl::StrCat("the registry entry ", PlacementKey(topic), ": ", p.status().message()));
         SPDLOG_WARN("{}", std::string(k.error.message()));
       }
     }

@@ -29,12 +29,13 @@ class PlacementWatch {
 
   // The topic's placement (nullopt: none, every queue on the default
   // group). The first call for a topic reads the registry and starts
-  // watching; later ones answer from what the watch delivered. UNAVAILABLE
-  // when the registry cannot be read, INVALID_ARGUMENT for an entry that
-  // is not a placement.
+  // watching; later ones answer from what the watch delivered. While the
+  // registry cannot be read a topic never read answers nullopt (and is read
+  // again at the next call). INVALID_ARGUMENT for an entry that is not a
+  // placement.
   absl::StatusOr<std::optional<Placement>> Get(const std::string& topic);
   // Reads the registry again now (after a broker refused a send to a queue
-  // that moved).
+  // that moved); UNAVAILABLE when it cannot be read.
   absl::StatusOr<std::optional<Placement>> Refresh(const std::string& topic);
   // Calls `changed` (on the registry client's thread) with every placement
   // of `topic` the watch delivers after this call.

@@ -131,9 +131,8 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
   // A send refused because a queue of it is moving to another broker group
   // (nothing of it was stored).
   static bool Moving(const absl::Status& st) {
-    return absl::IsFailedPrecondition(st) &&
-           (absl::StrContains(st.message(), "moved to") ||
-            absl::StrContains(st.message(), "is moving here"));
+    return absl::IsFailedPrecondition(st) && (absl::StrContains(st.message(), "moved to") ||
+                                              absl::StrContains(st.message(), "is moving here"));
   }
 
   void Attempt(const Route& route, std::shared_ptr<CallState> state) {
@@ -206,7 +205,8 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
     for (size_t i = 0; i < state->batch.size(); ++i) {
       Pending& p = state->batch[i];
       // The request took the body (ToMessage); it goes out again.
-      p.message.body = std::move(*state->request.mutable_messages(static_cast<int>(i))->mutable_body());
+      p.message.body =
+          std::move(*state->request.mutable_messages(static_cast<int>(i))->mutable_body());
       if (p.refused_since == absl::InfiniteFuture()) p.refused_since = now;
       std::string group = route.second;
       absl::Status st = now - p.refused_since > options.unavailable_retry ? refusal

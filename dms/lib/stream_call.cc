@@ -13,13 +13,12 @@ absl::Status CallBrokerStream(rpc::Client* rpc, const rpc::Client::Attempt& atte
   probe.timeout = absl::Seconds(1);
   probe.idempotent = true;
   probe.inherit_current = false;
-  absl::Status reachable =
-      rpc->Call(service, probe,
-                [](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
-                  v1::ListTopicsRequest req;
-                  v1::ListTopicsReply reply;
-                  return v1::Broker::NewStub(channel)->ListTopics(ctx, req, &reply);
-                });
+  absl::Status reachable = rpc->Call(
+      service, probe, [](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+        v1::ListTopicsRequest req;
+        v1::ListTopicsReply reply;
+        return v1::Broker::NewStub(channel)->ListTopics(ctx, req, &reply);
+      });
   if (!reachable.ok()) return reachable;
   rpc::CallOptions co;
   co.timeout = absl::Hours(24 * 365);

@@ -10,9 +10,9 @@
 namespace formica::dms {
 
 // Runs `attempt` (which keeps a stream open until it ends) on a broker of
-// `service` (a broker group's, BrokerServiceOf) found through the registry. A short call goes first: with no broker registered
-// it fails within a second, where the stream's long deadline would make the
-// caller wait for one; callers retry in their own loop and can stop between.
+// `service` (a broker group's, BrokerServiceOf) found through the registry. A short call goes
+// first: with no broker registered it fails within a second, where the stream's long deadline would
+// make the caller wait for one; callers retry in their own loop and can stop between.
 absl::Status CallBrokerStream(rpc::Client* rpc, const rpc::Client::Attempt& attempt,
                               const std::string& service = kBrokerService);
 

@@ -52,8 +52,12 @@ class ReplicatedGroupsTest : public DmsGroupTest {
 
   std::pair<int, std::string> Ctl(std::vector<std::string> args) {
     std::vector<std::string> argv = {formica::testing::BinaryPath("tools/formicactl"),
-                                     "--registry", dsrd_->address(), "--dms",
-                                     absl::StrCat("127.0.0.1:", single_port_), "--timeout", "10"};
+                                     "--registry",
+                                     dsrd_->address(),
+                                     "--dms",
+                                     absl::StrCat("127.0.0.1:", single_port_),
+                                     "--timeout",
+                                     "10"};
     argv.insert(argv.end(), args.begin(), args.end());
     auto p = Subprocess::Start(argv, dir_.File(absl::StrCat("ctl", ++ctl_runs_, ".log")));
     EXPECT_TRUE(p.ok());

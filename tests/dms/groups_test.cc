@@ -32,28 +32,13 @@ class DmsGroupsTest : public DmsTest {
                                                   grpc::InsecureChannelCredentials()));
   }
 
-  std::vector<std::string> G2Command(const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> argv = {formica::testing::BinaryPath("dms/dmsd"),
-                                     "--listen",
-                                     absl::StrCat("127.0.0.1:", g2_port_),
-                                     "--data-dir",
-                                     dir_.File("dmsd-g2"),
-                                     "--registry",
-                                     dsrd_->address(),
-                                     "--set",
-                                     "broker_group=g2",
-                                     "--set",
-                                     "consume.retry_initial=50ms",
-                                     "--set",
-                                     "consume.retry_max=200ms",
-                                     "--set",
-                                     "server.unpublish_grace=0s"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    return argv;
+  std::vector<std::string> G2Command() {
+    return DmsdCommandAt(g2_port_, dir_.File("dmsd-g2"), {"--set", "broker_group=g2"});
   }
 
   void StartG2() {
-    auto p = Subprocess::Start(G2Command(), dir_.File(absl::StrCat("dmsd-g2.", ++g2_runs_, ".log")));
+    auto p =
+        Subprocess::Start(G2Command(), dir_.File(absl::StrCat("dmsd-g2.", ++g2_runs_, ".log")));
     ASSERT_TRUE(p.ok()) << p.status();
     g2_dmsd_ = std::move(*p);
     ASSERT_TRUE(g2_dmsd_->WaitForOutput("dmsd ready on port", absl::Seconds(20)))
@@ -293,8 +278,8 @@ TEST_F(DmsGroupsTest, MovingAQueueUnderProduceAndConsumeLosesNothingAndStoresNot
   // Every acknowledged message is delivered (history check).
   size_t acked = history.acked.size();
   history.mu.Unlock();
-  EXPECT_TRUE(seen.WaitConfirmed(acked, absl::Seconds(30))) << seen.Distinct().size() << " of "
-                                                            << acked;
+  EXPECT_TRUE(seen.WaitConfirmed(acked, absl::Seconds(30)))
+      << seen.Distinct().size() << " of " << acked;
   history.mu.Lock();
   std::set<std::string> delivered = seen.Distinct();
   for (const auto& [body, r] : history.acked) {
@@ -509,7 +494,8 @@ TEST_F(DmsGroupsTest, BadMovesAreRefusedNamingWhatIsWrongAndChangeNothing) {
 }
 
 TEST_F(DmsGroupsTest, ABadBrokerGroupNameIsRefusedAtStartNamingTheKey) {
-  for (const std::string& bad : std::vector<std::string>{"G2", "a_b", "default", std::string(64, 'a')}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"G2", "a_b", "default", std::string(64, 'a')}) {
     auto p = Subprocess::Start(
         {formica::testing::BinaryPath("dms/dmsd"), "--listen",
          absl::StrCat("127.0.0.1:", formica::testing::PickFreePort()), "--data-dir",

@@ -29,7 +29,8 @@ std::string GroupLabel(const std::string& group) {
 // What the registry says of the broker groups and placements.
 struct Groups {
   std::map<std::string, std::string> leaders;  // group -> published address
-  std::map<std::string, std::pair<Placement, uint64_t>> placements;  // topic -> (placement, version)
+  std::map<std::string, std::pair<Placement, uint64_t>>
+      placements;  // topic -> (placement, version)
 };
 
 class RegistryView {
@@ -74,13 +75,23 @@ class RegistryView {
     return grpc::Status::OK;
   }
 
-  // The address a group publishes ("" : none).
+  // The address a group publishes that answers ("" : none). A replicated
+  // group publishes its ready leader alone, but a dead leader's entry stays
+  // until its registry session lapses.
   std::string Leader(const std::string& group) {
     reg::GetServiceRequest req;
     req.set_service(formica::dms::BrokerServiceOf(group));
     reg::ServiceSnapshot snap;
     if (!stub_->GetService(CallContext(f_).get(), req, &snap).ok()) return "";
-    return snap.instances().empty() ? "" : snap.instances(0).address();
+    for (const reg::Instance& i : snap.instances()) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      v1::ListTopicsReply reply;
+      auto stub =
+          v1::Broker::NewStub(grpc::CreateChannel(i.address(), formica::ChannelCredentials()));
+      if (stub->ListTopics(&ctx, v1::ListTopicsRequest(), &reply).ok()) return i.address();
+    }
+    return "";
   }
 
   grpc::Status GetPlacement(const std::string& topic, std::optional<Placement>* out,
@@ -138,7 +149,8 @@ int DmsTopics(const Flags& f) {
   // The broker at --dms answers first, as it always did (a follower's
   // refusal names its leader).
   v1::ListTopicsReply here;
-  grpc::Status st = BrokerAt(f.dms)->ListTopics(CallContext(f).get(), v1::ListTopicsRequest(), &here);
+  grpc::Status st =
+      BrokerAt(f.dms)->ListTopics(CallContext(f).get(), v1::ListTopicsRequest(), &here);
   if (!st.ok()) return Fail(st);
   Groups groups;
   RegistryView registry(f);
@@ -152,10 +164,11 @@ int DmsTopics(const Flags& f) {
   for (const auto& [group, leader] : groups.leaders) {
     if (group.empty() || leader.empty()) continue;
     v1::ListTopicsReply there;
-    grpc::Status gs = BrokerAt(leader)->ListTopics(CallContext(f).get(), v1::ListTopicsRequest(), &there);
+    grpc::Status gs =
+        BrokerAt(leader)->ListTopics(CallContext(f).get(), v1::ListTopicsRequest(), &there);
     if (!gs.ok()) {
-      std::fprintf(stderr, "formicactl: broker group %s at %s: %s\n", group.c_str(),
-                   leader.c_str(), gs.error_message().c_str());
+      std::fprintf(stderr, "formicactl: broker group %s at %s: %s\n", group.c_str(), leader.c_str(),
+                   gs.error_message().c_str());
       continue;
     }
     for (const v1::TopicInfo& t : there.topics()) by_group[group][t.name()] = t;
@@ -236,11 +249,11 @@ class Move {
     }
     to_leader_ = registry_.Leader(to_);
     if (to_leader_.empty()) {
-      return Refuse(grpc::StatusCode::NOT_FOUND,
-                    absl::StrCat("--to: broker group '", GroupLabel(to_),
-                                 "' has no broker published in the registry (",
-                                 formica::dms::BrokerServiceOf(to_),
-                                 "); start it, or check the name"));
+      return Refuse(
+          grpc::StatusCode::NOT_FOUND,
+          absl::StrCat("--to: broker group '", GroupLabel(to_),
+                       "' has no broker published in the registry (",
+                       formica::dms::BrokerServiceOf(to_), "); start it, or check the name"));
     }
     std::optional<Placement> placed;
     if (grpc::Status st = registry_.GetPlacement(topic_, &placed, &version_); !st.ok()) return st;
@@ -342,12 +355,12 @@ class Move {
         req.set_first_offset(got.end_offset());
         *req.mutable_progress() = got.progress();
         if (st = Import(req, &placed); !st.ok()) return st;
-        std::printf("2. copied %llu records to broker group %s (%s) (%llu there already), "
-                    "offsets %llu..%llu; progress of %d consumer groups\n",
-                    static_cast<unsigned long long>(copied), GroupLabel(to_).c_str(),
-                    to_leader_.c_str(), static_cast<unsigned long long>(held),
-                    static_cast<unsigned long long>(first),
-                    static_cast<unsigned long long>(placed.end_offset()), got.progress_size());
+        std::printf(
+            "2. copied %llu records to broker group %s (%s) (%llu there already), "
+            "offsets %llu..%llu; progress of %d consumer groups\n",
+            static_cast<unsigned long long>(copied), GroupLabel(to_).c_str(), to_leader_.c_str(),
+            static_cast<unsigned long long>(held), static_cast<unsigned long long>(first),
+            static_cast<unsigned long long>(placed.end_offset()), got.progress_size());
         return grpc::Status::OK;
       }
       req.set_first_offset(got.records(0).offset());
@@ -394,9 +407,8 @@ class Move {
                                    placement_.queues(), " queues"));
       }
     }
-    return Refuse(grpc::StatusCode::ABORTED,
-                  absl::StrCat("the placement of topic '", topic_,
-                               "' kept changing; run the move again"));
+    return Refuse(grpc::StatusCode::ABORTED, absl::StrCat("the placement of topic '", topic_,
+                                                          "' kept changing; run the move again"));
   }
 
   const Flags& f_;
