@@ -288,12 +288,15 @@ class Consumer::Impl {
     stream->rpc = rpc;
     stream->service = BrokerServiceOf(group);
     GroupStream* raw = stream.get();
-    {
-      absl::MutexLock lock(&mu);
-      if (stopped || streams.count(group) > 0) return absl::OkStatus();
-      streams[group] = std::move(stream);
-    }
-    return raw->Launch(wait);
+    absl::MutexLock lock(&mu);
+    if (stopped || streams.count(group) > 0) return absl::OkStatus();
+    streams[group] = std::move(stream);
+    if (!wait) return raw->Launch(false);  // under mu: Stop sees it whole
+    // Start's own joins: no Stop can run yet, and the wait must not hold mu.
+    mu.Unlock();
+    absl::Status st = raw->Launch(true);
+    mu.Lock();
+    return st;
   }
 
   void Placed(const std::optional<Placement>& p) {
