@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "formica/internal/dms_placement.h"
 
 namespace formica::dms {
 
@@ -153,7 +154,7 @@ int Topic::QueueFor(absl::string_view key) {
   if (key.empty()) {
     return static_cast<int>(round_robin_.fetch_add(1, std::memory_order_relaxed) % logs_.size());
   }
-  return static_cast<int>(Crc32c(key) % logs_.size());
+  return QueueForKey(key, static_cast<int>(logs_.size()));  // the producer's rule too
 }
 
 namespace {

@@ -34,7 +34,7 @@ absl::StatusOr<std::optional<Placement>> PlacementWatch::Read(const std::string&
   {
     absl::MutexLock lock(&mu_);
     auto it = known_.find(topic);
-    if (it != known_.end() && it->second.version > 0 && !force) {
+    if (it != known_.end() && it->second.read && !force) {
       if (!it->second.error.ok()) return it->second.error;
       return it->second.placement;
     }
@@ -45,7 +45,7 @@ absl::StatusOr<std::optional<Placement>> PlacementWatch::Read(const std::string&
   if (!watching) {
     absl::StatusOr<uint64_t> w =
         registry_->WatchConfig(PlacementKey(topic), [this, topic](const registry::ConfigValue& c) {
-          Take(topic, std::max<uint64_t>(c.version, 1), c.exists, c.value);
+          Take(topic, c.version, c.exists, c.value);
         });
     bool extra = false;
     if (w.ok()) {
@@ -66,8 +66,7 @@ absl::StatusOr<std::optional<Placement>> PlacementWatch::Read(const std::string&
     SPDLOG_WARN("{}; sending to the default broker group meanwhile", std::string(st.message()));
     return std::optional<Placement>();
   }
-  // Version 0 stands for "read, no entry".
-  Take(topic, std::max<uint64_t>(v->version, 1), v->exists, v->value);
+  Take(topic, v->version, v->exists, v->value);
   absl::MutexLock lock(&mu_);
   const Known& k = known_[topic];
   if (!k.error.ok()) return k.error;
@@ -81,8 +80,12 @@ void PlacementWatch::Take(const std::string& topic, uint64_t version, bool exist
   {
     absl::MutexLock lock(&mu_);
     Known& k = known_[topic];
-    if (version < k.version) return;
-    bool changed = version > k.version || exists != k.exists;
+    // Newer: a higher version, or at one version an entry over none (a key
+    // never written reads as version 0; a deletion has a version of its own).
+    auto order = [](uint64_t v, bool e) { return std::make_pair(v, e); };
+    if (k.read && order(version, exists) < order(k.version, k.exists)) return;
+    bool changed = !k.read || order(version, exists) > order(k.version, k.exists);
+    k.read = true;
     k.version = version;
     k.exists = exists;
     k.error = absl::OkStatus();

@@ -44,6 +44,7 @@ class PlacementWatch {
 
  private:
   struct Known {
+    bool read = false;  // from the registry, once at least
     uint64_t version = 0;
     bool exists = false;
     std::optional<Placement> placement;

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <iostream>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -237,8 +238,12 @@ TEST_F(DmsGroupsTest, MovingAQueueUnderProduceAndConsumeLosesNothingAndStoresNot
   }
   absl::SleepFor(absl::Seconds(1));
   uint64_t before = Queues(*broker_, "events")[kMoved].end_offset();
+  absl::Time move_start = absl::Now();
   auto [code, out] = Ctl2({"dms", "move-queue", "events", absl::StrCat(kMoved), "--to", "g2"});
   EXPECT_EQ(code, 0) << out;
+  std::cout << "the move under load took " << absl::ToInt64Milliseconds(absl::Now() - move_start)
+            << " ms:\n"
+            << out;
   EXPECT_THAT(out, HasSubstr("1. sealed queue 1 of events on broker group default"));
   EXPECT_THAT(out, HasSubstr("2. copied"));
   EXPECT_THAT(out, HasSubstr("3. opened queue 1 on broker group g2"));
@@ -350,6 +355,19 @@ TEST_F(DmsGroupsTest, RerunningAMoveCutShortAfterTheSealOrAfterTheCopyFinishesIt
   grpc::Status refused = ProduceTo(*broker_, "ledger", 0, "refused");
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(refused.error_message(), HasSubstr("moved to broker group 'g2'"));
+  {
+    // A producer refused for longer than its unavailable_retry (the move
+    // never finishing) fails with the refusal; nothing was stored.
+    ProducerOptions o;
+    o.unavailable_retry = absl::Seconds(1);
+    auto stuck = Producer::Create(o, rpc_.get());
+    ASSERT_TRUE(stuck.ok());
+    absl::Time start = absl::Now();
+    auto r = (*stuck)->Send("ledger", Msg("stuck", KeyFor(0, 2, 0)));
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+    EXPECT_THAT(r.status().message(), HasSubstr("moved to broker group 'g2'"));
+    EXPECT_GE(absl::Now() - start, absl::Seconds(1));
+  }
   auto [code, out] = Ctl2({"dms", "move-queue", "ledger", "0", "--to", "g2"});
   ASSERT_EQ(code, 0) << out;
   EXPECT_THAT(out, HasSubstr(absl::StrCat("2. copied ", sent[0].size(), " records")));
