@@ -466,6 +466,30 @@ TEST_F(DmsGroupsTest, RerunningAMoveCutShortAfterTheSealOrAfterTheCopyFinishesIt
   EXPECT_EQ(back, sent[0]);
 }
 
+// Both moves read the topic without a placement before either writes one:
+// the placement is written by compare-and-set, so the second write reads
+// the first's again and keeps it.
+TEST_F(DmsGroupsTest, TwoMovesOfOneTopicAtOnceKeepBothInThePlacement) {
+  CreateTopic("pairs", 4);
+  auto producer = NewProducer();
+  for (int i = 0; i < 400; ++i) {
+    ASSERT_TRUE(producer->Send("pairs", Msg(absl::StrCat("p", i), absl::StrCat("k", i))).ok());
+  }
+  std::vector<std::unique_ptr<Subprocess>> moves;
+  for (int q : {1, 2}) {
+    auto p = Subprocess::Start(
+        {formica::testing::BinaryPath("tools/formicactl"), "--registry", dsrd_->address(),
+         "--timeout", "10", "dms", "move-queue", "pairs", absl::StrCat(q), "--to", "g2"},
+        dir_.File(absl::StrCat("pairs-move-", q, ".log")));
+    ASSERT_TRUE(p.ok()) << p.status();
+    moves.push_back(std::move(*p));
+  }
+  for (auto& m : moves) EXPECT_EQ(m->Wait(absl::Seconds(30)), 0) << m->Output();
+  auto placed = PlacementOf("pairs");
+  ASSERT_TRUE(placed.has_value());
+  EXPECT_EQ(placed->groups, (std::vector<std::string>{"", "g2", "g2", ""}));
+}
+
 TEST_F(DmsGroupsTest, BadMovesAreRefusedNamingWhatIsWrongAndChangeNothing) {
   CreateTopic("orders", 4);
   struct Case {
