@@ -48,17 +48,29 @@ absl::Status QueueMoves::Read(const v1::ReadQueueRequest& req, v1::ReadQueueRepl
   int q = req.queue();
   uint64_t from = std::max(req.from(), topic.first_offset(q));
   size_t max = req.max() > 0 ? static_cast<size_t>(std::min(req.max(), 4096)) : 512;
-  std::vector<std::pair<uint64_t, v1::StoredMessage>> got;
-  if (from < topic.end_offset(q)) {
-    if (absl::Status st = topic.Read(q, from, max, &got); !st.ok()) return st;
-  }
-  for (auto& [offset, m] : got) {
-    v1::QueueRecord* r = reply->add_records();
-    r->set_offset(offset);
-    *r->mutable_message() = std::move(m);
+  // A few records at a time, up to kMaxReadBytes (at least one record), so
+  // that neither the broker nor the answer holds a queue of large messages.
+  size_t bytes = 0;
+  bool full = false;
+  while (!full && static_cast<size_t>(reply->records_size()) < max && from < topic.end_offset(q)) {
+    std::vector<std::pair<uint64_t, v1::StoredMessage>> got;
+    size_t step = std::min<size_t>(16, max - reply->records_size());
+    if (absl::Status st = topic.Read(q, from, step, &got); !st.ok()) return st;
+    if (got.empty()) break;
+    for (auto& [offset, m] : got) {
+      size_t size = m.ByteSizeLong();
+      full = reply->records_size() > 0 && bytes + size > kMaxReadBytes;
+      if (full) break;
+      bytes += size;
+      v1::QueueRecord* r = reply->add_records();
+      r->set_offset(offset);
+      *r->mutable_message() = std::move(m);
+      from = offset + 1;
+    }
   }
   reply->set_first_offset(topic.first_offset(q));
   reply->set_end_offset(topic.end_offset(q));
+  if (reply->records_size() > 0) return absl::OkStatus();  // progress comes at the end
   absl::StatusOr<std::vector<GroupQueue>> queues = progress_->Queues();
   if (!queues.ok()) return queues.status();
   for (const GroupQueue& gq : *queues) {

@@ -33,6 +33,8 @@ class QueueMoves {
 
   // How long Seal waits for produces admitted before it to end.
   static constexpr absl::Duration kDrain = absl::Seconds(10);
+  // The most bytes of records one Read answers (beyond its first record).
+  static constexpr size_t kMaxReadBytes = 8 << 20;
 
  private:
   absl::StatusOr<TopicState*> Find(const std::string& topic, int queue);

@@ -490,6 +490,31 @@ TEST_F(DmsGroupsTest, TwoMovesOfOneTopicAtOnceKeepBothInThePlacement) {
   EXPECT_EQ(placed->groups, (std::vector<std::string>{"", "g2", "g2", ""}));
 }
 
+// A queue of large messages moves in pieces that fit a call.
+TEST_F(DmsGroupsTest, AQueueOfLargeMessagesMoves) {
+  CreateTopic("big", 1);
+  auto producer = NewProducer();
+  constexpr int kMessages = 24;  // 1 MiB each: more than one call can carry
+  for (int i = 0; i < kMessages; ++i) {
+    ASSERT_TRUE(producer->Send("big", Msg(std::string(1 << 20, static_cast<char>('a' + i)))).ok());
+  }
+  auto [code, out] = Ctl2({"dms", "move-queue", "big", "0", "--to", "g2"});
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr(absl::StrCat("2. copied ", kMessages, " records")));
+  for (int i = 0; i < kMessages; ++i) {
+    grpc::ClientContext ctx;
+    v1::ReadQueueRequest req;
+    req.set_topic("big");
+    req.set_from(i);
+    req.set_max(1);
+    v1::ReadQueueReply reply;
+    grpc::Status st = g2_->ReadQueue(&ctx, req, &reply);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(reply.records_size(), 1);
+    EXPECT_EQ(reply.records(0).message().body(), std::string(1 << 20, static_cast<char>('a' + i)));
+  }
+}
+
 TEST_F(DmsGroupsTest, BadMovesAreRefusedNamingWhatIsWrongAndChangeNothing) {
   CreateTopic("orders", 4);
   struct Case {

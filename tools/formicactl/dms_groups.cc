@@ -135,8 +135,12 @@ class RegistryView {
   std::unique_ptr<reg::Registry::Stub> stub_;
 };
 
+// A move reads records of up to the broker's largest message and more.
 std::unique_ptr<v1::Broker::Stub> BrokerAt(const std::string& address) {
-  return v1::Broker::NewStub(grpc::CreateChannel(address, formica::ChannelCredentials()));
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  return v1::Broker::NewStub(
+      grpc::CreateCustomChannel(address, formica::ChannelCredentials(), args));
 }
 
 grpc::Status Refuse(grpc::StatusCode code, const std::string& why) {
