@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <csignal>
 #include <iostream>
 #include <thread>
 
@@ -115,6 +116,8 @@ class DmsGroupsTest : public DmsTest {
   static grpc::Status ProduceTo(v1::Broker::Stub& stub, const std::string& topic, int queue,
                                 const std::string& body) {
     grpc::ClientContext ctx;
+    ctx.set_wait_for_ready(true);  // a restarted dmsd is waited for
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     v1::ProduceRequest req;
     req.set_topic(topic);
     req.add_messages()->set_body(body);
@@ -354,6 +357,14 @@ TEST_F(DmsGroupsTest, RerunningAMoveCutShortAfterTheSealOrAfterTheCopyFinishesIt
   }
   grpc::Status refused = ProduceTo(*broker_, "ledger", 0, "refused");
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(refused.error_message(), HasSubstr("moved to broker group 'g2'"));
+  // The seal is durable: kill -9 and a restart keep it.
+  dmsd_->Signal(SIGKILL);
+  dmsd_->Wait(absl::Seconds(10));
+  StartDmsd();
+  ASSERT_FALSE(HasFatalFailure());
+  refused = ProduceTo(*broker_, "ledger", 0, "refused after a restart");
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << refused.error_message();
   EXPECT_THAT(refused.error_message(), HasSubstr("moved to broker group 'g2'"));
   {
     // A producer refused for longer than its unavailable_retry (the move
