@@ -25,6 +25,7 @@
 #include "formica/common/grpc_status.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/internal/audit_log.h"
+#include "formica/internal/dms_placement.h"
 #include "formica/internal/metrics_endpoint.h"
 #include "formica/internal/permissions.h"
 #include "formica/registry/client.h"
@@ -35,6 +36,8 @@
 #include "housekeeping.h"
 #include "meta_store.h"
 #include "produce_engine.h"
+#include "queue_holds.h"
+#include "queue_moves.h"
 #include "threaded_stream.h"
 #include "topic_catalog.h"
 #include "transactions.h"
@@ -55,6 +58,8 @@ class Broker::Impl final
   std::unique_ptr<DeadLetters> letters;
   std::unique_ptr<ConsumerGroups> groups;
   std::unique_ptr<Housekeeping> housekeeping;
+  std::unique_ptr<QueueHolds> holds;  // queues moving between broker groups
+  std::unique_ptr<QueueMoves> moves;
   std::unique_ptr<registry::Client> registry;
   std::unique_ptr<rpc::Client> rpc;  // to dtsd, for messages joined to activities
   std::unique_ptr<Transactions> txns;
@@ -131,6 +136,12 @@ class Broker::Impl final
     ho.interval = options.housekeeping_interval;
     housekeeping = std::make_unique<Housekeeping>(ho, topics.get(), groups.get(), dedup.get(),
                                                   disk.get(), clock);
+    holds = std::make_unique<QueueHolds>(meta.get());
+    if (absl::Status st = holds->Load(); !st.ok()) return st;
+    producer->UseHolds(holds.get());
+    groups->UseHolds(holds.get());
+    moves = std::make_unique<QueueMoves>(topics.get(), holds.get(), progress.get(), dedup.get(),
+                                         groups.get());
     return topics->OpenAll(options.topics);
   }
 
@@ -197,6 +208,59 @@ class Broker::Impl final
       reactor->Finish(ToGrpcStatus(st));
     });
     return reactor;
+  }
+
+  // ---- moving a queue between broker groups (QueueMoves) --------------
+
+  // An operator call: the operate permission, and (unless it only reads)
+  // the audit trail.
+  template <typename Body>
+  grpc::Status Operate(grpc::ServerContext* ctx, const char* act, const std::string& detail,
+                       Body body) {
+    grpc::Status st = rpc::Serve(ctx, [&] {
+      if (absl::Status st = CheckCaller(ctx, "operate", "dms"); !st.ok()) return ToGrpcStatus(st);
+      return ToGrpcStatus(body());
+    });
+    if (act != nullptr) RecordAct(ctx, act, detail, FromGrpcStatus(st));
+    return st;
+  }
+
+  grpc::Status SealQueue(grpc::ServerContext* ctx, const v1::SealQueueRequest* req,
+                         v1::SealQueueReply* reply) override {
+    return Operate(ctx, "dms.seal-queue",
+                   absl::StrCat("topic=", req->topic(), " queue=", req->queue(),
+                                " to_group=", req->to_group()),
+                   [&] { return moves->Seal(*req, reply); });
+  }
+
+  grpc::Status ReadQueue(grpc::ServerContext* ctx, const v1::ReadQueueRequest* req,
+                         v1::ReadQueueReply* reply) override {
+    return Operate(ctx, nullptr, "", [&] { return moves->Read(*req, reply); });
+  }
+
+  grpc::Status ImportQueue(grpc::ServerContext* ctx, const v1::ImportQueueRequest* req,
+                           v1::ImportQueueReply* reply) override {
+    grpc::Status st = Operate(ctx, nullptr, "", [&] { return moves->Import(*req, reply); });
+    // One act per import that changed something or failed, not per batch
+    // that found its records already there.
+    if (!st.ok() || reply->appended() > 0 || req->progress_size() > 0) {
+      RecordAct(ctx, "dms.import-queue",
+                absl::StrCat("topic=", req->topic(), " queue=", req->queue(),
+                             " from_group=", req->from_group(), " records=", reply->appended(),
+                             " progress=", req->progress_size()),
+                FromGrpcStatus(st));
+    }
+    return st;
+  }
+
+  grpc::Status OpenQueue(grpc::ServerContext* ctx, const v1::OpenQueueRequest* req,
+                         v1::OpenQueueReply*) override {
+    return Operate(ctx, "dms.open-queue",
+                   absl::StrCat("topic=", req->topic(), " queue=", req->queue()), [&] {
+                     absl::Status st = moves->Open(*req);
+                     if (st.ok()) Kick();
+                     return st;
+                   });
   }
 
   // ---- transactional messages -----------------------------------------
@@ -534,7 +598,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(BrokerOptions options) {
       std::min<int64_t>(INT32_MAX, std::max<int64_t>(64 << 20, 2 * o.max_body_bytes + (1 << 20))));
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
       rpc::Server::Start(so,
-                         {{v1::Broker::service_full_name(), impl.get()},
+                         {{BrokerServiceOf(o.group), impl.get()},
                           {o.transactions.participant, impl->txns->participant()},
                           {"formica.dms.Audit", impl->audit->service()}},
                          impl->registry.get());

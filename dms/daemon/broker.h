@@ -46,6 +46,10 @@ struct BrokerStores {
 };
 
 struct BrokerOptions {
+  // The broker group this dmsd serves (config key `broker_group`,
+  // docs/dms.md): "" is the default group, published as
+  // formica.dms.v1.Broker; a named one as formica.dms.v1.Broker.<group>.
+  std::string group;
   std::string listen = "127.0.0.1:7390";
   std::string advertise_host = "127.0.0.1";
   std::string zone;

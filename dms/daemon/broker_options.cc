@@ -5,6 +5,7 @@
 #include "broker.h"
 #include "dms_names.h"
 #include "formica/common/config.h"
+#include "formica/internal/dms_placement.h"
 #include "formica/internal/server_options.h"
 
 namespace formica::dms {
@@ -19,6 +20,12 @@ absl::StatusOr<BrokerOptions> LoadBrokerOptions(const Config& config) {
   BrokerOptions o;
   ConfigReader r(config);
   ServerSection server = ReadServerSectionInto(r, &o);
+  o.group = r.String("broker_group", "");
+  if (!o.group.empty()) {
+    if (absl::Status st = ValidBrokerGroup("broker_group", o.group); !st.ok()) {
+      r.Fail("broker_group", st.message());
+    }
+  }
   o.data_dir = r.String("storage.data_dir", o.data_dir);
   std::string flush = r.String("storage.flush", "sync");
   if (flush == "sync") {

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "dms_names.h"
+#include "queue_holds.h"
 
 namespace formica::dms {
 namespace {
@@ -116,13 +117,7 @@ absl::StatusOr<std::shared_ptr<GroupState>> ConsumerGroups::Join(
     // First member (or a new subscription once all left): the cursors
     // start from what is durable.
     // Built aside and swapped in whole, so a failure leaves the group as it was.
-    CursorOptions co;
-    co.ack_timeout = spec.ack_timeout;
-    co.max_attempts = spec.max_attempts;
-    co.ordered = spec.ordered;
-    co.max_in_flight = spec.ordered ? 1 : 1 << 20;
-    co.retry_initial = options_.retry_initial;
-    co.retry_max = options_.retry_max;
+    CursorOptions co = CursorOptionsFor(spec);
     std::vector<std::unique_ptr<GroupCursor>> cursors;
     std::vector<uint64_t> persisted;
     for (int q = 0; q < t->topic->queues(); ++q) {
@@ -256,6 +251,44 @@ void ConsumerGroups::Hand(GroupState& g, const std::shared_ptr<Member>& m, int q
 }
 
 // Hands out what is due to members with room.
+CursorOptions ConsumerGroups::CursorOptionsFor(const Spec& spec) const {
+  CursorOptions co;
+  co.ack_timeout = spec.ack_timeout;
+  co.max_attempts = spec.max_attempts;
+  co.ordered = spec.ordered;
+  co.max_in_flight = spec.ordered ? 1 : 1 << 20;
+  co.retry_initial = options_.retry_initial;
+  co.retry_max = options_.retry_max;
+  return co;
+}
+
+absl::Status ConsumerGroups::ReloadQueue(const std::string& topic, int queue) {
+  for (const std::shared_ptr<GroupState>& g : Groups()) {
+    if (g->topic->name != topic) continue;
+    absl::MutexLock lock(&g->mu);
+    if (g->cursors.empty() || queue >= static_cast<int>(g->cursors.size())) continue;
+    absl::StatusOr<QueueProgress> p = progress_->Load(g->name, topic, queue);
+    if (!p.ok()) return p.status();
+    uint64_t committed = p->known ? p->committed : g->topic->topic->first_offset(queue);
+    g->cursors[queue] =
+        std::make_unique<GroupCursor>(CursorOptionsFor(g->spec), committed, p->acked);
+    g->persisted[queue] = committed;
+    // Messages of the queue still out (handed out before it moved away)
+    // are not this cursor's: their holders' credit comes back.
+    for (auto it = g->owners.begin(); it != g->owners.end();) {
+      if (it->first.first != queue) {
+        ++it;
+        continue;
+      }
+      if (auto m = g->members.find(it->second); m != g->members.end() && m->second->out > 0) {
+        --m->second->out;
+      }
+      it = g->owners.erase(it);
+    }
+  }
+  return absl::OkStatus();
+}
+
 void ConsumerGroups::Pump(GroupState& g) {
   absl::MutexLock lock(&g.mu);
   if (g.members.empty() || g.cursors.empty()) return;
@@ -288,6 +321,7 @@ void ConsumerGroups::Pump(GroupState& g) {
     int credit = Credit(g);
     if (credit == 0) break;
     int q = static_cast<int>((g.next_queue + i) % queues);
+    if (holds_ != nullptr && !holds_->Deliverable(g.topic->name, q)) continue;
     GroupCursor& cursor = *g.cursors[q];
     Topic& topic = *g.topic->topic;
     // Take a fair share per queue so one busy queue cannot starve others.

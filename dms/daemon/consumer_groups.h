@@ -38,6 +38,8 @@
 
 namespace formica::dms {
 
+class QueueHolds;
+
 struct GroupOptions {
   absl::Duration ack_timeout = absl::Seconds(30);  // unless the subscription says
   int max_attempts = 16;                           // unless the subscription says
@@ -152,6 +154,13 @@ class ConsumerGroups {
   // them at once, others on their next join. Returns how many.
   absl::StatusOr<uint64_t> ReplayDeadLetters(const std::string& group, const std::string& topic);
 
+  // Queues moving between broker groups (borrowed): a held queue is not
+  // delivered (QueueHolds::Deliverable). Unset: every queue is.
+  void UseHolds(QueueHolds* holds) { holds_ = holds; }
+  // A queue moved in: every group's cursor of it starts again from the
+  // progress stored (imported with it).
+  absl::Status ReloadQueue(const std::string& topic, int queue);
+
   // dmsd is stopping: joins are refused, and what members held is not
   // counted as an attempt when they leave.
   void Stop() { stopping_ = true; }
@@ -162,6 +171,7 @@ class ConsumerGroups {
 
  private:
   std::vector<std::shared_ptr<GroupState>> Groups();
+  CursorOptions CursorOptionsFor(const Spec& spec) const;
   absl::Status LoadReplays(GroupState& g, std::map<std::pair<int, uint64_t>, Replay>* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(g.mu);
   std::shared_ptr<Member> PickMember(GroupState& g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(g.mu);
@@ -175,6 +185,7 @@ class ConsumerGroups {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(g.mu);
 
   GroupOptions options_;
+  QueueHolds* holds_ = nullptr;
   TopicCatalog* topics_;
   GroupProgress* progress_;
   DeadLetters* letters_;

@@ -27,6 +27,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "formica/internal/dms_placement.h"
 
 namespace formica::dms {
 
@@ -87,9 +88,6 @@ struct LogRecord {
   uint64_t offset = 0;
   std::string payload;
 };
-
-// CRC-32C (Castagnoli) of `data`, continuing from `crc`.
-uint32_t Crc32c(absl::string_view data, uint32_t crc = 0);
 
 class MessageLog {
  public:

@@ -21,6 +21,9 @@ std::string DedupKey(absl::string_view topic, absl::string_view key) {
 std::string MarkKey(absl::string_view topic, int queue) {
   return absl::StrCat("m/", topic, Sep(), queue);
 }
+std::string HoldKey(absl::string_view topic, int queue) {
+  return absl::StrCat("q/", topic, Sep(), queue);
+}
 std::string LetterPrefix(absl::string_view owner) { return absl::StrCat("l/", owner, Sep()); }
 std::string LetterKey(absl::string_view owner, absl::string_view topic, int queue,
                       uint64_t offset) {
@@ -210,6 +213,34 @@ absl::Status MetaStore::ListOwned(absl::string_view owner, absl::string_view top
     out->push_back(std::move(e));
   }
   return FromRocks(it->status(), "reading dead letters");
+}
+
+absl::Status MetaStore::PutHold(absl::string_view topic, int queue, absl::string_view value) {
+  rocksdb::WriteBatch batch;
+  if (value.empty()) {
+    batch.Delete(HoldKey(topic, queue));
+  } else {
+    batch.Put(HoldKey(topic, queue), rocksdb::Slice(value.data(), value.size()));
+  }
+  return writes_->Write(db_, &batch, true);
+}
+
+absl::StatusOr<std::vector<MetaStore::HoldRecord>> MetaStore::Holds() {
+  std::vector<HoldRecord> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek("q/"); it->Valid() && it->key().starts_with("q/"); it->Next()) {
+    absl::string_view key(it->key().data() + 2, it->key().size() - 2);
+    size_t sep = key.find('\0');
+    HoldRecord h;
+    if (sep == absl::string_view::npos || !absl::SimpleAtoi(key.substr(sep + 1), &h.queue)) {
+      return absl::DataLossError("a queue hold record of the meta store is corrupt");
+    }
+    h.topic = std::string(key.substr(0, sep));
+    h.value = it->value().ToString();
+    out.push_back(std::move(h));
+  }
+  if (absl::Status st = FromRocks(it->status(), "reading queue holds"); !st.ok()) return st;
+  return out;
 }
 
 }  // namespace formica::dms

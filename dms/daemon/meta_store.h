@@ -2,10 +2,12 @@
 // holds the dedup index and the dead letters (DedupStore, DeadLetterStore)
 // and the half messages of Transactions, which uses the database itself.
 //
-// Keys:
+// Keys (Transactions keeps its own under h/ and f/):
 //   d/<topic>\0<dedup key>                      -> "<queue> <offset> <born ms>"
 //   m/<topic>\0<queue>                          -> the queue's dedup mark
 //   l/<owner>\0<topic>\0<queue:5>\0<offset:20>  -> DeadLetter
+//   q/<topic>\0<queue>                          -> a queue's hold while it moves
+//                                                 between broker groups (QueueHolds)
 #pragma once
 
 #include <memory>
@@ -53,6 +55,15 @@ class MetaStore : public DedupStore, public DeadLetterStore {
                     std::vector<LetterEntry>* out) override;
   absl::Status ListOwned(absl::string_view owner, absl::string_view topic,
                          std::vector<LetterEntry>* out) override;
+
+  // A queue's hold (QueueHolds): written durably; an empty `value` removes it.
+  struct HoldRecord {
+    std::string topic;
+    int queue = 0;
+    std::string value;
+  };
+  absl::Status PutHold(absl::string_view topic, int queue, absl::string_view value);
+  absl::StatusOr<std::vector<HoldRecord>> Holds();
 
  private:
   MetaStore(std::unique_ptr<rocksdb::DB> owned, rocksdb::DB* db, DbWrites* writes);

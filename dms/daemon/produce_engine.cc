@@ -8,6 +8,7 @@
 #include "absl/synchronization/notification.h"
 #include "dms_names.h"
 #include "now_ms.h"
+#include "queue_holds.h"
 
 namespace formica::dms {
 namespace {
@@ -23,6 +24,7 @@ constexpr int kMaxDedupKeyBytes = 256;
 struct DedupCall {
   TopicState* topic = nullptr;
   std::shared_ptr<const std::vector<v1::StoredMessage>> stored;
+  std::vector<int> queues;  // of each stored message
   v1::ProduceReply* reply = nullptr;
   std::function<void(absl::Status)> finish;
   std::vector<int> to_store;              // indexes of the messages written
@@ -94,14 +96,17 @@ absl::StatusOr<v1::Receipt> ProduceEngine::ProduceOne(const std::string& topic,
   if (t == nullptr) return absl::NotFoundError(absl::StrCat("topic '", topic, "' is gone"));
   v1::ProduceReply reply;
   reply.add_receipts();
+  std::vector<int> queues = {t->topic->QueueFor(m.key())};
   auto one = std::make_shared<std::vector<v1::StoredMessage>>();
   one->push_back(std::move(m));
   absl::Notification done;
   absl::Status result;
-  ProduceDedup(*t, std::move(one), &reply, [&](absl::Status st) {
+  std::function<void(absl::Status)> finish = [&](absl::Status st) {
     result = st;
     done.Notify();
-  });
+  };
+  if (absl::Status st = Admit(*t, queues, &finish); !st.ok()) return st;
+  ProduceDedup(*t, std::move(one), std::move(queues), &reply, std::move(finish));
   done.WaitForNotification();
   if (!result.ok()) return result;
   return reply.receipts(0);
@@ -132,7 +137,9 @@ void ProduceEngine::Produce(const v1::ProduceRequest& req, v1::ProduceReply* rep
                             std::function<void(absl::Status)> finish) {
   TopicState* t = nullptr;
   auto stored = std::make_shared<std::vector<v1::StoredMessage>>();
-  absl::Status st = Prepare(req, reply, &t, stored.get());
+  std::vector<int> queues;
+  absl::Status st = Prepare(req, reply, &t, stored.get(), &queues);
+  if (st.ok()) st = Admit(*t, queues, &finish);
   if (!st.ok()) {
     finish(st);
     return;
@@ -140,14 +147,32 @@ void ProduceEngine::Produce(const v1::ProduceRequest& req, v1::ProduceReply* rep
   bool any_dedup = std::any_of(stored->begin(), stored->end(),
                                [](const v1::StoredMessage& s) { return !s.dedup_key().empty(); });
   if (any_dedup) {
-    ProduceDedup(*t, std::move(stored), reply, std::move(finish));
+    ProduceDedup(*t, std::move(stored), std::move(queues), reply, std::move(finish));
     return;
   }
-  ProducePlain(*t, std::move(stored), reply, std::move(finish));
+  ProducePlain(*t, std::move(stored), queues, reply, std::move(finish));
+}
+
+// The queues a produce writes to are admitted by the holds (none moving
+// between broker groups) and counted until `finish` runs.
+absl::Status ProduceEngine::Admit(TopicState& t, const std::vector<int>& queues,
+                                  std::function<void(absl::Status)>* finish) {
+  if (holds_ == nullptr) return absl::OkStatus();
+  std::vector<int> touched(queues);
+  std::sort(touched.begin(), touched.end());
+  touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+  if (absl::Status st = holds_->Admit(t.name, touched); !st.ok()) return st;
+  *finish = [holds = holds_, name = t.name, touched = std::move(touched),
+             inner = std::move(*finish)](absl::Status st) {
+    holds->Done(name, touched);
+    inner(st);
+  };
+  return absl::OkStatus();
 }
 
 absl::Status ProduceEngine::Prepare(const v1::ProduceRequest& req, v1::ProduceReply* reply,
-                                    TopicState** topic, std::vector<v1::StoredMessage>* stored) {
+                                    TopicState** topic, std::vector<v1::StoredMessage>* stored,
+                                    std::vector<int>* queues) {
   TopicState* t = topics_->Find(req.topic());
   if (t == nullptr) {
     return absl::NotFoundError(
@@ -167,11 +192,27 @@ absl::Status ProduceEngine::Prepare(const v1::ProduceRequest& req, v1::ProduceRe
   }
   int64_t now = NowMs(*clock_);
   int n = req.messages_size();
+  if (req.queues_size() > 0 && req.queues_size() != n) {
+    return absl::InvalidArgumentError(absl::StrCat("queues names ", req.queues_size(),
+                                                   " queues for ", n, " messages; give one each"));
+  }
+  for (int q : req.queues()) {
+    if (q < 0 || q >= t->topic->queues()) {
+      return absl::InvalidArgumentError(absl::StrCat("queue ", q, " does not exist; topic '",
+                                                     t->name, "' has ", t->topic->queues(),
+                                                     " queues"));
+    }
+  }
   stored->resize(n);
   for (int i = 0; i < n; ++i) {
     const v1::Message& m = req.messages(i);
     if (absl::Status st = Check(i, m, now); !st.ok()) return st;
     (*stored)[i] = Stored(m, req.producer_group(), now);
+  }
+  queues->resize(n);
+  for (int i = 0; i < n; ++i) {
+    (*queues)[i] =
+        req.queues_size() > 0 ? req.queues(i) : t->topic->QueueFor(req.messages(i).key());
   }
   reply->mutable_receipts()->Reserve(n);
   for (int i = 0; i < n; ++i) reply->add_receipts();
@@ -183,13 +224,13 @@ absl::Status ProduceEngine::Prepare(const v1::ProduceRequest& req, v1::ProduceRe
 // has synced past them.
 void ProduceEngine::ProducePlain(TopicState& t,
                                  std::shared_ptr<std::vector<v1::StoredMessage>> stored,
-                                 v1::ProduceReply* reply,
+                                 const std::vector<int>& queues, v1::ProduceReply* reply,
                                  std::function<void(absl::Status)> finish) {
   std::vector<const v1::StoredMessage*> ptrs;
   for (const v1::StoredMessage& s : *stored) ptrs.push_back(&s);
   std::vector<Produced> placed;
   std::map<int, uint64_t> last;
-  if (absl::Status st = t.topic->WriteBatch(ptrs, &placed, &last); !st.ok()) {
+  if (absl::Status st = t.topic->WriteBatch(ptrs, queues, &placed, &last); !st.ok()) {
     finish(st);
     return;
   }
@@ -226,11 +267,12 @@ void ProduceEngine::ProducePlain(TopicState& t,
 // durable and indexed or with the error; no thread waits for the disk.
 void ProduceEngine::ProduceDedup(TopicState& t,
                                  std::shared_ptr<const std::vector<v1::StoredMessage>> stored,
-                                 v1::ProduceReply* reply,
+                                 std::vector<int> queues, v1::ProduceReply* reply,
                                  std::function<void(absl::Status)> finish) {
   auto call = std::make_shared<DedupCall>();
   call->topic = &t;
   call->stored = std::move(stored);
+  call->queues = std::move(queues);
   call->reply = reply;
   call->finish = std::move(finish);
   StartDedup(std::move(call));
@@ -320,7 +362,7 @@ absl::Status ProduceEngine::PlaceDedup(TopicState& t, DedupCall& call) {
     call.to_store.push_back(i);
   }
   for (int i : call.to_store) {
-    absl::StatusOr<Produced> written = t.topic->Write(stored[i]);
+    absl::StatusOr<Produced> written = t.topic->Write(call.queues[i], stored[i]);
     if (!written.ok()) {
       // Records written before stay unindexed, pinning their queues'
       // marks: a restart indexes them from the log.

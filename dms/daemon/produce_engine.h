@@ -25,6 +25,8 @@
 
 namespace formica::dms {
 
+class QueueHolds;
+
 // Room for the properties and framing of a message beside its body.
 inline constexpr int kMaxPropertiesBytes = 64 << 10;
 
@@ -39,6 +41,10 @@ class ProduceEngine {
   // All borrowed.
   ProduceEngine(ProduceOptions options, TopicCatalog* topics, DedupIndex* dedup,
                 const DiskWatermark* disk, Clock* clock);
+
+  // Queues moving between broker groups (borrowed): produce to one is
+  // refused (QueueHolds::Admit). Unset: no queue is ever held.
+  void UseHolds(QueueHolds* holds) { holds_ = holds; }
 
   // Validates and stores; `finish` runs exactly once, when the messages are
   // durable (`reply` holds their receipts) or with the error.
@@ -60,17 +66,22 @@ class ProduceEngine {
   v1::StoredMessage Stored(const v1::Message& m, const std::string& producer_group,
                            int64_t now) const;
   absl::Status Prepare(const v1::ProduceRequest& req, v1::ProduceReply* reply, TopicState** topic,
-                       std::vector<v1::StoredMessage>* stored);
+                       std::vector<v1::StoredMessage>* stored, std::vector<int>* queues);
+  absl::Status Admit(TopicState& t, const std::vector<int>& queues,
+                     std::function<void(absl::Status)>* finish);
   void ProducePlain(TopicState& t, std::shared_ptr<std::vector<v1::StoredMessage>> stored,
-                    v1::ProduceReply* reply, std::function<void(absl::Status)> finish);
+                    const std::vector<int>& queues, v1::ProduceReply* reply,
+                    std::function<void(absl::Status)> finish);
   void ProduceDedup(TopicState& t, std::shared_ptr<const std::vector<v1::StoredMessage>> stored,
-                    v1::ProduceReply* reply, std::function<void(absl::Status)> finish);
+                    std::vector<int> queues, v1::ProduceReply* reply,
+                    std::function<void(absl::Status)> finish);
   void StartDedup(std::shared_ptr<DedupCall> call);
   absl::Status PlaceDedup(TopicState& t, DedupCall& call) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t.dedup_mu);
   void EndDedup(std::shared_ptr<DedupCall> call, absl::Status synced);
   void RestartParked(TopicState& t);
 
   ProduceOptions options_;
+  QueueHolds* holds_ = nullptr;
   TopicCatalog* topics_;
   DedupIndex* dedup_;
   const DiskWatermark* disk_;

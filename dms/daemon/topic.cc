@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "formica/internal/dms_placement.h"
 
 namespace formica::dms {
 
@@ -153,7 +154,7 @@ int Topic::QueueFor(absl::string_view key) {
   if (key.empty()) {
     return static_cast<int>(round_robin_.fetch_add(1, std::memory_order_relaxed) % logs_.size());
   }
-  return static_cast<int>(Crc32c(key) % logs_.size());
+  return QueueForKey(key, static_cast<int>(logs_.size()));  // the producer's rule too
 }
 
 namespace {
@@ -177,9 +178,9 @@ absl::StatusOr<Produced> Topic::Produce(const v1::StoredMessage& message) {
   return p;
 }
 
-absl::StatusOr<Produced> Topic::Write(const v1::StoredMessage& message) {
+absl::StatusOr<Produced> Topic::Write(int queue, const v1::StoredMessage& message) {
   Produced p;
-  p.queue = QueueFor(message.key());
+  p.queue = queue;
   std::string bytes;
   if (absl::Status st = Encode(message, &bytes); !st.ok()) return st;
   absl::StatusOr<uint64_t> offset = logs_[p.queue]->Write(bytes);
@@ -221,13 +222,14 @@ absl::StatusOr<uint64_t> Topic::RemoveOld(int queue, absl::Time cutoff, uint64_t
 }
 
 absl::Status Topic::WriteBatch(const std::vector<const v1::StoredMessage*>& messages,
-                               std::vector<Produced>* out, std::map<int, uint64_t>* last) {
+                               const std::vector<int>& queues, std::vector<Produced>* out,
+                               std::map<int, uint64_t>* last) {
   out->assign(messages.size(), Produced());
   last->clear();
   // Each queue's messages in one write, in request order.
   std::vector<std::vector<size_t>> by_queue(logs_.size());
   for (size_t i = 0; i < messages.size(); ++i) {
-    int q = QueueFor(messages[i]->key());
+    int q = queues[i];
     (*out)[i].queue = q;
     by_queue[q].push_back(i);
   }
@@ -266,6 +268,32 @@ absl::Status Topic::SkipTo(int queue, uint64_t next) {
     wrote = true;
   }
   return wrote ? log.WaitDurable(last) : absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Topic::Import(int queue, uint64_t first,
+                                       const std::vector<v1::StoredMessage>& records) {
+  MessageLog& log = *logs_[queue];
+  uint64_t end = log.synced_end();
+  if (end < first) {
+    if (absl::Status st = SkipTo(queue, first); !st.ok()) return st;
+    end = log.synced_end();
+  }
+  if (first + records.size() <= end) return 0;  // all held already
+  size_t skip = static_cast<size_t>(end - first);
+  std::vector<std::string> bytes(records.size() - skip);
+  std::vector<absl::string_view> payloads;
+  for (size_t i = skip; i < records.size(); ++i) {
+    if (absl::Status st = Encode(records[i], &bytes[i - skip]); !st.ok()) return st;
+    payloads.push_back(bytes[i - skip]);
+  }
+  absl::StatusOr<uint64_t> at = log.WriteMany(payloads);
+  if (!at.ok()) return at.status();
+  if (*at != end) {
+    return absl::InternalError(absl::StrCat("queue ", queue, ": imported records landed at offset ",
+                                            *at, ", not at ", end));
+  }
+  if (absl::Status st = log.WaitDurable(*at + payloads.size() - 1); !st.ok()) return st;
+  return payloads.size();
 }
 
 absl::Status Topic::Read(int queue, uint64_t from, size_t max,

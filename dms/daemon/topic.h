@@ -67,8 +67,11 @@ class Topic {
   // in order, and `last` per queue written the offset to wait for
   // (MessageLog::WaitDurable or WhenDurable). On an error, the messages of
   // queues written before may be stored.
+  // `queues[i]` is the queue of messages[i] (QueueFor's, or one the
+  // producer chose).
   absl::Status WriteBatch(const std::vector<const v1::StoredMessage*>& messages,
-                          std::vector<Produced>* out, std::map<int, uint64_t>* last);
+                          const std::vector<int>& queues, std::vector<Produced>* out,
+                          std::map<int, uint64_t>* last);
 
   // Makes `queue`'s next offset `next` (durably), writing a placeholder
   // (StoredMessage.lost) at each offset up to it, so offsets known to be
@@ -77,9 +80,17 @@ class Topic {
   // already reaches `next`.
   absl::Status SkipTo(int queue, uint64_t next);
 
-  // Stores `message` in its key's queue without waiting for it to be
-  // durable (WhenDurable tells when it is).
-  absl::StatusOr<Produced> Write(const v1::StoredMessage& message);
+  // Stores `message` in `queue` without waiting for it to be durable
+  // (WhenDurable tells when it is).
+  absl::StatusOr<Produced> Write(int queue, const v1::StoredMessage& message);
+
+  // A queue moving in from another broker group: `records` are the source's
+  // records from offset `first` on. What the log already holds of them (a
+  // repeated import) is skipped, the rest appended at the same offsets; a
+  // log that ends before `first` is first filled with placeholders up to it
+  // (SkipTo). Durable on return; returns how many records were appended.
+  absl::StatusOr<uint64_t> Import(int queue, uint64_t first,
+                                  const std::vector<v1::StoredMessage>& records);
 
   // `done` runs (on a sync thread, or here if already known) once every
   // message of `queue` up to `offset` is durable, or with the error that

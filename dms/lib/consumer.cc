@@ -13,6 +13,7 @@
 #include "formica/dms/producer.h"
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/rpc/client.h"
+#include "placement_watch.h"
 #include "stream_call.h"
 
 namespace formica::dms {
@@ -39,13 +40,15 @@ ReceivedMessage FromDelivered(const std::string& topic, const v1::Delivered& d) 
 
 }  // namespace
 
-class Consumer::Impl : public std::enable_shared_from_this<Consumer::Impl> {
+// The consumer's stream to one broker group, with its own handler threads.
+class GroupStream {
  public:
   using Stream = grpc::ClientReaderWriter<v1::ConsumeRequest, v1::ConsumeReply>;
 
   ConsumerOptions options;
   MessageHandler handler;
   rpc::Client* rpc = nullptr;
+  std::string service;  // the broker group's (BrokerServiceOf)
 
   absl::Mutex mu;
   bool stopping ABSL_GUARDED_BY(mu) = false;
@@ -106,9 +109,11 @@ class Consumer::Impl : public std::enable_shared_from_this<Consumer::Impl> {
 
   absl::Status Session(uint64_t id) {
     return CallBrokerStream(
-        rpc, [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
+        rpc,
+        [&](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx) {
           return OpenStream(id, channel, ctx);
-        });
+        },
+        service);
   }
 
   grpc::Status OpenStream(uint64_t id, const std::shared_ptr<grpc::Channel>& channel,
@@ -239,6 +244,76 @@ class Consumer::Impl : public std::enable_shared_from_this<Consumer::Impl> {
     }
     if (runner.joinable()) runner.join();
   }
+
+  // Starts the handler threads and the stream; with `wait`, returns the
+  // subscription's outcome (stopping again on an error).
+  absl::Status Launch(bool wait) {
+    for (int i = 0; i < options.threads; ++i) workers.emplace_back([this] { Work(); });
+    runner = std::thread([this] { Run(); });
+    if (!wait) return absl::OkStatus();
+    absl::Status first;
+    {
+      absl::MutexLock lock(&mu);
+      auto known = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return first_known; };
+      if (!mu.AwaitWithTimeout(absl::Condition(&known), options.start_timeout)) {
+        first = absl::DeadlineExceededError(
+            absl::StrCat("dms::Consumer: no broker of ", service, " answered the subscription to '",
+                         options.topic, "' within ", absl::FormatDuration(options.start_timeout)));
+      } else {
+        first = first_status;
+      }
+    }
+    if (!first.ok()) Stop();
+    return first;
+  }
+};
+
+// One stream per broker group holding queues of the topic (its placement;
+// without one, the default group's), and one more for each group the
+// placement names later.
+class Consumer::Impl {
+ public:
+  ConsumerOptions options;
+  MessageHandler handler;
+  rpc::Client* rpc = nullptr;
+  std::unique_ptr<PlacementWatch> placement;
+  absl::Mutex mu;
+  bool stopped ABSL_GUARDED_BY(mu) = false;
+  std::map<std::string, std::unique_ptr<GroupStream>> streams ABSL_GUARDED_BY(mu);
+
+  absl::Status Join(const std::string& group, bool wait) {
+    auto stream = std::make_unique<GroupStream>();
+    stream->options = options;
+    stream->handler = handler;
+    stream->rpc = rpc;
+    stream->service = BrokerServiceOf(group);
+    GroupStream* raw = stream.get();
+    absl::MutexLock lock(&mu);
+    if (stopped || streams.count(group) > 0) return absl::OkStatus();
+    streams[group] = std::move(stream);
+    if (!wait) return raw->Launch(false);  // under mu: Stop sees it whole
+    // Start's own joins: no Stop can run yet, and the wait must not hold mu.
+    mu.Unlock();
+    absl::Status st = raw->Launch(true);
+    mu.Lock();
+    return st;
+  }
+
+  void Placed(const std::optional<Placement>& p) {
+    for (const std::string& g : p.has_value() ? p->Groups() : std::vector<std::string>{""}) {
+      Join(g, false).IgnoreError();
+    }
+  }
+
+  void Stop() {
+    std::vector<GroupStream*> all;
+    {
+      absl::MutexLock lock(&mu);
+      stopped = true;
+      for (auto& [g, s] : streams) all.push_back(s.get());
+    }
+    for (GroupStream* s : all) s->Stop();
+  }
 };
 
 absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Start(ConsumerOptions options,
@@ -258,27 +333,21 @@ absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Start(ConsumerOptions option
   impl->options = std::move(options);
   impl->handler = std::move(handler);
   impl->rpc = rpc;
-  Impl* raw = impl.get();
-  for (int i = 0; i < impl->options.threads; ++i) {
-    impl->workers.emplace_back([raw] { raw->Work(); });
-  }
-  impl->runner = std::thread([raw] { raw->Run(); });
-  absl::Status first;
-  {
-    absl::MutexLock lock(&impl->mu);
-    auto known = [raw]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(raw->mu) { return raw->first_known; };
-    if (!impl->mu.AwaitWithTimeout(absl::Condition(&known), impl->options.start_timeout)) {
-      first = absl::DeadlineExceededError(absl::StrCat(
-          "dms::Consumer: no broker answered the subscription to '", impl->options.topic,
-          "' within ", absl::FormatDuration(impl->options.start_timeout)));
-    } else {
-      first = impl->first_status;
+  impl->placement = std::make_unique<PlacementWatch>(rpc->registry());
+  absl::StatusOr<std::optional<Placement>> placed = impl->placement->Get(impl->options.topic);
+  if (!placed.ok()) return placed.status();
+  std::vector<std::string> groups =
+      placed->has_value() ? (*placed)->Groups() : std::vector<std::string>{""};
+  for (const std::string& g : groups) {
+    if (absl::Status st = impl->Join(g, true); !st.ok()) {
+      impl->Stop();
+      return st;
     }
   }
-  if (!first.ok()) {
-    impl->Stop();
-    return first;
-  }
+  // Groups named from now on get a stream too.
+  Impl* raw = impl.get();
+  impl->placement->OnChange(impl->options.topic,
+                            [raw](const std::optional<Placement>& p) { raw->Placed(p); });
   return std::unique_ptr<Consumer>(new Consumer(std::move(impl)));
 }
 

@@ -5,6 +5,7 @@
 #include <deque>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -12,6 +13,7 @@
 #include "formica/dms/v1/dms.grpc.pb.h"
 #include "formica/rpc/call_context.h"
 #include "formica/rpc/client.h"
+#include "placement_watch.h"
 #include "stream_call.h"
 
 namespace formica::dms {
@@ -24,46 +26,79 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
   struct Pending {
     OutgoingMessage message;
     std::function<void(absl::StatusOr<SendReceipt>)> done;
+    int queue = -1;  // chosen here from the topic's placement; -1: the broker picks
+    absl::Time refused_since = absl::InfiniteFuture();  // first refused by a moving queue
   };
   struct TopicQueue {
     std::deque<Pending> waiting;
     int outstanding = 0;
   };
+  // Sends are batched per topic and broker group.
+  using Route = std::pair<std::string, std::string>;  // (topic, group)
 
   ProducerOptions options;
   rpc::Client* rpc = nullptr;
+  std::unique_ptr<PlacementWatch> placement;
+  std::atomic<uint64_t> round_robin{0};
   absl::Mutex mu;
-  std::map<std::string, TopicQueue> topics ABSL_GUARDED_BY(mu);
+  std::map<Route, TopicQueue> topics ABSL_GUARDED_BY(mu);
   int64_t unanswered ABSL_GUARDED_BY(mu) = 0;  // sends not answered yet
+
+  // Where a message goes: its queue (by the broker's rule) and that
+  // queue's group, when the topic has a placement.
+  absl::Status Place(const std::string& topic, Pending& p, std::string* group, bool refresh) {
+    absl::StatusOr<std::optional<Placement>> got =
+        refresh ? placement->Refresh(topic) : placement->Get(topic);
+    if (!got.ok()) return got.status();
+    group->clear();
+    if (!got->has_value()) return absl::OkStatus();
+    const Placement& pl = **got;
+    if (p.queue < 0 || p.queue >= pl.queues()) {
+      p.queue = p.message.key.empty()
+                    ? static_cast<int>(round_robin.fetch_add(1) % pl.groups.size())
+                    : QueueForKey(p.message.key, pl.queues());
+    }
+    *group = pl.groups[p.queue];
+    return absl::OkStatus();
+  }
 
   void SendAsync(const std::string& topic, OutgoingMessage message,
                  std::function<void(absl::StatusOr<SendReceipt>)> done) {
+    Pending p{std::move(message), std::move(done)};
+    std::string group;
+    if (absl::Status st = Place(topic, p, &group, false); !st.ok()) {
+      p.done(st);
+      return;
+    }
     {
       absl::MutexLock lock(&mu);
       ++unanswered;
-      topics[topic].waiting.push_back(Pending{std::move(message), std::move(done)});
+      topics[{topic, group}].waiting.push_back(std::move(p));
     }
-    Pump(topic);
+    Pump({topic, group});
   }
 
-  // Starts calls for what waits, while the topic has room for them.
-  void Pump(const std::string& topic) {
+  // Starts calls for what waits, while the route has room for them.
+  void Pump(const Route& route) {
     while (true) {
       std::vector<Pending> batch;
       {
         absl::MutexLock lock(&mu);
-        TopicQueue& q = topics[topic];
+        TopicQueue& q = topics[route];
         if (q.waiting.empty() || q.outstanding >= options.max_outstanding) return;
         size_t bytes = 0;
+        // One call names every message's queue or none.
+        bool chosen = q.waiting.front().queue >= 0;
         while (!q.waiting.empty() && batch.size() < static_cast<size_t>(options.max_batch) &&
-               (batch.empty() || bytes < kMaxBatchBytes)) {
+               (batch.empty() || bytes < kMaxBatchBytes) &&
+               (q.waiting.front().queue >= 0) == chosen) {
           bytes += q.waiting.front().message.body.size();
           batch.push_back(std::move(q.waiting.front()));
           q.waiting.pop_front();
         }
         ++q.outstanding;
       }
-      Call(topic, std::move(batch));
+      Call(route, std::move(batch));
     }
   }
 
@@ -75,30 +110,39 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
     absl::Time give_up;  // for retries while no broker is reachable
   };
 
-  void Call(const std::string& topic, std::vector<Pending> batch) {
+  void Call(const Route& route, std::vector<Pending> batch) {
     using State = CallState;
     auto state = std::make_shared<State>();
-    state->request.set_topic(topic);
+    state->request.set_topic(route.first);
     state->request.set_producer_group(options.producer_group);
     bool all_dedup = true;
     for (Pending& p : batch) {
-      *state->request.add_messages() = ToMessage(p.message);
+      v1::Message m = ToMessage(p.message);
+      *state->request.add_messages() = m;
+      if (p.queue >= 0) state->request.add_queues(p.queue);
       all_dedup = all_dedup && !p.message.dedup_key.empty();
     }
     state->batch = std::move(batch);
     state->all_dedup = all_dedup;
     state->give_up = absl::Now() + options.unavailable_retry;
-    Attempt(topic, state);
+    Attempt(route, state);
   }
 
-  void Attempt(const std::string& topic, std::shared_ptr<CallState> state) {
+  // A send refused because a queue of it is moving to another broker group
+  // (nothing of it was stored).
+  static bool Moving(const absl::Status& st) {
+    return absl::IsFailedPrecondition(st) && (absl::StrContains(st.message(), "moved to") ||
+                                              absl::StrContains(st.message(), "is moving here"));
+  }
+
+  void Attempt(const Route& route, std::shared_ptr<CallState> state) {
     rpc::CallOptions co;
     co.timeout = options.timeout;
     co.idempotent = state->all_dedup;
     co.inherit_current = false;
     std::shared_ptr<Impl> self = shared_from_this();
     rpc->CallAsync(
-        kBrokerService, co,
+        BrokerServiceOf(route.second), co,
         [state](const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext* ctx,
                 std::function<void(grpc::Status)> done) {
           state->reply.Clear();
@@ -107,14 +151,19 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
           v1::Broker::NewStub(channel)->async()->Produce(ctx, &state->request, &state->reply,
                                                          std::move(done));
         },
-        [self, state, topic](absl::Status st) {
+        [self, state, route](absl::Status st) {
           if (state->all_dedup && (absl::IsUnavailable(st) || absl::IsDeadlineExceeded(st)) &&
               absl::Now() + absl::Milliseconds(100) < state->give_up) {
             // Not on gRPC's thread: a short wait, then the same call again.
-            std::thread([self, state, topic] {
+            std::thread([self, state, route] {
               absl::SleepFor(absl::Milliseconds(100));
-              self->Attempt(topic, state);
+              self->Attempt(route, state);
             }).detach();
+            return;
+          }
+          if (Moving(st)) {
+            // Not on gRPC's thread: the placement is read again.
+            std::thread([self, state, route, st] { self->Reroute(route, state, st); }).detach();
             return;
           }
           if (st.ok() && state->reply.receipts_size() != state->request.messages_size()) {
@@ -130,13 +179,59 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
             const v1::Receipt& r = state->reply.receipts(static_cast<int>(i));
             state->batch[i].done(SendReceipt{r.queue(), r.offset(), r.duplicate()});
           }
-          {
-            absl::MutexLock lock(&self->mu);
-            --self->topics[topic].outstanding;
-            self->unanswered -= static_cast<int64_t>(state->batch.size());
-          }
-          self->Pump(topic);
+          self->Answered(route, state->batch.size());
         });
+  }
+
+  void Answered(const Route& route, size_t messages) {
+    {
+      absl::MutexLock lock(&mu);
+      --topics[route].outstanding;
+      unanswered -= static_cast<int64_t>(messages);
+    }
+    Pump(route);
+  }
+
+  // A refused batch's messages wait again, at the front of their queues'
+  // routes as the placement now says (each keeps its queue), after a short
+  // pause; one refused for longer than unavailable_retry fails with the
+  // refusal.
+  void Reroute(const Route& route, std::shared_ptr<CallState> state, const absl::Status& refusal) {
+    absl::SleepFor(absl::Milliseconds(100));
+    absl::Time now = absl::Now();
+    absl::Status read = placement->Refresh(route.first).status();
+    std::map<Route, std::vector<Pending>> again;
+    size_t failed = 0;
+    for (size_t i = 0; i < state->batch.size(); ++i) {
+      Pending& p = state->batch[i];
+      // The request took the body (ToMessage); it goes out again.
+      p.message.body =
+          std::move(*state->request.mutable_messages(static_cast<int>(i))->mutable_body());
+      if (p.refused_since == absl::InfiniteFuture()) p.refused_since = now;
+      std::string group = route.second;
+      absl::Status st = now - p.refused_since > options.unavailable_retry ? refusal
+                        : read.ok() ? Place(route.first, p, &group, false)
+                                    : read;
+      if (!st.ok()) {
+        p.done(st);
+        ++failed;
+        continue;
+      }
+      again[{route.first, group}].push_back(std::move(p));
+    }
+    {
+      absl::MutexLock lock(&mu);
+      --topics[route].outstanding;
+      unanswered -= static_cast<int64_t>(failed);
+      for (auto& [r, list] : again) {
+        std::deque<Pending>& waiting = topics[r].waiting;
+        for (auto it = list.rbegin(); it != list.rend(); ++it) waiting.push_front(std::move(*it));
+      }
+    }
+    Pump(route);
+    for (const auto& [r, list] : again) {
+      if (r != route) Pump(r);
+    }
   }
 
   void Flush() {
@@ -283,6 +378,7 @@ absl::StatusOr<std::unique_ptr<Producer>> Producer::Create(ProducerOptions optio
   auto impl = std::make_shared<Impl>();
   impl->options = std::move(options);
   impl->rpc = rpc;
+  impl->placement = std::make_unique<PlacementWatch>(rpc->registry());
   if (impl->options.checker) {
     Impl* raw = impl.get();
     impl->check_thread = std::thread([raw] { raw->CheckLoop(); });

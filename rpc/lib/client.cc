@@ -729,8 +729,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options,
   if (absl::Status st = CheckOptions(options); !st.ok()) return st;
   auto discovery = std::make_unique<RegistryDiscovery>(registry);
   Discovery* raw = discovery.get();
-  return std::unique_ptr<Client>(new Client(
+  std::unique_ptr<Client> client(new Client(
       std::make_unique<Impl>(std::move(options), raw, Clock::Real(), std::move(discovery))));
+  client->registry_ = registry;
+  return client;
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -91,11 +91,16 @@ class DmsTest : public RegistryTest {
   // dmsd's command line: this fixture's port, data dir and registry, the
   // fixture's flags, then `extra`.
   std::vector<std::string> DmsdCommand(const std::vector<std::string>& extra = {}) const {
+    return DmsdCommandAt(port_, dir_.File("dmsd"), extra);
+  }
+  // The same for another dmsd: its port and data dir.
+  std::vector<std::string> DmsdCommandAt(int port, const std::string& data_dir,
+                                         const std::vector<std::string>& extra) const {
     std::vector<std::string> argv = {formica::testing::BinaryPath("dms/dmsd"),
                                      "--listen",
-                                     absl::StrCat("127.0.0.1:", port_),
+                                     absl::StrCat("127.0.0.1:", port),
                                      "--data-dir",
-                                     dir_.File("dmsd"),
+                                     data_dir,
                                      "--registry",
                                      dsrd_->address(),
                                      "--set",

@@ -34,8 +34,10 @@ class DmsGroupTest : public formica::registry::testing::RegistryTest {
 
   // Writes the three members' configs with `topics` (NAME:QUEUES each).
   // Snapshots: dmsd's defaults unless given.
+  // With `broker_group`, the group's name (docs/dms.md, "Several broker
+  // groups").
   void WriteConfigs(const std::vector<std::string>& topics, int snapshot_threshold = 4096,
-                    int snapshot_trailing = 65536) {
+                    int snapshot_trailing = 65536, const std::string& broker_group = "") {
     members_.resize(3);
     for (int i = 0; i < 3; ++i) {
       members_[i].id = i + 1;
@@ -51,6 +53,7 @@ class DmsGroupTest : public formica::registry::testing::RegistryTest {
     for (Member& m : members_) {
       m.config_path = dir_.File(absl::StrCat("dmsd", m.id, ".yaml"));
       std::ofstream(m.config_path) << absl::StrCat(
+          broker_group.empty() ? "" : absl::StrCat("broker_group: ", broker_group, "\n"),
           "server:\n  listen: 127.0.0.1:", m.port, "\n  unpublish_grace: 0s\n",
           "registry:\n  addresses: [\"", dsrd_->address(), "\"]\n",
           "storage:\n  data_dir: ", dir_.File(absl::StrCat("dmsd", m.id)), "\n",

@@ -178,6 +178,29 @@ TEST_F(PermissionsTest, TopicsAndOperatorCommandsAtTheBrokerAndCoordinator) {
   dms::OutgoingMessage m;
   m.body = "x";
   EXPECT_TRUE((*producer)->Send("payments", m).ok());
+  // Moving a queue to another broker group is an operator act, step by step.
+  {
+    auto stub = dms::v1::Broker::NewStub(grpc::CreateChannel(dms, formica::ChannelCredentials()));
+    grpc::ClientContext ctx;
+    dms::v1::SealQueueRequest seal;
+    seal.set_topic("payments");
+    seal.set_queue(0);
+    seal.set_to_group("g2");
+    dms::v1::SealQueueReply sealed;
+    grpc::Status st = stub->SealQueue(&ctx, seal, &sealed);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+    EXPECT_NE(st.error_message().find("may not operate 'dms'"), std::string::npos)
+        << st.error_message();
+    grpc::ClientContext read_ctx;
+    dms::v1::ReadQueueRequest read;
+    read.set_topic("payments");
+    dms::v1::ReadQueueReply got;
+    EXPECT_EQ(stub->ReadQueue(&read_ctx, read, &got).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+  }
+  for (int i = 0; i < 16; ++i) {  // nothing sealed: every queue takes messages
+    EXPECT_TRUE((*producer)->Send("payments", m).ok());
+  }
   auto refused = (*producer)->Send("audit", m);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied) << refused.status();
   EXPECT_NE(refused.status().message().find(
@@ -206,9 +229,10 @@ TEST_F(PermissionsTest, TopicsAndOperatorCommandsAtTheBrokerAndCoordinator) {
   int audit_queues = 0;
   for (absl::string_view line : absl::StrSplit(topics_out, '\n')) {
     std::vector<std::string> cols = absl::StrSplit(line, ' ', absl::SkipEmpty());
-    if (cols.size() == 5 && cols[0] == "audit") {
+    // TOPIC QUEUE GROUP LEADER FIRST END BYTES
+    if (cols.size() == 7 && cols[0] == "audit") {
       ++audit_queues;
-      EXPECT_EQ(cols[3], "0") << line;
+      EXPECT_EQ(cols[5], "0") << line;
     }
   }
   EXPECT_GT(audit_queues, 0) << topics_out;

@@ -15,22 +15,8 @@ int Dms(const Flags& f, const std::vector<std::string>& args) {
   auto stub = dms::Broker::NewStub(grpc::CreateChannel(f.dms, formica::ChannelCredentials()));
   auto context = [&f] { return CallContext(f); };
   const std::string& cmd = args[1];
-  if (cmd == "topics" && args.size() == 2) {
-    dms::ListTopicsReply reply;
-    grpc::Status st = stub->ListTopics(context().get(), dms::ListTopicsRequest(), &reply);
-    if (!st.ok()) return Fail(st);
-    if (f.output == Output::kJson) return PrintJson(reply);
-    std::printf("%-32s %5s %14s %14s %12s\n", "TOPIC", "QUEUE", "FIRST", "END", "BYTES");
-    for (const dms::TopicInfo& t : reply.topics()) {
-      for (const dms::QueueInfo& q : t.queues()) {
-        std::printf("%-32s %5d %14llu %14llu %12llu\n", t.name().c_str(), q.queue(),
-                    static_cast<unsigned long long>(q.first_offset()),
-                    static_cast<unsigned long long>(q.end_offset()),
-                    static_cast<unsigned long long>(q.bytes()));
-      }
-    }
-    return 0;
-  }
+  if (cmd == "topics" && args.size() == 2) return DmsTopics(f);
+  if (cmd == "move-queue" && args.size() == 4) return DmsMoveQueue(f, args);
   if (cmd == "create-topic" && args.size() == 3) {
     dms::CreateTopicRequest req;
     req.set_name(args[2]);

@@ -57,7 +57,11 @@ dts commands (business activities at dtsd):
   dts settle ID --reason TEXT [--yes]  mark its unfinished actions done by hand and finish it
 
 dms commands (messages at dmsd):
-  dms topics                           each topic's queues: first and end offset, bytes
+  dms topics                           each topic's queues: broker group, its leader, first
+                                       and end offset, bytes
+  dms move-queue TOPIC QUEUE --to GROUP
+                                       move a queue to another broker group (GROUP "default":
+                                       the default group); run it again to finish one cut short
   dms create-topic NAME [--queues N]   N: the broker's default when left out
   dms lag GROUP [--topic T]            per queue: committed offset, end, messages not acked
   dms dlq GROUP [--topic T] [--limit N] [--replay [--yes]]

@@ -9,6 +9,7 @@
 //   config.cc    config ...
 //   dts.cc       dts ... (business activities at dtsd)
 //   dms.cc       dms ... (messages at dmsd)
+//   dms_groups.cc dms topics, dms move-queue (across broker groups)
 //   traffic*.cc  traffic ... (routes, shares and shifts of a service's calls)
 //   release*.cc  release ... (a new version rolled out by groups)
 //   release*.cc  release ... (a new version rolled out by groups)
@@ -118,6 +119,9 @@ int Cluster(const Flags& flags, const std::vector<std::string>& args);
 int Config(const Flags& flags, const std::vector<std::string>& args);
 int Dts(const Flags& flags, const std::vector<std::string>& args);
 int Dms(const Flags& flags, const std::vector<std::string>& args);
+// dms_groups.cc: `dms topics` and `dms move-queue` (broker groups).
+int DmsTopics(const Flags& flags);
+int DmsMoveQueue(const Flags& flags, const std::vector<std::string>& args);
 int Audit(const Flags& flags, const std::vector<std::string>& args);
 int Traffic(const Flags& flags, const std::vector<std::string>& args);
 int Release(const Flags& flags, const std::vector<std::string>& args);

@@ -158,6 +158,10 @@ class Client {
   void CallAsync(absl::string_view service, const CallOptions& options, AsyncAttempt attempt,
                  std::function<void(absl::Status)> done);
 
+  // The registry this client finds providers through, when it was created
+  // over one (else null). Borrowed.
+  registry::Client* registry() const { return registry_; }
+
   class Impl;
 
  private:
@@ -173,6 +177,7 @@ class Client {
 
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
+  registry::Client* registry_ = nullptr;
 };
 
 }  // namespace formica::rpc

@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "message_log.h"
+#include "formica/internal/dms_placement.h"
 
 namespace formica::dms {
 namespace {

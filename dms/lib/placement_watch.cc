@@ -1,0 +1,116 @@
+#include "placement_watch.h"
+
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+#include "formica/registry/client.h"
+
+namespace formica::dms {
+
+PlacementWatch::~PlacementWatch() {
+  if (registry_ == nullptr) return;
+  std::vector<uint64_t> watches;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [topic, k] : known_) {
+      if (k.watch != 0) watches.push_back(k.watch);
+    }
+  }
+  for (uint64_t w : watches) registry_->Unwatch(w);
+}
+
+absl::StatusOr<std::optional<Placement>> PlacementWatch::Get(const std::string& topic) {
+  return Read(topic, false);
+}
+
+absl::StatusOr<std::optional<Placement>> PlacementWatch::Refresh(const std::string& topic) {
+  return Read(topic, true);
+}
+
+absl::StatusOr<std::optional<Placement>> PlacementWatch::Read(const std::string& topic,
+                                                              bool force) {
+  if (registry_ == nullptr) return std::optional<Placement>();
+  bool watching = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = known_.find(topic);
+    if (it != known_.end() && it->second.read && !force) {
+      if (!it->second.error.ok()) return it->second.error;
+      return it->second.placement;
+    }
+    watching = it != known_.end() && it->second.watch != 0;
+  }
+  absl::StatusOr<registry::ConfigValue> v = registry_->GetConfig(PlacementKey(topic));
+  if (absl::IsNotFound(v.status())) v = registry::ConfigValue();  // no entry
+  if (!watching) {
+    absl::StatusOr<uint64_t> w =
+        registry_->WatchConfig(PlacementKey(topic), [this, topic](const registry::ConfigValue& c) {
+          Take(topic, c.version, c.exists, c.value);
+        });
+    bool extra = false;
+    if (w.ok()) {
+      absl::MutexLock lock(&mu_);
+      uint64_t& watch = known_[topic].watch;
+      extra = watch != 0;  // another caller's watch came first
+      if (!extra) watch = *w;
+    }
+    if (extra) registry_->Unwatch(*w);
+  }
+  if (!v.ok()) {
+    absl::Status st = absl::UnavailableError(absl::StrCat(
+        "reading the placement of topic '", topic, "' from the registry: ", v.status().message()));
+    if (force) return st;
+    // Never read yet: the default group, as before placements existed (a
+    // queue moved away from it is refused there, and read again then; the
+    // watch delivers the placement once the registry answers).
+    SPDLOG_WARN("{}; sending to the default broker group meanwhile", std::string(st.message()));
+    return std::optional<Placement>();
+  }
+  Take(topic, v->version, v->exists, v->value);
+  absl::MutexLock lock(&mu_);
+  const Known& k = known_[topic];
+  if (!k.error.ok()) return k.error;
+  return k.placement;
+}
+
+void PlacementWatch::Take(const std::string& topic, uint64_t version, bool exists,
+                          const std::string& value) {
+  std::vector<std::function<void(const std::optional<Placement>&)>> listeners;
+  std::optional<Placement> placement;
+  {
+    absl::MutexLock lock(&mu_);
+    Known& k = known_[topic];
+    // Newer: a higher version, or at one version an entry over none (a key
+    // never written reads as version 0; a deletion has a version of its own).
+    auto order = [](uint64_t v, bool e) { return std::make_pair(v, e); };
+    if (k.read && order(version, exists) < order(k.version, k.exists)) return;
+    bool changed = !k.read || order(version, exists) > order(k.version, k.exists);
+    k.read = true;
+    k.version = version;
+    k.exists = exists;
+    k.error = absl::OkStatus();
+    k.placement.reset();
+    if (exists) {
+      absl::StatusOr<Placement> p = ParsePlacement(value);
+      if (p.ok()) {
+        k.placement = *std::move(p);
+      } else {
+        k.error = absl::InvalidArgumentError(
+            absl::StrCat("the registry entry ", PlacementKey(topic), ": ", p.status().message()));
+        SPDLOG_WARN("{}", std::string(k.error.message()));
+      }
+    }
+    if (!changed) return;
+    listeners = k.listeners;
+    placement = k.placement;
+  }
+  for (auto& l : listeners) l(placement);
+}
+
+void PlacementWatch::OnChange(const std::string& topic,
+                              std::function<void(const std::optional<Placement>&)> changed) {
+  absl::MutexLock lock(&mu_);
+  known_[topic].listeners.push_back(std::move(changed));
+}
+
+}  // namespace formica::dms
