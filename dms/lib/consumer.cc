@@ -64,6 +64,7 @@ class GroupStream {
   // The first session's outcome, for Start.
   bool first_known ABSL_GUARDED_BY(mu) = false;
   absl::Status first_status ABSL_GUARDED_BY(mu);
+  absl::Status first_retry_error ABSL_GUARDED_BY(mu);  // the last, while none is known
 
   std::thread runner;
   std::vector<std::thread> workers;
@@ -92,8 +93,15 @@ class GroupStream {
         outgoing.Clear();
         unconfirmed.clear();
         if (!first_known) {
-          first_known = true;
-          first_status = st.ok() ? absl::UnavailableError("the broker ended the stream") : st;
+          if (absl::IsUnavailable(st) || absl::IsDeadlineExceeded(st)) {
+            // No broker took it yet (a broker group's follower, a dead
+            // leader still listed, an election): Start keeps trying
+            // within its start_timeout.
+            first_retry_error = st;
+          } else {
+            first_known = true;
+            first_status = st.ok() ? absl::UnavailableError("the broker ended the stream") : st;
+          }
         }
         if (stopping) return;
       }
@@ -256,9 +264,11 @@ class GroupStream {
       absl::MutexLock lock(&mu);
       auto known = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return first_known; };
       if (!mu.AwaitWithTimeout(absl::Condition(&known), options.start_timeout)) {
-        first = absl::DeadlineExceededError(
-            absl::StrCat("dms::Consumer: no broker of ", service, " answered the subscription to '",
-                         options.topic, "' within ", absl::FormatDuration(options.start_timeout)));
+        first = absl::DeadlineExceededError(absl::StrCat(
+            "dms::Consumer: no broker of ", service, " answered the subscription to '",
+            options.topic, "' within ", absl::FormatDuration(options.start_timeout),
+            first_retry_error.ok() ? std::string()
+                                   : absl::StrCat(" (last: ", first_retry_error.message(), ")")));
       } else {
         first = first_status;
       }

@@ -559,6 +559,37 @@ TEST_F(DmsTest, SigtermEndsCleanlyAndConsumersResumeAfterRestart) {
   EXPECT_EQ(seen.redelivered_after_confirm, 0);
 }
 
+// A consumer started while no broker serves (a broker group electing, a
+// dead leader still listed) waits within its start_timeout and subscribes
+// once one does, rather than failing at its first UNAVAILABLE.
+TEST_F(DmsTest, AConsumerStartedBeforeAnyBrokerSubscribesOnceOneServes) {
+  CreateTopic("late", 2);
+  EXPECT_EQ(dmsd_->Terminate(absl::Seconds(10)), 0) << dmsd_->Output();
+  Seen seen;
+  ConsumerOptions o = Options("latecomers", "late", &seen);
+  o.start_timeout = absl::Seconds(20);
+  o.reconnect_delay = absl::Milliseconds(100);
+  std::unique_ptr<Consumer> consumer;
+  std::thread starting([&] { consumer = Consume(o, &seen); });
+  absl::SleepFor(absl::Seconds(1));
+  StartDmsd();
+  starting.join();
+  ASSERT_NE(consumer, nullptr);
+  auto producer = NewProducer();
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(producer->Send("late", Msg(absl::StrCat("l", i))).ok());
+  EXPECT_TRUE(seen.WaitConfirmed(10, absl::Seconds(10)));
+  // With no broker at all, Start gives up after start_timeout naming why.
+  EXPECT_EQ(dmsd_->Terminate(absl::Seconds(10)), 0) << dmsd_->Output();
+  o.start_timeout = absl::Milliseconds(500);
+  auto none = Consumer::Start(
+      o, [](const ReceivedMessage&) { return ConsumeResult::kSuccess; }, rpc_.get());
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kDeadlineExceeded) << none.status();
+  EXPECT_NE(none.status().message().find("answered the subscription to 'late'"),
+            absl::string_view::npos)
+      << none.status();
+}
+
 TEST_F(DmsTest, RetentionRemovesOldFilesAndGroupsMovePastThem) {
   dmsd_->Kill();
   StartDmsd({"--set", "storage.segment_bytes=4096", "--set", "retention.max_bytes_per_queue=8192",

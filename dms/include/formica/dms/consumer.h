@@ -73,7 +73,11 @@ struct ConsumerOptions {
   absl::Duration ack_timeout = absl::ZeroDuration();  // 0: the broker's default
   int threads = 4;                                    // handler threads
   absl::Duration reconnect_delay = absl::Milliseconds(200);
-  absl::Duration start_timeout = absl::Seconds(5);  // Start waits this long for the broker
+  // Start waits this long for a broker to take the subscription, trying
+  // again (every reconnect_delay) while none is reachable or the one reached
+  // answers UNAVAILABLE (a broker group's follower, a dead leader still
+  // listed); then DEADLINE_EXCEEDED naming the last error.
+  absl::Duration start_timeout = absl::Seconds(5);
   // Called once the broker has made an ack durable (the message will not
   // come again), on a consumer thread. Optional.
   std::function<void(const ReceivedMessage&)> on_acked;
