@@ -299,14 +299,25 @@ void RaftNode::Impl::RaftCloseCb(struct raft* r) {
 int RaftNode::Impl::AppendHook(raft_io* io, raft_io_append* req, const raft_entry* entries,
                                unsigned n, raft_io_append_cb cb) {
   Impl* impl = loop_node;
+  // Recorded first: libuv's append may queue the request (and answer it
+  // later) even when it reports an error.
+  impl->appending[req] = cb;
   int rv = impl->uv_append(io, req, entries, n, AppendDone);
-  if (rv == 0) impl->appending[req] = cb;
+  if (rv == RAFT_IOERR || rv == RAFT_NOSPACE) {
+    impl->IoFailed(absl::StrCat("writing its log failed at once: ", raft_strerror(rv), " (",
+                                impl->io.errmsg, ")"));
+  }
+  if (rv != 0) impl->appending.erase(req);
   return rv;
 }
 
 void RaftNode::Impl::AppendDone(raft_io_append* req, int status) {
   Impl* impl = loop_node;
   auto it = impl->appending.find(req);
+  if (it == impl->appending.end()) {
+    impl->IoFailed(
+        absl::StrCat("its log write answered a request it does not know (status ", status, ")"));
+  }
   raft_io_append_cb cb = it->second;
   impl->appending.erase(it);
   if (status != 0 && status != RAFT_CANCELED) {

@@ -41,12 +41,24 @@ class InfoLog : public rocksdb::Logger {
 
   using rocksdb::Logger::Logv;
   void Logv(const char* format, va_list ap) override {
+    // Whole messages: RocksDB's statistics dumps run to several KiB.
     char text[2048];
+    va_list again;
+    va_copy(again, ap);
     int n = std::vsnprintf(text, sizeof text, format, ap);
+    std::string message;
+    if (n >= 0 && static_cast<size_t>(n) >= sizeof text) {
+      message.resize(static_cast<size_t>(n) + 1);
+      n = std::vsnprintf(message.data(), message.size(), format, again);
+      message.resize(n < 0 ? 0 : static_cast<size_t>(n));
+    } else if (n >= 0) {
+      message.assign(text, static_cast<size_t>(n));
+    }
+    va_end(again);
     if (n < 0) return;
     std::string line =
         absl::StrCat(absl::FormatTime("%Y/%m/%d-%H:%M:%E6S ", absl::Now(), absl::LocalTimeZone()),
-                     absl::string_view(text, std::min<size_t>(n, sizeof text - 1)), "\n");
+                     message, "\n");
     // One write per line (O_APPEND): whole lines from any thread.
     if (::write(fd_, line.data(), line.size()) < 0) return;
   }

@@ -358,8 +358,15 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
     absl::Status st = write();
     if (st.ok()) return;
     if (!DiskFull(st)) ApplyFailed(index, st.ToString());
+    if (leading_term != 0) {
+      // A leader waiting here would keep answering as leader, its calls
+      // hanging, while the others elect another: it stops instead, and
+      // restarted it follows and applies the entry again from its log.
+      ApplyFailed(index, absl::StrCat("its disk is full while it leads its broker group (",
+                                      st.ToString(), "); another member takes over"));
+    }
     SPDLOG_ERROR(
-        "dmsd cannot apply entry {} of its broker group's log: the disk is full: {}. This member "
+        "dmsd waits to apply entry {} of its broker group's log: the disk is full: {}. This member "
         "waits, out of its group's commits (the others go on), and tries again every {}; make room "
         "on the disk and it catches up by itself",
         index, st.ToString(), absl::FormatDuration(kDiskFullRetry));
