@@ -89,6 +89,18 @@ v1::StoredMessage ProduceEngine::Stored(const v1::Message& m, const std::string&
   return s;
 }
 
+// The queue the broker picks: the key's, or for a keyless message the next
+// in turn that is not held (sealed for a move, or moving in), so that a
+// client that names no queue is not refused for a queue it did not choose.
+int ProduceEngine::PickQueue(TopicState& t, const std::string& key) {
+  int q = t.topic->QueueFor(key);
+  if (!key.empty() || holds_ == nullptr) return q;
+  for (int tries = 1; tries < t.topic->queues() && holds_->Find(t.name, q).has_value(); ++tries) {
+    q = t.topic->QueueFor(key);
+  }
+  return q;
+}
+
 // A committed half message goes into its topic once (its dedup key).
 absl::StatusOr<v1::Receipt> ProduceEngine::ProduceOne(const std::string& topic,
                                                       v1::StoredMessage m) {
@@ -96,7 +108,7 @@ absl::StatusOr<v1::Receipt> ProduceEngine::ProduceOne(const std::string& topic,
   if (t == nullptr) return absl::NotFoundError(absl::StrCat("topic '", topic, "' is gone"));
   v1::ProduceReply reply;
   reply.add_receipts();
-  std::vector<int> queues = {t->topic->QueueFor(m.key())};
+  std::vector<int> queues = {PickQueue(*t, m.key())};
   auto one = std::make_shared<std::vector<v1::StoredMessage>>();
   one->push_back(std::move(m));
   absl::Notification done;
@@ -211,8 +223,7 @@ absl::Status ProduceEngine::Prepare(const v1::ProduceRequest& req, v1::ProduceRe
   }
   queues->resize(n);
   for (int i = 0; i < n; ++i) {
-    (*queues)[i] =
-        req.queues_size() > 0 ? req.queues(i) : t->topic->QueueFor(req.messages(i).key());
+    (*queues)[i] = req.queues_size() > 0 ? req.queues(i) : PickQueue(*t, req.messages(i).key());
   }
   reply->mutable_receipts()->Reserve(n);
   for (int i = 0; i < n; ++i) reply->add_receipts();

@@ -67,6 +67,7 @@ class ProduceEngine {
                            int64_t now) const;
   absl::Status Prepare(const v1::ProduceRequest& req, v1::ProduceReply* reply, TopicState** topic,
                        std::vector<v1::StoredMessage>* stored, std::vector<int>* queues);
+  int PickQueue(TopicState& t, const std::string& key);
   absl::Status Admit(TopicState& t, const std::vector<int>& queues,
                      std::function<void(absl::Status)>* finish);
   void ProducePlain(TopicState& t, std::shared_ptr<std::vector<v1::StoredMessage>> stored,

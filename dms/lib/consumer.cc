@@ -286,7 +286,7 @@ class Consumer::Impl {
   ConsumerOptions options;
   MessageHandler handler;
   rpc::Client* rpc = nullptr;
-  std::unique_ptr<PlacementWatch> placement;
+  std::unique_ptr<PlacementWatch> placement;  // moved out under mu by Stop
   absl::Mutex mu;
   bool stopped ABSL_GUARDED_BY(mu) = false;
   std::map<std::string, std::unique_ptr<GroupStream>> streams ABSL_GUARDED_BY(mu);
@@ -316,10 +316,18 @@ class Consumer::Impl {
   }
 
   void Stop() {
-    std::vector<GroupStream*> all;
+    // The watch goes first, outside mu: its callbacks join streams (under
+    // mu), and its destructor waits for one under way, which sees stopped.
+    std::unique_ptr<PlacementWatch> watch;
     {
       absl::MutexLock lock(&mu);
       stopped = true;
+      watch = std::move(placement);
+    }
+    watch.reset();
+    std::vector<GroupStream*> all;
+    {
+      absl::MutexLock lock(&mu);
       for (auto& [g, s] : streams) all.push_back(s.get());
     }
     for (GroupStream* s : all) s->Stop();
@@ -358,6 +366,12 @@ absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Start(ConsumerOptions option
   Impl* raw = impl.get();
   impl->placement->OnChange(impl->options.topic,
                             [raw](const std::optional<Placement>& p) { raw->Placed(p); });
+  // A placement that changed while the joins above waited reached no
+  // listener: read it again now that one listens.
+  if (absl::StatusOr<std::optional<Placement>> now = impl->placement->Get(impl->options.topic);
+      now.ok()) {
+    raw->Placed(*now);
+  }
   return std::unique_ptr<Consumer>(new Consumer(std::move(impl)));
 }
 

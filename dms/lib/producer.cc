@@ -54,9 +54,12 @@ class Producer::Impl : public std::enable_shared_from_this<Producer::Impl> {
     if (!got->has_value()) return absl::OkStatus();
     const Placement& pl = **got;
     if (p.queue < 0 || p.queue >= pl.queues()) {
-      p.queue = p.message.key.empty()
-                    ? static_cast<int>(round_robin.fetch_add(1) % pl.groups.size())
-                    : QueueForKey(p.message.key, pl.queues());
+      // A keyless message with a dedup key goes by its dedup key: a resend
+      // reaches the same queue, so the same group's dedup index, wherever
+      // the topic's queues are.
+      const std::string& by = p.message.key.empty() ? p.message.dedup_key : p.message.key;
+      p.queue = by.empty() ? static_cast<int>(round_robin.fetch_add(1) % pl.groups.size())
+                           : QueueForKey(by, pl.queues());
     }
     *group = pl.groups[p.queue];
     return absl::OkStatus();

@@ -171,11 +171,29 @@ TEST_F(DmsGroupsTest, ATopicPlacedAcrossTwoGroupsSendsEachKeyToItsQueuesGroup) {
   }
   EXPECT_EQ(total, 200u);
 
+  // A keyless message sent again with its dedup key (a retry after a lost
+  // answer) reaches the same queue, so the same group, and is stored once.
+  for (int i = 0; i < 8; ++i) {
+    OutgoingMessage m = Msg(absl::StrCat("keyless", i), "");
+    m.dedup_key = m.body;
+    auto first = producer->Send("orders", m);
+    auto again = producer->Send("orders", m);
+    ASSERT_TRUE(first.ok() && again.ok()) << first.status() << again.status();
+    EXPECT_TRUE(again->duplicate) << m.dedup_key << " stored twice";
+    EXPECT_EQ(again->queue, first->queue);
+    EXPECT_EQ(again->offset, first->offset);
+  }
+  def = Queues(*broker_, "orders");
+  two = Queues(*g2_, "orders");
+  uint64_t keyless_total = 0;
+  for (int q = 0; q < 4; ++q) keyless_total += (q % 2 == 0 ? def : two)[q].end_offset();
+  EXPECT_EQ(keyless_total, 208u) << "each keyless message stored once";
+
   // One consumer group gets every message, from both groups.
   Seen seen;
   auto consumer = Consume(Options("billing", "orders", &seen), &seen);
-  ASSERT_TRUE(seen.WaitConfirmed(200, absl::Seconds(30))) << seen.Distinct().size();
-  EXPECT_EQ(seen.Distinct().size(), 200u);
+  ASSERT_TRUE(seen.WaitConfirmed(208, absl::Seconds(30))) << seen.Distinct().size();
+  EXPECT_EQ(seen.Distinct().size(), 208u);
 
   // formicactl shows each queue's group and the group's leader.
   auto [code, out] = Ctl2({"--output", "json", "dms", "topics"});
@@ -569,6 +587,37 @@ TEST_F(DmsGroupsTest, BadMovesAreRefusedNamingWhatIsWrongAndChangeNothing) {
   st = broker_->SealQueue(&ctx, seal, &sealed);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(st.error_message(), HasSubstr("queue 9 does not exist"));
+}
+
+// A client that names no queue (an older library, another language, a
+// committed half message) sends keyless messages and lets the broker pick:
+// it never picks a queue sealed for a move, so none is refused.
+TEST_F(DmsGroupsTest, TheBrokerNeverPicksASealedQueueForAKeylessMessage) {
+  Create(*broker_, "spread", 4);
+  Create(*g2_, "spread", 4);
+  {
+    grpc::ClientContext ctx;
+    v1::SealQueueRequest req;
+    req.set_topic("spread");
+    req.set_queue(1);
+    req.set_to_group("g2");
+    v1::SealQueueReply reply;
+    ASSERT_TRUE(broker_->SealQueue(&ctx, req, &reply).ok());
+  }
+  for (int i = 0; i < 40; ++i) {
+    grpc::ClientContext ctx;
+    v1::ProduceRequest req;
+    req.set_topic("spread");
+    req.add_messages()->set_body(absl::StrCat("k", i));
+    v1::ProduceReply reply;
+    grpc::Status st = broker_->Produce(&ctx, req, &reply);
+    ASSERT_TRUE(st.ok()) << i << ": " << st.error_message();
+    EXPECT_NE(reply.receipts(0).queue(), 1) << "a sealed queue took a message";
+  }
+  std::vector<v1::QueueInfo> queues = Queues(*broker_, "spread");
+  ASSERT_EQ(queues.size(), 4u);
+  EXPECT_EQ(queues[1].end_offset(), 0u);
+  EXPECT_EQ(queues[0].end_offset() + queues[2].end_offset() + queues[3].end_offset(), 40u);
 }
 
 TEST_F(DmsGroupsTest, ABadBrokerGroupNameIsRefusedAtStartNamingTheKey) {
