@@ -140,8 +140,8 @@ class Broker::Impl final
     if (absl::Status st = holds->Load(); !st.ok()) return st;
     producer->UseHolds(holds.get());
     groups->UseHolds(holds.get());
-    moves = std::make_unique<QueueMoves>(topics.get(), holds.get(), progress.get(), dedup.get(),
-                                         groups.get());
+    moves = std::make_unique<QueueMoves>(options.group, topics.get(), holds.get(), progress.get(),
+                                         dedup.get(), groups.get());
     return topics->OpenAll(options.topics);
   }
 

@@ -294,14 +294,10 @@ class MessageLog::Impl {
   }
 
   absl::StatusOr<uint64_t> Append(absl::string_view payload) {
-    absl::StatusOr<uint64_t> offset = Write(payload);
+    absl::StatusOr<uint64_t> offset = WriteMany(absl::MakeConstSpan(&payload, 1));
     if (!offset.ok()) return offset;
     if (absl::Status st = WaitDurable(*offset); !st.ok()) return st;
     return offset;
-  }
-
-  absl::StatusOr<uint64_t> Write(absl::string_view payload) {
-    return WriteMany(absl::MakeConstSpan(&payload, 1));
   }
 
   // Appends records in one write (per segment); returns the first's offset.
@@ -755,6 +751,10 @@ uint64_t MessageLog::synced_end() const {
   absl::MutexLock lock(&impl_->mu);
   return impl_->synced;
 }
+uint64_t MessageLog::written_end() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->options.replication != nullptr ? impl_->proposed_end : impl_->written_end;
+}
 uint64_t MessageLog::syncs() const {
   absl::MutexLock lock(&impl_->mu);
   return impl_->sync_count;
@@ -777,7 +777,7 @@ absl::StatusOr<uint64_t> MessageLog::WriteMany(absl::Span<const absl::string_vie
   return impl_->WriteMany(payloads);
 }
 absl::StatusOr<uint64_t> MessageLog::Write(absl::string_view payload) {
-  return impl_->Write(payload);
+  return impl_->WriteMany(absl::MakeConstSpan(&payload, 1));
 }
 absl::Status MessageLog::WaitDurable(uint64_t offset) { return impl_->WaitDurable(offset); }
 void MessageLog::WhenDurable(uint64_t offset, std::function<void(absl::Status)> done) {

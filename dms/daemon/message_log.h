@@ -120,7 +120,10 @@ class MessageLog {
 
   uint64_t first_offset() const;  // the oldest record kept
   uint64_t synced_end() const;    // one past the last durable record
-  uint64_t syncs() const;         // fdatasync calls so far (segment rolls included)
+  // Where the next write lands: one past the last record written, durable
+  // or not (replicated: proposed by this leader).
+  uint64_t written_end() const;
+  uint64_t syncs() const;  // fdatasync calls so far (segment rolls included)
 
   std::vector<SegmentInfo> Segments() const;
 

@@ -4,13 +4,9 @@
 #include "meta_store.h"
 
 namespace formica::dms {
-namespace {
-
 std::string GroupName(const std::string& group) {
   return group.empty() ? "the default broker group" : absl::StrCat("broker group '", group, "'");
 }
-
-}  // namespace
 
 std::string MovedMessage(const std::string& topic, int queue, const std::string& group) {
   return absl::StrCat("queue ", queue, " of topic '", topic, "' moved to ", GroupName(group),

@@ -68,6 +68,9 @@ class QueueHolds {
   bool any_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// "the default broker group" for "", else "broker group 'NAME'".
+std::string GroupName(const std::string& group);
+
 // The message of a produce refused because its queue moved to `group`.
 std::string MovedMessage(const std::string& topic, int queue, const std::string& group);
 

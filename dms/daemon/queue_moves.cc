@@ -31,6 +31,11 @@ absl::Status QueueMoves::Seal(const v1::SealQueueRequest& req, v1::SealQueueRepl
   if (!req.to_group().empty()) {
     if (absl::Status st = ValidBrokerGroup("to_group", req.to_group()); !st.ok()) return st;
   }
+  if (req.to_group() == group_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("to_group: queue ", req.queue(), " of topic '", req.topic(), "' is served by ",
+                     GroupName(group_), " (this dmsd's) already; a queue moves to another group"));
+  }
   if (absl::Status st = holds_->Seal(req.topic(), req.queue(), req.to_group(), kDrain); !st.ok()) {
     return st;
   }
@@ -70,6 +75,10 @@ absl::Status QueueMoves::Read(const v1::ReadQueueRequest& req, v1::ReadQueueRepl
   }
   reply->set_first_offset(topic.first_offset(q));
   reply->set_end_offset(topic.end_offset(q));
+  if (std::optional<QueueHold> hold = holds_->Find(req.topic(), q); hold.has_value()) {
+    reply->set_hold(hold->sealed ? v1::ReadQueueReply::SEALED : v1::ReadQueueReply::ARRIVING);
+    reply->set_hold_group(hold->group);
+  }
   if (reply->records_size() > 0) return absl::OkStatus();  // progress comes at the end
   absl::StatusOr<std::vector<GroupQueue>> queues = progress_->Queues();
   if (!queues.ok()) return queues.status();
@@ -86,43 +95,58 @@ absl::Status QueueMoves::Read(const v1::ReadQueueRequest& req, v1::ReadQueueRepl
   return absl::OkStatus();
 }
 
-absl::Status QueueMoves::Import(const v1::ImportQueueRequest& req, v1::ImportQueueReply* reply) {
+// Everything an import is given, before it changes anything.
+absl::Status QueueMoves::CheckImport(const v1::ImportQueueRequest& req) {
   if (absl::Status st = ValidName("topic name", req.topic()); !st.ok()) return st;
   if (!req.from_group().empty()) {
     if (absl::Status st = ValidBrokerGroup("from_group", req.from_group()); !st.ok()) return st;
   }
   if (req.queues() < 1 || req.queues() > 1024) {
     return absl::InvalidArgumentError(
-        absl::StrCat("a topic has 1 to 1024 queues, not ", req.queues()));
+        absl::StrCat("queues: a topic has 1 to 1024 queues, not ", req.queues()));
   }
-  TopicState* t = topics_->Find(req.topic());
-  if (t == nullptr) {
-    absl::StatusOr<TopicState*> created = topics_->Open(req.topic(), req.queues());
-    if (!created.ok()) return created.status();
-    t = *created;
+  if (req.queue() < 0 || req.queue() >= req.queues()) {
+    return absl::InvalidArgumentError(absl::StrCat("queue ", req.queue(),
+                                                   " does not exist; topic '", req.topic(),
+                                                   "' has ", req.queues(), " queues"));
   }
-  if (t->topic->queues() != req.queues()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("topic '", req.topic(), "' has ", t->topic->queues(), " queues here, not ",
-                     req.queues(), " as in the group it moves from"));
-  }
-  int q = req.queue();
-  if (q < 0 || q >= t->topic->queues()) {
-    return absl::InvalidArgumentError(absl::StrCat("queue ", q, " does not exist; topic '",
-                                                   req.topic(), "' has ", t->topic->queues(),
-                                                   " queues"));
-  }
-  std::vector<v1::StoredMessage> records;
   for (int i = 0; i < req.records_size(); ++i) {
     if (req.records(i).offset() != req.first_offset() + static_cast<uint64_t>(i)) {
       return absl::InvalidArgumentError(
           absl::StrCat("record ", i, " is at offset ", req.records(i).offset(),
                        "; the records must follow each other from ", req.first_offset()));
     }
-    records.push_back(req.records(i).message());
+  }
+  for (int i = 0; i < req.progress_size(); ++i) {
+    if (req.progress(i).name().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("progress ", i, ": a name is required"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Mutex* QueueMoves::ImportLock(const std::string& topic, int queue) {
+  absl::MutexLock lock(&importing_mu_);
+  std::unique_ptr<absl::Mutex>& mu = importing_[{topic, queue}];
+  if (mu == nullptr) mu = std::make_unique<absl::Mutex>();
+  return mu.get();
+}
+
+absl::Status QueueMoves::Import(const v1::ImportQueueRequest& req, v1::ImportQueueReply* reply) {
+  if (absl::Status st = CheckImport(req); !st.ok()) return st;
+  int q = req.queue();
+  // Two imports of one queue at once (two runs of a move) would both
+  // append from the same end: the check, the hold and the writes are one
+  // step per queue.
+  absl::MutexLock importing(ImportLock(req.topic(), q));
+  TopicState* t = topics_->Find(req.topic());
+  if (t != nullptr && t->topic->queues() != req.queues()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("topic '", req.topic(), "' has ", t->topic->queues(), " queues here, not ",
+                     req.queues(), " as in the group it moves from"));
   }
   std::optional<QueueHold> hold = holds_->Find(req.topic(), q);
-  if (!hold.has_value() && t->topic->end_offset(q) > req.first_offset()) {
+  if (t != nullptr && !hold.has_value() && t->topic->end_offset(q) > req.first_offset()) {
     // An open queue with records of its own where these would go: not a
     // queue moving in.
     return absl::FailedPreconditionError(
@@ -130,12 +154,19 @@ absl::Status QueueMoves::Import(const v1::ImportQueueRequest& req, v1::ImportQue
                      "' is served here and holds records up to ", t->topic->end_offset(q),
                      "; it cannot take another group's records from ", req.first_offset()));
   }
+  if (t == nullptr) {
+    absl::StatusOr<TopicState*> created = topics_->Open(req.topic(), req.queues());
+    if (!created.ok()) return created.status();
+    t = *created;
+  }
   if (absl::Status st = holds_->Arrive(req.topic(), q, req.from_group()); !st.ok()) return st;
+  std::vector<v1::StoredMessage> records;
+  records.reserve(req.records_size());
+  for (const v1::QueueRecord& r : req.records()) records.push_back(r.message());
   absl::StatusOr<uint64_t> appended = t->topic->Import(q, req.first_offset(), records);
   if (!appended.ok()) return appended.status();
   if (absl::Status st = IndexDedupKeys(*t, q, req, *appended); !st.ok()) return st;
   for (const v1::QueueCommit& c : req.progress()) {
-    if (c.name().empty()) return absl::InvalidArgumentError("progress: a name is required");
     std::vector<uint64_t> acked(c.acked().begin(), c.acked().end());
     if (absl::Status st = progress_->Ack(c.name(), req.topic(), q, acked, c.committed());
         !st.ok()) {

@@ -273,10 +273,12 @@ absl::Status Topic::SkipTo(int queue, uint64_t next) {
 absl::StatusOr<uint64_t> Topic::Import(int queue, uint64_t first,
                                        const std::vector<v1::StoredMessage>& records) {
   MessageLog& log = *logs_[queue];
-  uint64_t end = log.synced_end();
+  // From what is written, durable or not, so that records written by an
+  // import whose wait failed are not written again.
+  uint64_t end = log.written_end();
   if (end < first) {
     if (absl::Status st = SkipTo(queue, first); !st.ok()) return st;
-    end = log.synced_end();
+    end = log.written_end();
   }
   if (first + records.size() <= end) return 0;  // all held already
   size_t skip = static_cast<size_t>(end - first);

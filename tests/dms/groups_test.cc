@@ -495,6 +495,168 @@ TEST_F(DmsGroupsTest, RerunningAMoveCutShortAfterTheSealOrAfterTheCopyFinishesIt
   EXPECT_EQ(back, sent[0]);
 }
 
+// Cut short after the open on the destination and before the placement
+// switch: the re-run sees the source sealed for this move and the queue open
+// on the destination with every record, and only switches the placement.
+TEST_F(DmsGroupsTest, RerunningAMoveCutShortAfterTheOpenSwitchesThePlacement) {
+  CreateTopic("tally", 1);
+  auto producer = NewProducer();
+  std::set<std::string> sent;
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_TRUE(producer->Send("tally", Msg(absl::StrCat("t", i))).ok());
+    sent.insert(absl::StrCat("t", i));
+  }
+  {
+    grpc::ClientContext seal_ctx;
+    v1::SealQueueRequest seal;
+    seal.set_topic("tally");
+    seal.set_queue(0);
+    seal.set_to_group("g2");
+    v1::SealQueueReply sealed;
+    ASSERT_TRUE(broker_->SealQueue(&seal_ctx, seal, &sealed).ok());
+    grpc::ClientContext read_ctx;
+    v1::ReadQueueRequest read;
+    read.set_topic("tally");
+    v1::ReadQueueReply got;
+    ASSERT_TRUE(broker_->ReadQueue(&read_ctx, read, &got).ok());
+    ASSERT_EQ(got.records_size(), 40);
+    EXPECT_EQ(got.hold(), v1::ReadQueueReply::SEALED);
+    EXPECT_EQ(got.hold_group(), "g2");
+    grpc::ClientContext import_ctx;
+    v1::ImportQueueRequest import;
+    import.set_topic("tally");
+    import.set_queues(1);
+    *import.mutable_records() = got.records();
+    v1::ImportQueueReply imported;
+    grpc::Status st = g2_->ImportQueue(&import_ctx, import, &imported);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    grpc::ClientContext open_ctx;
+    v1::OpenQueueRequest open;
+    open.set_topic("tally");
+    v1::OpenQueueReply opened;
+    st = g2_->OpenQueue(&open_ctx, open, &opened);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  EXPECT_FALSE(PlacementOf("tally").has_value());
+  auto [code, out] = Ctl2({"dms", "move-queue", "tally", "0", "--to", "g2"});
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr("is sealed on broker group default (offsets 0..40) and open on g2"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("2. copied"))) << out;
+  EXPECT_THAT(out, HasSubstr("4. placement of tally: queue 0 on broker group g2"));
+  EXPECT_EQ(PlacementOf("tally")->groups, (std::vector<std::string>{"g2"}));
+  // Every message delivered once, from g2.
+  Seen seen;
+  auto consumer = Consume(Options("tally-readers", "tally", &seen), &seen);
+  ASSERT_TRUE(seen.WaitConfirmed(40, absl::Seconds(20))) << seen.Distinct().size();
+  absl::SleepFor(absl::Milliseconds(500));
+  consumer->Stop();
+  absl::MutexLock lock(&seen.mu);
+  EXPECT_EQ(seen.handled.size(), 40u);
+  EXPECT_EQ(seen.confirmed, sent);
+}
+
+// Two imports of the same records into one queue at once (two runs of a
+// move): each record is stored once, at its offset.
+TEST_F(DmsGroupsTest, TwoImportsOfTheSameRecordsAtOnceStoreThemOnce) {
+  v1::ImportQueueRequest import;
+  import.set_topic("twice");
+  import.set_queues(1);
+  for (int i = 0; i < 300; ++i) {
+    v1::QueueRecord* r = import.add_records();
+    r->set_offset(i);
+    r->mutable_message()->set_body(absl::StrCat("r", i));
+  }
+  constexpr int kRuns = 4;
+  std::vector<grpc::Status> status(kRuns);
+  std::vector<uint64_t> appended(kRuns);
+  std::vector<std::thread> runs;
+  for (int i = 0; i < kRuns; ++i) {
+    runs.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      v1::ImportQueueReply reply;
+      status[i] = g2_->ImportQueue(&ctx, import, &reply);
+      appended[i] = reply.appended();
+    });
+  }
+  for (std::thread& t : runs) t.join();
+  uint64_t total = 0;
+  for (int i = 0; i < kRuns; ++i) {
+    EXPECT_TRUE(status[i].ok()) << status[i].error_message();
+    total += appended[i];
+  }
+  EXPECT_EQ(total, 300u);
+  auto stored = Records(*g2_, "twice", 0);
+  ASSERT_EQ(stored.size(), 300u);
+  for (const auto& [offset, m] : stored) EXPECT_EQ(m.body(), absl::StrCat("r", offset));
+  std::vector<v1::QueueInfo> queues = Queues(*g2_, "twice");
+  ASSERT_EQ(queues.size(), 1u);
+  EXPECT_EQ(queues[0].end_offset(), 300u);
+}
+
+// A bad import is refused naming what is wrong before anything changes: no
+// topic created, no queue held, no record written.
+TEST_F(DmsGroupsTest, ABadImportIsRefusedBeforeItCreatesOrHoldsAnything) {
+  auto import = [&](const v1::ImportQueueRequest& req) {
+    grpc::ClientContext ctx;
+    v1::ImportQueueReply reply;
+    return g2_->ImportQueue(&ctx, req, &reply);
+  };
+  v1::ImportQueueRequest out_of_range;
+  out_of_range.set_topic("fresh");
+  out_of_range.set_queues(2);
+  out_of_range.set_queue(5);
+  grpc::Status st = import(out_of_range);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("queue 5 does not exist; topic 'fresh' has 2 queues"));
+  EXPECT_TRUE(Queues(*g2_, "fresh").empty()) << "the topic was created";
+
+  Create(*g2_, "kept", 1);
+  v1::ImportQueueRequest nameless;
+  nameless.set_topic("kept");
+  nameless.set_queues(1);
+  v1::QueueRecord* r = nameless.add_records();
+  r->mutable_message()->set_body("imported");
+  nameless.add_progress()->set_committed(1);
+  st = import(nameless);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("progress 0: a name is required"));
+  v1::ImportQueueRequest gap = nameless;
+  gap.clear_progress();
+  gap.add_records()->set_offset(7);
+  st = import(gap);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("record 1 is at offset 7"));
+  EXPECT_TRUE(Records(*g2_, "kept", 0).empty()) << "a record was written";
+  st = ProduceTo(*g2_, "kept", 0, "still open");
+  EXPECT_TRUE(st.ok()) << "the queue was held: " << st.error_message();
+}
+
+// A queue cannot be sealed for a move to the group that serves it.
+TEST_F(DmsGroupsTest, SealingAQueueForItsOwnGroupIsRefusedNamingIt) {
+  CreateTopic("home", 1);
+  Create(*g2_, "home", 1);
+  struct Case {
+    v1::Broker::Stub* stub;
+    std::string to;
+    std::string names;
+  };
+  for (const Case& c : {Case{broker_.get(), "", "is served by the default broker group"},
+                        Case{g2_.get(), "g2", "is served by broker group 'g2'"}}) {
+    grpc::ClientContext ctx;
+    v1::SealQueueRequest seal;
+    seal.set_topic("home");
+    seal.set_queue(0);
+    seal.set_to_group(c.to);
+    v1::SealQueueReply sealed;
+    grpc::Status st = c.stub->SealQueue(&ctx, seal, &sealed);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.to;
+    EXPECT_THAT(st.error_message(), HasSubstr("to_group: queue 0 of topic 'home'"));
+    EXPECT_THAT(st.error_message(), HasSubstr(c.names));
+    st = ProduceTo(*c.stub, "home", 0, absl::StrCat("still open ", c.to));
+    EXPECT_TRUE(st.ok()) << "sealed: " << st.error_message();
+  }
+}
+
 // Both moves read the topic without a placement before either writes one:
 // the placement is written by compare-and-set, so the second write reads
 // the first's again and keeps it.

@@ -233,9 +233,11 @@ class Move {
   int Run() {
     grpc::Status st = Plan();
     if (st.ok() && done_) return 0;
-    if (st.ok()) st = Seal();
-    if (st.ok()) st = Copy();
-    if (st.ok()) st = Open();
+    bool opened = false;
+    if (st.ok()) st = Opened(&opened);
+    if (st.ok() && !opened) st = Seal();
+    if (st.ok() && !opened) st = Copy();
+    if (st.ok() && !opened) st = Open();
     if (st.ok()) st = Switch();
     if (!st.ok()) return Fail(st);
     std::printf("queue %d of topic %s moved from broker group %s to %s\n", queue_, topic_.c_str(),
@@ -303,6 +305,39 @@ class Move {
     }
     from_stub_ = BrokerAt(from_leader_);
     to_stub_ = BrokerAt(to_leader_);
+    return grpc::Status::OK;
+  }
+
+  // A run cut short after the open and before the switch: the source is
+  // sealed for this move, and the destination holds the queue, open, up to
+  // the source's sealed end at least. What remains is the switch (the
+  // destination's import would refuse the records its open queue holds).
+  grpc::Status Opened(bool* opened) {
+    v1::ReadQueueRequest read;
+    read.set_topic(topic_);
+    read.set_queue(queue_);
+    read.set_max(1);
+    v1::ReadQueueReply source;
+    grpc::Status st = from_stub_->ReadQueue(CallContext(f_).get(), read, &source);
+    if (!st.ok()) return st;
+    if (source.hold() != v1::ReadQueueReply::SEALED || source.hold_group() != to_) {
+      return grpc::Status::OK;
+    }
+    v1::ReadQueueReply there;
+    st = to_stub_->ReadQueue(CallContext(f_).get(), read, &there);
+    if (st.error_code() == grpc::StatusCode::NOT_FOUND) return grpc::Status::OK;  // not copied
+    if (!st.ok()) return st;
+    if (there.hold() != v1::ReadQueueReply::OPEN || there.end_offset() < source.end_offset()) {
+      return grpc::Status::OK;
+    }
+    std::printf(
+        "1-3. queue %d of %s is sealed on broker group %s (offsets %llu..%llu) and open on %s "
+        "(%s) up to %llu already\n",
+        queue_, topic_.c_str(), GroupLabel(from_).c_str(),
+        static_cast<unsigned long long>(source.first_offset()),
+        static_cast<unsigned long long>(source.end_offset()), GroupLabel(to_).c_str(),
+        to_leader_.c_str(), static_cast<unsigned long long>(there.end_offset()));
+    *opened = true;
     return grpc::Status::OK;
   }
 
