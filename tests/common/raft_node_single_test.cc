@@ -299,6 +299,19 @@ TEST(RaftNode, TransfersLeadershipToAFollower) {
   EXPECT_NE(nodes[leader]->status().role, RaftRole::kLeader);
 }
 
+// The index of the member of `nodes` that leads and is ready, within
+// `timeout`; -1 when none is.
+int WaitForReadyLeader(const std::vector<std::unique_ptr<RaftNode>>& nodes,
+                       absl::Duration timeout) {
+  for (absl::Time limit = absl::Now() + timeout; absl::Now() < limit;) {
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      if (nodes[i]->status().leader_ready) return static_cast<int>(i);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return -1;
+}
+
 TEST(RaftNode, StopFailsAProposalInFlightThatHasNoMajority) {
   TempDir dir;
   std::vector<RaftPeer> peers;
@@ -318,13 +331,7 @@ TEST(RaftNode, StopFailsAProposalInFlightThatHasNoMajority) {
     ASSERT_TRUE(node.ok()) << node.status();
     nodes.push_back(*std::move(node));
   }
-  int leader = -1;
-  for (absl::Time limit = absl::Now() + absl::Seconds(10); leader < 0 && absl::Now() < limit;) {
-    for (int i = 0; i < 3; ++i) {
-      if (nodes[i]->status().leader_ready) leader = i;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  int leader = WaitForReadyLeader(nodes, absl::Seconds(10));
   ASSERT_GE(leader, 0);
   ASSERT_TRUE(nodes[leader]->Propose("with a majority").get().status.ok());
   for (int i = 0; i < 3; ++i) {
@@ -390,13 +397,7 @@ TEST(RaftNode, ConnectionsToMembersNamedByHostGiveUpOnADeadPeer) {
       ASSERT_TRUE(node.ok()) << node.status();
       nodes.push_back(*std::move(node));
     }
-    int leader = -1;
-    for (absl::Time limit = absl::Now() + absl::Seconds(20); leader < 0 && absl::Now() < limit;) {
-      for (int i = 0; i < 3; ++i) {
-        if (nodes[i]->status().leader_ready) leader = i;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+    int leader = WaitForReadyLeader(nodes, absl::Seconds(20));
     ASSERT_GE(leader, 0);
     ASSERT_TRUE(nodes[leader]->Propose("x").get().status.ok());
     std::vector<unsigned> timeouts = UserTimeoutsOfConnectionsTo(ports);
