@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -254,33 +255,53 @@ TEST(RaftNode, ListensOnRaftListenWhenItDiffersFromItsPeerAddress) {
   EXPECT_FALSE(Accepts(advertised));
 }
 
-TEST(RaftNode, TransfersLeadershipToAFollower) {
-  TempDir dir;
-  std::vector<RaftPeer> peers;
-  for (uint64_t id = 1; id <= 3; ++id) {
-    peers.push_back({id, absl::StrCat("127.0.0.1:", PickFreePort())});
+// Three members of one group in this process, on free loopback ports.
+struct ThreeMembers {
+  // `host` names the members in raft.peers; `tweak` adjusts member i's
+  // options before it starts.
+  void Start(const std::string& host = "127.0.0.1",
+             const std::function<void(int i, RaftNodeOptions&)>& tweak = nullptr) {
+    std::vector<RaftPeer> peers;
+    for (uint64_t id = 1; id <= 3; ++id) {
+      ports.push_back(PickFreePort());
+      peers.push_back({id, absl::StrCat(host, ":", ports.back())});
+    }
+    for (int i = 0; i < 3; ++i) {
+      RaftNodeOptions o;
+      o.node_id = i + 1;
+      o.peers = peers;
+      o.data_dir = dir.File(absl::StrCat("raft", i + 1));
+      if (tweak) tweak(i, o);
+      auto node = RaftNode::Start(o, &machines[i]);
+      ASSERT_TRUE(node.ok()) << node.status();
+      nodes.push_back(*std::move(node));
+    }
   }
-  ListMachine machines[3];
-  std::vector<std::unique_ptr<RaftNode>> nodes;
-  for (int i = 0; i < 3; ++i) {
-    RaftNodeOptions o;
-    o.node_id = i + 1;
-    o.peers = peers;
-    o.data_dir = dir.File(absl::StrCat("raft", i + 1));
-    auto node = RaftNode::Start(o, &machines[i]);
-    ASSERT_TRUE(node.ok()) << node.status();
-    nodes.push_back(*std::move(node));
-  }
-  auto ready_leader = [&](int other_than) {
-    for (absl::Time limit = absl::Now() + absl::Seconds(10); absl::Now() < limit;) {
+
+  // The member that leads and is ready (other than `other_than`), within
+  // `timeout`; -1 when none is.
+  int WaitForReadyLeader(absl::Duration timeout, int other_than = -1) {
+    for (absl::Time limit = absl::Now() + timeout; absl::Now() < limit;) {
       for (int i = 0; i < 3; ++i) {
         if (i != other_than && nodes[i]->status().leader_ready) return i;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     return -1;
-  };
-  int leader = ready_leader(-1);
+  }
+
+  TempDir dir;
+  std::vector<int> ports;
+  ListMachine machines[3];
+  std::vector<std::unique_ptr<RaftNode>> nodes;
+};
+
+TEST(RaftNode, TransfersLeadershipToAFollower) {
+  ThreeMembers group;
+  ASSERT_NO_FATAL_FAILURE(group.Start());
+  auto& nodes = group.nodes;
+  auto& machines = group.machines;
+  int leader = group.WaitForReadyLeader(absl::Seconds(10));
   ASSERT_GE(leader, 0);
   ASSERT_TRUE(nodes[leader]->Propose("before").get().status.ok());
   // A follower cannot hand over what it does not have.
@@ -292,46 +313,22 @@ TEST(RaftNode, TransfersLeadershipToAFollower) {
   nodes[leader]->TransferLeadership([moved](ProposeResult r) { moved->set_value(std::move(r)); });
   ProposeResult r = moved->get_future().get();
   ASSERT_TRUE(r.status.ok()) << r.status;
-  int next = ready_leader(leader);
+  int next = group.WaitForReadyLeader(absl::Seconds(10), leader);
   ASSERT_GE(next, 0);
   ASSERT_TRUE(nodes[next]->Propose("after").get().status.ok());
   EXPECT_EQ(machines[next].values(), (std::vector<std::string>{"before", "after"}));
   EXPECT_NE(nodes[leader]->status().role, RaftRole::kLeader);
 }
 
-// The index of the member of `nodes` that leads and is ready, within
-// `timeout`; -1 when none is.
-int WaitForReadyLeader(const std::vector<std::unique_ptr<RaftNode>>& nodes,
-                       absl::Duration timeout) {
-  for (absl::Time limit = absl::Now() + timeout; absl::Now() < limit;) {
-    for (size_t i = 0; i < nodes.size(); ++i) {
-      if (nodes[i]->status().leader_ready) return static_cast<int>(i);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return -1;
-}
-
 TEST(RaftNode, StopFailsAProposalInFlightThatHasNoMajority) {
-  TempDir dir;
-  std::vector<RaftPeer> peers;
-  for (uint64_t id = 1; id <= 3; ++id) {
-    peers.push_back({id, absl::StrCat("127.0.0.1:", PickFreePort())});
-  }
-  ListMachine machines[3];
-  std::vector<std::unique_ptr<RaftNode>> nodes;
-  for (int i = 0; i < 3; ++i) {
-    RaftNodeOptions o;
-    o.node_id = i + 1;
-    o.peers = peers;
-    o.data_dir = dir.File(absl::StrCat("raft", i + 1));
-    // The default 1 s: the leader cut off keeps its role well past the
-    // 100 ms below (it steps down after an election timeout alone).
-    auto node = RaftNode::Start(o, &machines[i]);
-    ASSERT_TRUE(node.ok()) << node.status();
-    nodes.push_back(*std::move(node));
-  }
-  int leader = WaitForReadyLeader(nodes, absl::Seconds(10));
+  ThreeMembers group;
+  // The default election timeout, 1 s: the leader cut off keeps its role
+  // well past the 100 ms below (it steps down after an election timeout
+  // alone).
+  ASSERT_NO_FATAL_FAILURE(group.Start());
+  auto& nodes = group.nodes;
+  auto& machines = group.machines;
+  int leader = group.WaitForReadyLeader(absl::Seconds(10));
   ASSERT_GE(leader, 0);
   ASSERT_TRUE(nodes[leader]->Propose("with a majority").get().status.ok());
   for (int i = 0; i < 3; ++i) {
@@ -376,31 +373,18 @@ std::vector<unsigned> UserTimeoutsOfConnectionsTo(const std::vector<int>& ports)
 TEST(RaftNode, ConnectionsToMembersNamedByHostGiveUpOnADeadPeer) {
   for (bool named : {true, false}) {
     SCOPED_TRACE(named ? "members named localhost" : "members listed by IP");
-    TempDir dir;
-    std::vector<RaftPeer> peers;
-    std::vector<int> ports;
-    for (uint64_t id = 1; id <= 3; ++id) {
-      ports.push_back(PickFreePort());
-      peers.push_back({id, absl::StrCat(named ? "localhost:" : "127.0.0.1:", ports.back())});
-    }
-    ListMachine machines[3];
-    std::vector<std::unique_ptr<RaftNode>> nodes;
-    for (int i = 0; i < 3; ++i) {
-      RaftNodeOptions o;
-      o.node_id = i + 1;
-      o.peers = peers;
-      o.data_dir = dir.File(absl::StrCat("raft", i + 1));
-      o.election_timeout = absl::Seconds(3);
-      o.heartbeat = absl::Milliseconds(100);
-      if (named) o.listen = absl::StrCat("127.0.0.1:", ports[i]);
-      auto node = RaftNode::Start(o, &machines[i]);
-      ASSERT_TRUE(node.ok()) << node.status();
-      nodes.push_back(*std::move(node));
-    }
-    int leader = WaitForReadyLeader(nodes, absl::Seconds(20));
+    ThreeMembers group;
+    ASSERT_NO_FATAL_FAILURE(
+        group.Start(named ? "localhost" : "127.0.0.1", [&](int i, RaftNodeOptions& o) {
+          o.election_timeout = absl::Seconds(3);
+          o.heartbeat = absl::Milliseconds(100);
+          if (named) o.listen = absl::StrCat("127.0.0.1:", group.ports[i]);
+        }));
+    auto& nodes = group.nodes;
+    int leader = group.WaitForReadyLeader(absl::Seconds(20));
     ASSERT_GE(leader, 0);
     ASSERT_TRUE(nodes[leader]->Propose("x").get().status.ok());
-    std::vector<unsigned> timeouts = UserTimeoutsOfConnectionsTo(ports);
+    std::vector<unsigned> timeouts = UserTimeoutsOfConnectionsTo(group.ports);
     // The leader's connections to both followers at least, and the
     // followers' answers to it.
     ASSERT_GE(timeouts.size(), 2u);
