@@ -269,7 +269,9 @@ FormicaFigures RunFormicaCase(formica::rpc::Client* rpc, int port, const BrokerW
 
 struct ReplicatedFigures {
   double e2e_per_s = 0;
-  double failover_ms = -1;  // kill -9 of the leader to the first acknowledged send
+  double failover_ms = -1;    // kill -9 of the leader to the first acknowledged send
+  double produce_p50_ms = 0;  // send -> ack during the end-to-end phase
+  double produce_p99_ms = 0;
   int64_t failed_sends = 0;
   int64_t missing = 0;
   int64_t duplicates = 0;
@@ -353,8 +355,10 @@ double MeasureFailover(ReplicatedGroup& g, formica::rpc::Client* rpc, const std:
   po.timeout = absl::Seconds(2);
   auto producer = formica::dms::Producer::Create(po, rpc);
   if (!producer.ok()) return -1;
+  // Only a send begun once the killed leader is gone counts: one in flight
+  // at the kill may still have been answered by it.
   absl::Mutex mu;
-  absl::Time killed = absl::InfiniteFuture(), first_after = absl::InfinitePast();
+  absl::Time gone = absl::InfiniteFuture(), first_after = absl::InfinitePast();
   std::atomic<bool> stop{false};
   std::thread sender([&] {
     for (int i = 0; !stop.load(); ++i) {
@@ -362,10 +366,10 @@ double MeasureFailover(ReplicatedGroup& g, formica::rpc::Client* rpc, const std:
       m.body = absl::StrCat("failover-", i);
       m.dedup_key = m.body;
       while (!stop.load()) {
+        const absl::Time begun = absl::Now();
         if ((*producer)->Send(topic, m).ok()) {
           absl::MutexLock lock(&mu);
-          absl::Time now = absl::Now();
-          if (now > killed && first_after < killed) first_after = now;
+          if (begun > gone && first_after < gone) first_after = absl::Now();
           break;
         }
         absl::SleepFor(absl::Milliseconds(10));
@@ -373,22 +377,23 @@ double MeasureFailover(ReplicatedGroup& g, formica::rpc::Client* rpc, const std:
     }
   });
   absl::SleepFor(absl::Milliseconds(500));
+  const absl::Time killed = absl::Now();
+  g.members[leader]->Signal(SIGKILL);
+  g.members[leader]->Wait(absl::Seconds(10));
   {
     absl::MutexLock lock(&mu);
-    killed = absl::Now();
+    gone = absl::Now();
   }
-  g.members[leader]->Signal(SIGKILL);
   double ms = -1;
   {
     absl::MutexLock lock(&mu);
-    auto acked = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return first_after > killed; };
+    auto acked = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return first_after > gone; };
     if (mu.AwaitWithTimeout(absl::Condition(&acked), absl::Seconds(30))) {
       ms = absl::ToDoubleMilliseconds(first_after - killed);
     }
   }
   stop = true;
   sender.join();
-  g.members[leader]->Wait(absl::Seconds(10));
   g.members[leader].reset();
   if (ms < 0) report->Fail("replicated dmsd: no send acknowledged within 30 s of the leader kill");
   Log(
@@ -440,6 +445,11 @@ ReplicatedFigures RunReplicated(const BrokerWorkload& w, const formica::testing:
   ProduceOutcome e2e = ProducePhase(rpc->get(), topic, w);
   f.failed_sends = e2e.failures;
   const int64_t sent = w.messages - e2e.failures;
+  f.produce_p50_ms = formica::bench::Percentile(e2e.latencies_ms, 50);
+  f.produce_p99_ms = formica::bench::Percentile(e2e.latencies_ms, 99);
+  Log(absl::StrCat("replicated dmsd produce (while consumed): ",
+                   static_cast<int>(sent / absl::ToDoubleSeconds(e2e.last_ack - e2e.first_send)),
+                   " msg/s, p50 ", f.produce_p50_ms, " ms, p99 ", f.produce_p99_ms, " ms"));
   int64_t got = count.AwaitDistinct(sent, absl::Seconds(60));
   absl::SleepFor(absl::Milliseconds(200));
   (*consumer)->Stop();

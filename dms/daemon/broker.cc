@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "ack_batches.h"
 #include "broker_group.h"
 #include "broker_metrics.h"
 #include "consumer_groups.h"
@@ -43,6 +44,13 @@
 #include "transactions.h"
 
 namespace formica::dms {
+namespace {
+
+// How many acks and retries of one Consume stream may wait for the settle
+// in progress before its reader stops reading.
+constexpr size_t kMaxWaitingAcks = 1 << 16;
+
+}  // namespace
 
 class Broker::Impl final
     : public v1::Broker::WithCallbackMethod_CheckBack<v1::Broker::WithCallbackMethod_Consume<
@@ -405,7 +413,11 @@ class Broker::Impl final
       return absl::OkStatus();
     }
 
-    absl::Status reader_status;
+    // One thread reads, another settles: acks that arrive while a settle
+    // waits for its write are settled together in the next one, so a
+    // consumer's acks cost one durable write per settle, not per request.
+    AckBatches batches(kMaxWaitingAcks);
+    absl::Status reader_status, settle_status;
     std::thread reader([&] {
       v1::ConsumeRequest req;
       while (stream.Read(&req)) {
@@ -413,8 +425,21 @@ class Broker::Impl final
           reader_status = absl::InvalidArgumentError("a Consume stream subscribes only once");
           break;
         }
-        if (absl::Status st = groups->Settle(*g, *member, req); !st.ok()) {
+        if (absl::Status st = groups->CheckAcks(*g, req); !st.ok()) {
           reader_status = st;
+          break;
+        }
+        if (!batches.Push(std::move(req))) break;
+        req.Clear();
+      }
+      batches.Finish();  // what was read before is still settled
+    });
+    std::thread settler([&] {
+      v1::ConsumeRequest merged;
+      while (batches.Take(&merged)) {
+        if (absl::Status st = groups->Settle(*g, *member, merged); !st.ok()) {
+          settle_status = st;
+          batches.Abandon();
           break;
         }
         Kick();
@@ -445,9 +470,11 @@ class Broker::Impl final
     // reader's error) is what the consumer receives.
     stream.StopReading();
     reader.join();
+    settler.join();
     groups->Leave(*g, member);
     Kick();
     if (!reader_status.ok()) return reader_status;
+    if (!settle_status.ok()) return settle_status;
     return result;
   }
 

@@ -453,15 +453,23 @@ void ConsumerGroups::DeadAgain(GroupState& g, std::pair<int, uint64_t> key,
 
 // Settles a member's acks and retries: acks are made durable before the
 // cursor forgets them, and confirmed to the member.
-absl::Status ConsumerGroups::Settle(GroupState& g, Member& member, const v1::ConsumeRequest& req) {
-  int queues = g.topic->topic->queues();
-  std::map<int, std::vector<uint64_t>> acks;
-  std::vector<std::pair<int, uint64_t>> replay_acks;
+absl::Status ConsumerGroups::CheckAcks(const GroupState& g, const v1::ConsumeRequest& req) const {
+  const int queues = g.topic->topic->queues();
   for (const v1::MessageRef& ref : req.acks()) {
     if (ref.queue() < 0 || ref.queue() >= queues) {
       return absl::InvalidArgumentError(absl::StrCat(
           "ack: queue ", ref.queue(), " does not exist in topic '", g.topic->name, "'"));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ConsumerGroups::Settle(GroupState& g, Member& member, const v1::ConsumeRequest& req) {
+  if (absl::Status st = CheckAcks(g, req); !st.ok()) return st;
+  int queues = g.topic->topic->queues();
+  std::map<int, std::vector<uint64_t>> acks;
+  std::vector<std::pair<int, uint64_t>> replay_acks;
+  for (const v1::MessageRef& ref : req.acks()) {
     if (ref.replay()) {
       replay_acks.emplace_back(ref.queue(), ref.offset());
     } else {

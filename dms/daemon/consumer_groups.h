@@ -123,7 +123,10 @@ class ConsumerGroups {
 
   // Settles a member's acks and retries: acks are durable before the cursor
   // forgets them, and confirmed to the member (in its next Collect).
+  // INVALID_ARGUMENT, naming it, for an ack of a queue the topic lacks.
   absl::Status Settle(GroupState& g, Member& member, const v1::ConsumeRequest& req);
+  // What Settle refuses, checked alone (before the request waits to be settled).
+  absl::Status CheckAcks(const GroupState& g, const v1::ConsumeRequest& req) const;
 
   enum class Collected { kStopping, kClosed, kReady };
   // Waits up to `wait` for something for `member`, then moves into `reply`

@@ -103,6 +103,62 @@ TEST_F(StreamStatusTest, AnAckOfAQueueTheTopicLacksEndsTheStreamWithInvalidArgum
       << dmsd_->Output();
 }
 
+// Acks that wait while another settle is in progress are settled together;
+// a bad request after good ones still ends the stream, and the good acks
+// sent before it stay acknowledged (they are not dropped with the batch).
+TEST_F(StreamStatusTest, AcksSentBeforeABadAckAreKeptWhenTheStreamEnds) {
+  constexpr int kMessages = 6;
+  for (int i = 0; i < kMessages; ++i) {
+    grpc::ClientContext ctx;
+    v1::ProduceRequest req;
+    req.set_topic("orders");
+    req.add_messages()->set_body(absl::StrCat("m", i));
+    v1::ProduceReply reply;
+    grpc::Status st = broker_->Produce(&ctx, req, &reply);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  v1::ConsumeRequest subscribe = Subscribe("g1");
+  subscribe.mutable_subscribe()->set_concurrent(true);
+  std::set<std::pair<int, uint64_t>> acked;
+  {
+    Subscribed s(broker_.get(), subscribe);
+    std::vector<v1::MessageRef> delivered;
+    v1::ConsumeReply reply;
+    while (delivered.size() < static_cast<size_t>(kMessages) && s.stream->Read(&reply)) {
+      for (const v1::Delivered& d : reply.messages()) delivered.push_back(d.ref());
+    }
+    ASSERT_EQ(delivered.size(), static_cast<size_t>(kMessages));
+    // All but the last acked, one request each, written back to back
+    // (several wait while the first settles), then an ack of a queue the
+    // topic lacks.
+    for (int i = 0; i + 1 < kMessages; ++i) {
+      v1::ConsumeRequest ack;
+      *ack.add_acks() = delivered[i];
+      ASSERT_TRUE(s.stream->Write(ack));
+      acked.emplace(delivered[i].queue(), delivered[i].offset());
+    }
+    v1::ConsumeRequest bad;
+    bad.add_acks()->set_queue(99);
+    ASSERT_TRUE(s.stream->Write(bad));
+    grpc::Status st = s.End();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_EQ(st.error_message(), "ack: queue 99 does not exist in topic 'orders'");
+  }
+  // The group's next member gets only the message never acked.
+  Subscribed next(broker_.get(), subscribe);
+  v1::ConsumeReply reply;
+  std::vector<std::pair<int, uint64_t>> again;
+  absl::Time deadline = absl::Now() + absl::Seconds(3);
+  while (again.empty() && absl::Now() < deadline && next.stream->Read(&reply)) {
+    for (const v1::Delivered& d : reply.messages()) {
+      again.emplace_back(d.ref().queue(), d.ref().offset());
+    }
+  }
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(acked.count(again[0]), 0u) << "an acked message was delivered again";
+  next.context.TryCancel();
+}
+
 TEST_F(StreamStatusTest, AConsumeStreamThatDoesNotStartWithSubscribeIsRefused) {
   grpc::ClientContext context;
   auto stream = broker_->Consume(&context);

@@ -1,0 +1,99 @@
+// AckBatches: a Consume stream's requests waiting for the settle in
+// progress are merged in arrival order; the wait is bounded; what is left
+// after the stream ends is still settled, and nothing after a failed settle.
+#include "ack_batches.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+
+namespace formica::dms {
+namespace {
+
+v1::ConsumeRequest Acks(std::vector<uint64_t> offsets, std::vector<uint64_t> retries = {}) {
+  v1::ConsumeRequest req;
+  for (uint64_t o : offsets) req.add_acks()->set_offset(o);
+  for (uint64_t o : retries) req.add_retries()->set_offset(o);
+  return req;
+}
+
+std::vector<uint64_t> AckOffsets(const v1::ConsumeRequest& req) {
+  std::vector<uint64_t> out;
+  for (const v1::MessageRef& r : req.acks()) out.push_back(r.offset());
+  return out;
+}
+
+TEST(AckBatches, RequestsThatWaitedAreTakenAsOneInArrivalOrder) {
+  AckBatches batches(1000);
+  ASSERT_TRUE(batches.Push(Acks({1, 2})));
+  ASSERT_TRUE(batches.Push(Acks({}, {3})));
+  ASSERT_TRUE(batches.Push(Acks({4})));
+  v1::ConsumeRequest merged;
+  ASSERT_TRUE(batches.Take(&merged));
+  EXPECT_EQ(AckOffsets(merged), (std::vector<uint64_t>{1, 2, 4}));
+  ASSERT_EQ(merged.retries_size(), 1);
+  EXPECT_EQ(merged.retries(0).offset(), 3u);
+  ASSERT_TRUE(batches.Push(Acks({5})));
+  ASSERT_TRUE(batches.Take(&merged));
+  EXPECT_EQ(AckOffsets(merged), (std::vector<uint64_t>{5})) << "the last take is not repeated";
+}
+
+TEST(AckBatches, WhatWaitsWhenTheStreamEndsIsStillTakenThenTakeEnds) {
+  AckBatches batches(1000);
+  ASSERT_TRUE(batches.Push(Acks({7})));
+  batches.Finish();
+  v1::ConsumeRequest merged;
+  ASSERT_TRUE(batches.Take(&merged));
+  EXPECT_EQ(AckOffsets(merged), (std::vector<uint64_t>{7}));
+  EXPECT_FALSE(batches.Take(&merged));
+}
+
+TEST(AckBatches, APushWaitsWhileTheWaitingRequestsHoldTheLimit) {
+  AckBatches batches(2);
+  ASSERT_TRUE(batches.Push(Acks({1, 2})));
+  std::atomic<bool> pushed{false};
+  std::thread reader([&] {
+    EXPECT_TRUE(batches.Push(Acks({3})));
+    pushed = true;
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_FALSE(pushed.load()) << "two refs wait: the limit";
+  v1::ConsumeRequest merged;
+  ASSERT_TRUE(batches.Take(&merged));
+  EXPECT_EQ(AckOffsets(merged), (std::vector<uint64_t>{1, 2}));
+  reader.join();
+  EXPECT_TRUE(pushed.load());
+  ASSERT_TRUE(batches.Take(&merged));
+  EXPECT_EQ(AckOffsets(merged), (std::vector<uint64_t>{3}));
+}
+
+TEST(AckBatches, ARequestLargerThanTheLimitIsTakenWhenNothingWaits) {
+  AckBatches batches(2);
+  ASSERT_TRUE(batches.Push(Acks({1, 2, 3, 4})));
+  v1::ConsumeRequest merged;
+  ASSERT_TRUE(batches.Take(&merged));
+  EXPECT_EQ(merged.acks_size(), 4);
+}
+
+TEST(AckBatches, AfterAFailedSettleWhatWaitsIsDroppedAndPushesAreRefused) {
+  AckBatches batches(1);
+  ASSERT_TRUE(batches.Push(Acks({1})));
+  std::atomic<int> refused{0};
+  std::thread reader([&] {
+    if (!batches.Push(Acks({2}))) ++refused;  // waits: the limit is reached
+  });
+  absl::SleepFor(absl::Milliseconds(100));
+  batches.Abandon();
+  reader.join();
+  EXPECT_EQ(refused.load(), 1) << "Abandon frees a waiting push";
+  EXPECT_FALSE(batches.Push(Acks({3})));
+  v1::ConsumeRequest merged;
+  EXPECT_FALSE(batches.Take(&merged)) << "nothing is settled after a failed settle";
+}
+
+}  // namespace
+}  // namespace formica::dms
