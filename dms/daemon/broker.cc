@@ -241,9 +241,22 @@ class Broker::Impl final
                    [&] { return moves->Seal(*req, reply); });
   }
 
+  // Message bodies leave the broker here: a read that returned some is in
+  // the audit trail, and so is a refused one. A move reads its sealed queue
+  // in many batches after the sealing act; only the read at the queue's
+  // start is recorded for it.
   grpc::Status ReadQueue(grpc::ServerContext* ctx, const v1::ReadQueueRequest* req,
                          v1::ReadQueueReply* reply) override {
-    return Operate(ctx, nullptr, "", [&] { return moves->Read(*req, reply); });
+    grpc::Status st = Operate(ctx, nullptr, "", [&] { return moves->Read(*req, reply); });
+    const bool copying =
+        reply->hold() == v1::ReadQueueReply::SEALED && req->from() > reply->first_offset();
+    if (!st.ok() || (reply->records_size() > 0 && !copying)) {
+      RecordAct(ctx, "dms.read-queue",
+                absl::StrCat("topic=", req->topic(), " queue=", req->queue(), " from=", req->from(),
+                             " records=", reply->records_size()),
+                FromGrpcStatus(st));
+    }
+    return st;
   }
 
   grpc::Status ImportQueue(grpc::ServerContext* ctx, const v1::ImportQueueRequest* req,

@@ -704,6 +704,24 @@ TEST_F(DmsGroupsTest, AQueueOfLargeMessagesMoves) {
     ASSERT_EQ(reply.records_size(), 1);
     EXPECT_EQ(reply.records(0).message().body(), std::string(1 << 20, static_cast<char>('a' + i)));
   }
+  // Bodies read are operator acts: each read of the open queue, and of the
+  // sealed one only where the copy began (not each of its batches).
+  auto reads = [](const std::string& trail) {
+    int n = 0;
+    for (size_t at = trail.find("dms.read-queue"); at != std::string::npos;
+         at = trail.find("dms.read-queue", at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  std::tie(code, out) = Ctl2({"--dms", absl::StrCat("127.0.0.1:", g2_port_), "audit", "dmsd"});
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_GE(reads(out), kMessages) << out;
+  EXPECT_THAT(out, HasSubstr("topic=big queue=0 from=23 records=1"));
+  std::tie(code, out) = Ctl2({"audit", "dmsd"});
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_GE(reads(out), 1) << out;
+  EXPECT_LE(reads(out), 3) << "a read per batch of the copy: " << out;
 }
 
 TEST_F(DmsGroupsTest, BadMovesAreRefusedNamingWhatIsWrongAndChangeNothing) {
