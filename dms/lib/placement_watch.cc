@@ -33,15 +33,26 @@ absl::StatusOr<std::optional<Placement>> PlacementWatch::Read(const std::string&
   bool watching = false;
   {
     absl::MutexLock lock(&mu_);
-    auto it = known_.find(topic);
-    if (it != known_.end() && it->second.read && !force) {
-      if (!it->second.error.ok()) return it->second.error;
-      return it->second.placement;
+    Known& k = known_[topic];
+    if (!force) {
+      // One first read at a time: callers that come meanwhile take its outcome.
+      auto settled = [&k]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !k.reading; };
+      mu_.Await(absl::Condition(&settled));
+      if (k.read) {
+        if (!k.error.ok()) return k.error;
+        return k.placement;
+      }
+      // The registry did not answer the first read: the watch delivers the
+      // placement once it does; until then the default group, at once (a
+      // read per send would hold every send for the registry's timeout).
+      if (k.unanswered) return std::optional<Placement>();
+      k.reading = true;
     }
-    watching = it != known_.end() && it->second.watch != 0;
+    watching = k.watch != 0;
   }
   absl::StatusOr<registry::ConfigValue> v = registry_->GetConfig(PlacementKey(topic));
   if (absl::IsNotFound(v.status())) v = registry::ConfigValue();  // no entry
+  bool watched = watching;
   if (!watching) {
     absl::StatusOr<uint64_t> w =
         registry_->WatchConfig(PlacementKey(topic), [this, topic](const registry::ConfigValue& c) {
@@ -53,6 +64,7 @@ absl::StatusOr<std::optional<Placement>> PlacementWatch::Read(const std::string&
       uint64_t& watch = known_[topic].watch;
       extra = watch != 0;  // another caller's watch came first
       if (!extra) watch = *w;
+      watched = true;
     }
     if (extra) registry_->Unwatch(*w);
   }
@@ -60,15 +72,23 @@ absl::StatusOr<std::optional<Placement>> PlacementWatch::Read(const std::string&
     absl::Status st = absl::UnavailableError(absl::StrCat(
         "reading the placement of topic '", topic, "' from the registry: ", v.status().message()));
     if (force) return st;
+    {
+      absl::MutexLock lock(&mu_);
+      Known& k = known_[topic];
+      k.reading = false;
+      k.unanswered = watched;
+    }
     // Never read yet: the default group, as before placements existed (a
     // queue moved away from it is refused there, and read again then; the
     // watch delivers the placement once the registry answers).
-    SPDLOG_WARN("{}; sending to the default broker group meanwhile", std::string(st.message()));
+    SPDLOG_WARN("{}; sending to the default broker group until it answers",
+                std::string(st.message()));
     return std::optional<Placement>();
   }
   Take(topic, v->version, v->exists, v->value);
   absl::MutexLock lock(&mu_);
-  const Known& k = known_[topic];
+  Known& k = known_[topic];
+  if (!force) k.reading = false;
   if (!k.error.ok()) return k.error;
   return k.placement;
 }

@@ -29,10 +29,11 @@ class PlacementWatch {
 
   // The topic's placement (nullopt: none, every queue on the default
   // group). The first call for a topic reads the registry and starts
-  // watching; later ones answer from what the watch delivered. While the
-  // registry cannot be read a topic never read answers nullopt (and is read
-  // again at the next call). INVALID_ARGUMENT for an entry that is not a
-  // placement.
+  // watching; later ones answer from what the watch delivered (callers
+  // that come during the first read wait for it). When the registry does
+  // not answer that read, the topic answers nullopt at once from then on,
+  // without reading again, until the watch delivers its placement.
+  // INVALID_ARGUMENT for an entry that is not a placement.
   absl::StatusOr<std::optional<Placement>> Get(const std::string& topic);
   // Reads the registry again now (after a broker refused a send to a queue
   // that moved); UNAVAILABLE when it cannot be read.
@@ -44,7 +45,9 @@ class PlacementWatch {
 
  private:
   struct Known {
-    bool read = false;  // from the registry, once at least
+    bool read = false;        // from the registry, once at least
+    bool reading = false;     // a first read is in flight
+    bool unanswered = false;  // the first read failed; the watch is in place
     uint64_t version = 0;
     bool exists = false;
     std::optional<Placement> placement;

@@ -140,6 +140,45 @@ std::string KeyFor(int queue, int queues, int n) {
   }
 }
 
+// While the registry hangs, sends to a topic whose placement was never read
+// go to the default group without each waiting for the registry's timeout
+// (one read waits for it); once the registry answers, the watch brings the
+// topic's placement and sends follow it.
+TEST_F(DmsGroupsTest, WhileTheRegistryHangsATopicNeverReadIsNotReadAgainAtEachSend) {
+  Create(*broker_, "early", 1);
+  Create(*broker_, "late", 2);
+  Create(*g2_, "late", 2);
+  auto producer = NewProducer();
+  ASSERT_TRUE(producer->Send("early", Msg("before")).ok());
+  constexpr int kSends = 8;
+  dsrd_->process()->Signal(SIGSTOP);
+  absl::Time start = absl::Now();
+  int sent = 0;
+  for (int i = 0; i < kSends; ++i) {
+    auto r = producer->Send("late", Msg(absl::StrCat("m", i)));
+    if (r.ok()) ++sent;
+  }
+  absl::Duration took = absl::Now() - start;
+  dsrd_->process()->Signal(SIGCONT);
+  EXPECT_EQ(sent, kSends);
+  // The registry client's timeout is 5 s here: one read waited for it.
+  EXPECT_LT(took, absl::Seconds(8)) << "each send read the registry";
+  uint64_t on_default = 0;
+  for (const v1::QueueInfo& q : Queues(*broker_, "late")) on_default += q.end_offset();
+  EXPECT_EQ(on_default, static_cast<uint64_t>(kSends));
+
+  Place("late", {"g2", "g2"});
+  absl::Time deadline = absl::Now() + absl::Seconds(15);
+  uint64_t on_g2 = 0;
+  while (on_g2 == 0 && absl::Now() < deadline) {
+    ASSERT_TRUE(producer->Send("late", Msg("after")).ok());
+    on_g2 = 0;
+    for (const v1::QueueInfo& q : Queues(*g2_, "late")) on_g2 += q.end_offset();
+    if (on_g2 == 0) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_GT(on_g2, 0u) << "the placement written after the outage never reached the producer";
+}
+
 TEST_F(DmsGroupsTest, ATopicPlacedAcrossTwoGroupsSendsEachKeyToItsQueuesGroup) {
   Create(*broker_, "orders", 4);
   Create(*g2_, "orders", 4);
