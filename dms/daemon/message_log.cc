@@ -1,6 +1,5 @@
 #include "message_log.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -17,51 +16,12 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "log_segment.h"
 
 namespace formica::dms {
 namespace {
-
-constexpr size_t kHeader = 16;  // length, crc, offset
-
-void PutU32(char* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-void PutU64(char* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-uint32_t GetU32(const char* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
-  return v;
-}
-uint64_t GetU64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
-  return v;
-}
-
-uint32_t RecordCrc(uint64_t offset, absl::string_view payload) {
-  char off[8];
-  PutU64(off, offset);
-  return Crc32c(payload, Crc32c(absl::string_view(off, 8)));
-}
-
-absl::Status Errno(absl::string_view what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
-}
-
-std::string SegmentName(uint64_t base) { return absl::StrFormat("%020u.log", base); }
-
-absl::Status SyncDir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return Errno("cannot open directory", dir);
-  int rc = ::fsync(fd);
-  ::close(fd);
-  return rc == 0 ? absl::OkStatus() : Errno("cannot sync directory", dir);
-}
 
 // The threads that make the logs' fdatasyncs. Syncs of different files run
 // in parallel (several files' syncs cost little more than one on most
@@ -109,15 +69,7 @@ DurationHistogram& SyncLatency() {
 
 class MessageLog::Impl {
  public:
-  struct Segment {
-    uint64_t base = 0;
-    std::string path;
-    int fd = -1;
-    uint64_t size = 0;
-    std::vector<uint64_t> positions;  // byte position of each record
-    absl::Time last_write;            // its newest record's write (at open: the file's mtime)
-    uint64_t end() const { return base + positions.size(); }
-  };
+  using Segment = LogSegment;
 
   LogOptions options;
   mutable absl::Mutex mu;
@@ -154,63 +106,7 @@ class MessageLog::Impl {
   }
 
   absl::StatusOr<Segment> Create(uint64_t base) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    Segment s;
-    s.base = base;
-    s.last_write = absl::Now();
-    s.path = absl::StrCat(options.dir, "/", SegmentName(base));
-    s.fd = ::open(s.path.c_str(), O_RDWR | O_CREAT | O_APPEND, 0644);
-    if (s.fd < 0) return Errno("cannot create segment", s.path);
-    if (absl::Status st = SyncDir(options.dir); !st.ok()) {
-      ::close(s.fd);
-      return st;
-    }
-    return s;
-  }
-
-  // Reads a segment file, checking each record; `cut` tells where the
-  // valid part ends when it does not reach the end of the file.
-  absl::Status Load(Segment& s, std::string* why, uint64_t* valid) {
-    struct stat st;
-    if (::fstat(s.fd, &st) != 0) return Errno("cannot stat", s.path);
-    std::string data(static_cast<size_t>(st.st_size), '\0');
-    size_t got = 0;
-    while (got < data.size()) {
-      ssize_t n = ::pread(s.fd, data.data() + got, data.size() - got, static_cast<off_t>(got));
-      if (n < 0) return Errno("cannot read", s.path);
-      if (n == 0) break;
-      got += static_cast<size_t>(n);
-    }
-    data.resize(got);
-    uint64_t pos = 0;
-    why->clear();
-    while (pos < data.size()) {
-      uint64_t expected = s.base + s.positions.size();
-      if (data.size() - pos < kHeader) {
-        *why = absl::StrCat("a torn record header at offset ", expected);
-        break;
-      }
-      uint32_t length = GetU32(&data[pos]);
-      uint32_t crc = GetU32(&data[pos + 4]);
-      uint64_t offset = GetU64(&data[pos + 8]);
-      if (length > options.max_record_bytes) {
-        *why = absl::StrCat("an impossible record length ", length, " at offset ", expected);
-        break;
-      }
-      if (data.size() - pos - kHeader < length) {
-        *why = absl::StrCat("a torn record at offset ", expected);
-        break;
-      }
-      absl::string_view payload(&data[pos + kHeader], length);
-      if (offset != expected || RecordCrc(offset, payload) != crc) {
-        *why = absl::StrCat("a checksum mismatch at offset ", expected);
-        break;
-      }
-      s.positions.push_back(pos);
-      pos += kHeader + length;
-    }
-    *valid = pos;
-    s.size = pos;
-    return absl::OkStatus();
+    return LogSegment::Create(options.dir, base);
   }
 
   absl::Status Open(RecoveryReport* report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
@@ -235,7 +131,7 @@ class MessageLog::Impl {
       s.base = bases[i];
       s.path = absl::StrCat(options.dir, "/", SegmentName(s.base));
       s.fd = ::open(s.path.c_str(), O_RDWR | O_APPEND);
-      if (s.fd < 0) return Errno("cannot open segment", s.path);
+      if (s.fd < 0) return ErrnoError("cannot open segment", s.path);
       if (!segments.empty() && segments.back().end() != s.base) {
         std::string gap =
             absl::StrCat("log ", options.dir, ": ", s.path, " starts at offset ", s.base,
@@ -245,7 +141,7 @@ class MessageLog::Impl {
       }
       std::string why;
       uint64_t valid = 0;
-      if (absl::Status st = Load(s, &why, &valid); !st.ok()) {
+      if (absl::Status st = s.Load(options.max_record_bytes, &why, &valid); !st.ok()) {
         ::close(s.fd);
         return st;
       }
@@ -262,7 +158,7 @@ class MessageLog::Impl {
         // The newest segment's tail: what a crash in the middle of a write
         // leaves. Cut it, durably, and say so.
         if (::ftruncate(s.fd, static_cast<off_t>(valid)) != 0 || ::fdatasync(s.fd) != 0) {
-          absl::Status st = Errno("cannot cut the damaged tail of", s.path);
+          absl::Status st = ErrnoError("cannot cut the damaged tail of", s.path);
           ::close(s.fd);
           return st;
         }
@@ -283,7 +179,8 @@ class MessageLog::Impl {
     // made durable before anything is read from it (older segments were
     // synced whole when the log rolled past them).
     if (options.sync) {
-      if (::fdatasync(segments.back().fd) != 0) return Errno("cannot sync", segments.back().path);
+      if (::fdatasync(segments.back().fd) != 0)
+        return ErrnoError("cannot sync", segments.back().path);
       if (absl::Status st = SyncDir(options.dir); !st.ok()) return st;
     }
     written_end = synced = segments.back().end();
@@ -420,7 +317,7 @@ class MessageLog::Impl {
   absl::Status Flush() {
     absl::MutexLock lock(&mu);
     for (const Segment& s : segments) {
-      if (::fdatasync(s.fd) != 0) return Errno("cannot sync", s.path);
+      if (::fdatasync(s.fd) != 0) return ErrnoError("cannot sync", s.path);
     }
     return SyncDir(options.dir);
   }
@@ -435,7 +332,7 @@ class MessageLog::Impl {
         // (in every mode: a new segment durable in the directory after an
         // old one's lost tail would be a gap after a power loss).
         Segment& old = segments.back();
-        if (::fdatasync(old.fd) != 0) return Break(Errno("cannot sync", old.path));
+        if (::fdatasync(old.fd) != 0) return Break(ErrnoError("cannot sync", old.path));
         ++sync_count;
         synced = std::max(synced, old.end());
         absl::StatusOr<Segment> next = Create(old.end());
@@ -452,21 +349,14 @@ class MessageLog::Impl {
              (positions.empty() || s.size + frames.size() < options.segment_bytes)) {
         absl::string_view payload = payloads[i++];
         positions.push_back(s.size + frames.size());
-        size_t at = frames.size();
-        frames.resize(at + kHeader + payload.size());
-        char* f = &frames[at];
-        PutU32(f, static_cast<uint32_t>(payload.size()));
-        PutU32(f + 4, RecordCrc(offset, payload));
-        PutU64(f + 8, offset);
-        std::memcpy(f + kHeader, payload.data(), payload.size());
-        ++offset;
+        LogSegment::Frame(offset++, payload, &frames);
       }
       size_t done = 0;
       while (done < frames.size()) {
         ssize_t n = ::write(s.fd, frames.data() + done, frames.size() - done);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-          absl::Status st = Errno("cannot append to", s.path);
+          absl::Status st = ErrnoError("cannot append to", s.path);
           // Take the partial records back; if even that fails, stop appending.
           if (::ftruncate(s.fd, static_cast<off_t>(s.size)) != 0) return Break(st);
           // Records of earlier segments in this call stay (and are returned
@@ -560,7 +450,7 @@ class MessageLog::Impl {
       syncing = false;
       ++sync_count;
       if (rc != 0) {
-        Break(Errno("cannot sync", path)).IgnoreError();
+        Break(ErrnoError("cannot sync", path)).IgnoreError();
       } else {
         synced = std::max(synced, sync_target);
       }
@@ -641,24 +531,9 @@ class MessageLog::Impl {
     for (uint64_t off = from; off < synced && out->size() < max;) {
       while (seg != segments.end() && off >= seg->end()) ++seg;
       if (seg == segments.end()) break;
-      uint64_t pos = seg->positions[off - seg->base];
-      char header[kHeader];
-      if (::pread(seg->fd, header, kHeader, static_cast<off_t>(pos)) != kHeader) {
-        return Errno("cannot read", seg->path);
-      }
-      uint32_t length = GetU32(header);
       LogRecord r;
       r.offset = off;
-      r.payload.resize(length);
-      if (length > 0 &&
-          ::pread(seg->fd, r.payload.data(), length, static_cast<off_t>(pos + kHeader)) !=
-              static_cast<ssize_t>(length)) {
-        return Errno("cannot read", seg->path);
-      }
-      if (GetU64(header + 8) != off || RecordCrc(off, r.payload) != GetU32(header + 4)) {
-        return absl::DataLossError(
-            absl::StrCat(seg->path, ": the record at offset ", off, " fails its checksum"));
-      }
+      if (absl::Status st = seg->ReadRecord(off, &r.payload); !st.ok()) return st;
       out->push_back(std::move(r));
       ++off;
     }
@@ -686,7 +561,7 @@ class MessageLog::Impl {
     mu.Await(absl::Condition(&idle));
     while (segments.size() > 1 && segments.front().end() <= offset) {
       Segment& s = segments.front();
-      if (::unlink(s.path.c_str()) != 0) return Errno("cannot remove", s.path);
+      if (::unlink(s.path.c_str()) != 0) return ErrnoError("cannot remove", s.path);
       ::close(s.fd);
       segments.erase(segments.begin());
     }
