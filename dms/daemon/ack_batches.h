@@ -5,13 +5,14 @@
 // in arrival order, so the next settle makes all of them durable in one
 // write instead of one write each. Thread-safe.
 //
-//   AckBatches batches(kMaxWaitingRefs);
+//   AckBatches batches(kMaxWaitingRefs, kMaxWaitingBytes);
 //   reader:  while (stream.Read(&req)) if (!batches.Push(std::move(req))) break;
 //            batches.Finish();
 //   settler: v1::ConsumeRequest merged;
 //            while (batches.Take(&merged)) if (!Settle(merged).ok()) batches.Abandon();
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <deque>
 
@@ -23,20 +24,23 @@ namespace formica::dms {
 class AckBatches {
  public:
   // Push blocks while the requests waiting hold `max_refs` acks and
-  // retries (the stream's reader then stops reading: gRPC's flow control
-  // holds the client back).
-  explicit AckBatches(size_t max_refs) : max_refs_(max_refs) {}
+  // retries (a request counts at least one) or `max_bytes` (the stream's
+  // reader then stops reading: gRPC's flow control holds the client back).
+  AckBatches(size_t max_refs, size_t max_bytes) : max_refs_(max_refs), max_bytes_(max_bytes) {}
 
   // False, dropping `req`, once Abandon was called.
   bool Push(v1::ConsumeRequest req) {
-    const size_t refs = static_cast<size_t>(req.acks_size() + req.retries_size());
+    const size_t refs =
+        std::max<size_t>(1, static_cast<size_t>(req.acks_size() + req.retries_size()));
+    const size_t bytes = req.ByteSizeLong();
     absl::MutexLock lock(&mu_);
     auto room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return abandoned_ || waiting_.empty() || refs_ < max_refs_;
+      return abandoned_ || waiting_.empty() || (refs_ < max_refs_ && bytes_ < max_bytes_);
     };
     mu_.Await(absl::Condition(&room));
     if (abandoned_) return false;
     refs_ += refs;
+    bytes_ += bytes;
     waiting_.push_back(std::move(req));
     return true;
   }
@@ -53,7 +57,7 @@ class AckBatches {
     absl::MutexLock lock(&mu_);
     abandoned_ = true;
     waiting_.clear();
-    refs_ = 0;
+    refs_ = bytes_ = 0;
   }
 
   // Everything waiting, merged into `merged` in arrival order; blocks until
@@ -70,15 +74,17 @@ class AckBatches {
     waiting_.pop_front();
     for (v1::ConsumeRequest& r : waiting_) merged->MergeFrom(r);
     waiting_.clear();
-    refs_ = 0;
+    refs_ = bytes_ = 0;
     return true;
   }
 
  private:
   const size_t max_refs_;
+  const size_t max_bytes_;
   absl::Mutex mu_;
   std::deque<v1::ConsumeRequest> waiting_ ABSL_GUARDED_BY(mu_);
   size_t refs_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool abandoned_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -49,6 +49,7 @@ namespace {
 // How many acks and retries of one Consume stream may wait for the settle
 // in progress before its reader stops reading.
 constexpr size_t kMaxWaitingAcks = 1 << 16;
+constexpr size_t kMaxWaitingAckBytes = 16 << 20;
 
 }  // namespace
 
@@ -241,16 +242,13 @@ class Broker::Impl final
                    [&] { return moves->Seal(*req, reply); });
   }
 
-  // Message bodies leave the broker here: a read that returned some is in
-  // the audit trail, and so is a refused one. A move reads its sealed queue
-  // in many batches after the sealing act; only the read at the queue's
-  // start is recorded for it.
+  // Message bodies leave the broker here: every read that returned some is
+  // in the audit trail (a move's copy: one act per batch), and so is a
+  // refused one.
   grpc::Status ReadQueue(grpc::ServerContext* ctx, const v1::ReadQueueRequest* req,
                          v1::ReadQueueReply* reply) override {
     grpc::Status st = Operate(ctx, nullptr, "", [&] { return moves->Read(*req, reply); });
-    const bool copying =
-        reply->hold() == v1::ReadQueueReply::SEALED && req->from() > reply->first_offset();
-    if (!st.ok() || (reply->records_size() > 0 && !copying)) {
+    if (!st.ok() || reply->records_size() > 0) {
       RecordAct(ctx, "dms.read-queue",
                 absl::StrCat("topic=", req->topic(), " queue=", req->queue(), " from=", req->from(),
                              " records=", reply->records_size()),
@@ -429,7 +427,7 @@ class Broker::Impl final
     // One thread reads, another settles: acks that arrive while a settle
     // waits for its write are settled together in the next one, so a
     // consumer's acks cost one durable write per settle, not per request.
-    AckBatches batches(kMaxWaitingAcks);
+    AckBatches batches(kMaxWaitingAcks, kMaxWaitingAckBytes);
     absl::Status reader_status, settle_status;
     std::thread reader([&] {
       v1::ConsumeRequest req;
@@ -442,6 +440,8 @@ class Broker::Impl final
           reader_status = st;
           break;
         }
+        if (req.acks_size() == 0 && req.retries_size() == 0) continue;  // nothing to settle
+        req.DiscardUnknownFields();
         if (!batches.Push(std::move(req))) break;
         req.Clear();
       }

@@ -39,12 +39,14 @@ namespace {
 // Entries of the group's log: a kind byte, then
 //   'A' id, u64 first offset, u32 count, (u32 length, bytes) per record
 //   'R' id, u64 offset                      (remove segments before it)
+//   'S' id, u64 expected end, u64 next      (an empty log begins at next)
 //   'B' store ('p' progress, 'm' meta), a RocksDB WriteBatch's bytes
 //   'T' name, u32 queues                    (create a topic)
 // where name is a u32 length and the bytes, and id is a u32 length and the bytes of
 // "<topic>/<queue>".
 constexpr char kAppend = 'A';
 constexpr char kRemove = 'R';
+constexpr char kStartAt = 'S';
 constexpr char kBatch = 'B';
 constexpr char kCreateTopic = 'T';
 // A snapshot is what the stores held when it was taken, as a check (the
@@ -320,6 +322,18 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
     return Outcome(node->Propose(std::move(entry), term).get());
   }
 
+  absl::Status ProposeStartAt(const std::string& id, uint64_t term, uint64_t expected_end,
+                              uint64_t next) override {
+    std::string entry(1, kStartAt);
+    PutU32(&entry, static_cast<uint32_t>(id.size()));
+    entry += id;
+    PutU64(&entry, expected_end);
+    PutU64(&entry, next);
+    ProposeResult r = node->Propose(std::move(entry), term).get();
+    if (r.status.ok() && !r.output.empty()) return absl::FailedPreconditionError(r.output);
+    return Outcome(r);
+  }
+
   static ProposeResult NotLeaderResult() {
     ProposeResult r;
     r.status = absl::FailedPreconditionError("not leading");
@@ -430,6 +444,21 @@ class BrokerGroup::Impl : public RaftStateMachine, public LogReplication, public
         MessageLog* log = FindLog(id);
         if (log == nullptr) return Rejected(index, UnknownLog(id));
         Durably(index, [&] { return log->ApplyRemoveBefore(offset); });
+        break;
+      }
+      case kStartAt: {
+        uint64_t expected = 0, next = 0;
+        if (!in.Bytes(&id) || !in.U64(&expected) || !in.U64(&next)) {
+          ApplyFailed(index, "cut short");
+        }
+        MessageLog* log = FindLog(id);
+        if (log == nullptr) return Rejected(index, UnknownLog(id));
+        absl::Status st;
+        Durably(index, [&] {
+          st = log->ApplyStartAt(expected, next);
+          return absl::IsFailedPrecondition(st) ? absl::OkStatus() : st;
+        });
+        if (absl::IsFailedPrecondition(st)) return Rejected(index, std::string(st.message()));
         break;
       }
       case kBatch: {

@@ -540,6 +540,94 @@ class MessageLog::Impl {
     return absl::OkStatus();
   }
 
+  // ---- beginning an empty log further on (StartAt) ----
+
+  absl::Status StartAt(uint64_t next) {
+    if (options.replication == nullptr) {
+      absl::MutexLock lock(&mu);
+      if (!broken.ok()) return broken;
+      if (next <= written_end) return absl::OkStatus();
+      if (absl::Status st = CheckEmptyLocked(next); !st.ok()) return st;
+      return JumpLocked(next);
+    }
+    // Replicated: one entry, while no append of this log is in flight (the
+    // entry names the group's end it expects, so an append applied first
+    // has it rejected on every member alike).
+    absl::MutexLock order(&propose_mu);
+    uint64_t expected = 0, at_term = 0;
+    {
+      absl::MutexLock lock(&mu);
+      if (!broken.ok()) return broken;
+      if (!leading) {
+        return absl::UnavailableError(
+            "this dmsd is not the leader of its broker group; send to the leader");
+      }
+      if (!fenced.ok()) return fenced;
+      if (next <= applied_end) return absl::OkStatus();
+      if (proposed_end != applied_end) {
+        return absl::UnavailableError(absl::StrCat(
+            "log ", options.replication_id, ": appends are in flight; try again once they apply"));
+      }
+      if (absl::Status st = CheckEmptyLocked(next); !st.ok()) return st;
+      expected = applied_end;
+      at_term = term;
+    }
+    absl::Status st =
+        options.replication->ProposeStartAt(options.replication_id, at_term, expected, next);
+    absl::MutexLock lock(&mu);
+    if (st.ok() && leading && term == at_term) proposed_end = acked_end = applied_end;
+    return st;
+  }
+  // What a StartAt entry of the group's log does on every member: the log,
+  // holding no record and ending at `expected` in the group's log, begins
+  // at `next`. FAILED_PRECONDITION (nothing changed) when the group's log
+  // of it no longer ends at `expected`.
+  absl::Status ApplyStartAt(uint64_t expected, uint64_t next) {
+    absl::MutexLock lock(&mu);
+    if (!broken.ok()) return broken;
+    if (applied_end != expected) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "log ", options.replication_id, ": a start at offset ", next,
+          " proposed where the group's log of it ended at ", expected, ", but it ends at ",
+          applied_end, " (an append came first); rejected, nothing changed"));
+    }
+    // A replay after a restart: the files may begin there (or past it) already.
+    if (next > written_end) {
+      if (absl::Status st = CheckEmptyLocked(next); !st.ok()) {
+        return absl::DataLossError(st.message());
+      }
+      if (absl::Status st = JumpLocked(next); !st.ok()) return st;
+    }
+    applied_end = std::max(applied_end, next);
+    synced = std::max(synced, written_end);
+    return absl::OkStatus();
+  }
+  absl::Status CheckEmptyLocked(uint64_t next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (segments.size() == 1 && segments.front().positions.empty()) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat("log ", options.dir, " holds records (offsets ", segments.front().base, " to ",
+                     written_end, "); it can begin at offset ", next, " only while it holds none"));
+  }
+  // Replaces the one empty segment with an empty one at `next`. The old one
+  // goes first: a crash between the two leaves no segment, which Open takes
+  // as an empty log at 0 (the start is made again), never a gap.
+  absl::Status JumpLocked(uint64_t next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return !syncing; };
+    mu.Await(absl::Condition(&idle));
+    Segment& old = segments.front();
+    if (::unlink(old.path.c_str()) != 0) return Break(ErrnoError("cannot remove", old.path));
+    ::close(old.fd);
+    segments.clear();
+    absl::Status dir = SyncDir(options.dir);
+    absl::StatusOr<Segment> fresh = Create(next);
+    if (!fresh.ok()) return Break(fresh.status());
+    if (!dir.ok()) return Break(dir);
+    segments.push_back(*std::move(fresh));
+    written_end = synced = next;
+    if (options.replication == nullptr) applied_end = next;
+    return absl::OkStatus();
+  }
+
   absl::Status RemoveBefore(uint64_t offset) {
     if (options.replication != nullptr) {
       uint64_t at_term = 0;
@@ -646,6 +734,10 @@ absl::Status MessageLog::ApplyAppend(uint64_t first, absl::Span<const absl::stri
 }
 absl::Status MessageLog::ApplyRemoveBefore(uint64_t offset) {
   return impl_->ApplyRemoveBefore(offset);
+}
+absl::Status MessageLog::StartAt(uint64_t next) { return impl_->StartAt(next); }
+absl::Status MessageLog::ApplyStartAt(uint64_t expected_end, uint64_t next) {
+  return impl_->ApplyStartAt(expected_end, next);
 }
 absl::Status MessageLog::Flush() { return impl_->Flush(); }
 absl::StatusOr<uint64_t> MessageLog::WriteMany(absl::Span<const absl::string_view> payloads) {

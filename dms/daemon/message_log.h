@@ -66,6 +66,11 @@ class LogReplication {
   // of `term`; returns once that is committed and applied here.
   virtual absl::Status ProposeRemoveBefore(const std::string& id, uint64_t term,
                                            uint64_t offset) = 0;
+  // Makes log `id`, holding no record and ending at `expected_end` in the
+  // group's log, begin at `next` on every member (ApplyStartAt), as leader
+  // of `term`; returns once that is committed and applied here.
+  virtual absl::Status ProposeStartAt(const std::string& id, uint64_t term, uint64_t expected_end,
+                                      uint64_t next) = 0;
 };
 
 // What Open found and did.
@@ -130,6 +135,15 @@ class MessageLog {
   // Retention: removes whole segments that end at or before `offset`.
   absl::Status RemoveBefore(uint64_t offset);
 
+  // Makes a log that holds no record begin at `next`: its next record lands
+  // there, and first_offset() is `next` (a queue taking over another
+  // group's queue whose retention removed its start; a topic created again
+  // above what was acknowledged), instead of one placeholder per offset
+  // before it. Nothing to do when the log already reaches `next`;
+  // FAILED_PRECONDITION when it holds records. Replicated: one entry of the
+  // group's log (UNAVAILABLE while appends of this log are in flight).
+  absl::Status StartAt(uint64_t next);
+
   // ---- replicated mode (LogOptions.replication) ----
   // Appends and removals are taken only while leading: Lead(term), once
   // every committed change is applied, starts proposing, as leader of
@@ -152,6 +166,10 @@ class MessageLog {
   absl::Status RestoreEnd(uint64_t end);
   uint64_t applied_end() const;
   absl::Status ApplyRemoveBefore(uint64_t offset);
+  // What StartAt's entry does on every member; FAILED_PRECONDITION (nothing
+  // changed) when the group's log of it no longer ends at `expected_end`,
+  // DATA_LOSS when this member's files hold records there.
+  absl::Status ApplyStartAt(uint64_t expected_end, uint64_t next);
   // Makes every record written so far durable (fdatasync of the segments).
   absl::Status Flush();
 

@@ -277,7 +277,11 @@ absl::StatusOr<uint64_t> Topic::Import(int queue, uint64_t first,
   // import whose wait failed are not written again.
   uint64_t end = log.written_end();
   if (end < first) {
-    if (absl::Status st = SkipTo(queue, first); !st.ok()) return st;
+    // A log holding no record (the usual destination) begins at `first` in
+    // one step; one holding records gets a placeholder per offset up to it.
+    absl::Status st = log.StartAt(first);
+    if (absl::IsFailedPrecondition(st)) st = SkipTo(queue, first);
+    if (!st.ok()) return st;
     end = log.written_end();
   }
   if (first + records.size() <= end) return 0;  // all held already

@@ -87,8 +87,10 @@ class Topic {
   // A queue moving in from another broker group: `records` are the source's
   // records from offset `first` on. What the log already holds of them (a
   // repeated import) is skipped, the rest appended at the same offsets; a
-  // log that ends before `first` is first filled with placeholders up to it
-  // (SkipTo). Durable on return; returns how many records were appended.
+  // log holding no record that ends before `first` begins at `first`
+  // (MessageLog::StartAt), one holding records is first filled with
+  // placeholders up to it (SkipTo). Durable on return; returns how many
+  // records were appended.
   absl::StatusOr<uint64_t> Import(int queue, uint64_t first,
                                   const std::vector<v1::StoredMessage>& records);
 

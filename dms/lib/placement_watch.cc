@@ -77,6 +77,10 @@ absl::StatusOr<std::optional<Placement>> PlacementWatch::Read(const std::string&
       Known& k = known_[topic];
       k.reading = false;
       k.unanswered = watched;
+      if (k.read) {  // the watch answered meanwhile
+        if (!k.error.ok()) return k.error;
+        return k.placement;
+      }
     }
     // Never read yet: the default group, as before placements existed (a
     // queue moved away from it is refused there, and read again then; the

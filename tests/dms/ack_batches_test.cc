@@ -28,7 +28,7 @@ std::vector<uint64_t> AckOffsets(const v1::ConsumeRequest& req) {
 }
 
 TEST(AckBatches, RequestsThatWaitedAreTakenAsOneInArrivalOrder) {
-  AckBatches batches(1000);
+  AckBatches batches(1000, 1 << 20);
   ASSERT_TRUE(batches.Push(Acks({1, 2})));
   ASSERT_TRUE(batches.Push(Acks({}, {3})));
   ASSERT_TRUE(batches.Push(Acks({4})));
@@ -43,7 +43,7 @@ TEST(AckBatches, RequestsThatWaitedAreTakenAsOneInArrivalOrder) {
 }
 
 TEST(AckBatches, WhatWaitsWhenTheStreamEndsIsStillTakenThenTakeEnds) {
-  AckBatches batches(1000);
+  AckBatches batches(1000, 1 << 20);
   ASSERT_TRUE(batches.Push(Acks({7})));
   batches.Finish();
   v1::ConsumeRequest merged;
@@ -53,7 +53,7 @@ TEST(AckBatches, WhatWaitsWhenTheStreamEndsIsStillTakenThenTakeEnds) {
 }
 
 TEST(AckBatches, APushWaitsWhileTheWaitingRequestsHoldTheLimit) {
-  AckBatches batches(2);
+  AckBatches batches(2, 1 << 20);
   ASSERT_TRUE(batches.Push(Acks({1, 2})));
   std::atomic<bool> pushed{false};
   std::thread reader([&] {
@@ -71,8 +71,43 @@ TEST(AckBatches, APushWaitsWhileTheWaitingRequestsHoldTheLimit) {
   EXPECT_EQ(AckOffsets(merged), (std::vector<uint64_t>{3}));
 }
 
+// A request counts one at least, and its bytes count too: requests
+// without acks, or carrying little else than bytes, cannot pile up unbounded.
+TEST(AckBatches, RequestsCountOneAtLeastAndTheirBytesCountToo) {
+  AckBatches by_count(2, 1 << 20);
+  ASSERT_TRUE(by_count.Push(v1::ConsumeRequest()));
+  ASSERT_TRUE(by_count.Push(v1::ConsumeRequest()));
+  std::atomic<bool> third{false};
+  std::thread reader([&] {
+    EXPECT_TRUE(by_count.Push(v1::ConsumeRequest()));
+    third = true;
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_FALSE(third.load()) << "two empty requests wait: the limit";
+  v1::ConsumeRequest merged;
+  ASSERT_TRUE(by_count.Take(&merged));
+  reader.join();
+
+  AckBatches by_bytes(1000, 64);
+  v1::ConsumeRequest big;
+  for (int i = 0; i < 20; ++i) big.add_acks()->set_offset(1000000 + i);
+  ASSERT_GT(big.ByteSizeLong(), 64u);
+  ASSERT_TRUE(by_bytes.Push(big));
+  std::atomic<bool> second{false};
+  std::thread writer([&] {
+    EXPECT_TRUE(by_bytes.Push(Acks({1})));
+    second = true;
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_FALSE(second.load()) << "the waiting request holds more than the byte limit";
+  ASSERT_TRUE(by_bytes.Take(&merged));
+  EXPECT_EQ(merged.acks_size(), 20);
+  writer.join();
+  EXPECT_TRUE(second.load());
+}
+
 TEST(AckBatches, ARequestLargerThanTheLimitIsTakenWhenNothingWaits) {
-  AckBatches batches(2);
+  AckBatches batches(2, 1 << 20);
   ASSERT_TRUE(batches.Push(Acks({1, 2, 3, 4})));
   v1::ConsumeRequest merged;
   ASSERT_TRUE(batches.Take(&merged));
@@ -80,7 +115,7 @@ TEST(AckBatches, ARequestLargerThanTheLimitIsTakenWhenNothingWaits) {
 }
 
 TEST(AckBatches, AfterAFailedSettleWhatWaitsIsDroppedAndPushesAreRefused) {
-  AckBatches batches(1);
+  AckBatches batches(1, 1 << 20);
   ASSERT_TRUE(batches.Push(Acks({1})));
   std::atomic<int> refused{0};
   std::thread reader([&] {

@@ -171,5 +171,64 @@ TEST_F(ReplicatedGroupsTest, AQueueMovedIntoAReplicatedGroupSurvivesItsLeadersKi
   (*consumer)->Stop();
 }
 
+// A queue taken over from a group whose retention removed its start begins
+// there on every member in one entry (not a placeholder per offset), and
+// keeps that start through a leader's kill -9 and the member's restart.
+TEST_F(ReplicatedGroupsTest, AnImportedQueueBeginsAtItsSourcesFirstOffsetOnEveryMember) {
+  constexpr uint64_t kFirst = 3'000'000'000;
+  int leader = WaitForLeader(absl::Seconds(20));
+  ASSERT_GE(leader, 0) << Logs();
+  auto stub_of = [&](int i) {
+    return v1::Broker::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", members_[i].port),
+                                                   grpc::InsecureChannelCredentials()));
+  };
+  v1::ImportQueueRequest import;
+  import.set_topic("far");
+  import.set_queues(1);
+  import.set_first_offset(kFirst);
+  for (int i = 0; i < 3; ++i) {
+    v1::QueueRecord* r = import.add_records();
+    r->set_offset(kFirst + i);
+    r->mutable_message()->set_body(absl::StrCat("r", i));
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ImportQueueReply reply;
+    grpc::Status st = stub_of(leader)->ImportQueue(&ctx, import, &reply);
+    ASSERT_TRUE(st.ok()) << st.error_message() << Logs();
+    EXPECT_EQ(reply.appended(), 3u);
+  }
+  auto read = [&](int i, v1::ReadQueueReply* reply) {
+    grpc::ClientContext ctx;
+    v1::ReadQueueRequest req;
+    req.set_topic("far");
+    return stub_of(i)->ReadQueue(&ctx, req, reply);
+  };
+  Kill9(leader);
+  int next = WaitForLeader(absl::Seconds(15), leader);
+  ASSERT_GE(next, 0) << Logs();
+  v1::ReadQueueReply got;
+  grpc::Status st = read(next, &got);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(got.first_offset(), kFirst);
+  EXPECT_EQ(got.end_offset(), kFirst + 3);
+  ASSERT_EQ(got.records_size(), 3);
+  EXPECT_EQ(got.records(0).offset(), kFirst);
+  EXPECT_EQ(got.records(2).message().body(), "r2");
+  // The killed member replays the group's log at its restart and catches
+  // up; leading, it serves the same queue.
+  StartMember(leader);
+  ASSERT_TRUE(members_[leader].process->WaitForOutput("follower", absl::Seconds(20))) << Logs();
+  Kill9(next);
+  int third = WaitForLeader(absl::Seconds(15), next);
+  ASSERT_GE(third, 0) << Logs();
+  v1::ReadQueueReply later;
+  st = read(third, &later);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(later.first_offset(), kFirst);
+  ASSERT_EQ(later.records_size(), 3);
+  EXPECT_EQ(later.records(1).message().body(), "r1");
+}
+
 }  // namespace
 }  // namespace formica::dms::testing

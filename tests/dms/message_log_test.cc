@@ -234,6 +234,14 @@ class HeldReplication : public LogReplication {
   absl::Status ProposeRemoveBefore(const std::string&, uint64_t, uint64_t) override {
     return absl::UnimplementedError("not in these tests");
   }
+  // Applied at once on `start_log` (the group's log taking it), as BrokerGroup does.
+  absl::Status ProposeStartAt(const std::string&, uint64_t, uint64_t expected_end,
+                              uint64_t next) override {
+    ++starts;
+    return start_log->ApplyStartAt(expected_end, next);
+  }
+  MessageLog* start_log = nullptr;
+  int starts = 0;
   Proposal Take() {
     absl::MutexLock lock(&mu_);
     EXPECT_FALSE(held_.empty());
@@ -419,6 +427,104 @@ TEST(ReplicatedMessageLog, WaitersOfALeadershipThatEndedFail) {
   HeldReplication::Proposal p = group.Take();
   EXPECT_TRUE(HeldReplication::Apply(*log, p).ok());
   EXPECT_EQ(log->Write("y").status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace formica::dms
+
+namespace formica::dms {
+namespace {
+
+std::vector<std::string> Payloads(const std::vector<LogRecord>& records) {
+  std::vector<std::string> out;
+  for (const LogRecord& r : records) out.push_back(r.payload);
+  return out;
+}
+
+// A queue taken over from another group whose retention removed its start:
+// the empty log begins there in one step, not one placeholder per offset.
+TEST(MessageLogStartAt, AnEmptyLogBeginsFurtherOnAndKeepsItAcrossARestart) {
+  TempDir dir;
+  constexpr uint64_t kFirst = 5'000'000'000;
+  {
+    LogOptions o;
+    o.dir = dir.File("q");
+    auto log = MessageLog::Open(o, nullptr);
+    ASSERT_TRUE(log.ok()) << log.status();
+    ASSERT_TRUE((*log)->StartAt(kFirst).ok());
+    EXPECT_EQ((*log)->first_offset(), kFirst);
+    EXPECT_EQ((*log)->written_end(), kFirst);
+    absl::StatusOr<uint64_t> at = (*log)->Append("first kept");
+    ASSERT_TRUE(at.ok()) << at.status();
+    EXPECT_EQ(*at, kFirst);
+    ASSERT_EQ((*log)->Segments().size(), 1u);
+    EXPECT_EQ((*log)->Segments()[0].bytes, 16u + 10u) << "no placeholders were written";
+    std::vector<LogRecord> out;
+    EXPECT_TRUE(absl::IsOutOfRange((*log)->Read(0, 1, &out))) << "offsets before it do not exist";
+    EXPECT_TRUE((*log)->StartAt(kFirst - 1).ok()) << "already past it: nothing to do";
+    absl::Status st = (*log)->StartAt(kFirst + 100);
+    EXPECT_TRUE(absl::IsFailedPrecondition(st)) << st;
+    EXPECT_NE(st.message().find("holds records"), absl::string_view::npos) << st;
+    EXPECT_EQ((*log)->written_end(), kFirst + 1) << "a refused start changed the log";
+  }
+  LogOptions o;
+  o.dir = dir.File("q");
+  auto log = MessageLog::Open(o, nullptr);
+  ASSERT_TRUE(log.ok()) << log.status();
+  EXPECT_EQ((*log)->first_offset(), kFirst);
+  std::vector<LogRecord> out;
+  ASSERT_TRUE((*log)->Read(kFirst, 10, &out).ok());
+  EXPECT_EQ(Payloads(out), (std::vector<std::string>{"first kept"}));
+  absl::StatusOr<uint64_t> next = (*log)->Append("next");
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(*next, kFirst + 1);
+}
+
+TEST(MessageLogStartAt, AReplicatedStartIsOneEntryAppliedOnEveryMemberAndReplayedOnce) {
+  TempDir dir;
+  HeldReplication group;
+  auto leader = OpenReplicated(dir.File("leader"), &group);
+  auto follower = OpenReplicated(dir.File("follower"), &group);
+  ASSERT_NE(leader, nullptr);
+  ASSERT_NE(follower, nullptr);
+  group.start_log = leader.get();
+  leader->Lead(1);
+  ASSERT_TRUE(leader->StartAt(1000).ok());
+  EXPECT_EQ(group.starts, 1);
+  EXPECT_EQ(leader->applied_end(), 1000u);
+  EXPECT_EQ(leader->first_offset(), 1000u);
+  // The follower applies the same entry; then both take the appends after it.
+  ASSERT_TRUE(follower->ApplyStartAt(0, 1000).ok());
+  EXPECT_EQ(follower->first_offset(), 1000u);
+  absl::StatusOr<uint64_t> at = leader->Write("after");
+  ASSERT_TRUE(at.ok()) << at.status();
+  EXPECT_EQ(*at, 1000u);
+  HeldReplication::Proposal p = group.Take();
+  EXPECT_EQ(p.first, 1000u);
+  ASSERT_TRUE(follower->ApplyAppend(p.first, Views(p.payloads)).ok());
+  ASSERT_TRUE(HeldReplication::Apply(*leader, p).ok());
+  EXPECT_TRUE(leader->WaitDurable(*at).ok());
+  // A start proposed where the group's log ended earlier is rejected alike
+  // on every member, and changes nothing.
+  absl::Status stale = follower->ApplyStartAt(0, 5000);
+  EXPECT_TRUE(absl::IsFailedPrecondition(stale)) << stale;
+  EXPECT_EQ(follower->first_offset(), 1000u);
+  EXPECT_EQ(follower->applied_end(), 1001u);
+  // A log holding records is not started anew by its leader.
+  absl::Status full = leader->StartAt(9000);
+  EXPECT_TRUE(absl::IsFailedPrecondition(full)) << full;
+  EXPECT_EQ(group.starts, 1);
+  ASSERT_TRUE(follower->Flush().ok());
+  follower.reset();
+  // A restart replays the group's log from before the start: the start and
+  // the append find the files there already.
+  auto again = OpenReplicated(dir.File("follower"), &group);
+  ASSERT_NE(again, nullptr);
+  ASSERT_TRUE(again->ApplyStartAt(0, 1000).ok());
+  ASSERT_TRUE(again->ApplyAppend(1000, Views(p.payloads)).ok());
+  std::vector<LogRecord> out;
+  ASSERT_TRUE(again->Read(1000, 10, &out).ok());
+  EXPECT_EQ(Payloads(out), (std::vector<std::string>{"after"})) << "the replay wrote twice";
 }
 
 }  // namespace
