@@ -218,12 +218,7 @@ class MessageLog::Impl {
     uint64_t first = 0, at_term = 0;
     {
       absl::MutexLock lock(&mu);
-      if (!broken.ok()) return broken;
-      if (!leading) {
-        return absl::UnavailableError(
-            "this dmsd is not the leader of its broker group; send to the leader");
-      }
-      if (!fenced.ok()) return fenced;
+      if (absl::Status st = CanProposeLocked(); !st.ok()) return st;
       first = proposed_end;
       proposed_end += payloads.size();
       at_term = term;
@@ -233,6 +228,15 @@ class MessageLog::Impl {
         options.replication_id, at_term, first, payloads,
         [this, at_term, end](absl::Status st) { Answered(at_term, end, st); });
     return first;
+  }
+  // Replicated: whether this member may propose changes of the log now.
+  absl::Status CanProposeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (!broken.ok()) return broken;
+    if (!leading) {
+      return absl::UnavailableError(
+          "this dmsd is not the leader of its broker group; send to the leader");
+    }
+    return fenced;
   }
   // The outcome of this leadership's own append entry ending at `end`.
   void Answered(uint64_t at_term, uint64_t end, absl::Status st) {
@@ -557,12 +561,7 @@ class MessageLog::Impl {
     uint64_t expected = 0, at_term = 0;
     {
       absl::MutexLock lock(&mu);
-      if (!broken.ok()) return broken;
-      if (!leading) {
-        return absl::UnavailableError(
-            "this dmsd is not the leader of its broker group; send to the leader");
-      }
-      if (!fenced.ok()) return fenced;
+      if (absl::Status st = CanProposeLocked(); !st.ok()) return st;
       if (next <= applied_end) return absl::OkStatus();
       if (proposed_end != applied_end) {
         return absl::UnavailableError(absl::StrCat(
