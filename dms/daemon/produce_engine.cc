@@ -372,19 +372,28 @@ absl::Status ProduceEngine::PlaceDedup(TopicState& t, DedupCall& call) {
     }
     call.to_store.push_back(i);
   }
+  // Each queue's messages in one write (in a broker group, one entry of
+  // its log per queue, not per message).
+  std::vector<const v1::StoredMessage*> messages;
+  std::vector<int> queues;
   for (int i : call.to_store) {
-    absl::StatusOr<Produced> written = t.topic->Write(call.queues[i], stored[i]);
-    if (!written.ok()) {
-      // Records written before stay unindexed, pinning their queues'
-      // marks: a restart indexes them from the log.
-      release();
-      return written.status();
-    }
-    const Produced& p = *written;
-    t.unindexed[p.queue].insert(p.offset);
-    call.placed.push_back(p);
-    call.last[p.queue] = std::max(call.last[p.queue], p.offset);
+    messages.push_back(&stored[i]);
+    queues.push_back(call.queues[i]);
   }
+  std::vector<Produced> placed;
+  std::map<int, uint64_t> last;
+  absl::Status written = t.topic->WriteBatch(messages, queues, &placed, &last);
+  for (const Produced& p : placed) {
+    // On an error, the queues written before it (those in `last`) stay
+    // unindexed, pinning their marks: a restart indexes them from the log.
+    if (last.count(p.queue) > 0) t.unindexed[p.queue].insert(p.offset);
+  }
+  if (!written.ok()) {
+    release();
+    return written;
+  }
+  call.placed = std::move(placed);
+  call.last = std::move(last);
   return absl::OkStatus();
 }
 
