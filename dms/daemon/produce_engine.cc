@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -398,43 +399,50 @@ absl::Status ProduceEngine::PlaceDedup(TopicState& t, DedupCall& call) {
 }
 
 // The writes of `call` are durable (or `synced` says why not): index
-// them, free their keys for parked calls, and answer.
+// them, free their keys for parked calls, and answer. The index write (in
+// a broker group, a commit of its log) runs outside the topic's lock, so
+// the calls of a topic index at once rather than one after another; each
+// call's offsets stay unindexed until its own write succeeds, so no mark
+// written meanwhile passes them (a restart indexes from the mark on).
 void ProduceEngine::EndDedup(std::shared_ptr<DedupCall> call, absl::Status synced) {
   TopicState& t = *call->topic;
   const std::vector<v1::StoredMessage>& stored = *call->stored;
   absl::Status indexed;
-  {
+  std::vector<std::pair<std::string, DedupEntry>> entries;
+  std::map<int, uint64_t> marks;  // as they are once these are indexed
+  if (synced.ok()) {
+    for (size_t j = 0; j < call->placed.size(); ++j) {
+      const Produced& p = call->placed[j];
+      const v1::StoredMessage& s = stored[call->to_store[j]];
+      if (!s.dedup_key().empty()) {
+        entries.emplace_back(s.dedup_key(), DedupEntry{p.queue, p.offset, s.born_unix_ms()});
+      }
+    }
+    std::map<int, std::set<uint64_t>> own;
+    for (const Produced& p : call->placed) own[p.queue].insert(p.offset);
     absl::MutexLock lock(&t.dedup_mu);
-    if (synced.ok()) {
-      std::vector<std::pair<std::string, DedupEntry>> entries;
-      for (size_t j = 0; j < call->placed.size(); ++j) {
-        const Produced& p = call->placed[j];
-        const v1::StoredMessage& s = stored[call->to_store[j]];
-        if (!s.dedup_key().empty()) {
-          entries.emplace_back(s.dedup_key(), DedupEntry{p.queue, p.offset, s.born_unix_ms()});
+    for (const auto& [q, offset] : call->last) {
+      uint64_t mark = offset + 1;
+      for (uint64_t u : t.unindexed[q]) {  // the first offset another call has not indexed
+        if (own[q].count(u) == 0) {
+          mark = u;
+          break;
         }
       }
-      // The marks as they are once these are indexed.
-      std::map<int, uint64_t> marks;
+      if (mark > t.marks[q]) marks[q] = mark;
+    }
+  }
+  if (synced.ok()) indexed = dedup_->Index(t, entries, marks);
+  {
+    absl::MutexLock lock(&t.dedup_mu);
+    if (synced.ok() && indexed.ok()) {
       for (const Produced& p : call->placed) {
         t.unindexed[p.queue].erase(t.unindexed[p.queue].find(p.offset));
       }
-      for (const auto& [q, offset] : call->last) {
-        uint64_t mark = t.unindexed[q].empty() ? offset + 1 : *t.unindexed[q].begin();
-        if (mark > t.marks[q]) {
-          marks[q] = mark;
-        }
-      }
-      indexed = dedup_->Index(t, entries, marks);
-      if (indexed.ok()) {
-        for (const auto& [q, mark] : marks) t.marks[q] = mark;
-      } else {
-        // Not indexed: their offsets pin the marks until a restart
-        // indexes them from the log.
-        for (const Produced& p : call->placed) t.unindexed[p.queue].insert(p.offset);
-      }
+      for (const auto& [q, mark] : marks) t.marks[q] = std::max(t.marks[q], mark);
     }
-    // After a failed sync the offsets stay unindexed as well.
+    // Not indexed (or not synced): their offsets pin the marks until a
+    // restart indexes them from the log.
     for (const std::string& k : call->claimed) t.pending.erase(k);
   }
   RestartParked(t);

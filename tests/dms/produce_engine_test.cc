@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -48,6 +49,12 @@ class MemoryDedupStore : public DedupStore {
   absl::Status Index(absl::string_view topic,
                      const std::vector<std::pair<std::string, DedupEntry>>& entries,
                      const std::map<int, uint64_t>& marks) override {
+    for (const auto& [key, e] : entries) {
+      if (key == held_key_) {  // a slow index write
+        if (!entered_.HasBeenNotified()) entered_.Notify();
+        held_.WaitForNotification();
+      }
+    }
     absl::MutexLock lock(&mu_);
     for (const auto& [key, e] : entries) entries_[{std::string(topic), key}] = e;
     for (const auto& [q, mark] : marks) marks_[{std::string(topic), q}] = mark;
@@ -80,8 +87,15 @@ class MemoryDedupStore : public DedupStore {
     absl::MutexLock lock(&mu_);
     return entries_.size();
   }
+  // Index writes holding `key` wait until Release.
+  void Hold(const std::string& key) { held_key_ = key; }
+  void Release() { held_.Notify(); }
+  // Returns once an index write holding the key waits.
+  void AwaitHeld() { entered_.WaitForNotification(); }
 
  private:
+  std::string held_key_;
+  absl::Notification held_, entered_;
   absl::Mutex mu_;
   std::map<std::pair<std::string, std::string>, DedupEntry> entries_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, int>, uint64_t> marks_ ABSL_GUARDED_BY(mu_);
@@ -103,23 +117,36 @@ class DmsProduce : public ::testing::Test {
                                               &clock_);
   }
 
-  // Sends one message with `dedup_key`; its receipt.
-  v1::Receipt Send(const std::string& body, const std::string& dedup_key) {
+  // A send of one message with `dedup_key` (to `queue` if >= 0), answered
+  // in `done`.
+  struct Call {
     v1::ProduceRequest req;
-    req.set_topic("orders");
-    v1::Message* m = req.add_messages();
-    m->set_body(body);
-    m->set_dedup_key(dedup_key);
     v1::ProduceReply reply;
     absl::Notification done;
     absl::Status result;
-    engine_->Produce(req, &reply, [&](absl::Status st) {
-      result = st;
-      done.Notify();
+  };
+  std::unique_ptr<Call> Start(const std::string& body, const std::string& dedup_key,
+                              int queue = -1) {
+    auto c = std::make_unique<Call>();
+    c->req.set_topic("orders");
+    v1::Message* m = c->req.add_messages();
+    m->set_body(body);
+    m->set_dedup_key(dedup_key);
+    if (queue >= 0) c->req.add_queues(queue);
+    Call* raw = c.get();
+    engine_->Produce(raw->req, &raw->reply, [raw](absl::Status st) {
+      raw->result = st;
+      raw->done.Notify();
     });
-    done.WaitForNotification();
-    EXPECT_TRUE(result.ok()) << result;
-    return reply.receipts_size() == 1 ? reply.receipts(0) : v1::Receipt();
+    return c;
+  }
+
+  // Sends one message with `dedup_key`; its receipt.
+  v1::Receipt Send(const std::string& body, const std::string& dedup_key) {
+    std::unique_ptr<Call> c = Start(body, dedup_key);
+    c->done.WaitForNotification();
+    EXPECT_TRUE(c->result.ok()) << c->result;
+    return c->reply.receipts_size() == 1 ? c->reply.receipts(0) : v1::Receipt();
   }
 
   TempDir dir_;
@@ -159,6 +186,58 @@ TEST_F(DmsProduce, TheSweepDropsKeysOnceTheyLeaveTheWindow) {
   clock_.Advance(kWindow / 2 + absl::Milliseconds(1));
   dedup_->Sweep();
   EXPECT_EQ(store_.size(), 1u) << "order-7 left the window, order-8 did not";
+}
+
+// The index writes of a topic's sends run at once, not one after another
+// (in a broker group each is a commit of its log), and a mark written by a
+// later send never passes an earlier send's offset whose index write is
+// still under way: a restart then indexes it from the log.
+TEST_F(DmsProduce, AnIndexWriteUnderWayHoldsNeitherOtherSendsNorLetsAMarkPassIt) {
+  store_.Hold("slow");
+  // Without syncs the engine indexes on the sending thread: the slow send
+  // gets a thread of its own.
+  std::unique_ptr<Call> slow;
+  absl::Notification slow_started;
+  std::thread sender([&] {
+    slow = std::make_unique<Call>();
+    Call* raw = slow.get();
+    slow_started.Notify();
+    raw->req.set_topic("orders");
+    raw->req.add_messages()->set_body("first");
+    raw->req.mutable_messages(0)->set_dedup_key("slow");
+    raw->req.add_queues(0);
+    engine_->Produce(raw->req, &raw->reply, [raw](absl::Status st) {
+      raw->result = st;
+      raw->done.Notify();
+    });
+  });
+  slow_started.WaitForNotification();
+  store_.AwaitHeld();
+  std::unique_ptr<Call> fast;
+  absl::Notification fast_done;
+  std::thread other([&] {
+    fast = Start("second", "fast", /*queue=*/0);
+    fast->done.WaitForNotification();
+    fast_done.Notify();
+  });
+  const bool in_time = fast_done.WaitForNotificationWithTimeout(absl::Seconds(5));
+  if (!in_time) store_.Release();  // free both before failing
+  other.join();
+  ASSERT_TRUE(in_time) << "a send waited for another send's index write";
+  ASSERT_TRUE(fast->result.ok()) << fast->result;
+  EXPECT_FALSE(slow->done.HasBeenNotified());
+  ASSERT_EQ(fast->reply.receipts(0).offset(), 1u);
+  absl::StatusOr<std::optional<uint64_t>> mark = store_.Mark("orders", 0);
+  ASSERT_TRUE(mark.ok());
+  EXPECT_TRUE(!mark->has_value() || **mark <= 0u)
+      << "the mark passed offset 0, whose key is not indexed yet: " << **mark;
+  store_.Release();
+  sender.join();
+  slow->done.WaitForNotification();
+  ASSERT_TRUE(slow->result.ok()) << slow->result;
+  // Both indexed: a resend of either is a duplicate.
+  EXPECT_TRUE(Send("first", "slow").duplicate());
+  EXPECT_TRUE(Send("second", "fast").duplicate());
 }
 
 }  // namespace
