@@ -469,12 +469,12 @@ ReplicatedFigures RunReplicated(const BrokerWorkload& w, const formica::testing:
   ProduceOutcome dedup = ProducePhase(rpc->get(), topic, w, /*dedup_keys=*/true);
   f.failed_sends += dedup.failures;
   if (w.messages > dedup.failures) {
-    f.dedup_produce_per_s = (w.messages - dedup.failures) /
-                            absl::ToDoubleSeconds(dedup.last_ack - dedup.first_send);
+    f.dedup_produce_per_s =
+        (w.messages - dedup.failures) / absl::ToDoubleSeconds(dedup.last_ack - dedup.first_send);
   }
-  Log(absl::StrCat("replicated dmsd produce with dedup keys: ",
-                   static_cast<int>(f.dedup_produce_per_s), " msg/s, p50 ",
-                   formica::bench::Percentile(dedup.latencies_ms, 50), " ms"));
+  Log(absl::StrCat(
+      "replicated dmsd produce with dedup keys: ", static_cast<int>(f.dedup_produce_per_s),
+      " msg/s, p50 ", formica::bench::Percentile(dedup.latencies_ms, 50), " ms"));
   f.failover_ms = MeasureFailover(**g, rpc->get(), topic, report);
   rpc->reset();
   registry->reset();
