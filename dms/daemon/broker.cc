@@ -198,6 +198,7 @@ class Broker::Impl final
                           v1::ListTopicsReply* reply) override {
     return rpc::Serve(ctx, [&] {
       for (TopicState* t : topics->All()) Describe(*t, reply->add_topics());
+      reply->set_broker_group(options.group);
       return grpc::Status::OK;
     });
   }

@@ -432,7 +432,10 @@ void ProduceEngine::EndDedup(std::shared_ptr<DedupCall> call, absl::Status synce
       if (mark > t.marks[q]) marks[q] = mark;
     }
   }
-  if (synced.ok()) indexed = dedup_->Index(t, entries, marks);
+  // Nothing to record (every message a duplicate): no write at all.
+  if (synced.ok() && (!entries.empty() || !marks.empty())) {
+    indexed = dedup_->Index(t, entries, marks);
+  }
   {
     absl::MutexLock lock(&t.dedup_mu);
     if (synced.ok() && indexed.ok()) {

@@ -254,6 +254,24 @@ TEST_F(DmsGroupsTest, ATopicPlacedAcrossTwoGroupsSendsEachKeyToItsQueuesGroup) {
   ASSERT_EQ(code, 0) << out;
   EXPECT_THAT(out, HasSubstr(absl::StrCat("g2               127.0.0.1:", g2_port_)));
   EXPECT_THAT(out, HasSubstr(absl::StrCat("default          127.0.0.1:", port_)));
+  // Asked of a broker of g2, each queue is still shown with its own group's
+  // figures: the answering broker names its group.
+  std::tie(code, out) =
+      Ctl2({"--dms", absl::StrCat("127.0.0.1:", g2_port_), "--output", "json", "dms", "topics"});
+  ASSERT_EQ(code, 0) << out;
+  auto from_g2 = formica::testing::ParseJson<v1::ListTopicsReply>(out);
+  ASSERT_TRUE(from_g2.ok()) << from_g2.status() << out;
+  seen_queues = 0;
+  for (const v1::TopicInfo& t : from_g2->topics()) {
+    if (t.name() != "orders") continue;
+    for (const v1::QueueInfo& q : t.queues()) {
+      ++seen_queues;
+      EXPECT_EQ(q.group(), q.queue() % 2 == 0 ? "" : "g2");
+      EXPECT_EQ(q.end_offset(), (q.queue() % 2 == 0 ? def : two)[q.queue()].end_offset())
+          << "queue " << q.queue();
+    }
+  }
+  EXPECT_EQ(seen_queues, 4);
 }
 
 // Bodies "<key>|<seq>|<n>" (n unique).

@@ -162,11 +162,12 @@ int DmsTopics(const Flags& f) {
     std::fprintf(stderr, "formicactl: the registry at %s did not answer (%s): groups not shown\n",
                  f.registry.c_str(), rs.error_message().c_str());
   }
-  // Every group's topics, from its leader (the default group's: --dms).
+  // Every group's topics, from its leader (the group of the broker at
+  // --dms: from it).
   std::map<std::string, std::map<std::string, v1::TopicInfo>> by_group;  // group -> topic -> info
-  for (const v1::TopicInfo& t : here.topics()) by_group[""][t.name()] = t;
+  for (const v1::TopicInfo& t : here.topics()) by_group[here.broker_group()][t.name()] = t;
   for (const auto& [group, leader] : groups.leaders) {
-    if (group.empty() || leader.empty()) continue;
+    if (group == here.broker_group() || leader.empty()) continue;
     v1::ListTopicsReply there;
     grpc::Status gs =
         BrokerAt(leader)->ListTopics(CallContext(f).get(), v1::ListTopicsRequest(), &there);
