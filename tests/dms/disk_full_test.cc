@@ -167,12 +167,10 @@ class DiskFullDms : public ReplicatedDms {
 
 TEST_F(DiskFullDms, AFollowersFullDiskKeepsTheGroupServingAndItCatchesUpWhenSpaceReturns) {
   ASSERT_NO_FATAL_FAILURE(WriteConfigsOnTmpfs());
-  StartAll();
-  int leader = WaitForLeader(absl::Seconds(15));
+  int leader = StartGroupWithClients();
   ASSERT_GE(leader, 0) << Logs();
   const int full = (leader + 1) % 3, other = (leader + 2) % 3;
   History& h = h_;
-  StartClients(&h);
   StartProducing(&h);
   WaitAcked(&h, 200);
 
@@ -208,12 +206,10 @@ TEST_F(DiskFullDms, AFollowersFullDiskKeepsTheGroupServingAndItCatchesUpWhenSpac
 
 TEST_F(DiskFullDms, AFollowerStoppedWhileItsDiskIsFullAppliesTheEntryAtItsNextStart) {
   ASSERT_NO_FATAL_FAILURE(WriteConfigsOnTmpfs());
-  StartAll();
-  int leader = WaitForLeader(absl::Seconds(15));
+  int leader = StartGroupWithClients();
   ASSERT_GE(leader, 0) << Logs();
   const int full = (leader + 1) % 3, other = (leader + 2) % 3;
   History& h = h_;
-  StartClients(&h);
   StartProducing(&h);
   WaitAcked(&h, 200);
   Fill(Disk(full));
@@ -265,11 +261,9 @@ TEST_F(DiskFullDms, AMemberWhoseRaftLogCannotBeWrittenStopsAndCatchesUpWhenResta
 
 TEST_F(DiskFullDms, ALeadersFullDiskRefusesProduceAndTheGroupGoesOn) {
   ASSERT_NO_FATAL_FAILURE(WriteConfigsOnTmpfs());
-  StartAll();
-  int leader = WaitForLeader(absl::Seconds(15));
+  int leader = StartGroupWithClients();
   ASSERT_GE(leader, 0) << Logs();
   History& h = h_;
-  StartClients(&h);
   std::atomic<bool> stop{false};
   ProduceLoop(&h, &stop, 200);
   ASSERT_EQ(h.Acked(), 200u);

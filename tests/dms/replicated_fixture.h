@@ -77,6 +77,16 @@ class ReplicatedDms : public DmsGroupTest {
     registry_.reset();
   }
 
+  // How most tests begin: the group started (configs written before), a
+  // ready leader, the clients writing into h_. Returns the leader, or -1
+  // when none came in time.
+  int StartGroupWithClients() {
+    StartAll();
+    int leader = WaitForLeader(absl::Seconds(15));
+    if (leader >= 0) StartClients(&h_);
+    return leader;
+  }
+
   // A producer and a consumer of `group` (a new group starts at the oldest
   // message kept) that record into `h`.
   void StartClients(History* h, const std::string& group = "auditors") {

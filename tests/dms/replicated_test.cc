@@ -20,11 +20,9 @@ namespace {
 
 TEST_F(ReplicatedDms, KillNineOfTheLeaderThenAFollowerLosesNoAcknowledgedMessage) {
   WriteConfigs({"orders:4"});
-  StartAll();
-  int leader = WaitForLeader(absl::Seconds(15));
+  int leader = StartGroupWithClients();
   ASSERT_GE(leader, 0) << Logs();
   History& h = h_;
-  StartClients(&h);
   std::atomic<bool> stop{false};
   // No retries of its own: the producer follows the leader by itself.
   std::thread producer([&] { ProduceLoop(&h, &stop, 100000, /*app_retry=*/false); });
@@ -64,11 +62,9 @@ TEST_F(ReplicatedDms, KillNineOfTheLeaderThenAFollowerLosesNoAcknowledgedMessage
 
 TEST_F(ReplicatedDms, PausedLeaderAcknowledgesNothingAndCatchesUpAsAFollower) {
   WriteConfigs({"orders:4"});
-  StartAll();
-  int old_leader = WaitForLeader(absl::Seconds(15));
+  int old_leader = StartGroupWithClients();
   ASSERT_GE(old_leader, 0) << Logs();
   History& h = h_;
-  StartClients(&h);
   std::atomic<bool> stop{false};
   ProduceLoop(&h, &stop, 50);
   ASSERT_EQ(h.Acked(), 50u);
@@ -364,11 +360,9 @@ TEST_F(ReplicatedDms, MembersWhoseTopicListsDifferAllGoOn) {
 
 TEST_F(ReplicatedDms, WithoutAMajorityNothingIsAcknowledged) {
   WriteConfigs({"orders:4"});
-  StartAll();
-  int leader = WaitForLeader(absl::Seconds(15));
+  int leader = StartGroupWithClients();
   ASSERT_GE(leader, 0) << Logs();
   History& h = h_;
-  StartClients(&h);
   std::atomic<bool> stop{false};
   ProduceLoop(&h, &stop, 20);
   ASSERT_EQ(h.Acked(), 20u);
@@ -393,11 +387,9 @@ TEST_F(ReplicatedDms, WithoutAMajorityNothingIsAcknowledged) {
 TEST_F(ReplicatedDms, AMemberTooFarBehindTheLeadersLogStopsNamingTheCause) {
   // The leader keeps 256 entries (dmsd's floor) after each snapshot of 16.
   WriteConfigs({"orders:4"}, /*snapshot_threshold=*/16, /*snapshot_trailing=*/256);
-  StartAll();
-  int leader = WaitForLeader(absl::Seconds(15));
+  int leader = StartGroupWithClients();
   ASSERT_GE(leader, 0) << Logs();
   History& h = h_;
-  StartClients(&h);
   int behind = (leader + 1) % 3;
   Kill9(behind);
   std::atomic<bool> stop{false};
